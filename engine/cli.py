@@ -1,0 +1,207 @@
+"""The ``steerflow`` command line.
+
+    steerflow run WORKFLOW [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
+    steerflow validate WORKFLOW
+    steerflow nodes [--json]
+    steerflow serve [--host H] [--port P]
+
+Exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
+(unreadable workflow, validation errors, bad options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.validation import PromptValidationError, describe_issues
+from engine.workflow import WorkflowFormatError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-dir", default=os.environ.get("STEERFLOW_HOME", "."),
+                        help="folder holding models/, input/, output/, temp/ (default: .)")
+    parser.add_argument("--models-dir", help="models folder (default: BASE/models)")
+    parser.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow .ckpt/.pt/.bin checkpoints (loaded with weights_only)")
+    parser.add_argument("--custom-nodes", help="folder of custom node packs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steerflow", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a workflow (JSON or a PNG saved by Steerflow)")
+    run.add_argument("workflow")
+    run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override an input (VALUE is parsed as JSON if it can be)")
+    run.add_argument("--output-dir", help="where Save Image writes (default: BASE/output)")
+    run.add_argument("--no-progress", action="store_true")
+    _common(run)
+
+    val = sub.add_parser("validate", help="check a workflow without running it")
+    val.add_argument("workflow")
+    val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    val.add_argument("--json", action="store_true", help="print issues as JSON")
+    _common(val)
+
+    nodes = sub.add_parser("nodes", help="list node types")
+    nodes.add_argument("--json", action="store_true", help="print every node's full schema")
+    _common(nodes)
+
+    serve = sub.add_parser("serve", help="start the HTTP/websocket server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8188)
+    _common(serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
+    from engine.session import Session
+
+    return Session(args.base_dir, models_dir=args.models_dir, device=args.device,
+                   allow_pickle=args.allow_pickle, custom_nodes=args.custom_nodes, **kwargs)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from engine.session import Workflow, parse_override
+
+    wf = Workflow.load(args.workflow)
+    for item in args.set:
+        wf.set(*parse_override(item))
+    return wf
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.session import WorkflowInputError
+
+    try:
+        wf = _load(args)
+        session = _session(args, output_dir=args.output_dir)
+    except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    progress = _Progress(enabled=not args.no_progress)
+    try:
+        result = session.run(wf, on_event=progress)
+    except PromptValidationError as exc:
+        print("error: the workflow is invalid:\n" + describe_issues(exc.issues), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        progress.close()
+    run = result.run
+    if run.status == "error":
+        err = run.error or {}
+        print(f"error: node {err.get('node_id')} ({err.get('node_type')}) failed: "
+              f"{err.get('exception_message')}", file=sys.stderr)
+        return EXIT_FAILED
+    if run.status == "interrupted":
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"done: {len(run.executed)} node(s) executed, {len(run.cached)} cached")
+    for path in result.image_paths:
+        print(f"image: {path}")
+    for node_id, ui in run.outputs.items():
+        for text in ui.get("text", []):
+            print(f"{node_id}: {text}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.session import WorkflowInputError
+
+    try:
+        wf = _load(args)
+        _session(args).validate(wf)
+    except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except PromptValidationError as exc:
+        if args.json:
+            print(json.dumps([i.to_dict() for i in exc.issues], indent=2))
+        else:
+            print(describe_issues(exc.issues), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("valid" if not args.json else "[]")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from engine.environment import Environment
+    from engine.registry import default_registry
+
+    registry = default_registry(Path(args.custom_nodes) if args.custom_nodes else None)
+    env = Environment.create(args.base_dir, models_dir=args.models_dir, device="cpu")
+    schema = registry.schema(env)
+    if args.json:
+        print(json.dumps(schema, indent=2, default=str))
+        return EXIT_OK
+    for type_id, node in schema.items():
+        print(f"{type_id:28} {node['category']:20} {node['display_name']}")
+    for err in registry.errors:
+        print(f"warning: pack {err.pack} failed to load: {err.message}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from server.app import serve
+    except ImportError as exc:
+        print(f"error: the server is not available: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return serve(args)
+
+
+class _Progress:
+    """A tqdm bar per sampling node, fed by executor events."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar: Any = None
+        self.node: str | None = None
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if event == "executing" and data.get("node") is not None:
+            self.close()
+            self.node = data["node"]
+        elif event == "progress":
+            from tqdm import tqdm
+
+            if self.bar is None:
+                self.bar = tqdm(total=data["max"], desc=f"node {data['node']}", unit="step",
+                                file=sys.stderr, leave=False)
+            self.bar.n = data["value"]
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+_COMMANDS = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""What a node sees while it runs: its environment, progress and interrupt."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.environment import Environment
+
+
+class Interrupted(Exception):
+    """Raised inside a node when its prompt was interrupted."""
+
+
+@dataclass
+class InterruptFlag:
+    """A per-prompt flag; set from any thread, checked cooperatively."""
+
+    _event: threading.Event = field(default_factory=threading.Event)
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class ExecutionContext:
+    """Passed to ``Node.execute``: report progress, honour interrupts, read the run's data."""
+
+    prompt_id: str
+    node_id: str
+    env: Environment
+    emit: EventSink
+    interrupt_flag: InterruptFlag
+    prompt: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return self.env.device
+
+    def check_interrupt(self) -> None:
+        """Raise :class:`Interrupted` if this prompt was interrupted."""
+        if self.interrupt_flag.is_set():
+            raise Interrupted(self.prompt_id)
+
+    def progress(self, value: int, total: int, preview: Any = None) -> None:
+        """Report progress (and optionally a preview image); also checks for interrupt."""
+        self.emit("progress", {"prompt_id": self.prompt_id, "node": self.node_id,
+                               "value": int(value), "max": int(total)})
+        if preview is not None:
+            self.emit("preview", {"prompt_id": self.prompt_id, "node": self.node_id,
+                                  "image": preview})
+        self.check_interrupt()

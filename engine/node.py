@@ -1,0 +1,279 @@
+"""The public node API: typed inputs, typed outputs, metadata and schema.
+
+A node is a pydantic model whose fields are its inputs. Constant inputs
+(INT, FLOAT, STRING, BOOLEAN, choices) are validated by pydantic before the
+workflow runs; linked inputs carry arbitrary Python objects (models, tensors)
+and are checked by socket type across the link instead.
+
+    class EmptyLatentImage(Node):
+        TYPE = "EmptyLatentImage"
+        CATEGORY = "latent"
+        OUTPUTS = (Output("LATENT"),)
+
+        width: int = Input(512, min=16, max=8192, step=8)
+
+        def execute(self, ctx): ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.fields import FieldInfo
+
+if TYPE_CHECKING:
+    from engine.context import ExecutionContext
+    from engine.environment import Environment
+
+PRIMITIVE_TYPES = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+ANY_TYPE = "*"
+
+Choices = Sequence[str] | Callable[["Environment"], Sequence[str]]
+_SPEC_KEY = "steerflow"
+
+
+def Input(  # noqa: N802 - reads like a field declaration, as pydantic's Field does
+    default: Any = ...,
+    *,
+    type: str | None = None,  # noqa: A002 - the socket type, named as in the schema
+    min: float | None = None,  # noqa: A002
+    max: float | None = None,  # noqa: A002
+    step: float | None = None,
+    choices: Choices | None = None,
+    multiline: bool = False,
+    optional: bool = False,
+    description: str = "",
+    display: str | None = None,
+    upload: str | None = None,
+    control_after_generate: bool = False,
+    force_input: bool = False,
+) -> Any:
+    """Declare a node input.
+
+    ``type`` is the socket type (MODEL, LATENT, ...); for primitives it is
+    inferred from the annotation. ``choices`` is a list or a callable taking the
+    :class:`Environment` (for lists that depend on the model folders).
+    ``optional`` inputs may be left unconnected; their value is then ``default``
+    (or ``None``). ``force_input`` makes a primitive a socket rather than a widget.
+    """
+    spec = {
+        "type": type,
+        "min": min,
+        "max": max,
+        "step": step,
+        "choices": choices,
+        "multiline": multiline,
+        "optional": optional,
+        "display": display,
+        "upload": upload,
+        "control_after_generate": control_after_generate,
+        "force_input": force_input,
+    }
+    if default is ... and optional:
+        default = None
+    return Field(
+        default,
+        ge=min,
+        le=max,
+        description=description or None,
+        json_schema_extra={_SPEC_KEY: spec},
+    )
+
+
+@dataclass(frozen=True)
+class Output:
+    """A typed output socket."""
+
+    type: str
+    name: str | None = None
+    is_list: bool = False
+    tooltip: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Everything the engine, validator and canvas need to know of one input."""
+
+    name: str
+    type: str
+    required: bool
+    default: Any
+    min: float | None
+    max: float | None
+    step: float | None
+    choices: Choices | None
+    multiline: bool
+    description: str
+    display: str | None
+    upload: str | None
+    control_after_generate: bool
+    force_input: bool
+    adapter: TypeAdapter[Any] | None = field(repr=False, compare=False)
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not None
+
+    @property
+    def is_widget(self) -> bool:
+        """A widget input holds a constant; it may still be linked from a primitive."""
+        return self.type in WIDGET_TYPES and not self.force_input
+
+    def resolve_choices(self, env: Environment | None) -> list[str] | None:
+        if self.choices is None:
+            return None
+        if callable(self.choices):
+            return list(self.choices(env)) if env is not None else []
+        return list(self.choices)
+
+
+@dataclass
+class NodeResult:
+    """What ``execute`` returns when a node also has UI outputs (images, text)."""
+
+    outputs: tuple[Any, ...] = ()
+    ui: dict[str, Any] | None = None
+
+
+def _socket_type(annotation: Any, spec: dict[str, Any]) -> str:
+    if spec.get("type"):
+        return spec["type"]
+    if spec.get("choices") is not None:
+        return "COMBO"
+    if annotation in PRIMITIVE_TYPES:
+        return PRIMITIVE_TYPES[annotation]
+    raise TypeError(f"cannot infer socket type from {annotation!r}; pass Input(type=...)")
+
+
+class Node(BaseModel):
+    """Base class of every node; subclasses declare inputs as fields."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="ignore", frozen=False)
+
+    TYPE: ClassVar[str] = ""
+    DISPLAY_NAME: ClassVar[str] = ""
+    CATEGORY: ClassVar[str] = "misc"
+    VERSION: ClassVar[int] = 1
+    OUTPUT_NODE: ClassVar[bool] = False
+    OUTPUTS: ClassVar[tuple[Output, ...]] = ()
+    DEPRECATED: ClassVar[bool] = False
+    INPUT_SPECS: ClassVar[dict[str, InputSpec]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if inspect.isabstract(cls) or not cls.TYPE:
+            return
+        cls.INPUT_SPECS = {name: _make_spec(name, info) for name, info in cls.model_fields.items()}
+
+    # --- hooks -----------------------------------------------------------------
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        """Return a value that changes when the outside world the node reads changes.
+
+        Called with the node's constant inputs before the run; the result is part
+        of the cache signature. Nodes that read files return their content hash.
+        """
+        return None
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment) -> list[tuple[str | None, str]]:
+        """Extra checks on constant inputs; return ``(input_name | None, message)`` pairs."""
+        return []
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any, ...] | NodeResult:
+        raise NotImplementedError
+
+    # --- schema ----------------------------------------------------------------
+    @classmethod
+    def schema(cls, env: Environment | None = None) -> dict[str, Any]:
+        """JSON schema of this node, a superset of ComfyUI's /object_info entry."""
+        required: dict[str, Any] = {}
+        optional: dict[str, Any] = {}
+        for spec in cls.INPUT_SPECS.values():
+            (required if spec.required else optional)[spec.name] = _input_schema(spec, env)
+        return {
+            "name": cls.TYPE,
+            "display_name": cls.DISPLAY_NAME or cls.TYPE,
+            "description": inspect.getdoc(cls) or "",
+            "category": cls.CATEGORY,
+            "version": cls.VERSION,
+            "output_node": cls.OUTPUT_NODE,
+            "deprecated": cls.DEPRECATED,
+            "input": {"required": required, "optional": optional},
+            "input_order": {
+                "required": [s.name for s in cls.INPUT_SPECS.values() if s.required],
+                "optional": [s.name for s in cls.INPUT_SPECS.values() if not s.required],
+            },
+            "output": [o.type for o in cls.OUTPUTS],
+            "output_name": [o.label for o in cls.OUTPUTS],
+            "output_is_list": [o.is_list for o in cls.OUTPUTS],
+            "output_tooltips": [o.tooltip for o in cls.OUTPUTS],
+            "python_module": cls.__module__,
+        }
+
+
+def _make_spec(name: str, info: FieldInfo) -> InputSpec:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    spec: dict[str, Any] = dict(extra.get(_SPEC_KEY) or {})
+    socket = _socket_type(info.annotation, spec)
+    # "required" in ComfyUI's sense: shown and expected; widgets still have defaults.
+    required = not spec.get("optional")
+    default = None if info.is_required() else info.default
+    # Constants are validated against the annotation plus the field's constraints;
+    # linked values are opaque objects checked by socket type instead.
+    adapter = TypeAdapter(_annotated(info)) if socket in WIDGET_TYPES else None
+    return InputSpec(
+        name=name,
+        type=socket,
+        required=required,
+        default=default,
+        min=spec.get("min"),
+        max=spec.get("max"),
+        step=spec.get("step"),
+        choices=spec.get("choices"),
+        multiline=bool(spec.get("multiline")),
+        description=info.description or "",
+        display=spec.get("display"),
+        upload=spec.get("upload"),
+        control_after_generate=bool(spec.get("control_after_generate")),
+        force_input=bool(spec.get("force_input")),
+        adapter=adapter,
+    )
+
+
+def _annotated(info: FieldInfo) -> Any:
+    from typing import Annotated
+
+    return Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+
+
+def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
+    options: dict[str, Any] = {}
+    if spec.default is not None:
+        options["default"] = spec.default
+    for key in ("min", "max", "step", "display", "upload"):
+        value = getattr(spec, key)
+        if value is not None:
+            options[key] = value
+    if spec.multiline:
+        options["multiline"] = True
+    if spec.description:
+        options["tooltip"] = spec.description
+    if spec.control_after_generate:
+        options["control_after_generate"] = True
+    if spec.force_input:
+        options["forceInput"] = True
+    if spec.type == "COMBO":
+        # ComfyUI's shape: the first element of a combo input is its list of choices.
+        return [spec.resolve_choices(env) or [], options]
+    return [spec.type, options]

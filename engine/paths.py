@@ -1,0 +1,39 @@
+"""Confining user-supplied paths to their folder.
+
+Every path a user (or a workflow) names is resolved, symlinks included, and must
+land inside its root folder; anything else is refused with :class:`PathError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class PathError(ValueError):
+    """A user-supplied path escapes its folder or is malformed."""
+
+
+def confined_path(root: str | os.PathLike[str], *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and return the resolved path.
+
+    Raises :class:`PathError` when the result (after resolving ``..`` and
+    symlinks) is not inside ``root``, when a part is absolute, or when it
+    contains a NUL byte.
+    """
+    base = Path(root).resolve()
+    rel = Path()
+    for part in parts:
+        if part is None or part == "":
+            continue
+        if not isinstance(part, str):
+            raise PathError(f"path part must be a string, got {type(part).__name__}")
+        if "\x00" in part:
+            raise PathError("path contains a NUL byte")
+        if os.path.isabs(part) or part.startswith(("\\", "/")) or (len(part) > 1 and part[1] == ":"):
+            raise PathError(f"absolute paths are not allowed: {part!r}")
+        rel = rel / part
+    candidate = (base / rel).resolve()
+    if candidate != base and base not in candidate.parents:
+        raise PathError(f"path {str(rel)!r} escapes its folder")
+    return candidate

@@ -1,0 +1,182 @@
+"""A small Python API for scripts and notebooks.
+
+    from engine.session import Session, Workflow
+
+    session = Session(base_dir=".")                 # models/, input/, output/ under it
+    wf = Workflow.load("workflows/txt2img.json")      # API JSON, document, or a saved PNG
+    wf.set("3.seed", 42)                              # NODE_ID.INPUT = value
+    result = session.run(wf, on_event=print)
+    result.images[0].show()
+
+The session keeps one executor, so its cache serves later runs: a second run
+with only the seed changed re-runs the sampler and what follows it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.cache import OutputCache
+from engine.environment import Environment
+from engine.executor import EventCallback, Executor, RunResult
+from engine.registry import NodeRegistry, default_registry
+from engine.workflow import Prompt, from_object, load_workflow, prompt_to_document
+
+
+class WorkflowInputError(ValueError):
+    """An override names a node or input the workflow does not have."""
+
+
+@dataclass
+class Workflow:
+    """An executable prompt plus (optionally) the document it came from."""
+
+    prompt: Prompt
+    document: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Workflow:
+        prompt, document = load_workflow(path)
+        return cls(prompt, document)
+
+    @classmethod
+    def from_object(cls, obj: Any) -> Workflow:
+        prompt, document = from_object(obj)
+        return cls(prompt, document)
+
+    def copy(self) -> Workflow:
+        return Workflow(copy.deepcopy(self.prompt), copy.deepcopy(self.document))
+
+    def set(self, target: str, value: Any) -> Workflow:
+        """Set ``"NODE_ID.INPUT"`` (or ``"Title.INPUT"`` by node title) to a constant."""
+        node_ref, sep, input_name = target.rpartition(".")
+        if not sep or not node_ref or not input_name:
+            raise WorkflowInputError(f"expected NODE_ID.INPUT, got {target!r}")
+        node_id = self._find_node(node_ref)
+        self.prompt[node_id].setdefault("inputs", {})[input_name] = value
+        if self.document is not None and node_id in self.document.get("prompt", {}):
+            self.document["prompt"][node_id].setdefault("inputs", {})[input_name] = value
+        return self
+
+    def _find_node(self, ref: str) -> str:
+        if ref in self.prompt:
+            return ref
+        titled = [nid for nid, node in self.prompt.items()
+                  if isinstance(node, dict) and (node.get("_meta") or {}).get("title") == ref]
+        if len(titled) == 1:
+            return titled[0]
+        if len(titled) > 1:
+            raise WorkflowInputError(f"title {ref!r} names {len(titled)} nodes; use a node id")
+        raise WorkflowInputError(f"no node {ref!r} in the workflow (ids: "
+                                 f"{', '.join(list(self.prompt)[:20])})")
+
+    def to_document(self) -> dict[str, Any]:
+        if self.document is not None:
+            return {**self.document, "prompt": self.prompt}
+        return prompt_to_document(self.prompt)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``NODE.INPUT=VALUE``; VALUE is read as JSON when it parses, else as a string."""
+    target, sep, raw = text.partition("=")
+    if not sep:
+        raise WorkflowInputError(f"expected NODE_ID.INPUT=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return target.strip(), value
+
+
+@dataclass
+class SessionResult:
+    """A run's result with its image files resolved to paths."""
+
+    run: RunResult
+    image_paths: list[Path] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.run.ok
+
+    @property
+    def images(self) -> list[Any]:
+        from PIL import Image
+
+        return [Image.open(p) for p in self.image_paths]
+
+
+class Session:
+    """Registry, environment and executor (with its cache) for repeated runs."""
+
+    def __init__(self, base_dir: str | os.PathLike[str] = ".", *,
+                 models_dir: str | os.PathLike[str] | None = None,
+                 output_dir: str | os.PathLike[str] | None = None,
+                 device: str | None = None, allow_pickle: bool = False,
+                 cache_budgets: dict[str, int] | None = None,
+                 registry: NodeRegistry | None = None,
+                 custom_nodes: str | os.PathLike[str] | None = None):
+        self.env = Environment.create(base_dir, models_dir=models_dir, output_dir=output_dir,
+                                      device=device, allow_pickle=allow_pickle)
+        self.registry = registry or default_registry(Path(custom_nodes) if custom_nodes else None)
+        self.executor = Executor(self.registry, self.env,
+                                 OutputCache(cache_budgets or default_budgets()))
+
+    def run(self, workflow: Workflow | Prompt | str | os.PathLike[str], *,
+            on_event: EventCallback | None = None, prompt_id: str | None = None,
+            keep_events: bool = False, extra: dict[str, Any] | None = None) -> SessionResult:
+        """Run a workflow; raises PromptValidationError before running if it is invalid."""
+        wf = _as_workflow(workflow)
+        events: list[tuple[str, dict[str, Any]]] = []
+        sink: Callable[[str, dict[str, Any]], None] | None = on_event
+        if keep_events:
+            def sink(name: str, data: dict[str, Any]) -> None:
+                events.append((name, data))
+                if on_event:
+                    on_event(name, data)
+        extra = dict(extra or {})
+        pnginfo = dict(extra.get("extra_pnginfo") or {})
+        pnginfo.setdefault("workflow", wf.to_document())
+        extra["extra_pnginfo"] = pnginfo
+        run = self.executor.run(wf.prompt, prompt_id=prompt_id, extra=extra, on_event=sink)
+        return SessionResult(run, self.image_paths(run), events)
+
+    def image_paths(self, run: RunResult) -> list[Path]:
+        paths = []
+        for ui in run.outputs.values():
+            for item in ui.get("images", []):
+                paths.append(self.env.resolve(item["type"], item.get("subfolder", ""),
+                                              item["filename"]))
+        return paths
+
+    def validate(self, workflow: Workflow | Prompt | str | os.PathLike[str]) -> None:
+        self.executor.validate(_as_workflow(workflow).prompt)
+
+
+def default_budgets() -> dict[str, int]:
+    """Half the machine's memory for cached CPU values, 80% of each GPU's."""
+    budgets: dict[str, int] = {}
+    try:
+        budgets["cpu"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        budgets["cpu"] = 8 << 30
+    import torch
+
+    if torch.cuda.is_available():
+        budgets["cuda"] = int(torch.cuda.get_device_properties(0).total_memory * 0.8)
+    return budgets
+
+
+def _as_workflow(workflow: Workflow | Prompt | str | os.PathLike[str]) -> Workflow:
+    if isinstance(workflow, Workflow):
+        return workflow
+    if isinstance(workflow, dict):
+        return Workflow.from_object(workflow)
+    return Workflow.load(workflow)

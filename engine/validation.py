@@ -1,0 +1,300 @@
+"""Validate a prompt before anything runs, reporting every problem at once.
+
+Issue kinds (machine-readable, stable):
+
+==================== ==========================================================
+invalid_prompt       the prompt or a node is not shaped like the API format
+unknown_node_type    ``class_type`` is not registered
+missing_input        a required input is neither linked nor given
+bad_link             a link names a missing node or output slot, or is malformed
+type_mismatch        a link joins sockets of different types
+expected_link        a constant was given where only a link is accepted
+invalid_value        a constant has the wrong type
+out_of_range         a number is outside the input's min/max
+not_in_choices       a value is not among the input's choices
+cycle                the node is on a cycle
+no_output_node       nothing in the prompt produces output
+node_error           a node's own ``validate_inputs`` check failed
+==================== ==========================================================
+
+Unknown inputs are reported as warnings (kind ``unknown_input``) and ignored, so
+workflows saved by newer versions of a node still run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from engine.environment import Environment
+from engine.node import ANY_TYPE, InputSpec, Node
+from engine.registry import NodeRegistry
+from engine.workflow import is_link
+
+_RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+
+
+@dataclass
+class Issue:
+    """One problem found in a prompt."""
+
+    kind: str
+    message: str
+    node_id: str | None = None
+    class_type: str | None = None
+    input_name: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    severity: str = "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PromptValidationError(ValueError):
+    """The prompt has errors; ``issues`` lists every one."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        errors = [i for i in issues if i.severity == "error"]
+        super().__init__(f"{len(errors)} validation error(s): " + "; ".join(
+            _describe(i) for i in errors[:5]))
+
+
+@dataclass
+class ValidatedNode:
+    id: str
+    cls: type[Node]
+    constants: dict[str, Any]
+    links: dict[str, tuple[str, int]]
+    title: str | None = None
+
+
+@dataclass
+class ValidatedPrompt:
+    """A prompt that passed validation, reduced to what will run."""
+
+    nodes: dict[str, ValidatedNode]
+    order: list[str]
+    outputs: list[str]
+    warnings: list[Issue]
+
+
+def types_match(out_type: str, in_type: str) -> bool:
+    """Socket types match if equal, either is ``*``, or comma-lists intersect."""
+    if out_type == in_type or ANY_TYPE in (out_type, in_type):
+        return True
+    if in_type == "COMBO" and out_type in ("STRING", "COMBO"):
+        return True
+    return bool(set(out_type.split(",")) & set(in_type.split(",")))
+
+
+def check_constant(spec: InputSpec, value: Any, env: Environment | None) -> tuple[Any, Issue | None]:
+    """Validate (and coerce) one constant; returns the value or an issue."""
+    if spec.type == ANY_TYPE:
+        return value, None
+    if not spec.is_widget or spec.adapter is None:
+        return value, Issue("expected_link",
+                            f"input '{spec.name}' must be linked to a {spec.type} output",
+                            input_name=spec.name, details={"expected_type": spec.type})
+    try:
+        coerced = spec.adapter.validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        kind = "out_of_range" if err["type"] in _RANGE_ERRORS else "invalid_value"
+        return value, Issue(kind, f"input '{spec.name}': {err['msg']} (got {value!r})",
+                            input_name=spec.name,
+                            details={"received": _jsonable(value), "min": spec.min,
+                                     "max": spec.max, "reason": err["type"]})
+    choices = spec.resolve_choices(env)
+    if choices is not None and coerced not in choices:
+        shown = ", ".join(map(repr, choices[:10])) + (" ..." if len(choices) > 10 else "")
+        return value, Issue("not_in_choices",
+                            f"input '{spec.name}': {coerced!r} is not one of [{shown}]",
+                            input_name=spec.name,
+                            details={"received": _jsonable(value), "choices": choices[:100]})
+    return coerced, None
+
+
+def validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None = None,
+                    *, outputs: list[str] | None = None) -> ValidatedPrompt:
+    """Check a prompt; raise :class:`PromptValidationError` listing every error."""
+    issues: list[Issue] = []
+    if not isinstance(prompt, dict) or not prompt:
+        raise PromptValidationError([Issue("invalid_prompt",
+                                           "a prompt must be a non-empty JSON object of nodes")])
+    classes: dict[str, type[Node]] = {}
+    raw_inputs: dict[str, dict[str, Any]] = {}
+    for raw_id, node in prompt.items():
+        node_id = str(raw_id)
+        if not isinstance(node, dict):
+            issues.append(Issue("invalid_prompt", f"node {node_id} must be an object",
+                                node_id=node_id))
+            continue
+        class_type = node.get("class_type")
+        inputs = node.get("inputs", {})
+        if not isinstance(class_type, str):
+            issues.append(Issue("invalid_prompt", f"node {node_id} has no 'class_type' string",
+                                node_id=node_id))
+            continue
+        if not isinstance(inputs, dict):
+            issues.append(Issue("invalid_prompt", f"node {node_id}: 'inputs' must be an object",
+                                node_id=node_id, class_type=class_type))
+            continue
+        cls = registry.get(class_type)
+        if cls is None:
+            issues.append(Issue("unknown_node_type", f"node {node_id}: unknown node type "
+                                f"{class_type!r}", node_id=node_id, class_type=class_type))
+            continue
+        classes[node_id] = cls
+        raw_inputs[node_id] = inputs
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(classes)
+    for node_id, inputs in raw_inputs.items():
+        for value in inputs.values():
+            if is_link(value) and str(value[0]) in classes:
+                graph.add_edge(str(value[0]), node_id)
+
+    wanted = outputs if outputs is not None else [n for n, c in classes.items() if c.OUTPUT_NODE]
+    missing_out = [n for n in wanted if n not in classes]
+    for n in missing_out:
+        issues.append(Issue("no_output_node", f"requested output node {n!r} is not in the prompt",
+                            node_id=n))
+    wanted = [n for n in wanted if n in classes]
+    if not wanted and not missing_out:
+        issues.append(Issue("no_output_node", "the prompt has no output node (e.g. Save Image), "
+                            "so nothing would run"))
+    needed = _ancestors_and_self(graph, wanted)
+
+    nodes: dict[str, ValidatedNode] = {}
+    warnings: list[Issue] = []
+    for node_id in needed:
+        cls = classes[node_id]
+        node_issues, vnode = _validate_node(node_id, cls, raw_inputs[node_id], classes, env)
+        for issue in node_issues:
+            issue.node_id, issue.class_type = node_id, cls.TYPE
+            (warnings if issue.severity == "warning" else issues).append(issue)
+        meta = prompt[node_id].get("_meta") if isinstance(prompt.get(node_id), dict) else None
+        vnode.title = meta.get("title") if isinstance(meta, dict) else None
+        nodes[node_id] = vnode
+
+    sub = graph.subgraph(needed)
+    if not nx.is_directed_acyclic_graph(sub):
+        for component in nx.strongly_connected_components(sub):
+            if len(component) > 1 or any(sub.has_edge(n, n) for n in component):
+                cycle = sorted(component)
+                for n in cycle:
+                    issues.append(Issue("cycle", f"node {n} is on a cycle: {' -> '.join(cycle)}",
+                                        node_id=n, class_type=classes[n].TYPE,
+                                        details={"cycle": cycle}))
+    if issues:
+        raise PromptValidationError(issues + warnings)
+    order = [n for n in nx.topological_sort(sub)]
+    return ValidatedPrompt(nodes=nodes, order=order, outputs=wanted, warnings=warnings)
+
+
+def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
+                   classes: dict[str, type[Node]], env: Environment | None
+                   ) -> tuple[list[Issue], ValidatedNode]:
+    issues: list[Issue] = []
+    constants: dict[str, Any] = {}
+    links: dict[str, tuple[str, int]] = {}
+    specs = cls.INPUT_SPECS
+    for name, value in inputs.items():
+        if name not in specs:
+            issues.append(Issue("unknown_input", f"node {node_id}: unknown input {name!r} ignored",
+                                input_name=name, severity="warning"))
+    for name, spec in specs.items():
+        if name not in inputs or inputs[name] is None:
+            if spec.required and not spec.has_default:
+                issues.append(Issue("missing_input", f"required input '{name}' ({spec.type}) is "
+                                    "missing", input_name=name,
+                                    details={"expected_type": spec.type}))
+            elif spec.is_widget or spec.has_default:
+                constants[name] = spec.default
+            continue
+        value = inputs[name]
+        if isinstance(value, list | tuple):  # no widget takes a list, so it must be a link
+            issue = _check_link(name, spec, value, classes)
+            if issue:
+                issues.append(issue)
+            else:
+                links[name] = (str(value[0]), value[1])
+            continue
+        coerced, issue = check_constant(spec, value, env)
+        if issue:
+            issues.append(issue)
+        else:
+            constants[name] = coerced
+    if not issues and env is not None:
+        for input_name, message in cls.validate_inputs(constants, env):
+            issues.append(Issue("node_error", message, input_name=input_name))
+    return issues, ValidatedNode(node_id, cls, constants, links)
+
+
+def _check_link(name: str, spec: InputSpec, value: Any,
+                classes: dict[str, type[Node]]) -> Issue | None:
+    if not is_link(value):
+        return Issue("bad_link", f"input '{name}': malformed link {value!r}; expected "
+                     "[node_id, output_index]", input_name=name)
+    src_id, index = str(value[0]), value[1]
+    src = classes.get(src_id)
+    if src is None:
+        return Issue("bad_link", f"input '{name}' links to node {src_id!r}, which does not exist "
+                     "or is invalid", input_name=name, details={"source": src_id})
+    if not 0 <= index < len(src.OUTPUTS):
+        return Issue("bad_link", f"input '{name}' links to output {index} of node {src_id} "
+                     f"({src.TYPE}), which has {len(src.OUTPUTS)} output(s)", input_name=name,
+                     details={"source": src_id, "index": index})
+    out_type = src.OUTPUTS[index].type
+    if not types_match(out_type, spec.type):
+        return Issue("type_mismatch", f"input '{name}' expects {spec.type} but node {src_id} "
+                     f"({src.TYPE}) output {index} is {out_type}", input_name=name,
+                     details={"expected_type": spec.type, "received_type": out_type,
+                              "source": src_id, "index": index})
+    return None
+
+
+def _ancestors_and_self(graph: nx.DiGraph, roots: list[str]) -> list[str]:
+    seen = set(roots)
+    stack = list(roots)
+    while stack:
+        for pred in graph.predecessors(stack.pop()):
+            if pred not in seen:
+                seen.add(pred)
+                stack.append(pred)
+    return [n for n in graph.nodes if n in seen]
+
+
+def _describe(issue: Issue) -> str:
+    where = f"node {issue.node_id}" if issue.node_id else "prompt"
+    return f"[{issue.kind}] {where}: {issue.message}"
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+
+
+def describe_issues(issues: list[Issue]) -> str:
+    """Human-readable lines, one per issue."""
+    return "\n".join(_describe(i) for i in issues)
+
+
+def to_node_errors(issues: list[Issue]) -> dict[str, Any]:
+    """ComfyUI's ``node_errors`` shape, keyed by node id."""
+    out: dict[str, Any] = {}
+    for issue in issues:
+        if issue.severity != "error" or issue.node_id is None:
+            continue
+        entry = out.setdefault(issue.node_id, {"errors": [], "dependent_outputs": [],
+                                               "class_type": issue.class_type})
+        entry["errors"].append({
+            "type": issue.kind,
+            "message": issue.message,
+            "details": issue.input_name or "",
+            "extra_info": {"input_name": issue.input_name, **issue.details},
+        })
+    return out

@@ -1,0 +1,220 @@
+"""Executor: partial re-runs, the shared LRU cache, pinning, failures, interrupt, events."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from engine import Environment, Executor, OutputCache
+from tests import engine_nodes as tn
+
+
+@pytest.fixture(autouse=True)
+def reset_calls():
+    tn.CALLS.clear()
+    tn.STEP_STARTED.clear()
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Environment.create(tmp_path, device="cpu")
+
+
+@pytest.fixture
+def ex(env):
+    return Executor(tn.make_registry(), env)
+
+
+def chain(value=1, b=2, label="x"):
+    return {
+        "1": {"class_type": "TestSource", "inputs": {"value": value, "label": label}},
+        "2": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": b}},
+        "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}},
+    }
+
+
+def test_runs_and_reports_ui(ex):
+    result = ex.run(chain())
+    assert result.ok and result.outputs == {"3": {"value": [3]}}
+    assert result.executed == ["1", "2", "3"]
+
+
+def test_unchanged_workflow_runs_zero_nodes(ex):
+    ex.run(chain())
+    again = ex.run(chain())
+    assert again.executed == [] and again.ok
+    assert again.outputs == {"3": {"value": [3]}}  # cached UI outputs are still reported
+
+
+def test_change_reruns_only_downstream(ex):
+    ex.run(chain())
+    result = ex.run(chain(b=5))
+    assert result.executed == ["2", "3"]
+    assert result.cached == ["1"]
+    assert result.outputs["3"] == {"value": [6]}
+
+
+def test_change_of_unused_output_label_reruns_source_and_downstream(ex):
+    ex.run(chain())
+    assert ex.run(chain(label="y")).executed == ["1", "2", "3"]
+
+
+def test_cache_shared_across_workflows(ex):
+    ex.run(chain())
+    other = {
+        "a": {"class_type": "TestSource", "inputs": {"value": 1, "label": "x"}},
+        "b": {"class_type": "TestOut", "inputs": {"value": ["a", 1]}},
+    }
+    result = ex.run(other)
+    assert result.executed == ["b"]  # the source came from the first workflow's run
+    assert tn.CALLS["TestSource"] == 1
+
+
+def test_duplicate_nodes_in_one_prompt_run_once(ex):
+    prompt = {
+        "1": {"class_type": "TestSource", "inputs": {"value": 4}},
+        "2": {"class_type": "TestSource", "inputs": {"value": 4}},
+        "3": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": 0}},
+        "4": {"class_type": "TestAdd", "inputs": {"a": ["2", 0], "b": 1}},
+        "5": {"class_type": "TestOut", "inputs": {"value": ["3", 0]}},
+        "6": {"class_type": "TestOut", "inputs": {"value": ["4", 0]}},
+    }
+    assert ex.run(prompt).ok
+    assert tn.CALLS["TestSource"] == 1
+
+
+def tensor_prompt(seed, size=4000, other=None):
+    prompt = {
+        "t": {"class_type": "TestTensor", "inputs": {"size": size, "seed": seed}},
+        "s": {"class_type": "TestSum", "inputs": {"x": ["t", 0]}},
+        "o": {"class_type": "TestOut", "inputs": {"value": ["s", 0]}},
+    }
+    if other is not None:
+        prompt["u"] = {"class_type": "TestTensor", "inputs": {"size": size, "seed": other}}
+        prompt["s"]["inputs"]["y"] = ["u", 0]
+    return prompt
+
+
+def pair(x, y, size=4000):
+    """A new Sum of two tensors: needs both tensors, cached or re-run."""
+    prompt = tensor_prompt(x, size=size, other=y)
+    prompt["o"]["inputs"]["value"] = ["s", 0]
+    prompt["s"]["class_type"] = "TestSum"
+    return prompt
+
+
+def test_lru_eviction_within_budget(env):
+    cache = OutputCache({"cpu": 10_000})  # room for two 4,000-byte tensors
+    ex = Executor(tn.make_registry(), env, cache)
+    for seed in (1, 2, 3):
+        ex.run(tensor_prompt(seed))
+    assert 0 < cache.used["cpu"] <= 10_000
+    assert cache.evictions >= 1
+    tn.CALLS.clear()
+    ex.run(pair(2, 3))  # the two most recent tensors are still cached
+    assert tn.CALLS["TestTensor"] == 0
+    ex.run(pair(1, 3))  # the least recently used was evicted, so it re-runs
+    assert tn.CALLS["TestTensor"] == 1
+
+
+def test_lru_touch_on_use_protects_entry(env):
+    cache = OutputCache({"cpu": 10_000})
+    ex = Executor(tn.make_registry(), env, cache)
+    ex.run(tensor_prompt(1))
+    ex.run(tensor_prompt(2))
+    ex.run(pair(1, 1))  # uses (touches) tensor 1, so tensor 2 is now the oldest
+    ex.run(tensor_prompt(3))
+    tn.CALLS.clear()
+    ex.run(pair(1, 3))
+    assert tn.CALLS["TestTensor"] == 0
+    ex.run(pair(2, 3))
+    assert tn.CALLS["TestTensor"] == 1
+
+
+def test_running_prompt_entries_are_pinned(env):
+    cache = OutputCache({"cpu": 1})  # smaller than any tensor
+    ex = Executor(tn.make_registry(), env, cache)
+    result = ex.run(tensor_prompt(1, other=2))
+    assert result.ok  # both tensors survived until the sum used them
+    assert cache.used.get("cpu", 0) <= 1  # and were evicted once unpinned
+    assert all(entry.pins == 0 for entry in cache.entries.values())
+
+
+def test_fingerprint_change_reruns(ex, env):
+    env.folder("input", create=True)
+    (env.folder("input") / "data.txt").write_text("one")
+    prompt = {"1": {"class_type": "TestFile", "inputs": {"name": "data.txt"}},
+              "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
+    assert ex.run(prompt).outputs["2"] == {"value": ["one"]}
+    assert ex.run(prompt).executed == []
+    (env.folder("input") / "data.txt").write_text("two")
+    result = ex.run(prompt)
+    assert result.executed == ["1", "2"] and result.outputs["2"] == {"value": ["two"]}
+
+
+def test_failure_is_structured_and_cache_consistent(ex):
+    prompt = chain()
+    prompt["4"] = {"class_type": "TestFail", "inputs": {"x": ["2", 0]}}
+    prompt["5"] = {"class_type": "TestOut", "inputs": {"value": ["4", 0]}}
+    events = []
+    result = ex.run(prompt, on_event=lambda e, d: events.append((e, d)))
+    assert result.status == "error"
+    err = result.error
+    assert err["node_id"] == "4" and err["node_type"] == "TestFail"
+    assert err["exception_message"] == "boom"
+    assert any("boom" in line for line in err["traceback"])
+    assert ("execution_error", err) in events
+    assert all(e.pins == 0 for e in ex.cache.entries.values())
+    # what succeeded before the failure is cached; the fixed prompt reruns nothing else
+    del prompt["4"], prompt["5"]
+    rerun = ex.run(prompt)
+    assert set(rerun.executed) == {"1", "2", "3"} - set(result.executed)
+    assert {"1", "2"} <= set(result.executed)
+
+
+def test_event_sequence(ex):
+    events = []
+    ex.run(chain(), prompt_id="p1", on_event=lambda e, d: events.append((e, d)))
+    names = [e for e, _ in events]
+    assert names == ["execution_start", "execution_cached", "executing", "executing",
+                     "executing", "executed", "execution_success", "executing"]
+    assert events[-1][1] == {"node": None, "display_node": None, "prompt_id": "p1"}
+    assert all(d["prompt_id"] == "p1" for _, d in events)
+
+
+def slow_prompt(steps=100000):
+    return {"1": {"class_type": "TestSource", "inputs": {}},
+            "2": {"class_type": "TestSlow", "inputs": {"x": ["1", 0], "steps": steps}},
+            "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
+
+
+def test_interrupt_within_one_step(ex):
+    events = []
+    results = []
+    thread = threading.Thread(target=lambda: results.append(
+        ex.run(slow_prompt(), prompt_id="slow", on_event=lambda e, d: events.append((e, d)))))
+    thread.start()
+    assert tn.STEP_STARTED.wait(10)
+    assert not ex.interrupt("another-prompt")  # per prompt: others are not touched
+    assert ex.interrupt("slow")
+    thread.join(10)
+    assert not thread.is_alive()
+    (result,) = results
+    assert result.status == "interrupted"
+    progress = [d["value"] for e, d in events if e == "progress"]
+    assert len(progress) < 100000
+    interrupted = [d for e, d in events if e == "execution_interrupted"]
+    assert interrupted and interrupted[0]["node_id"] == "2"
+    assert ex.run(chain()).ok  # the executor is usable afterwards
+
+
+def test_ten_thousand_node_chain(ex):
+    n = 10_000
+    prompt = {"0": {"class_type": "PrimitiveInt", "inputs": {"value": 0}}}
+    for i in range(1, n):
+        prompt[str(i)] = {"class_type": "IntMath", "inputs": {"a": [str(i - 1), 0], "b": 1}}
+    prompt["out"] = {"class_type": "ShowValue", "inputs": {"value": [str(n - 1), 0]}}
+    result = ex.run(prompt)
+    assert result.ok and result.outputs["out"] == {"text": [str(n - 1)]}
+    assert ex.run(prompt).executed == []
