@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DeviceBytes = dict[str, int]
+_SCALARS = (int, float, str, bool, bytes)
 
 
 def signature(type_id: str, version: int, constants: dict[str, Any], fingerprint: Any,
@@ -32,7 +33,9 @@ def value_nbytes(value: Any) -> DeviceBytes:
     dataclasses; objects can report themselves through ``__cache_nbytes__()``.
     Storage shared between tensors of one value is counted once.
     """
-    if value is None or isinstance(value, int | float | str | bool | bytes):
+    if value is None or isinstance(value, _SCALARS):
+        return {}
+    if isinstance(value, tuple) and all(v is None or isinstance(v, _SCALARS) for v in value):
         return {}
     import torch
 

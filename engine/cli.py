@@ -3,7 +3,8 @@
     steerflow run WORKFLOW [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
     steerflow validate WORKFLOW
     steerflow nodes [--json]
-    steerflow serve [--host H] [--port P]
+    steerflow serve [--host H] [--port P] [--token T]
+    steerflow submit WORKFLOW --server URL [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
 
 Exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
 (unreadable workflow, validation errors, bad options).
@@ -62,11 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8188)
     _common(serve)
+    from server.config import add_serve_arguments  # light: no aiohttp import
+
+    add_serve_arguments(serve)
+
+    from server.client import add_submit_arguments
+
+    submit = sub.add_parser("submit", help="run a workflow on a running server")
+    add_submit_arguments(submit)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # Library chatter (weight-loading bars, optional-backend notices) hides our output.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -83,12 +97,13 @@ def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
                    allow_pickle=args.allow_pickle, custom_nodes=args.custom_nodes, **kwargs)
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, session: Any) -> Any:
     from engine.session import Workflow, parse_override
 
     wf = Workflow.load(args.workflow)
     for item in args.set:
-        wf.set(*parse_override(item))
+        target, value = parse_override(item)
+        wf.set(target, value, session.registry)
     return wf
 
 
@@ -96,8 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.session import WorkflowInputError
 
     try:
-        wf = _load(args)
         session = _session(args, output_dir=args.output_dir)
+        wf = _load(args, session)
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -131,8 +146,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from engine.session import WorkflowInputError
 
     try:
-        wf = _load(args)
-        _session(args).validate(wf)
+        session = _session(args)
+        session.validate(_load(args, session))
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -201,7 +216,14 @@ class _Progress:
             self.bar = None
 
 
-_COMMANDS = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve}
+def cmd_submit(args: argparse.Namespace) -> int:
+    from server.client import cmd_submit as submit
+
+    return submit(args)
+
+
+_COMMANDS = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve,
+             "submit": cmd_submit}
 
 if __name__ == "__main__":
     sys.exit(main())

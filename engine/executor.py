@@ -76,7 +76,14 @@ class Executor:
         self._setup_done = False
 
     # --- public API ------------------------------------------------------------
+    def ensure_setup(self) -> None:
+        """Run the packs' setup hooks once (e.g. create the default model)."""
+        if not self._setup_done:
+            self.registry.setup(self.env)
+            self._setup_done = True
+
     def validate(self, prompt: Any, outputs: list[str] | None = None) -> ValidatedPrompt:
+        self.ensure_setup()  # choices such as model lists depend on it
         return validate_prompt(prompt, self.registry, self.env, outputs=outputs)
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
@@ -112,9 +119,6 @@ class Executor:
             with self._flags_lock:
                 self._flags[prompt_id] = flag
             try:
-                if not self._setup_done:
-                    self.registry.setup(self.env)
-                    self._setup_done = True
                 return _Run(self, vp, prompt, prompt_id, extra or {}, emit, flag).execute()
             finally:
                 with self._flags_lock:
@@ -283,7 +287,8 @@ class _Run:
             "exception_message": str(exc),
             "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "traceback": traceback.format_exception(exc),
-            "current_inputs": {k: repr(v)[:200] for k, v in (node.constants if node else {}).items()},
+            "current_inputs": {k: repr(v)[:200]
+                               for k, v in (node.constants if node else {}).items()},
             "current_outputs": {},
             "timestamp": _now_ms(),
         }

@@ -37,12 +37,12 @@ Choices = Sequence[str] | Callable[["Environment"], Sequence[str]]
 _SPEC_KEY = "steerflow"
 
 
-def Input(  # noqa: N802 - reads like a field declaration, as pydantic's Field does
+def Input(
     default: Any = ...,
     *,
-    type: str | None = None,  # noqa: A002 - the socket type, named as in the schema
-    min: float | None = None,  # noqa: A002
-    max: float | None = None,  # noqa: A002
+    type: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
     step: float | None = None,
     choices: Choices | None = None,
     multiline: bool = False,
@@ -186,7 +186,8 @@ class Node(BaseModel):
         return None
 
     @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment) -> list[tuple[str | None, str]]:
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
         """Extra checks on constant inputs; return ``(input_name | None, message)`` pairs."""
         return []
 

@@ -30,7 +30,8 @@ def confined_path(root: str | os.PathLike[str], *parts: str) -> Path:
             raise PathError(f"path part must be a string, got {type(part).__name__}")
         if "\x00" in part:
             raise PathError("path contains a NUL byte")
-        if os.path.isabs(part) or part.startswith(("\\", "/")) or (len(part) > 1 and part[1] == ":"):
+        drive = len(part) > 1 and part[1] == ":"
+        if os.path.isabs(part) or part.startswith(("\\", "/")) or drive:
             raise PathError(f"absolute paths are not allowed: {part!r}")
         rel = rel / part
     candidate = (base / rel).resolve()

@@ -53,12 +53,19 @@ class Workflow:
     def copy(self) -> Workflow:
         return Workflow(copy.deepcopy(self.prompt), copy.deepcopy(self.document))
 
-    def set(self, target: str, value: Any) -> Workflow:
-        """Set ``"NODE_ID.INPUT"`` (or ``"Title.INPUT"`` by node title) to a constant."""
+    def set(self, target: str, value: Any, registry: NodeRegistry | None = None) -> Workflow:
+        """Set ``"NODE_ID.INPUT"`` (or ``"Title.INPUT"`` by node title) to a constant.
+
+        With a ``registry``, an input the node type does not have is an error.
+        """
         node_ref, sep, input_name = target.rpartition(".")
         if not sep or not node_ref or not input_name:
             raise WorkflowInputError(f"expected NODE_ID.INPUT, got {target!r}")
         node_id = self._find_node(node_ref)
+        cls = registry.get(self.prompt[node_id].get("class_type", "")) if registry else None
+        if cls is not None and input_name not in cls.INPUT_SPECS:
+            raise WorkflowInputError(f"node {node_id} ({cls.TYPE}) has no input {input_name!r}; "
+                                     f"it has: {', '.join(cls.INPUT_SPECS)}")
         self.prompt[node_id].setdefault("inputs", {})[input_name] = value
         if self.document is not None and node_id in self.document.get("prompt", {}):
             self.document["prompt"][node_id].setdefault("inputs", {})[input_name] = value

@@ -91,7 +91,8 @@ def types_match(out_type: str, in_type: str) -> bool:
     return bool(set(out_type.split(",")) & set(in_type.split(",")))
 
 
-def check_constant(spec: InputSpec, value: Any, env: Environment | None) -> tuple[Any, Issue | None]:
+def check_constant(spec: InputSpec, value: Any, env: Environment | None
+                   ) -> tuple[Any, Issue | None]:
     """Validate (and coerce) one constant; returns the value or an issue."""
     if spec.type == ANY_TYPE:
         return value, None
@@ -181,7 +182,8 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None
         vnode.title = meta.get("title") if isinstance(meta, dict) else None
         nodes[node_id] = vnode
 
-    sub = graph.subgraph(needed)
+    # A real graph, not a subgraph view: views re-filter on every access.
+    sub = graph if len(needed) == len(graph) else nx.DiGraph(graph.subgraph(needed))
     if not nx.is_directed_acyclic_graph(sub):
         for component in nx.strongly_connected_components(sub):
             if len(component) > 1 or any(sub.has_edge(n, n) for n in component):
@@ -203,7 +205,7 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
     constants: dict[str, Any] = {}
     links: dict[str, tuple[str, int]] = {}
     specs = cls.INPUT_SPECS
-    for name, value in inputs.items():
+    for name in inputs:
         if name not in specs:
             issues.append(Issue("unknown_input", f"node {node_id}: unknown input {name!r} ignored",
                                 input_name=name, severity="warning"))

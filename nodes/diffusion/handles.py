@@ -1,0 +1,105 @@
+"""The values that travel between diffusion nodes (MODEL, CLIP, VAE, CONDITIONING, LATENT).
+
+Conventions (the same as ComfyUI's, so custom nodes feel at home):
+IMAGE is a float tensor ``[B, H, W, C]`` in 0..1; MASK is ``[B, H, W]`` in 0..1.
+LATENT samples live in the space the UNet sees, i.e. already multiplied by the
+VAE's scaling factor, as in diffusers' pipelines.
+
+Handles are immutable views: a node that changes a model returns a new handle
+and never mutates the cached one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class DiffusionModel:
+    """MODEL: the denoising UNet, its scheduler config and attached extensions."""
+
+    unet: Any
+    scheduler_config: dict[str, Any]
+    family: str = "sd1"
+    extensions: tuple[Any, ...] = ()
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def with_extension(self, extension: Any) -> DiffusionModel:
+        return replace(self, extensions=(*self.extensions, extension))
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """CLIP: tokenizer and text encoder."""
+
+    text_encoder: Any
+    tokenizer: Any
+    family: str = "sd1"
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_encoder.device
+
+
+@dataclass(frozen=True)
+class Vae:
+    """VAE: the autoencoder between pixels and latents."""
+
+    vae: Any
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+
+@dataclass(frozen=True)
+class CondEntry:
+    """One conditioning: prompt embeddings ``[1, tokens, dim]`` and options."""
+
+    embeds: torch.Tensor
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """CONDITIONING: one or more entries (combined by the sampler)."""
+
+    entries: tuple[CondEntry, ...]
+
+    @property
+    def embeds(self) -> torch.Tensor:
+        if len(self.entries) == 1:
+            return self.entries[0].embeds
+        # Entries of different token lengths are concatenated along the token
+        # axis only if equal; otherwise the sampler handles them one by one.
+        return torch.cat([e.embeds for e in self.entries], dim=1)
+
+
+@dataclass(frozen=True)
+class Latent:
+    """LATENT: samples ``[B, C, h, w]`` and an optional noise mask ``[B, 1, h, w]``."""
+
+    samples: torch.Tensor
+    noise_mask: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.samples.shape[0])

@@ -1,0 +1,350 @@
+"""Load SD 1.x / 2.x components from a diffusers folder or a single checkpoint file.
+
+Everything is local: configs come from the model folder, from the single file's
+``steerflow.config`` metadata, or from the SD 1.5 / SD 2.1 configs shipped in
+``nodes/assets/configs``; nothing is ever fetched from the Hugging Face hub.
+Pickle-based files (``.ckpt`` and friends) are refused unless the caller opts in,
+and even then are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX, read_config_metadata
+from nodes.diffusion.tokenizer import load_clip_tokenizer
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
+FAMILY_CONFIG_DIRS = {"sd1": CONFIGS_DIR / "sd15", "sd2": CONFIGS_DIR / "sd21"}
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".bin", ".pth"})
+SAFE_SUFFIXES = frozenset({".safetensors"})
+
+_CLIP_PREFIX = "cond_stage_model.transformer."
+_OPEN_CLIP_PREFIX = "cond_stage_model.model."
+_SDXL_PREFIX = "conditioner.embedders."
+
+StateDict = dict[str, torch.Tensor]
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickle-based checkpoint was given without opting in to loading it."""
+
+
+class CheckpointKeyError(ValueError):
+    """A checkpoint's weights do not match the model its config describes."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """The SD components of one checkpoint, in eval mode on the requested device/dtype."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict[str, Any]
+    family: str  # "sd1" or "sd2"
+    path: Path | None = None
+
+
+def load_components(
+    path: Path,
+    *,
+    allow_pickle: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedCheckpoint:
+    """Load a diffusers folder, a ``.safetensors`` file, or (opt-in) a pickle checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        loaded = _load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
+    else:
+        state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
+        state_dict = _cast_tensors(state_dict, device=device, dtype=dtype)
+        loaded = load_original_state_dict(state_dict, metadata, path=path)
+    for model in (loaded.unet, loaded.vae, loaded.text_encoder):
+        model.to(device)
+        # Only cast when needed: diffusers warns on every .to(dtype=...).
+        if any(p.dtype != dtype for p in model.parameters()):
+            model.to(dtype)
+        _own_aligned_memory(model)
+        model.eval()
+    return loaded
+
+
+def _cast_tensors(
+    state_dict: StateDict, *, device: torch.device | str, dtype: torch.dtype
+) -> StateDict:
+    """Cast the floating tensors (popping entries as they go to bound the extra memory)."""
+    out: StateDict = {}
+    for key in list(state_dict):
+        tensor = state_dict.pop(key)
+        out[key] = tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor
+    return out
+
+
+def _own_aligned_memory(model: torch.nn.Module) -> None:
+    """Copy CPU weights that live at unaligned addresses into fresh allocations.
+
+    Weights read from safetensors are views into the (memory-mapped) file at
+    arbitrary byte offsets. Misaligned weights make CPU kernels take other code
+    paths: slower, and not bit-identical to the same weights loaded another way.
+    The copies also stop the model pinning the file.
+    """
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
+
+
+def read_checkpoint_file(
+    path: Path, *, allow_pickle: bool = False
+) -> tuple[StateDict, dict[str, str]]:
+    """Read a single checkpoint file's tensors and (safetensors only) its metadata."""
+    suffix = path.suffix.lower()
+    if suffix in SAFE_SUFFIXES:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path), device="cpu"), metadata
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UnsafeCheckpointError(
+                f"{path.name} is a pickle-based checkpoint, which can run arbitrary code when "
+                "loaded. Convert it to .safetensors, or opt in with allow_pickle=True (it is "
+                "then read with torch.load(weights_only=True))."
+            )
+        return _torch_load_weights(path)
+    raise ValueError(
+        f"unsupported checkpoint type {path.name!r}: expected a diffusers folder, .safetensors, "
+        f"or (with allow_pickle) one of {sorted(PICKLE_SUFFIXES)}"
+    )
+
+
+def _torch_load_weights(path: Path) -> tuple[StateDict, dict[str, str]]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path.name} holds Python objects besides tensors and cannot be loaded safely; "
+            f"convert it to .safetensors with a trusted tool ({exc})"
+        ) from exc
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path.name} does not contain a state dict")
+    # A top-level string under our metadata key plays the role of safetensors metadata.
+    metadata = {k: v for k, v in obj.items() if k == CONFIG_METADATA_KEY and isinstance(v, str)}
+    # Lightning checkpoints nest the weights under "state_dict".
+    while isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, metadata
+
+
+def detect_family(shapes: Mapping[str, Sequence[int]]) -> str:
+    """Tell SD 1.x ("sd1") from SD 2.x ("sd2") by an original-layout checkpoint's keys/shapes.
+
+    SD 1.x conditions on OpenAI CLIP-L (768-wide context, ``cond_stage_model.transformer``);
+    SD 2.x on OpenCLIP ViT-H (1024-wide, ``cond_stage_model.model``).
+    """
+    if any(k.startswith(_SDXL_PREFIX) for k in shapes):
+        raise ValueError("SDXL checkpoints are not supported (only SD 1.x and SD 2.x)")
+    if not any(k.startswith(UNET_PREFIX) for k in shapes):
+        raise ValueError(f"not a Stable Diffusion checkpoint: no {UNET_PREFIX}* weights")
+    context = {
+        shape[-1]
+        for key, shape in shapes.items()
+        if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")
+    }
+    has_clip = any(k.startswith(_CLIP_PREFIX) for k in shapes)
+    has_open_clip = any(k.startswith(_OPEN_CLIP_PREFIX) for k in shapes)
+    if context == {768} and not has_open_clip:
+        return "sd1"
+    if context == {1024} and not has_clip:
+        return "sd2"
+    raise ValueError(
+        f"cannot tell the model family: cross-attention width {sorted(context)}, "
+        f"CLIP text encoder {has_clip}, OpenCLIP text encoder {has_open_clip}"
+    )
+
+
+def family_configs(family: str) -> dict[str, Any]:
+    """The shipped diffusers configs for ``family`` ("sd1" or "sd2")."""
+    root = FAMILY_CONFIG_DIRS[family]
+
+    def read(*parts: str) -> dict[str, Any]:
+        return json.loads(root.joinpath(*parts).read_text(encoding="utf-8"))
+
+    return {
+        "family": family,
+        "unet": read("unet", "config.json"),
+        "vae": read("vae", "config.json"),
+        "text_encoder": read("text_encoder", "config.json"),
+        "scheduler": read("scheduler", "scheduler_config.json"),
+    }
+
+
+def _family_from_configs(unet_config: Mapping[str, Any], text_config: Mapping[str, Any]) -> str:
+    # OpenCLIP (SD 2.x) uses plain GELU and 1024-wide context; OpenAI CLIP uses quick_gelu.
+    if text_config.get("hidden_act") == "gelu" or unet_config.get("cross_attention_dim") == 1024:
+        return "sd2"
+    return "sd1"
+
+
+def load_original_state_dict(
+    state_dict: StateDict,
+    metadata: Mapping[str, str] | None = None,
+    *,
+    path: Path | None = None,
+) -> LoadedCheckpoint:
+    """Build the components from an original (CompVis/LDM) layout state dict.
+
+    Configs come from ``metadata`` (written by Steerflow) when present, else from
+    the shipped SD 1.5 / SD 2.1 configs picked by :func:`detect_family`. Tensors
+    are assigned as they are (no copy, no cast).
+    """
+    configs = read_config_metadata(metadata)
+    if configs is None:
+        configs = family_configs(detect_family({k: tuple(v.shape) for k, v in state_dict.items()}))
+        # Inpainting variants widen conv_in; the rest of the architecture is unchanged.
+        conv_in = state_dict.get(UNET_PREFIX + "input_blocks.0.0.weight")
+        if conv_in is not None:
+            configs["unet"]["in_channels"] = int(conv_in.shape[1])
+    unet_config, vae_config, text_config = configs["unet"], configs["vae"], configs["text_encoder"]
+    family = configs.get("family") or _family_from_configs(unet_config, text_config)
+
+    unet = _load_strict(
+        "unet",
+        _empty(lambda: UNet2DConditionModel.from_config(unet_config)),
+        convert_ldm_unet_checkpoint(state_dict, unet_config),
+    )
+    vae = _load_strict(
+        "vae",
+        _empty(lambda: AutoencoderKL.from_config(vae_config)),
+        convert_ldm_vae_checkpoint(state_dict, vae_config),
+    )
+    text_encoder = _build_text_encoder(state_dict, CLIPTextConfig.from_dict(text_config))
+    tokenizer_dir = FAMILY_CONFIG_DIRS.get(family, FAMILY_CONFIG_DIRS["sd1"]) / "tokenizer"
+    return LoadedCheckpoint(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=load_clip_tokenizer(tokenizer_dir),
+        scheduler_config=dict(configs["scheduler"]),
+        family=family,
+        path=path,
+    )
+
+
+def _build_text_encoder(state_dict: StateDict, config: CLIPTextConfig) -> CLIPTextModel:
+    model = _empty(lambda: CLIPTextModel(config))
+    if any(k.startswith(_CLIP_PREFIX) for k in state_dict):
+        converted = convert_ldm_clip_checkpoint(state_dict)
+    elif any(k.startswith(_OPEN_CLIP_PREFIX) for k in state_dict):
+        converted = convert_open_clip_checkpoint(model, state_dict)
+        # CLIPTextModel has no projection head; SD 2.x never uses it.
+        converted.pop("text_projection.weight", None)
+    else:
+        raise CheckpointKeyError("checkpoint has no text encoder weights (cond_stage_model.*)")
+    # transformers >= 5.6 flattened CLIPTextModel; position_ids is a derived buffer.
+    converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    converted.pop("embeddings.position_ids", None)
+    return _load_strict("text_encoder", model, converted)
+
+
+def _empty(build: Callable[[], M]) -> M:
+    """Build a model without allocating its weights (they are assigned when loading)."""
+    # include_buffers=False (the default) keeps non-persistent buffers real.
+    with init_empty_weights():
+        return build()
+
+
+def _load_strict(name: str, model: M, state_dict: Mapping[str, torch.Tensor]) -> M:
+    """Load ``state_dict`` into an empty model, naming a few offending keys on mismatch."""
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise CheckpointKeyError(
+            f"{name} weights do not match its config: {len(missing)} missing "
+            f"(e.g. {missing[:4]}), {len(unexpected)} unexpected (e.g. {unexpected[:4]})"
+        )
+    try:
+        model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointKeyError(f"{name} weights do not match its config: {exc}") from exc
+    return model
+
+
+def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> LoadedCheckpoint:
+    """Load a diffusers-format pipeline folder (``model_index.json`` + component subfolders)."""
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ValueError(f"{path} is a folder but not a diffusers model (no model_index.json)")
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    if "text_encoder_2" in index or "unet" not in index:
+        raise ValueError(
+            f"{path.name}: only SD 1.x / 2.x pipelines are supported "
+            f"(found {index.get('_class_name', 'unknown')})"
+        )
+    for sub in ("unet", "vae", "text_encoder"):
+        _check_folder_weights(path / sub, allow_pickle=allow_pickle)
+    # Pass use_safetensors=True unless opted in, so diffusers/transformers never unpickle.
+    safetensors_only = True if not allow_pickle else None
+    common = {"local_files_only": True, "use_safetensors": safetensors_only}
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **common)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **common)
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, **common)
+    family = _family_from_configs(dict(unet.config), text_encoder.config.to_dict())
+    tokenizer_dir = path / "tokenizer"
+    if (tokenizer_dir / "vocab.json").is_file():
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    else:
+        tokenizer = load_clip_tokenizer(FAMILY_CONFIG_DIRS[family] / "tokenizer")
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    if scheduler_file.is_file():
+        scheduler_config = json.loads(scheduler_file.read_text(encoding="utf-8"))
+    else:
+        scheduler_config = family_configs(family)["scheduler"]
+    return LoadedCheckpoint(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=scheduler_config,
+        family=family,
+        path=path,
+    )
+
+
+def _check_folder_weights(folder: Path, *, allow_pickle: bool) -> None:
+    if not folder.is_dir():
+        raise ValueError(f"diffusers model is missing its {folder.name}/ folder: {folder}")
+    if any(folder.glob("*.safetensors")):
+        return
+    if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
+        if allow_pickle:
+            return
+        raise UnsafeCheckpointError(
+            f"{folder} has only pickle-based weights; convert them to .safetensors or opt in "
+            "with allow_pickle=True"
+        )
+    raise ValueError(f"no weights found in {folder}")

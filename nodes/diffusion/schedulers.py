@@ -1,0 +1,93 @@
+"""Sampler and schedule names (ComfyUI's vocabulary) mapped onto diffusers schedulers.
+
+``sampler_name`` picks the diffusers scheduler class; ``scheduler`` picks how the
+noise levels are spaced. "normal" keeps the checkpoint's own scheduler config,
+which is what diffusers' pipelines do, so "normal" reproduces them exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import diffusers
+
+# sampler_name -> (diffusers class name, extra config)
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    "dpmpp_2s_ancestral": (
+        "DPMSolverSinglestepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "uni_pc": ("UniPCMultistepScheduler", {}),
+    "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
+    "deis": ("DEISMultistepScheduler", {}),
+}
+
+# scheduler -> extra config
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "normal": {},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+    "simple": {"timestep_spacing": "trailing"},
+    "sgm_uniform": {"timestep_spacing": "trailing"},
+    "ddim_uniform": {"timestep_spacing": "leading"},
+    "linspace": {"timestep_spacing": "linspace"},
+}
+
+# Schedulers that take the diffusers-specific sigma options
+_SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def _scheduler_class(sampler_name: str) -> type:
+    class_name, _ = SAMPLERS[sampler_name]
+    return getattr(diffusers, class_name)
+
+
+def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
+    """Why a sampler/schedule pair cannot be built, or None if it can."""
+    if sampler_name not in SAMPLERS:
+        return f"unknown sampler {sampler_name!r}"
+    if schedule not in SCHEDULES:
+        return f"unknown scheduler {schedule!r}"
+    params = inspect.signature(_scheduler_class(sampler_name).__init__).parameters
+    for key in SCHEDULES[schedule]:
+        if key not in params:
+            return (
+                f"sampler {sampler_name!r} does not support the {schedule!r} schedule "
+                f"(it has no {key!r} option)"
+            )
+    return None
+
+
+def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]) -> Any:
+    """A fresh diffusers scheduler for one sampling run."""
+    problem = unsupported_combination(sampler_name, schedule)
+    if problem:
+        raise ValueError(problem)
+    cls = _scheduler_class(sampler_name)
+    _, sampler_extra = SAMPLERS[sampler_name]
+    config = dict(base_config)
+    if any(key in _SIGMA_OPTIONS for key in SCHEDULES[schedule]):
+        # one sigma spacing at a time: the checkpoint's own choice gives way
+        for key in _SIGMA_OPTIONS:
+            config.pop(key, None)
+    return cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])

@@ -1,0 +1,158 @@
+"""Images in and out: load from input/, save to output/ with the workflow embedded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin
+
+from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
+from engine.workflow import prompt_to_document
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def list_input_images(env: Environment) -> list[str]:
+    return env.list_files("input", suffixes=IMAGE_SUFFIXES)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pil_to_image(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL → (IMAGE ``[1, H, W, 3]``, MASK ``[1, H, W]``; mask = 1 - alpha, as ComfyUI)."""
+    img = ImageOps.exif_transpose(img)
+    rgba = img.convert("RGBA")
+    arr = np.asarray(rgba, dtype=np.float32) / 255.0
+    image = torch.from_numpy(arr[..., :3].copy())[None]
+    mask = 1.0 - torch.from_numpy(arr[..., 3].copy())[None]
+    return image, mask
+
+
+def image_to_pil(image: torch.Tensor) -> list[Image.Image]:
+    """IMAGE ``[B, H, W, C]`` → PIL images."""
+    arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+
+
+class LoadImage(Node):
+    """Load an image from the input folder; its alpha channel becomes a mask."""
+
+    TYPE = "LoadImage"
+    DISPLAY_NAME = "Load Image"
+    CATEGORY = "image"
+    OUTPUTS = (Output("IMAGE"), Output("MASK"))
+
+    image: str = Input(..., choices=list_input_images, upload="image",
+                       description="A file in the input folder")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        path = env.resolve("input", inputs["image"])
+        return file_sha256(path) if path.is_file() else None
+
+    def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor, torch.Tensor]:
+        path = ctx.env.resolve("input", self.image)
+        try:
+            with Image.open(path) as img:
+                image, mask = pil_to_image(img)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {self.image!r} not found in the input folder") from None
+        except OSError as exc:
+            raise ValueError(f"{self.image!r} is not a readable image: {exc}") from exc
+        return image.to(ctx.device), mask.to(ctx.device)
+
+
+_COUNTER = re.compile(r"_(\d{5,})_\.png$")
+
+
+def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: str
+                ) -> list[dict[str, str]]:
+    """Write PNGs with the prompt and workflow embedded; returns UI file entries."""
+    prefix = prefix.strip() or "Steerflow"
+    subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
+    folder = ctx.env.folder(role, subfolder, create=True) if subfolder else ctx.env.folder(
+        role, create=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", json.dumps(ctx.prompt))
+    pnginfo = dict(ctx.extra.get("extra_pnginfo") or {})
+    pnginfo.setdefault("workflow", prompt_to_document(ctx.prompt))
+    for key, value in pnginfo.items():
+        info.add_text(str(key), json.dumps(value))
+    counter = 1 + max((int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_.png")
+                       if (m := _COUNTER.search(p.name))), default=0)
+    results = []
+    for img in image_to_pil(images):
+        while True:
+            path = folder / f"{stem}_{counter:05d}_.png"
+            counter += 1
+            try:
+                with path.open("xb") as fh:  # exclusive: never overwrite a user's file
+                    img.save(fh, format="PNG", pnginfo=info, compress_level=4)
+                break
+            except FileExistsError:
+                continue
+        results.append({"filename": path.name, "subfolder": subfolder, "type": role})
+    return results
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+class SaveImage(Node):
+    """Save images as PNG in the output folder, with the workflow embedded."""
+
+    TYPE = "SaveImage"
+    DISPLAY_NAME = "Save Image"
+    CATEGORY = "image"
+    OUTPUT_NODE = True
+    OUTPUTS = ()
+
+    images: torch.Tensor = Input(type="IMAGE")
+    filename_prefix: str = Input("Steerflow", description="May contain a subfolder: 'cats/cat'")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        subfolder = inputs["filename_prefix"].replace("\\", "/").rpartition("/")[0]
+        try:
+            env.folder("output", subfolder) if subfolder else None
+        except ValueError as exc:
+            return [("filename_prefix", str(exc))]
+        return []
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        return NodeResult((), {"images": save_images(self.images, ctx, "output",
+                                                     self.filename_prefix)})
+
+
+class PreviewImage(Node):
+    """Show images without keeping them (written to the temp folder)."""
+
+    TYPE = "PreviewImage"
+    DISPLAY_NAME = "Preview Image"
+    CATEGORY = "image"
+    OUTPUT_NODE = True
+    OUTPUTS = ()
+
+    images: torch.Tensor = Input(type="IMAGE")
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        prefix = f"preview_{secrets.token_hex(4)}"
+        return NodeResult((), {"images": save_images(self.images, ctx, "temp", prefix)})
+
+
+NODE_CLASSES = (LoadImage, SaveImage, PreviewImage)

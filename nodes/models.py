@@ -1,0 +1,70 @@
+"""Model loaders: checkpoints from the models folder, offline and pickle-free by default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def list_checkpoints(env: Environment) -> list[str]:
+    """Single files and diffusers folders (with model_index.json) under models/checkpoints."""
+    return env.list_files("models", "checkpoints", suffixes=CHECKPOINT_SUFFIXES,
+                          dirs_with="model_index.json")
+
+
+def path_fingerprint(path: Path) -> list[Any]:
+    """Cheap identity of a file or folder: names, sizes and modification times.
+
+    Hashing multi-GB checkpoints on every run would cost seconds; size and mtime
+    change whenever a file is replaced.
+    """
+    if path.is_file():
+        st = path.stat()
+        return [path.name, st.st_size, st.st_mtime_ns]
+    out: list[Any] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = (Path(dirpath) / name).stat()
+            out.append([os.path.relpath(Path(dirpath) / name, path), st.st_size, st.st_mtime_ns])
+    return out
+
+
+class CheckpointLoaderSimple(Node):
+    """Load a Stable Diffusion checkpoint (diffusers folder or single .safetensors file)."""
+
+    TYPE = "CheckpointLoaderSimple"
+    DISPLAY_NAME = "Load Checkpoint"
+    CATEGORY = "loaders"
+    OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("VAE"))
+
+    ckpt_name: str = Input(..., choices=list_checkpoints,
+                           description="A file or diffusers folder in models/checkpoints")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        path = env.resolve("models", "checkpoints", inputs["ckpt_name"])
+        return path_fingerprint(path) if path.exists() else None
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
+        from nodes.diffusion.loading import load_components
+
+        path = ctx.env.resolve("models", "checkpoints", self.ckpt_name)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"checkpoint {self.ckpt_name!r} not found in models/checkpoints")
+        loaded = load_components(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)
+        return (
+            DiffusionModel(loaded.unet, dict(loaded.scheduler_config), loaded.family),
+            TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family),
+            Vae(loaded.vae),
+        )
+
+
+NODE_CLASSES = (CheckpointLoaderSimple,)

@@ -1,0 +1,55 @@
+"""Fixtures: a live in-process server on a free loopback port, and clients for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from server.config import ServerConfig
+from tests.server.helpers import Http, InProcessServer, LiveServer, Loop, session_factory_for
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: runs a real model or restarts servers")
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def make_server(tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers with ServerConfig overrides; all are stopped at teardown."""
+    started: list[InProcessServer] = []
+
+    def make(setup_app: Any = None, **overrides: Any) -> LiveServer:
+        base = overrides.pop("base_dir", None) or tmp_path_factory.mktemp("server")
+        overrides.setdefault("workflows_dir", base / "workflows")
+        overrides.setdefault("web_dir", base / "web-dist")
+        config = ServerConfig(host="127.0.0.1", port=0, base_dir=base, device="cpu",
+                              **overrides)
+        srv = InProcessServer(config, session_factory_for(config.base_dir), setup_app)
+        started.append(srv)
+        return srv.live
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LiveServer]) -> LiveServer:
+    return make_server()
+
+
+@pytest.fixture
+def http(server: LiveServer, loop: Loop) -> Iterator[Http]:
+    client = Http(server.url, loop)
+    yield client
+    client.close()

@@ -1,0 +1,158 @@
+"""Text-to-image through the graph equals diffusers' StableDiffusionPipeline."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.session import Session, Workflow
+from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, unsupported_combination
+from tests.graph_nodes import CAPTURED, registry_with_capture
+
+PROMPT = "a red circle at the top left on a white background"
+NEGATIVE = "blurry"
+SIZE = 64
+
+
+def txt2img_prompt(ckpt: str, sampler: str, schedule: str = "normal", *, seed: int = 7,
+                   steps: int = 6, cfg: float = 7.5, capture: bool = True) -> dict:
+    prompt = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": seed, "steps": steps, "cfg": cfg,
+            "sampler_name": sampler, "scheduler": schedule, "positive": ["6", 0],
+            "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "t"}},
+    }
+    if capture:
+        prompt["10"] = {"class_type": "TestCapture", "inputs": {"value": ["8", 0]}}
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def session(models_dir, tmp_path_factory):
+    return Session(tmp_path_factory.mktemp("home"), models_dir=models_dir, device="cpu",
+                   registry=registry_with_capture())
+
+
+@pytest.fixture(scope="module")
+def reference_pipe(tiny_model_paths):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        tiny_model_paths["diffusers"], local_files_only=True, safety_checker=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.base_scheduler_config = dict(pipe.scheduler.config)  # schedulers carry options over
+    return pipe
+
+
+def reference_image(pipe, sampler: str, schedule: str = "normal", *, seed: int = 7,
+                    steps: int = 6, cfg: float = 7.5) -> np.ndarray:
+    class_name, extra = SAMPLERS[sampler]
+    pipe.scheduler = getattr(diffusers, class_name).from_config(
+        pipe.base_scheduler_config, **extra, **SCHEDULES[schedule])
+    out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps,
+               guidance_scale=cfg, height=SIZE, width=SIZE, output_type="np",
+               generator=torch.Generator("cpu").manual_seed(seed))
+    return out.images
+
+
+def graph_image(session, prompt) -> np.ndarray:
+    # A fresh key per call: an identical earlier prompt would otherwise be served
+    # whole from the cache and the capture node would not run again.
+    key = uuid.uuid4().hex
+    prompt["10"]["inputs"]["key"] = key
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    return CAPTURED.pop(key).cpu().numpy()
+
+
+@pytest.mark.parametrize(("sampler", "schedule"), [
+    ("ddim", "normal"), ("euler", "normal"), ("dpmpp_2m", "normal"), ("dpmpp_2m", "karras"),
+    ("euler_ancestral", "normal"), ("uni_pc", "normal"), ("pndm", "normal"), ("lms", "normal"),
+    ("heun", "normal"),
+])
+def test_matches_stable_diffusion_pipeline(session, reference_pipe, sampler, schedule):
+    ours = graph_image(session, txt2img_prompt("steerflow-tiny", sampler, schedule))
+    ref = reference_image(reference_pipe, sampler, schedule)
+    assert ours.shape == ref.shape == (1, SIZE, SIZE, 3)
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_single_file_equals_diffusers_folder(session):
+    a = graph_image(session, txt2img_prompt("steerflow-tiny", "euler"))
+    b = graph_image(session, txt2img_prompt("steerflow-tiny.safetensors", "euler"))
+    assert np.array_equal(a, b)
+
+
+def test_every_sampler_and_schedule_runs_or_is_refused(session):
+    ran = refused = 0
+    for sampler in SAMPLERS:
+        for schedule in SCHEDULES:
+            prompt = txt2img_prompt("steerflow-tiny", sampler, schedule, steps=3)
+            if unsupported_combination(sampler, schedule):
+                with pytest.raises(Exception, match="does not support"):
+                    session.validate(prompt)
+                refused += 1
+                continue
+            image = graph_image(session, prompt)
+            assert np.isfinite(image).all(), (sampler, schedule)
+            ran += 1
+    assert ran >= 40 and refused >= 1
+
+
+def test_seed_change_reruns_only_sampler_and_downstream(session):
+    session.run(txt2img_prompt("steerflow-tiny", "euler", seed=1))
+    result = session.run(txt2img_prompt("steerflow-tiny", "euler", seed=2))
+    assert sorted(result.run.executed) == ["10", "3", "8", "9"]  # not loader, encoders
+    assert session.run(txt2img_prompt("steerflow-tiny", "euler", seed=2)).run.executed == []
+
+
+def test_saved_png_reruns_to_the_same_image(session, models_dir, tmp_path):
+    first = session.run(txt2img_prompt("steerflow-tiny", "dpmpp_2m", seed=11, capture=False))
+    (png,) = first.image_paths
+    wf = Workflow.load(png)
+    assert wf.prompt["3"]["inputs"]["seed"] == 11
+    assert wf.document is not None and wf.document["format"] == "steerflow.workflow"
+    other = Session(tmp_path, models_dir=models_dir, device="cpu")  # a fresh cache
+    (again,) = other.run(wf).image_paths
+    a, b = np.asarray(Image.open(png)), np.asarray(Image.open(again))
+    assert np.array_equal(a, b)
+
+
+def test_pickle_checkpoint_refused_unless_opted_in(session, models_dir, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from nodes.diffusion.original_layout import CONFIG_METADATA_KEY
+
+    single = models_dir / "checkpoints" / "steerflow-tiny.safetensors"
+    with safe_open(str(single), "pt") as fh:
+        config = fh.metadata()[CONFIG_METADATA_KEY]
+    pickled = models_dir / "checkpoints" / "pickled.ckpt"
+    torch.save({"state_dict": load_file(single), CONFIG_METADATA_KEY: config}, pickled)
+    try:
+        result = session.run(txt2img_prompt("pickled.ckpt", "euler", capture=False))
+        assert result.run.status == "error"
+        assert "allow" in result.run.error["exception_message"].lower()
+        opted = Session(tmp_path, models_dir=models_dir, device="cpu", allow_pickle=True)
+        result = opted.run(txt2img_prompt("pickled.ckpt", "euler", capture=False))
+        assert result.ok, result.run.error
+    finally:
+        pickled.unlink()
+
+
+def test_example_workflow_validates(session):
+    wf = Workflow.load("workflows/txt2img.json")
+    session.validate(wf)
+    assert json.loads(json.dumps(wf.prompt)) == wf.prompt
