@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# only for its bpe vocabulary (scripts/derive_clip_tokenizer.py); its torchvision
+	# requirement would replace our torch, hence --no-deps
+	$(BIN)/pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
 run: venv

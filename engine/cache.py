@@ -121,8 +121,9 @@ class OutputCache:
             pins += old.pins
         entry = CacheEntry(outputs, ui, value_nbytes(outputs), pins)
         self.entries[sig] = entry
-        self._account(entry.nbytes, +1)
-        self.evict()
+        if entry.nbytes:  # scalars cannot push a device over its budget
+            self._account(entry.nbytes, +1)
+            self.evict()
         return entry
 
     def pin(self, sig: str) -> None:
@@ -134,7 +135,7 @@ class OutputCache:
         entry = self.entries.get(sig)
         if entry is not None and entry.pins > 0:
             entry.pins -= 1
-            if entry.pins == 0:
+            if entry.pins == 0 and entry.nbytes:
                 self.evict()
 
     def evict(self) -> None:

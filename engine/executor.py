@@ -243,7 +243,7 @@ class _Run:
                     raise RuntimeError(f"internal: output of node {src} is missing from the cache")
                 value = entry.outputs[idx]
                 spec = node.cls.INPUT_SPECS[name]
-                if spec.is_widget:
+                if spec.is_widget and not spec.accepts_as_is(value):
                     value, issue = check_constant(spec, value, self.ex.env)
                     if issue is not None:
                         raise ValueError(issue.message)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from engine.environment import Environment
 
 PRIMITIVE_TYPES = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}
+_PYTHON_TYPES = {v: k for k, v in PRIMITIVE_TYPES.items()}
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 ANY_TYPE = "*"
 
@@ -127,6 +128,11 @@ class InputSpec:
     def is_widget(self) -> bool:
         """A widget input holds a constant; it may still be linked from a primitive."""
         return self.type in WIDGET_TYPES and not self.force_input
+
+    def accepts_as_is(self, value: Any) -> bool:
+        """True when a linked value needs no validation: exact type, no bounds or choices."""
+        return (self.min is None and self.max is None and self.choices is None
+                and type(value) is _PYTHON_TYPES.get(self.type))
 
     def resolve_choices(self, env: Environment | None) -> list[str] | None:
         if self.choices is None:

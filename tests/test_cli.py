@@ -1,0 +1,139 @@
+"""The command line and the Python API, as a user calls them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.session import Session, Workflow, WorkflowInputError
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW = REPO / "workflows" / "txt2img.json"
+
+
+def steerflow(*args: str, home: Path, models: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args, "--base-dir", str(home),
+         "--models-dir", str(models), "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=home)
+
+
+def cli(*args: str, home: Path, models: Path, capsys: pytest.CaptureFixture[str]
+        ) -> subprocess.CompletedProcess[str]:
+    """The CLI in-process (the subprocess start-up costs seconds per call)."""
+    from engine.cli import main
+
+    capsys.readouterr()
+    code = main([*args[:2], *args[2:], "--base-dir", str(home), "--models-dir", str(models),
+                 "--device", "cpu"])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def fast(*extra: str) -> list[str]:
+    return ["--set", "3.steps=3", *extra]
+
+
+def test_run_validate_and_rerun_png(tmp_path, models_dir, capsys):
+    done = steerflow("run", str(WORKFLOW), *fast("--set", "3.seed=5"), "--no-progress",
+                     home=tmp_path, models=models_dir)
+    assert done.returncode == 0, done.stderr
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("image: ")]
+    png = Path(line.removeprefix("image: "))
+    assert png.is_file() and png.parent == tmp_path / "output"
+    again = cli("run", str(png), "--no-progress", home=tmp_path, models=models_dir,
+                capsys=capsys)
+    assert again.returncode == 0, again.stderr
+    ok = cli("validate", str(WORKFLOW), home=tmp_path, models=models_dir, capsys=capsys)
+    assert ok.returncode == 0 and "valid" in ok.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "3.steps=abc"], "invalid_value"),
+    (["--set", "3.cfg=1000"], "out_of_range"),
+    (["--set", "3.sampler_name=nope"], "not_in_choices"),
+    (["--set", "4.ckpt_name=missing.safetensors"], "not_in_choices"),
+    (["--set", "9.nope=1"], "has no input 'nope'"),
+    (["--set", "99.seed=1"], "no node '99'"),
+    (["--set", "garbage"], "NODE_ID.INPUT=VALUE"),
+])
+def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, models_dir, capsys, args,
+                                                      message):
+    done = cli("run", str(WORKFLOW), *args, home=tmp_path, models=models_dir, capsys=capsys)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"nodes": [], "links": []}'])
+def test_unreadable_workflow_files(tmp_path, models_dir, capsys, content):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    done = cli("run", str(bad), home=tmp_path, models=models_dir, capsys=capsys)
+    assert done.returncode == 2 and "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_workflow_file(tmp_path, models_dir, capsys):
+    done = cli("run", str(tmp_path / "nope.json"), home=tmp_path, models=models_dir,
+               capsys=capsys)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_validate_json_lists_every_issue(tmp_path, models_dir, capsys):
+    done = cli("validate", str(WORKFLOW), "--json", "--set", "3.steps=0",
+               "--set", "5.width=7", home=tmp_path, models=models_dir, capsys=capsys)
+    assert done.returncode == 2
+    issues = json.loads(done.stdout)
+    assert {(i["node_id"], i["input_name"], i["kind"]) for i in issues} == {
+        ("3", "steps", "out_of_range"), ("5", "width", "out_of_range")}
+
+
+def test_nodes_json_is_the_full_schema(tmp_path, models_dir, capsys):
+    done = cli("nodes", "--json", home=tmp_path, models=models_dir, capsys=capsys)
+    assert done.returncode == 0, done.stderr
+    schema = json.loads(done.stdout)
+    ks = schema["KSampler"]
+    assert ks["input"]["required"]["steps"] == ["INT", {"default": 20, "min": 1, "max": 10000}]
+    assert "dpmpp_2m" in ks["input"]["required"]["sampler_name"][0]
+    assert ks["output"] == ["LATENT"] and ks["category"] == "sampling"
+    assert schema["SaveImage"]["output_node"] is True
+    assert "steerflow-tiny" in schema["CheckpointLoaderSimple"]["input"]["required"][
+        "ckpt_name"][0]
+
+
+def test_python_api_overrides_and_events(tmp_path, models_dir):
+    session = Session(tmp_path, models_dir=models_dir, device="cpu")
+    wf = Workflow.load(WORKFLOW).set("3.steps", 3).set("Sample.seed", 123)  # by id or title
+    result = session.run(wf, keep_events=True)
+    assert result.ok
+    (image,) = result.images
+    assert image.size == (64, 64)
+    names = [name for name, _ in result.events]
+    assert names[0] == "execution_start" and "progress" in names and "execution_success" in names
+    with pytest.raises(WorkflowInputError):
+        wf.set("nope.seed", 1)
+
+
+def test_custom_node_pack_folder(tmp_path, models_dir):
+    packs = tmp_path / "custom_nodes"
+    (packs / "greet").mkdir(parents=True)
+    (packs / "greet" / "__init__.py").write_text(
+        "from engine import Input, Node, NodeResult, Output\n"
+        "class Greet(Node):\n"
+        "    TYPE = 'Greet'\n"
+        "    OUTPUT_NODE = True\n"
+        "    name: str = Input('world')\n"
+        "    def execute(self, ctx):\n"
+        "        return NodeResult((), {'text': ['hello ' + self.name]})\n"
+        "NODE_CLASSES = (Greet,)\n")
+    (packs / "broken.py").write_text("raise RuntimeError('this pack is broken')\n")
+    session = Session(tmp_path, models_dir=models_dir, device="cpu", custom_nodes=packs)
+    assert [e.pack for e in session.registry.errors] == [str(packs / "broken.py")]
+    result = session.run({"1": {"class_type": "Greet", "inputs": {"name": "pack"}}})
+    assert result.run.outputs == {"1": {"text": ["hello pack"]}}
