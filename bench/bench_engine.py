@@ -20,11 +20,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from engine import Environment, Executor, Input, Node, NodeRegistry, NodeResult  # noqa: E402
-from engine.session import Session  # noqa: E402
-from nodes import primitives  # noqa: E402
+from engine import Environment, Executor, Input, Node, NodeRegistry, NodeResult
+from engine.session import Session
+from nodes import primitives
 
 
 class Keep(Node):

@@ -28,13 +28,15 @@ def make_server(tmp_path_factory: pytest.TempPathFactory
     """Start servers with ServerConfig overrides; all are stopped at teardown."""
     started: list[InProcessServer] = []
 
-    def make(setup_app: Any = None, **overrides: Any) -> LiveServer:
+    def make(setup_app: Any = None, session_factory: Any = None, **overrides: Any
+             ) -> LiveServer:
         base = overrides.pop("base_dir", None) or tmp_path_factory.mktemp("server")
         overrides.setdefault("workflows_dir", base / "workflows")
         overrides.setdefault("web_dir", base / "web-dist")
         config = ServerConfig(host="127.0.0.1", port=0, base_dir=base, device="cpu",
                               **overrides)
-        srv = InProcessServer(config, session_factory_for(config.base_dir), setup_app)
+        factory = (session_factory or session_factory_for)(config)
+        srv = InProcessServer(config, factory, setup_app)
         started.append(srv)
         return srv.live
 

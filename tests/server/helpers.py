@@ -11,12 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import websocket
+import yarl
 from aiohttp import web
 
 from server.app import create_app
@@ -26,12 +27,14 @@ from server.state import STATE, ServerState
 REPO = Path(__file__).resolve().parents[2]
 
 
-def session_factory_for(base_dir: Path) -> Callable[[], Any]:
+def session_factory_for(config: ServerConfig) -> Callable[[], Any]:
+    """Sessions over the test registry (no models, no diffusion imports needed)."""
+
     def make() -> Any:
         from engine.session import Session
         from tests.server.pack import make_registry
 
-        return Session(base_dir, device="cpu", registry=make_registry())
+        return Session(config.base_dir, device="cpu", registry=make_registry())
 
     return make
 
@@ -75,9 +78,12 @@ class Http:
     async def _open(headers: dict[str, str]) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(headers=headers)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Reply:
+    def request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Reply:
+        """``raw``: send the path exactly as given (no client-side ``..`` folding)."""
+        url = yarl.URL(self.base + path, encoded=True) if raw else self.base + path
+
         async def go() -> Reply:
-            async with self.session.request(method, self.base + path, **kwargs) as resp:
+            async with self.session.request(method, url, **kwargs) as resp:
                 return Reply(resp.status, resp.headers, await resp.read())
 
         return self.loop.run(go())
@@ -99,7 +105,7 @@ class LiveServer:
     base_dir: Path
     token: str | None = None
     app: web.Application | None = None
-    _clients: list[Http] = field(default_factory=list)
+    stop: Callable[[], None] = lambda: None
 
     @property
     def ws_url(self) -> str:
@@ -130,7 +136,8 @@ class InProcessServer:
         self.runner = web.AppRunner(self.app, access_log=None)
         self.port = self.loop.run(self._start(config.host))
         self.live = LiveServer(f"http://{config.host}:{self.port}", self.port, config.base_dir,
-                               config.token, self.app)
+                               config.token, self.app, self.stop)
+        self.stopped = False
 
     async def _start(self, host: str) -> int:
         await self.runner.setup()
@@ -139,8 +146,10 @@ class InProcessServer:
         return self.runner.addresses[0][1]
 
     def stop(self) -> None:
-        self.loop.run(self.runner.cleanup(), timeout=30)
-        self.loop.close()
+        if not self.stopped:
+            self.stopped = True
+            self.loop.run(self.runner.cleanup(), timeout=30)
+            self.loop.close()
 
 
 def free_port() -> int:
