@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from engine import Environment
-from nodes import conditioning, image, latent, models, primitives, sampling
+from nodes import conditioning, image, latent, models, primitives, sampling, sega
 
 NODE_CLASSES = (
     *models.NODE_CLASSES,
     *conditioning.NODE_CLASSES,
     *latent.NODE_CLASSES,
     *sampling.NODE_CLASSES,
+    *sega.NODE_CLASSES,
     *image.NODE_CLASSES,
     *primitives.NODE_CLASSES,
 )

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from nodes.diffusion.extensions import (
+    Predictions,
+    SamplerExtension,
+    Step,
+    UNetCall,
+    unique_extensions,
+)
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
+from nodes.diffusion.masking import NoiseMaskBlend
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -60,13 +68,15 @@ def initial_latents(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise the input latent for the first timestep; returns (latents, noise).
 
-    An all-zero latent at full denoise (Empty Latent Image) is pure noise scaled by
-    ``init_noise_sigma``, as in text-to-image; otherwise the latent is noised to
-    the first timestep with ``scheduler.add_noise``, as in image-to-image.
+    At full denoise the start is pure noise scaled by ``init_noise_sigma``, as in
+    diffusers' text-to-image and inpainting pipelines; below it the latent is noised
+    to the first timestep with ``scheduler.add_noise``, as in image-to-image.
+    (diffusers' img2img at strength exactly 1.0 keeps a sqrt(alpha_bar_T) trace of
+    the image; we start from pure noise there too.)
     """
     samples = latent.samples.to(device=device, dtype=dtype)
     noise = randn_tensor(tuple(samples.shape), generator=generator, device=device, dtype=dtype)
-    if denoise >= 1.0 and not bool(samples.any()):
+    if denoise >= 1.0:
         return noise * scheduler.init_noise_sigma, noise
     if len(timesteps) == 0:
         return samples, noise
@@ -107,38 +117,129 @@ def step_kwargs(scheduler: Any, generator: torch.Generator, eta: float) -> dict[
     return kwargs
 
 
+@dataclass
+class SamplingRun:
+    """Everything one sampling run knows; extensions read it and keep state in ``state``."""
+
+    model: DiffusionModel
+    scheduler: Any
+    params: SamplingParams
+    generator: torch.Generator
+    timesteps: torch.Tensor
+    init_latents: torch.Tensor
+    noise: torch.Tensor
+    positive: Conditioning
+    negative: Conditioning
+    latent: Latent
+    do_cfg: bool
+    extensions: list[SamplerExtension]
+    state: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.init_latents.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.init_latents.dtype
+
+
+def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: Conditioning,
+                       latent: Latent) -> list[SamplerExtension]:
+    """Extensions attached to the model, to either conditioning, and implied by the latent."""
+    from_cond = [ext for cond in (positive, negative) for entry in cond.entries
+                 for ext in entry.options.get("extensions", ())]
+    from_latent = [NoiseMaskBlend(latent.noise_mask)] if latent.noise_mask is not None else []
+    return unique_extensions(model.extensions, from_cond, from_latent)
+
+
 @torch.no_grad()
-def sample(
-    model: DiffusionModel,
-    scheduler: Any,
-    positive: Conditioning,
-    negative: Conditioning,
-    latent: Latent,
-    params: SamplingParams,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """Denoise ``latent``; returns the final latents (UNet space)."""
+def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
+           negative: Conditioning, latent: Latent, params: SamplingParams,
+           callback: StepCallback | None = None) -> torch.Tensor:
+    """Denoise ``latent`` with every attached extension; returns latents (UNet space)."""
     unet = model.unet
     device, dtype = unet.device, unet.dtype
     # The noise comes from a CPU generator so a seed gives the same image on any device.
     generator = torch.Generator("cpu").manual_seed(params.seed)
     timesteps, _ = prepare_timesteps(scheduler, params.steps, params.denoise, device)
-    latents, _ = initial_latents(
-        scheduler, latent, timesteps, params.denoise, generator, device, dtype
-    )
-    batch = latents.shape[0]
+    init_latents = latent.samples.to(device=device, dtype=dtype)
+    latents, noise = initial_latents(scheduler, latent, timesteps, params.denoise, generator,
+                                     device, dtype)
     do_cfg = params.cfg > 1.0 and unet.config.time_cond_proj_dim is None
+    run = SamplingRun(model, scheduler, params, generator, timesteps, init_latents, noise,
+                      positive, negative, latent, do_cfg,
+                      collect_extensions(model, positive, negative, latent))
+    exts = run.extensions
+    batch = latents.shape[0]
     embeds = guidance_embeds(positive, negative, batch, do_cfg, device, dtype)
-    extra = step_kwargs(scheduler, generator, params.eta)
+    extra_slices: dict[int, tuple[int, int]] = {}
+    if do_cfg:
+        extra: list[torch.Tensor] = []
+        for ext in exts:
+            ext.setup(run)
+            conds = [c.to(device=device, dtype=dtype) for c in ext.extra_conditions(run)]
+            start = 2 + len(extra)
+            extra_slices[id(ext)] = (start, start + len(conds))
+            extra.extend(c.repeat(batch // c.shape[0], 1, 1) for c in conds)
+        if extra:
+            embeds = torch.cat([embeds, *extra])
+    else:
+        for ext in exts:
+            ext.setup(run)
+    n_chunks = (2 + sum(b - a for a, b in extra_slices.values())) if do_cfg else 1
+    processors = {name: proc for ext in exts
+                  for name, proc in ext.attention_processors(run).items()}
+    saved = _swap_processors(unet, processors) if processors else None
+    step_extra = step_kwargs(scheduler, generator, params.eta)
     total = len(timesteps)
-    for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * 2) if do_cfg else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        if do_cfg:
-            noise_uncond, noise_text = noise_pred.chunk(2)
-            noise_pred = noise_uncond + params.cfg * (noise_text - noise_uncond)
-        latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
-        if callback is not None:
-            callback(i + 1, total, latents)
+    try:
+        for i, t in enumerate(timesteps):
+            step = Step(i, total, t)
+            for ext in exts:
+                latents = ext.pre_step(run, step, latents)
+            model_input = torch.cat([latents] * n_chunks) if n_chunks > 1 else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            call = UNetCall(model_input, model_input, t, embeds)
+            for ext in exts:
+                ext.unet_inputs(run, step, call)
+            noise_pred = unet(
+                call.sample, t, encoder_hidden_states=call.encoder_hidden_states,
+                cross_attention_kwargs=call.cross_attention_kwargs,
+                down_block_additional_residuals=call.down_block_additional_residuals,
+                mid_block_additional_residual=call.mid_block_additional_residual,
+                down_intrablock_additional_residuals=call.down_intrablock_additional_residuals,
+                return_dict=False)[0]
+            if do_cfg:
+                chunks = noise_pred.chunk(n_chunks)
+                preds = Predictions(chunks[0], chunks[1], {
+                    key: chunks[a:b] for key, (a, b) in extra_slices.items()})
+                guidance = params.cfg * (preds.cond - preds.uncond)
+                for ext in exts:
+                    guidance = ext.guidance(run, step, preds, guidance)
+                noise_pred = preds.uncond + guidance
+            latents = scheduler.step(noise_pred, t, latents, **step_extra, return_dict=False)[0]
+            for ext in exts:
+                latents = ext.post_step(run, step, latents)
+            if callback is not None:
+                callback(i + 1, total, latents)
+    finally:
+        if saved is not None:
+            unet.set_attn_processor(saved)
+        for ext in exts:
+            ext.teardown(run)
     return latents
+
+
+def _swap_processors(unet: Any, processors: dict[str, Any]) -> dict[str, Any]:
+    """Install processors on the named layers only; returns the full previous mapping.
+
+    The UNet is shared through the cache, so the caller restores the mapping when
+    the run ends (runs are serialised by the executor).
+    """
+    saved = dict(unet.attn_processors)
+    unknown = sorted(set(processors) - set(saved))
+    if unknown:
+        raise ValueError(f"no attention layers named {unknown[:3]}")
+    unet.set_attn_processor({**saved, **processors})
+    return saved

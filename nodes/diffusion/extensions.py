@@ -1,0 +1,128 @@
+"""The sampler's extension API: techniques attach to MODEL, CONDITIONING or LATENT and
+the one sampling loop calls them at fixed phases.
+
+Phases, in the order one step runs them:
+
+==================  ==========================================================
+``setup``           once per run: per-run state (momentum, stored features)
+``extra_conditions``once per run: extra batch entries after ``[uncond, cond]``
+``attention``       once per run: attention processors for chosen layers only
+``pre_step``        change latents before the UNet (may use autograd)
+``unet_inputs``     add residuals / channels / kwargs to this step's UNet call
+``guidance``        change the guidance term given every noise prediction
+``post_step``       blend latents after ``scheduler.step`` (masks, trajectories)
+``teardown``        once per run, always (even on error or interrupt)
+==================  ==========================================================
+
+An extension object is immutable configuration shared through the cache; anything
+that changes during a run lives in ``run.state[extension]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Step:
+    """Where the loop is: step ``index`` of ``total`` at ``timestep``."""
+
+    index: int
+    total: int
+    timestep: torch.Tensor
+
+
+@dataclass
+class UNetCall:
+    """One UNet forward pass, built fresh each step; extensions edit it in place.
+
+    ``latent_input`` is the scaled latent batch before any channel concatenation
+    (what a ControlNet sees); ``sample`` is what the UNet itself receives.
+    """
+
+    sample: torch.Tensor
+    latent_input: torch.Tensor
+    timestep: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    down_block_additional_residuals: list[torch.Tensor] | None = None
+    mid_block_additional_residual: torch.Tensor | None = None
+    down_intrablock_additional_residuals: list[torch.Tensor] | None = None
+    cross_attention_kwargs: dict[str, Any] | None = None
+
+    def add_residuals(self, down: Sequence[torch.Tensor] | None,
+                      mid: torch.Tensor | None) -> None:
+        """Sum ControlNet-style residuals with any already added (several ControlNets)."""
+        if down is not None:
+            if self.down_block_additional_residuals is None:
+                self.down_block_additional_residuals = list(down)
+            else:
+                self.down_block_additional_residuals = [
+                    a + b for a, b in zip(self.down_block_additional_residuals, down, strict=True)]
+        if mid is not None:
+            self.mid_block_additional_residual = (
+                mid if self.mid_block_additional_residual is None
+                else self.mid_block_additional_residual + mid)
+
+
+@dataclass
+class Predictions:
+    """Noise predictions of one step, split by batch role."""
+
+    uncond: torch.Tensor
+    cond: torch.Tensor
+    extra: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    def of(self, extension: SamplerExtension) -> tuple[torch.Tensor, ...]:
+        """The predictions for the batch entries ``extension`` asked for."""
+        return self.extra.get(id(extension), ())
+
+
+class SamplerExtension:
+    """Base class: override only the phases a technique needs."""
+
+    #: Order among extensions of the same phase (lower first).
+    priority: int = 100
+
+    def setup(self, run: Any) -> None:
+        """Prepare per-run state in ``run.state[self]``."""
+
+    def extra_conditions(self, run: Any) -> Sequence[torch.Tensor]:
+        """Embeddings ``[1, tokens, dim]`` to add to the batch (only with CFG)."""
+        return ()
+
+    def attention_processors(self, run: Any) -> dict[str, Any]:
+        """Processors by attention-layer name for this run (others keep theirs)."""
+        return {}
+
+    def pre_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def unet_inputs(self, run: Any, step: Step, call: UNetCall) -> None:
+        """Edit ``call`` (residuals, channels, kwargs) for this step."""
+
+    def guidance(self, run: Any, step: Step, preds: Predictions,
+                 guidance: torch.Tensor) -> torch.Tensor:
+        """Return the guidance term; the step's prediction is ``uncond + guidance``."""
+        return guidance
+
+    def post_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def teardown(self, run: Any) -> None:
+        """Release per-run state; called even when the run fails."""
+
+
+def unique_extensions(*groups: Sequence[SamplerExtension]) -> list[SamplerExtension]:
+    """Concatenate extension lists, keeping the first of repeated objects, by priority."""
+    seen: set[int] = set()
+    out: list[SamplerExtension] = []
+    for group in groups:
+        for ext in group:
+            if id(ext) not in seen:
+                seen.add(id(ext))
+                out.append(ext)
+    return sorted(out, key=lambda e: e.priority)  # stable: attachment order within a priority
