@@ -156,3 +156,45 @@ def test_example_workflow_validates(session):
     wf = Workflow.load("workflows/txt2img.json")
     session.validate(wf)
     assert json.loads(json.dumps(wf.prompt)) == wf.prompt
+
+
+def test_interrupt_stops_the_sampler_within_one_step(session):
+    import threading
+
+    prompt = txt2img_prompt("steerflow-tiny", "euler", steps=10000, capture=False)
+    prompt["3"]["inputs"]["seed"] = 4242  # not cached
+    progress: list[int] = []
+    started = threading.Event()
+
+    def on_event(name, data):
+        if name == "progress":
+            progress.append(data["value"])
+            started.set()
+
+    results = []
+    worker = threading.Thread(target=lambda: results.append(
+        session.run(prompt, on_event=on_event, prompt_id="long")))
+    worker.start()
+    assert started.wait(60)
+    seen = len(progress)
+    assert session.executor.interrupt("long")
+    worker.join(60)
+    assert results[0].run.status == "interrupted"
+    # the step running when we read `seen` may finish, then the one running at the
+    # interrupt finishes and reports; nothing after that
+    assert len(progress) <= seen + 2
+    assert session.run(txt2img_prompt("steerflow-tiny", "euler", steps=2)).ok
+
+
+def test_live_latent_previews_when_asked(session):
+    prompt = txt2img_prompt("steerflow-tiny", "euler", steps=3, seed=77)
+    events = []
+    result = session.run(prompt, on_event=lambda n, d: events.append((n, d)),
+                         extra={"preview": True})
+    assert result.ok
+    previews = [d["image"] for n, d in events if n == "preview"]
+    assert len(previews) == 3 and previews[0].mode == "RGB" and previews[0].size[0] >= 8
+    quiet = []
+    session.run(txt2img_prompt("steerflow-tiny", "euler", steps=3, seed=78),
+                on_event=lambda n, d: quiet.append(n))
+    assert "preview" not in quiet
