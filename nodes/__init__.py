@@ -16,8 +16,14 @@ NODE_CLASSES = (
 )
 
 
+MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings")
+
+
 def setup(env: Environment) -> None:
-    """Make sure the built-in default model exists (built offline on first run)."""
+    """Create the models/ tree and the built-in default model (offline, on first run)."""
     from nodes.diffusion.tiny import ensure_default_model
 
-    ensure_default_model(env.folder("models", create=True))
+    models = env.folder("models", create=True)
+    for name in MODEL_FOLDERS:
+        (models / name).mkdir(exist_ok=True)
+    ensure_default_model(models)
