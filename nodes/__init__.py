@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from engine import Environment
-from nodes import conditioning, image, latent, models, primitives, sampling, sega
+from nodes import (
+    conditioning,
+    controlnet,
+    image,
+    inpaint,
+    inversion,
+    latent,
+    lora,
+    masks,
+    models,
+    preprocessors,
+    primitives,
+    sampling,
+    sampling_advanced,
+    sega,
+)
 
 NODE_CLASSES = (
     *models.NODE_CLASSES,
+    *lora.NODE_CLASSES,
     *conditioning.NODE_CLASSES,
     *latent.NODE_CLASSES,
     *sampling.NODE_CLASSES,
+    *sampling_advanced.NODE_CLASSES,
+    *inpaint.NODE_CLASSES,
+    *inversion.NODE_CLASSES,
     *sega.NODE_CLASSES,
+    *controlnet.NODE_CLASSES,
     *image.NODE_CLASSES,
+    *masks.NODE_CLASSES,
+    *preprocessors.NODE_CLASSES,
     *primitives.NODE_CLASSES,
 )
 
@@ -22,8 +47,26 @@ MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings")
 def setup(env: Environment) -> None:
     """Create the models/ tree and the built-in default model (offline, on first run)."""
     from nodes.diffusion.tiny import ensure_default_model
+    from nodes.diffusion.tiny_controlnet import ensure_default_controlnet
 
     models = env.folder("models", create=True)
     for name in MODEL_FOLDERS:
         (models / name).mkdir(exist_ok=True)
     ensure_default_model(models)
+    ensure_default_controlnet(models)
+    seed_example_inputs(env)
+
+
+EXAMPLE_ASSETS = Path(__file__).resolve().parents[1] / "workflows" / "assets"
+
+
+def seed_example_inputs(env: Environment) -> None:
+    """Copy the example workflows' input images into input/ unless a file of that name exists,
+    so every workflow in workflows/ runs as shipped."""
+    if not EXAMPLE_ASSETS.is_dir():
+        return
+    target = env.folder("input", create=True)
+    for src in EXAMPLE_ASSETS.iterdir():
+        is_image = src.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+        if is_image and src.is_file() and not (target / src.name).exists():
+            shutil.copyfile(src, target / src.name)

@@ -36,3 +36,13 @@ def tiny_model_paths(models_dir: Path) -> dict[str, Path]:
     checkpoints = models_dir / "checkpoints"
     return {"diffusers": checkpoints / TINY_NAME,
             "single_file": checkpoints / f"{TINY_NAME}.safetensors"}
+
+
+@pytest.fixture(scope="session")
+def controlnet_paths(models_dir: Path) -> dict[str, Path]:
+    """The tiny ControlNet in models/controlnet: {"diffusers": dir, "single_file": file}."""
+    from nodes.diffusion.tiny_controlnet import TINY_CONTROLNET_NAME, ensure_default_controlnet
+
+    folder = ensure_default_controlnet(models_dir)
+    return {"diffusers": folder,
+            "single_file": folder.parent / f"{TINY_CONTROLNET_NAME}.safetensors"}

@@ -1,0 +1,150 @@
+"""ControlNet nodes: load a ControlNet and apply it to conditioning with a control image."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import Conditioning
+from nodes.models import path_fingerprint
+
+CONTROLNET_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def list_controlnets(env: Environment) -> list[str]:
+    """Single files and diffusers folders (with config.json) under models/controlnet."""
+    return env.list_files("models", "controlnet", suffixes=CONTROLNET_SUFFIXES,
+                          dirs_with="config.json")
+
+
+class ControlNetLoader(Node):
+    """Load a ControlNet (diffusers folder or single .safetensors file) for SD 1.x / 2.x."""
+
+    TYPE = "ControlNetLoader"
+    DISPLAY_NAME = "Load ControlNet Model"
+    CATEGORY = "loaders"
+    OUTPUTS = (Output("CONTROL_NET"),)
+
+    control_net_name: str = Input(..., choices=list_controlnets,
+                                  description="A file or diffusers folder in models/controlnet")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        path = env.resolve("models", "controlnet", inputs["control_net_name"])
+        return path_fingerprint(path) if path.exists() else None
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from nodes.diffusion.controlnet import ControlNet
+        from nodes.diffusion.controlnet_loading import load_controlnet
+
+        path = ctx.env.resolve("models", "controlnet", self.control_net_name)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"ControlNet {self.control_net_name!r} not found in models/controlnet")
+        net = load_controlnet(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)
+        return (ControlNet(net, self.control_net_name),)
+
+
+def _check_percents(start: float, end: float) -> str | None:
+    if start >= end:
+        return f"start_percent ({start}) must be below end_percent ({end})"
+    return None
+
+
+def _with_extension(cond: Conditioning, extension: Any) -> Conditioning:
+    """A new CONDITIONING whose every entry also carries ``extension``."""
+    return Conditioning(tuple(
+        replace(entry, options={**entry.options,
+                                "extensions": (*entry.options.get("extensions", ()), extension)})
+        for entry in cond.entries))
+
+
+def _make_extension(control_net: Any, image: torch.Tensor, strength: float, start: float,
+                    end: float, guess_mode: bool) -> Any:
+    from nodes.diffusion.controlnet import ControlNetResiduals
+
+    if image.dim() != 4:
+        raise ValueError(f"image must be an IMAGE [B, H, W, C], got shape {tuple(image.shape)}")
+    problem = _check_percents(start, end)
+    if problem:
+        raise ValueError(problem)
+    return ControlNetResiduals(control_net, image, strength, start, end, guess_mode)
+
+
+class ControlNetApplyAdvanced(Node):
+    """Steer sampling with a ControlNet and a control image (edges, depth, pose, ...).
+
+    Reproduces diffusers' StableDiffusionControlNetPipeline: the ControlNet acts on
+    the steps whose fraction of the schedule lies within start..end, its residuals
+    are scaled by ``strength``, and in ``guess_mode`` it sees only the positive
+    prompt (residuals scaled 0.1 -> 1.0 from shallow to deep). The control image is
+    used at the generation size; an image of another size is stretched to it with
+    nearest-neighbour resampling (diffusers' rule for tensor images). Chain several
+    of these nodes to combine ControlNets; their residuals add up.
+    """
+
+    TYPE = "ControlNetApplyAdvanced"
+    DISPLAY_NAME = "Apply ControlNet"
+    CATEGORY = "conditioning/controlnet"
+    OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
+
+    positive: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    control_net: Any = Input(type="CONTROL_NET")
+    image: torch.Tensor = Input(type="IMAGE", description="The control image, 0..1")
+    strength: float = Input(1.0, min=0.0, max=10.0, step=0.01,
+                            description="Scale of the ControlNet's residuals")
+    start_percent: float = Input(0.0, min=0.0, max=1.0, step=0.001,
+                                 description="Fraction of the steps before the ControlNet starts")
+    end_percent: float = Input(1.0, min=0.0, max=1.0, step=0.001,
+                               description="Fraction of the steps after which it stops")
+    guess_mode: bool = Input(False, description="ControlNet on the positive prompt only, "
+                                                "deeper residuals weighted more")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        if "start_percent" in inputs and "end_percent" in inputs:
+            problem = _check_percents(inputs["start_percent"], inputs["end_percent"])
+            if problem:
+                return [("end_percent", problem)]
+        return []
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning]:
+        if self.strength == 0.0:
+            return self.positive, self.negative
+        ext = _make_extension(self.control_net, self.image, self.strength, self.start_percent,
+                              self.end_percent, self.guess_mode)
+        # One object on both sides: the sampler runs it once, over the whole CFG batch.
+        return _with_extension(self.positive, ext), _with_extension(self.negative, ext)
+
+
+class ControlNetApply(Node):
+    """Apply a ControlNet to one conditioning (ComfyUI's older node).
+
+    The ControlNet steers only the half of the guidance batch that this
+    conditioning feeds (connect it on the positive prompt), over every step.
+    """
+
+    TYPE = "ControlNetApply"
+    DISPLAY_NAME = "Apply ControlNet (Old)"
+    CATEGORY = "conditioning/controlnet"
+    DEPRECATED = True
+    OUTPUTS = (Output("CONDITIONING"),)
+
+    conditioning: Conditioning = Input(type="CONDITIONING")
+    control_net: Any = Input(type="CONTROL_NET")
+    image: torch.Tensor = Input(type="IMAGE")
+    strength: float = Input(1.0, min=0.0, max=10.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        if self.strength == 0.0:
+            return (self.conditioning,)
+        ext = _make_extension(self.control_net, self.image, self.strength, 0.0, 1.0, False)
+        return (_with_extension(self.conditioning, ext),)
+
+
+NODE_CLASSES = (ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply)

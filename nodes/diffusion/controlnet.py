@@ -1,0 +1,202 @@
+"""ControlNet as a sampler extension, with the math of ``StableDiffusionControlNetPipeline``.
+
+Each applied ControlNet is one :class:`ControlNetResiduals` attached to the
+conditionings it steers; at every step it runs the ControlNet on the scaled
+latents (``UNetCall.latent_input``), the step's timestep and the CFG text
+embeddings, and adds its down/mid residuals to the UNet call. Several ControlNets
+sum their residuals, as diffusers' ``MultiControlNetModel`` does.
+
+Per step, as the pipeline: the ControlNet acts only while
+``start <= i / n`` and ``(i + 1) / n <= end`` (``controlnet_keep``) and its
+residuals are multiplied by ``strength`` (``controlnet_conditioning_scale``). In
+guess mode it sees only the conditional half of the batch, the unconditional half
+gets zeros, and the ControlNet scales its residuals from 0.1 (shallowest) to 1.0
+(mid block) on a log scale.
+
+The control image (IMAGE, 0..1, not normalised to -1..1) must cover the latent:
+latent size x the ControlNet's hint downscale (8 for SD). An image of another
+size is resized to that size as diffusers' ``VaeImageProcessor`` resizes a tensor
+image: ``torch.nn.functional.interpolate`` with its default nearest-neighbour mode,
+stretching if the aspect ratio differs. Resize the image beforehand for a smoother
+result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
+
+if TYPE_CHECKING:
+    from nodes.diffusion.sampling import SamplingRun
+
+
+@dataclass(frozen=True)
+class ControlNet:
+    """CONTROL_NET: a loaded diffusers ``ControlNetModel`` and the name it was loaded as."""
+
+    model: Any
+    name: str = ""
+
+    @property
+    def hint_downscale(self) -> int:
+        """How much smaller the latent is than the control image (8 for SD ControlNets)."""
+        return 2 ** (len(self.model.config.conditioning_embedding_out_channels) - 1)
+
+    @property
+    def guess_mode_only(self) -> bool:
+        """Shuffle-style ControlNets pool their residuals and always run in guess mode."""
+        return bool(self.model.config.global_pool_conditions)
+
+
+def controlnet_keep(steps: int, start: float, end: float) -> list[float]:
+    """1.0 for the steps where the ControlNet acts, else 0.0 (diffusers' ``controlnet_keep``)."""
+    return [1.0 - float(i / steps < start or (i + 1) / steps > end) for i in range(steps)]
+
+
+def prepare_control_image(image: torch.Tensor, height: int, width: int, batch: int,
+                          channels: int = 3) -> torch.Tensor:
+    """IMAGE ``[B, H, W, C]`` -> ``[batch, C, height, width]`` float32 in 0..1, as the pipeline's
+    ``prepare_image`` makes it (before duplication for classifier-free guidance)."""
+    if image.dim() != 4:
+        raise ValueError(f"a control image must be an IMAGE [B, H, W, C], got {tuple(image.shape)}")
+    x = image.movedim(-1, 1).to(torch.float32)
+    have = x.shape[1]
+    if have != channels:
+        if have == 1:
+            x = x.repeat(1, channels, 1, 1)
+        elif have == 4 and channels == 3:
+            x = x[:, :3]  # RGBA: the ControlNet reads colour only
+        else:
+            raise ValueError(f"the ControlNet expects a {channels}-channel control image, "
+                             f"got {have} channels")
+    if tuple(x.shape[-2:]) != (height, width):
+        # The pipeline's control_image_processor resizes tensor images this way.
+        x = VaeImageProcessor(do_normalize=False).resize(x, height, width)
+    if x.shape[0] == 1:
+        return x.repeat_interleave(batch, dim=0)
+    if x.shape[0] != batch:
+        raise ValueError(f"the control image batch ({x.shape[0]}) must be 1 or match the "
+                         f"latent batch ({batch})")
+    return x
+
+
+@dataclass
+class _RunState:
+    image: torch.Tensor  # [B, C, H, W] on the ControlNet's device and dtype
+    keep: list[float]
+    rows: str  # which CFG halves the ControlNet acts on: "all", "cond" or "uncond"
+    guess: bool
+
+
+class ControlNetResiduals(SamplerExtension):
+    """Adds one ControlNet's residuals to the UNet call at every step where it acts.
+
+    Attach the same object to the positive and the negative conditioning (what
+    ControlNetApplyAdvanced does) for diffusers' behaviour: the ControlNet sees the
+    whole CFG batch. Attached to the positive only it steers the conditional half
+    (the unconditional half gets zeros); to the negative only, the unconditional half.
+    """
+
+    def __init__(self, control_net: ControlNet, image: torch.Tensor, strength: float = 1.0,
+                 start: float = 0.0, end: float = 1.0, guess_mode: bool = False):
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"ControlNet start ({start}) must be below end ({end}), "
+                             "both within 0..1")
+        self.control_net = control_net
+        self.image = image
+        self.strength = float(strength)
+        self.start = float(start)
+        self.end = float(end)
+        self.guess_mode = bool(guess_mode) or control_net.guess_mode_only
+
+    def __cache_nbytes__(self) -> dict[str, int]:
+        """What a cached CONDITIONING holding this keeps alive: the ControlNet and the image."""
+        from engine.cache import value_nbytes
+
+        return value_nbytes((self.control_net, self.image))
+
+    def setup(self, run: SamplingRun) -> None:
+        net = self.control_net.model
+        _check_fits(self.control_net, run)
+        batch, _, h, w = run.init_latents.shape
+        factor = self.control_net.hint_downscale
+        image = prepare_control_image(self.image, h * factor, w * factor, batch,
+                                      int(net.config.conditioning_channels))
+        on_pos = _carries(run.positive, self)
+        on_neg = _carries(run.negative, self)
+        if self.guess_mode or (on_pos and not on_neg):
+            rows = "cond"
+        elif on_neg and not on_pos:
+            rows = "uncond"
+        else:
+            rows = "all"  # on both, or attached to the model
+        run.state[self] = _RunState(image.to(device=net.device, dtype=net.dtype),
+                                    controlnet_keep(len(run.timesteps), self.start, self.end),
+                                    rows, self.guess_mode)
+
+    def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
+        state: _RunState = run.state[self]
+        scale = self.strength * state.keep[step.index]
+        if scale == 0.0:
+            return  # the pipeline adds residuals x 0 here; adding nothing is the same
+        batch = run.init_latents.shape[0]
+        total = call.latent_input.shape[0]
+        if not run.do_cfg:
+            lo, hi = (0, total) if state.rows != "uncond" else (0, 0)
+        else:
+            lo, hi = {"all": (0, total), "cond": (batch, total), "uncond": (0, batch)}[state.rows]
+        if hi == lo:
+            return
+        net = self.control_net.model
+        image = state.image.repeat((hi - lo) // batch, 1, 1, 1)
+        down, mid = net(
+            call.latent_input[lo:hi].to(device=net.device, dtype=net.dtype),
+            call.timestep,
+            encoder_hidden_states=call.encoder_hidden_states[lo:hi].to(net.device, net.dtype),
+            controlnet_cond=image,
+            conditioning_scale=scale,
+            guess_mode=state.guess,
+            return_dict=False,
+        )
+        down = [_pad_rows(d.to(run.device, run.dtype), lo, hi, total) for d in down]
+        call.add_residuals(down, _pad_rows(mid.to(run.device, run.dtype), lo, hi, total))
+
+    def teardown(self, run: SamplingRun) -> None:
+        run.state.pop(self, None)
+
+
+def _pad_rows(x: torch.Tensor, lo: int, hi: int, total: int) -> torch.Tensor:
+    """Zeros for the batch rows the ControlNet did not see (the pipeline's guess-mode padding)."""
+    if lo == 0 and hi == total:
+        return x
+    parts = [torch.zeros_like(x[:1]).expand(lo, *x.shape[1:]), x,
+             torch.zeros_like(x[:1]).expand(total - hi, *x.shape[1:])]
+    return torch.cat([p for p in parts if p.shape[0]])
+
+
+def _carries(conditioning: Any, extension: SamplerExtension) -> bool:
+    return any(ext is extension for entry in conditioning.entries
+               for ext in entry.options.get("extensions", ()))
+
+
+def _check_fits(control_net: ControlNet, run: SamplingRun) -> None:
+    """Refuse a ControlNet made for another model with a message, not a shape error."""
+    net, unet = control_net.model.config, run.model.unet.config
+    name = control_net.name or "the ControlNet"
+    if net.cross_attention_dim != unet.cross_attention_dim:
+        raise ValueError(
+            f"{name} was made for a model with {net.cross_attention_dim}-wide text embeddings, "
+            f"this model has {unet.cross_attention_dim} (an SD 1.x ControlNet on SD 2.x, or "
+            "the reverse?)")
+    if (tuple(net.block_out_channels) != tuple(unet.block_out_channels)
+            or net.layers_per_block != unet.layers_per_block):
+        raise ValueError(f"{name} does not match this model's UNet blocks "
+                         f"({tuple(net.block_out_channels)} vs {tuple(unet.block_out_channels)})")
+    if net.in_channels != run.init_latents.shape[1]:
+        raise ValueError(f"{name} expects {net.in_channels}-channel latents, "
+                         f"got {run.init_latents.shape[1]}")
