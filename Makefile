@@ -4,8 +4,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+WEB_BUILD := web/dist/index.html
+WEB_SOURCES := $(shell find web/src web/index.html web/package.json web/package-lock.json \
+                 web/vite.config.ts web/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: run test venv web browser lint bench clean
+.PHONY: run serve test venv web browser lint bench clean
 
 venv: $(STAMP)
 
@@ -21,18 +24,32 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
-run: venv
+web: $(WEB_BUILD)
+
+$(WEB_BUILD): $(WEB_SOURCES)
+	@command -v npm >/dev/null || { echo "error: npm not found (Node.js >= 20.19 is required)"; exit 1; }
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+# Debian's chromium for the browser tests; never a browser downloaded by a tool.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "error: install Debian's chromium (sudo apt-get install chromium)"; exit 1; fi; }
+
+run: venv web
 	$(BIN)/steerflow run workflows/txt2img.json
 
-test: venv
+test: venv web browser
 	$(BIN)/ruff check .
+	cd web && npm test --silent
 	$(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
 
-bench: venv
+bench: venv web
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_controlled.py
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist

@@ -1,0 +1,110 @@
+"""A page object for the canvas: what a person does, expressed as mouse and keyboard."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from playwright.sync_api import Locator, Page, expect
+
+
+class Canvas:
+    def __init__(self, page: Page):
+        self.page = page
+
+    # --- finding things ---------------------------------------------------------------
+    def node(self, node_id: str) -> Locator:
+        return self.page.locator(f'.react-flow__node[data-id="{node_id}"]')
+
+    def nodes(self) -> Locator:
+        return self.page.locator(".react-flow__node")
+
+    def edges(self) -> Locator:
+        return self.page.locator(".react-flow__edge")
+
+    def out_handle(self, node_id: str, slot: int) -> Locator:
+        return self.node(node_id).locator(f'.react-flow__handle[data-handleid="o{slot}"]')
+
+    def in_handle(self, node_id: str, name: str) -> Locator:
+        return self.node(node_id).locator(f'.react-flow__handle[data-handleid="i:{name}"]')
+
+    def widget(self, node_id: str, name: str) -> Locator:
+        row = self.node(node_id).locator(f'.sf-input[data-input="{name}"]')
+        return row.get_by_label(name, exact=True)
+
+    def toasts(self) -> Locator:
+        return self.page.get_by_test_id("toast")
+
+    def pane_box(self) -> dict[str, float]:
+        box = self.page.locator(".react-flow__pane").bounding_box()
+        assert box is not None
+        return box
+
+    def node_ids(self) -> list[str]:
+        return self.nodes().evaluate_all("els => els.map(e => e.dataset.id)")
+
+    def wait_saved(self, n_nodes: int) -> None:
+        """Wait until the autosave (written with each undo step) holds ``n_nodes`` nodes."""
+        self.page.wait_for_function(
+            """n => { const d = JSON.parse(localStorage.getItem('steerflow.autosave') || '{}');
+                      return d.prompt && Object.keys(d.prompt).length === n; }""", arg=n_nodes)
+
+    def document(self) -> dict[str, Any]:
+        return self.page.evaluate("() => window.steerflow.getDocument()")
+
+    # --- doing things -------------------------------------------------------------------
+    def add_node(self, search: str, x: float, y: float) -> str:
+        """Double-click the canvas at (x, y) (relative to the pane), search, press Enter."""
+        before = set(self.node_ids())
+        box = self.pane_box()
+        self.page.mouse.dblclick(box["x"] + x, box["y"] + y)
+        dialog = self.page.get_by_role("dialog", name="Add node")
+        expect(dialog).to_be_visible()
+        dialog.get_by_label("Search nodes").fill(search)
+        self.page.keyboard.press("Enter")
+        expect(dialog).to_be_hidden()
+        expect(self.nodes()).to_have_count(len(before) + 1)
+        (new,) = set(self.node_ids()) - before
+        return new
+
+    def drag(self, start: Locator, end: Locator) -> None:
+        a = start.bounding_box()
+        b = end.bounding_box()
+        assert a and b
+        self.page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+        self.page.mouse.down()
+        self.page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=12)
+        self.page.mouse.up()
+
+    def connect(self, src: str, slot: int, dst: str, name: str) -> None:
+        self.drag(self.out_handle(src, slot), self.in_handle(dst, name))
+
+    def set_value(self, node_id: str, name: str, value: str) -> None:
+        field = self.widget(node_id, name)
+        field.fill(value)
+        field.blur()
+
+    def queue(self) -> None:
+        self.page.keyboard.press("Control+Enter")
+
+    def drop_file(self, name: str, data: bytes, mime: str) -> None:
+        """Drop a file on the canvas as a person dragging it from their desktop would."""
+        dt = self.page.evaluate_handle(
+            """([name, b64, mime]) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], name, { type: mime }));
+                return dt;
+            }""",
+            [name, base64.b64encode(data).decode(), mime],
+        )
+        self.page.dispatch_event(".sf-canvas", "dragover", {"dataTransfer": dt})
+        self.page.dispatch_event(".sf-canvas", "drop", {"dataTransfer": dt})
+
+    def open_file(self, name: str, obj: Any) -> None:
+        """Open a workflow through the toolbar's Open button and the file picker."""
+        with self.page.expect_file_chooser() as fc:
+            self.page.get_by_role("button", name="Open", exact=True).click()
+        fc.value.set_files({"name": name, "mimeType": "application/json",
+                            "buffer": json.dumps(obj).encode()})

@@ -1,0 +1,241 @@
+/**
+ * The server's HTTP and websocket API (ComfyUI's protocol), at the page's own
+ * origin. URLs are resolved against the page's folder so the app also works
+ * behind a reverse proxy under a path prefix.
+ */
+
+import type { ApiPrompt, WorkflowDocument } from "./lib/graph";
+import type { ImageRef, NodeErrors, RunStore } from "./lib/runstore";
+import { parsePreviewFrame } from "./lib/runstore";
+import type { ObjectInfo } from "./lib/schema";
+
+function base(): string {
+  const path = window.location.pathname;
+  return path.slice(0, path.lastIndexOf("/") + 1);
+}
+
+/** A `?token=` in the page's URL (a server started with --token) goes with every request. */
+const TOKEN = new URLSearchParams(window.location.search).get("token");
+
+export function apiUrl(path: string): string {
+  const url = base() + path.replace(/^\//, "");
+  if (!TOKEN) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(TOKEN)}`;
+}
+
+export class ApiError extends Error {
+  constructor(message: string, public status: number, public body: unknown) {
+    super(message);
+  }
+}
+
+async function request<T>(path: string, init?: RequestInit): Promise<T> {
+  const res = await fetch(apiUrl(path), init);
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    // not JSON: keep the text
+  }
+  if (!res.ok) {
+    throw new ApiError(errorMessage(body) ?? `${res.status} ${res.statusText}`, res.status, body);
+  }
+  return body as T;
+}
+
+function errorMessage(body: unknown): string | undefined {
+  if (typeof body === "string") return body || undefined;
+  if (body && typeof body === "object") {
+    const e = (body as { error?: unknown }).error;
+    if (typeof e === "string") return e;
+    if (e && typeof e === "object") {
+      const { message, details } = e as { message?: string; details?: string };
+      return [message, details].filter(Boolean).join(": ") || undefined;
+    }
+  }
+  return undefined;
+}
+
+function postJson<T>(path: string, body: unknown): Promise<T> {
+  return request<T>(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
+export const getObjectInfo = () => request<ObjectInfo>("object_info");
+
+export type QueueResult = { prompt_id: string; number?: number; node_errors?: NodeErrors };
+
+export async function queuePrompt(prompt: ApiPrompt, clientId: string, workflow: WorkflowDocument): Promise<QueueResult> {
+  return postJson<QueueResult>("prompt", {
+    prompt,
+    client_id: clientId,
+    extra_data: { extra_pnginfo: { workflow } },
+  });
+}
+
+export type QueueItem = { number: number; promptId: string; prompt?: unknown; extra?: Record<string, unknown> };
+
+function parseQueueItems(list: unknown): QueueItem[] {
+  if (!Array.isArray(list)) return [];
+  return list.map((item) => {
+    if (Array.isArray(item)) {
+      return { number: Number(item[0]), promptId: String(item[1]), prompt: item[2], extra: item[3] as Record<string, unknown> };
+    }
+    const o = item as Record<string, unknown>;
+    return { number: Number(o.number), promptId: String(o.prompt_id), prompt: o.prompt, extra: o.extra_data as Record<string, unknown> };
+  });
+}
+
+export async function getQueue(): Promise<{ running: QueueItem[]; pending: QueueItem[] }> {
+  const q = await request<{ queue_running?: unknown; queue_pending?: unknown }>("queue");
+  return {
+    running: parseQueueItems(q?.queue_running),
+    pending: parseQueueItems(q?.queue_pending).sort((a, b) => a.number - b.number),
+  };
+}
+
+export const deleteFromQueue = (ids: string[]) => postJson("queue", { delete: ids });
+export const clearQueue = () => postJson("queue", { clear: true });
+export const interrupt = (promptId?: string) => postJson("interrupt", promptId ? { prompt_id: promptId } : {});
+
+export type HistoryEntry = {
+  promptId: string;
+  number: number;
+  prompt?: unknown;
+  extra?: Record<string, unknown>;
+  outputs: Record<string, { images?: ImageRef[] }>;
+  status: string;
+  messages: unknown[];
+};
+
+export async function getHistory(maxItems = 30): Promise<HistoryEntry[]> {
+  const h = await request<Record<string, Record<string, unknown>>>(`history?max_items=${maxItems}`);
+  const out: HistoryEntry[] = [];
+  for (const [id, entry] of Object.entries(h ?? {})) {
+    const p = entry.prompt;
+    const arr = Array.isArray(p) ? p : [];
+    const status = (entry.status ?? {}) as { status_str?: string; completed?: boolean; messages?: unknown[] };
+    const events = (status.messages ?? []).map((m) => (Array.isArray(m) ? m[0] : undefined));
+    const interrupted = events.includes("execution_interrupted");
+    out.push({
+      promptId: id,
+      number: Number(arr[0] ?? 0),
+      prompt: arr[2],
+      extra: arr[3] as Record<string, unknown>,
+      outputs: (entry.outputs ?? {}) as HistoryEntry["outputs"],
+      status: interrupted ? "interrupted" : status.status_str ?? (status.completed ? "success" : "unknown"),
+      messages: status.messages ?? [],
+    });
+  }
+  return out.sort((a, b) => b.number - a.number);
+}
+
+export const clearHistory = () => postJson("history", { clear: true });
+
+export function viewUrl(img: ImageRef, preview = false): string {
+  const q = new URLSearchParams({ filename: img.filename, subfolder: img.subfolder ?? "", type: img.type ?? "output" });
+  if (preview) q.set("preview", "webp;80");
+  return apiUrl(`view?${q}`);
+}
+
+export async function uploadImage(file: File): Promise<string> {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  form.append("type", "input");
+  form.append("overwrite", "true");
+  const res = await request<{ name: string; subfolder?: string }>("upload/image", { method: "POST", body: form });
+  return res.subfolder ? `${res.subfolder}/${res.name}` : res.name;
+}
+
+export type ExampleRef = { name: string; title: string };
+
+/** The example workflows the server offers (`/workflows`). */
+export async function listWorkflows(): Promise<ExampleRef[]> {
+  const body = await request<unknown>("workflows");
+  const list = Array.isArray(body) ? body
+    : body && typeof body === "object" && Array.isArray((body as { workflows?: unknown }).workflows)
+      ? (body as { workflows: unknown[] }).workflows : [];
+  return list.flatMap((item): ExampleRef[] => {
+    if (typeof item === "string") return [{ name: item, title: item.replace(/\.json$/i, "") }];
+    if (item && typeof item === "object") {
+      const o = item as Record<string, unknown>;
+      const name = String(o.name ?? o.file ?? o.filename ?? "");
+      if (!name) return [];
+      return [{ name, title: String(o.title ?? o.display_name ?? name.replace(/\.json$/i, "")) }];
+    }
+    return [];
+  });
+}
+
+export const getWorkflow = (name: string) =>
+  request<unknown>(`workflows/${name.split("/").map(encodeURIComponent).join("/")}`);
+
+/** Keeps a websocket to /ws open, feeding the run store; reconnects with back-off. */
+export class Socket {
+  private ws: WebSocket | null = null;
+  private retry = 0;
+  private closed = false;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(public clientId: string, private store: RunStore, private onReconnect: () => void) {}
+
+  open(): void {
+    this.closed = false;
+    const proto = window.location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${proto}//${window.location.host}${apiUrl(`ws?clientId=${encodeURIComponent(this.clientId)}`)}`;
+    const ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      const again = this.retry > 0;
+      this.retry = 0;
+      this.store.setConnected(true);
+      if (again) this.onReconnect();
+    };
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") {
+        let msg: { type?: string; data?: Record<string, unknown> };
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          return;
+        }
+        if (!msg || typeof msg.type !== "string") return;
+        if (msg.type === "status" && typeof msg.data?.sid === "string") this.clientId = msg.data.sid;
+        this.store.enqueue({ type: msg.type, data: msg.data });
+      } else if (ev.data instanceof ArrayBuffer) {
+        const frame = parsePreviewFrame(ev.data);
+        if (frame) {
+          const url = URL.createObjectURL(new Blob([frame.bytes as BlobPart], { type: frame.mime }));
+          this.store.enqueuePreview(url);
+        }
+      }
+    };
+    ws.onclose = () => {
+      this.store.setConnected(false);
+      if (this.closed) return;
+      const delay = Math.min(5000, 500 * 2 ** this.retry++);
+      this.timer = setTimeout(() => this.open(), delay);
+    };
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.ws?.close();
+  }
+}
+
+export function makeClientId(): string {
+  const key = "steerflow.clientId";
+  let id = sessionStorage.getItem(key);
+  if (!id) {
+    id = crypto.randomUUID ? crypto.randomUUID().replace(/-/g, "") : Math.random().toString(36).slice(2);
+    sessionStorage.setItem(key, id);
+  }
+  return id;
+}

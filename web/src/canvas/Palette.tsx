@@ -1,0 +1,101 @@
+/**
+ * The node palette: search node types by name and category. Opened from the
+ * toolbar, by double-clicking the canvas, or by dropping a dragged link on
+ * empty space (then it lists only nodes that fit the link's type).
+ */
+
+import { useEffect, useMemo, useRef, useState } from "react";
+import type { Defs } from "../lib/schema";
+import { searchDefs } from "../lib/search";
+
+export type PaletteFilter = { label: string; types: Map<string, string> };
+
+export function Palette({ defs, filter, onPick, onClose, at }: {
+  defs: Defs;
+  filter?: PaletteFilter;
+  at?: { x: number; y: number };
+  onPick(type: string): void;
+  onClose(): void;
+}) {
+  const [query, setQuery] = useState("");
+  const [active, setActive] = useState(0);
+  const inputRef = useRef<HTMLInputElement>(null);
+  const listRef = useRef<HTMLUListElement>(null);
+  const only = useMemo(() => (filter ? new Set(filter.types.keys()) : undefined), [filter]);
+  const results = useMemo(() => searchDefs(defs, query, only).slice(0, 300), [defs, query, only]);
+
+  useEffect(() => inputRef.current?.focus(), []);
+  useEffect(() => setActive(0), [query]);
+  useEffect(() => {
+    listRef.current?.querySelector(`[data-index="${active}"]`)?.scrollIntoView({ block: "nearest" });
+  }, [active]);
+
+  const style = at
+    ? { left: Math.min(at.x, window.innerWidth - 380), top: Math.min(at.y, window.innerHeight - 440) }
+    : undefined;
+
+  let lastCategory = "";
+  return (
+    <div className="sf-palette-backdrop" onMouseDown={onClose}>
+      <div
+        className={`sf-palette${at ? " sf-palette-at" : ""}`}
+        style={style}
+        role="dialog"
+        aria-label="Add node"
+        onMouseDown={(e) => e.stopPropagation()}
+      >
+        <input
+          ref={inputRef}
+          className="sf-palette-search"
+          placeholder={filter ? `Search nodes for ${filter.label}…` : "Search nodes by name or category…"}
+          aria-label="Search nodes"
+          value={query}
+          onChange={(e) => setQuery(e.target.value)}
+          onKeyDown={(e) => {
+            if (e.key === "ArrowDown") {
+              e.preventDefault();
+              setActive((a) => Math.min(results.length - 1, a + 1));
+            } else if (e.key === "ArrowUp") {
+              e.preventDefault();
+              setActive((a) => Math.max(0, a - 1));
+            } else if (e.key === "Enter") {
+              e.preventDefault();
+              if (results[active]) onPick(results[active].type);
+            } else if (e.key === "Escape") {
+              onClose();
+            }
+          }}
+        />
+        {filter && <div className="sf-palette-filter">Nodes that fit {filter.label}</div>}
+        <ul ref={listRef} className="sf-palette-list" role="listbox">
+          {results.length === 0 && <li className="sf-palette-empty">No matching node</li>}
+          {results.map((d, i) => {
+            const header = !query && d.category !== lastCategory ? d.category : null;
+            lastCategory = d.category;
+            return (
+              <li key={d.type} role="presentation">
+                {header && <div className="sf-palette-category">{header}</div>}
+                <div
+                  role="option"
+                  aria-selected={i === active}
+                  data-index={i}
+                  data-type={d.type}
+                  className={`sf-palette-item${i === active ? " active" : ""}`}
+                  onMouseEnter={() => setActive(i)}
+                  onClick={() => onPick(d.type)}
+                  title={d.description}
+                >
+                  <span className="sf-palette-name">{d.displayName}</span>
+                  <span className="sf-palette-cat">
+                    {filter?.types.get(d.type) ? `${filter.types.get(d.type)} · ` : ""}
+                    {d.category}
+                  </span>
+                </div>
+              </li>
+            );
+          })}
+        </ul>
+      </div>
+    </div>
+  );
+}

@@ -1,0 +1,189 @@
+/**
+ * One node on the canvas. Memoised: it re-renders when its own data changes,
+ * when its links change, or when its record in the run store changes — never
+ * because another node ran or moved.
+ */
+
+import { Handle, type NodeProps, Position, useNodeConnections } from "@xyflow/react";
+import { memo, useMemo, useState } from "react";
+import { viewUrl } from "../api";
+import type { NodeIssue } from "../lib/runstore";
+import type { ControlMode, InputDef } from "../lib/schema";
+import { typeColor } from "../lib/types";
+import { useEditor, useNodeRun } from "./context";
+import { inHandle, outHandle, type SfNode as SfNodeType } from "./flow";
+import { Widget } from "./widgets";
+
+function InputRow({ nodeId, input, value, linked, issues, control }: {
+  nodeId: string; input: InputDef; value: unknown; linked: boolean; issues: NodeIssue[];
+  control?: ControlMode;
+}) {
+  const color = typeColor(input.type);
+  return (
+    <div
+      className={`sf-input${issues.length ? " sf-has-issue" : ""}${input.widget ? " sf-widget-row" : ""}`}
+      data-input={input.name}
+      title={input.options.tooltip}
+    >
+      <Handle
+        type="target"
+        position={Position.Left}
+        id={inHandle(input.name)}
+        className={`sf-handle${input.widget ? " sf-handle-widget" : ""}`}
+        style={{ background: linked || !input.widget ? color : undefined, borderColor: color }}
+        data-type={input.type}
+      />
+      <div className="sf-input-label">
+        <span>{input.name}</span>
+        {!input.widget && <span className="sf-type">{input.type}</span>}
+        {!input.required && !input.widget && <span className="sf-type">optional</span>}
+      </div>
+      {input.widget && !linked && <Widget nodeId={nodeId} input={input} value={value} control={control} />}
+      {input.widget && linked && <div className="sf-linked">linked</div>}
+      {issues.map((issue, i) => (
+        <div key={i} className="sf-issue" role="alert">{issue.message}</div>
+      ))}
+    </div>
+  );
+}
+
+function Title({ id, title, fallback }: { id: string; title?: string; fallback: string }) {
+  const { setTitle } = useEditor();
+  const [editing, setEditing] = useState(false);
+  if (editing) {
+    return (
+      <input
+        className="nodrag sf-title-edit"
+        autoFocus
+        defaultValue={title ?? fallback}
+        aria-label="node title"
+        onBlur={(e) => {
+          const v = e.target.value.trim();
+          setTitle(id, v && v !== fallback ? v : undefined);
+          setEditing(false);
+        }}
+        onKeyDown={(e) => {
+          if (e.key === "Enter") (e.target as HTMLInputElement).blur();
+          if (e.key === "Escape") setEditing(false);
+        }}
+      />
+    );
+  }
+  return (
+    <span className="sf-title" onDoubleClick={() => setEditing(true)} title="Double-click to rename">
+      {title ?? fallback}
+    </span>
+  );
+}
+
+function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
+  const { defs, store, openImage } = useEditor();
+  const run = useNodeRun(store, id);
+  const connections = useNodeConnections({ handleType: "target" });
+  const def = defs.get(data.type);
+  const linked = useMemo(() => {
+    const s = new Set<string>();
+    for (const c of connections) if (c.targetHandle) s.add(c.targetHandle.slice(2));
+    return s;
+  }, [connections]);
+
+  const issuesByInput = useMemo(() => {
+    const m = new Map<string, NodeIssue[]>();
+    const general: NodeIssue[] = [];
+    for (const issue of run.errors ?? []) {
+      if (issue.input && def?.inputs.some((i) => i.name === issue.input)) {
+        m.set(issue.input, [...(m.get(issue.input) ?? []), issue]);
+      } else general.push(issue);
+    }
+    return { m, general };
+  }, [run.errors, def]);
+
+  const classes = ["sf-node"];
+  if (selected) classes.push("selected");
+  if (run.status) classes.push(`sf-${run.status}`);
+  if (run.errors?.length) classes.push("sf-error");
+  if (!def) classes.push("sf-unknown");
+
+  const progress = run.progress && run.progress.max > 0 ? Math.min(1, run.progress.value / run.progress.max) : null;
+  const noIssues: NodeIssue[] = [];
+
+  return (
+    <div className={classes.join(" ")} data-node-id={id} data-node-type={data.type} data-status={run.status ?? ""}>
+      <div className="sf-header sf-drag" title={def?.description || data.type}>
+        <Title id={id} title={data.title} fallback={def?.displayName ?? data.type} />
+        <span className="sf-id">#{id}</span>
+      </div>
+      {progress !== null && (
+        <div className="sf-progress" role="progressbar" aria-valuenow={run.progress!.value} aria-valuemax={run.progress!.max}>
+          <div style={{ width: `${progress * 100}%` }} />
+        </div>
+      )}
+      <div className="sf-body">
+        {def ? (
+          <>
+            {def.outputs.length > 0 && (
+              <div className="sf-outputs">
+                {def.outputs.map((o, i) => (
+                  <div key={i} className="sf-output" data-output={i} title={o.tooltip}>
+                    <span>{o.name}</span>
+                    <Handle
+                      type="source"
+                      position={Position.Right}
+                      id={outHandle(i)}
+                      className="sf-handle"
+                      style={{ background: typeColor(o.type), borderColor: typeColor(o.type) }}
+                      data-type={o.type}
+                    />
+                  </div>
+                ))}
+              </div>
+            )}
+            {def.inputs.map((input) => (
+              <InputRow
+                key={input.name}
+                nodeId={id}
+                input={input}
+                value={data.values[input.name]}
+                linked={linked.has(input.name)}
+                issues={issuesByInput.m.get(input.name) ?? noIssues}
+                control={data.control?.[input.name]}
+              />
+            ))}
+          </>
+        ) : (
+          <div className="sf-issue">Unknown node type “{data.type}” — not available on this server.</div>
+        )}
+        {issuesByInput.general.map((issue, i) => (
+          <div key={i} className="sf-issue sf-node-issue" role="alert">
+            {issue.message}
+            {issue.traceback && (
+              <details className="nodrag nowheel">
+                <summary>traceback</summary>
+                <pre>{issue.traceback}</pre>
+              </details>
+            )}
+          </div>
+        ))}
+        {run.preview && run.status === "executing" && (
+          <img className="sf-preview" alt="live preview" src={run.preview} />
+        )}
+        {run.images && run.images.length > 0 && (
+          <div className="sf-images">
+            {run.images.map((img, i) => (
+              <img
+                key={`${img.subfolder ?? ""}/${img.filename}/${i}`}
+                className="nodrag sf-output-image"
+                alt={img.filename}
+                src={viewUrl(img)}
+                onClick={() => openImage(img)}
+              />
+            ))}
+          </div>
+        )}
+        {run.text && run.text.length > 0 && <pre className="sf-text nodrag nowheel">{run.text.join("\n")}</pre>}
+      </div>
+    </div>
+  );
+}
+
+export const SfNode = memo(SfNodeImpl);

@@ -1,0 +1,31 @@
+import { createContext, useContext, useSyncExternalStore } from "react";
+import type { GlobalRun, ImageRef, NodeRun, RunStore } from "../lib/runstore";
+import type { ControlMode, Defs } from "../lib/schema";
+
+/** What node components need from the editor; the object is stable across renders. */
+export type EditorApi = {
+  defs: Defs;
+  store: RunStore;
+  setValue(nodeId: string, name: string, value: unknown): void;
+  setTitle(nodeId: string, title: string | undefined): void;
+  setControl(nodeId: string, name: string, mode: ControlMode): void;
+  upload(nodeId: string, name: string, file: File): Promise<void>;
+  openImage(img: ImageRef): void;
+};
+
+export const EditorContext = createContext<EditorApi | null>(null);
+
+export function useEditor(): EditorApi {
+  const api = useContext(EditorContext);
+  if (!api) throw new Error("EditorContext missing");
+  return api;
+}
+
+/** This node's run state; re-renders only when this node's record changes. */
+export function useNodeRun(store: RunStore, id: string): NodeRun {
+  return useSyncExternalStore(store.subscribe, () => store.getNode(id));
+}
+
+export function useGlobalRun(store: RunStore): GlobalRun {
+  return useSyncExternalStore(store.subscribe, store.getGlobal);
+}

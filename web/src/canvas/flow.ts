@@ -1,0 +1,80 @@
+/** React Flow nodes and edges ⇄ the plain graph model. */
+
+import type { Edge, Node } from "@xyflow/react";
+import { type Graph, type GraphLink, type GraphNode, linkId, type Vec2 } from "../lib/graph";
+import type { ControlMode, Defs } from "../lib/schema";
+import { typeColor } from "../lib/types";
+
+export type SfNodeData = {
+  type: string;
+  title?: string;
+  values: Record<string, unknown>;
+  control?: Record<string, ControlMode>;
+  /** The size the document gave the node (its width is applied; the height grows with content). */
+  size?: Vec2;
+};
+
+export type SfNode = Node<SfNodeData, "sf">;
+export type SfEdge = Edge;
+
+export const outHandle = (slot: number) => `o${slot}`;
+export const inHandle = (name: string) => `i:${name}`;
+export const slotOf = (handle: string | null | undefined) => (handle && handle.startsWith("o") ? Number(handle.slice(1)) : NaN);
+export const inputOf = (handle: string | null | undefined) => (handle && handle.startsWith("i:") ? handle.slice(2) : "");
+
+export function toFlowNode(n: GraphNode): SfNode {
+  const node: SfNode = {
+    id: n.id,
+    type: "sf",
+    position: { x: n.pos[0], y: n.pos[1] },
+    data: { type: n.type, title: n.title, values: n.values, control: n.control, size: n.size },
+  };
+  if (n.size) node.width = n.size[0];
+  return node;
+}
+
+export function toFlowEdge(l: GraphLink, defs: Defs, sourceType?: string): SfEdge {
+  const type = sourceType ? defs.get(sourceType)?.outputs[l.slot]?.type : undefined;
+  return {
+    id: linkId(l),
+    source: l.source,
+    sourceHandle: outHandle(l.slot),
+    target: l.target,
+    targetHandle: inHandle(l.input),
+    style: type ? { stroke: typeColor(type) } : undefined,
+    data: { type },
+  };
+}
+
+export function graphToFlow(graph: Graph, defs: Defs): { nodes: SfNode[]; edges: SfEdge[] } {
+  const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
+  return {
+    nodes: graph.nodes.map(toFlowNode),
+    edges: graph.links.map((l) => toFlowEdge(l, defs, types.get(l.source))),
+  };
+}
+
+export function edgeToLink(e: SfEdge): GraphLink {
+  return { source: e.source, slot: slotOf(e.sourceHandle), target: e.target, input: inputOf(e.targetHandle) };
+}
+
+export function flowToGraph(nodes: SfNode[], edges: SfEdge[], base?: Partial<Graph>): Graph {
+  return {
+    nodes: nodes.map((n): GraphNode => {
+      const g: GraphNode = {
+        id: n.id,
+        type: n.data.type,
+        pos: [n.position.x, n.position.y],
+        values: n.data.values,
+      };
+      if (n.data.title) g.title = n.data.title;
+      if (n.data.control) g.control = n.data.control;
+      if (n.data.size) g.size = [n.width ?? n.data.size[0], n.data.size[1]];
+      return g;
+    }),
+    links: edges.map(edgeToLink),
+    groups: base?.groups ?? [],
+    viewport: base?.viewport,
+    extra: base?.extra,
+  };
+}

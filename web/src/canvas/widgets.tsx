@@ -1,0 +1,229 @@
+/** Widgets for constant inputs, chosen from the input's schema. */
+
+import { memo, useEffect, useRef, useState } from "react";
+import { viewUrl } from "../api";
+import { clampNumber, CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
+import { useEditor } from "./context";
+
+type WidgetProps = {
+  nodeId: string;
+  input: InputDef;
+  value: unknown;
+  control?: ControlMode;
+};
+
+function formatNumber(input: InputDef, v: unknown): string {
+  if (typeof v !== "number") return v == null ? "" : String(v);
+  if (input.type === "INT") return String(v);
+  const step = input.options.step;
+  const decimals = typeof step === "number" && step > 0 && step < 1 ? Math.min(6, Math.ceil(-Math.log10(step))) : 2;
+  return String(Number(v.toFixed(Math.max(decimals, 2))));
+}
+
+function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
+  const { setValue, setControl } = useEditor();
+  const [text, setText] = useState(() => formatNumber(input, value));
+  const focused = useRef(false);
+  useEffect(() => {
+    if (!focused.current) setText(formatNumber(input, value));
+  }, [value, input]);
+  const parse = (s: string): number | null => {
+    if (s.trim() === "") return null;
+    const n = Number(s);
+    return Number.isFinite(n) ? n : null;
+  };
+  const commit = (s: string, clamp: boolean) => {
+    const n = parse(s);
+    if (n === null) return;
+    const v = clamp ? clampNumber(input, n) : input.type === "INT" ? Math.round(n) : n;
+    if (v !== value) setValue(nodeId, input.name, v);
+    if (clamp) setText(formatNumber(input, v));
+  };
+  const { min, max, step } = input.options;
+  const slider = input.options.display === "slider" && typeof min === "number" && typeof max === "number";
+  const stepAttr = typeof step === "number" ? step : input.type === "INT" ? 1 : "any";
+  return (
+    <div className="sf-widget-number">
+      {slider && (
+        <input
+          type="range"
+          className="nodrag"
+          aria-label={`${input.name} slider`}
+          min={min}
+          max={max}
+          step={stepAttr}
+          value={typeof value === "number" ? value : 0}
+          onChange={(e) => setValue(nodeId, input.name, clampNumber(input, Number(e.target.value)))}
+        />
+      )}
+      <input
+        type="number"
+        className="nodrag"
+        name={input.name}
+        aria-label={input.name}
+        min={typeof min === "number" && Number.isSafeInteger(min) ? min : undefined}
+        max={typeof max === "number" && Number.isSafeInteger(max) ? max : undefined}
+        step={stepAttr}
+        value={text}
+        onFocus={() => (focused.current = true)}
+        onChange={(e) => {
+          setText(e.target.value);
+          commit(e.target.value, false);
+        }}
+        onBlur={(e) => {
+          focused.current = false;
+          commit(e.target.value, true);
+        }}
+        onKeyDown={(e) => {
+          if (e.key === "Enter") commit((e.target as HTMLInputElement).value, true);
+        }}
+      />
+      {control && (
+        <select
+          className="nodrag sf-control"
+          aria-label={`${input.name} control after generate`}
+          title="control after generate"
+          value={control}
+          onChange={(e) => setControl(nodeId, input.name, e.target.value as ControlMode)}
+        >
+          {CONTROL_MODES.map((m) => (
+            <option key={m} value={m}>{m}</option>
+          ))}
+        </select>
+      )}
+    </div>
+  );
+}
+
+function TextWidget({ nodeId, input, value }: WidgetProps) {
+  const { setValue } = useEditor();
+  const text = value == null ? "" : String(value);
+  if (input.options.multiline) {
+    return (
+      <textarea
+        className="nodrag nowheel"
+        name={input.name}
+        aria-label={input.name}
+        placeholder={input.name}
+        value={text}
+        rows={3}
+        onChange={(e) => setValue(nodeId, input.name, e.target.value)}
+      />
+    );
+  }
+  return (
+    <input
+      type="text"
+      className="nodrag"
+      name={input.name}
+      aria-label={input.name}
+      value={text}
+      onChange={(e) => setValue(nodeId, input.name, e.target.value)}
+    />
+  );
+}
+
+function BoolWidget({ nodeId, input, value }: WidgetProps) {
+  const { setValue } = useEditor();
+  return (
+    <label className="sf-widget-bool nodrag">
+      <input
+        type="checkbox"
+        name={input.name}
+        aria-label={input.name}
+        checked={!!value}
+        onChange={(e) => setValue(nodeId, input.name, e.target.checked)}
+      />
+      {value ? "true" : "false"}
+    </label>
+  );
+}
+
+function inputImageUrl(value: string): string {
+  const cut = value.lastIndexOf("/");
+  return viewUrl({ filename: value.slice(cut + 1), subfolder: cut > 0 ? value.slice(0, cut) : "", type: "input" });
+}
+
+function ComboWidget({ nodeId, input, value }: WidgetProps) {
+  const { setValue, upload } = useEditor();
+  const [busy, setBusy] = useState(false);
+  const [failed, setFailed] = useState<string | null>(null);
+  const fileRef = useRef<HTMLInputElement>(null);
+  const choices = input.choices ?? [];
+  const current = value == null ? "" : String(value);
+  const missing = current !== "" && !choices.includes(current);
+  const isUpload = input.options.upload === "image";
+  return (
+    <div className="sf-widget-combo">
+      <div className="sf-row-inline">
+        <select
+          className="nodrag nowheel"
+          name={input.name}
+          aria-label={input.name}
+          value={current}
+          onChange={(e) => setValue(nodeId, input.name, e.target.value)}
+        >
+          {current === "" && <option value="">(none)</option>}
+          {missing && <option value={current}>{current} (missing)</option>}
+          {choices.map((c) => (
+            <option key={c} value={c}>{c}</option>
+          ))}
+        </select>
+        {isUpload && (
+          <>
+            <button
+              type="button"
+              className="nodrag sf-small"
+              disabled={busy}
+              onClick={() => fileRef.current?.click()}
+              title="Upload an image to the input folder"
+            >
+              {busy ? "…" : "Upload"}
+            </button>
+            <input
+              ref={fileRef}
+              type="file"
+              accept="image/*"
+              hidden
+              aria-label={`${input.name} upload`}
+              onChange={async (e) => {
+                const file = e.target.files?.[0];
+                e.target.value = "";
+                if (!file) return;
+                setBusy(true);
+                setFailed(null);
+                try {
+                  await upload(nodeId, input.name, file);
+                } catch (err) {
+                  setFailed((err as Error).message);
+                } finally {
+                  setBusy(false);
+                }
+              }}
+            />
+          </>
+        )}
+      </div>
+      {failed && <div className="sf-issue">{failed}</div>}
+      {isUpload && current && (
+        <img className="sf-upload-preview" alt={current} src={inputImageUrl(current)} />
+      )}
+    </div>
+  );
+}
+
+export const Widget = memo(function Widget(props: WidgetProps) {
+  switch (props.input.type) {
+    case "INT":
+    case "FLOAT":
+      return <NumberWidget {...props} />;
+    case "STRING":
+      return <TextWidget {...props} />;
+    case "BOOLEAN":
+      return <BoolWidget {...props} />;
+    case "COMBO":
+      return <ComboWidget {...props} />;
+    default:
+      return null;
+  }
+});

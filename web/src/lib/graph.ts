@@ -1,0 +1,308 @@
+/**
+ * The canvas's graph model and its conversions:
+ *
+ * - API format (what runs): `{id: {class_type, inputs: {name: value | [src, slot]}, _meta: {title}}}`
+ * - our document (what Save writes, `workflows/*.json`):
+ *   `{format: "steerflow.workflow", version: 1, prompt, layout: {nodes, groups, viewport}, extra}`
+ *
+ * The graph is plain data with no React Flow types, so it is testable alone.
+ */
+
+import { type ControlMode, CONTROL_MODES, type Defs, defaultValues } from "./schema";
+import type { LinkRef } from "./types";
+
+export const DOCUMENT_FORMAT = "steerflow.workflow";
+export const DOCUMENT_VERSION = 1;
+
+export type Vec2 = [number, number];
+
+export type GraphNode = {
+  id: string;
+  type: string;
+  pos: Vec2;
+  size?: Vec2;
+  title?: string;
+  /** Constant inputs (widgets). Linked inputs are in `links`. */
+  values: Record<string, unknown>;
+  /** control_after_generate mode per widget (e.g. `{seed: "randomize"}`). */
+  control?: Record<string, ControlMode>;
+};
+
+export type GraphLink = LinkRef;
+
+export type Viewport = { x: number; y: number; zoom: number };
+
+export type Graph = {
+  nodes: GraphNode[];
+  links: GraphLink[];
+  groups: unknown[];
+  viewport?: Viewport;
+  extra?: Record<string, unknown>;
+};
+
+export type ApiNode = { class_type: string; inputs: Record<string, unknown>; _meta?: { title?: string } };
+export type ApiPrompt = Record<string, ApiNode>;
+
+export type LayoutNode = { pos: Vec2; size?: Vec2; title?: string; control?: Record<string, ControlMode> };
+
+export type WorkflowDocument = {
+  format: typeof DOCUMENT_FORMAT;
+  version: number;
+  prompt: ApiPrompt;
+  layout: { nodes: Record<string, LayoutNode>; groups: unknown[]; viewport?: Viewport };
+  extra: Record<string, unknown>;
+};
+
+export class WorkflowFormatError extends Error {}
+
+export function emptyGraph(): Graph {
+  return { nodes: [], links: [], groups: [] };
+}
+
+/** A link is `[source_id, output_index]` with an integer index. */
+export function isLink(value: unknown): value is [string | number, number] {
+  return (
+    Array.isArray(value) &&
+    value.length === 2 &&
+    (typeof value[0] === "string" || typeof value[0] === "number") &&
+    typeof value[1] === "number" &&
+    Number.isInteger(value[1])
+  );
+}
+
+export function linkId(l: LinkRef): string {
+  return `${l.source}:${l.slot}->${l.target}:${l.input}`;
+}
+
+/** The next free node id: one past the largest numeric id (ComfyUI numbers nodes). */
+export function nextNodeId(ids: Iterable<string>): string {
+  let max = 0;
+  for (const id of ids) {
+    const n = Number(id);
+    if (Number.isInteger(n) && n > max) max = n;
+  }
+  return String(max + 1);
+}
+
+/** A new node of `type` at `pos`, with its widgets at their defaults. */
+export function createNode(defs: Defs, type: string, id: string, pos: Vec2): GraphNode {
+  const def = defs.get(type);
+  const node: GraphNode = { id, type, pos, values: def ? defaultValues(def) : {} };
+  if (def) {
+    const control: Record<string, ControlMode> = {};
+    for (const input of def.inputs) {
+      if (input.widget && input.options.control_after_generate) control[input.name] = "randomize";
+    }
+    if (Object.keys(control).length) node.control = control;
+  }
+  return node;
+}
+
+// --- API format -----------------------------------------------------------------------
+
+/** The executable API-format prompt of a graph. */
+export function graphToPrompt(graph: Graph, defs: Defs): ApiPrompt {
+  const linksByTarget = new Map<string, GraphLink[]>();
+  for (const l of graph.links) {
+    const list = linksByTarget.get(l.target);
+    if (list) list.push(l);
+    else linksByTarget.set(l.target, [l]);
+  }
+  const prompt: ApiPrompt = {};
+  for (const node of graph.nodes) {
+    const def = defs.get(node.type);
+    const links = linksByTarget.get(node.id) ?? [];
+    const inputs: Record<string, unknown> = {};
+    if (def) {
+      for (const input of def.inputs) {
+        const link = links.find((l) => l.input === input.name);
+        if (link) inputs[input.name] = [link.source, link.slot];
+        else if (input.widget && node.values[input.name] !== undefined) inputs[input.name] = node.values[input.name];
+      }
+    } else {
+      // Unknown type: keep what we have so the document round-trips.
+      Object.assign(inputs, node.values);
+      for (const l of links) inputs[l.input] = [l.source, l.slot];
+    }
+    const title = node.title ?? def?.displayName ?? node.type;
+    prompt[node.id] = { class_type: node.type, inputs, _meta: { title } };
+  }
+  return prompt;
+}
+
+/** Columns by topological generation, as the engine's `auto_layout`. */
+export function autoLayout(ids: string[], links: readonly LinkRef[], dx = 340, dy = 260): Map<string, Vec2> {
+  const preds = new Map<string, Set<string>>(ids.map((id) => [id, new Set()]));
+  for (const l of links) if (preds.has(l.target) && preds.has(l.source)) preds.get(l.target)!.add(l.source);
+  const depth = new Map<string, number>();
+  const visiting = new Set<string>();
+  const depthOf = (id: string): number => {
+    const known = depth.get(id);
+    if (known !== undefined) return known;
+    if (visiting.has(id)) return 0; // a cycle: give up on depth
+    visiting.add(id);
+    let d = 0;
+    for (const p of preds.get(id) ?? []) d = Math.max(d, depthOf(p) + 1);
+    visiting.delete(id);
+    depth.set(id, d);
+    return d;
+  };
+  const rows = new Map<number, number>();
+  const out = new Map<string, Vec2>();
+  for (const id of ids) {
+    const col = depthOf(id);
+    const row = rows.get(col) ?? 0;
+    rows.set(col, row + 1);
+    out.set(id, [col * dx, row * dy]);
+  }
+  return out;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function vec2(v: unknown): Vec2 | undefined {
+  if (Array.isArray(v) && v.length >= 2 && v.every((x) => typeof x === "number")) return [v[0], v[1]];
+  if (isObject(v) && typeof v[0] === "number" && typeof v[1] === "number") return [v[0], v[1]];
+  return undefined;
+}
+
+/** An API-format prompt (plus optional layout) → graph. Missing widget values get defaults. */
+export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
+  layout?: Record<string, unknown>): { graph: Graph; warnings: string[] } {
+  const warnings: string[] = [];
+  const nodes: GraphNode[] = [];
+  const links: GraphLink[] = [];
+  for (const [id, raw] of Object.entries(prompt)) {
+    if (!isObject(raw) || typeof raw.class_type !== "string") {
+      warnings.push(`node ${id} is not an API-format node; skipped`);
+      continue;
+    }
+    const type = raw.class_type;
+    const def = defs.get(type);
+    if (!def) warnings.push(`node ${id}: unknown node type ${type}`);
+    const values: Record<string, unknown> = def ? defaultValues(def) : {};
+    const inputs = isObject(raw.inputs) ? raw.inputs : {};
+    for (const [name, value] of Object.entries(inputs)) {
+      const input = def?.inputs.find((i) => i.name === name);
+      // No widget takes a list, so a `[id, index]` pair is a link (as on the server).
+      if (isLink(value)) {
+        links.push({ source: String(value[0]), slot: value[1], target: id, input: name });
+      } else if (!def || input) {
+        values[name] = value;
+      } else {
+        warnings.push(`node ${id} (${type}): unknown input '${name}' dropped`);
+      }
+    }
+    const meta = isObject(raw._meta) ? raw._meta : {};
+    const lay = layout && isObject(layout[id]) ? (layout[id] as Record<string, unknown>) : {};
+    const title = typeof lay.title === "string" ? lay.title : typeof meta.title === "string" ? meta.title : undefined;
+    const node: GraphNode = { id, type, pos: vec2(lay.pos) ?? [0, 0], values };
+    const size = vec2(lay.size);
+    if (size) node.size = size;
+    if (title && title !== (def?.displayName ?? type)) node.title = title;
+    const control: Record<string, ControlMode> = {};
+    for (const input of def?.inputs ?? []) {
+      if (!input.widget || !input.options.control_after_generate) continue;
+      const saved = isObject(lay.control) ? lay.control[input.name] : undefined;
+      control[input.name] = CONTROL_MODES.includes(saved as ControlMode) ? (saved as ControlMode) : "fixed";
+    }
+    if (Object.keys(control).length) node.control = control;
+    nodes.push(node);
+  }
+  const ids = new Set(nodes.map((n) => n.id));
+  const kept = links.filter((l) => {
+    if (ids.has(l.source)) return true;
+    warnings.push(`node ${l.target}: input '${l.input}' links to missing node ${l.source}; dropped`);
+    return false;
+  });
+  const missing = nodes.filter((n) => !(layout && isObject(layout[n.id]) && vec2((layout[n.id] as Record<string, unknown>).pos)));
+  if (missing.length) {
+    const auto = autoLayout(nodes.map((n) => n.id), kept);
+    for (const n of missing) n.pos = auto.get(n.id) ?? [0, 0];
+  }
+  return { graph: { nodes, links: kept, groups: [] }, warnings };
+}
+
+// --- document -------------------------------------------------------------------------
+
+export function graphToDocument(graph: Graph, defs: Defs): WorkflowDocument {
+  const nodes: Record<string, LayoutNode> = {};
+  for (const n of graph.nodes) {
+    const entry: LayoutNode = { pos: [Math.round(n.pos[0]), Math.round(n.pos[1])] };
+    if (n.size) entry.size = [Math.round(n.size[0]), Math.round(n.size[1])];
+    if (n.title) entry.title = n.title;
+    if (n.control && Object.keys(n.control).length) entry.control = { ...n.control };
+    nodes[n.id] = entry;
+  }
+  const layout: WorkflowDocument["layout"] = { nodes, groups: graph.groups ?? [] };
+  if (graph.viewport) layout.viewport = graph.viewport;
+  return {
+    format: DOCUMENT_FORMAT,
+    version: DOCUMENT_VERSION,
+    prompt: graphToPrompt(graph, defs),
+    layout,
+    extra: graph.extra ?? {},
+  };
+}
+
+export function isDocument(obj: unknown): obj is WorkflowDocument {
+  return isObject(obj) && obj.format === DOCUMENT_FORMAT;
+}
+
+export function documentToGraph(doc: unknown, defs: Defs): { graph: Graph; warnings: string[] } {
+  if (!isDocument(doc)) throw new WorkflowFormatError("not a Steerflow workflow document");
+  const version = (doc as { version?: unknown }).version;
+  if (typeof version !== "number" || version < 1) throw new WorkflowFormatError(`document has no valid version: ${String(version)}`);
+  if (version > DOCUMENT_VERSION) {
+    throw new WorkflowFormatError(`document version ${version} is newer than this canvas (${DOCUMENT_VERSION})`);
+  }
+  if (!isObject(doc.prompt)) throw new WorkflowFormatError("document has no 'prompt' object");
+  const layout: Record<string, unknown> = isObject(doc.layout) ? doc.layout : {};
+  const result = promptToGraph(doc.prompt, defs, isObject(layout.nodes) ? layout.nodes : undefined);
+  result.graph.groups = Array.isArray(layout.groups) ? layout.groups : [];
+  const vp = layout.viewport as Viewport | undefined;
+  if (vp && typeof vp.x === "number" && typeof vp.y === "number" && typeof vp.zoom === "number") {
+    result.graph.viewport = { x: vp.x, y: vp.y, zoom: vp.zoom };
+  }
+  result.graph.extra = isObject(doc.extra) ? doc.extra : {};
+  return result;
+}
+
+/** Remove nodes (and the links touching them). */
+export function removeNodes(graph: Graph, ids: Set<string>): Graph {
+  return {
+    ...graph,
+    nodes: graph.nodes.filter((n) => !ids.has(n.id)),
+    links: graph.links.filter((l) => !ids.has(l.source) && !ids.has(l.target)),
+  };
+}
+
+/**
+ * Copy `nodes` (and the links among them) into `graph` with fresh ids, shifted
+ * by `offset`. Returns the new graph and the ids of the pasted nodes.
+ */
+export function pasteNodes(graph: Graph, clip: { nodes: GraphNode[]; links: GraphLink[] }, offset: Vec2): {
+  graph: Graph; ids: string[];
+} {
+  const existing = graph.nodes.map((n) => n.id);
+  const idMap = new Map<string, string>();
+  const pasted: GraphNode[] = [];
+  for (const n of clip.nodes) {
+    const id = nextNodeId([...existing, ...idMap.values()]);
+    idMap.set(n.id, id);
+    pasted.push({
+      ...structuredClone(n),
+      id,
+      pos: [n.pos[0] + offset[0], n.pos[1] + offset[1]],
+    });
+  }
+  const links = clip.links
+    .filter((l) => idMap.has(l.source) && idMap.has(l.target))
+    .map((l) => ({ ...l, source: idMap.get(l.source)!, target: idMap.get(l.target)! }));
+  return {
+    graph: { ...graph, nodes: [...graph.nodes, ...pasted], links: [...graph.links, ...links] },
+    ids: pasted.map((n) => n.id),
+  };
+}

@@ -1,0 +1,64 @@
+/**
+ * Open anything a person may drop or pick: our document, an API-format prompt
+ * (or a POST /prompt body), a ComfyUI UI-format workflow, or a PNG carrying
+ * one of those in its text chunks.
+ */
+
+import { importComfyUi, isComfyUiWorkflow } from "./comfyui";
+import { documentToGraph, type Graph, isDocument, promptToGraph, WorkflowFormatError } from "./graph";
+import { isPng, readPngText } from "./png";
+import type { Defs } from "./schema";
+
+export type Loaded = { graph: Graph; warnings: string[]; kind: "document" | "api" | "comfyui" };
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function looksLikePrompt(obj: Record<string, unknown>): boolean {
+  const values = Object.values(obj);
+  return values.length > 0 && values.every((n) => isObject(n) && typeof n.class_type === "string");
+}
+
+export function loadWorkflowObject(obj: unknown, defs: Defs): Loaded {
+  if (isDocument(obj)) return { ...documentToGraph(obj, defs), kind: "document" };
+  if (isComfyUiWorkflow(obj)) return { ...importComfyUi(obj, defs), kind: "comfyui" };
+  if (!isObject(obj)) throw new WorkflowFormatError("a workflow must be a JSON object");
+  // The body of a POST /prompt, possibly with our document inside.
+  if (isObject(obj.prompt) && obj.format === undefined) {
+    const extra = isObject(obj.extra_data) ? obj.extra_data : undefined;
+    const info = extra && isObject(extra.extra_pnginfo) ? extra.extra_pnginfo : undefined;
+    if (info && isDocument(info.workflow)) return loadWorkflowObject(info.workflow, defs);
+    return loadWorkflowObject(obj.prompt, defs);
+  }
+  if (looksLikePrompt(obj)) return { ...promptToGraph(obj, defs), kind: "api" };
+  throw new WorkflowFormatError("not a workflow: expected a Steerflow document, an API-format prompt or a ComfyUI workflow");
+}
+
+function parseJson(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new WorkflowFormatError(`${what} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** The workflow carried by a PNG's text chunks (`workflow` first, then `prompt`). */
+export async function loadWorkflowPng(bytes: Uint8Array, defs: Defs): Promise<Loaded> {
+  const text = await readPngText(bytes);
+  if (text.workflow) {
+    try {
+      return loadWorkflowObject(parseJson(text.workflow, "the image's workflow"), defs);
+    } catch (e) {
+      if (!text.prompt) throw e;
+    }
+  }
+  if (text.prompt) return loadWorkflowObject(parseJson(text.prompt, "the image's prompt"), defs);
+  throw new WorkflowFormatError("this image carries no workflow (no 'workflow' or 'prompt' text chunk)");
+}
+
+export async function loadWorkflowBytes(name: string, bytes: Uint8Array, defs: Defs): Promise<Loaded> {
+  if (isPng(bytes)) return loadWorkflowPng(bytes, defs);
+  const text = new TextDecoder("utf-8").decode(bytes);
+  return loadWorkflowObject(parseJson(text, name || "the file"), defs);
+}

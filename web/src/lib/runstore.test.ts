@@ -1,0 +1,110 @@
+import { describe, expect, it } from "vitest";
+import { parsePreviewFrame, RunStore } from "./runstore";
+
+function makeStore() {
+  const flushes: (() => void)[] = [];
+  const revoked: string[] = [];
+  const store = new RunStore((f) => flushes.push(f), (u) => revoked.push(u));
+  let notified = 0;
+  store.subscribe(() => notified++);
+  return { store, flushes, revoked, notified: () => notified };
+}
+
+describe("RunStore", () => {
+  it("batches messages into one notification per frame", () => {
+    const { store, flushes, notified } = makeStore();
+    store.enqueue({ type: "execution_start", data: { prompt_id: "p" } });
+    store.enqueue({ type: "executing", data: { node: "3", prompt_id: "p" } });
+    for (let i = 1; i <= 20; i++) store.enqueue({ type: "progress", data: { node: "3", value: i, max: 20 } });
+    expect(flushes).toHaveLength(1);
+    expect(notified()).toBe(0);
+    flushes[0]();
+    expect(notified()).toBe(1);
+    expect(store.getNode("3")).toEqual({ status: "executing", progress: { value: 20, max: 20 } });
+    expect(store.getGlobal()).toMatchObject({ running: true, executing: "3", promptId: "p" });
+  });
+
+  it("keeps untouched nodes' records identical (no re-render)", () => {
+    const { store, flushes } = makeStore();
+    store.enqueue({ type: "executing", data: { node: "1" } });
+    flushes.shift()!();
+    const one = store.getNode("1");
+    const other = store.getNode("2");
+    store.enqueue({ type: "progress", data: { node: "5", value: 1, max: 2 } });
+    flushes.shift()!();
+    expect(store.getNode("1")).toBe(one);
+    expect(store.getNode("2")).toBe(other);
+  });
+
+  it("follows a whole run: cached, executing, executed, success", () => {
+    const { store, flushes } = makeStore();
+    const run = [
+      { type: "execution_start", data: { prompt_id: "p" } },
+      { type: "execution_cached", data: { nodes: ["1", "2"], prompt_id: "p" } },
+      { type: "executing", data: { node: "5", prompt_id: "p" } },
+      { type: "progress", data: { node: "5", value: 1, max: 3, prompt_id: "p" } },
+      { type: "executing", data: { node: "7", prompt_id: "p" } },
+      { type: "executed", data: { node: "7", prompt_id: "p", output: { images: [{ filename: "a.png", subfolder: "", type: "output" }] } } },
+      { type: "execution_success", data: { prompt_id: "p" } },
+      { type: "executing", data: { node: null, prompt_id: "p" } },
+    ];
+    run.forEach((m) => store.enqueue(m));
+    flushes.shift()!();
+    expect(store.getNode("1").status).toBe("cached");
+    expect(store.getNode("5")).toEqual({ status: "done", progress: undefined, preview: undefined });
+    expect(store.getNode("7").images).toEqual([{ filename: "a.png", subfolder: "", type: "output" }]);
+    expect(store.getGlobal()).toMatchObject({ running: false, executing: null });
+    expect(store.getGlobal().gallery.map((g) => g.filename)).toEqual(["a.png"]);
+  });
+
+  it("puts execution errors on their node", () => {
+    const { store, flushes } = makeStore();
+    store.enqueue({ type: "execution_start", data: { prompt_id: "p" } });
+    store.enqueue({ type: "executing", data: { node: "4" } });
+    store.enqueue({ type: "execution_error", data: {
+      node_id: "4", node_type: "IntMath", exception_type: "ValueError", exception_message: "IntMath: modulo by zero",
+      traceback: ["Traceback...\n", "ValueError\n"] } });
+    flushes.shift()!();
+    expect(store.getNode("4").errors).toEqual([{ message: "ValueError: IntMath: modulo by zero", kind: "execution_error", traceback: "Traceback...\nValueError\n" }]);
+    expect(store.getGlobal().lastError).toMatch(/IntMath #4/);
+    // A new run clears it
+    store.enqueue({ type: "execution_start", data: { prompt_id: "q" } });
+    flushes.shift()!();
+    expect(store.getNode("4").errors).toBeUndefined();
+  });
+
+  it("shows node_errors on nodes and inputs, and clears them", () => {
+    const { store } = makeStore();
+    store.setValidationErrors({
+      "5": { class_type: "KSampler", errors: [{ type: "missing_input", message: "required input 'model' (MODEL) is missing", details: "model", extra_info: { input_name: "model" } }] },
+    });
+    expect(store.getNode("5").errors).toEqual([{ message: "required input 'model' (MODEL) is missing", kind: "missing_input", input: "model", details: "model" }]);
+    store.clearErrors();
+    expect(store.getNode("5").errors).toBeUndefined();
+  });
+
+  it("attaches previews to the executing node and revokes old ones", () => {
+    const { store, flushes, revoked } = makeStore();
+    store.enqueue({ type: "executing", data: { node: "5" } });
+    store.enqueuePreview("blob:1");
+    store.enqueuePreview("blob:2");
+    flushes.shift()!();
+    expect(store.getNode("5").preview).toBe("blob:2");
+    expect(store.getGlobal().preview).toBe("blob:2");
+    expect(revoked).toEqual(["blob:1"]);
+  });
+
+  it("parses binary preview frames", () => {
+    const buf = new ArrayBuffer(8 + 3);
+    const v = new DataView(buf);
+    v.setUint32(0, 1);
+    v.setUint32(4, 1);
+    new Uint8Array(buf).set([0xff, 0xd8, 0xff], 8);
+    const f = parsePreviewFrame(buf)!;
+    expect(f.mime).toBe("image/jpeg");
+    expect([...f.bytes]).toEqual([0xff, 0xd8, 0xff]);
+    v.setUint32(0, 2);
+    expect(parsePreviewFrame(buf)).toBeNull();
+    expect(parsePreviewFrame(new ArrayBuffer(4))).toBeNull();
+  });
+});

@@ -1,0 +1,304 @@
+/**
+ * Run state (executing node, progress, previews, outputs, errors) lives here,
+ * outside the React Flow node array: a tiny external store read with
+ * useSyncExternalStore, one immutable record per node, so a progress tick
+ * re-renders only the node it concerns. Websocket messages are queued and
+ * applied once per animation frame.
+ */
+
+export type ImageRef = { filename: string; subfolder?: string; type?: string };
+
+export type NodeIssue = {
+  message: string;
+  /** The input the issue is about, when known (shown on that input's row). */
+  input?: string;
+  kind?: string;
+  details?: string;
+  traceback?: string;
+};
+
+export type NodeRun = {
+  status?: "queued" | "executing" | "cached" | "done" | "error";
+  progress?: { value: number; max: number };
+  preview?: string;
+  images?: ImageRef[];
+  text?: string[];
+  errors?: NodeIssue[];
+};
+
+export type GalleryItem = ImageRef & { promptId?: string; node: string; key: string };
+
+export type GlobalRun = {
+  connected: boolean;
+  running: boolean;
+  promptId: string | null;
+  executing: string | null;
+  queueRemaining: number;
+  preview: string | null;
+  gallery: GalleryItem[];
+  lastError: string | null;
+  /** Bumped whenever the queue or history may have changed (panels refetch). */
+  queueVersion: number;
+};
+
+export type WsMessage = { type: string; data?: Record<string, unknown> };
+
+export type NodeErrors = Record<string, {
+  errors?: { type?: string; message?: string; details?: string; extra_info?: { input_name?: string | null } }[];
+  class_type?: string;
+}>;
+
+const EMPTY: NodeRun = Object.freeze({}) as NodeRun;
+const GALLERY_MAX = 200;
+
+type Scheduler = (flush: () => void) => void;
+
+const defaultScheduler: Scheduler = (flush) => {
+  if (typeof requestAnimationFrame === "function" && typeof document !== "undefined" && !document.hidden) {
+    requestAnimationFrame(flush);
+  } else {
+    setTimeout(flush, 16);
+  }
+};
+
+export class RunStore {
+  private nodes = new Map<string, NodeRun>();
+  private global: GlobalRun = {
+    connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
+    preview: null, gallery: [], lastError: null, queueVersion: 0,
+  };
+  private listeners = new Set<() => void>();
+  private pending: (WsMessage | { type: "__preview"; url: string })[] = [];
+  private scheduled = false;
+  private revoke: (url: string) => void;
+
+  constructor(private schedule: Scheduler = defaultScheduler,
+    revoke: (url: string) => void = (u) => URL.revokeObjectURL(u)) {
+    this.revoke = revoke;
+  }
+
+  subscribe = (fn: () => void): (() => void) => {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  };
+
+  getNode = (id: string): NodeRun => this.nodes.get(id) ?? EMPTY;
+  getGlobal = (): GlobalRun => this.global;
+
+  private notify(): void {
+    for (const fn of this.listeners) fn();
+  }
+
+  private patchNode(id: string, patch: Partial<NodeRun>): void {
+    this.nodes.set(id, { ...(this.nodes.get(id) ?? {}), ...patch });
+  }
+
+  private patchGlobal(patch: Partial<GlobalRun>): void {
+    this.global = { ...this.global, ...patch };
+  }
+
+  /** Queue a websocket message; all queued messages are applied in the next frame. */
+  enqueue(msg: WsMessage): void {
+    this.pending.push(msg);
+    this.kick();
+  }
+
+  /** Queue a live preview image (an object URL) for the executing node. */
+  enqueuePreview(url: string): void {
+    this.pending.push({ type: "__preview", url });
+    this.kick();
+  }
+
+  private kick(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    this.schedule(() => this.flush());
+  }
+
+  /** Apply every queued message now, notifying subscribers once. */
+  flush(): void {
+    this.scheduled = false;
+    const batch = this.pending;
+    this.pending = [];
+    if (!batch.length) return;
+    for (const m of batch) {
+      if (m.type === "__preview") this.applyPreview((m as { url: string }).url);
+      else this.apply(m as WsMessage);
+    }
+    this.notify();
+  }
+
+  private applyPreview(url: string): void {
+    const old = this.global.preview;
+    const node = this.global.executing;
+    if (node) {
+      const prev = this.nodes.get(node)?.preview;
+      this.patchNode(node, { preview: url });
+      if (prev && prev !== url && prev !== old) this.revoke(prev);
+    }
+    this.patchGlobal({ preview: url });
+    if (old && old !== url) this.revoke(old);
+  }
+
+  private finishNode(id: string | null): void {
+    if (!id) return;
+    const run = this.nodes.get(id);
+    if (run?.status === "executing") this.patchNode(id, { status: "done", progress: undefined, preview: undefined });
+  }
+
+  private apply(msg: WsMessage): void {
+    const d = (msg.data ?? {}) as Record<string, unknown>;
+    switch (msg.type) {
+      case "status": {
+        const status = d.status as { exec_info?: { queue_remaining?: number } } | undefined;
+        const remaining = status?.exec_info?.queue_remaining;
+        if (typeof remaining === "number") {
+          this.patchGlobal({ queueRemaining: remaining, queueVersion: this.global.queueVersion + 1 });
+        }
+        break;
+      }
+      case "execution_start": {
+        // A new run: forget the last run's states and errors, keep images.
+        for (const [id, run] of this.nodes) {
+          if (run.status || run.progress || run.errors || run.preview) {
+            this.nodes.set(id, { images: run.images, text: run.text });
+          }
+        }
+        this.patchGlobal({
+          running: true, promptId: (d.prompt_id as string) ?? null, executing: null, lastError: null,
+          queueVersion: this.global.queueVersion + 1,
+        });
+        break;
+      }
+      case "execution_cached": {
+        for (const id of (d.nodes as string[] | undefined) ?? []) this.patchNode(String(id), { status: "cached" });
+        break;
+      }
+      case "executing": {
+        const node = d.node == null ? null : String(d.node);
+        this.finishNode(this.global.executing);
+        if (node) {
+          this.patchNode(node, { status: "executing", progress: undefined });
+          this.patchGlobal({ executing: node, running: true });
+        } else {
+          this.patchGlobal({ executing: null, running: false, queueVersion: this.global.queueVersion + 1 });
+        }
+        break;
+      }
+      case "progress": {
+        const node = d.node == null ? this.global.executing : String(d.node);
+        const value = Number(d.value);
+        const max = Number(d.max);
+        if (node && Number.isFinite(value) && Number.isFinite(max)) this.patchNode(node, { progress: { value, max } });
+        break;
+      }
+      case "executed": {
+        const node = String(d.node);
+        const output = (d.output ?? {}) as { images?: ImageRef[]; text?: string[] };
+        const patch: Partial<NodeRun> = {};
+        if (Array.isArray(output.images)) patch.images = output.images;
+        if (Array.isArray(output.text)) patch.text = output.text.map(String);
+        this.patchNode(node, patch);
+        if (output.images?.length) {
+          const items = output.images.map((img, i) => ({
+            ...img, node, promptId: (d.prompt_id as string) ?? undefined,
+            key: `${d.prompt_id ?? ""}:${node}:${i}:${img.subfolder ?? ""}/${img.filename}`,
+          }));
+          this.patchGlobal({ gallery: [...items, ...this.global.gallery].slice(0, GALLERY_MAX) });
+        }
+        break;
+      }
+      case "execution_error": {
+        const node = d.node_id == null ? null : String(d.node_id);
+        const type = d.exception_type ? `${String(d.exception_type)}: ` : "";
+        const message = `${type}${String(d.exception_message ?? "execution failed")}`;
+        const tb = d.traceback;
+        const traceback = Array.isArray(tb) ? tb.join("") : typeof tb === "string" ? tb : undefined;
+        if (node) {
+          this.patchNode(node, { status: "error", progress: undefined, errors: [{ message, kind: "execution_error", traceback }] });
+        }
+        this.patchGlobal({
+          running: false, executing: null,
+          lastError: node ? `${String(d.node_type ?? "node")} #${node}: ${message}` : message,
+          queueVersion: this.global.queueVersion + 1,
+        });
+        break;
+      }
+      case "execution_success":
+      case "execution_interrupted": {
+        this.finishNode(this.global.executing);
+        this.patchGlobal({
+          running: false, executing: null,
+          lastError: msg.type === "execution_interrupted" ? "interrupted" : this.global.lastError,
+          queueVersion: this.global.queueVersion + 1,
+        });
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  setConnected(connected: boolean): void {
+    if (connected !== this.global.connected) {
+      this.patchGlobal({ connected });
+      this.notify();
+    }
+  }
+
+  /** Show a rejected prompt's node_errors on the nodes and inputs they name. */
+  setValidationErrors(nodeErrors: NodeErrors): void {
+    for (const [id, entry] of Object.entries(nodeErrors ?? {})) {
+      const errors: NodeIssue[] = (entry.errors ?? []).map((e) => ({
+        message: e.message ?? e.type ?? "invalid",
+        kind: e.type,
+        input: e.extra_info?.input_name ?? undefined,
+        details: e.details,
+      }));
+      this.patchNode(id, { status: "error", errors });
+    }
+    this.notify();
+  }
+
+  /** Forget every node's errors (before queueing again). */
+  clearErrors(): void {
+    let changed = false;
+    for (const [id, run] of this.nodes) {
+      if (run.errors) {
+        this.nodes.set(id, { ...run, errors: undefined, status: run.status === "error" ? undefined : run.status });
+        changed = true;
+      }
+    }
+    if (this.global.lastError) {
+      this.patchGlobal({ lastError: null });
+      changed = true;
+    }
+    if (changed) this.notify();
+  }
+
+  setLastError(message: string | null): void {
+    this.patchGlobal({ lastError: message });
+    this.notify();
+  }
+
+  bumpQueue(): void {
+    this.patchGlobal({ queueVersion: this.global.queueVersion + 1 });
+    this.notify();
+  }
+
+  /** Forget everything about nodes that were removed or replaced. */
+  reset(): void {
+    this.nodes.clear();
+    this.notify();
+  }
+}
+
+/** Parse a binary websocket frame: uint32 BE event (1 = preview), uint32 BE image type, bytes. */
+export function parsePreviewFrame(buf: ArrayBuffer): { mime: string; bytes: Uint8Array } | null {
+  if (buf.byteLength < 8) return null;
+  const view = new DataView(buf);
+  const event = view.getUint32(0);
+  if (event !== 1) return null;
+  const imageType = view.getUint32(4);
+  return { mime: imageType === 2 ? "image/png" : "image/jpeg", bytes: new Uint8Array(buf, 8) };
+}

@@ -1,0 +1,66 @@
+import { describe, expect, it } from "vitest";
+import { clampNumber, defaultValues, nextControlValue, parseNodeSchema, randomSeed, widgetInputs } from "./schema";
+import { testDefs } from "./testdefs";
+
+describe("schema → node definition", () => {
+  const defs = testDefs();
+
+  it("keeps input order and splits widgets from sockets", () => {
+    const ks = defs.get("KSampler")!;
+    expect(ks.displayName).toBe("Sample");
+    expect(ks.inputs.map((i) => i.name)).toEqual([
+      "model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image", "denoise",
+    ]);
+    expect(widgetInputs(ks).map((i) => i.name)).toEqual(["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"]);
+    const model = ks.inputs[0];
+    expect(model).toMatchObject({ type: "MODEL", widget: false, required: true });
+    const sampler = ks.inputs.find((i) => i.name === "sampler_name")!;
+    expect(sampler.type).toBe("COMBO");
+    expect(sampler.choices).toContain("euler");
+    expect(ks.outputs).toEqual([{ type: "LATENT", name: "LATENT", tooltip: undefined }]);
+  });
+
+  it("marks optional inputs and forceInput primitives as sockets", () => {
+    const d = defs.get("ImageOrMask")!;
+    const forced = d.inputs.find((i) => i.name === "forced")!;
+    expect(forced).toMatchObject({ widget: false, required: false, type: "INT" });
+    const latent = defs.get("EmptyLatentImage")!;
+    expect(latent.inputs.find((i) => i.name === "vae")).toMatchObject({ required: false, widget: false });
+  });
+
+  it("gives defaults for every widget", () => {
+    expect(defaultValues(defs.get("KSampler")!)).toEqual({
+      seed: 0, steps: 20, cfg: 8, sampler_name: "euler", scheduler: "normal", denoise: 1,
+    });
+    // A combo without a default takes its first choice.
+    expect(defaultValues(defs.get("CheckpointLoaderSimple")!)).toEqual({ ckpt_name: "steerflow-tiny" });
+  });
+
+  it("reads ComfyUI's newer COMBO shape and output names", () => {
+    const d = parseNodeSchema("X", {
+      input: { required: { mode: ["COMBO", { options: ["a", "b"], default: "b" }] } },
+      output: ["IMAGE"], output_name: ["pic"],
+    });
+    expect(d.inputs[0]).toMatchObject({ type: "COMBO", choices: ["a", "b"], widget: true });
+    expect(d.outputs[0]).toMatchObject({ type: "IMAGE", name: "pic" });
+    expect(d.displayName).toBe("X");
+  });
+
+  it("clamps numbers and keeps seeds JSON-safe", () => {
+    const steps = defs.get("KSampler")!.inputs.find((i) => i.name === "steps")!;
+    expect(clampNumber(steps, 0)).toBe(1);
+    expect(clampNumber(steps, 3.6)).toBe(4);
+    expect(clampNumber(steps, 1e9)).toBe(10000);
+    const seed = defs.get("KSampler")!.inputs.find((i) => i.name === "seed")!;
+    expect(seed.options.control_after_generate).toBe(true);
+    for (const r of [0, 0.5, 0.999999]) {
+      const s = randomSeed(seed, () => r);
+      expect(Number.isSafeInteger(s)).toBe(true);
+      expect(s).toBeGreaterThanOrEqual(0);
+    }
+    expect(nextControlValue(seed, 5, "increment")).toBe(6);
+    expect(nextControlValue(seed, 0, "decrement")).toBe(0);
+    expect(nextControlValue(seed, 5, "fixed")).toBe(5);
+    expect(nextControlValue(seed, 5, "randomize", () => 0.25)).toBe(2 ** 48);
+  });
+});

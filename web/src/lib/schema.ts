@@ -1,0 +1,203 @@
+/**
+ * Node schemas: the server's /object_info entries (ComfyUI's shape) turned into
+ * the definitions the canvas renders — which inputs are widgets, which are
+ * sockets, and the options of each widget.
+ */
+
+export type InputOptions = {
+  default?: unknown;
+  min?: number;
+  max?: number;
+  step?: number;
+  display?: string;
+  multiline?: boolean;
+  tooltip?: string;
+  upload?: string;
+  control_after_generate?: boolean;
+  forceInput?: boolean;
+  [key: string]: unknown;
+};
+
+/** One input of an /object_info entry: `[TYPE, opts]` or `[[choices], opts]`. */
+export type RawInput = unknown[];
+
+export type RawNodeSchema = {
+  name?: string;
+  display_name?: string;
+  description?: string;
+  category?: string;
+  output_node?: boolean;
+  deprecated?: boolean;
+  input?: { required?: Record<string, RawInput>; optional?: Record<string, RawInput> };
+  input_order?: { required?: string[]; optional?: string[] };
+  output?: (string | unknown[])[];
+  output_name?: string[];
+  output_tooltips?: string[];
+};
+
+export type ObjectInfo = Record<string, RawNodeSchema>;
+
+export type WidgetType = "INT" | "FLOAT" | "STRING" | "BOOLEAN" | "COMBO";
+export const WIDGET_TYPES: ReadonlySet<string> = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
+
+export type InputDef = {
+  name: string;
+  /** Socket type: MODEL, LATENT, ... or INT/FLOAT/STRING/BOOLEAN/COMBO for widgets. */
+  type: string;
+  /** True when the input holds a constant edited in the node (it can still be linked). */
+  widget: boolean;
+  required: boolean;
+  options: InputOptions;
+  choices?: string[];
+};
+
+export type OutputDef = { type: string; name: string; tooltip?: string };
+
+export type NodeDef = {
+  type: string;
+  displayName: string;
+  description: string;
+  category: string;
+  outputNode: boolean;
+  deprecated: boolean;
+  inputs: InputDef[];
+  outputs: OutputDef[];
+};
+
+export type Defs = Map<string, NodeDef>;
+
+function parseInput(name: string, raw: RawInput | undefined, required: boolean): InputDef | null {
+  if (!Array.isArray(raw) || raw.length === 0) return null;
+  const head = raw[0];
+  const options: InputOptions = (raw[1] && typeof raw[1] === "object" ? raw[1] : {}) as InputOptions;
+  if (Array.isArray(head)) {
+    const choices = head.map((c) => String(c));
+    return { name, type: "COMBO", widget: !options.forceInput, required, options, choices };
+  }
+  const type = String(head);
+  // Newer ComfyUI writes combos as ["COMBO", {options: [...]}].
+  if (type === "COMBO") {
+    const list = Array.isArray(options.options) ? (options.options as unknown[]).map(String) : [];
+    return { name, type, widget: !options.forceInput, required, options, choices: list };
+  }
+  const widget = WIDGET_TYPES.has(type) && !options.forceInput;
+  return { name, type, widget, required, options };
+}
+
+/** One /object_info entry → a node definition, inputs in the schema's order. */
+export function parseNodeSchema(type: string, raw: RawNodeSchema): NodeDef {
+  const inputs: InputDef[] = [];
+  for (const [section, required] of [["required", true], ["optional", false]] as const) {
+    const group = raw.input?.[section] ?? {};
+    const order = raw.input_order?.[section] ?? Object.keys(group);
+    const names = [...order, ...Object.keys(group).filter((n) => !order.includes(n))];
+    for (const name of names) {
+      const def = parseInput(name, group[name], required);
+      if (def) inputs.push(def);
+    }
+  }
+  const outTypes = raw.output ?? [];
+  const outputs: OutputDef[] = outTypes.map((t, i) => {
+    const type = Array.isArray(t) ? "COMBO" : String(t);
+    return {
+      type,
+      name: raw.output_name?.[i] ?? type,
+      tooltip: raw.output_tooltips?.[i] || undefined,
+    };
+  });
+  return {
+    type,
+    displayName: raw.display_name || raw.name || type,
+    description: raw.description ?? "",
+    category: raw.category ?? "misc",
+    outputNode: !!raw.output_node,
+    deprecated: !!raw.deprecated,
+    inputs,
+    outputs,
+  };
+}
+
+export function parseObjectInfo(info: ObjectInfo): Defs {
+  const defs: Defs = new Map();
+  for (const [type, raw] of Object.entries(info)) {
+    if (raw && typeof raw === "object") defs.set(type, parseNodeSchema(type, raw));
+  }
+  return defs;
+}
+
+/** Widget inputs in the order ComfyUI stores their values (`widgets_values`). */
+export function widgetInputs(def: NodeDef): InputDef[] {
+  return def.inputs.filter((i) => i.widget);
+}
+
+const MAX_SAFE_SEED = Number.MAX_SAFE_INTEGER;
+
+/** The default value of a widget input, as ComfyUI's frontend would pick it. */
+export function defaultValue(input: InputDef): unknown {
+  const o = input.options;
+  if (o.default !== undefined) return o.default;
+  switch (input.type) {
+    case "INT":
+    case "FLOAT": {
+      const min = typeof o.min === "number" ? o.min : 0;
+      return Math.max(min, 0);
+    }
+    case "STRING":
+      return "";
+    case "BOOLEAN":
+      return false;
+    case "COMBO":
+      return input.choices?.[0] ?? "";
+    default:
+      return null;
+  }
+}
+
+/** Default values of every widget input of a node definition. */
+export function defaultValues(def: NodeDef): Record<string, unknown> {
+  const values: Record<string, unknown> = {};
+  for (const input of widgetInputs(def)) values[input.name] = defaultValue(input);
+  return values;
+}
+
+/** Clamp and snap a number the way a widget with min/max/step would. */
+export function clampNumber(input: InputDef, value: number): number {
+  if (!Number.isFinite(value)) return value;
+  const { min, max } = input.options;
+  let v = value;
+  if (input.type === "INT") v = Math.round(v);
+  if (typeof min === "number" && v < min) v = min;
+  if (typeof max === "number" && v > max) v = max;
+  return v;
+}
+
+/** A random seed within the input's range (kept below 2^53 so JSON round-trips exactly). */
+export function randomSeed(input: InputDef, rand: () => number = Math.random): number {
+  const min = Math.max(0, typeof input.options.min === "number" ? input.options.min : 0);
+  const max = Math.min(MAX_SAFE_SEED, typeof input.options.max === "number" ? input.options.max : 2 ** 50);
+  const span = Math.min(max - min, 2 ** 50);
+  return min + Math.floor(rand() * (span + 1));
+}
+
+export type ControlMode = "fixed" | "increment" | "decrement" | "randomize";
+export const CONTROL_MODES: ControlMode[] = ["fixed", "increment", "decrement", "randomize"];
+
+/** The value a control_after_generate widget takes after its prompt was queued. */
+export function nextControlValue(input: InputDef, value: number, mode: ControlMode,
+  rand: () => number = Math.random): number {
+  switch (mode) {
+    case "increment":
+      return clampNumber(input, value + 1);
+    case "decrement":
+      return clampNumber(input, value - 1);
+    case "randomize":
+      return randomSeed(input, rand);
+    default:
+      return value;
+  }
+}
+
+/** Categories as a sorted list, for the palette. */
+export function categories(defs: Defs): string[] {
+  return [...new Set([...defs.values()].map((d) => d.category))].sort();
+}

@@ -1,0 +1,140 @@
+/**
+ * Connection rules — the same as the server's validator (engine/validation.py
+ * `types_match` and `_check_link`), so a link the canvas accepts is one the
+ * server accepts, and one it refuses comes with the same reason.
+ */
+
+import type { Defs, InputDef, NodeDef } from "./schema";
+
+export const ANY_TYPE = "*";
+
+/** Socket types match if equal, either is "*", or comma lists intersect. */
+export function typesMatch(outType: string, inType: string): boolean {
+  if (outType === inType || outType === ANY_TYPE || inType === ANY_TYPE) return true;
+  if (inType === "COMBO" && (outType === "STRING" || outType === "COMBO")) return true;
+  const outs = new Set(outType.split(","));
+  return inType.split(",").some((t) => outs.has(t));
+}
+
+export type LinkRef = { source: string; slot: number; target: string; input: string };
+
+export type ConnectionCheck =
+  | { ok: true; replaces: LinkRef | null }
+  | { ok: false; reason: string };
+
+export type GraphView = {
+  nodeType(id: string): string | undefined;
+  links: readonly LinkRef[];
+};
+
+function describeInput(def: NodeDef, input: InputDef): string {
+  return `${def.displayName}.${input.name} (${input.type})`;
+}
+
+/** Would `to` be reachable from `from` following links downstream? */
+export function reaches(links: readonly LinkRef[], from: string, to: string): boolean {
+  const next = new Map<string, string[]>();
+  for (const l of links) {
+    const list = next.get(l.source);
+    if (list) list.push(l.target);
+    else next.set(l.source, [l.target]);
+  }
+  const seen = new Set([from]);
+  const stack = [from];
+  while (stack.length) {
+    const id = stack.pop()!;
+    if (id === to) return true;
+    for (const n of next.get(id) ?? []) {
+      if (!seen.has(n)) {
+        seen.add(n);
+        stack.push(n);
+      }
+    }
+  }
+  return false;
+}
+
+/**
+ * Check a new link `source.slot → target.input`. One link per input: a valid
+ * link to an input that already has one replaces it (`replaces`).
+ */
+export function checkConnection(graph: GraphView, defs: Defs, link: LinkRef): ConnectionCheck {
+  const srcType = graph.nodeType(link.source);
+  const dstType = graph.nodeType(link.target);
+  if (srcType === undefined || dstType === undefined) return { ok: false, reason: "node not found" };
+  const src = defs.get(srcType);
+  const dst = defs.get(dstType);
+  if (!src) return { ok: false, reason: `unknown node type ${srcType}` };
+  if (!dst) return { ok: false, reason: `unknown node type ${dstType}` };
+  if (link.source === link.target) return { ok: false, reason: "a node cannot be linked to itself" };
+  const output = src.outputs[link.slot];
+  if (!output) return { ok: false, reason: `${src.displayName} has no output ${link.slot}` };
+  const input = dst.inputs.find((i) => i.name === link.input);
+  if (!input) return { ok: false, reason: `${dst.displayName} has no input '${link.input}'` };
+  if (!typesMatch(output.type, input.type)) {
+    return {
+      ok: false,
+      reason: `type mismatch: ${describeInput(dst, input)} cannot take ${src.displayName}'s ${output.type} output`,
+    };
+  }
+  // A link into an input that already has one replaces it; the old link must
+  // not count when looking for a cycle.
+  const others = graph.links.filter((l) => !(l.target === link.target && l.input === link.input));
+  if (reaches(others, link.target, link.source)) {
+    return { ok: false, reason: "this link would make a cycle" };
+  }
+  const replaces = graph.links.find((l) => l.target === link.target && l.input === link.input) ?? null;
+  return { ok: true, replaces };
+}
+
+/** Node types (with the matching slot or input) that can connect to a dragged socket. */
+export type Compatible = { type: string; slot?: number; input?: string };
+
+/** Nodes with an input accepting `outType` (dragging from an output). */
+export function nodesAcceptingType(defs: Defs, outType: string): Compatible[] {
+  const out: Compatible[] = [];
+  for (const def of defs.values()) {
+    // Prefer a socket input over a widget one (e.g. a STRING output onto a text
+    // widget only when there is no socket that takes it).
+    const sockets = def.inputs.filter((i) => !i.widget && typesMatch(outType, i.type));
+    const widgets = def.inputs.filter((i) => i.widget && typesMatch(outType, i.type));
+    const pick = sockets[0] ?? (outType !== ANY_TYPE ? widgets[0] : undefined);
+    if (pick) out.push({ type: def.type, input: pick.name });
+  }
+  return out;
+}
+
+/** Nodes with an output that an input of type `inType` accepts (dragging from an input). */
+export function nodesProducingType(defs: Defs, inType: string): Compatible[] {
+  const out: Compatible[] = [];
+  for (const def of defs.values()) {
+    const slot = def.outputs.findIndex((o) => typesMatch(o.type, inType));
+    if (slot >= 0) out.push({ type: def.type, slot });
+  }
+  return out;
+}
+
+/** A stable colour per socket type (edges and handles). */
+const TYPE_COLORS: Record<string, string> = {
+  MODEL: "#b39ddb",
+  CLIP: "#ffd54f",
+  VAE: "#ef5350",
+  CONDITIONING: "#ffa726",
+  LATENT: "#f06292",
+  IMAGE: "#64b5f6",
+  MASK: "#81c784",
+  INT: "#4db6ac",
+  FLOAT: "#aed581",
+  STRING: "#90a4ae",
+  BOOLEAN: "#ce93d8",
+  COMBO: "#90a4ae",
+  "*": "#bdbdbd",
+};
+
+export function typeColor(type: string): string {
+  const known = TYPE_COLORS[type] ?? TYPE_COLORS[type.split(",")[0]];
+  if (known) return known;
+  let h = 0;
+  for (let i = 0; i < type.length; i++) h = (h * 31 + type.charCodeAt(i)) >>> 0;
+  return `hsl(${h % 360} 55% 62%)`;
+}
