@@ -25,6 +25,8 @@ class DiffusionModel:
     scheduler_config: dict[str, Any]
     family: str = "sd1"
     extensions: tuple[Any, ...] = ()
+    # LoRA updates (nodes.diffusion.lora.LoraPatch) the sampler applies per run.
+    patches: tuple[Any, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -45,6 +47,8 @@ class TextEncoder:
     text_encoder: Any
     tokenizer: Any
     family: str = "sd1"
+    # LoRA updates (nodes.diffusion.lora.LoraPatch) applied while encoding.
+    patches: tuple[Any, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -94,11 +98,28 @@ class Conditioning:
 
 
 @dataclass(frozen=True)
+class InpaintCondition:
+    """What a 9-channel inpainting UNet sees next to the latents at every step.
+
+    ``mask`` ``[B, 1, h, w]`` is binary (1 = repaint) at the latent size and
+    ``masked_latents`` ``[B, C, h, w]`` encodes the image with the masked pixels
+    grey; the sampler concatenates ``[latents, mask, masked_latents]``.
+    """
+
+    mask: torch.Tensor
+    masked_latents: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Latent:
-    """LATENT: samples ``[B, C, h, w]`` and an optional noise mask ``[B, 1, h, w]``."""
+    """LATENT: samples ``[B, C, h, w]`` and an optional noise mask ``[B, 1, h, w]``.
+
+    ``inpaint`` carries the extra input of 9-channel inpainting models.
+    """
 
     samples: torch.Tensor
     noise_mask: torch.Tensor | None = None
+    inpaint: InpaintCondition | None = None
 
     @property
     def batch_size(self) -> int:

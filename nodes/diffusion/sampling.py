@@ -25,7 +25,9 @@ from nodes.diffusion.extensions import (
     unique_extensions,
 )
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
-from nodes.diffusion.masking import NoiseMaskBlend
+from nodes.diffusion.lora import lora_patched
+from nodes.diffusion.masking import latent_extensions
+from nodes.diffusion.prompt_weighting import match_token_lengths
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -37,21 +39,31 @@ class SamplingParams:
     cfg: float
     denoise: float = 1.0
     eta: float = 0.0
+    # KSamplerAdvanced: run steps [start_step, end_step) of the ``steps`` schedule; with
+    # add_noise False the latent is already noisy at the first of them (VP space).
+    start_step: int = 0
+    end_step: int | None = None
+    add_noise: bool = True
 
 
 def prepare_timesteps(
-    scheduler: Any, steps: int, denoise: float, device: torch.device
+    scheduler: Any, steps: int, denoise: float, device: torch.device,
+    start_step: int = 0, end_step: int | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Set the schedule and keep its last ``denoise`` fraction (img2img's strength).
+    """Set the schedule and keep its last ``denoise`` fraction (img2img's strength),
+    or the window ``[start_step, end_step)`` of it.
 
     Returns the timesteps to run and the index of the first one.
     """
     scheduler.set_timesteps(steps, device=device)
-    if denoise >= 1.0:
+    if denoise >= 1.0 and start_step <= 0 and end_step is None:
         return scheduler.timesteps, 0
-    init_timestep = min(int(steps * denoise), steps)
-    t_start = max(steps - init_timestep, 0)
-    timesteps = scheduler.timesteps[t_start * scheduler.order :]
+    t_start = max(start_step, 0)
+    if denoise < 1.0:
+        init_timestep = min(int(steps * denoise), steps)
+        t_start = max(steps - init_timestep, t_start)
+    end = None if end_step is None else end_step * scheduler.order
+    timesteps = scheduler.timesteps[t_start * scheduler.order : end]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(t_start * scheduler.order)
     return timesteps, t_start
@@ -65,6 +77,8 @@ def initial_latents(
     generator: torch.Generator,
     device: torch.device,
     dtype: torch.dtype,
+    start_step: int = 0,
+    add_noise: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise the input latent for the first timestep; returns (latents, noise).
 
@@ -73,15 +87,26 @@ def initial_latents(
     to the first timestep with ``scheduler.add_noise``, as in image-to-image.
     (diffusers' img2img at strength exactly 1.0 keeps a sqrt(alpha_bar_T) trace of
     the image; we start from pure noise there too.)
+    Without ``add_noise`` the latent is already noisy at the first timestep, in the
+    variance-preserving space the UNet sees; it is moved into the scheduler's own.
     """
     samples = latent.samples.to(device=device, dtype=dtype)
     noise = randn_tensor(tuple(samples.shape), generator=generator, device=device, dtype=dtype)
-    if denoise >= 1.0:
+    if not add_noise:
+        scale = model_input_scale(scheduler, timesteps[0]) if len(timesteps) else 1.0
+        return samples / scale, noise
+    if denoise >= 1.0 and start_step <= 0:
         return noise * scheduler.init_noise_sigma, noise
     if len(timesteps) == 0:
         return samples, noise
     latent_timestep = timesteps[:1].repeat(samples.shape[0])
     return scheduler.add_noise(samples, noise, latent_timestep), noise
+
+
+def model_input_scale(scheduler: Any, timestep: torch.Tensor) -> torch.Tensor:
+    """The factor ``scale_model_input`` applies at ``timestep``: 1 for variance-preserving
+    schedulers (DDIM, DPM-Solver, ...), 1/sqrt(σ²+1) for σ-space ones (Euler, Heun, ...)."""
+    return scheduler.scale_model_input(torch.ones(()), timestep)
 
 
 def guidance_embeds(
@@ -99,12 +124,7 @@ def guidance_embeds(
         return pos
     neg = negative.embeds.to(device=device, dtype=dtype)
     neg = neg.repeat(batch // neg.shape[0], 1, 1) if neg.shape[0] != batch else neg
-    if neg.shape[1] != pos.shape[1]:
-        raise ValueError(
-            f"positive and negative prompts have different token lengths "
-            f"({pos.shape[1]} vs {neg.shape[1]})"
-        )
-    return torch.cat([neg, pos])
+    return torch.cat(match_token_lengths([neg, pos]))  # long prompts: several 77-token windows
 
 
 def step_kwargs(scheduler: Any, generator: torch.Generator, eta: float) -> dict[str, Any]:
@@ -149,11 +169,11 @@ def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: 
     """Extensions attached to the model, to either conditioning, and implied by the latent."""
     from_cond = [ext for cond in (positive, negative) for entry in cond.entries
                  for ext in entry.options.get("extensions", ())]
-    from_latent = [NoiseMaskBlend(latent.noise_mask)] if latent.noise_mask is not None else []
-    return unique_extensions(model.extensions, from_cond, from_latent)
+    return unique_extensions(model.extensions, from_cond, latent_extensions(model, latent))
 
 
 @torch.no_grad()
+@lora_patched  # the MODEL's LoRA patches are on the UNet's weights for the run only
 def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
            negative: Conditioning, latent: Latent, params: SamplingParams,
            callback: StepCallback | None = None) -> torch.Tensor:
@@ -162,10 +182,11 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     device, dtype = unet.device, unet.dtype
     # The noise comes from a CPU generator so a seed gives the same image on any device.
     generator = torch.Generator("cpu").manual_seed(params.seed)
-    timesteps, _ = prepare_timesteps(scheduler, params.steps, params.denoise, device)
+    timesteps, t_start = prepare_timesteps(scheduler, params.steps, params.denoise, device,
+                                           params.start_step, params.end_step)
     init_latents = latent.samples.to(device=device, dtype=dtype)
     latents, noise = initial_latents(scheduler, latent, timesteps, params.denoise, generator,
-                                     device, dtype)
+                                     device, dtype, params.start_step, params.add_noise)
     do_cfg = params.cfg > 1.0 and unet.config.time_cond_proj_dim is None
     run = SamplingRun(model, scheduler, params, generator, timesteps, init_latents, noise,
                       positive, negative, latent, do_cfg,
@@ -183,7 +204,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
             extra_slices[id(ext)] = (start, start + len(conds))
             extra.extend(c.repeat(batch // c.shape[0], 1, 1) for c in conds)
         if extra:
-            embeds = torch.cat([embeds, *extra])
+            embeds = torch.cat(match_token_lengths([embeds, *extra]))
     else:
         for ext in exts:
             ext.setup(run)
@@ -218,6 +239,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                 for ext in exts:
                     guidance = ext.guidance(run, step, preds, guidance)
                 noise_pred = preds.uncond + guidance
+            step.prediction = noise_pred
             latents = scheduler.step(noise_pred, t, latents, **step_extra, return_dict=False)[0]
             for ext in exts:
                 latents = ext.post_step(run, step, latents)
@@ -228,6 +250,10 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
             unet.set_attn_processor(saved)
         for ext in exts:
             ext.teardown(run)
+    rest = scheduler.timesteps[t_start * scheduler.order + total:]
+    if params.end_step is not None and total and len(rest):
+        # stopped early: hand the leftover noise on in the VP space the UNet sees
+        latents = latents * model_input_scale(scheduler, rest[0])
     return latents
 
 

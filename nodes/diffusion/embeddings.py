@@ -1,0 +1,163 @@
+"""Textual inversion: learned token embeddings from ``models/embeddings``.
+
+A prompt names one as ``embedding:name`` (ComfyUI's syntax), where ``name`` is
+the file's path under ``models/embeddings`` with or without its suffix
+(``embedding:style/glow`` finds ``style/glow.safetensors``). The A1111 habit of
+writing a bare file stem is *not* recognised: an ordinary word would silently
+change meaning the day a file of that name is added.
+
+File formats: A1111 ``.safetensors`` (``emb_params``, or ``string_to_param.*``),
+A1111 ``.pt`` (``{"string_to_param": {"*": tensor}}``, pickle: only with the
+user's opt-in, read with ``weights_only=True``), diffusers
+``learned_embeds.safetensors`` (``{token: tensor}``), and SDXL-style files with a
+``clip_l`` entry. Several vectors per embedding are supported.
+
+The vectors reach the text encoder through a forward hook on its token-embedding
+layer for the duration of one call, so the cached encoder is never changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine import Environment
+from nodes.diffusion.prompt_weighting import EMBEDDING_PATTERN, parse_prompt_weights
+
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+PICKLE_SUFFIXES = (".pt", ".bin")
+FOLDER = "embeddings"
+_TRAILING_PUNCTUATION = re.compile(r"[.:!?]+$")
+
+
+def embedding_names(text: str) -> list[str]:
+    """Names used as ``embedding:name`` in a prompt (after weight syntax), without repeats."""
+    spans = parse_prompt_weights(text)
+    return list(dict.fromkeys(n for s in spans for n in EMBEDDING_PATTERN.findall(s.text)))
+
+
+def list_embeddings(env: Environment) -> list[str]:
+    return env.list_files("models", FOLDER, suffixes=EMBEDDING_SUFFIXES)
+
+
+def find_embedding(env: Environment, name: str) -> Path | None:
+    """The file ``name`` refers to (exact name, then with each suffix), or None.
+
+    A sentence's final punctuation ("... embedding:glow.") is forgiven.
+    """
+    for candidate in dict.fromkeys((name, _TRAILING_PUNCTUATION.sub("", name))):
+        if not candidate:
+            continue
+        names = [candidate] if candidate.lower().endswith(EMBEDDING_SUFFIXES) else [
+            candidate + suffix for suffix in EMBEDDING_SUFFIXES]
+        for option in names:
+            try:
+                path = env.resolve("models", FOLDER, option)
+            except (KeyError, ValueError):
+                return None  # outside the folder: treated as unknown
+            if path.is_file():
+                return path
+    return None
+
+
+def embedding_problems(env: Environment, text: str) -> list[str]:
+    """Messages for ``embedding:name`` references that cannot be used (for validation)."""
+    problems = []
+    for name in embedding_names(text):
+        path = find_embedding(env, name)
+        if path is None:
+            known = [n.rsplit(".", 1)[0] for n in list_embeddings(env)]
+            hint = f"; available: {', '.join(known[:10])}" if known else ""
+            problems.append(f"unknown embedding {name!r} (not in models/{FOLDER}){hint}")
+        elif path.suffix.lower() in PICKLE_SUFFIXES and not env.allow_pickle:
+            problems.append(f"embedding {name!r} is a pickle file ({path.name}); convert it to "
+                            ".safetensors or start with --allow-pickle")
+    return problems
+
+
+def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
+    """The vectors ``[n, dim]`` (float32, CPU) of one embedding file."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(f"embedding {path.name} is a pickle file; loading pickles needs "
+                             "the allow-pickle opt-in")
+        data: Any = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        data = load_file(str(path), device="cpu")
+    vectors = _vectors_of(data, path.name)
+    if vectors.dim() == 1:
+        vectors = vectors.unsqueeze(0)
+    if vectors.dim() != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"embedding {path.name} has shape {tuple(vectors.shape)}; "
+                         "expected [vectors, dim]")
+    return vectors.detach().to(torch.float32)
+
+
+def _vectors_of(data: Any, filename: str) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"embedding {filename} is not a tensor or a dict of tensors")
+    if "string_to_param" in data and isinstance(data["string_to_param"], dict):
+        params = data["string_to_param"]
+        return params.get("*", next(iter(params.values())))
+    for key in ("emb_params", "clip_l", "string_to_param.*"):
+        if isinstance(data.get(key), torch.Tensor):
+            return data[key]
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) == 1:  # diffusers: {token: tensor}
+        return next(iter(tensors.values()))
+    raise ValueError(f"embedding {filename}: no vectors found (keys {sorted(data)[:5]}); "
+                     "expected emb_params, string_to_param or a single {token: tensor}")
+
+
+class EmbeddingLibrary:
+    """Looks up ``embedding:name`` in an environment and checks the vector width."""
+
+    def __init__(self, env: Environment, dim: int) -> None:
+        self.env, self.dim = env, dim
+        self._loaded: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self._loaded:
+            path = find_embedding(self.env, name)
+            if path is None:
+                raise ValueError(f"unknown embedding {name!r} (not in models/{FOLDER})")
+            vectors = load_embedding(path, allow_pickle=self.env.allow_pickle)
+            if vectors.shape[1] != self.dim:
+                raise ValueError(
+                    f"embedding {name!r} has {vectors.shape[1]}-wide vectors but this text "
+                    f"encoder expects {self.dim} (made for another model family?)")
+            self._loaded[name] = vectors
+        return self._loaded[name]
+
+
+@contextmanager
+def injected_vectors(encoder: Any, positions: torch.Tensor,
+                     vectors: torch.Tensor) -> Iterator[None]:
+    """Replace token embeddings at ``positions [k, 2]`` (batch, token) by ``vectors [k, dim]``.
+
+    A forward hook on the encoder's input embedding layer, removed on exit.
+    """
+    if len(positions) == 0:
+        yield
+        return
+    layer = encoder.get_input_embeddings()
+
+    def replace(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[positions[:, 0], positions[:, 1]] = vectors.to(output.device, output.dtype)
+        return output
+
+    handle = layer.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()

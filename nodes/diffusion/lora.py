@@ -1,0 +1,351 @@
+"""LoRA files: read diffusers/PEFT and kohya layouts, fit them to a model, patch for a call.
+
+A LoRA adds ``ΔW = strength · (alpha / rank) · up @ down`` to some weights.
+Nothing here changes a cached model for good: a MODEL or CLIP handle carries a
+tuple of :class:`LoraPatch`; :func:`patched` adds the updates to the weights for
+the duration of one sampling or encoding call and then copies the original
+tensors back (a saved copy, not a subtraction, so switching a LoRA off gives the
+base model's output bit for bit).
+
+Key layouts understood (``<m>`` is a module path in diffusers/transformers naming):
+
+* PEFT (diffusers >= 0.24): ``unet.<m>.lora_A.weight`` / ``lora_B.weight``,
+  ``text_encoder.<m>...``; alphas from the ``lora_adapter_metadata`` entry
+  (``lora_alpha``, ``alpha_pattern``, ``use_rslora``), else alpha = rank;
+* older diffusers: ``<m>.lora.down.weight`` / ``.lora.up.weight``,
+  ``<m>.lora_linear_layer.down/up.weight``, attention processors
+  ``<attn>.processor.to_q_lora.down.weight``; keys without a component prefix
+  belong to the UNet;
+* kohya / A1111: ``lora_unet_<m with _>.lora_down.weight`` / ``.lora_up.weight`` /
+  ``.alpha`` and ``lora_te_<m with _>...``.
+
+A leading ``text_model.`` (transformers < 5) is accepted for the text encoder.
+
+Fit policy (strict, documented): every LoRA layer of a component being loaded
+must find its module and match its shape; otherwise :class:`LoraMismatchError`
+lists the counts and the first few failing keys. A partly matching LoRA is almost
+always one made for another base model, and applying the matching part silently
+gives wrong images. Keys for a component that is deliberately not loaded
+(``LoraLoaderModelOnly`` skips the text encoder) are ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
+PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
+COMPONENTS = ("unet", "text_encoder")
+METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors metadata entry
+_SHOWN = 5  # failing keys listed in an error
+
+StateDict = dict[str, torch.Tensor]
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA whose layers do not fit the model it is applied to."""
+
+
+@dataclass(frozen=True, eq=False)
+class LoraWeight:
+    """The low-rank update of one weight: ``ΔW = scale · up @ down`` (scale = alpha / rank)."""
+
+    down: torch.Tensor
+    up: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """``ΔW`` in float32, reshaped to the weight (1x1 or kxk convolutions alike)."""
+        up = self.up.to(device=device, dtype=torch.float32).flatten(1)
+        down = self.down.to(device=device, dtype=torch.float32).flatten(1)
+        return (up @ down).reshape(shape) * self.scale
+
+
+@dataclass(frozen=True, eq=False)
+class LoraPatch:
+    """One LoRA file fitted to one module tree, at ``strength``: parameter name → update."""
+
+    name: str
+    strength: float
+    weights: tuple[tuple[str, LoraWeight], ...]
+
+
+# --- reading files ----------------------------------------------------------------------
+
+def read_lora_file(path: Path, *, allow_pickle: bool = False) -> tuple[StateDict, dict[str, Any]]:
+    """The tensors and the (diffusers) adapter metadata of a LoRA file."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(f"LoRA {path.name} is a pickle file; convert it to .safetensors "
+                             "or opt in to loading pickles (--allow-pickle)")
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = data.get("state_dict", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise ValueError(f"LoRA {path.name} does not hold a state dict")
+        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
+    from safetensors import safe_open
+
+    tensors: StateDict = {}
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        raw_meta = (fh.metadata() or {}).get(METADATA_KEY)
+        for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            tensors[key] = fh.get_tensor(key)
+    return tensors, json.loads(raw_meta) if raw_meta else {}
+
+
+# --- key layouts -------------------------------------------------------------------------
+
+@dataclass
+class _Layer:
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    alpha: float | None = None
+
+
+_ROLES = (  # suffix pattern → role; the module path is what precedes it
+    (re.compile(r"^(.+)\.lora_A\.weight$"), "down"),
+    (re.compile(r"^(.+)\.lora_B\.weight$"), "up"),
+    (re.compile(r"^(.+_lora)\.down\.weight$"), "down"),
+    (re.compile(r"^(.+_lora)\.up\.weight$"), "up"),
+    (re.compile(r"^(.+?)(?:\.lora|\.lora_linear_layer)\.down\.weight$"), "down"),
+    (re.compile(r"^(.+?)(?:\.lora|\.lora_linear_layer)\.up\.weight$"), "up"),
+    (re.compile(r"^(.+)\.lora_down\.weight$"), "down"),
+    (re.compile(r"^(.+)\.lora_up\.weight$"), "up"),
+    (re.compile(r"^(.+)\.alpha$"), "alpha"),
+)
+# Attention-processor LoRAs name q/k/v/out by their processor slot.
+_PROCESSOR_SLOT = re.compile(r"(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora$")
+_UNET_SLOTS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+_TEXT_SLOTS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder_1",
+                   "lora_te2_": "text_encoder_2"}
+
+
+def _split_component(key: str) -> tuple[str, str, bool]:
+    """``(component, rest, is_kohya)`` of a key; unprefixed diffusers keys are the UNet's."""
+    for prefix, component in _KOHYA_PREFIXES.items():
+        if key.startswith(prefix):
+            return component, key[len(prefix):], True
+    head, _, rest = key.partition(".")
+    if head in ("unet", "text_encoder", "text_encoder_2", "transformer", "prior"):
+        return head, rest, False
+    return "unet", key, False
+
+
+def split_layers(state: StateDict) -> tuple[dict[str, dict[str, _Layer]], list[str]]:
+    """Group keys into ``{component: {module key: layer}}``; also the keys not understood."""
+    layers: dict[str, dict[str, _Layer]] = {}
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        component, rest, kohya = _split_component(key)
+        for pattern, role in _ROLES:
+            m = pattern.match(rest)
+            if m is None:
+                continue
+            module = m.group(1)
+            slot = _PROCESSOR_SLOT.search(module)
+            if slot is not None and not kohya:
+                slots = _TEXT_SLOTS if component.startswith("text_encoder") else _UNET_SLOTS
+                module = module[:slot.start()] + "." + slots[slot.group(1)]
+            if kohya:
+                module = "kohya:" + module
+            layer = layers.setdefault(component, {}).setdefault(module, _Layer())
+            if role == "alpha":
+                layer.alpha = float(tensor.float().item())
+            else:
+                setattr(layer, role, tensor)
+            break
+        else:
+            unknown.append(key)
+    return layers, unknown
+
+
+# --- fitting to a model ------------------------------------------------------------------
+
+def _module_index(root: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+    """Modules by dotted name, and kohya's underscore names → dotted names."""
+    modules = dict(root.named_modules())
+    kohya = {}
+    for name in modules:
+        if not name:
+            continue
+        flat = name.replace(".", "_")
+        kohya[flat] = name
+        kohya.setdefault("text_model_" + flat, name)  # transformers < 5 naming
+    return modules, kohya
+
+
+def _resolve(key: str, modules: dict[str, torch.nn.Module], kohya: dict[str, str]) -> str | None:
+    if key.startswith("kohya:"):
+        return kohya.get(key[len("kohya:"):])
+    if key in modules:
+        return key
+    if key.startswith("text_model.") and key[len("text_model."):] in modules:
+        return key[len("text_model."):]
+    return None
+
+
+def _alpha_for(module: str, layer: _Layer, rank: int, meta: dict[str, Any]) -> float:
+    if layer.alpha is not None:
+        return layer.alpha
+    for pattern, alpha in (meta.get("alpha_pattern") or {}).items():
+        # PEFT's rule: a pattern matches a whole trailing run of dotted names.
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return float(alpha)
+    return float(meta.get("lora_alpha") or rank)
+
+
+def component_metadata(metadata: dict[str, Any], component: str) -> dict[str, Any]:
+    """The adapter config diffusers stored for one component (``unet.lora_alpha``...)."""
+    prefix = component + "."
+    return {k[len(prefix):]: v for k, v in metadata.items() if k.startswith(prefix)}
+
+
+def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, component: str,
+             metadata: dict[str, Any] | None = None) -> tuple[tuple[str, LoraWeight], ...]:
+    """Match one component's LoRA layers to ``root``'s weights; raise on any misfit."""
+    meta = metadata or {}
+    if meta.get("use_dora"):
+        raise LoraMismatchError(f"LoRA {name!r} is a DoRA; DoRA is not supported")
+    modules, kohya = _module_index(root)
+    fitted: list[tuple[str, LoraWeight]] = []
+    missing: list[str] = []
+    incomplete: list[str] = []
+    mismatched: list[str] = []
+    for key, layer in layers.items():
+        shown = key.removeprefix("kohya:")
+        if layer.down is None or layer.up is None:
+            incomplete.append(shown)
+            continue
+        target = _resolve(key, modules, kohya)
+        weight = getattr(modules[target], "weight", None) if target is not None else None
+        if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
+            missing.append(shown)
+            continue
+        down, up = layer.down, layer.up
+        rank = int(down.shape[0])
+        out_features, in_numel = weight.shape[0], weight[0].numel()
+        if (up.shape[0] != out_features or up[0].numel() != rank
+                or down[0].numel() != in_numel):
+            mismatched.append(f"{shown} (LoRA {tuple(up.shape[:2])}x{tuple(down.shape)} vs "
+                              f"weight {tuple(weight.shape)})")
+            continue
+        alpha = _alpha_for(target, layer, rank, meta)
+        scale = alpha / math.sqrt(rank) if meta.get("use_rslora") else alpha / rank
+        fitted.append((f"{target}.weight", LoraWeight(down, up, scale)))
+    problems = []
+    total = len(layers)
+    if missing:
+        problems.append(f"{len(missing)} of {total} layers target no {component} module "
+                        f"(e.g. {', '.join(missing[:_SHOWN])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} of {total} layers have the wrong shape "
+                        f"(e.g. {'; '.join(mismatched[:_SHOWN])})")
+    if incomplete:
+        problems.append(f"{len(incomplete)} layers lack their down or up matrix "
+                        f"(e.g. {', '.join(incomplete[:_SHOWN])})")
+    if problems:
+        raise LoraMismatchError(f"LoRA {name!r} does not fit this {component}: "
+                                + "; ".join(problems) + " — is it made for another base model?")
+    return tuple(fitted)
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """A LoRA file's layers by component, ready to fit."""
+
+    name: str
+    layers: dict[str, dict[str, _Layer]]
+    metadata: dict[str, Any]
+
+    def patch(self, root: torch.nn.Module, component: str, strength: float) -> LoraPatch | None:
+        """The fitted patch for one component, or None if the file has no layers for it."""
+        layers = self.layers.get(component)
+        if not layers:
+            return None
+        weights = fit_lora(root, layers, name=self.name, component=component,
+                           metadata=component_metadata(self.metadata, component))
+        return LoraPatch(self.name, float(strength), weights)
+
+
+def load_lora(path: Path, *, allow_pickle: bool = False) -> LoraFile:
+    """Read a LoRA file and check that it holds LoRA layers for SD's UNet / text encoder."""
+    state, metadata = read_lora_file(path, allow_pickle=allow_pickle)
+    layers, unknown = split_layers(state)
+    if unknown:
+        kinds = " (LoHa/LoKr/DoRA/Tucker layers are not supported)" if any(
+            re.search(r"hada_|lokr_|dora_scale|lora_mid|magnitude", k) for k in unknown) else ""
+        raise LoraMismatchError(f"{path.name}: {len(unknown)} of {len(state)} keys are not "
+                                f"LoRA weights{kinds} (e.g. {', '.join(unknown[:_SHOWN])})")
+    other = sorted(set(layers) - set(COMPONENTS))
+    if other:
+        raise LoraMismatchError(f"{path.name} has layers for {', '.join(other)}, which a "
+                                "Stable Diffusion 1.x/2.x model does not have (an SDXL LoRA?)")
+    if not layers:
+        raise LoraMismatchError(f"{path.name} holds no LoRA weights")
+    return LoraFile(path.name, layers, metadata)
+
+
+# --- applying for a call -----------------------------------------------------------------
+
+@contextmanager
+def patched(root: torch.nn.Module, patches: Iterable[LoraPatch]) -> Iterator[None]:
+    """Add the patches' updates to ``root``'s weights inside the block, restore them after.
+
+    Updates are summed in float32 and cast once to the weight's dtype. The touched
+    tensors are copied before and copied back after, so the original is exact.
+    Runs are serialised by the executor, so a shared cached model is safe to patch.
+    """
+    deltas: dict[str, list[tuple[float, LoraWeight]]] = {}
+    for patch in patches:
+        if patch.strength == 0:
+            continue
+        for param_name, update in patch.weights:
+            deltas.setdefault(param_name, []).append((patch.strength, update))
+    if not deltas:
+        yield
+        return
+    params = dict(root.named_parameters())
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for param_name, updates in deltas.items():
+                param = params[param_name]
+                saved[param_name] = param.detach().clone()
+                merged = param.detach().to(torch.float32)
+                for strength, update in updates:
+                    merged = merged + strength * update.delta(param.shape, param.device)
+                param.copy_(merged.to(param.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for param_name, original in saved.items():
+                params[param_name].copy_(original)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lora_patched(fn: F) -> F:
+    """Decorate ``fn(model: DiffusionModel, ...)`` to run with the model's patches applied."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        with patched(model.unet, getattr(model, "patches", ())):
+            return fn(model, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
