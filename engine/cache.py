@@ -9,6 +9,7 @@ the running prompt still needs are pinned and never evicted.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -94,9 +95,12 @@ class OutputCache:
 
     ``budgets`` maps a device type to the bytes it may hold; a device without a
     budget is unlimited. Pinned entries are never evicted, even over budget.
+    ``max_entries`` bounds the count too: scalar outputs weigh 0 bytes, and a
+    long-running server would otherwise keep every one it ever computed.
     """
 
     budgets: dict[str, int] = field(default_factory=dict)
+    max_entries: int = 100_000
     entries: OrderedDict[str, CacheEntry] = field(default_factory=OrderedDict)
     used: DeviceBytes = field(default_factory=dict)
     evictions: int = 0
@@ -124,7 +128,22 @@ class OutputCache:
         if entry.nbytes:  # scalars cannot push a device over its budget
             self._account(entry.nbytes, +1)
             self.evict()
+        if len(self.entries) > self.max_entries:
+            self._evict_oldest(len(self.entries) - self.max_entries)
         return entry
+
+    def _evict_oldest(self, count: int) -> None:
+        # Oldest first; a few extra candidates in case some at the front are pinned.
+        for sig in list(itertools.islice(self.entries, count + 64)):
+            entry = self.entries[sig]
+            if entry.pins:
+                continue
+            del self.entries[sig]
+            self._account(entry.nbytes, -1)
+            self.evictions += 1
+            count -= 1
+            if count <= 0:
+                return
 
     def pin(self, sig: str) -> None:
         entry = self.entries.get(sig)

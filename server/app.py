@@ -1,0 +1,133 @@
+"""Build and run the server: ``create_app``, ``serve`` and the ``serve`` options.
+
+    app = create_app(ServerConfig(base_dir="."))      # an aiohttp Application
+    steerflow serve --port 8188 [--token T]           # via serve(args)
+
+Start-up does no heavy import: the node packs (torch, diffusers) are loaded by
+the worker thread while the server already answers requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from engine.environment import Environment
+from server import canvas, files, info, routes
+from server.config import ConfigError, ServerConfig, add_serve_arguments
+from server.errors import error_middleware
+from server.prompt_queue import PromptQueue
+from server.security import security_middleware
+from server.state import STATE, ServerState
+from server.storage import Storage, StorageError
+from server.worker import Runtime
+from server.ws import Hub
+
+log = logging.getLogger(__name__)
+DB_NAME = "steerflow.db"
+__all__ = ["add_serve_arguments", "create_app", "serve"]
+
+
+def default_session_factory(config: ServerConfig) -> Callable[[], Any]:
+    """Build the engine session (imports the node packs) when called."""
+
+    def make() -> Any:
+        from engine.session import Session
+
+        registry = None
+        if config.registry_factory:
+            module, _, attr = config.registry_factory.partition(":")
+            registry = getattr(importlib.import_module(module), attr or "make_registry")()
+        return Session(config.base_dir, models_dir=config.models_dir, device=config.device,
+                       allow_pickle=config.allow_pickle, registry=registry,
+                       custom_nodes=config.custom_nodes)
+
+    return make
+
+
+def create_app(config: ServerConfig, *,
+               session_factory: Callable[[], Any] | None = None) -> web.Application:
+    """The application; raises ConfigError/StorageError for unusable settings."""
+    config.check()
+    env = Environment.create(config.base_dir, models_dir=config.models_dir, device="cpu")
+    storage = Storage(config.data_dir / DB_NAME, fsync=config.fsync)
+    hub = Hub()
+    queue = PromptQueue(storage, on_change=hub.status_changed, max_attempts=config.max_attempts)
+    hub.queue_remaining = queue.remaining
+    runtime = Runtime(config, queue, hub, session_factory or default_session_factory(config))
+
+    app = web.Application(middlewares=[error_middleware, security_middleware(config)],
+                          client_max_size=config.max_prompt_bytes)
+    app[STATE] = ServerState(config, env, storage, queue, hub, runtime)
+    api = [*routes.ROUTES, *info.ROUTES, ("GET", "/view", files.view),
+           ("POST", "/upload/image", files.upload_image), ("GET", "/ws", hub.handle)]
+    for prefix in ("", "/api"):
+        for method, path, handler in api:
+            if method == "GET":
+                app.router.add_get(prefix + path, handler)
+            else:
+                app.router.add_route(method, prefix + path, handler)
+    for method, path, handler, name in canvas.ROUTES:
+        app.router.add_route(method, path, handler, name=name)
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    st = app[STATE]
+    loop = asyncio.get_running_loop()
+    st.hub.attach(loop)
+    st.runtime.start(loop)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    st = app[STATE]
+    await st.hub.close_all()
+    st.runtime.stop()
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    app[STATE].storage.close()
+
+
+class _AccessLog(AbstractAccessLogger):
+    """Method, path and status only: a ``?token=`` must not end up in logs."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, request.path,
+                         response.status, time * 1000)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until interrupted; the exit code for ``steerflow serve``."""
+    try:
+        config = ServerConfig.from_args(args)
+        app = create_app(config)
+    except (ConfigError, StorageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    host = f"[{config.host}]" if ":" in config.host else config.host
+
+    def announce(_message: str) -> None:
+        print(f"Steerflow server on http://{host}:{config.port} (data in {config.base_dir})"
+              + (", token required" if config.token else ""), flush=True)
+
+    try:
+        web.run_app(app, host=config.host, port=config.port, print=announce,
+                    access_log=logging.getLogger("aiohttp.access") if config.verbose else None,
+                    access_log_class=_AccessLog, shutdown_timeout=5.0)
+    except OSError as exc:
+        print(f"error: cannot listen on {config.host}:{config.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,189 @@
+"""``steerflow submit``: run a workflow on a server, stream progress, download images.
+
+    steerflow submit workflows/txt2img.json --server http://127.0.0.1:8188 \\
+        --set 3.seed=42 --output-dir out/
+
+Exit codes as ``steerflow run``: 0 success, 1 failed/interrupted/unreachable,
+2 bad input (unreadable workflow, validation errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", help="workflow JSON (API format or document) or PNG")
+    parser.add_argument("--server", default=os.environ.get("STEERFLOW_SERVER", DEFAULT_SERVER),
+                        help=f"server URL (default: $STEERFLOW_SERVER or {DEFAULT_SERVER})")
+    parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                        help="override an input (VALUE is parsed as JSON if it can be)")
+    parser.add_argument("--output-dir", default=".", help="where to save images (default: .)")
+    parser.add_argument("--token", help="the server's token (default: $STEERFLOW_TOKEN)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from engine.session import Workflow, WorkflowInputError, parse_override
+    from engine.workflow import WorkflowFormatError
+
+    try:
+        wf = Workflow.load(args.workflow)
+        for item in args.set:
+            wf.set(*parse_override(item))
+    except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    parts = urlsplit(args.server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        print(f"error: --server must be an http(s) URL, got {args.server!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    token = args.token or os.environ.get("STEERFLOW_TOKEN") or None
+    submit = _Submit(args.server.rstrip("/"), token, Path(args.output_dir),
+                     progress=not args.no_progress)
+    return asyncio.run(submit.run(wf.prompt, wf.to_document()))
+
+
+class _Submit:
+    def __init__(self, base: str, token: str | None, output_dir: Path, *, progress: bool):
+        self.base = base
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.output_dir = output_dir
+        self.progress = progress
+        self.client_id = uuid.uuid4().hex
+
+    async def run(self, prompt: dict[str, Any], document: dict[str, Any]) -> int:
+        import aiohttp
+
+        ws_url = "ws" + self.base[4:] + f"/ws?clientId={self.client_id}"
+        async with aiohttp.ClientSession(headers=self.headers) as http:
+            try:
+                ws = await http.ws_connect(ws_url, max_msg_size=0)
+            except (aiohttp.ClientError, OSError) as exc:
+                return _fail(f"cannot connect to {self.base}: {exc}")
+            async with ws:
+                body = {"prompt": prompt, "client_id": self.client_id,
+                        "extra_data": {"extra_pnginfo": {"workflow": document}}}
+                async with http.post(self.base + "/prompt", json=body) as resp:
+                    reply = await _json(resp)
+                    if resp.status != 200:
+                        return _rejected(resp.status, reply)
+                prompt_id = reply["prompt_id"]
+                try:
+                    await self._follow(ws, prompt_id)
+                except asyncio.CancelledError:
+                    await http.post(self.base + "/interrupt", json={"prompt_id": prompt_id})
+                    raise KeyboardInterrupt from None
+            return await self._collect(http, prompt_id)
+
+    async def _follow(self, ws: Any, prompt_id: str) -> None:
+        """Print events for our prompt until its final ``executing`` (node None)."""
+        import aiohttp
+
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue  # binary preview frames
+            event = json.loads(msg.data)
+            data = event.get("data") or {}
+            if data.get("prompt_id") != prompt_id:
+                continue
+            kind = event.get("type")
+            if kind == "executing":
+                if data.get("node") is None:
+                    return
+                self._say(f"\nrunning node {data['node']}")
+            elif kind == "progress":
+                self._say(f"\r  node {data.get('node')}: {data.get('value')}/{data.get('max')}")
+        # The socket closed early: the history will still tell how it ended.
+
+    async def _collect(self, http: Any, prompt_id: str) -> int:
+        entry = None
+        for _ in range(600):
+            async with http.get(f"{self.base}/history/{prompt_id}") as resp:
+                entry = (await _json(resp)).get(prompt_id)
+            if entry is not None:
+                break
+            await asyncio.sleep(0.5)
+        self._say("\n")
+        if entry is None:
+            return _fail(f"prompt {prompt_id} did not finish")
+        status = entry.get("status") or {}
+        if status.get("status_str") != "success":
+            return _fail(_describe_failure(status.get("messages") or []))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for node_id, ui in (entry.get("outputs") or {}).items():
+            for image in ui.get("images", []):
+                params = {k: image.get(k, "") for k in ("filename", "subfolder", "type")}
+                async with http.get(self.base + "/view", params=params) as resp:
+                    if resp.status != 200:
+                        return _fail(f"cannot download {params['filename']}: HTTP {resp.status}")
+                    path = _save(self.output_dir, params["filename"], await resp.read())
+                print(f"image: {path}")
+            for text in ui.get("text", []):
+                print(f"{node_id}: {text}")
+        print(f"done: prompt {prompt_id}")
+        return EXIT_OK
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(text, end="", file=sys.stderr, flush=True)
+
+
+async def _json(resp: Any) -> dict[str, Any]:
+    try:
+        data = await resp.json(content_type=None)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    return data if isinstance(data, dict) else {}
+
+
+def _rejected(status: int, reply: dict[str, Any]) -> int:
+    error = reply.get("error") or {}
+    print(f"error: the server refused the workflow (HTTP {status}): "
+          f"{error.get('message', 'no details')}", file=sys.stderr)
+    for node_id, node in (reply.get("node_errors") or {}).items():
+        for err in node.get("errors", []):
+            print(f"  node {node_id} ({node.get('class_type')}): {err.get('message')}",
+                  file=sys.stderr)
+    return EXIT_BAD_INPUT if status == 400 else EXIT_FAILED
+
+
+def _describe_failure(messages: list[Any]) -> str:
+    for name, data in (m for m in messages if isinstance(m, list) and len(m) == 2):
+        if name == "execution_error":
+            return (f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                    f"{data.get('exception_message')}")
+        if name == "execution_interrupted":
+            return "interrupted"
+    return "the prompt failed"
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _save(folder: Path, filename: str, data: bytes) -> Path:
+    """Write without overwriting: ``name.png``, ``name_1.png``, ..."""
+    name = os.path.basename(filename.replace("\\", "/")).lstrip(".") or "image.png"
+    stem, suffix = os.path.splitext(name)
+    for n in range(100000):
+        path = folder / (name if n == 0 else f"{stem}_{n}{suffix}")
+        try:
+            with path.open("xb") as fh:
+                fh.write(data)
+            return path
+        except FileExistsError:
+            continue
+    raise OSError(f"no free file name for {name} in {folder}")

@@ -1,0 +1,138 @@
+"""Server settings, read from the command line and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOKEN_ENV = "STEERFLOW_TOKEN"
+ORIGINS_ENV = "STEERFLOW_ALLOW_ORIGINS"
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+class ConfigError(ValueError):
+    """The settings cannot be served safely (e.g. a public bind without a token)."""
+
+
+@dataclass
+class ServerConfig:
+    """Everything the server needs; the defaults suit ``steerflow serve`` on loopback."""
+
+    host: str = "127.0.0.1"
+    port: int = 8188
+    base_dir: Path = Path(".")
+    models_dir: Path | None = None
+    device: str | None = None
+    allow_pickle: bool = False
+    custom_nodes: Path | None = None
+    token: str | None = None
+    max_upload_bytes: int = 50 << 20
+    max_prompt_bytes: int = 32 << 20
+    allow_origins: frozenset[str] = frozenset()
+    max_history: int = 10000
+    max_attempts: int = 3
+    fsync: bool = False
+    verbose: bool = False
+    # "module:function" returning a NodeRegistry; for tests and benchmarks.
+    registry_factory: str | None = None
+    web_dir: Path = field(default_factory=lambda: REPO_ROOT / "web" / "dist")
+    workflows_dir: Path = field(default_factory=lambda: REPO_ROOT / "workflows")
+
+    def __post_init__(self) -> None:
+        self.base_dir = Path(self.base_dir).resolve()
+        self.token = self.token or None
+        self.allow_origins = frozenset(normalize_origin(o) for o in self.allow_origins if o)
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the queue/history database lives (``/data/`` is git-ignored)."""
+        return self.base_dir / "data"
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def check(self) -> None:
+        """Refuse settings that would expose the server unauthenticated."""
+        if not self.loopback and not self.token:
+            raise ConfigError(
+                f"refusing to listen on {self.host!r} without authentication: a non-loopback "
+                f"address needs a token (--token, or the {TOKEN_ENV} environment variable)")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"invalid port {self.port}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerConfig:
+        def opt(name: str, default: object = None) -> object:
+            value = getattr(args, name, None)
+            return default if value is None else value
+
+        origins = list(opt("allow_origin", []) or [])  # type: ignore[call-overload]
+        origins += [o.strip() for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip()]
+        upload_mb = float(opt("max_upload_mb", 50))  # type: ignore[arg-type]
+        custom = opt("custom_nodes")
+        models = opt("models_dir")
+        return cls(
+            host=str(opt("host", "127.0.0.1")),
+            port=int(opt("port", 8188)),  # type: ignore[call-overload]
+            base_dir=Path(str(opt("base_dir", "."))),
+            models_dir=Path(str(models)) if models else None,
+            device=opt("device"),  # type: ignore[arg-type]
+            allow_pickle=bool(opt("allow_pickle", False)),
+            custom_nodes=Path(str(custom)) if custom else None,
+            token=opt("token") or os.environ.get(TOKEN_ENV) or None,  # type: ignore[arg-type]
+            max_upload_bytes=int(upload_mb * (1 << 20)),
+            allow_origins=frozenset(origins),
+            fsync=bool(opt("fsync", False)),
+            verbose=bool(opt("verbose", False)),
+            registry_factory=opt("registry"),  # type: ignore[arg-type]
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]``, lower-cased, default ports and trailing slash dropped."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(origin.strip().lower())
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        return origin.strip().lower()
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's own options, for ``steerflow serve``."""
+    parser.add_argument("--token", help="require this token from clients (header "
+                        "'Authorization: Bearer TOKEN' or ?token=TOKEN); required on a "
+                        "non-loopback --host. Prefer the STEERFLOW_TOKEN environment "
+                        "variable: a command line is visible to other local users")
+    parser.add_argument("--max-upload-mb", type=float, default=50.0,
+                        help="largest accepted image upload (default: 50)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="also accept browser requests from this origin, e.g. a "
+                        "dev server http://localhost:5173 (repeatable; or "
+                        "STEERFLOW_ALLOW_ORIGINS=a,b)")
+    parser.add_argument("--fsync", action="store_true",
+                        help="fsync every queue change (survives power loss; slower)")
+    parser.add_argument("--registry", help=argparse.SUPPRESS)  # MODULE:FUNC, tests/bench

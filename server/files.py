@@ -1,0 +1,223 @@
+"""``GET /view`` and ``POST /upload/image``: images in and out of the data folders.
+
+Every user-supplied name is confined to its folder after resolving symlinks
+(:func:`engine.paths.confined_path`). Only images are served, with a fixed
+Content-Type, ``nosniff`` and a sandboxing CSP, so nothing is ever rendered
+as HTML or script; uploads are size-capped, verified with Pillow and renamed
+to a safe name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from engine.paths import PathError, confined_path
+from server.errors import ApiError, json_response
+from server.imaging import CONTENT_TYPES, FORMATS, MAGIC, NotAnImage, check_image, reencode
+from server.state import state
+
+ROLES = ("output", "input", "temp")
+FIELD_LIMIT = 4096
+_BAD_CHARS = set('<>:"|?*')
+
+
+def _role(value: str | None, default: str) -> str:
+    role = value or default
+    if role not in ROLES:
+        raise ApiError(400, "invalid_type", f"type must be one of {', '.join(ROLES)}",
+                       extra_info={"type": role})
+    return role
+
+
+async def view(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    filename = q.get("filename", "")
+    if not filename:
+        raise ApiError(400, "missing_filename", "the 'filename' parameter is required")
+    role = _role(q.get("type"), "output")
+    try:
+        path = state(request).env.resolve(role, q.get("subfolder", ""), filename)
+    except PathError as exc:
+        raise ApiError(403, "forbidden_path", str(exc)) from None
+    ctype = CONTENT_TYPES.get(path.suffix.lower())
+    if ctype is None:
+        raise ApiError(403, "not_an_image", "only image files can be viewed")
+    try:
+        is_image = path.is_file() and _has_magic(path, ctype)
+    except OSError:  # a name too long, a permission denied...
+        is_image = False
+    if not is_image:
+        raise ApiError(404, "not_found", f"no {ctype} file {filename!r} in {role}")
+    headers = _safe_headers(path.name)
+    preview, channel = q.get("preview"), q.get("channel")
+    if preview or channel in ("rgb", "a"):
+        fmt, quality = _parse_preview(preview)
+        loop = asyncio.get_running_loop()
+        try:
+            body, out_type = await loop.run_in_executor(None, reencode, str(path), fmt,
+                                                        quality, channel)
+        except Exception as exc:  # Pillow raises many types for bad data
+            raise ApiError(422, "unreadable_image", f"cannot decode {filename!r}: {exc}") \
+                from None
+        headers["Content-Type"] = out_type
+        return web.Response(body=body, headers=headers)
+    headers["Content-Type"] = ctype
+    return web.FileResponse(path, headers=headers)
+
+
+def _parse_preview(preview: str | None) -> tuple[str, int]:
+    if not preview:
+        return "png", 90
+    fmt, _, quality = preview.partition(";")
+    fmt = fmt.strip().lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in ("webp", "jpeg", "png"):
+        raise ApiError(400, "invalid_preview", "preview must be webp, jpeg or png, "
+                       "optionally with ';QUALITY'")
+    try:
+        q = int(quality) if quality else 90
+    except ValueError:
+        raise ApiError(400, "invalid_preview", "preview quality must be an integer") from None
+    return fmt, min(max(q, 1), 100)
+
+
+def _has_magic(path: Path, ctype: str) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(12)
+    if ctype == "image/webp" and head[8:12] != b"WEBP":
+        return False
+    return head.startswith(MAGIC[ctype])
+
+
+def _safe_headers(name: str) -> dict[str, str]:
+    ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
+                         for c in name)
+    return {
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f"inline; filename=\"{ascii_name}\"; "
+                               f"filename*=UTF-8''{quote(name, safe='')}",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Cache-Control": "no-cache",
+    }
+
+
+# --- upload ---------------------------------------------------------------------
+async def upload_image(request: web.Request) -> web.Response:
+    st = state(request)
+    limit = st.config.max_upload_bytes
+    if (request.content_length or 0) > limit + (64 << 10):
+        raise _too_large(limit)
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError) as exc:
+        raise ApiError(400, "invalid_form", f"expected multipart/form-data: {exc}") from None
+    fields: dict[str, str] = {}
+    data: bytes | None = None
+    original = "image.png"
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(400, "invalid_form", "nested multipart is not accepted")
+            if part.name == "image":
+                # Browsers escape '"' and newlines as %22/%0A; aiohttp escapes more.
+                original = unquote(part.filename or original)
+                data = await _read_limited(part, limit)
+            else:
+                raw = await _read_limited(part, FIELD_LIMIT)
+                fields[part.name or ""] = raw.decode("utf-8", "replace")
+    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
+        raise ApiError(400, "invalid_form", f"malformed multipart body: {exc}") from None
+    if data is None:
+        raise ApiError(400, "missing_image", "the form has no 'image' file")
+    role = _role(fields.get("type"), "input")
+    subfolder = fields.get("subfolder", "").strip().replace("\\", "/").rstrip("/")
+    overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
+    folder = _upload_folder(st.env.folder(role), subfolder)
+    loop = asyncio.get_running_loop()
+    try:
+        fmt = await loop.run_in_executor(None, check_image, data)
+    except NotAnImage as exc:
+        raise ApiError(415, "not_an_image", str(exc)) from None
+    name = _with_suffix(sanitize_filename(original), fmt)
+    try:
+        name = await loop.run_in_executor(None, _store, folder, name, data, overwrite)
+    except PathError as exc:
+        raise ApiError(403, "forbidden_path", str(exc)) from None
+    return json_response({"name": name, "subfolder": subfolder, "type": role})
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"the upload exceeds {limit >> 20} MiB",
+                    extra_info={"limit_bytes": limit})
+
+
+async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
+    buf = bytearray()
+    while chunk := await part.read_chunk(1 << 16):
+        buf += chunk
+        if len(buf) > limit:
+            raise _too_large(limit)
+    return bytes(buf)
+
+
+def _upload_folder(root: Path, subfolder: str) -> Path:
+    if subfolder.startswith("/"):
+        raise ApiError(403, "forbidden_path", "absolute subfolders are not allowed")
+    parts = [p for p in subfolder.split("/") if p]
+    if any(p.startswith(".") for p in parts):
+        raise ApiError(403, "forbidden_path", "subfolder names may not start with '.'")
+    try:
+        folder = confined_path(root, *parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return confined_path(root, *parts)  # again: a symlink may have raced the mkdir
+    except PathError as exc:
+        raise ApiError(403, "forbidden_path", str(exc)) from None
+    except OSError as exc:
+        raise ApiError(400, "invalid_path", f"cannot create subfolder: {exc.strerror}") \
+            from None
+
+
+def sanitize_filename(name: str) -> str:
+    """A plain file name: no directories, control or shell-special characters, dotfiles."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in _BAD_CHARS)
+    name = name.strip().lstrip(".").strip()
+    stem, suffix = os.path.splitext(name)
+    if len(name) > 150:
+        name = stem[: 150 - len(suffix[:10])] + suffix[:10]
+    return name or "upload"
+
+
+def _with_suffix(name: str, fmt: str) -> str:
+    canonical, _, accepted = FORMATS[fmt]
+    stem, suffix = os.path.splitext(name)
+    return name if suffix.lower() in accepted else (stem or "upload") + canonical
+
+
+def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
+    """Write ``data`` as ``name`` (or ``name (n)``); an identical existing file is reused."""
+    stem, suffix = os.path.splitext(name)
+    for n in range(10000):
+        candidate = name if n == 0 else f"{stem} ({n}){suffix}"
+        path = confined_path(folder, candidate)
+        if overwrite:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+            return candidate
+        try:
+            with path.open("xb") as fh:
+                fh.write(data)
+            return candidate
+        except FileExistsError:
+            if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+                return candidate
+    raise ApiError(409, "name_taken", f"too many files named like {name!r}")

@@ -1,0 +1,192 @@
+"""Read-only information routes: node schemas, system, models, saved workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from engine.paths import PathError, confined_path
+from server.errors import ApiError, dumps, json_response
+from server.state import state
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,100}")
+T = TypeVar("T")
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking work (directory walks, schema building) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def object_info(request: web.Request) -> web.Response:
+    session = await state(request).runtime.get_session()
+    text = await _off_loop(lambda: dumps(session.registry.schema(session.env)))
+    return web.Response(text=text, content_type="application/json")
+
+
+async def object_info_node(request: web.Request) -> web.Response:
+    session = await state(request).runtime.get_session()
+    type_id = request.match_info["node_class"]
+    cls = session.registry.get(type_id)
+    if cls is None:
+        raise ApiError(404, "unknown_node_type", f"no node type {type_id!r}")
+    return json_response({type_id: await _off_loop(cls.schema, session.env)})
+
+
+async def system_stats(request: web.Request) -> web.Response:
+    st = state(request)
+    session = st.runtime.session
+    device = session.env.device if session is not None else (st.config.device or "pending")
+    total, free = _memory()
+    vram_total, vram_free = _vram(device)
+    return json_response({
+        "system": {
+            "os": os.name,
+            "platform": platform.platform(),
+            "python_version": sys.version,
+            "embedded_python": False,
+            "steerflow_version": _version("steerflow"),
+            "comfyui_version": _version("steerflow"),
+            "pytorch_version": _version("torch"),
+            "argv": sys.argv,
+            "ram_total": total,
+            "ram_free": free,
+            "nodes_loaded": session is not None,
+        },
+        "devices": [{
+            "name": device, "type": device.split(":")[0],
+            "index": int(device.split(":")[1]) if device.count(":") == 1
+            and device.split(":")[1].isdigit() else 0,
+            "vram_total": vram_total, "vram_free": vram_free,
+            "torch_vram_total": vram_total, "torch_vram_free": vram_free,
+        }],
+    })
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _memory() -> tuple[int, int]:
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text()
+                      .splitlines() if ":" in line)
+        return (int(fields["MemTotal"].split()[0]) * 1024,
+                int(fields["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        page = os.sysconf("SC_PAGE_SIZE")
+        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _vram(device: str) -> tuple[int, int]:
+    # The worker has imported torch by the time a CUDA device is in use; the server
+    # itself never imports it, so an absent module simply means "no figures".
+    torch = sys.modules.get("torch")
+    if torch is None or not device.startswith("cuda"):
+        return 0, 0
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+        return int(total), int(free)
+    except Exception:
+        return 0, 0
+
+
+# --- models ----------------------------------------------------------------------
+async def models(request: web.Request) -> web.Response:
+    root = state(request).env.folder("models")
+    names = await _off_loop(lambda: sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.is_dir() else [])
+    return json_response(names)
+
+
+async def models_folder(request: web.Request) -> web.Response:
+    env = state(request).env
+    folder = request.match_info["folder"]
+    try:
+        if not _FOLDER_NAME.fullmatch(folder) or not env.folder("models", folder).is_dir():
+            raise ApiError(404, "unknown_folder", f"no model folder {folder!r}")
+    except PathError:
+        raise ApiError(404, "unknown_folder", f"no model folder {folder!r}") from None
+    return json_response(await _off_loop(lambda: env.list_files(
+        "models", folder, suffixes=MODEL_SUFFIXES, dirs_with="model_index.json")))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    env = state(request).env
+    names = await _off_loop(lambda: env.list_files("models", "embeddings",
+                                                   suffixes=MODEL_SUFFIXES))
+    return json_response([os.path.splitext(n)[0] for n in names])
+
+
+# --- saved workflows --------------------------------------------------------------
+async def workflows(request: web.Request) -> web.Response:
+    root = state(request).config.workflows_dir
+    return json_response(await _off_loop(_list_workflows, root))
+
+
+def _list_workflows(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    base = root.resolve()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.endswith(".json") and not name.startswith("."):
+                rel = os.path.relpath(os.path.join(dirpath, name), base)
+                try:
+                    confined_path(base, rel)
+                except PathError:
+                    continue  # a symlink pointing out of the folder
+                out.append(Path(rel).as_posix())
+    return sorted(out)
+
+
+async def workflow(request: web.Request) -> web.Response:
+    root = state(request).config.workflows_dir
+    name = request.match_info["name"]
+    if not name.endswith(".json"):
+        raise ApiError(404, "not_found", "workflow names end in .json")
+    try:
+        path = confined_path(root, name)
+    except PathError as exc:
+        raise ApiError(403, "forbidden_path", str(exc)) from None
+    try:
+        text = await _off_loop(path.read_text, "utf-8")
+    except OSError:  # missing, a directory, a name too long...
+        raise ApiError(404, "not_found", f"no workflow {name!r}") from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(422, "invalid_workflow", f"{name} is not UTF-8: {exc}") from None
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_workflow", f"{name} is not readable JSON: {exc}") \
+            from None
+    return web.Response(text=text, content_type="application/json")
+
+
+ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "/object_info", object_info),
+    ("GET", "/object_info/{node_class}", object_info_node),
+    ("GET", "/system_stats", system_stats),
+    ("GET", "/models", models),
+    ("GET", "/models/{folder}", models_folder),
+    ("GET", "/embeddings", embeddings),
+    ("GET", "/workflows", workflows),
+    ("GET", "/workflows/{name:.+}", workflow),
+]

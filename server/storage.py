@@ -1,0 +1,195 @@
+"""The queue and the history, in one SQLite database (WAL).
+
+Every write is a committed transaction before the caller goes on, so a prompt
+acknowledged to a client survives ``kill -9``. With ``synchronous=NORMAL``
+(the default) WAL commits are not fsync'ed: they survive a crash of the
+process, not of the machine; ``fsync=True`` makes them survive power loss too.
+The database is opened in exclusive locking mode: one server per data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.errors import dumps
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    prompt_id TEXT PRIMARY KEY,
+    number REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,  -- rowid: max+1, so newest last (no AUTOINCREMENT write)
+    prompt_id TEXT NOT NULL UNIQUE,
+    number REAL NOT NULL,
+    entry TEXT NOT NULL,
+    finished REAL NOT NULL
+);
+-- Recording a prompt in the history takes it off the queue in the same statement:
+-- one atomic INSERT instead of a four-statement transaction on the hot path.
+CREATE TRIGGER IF NOT EXISTS history_dequeues AFTER INSERT ON history BEGIN
+    DELETE FROM queue WHERE prompt_id = NEW.prompt_id;
+END;
+"""
+
+
+@dataclass
+class StoredItem:
+    """A queue row as loaded at start-up."""
+
+    prompt_id: str
+    number: int | float
+    seq: int
+    body: dict[str, Any]
+    state: str
+    attempts: int
+
+
+class StorageError(RuntimeError):
+    """The database could not be opened or written."""
+
+
+class Storage:
+    """Thread-safe access to the database (one connection, one lock)."""
+
+    def __init__(self, path: Path, *, fsync: bool = False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=1)
+            # Exclusive: one server per data folder (a second one would run the same
+            # queue twice), and no file-lock or shared-memory calls per transaction.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            self._db.execute("BEGIN IMMEDIATE")  # takes the lock now, not at the first write
+            self._db.execute("COMMIT")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(f"{path} was written by a newer Steerflow "
+                                   f"(schema {version} > {SCHEMA_VERSION})")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StorageError(f"{path} is in use by another Steerflow server; stop it "
+                                   "or use another --base-dir") from exc
+            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- queue -----------------------------------------------------------------
+    def enqueue(self, prompt_id: str, number: float, seq: int, body: dict[str, Any], *,
+                running: bool = False) -> None:
+        """Insert a prompt; ``running`` records it as started (attempt 1) in the same write."""
+        text = dumps(body)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO queue(prompt_id, number, seq, body, state, attempts, created) "
+                "VALUES (?,?,?,?,?,?,?)", (prompt_id, number, seq, text,
+                                           "running" if running else "pending", int(running),
+                                           time.time()))
+
+    def mark_running(self, prompt_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE queue SET state='running', attempts=attempts+1 "
+                             "WHERE prompt_id=?", (prompt_id,))
+
+    def mark_pending(self, prompt_id: str, *, refund_attempt: bool = False) -> None:
+        with self._lock:
+            self._db.execute("UPDATE queue SET state='pending', attempts=attempts-? "
+                             "WHERE prompt_id=?", (int(refund_attempt), prompt_id))
+
+    def dequeue(self, prompt_ids: list[str]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM queue WHERE prompt_id=?", [(p,) for p in prompt_ids])
+
+    def load_queue(self) -> list[StoredItem]:
+        with self._lock:
+            rows = self._db.execute("SELECT prompt_id, number, seq, body, state, attempts "
+                                    "FROM queue ORDER BY number, seq").fetchall()
+        return [StoredItem(pid, _num(number), seq, json.loads(body), state, attempts)
+                for pid, number, seq, body, state, attempts in rows]
+
+    def max_counters(self) -> tuple[int, int]:
+        """(largest |number|, largest seq) in use, to continue numbering after a restart."""
+        with self._lock:
+            n_q, s_q = self._db.execute(
+                "SELECT MAX(ABS(number)), MAX(seq) FROM queue").fetchone()
+            (n_h,) = self._db.execute("SELECT MAX(ABS(number)) FROM history").fetchone()
+        return int(max(n_q or 0, n_h or 0)), int(s_q or 0)
+
+    # --- history ---------------------------------------------------------------
+    def finish(self, prompt_id: str, number: float, entry: dict[str, Any]) -> None:
+        """Move a prompt from the queue into the history, atomically."""
+        text = dumps(entry)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO history(prompt_id, number, entry, finished)"
+                             " VALUES (?,?,?,?)", (prompt_id, number, text, time.time()))
+
+    def prune_history(self, keep: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM history WHERE seq <= (SELECT seq FROM history "
+                             "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (keep,))
+
+    def history(self, max_items: int | None = None, offset: int | None = None
+                ) -> list[tuple[str, str]]:
+        """(prompt_id, entry JSON) oldest first; ComfyUI's paging (no offset: the newest)."""
+        with self._lock:
+            if max_items is not None and (offset is None or offset < 0):
+                rows = self._db.execute("SELECT prompt_id, entry FROM history ORDER BY seq DESC "
+                                        "LIMIT ?", (max_items,)).fetchall()
+                return rows[::-1]
+            return self._db.execute(
+                "SELECT prompt_id, entry FROM history ORDER BY seq LIMIT ? OFFSET ?",
+                (-1 if max_items is None else max_items, max(offset or 0, 0))).fetchall()
+
+    def history_entry(self, prompt_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT entry FROM history WHERE prompt_id=?",
+                                   (prompt_id,)).fetchone()
+        return row[0] if row else None
+
+    def delete_history(self, prompt_ids: list[str] | None = None) -> None:
+        """Delete the given entries, or all of them."""
+        with self._tx() as db:
+            if prompt_ids is None:
+                db.execute("DELETE FROM history")
+            else:
+                db.executemany("DELETE FROM history WHERE prompt_id=?",
+                               [(p,) for p in prompt_ids])
+
+
+def _num(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value

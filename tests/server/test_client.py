@@ -1,0 +1,76 @@
+"""``steerflow submit`` against a live server, and one real txt2img prompt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from PIL import Image
+
+from engine.session import Workflow
+from server.app import default_session_factory
+from server.client import cmd_submit
+from tests.server.helpers import REPO, Http, LiveServer, image, recv_until
+
+
+def submit_args(server: LiveServer, workflow, out, *sets: str, token=None):
+    return argparse.Namespace(workflow=str(workflow), server=server.url, set=list(sets),
+                              output_dir=str(out), token=token, no_progress=False)
+
+
+def test_submit_streams_and_downloads(make_server, tmp_path, capsys):
+    server = make_server(token="tok")
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(image(value=3)))
+    out = tmp_path / "out"
+    assert cmd_submit(submit_args(server, workflow, out, "1.value=200", token="tok")) == 0
+    files = list(out.iterdir())
+    assert len(files) == 1 and Image.open(files[0]).getpixel((0, 0)) == (200, 0, 0)
+    captured = capsys.readouterr()
+    assert f"image: {files[0]}" in captured.out and "running node 1" in captured.err
+    # The same image again is saved next to the first, not over it.
+    assert cmd_submit(submit_args(server, workflow, out, "1.value=200", token="tok")) == 0
+    assert len(list(out.iterdir())) == 2
+
+
+def test_submit_reports_bad_input_and_failures(server: LiveServer, tmp_path, capsys):
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(image()))
+    assert cmd_submit(submit_args(server, workflow, tmp_path, "1.value=1000")) == 2
+    assert "value" in capsys.readouterr().err
+    assert cmd_submit(submit_args(server, tmp_path / "missing.json", tmp_path)) == 2
+    failing = tmp_path / "fail.json"
+    failing.write_text(json.dumps({
+        "1": {"class_type": "TestSource", "inputs": {}},
+        "2": {"class_type": "TestFail", "inputs": {"x": ["1", 0]}},
+        "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}))
+    assert cmd_submit(submit_args(server, failing, tmp_path)) == 1
+    assert "boom" in capsys.readouterr().err
+    bad_server = argparse.Namespace(**{**vars(submit_args(server, workflow, tmp_path)),
+                                       "server": "ftp://x"})
+    assert cmd_submit(bad_server) == 2
+
+
+@pytest.mark.slow
+def test_real_txt2img_prompt(make_server, models_dir, loop):
+    """The example workflow through the real node packs and the tiny model."""
+    server = make_server(models_dir=models_dir, session_factory=default_session_factory)
+    http = Http(server.url, loop)
+    ws = server.connect_ws("painter")
+    wf = Workflow.load(REPO / "workflows" / "txt2img.json")
+    reply = http.post("/prompt", json={"prompt": wf.prompt, "client_id": "painter",
+                                       "extra_data": {"extra_pnginfo": {
+                                           "workflow": wf.to_document()}}}, timeout=None)
+    assert reply.status == 200, reply.body
+    pid = reply.json()["prompt_id"]
+    events, _ = recv_until(ws, pid, timeout=300)
+    assert events[-2]["type"] == "execution_success", events[-2]
+    assert any(e["type"] == "progress" for e in events)
+    entry = http.get(f"/history/{pid}").json()[pid]
+    pictures = [img for ui in entry["outputs"].values() for img in ui.get("images", [])]
+    assert pictures
+    view = http.get("/view", params=pictures[0])
+    assert view.status == 200 and view.body.startswith(b"\x89PNG")
+    ws.close()
+    http.close()

@@ -1,0 +1,166 @@
+"""/view and /upload/image: confinement, image-only serving, upload checks."""
+
+from __future__ import annotations
+
+import io
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from tests.server.helpers import Http, LiveServer
+
+
+def png(color: tuple[int, int, int] = (1, 2, 3), fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def raw_form(data: bytes, filename: str) -> tuple[bytes, dict[str, str]]:
+    """A multipart body written by hand, so the file name reaches the server verbatim."""
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\""
+            + filename.encode() + b"\"\r\nContent-Type: image/png\r\n\r\n" + data
+            + b"\r\n--XyZ--\r\n")
+    return body, {"Content-Type": "multipart/form-data; boundary=XyZ"}
+
+
+def form(data: bytes, filename: str = "pic.png", **fields: str) -> aiohttp.FormData:
+    body = aiohttp.FormData()
+    body.add_field("image", data, filename=filename, content_type="application/octet-stream")
+    for key, value in fields.items():
+        body.add_field(key, value)
+    return body
+
+
+@pytest.fixture
+def outside(server: LiveServer):
+    """A secret image next to (not inside) the data folders."""
+    secret = server.base_dir.parent / f"{server.base_dir.name}-secret.png"
+    secret.write_bytes(png())
+    return secret
+
+
+def test_upload_then_view(http: Http):
+    reply = http.post("/upload/image", data=form(png(), "my pic.png", subfolder="sub"))
+    assert reply.status == 200
+    assert reply.json() == {"name": "my pic.png", "subfolder": "sub", "type": "input"}
+    view = http.get("/view", params={"filename": "my pic.png", "subfolder": "sub",
+                                     "type": "input"})
+    assert view.status == 200 and view.body == png()
+    assert "filename*=UTF-8''my%20pic.png" in view.headers["Content-Disposition"]
+
+
+def test_upload_names_dedupe_and_overwrite(server: LiveServer, http: Http):
+    first = http.post("/upload/image", data=form(png((1, 1, 1)), "a.png")).json()
+    same = http.post("/upload/image", data=form(png((1, 1, 1)), "a.png")).json()
+    other = http.post("/upload/image", data=form(png((9, 9, 9)), "a.png")).json()
+    assert (first["name"], same["name"], other["name"]) == ("a.png", "a.png", "a (1).png")
+    over = http.post("/upload/image", data=form(png((5, 5, 5)), "a.png", overwrite="true"))
+    assert over.json()["name"] == "a.png"
+    assert (server.base_dir / "input" / "a.png").read_bytes() == png((5, 5, 5))
+    # Path parts, control characters and dotfiles are stripped; the suffix follows the data.
+    body, headers = raw_form(png(fmt="JPEG"), "..\\..\\x<y>|.png")
+    odd = http.post("/upload/image", data=body, headers=headers).json()
+    assert odd["name"] == "xy.jpg"
+    hidden = http.post("/upload/image", data=form(png(), ".htaccess")).json()
+    assert hidden["name"] == "htaccess.png"
+    body, headers = raw_form(png(), "x\x07y.png")  # control characters: a bad header
+    assert http.post("/upload/image", data=body, headers=headers).status == 400
+
+
+@pytest.mark.parametrize("data,name", [
+    (b"<html><script>alert(1)</script></html>", "evil.png"),
+    (b"GIF89a<script>alert(1)</script>", "evil.gif"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "truncated.png"),
+    (b"", "empty.png"),
+])
+def test_non_images_are_refused(server: LiveServer, http: Http, data: bytes, name: str):
+    reply = http.post("/upload/image", data=form(data, name))
+    assert reply.status == 415
+    assert reply.json()["error"]["type"] == "not_an_image"
+    assert not any((server.base_dir / "input").glob("*")) if (
+        server.base_dir / "input").exists() else True
+
+
+def test_upload_size_cap(make_server, loop):
+    server = make_server(max_upload_bytes=2000)
+    http = Http(server.url, loop)
+    big = io.BytesIO()
+    Image.effect_noise((64, 64), 50).save(big, format="PNG")
+    reply = http.post("/upload/image", data=form(big.getvalue()))
+    assert reply.status == 413 and reply.json()["error"]["type"] == "too_large"
+    assert http.post("/upload/image", data=form(png())).status == 200
+    http.close()
+
+
+def test_upload_form_errors(http: Http):
+    assert http.post("/upload/image", data=b"not a form").status == 400
+    assert http.post("/upload/image", data=form(png(), type="models")).status == 400
+    body = aiohttp.FormData()
+    body.add_field("subfolder", "x")
+    body.add_field("other", b"x", filename="x.txt")  # a file, but not 'image'
+    assert http.post("/upload/image", data=body).json()["error"]["type"] == "missing_image"
+
+
+@pytest.mark.parametrize("subfolder", ["../escape", "/tmp", "a/../../escape", ".hidden",
+                                       "..\\escape"])
+def test_upload_subfolder_traversal_refused(server: LiveServer, http: Http, subfolder: str):
+    reply = http.post("/upload/image", data=form(png(), subfolder=subfolder))
+    assert reply.status == 403, reply.body
+    assert not (server.base_dir / "escape").exists()
+
+
+def test_upload_through_symlinked_subfolder_refused(server: LiveServer, http: Http, tmp_path):
+    (server.base_dir / "input").mkdir(exist_ok=True)
+    (server.base_dir / "input" / "link").symlink_to(tmp_path)
+    reply = http.post("/upload/image", data=form(png(), subfolder="link"))
+    assert reply.status == 403
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_view_traversal_refused(server: LiveServer, http: Http, outside):
+    out = server.base_dir / "output"
+    out.mkdir(exist_ok=True)
+    (out / "ok.png").write_bytes(png())
+    (out / "link.png").symlink_to(outside)
+    (out / "dirlink").symlink_to(outside.parent)
+    name = outside.name
+    attempts = [
+        {"filename": f"../../{name}"},
+        {"filename": name, "subfolder": ".."},
+        {"filename": str(outside)},
+        {"filename": name, "subfolder": str(outside.parent)},
+        {"filename": "link.png"},
+        {"filename": name, "subfolder": "dirlink"},
+        {"filename": "ok.png", "type": "../output"},
+    ]
+    for params in attempts:
+        reply = http.get("/view", params=params)
+        assert reply.status in (400, 403), (params, reply.status)
+        assert "error" in reply.json()
+    encoded = [f"/view?filename=%2e%2e%2f%2e%2e%2f{name}",
+               f"/view?filename={name}&subfolder=%2e%2e",
+               f"/view?filename=%2E%2E%2F%2E%2E%2F{name}&type=output",
+               "/view?filename=ok.png%00.txt"]
+    for path in encoded:
+        assert http.get(path, raw=True).status in (400, 403), path
+    assert http.get("/view", params={"filename": "ok.png"}).status == 200
+
+
+def test_view_serves_only_real_images(server: LiveServer, http: Http):
+    out = server.base_dir / "output"
+    out.mkdir(exist_ok=True)
+    (out / "page.html").write_text("<script>alert(1)</script>")
+    (out / "fake.png").write_text("<script>alert(1)</script>")
+    (out / "pic.jpg").write_bytes(png(fmt="JPEG"))
+    assert http.get("/view", params={"filename": "page.html"}).status == 403
+    assert http.get("/view", params={"filename": "fake.png"}).status == 404
+    assert http.get("/view", params={"filename": "missing.png"}).status == 404
+    assert http.get("/view", params={}).status == 400
+    jpg = http.get("/view", params={"filename": "pic.jpg"})
+    assert jpg.status == 200 and jpg.headers["Content-Type"] == "image/jpeg"
+    assert "sandbox" in jpg.headers["Content-Security-Policy"]
+    assert http.get("/view", params={"filename": "pic.jpg", "preview": "gif"}).status == 400
+    rgb = http.get("/view", params={"filename": "pic.jpg", "channel": "rgb"})
+    assert rgb.status == 200 and rgb.headers["Content-Type"] == "image/png"

@@ -1,0 +1,320 @@
+"""ComfyUI's protocol end to end: /prompt, websocket events, /history, /view, /queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+import websocket
+
+from tests.server.helpers import (
+    REPO,
+    Http,
+    LiveServer,
+    chain,
+    image,
+    recv_until,
+    slow,
+    wait_history,
+)
+
+
+def test_round_trip_prompt_events_history_view(server: LiveServer, http: Http):
+    ws = server.connect_ws("client-a")
+    reply = http.post("/prompt", json={"prompt": image(value=9), "client_id": "client-a"})
+    assert reply.status == 200
+    body = reply.json()
+    assert body["node_errors"] == {} and isinstance(body["number"], int)
+    events, _ = recv_until(ws, body["prompt_id"])
+    names = [e["type"] for e in events]
+    assert names == ["execution_start", "execution_cached", "executing", "executed",
+                     "execution_success", "executing"]
+    assert events[2]["data"]["node"] == "1" and events[-1]["data"]["node"] is None
+    history = http.get(f"/history/{body['prompt_id']}").json()
+    entry = history[body["prompt_id"]]  # already written when executing/None arrived
+    assert entry["status"] == {"status_str": "success", "completed": True,
+                               "messages": entry["status"]["messages"]}
+    assert [m[0] for m in entry["status"]["messages"]] == [
+        "execution_start", "execution_cached", "execution_success"]
+    assert entry["prompt"][1] == body["prompt_id"] and entry["prompt"][4] == ["1"]
+    picture = entry["outputs"]["1"]["images"][0]
+    assert picture == events[3]["data"]["output"]["images"][0]
+    view = http.get("/view", params=picture)
+    assert view.status == 200 and view.body.startswith(b"\x89PNG")
+    assert view.headers["Content-Type"] == "image/png"
+    assert view.headers["X-Content-Type-Options"] == "nosniff"
+    assert view.headers["Content-Disposition"].startswith("inline; filename=")
+    webp = http.get("/view", params={**picture, "preview": "webp;50"})
+    assert webp.status == 200 and webp.headers["Content-Type"] == "image/webp"
+    assert webp.body[8:12] == b"WEBP"
+    ws.close()
+
+
+def test_preview_frames_are_binary_jpeg(server: LiveServer, http: Http):
+    ws = server.connect_ws("viewer")
+    pid = http.post("/prompt", json={"prompt": image(preview=True),
+                                     "client_id": "viewer"}).json()["prompt_id"]
+    _, frames = recv_until(ws, pid)
+    assert frames, "no preview frame"
+    event_type, image_type = struct.unpack(">II", frames[0][:8])
+    assert (event_type, image_type) == (1, 1) and frames[0][8:11] == b"\xff\xd8\xff"
+    ws.close()
+
+
+def test_events_go_to_the_submitter_or_everyone(server: LiveServer, http: Http):
+    mine, other = server.connect_ws("mine"), server.connect_ws("other")
+    pid = http.post("/prompt", json={"prompt": chain(5), "client_id": "mine"}).json()["prompt_id"]
+    recv_until(mine, pid)
+    # Not connected: broadcast, like ComfyUI.
+    pid2 = http.post("/prompt", json={"prompt": chain(6), "client_id": "gone"}
+                     ).json()["prompt_id"]
+    events, _ = recv_until(other, pid2)  # would time out had it seen none of pid2
+    assert all(e["data"].get("prompt_id") != pid for e in events)
+    mine.close()
+    other.close()
+
+
+def test_validation_failure_is_400_with_node_errors(http: Http):
+    prompt = chain()
+    prompt["1"]["inputs"]["value"] = 1000  # max is 100
+    prompt["2"]["inputs"]["b"] = "two"  # an INT
+    reply = http.post("/prompt", json={"prompt": prompt})
+    assert reply.status == 400
+    body = reply.json()
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert set(body["error"]) == {"type", "message", "details", "extra_info"}
+    assert body["node_errors"]["1"]["errors"][0]["type"] == "out_of_range"
+    assert body["node_errors"]["2"]["errors"][0]["type"] == "invalid_value"
+    assert body["node_errors"]["1"]["class_type"] == "TestSource"
+    for bad, kind in [({"nothing": 1}, "no_prompt"), ({"prompt": {}}, "invalid_prompt"),
+                      ({"prompt": {"1": {"class_type": "Nope"}}},
+                       "prompt_outputs_failed_validation"),
+                      ({"prompt": chain(), "prompt_id": 5}, "invalid_prompt_id"),
+                      ({"prompt": chain(), "number": "x"}, "invalid_number")]:
+        reply = http.post("/prompt", json=bad)
+        assert reply.status == 400, bad
+        assert reply.json()["error"]["type"] == kind, reply.json()
+    # Nothing was queued by any of them.
+    assert http.get("/prompt").json() == {"exec_info": {"queue_remaining": 0}}
+
+
+def test_body_is_json_whatever_the_content_type(http: Http):
+    reply = http.post("/api/prompt", data=json.dumps({"prompt": chain()}),
+                      headers={"Content-Type": "text/plain"})
+    assert reply.status == 200 and reply.json()["prompt_id"]
+
+
+def test_queue_listing_front_delete_clear_and_interrupt(server: LiveServer, http: Http):
+    ws = server.connect_ws("q")
+    running = http.post("/prompt", json={"prompt": slow(100000), "client_id": "q"}
+                        ).json()["prompt_id"]
+    ids = [http.post("/prompt", json={"prompt": chain(i)}).json()["prompt_id"]
+           for i in range(3)]
+    front = http.post("/prompt", json={"prompt": chain(50), "front": True}).json()
+    assert front["number"] < 0
+    _wait_progress(ws, running)
+    queue = http.get("/queue").json()
+    assert [item[1] for item in queue["queue_running"]] == [running]
+    assert [item[1] for item in queue["queue_pending"]] == [front["prompt_id"], *ids]
+    assert len(queue["queue_pending"][0]) == 5  # number, id, prompt, extra_data, outputs
+    assert http.get("/prompt").json()["exec_info"]["queue_remaining"] == 5
+    assert http.post("/queue", json={"delete": [ids[0]]}).status == 200
+    assert http.post("/queue", json={"clear": True}).status == 200
+    assert http.get("/queue").json()["queue_pending"] == []
+    # Interrupting another prompt id does nothing; ours stops within a step.
+    assert http.post("/interrupt", json={"prompt_id": "not-running"}).json() == {
+        "interrupted": False}
+    start = time.monotonic()
+    assert http.post("/interrupt", json={"prompt_id": running}).status == 200
+    events, _ = recv_until(ws, running)
+    assert time.monotonic() - start < 2.0
+    assert [e["type"] for e in events][-2:] == ["execution_interrupted", "executing"]
+    entry = wait_history(http, [running])[running]
+    assert entry["status"]["status_str"] == "error" and not entry["status"]["completed"]
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    ws.close()
+
+
+def test_interrupt_without_body_stops_the_running_prompt(server: LiveServer, http: Http):
+    ws = server.connect_ws("i")
+    pid = http.post("/prompt", json={"prompt": slow(100000), "client_id": "i"}
+                    ).json()["prompt_id"]
+    _wait_progress(ws, pid)
+    assert http.post("/interrupt").json() == {"interrupted": True}
+    events, _ = recv_until(ws, pid)
+    assert events[-2]["type"] == "execution_interrupted"
+    ws.close()
+
+
+def test_history_paging_and_deletion(http: Http):
+    ids = [http.post("/prompt", json={"prompt": chain(i)}).json()["prompt_id"]
+           for i in range(5)]
+    history = wait_history(http, ids)
+    assert list(history) == ids  # oldest first
+    assert list(http.get("/history", params={"max_items": 2}).json()) == ids[-2:]
+    assert list(http.get("/history", params={"max_items": 2, "offset": 1}).json()) == ids[1:3]
+    assert http.get("/history", params={"max_items": "x"}).status == 400
+    assert http.get("/history/unknown").json() == {}
+    http.post("/history", json={"delete": [ids[0]]})
+    assert ids[0] not in http.get("/history").json()
+    http.post("/history", json={"clear": True})
+    assert http.get("/history").json() == {}
+
+
+def test_failed_node_is_recorded_with_its_error(server: LiveServer, http: Http):
+    ws = server.connect_ws("f")
+    prompt = {"1": {"class_type": "TestSource", "inputs": {}},
+              "2": {"class_type": "TestFail", "inputs": {"x": ["1", 0]}},
+              "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
+    pid = http.post("/prompt", json={"prompt": prompt, "client_id": "f"}).json()["prompt_id"]
+    events, _ = recv_until(ws, pid)
+    error = next(e for e in events if e["type"] == "execution_error")["data"]
+    assert error["node_id"] == "2" and error["exception_message"] == "boom"
+    entry = http.get(f"/history/{pid}").json()[pid]
+    assert entry["status"]["status_str"] == "error"
+    ws.close()
+
+
+def test_info_routes_and_api_prefix(server: LiveServer, http: Http):
+    info = http.get("/object_info").json()
+    assert info["TestSource"]["input"]["required"]["value"][0] == "INT"
+    assert http.get("/api/object_info/TestAdd").json()["TestAdd"]["output"] == ["INT"]
+    assert http.get("/object_info/Nope").status == 404
+    stats = http.get("/api/system_stats").json()
+    assert stats["system"]["python_version"] and stats["devices"][0]["type"] == "cpu"
+    (server.base_dir / "models" / "checkpoints").mkdir(parents=True)
+    (server.base_dir / "models" / "checkpoints" / "a.safetensors").write_bytes(b"x")
+    (server.base_dir / "models" / "embeddings").mkdir()
+    (server.base_dir / "models" / "embeddings" / "e.pt").write_bytes(b"x")
+    assert http.get("/models").json() == ["checkpoints", "embeddings"]
+    assert http.get("/models/checkpoints").json() == ["a.safetensors"]
+    assert http.get("/models/nope").status == 404
+    assert http.get("/models/%2E%2E", raw=True).status == 404
+    assert http.get("/embeddings").json() == ["e"]
+    assert http.get("/api/prompt").json() == {"exec_info": {"queue_remaining": 0}}
+    assert http.get("/api/queue").json() == {"queue_running": [], "queue_pending": []}
+
+
+def test_workflows_listing_and_confinement(server: LiveServer, http: Http):
+    folder = server.state.config.workflows_dir
+    folder.mkdir()
+    (folder / "txt2img.json").write_text(json.dumps({"1": {}}))
+    (folder / "notes.txt").write_text("x")
+    (server.base_dir / "secret.json").write_text("{}")
+    (folder / "leak.json").symlink_to(server.base_dir / "secret.json")
+    assert http.get("/workflows").json() == ["txt2img.json"]
+    assert http.get("/workflows/txt2img.json").json() == {"1": {}}
+    assert http.get("/workflows/leak.json").status == 403
+    assert http.get("/workflows/..%2Fsecret.json", raw=True).status in (403, 404)
+    assert http.get("/workflows/%2E%2E/secret.json", raw=True).status in (403, 404)
+    assert http.get("/workflows/missing.json").status == 404
+
+
+def test_canvas_page_when_not_built_and_when_built(server: LiveServer, http: Http):
+    page = http.get("/")
+    assert page.status == 200 and b"make run" in page.body
+    dist = server.state.config.web_dir
+    (dist / "assets").mkdir(parents=True)
+    (dist / "index.html").write_text("<html>canvas</html>")
+    (dist / "assets" / "app.js").write_text("console.log(1)")
+    assert http.get("/").body == b"<html>canvas</html>"
+    js = http.get("/assets/app.js")
+    assert js.status == 200 and js.headers["Content-Type"].startswith("text/javascript")
+    assert http.get("/assets/../../secret", raw=True).status == 404
+    assert http.get("/%2E%2E/%2E%2E/etc/passwd", raw=True).status == 404
+
+
+def test_many_clients_many_prompts_nothing_lost(server: LiveServer):
+    clients, per_client = 20, 10
+
+    async def one_client(session: aiohttp.ClientSession, n: int) -> list[str]:
+        cid = f"c{n}-{uuid.uuid4().hex[:6]}"
+        async with session.ws_connect(f"{server.ws_url}?clientId={cid}") as ws:
+            ids = []
+            for i in range(per_client):
+                async with session.post(f"{server.url}/prompt", json={
+                        "prompt": chain(n, i), "client_id": cid}) as resp:
+                    assert resp.status == 200
+                    ids.append((await resp.json())["prompt_id"])
+            done: set[str] = set()
+            while done != set(ids):
+                msg = await ws.receive(timeout=30)
+                assert msg.type == aiohttp.WSMsgType.TEXT
+                event = json.loads(msg.data)
+                if event["type"] == "execution_success":
+                    assert event["data"]["prompt_id"] in ids  # only our own events
+                    done.add(event["data"]["prompt_id"])
+            return ids
+
+    async def main() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+            batches = await asyncio.gather(*(one_client(session, n) for n in range(clients)))
+            async with session.get(f"{server.url}/history") as resp:
+                history = await resp.json()
+        ids = [pid for batch in batches for pid in batch]
+        assert len(set(ids)) == clients * per_client
+        assert all(history[pid]["status"]["status_str"] == "success" for pid in ids)
+        return ids
+
+    asyncio.run(main())
+
+
+def _wait_progress(ws, prompt_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        msg = json.loads(ws.recv())
+        if msg["type"] == "progress" and msg["data"]["prompt_id"] == prompt_id:
+            return
+    raise TimeoutError("no progress")
+
+
+def test_status_broadcast_and_reconnect_replays_the_running_node(server: LiveServer,
+                                                                   http: Http):
+    watcher = server.connect_ws("watcher")
+    ws = server.connect_ws("runner")
+    pid = http.post("/prompt", json={"prompt": slow(100000), "client_id": "runner"}
+                    ).json()["prompt_id"]
+    _wait_progress(ws, pid)
+    ws.close()
+    status = json.loads(watcher.recv())
+    while status["type"] != "status":  # the runner left: its events now reach everyone
+        status = json.loads(watcher.recv())
+    assert status["data"]["status"]["exec_info"]["queue_remaining"] == 1
+    again = websocket.create_connection(f"{server.ws_url}?clientId=runner", timeout=10)
+    assert json.loads(again.recv())["type"] == "status"
+    replay = json.loads(again.recv())
+    assert replay == {"type": "executing", "data": {"node": "2", "display_node": "2",
+                                                    "prompt_id": pid}}
+    http.post("/interrupt")
+    recv_until(again, pid)
+    again.close()
+    watcher.close()
+
+
+def test_server_modules_do_not_import_torch():
+    code = ("import sys, server.app, server.client, server.files, server.info; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'diffusers', 'transformers', 'nodes')); print(bad); "
+            "sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_client_chosen_prompt_id_and_duplicates(server: LiveServer, http: Http):
+    ws = server.connect_ws("d")
+    first = http.post("/prompt", json={"prompt": slow(100000), "prompt_id": "mine-1",
+                                       "client_id": "d"})
+    assert first.json()["prompt_id"] == "mine-1"
+    again = http.post("/prompt", json={"prompt": chain(), "prompt_id": "mine-1"})
+    assert again.status == 400 and again.json()["error"]["type"] == "duplicate_prompt_id"
+    _wait_progress(ws, "mine-1")
+    http.post("/interrupt")
+    recv_until(ws, "mine-1")
+    ws.close()
