@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -57,7 +58,8 @@ class KSampler(Node):
         ctx.check_interrupt()
         samples = sample(self.model, scheduler, self.positive, self.negative,
                          self.latent_image, params, callback=on_step)
-        return (Latent(samples, self.latent_image.noise_mask),)
+        # keep the mask and inpaint data so a second pass sees the same latent
+        return (replace(self.latent_image, samples=samples),)
 
 
 NODE_CLASSES = (KSampler,)

@@ -34,6 +34,8 @@ class Step:
     index: int
     total: int
     timestep: torch.Tensor
+    #: the step's guided noise prediction, set before ``scheduler.step`` (for post_step)
+    prediction: torch.Tensor | None = None
 
 
 @dataclass

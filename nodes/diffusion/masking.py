@@ -1,4 +1,19 @@
-"""Latent noise masks: partial diffusion keeps the unmasked region of the input."""
+"""Latent masks: partial diffusion (4-channel UNets) and the 9-channel inpainting concat.
+
+Two mechanisms, both as in diffusers' ``StableDiffusionInpaintPipeline``:
+
+* ``Latent.noise_mask`` → :class:`NoiseMaskBlend`: after every step the input
+  latent, noised to the next timestep, is put back where the mask is 0, so the
+  unmasked region ends exactly on the input latent.
+* ``Latent.inpaint`` → :class:`InpaintConcat`: a 9-channel inpainting UNet gets
+  ``[latents, mask, masked_image_latents]`` on its input every step.
+
+Masks are resized to the latent grid with nearest-neighbour sampling, like the
+pipeline. The inpainting concat uses the mask binarised at 0.5 (what inpainting
+models were trained on, and what diffusers feeds them); the noise-mask blend keeps
+soft values, so a feathered mask blends new and old latents proportionally
+(ComfyUI's behaviour). For a binary mask both equal diffusers exactly.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +22,62 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from nodes.diffusion.extensions import SamplerExtension, Step
+from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
+from nodes.diffusion.handles import DiffusionModel, InpaintCondition, Latent
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
 
+#: in_channels of Stable Diffusion inpainting UNets: 4 latents + 1 mask + 4 masked image.
+INPAINT_UNET_CHANNELS = 9
 
-def mask_to_latent(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A MASK ``[B, H, W]`` (or ``[B, 1, H, W]``) resized to latent ``size`` as ``[B, 1, h, w]``.
 
-    Nearest-neighbour, like diffusers' inpainting pipeline.
-    """
+def as_mask4d(mask: torch.Tensor) -> torch.Tensor:
+    """A MASK ``[H, W]``, ``[B, H, W]`` or ``[B, 1, H, W]`` as a float ``[B, 1, H, W]``."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"a mask must be a tensor, got {type(mask).__name__}")
     if mask.dim() == 2:
         mask = mask[None]
     if mask.dim() == 3:
         mask = mask[:, None]
     if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"a mask must be [B, H, W] or [B, 1, H, W], got {tuple(mask.shape)}")
-    if tuple(mask.shape[-2:]) != tuple(size):
-        mask = F.interpolate(mask.float(), size=size)
-    return mask
+        raise ValueError(f"a mask must be [B, H, W] (or [B, 1, H, W]), got {tuple(mask.shape)}")
+    return mask.float() if not mask.is_floating_point() else mask
+
+
+def mask_to_latent(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A mask resized to the latent grid ``size`` as ``[B, 1, h, w]``.
+
+    The mask may be at the latent size or at the pixel size of the image the latent
+    was encoded from: ``k`` times the latent size, plus the remainder the VAE
+    encoder cropped away (the mask is cropped the same way). Nearest-neighbour,
+    like diffusers' inpainting pipeline. A mask of another shape is an error.
+    """
+    mask = as_mask4d(mask)
+    (height, width), (h, w) = mask.shape[-2:], size
+    k = min(height // h, width // w) if height >= h and width >= w else 0
+    if k < 1 or height // k != h or width // k != w:
+        raise ValueError(
+            f"the mask is {width}x{height} but the latent is {w}x{h}; a mask must be at the "
+            f"latent size or at the image size (the latent size times the VAE's downscale)")
+    mask = mask[..., : h * k, : w * k]
+    return F.interpolate(mask, size=(h, w), mode="nearest") if k > 1 else mask
+
+
+def match_batch(value: torch.Tensor, batch: int, what: str,
+                against: str = "latent") -> torch.Tensor:
+    """Repeat a batch of 1 to ``batch``; any other mismatch is an error."""
+    if value.shape[0] == batch:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(batch, *value.shape[1:])
+    raise ValueError(f"the {what} has a batch of {value.shape[0]} but the {against} has "
+                     f"{batch}; use one {what} or one per {against}")
+
+
+def binarize(mask: torch.Tensor) -> torch.Tensor:
+    """1 where ``mask >= 0.5``, else 0 (diffusers' ``VaeImageProcessor.binarize``)."""
+    return (mask >= 0.5).to(mask.dtype)
 
 
 class NoiseMaskBlend(SamplerExtension):
@@ -39,12 +90,10 @@ class NoiseMaskBlend(SamplerExtension):
         self.mask = mask
 
     def setup(self, run: SamplingRun) -> None:
-        mask = mask_to_latent(self.mask, tuple(run.init_latents.shape[-2:]))
-        mask = mask.to(device=run.device, dtype=run.dtype)
-        if mask.shape[0] not in (1, run.init_latents.shape[0]):
-            raise ValueError(f"noise mask batch {mask.shape[0]} does not match the latent batch "
-                             f"{run.init_latents.shape[0]}")
-        run.state[self] = mask
+        latents = run.init_latents
+        mask = mask_to_latent(self.mask, tuple(latents.shape[-2:]))
+        mask = match_batch(mask, latents.shape[0], "noise mask")
+        run.state[self] = mask.to(device=run.device, dtype=run.dtype)
 
     def post_step(self, run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
         mask = run.state[self]
@@ -56,3 +105,59 @@ class NoiseMaskBlend(SamplerExtension):
 
     def teardown(self, run: SamplingRun) -> None:
         run.state.pop(self, None)
+
+
+class InpaintConcat(SamplerExtension):
+    """Concatenate ``[latents, mask, masked_image_latents]`` on the UNet input every step
+    (diffusers' inpainting pipeline with a 9-channel UNet). ``latent_input`` stays the
+    4-channel latent, which is what a ControlNet sees."""
+
+    priority = 10  # fix the UNet's input layout before anything else reads it
+
+    def __init__(self, condition: InpaintCondition):
+        self.condition = condition
+
+    def setup(self, run: SamplingRun) -> None:
+        latents = run.init_latents
+        batch, size = latents.shape[0], tuple(latents.shape[-2:])
+        mask = match_batch(binarize(mask_to_latent(self.condition.mask, size)), batch,
+                           "inpainting mask")
+        masked = self.condition.masked_latents
+        if tuple(masked.shape[-2:]) != size:
+            raise ValueError(f"the masked image latents are {tuple(masked.shape[-2:])} but the "
+                             f"latent is {size}; encode both from the same image")
+        masked = match_batch(masked, batch, "masked image")
+        channels = latents.shape[1] + mask.shape[1] + masked.shape[1]
+        expected = int(run.model.unet.config.in_channels)
+        if channels != expected:
+            raise ValueError(f"the UNet takes {expected} input channels but latents, mask and "
+                             f"masked image give {channels}")
+        run.state[self] = (mask.to(device=run.device, dtype=run.dtype),
+                           masked.to(device=run.device, dtype=run.dtype))
+
+    def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
+        mask, masked = run.state[self]
+        copies = call.sample.shape[0] // mask.shape[0]  # the CFG batch [uncond, cond, ...]
+        call.sample = torch.cat(
+            [call.sample, mask.repeat(copies, 1, 1, 1), masked.repeat(copies, 1, 1, 1)], dim=1)
+
+    def teardown(self, run: SamplingRun) -> None:
+        run.state.pop(self, None)
+
+
+def latent_extensions(model: DiffusionModel, latent: Latent) -> list[SamplerExtension]:
+    """The extensions a LATENT implies for ``model``: the noise-mask blend and, for a
+    9-channel inpainting UNet, the masked-image concat (which such a UNet cannot run
+    without)."""
+    extensions: list[SamplerExtension] = []
+    if latent.noise_mask is not None:
+        extensions.append(NoiseMaskBlend(latent.noise_mask))
+    in_channels = int(getattr(model.unet.config, "in_channels", latent.samples.shape[1]))
+    if in_channels == INPAINT_UNET_CHANNELS and latent.samples.shape[1] != in_channels:
+        if latent.inpaint is None:
+            raise ValueError(
+                "this model is a 9-channel inpainting model: it needs a masked image with the "
+                "latent; make the latent with VAE Encode (for Inpainting) or "
+                "InpaintModelConditioning")
+        extensions.append(InpaintConcat(latent.inpaint))
+    return extensions

@@ -1,0 +1,195 @@
+"""Inpainting: latent noise masks and the masked-image input of inpainting models.
+
+Three ways in, matching diffusers' ``StableDiffusionInpaintPipeline``:
+
+* any model: ``VAEEncode`` → ``SetLatentNoiseMask`` → sampler. The unmasked region
+  is put back after every step (exactly the pipeline with a 4-channel UNet).
+* 9-channel inpainting models: ``InpaintModelConditioning`` encodes the image and
+  the image with its masked pixels grey; the sampler feeds the UNet
+  ``[latents, mask, masked image latents]`` every step (exactly the pipeline
+  when ``noise_mask`` is off; on, the unmasked region is also put back).
+* ``VAEEncodeForInpaint`` (ComfyUI's): the latent *is* the greyed image, with a
+  grown noise mask; for full-denoise inpainting with either kind of model.
+
+Greying pixels in 0..1 to 0.5 is the same as diffusers' ``image * (mask < 0.5)``
+in -1..1, so the greyed latent is diffusers' ``masked_image_latents``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from engine import ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import Conditioning, InpaintCondition, Latent, Vae
+from nodes.diffusion.masking import as_mask4d, binarize, mask_to_latent, match_batch
+from nodes.latent import encode
+from nodes.masks import dilate
+
+
+def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int) -> torch.Tensor:
+    """The mask ``[B, H, W]`` for an IMAGE ``[B, H, W, C]``, cropped as the VAE crops it."""
+    mask = as_mask4d(mask)[:, 0]
+    if pixels.dim() != 4:
+        raise ValueError(f"an image must be [B, H, W, C], got {tuple(pixels.shape)}")
+    if tuple(mask.shape[-2:]) != tuple(pixels.shape[1:3]):
+        raise ValueError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
+                         f"{pixels.shape[2]}x{pixels.shape[1]}; they must be the same size")
+    mask = match_batch(mask, pixels.shape[0], "mask", "image")
+    h, w = pixels.shape[1] // factor * factor, pixels.shape[2] // factor * factor
+    return mask[:, :h, :w].to(pixels.device)
+
+
+def grey_masked(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The image with the pixels where ``mask >= 0.5`` set to grey (0.5)."""
+    h, w = mask.shape[-2:]
+    pixels = pixels[:, :h, :w, :3]
+    hard = binarize(mask)[..., None].to(pixels.dtype)
+    return pixels * (1 - hard) + 0.5 * hard
+
+
+def inpaint_condition(vae: Vae, pixels: torch.Tensor, mask: torch.Tensor,
+                      masked_latents: torch.Tensor | None = None) -> InpaintCondition:
+    """Mask (binary, latent size) and masked-image latents for a 9-channel UNet."""
+    if masked_latents is None:
+        masked_latents = encode(vae, grey_masked(pixels, mask))
+    latent_mask = binarize(mask_to_latent(mask, tuple(masked_latents.shape[-2:])))
+    return InpaintCondition(latent_mask.to(masked_latents.device), masked_latents)
+
+
+class SetLatentNoiseMask(Node):
+    """Only the masked region is repainted; the rest keeps the input latent.
+
+    The mask may be at the latent or the image size. After each step the input
+    latent, noised to the next timestep, is put back where the mask is 0; soft
+    mask values blend proportionally (diffusers binarises at 0.5: put a Threshold
+    Mask in front to match it on a soft mask).
+    """
+
+    TYPE = "SetLatentNoiseMask"
+    DISPLAY_NAME = "Set Latent Noise Mask"
+    CATEGORY = "latent/inpaint"
+    OUTPUTS = (Output("LATENT"),)
+
+    samples: Latent = Input(type="LATENT")
+    mask: torch.Tensor = Input(type="MASK")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        latents = self.samples.samples
+        mask = as_mask4d(self.mask)
+        # Check now, not mid-sampling: size and batch must fit the latent.
+        match_batch(mask_to_latent(mask, tuple(latents.shape[-2:])), latents.shape[0],
+                    "mask")
+        return (replace(self.samples, noise_mask=mask),)
+
+
+class VAEEncodeForInpaint(Node):
+    """Encode an image with its masked pixels grey; the grown mask becomes the noise mask.
+
+    For full-denoise inpainting (the greyed region carries no content to keep).
+    With a 9-channel inpainting model the latent also feeds its masked-image input.
+    ``grow_mask_by`` enlarges the noise mask by about half that many pixels on each
+    side, so the seam is repainted too.
+    """
+
+    TYPE = "VAEEncodeForInpaint"
+    DISPLAY_NAME = "VAE Encode (for Inpainting)"
+    CATEGORY = "latent/inpaint"
+    OUTPUTS = (Output("LATENT"),)
+
+    pixels: torch.Tensor = Input(type="IMAGE")
+    vae: Vae = Input(type="VAE")
+    mask: torch.Tensor = Input(type="MASK")
+    grow_mask_by: int = Input(6, min=0, max=64, step=1)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        mask = fit_mask_to_image(self.mask, self.pixels, self.vae.downscale)
+        grown = dilate(mask, self.grow_mask_by // 2).clamp(0, 1) if self.grow_mask_by else mask
+        samples = encode(self.vae, grey_masked(self.pixels, mask))
+        condition = inpaint_condition(self.vae, self.pixels, grown, masked_latents=samples)
+        return (Latent(samples, noise_mask=grown[:, None], inpaint=condition),)
+
+
+class InpaintModelConditioning(Node):
+    """Prepare inpainting with a 9-channel inpainting model (diffusers' pipeline inputs).
+
+    The latent is the image itself (so ``denoise`` < 1 starts from it, as the
+    pipeline's ``strength``) and carries the mask and masked-image latents the
+    UNet sees every step. ``noise_mask`` also keeps the unmasked region exactly
+    (off reproduces diffusers; on is ComfyUI's default). The conditioning passes
+    through unchanged (it is here for ComfyUI compatibility).
+    """
+
+    TYPE = "InpaintModelConditioning"
+    DISPLAY_NAME = "Inpaint Model Conditioning"
+    CATEGORY = "conditioning/inpaint"
+    OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"),
+               Output("LATENT", "latent"))
+
+    positive: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    vae: Vae = Input(type="VAE")
+    pixels: torch.Tensor = Input(type="IMAGE")
+    mask: torch.Tensor = Input(type="MASK")
+    noise_mask: bool = Input(True, description="Also keep the unmasked region exactly")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning, Latent]:
+        mask = fit_mask_to_image(self.mask, self.pixels, self.vae.downscale)
+        samples = encode(self.vae, self.pixels)
+        condition = inpaint_condition(self.vae, self.pixels, mask)
+        latent = Latent(samples, noise_mask=mask[:, None] if self.noise_mask else None,
+                        inpaint=condition)
+        return self.positive, self.negative, latent
+
+
+class ImageCompositeMasked(Node):
+    """Paste ``source`` onto ``destination`` at (x, y), weighted by ``mask`` (1 = source).
+
+    After inpainting, pasting the decoded result back onto the original through the
+    (blurred) mask keeps the unmasked pixels exactly: the VAE decoder otherwise
+    shifts them a little, since it mixes neighbouring latents.
+    """
+
+    TYPE = "ImageCompositeMasked"
+    DISPLAY_NAME = "Image Composite Masked"
+    CATEGORY = "image"
+    OUTPUTS = (Output("IMAGE"),)
+
+    destination: torch.Tensor = Input(type="IMAGE")
+    source: torch.Tensor = Input(type="IMAGE")
+    x: int = Input(0, min=0, max=16384, step=1)
+    y: int = Input(0, min=0, max=16384, step=1)
+    resize_source: bool = Input(False)
+    mask: torch.Tensor | None = Input(type="MASK", optional=True)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        dest, source = self.destination, self.source.to(self.destination.device)
+        if dest.dim() != 4 or source.dim() != 4 or dest.shape[-1] != source.shape[-1]:
+            raise ValueError(f"destination {tuple(dest.shape)} and source "
+                             f"{tuple(source.shape)} must be IMAGEs with the same channels")
+        if self.resize_source:
+            source = F.interpolate(source.movedim(-1, 1), size=tuple(dest.shape[1:3]),
+                                   mode="bilinear", align_corners=False).movedim(1, -1)
+        batch = max(dest.shape[0], source.shape[0])
+        dest = match_batch(dest, batch, "destination", "source").clone()
+        source = match_batch(source, batch, "source", "destination")
+        h = max(min(source.shape[1], dest.shape[1] - self.y), 0)
+        w = max(min(source.shape[2], dest.shape[2] - self.x), 0)
+        if self.mask is None:
+            weight = torch.ones(1, h, w, 1, device=dest.device)
+        else:
+            mask = as_mask4d(self.mask).to(dest.device)
+            if tuple(mask.shape[-2:]) != tuple(source.shape[1:3]):
+                mask = F.interpolate(mask, size=tuple(source.shape[1:3]), mode="bilinear",
+                                     align_corners=False)
+            weight = match_batch(mask, batch, "mask", "image")[:, 0, :h, :w, None]
+        region = dest[:, self.y:self.y + h, self.x:self.x + w]
+        dest[:, self.y:self.y + h, self.x:self.x + w] = (
+            region * (1 - weight) + source[:, :h, :w] * weight)
+        return (dest,)
+
+
+NODE_CLASSES = (SetLatentNoiseMask, VAEEncodeForInpaint, InpaintModelConditioning,
+                ImageCompositeMasked)

@@ -1,0 +1,75 @@
+"""DDIM inversion nodes: image latents → the noise that DDIM would turn back into them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
+from nodes.diffusion.inversion import LatentTrajectory, ddim_invert
+
+
+class DDIMInvert(Node):
+    """Invert a latent with DDIM (diffusers' DDIMInverseScheduler), image → noise.
+
+    Outputs the inverted latent and the trajectory of every step (LATENT_TRAJECTORY).
+    Sampling the latent with DDIM, the same prompt, cfg and steps, and the sampler's
+    noise addition off (KSamplerAdvanced, add_noise disable) reconstructs the image.
+    ``denoise`` < 1 inverts only that fraction of the schedule: resume it with
+    start_at_step = steps - int(steps * denoise). cfg 1 (no guidance) inverts best.
+    """
+
+    TYPE = "DDIMInvert"
+    DISPLAY_NAME = "DDIM Inversion"
+    CATEGORY = "sampling/inversion"
+    OUTPUTS = (Output("LATENT", "latent"), Output("LATENT_TRAJECTORY", "trajectory"))
+
+    model: DiffusionModel = Input(type="MODEL")
+    positive: Conditioning = Input(type="CONDITIONING")
+    latent: Latent = Input(type="LATENT", description="The clean image latent (VAE Encode)")
+    steps: int = Input(50, min=1, max=1000)
+    cfg: float = Input(1.0, min=0.0, max=100.0, step=0.1,
+                       description="Guidance during inversion; > 1 needs a negative")
+    denoise: float = Input(1.0, min=0.0, max=1.0, step=0.01,
+                           description="Fraction of the schedule to invert")
+    negative: Conditioning | None = Input(type="CONDITIONING", optional=True)
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        steps, denoise = inputs.get("steps"), inputs.get("denoise")
+        if steps is not None and denoise is not None and int(steps * denoise) < 1:
+            return [("denoise", f"denoise {denoise} inverts no step of {steps}")]
+        return []
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent, LatentTrajectory]:
+        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+            ctx.progress(step, total)  # also honours an interrupt
+
+        ctx.check_interrupt()
+        trajectory = ddim_invert(self.model, self.positive, self.negative, self.latent,
+                                 self.steps, self.cfg, self.denoise, callback=on_step)
+        inverted = replace(self.latent, samples=trajectory.latents[-1], noise_mask=None)
+        return inverted, trajectory
+
+
+class LatentFromTrajectory(Node):
+    """The inverted latent at the noise level where a sampler resumes at ``start_at_step``
+    (same steps as the inversion; use with KSamplerAdvanced, add_noise disable)."""
+
+    TYPE = "LatentFromTrajectory"
+    DISPLAY_NAME = "Latent from Trajectory"
+    CATEGORY = "sampling/inversion"
+    OUTPUTS = (Output("LATENT"),)
+
+    trajectory: LatentTrajectory = Input(type="LATENT_TRAJECTORY")
+    start_at_step: int = Input(0, min=0, max=10000)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        return (Latent(self.trajectory.at_start_step(self.start_at_step)),)
+
+
+NODE_CLASSES = (DDIMInvert, LatentFromTrajectory)

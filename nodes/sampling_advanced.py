@@ -1,0 +1,150 @@
+"""KSamplerAdvanced: a window of the schedule, with or without adding noise first.
+
+The same sampling loop as KSampler. A latent handed between samplers with
+leftover noise (``return_with_leftover_noise``, or DDIM inversion) is in the
+variance-preserving space the UNet sees, whatever the sampler, so stages may use
+different samplers. Multistep samplers (DPM++ 2M, UniPC, ...) start their history
+afresh in each stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
+from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
+from nodes.diffusion.masking import mask_to_latent, match_batch
+from nodes.diffusion.preview import latent_preview
+from nodes.diffusion.sampling import SamplingParams, model_input_scale, sample
+from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler, unsupported_combination
+
+ENABLE = ("enable", "disable")
+MAX_STEP = 10000
+
+
+def predicted_original(scheduler: Any, timestep: torch.Tensor, model_input: torch.Tensor,
+                       prediction: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x̂₀ from one UNet prediction at ``timestep`` (``model_input`` is the VP-space input,
+    ``scale`` what ``scale_model_input`` applied: sqrt(ᾱ) for σ-space schedulers, else 1)."""
+    scale = torch.as_tensor(scale, dtype=model_input.dtype)
+    if float(scale) < 1.0:
+        alpha_bar = scale**2
+    else:
+        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(model_input.dtype)
+    alpha_bar = alpha_bar.to(model_input.device)
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return (model_input - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
+    if kind == "v_prediction":
+        return alpha_bar.sqrt() * model_input - (1 - alpha_bar).sqrt() * prediction
+    if kind == "sample":
+        return prediction
+    raise ValueError(f"unknown prediction type {kind!r}")
+
+
+class FinalDenoise(SamplerExtension):
+    """At the window's last step, keep the step's x̂₀ (ComfyUI's force_full_denoise: the
+    last step goes to noise level 0). Made per run; the result lands in ``result``."""
+
+    priority = 950  # after every post-step change
+
+    def __init__(self) -> None:
+        self.result: dict[str, torch.Tensor] = {}
+
+    def unet_inputs(self, run: Any, step: Step, call: UNetCall) -> None:
+        if step.index == step.total - 1:
+            batch = run.init_latents.shape[0]
+            run.state[self] = (call.latent_input[:batch],
+                               model_input_scale(run.scheduler, step.timestep))
+
+    def post_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
+        if step.index == step.total - 1 and step.prediction is not None:
+            model_input, scale = run.state[self]
+            self.result["x0"] = predicted_original(run.scheduler, step.timestep, model_input,
+                                                   step.prediction, scale)
+        return latents
+
+    def teardown(self, run: Any) -> None:
+        run.state.pop(self, None)
+
+
+class KSamplerAdvanced(Node):
+    """Sample steps ``start_at_step`` to ``end_at_step`` of a ``steps``-step schedule.
+
+    ``add_noise`` disable: the latent is already noisy at ``start_at_step`` (from a
+    previous stage with leftover noise, or DDIM inversion). Otherwise it is noised
+    there with ``noise_seed`` (pure noise at step 0, as KSampler).
+    ``return_with_leftover_noise`` disable ends a shortened window on the last
+    step's prediction of the clean latent.
+    """
+
+    TYPE = "KSamplerAdvanced"
+    DISPLAY_NAME = "Sample (Advanced)"
+    CATEGORY = "sampling"
+    OUTPUTS = (Output("LATENT"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    add_noise: str = Input("enable", choices=ENABLE)
+    noise_seed: int = Input(0, min=0, max=2**64 - 1, control_after_generate=True)
+    steps: int = Input(20, min=1, max=10000)
+    cfg: float = Input(8.0, min=0.0, max=100.0, step=0.1)
+    sampler_name: str = Input("euler", choices=tuple(SAMPLERS))
+    scheduler: str = Input("normal", choices=tuple(SCHEDULES))
+    positive: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    latent_image: Latent = Input(type="LATENT")
+    start_at_step: int = Input(0, min=0, max=MAX_STEP)
+    end_at_step: int = Input(MAX_STEP, min=0, max=MAX_STEP)
+    return_with_leftover_noise: str = Input("disable", choices=ENABLE)
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problem = unsupported_combination(inputs["sampler_name"], inputs["scheduler"])
+        return [("scheduler", problem)] if problem else []
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        end = min(self.end_at_step, self.steps)
+        if self.start_at_step >= end:
+            return (self.latent_image,)  # an empty window leaves the latent as it is
+        stops_early = end < self.steps
+        params = SamplingParams(seed=self.noise_seed, steps=self.steps, cfg=self.cfg,
+                                start_step=self.start_at_step,
+                                end_step=end if stops_early else None,
+                                add_noise=self.add_noise == "enable")
+        model = self.model
+        final = None
+        if stops_early and self.return_with_leftover_noise == "disable":
+            final = FinalDenoise()
+            model = model.with_extension(final)  # a handle for this run only
+        scheduler = make_scheduler(self.sampler_name, self.scheduler, model.scheduler_config)
+        want_preview = bool(ctx.extra.get("preview"))
+
+        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+            preview = latent_preview(latents, model.family) if want_preview else None
+            ctx.progress(step, total, preview)
+
+        ctx.check_interrupt()
+        samples = sample(model, scheduler, self.positive, self.negative, self.latent_image,
+                         params, callback=on_step)
+        if final is not None:
+            samples = self._keep_unmasked(final.result["x0"])
+        return (replace(self.latent_image, samples=samples),)
+
+    def _keep_unmasked(self, x0: torch.Tensor) -> torch.Tensor:
+        """The noise mask's kept region is the input latent itself once fully denoised."""
+        latent = self.latent_image
+        if latent.noise_mask is None:
+            return x0
+        init = latent.samples.to(device=x0.device, dtype=x0.dtype)
+        mask = mask_to_latent(latent.noise_mask, tuple(init.shape[-2:]))
+        mask = match_batch(mask, init.shape[0], "noise mask").to(device=x0.device,
+                                                                 dtype=x0.dtype)
+        return (1 - mask) * init + mask * x0
+
+
+NODE_CLASSES = (KSamplerAdvanced,)
