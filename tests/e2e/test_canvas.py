@@ -340,3 +340,14 @@ def test_save_downloads_the_document(page):
     assert saved["prompt"][show]["inputs"] == {"value": [a, 0]}
     assert set(saved["layout"]["nodes"]) == {a, show}
     assert {"x", "y", "zoom"} <= set(saved["layout"]["viewport"])
+
+
+def test_first_visit_opens_the_default_graph(browser_context, server):
+    page = browser_context.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelectorAll('.react-flow__node').length === 7")
+    doc = page.evaluate("() => window.steerflow.getDocument()")
+    types = sorted(node["class_type"] for node in doc["prompt"].values())
+    assert types == sorted(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode",
+                            "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"])
+    page.close()

@@ -25,6 +25,7 @@ import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType
 import { SidePanel } from "./panels/SidePanel";
 
 const AUTOSAVE_KEY = "steerflow.autosave";
+const DEFAULT_WORKFLOW = "txt2img.json";
 const CLIPBOARD_KEY = "steerflow.clipboard";
 const nodeTypes = { sf: SfNode };
 const params = new URLSearchParams(window.location.search);
@@ -227,7 +228,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   // Restore the last session's graph once.
   useEffect(() => {
     const saved = localStorage.getItem(AUTOSAVE_KEY);
-    if (!saved) return;
+    if (!saved) {
+      // A first visit opens the default text-to-image graph, ready to queue.
+      getWorkflow(DEFAULT_WORKFLOW)
+        .then((doc) => loadObject(doc, DEFAULT_WORKFLOW))
+        .catch(() => { /* no examples on this server: start empty */ });
+      return;
+    }
     try {
       const doc = JSON.parse(saved);
       const { graph } = documentToGraph(doc, defsRef.current);
