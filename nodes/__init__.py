@@ -58,15 +58,24 @@ def setup(env: Environment) -> None:
 
 
 EXAMPLE_ASSETS = Path(__file__).resolve().parents[1] / "workflows" / "assets"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def seed_example_inputs(env: Environment) -> None:
-    """Copy the example workflows' input images into input/ unless a file of that name exists,
-    so every workflow in workflows/ runs as shipped."""
+    """Copy what the example workflows read — images into input/, and
+    ``assets/<folder>/`` files (e.g. loras/) into models/<folder>/ — unless a file of
+    that name exists, so every workflow in workflows/ runs as shipped."""
     if not EXAMPLE_ASSETS.is_dir():
         return
-    target = env.folder("input", create=True)
     for src in EXAMPLE_ASSETS.iterdir():
-        is_image = src.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
-        if is_image and src.is_file() and not (target / src.name).exists():
-            shutil.copyfile(src, target / src.name)
+        if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+            _copy_new(src, env.folder("input", create=True))
+        elif src.is_dir() and src.name in MODEL_FOLDERS:
+            for item in src.iterdir():
+                if item.is_file():
+                    _copy_new(item, env.folder("models", src.name, create=True))
+
+
+def _copy_new(src: Path, folder: Path) -> None:
+    if not (folder / src.name).exists():
+        shutil.copyfile(src, folder / src.name)
