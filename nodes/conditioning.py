@@ -118,4 +118,37 @@ class CLIPTextEncode(Node):
         return (Conditioning((CondEntry(embeds),)),)
 
 
-NODE_CLASSES = (CLIPTextEncode,)
+class ConditioningCombine(Node):
+    """Combine two conditionings: the sampler averages their noise predictions
+    (composable diffusion's AND; each entry weighted by its strength, default 1)."""
+
+    TYPE = "ConditioningCombine"
+    DISPLAY_NAME = "Conditioning Combine"
+    CATEGORY = "conditioning"
+    OUTPUTS = (Output("CONDITIONING"),)
+
+    conditioning_1: Conditioning = Input(type="CONDITIONING")
+    conditioning_2: Conditioning = Input(type="CONDITIONING")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        return (Conditioning((*self.conditioning_1.entries, *self.conditioning_2.entries)),)
+
+
+class ConditioningSetStrength(Node):
+    """Set the weight of a conditioning's entries when they are combined with others."""
+
+    TYPE = "ConditioningSetStrength"
+    DISPLAY_NAME = "Conditioning Set Strength"
+    CATEGORY = "conditioning"
+    OUTPUTS = (Output("CONDITIONING"),)
+
+    conditioning: Conditioning = Input(type="CONDITIONING")
+    strength: float = Input(1.0, min=0.0, max=10.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        entries = tuple(CondEntry(e.embeds, {**e.options, "strength": self.strength})
+                        for e in self.conditioning.entries)
+        return (Conditioning(entries),)
+
+
+NODE_CLASSES = (CLIPTextEncode, ConditioningCombine, ConditioningSetStrength)

@@ -9,6 +9,7 @@ Phases, in the order one step runs them:
 ``attention``       once per run: attention processors for chosen layers only
 ``pre_step``        change latents before the UNet (may use autograd)
 ``unet_inputs``     add residuals / channels / kwargs to this step's UNet call
+``predictions``     replace the uncond/cond predictions (e.g. average combined prompts)
 ``guidance``        change the guidance term given every noise prediction
 ``post_step``       blend latents after ``scheduler.step`` (masks, trajectories)
 ``teardown``        once per run, always (even on error or interrupt)
@@ -105,6 +106,9 @@ class SamplerExtension:
 
     def unet_inputs(self, run: Any, step: Step, call: UNetCall) -> None:
         """Edit ``call`` (residuals, channels, kwargs) for this step."""
+
+    def predictions(self, run: Any, step: Step, preds: Predictions) -> None:
+        """Edit ``preds.uncond`` / ``preds.cond`` in place before guidance is formed."""
 
     def guidance(self, run: Any, step: Step, preds: Predictions,
                  guidance: torch.Tensor) -> torch.Tensor:

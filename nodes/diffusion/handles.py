@@ -90,11 +90,9 @@ class Conditioning:
 
     @property
     def embeds(self) -> torch.Tensor:
-        if len(self.entries) == 1:
-            return self.entries[0].embeds
-        # Entries of different token lengths are concatenated along the token
-        # axis only if equal; otherwise the sampler handles them one by one.
-        return torch.cat([e.embeds for e in self.entries], dim=1)
+        """The first entry's embeddings: the batch's own; further entries (Conditioning
+        Combine) are evaluated as extra batch entries and their predictions averaged."""
+        return self.entries[0].embeds
 
 
 @dataclass(frozen=True)

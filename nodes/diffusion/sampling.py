@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from nodes.diffusion.combine import CombinedConditioning
 from nodes.diffusion.extensions import (
     Predictions,
     SamplerExtension,
@@ -169,7 +170,10 @@ def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: 
     """Extensions attached to the model, to either conditioning, and implied by the latent."""
     from_cond = [ext for cond in (positive, negative) for entry in cond.entries
                  for ext in entry.options.get("extensions", ())]
-    return unique_extensions(model.extensions, from_cond, latent_extensions(model, latent))
+    combined = ([CombinedConditioning(positive, negative)]
+                if len(positive.entries) > 1 or len(negative.entries) > 1 else [])
+    return unique_extensions(combined, model.extensions, from_cond,
+                             latent_extensions(model, latent))
 
 
 @torch.no_grad()
@@ -235,6 +239,8 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                 chunks = noise_pred.chunk(n_chunks)
                 preds = Predictions(chunks[0], chunks[1], {
                     key: chunks[a:b] for key, (a, b) in extra_slices.items()})
+                for ext in exts:
+                    ext.predictions(run, step, preds)
                 guidance = params.cfg * (preds.cond - preds.uncond)
                 for ext in exts:
                     guidance = ext.guidance(run, step, preds, guidance)

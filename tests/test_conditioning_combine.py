@@ -1,0 +1,84 @@
+"""Conditioning Combine averages the noise predictions of its prompts."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from engine.session import Session
+from nodes.diffusion.handles import CondEntry, Conditioning, DiffusionModel, Latent
+from nodes.diffusion.sampling import SamplingParams, sample
+from nodes.diffusion.schedulers import make_scheduler
+from tests.graph_nodes import CAPTURED, registry_with_capture
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_model_paths):
+    from nodes.diffusion.loading import load_components
+
+    return load_components(tiny_model_paths["diffusers"])
+
+
+def embeds(parts, text):
+    from nodes.conditioning import encode_text
+    from nodes.diffusion.handles import TextEncoder
+
+    return encode_text(TextEncoder(parts.text_encoder, parts.tokenizer), text)
+
+
+def test_combined_prediction_is_the_weighted_mean(parts):
+    """One step by hand: the sampler's prediction equals uncond + cfg (mean(conds) - uncond)."""
+    model = DiffusionModel(parts.unet, dict(parts.scheduler_config))
+    a, b, neg = embeds(parts, "a red circle"), embeds(parts, "a blue square"), embeds(parts, "")
+    positive = Conditioning((CondEntry(a, {"strength": 1.0}), CondEntry(b, {"strength": 3.0})))
+    negative = Conditioning((CondEntry(neg),))
+    latent = Latent(torch.zeros(1, 4, 8, 8))
+    params = SamplingParams(seed=5, steps=1, cfg=4.0)
+    ours = sample(model, make_scheduler("euler", "normal", model.scheduler_config), positive,
+                  negative, latent, params)
+    scheduler = make_scheduler("euler", "normal", model.scheduler_config)
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    x = noise * scheduler.init_noise_sigma
+    inp = scheduler.scale_model_input(x, t)
+    with torch.no_grad():
+        eps = [parts.unet(inp, t, encoder_hidden_states=e).sample for e in (neg, a, b)]
+    pred = eps[0] + 4.0 * ((1.0 * eps[1] + 3.0 * eps[2]) / 4.0 - eps[0])
+    expected = scheduler.step(pred, t, x).prev_sample
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_combine_nodes_in_a_graph(models_dir, tmp_path):
+    session = Session(tmp_path, models_dir=models_dir, device="cpu",
+                      registry=registry_with_capture())
+
+    def run(positive):
+        key = uuid.uuid4().hex
+        prompt = {
+            "4": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "steerflow-tiny"}},
+            "a": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
+                                                             "clip": ["4", 1]}},
+            "b": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
+                                                             "clip": ["4", 1]}},
+            "bs": {"class_type": "ConditioningSetStrength",
+                   "inputs": {"conditioning": ["b", 0], "strength": 0.0}},
+            "ab": {"class_type": "ConditioningCombine",
+                   "inputs": {"conditioning_1": ["a", 0], "conditioning_2": ["bs", 0]}},
+            "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+            "3": {"class_type": "KSampler", "inputs": {
+                "model": ["4", 0], "seed": 1, "steps": 3, "cfg": 5.0, "sampler_name": "ddim",
+                "scheduler": "normal", "positive": positive, "negative": ["n", 0],
+                "latent_image": ["5", 0]}},
+            "c": {"class_type": "TestCapture", "inputs": {"value": ["3", 0], "key": key}},
+        }
+        assert session.run(prompt).ok
+        return CAPTURED.pop(key).samples.numpy()
+
+    # a second prompt at strength 0 contributes nothing: same as the first alone
+    assert np.abs(run(["ab", 0]) - run(["a", 0])).max() < 1e-5
