@@ -49,7 +49,21 @@ def _patch_model(model: DiffusionModel, lora: LoraFile, strength: float) -> Diff
     return replace(model, patches=(*model.patches, patch)) if patch is not None else model
 
 
-class LoraLoader(Node):
+class _LoraFileNode(Node):
+    """Shared by the LoRA loaders: the file's identity is part of the cache signature,
+    and a pickle file is refused before running unless the user opted in."""
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        return _lora_fingerprint(inputs, env)
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return _pickle_problem(inputs, env)
+
+
+class LoraLoader(_LoraFileNode):
     """Apply a LoRA to the model and the text encoder.
 
     Chain several loaders to stack LoRAs. The weights are patched only while the
@@ -70,15 +84,6 @@ class LoraLoader(Node):
     strength_clip: float = Input(1.0, min=-100.0, max=100.0, step=0.01,
                                  description="Scale of the LoRA's change to the text encoder")
 
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return _lora_fingerprint(inputs, env)
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return _pickle_problem(inputs, env)
-
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder]:
         if self.strength_model == 0 and self.strength_clip == 0:
             return self.model, self.clip
@@ -94,7 +99,7 @@ class LoraLoader(Node):
         return model, clip
 
 
-class LoraLoaderModelOnly(Node):
+class LoraLoaderModelOnly(_LoraFileNode):
     """Apply a LoRA to the model only (its text-encoder layers, if any, are ignored)."""
 
     TYPE = "LoraLoaderModelOnly"
@@ -105,15 +110,6 @@ class LoraLoaderModelOnly(Node):
     model: DiffusionModel = Input(type="MODEL")
     lora_name: str = Input(..., choices=list_loras, description="A file in models/loras")
     strength_model: float = Input(1.0, min=-100.0, max=100.0, step=0.01)
-
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return _lora_fingerprint(inputs, env)
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return _pickle_problem(inputs, env)
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         if self.strength_model == 0:

@@ -10,8 +10,25 @@ import torch
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
 from nodes.diffusion.preview import latent_preview
-from nodes.diffusion.sampling import SamplingParams, sample
+from nodes.diffusion.sampling import SamplingParams, StepCallback, sample
 from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler, unsupported_combination
+
+
+def sampler_problems(inputs: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """A validation issue when the sampler cannot use the schedule (e.g. ddim + karras)."""
+    problem = unsupported_combination(inputs["sampler_name"], inputs["scheduler"])
+    return [("scheduler", problem)] if problem else []
+
+
+def step_reporter(ctx: ExecutionContext, model: DiffusionModel) -> StepCallback:
+    """Progress every step (which also honours interrupt), with a live latent preview
+    when a client asked for previews."""
+    want_preview = bool(ctx.extra.get("preview"))
+
+    def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+        ctx.progress(step, total, latent_preview(latents, model.family) if want_preview else None)
+
+    return on_step
 
 
 class KSampler(Node):
@@ -42,22 +59,15 @@ class KSampler(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        problem = unsupported_combination(inputs["sampler_name"], inputs["scheduler"])
-        return [("scheduler", problem)] if problem else []
+        return sampler_problems(inputs)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         scheduler = make_scheduler(self.sampler_name, self.scheduler, self.model.scheduler_config)
         params = SamplingParams(seed=self.seed, steps=self.steps, cfg=self.cfg,
                                 denoise=self.denoise)
-        want_preview = bool(ctx.extra.get("preview"))
-
-        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
-            preview = latent_preview(latents, self.model.family) if want_preview else None
-            ctx.progress(step, total, preview)
-
         ctx.check_interrupt()
         samples = sample(self.model, scheduler, self.positive, self.negative,
-                         self.latent_image, params, callback=on_step)
+                         self.latent_image, params, callback=step_reporter(ctx, self.model))
         # keep the mask and inpaint data so a second pass sees the same latent
         return (replace(self.latent_image, samples=samples),)
 

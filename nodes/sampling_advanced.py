@@ -18,9 +18,9 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
 from nodes.diffusion.masking import mask_to_latent, match_batch
-from nodes.diffusion.preview import latent_preview
 from nodes.diffusion.sampling import SamplingParams, model_input_scale, sample
-from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler, unsupported_combination
+from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler
+from nodes.sampling import sampler_problems, step_reporter
 
 ENABLE = ("enable", "disable")
 MAX_STEP = 10000
@@ -104,8 +104,7 @@ class KSamplerAdvanced(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        problem = unsupported_combination(inputs["sampler_name"], inputs["scheduler"])
-        return [("scheduler", problem)] if problem else []
+        return sampler_problems(inputs)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         end = min(self.end_at_step, self.steps)
@@ -122,15 +121,9 @@ class KSamplerAdvanced(Node):
             final = FinalDenoise()
             model = model.with_extension(final)  # a handle for this run only
         scheduler = make_scheduler(self.sampler_name, self.scheduler, model.scheduler_config)
-        want_preview = bool(ctx.extra.get("preview"))
-
-        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
-            preview = latent_preview(latents, model.family) if want_preview else None
-            ctx.progress(step, total, preview)
-
         ctx.check_interrupt()
         samples = sample(model, scheduler, self.positive, self.negative, self.latent_image,
-                         params, callback=on_step)
+                         params, callback=step_reporter(ctx, model))
         if final is not None:
             samples = self._keep_unmasked(final.result["x0"])
         return (replace(self.latent_image, samples=samples),)

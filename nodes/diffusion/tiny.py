@@ -137,34 +137,42 @@ def save_tiny_model(target_dir: Path, seed: int = 0) -> dict[str, Path]:
     return {"diffusers": folder, "single_file": single}
 
 
-def ensure_default_model(models_dir: Path) -> Path:
-    """Make sure the tiny model exists under ``models_dir/checkpoints``; return its folder.
+def ensure_built(models_dir: Path, folder_role: str, name: str, marker: str,
+                 build: Callable[[Path], dict[str, Path]]) -> Path:
+    """Make sure ``models_dir/folder_role/name`` (a diffusers folder whose ``marker`` file
+    proves it complete) and ``name.safetensors`` exist; build them if not.
 
-    Built in a temporary folder and renamed into place, so a crash or a
-    concurrent caller never leaves a half-written model behind.
+    Built in a temporary folder and renamed into place, so a crash or a concurrent
+    caller never leaves a half-written model behind. Returns the folder.
     """
-    checkpoints = Path(models_dir) / "checkpoints"
-    folder = checkpoints / TINY_NAME
-    single = checkpoints / f"{TINY_NAME}.safetensors"
-    if (folder / "model_index.json").is_file() and single.is_file():
+    target = Path(models_dir) / folder_role
+    folder = target / name
+    single = target / f"{name}.safetensors"
+    if (folder / marker).is_file() and single.is_file():
         return folder
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    # Outside checkpoints/ so model listings never see the half-built copy; same
+    target.mkdir(parents=True, exist_ok=True)
+    # Outside the role folder so model listings never see the half-built copy; same
     # filesystem so the final moves are atomic renames.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=models_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
-        paths = save_tiny_model(tmp)
+        paths = build(tmp)
         if not single.is_file():
             os.replace(paths["single_file"], single)
-        if not (folder / "model_index.json").is_file():
+        if not (folder / marker).is_file():
             if folder.exists():
                 shutil.rmtree(folder)  # an earlier, incomplete copy
             try:
                 os.replace(paths["diffusers"], folder)
             except OSError:
                 # Another process won the race; its copy is identical.
-                if not (folder / "model_index.json").is_file():
+                if not (folder / marker).is_file():
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def ensure_default_model(models_dir: Path) -> Path:
+    """Make sure the tiny model exists under ``models_dir/checkpoints``; return its folder."""
+    return ensure_built(models_dir, "checkpoints", TINY_NAME, "model_index.json",
+                        save_tiny_model)

@@ -8,15 +8,12 @@ and would change nothing; those are re-initialised so tests can see its effect.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from nodes.diffusion.controlnet_loading import save_original_controlnet
-from nodes.diffusion.tiny import UNET_CONFIG, _seeded
+from nodes.diffusion.tiny import UNET_CONFIG, _seeded, ensure_built
 
 TINY_CONTROLNET_NAME = "steerflow-tiny-controlnet"
 
@@ -61,34 +58,6 @@ def save_tiny_controlnet(target_dir: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def ensure_default_controlnet(models_dir: Path) -> Path:
-    """Make sure the tiny ControlNet exists under ``models_dir/controlnet``; return its folder.
-
-    Built in a temporary folder and renamed into place, so a crash or a
-    concurrent caller never leaves a half-written model behind.
-    """
-    target = Path(models_dir) / "controlnet"
-    folder = target / TINY_CONTROLNET_NAME
-    single = target / f"{TINY_CONTROLNET_NAME}.safetensors"
-    if (folder / "config.json").is_file() and single.is_file():
-        return folder
-    target.mkdir(parents=True, exist_ok=True)
-    # Outside controlnet/ so listings never see the half-built copy; same
-    # filesystem so the final moves are atomic renames.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-controlnet-", dir=models_dir))
-    try:
-        paths = save_tiny_controlnet(tmp)
-        if not single.is_file():
-            os.replace(paths["single_file"], single)
-        if not (folder / "config.json").is_file():
-            if folder.exists():
-                shutil.rmtree(folder)  # an earlier, incomplete copy
-            try:
-                os.replace(paths["diffusers"], folder)
-            except OSError:
-                # Another process won the race; its copy is identical.
-                if not (folder / "config.json").is_file():
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
+    """Make sure the tiny ControlNet exists under ``models_dir/controlnet``; return its folder."""
+    return ensure_built(models_dir, "controlnet", TINY_CONTROLNET_NAME, "config.json",
+                        save_tiny_controlnet)
