@@ -36,8 +36,9 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "error: install Debian's chromium (sudo apt-get install chromium)"; exit 1; fi; }
 
+# The main job: the server with the canvas on the built-in model (Ctrl+C stops it).
 run: venv web
-	$(BIN)/steerflow run workflows/txt2img.json
+	$(BIN)/steerflow serve --host 127.0.0.1 --port $${PORT:-8188}
 
 test: venv web browser
 	$(BIN)/ruff check .
@@ -47,9 +48,11 @@ test: venv web browser
 lint: venv
 	$(BIN)/ruff check .
 
-bench: venv web
+bench: venv web browser
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_controlled.py
+	$(BIN)/python bench/bench_server.py
+	$(BIN)/python bench/bench_canvas.py
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist
