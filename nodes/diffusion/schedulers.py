@@ -29,6 +29,10 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
         {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
     ),
     "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    # ComfyUI's GPU-noise variants: the same samplers here (our noise is always CPU-seeded)
+    "dpmpp_2m_sde_gpu": ("DPMSolverMultistepScheduler",
+                         {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpmpp_sde_gpu": ("DPMSolverSDEScheduler", {}),
     "dpmpp_2s_ancestral": (
         "DPMSolverSinglestepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
