@@ -1,0 +1,1 @@
+"""Train Steerflow's default model on the generated shapes world (see README.md)."""

@@ -1,0 +1,70 @@
+"""Package trained stages as the engine loads models: diffusers folders + single files.
+
+``<out>/export`` is laid out as a models folder: ``checkpoints/steerflow-shapes/``
+(a ``StableDiffusionPipeline`` folder) and ``checkpoints/steerflow-shapes.safetensors``
+(original layout, configs in the metadata, via ``save_original_checkpoint``), and
+the same pair under ``controlnet/`` when the ControlNet stage has run. They load
+with ``nodes.diffusion.loading.load_components`` / ``controlnet_loading.load_controlnet``,
+and a ``Session(models_dir=<out>/export)`` finds them by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel, PNDMScheduler, StableDiffusionPipeline
+
+from nodes.diffusion.controlnet_loading import save_original_controlnet
+from nodes.diffusion.original_layout import save_original_checkpoint
+from nodes.diffusion.tokenizer import load_clip_tokenizer
+from training.models import CONTROLNET_NAME, MODEL_NAME, SCHEDULER_CONFIG
+from training.train import StageOptions, load_text_encoder, load_unet, load_vae
+
+
+def _contiguous(module: torch.nn.Module) -> None:
+    # EMA copies and transposed views can leave non-contiguous weights; safetensors refuses them.
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
+
+
+def export_model(out_dir: Path, target: Path | None = None) -> dict[str, Path]:
+    """Export the run in ``out_dir`` into the models folder ``target`` (default
+    ``<out_dir>/export``); returns the written paths by kind."""
+    opts = StageOptions(out_dir=Path(out_dir))
+    target = Path(target) if target is not None else Path(out_dir) / "export"
+    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
+    vae, text_encoder, unet = load_vae(opts), load_text_encoder(opts), load_unet(opts)
+    for module in (vae, text_encoder, unet):
+        _contiguous(module)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=load_clip_tokenizer(), unet=unet,
+        scheduler=PNDMScheduler.from_config(SCHEDULER_CONFIG), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    checkpoints, controlnets = target / "checkpoints", target / "controlnet"
+    paths = {"diffusers": checkpoints / MODEL_NAME,
+             "single_file": checkpoints / f"{MODEL_NAME}.safetensors"}
+    pipe.save_pretrained(paths["diffusers"], safe_serialization=True)
+    save_original_checkpoint(paths["single_file"], unet=unet, vae=vae,
+                             text_encoder=text_encoder,
+                             scheduler_config=dict(pipe.scheduler.config), family="sd1")
+    controlnet_dir = opts.final("controlnet")
+    if (controlnet_dir / "config.json").is_file():
+        net = ControlNetModel.from_pretrained(controlnet_dir, local_files_only=True).eval()
+        _contiguous(net)
+        controlnets.mkdir(exist_ok=True)
+        paths["controlnet"] = controlnets / CONTROLNET_NAME
+        paths["controlnet_single_file"] = controlnets / f"{CONTROLNET_NAME}.safetensors"
+        net.save_pretrained(paths["controlnet"], safe_serialization=True)
+        save_original_controlnet(paths["controlnet_single_file"], net)
+    return paths
+
+
+def disk_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
