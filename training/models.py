@@ -16,6 +16,8 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from nodes.diffusion.tiny import SCHEDULER_CONFIG as TINY_SCHEDULER_CONFIG
+
 MODEL_NAME = "steerflow-shapes"
 CONTROLNET_NAME = "steerflow-shapes-controlnet"
 
@@ -72,18 +74,9 @@ UNET_CONFIG: dict[str, Any] = {
 # from one file. Binary masks need few channels; these keep 128x128 cheap.
 CONTROLNET_HINT_CHANNELS: tuple[int, ...] = (4, 8, 16, 32)
 
-# SD 1.5's training schedule (scaled_linear 0.00085-0.012, epsilon prediction).
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "steps_offset": 1,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-}
+# SD 1.5's training schedule (scaled_linear 0.00085-0.012, epsilon prediction): the
+# same config the built-in tiny model ships, so both load the same way.
+SCHEDULER_CONFIG: dict[str, Any] = dict(TINY_SCHEDULER_CONFIG)
 
 
 @dataclass
