@@ -45,7 +45,9 @@ MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings")
 
 
 def setup(env: Environment) -> None:
-    """Create the models/ tree and the built-in default model (offline, on first run)."""
+    """Create the models/ tree and the built-in models (offline, on first run): the trained
+    default ``steerflow-shapes`` with its ControlNet, and the random ``steerflow-tiny``."""
+    from nodes.diffusion.shapes_model import ensure_shapes_model
     from nodes.diffusion.tiny import ensure_default_model
     from nodes.diffusion.tiny_controlnet import ensure_default_controlnet
 
@@ -54,6 +56,7 @@ def setup(env: Environment) -> None:
         (models / name).mkdir(exist_ok=True)
     ensure_default_model(models)
     ensure_default_controlnet(models)
+    ensure_shapes_model(models)
     seed_example_inputs(env)
 
 

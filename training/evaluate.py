@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from nodes.diffusion.shapes_model import SHAPES_CONTROLNET_NAME as CONTROLNET_NAME
+from nodes.diffusion.shapes_model import SHAPES_NAME as MODEL_NAME
 from training import judge
-from training.models import CONTROLNET_NAME, MODEL_NAME
 from training.shapes import COLORS, ShapesSample, generate
 
 TARGETS: dict[str, float] = {"color": 0.90, "shape": 0.80, "position": 0.80, "sega_edit": 0.70,

@@ -17,9 +17,15 @@ from diffusers import ControlNetModel, PNDMScheduler, StableDiffusionPipeline
 
 from nodes.diffusion.controlnet_loading import save_original_controlnet
 from nodes.diffusion.original_layout import save_original_checkpoint
+from nodes.diffusion.shapes_model import SHAPES_CONTROLNET_NAME as CONTROLNET_NAME
+from nodes.diffusion.shapes_model import SHAPES_NAME as MODEL_NAME
+from nodes.diffusion.shapes_model import WEIGHTS_DIR, save_half_precision
 from nodes.diffusion.tokenizer import load_clip_tokenizer
-from training.models import CONTROLNET_NAME, MODEL_NAME, SCHEDULER_CONFIG
+from training.models import SCHEDULER_CONFIG
 from training.train import StageOptions, load_text_encoder, load_unet, load_vae
+from training.train_lora import LORA_NAME
+
+EXAMPLE_LORAS = Path(__file__).resolve().parents[1] / "workflows" / "assets" / "loras"
 
 
 def _contiguous(module: torch.nn.Module) -> None:
@@ -68,3 +74,28 @@ def disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def ship_weights(export_dir: Path, weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
+    """Copy the exported single files, in float16, to where the repository ships them
+    (``nodes/assets/weights``); set-up derives the diffusers folders from them."""
+    export_dir, weights_dir = Path(export_dir), Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    shipped = []
+    for role, name in (("checkpoints", MODEL_NAME), ("controlnet", CONTROLNET_NAME)):
+        src = export_dir / role / f"{name}.safetensors"
+        if src.is_file():
+            shipped.append(weights_dir / src.name)
+            save_half_precision(src, shipped[-1])
+    return shipped
+
+
+def ship_lora(out_dir: Path, assets_dir: Path = EXAMPLE_LORAS) -> Path | None:
+    """Copy the example LoRA (``train_lora``), in float16, beside the example workflows;
+    set-up copies it into models/loras."""
+    src = Path(out_dir) / "lora" / f"{LORA_NAME}.safetensors"
+    if not src.is_file():
+        return None
+    Path(assets_dir).mkdir(parents=True, exist_ok=True)
+    save_half_precision(src, Path(assets_dir) / src.name)
+    return Path(assets_dir) / src.name

@@ -178,6 +178,11 @@ def train_loop(name: str, cfg: LoopConfig, modules: dict[str, torch.nn.Module],
             recent = result.losses[-cfg.log_every:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}",
                             lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            if not cfg.progress and step % (cfg.log_every * 5) == 0:
+                # A plain line for logs, where a redrawn bar would be noise.
+                elapsed = time.perf_counter() - t0
+                print(f"{name} {step}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
+                      f"{elapsed / (step - result.start_step):.3f} s/step", flush=True)
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_checkpoint(checkpoint_dir / f"checkpoint-{step}.pt", step, modules, optimizer,
                             lr_scheduler, ema)

@@ -18,9 +18,6 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from nodes.diffusion.tiny import SCHEDULER_CONFIG as TINY_SCHEDULER_CONFIG
 
-MODEL_NAME = "steerflow-shapes"
-CONTROLNET_NAME = "steerflow-shapes-controlnet"
-
 # Downscale 4 (three VAE levels): 64x64 images ↔ 16x16x4 latents. A small shape
 # (~14 px) then spans 3-4 latent pixels instead of 1-2: at equal steps and time
 # the 8x VAE reconstructed 3 dB worse (README: "VAE downscale"). 16 channels at

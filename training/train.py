@@ -330,7 +330,7 @@ def loop_config(args: argparse.Namespace, defaults: dict[str, float | int],
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("vae", "text", "unet", "export"))
+    parser.add_argument("stage", choices=("vae", "text", "unet", "export", "ship"))
     add_common_args(parser)
     parser.add_argument("--crop", type=int, default=32, help="vae: training crop size")
     parser.add_argument("--latent-cache", type=int, default=32768,
@@ -345,6 +345,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         for kind, path in export_model(args.out).items():
             print(f"{kind}: {path}")
+        return
+    if args.stage == "ship":
+        from training.export import ship_lora, ship_weights
+
+        shipped = [*ship_weights(Path(args.out) / "export"), ship_lora(args.out)]
+        for path in filter(None, shipped):
+            print(f"shipped (float16): {path} ({path.stat().st_size / 2**20:.2f} MiB)")
         return
     defaults = STAGE_DEFAULTS[args.stage]
     batch = int(args.batch_size or defaults["batch_size"])
