@@ -7,9 +7,9 @@ import pytest
 from engine.session import Session
 
 COMFY_PROMPT = {
-    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-shapes"}},
     "10": {"class_type": "LoraLoader", "inputs": {
-        "model": ["4", 0], "clip": ["4", 1], "lora_name": "steerflow-tiny-lora.safetensors",
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": "steerflow-shapes-night.safetensors",
         "strength_model": 0.7, "strength_clip": 0.7}},
     "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["10", 1]}},
     "16": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue sky", "clip": ["10", 1]}},
@@ -17,7 +17,7 @@ COMFY_PROMPT = {
            "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["16", 0]}},
     "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["10", 1]}},
     "11": {"class_type": "ControlNetLoader",
-           "inputs": {"control_net_name": "steerflow-tiny-controlnet"}},
+           "inputs": {"control_net_name": "steerflow-shapes-controlnet"}},
     "12": {"class_type": "LoadImage", "inputs": {"image": "controlnet_control.png",
                                                  "upload": "image"}},
     "13": {"class_type": "ControlNetApplyAdvanced", "inputs": {

@@ -22,7 +22,7 @@ PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
 SIZE, STEPS, SEED, CFG = 64, 4, 3, 7.5
 WORKFLOW = Path("workflows/lora.json")
-ASSET = Path("workflows/assets/loras/steerflow-tiny-lora.safetensors")
+ASSET = Path("workflows/assets/loras/steerflow-shapes-night.safetensors")
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
                 "ff.net.2", "down_blocks.0.resnets.0.conv1")
@@ -32,11 +32,7 @@ Layers = dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]
 
 
 def random_lora(seed: int, rank: int = 4, up_scale: float = 0.3) -> Layers:
-    """Random LoRA layers ``{component: {module: (down, up)}}`` for the tiny model.
-
-    Also how workflows/assets/loras/steerflow-tiny-lora.safetensors was made
-    (``save_kohya(path, random_lora(7), alpha=2.0)``, then converted to float16).
-    """
+    """Random LoRA layers ``{component: {module: (down, up)}}`` for the tiny model."""
     pipe = build_tiny_pipeline()
     g = torch.Generator().manual_seed(seed)
     out: Layers = {}

@@ -183,7 +183,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         "controlnet": train_controlnet.train_controlnet(opts, loop(12, 2e-3), batch_size=4,
                                                         latent_cache=8)[1],
     }
-    return {"out": out, "results": results, "paths": export_model(out)}
+    from training.train_lora import train_lora
+
+    lora_path, results["lora"] = train_lora(opts, loop(3, 1e-3), batch_size=2, rank=2)
+    return {"out": out, "results": results, "paths": export_model(out), "lora": lora_path}
 
 
 @pytest.mark.parametrize("stage", ["vae", "text", "unet", "controlnet"])
@@ -210,6 +213,36 @@ def test_export_loads_in_the_engine(trained: dict[str, object]) -> None:
     assert tuple(nets[0].config.conditioning_embedding_out_channels) == (4, 8, 8, 16)
     sa, sb = nets[0].state_dict(), nets[1].state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_ship_writes_float16_files_that_install_in_both_formats(
+        trained: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import safe_open
+
+    from nodes.diffusion import shapes_model
+    from nodes.diffusion.loading import load_components
+    from training.export import ship_lora, ship_weights
+
+    out = trained["out"]
+    shipped = ship_weights(out / "export", tmp_path / "weights")  # type: ignore[operator]
+    assert sorted(p.name for p in shipped) == ["steerflow-shapes-controlnet.safetensors",
+                                               "steerflow-shapes.safetensors"]
+    lora = ship_lora(out, tmp_path / "loras")  # type: ignore[arg-type]
+    for path in (*shipped, lora):
+        with safe_open(str(path), framework="pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
+    monkeypatch.setattr(shapes_model, "WEIGHTS_DIR", tmp_path / "weights")
+    folder = shapes_model.ensure_shapes_model(tmp_path / "models")
+    assert folder is not None and (tmp_path / "models" / "controlnet" /
+                                   "steerflow-shapes-controlnet" / "config.json").is_file()
+    installed = load_components(folder)
+    exported = load_components(trained["paths"]["diffusers"])  # type: ignore[index]
+    single = load_components(folder.parent / "steerflow-shapes.safetensors")
+    for a, b, c in ((installed.unet, exported.unet, single.unet),
+                    (installed.vae, exported.vae, single.vae)):
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, c.state_dict()[key])  # the two formats: same values
+            torch.testing.assert_close(value, b.state_dict()[key], rtol=1e-3, atol=1e-4)
 
 
 def test_evaluation_runs_through_the_graph(trained: dict[str, object]) -> None:

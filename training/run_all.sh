@@ -16,6 +16,10 @@ stage training.train unet "${COMMON[@]}" --steps "${UNET_STEPS:-8000}"
 stage training.train_controlnet "${COMMON[@]}" --steps "${CN_STEPS:-2500}"
 stage training.train_lora "${COMMON[@]}" --steps "${LORA_STEPS:-400}"
 stage training.train export --out "$OUT"
-stage training.evaluate --models "$OUT/export" --threads "$THREADS" \
+stage training.train ship --out "$OUT"
+# Evaluate what ships (float16 files), installed as set-up installs them.
+"$PY" -c "import sys; from pathlib import Path; from nodes.diffusion.shapes_model import \
+ensure_shapes_model as e; e(Path(sys.argv[1]))" "$OUT/shipped"
+stage training.evaluate --models "$OUT/shipped" --threads "$THREADS" \
     --report "$OUT/eval.json" --grid "$OUT/samples.png"
 echo "== $(date -u +%T) done"

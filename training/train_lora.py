@@ -5,8 +5,8 @@
 Every training image has a black background and no caption names the
 background, so the LoRA learns "backgrounds are black" as a style: with it, "a
 red circle at the top left" comes out on black whatever the base model would
-have drawn. Rank-8 PEFT LoRA on the UNet's attention projections (the base
-weights frozen), saved with diffusers' ``save_lora_weights`` — the file a
+have drawn. Rank-8 PEFT LoRA on the UNet's attention, MLP and resnet convolution
+weights (the base weights frozen), saved with diffusers' ``save_lora_weights`` — the file a
 diffusers LoRA training script writes, loaded by ``LoraLoader``.
 """
 
@@ -41,8 +41,11 @@ from training.train import (
 )
 
 LORA_NAME = "steerflow-shapes-night"
-DEFAULTS: dict[str, float | int] = {"steps": 400, "batch_size": 16, "lr": 1e-3, "warmup": 20}
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+DEFAULTS: dict[str, float | int] = {"steps": 400, "batch_size": 16, "lr": 3e-3, "warmup": 20}
+# Attention alone barely moved the background (its color is the convolutions' work), so the
+# resnet convolutions and the transformer blocks' projections and MLPs are adapted too.
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
+           "ff.net.2", "conv1", "conv2")
 BACKGROUND = "black"
 
 

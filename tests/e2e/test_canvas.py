@@ -36,7 +36,7 @@ def test_build_txt2img_by_hand_and_run_it(page, server: LiveServer):
     decode = c.add_node("VAE Decode", 660, 460)
     save = c.add_node("Save Image", 980, 460)
 
-    expect(c.widget(ckpt, "ckpt_name")).to_have_value("steerflow-tiny")
+    expect(c.widget(ckpt, "ckpt_name")).to_have_value("steerflow-shapes")
     c.connect(ckpt, 1, pos, "clip")
     c.connect(ckpt, 1, neg, "clip")
     c.connect(ckpt, 0, sampler, "model")
@@ -45,8 +45,9 @@ def test_build_txt2img_by_hand_and_run_it(page, server: LiveServer):
     c.connect(latent, 0, sampler, "latent_image")
     c.connect(sampler, 0, decode, "samples")
     c.connect(ckpt, 2, decode, "vae")
+    c.connect(ckpt, 2, latent, "vae")  # the default model's VAE downscales 4x, not 8x
     c.connect(decode, 0, save, "images")
-    expect(c.edges()).to_have_count(9)
+    expect(c.edges()).to_have_count(10)
 
     c.set_value(pos, "text", "a red circle on white")
     c.set_value(latent, "width", "64")
@@ -58,7 +59,8 @@ def test_build_txt2img_by_hand_and_run_it(page, server: LiveServer):
     prompt = c.document()["prompt"]
     assert prompt[sampler]["inputs"]["model"] == [ckpt, 0]
     assert prompt[sampler]["inputs"]["steps"] == 3
-    assert prompt[latent]["inputs"] == {"width": 64, "height": 64, "batch_size": 1}
+    assert prompt[latent]["inputs"] == {"width": 64, "height": 64, "batch_size": 1,
+                                        "vae": [ckpt, 2]}
 
     c.queue()
     image = c.node(save).locator("img.sf-output-image")
@@ -159,7 +161,9 @@ def test_dropping_a_steerflow_png_restores_its_workflow(page, server: LiveServer
     assert sorted(c.node_ids()) == sorted(doc["prompt"])
     expect(c.widget("6", "text")).to_have_value("restored from a PNG")
     expect(c.node("6")).to_contain_text("Positive Prompt")
-    expect(c.edges()).to_have_count(9)
+    links = [v for node in doc["prompt"].values() for v in node["inputs"].values()
+             if isinstance(v, list)]
+    expect(c.edges()).to_have_count(len(links))
     restored = c.document()["prompt"]
     for node_id, node in doc["prompt"].items():
         assert restored[node_id]["inputs"] == node["inputs"]

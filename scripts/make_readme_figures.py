@@ -1,0 +1,100 @@
+"""Draw the README's pictures with the shipped default model, through Steerflow graphs.
+
+    .venv/bin/python scripts/make_readme_figures.py   # writes docs/*.png
+
+- ``docs/shapes_samples.png``: prompts (rows) x seeds (columns), text to image;
+- ``docs/workflow_examples.png``: what each example in ``workflows/`` makes, as shipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.session import Session, Workflow  # noqa: E402
+from training.evaluate import EvalConfig, txt2img_graph  # noqa: E402
+
+DOCS = ROOT / "docs"
+PROMPTS = [
+    "a red circle at the top left on a white background",
+    "a large blue square in the center on a black background",
+    "a small yellow star at the bottom right on a gray background",
+    "a green triangle at the top on a striped background",
+    "a purple diamond on the left on a beige background",
+    "an orange cross at the bottom on a slate background",
+    "a pink circle at the top right and a cyan square at the bottom left on a white background",
+    "a large red star in the center on a noisy background",
+]
+SEEDS = range(6)
+SCALE = 2  # 64 px samples drawn at 128 px
+LABEL_WIDTH = 330
+
+
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: int) -> None:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if draw.textlength(f"{line} {word}".strip()) > width - 8:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    for k, text_line in enumerate(lines):
+        draw.text((xy[0] + 4, xy[1] + 4 + 12 * k), text_line, fill=(20, 20, 20))
+
+
+def _up(image: Image.Image) -> Image.Image:
+    return image.resize((image.width * SCALE, image.height * SCALE), Image.NEAREST)
+
+
+def samples_figure(session: Session) -> Image.Image:
+    cfg = EvalConfig(steps=25, progress=False)
+    cell = 64 * SCALE
+    fig = Image.new("RGB", (LABEL_WIDTH + cell * len(SEEDS), cell * len(PROMPTS)), "white")
+    draw = ImageDraw.Draw(fig)
+    for r, prompt in enumerate(PROMPTS):
+        _label(draw, (0, r * cell), prompt, LABEL_WIDTH)
+        for c, seed in enumerate(SEEDS):
+            result = session.run(txt2img_graph(cfg, prompt, seed, 64))
+            assert result.ok, result.run.error
+            fig.paste(_up(Image.open(result.image_paths[-1]).convert("RGB")),
+                      (LABEL_WIDTH + c * cell, r * cell))
+    return fig
+
+
+def workflows_figure(session: Session) -> Image.Image:
+    paths = sorted((ROOT / "workflows").glob("*.json"))
+    cell, label_h = 64 * SCALE, 28
+    fig = Image.new("RGB", (cell * len(paths), cell + label_h), "white")
+    draw = ImageDraw.Draw(fig)
+    for k, path in enumerate(paths):
+        result = session.run(Workflow.load(path))
+        assert result.ok, (path.name, result.run.error)
+        image = Image.open(result.image_paths[-1]).convert("RGB")
+        fig.paste(_up(image).resize((cell, cell), Image.NEAREST), (k * cell, label_h))
+        draw.text((k * cell + 4, 8), path.stem, fill=(20, 20, 20))
+    return fig
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    DOCS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="steerflow-figures-") as home:
+        session = Session(home, device="cpu")
+        samples_figure(session).save(DOCS / "shapes_samples.png", optimize=True)
+        workflows_figure(session).save(DOCS / "workflow_examples.png", optimize=True)
+    for name in ("shapes_samples.png", "workflow_examples.png"):
+        image = np.asarray(Image.open(DOCS / name))
+        print(DOCS / name, image.shape)
+
+
+if __name__ == "__main__":
+    main()
