@@ -45,15 +45,19 @@ def session(tmp_path_factory) -> Session:
     return session
 
 
-def run_image(session: Session, graph: dict) -> np.ndarray:
-    """The graph's decoded image as uint8 ``[H, W, 3]``; also captures the float image."""
+def run_float(session: Session, graph: dict) -> np.ndarray:
+    """The graph's decoded image, float ``[H, W, 3]`` in 0..1, captured before saving."""
     key = uuid.uuid4().hex
     graph = {**graph, "capture": {"class_type": "TestCapture",
                                   "inputs": {"value": ["decode", 0], "key": key}}}
     result = session.run(graph)
     assert result.ok, result.run.error
-    image = CAPTURED.pop(key)[0].cpu().numpy()
-    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    return CAPTURED.pop(key)[0].cpu().numpy()
+
+
+def run_image(session: Session, graph: dict) -> np.ndarray:
+    """The graph's decoded image as uint8 ``[H, W, 3]``."""
+    return np.clip(np.rint(run_float(session, graph) * 255), 0, 255).astype(np.uint8)
 
 
 def test_shipped_weights_fit_the_budget_and_install_in_both_formats(session):
@@ -110,12 +114,7 @@ def test_graph_matches_stable_diffusion_pipeline(session):
     ref = pipe(prompt, negative_prompt="", num_inference_steps=CFG.steps, guidance_scale=CFG.cfg,
                height=64, width=64, output_type="np",
                generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-    key = uuid.uuid4().hex
-    graph = txt2img_graph(CFG, prompt, seed, 64)
-    graph["capture"] = {"class_type": "TestCapture",
-                        "inputs": {"value": ["decode", 0], "key": key}}
-    assert session.run(graph).ok
-    ours = CAPTURED.pop(key)[0].cpu().numpy()
+    ours = run_float(session, txt2img_graph(CFG, prompt, seed, 64))
     assert np.abs(ours - ref).max() <= 1e-4
 
 

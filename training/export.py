@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, PNDMScheduler, StableDiffusionPipeline
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from nodes.diffusion.controlnet_loading import save_original_controlnet
 from nodes.diffusion.original_layout import save_original_checkpoint
 from nodes.diffusion.shapes_model import SHAPES_CONTROLNET_NAME as CONTROLNET_NAME
 from nodes.diffusion.shapes_model import SHAPES_NAME as MODEL_NAME
-from nodes.diffusion.shapes_model import WEIGHTS_DIR, save_half_precision
+from nodes.diffusion.shapes_model import WEIGHTS_DIR
 from nodes.diffusion.tokenizer import load_clip_tokenizer
 from training.models import SCHEDULER_CONFIG
 from training.train import StageOptions, load_text_encoder, load_unet, load_vae
@@ -74,6 +76,17 @@ def disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def save_half_precision(src: Path, dst: Path) -> None:
+    """Copy a safetensors file with its floating tensors in float16, metadata kept."""
+    with safe_open(str(src), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {}
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+            t = f.get_tensor(key)
+            tensors[key] = t.half() if t.is_floating_point() else t
+    save_file(tensors, str(dst), metadata=metadata)
 
 
 def ship_weights(export_dir: Path, weights_dir: Path = WEIGHTS_DIR) -> list[Path]:

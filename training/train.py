@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -248,6 +248,25 @@ def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, timesteps: torch.Ten
     return (per_sample * weights).mean()
 
 
+def add_training_noise(latents: torch.Tensor, scheduler: DDPMScheduler
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise, timesteps, noisy latents) for one ε-prediction step; noise is drawn on the
+    CPU generator first, then the timesteps, so runs on any device stay reproducible."""
+    noise = torch.randn(latents.shape).to(latents.device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
+    timesteps = timesteps.to(latents.device)
+    return noise, timesteps, scheduler.add_noise(latents, noise, timesteps)
+
+
+def latent_source(opts: StageOptions, vae: AutoencoderKL, dataset: ShapesDataset,
+                  latent_cache: int, progress: bool) -> LatentSource:
+    """The stage's latents; the cache file is shared by every stage with the same VAE,
+    seed and size (UNet, ControlNet)."""
+    return LatentSource(vae, dataset, cache_size=latent_cache, seed=opts.seed,
+                        cache_path=Path(opts.out_dir) / "cache" / f"latents-{latent_cache}.pt",
+                        progress=progress)
+
+
 def drop_captions(captions: Sequence[str], prob: float) -> list[str]:
     """Empty a caption with probability ``prob`` (global RNG), for classifier-free guidance."""
     keep = torch.rand(len(captions)) >= prob
@@ -266,18 +285,13 @@ def train_unet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 32,
     unet = build_unet(opts.configs).to(opts.device)
     scheduler = build_noise_scheduler()
     dataset = opts.dataset()
-    source = LatentSource(vae, dataset, cache_size=latent_cache, seed=opts.seed,
-                          cache_path=Path(opts.out_dir) / "cache" / f"latents-{latent_cache}.pt",
-                          progress=loop.progress)
+    source = latent_source(opts, vae, dataset, latent_cache, loop.progress)
 
     def loss_fn(step: int) -> torch.Tensor:
         batch = source.batch(step, batch_size, opts.device)
         captions = drop_captions([dataset.caption(i, batch.variant) for i in batch.indices],
                                  cond_dropout)
-        noise = torch.randn(batch.latents.shape).to(opts.device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,))
-        timesteps = timesteps.to(opts.device)
-        noisy = scheduler.add_noise(batch.latents, noise, timesteps)
+        noise, timesteps, noisy = add_training_noise(batch.latents, scheduler)
         with torch.no_grad():
             context = encoder(captions)
         pred = unet(noisy, timesteps, context).sample

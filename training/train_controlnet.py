@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,6 @@ from diffusers import ControlNetModel
 
 from nodes.diffusion.controlnet import prepare_control_image
 from nodes.diffusion.tokenizer import load_clip_tokenizer
-from training.latents import LatentSource
 from training.loop import LoopConfig, LoopResult, seed_everything, train_loop
 from training.models import build_controlnet, build_noise_scheduler
 from training.shapes import ShapesDataset
@@ -28,8 +26,10 @@ from training.train import (
     CaptionEncoder,
     StageOptions,
     add_common_args,
+    add_training_noise,
     diffusion_loss,
     drop_captions,
+    latent_source,
     load_text_encoder,
     load_unet,
     load_vae,
@@ -64,20 +64,14 @@ def train_controlnet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 
     # The control image is as much larger than the latent as the hint encoder shrinks it.
     latent_size = opts.configs.image_size // opts.configs.downscale
     hint_size = latent_size * 2 ** (len(opts.configs.hint_channels) - 1)
-    # The same cache file as the UNet stage: same VAE, seed and size.
-    source = LatentSource(vae, dataset, cache_size=latent_cache, seed=opts.seed,
-                          cache_path=Path(opts.out_dir) / "cache" / f"latents-{latent_cache}.pt",
-                          progress=loop.progress)
+    source = latent_source(opts, vae, dataset, latent_cache, loop.progress)
 
     def loss_fn(step: int) -> torch.Tensor:
         batch = source.batch(step, batch_size, opts.device)
         captions = drop_captions([dataset.caption(i, batch.variant) for i in batch.indices],
                                  cond_dropout)
         cond = control_images(dataset, batch.indices, hint_size).to(opts.device)
-        noise = torch.randn(batch.latents.shape).to(opts.device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,))
-        timesteps = timesteps.to(opts.device)
-        noisy = scheduler.add_noise(batch.latents, noise, timesteps)
+        noise, timesteps, noisy = add_training_noise(batch.latents, scheduler)
         with torch.no_grad():
             context = encoder(captions)
         down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context,

@@ -30,6 +30,7 @@ from training.train import (
     CaptionEncoder,
     StageOptions,
     add_common_args,
+    add_training_noise,
     diffusion_loss,
     drop_captions,
     load_text_encoder,
@@ -81,10 +82,7 @@ def train_lora(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 16, ra
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.sample() * vae.config.scaling_factor
             context = encoder(captions)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,),
-                                  device=opts.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
+        noise, timesteps, noisy = add_training_noise(latents, scheduler)
         pred = unet(noisy, timesteps, context).sample
         return diffusion_loss(pred, noise, timesteps, scheduler, 5.0)
 

@@ -16,12 +16,11 @@ cast to the run's dtype), so they give identical images.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import PNDMScheduler, StableDiffusionPipeline
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from nodes.diffusion.controlnet_loading import load_controlnet
 from nodes.diffusion.loading import load_components
@@ -37,43 +36,39 @@ def shipped_weights(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
-def save_half_precision(src: Path, dst: Path) -> None:
-    """Copy a safetensors file with its floating tensors in float16, metadata kept."""
-    with safe_open(str(src), framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {}
-        for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
-            t = f.get_tensor(key)
-            tensors[key] = t.half() if t.is_floating_point() else t
-    save_file(tensors, str(dst), metadata=metadata)
-
-
-def install_shapes_model(target_dir: Path) -> dict[str, Path]:
-    """Write ``steerflow-shapes`` in both formats under ``target_dir``."""
+def _install(target_dir: Path, name: str, save_folder: Callable[[Path, Path], None]
+             ) -> dict[str, Path]:
+    """Copy the shipped single file of ``name`` into ``target_dir`` and derive its diffusers
+    folder with ``save_folder(single_file, folder)``."""
     target_dir = Path(target_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
-    single = target_dir / f"{SHAPES_NAME}.safetensors"
-    folder = target_dir / SHAPES_NAME
-    shutil.copyfile(shipped_weights(SHAPES_NAME), single)
+    single, folder = target_dir / f"{name}.safetensors", target_dir / name
+    shutil.copyfile(shipped_weights(name), single)
+    save_folder(single, folder)
+    return {"diffusers": folder, "single_file": single}
+
+
+def _save_pipeline_folder(single: Path, folder: Path) -> None:
     loaded = load_components(single)
     pipe = StableDiffusionPipeline(
         vae=loaded.vae, text_encoder=loaded.text_encoder, tokenizer=loaded.tokenizer,
         unet=loaded.unet, scheduler=PNDMScheduler.from_config(loaded.scheduler_config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
-    return {"diffusers": folder, "single_file": single}
+
+
+def _save_controlnet_folder(single: Path, folder: Path) -> None:
+    load_controlnet(single, dtype=torch.float32).save_pretrained(folder, safe_serialization=True)
+
+
+def install_shapes_model(target_dir: Path) -> dict[str, Path]:
+    """Write ``steerflow-shapes`` in both formats under ``target_dir``."""
+    return _install(target_dir, SHAPES_NAME, _save_pipeline_folder)
 
 
 def install_shapes_controlnet(target_dir: Path) -> dict[str, Path]:
     """Write ``steerflow-shapes-controlnet`` in both formats under ``target_dir``."""
-    target_dir = Path(target_dir)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    single = target_dir / f"{SHAPES_CONTROLNET_NAME}.safetensors"
-    folder = target_dir / SHAPES_CONTROLNET_NAME
-    shutil.copyfile(shipped_weights(SHAPES_CONTROLNET_NAME), single)
-    net = load_controlnet(single, dtype=torch.float32)
-    net.save_pretrained(folder, safe_serialization=True)
-    return {"diffusers": folder, "single_file": single}
+    return _install(target_dir, SHAPES_CONTROLNET_NAME, _save_controlnet_folder)
 
 
 def ensure_shapes_model(models_dir: Path) -> Path | None:
