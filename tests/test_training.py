@@ -105,6 +105,34 @@ def test_judge_scores_ground_truth() -> None:
     assert judge.psnr(s.image, s.image) == float("inf")
 
 
+def test_cubic_timesteps_lean_to_the_noisy_end() -> None:
+    from training.train import sample_timesteps
+
+    torch.manual_seed(0)
+    uniform = sample_timesteps(20000, 1000, "uniform").float()
+    cubic = sample_timesteps(20000, 1000, "cubic")
+    assert int(cubic.min()) >= 0 and int(cubic.max()) <= 999
+    # E[1 - u^3] = 3/4: three quarters of the way to pure noise, against a half.
+    assert abs(float(cubic.float().mean()) - 750) < 10
+    assert abs(float(uniform.mean()) - 500) < 10
+    assert abs(float((cubic >= 500).float().mean()) - 0.5 ** (1 / 3)) < 0.02  # P(u³ ≤ ½)
+    with pytest.raises(ValueError, match="timestep sampling"):
+        sample_timesteps(4, 1000, "logit")
+
+
+def test_judge_shape_pixels_drop_specks_only() -> None:
+    """The ControlNet IoU reads the generated shapes: specks below the judge's noise size
+    are not shapes, but a shape of any real size is kept whole."""
+    s = generate(11, 3)
+    noisy = s.image.copy()
+    noisy[1:3, 1:3] = (220, 30, 30)  # a 4-pixel red speck in a corner
+    assert judge.foreground(noisy)[1, 1]
+    assert not judge.shape_pixels(noisy)[1, 1]
+    assert np.array_equal(judge.shape_pixels(s.image), judge.foreground(s.image))
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    assert not judge.shape_pixels(blank).any()
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 class _Interrupt(Exception):
@@ -180,8 +208,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         "text": train.train_text_encoder(opts, loop(12, 3e-3), batch_size=4)[1],
         "unet": train.train_unet(opts, loop(12, 2e-3, ema=0.9), batch_size=4,
                                  latent_cache=8)[1],
+        # Uniform timesteps: 12 cubic draws sit at too different noise levels for the
+        # first-vs-last loss comparison below (cubic sampling has its own test).
         "controlnet": train_controlnet.train_controlnet(opts, loop(12, 2e-3), batch_size=4,
-                                                        latent_cache=8)[1],
+                                                        latent_cache=8, timesteps="uniform")[1],
     }
     from training.train_lora import train_lora
 
@@ -253,7 +283,8 @@ def test_evaluation_runs_through_the_graph(trained: dict[str, object]) -> None:
                      image_size=32, progress=False)
     report = evaluate(trained["out"] / "export", cfg)  # type: ignore[operator]
     assert set(report.metrics) == {"color", "shape", "position", "size", "two_shapes",
-                                   "sega_edit", "controlnet_iou", "inversion_psnr", "vae_psnr"}
+                                   "sega_edit", "sega_replace", "controlnet_iou",
+                                   "controlnet_iou_pixels", "inversion_psnr", "vae_psnr"}
     assert "inversion_psnr" in report.table()
 
 

@@ -60,6 +60,14 @@ def blobs(mask: np.ndarray, min_area: int | None = None) -> list[np.ndarray]:
     return [labels == i for i in order]
 
 
+def shape_pixels(image: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: the foreground blobs the judge reads as shapes (noise-sized specks
+    dropped), i.e. "the generated shapes" of a uint8 ``[H, W, 3]`` image."""
+    mask = foreground(image)
+    found = blobs(mask)
+    return np.any(found, axis=0) if found else np.zeros_like(mask)
+
+
 def nearest_color(rgb: np.ndarray) -> str:
     """Name of the palette color nearest (RGB distance) to one ``[3]`` color."""
     dist = np.linalg.norm(_PALETTE - np.asarray(rgb, np.float32)[None], axis=1)

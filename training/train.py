@@ -248,13 +248,29 @@ def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, timesteps: torch.Ten
     return (per_sample * weights).mean()
 
 
-def add_training_noise(latents: torch.Tensor, scheduler: DDPMScheduler
+TIMESTEP_SAMPLING = ("uniform", "cubic")
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, sampling: str = "uniform"
+                     ) -> torch.Tensor:
+    """``n`` training timesteps: uniform, or ``cubic`` (T2I-Adapter, Mou et al. 2023:
+    t = (1 - u³)·T, biased towards the noisy steps where the layout is decided)."""
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (n,))
+    if sampling == "cubic":
+        u = torch.rand(n)
+        return ((1 - u**3) * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
+    raise ValueError(f"unknown timestep sampling {sampling!r}; use one of {TIMESTEP_SAMPLING}")
+
+
+def add_training_noise(latents: torch.Tensor, scheduler: DDPMScheduler,
+                       sampling: str = "uniform"
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noise, timesteps, noisy latents) for one ε-prediction step; noise is drawn on the
     CPU generator first, then the timesteps, so runs on any device stay reproducible."""
     noise = torch.randn(latents.shape).to(latents.device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
-    timesteps = timesteps.to(latents.device)
+    timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps,
+                                 sampling).to(latents.device)
     return noise, timesteps, scheduler.add_noise(latents, noise, timesteps)
 
 

@@ -23,6 +23,7 @@ from training.loop import LoopConfig, LoopResult, seed_everything, train_loop
 from training.models import build_controlnet, build_noise_scheduler
 from training.shapes import ShapesDataset
 from training.train import (
+    TIMESTEP_SAMPLING,
     CaptionEncoder,
     StageOptions,
     add_common_args,
@@ -38,7 +39,9 @@ from training.train import (
     write_log,
 )
 
-DEFAULTS: dict[str, float | int] = {"steps": 2500, "batch_size": 32, "lr": 5e-4, "warmup": 100}
+# lr 2e-3 with cubic timesteps reached in 800 steps the IoU that lr 5e-4 with uniform ones
+# had after 4500 (README "ControlNet recipe").
+DEFAULTS: dict[str, float | int] = {"steps": 2500, "batch_size": 32, "lr": 2e-3, "warmup": 100}
 
 
 def control_images(dataset: ShapesDataset, indices: Sequence[int], size: int) -> torch.Tensor:
@@ -51,9 +54,12 @@ def control_images(dataset: ShapesDataset, indices: Sequence[int], size: int) ->
 
 def train_controlnet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 32,
                      cond_dropout: float = 0.5, snr_gamma: float | None = 5.0,
-                     latent_cache: int = 0) -> tuple[ControlNetModel, LoopResult]:
+                     latent_cache: int = 0, timesteps: str = "cubic"
+                     ) -> tuple[ControlNetModel, LoopResult]:
     """Train the ControlNet; empty captions half the time (as the ControlNet paper) so the
-    mask alone must place the shape. Saves the EMA weights when ``loop.ema_decay`` is set."""
+    mask alone must place the shape, and ``timesteps`` sampled towards the noisy end by
+    default, where the layout is decided. Saves the EMA weights when ``loop.ema_decay``
+    is set."""
     setup_device(opts.device)
     seed_everything(opts.seed)
     vae, text_encoder, unet = load_vae(opts), load_text_encoder(opts), load_unet(opts)
@@ -71,14 +77,14 @@ def train_controlnet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 
         captions = drop_captions([dataset.caption(i, batch.variant) for i in batch.indices],
                                  cond_dropout)
         cond = control_images(dataset, batch.indices, hint_size).to(opts.device)
-        noise, timesteps, noisy = add_training_noise(batch.latents, scheduler)
+        noise, t, noisy = add_training_noise(batch.latents, scheduler, timesteps)
         with torch.no_grad():
             context = encoder(captions)
-        down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context,
+        down, mid = controlnet(noisy, t, encoder_hidden_states=context,
                                controlnet_cond=cond, return_dict=False)
-        pred = unet(noisy, timesteps, context, down_block_additional_residuals=down,
+        pred = unet(noisy, t, context, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
-        return diffusion_loss(pred, noise, timesteps, scheduler, snr_gamma)
+        return diffusion_loss(pred, noise, t, scheduler, snr_gamma)
 
     result, ema = train_loop("controlnet", loop, {"controlnet": controlnet},
                              list(controlnet.parameters()), loss_fn,
@@ -87,7 +93,8 @@ def train_controlnet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 
         ema.copy_to(controlnet.parameters())
     controlnet.save_pretrained(opts.final("controlnet"), safe_serialization=True)
     write_log(opts, "controlnet", result, {"batch_size": batch_size,
-                                            "latent_cache": latent_cache})
+                                            "latent_cache": latent_cache,
+                                            "timesteps": timesteps})
     return controlnet, result
 
 
@@ -99,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latent-cache", type=int, default=32768,
                         help="encode this many samples once (0: encode every batch)")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay (0: none)")
+    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default="cubic",
+                        help="training timestep distribution (cubic: T2I-Adapter's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     loop = loop_config(args, DEFAULTS, ema_decay=args.ema or None)
     _, result = train_controlnet(opts, loop, batch_size=int(args.batch_size or
                                                             DEFAULTS["batch_size"]),
-                                 latent_cache=args.latent_cache)
+                                 latent_cache=args.latent_cache, timesteps=args.timesteps)
     print(f"controlnet: {len(result.losses)} steps in {result.seconds:.0f} s "
           f"({result.seconds_per_step:.3f} s/step), final to {opts.final('controlnet')}")
 

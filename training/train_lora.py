@@ -27,6 +27,7 @@ from training.loop import LoopConfig, LoopResult, seed_everything, train_loop
 from training.models import build_noise_scheduler
 from training.shapes import image_to_tensor, render, sample_layout, training_caption
 from training.train import (
+    TIMESTEP_SAMPLING,
     CaptionEncoder,
     StageOptions,
     add_common_args,
@@ -62,9 +63,10 @@ def night_sample(seed: int, index: int, size: int) -> tuple[torch.Tensor, str]:
     return image_to_tensor(image), caption
 
 
-def train_lora(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 16, rank: int = 8
-               ) -> tuple[Path, LoopResult]:
-    """Train the LoRA and write ``<out>/lora/<LORA_NAME>.safetensors``."""
+def train_lora(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 16, rank: int = 8,
+               timesteps: str = "cubic") -> tuple[Path, LoopResult]:
+    """Train the LoRA and write ``<out>/lora/<LORA_NAME>.safetensors``. The background is
+    decided at the noisy steps, so ``timesteps`` are drawn towards them by default."""
     setup_device(opts.device)
     seed_everything(opts.seed)
     vae, text_encoder, unet = load_vae(opts), load_text_encoder(opts), load_unet(opts)
@@ -82,9 +84,9 @@ def train_lora(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 16, ra
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.sample() * vae.config.scaling_factor
             context = encoder(captions)
-        noise, timesteps, noisy = add_training_noise(latents, scheduler)
-        pred = unet(noisy, timesteps, context).sample
-        return diffusion_loss(pred, noise, timesteps, scheduler, 5.0)
+        noise, t, noisy = add_training_noise(latents, scheduler, timesteps)
+        pred = unet(noisy, t, context).sample
+        return diffusion_loss(pred, noise, t, scheduler, 5.0)
 
     unet.train()
     result, _ = train_loop("lora", loop, {"unet": unet}, params, loss_fn,
@@ -93,7 +95,8 @@ def train_lora(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 16, ra
     StableDiffusionPipeline.save_lora_weights(
         target, unet_lora_layers=get_peft_model_state_dict(unet),
         weight_name=f"{LORA_NAME}.safetensors", safe_serialization=True)
-    write_log(opts, "lora", result, {"batch_size": batch_size, "rank": rank})
+    write_log(opts, "lora", result, {"batch_size": batch_size, "rank": rank,
+                                      "timesteps": timesteps})
     return target / f"{LORA_NAME}.safetensors", result
 
 
@@ -102,13 +105,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default="cubic",
+                        help="training timestep distribution (cubic: T2I-Adapter's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     opts = StageOptions(out_dir=args.out, seed=args.seed, device=args.device)
     path, result = train_lora(opts, loop_config(args, DEFAULTS),
                               batch_size=int(args.batch_size or DEFAULTS["batch_size"]),
-                              rank=args.rank)
+                              rank=args.rank, timesteps=args.timesteps)
     print(f"lora: {len(result.losses)} steps in {result.seconds:.0f} s "
           f"({result.seconds_per_step:.3f} s/step), written to {path}")
 
