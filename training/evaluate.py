@@ -258,8 +258,7 @@ def evaluate(models_dir: Path, cfg: EvalConfig, *, device: str = "cpu",
 
         # 3. SEGA: add a color (sega_edit), or replace the named one (sega_replace).
         if cfg.sega_samples:
-            edit_ok, replace_ok = sega_trials(runner, cfg, baselines[:cfg.sega_samples],
-                                              progress=cfg.progress)
+            edit_ok, replace_ok = sega_trials(runner, cfg, baselines[:cfg.sega_samples])
             report.metrics["sega_edit"] = float(np.mean(edit_ok))
             report.metrics["sega_replace"] = float(np.mean(replace_ok))
             report.counts["sega_edit"] = report.counts["sega_replace"] = len(edit_ok)
@@ -307,7 +306,7 @@ def evaluate(models_dir: Path, cfg: EvalConfig, *, device: str = "cpu",
 
 
 def sega_trials(runner: GraphRunner, cfg: EvalConfig,
-                baselines: Sequence[tuple[ShapesSample, np.ndarray]], *, progress: bool = False
+                baselines: Sequence[tuple[ShapesSample, np.ndarray]]
                 ) -> tuple[list[bool], list[bool]]:
     """SEGA color edits on ``(sample, its txt2img image with seed = index)`` pairs.
 
@@ -317,7 +316,7 @@ def sega_trials(runner: GraphRunner, cfg: EvalConfig,
     """
     rng = np.random.default_rng(cfg.seed)
     edit_ok, replace_ok = [], []
-    for i, (s, base) in enumerate(tqdm(baselines, desc="sega", disable=not progress)):
+    for i, (s, base) in enumerate(tqdm(baselines, desc="sega", disable=not cfg.progress)):
         spec, size = s.shapes[0], s.image.shape[0]
         plain = full_caption(s.shapes, s.background, color=False)
         found = judge.detect(runner.image(txt2img_graph(cfg, plain, i, size)), max_objects=1)

@@ -347,6 +347,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def add_timesteps_arg(parser: argparse.ArgumentParser, default: str = "cubic") -> None:
+    """``--timesteps``, for the stages that train on top of a frozen UNet."""
+    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default=default,
+                        help="training timestep distribution (cubic: T2I-Adapter's)")
+
+
 def loop_config(args: argparse.Namespace, defaults: dict[str, float | int],
                 ema_decay: float | None = None) -> LoopConfig:
     return LoopConfig(steps=int(args.steps or defaults["steps"]),

@@ -23,10 +23,10 @@ from training.loop import LoopConfig, LoopResult, seed_everything, train_loop
 from training.models import build_controlnet, build_noise_scheduler
 from training.shapes import ShapesDataset
 from training.train import (
-    TIMESTEP_SAMPLING,
     CaptionEncoder,
     StageOptions,
     add_common_args,
+    add_timesteps_arg,
     add_training_noise,
     diffusion_loss,
     drop_captions,
@@ -40,7 +40,7 @@ from training.train import (
 )
 
 # lr 2e-3 with cubic timesteps reached in 800 steps the IoU that lr 5e-4 with uniform ones
-# had after 4500 (README "ControlNet recipe").
+# had after 4500 (training/README.md).
 DEFAULTS: dict[str, float | int] = {"steps": 2500, "batch_size": 32, "lr": 2e-3, "warmup": 100}
 
 
@@ -106,8 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latent-cache", type=int, default=32768,
                         help="encode this many samples once (0: encode every batch)")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay (0: none)")
-    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default="cubic",
-                        help="training timestep distribution (cubic: T2I-Adapter's)")
+    add_timesteps_arg(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,10 +27,10 @@ from training.loop import LoopConfig, LoopResult, seed_everything, train_loop
 from training.models import build_noise_scheduler
 from training.shapes import image_to_tensor, render, sample_layout, training_caption
 from training.train import (
-    TIMESTEP_SAMPLING,
     CaptionEncoder,
     StageOptions,
     add_common_args,
+    add_timesteps_arg,
     add_training_noise,
     diffusion_loss,
     drop_captions,
@@ -105,8 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default="cubic",
-                        help="training timestep distribution (cubic: T2I-Adapter's)")
+    add_timesteps_arg(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
