@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -279,12 +280,17 @@ def test_evaluation_runs_through_the_graph(trained: dict[str, object]) -> None:
     from training.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(samples=2, two_shape_samples=1, sega_samples=1, controlnet_samples=1,
-                     inversion_samples=1, steps=2, inversion_steps=2, sega_warmup=0,
-                     image_size=32, progress=False)
-    report = evaluate(trained["out"] / "export", cfg)  # type: ignore[operator]
+                     lora_samples=1, inversion_samples=1, steps=2, inversion_steps=2,
+                     sega_warmup=0, image_size=32, progress=False)
+    export = trained["out"] / "export"  # type: ignore[operator]
+    # The toy LoRA under the name the shipped one has (which would not fit the toy UNet).
+    (export / "loras").mkdir(exist_ok=True)
+    shutil.copyfile(trained["lora"], export / "loras" / cfg.lora)  # type: ignore[arg-type]
+    report = evaluate(export, cfg)
     assert set(report.metrics) == {"color", "shape", "position", "size", "two_shapes",
                                    "sega_edit", "sega_replace", "controlnet_iou",
-                                   "controlnet_iou_pixels", "inversion_psnr", "vae_psnr"}
+                                   "controlnet_iou_pixels", "lora_night", "lora_night_off",
+                                   "inversion_psnr", "vae_psnr"}
     assert "inversion_psnr" in report.table()
 
 
@@ -292,7 +298,6 @@ def test_unet_stage_resumes_exactly(trained: dict[str, object], tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted UNet stage (RNG-heavy: noise, timesteps, caption dropout, posterior
     samples, EMA) resumed from its checkpoint ends with the same weights as a straight run."""
-    import shutil
 
     from training import train
 
@@ -309,18 +314,38 @@ def test_unet_stage_resumes_exactly(trained: dict[str, object], tmp_path: Path,
     straight = run(tmp_path / "a")
 
     calls = {"n": 0}
-    real = train.drop_captions
+    real = train.caption_keep
 
-    def flaky(captions: list[str], prob: float) -> list[str]:
+    def flaky(n: int, prob: float) -> torch.Tensor:
         calls["n"] += 1
         if calls["n"] == 4:  # step 3, after checkpoint-2
             raise _Interrupt
-        return real(captions, prob)
+        return real(n, prob)
 
-    monkeypatch.setattr(train, "drop_captions", flaky)
+    monkeypatch.setattr(train, "caption_keep", flaky)
     with pytest.raises(_Interrupt):
         run(tmp_path / "b")
-    monkeypatch.setattr(train, "drop_captions", real)
+    monkeypatch.setattr(train, "caption_keep", real)
     torch.manual_seed(99)
     resumed = run(tmp_path / "b")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_step_data_is_the_same_with_worker_processes() -> None:
+    """Batches prepared ahead by DataLoader workers equal the inline ones, resumed
+    mid-run too; token ids equal the pipelines' one-prompt-at-a-time encoding."""
+    from nodes.diffusion.tokenizer import load_clip_tokenizer
+    from training.latents import StepData, StepPrefetcher
+
+    tokenizer = load_clip_tokenizer()
+    data = StepData(ShapesDataset(seed=3, size=32), tokenizer, batch_size=4, cache_size=10,
+                    seed=3, masks=True)
+    inline, ahead = StepPrefetcher(data, 0), StepPrefetcher(data, 2)
+    for step in (0, 1, 2, 7, 8):  # 2 -> 7 restarts the workers at a resumed step
+        a, b = inline(step), ahead(step)
+        assert a["indices"] == b["indices"] and a["captions"] == b["captions"]
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        assert np.array_equal(np.asarray(a["masks"]), np.asarray(b["masks"]))
+    one = [tokenizer(c, padding="max_length", max_length=77, truncation=True).input_ids
+           for c in a["captions"]]
+    assert a["input_ids"].tolist() == one

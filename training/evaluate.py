@@ -3,10 +3,11 @@
     python -m training.evaluate --models output/training/export --threads 2
 
 Every image is made by a Steerflow workflow (``engine.session.Session``): text
-to image, SEGA (``SEGAConcept`` + ``ApplySEGA``), ControlNet on shape masks,
-and DDIM inversion + reconstruction (the ``DDIMInvert`` node, or diffusers'
-``DDIMInverseScheduler`` where that node is absent). Prompts come from a held-out
-seed of the shapes world; ``training.judge`` reads the results.
+to image, SEGA (``SEGAConcept`` + ``ApplySEGA``), ControlNet on shape masks, the
+night LoRA (``LoraLoader``, when ``<models>/loras`` holds it) and DDIM inversion +
+reconstruction (the ``DDIMInvert`` node, or diffusers' ``DDIMInverseScheduler`` where
+that node is absent). Prompts come from a held-out seed of the shapes world;
+``training.judge`` reads the results.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from nodes.diffusion.shapes_model import SHAPES_CONTROLNET_NAME as CONTROLNET_NA
 from nodes.diffusion.shapes_model import SHAPES_NAME as MODEL_NAME
 from training import judge
 from training.shapes import COLORS, ShapesSample, full_caption, generate
+from training.train_lora import LORA_NAME
 
 TARGETS: dict[str, float] = {"color": 0.90, "shape": 0.80, "position": 0.80, "sega_edit": 0.70,
                              "controlnet_iou": 0.70, "inversion_psnr": 25.0}
@@ -55,6 +57,10 @@ class EvalConfig:
     image_size: int = 64
     model: str = MODEL_NAME
     controlnet: str = CONTROLNET_NAME
+    lora_samples: int = 24
+    lora: str = f"{LORA_NAME}.safetensors"
+    lora_strength: float = 0.8  # the example workflow's
+    dark_luminance: float = 40.0  # "black" renders at 15, the next darkest ("slate") at 64
     progress: bool = True
 
 
@@ -91,16 +97,24 @@ def _base(cfg: EvalConfig, text: str) -> Prompt:
 
 
 def txt2img_graph(cfg: EvalConfig, text: str, seed: int, size: int, *,
-                  sega: Sequence[tuple[str, str]] = (), control_image: str | None = None
-                  ) -> Prompt:
+                  sega: Sequence[tuple[str, str]] = (), control_image: str | None = None,
+                  lora: bool = False) -> Prompt:
     """Text to image; optionally SEGA with ``(text, "add"|"remove")`` concepts (the
-    config's scale, warm-up and threshold), or a ControlNet on an input image."""
+    config's scale, warm-up and threshold), a ControlNet on an input image, or the
+    config's LoRA on the model and the text encoder."""
     g = _base(cfg, text)
     # Linking the VAE makes the latent match its downscale (4 here, not SD's 8).
     g["latent"] = {"class_type": "EmptyLatentImage",
                    "inputs": {"width": size, "height": size, "batch_size": 1,
                               "vae": ["ckpt", 2]}}
     model: list[Any] = ["ckpt", 0]
+    if lora:
+        g["lora"] = {"class_type": "LoraLoader", "inputs": {
+            "model": model, "clip": ["ckpt", 1], "lora_name": cfg.lora,
+            "strength_model": cfg.lora_strength, "strength_clip": cfg.lora_strength}}
+        model = ["lora", 0]
+        for node in ("pos", "neg"):
+            g[node]["inputs"]["clip"] = ["lora", 1]
     positive: list[Any] = ["pos", 0]
     negative: list[Any] = ["neg", 0]
     if sega:
@@ -279,7 +293,15 @@ def evaluate(models_dir: Path, cfg: EvalConfig, *, device: str = "cpu",
             report.metrics["controlnet_iou_pixels"] = float(np.mean(pixel_ious))
             report.counts["controlnet_iou"] = report.counts["controlnet_iou_pixels"] = len(ious)
 
-        # 5. DDIM inversion + reconstruction, and the VAE alone (its upper bound).
+        # 5. The style LoRA: a dark background on prompts that name none, shape kept.
+        lora = Path(models_dir) / "loras" / cfg.lora
+        if cfg.lora_samples and lora.is_file():
+            with_lora, without = lora_trials(runner, cfg, _prompts(cfg, cfg.lora_samples, 4))
+            report.metrics["lora_night"] = float(np.mean(with_lora))
+            report.metrics["lora_night_off"] = float(np.mean(without))
+            report.counts["lora_night"] = report.counts["lora_night_off"] = len(with_lora)
+
+        # 6. DDIM inversion + reconstruction, and the VAE alone (its upper bound).
         if cfg.inversion_samples:
             psnrs, vae_psnrs = [], []
             use_node = runner.has_node("DDIMInvert")
@@ -328,6 +350,23 @@ def sega_trials(runner: GraphRunner, cfg: EvalConfig,
             cfg, s.caption, i, size, sega=[(color, "add"), (spec.color, "remove")]))
         replace_ok.append(_edited(judge.detect(base, max_objects=1), replaced, color))
     return edit_ok, replace_ok
+
+
+def lora_trials(runner: GraphRunner, cfg: EvalConfig, samples: Sequence[ShapesSample]
+                ) -> tuple[list[bool], list[bool]]:
+    """The night LoRA on prompts without a background, and the same seeds without it:
+    each image passes when its background is dark and its main shape keeps the prompt's
+    color and shape."""
+    with_lora, without = [], []
+    for i, s in enumerate(tqdm(samples, desc="lora", disable=not cfg.progress)):
+        text, spec = full_caption(s.shapes, None), s.shapes[0]
+        for use, results in ((True, with_lora), (False, without)):
+            img = runner.image(txt2img_graph(cfg, text, i, s.image.shape[0], lora=use))
+            found = judge.detect(img, max_objects=1)
+            results.append(bool(judge.background_luminance(img) < cfg.dark_luminance
+                                and found and found[0].color == spec.color
+                                and found[0].shape == spec.shape))
+    return with_lora, without
 
 
 def _other_color(rng: np.random.Generator, color: str) -> str:

@@ -68,6 +68,13 @@ def shape_pixels(image: np.ndarray) -> np.ndarray:
     return np.any(found, axis=0) if found else np.zeros_like(mask)
 
 
+def background_luminance(image: np.ndarray) -> float:
+    """Mean luma (0..255) of the pixels well away from any saturated shape."""
+    away = ~ndimage.binary_dilation(foreground(image), iterations=2)
+    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return float(luma[away].mean()) if away.any() else float(luma.mean())
+
+
 def nearest_color(rgb: np.ndarray) -> str:
     """Name of the palette color nearest (RGB distance) to one ``[3]`` color."""
     dist = np.linalg.norm(_PALETTE - np.asarray(rgb, np.float32)[None], axis=1)

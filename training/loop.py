@@ -146,7 +146,9 @@ def train_loop(name: str, cfg: LoopConfig, modules: dict[str, torch.nn.Module],
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     optimizer, lr_scheduler = make_optimizer(trainable, cfg)
     if ema is None and cfg.ema_decay is not None:
-        ema = EMAModel(ema_params or trainable, decay=cfg.ema_decay, use_ema_warmup=True)
+        # foreach: one fused update instead of a few kernels per tensor (launch-bound on GPU).
+        ema = EMAModel(ema_params or trainable, decay=cfg.ema_decay, use_ema_warmup=True,
+                       foreach=True)
     step = 0
     resume = latest_checkpoint(checkpoint_dir)
     if resume is not None:

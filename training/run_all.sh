@@ -20,6 +20,7 @@ stage training.train ship --out "$OUT"
 # Evaluate what ships (float16 files), installed as set-up installs them.
 "$PY" -c "import sys; from pathlib import Path; from nodes.diffusion.shapes_model import \
 ensure_shapes_model as e; e(Path(sys.argv[1]))" "$OUT/shipped"
+mkdir -p "$OUT/shipped/loras" && cp workflows/assets/loras/*.safetensors "$OUT/shipped/loras/"
 stage training.evaluate --models "$OUT/shipped" --threads "$THREADS" \
     --report "$OUT/eval.json" --grid "$OUT/samples.png"
 echo "== $(date -u +%T) done"

@@ -230,12 +230,14 @@ def _shape_phrase(s: ShapeSpec, *, size: bool = True, color: bool = True,
     return " ".join(words)
 
 
-def full_caption(shapes: Sequence[ShapeSpec], background: str, *, color: bool = True) -> str:
+def full_caption(shapes: Sequence[ShapeSpec], background: str | None, *,
+                 color: bool = True) -> str:
     """``"a large red circle at the top left and a small blue square at the bottom right on a
     black background"``: every attribute named (the evaluation prompts); ``color=False``
-    leaves the colors out (what a SEGA color concept then adds)."""
-    return (" and ".join(_shape_phrase(s, color=color) for s in shapes)
-            + f" on a {background} background")
+    leaves the colors out (what a SEGA color concept then adds), ``background=None`` the
+    background (what a style LoRA then decides)."""
+    text = " and ".join(_shape_phrase(s, color=color) for s in shapes)
+    return text if background is None else text + f" on a {background} background"
 
 
 def training_caption(shapes: Sequence[ShapeSpec], background: str,

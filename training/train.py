@@ -50,6 +50,7 @@ class StageOptions:
     seed: int = 0
     device: str = "cpu"
     models: ModelConfigs | None = None
+    workers: int = 0  # DataLoader processes preparing batches ahead (0: inline)
 
     @property
     def configs(self) -> ModelConfigs:
@@ -91,6 +92,14 @@ class CaptionEncoder:
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
         return self.text_encoder(self.ids(captions))[0]
+
+    def dropped(self, input_ids: torch.Tensor, prob: float) -> torch.Tensor:
+        """Context of ``input_ids`` with each row's caption emptied with probability
+        ``prob`` (the same draw as :func:`drop_captions`)."""
+        keep = caption_keep(len(input_ids), prob).to(self.text_encoder.device)
+        ids = input_ids.to(self.text_encoder.device)
+        ids = torch.where(keep[:, None], ids, self.ids([""]))
+        return self.text_encoder(ids)[0]
 
 
 def load_vae(opts: StageOptions) -> AutoencoderKL:
@@ -278,14 +287,20 @@ def latent_source(opts: StageOptions, vae: AutoencoderKL, dataset: ShapesDataset
                   latent_cache: int, progress: bool) -> LatentSource:
     """The stage's latents; the cache file is shared by every stage with the same VAE,
     seed and size (UNet, ControlNet)."""
-    return LatentSource(vae, dataset, cache_size=latent_cache, seed=opts.seed,
+    return LatentSource(vae, dataset, load_clip_tokenizer(), cache_size=latent_cache,
+                        seed=opts.seed,
                         cache_path=Path(opts.out_dir) / "cache" / f"latents-{latent_cache}.pt",
-                        progress=progress)
+                        progress=progress, workers=opts.workers)
+
+
+def caption_keep(n: int, prob: float) -> torch.Tensor:
+    """Which of ``n`` captions survive dropout with probability ``prob`` (global RNG)."""
+    return torch.rand(n) >= prob
 
 
 def drop_captions(captions: Sequence[str], prob: float) -> list[str]:
     """Empty a caption with probability ``prob`` (global RNG), for classifier-free guidance."""
-    keep = torch.rand(len(captions)) >= prob
+    keep = caption_keep(len(captions), prob)
     return [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
 
 
@@ -305,11 +320,9 @@ def train_unet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 32,
 
     def loss_fn(step: int) -> torch.Tensor:
         batch = source.batch(step, batch_size, opts.device)
-        captions = drop_captions([dataset.caption(i, batch.variant) for i in batch.indices],
-                                 cond_dropout)
-        noise, timesteps, noisy = add_training_noise(batch.latents, scheduler)
         with torch.no_grad():
-            context = encoder(captions)
+            context = encoder.dropped(batch.input_ids, cond_dropout)
+        noise, timesteps, noisy = add_training_noise(batch.latents, scheduler)
         pred = unet(noisy, timesteps, context).sample
         return diffusion_loss(pred, noise, timesteps, scheduler, snr_gamma)
 
@@ -344,6 +357,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes rendering batches ahead (a GPU needs several)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -375,7 +390,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    opts = StageOptions(out_dir=args.out, seed=args.seed, device=args.device)
+    opts = StageOptions(out_dir=args.out, seed=args.seed, device=args.device,
+                        workers=args.workers)
     if args.stage == "export":
         from training.export import export_model
 

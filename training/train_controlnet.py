@@ -21,7 +21,6 @@ from nodes.diffusion.controlnet import prepare_control_image
 from nodes.diffusion.tokenizer import load_clip_tokenizer
 from training.loop import LoopConfig, LoopResult, seed_everything, train_loop
 from training.models import build_controlnet, build_noise_scheduler
-from training.shapes import ShapesDataset
 from training.train import (
     CaptionEncoder,
     StageOptions,
@@ -29,7 +28,6 @@ from training.train import (
     add_timesteps_arg,
     add_training_noise,
     diffusion_loss,
-    drop_captions,
     latent_source,
     load_text_encoder,
     load_unet,
@@ -44,12 +42,11 @@ from training.train import (
 DEFAULTS: dict[str, float | int] = {"steps": 2500, "batch_size": 32, "lr": 2e-3, "warmup": 100}
 
 
-def control_images(dataset: ShapesDataset, indices: Sequence[int], size: int) -> torch.Tensor:
-    """``[B, 3, size, size]`` in 0..1: each sample's shape mask, white on black, resized
+def control_images(masks: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, 3, size, size]`` in 0..1: shape masks ``[B, H, W]``, white on black, resized
     by the engine's own ``prepare_control_image`` so training sees what sampling feeds."""
-    masks = np.stack([dataset.sample(i).mask for i in indices]).astype(np.float32)
-    image = torch.from_numpy(masks)[..., None]  # IMAGE layout [B, H, W, 1]
-    return prepare_control_image(image, size, size, len(indices))
+    image = torch.as_tensor(masks).float()[..., None]  # IMAGE layout [B, H, W, 1]
+    return prepare_control_image(image, size, size, len(masks))
 
 
 def train_controlnet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 32,
@@ -73,13 +70,11 @@ def train_controlnet(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 
     source = latent_source(opts, vae, dataset, latent_cache, loop.progress)
 
     def loss_fn(step: int) -> torch.Tensor:
-        batch = source.batch(step, batch_size, opts.device)
-        captions = drop_captions([dataset.caption(i, batch.variant) for i in batch.indices],
-                                 cond_dropout)
-        cond = control_images(dataset, batch.indices, hint_size).to(opts.device)
-        noise, t, noisy = add_training_noise(batch.latents, scheduler, timesteps)
+        batch = source.batch(step, batch_size, opts.device, masks=True)
         with torch.no_grad():
-            context = encoder(captions)
+            context = encoder.dropped(batch.input_ids, cond_dropout)
+        cond = control_images(batch.masks, hint_size).to(opts.device)
+        noise, t, noisy = add_training_noise(batch.latents, scheduler, timesteps)
         down, mid = controlnet(noisy, t, encoder_hidden_states=context,
                                controlnet_cond=cond, return_dict=False)
         pred = unet(noisy, t, context, down_block_additional_residuals=down,
@@ -110,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    opts = StageOptions(out_dir=args.out, seed=args.seed, device=args.device)
+    opts = StageOptions(out_dir=args.out, seed=args.seed, device=args.device,
+                        workers=args.workers)
     loop = loop_config(args, DEFAULTS, ema_decay=args.ema or None)
     _, result = train_controlnet(opts, loop, batch_size=int(args.batch_size or
                                                             DEFAULTS["batch_size"]),

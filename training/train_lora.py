@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    opts = StageOptions(out_dir=args.out, seed=args.seed, device=args.device)
+    opts = StageOptions(out_dir=args.out, seed=args.seed, device=args.device,
+                        workers=args.workers)
     path, result = train_lora(opts, loop_config(args, DEFAULTS),
                               batch_size=int(args.batch_size or DEFAULTS["batch_size"]),
                               rank=args.rank, timesteps=args.timesteps)
