@@ -258,8 +258,9 @@ def evaluate(models_dir: Path, cfg: EvalConfig, *, device: str = "cpu",
             baselines.append((s, img))
             shown.append(img)
         for key, values in scores.items():
-            report.metrics[key] = float(np.mean(values)) if values else 0.0
-            report.counts[key] = len(values)
+            if values:
+                report.metrics[key] = float(np.mean(values))
+                report.counts[key] = len(values)
 
         # 2. two shapes: both read back right (no target; binding is the hard part).
         if cfg.two_shape_samples:
