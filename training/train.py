@@ -358,7 +358,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--workers", type=int, default=0,
-                        help="processes rendering batches ahead (a GPU needs several)")
+                        help="unet, controlnet: processes building batches ahead (GPU: ~12)")
     parser.add_argument("--no-progress", action="store_true")
 
 
