@@ -360,13 +360,12 @@ def lora_trials(runner: GraphRunner, cfg: EvalConfig, samples: Sequence[ShapesSa
     color and shape."""
     with_lora, without = [], []
     for i, s in enumerate(tqdm(samples, desc="lora", disable=not cfg.progress)):
-        text, spec = full_caption(s.shapes, None), s.shapes[0]
+        text = full_caption(s.shapes, None)
         for use, results in ((True, with_lora), (False, without)):
             img = runner.image(txt2img_graph(cfg, text, i, s.image.shape[0], lora=use))
-            found = judge.detect(img, max_objects=1)
-            results.append(bool(judge.background_luminance(img) < cfg.dark_luminance
-                                and found and found[0].color == spec.color
-                                and found[0].shape == spec.shape))
+            kept = judge.score_single(img, s.shapes[0])
+            results.append(judge.background_luminance(img) < cfg.dark_luminance
+                           and kept["color"] and kept["shape"])
     return with_lora, without
 
 

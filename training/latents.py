@@ -34,13 +34,11 @@ from training.shapes import ShapesDataset, collate, image_to_tensor
 @dataclass
 class LatentBatch:
     """Latents already multiplied by the VAE scaling factor, with their sample indices,
-    training captions, their token ids ``[B, 77]`` and (when asked for) the union shape
-    masks ``[B, H, W]``."""
+    the token ids ``[B, 77]`` of their training captions and (when asked for) the union
+    shape masks ``[B, H, W]``."""
 
     latents: torch.Tensor
     indices: list[int]
-    variant: int  # the caption wording to use (the epoch when cached)
-    captions: list[str]
     input_ids: torch.Tensor
     masks: np.ndarray | torch.Tensor | None = None  # a tensor when built by a worker
 
@@ -134,6 +132,7 @@ class LatentSource:
         self.scaling = float(vae.config.scaling_factor)
         self.cache_size, self.workers = cache_size, workers
         self.mean = self.std = None
+        self._cache_device: torch.device | str = "cpu"
         self._steps: dict[tuple[int, bool], StepPrefetcher] = {}
         if cache_size > 0:
             self.mean, self.std = self._load_or_build(cache_path, encode_batch, progress)
@@ -162,10 +161,6 @@ class LatentSource:
             torch.save({"key": key, "mean": mean, "std": std}, path)
         return mean, std
 
-    def indices(self, step: int, batch_size: int) -> tuple[list[int], int]:
-        """Sample indices of ``step`` and their caption variant (the epoch, when cached)."""
-        return cache_indices(step, batch_size, self.cache_size, self.seed)
-
     def batch(self, step: int, batch_size: int, device: torch.device | str, *,
               masks: bool = False) -> LatentBatch:
         """Scaled latents of ``step``; the posterior noise comes from the global RNG."""
@@ -178,14 +173,14 @@ class LatentSource:
         item = self._steps[key](step)
         idx: list[int] = item["indices"]  # type: ignore[assignment]
         if self.mean is not None and self.std is not None:
-            if self.mean.device != torch.device(device):
+            if self._cache_device != device:
                 # Once: the whole cache on the training device, so a batch is one gather.
                 self.mean, self.std = self.mean.to(device), self.std.to(device)
+                self._cache_device = device
             where = torch.tensor(idx, device=self.mean.device)
             mean, std = self.mean[where].float(), self.std[where].float()
         else:
             mean, std = encode_posterior(self.vae, item["pixels"].to(device))  # type: ignore[union-attr]
         noise = torch.randn(mean.shape).to(device)
-        return LatentBatch((mean + std * noise) * self.scaling, idx, int(item["variant"]),
-                           list(item["captions"]), item["input_ids"],  # type: ignore[arg-type]
-                           item.get("masks"))  # type: ignore[arg-type]
+        return LatentBatch((mean + std * noise) * self.scaling, idx,
+                           item["input_ids"], item.get("masks"))  # type: ignore[arg-type]

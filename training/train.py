@@ -28,7 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from nodes.diffusion.tokenizer import load_clip_tokenizer
 from training.captions import CaptionHeads, labels_tensor
-from training.latents import LatentSource
+from training.latents import LatentSource, token_ids
 from training.loop import LoopConfig, LoopResult, seed_everything, train_loop
 from training.models import (
     ModelConfigs,
@@ -76,8 +76,7 @@ class CaptionEncoder:
         self._ids = lru_cache(maxsize=65536)(self._tokenize)
 
     def _tokenize(self, caption: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer(caption, padding="max_length", truncation=True,
-                                    max_length=self.tokenizer.model_max_length).input_ids)
+        return tuple(token_ids(self.tokenizer, [caption])[0].tolist())
 
     def ids(self, captions: Sequence[str], *, trim: bool = False) -> torch.Tensor:
         """Token ids ``[B, 77]``; ``trim`` cuts the padding columns every caption has."""
