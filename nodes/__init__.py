@@ -1,4 +1,10 @@
-"""Built-in node packs. Each module is one family of nodes and exposes NODE_CLASSES."""
+"""Built-in node packs. Each module is one family of nodes and exposes NODE_CLASSES.
+
+Importing the packs, building their schemas and validating a prompt import none of
+torch, diffusers or transformers (seconds at server start; tests/test_import_light.py):
+node modules import them, and the heavy ``nodes.diffusion`` modules, inside ``execute``
+and the helpers it calls.
+"""
 
 from __future__ import annotations
 

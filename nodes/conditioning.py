@@ -9,9 +9,7 @@ diffusers' ``encode_prompt`` result.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.embeddings import (
@@ -33,6 +31,9 @@ from nodes.diffusion.prompt_weighting import (
     tokenize_weighted,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 
 def _windows(tokenizer: Any, tokens: PromptTokens) -> list[Window]:
     eos = tokenizer.eos_token_id
@@ -43,6 +44,8 @@ def _windows(tokenizer: Any, tokens: PromptTokens) -> list[Window]:
 
 def _encode_windows(encoder: Any, windows: list[Window]) -> torch.Tensor:
     """Last hidden states ``[windows, 77, dim]``, embedding vectors injected."""
+    import torch
+
     device = encoder.device
     ids = torch.tensor([w.ids for w in windows], dtype=torch.long, device=device)
     attention_mask = None
@@ -58,7 +61,6 @@ def _encode_windows(encoder: Any, windows: list[Window]) -> torch.Tensor:
         return encoder(ids, attention_mask=attention_mask)[0]
 
 
-@torch.no_grad()
 def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None = None, *,
                 weighting: str = "comfy") -> torch.Tensor:
     """Embeddings ``[1, 77 * windows, dim]`` of a prompt (weights, embeddings, long prompts).
@@ -67,10 +69,12 @@ def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None
     ``encode_prompt``. ``embeddings`` resolves ``embedding:name`` (None: plain text);
     ``weighting`` is ``"comfy"`` or ``"a1111"`` (see ``apply_weights``).
     """
+    import torch
+
     tokenizer, encoder = clip.tokenizer, clip.text_encoder
     tokens = tokenize_weighted(tokenizer, parse_prompt_weights(text), embeddings)
     windows = _windows(tokenizer, tokens)
-    with patched(encoder, clip.patches):
+    with torch.no_grad(), patched(encoder, clip.patches):
         z = _encode_windows(encoder, windows)
         weights = torch.tensor([w.weights for w in windows])
         if bool((weights != 1).any()):

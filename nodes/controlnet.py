@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import Conditioning
-from nodes.models import path_fingerprint
+from nodes.diffusion.handles import Conditioning, Tensor
+from nodes.models import path_fingerprint, pickle_problem
+
+if TYPE_CHECKING:
+    import torch
 
 CONTROLNET_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -35,6 +36,11 @@ class ControlNetLoader(Node):
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
         path = env.resolve("models", "controlnet", inputs["control_net_name"])
         return path_fingerprint(path) if path.exists() else None
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return pickle_problem(inputs, env, "control_net_name", "models", "controlnet")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
         from nodes.diffusion.controlnet import ControlNet
@@ -94,7 +100,7 @@ class ControlNetApplyAdvanced(Node):
     positive: Conditioning = Input(type="CONDITIONING")
     negative: Conditioning = Input(type="CONDITIONING")
     control_net: Any = Input(type="CONTROL_NET")
-    image: torch.Tensor = Input(type="IMAGE", description="The control image, 0..1")
+    image: Tensor = Input(type="IMAGE", description="The control image, 0..1")
     strength: float = Input(1.0, min=0.0, max=10.0, step=0.01,
                             description="Scale of the ControlNet's residuals")
     start_percent: float = Input(0.0, min=0.0, max=1.0, step=0.001,
@@ -137,7 +143,7 @@ class ControlNetApply(Node):
 
     conditioning: Conditioning = Input(type="CONDITIONING")
     control_net: Any = Input(type="CONTROL_NET")
-    image: torch.Tensor = Input(type="IMAGE")
+    image: Tensor = Input(type="IMAGE")
     strength: float = Input(1.0, min=0.0, max=10.0, step=0.01)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:

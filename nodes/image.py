@@ -7,14 +7,15 @@ import json
 import re
 import secrets
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from PIL import Image, ImageOps, PngImagePlugin
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
 from engine.workflow import prompt_to_document
+from nodes.diffusion.handles import Tensor
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -33,6 +34,10 @@ def file_sha256(path: Path) -> str:
 
 def pil_to_image(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     """PIL → (IMAGE ``[1, H, W, 3]``, MASK ``[1, H, W]``; mask = 1 - alpha, as ComfyUI)."""
+    import numpy as np
+    import torch
+    from PIL import ImageOps
+
     img = ImageOps.exif_transpose(img)
     rgba = img.convert("RGBA")
     arr = np.asarray(rgba, dtype=np.float32) / 255.0
@@ -43,6 +48,9 @@ def pil_to_image(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
 
 def image_to_pil(image: torch.Tensor) -> list[Image.Image]:
     """IMAGE ``[B, H, W, C]`` → PIL images."""
+    import numpy as np
+    from PIL import Image
+
     arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
 
@@ -64,6 +72,8 @@ class LoadImage(Node):
         return file_sha256(path) if path.is_file() else None
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
         path = ctx.env.resolve("input", self.image)
         try:
             with Image.open(path) as img:
@@ -81,6 +91,8 @@ _COUNTER = re.compile(r"_(\d{5,})_\.png$")
 def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: str
                 ) -> list[dict[str, str]]:
     """Write PNGs with the prompt and workflow embedded; returns UI file entries."""
+    from PIL import PngImagePlugin
+
     prefix = prefix.strip() or "Steerflow"
     subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
     folder = ctx.env.folder(role, subfolder, create=True) if subfolder else ctx.env.folder(
@@ -121,7 +133,7 @@ class SaveImage(Node):
     OUTPUT_NODE = True
     OUTPUTS = ()
 
-    images: torch.Tensor = Input(type="IMAGE")
+    images: Tensor = Input(type="IMAGE")
     filename_prefix: str = Input("Steerflow", description="May contain a subfolder: 'cats/cat'")
 
     @classmethod
@@ -148,7 +160,7 @@ class PreviewImage(Node):
     OUTPUT_NODE = True
     OUTPUTS = ()
 
-    images: torch.Tensor = Input(type="IMAGE")
+    images: Tensor = Input(type="IMAGE")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         prefix = f"preview_{secrets.token_hex(4)}"

@@ -18,19 +18,21 @@ in -1..1, so the greyed latent is diffusers' ``masked_image_latents``.
 from __future__ import annotations
 
 from dataclasses import replace
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from engine import ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import Conditioning, InpaintCondition, Latent, Vae
-from nodes.diffusion.masking import as_mask4d, binarize, mask_to_latent, match_batch
+from nodes.diffusion.handles import Conditioning, InpaintCondition, Latent, Tensor, Vae
 from nodes.latent import encode
 from nodes.masks import dilate
+
+if TYPE_CHECKING:
+    import torch
 
 
 def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int) -> torch.Tensor:
     """The mask ``[B, H, W]`` for an IMAGE ``[B, H, W, C]``, cropped as the VAE crops it."""
+    from nodes.diffusion.masking import as_mask4d, match_batch
+
     mask = as_mask4d(mask)[:, 0]
     if pixels.dim() != 4:
         raise ValueError(f"an image must be [B, H, W, C], got {tuple(pixels.shape)}")
@@ -44,6 +46,8 @@ def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int) -> 
 
 def grey_masked(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The image with the pixels where ``mask >= 0.5`` set to grey (0.5)."""
+    from nodes.diffusion.masking import binarize
+
     h, w = mask.shape[-2:]
     pixels = pixels[:, :h, :w, :3]
     hard = binarize(mask)[..., None].to(pixels.dtype)
@@ -53,6 +57,8 @@ def grey_masked(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def inpaint_condition(vae: Vae, pixels: torch.Tensor, mask: torch.Tensor,
                       masked_latents: torch.Tensor | None = None) -> InpaintCondition:
     """Mask (binary, latent size) and masked-image latents for a 9-channel UNet."""
+    from nodes.diffusion.masking import binarize, mask_to_latent
+
     if masked_latents is None:
         masked_latents = encode(vae, grey_masked(pixels, mask))
     latent_mask = binarize(mask_to_latent(mask, tuple(masked_latents.shape[-2:])))
@@ -74,9 +80,11 @@ class SetLatentNoiseMask(Node):
     OUTPUTS = (Output("LATENT"),)
 
     samples: Latent = Input(type="LATENT")
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        from nodes.diffusion.masking import as_mask4d, mask_to_latent, match_batch
+
         latents = self.samples.samples
         mask = as_mask4d(self.mask)
         # Check now, not mid-sampling: size and batch must fit the latent.
@@ -99,9 +107,9 @@ class VAEEncodeForInpaint(Node):
     CATEGORY = "latent/inpaint"
     OUTPUTS = (Output("LATENT"),)
 
-    pixels: torch.Tensor = Input(type="IMAGE")
+    pixels: Tensor = Input(type="IMAGE")
     vae: Vae = Input(type="VAE")
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
     grow_mask_by: int = Input(6, min=0, max=64, step=1)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
@@ -131,8 +139,8 @@ class InpaintModelConditioning(Node):
     positive: Conditioning = Input(type="CONDITIONING")
     negative: Conditioning = Input(type="CONDITIONING")
     vae: Vae = Input(type="VAE")
-    pixels: torch.Tensor = Input(type="IMAGE")
-    mask: torch.Tensor = Input(type="MASK")
+    pixels: Tensor = Input(type="IMAGE")
+    mask: Tensor = Input(type="MASK")
     noise_mask: bool = Input(True, description="Also keep the unmasked region exactly")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning, Latent]:
@@ -157,14 +165,19 @@ class ImageCompositeMasked(Node):
     CATEGORY = "image"
     OUTPUTS = (Output("IMAGE"),)
 
-    destination: torch.Tensor = Input(type="IMAGE")
-    source: torch.Tensor = Input(type="IMAGE")
+    destination: Tensor = Input(type="IMAGE")
+    source: Tensor = Input(type="IMAGE")
     x: int = Input(0, min=0, max=16384, step=1)
     y: int = Input(0, min=0, max=16384, step=1)
     resize_source: bool = Input(False)
-    mask: torch.Tensor | None = Input(type="MASK", optional=True)
+    mask: Tensor | None = Input(type="MASK", optional=True)
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        import torch
+        import torch.nn.functional as F
+
+        from nodes.diffusion.masking import as_mask4d, match_batch
+
         dest, source = self.destination, self.source.to(self.destination.device)
         if dest.dim() != 4 or source.dim() != 4 or dest.shape[-1] != source.shape[-1]:
             raise ValueError(f"destination {tuple(dest.shape)} and source "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
 from nodes.diffusion.inversion import LatentTrajectory, ddim_invert
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DDIMInvert(Node):

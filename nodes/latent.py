@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from engine import ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import Latent, Vae
+from nodes.diffusion.handles import Latent, Tensor, Vae
+
+if TYPE_CHECKING:
+    import torch
 
 SD_LATENT_CHANNELS = 4
 SD_DOWNSCALE = 8
@@ -29,6 +32,8 @@ class EmptyLatentImage(Node):
     vae: Vae | None = Input(type="VAE", optional=True)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        import torch
+
         channels = self.vae.latent_channels if self.vae else SD_LATENT_CHANNELS
         factor = self.vae.downscale if self.vae else SD_DOWNSCALE
         if self.width % factor or self.height % factor:
@@ -38,26 +43,30 @@ class EmptyLatentImage(Node):
         return (Latent(torch.zeros(shape, device=ctx.device)),)
 
 
-@torch.no_grad()
 def decode(vae: Vae, latents: torch.Tensor) -> torch.Tensor:
     """Latents (UNet space) → IMAGE ``[B, H, W, C]`` in 0..1, as the pipelines postprocess."""
+    import torch
+
     model = vae.vae
-    x = latents.to(device=model.device, dtype=model.dtype) / vae.scaling_factor
-    image = model.decode(x, return_dict=False)[0]
-    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
+    with torch.no_grad():
+        x = latents.to(device=model.device, dtype=model.dtype) / vae.scaling_factor
+        image = model.decode(x, return_dict=False)[0]
+        return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
 
 
-@torch.no_grad()
 def encode(vae: Vae, image: torch.Tensor) -> torch.Tensor:
     """IMAGE → latents (UNet space), using the posterior's mode so it is deterministic."""
+    import torch
+
     model = vae.vae
     factor = vae.downscale
     h, w = image.shape[1] // factor * factor, image.shape[2] // factor * factor
     if h == 0 or w == 0:
         raise ValueError(f"image is smaller than the VAE's downscale factor {factor}")
-    x = image[:, :h, :w, :3].permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
-    posterior = model.encode(x * 2 - 1).latent_dist
-    return posterior.mode() * vae.scaling_factor
+    with torch.no_grad():
+        x = image[:, :h, :w, :3].permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
+        posterior = model.encode(x * 2 - 1).latent_dist
+        return posterior.mode() * vae.scaling_factor
 
 
 class VAEDecode(Node):
@@ -83,7 +92,7 @@ class VAEEncode(Node):
     CATEGORY = "latent"
     OUTPUTS = (Output("LATENT"),)
 
-    pixels: torch.Tensor = Input(type="IMAGE")
+    pixels: Tensor = Input(type="IMAGE")
     vae: Vae = Input(type="VAE")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:

@@ -8,8 +8,8 @@ from typing import Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
-from nodes.diffusion.lora import LORA_SUFFIXES, PICKLE_SUFFIXES, LoraFile, load_lora
-from nodes.models import path_fingerprint
+from nodes.diffusion.lora import LORA_SUFFIXES, LoraFile, load_lora
+from nodes.models import path_fingerprint, pickle_problem
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,6 @@ def _lora_fingerprint(inputs: dict[str, Any], env: Environment) -> Any:
     except ValueError:
         return None
     return path_fingerprint(path) if path.is_file() else None
-
-
-def _pickle_problem(inputs: dict[str, Any], env: Environment) -> list[tuple[str | None, str]]:
-    name = inputs.get("lora_name")
-    if isinstance(name, str) and name.lower().endswith(PICKLE_SUFFIXES) and not env.allow_pickle:
-        return [("lora_name", f"{name} is a pickle file; convert it to .safetensors or opt in "
-                              "to loading pickles (--allow-pickle)")]
-    return []
 
 
 def _read(ctx: ExecutionContext, name: str) -> LoraFile:
@@ -60,7 +52,7 @@ class _LoraFileNode(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        return _pickle_problem(inputs, env)
+        return pickle_problem(inputs, env, "lora_name", "models", "loras")
 
 
 class LoraLoader(_LoraFileNode):

@@ -5,16 +5,14 @@ A MASK is a float tensor ``[B, H, W]`` in 0..1 where 1 marks what to repaint.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
-from nodes.diffusion.masking import as_mask4d
+from nodes.diffusion.handles import Tensor
 from nodes.image import file_sha256, list_input_images
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_PIXELS = 16384
 CHANNELS = ("alpha", "red", "green", "blue")
@@ -23,6 +21,8 @@ _BAND_INDEX = {"red": 0, "green": 1, "blue": 2, "alpha": 3}
 
 def as_mask3d(mask: torch.Tensor) -> torch.Tensor:
     """A MASK in any accepted layout as ``[B, H, W]`` float."""
+    from nodes.diffusion.masking import as_mask4d
+
     return as_mask4d(mask)[:, 0]
 
 
@@ -30,6 +30,9 @@ def dilate(mask: torch.Tensor, pixels: int, tapered: bool = False) -> torch.Tens
     """Grey dilation (``pixels`` > 0) or erosion (< 0) of a ``[B, H, W]`` mask, one pixel
     per pass with a 3x3 footprint; ``tapered`` leaves out its corners (a plus), which
     rounds the grown corners."""
+    import torch
+    import torch.nn.functional as F
+
     x = mask[:, None]
     sign = 1.0 if pixels >= 0 else -1.0
     x = x * sign  # erosion is dilation of the negated mask
@@ -46,6 +49,9 @@ def dilate(mask: torch.Tensor, pixels: int, tapered: bool = False) -> torch.Tens
 
 def gaussian_blur(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Separable Gaussian blur of a ``[B, H, W]`` mask; kernel 2·radius + 1, σ = radius / 2."""
+    import torch
+    import torch.nn.functional as F
+
     if radius <= 0:
         return mask
     sigma = radius / 2
@@ -61,6 +67,8 @@ def gaussian_blur(mask: torch.Tensor, radius: int) -> torch.Tensor:
 def edge_ramp(size: int, start: int, end: int, device: torch.device) -> torch.Tensor:
     """A profile of length ``size`` rising linearly over the first ``start`` and falling
     over the last ``end`` entries (1 in between), as FeatherMask fades image edges."""
+    import torch
+
     ramp = torch.ones(size, device=device)
     for count, flip in ((start, False), (end, True)):
         count = min(count, size)
@@ -95,6 +103,10 @@ class LoadImageMask(Node):
         return file_sha256(path) if path.is_file() else None
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
         path = ctx.env.resolve("input", self.image)
         try:
             with Image.open(path) as img:
@@ -119,7 +131,7 @@ class MaskToImage(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("IMAGE"),)
 
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         return (as_mask3d(self.mask)[..., None].expand(-1, -1, -1, 3).contiguous(),)
@@ -133,7 +145,7 @@ class InvertMask(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("MASK"),)
 
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         return (1.0 - as_mask3d(self.mask),)
@@ -147,7 +159,7 @@ class ThresholdMask(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("MASK"),)
 
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
     value: float = Input(0.5, min=0.0, max=1.0, step=0.01)
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
@@ -166,7 +178,7 @@ class GrowMask(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("MASK"),)
 
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
     expand: int = Input(0, min=-MAX_PIXELS, max=MAX_PIXELS)
     tapered_corners: bool = Input(True)
 
@@ -183,7 +195,7 @@ class FeatherMask(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("MASK"),)
 
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
     left: int = Input(0, min=0, max=MAX_PIXELS)
     top: int = Input(0, min=0, max=MAX_PIXELS)
     right: int = Input(0, min=0, max=MAX_PIXELS)
@@ -210,7 +222,7 @@ class MaskBlur(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("MASK"),)
 
-    mask: torch.Tensor = Input(type="MASK")
+    mask: Tensor = Input(type="MASK")
     radius: int = Input(8, min=0, max=1024, description="Kernel radius in pixels (σ = radius/2)")
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:

@@ -10,12 +10,31 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# Loading a pickle can run arbitrary code: the loaders refuse these files at validation
+# unless the user opted in (and again when reading, for callers that skip validation).
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def list_checkpoints(env: Environment) -> list[str]:
     """Single files and diffusers folders (with model_index.json) under models/checkpoints."""
     return env.list_files("models", "checkpoints", suffixes=CHECKPOINT_SUFFIXES,
                           dirs_with="model_index.json")
+
+
+def pickle_problem(inputs: dict[str, Any], env: Environment, input_name: str, *folder: str
+                   ) -> list[tuple[str | None, str]]:
+    """A validation issue when ``inputs[input_name]`` names a pickle file in ``folder`` and
+    pickles are not allowed (a diffusers folder is checked when it is loaded)."""
+    name = inputs.get(input_name)
+    if not isinstance(name, str) or not name.lower().endswith(PICKLE_SUFFIXES) or env.allow_pickle:
+        return []
+    try:
+        if env.resolve(*folder, name).is_dir():
+            return []
+    except (KeyError, ValueError):
+        pass  # a name outside the folder is reported by the choices check
+    return [(input_name, f"{name} is a pickle file; convert it to .safetensors or opt in "
+                         "to loading pickles (--allow-pickle)")]
 
 
 def path_fingerprint(path: Path) -> list[Any]:
@@ -51,6 +70,11 @@ class CheckpointLoaderSimple(Node):
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
         path = env.resolve("models", "checkpoints", inputs["ckpt_name"])
         return path_fingerprint(path) if path.exists() else None
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return pickle_problem(inputs, env, "ckpt_name", "models", "checkpoints")
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
         from nodes.diffusion.loading import load_components

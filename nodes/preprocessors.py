@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import Tensor
+
+if TYPE_CHECKING:
+    import torch
 
 CHANNELS = ("red", "green", "blue", "alpha")
 
@@ -20,6 +21,8 @@ def canny_edges(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     hysteresis thresholds as fractions of 255.
     """
     import cv2  # opencv-python-headless; imported here so the rest never needs it
+    import numpy as np
+    import torch
 
     if image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"expected an IMAGE [B, H, W, C] with 1, 3 or 4 channels, "
@@ -44,7 +47,7 @@ class Canny(Node):
     CATEGORY = "image/preprocessors"
     OUTPUTS = (Output("IMAGE"),)
 
-    image: torch.Tensor = Input(type="IMAGE")
+    image: Tensor = Input(type="IMAGE")
     low_threshold: float = Input(0.4, min=0.01, max=0.99, step=0.01)
     high_threshold: float = Input(0.8, min=0.01, max=0.99, step=0.01)
 
@@ -69,7 +72,7 @@ class ImageToMask(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("MASK"),)
 
-    image: torch.Tensor = Input(type="IMAGE")
+    image: Tensor = Input(type="IMAGE")
     channel: str = Input("red", choices=CHANNELS)
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
 from nodes.diffusion.preview import latent_preview
-from nodes.diffusion.sampling import SamplingParams, StepCallback, sample
 from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler, unsupported_combination
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.sampling import StepCallback
 
 
 def sampler_problems(inputs: dict[str, Any]) -> list[tuple[str | None, str]]:
@@ -62,6 +64,8 @@ class KSampler(Node):
         return sampler_problems(inputs)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        from nodes.diffusion.sampling import SamplingParams, sample
+
         scheduler = make_scheduler(self.sampler_name, self.scheduler, self.model.scheduler_config)
         params = SamplingParams(seed=self.seed, steps=self.steps, cfg=self.cfg,
                                 denoise=self.denoise)

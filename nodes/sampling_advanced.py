@@ -10,17 +10,16 @@ afresh in each stage.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
-from nodes.diffusion.masking import mask_to_latent, match_batch
-from nodes.diffusion.sampling import SamplingParams, model_input_scale, sample
 from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler
 from nodes.sampling import sampler_problems, step_reporter
+
+if TYPE_CHECKING:
+    import torch
 
 ENABLE = ("enable", "disable")
 MAX_STEP = 10000
@@ -30,6 +29,8 @@ def predicted_original(scheduler: Any, timestep: torch.Tensor, model_input: torc
                        prediction: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x̂₀ from one UNet prediction at ``timestep`` (``model_input`` is the VP-space input,
     ``scale`` what ``scale_model_input`` applied: sqrt(ᾱ) for σ-space schedulers, else 1)."""
+    import torch
+
     scale = torch.as_tensor(scale, dtype=model_input.dtype)
     if float(scale) < 1.0:
         alpha_bar = scale**2
@@ -56,6 +57,8 @@ class FinalDenoise(SamplerExtension):
         self.result: dict[str, torch.Tensor] = {}
 
     def unet_inputs(self, run: Any, step: Step, call: UNetCall) -> None:
+        from nodes.diffusion.sampling import model_input_scale
+
         if step.index == step.total - 1:
             batch = run.init_latents.shape[0]
             run.state[self] = (call.latent_input[:batch],
@@ -107,6 +110,8 @@ class KSamplerAdvanced(Node):
         return sampler_problems(inputs)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        from nodes.diffusion.sampling import SamplingParams, sample
+
         end = min(self.end_at_step, self.steps)
         if self.start_at_step >= end:
             return (self.latent_image,)  # an empty window leaves the latent as it is
@@ -130,6 +135,8 @@ class KSamplerAdvanced(Node):
 
     def _keep_unmasked(self, x0: torch.Tensor) -> torch.Tensor:
         """The noise mask's kept region is the input latent itself once fully denoised."""
+        from nodes.diffusion.masking import mask_to_latent, match_batch
+
         latent = self.latent_image
         if latent.noise_mask is None:
             return x0

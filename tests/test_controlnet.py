@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from engine.session import Session, Workflow
+from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
 from tests.graph_nodes import CAPTURED, registry_with_capture
 
@@ -244,7 +245,9 @@ def test_pickle_controlnet_refused_unless_opted_in(session, models_dir, controln
     torch.save({**load_file(single), CONFIG_METADATA_KEY: config}, pickled)
     try:
         prompt = graph_prompt([{"net": "pickled.pth", "image": "control_a.png"}])
-        assert "allow_pickle" in run_error(session, prompt)
+        # refused at validation, before anything loads (load_controlnet refuses it too)
+        with pytest.raises(PromptValidationError, match=r"pickled\.pth is a pickle file"):
+            session.run(prompt)
         opted = Session(home, models_dir=models_dir, device="cpu", allow_pickle=True,
                         registry=registry_with_capture())
         expected = graph_image(session, graph_prompt([{"net": NET, "image": "control_a.png"}]))

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from engine.session import Session, Workflow
+from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, unsupported_combination
 from tests.graph_nodes import CAPTURED, registry_with_capture
 
@@ -142,9 +143,9 @@ def test_pickle_checkpoint_refused_unless_opted_in(session, models_dir, tmp_path
     pickled = models_dir / "checkpoints" / "pickled.ckpt"
     torch.save({"state_dict": load_file(single), CONFIG_METADATA_KEY: config}, pickled)
     try:
-        result = session.run(txt2img_prompt("pickled.ckpt", "euler", capture=False))
-        assert result.run.status == "error"
-        assert "allow" in result.run.error["exception_message"].lower()
+        # refused at validation, before anything loads (load_components refuses it too)
+        with pytest.raises(PromptValidationError, match=r"pickled\.ckpt is a pickle file"):
+            session.run(txt2img_prompt("pickled.ckpt", "euler", capture=False))
         opted = Session(tmp_path, models_dir=models_dir, device="cpu", allow_pickle=True)
         result = opted.run(txt2img_prompt("pickled.ckpt", "euler", capture=False))
         assert result.ok, result.run.error

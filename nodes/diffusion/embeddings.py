@@ -22,12 +22,13 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine import Environment
 from nodes.diffusion.prompt_weighting import EMBEDDING_PATTERN, parse_prompt_weights
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 PICKLE_SUFFIXES = (".pt", ".bin")
@@ -82,6 +83,8 @@ def embedding_problems(env: Environment, text: str) -> list[str]:
 
 def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
     """The vectors ``[n, dim]`` (float32, CPU) of one embedding file."""
+    import torch
+
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise ValueError(f"embedding {path.name} is a pickle file; loading pickles needs "
@@ -101,6 +104,8 @@ def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
 
 
 def _vectors_of(data: Any, filename: str) -> torch.Tensor:
+    import torch
+
     if isinstance(data, torch.Tensor):
         return data
     if not isinstance(data, dict):

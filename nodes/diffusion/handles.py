@@ -12,9 +12,17 @@ and never mutates the cached one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    # Pydantic resolves node input annotations (and the fields of these dataclasses)
+    # when a node class is defined. At run time ``Tensor`` is ``Any``, so defining,
+    # listing and validating nodes never imports torch (seconds); type checkers see
+    # the real class.
+    Tensor = Any
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class Vae:
 class CondEntry:
     """One conditioning: prompt embeddings ``[1, tokens, dim]`` and options."""
 
-    embeds: torch.Tensor
+    embeds: Tensor
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,7 +97,7 @@ class Conditioning:
     entries: tuple[CondEntry, ...]
 
     @property
-    def embeds(self) -> torch.Tensor:
+    def embeds(self) -> Tensor:
         """The first entry's embeddings: the batch's own; further entries (Conditioning
         Combine) are evaluated as extra batch entries and their predictions averaged."""
         return self.entries[0].embeds
@@ -104,8 +112,8 @@ class InpaintCondition:
     grey; the sampler concatenates ``[latents, mask, masked_latents]``.
     """
 
-    mask: torch.Tensor
-    masked_latents: torch.Tensor
+    mask: Tensor
+    masked_latents: Tensor
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,8 @@ class Latent:
     ``inpaint`` carries the extra input of 9-channel inpainting models.
     """
 
-    samples: torch.Tensor
-    noise_mask: torch.Tensor | None = None
+    samples: Tensor
+    noise_mask: Tensor | None = None
     inpaint: InpaintCondition | None = None
 
     @property

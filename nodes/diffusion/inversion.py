@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import DDIMInverseScheduler
+from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent, Tensor
 
-from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
-from nodes.diffusion.sampling import SamplingParams, StepCallback, sample
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DDIMInverseScheduler
+
+    from nodes.diffusion.sampling import StepCallback
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,9 @@ class LatentTrajectory:
     steps - i``.
     """
 
-    latents: torch.Tensor
-    timesteps: torch.Tensor
+    # node inputs' types: pydantic resolves them (see handles.Tensor)
+    latents: Tensor
+    timesteps: Tensor
     steps: int
 
     def __len__(self) -> int:
@@ -55,6 +59,8 @@ class LatentTrajectory:
 def inverse_scheduler(scheduler_config: dict) -> DDIMInverseScheduler:
     """DDIMInverseScheduler from the model's scheduler config (as diffusers' examples do),
     less the options only other schedulers know (which diffusers would warn about)."""
+    from diffusers import DDIMInverseScheduler
+
     known = set(inspect.signature(DDIMInverseScheduler.__init__).parameters)
     return DDIMInverseScheduler.from_config(
         {k: v for k, v in scheduler_config.items() if k in known or k.startswith("_")})
@@ -65,6 +71,10 @@ def ddim_invert(model: DiffusionModel, positive: Conditioning, negative: Conditi
                 callback: StepCallback | None = None) -> LatentTrajectory:
     """Invert ``latent`` (clean, UNet space) over the first ``int(steps * denoise)`` steps
     of a ``steps``-step DDIM schedule; returns the whole trajectory."""
+    import torch
+
+    from nodes.diffusion.sampling import SamplingParams, sample
+
     if cfg > 1.0 and negative is None:
         raise ValueError("cfg > 1 needs a negative conditioning (or use cfg 1, the usual "
                          "choice for inversion)")

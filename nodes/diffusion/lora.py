@@ -39,9 +39,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
@@ -49,7 +50,7 @@ COMPONENTS = ("unet", "text_encoder")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors metadata entry
 _SHOWN = 5  # failing keys listed in an error
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 
 
 class LoraMismatchError(ValueError):
@@ -70,6 +71,8 @@ class LoraWeight:
 
     def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
         """``ΔW`` in float32, reshaped to the weight (1x1 or kxk convolutions alike)."""
+        import torch
+
         up = self.up.to(device=device, dtype=torch.float32).flatten(1)
         down = self.down.to(device=device, dtype=torch.float32).flatten(1)
         return (up @ down).reshape(shape) * self.scale
@@ -88,6 +91,8 @@ class LoraPatch:
 
 def read_lora_file(path: Path, *, allow_pickle: bool = False) -> tuple[StateDict, dict[str, Any]]:
     """The tensors and the (diffusers) adapter metadata of a LoRA file."""
+    import torch
+
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise ValueError(f"LoRA {path.name} is a pickle file; convert it to .safetensors "
@@ -218,6 +223,8 @@ def component_metadata(metadata: dict[str, Any], component: str) -> dict[str, An
 def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, component: str,
              metadata: dict[str, Any] | None = None) -> tuple[tuple[str, LoraWeight], ...]:
     """Match one component's LoRA layers to ``root``'s weights; raise on any misfit."""
+    import torch
+
     meta = metadata or {}
     if meta.get("use_dora"):
         raise LoraMismatchError(f"LoRA {name!r} is a DoRA; DoRA is not supported")
@@ -310,6 +317,8 @@ def patched(root: torch.nn.Module, patches: Iterable[LoraPatch]) -> Iterator[Non
     tensors are copied before and copied back after, so the original is exact.
     Runs are serialised by the executor, so a shared cached model is safe to patch.
     """
+    import torch
+
     deltas: dict[str, list[tuple[float, LoraWeight]]] = {}
     for patch in patches:
         if patch.strength == 0:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 # A linear map from SD 1.x/2.x latent channels to RGB, the approximation the
 # community uses for live previews; good enough to see composition and color.
-_SD_LATENT_RGB = torch.tensor(
-    [
-        [0.3512, 0.2297, 0.3227],
-        [0.3250, 0.4974, 0.2350],
-        [-0.2829, 0.1762, 0.2721],
-        [-0.2120, -0.2616, -0.7177],
-    ]
+_SD_LATENT_RGB = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
 )
 
 MAX_PREVIEW_SIZE = 512
@@ -21,9 +22,12 @@ MAX_PREVIEW_SIZE = 512
 
 def latent_preview(latents: torch.Tensor, family: str = "sd1") -> Image.Image:
     """The first latent of a batch as an RGB image."""
+    import torch
+    from PIL import Image
+
     x = latents[0].detach().float().cpu()
-    if x.shape[0] == _SD_LATENT_RGB.shape[0]:
-        rgb = torch.einsum("chw,cr->hwr", x, _SD_LATENT_RGB)
+    if x.shape[0] == len(_SD_LATENT_RGB):
+        rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(_SD_LATENT_RGB))
         rgb = ((rgb + 1) / 2).clamp(0, 1)
     else:
         rgb = x[:3].permute(1, 2, 0)

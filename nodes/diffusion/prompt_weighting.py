@@ -26,8 +26,10 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ROUND_FACTOR = 1.1
 SQUARE_FACTOR = 1 / 1.1
@@ -112,7 +114,7 @@ def parse_prompt_weights(prompt: str) -> list[WeightedText]:
 # --- tokens -------------------------------------------------------------------------------
 
 # An embedding lookup returns the vectors ``[n, dim]`` for ``embedding:name``.
-EmbeddingLookup = Callable[[str], torch.Tensor]
+EmbeddingLookup = Callable[[str], "torch.Tensor"]
 EMBEDDING_PATTERN = re.compile(r"embedding:([^\s,;:()\[\]{}]+)")
 
 
@@ -194,6 +196,8 @@ def apply_weights(z: torch.Tensor, weights: torch.Tensor, *, z_empty: torch.Tens
 
     ``z_empty [1, 77, dim]`` is the empty prompt's encoding, needed by ``"comfy"``.
     """
+    import torch
+
     weights = weights.to(device=z.device, dtype=z.dtype)
     if method == "comfy":
         if z_empty is None:

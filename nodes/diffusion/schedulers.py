@@ -3,14 +3,15 @@
 ``sampler_name`` picks the diffusers scheduler class; ``scheduler`` picks how the
 noise levels are spaced. "normal" keeps the checkpoint's own scheduler config,
 which is what diffusers' pipelines do, so "normal" reproduces them exactly.
+
+Nothing here imports diffusers until a scheduler is built: validating a workflow
+checks sampler/schedule pairs against :data:`SCHEDULE_OPTIONS`, a static copy of
+what the scheduler classes accept (a test compares it with diffusers').
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
-
-import diffusers
 
 # sampler_name -> (diffusers class name, extra config)
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -59,9 +60,31 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 
 # Schedulers that take the diffusers-specific sigma options
 _SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+_ALL_OPTIONS = frozenset({"timestep_spacing", *_SIGMA_OPTIONS})
+
+# diffusers class name -> the options of SCHEDULES its __init__ accepts (diffusers 0.42;
+# tests/test_import_light.py checks this against the installed diffusers).
+SCHEDULE_OPTIONS: dict[str, frozenset[str]] = {
+    "EulerDiscreteScheduler": _ALL_OPTIONS,
+    "EulerAncestralDiscreteScheduler": frozenset({"timestep_spacing"}),
+    "HeunDiscreteScheduler": _ALL_OPTIONS,
+    "KDPM2DiscreteScheduler": _ALL_OPTIONS,
+    "KDPM2AncestralDiscreteScheduler": _ALL_OPTIONS,
+    "LMSDiscreteScheduler": _ALL_OPTIONS,
+    "DPMSolverMultistepScheduler": _ALL_OPTIONS,
+    "DPMSolverSDEScheduler": _ALL_OPTIONS,
+    "DPMSolverSinglestepScheduler": frozenset(_SIGMA_OPTIONS),
+    "DDIMScheduler": frozenset({"timestep_spacing"}),
+    "DDPMScheduler": frozenset({"timestep_spacing"}),
+    "PNDMScheduler": frozenset({"timestep_spacing"}),
+    "UniPCMultistepScheduler": _ALL_OPTIONS,
+    "DEISMultistepScheduler": _ALL_OPTIONS,
+}
 
 
 def _scheduler_class(sampler_name: str) -> type:
+    import diffusers  # imports torch: only when a scheduler is built
+
     class_name, _ = SAMPLERS[sampler_name]
     return getattr(diffusers, class_name)
 
@@ -72,9 +95,9 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
         return f"unknown sampler {sampler_name!r}"
     if schedule not in SCHEDULES:
         return f"unknown scheduler {schedule!r}"
-    params = inspect.signature(_scheduler_class(sampler_name).__init__).parameters
+    accepted = SCHEDULE_OPTIONS[SAMPLERS[sampler_name][0]]
     for key in SCHEDULES[schedule]:
-        if key not in params:
+        if key not in accepted:
             return (
                 f"sampler {sampler_name!r} does not support the {schedule!r} schedule "
                 f"(it has no {key!r} option)"

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 from nodes.diffusion.extensions import Predictions, SamplerExtension, Step
+from nodes.diffusion.handles import Tensor
 
 if TYPE_CHECKING:
+    import torch
+
     from nodes.diffusion.sampling import SamplingRun
 
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 class SegaConcept:
     """One edit concept: its prompt embedding and how strongly and when it steers."""
 
-    embeds: torch.Tensor
+    embeds: Tensor  # a node input's type: pydantic resolves it (see handles.Tensor)
     scale: float = 5.0
     reverse: bool = False  # True removes the concept ("negative" direction)
     warmup_steps: int = 10
@@ -64,6 +65,8 @@ class SemanticGuidance(SamplerExtension):
 
     def guidance(self, run: SamplingRun, step: Step, preds: Predictions,
                  guidance: torch.Tensor) -> torch.Tensor:
+        import torch
+
         state: _SegaState = run.state[self]
         edit_preds = preds.of(self)
         i = step.index
