@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
+import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 DeviceBytes = dict[str, int]
-_SCALARS = (int, float, str, bool, bytes)
+_NUMBERS = (int, float, bool, complex)
+_BUFFERS = (str, bytes, bytearray)
 
 
 def signature(type_id: str, version: int, constants: dict[str, Any], fingerprint: Any,
@@ -30,35 +34,56 @@ def signature(type_id: str, version: int, constants: dict[str, Any], fingerprint
 def value_nbytes(value: Any) -> DeviceBytes:
     """Bytes held by a value per device type ("cpu", "cuda", ...).
 
-    Counts tensors, ``torch.nn.Module`` parameters and buffers, containers and
-    dataclasses; objects can report themselves through ``__cache_nbytes__()``.
-    Storage shared between tensors of one value is counted once.
+    Counts torch tensors and ``torch.nn.Module`` parameters and buffers, numpy
+    arrays, PIL images, ``str``/``bytes``/``bytearray``/``memoryview``, and
+    containers and dataclasses of these; objects can report themselves through
+    ``__cache_nbytes__()``. Memory shared within one value (tensor storages,
+    numpy bases, an object referenced twice) is counted once. Other objects
+    count 0. torch, numpy and PIL are never imported here: a value can only
+    hold their types once they are in ``sys.modules``.
     """
-    if value is None or isinstance(value, _SCALARS):
-        return {}
-    if isinstance(value, tuple) and all(v is None or isinstance(v, _SCALARS) for v in value):
-        return {}
-    import torch
+    flat = _flat_nbytes(value)
+    if flat is not None:
+        return {"cpu": flat} if flat else {}
+    if isinstance(value, tuple) and len(value) == 1:  # a node's usual 1-output tuple
+        value = value[0]
+    torch = sys.modules.get("torch")
+    tensor_t = getattr(torch, "Tensor", None)
+    module_t = getattr(getattr(torch, "nn", None), "Module", None)
+    ndarray_t = getattr(sys.modules.get("numpy"), "ndarray", None)
+    image_t = getattr(sys.modules.get("PIL.Image"), "Image", None)
 
     total: DeviceBytes = {}
     seen_ids: set[int] = set()
-    seen_storage: set[tuple[str, int]] = set()
+    seen_memory: set[tuple[str, int]] = set()  # (device type, base address)
     stack = [value]
     while stack:
         obj = stack.pop()
-        if obj is None or isinstance(obj, int | float | str | bool | bytes) or id(obj) in seen_ids:
+        if obj is None or isinstance(obj, _NUMBERS) or id(obj) in seen_ids:
             continue
         seen_ids.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            _add_tensor(obj, total, seen_storage)
-        elif isinstance(obj, torch.nn.Module):
+        if isinstance(obj, _BUFFERS):
+            _add(total, "cpu", _buffer_nbytes(obj))
+        elif tensor_t is not None and isinstance(obj, tensor_t):
+            _add_tensor(obj, total, seen_memory)
+        elif module_t is not None and isinstance(obj, module_t):
             for t in obj.parameters():
-                _add_tensor(t, total, seen_storage)
+                _add_tensor(t, total, seen_memory)
             for t in obj.buffers():
-                _add_tensor(t, total, seen_storage)
+                _add_tensor(t, total, seen_memory)
+        elif ndarray_t is not None and isinstance(obj, ndarray_t):
+            _add_array(obj, ndarray_t, total, seen_memory, stack)
+        elif image_t is not None and isinstance(obj, image_t):
+            _add(total, "cpu", _image_nbytes(obj))
+        elif isinstance(obj, memoryview):
+            # the exporter holds the memory; a view of a bytes object counts that object
+            if isinstance(obj.obj, _BUFFERS):
+                stack.append(obj.obj)
+            else:
+                _add(total, "cpu", obj.nbytes)
         elif hasattr(obj, "__cache_nbytes__"):
             for dev, n in obj.__cache_nbytes__().items():
-                total[dev] = total.get(dev, 0) + n
+                _add(total, dev, n)
         elif isinstance(obj, dict):
             stack.extend(obj.values())
         elif isinstance(obj, list | tuple | set | frozenset):
@@ -66,6 +91,36 @@ def value_nbytes(value: Any) -> DeviceBytes:
         elif hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
             stack.extend(getattr(obj, f) for f in obj.__dataclass_fields__)
     return total
+
+
+def _flat_nbytes(value: Any) -> int | None:
+    """The fast path: bytes of a scalar, a string, or a tuple/list of those; else None."""
+    if value is None or isinstance(value, _NUMBERS):
+        return 0
+    if isinstance(value, _BUFFERS):
+        return _buffer_nbytes(value)
+    if isinstance(value, tuple | list) and len(value) <= 16:
+        n = 0
+        for v in value:
+            if v is None or isinstance(v, _NUMBERS):
+                continue
+            if not isinstance(v, _BUFFERS):
+                return None
+            n += _buffer_nbytes(v)  # a string repeated in the tuple counts twice: harmless
+        return n
+    return None
+
+
+def _buffer_nbytes(obj: str | bytes | bytearray) -> int:
+    # A non-ASCII str stores 1, 2 or 4 bytes per character: getsizeof knows which.
+    if isinstance(obj, str) and not obj.isascii():
+        return sys.getsizeof(obj)
+    return len(obj)
+
+
+def _add(total: DeviceBytes, device: str, n: int) -> None:
+    if n:
+        total[device] = total.get(device, 0) + n
 
 
 def _add_tensor(t: Any, total: DeviceBytes, seen: set[tuple[str, int]]) -> None:
@@ -78,7 +133,32 @@ def _add_tensor(t: Any, total: DeviceBytes, seen: set[tuple[str, int]]) -> None:
     if key in seen:
         return
     seen.add(key)
-    total[t.device.type] = total.get(t.device.type, 0) + nbytes
+    _add(total, t.device.type, nbytes)
+
+
+def _add_array(arr: Any, ndarray_t: type, total: DeviceBytes, seen: set[tuple[str, int]],
+               stack: list[Any]) -> None:
+    """A numpy array: its root base's buffer, once per value (views share it)."""
+    root = arr
+    while isinstance(root.base, ndarray_t):
+        root = root.base
+    # The root's address matches a tensor made by torch.from_numpy: counted once too.
+    key = ("cpu", root.__array_interface__["data"][0])
+    if root.nbytes and key not in seen:
+        seen.add(key)
+        _add(total, "cpu", root.nbytes)
+    if arr.dtype.hasobject:  # only pointers are in the buffer; the objects live apart
+        stack.extend(arr.ravel().tolist())
+
+
+# Bytes per pixel in Pillow's memory: multi-band images use 4 bytes per pixel.
+_PIL_PIXEL = {"1": 1, "L": 1, "P": 1, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
+              "I;16N": 2}
+
+
+def _image_nbytes(img: Any) -> int:
+    width, height = img.size
+    return width * height * _PIL_PIXEL.get(img.mode, 4)
 
 
 @dataclass
@@ -95,7 +175,7 @@ class OutputCache:
 
     ``budgets`` maps a device type to the bytes it may hold; a device without a
     budget is unlimited. Pinned entries are never evicted, even over budget.
-    ``max_entries`` bounds the count too: scalar outputs weigh 0 bytes, and a
+    ``max_entries`` bounds the count too: numeric outputs weigh 0 bytes, and a
     long-running server would otherwise keep every one it ever computed.
     """
 
@@ -123,9 +203,13 @@ class OutputCache:
         if old is not None:
             self._account(old.nbytes, -1)
             pins += old.pins
-        entry = CacheEntry(outputs, ui, value_nbytes(outputs), pins)
+        nbytes = value_nbytes(outputs)
+        if ui:  # a UI payload (a shown text) can be as large as any output
+            for dev, n in value_nbytes(ui).items():
+                nbytes[dev] = nbytes.get(dev, 0) + n
+        entry = CacheEntry(outputs, ui, nbytes, pins)
         self.entries[sig] = entry
-        if entry.nbytes:  # scalars cannot push a device over its budget
+        if entry.nbytes:  # numbers cannot push a device over its budget
             self._account(entry.nbytes, +1)
             self.evict()
         if len(self.entries) > self.max_entries:
@@ -184,3 +268,109 @@ class OutputCache:
     def _account(self, nbytes: DeviceBytes, sign: int) -> None:
         for dev, n in nbytes.items():
             self.used[dev] = self.used.get(dev, 0) + sign * n
+
+
+# --- budgets ----------------------------------------------------------------------
+BUDGET_DEVICES = ("cpu", "cuda", "mps", "xpu")
+MAX_BUDGET = 1 << 50  # 1 PiB: more is a typo, not a machine
+BUDGET_EXAMPLES = "'8GiB', '512MiB', '8000000', '50%' or 'cpu=4GiB,cuda=80%'"
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+    "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+_AMOUNT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(%|[a-z]*)")
+
+Amount = tuple[str, float]  # ("bytes", n) or ("percent", p)
+MemoryOf = Callable[[str], int | None]
+
+
+def check_budget(text: str) -> list[tuple[str | None, Amount]]:
+    """Parse a cache budget without asking any device; raises ValueError.
+
+    Returns ``(device or None for a bare value, amount)`` entries; use it to
+    validate an option where torch must not be imported (the server).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"empty cache budget; expected {BUDGET_EXAMPLES}")
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1 and "=" not in parts[0]:
+        return [(None, _parse_amount(parts[0], text))]
+    entries: list[tuple[str | None, Amount]] = []
+    for part in parts:
+        device, sep, amount = (x.strip() for x in part.partition("="))
+        if not sep:
+            raise _budget_error(text, f"{part!r} names no device: give every entry of a "
+                                      "list as DEVICE=SIZE")
+        device = device.lower()
+        if ":" in device:
+            raise _budget_error(text, f"budgets are per device type: use "
+                                      f"{device.partition(':')[0]!r}, not {device!r}")
+        if device not in BUDGET_DEVICES:
+            raise _budget_error(text, f"unknown device {device!r} (expected one of "
+                                      f"{', '.join(BUDGET_DEVICES)})")
+        if any(d == device for d, _ in entries):
+            raise _budget_error(text, f"device {device!r} is given twice")
+        entries.append((device, _parse_amount(amount, text)))
+    return entries
+
+
+def parse_budget(text: str, *, memory: MemoryOf | None = None) -> dict[str, int]:
+    """Bytes per device type from a cache-budget string.
+
+    Accepted: bytes with an optional unit (``8000000``, ``8GB`` = 8*10^9,
+    ``8GiB`` or ``8G`` = 8*2^30, ``512MiB``, ``1.5GiB``), a percentage of the
+    device's memory (``50%``), or a per-device list (``cpu=4GiB,cuda=80%``).
+    A bare value applies to cpu and, when the machine has one, cuda.
+    ``memory(device)`` gives a device type's total bytes or None when absent
+    (default :func:`engine.session.device_memory`; it imports torch only to
+    ask about cuda). A percentage of an absent device is left out.
+    """
+    entries = check_budget(text)
+    if memory is None:
+        from engine.session import device_memory as memory  # lazily: session imports us
+    if entries[0][0] is None:
+        amount = entries[0][1]
+        entries = [("cpu", amount)]
+        if memory("cuda") is not None:
+            entries.append(("cuda", amount))
+    budgets: dict[str, int] = {}
+    for device, (kind, value) in entries:
+        assert device is not None
+        if kind == "bytes":
+            budgets[device] = int(value)
+            continue
+        total = memory(device)
+        if total is None:
+            if device == "cpu":
+                raise _budget_error(text, "cannot tell how much memory this machine has; "
+                                          "give the cpu budget in bytes")
+            continue  # e.g. cuda=80% on a machine without a GPU: nothing to bound
+        budgets[device] = int(total * value / 100)
+    return budgets
+
+
+def _parse_amount(amount: str, text: str) -> Amount:
+    match = _AMOUNT.fullmatch(amount.strip().lower())
+    if match is None and amount.strip().startswith("-"):
+        raise _budget_error(text, f"{amount!r} is negative")
+    if match is None:
+        raise _budget_error(text, f"{amount!r} is not a size")
+    number, unit = float(match.group(1)), match.group(2)
+    if unit == "%":
+        if number > 100:
+            raise _budget_error(text, f"{amount!r} is over 100%")
+        return ("percent", number)
+    if unit not in _UNITS:
+        raise _budget_error(text, f"unknown unit {match.group(2)!r} (use B, KB, MB, GB, TB "
+                                  "for powers of 1000 or KiB, MiB, GiB, TiB for 1024)")
+    nbytes = number * _UNITS[unit]
+    if nbytes > MAX_BUDGET:
+        raise _budget_error(text, f"{amount!r} is more than 1 PiB")
+    return ("bytes", nbytes)
+
+
+def _budget_error(text: str, reason: str) -> ValueError:
+    return ValueError(f"bad cache budget {text!r}: {reason}; expected e.g. {BUDGET_EXAMPLES}")

@@ -4,6 +4,11 @@ A node pack is any importable module exposing ``NODE_CLASSES`` (a sequence of
 :class:`engine.node.Node` subclasses) and optionally ``setup(env)``, called once
 before the first run (e.g. to create a default model). Built-in packs and
 custom packs use exactly this API.
+
+A custom pack's import runs in a daemon thread with a time limit
+(:data:`PACK_IMPORT_TIMEOUT`): an exception, ``sys.exit()``, a
+``KeyboardInterrupt`` raised by the pack, or an import that never finishes is
+recorded as a :class:`PackError` and loading goes on with the next pack.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import importlib
 import importlib.util
 import logging
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -26,6 +33,19 @@ log = logging.getLogger(__name__)
 
 BUILTIN_PACKS = ("nodes",)
 ENTRY_POINT_GROUP = "steerflow.nodes"
+CUSTOM_PACKAGE = "steerflow_custom_nodes"
+
+PACK_IMPORT_TIMEOUT: float | None = 30.0
+"""Seconds one custom pack's import may take (None: no limit)."""
+
+# Module names whose timed-out import is still running in its thread: importing
+# them again would wait on the same module lock, so a retry fails at once.
+_stuck: set[str] = set()
+_stuck_lock = threading.Lock()
+
+
+class _PackFailed(Exception):
+    """A pack's import failed, exited, was interrupted or timed out."""
 
 
 @dataclass
@@ -67,15 +87,14 @@ class NodeRegistry:
             self.setups.append(setup)
         return count
 
-    def load_pack(self, name: str) -> None:
-        """Import a pack by module name, recording (not raising) its failure."""
-        try:
-            self.add_module(importlib.import_module(name))
-        except Exception as exc:  # a broken custom pack must not take the engine down
-            log.exception("failed to load node pack %s", name)
-            self.errors.append(PackError(name, f"{type(exc).__name__}: {exc}"))
+    def load_pack(self, name: str, *, timeout: float | None = None) -> None:
+        """Import a pack by module name, recording (not raising) its failure.
 
-    def load_directory(self, directory: Path) -> None:
+        ``timeout`` defaults to :data:`PACK_IMPORT_TIMEOUT`.
+        """
+        self._load_guarded(name, name, lambda: importlib.import_module(name), timeout)
+
+    def load_directory(self, directory: Path, *, timeout: float | None = None) -> None:
         """Load every pack (a package or a ``.py`` file) in a custom-nodes folder."""
         if not directory.is_dir():
             return
@@ -88,26 +107,26 @@ class NodeRegistry:
                 init = path
             else:
                 continue
-            mod_name = f"steerflow_custom_nodes.{path.stem}"
-            try:
-                spec = importlib.util.spec_from_file_location(
-                    mod_name, init,
-                    submodule_search_locations=[str(path)] if path.is_dir() else None,
-                )
-                if spec is None or spec.loader is None:
-                    raise ImportError(f"cannot import {init}")
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[mod_name] = module
-                spec.loader.exec_module(module)
-                self.add_module(module)
-            except Exception as exc:
-                log.exception("failed to load custom node pack %s", path)
-                sys.modules.pop(mod_name, None)
-                self.errors.append(PackError(str(path), f"{type(exc).__name__}: {exc}"))
+            mod_name = f"{CUSTOM_PACKAGE}.{path.stem}"
+            self._load_guarded(str(path), mod_name,
+                               lambda p=path, i=init, m=mod_name: _exec_file(p, i, m), timeout)
 
-    def load_entry_points(self) -> None:
+    def load_entry_points(self, *, timeout: float | None = None) -> None:
+        """Load the packs installed under the ``steerflow.nodes`` entry-point group."""
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            self.load_pack(ep.value)
+            self._load_guarded(ep.value, ep.module, ep.load, timeout)
+
+    def _load_guarded(self, label: str, module_name: str, importer: Callable[[], Any],
+                      timeout: float | None) -> None:
+        try:
+            pack = _import_guarded(label, module_name, importer,
+                                   PACK_IMPORT_TIMEOUT if timeout is None else timeout)
+            self.add_module(pack)
+        except _PackFailed as exc:
+            self.errors.append(PackError(label, str(exc)))
+        except (Exception, SystemExit) as exc:  # NODE_CLASSES itself may be broken
+            log.exception("failed to register node pack %s", label)
+            self.errors.append(PackError(label, f"{type(exc).__name__}: {exc}"))
 
     def setup(self, env: Environment) -> None:
         for hook in self.setups:
@@ -127,3 +146,88 @@ def default_registry(custom_nodes: Path | None = None) -> NodeRegistry:
     if custom_nodes is not None:
         registry.load_directory(custom_nodes)
     return registry
+
+
+def _exec_file(path: Path, init: Path, mod_name: str) -> ModuleType:
+    """Import a custom-nodes folder entry (package or ``.py`` file) as ``mod_name``."""
+    spec = importlib.util.spec_from_file_location(
+        mod_name, init, submodule_search_locations=[str(path)] if path.is_dir() else None)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {init}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # before exec: the pack's relative imports need it
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
+                    timeout: float | None) -> Any:
+    """Run ``importer`` in a daemon thread and return what it returns.
+
+    Raises :class:`_PackFailed` for anything it raises, ``SystemExit`` and
+    ``KeyboardInterrupt`` included (a pack's, not the user's: a real Ctrl+C
+    reaches this thread's wait and propagates), and when it has not finished
+    after ``timeout`` seconds. A thread cannot be killed, so a hung import
+    keeps running; its modules are dropped from ``sys.modules`` and a retry
+    fails at once until it ends.
+    """
+    with _stuck_lock:
+        if module_name in _stuck:
+            raise _PackFailed(f"an earlier import of {module_name!r} timed out and is "
+                              "still running")
+    before = set(sys.modules)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = importer()
+        except BaseException as exc:  # the pack's sys.exit() must not end the engine
+            box["error"] = exc
+        finally:
+            with _stuck_lock:
+                done.set()
+                if module_name in _stuck:  # abandoned: whatever it left is not loaded
+                    _stuck.discard(module_name)
+                    _forget_modules(module_name, before)
+
+    thread = threading.Thread(target=target, name=f"pack-import {module_name}", daemon=True)
+    thread.start()
+    if not done.wait(timeout):
+        with _stuck_lock:
+            if not done.is_set():
+                _stuck.add(module_name)
+                _forget_modules(module_name, before)
+                where = _thread_position(thread)
+                log.error("node pack %s: import still running after %gs%s; skipped",
+                          label, timeout, where)
+                raise _PackFailed(f"TimeoutError: import did not finish within {timeout:g}s"
+                                  f"{where}; the pack is not loaded")
+    exc = box.get("error")
+    if exc is None:
+        return box["value"]
+    _forget_modules(module_name, before)
+    log.error("failed to load node pack %s", label,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, SystemExit):
+        raise _PackFailed(f"SystemExit: the pack called sys.exit({exc.code!r}) at import")
+    if isinstance(exc, KeyboardInterrupt):
+        raise _PackFailed("KeyboardInterrupt: the pack raised KeyboardInterrupt at import")
+    raise _PackFailed(f"{type(exc).__name__}: {exc}")
+
+
+def _forget_modules(module_name: str, before: set[str]) -> None:
+    """Drop the pack's module and submodules that its import added to ``sys.modules``."""
+    prefix = module_name + "."
+    for name in [n for n in sys.modules if n == module_name or n.startswith(prefix)]:
+        if name not in before:
+            sys.modules.pop(name, None)
+
+
+def _thread_position(thread: threading.Thread) -> str:
+    """' (at FILE:LINE)' where a running thread currently is, for the hang report."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return ""
+    last = traceback.extract_stack(frame)[-1]
+    return f" (at {last.filename}:{last.lineno})"

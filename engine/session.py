@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.cache import OutputCache
+from engine.cache import OutputCache, parse_budget
 from engine.environment import Environment
 from engine.executor import EventCallback, Executor, RunResult
 from engine.registry import NodeRegistry, default_registry
@@ -167,18 +167,49 @@ class Session:
         self.executor.validate(_as_workflow(workflow).prompt)
 
 
-def default_budgets() -> dict[str, int]:
-    """Half the machine's memory for cached CPU values, 80% of each GPU's."""
-    budgets: dict[str, int] = {}
-    try:
-        budgets["cpu"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):
-        budgets["cpu"] = 8 << 30
-    import torch
+DEFAULT_BUDGET = "cpu=50%,cuda=80%"
+_FALLBACK_RAM = 16 << 30
 
-    if torch.cuda.is_available():
-        budgets["cuda"] = int(torch.cuda.get_device_properties(0).total_memory * 0.8)
-    return budgets
+
+def default_budgets() -> dict[str, int]:
+    """Half the machine's memory for cached CPU values, 80% of the GPU's."""
+    return parse_budget(DEFAULT_BUDGET, memory=device_memory)
+
+
+def device_memory(device: str) -> int | None:
+    """Total memory of a device type in bytes; None when the machine has none.
+
+    cpu: physical RAM, or the cgroup (container) limit when lower; cuda: the
+    current GPU's memory (torch is imported only for this question).
+    """
+    if device == "cpu":
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            ram = _FALLBACK_RAM
+        limit = _cgroup_memory_limit()
+        return min(ram, limit) if limit else ram
+    if device == "cuda":
+        try:
+            import torch
+        except ImportError:
+            return None
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return None
+
+
+def _cgroup_memory_limit() -> int | None:
+    # In a container, RAM is the host's; the cgroup limit is what gets us OOM-killed.
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:  # cgroup v1 says "no limit" with ~2^63
+            return int(raw)
+    return None
 
 
 def _as_workflow(workflow: Workflow | Prompt | str | os.PathLike[str]) -> Workflow:

@@ -5,14 +5,26 @@ Every user-supplied name is confined to its folder after resolving symlinks
 Content-Type, ``nosniff`` and a sandboxing CSP, so nothing is ever rendered
 as HTML or script; uploads are size-capped, verified with Pillow and renamed
 to a safe name.
+
+An upload is never visible half-written: it goes to a hidden temp file
+(``.upload-*.part``) in its destination folder, is flushed and fsynced, then
+linked (new name) or renamed (overwrite) into place. A crash can leave only
+such temp files, which :func:`remove_leftovers` deletes at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
+import shutil
+import stat
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, web
@@ -23,9 +35,23 @@ from server.errors import ApiError, json_response
 from server.imaging import CONTENT_TYPES, FORMATS, MAGIC, NotAnImage, check_image, reencode
 from server.state import state
 
+if TYPE_CHECKING:
+    from engine.environment import Environment
+
+log = logging.getLogger(__name__)
+
 ROLES = ("output", "input", "temp")
 FIELD_LIMIT = 4096
 _BAD_CHARS = set('<>:"|?*')
+# Uploaded names never start with "." (sanitize_filename) nor end in ".part", so
+# these temp files can neither clash with an upload nor show up as images.
+TEMP_PREFIX = ".upload-"
+TEMP_SUFFIX = ".part"
+# Hard links are not supported everywhere (FAT, some network shares); there, a
+# name check and a rename under this lock keep this process's uploads apart.
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS,
+            errno.EMLINK}
+_store_lock = threading.Lock()
 
 
 def _role(value: str | None, default: str) -> str:
@@ -150,6 +176,11 @@ async def upload_image(request: web.Request) -> web.Response:
         name = await loop.run_in_executor(None, _store, folder, name, data, overwrite)
     except PathError as exc:
         raise ApiError(403, "forbidden_path", str(exc)) from None
+    except OSError as exc:  # a full disk, a read-only folder...
+        log.warning("upload to %s failed: %s", folder, exc)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise ApiError(507 if full else 500, "write_failed",
+                       f"cannot store the upload: {exc.strerror or exc}") from None
     return json_response({"name": name, "subfolder": subfolder, "type": role})
 
 
@@ -202,22 +233,153 @@ def _with_suffix(name: str, fmt: str) -> str:
 
 
 def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
-    """Write ``data`` as ``name`` (or ``name (n)``); an identical existing file is reused."""
+    """Write ``data`` as ``name`` (or ``name (n)``); an identical existing file is reused.
+
+    Atomic: the data is complete and on disk in a temp file before any final
+    name points at it, so a crash at any moment leaves no partial image.
+    """
     stem, suffix = os.path.splitext(name)
-    for n in range(10000):
-        candidate = name if n == 0 else f"{stem} ({n}){suffix}"
-        path = confined_path(folder, candidate)
-        if overwrite:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+    tmp = _write_temp(folder, data)
+    try:
+        for n in range(10000):
+            candidate = name if n == 0 else f"{stem} ({n}){suffix}"
+            path = confined_path(folder, candidate)
+            if path.is_dir():
+                continue
+            if overwrite:
+                os.replace(tmp, path)
+            elif not _link_if_absent(tmp, path):
+                if _same_content(path, data):
+                    return candidate
+                continue
+            _fsync_dir(path.parent)
             return candidate
-        try:
-            with path.open("xb") as fh:
-                fh.write(data)
-            return candidate
-        except FileExistsError:
-            if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-                return candidate
+    finally:
+        tmp.unlink(missing_ok=True)  # linked, failed or unused: the temp name goes
     raise ApiError(409, "name_taken", f"too many files named like {name!r}")
+
+
+def _write_temp(folder: Path, data: bytes) -> Path:
+    """``data`` in a new hidden temp file in ``folder``, flushed and fsynced."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _link_if_absent(tmp: Path, path: Path) -> bool:
+    """Give ``tmp``'s file the name ``path`` unless it exists; atomic create-if-absent."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+    with _store_lock:  # no hard links here: check, then rename (atomic, may race others)
+        if os.path.lexists(path):
+            return False
+        os.replace(tmp, path)
+        return True
+
+
+def _same_content(path: Path, data: bytes) -> bool:
+    try:
+        return (path.is_file() and path.stat().st_size == len(data)
+                and path.read_bytes() == data)
+    except OSError:
+        return False
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the new name itself durable (power loss), not only the file's data.
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory
+    finally:
+        os.close(fd)
+
+
+# --- start-up clean-up ------------------------------------------------------------
+def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]:
+    """Delete what interrupted uploads and runs left; returns the paths removed.
+
+    Removes upload temp files (``.upload-*``) anywhere under the input, output
+    and temp folders, and everything inside ``temp/`` (not the folder). Never
+    follows a symlink: a linked entry is unlinked, its target untouched, and a
+    ``temp/`` that is itself a symlink is not emptied. Entries modified less
+    than ``older_than`` seconds ago are kept (an upload in progress elsewhere).
+    """
+    cutoff = time.time() - older_than
+    removed: list[Path] = []
+    for role in ROLES:
+        root = env.folders.get(role)
+        if root is None or not root.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(root, followlinks=False):
+            for fname in files:
+                if fname.startswith(TEMP_PREFIX):
+                    path = Path(dirpath, fname)
+                    if _is_old_file(path, cutoff) and _remove(path):
+                        removed.append(path)
+    temp = env.folders.get("temp")
+    if temp is not None and temp.is_symlink():
+        log.warning("temp folder %s is a symlink; not emptying it", temp)
+    elif temp is not None and temp.is_dir():
+        for entry in os.scandir(temp):
+            path = Path(entry.path)
+            if not entry.is_symlink() and entry.is_dir():
+                if _is_old(path, cutoff) and _remove_tree(path):
+                    removed.append(path)
+            elif _is_old(path, cutoff) and _remove(path):
+                removed.append(path)
+    if removed:
+        log.info("removed %d leftover file(s) of interrupted uploads/runs", len(removed))
+    return removed
+
+
+def _is_old(path: Path, cutoff: float) -> bool:
+    try:
+        return path.lstat().st_mtime <= cutoff
+    except OSError:
+        return False
+
+
+def _is_old_file(path: Path, cutoff: float) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff
+
+
+def _remove(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+        return False
+
+
+def _remove_tree(path: Path) -> bool:
+    # rmtree never follows symlinks inside the tree (fd-based on Linux)
+    errors: list[str] = []
+    shutil.rmtree(path, onerror=lambda _f, p, exc: errors.append(f"{p}: {exc[1]}"))
+    if errors:
+        log.warning("cannot fully remove %s: %s", path, "; ".join(errors[:3]))
+    return not errors

@@ -1,0 +1,200 @@
+"""Custom node packs: a pack that exits, interrupts or hangs at import is skipped, not fatal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import registry as reg_mod
+from engine.registry import NodeRegistry
+
+GOOD_PACK = (
+    "from engine import Input, Node, NodeResult\n"
+    "class {name}(Node):\n"
+    "    TYPE = '{name}'\n"
+    "    OUTPUT_NODE = True\n"
+    "    name: str = Input('world')\n"
+    "    def execute(self, ctx):\n"
+    "        return NodeResult((), {{'text': ['hello ' + self.name]}})\n"
+    "NODE_CLASSES = ({name},)\n"
+)
+
+
+def good(name: str) -> str:
+    return GOOD_PACK.format(name=name)
+
+
+def hang_until(flag: Path) -> str:
+    """Pack source that blocks at import until ``flag`` exists (so the test can release it)."""
+    return ("import time, pathlib\n"
+            f"while not pathlib.Path({str(flag)!r}).exists():\n"
+            "    time.sleep(0.02)\n"
+            "from engine import Node\n"
+            "class Late(Node):\n"
+            "    TYPE = 'LateNode'\n"
+            "NODE_CLASSES = (Late,)\n")
+
+
+@pytest.fixture
+def packs(tmp_path: Path) -> Path:
+    folder = tmp_path / "custom_nodes"
+    folder.mkdir()
+    (folder / "a_good.py").write_text(good("GoodA"))
+    (folder / "z_good").mkdir()
+    (folder / "z_good" / "__init__.py").write_text("from .impl import NODE_CLASSES\n")
+    (folder / "z_good" / "impl.py").write_text(good("GoodZ"))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def forget_custom_modules():
+    yield
+    for name in [n for n in sys.modules if n.startswith(("steerflow_custom_nodes.", "regpack_"))]:
+        sys.modules.pop(name, None)
+
+
+def loaded(registry: NodeRegistry) -> set[str]:
+    return set(registry.classes)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("import sys\nsys.exit(3)\n", "SystemExit: the pack called sys.exit(3) at import"),
+    ("import sys\nsys.exit()\n", "SystemExit: the pack called sys.exit(None) at import"),
+    ("raise KeyboardInterrupt\n", "KeyboardInterrupt: the pack raised KeyboardInterrupt"),
+    ("raise RuntimeError('broken')\n", "RuntimeError: broken"),
+])
+def test_failing_pack_in_folder_is_skipped(packs: Path, body: str, expected: str):
+    (packs / "m_bad.py").write_text(body)
+    registry = NodeRegistry()
+    registry.load_directory(packs)
+    assert loaded(registry) == {"GoodA", "GoodZ"}  # packs before and after still load
+    [error] = registry.errors
+    assert error.pack == str(packs / "m_bad.py")
+    assert error.message.startswith(expected)
+    assert "steerflow_custom_nodes.m_bad" not in sys.modules
+
+
+def test_exit_in_a_package_submodule_is_skipped(packs: Path):
+    (packs / "m_bad").mkdir()
+    (packs / "m_bad" / "__init__.py").write_text("from . import sub\n")
+    (packs / "m_bad" / "sub.py").write_text("raise SystemExit('bye')\n")
+    registry = NodeRegistry()
+    registry.load_directory(packs)
+    assert loaded(registry) == {"GoodA", "GoodZ"}
+    assert [e.message for e in registry.errors] == [
+        "SystemExit: the pack called sys.exit('bye') at import"]
+    # nothing of the failed package is left behind for a later import to pick up
+    assert not [n for n in sys.modules if n.startswith("steerflow_custom_nodes.m_bad")]
+
+
+def test_hanging_pack_times_out_and_loading_continues(packs: Path, tmp_path: Path):
+    flag = tmp_path / "release"
+    (packs / "m_hang.py").write_text(hang_until(flag))
+    registry = NodeRegistry()
+    start = time.monotonic()
+    try:
+        registry.load_directory(packs, timeout=0.5)
+        elapsed = time.monotonic() - start
+        assert elapsed < 10
+        assert loaded(registry) == {"GoodA", "GoodZ"}
+        [error] = registry.errors
+        assert error.pack == str(packs / "m_hang.py")
+        assert "did not finish within 0.5s" in error.message
+        assert "m_hang.py:" in error.message  # where it hangs
+        # a retry while the first import still runs fails at once, not after another wait
+        again = NodeRegistry()
+        start = time.monotonic()
+        again.load_directory(packs, timeout=5)
+        assert time.monotonic() - start < 4
+        assert "still running" in again.errors[0].message
+    finally:
+        flag.touch()
+    # once the import ends on its own, nothing of it is registered or left in sys.modules
+    deadline = time.monotonic() + 10
+    while "steerflow_custom_nodes.m_hang" in reg_mod._stuck and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "steerflow_custom_nodes.m_hang" not in reg_mod._stuck
+    assert "LateNode" not in registry
+    assert "steerflow_custom_nodes.m_hang" not in sys.modules
+
+
+def test_module_constant_is_the_default_limit(packs: Path, tmp_path: Path, monkeypatch):
+    flag = tmp_path / "release"
+    (packs / "m_hang2.py").write_text(hang_until(flag))
+    monkeypatch.setattr(reg_mod, "PACK_IMPORT_TIMEOUT", 0.3)
+    registry = NodeRegistry()
+    try:
+        registry.load_directory(packs)
+    finally:
+        flag.touch()
+    assert "did not finish within 0.3s" in registry.errors[0].message
+    assert loaded(registry) == {"GoodA", "GoodZ"}
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("import sys\nsys.exit(1)\n", "SystemExit"),
+    ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
+])
+def test_load_pack_by_name_survives(tmp_path: Path, monkeypatch, body: str, expected: str):
+    (tmp_path / "regpack_bad.py").write_text(body)
+    (tmp_path / "regpack_good.py").write_text(good("GoodByName"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = NodeRegistry()
+    registry.load_pack("regpack_bad")
+    registry.load_pack("regpack_good")
+    assert loaded(registry) == {"GoodByName"}
+    assert [e.pack for e in registry.errors] == ["regpack_bad"]
+    assert registry.errors[0].message.startswith(expected)
+    assert "regpack_bad" not in sys.modules
+
+
+def test_load_pack_by_name_times_out(tmp_path: Path, monkeypatch):
+    flag = tmp_path / "release"
+    (tmp_path / "regpack_hang.py").write_text(hang_until(flag))
+    (tmp_path / "regpack_fine.py").write_text(good("GoodAfterHang"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = NodeRegistry()
+    try:
+        registry.load_pack("regpack_hang", timeout=0.3)
+        registry.load_pack("regpack_fine", timeout=5)
+    finally:
+        flag.touch()
+    assert loaded(registry) == {"GoodAfterHang"}
+    assert registry.errors[0].pack == "regpack_hang"
+    assert "did not finish within 0.3s" in registry.errors[0].message
+
+
+def test_entry_point_packs_survive_exit_and_hang(tmp_path: Path, monkeypatch):
+    flag = tmp_path / "release"
+    (tmp_path / "regpack_ep_exit.py").write_text("import sys\nsys.exit(2)\n")
+    (tmp_path / "regpack_ep_hang.py").write_text(hang_until(flag))
+    (tmp_path / "regpack_ep_good.py").write_text(good("GoodEntryPoint"))
+    dist = tmp_path / "regpack_eps-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: regpack-eps\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[steerflow.nodes]\n"
+        "exit = regpack_ep_exit\n"
+        "hang = regpack_ep_hang\n"
+        "good = regpack_ep_good\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = NodeRegistry()
+    try:
+        registry.load_entry_points(timeout=0.3)
+    finally:
+        flag.touch()
+    assert "GoodEntryPoint" in registry
+    errors = {e.pack: e.message for e in registry.errors}
+    assert errors["regpack_ep_exit"].startswith("SystemExit")
+    assert "did not finish within 0.3s" in errors["regpack_ep_hang"]
+
+
+def test_broken_node_classes_are_recorded(packs: Path):
+    (packs / "m_bad.py").write_text("NODE_CLASSES = (int,)\n")
+    registry = NodeRegistry()
+    registry.load_directory(packs)
+    assert loaded(registry) == {"GoodA", "GoodZ"}
+    assert registry.errors[0].message.startswith("TypeError")
