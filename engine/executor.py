@@ -13,6 +13,8 @@ execution_interrupted.
 from __future__ import annotations
 
 import logging
+import math
+import reprlib
 import threading
 import time
 import traceback
@@ -24,7 +26,7 @@ from typing import Any
 from engine.cache import OutputCache, signature
 from engine.context import ExecutionContext, Interrupted, InterruptFlag
 from engine.environment import Environment
-from engine.node import NodeResult
+from engine.node import INT64_MAX, INT64_MIN, Node, NodeResult, Output
 from engine.registry import NodeRegistry
 from engine.validation import ValidatedPrompt, check_constant, validate_prompt
 
@@ -253,6 +255,7 @@ class _Run:
                                    self.prompt, self.extra)
             returned = instance.execute(ctx)
             outputs, ui = _normalize(returned, len(node.cls.OUTPUTS), node.cls.TYPE)
+            _check_outputs(node.cls, outputs)
         except Interrupted:
             raise
         except Exception as exc:
@@ -287,7 +290,7 @@ class _Run:
             "exception_message": str(exc),
             "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "traceback": traceback.format_exception(exc),
-            "current_inputs": {k: repr(v)[:200]
+            "current_inputs": {k: _short_repr(v)
                                for k, v in (node.constants if node else {}).items()},
             "current_outputs": {},
             "timestamp": _now_ms(),
@@ -312,6 +315,66 @@ def _normalize(returned: Any, expected: int, type_id: str
     if len(outputs) != expected:
         raise RuntimeError(f"{type_id} returned {len(outputs)} output(s) but declares {expected}")
     return outputs, ui
+
+
+# Per node class: (index, output) of the outputs whose primitive type is checked.
+_CHECKED_OUTPUTS: dict[type, tuple[tuple[int, Output], ...]] = {}
+
+
+def _check_outputs(cls: type[Node], outputs: tuple[Any, ...]) -> None:
+    """Primitive outputs must be what their sockets declare: the next node's widget
+    input trusts them (an INT of 2**4096 or a NaN FLOAT must stop here)."""
+    checked = _CHECKED_OUTPUTS.get(cls)
+    if checked is None:
+        checked = _CHECKED_OUTPUTS[cls] = tuple(
+            (i, out) for i, out in enumerate(cls.OUTPUTS)
+            if out.type in _OUTPUT_TYPES and not out.is_list)
+    for i, out in checked:
+        value = outputs[i]
+        kind = type(value)
+        if out.type == "INT":
+            if kind is not int and (kind is bool or not isinstance(value, int)):
+                _bad_output(cls, i, out, value)
+            if not out.wide and not INT64_MIN <= value <= INT64_MAX:
+                raise ValueError(f"{cls.TYPE} output {i} ({out.label}): {value.bit_length()}"
+                                 "-bit integer does not fit in a 64-bit INT")
+        elif out.type == "FLOAT":
+            if kind is not float and (kind is bool or not isinstance(value, float | int)):
+                _bad_output(cls, i, out, value)
+            if not out.allow_nonfinite and not _finite(value):
+                raise ValueError(f"{cls.TYPE} output {i} ({out.label}) is not finite; a FLOAT "
+                                 "output must be")
+        elif not isinstance(value, _OUTPUT_TYPES[out.type]):
+            _bad_output(cls, i, out, value)
+
+
+_OUTPUT_TYPES: dict[str, type] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+
+
+def _finite(value: float | int) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def _bad_output(cls: type[Node], index: int, out: Output, value: Any) -> None:
+    raise TypeError(f"{cls.TYPE} output {index} ({out.label}) declares {out.type} but the node "
+                    f"returned {type(value).__name__}")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother, _REPR.maxlevel = 200, 100, 200, 3
+
+
+def _short_repr(value: Any) -> str:
+    """At most ~200 characters, without first building the whole repr of a 20 MB string."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int too long to print in decimal
+        text = f"<int of {value.bit_length()} bits>" if isinstance(value, int) \
+            else f"<{type(value).__name__}>"
+    return text[:200]
 
 
 def _now_ms() -> int:

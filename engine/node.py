@@ -18,6 +18,7 @@ and are checked by socket type across the link instead.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from engine.environment import Environment
 
 PRIMITIVE_TYPES = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _PYTHON_TYPES = {v: k for k, v in PRIMITIVE_TYPES.items()}
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 ANY_TYPE = "*"
@@ -53,6 +55,8 @@ def Input(
     upload: str | None = None,
     control_after_generate: bool = False,
     force_input: bool = False,
+    wide: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Any:
     """Declare a node input.
 
@@ -61,6 +65,12 @@ def Input(
     :class:`Environment` (for lists that depend on the model folders).
     ``optional`` inputs may be left unconnected; their value is then ``default``
     (or ``None``). ``force_input`` makes a primitive a socket rather than a widget.
+
+    Numbers are bounded even without ``min``/``max``: an INT side without a declared
+    bound is limited to 64-bit signed (``wide=True`` lifts that), and a FLOAT must be
+    finite (``allow_nonfinite=True`` admits inf and NaN). An INT ``step`` is enforced:
+    the value must be ``min + k * step`` (``k * step`` without a ``min``); a FLOAT
+    ``step`` is only the widget's increment, as in ComfyUI.
     """
     spec = {
         "type": type,
@@ -74,6 +84,8 @@ def Input(
         "upload": upload,
         "control_after_generate": control_after_generate,
         "force_input": force_input,
+        "wide": wide,
+        "allow_nonfinite": allow_nonfinite,
     }
     if default is ... and optional:
         default = None
@@ -88,12 +100,18 @@ def Input(
 
 @dataclass(frozen=True)
 class Output:
-    """A typed output socket."""
+    """A typed output socket.
+
+    The executor checks primitive outputs as it checks inputs: an INT is a 64-bit
+    int unless ``wide``, a FLOAT is finite unless ``allow_nonfinite``.
+    """
 
     type: str
     name: str | None = None
     is_list: bool = False
     tooltip: str = ""
+    wide: bool = False
+    allow_nonfinite: bool = False
 
     @property
     def label(self) -> str:
@@ -119,6 +137,8 @@ class InputSpec:
     control_after_generate: bool
     force_input: bool
     adapter: TypeAdapter[Any] | None = field(repr=False, compare=False)
+    wide: bool = False
+    allow_nonfinite: bool = False
 
     @property
     def has_default(self) -> bool:
@@ -130,9 +150,20 @@ class InputSpec:
         return self.type in WIDGET_TYPES and not self.force_input
 
     def accepts_as_is(self, value: Any) -> bool:
-        """True when a linked value needs no validation: exact type, no bounds or choices."""
-        return (self.min is None and self.max is None and self.choices is None
-                and type(value) is _PYTHON_TYPES.get(self.type))
+        """True when a linked value needs no validation: exact type, no bounds or choices.
+
+        The implicit limits still apply (64-bit INT, finite FLOAT), checked inline
+        because this is the executor's per-link fast path.
+        """
+        kind = type(value)
+        if (kind is not _PYTHON_TYPES.get(self.type) or self.min is not None
+                or self.max is not None or self.choices is not None):
+            return False
+        if kind is int:
+            return self.step is None and (self.wide or INT64_MIN <= value <= INT64_MAX)
+        if kind is float:
+            return self.allow_nonfinite or math.isfinite(value)
+        return True
 
     def resolve_choices(self, env: Environment | None) -> list[str] | None:
         if self.choices is None:
@@ -255,6 +286,8 @@ def _make_spec(name: str, info: FieldInfo) -> InputSpec:
         control_after_generate=bool(spec.get("control_after_generate")),
         force_input=bool(spec.get("force_input")),
         adapter=adapter,
+        wide=bool(spec.get("wide")),
+        allow_nonfinite=bool(spec.get("allow_nonfinite")),
     )
 
 
@@ -280,6 +313,10 @@ def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
         options["control_after_generate"] = True
     if spec.force_input:
         options["forceInput"] = True
+    if spec.wide:
+        options["wide"] = True
+    if spec.allow_nonfinite:
+        options["allow_nonfinite"] = True
     if spec.type == "COMBO":
         # ComfyUI's shape: the first element of a combo input is its list of choices.
         return [spec.resolve_choices(env) or [], options]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import ExecutionContext, Input, Node, NodeResult, Output
+from engine.node import INT64_MAX, INT64_MIN
 
 
 class PrimitiveInt(Node):
@@ -18,7 +19,7 @@ class PrimitiveInt(Node):
     CATEGORY = "utils/primitive"
     OUTPUTS = (Output("INT"),)
 
-    value: int = Input(0, min=-(2**63), max=2**63 - 1)
+    value: int = Input(0, min=INT64_MIN, max=INT64_MAX)
 
     def execute(self, ctx: ExecutionContext) -> tuple[int]:
         return (self.value,)
@@ -78,7 +79,12 @@ _INT_OPS: dict[str, Callable[[int, int], int]] = {
 
 
 class IntMath(Node):
-    """``a <op> b`` on integers."""
+    """``a <op> b`` on 64-bit integers; a result outside 64 bits is an error.
+
+    Operands are 64-bit (the engine bounds INT inputs), so every op here costs at
+    most a 128-bit multiply before the check; an op whose result can grow without
+    bound (a power) would have to refuse by ``bit_length`` estimate before computing.
+    """
 
     TYPE = "IntMath"
     DISPLAY_NAME = "Int Math"
@@ -90,9 +96,22 @@ class IntMath(Node):
     op: str = Input("add", choices=tuple(_INT_OPS))
 
     def execute(self, ctx: ExecutionContext) -> tuple[int]:
-        if self.op in ("floor_divide", "modulo") and self.b == 0:
+        a, b = self.a, self.b
+        if self.op in ("floor_divide", "modulo") and b == 0:
             raise ValueError(f"IntMath: {self.op} by zero")
-        return (_INT_OPS[self.op](self.a, self.b),)
+        for name, value in (("a", a), ("b", b)):
+            # Linked values are checked by the executor too; this keeps the node safe
+            # when it is constructed directly.
+            if not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
+                raise ValueError(f"IntMath: {name} must be a 64-bit integer")
+        result = _INT_OPS[self.op](a, b)
+        if not INT64_MIN <= result <= INT64_MAX:
+            raise ValueError(f"IntMath: {a} {self.op} {b} does not fit in a 64-bit integer "
+                             f"(-2**63 to 2**63-1)")
+        return (result,)
+
+
+SHOW_MAX_CHARS = 10_000
 
 
 class ShowValue(Node):
@@ -107,7 +126,10 @@ class ShowValue(Node):
     value: Any = Input(type="*")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        return NodeResult((), {"text": [str(self.value)]})
+        text = str(self.value)
+        if len(text) > SHOW_MAX_CHARS:  # a UI label, stored in the history: keep it small
+            text = text[:SHOW_MAX_CHARS] + f"… ({len(text) - SHOW_MAX_CHARS} more characters)"
+        return NodeResult((), {"text": [text]})
 
 
 NODE_CLASSES = (PrimitiveInt, PrimitiveFloat, PrimitiveString, PrimitiveBoolean, IntMath,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,18 +45,70 @@ def json_response(data: Any, *, status: int = 200,
                         content_type="application/json")
 
 
+# Strict (no bare NaN/Infinity: browsers' JSON.parse rejects them) and UTF-8 rather
+# than \uXXXX escapes, which made non-ASCII text up to 3x its size in the history.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(allow_nan=False)
+_MAX_DEPTH = 200  # of the fallback's walk; deeper branches become a placeholder
+
+
 def dumps(data: Any) -> str:
+    """Strict JSON text for responses, websocket messages and the database; never raises.
+
+    Non-finite floats become ``null``, other odd values (sets, objects) their repr.
+    """
     try:
-        return json.dumps(data)  # the fast path: the module's cached encoder
-    except (TypeError, ValueError):
+        text = _ENCODER.encode(data)  # the fast path: one C-encoder pass
+    except (TypeError, ValueError, RecursionError):
         # Node UI outputs may hold arbitrary objects; a repr beats a crashed worker.
-        return json.dumps(data, default=_fallback, check_circular=True)
+        text = _ENCODER.encode(_strict(data, 0, set()))
+    if text.isascii():  # O(1) in CPython: nothing more to check
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (JSON allows "\ud800"): raw they cannot be encoded as UTF-8
+        # nor stored in SQLite; escaped they are valid JSON.
+        return _ASCII_ENCODER.encode(_strict(data, 0, set()))
+    return text
 
 
-def _fallback(value: Any) -> Any:
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return repr(value)[:1000]
+def _strict(value: Any, depth: int, path: set[int]) -> Any:
+    """A copy of ``value`` that the strict encoder accepts."""
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):  # Python refuses to print more than 4300 digits
+        return value if value.bit_length() < 14_000 else f"<{value.bit_length()}-bit integer>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > _MAX_DEPTH:
+        return "<nested too deeply>"
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        if id(value) in path:
+            return "<circular>"
+        path.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return {_key(k): _strict(v, depth + 1, path) for k, v in value.items()}
+            return [_strict(v, depth + 1, path) for v in value]
+        finally:
+            path.discard(id(value))
+    return _repr(value)
+
+
+def _key(key: Any) -> str | int | float | bool | None:
+    if isinstance(key, float) and not math.isfinite(key):
+        return repr(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return _strict(key, 0, set())
+    return key if isinstance(key, str | float | bool) or key is None else _repr(key)
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)[:1000]
+    except Exception:  # a failing __repr__, or an int of more than 4300 digits
+        return f"<{type(value).__name__}>"
 
 
 def _slug(reason: str) -> str:

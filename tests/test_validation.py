@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from engine import Environment, PromptValidationError, validate_prompt
+from engine import Environment, Input, Node, Output, PromptValidationError, validate_prompt
 from engine.validation import to_node_errors
 from tests.engine_nodes import make_registry
 
@@ -158,3 +160,195 @@ def test_node_errors_shape(reg, env):
     assert errors["1"]["class_type"] == "TestSource"
     assert errors["1"]["errors"][0]["type"] == "out_of_range"
     assert errors["1"]["errors"][0]["extra_info"]["input_name"] == "value"
+
+
+# --- every number bounded ---------------------------------------------------------
+class Stepped(Node):
+    """Inputs with steps, a wide INT and a FLOAT that admits inf/NaN."""
+
+    TYPE = "TestStepped"
+    OUTPUTS = (Output("INT"),)
+    size: int = Input(512, min=16, max=4096, step=8)
+    free: int = Input(0, step=4)
+    big: int = Input(0, wide=True)
+    ratio: float = Input(1.0, min=0.0, max=10.0, step=0.1)
+    loose: float = Input(0.0, allow_nonfinite=True)
+
+    def execute(self, ctx):
+        return (self.size,)
+
+
+class Outputs(Node):
+    """Returns what ``mode`` says, to test the executor's output checks."""
+
+    TYPE = "TestOutputs"
+    OUTPUTS = (Output("INT"), Output("FLOAT"), Output("STRING"), Output("BOOLEAN"),
+               Output("INT", "wide", wide=True), Output("FLOAT", "loose", allow_nonfinite=True),
+               Output("LATENT"))
+    mode: str = Input("ok", choices=("ok", "bool_int", "big_int", "str_float", "nan_float",
+                                     "int_string", "int_bool", "huge_int_float"))
+
+    def execute(self, ctx):
+        out = [1, 1.5, "s", True, 2**100, math.inf, object()]
+        bad = {"bool_int": (0, True), "big_int": (0, 2**63), "str_float": (1, "1.5"),
+               "nan_float": (1, math.nan), "int_string": (2, 5), "int_bool": (3, 1),
+               "huge_int_float": (1, 10**400)}.get(self.mode)
+        if bad:
+            out[bad[0]] = bad[1]
+        return tuple(out)
+
+
+@pytest.fixture
+def nreg(reg):
+    reg.register(Stepped)
+    reg.register(Outputs)
+    return reg
+
+
+def one(node_type, inputs, reg, env):
+    """Validate one node feeding a ShowValue; the first error issue, or None."""
+    prompt = {"1": {"class_type": node_type, "inputs": inputs},
+              "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}
+    try:
+        validate_prompt(prompt, reg, env)
+    except PromptValidationError as exc:
+        return next(i for i in exc.issues if i.severity == "error")
+    return None
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**400, 1e300, -1e19])
+def test_int_inputs_are_64_bit_by_default(nreg, env, value):
+    issue = one("IntMath", {"a": value, "b": 1}, nreg, env)
+    assert issue is not None and issue.kind == "out_of_range", issue
+    assert issue.input_name == "a" and "64-bit" in issue.message
+    assert len(issue.message) < 300  # a 10**400 is not spelled out
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, -(2**63), 0, -0.0, 7.0])
+def test_int_inputs_accept_the_64_bit_range(nreg, env, value):
+    assert one("IntMath", {"a": value, "b": 0}, nreg, env) is None
+
+
+def test_declared_bounds_win_and_wide_lifts_the_limit(nreg, env):
+    # A seed declares max=2**64-1; a wide input has no implicit limit.
+    assert one("TestStepped", {"big": 10**30}, nreg, env) is None
+    from nodes.sampling import KSampler  # seeds declare their own range
+
+    seed = KSampler.INPUT_SPECS["seed"]
+    from engine.validation import check_constant
+
+    assert check_constant(seed, 2**64 - 1, env)[1] is None
+    assert check_constant(seed, 2**64, env)[1].kind == "out_of_range"
+    assert Stepped.schema()["input"]["required"]["big"][1]["wide"] is True
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", math.inf, -math.inf,
+                                   math.nan, 10**400])
+def test_float_inputs_must_be_finite(nreg, env, value):
+    issue = one("PrimitiveFloat", {"value": value}, nreg, env)
+    assert issue is not None and issue.kind == "invalid_value", issue
+    assert issue.input_name == "value"
+    import json
+
+    json.dumps(issue.to_dict(), allow_nan=False)  # the details are strict JSON too
+
+
+def test_allow_nonfinite_admits_inf(nreg, env):
+    assert one("TestStepped", {"loose": math.inf}, nreg, env) is None
+
+
+@pytest.mark.parametrize(("inputs", "ok"), [
+    ({"size": 16}, True), ({"size": 24}, True), ({"size": 4096}, True), ({"size": 512}, True),
+    ({"size": 9 + 16}, False), ({"size": 17}, False),
+    ({"free": -8}, True), ({"free": 4}, True), ({"free": 6}, False),
+    ({"ratio": 7.25}, True),  # a FLOAT step is the widget's increment only (as ComfyUI)
+])
+def test_int_step_is_enforced(nreg, env, inputs, ok):
+    issue = one("TestStepped", inputs, nreg, env)
+    if ok:
+        assert issue is None, issue
+    else:
+        assert issue is not None and issue.kind == "invalid_value"
+        assert issue.details["reason"] == "step" and "nearest" in issue.message
+
+
+def test_empty_latent_height_off_its_step_fails_validation_not_the_run(env):
+    from nodes.latent import EmptyLatentImage
+
+    reg = make_registry()
+    reg.register(EmptyLatentImage)
+    issue = one("EmptyLatentImage", {"width": 64, "height": 9}, reg, env)
+    assert issue is not None and issue.input_name == "height"
+    assert "8 or 16" in issue.message
+    assert one("EmptyLatentImage", {"width": 64, "height": 72}, reg, env) is None
+
+
+def test_huge_values_are_not_echoed_whole(nreg, env):
+    issue = one("IntMath", {"a": "x" * 1_000_000, "b": 1}, nreg, env)
+    assert issue.kind == "invalid_value"
+    assert len(issue.message) < 500 and len(str(issue.details["received"])) < 500
+
+
+def run(reg, env, prompt):
+    from engine import Executor
+
+    return Executor(reg, env).run(prompt)
+
+
+def test_linked_values_at_widget_inputs_are_bounded_too(nreg, env):
+    # A wide INT output (legal) may not flow into a 64-bit input.
+    prompt = {"1": {"class_type": "TestOutputs", "inputs": {}},
+              "2": {"class_type": "IntMath", "inputs": {"a": ["1", 4], "b": 1}},
+              "3": {"class_type": "ShowValue", "inputs": {"value": ["2", 0]}}}
+    result = run(nreg, env, prompt)
+    assert result.status == "error" and result.error["node_id"] == "2"
+    assert "64-bit" in result.error["exception_message"]
+    prompt["2"] = {"class_type": "PrimitiveFloat", "inputs": {"value": ["1", 5]}}  # inf
+    result = run(nreg, env, prompt)
+    assert result.status == "error" and "finite" in result.error["exception_message"]
+
+
+@pytest.mark.parametrize("mode", ["bool_int", "big_int", "str_float", "nan_float",
+                                  "int_string", "int_bool", "huge_int_float"])
+def test_node_outputs_must_match_their_declared_types(nreg, env, mode):
+    prompt = {"1": {"class_type": "TestOutputs", "inputs": {"mode": mode}},
+              "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}
+    result = run(nreg, env, prompt)
+    assert result.status == "error", mode
+    assert result.error["node_id"] == "1" and result.error["node_type"] == "TestOutputs"
+    assert "TestOutputs output" in result.error["exception_message"]
+
+
+def test_declared_outputs_pass(nreg, env):
+    prompt = {"1": {"class_type": "TestOutputs", "inputs": {"mode": "ok"}},
+              "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 4]}}}
+    assert run(nreg, env, prompt).ok  # wide INT, non-finite FLOAT and LATENT as declared
+
+
+def test_chained_int_multiply_stops_at_64_bits_at_once(nreg, env):
+    """F5: 29 squarings of 3 would be a 46-million-digit number; it stops at node 7."""
+    import time
+
+    prompt = {"0": {"class_type": "PrimitiveInt", "inputs": {"value": 3}}}
+    for i in range(1, 30):
+        prompt[str(i)] = {"class_type": "IntMath",
+                          "inputs": {"a": [str(i - 1), 0], "b": [str(i - 1), 0],
+                                     "op": "multiply"}}
+    prompt["out"] = {"class_type": "ShowValue", "inputs": {"value": ["29", 0]}}
+    start = time.perf_counter()
+    result = run(nreg, env, prompt)
+    assert time.perf_counter() - start < 2
+    assert result.status == "error" and result.error["node_id"] == "6"  # 3**64 > 2**63
+    assert "does not fit in a 64-bit integer" in result.error["exception_message"]
+
+
+@pytest.mark.parametrize(("a", "op", "b"), [(2**62, "add", 2**62), (-(2**63), "floor_divide", -1),
+                                            (2**32, "multiply", 2**31),
+                                            (-(2**63), "subtract", 1)])
+def test_int_math_refuses_results_beyond_64_bits(a, op, b):
+    from nodes.primitives import IntMath
+
+    with pytest.raises(ValueError, match="64-bit"):
+        IntMath(a=a, b=b, op=op).execute(None)
+    with pytest.raises(ValueError, match="64-bit"):
+        IntMath.model_construct(a=10**400, b=1, op="add").execute(None)

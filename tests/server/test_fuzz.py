@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.server.helpers import Http
+from tests.server.helpers import Http, chain, wait_history
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -142,3 +145,146 @@ def test_random_upload_names_and_subfolders(http: Http):
         assert view.status == 200 and view.body == buf.getvalue()
 
     check()
+
+
+# --- every endpoint, numeric edge cases ----------------------------------------------
+# Raw JSON literals, so that 1e999, NaN and 400-digit integers reach the server exactly
+# as a hostile client would write them.
+EDGE_LITERALS = [
+    "0", "-0", "0.0", "-0.0", "1", "-1", "9007199254740993", "9223372036854775807",
+    "9223372036854775808", "-9223372036854775809", "18446744073709551616", "1e300",
+    "-1e300", "1e999", "-1e999", "5e-324", "1.7976931348623157e308", "NaN", "Infinity",
+    "-Infinity", "1" + "0" * 400, "-1" + "0" * 400, "1" + "0" * 5000,
+    '"1' + "0" * 400 + '"', '"9223372036854775808"', '"NaN"', '"inf"', '"1e999"',
+    "true", "null", "[]", "{}", "[" * 5000 + "]" * 5000, '{"a": ' * 900 + "1" + "}" * 900,
+    '"' + "x" * 300_000 + '"', '"\\ud800"',
+]
+# Query and path values: each literal as text, plus path-shaped oddities.
+EDGE_TEXTS = [lit[:400] for lit in EDGE_LITERALS] + ["", "..", "%00", "a" * 3000]
+GET_PATHS = ["/prompt", "/queue", "/history", "/history/{x}", "/object_info",
+             "/object_info/{x}", "/view", "/models", "/models/{x}", "/embeddings",
+             "/system_stats", "/workflows", "/workflows/{x}", "/interrupt", "/upload/image"]
+POST_PATHS = ["/prompt", "/queue", "/history", "/interrupt", "/upload/image",
+              "/object_info", "/view", "/system_stats", "/workflows", "/history/{x}"]
+QUERY_NAMES = ["max_items", "offset", "filename", "subfolder", "type", "preview",
+               "channel", "clientId", "number"]
+
+
+def _prompt_with(node_type: str, name: str, literal: str) -> str:
+    return ('{"1": {"class_type": "' + node_type + '", "inputs": {"' + name + '": ' + literal
+            + '}}, "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}')
+
+
+_CHAIN = json.dumps(chain())
+PROMPT_TEMPLATES = [
+    "{v}", '{"prompt": {v}}', '{"prompt": ' + _CHAIN + ', "number": {v}}',
+    '{"prompt": ' + _CHAIN + ', "front": {v}}', '{"prompt": ' + _CHAIN + ', "prompt_id": {v}}',
+    '{"prompt": ' + _CHAIN + ', "client_id": {v}}',
+    '{"prompt": ' + _CHAIN + ', "extra_data": {v}}',
+    '{"prompt": ' + _CHAIN + ', "partial_execution_targets": {v}}',
+    '{"prompt": ' + _CHAIN + ', "partial_execution_targets": [{v}]}',
+    '{"prompt": ' + _prompt_with("PrimitiveInt", "value", "{v}") + "}",
+    '{"prompt": ' + _prompt_with("PrimitiveFloat", "value", "{v}") + "}",
+    '{"prompt": ' + _prompt_with("IntMath", "a", "{v}") + "}",
+    '{"prompt": ' + _prompt_with("TestSource", "value", "{v}") + "}",
+    '{"prompt": ' + _prompt_with("PrimitiveString", "value", "{v}") + "}",
+    '{"prompt": ' + _prompt_with("PrimitiveBoolean", "value", "{v}") + "}",
+    '{"prompt": {"1": {"class_type": "TestOut", "inputs": {"value": {v}}}}}',
+    '{"prompt": {"1": {"class_type": "TestImage", "inputs": {"value": {v}}}}}',
+]
+OTHER_TEMPLATES = ["{v}", '{"delete": {v}}', '{"delete": [{v}]}', '{"clear": {v}}',
+                   '{"prompt_id": {v}}', '{"max_items": {v}}']
+
+
+def _check_reply(reply, what: str) -> int:
+    assert reply.status < 500, (what[:200], reply.status, reply.body[:300])
+    if reply.headers.get("Content-Type", "").startswith("application/json"):
+        body = json.loads(reply.body, parse_constant=_bare_constant)  # strict, as browsers
+        if reply.status >= 400:
+            assert isinstance(body["error"]["type"], str), (what[:200], body)
+    return reply.status
+
+
+def _bare_constant(name: str):
+    raise AssertionError(f"bare {name} in a JSON answer")
+
+
+def sweep(http: Http, prefix: str, literals: list[str]) -> Counter[int]:
+    """Every endpoint of ``prefix`` against ``literals``; returns the status counts."""
+    statuses: Counter[int] = Counter()
+    texts = [lit[:400] for lit in literals] + ["", "..", "a" * 3000]
+    for path in GET_PATHS:
+        for text in texts:
+            target = prefix + path.replace("{x}", quote(text, safe="") or "x")
+            params = {name: text for name in QUERY_NAMES}
+            statuses[_check_reply(http.get(target, params=params), f"GET {target} {text}")] += 1
+    for path in POST_PATHS:
+        templates = PROMPT_TEMPLATES if path == "/prompt" else OTHER_TEMPLATES
+        if path not in ("/prompt", "/queue", "/history", "/interrupt"):
+            templates = templates[:1]  # not a JSON endpoint: one body per value will do
+        for template in templates:
+            for literal in literals:
+                body = template.replace("{v}", literal).encode()
+                target = prefix + path.replace("{x}", "x")
+                reply = http.post(target, data=body,
+                                  headers={"Content-Type": "application/json"})
+                statuses[_check_reply(reply, f"POST {target} {body[:200]!r}")] += 1
+    return statuses
+
+
+def still_runs(http: Http) -> None:
+    http.post("/queue", json={"clear": True})
+    http.post("/interrupt")
+    pid = http.post("/prompt", json={"prompt": chain(9)}).json()["prompt_id"]
+    entry = wait_history(http, [pid])[pid]
+    assert entry["status"]["status_str"] == "success", entry
+    for path in ("/history", f"/history/{pid}", "/queue", "/prompt"):
+        _check_reply(http.get(path), path)
+
+
+def test_every_endpoint_survives_numeric_edge_cases(http: Http):
+    statuses = sweep(http, "", EDGE_LITERALS)
+    assert not [s for s in statuses if s >= 500]
+    assert statuses[200] and statuses[400]  # both sides of the line were exercised
+    # /api/ serves the same handlers: a sample of the values there too.
+    sweep(http, "/api", ["1e999", "1" + "0" * 400, "NaN", "9223372036854775808", "-0"])
+    still_runs(http)
+
+
+@pytest.mark.slow
+def test_every_api_endpoint_then_a_restart(make_server, loop):
+    server = make_server()
+    http = Http(server.url, loop)
+    sweep(http, "/api", EDGE_LITERALS)
+    still_runs(http)
+    http.close()
+    base = server.base_dir
+    server.stop()
+    again = make_server(base_dir=base)
+    http = Http(again.url, loop)
+    still_runs(http)
+    http.close()
+
+
+numbers = (st.integers() | st.integers(min_value=2**62, max_value=2**66)
+           | st.integers(min_value=-(2**66), max_value=-(2**62))
+           | st.sampled_from([10**400, -(10**400), 2**63, 2**64, -(2**63) - 1])
+           | st.floats())  # nan and inf included: json.dumps writes them as bare literals
+
+
+def test_random_numbers_in_prompts(http: Http):
+    @SETTINGS
+    @given(numbers, st.sampled_from([("PrimitiveInt", "value"), ("PrimitiveFloat", "value"),
+                                     ("IntMath", "a"), ("IntMath", "b"),
+                                     ("TestSource", "value"), ("TestImage", "value")]),
+           numbers, st.booleans())
+    def check(value, target, number, with_number):
+        node_type, name = target
+        text = json.dumps(value)  # plain ints of any size, NaN, Infinity, 1e+300
+        prompt = _prompt_with(node_type, name, text)
+        body = '{"prompt": ' + prompt + (f', "number": {json.dumps(number)}' if with_number
+                                         else "") + "}"
+        _check_reply(http.post("/prompt", data=body.encode()), body[:200])
+
+    check()
+    still_runs(http)
