@@ -117,7 +117,7 @@ def start_server(base: Path) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = (base / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "steerflow.cli", "serve", "--port", str(port),
                              "--base-dir", str(base)], cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"

@@ -5,8 +5,12 @@
 (b) throughput of a trivial workflow (Int → Int Math → Show Value, a new value
     each time so nothing is cached): each client submits a prompt through
     /prompt (persisted before the reply) and waits for its execution_success on
-    its websocket before the next; 1 client and 10 concurrent clients. Also a
-    pipelined variant: one client submits everything, then waits for all.
+    its websocket before the next; 1 client and 10 concurrent clients. Also two
+    pipelined variants where one client does not wait for execution: POSTs one
+    after another (each awaiting its 200), and all POSTs in flight at once
+    (group commit shares one SQLite commit among the requests that overlap).
+(d) the process boundary: a trivial prompt run by an executor in this process
+    vs sent to a worker process (``server.worker``) and its ``done`` awaited.
 (c) event latency: the server's execution_start timestamp → the client
     receiving the first ``executing`` of that prompt (same clock, same machine)
 
@@ -50,7 +54,7 @@ def free_port() -> int:
 
 
 def start_server(base: Path, models: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--base-dir",
+    cmd = [sys.executable, "-m", "steerflow.cli", "serve", "--port", str(port), "--base-dir",
            str(base), "--models-dir", str(models), "--device", "cpu"]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -131,15 +135,22 @@ class Client:
 
 
 async def throughput(url: str, clients: int, per_client: int, offset: int,
-                     pipelined: bool = False) -> tuple[float, list[float]]:
+                     pipelined: bool | str = False) -> tuple[float, list[float], float]:
+    """(prompts run per second, event latencies, prompts accepted per second)."""
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
         cs = [Client(http, url) for _ in range(clients)]
         for c in cs:
             await c.__aenter__()
         t0 = time.perf_counter()
-        if pipelined:
+        accepted = 0.0
+        if pipelined == "concurrent":
+            futs = await asyncio.gather(*(cs[0].submit(offset + i) for i in range(per_client)))
+            accepted = per_client / (time.perf_counter() - t0)
+            await asyncio.gather(*futs)
+        elif pipelined:
             futs = [await cs[0].submit(offset + i) for i in range(per_client)]
+            accepted = per_client / (time.perf_counter() - t0)
             await asyncio.gather(*futs)
         else:
             await asyncio.gather(*(c.sequential(per_client, offset + k * per_client)
@@ -147,7 +158,34 @@ async def throughput(url: str, clients: int, per_client: int, offset: int,
         elapsed = time.perf_counter() - t0
         for c in cs:
             await c.__aexit__()
-    return clients * per_client / elapsed, [x for c in cs for x in c.latencies]
+    return clients * per_client / elapsed, [x for c in cs for x in c.latencies], accepted
+
+
+def boundary_cost(base: Path, models: Path, n: int) -> tuple[float, float]:
+    """Seconds per trivial prompt: in-process executor, and through a worker process."""
+    from engine.session import Session
+    from server.worker import WorkerProcess
+
+    session = Session(base, models_dir=models, device="cpu")
+    session.executor.ensure_setup()
+    t0 = time.perf_counter()
+    for i in range(n):
+        session.executor.run(trivial(i), on_event=lambda *_: None)
+    local = (time.perf_counter() - t0) / n
+    worker = WorkerProcess({"base_dir": str(base), "models_dir": str(models), "device": "cpu"})
+    try:
+        while (msg := worker.recv(60)) is not None and msg.op != "ready":
+            pass
+        t0 = time.perf_counter()
+        for i in range(n):
+            worker.send({"op": "run", "prompt_id": f"p{i}", "prompt": trivial(n + i),
+                         "extra": {}, "outputs": []})
+            while (msg := worker.recv(60)) is not None and msg.op != "done":
+                pass
+        remote = (time.perf_counter() - t0) / n
+    finally:
+        worker.stop()
+    return local, remote
 
 
 def main() -> None:
@@ -171,24 +209,34 @@ def main() -> None:
                 proc.wait()
         assert proc is not None
         url = f"http://127.0.0.1:{port}"
-        ones, tens, pipes, lat = [], [], [], []
+        ones, tens, pipes, bursts, lat = [], [], [], [], []
+        posts, posts_burst = [], []
         try:
             asyncio.run(throughput(url, 1, 200, 10**6))  # warm-up
             for r in range(args.repeats):  # interleaved: the machine is shared and noisy
                 base = (r + 1) * 10**7
-                rate, lat1 = asyncio.run(throughput(url, 1, args.prompts, base))
+                rate, lat1, _ = asyncio.run(throughput(url, 1, args.prompts, base))
                 ones.append(rate)
-                rate, lat10 = asyncio.run(throughput(url, 10, args.prompts // 10, base + 10**6))
+                rate, lat10, _ = asyncio.run(throughput(url, 10, args.prompts // 10,
+                                                        base + 10**6))
                 tens.append(rate)
-                rate, _ = asyncio.run(throughput(url, 1, args.prompts, base + 2 * 10**6,
-                                                 pipelined=True))
+                rate, _, accepted = asyncio.run(throughput(url, 1, args.prompts,
+                                                           base + 2 * 10**6, pipelined=True))
                 pipes.append(rate)
+                posts.append(accepted)
+                rate, _, accepted = asyncio.run(throughput(url, 1, args.prompts,
+                                                           base + 3 * 10**6,
+                                                           pipelined="concurrent"))
+                bursts.append(rate)
+                posts_burst.append(accepted)
                 lat += lat1 + lat10
         finally:
             proc.terminate()
             proc.wait()
+        local, remote = boundary_cost(Path(tmp) / "boundary", models, args.prompts // 2)
     lat.sort()
-    one, ten, piped = (statistics.median(x) for x in (ones, tens, pipes))
+    one, ten, piped, burst, post, post_burst = (
+        statistics.median(x) for x in (ones, tens, pipes, bursts, posts, posts_burst))
     rows = [
         ("start-up: process start → first answered request", f"{statistics.median(firsts):.2f} s",
          "6.5 s (ComfyUI, nodes loaded)"),
@@ -196,7 +244,14 @@ def main() -> None:
          ""),
         ("prompts/s, 1 client (submit, await success)", f"{one:.0f}", "~430 (ComfyUI)"),
         ("prompts/s, 10 clients (each as above)", f"{ten:.0f}", "~310 (ComfyUI)"),
-        ("prompts/s, 1 client pipelined (submit all)", f"{piped:.0f}", ""),
+        ("prompts accepted/s, 1 client, POSTs back to back", f"{post:.0f}",
+         "575 before group commit and the worker process"),
+        ("  ... and run/s, awaiting every execution_success", f"{piped:.0f}", ""),
+        ("prompts accepted/s, 1 client, all POSTs in flight", f"{post_burst:.0f}", ""),
+        ("  ... and run/s, awaiting every execution_success", f"{burst:.0f}", ""),
+        ("trivial prompt in-process executor", f"{local * 1e6:.0f} µs", ""),
+        ("trivial prompt through the worker process", f"{remote * 1e6:.0f} µs",
+         f"boundary cost {(remote - local) * 1e6:.0f} µs/prompt"),
         ("event latency execution_start → executing, median",
          f"{statistics.median(lat) * 1000:.2f} ms", ""),
         ("event latency, p99", f"{lat[int(len(lat) * 0.99)] * 1000:.2f} ms", ""),
@@ -207,7 +262,8 @@ def main() -> None:
         print(f"{name:{width}}  {value:>10}  {ref}")
     print(f"(medians; start-up runs: first {[round(x, 2) for x in firsts]}, loaded "
           f"{[round(x, 2) for x in readies]}; prompts/s runs: 1 client {[round(x) for x in ones]}, "
-          f"10 clients {[round(x) for x in tens]}, pipelined {[round(x) for x in pipes]})")
+          f"10 clients {[round(x) for x in tens]}, back to back {[round(x) for x in pipes]}, "
+          f"in flight {[round(x) for x in bursts]})")
 
 
 if __name__ == "__main__":

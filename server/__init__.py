@@ -1,5 +1,5 @@
 """Steerflow's HTTP + websocket server, speaking ComfyUI's protocol.
 
-Nothing here imports torch: node packs are loaded lazily by the worker thread
-(see :mod:`server.worker`), so the server answers requests while they load.
+Nothing here imports torch: the server validates and queues prompts, and a
+worker process runs them (see :mod:`server.runtime` and :mod:`server.worker`).
 """

@@ -3,15 +3,17 @@
     app = create_app(ServerConfig(base_dir="."))      # an aiohttp Application
     steerflow serve --port 8188 [--token T]           # via serve(args)
 
-Start-up does no heavy import: the node packs (torch, diffusers) are loaded by
-the worker thread while the server already answers requests.
+The server process speaks HTTP and websockets, validates and queues; prompts
+run in a worker process (:mod:`server.runtime`, :mod:`server.worker`), so no
+node can stall or crash it. Start-up does no heavy import: the node packs are
+loaded in a thread while the server already answers, and they import torch and
+diffusers only when a node runs, which happens in the worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -25,10 +27,10 @@ from server import canvas, files, info, routes
 from server.config import ConfigError, ServerConfig, add_serve_arguments
 from server.errors import error_middleware
 from server.prompt_queue import PromptQueue
+from server.runtime import Runtime
 from server.security import security_middleware
 from server.state import STATE, ServerState
 from server.storage import Storage, StorageError
-from server.worker import Runtime
 from server.ws import Hub
 
 log = logging.getLogger(__name__)
@@ -36,33 +38,21 @@ DB_NAME = "steerflow.db"
 __all__ = ["add_serve_arguments", "create_app", "serve"]
 
 
-def default_session_factory(config: ServerConfig) -> Callable[[], Any]:
-    """Build the engine session (imports the node packs) when called."""
-
-    def make() -> Any:
-        from engine.session import Session
-
-        registry = None
-        if config.registry_factory:
-            module, _, attr = config.registry_factory.partition(":")
-            registry = getattr(importlib.import_module(module), attr or "make_registry")()
-        return Session(config.base_dir, models_dir=config.models_dir, device=config.device,
-                       allow_pickle=config.allow_pickle, registry=registry,
-                       custom_nodes=config.custom_nodes)
-
-    return make
-
-
 def create_app(config: ServerConfig, *,
-               session_factory: Callable[[], Any] | None = None) -> web.Application:
-    """The application; raises ConfigError/StorageError for unusable settings."""
+               registry_factory: Callable[[], Any] | None = None) -> web.Application:
+    """The application; raises ConfigError/StorageError for unusable settings.
+
+    ``registry_factory`` builds the node registry prompts are validated against
+    (default: ``config.registry_factory``, else the built-in and custom packs); the
+    worker process builds its own from the same configuration.
+    """
     config.check()
     env = Environment.create(config.base_dir, models_dir=config.models_dir, device="cpu")
     storage = Storage(config.data_dir / DB_NAME, fsync=config.fsync)
-    hub = Hub()
+    hub = Hub(private=bool(config.token))
     queue = PromptQueue(storage, on_change=hub.status_changed, max_attempts=config.max_attempts)
     hub.queue_remaining = queue.remaining
-    runtime = Runtime(config, queue, hub, session_factory or default_session_factory(config))
+    runtime = Runtime(config, queue, hub, env, registry_factory)
 
     app = web.Application(middlewares=[error_middleware, security_middleware(config)],
                           client_max_size=config.max_prompt_bytes)
@@ -85,6 +75,8 @@ def create_app(config: ServerConfig, *,
 
 async def _on_startup(app: web.Application) -> None:
     st = app[STATE]
+    # Half-written uploads from a killed server and last run's temp/ go first.
+    await asyncio.get_running_loop().run_in_executor(None, files.remove_leftovers, st.env)
     loop = asyncio.get_running_loop()
     st.hub.attach(loop)
     st.runtime.start(loop)

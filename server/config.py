@@ -37,6 +37,13 @@ class ServerConfig:
     max_attempts: int = 3
     fsync: bool = False
     verbose: bool = False
+    # Seconds a prompt has to honour an interrupt before its worker is killed.
+    interrupt_grace: float = 3.0
+    # The worker's cache budget ("8GiB", "50%", "cpu=4GiB,cuda=80%"); None: the default.
+    cache_budget: str | None = None
+    cache_max_entries: int | None = None
+    worker_module: str = "steerflow.worker"
+    worker_start_timeout: float = 600.0  # the first start installs the built-in models
     # "module:function" returning a NodeRegistry; for tests and benchmarks.
     registry_factory: str | None = None
     web_dir: Path = field(default_factory=lambda: REPO_ROOT / "web" / "dist")
@@ -64,6 +71,16 @@ class ServerConfig:
                 f"address needs a token (--token, or the {TOKEN_ENV} environment variable)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")
+        if not 0 <= self.interrupt_grace <= 3600:
+            raise ConfigError(f"--interrupt-grace must be 0..3600 seconds, got "
+                              f"{self.interrupt_grace}")
+        if self.cache_budget is not None:
+            from engine.cache import check_budget
+
+            try:
+                check_budget(self.cache_budget)
+            except ValueError as exc:
+                raise ConfigError(f"--cache-budget: {exc}") from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerConfig:
@@ -88,6 +105,8 @@ class ServerConfig:
             max_upload_bytes=int(upload_mb * (1 << 20)),
             allow_origins=frozenset(origins),
             fsync=bool(opt("fsync", False)),
+            interrupt_grace=float(opt("interrupt_grace", 3.0)),  # type: ignore[arg-type]
+            cache_budget=opt("cache_budget"),  # type: ignore[arg-type]
             verbose=bool(opt("verbose", False)),
             registry_factory=opt("registry"),  # type: ignore[arg-type]
         )
@@ -133,6 +152,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also accept browser requests from this origin, e.g. a "
                         "dev server http://localhost:5173 (repeatable; or "
                         "STEERFLOW_ALLOW_ORIGINS=a,b)")
+    parser.add_argument("--interrupt-grace", type=float, default=3.0, metavar="SECONDS",
+                        help="how long an interrupted prompt may take to stop on its own "
+                        "before its worker process is killed and restarted (default: 3)")
+    parser.add_argument("--cache-budget", metavar="SIZE",
+                        help="memory the worker's cache of node outputs may hold: bytes "
+                        "('8GiB'), a share of memory ('50%%'), or per device "
+                        "('cpu=8GiB,cuda=80%%'); default: half the RAM, 80%% of a GPU's")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync every queue change (survives power loss; slower)")
     parser.add_argument("--registry", help=argparse.SUPPRESS)  # MODULE:FUNC, tests/bench

@@ -30,24 +30,26 @@ async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def object_info(request: web.Request) -> web.Response:
-    session = await state(request).runtime.get_session()
-    text = await _off_loop(lambda: dumps(session.registry.schema(session.env)))
+    st = state(request)
+    registry = await st.runtime.get_registry()
+    text = await _off_loop(lambda: dumps(registry.schema(st.env)))
     return web.Response(text=text, content_type="application/json")
 
 
 async def object_info_node(request: web.Request) -> web.Response:
-    session = await state(request).runtime.get_session()
+    st = state(request)
+    registry = await st.runtime.get_registry()
     type_id = request.match_info["node_class"]
-    cls = session.registry.get(type_id)
+    cls = registry.get(type_id)
     if cls is None:
         raise ApiError(404, "unknown_node_type", f"no node type {type_id!r}")
-    return json_response({type_id: await _off_loop(cls.schema, session.env)})
+    return json_response({type_id: await _off_loop(cls.schema, st.env)})
 
 
 async def system_stats(request: web.Request) -> web.Response:
     st = state(request)
-    session = st.runtime.session
-    device = session.env.device if session is not None else (st.config.device or "pending")
+    runtime = st.runtime
+    device = runtime.device
     total, free = _memory()
     vram_total, vram_free = _vram(device)
     return json_response({
@@ -62,7 +64,11 @@ async def system_stats(request: web.Request) -> web.Response:
             "argv": sys.argv,
             "ram_total": total,
             "ram_free": free,
-            "nodes_loaded": session is not None,
+            "nodes_loaded": runtime.registry is not None,
+            "worker": {"pid": runtime.worker_info.get("pid"), "starts": runtime.worker_starts,
+                       "error": runtime.worker_error,
+                       "cache_entries": runtime.worker_info.get("cache_entries"),
+                       "cache_bytes": runtime.worker_info.get("cache_bytes")},
         },
         "devices": [{
             "name": device, "type": device.split(":")[0],

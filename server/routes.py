@@ -3,26 +3,60 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
-import math
 import uuid
 from typing import Any
 
 from aiohttp import web
 
-from engine.validation import PromptValidationError, describe_issues, to_node_errors
+from engine.validation import Issue, PromptValidationError, describe_issues, to_node_errors
 from engine.workflow import WorkflowFormatError, from_object
 from server.errors import ApiError, json_response
-from server.prompt_queue import QueueItem
+from server.prompt_queue import DuplicatePromptId, QueueItem
 from server.state import state
 from server.storage import StorageError
 
 MAX_ID_LENGTH = 200
+MAX_ID_LIST = 10_000  # ids per delete list (ComfyUI keeps 10000 history entries)
+MAX_NUMBER = 2**53  # |number| of a queued prompt
+MAX_REPORTED_ISSUES = 100  # validation errors detailed in a 400; the rest are counted
+DEFAULT_HISTORY_ITEMS = 1000  # GET /history without max_items: the newest this many
+MAX_HISTORY_BYTES = 64 << 20  # a /history answer stops adding entries beyond this
 INLINE_VALIDATION_NODES = 64  # bigger prompts are validated off the event loop
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """JSON number literals such as 1e999 overflow to inf: refuse them at the door."""
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"the number {text[:50]} is out of range")
+    return value
+
+
+_INF = float("inf")
+GC_PAUSE_BYTES = 1 << 20  # bodies parsed with the cyclic GC paused
+
+
+def _loads(raw: bytes) -> Any:
+    """Strict JSON; a big body is parsed with the GC paused.
+
+    Parsing a 10 MB prompt creates a million containers, and each gen-2 collection
+    they trigger walks the whole heap: that tripled the parse's time on the event
+    loop. JSON makes no reference cycles; others made meanwhile are collected later.
+    """
+    pause = len(raw) > GC_PAUSE_BYTES and gc.isenabled()
+    if pause:
+        gc.disable()
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    finally:
+        if pause:
+            gc.enable()
 
 
 async def read_json(request: web.Request, *, required: bool = True) -> Any:
@@ -33,7 +67,7 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
             raise ApiError(400, "invalid_json", "the request body is empty; expected JSON")
         return {}
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return _loads(raw)
     except (ValueError, RecursionError) as exc:  # includes UnicodeDecodeError
         raise ApiError(400, "invalid_json", "the request body is not valid JSON",
                        str(exc)[:500]) from None
@@ -67,21 +101,22 @@ async def post_prompt(request: web.Request) -> web.Response:
     if not isinstance(extra_data, dict):
         raise ApiError(400, "invalid_request", "'extra_data' must be an object", node_errors={})
     extra_data = dict(extra_data)
-    if "client_id" in body:
-        extra_data["client_id"] = body["client_id"]
+    if body.get("client_id") is not None:
+        extra_data["client_id"] = _valid_id(body["client_id"], "client_id", node_errors={})
     targets = body.get("partial_execution_targets")
-    if targets is not None and not (isinstance(targets, list)
-                                    and all(isinstance(t, str) for t in targets)):
-        raise ApiError(400, "invalid_request", "'partial_execution_targets' must be a list "
-                       "of node ids", node_errors={})
-    session = await st.runtime.get_session()
-    vp = await _validate(session.executor, prompt, targets)
+    if targets is not None:
+        targets = _id_list(targets, "partial_execution_targets", node_errors={})
+    validator = await st.runtime.get_validator()
+    vp = await _validate(validator, prompt, targets)
     if prompt_id in st.queue:  # checked after the awaits, so no other request slips in
         raise ApiError(400, "duplicate_prompt_id", f"prompt {prompt_id!r} is already queued",
                        node_errors={})
-    item = QueueItem(number, prompt_id, prompt, extra_data, list(vp.outputs), validated=vp)
+    item = QueueItem(number, prompt_id, prompt, extra_data, list(vp.outputs))
     try:
-        st.queue.put(item)
+        await st.queue.submit(item)
+    except DuplicatePromptId:
+        raise ApiError(400, "duplicate_prompt_id", f"prompt {prompt_id!r} is already queued",
+                       node_errors={}) from None
     except (StorageError, OSError, RuntimeError) as exc:
         raise ApiError(503, "queue_unavailable", f"the prompt could not be queued: {exc}",
                        node_errors={}) from None
@@ -91,46 +126,77 @@ async def post_prompt(request: web.Request) -> web.Response:
     return json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
 
-async def _validate(executor: Any, prompt: dict[str, Any],
+async def _validate(validator: Any, prompt: dict[str, Any],
                     targets: list[str] | None) -> Any:
     try:
         if len(prompt) <= INLINE_VALIDATION_NODES:
-            return executor.validate(prompt, targets)
+            return validator.validate(prompt, targets)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, executor.validate, prompt, targets)
+        return await loop.run_in_executor(None, validator.validate, prompt, targets)
     except PromptValidationError as exc:
-        node_errors = to_node_errors(exc.issues)
-        errors = [i for i in exc.issues if i.severity == "error"]
-        if node_errors:
-            error = ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
-        else:
-            error = (errors[0].kind if errors else "invalid_prompt",
-                     errors[0].message if errors else "the prompt is invalid")
-        raise ApiError(400, *error, describe_issues(errors), node_errors=node_errors,
-                       extra_info={"issues": [i.to_dict() for i in exc.issues][:200]}) from None
+        raise _validation_error(exc.issues) from None
     except RecursionError:
         raise ApiError(400, "invalid_prompt", "the prompt is nested too deeply",
                        node_errors={}) from None
 
 
-def _prompt_id(value: Any) -> str:
-    if value is None:
-        return str(uuid.uuid4())
+def _validation_error(issues: list[Issue]) -> ApiError:
+    """The 400 for an invalid prompt, capped at the first MAX_REPORTED_ISSUES errors.
+
+    A 200k-node prompt with an error per node made a 55 MB body, built on the event
+    loop; the counts say how much was left out.
+    """
+    errors = [i for i in issues if i.severity == "error"]
+    shown = errors[:MAX_REPORTED_ISSUES]
+    warnings = [i for i in issues if i.severity != "error"][:MAX_REPORTED_ISSUES - len(shown)]
+    node_errors = to_node_errors(shown)
+    if node_errors:
+        error = ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
+    else:
+        error = (errors[0].kind if errors else "invalid_prompt",
+                 errors[0].message if errors else "the prompt is invalid")
+    details = describe_issues(shown)
+    extra: dict[str, Any] = {"issues": [i.to_dict() for i in shown + warnings],
+                             "error_count": len(errors), "issue_count": len(issues)}
+    if len(errors) > len(shown):
+        details += f"\n... and {len(errors) - len(shown)} more error(s)"
+        extra["errors_omitted"] = len(errors) - len(shown)
+        extra["nodes_with_errors"] = len({i.node_id for i in errors if i.node_id is not None})
+    return ApiError(400, *error, details, node_errors=node_errors, extra_info=extra)
+
+
+def _valid_id(value: Any, name: str, type_: str = "invalid_request", **fields: Any) -> str:
+    """An id (prompt, client, node) is a non-empty printable string of bounded length."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH \
             or not value.isprintable():
-        raise ApiError(400, "invalid_prompt_id", "'prompt_id' must be a non-empty string of "
-                       f"at most {MAX_ID_LENGTH} printable characters", node_errors={})
+        raise ApiError(400, type_, f"'{name}' must be a non-empty string of at most "
+                       f"{MAX_ID_LENGTH} printable characters", **fields)
     return value
 
 
+def _prompt_id(value: Any) -> str:
+    if value is None:
+        return str(uuid.uuid4())
+    return _valid_id(value, "prompt_id", "invalid_prompt_id", node_errors={})
+
+
 def _number(body: dict[str, Any], next_number: Any) -> int | float:
-    if "number" not in body:
-        return next_number(front=bool(body.get("front")))
-    value = body["number"]
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value):
-        raise ApiError(400, "invalid_number", "'number' must be a finite number",
+    """The queue position: ``number`` as given (bounded), else the next one (``front``:
+    before every pending prompt), as in ComfyUI."""
+    front = body.get("front")
+    if front is not None and not isinstance(front, bool):
+        raise ApiError(400, "invalid_request", "'front' must be true or false",
                        node_errors={})
+    value = body.get("number")
+    if value is None:
+        return next_number(front=bool(front))
+    # Type first, then plain comparisons: math.isfinite(10**400) raises OverflowError.
+    # The bound keeps numbers exact in SQLite's REAL and in JavaScript, and far from
+    # the 64-bit limit, so the numbering continued after a restart never overflows.
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not -MAX_NUMBER <= value <= MAX_NUMBER:
+        raise ApiError(400, "invalid_number", "'number' must be a finite number from "
+                       "-2**53 to 2**53", node_errors={})
     return value
 
 
@@ -151,25 +217,33 @@ async def post_queue(request: web.Request) -> web.Response:
     return json_response({"deleted": deleted})
 
 
-def _id_list(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ApiError(400, "invalid_request", "'delete' must be a list of prompt ids")
+def _id_list(value: Any, name: str = "delete", **fields: Any) -> list[str]:
+    """A bounded list of ids (see :func:`_valid_id`)."""
+    if not isinstance(value, list) or len(value) > MAX_ID_LIST:
+        raise ApiError(400, "invalid_request", f"'{name}' must be a list of at most "
+                       f"{MAX_ID_LIST} ids", **fields)
+    for item in value:
+        _valid_id(item, name + "[]", **fields)
     return value
 
 
 async def post_interrupt(request: web.Request) -> web.Response:
     body = await read_object(request, required=False)
     prompt_id = body.get("prompt_id")
-    if prompt_id is not None and not isinstance(prompt_id, str):
-        raise ApiError(400, "invalid_prompt_id", "'prompt_id' must be a string")
+    if prompt_id is not None:
+        _valid_id(prompt_id, "prompt_id", "invalid_prompt_id")
     return json_response({"interrupted": state(request).runtime.interrupt(prompt_id)})
 
 
 # --- /history --------------------------------------------------------------------
 async def get_history(request: web.Request) -> web.Response:
+    """ComfyUI's paging (``max_items``, ``offset``), capped: without ``max_items`` the
+    newest DEFAULT_HISTORY_ITEMS, and never much more than MAX_HISTORY_BYTES."""
     max_items = _int_param(request, "max_items", minimum=0)
     offset = _int_param(request, "offset", minimum=-1)
-    rows = state(request).storage.history(max_items, offset)
+    if max_items is None:
+        max_items = DEFAULT_HISTORY_ITEMS
+    rows = state(request).storage.history(max_items, offset, max_bytes=MAX_HISTORY_BYTES)
     # Entries are stored as JSON text: splice them instead of decoding and re-encoding.
     body = "{" + ",".join(f"{json.dumps(pid)}:{entry}" for pid, entry in rows) + "}"
     return web.Response(text=body, content_type="application/json")
@@ -193,13 +267,13 @@ async def post_history(request: web.Request) -> web.Response:
 
 
 def _int_param(request: web.Request, name: str, minimum: int) -> int | None:
+    """A plain decimal query integer (no "1e3", "5_000" or 5000-digit strings)."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
+    digits = raw[1:] if raw.startswith("-") else raw
+    value = int(raw) if digits.isascii() and digits.isdigit() and len(digits) <= 30 \
+        else minimum - 1
     if value < minimum:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer >= {minimum}")
     return min(value, 1 << 62)  # SQLite integers are 64-bit

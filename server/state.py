@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from engine.environment import Environment
     from server.config import ServerConfig
     from server.prompt_queue import PromptQueue
+    from server.runtime import Runtime
     from server.storage import Storage
-    from server.worker import Runtime
     from server.ws import Hub
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from server.errors import dumps
 
 SCHEMA_VERSION = 1
+MAX_NUMBER = 2**53  # queue numbers beyond it are clamped (see max_counters)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
     prompt_id TEXT PRIMARY KEY,
@@ -69,6 +70,7 @@ class Storage:
     def __init__(self, path: Path, *, fsync: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.fsync = fsync
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
@@ -121,6 +123,26 @@ class Storage:
                                            "running" if running else "pending", int(running),
                                            time.time()))
 
+    def enqueue_many(self, rows: list[tuple[str, float, int, dict[str, Any], bool]]
+                     ) -> list[bool]:
+        """Insert ``(prompt_id, number, seq, body, running)`` rows in ONE transaction.
+
+        Group commit: a burst of prompts costs one commit, not one each. Returns,
+        per row, whether it was inserted (False: that prompt id is already queued).
+        """
+        texts = [dumps(body) for _, _, _, body, _ in rows]
+        now = time.time()
+        inserted: list[bool] = []
+        with self._tx() as db:
+            for (prompt_id, number, seq, _, running), text in zip(rows, texts, strict=True):
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO queue(prompt_id, number, seq, body, state, "
+                    "attempts, created) VALUES (?,?,?,?,?,?,?)",
+                    (prompt_id, number, seq, text, "running" if running else "pending",
+                     int(running), now))
+                inserted.append(cur.rowcount == 1)
+        return inserted
+
     def mark_running(self, prompt_id: str) -> None:
         with self._lock:
             self._db.execute("UPDATE queue SET state='running', attempts=attempts+1 "
@@ -136,6 +158,8 @@ class Storage:
             db.executemany("DELETE FROM queue WHERE prompt_id=?", [(p,) for p in prompt_ids])
 
     def load_queue(self) -> list[StoredItem]:
+        """The stored queue, at start-up; first repairs rows of older versions."""
+        self.repair_nonfinite()
         with self._lock:
             rows = self._db.execute("SELECT prompt_id, number, seq, body, state, attempts "
                                     "FROM queue ORDER BY number, seq").fetchall()
@@ -143,12 +167,42 @@ class Storage:
                 for pid, number, seq, body, state, attempts in rows]
 
     def max_counters(self) -> tuple[int, int]:
-        """(largest |number|, largest seq) in use, to continue numbering after a restart."""
+        """(largest |number|, largest seq) in use, to continue numbering after a restart.
+
+        Numbers beyond MAX_NUMBER (older versions accepted 1e300) are ignored: numbering
+        from them would overflow SQLite's integers and refuse every new prompt.
+        """
         with self._lock:
             n_q, s_q = self._db.execute(
-                "SELECT MAX(ABS(number)), MAX(seq) FROM queue").fetchone()
-            (n_h,) = self._db.execute("SELECT MAX(ABS(number)) FROM history").fetchone()
-        return int(max(n_q or 0, n_h or 0)), int(s_q or 0)
+                "SELECT MAX(CASE WHEN ABS(number) <= ? THEN ABS(number) END), MAX(seq) "
+                "FROM queue", (MAX_NUMBER,)).fetchone()
+            (n_h,) = self._db.execute("SELECT MAX(ABS(number)) FROM history "
+                                      "WHERE ABS(number) <= ?", (MAX_NUMBER,)).fetchone()
+        return int(max(n_q or 0, n_h or 0)), min(int(s_q or 0), MAX_NUMBER)
+
+    def repair_nonfinite(self) -> int:
+        """Rewrite stored JSON holding bare NaN/Infinity as strict JSON (those values
+        become null); returns the number of rows fixed.
+
+        Older versions stored them, and /history splices the stored text into its
+        answer: one such row broke every browser client's JSON.parse.
+        """
+        fixed = 0
+        for table, column in (("queue", "body"), ("history", "entry")):
+            with self._lock:  # ids only: the candidates' text is read one at a time
+                ids = [pid for (pid,) in self._db.execute(
+                    f"SELECT prompt_id FROM {table} WHERE instr({column}, 'NaN') > 0 "
+                    f"OR instr({column}, 'Infinity') > 0")]
+            for prompt_id in ids:
+                with self._tx() as db:
+                    row = db.execute(f"SELECT {column} FROM {table} WHERE prompt_id=?",
+                                     (prompt_id,)).fetchone()
+                    text = _strict_text(row[0]) if row else None
+                    if text is not None:
+                        db.execute(f"UPDATE {table} SET {column}=? WHERE prompt_id=?",
+                                   (text, prompt_id))
+                        fixed += 1
+        return fixed
 
     # --- history ---------------------------------------------------------------
     def finish(self, prompt_id: str, number: float, entry: dict[str, Any]) -> None:
@@ -163,17 +217,31 @@ class Storage:
             self._db.execute("DELETE FROM history WHERE seq <= (SELECT seq FROM history "
                              "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (keep,))
 
-    def history(self, max_items: int | None = None, offset: int | None = None
-                ) -> list[tuple[str, str]]:
-        """(prompt_id, entry JSON) oldest first; ComfyUI's paging (no offset: the newest)."""
+    def history(self, max_items: int | None = None, offset: int | None = None, *,
+                max_bytes: int | None = None) -> list[tuple[str, str]]:
+        """(prompt_id, entry JSON) oldest first; ComfyUI's paging (no offset: the newest).
+
+        ``max_bytes``: stop adding entries once their text passes it (one is always
+        returned), so a few 20 MB prompts cannot make a gigabyte answer.
+        """
+        newest = max_items is not None and (offset is None or offset < 0)
         with self._lock:
-            if max_items is not None and (offset is None or offset < 0):
-                rows = self._db.execute("SELECT prompt_id, entry FROM history ORDER BY seq DESC "
-                                        "LIMIT ?", (max_items,)).fetchall()
-                return rows[::-1]
-            return self._db.execute(
-                "SELECT prompt_id, entry FROM history ORDER BY seq LIMIT ? OFFSET ?",
-                (-1 if max_items is None else max_items, max(offset or 0, 0))).fetchall()
+            if newest:
+                cursor = self._db.execute("SELECT prompt_id, entry FROM history "
+                                          "ORDER BY seq DESC LIMIT ?", (max_items,))
+            else:
+                cursor = self._db.execute(
+                    "SELECT prompt_id, entry FROM history ORDER BY seq LIMIT ? OFFSET ?",
+                    (-1 if max_items is None else max_items, max(offset or 0, 0)))
+            rows: list[tuple[str, str]] = []
+            size = 0
+            for row in cursor:  # row by row: the budget bounds memory too
+                text = row[1]
+                size += len(text) if text.isascii() else len(text.encode())
+                if rows and max_bytes is not None and size > max_bytes:
+                    break
+                rows.append(row)
+        return rows[::-1] if newest else rows
 
     def history_entry(self, prompt_id: str) -> str | None:
         with self._lock:
@@ -192,4 +260,25 @@ class Storage:
 
 
 def _num(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
+    # Clamped: older versions stored numbers such as 1e300 (and inf would not be JSON).
+    value = max(-float(MAX_NUMBER), min(float(value), float(MAX_NUMBER)))
+    return int(value) if value.is_integer() else value
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _strict_text(text: str) -> str | None:
+    """``text`` as strict JSON if it holds NaN/Infinity constants, else None (as is)."""
+    try:
+        json.loads(text, parse_constant=_reject_constant)
+        return None  # the tokens were inside strings
+    except _NonFinite:
+        return dumps(json.loads(text))  # dumps turns non-finite floats into null
+    except (ValueError, RecursionError):
+        return None  # not JSON at all: not ours to guess at

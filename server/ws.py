@@ -8,6 +8,12 @@ plain RFC 6455 server frames (FIN, no mask, no compression, which is never
 negotiated here), so they interleave safely with aiohttp's own control frames.
 A client whose unsent data passes ``max_buffer`` is disconnected rather than
 allowed to grow the server's memory without bound.
+
+Privacy: a prompt's events go only to the client that submitted it (its
+``client_id``); when that client is not connected they are dropped, never
+broadcast. Events of prompts with no client id are broadcast, as in ComfyUI,
+except on a server with a token (``private``), where they go to nobody.
+Queue ``status`` messages carry no prompt data and always go to everyone.
 """
 
 from __future__ import annotations
@@ -98,9 +104,10 @@ class Hub:
     """Connected websocket clients and the thread-safe way to reach them."""
 
     def __init__(self, queue_remaining: Callable[[], int] = lambda: 0, *,
-                 max_buffer: int = 16 << 20):
+                 max_buffer: int = 16 << 20, private: bool = False):
         self.queue_remaining = queue_remaining
         self.max_buffer = max_buffer
+        self.private = private
         self.clients: dict[str, _Client] = {}
         # Called with a new client's sid; returns messages to replay to it (e.g. the
         # node its prompt is executing), like ComfyUI does on reconnect.
@@ -120,7 +127,8 @@ class Hub:
 
     # --- posting (any thread) --------------------------------------------------
     def post(self, sid: str | None, payload: str | bytes) -> None:
-        """Send to ``sid`` if it is connected, else to everyone (as ComfyUI)."""
+        """Send to ``sid`` (dropped if it is not connected); ``None``: to everyone,
+        unless the hub is private."""
         self._enqueue(sid, payload)
 
     def post_event(self, sid: str | None, type_: str, data: dict[str, Any]) -> None:
@@ -153,9 +161,14 @@ class Hub:
                     self._status_timer = self._loop.call_later(  # type: ignore[union-attr]
                         STATUS_INTERVAL, self._send_status)
                 continue
+            if sid is not None:
+                client = self.clients.get(sid)
+                targets = [client] if client is not None else []
+            else:
+                targets = [] if self.private else list(self.clients.values())
+            if not targets:
+                continue
             frame = encode_frame(payload)
-            client = self.clients.get(sid) if sid is not None else None
-            targets = [client] if client is not None else list(self.clients.values())
             for each in targets:
                 each.queue(frame)
                 touched[id(each)] = each

@@ -19,7 +19,7 @@ WORKFLOW = REPO / "workflows" / "txt2img.json"
 def steerflow(*args: str, home: Path, models: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args, "--base-dir", str(home),
+        [sys.executable, "-m", "steerflow.cli", *args, "--base-dir", str(home),
          "--models-dir", str(models), "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=300, cwd=home)
 
@@ -27,7 +27,7 @@ def steerflow(*args: str, home: Path, models: Path) -> subprocess.CompletedProce
 def cli(*args: str, home: Path, models: Path, capsys: pytest.CaptureFixture[str]
         ) -> subprocess.CompletedProcess[str]:
     """The CLI in-process (the subprocess start-up costs seconds per call)."""
-    from engine.cli import main
+    from steerflow.cli import main
 
     capsys.readouterr()
     code = main([*args[:2], *args[2:], "--base-dir", str(home), "--models-dir", str(models),

@@ -119,7 +119,7 @@ def server(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env.setdefault("OMP_NUM_THREADS", "1")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "steerflow.cli", "serve", "--host", "127.0.0.1",
              "--port", str(port), "--base-dir", str(base)],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     live = LiveServer(f"http://127.0.0.1:{port}", base, log)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from server.config import ServerConfig
-from tests.server.helpers import Http, InProcessServer, LiveServer, Loop, session_factory_for
+from tests.server.helpers import TEST_REGISTRY, Http, InProcessServer, LiveServer, Loop
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,15 +28,14 @@ def make_server(tmp_path_factory: pytest.TempPathFactory
     """Start servers with ServerConfig overrides; all are stopped at teardown."""
     started: list[InProcessServer] = []
 
-    def make(setup_app: Any = None, session_factory: Any = None, **overrides: Any
-             ) -> LiveServer:
+    def make(setup_app: Any = None, **overrides: Any) -> LiveServer:
         base = overrides.pop("base_dir", None) or tmp_path_factory.mktemp("server")
         overrides.setdefault("workflows_dir", base / "workflows")
         overrides.setdefault("web_dir", base / "web-dist")
+        overrides.setdefault("registry_factory", TEST_REGISTRY)  # None: the real packs
         config = ServerConfig(host="127.0.0.1", port=0, base_dir=base, device="cpu",
                               **overrides)
-        factory = (session_factory or session_factory_for)(config)
-        srv = InProcessServer(config, factory, setup_app)
+        srv = InProcessServer(config, setup_app)
         started.append(srv)
         return srv.live
 

@@ -27,16 +27,8 @@ from server.state import STATE, ServerState
 REPO = Path(__file__).resolve().parents[2]
 
 
-def session_factory_for(config: ServerConfig) -> Callable[[], Any]:
-    """Sessions over the test registry (no models, no diffusion imports needed)."""
-
-    def make() -> Any:
-        from engine.session import Session
-        from tests.server.pack import make_registry
-
-        return Session(config.base_dir, device="cpu", registry=make_registry())
-
-    return make
+# The test node pack, for the server's validation and its worker process alike.
+TEST_REGISTRY = "tests.server.pack:make_registry"
 
 
 class Loop:
@@ -127,10 +119,10 @@ class LiveServer:
 class InProcessServer:
     """create_app on a free loopback port, served by a background event loop."""
 
-    def __init__(self, config: ServerConfig, session_factory: Callable[[], Any],
+    def __init__(self, config: ServerConfig,
                  setup_app: Callable[[web.Application], None] | None = None):
         self.loop = Loop()
-        self.app = create_app(config, session_factory=session_factory)
+        self.app = create_app(config)
         if setup_app:
             setup_app(self.app)
         self.runner = web.AppRunner(self.app, access_log=None)
@@ -159,13 +151,13 @@ def free_port() -> int:
 
 
 class SubprocessServer:
-    """``python -m engine.cli serve`` with the test registry, for crash tests."""
+    """``python -m steerflow.cli serve`` with the test registry, for crash tests."""
 
     def __init__(self, base_dir: Path, port: int | None = None, *extra: str):
         self.base_dir = base_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "steerflow.cli", "serve", "--port", str(self.port),
                "--base-dir", str(base_dir), "--device", "cpu",
                "--registry", "tests.server.pack:make_registry", *extra]
         env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -6,9 +6,14 @@ hidden ``--registry tests.server.pack:make_registry`` option.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
+
 from PIL import Image
 
-from engine import ExecutionContext, Input, Node, NodeRegistry, NodeResult
+from engine import ExecutionContext, Input, Node, NodeRegistry, NodeResult, Output
 from tests import engine_nodes
 
 
@@ -30,10 +35,40 @@ class TestImage(Node):
         return NodeResult((), {"images": [{"filename": name, "subfolder": "", "type": "output"}]})
 
 
-NODE_CLASSES = (*engine_nodes.TEST_NODES, TestImage)
+class TestHog(Node):
+    """Holds the GIL for a long time in one C call and never checks for interrupts."""
+
+    TYPE = "TestHog"
+    OUTPUT_NODE = True
+    OUTPUTS = (Output("INT"),)
+    digits: int = Input(1_000_000, min=1, max=10_000_000)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[int]:
+        # Modular exponentiation by a number of `digits` digits: millions of squarings
+        # inside a single bytecode, so no other thread of this process can run.
+        return (pow(3, 10 ** self.digits, (1 << 4096) - 1) & 0xFFFF,)
+
+
+class TestCrash(Node):
+    """Kills its own process with a signal, as a segfaulting extension would."""
+
+    TYPE = "TestCrash"
+    OUTPUT_NODE = True
+    sig: str = Input("SIGSEGV", choices=("SIGSEGV", "SIGKILL", "EXIT"))
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        if self.sig == "EXIT":
+            sys.exit(3)  # not an Exception: the executor does not catch it
+        os.kill(os.getpid(), getattr(signal, self.sig))
+        time.sleep(10)
+        return NodeResult()
+
+
+NODE_CLASSES = (*engine_nodes.TEST_NODES, TestImage, TestHog, TestCrash)
 
 
 def make_registry() -> NodeRegistry:
     registry = engine_nodes.make_registry()
-    registry.register(TestImage)
+    for cls in (TestImage, TestHog, TestCrash):
+        registry.register(cls)
     return registry

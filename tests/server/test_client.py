@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from engine.session import Workflow
-from server.app import default_session_factory
 from server.client import cmd_submit
 from tests.server.helpers import REPO, Http, LiveServer, image, recv_until
 
@@ -55,7 +54,7 @@ def test_submit_reports_bad_input_and_failures(server: LiveServer, tmp_path, cap
 @pytest.mark.slow
 def test_real_txt2img_prompt(make_server, models_dir, loop):
     """The example workflow through the real node packs and the tiny model."""
-    server = make_server(models_dir=models_dir, session_factory=default_session_factory)
+    server = make_server(models_dir=models_dir, registry_factory=None)
     http = Http(server.url, loop)
     ws = server.connect_ws("painter")
     wf = Workflow.load(REPO / "workflows" / "txt2img.json")

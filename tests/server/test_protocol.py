@@ -11,6 +11,7 @@ import time
 import uuid
 
 import aiohttp
+import pytest
 import websocket
 
 from tests.server.helpers import (
@@ -67,17 +68,44 @@ def test_preview_frames_are_binary_jpeg(server: LiveServer, http: Http):
     ws.close()
 
 
-def test_events_go_to_the_submitter_or_everyone(server: LiveServer, http: Http):
+def test_events_go_to_the_submitter_only(server: LiveServer, http: Http):
     mine, other = server.connect_ws("mine"), server.connect_ws("other")
     pid = http.post("/prompt", json={"prompt": chain(5), "client_id": "mine"}).json()["prompt_id"]
     recv_until(mine, pid)
-    # Not connected: broadcast, like ComfyUI.
+    # Its client is not connected: dropped, never shown to another user.
     pid2 = http.post("/prompt", json={"prompt": chain(6), "client_id": "gone"}
                      ).json()["prompt_id"]
-    events, _ = recv_until(other, pid2)  # would time out had it seen none of pid2
-    assert all(e["data"].get("prompt_id") != pid for e in events)
+    # No client id: broadcast, like ComfyUI.
+    pid3 = http.post("/prompt", json={"prompt": chain(7)}).json()["prompt_id"]
+    events, _ = recv_until(other, pid3)
+    seen = {e["data"].get("prompt_id") for e in events}
+    assert pid3 in seen
+    other.settimeout(0.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        while True:  # drain: nothing of pid or pid2 may ever reach "other"
+            msg = json.loads(other.recv())
+            assert msg["data"].get("prompt_id") not in (pid, pid2), msg
     mine.close()
     other.close()
+
+
+def test_private_server_sends_no_events_of_anonymous_prompts(make_server, loop):
+    server = make_server(token="t0ken")
+    http = Http(server.url, loop, headers={"Authorization": "Bearer t0ken"})
+    watcher = server.connect_ws("watcher", header=["Authorization: Bearer t0ken"])
+    anonymous = http.post("/prompt", json={"prompt": chain(8)}).json()["prompt_id"]
+    own = http.post("/prompt", json={"prompt": chain(9), "client_id": "watcher"}
+                    ).json()["prompt_id"]
+    seen = set()
+    while True:  # every message up to the end of its own prompt, which ran second
+        msg = json.loads(watcher.recv())
+        seen.add(msg["data"].get("prompt_id"))
+        if msg["type"] == "executing" and msg["data"] == {
+                "node": None, "display_node": None, "prompt_id": own}:
+            break
+    assert own in seen and anonymous not in seen
+    watcher.close()
+    http.close()
 
 
 def test_validation_failure_is_400_with_node_errors(http: Http):

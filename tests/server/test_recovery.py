@@ -13,7 +13,6 @@ from tests.server.helpers import (
     InProcessServer,
     SubprocessServer,
     chain,
-    session_factory_for,
     slow,
     wait_history,
 )
@@ -83,7 +82,7 @@ def test_graceful_stop_puts_the_running_prompt_back(make_server, tmp_path, loop)
     http.close()
     config = server.state.config
     server.stop()
-    again = InProcessServer(config, session_factory_for(config))
+    again = InProcessServer(config)
     try:
         http = Http(again.live.url, loop)
         queue = http.get("/queue").json()

@@ -1,0 +1,192 @@
+"""The worker process: owns the engine session (executor, cache, models) and runs prompts.
+
+Started by the server (:mod:`server.worker`) as ``python -m steerflow.worker
+--fd N``; it speaks that module's protocol over the inherited socket. The main
+thread runs prompts one at a time; a reader thread takes ``interrupt``
+messages while a prompt runs (cooperative: nodes see the flag at their next
+check) and exits the process when the server's end of the channel closes.
+The server kills this process outright when a cooperative interrupt is not
+honoured in time, so nothing here needs to be interruptible by force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from server.worker import PREVIEW_TAG, decode, encode
+
+log = logging.getLogger("steerflow.worker")
+
+
+def _die_with_parent() -> None:
+    """Linux: be SIGKILLed when the server dies, even mid-way through a GIL-holding node."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+class Worker:
+    """The session plus the channel back to the server."""
+
+    def __init__(self, conn: Connection, config: dict[str, Any]):
+        self.conn = conn
+        self.config = config
+        self.session: Any = None
+        self.runs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        # Interrupts that arrive before their prompt has started running.
+        self.interrupted: set[str] = set()
+        self._send_lock = threading.Lock()
+
+    def send(self, data: dict[str, Any]) -> None:
+        raw = encode(data)
+        with self._send_lock:
+            self.conn.send_bytes(raw)
+
+    def send_preview(self, jpeg: bytes) -> None:
+        with self._send_lock:
+            self.conn.send_bytes(PREVIEW_TAG + jpeg)
+
+    # --- start-up ----------------------------------------------------------------
+    def load(self) -> None:
+        import importlib
+
+        from engine.session import Session
+
+        cfg = self.config
+        registry = None
+        if cfg.get("registry_factory"):
+            module, _, attr = str(cfg["registry_factory"]).partition(":")
+            registry = getattr(importlib.import_module(module), attr or "make_registry")()
+        device = cfg.get("device")
+        budgets = None
+        if cfg.get("cache_budget"):
+            from engine.cache import parse_budget
+
+            budgets = parse_budget(cfg["cache_budget"])
+        session = Session(cfg["base_dir"], models_dir=cfg.get("models_dir"), device=device,
+                          allow_pickle=bool(cfg.get("allow_pickle")), registry=registry,
+                          custom_nodes=cfg.get("custom_nodes"), cache_budgets=budgets)
+        if cfg.get("cache_max_entries"):
+            session.executor.cache.max_entries = int(cfg["cache_max_entries"])
+        session.executor.ensure_setup()
+        self.session = session
+
+    # --- the reader thread -------------------------------------------------------
+    def read_forever(self) -> None:
+        while True:
+            try:
+                msg = decode(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                # The server closed the channel (or died): nothing is left to report to.
+                os._exit(0)
+            except ValueError:
+                log.error("unreadable message from the server; ignored")
+                continue
+            if msg.op == "run":
+                self.runs.put(msg.data)
+            elif msg.op == "interrupt" and self.session is not None:
+                prompt_id = str(msg.data.get("prompt_id"))
+                self.interrupted.add(prompt_id)
+                self.session.executor.interrupt(prompt_id)
+
+    # --- the main loop -----------------------------------------------------------
+    def serve(self) -> None:
+        while (job := self.runs.get()) is not None:
+            self.run(job)
+
+    def run(self, job: dict[str, Any]) -> None:
+        from engine.validation import PromptValidationError, describe_issues, to_node_errors
+
+        prompt_id = str(job.get("prompt_id"))
+        extra = job.get("extra") or {}
+        previews = bool(extra.get("preview"))
+
+        def on_event(name: str, data: dict[str, Any]) -> None:
+            if name == "execution_start" and prompt_id in self.interrupted:
+                executor.interrupt(prompt_id)  # its flag exists from here on
+            if name == "preview":
+                if previews:
+                    self._preview(data.get("image"))
+                return
+            self.send({"op": "event", "name": name, "data": data})
+
+        executor = self.session.executor
+        self.interrupted.intersection_update({prompt_id})  # older ids are finished
+        try:
+            result = executor.run(job.get("prompt") or {}, prompt_id=prompt_id, extra=extra,
+                                  on_event=on_event, outputs=job.get("outputs") or None)
+        except PromptValidationError as exc:
+            self.send({"op": "done", "prompt_id": prompt_id, "status": "invalid",
+                       "error": describe_issues(exc.issues),
+                       "node_errors": to_node_errors(exc.issues), **self._stats()})
+            return
+        self.send({"op": "done", "prompt_id": prompt_id, "status": result.status,
+                   "outputs": result.outputs, **self._stats()})
+
+    def _preview(self, image: Any) -> None:
+        from server.imaging import encode_preview
+
+        try:
+            self.send_preview(encode_preview(image))
+        except (TypeError, ValueError, OSError):
+            log.debug("cannot encode a preview", exc_info=True)
+
+    def _stats(self) -> dict[str, Any]:
+        cache = self.session.executor.cache
+        return {"cache_entries": len(cache), "cache_bytes": dict(cache.used)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="steerflow-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    # SIGINT goes to the whole process group on Ctrl+C; the server decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(args.fd)
+    try:
+        first = decode(conn.recv_bytes())
+    except (EOFError, OSError, ValueError):
+        return 1
+    config = first.data
+    logging.basicConfig(level=logging.INFO if config.get("verbose") else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not config.get("verbose"):
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    worker = Worker(conn, config)
+    threading.Thread(target=worker.read_forever, name="steerflow-worker-reader",
+                     daemon=True).start()
+    try:
+        worker.load()
+    except BaseException as exc:  # a pack's SystemExit included: report, then exit
+        log.error("the worker could not load the node packs:\n%s", traceback.format_exc())
+        with contextlib.suppress(OSError):
+            worker.send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    registry = worker.session.registry
+    worker.send({"op": "ready", "pid": os.getpid(), "device": worker.session.env.device,
+                 "pack_errors": [{"pack": e.pack, "message": e.message}
+                                 for e in registry.errors]})
+    try:
+        worker.serve()
+    except (OSError, EOFError):
+        return 0  # the server went away mid-send
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
