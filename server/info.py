@@ -51,7 +51,8 @@ async def system_stats(request: web.Request) -> web.Response:
     runtime = st.runtime
     device = runtime.device
     total, free = _memory()
-    vram_total, vram_free = _vram(device)
+    vram_total = int(runtime.worker_info.get("vram_total") or 0)
+    vram_free = int(runtime.worker_info.get("vram_free") or 0)
     return json_response({
         "system": {
             "os": os.name,
@@ -96,19 +97,6 @@ def _memory() -> tuple[int, int]:
     except (OSError, KeyError, ValueError):
         page = os.sysconf("SC_PAGE_SIZE")
         return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def _vram(device: str) -> tuple[int, int]:
-    # The worker has imported torch by the time a CUDA device is in use; the server
-    # itself never imports it, so an absent module simply means "no figures".
-    torch = sys.modules.get("torch")
-    if torch is None or not device.startswith("cuda"):
-        return 0, 0
-    try:
-        free, total = torch.cuda.mem_get_info(device)
-        return int(total), int(free)
-    except Exception:
-        return 0, 0
 
 
 # --- models ----------------------------------------------------------------------

@@ -317,6 +317,7 @@ class Runtime:
                     return
                 continue
             if msg.op == "done":
+                self._relay(running, msg, messages, held)  # its last events first
                 self._finish(running, msg, messages, held)
                 return
             self._relay(running, msg, messages, held)
@@ -333,9 +334,14 @@ class Runtime:
             if self.hub.has_clients:
                 self.hub.post(sid, preview_frame(msg.preview))
             return
-        if msg.op != "event":
-            return
-        name, data = str(msg.data.get("name")), msg.data.get("data") or {}
+        events = msg.data.get("events")
+        for event in events if isinstance(events, list) else ():
+            if isinstance(event, list) and len(event) == 2 and isinstance(event[1], dict):
+                self._relay_event(running, str(event[0]), event[1], messages, held)
+
+    def _relay_event(self, running: _Running, name: str, data: dict[str, Any],
+                     messages: list[list[Any]], held: list[str]) -> None:
+        sid = running.item.client_id
         if name in RECORDED:
             messages.append([name, data])
         if name == "executing":
@@ -353,8 +359,8 @@ class Runtime:
                 held: list[str]) -> None:
         item = running.item
         data = msg.data
-        self.worker_info.update({k: data[k] for k in ("cache_entries", "cache_bytes")
-                                 if k in data})
+        self.worker_info.update({k: data[k] for k in ("cache_entries", "cache_bytes",
+                                                      "vram_free", "vram_total") if k in data})
         status = data.get("status")
         if status == "invalid":  # recovered after a restart: the packs or models changed
             self._record_failure(item, "the prompt is no longer valid:\n" + str(data.get("error")),

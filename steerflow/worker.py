@@ -113,14 +113,28 @@ class Worker:
         extra = job.get("extra") or {}
         previews = bool(extra.get("preview"))
 
+        # Events are sent in batches: each batch leaves when a node starts or reports
+        # progress (what a user watches), and the rest go with ``done``. A trivial
+        # prompt then costs 4 messages instead of 9; nothing a node does can hold back
+        # the news that it started.
+        pending: list[list[Any]] = []
+
+        def flush() -> None:
+            if pending:
+                self.send({"op": "events", "events": pending[:]})
+                pending.clear()
+
         def on_event(name: str, data: dict[str, Any]) -> None:
             if name == "execution_start" and prompt_id in self.interrupted:
                 executor.interrupt(prompt_id)  # its flag exists from here on
             if name == "preview":
                 if previews:
+                    flush()
                     self._preview(data.get("image"))
                 return
-            self.send({"op": "event", "name": name, "data": data})
+            pending.append([name, data])
+            if name == "progress" or (name == "executing" and data.get("node") is not None):
+                flush()
 
         executor = self.session.executor
         self.interrupted.intersection_update({prompt_id})  # older ids are finished
@@ -133,7 +147,7 @@ class Worker:
                        "node_errors": to_node_errors(exc.issues), **self._stats()})
             return
         self.send({"op": "done", "prompt_id": prompt_id, "status": result.status,
-                   "outputs": result.outputs, **self._stats()})
+                   "outputs": result.outputs, "events": pending, **self._stats()})
 
     def _preview(self, image: Any) -> None:
         from server.imaging import encode_preview
@@ -145,7 +159,15 @@ class Worker:
 
     def _stats(self) -> dict[str, Any]:
         cache = self.session.executor.cache
-        return {"cache_entries": len(cache), "cache_bytes": dict(cache.used)}
+        stats: dict[str, Any] = {"cache_entries": len(cache), "cache_bytes": dict(cache.used)}
+        device = self.session.env.device
+        if device.startswith("cuda"):  # the server imports no torch: it asks here
+            import torch
+
+            with contextlib.suppress(Exception):
+                free, total = torch.cuda.mem_get_info(device)
+                stats.update(vram_free=int(free), vram_total=int(total))
+        return stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             worker.send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
         return 1
     registry = worker.session.registry
-    worker.send({"op": "ready", "pid": os.getpid(), "device": worker.session.env.device,
+    worker.send({"op": "ready", "pid": os.getpid(), **worker._stats(),
+                 "device": worker.session.env.device,
                  "pack_errors": [{"pack": e.pack, "message": e.message}
                                  for e in registry.errors]})
     try:
