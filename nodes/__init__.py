@@ -52,17 +52,23 @@ MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings")
 
 def setup(env: Environment) -> None:
     """Create the models/ tree and the built-in models (offline, on first run): the trained
-    default ``steerflow-shapes`` with its ControlNet, and the random ``steerflow-tiny``."""
-    from nodes.diffusion.shapes_model import ensure_shapes_model
-    from nodes.diffusion.tiny import ensure_default_model
-    from nodes.diffusion.tiny_controlnet import ensure_default_controlnet
+    default ``steerflow-shapes`` with its ControlNet, and the random ``steerflow-tiny``.
+
+    On a folder where they are installed this is a few file checks: every worker
+    start runs it, and the server's model lists wait for it."""
+    from nodes.diffusion.builtin_models import all_installed
 
     models = env.folder("models", create=True)
     for name in MODEL_FOLDERS:
         (models / name).mkdir(exist_ok=True)
-    ensure_default_model(models)
-    ensure_default_controlnet(models)
-    ensure_shapes_model(models)
+    if not all_installed(models):
+        from nodes.diffusion.shapes_model import ensure_shapes_model
+        from nodes.diffusion.tiny import ensure_default_model
+        from nodes.diffusion.tiny_controlnet import ensure_default_controlnet
+
+        ensure_default_model(models)
+        ensure_default_controlnet(models)
+        ensure_shapes_model(models)
     seed_example_inputs(env)
 
 

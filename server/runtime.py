@@ -101,7 +101,7 @@ class Runtime:
         self.worker_info: dict[str, Any] = {}
         self.worker_starts = 0
         self._registry_ready: asyncio.Event | None = None
-        self._worker_ready: asyncio.Event | None = None
+        self._setup_done: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._finished = 0
@@ -113,7 +113,7 @@ class Runtime:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._registry_ready = asyncio.Event()
-        self._worker_ready = asyncio.Event()
+        self._setup_done = asyncio.Event()
         for item in self.queue.recover():
             self._record_failure(item, f"the server stopped {item.attempts} time(s) while "
                                  "running this prompt; giving up on it", "ServerRestart")
@@ -136,18 +136,19 @@ class Runtime:
             worker.stop()
 
     async def get_registry(self, timeout: float = 300.0) -> Any:
-        """The node registry (for schemas), waiting while packs load; 503 if they failed."""
+        """The node registry, once packs loaded and the worker's first set-up (installing
+        the built-in models, so that model lists are complete) is done; 503 if the packs
+        failed to load. The set-up is a few file checks on an installed folder."""
         await self._wait(self._registry_ready, timeout, "loading node packs")
         if self.registry is None:
             raise ApiError(503, "nodes_unavailable", "node packs failed to load: "
                            f"{self.load_error or 'not started'}")
+        await self._wait(self._setup_done, timeout, "installing the built-in models")
         return self.registry
 
     async def get_validator(self, timeout: float = 300.0) -> Validator:
-        """A validator, once packs loaded and the worker's first set-up (models) is done."""
-        registry = await self.get_registry(timeout)
-        await self._wait(self._worker_ready, timeout, "setting up the worker")
-        return Validator(registry, self.env)
+        """A validator against the server's registry and folders."""
+        return Validator(await self.get_registry(timeout), self.env)
 
     async def _wait(self, event: asyncio.Event | None, timeout: float, what: str) -> None:
         if event is None or event.is_set():
@@ -233,7 +234,7 @@ class Runtime:
                     return None
                 self.worker_error = exc.cause
                 log.error("the worker process could not start: %s", exc.cause)
-                self._set(self._worker_ready)  # validation goes on; prompts fail with the cause
+                self._set(self._setup_done)  # validation goes on; prompts fail with the cause
             if delay is None or self.queue.remaining():
                 return None  # the prompt fails with the cause; the next one tries again
             deadline = time.monotonic() + delay
@@ -262,12 +263,14 @@ class Runtime:
                 msg = worker.recv(POLL)
                 if msg is None:
                     continue
-                if msg.op == "ready":
+                if msg.op == "setup":
+                    self._set(self._setup_done)
+                elif msg.op == "ready":
                     self.worker_info.update(msg.data)
                     self.worker = worker
-                    self._set(self._worker_ready)
+                    self._set(self._setup_done)
                     return worker
-                if msg.op == "failed":
+                elif msg.op == "failed":
                     raise WorkerDied(f"the worker could not load the node packs: "
                                      f"{msg.data.get('error')}")
         except BaseException:
@@ -371,6 +374,7 @@ class Runtime:
             return
         outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
         self.queue.finish(item, history_entry(item, outputs, status == "success", messages))
+        self._clear_running()  # before the client hears of the end: /interrupt is now False
         for text in held:
             self.hub.post(item.client_id, text)
         self._after_finish()
@@ -396,6 +400,7 @@ class Runtime:
         except Exception:
             log.error("cannot record the interrupt of prompt %s:\n%s", item.prompt_id,
                       traceback.format_exc())
+        self._clear_running()
         self.hub.post_event(item.client_id, "execution_interrupted", payload)
         self.hub.post_event(item.client_id, "executing",
                             {"node": None, "display_node": None, "prompt_id": item.prompt_id})
@@ -418,10 +423,15 @@ class Runtime:
         except Exception:
             log.error("cannot record failure of prompt %s:\n%s", item.prompt_id,
                       traceback.format_exc())
+        self._clear_running()
         self.hub.post_event(item.client_id, "execution_error", payload)
         self.hub.post_event(item.client_id, "executing",
                             {"node": None, "display_node": None, "prompt_id": item.prompt_id})
         self._after_finish()
+
+    def _clear_running(self) -> None:
+        with self._lock:
+            self._running = None
 
     def _after_finish(self) -> None:
         self._finished += 1

@@ -11,7 +11,8 @@ does not pickle when used through ``send_bytes``/``recv_bytes``):
 - preview frames: ``P`` followed by a JPEG.
 
 Server → worker: ``config`` (first), ``run``, ``interrupt``.
-Worker → server: ``ready`` or ``failed`` (after loading packs and setup),
+Worker → server: ``setup`` (packs loaded, built-in models installed), then
+``ready`` (the session is built) or ``failed``,
 ``events`` (batches of executor events: one leaves whenever a node starts or
 reports progress), ``done`` (one per ``run``, with the last events).
 """

@@ -22,6 +22,7 @@ import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from server.worker import PREVIEW_TAG, decode, encode
@@ -60,27 +61,39 @@ class Worker:
 
     # --- start-up ----------------------------------------------------------------
     def load(self) -> None:
+        """Node packs, their set-up (installing the built-in models), then the session.
+
+        ``setup`` is reported before the session is built (which imports torch to
+        pick the device): the server's model lists wait for the set-up only.
+        """
         import importlib
 
+        from engine.environment import Environment
+        from engine.registry import default_registry
         from engine.session import Session
 
         cfg = self.config
-        registry = None
         if cfg.get("registry_factory"):
             module, _, attr = str(cfg["registry_factory"]).partition(":")
             registry = getattr(importlib.import_module(module), attr or "make_registry")()
-        device = cfg.get("device")
+        else:
+            custom = cfg.get("custom_nodes")
+            registry = default_registry(Path(custom) if custom else None)
+        folders = Environment.create(cfg["base_dir"], models_dir=cfg.get("models_dir"),
+                                     device="cpu")
+        registry.setup(folders)
+        self.send({"op": "setup"})
         budgets = None
         if cfg.get("cache_budget"):
             from engine.cache import parse_budget
 
             budgets = parse_budget(cfg["cache_budget"])
-        session = Session(cfg["base_dir"], models_dir=cfg.get("models_dir"), device=device,
-                          allow_pickle=bool(cfg.get("allow_pickle")), registry=registry,
-                          custom_nodes=cfg.get("custom_nodes"), cache_budgets=budgets)
+        session = Session(cfg["base_dir"], models_dir=cfg.get("models_dir"),
+                          device=cfg.get("device"), allow_pickle=bool(cfg.get("allow_pickle")),
+                          registry=registry, cache_budgets=budgets)
         if cfg.get("cache_max_entries"):
             session.executor.cache.max_entries = int(cfg["cache_max_entries"])
-        session.executor.ensure_setup()
+        session.executor.ensure_setup()  # file checks now: the hooks ran above
         self.session = session
 
     # --- the reader thread -------------------------------------------------------

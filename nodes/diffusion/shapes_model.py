@@ -22,18 +22,15 @@ from pathlib import Path
 import torch
 from diffusers import PNDMScheduler, StableDiffusionPipeline
 
+from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exported)
+    SHAPES_CONTROLNET_NAME,
+    SHAPES_NAME,
+    WEIGHTS_DIR,
+    shipped_weights,
+)
 from nodes.diffusion.controlnet_loading import load_controlnet
 from nodes.diffusion.loading import load_components
 from nodes.diffusion.tiny import ensure_built
-
-SHAPES_NAME = "steerflow-shapes"
-SHAPES_CONTROLNET_NAME = "steerflow-shapes-controlnet"
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "weights"
-
-
-def shipped_weights(name: str) -> Path:
-    """The shipped single file of ``name`` (it may be absent in a stripped install)."""
-    return WEIGHTS_DIR / f"{name}.safetensors"
 
 
 def _install(target_dir: Path, name: str, save_folder: Callable[[Path, Path], None]

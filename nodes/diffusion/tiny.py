@@ -18,12 +18,11 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from nodes.diffusion.builtin_models import TINY_NAME
 from nodes.diffusion.original_layout import save_original_checkpoint
 from nodes.diffusion.tokenizer import load_clip_tokenizer
 
 T = TypeVar("T")
-
-TINY_NAME = "steerflow-tiny"
 
 # SD's 8x VAE downscale (four encoder blocks), so workflows built for real
 # checkpoints (Empty Latent Image at width/8) behave the same on this model;

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from diffusers import ControlNetModel, UNet2DConditionModel
 
+from nodes.diffusion.builtin_models import TINY_CONTROLNET_NAME
 from nodes.diffusion.controlnet_loading import save_original_controlnet
 from nodes.diffusion.tiny import UNET_CONFIG, _seeded, ensure_built
-
-TINY_CONTROLNET_NAME = "steerflow-tiny-controlnet"
 
 # Four entries = three stride-2 convolutions: a 64x64 control image meets the
 # 8x8 latent, the same 8x factor as SD's VAE (and the original layout's

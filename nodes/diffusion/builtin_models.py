@@ -1,0 +1,38 @@
+"""The built-in models' names and a cheap check that they are installed.
+
+Light on purpose (no torch, no diffusers): every start of a worker runs the
+node packs' set-up, and on an installed folder it must cost file checks only;
+the modules that build or install the models are imported when one is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_NAME = "steerflow-tiny"
+TINY_CONTROLNET_NAME = "steerflow-tiny-controlnet"
+SHAPES_NAME = "steerflow-shapes"
+SHAPES_CONTROLNET_NAME = "steerflow-shapes-controlnet"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "weights"
+DIFFUSERS_MARKERS = {"checkpoints": "model_index.json", "controlnet": "config.json"}
+
+
+def shipped_weights(name: str) -> Path:
+    """The shipped single file of ``name`` (it may be absent in a stripped install)."""
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def is_installed(models_dir: Path, role: str, name: str) -> bool:
+    """Both formats present: the diffusers folder (complete) and the single file."""
+    target = Path(models_dir) / role
+    return ((target / name / DIFFUSERS_MARKERS[role]).is_file()
+            and (target / f"{name}.safetensors").is_file())
+
+
+def all_installed(models_dir: Path) -> bool:
+    """Every built-in model the set-up would create is already there."""
+    wanted = [("checkpoints", TINY_NAME), ("controlnet", TINY_CONTROLNET_NAME)]
+    wanted += [(role, name) for role, name in (("checkpoints", SHAPES_NAME),
+                                               ("controlnet", SHAPES_CONTROLNET_NAME))
+               if shipped_weights(name).is_file()]
+    return all(is_installed(models_dir, role, name) for role, name in wanted)
