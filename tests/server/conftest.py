@@ -11,10 +11,6 @@ from server.config import ServerConfig
 from tests.server.helpers import TEST_REGISTRY, Http, InProcessServer, LiveServer, Loop
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: runs a real model or restarts servers")
-
-
 @pytest.fixture
 def loop() -> Iterator[Loop]:
     lp = Loop()

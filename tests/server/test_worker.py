@@ -104,3 +104,24 @@ def test_a_worker_that_cannot_start_fails_prompts_with_the_cause(make_server, lo
     assert "worker" in error["exception_message"]
     assert http.get("/system_stats").json()["system"]["worker"]["error"]
     http.close()
+
+
+def test_cache_budget_reaches_the_worker(make_server, loop):
+    big = {"1": {"class_type": "TestSource", "inputs": {"value": 1, "label": "x" * 50_000}},
+           "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
+    for budget, bounded in ((None, False), ("cpu=1KiB", True)):
+        server = make_server(cache_budget=budget)
+        http = Http(server.url, loop)
+        pid = http.post("/prompt", json={"prompt": big}).json()["prompt_id"]
+        assert wait_history(http, [pid])[pid]["status"]["status_str"] == "success"
+        used = server.state.runtime.worker_info["cache_bytes"].get("cpu", 0)
+        assert (used <= 1024) if bounded else (used >= 50_000), (budget, used)
+        http.close()
+
+
+def test_a_bad_cache_budget_is_refused_at_start():
+    from server.config import ConfigError, ServerConfig
+
+    for bad in ("lots", "-1GiB", "cpu=2GiB,cpu=1GiB", "101%"):
+        with pytest.raises(ConfigError, match="--cache-budget"):
+            ServerConfig(cache_budget=bad).check()
