@@ -250,7 +250,7 @@ def test_ship_writes_float16_files_that_install_in_both_formats(
         trained: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors import safe_open
 
-    from nodes.diffusion import shapes_model
+    from nodes.diffusion import builtin_models, shapes_model
     from nodes.diffusion.loading import load_components
     from training.export import ship_lora, ship_weights
 
@@ -262,7 +262,7 @@ def test_ship_writes_float16_files_that_install_in_both_formats(
     for path in (*shipped, lora):
         with safe_open(str(path), framework="pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
-    monkeypatch.setattr(shapes_model, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(builtin_models, "WEIGHTS_DIR", tmp_path / "weights")
     folder = shapes_model.ensure_shapes_model(tmp_path / "models")
     assert folder is not None and (tmp_path / "models" / "controlnet" /
                                    "steerflow-shapes-controlnet" / "config.json").is_file()

@@ -142,11 +142,11 @@ def test_queue_listing_front_delete_clear_and_interrupt(server: LiveServer, http
     ws = server.connect_ws("q")
     running = http.post("/prompt", json={"prompt": slow(100000), "client_id": "q"}
                         ).json()["prompt_id"]
+    _wait_progress(ws, running)  # running before the others arrive (the worker may start)
     ids = [http.post("/prompt", json={"prompt": chain(i)}).json()["prompt_id"]
            for i in range(3)]
     front = http.post("/prompt", json={"prompt": chain(50), "front": True}).json()
     assert front["number"] < 0
-    _wait_progress(ws, running)
     queue = http.get("/queue").json()
     assert [item[1] for item in queue["queue_running"]] == [running]
     assert [item[1] for item in queue["queue_pending"]] == [front["prompt_id"], *ids]
