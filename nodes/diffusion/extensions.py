@@ -6,7 +6,8 @@ Phases, in the order one step runs them:
 ==================  ==========================================================
 ``setup``           once per run: per-run state (momentum, stored features)
 ``extra_conditions``once per run: extra batch entries after ``[uncond, cond]``
-``attention``       once per run: attention processors for chosen layers only
+``attention``       once per run: hooks on chosen attention layers (one store,
+                    :mod:`nodes.diffusion.attention`; the others keep SDPA)
 ``pre_step``        change latents before the UNet (may use autograd)
 ``unet_inputs``     add residuals / channels / kwargs to this step's UNet call
 ``predictions``     replace the uncond/cond predictions (e.g. average combined prompts)
@@ -98,9 +99,10 @@ class SamplerExtension:
         """Embeddings ``[1, tokens, dim]`` to add to the batch (only with CFG)."""
         return ()
 
-    def attention_processors(self, run: Any) -> dict[str, Any]:
-        """Processors by attention-layer name for this run (others keep theirs)."""
-        return {}
+    def attention_hooks(self, run: Any) -> Sequence[Any]:
+        """:class:`nodes.diffusion.attention.AttentionHook` objects for this run; the
+        sampler installs them on the layers they select and restores the UNet after."""
+        return ()
 
     def pre_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
         return latents

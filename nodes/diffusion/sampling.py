@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from nodes.diffusion import attention
 from nodes.diffusion.combine import CombinedConditioning
 from nodes.diffusion.extensions import (
     Predictions,
@@ -155,6 +156,10 @@ class SamplingRun:
     do_cfg: bool
     extensions: list[SamplerExtension]
     state: dict[Any, Any] = field(default_factory=dict)
+    #: the attention store: batch roles of the current UNet pass, token sizes
+    attention: attention.AttentionStore = field(default_factory=attention.AttentionStore)
+    #: the main pass's batch roles: "uncond", "cond", then "extra:<n>" per extra entry
+    roles: tuple[str, ...] = ("cond",)
 
     @property
     def device(self) -> torch.device:
@@ -213,9 +218,12 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
         for ext in exts:
             ext.setup(run)
     n_chunks = (2 + sum(b - a for a, b in extra_slices.values())) if do_cfg else 1
-    processors = {name: proc for ext in exts
-                  for name, proc in ext.attention_processors(run).items()}
-    saved = _swap_processors(unet, processors) if processors else None
+    run.roles = (("uncond", "cond", *(f"extra:{n}" for n in range(n_chunks - 2)))
+                 if do_cfg else ("cond",))
+    run.attention.roles = run.roles
+    run.attention.learn_sizes(*latents.shape[-2:], levels=len(unet.config.block_out_channels))
+    hooks = [hook for ext in exts for hook in ext.attention_hooks(run)]
+    saved = attention.install(unet, hooks, run, run.attention)
     step_extra = step_kwargs(scheduler, generator, params.eta)
     total = len(timesteps)
     try:
@@ -261,17 +269,3 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
         # stopped early: hand the leftover noise on in the VP space the UNet sees
         latents = latents * model_input_scale(scheduler, rest[0])
     return latents
-
-
-def _swap_processors(unet: Any, processors: dict[str, Any]) -> dict[str, Any]:
-    """Install processors on the named layers only; returns the full previous mapping.
-
-    The UNet is shared through the cache, so the caller restores the mapping when
-    the run ends (runs are serialised by the executor).
-    """
-    saved = dict(unet.attn_processors)
-    unknown = sorted(set(processors) - set(saved))
-    if unknown:
-        raise ValueError(f"no attention layers named {unknown[:3]}")
-    unet.set_attn_processor({**saved, **processors})
-    return saved

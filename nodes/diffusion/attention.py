@@ -1,0 +1,256 @@
+"""The sampler's one attention store: hooks on chosen attention layers, for one run.
+
+Techniques that read or steer attention (SAG, PAG, Attend-and-Excite,
+Pix2Pix-Zero, FABRIC, ...) never patch the UNet themselves. A sampler extension
+returns :class:`AttentionHook` objects from ``attention_hooks(run)``; the sampler
+installs a :class:`HookedAttnProcessor` on every layer some hook selects (the
+others keep their processors, e.g. SDPA) and restores the UNet's processors
+when the run ends, also on error or interrupt.
+
+A hooked layer computes attention as diffusers' classic ``AttnProcessor`` does
+(explicit scores, softmax, ``bmm``: the math the technique pipelines use), with
+three places a hook may act:
+
+- ``on_kv``: change the keys and values (attention inputs, e.g. FABRIC);
+- ``on_probs``: read the attention maps or return edited ones;
+- ``on_output``: change the attended values before the output projection
+  (e.g. PAG's identity attention for one batch role).
+
+The UNet batch is ``[role_0, role_1, ...]`` chunks of equal size (the sampler's
+``[uncond, cond, extra...]``, or what an extension's own pass declares with
+:meth:`AttentionStore.roles_for`); :class:`AttentionCall` maps roles to rows.
+:class:`AttentionRecorder` is the common reader: head-averaged maps by layer,
+resolution and role, optionally keeping the autograd graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention layer of the UNet: its processor name, place and kind."""
+
+    name: str  # the key of ``unet.attn_processors``
+    place: str  # "down" | "mid" | "up"
+    cross: bool  # attends to the text (attn2), not to the image itself (attn1)
+
+    @classmethod
+    def parse(cls, name: str) -> AttentionLayer:
+        place = name.split("_", 1)[0]
+        return cls(name, place if place in ("down", "mid", "up") else "other",
+                   name.endswith("attn2.processor"))
+
+
+@dataclass
+class AttentionCall:
+    """What a hook sees of one attention call."""
+
+    layer: AttentionLayer
+    run: Any
+    roles: tuple[str, ...]
+    heads: int
+    query_tokens: int
+    #: the spatial size of the image tokens (height, width) when known
+    size: tuple[int, int] | None = None
+
+    @property
+    def batch(self) -> int:
+        """Rows of the attention batch (images × heads)."""
+        return self._rows
+
+    def rows(self, role: str) -> slice:
+        """Rows of ``[images × heads, ...]`` tensors that belong to ``role``."""
+        per_role = self._rows // len(self.roles)
+        index = self.roles.index(role)
+        return slice(index * per_role, (index + 1) * per_role)
+
+    _rows: int = 0
+
+
+class AttentionHook:
+    """Base class: select layers, then override the places the technique acts on."""
+
+    def selects(self, layer: AttentionLayer) -> bool:
+        return False
+
+    def on_kv(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        return key, value
+
+    def on_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
+        return probs
+
+    def on_output(self, call: AttentionCall, attended: torch.Tensor, value: torch.Tensor
+                  ) -> torch.Tensor:
+        """``attended`` is ``probs @ value`` in ``[images × heads, tokens, head_dim]``."""
+        return attended
+
+
+@dataclass
+class AttentionStore:
+    """Per-run state of the hooked layers: the batch roles of the current UNet pass."""
+
+    roles: tuple[str, ...] = ("cond",)
+    #: spatial sizes by query-token count, learnt from the UNet's latent shape
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def roles_for(self, roles: Sequence[str]) -> Iterator[None]:
+        """Declare the batch roles of an extension's own UNet pass."""
+        before, self.roles = self.roles, tuple(roles)
+        try:
+            yield
+        finally:
+            self.roles = before
+
+    def learn_sizes(self, height: int, width: int, levels: int = 4) -> None:
+        """Token counts → (h, w) at each UNet resolution (halving, rounding up)."""
+        h, w = height, width
+        for _ in range(levels + 1):
+            self.sizes.setdefault(h * w, (h, w))
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+
+
+class HookedAttnProcessor:
+    """diffusers' ``AttnProcessor`` math with the hooks of one layer."""
+
+    def __init__(self, layer: AttentionLayer, hooks: Sequence[AttentionHook],
+                 store: AttentionStore, run: Any):
+        self.layer = layer
+        self.hooks = tuple(hooks)
+        self.store = store
+        self.run = run
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape)
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        query = attn.head_to_batch_dim(query)
+        key = attn.head_to_batch_dim(key)
+        value = attn.head_to_batch_dim(value)
+
+        tokens = query.shape[1]
+        call = AttentionCall(self.layer, self.run, self.store.roles, attn.heads, tokens,
+                             self.store.sizes.get(tokens), _rows=query.shape[0])
+        for hook in self.hooks:
+            key, value = hook.on_kv(call, key, value)
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        for hook in self.hooks:
+            probs = hook.on_probs(call, probs)
+        hidden_states = torch.bmm(probs, value)
+        for hook in self.hooks:
+            hidden_states = hook.on_output(call, hidden_states, value)
+        hidden_states = attn.batch_to_head_dim(hidden_states)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(
+                batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@dataclass(eq=False)  # hashed by identity: its per-run record is keyed by the recorder
+class AttentionRecorder(AttentionHook):
+    """Records head-averaged attention maps ``[images, query_tokens, key_tokens]``.
+
+    Chooses layers by ``places`` and kind (``cross``); keeps maps of query-token
+    count ``tokens`` only (None: all) and of the given ``roles`` only (None: all).
+    With ``keep_grad`` the maps stay on the autograd graph (Attend-and-Excite,
+    Pix2Pix-Zero), else they are detached. Maps of the latest pass replace older
+    ones; :meth:`maps` reads them from ``run.state``.
+    """
+
+    places: tuple[str, ...] = ("down", "mid", "up")
+    cross: bool = True
+    tokens: int | None = None
+    roles: tuple[str, ...] | None = None
+    keep_grad: bool = False
+
+    def selects(self, layer: AttentionLayer) -> bool:
+        return layer.place in self.places and layer.cross == self.cross
+
+    def on_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
+        if self.tokens is not None and call.query_tokens != self.tokens:
+            return probs
+        record = self._record(call.run)
+        maps = probs if self.keep_grad else probs.detach()
+        for role in call.roles:
+            if self.roles is not None and role not in self.roles:
+                continue
+            part = maps[call.rows(role)]
+            images = part.shape[0] // call.heads
+            head_mean = part.reshape(images, call.heads, *part.shape[1:]).mean(1)
+            record[(call.layer.name, role)] = (head_mean, call.heads)
+        return probs
+
+    def _record(self, run: Any) -> dict[tuple[str, str], tuple[torch.Tensor, int]]:
+        return run.state.setdefault(self, {})
+
+    def maps(self, run: Any, role: str) -> list[tuple[AttentionLayer, torch.Tensor, int]]:
+        """(layer, head-averaged map, number of heads) of ``role``, in layer order."""
+        return [(AttentionLayer.parse(name), m, heads)
+                for (name, r), (m, heads) in self._record(run).items() if r == role]
+
+    def clear(self, run: Any) -> None:
+        self._record(run).clear()
+
+    def average(self, run: Any, role: str) -> torch.Tensor:
+        """The maps of ``role`` averaged over layers and heads, each head weighing the
+        same (diffusers' ``aggregate_attention``): ``[images, query, key]``."""
+        entries = self.maps(run, role)
+        if not entries:
+            raise ValueError("no attention was recorded for role " + repr(role))
+        total = sum(m * heads for _, m, heads in entries)
+        return total / sum(heads for _, _, heads in entries)
+
+
+def install(unet: Any, hooks: Sequence[AttentionHook], run: Any,
+            store: AttentionStore) -> dict[str, Any] | None:
+    """Put a hooked processor on each layer some hook selects; returns the processors to
+    restore (None when no layer is selected). The caller restores them in a ``finally``."""
+    if not hooks:
+        return None
+    saved = dict(unet.attn_processors)
+    chosen: dict[str, Any] = {}
+    for name in saved:
+        layer = AttentionLayer.parse(name)
+        mine = [h for h in hooks if h.selects(layer)]
+        if mine:
+            chosen[name] = HookedAttnProcessor(layer, mine, store, run)
+    if not chosen:
+        return None
+    unet.set_attn_processor({**saved, **chosen})
+    return saved
