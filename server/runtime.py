@@ -394,17 +394,7 @@ class Runtime:
                    "node_type": _class_type(item, node),
                    "executed": [n for n in running.started if n != node],
                    "timestamp": _now_ms()}
-        messages.append(["execution_interrupted", payload])
-        try:
-            self.queue.finish(item, history_entry(item, {}, False, messages))
-        except Exception:
-            log.error("cannot record the interrupt of prompt %s:\n%s", item.prompt_id,
-                      traceback.format_exc())
-        self._clear_running()
-        self.hub.post_event(item.client_id, "execution_interrupted", payload)
-        self.hub.post_event(item.client_id, "executing",
-                            {"node": None, "display_node": None, "prompt_id": item.prompt_id})
-        self._after_finish()
+        self._end(item, messages, "execution_interrupted", payload)
 
     def _record_failure(self, item: QueueItem, text: str, exc_type: str, *,
                         node_errors: dict[str, Any] | None = None,
@@ -417,14 +407,19 @@ class Runtime:
                    "current_inputs": {}, "current_outputs": {}, "timestamp": _now_ms()}
         if node_errors:
             payload["node_errors"] = node_errors
-        recorded = [*(messages or []), ["execution_error", payload]]
+        self._end(item, [*(messages or [])], "execution_error", payload)
+
+    def _end(self, item: QueueItem, messages: list[list[Any]], event: str,
+             payload: dict[str, Any]) -> None:
+        """Record an unsuccessful end in the history, then tell the client, in that order."""
+        messages.append([event, payload])
         try:
-            self.queue.finish(item, history_entry(item, {}, False, recorded))
+            self.queue.finish(item, history_entry(item, {}, False, messages))
         except Exception:
-            log.error("cannot record failure of prompt %s:\n%s", item.prompt_id,
+            log.error("cannot record the end of prompt %s:\n%s", item.prompt_id,
                       traceback.format_exc())
         self._clear_running()
-        self.hub.post_event(item.client_id, "execution_error", payload)
+        self.hub.post_event(item.client_id, event, payload)
         self.hub.post_event(item.client_id, "executing",
                             {"node": None, "display_node": None, "prompt_id": item.prompt_id})
         self._after_finish()
