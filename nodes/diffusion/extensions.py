@@ -91,12 +91,17 @@ class SamplerExtension:
 
     #: Order among extensions of the same phase (lower first).
     priority: int = 100
+    #: Also add extra entries without CFG (cfg <= 1): the batch is ``[cond, extra...]`` and
+    #: ``predictions``/``guidance`` run with ``preds.uncond`` = ``preds.cond`` and a zero
+    #: guidance term; the prediction is ``cond + guidance`` (e.g. PAG).
+    without_cfg: bool = False
 
     def setup(self, run: Any) -> None:
         """Prepare per-run state in ``run.state[self]``."""
 
     def extra_conditions(self, run: Any) -> Sequence[torch.Tensor]:
-        """Embeddings ``[1, tokens, dim]`` to add to the batch (only with CFG)."""
+        """Embeddings ``[1, tokens, dim]`` to add to the batch (with CFG, or with
+        ``without_cfg``); ``run.roles_of(self)`` names their batch roles afterwards."""
         return ()
 
     def attention_hooks(self, run: Any) -> Sequence[Any]:

@@ -160,6 +160,13 @@ class SamplingRun:
     attention: attention.AttentionStore = field(default_factory=attention.AttentionStore)
     #: the main pass's batch roles: "uncond", "cond", then "extra:<n>" per extra entry
     roles: tuple[str, ...] = ("cond",)
+    #: chunk index range ``[first, end)`` of each extension's extra entries, by ``id``
+    extra_chunks: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def roles_of(self, extension: SamplerExtension) -> tuple[str, ...]:
+        """The batch roles (``extra:<n>``) of the entries ``extension`` added."""
+        first, end = self.extra_chunks.get(id(extension), (0, 0))
+        return self.roles[first:end]
 
     @property
     def device(self) -> torch.device:
@@ -203,23 +210,23 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     exts = run.extensions
     batch = latents.shape[0]
     embeds = guidance_embeds(positive, negative, batch, do_cfg, device, dtype)
-    extra_slices: dict[int, tuple[int, int]] = {}
-    if do_cfg:
-        extra: list[torch.Tensor] = []
-        for ext in exts:
-            ext.setup(run)
+    extra_slices = run.extra_chunks
+    # Without CFG only extensions that declare ``without_cfg`` add entries: [cond, extra...].
+    guided = exts if do_cfg else [ext for ext in exts if ext.without_cfg]
+    base = 2 if do_cfg else 1
+    extra: list[torch.Tensor] = []
+    for ext in exts:
+        ext.setup(run)
+        if any(ext is g for g in guided):
             conds = [c.to(device=device, dtype=dtype) for c in ext.extra_conditions(run)]
-            start = 2 + len(extra)
+            start = base + len(extra)
             extra_slices[id(ext)] = (start, start + len(conds))
             extra.extend(c.repeat(batch // c.shape[0], 1, 1) for c in conds)
-        if extra:
-            embeds = torch.cat(match_token_lengths([embeds, *extra]))
-    else:
-        for ext in exts:
-            ext.setup(run)
-    n_chunks = (2 + sum(b - a for a, b in extra_slices.values())) if do_cfg else 1
-    run.roles = (("uncond", "cond", *(f"extra:{n}" for n in range(n_chunks - 2)))
-                 if do_cfg else ("cond",))
+    if extra:
+        embeds = torch.cat(match_token_lengths([embeds, *extra]))
+    n_chunks = base + len(extra)
+    run.roles = (*(("uncond", "cond") if do_cfg else ("cond",)),
+                 *(f"extra:{n}" for n in range(len(extra))))
     run.attention.roles = run.roles
     run.attention.learn_sizes(*latents.shape[-2:], levels=len(unet.config.block_out_channels))
     hooks = [hook for ext in exts for hook in ext.attention_hooks(run)]
@@ -253,6 +260,18 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                 for ext in exts:
                     guidance = ext.guidance(run, step, preds, guidance)
                 noise_pred = preds.uncond + guidance
+            elif guided:
+                # without CFG the unconditional prediction is the conditional one: the
+                # guidance term starts at zero and the prediction is cond + guidance
+                chunks = noise_pred.chunk(n_chunks)
+                preds = Predictions(chunks[0], chunks[0], {
+                    key: chunks[a:b] for key, (a, b) in extra_slices.items()})
+                for ext in guided:
+                    ext.predictions(run, step, preds)
+                guidance = torch.zeros_like(preds.cond)
+                for ext in guided:
+                    guidance = ext.guidance(run, step, preds, guidance)
+                noise_pred = preds.cond + guidance
             step.prediction = noise_pred
             latents = scheduler.step(noise_pred, t, latents, **step_extra, return_dict=False)[0]
             for ext in exts:
