@@ -6,6 +6,11 @@ only where |γ_e| reaches the concept's ``threshold`` quantile, weighted, applie
 between ``warmup`` and ``cooldown`` steps, and smoothed with momentum
 (ν ← β_m ν + (1 − β_m) γ; applied γ + s_m ν). The math follows diffusers'
 ``SemanticStableDiffusionPipeline`` step for step, so results match it.
+
+Which settings work depends on the model: the edit must outweigh CFG's pull towards the
+prompt (scale ≈ 2-3 x cfg on steerflow-shapes, whose latents are 16x16) and start before
+the attribute settles (color: by ~40% of the steps there). ``SegaConcept`` keeps
+diffusers' defaults (for SD at 50 steps); the SEGA Concept node's are the default model's.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SegaConcept:
-    """One edit concept: its prompt embedding and how strongly and when it steers."""
+    """One edit concept: its prompt embedding and how strongly and when it steers
+    (defaults: diffusers')."""
 
     embeds: Tensor  # a node input's type: pydantic resolves it (see handles.Tensor)
     scale: float = 5.0
