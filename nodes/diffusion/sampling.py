@@ -228,7 +228,8 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     run.roles = (*(("uncond", "cond") if do_cfg else ("cond",)),
                  *(f"extra:{n}" for n in range(len(extra))))
     run.attention.roles = run.roles
-    run.attention.learn_sizes(*latents.shape[-2:], levels=len(unet.config.block_out_channels))
+    levels = len(getattr(unet.config, "block_out_channels", ())) or 4  # stubs in tests
+    run.attention.learn_sizes(*latents.shape[-2:], levels=levels)
     hooks = [hook for ext in exts for hook in ext.attention_hooks(run)]
     saved = attention.install(unet, hooks, run, run.attention)
     step_extra = step_kwargs(scheduler, generator, params.eta)
