@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine import Environment
 from nodes import (
+    attend_excite,
     conditioning,
     controlnet,
     image,
@@ -41,6 +42,7 @@ NODE_CLASSES = (
     *inpaint.NODE_CLASSES,
     *inversion.NODE_CLASSES,
     *sega.NODE_CLASSES,
+    *attend_excite.NODE_CLASSES,
     *sag.NODE_CLASSES,
     *pag.NODE_CLASSES,
     *controlnet.NODE_CLASSES,
