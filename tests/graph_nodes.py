@@ -22,6 +22,23 @@ class Capture(Node):
         return NodeResult((), {"captured": [self.key]})
 
 
+def reference_pipeline(pipeline_cls: Any, folder: Any) -> Any:
+    """A diffusers reference pipeline on a model folder (DDIM, no safety checker, quiet);
+    ``base_config`` keeps the scheduler config for swapping schedulers in tests."""
+    from diffusers import DDIMScheduler
+
+    from nodes.diffusion.loading import load_components
+
+    c = load_components(folder)
+    pipe = pipeline_cls(
+        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+        scheduler=DDIMScheduler.from_config(c.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.base_config = dict(c.scheduler_config)
+    return pipe
+
+
 def registry_with_capture() -> NodeRegistry:
     reg = default_registry()
     reg.register(Capture)

@@ -20,7 +20,7 @@ from nodes.diffusion.attend_excite import (
     parse_thresholds,
     token_indices,
 )
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
 
 PROMPT = "a red circle at the top left and a blue square"
 WORDS = "circle, square"
@@ -41,16 +41,7 @@ def session(models_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ae_pipe(tiny_model_paths):
-    from nodes.diffusion.loading import load_components
-
-    c = load_components(tiny_model_paths["diffusers"])
-    pipe = StableDiffusionAttendAndExcitePipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-        scheduler=DDIMScheduler.from_config(c.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.base_config = dict(c.scheduler_config)
-    return pipe
+    return reference_pipeline(StableDiffusionAttendAndExcitePipeline, tiny_model_paths["diffusers"])
 
 
 def ae_prompt(ckpt="steerflow-tiny", width=64, height=64, sampler="ddim", attn_res=8,

@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPAGP
 from engine import PromptValidationError
 from engine.session import Session
 from nodes.diffusion.pag import parse_layer_ids, select_layers
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
@@ -28,16 +28,7 @@ def session(models_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pag_pipe(tiny_model_paths):
-    from nodes.diffusion.loading import load_components
-
-    c = load_components(tiny_model_paths["diffusers"])
-    pipe = StableDiffusionPAGPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-        scheduler=DDIMScheduler.from_config(c.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.base_config = dict(c.scheduler_config)
-    return pipe
+    return reference_pipeline(StableDiffusionPAGPipeline, tiny_model_paths["diffusers"])
 
 
 def pag_prompt(ckpt="steerflow-tiny", sampler="ddim", seed=3, cfg=7.5, width=64, height=64,

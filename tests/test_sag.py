@@ -16,7 +16,7 @@ from engine.validation import PromptValidationError
 from nodes.diffusion.attention import AttentionStore
 from nodes.diffusion.sag import SelfAttentionGuidance
 from nodes.diffusion.schedulers import SAMPLERS
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
@@ -31,16 +31,7 @@ def session(models_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sag_pipe(tiny_model_paths):
-    from nodes.diffusion.loading import load_components
-
-    c = load_components(tiny_model_paths["diffusers"])
-    pipe = StableDiffusionSAGPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-        scheduler=diffusers.DDIMScheduler.from_config(c.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.base_config = dict(c.scheduler_config)
-    return pipe
+    return reference_pipeline(StableDiffusionSAGPipeline, tiny_model_paths["diffusers"])
 
 
 def sag_prompt(*, ckpt="steerflow-tiny", sampler="ddim", scale=0.75, blur_sigma=1.0,

@@ -13,7 +13,7 @@ from diffusers.pipelines.deprecated.semantic_stable_diffusion import (
 )
 
 from engine.session import Session
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
@@ -28,16 +28,7 @@ def session(models_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sega_pipe(tiny_model_paths):
-    from nodes.diffusion.loading import load_components
-
-    c = load_components(tiny_model_paths["diffusers"])
-    pipe = SemanticStableDiffusionPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-        scheduler=DDIMScheduler.from_config(c.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.base_config = dict(c.scheduler_config)
-    return pipe
+    return reference_pipeline(SemanticStableDiffusionPipeline, tiny_model_paths["diffusers"])
 
 
 CONCEPTS = [

@@ -177,6 +177,25 @@ class SamplingRun:
         return self.init_latents.dtype
 
 
+def _guided_prediction(run: SamplingRun, step: Step, chunks: tuple[torch.Tensor, ...],
+                       exts: list[SamplerExtension],
+                       extra_slices: dict[int, tuple[int, int]]) -> torch.Tensor:
+    """The step's prediction from the batch's chunks: ``uncond + guidance``, guidance
+    starting at ``cfg · (cond − uncond)``. Without CFG the batch is ``[cond, extra...]``:
+    the unconditional prediction is the conditional one, the guidance term starts at
+    zero and the prediction is ``cond + guidance``."""
+    cond = chunks[1] if run.do_cfg else chunks[0]
+    preds = Predictions(chunks[0], cond, {
+        key: chunks[a:b] for key, (a, b) in extra_slices.items()})
+    for ext in exts:
+        ext.predictions(run, step, preds)
+    guidance = (run.params.cfg * (preds.cond - preds.uncond) if run.do_cfg
+                else torch.zeros_like(preds.cond))
+    for ext in exts:
+        guidance = ext.guidance(run, step, preds, guidance)
+    return (preds.uncond if run.do_cfg else preds.cond) + guidance
+
+
 def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: Conditioning,
                        latent: Latent) -> list[SamplerExtension]:
     """Extensions attached to the model, to either conditioning, and implied by the latent."""
@@ -251,28 +270,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                 mid_block_additional_residual=call.mid_block_additional_residual,
                 down_intrablock_additional_residuals=call.down_intrablock_additional_residuals,
                 return_dict=False)[0]
-            if do_cfg:
-                chunks = noise_pred.chunk(n_chunks)
-                preds = Predictions(chunks[0], chunks[1], {
-                    key: chunks[a:b] for key, (a, b) in extra_slices.items()})
-                for ext in exts:
-                    ext.predictions(run, step, preds)
-                guidance = params.cfg * (preds.cond - preds.uncond)
-                for ext in exts:
-                    guidance = ext.guidance(run, step, preds, guidance)
-                noise_pred = preds.uncond + guidance
-            elif guided:
-                # without CFG the unconditional prediction is the conditional one: the
-                # guidance term starts at zero and the prediction is cond + guidance
-                chunks = noise_pred.chunk(n_chunks)
-                preds = Predictions(chunks[0], chunks[0], {
-                    key: chunks[a:b] for key, (a, b) in extra_slices.items()})
-                for ext in guided:
-                    ext.predictions(run, step, preds)
-                guidance = torch.zeros_like(preds.cond)
-                for ext in guided:
-                    guidance = ext.guidance(run, step, preds, guidance)
-                noise_pred = preds.cond + guidance
+            if do_cfg or guided:  # guided: with CFG every extension, else without_cfg ones
+                noise_pred = _guided_prediction(run, step, noise_pred.chunk(n_chunks), guided,
+                                                extra_slices)
             step.prediction = noise_pred
             latents = scheduler.step(noise_pred, t, latents, **step_extra, return_dict=False)[0]
             for ext in exts:
