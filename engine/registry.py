@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import threading
 import traceback
@@ -231,3 +232,13 @@ def _thread_position(thread: threading.Thread) -> str:
         return ""
     last = traceback.extract_stack(frame)[-1]
     return f" (at {last.filename}:{last.lineno})"
+
+
+def load_registry(factory: str | None = None,
+                  custom_nodes: str | os.PathLike[str] | None = None) -> NodeRegistry:
+    """The registry a server and its worker both build: ``factory`` ("module:function",
+    for tests and benchmarks) when given, else the built-in, installed and custom packs."""
+    if factory:
+        module, _, attr = factory.partition(":")
+        return getattr(importlib.import_module(module), attr or "make_registry")()
+    return default_registry(Path(custom_nodes) if custom_nodes else None)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import threading
 import time
@@ -51,12 +50,9 @@ def registry_factory_for(config: ServerConfig) -> Callable[[], Any]:
     """The node registry the server validates against: the worker's, same packs."""
 
     def make() -> Any:
-        from engine.registry import default_registry
+        from engine.registry import load_registry
 
-        if config.registry_factory:
-            module, _, attr = config.registry_factory.partition(":")
-            return getattr(importlib.import_module(module), attr or "make_registry")()
-        return default_registry(config.custom_nodes)
+        return load_registry(config.registry_factory, config.custom_nodes)
 
     return make
 

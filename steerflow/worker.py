@@ -22,7 +22,6 @@ import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from server.worker import PREVIEW_TAG, decode, encode
@@ -66,19 +65,12 @@ class Worker:
         ``setup`` is reported before the session is built (which imports torch to
         pick the device): the server's model lists wait for the set-up only.
         """
-        import importlib
-
         from engine.environment import Environment
-        from engine.registry import default_registry
+        from engine.registry import load_registry
         from engine.session import Session
 
         cfg = self.config
-        if cfg.get("registry_factory"):
-            module, _, attr = str(cfg["registry_factory"]).partition(":")
-            registry = getattr(importlib.import_module(module), attr or "make_registry")()
-        else:
-            custom = cfg.get("custom_nodes")
-            registry = default_registry(Path(custom) if custom else None)
+        registry = load_registry(cfg.get("registry_factory"), cfg.get("custom_nodes"))
         folders = Environment.create(cfg["base_dir"], models_dir=cfg.get("models_dir"),
                                      device="cpu")
         registry.setup(folders)
