@@ -46,3 +46,14 @@ def controlnet_paths(models_dir: Path) -> dict[str, Path]:
     folder = ensure_default_controlnet(models_dir)
     return {"diffusers": folder,
             "single_file": folder.parent / f"{TINY_CONTROLNET_NAME}.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def session(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A session per test module over the tiny models, with the TestCapture node
+    (modules that need another session define their own ``session``)."""
+    from engine.session import Session
+    from tests.graph_nodes import registry_with_capture
+
+    return Session(tmp_path_factory.mktemp("session"), models_dir=models_dir, device="cpu",
+                   registry=registry_with_capture())

@@ -20,7 +20,7 @@ from nodes.diffusion.attend_excite import (
     parse_thresholds,
     token_indices,
 )
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline
 
 PROMPT = "a red circle at the top left and a blue square"
 WORDS = "circle, square"
@@ -31,12 +31,6 @@ AE = {"max_iter_to_alter": 4, "thresholds": {0: 0.05, 2: 0.5, 4: 0.8}}
 # The tiny random model's attention is nearly flat, so the pipeline's scale_factor 20
 # barely moves it; a large one makes the A&E updates change the image visibly.
 SCALE = 800.0
-
-
-@pytest.fixture(scope="module")
-def session(models_dir, tmp_path_factory):
-    return Session(tmp_path_factory.mktemp("attend_excite"), models_dir=models_dir,
-                   device="cpu", registry=registry_with_capture())
 
 
 @pytest.fixture(scope="module")

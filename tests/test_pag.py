@@ -10,20 +10,13 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPAGPipeline
 
 from engine import PromptValidationError
-from engine.session import Session
 from nodes.diffusion.pag import parse_layer_ids, select_layers
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
 STEPS = 8
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
-
-
-@pytest.fixture(scope="module")
-def session(models_dir, tmp_path_factory):
-    return Session(tmp_path_factory.mktemp("pag"), models_dir=models_dir, device="cpu",
-                   registry=registry_with_capture())
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,6 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def session(models_dir, tmp_path_factory):
-    return Session(tmp_path_factory.mktemp("sag"), models_dir=models_dir, device="cpu",
-                   registry=registry_with_capture())
-
-
-@pytest.fixture(scope="module")
 def sag_pipe(tiny_model_paths):
     return reference_pipeline(StableDiffusionSAGPipeline, tiny_model_paths["diffusers"])
 

@@ -13,17 +13,11 @@ from diffusers.pipelines.deprecated.semantic_stable_diffusion import (
 )
 
 from engine.session import Session
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
 STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def session(models_dir, tmp_path_factory):
-    return Session(tmp_path_factory.mktemp("sega"), models_dir=models_dir, device="cpu",
-                   registry=registry_with_capture())
 
 
 @pytest.fixture(scope="module")

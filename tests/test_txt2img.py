@@ -14,7 +14,7 @@ from PIL import Image
 from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, unsupported_combination
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -39,12 +39,6 @@ def txt2img_prompt(ckpt: str, sampler: str, schedule: str = "normal", *, seed: i
     if capture:
         prompt["10"] = {"class_type": "TestCapture", "inputs": {"value": ["8", 0]}}
     return prompt
-
-
-@pytest.fixture(scope="module")
-def session(models_dir, tmp_path_factory):
-    return Session(tmp_path_factory.mktemp("home"), models_dir=models_dir, device="cpu",
-                   registry=registry_with_capture())
 
 
 @pytest.fixture(scope="module")
