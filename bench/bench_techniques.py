@@ -1,0 +1,206 @@
+"""Each steering technique's step time ÷ its diffusers pipeline's on the same work,
+measured side by side (interleaved) in one process on the tiny model.
+
+Step time = (time of the last step callback − time of the first) / (steps − 1), so
+prompt encoding, inversion, VAE decode and set-up are excluded on both sides; the
+work inside the loop (extra UNet passes, gradient steps) is included. Both sides
+run the same settings, seed and DDIM schedule.
+
+    .venv/bin/python bench/bench_techniques.py [--size 128] [--steps 10] [--repeats 5]
+        [--only sega sag ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils import logging as diffusers_logging
+
+from engine.session import Session
+from nodes.diffusion.loading import load_components
+
+PROMPT = "a red circle at the top left and a blue square"
+NEGATIVE = ""
+Graph = dict[str, Any]
+
+
+class StepClock:
+    """Times between step callbacks (any callback signature)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def tick(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.stamps.append(time.perf_counter())
+        return {}
+
+    def per_step(self) -> float:
+        return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+
+
+def base_graph(size: int, steps: int, seed: int) -> Graph:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": "ddim",
+            "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+            "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+    }
+
+
+def with_model_patch(node: dict[str, Any]) -> Callable[[Graph], None]:
+    """Put a MODEL → MODEL node between the checkpoint and the sampler."""
+    def edit(g: Graph) -> None:
+        g["p"] = {"class_type": node["class_type"],
+                  "inputs": {"model": ["4", 0], **node["inputs"]}}
+        g["3"]["inputs"]["model"] = ["p", 0]
+    return edit
+
+
+def sega_graph(g: Graph) -> None:
+    g["c0"] = {"class_type": "SEGAConcept", "inputs": {"clip": ["4", 1], "text": "green",
+                                                       "warmup_steps": 0}}
+    g["c1"] = {"class_type": "SEGAConcept", "inputs": {
+        "clip": ["4", 1], "text": "red", "direction": "remove", "warmup_steps": 0,
+        "previous": ["c0", 0]}}
+    with_model_patch({"class_type": "ApplySEGA", "inputs": {"concepts": ["c1", 0]}})(g)
+
+
+AE_THRESHOLDS = {0: 0.05, 3: 0.5, 6: 0.8}
+
+
+def ae_graph(g: Graph) -> None:
+    # the maps at the latent's own resolution (the tiny model's first attention level)
+    size = g["5"]["inputs"]["width"] // 8
+    g["6"] = {"class_type": "AttendAndExcite", "inputs": {
+        "clip": ["4", 1], "text": PROMPT, "words": "circle, square", "max_iter_to_alter": 6,
+        "attn_res": size,
+        "thresholds": ", ".join(f"{k}:{v}" for k, v in AE_THRESHOLDS.items())}}
+
+
+@dataclass
+class Case:
+    name: str
+    pipeline: str  # the diffusers reference
+    edit: Callable[[Graph], None]
+    reference: Callable[[Any, dict[str, Any], StepClock], Any]
+
+
+def _pipe(module: str, name: str, parts: dict[str, Any]) -> Any:
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    pipe = cls(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+CASES: list[Case] = [
+    Case("sega", "SemanticStableDiffusionPipeline (2 concepts)", sega_graph,
+         lambda pipe, common, clock: pipe(
+             PROMPT, editing_prompt=["green", "red"], reverse_editing_direction=[False, True],
+             edit_guidance_scale=20.0, edit_threshold=0.5, edit_warmup_steps=0,
+             edit_momentum_scale=0.1, edit_mom_beta=0.4, callback=clock.tick,
+             callback_steps=1, **common)),
+    Case("sag", "StableDiffusionSAGPipeline",
+         with_model_patch({"class_type": "SelfAttentionGuidance",
+                           "inputs": {"scale": 0.75, "blur_sigma": 1.0}}),
+         lambda pipe, common, clock: pipe(PROMPT, sag_scale=0.75, callback=clock.tick,
+                                          callback_steps=1, **common)),
+    Case("pag", "StableDiffusionPAGPipeline",
+         with_model_patch({"class_type": "PerturbedAttentionGuidance",
+                           "inputs": {"scale": 3.0, "layers": "mid"}}),
+         lambda pipe, common, clock: pipe(PROMPT, pag_scale=3.0,
+                                          callback_on_step_end=clock.tick, **common)),
+    Case("attend_excite", "StableDiffusionAttendAndExcitePipeline", ae_graph,
+         lambda pipe, common, clock: pipe(
+             PROMPT, token_indices=[3, 11], max_iter_to_alter=6, thresholds=AE_THRESHOLDS,
+             attn_res=(common["height"] // 8, common["width"] // 8),
+             callback=clock.tick, callback_steps=1, **common)),
+]
+
+PIPELINES = {
+    "sega": ("diffusers.pipelines.deprecated.semantic_stable_diffusion",
+             "SemanticStableDiffusionPipeline"),
+    "sag": ("diffusers.pipelines.deprecated.stable_diffusion_sag", "StableDiffusionSAGPipeline"),
+    "pag": ("diffusers", "StableDiffusionPAGPipeline"),
+    "attend_excite": ("diffusers", "StableDiffusionAttendAndExcitePipeline"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="*", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    diffusers_logging.set_verbosity_error()  # deprecation notices of the reference pipelines
+    warnings.filterwarnings("ignore")
+    session = Session(Path(tempfile.mkdtemp(prefix="steerflow-bench-")), device="cpu")
+    session.executor.ensure_setup()
+    c = load_components(session.env.folder("models") / "checkpoints" / "steerflow-tiny")
+    parts = {"vae": c.vae, "text_encoder": c.text_encoder, "tokenizer": c.tokenizer,
+             "unet": c.unet, "safety_checker": None, "feature_extractor": None,
+             "requires_safety_checker": False,
+             "scheduler": DDIMScheduler.from_config(c.scheduler_config)}
+    common = {"negative_prompt": NEGATIVE, "num_inference_steps": args.steps,
+              "guidance_scale": 7.5, "height": args.size, "width": args.size,
+              "output_type": "latent"}
+    cases = [case for case in CASES if args.only is None or case.name in args.only]
+    print(f"step time, {args.size}x{args.size}, DDIM {args.steps} steps, cfg 7.5, tiny model, "
+          f"{args.threads} thread(s), median of {args.repeats} interleaved runs")
+    print(f"{'technique':<16}{'ours ms':>10}{'diffusers ms':>14}{'ratio':>8}  reference")
+    for case in cases:
+        pipe = _pipe(*PIPELINES[case.name], parts)
+        pipe.scheduler = DDIMScheduler.from_config(c.scheduler_config)
+
+        def ours(seed: int, case: Case = case) -> float:
+            g = base_graph(args.size, args.steps, seed)
+            case.edit(g)
+            clock = StepClock()
+            result = session.run(g, on_event=lambda n, d: clock.tick() if n == "progress"
+                                 else None)
+            assert result.ok, result.run.error
+            return clock.per_step()
+
+        def ref(seed: int, case: Case = case, pipe: Any = pipe) -> float:
+            clock = StepClock()
+            case.reference(pipe, {**common, "generator": torch.Generator().manual_seed(seed)},
+                           clock)
+            return clock.per_step()
+
+        ours(0), ref(0)  # warm up
+        mine, theirs, ratios = [], [], []
+        for seed in range(1, args.repeats + 1):
+            o, r = ours(seed), ref(seed)
+            mine.append(o)
+            theirs.append(r)
+            ratios.append(o / r)
+        print(f"{case.name:<16}{statistics.median(mine) * 1e3:>10.2f}"
+              f"{statistics.median(theirs) * 1e3:>14.2f}{statistics.median(ratios):>8.3f}  "
+              f"{case.pipeline}")
+
+
+if __name__ == "__main__":
+    main()
