@@ -30,6 +30,7 @@ from nodes import (
     sampling,
     sampling_advanced,
     sega,
+    t2i_adapter,
 )
 
 NODE_CLASSES = (
@@ -46,6 +47,7 @@ NODE_CLASSES = (
     *sag.NODE_CLASSES,
     *pag.NODE_CLASSES,
     *controlnet.NODE_CLASSES,
+    *t2i_adapter.NODE_CLASSES,
     *image.NODE_CLASSES,
     *masks.NODE_CLASSES,
     *preprocessors.NODE_CLASSES,

@@ -1,4 +1,5 @@
-"""ControlNet nodes: load a ControlNet and apply it to conditioning with a control image."""
+"""ControlNet nodes: load a ControlNet (or a T2I-Adapter, as ComfyUI does) and apply it to
+conditioning with a control image."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def list_controlnets(env: Environment) -> list[str]:
 
 
 class ControlNetLoader(Node):
-    """Load a ControlNet (diffusers folder or single .safetensors file) for SD 1.x / 2.x."""
+    """Load a ControlNet or a T2I-Adapter (diffusers folder or single .safetensors file) for
+    SD 1.x / 2.x. Which one the file holds is detected; both apply with Apply ControlNet,
+    an adapter also with Apply T2I-Adapter."""
 
     TYPE = "ControlNetLoader"
     DISPLAY_NAME = "Load ControlNet Model"
@@ -43,15 +46,20 @@ class ControlNetLoader(Node):
         return pickle_problem(inputs, env, "control_net_name", "models", "controlnet")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from diffusers import T2IAdapter
+
         from nodes.diffusion.controlnet import ControlNet
-        from nodes.diffusion.controlnet_loading import load_controlnet
+        from nodes.diffusion.controlnet_loading import load_control_model
+        from nodes.diffusion.t2i_adapter import Adapter
 
         path = ctx.env.resolve("models", "controlnet", self.control_net_name)
         if not path.exists():
             raise FileNotFoundError(
                 f"ControlNet {self.control_net_name!r} not found in models/controlnet")
-        net = load_controlnet(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)
-        return (ControlNet(net, self.control_net_name),)
+        model = load_control_model(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)
+        if isinstance(model, T2IAdapter):
+            return (Adapter(model, self.control_net_name),)
+        return (ControlNet(model, self.control_net_name),)
 
 
 def _check_percents(start: float, end: float) -> str | None:
@@ -71,12 +79,18 @@ def _with_extension(cond: Conditioning, extension: Any) -> Conditioning:
 def _make_extension(control_net: Any, image: torch.Tensor, strength: float, start: float,
                     end: float, guess_mode: bool) -> Any:
     from nodes.diffusion.controlnet import ControlNetResiduals
+    from nodes.diffusion.t2i_adapter import Adapter, T2IAdapterFeatures
 
     if image.dim() != 4:
         raise ValueError(f"image must be an IMAGE [B, H, W, C], got shape {tuple(image.shape)}")
     problem = _check_percents(start, end)
     if problem:
         raise ValueError(problem)
+    if isinstance(control_net, Adapter):
+        if guess_mode:
+            raise ValueError(f"{control_net.label} is a T2I-Adapter: guess_mode is a ControlNet "
+                             "option, turn it off")
+        return T2IAdapterFeatures(control_net, image, strength, start=start, end=end)
     return ControlNetResiduals(control_net, image, strength, start, end, guess_mode)
 
 
@@ -90,6 +104,10 @@ class ControlNetApplyAdvanced(Node):
     used at the generation size; an image of another size is stretched to it with
     nearest-neighbour resampling (diffusers' rule for tensor images). Chain several
     of these nodes to combine ControlNets; their residuals add up.
+
+    A T2I-Adapter from Load ControlNet Model applies here too (ComfyUI's way): its
+    features are scaled by ``strength`` and added on the steps within start..end;
+    guess_mode does not apply to it (Apply T2I-Adapter has diffusers' settings).
     """
 
     TYPE = "ControlNetApplyAdvanced"

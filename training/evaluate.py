@@ -30,9 +30,10 @@ from nodes.diffusion.shapes_model import SHAPES_NAME as MODEL_NAME
 from training import judge
 from training.shapes import COLORS, ShapesSample, full_caption, generate
 from training.train_lora import LORA_NAME
+from training.train_t2i_adapter import ADAPTER_NAME
 
 TARGETS: dict[str, float] = {"color": 0.90, "shape": 0.80, "position": 0.80, "sega_edit": 0.70,
-                             "controlnet_iou": 0.70, "inversion_psnr": 25.0}
+                             "controlnet_iou": 0.70, "adapter_iou": 0.75, "inversion_psnr": 25.0}
 Prompt = dict[str, dict[str, Any]]
 
 
@@ -44,6 +45,7 @@ class EvalConfig:
     two_shape_samples: int = 50
     sega_samples: int = 50
     controlnet_samples: int = 50
+    adapter_samples: int = 50
     inversion_samples: int = 20
     seed: int = 1_000_003  # world seed of the prompts: held out from training's seed 0
     steps: int = 25
@@ -62,6 +64,8 @@ class EvalConfig:
     image_size: int = 64
     model: str = MODEL_NAME
     controlnet: str = CONTROLNET_NAME
+    # A T2I-Adapter, applied as ComfyUI does (Apply ControlNet); the single file is what ships.
+    adapter: str = f"{ADAPTER_NAME}.safetensors"
     lora_samples: int = 24
     lora: str = f"{LORA_NAME}.safetensors"
     lora_strength: float = 0.8  # the example workflow's
@@ -103,10 +107,11 @@ def _base(cfg: EvalConfig, text: str) -> Prompt:
 
 def txt2img_graph(cfg: EvalConfig, text: str, seed: int, size: int, *,
                   sega: Sequence[tuple[str, str]] = (), control_image: str | None = None,
-                  lora: bool = False) -> Prompt:
+                  lora: bool = False, control_net: str | None = None) -> Prompt:
     """Text to image; optionally SEGA with ``(text, "add"|"remove")`` concepts (the
-    config's scale, warm-up, threshold and momentum), a ControlNet on an input image, or the
-    config's LoRA on the model and the text encoder."""
+    config's scale, warm-up, threshold and momentum), a ControlNet (``control_net``, default
+    the config's; a T2I-Adapter works too) on an input image, or the config's LoRA on the
+    model and the text encoder."""
     g = _base(cfg, text)
     # Linking the VAE makes the latent match its downscale (4 here, not SD's 8).
     g["latent"] = {"class_type": "EmptyLatentImage",
@@ -138,7 +143,7 @@ def txt2img_graph(cfg: EvalConfig, text: str, seed: int, size: int, *,
     if control_image is not None:
         g["hint"] = {"class_type": "LoadImage", "inputs": {"image": control_image}}
         g["cnet"] = {"class_type": "ControlNetLoader",
-                     "inputs": {"control_net_name": cfg.controlnet}}
+                     "inputs": {"control_net_name": control_net or cfg.controlnet}}
         g["apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
             "positive": positive, "negative": negative, "control_net": ["cnet", 0],
             "image": ["hint", 0], "strength": 1.0}}
@@ -284,21 +289,23 @@ def evaluate(models_dir: Path, cfg: EvalConfig, *, device: str = "cpu",
             report.metrics["sega_replace"] = float(np.mean(replace_ok))
             report.counts["sega_edit"] = report.counts["sega_replace"] = len(edit_ok)
 
-        # 4. ControlNet: the generated shapes (and, reported, every saturated pixel)
-        # against the control mask.
-        controlnet = Path(models_dir) / "controlnet" / cfg.controlnet
-        if cfg.controlnet_samples and controlnet.exists():
+        # 4. ControlNet and T2I-Adapter: the generated shapes (and, reported, every saturated
+        # pixel) against the control mask; both see the same prompts and masks.
+        for metric, net, n in (("controlnet", cfg.controlnet, cfg.controlnet_samples),
+                               ("adapter", cfg.adapter, cfg.adapter_samples)):
+            if not n or not (Path(models_dir) / "controlnet" / net).exists():
+                continue
             ious, pixel_ious = [], []
-            for i, s in enumerate(bar(_prompts(cfg, cfg.controlnet_samples, 2, 0.3), "controlnet")):
+            for i, s in enumerate(bar(_prompts(cfg, n, 2, 0.3), metric)):
                 hint = (np.repeat(s.mask[..., None], 3, axis=2) * 255).astype(np.uint8)
                 name = runner.put_image(f"eval_mask_{i}.png", hint)
                 img = runner.image(txt2img_graph(cfg, s.caption, i, s.image.shape[0],
-                                                 control_image=name))
+                                                 control_image=name, control_net=net))
                 ious.append(judge.mask_iou(judge.shape_pixels(img), s.mask))
                 pixel_ious.append(judge.mask_iou(judge.foreground(img), s.mask))
-            report.metrics["controlnet_iou"] = float(np.mean(ious))
-            report.metrics["controlnet_iou_pixels"] = float(np.mean(pixel_ious))
-            report.counts["controlnet_iou"] = report.counts["controlnet_iou_pixels"] = len(ious)
+            report.metrics[f"{metric}_iou"] = float(np.mean(ious))
+            report.metrics[f"{metric}_iou_pixels"] = float(np.mean(pixel_ious))
+            report.counts[f"{metric}_iou"] = report.counts[f"{metric}_iou_pixels"] = len(ious)
 
         # 5. The style LoRA: a dark background on prompts that name none, shape kept.
         lora = Path(models_dir) / "loras" / cfg.lora

@@ -3,9 +3,10 @@
 ``<out>/export`` is laid out as a models folder: ``checkpoints/steerflow-shapes/``
 (a ``StableDiffusionPipeline`` folder) and ``checkpoints/steerflow-shapes.safetensors``
 (original layout, configs in the metadata, via ``save_original_checkpoint``), and
-the same pair under ``controlnet/`` when the ControlNet stage has run. They load
-with ``nodes.diffusion.loading.load_components`` / ``controlnet_loading.load_controlnet``,
-and a ``Session(models_dir=<out>/export)`` finds them by name.
+the same pair under ``controlnet/`` for the ControlNet and the T2I-Adapter when their
+stages have run. They load with ``nodes.diffusion.loading.load_components`` /
+``controlnet_loading.load_control_model``, and a ``Session(models_dir=<out>/export)``
+finds them by name.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import ControlNetModel, PNDMScheduler, StableDiffusionPipeline
+from diffusers import ControlNetModel, PNDMScheduler, StableDiffusionPipeline, T2IAdapter
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from nodes.diffusion.controlnet_loading import save_original_controlnet
+from nodes.diffusion.controlnet_loading import save_original_adapter, save_original_controlnet
 from nodes.diffusion.original_layout import save_original_checkpoint
 from nodes.diffusion.shapes_model import SHAPES_CONTROLNET_NAME as CONTROLNET_NAME
 from nodes.diffusion.shapes_model import SHAPES_NAME as MODEL_NAME
@@ -26,6 +27,8 @@ from nodes.diffusion.tokenizer import load_clip_tokenizer
 from training.models import SCHEDULER_CONFIG
 from training.train import StageOptions, load_text_encoder, load_unet, load_vae
 from training.train_lora import LORA_NAME
+from training.train_t2i_adapter import ADAPTER_NAME
+from training.train_t2i_adapter import STAGE as ADAPTER_STAGE
 
 EXAMPLE_LORAS = Path(__file__).resolve().parents[1] / "workflows" / "assets" / "loras"
 
@@ -67,6 +70,15 @@ def export_model(out_dir: Path, target: Path | None = None) -> dict[str, Path]:
         paths["controlnet_single_file"] = controlnets / f"{CONTROLNET_NAME}.safetensors"
         net.save_pretrained(paths["controlnet"], safe_serialization=True)
         save_original_controlnet(paths["controlnet_single_file"], net)
+    adapter_dir = opts.final(ADAPTER_STAGE)
+    if (adapter_dir / "config.json").is_file():
+        adapter = T2IAdapter.from_pretrained(adapter_dir, local_files_only=True).eval()
+        _contiguous(adapter)
+        controlnets.mkdir(exist_ok=True)
+        paths["adapter"] = controlnets / ADAPTER_NAME
+        paths["adapter_single_file"] = controlnets / f"{ADAPTER_NAME}.safetensors"
+        adapter.save_pretrained(paths["adapter"], safe_serialization=True)
+        save_original_adapter(paths["adapter_single_file"], adapter)
     return paths
 
 
@@ -95,7 +107,8 @@ def ship_weights(export_dir: Path, weights_dir: Path = WEIGHTS_DIR) -> list[Path
     export_dir, weights_dir = Path(export_dir), Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     shipped = []
-    for role, name in (("checkpoints", MODEL_NAME), ("controlnet", CONTROLNET_NAME)):
+    for role, name in (("checkpoints", MODEL_NAME), ("controlnet", CONTROLNET_NAME),
+                       ("controlnet", ADAPTER_NAME)):
         src = export_dir / role / f"{name}.safetensors"
         if src.is_file():
             shipped.append(weights_dir / src.name)

@@ -23,6 +23,7 @@ result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
+
+#: ``resize(x, height, width)`` for ``[B, C, H, W]`` float images in 0..1
+Resize = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,18 @@ def controlnet_keep(steps: int, start: float, end: float) -> list[float]:
     return [1.0 - float(i / steps < start or (i + 1) / steps > end) for i in range(steps)]
 
 
-def prepare_control_image(image: torch.Tensor, height: int, width: int, batch: int,
-                          channels: int = 3) -> torch.Tensor:
-    """IMAGE ``[B, H, W, C]`` -> ``[batch, C, height, width]`` float32 in 0..1, as the pipeline's
-    ``prepare_image`` makes it (before duplication for classifier-free guidance)."""
+def resize_like_tensor(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize ``[B, C, H, W]`` as the ControlNet pipeline's ``VaeImageProcessor`` resizes a
+    tensor image: ``F.interpolate``'s default nearest-neighbour mode, stretching."""
+    return VaeImageProcessor(do_normalize=False).resize(x, height, width)
+
+
+def control_pixels(image: torch.Tensor, height: int, width: int, channels: int = 3, *,
+                   resize: Resize = resize_like_tensor, owner: str = "the ControlNet"
+                   ) -> torch.Tensor:
+    """IMAGE ``[B, H, W, C]`` -> ``[B, channels, height, width]`` float32 in 0..1 (not
+    normalised): grey images are repeated to colour, RGBA loses its alpha, colour is
+    averaged for 1-channel models (ComfyUI's rule); ``resize`` only if the size differs."""
     if image.dim() != 4:
         raise ValueError(f"a control image must be an IMAGE [B, H, W, C], got {tuple(image.shape)}")
     x = image.movedim(-1, 1).to(torch.float32)
@@ -70,19 +82,54 @@ def prepare_control_image(image: torch.Tensor, height: int, width: int, batch: i
         if have == 1:
             x = x.repeat(1, channels, 1, 1)
         elif have == 4 and channels == 3:
-            x = x[:, :3]  # RGBA: the ControlNet reads colour only
+            x = x[:, :3]  # RGBA: the model reads colour only
+        elif have in (3, 4) and channels == 1:
+            x = x[:, :3].mean(dim=1, keepdim=True)
         else:
-            raise ValueError(f"the ControlNet expects a {channels}-channel control image, "
+            raise ValueError(f"{owner} expects a {channels}-channel control image, "
                              f"got {have} channels")
     if tuple(x.shape[-2:]) != (height, width):
-        # The pipeline's control_image_processor resizes tensor images this way.
-        x = VaeImageProcessor(do_normalize=False).resize(x, height, width)
+        x = resize(x, height, width)
+    return x
+
+
+def match_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Repeat a batch of one to ``batch``; refuse any other size that differs."""
     if x.shape[0] == 1:
         return x.repeat_interleave(batch, dim=0)
     if x.shape[0] != batch:
         raise ValueError(f"the control image batch ({x.shape[0]}) must be 1 or match the "
                          f"latent batch ({batch})")
     return x
+
+
+def prepare_control_image(image: torch.Tensor, height: int, width: int, batch: int,
+                          channels: int = 3) -> torch.Tensor:
+    """IMAGE ``[B, H, W, C]`` -> ``[batch, C, height, width]`` float32 in 0..1, as the pipeline's
+    ``prepare_image`` makes it (before duplication for classifier-free guidance)."""
+    return match_batch(control_pixels(image, height, width, channels), batch)
+
+
+def attached_rows(run: SamplingRun, extension: SamplerExtension, cond_only: bool = False
+                  ) -> str:
+    """Which CFG halves an extension carried by the conditionings acts on: ``"all"`` (on
+    both, or on the model), ``"cond"`` (the positive only, or ``cond_only``) or ``"uncond"``."""
+    on_pos = _carries(run.positive, extension)
+    on_neg = _carries(run.negative, extension)
+    if cond_only or (on_pos and not on_neg):
+        return "cond"
+    if on_neg and not on_pos:
+        return "uncond"
+    return "all"
+
+
+def row_range(run: SamplingRun, rows: str, total: int) -> tuple[int, int]:
+    """The batch rows ``[lo, hi)`` of a ``total``-row UNet call that ``rows`` covers (the
+    unconditional half is first; without CFG there is none)."""
+    batch = run.init_latents.shape[0]
+    if not run.do_cfg:
+        return (0, total) if rows != "uncond" else (0, 0)
+    return {"all": (0, total), "cond": (batch, total), "uncond": (0, batch)}[rows]
 
 
 @dataclass
@@ -127,17 +174,9 @@ class ControlNetResiduals(SamplerExtension):
         factor = self.control_net.hint_downscale
         image = prepare_control_image(self.image, h * factor, w * factor, batch,
                                       int(net.config.conditioning_channels))
-        on_pos = _carries(run.positive, self)
-        on_neg = _carries(run.negative, self)
-        if self.guess_mode or (on_pos and not on_neg):
-            rows = "cond"
-        elif on_neg and not on_pos:
-            rows = "uncond"
-        else:
-            rows = "all"  # on both, or attached to the model
         run.state[self] = _RunState(image.to(device=net.device, dtype=net.dtype),
                                     controlnet_keep(len(run.timesteps), self.start, self.end),
-                                    rows, self.guess_mode)
+                                    attached_rows(run, self, self.guess_mode), self.guess_mode)
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
         state: _RunState = run.state[self]
@@ -146,10 +185,7 @@ class ControlNetResiduals(SamplerExtension):
             return  # the pipeline adds residuals x 0 here; adding nothing is the same
         batch = run.init_latents.shape[0]
         total = call.latent_input.shape[0]
-        if not run.do_cfg:
-            lo, hi = (0, total) if state.rows != "uncond" else (0, 0)
-        else:
-            lo, hi = {"all": (0, total), "cond": (batch, total), "uncond": (0, batch)}[state.rows]
+        lo, hi = row_range(run, state.rows, total)
         if hi == lo:
             return
         net = self.control_net.model
@@ -163,14 +199,14 @@ class ControlNetResiduals(SamplerExtension):
             guess_mode=state.guess,
             return_dict=False,
         )
-        down = [_pad_rows(d.to(run.device, run.dtype), lo, hi, total) for d in down]
-        call.add_residuals(down, _pad_rows(mid.to(run.device, run.dtype), lo, hi, total))
+        down = [pad_rows(d.to(run.device, run.dtype), lo, hi, total) for d in down]
+        call.add_residuals(down, pad_rows(mid.to(run.device, run.dtype), lo, hi, total))
 
     def teardown(self, run: SamplingRun) -> None:
         run.state.pop(self, None)
 
 
-def _pad_rows(x: torch.Tensor, lo: int, hi: int, total: int) -> torch.Tensor:
+def pad_rows(x: torch.Tensor, lo: int, hi: int, total: int) -> torch.Tensor:
     """Zeros for the batch rows the ControlNet did not see (the pipeline's guess-mode padding)."""
     if lo == 0 and hi == total:
         return x

@@ -1,4 +1,5 @@
-"""Load SD 1.x / 2.x ControlNets from a diffusers folder or one checkpoint file, offline.
+"""Load SD 1.x / 2.x ControlNets and T2I-Adapters from a diffusers folder or one checkpoint
+file, offline (both live in ``models/controlnet``; :func:`load_control_model` tells them apart).
 
 A single file may be in the original ControlNet layout (``control_model.*`` keys, or
 the same keys without the prefix as most published files have) or in diffusers'
@@ -6,6 +7,10 @@ layout. Its config comes from Steerflow's ``steerflow.config`` metadata when
 present, else from the shipped SD 1.5 / SD 2.1 UNet config picked by the
 cross-attention width, the way ``ControlNetModel.from_unet`` derives it. Pickle
 files are refused unless the caller opts in (see ``read_checkpoint_file``).
+
+A T2I-Adapter file may be in diffusers' layout (``adapter.*``) or TencentARC's original
+one (``conv_in``/``body.*``, full and light adapters); diffusers has no converter for
+it. Its config comes from the metadata, else from the weights' shapes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from safetensors.torch import save_file
 
@@ -34,31 +39,59 @@ CONTROL_PREFIX = "control_model."
 StateDict = dict[str, torch.Tensor]
 
 
+def load_control_model(path: Path, *, allow_pickle: bool = False,
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                       ) -> ControlNetModel | T2IAdapter:
+    """A ControlNet or a T2I-Adapter in eval mode, whichever ``path`` holds (a diffusers
+    folder's ``_class_name``, a single file's metadata or keys tell them apart)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ControlNet or T2I-Adapter not found: {path}")
+    model: ControlNetModel | T2IAdapter
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is a folder but not a diffusers ControlNet or T2I-Adapter "
+                             "(no config.json)")
+        _check_folder_weights(path, allow_pickle=allow_pickle)
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        cls = {"ControlNetModel": ControlNetModel, "T2IAdapter": T2IAdapter}.get(
+            config.get("_class_name", "ControlNetModel"))
+        if cls is None:
+            raise ValueError(f"{path.name} is a {config['_class_name']}, not a ControlNetModel "
+                             "or T2IAdapter")
+        model = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype,
+                                    use_safetensors=True if not allow_pickle else None)
+    else:
+        state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
+        if is_adapter_checkpoint(state_dict, metadata):
+            model = adapter_from_state_dict(state_dict, metadata, name=path.name)
+        else:
+            model = controlnet_from_state_dict(state_dict, metadata, name=path.name)
+    model.to(device)
+    if any(p.dtype != dtype for p in model.parameters()):
+        model.to(dtype)
+    _own_aligned_memory(model)
+    return model.eval()
+
+
 def load_controlnet(path: Path, *, allow_pickle: bool = False,
                     device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> ControlNetModel:
     """A ControlNet in eval mode from a diffusers folder or a single checkpoint file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"ControlNet not found: {path}")
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{path} is a folder but not a diffusers ControlNet (no config.json)")
-        _check_folder_weights(path, allow_pickle=allow_pickle)
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        if config.get("_class_name", "ControlNetModel") != "ControlNetModel":
-            raise ValueError(f"{path.name} is a {config['_class_name']}, not a ControlNetModel")
-        net = ControlNetModel.from_pretrained(
-            path, local_files_only=True, torch_dtype=dtype,
-            use_safetensors=True if not allow_pickle else None)
-    else:
-        state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
-        net = controlnet_from_state_dict(state_dict, metadata, name=path.name)
-    net.to(device)
-    if any(p.dtype != dtype for p in net.parameters()):
-        net.to(dtype)
-    _own_aligned_memory(net)
-    return net.eval()
+    net = load_control_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
+    if not isinstance(net, ControlNetModel):
+        raise ValueError(f"{Path(path).name} is a T2I-Adapter, not a ControlNet")
+    return net
+
+
+def load_t2i_adapter(path: Path, *, allow_pickle: bool = False,
+                     device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> T2IAdapter:
+    """A T2I-Adapter in eval mode from a diffusers folder or a single checkpoint file."""
+    adapter = load_control_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
+    if not isinstance(adapter, T2IAdapter):
+        raise ValueError(f"{Path(path).name} is a ControlNet, not a T2I-Adapter")
+    return adapter
 
 
 def controlnet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
@@ -165,4 +198,164 @@ def save_original_controlnet(path: Path, net: ControlNetModel) -> None:
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     metadata = {"format": "pt",
                 CONFIG_METADATA_KEY: json.dumps({"controlnet": config}, sort_keys=True)}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+# --- T2I-Adapters -----------------------------------------------------------------------------
+
+ADAPTER_CONFIG = "t2i_adapter"  # its config's key in the steerflow.config metadata
+ADAPTER_PREFIX = "adapter."
+
+
+def is_adapter_checkpoint(state_dict: Mapping[str, torch.Tensor],
+                          metadata: Mapping[str, str] | None = None) -> bool:
+    """A T2I-Adapter's weights (either layout), not a ControlNet's: no ControlNet has
+    ``body.*`` (adapters) or ``backbone.*`` (style adapters) keys."""
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        return ADAPTER_CONFIG in json.loads(metadata[CONFIG_METADATA_KEY])
+    return any(k.removeprefix(ADAPTER_PREFIX).startswith(("body.", "backbone."))
+               for k in state_dict)
+
+
+def adapter_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
+                            *, name: str = "checkpoint") -> T2IAdapter:
+    """Build a T2IAdapter from a single file's tensors (diffusers or original layout)."""
+    config = None
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        config = json.loads(metadata[CONFIG_METADATA_KEY]).get(ADAPTER_CONFIG)
+    if any(k.startswith("backbone.") for k in state_dict):
+        raise ValueError(f"{name} is a T2I style adapter (CLIP-image tokens); only full and "
+                         "light T2I-Adapters are supported")
+    if any(k.startswith(ADAPTER_PREFIX) for k in state_dict):
+        weights = dict(state_dict)
+    else:
+        blocks = None if config is None else int(config["num_res_blocks"])
+        weights = adapter_original_to_diffusers(state_dict, blocks, name)
+    config = dict(config) if config is not None else adapter_config_from_weights(weights, name)
+    model = _empty(lambda: T2IAdapter.from_config(config))
+    return _load_strict("T2I-Adapter", model, weights)
+
+
+def _index(key: str, position: int) -> int:
+    return int(key.split(".")[position])
+
+
+def adapter_original_to_diffusers(state_dict: Mapping[str, torch.Tensor],
+                                  num_res_blocks: int | None, name: str) -> StateDict:
+    """TencentARC's ``Adapter`` / ``Adapter_light`` keys -> diffusers' ``T2IAdapter`` keys.
+
+    The full adapter's ``body`` is one flat list of ``num_res_blocks`` resnets per level
+    (the first of a level holding its channel-changing ``in_conv``); the light one nests
+    ``body.<level>.body.<j>``. Only the variant diffusers implements converts: 1x1
+    second convolutions, identity skips, average-pool downsampling.
+    """
+    keys = set(state_dict)
+    out: StateDict = {}
+    if "conv_in.weight" in keys:  # full adapter
+        odd = sorted(k for k in keys if ".skep." in k or ".down_opt." in k)
+        if odd or any(v.shape[-1] != 1 for k, v in state_dict.items()
+                      if k.endswith(("block2.weight", "in_conv.weight"))):
+            raise ValueError(f"{name} is a T2I-Adapter variant diffusers cannot represent "
+                             "(skip or downsampling convolutions, or 3x3 kernels in the "
+                             f"resnets' second convolutions{', e.g. ' + odd[0] if odd else ''})")
+        if num_res_blocks is None:
+            firsts = sorted(_index(k, 1) for k in keys if k.endswith(".in_conv.weight"))
+            num_res_blocks = firsts[0] if firsts else 2  # 2: every released full adapter
+        for key, value in state_dict.items():
+            if key.startswith("conv_in."):
+                out[ADAPTER_PREFIX + key] = value
+                continue
+            if not key.startswith("body."):
+                raise ValueError(f"{name}: unexpected T2I-Adapter key {key!r}")
+            level, j = divmod(_index(key, 1), num_res_blocks)
+            rest = key.split(".", 2)[2]
+            if rest.startswith("in_conv."):
+                if j:
+                    raise ValueError(f"{name}: {key} is not the first resnet of its level; "
+                                     f"the file does not have {num_res_blocks} per level")
+                out[f"adapter.body.{level}.{rest}"] = value
+            else:
+                out[f"adapter.body.{level}.resnets.{j}.{rest}"] = value
+        return out
+    for key, value in state_dict.items():  # light adapter
+        parts = key.split(".")
+        if parts[0] != "body" or len(parts) < 4:
+            raise ValueError(f"{name} is not a T2I-Adapter: unexpected key {key!r}")
+        if parts[2] == "body":
+            out[f"adapter.body.{parts[1]}.resnets.{'.'.join(parts[3:])}"] = value
+        else:
+            out[ADAPTER_PREFIX + key] = value
+    return out
+
+
+def _unshuffled_channels(width: int, name: str) -> tuple[int, int]:
+    """(image channels, downscale factor) from the first convolution's input width
+    ``channels * factor**2``; colour (3) or grey (1) images only, which makes it unique."""
+    for channels in (3, 1):
+        factor = round((width / channels) ** 0.5)
+        if width % channels == 0 and channels * factor * factor == width:
+            return channels, factor
+    raise ValueError(f"{name}: cannot tell the T2I-Adapter's image channels and downscale "
+                     f"factor from its first convolution ({width} input channels)")
+
+
+def adapter_config_from_weights(weights: Mapping[str, torch.Tensor], name: str
+                                ) -> dict[str, Any]:
+    """The ``T2IAdapter`` config that diffusers-layout ``weights`` were saved from.
+
+    A full adapter whose factor is 16 is taken for SDXL's (``full_adapter_xl``, as ComfyUI
+    does): the two differ only in where they downsample, which the weights do not show.
+    """
+    levels = 1 + max(_index(k, 2) for k in weights if k.startswith("adapter.body."))
+
+    def resnets(level: int) -> int:
+        return len({_index(k, 4) for k in weights
+                    if k.startswith(f"adapter.body.{level}.resnets.")})
+
+    if "adapter.conv_in.weight" in weights:
+        in_channels, factor = _unshuffled_channels(
+            int(weights["adapter.conv_in.weight"].shape[1]), name)
+        channels = [int(weights[f"adapter.body.{i}.resnets.0.block1.weight"].shape[0])
+                    for i in range(levels)]
+        kind = "full_adapter_xl" if factor == 16 else "full_adapter"
+    else:
+        in_channels, factor = _unshuffled_channels(
+            int(weights["adapter.body.0.in_conv.weight"].shape[1]), name)
+        outs = [int(weights[f"adapter.body.{i}.out_conv.weight"].shape[0])
+                for i in range(levels)]
+        # diffusers' light adapter repeats its last width in one extra, downsampling level.
+        channels, kind = outs[:-1], "light_adapter"
+        if levels < 2 or outs[-1] != outs[-2]:
+            raise ValueError(f"{name}: a light T2I-Adapter's last level must repeat the width "
+                             f"of the one before (got {outs})")
+    return {"in_channels": in_channels, "channels": channels, "num_res_blocks": resnets(0),
+            "downscale_factor": factor, "adapter_type": kind}
+
+
+def adapter_to_original(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+                        ) -> StateDict:
+    """Diffusers ``T2IAdapter`` weights -> TencentARC's layout (inverse of the reader)."""
+    light = config["adapter_type"] == "light_adapter"
+    blocks = int(config["num_res_blocks"])
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        rest = key.removeprefix(ADAPTER_PREFIX)
+        parts = rest.split(".")
+        if parts[0] == "body" and parts[2] == "resnets":
+            level, j, tail = int(parts[1]), int(parts[3]), ".".join(parts[4:])
+            rest = (f"body.{level}.body.{j}.{tail}" if light
+                    else f"body.{level * blocks + j}.{tail}")
+        elif parts[0] == "body" and not light:  # a level's in_conv: on its first resnet
+            rest = f"body.{int(parts[1]) * blocks}.{'.'.join(parts[2:])}"
+        out[rest] = value
+    return out
+
+
+def save_original_adapter(path: Path, adapter: T2IAdapter) -> None:
+    """Write one ``.safetensors`` file in the original layout, its config in the metadata."""
+    config = json.loads(adapter.to_json_string())
+    tensors = adapter_to_original(adapter.state_dict(), config)
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    metadata = {"format": "pt",
+                CONFIG_METADATA_KEY: json.dumps({ADAPTER_CONFIG: config}, sort_keys=True)}
     save_file(tensors, str(path), metadata=metadata)
