@@ -4,7 +4,8 @@ Two mechanisms, both as in diffusers' ``StableDiffusionInpaintPipeline``:
 
 * ``Latent.noise_mask`` → :class:`NoiseMaskBlend`: after every step the input
   latent, noised to the next timestep, is put back where the mask is 0, so the
-  unmasked region ends exactly on the input latent.
+  unmasked region ends exactly on the input latent. A LATENT may put back something
+  else (DiffEdit's latent: a DDIM-inversion trajectory, ``nodes.diffusion.diffedit``).
 * ``Latent.inpaint`` → :class:`InpaintConcat`: a 9-channel inpainting UNet gets
   ``[latents, mask, masked_image_latents]`` on its input every step.
 
@@ -95,13 +96,18 @@ class NoiseMaskBlend(SamplerExtension):
         mask = match_batch(mask, latents.shape[0], "noise mask")
         run.state[self] = mask.to(device=run.device, dtype=run.dtype)
 
-    def post_step(self, run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
-        mask = run.state[self]
+    def kept(self, run: SamplingRun, step: Step) -> torch.Tensor:
+        """What the unmasked region is after ``step``: the input latent noised to the next
+        timestep (after the last step, the input latent itself)."""
         proper = run.init_latents
         if step.index < step.total - 1:
             next_t = run.timesteps[step.index + 1]
             proper = run.scheduler.add_noise(proper, run.noise, torch.tensor([next_t]))
-        return (1 - mask) * proper + mask * latents
+        return proper
+
+    def post_step(self, run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
+        mask = run.state[self]
+        return (1 - mask) * self.kept(run, step) + mask * latents
 
     def teardown(self, run: SamplingRun) -> None:
         run.state.pop(self, None)
@@ -151,7 +157,10 @@ def latent_extensions(model: DiffusionModel, latent: Latent) -> list[SamplerExte
     without)."""
     extensions: list[SamplerExtension] = []
     if latent.noise_mask is not None:
-        extensions.append(NoiseMaskBlend(latent.noise_mask))
+        # A LATENT may name what its unmasked region keeps instead (DiffEdit's
+        # TrajectoryLatent: the inversion trajectory), through ``noise_mask_blend``.
+        own = getattr(latent, "noise_mask_blend", None)
+        extensions.append(own() if own is not None else NoiseMaskBlend(latent.noise_mask))
     in_channels = int(getattr(model.unet.config, "in_channels", latent.samples.shape[1]))
     if in_channels == INPAINT_UNET_CHANNELS and latent.samples.shape[1] != in_channels:
         if latent.inpaint is None:
