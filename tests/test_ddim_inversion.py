@@ -135,6 +135,30 @@ def test_inversion_matches_diffedit_invert(session, diffedit, steps, cfg, denois
     assert diff <= TOL
 
 
+@pytest.mark.parametrize(("cfg", "denoise", "seed"), [(1.0, 1.0, 0), (3.0, 0.5, 7)])
+def test_regularised_inversion_matches_diffedit_invert(session, diffedit, cfg, denoise, seed):
+    """Pix2Pix-Zero's noise regularisation (DDIMInvert's num_reg_steps > 0) is also
+    DiffEdit's: the same trajectory, the same random rolls from the seed's generator. (The
+    code follows Pix2Pix-Zero's rounding, exactly: DiffEdit's KL term computes the variance
+    twice, which rounds its gradient differently, ~1e-5 after the regularisation.)"""
+    steps, reg = 8, {"num_reg_steps": 2, "num_auto_corr_rolls": 3, "lambda_auto_corr": 20.0,
+                     "lambda_kl": 20.0}
+    prompt = invert_prompt(steps, cfg, denoise)
+    prompt["6"]["inputs"].update(reg, seed=seed)
+    out = run(session, prompt)
+    clean, trajectory = out["5"].samples, out["6"]
+    ref = diffedit.invert(prompt=PROMPT, negative_prompt=NEGATIVE if cfg > 1 else None,
+                          image=clean, num_inference_steps=steps, inpaint_strength=denoise,
+                          guidance_scale=cfg, decode_latents=False,
+                          generator=torch.Generator().manual_seed(seed), **reg).latents
+    ours = trajectory.latents[1:].flip(0).transpose(0, 1)
+    diff = float((ours - ref).abs().max())
+    print(f"regularised inversion cfg {cfg} denoise {denoise}: max abs diff {diff:.2e}")
+    assert ours.shape == ref.shape and diff <= TOL
+    plain = run(session, invert_prompt(steps, cfg, denoise))["6"].latents
+    assert float((plain - trajectory.latents).abs().max()) > 0.1
+
+
 # --- reconstruction ----------------------------------------------------------------------
 
 
