@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from engine.session import Session
@@ -42,13 +42,16 @@ class StepClock:
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
+        #: when set, the per-step time is the span of the stamps over this many steps
+        self.steps: int | None = None
 
     def tick(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         self.stamps.append(time.perf_counter())
         return {}
 
     def per_step(self) -> float:
-        return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+        span = self.stamps[-1] - self.stamps[0]
+        return span / (self.steps or len(self.stamps) - 1)
 
 
 def base_graph(size: int, steps: int, seed: int) -> Graph:
@@ -96,6 +99,89 @@ def ae_graph(g: Graph) -> None:
         "thresholds": ", ".join(f"{k}:{v}" for k, v in AE_THRESHOLDS.items())}}
 
 
+P2PZ_SOURCE = ["a red circle at the top", "a blue circle on the left"]
+P2PZ_TARGET = ["a red square at the top", "a blue square on the left"]
+
+
+def p2pz_graph(g: Graph) -> None:
+    g["d"] = {"class_type": "Pix2PixZeroEditDirection", "inputs": {
+        "clip": ["4", 1], "source": "\n".join(P2PZ_SOURCE), "target": "\n".join(P2PZ_TARGET)}}
+    g["p"] = {"class_type": "Pix2PixZero", "inputs": {
+        "conditioning": ["6", 0], "edit_direction": ["d", 0],
+        "cross_attention_guidance_amount": 0.1}}
+    g["3"]["inputs"]["positive"] = ["p", 0]
+
+
+def p2pz_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> Any:
+    # The pipeline runs the source prompt's whole reference loop before the edit loop
+    # (ours runs it in lockstep): time both loops, from the first step of the first.
+    source, target = pipe.get_embeds(P2PZ_SOURCE), pipe.get_embeds(P2PZ_TARGET)
+    steps = common["num_inference_steps"]
+    unet, calls = pipe.unet, []
+    forward = unet.forward
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.perf_counter())
+        return forward(*args, **kwargs)
+
+    unet.forward = timed
+    try:
+        pipe(PROMPT, source_embeds=source, target_embeds=target,
+             cross_attention_guidance_amount=0.1, **common)
+    finally:
+        del unet.forward
+    clock.stamps = [calls[0], time.perf_counter()]
+    clock.steps = steps  # both loops make one image of ``steps`` steps
+
+
+DIFFEDIT_SOURCE = "a red circle at the top left"
+DIFFEDIT_TARGET = "a green circle at the top left"
+
+
+def diffedit_graph(g: Graph) -> None:
+    steps, seed = g["3"]["inputs"]["steps"], g["3"]["inputs"]["seed"]
+    g["10"] = {"class_type": "LoadImage", "inputs": {"image": "bench_picture.png"}}
+    g["6"]["inputs"]["text"] = DIFFEDIT_SOURCE
+    g["t"] = {"class_type": "CLIPTextEncode", "inputs": {"text": DIFFEDIT_TARGET,
+                                                         "clip": ["4", 1]}}
+    g["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    g["13"] = {"class_type": "DiffEditMask", "inputs": {
+        "model": ["4", 0], "vae": ["4", 2], "image": ["10", 0], "source": ["6", 0],
+        "target": ["t", 0], "negative": ["7", 0], "seed": seed}}
+    g["12"] = {"class_type": "DDIMInvert", "inputs": {
+        "model": ["4", 0], "positive": ["6", 0], "latent": ["11", 0], "steps": steps,
+        "cfg": 7.5, "negative": ["7", 0], "denoise": 0.8}}
+    g["14"] = {"class_type": "DiffEditLatent", "inputs": {"trajectory": ["12", 1],
+                                                          "mask": ["13", 0]}}
+    g["3"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": ["4", 0], "add_noise": "disable", "noise_seed": 0, "steps": ["14", 1],
+        "cfg": 7.5, "sampler_name": "ddim", "scheduler": "normal", "positive": ["t", 0],
+        "negative": ["6", 0], "latent_image": ["14", 0], "start_at_step": ["14", 2],
+        "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
+
+
+def diffedit_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> Any:
+    image = torch.from_numpy(bench_picture(common["height"], common["width"])).permute(
+        2, 0, 1)[None].float() / 255.0
+    mask = pipe.generate_mask(image=image, source_prompt=DIFFEDIT_SOURCE,
+                              target_prompt=DIFFEDIT_TARGET, generator=common["generator"])
+    steps = common["num_inference_steps"]
+    inverted = pipe.invert(prompt=DIFFEDIT_SOURCE, image=image, num_inference_steps=steps,
+                           inpaint_strength=0.8).latents
+    pipe(prompt=DIFFEDIT_TARGET, mask_image=mask, image_latents=inverted,
+         negative_prompt=DIFFEDIT_SOURCE, num_inference_steps=steps, inpaint_strength=0.8,
+         callback=clock.tick, callback_steps=1, output_type="latent")
+
+
+def bench_picture(height: int, width: int) -> Any:
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    arr = np.stack([x, y, 1 - x * y], axis=-1)
+    arr[(x - 0.3) ** 2 + (y - 0.35) ** 2 < 0.04] = (0.9, 0.1, 0.1)
+    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+
+
 @dataclass
 class Case:
     name: str
@@ -135,6 +221,10 @@ CASES: list[Case] = [
              PROMPT, token_indices=[3, 11], max_iter_to_alter=6, thresholds=AE_THRESHOLDS,
              attn_res=(common["height"] // 8, common["width"] // 8),
              callback=clock.tick, callback_steps=1, **common)),
+    Case("pix2pix_zero", "StableDiffusionPix2PixZeroPipeline (both loops)", p2pz_graph,
+         p2pz_reference),
+    Case("diffedit", "StableDiffusionDiffEditPipeline (the call, strength 0.8)",
+         diffedit_graph, diffedit_reference),
 ]
 
 PIPELINES = {
@@ -143,6 +233,14 @@ PIPELINES = {
     "sag": ("diffusers.pipelines.deprecated.stable_diffusion_sag", "StableDiffusionSAGPipeline"),
     "pag": ("diffusers", "StableDiffusionPAGPipeline"),
     "attend_excite": ("diffusers", "StableDiffusionAttendAndExcitePipeline"),
+    "pix2pix_zero": ("diffusers", "StableDiffusionPix2PixZeroPipeline"),
+    "diffedit": ("diffusers", "StableDiffusionDiffEditPipeline"),
+}
+#: constructor arguments some reference pipelines need besides the SD parts
+EXTRA_PARTS = {
+    "pix2pix_zero": lambda cfg: {"inverse_scheduler": DDIMInverseScheduler.from_config(cfg),
+                                 "caption_generator": None, "caption_processor": None},
+    "diffedit": lambda cfg: {"inverse_scheduler": DDIMInverseScheduler.from_config(cfg)},
 }
 
 
@@ -159,6 +257,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     session = Session(Path(tempfile.mkdtemp(prefix="steerflow-bench-")), device="cpu")
     session.executor.ensure_setup()
+    from PIL import Image
+
+    Image.fromarray(bench_picture(args.size, args.size)).save(
+        session.env.folder("input", create=True) / "bench_picture.png")
     c = load_components(session.env.folder("models") / "checkpoints" / "steerflow-tiny")
     parts = {"vae": c.vae, "text_encoder": c.text_encoder, "tokenizer": c.tokenizer,
              "unet": c.unet, "safety_checker": None, "feature_extractor": None,
@@ -172,15 +274,16 @@ def main() -> None:
           f"{args.threads} thread(s), median of {args.repeats} interleaved runs")
     print(f"{'technique':<16}{'ours ms':>10}{'diffusers ms':>14}{'ratio':>8}  reference")
     for case in cases:
-        pipe = _pipe(*PIPELINES[case.name], parts)
+        extra = EXTRA_PARTS.get(case.name, lambda cfg: {})(c.scheduler_config)
+        pipe = _pipe(*PIPELINES[case.name], {**parts, **extra})
         pipe.scheduler = DDIMScheduler.from_config(c.scheduler_config)
 
         def ours(seed: int, case: Case = case) -> float:
             g = base_graph(args.size, args.steps, seed)
             case.edit(g)
             clock = StepClock()
-            result = session.run(g, on_event=lambda n, d: clock.tick() if n == "progress"
-                                 else None)
+            result = session.run(g, on_event=lambda n, d: clock.tick()
+                                 if n == "progress" and d.get("node") == "3" else None)
             assert result.ok, result.run.error
             return clock.per_step()
 
