@@ -66,7 +66,8 @@ class KSampler(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         from nodes.diffusion.sampling import SamplingParams, sample
 
-        scheduler = make_scheduler(self.sampler_name, self.scheduler, self.model.scheduler_config)
+        scheduler = make_scheduler(self.sampler_name, self.scheduler, self.model.scheduler_config,
+                                   seed=self.seed)
         params = SamplingParams(seed=self.seed, steps=self.steps, cfg=self.cfg,
                                 denoise=self.denoise)
         ctx.check_interrupt()

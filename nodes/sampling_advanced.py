@@ -125,7 +125,8 @@ class KSamplerAdvanced(Node):
         if stops_early and self.return_with_leftover_noise == "disable":
             final = FinalDenoise()
             model = model.with_extension(final)  # a handle for this run only
-        scheduler = make_scheduler(self.sampler_name, self.scheduler, model.scheduler_config)
+        scheduler = make_scheduler(self.sampler_name, self.scheduler, model.scheduler_config,
+                                   seed=self.noise_seed)
         ctx.check_interrupt()
         samples = sample(model, scheduler, self.positive, self.negative, self.latent_image,
                          params, callback=step_reporter(ctx, model))

@@ -193,3 +193,21 @@ def test_live_latent_previews_when_asked(session):
     session.run(txt2img_prompt("steerflow-tiny", "euler", steps=3, seed=78),
                 on_event=lambda n, d: quiet.append(n))
     assert "preview" not in quiet
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_sde", "dpmpp_sde_gpu"])
+def test_sde_samplers_give_the_same_image_for_a_seed(models_dir, tmp_path, sampler):
+    """diffusers' DPMSolverSDEScheduler seeds its Brownian tree from the global RNG unless
+    told a seed: the sampler's seed must fix it, whatever ran before."""
+    from engine.session import Session
+    from tests.graph_nodes import registry_with_capture
+
+    images = []
+    for run, global_seed in enumerate((1, 2)):
+        torch.manual_seed(global_seed)  # another process, another history
+        session = Session(tmp_path / str(run), models_dir=models_dir, device="cpu",
+                          registry=registry_with_capture())
+        images.append(graph_image(session, txt2img_prompt("steerflow-tiny", sampler)))
+    assert np.array_equal(images[0], images[1])
+    other = graph_image(session, txt2img_prompt("steerflow-tiny", sampler, seed=8))
+    assert np.abs(other - images[0]).max() > 1e-3

@@ -11,6 +11,7 @@ what the scheduler classes accept (a test compares it with diffusers').
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 # sampler_name -> (diffusers class name, extra config)
@@ -105,8 +106,13 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
     return None
 
 
-def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]) -> Any:
-    """A fresh diffusers scheduler for one sampling run."""
+def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any],
+                   seed: int | None = None) -> Any:
+    """A fresh diffusers scheduler for one sampling run.
+
+    ``seed`` seeds the Brownian-tree noise of ``dpmpp_sde`` (diffusers'
+    ``DPMSolverSDEScheduler`` draws its tree's seed from the global RNG otherwise, so the
+    same seed would give another image each run)."""
     problem = unsupported_combination(sampler_name, schedule)
     if problem:
         raise ValueError(problem)
@@ -117,4 +123,6 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
         # one sigma spacing at a time: the checkpoint's own choice gives way
         for key in _SIGMA_OPTIONS:
             config.pop(key, None)
+    if seed is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
+        config["noise_sampler_seed"] = int(seed)
     return cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])
