@@ -12,6 +12,9 @@ Phases, in the order one step runs them:
 ``unet_inputs``     add residuals / channels / kwargs to this step's UNet call
 ``predictions``     replace the uncond/cond predictions (e.g. average combined prompts)
 ``guidance``        change the guidance term given every noise prediction
+(scheduler step)    ``scheduler.step`` also gets ``step.scheduler_kwargs``, which
+                    any phase above may fill (LEDITS++ replays its inversion's
+                    noise maps as ``variance_noise``)
 ``post_step``       blend latents after ``scheduler.step`` (masks, trajectories)
 ``teardown``        once per run, always (even on error or interrupt)
 ==================  ==========================================================
@@ -39,6 +42,9 @@ class Step:
     timestep: torch.Tensor
     #: the step's guided noise prediction, set before ``scheduler.step`` (for post_step)
     prediction: torch.Tensor | None = None
+    #: extra ``scheduler.step`` arguments for this step (e.g. ``variance_noise``); they
+    #: override the sampler's own (``eta``, ``generator``)
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

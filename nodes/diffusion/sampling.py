@@ -274,7 +274,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                 noise_pred = _guided_prediction(run, step, noise_pred.chunk(n_chunks), guided,
                                                 extra_slices)
             step.prediction = noise_pred
-            latents = scheduler.step(noise_pred, t, latents, **step_extra, return_dict=False)[0]
+            latents = scheduler.step(noise_pred, t, latents,
+                                     **{**step_extra, **step.scheduler_kwargs},
+                                     return_dict=False)[0]
             for ext in exts:
                 latents = ext.post_step(run, step, latents)
             if callback is not None:

@@ -5,7 +5,9 @@ term γ_e = s_e (ε(z_t, c_e) − ε(z_t)) (sign flipped to remove a concept) is
 only where |γ_e| reaches the concept's ``threshold`` quantile, weighted, applied
 between ``warmup`` and ``cooldown`` steps, and smoothed with momentum
 (ν ← β_m ν + (1 − β_m) γ; applied γ + s_m ν). The math follows diffusers'
-``SemanticStableDiffusionPipeline`` step for step, so results match it.
+``SemanticStableDiffusionPipeline`` step for step, so results match it. LEDITS++
+(:mod:`nodes.diffusion.ledits_pp`) uses the same concepts and the pieces below
+(:func:`concept_guidance`, :func:`stops_at`, :func:`quantile_mask`) with its own masks.
 
 Which settings work depends on the model: the edit must outweigh CFG's pull towards the
 prompt (scale ≈ 2-3 x cfg on steerflow-shapes, whose latents are 16x16) and start before
@@ -41,6 +43,32 @@ class SegaConcept:
     threshold: float = 0.9
     weight: float = 1.0
     label: str = ""
+
+
+def concept_guidance(concept: SegaConcept, pred: torch.Tensor, uncond: torch.Tensor
+                     ) -> torch.Tensor:
+    """γ_e = s_e (ε(z_t, c_e) − ε(z_t)), the sign flipped to remove the concept (SEGA's and
+    LEDITS++'s edit term before any masking)."""
+    edit = pred - uncond
+    if concept.reverse:
+        edit = -edit
+    return edit * concept.scale
+
+
+def stops_at(concept: SegaConcept, step: int) -> int:
+    """The step from which the concept no longer steers (no cool-down: never, step + 1)."""
+    return step + 1 if concept.cooldown_steps is None else concept.cooldown_steps
+
+
+def quantile_mask(magnitude: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Where ``magnitude`` ``[B, C, h, w]`` reaches its ``threshold`` quantile over the
+    ``h·w`` entries of each image and channel (bool, same shape)."""
+    import torch
+
+    # torch.quantile needs float32 (the pipelines cast there and back too)
+    cutoff = torch.quantile(magnitude.flatten(start_dim=2).float(), threshold, dim=2,
+                            keepdim=False).to(magnitude.dtype)
+    return magnitude >= cutoff[:, :, None, None]
 
 
 @dataclass
@@ -83,20 +111,14 @@ class SemanticGuidance(SamplerExtension):
         edits = torch.zeros((n, *guidance.shape), device=guidance.device, dtype=guidance.dtype)
         warm: list[int] = []
         for c, (concept, pred) in enumerate(zip(self.concepts, edit_preds, strict=True)):
-            cooldown = i + 1 if concept.cooldown_steps is None else concept.cooldown_steps
             if i >= concept.warmup_steps:
                 warm.append(c)
-            if i >= cooldown:
+            if i >= stops_at(concept, i):
                 continue  # this concept's guidance stays zero from its cooldown on
-            edit = pred - preds.uncond
-            if concept.reverse:
-                edit = -edit
             weights[c, :] = concept.weight
-            edit = edit * concept.scale
+            edit = concept_guidance(concept, pred, preds.uncond)
             # keep only the strongest (1 - threshold) fraction of each latent's entries
-            cutoff = torch.quantile(edit.abs().flatten(start_dim=2).float(), concept.threshold,
-                                    dim=2, keepdim=False).to(edit.dtype)
-            edits[c] = torch.where(edit.abs() >= cutoff[:, :, None, None], edit,
+            edits[c] = torch.where(quantile_mask(edit.abs(), concept.threshold), edit,
                                    torch.zeros_like(edit))
         if 0 < len(warm) < n:
             # Some concepts are past warm-up: they steer now, normalised among themselves.

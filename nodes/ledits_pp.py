@@ -1,0 +1,150 @@
+"""LEDITS++ nodes: invert a real image edit-friendly, then edit it with SEGA concepts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent, Tensor
+from nodes.diffusion.ledits_pp import SAMPLERS, LEditsInversion
+from nodes.diffusion.schedulers import SCHEDULES, unsupported_combination
+from nodes.diffusion.sega import SegaConcept
+
+if TYPE_CHECKING:
+    import torch
+
+
+class LEditsPPInvert(Node):
+    """LEDITS++ step 1: invert a real image so that it can be edited (Brack et al. 2024;
+    diffusers' ``LEditsPPPipelineStableDiffusion.invert``). Step 2 is Apply LEDITS++.
+
+    Wire the image's LATENT (VAE Encode), an empty-prompt CONDITIONING as ``negative`` and,
+    optionally, a ``source_prompt`` describing the image. Then sample with
+    **KSamplerAdvanced**: model from Apply LEDITS++, this node's ``latent``, the same
+    sampler_name and scheduler, and ``steps``, ``start_at_step`` and ``cfg`` linked from
+    this node's outputs; add_noise disable; positive = the source prompt (the empty one
+    without a source prompt), negative = the empty prompt. Sampled that way without edit
+    concepts, the image comes back (DDIM: exactly; DPM-Solver++: its last step ends on
+    the UNet's own estimate). Other sampler settings are an error that names the right
+    ones. (The pipeline edits with the empty prompt at cfg 1 even after a guided
+    inversion; wire that if you want its behaviour.)
+
+    How it works: the image is noised to each of the last ``num_inversion_steps`` steps
+    of an ``int(num_inversion_steps * (1 + skip))``-step schedule with independent noise
+    (``seed``); per step, the noise map that makes the sampler's stochastic step land on
+    the next noised image is kept (DPM-Solver++ 2M SDE, the pipeline's default, or DDIM
+    with eta 1: edit-friendly DDPM). ``skip`` leaves out the noisiest steps: larger keeps
+    more of the image (layout, textures), smaller allows larger changes.
+
+    On steerflow-shapes: 25 steps, skip 0.4, the image's caption as source prompt at 3.5
+    (pipeline defaults: 30 steps, skip 0.15). Cost: one UNet pass per inverted step
+    (a batch of two with a source prompt); the edit costs as much again plus one batch
+    entry per concept.
+    """
+
+    TYPE = "LEditsPPInvert"
+    DISPLAY_NAME = "LEDITS++ Inversion"
+    CATEGORY = "sampling/ledits_pp"
+    OUTPUTS = (Output("LATENT", "latent"), Output("LEDITS_INVERSION", "inversion"),
+               Output("INT", "steps"), Output("INT", "start_at_step"), Output("FLOAT", "cfg"))
+
+    model: DiffusionModel = Input(type="MODEL")
+    latent: Latent = Input(type="LATENT", description="The image's latent (VAE Encode)")
+    negative: Conditioning = Input(type="CONDITIONING",
+                                   description="The unconditional prompt (usually empty)")
+    num_inversion_steps: int = Input(25, min=1, max=1000,
+                                     description="Steps inverted and later sampled "
+                                                 "(the pipeline's default: 30)")
+    skip: float = Input(0.4, min=0.0, max=0.95, step=0.01,
+                        description="Fraction of the schedule's noisiest steps left out: "
+                                    "0.4 on steerflow-shapes, 0.1-0.2 on SD")
+    source_guidance_scale: float = Input(3.5, min=0.0, max=100.0, step=0.1,
+                                         description="Guidance by the source prompt (> 1); "
+                                                     "the edit samples with it (cfg output)")
+    seed: int = Input(0, min=0, max=2**64 - 1,
+                      description="Seed of the independent noise per step")
+    sampler_name: str = Input("dpmpp_2m_sde", choices=SAMPLERS)
+    scheduler: str = Input("ddim_uniform", choices=tuple(SCHEDULES),
+                           description="Timestep spacing (ddim_uniform: the pipeline's "
+                                       "leading spacing)")
+    source_prompt: Conditioning | None = Input(type="CONDITIONING", optional=True,
+                                               description="Describes the image (its "
+                                                           "caption on steerflow-shapes)")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problem = unsupported_combination(inputs["sampler_name"], inputs["scheduler"])
+        return [("scheduler", problem)] if problem else []
+
+    def execute(self, ctx: ExecutionContext
+                ) -> tuple[Latent, LEditsInversion, int, int, float]:
+        from dataclasses import replace
+
+        from nodes.diffusion.ledits_pp import edit_friendly_invert
+
+        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+            ctx.progress(step, total)  # also honours an interrupt
+
+        ctx.check_interrupt()
+        start, inversion = edit_friendly_invert(
+            self.model, self.negative, self.source_prompt, self.latent,
+            self.num_inversion_steps, self.skip, self.source_guidance_scale, self.seed,
+            self.sampler_name, self.scheduler, callback=on_step)
+        latent = replace(self.latent, samples=start, noise_mask=None)
+        guided = self.source_prompt is not None and self.source_guidance_scale > 1.0
+        cfg = self.source_guidance_scale if guided else 1.0
+        return latent, inversion, inversion.steps, inversion.start_at_step, cfg
+
+
+class ApplyLEditsPP(Node):
+    """LEDITS++ step 2: attach the edit of an inverted image to a model (see LEDITS++
+    Inversion for the sampler's settings). The edit is SEGA's semantic guidance: chain
+    SEGA Concept nodes, each adding or removing a text with its scale, warm-up, cool-down
+    and threshold (their ``weight`` is not used: the pipeline has none). The sampler
+    replays the inversion's noise maps, so what no concept touches stays as it was.
+
+    Implicit masks keep each concept's guidance where it acts (per step, from the
+    concept's ``threshold``): both options off, the noise mask: the strongest
+    ``1 - threshold`` of the latent's pixels (|guidance| summed over channels);
+    ``use_cross_attn_mask``: the concept's cross-attention (smoothed, at 1/4 of the latent
+    size); ``use_intersect_mask`` (the pipeline's default): both at once (the attention
+    alone at timesteps above 800). ``user_mask`` (MASK at the image or latent size) limits
+    every concept to where it is 1.
+
+    On steerflow-shapes, to recolour a shape: add the image's caption with the new colour
+    and remove the caption itself, scale 4, warm-up 0, threshold 0.95, both masks off
+    (this model understands whole captions, not lone words; its cross-attention marks the
+    shapes poorly). That recolours the shape in every dev case and keeps the rest, up to
+    the VAE, in about 4 of 5 (workflows/ledits_pp.json). Stable Diffusion 1.x (the
+    pipeline's defaults, not measured here): short concepts, scale 5-10, threshold
+    0.75-0.9, intersect mask. Cost: one UNet batch entry per concept and step.
+    """
+
+    TYPE = "ApplyLEditsPP"
+    DISPLAY_NAME = "Apply LEDITS++"
+    CATEGORY = "sampling/ledits_pp"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    inversion: LEditsInversion = Input(type="LEDITS_INVERSION")
+    concepts: tuple[SegaConcept, ...] = Input(type="SEGA_CONCEPTS")
+    use_cross_attn_mask: bool = Input(False, description="Mask by the concept's "
+                                      "cross-attention (implied by use_intersect_mask)")
+    use_intersect_mask: bool = Input(False, description="Mask by cross-attention AND the "
+                                     "guidance's strongest pixels (the pipeline's default "
+                                     "for SD; off on steerflow-shapes)")
+    user_mask: Tensor | None = Input(type="MASK", optional=True,
+                                     description="Edit only where this mask is 1")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.ledits_pp import LEditsPPGuidance
+
+        if not self.concepts:
+            raise ValueError("Apply LEDITS++ needs at least one SEGA Concept")
+        edit = LEditsPPGuidance(self.concepts, self.inversion, self.use_cross_attn_mask,
+                                self.use_intersect_mask, self.user_mask)
+        return (self.model.with_extension(edit),)
+
+
+NODE_CLASSES = (LEditsPPInvert, ApplyLEditsPP)
