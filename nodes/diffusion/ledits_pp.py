@@ -24,7 +24,8 @@ prompts the other way round for the pipeline's). Each edit concept adds SEGA's t
 - the cross-attention mask M¹: the concept's cross-attention (attention store, up and
   down blocks at 1/4 of the latent size), Gaussian-smoothed, above its ``threshold``
   quantile;
-- their intersection (the default; M¹ alone while t > 800), and an optional user mask.
+- their intersection (the pipeline's default; M¹ alone while t > 800), and an optional
+  user mask.
 
 Math, order of operations and constants follow the pipeline so results match it.
 """
