@@ -64,6 +64,16 @@ class UNetCall:
     down_intrablock_additional_residuals: list[torch.Tensor] | None = None
     cross_attention_kwargs: dict[str, Any] | None = None
 
+    def forward(self, unet: Any) -> torch.Tensor:
+        """Run ``unet`` on this call; returns its prediction."""
+        return unet(
+            self.sample, self.timestep, encoder_hidden_states=self.encoder_hidden_states,
+            cross_attention_kwargs=self.cross_attention_kwargs,
+            down_block_additional_residuals=self.down_block_additional_residuals,
+            mid_block_additional_residual=self.mid_block_additional_residual,
+            down_intrablock_additional_residuals=self.down_intrablock_additional_residuals,
+            return_dict=False)[0]
+
     def add_residuals(self, down: Sequence[torch.Tensor] | None,
                       mid: torch.Tensor | None) -> None:
         """Sum ControlNet-style residuals with any already added (several ControlNets)."""

@@ -261,18 +261,7 @@ class Pix2PixZero(SamplerExtension):
               roles: Sequence[str]) -> torch.Tensor:
         """One UNet pass of this extension: other extensions fill its inputs (a
         ControlNet's residuals, an inpainting UNet's channels) as for the sampler's."""
-        call = UNetCall(sample, sample, step.timestep, embeds)
-        with run.attention.roles_for(roles):
-            for ext in run.extensions:
-                if ext is not self:
-                    ext.unet_inputs(run, step, call)
-            return run.model.unet(
-                call.sample, step.timestep, encoder_hidden_states=call.encoder_hidden_states,
-                cross_attention_kwargs=call.cross_attention_kwargs,
-                down_block_additional_residuals=call.down_block_additional_residuals,
-                mid_block_additional_residual=call.mid_block_additional_residual,
-                down_intrablock_additional_residuals=call.down_intrablock_additional_residuals,
-                return_dict=False)[0]
+        return run.extension_pass(self, step, sample, embeds, roles)
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
         import torch

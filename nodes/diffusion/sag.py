@@ -151,18 +151,7 @@ class SelfAttentionGuidance(SamplerExtension):
         residuals, an inpainting UNet's extra channels); its batch is that role's rows,
         declared as the one role ``"sag"`` to the attention store.
         """
-        call = UNetCall(sample, sample, step.timestep, embeds)
-        with run.attention.roles_for((ROLE,)):
-            for ext in run.extensions:
-                if ext is not self:
-                    ext.unet_inputs(run, step, call)
-            return run.model.unet(
-                call.sample, step.timestep, encoder_hidden_states=call.encoder_hidden_states,
-                cross_attention_kwargs=call.cross_attention_kwargs,
-                down_block_additional_residuals=call.down_block_additional_residuals,
-                mid_block_additional_residual=call.mid_block_additional_residual,
-                down_intrablock_additional_residuals=call.down_intrablock_additional_residuals,
-                return_dict=False)[0]
+        return run.extension_pass(self, step, sample, embeds, (ROLE,))
 
     def teardown(self, run: SamplingRun) -> None:
         run.state.pop(self, None)

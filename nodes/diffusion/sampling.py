@@ -168,6 +168,19 @@ class SamplingRun:
         first, end = self.extra_chunks.get(id(extension), (0, 0))
         return self.roles[first:end]
 
+    def extension_pass(self, owner: SamplerExtension, step: Step, sample: torch.Tensor,
+                       embeds: torch.Tensor, roles: tuple[str, ...] | list[str]) -> torch.Tensor:
+        """An extension's own UNet pass (SAG's degraded latent, Pix2Pix-Zero's reference):
+        the other extensions fill its inputs as for the main pass (a ControlNet's
+        residuals, an inpainting UNet's channels), and its batch is declared to the
+        attention store as ``roles``."""
+        call = UNetCall(sample, sample, step.timestep, embeds)
+        with self.attention.roles_for(roles):
+            for ext in self.extensions:
+                if ext is not owner:
+                    ext.unet_inputs(self, step, call)
+            return call.forward(self.model.unet)
+
     @property
     def device(self) -> torch.device:
         return self.init_latents.device
@@ -263,13 +276,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
             call = UNetCall(model_input, model_input, t, embeds)
             for ext in exts:
                 ext.unet_inputs(run, step, call)
-            noise_pred = unet(
-                call.sample, t, encoder_hidden_states=call.encoder_hidden_states,
-                cross_attention_kwargs=call.cross_attention_kwargs,
-                down_block_additional_residuals=call.down_block_additional_residuals,
-                mid_block_additional_residual=call.mid_block_additional_residual,
-                down_intrablock_additional_residuals=call.down_intrablock_additional_residuals,
-                return_dict=False)[0]
+            noise_pred = call.forward(unet)
             if do_cfg or guided:  # guided: with CFG every extension, else without_cfg ones
                 noise_pred = _guided_prediction(run, step, noise_pred.chunk(n_chunks), guided,
                                                 extra_slices)
