@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
+from nodes.diffusion.concat import ConcatChannels, match_batch
+from nodes.diffusion.extensions import SamplerExtension, Step
 from nodes.diffusion.handles import DiffusionModel, InpaintCondition, Latent
 
 if TYPE_CHECKING:
@@ -65,17 +66,6 @@ def mask_to_latent(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask, size=(h, w), mode="nearest") if k > 1 else mask
 
 
-def match_batch(value: torch.Tensor, batch: int, what: str,
-                against: str = "latent") -> torch.Tensor:
-    """Repeat a batch of 1 to ``batch``; any other mismatch is an error."""
-    if value.shape[0] == batch:
-        return value
-    if value.shape[0] == 1:
-        return value.expand(batch, *value.shape[1:])
-    raise ValueError(f"the {what} has a batch of {value.shape[0]} but the {against} has "
-                     f"{batch}; use one {what} or one per {against}")
-
-
 def binarize(mask: torch.Tensor) -> torch.Tensor:
     """1 where ``mask >= 0.5``, else 0 (diffusers' ``VaeImageProcessor.binarize``)."""
     return (mask >= 0.5).to(mask.dtype)
@@ -113,17 +103,16 @@ class NoiseMaskBlend(SamplerExtension):
         run.state.pop(self, None)
 
 
-class InpaintConcat(SamplerExtension):
-    """Concatenate ``[latents, mask, masked_image_latents]`` on the UNet input every step
-    (diffusers' inpainting pipeline with a 9-channel UNet). ``latent_input`` stays the
-    4-channel latent, which is what a ControlNet sees."""
+class InpaintConcat(ConcatChannels):
+    """Concatenate ``[mask, masked_image_latents]`` after the latents every step
+    (diffusers' inpainting pipeline with a 9-channel UNet)."""
 
-    priority = 10  # fix the UNet's input layout before anything else reads it
+    label = "mask and masked image"
 
     def __init__(self, condition: InpaintCondition):
         self.condition = condition
 
-    def setup(self, run: SamplingRun) -> None:
+    def channels(self, run: SamplingRun) -> torch.Tensor:
         latents = run.init_latents
         batch, size = latents.shape[0], tuple(latents.shape[-2:])
         mask = match_batch(binarize(mask_to_latent(self.condition.mask, size)), batch,
@@ -133,22 +122,7 @@ class InpaintConcat(SamplerExtension):
             raise ValueError(f"the masked image latents are {tuple(masked.shape[-2:])} but the "
                              f"latent is {size}; encode both from the same image")
         masked = match_batch(masked, batch, "masked image")
-        channels = latents.shape[1] + mask.shape[1] + masked.shape[1]
-        expected = int(run.model.unet.config.in_channels)
-        if channels != expected:
-            raise ValueError(f"the UNet takes {expected} input channels but latents, mask and "
-                             f"masked image give {channels}")
-        run.state[self] = (mask.to(device=run.device, dtype=run.dtype),
-                           masked.to(device=run.device, dtype=run.dtype))
-
-    def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
-        mask, masked = run.state[self]
-        copies = call.sample.shape[0] // mask.shape[0]  # the CFG batch [uncond, cond, ...]
-        call.sample = torch.cat(
-            [call.sample, mask.repeat(copies, 1, 1, 1), masked.repeat(copies, 1, 1, 1)], dim=1)
-
-    def teardown(self, run: SamplingRun) -> None:
-        run.state.pop(self, None)
+        return torch.cat([mask.to(masked.dtype), masked], dim=1)
 
 
 def latent_extensions(model: DiffusionModel, latent: Latent) -> list[SamplerExtension]:
