@@ -29,8 +29,10 @@ def test_example_runs(fresh_session, path):
     wf = Workflow.load(path)
     assert wf.document is not None and wf.document.get("extra", {}).get("description")
     for node_id, node in wf.prompt.items():
-        if "steps" in node.get("inputs", {}):
-            wf.set(f"{node_id}.steps", 3)  # the same for sampler and inversion
+        for name in ("steps", "num_inversion_steps"):
+            # a linked count (a sampler taking an inversion's steps) follows its source
+            if isinstance(node.get("inputs", {}).get(name), int):
+                wf.set(f"{node_id}.{name}", 3)  # the same for sampler and inversion
     result = fresh_session.run(wf)
     assert result.ok, result.run.error
     assert result.image_paths and all(p.is_file() for p in result.image_paths)
