@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from engine.session import Session
@@ -173,6 +173,54 @@ def diffedit_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> A
          callback=clock.tick, callback_steps=1, output_type="latent")
 
 
+LEDITS_CONCEPTS = [("a green circle at the top left", "add"),
+                   ("a red circle at the top left", "remove")]
+LEDITS = {"skip": 0.2, "source_guidance_scale": 3.5, "scale": 5.0, "threshold": 0.9}
+
+
+def ledits_graph(g: Graph) -> None:
+    steps, seed = g["3"]["inputs"]["steps"], g["3"]["inputs"]["seed"]
+    g["10"] = {"class_type": "LoadImage", "inputs": {"image": "bench_picture.png"}}
+    g["6"]["inputs"]["text"] = DIFFEDIT_SOURCE
+    g["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    g["12"] = {"class_type": "LEditsPPInvert", "inputs": {
+        "model": ["4", 0], "latent": ["11", 0], "negative": ["7", 0], "source_prompt": ["6", 0],
+        "num_inversion_steps": steps, "skip": LEDITS["skip"], "seed": seed,
+        "source_guidance_scale": LEDITS["source_guidance_scale"],
+        "sampler_name": "dpmpp_2m_sde", "scheduler": "ddim_uniform"}}
+    previous: list[Any] | None = None
+    for n, (text, direction) in enumerate(LEDITS_CONCEPTS):
+        g[f"c{n}"] = {"class_type": "SEGAConcept", "inputs": {
+            "clip": ["4", 1], "text": text, "direction": direction, "scale": LEDITS["scale"],
+            "warmup_steps": 0, "cooldown_steps": 10000, "threshold": LEDITS["threshold"],
+            **({"previous": previous} if previous else {})}}
+        previous = [f"c{n}", 0]
+    g["15"] = {"class_type": "ApplyLEditsPP", "inputs": {
+        "model": ["4", 0], "inversion": ["12", 1], "concepts": previous,
+        "use_cross_attn_mask": False, "use_intersect_mask": False}}
+    g["3"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": ["15", 0], "add_noise": "disable", "noise_seed": 0, "steps": ["12", 2],
+        "cfg": ["12", 4], "sampler_name": "dpmpp_2m_sde", "scheduler": "ddim_uniform",
+        "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["12", 0],
+        "start_at_step": ["12", 3], "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
+
+
+def ledits_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> Any:
+    from PIL import Image
+
+    image = Image.fromarray(bench_picture(common["height"], common["width"]))
+    pipe.invert(image=image, source_prompt=DIFFEDIT_SOURCE,
+                source_guidance_scale=LEDITS["source_guidance_scale"],
+                num_inversion_steps=common["num_inference_steps"], skip=LEDITS["skip"],
+                generator=common["generator"])
+    n = len(LEDITS_CONCEPTS)
+    pipe(editing_prompt=[text for text, _ in LEDITS_CONCEPTS],
+         reverse_editing_direction=[d == "remove" for _, d in LEDITS_CONCEPTS],
+         edit_guidance_scale=[LEDITS["scale"]] * n, edit_warmup_steps=[0] * n,
+         edit_threshold=[LEDITS["threshold"]] * n, use_intersect_mask=False,
+         use_cross_attn_mask=False, output_type="latent", callback_on_step_end=clock.tick)
+
+
 def bench_picture(height: int, width: int) -> Any:
     import numpy as np
 
@@ -225,6 +273,8 @@ CASES: list[Case] = [
          p2pz_reference),
     Case("diffedit", "StableDiffusionDiffEditPipeline (the call, strength 0.8)",
          diffedit_graph, diffedit_reference),
+    Case("ledits_pp", "LEditsPPPipelineStableDiffusion (the call, skip 0.2, 2 concepts)",
+         ledits_graph, ledits_reference),
 ]
 
 PIPELINES = {
@@ -235,6 +285,12 @@ PIPELINES = {
     "attend_excite": ("diffusers", "StableDiffusionAttendAndExcitePipeline"),
     "pix2pix_zero": ("diffusers", "StableDiffusionPix2PixZeroPipeline"),
     "diffedit": ("diffusers", "StableDiffusionDiffEditPipeline"),
+    "ledits_pp": ("diffusers", "LEditsPPPipelineStableDiffusion"),
+}
+#: the scheduler each reference runs (DDIM unless named here)
+SCHEDULERS = {
+    "ledits_pp": lambda cfg: DPMSolverMultistepScheduler.from_config(
+        cfg, algorithm_type="sde-dpmsolver++", solver_order=2),
 }
 #: constructor arguments some reference pipelines need besides the SD parts
 EXTRA_PARTS = {
@@ -276,7 +332,8 @@ def main() -> None:
     for case in cases:
         extra = EXTRA_PARTS.get(case.name, lambda cfg: {})(c.scheduler_config)
         pipe = _pipe(*PIPELINES[case.name], {**parts, **extra})
-        pipe.scheduler = DDIMScheduler.from_config(c.scheduler_config)
+        pipe.scheduler = SCHEDULERS.get(case.name, DDIMScheduler.from_config)(
+            c.scheduler_config)
 
         def ours(seed: int, case: Case = case) -> float:
             g = base_graph(args.size, args.steps, seed)
