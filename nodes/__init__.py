@@ -16,6 +16,7 @@ from nodes import (
     attend_excite,
     conditioning,
     controlnet,
+    depth2img,
     diffedit,
     image,
     inpaint,
@@ -44,6 +45,7 @@ NODE_CLASSES = (
     *sampling.NODE_CLASSES,
     *sampling_advanced.NODE_CLASSES,
     *inpaint.NODE_CLASSES,
+    *depth2img.NODE_CLASSES,
     *inversion.NODE_CLASSES,
     *diffedit.NODE_CLASSES,
     *sega.NODE_CLASSES,
@@ -61,7 +63,7 @@ NODE_CLASSES = (
 )
 
 
-MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings")
+MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth")
 
 
 def setup(env: Environment) -> None:

@@ -12,7 +12,8 @@ attention store. ``latent_input`` stays the plain latent: what a ControlNet sees
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +21,36 @@ from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
+
+
+#: UNets that take channels besides the latents, by ``in_channels``: what the model is
+#: and the node that supplies the extra channels (named when a run leaves them out).
+CONCAT_UNETS: dict[int, tuple[str, str]] = {
+    5: ("a depth-to-image model (latents + a depth map)", "Depth2Image Conditioning"),
+    8: ("an Instruct-Pix2Pix model (latents + the input image's latents)",
+        "InstructPixToPixConditioning"),
+    9: ("an inpainting model (latents + mask + masked image)",
+        "VAE Encode (for Inpainting) or InpaintModelConditioning"),
+}
+
+
+def unet_kind(in_channels: int) -> tuple[str, str] | None:
+    """``(what the model is, the node to use)`` for a UNet with extra input channels."""
+    return CONCAT_UNETS.get(int(in_channels))
+
+
+def check_input_channels(unet: Any, latent_channels: int,
+                         extensions: Sequence[SamplerExtension]) -> None:
+    """A UNet with extra input channels needs the extension that supplies them: say which
+    node that is (not a convolution shape error), e.g. a plain text-to-image run on a
+    depth model."""
+    expected = int(getattr(unet.config, "in_channels", latent_channels))
+    if expected == latent_channels or any(isinstance(e, ConcatChannels) for e in extensions):
+        return
+    what, node = unet_kind(expected) or (f"a model with {expected} input channels", "")
+    hint = f"; sample it through {node}" if node else ""
+    raise ValueError(f"this is {what}: its UNet takes {expected} input channels but the latent "
+                     f"has {latent_channels}{hint}")
 
 
 def match_batch(value: torch.Tensor, batch: int, what: str,

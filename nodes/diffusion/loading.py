@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from nodes.diffusion.concat import unet_kind
 from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX, read_config_metadata
 from nodes.diffusion.tokenizer import load_clip_tokenizer
 
@@ -224,10 +225,16 @@ def load_original_state_dict(
     configs = read_config_metadata(metadata)
     if configs is None:
         configs = family_configs(detect_family({k: tuple(v.shape) for k, v in state_dict.items()}))
-        # Inpainting variants widen conv_in; the rest of the architecture is unchanged.
+        # Inpainting, depth and Instruct-Pix2Pix variants widen conv_in; the rest of the
+        # architecture is unchanged.
         conv_in = state_dict.get(UNET_PREFIX + "input_blocks.0.0.weight")
         if conv_in is not None:
             configs["unet"]["in_channels"] = int(conv_in.shape[1])
+            if configs["family"] == "sd2" and unet_kind(conv_in.shape[1]) is not None:
+                # SD 2's inpainting and depth models are 512-px epsilon fine-tunes of 2-base,
+                # not of the 768-px v-prediction 2.1 the shipped configs describe.
+                configs["scheduler"]["prediction_type"] = "epsilon"
+                configs["unet"]["sample_size"] = 64
     unet_config, vae_config, text_config = configs["unet"], configs["vae"], configs["text_encoder"]
     family = configs.get("family") or _family_from_configs(unet_config, text_config)
 

@@ -19,6 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from nodes.diffusion import attention
 from nodes.diffusion.combine import CombinedConditioning
+from nodes.diffusion.concat import check_input_channels
 from nodes.diffusion.extensions import (
     Predictions,
     SamplerExtension,
@@ -216,8 +217,10 @@ def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: 
                  for ext in entry.options.get("extensions", ())]
     combined = ([CombinedConditioning(positive, negative)]
                 if len(positive.entries) > 1 or len(negative.entries) > 1 else [])
-    return unique_extensions(combined, model.extensions, from_cond,
-                             latent_extensions(model, latent))
+    extensions = unique_extensions(combined, model.extensions, from_cond,
+                                   latent_extensions(model, latent))
+    check_input_channels(model.unet, latent.samples.shape[1], extensions)
+    return extensions
 
 
 @torch.no_grad()
