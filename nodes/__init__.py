@@ -18,6 +18,7 @@ from nodes import (
     controlnet,
     depth2img,
     diffedit,
+    gligen,
     image,
     inpaint,
     inversion,
@@ -56,6 +57,7 @@ NODE_CLASSES = (
     *pag.NODE_CLASSES,
     *controlnet.NODE_CLASSES,
     *t2i_adapter.NODE_CLASSES,
+    *gligen.NODE_CLASSES,
     *image.NODE_CLASSES,
     *masks.NODE_CLASSES,
     *preprocessors.NODE_CLASSES,
@@ -63,7 +65,8 @@ NODE_CLASSES = (
 )
 
 
-MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth")
+MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",
+                 "gligen")
 
 
 def setup(env: Environment) -> None:

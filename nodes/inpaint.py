@@ -13,17 +13,24 @@ Three ways in, matching diffusers' ``StableDiffusionInpaintPipeline``:
 
 Greying pixels in 0..1 to 0.5 is the same as diffusers' ``image * (mask < 0.5)``
 in -1..1, so the greyed latent is diffusers' ``masked_image_latents``.
+
+Soft (feathered) masks: the 9-channel input always uses the mask binarised at 0.5
+(diffusers and ComfyUI alike); a noise mask on a latent of the real image blends soft
+values (ComfyUI; diffusers binarises: put a Threshold Mask in front to match it); the
+noise mask of ``VAEEncodeForInpaint`` is binary (ComfyUI's ``round``), because its latent
+is the greyed image and blending it back would tint the seam grey. Outpainting is
+``ImagePadForOutpaint`` (grey canvas + mask) into any of the three.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from engine import ExecutionContext, Input, Node, Output
+from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, InpaintCondition, Latent, Tensor, Vae
 from nodes.latent import encode
-from nodes.masks import dilate
+from nodes.masks import MAX_PIXELS, dilate
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +48,11 @@ def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int) -> 
                          f"{pixels.shape[2]}x{pixels.shape[1]}; they must be the same size")
     mask = match_batch(mask, pixels.shape[0], "mask", "image")
     h, w = pixels.shape[1] // factor * factor, pixels.shape[2] // factor * factor
+    if (mask[:, h:] > 0).any() or (mask[:, :, w:] > 0).any():
+        raise ValueError(
+            f"the image is {pixels.shape[2]}x{pixels.shape[1]}, not a multiple of the VAE's "
+            f"downscale {factor}: the VAE would crop it to {w}x{h} and drop part of the masked "
+            f"region; make the size a multiple of {factor} (pad or crop the image first)")
     return mask[:, :h, :w].to(pixels.device)
 
 
@@ -99,7 +111,10 @@ class VAEEncodeForInpaint(Node):
     For full-denoise inpainting (the greyed region carries no content to keep).
     With a 9-channel inpainting model the latent also feeds its masked-image input.
     ``grow_mask_by`` enlarges the noise mask by about half that many pixels on each
-    side, so the seam is repainted too.
+    side, so the seam is repainted too. A soft mask (feathered, blurred) is rounded at
+    0.5 first, as ComfyUI does: the greyed pixels must be repainted fully, or the grey
+    latent would show through at the seam (for a soft seam use VAE Encode + Set Latent
+    Noise Mask, or InpaintModelConditioning).
     """
 
     TYPE = "VAEEncodeForInpaint"
@@ -113,8 +128,11 @@ class VAEEncodeForInpaint(Node):
     grow_mask_by: int = Input(6, min=0, max=64, step=1)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        from nodes.diffusion.masking import binarize
+
         mask = fit_mask_to_image(self.mask, self.pixels, self.vae.downscale)
-        grown = dilate(mask, self.grow_mask_by // 2).clamp(0, 1) if self.grow_mask_by else mask
+        hard = binarize(mask)  # exactly the greyed pixels: they must all be repainted
+        grown = dilate(hard, self.grow_mask_by // 2).clamp(0, 1) if self.grow_mask_by else hard
         samples = encode(self.vae, grey_masked(self.pixels, mask))
         condition = inpaint_condition(self.vae, self.pixels, grown, masked_latents=samples)
         return (Latent(samples, noise_mask=grown[:, None], inpaint=condition),)
@@ -150,6 +168,97 @@ class InpaintModelConditioning(Node):
         latent = Latent(samples, noise_mask=mask[:, None] if self.noise_mask else None,
                         inpaint=condition)
         return self.positive, self.negative, latent
+
+
+def outpaint_mask(height: int, width: int, left: int, top: int, right: int, bottom: int,
+                  feathering: int) -> torch.Tensor:
+    """ComfyUI's outpainting mask ``[H + top + bottom, W + left + right]``: 1 on the new
+    border; inside the picture ``((f - d) / f)²`` within ``f = feathering`` pixels of a
+    padded side (``d``: distance to it, counted from 0 at a top/left edge and from 1 at
+    a bottom/right one, as ComfyUI counts), else 0. No feathering unless ``2f`` is below
+    both sides of the picture."""
+    import torch
+
+    mask = torch.ones(height + top + bottom, width + left + right)
+    inner = torch.zeros(height, width, dtype=torch.float64)
+    if feathering > 0 and feathering * 2 < height and feathering * 2 < width:
+        rows = torch.arange(height, dtype=torch.float64)[:, None]
+        cols = torch.arange(width, dtype=torch.float64)[None, :]
+        far_h, far_w = torch.full_like(rows, height), torch.full_like(cols, width)
+        d = torch.minimum(
+            torch.minimum(rows if top else far_h, height - rows if bottom else far_h),
+            torch.minimum(cols if left else far_w, width - cols if right else far_w))
+        rise = (feathering - d) / feathering
+        inner = torch.where(d < feathering, rise * rise, torch.zeros_like(rise))
+    mask[top:top + height, left:left + width] = inner.float()
+    return mask
+
+
+class ImagePadForOutpaint(Node):
+    """Outpainting: put the picture on a larger mid-grey canvas and mask the new border
+    (ComfyUI's node): the sampler then draws what lies beyond the picture's edges.
+
+    Wiring: Load Image → this → VAE Encode (for Inpainting) (``pixels`` and ``mask``) →
+    the sampler at denoise 1.0, with any model (a 4-channel one like the default
+    steerflow-shapes, or a 9-channel inpainting model); or, for a 9-channel model,
+    InpaintModelConditioning; or VAE Encode + Set Latent Noise Mask. Prompt the whole
+    new picture (the model continues what the prompt and the kept pixels suggest).
+
+    ``left``/``top``/``right``/``bottom`` (pixels, steps of 8) are the new border;
+    adding up to about the picture's own size keeps the result near the size the model
+    was trained at (the default model: 64x64 pictures → 64-128 px). ``feathering``
+    softens the mask inside the picture over that many pixels from each padded side
+    (value ``((f - d) / f)²``), only when ``2 x feathering`` is below the picture's width
+    and height (ComfyUI's default 40 does nothing on a 64 px picture: use 8-16 there).
+    VAE Encode (for Inpainting) rounds a soft mask (ComfyUI), so feathering only moves
+    its seam by ~0.3 x feathering pixels; with Set Latent Noise Mask or
+    InpaintModelConditioning's noise mask the old and new latents cross-fade there.
+    The padded size must stay within 16384 pixels a side and be a multiple of the VAE's
+    downscale for the encoders (it is when the picture's is).
+    """
+
+    TYPE = "ImagePadForOutpaint"
+    DISPLAY_NAME = "Pad Image for Outpainting"
+    CATEGORY = "image"
+    OUTPUTS = (Output("IMAGE"), Output("MASK"))
+
+    image: Tensor = Input(type="IMAGE")
+    left: int = Input(0, min=0, max=MAX_PIXELS, step=8, description="New pixels on the left")
+    top: int = Input(0, min=0, max=MAX_PIXELS, step=8, description="New pixels at the top")
+    right: int = Input(0, min=0, max=MAX_PIXELS, step=8, description="New pixels on the right")
+    bottom: int = Input(0, min=0, max=MAX_PIXELS, step=8,
+                        description="New pixels at the bottom")
+    feathering: int = Input(40, min=0, max=MAX_PIXELS, step=1,
+                            description="Soften the mask this many pixels into the picture")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems: list[tuple[str | None, str]] = []
+        for a, b in (("left", "right"), ("top", "bottom")):
+            first, second = inputs.get(a), inputs.get(b)
+            if isinstance(first, int) and isinstance(second, int) and first + second > MAX_PIXELS:
+                problems.append((b, f"{a} + {b} is {first + second}: an image has at most "
+                                    f"{MAX_PIXELS} pixels a side"))
+        return problems
+
+    def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        image = self.image
+        if not isinstance(image, torch.Tensor) or image.dim() != 4:
+            raise ValueError("image must be an IMAGE [B, H, W, C]")
+        batch, height, width, channels = image.shape
+        new_h, new_w = height + self.top + self.bottom, width + self.left + self.right
+        if new_h > MAX_PIXELS or new_w > MAX_PIXELS:
+            raise ValueError(f"the padded image would be {new_w}x{new_h}; an image has at "
+                             f"most {MAX_PIXELS} pixels a side: pad less")
+        canvas = torch.full((batch, new_h, new_w, channels), 0.5, dtype=torch.float32,
+                            device=image.device)
+        canvas[:, self.top:self.top + height, self.left:self.left + width] = image
+        mask = outpaint_mask(height, width, self.left, self.top, self.right, self.bottom,
+                             self.feathering)
+        return canvas, mask[None].to(image.device)
 
 
 class ImageCompositeMasked(Node):
@@ -205,4 +314,4 @@ class ImageCompositeMasked(Node):
 
 
 NODE_CLASSES = (SetLatentNoiseMask, VAEEncodeForInpaint, InpaintModelConditioning,
-                ImageCompositeMasked)
+                ImagePadForOutpaint, ImageCompositeMasked)

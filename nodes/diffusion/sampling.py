@@ -30,6 +30,7 @@ from nodes.diffusion.extensions import (
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
 from nodes.diffusion.lora import lora_patched
 from nodes.diffusion.masking import latent_extensions
+from nodes.diffusion.module_patches import run_scoped
 from nodes.diffusion.prompt_weighting import match_token_lengths
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -225,6 +226,7 @@ def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: 
 
 @torch.no_grad()
 @lora_patched  # the MODEL's LoRA patches are on the UNet's weights for the run only
+@run_scoped  # modules extensions attach to the UNet (GLIGEN's layers) for the run only
 def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
            negative: Conditioning, latent: Latent, params: SamplingParams,
            callback: StepCallback | None = None) -> torch.Tensor:
