@@ -236,6 +236,11 @@ class Case:
     pipeline: str  # the diffusers reference
     edit: Callable[[Graph], None]
     reference: Callable[[Any, dict[str, Any], StepClock], Any]
+    #: writes what the case needs besides the built-in models into the models folder
+    install: Callable[[Path], None] | None = None
+    #: builds the reference from (models folder, steerflow-tiny's parts); default:
+    #: ``PIPELINES[name]`` from the shared parts (+ ``EXTRA_PARTS``), DDIM or ``SCHEDULERS``
+    make_pipe: Callable[[Path, dict[str, Any]], Any] | None = None
 
 
 def _pipe(module: str, name: str, parts: dict[str, Any]) -> Any:
@@ -300,8 +305,9 @@ EXTRA_PARTS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run(cases: list[Case], description: str) -> None:
+    """Time ``cases`` (those ``--only`` names) side by side and print the ratios."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
@@ -317,7 +323,8 @@ def main() -> None:
 
     Image.fromarray(bench_picture(args.size, args.size)).save(
         session.env.folder("input", create=True) / "bench_picture.png")
-    c = load_components(session.env.folder("models") / "checkpoints" / "steerflow-tiny")
+    models = session.env.folder("models")
+    c = load_components(models / "checkpoints" / "steerflow-tiny")
     parts = {"vae": c.vae, "text_encoder": c.text_encoder, "tokenizer": c.tokenizer,
              "unet": c.unet, "safety_checker": None, "feature_extractor": None,
              "requires_safety_checker": False,
@@ -325,15 +332,20 @@ def main() -> None:
     common = {"negative_prompt": NEGATIVE, "num_inference_steps": args.steps,
               "guidance_scale": 7.5, "height": args.size, "width": args.size,
               "output_type": "latent"}
-    cases = [case for case in CASES if args.only is None or case.name in args.only]
-    print(f"step time, {args.size}x{args.size}, DDIM {args.steps} steps, cfg 7.5, tiny model, "
+    cases = [case for case in cases if args.only is None or case.name in args.only]
+    print(f"step time, {args.size}x{args.size}, {args.steps} steps, cfg 7.5, tiny models, "
           f"{args.threads} thread(s), median of {args.repeats} interleaved runs")
     print(f"{'technique':<16}{'ours ms':>10}{'diffusers ms':>14}{'ratio':>8}  reference")
     for case in cases:
-        extra = EXTRA_PARTS.get(case.name, lambda cfg: {})(c.scheduler_config)
-        pipe = _pipe(*PIPELINES[case.name], {**parts, **extra})
-        pipe.scheduler = SCHEDULERS.get(case.name, DDIMScheduler.from_config)(
-            c.scheduler_config)
+        if case.install is not None:
+            case.install(models)
+        if case.make_pipe is not None:
+            pipe = case.make_pipe(models, parts)
+        else:
+            extra = EXTRA_PARTS.get(case.name, lambda cfg: {})(c.scheduler_config)
+            pipe = _pipe(*PIPELINES[case.name], {**parts, **extra})
+            pipe.scheduler = SCHEDULERS.get(case.name, DDIMScheduler.from_config)(
+                c.scheduler_config)
 
         def ours(seed: int, case: Case = case) -> float:
             g = base_graph(args.size, args.steps, seed)
@@ -363,4 +375,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(CASES, __doc__.split("\n")[0])
