@@ -13,6 +13,9 @@ TINY_NAME = "steerflow-tiny"
 TINY_CONTROLNET_NAME = "steerflow-tiny-controlnet"
 SHAPES_NAME = "steerflow-shapes"
 SHAPES_CONTROLNET_NAME = "steerflow-shapes-controlnet"
+SHAPES_IP2P_NAME = "steerflow-shapes-ip2p"
+#: shipped alone: installing pairs it with steerflow-shapes' VAE and text encoder
+SHAPES_IP2P_UNET = f"{SHAPES_IP2P_NAME}-unet"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "weights"
 DIFFUSERS_MARKERS = {"checkpoints": "model_index.json", "controlnet": "config.json"}
 
@@ -35,4 +38,6 @@ def all_installed(models_dir: Path) -> bool:
     wanted += [(role, name) for role, name in (("checkpoints", SHAPES_NAME),
                                                ("controlnet", SHAPES_CONTROLNET_NAME))
                if shipped_weights(name).is_file()]
+    if shipped_weights(SHAPES_IP2P_UNET).is_file():
+        wanted.append(("checkpoints", SHAPES_IP2P_NAME))
     return all(is_installed(models_dir, role, name) for role, name in wanted)

@@ -15,21 +15,27 @@ cast to the run's dtype), so they give identical images.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import PNDMScheduler, StableDiffusionPipeline
+from diffusers import PNDMScheduler, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exported)
     SHAPES_CONTROLNET_NAME,
+    SHAPES_IP2P_NAME,
+    SHAPES_IP2P_UNET,
     SHAPES_NAME,
     WEIGHTS_DIR,
     shipped_weights,
 )
 from nodes.diffusion.controlnet_loading import load_controlnet
 from nodes.diffusion.loading import load_components
+from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX
 from nodes.diffusion.tiny import ensure_built
 
 
@@ -45,9 +51,10 @@ def _install(target_dir: Path, name: str, save_folder: Callable[[Path, Path], No
     return {"diffusers": folder, "single_file": single}
 
 
-def _save_pipeline_folder(single: Path, folder: Path) -> None:
+def _save_pipeline_folder(single: Path, folder: Path,
+                          pipeline_cls: type = StableDiffusionPipeline) -> None:
     loaded = load_components(single)
-    pipe = StableDiffusionPipeline(
+    pipe = pipeline_cls(
         vae=loaded.vae, text_encoder=loaded.text_encoder, tokenizer=loaded.tokenizer,
         unet=loaded.unet, scheduler=PNDMScheduler.from_config(loaded.scheduler_config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -68,8 +75,35 @@ def install_shapes_controlnet(target_dir: Path) -> dict[str, Path]:
     return _install(target_dir, SHAPES_CONTROLNET_NAME, _save_controlnet_folder)
 
 
+def merge_unet(base: Path, unet_file: Path, out: Path) -> None:
+    """Write ``base`` (an original-layout single file) with its UNet replaced by the one in
+    ``unet_file`` (UNet keys and config alone, as ``training.export.save_unet_half``)."""
+    with safe_open(str(base), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()  # noqa: SIM118 - not a Mapping
+                   if not k.startswith(UNET_PREFIX)}
+    with safe_open(str(unet_file), framework="pt") as f:
+        unet_config = json.loads(f.metadata()[CONFIG_METADATA_KEY])["unet"]
+        tensors.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
+    configs = {**json.loads(metadata[CONFIG_METADATA_KEY]), "unet": unet_config}
+    metadata[CONFIG_METADATA_KEY] = json.dumps(configs, sort_keys=True)
+    save_file(tensors, str(out), metadata=metadata)
+
+
+def install_shapes_ip2p(target_dir: Path) -> dict[str, Path]:
+    """Write ``steerflow-shapes-ip2p`` in both formats under ``target_dir``: the shipped
+    Instruct-Pix2Pix UNet with steerflow-shapes' VAE, text encoder and scheduler."""
+    target_dir = Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    single, folder = target_dir / f"{SHAPES_IP2P_NAME}.safetensors", target_dir / SHAPES_IP2P_NAME
+    merge_unet(shipped_weights(SHAPES_NAME), shipped_weights(SHAPES_IP2P_UNET), single)
+    _save_pipeline_folder(single, folder, StableDiffusionInstructPix2PixPipeline)
+    return {"diffusers": folder, "single_file": single}
+
+
 def ensure_shapes_model(models_dir: Path) -> Path | None:
-    """Install the shipped default model (and its ControlNet) into ``models_dir`` once.
+    """Install the shipped default model (and its ControlNet and Instruct-Pix2Pix model) into
+    ``models_dir`` once.
 
     Returns the model's diffusers folder, or None when the weights are not shipped.
     """
@@ -80,4 +114,7 @@ def ensure_shapes_model(models_dir: Path) -> Path | None:
     if shipped_weights(SHAPES_CONTROLNET_NAME).is_file():
         ensure_built(models_dir, "controlnet", SHAPES_CONTROLNET_NAME, "config.json",
                      install_shapes_controlnet)
+    if shipped_weights(SHAPES_IP2P_UNET).is_file():
+        ensure_built(models_dir, "checkpoints", SHAPES_IP2P_NAME, "model_index.json",
+                     install_shapes_ip2p)
     return folder
