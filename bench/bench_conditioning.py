@@ -6,7 +6,7 @@ between the first and the last step callback, so encoding, depth estimation, VAE
 and set-up are excluded on both sides.
 
     .venv/bin/python bench/bench_conditioning.py [--size 128] [--steps 10] [--repeats 5]
-        [--only depth2img gligen ...]
+        [--only instruct_pix2pix depth2img gligen ...]
 """
 
 from __future__ import annotations
@@ -128,7 +128,53 @@ def gligen_pipe(models: Path, parts: dict[str, Any]) -> Any:
     return pipe
 
 
+# --- Instruct Pix2Pix: the tiny 8-channel model editing the bench picture ------------------
+
+IP2P_CKPT = "steerflow-tiny-ip2p"
+IP2P_IMAGE_CFG = 1.5
+
+
+def install_ip2p(models: Path) -> None:
+    from nodes.diffusion.tiny_ip2p import save_tiny_ip2p_model
+
+    if not (models / "checkpoints" / IP2P_CKPT / "model_index.json").is_file():
+        save_tiny_ip2p_model(models / "checkpoints")
+
+
+def ip2p_graph(g: Graph) -> None:
+    g["4"]["inputs"]["ckpt_name"] = IP2P_CKPT
+    g["10"] = {"class_type": "LoadImage", "inputs": {"image": "bench_picture.png"}}
+    g["12"] = {"class_type": "InstructPixToPixConditioning", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "vae": ["4", 2], "pixels": ["10", 0],
+        "image_cfg": IP2P_IMAGE_CFG}}
+    del g["5"]
+    g["3"]["inputs"].update(positive=["12", 0], negative=["12", 1], latent_image=["12", 2])
+
+
+def ip2p_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> Any:
+    from PIL import Image
+
+    image = Image.fromarray(bench_picture(common["height"], common["width"]))
+    kwargs = {k: v for k, v in common.items() if k not in ("height", "width")}
+    pipe(PROMPT, image=image, image_guidance_scale=IP2P_IMAGE_CFG,
+         callback_on_step_end=clock.tick, **kwargs)
+
+
+def ip2p_pipe(models: Path, parts: dict[str, Any]) -> Any:
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from nodes.diffusion.loading import load_components
+
+    c = load_components(models / "checkpoints" / IP2P_CKPT)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        **{**parts, "vae": c.vae, "text_encoder": c.text_encoder, "unet": c.unet})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 CASES: list[Case] = [
+    Case("instruct_pix2pix", "StableDiffusionInstructPix2PixPipeline (image_cfg 1.5)",
+         ip2p_graph, ip2p_reference, install_ip2p, ip2p_pipe),
     Case("depth2img", "StableDiffusionDepth2ImgPipeline (strength 0.8, DPT estimator)",
          depth_graph, depth_reference, install_depth, depth_pipe),
     Case("gligen", "StableDiffusionGLIGENPipeline (2 boxes, beta 0.3)", gligen_graph,
