@@ -140,11 +140,12 @@ class _Interrupt(Exception):
     pass
 
 
-def _toy_loop(folder: Path, stop_at: int | None = None) -> torch.nn.Module:
+def _toy_loop(folder: Path, stop_at: int | None = None,
+              planned_stop: int | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
     cfg = LoopConfig(steps=6, lr=1e-2, warmup_steps=2, save_every=2, ema_decay=0.9,
-                     progress=False)
+                     progress=False, stop_at=planned_stop)
 
     def loss_fn(step: int) -> torch.Tensor:
         if step == stop_at:
@@ -168,6 +169,17 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path: Path) -> None:
         assert torch.equal(p, q)
     assert sorted(p.name for p in (tmp_path / "b").glob("*.pt")) == [
         "checkpoint-4.pt", "checkpoint-6.pt"]
+
+
+def test_a_planned_stop_keeps_the_schedule_and_resumes_exactly(tmp_path: Path) -> None:
+    """``stop_at`` ends a run early on the full run's LR schedule (checkpointed at the
+    stop, e.g. to ship an early checkpoint); running on without it equals a straight run."""
+    straight = _toy_loop(tmp_path / "a")
+    _toy_loop(tmp_path / "b", planned_stop=3)
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint-3.pt"
+    resumed = _toy_loop(tmp_path / "b")
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 # --- the stages ------------------------------------------------------------------------------

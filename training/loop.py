@@ -41,6 +41,9 @@ class LoopConfig:
     log_every: int = 50
     ema_decay: float | None = None  # None: no EMA
     progress: bool = True
+    #: stop after this step (the LR schedule still spans ``steps``): what a run of
+    #: ``steps`` holds at that step, and a later call without it continues bit-identically
+    stop_at: int | None = None
 
 
 @dataclass
@@ -136,7 +139,8 @@ def train_loop(name: str, cfg: LoopConfig, modules: dict[str, torch.nn.Module],
                trainable: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Tensor],
                checkpoint_dir: Path, *, ema_params: list[torch.nn.Parameter] | None = None,
                ema: EMAModel | None = None) -> tuple[LoopResult, EMAModel | None]:
-    """Run steps ``[resumed step, cfg.steps)`` of ``loss_fn``, checkpointing as it goes.
+    """Run steps ``[resumed step, cfg.steps)`` (or up to ``cfg.stop_at``) of ``loss_fn``,
+    checkpointing as it goes.
 
     ``modules`` are saved and restored whole (trained or not); ``trainable`` are
     optimised; ``ema_params`` (default: ``trainable``) get an EMA when
@@ -161,7 +165,8 @@ def train_loop(name: str, cfg: LoopConfig, modules: dict[str, torch.nn.Module],
     bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not cfg.progress,
                dynamic_ncols=True)
     t0 = time.perf_counter()
-    while step < cfg.steps:
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
+    while step < end:
         loss = loss_fn(step)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}")
@@ -176,7 +181,7 @@ def train_loop(name: str, cfg: LoopConfig, modules: dict[str, torch.nn.Module],
         step += 1
         result.losses.append(float(loss.item()))
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == end:
             recent = result.losses[-cfg.log_every:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}",
                             lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
@@ -185,7 +190,7 @@ def train_loop(name: str, cfg: LoopConfig, modules: dict[str, torch.nn.Module],
                 elapsed = time.perf_counter() - t0
                 print(f"{name} {step}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
                       f"{elapsed / (step - result.start_step):.3f} s/step", flush=True)
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or step == end:
             save_checkpoint(checkpoint_dir / f"checkpoint-{step}.pt", step, modules, optimizer,
                             lr_scheduler, ema)
             _prune(checkpoint_dir, cfg.keep_checkpoints)

@@ -352,6 +352,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default)")
     parser.add_argument("--steps", type=int, help="total steps (a resumed run continues)")
+    parser.add_argument("--stop-at", type=int,
+                        help="stop after this step; the LR schedule still spans --steps")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup", type=int)
@@ -374,7 +376,7 @@ def loop_config(args: argparse.Namespace, defaults: dict[str, float | int],
                       warmup_steps=int(args.warmup if args.warmup is not None
                                        else defaults["warmup"]),
                       save_every=args.save_every, ema_decay=ema_decay,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, stop_at=getattr(args, "stop_at", None))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
