@@ -33,7 +33,9 @@ env = Environment.create(base, device="cpu")
 nodes.seed_example_inputs(env)  # the example images and LoRA (plain file copies)
 # Placeholders for the default model folders: validation only lists them.
 for folder, name, marker in (("checkpoints", "steerflow-shapes", "model_index.json"),
-                             ("controlnet", "steerflow-shapes-controlnet", "config.json")):
+                             ("checkpoints", "steerflow-shapes-ip2p", "model_index.json"),
+                             ("controlnet", "steerflow-shapes-controlnet", "config.json"),
+                             ("controlnet", "steerflow-shapes-adapter", "config.json")):
     model = env.folder("models", folder, name, create=True)
     (model / marker).write_text("{}")
 

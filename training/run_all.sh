@@ -27,7 +27,9 @@ stage training.train vae  "${COMMON[@]}" --steps "${VAE_STEPS:-6000}"
 stage training.train text "${COMMON[@]}" --steps "${TEXT_STEPS:-1500}"
 stage training.train unet "${COMMON[@]}" "${UNET[@]}"
 stage training.train_controlnet "${COMMON[@]}" "${CN[@]}"
-stage training.train_t2i_adapter "${COMMON[@]}" --steps "${ADAPTER_STEPS:-6000}"
+stage training.train_t2i_adapter "${COMMON[@]}" --steps "${ADAPTER_STEPS:-5000}" \
+  --stop-at "${ADAPTER_STOP:-2500}"
+stage training.train_instruct_pix2pix "${COMMON[@]}" --base "$OUT" --steps "${IP2P_STEPS:-7000}"
 stage training.train_lora "${COMMON[@]}" --steps "${LORA_STEPS:-400}"
 stage training.train export --out "$OUT"
 stage training.train ship --out "$OUT"
@@ -36,8 +38,6 @@ stage training.train ship --out "$OUT"
 "$PY" -c "import sys; from pathlib import Path; from nodes.diffusion.shapes_model import \
 ensure_shapes_model as e; e(Path(sys.argv[1]))" "$OUT/shipped"
 mkdir -p "$OUT/shipped/loras" && cp workflows/assets/loras/*.safetensors "$OUT/shipped/loras/"
-# The T2I-Adapter as shipped (float16 single file; set-up does not install it yet).
-cp nodes/assets/weights/steerflow-shapes-adapter.safetensors "$OUT/shipped/controlnet/"
 stage training.evaluate --models "$OUT/shipped" --threads "$THREADS" \
     --report "$OUT/eval.json" --grid "$OUT/samples.png"
 echo "== $(date -u +%T) done"

@@ -13,6 +13,7 @@ TINY_NAME = "steerflow-tiny"
 TINY_CONTROLNET_NAME = "steerflow-tiny-controlnet"
 SHAPES_NAME = "steerflow-shapes"
 SHAPES_CONTROLNET_NAME = "steerflow-shapes-controlnet"
+SHAPES_ADAPTER_NAME = "steerflow-shapes-adapter"
 SHAPES_IP2P_NAME = "steerflow-shapes-ip2p"
 #: shipped alone: installing pairs it with steerflow-shapes' VAE and text encoder
 SHAPES_IP2P_UNET = f"{SHAPES_IP2P_NAME}-unet"
@@ -36,7 +37,8 @@ def all_installed(models_dir: Path) -> bool:
     """Every built-in model the set-up would create is already there."""
     wanted = [("checkpoints", TINY_NAME), ("controlnet", TINY_CONTROLNET_NAME)]
     wanted += [(role, name) for role, name in (("checkpoints", SHAPES_NAME),
-                                               ("controlnet", SHAPES_CONTROLNET_NAME))
+                                               ("controlnet", SHAPES_CONTROLNET_NAME),
+                                               ("controlnet", SHAPES_ADAPTER_NAME))
                if shipped_weights(name).is_file()]
     if shipped_weights(SHAPES_IP2P_UNET).is_file():
         wanted.append(("checkpoints", SHAPES_IP2P_NAME))

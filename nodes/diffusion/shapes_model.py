@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exported)
+    SHAPES_ADAPTER_NAME,
     SHAPES_CONTROLNET_NAME,
     SHAPES_IP2P_NAME,
     SHAPES_IP2P_UNET,
@@ -33,7 +34,7 @@ from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exp
     WEIGHTS_DIR,
     shipped_weights,
 )
-from nodes.diffusion.controlnet_loading import load_controlnet
+from nodes.diffusion.controlnet_loading import load_controlnet, load_t2i_adapter
 from nodes.diffusion.loading import load_components
 from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX
 from nodes.diffusion.tiny import ensure_built
@@ -65,6 +66,10 @@ def _save_controlnet_folder(single: Path, folder: Path) -> None:
     load_controlnet(single, dtype=torch.float32).save_pretrained(folder, safe_serialization=True)
 
 
+def _save_adapter_folder(single: Path, folder: Path) -> None:
+    load_t2i_adapter(single, dtype=torch.float32).save_pretrained(folder, safe_serialization=True)
+
+
 def install_shapes_model(target_dir: Path) -> dict[str, Path]:
     """Write ``steerflow-shapes`` in both formats under ``target_dir``."""
     return _install(target_dir, SHAPES_NAME, _save_pipeline_folder)
@@ -73,6 +78,11 @@ def install_shapes_model(target_dir: Path) -> dict[str, Path]:
 def install_shapes_controlnet(target_dir: Path) -> dict[str, Path]:
     """Write ``steerflow-shapes-controlnet`` in both formats under ``target_dir``."""
     return _install(target_dir, SHAPES_CONTROLNET_NAME, _save_controlnet_folder)
+
+
+def install_shapes_adapter(target_dir: Path) -> dict[str, Path]:
+    """Write ``steerflow-shapes-adapter`` (the T2I-Adapter on shape masks) in both formats."""
+    return _install(target_dir, SHAPES_ADAPTER_NAME, _save_adapter_folder)
 
 
 def merge_unet(base: Path, unet_file: Path, out: Path) -> None:
@@ -114,6 +124,9 @@ def ensure_shapes_model(models_dir: Path) -> Path | None:
     if shipped_weights(SHAPES_CONTROLNET_NAME).is_file():
         ensure_built(models_dir, "controlnet", SHAPES_CONTROLNET_NAME, "config.json",
                      install_shapes_controlnet)
+    if shipped_weights(SHAPES_ADAPTER_NAME).is_file():
+        ensure_built(models_dir, "controlnet", SHAPES_ADAPTER_NAME, "config.json",
+                     install_shapes_adapter)
     if shipped_weights(SHAPES_IP2P_UNET).is_file():
         ensure_built(models_dir, "checkpoints", SHAPES_IP2P_NAME, "model_index.json",
                      install_shapes_ip2p)
