@@ -1,47 +1,376 @@
-"""Combined conditioning (ComfyUI's Conditioning Combine, composable diffusion's AND):
-each extra entry is evaluated as an extra batch entry, and the noise predictions of
-a conditioning's entries are averaged, weighted by each entry's ``strength`` option."""
+"""Combined conditioning (ComfyUI's Conditioning Combine, composable diffusion's AND) and
+region prompts (ConditioningSetArea, ...Percentage, ...Mask: MultiDiffusion's regions).
+
+Every entry of the positive conditioning gets a noise prediction each step and they are
+fused per latent pixel by weight: ε = Σ wᵢ εᵢ / Σ wᵢ (the MultiDiffusion step of Bar-Tal
+et al. 2023 on the noise; what ComfyUI's ``calc_cond_batch`` does). Without regions wᵢ is
+the entry's ``strength`` everywhere and each side is its plain weighted average.
+
+Regions follow ComfyUI's options and rules:
+
+* ``area`` (h, w, y, x) in latent pixels, or ``("percentage", h, w, y, x)``: the entry
+  is predicted on the latent *cropped* to its area (the prompt composes a whole
+  picture there) and weighs ``strength`` inside it, ramped down over a few latent
+  pixels at edges inside the image (ComfyUI's feathering: 8 of SD's 64 latent pixels;
+  scaled to the UNet's native size, 2 on steerflow-shapes).
+* ``mask`` ``[B, H, W]`` with ``mask_strength``: predicted on the whole canvas and
+  weighed by the mask (resized bilinearly to the latent); with ``set_area_to_bounds``
+  (ComfyUI's "mask bounds") predicted on the crop to the mask's bounding box instead.
+* Each area of one side gets a twin on the other with the same area and weight, made
+  from the other side's smallest entry that contains it (ComfyUI's
+  ``create_cond_with_same_area_if_none``).
+
+Guidance pairs each positive region with the negative on the same crop (its twin, or the
+negative's whole-canvas prediction for a whole-canvas region) and fuses the pairs with
+the positive's weights: the guidance is the weighted mean of each region's own guidance,
+MultiDiffusion's region mode. ComfyUI fuses the negative with its own weights instead;
+both agree when each side has a whole-image prompt of the same strength, but with areas
+alone ComfyUI's mixes the negative's whole-canvas prediction into every region's
+guidance, which turns the default model's images to noise. A pixel no positive region
+covers takes the negative's prediction (no guidance there: the model draws unprompted) —
+ComfyUI leaves a zero prediction, which CFG turns into noise. A pixel neither side covers
+is an error.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 
-from nodes.diffusion.extensions import Predictions, SamplerExtension, Step
-from nodes.diffusion.handles import Conditioning
+from nodes.diffusion.extensions import Predictions, SamplerExtension, Step, UNetCall
+from nodes.diffusion.handles import CondEntry, Conditioning
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
+
+#: (y0, y1, x0, x1) in latent pixels
+Box = tuple[int, int, int, int]
+#: ComfyUI's feathering width and smallest "mask bounds" side on SD (64-latent images)
+COMFY_FEATHER = 8
+COMFY_NATIVE = 64
+REGION_KEYS = ("area", "mask")
 
 
 def _strength(options: dict) -> float:
     return float(options.get("strength", 1.0))
 
 
-class CombinedConditioning(SamplerExtension):
-    """Average the predictions of every entry of the positive and negative conditioning."""
+def has_regions(conditioning: Conditioning) -> bool:
+    return any(key in e.options for e in conditioning.entries for key in REGION_KEYS)
 
-    priority = 10  # before guidance-changing extensions, which then see the averages
+
+def combined_extensions(positive: Conditioning, negative: Conditioning
+                        ) -> list[SamplerExtension]:
+    """The fusion the sampler needs for these conditionings: none for one plain entry each."""
+    if (len(positive.entries) > 1 or len(negative.entries) > 1 or has_regions(positive)
+            or has_regions(negative)):
+        return [CombinedConditioning(positive, negative)]
+    return []
+
+
+# --- regions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """One entry resolved on a latent: its weight map and where it is predicted."""
+
+    embeds: torch.Tensor  # [1, tokens, dim]
+    weight: torch.Tensor  # [B, 1, H, W] on the canvas, 0 outside the region
+    box: Box | None  # predicted on this crop; None: on the whole canvas
+    #: a whole-canvas region's main-batch chunk: "cond", "uncond" or an extra entry's index
+    source: str | int | None = None
+    #: a positive region's unconditional partner: the negative region on the same crop
+    #: (its index), or None for the negative's whole-canvas prediction
+    partner: int | None = None
+
+
+def scaled_pixels(n: int, native: int) -> int:
+    """ComfyUI's ``n`` latent pixels (for SD's 64-latent images) at another native size."""
+    return max(1, round(n * native / COMFY_NATIVE))
+
+
+def resolve_area(area: Sequence[Any], size: tuple[int, int]) -> Box:
+    """An ``area`` option as a box inside the latent (percentages rounded as ComfyUI;
+    clipped at the right and bottom edges as ComfyUI's slicing does)."""
+    height, width = size
+    if area[0] == "percentage":
+        _, ph, pw, py, px = area
+        h, w = max(1, round(ph * height)), max(1, round(pw * width))
+        y, x = round(py * height), round(px * width)
+    else:
+        h, w, y, x = (int(v) for v in area)
+    if h < 1 or w < 1:
+        raise ValueError(f"a conditioning area of {w}x{h} latent pixels is empty: make it at "
+                         "least one latent pixel (the VAE's downscale in image pixels)")
+    if y >= height or x >= width or y < 0 or x < 0:
+        raise ValueError(f"a conditioning area at x={x}, y={y} (latent pixels) lies outside "
+                         f"the {width}x{height} latent: place it inside the image")
+    return (y, min(y + h, height), x, min(x + w, width))
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int], batch: int) -> torch.Tensor:
+    """A region MASK ``[B, H, W]`` (or ``[H, W]``) at the latent ``size``: ``[B, 1, h, w]``,
+    resized bilinearly as ComfyUI; its aspect ratio must be the image's, its batch 1 or the
+    latent's."""
+    if mask.dim() == 2:
+        mask = mask[None]
+    if mask.dim() != 3:
+        raise ValueError(f"a region mask must be a MASK [B, H, W], got {tuple(mask.shape)}")
+    (mh, mw), (h, w) = mask.shape[-2:], size
+    if abs(mh * w - mw * h) > max(h, w, mh, mw):  # more than a latent pixel off
+        raise ValueError(f"the region mask is {mw}x{mh} but the latent is {w}x{h}: a mask must "
+                         "have the image's aspect ratio (make it at the image size)")
+    if mask.shape[0] not in (1, batch):
+        raise ValueError(f"the region mask has a batch of {mask.shape[0]} but the latent has "
+                         f"{batch}: use one mask or one per image")
+    mask = mask.float()[:, None]
+    if (mh, mw) != (h, w):
+        mask = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)
+    return mask
+
+
+def feathered(box: Box, size: tuple[int, int], ramp: int) -> torch.Tensor:
+    """``[h, w]`` ones over the box, ramped 1/ramp .. 1 over ``ramp`` pixels at each edge
+    inside the image (ComfyUI's ``mult`` for an area without a mask)."""
+    y0, y1, x0, x1 = box
+    mult = torch.ones(y1 - y0, x1 - x0)
+    steps = [(t + 1) / ramp for t in range(ramp)]
+    for t, f in enumerate(steps):  # overlapping ramps multiply, as ComfyUI's do
+        if y0 != 0:
+            mult[t:t + 1] *= f
+        if y1 < size[0]:
+            mult[max(y1 - y0 - 1 - t, 0):max(y1 - y0 - t, 0)] *= f
+        if x0 != 0:
+            mult[:, t:t + 1] *= f
+        if x1 < size[1]:
+            mult[:, max(x1 - x0 - 1 - t, 0):max(x1 - x0 - t, 0)] *= f
+    return mult
+
+
+def resolve_region(entry: CondEntry, size: tuple[int, int], batch: int, native: int
+                   ) -> Region:
+    """An entry's weight map on a latent of ``size`` and where it is predicted."""
+    options = entry.options
+    height, width = size
+    weight = torch.zeros(1, 1, height, width)
+    box: Box | None = None
+    if "area" in options:
+        box = resolve_area(options["area"], size)
+    mask = None
+    if options.get("mask") is not None:
+        mask = resize_mask(options["mask"], size, batch) * float(options.get("mask_strength",
+                                                                             1.0))
+        if options.get("set_area_to_bounds"):
+            box = _mask_bounds(mask, size, scaled_pixels(COMFY_FEATHER, native))
+    if box == (0, height, 0, width):
+        box = None  # the whole canvas: the same prediction without a crop
+    y0, y1, x0, x1 = box or (0, height, 0, width)
+    if mask is not None:
+        weight = torch.zeros_like(mask)
+        weight[..., y0:y1, x0:x1] = mask[..., y0:y1, x0:x1]
+    elif box is not None:
+        weight[..., y0:y1, x0:x1] = feathered(box, size, scaled_pixels(COMFY_FEATHER, native))
+    else:
+        weight += 1.0
+    weight = (weight * _strength(options)).expand(batch, 1, height, width)
+    return Region(entry.embeds, weight, box)
+
+
+def _mask_bounds(mask: torch.Tensor, size: tuple[int, int], smallest: int) -> Box | None:
+    """The bounding box of a mask's nonzero pixels over its batch, at least ``smallest``
+    pixels a side (ComfyUI: 8 on SD); None for an empty mask (it weighs nothing anyway)."""
+    ys, xs = torch.nonzero(mask.abs().amax(dim=(0, 1)), as_tuple=True)
+    if len(ys) == 0:
+        return None
+    y0, x0 = int(ys.min()), int(xs.min())
+    h = max(smallest, int(ys.max()) - y0 + 1)
+    w = max(smallest, int(xs.max()) - x0 + 1)
+    return (y0, min(y0 + h, size[0]), x0, min(x0 + w, size[1]))
+
+
+def _contains(outer: Box | None, inner: Box) -> bool:
+    return outer is None or (outer[0] <= inner[0] and outer[2] <= inner[2]
+                             and outer[1] >= inner[1] and outer[3] >= inner[3])
+
+
+def with_twins(regions: list[Region], others: list[Region]) -> list[Region]:
+    """``others`` plus, for each cropped region of ``regions``, a twin with its box and
+    weight and the embeddings of the smallest of ``others`` containing it (ComfyUI's
+    ``create_cond_with_same_area_if_none``)."""
+    out = list(others)
+    for region in regions:
+        if region.box is None:
+            continue
+        best: Region | None = None
+        for other in out:
+            if other.box is not None and _contains(other.box, region.box):
+                if best is None or best.box is None or _box_area(other.box) < _box_area(best.box):
+                    best = other
+            elif other.box is None and best is None:
+                best = other
+        if best is not None and best.box != region.box:
+            out.append(replace(region, embeds=best.embeds))
+    return out
+
+
+def _box_area(box: Box) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+# --- the extension ---------------------------------------------------------------------------
+
+
+@dataclass
+class _RegionState:
+    size: tuple[int, int]
+    positive: list[Region]
+    negative: list[Region]
+    extras: list[torch.Tensor] = field(default_factory=list)
+    covered_pos: torch.Tensor | None = None  # [B, 1, H, W] bool
+    covered_neg: torch.Tensor | None = None
+    latents: torch.Tensor | None = None  # this step's scaled latent (for the crops)
+
+
+class CombinedConditioning(SamplerExtension):
+    """Fuse the predictions of every entry of the positive and negative conditioning."""
+
+    priority = 10  # before guidance-changing extensions, which then see the fused ones
 
     def __init__(self, positive: Conditioning, negative: Conditioning):
         self.positive = positive.entries
         self.negative = negative.entries
+        self.regions = any(k in e.options for e in (*self.positive, *self.negative)
+                           for k in REGION_KEYS)
 
     def setup(self, run: SamplingRun) -> None:
         if not run.do_cfg:
             raise ValueError("combined conditioning needs classifier-free guidance: "
                              "set cfg above 1")
+        if not self.regions:
+            return
+        batch, _, height, width = run.init_latents.shape
+        size = (int(height), int(width))
+        native = int(getattr(run.model.unet.config, "sample_size", COMFY_NATIVE))
+        pos = [resolve_region(e, size, batch, native) for e in self.positive]
+        neg = [resolve_region(e, size, batch, native) for e in self.negative]
+        neg = with_twins(pos, neg)
+        pos = with_twins(neg, pos)
+        # The main batch predicts the first entry of each side on the whole canvas; other
+        # whole-canvas regions are extra batch entries, cropped ones get their own passes.
+        extras: list[torch.Tensor] = []
+        for regions, main in ((pos, "cond"), (neg, "uncond")):
+            for i, region in enumerate(regions):
+                if region.box is None:
+                    regions[i] = replace(region, source=main if i == 0 else len(extras))
+                    if i:
+                        extras.append(region.embeds)
+        for i, region in enumerate(pos):
+            if region.box is not None:
+                same = [j for j, r in enumerate(neg) if r.box == region.box]
+                pos[i] = replace(region, partner=same[0] if same else None)
+        state = _RegionState(size, pos, neg, extras)
+        state.covered_pos = sum(r.weight for r in pos) > 0  # type: ignore[operator]
+        state.covered_neg = sum(r.weight for r in neg) > 0  # type: ignore[operator]
+        if not bool((state.covered_pos | state.covered_neg).all()):
+            raise ValueError("some pixels are in no region of the positive nor of the "
+                             "negative conditioning: add a prompt without an area (or cover "
+                             "the whole image with regions)")
+        run.state[self] = state
 
     def extra_conditions(self, run: SamplingRun) -> Sequence[torch.Tensor]:
+        if self.regions:
+            return run.state[self].extras
         return [e.embeds for e in (*self.positive[1:], *self.negative[1:])]
+
+    def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
+        if self.regions and run.attention.roles == run.roles:  # the main pass only
+            run.state[self].latents = call.latent_input[:run.init_latents.shape[0]]
 
     def predictions(self, run: SamplingRun, step: Step, preds: Predictions) -> None:
         extra = preds.of(self)
-        n_pos = len(self.positive) - 1
-        preds.cond = _weighted([preds.cond, *extra[:n_pos]], self.positive)
-        preds.uncond = _weighted([preds.uncond, *extra[n_pos:]], self.negative)
+        if not self.regions:
+            n_pos = len(self.positive) - 1
+            preds.cond = _weighted([preds.cond, *extra[:n_pos]], self.positive)
+            preds.uncond = _weighted([preds.uncond, *extra[n_pos:]], self.negative)
+            return
+        state: _RegionState = run.state[self]
+        crops = self._crop_predictions(run, step, state)
+        chunks = {"cond": preds.cond, "uncond": preds.uncond, **dict(enumerate(extra))}
+
+        def value(region: Region) -> torch.Tensor:
+            if region.source is not None:
+                return chunks[region.source]
+            assert region.box is not None
+            return crops[region.box, id(region.embeds)]
+
+        def fuse(regions: Sequence[Region]) -> tuple[torch.Tensor, torch.Tensor]:
+            total = torch.zeros_like(preds.cond)
+            weights = torch.zeros_like(preds.cond[:, :1])
+            for region in regions:
+                total = total + region.weight * value(region)
+                weights = weights + region.weight
+            return total / torch.where(weights > 0, weights, torch.ones_like(weights)), weights
+
+        cond, w_pos = fuse(state.positive)
+        negative, w_neg = fuse(state.negative)
+        negative = torch.where(w_neg > 0, negative, cond)  # no negative here: no guidance
+        whole, w_whole = fuse([r for r in state.negative if r.box is None])
+        whole = torch.where(w_whole > 0, whole, negative)
+        # Each positive region against its partner on the same crop, with its own weight:
+        # the fused guidance is the weighted mean of the regions' own guidance terms.
+        paired = torch.zeros_like(cond)
+        for region in state.positive:
+            partner = whole if region.partner is None else value(state.negative[region.partner])
+            paired = paired + region.weight * partner
+        paired = paired / torch.where(w_pos > 0, w_pos, torch.ones_like(w_pos))
+        preds.cond = torch.where(w_pos > 0, cond, negative)
+        preds.uncond = torch.where(w_pos > 0, paired, negative)
+
+    def _crop_predictions(self, run: SamplingRun, step: Step, state: _RegionState
+                          ) -> dict[tuple[Box, int], torch.Tensor]:
+        """Each cropped region's prediction, placed on the canvas (zeros elsewhere): one
+        UNet pass per box, its regions' rows as batch roles, other extensions seeing the
+        crop (a ControlNet's image cropped too)."""
+        from nodes.diffusion.multidiffusion import windowed_state, windows_of
+        from nodes.diffusion.prompt_weighting import match_token_lengths
+
+        boxes: dict[Box, list[Region]] = {}
+        for region in (*state.negative, *state.positive):
+            if region.box is not None:
+                boxes.setdefault(region.box, []).append(region)
+        if not boxes:
+            return {}
+        if tuple(run.init_latents.shape[-2:]) != state.size:
+            raise ValueError("area regions cannot run inside MultiDiffusion panorama windows: "
+                             "use Conditioning Set Mask (set_cond_area default) regions there")
+        latents = state.latents
+        if latents is None:
+            raise RuntimeError("the region crops saw no latent this step")
+        batch = latents.shape[0]
+        out: dict[tuple[Box, int], torch.Tensor] = {}
+        for box, regions in boxes.items():
+            view = (box[0], box[1], box[2], box[3])
+            negatives = sum(1 for r in regions if any(r is n for n in state.negative))
+            roles = (("uncond", "cond") if len(regions) == 2 and negatives == 1
+                     else tuple(f"region:{k}" for k in range(len(regions))))
+            embeds = torch.cat([e.repeat(batch, 1, 1) for e in match_token_lengths(
+                [r.embeds.to(latents.device, latents.dtype) for r in regions])])
+            sample = latents[..., box[0]:box[1], box[2]:box[3]].repeat(len(regions), 1, 1, 1)
+            with windows_of(run, [view], windowed_state(run, [view], exclude=(self,))):
+                pred = run.extension_pass(self, step, sample, embeds, roles)
+            for region, rows in zip(regions, pred.chunk(len(regions)), strict=True):
+                placed = torch.zeros_like(latents)
+                placed[..., box[0]:box[1], box[2]:box[3]] = rows
+                out[box, id(region.embeds)] = placed
+        return out
+
+    def teardown(self, run: SamplingRun) -> None:
+        run.state.pop(self, None)
 
 
 def _weighted(preds: Sequence[torch.Tensor], entries: Sequence) -> torch.Tensor:

@@ -8,6 +8,9 @@ Phases, in the order one step runs them:
 ``extra_conditions``once per run: extra batch entries after ``[uncond, cond]``
 ``attention``       once per run: hooks on chosen attention layers (one store,
                     :mod:`nodes.diffusion.attention`; the others keep SDPA)
+``denoise``         once per run: wrap how a step denoises the latents (the UNet
+                    pass with ``unet_inputs``, ``predictions``, ``guidance``, then
+                    ``scheduler.step``): MultiDiffusion runs it on windows, averaged
 ``pre_step``        change latents before the UNet (may use autograd)
 ``unet_inputs``     add residuals / channels / kwargs to this step's UNet call
 ``predictions``     replace the uncond/cond predictions (e.g. average combined prompts)
@@ -25,7 +28,7 @@ that changes during a run lives in ``run.state[extension]``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +48,13 @@ class Step:
     #: extra ``scheduler.step`` arguments for this step (e.g. ``variance_noise``); they
     #: override the sampler's own (``eta``, ``generator``)
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``denoise(run, step, latents) -> next latents``: one step's UNet pass with every
+#: extension's ``unet_inputs``/``predictions``/``guidance`` phases, then
+#: ``run.scheduler.step``; sets ``step.prediction``. ``latents`` may be any spatial size and
+#: a whole multiple of the run's batch (windows stacked on the batch axis).
+Denoise = Callable[[Any, Step, "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass
@@ -124,6 +134,11 @@ class SamplerExtension:
         """:class:`nodes.diffusion.attention.AttentionHook` objects for this run; the
         sampler installs them on the layers they select and restores the UNet after."""
         return ()
+
+    def denoise(self, run: Any, denoise: Denoise) -> Denoise:
+        """Wrap the step's denoising (once per run, after ``setup``); return ``denoise``
+        itself to leave it as it is."""
+        return denoise
 
     def pre_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
         return latents

@@ -18,9 +18,10 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from nodes.diffusion import attention
-from nodes.diffusion.combine import CombinedConditioning
+from nodes.diffusion.combine import combined_extensions
 from nodes.diffusion.concat import check_input_channels
 from nodes.diffusion.extensions import (
+    Denoise,
     Predictions,
     SamplerExtension,
     Step,
@@ -211,15 +212,22 @@ def _guided_prediction(run: SamplingRun, step: Step, chunks: tuple[torch.Tensor,
     return (preds.uncond if run.do_cfg else preds.cond) + guidance
 
 
+def _tile_rows(embeds: torch.Tensor, chunks: int, copies: int) -> torch.Tensor:
+    """Embeddings for ``copies`` latents per image (windows stacked on the batch axis):
+    each chunk's rows repeated ``copies`` times, chunk by chunk."""
+    if copies == 1:
+        return embeds
+    return embeds.reshape(chunks, -1, *embeds.shape[1:]).repeat(
+        1, copies, *[1] * (embeds.dim() - 1)).reshape(-1, *embeds.shape[1:])
+
+
 def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: Conditioning,
                        latent: Latent) -> list[SamplerExtension]:
     """Extensions attached to the model, to either conditioning, and implied by the latent."""
     from_cond = [ext for cond in (positive, negative) for entry in cond.entries
                  for ext in entry.options.get("extensions", ())]
-    combined = ([CombinedConditioning(positive, negative)]
-                if len(positive.entries) > 1 or len(negative.entries) > 1 else [])
-    extensions = unique_extensions(combined, model.extensions, from_cond,
-                                   latent_extensions(model, latent))
+    extensions = unique_extensions(combined_extensions(positive, negative), model.extensions,
+                                   from_cond, latent_extensions(model, latent))
     check_input_channels(model.unet, latent.samples.shape[1], extensions)
     return extensions
 
@@ -271,24 +279,33 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     saved = attention.install(unet, hooks, run, run.attention)
     step_extra = step_kwargs(scheduler, generator, params.eta)
     total = len(timesteps)
+
+    def denoise_step(run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
+        t = step.timestep
+        model_input = torch.cat([latents] * n_chunks) if n_chunks > 1 else latents
+        model_input = run.scheduler.scale_model_input(model_input, t)
+        call = UNetCall(model_input, model_input, t,
+                        _tile_rows(embeds, n_chunks, latents.shape[0] // batch))
+        for ext in exts:
+            ext.unet_inputs(run, step, call)
+        noise_pred = call.forward(unet)
+        if do_cfg or guided:  # guided: with CFG every extension, else without_cfg ones
+            noise_pred = _guided_prediction(run, step, noise_pred.chunk(n_chunks), guided,
+                                            extra_slices)
+        step.prediction = noise_pred
+        return run.scheduler.step(noise_pred, t, latents,
+                                  **{**step_extra, **step.scheduler_kwargs},
+                                  return_dict=False)[0]
+
     try:
+        denoise: Denoise = denoise_step
+        for ext in exts:  # MultiDiffusion: the same step on windows, averaged
+            denoise = ext.denoise(run, denoise)
         for i, t in enumerate(timesteps):
             step = Step(i, total, t)
             for ext in exts:
                 latents = ext.pre_step(run, step, latents)
-            model_input = torch.cat([latents] * n_chunks) if n_chunks > 1 else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            call = UNetCall(model_input, model_input, t, embeds)
-            for ext in exts:
-                ext.unet_inputs(run, step, call)
-            noise_pred = call.forward(unet)
-            if do_cfg or guided:  # guided: with CFG every extension, else without_cfg ones
-                noise_pred = _guided_prediction(run, step, noise_pred.chunk(n_chunks), guided,
-                                                extra_slices)
-            step.prediction = noise_pred
-            latents = scheduler.step(noise_pred, t, latents,
-                                     **{**step_extra, **step.scheduler_kwargs},
-                                     return_dict=False)[0]
+            latents = denoise(run, step, latents)
             for ext in exts:
                 latents = ext.post_step(run, step, latents)
             if callback is not None:
