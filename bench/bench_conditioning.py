@@ -6,7 +6,7 @@ between the first and the last step callback, so encoding, depth estimation, VAE
 and set-up are excluded on both sides.
 
     .venv/bin/python bench/bench_conditioning.py [--size 128] [--steps 10] [--repeats 5]
-        [--only instruct_pix2pix depth2img gligen ...]
+        [--only instruct_pix2pix depth2img gligen multidiffusion]
 """
 
 from __future__ import annotations
@@ -172,6 +172,44 @@ def ip2p_pipe(models: Path, parts: dict[str, Any]) -> Any:
     return pipe
 
 
+# --- MultiDiffusion panorama: a latent twice as wide as high, in windows ------------------
+
+PANORAMA_WINDOW = 8  # the tiny model's native latent size (unet.config.sample_size)
+PANORAMA_STRIDE = 4
+
+
+def panorama_graph(g: Graph) -> None:
+    g["5"]["inputs"]["width"] = 2 * g["5"]["inputs"]["width"]
+    g["p"] = {"class_type": "MultiDiffusionPanorama", "inputs": {
+        "model": ["4", 0], "window_size": 0, "stride": PANORAMA_STRIDE,
+        "circular_padding": False, "view_batch_size": 1}}
+    g["3"]["inputs"]["model"] = ["p", 0]
+
+
+def panorama_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> Any:
+    pipe(PROMPT, **{**common, "width": 2 * common["width"]}, view_batch_size=1,
+         callback_on_step_end=clock.tick)
+
+
+def panorama_pipe(models_dir: Path, parts: dict[str, Any]) -> Any:
+    """StableDiffusionPanoramaPipeline on the shared tiny parts (DDIM), windows of
+    ``PANORAMA_WINDOW`` latent pixels every ``PANORAMA_STRIDE``."""
+    from diffusers.pipelines.deprecated.stable_diffusion_panorama import (
+        StableDiffusionPanoramaPipeline,
+    )
+
+    pipe = StableDiffusionPanoramaPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+
+    def views(height: int, width: int, window_size: int = 64, stride: int = 8,
+              circular_padding: bool = False) -> list[tuple[int, int, int, int]]:
+        return StableDiffusionPanoramaPipeline.get_views(
+            pipe, height, width, PANORAMA_WINDOW, PANORAMA_STRIDE, circular_padding)
+
+    pipe.get_views = views
+    return pipe
+
+
 CASES: list[Case] = [
     Case("instruct_pix2pix", "StableDiffusionInstructPix2PixPipeline (image_cfg 1.5)",
          ip2p_graph, ip2p_reference, install_ip2p, ip2p_pipe),
@@ -179,6 +217,9 @@ CASES: list[Case] = [
          depth_graph, depth_reference, install_depth, depth_pipe),
     Case("gligen", "StableDiffusionGLIGENPipeline (2 boxes, beta 0.3)", gligen_graph,
          gligen_reference, install_gligen, gligen_pipe),
+    Case("multidiffusion", f"StableDiffusionPanoramaPipeline (size x 2·size, window "
+         f"{PANORAMA_WINDOW}, stride {PANORAMA_STRIDE})", panorama_graph, panorama_reference,
+         make_pipe=panorama_pipe),
 ]
 
 if __name__ == "__main__":
