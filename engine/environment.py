@@ -66,12 +66,15 @@ class Environment:
         return confined_path(self.folder(role), *parts)
 
     def list_files(self, role: str, subfolder: str = "", *, suffixes: tuple[str, ...] = (),
-                   dirs_with: str | None = None) -> list[str]:
+                   dirs_with: str | tuple[str, ...] | None = None,
+                   dirs_only: bool = False) -> list[str]:
         """Names (relative, '/'-separated) of files under a folder, sorted.
 
-        ``dirs_with`` also lists directories that contain that file name, which
-        is how diffusers-format model folders (``model_index.json``) show up.
+        ``dirs_with`` also lists directories that contain that file name (or one of
+        those names), which is how diffusers-format model folders (``model_index.json``)
+        show up; ``dirs_only`` lists only those directories.
         """
+        markers = (dirs_with,) if isinstance(dirs_with, str) else tuple(dirs_with or ())
         try:
             root = self.folder(role, subfolder) if subfolder else self.folder(role)
         except (KeyError, ValueError):
@@ -81,12 +84,12 @@ class Environment:
         names: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             here = Path(dirpath)
-            if dirs_with and dirs_with in filenames and here != root:
+            if here != root and any(m in filenames for m in markers):
                 names.append(here.relative_to(root).as_posix())
                 dirnames[:] = []
                 continue
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
+            for name in () if dirs_only else filenames:
                 if not suffixes or name.lower().endswith(suffixes):
                     names.append((here / name).relative_to(root).as_posix())
         return sorted(names)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,21 +25,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 def list_depth_estimators(env: Environment) -> list[str]:
     """Folders under models/depth holding a transformers model (config.json) or a
     diffusers depth-to-image pipeline (model_index.json, its depth_estimator/ is used)."""
-    try:
-        root = env.folder("models", FOLDER)
-    except (KeyError, ValueError):
-        return []
-    if not root.is_dir():
-        return []
-    names: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        if here != root and ("config.json" in filenames or "model_index.json" in filenames):
-            names.append(here.relative_to(root).as_posix())
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    return sorted(names)
+    return env.list_files("models", FOLDER, dirs_with=("config.json", "model_index.json"),
+                          dirs_only=True)
 
 
 def estimator_folders(path: Path) -> tuple[Path, Path]:

@@ -1,6 +1,6 @@
 """Draw the README's pictures with the shipped default model, through Steerflow graphs.
 
-    .venv/bin/python scripts/make_readme_figures.py   # writes docs/*.png
+    .venv/bin/python scripts/make_readme_figures.py [--only samples|workflows]  # docs/*.png
 
 - ``docs/shapes_samples.png``: prompts (rows) x seeds (columns), text to image;
 - ``docs/workflow_examples.png``: what each example in ``workflows/`` makes, as shipped.
@@ -70,28 +70,56 @@ def samples_figure(session: Session) -> Image.Image:
     return fig
 
 
-def workflows_figure(session: Session) -> Image.Image:
-    paths = sorted((ROOT / "workflows").glob("*.json"))
-    cell, label_h = 64 * SCALE, 28
-    fig = Image.new("RGB", (cell * len(paths), cell + label_h), "white")
-    draw = ImageDraw.Draw(fig)
-    for k, path in enumerate(paths):
+def workflows_figure(session: Session, max_width: int = 1400) -> Image.Image:
+    """Each example's output at ``SCALE``x, its own aspect kept (panoramas are wide),
+    laid out in rows no wider than ``max_width``."""
+    label_h, gap = 28, 8
+    tiles: list[tuple[str, Image.Image]] = []
+    for path in sorted((ROOT / "workflows").glob("*.json")):
         result = session.run(Workflow.load(path))
         assert result.ok, (path.name, result.run.error)
         image = Image.open(result.image_paths[-1]).convert("RGB")
-        fig.paste(_up(image).resize((cell, cell), Image.NEAREST), (k * cell, label_h))
-        draw.text((k * cell + 4, 8), path.stem, fill=(20, 20, 20))
+        tiles.append((path.stem, _up(image)))
+    rows: list[list[tuple[str, Image.Image]]] = [[]]
+    for tile in tiles:
+        width = sum(t.width + gap for _, t in rows[-1])
+        if rows[-1] and width + tile[1].width > max_width:
+            rows.append([])
+        rows[-1].append(tile)
+    heights = [max(t.height for _, t in row) + label_h for row in rows]
+    width = max(sum(t.width + gap for _, t in row) for row in rows)
+    fig = Image.new("RGB", (width, sum(heights)), "white")
+    draw = ImageDraw.Draw(fig)
+    y = 0
+    for row, height in zip(rows, heights, strict=True):
+        x = 0
+        for name, tile in row:
+            draw.text((x + 4, y + 8), name, fill=(20, 20, 20))
+            fig.paste(tile, (x, y + label_h))
+            x += tile.width + gap
+        y += height
     return fig
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("samples", "workflows"),
+                        help="draw one of the two figures")
+    args = parser.parse_args()
     torch.set_num_threads(2)
     DOCS.mkdir(exist_ok=True)
+    names = []
     with tempfile.TemporaryDirectory(prefix="steerflow-figures-") as home:
         session = Session(home, device="cpu")
-        samples_figure(session).save(DOCS / "shapes_samples.png", optimize=True)
-        workflows_figure(session).save(DOCS / "workflow_examples.png", optimize=True)
-    for name in ("shapes_samples.png", "workflow_examples.png"):
+        if args.only in (None, "samples"):
+            samples_figure(session).save(DOCS / "shapes_samples.png", optimize=True)
+            names.append("shapes_samples.png")
+        if args.only in (None, "workflows"):
+            workflows_figure(session).save(DOCS / "workflow_examples.png", optimize=True)
+            names.append("workflow_examples.png")
+    for name in names:
         image = np.asarray(Image.open(DOCS / name))
         print(DOCS / name, image.shape)
 
