@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,52 @@ def session(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     return Session(tmp_path_factory.mktemp("session"), models_dir=models_dir, device="cpu",
                    registry=registry_with_capture())
+
+
+# --- a tiny 9-channel inpainting model (inpainting and outpainting tests) -------------------
+
+INPAINT_NAME = "steerflow-tiny-inpaint"
+
+
+@pytest.fixture(scope="module")
+def inpaint_models(models_dir, tmp_path_factory) -> Path:
+    """A models folder with the tiny model and a tiny 9-channel inpainting model (same VAE
+    and text encoder, UNet with in_channels=9), in diffusers format."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from nodes.diffusion.tiny import UNET_CONFIG, build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("inpaint_models")
+    (root / "checkpoints").mkdir()
+    shutil.copytree(models_dir / "checkpoints" / "steerflow-tiny",
+                    root / "checkpoints" / "steerflow-tiny")
+    base = build_tiny_pipeline()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        unet = UNet2DConditionModel(**{**UNET_CONFIG, "in_channels": 9}).eval()
+    StableDiffusionInpaintPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+        scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(root / "checkpoints" / INPAINT_NAME, safe_serialization=True)
+    return root
+
+
+def load_pipe(folder: Path):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        folder, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.base_scheduler_config = dict(pipe.scheduler.config)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe4(inpaint_models):
+    return load_pipe(inpaint_models / "checkpoints" / "steerflow-tiny")
+
+
+@pytest.fixture(scope="module")
+def pipe9(inpaint_models):
+    return load_pipe(inpaint_models / "checkpoints" / INPAINT_NAME)

@@ -17,6 +17,7 @@ from PIL import Image
 from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
+from tests.conftest import INPAINT_NAME
 from tests.graph_nodes import CAPTURED, registry_with_capture
 
 PROMPT = "a red circle at the top left on a white background"
@@ -24,7 +25,6 @@ NEGATIVE = "blurry"
 SIZE = 64
 STEPS = 8
 TOL = 1e-4
-INPAINT_NAME = "steerflow-tiny-inpaint"
 WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "inpaint.json"
 
 
@@ -66,30 +66,6 @@ def vae_image(vae, latents: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def inpaint_models(models_dir, tmp_path_factory) -> Path:
-    """A models folder with the tiny model and a tiny 9-channel inpainting model (same
-    VAE and text encoder, UNet with in_channels=9), in diffusers format."""
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
-
-    from nodes.diffusion.tiny import UNET_CONFIG, build_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("inpaint_models")
-    (root / "checkpoints").mkdir()
-    shutil.copytree(models_dir / "checkpoints" / "steerflow-tiny",
-                    root / "checkpoints" / "steerflow-tiny")
-    base = build_tiny_pipeline()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(5)
-        unet = UNet2DConditionModel(**{**UNET_CONFIG, "in_channels": 9}).eval()
-    StableDiffusionInpaintPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
-        scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(root / "checkpoints" / INPAINT_NAME, safe_serialization=True)
-    return root
-
-
-@pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("home")
     (home / "input").mkdir()
@@ -106,24 +82,6 @@ def home(tmp_path_factory) -> Path:
 def session(inpaint_models, home):
     return Session(home, models_dir=inpaint_models, device="cpu",
                    registry=registry_with_capture())
-
-
-def load_pipe(folder: Path):
-    pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-        folder, local_files_only=True, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.base_scheduler_config = dict(pipe.scheduler.config)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipe4(inpaint_models):
-    return load_pipe(inpaint_models / "checkpoints" / "steerflow-tiny")
-
-
-@pytest.fixture(scope="module")
-def pipe9(inpaint_models):
-    return load_pipe(inpaint_models / "checkpoints" / INPAINT_NAME)
 
 
 def reference(pipe, sampler: str, strength: float, mask: np.ndarray,

@@ -4,7 +4,6 @@ padded picture through the inpainting nodes equals diffusers' StableDiffusionInp
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -17,13 +16,13 @@ from PIL import Image
 from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
+from tests.conftest import INPAINT_NAME
 from tests.graph_nodes import CAPTURED, registry_with_capture
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
 STEPS = 6
 TOL = 1e-4
-INPAINT_NAME = "steerflow-tiny-inpaint"
 WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "outpaint.json"
 
 
@@ -104,29 +103,6 @@ def test_channels_and_device_follow_the_image():
 # --- through the inpainting paths ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def inpaint_models(models_dir, tmp_path_factory) -> Path:
-    """The tiny model and a tiny 9-channel inpainting model (as tests/test_inpaint.py)."""
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
-
-    from nodes.diffusion.tiny import UNET_CONFIG, build_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("outpaint_models")
-    (root / "checkpoints").mkdir()
-    shutil.copytree(models_dir / "checkpoints" / "steerflow-tiny",
-                    root / "checkpoints" / "steerflow-tiny")
-    base = build_tiny_pipeline()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(5)
-        unet = UNet2DConditionModel(**{**UNET_CONFIG, "in_channels": 9}).eval()
-    StableDiffusionInpaintPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
-        scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(root / "checkpoints" / INPAINT_NAME, safe_serialization=True)
-    return root
-
-
-@pytest.fixture(scope="module")
 def session(inpaint_models, tmp_path_factory):
     home = tmp_path_factory.mktemp("outpaint_home")
     (home / "input").mkdir()
@@ -134,24 +110,6 @@ def session(inpaint_models, tmp_path_factory):
     Image.fromarray(sample_picture(60, 60)).save(home / "input" / "odd.png")
     return Session(home, models_dir=inpaint_models, device="cpu",
                    registry=registry_with_capture())
-
-
-def load_pipe(folder: Path):
-    pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-        folder, local_files_only=True, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.base_scheduler_config = dict(pipe.scheduler.config)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipe4(inpaint_models):
-    return load_pipe(inpaint_models / "checkpoints" / "steerflow-tiny")
-
-
-@pytest.fixture(scope="module")
-def pipe9(inpaint_models):
-    return load_pipe(inpaint_models / "checkpoints" / INPAINT_NAME)
 
 
 @torch.no_grad()
