@@ -43,3 +43,10 @@ def registry_with_capture() -> NodeRegistry:
     reg = default_registry()
     reg.register(Capture)
     return reg
+
+
+def run_error(session: Any, prompt: dict[str, Any]) -> str:
+    """Run ``prompt``, which must fail; its exception message."""
+    result = session.run(prompt)
+    assert result.run.status == "error", "expected the run to fail"
+    return result.run.error["exception_message"]

@@ -15,7 +15,7 @@ from PIL import Image
 from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -120,11 +120,6 @@ def graph_image(session, prompt) -> np.ndarray:
     assert result.ok, result.run.error
     return CAPTURED.pop(key).cpu().numpy()
 
-
-def run_error(session, prompt) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error"
-    return result.run.error["exception_message"]
 
 
 NET = "steerflow-tiny-controlnet"

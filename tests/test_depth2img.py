@@ -26,7 +26,7 @@ from nodes.diffusion.tiny_depth import (
     save_tiny_depth_model,
     save_tiny_estimator,
 )
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -211,11 +211,6 @@ def run_capture(session, prompt, node: str = "decode", output: int = 0) -> torch
 def graph_image(session, prompt) -> np.ndarray:
     return run_capture(session, prompt).cpu().numpy()
 
-
-def run_error(session, prompt) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error"
-    return result.run.error["exception_message"]
 
 
 # --- parity with the pipeline ----------------------------------------------------------------

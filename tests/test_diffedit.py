@@ -17,7 +17,7 @@ from PIL import Image
 
 from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
 
 SOURCE = "a red circle at the top left on a white background"
 TARGET = "a blue circle at the top left on a white background"
@@ -96,11 +96,6 @@ def run(session, prompt) -> dict:
     return {node[4:]: CAPTURED.pop(spec["inputs"]["key"]) for node, spec in prompt.items()
             if spec["class_type"] == "TestCapture"}
 
-
-def run_error(session, prompt) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error"
-    return result.run.error["exception_message"]
 
 
 def latent_mask(mask: torch.Tensor, factor: int = 8) -> torch.Tensor:

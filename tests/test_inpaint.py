@@ -18,7 +18,7 @@ from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
 from tests.conftest import INPAINT_NAME
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -148,11 +148,6 @@ def run(session, prompt) -> tuple[np.ndarray, torch.Tensor]:
     image = CAPTURED.pop(prompt["22"]["inputs"]["key"]).cpu().numpy()
     return image, CAPTURED.pop(prompt["23"]["inputs"]["key"]).samples
 
-
-def run_error(session, prompt) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error", "expected the run to fail"
-    return result.run.error["exception_message"]
 
 
 # --- parity -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from nodes.diffusion.masking import mask_to_latent
 from nodes.diffusion.schedulers import SAMPLERS
 from nodes.diffusion.tiny_adapter import TINY_ADAPTER_NAME, save_tiny_adapter
 from nodes.diffusion.tiny_ip2p import TINY_IP2P_NAME, save_tiny_ip2p_model
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture, run_error
 
 PROMPT = "make the circle blue"
 NEGATIVE = "blurry"
@@ -156,11 +156,6 @@ def capture(session, prompt, node: str = "decode", slot: int = 0) -> object:
 def image_of(session, prompt) -> np.ndarray:
     return capture(session, prompt).cpu().numpy()
 
-
-def run_error(session, prompt) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error"
-    return result.run.error["exception_message"]
 
 
 def reference(pipe, home, *, image="edit_a.png", image_cfg=1.5, sampler="ddim", cfg=7.5,

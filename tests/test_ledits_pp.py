@@ -39,7 +39,7 @@ from PIL import Image
 from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.ledits_pp import LEditsPPGuidance, inversion_schedule
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture, run_error
 
 SOURCE = "a red circle at the top left on a white background"
 CONCEPTS = [
@@ -146,11 +146,6 @@ def run_graph(session: Session, prompt: dict, output: str = "10") -> np.ndarray:
     assert result.ok, result.run.error
     return CAPTURED.pop(prompt[output]["inputs"]["key"]).numpy()
 
-
-def run_error(session: Session, prompt: dict) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error", "the run should have failed"
-    return result.run.error["exception_message"]
 
 
 def run_reference(session: Session, ckpt: str, size: tuple[int, int] = (64, 64),

@@ -17,7 +17,7 @@ from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
 from tests.conftest import INPAINT_NAME
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -186,11 +186,6 @@ def run(session, prompt) -> tuple[np.ndarray, torch.Tensor, object]:
     image, out, latent = (CAPTURED.pop(k) for k in keys)
     return image.cpu().numpy(), out.samples, latent
 
-
-def run_error(session, prompt) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error", "expected the run to fail"
-    return result.run.error["exception_message"]
 
 
 #: 64x64 → 128x64 with a soft seam inside the picture whose values on the latent grid

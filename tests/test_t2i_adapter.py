@@ -25,7 +25,7 @@ from nodes.diffusion.tiny_adapter import (
     build_tiny_adapter,
     save_tiny_adapter,
 )
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -187,11 +187,6 @@ def graph_image(session, prompt) -> np.ndarray:
     assert result.ok, result.run.error
     return CAPTURED.pop(key).cpu().numpy()
 
-
-def run_error(session, prompt) -> str:
-    result = session.run(prompt)
-    assert result.run.status == "error"
-    return result.run.error["exception_message"]
 
 
 def file_name(kind: str, single: bool) -> str:
