@@ -6,7 +6,7 @@ between the first and the last step callback, so encoding, depth estimation, VAE
 and set-up are excluded on both sides.
 
     .venv/bin/python bench/bench_conditioning.py [--size 128] [--steps 10] [--repeats 5]
-        [--only instruct_pix2pix depth2img gligen multidiffusion]
+        [--only t2i_adapter instruct_pix2pix depth2img gligen multidiffusion]
 """
 
 from __future__ import annotations
@@ -128,6 +128,43 @@ def gligen_pipe(models: Path, parts: dict[str, Any]) -> Any:
     return pipe
 
 
+# --- T2I-Adapter: the tiny full adapter on the bench picture --------------------------------
+
+def install_adapter(models: Path) -> None:
+    from nodes.diffusion.tiny_adapter import TINY_ADAPTER_NAME, save_tiny_adapter
+
+    if not (models / "controlnet" / TINY_ADAPTER_NAME / "config.json").is_file():
+        save_tiny_adapter(models / "controlnet")
+
+
+def adapter_graph(g: Graph) -> None:
+    from nodes.diffusion.tiny_adapter import TINY_ADAPTER_NAME
+
+    g["10"] = {"class_type": "LoadImage", "inputs": {"image": "bench_picture.png"}}
+    g["12"] = {"class_type": "ControlNetLoader",
+               "inputs": {"control_net_name": TINY_ADAPTER_NAME}}
+    g["13"] = {"class_type": "T2IAdapterApply", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "adapter": ["12", 0], "image": ["10", 0]}}
+    g["3"]["inputs"].update(positive=["13", 0], negative=["13", 1])
+
+
+def adapter_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> Any:
+    from PIL import Image
+
+    image = Image.fromarray(bench_picture(common["height"], common["width"]))
+    pipe(PROMPT, image=image, callback=clock.tick, callback_steps=1, **common)
+
+
+def adapter_pipe(models: Path, parts: dict[str, Any]) -> Any:
+    from diffusers import StableDiffusionAdapterPipeline
+
+    from nodes.diffusion.tiny_adapter import build_tiny_adapter
+
+    pipe = StableDiffusionAdapterPipeline(**parts, adapter=build_tiny_adapter())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # --- Instruct Pix2Pix: the tiny 8-channel model editing the bench picture ------------------
 
 IP2P_CKPT = "steerflow-tiny-ip2p"
@@ -211,6 +248,8 @@ def panorama_pipe(models_dir: Path, parts: dict[str, Any]) -> Any:
 
 
 CASES: list[Case] = [
+    Case("t2i_adapter", "StableDiffusionAdapterPipeline (full adapter)", adapter_graph,
+         adapter_reference, install_adapter, adapter_pipe),
     Case("instruct_pix2pix", "StableDiffusionInstructPix2PixPipeline (image_cfg 1.5)",
          ip2p_graph, ip2p_reference, install_ip2p, ip2p_pipe),
     Case("depth2img", "StableDiffusionDepth2ImgPipeline (strength 0.8, DPT estimator)",

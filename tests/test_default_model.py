@@ -13,7 +13,10 @@ import torch
 
 from engine.session import Session
 from nodes.diffusion.shapes_model import (
+    SHAPES_ADAPTER_NAME,
     SHAPES_CONTROLNET_NAME,
+    SHAPES_IP2P_NAME,
+    SHAPES_IP2P_UNET,
     SHAPES_NAME,
     WEIGHTS_DIR,
     shipped_weights,
@@ -64,14 +67,20 @@ def run_image(session: Session, graph: dict) -> np.ndarray:
 def test_shipped_weights_fit_the_budget_and_install_in_both_formats(session):
     shipped = sorted(WEIGHTS_DIR.glob("*.safetensors"))
     assert {p.name for p in shipped} == {f"{SHAPES_NAME}.safetensors",
-                                         f"{SHAPES_CONTROLNET_NAME}.safetensors"}
+                                         f"{SHAPES_CONTROLNET_NAME}.safetensors",
+                                         f"{SHAPES_ADAPTER_NAME}.safetensors",
+                                         f"{SHAPES_IP2P_UNET}.safetensors"}
     assert sum(p.stat().st_size for p in shipped) <= 40 * 2**20
     models = session.env.folder("models")
     for role, name, marker in (("checkpoints", SHAPES_NAME, "model_index.json"),
-                               ("controlnet", SHAPES_CONTROLNET_NAME, "config.json")):
+                               ("controlnet", SHAPES_CONTROLNET_NAME, "config.json"),
+                               ("controlnet", SHAPES_ADAPTER_NAME, "config.json")):
         assert (models / role / name / marker).is_file()
         assert (models / role / f"{name}.safetensors").read_bytes() == \
             shipped_weights(name).read_bytes()
+    # the Instruct-Pix2Pix UNet ships alone; set-up pairs it with the model's VAE and CLIP
+    assert (models / "checkpoints" / SHAPES_IP2P_NAME / "model_index.json").is_file()
+    assert (models / "checkpoints" / f"{SHAPES_IP2P_NAME}.safetensors").is_file()
 
 
 @pytest.mark.parametrize(("prompt", "expected"), CASES, ids=[c[1][1] for c in CASES])

@@ -291,9 +291,10 @@ def test_ship_writes_float16_files_that_install_in_both_formats(
 def test_evaluation_runs_through_the_graph(trained: dict[str, object]) -> None:
     from training.evaluate import EvalConfig, evaluate
 
+    # no adapter metric: set-up puts the shipped adapter (made for the real UNet) beside the toy
     cfg = EvalConfig(samples=2, two_shape_samples=1, sega_samples=1, controlnet_samples=1,
-                     lora_samples=1, inversion_samples=1, steps=2, inversion_steps=2,
-                     sega_warmup=0, image_size=32, progress=False)
+                     adapter_samples=0, lora_samples=1, inversion_samples=1, steps=2,
+                     inversion_steps=2, sega_warmup=0, image_size=32, progress=False)
     export = trained["out"] / "export"  # type: ignore[operator]
     # The toy LoRA under the name the shipped one has (which would not fit the toy UNet).
     (export / "loras").mkdir(exist_ok=True)
