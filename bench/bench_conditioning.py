@@ -219,7 +219,7 @@ def panorama_graph(g: Graph) -> None:
     g["5"]["inputs"]["width"] = 2 * g["5"]["inputs"]["width"]
     g["p"] = {"class_type": "MultiDiffusionPanorama", "inputs": {
         "model": ["4", 0], "window_size": 0, "stride": PANORAMA_STRIDE,
-        "circular_padding": False, "view_batch_size": 1}}
+        "circular_padding": False, "view_batch_size": 1, "view_weights": "uniform"}}
     g["3"]["inputs"]["model"] = ["p", 0]
 
 

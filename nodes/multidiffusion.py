@@ -21,8 +21,8 @@ class MultiDiffusionPanorama(Node):
     trained for, without the seams of generating tiles one by one. Each step the latent is
     split into overlapping windows of the model's native size, every window is denoised
     like a normal image, and the overlaps are averaged, so neighbouring windows agree.
-    Matches diffusers' ``StableDiffusionPanoramaPipeline`` (its window 64 latent pixels,
-    stride 8; view_weights uniform).
+    With ``view_weights`` "uniform" it matches diffusers' ``StableDiffusionPanoramaPipeline``
+    (its window 64 latent pixels, stride 8).
 
     Wire: Load Checkpoint's MODEL → here → the sampler; make the latent as wide as you
     like (Empty Latent Image, e.g. 256x64 on steerflow-shapes with the VAE linked). Sizes
@@ -31,9 +31,10 @@ class MultiDiffusionPanorama(Node):
     1.5): smaller windows draw things too small, larger ones leave what the model learnt.
     ``stride`` is the step between windows (at most the window): smaller strides overlap
     more and cost more (windows = (width − window) / stride + 1: 7 for 256 px at 8 on the
-    default model). ``view_weights`` "gaussian" weighs each window less towards its edges
-    (Mixture of Diffusers) instead of the pipeline's plain average: textures and shapes
-    then change smoothly where a window starts or ends — use it on textured backgrounds.
+    default model). ``view_weights`` "gaussian" (the default) weighs each window less
+    towards its edges (Mixture of Diffusers): textures and shapes change smoothly where a
+    window starts or ends; "uniform" is the pipeline's plain average, which leaves faint
+    steps and half-drawn "ghost" shapes at window edges on textured backgrounds.
     ``circular_padding`` wraps windows around the right edge so the left and right edges
     meet (a 360° panorama; decode with VAE Decode (Circular)). ``view_batch_size``
     windows go through the UNet together (faster on a GPU, same result).
@@ -64,9 +65,10 @@ class MultiDiffusionPanorama(Node):
                                                       "(360° panoramas)")
     view_batch_size: int = Input(1, min=1, max=64,
                                  description="Windows per UNet pass (speed only)")
-    view_weights: str = Input("uniform", choices=("uniform", "gaussian"),
-                              description="How windows are averaged: uniform (MultiDiffusion, "
-                                          "the pipeline) or gaussian (Mixture of Diffusers)")
+    view_weights: str = Input("gaussian", choices=("gaussian", "uniform"),
+                              description="How windows are averaged: gaussian (Mixture of "
+                                          "Diffusers: fewer seams) or uniform (MultiDiffusion, "
+                                          "the diffusers pipeline)")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
