@@ -139,24 +139,12 @@ def run_setting(runner: Any, eval_cfg: Any, s: Settings, cases: list[tuple[Any, 
         edited = runner.image(graph)
         score = edit_eval.score_recolour(case, source, edited)
         scores.append(score)
-        why[_verdict(score)] += 1
+        why[score.verdict] += 1
         if save_dir is not None:  # source | edit, named by the verdict
             save_dir.mkdir(parents=True, exist_ok=True)
-            name = f"{case.index:03d}_{_verdict(score).replace(' ', '_')}.png"
+            name = f"{case.index:03d}_{score.verdict.replace(' ', '_')}.png"
             Image.fromarray(np.concatenate([source, edited], axis=1)).save(save_dir / name)
     return edit_eval.summarise(scores), why
-
-
-def _verdict(score: Any) -> str:
-    if score.ok:
-        return "ok"
-    if not score.recoloured:
-        return "not recoloured"
-    if not score.shape_kept:
-        return "shape changed"
-    if not score.others_kept:
-        return "other shape changed"
-    return "psnr < 30"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -143,18 +143,6 @@ def vae_ceiling(runner: Any, model: str, cases: list[Any], names: list[str]) -> 
     return sum(kept) / len(kept)
 
 
-def failure(score: Any) -> str:
-    if score.ok:
-        return "ok"
-    if not score.recoloured:
-        return "not recoloured"
-    if not score.shape_kept:
-        return "shape changed"
-    if not score.others_kept:
-        return "other shape changed"
-    return "psnr < 30"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,11 +198,11 @@ def main(argv: list[str] | None = None) -> None:
                 edited = runner.image(ledits_graph(cfg.model, case, name, s))
                 score = score_recolour(case, source, edited)
                 scores.append(score)
-                outcomes[failure(score)] += 1
+                outcomes[score.verdict] += 1
                 if args.save is not None and n_setting == 0:
                     args.save.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(np.concatenate([source, edited], axis=1)).save(
-                        args.save / f"case_{case.index:03d}_{failure(score).replace(' ', '_')}.png")
+                        args.save / f"case_{case.index:03d}_{score.verdict.replace(' ', '_')}.png")
             m = summarise(scores)
             print(f"{s.row()} | {m['ok']:4.0%} {m['edited']:6.0%} {m['recoloured']:5.0%} "
                   f"{m['psnr_outside_ge_target']:7.0%} {m['psnr_outside_median']:7.1f} dB | "

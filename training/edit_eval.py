@@ -72,6 +72,19 @@ class RecolourScore:
     def ok(self) -> bool:
         return self.edited and self.psnr_outside >= PSNR_TARGET
 
+    @property
+    def verdict(self) -> str:
+        """"ok", or the first requirement the edit failed."""
+        if self.ok:
+            return "ok"
+        if not self.recoloured:
+            return "not recoloured"
+        if not self.shape_kept:
+            return "shape changed"
+        if not self.others_kept:
+            return "other shape changed"
+        return f"psnr < {PSNR_TARGET:g}"
+
 
 def make_case(world_seed: int, index: int, size: int = 64, two_shape_prob: float = 0.5
               ) -> RecolourCase:
