@@ -10,6 +10,8 @@ from nodes.diffusion.handles import Latent, Tensor, Vae
 if TYPE_CHECKING:
     import torch
 
+    from nodes.diffusion.vae_codec import Tiling
+
 SD_LATENT_CHANNELS = 4
 SD_DOWNSCALE = 8
 
@@ -43,30 +45,28 @@ class EmptyLatentImage(Node):
         return (Latent(torch.zeros(shape, device=ctx.device)),)
 
 
-def decode(vae: Vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents (UNet space) → IMAGE ``[B, H, W, C]`` in 0..1, as the pipelines postprocess."""
-    import torch
+def decode(vae: Vae, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+    """Latents (UNet space) → IMAGE ``[B, H, W, C]`` in 0..1, as the pipelines postprocess.
 
-    model = vae.vae
-    with torch.no_grad():
-        x = latents.to(device=model.device, dtype=model.dtype) / vae.scaling_factor
-        image = model.decode(x, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
+    Large images are decoded image by image or in tiles when memory asks for it
+    (:mod:`nodes.diffusion.vae_codec`); ``tiling`` asks for tiles of that size.
+    """
+    from nodes.diffusion.vae_codec import decode_raw
+
+    image = decode_raw(vae, latents / vae.scaling_factor, tiling)
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
 
 
-def encode(vae: Vae, image: torch.Tensor) -> torch.Tensor:
+def encode(vae: Vae, image: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
     """IMAGE → latents (UNet space), using the posterior's mode so it is deterministic."""
-    import torch
+    from nodes.diffusion.vae_codec import encode_raw
 
-    model = vae.vae
     factor = vae.downscale
     h, w = image.shape[1] // factor * factor, image.shape[2] // factor * factor
     if h == 0 or w == 0:
         raise ValueError(f"image is smaller than the VAE's downscale factor {factor}")
-    with torch.no_grad():
-        x = image[:, :h, :w, :3].permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
-        posterior = model.encode(x * 2 - 1).latent_dist
-        return posterior.mode() * vae.scaling_factor
+    x = image[:, :h, :w, :3].permute(0, 3, 1, 2)
+    return encode_raw(vae, x * 2 - 1, tiling).mode() * vae.scaling_factor
 
 
 class VAEDecode(Node):
@@ -99,4 +99,63 @@ class VAEEncode(Node):
         return (Latent(encode(self.vae, self.pixels)),)
 
 
-NODE_CLASSES = (EmptyLatentImage, VAEDecode, VAEEncode)
+class VAEDecodeTiled(Node):
+    """Decode latents into an image in overlapping tiles, blended at their seams.
+
+    Plain VAE Decode already switches to tiles when an image would not fit in memory;
+    use this node to choose the tile size yourself (smaller tiles: less memory, more
+    seams to blend, slower). ``overlap`` is capped at a quarter of the tile. The
+    temporal inputs are ComfyUI's for video VAEs; image VAEs ignore them.
+    """
+
+    TYPE = "VAEDecodeTiled"
+    DISPLAY_NAME = "VAE Decode (Tiled)"
+    CATEGORY = "latent"
+    OUTPUTS = (Output("IMAGE"),)
+
+    samples: Latent = Input(type="LATENT")
+    vae: Vae = Input(type="VAE")
+    tile_size: int = Input(512, min=64, max=4096, step=32,
+                           description="Tile side in pixels")
+    overlap: int = Input(64, min=0, max=4096, step=32,
+                         description="Pixels two neighbouring tiles share (≤ tile_size / 4)")
+    temporal_size: int = Input(64, min=8, max=4096, step=4,
+                               description="Video VAEs only (frames per chunk); ignored")
+    temporal_overlap: int = Input(8, min=4, max=4096, step=4,
+                                  description="Video VAEs only; ignored")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        from nodes.diffusion.vae_codec import Tiling
+
+        return (decode(self.vae, self.samples.samples, Tiling(self.tile_size, self.overlap)),)
+
+
+class VAEEncodeTiled(Node):
+    """Encode an image into latents in overlapping tiles (see VAE Decode (Tiled)).
+
+    Plain VAE Encode already switches to tiles when an image would not fit in memory.
+    """
+
+    TYPE = "VAEEncodeTiled"
+    DISPLAY_NAME = "VAE Encode (Tiled)"
+    CATEGORY = "latent"
+    OUTPUTS = (Output("LATENT"),)
+
+    pixels: Tensor = Input(type="IMAGE")
+    vae: Vae = Input(type="VAE")
+    tile_size: int = Input(512, min=64, max=4096, step=64,
+                           description="Tile side in pixels")
+    overlap: int = Input(64, min=0, max=4096, step=32,
+                         description="Pixels two neighbouring tiles share (≤ tile_size / 4)")
+    temporal_size: int = Input(64, min=8, max=4096, step=4,
+                               description="Video VAEs only (frames per chunk); ignored")
+    temporal_overlap: int = Input(8, min=4, max=4096, step=4,
+                                  description="Video VAEs only; ignored")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        from nodes.diffusion.vae_codec import Tiling
+
+        return (Latent(encode(self.vae, self.pixels, Tiling(self.tile_size, self.overlap))),)
+
+
+NODE_CLASSES = (EmptyLatentImage, VAEDecode, VAEEncode, VAEDecodeTiled, VAEEncodeTiled)

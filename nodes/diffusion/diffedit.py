@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent, Vae
 from nodes.diffusion.lora import lora_patched
 from nodes.diffusion.masking import NoiseMaskBlend
+from nodes.diffusion.vae_codec import encode_raw
 
 if TYPE_CHECKING:
     from nodes.diffusion.extensions import Step
@@ -111,7 +112,7 @@ def diffedit_mask(model: DiffusionModel, vae: Vae, image: torch.Tensor, source: 
     # The pipeline draws the posterior samples, then the noise, from one generator.
     generator = torch.Generator("cpu").manual_seed(seed)
     pixels = pixels.repeat_interleave(n, dim=0).to(device=vae.vae.device, dtype=vae.vae.dtype)
-    latents = vae.vae.encode(pixels).latent_dist.sample(generator) * vae.scaling_factor
+    latents = encode_raw(vae, pixels).sample(generator) * vae.scaling_factor
     latents = latents.to(device=device, dtype=dtype)
     scheduler = make_scheduler("ddim", "normal", model.scheduler_config)
     scheduler.set_timesteps(steps, device=device)

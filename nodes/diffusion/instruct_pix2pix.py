@@ -41,6 +41,7 @@ import torch
 
 from nodes.diffusion.concat import ConcatChannels
 from nodes.diffusion.extensions import Predictions, Step
+from nodes.diffusion.vae_codec import encode_raw
 
 if TYPE_CHECKING:
     from nodes.diffusion.handles import Vae
@@ -73,10 +74,7 @@ def image_latents(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
     top, left = (pixels.shape[1] - height) // 2, (pixels.shape[2] - width) // 2
     pixels = pixels[:, top:top + height, left:left + width]
     pixels = pixels[..., :3] if pixels.shape[-1] != 1 else pixels.expand(-1, -1, -1, 3)
-    model = vae.vae
-    with torch.no_grad():
-        x = pixels.permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
-        return model.encode(x * 2 - 1).latent_dist.mode()
+    return encode_raw(vae, pixels.permute(0, 3, 1, 2) * 2 - 1).mode()
 
 
 class InstructPix2Pix(ConcatChannels):

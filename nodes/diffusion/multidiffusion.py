@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nodes.diffusion.extensions import Denoise, SamplerExtension, Step
+from nodes.diffusion.vae_codec import decode_raw
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
@@ -338,14 +339,12 @@ def decode_circular(vae: Any, latents: torch.Tensor, padding: int = 8) -> torch.
     """Decode with ``padding`` latent columns wrapped around each side, then cut them off
     (the pipeline's ``decode_latents_with_padding``): the left and right edges of a
     360° panorama then meet without a seam. Returns IMAGE ``[B, H, W, C]`` in 0..1."""
-    model = vae.vae
     padding = min(padding, latents.shape[-1])
-    with torch.no_grad():
-        x = latents.to(device=model.device, dtype=model.dtype) / vae.scaling_factor
-        if padding:
-            x = torch.cat((x[..., -padding:], x, x[..., :padding]), dim=-1)
-        image = model.decode(x, return_dict=False)[0]
-        if padding:
-            pixels = vae.downscale * padding
-            image = image[..., pixels:-pixels]
-        return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
+    x = latents / vae.scaling_factor
+    if padding:
+        x = torch.cat((x[..., -padding:], x, x[..., :padding]), dim=-1)
+    image = decode_raw(vae, x)
+    if padding:
+        pixels = vae.downscale * padding
+        image = image[..., pixels:-pixels]
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
