@@ -25,6 +25,7 @@ from nodes import (
     inversion,
     latent,
     ledits_pp,
+    loaders,
     lora,
     masks,
     model_editing,
@@ -39,10 +40,12 @@ from nodes import (
     sampling_advanced,
     sega,
     t2i_adapter,
+    upscale,
 )
 
 NODE_CLASSES = (
     *models.NODE_CLASSES,
+    *loaders.NODE_CLASSES,
     *lora.NODE_CLASSES,
     *conditioning.NODE_CLASSES,
     *latent.NODE_CLASSES,
@@ -65,6 +68,7 @@ NODE_CLASSES = (
     *t2i_adapter.NODE_CLASSES,
     *gligen.NODE_CLASSES,
     *image.NODE_CLASSES,
+    *upscale.NODE_CLASSES,
     *masks.NODE_CLASSES,
     *preprocessors.NODE_CLASSES,
     *primitives.NODE_CLASSES,
@@ -72,7 +76,7 @@ NODE_CLASSES = (
 
 
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",
-                 "gligen")
+                 "gligen", "diffusion_models", "unet")
 
 
 def setup(env: Environment) -> None:

@@ -9,6 +9,8 @@ diffusers' ``encode_prompt`` result.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
@@ -35,6 +37,8 @@ from nodes.latent import SD_DOWNSCALE
 if TYPE_CHECKING:
     import torch
 
+logger = logging.getLogger(__name__)
+
 
 def _windows(tokenizer: Any, tokens: PromptTokens) -> list[Window]:
     eos = tokenizer.eos_token_id
@@ -43,8 +47,23 @@ def _windows(tokenizer: Any, tokens: PromptTokens) -> list[Window]:
                          window=tokenizer.model_max_length - 2)
 
 
-def _encode_windows(encoder: Any, windows: list[Window]) -> torch.Tensor:
-    """Last hidden states ``[windows, 77, dim]``, embedding vectors injected."""
+def clip_layer_index(encoder: Any, stop_at_clip_layer: int) -> int:
+    """The hidden-states index (-1: last layer) for ComfyUI's ``stop_at_clip_layer``.
+
+    As ComfyUI, a layer past the encoder's depth falls back to the last layer (with a
+    warning): SD 1.x CLIP has 12 layers, the shipped small models 2.
+    """
+    layers = int(encoder.config.num_hidden_layers)
+    if -layers <= stop_at_clip_layer <= -1:
+        return stop_at_clip_layer
+    logger.warning("stop_at_clip_layer %d is past the text encoder's %d layers; using the "
+                   "last layer, as ComfyUI does", stop_at_clip_layer, layers)
+    return -1
+
+
+def _encode_windows(encoder: Any, windows: list[Window], layer: int = -1) -> torch.Tensor:
+    """Hidden states ``[windows, 77, dim]`` of encoder layer ``layer`` (-1: the last)
+    after the final layer norm, embedding vectors injected."""
     import torch
 
     device = encoder.device
@@ -59,7 +78,11 @@ def _encode_windows(encoder: Any, windows: list[Window]) -> torch.Tensor:
                              device=device).reshape(-1, 2)
     vectors = torch.stack([vec for _, _, vec in slots]) if slots else torch.empty(0)
     with injected_vectors(encoder, positions, vectors):
-        return encoder(ids, attention_mask=attention_mask)[0]
+        if layer == -1:
+            return encoder(ids, attention_mask=attention_mask)[0]
+        # diffusers' clip_skip: an earlier layer's output through the final layer norm.
+        out = encoder(ids, attention_mask=attention_mask, output_hidden_states=True)
+        return encoder.final_layer_norm(out.hidden_states[layer])
 
 
 def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None = None, *,
@@ -75,11 +98,12 @@ def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None
     tokenizer, encoder = clip.tokenizer, clip.text_encoder
     tokens = tokenize_weighted(tokenizer, parse_prompt_weights(text), embeddings)
     windows = _windows(tokenizer, tokens)
+    layer = clip_layer_index(encoder, clip.stop_at_clip_layer)
     with torch.no_grad(), patched(encoder, clip.patches):
-        z = _encode_windows(encoder, windows)
+        z = _encode_windows(encoder, windows, layer)
         weights = torch.tensor([w.weights for w in windows])
         if bool((weights != 1).any()):
-            z_empty = (_encode_windows(encoder, _windows(tokenizer, PromptTokens()))
+            z_empty = (_encode_windows(encoder, _windows(tokenizer, PromptTokens()), layer)
                        if weighting == "comfy" else None)
             z = apply_weights(z, weights, z_empty=z_empty, method=weighting)
     return z.reshape(1, -1, z.shape[-1])
@@ -282,5 +306,27 @@ class ConditioningSetMask(Node):
                               mask_strength=self.strength),)
 
 
+class CLIPSetLastLayer(Node):
+    """Encode prompts with an earlier layer of the text encoder ("clip skip"): -1 is the
+    last layer (the default), -2 the one before it, which many SD 1.x fine-tunes (anime
+    models especially) were trained with — use what the model card says. Wire it between
+    the checkpoint's CLIP and every Encode Prompt. Costs nothing. -2 here equals
+    diffusers' ``clip_skip=1``. A layer past the encoder's depth falls back to the last,
+    as in ComfyUI. SD 2.x checkpoints already end at the penultimate layer (diffusers'
+    layout), so there -1 is what SD 2 was trained with."""
+
+    TYPE = "CLIPSetLastLayer"
+    DISPLAY_NAME = "CLIP Set Last Layer"
+    CATEGORY = "conditioning"
+    OUTPUTS = (Output("CLIP"),)
+
+    clip: TextEncoder = Input(type="CLIP")
+    stop_at_clip_layer: int = Input(-1, min=-24, max=-1, step=1)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder]:
+        return (replace(self.clip, stop_at_clip_layer=self.stop_at_clip_layer),)
+
+
 NODE_CLASSES = (CLIPTextEncode, ConditioningCombine, ConditioningSetStrength,
-                ConditioningSetArea, ConditioningSetAreaPercentage, ConditioningSetMask)
+                ConditioningSetArea, ConditioningSetAreaPercentage, ConditioningSetMask,
+                CLIPSetLastLayer)

@@ -57,6 +57,10 @@ class TextEncoder:
     family: str = "sd1"
     # LoRA updates (nodes.diffusion.lora.LoraPatch) applied while encoding.
     patches: tuple[Any, ...] = ()
+    # ComfyUI's CLIP Set Last Layer: the encoder layer whose output (final layer norm
+    # applied, as diffusers' clip_skip) is the prompt embedding; -1 the last, -2 the one
+    # before it ("clip skip 2" = diffusers' clip_skip=1).
+    stop_at_clip_layer: int = -1
 
     @property
     def device(self) -> torch.device:

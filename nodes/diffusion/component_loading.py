@@ -1,0 +1,258 @@
+"""Load one component on its own: a VAE (``models/vae``), a UNet (``models/diffusion_models``)
+and a "diff" ControlNet (weights stored as the difference to the model it was trained on).
+
+The conversions are :mod:`nodes.diffusion.loading`'s: the same pickle policy, the same
+original-layout (CompVis/LDM) converters, the same strict key check. A file's config
+comes from Steerflow's ``steerflow.config`` metadata when present (a ``vae`` or ``unet``
+entry), else from the shipped SD configs with the sizes read off the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+)
+
+from nodes.diffusion.loading import (
+    CheckpointKeyError,
+    _check_folder_weights,
+    _empty,
+    _load_strict,
+    _own_aligned_memory,
+    detect_family,
+    family_configs,
+    read_checkpoint_file,
+)
+from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX, VAE_PREFIX
+
+StateDict = dict[str, torch.Tensor]
+
+#: ComfyUI's UNETLoader weight_dtype choices → the dtype weights are rounded through.
+WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
+    "default": None,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def _metadata_config(metadata: Mapping[str, str] | None, key: str) -> dict[str, Any] | None:
+    if not metadata or CONFIG_METADATA_KEY not in metadata:
+        return None
+    configs = json.loads(metadata[CONFIG_METADATA_KEY])
+    return dict(configs[key]) if key in configs else None
+
+
+def _finish(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype
+            ) -> torch.nn.Module:
+    model.to(device)
+    if any(p.dtype != dtype for p in model.parameters()):
+        model.to(dtype)
+    _own_aligned_memory(model)
+    return model.eval()
+
+
+def _indices(keys: Any, pattern: str) -> list[int]:
+    found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+    return sorted(found)
+
+
+# --- VAE ------------------------------------------------------------------------------------
+
+def load_vae(path: Path, *, allow_pickle: bool = False, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+    """An ``AutoencoderKL`` from a diffusers VAE folder (``config.json``) or a single file in
+    diffusers' or the original layout (a whole checkpoint's ``first_stage_model.*`` too)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path.name} is a folder but not a diffusers VAE (no config.json)")
+        _check_folder_weights(path, allow_pickle=allow_pickle)
+        vae = AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype,
+                                            use_safetensors=True if not allow_pickle else None)
+    else:
+        state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
+        vae = vae_from_state_dict(state_dict, metadata, name=path.name)
+    return _finish(vae, device, dtype)
+
+
+def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
+                        *, name: str = "file") -> AutoencoderKL:
+    """Build the VAE in ``state_dict`` (either layout; sizes from metadata or the weights)."""
+    original = _original_vae_prefix(state_dict)
+    diffusers_layout = "encoder.down_blocks.0.resnets.0.conv1.weight" in state_dict
+    if original is None and not diffusers_layout:
+        raise ValueError(
+            f"{name} is not a VAE: it has no encoder/decoder weights (expected keys like "
+            "encoder.down.0.block.0.conv1.weight or encoder.down_blocks.0.resnets.0.conv1.weight)")
+    config = _metadata_config(metadata, "vae")
+    if config is None:
+        config = _vae_config_from_weights(state_dict, original)
+    if original is not None:
+        weights = convert_ldm_vae_checkpoint(state_dict, config)
+    else:
+        weights = {k: v for k, v in state_dict.items()
+                   if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+    try:
+        return _load_strict("vae", _empty(lambda: AutoencoderKL.from_config(config)), weights)
+    except CheckpointKeyError as exc:
+        raise ValueError(f"{name} does not look like a Stable Diffusion VAE: {exc}") from exc
+
+
+def _original_vae_prefix(state_dict: Mapping[str, Any]) -> str | None:
+    for prefix in (VAE_PREFIX, "vae.", ""):
+        if f"{prefix}encoder.down.0.block.0.conv1.weight" in state_dict:
+            return prefix
+    return None
+
+
+def _vae_config_from_weights(sd: Mapping[str, torch.Tensor], original: str | None
+                             ) -> dict[str, Any]:
+    """SD's VAE config with the levels, widths, depth and channels of these weights."""
+    config = family_configs("sd1")["vae"]
+    if original is not None:
+        p = original
+        levels = _indices(sd, rf"{re.escape(p)}encoder\.down\.(\d+)\.")
+        width = [int(sd[f"{p}encoder.down.{i}.block.0.conv1.weight"].shape[0]) for i in levels]
+        depth = len(_indices(sd, rf"{re.escape(p)}encoder\.down\.0\.block\.(\d+)\."))
+        conv_in, dec_in, conv_out = (f"{p}encoder.conv_in.weight", f"{p}decoder.conv_in.weight",
+                                     f"{p}decoder.conv_out.weight")
+    else:
+        levels = _indices(sd, r"encoder\.down_blocks\.(\d+)\.")
+        width = [int(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0])
+                 for i in levels]
+        depth = len(_indices(sd, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."))
+        conv_in, dec_in, conv_out = ("encoder.conv_in.weight", "decoder.conv_in.weight",
+                                     "decoder.conv_out.weight")
+    for key in (conv_in, dec_in, conv_out):
+        if key not in sd:
+            raise ValueError(f"not a complete VAE: {key} is missing")
+    config.update(
+        block_out_channels=width, layers_per_block=depth,
+        down_block_types=["DownEncoderBlock2D"] * len(width),
+        up_block_types=["UpDecoderBlock2D"] * len(width),
+        in_channels=int(sd[conv_in].shape[1]), out_channels=int(sd[conv_out].shape[0]),
+        latent_channels=int(sd[dec_in].shape[1]))
+    return config
+
+
+# --- UNet -------------------------------------------------------------------------------------
+
+def load_unet(path: Path, *, allow_pickle: bool = False, weight_dtype: str = "default",
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+              ) -> tuple[UNet2DConditionModel, dict[str, Any], str]:
+    """A UNet, its scheduler config and family from a diffusers UNet folder or a single file
+    (original layout with or without ``model.diffusion_model.``, or diffusers' layout).
+
+    ``weight_dtype`` fp8 rounds the weights through that format and computes in ``dtype``:
+    what ComfyUI computes with fp8 storage (it upcasts each layer's weights), without its
+    memory saving.
+    """
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"unknown weight_dtype {weight_dtype!r}: use one of "
+                         f"{sorted(WEIGHT_DTYPES)}")
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path.name} is a folder but not a diffusers UNet (no config.json)")
+        _check_folder_weights(path, allow_pickle=allow_pickle)
+        unet = UNet2DConditionModel.from_pretrained(
+            path, local_files_only=True, torch_dtype=dtype,
+            use_safetensors=True if not allow_pickle else None)
+        family = "sd2" if unet.config.cross_attention_dim == 1024 else "sd1"
+        configs = family_configs(family)
+    else:
+        state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
+        unet, family = unet_from_state_dict(state_dict, metadata, name=path.name)
+        configs = family_configs(family)
+        configs["scheduler"] = _metadata_config(metadata, "scheduler") or configs["scheduler"]
+    fp8 = WEIGHT_DTYPES[weight_dtype]
+    if fp8 is not None:
+        with torch.no_grad():
+            for param in unet.parameters():
+                param.data = param.data.to(fp8).to(param.dtype)
+    return _finish(unet, device, dtype), dict(configs["scheduler"]), family
+
+
+def unet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
+                         *, name: str = "file") -> tuple[UNet2DConditionModel, str]:
+    """Build the UNet in ``state_dict``; its family ("sd1"/"sd2") from metadata or shapes."""
+    if "conv_in.weight" in state_dict and "input_blocks.0.0.weight" not in state_dict:
+        weights = {k: v for k, v in state_dict.items() if not k.startswith("controlnet")}
+        config = _metadata_config(metadata, "unet")
+        if config is None:
+            widths = {int(v.shape[-1]) for k, v in weights.items()
+                      if k.endswith("attn2.to_k.weight")}
+            family = {frozenset({768}): "sd1", frozenset({1024}): "sd2"}.get(frozenset(widths))
+            if family is None:
+                raise ValueError(f"{name}: not an SD 1.x / 2.x UNet (cross-attention widths "
+                                 f"{sorted(widths) or 'none'})")
+            config = family_configs(family)["unet"]
+            config["in_channels"] = int(weights["conv_in.weight"].shape[1])
+    else:
+        if not any(k.startswith(UNET_PREFIX) for k in state_dict):
+            # ComfyUI saves diffusion models without the checkpoint's prefix.
+            state_dict = {UNET_PREFIX + k: v for k, v in state_dict.items()}
+        if UNET_PREFIX + "input_blocks.0.0.weight" not in state_dict:
+            raise ValueError(f"{name} is not a diffusion model (UNet): no input_blocks.* or "
+                             "conv_in / down_blocks.* weights")
+        config = _metadata_config(metadata, "unet")
+        if config is None:
+            config = family_configs(detect_family({k: tuple(v.shape)
+                                                   for k, v in state_dict.items()}))["unet"]
+            config["in_channels"] = int(state_dict[UNET_PREFIX + "input_blocks.0.0.weight"]
+                                        .shape[1])
+        weights = convert_ldm_unet_checkpoint(state_dict, config)
+    family = "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
+    try:
+        unet = _load_strict("unet", _empty(lambda: UNet2DConditionModel.from_config(config)),
+                            weights)
+    except CheckpointKeyError as exc:
+        raise ValueError(f"{name} is not an SD 1.x / 2.x UNet Steerflow can load: {exc}") from exc
+    return unet, family
+
+
+# --- diff ControlNets ---------------------------------------------------------------------------
+
+DIFFERENCE_KEY = "difference"  # the marker key of a "diff" ControlNet file (ComfyUI's test)
+CONTROL_PREFIX = "control_model."
+
+
+def load_diff_controlnet(path: Path, unet: UNet2DConditionModel, *, allow_pickle: bool = False,
+                         device: torch.device | str = "cpu",
+                         dtype: torch.dtype = torch.float32) -> ControlNetModel:
+    """A ControlNet from a single file; when it is a difference (a ``difference`` key, as
+    ComfyUI tests), each ``control_model.X`` adds the model's ``diffusion_model.X`` first.
+    Other files (folders too) load as a plain ControlNet."""
+    from nodes.diffusion.controlnet_loading import controlnet_from_state_dict, load_controlnet
+    from nodes.diffusion.original_layout import unet_to_original
+
+    path = Path(path)
+    if path.is_dir():
+        return load_controlnet(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
+    state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
+    if DIFFERENCE_KEY in state_dict:
+        state_dict = dict(state_dict)
+        del state_dict[DIFFERENCE_KEY]
+        base = unet_to_original(unet.state_dict(), dict(unet.config))
+        added = 0
+        for key, value in list(state_dict.items()):
+            base_key = UNET_PREFIX + key.removeprefix(CONTROL_PREFIX)
+            ref = base.get(base_key)
+            if ref is not None and ref.shape == value.shape:
+                state_dict[key] = value + ref.to(device=value.device, dtype=value.dtype)
+                added += 1
+        if added == 0:
+            raise ValueError(f"{path.name} is a diff ControlNet, but none of its weights match "
+                             "the linked model's UNet: link the model it was made for")
+    net = controlnet_from_state_dict(state_dict, metadata, name=path.name)
+    return _finish(net, device, dtype)

@@ -1,0 +1,189 @@
+"""Component loaders with ComfyUI's names: Load VAE, Load Diffusion Model (UNETLoader),
+Image Only Checkpoint Loader and the diff-ControlNet loader. Offline, confined to their
+models/ folders, pickle-free unless opted in (as :mod:`nodes.models`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.controlnet import list_controlnets
+from nodes.diffusion.handles import DiffusionModel, Vae
+from nodes.models import CHECKPOINT_SUFFIXES, list_checkpoints, path_fingerprint, pickle_problem
+
+#: ComfyUI reads diffusion models from models/diffusion_models and, for older setups,
+#: models/unet; a name is looked up in that order.
+UNET_FOLDERS = ("diffusion_models", "unet")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+
+
+def list_vaes(env: Environment) -> list[str]:
+    """Single files and diffusers VAE folders (with config.json) under models/vae."""
+    return env.list_files("models", "vae", suffixes=CHECKPOINT_SUFFIXES, dirs_with="config.json")
+
+
+def list_unets(env: Environment) -> list[str]:
+    names: list[str] = []
+    for folder in UNET_FOLDERS:
+        for name in env.list_files("models", folder, suffixes=CHECKPOINT_SUFFIXES,
+                                   dirs_with="config.json"):
+            if name not in names:
+                names.append(name)
+    return sorted(names)
+
+
+def _unet_folder(env: Environment, name: str) -> str:
+    """The first of UNET_FOLDERS that holds ``name`` (names are confined to the folder)."""
+    for folder in UNET_FOLDERS:
+        try:
+            if env.resolve("models", folder, name).exists():
+                return folder
+        except (KeyError, ValueError):
+            continue
+    return UNET_FOLDERS[0]
+
+
+def _fingerprint(env: Environment, *parts: str) -> Any:
+    try:
+        path = env.resolve(*parts)
+    except (KeyError, ValueError):
+        return None
+    return path_fingerprint(path) if path.exists() else None
+
+
+def _existing(env: Environment, folder: str, name: str, what: str) -> Path:
+    path = env.resolve("models", folder, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {name!r} not found in models/{folder}")
+    return path
+
+
+class VAELoader(Node):
+    """Load a VAE on its own, to replace a checkpoint's (a fine-tuned SD VAE such as
+    ft-mse decodes faces and text more cleanly; some merges ship a broken one). Wire it
+    into VAE Decode / VAE Encode (and Empty Latent Image's vae) instead of the
+    checkpoint's VAE output. A diffusers VAE folder or one .safetensors file in either
+    key layout (a whole checkpoint works too: its VAE is taken). Costs one load."""
+
+    TYPE = "VAELoader"
+    DISPLAY_NAME = "Load VAE"
+    CATEGORY = "loaders"
+    OUTPUTS = (Output("VAE"),)
+
+    vae_name: str = Input(..., choices=list_vaes,
+                          description="A file or diffusers folder in models/vae")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        return _fingerprint(env, "models", "vae", inputs["vae_name"])
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return pickle_problem(inputs, env, "vae_name", "models", "vae")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Vae]:
+        from nodes.diffusion.component_loading import load_vae
+
+        path = _existing(ctx.env, "vae", self.vae_name, "VAE")
+        return (Vae(load_vae(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)),)
+
+
+class UNETLoader(Node):
+    """Load a diffusion model (the UNet alone) from models/diffusion_models (or the older
+    models/unet): a diffusers UNet folder or one file, in the original layout (with or
+    without ``model.diffusion_model.``) or diffusers'. Pair it with a CLIP and a VAE
+    from elsewhere (Load Checkpoint, Load VAE). ``weight_dtype`` fp8 rounds the weights
+    to 8-bit floats as ComfyUI stores them (same numbers as ComfyUI; here it saves no
+    memory)."""
+
+    TYPE = "UNETLoader"
+    DISPLAY_NAME = "Load Diffusion Model"
+    CATEGORY = "advanced/loaders"
+    OUTPUTS = (Output("MODEL"),)
+
+    unet_name: str = Input(..., choices=list_unets,
+                           description="A file or folder in models/diffusion_models")
+    weight_dtype: str = Input("default", choices=WEIGHT_DTYPES)
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        name = inputs["unet_name"]
+        return _fingerprint(env, "models", _unet_folder(env, name), name)
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        name = inputs.get("unet_name")
+        if not isinstance(name, str):
+            return []
+        return pickle_problem(inputs, env, "unet_name", "models", _unet_folder(env, name))
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.component_loading import load_unet
+
+        folder = _unet_folder(ctx.env, self.unet_name)
+        path = _existing(ctx.env, folder, self.unet_name, "diffusion model")
+        unet, scheduler_config, family = load_unet(
+            path, allow_pickle=ctx.env.allow_pickle, weight_dtype=self.weight_dtype,
+            device=ctx.device)
+        return (DiffusionModel(unet, scheduler_config, family),)
+
+
+class ImageOnlyCheckpointLoader(Node):
+    """ComfyUI's loader for image-conditioned video checkpoints (Stable Video Diffusion),
+    giving MODEL, CLIP_VISION and VAE. Steerflow has no such model family yet: the node
+    is listed so ComfyUI workflows and model browsers see it, and running it says so.
+    For SD 1.x / 2.x checkpoints use Load Checkpoint."""
+
+    TYPE = "ImageOnlyCheckpointLoader"
+    DISPLAY_NAME = "Image Only Checkpoint Loader (img2vid model)"
+    CATEGORY = "loaders/video_models"
+    OUTPUTS = (Output("MODEL"), Output("CLIP_VISION"), Output("VAE"))
+
+    ckpt_name: str = Input(..., choices=list_checkpoints,
+                           description="A file in models/checkpoints")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any, Any, Any]:
+        raise ValueError(
+            f"{self.ckpt_name!r}: Image Only Checkpoint Loader loads image-to-video models "
+            "(Stable Video Diffusion), which Steerflow does not support yet. For an SD 1.x / "
+            "2.x checkpoint use Load Checkpoint; for image prompts, Load CLIP Vision.")
+
+
+class DiffControlNetLoader(Node):
+    """Load a ControlNet for a particular model. A "diff" ControlNet file stores only
+    its difference to the model it was trained from (it has a ``difference`` key); the
+    linked model's UNet weights are added back. Any other ControlNet loads as with Load
+    ControlNet Model. Apply it with Apply ControlNet."""
+
+    TYPE = "DiffControlNetLoader"
+    DISPLAY_NAME = "Load ControlNet Model (diff)"
+    CATEGORY = "loaders"
+    OUTPUTS = (Output("CONTROL_NET"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    control_net_name: str = Input(..., choices=list_controlnets,
+                                  description="A file or diffusers folder in models/controlnet")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        return _fingerprint(env, "models", "controlnet", inputs["control_net_name"])
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return pickle_problem(inputs, env, "control_net_name", "models", "controlnet")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from nodes.diffusion.component_loading import load_diff_controlnet
+        from nodes.diffusion.controlnet import ControlNet
+
+        path = _existing(ctx.env, "controlnet", self.control_net_name, "ControlNet")
+        net = load_diff_controlnet(path, self.model.unet, allow_pickle=ctx.env.allow_pickle,
+                                   device=ctx.device)
+        return (ControlNet(net, self.control_net_name),)
+
+
+NODE_CLASSES = (VAELoader, UNETLoader, ImageOnlyCheckpointLoader, DiffControlNetLoader)
