@@ -51,10 +51,15 @@ class ExecutionContext:
         if self.interrupt_flag.is_set():
             raise Interrupted(self.prompt_id)
 
-    def progress(self, value: int, total: int, preview: Any = None) -> None:
-        """Report progress (and optionally a preview image); also checks for interrupt."""
-        self.emit("progress", {"prompt_id": self.prompt_id, "node": self.node_id,
-                               "value": int(value), "max": int(total)})
+    def progress(self, value: int, total: int, preview: Any = None,
+                 info: dict[str, Any] | None = None) -> None:
+        """Report progress (and optionally a preview image); also checks for interrupt.
+
+        ``info`` adds fields to the event (e.g. a training node's ``loss``); the four
+        standard fields always win, so listeners that ignore extra fields are unaffected.
+        """
+        self.emit("progress", {**(info or {}), "prompt_id": self.prompt_id,
+                               "node": self.node_id, "value": int(value), "max": int(total)})
         if preview is not None:
             self.emit("preview", {"prompt_id": self.prompt_id, "node": self.node_id,
                                   "image": preview})

@@ -48,6 +48,7 @@ def Input(
     max: float | None = None,
     step: float | None = None,
     choices: Choices | None = None,
+    also_accept: Callable[[Any, Environment], bool] | None = None,
     multiline: bool = False,
     optional: bool = False,
     description: str = "",
@@ -65,6 +66,8 @@ def Input(
     :class:`Environment` (for lists that depend on the model folders).
     ``optional`` inputs may be left unconnected; their value is then ``default``
     (or ``None``). ``force_input`` makes a primitive a socket rather than a widget.
+    ``also_accept(value, env)`` admits values outside ``choices`` that the canvas does
+    not list (LoadImage's annotated ``name.png [output]``); choices are checked first.
 
     Numbers are bounded even without ``min``/``max``: an INT side without a declared
     bound is limited to 64-bit signed (``wide=True`` lifts that), and a FLOAT must be
@@ -78,6 +81,7 @@ def Input(
         "max": max,
         "step": step,
         "choices": choices,
+        "also_accept": also_accept,
         "multiline": multiline,
         "optional": optional,
         "display": display,
@@ -139,6 +143,8 @@ class InputSpec:
     adapter: TypeAdapter[Any] | None = field(repr=False, compare=False)
     wide: bool = False
     allow_nonfinite: bool = False
+    also_accept: Callable[[Any, Environment], bool] | None = field(
+        default=None, repr=False, compare=False)
 
     @property
     def has_default(self) -> bool:
@@ -288,6 +294,7 @@ def _make_spec(name: str, info: FieldInfo) -> InputSpec:
         adapter=adapter,
         wide=bool(spec.get("wide")),
         allow_nonfinite=bool(spec.get("allow_nonfinite")),
+        also_accept=spec.get("also_accept"),
     )
 
 

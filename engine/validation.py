@@ -11,7 +11,7 @@ type_mismatch        a link joins sockets of different types
 expected_link        a constant was given where only a link is accepted
 invalid_value        a constant has the wrong type, is not finite, or is off its step
 out_of_range         a number is outside the input's min/max (or 64-bit, for INT)
-not_in_choices       a value is not among the input's choices
+not_in_choices       a value is neither a choice nor admitted by also_accept
 cycle                the node is on a cycle
 no_output_node       nothing in the prompt produces output
 node_error           a node's own ``validate_inputs`` check failed
@@ -121,7 +121,8 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
         return value, _value_issue(spec, value, "invalid_value",
                                    "must be a finite number", "finite_number")
     choices = spec.resolve_choices(env)
-    if choices is not None and coerced not in choices:
+    if choices is not None and coerced not in choices and not (
+            spec.also_accept is not None and env is not None and spec.also_accept(coerced, env)):
         shown = ", ".join(map(repr, choices[:10])) + (" ..." if len(choices) > 10 else "")
         return value, Issue("not_in_choices",
                             f"input '{spec.name}': {coerced!r} is not one of [{shown}]",

@@ -18,8 +18,10 @@ from nodes import (
     controlnet,
     depth2img,
     diffedit,
+    fabric,
     gligen,
     image,
+    image_batch,
     inpaint,
     instruct_pix2pix,
     inversion,
@@ -40,6 +42,7 @@ from nodes import (
     sampling_advanced,
     sega,
     t2i_adapter,
+    training,
     upscale,
 )
 
@@ -62,16 +65,19 @@ NODE_CLASSES = (
     *pix2pix_zero.NODE_CLASSES,
     *sag.NODE_CLASSES,
     *model_editing.NODE_CLASSES,
+    *fabric.NODE_CLASSES,
     *multidiffusion.NODE_CLASSES,
     *pag.NODE_CLASSES,
     *controlnet.NODE_CLASSES,
     *t2i_adapter.NODE_CLASSES,
     *gligen.NODE_CLASSES,
     *image.NODE_CLASSES,
+    *image_batch.NODE_CLASSES,
     *upscale.NODE_CLASSES,
     *masks.NODE_CLASSES,
     *preprocessors.NODE_CLASSES,
     *primitives.NODE_CLASSES,
+    *training.NODE_CLASSES,
 )
 
 

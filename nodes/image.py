@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
+from engine.paths import PathError
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
 
@@ -20,8 +21,42 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
+IMAGE_ROLES = ("input", "output", "temp")
+_ANNOTATION = re.compile(r"^(?P<name>.*?)\s*\[(?P<role>input|output|temp)\]\s*$")
+
+
 def list_input_images(env: Environment) -> list[str]:
     return env.list_files("input", suffixes=IMAGE_SUFFIXES)
+
+
+def split_annotated(name: str) -> tuple[str, str]:
+    """ComfyUI's annotated file names (``folder_paths.get_annotated_filepath``):
+    ``"x.png [output]"``, ``"sub/x.png [temp]"``, ``"x.png [input]"``; no annotation
+    means input. Returns ``(role, relative name)``."""
+    match = _ANNOTATION.match(name)
+    if match is None:
+        return "input", name.strip()
+    return match["role"], match["name"].strip()
+
+
+def resolve_image(env: Environment, name: str) -> Path:
+    """The file an (annotated) image name names, confined to its role's folder:
+    ``..``, absolute paths and symlinks out raise :class:`engine.paths.PathError`."""
+    role, rel = split_annotated(name)
+    if not rel:
+        raise PathError(f"{name!r} names no file")
+    return env.resolve(role, rel)
+
+
+def annotated_image_exists(value: Any, env: Environment) -> bool:
+    """LoadImage's ``also_accept``: an annotated name whose file exists in its folder (a
+    plain name must still be one of the input folder's files)."""
+    if not isinstance(value, str) or _ANNOTATION.match(value) is None:
+        return False
+    try:
+        return resolve_image(env, value).is_file()
+    except (PathError, KeyError):
+        return False
 
 
 def file_sha256(path: Path) -> str:
@@ -56,30 +91,39 @@ def image_to_pil(image: torch.Tensor) -> list[Image.Image]:
 
 
 class LoadImage(Node):
-    """Load an image from the input folder; its alpha channel becomes a mask."""
+    """Load an image from the input folder; its alpha channel becomes a mask.
+
+    ComfyUI's annotated names load from the other folders: ``name.png [output]``,
+    ``sub/name.png [temp]`` (``[input]`` or no annotation: the input folder)."""
 
     TYPE = "LoadImage"
     DISPLAY_NAME = "Load Image"
     CATEGORY = "image"
     OUTPUTS = (Output("IMAGE"), Output("MASK"))
 
-    image: str = Input(..., choices=list_input_images, upload="image",
-                       description="A file in the input folder")
+    image: str = Input(..., choices=list_input_images, also_accept=annotated_image_exists,
+                       upload="image", description="A file in the input folder, or an "
+                       "annotated name: 'x.png [output]', 'sub/x.png [temp]'")
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("input", inputs["image"])
+        try:
+            path = resolve_image(env, inputs["image"])
+        except (PathError, KeyError):
+            return None
         return file_sha256(path) if path.is_file() else None
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
-        path = ctx.env.resolve("input", self.image)
+        role = split_annotated(self.image)[0]
+        path = resolve_image(ctx.env, self.image)
         try:
             with Image.open(path) as img:
                 image, mask = pil_to_image(img)
         except FileNotFoundError:
-            raise FileNotFoundError(f"image {self.image!r} not found in the input folder") from None
+            raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
+                                    ) from None
         except OSError as exc:
             raise ValueError(f"{self.image!r} is not a readable image: {exc}") from exc
         return image.to(ctx.device), mask.to(ctx.device)

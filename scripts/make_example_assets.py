@@ -7,7 +7,10 @@
 - ``steerflow_example_hole.png``: the same with the top-right cell transparent
   (LoadImage turns alpha into the inpainting mask: transparent = repaint);
 - ``controlnet_control.png``: a large star's mask in the middle right, white on
-  black, the kind of control image the shapes ControlNet was trained on.
+  black, the kind of control image the shapes ControlNet was trained on;
+- ``fabric_liked_blue.png`` / ``fabric_disliked_red.png``: a large blue circle and a
+  large red circle in the middle of a white background, the first liked and disliked
+  images of ``fabric_gallery.json`` (the canvas's gallery adds more).
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ def spec(shape: str, color: str, position: str, center: tuple[float, float]) -> 
                      radius=SIZE_RADII["large"], rotation=0.0, rgb=COLORS[color])
 
 
+def fabric_assets() -> list[Path]:
+    paths = []
+    for color, name in (("blue", "fabric_liked_blue.png"), ("red", "fabric_disliked_red.png")):
+        image, _ = render((spec("circle", color, "center", (0.5, 0.5)),), "white", SIZE)
+        Image.fromarray(image).save(ASSETS / name)
+        paths.append(ASSETS / name)
+    return paths
+
+
 def main() -> None:
     example = (spec("circle", "red", "top left", (0.225, 0.225)),
                spec("square", "blue", "bottom right", (0.775, 0.775)))
@@ -49,6 +61,8 @@ def main() -> None:
     for name in ("steerflow_example.png", "steerflow_example_hole.png",
                  "controlnet_control.png"):
         print(ASSETS / name)
+    for path in fabric_assets():
+        print(path)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,16 @@ A hooked layer computes attention as diffusers' classic ``AttnProcessor`` does
 (explicit scores, softmax, ``bmm``: the math the technique pipelines use), with
 three places a hook may act:
 
-- ``on_kv``: change the keys and values (attention inputs, e.g. FABRIC);
+- ``on_kv``: change the keys and values (attention inputs), e.g. append key/value
+  tokens of other images (FABRIC's feedback);
 - ``on_probs``: read the attention maps or return edited ones;
 - ``on_output``: change the attended values before the output projection
   (e.g. PAG's identity attention for one batch role).
+
+When an ``on_kv`` hook appends key tokens, the layer's own tokens stay first and
+``AttentionCall.key_tokens`` counts them: :class:`AttentionRecorder` records the
+maps over those own keys only (so a reader's maps keep their spatial shape), and
+``on_output`` gets the layer's own values (what identity attention returns).
 
 The UNet batch is ``[role_0, role_1, ...]`` chunks of equal size (the sampler's
 ``[uncond, cond, extra...]``, or what an extension's own pass declares with
@@ -61,6 +67,9 @@ class AttentionCall:
     query_tokens: int
     #: the spatial size of the image tokens (height, width) when known
     size: tuple[int, int] | None = None
+    #: the layer's own key tokens, first in ``key``; ``on_kv`` hooks may append more
+    #: (0: unknown, all of them)
+    key_tokens: int = 0
 
     @property
     def batch(self) -> int:
@@ -91,7 +100,8 @@ class AttentionHook:
 
     def on_output(self, call: AttentionCall, attended: torch.Tensor, value: torch.Tensor
                   ) -> torch.Tensor:
-        """``attended`` is ``probs @ value`` in ``[images × heads, tokens, head_dim]``."""
+        """``attended`` is ``probs @ value`` in ``[images × heads, tokens, head_dim]``;
+        ``value`` holds the layer's own value tokens (none an ``on_kv`` hook appended)."""
         return attended
 
 
@@ -161,15 +171,16 @@ class HookedAttnProcessor:
 
         tokens = query.shape[1]
         call = AttentionCall(self.layer, self.run, self.store.roles, attn.heads, tokens,
-                             self.store.sizes.get(tokens), _rows=query.shape[0])
+                             self.store.sizes.get(tokens), key.shape[1], _rows=query.shape[0])
         for hook in self.hooks:
             key, value = hook.on_kv(call, key, value)
+        own_value = value[:, :call.key_tokens] if value.shape[1] > call.key_tokens else value
         probs = attn.get_attention_scores(query, key, attention_mask)
         for hook in self.hooks:
             probs = hook.on_probs(call, probs)
         hidden_states = torch.bmm(probs, value)
         for hook in self.hooks:
-            hidden_states = hook.on_output(call, hidden_states, value)
+            hidden_states = hook.on_output(call, hidden_states, own_value)
         hidden_states = attn.batch_to_head_dim(hidden_states)
 
         hidden_states = attn.to_out[0](hidden_states)
@@ -190,7 +201,8 @@ class AttentionRecorder(AttentionHook):
     count ``tokens`` only (None: all) and of the given ``roles`` only (None: all).
     With ``keep_grad`` the maps stay on the autograd graph (Attend-and-Excite,
     Pix2Pix-Zero), else they are detached. Maps of the latest pass replace older
-    ones; :meth:`maps` reads them from ``run.state``.
+    ones; :meth:`maps` reads them from ``run.state``. Where an ``on_kv`` hook appended
+    key tokens (FABRIC), the maps cover the layer's own keys only.
     """
 
     places: tuple[str, ...] = ("down", "mid", "up")
@@ -207,6 +219,8 @@ class AttentionRecorder(AttentionHook):
             return probs
         record = self._record(call.run)
         maps = probs if self.keep_grad else probs.detach()
+        if call.key_tokens and maps.shape[-1] > call.key_tokens:
+            maps = maps[..., :call.key_tokens]  # appended tokens are not this layer's
         for role in call.roles:
             if self.roles is not None and role not in self.roles:
                 continue

@@ -2,6 +2,7 @@
 
 import { memo, useEffect, useRef, useState } from "react";
 import { viewUrl } from "../api";
+import { isAnnotated, parseAnnotated } from "../lib/feedback";
 import { clampNumber, CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
 import { useEditor } from "./context";
 
@@ -139,9 +140,9 @@ function BoolWidget({ nodeId, input, value }: WidgetProps) {
   );
 }
 
+/** A Load Image value's preview: input/, or the folder an annotated name names ("x.png [output]"). */
 function inputImageUrl(value: string): string {
-  const cut = value.lastIndexOf("/");
-  return viewUrl({ filename: value.slice(cut + 1), subfolder: cut > 0 ? value.slice(0, cut) : "", type: "input" });
+  return viewUrl(parseAnnotated(value));
 }
 
 function ComboWidget({ nodeId, input, value }: WidgetProps) {
@@ -151,8 +152,9 @@ function ComboWidget({ nodeId, input, value }: WidgetProps) {
   const fileRef = useRef<HTMLInputElement>(null);
   const choices = input.choices ?? [];
   const current = value == null ? "" : String(value);
-  const missing = current !== "" && !choices.includes(current);
+  // An annotated name ("x.png [output]") is not among the input folder's choices; the server checks it exists.
   const isUpload = input.options.upload === "image";
+  const missing = current !== "" && !choices.includes(current) && !(isUpload && isAnnotated(current));
   return (
     <div className="sf-widget-combo">
       <div className="sf-row-inline">
@@ -165,6 +167,7 @@ function ComboWidget({ nodeId, input, value }: WidgetProps) {
         >
           {current === "" && <option value="">(none)</option>}
           {missing && <option value={current}>{current} (missing)</option>}
+          {!missing && current !== "" && !choices.includes(current) && <option value={current}>{current}</option>}
           {choices.map((c) => (
             <option key={c} value={c}>{c}</option>
           ))}

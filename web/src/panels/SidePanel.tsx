@@ -5,7 +5,11 @@ import {
   clearHistory, deleteFromQueue, getHistory, getQueue, type HistoryEntry, interrupt, type QueueItem, viewUrl,
 } from "../api";
 import { useGlobalRun } from "../canvas/context";
+import { type FeedbackKind, type FeedbackState, imageFeedback } from "../lib/feedback";
 import type { ImageRef, RunStore } from "../lib/runstore";
+
+/** Like / Dislike on images, shown while the graph has a FABRIC Feedback node. */
+export type FeedbackView = { state: FeedbackState; toggle(img: ImageRef, kind: FeedbackKind): void };
 
 type Tab = "queue" | "history" | "gallery";
 
@@ -52,7 +56,27 @@ function QueueTab({ store, onLoad, notify }: { store: RunStore; onLoad(obj: unkn
   );
 }
 
-function HistoryTab({ store, onLoad, openImage }: { store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef): void }) {
+/** A thumbnail; with FABRIC in the graph, its Like / Dislike toggles and state. */
+function Thumb({ img, openImage, feedback }: { img: ImageRef; openImage(img: ImageRef): void; feedback: FeedbackView | null }) {
+  const now = feedback ? imageFeedback(feedback.state, img) : null;
+  return (
+    <div className={`sf-thumb${now ? ` sf-${now}` : ""}`} data-feedback={now ?? undefined}>
+      <img alt={img.filename} src={viewUrl(img)} onClick={() => openImage(img)} loading="lazy" />
+      {feedback && (
+        <div className="sf-feedback">
+          <button type="button" aria-label={`Like ${img.filename}`} aria-pressed={now === "liked"}
+            title="Like: add to FABRIC's liked images (again: remove)" onClick={() => feedback.toggle(img, "liked")}>♥</button>
+          <button type="button" aria-label={`Dislike ${img.filename}`} aria-pressed={now === "disliked"}
+            title="Dislike: add to FABRIC's disliked images (again: remove)" onClick={() => feedback.toggle(img, "disliked")}>✕</button>
+        </div>
+      )}
+    </div>
+  );
+}
+
+function HistoryTab({ store, onLoad, openImage, feedback }: {
+  store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
+}) {
   const { queueVersion } = useGlobalRun(store);
   const [items, setItems] = useState<HistoryEntry[]>([]);
   const refresh = useCallback(() => {
@@ -78,7 +102,7 @@ function HistoryTab({ store, onLoad, openImage }: { store: RunStore; onLoad(obj:
               {images.length > 0 && (
                 <div className="sf-thumbs">
                   {images.slice(0, 8).map((img, i) => (
-                    <img key={i} alt={img.filename} src={viewUrl(img)} onClick={() => openImage(img)} loading="lazy" />
+                    <Thumb key={i} img={img} openImage={openImage} feedback={feedback} />
                   ))}
                 </div>
               )}
@@ -90,15 +114,13 @@ function HistoryTab({ store, onLoad, openImage }: { store: RunStore; onLoad(obj:
   );
 }
 
-function GalleryTab({ store, openImage }: { store: RunStore; openImage(img: ImageRef): void }) {
+function GalleryTab({ store, openImage, feedback }: { store: RunStore; openImage(img: ImageRef): void; feedback: FeedbackView | null }) {
   const { gallery } = useGlobalRun(store);
   return (
     <div className="sf-tab">
       {gallery.length === 0 && <div className="sf-muted">Images made in this session appear here.</div>}
       <div className="sf-gallery" aria-label="gallery">
-        {gallery.map((img) => (
-          <img key={img.key} alt={img.filename} src={viewUrl(img)} onClick={() => openImage(img)} loading="lazy" />
-        ))}
+        {gallery.map((img) => <Thumb key={img.key} img={img} openImage={openImage} feedback={feedback} />)}
       </div>
     </div>
   );
@@ -115,11 +137,13 @@ function LivePreview({ store }: { store: RunStore }) {
   );
 }
 
-export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify }: {
+export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null }: {
   store: RunStore;
   onLoad(obj: unknown): void;
   openImage(img: ImageRef): void;
   notify(msg: string): void;
+  /** Set while the graph has a FABRIC Feedback node. */
+  feedback?: FeedbackView | null;
 }) {
   const [tab, setTab] = useState<Tab>("queue");
   return (
@@ -134,8 +158,8 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
         ))}
       </div>
       {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} />}
-      {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} />}
-      {tab === "gallery" && <GalleryTab store={store} openImage={openImage} />}
+      {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback} />}
+      {tab === "gallery" && <GalleryTab store={store} openImage={openImage} feedback={feedback} />}
     </aside>
   );
 });

@@ -1,0 +1,342 @@
+"""The training loop the training nodes share (diffusers' example scripts' math).
+
+One step, as ``train_text_to_image_lora.py`` and ``textual_inversion.py`` do it:
+latents = a sample of the VAE posterior x scaling factor; noise ~ N(0, 1);
+timesteps uniform in ``[0, num_train_timesteps)``; noisy latents from a
+``DDPMScheduler`` built from the model's scheduler config; loss = MSE (float32,
+mean) between the UNet's prediction and the target its ``prediction_type`` asks
+for (epsilon: the noise; v_prediction: the velocity); AdamW (betas 0.9/0.999,
+weight decay 1e-2, eps 1e-8), constant learning rate, optional gradient clipping.
+
+The posterior of each image is computed once (mean and std); a step samples it
+afresh (``mean + std * randn``, what ``latent_dist.sample()`` computes), so the
+VAE runs once per image, not once per step.
+
+Nothing here changes a cached model for good: base weights are frozen only while
+training (their ``requires_grad`` flags restored after) and gradient
+checkpointing is switched back off when it was off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine import ExecutionContext
+    from nodes.diffusion.handles import Vae
+
+# diffusers' example scripts' AdamW defaults
+ADAM_BETAS = (0.9, 0.999)
+ADAM_WEIGHT_DECAY = 1e-2
+ADAM_EPSILON = 1e-8
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What every training node asks: the optimisation and the data size."""
+
+    steps: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    resolution: int
+    gradient_checkpointing: bool = False
+
+
+def parse_captions(captions: str, count: int, *, input_name: str = "captions") -> list[str]:
+    """One caption per image: a line per image (empty lines are empty captions, as Load
+    Image Batch gives for images without a .txt), or a single line for all of them."""
+    text = captions.replace("\r\n", "\n")
+    for candidate in (text, text.strip("\n")):  # a trailing newline is not a caption
+        lines = [line.strip() for line in candidate.split("\n")]
+        if len(lines) == count:
+            return lines
+    if len(lines) == 1:
+        if not lines[0]:
+            raise ValueError(f"{input_name} is empty: give one caption per image (one a line) "
+                             "or one caption for all images")
+        return lines * count
+    raise ValueError(f"{len(lines)} captions for {count} images: give one caption per image "
+                     "(one a line, in the images' order) or a single caption for all")
+
+
+def prepare_pixels(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """IMAGE ``[B, H, W, 3]`` in 0..1 → ``[B, 3, r, r]`` in -1..1, as the scripts' transforms:
+    scale the shorter side to ``resolution`` (bilinear, antialiased), crop the centre."""
+    import torch.nn.functional as F
+
+    if images.dim() != 4 or images.shape[0] == 0 or images.shape[-1] not in (3, 4):
+        raise ValueError(f"images must be an IMAGE batch [B, H, W, 3] with at least one image; "
+                         f"got shape {tuple(images.shape)}")
+    pixels = images[..., :3].permute(0, 3, 1, 2).float()
+    height, width = pixels.shape[-2:]
+    scale = resolution / min(height, width)
+    size = (max(resolution, round(height * scale)), max(resolution, round(width * scale)))
+    if size != (height, width):
+        pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True,
+                               align_corners=False)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    pixels = pixels[..., top:top + resolution, left:left + resolution]
+    return (pixels * 2 - 1).clamp(-1, 1).contiguous()
+
+
+def check_resolution(unet: Any, vae: Vae, resolution: int) -> None:
+    """Refuse a size the UNet cannot take (latents must halve evenly at every level)."""
+    multiple = vae.downscale * 2 ** (len(unet.config.block_out_channels) - 1)
+    if resolution % multiple:
+        nearest = resolution // multiple * multiple or multiple
+        raise ValueError(f"resolution {resolution} is not a multiple of {multiple} (this "
+                         f"model's VAE and UNet downsampling): use {nearest}")
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """The VAE posterior of each training image, already in UNet space (x scaling factor)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def sample(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
+        mean, std = self.mean[index], self.std[index]
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        return mean + std * eps
+
+
+def encode_posterior(vae: Vae, pixels: torch.Tensor) -> Posterior:
+    """Each image's posterior (one at a time: the VAE is the memory-hungry part)."""
+    import torch
+
+    from nodes.diffusion.vae_codec import encode_raw
+
+    means, stds = [], []
+    for i in range(pixels.shape[0]):
+        dist = encode_raw(vae, pixels[i:i + 1])
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    factor = vae.scaling_factor
+    return Posterior(torch.cat(means) * factor, torch.cat(stds) * factor)
+
+
+def noise_scheduler(scheduler_config: dict[str, Any]) -> Any:
+    """The scripts' ``DDPMScheduler`` from the model's scheduler config."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler_config)
+
+
+def draw_noise(latents: torch.Tensor, scheduler: Any, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(noise, timesteps)`` for one batch: standard normal noise, uniform timesteps."""
+    import torch
+
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    timesteps = torch.randint(0, int(scheduler.config.num_train_timesteps),
+                              (latents.shape[0],), generator=generator)
+    return noise.to(latents.device), timesteps.long().to(latents.device)
+
+
+def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
+                   timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """MSE between the UNet's prediction and the target of the scheduler's prediction type."""
+    import torch.nn.functional as F
+
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    pred = unet(noisy.to(unet.dtype), timesteps, context.to(unet.dtype)).sample
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"cannot train a model whose prediction type is {kind!r}; "
+                         "only epsilon and v_prediction models can be trained")
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def tokenize(tokenizer: Any, captions: list[str], device: Any) -> torch.Tensor:
+    """Token ids ``[B, 77]`` as the scripts tokenize: padded to max length, truncated."""
+    return tokenizer(captions, padding="max_length", truncation=True,
+                     max_length=tokenizer.model_max_length, return_tensors="pt"
+                     ).input_ids.to(device)
+
+
+def make_optimizer(params: Iterable[torch.Tensor], lr: float) -> torch.optim.AdamW:
+    import torch
+
+    return torch.optim.AdamW(params, lr=lr, betas=ADAM_BETAS, weight_decay=ADAM_WEIGHT_DECAY,
+                             eps=ADAM_EPSILON)
+
+
+class BatchOrder:
+    """Image indices per step: shuffled epochs (a fresh permutation each), a batch never
+    repeating an image unless the batch is larger than the data set. Its state (the
+    indices not yet used) is part of a checkpoint."""
+
+    def __init__(self, count: int, batch_size: int, generator: torch.Generator) -> None:
+        self.count, self.batch_size, self.generator = count, batch_size, generator
+        self.pending: list[int] = []
+
+    def next(self) -> torch.Tensor:
+        import torch
+
+        while len(self.pending) < self.batch_size:
+            self.pending.extend(torch.randperm(self.count, generator=self.generator).tolist())
+        batch, self.pending = self.pending[:self.batch_size], self.pending[self.batch_size:]
+        return torch.tensor(batch, dtype=torch.long)
+
+
+@contextmanager
+def frozen(*modules: Any) -> Iterator[None]:
+    """Every parameter of ``modules`` without gradient inside the block; flags restored."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def unet_checkpointing(unet: Any, enabled: bool) -> Iterator[None]:
+    """Gradient checkpointing on the UNet for the block (recomputes activations in the
+    backward pass: less memory, about a third more time)."""
+    was = bool(getattr(unet, "is_gradient_checkpointing", False))
+    if enabled and not was:
+        unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if enabled and not was:
+            unet.disable_gradient_checkpointing()
+
+
+@dataclass
+class Checkpointing:
+    """Where a run keeps its resumable state, and how to read and write that state.
+
+    ``state()`` returns tensors, numbers and lists only (read back with
+    ``weights_only=True``); ``restore(state)`` puts it back."""
+
+    path: Path
+    state: Callable[[], dict[str, Any]]
+    restore: Callable[[dict[str, Any]], None]
+    every: int = 50
+
+    def save(self, step: int, losses: list[float]) -> None:
+        import torch
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save({"step": step, "losses": losses, "run": self.state()}, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> tuple[int, list[float]]:
+        """The step and losses to resume from (0 and [] without a checkpoint)."""
+        import torch
+
+        if not self.path.is_file():
+            return 0, []
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            self.restore(saved["run"])
+        except Exception:  # unreadable or from another version: start afresh
+            self.path.unlink(missing_ok=True)
+            return 0, []
+        return int(saved["step"]), list(saved["losses"])
+
+
+def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
+              checkpointing: Checkpointing | None = None) -> list[float]:
+    """Run ``step(i)`` (one optimiser step, returning its loss) ``steps`` times.
+
+    Interrupt is checked before every step and every step sends a progress event
+    carrying its ``loss``. With ``checkpointing``, the state is saved every ``every``
+    steps and when interrupted, an interrupted run of the same inputs resumes where it
+    stopped (the same result as an uninterrupted run), and the file goes when done.
+    A non-finite loss stops with advice.
+    """
+    from engine.context import Interrupted
+
+    start, losses = checkpointing.load() if checkpointing else (0, [])
+    i = start
+    try:
+        for i in range(start, steps):
+            ctx.check_interrupt()
+            loss = step(i)
+            if not math.isfinite(loss):
+                raise ValueError(f"the loss became {loss} at step {i + 1}: lower the learning "
+                                 "rate")
+            losses.append(loss)
+            ctx.progress(i + 1, steps, info={"loss": loss})
+            if checkpointing and (i + 1) % checkpointing.every == 0 and i + 1 < steps:
+                checkpointing.save(i + 1, losses)
+    except Interrupted:
+        if checkpointing and len(losses) > start:
+            checkpointing.save(len(losses), losses)
+        raise
+    if checkpointing:
+        checkpointing.path.unlink(missing_ok=True)
+    return losses
+
+
+def run_key(kind: str, params: dict[str, Any], images: torch.Tensor, captions: list[str],
+            base_hash: str, patches: Iterable[Any] = ()) -> str:
+    """A digest of everything a run's result depends on: its checkpoint's file name."""
+    import torch
+
+    digest = hashlib.sha256(json.dumps([kind, params, captions], sort_keys=True,
+                                       default=str).encode())
+    digest.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest.update(base_hash.encode())
+    for patch in patches:
+        for name, weight in patch.weights:
+            digest.update(f"{name}:{patch.strength}:{weight.scale}".encode())
+            for t in (weight.down, weight.up):
+                digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy()
+                              .tobytes())
+    return digest.hexdigest()[:32]
+
+
+def checkpoint_path(ctx: ExecutionContext, kind: str, key: str) -> Path:
+    return ctx.env.folder("temp", create=True) / "training" / f"{kind}-{key}.pt"
+
+
+def weights_hash(*modules: Any) -> str:
+    """sha256 of the modules' weights (names, shapes, bytes): the base model's identity."""
+    import torch
+
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy()
+                          .tobytes())
+    return digest.hexdigest()
+
+
+def save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write a safetensors file under a temporary name, then rename it into place."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                  str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,284 @@
+"""Training nodes: teach a model a concept from a few images, in the graph that uses it.
+
+The math lives in :mod:`nodes.diffusion.train_lora`, :mod:`nodes.diffusion.train_textual_inversion`
+and their shared loop :mod:`nodes.diffusion.train_common` (diffusers' example scripts'
+steps). Heavy imports happen inside ``execute``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- /]*$")
+UNET_TARGETS = "to_k, to_q, to_v, to_out.0"
+
+
+def _name_problem(name: str, folder: str, env: Environment) -> str | None:
+    """Why ``name`` cannot be a file name under models/<folder> (None: fine or empty)."""
+    if not name:
+        return None
+    if not _NAME.match(name) or ".." in name.split("/"):
+        return (f"{name!r}: use letters, digits, '_', '-', '.' and '/' for subfolders "
+                f"(the file is models/{folder}/<name>.safetensors)")
+    try:
+        env.resolve("models", folder, f"{name}.safetensors")
+    except Exception as exc:  # PathError and the like: outside the folder
+        return f"{name!r}: {exc}"
+    return None
+
+
+def _target(env: Environment, folder: str, name: str) -> Path:
+    return env.resolve("models", folder, f"{name}.safetensors")
+
+
+def _settings(node: Any) -> Any:
+    from nodes.diffusion.train_common import TrainSettings
+
+    return TrainSettings(steps=node.steps, learning_rate=node.learning_rate,
+                         batch_size=node.batch_size, seed=node.seed,
+                         resolution=node.resolution,
+                         gradient_checkpointing=node.gradient_checkpointing)
+
+
+def _checkpoint(ctx: ExecutionContext, kind: str, node: Any, captions: list[str],
+                base_hash: str) -> Path:
+    """temp/training/<kind>-<digest of every input that changes the result>.pt: where an
+    interrupted run leaves its state, so the same inputs run again resume from it."""
+    from nodes.diffusion.train_common import checkpoint_path, run_key
+
+    skip = {"model", "clip", "vae", "images", "captions", "save_name",
+            "gradient_checkpointing"}
+    params = {k: getattr(node, k) for k in type(node).model_fields if k not in skip}
+    key = run_key(kind, params, node.images, captions, base_hash,
+                  (*node.model.patches, *node.clip.patches))
+    return checkpoint_path(ctx, kind, key)
+
+
+def _check_images(images: Any) -> None:
+    if images is None or images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError("no images: link an IMAGE batch with at least one image (Load Image "
+                         "Batch)")
+
+
+class TrainLoRA(Node):
+    """Train a LoRA on a few captioned images and use it at once (diffusers'
+    train_text_to_image_lora.py: MSE on the noise, or on v for v-prediction models,
+    uniform timesteps, AdamW, gradient norm clipped to 1, PEFT's LoRA layers).
+
+    Wire Load Image Batch's IMAGE and captions (one line per image, or one line for
+    all) with the checkpoint's MODEL, CLIP and VAE; the outputs are the MODEL and
+    CLIP with the LoRA applied (as Load LoRA would; the base model is untouched)
+    and the file name for Load LoRA when ``save_name`` is set (written atomically to
+    models/loras/<save_name>.safetensors, with the base model's hash, the steps and
+    the parameters in its metadata). Images of any size are scaled so their shorter
+    side is ``resolution`` and cropped in the middle (``resolution`` must be a multiple
+    of the model's total downsampling: 64 for SD 1.x, 16 for the default model, whose
+    images are 64).
+
+    Using it well: put a rare word in every caption ("a red sks shape") and use it in
+    the prompt afterwards. rank 4-16, alpha = rank (the script's choice), learning rate
+    1e-4 (the script's) to 1e-3 for a few hundred steps; ``unet+text_encoder`` learns
+    words faster. The same inputs are never trained twice (the result is cached);
+    progress events carry the loss; Stop acts between steps. Cost: each step is a
+    forward and backward UNet pass over the batch (the default model: a few hundred
+    steps take a minute or two on a CPU). ``gradient_checkpointing`` saves memory on
+    big models for about a third more time.
+    """
+
+    TYPE = "TrainLoRA"
+    DISPLAY_NAME = "Train LoRA"
+    CATEGORY = "training"
+    OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("STRING", "lora_name"))
+
+    model: DiffusionModel = Input(type="MODEL")
+    clip: TextEncoder = Input(type="CLIP")
+    vae: Vae = Input(type="VAE")
+    images: Tensor = Input(type="IMAGE")
+    captions: str = Input("", multiline=True, description="One caption per image (a line "
+                          "each), or one for all")
+    rank: int = Input(4, min=1, max=128, description="LoRA rank r")
+    alpha: float = Input(4.0, min=0.01, max=1024.0, step=0.01,
+                         description="LoRA alpha (scale alpha / rank); the script uses rank")
+    learning_rate: float = Input(1e-4, min=1e-7, max=1e-1, step=1e-5,
+                                 description="AdamW learning rate (constant)")
+    steps: int = Input(200, min=1, max=100_000, description="Optimiser steps")
+    batch_size: int = Input(1, min=1, max=64, description="Images per step")
+    seed: int = Input(0, min=0, max=2**63 - 1,
+                      description="Seeds LoRA init, order, noise, timesteps")
+    resolution: int = Input(512, min=8, max=2048, step=8,
+                            description="Training size: shorter side scaled to it, centre "
+                            "crop")
+    target: str = Input("unet", choices=("unet", "unet+text_encoder"),
+                        description="What the LoRA adapts")
+    target_modules: str = Input(UNET_TARGETS, description="UNet linear layers to adapt "
+                                "(comma-separated; the text encoder's are q/k/v/out_proj)")
+    gradient_checkpointing: bool = Input(False, description="Recompute activations in the "
+                                         "backward pass: less memory, slower")
+    save_name: str = Input("", description="Also write models/loras/<name>.safetensors "
+                           "(empty: do not save)")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems: list[tuple[str | None, str]] = []
+        name = inputs.get("save_name")
+        if isinstance(name, str) and (problem := _name_problem(name.strip(), "loras", env)):
+            problems.append(("save_name", problem))
+        modules = inputs.get("target_modules")
+        if isinstance(modules, str) and not [t for t in modules.split(",") if t.strip()]:
+            problems.append(("target_modules", "name at least one module, e.g. " + UNET_TARGETS))
+        captions = inputs.get("captions")
+        if isinstance(captions, str) and not captions.strip():
+            problems.append(("captions", "write a caption (one for all images) or link Load "
+                             "Image Batch's captions"))
+        return problems
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str]:
+        from dataclasses import replace
+
+        from nodes.diffusion import train_common as tc
+        from nodes.diffusion import train_lora as tl
+
+        _check_images(self.images)
+        captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
+        spec = tl.LoraSpec(rank=self.rank, alpha=self.alpha,
+                           unet_targets=tl.parse_targets(self.target_modules),
+                           text_targets=tl.TEXT_TARGETS if "text_encoder" in self.target
+                           else ())
+        settings = _settings(self)
+        base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
+        checkpoint = _checkpoint(ctx, "lora", self, captions, base_hash)
+        unet_layers, text_layers, losses = tl.train_lora(
+            ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
+            checkpoint)
+        name = self.save_name.strip()
+        label = f"{name}.safetensors" if name else f"trained-lora-{ctx.node_id}"
+        model = replace(self.model, patches=(*self.model.patches, unet_layers.patch(label)))
+        clip = self.clip
+        if text_layers is not None:
+            clip = replace(clip, patches=(*clip.patches, text_layers.patch(label)))
+        if name:
+            info = {"base_model_hash": base_hash,
+                    "steps": settings.steps, "final_loss": losses[-1],
+                    "parameters": {"rank": self.rank, "alpha": self.alpha,
+                                   "learning_rate": self.learning_rate,
+                                   "batch_size": self.batch_size, "seed": self.seed,
+                                   "resolution": self.resolution, "target": self.target,
+                                   "target_modules": list(spec.unet_targets),
+                                   "images": len(captions)}}
+            tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
+            tc.save_atomic(tensors, metadata, _target(ctx.env, "loras", name))
+        return model, clip, label if name else ""
+
+
+class TrainTextualInversion(Node):
+    """Learn new token embeddings for a concept from a few images (diffusers'
+    textual_inversion.py: only the new rows of the token-embedding table train; the
+    rest of the model is frozen).
+
+    Wire Load Image Batch's IMAGE and captions with the checkpoint's MODEL, CLIP and
+    VAE; every caption must contain ``placeholder_token`` where the concept goes ("a
+    red <sks> shape"; a single caption serves all images). The output CLIP is a new
+    handle that knows the placeholder (write it in prompts of the same graph); with
+    ``save_name`` the vectors are also written to models/embeddings/<name>.safetensors,
+    usable in any prompt as ``embedding:<name>``. Images are scaled so their shorter
+    side is ``resolution`` and cropped in the middle (as Train LoRA).
+
+    Using it well: an ``initializer_token`` close to the concept (one vocabulary word:
+    "shape", "dog"), 1-4 vectors, learning rate 5e-4 to 5e-3 (the script's example uses
+    5e-4 with batch 4 and lr scaling; here it is not scaled) for a few hundred to a few
+    thousand steps. The same inputs are never trained twice (cached); progress events
+    carry the loss; Stop acts between steps. Cost: as Train LoRA (a forward and
+    backward UNet pass per step), the memory of a second token-embedding table.
+    """
+
+    TYPE = "TrainTextualInversion"
+    DISPLAY_NAME = "Train Textual Inversion"
+    CATEGORY = "training"
+    OUTPUTS = (Output("CLIP"), Output("STRING", "embedding"))
+
+    model: DiffusionModel = Input(type="MODEL")
+    clip: TextEncoder = Input(type="CLIP")
+    vae: Vae = Input(type="VAE")
+    images: Tensor = Input(type="IMAGE")
+    captions: str = Input("a photo of <sks>", multiline=True, description="One caption per "
+                          "image, or one for all; each contains the placeholder")
+    placeholder_token: str = Input("<sks>", description="The new word (not yet in the "
+                                   "tokenizer)")
+    initializer_token: str = Input("shape", description="One vocabulary word the vectors "
+                                   "start from")
+    num_vectors: int = Input(1, min=1, max=16, description="Vectors for the concept")
+    learning_rate: float = Input(5e-4, min=1e-7, max=1.0, step=1e-5,
+                                 description="AdamW learning rate (constant, not scaled)")
+    steps: int = Input(500, min=1, max=100_000, description="Optimiser steps")
+    batch_size: int = Input(1, min=1, max=64, description="Images per step")
+    seed: int = Input(0, min=0, max=2**63 - 1, description="Seeds order, noise, timesteps")
+    resolution: int = Input(512, min=8, max=2048, step=8,
+                            description="Training size: shorter side scaled to it, centre "
+                            "crop")
+    gradient_checkpointing: bool = Input(False, description="Recompute UNet activations in "
+                                         "the backward pass: less memory, slower")
+    save_name: str = Input("", description="Also write models/embeddings/<name>.safetensors "
+                           "(use as embedding:<name>; empty: do not save)")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems: list[tuple[str | None, str]] = []
+        name = inputs.get("save_name")
+        if isinstance(name, str) and (problem := _name_problem(name.strip(), "embeddings",
+                                                                 env)):
+            problems.append(("save_name", problem))
+        token = inputs.get("placeholder_token")
+        if isinstance(token, str) and (not token.strip() or any(c.isspace() for c in token)):
+            problems.append(("placeholder_token", "one word without spaces, e.g. <sks>"))
+        init = inputs.get("initializer_token")
+        if isinstance(init, str) and not init.strip():
+            problems.append(("initializer_token", "one vocabulary word, e.g. shape"))
+        captions = inputs.get("captions")
+        if (isinstance(captions, str) and isinstance(token, str) and token.strip()
+                and token not in captions):
+            problems.append(("captions", f"the captions must contain the placeholder {token!r}"
+                             f", e.g. 'a photo of {token}'"))
+        return problems
+
+    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder, str]:
+        from nodes.diffusion import train_common as tc
+        from nodes.diffusion.train_textual_inversion import train_textual_inversion
+
+        _check_images(self.images)
+        captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
+        settings = _settings(self)
+        base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
+        checkpoint = _checkpoint(ctx, "embedding", self, captions, base_hash)
+        clip, vectors, losses = train_textual_inversion(
+            ctx, self.model, self.clip, self.vae, self.images, captions,
+            self.placeholder_token, self.initializer_token.strip(), self.num_vectors, settings,
+            checkpoint)
+        name = self.save_name.strip()
+        if name:
+            info = {"base_model_hash": base_hash,
+                    "steps": settings.steps, "final_loss": losses[-1],
+                    "parameters": {"placeholder_token": self.placeholder_token,
+                                   "initializer_token": self.initializer_token,
+                                   "num_vectors": self.num_vectors,
+                                   "learning_rate": self.learning_rate,
+                                   "batch_size": self.batch_size, "seed": self.seed,
+                                   "resolution": self.resolution, "images": len(captions)}}
+            metadata = {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
+                        for k, v in info.items()}
+            # diffusers' learned_embeds layout: {placeholder: [vectors, dim]}
+            tc.save_atomic({self.placeholder_token: vectors}, metadata,
+                           _target(ctx.env, "embeddings", name))
+        return clip, name
+
+
+NODE_CLASSES = (TrainLoRA, TrainTextualInversion)

@@ -1,0 +1,467 @@
+"""Train LoRA and Train Textual Inversion: one step matches diffusers' training scripts'
+math (an independent plain implementation with peft/diffusers/torch), and the nodes run
+as nodes (progress with loss, interrupt, cache, saved files that the loaders read, the
+base handles unchanged, bad input refused)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engine import PromptValidationError
+from engine.session import Session
+from nodes.diffusion import train_common as tc
+from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
+from nodes.diffusion.loading import load_components
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
+
+RES = 32  # 4x4 latents on the tiny model: each step is milliseconds
+LR = 1e-2  # large, so one step moves the weights well past the tolerance
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def session(models_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    (home / "input").mkdir()
+    colors = [(255, 0, 0), (0, 0, 255), (0, 160, 0)]
+    for i, color in enumerate(colors):
+        img = Image.new("RGB", (40, 32) if i == 2 else (32, 32), (255, 255, 255))
+        img.paste(color, (6 + 4 * i, 6, 22 + 4 * i, 22))
+        img.save(home / "input" / f"shape{i}.png")
+    return Session(home, models_dir=models_dir, device="cpu", registry=registry_with_capture())
+
+
+def handles(folder) -> tuple[DiffusionModel, TextEncoder, Vae, object]:
+    c = load_components(folder)
+    return (DiffusionModel(c.unet, dict(c.scheduler_config)), TextEncoder(c.text_encoder,
+            c.tokenizer), Vae(c.vae), c)
+
+
+def fixed_batch(vae: Vae, n: int = 2):
+    """Images, their posterior and the step's random draws, shared by both sides."""
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(n, RES, RES, 3, generator=g)
+    posterior = tc.encode_posterior(vae, tc.prepare_pixels(images, RES))
+    eps = torch.randn(posterior.mean.shape, generator=g)
+    latents = posterior.mean + posterior.std * eps
+    noise = torch.randn(latents.shape, generator=g)
+    timesteps = torch.tensor([17, 903])[:n]
+    return images, latents, noise, timesteps
+
+
+def reference_encode(vae_module, pixels, eps):
+    """The scripts' ``vae.encode(...).latent_dist.sample() * scaling_factor``, with eps."""
+    dist = vae_module.encode(pixels).latent_dist
+    return (dist.mean + dist.std * eps) * vae_module.config.scaling_factor
+
+
+# --- parity with the scripts (one step) -----------------------------------------------------
+
+@pytest.mark.parametrize("with_text", [False, True], ids=["unet", "unet+text_encoder"])
+def test_lora_step_matches_train_text_to_image_lora(tiny_model_paths, with_text):
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    from nodes.diffusion import train_lora as tl
+
+    folder = tiny_model_paths["diffusers"]
+    model, clip, vae, _ = handles(folder)
+    images, latents, noise, timesteps = fixed_batch(vae)
+    captions = ["a red square", "a blue square"]
+    spec = tl.LoraSpec(rank=4, alpha=8.0, text_targets=tl.TEXT_TARGETS if with_text else ())
+    settings = tc.TrainSettings(steps=1, learning_rate=LR, batch_size=2, seed=5, resolution=RES)
+    with tl.lora_training(model, clip, vae, images, captions, spec, settings) as run:
+        init = {n: a.detach().clone() for n, a in run.unet_layers.down.items()}
+        te_init = ({n: a.detach().clone() for n, a in run.text_layers.down.items()}
+                   if with_text else {})
+        with torch.enable_grad():  # two steps: the second also moves A (B is 0 at first)
+            loss = run.step(torch.arange(2), noise=noise, timesteps=timesteps, latents=latents)
+            loss2 = run.step(torch.arange(2), noise=noise.flip(0), timesteps=timesteps.flip(0),
+                             latents=latents)
+        ours = {**{("unet", n, "A"): a for n, a in run.unet_layers.down.items()},
+                **{("unet", n, "B"): b for n, b in run.unet_layers.up.items()}}
+        if with_text:
+            ours.update({("te", n, "A"): a for n, a in run.text_layers.down.items()})
+            ours.update({("te", n, "B"): b for n, b in run.text_layers.up.items()})
+    for name, a in init.items():  # PEFT's default init: kaiming-uniform a=√5, B zero
+        assert a.abs().max() <= 1 / math.sqrt(a.shape[1]) + 1e-7
+        assert torch.count_nonzero(ours[("unet", name, "B")]) > 0  # it trained
+
+    # The script's step, written independently: peft adapters on fresh modules.
+    _, _, _, c = handles(folder)
+    c.unet.requires_grad_(False)
+    c.vae.requires_grad_(False)
+    c.text_encoder.requires_grad_(False)
+    c.unet.add_adapter(LoraConfig(r=4, lora_alpha=8.0, init_lora_weights=True,
+                                  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if with_text:
+        c.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=8.0, init_lora_weights=True,
+                                              target_modules=["q_proj", "k_proj", "v_proj",
+                                                              "out_proj"]))
+    refs = {}
+    for kind, root, inits in (("unet", c.unet, init), ("te", c.text_encoder, te_init)):
+        for name, module in root.named_modules():
+            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+                with torch.no_grad():  # the same random init on both sides
+                    module.lora_A["default"].weight.copy_(inits[name])
+                refs[(kind, name, "A")] = module.lora_A["default"].weight
+                refs[(kind, name, "B")] = module.lora_B["default"].weight
+    assert set(refs) == set(ours)
+    params = [p for p in [*c.unet.parameters(), *c.text_encoder.parameters()] if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=1e-2,
+                                  eps=1e-8)
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    ids = c.tokenizer(captions, max_length=c.tokenizer.model_max_length, padding="max_length",
+                      truncation=True, return_tensors="pt").input_ids
+    ref_losses = []
+    for step_noise, step_t in ((noise, timesteps), (noise.flip(0), timesteps.flip(0))):
+        hidden = c.text_encoder(ids, return_dict=False)[0]
+        noisy = scheduler.add_noise(latents, step_noise, step_t)
+        pred = c.unet(noisy, step_t, hidden, return_dict=False)[0]
+        ref_loss = F.mse_loss(pred.float(), step_noise.float(), reduction="mean")
+        ref_loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        ref_losses.append(ref_loss.item())
+    print(f"LoRA({'unet+te' if with_text else 'unet'}) losses {loss:.8f}, {loss2:.8f} vs "
+          f"{ref_losses[0]:.8f}, {ref_losses[1]:.8f}")
+    assert abs(loss - ref_losses[0]) <= TOL and abs(loss2 - ref_losses[1]) <= TOL
+    assert max(abs(ours[k] - init.get(k[1], ours[k])).max() for k in ours if k[2] == "A") > 0
+    worst = max((ours[k] - refs[k]).abs().max().item() for k in refs)
+    print(f"LoRA max weight diff {worst:.2e}")
+    assert worst <= TOL
+
+
+def test_textual_inversion_step_matches_textual_inversion_script(tiny_model_paths):
+    from diffusers import DDPMScheduler
+
+    from nodes.diffusion.train_textual_inversion import inversion_training
+
+    folder = tiny_model_paths["diffusers"]
+    model, clip, vae, _ = handles(folder)
+    images, latents, noise, timesteps = fixed_batch(vae)
+    settings = tc.TrainSettings(steps=1, learning_rate=LR, batch_size=2, seed=5, resolution=RES)
+    captions = ["a photo of <sks>", "a red <sks>"]
+    with inversion_training(model, clip, vae, images, captions, "<sks>", "square", 2,
+                            settings) as run:
+        with torch.enable_grad():
+            loss = run.step(torch.arange(2), noise=noise, timesteps=timesteps, latents=latents)
+        ours = run.clip.text_encoder.get_input_embeddings().weight.detach().clone()
+        vectors = run.vectors()
+    assert clip.text_encoder.get_input_embeddings().weight.shape[0] == 49408  # base unchanged
+
+    # The script's step, independently: add tokens, resize, init, AdamW, restore rows.
+    _, _, _, c = handles(folder)
+    tok, te = c.tokenizer, c.text_encoder
+    tokens = ["<sks>", "<sks>_1"]
+    assert tok.add_tokens(tokens) == 2
+    init_id = tok.encode("square", add_special_tokens=False)[0]
+    new_ids = tok.convert_tokens_to_ids(tokens)
+    te.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.no_grad():
+        for i in new_ids:
+            te.get_input_embeddings().weight[i] = te.get_input_embeddings().weight[init_id]
+    c.unet.requires_grad_(False)
+    c.vae.requires_grad_(False)
+    table = te.get_input_embeddings().weight
+    for p in te.parameters():  # the script freezes encoder, final norm, positions
+        p.requires_grad_(p is table)
+    optimizer = torch.optim.AdamW(te.get_input_embeddings().parameters(), lr=LR,
+                                  betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    orig = te.get_input_embeddings().weight.data.clone()
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    texts = ["a photo of <sks> <sks>_1", "a red <sks> <sks>_1"]
+    ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+              return_tensors="pt").input_ids
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    hidden = te(ids)[0]
+    pred = c.unet(noisy, timesteps, hidden).sample
+    ref_loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+    ref_loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    keep = torch.ones(len(tok), dtype=torch.bool)
+    keep[min(new_ids):max(new_ids) + 1] = False
+    with torch.no_grad():
+        te.get_input_embeddings().weight[keep] = orig[keep]
+    ref = te.get_input_embeddings().weight.detach()
+    print(f"TI loss {loss:.8f} vs {ref_loss:.8f}; max diff {(ours - ref).abs().max():.2e}")
+    assert abs(loss - ref_loss.item()) <= TOL
+    assert (ours - ref).abs().max().item() <= TOL
+    assert (vectors - ref[new_ids]).abs().max().item() <= TOL
+    assert (vectors - orig[init_id]).abs().max() > 1e-4  # it trained
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_model_paths):
+    from nodes.diffusion import train_lora as tl
+
+    model, clip, vae, _ = handles(tiny_model_paths["diffusers"])
+    images, latents, noise, timesteps = fixed_batch(vae)
+    results = []
+    for checkpointing in (False, True):
+        settings = tc.TrainSettings(steps=1, learning_rate=LR, batch_size=2, seed=5,
+                                    resolution=RES, gradient_checkpointing=checkpointing)
+        with tl.lora_training(model, clip, vae, images, ["a"] * 2, tl.LoraSpec(4, 4.0),
+                              settings) as run:
+            assert model.unet.is_gradient_checkpointing == checkpointing
+            with torch.enable_grad():
+                loss = run.step(torch.arange(2), noise=noise, timesteps=timesteps,
+                                latents=latents)
+            results.append((loss, torch.cat([p.flatten() for p in run.unet_layers.parameters()])))
+        assert not model.unet.is_gradient_checkpointing
+    assert abs(results[0][0] - results[1][0]) <= TOL
+    assert (results[0][1] - results[1][1]).abs().max() <= TOL
+    assert all(p.requires_grad for p in model.unet.parameters())  # flags restored
+
+
+# --- as nodes in a graph ----------------------------------------------------------------------
+
+def graph(train: dict, *, text: str, clip_from: list, model_from: list | None = None) -> dict:
+    key = uuid.uuid4().hex
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple",
+                 "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "batch": {"class_type": "LoadImageBatch",
+                  "inputs": {"folder": "", "images": "shape0.png\nshape1.png\nshape2.png"}},
+        "train": train,
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip_from}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip_from}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": model_from or ["ckpt", 0], "seed": 1, "steps": 3, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "normal", "positive": ["pos", 0],
+            "negative": ["neg", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["ks", 0], "key": key}},
+    }
+
+
+def lora_node(**overrides) -> dict:
+    inputs = {"model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
+              "images": ["batch", 0], "captions": ["batch", 2], "rank": 4, "alpha": 4.0,
+              "learning_rate": 1e-2, "steps": 4, "batch_size": 2, "seed": 0,
+              "resolution": RES, "target": "unet+text_encoder",
+              "target_modules": "to_k, to_q, to_v, to_out.0", "gradient_checkpointing": False,
+              "save_name": ""}
+    inputs.update(overrides)
+    return {"class_type": "TrainLoRA", "inputs": inputs}
+
+
+def ti_node(**overrides) -> dict:
+    inputs = {"model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
+              "images": ["batch", 0], "captions": "a <tok> shape", "placeholder_token": "<tok>",
+              "initializer_token": "square", "num_vectors": 2, "learning_rate": 1e-2,
+              "steps": 4, "batch_size": 2, "seed": 0, "resolution": RES,
+              "gradient_checkpointing": False, "save_name": ""}
+    inputs.update(overrides)
+    return {"class_type": "TrainTextualInversion", "inputs": inputs}
+
+
+def run_latent(session, prompt, **kw):
+    result = session.run(prompt, **kw)
+    assert result.ok, result.run.error
+    return CAPTURED.pop(prompt["cap"]["inputs"]["key"]).samples, result
+
+
+def test_train_lora_then_sample_in_one_run(session):
+    base_prompt = graph(lora_node(), text="a red square", clip_from=["ckpt", 1])
+    before, _ = run_latent(session, {k: v for k, v in base_prompt.items() if k != "train"})
+    prompt = graph(lora_node(captions="a red sks\na blue sks\na green sks",
+                             save_name="trained/sks"),
+                   text="a red sks", clip_from=["train", 1], model_from=["train", 0])
+    trained, result = run_latent(session, prompt, keep_events=True)
+    losses = [d["loss"] for name, d in result.events
+              if name == "progress" and d["node"] == "train"]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    path = session.env.folder("models") / "loras" / "trained" / "sks.safetensors"
+    assert path.is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["steerflow.steps"] == "4" and len(meta["steerflow.base_model_hash"]) == 64
+    assert '"rank": 4' in meta["steerflow.parameters"]
+    # diffusers' own loader reads the file too (every layer, alpha/rank scaling)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        session.env.folder("models") / "checkpoints" / "steerflow-tiny", local_files_only=True,
+        safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(path.parent, weight_name=path.name, adapter_name="sks")
+    adapted = [m for root in (pipe.unet, pipe.text_encoder) for m in root.modules()
+               if "sks" in getattr(m, "lora_A", {})]
+    from safetensors.torch import load_file
+
+    assert len(adapted) * 2 == len(load_file(str(path)))
+    assert all(m.scaling["sks"] == 1.0 for m in adapted)
+
+    # the base handles are unchanged: the plain graph gives the same latents again
+    base_prompt["cap"]["inputs"]["key"] = uuid.uuid4().hex  # not served from the cache
+    after, _ = run_latent(session, {k: v for k, v in base_prompt.items() if k != "train"})
+    assert torch.equal(before, after)
+    # the same inputs are not trained again
+    prompt["cap"]["inputs"]["key"] = uuid.uuid4().hex
+    again = session.run(prompt)
+    assert "cap" in again.run.executed and "train" not in again.run.executed
+    CAPTURED.pop(prompt["cap"]["inputs"]["key"])
+    # the saved file, through Load LoRA, gives the trained graph's result
+    loaded = graph({"class_type": "LoraLoader", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": "trained/sks.safetensors",
+        "strength_model": 1.0, "strength_clip": 1.0}},
+        text="a red sks", clip_from=["train", 1], model_from=["train", 0])
+    via_file, _ = run_latent(session, loaded)
+    print(f"trained-in-graph vs loaded-from-file max diff {(via_file - trained).abs().max():.2e}")
+    assert (via_file - trained).abs().max() <= 1e-4
+    assert (trained - before).abs().max() > 1e-3
+
+
+def test_trained_lora_combines_with_sag(session):
+    def latent(train: bool, sag: bool) -> torch.Tensor:
+        model = ["train", 0] if train else ["ckpt", 0]
+        prompt = graph(lora_node(seed=3), text="a red square", clip_from=["train", 1],
+                       model_from=["sag", 0] if sag else model)
+        if sag:
+            prompt["sag"] = {"class_type": "SelfAttentionGuidance",
+                             "inputs": {"model": model, "scale": 1.0, "blur_sigma": 1.0}}
+        return run_latent(session, prompt)[0]
+
+    both = latent(True, True)
+    assert (both - latent(False, True)).abs().max() > 1e-3  # the LoRA still acts
+    assert (both - latent(True, False)).abs().max() > 1e-3  # SAG still acts
+
+
+def test_textual_inversion_then_use_in_one_run(session):
+    prompt = graph(ti_node(save_name="tok"), text="a <tok> shape", clip_from=["train", 0])
+    trained, result = run_latent(session, prompt, keep_events=True)
+    assert sum(1 for n, d in result.events if n == "progress" and "loss" in d) == 4
+    assert (session.env.folder("models") / "embeddings" / "tok.safetensors").is_file()
+    # the saved embedding, as embedding:tok with the base CLIP, conditions the same way
+    via_file, _ = run_latent(session, graph(ti_node(save_name="tok"),
+                                            text="a embedding:tok shape",
+                                            clip_from=["ckpt", 1]))
+    print(f"placeholder vs embedding:tok max diff {(via_file - trained).abs().max():.2e}")
+    assert (via_file - trained).abs().max() <= 1e-4
+
+
+def test_interrupt_stops_training_and_the_rerun_resumes(session, models_dir, tmp_path):
+    prompt = graph(lora_node(steps=6, seed=9), text="a", clip_from=["train", 1],
+                   model_from=["train", 0])
+    seen = []
+
+    def on_event(name, data):
+        if name == "progress" and data.get("node") == "train":
+            seen.append(data["value"])
+            if len(seen) == 2:
+                session.executor.interrupt()
+
+    result = session.run(prompt, on_event=on_event)
+    assert result.run.status == "interrupted"
+    assert seen == [1, 2]
+    assert list((session.env.folder("temp") / "training").glob("lora-*.pt"))
+    seen.clear()
+    resumed, _ = run_latent(session, prompt, on_event=lambda n, d: seen.append(d["value"])
+                            if n == "progress" and d.get("node") == "train" else None)
+    assert seen == [3, 4, 5, 6]  # resumed from the checkpoint
+    assert not list((session.env.folder("temp") / "training").glob("lora-*.pt"))
+    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
+                    registry=registry_with_capture())
+    (tmp_path / "input").mkdir(exist_ok=True)
+    for i in range(3):
+        name = f"shape{i}.png"
+        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
+    whole, _ = run_latent(fresh, prompt)
+    assert torch.equal(resumed, whole)  # the same as an uninterrupted run
+
+
+def test_textual_inversion_resumes_to_the_same_vectors(session, models_dir, tmp_path):
+    prompt = graph(ti_node(steps=5, seed=4), text="a <tok> shape", clip_from=["train", 0])
+    count = []
+
+    def on_event(name, data):
+        if name == "progress" and data.get("node") == "train":
+            count.append(data["value"])
+            if len(count) == 3:
+                session.executor.interrupt()
+
+    assert session.run(prompt, on_event=on_event).run.status == "interrupted"
+    resumed, _ = run_latent(session, prompt)
+    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
+                    registry=registry_with_capture())
+    (tmp_path / "input").mkdir(exist_ok=True)
+    for i in range(3):
+        name = f"shape{i}.png"
+        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
+    whole, _ = run_latent(fresh, prompt)
+    assert torch.equal(resumed, whole)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+def messages(session, prompt) -> str:
+    with pytest.raises(PromptValidationError) as info:
+        session.validate(prompt)
+    return " ".join(f"{i.input_name}: {i.message}" for i in info.value.issues)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("steps", 0, "steps"), ("rank", 0, "rank"), ("learning_rate", 5.0, "learning_rate"),
+    ("save_name", "../escape", "save_name"), ("target_modules", " , ", "target_modules"),
+    ("captions", "  ", "caption"),
+])
+def test_lora_inputs_out_of_bounds_are_refused(session, field, value, expected):
+    prompt = graph(lora_node(**{field: value}), text="a", clip_from=["train", 1])
+    assert expected in messages(session, prompt)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({"placeholder_token": "a b"}, "placeholder_token"),
+    ({"captions": "a photo of it"}, "must contain the placeholder"),
+    ({"num_vectors": 0}, "num_vectors"),
+])
+def test_textual_inversion_inputs_refused_before_running(session, overrides, expected):
+    prompt = graph(ti_node(**overrides), text="a", clip_from=["train", 0])
+    assert expected in messages(session, prompt)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({"initializer_token": "red circle"}, "single token"),
+    ({"initializer_token": "zzqqxxk"}, "single token"),
+    ({"placeholder_token": "circle", "captions": "a circle"}, "already has the token"),
+])
+def test_textual_inversion_token_errors(session, overrides, expected):
+    prompt = graph(ti_node(**overrides), text="a", clip_from=["train", 0])
+    assert expected in run_error(session, prompt)
+
+
+def test_caption_count_must_match(session):
+    prompt = graph(lora_node(captions="one\ntwo"), text="a", clip_from=["train", 1])
+    assert "2 captions for 3 images" in run_error(session, prompt)
+
+
+def test_resolution_the_model_cannot_take(session):
+    prompt = graph(lora_node(resolution=40), text="a", clip_from=["train", 1])
+    assert "not a multiple of 16" in run_error(session, prompt)
+
+
+def test_target_modules_that_match_nothing(session):
+    prompt = graph(lora_node(target_modules="nonexistent"), text="a", clip_from=["train", 1])
+    assert "no UNet module matches" in run_error(session, prompt)
+
+
+def test_no_images_and_mixed_sizes():
+    with pytest.raises(ValueError, match="at least one image"):
+        tc.prepare_pixels(torch.zeros(0, 8, 8, 3), 8)
+    # mixed sizes reach the node already resized by Load Image Batch (shape2.png is 40x32
+    # in the graph tests); a non-square batch is scaled on its shorter side and centre-cropped
+    out = tc.prepare_pixels(torch.rand(2, 24, 40, 3), 16)
+    assert out.shape == (2, 3, 16, 16) and out.min() >= -1 and out.max() <= 1
+    assert tc.parse_captions("only", 3) == ["only"] * 3
+    with pytest.raises(ValueError, match="empty"):
+        tc.parse_captions("\n", 3)
