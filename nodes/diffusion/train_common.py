@@ -147,6 +147,19 @@ def draw_noise(latents: torch.Tensor, scheduler: Any, generator: torch.Generator
     return noise.to(latents.device), timesteps.long().to(latents.device)
 
 
+def batch_loss(unet: Any, scheduler: Any, posterior: Posterior, generator: torch.Generator,
+               index: torch.Tensor, context: torch.Tensor, noise: torch.Tensor | None = None,
+               timesteps: torch.Tensor | None = None, latents: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """The scripts' loss on images ``index``: latents (a posterior sample), then noise and
+    timesteps are drawn from ``generator`` unless given (tests pass the reference's)."""
+    if latents is None:
+        latents = posterior.sample(index, generator)
+    if noise is None or timesteps is None:
+        noise, timesteps = draw_noise(latents, scheduler, generator)
+    return diffusion_loss(unet, scheduler, latents, noise, timesteps, context.to(unet.dtype))
+
+
 def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
                    timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """MSE between the UNet's prediction and the target of the scheduler's prediction type."""

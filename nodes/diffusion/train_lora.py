@@ -174,13 +174,8 @@ class LoraTraining:
         """One step on images ``index``; noise/timesteps/latents drawn unless given."""
         import torch
 
-        if latents is None:
-            latents = self.posterior.sample(index, self.generator)
-        if noise is None or timesteps is None:
-            noise, timesteps = tc.draw_noise(latents, self.scheduler, self.generator)
-        context = self.encode(index)
-        loss = tc.diffusion_loss(self.model.unet, self.scheduler, latents, noise, timesteps,
-                                 context.to(self.model.unet.dtype))
+        loss = tc.batch_loss(self.model.unet, self.scheduler, self.posterior, self.generator,
+                             index, self.encode(index), noise, timesteps, latents)
         loss.backward()
         params = self.unet_layers.parameters() + (
             self.text_layers.parameters() if self.text_layers else [])

@@ -154,21 +154,16 @@ class InversionTraining:
              ) -> float:
         import torch
 
-        if latents is None:
-            latents = self.posterior.sample(index, self.generator)
-        if noise is None or timesteps is None:
-            noise, timesteps = tc.draw_noise(latents, self.scheduler, self.generator)
-        encoder = self.clip.text_encoder
-        context = encoder(self.ids[index])[0].to(self.model.unet.dtype)
-        loss = tc.diffusion_loss(self.model.unet, self.scheduler, latents, noise, timesteps,
-                                 context)
+        context = self.clip.text_encoder(self.ids[index])[0]
+        loss = tc.batch_loss(self.model.unet, self.scheduler, self.posterior, self.generator,
+                             index, context, noise, timesteps, latents)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
         keep = torch.ones(self.original.shape[0], dtype=torch.bool)
         keep[min(self.token_ids):max(self.token_ids) + 1] = False
         with torch.no_grad():
-            weight = encoder.get_input_embeddings().weight
+            weight = self.clip.text_encoder.get_input_embeddings().weight
             weight[keep] = self.original[keep]
         return float(loss.detach())
 
