@@ -14,6 +14,7 @@ from pathlib import Path
 from engine import Environment
 from nodes import (
     attend_excite,
+    clip_vision,
     conditioning,
     controlnet,
     depth2img,
@@ -48,6 +49,7 @@ from nodes import (
 
 NODE_CLASSES = (
     *models.NODE_CLASSES,
+    *clip_vision.NODE_CLASSES,
     *loaders.NODE_CLASSES,
     *lora.NODE_CLASSES,
     *conditioning.NODE_CLASSES,
@@ -82,7 +84,7 @@ NODE_CLASSES = (
 
 
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",
-                 "gligen", "diffusion_models", "unet")
+                 "gligen", "clip_vision", "diffusion_models", "unet")
 
 
 def setup(env: Environment) -> None:

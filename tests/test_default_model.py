@@ -14,6 +14,7 @@ import torch
 from engine.session import Session
 from nodes.diffusion.shapes_model import (
     SHAPES_ADAPTER_NAME,
+    SHAPES_CLIP_NAME,
     SHAPES_CONTROLNET_NAME,
     SHAPES_IP2P_NAME,
     SHAPES_IP2P_UNET,
@@ -69,7 +70,8 @@ def test_shipped_weights_fit_the_budget_and_install_in_both_formats(session):
     assert {p.name for p in shipped} == {f"{SHAPES_NAME}.safetensors",
                                          f"{SHAPES_CONTROLNET_NAME}.safetensors",
                                          f"{SHAPES_ADAPTER_NAME}.safetensors",
-                                         f"{SHAPES_IP2P_UNET}.safetensors"}
+                                         f"{SHAPES_IP2P_UNET}.safetensors",
+                                         f"{SHAPES_CLIP_NAME}.safetensors"}
     assert sum(p.stat().st_size for p in shipped) <= 40 * 2**20
     models = session.env.folder("models")
     for role, name, marker in (("checkpoints", SHAPES_NAME, "model_index.json"),
@@ -81,6 +83,9 @@ def test_shipped_weights_fit_the_budget_and_install_in_both_formats(session):
     # the Instruct-Pix2Pix UNet ships alone; set-up pairs it with the model's VAE and CLIP
     assert (models / "checkpoints" / SHAPES_IP2P_NAME / "model_index.json").is_file()
     assert (models / "checkpoints" / f"{SHAPES_IP2P_NAME}.safetensors").is_file()
+    # the CLIP is one file, as ComfyUI's clip_vision models are
+    assert (models / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors").read_bytes() == \
+        shipped_weights(SHAPES_CLIP_NAME).read_bytes()
 
 
 @pytest.mark.parametrize(("prompt", "expected"), CASES, ids=[c[1][1] for c in CASES])

@@ -38,6 +38,7 @@ for folder, name, marker in (("checkpoints", "steerflow-shapes", "model_index.js
                              ("controlnet", "steerflow-shapes-adapter", "config.json")):
     model = env.folder("models", folder, name, create=True)
     (model / marker).write_text("{}")
+(env.folder("models", "clip_vision", create=True) / "steerflow-shapes-clip.safetensors").touch()
 
 registry = default_registry()
 schema = registry.schema(env)

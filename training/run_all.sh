@@ -31,6 +31,9 @@ stage training.train_t2i_adapter "${COMMON[@]}" --steps "${ADAPTER_STEPS:-5000}"
   --stop-at "${ADAPTER_STOP:-2500}"
 stage training.train_instruct_pix2pix "${COMMON[@]}" --base "$OUT" --steps "${IP2P_STEPS:-7000}"
 stage training.train_lora "${COMMON[@]}" --steps "${LORA_STEPS:-400}"
+# The shapes-world CLIP (text tower: the text stage's encoder, frozen); --ship writes the
+# float16 file set-up installs into models/clip_vision.
+stage training.train_clip "${COMMON[@]}" --steps "${CLIP_STEPS:-3000}" --ship
 stage training.train export --out "$OUT"
 stage training.train ship --out "$OUT"
 # Evaluate what ships (float16 files), installed as set-up installs them, with the
@@ -40,4 +43,6 @@ ensure_shapes_model as e; e(Path(sys.argv[1]))" "$OUT/shipped"
 mkdir -p "$OUT/shipped/loras" && cp workflows/assets/loras/*.safetensors "$OUT/shipped/loras/"
 stage training.evaluate --models "$OUT/shipped" --threads "$THREADS" \
     --report "$OUT/eval.json" --grid "$OUT/samples.png"
+stage training.clip_eval --model "$OUT/clip/steerflow-shapes-clip.safetensors" \
+    --threads "$THREADS" --json "$OUT/clip_eval.json"
 echo "== $(date -u +%T) done"

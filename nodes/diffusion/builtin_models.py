@@ -17,6 +17,8 @@ SHAPES_ADAPTER_NAME = "steerflow-shapes-adapter"
 SHAPES_IP2P_NAME = "steerflow-shapes-ip2p"
 #: shipped alone: installing pairs it with steerflow-shapes' VAE and text encoder
 SHAPES_IP2P_UNET = f"{SHAPES_IP2P_NAME}-unet"
+#: the shapes-world CLIP (training/train_clip.py): installed as one file in models/clip_vision
+SHAPES_CLIP_NAME = "steerflow-shapes-clip"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "weights"
 DIFFUSERS_MARKERS = {"checkpoints": "model_index.json", "controlnet": "config.json"}
 
@@ -42,4 +44,8 @@ def all_installed(models_dir: Path) -> bool:
                if shipped_weights(name).is_file()]
     if shipped_weights(SHAPES_IP2P_UNET).is_file():
         wanted.append(("checkpoints", SHAPES_IP2P_NAME))
+    if (shipped_weights(SHAPES_CLIP_NAME).is_file()
+            and not (Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
+                     ).is_file()):
+        return False
     return all(is_installed(models_dir, role, name) for role, name in wanted)

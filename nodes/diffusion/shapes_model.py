@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exported)
     SHAPES_ADAPTER_NAME,
+    SHAPES_CLIP_NAME,
     SHAPES_CONTROLNET_NAME,
     SHAPES_IP2P_NAME,
     SHAPES_IP2P_UNET,
@@ -111,9 +112,25 @@ def install_shapes_ip2p(target_dir: Path) -> dict[str, Path]:
     return {"diffusers": folder, "single_file": single}
 
 
+def install_shapes_clip(models_dir: Path) -> Path | None:
+    """Copy the shipped shapes-world CLIP to ``models_dir/clip_vision`` (one file: the
+    CLIP vision loader reads it directly); None when it is not shipped."""
+    source = shipped_weights(SHAPES_CLIP_NAME)
+    if not source.is_file():
+        return None
+    target = Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Copied under a hidden name and renamed: listings never see a half-written file.
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    return target
+
+
 def ensure_shapes_model(models_dir: Path) -> Path | None:
-    """Install the shipped default model (and its ControlNet and Instruct-Pix2Pix model) into
-    ``models_dir`` once.
+    """Install the shipped default model (and its ControlNet, T2I-Adapter, Instruct-Pix2Pix
+    model and shapes-world CLIP) into ``models_dir`` once.
 
     Returns the model's diffusers folder, or None when the weights are not shipped.
     """
@@ -130,4 +147,5 @@ def ensure_shapes_model(models_dir: Path) -> Path | None:
     if shipped_weights(SHAPES_IP2P_UNET).is_file():
         ensure_built(models_dir, "checkpoints", SHAPES_IP2P_NAME, "model_index.json",
                      install_shapes_ip2p)
+    install_shapes_clip(models_dir)
     return folder
