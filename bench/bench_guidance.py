@@ -16,6 +16,7 @@ Edit time: ``time_edit`` (what the node runs) ÷ ``pipe.edit_model`` on the same
     .venv/bin/python bench/bench_guidance.py [--size 128] [--steps 10] [--repeats 5]
         [--only fabric time]
     .venv/bin/python bench/bench_guidance.py --edit-only
+    .venv/bin/python bench/bench_guidance.py --clip-score   # CLIP Score ÷ transformers
 """
 
 from __future__ import annotations
@@ -136,9 +137,62 @@ def edit_time(repeats: int = 5) -> None:
           f"diffusers {t * 1e3:.1f} ms, ratio {o / t:.3f}")
 
 
+CLIP_SCORE_TEXT = "a large red circle at the top left on a white background"
+
+
+def clip_score_time(repeats: int = 5, batch: int = 16) -> None:
+    """CLIP Score's time per image ÷ transformers' (with CLIPImageProcessor) on the same
+    work: the shipped shapes CLIP, 64x64 held-out shapes images."""
+    TEXT = CLIP_SCORE_TEXT
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from nodes.diffusion.builtin_models import SHAPES_CLIP_NAME, shipped_weights
+    from nodes.diffusion.clip_vision import load_clip_vision
+    from training.shapes import generate
+
+    images = np.stack([generate(1_000_003, i, 64).image for i in range(batch)])
+    pixels = torch.from_numpy(images).float() / 255
+    clip = load_clip_vision(shipped_weights(SHAPES_CLIP_NAME))
+    from nodes.clip_vision import CLIPScore
+
+    def ours() -> float:
+        t = time.perf_counter()
+        CLIPScore(clip_vision=clip, image=pixels, text=TEXT).execute(None)
+        return (time.perf_counter() - t) / batch
+
+    def ref() -> float:
+        from transformers import CLIPImageProcessor
+
+        processor = CLIPImageProcessor(size={"shortest_edge": 64},
+                                       crop_size={"height": 64, "width": 64})
+        t = time.perf_counter()
+        with torch.no_grad():
+            px = processor(images=list(images), return_tensors="pt").pixel_values
+            image = clip.model.get_image_features(pixel_values=px).pooler_output
+            tokens = clip.tokenizer([TEXT], padding="max_length", max_length=77,
+                                    return_tensors="pt")
+            text = clip.model.get_text_features(**tokens).pooler_output
+            (100 * torch.cosine_similarity(image, text)).clamp(min=0)
+        return (time.perf_counter() - t) / batch
+
+    ours(), ref()  # warm-up
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(ours())
+        b.append(ref())
+    ma, mb = statistics.median(a), statistics.median(b)
+    print(f"CLIPScore: {ma * 1e3:.2f} ms/image, transformers + CLIPImageProcessor "
+          f"{mb * 1e3:.2f} ms/image, ratio {ma / mb:.2f}")
+
+
+
 if __name__ == "__main__":
     if "--edit-only" in sys.argv:
         edit_time()
+    elif "--clip-score" in sys.argv:
+        clip_score_time()
     else:
         run(CASES, __doc__.split("\n")[0])
         edit_time()
