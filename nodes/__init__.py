@@ -14,6 +14,7 @@ from pathlib import Path
 from engine import Environment
 from nodes import (
     attend_excite,
+    clip_guidance,
     clip_vision,
     conditioning,
     controlnet,
@@ -49,8 +50,8 @@ from nodes import (
 
 NODE_CLASSES = (
     *models.NODE_CLASSES,
-    *clip_vision.NODE_CLASSES,
     *loaders.NODE_CLASSES,
+    *clip_vision.NODE_CLASSES,
     *lora.NODE_CLASSES,
     *conditioning.NODE_CLASSES,
     *latent.NODE_CLASSES,
@@ -70,12 +71,13 @@ NODE_CLASSES = (
     *fabric.NODE_CLASSES,
     *multidiffusion.NODE_CLASSES,
     *pag.NODE_CLASSES,
+    *clip_guidance.NODE_CLASSES,
     *controlnet.NODE_CLASSES,
     *t2i_adapter.NODE_CLASSES,
     *gligen.NODE_CLASSES,
     *image.NODE_CLASSES,
-    *image_batch.NODE_CLASSES,
     *upscale.NODE_CLASSES,
+    *image_batch.NODE_CLASSES,
     *masks.NODE_CLASSES,
     *preprocessors.NODE_CLASSES,
     *primitives.NODE_CLASSES,
