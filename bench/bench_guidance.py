@@ -1,6 +1,10 @@
 """Issue 15's techniques (CLIP guidance, FABRIC, TIME): step time ÷ plain or reference, side by
 side in one process on tiny models (``bench_techniques.py``'s harness and clock).
 
+CLIP guidance: step time ÷ diffusers' plain ``StableDiffusionPipeline`` (no CLIP-guided
+pipeline ships): every step guided with the tiny CLIP, the whole image / 4 cutouts /
+``through_unet`` off.
+
 FABRIC: step time ÷ diffusers' plain ``StableDiffusionPipeline`` on the same work (FABRIC is
 only a community pipeline, not installed): what a FABRIC step costs over a plain one, with
 2 liked + 1 disliked images and the node's defaults (one extra UNet pass over the 3
@@ -14,7 +18,7 @@ as a weight patch once per run, outside the step loop.
 Edit time: ``time_edit`` (what the node runs) ÷ ``pipe.edit_model`` on the same prompts.
 
     .venv/bin/python bench/bench_guidance.py [--size 128] [--steps 10] [--repeats 5]
-        [--only fabric time]
+        [--only clip_guidance clip_guid_cut4 clip_guid_fixed fabric time]
     .venv/bin/python bench/bench_guidance.py --edit-only
     .venv/bin/python bench/bench_guidance.py --clip-score   # CLIP Score ÷ transformers
 """
@@ -97,7 +101,37 @@ def plain_reference(pipe: Any, common: dict[str, Any], clock: StepClock) -> Any:
 FABRIC_CASE = Case("fabric", "StableDiffusionPipeline, plain (no FABRIC pipeline installed)",
                    fabric_graph, plain_reference, make_pipe=plain_pipe)
 
-CASES = [FABRIC_CASE, TIME_CASE]
+CLIP_NAME = "steerflow-tiny-clip.safetensors"
+
+
+def install_clip(models: Path) -> None:
+    from nodes.diffusion.tiny_clip import ensure_tiny_clip
+
+    ensure_tiny_clip(models)
+
+
+def clip_guidance_graph(cutouts: int, through_unet: bool = True) -> Any:
+    def edit(g: Graph) -> None:
+        g["cv"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP_NAME}}
+        g["p"] = {"class_type": "CLIPGuidance", "inputs": {
+            "model": ["4", 0], "clip_vision": ["cv", 0], "vae": ["4", 2], "text": PROMPT,
+            "clip_guidance_scale": 100.0, "num_cutouts": cutouts,
+            "through_unet": through_unet}}
+        g["3"]["inputs"]["model"] = ["p", 0]
+    return edit
+
+
+def clip_case(name: str, note: str, cutouts: int, through_unet: bool = True) -> Case:
+    return Case(name, f"StableDiffusionPipeline, plain ({note})",
+                clip_guidance_graph(cutouts, through_unet), plain_reference,
+                install=install_clip, make_pipe=plain_pipe)
+
+
+CLIP_CASES = [clip_case("clip_guidance", "no CLIP-guided pipeline ships", 0),
+              clip_case("clip_guid_cut4", "4 cutouts on our side", 4),
+              clip_case("clip_guid_fixed", "through_unet off on our side", 0, False)]
+
+CASES = [*CLIP_CASES, FABRIC_CASE, TIME_CASE]
 
 
 def edit_time(repeats: int = 5) -> None:
