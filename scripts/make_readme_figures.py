@@ -71,15 +71,24 @@ def samples_figure(session: Session) -> Image.Image:
 
 
 def workflows_figure(session: Session, max_width: int = 1400) -> Image.Image:
-    """Each example's output at ``SCALE``x, its own aspect kept (panoramas are wide),
+    """Each example's outputs at ``SCALE``x, its own aspect kept (panoramas are wide),
     laid out in rows no wider than ``max_width``."""
     label_h, gap = 28, 8
     tiles: list[tuple[str, Image.Image]] = []
     for path in sorted((ROOT / "workflows").glob("*.json")):
         result = session.run(Workflow.load(path))
         assert result.ok, (path.name, result.run.error)
-        image = Image.open(result.image_paths[-1]).convert("RGB")
-        tiles.append((path.stem, _up(image)))
+        # What the example saves (then its previews), at most 4: before/after pairs show both.
+        paths = sorted(result.image_paths, key=lambda p: session.env.folder("temp") in
+                       Path(p).resolve().parents)
+        images = [Image.open(p).convert("RGB") for p in paths[:4]]
+        strip = Image.new("RGB", (sum(i.width for i in images) + 2 * (len(images) - 1),
+                                  max(i.height for i in images)), "white")
+        x = 0
+        for image in images:
+            strip.paste(image, (x, 0))
+            x += image.width + 2
+        tiles.append((path.stem, _up(strip)))
     rows: list[list[tuple[str, Image.Image]]] = [[]]
     for tile in tiles:
         width = sum(t.width + gap for _, t in rows[-1])
