@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
-
-import numpy as np
 from PIL import Image
 
 from engine.session import Session
@@ -14,7 +13,7 @@ from nodes.diffusion import vae_codec
 from nodes.diffusion.handles import Vae
 from nodes.diffusion.tiny import VAE_CONFIG, _seeded
 from nodes.diffusion.vae_codec import Plan, Tiling, decode_raw, encode_raw, estimate_bytes, plan
-from nodes.latent import decode, encode
+from nodes.latent import decode
 from tests.graph_nodes import CAPTURED, registry_with_capture
 
 TILING_ATTRS = ("use_slicing", "use_tiling", "tile_sample_min_size", "tile_latent_min_size",
