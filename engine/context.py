@@ -64,3 +64,9 @@ class ExecutionContext:
             self.emit("preview", {"prompt_id": self.prompt_id, "node": self.node_id,
                                   "image": preview})
         self.check_interrupt()
+
+    def send_image(self, image: Any) -> None:
+        """Send a full-size PIL image to the prompt's client as a PNG, on the preview path
+        (ComfyUI's ``SaveImageWebsocket``: a binary websocket frame, image type PNG)."""
+        self.emit("preview", {"prompt_id": self.prompt_id, "node": self.node_id,
+                              "image": image, "format": "PNG"})

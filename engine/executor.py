@@ -153,6 +153,7 @@ class _Run:
             self.result.cached = cached
             self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id,
                                            "timestamp": _now_ms()})
+            self._replay_cached_ui(cached)
             remaining = self._count_consumers(to_run)
             for node_id in self.vp.order:
                 if node_id not in to_run:
@@ -218,6 +219,15 @@ class _Run:
                 need.update(src for src, _ in self.vp.nodes[node_id].links.values())
         cached.reverse()
         return to_run, cached
+
+    def _replay_cached_ui(self, cached: list[str]) -> None:
+        """``executed`` for each cached node with a UI result, as ComfyUI sends it: a
+        client that shows results from ``executed`` must see a fully cached prompt's too."""
+        for node_id in cached:
+            entry = self.cache.get(self.sigs[node_id])
+            if entry is not None and entry.ui:
+                self.emit("executed", {"node": node_id, "display_node": node_id,
+                                       "output": entry.ui, "prompt_id": self.prompt_id})
 
     def _count_consumers(self, to_run: set[str]) -> dict[str, int]:
         remaining: dict[str, int] = {}

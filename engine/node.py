@@ -231,7 +231,10 @@ class Node(BaseModel):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        """Extra checks on constant inputs; return ``(input_name | None, message)`` pairs."""
+        """Extra checks on constant inputs; return ``(input_name | None, message)`` pairs.
+
+        A third item ``"warning"`` makes one a warning: reported, but the prompt runs.
+        """
         return []
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any, ...] | NodeResult:

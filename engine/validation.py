@@ -15,6 +15,7 @@ not_in_choices       a value is neither a choice nor admitted by also_accept
 cycle                the node is on a cycle
 no_output_node       nothing in the prompt produces output
 node_error           a node's own ``validate_inputs`` check failed
+node_warning         a node's ``validate_inputs`` warning (third item ``"warning"``)
 ==================== ==========================================================
 
 Unknown inputs are reported as warnings (kind ``unknown_input``) and ignored, so
@@ -287,8 +288,12 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
         else:
             constants[name] = coerced
     if not issues and env is not None:
-        for input_name, message in cls.validate_inputs(constants, env):
-            issues.append(Issue("node_error", message, input_name=input_name))
+        for input_name, message, *severity in cls.validate_inputs(constants, env):
+            if severity and severity[0] == "warning":  # reported, and the prompt still runs
+                issues.append(Issue("node_warning", message, input_name=input_name,
+                                    severity="warning"))
+            else:
+                issues.append(Issue("node_error", message, input_name=input_name))
     return issues, ValidatedNode(node_id, cls, constants, links)
 
 

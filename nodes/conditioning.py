@@ -129,7 +129,9 @@ class CLIPTextEncode(Node):
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
         text = inputs.get("text")
-        return [("text", p) for p in embedding_problems(env, text)] if isinstance(text, str) else []
+        if not isinstance(text, str):
+            return []
+        return [("text", message, severity) for severity, message in embedding_problems(env, text)]
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:

@@ -211,4 +211,33 @@ class PreviewImage(Node):
         return NodeResult((), {"images": save_images(self.images, ctx, "temp", prefix)})
 
 
-NODE_CLASSES = (LoadImage, SaveImage, PreviewImage)
+class SaveImageWebsocket(Node):
+    """Send images to the client that queued the prompt, as binary websocket frames.
+
+    ComfyUI's node of the same name (its ``websockets_api_example_ws_images.py``
+    uses it): each image arrives as one binary frame, a big-endian uint32 event
+    type 1 and image type 2 (PNG) followed by the PNG, so ``frame[8:]`` is the
+    file. Nothing is written to disk and nothing is sent without a connected
+    websocket client. It runs on every prompt (never served from the cache), so
+    queuing the same prompt twice sends the images twice.
+    """
+
+    TYPE = "SaveImageWebsocket"
+    DISPLAY_NAME = "Save Image (Websocket)"
+    CATEGORY = "api node/image"
+    OUTPUT_NODE = True
+    OUTPUTS = ()
+
+    images: Tensor = Input(type="IMAGE")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        return secrets.token_hex(8)  # ComfyUI's IS_CHANGED returns time.time(): always run
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        for img in image_to_pil(self.images):
+            ctx.send_image(img)
+        return NodeResult(())
+
+
+NODE_CLASSES = (LoadImage, SaveImage, PreviewImage, SaveImageWebsocket)

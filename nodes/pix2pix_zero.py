@@ -20,7 +20,7 @@ def _sentence_problems(inputs: dict[str, Any], env: Environment, name: str
         return []  # linked: checked when it runs
     if not sentences(text):
         return [(name, f"write at least one {name} sentence (one per line)")]
-    return [(name, p) for p in embedding_problems(env, text)]
+    return [(name, message, severity) for severity, message in embedding_problems(env, text)]
 
 
 class Pix2PixZeroEditDirection(Node):

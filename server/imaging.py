@@ -45,6 +45,15 @@ def encode_preview(image: Any, quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
+def encode_png(image: Any) -> bytes:
+    """A PIL image as a full-size PNG (ComfyUI's ``send_image`` uses compress_level 1)."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def check_image(data: bytes) -> str:
     """The Pillow format of ``data``; raises :class:`NotAnImage` unless it verifies."""
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -16,6 +17,8 @@ from server.errors import ApiError, json_response
 from server.prompt_queue import DuplicatePromptId, QueueItem
 from server.state import state
 from server.storage import StorageError
+
+log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 200
 MAX_ID_LIST = 10_000  # ids per delete list (ComfyUI keeps 10000 history entries)
@@ -123,7 +126,13 @@ async def post_prompt(request: web.Request) -> web.Response:
     except Exception as exc:  # sqlite3 errors: disk full, database locked...
         raise ApiError(503, "queue_unavailable", f"the prompt could not be stored: "
                        f"{type(exc).__name__}", node_errors={}) from None
-    return json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+    reply: dict[str, Any] = {"prompt_id": prompt_id, "number": number, "node_errors": {}}
+    if vp.warnings:  # e.g. an unknown embedding:name, dropped as ComfyUI does
+        shown = vp.warnings[:MAX_REPORTED_ISSUES]
+        for issue in shown:
+            log.warning("prompt %s, node %s: %s", prompt_id, issue.node_id, issue.message)
+        reply["warnings"] = [i.to_dict() for i in shown]
+    return json_response(reply)
 
 
 async def _validate(validator: Any, prompt: dict[str, Any],

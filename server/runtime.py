@@ -331,7 +331,7 @@ class Runtime:
         sid = running.item.client_id
         if msg.preview is not None:
             if self.hub.has_clients:
-                self.hub.post(sid, preview_frame(msg.preview))
+                self.hub.post(sid, preview_frame(msg.preview, msg.image_type))
             return
         events = msg.data.get("events")
         for event in events if isinstance(events, list) else ():

@@ -8,7 +8,9 @@ socket pair (:class:`multiprocessing.connection.Connection`, which frames but
 does not pickle when used through ``send_bytes``/``recv_bytes``):
 
 - JSON objects (first byte ``{``), strict JSON both ways, never pickle;
-- preview frames: ``P`` followed by a JPEG.
+- preview frames: ``P`` followed by a JPEG; full-size images (``SaveImageWebsocket``):
+  ``N`` followed by a PNG. Both become the same binary websocket frame, with
+  ComfyUI's image type 1 or 2.
 
 Server → worker: ``config`` (first), ``run``, ``interrupt``.
 Worker → server: ``setup`` (packs loaded, built-in models installed), then
@@ -38,6 +40,8 @@ from server.errors import dumps
 log = logging.getLogger(__name__)
 
 PREVIEW_TAG = b"P"
+PNG_TAG = b"N"
+IMAGE_TYPES = {PREVIEW_TAG: 1, PNG_TAG: 2}  # tag -> ComfyUI's image type (JPEG, PNG)
 WORKER_MODULE = "steerflow.worker"
 
 
@@ -51,10 +55,12 @@ class WorkerDied(RuntimeError):
 
 @dataclass
 class Message:
-    """One message from the worker: a JSON object, or a preview frame (``preview``)."""
+    """One message from the worker: a JSON object, or a preview frame (``preview``,
+    encoded as ComfyUI's ``image_type``: 1 JPEG, 2 PNG)."""
 
     data: dict[str, Any]
     preview: bytes | None = None
+    image_type: int = 1
 
     @property
     def op(self) -> str:
@@ -66,8 +72,8 @@ def encode(data: dict[str, Any]) -> bytes:
 
 
 def decode(raw: bytes) -> Message:
-    if raw[:1] == PREVIEW_TAG:
-        return Message({"op": "preview"}, raw[1:])
+    if raw[:1] in IMAGE_TYPES:
+        return Message({"op": "preview"}, raw[1:], IMAGE_TYPES[raw[:1]])
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError("a worker message must be a JSON object")

@@ -34,15 +34,16 @@ from server.errors import ApiError, dumps
 log = logging.getLogger(__name__)
 
 PREVIEW_EVENT = 1  # ComfyUI's BinaryEventTypes.PREVIEW_IMAGE
-JPEG_IMAGE = 1
+JPEG_IMAGE = 1  # ComfyUI's image types in the frame's second uint32
+PNG_IMAGE = 2
 STATUS_INTERVAL = 0.05  # seconds: bursts of queue changes coalesce into one status
 _STATUS = object()  # outbox marker: send the queue status to everyone
 _TEXT, _BINARY = 0x1, 0x2
 
 
-def preview_frame(jpeg: bytes) -> bytes:
+def preview_frame(data: bytes, image_type: int = JPEG_IMAGE) -> bytes:
     """ComfyUI's binary preview: big-endian uint32 event type, uint32 image type, bytes."""
-    return struct.pack(">II", PREVIEW_EVENT, JPEG_IMAGE) + jpeg
+    return struct.pack(">II", PREVIEW_EVENT, image_type) + data
 
 
 def message(type_: str, data: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from server.worker import PREVIEW_TAG, decode, encode
+from server.worker import PNG_TAG, PREVIEW_TAG, decode, encode
 
 log = logging.getLogger("steerflow.worker")
 
@@ -54,9 +54,9 @@ class Worker:
         with self._send_lock:
             self.conn.send_bytes(raw)
 
-    def send_preview(self, jpeg: bytes) -> None:
+    def send_preview(self, data: bytes, tag: bytes = PREVIEW_TAG) -> None:
         with self._send_lock:
-            self.conn.send_bytes(PREVIEW_TAG + jpeg)
+            self.conn.send_bytes(tag + data)
 
     # --- start-up ----------------------------------------------------------------
     def load(self) -> None:
@@ -135,7 +135,7 @@ class Worker:
             if name == "preview":
                 if previews:
                     flush()
-                    self._preview(data.get("image"))
+                    self._preview(data.get("image"), data.get("format"))
                 return
             pending.append([name, data])
             if name == "progress" or (name == "executing" and data.get("node") is not None):
@@ -154,11 +154,14 @@ class Worker:
         self.send({"op": "done", "prompt_id": prompt_id, "status": result.status,
                    "outputs": result.outputs, "events": pending, **self._stats()})
 
-    def _preview(self, image: Any) -> None:
-        from server.imaging import encode_preview
+    def _preview(self, image: Any, fmt: Any = None) -> None:
+        from server.imaging import encode_png, encode_preview
 
         try:
-            self.send_preview(encode_preview(image))
+            if fmt == "PNG":  # SaveImageWebsocket: the full image, lossless
+                self.send_preview(encode_png(image), PNG_TAG)
+            else:
+                self.send_preview(encode_preview(image))
         except (TypeError, ValueError, OSError):
             log.debug("cannot encode a preview", exc_info=True)
 

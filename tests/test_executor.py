@@ -218,3 +218,16 @@ def test_ten_thousand_node_chain(ex):
     result = ex.run(prompt)
     assert result.ok and result.outputs["out"] == {"text": [str(n - 1)]}
     assert ex.run(prompt).executed == []
+
+
+def test_fully_cached_prompt_still_sends_executed_with_ui(ex):
+    """ComfyUI sends ``executed`` for cached output nodes: clients show results from it."""
+    ex.run(chain())
+    events = []
+    again = ex.run(chain(), prompt_id="p2", on_event=lambda e, d: events.append((e, d)))
+    assert again.executed == [] and again.cached == ["3"]
+    names = [e for e, _ in events]
+    assert names == ["execution_start", "execution_cached", "executed", "execution_success",
+                     "executing"]
+    assert events[2][1] == {"node": "3", "display_node": "3", "output": {"value": [3]},
+                            "prompt_id": "p2"}

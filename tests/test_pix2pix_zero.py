@@ -248,8 +248,12 @@ def test_empty_sentences_are_validation_errors(session):
     assert issue.input_name == "source" and "at least one source sentence" in issue.message
     issues = _node_errors(session, edit_prompt(source="", target="\n"))
     assert {i.input_name for i in issues} == {"source", "target"}
-    (issue,) = _node_errors(session, edit_prompt(target="a embedding:nowhere square"))
-    assert issue.input_name == "target" and "unknown embedding 'nowhere'" in issue.message
+    # an unknown embedding is only a warning (ComfyUI drops it); the empty source still fails
+    with pytest.raises(PromptValidationError) as info:
+        session.run(edit_prompt(source="", target="a embedding:nowhere square"))
+    (warning,) = [i for i in info.value.issues if i.kind == "node_warning"]
+    assert warning.input_name == "target" and warning.severity == "warning"
+    assert "embedding:nowhere does not exist" in warning.message
 
 
 def test_linked_empty_sentences_fail_when_run(session):

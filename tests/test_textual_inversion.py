@@ -92,10 +92,18 @@ def test_pickle_embeddings_need_the_opt_in(session, models_dir, tmp_path_factory
     assert torch.equal(from_pickle, encode(session, "a embedding:legacy_st.safetensors cat"))
 
 
-def test_unknown_embedding_is_a_validation_error(session):
-    with pytest.raises(Exception, match="nosuch") as info:
-        session.validate(encode_prompt("a photo of embedding:nosuch"))
-    assert "models/embeddings" in str(info.value)
+def test_unknown_embedding_is_a_warning_and_dropped(session, caplog):
+    """As in ComfyUI: warned about and left out of the prompt, never a rejected prompt."""
+    vp = session.executor.validate(encode_prompt("a photo of embedding:nosuch"))
+    (warning,) = vp.warnings
+    assert (warning.kind, warning.severity, warning.input_name) == (
+        "node_warning", "warning", "text")
+    assert "embedding:nosuch does not exist" in warning.message
+    assert "models/embeddings" in warning.message
+    with caplog.at_level("WARNING", logger="nodes.diffusion.embeddings"):
+        dropped = encode(session, "a photo of embedding:nosuch")
+    assert "embedding:nosuch does not exist" in caplog.text
+    assert torch.equal(dropped, encode(session, "a photo of "))
 
 
 def test_wrong_width_is_a_clear_error(session):

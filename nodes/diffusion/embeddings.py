@@ -18,6 +18,7 @@ layer for the duration of one call, so the cached encoder is never changed.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from nodes.diffusion.prompt_weighting import EMBEDDING_PATTERN, parse_prompt_wei
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 PICKLE_SUFFIXES = (".pt", ".bin")
@@ -66,18 +69,26 @@ def find_embedding(env: Environment, name: str) -> Path | None:
     return None
 
 
-def embedding_problems(env: Environment, text: str) -> list[str]:
-    """Messages for ``embedding:name`` references that cannot be used (for validation)."""
+def unknown_embedding_message(env: Environment, name: str) -> str:
+    known = [n.rsplit(".", 1)[0] for n in list_embeddings(env)]
+    hint = f"; available: {', '.join(known[:10])}" if known else ""
+    return f"embedding:{name} does not exist (not in models/{FOLDER}), ignoring{hint}"
+
+
+def embedding_problems(env: Environment, text: str) -> list[tuple[str, str]]:
+    """``(severity, message)`` for ``embedding:name`` references (for validation).
+
+    An unknown name is a warning and is dropped from the prompt, as in ComfyUI (a
+    workflow from another machine still runs); a pickle without the opt-in is an error.
+    """
     problems = []
     for name in embedding_names(text):
         path = find_embedding(env, name)
         if path is None:
-            known = [n.rsplit(".", 1)[0] for n in list_embeddings(env)]
-            hint = f"; available: {', '.join(known[:10])}" if known else ""
-            problems.append(f"unknown embedding {name!r} (not in models/{FOLDER}){hint}")
+            problems.append(("warning", unknown_embedding_message(env, name)))
         elif path.suffix.lower() in PICKLE_SUFFIXES and not env.allow_pickle:
-            problems.append(f"embedding {name!r} is a pickle file ({path.name}); convert it to "
-                            ".safetensors or start with --allow-pickle")
+            problems.append(("error", f"embedding {name!r} is a pickle file ({path.name}); "
+                             "convert it to .safetensors or start with --allow-pickle"))
     return problems
 
 
@@ -133,8 +144,12 @@ class EmbeddingLibrary:
     def __call__(self, name: str) -> torch.Tensor:
         if name not in self._loaded:
             path = find_embedding(self.env, name)
-            if path is None:
-                raise ValueError(f"unknown embedding {name!r} (not in models/{FOLDER})")
+            if path is None:  # ComfyUI warns and leaves it out of the prompt
+                import torch
+
+                log.warning("warning, %s", unknown_embedding_message(self.env, name))
+                self._loaded[name] = torch.zeros(0, self.dim)
+                return self._loaded[name]
             vectors = load_embedding(path, allow_pickle=self.env.allow_pickle)
             if vectors.shape[1] != self.dim:
                 raise ValueError(

@@ -14,6 +14,7 @@ import time
 from PIL import Image
 
 from engine import ExecutionContext, Input, Node, NodeRegistry, NodeResult, Output
+from nodes.image import SaveImageWebsocket
 from tests import engine_nodes
 
 
@@ -33,6 +34,23 @@ class TestImage(Node):
         name = f"test_{ctx.prompt_id}_{ctx.node_id}.png"
         img.save(folder / name)
         return NodeResult((), {"images": [{"filename": name, "subfolder": "", "type": "output"}]})
+
+
+class TestImageTensor(Node):
+    """An IMAGE ``[batch, 6, 8, 3]``: image i is (value + i, 0, 0) in 8-bit RGB."""
+
+    TYPE = "TestImageTensor"
+    OUTPUTS = (Output("IMAGE"),)
+    value: int = Input(0, min=0, max=250)
+    batch: int = Input(1, min=1, max=4)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[object]:
+        import torch
+
+        images = torch.zeros(self.batch, 6, 8, 3)
+        for i in range(self.batch):
+            images[i, ..., 0] = (self.value + i) / 255.0
+        return (images,)
 
 
 class TestHog(Node):
@@ -64,11 +82,12 @@ class TestCrash(Node):
         return NodeResult()
 
 
-NODE_CLASSES = (*engine_nodes.TEST_NODES, TestImage, TestHog, TestCrash)
+NODE_CLASSES = (*engine_nodes.TEST_NODES, TestImage, TestImageTensor, SaveImageWebsocket,
+                TestHog, TestCrash)
 
 
 def make_registry() -> NodeRegistry:
     registry = engine_nodes.make_registry()
-    for cls in (TestImage, TestHog, TestCrash):
+    for cls in (TestImage, TestImageTensor, SaveImageWebsocket, TestHog, TestCrash):
         registry.register(cls)
     return registry

@@ -68,6 +68,65 @@ def test_preview_frames_are_binary_jpeg(server: LiveServer, http: Http):
     ws.close()
 
 
+def test_save_image_websocket_sends_png_frames(server: LiveServer, http: Http):
+    """ComfyUI's websockets_api_example_ws_images.py: each binary frame's ``[8:]`` is a PNG."""
+    import io
+
+    from PIL import Image
+
+    prompt = {"1": {"class_type": "TestImageTensor", "inputs": {"value": 40, "batch": 2}},
+              "save_image_websocket_node": {"class_type": "SaveImageWebsocket",
+                                            "inputs": {"images": ["1", 0]}}}
+    ws = server.connect_ws("ws-images")
+    for _ in range(2):  # never served from the cache: the same prompt sends its images again
+        pid = http.post("/prompt", json={"prompt": prompt, "client_id": "ws-images"}
+                        ).json()["prompt_id"]
+        events, frames = recv_until(ws, pid)
+        assert events[-2]["type"] == "execution_success"
+        assert len(frames) == 2
+        for i, out in enumerate(frames):
+            assert struct.unpack(">II", out[:8]) == (1, 2)
+            img = Image.open(io.BytesIO(out[8:]))  # exactly what the ComfyUI example does
+            assert img.format == "PNG" and img.size == (8, 6)
+            assert img.convert("RGB").getpixel((3, 2)) == (40 + i, 0, 0)
+    ws.close()
+
+
+def test_fully_cached_prompt_sends_executed_with_its_images(server: LiveServer, http: Http):
+    """A client that shows results from ``executed`` sees a cached prompt's images too."""
+    ws = server.connect_ws("cached-viewer")
+    prompt = image(value=31)
+    first = http.post("/prompt", json={"prompt": prompt, "client_id": "cached-viewer"}
+                      ).json()["prompt_id"]
+    events, _ = recv_until(ws, first)
+    output = next(e for e in events if e["type"] == "executed")["data"]["output"]
+    again = http.post("/prompt", json={"prompt": prompt, "client_id": "cached-viewer"}
+                      ).json()["prompt_id"]
+    events, _ = recv_until(ws, again)
+    assert [e["type"] for e in events] == ["execution_start", "execution_cached", "executed",
+                                           "execution_success", "executing"]
+    assert events[1]["data"]["nodes"] == ["1"]
+    assert events[2]["data"] == {"node": "1", "display_node": "1", "output": output,
+                                 "prompt_id": again}
+    ws.close()
+
+
+def test_prompt_warnings_are_returned_and_the_prompt_runs(server: LiveServer, http: Http):
+    """Validation warnings (an unknown input here; an unknown ``embedding:name`` in
+    CLIPTextEncode) do not reject the prompt: they come back with its id."""
+    prompt = chain(11)
+    prompt["2"]["inputs"]["no_such_input"] = 1
+    body = http.post("/prompt", json={"prompt": prompt}).json()
+    assert body["node_errors"] == {}
+    (warning,) = body["warnings"]
+    assert (warning["kind"], warning["severity"], warning["node_id"]) == (
+        "unknown_input", "warning", "2")
+    history = wait_history(http, [body["prompt_id"]])
+    assert history[body["prompt_id"]]["status"]["status_str"] == "success"
+    plain = http.post("/prompt", json={"prompt": chain(12)}).json()
+    assert "warnings" not in plain  # ComfyUI's reply, unchanged when there is nothing to say
+
+
 def test_events_go_to_the_submitter_only(server: LiveServer, http: Http):
     mine, other = server.connect_ws("mine"), server.connect_ws("other")
     pid = http.post("/prompt", json={"prompt": chain(5), "client_id": "mine"}).json()["prompt_id"]
