@@ -56,6 +56,9 @@ def test_like_a_gallery_image_then_queue_again(page, server: LiveServer):
         """([id, v]) => { const d = JSON.parse(localStorage.getItem('steerflow.autosave') || '{}');
                           return d.prompt && d.prompt[id].inputs.images === v; }""",
         arg=[DISLIKED, picked])
+    # The canvas records history 200 ms after the last change; an autosave written by an
+    # earlier click can satisfy the wait above, so let the last click's entry land too.
+    page.wait_for_timeout(500)
     page.keyboard.press("Control+z")
     expect(c.widget(DISLIKED, "images")).to_have_value("fabric_disliked_red.png")
     page.keyboard.press("Control+Shift+z")
