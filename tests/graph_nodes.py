@@ -50,3 +50,10 @@ def run_error(session: Any, prompt: dict[str, Any]) -> str:
     result = session.run(prompt)
     assert result.run.status == "error", "expected the run to fail"
     return result.run.error["exception_message"]
+
+
+def run_graph(session: Any, prompt: dict[str, Any]) -> Any:
+    """Run ``prompt`` and return (as numpy) what its capture node ``"10"`` kept."""
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    return CAPTURED.pop(prompt["10"]["inputs"]["key"]).numpy()

@@ -30,7 +30,13 @@ from engine.validation import PromptValidationError
 from nodes.diffusion.clip_guidance import ClipGuidance, check_supported
 from nodes.diffusion.clip_vision import CLIP_MEAN, CLIP_STD, ClipVision
 from nodes.diffusion.schedulers import SAMPLERS
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture, run_error
+from tests.graph_nodes import (
+    CAPTURED,
+    reference_pipeline,
+    registry_with_capture,
+    run_error,
+    run_graph,
+)
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
@@ -131,12 +137,6 @@ def graph(*, ckpt="steerflow-tiny", sampler="ddim", width=64, height=64, cfg=7.5
         "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
         "latent_image": ["5", 0]}}
     return prompt
-
-
-def run_graph(session, prompt) -> np.ndarray:
-    result = session.run(prompt)
-    assert result.ok, result.run.error
-    return CAPTURED.pop(prompt["10"]["inputs"]["key"]).numpy()
 
 
 # --- the independent implementation ------------------------------------------------------

@@ -29,7 +29,7 @@ from engine.session import Session, Workflow
 from nodes.diffusion.attention import AttentionCall, AttentionLayer, AttentionRecorder
 from nodes.diffusion.fabric import NOISE_SEED_OFFSET
 from nodes.diffusion.schedulers import SAMPLERS
-from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error, run_graph
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
@@ -117,12 +117,6 @@ def fabric_prompt(*, ckpt="steerflow-tiny", sampler="ddim", width=64, height=64,
         "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
         "latent_image": ["5", 0]}}
     return prompt
-
-
-def run_graph(session, prompt) -> np.ndarray:
-    result = session.run(prompt)
-    assert result.ok, result.run.error
-    return CAPTURED.pop(prompt["10"]["inputs"]["key"]).numpy()
 
 
 # --- the independent implementation ---------------------------------------------------------

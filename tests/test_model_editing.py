@@ -28,7 +28,13 @@ from nodes.diffusion.handles import DiffusionModel, TextEncoder
 from nodes.diffusion.lora import LoraPatch, LoraWeight, patched
 from nodes.diffusion.model_editing import TimeEdit, align_tokens, time_edit
 from nodes.diffusion.schedulers import SAMPLERS
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture, run_error
+from tests.graph_nodes import (
+    CAPTURED,
+    reference_pipeline,
+    registry_with_capture,
+    run_error,
+    run_graph,
+)
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
@@ -199,12 +205,6 @@ def time_prompt(*, ckpt="steerflow-tiny", source="a circle", destination="a blue
         "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
         "latent_image": ["5", 0]}}
     return prompt
-
-
-def run_graph(session, prompt) -> np.ndarray:
-    result = session.run(prompt)
-    assert result.ok, result.run.error
-    return CAPTURED.pop(prompt["10"]["inputs"]["key"]).numpy()
 
 
 def run_reference(pipe, *, width=64, height=64, seed=3, sampler="ddim") -> np.ndarray:

@@ -16,7 +16,7 @@ from engine.validation import PromptValidationError
 from nodes.diffusion.attention import AttentionStore
 from nodes.diffusion.sag import SelfAttentionGuidance
 from nodes.diffusion.schedulers import SAMPLERS
-from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
+from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture, run_graph
 
 PROMPT = "a red circle at the top left"
 NEGATIVE = "blurry"
@@ -57,12 +57,6 @@ def sag_prompt(*, ckpt="steerflow-tiny", sampler="ddim", scale=0.75, blur_sigma=
         "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
         "latent_image": ["5", 0]}}
     return prompt
-
-
-def run_graph(session, prompt) -> np.ndarray:
-    result = session.run(prompt)
-    assert result.ok, result.run.error
-    return CAPTURED.pop(prompt["10"]["inputs"]["key"]).numpy()
 
 
 def run_reference(pipe, *, sampler="ddim", scale=0.75, width=64, height=64, cfg=7.5,
