@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 	# only for its bpe vocabulary (scripts/derive_clip_tokenizer.py); its torchvision
 	# requirement would replace our torch, hence --no-deps
 	$(BIN)/pip install --quiet --no-deps open-clip-torch==3.3.0
+	# upscale models (ComfyUI's loader library); it declares torchvision, which only its
+	# LaMa and RestoreFormer need and which would replace our torch: --no-deps, and its
+	# other requirements (einops, ...) are pinned in pyproject.toml
+	$(BIN)/pip install --quiet --no-deps spandrel==0.4.2
 	touch $(STAMP)
 
 web: $(WEB_BUILD)

@@ -22,6 +22,7 @@ from nodes import (
     diffedit,
     fabric,
     gligen,
+    hypernetwork,
     image,
     image_batch,
     inpaint,
@@ -43,9 +44,11 @@ from nodes import (
     sampling,
     sampling_advanced,
     sega,
+    style_model,
     t2i_adapter,
     training,
     upscale,
+    upscale_model,
 )
 
 NODE_CLASSES = (
@@ -53,6 +56,7 @@ NODE_CLASSES = (
     *loaders.NODE_CLASSES,
     *clip_vision.NODE_CLASSES,
     *lora.NODE_CLASSES,
+    *hypernetwork.NODE_CLASSES,
     *conditioning.NODE_CLASSES,
     *latent.NODE_CLASSES,
     *sampling.NODE_CLASSES,
@@ -75,8 +79,10 @@ NODE_CLASSES = (
     *controlnet.NODE_CLASSES,
     *t2i_adapter.NODE_CLASSES,
     *gligen.NODE_CLASSES,
+    *style_model.NODE_CLASSES,
     *image.NODE_CLASSES,
     *upscale.NODE_CLASSES,
+    *upscale_model.NODE_CLASSES,
     *image_batch.NODE_CLASSES,
     *masks.NODE_CLASSES,
     *preprocessors.NODE_CLASSES,
@@ -86,7 +92,8 @@ NODE_CLASSES = (
 
 
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",
-                 "gligen", "clip_vision", "diffusion_models", "unet")
+                 "gligen", "clip_vision", "diffusion_models", "unet", "upscale_models",
+                 "hypernetworks", "style_models")
 
 
 def setup(env: Environment) -> None:

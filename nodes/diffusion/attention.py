@@ -9,8 +9,11 @@ when the run ends, also on error or interrupt.
 
 A hooked layer computes attention as diffusers' classic ``AttnProcessor`` does
 (explicit scores, softmax, ``bmm``: the math the technique pipelines use), with
-three places a hook may act:
+four places a hook may act:
 
+- ``on_kv_inputs``: change what the key and value projections read (the text
+  context in cross-attention, the image tokens in self-attention), e.g. a
+  hypernetwork's MLPs;
 - ``on_kv``: change the keys and values (attention inputs), e.g. append key/value
   tokens of other images (FABRIC's feedback);
 - ``on_probs``: read the attention maps or return edited ones;
@@ -91,6 +94,12 @@ class AttentionHook:
     def selects(self, layer: AttentionLayer) -> bool:
         return False
 
+    def on_kv_inputs(self, call: AttentionCall, key_input: torch.Tensor,
+                     value_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[images, tokens, dim]`` inputs of ``to_k`` and ``to_v`` (the same tensor unless
+        a hook before changed one); return them, changed or not, with the same shapes."""
+        return key_input, value_input
+
     def on_kv(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
         return key, value
@@ -163,15 +172,16 @@ class HookedAttnProcessor:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
         query = attn.head_to_batch_dim(query)
-        key = attn.head_to_batch_dim(key)
-        value = attn.head_to_batch_dim(value)
-
         tokens = query.shape[1]
         call = AttentionCall(self.layer, self.run, self.store.roles, attn.heads, tokens,
-                             self.store.sizes.get(tokens), key.shape[1], _rows=query.shape[0])
+                             self.store.sizes.get(tokens), encoder_hidden_states.shape[1],
+                             _rows=query.shape[0])
+        key_input = value_input = encoder_hidden_states
+        for hook in self.hooks:
+            key_input, value_input = hook.on_kv_inputs(call, key_input, value_input)
+        key = attn.head_to_batch_dim(attn.to_k(key_input))
+        value = attn.head_to_batch_dim(attn.to_v(value_input))
         for hook in self.hooks:
             key, value = hook.on_kv(call, key, value)
         own_value = value[:, :call.key_tokens] if value.shape[1] > call.key_tokens else value
