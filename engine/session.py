@@ -3,7 +3,8 @@
     from engine.session import Session, Workflow
 
     session = Session(base_dir=".")                 # models/, input/, output/ under it
-    wf = Workflow.load("workflows/txt2img.json")      # API JSON, document, or a saved PNG
+    wf = session.load("workflows/txt2img.json")       # API JSON, document, ComfyUI UI format,
+                                                      # or a PNG saved by Steerflow or ComfyUI
     wf.set("3.seed", 42)                              # NODE_ID.INPUT = value
     result = session.run(wf, on_event=print)
     result.images[0].show()
@@ -26,6 +27,7 @@ from engine.cache import OutputCache, parse_budget
 from engine.environment import Environment
 from engine.executor import EventCallback, Executor, RunResult
 from engine.registry import NodeRegistry, default_registry
+from engine.validation import Issue, ValidatedPrompt
 from engine.workflow import Prompt, from_object, load_workflow, prompt_to_document
 
 
@@ -35,23 +37,32 @@ class WorkflowInputError(ValueError):
 
 @dataclass
 class Workflow:
-    """An executable prompt plus (optionally) the document it came from."""
+    """An executable prompt plus (optionally) the document it came from.
+
+    ComfyUI's UI format converts with a ``registry``'s node schemas (a Session's
+    ``load`` passes its own); ``warnings`` says what the conversion left behind.
+    """
 
     prompt: Prompt
     document: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Workflow:
-        prompt, document = load_workflow(path)
-        return cls(prompt, document)
+    def load(cls, path: str | os.PathLike[str],
+             registry: NodeRegistry | None = None) -> Workflow:
+        warnings: list[str] = []
+        prompt, document = load_workflow(path, registry, warnings)
+        return cls(prompt, document, warnings)
 
     @classmethod
-    def from_object(cls, obj: Any) -> Workflow:
-        prompt, document = from_object(obj)
-        return cls(prompt, document)
+    def from_object(cls, obj: Any, registry: NodeRegistry | None = None) -> Workflow:
+        warnings: list[str] = []
+        prompt, document = from_object(obj, registry, warnings)
+        return cls(prompt, document, warnings)
 
     def copy(self) -> Workflow:
-        return Workflow(copy.deepcopy(self.prompt), copy.deepcopy(self.document))
+        return Workflow(copy.deepcopy(self.prompt), copy.deepcopy(self.document),
+                        list(self.warnings))
 
     def set(self, target: str, value: Any, registry: NodeRegistry | None = None) -> Workflow:
         """Set ``"NODE_ID.INPUT"`` (or ``"Title.INPUT"`` by node title) to a constant.
@@ -108,6 +119,8 @@ class SessionResult:
     run: RunResult
     image_paths: list[Path] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # validation warnings (severity "warning": the prompt ran anyway)
+    warnings: list[Issue] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -136,11 +149,16 @@ class Session:
         self.executor = Executor(self.registry, self.env,
                                  OutputCache(cache_budgets or default_budgets()))
 
+    def load(self, path: str | os.PathLike[str]) -> Workflow:
+        """Read a workflow file (any format :func:`engine.workflow.load_workflow` reads)."""
+        return Workflow.load(path, self.registry)
+
     def run(self, workflow: Workflow | Prompt | str | os.PathLike[str], *,
             on_event: EventCallback | None = None, prompt_id: str | None = None,
             keep_events: bool = False, extra: dict[str, Any] | None = None) -> SessionResult:
         """Run a workflow; raises PromptValidationError before running if it is invalid."""
-        wf = _as_workflow(workflow)
+        wf = self._as_workflow(workflow)
+        validated = self.executor.validate(wf.prompt)
         events: list[tuple[str, dict[str, Any]]] = []
         sink: Callable[[str, dict[str, Any]], None] | None = on_event
         if keep_events:
@@ -152,8 +170,9 @@ class Session:
         pnginfo = dict(extra.get("extra_pnginfo") or {})
         pnginfo.setdefault("workflow", wf.to_document())
         extra["extra_pnginfo"] = pnginfo
-        run = self.executor.run(wf.prompt, prompt_id=prompt_id, extra=extra, on_event=sink)
-        return SessionResult(run, self.image_paths(run), events)
+        run = self.executor.run(wf.prompt, prompt_id=prompt_id, extra=extra, on_event=sink,
+                                validated=validated)
+        return SessionResult(run, self.image_paths(run), events, list(validated.warnings))
 
     def image_paths(self, run: RunResult) -> list[Path]:
         paths = []
@@ -163,8 +182,18 @@ class Session:
                                               item["filename"]))
         return paths
 
-    def validate(self, workflow: Workflow | Prompt | str | os.PathLike[str]) -> None:
-        self.executor.validate(_as_workflow(workflow).prompt)
+    def validate(self, workflow: Workflow | Prompt | str | os.PathLike[str]
+                 ) -> ValidatedPrompt:
+        """Check a workflow; raises PromptValidationError, else returns what would run
+        (its ``warnings`` too)."""
+        return self.executor.validate(self._as_workflow(workflow).prompt)
+
+    def _as_workflow(self, workflow: Workflow | Prompt | str | os.PathLike[str]) -> Workflow:
+        if isinstance(workflow, Workflow):
+            return workflow
+        if isinstance(workflow, dict):
+            return Workflow.from_object(workflow, self.registry)
+        return Workflow.load(workflow, self.registry)
 
 
 DEFAULT_BUDGET = "cpu=50%,cuda=80%"
@@ -210,11 +239,3 @@ def _cgroup_memory_limit() -> int | None:
         if raw.isdigit() and int(raw) < 1 << 60:  # cgroup v1 says "no limit" with ~2^63
             return int(raw)
     return None
-
-
-def _as_workflow(workflow: Workflow | Prompt | str | os.PathLike[str]) -> Workflow:
-    if isinstance(workflow, Workflow):
-        return workflow
-    if isinstance(workflow, dict):
-        return Workflow.from_object(workflow)
-    return Workflow.load(workflow)

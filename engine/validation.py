@@ -16,7 +16,12 @@ cycle                the node is on a cycle
 no_output_node       nothing in the prompt produces output
 node_error           a node's own ``validate_inputs`` check failed
 node_warning         a node's ``validate_inputs`` warning (third item ``"warning"``)
+node_mode            a warning: an input left unconnected because it was linked to a
+                     muted node, or to a bypassed one with nothing to pass through
 ==================== ==========================================================
+
+Node modes (``"mode": "muted" | "bypass"``, see :mod:`engine.workflow`) are
+resolved first: what is validated and run is the graph without those nodes.
 
 Unknown inputs are reported as warnings (kind ``unknown_input``) and ignored, so
 workflows saved by newer versions of a node still run.
@@ -36,7 +41,7 @@ from pydantic import ValidationError
 from engine.environment import Environment
 from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, InputSpec, Node
 from engine.registry import NodeRegistry
-from engine.workflow import is_link
+from engine.workflow import NodeShape, is_link, resolve_modes, types_match
 
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
 _INT64_MESSAGE = "must fit in a 64-bit signed integer (-2**63 to 2**63-1)"
@@ -88,13 +93,12 @@ class ValidatedPrompt:
     warnings: list[Issue]
 
 
-def types_match(out_type: str, in_type: str) -> bool:
-    """Socket types match if equal, either is ``*``, or comma-lists intersect."""
-    if out_type == in_type or ANY_TYPE in (out_type, in_type):
-        return True
-    if in_type == "COMBO" and out_type in ("STRING", "COMBO"):
-        return True
-    return bool(set(out_type.split(",")) & set(in_type.split(",")))
+def node_shape(cls: type[Node]) -> NodeShape:
+    """A node class's inputs (sockets first, as ComfyUI's slots) and output types."""
+    specs = cls.INPUT_SPECS.values()
+    inputs = [(s.name, s.type) for s in specs if not s.is_widget]
+    inputs += [(s.name, s.type) for s in specs if s.is_widget]
+    return NodeShape(tuple(inputs), tuple(o.type for o in cls.OUTPUTS))
 
 
 def check_constant(spec: InputSpec, value: Any, env: Environment | None
@@ -182,6 +186,19 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
     if not isinstance(prompt, dict) or not prompt:
         raise PromptValidationError([Issue("invalid_prompt",
                                            "a prompt must be a non-empty JSON object of nodes")])
+    prompt, mode_notes = resolve_modes(prompt, lambda t: _shape(registry, t))
+    mode_warnings: list[Issue] = []
+    for note in mode_notes:
+        node = prompt.get(note.node_id)
+        kind = node.get("class_type") if isinstance(node, dict) else None
+        issue = Issue("invalid_prompt" if note.error else "node_mode", note.message,
+                      node_id=note.node_id, class_type=kind if isinstance(kind, str) else None,
+                      input_name=note.input_name,
+                      severity="error" if note.error else "warning")
+        (issues if note.error else mode_warnings).append(issue)
+    if not prompt:
+        raise PromptValidationError([*issues, Issue(
+            "no_output_node", "every node is muted or bypassed, so nothing would run")])
     classes: dict[str, type[Node]] = {}
     raw_inputs: dict[str, dict[str, Any]] = {}
     for raw_id, node in prompt.items():
@@ -227,7 +244,8 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
     needed = _ancestors_and_self(graph, wanted)
 
     nodes: dict[str, ValidatedNode] = {}
-    warnings: list[Issue] = []
+    needed_ids = set(needed)  # a warning about a node that will not run is noise
+    warnings: list[Issue] = [i for i in mode_warnings if i.node_id in needed_ids]
     for node_id in needed:
         cls = classes[node_id]
         node_issues, vnode = _validate_node(node_id, cls, raw_inputs[node_id], classes, env)
@@ -318,6 +336,11 @@ def _check_link(name: str, spec: InputSpec, value: Any,
                      details={"expected_type": spec.type, "received_type": out_type,
                               "source": src_id, "index": index})
     return None
+
+
+def _shape(registry: NodeRegistry, type_id: Any) -> NodeShape | None:
+    cls = registry.get(type_id) if isinstance(type_id, str) else None
+    return node_shape(cls) if cls is not None else None
 
 
 def _ancestors_and_self(graph: nx.DiGraph, roots: list[str]) -> list[str]:

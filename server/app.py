@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from engine.environment import Environment
-from server import canvas, files, info, routes
+from server import canvas, convert, files, info, routes
 from server.config import ConfigError, ServerConfig, add_serve_arguments
 from server.errors import error_middleware
 from server.prompt_queue import PromptQueue
@@ -57,7 +57,7 @@ def create_app(config: ServerConfig, *,
     app = web.Application(middlewares=[error_middleware, security_middleware(config)],
                           client_max_size=config.max_prompt_bytes)
     app[STATE] = ServerState(config, env, storage, queue, hub, runtime)
-    api = [*routes.ROUTES, *info.ROUTES, ("GET", "/view", files.view),
+    api = [*routes.ROUTES, *info.ROUTES, *convert.ROUTES, ("GET", "/view", files.view),
            ("POST", "/upload/image", files.upload_image), ("GET", "/ws", hub.handle)]
     for prefix in ("", "/api"):
         for method, path, handler in api:

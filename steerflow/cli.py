@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a workflow (JSON or a PNG saved by Steerflow)")
+    run = sub.add_parser("run", help="run a workflow (API or UI-format JSON, our document, "
+                         "or a PNG saved by Steerflow or ComfyUI)")
     run.add_argument("workflow")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input (VALUE is parsed as JSON if it can be)")
@@ -98,9 +99,11 @@ def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
 
 
 def _load(args: argparse.Namespace, session: Any) -> Any:
-    from engine.session import Workflow, parse_override
+    from engine.session import parse_override
 
-    wf = Workflow.load(args.workflow)
+    wf = session.load(args.workflow)  # ComfyUI's UI format converts with its schemas
+    for text in wf.warnings:
+        print(f"warning: {text}", file=sys.stderr)
     for item in args.set:
         target, value = parse_override(item)
         wf.set(target, value, session.registry)
@@ -124,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     finally:
         progress.close()
+    _print_warnings(result.warnings)
     run = result.run
     if run.status == "error":
         err = run.error or {}
@@ -147,7 +151,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     try:
         session = _session(args)
-        session.validate(_load(args, session))
+        validated = session.validate(_load(args, session))
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -157,8 +161,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(describe_issues(exc.issues), file=sys.stderr)
         return EXIT_BAD_INPUT
-    print("valid" if not args.json else "[]")
+    if args.json:  # warnings only: an empty list means valid and nothing to say
+        print(json.dumps([i.to_dict() for i in validated.warnings], indent=2))
+        return EXIT_OK
+    _print_warnings(validated.warnings)
+    print("valid")
     return EXIT_OK
+
+
+def _print_warnings(issues: list[Any]) -> None:
+    """Validation warnings (the prompt runs anyway), one ``warning:`` line each."""
+    for line in describe_issues(issues).splitlines():
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ import {
 } from "@xyflow/react";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
-  ApiError, getObjectInfo, getWorkflow, interrupt, listWorkflows, makeClientId, queuePrompt, Socket, uploadImage,
+  ApiError, convertWorkflow, getObjectInfo, getWorkflow, interrupt, listWorkflows, makeClientId, queuePrompt, Socket,
+  uploadImage,
   viewUrl, type ExampleRef,
 } from "./api";
 import { EditorContext, type EditorApi, useGlobalRun } from "./canvas/context";
@@ -16,6 +17,7 @@ import { Palette, type PaletteFilter } from "./canvas/Palette";
 import { SfNode } from "./canvas/SfNode";
 import {
   createNode, documentToGraph, emptyGraph, type Graph, type GraphLink, type GraphNode, graphToDocument, nextNodeId,
+  type NodeMode,
   pasteNodes, type WorkflowDocument,
 } from "./lib/graph";
 import { applyFeedbackOps, BATCH_TYPE, FABRIC_TYPE, type FeedbackKind, feedbackState, type FeedbackState, toggleFeedback } from "./lib/feedback";
@@ -37,7 +39,7 @@ const ONLY_VISIBLE = params.get("visibleOnly") !== "0";
 const LOD_ZOOM = 0.5;
 const lowDetail = (s: { transform: [number, number, number] }) => s.transform[2] < LOD_ZOOM;
 
-type Toast = { id: number; kind: "info" | "error"; text: string };
+type Toast = { id: number; kind: "info" | "warning" | "error"; text: string };
 
 type PendingLink = { node: string; from: "source" | "target"; slot?: number; input?: string; type: string };
 
@@ -118,7 +120,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const notify = useCallback((text: string, kind: Toast["kind"] = "info") => {
     const id = ++toastId.current;
     setToasts((t) => [...t.slice(-4), { id, kind, text }]);
-    setTimeout(() => setToasts((t) => t.filter((x) => x.id !== id)), kind === "error" ? 9000 : 4000);
+    setTimeout(() => setToasts((t) => t.filter((x) => x.id !== id)), kind === "info" ? 4000 : 9000);
   }, []);
 
   // --- websocket ---------------------------------------------------------------------
@@ -152,12 +154,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     if (name) setDocName(name.replace(/\.(json|png)$/i, ""));
     const n = loaded.graph.nodes.length;
     notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`);
-    for (const w of loaded.warnings.slice(0, 3)) notify(w, "error");
+    for (const w of loaded.warnings.slice(0, 3)) notify(w, "warning");
   }, [loadGraph, notify]);
 
-  const loadObject = useCallback((obj: unknown, name?: string) => {
+  const loadObject = useCallback(async (obj: unknown, name?: string) => {
     try {
-      applyLoaded(loadWorkflowObject(obj, defsRef.current), name);
+      applyLoaded(await loadWorkflowObject(obj, defsRef.current, convertWorkflow), name);
     } catch (e) {
       notify(`Cannot open ${name ?? "workflow"}: ${(e as Error).message}`, "error");
     }
@@ -166,7 +168,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const loadFile = useCallback(async (file: File) => {
     try {
       const bytes = new Uint8Array(await file.arrayBuffer());
-      applyLoaded(await loadWorkflowBytes(file.name, bytes, defsRef.current), file.name);
+      applyLoaded(await loadWorkflowBytes(file.name, bytes, defsRef.current, convertWorkflow), file.name);
     } catch (e) {
       notify(`Cannot open ${file.name}: ${(e as Error).message}`, "error");
     }
@@ -507,6 +509,10 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       const res = await queuePrompt(doc.prompt, socket.current?.clientId ?? makeClientId(), doc);
       if (res.node_errors && Object.keys(res.node_errors).length) store.setValidationErrors(res.node_errors);
       notify(`Queued prompt${res.number !== undefined ? ` #${res.number}` : ""}`);
+      // Warnings do not stop the run (e.g. an unknown embedding, an input a muted node fed).
+      const warnings = res.warnings ?? [];
+      for (const w of warnings.slice(0, 3)) notify(`Warning: ${w.node_id ? `node ${w.node_id}: ` : ""}${w.message}`, "warning");
+      if (warnings.length > 3) notify(`… and ${warnings.length - 3} more warning${warnings.length === 4 ? "" : "s"}`, "warning");
       applyControlAfterGenerate();
       store.bumpQueue();
     } catch (e) {
@@ -530,6 +536,21 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     loadGraph(emptyGraph());
     setDocName("workflow");
   }, [loadGraph]);
+
+  /** Mute or bypass the selected nodes; on nodes already in that mode, make them run again. */
+  const toggleMode = useCallback((mode: NodeMode) => {
+    setNodes((ns) => {
+      const selected = ns.filter((n) => n.selected);
+      const off = selected.length > 0 && selected.every((n) => n.data.mode === mode);
+      return ns.map((n) => {
+        if (!n.selected) return n;
+        const data = { ...n.data };
+        if (off) delete data.mode;
+        else data.mode = mode;
+        return { ...n, data };
+      });
+    });
+  }, []);
 
   // --- keyboard ----------------------------------------------------------------------------
   useEffect(() => {
@@ -566,11 +587,14 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       } else if (mod && k === "a") {
         e.preventDefault();
         selectAll();
+      } else if (mod && (k === "m" || k === "b")) {
+        e.preventDefault(); // ComfyUI's keys: Ctrl+M mutes, Ctrl+B bypasses the selection
+        toggleMode(k === "m" ? "muted" : "bypass");
       }
     };
     window.addEventListener("keydown", onKey);
     return () => window.removeEventListener("keydown", onKey);
-  }, [queue, save, undo, redo, copy, paste, selectAll, palette]);
+  }, [queue, save, undo, redo, copy, paste, selectAll, toggleMode, palette]);
 
   // --- test and benchmark hooks ----------------------------------------------------------
   useEffect(() => {
@@ -618,7 +642,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     try {
       const res = await fetch(viewUrl(img));
       const bytes = new Uint8Array(await res.arrayBuffer());
-      applyLoaded(await loadWorkflowPng(bytes, defsRef.current), img.filename);
+      applyLoaded(await loadWorkflowPng(bytes, defsRef.current, convertWorkflow), img.filename);
       setLightbox(null);
     } catch (e) {
       notify(`Cannot open the image's workflow: ${(e as Error).message}`, "error");

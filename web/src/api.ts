@@ -67,7 +67,14 @@ function postJson<T>(path: string, body: unknown): Promise<T> {
 
 export const getObjectInfo = () => request<ObjectInfo>("object_info");
 
-export type QueueResult = { prompt_id: string; number?: number; node_errors?: NodeErrors };
+/** A validation warning of a queued prompt: reported, and the prompt runs anyway. */
+export type PromptWarning = { kind: string; message: string; node_id?: string | null; input_name?: string | null };
+
+export type QueueResult = { prompt_id: string; number?: number; node_errors?: NodeErrors; warnings?: PromptWarning[] };
+
+/** ComfyUI's UI format (or any workflow the server reads) as our document, converted by the server. */
+export const convertWorkflow = (workflow: unknown) =>
+  postJson<{ document: unknown; warnings: string[]; source: string }>("workflow/convert", { workflow });
 
 export async function queuePrompt(prompt: ApiPrompt, clientId: string, workflow: WorkflowDocument): Promise<QueueResult> {
   return postJson<QueueResult>("prompt", {

@@ -103,6 +103,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
   if (run.status) classes.push(`sf-${run.status}`);
   if (run.errors?.length) classes.push("sf-error");
   if (!def) classes.push("sf-unknown");
+  if (data.mode) classes.push(`sf-${data.mode}`);
 
   const progress = run.progress && run.progress.max > 0 ? Math.min(1, run.progress.value / run.progress.max) : null;
   const noIssues: NodeIssue[] = [];
@@ -111,6 +112,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
     <div className={classes.join(" ")} data-node-id={id} data-node-type={data.type} data-status={run.status ?? ""}>
       <div className="sf-header sf-drag" title={def?.description || data.type}>
         <Title id={id} title={data.title} fallback={def?.displayName ?? data.type} />
+        {data.mode && <span className="sf-mode" title={data.mode === "muted" ? "Muted: left out of the run" : "Bypassed: its input passes through"}>{data.mode}</span>}
         <span className="sf-id">#{id}</span>
       </div>
       {progress !== null && (

@@ -1,7 +1,7 @@
 /** React Flow nodes and edges ⇄ the plain graph model. */
 
 import type { Edge, Node } from "@xyflow/react";
-import { type Graph, type GraphLink, type GraphNode, linkId, type Vec2 } from "../lib/graph";
+import { type Graph, type GraphLink, type GraphNode, linkId, type NodeMode, type Vec2 } from "../lib/graph";
 import type { ControlMode, Defs } from "../lib/schema";
 import { typeColor } from "../lib/types";
 
@@ -12,6 +12,7 @@ export type SfNodeData = {
   control?: Record<string, ControlMode>;
   /** The size the document gave the node (its width is applied; the height grows with content). */
   size?: Vec2;
+  mode?: NodeMode;
 };
 
 export type SfNode = Node<SfNodeData, "sf">;
@@ -29,6 +30,7 @@ export function toFlowNode(n: GraphNode): SfNode {
     position: { x: n.pos[0], y: n.pos[1] },
     data: { type: n.type, title: n.title, values: n.values, control: n.control, size: n.size },
   };
+  if (n.mode) node.data.mode = n.mode;
   if (n.size) node.width = n.size[0];
   return node;
 }
@@ -69,6 +71,7 @@ export function flowToGraph(nodes: SfNode[], edges: SfEdge[], base?: Partial<Gra
       };
       if (n.data.title) g.title = n.data.title;
       if (n.data.control) g.control = n.data.control;
+      if (n.data.mode) g.mode = n.data.mode;
       if (n.data.size) g.size = [n.width ?? n.data.size[0], n.data.size[1]];
       return g;
     }),

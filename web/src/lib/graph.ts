@@ -1,7 +1,10 @@
 /**
  * The canvas's graph model and its conversions:
  *
- * - API format (what runs): `{id: {class_type, inputs: {name: value | [src, slot]}, _meta: {title}}}`
+ * - API format (what runs): `{id: {class_type, inputs: {name: value | [src, slot]}, _meta: {title}}}`;
+ *   a node may carry `mode: "muted" | "bypass"` (ComfyUI's Never and Bypass), which the
+ *   server resolves when it validates: muted nodes are left out, bypassed ones pass an
+ *   input of the matching type through
  * - our document (what Save writes, `workflows/*.json`):
  *   `{format: "steerflow.workflow", version: 1, prompt, layout: {nodes, groups, viewport}, extra}`
  *
@@ -26,7 +29,11 @@ export type GraphNode = {
   values: Record<string, unknown>;
   /** control_after_generate mode per widget (e.g. `{seed: "randomize"}`). */
   control?: Record<string, ControlMode>;
+  /** Left out of the run (`muted`) or passed through (`bypass`); absent: runs. */
+  mode?: NodeMode;
 };
+
+export type NodeMode = "muted" | "bypass";
 
 export type GraphLink = LinkRef;
 
@@ -40,7 +47,7 @@ export type Graph = {
   extra?: Record<string, unknown>;
 };
 
-export type ApiNode = { class_type: string; inputs: Record<string, unknown>; _meta?: { title?: string } };
+export type ApiNode = { class_type: string; inputs: Record<string, unknown>; _meta?: { title?: string }; mode?: NodeMode };
 export type ApiPrompt = Record<string, ApiNode>;
 
 export type LayoutNode = { pos: Vec2; size?: Vec2; title?: string; control?: Record<string, ControlMode> };
@@ -126,6 +133,7 @@ export function graphToPrompt(graph: Graph, defs: Defs): ApiPrompt {
     }
     const title = node.title ?? def?.displayName ?? node.type;
     prompt[node.id] = { class_type: node.type, inputs, _meta: { title } };
+    if (node.mode) prompt[node.id].mode = node.mode;
   }
   return prompt;
 }
@@ -156,6 +164,13 @@ export function autoLayout(ids: string[], links: readonly LinkRef[], dx = 340, d
     out.set(id, [col * dx, row * dy]);
   }
   return out;
+}
+
+/** Our mode names, and ComfyUI's numbers (2 never, 4 bypass) as the server reads them. */
+export function nodeMode(value: unknown): NodeMode | undefined {
+  if (value === "muted" || value === 2) return "muted";
+  if (value === "bypass" || value === 4) return "bypass";
+  return undefined;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -202,6 +217,8 @@ export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
     const size = vec2(lay.size);
     if (size) node.size = size;
     if (title && title !== (def?.displayName ?? type)) node.title = title;
+    const mode = nodeMode(raw.mode);
+    if (mode) node.mode = mode;
     const control: Record<string, ControlMode> = {};
     for (const input of def?.inputs ?? []) {
       if (!input.widget || !input.options.control_after_generate) continue;

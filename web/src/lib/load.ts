@@ -2,17 +2,29 @@
  * Open anything a person may drop or pick: our document, an API-format prompt
  * (or a POST /prompt body), a ComfyUI UI-format workflow, or a PNG carrying
  * one of those in its text chunks.
+ *
+ * ComfyUI's UI format is converted by the server (`POST /workflow/convert`,
+ * the same converter as the CLI's and the Python API's, driven by the node
+ * schemas); everything else is read here.
  */
 
-import { importComfyUi, isComfyUiWorkflow } from "./comfyui";
 import { documentToGraph, type Graph, isDocument, promptToGraph, WorkflowFormatError } from "./graph";
 import { isPng, readPngText } from "./png";
 import type { Defs } from "./schema";
 
 export type Loaded = { graph: Graph; warnings: string[]; kind: "document" | "api" | "comfyui" };
 
+/** Turns a ComfyUI UI-format workflow into our document (the server's `/workflow/convert`). */
+export type Converter = (workflow: unknown) => Promise<{ document: unknown; warnings: string[] }>;
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Is this ComfyUI's UI (litegraph) format rather than an API prompt or our document? */
+export function isComfyUiWorkflow(obj: unknown): boolean {
+  return isObject(obj) && Array.isArray(obj.nodes) && (Array.isArray(obj.links) || isObject(obj.links)) &&
+    obj.format === undefined;
 }
 
 function looksLikePrompt(obj: Record<string, unknown>): boolean {
@@ -20,16 +32,20 @@ function looksLikePrompt(obj: Record<string, unknown>): boolean {
   return values.length > 0 && values.every((n) => isObject(n) && typeof n.class_type === "string");
 }
 
-export function loadWorkflowObject(obj: unknown, defs: Defs): Loaded {
+export async function loadWorkflowObject(obj: unknown, defs: Defs, convert: Converter): Promise<Loaded> {
   if (isDocument(obj)) return { ...documentToGraph(obj, defs), kind: "document" };
-  if (isComfyUiWorkflow(obj)) return { ...importComfyUi(obj, defs), kind: "comfyui" };
+  if (isComfyUiWorkflow(obj)) {
+    const { document, warnings } = await convert(obj);
+    const loaded = documentToGraph(document, defs);
+    return { graph: loaded.graph, warnings: [...warnings, ...loaded.warnings], kind: "comfyui" };
+  }
   if (!isObject(obj)) throw new WorkflowFormatError("a workflow must be a JSON object");
   // The body of a POST /prompt, possibly with our document inside.
   if (isObject(obj.prompt) && obj.format === undefined) {
     const extra = isObject(obj.extra_data) ? obj.extra_data : undefined;
     const info = extra && isObject(extra.extra_pnginfo) ? extra.extra_pnginfo : undefined;
-    if (info && isDocument(info.workflow)) return loadWorkflowObject(info.workflow, defs);
-    return loadWorkflowObject(obj.prompt, defs);
+    if (info && isDocument(info.workflow)) return loadWorkflowObject(info.workflow, defs, convert);
+    return loadWorkflowObject(obj.prompt, defs, convert);
   }
   if (looksLikePrompt(obj)) return { ...promptToGraph(obj, defs), kind: "api" };
   throw new WorkflowFormatError("not a workflow: expected a Steerflow document, an API-format prompt or a ComfyUI workflow");
@@ -44,21 +60,21 @@ function parseJson(text: string, what: string): unknown {
 }
 
 /** The workflow carried by a PNG's text chunks (`workflow` first, then `prompt`). */
-export async function loadWorkflowPng(bytes: Uint8Array, defs: Defs): Promise<Loaded> {
+export async function loadWorkflowPng(bytes: Uint8Array, defs: Defs, convert: Converter): Promise<Loaded> {
   const text = await readPngText(bytes);
   if (text.workflow) {
     try {
-      return loadWorkflowObject(parseJson(text.workflow, "the image's workflow"), defs);
+      return await loadWorkflowObject(parseJson(text.workflow, "the image's workflow"), defs, convert);
     } catch (e) {
       if (!text.prompt) throw e;
     }
   }
-  if (text.prompt) return loadWorkflowObject(parseJson(text.prompt, "the image's prompt"), defs);
+  if (text.prompt) return loadWorkflowObject(parseJson(text.prompt, "the image's prompt"), defs, convert);
   throw new WorkflowFormatError("this image carries no workflow (no 'workflow' or 'prompt' text chunk)");
 }
 
-export async function loadWorkflowBytes(name: string, bytes: Uint8Array, defs: Defs): Promise<Loaded> {
-  if (isPng(bytes)) return loadWorkflowPng(bytes, defs);
+export async function loadWorkflowBytes(name: string, bytes: Uint8Array, defs: Defs, convert: Converter): Promise<Loaded> {
+  if (isPng(bytes)) return loadWorkflowPng(bytes, defs, convert);
   const text = new TextDecoder("utf-8").decode(bytes);
-  return loadWorkflowObject(parseJson(text, name || "the file"), defs);
+  return loadWorkflowObject(parseJson(text, name || "the file"), defs, convert);
 }

@@ -1,8 +1,16 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { crc32, insertChunks, isPng, makeChunk, pngChunks, readPngText, textChunk } from "./png";
-import { loadWorkflowBytes, loadWorkflowPng } from "./load";
+import { type Converter, loadWorkflowBytes, loadWorkflowPng } from "./load";
 import { comfyDefault, testDefs } from "./testdefs";
+
+/** The server's /workflow/convert, stubbed: a one-node document, and what it was sent. */
+const sent: unknown[] = [];
+const convert: Converter = async (workflow) => {
+  sent.push(workflow);
+  return { document: { format: "steerflow.workflow", version: 1, prompt: { "3": { class_type: "KSampler", inputs: {} } },
+    layout: { nodes: {} } }, warnings: [] };
+};
 
 const saved = new Uint8Array(readFileSync(new URL("./fixtures/saved.png", import.meta.url)));
 
@@ -52,7 +60,7 @@ describe("PNG text chunks", () => {
 describe("workflows in PNGs", () => {
   const defs = testDefs();
   it("restores the document a Steerflow PNG carries", async () => {
-    const { graph, kind } = await loadWorkflowPng(saved, defs);
+    const { graph, kind } = await loadWorkflowPng(saved, defs, convert);
     expect(kind).toBe("document");
     expect(graph.nodes.map((n) => [n.id, n.type, n.title])).toEqual([["1", "PrimitiveInt", "Seven"], ["2", "ShowValue", undefined]]);
     expect(graph.nodes[0].pos).toEqual([10, 20]);
@@ -62,23 +70,25 @@ describe("workflows in PNGs", () => {
   it("falls back to the prompt chunk, and reads ComfyUI's PNGs", async () => {
     const prompt = { "1": { class_type: "PrimitiveInt", inputs: { value: 5 } } };
     const apiOnly = insertChunks(stripText(saved), [textChunk("prompt", JSON.stringify(prompt))]);
-    const a = await loadWorkflowBytes("x.png", apiOnly, defs);
+    const a = await loadWorkflowBytes("x.png", apiOnly, defs, convert);
     expect(a.kind).toBe("api");
     expect(a.graph.nodes[0].values.value).toBe(5);
     const comfy = insertChunks(stripText(saved), [textChunk("workflow", JSON.stringify(comfyDefault()))]);
-    const c = await loadWorkflowBytes("c.png", comfy, defs);
+    const c = await loadWorkflowBytes("c.png", comfy, defs, convert);
     expect(c.kind).toBe("comfyui");
-    await expect(loadWorkflowBytes("n.png", stripText(saved), defs)).rejects.toThrow(/carries no workflow/);
+    expect(sent.at(-1)).toEqual(comfyDefault()); // the UI format goes to the server's converter
+    expect(c.graph.nodes.map((n) => n.id)).toEqual(["3"]);
+    await expect(loadWorkflowBytes("n.png", stripText(saved), defs, convert)).rejects.toThrow(/carries no workflow/);
   });
 
   it("opens JSON files of every kind", async () => {
     const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
-    const doc = (await loadWorkflowPng(saved, defs)).graph;
+    const doc = (await loadWorkflowPng(saved, defs, convert)).graph;
     expect(doc.nodes).toHaveLength(2);
     const body = { prompt: { "1": { class_type: "PrimitiveInt", inputs: { value: 9 } } }, client_id: "x" };
-    expect((await loadWorkflowBytes("b.json", enc(body), defs)).graph.nodes[0].values.value).toBe(9);
-    await expect(loadWorkflowBytes("bad.json", new TextEncoder().encode("{"), defs)).rejects.toThrow(/not valid JSON/);
-    await expect(loadWorkflowBytes("x.json", enc({ hello: 1 }), defs)).rejects.toThrow(/not a workflow/);
+    expect((await loadWorkflowBytes("b.json", enc(body), defs, convert)).graph.nodes[0].values.value).toBe(9);
+    await expect(loadWorkflowBytes("bad.json", new TextEncoder().encode("{"), defs, convert)).rejects.toThrow(/not valid JSON/);
+    await expect(loadWorkflowBytes("x.json", enc({ hello: 1 }), defs, convert)).rejects.toThrow(/not a workflow/);
   });
 });
 

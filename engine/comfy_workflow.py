@@ -1,0 +1,348 @@
+"""ComfyUI's UI-format workflows (what its Save writes and its PNGs carry in the
+``workflow`` chunk) converted to our document, driven by the node schemas.
+
+UI format::
+
+    {"nodes": [{"id", "type", "pos", "size", "title"?, "mode", "widgets_values",
+                "inputs": [{"name", "type", "link", "widget"?: {"name"}}],
+                "outputs": [{"name", "type", "links"}]}],
+     "links": [[id, from_node, from_slot, to_node, to_slot, type]] | [{"id", "origin_id", ...}],
+     "groups": [{"title", "bounding", "color"}], "extra": {"ds": {"scale", "offset"}}}
+
+The node list stores widget values by position (``widgets_values``), so their
+names come from the schema: the widget inputs (primitive or choice inputs that
+are not ``forceInput``) in schema order. ComfyUI's front end adds a
+``control_after_generate`` widget after a seed (and any input that asks for
+one), whose value follows the seed's: ``"fixed"``, ``"increment"``,
+``"decrement"``, ``"randomize"``, or ``true``/``false`` in older files; extra
+trailing values (an upload button's) are ignored. Newer files may store
+``widgets_values`` as an object by name.
+
+Front-end-only nodes are resolved as ComfyUI's ``graphToPrompt`` does: a link is
+followed through Reroutes to its source, a PrimitiveNode's value is written into
+the widgets it feeds, and notes are dropped. A widget input linked from a real
+node becomes a link. Muted (mode 2) and bypassed (mode 4) nodes are kept with
+``"mode": "muted" | "bypass"``, which the validator resolves
+(:func:`engine.workflow.resolve_modes`), so the canvas still shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.workflow import (
+    BYPASS,
+    DOCUMENT_FORMAT,
+    DOCUMENT_VERSION,
+    MUTED,
+    WorkflowFormatError,
+)
+
+if TYPE_CHECKING:
+    from engine.registry import NodeRegistry
+
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+REROUTE = "Reroute"
+PRIMITIVE = "PrimitiveNode"
+CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+# ComfyUI's front end gives these INT inputs a control widget even when the
+# schema does not ask for one.
+LEGACY_CONTROL_NAMES = frozenset({"seed", "noise_seed"})
+_MAX_HOPS = 10_000  # Reroute chains followed before giving up (a loop)
+
+
+@dataclass(frozen=True)
+class Widget:
+    name: str
+    type: str
+    control: bool
+
+
+@dataclass(frozen=True)
+class NodeDef:
+    """What conversion needs of one node type's schema."""
+
+    display_name: str
+    widgets: tuple[Widget, ...]
+
+
+@dataclass
+class Conversion:
+    """A converted workflow: our document and what could not be carried over."""
+
+    document: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def prompt(self) -> dict[str, dict[str, Any]]:
+        return self.document["prompt"]
+
+
+class RegistrySchemas(Mapping[str, dict[str, Any]]):
+    """A registry's node schemas (the ``/object_info`` entries), built on first use."""
+
+    def __init__(self, registry: NodeRegistry):
+        self.registry = registry
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, type_id: str) -> dict[str, Any]:
+        if type_id not in self._cache:
+            cls = self.registry.get(type_id)
+            if cls is None:
+                raise KeyError(type_id)
+            self._cache[type_id] = cls.schema(None)  # choices are not needed here
+        return self._cache[type_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.registry.classes)
+
+    def __len__(self) -> int:
+        return len(self.registry.classes)
+
+
+def is_ui_workflow(obj: Any) -> bool:
+    """ComfyUI's UI (litegraph) format, rather than an API prompt or our document."""
+    return (isinstance(obj, dict) and isinstance(obj.get("nodes"), list)
+            and isinstance(obj.get("links"), list | dict) and "format" not in obj)
+
+
+def node_def(schema: Mapping[str, Any]) -> NodeDef:
+    """The widget inputs of an ``/object_info`` entry, in the order ComfyUI draws them."""
+    widgets: list[Widget] = []
+    inputs = schema.get("input") if isinstance(schema.get("input"), dict) else {}
+    order = schema.get("input_order") if isinstance(schema.get("input_order"), dict) else {}
+    for section in ("required", "optional"):
+        specs = inputs.get(section) if isinstance(inputs.get(section), dict) else {}
+        names = order.get(section) if isinstance(order.get(section), list) else list(specs)
+        for name in names:
+            spec = specs.get(name)
+            if not isinstance(spec, list | tuple) or not spec:
+                continue
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            kind = "COMBO" if isinstance(spec[0], list | tuple) else str(spec[0])
+            if kind not in WIDGET_TYPES or options.get("forceInput"):
+                continue
+            control = options.get("control_after_generate")
+            if control is None:
+                control = kind == "INT" and name in LEGACY_CONTROL_NAMES
+            widgets.append(Widget(name, kind, bool(control)))
+    return NodeDef(str(schema.get("display_name") or schema.get("name") or ""), tuple(widgets))
+
+
+def map_widget_values(values: Any, node: NodeDef) -> tuple[dict[str, Any], dict[str, str]]:
+    """``widgets_values`` → (input values by name, control_after_generate modes)."""
+    if isinstance(values, dict):
+        return {w.name: values[w.name] for w in node.widgets if w.name in values}, {}
+    if not isinstance(values, list):
+        return {}, {}
+    widgets = node.widgets
+    # With a value for every control widget, consume them by position whatever they
+    # hold; otherwise only a value that is one (some files omit them).
+    every_control = len(values) >= len(widgets) + sum(w.control for w in widgets)
+    out: dict[str, Any] = {}
+    control: dict[str, str] = {}
+    i = 0
+    for k, widget in enumerate(widgets):
+        if i >= len(values):
+            break
+        out[widget.name] = values[i]
+        i += 1
+        if not widget.control or i >= len(values):
+            continue
+        value = values[i]
+        left_after = len(widgets) - k - 1  # widgets still to fill after this one
+        if every_control or value in CONTROL_MODES or (
+                isinstance(value, bool) and len(values) - i > left_after):
+            control[widget.name] = _control_mode(value)
+            i += 1
+    return out, control
+
+
+def _control_mode(value: Any) -> str:
+    if isinstance(value, str) and value in CONTROL_MODES:
+        return value
+    return "randomize" if value is True else "fixed"  # old files: a "random seed" toggle
+
+
+@dataclass(frozen=True)
+class _Link:
+    id: str
+    origin: str
+    origin_slot: int
+    target: str
+    target_slot: int
+
+
+def _parse_links(raw: Any) -> dict[str, _Link]:
+    items = raw.values() if isinstance(raw, dict) else raw
+    links: dict[str, _Link] = {}
+    for item in items:
+        try:
+            if isinstance(item, list | tuple) and len(item) >= 5:
+                link = _Link(str(item[0]), str(item[1]), int(item[2]), str(item[3]),
+                             int(item[4]))
+            elif isinstance(item, dict) and item.get("id") is not None:
+                link = _Link(str(item["id"]), str(item.get("origin_id")),
+                             int(item.get("origin_slot", 0)), str(item.get("target_id")),
+                             int(item.get("target_slot", 0)))
+            else:
+                continue
+        except (TypeError, ValueError):
+            continue
+        links[link.id] = link
+    return links
+
+
+def _vec2(value: Any) -> list[float] | None:
+    if isinstance(value, dict):
+        value = [value.get("0"), value.get("1")]
+    if (isinstance(value, list | tuple) and len(value) >= 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value[:2])):
+        return [value[0], value[1]]
+    return None
+
+
+def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> Conversion:
+    """Convert a UI-format workflow to our document, using ``schemas`` (type id →
+    ``/object_info`` entry, e.g. :class:`RegistrySchemas`) to name widget values."""
+    if not is_ui_workflow(obj):
+        raise WorkflowFormatError("not a ComfyUI UI-format workflow (no 'nodes' list and "
+                                  "'links')")
+    warnings: list[str] = []
+    ui_nodes: dict[str, dict[str, Any]] = {}
+    for n in obj["nodes"]:
+        if (isinstance(n, dict) and isinstance(n.get("id"), int | str)
+                and not isinstance(n.get("id"), bool) and isinstance(n.get("type"), str)):
+            ui_nodes[str(n["id"])] = n
+    links = _parse_links(obj["links"])
+    definitions = obj.get("definitions") if isinstance(obj.get("definitions"), dict) else {}
+    subgraphs = {str(s.get("id")): s for s in definitions.get("subgraphs") or []
+                 if isinstance(s, dict)}
+
+    prompt: dict[str, dict[str, Any]] = {}
+    layout: dict[str, dict[str, Any]] = {}
+    defs: dict[str, NodeDef | None] = {}
+    unknown: dict[str, list[str]] = {}
+    for nid, n in ui_nodes.items():
+        kind = n["type"]
+        if kind in NOTE_TYPES or kind in (REROUTE, PRIMITIVE):
+            continue
+        if kind in subgraphs or kind.startswith(("workflow>", "workflow/")):
+            name = (subgraphs.get(kind) or {}).get("name") or kind
+            warnings.append(f"node {nid} is a {'subgraph' if kind in subgraphs else 'group node'}"
+                            f" ({name}), which Steerflow cannot run yet; it was left out "
+                            "(in ComfyUI, unpack it into its nodes and save again)")
+            continue
+        if kind not in defs:
+            schema = schemas.get(kind)
+            defs[kind] = node_def(schema) if isinstance(schema, Mapping) else None
+        nd = defs[kind]
+        inputs: dict[str, Any] = {}
+        control: dict[str, str] = {}
+        if nd is None:
+            unknown.setdefault(kind, []).append(nid)
+        else:
+            inputs, control = map_widget_values(n.get("widgets_values"), nd)
+        entry: dict[str, Any] = {"class_type": kind, "inputs": inputs}
+        title = n.get("title")
+        if isinstance(title, str) and title and title != (nd.display_name if nd else kind):
+            entry["_meta"] = {"title": title}
+        if n.get("mode") in (2, 4) and not isinstance(n.get("mode"), bool):
+            entry["mode"] = MUTED if n["mode"] == 2 else BYPASS
+        prompt[nid] = entry
+        place: dict[str, Any] = {"pos": _vec2(n.get("pos")) or [0, 0]}
+        size = _vec2(n.get("size"))
+        if size:
+            place["size"] = size
+        if "_meta" in entry:
+            place["title"] = title
+        if control:
+            place["control"] = control
+        layout[nid] = place
+    for kind, ids in unknown.items():
+        warnings.append(f"node type {kind} is not available here (node {', '.join(ids)})")
+
+    for nid, entry in prompt.items():
+        _connect(nid, entry, ui_nodes, links, prompt, warnings)
+
+    document: dict[str, Any] = {
+        "format": DOCUMENT_FORMAT, "version": DOCUMENT_VERSION, "prompt": prompt,
+        "layout": {"nodes": layout, "groups": _groups(obj.get("groups"))}, "extra": {},
+    }
+    viewport = _viewport(obj.get("extra"))
+    if viewport:
+        document["layout"]["viewport"] = viewport
+    return Conversion(document, warnings)
+
+
+def _connect(nid: str, entry: dict[str, Any], ui_nodes: dict[str, dict[str, Any]],
+             links: dict[str, _Link], prompt: dict[str, Any], warnings: list[str]) -> None:
+    """Fill a node's linked inputs from its input slots (ComfyUI reads the slots' link
+    ids, not the link table, so a stale table entry does not count)."""
+    slots = ui_nodes[nid].get("inputs")
+    for index, slot in enumerate(slots if isinstance(slots, list) else []):
+        if not isinstance(slot, dict) or slot.get("link") is None:
+            continue
+        widget = slot.get("widget") if isinstance(slot.get("widget"), dict) else {}
+        name = widget.get("name") or slot.get("name")
+        link = links.get(str(slot["link"]))
+        if not isinstance(name, str) or not name:
+            warnings.append(f"node {nid}: input slot {index} has no name; its link dropped")
+            continue
+        if link is None:
+            warnings.append(f"node {nid}: input '{name}' names link {slot['link']}, which "
+                            "the workflow does not have; dropped")
+            continue
+        source = _source(link, ui_nodes, links)
+        if source is None:
+            continue  # a Reroute with nothing upstream: ComfyUI leaves the input empty
+        src_id, src_slot = source
+        src = ui_nodes[src_id]
+        if src["type"] == PRIMITIVE:
+            values = src.get("widgets_values")
+            if isinstance(values, list) and values:
+                entry["inputs"][name] = values[0]
+            continue
+        if src_id in prompt:
+            entry["inputs"][name] = [src_id, src_slot]
+
+
+def _source(link: _Link, ui_nodes: dict[str, dict[str, Any]],
+            links: dict[str, _Link]) -> tuple[str, int] | None:
+    """The real origin of a link, followed upstream through Reroutes."""
+    current: _Link | None = link
+    for _ in range(_MAX_HOPS):
+        if current is None:
+            return None
+        origin = ui_nodes.get(current.origin)
+        if origin is None:
+            return None
+        if origin["type"] != REROUTE:
+            return current.origin, current.origin_slot
+        slots = origin.get("inputs")
+        upstream = slots[0].get("link") if isinstance(slots, list) and slots \
+            and isinstance(slots[0], dict) else None
+        current = links.get(str(upstream)) if upstream is not None else None
+    return None
+
+
+def _groups(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        return []
+    keep = ("title", "bounding", "color", "font_size")
+    return [{k: g[k] for k in keep if k in g} for g in raw if isinstance(g, dict)]
+
+
+def _viewport(extra: Any) -> dict[str, float] | None:
+    ds = extra.get("ds") if isinstance(extra, dict) else None
+    if not isinstance(ds, dict):
+        return None
+    offset, scale = _vec2(ds.get("offset")), ds.get("scale")
+    if offset is None or not isinstance(scale, int | float) or isinstance(scale, bool) \
+            or scale <= 0:
+        return None
+    # litegraph draws at (pos + offset) * scale; React Flow at pos * zoom + (x, y)
+    return {"x": offset[0] * scale, "y": offset[1] * scale, "zoom": scale}
