@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +25,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8188"
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workflow", help="workflow JSON (API format or document) or PNG")
+    parser.add_argument("workflow", help="workflow JSON (API format, our document or "
+                        "ComfyUI's UI format) or PNG")
     parser.add_argument("--server", default=os.environ.get("STEERFLOW_SERVER", DEFAULT_SERVER),
                         help=f"server URL (default: $STEERFLOW_SERVER or {DEFAULT_SERVER})")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
@@ -38,21 +40,72 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from engine.session import Workflow, WorkflowInputError, parse_override
     from engine.workflow import WorkflowFormatError
 
+    token = args.token or os.environ.get("STEERFLOW_TOKEN") or None
+    schemas = ServerSchemas(args.server.rstrip("/"), token)
     try:
-        wf = Workflow.load(args.workflow)
+        wf = Workflow.load(args.workflow, schemas)
+        for warning in wf.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         for item in args.set:
             wf.set(*parse_override(item))
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SchemaFetchError as exc:
+        return _fail(str(exc))
     parts = urlsplit(args.server)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         print(f"error: --server must be an http(s) URL, got {args.server!r}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    token = args.token or os.environ.get("STEERFLOW_TOKEN") or None
     submit = _Submit(args.server.rstrip("/"), token, Path(args.output_dir),
                      progress=not args.no_progress)
     return asyncio.run(submit.run(wf.prompt, wf.to_document()))
+
+
+class SchemaFetchError(RuntimeError):
+    """The server's node schemas could not be read."""
+
+
+class ServerSchemas(Mapping[str, Any]):
+    """The server's ``/object_info``, fetched on first use: a ComfyUI UI-format file is
+    converted with the schemas of the server that will run it (API-format files and
+    our documents never touch it)."""
+
+    def __init__(self, base: str, token: str | None):
+        self.base, self.token = base, token
+        self._info: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._info is None:
+            import urllib.error
+            import urllib.request
+
+            parts = urlsplit(self.base)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise SchemaFetchError(f"--server must be an http(s) URL, got {self.base!r}")
+            request = urllib.request.Request(self.base + "/object_info")
+            if self.token:
+                request.add_header("Authorization", f"Bearer {self.token}")
+            try:
+                with urllib.request.urlopen(request, timeout=60) as resp:
+                    info = json.loads(resp.read())
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                raise SchemaFetchError(f"cannot read the node schemas from {self.base} "
+                                       f"(needed to convert a ComfyUI UI-format workflow): "
+                                       f"{exc}") from exc
+            if not isinstance(info, dict):
+                raise SchemaFetchError(f"{self.base}/object_info did not return an object")
+            self._info = info
+        return self._info
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
 class _Submit:

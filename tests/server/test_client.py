@@ -73,3 +73,21 @@ def test_real_txt2img_prompt(make_server, models_dir, loop):
     assert view.status == 200 and view.body.startswith(b"\x89PNG")
     ws.close()
     http.close()
+
+
+def test_submit_converts_comfyui_ui_format_with_the_servers_schemas(make_server, tmp_path,
+                                                                     capsys):
+    """A UI-format file (ComfyUI's Save) is converted with the server's /object_info."""
+    server = make_server(token="tok")
+    workflow = tmp_path / "ui.json"
+    workflow.write_text(json.dumps({
+        "last_node_id": 1, "last_link_id": 0, "links": [], "version": 0.4,
+        "nodes": [{"id": 1, "type": "TestImage", "pos": [0, 0], "size": [200, 80], "mode": 0,
+                   "inputs": [], "outputs": [], "widgets_values": [90, False]}]}))
+    out = tmp_path / "out"
+    assert cmd_submit(submit_args(server, workflow, out, token="tok")) == 0
+    files = list(out.iterdir())
+    assert len(files) == 1 and Image.open(files[0]).getpixel((0, 0)) == (90, 0, 0)
+    # Without the token the schemas cannot be read: a clear failure, not a traceback.
+    assert cmd_submit(submit_args(server, workflow, out)) == 1
+    assert "node schemas" in capsys.readouterr().err
