@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import Conditioning, Tensor
+from nodes.diffusion.handles import Conditioning, Tensor, Vae
 from nodes.models import path_fingerprint, pickle_problem
 
 if TYPE_CHECKING:
@@ -127,6 +127,12 @@ class ControlNetApplyAdvanced(Node):
                                description="Fraction of the steps after which it stops")
     guess_mode: bool = Input(False, description="ControlNet on the positive prompt only, "
                                                 "deeper residuals weighted more")
+    # ComfyUI's optional input (its SD3 / Flux ControlNets take a VAE-encoded hint);
+    # SD 1.x ControlNets and T2I-Adapters take the pixels, so it is accepted unused
+    # and ComfyUI graphs that link it (its T2I-Adapter template) load as drawn.
+    vae: Vae | None = Input(type="VAE", optional=True,
+                            description="Unused here: SD 1.x ControlNets take pixels "
+                                        "(ComfyUI's input, kept for its graphs)")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment

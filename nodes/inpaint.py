@@ -37,16 +37,22 @@ if TYPE_CHECKING:
 
 
 def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int) -> torch.Tensor:
-    """The mask ``[B, H, W]`` for an IMAGE ``[B, H, W, C]``, cropped as the VAE crops it."""
+    """The mask ``[B, H, W]`` for an IMAGE ``[B, H, W, C]``, cropped as the VAE crops it.
+
+    A mask of another size is stretched to the image's (bilinear), as ComfyUI's
+    inpainting encoders do: a graph that rescales the image after Load Image but takes
+    the mask straight from it (ComfyUI's inpainting template) keeps working."""
+    import torch
+
     from nodes.diffusion.masking import as_mask4d, match_batch
 
-    mask = as_mask4d(mask)[:, 0]
+    mask4 = as_mask4d(mask)
     if pixels.dim() != 4:
         raise ValueError(f"an image must be [B, H, W, C], got {tuple(pixels.shape)}")
-    if tuple(mask.shape[-2:]) != tuple(pixels.shape[1:3]):
-        raise ValueError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
-                         f"{pixels.shape[2]}x{pixels.shape[1]}; they must be the same size")
-    mask = match_batch(mask, pixels.shape[0], "mask", "image")
+    if tuple(mask4.shape[-2:]) != tuple(pixels.shape[1:3]):
+        mask4 = torch.nn.functional.interpolate(mask4, size=tuple(pixels.shape[1:3]),
+                                                mode="bilinear")
+    mask = match_batch(mask4[:, 0], pixels.shape[0], "mask", "image")
     h, w = pixels.shape[1] // factor * factor, pixels.shape[2] // factor * factor
     if (mask[:, h:] > 0).any() or (mask[:, :, w:] > 0).any():
         raise ValueError(

@@ -206,6 +206,17 @@ def test_strength_zero_is_plain_txt2img(session):
     assert np.array_equal(plain, zero)
 
 
+def test_comfyui_optional_vae_input_is_accepted_and_unused(session):
+    """ComfyUI's Apply ControlNet has an optional VAE (its T2I-Adapter template links
+    it): it validates without an unknown-input warning and changes nothing on SD 1.x."""
+    control = [{"net": NET, "image": "control_a.png"}]
+    linked = graph_prompt(control)
+    linked["apply0"]["inputs"]["vae"] = ["ckpt", 2]
+    assert not session.validate(linked).warnings
+    assert np.array_equal(graph_image(session, linked),
+                          graph_image(session, graph_prompt(control)))
+
+
 def test_old_apply_node_steers_the_positive_half_only(session):
     prompt = graph_prompt([])
     prompt["cn"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": NET}}

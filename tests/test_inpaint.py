@@ -278,6 +278,19 @@ def test_mask_of_wrong_size_is_a_clear_error(session):
     assert "mask is 64x48" in message and "latent is 8x8" in message
 
 
+def test_inpaint_encoders_stretch_a_mask_of_another_size_to_the_image():
+    """As ComfyUI's VAEEncodeForInpaint and InpaintModelConditioning (its inpainting
+    template scales the image after Load Image and takes the mask straight from it)."""
+    from nodes.inpaint import fit_mask_to_image
+
+    mask = torch.zeros(1, 8, 8)
+    mask[:, 2:6, 2:6] = 1
+    fitted = fit_mask_to_image(mask, torch.zeros(1, 16, 16, 3), 8)
+    want = torch.nn.functional.interpolate(mask[:, None], size=(16, 16), mode="bilinear")
+    assert torch.equal(fitted, want[:, 0])
+    assert fitted[0, 6:10, 6:10].eq(1).all() and fitted[0, 0].eq(0).all()
+
+
 def test_mask_batch_mismatch_is_a_clear_error():
     from nodes.diffusion.handles import Latent
     from nodes.inpaint import SetLatentNoiseMask
