@@ -9,6 +9,14 @@ A custom pack's import runs in a daemon thread with a time limit
 (:data:`PACK_IMPORT_TIMEOUT`): an exception, ``sys.exit()``, a
 ``KeyboardInterrupt`` raised by the pack, or an import that never finishes is
 recorded as a :class:`PackError` and loading goes on with the next pack.
+
+Pack adapters let packs written against another node API load too: an adapter
+(entry-point group ``steerflow.pack_adapters``, or :func:`register_pack_adapter`)
+is prepared before the first custom pack imports (e.g. to provide the modules
+such packs import), then turns a module it claims into node classes. The engine
+knows no adapter by name; ``comfy_compat`` registers ComfyUI's this way.
+A pack may also ship frontend extensions: its ``WEB_DIRECTORY`` (relative to the
+pack) is recorded in :attr:`NodeRegistry.web_directories` under the pack's name.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from engine.environment import Environment
 from engine.node import Node
@@ -45,6 +53,54 @@ _stuck: set[str] = set()
 _stuck_lock = threading.Lock()
 
 
+ADAPTER_GROUP = "steerflow.pack_adapters"
+
+
+class PackAdapter(Protocol):
+    """Loads packs written against another node API (see the module docstring)."""
+
+    def prepare(self) -> None:
+        """Called once per process before the first custom pack imports."""
+
+    def claims(self, module: ModuleType) -> bool:
+        """True when ``module`` is a pack this adapter understands."""
+
+    def node_classes(self, module: ModuleType) -> tuple[list[type[Node]], list[str]]:
+        """The module's nodes as :class:`Node` subclasses, and one message per node
+        that could not be adapted (the others still load)."""
+
+    def setup(self, env: Environment) -> None:
+        """Run once with the run's environment before the first prompt."""
+
+
+_adapters: list[PackAdapter] | None = None
+_adapters_lock = threading.Lock()
+
+
+def register_pack_adapter(adapter: PackAdapter) -> None:
+    """Add a pack adapter in this process (besides the installed entry points)."""
+    adapters = pack_adapters()
+    if adapter not in adapters:
+        adapter.prepare()
+        adapters.append(adapter)
+
+
+def pack_adapters() -> list[PackAdapter]:
+    """The installed pack adapters, loaded and prepared on first use."""
+    global _adapters
+    with _adapters_lock:
+        if _adapters is None:
+            _adapters = []
+            for ep in entry_points(group=ADAPTER_GROUP):
+                try:
+                    adapter = ep.load()
+                    adapter.prepare()
+                    _adapters.append(adapter)
+                except Exception:
+                    log.exception("pack adapter %s failed to load", ep.value)
+        return _adapters
+
+
 class _PackFailed(Exception):
     """A pack's import failed, exited, was interrupted or timed out."""
 
@@ -62,6 +118,7 @@ class NodeRegistry:
     classes: dict[str, type[Node]] = field(default_factory=dict)
     setups: list[Callable[[Environment], None]] = field(default_factory=list)
     errors: list[PackError] = field(default_factory=list)
+    web_directories: dict[str, Path] = field(default_factory=dict)
 
     def register(self, cls: type[Node], *, replace: bool = False) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Node)) or not cls.TYPE:
@@ -76,8 +133,18 @@ class NodeRegistry:
     def __contains__(self, type_id: object) -> bool:
         return type_id in self.classes
 
-    def add_module(self, module: ModuleType) -> int:
-        """Register a pack module's ``NODE_CLASSES``; returns how many were added."""
+    def add_module(self, module: ModuleType, label: str | None = None) -> int:
+        """Register a pack module's ``NODE_CLASSES`` (or what a pack adapter makes of
+        it) and its ``WEB_DIRECTORY``; returns how many classes were added."""
+        self._add_web_directory(module)
+        if not hasattr(module, "NODE_CLASSES"):
+            adapter = next((a for a in pack_adapters() if a.claims(module)), None)
+            if adapter is not None:
+                return self._add_adapted(module, adapter, label or module.__name__)
+            if hasattr(module, "NODE_CLASS_MAPPINGS"):
+                raise ImportError("the pack defines NODE_CLASS_MAPPINGS but no NODE_CLASSES, "
+                                  "and no installed pack adapter accepts it (reinstall "
+                                  "steerflow: pip install -e .)")
         classes: Iterable[type[Node]] = getattr(module, "NODE_CLASSES", ())
         count = 0
         for cls in classes:
@@ -87,6 +154,29 @@ class NodeRegistry:
         if callable(setup):
             self.setups.append(setup)
         return count
+
+    def _add_adapted(self, module: ModuleType, adapter: PackAdapter, label: str) -> int:
+        classes, problems = adapter.node_classes(module)
+        self.errors.extend(PackError(label, message) for message in problems)
+        count = 0
+        for cls in classes:
+            try:
+                self.register(cls)
+                count += 1
+            except (TypeError, ValueError) as exc:  # one clash must not drop the pack
+                self.errors.append(PackError(label, f"{type(exc).__name__}: {exc}"))
+        if adapter.setup not in self.setups:
+            self.setups.append(adapter.setup)
+        return count
+
+    def _add_web_directory(self, module: ModuleType) -> None:
+        web = getattr(module, "WEB_DIRECTORY", None)
+        source = getattr(module, "__file__", None)
+        if not isinstance(web, str) or not source:
+            return
+        folder = (Path(source).parent / web).resolve()
+        if folder.is_dir():
+            self.web_directories[module.__name__.rpartition(".")[2]] = folder
 
     def load_pack(self, name: str, *, timeout: float | None = None) -> None:
         """Import a pack by module name, recording (not raising) its failure.
@@ -120,9 +210,10 @@ class NodeRegistry:
     def _load_guarded(self, label: str, module_name: str, importer: Callable[[], Any],
                       timeout: float | None) -> None:
         try:
+            pack_adapters()  # prepared before the pack imports what they provide
             pack = _import_guarded(label, module_name, importer,
                                    PACK_IMPORT_TIMEOUT if timeout is None else timeout)
-            self.add_module(pack)
+            self.add_module(pack, label)
         except _PackFailed as exc:
             self.errors.append(PackError(label, str(exc)))
         except (Exception, SystemExit) as exc:  # NODE_CLASSES itself may be broken

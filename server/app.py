@@ -23,7 +23,17 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from engine.environment import Environment
-from server import canvas, convert, files, info, routes
+from server import (
+    canvas,
+    comfy_frontend,
+    convert,
+    extensions,
+    files,
+    info,
+    jobs,
+    routes,
+    userdata,
+)
 from server.config import ConfigError, ServerConfig, add_serve_arguments
 from server.errors import error_middleware
 from server.prompt_queue import PromptQueue
@@ -57,7 +67,9 @@ def create_app(config: ServerConfig, *,
     app = web.Application(middlewares=[error_middleware, security_middleware(config)],
                           client_max_size=config.max_prompt_bytes)
     app[STATE] = ServerState(config, env, storage, queue, hub, runtime)
-    api = [*routes.ROUTES, *info.ROUTES, *convert.ROUTES, ("GET", "/view", files.view),
+    api = [*routes.ROUTES, *info.ROUTES, *userdata.ROUTES, *comfy_frontend.ROUTES,
+           *jobs.ROUTES, *convert.ROUTES,
+           ("GET", "/view", files.view),
            ("POST", "/upload/image", files.upload_image), ("GET", "/ws", hub.handle)]
     for prefix in ("", "/api"):
         for method, path, handler in api:
@@ -65,6 +77,9 @@ def create_app(config: ServerConfig, *,
                 app.router.add_get(prefix + path, handler)
             else:
                 app.router.add_route(method, prefix + path, handler)
+    for method, path, handler in [*comfy_frontend.STATIC_ROUTES, *userdata.STATIC_ROUTES]:
+        app.router.add_route(method, path, handler)
+    extensions.install(app)  # before the web app's catch-all file route
     for method, path, handler, name in canvas.ROUTES:
         app.router.add_route(method, path, handler, name=name)
     app.on_startup.append(_on_startup)

@@ -44,8 +44,12 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def static(request: web.Request) -> web.StreamResponse:
+    return serve_file(request, request.match_info["tail"])
+
+
+def serve_file(request: web.Request, tail: str) -> web.StreamResponse:
+    """The web app's file at ``tail`` (relative to its folder), or a 404."""
     root = state(request).config.web_dir
-    tail = request.match_info["tail"]
     missing = ApiError(404, "not_found", f"no route or file /{tail}")
     if not (root / "index.html").is_file():
         raise missing

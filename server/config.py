@@ -12,6 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "STEERFLOW_TOKEN"
 ORIGINS_ENV = "STEERFLOW_ALLOW_ORIGINS"
 LOOPBACK_NAMES = frozenset({"localhost"})
+FRONT_ENDS = ("steerflow", "comfyui")
+COMFYUI_FRONTEND_PACKAGE = "comfyui_frontend_package"
 
 
 class ConfigError(ValueError):
@@ -48,9 +50,17 @@ class ServerConfig:
     registry_factory: str | None = None
     web_dir: Path = field(default_factory=lambda: REPO_ROOT / "web" / "dist")
     workflows_dir: Path = field(default_factory=lambda: REPO_ROOT / "workflows")
+    # "steerflow": our canvas (web_dir); "comfyui": ComfyUI's official frontend, served
+    # from the installed comfyui-frontend-package (it replaces web_dir).
+    front_end: str = "steerflow"
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir).resolve()
+        if self.front_end not in FRONT_ENDS:
+            raise ConfigError(f"--front-end must be one of {', '.join(FRONT_ENDS)}, "
+                              f"got {self.front_end!r}")
+        if self.front_end == "comfyui":
+            self.web_dir = comfyui_frontend_dir()
         self.token = self.token or None
         self.allow_origins = frozenset(normalize_origin(o) for o in self.allow_origins if o)
 
@@ -58,6 +68,11 @@ class ServerConfig:
     def data_dir(self) -> Path:
         """Where the queue/history database lives (``/data/`` is git-ignored)."""
         return self.base_dir / "data"
+
+    @property
+    def user_dir(self) -> Path:
+        """Per-user settings and saved workflows (ComfyUI's ``user/<user>/``)."""
+        return self.base_dir / "user"
 
     @property
     def loopback(self) -> bool:
@@ -109,7 +124,21 @@ class ServerConfig:
             cache_budget=opt("cache_budget"),  # type: ignore[arg-type]
             verbose=bool(opt("verbose", False)),
             registry_factory=opt("registry"),  # type: ignore[arg-type]
+            front_end=str(opt("front_end", "steerflow")),
         )
+
+
+def comfyui_frontend_dir() -> Path:
+    """The static app of the installed ``comfyui-frontend-package``, or a ConfigError."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(COMFYUI_FRONTEND_PACKAGE)
+    origin = spec.origin if spec is not None else None
+    static = Path(origin).parent / "static" if origin else None
+    if static is None or not (static / "index.html").is_file():
+        raise ConfigError("--front-end comfyui needs ComfyUI's frontend package: "
+                          "pip install 'steerflow[comfyui-frontend]'")
+    return static
 
 
 def is_loopback(host: str) -> bool:
@@ -159,6 +188,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory the worker's cache of node outputs may hold: bytes "
                         "('8GiB'), a share of memory ('50%%'), or per device "
                         "('cpu=8GiB,cuda=80%%'); default: half the RAM, 80%% of a GPU's")
+    parser.add_argument("--front-end", choices=FRONT_ENDS, default="steerflow",
+                        help="the web app served at /: Steerflow's canvas (default) or "
+                        "ComfyUI's official frontend (pip install "
+                        "'steerflow[comfyui-frontend]')")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync every queue change (survives power loss; slower)")
     parser.add_argument("--registry", help=argparse.SUPPRESS)  # MODULE:FUNC, tests/bench

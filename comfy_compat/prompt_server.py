@@ -1,0 +1,85 @@
+"""ComfyUI's ``server.PromptServer`` for custom node packs (no torch imported here).
+
+Packs write ``from server import PromptServer`` and then
+``PromptServer.instance.send_sync("my.event", {...})`` or
+``@PromptServer.instance.routes.get("/my/route")``. Steerflow's own top-level
+package is also named ``server``; rather than shadow it (which would break our
+code) or rename it, ``server/__init__.py`` exposes ``PromptServer`` and
+``BinaryEventTypes`` lazily through a module ``__getattr__`` that imports them from
+here. ``import server`` keeps meaning our aiohttp server, and a pack's
+``server.PromptServer`` resolves to this class in whichever process imports it.
+
+- ``send_sync(event, data, sid)`` goes through :attr:`PromptServer.sink`. The
+  adapter sets it to emit the event on the running node's execution context, so
+  in a Session the caller's ``on_event`` sees it, and in the worker it travels the
+  worker's event channel and the server relays it to the prompt's websocket client
+  as ``{"type": event, "data": data}`` (ComfyUI's shape). Outside a node (at import,
+  in the server process) there is no prompt to attach it to and it is dropped.
+  ``BinaryEventTypes.PREVIEW_IMAGE`` frames become preview images.
+- ``routes`` is an aiohttp ``RouteTableDef``: route decorators work at import, and
+  the routes are collected in :attr:`PromptServer.routes`; they are not served
+  (the server starts answering before packs finish loading, and aiohttp's router
+  cannot grow after start).
+- ``add_on_prompt_handler`` handlers are collected but not called.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[Any, Any, "str | None"], None]
+
+
+class BinaryEventTypes:
+    """ComfyUI's binary websocket message types."""
+
+    PREVIEW_IMAGE = 1
+    UNENCODED_PREVIEW_IMAGE = 2
+    TEXT = 3
+
+
+class PromptServer:
+    """The singleton packs reach as ``PromptServer.instance``."""
+
+    instance: ClassVar[PromptServer]
+
+    def __init__(self) -> None:
+        self.routes = web.RouteTableDef()
+        self.sink: EventSink | None = None
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.last_prompt_id: str | None = None
+        self.on_prompt_handlers: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+        self.supports = ["custom_nodes_from_web"]
+        self.app: Any = None
+        self.loop: Any = None
+        self.prompt_queue: Any = None
+
+    def send_sync(self, event: Any, data: Any, sid: str | None = None) -> None:
+        """Send an event to the websocket client of the running prompt (see module doc)."""
+        if self.sink is None:
+            log.debug("PromptServer.send_sync(%r) outside a run; dropped", event)
+            return
+        self.sink(event, data, sid)
+
+    async def send(self, event: Any, data: Any, sid: str | None = None) -> None:
+        self.send_sync(event, data, sid)
+
+    async def send_json(self, event: Any, data: Any, sid: str | None = None) -> None:
+        self.send_sync(event, data, sid)
+
+    def send_progress_text(self, text: str, node_id: str, sid: str | None = None) -> None:
+        self.send_sync("progress_text", {"text": text, "node_id": node_id}, sid)
+
+    def add_on_prompt_handler(self, handler: Callable[[dict[str, Any]], dict[str, Any]]
+                              ) -> None:
+        self.on_prompt_handlers.append(handler)
+
+
+PromptServer.instance = PromptServer()

@@ -1,0 +1,84 @@
+"""What the shims need to know while a pack runs: the node's context and the environment.
+
+ComfyUI's helpers are module-level functions (``folder_paths.get_filename_list``,
+``comfy.model_management.processing_interrupted``, ``ProgressBar(total)``) with no
+handle on the run, so the adapter records the running node's
+:class:`engine.ExecutionContext` here for the length of its call, and the
+environment the schema, validation or run is working with. These are process
+globals, not thread-locals, on purpose: packs update progress bars from their own
+threads. An executor runs one node at a time, so one slot suffices per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.context import ExecutionContext
+    from engine.environment import Environment
+
+_lock = threading.Lock()
+_context: ExecutionContext | None = None
+_env: Environment | None = None
+_default_env: Environment | None = None
+
+
+def current_context() -> ExecutionContext | None:
+    """The context of the ComfyUI node running now, if any."""
+    return _context
+
+
+def current_environment() -> Environment:
+    """The environment in use: the running node's, else the one bound by schema or
+    validation, else the run's default (set by the adapter's setup hook), else one
+    rooted at the working directory (only at import time, before any of these)."""
+    global _default_env
+    if _context is not None:
+        return _context.env
+    if _env is not None:
+        return _env
+    with _lock:
+        if _default_env is None:
+            from engine.environment import Environment
+
+            _default_env = Environment.create(os.getcwd(), device="cpu")
+        return _default_env
+
+
+def set_default_environment(env: Environment) -> None:
+    global _default_env
+    with _lock:
+        _default_env = env
+
+
+@contextlib.contextmanager
+def bound_environment(env: Environment | None) -> Iterator[None]:
+    """Make ``env`` the current environment (schema, validation, IS_CHANGED)."""
+    global _env
+    if env is None:
+        yield
+        return
+    with _lock:
+        previous, _env = _env, env
+    try:
+        yield
+    finally:
+        with _lock:
+            _env = previous
+
+
+@contextlib.contextmanager
+def running(ctx: ExecutionContext) -> Iterator[None]:
+    """Make ``ctx`` the current node context for the length of a node's call."""
+    global _context
+    with _lock:
+        previous, _context = _context, ctx
+    try:
+        yield
+    finally:
+        with _lock:
+            _context = previous

@@ -1,0 +1,61 @@
+"""The modules ComfyUI packs import, and a finder that provides them.
+
+:func:`install` appends :class:`ShimFinder` to ``sys.meta_path``, after the normal
+finders, so a real ComfyUI on the path would still win. It provides
+``folder_paths`` and the ``comfy`` package (``comfy.utils``,
+``comfy.model_management``) from this folder. Any other ``comfy.*`` module and
+ComfyUI's other internals (``comfy_extras``, ``comfy_execution``, ``comfy_api``,
+``latent_preview``, ``node_helpers``) raise :class:`ModuleNotFoundError` naming the
+module and what Steerflow provides instead, so a pack that reaches into model
+internals fails to load with that message, recorded as the pack's error.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+HERE = Path(__file__).resolve().parent
+PROVIDED = ("folder_paths", "comfy", "comfy.utils", "comfy.model_management",
+            "server.PromptServer")
+# Top-level ComfyUI modules that are internals: refused by name rather than "not found".
+INTERNAL_ROOTS = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "latent_preview",
+                  "node_helpers")
+
+
+def missing_message(name: str) -> str:
+    return (f"ComfyUI module {name!r} is not available in Steerflow: it is part of "
+            "ComfyUI's internals (models, samplers, execution), which Steerflow does not "
+            f"provide. Custom node packs may use: {', '.join(PROVIDED)}; a pack that needs "
+            f"{name!r} runs only in ComfyUI itself.")
+
+
+class ShimFinder(importlib.abc.MetaPathFinder):
+    """Provides the shim modules; refuses ComfyUI's internals with a clear message."""
+
+    def find_spec(self, fullname: str, path: object = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname == "folder_paths":
+            return importlib.util.spec_from_file_location(fullname, HERE / "folder_paths.py")
+        if fullname == "comfy":
+            return importlib.util.spec_from_file_location(
+                fullname, HERE / "comfy" / "__init__.py",
+                submodule_search_locations=[str(HERE / "comfy")])
+        # Reached only when no other finder found it (we come last): comfy.utils and
+        # comfy.model_management were found by the path finder in comfy.__path__.
+        if fullname.partition(".")[0] in INTERNAL_ROOTS:
+            raise ModuleNotFoundError(missing_message(fullname), name=fullname)
+        return None
+
+
+_finder = ShimFinder()
+
+
+def install() -> None:
+    """Make the shims importable in this process (idempotent)."""
+    if _finder not in sys.meta_path:
+        sys.meta_path.append(_finder)

@@ -1,0 +1,129 @@
+"""ComfyUI's jobs API (``GET /jobs``, ``GET /jobs/{id}``): queue and history as one list.
+
+Newer ComfyUI frontends (1.3x and later) read their queue and history panels from
+it instead of ``/queue`` and ``/history``. A job is a prompt: ``pending`` or
+``in_progress`` while queued, then ``completed``, ``failed`` or ``cancelled`` from
+its history entry. Newest first; times in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from server.errors import ApiError, json_response
+from server.state import state
+
+STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
+MAX_LIMIT = 1000
+MAX_OFFSET = 10_000
+_END_EVENTS = {"execution_success": "completed", "execution_error": "failed",
+               "execution_interrupted": "cancelled"}
+
+
+def _queued(item: list[Any], status: str) -> dict[str, Any]:
+    number, prompt_id, _prompt, extra, _outputs = item[:5]
+    extra = extra if isinstance(extra, dict) else {}
+    return {"id": prompt_id, "status": status, "priority": number,
+            "create_time": extra.get("create_time") or 0, "outputs_count": 0,
+            "previewable_outputs_count": 0, "workflow_id": _workflow_id(extra)}
+
+
+def _workflow_id(extra: dict[str, Any]) -> str | None:
+    workflow = (extra.get("extra_pnginfo") or {}).get("workflow")
+    value = workflow.get("id") if isinstance(workflow, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, Any]:
+    number, _pid, _prompt, extra, _outputs = (entry.get("prompt") or [0, "", {}, {}, []])[:5]
+    extra = extra if isinstance(extra, dict) else {}
+    status_info = entry.get("status") or {}
+    times: dict[str, int] = {}
+    status = "completed" if status_info.get("status_str") == "success" else "failed"
+    error = None
+    for event, data in status_info.get("messages") or []:
+        stamp = (data or {}).get("timestamp") if isinstance(data, dict) else None
+        if isinstance(stamp, int | float):
+            times[event] = int(stamp)
+        if event in _END_EVENTS:
+            status = _END_EVENTS[event]
+            if event == "execution_error" and isinstance(data, dict):
+                error = data
+    outputs = entry.get("outputs") or {}
+    previews = [{**img, "nodeId": node_id, "mediaType": "images"}
+                for node_id, out in outputs.items() if isinstance(out, dict)
+                for img in out.get("images") or [] if isinstance(img, dict)]
+    job = {
+        "id": prompt_id, "status": status, "priority": number,
+        "create_time": extra.get("create_time") or times.get("execution_start", 0),
+        "execution_start_time": times.get("execution_start"),
+        "execution_end_time": next((times[e] for e in _END_EVENTS if e in times), None),
+        "preview_output": previews[0] if previews else None,
+        "outputs_count": sum(len(v) for out in outputs.values() if isinstance(out, dict)
+                             for v in out.values() if isinstance(v, list)),
+        "previewable_outputs_count": len(previews),
+        "execution_error": error, "workflow_id": _workflow_id(extra),
+    }
+    if full:
+        job["outputs"] = outputs
+        job["workflow"] = {"prompt": entry.get("prompt", [None, None, {}])[2],
+                           "extra_data": extra}
+    return job
+
+
+def _bounded(request: web.Request, name: str, default: int, top: int) -> int:
+    raw = request.query.get(name, "")
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        raise ApiError(400, "invalid_parameter", f"{name} must be a non-negative integer")
+    return min(int(raw), top)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    st = state(request)
+    wanted = [s for s in request.query.get("status", ",".join(STATUSES)).split(",") if s]
+    if unknown := [s for s in wanted if s not in STATUSES]:
+        raise ApiError(400, "invalid_status", f"unknown job status {unknown[0]!r}; one of "
+                       f"{', '.join(STATUSES)}")
+    limit = _bounded(request, "limit", 200, MAX_LIMIT)
+    offset = _bounded(request, "offset", 0, MAX_OFFSET)
+    running, pending = st.queue.snapshot()
+    jobs = [_queued(i, "in_progress") for i in running] if "in_progress" in wanted else []
+    if "pending" in wanted:
+        jobs += [_queued(i, "pending") for i in pending]
+    more_history = False
+    if {"completed", "failed", "cancelled"} & set(wanted):
+        rows = st.storage.history(offset + limit + 1, None)[::-1]  # newest first
+        more_history = len(rows) > offset + limit
+        for prompt_id, text in rows:
+            job = _finished(prompt_id, json.loads(text), full=False)
+            if job["status"] in wanted:
+                jobs.append(job)
+    page = jobs[offset:offset + limit]
+    has_more = more_history or len(jobs) > offset + limit
+    return json_response({"jobs": page, "pagination": {
+        "offset": offset, "limit": limit, "total": len(jobs), "has_more": has_more}})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    st = state(request)
+    job_id = request.match_info["job_id"]
+    running, pending = st.queue.snapshot()
+    for items, status in ((running, "in_progress"), (pending, "pending")):
+        for item in items:
+            if item[1] == job_id:
+                return json_response(_queued(item, status))
+    text = st.storage.history_entry(job_id)
+    if text is None:
+        raise ApiError(404, "not_found", f"no job {job_id[:200]!r}")
+    return json_response(_finished(job_id, json.loads(text), full=True))
+
+
+ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "/jobs", list_jobs),
+    ("GET", "/jobs/{job_id}", get_job),
+]

@@ -1,0 +1,236 @@
+"""What ComfyUI's frontend calls beyond the core protocol (server/comfy_frontend.py),
+and ``--front-end comfyui`` (server/config.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from server import comfy_frontend
+from server.config import ConfigError, ServerConfig
+from tests.server.helpers import Http, LiveServer
+
+
+def test_small_endpoints_answer_under_both_prefixes(http: Http, server: LiveServer) -> None:
+    (server.base_dir / "models" / "checkpoints").mkdir(parents=True)
+    for prefix in ("", "/api"):
+        assert http.get(prefix + "/extensions").json() == []
+        assert http.get(prefix + "/i18n").json() == {}
+        features = http.get(prefix + "/features").json()
+        assert features["supports_preview_metadata"] is False
+        assert features["max_upload_size"] == server.state.config.max_upload_bytes
+        assert http.get(prefix + "/workflow_templates").json() == {}
+        assert http.get(prefix + "/global_subgraphs").json() == {}
+        paths = http.get(prefix + "/internal/folder_paths").json()
+        assert paths["checkpoints"] == [str(server.base_dir / "models" / "checkpoints")]
+        assert paths["input"] == [str(server.base_dir / "input")]
+
+
+def test_templates_without_the_package(http: Http, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(comfy_frontend, "templates_dir", lambda: None)
+    assert http.get("/templates/index.json").json() == []
+    assert http.get("/templates/index.fr.json").json() == []
+    assert http.get("/templates/index_logo.json").json() == {}
+    assert http.get("/templates/x.png").status == 404
+
+
+def test_templates_from_the_package(http: Http, monkeypatch: pytest.MonkeyPatch,
+                                    tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    root.mkdir()
+    (root / "index.json").write_text('[{"moduleName": "default"}]')
+    (root / "a.webp").write_bytes(b"RIFF....WEBP")
+    (tmp_path / "secret.json").write_text("{}")
+    monkeypatch.setattr(comfy_frontend, "templates_dir", lambda: root)
+    assert http.get("/templates/index.json").json() == [{"moduleName": "default"}]
+    reply = http.get("/templates/a.webp")
+    assert reply.status == 200 and reply.headers["Content-Type"] == "image/webp"
+    assert http.get("/templates/..%2Fsecret.json", raw=True).status == 404
+    assert http.get("/templates/missing.json").status == 404
+
+
+def test_experiment_models(http: Http, server: LiveServer) -> None:
+    ckpts = server.base_dir / "models" / "checkpoints"
+    (ckpts / "diffusers-model").mkdir(parents=True)
+    (ckpts / "diffusers-model" / "model_index.json").write_text("{}")
+    (ckpts / "single.safetensors").write_bytes(b"x" * 10)
+    (ckpts / "notes.txt").write_text("not a model")
+    folders = http.get("/api/experiment/models").json()
+    assert {"name": "checkpoints", "folders": [str(ckpts)]} in folders
+    assert "loras" in [f["name"] for f in folders]  # the frontend's known folders
+    files = http.get("/api/experiment/models/checkpoints").json()
+    assert [f["name"] for f in files] == ["diffusers-model", "single.safetensors"]
+    assert files[1]["pathIndex"] == 0 and files[1]["size"] == 10
+    assert http.get("/api/experiment/models/loras").json() == []
+    for bad in ("nope", "..", "%2E%2E", "a%2Fb"):
+        reply = http.get(f"/api/experiment/models/{bad}", raw=True)
+        assert reply.status in (404,), bad
+
+
+def test_extension_sources_hook(make_server: Callable[..., LiveServer], loop: object) -> None:
+    def broken() -> list[str]:
+        raise RuntimeError("a pack failed")
+
+    def setup(app: object) -> None:
+        comfy_frontend.add_extension_source(app, lambda: ["/extensions/pack/a.js"])  # type: ignore[arg-type]
+        comfy_frontend.add_extension_source(app, broken)  # type: ignore[arg-type]
+        comfy_frontend.add_extension_source(app, lambda: ["/extensions/pack/a.js",  # type: ignore[arg-type]
+                                                          "/extensions/other/b.js"])
+
+    server = make_server(setup)
+    http = Http(server.url, loop)  # type: ignore[arg-type]
+    try:
+        assert http.get("/api/extensions").json() == ["/extensions/pack/a.js",
+                                                     "/extensions/other/b.js"]
+    finally:
+        http.close()
+
+
+# --- /upload/mask -----------------------------------------------------------------
+def _png(img: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def _mask_form(mask: bytes, ref: object, **fields: str) -> object:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("image", mask, filename="clipspace-mask-1.png", content_type="image/png")
+    form.add_field("original_ref", ref if isinstance(ref, str) else json.dumps(ref))
+    for key, value in fields.items():
+        form.add_field(key, value)
+    return form
+
+
+def test_upload_mask_puts_the_mask_into_the_alpha_channel(http: Http,
+                                                          server: LiveServer) -> None:
+    inputs = server.base_dir / "input"
+    inputs.mkdir(parents=True)
+    original = Image.new("RGB", (8, 6), (200, 10, 20))
+    (inputs / "photo.png").write_bytes(_png(original, {"workflow": '{"nodes": []}'}))
+    mask = Image.new("RGBA", (8, 6), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 4, 6))  # left half erased: to be inpainted
+    reply = http.post("/api/upload/mask", data=_mask_form(
+        _png(mask), {"filename": "photo.png", "subfolder": "", "type": "input"},
+        type="input", subfolder="clipspace"))
+    assert reply.status == 200, reply.body
+    body = reply.json()
+    assert body == {"name": "clipspace-mask-1.png", "subfolder": "clipspace", "type": "input"}
+    with Image.open(inputs / "clipspace" / body["name"]) as out:
+        assert out.mode == "RGBA" and out.size == (8, 6)
+        assert out.getpixel((1, 1)) == (200, 10, 20, 0)
+        assert out.getpixel((6, 1)) == (200, 10, 20, 255)
+        assert out.text["workflow"] == '{"nodes": []}'
+
+    # a mask of another size is scaled to the original; annotated names work
+    small = Image.new("RGBA", (4, 3), (0, 0, 0, 128))
+    reply = http.post("/upload/mask", data=_mask_form(
+        _png(small), {"filename": "photo.png [input]"}, subfolder="clipspace"))
+    assert reply.status == 200
+    with Image.open(inputs / "clipspace" / reply.json()["name"]) as out:
+        assert out.size == (8, 6) and out.getpixel((0, 0))[3] == 128
+
+
+@pytest.mark.parametrize("ref, status, kind", [
+    ("not json", 400, "invalid_original_ref"),
+    ({"subfolder": ""}, 400, "invalid_original_ref"),
+    ({"filename": "missing.png", "type": "input"}, 404, "not_found"),
+    ({"filename": "../../data/steerflow.db", "type": "input"}, 403, "forbidden_path"),
+    ({"filename": "photo.png", "type": "models"}, 400, "invalid_type"),
+])
+def test_upload_mask_bad_references(http: Http, server: LiveServer, ref: object, status: int,
+                                    kind: str) -> None:
+    (server.base_dir / "input").mkdir(parents=True, exist_ok=True)
+    (server.base_dir / "input" / "photo.png").write_bytes(_png(Image.new("RGB", (2, 2))))
+    mask = _png(Image.new("RGBA", (2, 2)))
+    reply = http.post("/api/upload/mask", data=_mask_form(mask, ref))
+    assert reply.status == status and reply.json()["error"]["type"] == kind
+
+
+def test_upload_mask_refuses_a_non_image(http: Http, server: LiveServer) -> None:
+    (server.base_dir / "input").mkdir(parents=True)
+    (server.base_dir / "input" / "photo.png").write_bytes(_png(Image.new("RGB", (2, 2))))
+    reply = http.post("/api/upload/mask", data=_mask_form(
+        b"<script>alert(1)</script>", {"filename": "photo.png", "type": "input"}))
+    assert reply.status == 415 and reply.json()["error"]["type"] == "not_an_image"
+    reply = http.post("/api/upload/mask", data={"original_ref": "{}"})
+    assert reply.status == 400
+
+
+# --- --front-end comfyui --------------------------------------------------------------
+def test_front_end_comfyui_needs_the_package(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"pip install 'steerflow\[comfyui-frontend\]'"):
+        ServerConfig(base_dir=tmp_path, front_end="comfyui")
+    with pytest.raises(ConfigError, match="--front-end"):
+        ServerConfig(base_dir=tmp_path, front_end="other")
+
+
+def test_front_end_comfyui_serves_the_package(make_server: Callable[..., LiveServer],
+                                              loop: object, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "site" / "comfyui_frontend_package"
+    (pkg / "static" / "assets").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "static" / "index.html").write_text("<title>ComfyUI</title>")
+    (pkg / "static" / "assets" / "app.js").write_text("export {}")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "comfyui_frontend_package", raising=False)
+    server = make_server(front_end="comfyui")  # replaces the web_dir make_server sets
+    assert server.state.config.web_dir.resolve() == (pkg / "static").resolve()
+    http = Http(server.url, loop)  # type: ignore[arg-type]
+    try:
+        assert b"ComfyUI" in http.get("/").body
+        reply = http.get("/assets/app.js")
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/javascript")
+        assert http.get("/api/users").status == 200
+    finally:
+        http.close()
+
+
+def test_serve_option_parses() -> None:
+    from steerflow.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--front-end", "comfyui"])
+    assert args.front_end == "comfyui"
+    assert build_parser().parse_args(["serve"]).front_end == "steerflow"
+
+
+# --- /jobs ------------------------------------------------------------------------------
+def test_jobs_list_queue_and_history(http: Http) -> None:
+    import time
+
+    from tests.server.helpers import chain
+
+    assert http.get("/api/jobs").json() == {
+        "jobs": [], "pagination": {"offset": 0, "limit": 200, "total": 0, "has_more": False}}
+    ids = [http.post("/api/prompt", json={"prompt": chain(i)}).json()["prompt_id"]
+           for i in range(3)]
+    deadline = time.monotonic() + 60
+    while len(http.get("/api/history").json()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    done = http.get("/api/jobs?status=completed,failed,cancelled&limit=2&offset=0").json()
+    assert [j["id"] for j in done["jobs"]] == ids[::-1][:2]  # newest first
+    assert done["pagination"]["has_more"] is True
+    assert all(j["status"] == "completed" for j in done["jobs"])
+    assert done["jobs"][0]["execution_end_time"] >= done["jobs"][0]["execution_start_time"]
+    assert http.get("/api/jobs?status=in_progress,pending").json()["jobs"] == []
+    one = http.get(f"/api/jobs/{ids[0]}").json()
+    assert one["id"] == ids[0] and "outputs" in one and one["workflow"]["prompt"]
+    assert http.get("/api/jobs/nope").status == 404
+    assert http.get("/api/jobs?status=bogus").status == 400
+    assert http.get("/api/jobs?limit=1e9").status == 400
