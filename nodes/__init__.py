@@ -18,8 +18,10 @@ from nodes import (
     clip_vision,
     conditioning,
     controlnet,
+    custom_diffusion,
     depth2img,
     diffedit,
+    dreambooth,
     fabric,
     gligen,
     hypernetwork,
@@ -88,6 +90,8 @@ NODE_CLASSES = (
     *preprocessors.NODE_CLASSES,
     *primitives.NODE_CLASSES,
     *training.NODE_CLASSES,
+    *custom_diffusion.NODE_CLASSES,
+    *dreambooth.NODE_CLASSES,
 )
 
 

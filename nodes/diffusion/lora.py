@@ -17,7 +17,9 @@ Key layouts understood (``<m>`` is a module path in diffusers/transformers namin
   ``<attn>.processor.to_q_lora.down.weight``; keys without a component prefix
   belong to the UNet;
 * kohya / A1111: ``lora_unet_<m with _>.lora_down.weight`` / ``.lora_up.weight`` /
-  ``.alpha`` and ``lora_te_<m with _>...``.
+  ``.alpha`` and ``lora_te_<m with _>...``;
+* ComfyUI's full-weight differences ``<m>.diff`` / ``<m>.diff_b`` (``ΔW`` and ``Δb``
+  themselves, e.g. Train Custom Diffusion's files), in any of the prefixings above.
 
 A leading ``text_model.`` (transformers < 5) is accepted for the text encoder.
 
@@ -119,6 +121,8 @@ class _Layer:
     down: torch.Tensor | None = None
     up: torch.Tensor | None = None
     alpha: float | None = None
+    diff: torch.Tensor | None = None  # a full ΔW (ComfyUI's ``.diff``)
+    diff_b: torch.Tensor | None = None  # a bias Δb (``.diff_b``)
 
 
 _ROLES = (  # suffix pattern → role; the module path is what precedes it
@@ -131,6 +135,8 @@ _ROLES = (  # suffix pattern → role; the module path is what precedes it
     (re.compile(r"^(.+)\.lora_down\.weight$"), "down"),
     (re.compile(r"^(.+)\.lora_up\.weight$"), "up"),
     (re.compile(r"^(.+)\.alpha$"), "alpha"),
+    (re.compile(r"^(.+)\.diff$"), "diff"),
+    (re.compile(r"^(.+)\.diff_b$"), "diff_b"),
 )
 # Attention-processor LoRAs name q/k/v/out by their processor slot.
 _PROCESSOR_SLOT = re.compile(r"(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora$")
@@ -235,6 +241,13 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
     mismatched: list[str] = []
     for key, layer in layers.items():
         shown = key.removeprefix("kohya:")
+        if layer.diff is not None or layer.diff_b is not None:
+            problem = _fit_diff(key, layer, modules, kohya, fitted)
+            if problem:
+                (missing if problem == "missing" else mismatched).append(
+                    shown if problem == "missing" else f"{shown} ({problem})")
+            if layer.down is None and layer.up is None:
+                continue
         if layer.down is None or layer.up is None:
             incomplete.append(shown)
             continue
@@ -269,6 +282,28 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
         raise LoraMismatchError(f"LoRA {name!r} does not fit this {component}: "
                                 + "; ".join(problems) + " — is it made for another base model?")
     return tuple(fitted)
+
+
+def _fit_diff(key: str, layer: _Layer, modules: dict[str, torch.nn.Module],
+              kohya: dict[str, str], fitted: list[tuple[str, Any]]) -> str | None:
+    """Fit a ``.diff``/``.diff_b`` layer as dense updates (TIME's ``DenseDelta``); None when
+    it fits, else ``"missing"`` or what mismatches."""
+    from nodes.diffusion.model_editing import DenseDelta  # imports this module
+
+    target = _resolve(key, modules, kohya)
+    module = modules[target] if target is not None else None
+    found = []
+    for part, delta in (("weight", layer.diff), ("bias", layer.diff_b)):
+        if delta is None:
+            continue
+        param = getattr(module, part, None)
+        if param is None:
+            return "missing"
+        if tuple(param.shape) != tuple(delta.shape):
+            return f"{part} difference {tuple(delta.shape)} vs {tuple(param.shape)}"
+        found.append((f"{target}.{part}", DenseDelta(delta.float())))
+    fitted.extend(found)
+    return None
 
 
 @dataclass(frozen=True)

@@ -273,7 +273,9 @@ class Checkpointing:
 
 
 def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
-              checkpointing: Checkpointing | None = None) -> list[float]:
+              checkpointing: Checkpointing | None = None, *,
+              sample: Callable[[int], None] | None = None, sample_every: int = 0
+              ) -> list[float]:
     """Run ``step(i)`` (one optimiser step, returning its loss) ``steps`` times.
 
     Interrupt is checked before every step and every step sends a progress event
@@ -281,6 +283,11 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
     steps and when interrupted, an interrupted run of the same inputs resumes where it
     stopped (the same result as an uninterrupted run), and the file goes when done.
     A non-finite loss stops with advice.
+
+    With ``sample`` and ``sample_every`` > 0, ``sample(n)`` runs after step ``n`` when
+    ``n`` is a multiple of ``sample_every``, and after the last step (the weights as they
+    are then: ``train_preview`` draws an image with them). It must not touch the
+    training's state or random streams, so a run gives the same result with or without it.
     """
     from engine.context import Interrupted
 
@@ -297,6 +304,8 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
             ctx.progress(i + 1, steps, info={"loss": loss})
             if checkpointing and (i + 1) % checkpointing.every == 0 and i + 1 < steps:
                 checkpointing.save(i + 1, losses)
+            if sample and sample_every > 0 and ((i + 1) % sample_every == 0 or i + 1 == steps):
+                sample(i + 1)
     except Interrupted:
         if checkpointing and len(losses) > start:
             checkpointing.save(len(losses), losses)
@@ -315,12 +324,7 @@ def run_key(kind: str, params: dict[str, Any], images: torch.Tensor, captions: l
                                        default=str).encode())
     digest.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     digest.update(base_hash.encode())
-    for patch in patches:
-        for name, weight in patch.weights:
-            digest.update(f"{name}:{patch.strength}:{weight.scale}".encode())
-            for t in (weight.down, weight.up):
-                digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy()
-                              .tobytes())
+    digest.update(patches_digest(patches).encode())
     return digest.hexdigest()[:32]
 
 
@@ -353,3 +357,36 @@ def save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def prediction_and_target(unet: Any, scheduler: Any, latents: torch.Tensor,
+                          noise: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's prediction on the noised latents and the target of the scheduler's
+    prediction type, before any loss (prior preservation chunks both in two)."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    pred = unet(noisy.to(unet.dtype), timesteps, context.to(unet.dtype)).sample
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return pred, noise
+    if kind == "v_prediction":
+        return pred, scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"cannot train a model whose prediction type is {kind!r}; "
+                     "only epsilon and v_prediction models can be trained")
+
+
+def patches_digest(patches: Iterable[Any]) -> str:
+    """sha256 of model/CLIP patches whatever their updates (LoRA ``down``/``up``/``scale``
+    or dense ``value``: TIME, Custom Diffusion, ``.diff`` files)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for patch in patches:
+        for name, update in patch.weights:
+            digest.update(f"{name}:{patch.strength}:{getattr(update, 'scale', '')}".encode())
+            for attr in ("down", "up", "value"):
+                tensor = getattr(update, attr, None)
+                if tensor is not None:
+                    digest.update(tensor.detach().to("cpu", torch.float32).contiguous()
+                                  .numpy().tobytes())
+    return digest.hexdigest()

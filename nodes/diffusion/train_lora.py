@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from engine import ExecutionContext
     from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
     from nodes.diffusion.lora import LoraPatch
+    from nodes.diffusion.train_preview import TrainingSample
 
 UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # train_text_to_image_lora.py's
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # diffusers' text-encoder LoRA
@@ -229,10 +230,12 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
 
 def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, vae: Vae,
                images: torch.Tensor, captions: list[str], spec: LoraSpec,
-               settings: tc.TrainSettings, checkpoint: Path | None = None
+               settings: tc.TrainSettings, checkpoint: Path | None = None, *,
+               sample: TrainingSample | None = None
                ) -> tuple[LoraLayers, LoraLayers | None, list[float]]:
     """Train for ``settings.steps`` steps (resuming from ``checkpoint`` when an interrupted
-    run left one); the trained layers and the loss per step."""
+    run left one); the trained layers and the loss per step. With ``sample``, an image is
+    drawn with the LoRA as it is every ``sample.every`` steps (``train_preview``)."""
     import torch
 
     with lora_training(model, clip, vae, images, captions, spec, settings) as run:
@@ -255,8 +258,10 @@ def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, 
 
         saving = tc.Checkpointing(checkpoint, state, restore) if checkpoint else None
         with torch.enable_grad():
-            losses = tc.run_steps(ctx, settings.steps, lambda _i: run.step(order.next()),
-                                  saving)
+            losses = tc.run_steps(
+                ctx, settings.steps, lambda _i: run.step(order.next()), saving,
+                sample=sample.callback(ctx, run.model, run.clip, vae) if sample else None,
+                sample_every=sample.every if sample else 0)
         return run.unet_layers, run.text_layers, losses
 
 

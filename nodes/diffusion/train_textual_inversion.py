@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from engine import ExecutionContext
     from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
+    from nodes.diffusion.train_preview import TrainingSample
 
 
 def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:
@@ -222,10 +223,12 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
 def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder,
                             vae: Vae, images: torch.Tensor, captions: list[str],
                             placeholder: str, initializer: str, num_vectors: int,
-                            settings: tc.TrainSettings, checkpoint: Path | None = None
+                            settings: tc.TrainSettings, checkpoint: Path | None = None, *,
+                            sample: TrainingSample | None = None
                             ) -> tuple[TextEncoder, torch.Tensor, list[float]]:
     """Train (resuming from ``checkpoint`` when an interrupted run left one); the new CLIP
-    handle, the learned vectors and the loss per step."""
+    handle, the learned vectors and the loss per step. With ``sample``, an image is drawn
+    with the vectors as they are every ``sample.every`` steps (``train_preview``)."""
     import torch
 
     with inversion_training(model, clip, vae, images, captions, placeholder, initializer,
@@ -247,6 +250,8 @@ def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: 
 
         saving = tc.Checkpointing(checkpoint, state, restore) if checkpoint else None
         with torch.enable_grad():
-            losses = tc.run_steps(ctx, settings.steps, lambda _i: run.step(order.next()),
-                                  saving)
+            losses = tc.run_steps(
+                ctx, settings.steps, lambda _i: run.step(order.next()), saving,
+                sample=sample.callback(ctx, run.model, run.clip, vae) if sample else None,
+                sample_every=sample.every if sample else 0)
         return run.clip, run.vectors(), losses

@@ -1,0 +1,174 @@
+"""Train DreamBooth: fine-tune the whole UNet on a few images, in the graph that uses it.
+
+The math lives in :mod:`nodes.diffusion.train_dreambooth` (diffusers'
+``train_dreambooth.py``), the class images and the prior loss in
+:mod:`nodes.diffusion.prior_preservation`, the loop in :mod:`nodes.diffusion.train_common`.
+Heavy imports happen inside ``execute``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
+from nodes.diffusion.schedulers import SAMPLERS
+from nodes.training import _check_images, _checkpoint, _name_problem, _sample, _settings, _target
+
+
+class TrainDreamBooth(Node):
+    """Fine-tune the whole UNet (and optionally the text encoder) on a few captioned images
+    of a subject (diffusers' train_dreambooth.py: MSE on the noise, or on v, uniform
+    timesteps, AdamW, gradient norm clipped to 1), with optional prior preservation.
+
+    Wire Load Image Batch's IMAGE and captions (one line per image, or one line for all,
+    e.g. "a sks shape") with the checkpoint's MODEL, CLIP and VAE. The outputs are a new
+    MODEL (and, with ``train_text_encoder``, a new CLIP) over trained copies, used like a
+    loaded checkpoint's; the base model is untouched (its LoRA patches, if any, are
+    merged into the copy). With ``save_name`` the whole model (UNet, VAE, text encoder) is
+    also written atomically to models/checkpoints/<save_name>.safetensors, which Load
+    Checkpoint reads; its metadata holds the base model's hash, the steps and the
+    parameters. Images are scaled so their shorter side is ``resolution`` and cropped in
+    the middle (a multiple of 64 for SD 1.x, of 16 for the default model, whose images
+    are 64).
+
+    Prior preservation (``with_prior_preservation``): before training, the base model
+    draws ``num_class_images`` images of ``class_prompt`` (the class without the rare
+    word: "a shape" for "a sks shape") with ``class_sampler`` at ``class_steps`` /
+    ``class_cfg``; every step then trains on as many class examples as instance examples
+    and adds ``prior_loss_weight`` times their loss, so the class word keeps its meaning
+    (without it, DreamBooth soon draws the subject for every "shape"). The class images
+    are kept in temp/training and reused by runs with the same base and class options.
+
+    Using it well: a rare word in every caption ("a sks shape"); the script's learning
+    rate 5e-6 (1e-6 to 1e-5 for SD; a small model such as the default takes 1e-4 to
+    1e-3), a few hundred steps (about 100-200 per image: more overfits), 100-200 class
+    images with prior_loss_weight 1; ``train_text_encoder`` learns the word faster but
+    overfits sooner and doubles the memory of the text encoder. Cost: every step is a
+    forward and backward pass over the whole UNet with a batch twice ``batch_size``
+    with prior preservation, and memory about four times the UNet's weights (weights,
+    gradients, AdamW's two moments; an SD 1.5 UNet in float32 needs ~14 GB);
+    ``gradient_checkpointing`` trades a third more time for less activation memory.
+    The same inputs are never trained twice (cached); progress events carry the loss;
+    Stop acts between steps and leaves a resumable state in temp/training (the whole
+    model and optimiser: large for large models).
+    """
+
+    TYPE = "TrainDreamBooth"
+    DISPLAY_NAME = "Train DreamBooth"
+    CATEGORY = "training"
+    OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("STRING", "ckpt_name"))
+
+    model: DiffusionModel = Input(type="MODEL")
+    clip: TextEncoder = Input(type="CLIP")
+    vae: Vae = Input(type="VAE")
+    images: Tensor = Input(type="IMAGE")
+    captions: str = Input("", multiline=True, description="One caption per image (a line "
+                          "each), or one for all, with a rare word: 'a sks shape'")
+    learning_rate: float = Input(5e-6, min=1e-8, max=1e-2, step=1e-6,
+                                 description="AdamW learning rate (constant; the script's "
+                                 "5e-6)")
+    steps: int = Input(400, min=1, max=100_000, description="Optimiser steps")
+    batch_size: int = Input(1, min=1, max=64, description="Instance images per step")
+    seed: int = Input(0, min=0, max=2**63 - 1,
+                      description="Seeds order, noise, timesteps and the class images")
+    resolution: int = Input(512, min=8, max=2048, step=8,
+                            description="Training size: shorter side scaled to it, centre "
+                            "crop")
+    train_text_encoder: bool = Input(False, description="Fine-tune the text encoder too "
+                                     "(the script's --train_text_encoder)")
+    with_prior_preservation: bool = Input(False, description="Also train on class images "
+                                          "the base model draws, so the class keeps its "
+                                          "meaning")
+    class_prompt: str = Input("", description="The class without the rare word, e.g. "
+                              "'a shape' (prior preservation)")
+    num_class_images: int = Input(100, min=1, max=1000,
+                                  description="Class images to draw (prior preservation)")
+    prior_loss_weight: float = Input(1.0, min=0.0, max=100.0, step=0.1,
+                                     description="Weight of the class images' loss")
+    class_steps: int = Input(25, min=1, max=500, description="Sampling steps per class "
+                             "image")
+    class_cfg: float = Input(7.5, min=0.0, max=100.0, step=0.1,
+                             description="Guidance scale of the class images")
+    class_sampler: str = Input("euler", choices=tuple(SAMPLERS),
+                               description="Sampler of the class images")
+    gradient_checkpointing: bool = Input(False, description="Recompute activations in the "
+                                         "backward pass: less memory, slower")
+    save_name: str = Input("", description="Also write models/checkpoints/<name>"
+                           ".safetensors (empty: do not save)")
+    sample_every: int = Input(0, min=0, max=100_000, description="Draw a sample image "
+                              "every N steps (and after the last), shown on the node; 0: off")
+    sample_prompt: str = Input("", description="Prompt of the sample images (empty: the "
+                               "first caption)")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems: list[tuple[str | None, str]] = []
+        name = inputs.get("save_name")
+        if isinstance(name, str) and (problem := _name_problem(name.strip(), "checkpoints",
+                                                                 env)):
+            problems.append(("save_name", problem))
+        captions = inputs.get("captions")
+        if isinstance(captions, str) and not captions.strip():
+            problems.append(("captions", "write a caption with a rare word (one for all "
+                             "images, e.g. 'a sks shape') or link Load Image Batch's "
+                             "captions"))
+        prompt = inputs.get("class_prompt")
+        if inputs.get("with_prior_preservation") is True and isinstance(prompt, str) \
+                and not prompt.strip():
+            problems.append(("class_prompt", "prior preservation needs a class prompt: the "
+                             "captions' class without the rare word, e.g. 'a shape'"))
+        return problems
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str]:
+        from nodes.diffusion import train_common as tc
+        from nodes.diffusion import train_dreambooth as tdb
+        from nodes.diffusion.lora import patched
+        from nodes.diffusion.prior_preservation import PriorPreservation, class_images
+        from nodes.diffusion.train_textual_inversion import base_tokenizer
+
+        _check_images(self.images)
+        captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
+        name = self.save_name.strip()
+        if name and base_tokenizer(self.clip.tokenizer)[1]:
+            raise ValueError("this CLIP knows words added by textual inversion, which a "
+                             "checkpoint file cannot hold: train from Load Checkpoint's CLIP "
+                             "to save, or clear save_name")
+        settings = _settings(self)
+        tdb.check_trainable(self.model, self.vae)
+        tc.check_resolution(self.model.unet, self.vae, settings.resolution)
+        base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
+        prior = class_pixels = None
+        if self.with_prior_preservation:
+            prior = PriorPreservation(
+                class_prompt=self.class_prompt.strip(), num_class_images=self.num_class_images,
+                prior_loss_weight=self.prior_loss_weight, sampling_steps=self.class_steps,
+                cfg=self.class_cfg, sampler_name=self.class_sampler)
+            class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
+                                        settings.resolution, self.seed, base_hash)
+        checkpoint = _checkpoint(ctx, "dreambooth", self, captions, base_hash)
+        unet, encoder, losses = tdb.train_dreambooth(
+            ctx, self.model, self.clip, self.vae, self.images, captions, settings,
+            self.train_text_encoder, prior, class_pixels, checkpoint,
+            sample=_sample(ctx, self, captions))
+        model = replace(self.model, unet=unet, patches=())  # patches are merged in the copy
+        clip = self.clip if encoder is None else replace(self.clip, text_encoder=encoder,
+                                                         patches=())
+        if name:
+            info = {"base_model_hash": base_hash, "steps": settings.steps,
+                    "final_loss": losses[-1],
+                    "parameters": {k: getattr(self, k) for k in type(self).model_fields
+                                   if k not in {"model", "clip", "vae", "images",
+                                                "save_name"}} | {"images": len(captions)}}
+            # a frozen text encoder is saved as the graph uses it: its patches merged
+            with patched(clip.text_encoder, clip.patches):
+                tensors, metadata = tdb.checkpoint_file(
+                    unet, self.vae.vae, clip.text_encoder, self.model.scheduler_config,
+                    self.model.family, info)
+            tc.save_atomic(tensors, metadata, _target(ctx.env, "checkpoints", name))
+        return model, clip, f"{name}.safetensors" if name else ""
+
+
+NODE_CLASSES = (TrainDreamBooth,)
