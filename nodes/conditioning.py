@@ -64,6 +64,17 @@ def clip_layer_index(encoder: Any, stop_at_clip_layer: int) -> int:
 def _encode_windows(encoder: Any, windows: list[Window], layer: int = -1) -> torch.Tensor:
     """Hidden states ``[windows, 77, dim]`` of encoder layer ``layer`` (-1: the last)
     after the final layer norm, embedding vectors injected."""
+    return encode_windows(encoder, windows, layer)[0]
+
+
+def encode_windows(encoder: Any, windows: list[Window], layer: int = -1, *,
+                   final_layer_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hidden states [windows, 77, dim], pooled [windows, dim'])`` of layer ``layer``.
+
+    ``final_layer_norm`` False gives an earlier layer's raw output (SDXL's penultimate
+    layer). The pooled output is the projected one for encoders with a projection
+    (SDXL's OpenCLIP bigG), else CLIP's pooler output.
+    """
     import torch
 
     device = encoder.device
@@ -78,11 +89,13 @@ def _encode_windows(encoder: Any, windows: list[Window], layer: int = -1) -> tor
                              device=device).reshape(-1, 2)
     vectors = torch.stack([vec for _, _, vec in slots]) if slots else torch.empty(0)
     with injected_vectors(encoder, positions, vectors):
-        if layer == -1:
-            return encoder(ids, attention_mask=attention_mask)[0]
-        # diffusers' clip_skip: an earlier layer's output through the final layer norm.
-        out = encoder(ids, attention_mask=attention_mask, output_hidden_states=True)
-        return encoder.final_layer_norm(out.hidden_states[layer])
+        out = encoder(ids, attention_mask=attention_mask, output_hidden_states=layer != -1)
+    pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+    if layer == -1 and final_layer_norm:
+        return out.last_hidden_state, pooled
+    hidden = out.hidden_states[layer]
+    # diffusers' clip_skip: an earlier layer's output through the final layer norm.
+    return (encoder.final_layer_norm(hidden) if final_layer_norm else hidden), pooled
 
 
 def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None = None, *,
@@ -144,6 +157,11 @@ class CLIPTextEncode(Node):
         return [path_fingerprint(p) for p in paths if p is not None] or None
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        if self.clip.text_encoder_2 is not None:  # SDXL: both encoders, sizes from the latent
+            from nodes.diffusion.sdxl import sdxl_conditioning
+
+            return (sdxl_conditioning(self.clip, self.text,
+                                      embeddings_for=lambda dim: EmbeddingLibrary(ctx.env, dim)),)
         dim = int(self.clip.text_encoder.get_input_embeddings().weight.shape[1])
         embeds = encode_text(self.clip, self.text, EmbeddingLibrary(ctx.env, dim))
         return (Conditioning((CondEntry(embeds),)),)

@@ -56,7 +56,8 @@ def path_fingerprint(path: Path) -> list[Any]:
 
 
 class CheckpointLoaderSimple(Node):
-    """Load a Stable Diffusion checkpoint (diffusers folder or single .safetensors file)."""
+    """Load a Stable Diffusion checkpoint (diffusers folder or single .safetensors file):
+    SD 1.x, SD 2.x, SDXL base or SDXL refiner, told apart by the weights."""
 
     TYPE = "CheckpointLoaderSimple"
     DISPLAY_NAME = "Load Checkpoint"
@@ -86,7 +87,8 @@ class CheckpointLoaderSimple(Node):
         loaded = load_components(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)
         return (
             DiffusionModel(loaded.unet, dict(loaded.scheduler_config), loaded.family),
-            TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family),
+            TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
+                        text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
             Vae(loaded.vae),
         )
 

@@ -73,16 +73,21 @@ class UNetCall:
     mid_block_additional_residual: torch.Tensor | None = None
     down_intrablock_additional_residuals: list[torch.Tensor] | None = None
     cross_attention_kwargs: dict[str, Any] | None = None
+    #: SDXL's ``{"text_embeds": pooled, "time_ids": sizes}``, one row per batch row (the
+    #: sampler fills it from the conditioning; None for models without added conditioning)
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None
 
     def forward(self, unet: Any) -> torch.Tensor:
         """Run ``unet`` on this call; returns its prediction."""
+        extra = {} if self.added_cond_kwargs is None else {
+            "added_cond_kwargs": self.added_cond_kwargs}
         return unet(
             self.sample, self.timestep, encoder_hidden_states=self.encoder_hidden_states,
             cross_attention_kwargs=self.cross_attention_kwargs,
             down_block_additional_residuals=self.down_block_additional_residuals,
             mid_block_additional_residual=self.mid_block_additional_residual,
             down_intrablock_additional_residuals=self.down_intrablock_additional_residuals,
-            return_dict=False)[0]
+            return_dict=False, **extra)[0]
 
     def add_residuals(self, down: Sequence[torch.Tensor] | None,
                       mid: torch.Tensor | None) -> None:

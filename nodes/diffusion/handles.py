@@ -61,10 +61,15 @@ class TextEncoder:
     # applied, as diffusers' clip_skip) is the prompt embedding; -1 the last, -2 the one
     # before it ("clip skip 2" = diffusers' clip_skip=1).
     stop_at_clip_layer: int = -1
+    # SDXL's second encoder (OpenCLIP bigG, with projection: the pooled output) and its
+    # tokenizer; the SDXL refiner has only this one (``text_encoder`` is None).
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
 
     @property
     def device(self) -> torch.device:
-        return self.text_encoder.device
+        encoder = self.text_encoder if self.text_encoder is not None else self.text_encoder_2
+        return encoder.device
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,13 @@ class Vae:
 
 @dataclass(frozen=True)
 class CondEntry:
-    """One conditioning: prompt embeddings ``[1, tokens, dim]`` and options."""
+    """One conditioning: prompt embeddings ``[1, tokens, dim]`` and options.
+
+    Options use ComfyUI's keys where they exist: SDXL's ``pooled_output`` ``[1, dim]``
+    and size conditioning (``width``, ``height``, ``crop_w``, ``crop_h``,
+    ``target_width``, ``target_height``, the refiner's ``aesthetic_score``), which the
+    sampler turns into the UNet's ``added_cond_kwargs`` (:mod:`nodes.diffusion.sdxl`).
+    """
 
     embeds: Tensor
     options: dict[str, Any] = field(default_factory=dict)

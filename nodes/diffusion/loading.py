@@ -1,8 +1,9 @@
-"""Load SD 1.x / 2.x components from a diffusers folder or a single checkpoint file.
+"""Load SD 1.x / 2.x / SDXL components from a diffusers folder or a single checkpoint file.
 
 Everything is local: configs come from the model folder, from the single file's
-``steerflow.config`` metadata, or from the SD 1.5 / SD 2.1 configs shipped in
-``nodes/assets/configs``; nothing is ever fetched from the Hugging Face hub.
+``steerflow.config`` metadata, or from the SD 1.5 / SD 2.1 / SDXL base / SDXL refiner
+configs shipped in ``nodes/assets/configs``; nothing is ever fetched from the Hugging
+Face hub. SDXL specifics live in :mod:`nodes.diffusion.sdxl_loading`.
 Pickle-based files (``.ckpt`` and friends) are refused unless the caller opts in,
 and even then are read with ``torch.load(weights_only=True)``.
 """
@@ -34,7 +35,8 @@ from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX, re
 from nodes.diffusion.tokenizer import load_clip_tokenizer
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
-FAMILY_CONFIG_DIRS = {"sd1": CONFIGS_DIR / "sd15", "sd2": CONFIGS_DIR / "sd21"}
+FAMILY_CONFIG_DIRS = {"sd1": CONFIGS_DIR / "sd15", "sd2": CONFIGS_DIR / "sd21",
+                      "sdxl": CONFIGS_DIR / "sdxl", "sdxl_refiner": CONFIGS_DIR / "sdxl_refiner"}
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".bin", ".pth"})
 SAFE_SUFFIXES = frozenset({".safetensors"})
 
@@ -60,11 +62,14 @@ class LoadedCheckpoint:
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel | None  # None: the SDXL refiner (bigG only)
+    tokenizer: CLIPTokenizer | None
     scheduler_config: dict[str, Any]
-    family: str  # "sd1" or "sd2"
+    family: str  # "sd1", "sd2", "sdxl" or "sdxl_refiner"
     path: Path | None = None
+    # SDXL's OpenCLIP bigG (CLIPTextModelWithProjection) and its tokenizer
+    text_encoder_2: Any = None
+    tokenizer_2: CLIPTokenizer | None = None
 
 
 def load_components(
@@ -84,7 +89,9 @@ def load_components(
         state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
         state_dict = _cast_tensors(state_dict, device=device, dtype=dtype)
         loaded = load_original_state_dict(state_dict, metadata, path=path)
-    for model in (loaded.unet, loaded.vae, loaded.text_encoder):
+    for model in (loaded.unet, loaded.vae, loaded.text_encoder, loaded.text_encoder_2):
+        if model is None:
+            continue
         model.to(device)
         # Only cast when needed: diffusers warns on every .to(dtype=...).
         if any(p.dtype != dtype for p in model.parameters()):
@@ -167,7 +174,9 @@ def detect_family(shapes: Mapping[str, Sequence[int]]) -> str:
     SD 2.x on OpenCLIP ViT-H (1024-wide, ``cond_stage_model.model``).
     """
     if any(k.startswith(_SDXL_PREFIX) for k in shapes):
-        raise ValueError("SDXL checkpoints are not supported (only SD 1.x and SD 2.x)")
+        from nodes.diffusion.sdxl_loading import detect_sdxl_family
+
+        return detect_sdxl_family(shapes)
     if not any(k.startswith(UNET_PREFIX) for k in shapes):
         raise ValueError(f"not a Stable Diffusion checkpoint: no {UNET_PREFIX}* weights")
     context = {
@@ -188,19 +197,24 @@ def detect_family(shapes: Mapping[str, Sequence[int]]) -> str:
 
 
 def family_configs(family: str) -> dict[str, Any]:
-    """The shipped diffusers configs for ``family`` ("sd1" or "sd2")."""
+    """The shipped diffusers configs for ``family`` ("sd1", "sd2", "sdxl", "sdxl_refiner");
+    SDXL's have ``text_encoder_2``, and the refiner's ``text_encoder`` is None."""
     root = FAMILY_CONFIG_DIRS[family]
 
-    def read(*parts: str) -> dict[str, Any]:
-        return json.loads(root.joinpath(*parts).read_text(encoding="utf-8"))
+    def read(*parts: str) -> dict[str, Any] | None:
+        file = root.joinpath(*parts)
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
-    return {
+    configs = {
         "family": family,
         "unet": read("unet", "config.json"),
         "vae": read("vae", "config.json"),
         "text_encoder": read("text_encoder", "config.json"),
         "scheduler": read("scheduler", "scheduler_config.json"),
     }
+    if family.startswith("sdxl"):
+        configs["text_encoder_2"] = read("text_encoder_2", "config.json")
+    return configs
 
 
 def _family_from_configs(unet_config: Mapping[str, Any], text_config: Mapping[str, Any]) -> str:
@@ -235,6 +249,10 @@ def load_original_state_dict(
                 # not of the 768-px v-prediction 2.1 the shipped configs describe.
                 configs["scheduler"]["prediction_type"] = "epsilon"
                 configs["unet"]["sample_size"] = 64
+    if str(configs.get("family", "")).startswith("sdxl"):
+        from nodes.diffusion.sdxl_loading import load_original_sdxl
+
+        return load_original_sdxl(state_dict, configs, path=path)
     unet_config, vae_config, text_config = configs["unet"], configs["vae"], configs["text_encoder"]
     family = configs.get("family") or _family_from_configs(unet_config, text_config)
 
@@ -307,9 +325,13 @@ def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> Loade
     if not index_file.is_file():
         raise ValueError(f"{path} is a folder but not a diffusers model (no model_index.json)")
     index = json.loads(index_file.read_text(encoding="utf-8"))
-    if "text_encoder_2" in index or "unet" not in index:
+    if "text_encoder_2" in index and "unet" in index:
+        from nodes.diffusion.sdxl_loading import load_sdxl_folder
+
+        return load_sdxl_folder(path, index, allow_pickle=allow_pickle, dtype=dtype)
+    if "unet" not in index:
         raise ValueError(
-            f"{path.name}: only SD 1.x / 2.x pipelines are supported "
+            f"{path.name}: only Stable Diffusion 1.x / 2.x / SDXL pipelines are supported "
             f"(found {index.get('_class_name', 'unknown')})"
         )
     for sub in ("unet", "vae", "text_encoder"):

@@ -105,6 +105,9 @@ def unet_key_map(config: Mapping[str, Any], keys: set[str]) -> KeyMap:
         "mid_block.resnets.0.": ("middle_block.0.", _UNET_RESNET),
         "mid_block.attentions.0.": ("middle_block.1.", plain),
         "mid_block.resnets.1.": ("middle_block.2.", _UNET_RESNET),
+        # SDXL's pooled-text and size embedding
+        "add_embedding.linear_1.": ("label_emb.0.0.", plain),
+        "add_embedding.linear_2.": ("label_emb.0.2.", plain),
     }
     idx = 1
     for b in range(levels):

@@ -33,6 +33,7 @@ from nodes.diffusion.lora import lora_patched
 from nodes.diffusion.masking import latent_extensions
 from nodes.diffusion.module_patches import run_scoped
 from nodes.diffusion.prompt_weighting import match_token_lengths
+from nodes.diffusion.sdxl import AddedConditioning, added_conditioning
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -165,6 +166,14 @@ class SamplingRun:
     roles: tuple[str, ...] = ("cond",)
     #: chunk index range ``[first, end)`` of each extension's extra entries, by ``id``
     extra_chunks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: SDXL's pooled embeddings and size conditioning per entry (None for SD 1.x/2.x)
+    added: AddedConditioning | None = None
+
+    def added_cond_kwargs(self, embeds: torch.Tensor, roles: tuple[str, ...] | list[str]
+                          ) -> dict[str, torch.Tensor] | None:
+        """The UNet's ``added_cond_kwargs`` for a pass over ``roles`` (equal chunks of
+        ``embeds``), or None for models that take none."""
+        return None if self.added is None else self.added.kwargs(embeds, roles)
 
     def roles_of(self, extension: SamplerExtension) -> tuple[str, ...]:
         """The batch roles (``extra:<n>``) of the entries ``extension`` added."""
@@ -177,7 +186,8 @@ class SamplingRun:
         the other extensions fill its inputs as for the main pass (a ControlNet's
         residuals, an inpainting UNet's channels), and its batch is declared to the
         attention store as ``roles``."""
-        call = UNetCall(sample, sample, step.timestep, embeds)
+        call = UNetCall(sample, sample, step.timestep, embeds,
+                        added_cond_kwargs=self.added_cond_kwargs(embeds, roles))
         with self.attention.roles_for(roles):
             for ext in self.extensions:
                 if ext is not owner:
@@ -252,6 +262,8 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     run = SamplingRun(model, scheduler, params, generator, timesteps, init_latents, noise,
                       positive, negative, latent, do_cfg,
                       collect_extensions(model, positive, negative, latent))
+    run.added = added_conditioning(model, positive, negative, tuple(init_latents.shape[-2:]),
+                                   device, dtype)
     exts = run.extensions
     batch = latents.shape[0]
     embeds = guidance_embeds(positive, negative, batch, do_cfg, device, dtype)
@@ -263,8 +275,12 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     for ext in exts:
         ext.setup(run)
         if any(ext is g for g in guided):
-            conds = [c.to(device=device, dtype=dtype) for c in ext.extra_conditions(run)]
+            raw = list(ext.extra_conditions(run))
+            conds = [c.to(device=device, dtype=dtype) for c in raw]
             start = base + len(extra)
+            if run.added is not None:
+                for k, c in enumerate(raw):
+                    run.added.bind(f"extra:{start - base + k}", c)
             extra_slices[id(ext)] = (start, start + len(conds))
             extra.extend(c.repeat(batch // c.shape[0], 1, 1) for c in conds)
     if extra:
@@ -284,8 +300,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
         t = step.timestep
         model_input = torch.cat([latents] * n_chunks) if n_chunks > 1 else latents
         model_input = run.scheduler.scale_model_input(model_input, t)
-        call = UNetCall(model_input, model_input, t,
-                        _tile_rows(embeds, n_chunks, latents.shape[0] // batch))
+        rows = _tile_rows(embeds, n_chunks, latents.shape[0] // batch)
+        call = UNetCall(model_input, model_input, t, rows,
+                        added_cond_kwargs=run.added_cond_kwargs(rows, run.roles))
         for ext in exts:
             ext.unet_inputs(run, step, call)
         noise_pred = call.forward(unet)
