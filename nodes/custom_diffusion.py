@@ -12,10 +12,16 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from engine import Environment, ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
-from nodes.diffusion.schedulers import SAMPLERS
-from nodes.training import _check_images, _name_problem, _sample, _target
+from engine import Environment, ExecutionContext, Input, Output
+from nodes.diffusion.handles import DiffusionModel, TextEncoder
+from nodes.training import (
+    PriorPreservationInputs,
+    TrainingNode,
+    _check_images,
+    _name_problem,
+    _sample,
+    _target,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,7 +29,7 @@ if TYPE_CHECKING:
 FREEZE_MODELS = ("crossattn_kv", "crossattn")  # the script's --freeze_model choices
 
 
-class TrainCustomDiffusion(Node):
+class TrainCustomDiffusion(PriorPreservationInputs, TrainingNode):
     """Custom Diffusion (Kumari et al. 2023): fine-tune only the UNet's cross-attention key
     and value projections, plus a new modifier token, on a few images of a concept
     (diffusers' train_custom_diffusion.py: AdamW, gradient norm clipped to 1, the first
@@ -66,10 +72,6 @@ class TrainCustomDiffusion(Node):
     OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("STRING", "lora_name"),
                Output("STRING", "embedding"))
 
-    model: DiffusionModel = Input(type="MODEL")
-    clip: TextEncoder = Input(type="CLIP")
-    vae: Vae = Input(type="VAE")
-    images: Tensor = Input(type="IMAGE")
     captions: str = Input("photo of a <new1> shape", multiline=True,
                           description="One caption per image, or one for all; each "
                           "contains the modifier token")
@@ -86,33 +88,10 @@ class TrainCustomDiffusion(Node):
                            "(and 2 with prior preservation), as the script's --scale_lr")
     steps: int = Input(250, min=1, max=100_000, description="Optimiser steps")
     batch_size: int = Input(2, min=1, max=64, description="Images per step")
-    seed: int = Input(0, min=0, max=2**63 - 1, description="Seeds order, noise, timesteps")
-    resolution: int = Input(512, min=8, max=2048, step=8,
-                            description="Training size: shorter side scaled to it, centre "
-                            "crop")
-    with_prior_preservation: bool = Input(False, description="Also train on class images "
-                                          "the base model draws, so the class keeps its "
-                                          "meaning")
-    class_prompt: str = Input("", description="The class without the modifier, e.g. "
-                              "'a shape' (prior preservation)")
-    num_class_images: int = Input(100, min=1, max=1000,
-                                  description="Class images to draw (the script: 200)")
-    prior_loss_weight: float = Input(1.0, min=0.0, max=100.0, step=0.1,
-                                     description="Weight of the class images' loss")
-    class_steps: int = Input(25, min=1, max=500, description="Sampling steps per class "
-                             "image")
-    class_cfg: float = Input(7.5, min=0.0, max=100.0, step=0.1,
-                             description="Guidance scale of the class images")
-    class_sampler: str = Input("euler", choices=tuple(SAMPLERS),
-                               description="Sampler of the class images")
     gradient_checkpointing: bool = Input(False, description="Recompute UNet activations in "
                                          "the backward pass: less memory, slower")
     save_name: str = Input("", description="Also write models/loras/<name>.safetensors and "
                            "models/embeddings/<name>.safetensors (empty: do not save)")
-    sample_every: int = Input(0, min=0, max=100_000, description="Draw a sample image "
-                              "every N steps (and after the last), shown on the node; 0: off")
-    sample_prompt: str = Input("", description="Prompt of the sample images (empty: the "
-                               "first caption)")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -140,11 +119,7 @@ class TrainCustomDiffusion(Node):
               and token not in captions):
             problems.append(("captions", f"the captions must contain the modifier token "
                              f"{token!r}, e.g. 'photo of a {token} dog'"))
-        prompt = inputs.get("class_prompt")
-        if inputs.get("with_prior_preservation") is True and isinstance(prompt, str) \
-                and not prompt.strip():
-            problems.append(("class_prompt", "prior preservation needs a class prompt: the "
-                             "captions' class without the modifier, e.g. 'a shape'"))
+        problems += cls.prior_problems(inputs, "modifier")
         return problems
 
     def _checkpoint(self, ctx: ExecutionContext, captions: list[str], base_hash: str
@@ -162,7 +137,7 @@ class TrainCustomDiffusion(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str, str]:
         from nodes.diffusion import train_common as tc
         from nodes.diffusion import train_custom_diffusion as tcd
-        from nodes.diffusion.prior_preservation import PriorPreservation, class_images
+        from nodes.diffusion.prior_preservation import class_images
 
         _check_images(self.images)
         captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
@@ -178,12 +153,8 @@ class TrainCustomDiffusion(Node):
                                        initializer_token=self.initializer_token.strip())
         tc.check_resolution(self.model.unet, self.vae, settings.resolution)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
-        prior = class_pixels = None
-        if with_prior:
-            prior = PriorPreservation(
-                class_prompt=self.class_prompt.strip(), num_class_images=self.num_class_images,
-                prior_loss_weight=self.prior_loss_weight, sampling_steps=self.class_steps,
-                cfg=self.class_cfg, sampler_name=self.class_sampler)
+        prior, class_pixels = self.prior(), None
+        if prior is not None:
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
         checkpoint = self._checkpoint(ctx, captions, base_hash)

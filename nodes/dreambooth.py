@@ -11,13 +11,21 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from engine import Environment, ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
-from nodes.diffusion.schedulers import SAMPLERS
-from nodes.training import _check_images, _checkpoint, _name_problem, _sample, _settings, _target
+from engine import Environment, ExecutionContext, Input, Output
+from nodes.diffusion.handles import DiffusionModel, TextEncoder
+from nodes.training import (
+    PriorPreservationInputs,
+    TrainingNode,
+    _check_images,
+    _checkpoint,
+    _name_problem,
+    _sample,
+    _settings,
+    _target,
+)
 
 
-class TrainDreamBooth(Node):
+class TrainDreamBooth(PriorPreservationInputs, TrainingNode):
     """Fine-tune the whole UNet (and optionally the text encoder) on a few captioned images
     of a subject (diffusers' train_dreambooth.py: MSE on the noise, or on v, uniform
     timesteps, AdamW, gradient norm clipped to 1), with optional prior preservation.
@@ -60,10 +68,6 @@ class TrainDreamBooth(Node):
     CATEGORY = "training"
     OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("STRING", "ckpt_name"))
 
-    model: DiffusionModel = Input(type="MODEL")
-    clip: TextEncoder = Input(type="CLIP")
-    vae: Vae = Input(type="VAE")
-    images: Tensor = Input(type="IMAGE")
     captions: str = Input("", multiline=True, description="One caption per image (a line "
                           "each), or one for all, with a rare word: 'a sks shape'")
     learning_rate: float = Input(5e-6, min=1e-8, max=1e-2, step=1e-6,
@@ -73,34 +77,10 @@ class TrainDreamBooth(Node):
     batch_size: int = Input(1, min=1, max=64, description="Instance images per step")
     seed: int = Input(0, min=0, max=2**63 - 1,
                       description="Seeds order, noise, timesteps and the class images")
-    resolution: int = Input(512, min=8, max=2048, step=8,
-                            description="Training size: shorter side scaled to it, centre "
-                            "crop")
     train_text_encoder: bool = Input(False, description="Fine-tune the text encoder too "
                                      "(the script's --train_text_encoder)")
-    with_prior_preservation: bool = Input(False, description="Also train on class images "
-                                          "the base model draws, so the class keeps its "
-                                          "meaning")
-    class_prompt: str = Input("", description="The class without the rare word, e.g. "
-                              "'a shape' (prior preservation)")
-    num_class_images: int = Input(100, min=1, max=1000,
-                                  description="Class images to draw (prior preservation)")
-    prior_loss_weight: float = Input(1.0, min=0.0, max=100.0, step=0.1,
-                                     description="Weight of the class images' loss")
-    class_steps: int = Input(25, min=1, max=500, description="Sampling steps per class "
-                             "image")
-    class_cfg: float = Input(7.5, min=0.0, max=100.0, step=0.1,
-                             description="Guidance scale of the class images")
-    class_sampler: str = Input("euler", choices=tuple(SAMPLERS),
-                               description="Sampler of the class images")
-    gradient_checkpointing: bool = Input(False, description="Recompute activations in the "
-                                         "backward pass: less memory, slower")
     save_name: str = Input("", description="Also write models/checkpoints/<name>"
                            ".safetensors (empty: do not save)")
-    sample_every: int = Input(0, min=0, max=100_000, description="Draw a sample image "
-                              "every N steps (and after the last), shown on the node; 0: off")
-    sample_prompt: str = Input("", description="Prompt of the sample images (empty: the "
-                               "first caption)")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -115,18 +95,14 @@ class TrainDreamBooth(Node):
             problems.append(("captions", "write a caption with a rare word (one for all "
                              "images, e.g. 'a sks shape') or link Load Image Batch's "
                              "captions"))
-        prompt = inputs.get("class_prompt")
-        if inputs.get("with_prior_preservation") is True and isinstance(prompt, str) \
-                and not prompt.strip():
-            problems.append(("class_prompt", "prior preservation needs a class prompt: the "
-                             "captions' class without the rare word, e.g. 'a shape'"))
+        problems += cls.prior_problems(inputs, "rare word")
         return problems
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str]:
         from nodes.diffusion import train_common as tc
         from nodes.diffusion import train_dreambooth as tdb
         from nodes.diffusion.lora import patched
-        from nodes.diffusion.prior_preservation import PriorPreservation, class_images
+        from nodes.diffusion.prior_preservation import class_images
         from nodes.diffusion.train_textual_inversion import base_tokenizer
 
         _check_images(self.images)
@@ -140,12 +116,8 @@ class TrainDreamBooth(Node):
         tdb.check_trainable(self.model, self.vae)
         tc.check_resolution(self.model.unet, self.vae, settings.resolution)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
-        prior = class_pixels = None
-        if self.with_prior_preservation:
-            prior = PriorPreservation(
-                class_prompt=self.class_prompt.strip(), num_class_images=self.num_class_images,
-                prior_loss_weight=self.prior_loss_weight, sampling_steps=self.class_steps,
-                cfg=self.class_cfg, sampler_name=self.class_sampler)
+        prior, class_pixels = self.prior(), None
+        if prior is not None:
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
         checkpoint = _checkpoint(ctx, "dreambooth", self, captions, base_hash)

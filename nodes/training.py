@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
+from nodes.diffusion.schedulers import SAMPLERS
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -75,7 +76,77 @@ def _check_images(images: Any) -> None:
                          "Batch)")
 
 
-class TrainLoRA(Node):
+class TrainingNode(Node):
+    """The inputs every training node takes (a base class, not a node): the model to train
+    from, the captioned images, the optimisation, the file to save and the samples."""
+
+    model: DiffusionModel = Input(type="MODEL")
+    clip: TextEncoder = Input(type="CLIP")
+    vae: Vae = Input(type="VAE")
+    images: Tensor = Input(type="IMAGE")
+    captions: str = Input("", multiline=True, description="One caption per image (a line "
+                          "each), or one for all")
+    learning_rate: float = Input(1e-4, min=1e-8, max=1.0, step=1e-6,
+                                 description="AdamW learning rate (constant)")
+    steps: int = Input(200, min=1, max=100_000, description="Optimiser steps")
+    batch_size: int = Input(1, min=1, max=64, description="Images per step")
+    seed: int = Input(0, min=0, max=2**63 - 1, description="Seeds the run: initial weights, "
+                      "order, noise, timesteps (and class images)")
+    resolution: int = Input(512, min=8, max=2048, step=8,
+                            description="Training size: shorter side scaled to it, centre "
+                            "crop")
+    gradient_checkpointing: bool = Input(False, description="Recompute activations in the "
+                                         "backward pass: less memory, slower")
+    save_name: str = Input("", description="Also save the result under this name (empty: "
+                           "do not save)")
+    sample_every: int = Input(0, min=0, max=100_000, description="Draw a sample image "
+                              "every N steps (and after the last), shown on the node; 0: off")
+    sample_prompt: str = Input("", description="Prompt of the sample images (empty: the "
+                               "first caption)")
+
+
+class PriorPreservationInputs(Node):
+    """Prior preservation's inputs (DreamBooth, Custom Diffusion): class images the base
+    model draws, trained on beside the instances so the class keeps its meaning."""
+
+    with_prior_preservation: bool = Input(False, description="Also train on class images "
+                                          "the base model draws, so the class keeps its "
+                                          "meaning")
+    class_prompt: str = Input("", description="The class without the new word, e.g. "
+                              "'a shape' (prior preservation)")
+    num_class_images: int = Input(100, min=1, max=1000,
+                                  description="Class images to draw (prior preservation)")
+    prior_loss_weight: float = Input(1.0, min=0.0, max=100.0, step=0.1,
+                                     description="Weight of the class images' loss")
+    class_steps: int = Input(25, min=1, max=500, description="Sampling steps per class "
+                             "image")
+    class_cfg: float = Input(7.5, min=0.0, max=100.0, step=0.1,
+                             description="Guidance scale of the class images")
+    class_sampler: str = Input("euler", choices=tuple(SAMPLERS),
+                               description="Sampler of the class images")
+
+    @staticmethod
+    def prior_problems(inputs: dict[str, Any], word: str) -> list[tuple[str | None, str]]:
+        prompt = inputs.get("class_prompt")
+        if inputs.get("with_prior_preservation") is True and isinstance(prompt, str) \
+                and not prompt.strip():
+            return [("class_prompt", "prior preservation needs a class prompt: the "
+                     f"captions' class without the {word}, e.g. 'a shape'")]
+        return []
+
+    def prior(self) -> Any:
+        """The prior-preservation settings, or None when it is off."""
+        if not self.with_prior_preservation:
+            return None
+        from nodes.diffusion.prior_preservation import PriorPreservation
+
+        return PriorPreservation(
+            class_prompt=self.class_prompt.strip(), num_class_images=self.num_class_images,
+            prior_loss_weight=self.prior_loss_weight, sampling_steps=self.class_steps,
+            cfg=self.class_cfg, sampler_name=self.class_sampler)
+
+
+class TrainLoRA(TrainingNode):
     """Train a LoRA on a few captioned images and use it at once (diffusers'
     train_text_to_image_lora.py: MSE on the noise, or on v for v-prediction models,
     uniform timesteps, AdamW, gradient norm clipped to 1, PEFT's LoRA layers).
@@ -112,36 +183,20 @@ class TrainLoRA(Node):
     CATEGORY = "training"
     OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("STRING", "lora_name"))
 
-    model: DiffusionModel = Input(type="MODEL")
-    clip: TextEncoder = Input(type="CLIP")
-    vae: Vae = Input(type="VAE")
-    images: Tensor = Input(type="IMAGE")
-    captions: str = Input("", multiline=True, description="One caption per image (a line "
-                          "each), or one for all")
     rank: int = Input(4, min=1, max=128, description="LoRA rank r")
     alpha: float = Input(4.0, min=0.01, max=1024.0, step=0.01,
                          description="LoRA alpha (scale alpha / rank); the script uses rank")
     learning_rate: float = Input(1e-4, min=1e-7, max=1e-1, step=1e-5,
                                  description="AdamW learning rate (constant)")
     steps: int = Input(200, min=1, max=100_000, description="Optimiser steps")
-    batch_size: int = Input(1, min=1, max=64, description="Images per step")
     seed: int = Input(0, min=0, max=2**63 - 1,
                       description="Seeds LoRA init, order, noise, timesteps")
-    resolution: int = Input(512, min=8, max=2048, step=8,
-                            description="Training size: shorter side scaled to it, centre "
-                            "crop")
     target: str = Input("unet", choices=("unet", "unet+text_encoder"),
                         description="What the LoRA adapts")
     target_modules: str = Input(UNET_TARGETS, description="UNet linear layers to adapt "
                                 "(comma-separated; the text encoder's are q/k/v/out_proj)")
-    gradient_checkpointing: bool = Input(False, description="Recompute activations in the "
-                                         "backward pass: less memory, slower")
     save_name: str = Input("", description="Also write models/loras/<name>.safetensors "
                            "(empty: do not save)")
-    sample_every: int = Input(0, min=0, max=100_000, description="Draw a sample image "
-                              "every N steps (and after the last), shown on the node; 0: off")
-    sample_prompt: str = Input("", description="Prompt of the sample images (empty: the "
-                               "first caption)")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -197,7 +252,7 @@ class TrainLoRA(Node):
         return model, clip, label if name else ""
 
 
-class TrainTextualInversion(Node):
+class TrainTextualInversion(TrainingNode):
     """Learn new token embeddings for a concept from a few images (diffusers'
     textual_inversion.py: only the new rows of the token-embedding table train; the
     rest of the model is frozen).
@@ -225,10 +280,6 @@ class TrainTextualInversion(Node):
     CATEGORY = "training"
     OUTPUTS = (Output("CLIP"), Output("STRING", "embedding"))
 
-    model: DiffusionModel = Input(type="MODEL")
-    clip: TextEncoder = Input(type="CLIP")
-    vae: Vae = Input(type="VAE")
-    images: Tensor = Input(type="IMAGE")
     captions: str = Input("a photo of <sks>", multiline=True, description="One caption per "
                           "image, or one for all; each contains the placeholder")
     placeholder_token: str = Input("<sks>", description="The new word (not yet in the "
@@ -239,19 +290,10 @@ class TrainTextualInversion(Node):
     learning_rate: float = Input(5e-4, min=1e-7, max=1.0, step=1e-5,
                                  description="AdamW learning rate (constant, not scaled)")
     steps: int = Input(500, min=1, max=100_000, description="Optimiser steps")
-    batch_size: int = Input(1, min=1, max=64, description="Images per step")
-    seed: int = Input(0, min=0, max=2**63 - 1, description="Seeds order, noise, timesteps")
-    resolution: int = Input(512, min=8, max=2048, step=8,
-                            description="Training size: shorter side scaled to it, centre "
-                            "crop")
     gradient_checkpointing: bool = Input(False, description="Recompute UNet activations in "
                                          "the backward pass: less memory, slower")
     save_name: str = Input("", description="Also write models/embeddings/<name>.safetensors "
                            "(use as embedding:<name>; empty: do not save)")
-    sample_every: int = Input(0, min=0, max=100_000, description="Draw a sample image "
-                              "every N steps (and after the last), shown on the node; 0: off")
-    sample_prompt: str = Input("", description="Prompt of the sample images (empty: the "
-                               "first caption)")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
