@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from engine import Environment, ExecutionContext, Input, Node, Output
+from engine import Environment, ExecutionContext, Input, Output
 from nodes.diffusion.handles import DiffusionModel
-from nodes.models import path_fingerprint, pickle_problem
+from nodes.models import ModelFileNode
 
 HYPERNETWORK_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -15,7 +13,7 @@ def list_hypernetworks(env: Environment) -> list[str]:
     return env.list_files("models", "hypernetworks", suffixes=HYPERNETWORK_SUFFIXES)
 
 
-class HypernetworkLoader(Node):
+class HypernetworkLoader(ModelFileNode):
     """Apply a hypernetwork (NovelAI / AUTOMATIC1111 style, SD 1.x era) to the model: small
     MLPs that reshape what every attention layer of a matching width reads as keys and
     values (the text context in cross-attention, the image features in self-attention):
@@ -33,28 +31,14 @@ class HypernetworkLoader(Node):
     DISPLAY_NAME = "Load Hypernetwork"
     CATEGORY = "loaders"
     OUTPUTS = (Output("MODEL"),)
+    MODEL_FOLDER = "hypernetworks"
+    FILE_INPUT = "hypernetwork_name"
 
     model: DiffusionModel = Input(type="MODEL")
     hypernetwork_name: str = Input(..., choices=list_hypernetworks,
                                    description="A file in models/hypernetworks")
     strength: float = Input(1.0, min=-10.0, max=10.0, step=0.01,
                             description="Scale of the MLPs' change (0: off)")
-
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        name = inputs.get("hypernetwork_name")
-        if not isinstance(name, str):
-            return None
-        try:
-            path = env.resolve("models", "hypernetworks", name)
-        except ValueError:
-            return None
-        return path_fingerprint(path) if path.is_file() else None
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return pickle_problem(inputs, env, "hypernetwork_name", "models", "hypernetworks")
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         from nodes.diffusion.hypernetwork import (
@@ -63,10 +47,7 @@ class HypernetworkLoader(Node):
             load_hypernetwork,
         )
 
-        path = ctx.env.resolve("models", "hypernetworks", self.hypernetwork_name)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"hypernetwork {self.hypernetwork_name!r} not found in models/hypernetworks")
+        path = self.model_file(ctx, "hypernetwork")
         hypernetwork = load_hypernetwork(path, allow_pickle=ctx.env.allow_pickle)
         check_fits(hypernetwork, self.model.unet)
         if self.strength == 0:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
 
-from engine import Environment, ExecutionContext, Input, Node, Output
+from engine import Environment, ExecutionContext, Input, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
 from nodes.diffusion.lora import LORA_SUFFIXES, LoraFile, load_lora
-from nodes.models import path_fingerprint, pickle_problem
+from nodes.models import ModelFileNode, model_file
 
 log = logging.getLogger(__name__)
 
@@ -18,21 +17,8 @@ def list_loras(env: Environment) -> list[str]:
     return env.list_files("models", "loras", suffixes=LORA_SUFFIXES)
 
 
-def _lora_fingerprint(inputs: dict[str, Any], env: Environment) -> Any:
-    name = inputs.get("lora_name")
-    if not isinstance(name, str):
-        return None
-    try:
-        path = env.resolve("models", "loras", name)
-    except ValueError:
-        return None
-    return path_fingerprint(path) if path.is_file() else None
-
-
 def _read(ctx: ExecutionContext, name: str) -> LoraFile:
-    path = ctx.env.resolve("models", "loras", name)
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA {name!r} not found in models/loras")
+    path = model_file(ctx, "loras", name, "LoRA")
     return load_lora(path, allow_pickle=ctx.env.allow_pickle)
 
 
@@ -41,18 +27,11 @@ def _patch_model(model: DiffusionModel, lora: LoraFile, strength: float) -> Diff
     return replace(model, patches=(*model.patches, patch)) if patch is not None else model
 
 
-class _LoraFileNode(Node):
-    """Shared by the LoRA loaders: the file's identity is part of the cache signature,
-    and a pickle file is refused before running unless the user opted in."""
+class _LoraFileNode(ModelFileNode):
+    """Shared by the LoRA loaders: the LoRA file named by ``lora_name``."""
 
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return _lora_fingerprint(inputs, env)
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return pickle_problem(inputs, env, "lora_name", "models", "loras")
+    MODEL_FOLDER = "loras"
+    FILE_INPUT = "lora_name"
 
 
 class LoraLoader(_LoraFileNode):
@@ -81,14 +60,33 @@ class LoraLoader(_LoraFileNode):
             return self.model, self.clip
         lora = _read(ctx, self.lora_name)
         model = _patch_model(self.model, lora, self.strength_model)
-        clip = self.clip
-        te_patch = (lora.patch(clip.text_encoder, "text_encoder", self.strength_clip)
-                    if self.strength_clip != 0 else None)
-        if te_patch is not None:
-            clip = replace(clip, patches=(*clip.patches, te_patch))
-        log.info("LoRA %s: %d UNet and %d text-encoder layers", self.lora_name,
-                 len(lora.layers.get("unet", {})), len(lora.layers.get("text_encoder", {})))
+        clip = self.clip if self.strength_clip == 0 else _patch_clip(self.clip, lora,
+                                                                     self.strength_clip)
+        log.info("LoRA %s: %d UNet and %d + %d text-encoder layers", self.lora_name,
+                 len(lora.layers.get("unet", {})), len(lora.layers.get("text_encoder", {})),
+                 len(lora.layers.get("text_encoder_2", {})))
         return model, clip
+
+
+def _patch_clip(clip: TextEncoder, lora: LoraFile, strength: float) -> TextEncoder:
+    """Patch CLIP-L (``patches``) and SDXL's bigG (``patches_2``) with their layers."""
+    from nodes.diffusion.lora import LoraMismatchError
+
+    out = clip
+    for component, field in (("text_encoder", "patches"), ("text_encoder_2", "patches_2")):
+        encoder = getattr(clip, component)
+        if not lora.layers.get(component):
+            continue
+        if encoder is None:
+            which = "CLIP-L" if component == "text_encoder" else "OpenCLIP bigG (SDXL)"
+            raise LoraMismatchError(
+                f"LoRA {lora.name!r} has {which} text-encoder layers but this {clip.family!r} "
+                "CLIP has no such encoder: use a LoRA made for this model, or "
+                "LoraLoaderModelOnly")
+        patch = lora.patch(encoder, component, strength)
+        if patch is not None:
+            out = replace(out, **{field: (*getattr(out, field), patch)})
+    return out
 
 
 class LoraLoaderModelOnly(_LoraFileNode):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
@@ -53,6 +53,43 @@ def path_fingerprint(path: Path) -> list[Any]:
             st = (Path(dirpath) / name).stat()
             out.append([os.path.relpath(Path(dirpath) / name, path), st.st_size, st.st_mtime_ns])
     return out
+
+
+class ModelFileNode(Node):
+    """Base of the loaders that read one file of ``models/<MODEL_FOLDER>`` named by the
+    input ``FILE_INPUT``: the file's identity joins the cache signature, and a pickle is
+    refused before running unless the user opted in (--allow-pickle)."""
+
+    MODEL_FOLDER: ClassVar[str] = ""
+    FILE_INPUT: ClassVar[str] = ""
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        name = inputs.get(cls.FILE_INPUT)
+        if not isinstance(name, str):
+            return None
+        try:
+            path = env.resolve("models", cls.MODEL_FOLDER, name)
+        except ValueError:
+            return None
+        return path_fingerprint(path) if path.is_file() else None
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return pickle_problem(inputs, env, cls.FILE_INPUT, "models", cls.MODEL_FOLDER)
+
+    def model_file(self, ctx: ExecutionContext, what: str) -> Path:
+        """The named file, or FileNotFoundError naming ``what`` and the folder."""
+        return model_file(ctx, self.MODEL_FOLDER, getattr(self, self.FILE_INPUT), what)
+
+
+def model_file(ctx: ExecutionContext, folder: str, name: str, what: str) -> Path:
+    """``models/<folder>/<name>`` (confined), or FileNotFoundError naming ``what``."""
+    path = ctx.env.resolve("models", folder, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {name!r} not found in models/{folder}")
+    return path
 
 
 class CheckpointLoaderSimple(Node):

@@ -9,7 +9,7 @@ from typing import Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
 from nodes.diffusion.handles import Tensor
-from nodes.models import path_fingerprint, pickle_problem
+from nodes.models import ModelFileNode
 
 #: what spandrel reads (``.ckpt``/``.bin`` pickles too, like the checkpoint loader)
 UPSCALE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -19,7 +19,7 @@ def list_upscale_models(env: Environment) -> list[str]:
     return env.list_files("models", "upscale_models", suffixes=UPSCALE_SUFFIXES)
 
 
-class UpscaleModelLoader(Node):
+class UpscaleModelLoader(ModelFileNode):
     """Load a super-resolution model (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, Compact/SRVGG,
     SPAN, OmniSR, ... — what spandrel detects) from models/upscale_models, for Upscale
     Image (using Model). The architecture and scale are read from the weights.
@@ -36,33 +36,16 @@ class UpscaleModelLoader(Node):
     DISPLAY_NAME = "Load Upscale Model"
     CATEGORY = "loaders"
     OUTPUTS = (Output("UPSCALE_MODEL"),)
+    MODEL_FOLDER = "upscale_models"
+    FILE_INPUT = "model_name"
 
     model_name: str = Input(..., choices=list_upscale_models,
                             description="A file in models/upscale_models")
 
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        name = inputs.get("model_name")
-        if not isinstance(name, str):
-            return None
-        try:
-            path = env.resolve("models", "upscale_models", name)
-        except ValueError:
-            return None
-        return path_fingerprint(path) if path.is_file() else None
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return pickle_problem(inputs, env, "model_name", "models", "upscale_models")
-
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
         from nodes.diffusion.upscale_model import load_upscale_model
 
-        path = ctx.env.resolve("models", "upscale_models", self.model_name)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"upscale model {self.model_name!r} not found in models/upscale_models")
+        path = self.model_file(ctx, "upscale model")
         return (load_upscale_model(path, allow_pickle=ctx.env.allow_pickle,
                                    device=ctx.device),)
 
