@@ -26,23 +26,12 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from engine.paths import PathError, confined_path
 from server.errors import ApiError, json_response
-from server.files import (
-    FIELD_LIMIT,
-    _read_limited,
-    _role,
-    _store,
-    _too_large,
-    _upload_folder,
-    _with_suffix,
-    sanitize_filename,
-)
+from server.files import _role, _with_suffix, read_upload, sanitize_filename, store_upload
 from server.info import _FOLDER_NAME, MODEL_SUFFIXES
 from server.state import state
 
@@ -217,51 +206,16 @@ def apply_mask(original: bytes | Path, mask: bytes) -> bytes:
 
 
 async def upload_mask(request: web.Request) -> web.Response:
-    st = state(request)
-    limit = st.config.max_upload_bytes
-    if (request.content_length or 0) > limit + (64 << 10):
-        raise _too_large(limit)
+    form = await read_upload(request, "mask.png", " (the mask)")
+    original = _original_path(state(request).env, form.fields.get("original_ref", ""))
     try:
-        reader = await request.multipart()
-    except (AssertionError, ValueError, KeyError) as exc:
-        raise ApiError(400, "invalid_form", f"expected multipart/form-data: {exc}") from None
-    fields: dict[str, str] = {}
-    data: bytes | None = None
-    name = "mask.png"
-    try:
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ApiError(400, "invalid_form", "nested multipart is not accepted")
-            if part.name == "image":
-                name = unquote(part.filename or name)
-                data = await _read_limited(part, limit)
-            else:
-                raw = await _read_limited(part, FIELD_LIMIT)
-                fields[part.name or ""] = raw.decode("utf-8", "replace")
-    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
-        raise ApiError(400, "invalid_form", f"malformed multipart body: {exc}") from None
-    if data is None:
-        raise ApiError(400, "missing_image", "the form has no 'image' file (the mask)")
-    original = _original_path(st.env, fields.get("original_ref", ""))
-    role = _role(fields.get("type"), "input")
-    subfolder = fields.get("subfolder", "").strip().replace("\\", "/").rstrip("/")
-    overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
-    folder = _upload_folder(st.env.folder(role), subfolder)
-    loop = asyncio.get_running_loop()
-    try:
-        png = await loop.run_in_executor(None, apply_mask, original, data)
+        png = await asyncio.get_running_loop().run_in_executor(None, apply_mask, original,
+                                                               form.data)
     except Exception as exc:  # Pillow raises many types for bad data
         raise ApiError(415, "not_an_image", f"cannot combine the mask with the original: "
                        f"{exc}") from None
-    stored = _with_suffix(sanitize_filename(name), "PNG")
-    try:
-        stored = await loop.run_in_executor(None, _store, folder, stored, png, overwrite)
-    except PathError as exc:
-        raise ApiError(403, "forbidden_path", str(exc)) from None
-    except OSError as exc:
-        raise ApiError(500, "write_failed", f"cannot store the mask: {exc.strerror or exc}") \
-            from None
-    return json_response({"name": stored, "subfolder": subfolder, "type": role})
+    name = _with_suffix(sanitize_filename(form.filename), "PNG")
+    return await store_upload(form, name, png)
 
 
 def _original_path(env: Any, ref_text: str) -> Path:

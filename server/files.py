@@ -23,6 +23,7 @@ import stat
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
@@ -135,7 +136,22 @@ def _safe_headers(name: str) -> dict[str, str]:
 
 
 # --- upload ---------------------------------------------------------------------
-async def upload_image(request: web.Request) -> web.Response:
+@dataclass(frozen=True)
+class UploadForm:
+    """A multipart upload as ComfyUI's clients send it: the ``image`` file and the fields,
+    with the target folder already confined."""
+
+    filename: str
+    data: bytes
+    fields: dict[str, str]
+    role: str
+    subfolder: str
+    overwrite: bool
+    folder: Path
+
+
+async def read_upload(request: web.Request, default_name: str, what: str) -> UploadForm:
+    """Read an upload form (size-limited, no nested parts), or a structured 4xx error."""
     st = state(request)
     limit = st.config.max_upload_bytes
     if (request.content_length or 0) > limit + (64 << 10):
@@ -146,14 +162,14 @@ async def upload_image(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_form", f"expected multipart/form-data: {exc}") from None
     fields: dict[str, str] = {}
     data: bytes | None = None
-    original = "image.png"
+    filename = default_name
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "invalid_form", "nested multipart is not accepted")
             if part.name == "image":
                 # Browsers escape '"' and newlines as %22/%0A; aiohttp escapes more.
-                original = unquote(part.filename or original)
+                filename = unquote(part.filename or filename)
                 data = await _read_limited(part, limit)
             else:
                 raw = await _read_limited(part, FIELD_LIMIT)
@@ -161,27 +177,39 @@ async def upload_image(request: web.Request) -> web.Response:
     except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
         raise ApiError(400, "invalid_form", f"malformed multipart body: {exc}") from None
     if data is None:
-        raise ApiError(400, "missing_image", "the form has no 'image' file")
+        raise ApiError(400, "missing_image", f"the form has no 'image' file{what}")
     role = _role(fields.get("type"), "input")
     subfolder = fields.get("subfolder", "").strip().replace("\\", "/").rstrip("/")
     overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
-    folder = _upload_folder(st.env.folder(role), subfolder)
+    return UploadForm(filename, data, fields, role, subfolder, overwrite,
+                      _upload_folder(st.env.folder(role), subfolder))
+
+
+async def store_upload(form: UploadForm, name: str, data: bytes) -> web.Response:
+    """Write ``data`` as ``name`` (or a free variant) into the form's folder, atomically;
+    ComfyUI's reply ``{name, subfolder, type}``."""
     loop = asyncio.get_running_loop()
     try:
-        fmt = await loop.run_in_executor(None, check_image, data)
-    except NotAnImage as exc:
-        raise ApiError(415, "not_an_image", str(exc)) from None
-    name = _with_suffix(sanitize_filename(original), fmt)
-    try:
-        name = await loop.run_in_executor(None, _store, folder, name, data, overwrite)
+        name = await loop.run_in_executor(None, _store, form.folder, name, data,
+                                          form.overwrite)
     except PathError as exc:
         raise ApiError(403, "forbidden_path", str(exc)) from None
     except OSError as exc:  # a full disk, a read-only folder...
-        log.warning("upload to %s failed: %s", folder, exc)
+        log.warning("upload to %s failed: %s", form.folder, exc)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise ApiError(507 if full else 500, "write_failed",
                        f"cannot store the upload: {exc.strerror or exc}") from None
-    return json_response({"name": name, "subfolder": subfolder, "type": role})
+    return json_response({"name": name, "subfolder": form.subfolder, "type": form.role})
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    form = await read_upload(request, "image.png", "")
+    try:
+        fmt = await asyncio.get_running_loop().run_in_executor(None, check_image, form.data)
+    except NotAnImage as exc:
+        raise ApiError(415, "not_an_image", str(exc)) from None
+    return await store_upload(form, _with_suffix(sanitize_filename(form.filename), fmt),
+                              form.data)
 
 
 def _too_large(limit: int) -> ApiError:
