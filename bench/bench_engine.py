@@ -4,8 +4,12 @@
     interleaved; prompts change every iteration so neither side reuses an encoding)
 (b) a re-run after only a seed change ÷ a full cold run (fresh session, model from disk)
 (c) executor overhead per node on chains of trivial nodes: first run and unchanged re-run
+(d) a 1,000-iteration ForLoop ÷ the same 1,000 body nodes as a static chain
+(e) a 64-element list mapped through a node ÷ 64 copies of that node, static
+(f) two independent 1-second async sleeps in one prompt: wall time (≈1 s if concurrent)
 
     .venv/bin/python bench/bench_engine.py [--size 128] [--steps 20] [--repeats 7]
+                                           [--engine-only]
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from engine import Environment, Executor, Input, Node, NodeRegistry, NodeResult
+from engine import Environment, Executor, Input, Node, NodeRegistry, NodeResult, Output
 from engine.session import Session
-from nodes import primitives
+from nodes import flow_control, primitives
 
 
 class Keep(Node):
@@ -129,16 +133,90 @@ def bench_chain(n: int, repeats: int = 3, clock: Any = time.perf_counter
     return min(firsts), min(reruns)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    home = Path(tempfile.mkdtemp(prefix="steerflow-bench-"))
+class IntList(Node):
+    """``count`` ints as a list output (mapped over downstream)."""
 
+    TYPE = "BenchIntList"
+    OUTPUTS = (Output("INT", is_list=True),)
+    count: int = Input(64, min=0, max=100_000)
+
+    def execute(self, ctx: Any) -> tuple[list[int]]:
+        return (list(range(self.count)),)
+
+
+class Sleep(Node):
+    """An async node: sleeps without blocking the engine."""
+
+    TYPE = "BenchSleep"
+    OUTPUTS = (Output("INT"),)
+    seconds: float = Input(1.0, min=0.0, max=10.0)
+    tag: int = Input(0)
+
+    async def execute(self, ctx: Any) -> tuple[int]:
+        import asyncio
+
+        await asyncio.sleep(self.seconds)
+        return (self.tag,)
+
+
+def _executor() -> Executor:
+    registry = NodeRegistry()
+    for cls in (*primitives.NODE_CLASSES, *flow_control.NODE_CLASSES, IntList, Sleep):
+        registry.register(cls)
+    return Executor(registry, Environment.create(tempfile.mkdtemp(), device="cpu"))
+
+
+def for_loop(n: int) -> dict[str, Any]:
+    return {
+        "0": {"class_type": "PrimitiveInt", "inputs": {"value": 0}},
+        "1": {"class_type": "ForLoopStart", "inputs": {"value": ["0", 0]}},
+        "2": {"class_type": "IntMath", "inputs": {"a": ["1", 1], "b": 1}},
+        "3": {"class_type": "ForLoopEnd", "inputs": {"flow": ["1", 0], "value": ["2", 0],
+                                                     "count": n}},
+        "out": {"class_type": "ShowValue", "inputs": {"value": ["3", 0]}},
+    }
+
+
+def mapped(n: int) -> dict[str, Any]:
+    return {"0": {"class_type": "BenchIntList", "inputs": {"count": n}},
+            "1": {"class_type": "IntMath", "inputs": {"a": ["0", 0], "b": 1}},
+            "out": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}
+
+
+def unmapped(n: int) -> dict[str, Any]:
+    prompt: dict[str, Any] = {}
+    for i in range(n):
+        prompt[f"p{i}"] = {"class_type": "PrimitiveInt", "inputs": {"value": i}}
+        prompt[f"m{i}"] = {"class_type": "IntMath", "inputs": {"a": [f"p{i}", 0], "b": 1}}
+        prompt[f"o{i}"] = {"class_type": "ShowValue", "inputs": {"value": [f"m{i}", 0]}}
+    return prompt
+
+
+def bench_ratio(dynamic: dict[str, Any], static: dict[str, Any], repeats: int = 5
+                ) -> tuple[float, float, float]:
+    """Best first-run time of each (fresh cache; validation included), interleaved,
+    in CPU seconds; and their ratio."""
+    dyn, sta = [], []
+    for _ in range(repeats):
+        for prompt, times in ((dynamic, dyn), (static, sta)):
+            executor = _executor()
+            t0 = time.process_time()
+            assert executor.run(prompt).ok
+            times.append(time.process_time() - t0)
+    return min(dyn), min(sta), min(dyn) / min(sta)
+
+
+def bench_async(seconds: float = 1.0) -> float:
+    prompt = {"1": {"class_type": "BenchSleep", "inputs": {"seconds": seconds, "tag": 1}},
+              "2": {"class_type": "BenchSleep", "inputs": {"seconds": seconds, "tag": 2}},
+              "3": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}},
+              "4": {"class_type": "ShowValue", "inputs": {"value": ["2", 0]}}}
+    t0 = time.perf_counter()
+    assert _executor().run(prompt).ok
+    return time.perf_counter() - t0
+
+
+def engine_benches() -> None:
     print("(c) executor overhead per node, validation included (best of 3; µs/node);")
     print("    CPU = this process's CPU time, which other load on the machine does not inflate")
     print(f"    {'nodes':>7} {'first (wall)':>13} {'first (CPU)':>12} {'re-run (wall)':>14} "
@@ -147,6 +225,31 @@ def main() -> None:
         first, rerun = bench_chain(n)
         first_cpu, rerun_cpu = bench_chain(n, clock=time.process_time)
         print(f"    {n:>7} {first:>13.1f} {first_cpu:>12.1f} {rerun:>14.1f} {rerun_cpu:>13.1f}")
+    loop_s, chain_s, ratio = bench_ratio(for_loop(1_000), chain(1_000))
+    print(f"(d) 1,000-iteration ForLoop {loop_s * 1e3:.1f} ms ({loop_s * 1e3:.0f} µs/iteration: "
+          f"3 nodes and an expansion) / static 1,000-node chain {chain_s * 1e3:.1f} ms "
+          f"= {ratio:.2f}")
+    map_s, flat_s, ratio = bench_ratio(mapped(64), unmapped(64))
+    print(f"(e) 64-element list mapped {map_s * 1e3:.2f} ms / 64 static copies "
+          f"{flat_s * 1e3:.2f} ms = {ratio:.2f}")
+    print(f"(f) two independent 1 s async sleeps: {bench_async():.2f} s wall")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--engine-only", action="store_true",
+                        help="only (c)-(f): no model, seconds instead of minutes")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    home = Path(tempfile.mkdtemp(prefix="steerflow-bench-"))
+
+    engine_benches()
+    if args.engine_only:
+        return
 
     a = bench_pipeline_ratio(home, args.size, args.steps, args.repeats)
     print(f"(a) txt2img {args.size}x{args.size}, {args.steps} euler steps, tiny model, "

@@ -16,6 +16,6 @@ above both; the engine knows it only as the ``steerflow.pack_adapters`` entry po
   as ``server.PromptServer`` through our own ``server`` package (see there).
 """
 
-from comfy_compat.adapter import ADAPTER, ComfyList, ComfyPackAdapter
+from comfy_compat.adapter import ADAPTER, ComfyPackAdapter
 
-__all__ = ["ADAPTER", "ComfyList", "ComfyPackAdapter"]
+__all__ = ["ADAPTER", "ComfyPackAdapter"]

@@ -6,15 +6,13 @@ from ``RETURN_TYPES`` / ``RETURN_NAMES`` / ``OUTPUT_IS_LIST``. Running it create
 instance of the ComfyUI class per workflow node id (kept across runs, as ComfyUI
 does) and calls ``FUNCTION`` under ``torch.no_grad()``.
 
-Lists, as ComfyUI defines them: every output slot holds a list. Steerflow's
-engine passes one value per slot, so a slot that holds a list travels as a
-:class:`ComfyList`, and any other value stands for a list of one. A node called
-with list inputs runs ``FUNCTION`` once per element (the longest list sets the
-count, shorter ones repeat their last element) unless ``INPUT_IS_LIST`` is set,
-in which case it gets every input as a list in one call. Output slots flagged in
-``OUTPUT_IS_LIST`` are concatenated, the others collected one per call; a slot
-that ends up with one value leaves as that value. Built-in Steerflow nodes do not
-map over lists: a :class:`ComfyList` reaching one arrives as a plain list.
+Lists (``INPUT_IS_LIST``, ``OUTPUT_IS_LIST``) and ``ExecutionBlocker`` are the
+engine's own (:mod:`engine.lists`): the engine calls ``FUNCTION`` once per list
+element, or once with whole lists, and the adapter converts one call's values.
+Lazy inputs (``{"lazy": True}`` and ``check_lazy_status``), ``rawLink`` inputs and
+node expansion (``{"result": ..., "expand": graph}``, built with the
+``comfy_execution.graph_utils.GraphBuilder`` shim) map onto the engine's too, and
+the hidden ``DYNPROMPT`` is the run's :class:`engine.expansion.DynamicGraph`.
 
 Values: IMAGE ``[B, H, W, C]`` and MASK ``[B, H, W]`` are the same tensors in both
 worlds. LATENT is a :class:`nodes.diffusion.handles.Latent` here and a dict
@@ -55,26 +53,15 @@ _HIDDEN = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "DYNPROMPT", "AUTH_TOKEN_COMF
            "API_KEY_COMFY_ORG")
 
 
-class ComfyList(list):  # type: ignore[type-arg]
-    """An output slot that holds a list in ComfyUI's sense (mapped over downstream)."""
-
-
-class ComfyInputSpec(InputSpec):
-    """An input of an adapted node: list values pass the engine's link check as they
-    are; the adapter checks their elements itself before calling the node."""
-
-    def accepts_as_is(self, value: Any) -> bool:
-        return isinstance(value, ComfyList) or super().accepts_as_is(value)
-
-
 class ComfyNode(Node):
     """Base of every adapted ComfyUI class (abstract: no TYPE)."""
 
     COMFY_CLASS: ClassVar[type] = object
     PACK: ClassVar[str] = ""
     HIDDEN: ClassVar[dict[str, str]] = {}
-    INPUT_IS_LIST: ClassVar[bool] = False
     OUTPUT_IS_LIST: ClassVar[tuple[bool, ...]] = ()
+    # ComfyUI does not check what a node returns (a numpy int for an INT is common)
+    LAX_OUTPUTS: ClassVar[bool] = True
     VALIDATED_BY_NODE: ClassVar[frozenset[str]] = frozenset()
     _instances: ClassVar[dict[str, Any]]
 
@@ -143,63 +130,93 @@ class ComfyNode(Node):
         return data
 
     # --- execution -------------------------------------------------------------
+    def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
+        fn = getattr(self.COMFY_CLASS, "check_lazy_status", None)
+        if fn is None:  # as in ComfyUI: lazy inputs are then left unevaluated
+            return []
+        instance = self._instance(ctx)
+        with runtime.running(ctx):
+            needed = instance.check_lazy_status(**self._kwargs(ctx))
+        return [str(n) for n in needed or ()]
+
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         import torch
 
+        from comfy_compat.shims.comfy_execution.graph_utils import GraphBuilder
+
+        instance = self._instance(ctx)
+        function = getattr(instance, self.COMFY_CLASS.FUNCTION)
+        GraphBuilder.set_default_prefix(None, 0, 0)  # allocated from ctx on first use
+        with runtime.running(ctx), torch.no_grad():
+            returned = function(**self._kwargs(ctx))
+        return self._result(returned)
+
+    def _result(self, returned: Any) -> NodeResult:
+        result, ui, expand = _split(returned, self.TYPE, len(self.OUTPUTS))
+        if expand is not None:
+            return NodeResult(result, ui, expand)
+        return NodeResult(tuple(self._from_comfy(i, v) for i, v in enumerate(result)), ui)
+
+    def _instance(self, ctx: ExecutionContext) -> Any:
+        """One instance per prompt node, kept across runs as ComfyUI does; a fresh
+        one for a node an expansion added (a loop makes thousands)."""
         comfy = self.COMFY_CLASS
-        inputs = self._input_lists(ctx)
+        if ctx.run is not None and ctx.graph.get_parent_node_id(ctx.node_id) is not None:
+            return comfy()
         instance = self._instances.get(ctx.node_id)
         if type(instance) is not comfy:
             instance = self._instances[ctx.node_id] = comfy()
-        function = getattr(instance, comfy.FUNCTION)
-        results: list[tuple[Any, ...]] = []
-        uis: list[dict[str, Any]] = []
-        with runtime.running(ctx), torch.no_grad():
-            for kwargs in _calls(inputs, self.INPUT_IS_LIST):
-                ctx.check_interrupt()
-                returned = function(**kwargs)
-                result, ui = _split(returned, self.TYPE, len(self.OUTPUTS))
-                results.append(result)
-                if ui is not None:
-                    uis.append(ui)
-        return NodeResult(self._merge(results), _merge_ui(uis))
+        return instance
 
-    def _input_lists(self, ctx: ExecutionContext) -> dict[str, list[Any]]:
-        """Every input as ComfyUI holds it: a list of values."""
-        from engine.validation import check_constant
-
-        lists: dict[str, list[Any]] = {}
+    def _kwargs(self, ctx: ExecutionContext) -> dict[str, Any]:
+        """One call's inputs as ComfyUI passes them (lists for ``INPUT_IS_LIST``)."""
+        whole = self.INPUT_IS_LIST
+        kwargs: dict[str, Any] = {}
         for name, value in self._inputs.items():
             spec = self.INPUT_SPECS.get(name)
-            if value is None and spec is not None and not spec.required:
+            unset = value is None or (whole and value == [None])
+            if unset and spec is not None and not spec.required and not spec.lazy:
                 continue  # ComfyUI does not pass an optional input that is not set
-            items = list(value) if isinstance(value, ComfyList) else [value]
-            if isinstance(value, ComfyList) and spec is not None and spec.is_widget:
-                for i, item in enumerate(items):
-                    items[i], issue = check_constant(spec, item, ctx.env)
-                    if issue is not None:
-                        raise ValueError(f"list item {i}: {issue.message}")
-            lists[name] = [_to_comfy(item) for item in items]
+            if whole and isinstance(value, list) and not (spec is not None and spec.raw_link):
+                kwargs[name] = [_to_comfy(item) for item in value]
+            else:
+                kwargs[name] = _to_comfy(value)
         for name, kind in self.HIDDEN.items():
             if kind == "PROMPT":
-                lists[name] = [ctx.prompt]
+                value = ctx.prompt
             elif kind == "EXTRA_PNGINFO":
-                if "extra_pnginfo" in ctx.extra:
-                    lists[name] = [ctx.extra["extra_pnginfo"]]
+                if "extra_pnginfo" not in ctx.extra:
+                    continue
+                value = ctx.extra["extra_pnginfo"]
             elif kind == "UNIQUE_ID":
-                lists[name] = [ctx.node_id]
+                value = ctx.node_id
+            elif kind == "DYNPROMPT":
+                value = ctx.graph
             else:
-                lists[name] = [None]
-        return lists
+                value = None
+            kwargs[name] = [value] if whole else value
+        return kwargs
 
-    def _merge(self, results: list[tuple[Any, ...]]) -> tuple[Any, ...]:
-        outputs = []
-        for i, (out, is_list) in enumerate(zip(self.OUTPUTS, self.OUTPUT_IS_LIST, strict=True)):
-            items = ([x for result in results for x in result[i]] if is_list
-                     else [result[i] for result in results])
-            items = [_from_comfy(x, out.type) for x in items]
-            outputs.append(ComfyList(items) if is_list or len(items) != 1 else items[0])
-        return tuple(outputs)
+    def _from_comfy(self, index: int, value: Any) -> Any:
+        socket = self.OUTPUTS[index].type
+        if self.OUTPUT_IS_LIST[index] and isinstance(value, list | tuple):
+            return [_from_comfy(item, socket) for item in value]
+        return _from_comfy(value, socket)
+
+
+class ComfyAsyncNode(ComfyNode):
+    """An adapted class whose ``FUNCTION`` is ``async def``: the engine runs it on its
+    event loop, concurrently with other async nodes; the shims see each one's context
+    within its own task (a thread the pack starts sees none)."""
+
+    async def execute(self, ctx: ExecutionContext) -> NodeResult:  # type: ignore[override]
+        from comfy_compat.shims.comfy_execution.graph_utils import GraphBuilder
+
+        function = getattr(self._instance(ctx), self.COMFY_CLASS.FUNCTION)
+        GraphBuilder.set_default_prefix(None, 0, 0)
+        with runtime.running_task(ctx):
+            returned = await function(**self._kwargs(ctx))
+        return self._result(returned)
 
 
 class ComfyPackAdapter:
@@ -252,9 +269,7 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
     is_list = tuple(getattr(comfy, "OUTPUT_IS_LIST", None) or ())
     is_list = tuple(bool(is_list[i]) if i < len(is_list) else False
                     for i in range(len(return_types)))
-    # Every slot may hold a ComfyList, so none is a checked primitive (is_list=True);
-    # the schema reports the class's own OUTPUT_IS_LIST.
-    outputs = tuple(Output(_output_type(t), names[i] if i < len(names) else None, True,
+    outputs = tuple(Output(_output_type(t), names[i] if i < len(names) else None, is_list[i],
                            tooltips[i] if i < len(tooltips) else "")
                     for i, t in enumerate(return_types))
     validate = getattr(comfy, "VALIDATE_INPUTS", None)
@@ -281,7 +296,9 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
         "VALIDATED_BY_NODE": by_node,
         "_instances": {},
     }
-    cls: type[ComfyNode] = type(comfy.__name__, (ComfyNode,), namespace)
+    base = ComfyAsyncNode if inspect.iscoroutinefunction(getattr(comfy, function)) \
+        else ComfyNode
+    cls: type[ComfyNode] = type(comfy.__name__, (base,), namespace)
     specs: dict[str, InputSpec] = {}
     for section in ("required", "optional"):
         for name, entry in (raw.get(section) or {}).items():
@@ -319,7 +336,7 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
             [Field(ge=low, le=high)]
         adapter = TypeAdapter(Annotated[python, *bounds] if bounds else python)
     default = options.get("default")
-    return ComfyInputSpec(
+    return InputSpec(
         name=name, type=socket, required=required, default=default,
         min=low if socket in ("INT", "FLOAT") else None,
         max=high if socket in ("INT", "FLOAT") else None,
@@ -330,6 +347,7 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
         control_after_generate=bool(options.get("control_after_generate")),
         force_input=force, adapter=adapter,
         also_accept=(lambda _value, _env: True) if by_node else None,
+        lazy=bool(options.get("lazy")), raw_link=bool(options.get("rawLink")),
     )
 
 
@@ -387,23 +405,14 @@ def _is_nan(value: Any) -> bool:
 
 # --- running ----------------------------------------------------------------------
 
-def _calls(inputs: dict[str, list[Any]], input_is_list: bool) -> list[dict[str, Any]]:
-    """The keyword arguments of each call, by ComfyUI's list rules."""
-    if input_is_list:
-        return [inputs]
-    count = max((len(v) for v in inputs.values()), default=0)
-    if count == 0:
-        return [{}]
-    return [{k: v[i if i < len(v) else -1] for k, v in inputs.items() if v}
-            for i in range(count)]
-
-
 def _split(returned: Any, type_id: str, expected: int
-           ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
-    """A call's ``(result, ui)``: from a tuple, or ``{"ui": ..., "result": ...}``."""
-    ui = None
+           ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
+    """A call's ``(result, ui, expand)``: from a tuple, or ``{"ui": ..., "result": ...,
+    "expand": ...}``."""
+    ui = expand = None
     if isinstance(returned, dict):
         ui = returned.get("ui")
+        expand = returned.get("expand")
         returned = returned.get("result", ())
     result = () if returned is None else tuple(returned)
     if len(result) != expected:
@@ -411,15 +420,7 @@ def _split(returned: Any, type_id: str, expected: int
                            f"declares {expected}")
     if ui is not None and not isinstance(ui, dict):
         raise TypeError(f"{type_id} returned a 'ui' that is not a dict: {type(ui).__name__}")
-    return result, ui
-
-
-def _merge_ui(uis: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """ComfyUI's merge: each key's lists, concatenated across calls."""
-    if not uis:
-        return None
-    merged = {key: [item for ui in uis for item in (ui.get(key) or [])] for key in uis[0]}
-    return merged or None
+    return result, ui, expand
 
 
 def _to_comfy(value: Any) -> Any:

@@ -12,6 +12,7 @@ threads. An executor runs one node at a time, so one slot suffices per process.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Iterator
@@ -25,11 +26,14 @@ _lock = threading.Lock()
 _context: ExecutionContext | None = None
 _env: Environment | None = None
 _default_env: Environment | None = None
+# An async node's context: per asyncio task, since several run at once on one loop.
+_task_context: contextvars.ContextVar[ExecutionContext | None] = contextvars.ContextVar(
+    "steerflow_comfy_task_context", default=None)
 
 
 def current_context() -> ExecutionContext | None:
     """The context of the ComfyUI node running now, if any."""
-    return _context
+    return _task_context.get() or _context
 
 
 def current_environment() -> Environment:
@@ -37,8 +41,9 @@ def current_environment() -> Environment:
     validation, else the run's default (set by the adapter's setup hook), else one
     rooted at the working directory (only at import time, before any of these)."""
     global _default_env
-    if _context is not None:
-        return _context.env
+    ctx = current_context()
+    if ctx is not None:
+        return ctx.env
     if _env is not None:
         return _env
     with _lock:
@@ -82,3 +87,14 @@ def running(ctx: ExecutionContext) -> Iterator[None]:
     finally:
         with _lock:
             _context = previous
+
+
+@contextlib.contextmanager
+def running_task(ctx: ExecutionContext) -> Iterator[None]:
+    """Make ``ctx`` the current node context within this asyncio task (async nodes:
+    interleaved tasks must not restore each other's context)."""
+    token = _task_context.set(ctx)
+    try:
+        yield
+    finally:
+        _task_context.reset(token)

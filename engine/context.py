@@ -41,6 +41,18 @@ class ExecutionContext:
     interrupt_flag: InterruptFlag
     prompt: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    run: Any = field(default=None, repr=False)  # the executor's run, for graph queries
+
+    @property
+    def graph(self) -> Any:
+        """The running graph as it grows (:class:`engine.expansion.DynamicGraph`)."""
+        return self.run.dynamic_graph() if self.run is not None else None
+
+    def new_node_id(self) -> str:
+        """A fresh node id for a subgraph this node expands into."""
+        if self.run is None:
+            raise RuntimeError("node ids for an expansion are allocated only during a run")
+        return self.run.dynamic_graph().new_id(self.node_id)
 
     @property
     def device(self) -> str:

@@ -58,6 +58,8 @@ def Input(
     force_input: bool = False,
     wide: bool = False,
     allow_nonfinite: bool = False,
+    lazy: bool = False,
+    raw_link: bool = False,
 ) -> Any:
     """Declare a node input.
 
@@ -74,6 +76,10 @@ def Input(
     finite (``allow_nonfinite=True`` admits inf and NaN). An INT ``step`` is enforced:
     the value must be ``min + k * step`` (``k * step`` without a ``min``); a FLOAT
     ``step`` is only the widget's increment, as in ComfyUI.
+
+    ``lazy`` inputs are evaluated only when the node's ``check_lazy_status`` asks for
+    them (until then they are None). A ``raw_link`` input receives the link itself,
+    ``[source_id, output_index]``, not the value (its source still runs first).
     """
     spec = {
         "type": type,
@@ -90,6 +96,8 @@ def Input(
         "force_input": force_input,
         "wide": wide,
         "allow_nonfinite": allow_nonfinite,
+        "lazy": lazy,
+        "raw_link": raw_link,
     }
     if default is ... and optional:
         default = None
@@ -145,6 +153,8 @@ class InputSpec:
     allow_nonfinite: bool = False
     also_accept: Callable[[Any, Environment], bool] | None = field(
         default=None, repr=False, compare=False)
+    lazy: bool = False
+    raw_link: bool = False
 
     @property
     def has_default(self) -> bool:
@@ -181,10 +191,17 @@ class InputSpec:
 
 @dataclass
 class NodeResult:
-    """What ``execute`` returns when a node also has UI outputs (images, text)."""
+    """What ``execute`` returns when a node also has UI outputs (images, text), or
+    expands into a subgraph.
+
+    ``expand`` is a subgraph in the API format (build one with
+    :class:`engine.expansion.Subgraph`) that runs in the node's place: an output
+    that is a link ``[node_id, index]`` then takes that node's output as its value.
+    """
 
     outputs: tuple[Any, ...] = ()
     ui: dict[str, Any] | None = None
+    expand: dict[str, Any] | None = None
 
 
 def _socket_type(annotation: Any, spec: dict[str, Any]) -> str:
@@ -209,6 +226,9 @@ class Node(BaseModel):
     OUTPUT_NODE: ClassVar[bool] = False
     OUTPUTS: ClassVar[tuple[Output, ...]] = ()
     DEPRECATED: ClassVar[bool] = False
+    # True: every input arrives as a whole list, and the node runs once (else a node
+    # fed lists runs once per element, see engine.lists).
+    INPUT_IS_LIST: ClassVar[bool] = False
     INPUT_SPECS: ClassVar[dict[str, InputSpec]] = {}
 
     @classmethod
@@ -237,7 +257,18 @@ class Node(BaseModel):
         """
         return []
 
+    def check_lazy_status(self, ctx: ExecutionContext) -> Sequence[str]:
+        """Names of the lazy inputs this node still needs, given the inputs it has.
+
+        Called before ``execute`` (again after each requested input arrives); lazy
+        inputs not evaluated yet are None. Inputs never named are never evaluated.
+        """
+        return [name for name, spec in self.INPUT_SPECS.items()
+                if spec.lazy and getattr(self, name, None) is None]
+
     def execute(self, ctx: ExecutionContext) -> tuple[Any, ...] | NodeResult:
+        """Compute the outputs; may be ``async def`` (independent async nodes of a
+        prompt then run concurrently)."""
         raise NotImplementedError
 
     # --- schema ----------------------------------------------------------------
@@ -298,6 +329,8 @@ def _make_spec(name: str, info: FieldInfo) -> InputSpec:
         wide=bool(spec.get("wide")),
         allow_nonfinite=bool(spec.get("allow_nonfinite")),
         also_accept=spec.get("also_accept"),
+        lazy=bool(spec.get("lazy")),
+        raw_link=bool(spec.get("raw_link")),
     )
 
 
@@ -327,6 +360,10 @@ def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
         options["wide"] = True
     if spec.allow_nonfinite:
         options["allow_nonfinite"] = True
+    if spec.lazy:
+        options["lazy"] = True
+    if spec.raw_link:
+        options["rawLink"] = True
     if spec.type == "COMBO":
         # ComfyUI's shape: the first element of a combo input is its list of choices.
         return [spec.resolve_choices(env) or [], options]

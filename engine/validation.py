@@ -32,6 +32,7 @@ from __future__ import annotations
 import gc
 import math
 import reprlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -273,8 +274,10 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
 
 
 def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
-                   classes: dict[str, type[Node]], env: Environment | None
-                   ) -> tuple[list[Issue], ValidatedNode]:
+                   classes: Mapping[str, type[Node]], env: Environment | None,
+                   values_ok: bool = False) -> tuple[list[Issue], ValidatedNode]:
+    """One node's inputs. ``values_ok`` (a subgraph a node expanded into, built by
+    code): a socket input may hold a value instead of a link."""
     issues: list[Issue] = []
     constants: dict[str, Any] = {}
     links: dict[str, tuple[str, int]] = {}
@@ -293,12 +296,16 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
                 constants[name] = spec.default
             continue
         value = inputs[name]
-        if isinstance(value, list | tuple):  # no widget takes a list, so it must be a link
+        # No widget takes a list, so it must be a link (in a subgraph, only a link-shaped one)
+        if isinstance(value, list | tuple) and (not values_ok or is_link(value)):
             issue = _check_link(name, spec, value, classes)
             if issue:
                 issues.append(issue)
             else:
                 links[name] = (str(value[0]), value[1])
+            continue
+        if values_ok and not spec.is_widget:
+            constants[name] = value
             continue
         coerced, issue = check_constant(spec, value, env)
         if issue:
@@ -316,7 +323,7 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
 
 
 def _check_link(name: str, spec: InputSpec, value: Any,
-                classes: dict[str, type[Node]]) -> Issue | None:
+                classes: Mapping[str, type[Node]]) -> Issue | None:
     if not is_link(value):
         return Issue("bad_link", f"input '{name}': malformed link {value!r}; expected "
                      "[node_id, output_index]", input_name=name)

@@ -23,6 +23,7 @@ from nodes import (
     diffedit,
     dreambooth,
     fabric,
+    flow_control,
     gligen,
     hypernetwork,
     image,
@@ -94,6 +95,7 @@ NODE_CLASSES = (
     *training.NODE_CLASSES,
     *custom_diffusion.NODE_CLASSES,
     *dreambooth.NODE_CLASSES,
+    *flow_control.NODE_CLASSES,
 )
 
 

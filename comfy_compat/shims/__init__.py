@@ -2,8 +2,10 @@
 
 :func:`install` appends :class:`ShimFinder` to ``sys.meta_path``, after the normal
 finders, so a real ComfyUI on the path would still win. It provides
-``folder_paths`` and the ``comfy`` package (``comfy.utils``,
-``comfy.model_management``) from this folder. Any other ``comfy.*`` module and
+``folder_paths``, the ``comfy`` package (``comfy.utils``,
+``comfy.model_management``) and ``comfy_execution.graph_utils`` /
+``comfy_execution.graph`` (GraphBuilder, is_link, ExecutionBlocker, DynamicPrompt,
+over the engine's expansion and list API) from this folder. Any other ``comfy.*`` module and
 ComfyUI's other internals (``comfy_extras``, ``comfy_execution``, ``comfy_api``,
 ``latent_preview``, ``node_helpers``) raise :class:`ModuleNotFoundError` naming the
 module and what Steerflow provides instead, so a pack that reaches into model
@@ -21,7 +23,8 @@ from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 PROVIDED = ("folder_paths", "comfy", "comfy.utils", "comfy.model_management",
-            "server.PromptServer")
+            "comfy_execution.graph_utils", "comfy_execution.graph", "server.PromptServer")
+_PACKAGES = ("comfy", "comfy_execution")  # provided from the folder of that name
 # Top-level ComfyUI modules that are internals: refused by name rather than "not found".
 INTERNAL_ROOTS = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "latent_preview",
                   "node_helpers")
@@ -41,12 +44,12 @@ class ShimFinder(importlib.abc.MetaPathFinder):
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname == "folder_paths":
             return importlib.util.spec_from_file_location(fullname, HERE / "folder_paths.py")
-        if fullname == "comfy":
+        if fullname in _PACKAGES:
             return importlib.util.spec_from_file_location(
-                fullname, HERE / "comfy" / "__init__.py",
-                submodule_search_locations=[str(HERE / "comfy")])
+                fullname, HERE / fullname / "__init__.py",
+                submodule_search_locations=[str(HERE / fullname)])
         # Reached only when no other finder found it (we come last): comfy.utils and
-        # comfy.model_management were found by the path finder in comfy.__path__.
+        # the like were found by the path finder in the package's __path__.
         if fullname.partition(".")[0] in INTERNAL_ROOTS:
             raise ModuleNotFoundError(missing_message(fullname), name=fullname)
         return None

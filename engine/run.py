@@ -1,0 +1,548 @@
+"""One prompt's run: the executor's work-list (see :mod:`engine.executor`)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import inspect
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.cache import signature
+from engine.calls import _check_outputs, _normalize, merge_calls, plan_calls
+from engine.context import ExecutionContext, Interrupted, InterruptFlag
+from engine.expansion import DependencyCycleError, DynamicGraph, ExpansionError, validate_expansion
+from engine.lists import SPECIAL, as_lists, calls, merge_outputs
+from engine.node import Node
+from engine.outputs import RunResult, _hashable_constants, _NodeFailure, _now_ms, _short_repr
+from engine.validation import ValidatedNode, ValidatedPrompt, check_constant
+from engine.workflow import is_link
+
+if TYPE_CHECKING:
+    from engine.executor import EventCallback, Executor
+
+log = logging.getLogger("engine.executor")
+
+
+_WAITING, _RUNNING, _EXPANDED, _DONE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class _ClassInfo:
+    """What the work-list needs of a node class, computed once per class."""
+
+    lazy: frozenset[str]
+    raw: frozenset[str]
+    is_async: bool
+    input_is_list: bool
+    output_is_list: tuple[bool, ...]
+    any_list_out: bool
+
+
+_INFO: dict[type, _ClassInfo] = {}
+
+
+def _info(cls: type[Node]) -> _ClassInfo:
+    info = _INFO.get(cls)
+    if info is None:
+        specs = cls.INPUT_SPECS.values()
+        info = _INFO[cls] = _ClassInfo(
+            frozenset(s.name for s in specs if s.lazy),
+            frozenset(s.name for s in specs if s.raw_link),
+            inspect.iscoroutinefunction(cls.execute),
+            bool(getattr(cls, "INPUT_IS_LIST", False)),
+            tuple(o.is_list for o in cls.OUTPUTS),
+            any(o.is_list for o in cls.OUTPUTS))
+    return info
+
+
+class _Run:
+    """One prompt's execution state; kept apart so the executor stays reentrant.
+
+    A work-list over a graph that can grow: ``_schedule`` walks back from a node
+    through its non-lazy links, stopping at cached outputs, and counts what each
+    node waits on; a node whose count reaches zero is ready (a heap ordered by
+    topological rank, so a static prompt runs in the validated order). A lazy node,
+    once ready, says which lazy inputs it needs and waits again; an expanded node
+    waits on its subgraph's linked outputs. Each use of an output pins it until its
+    consumer is done. Async nodes run on the executor's event loop, concurrently.
+    """
+
+    def __init__(self, executor: Executor, vp: ValidatedPrompt, prompt: dict[str, Any],
+                 prompt_id: str, extra: dict[str, Any], emit: EventCallback,
+                 flag: InterruptFlag | None):
+        self.ex = executor
+        self.cache = executor.cache
+        self.vp = vp
+        self.prompt = prompt
+        self.prompt_id = prompt_id
+        self.extra = extra
+        self.emit = emit
+        self.flag = flag if flag is not None else InterruptFlag()
+        self.nodes: dict[str, ValidatedNode] = dict(vp.nodes)
+        self.sigs: dict[str, str] = {}
+        self.rank: dict[str, int] = {n: i for i, n in enumerate(vp.order)}
+        self.result = RunResult(prompt_id, "success")
+        self.state: dict[str, int] = {}
+        self.waits: dict[str, int] = {}  # sources a waiting node still waits on
+        self.uses: dict[str, set[str]] = {}  # sources each scheduled node reads (pinned)
+        self.dependents: dict[str, list[str]] = {}
+        self.ready: list[tuple[int, str]] = []
+        self.held: dict[str, int] = {}  # pins this run holds, per node
+        self.expansions: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}
+        self.inflight: dict[concurrent.futures.Future[Any], tuple[str, ExecutionContext]] = {}
+        self.targets = frozenset(vp.outputs)
+        self.new_cached: list[str] = []
+        self._graph: DynamicGraph | None = None
+        self._classes: dict[str, type[Node]] | None = None
+        self._announced = False
+
+    def dynamic_graph(self) -> DynamicGraph:
+        if self._graph is None:
+            self._graph = DynamicGraph(self.nodes, self.prompt)
+        return self._graph
+
+    def execute(self) -> RunResult:
+        self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
+        current: str | None = None
+        try:
+            self._sign_all()
+            for node_id in self.vp.outputs:
+                if node_id in self.state:  # also what an earlier output needs
+                    continue
+                if self.sigs[node_id] in self.cache:
+                    self._mark_cached(node_id)
+                else:
+                    self._schedule(node_id)
+            self._flush_cached()
+            while True:
+                if self.flag.is_set():
+                    raise Interrupted(self.prompt_id)
+                if self.inflight:
+                    self._collect_async(block=not self.ready)
+                if self.ready:
+                    current = heapq.heappop(self.ready)[1]
+                    self._run_ready(current)
+                    self._flush_cached()
+                elif not self.inflight:
+                    break
+            current = None
+            self._check_finished()
+            self._collect_outputs()
+            self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
+        except Interrupted:
+            self.result.status = "interrupted"
+            node = self.nodes.get(current or "")
+            self.emit("execution_interrupted", {
+                "prompt_id": self.prompt_id, "node_id": current,
+                "node_type": node.cls.TYPE if node else None,
+                "executed": list(self.result.executed), "timestamp": _now_ms()})
+        except Exception as exc:
+            self.result.status = "error"
+            self.result.error = self._error_payload(current, exc)
+            self.emit("execution_error", self.result.error)
+        finally:
+            for future in self.inflight:
+                future.cancel()
+            for node_id, count in self.held.items():
+                for _ in range(count):
+                    self.cache.unpin(self.sigs[node_id])
+            self.held.clear()
+            self.emit("executing", {"node": None, "display_node": None,
+                                    "prompt_id": self.prompt_id})
+        return self.result
+
+    def _collect_outputs(self) -> None:
+        """Each output node's UI result, in the prompt's order (kept as they ran, in
+        case the cache dropped one since; else read from the cache)."""
+        ran = self.result.outputs
+        outputs: dict[str, dict[str, Any]] = {}
+        for node_id in self.vp.outputs:
+            ui = ran.get(node_id)
+            if ui is None:
+                entry = self.cache.get(self.sigs[node_id])
+                ui = entry.ui if entry is not None else None
+            if ui:
+                outputs[node_id] = ui
+        self.result.outputs = outputs
+
+    # --- signatures ------------------------------------------------------------
+    def _sign_all(self) -> None:
+        for node_id in self.vp.order:
+            self._sign(self.nodes[node_id])
+
+    def _sign(self, node: ValidatedNode, ephemeral: bool = False) -> None:
+        sigs = self.sigs
+        upstream = [(name, sigs[src], idx) for name, (src, idx) in sorted(node.links.items())]
+        try:
+            fingerprint = node.cls.fingerprint(node.constants, self.ex.env)
+        except Exception as exc:
+            raise _NodeFailure(node.id, exc) from exc
+        constants = _hashable_constants(node.constants) if ephemeral else node.constants
+        sigs[node.id] = signature(node.cls.TYPE, node.cls.VERSION, constants, fingerprint,
+                                  upstream)
+
+    # --- scheduling ------------------------------------------------------------
+    def _schedule(self, node_id: str) -> None:
+        """Make ``node_id`` (not cached) and what it needs run, walking back iteratively."""
+        stack = [node_id]
+        while stack:
+            n = stack.pop()
+            if n in self.state:
+                continue
+            self.state[n] = _WAITING
+            node = self.nodes[n]
+            lazy = _info(node.cls).lazy
+            uses = self.uses[n] = set()
+            waits = 0
+            for name, (src, _) in node.links.items():
+                if src in uses or (lazy and name in lazy):
+                    continue
+                if self._use(n, src, uses):
+                    waits += 1
+                    if src not in self.state:
+                        stack.append(src)
+            self.waits[n] = waits
+            if waits == 0:
+                heapq.heappush(self.ready, (self.rank[n], n))
+
+    def _use(self, consumer: str, src: str, uses: set[str]) -> bool:
+        """``consumer`` reads ``src``; True if it must wait for it to run."""
+        uses.add(src)
+        state = self.state.get(src)
+        if state is None or state == _DONE:
+            if self.sigs[src] in self.cache:
+                self._pin(src)
+                if state is None:
+                    self._mark_cached(src)
+                return False
+            if state == _DONE:  # evicted since it ran: run it again
+                del self.state[src]
+        self.dependents.setdefault(src, []).append(consumer)
+        return True
+
+    def _mark_cached(self, node_id: str) -> None:
+        self.state[node_id] = _DONE
+        self.new_cached.append(node_id)
+
+    def _flush_cached(self) -> None:
+        """``execution_cached`` for nodes newly found in the cache, then their UI."""
+        if not self.new_cached and self._announced:
+            return
+        self._announced = True
+        found = sorted(self.new_cached, key=lambda n: self.rank.get(n, len(self.rank)))
+        self.new_cached = []
+        self.result.cached.extend(found)
+        self.emit("execution_cached", {"nodes": found, "prompt_id": self.prompt_id,
+                                       "timestamp": _now_ms()})
+        # ``executed`` for each with a UI result, as ComfyUI sends it: a client that
+        # shows results from ``executed`` must see a fully cached prompt's too.
+        for node_id in found:
+            entry = self.cache.get(self.sigs[node_id])
+            if entry is not None and entry.ui:
+                display = self._display(node_id)
+                self.emit("executed", {"node": node_id, "display_node": display,
+                                       "output": entry.ui, "prompt_id": self.prompt_id})
+
+    def _complete(self, node_id: str) -> None:
+        """``node_id``'s outputs are in the cache: release what it read, wake its users."""
+        self.state[node_id] = _DONE
+        for src in self.uses.pop(node_id, ()):
+            self._unpin(src)
+        for user in self.dependents.pop(node_id, ()):
+            self.waits[user] -= 1
+            if self.waits[user] == 0:
+                heapq.heappush(self.ready, (self.rank[user], user))
+
+    def _check_finished(self) -> None:
+        stalled = {n for n, s in self.state.items() if s != _DONE}
+        if not stalled:
+            return
+        # Each stalled node waits on a stalled source: follow those edges to a cycle.
+        waits_on = {n: sorted(s for s in self.uses.get(n, ()) if s in stalled
+                              and self.state.get(s) != _DONE) for n in stalled}
+        node_id, seen = min(stalled, key=lambda n: self.rank.get(n, 0)), {}
+        path: list[str] = []
+        while node_id not in seen and waits_on.get(node_id):
+            seen[node_id] = len(path)
+            path.append(node_id)
+            node_id = waits_on[node_id][0]
+        cycle = path[seen[node_id]:] if node_id in seen else path or sorted(stalled)
+        raise _NodeFailure(cycle[0], DependencyCycleError(list(reversed(cycle))))
+
+    # --- running ---------------------------------------------------------------
+    def _run_ready(self, node_id: str) -> None:
+        if node_id in self.expansions:
+            self._resolve_expansion(node_id)
+            return
+        sig = self.sigs[node_id]
+        if sig in self.cache:  # a duplicate node earlier in this prompt made it
+            for _ in self.dependents.get(node_id, ()):
+                self._pin(node_id)
+            self._complete(node_id)
+            return
+        node = self.nodes[node_id]
+        info = _info(node.cls)
+        ctx = ExecutionContext(self.prompt_id, node_id, self.ex.env, self.emit, self.flag,
+                               self.prompt, self.extra, self)
+        try:
+            kwargs, special = self._inputs(node, info)
+            if info.lazy:
+                kwargs, special, waiting = self._request_lazy(node, info, kwargs, special, ctx)
+                if waiting:
+                    return
+        except Interrupted:
+            raise
+        except Exception as exc:
+            raise _NodeFailure(node_id, exc) from exc
+        self.emit("executing", {"node": node_id, "display_node": self._display(node_id),
+                                "prompt_id": self.prompt_id})
+        if info.is_async:
+            self._start_async(node, info, kwargs, special, ctx)
+            return
+        try:
+            if special or info.input_is_list:
+                outputs, ui, expand = self._run_mapped(node, info, kwargs, ctx)
+            else:
+                returned = node.cls.model_construct(**kwargs).execute(ctx)
+                outputs, ui, expand = _normalize(returned, len(node.cls.OUTPUTS), node.cls.TYPE)
+                if expand is None:
+                    _check_outputs(node.cls, outputs)
+                    if info.any_list_out:
+                        outputs = merge_outputs([outputs], info.output_is_list)
+            self._finish(node_id, outputs, ui, expand)
+        except Interrupted:
+            raise
+        except _NodeFailure:
+            raise
+        except Exception as exc:
+            raise _NodeFailure(node_id, exc) from exc
+
+    def _inputs(self, node: ValidatedNode, info: _ClassInfo) -> tuple[dict[str, Any], bool]:
+        """The node's keyword arguments, and whether any is a list or a blocker."""
+        kwargs = dict(node.constants)
+        uses = self.uses.get(node.id, ())
+        special = False
+        for name, (src, idx) in node.links.items():
+            if src not in uses:  # a lazy input not (yet) asked for
+                kwargs[name] = None
+                continue
+            if name in info.raw:
+                kwargs[name] = [src, idx]
+                continue
+            entry = self.cache.get(self.sigs[src])
+            if entry is None:
+                raise RuntimeError(f"internal: output of node {src} is missing from the cache")
+            value = entry.outputs[idx]
+            if isinstance(value, SPECIAL):
+                special = True  # checked per element when mapped
+            else:
+                spec = node.cls.INPUT_SPECS[name]
+                if spec.is_widget and not spec.accepts_as_is(value):
+                    value, issue = check_constant(spec, value, self.ex.env)
+                    if issue is not None:
+                        raise ValueError(issue.message)
+            kwargs[name] = value
+        return kwargs, special
+
+    def _request_lazy(self, node: ValidatedNode, info: _ClassInfo, kwargs: dict[str, Any],
+                      special: bool, ctx: ExecutionContext
+                      ) -> tuple[dict[str, Any], bool, bool]:
+        """Ask the node which lazy inputs it needs until it needs none it lacks;
+        returns the inputs, whether one is special, and whether it now waits."""
+        uses = self.uses[node.id]
+        while True:
+            if special or info.input_is_list:
+                sets = [as_lists(kwargs)] if info.input_is_list else list(calls(kwargs))
+            else:
+                sets = [kwargs]
+            wanted: list[str] = []
+            for kw in sets:
+                wanted.extend(node.cls.model_construct(**kw).check_lazy_status(ctx) or ())
+            new = [name for name in dict.fromkeys(wanted)
+                   if name in info.lazy and name in node.links
+                   and node.links[name][0] not in uses]
+            if not new:
+                return kwargs, special, False
+            waits = 0
+            for name in new:
+                src = node.links[name][0]
+                if src in uses:
+                    continue
+                if self._use(node.id, src, uses):
+                    waits += 1
+                    if src not in self.state:
+                        self._schedule(src)
+            if waits:
+                self.waits[node.id] = waits
+                return kwargs, special, True
+            kwargs, special = self._inputs(node, info)  # all were cached: ask again
+
+    def _run_mapped(self, node: ValidatedNode, info: _ClassInfo, kwargs: dict[str, Any],
+                    ctx: ExecutionContext
+                    ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
+        plan = plan_calls(node, kwargs, input_is_list=info.input_is_list, raw=info.raw,
+                          env=self.ex.env, report_block=lambda m: self._report_block(node, m))
+        results: list[tuple[Any, ...] | None] = []
+        for call in plan:
+            if call is None:
+                results.append(None)
+                continue
+            ctx.check_interrupt()
+            results.append(node.cls.model_construct(**call).execute(ctx))
+        return merge_calls(node.cls, info.output_is_list, results)
+
+    def _report_block(self, node: ValidatedNode, message: str) -> None:
+        self.result.blocked[node.id] = message
+        self.emit("execution_blocked", {"prompt_id": self.prompt_id, "node_id": node.id,
+                                        "display_node": self._display(node.id),
+                                        "node_type": node.cls.TYPE, "message": message})
+
+    def _finish(self, node_id: str, outputs: tuple[Any, ...], ui: dict[str, Any] | None,
+                expand: dict[str, Any] | None) -> None:
+        self.result.executed.append(node_id)
+        if expand is not None:
+            self._expand(node_id, outputs, ui, expand)
+        else:
+            self._store(node_id, outputs, ui)
+
+    def _store(self, node_id: str, outputs: tuple[Any, ...], ui: dict[str, Any] | None) -> None:
+        pins = len(self.dependents.get(node_id, ()))
+        self.cache.put(self.sigs[node_id], outputs, ui, pins=pins)
+        if pins:
+            self.held[node_id] = self.held.get(node_id, 0) + pins
+        if ui:
+            if node_id in self.targets:
+                self.result.outputs[node_id] = ui
+            self.emit("executed", {"node": node_id, "display_node": self._display(node_id),
+                                   "output": ui, "prompt_id": self.prompt_id})
+        self._complete(node_id)
+
+    # --- expansion -------------------------------------------------------------
+    def _expand(self, node_id: str, outputs: tuple[Any, ...], ui: dict[str, Any] | None,
+                graph: dict[str, Any]) -> None:
+        if self._classes is None:
+            self._classes = {n: v.cls for n, v in self.nodes.items()}
+        added = validate_expansion(node_id, graph, self.nodes, self._classes,
+                                   self.ex.registry, self.ex.env)
+        dyn = self.dynamic_graph()
+        for vnode in added:
+            self.nodes[vnode.id] = vnode
+            self._classes[vnode.id] = vnode.cls
+            self.rank[vnode.id] = len(self.rank)
+            dyn.add(vnode.id, node_id, vnode.title)
+            vnode.title = None
+            self._sign(vnode, ephemeral=True)
+        self.expansions[node_id] = (outputs, ui)
+        self.state[node_id] = _EXPANDED
+        uses = self.uses.setdefault(node_id, set())
+        waits = 0
+        for out in outputs:
+            if not is_link(out):
+                continue
+            src = str(out[0])
+            if src not in self.nodes:
+                raise ExpansionError(f"node {node_id}'s output links to node {src!r}, which "
+                                     "is neither in its subgraph nor in the prompt")
+            if src in uses:
+                continue
+            if self._use(node_id, src, uses):
+                waits += 1
+                if src not in self.state:
+                    self._schedule(src)
+        self.waits[node_id] = waits
+        if waits == 0:
+            heapq.heappush(self.ready, (self.rank[node_id], node_id))
+
+    def _resolve_expansion(self, node_id: str) -> None:
+        outputs, ui = self.expansions.pop(node_id)
+        values = []
+        for out in outputs:
+            if is_link(out):
+                entry = self.cache.get(self.sigs[str(out[0])])
+                if entry is None:
+                    raise _NodeFailure(node_id, RuntimeError(
+                        f"internal: output of node {out[0]} is missing from the cache"))
+                values.append(entry.outputs[out[1]])
+            else:
+                values.append(out)
+        self._store(node_id, tuple(values), ui)
+
+    # --- async -----------------------------------------------------------------
+    def _start_async(self, node: ValidatedNode, info: _ClassInfo, kwargs: dict[str, Any],
+                     special: bool, ctx: ExecutionContext) -> None:
+        mapped = special or info.input_is_list
+        plan = plan_calls(node, kwargs, input_is_list=info.input_is_list, raw=info.raw,
+                          env=self.ex.env, report_block=lambda m: self._report_block(node, m)
+                          ) if mapped else [kwargs]
+
+        async def job() -> list[Any]:
+            results = []
+            for call in plan:
+                results.append(None if call is None else
+                               await node.cls.model_construct(**call).execute(ctx))
+            return results
+
+        self.state[node.id] = _RUNNING
+        future = self.ex.async_host().submit(job())
+        self.inflight[future] = (node.id, ctx)
+
+    def _collect_async(self, block: bool) -> None:
+        """Finish the async nodes that are done (waiting for one if ``block``)."""
+        done, _ = concurrent.futures.wait(list(self.inflight), timeout=0.05 if block else 0,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            node_id, _ctx = self.inflight.pop(future)
+            node = self.nodes[node_id]
+            try:
+                returned = future.result()
+                outputs, ui, expand = merge_calls(node.cls, _info(node.cls).output_is_list,
+                                                  returned)
+                self._finish(node_id, outputs, ui, expand)
+            except (Interrupted, _NodeFailure):
+                raise
+            except Exception as exc:
+                raise _NodeFailure(node_id, exc) from exc
+
+    # --- pins and errors -------------------------------------------------------
+    def _display(self, node_id: str) -> str:
+        return self._graph.get_display_node_id(node_id) if self._graph is not None else node_id
+
+    def _pin(self, node_id: str) -> None:
+        self.cache.pin(self.sigs[node_id])
+        self.held[node_id] = self.held.get(node_id, 0) + 1
+
+    def _unpin(self, node_id: str) -> None:
+        if self.held.get(node_id):
+            self.held[node_id] -= 1
+            self.cache.unpin(self.sigs[node_id])
+
+    def _error_payload(self, current: str | None, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, _NodeFailure):
+            current, exc = exc.node_id, exc.original
+        node = self.nodes.get(current or "")
+        if not isinstance(exc, ValueError | FileNotFoundError | PermissionError
+                          | DependencyCycleError):
+            log.error("node %s failed", current, exc_info=exc)
+        payload = {
+            "prompt_id": self.prompt_id,
+            "node_id": current,
+            "node_type": node.cls.TYPE if node else None,
+            "executed": list(self.result.executed),
+            "exception_message": str(exc),
+            "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "traceback": traceback.format_exception(exc),
+            "current_inputs": {k: _short_repr(v)
+                               for k, v in (node.constants if node else {}).items()},
+            "current_outputs": {},
+            "timestamp": _now_ms(),
+        }
+        if isinstance(exc, DependencyCycleError):
+            payload["cycle"] = exc.cycle
+        if current is not None and self._graph is not None and current in self._graph.display:
+            payload["display_node"] = self._graph.get_display_node_id(current)
+        return payload
+
+

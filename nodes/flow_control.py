@@ -1,0 +1,205 @@
+"""Flow control: branches that are never computed, and loops.
+
+``If`` and ``Switch`` take their branches as lazy inputs: only the chosen one is
+evaluated (the others are never run, so a branch that would fail is harmless).
+Loops are node expansion (:mod:`engine.expansion`): a loop's body is what lies
+between its Start and End nodes; while the loop goes on, End returns a copy of the
+body and of itself, the copy's Start fed this iteration's value, to run in its
+place. Each copy is cached by signature like any node, so re-running a loop after
+raising its count runs only the new iterations.
+
+    start = ForLoopStart(value=x)            # -> flow, index, value
+    body  = ...(start.value, start.index)    # any nodes
+    end   = ForLoopEnd(flow=start.flow, value=body, count=10)  # -> the final value
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine import ExecutionContext, Input, Node, NodeResult, Output
+from engine.expansion import Subgraph
+from engine.workflow import is_link
+
+MAX_ITERATIONS = 1_000_000
+FLOW = "FLOW_CONTROL"
+
+
+class If(Node):
+    """``if_true`` when ``condition`` holds, else ``if_false``; only that branch runs."""
+
+    TYPE = "If"
+    CATEGORY = "utils/flow"
+    OUTPUTS = (Output("*", "value"),)
+
+    condition: bool = Input(True)
+    if_true: Any = Input(type="*", optional=True, lazy=True)
+    if_false: Any = Input(type="*", optional=True, lazy=True)
+
+    def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
+        return ["if_true" if self.condition else "if_false"]
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        return (self.if_true if self.condition else self.if_false,)
+
+
+class Switch(Node):
+    """Input number ``select`` (0-3); only the selected input is computed."""
+
+    TYPE = "Switch"
+    CATEGORY = "utils/flow"
+    OUTPUTS = (Output("*", "value"),)
+
+    select: int = Input(0, min=0, max=3)
+    input_0: Any = Input(type="*", optional=True, lazy=True)
+    input_1: Any = Input(type="*", optional=True, lazy=True)
+    input_2: Any = Input(type="*", optional=True, lazy=True)
+    input_3: Any = Input(type="*", optional=True, lazy=True)
+
+    def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
+        return [f"input_{self.select}"]
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        return (getattr(self, f"input_{self.select}"),)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, "==": operator.eq,
+    "!=": operator.ne, ">": operator.gt, ">=": operator.ge,
+}
+
+
+class IntCompare(Node):
+    """``a <op> b`` as a BOOLEAN, e.g. a while loop's condition."""
+
+    TYPE = "IntCompare"
+    CATEGORY = "utils/math"
+    OUTPUTS = (Output("BOOLEAN"),)
+
+    a: int = Input(0)
+    b: int = Input(0)
+    op: str = Input("<", choices=tuple(_COMPARE))
+
+    def execute(self, ctx: ExecutionContext) -> tuple[bool]:
+        return (_COMPARE[self.op](self.a, self.b),)
+
+
+@dataclass(frozen=True)
+class LoopFlow:
+    """What a loop's Start tells its End: which node starts the body, and the
+    iteration number."""
+
+    start: str
+    index: int
+
+
+class _LoopStart(Node):
+    OUTPUTS = (Output(FLOW, "flow"), Output("*", "value"), Output("INT", "index"))
+
+    value: Any = Input(type="*", optional=True)
+    index: int = Input(0, min=0, max=MAX_ITERATIONS,
+                       description="iteration number (set by the loop's own copies)")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[LoopFlow, Any, int]:
+        return LoopFlow(ctx.node_id, self.index), self.value, self.index
+
+
+class ForLoopStart(_LoopStart):
+    """Start of a for loop's body: the value the body starts from, and the index."""
+
+    TYPE = "ForLoopStart"
+    CATEGORY = "utils/flow"
+
+
+class WhileLoopStart(_LoopStart):
+    """Start of a while loop's body: the value the body starts from, and the index."""
+
+    TYPE = "WhileLoopStart"
+    CATEGORY = "utils/flow"
+
+
+class ForLoopEnd(Node):
+    """End of a for loop: runs the body ``count`` times, each time on the value the
+    previous time produced, and outputs the last one."""
+
+    TYPE = "ForLoopEnd"
+    CATEGORY = "utils/flow"
+    OUTPUTS = (Output("*", "value"),)
+
+    flow: Any = Input(type=FLOW)
+    value: Any = Input(type="*", optional=True)
+    count: int = Input(1, min=1, max=MAX_ITERATIONS)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any] | NodeResult:
+        flow = _flow(self.flow, self.TYPE)
+        if flow.index + 1 >= self.count:
+            return (self.value,)
+        return next_iteration(ctx, flow)
+
+
+class WhileLoopEnd(Node):
+    """End of a while loop: runs the body again while ``condition`` (computed by the
+    body) holds, at most ``max_iterations`` times, and outputs the last value."""
+
+    TYPE = "WhileLoopEnd"
+    CATEGORY = "utils/flow"
+    OUTPUTS = (Output("*", "value"),)
+
+    flow: Any = Input(type=FLOW)
+    condition: bool = Input(type="BOOLEAN", force_input=True)
+    value: Any = Input(type="*", optional=True)
+    max_iterations: int = Input(10_000, min=1, max=MAX_ITERATIONS)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any] | NodeResult:
+        flow = _flow(self.flow, self.TYPE)
+        if not self.condition:
+            return (self.value,)
+        if flow.index + 1 >= self.max_iterations:
+            raise ValueError(f"WhileLoopEnd: the condition still holds after "
+                             f"{self.max_iterations} iterations; raise max_iterations or "
+                             "check the condition")
+        return next_iteration(ctx, flow)
+
+
+def _flow(value: Any, node_type: str) -> LoopFlow:
+    if not isinstance(value, LoopFlow):
+        raise ValueError(f"{node_type}: 'flow' must come from a loop Start node's flow output")
+    return value
+
+
+def next_iteration(ctx: ExecutionContext, flow: LoopFlow) -> NodeResult:
+    """A copy of the body between ``flow.start`` and this End node, and of this End,
+    whose Start gets this iteration's value; this End's output is the copy's."""
+    graph = ctx.graph
+    body = graph.between(flow.start, ctx.node_id)
+    if not body:
+        raise ValueError(f"loop end {ctx.node_id} is not downstream of its start "
+                         f"{flow.start}")
+    sub = Subgraph(ctx)
+    originals = {node_id: graph.get_node(node_id) for node_id in sorted(body)}
+    for node_id, original in originals.items():
+        clone = sub.node(original["class_type"], key=node_id)
+        clone.display_id = graph.get_display_node_id(node_id)
+    for node_id, original in originals.items():
+        clone = sub.lookup(node_id)
+        assert clone is not None
+        for name, value in original["inputs"].items():
+            if is_link(value) and value[0] in body:
+                source = sub.lookup(value[0])
+                assert source is not None
+                value = source.out(value[1])
+            clone.set_input(name, value)
+    start = sub.lookup(flow.start)
+    end = sub.lookup(ctx.node_id)
+    assert start is not None and end is not None
+    start.set_input("index", flow.index + 1)
+    # the next iteration starts from what feeds this End: this iteration's result
+    start.set_input("value", originals[ctx.node_id]["inputs"].get("value"))
+    return NodeResult((end.out(0),), expand=sub.finalize())
+
+
+NODE_CLASSES = (If, Switch, IntCompare, ForLoopStart, ForLoopEnd, WhileLoopStart,
+                WhileLoopEnd)
