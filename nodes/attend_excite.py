@@ -88,12 +88,22 @@ class AttendAndExcite(Node):
         from nodes.diffusion.attend_excite import parse_thresholds, prompt_tokens, token_indices
         from nodes.diffusion.embeddings import EmbeddingLibrary
 
+        if self.clip.text_encoder is None:
+            raise ValueError("Attend-and-Excite needs a CLIP with CLIP-L (SD 1.x/2.x or the "
+                             "SDXL base); the SDXL refiner's has only OpenCLIP bigG")
         dim = int(self.clip.text_encoder.get_input_embeddings().weight.shape[1])
         library = EmbeddingLibrary(ctx.env, dim)
         indices, problems = token_indices(self.clip.tokenizer, self.text, self.words, library)
         if problems:
             raise ValueError("; ".join(problems))
-        embeds = encode_text(self.clip, self.text, library)
+        options: dict[str, Any] = {}
+        if self.clip.text_encoder_2 is not None:  # SDXL: both encoders, the pooled output
+            from nodes.diffusion.sdxl import encode_sdxl
+
+            embeds, options["pooled_output"] = encode_sdxl(
+                self.clip, self.text, None, lambda width: EmbeddingLibrary(ctx.env, width))
+        else:
+            embeds = encode_text(self.clip, self.text, library)
         text_tokens = None
         if self.normalize_eot:
             text_tokens = [t.index for t in prompt_tokens(self.clip.tokenizer, self.text,
@@ -103,7 +113,7 @@ class AttendAndExcite(Node):
             thresholds=parse_thresholds(self.thresholds), scale_factor=self.scale_factor,
             attn_res=self.attn_res, max_refinement_steps=self.max_refinement_steps,
             text_tokens=text_tokens, label=self.words)
-        return (Conditioning((CondEntry(embeds, {"extensions": (extension,)}),)),)
+        return (Conditioning((CondEntry(embeds, {**options, "extensions": (extension,)}),)),)
 
 
 NODE_CLASSES = (AttendAndExcite,)

@@ -105,9 +105,19 @@ def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None
     Without weights or embeddings and within 75 tokens this is diffusers'
     ``encode_prompt``. ``embeddings`` resolves ``embedding:name`` (None: plain text);
     ``weighting`` is ``"comfy"`` or ``"a1111"`` (see ``apply_weights``).
+
+    On SDXL's CLIP this is both encoders' embeddings (``encode_sdxl``: CLIP-L and bigG
+    side by side, bigG alone on the refiner), so techniques that encode prompts of their
+    own (SEGA's concepts, FABRIC's empty prompt) fit the UNet; the pooled output is
+    dropped (the sampler gives their batch rows the positive prompt's).
     """
     import torch
 
+    if clip.text_encoder_2 is not None:
+        from nodes.diffusion.sdxl import encode_sdxl
+
+        return encode_sdxl(clip, text, None, _embeddings_by_width(embeddings),
+                           weighting=weighting)[0]
     tokenizer, encoder = clip.tokenizer, clip.text_encoder
     tokens = tokenize_weighted(tokenizer, parse_prompt_weights(text), embeddings)
     windows = _windows(tokenizer, tokens)
@@ -120,6 +130,23 @@ def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None
                        if weighting == "comfy" else None)
             z = apply_weights(z, weights, z_empty=z_empty, method=weighting)
     return z.reshape(1, -1, z.shape[-1])
+
+
+def _embeddings_by_width(embeddings: EmbeddingLookup | None) -> Any:
+    """``embeddings_for(width)`` from one encoder's lookup: an ``EmbeddingLibrary`` is
+    re-made for the other encoder's width; any other lookup serves only its own width."""
+    if embeddings is None:
+        return None
+    env, dim = getattr(embeddings, "env", None), getattr(embeddings, "dim", None)
+
+    def embeddings_for(width: int) -> Any:
+        if env is None or width == dim:
+            return embeddings
+        from nodes.diffusion.embeddings import EmbeddingLibrary
+
+        return EmbeddingLibrary(env, width)
+
+    return embeddings_for
 
 
 class CLIPTextEncode(Node):

@@ -80,7 +80,8 @@ def _patch_clip(clip: TextEncoder, lora: LoraFile, strength: float) -> TextEncod
         if encoder is None:
             which = "CLIP-L" if component == "text_encoder" else "OpenCLIP bigG (SDXL)"
             raise LoraMismatchError(
-                f"LoRA {lora.name!r} has {which} text-encoder layers but this {clip.family!r} "
+                f"LoRA {lora.name!r} has {which} text-encoder layers ({component}) but this "
+                f"{clip.family!r} "
                 "CLIP has no such encoder: use a LoRA made for this model, or "
                 "LoraLoaderModelOnly")
         patch = lora.patch(encoder, component, strength)

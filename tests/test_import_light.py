@@ -41,6 +41,7 @@ for folder, name, marker in (("checkpoints", "steerflow-shapes", "model_index.js
 (env.folder("models", "clip_vision", create=True) / "steerflow-shapes-clip.safetensors").touch()
 for name in ("sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors"):  # user-supplied
     (env.folder("models", "checkpoints") / name).touch()
+(env.folder("models", "controlnet") / "controlnet-canny-sdxl-1.0.safetensors").touch()
 
 registry = default_registry()
 schema = registry.schema(env)

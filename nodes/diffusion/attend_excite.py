@@ -426,8 +426,10 @@ class AttendAndExcite(SamplerExtension):
 
         state.recorder.clear(run)
         with run.attention.roles_for(["cond"]):
+            added = run.added_cond_kwargs(state.embeds, ["cond"])  # SDXL's pooled/sizes
             run.model.unet(latent * model_input_scale(run.scheduler, t), t,
-                           encoder_hidden_states=state.embeds, return_dict=False)
+                           encoder_hidden_states=state.embeds, return_dict=False,
+                           **({} if added is None else {"added_cond_kwargs": added}))
         h, w = state.size
         maps = state.recorder.average(run, "cond")[0].reshape(h, w, -1)
         return attend_excite_loss(max_attention_per_index(maps, self.indices, self.text_tokens))

@@ -190,6 +190,10 @@ class ControlNetResiduals(SamplerExtension):
             return
         net = self.control_net.model
         image = state.image.repeat((hi - lo) // batch, 1, 1, 1)
+        # SDXL ControlNets take the same pooled/size rows as the UNet (the pipeline's
+        # controlnet_added_cond_kwargs: only the conditional rows in guess mode)
+        added = {} if call.added_cond_kwargs is None else {"added_cond_kwargs": {
+            k: v[lo:hi].to(net.device, net.dtype) for k, v in call.added_cond_kwargs.items()}}
         down, mid = net(
             call.latent_input[lo:hi].to(device=net.device, dtype=net.dtype),
             call.timestep,
@@ -198,6 +202,7 @@ class ControlNetResiduals(SamplerExtension):
             conditioning_scale=scale,
             guess_mode=state.guess,
             return_dict=False,
+            **added,
         )
         down = [pad_rows(d.to(run.device, run.dtype), lo, hi, total) for d in down]
         call.add_residuals(down, pad_rows(mid.to(run.device, run.dtype), lo, hi, total))
@@ -233,6 +238,10 @@ def _check_fits(control_net: ControlNet, run: SamplingRun) -> None:
             or net.layers_per_block != unet.layers_per_block):
         raise ValueError(f"{name} does not match this model's UNet blocks "
                          f"({tuple(net.block_out_channels)} vs {tuple(unet.block_out_channels)})")
+    if (net.addition_embed_type == "text_time") != (unet.addition_embed_type == "text_time"):
+        kind = "an SDXL" if net.addition_embed_type == "text_time" else "an SD 1.x/2.x"
+        raise ValueError(f"{name} is {kind} ControlNet; this model is not: load the "
+                         "ControlNet made for this checkpoint's family")
     if net.in_channels != run.init_latents.shape[1]:
         raise ValueError(f"{name} expects {net.in_channels}-channel latents, "
                          f"got {run.init_latents.shape[1]}")

@@ -1,11 +1,12 @@
-"""Load SD 1.x / 2.x ControlNets and T2I-Adapters from a diffusers folder or one checkpoint
+"""Load SD 1.x / 2.x / SDXL ControlNets and T2I-Adapters from a diffusers folder or one checkpoint
 file, offline (both live in ``models/controlnet``; :func:`load_control_model` tells them apart).
 
 A single file may be in the original ControlNet layout (``control_model.*`` keys, or
 the same keys without the prefix as most published files have) or in diffusers'
 layout. Its config comes from Steerflow's ``steerflow.config`` metadata when
-present, else from the shipped SD 1.5 / SD 2.1 UNet config picked by the
-cross-attention width, the way ``ControlNetModel.from_unet`` derives it. Pickle
+present, else from the shipped SD 1.5 / SD 2.1 / SDXL UNet config picked by the
+cross-attention width, the way ``ControlNetModel.from_unet`` derives it (an SDXL
+ControlNet's transformer depths come from its weights: there are smaller variants). Pickle
 files are refused unless the caller opts in (see ``read_checkpoint_file``).
 
 A T2I-Adapter file may be in diffusers' layout (``adapter.*``) or TencentARC's original
@@ -97,8 +98,6 @@ def load_t2i_adapter(path: Path, *, allow_pickle: bool = False,
 def controlnet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
                                *, name: str = "checkpoint") -> ControlNetModel:
     """Build a ControlNet from a single file's tensors (original or diffusers layout)."""
-    if any(k.startswith(("add_embedding.", "label_emb.")) for k in _strip_prefix(state_dict)):
-        raise ValueError(f"{name}: SDXL ControlNets are not supported (only SD 1.x and SD 2.x)")
     config = _config_from_metadata(metadata)
     unet_config = None
     if config is None:
@@ -107,6 +106,10 @@ def controlnet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str
         state_dict, config or {"layers_per_block": unet_config["layers_per_block"]})
     # The converter fills absent keys with None; drop them so the check names them.
     converted = {k: v for k, v in converted.items() if v is not None}
+    converted.update(_sdxl_added_embedding(state_dict))
+    if unet_config is not None and unet_config.get("addition_embed_type") == "text_time":
+        unet_config = {**unet_config,
+                       "transformer_layers_per_block": _transformer_depths(converted)}
     if "controlnet_cond_embedding.conv_in.weight" not in converted:
         raise ValueError(f"{name} is not a ControlNet: it has no hint encoder "
                          "(input_hint_block.* / controlnet_cond_embedding.*) weights")
@@ -128,10 +131,41 @@ def _detect_family(state_dict: Mapping[str, torch.Tensor], name: str) -> str:
         return "sd1"
     if widths == {1024}:
         return "sd2"
+    if widths == {2048}:
+        return "sdxl"
     raise ValueError(
         f"{name}: cannot tell which model this ControlNet is for (cross-attention width "
-        f"{sorted(widths) or 'none'}); only SD 1.x (768) and SD 2.x (1024) are supported. "
+        f"{sorted(widths) or 'none'}); SD 1.x (768), SD 2.x (1024) and SDXL (2048) are "
+        "supported. "
         f"A file saved by Steerflow carries its config in the {CONFIG_METADATA_KEY!r} metadata.")
+
+
+def _sdxl_added_embedding(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """SDXL's pooled/size embedding in the original layout (``label_emb.0.{0,2}``), which
+    diffusers' ControlNet converter leaves out, under its diffusers names."""
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix(CONTROL_PREFIX)
+        for layer, linear in (("0", "linear_1"), ("2", "linear_2")):
+            if key.startswith(f"label_emb.0.{layer}."):
+                out[f"add_embedding.{linear}.{key.rsplit('.', 1)[1]}"] = value
+    return out
+
+
+def _transformer_depths(weights: Mapping[str, torch.Tensor]) -> list[int]:
+    """Transformer blocks per down block (SDXL ControlNets come in several depths:
+    the full model's 0/2/10, and smaller ones)."""
+    depths: dict[int, int] = {}
+    for key in weights:
+        parts = key.split(".")
+        if parts[0] == "down_blocks" and "transformer_blocks" in parts:
+            block = int(parts[1])
+            depth = int(parts[parts.index("transformer_blocks") + 1]) + 1
+            depths[block] = max(depths.get(block, 0), depth)
+    blocks = 1 + max((int(k.split(".")[1]) for k in weights if k.startswith("down_blocks.")),
+                     default=0)
+    # a block without attention keeps 1 (diffusers' default; it is unused there)
+    return [depths.get(i, 1) for i in range(blocks)]
 
 
 def _controlnet_for_unet(unet_config: Mapping[str, Any], weights: StateDict) -> ControlNetModel:

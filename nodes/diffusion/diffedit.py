@@ -95,6 +95,7 @@ def diffedit_mask(model: DiffusionModel, vae: Vae, image: torch.Tensor, source: 
 
     from nodes.diffusion.prompt_weighting import match_token_lengths
     from nodes.diffusion.schedulers import make_scheduler
+    from nodes.diffusion.sdxl import added_conditioning
 
     unet = model.unet
     device, dtype = unet.device, unet.dtype
@@ -131,7 +132,14 @@ def diffedit_mask(model: DiffusionModel, vae: Vae, image: torch.Tensor, source: 
     embeds = torch.cat(match_token_lengths([rows(c) for pair in pairs for c in pair]))
     chunks = 2 * len(pairs[0])
     model_input = scheduler.scale_model_input(torch.cat([noisy] * chunks), t)
-    pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    # SDXL: each chunk takes its own prompt's pooled and size rows (one mechanism, sdxl.py)
+    added = added_conditioning(
+        model, Conditioning((*source.entries, *target.entries)),
+        negative if negative is not None else Conditioning(()), tuple(latents.shape[-2:]),
+        device, dtype)
+    roles = ["uncond", "cond"] * 2 if do_cfg else ["cond"] * 2
+    extra = {} if added is None else {"added_cond_kwargs": added.kwargs(embeds, roles)}
+    pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
     if do_cfg:
         neg_src, src, neg_tgt, tgt = pred.chunk(4)
         src = neg_src + cfg * (src - neg_src)

@@ -250,7 +250,8 @@ class FABRIC(SamplerExtension):
         else:
             alpha_prod = run.scheduler.alphas_cumprod[int(t)].to(z.device, z.dtype)
         noised = alpha_prod ** 0.5 * z + (1 - alpha_prod) ** 0.5 * noise
-        call = UNetCall(noised, noised, t, state.null_embeds)
+        call = UNetCall(noised, noised, t, state.null_embeds,
+                        added_cond_kwargs=run.added_cond_kwargs(state.null_embeds, (ROLE,)))
         with run.attention.roles_for((ROLE,)):
             call.forward(run.model.unet)
 

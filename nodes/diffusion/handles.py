@@ -65,6 +65,8 @@ class TextEncoder:
     # tokenizer; the SDXL refiner has only this one (``text_encoder`` is None).
     text_encoder_2: Any = None
     tokenizer_2: Any = None
+    # LoRA updates for ``text_encoder_2`` (kohya ``lora_te2_``, diffusers ``text_encoder_2.``)
+    patches_2: tuple[Any, ...] = ()
 
     @property
     def device(self) -> torch.device:

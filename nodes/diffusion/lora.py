@@ -17,7 +17,10 @@ Key layouts understood (``<m>`` is a module path in diffusers/transformers namin
   ``<attn>.processor.to_q_lora.down.weight``; keys without a component prefix
   belong to the UNet;
 * kohya / A1111: ``lora_unet_<m with _>.lora_down.weight`` / ``.lora_up.weight`` /
-  ``.alpha`` and ``lora_te_<m with _>...``;
+  ``.alpha`` and ``lora_te_<m with _>...``; SDXL's ``lora_te1_`` (CLIP-L), ``lora_te2_``
+  (OpenCLIP bigG) and ``lora_unet_`` with the original (SGM) block names
+  (``input_blocks_4_1_...``), which map through :func:`~nodes.diffusion.original_layout.
+  unet_key_map`; diffusers' ``text_encoder_2.`` prefix is bigG;
 * ComfyUI's full-weight differences ``<m>.diff`` / ``<m>.diff_b`` (``ΔW`` and ``Δb``
   themselves, e.g. Train Custom Diffusion's files), in any of the prefixings above.
 
@@ -48,7 +51,7 @@ if TYPE_CHECKING:
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors metadata entry
 _SHOWN = 5  # failing keys listed in an error
 
@@ -142,7 +145,7 @@ _ROLES = (  # suffix pattern → role; the module path is what precedes it
 _PROCESSOR_SLOT = re.compile(r"(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora$")
 _UNET_SLOTS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _TEXT_SLOTS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
-_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder_1",
+_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                    "lora_te2_": "text_encoder_2"}
 
 
@@ -197,7 +200,35 @@ def _module_index(root: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], di
         flat = name.replace(".", "_")
         kohya[flat] = name
         kohya.setdefault("text_model_" + flat, name)  # transformers < 5 naming
+    for original, name in _original_unet_names(root).items():
+        kohya.setdefault(original.replace(".", "_"), name)  # kohya's SDXL UNet names
     return modules, kohya
+
+
+def _original_unet_names(root: torch.nn.Module) -> dict[str, str]:
+    """A UNet's modules by their original-layout (LDM/SGM) names, which kohya's SDXL
+    LoRAs use (``input_blocks.4.1.proj_in``); empty for anything else."""
+    config = getattr(root, "config", None)
+    if config is None or "down_block_types" not in config or "layers_per_block" not in config:
+        return {}
+    from nodes.diffusion.original_layout import LayoutError, _rename_suffix, unet_key_map
+
+    names = [n for n, _ in root.named_parameters()]
+    try:
+        prefix_map = unet_key_map(dict(config), set(names))
+    except LayoutError:  # per-block layers_per_block: no original layout to name
+        return {}
+    out: dict[str, str] = {}
+    for name in {n.rsplit(".", 1)[0] for n in names}:
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:cut]) + "."
+            if prefix in prefix_map:
+                new_prefix, table = prefix_map[prefix]
+                out[(new_prefix + _rename_suffix(name[len(prefix):] + ".", table)).rstrip(".")
+                    ] = name
+                break
+    return out
 
 
 def _resolve(key: str, modules: dict[str, torch.nn.Module], kohya: dict[str, str]) -> str | None:
@@ -336,7 +367,7 @@ def load_lora(path: Path, *, allow_pickle: bool = False) -> LoraFile:
     other = sorted(set(layers) - set(COMPONENTS))
     if other:
         raise LoraMismatchError(f"{path.name} has layers for {', '.join(other)}, which a "
-                                "Stable Diffusion 1.x/2.x model does not have (an SDXL LoRA?)")
+                                "Stable Diffusion model does not have")
     if not layers:
         raise LoraMismatchError(f"{path.name} holds no LoRA weights")
     return LoraFile(path.name, layers, metadata)

@@ -120,7 +120,7 @@ def encode_sdxl(clip: TextEncoder, text_g: str, text_l: str | None = None,
     if clip.text_encoder_2 is None:
         raise ValueError("this CLIP is not an SDXL text encoder (it has no OpenCLIP bigG)")
     encoder_g, tokenizer_g = clip.text_encoder_2, clip.tokenizer_2
-    with torch.no_grad():
+    with torch.no_grad(), patched(encoder_g, clip.patches_2):
         if clip.text_encoder is None:  # the refiner
             z_g, pooled, _ = _encode_one(encoder_g, tokenizer_g, text_g, clip, embeddings_for,
                                          weighting)

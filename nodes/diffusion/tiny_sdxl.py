@@ -12,9 +12,11 @@ from pathlib import Path
 
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     EulerDiscreteScheduler,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
+    T2IAdapter,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -119,3 +121,50 @@ def ensure_tiny_sdxl(models_dir: Path) -> tuple[Path, Path]:
     refiner = ensure_built(models_dir, "checkpoints", TINY_REFINER_NAME, "model_index.json",
                            save_tiny_sdxl_refiner)
     return base, refiner
+
+
+# --- ControlNet and T2I-Adapter for the tiny SDXL base -------------------------------------------
+
+TINY_SDXL_CONTROLNET_NAME = "steerflow-tiny-sdxl-controlnet"
+TINY_SDXL_ADAPTER_NAME = "steerflow-tiny-sdxl-adapter"
+
+
+def build_tiny_sdxl_controlnet(seed: int = 0) -> ControlNetModel:
+    """A ControlNet for the tiny SDXL base (``from_unet``: text-time added embedding and
+    all), its zero convolutions re-initialised so it has an effect; 8x hint encoder."""
+    from nodes.diffusion.tiny_controlnet import HINT_CHANNELS
+
+    unet = _seeded(seed + 20, lambda: UNet2DConditionModel(**UNET_CONFIG))
+
+    def build() -> ControlNetModel:
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=HINT_CHANNELS)
+        for conv in (*net.controlnet_down_blocks, net.controlnet_mid_block,
+                     net.controlnet_cond_embedding.conv_out):
+            conv.reset_parameters()
+        return net
+
+    return _seeded(seed + 21, build).eval()
+
+
+def build_tiny_sdxl_adapter(seed: int = 0) -> T2IAdapter:
+    """A ``full_adapter_xl`` T2I-Adapter whose features fit the tiny SDXL UNet's two down
+    blocks (as SDXL's: the first feature at half the latent size)."""
+    return _seeded(seed + 22, lambda: T2IAdapter(
+        in_channels=3, channels=[32, 64], num_res_blocks=2, downscale_factor=16,
+        adapter_type="full_adapter_xl")).eval()
+
+
+def save_tiny_sdxl_control(target_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """Write the tiny SDXL ControlNet and T2I-Adapter, each as a diffusers folder and an
+    original-layout single file (``<name>`` and ``<name>.safetensors``)."""
+    from nodes.diffusion.controlnet_loading import save_original_adapter, save_original_controlnet
+
+    target = Path(target_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    net, adapter = build_tiny_sdxl_controlnet(seed), build_tiny_sdxl_adapter(seed)
+    net.save_pretrained(target / TINY_SDXL_CONTROLNET_NAME, safe_serialization=True)
+    save_original_controlnet(target / f"{TINY_SDXL_CONTROLNET_NAME}.safetensors", net)
+    adapter.save_pretrained(target / TINY_SDXL_ADAPTER_NAME, safe_serialization=True)
+    save_original_adapter(target / f"{TINY_SDXL_ADAPTER_NAME}.safetensors", adapter)
+    return {"controlnet": target / TINY_SDXL_CONTROLNET_NAME,
+            "adapter": target / TINY_SDXL_ADAPTER_NAME}
