@@ -1,0 +1,128 @@
+"""Measure Train DreamBooth on the default model: teach "sks" = a heart from the 8 images
+of ``scripts/measure_training_nodes.py`` and score it with that script's protocol (new-shape
+match rate, plain held-out prompts with vs without), plus "a circle" prompts.
+
+    python scripts/measure_dreambooth.py --world 77 --prompts 20 --plain 0   # quick, dev
+    python scripts/measure_dreambooth.py                                     # held out
+
+The graph, the images, the scoring and the timing are measure_training_nodes.py's; only
+the training node differs (Train DreamBooth's MODEL and CLIP are wired as Train LoRA's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import measure_training_nodes as mtn  # noqa: E402
+
+_lora_graph = mtn.graph
+
+
+def graph(cfg: Any, text: str, seed: int, batch: int, train: dict[str, Any] | None
+          ) -> dict[str, Any]:
+    """measure_training_nodes' graph; Train DreamBooth's outputs are wired as Train LoRA's
+    (MODEL 0, CLIP 1)."""
+    if train is None or train["class_type"] != "TrainDreamBooth":
+        return _lora_graph(cfg, text, seed, batch, train)
+    g = _lora_graph(cfg, text, seed, batch, {**train, "class_type": "TrainLoRA"})
+    g["train"] = train
+    return g
+
+
+mtn.graph = graph  # the protocol's functions build their graphs through this one
+
+
+def circle_scores(runner: Any, cfg: Any, n: int, train: dict[str, Any] | None) -> float:
+    """Fraction of "a <colour> circle" samples (n seeds over the colours) the judge reads as
+    a circle in that colour."""
+    from training import judge
+    from training.shapes import COLORS
+
+    hits = 0
+    names = list(COLORS)
+    for i in range(n):
+        color = names[i % len(names)]
+        img = mtn.images(runner, graph(cfg, f"a {color} circle", 500 + i, 1, train))[0]
+        found = judge.detect(img, max_objects=1)
+        hits += bool(found and found[0].shape == "circle" and found[0].color == color)
+    return hits / max(n, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", type=int, default=mtn.HELD_OUT_SEED)
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--plain", type=int, default=100)
+    parser.add_argument("--circles", type=int, default=0, help="'a <colour> circle' samples")
+    parser.add_argument("--sample-steps", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--base-dir", type=Path, default=Path("/tmp/training_nodes_base"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--train-text-encoder", action="store_true")
+    parser.add_argument("--class-prompt", default="", help="empty: no prior preservation")
+    parser.add_argument("--class-images", type=int, default=100)
+    parser.add_argument("--prior-weight", type=float, default=1.0)
+    parser.add_argument("--skip-base", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from training.evaluate import EvalConfig, GraphRunner
+    from training.new_shapes import WORD
+
+    torch.set_num_threads(args.threads)
+    cfg = EvalConfig(steps=args.sample_steps, progress=False)
+    with tempfile.TemporaryDirectory(prefix="dreambooth-") as work:
+        runner = GraphRunner(args.base_dir / "models", Path(work))
+        captions = mtn.put_training_images(runner)
+        train = {"class_type": "TrainDreamBooth", "inputs": {
+            "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
+            "images": ["batch", 0], "captions": captions, "learning_rate": args.lr,
+            "steps": args.steps, "batch_size": args.batch, "seed": 0, "resolution": 64,
+            "train_text_encoder": args.train_text_encoder,
+            "with_prior_preservation": bool(args.class_prompt),
+            "class_prompt": args.class_prompt, "num_class_images": args.class_images,
+            "prior_loss_weight": args.prior_weight, "class_steps": args.sample_steps,
+            "class_cfg": cfg.cfg, "class_sampler": "euler",
+            "gradient_checkpointing": False, "save_name": ""}}
+        if not args.skip_base:
+            base_plain = mtn.plain_scores(runner, cfg, args.plain, None) if args.plain else {}
+            base_new, drawn = mtn.new_shape_scores(runner, cfg, args.world, args.prompts,
+                                                   args.seeds, WORD, None)
+            print(f"base: plain {mtn.fmt(base_plain)}; sks {mtn.fmt(base_new)} {drawn}",
+                  flush=True)
+            if args.circles:
+                print(f"base: circles {circle_scores(runner, cfg, args.circles, None):.1%}",
+                      flush=True)
+        timing = mtn.train_and_time(runner, cfg, train)
+        steps = len(timing.losses)
+        print(f"training {timing.wall:.1f} s wall, {timing.cpu:.1f} s CPU, {steps} steps; loss "
+              f"{timing.losses[0]:.4f} → {sum(timing.losses[-20:]) / 20:.4f} (last 20)",
+              flush=True)
+        start = time.time()
+        new, drawn = mtn.new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds,
+                                          WORD, train)
+        print(f"dreambooth: sks {mtn.fmt(new)} {drawn}", flush=True)
+        if args.plain:
+            print(f"dreambooth: plain {mtn.fmt(mtn.plain_scores(runner, cfg, args.plain, train))}",
+                  flush=True)
+        if args.circles:
+            print(f"dreambooth: circles {circle_scores(runner, cfg, args.circles, train):.1%}",
+                  flush=True)
+        print(f"[{time.time() - start:.0f} s to score]")
+
+
+if __name__ == "__main__":
+    main()

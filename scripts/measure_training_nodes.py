@@ -1,0 +1,273 @@
+"""Measure Train LoRA and Train Textual Inversion on the default model: teach "sks" = a
+heart (a shape the shapes world never drew) from 8 images, then ask for it.
+
+    python scripts/measure_training_nodes.py                       # both methods, held out
+    python scripts/measure_training_nodes.py --methods lora --lora-steps 300 --rank 8
+    python scripts/measure_training_nodes.py --world 77 --prompts 20  # quick, dev world
+
+Training runs through the real nodes in one graph (Load Image Batch → Train … → CLIP Text
+Encode → KSampler), timed from the node's "executing" event to the sampler's with torch
+on ``--threads`` threads; every step's wall time comes from its progress event. LoRA
+trains on the hearts plus ``--prior`` known-shape images of the base model's own world
+with their captions (prior preservation: without them, 40% hearts but the plain prompts'
+shape score fell 50 points). Then:
+
+- **new shape**: ``--prompts`` shapes-world layouts of world ``--world`` with the shape
+  name replaced by the new word ("a small blue sks on the left on a beige background"),
+  each at ``--seeds`` seeds (one batch); an image counts when its main blob reads as a
+  heart in the asked colour (``training.new_shapes.classify_new``: heart template IoU ≥
+  ``IOU_THRESHOLD`` and above every known shape's). Target ≥ 80%.
+- **plain prompts**: the evaluation's held-out single-shape prompts (``training.evaluate``:
+  world 1_000_003, seed = index), judged for colour / shape / position with the trained
+  MODEL and CLIP and with the base ones. Target: no attribute drops by more than 3 points.
+
+The base model's figures are computed once per run and shared by the methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HELD_OUT_SEED = 1_000_003
+MATCH_TARGET = 0.80
+DROP_TARGET = 0.03
+TI_TOKEN = "<sks>"
+TRAINING_NAMES: list[str] = []  # the hearts, then the prior images (put_training_images)
+
+
+@dataclass
+class Timing:
+    """Wall and process CPU time of the training node, and each step's wall time."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    step_times: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def training_node(method: str, args: argparse.Namespace, captions: str) -> dict[str, Any]:
+    """The Train LoRA / Train Textual Inversion node of the measured settings."""
+    common = {"model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
+              "images": ["batch", 0], "captions": captions, "seed": 0, "resolution": 64,
+              "gradient_checkpointing": False, "save_name": ""}
+    if method == "lora":
+        return {"class_type": "TrainLoRA", "inputs": {
+            **common, "rank": args.rank, "alpha": float(args.alpha or args.rank),
+            "learning_rate": args.lora_lr, "steps": args.lora_steps,
+            "batch_size": args.lora_batch, "target": args.target,
+            "target_modules": args.target_modules}}
+    return {"class_type": "TrainTextualInversion", "inputs": {
+        **common, "placeholder_token": TI_TOKEN, "initializer_token": args.initializer,
+        "num_vectors": args.vectors, "learning_rate": args.ti_lr, "steps": args.ti_steps,
+        "batch_size": args.ti_batch}}
+
+
+def graph(cfg: Any, text: str, seed: int, batch: int, train: dict[str, Any] | None
+          ) -> dict[str, Any]:
+    """txt2img of ``text`` (``batch`` images from ``seed``), with the trained MODEL / CLIP
+    when ``train`` is given (the images are Load Image Batch's)."""
+    from training.evaluate import txt2img_graph
+
+    g = txt2img_graph(cfg, text, seed, cfg.image_size)
+    g["latent"]["inputs"]["batch_size"] = batch
+    if train is not None:
+        g["batch"] = {"class_type": "LoadImageBatch", "inputs": {
+            "folder": "", "images": "\n".join(TRAINING_NAMES), "size": "refuse",
+            "caption_template": "{caption}"}}
+        g["train"] = train
+        for node in ("pos", "neg"):
+            g[node]["inputs"]["clip"] = ["train", 1 if train["class_type"] == "TrainLoRA"
+                                         else 0]
+        if train["class_type"] == "TrainLoRA":
+            g["sample"]["inputs"]["model"] = ["train", 0]
+    return g
+
+
+def images(runner: Any, g: dict[str, Any], on_event: Any = None) -> list[Any]:
+    import numpy as np
+    from PIL import Image
+
+    result = runner.session.run(g, on_event=on_event)
+    if not result.ok:
+        raise RuntimeError(f"graph failed: {result.run.error}")
+    out = []
+    for path in result.image_paths:
+        with Image.open(path) as img:
+            out.append(np.asarray(img.convert("RGB")))
+    return out
+
+
+def train_and_time(runner: Any, cfg: Any, train: dict[str, Any]) -> Timing:
+    """Run the training graph once (the trained result stays in the session's cache)."""
+    timing = Timing()
+    marks: dict[str, float] = {}
+
+    def on_event(name: str, data: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if name == "executing" and data.get("node") == "train":
+            marks["start"], marks["cpu"], marks["last"] = now, time.process_time(), now
+        elif name == "executing" and "start" in marks and "end" not in marks:
+            marks["end"], marks["cpu_end"] = now, time.process_time()
+        elif name == "progress" and data.get("node") == "train":
+            timing.step_times.append(now - marks["last"])
+            marks["last"] = now
+            if isinstance(data.get("loss"), float):
+                timing.losses.append(data["loss"])
+
+    images(runner, graph(cfg, "", 0, 1, train), on_event)
+    timing.wall = marks["end"] - marks["start"]
+    timing.cpu = marks["cpu_end"] - marks["cpu"]
+    return timing
+
+
+def plain_scores(runner: Any, cfg: Any, n: int, train: dict[str, Any] | None
+                 ) -> dict[str, float]:
+    """Judge's colour / shape / position rates (and all three) on the held-out prompts."""
+    import numpy as np
+
+    from training import judge
+    from training.shapes import generate
+
+    rows = []
+    for i in range(n):
+        s = generate(HELD_OUT_SEED, i, cfg.image_size, 0.0)
+        img = images(runner, graph(cfg, s.caption, i, 1, train))[0]
+        rows.append(judge.score_single(img, s.shapes[0]))
+    out = {k: float(np.mean([r[k] for r in rows])) for k in ("color", "shape", "position")}
+    out["all"] = float(np.mean([r["color"] and r["shape"] and r["position"] for r in rows]))
+    return out
+
+
+def new_shape_scores(runner: Any, cfg: Any, world: int, n: int, seeds: int, word: str,
+                     train: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, int]]:
+    """Heart-in-the-asked-colour rate over ``n`` prompts x ``seeds``; what else was drawn."""
+    from training import new_shapes as ns
+    from training.shapes import generate
+
+    verdicts, colors = [], []
+    drawn: dict[str, int] = {}
+    for i in range(n):
+        spec = generate(world, i, cfg.image_size, 0.0).shapes[0]
+        background = generate(world, i, cfg.image_size, 0.0).background
+        text = ns.caption(spec, background, word)
+        for img in images(runner, graph(cfg, text, i * 1000, seeds, train)):
+            v = ns.classify_new(img)
+            verdicts.append(v)
+            colors.append(spec.color)
+            drawn[v.shape] = drawn.get(v.shape, 0) + 1
+    return ns.summarise(verdicts, colors), drawn
+
+
+def put_training_images(runner: Any, prior: int) -> str:
+    """Write the 8 hearts and ``prior`` images of the base model's training world
+    (``training.new_shapes.training_files``) into the session's input/; their captions,
+    one a line, in TRAINING_NAMES' order."""
+    from training.new_shapes import training_files
+
+    TRAINING_NAMES.clear()
+    lines = []
+    for name, image, text in training_files(prior):
+        TRAINING_NAMES.append(runner.put_image(name, image))
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["lora", "ti"], choices=["lora", "ti"])
+    parser.add_argument("--world", type=int, default=HELD_OUT_SEED,
+                        help="world of the new-shape prompts (77: dev, for tuning)")
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=2, help="images per new-shape prompt")
+    parser.add_argument("--plain", type=int, default=100, help="plain prompts (0: skip)")
+    parser.add_argument("--sample-steps", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prior", type=int, default=8,
+                        help="also train on this many shapes-world images (prior preservation)")
+    parser.add_argument("--skip-base", action="store_true",
+                        help="skip the base model's new-shape figures (0%%: it draws no hearts)")
+    parser.add_argument("--base-dir", type=Path, default=Path("/tmp/training_nodes_base"),
+                        help="holds models/ (the shipped model is installed there if missing)")
+    lora = parser.add_argument_group("Train LoRA")
+    lora.add_argument("--lora-steps", type=int, default=1200)
+    lora.add_argument("--lora-lr", type=float, default=2e-3)
+    lora.add_argument("--rank", type=int, default=8)
+    lora.add_argument("--alpha", type=float, default=None, help="default: the rank")
+    lora.add_argument("--lora-batch", type=int, default=4)
+    lora.add_argument("--target", default="unet+text_encoder",
+                      choices=["unet", "unet+text_encoder"])
+    lora.add_argument("--target-modules", default="to_k, to_q, to_v, to_out.0")
+    ti = parser.add_argument_group("Train Textual Inversion")
+    ti.add_argument("--ti-steps", type=int, default=1500)
+    ti.add_argument("--ti-lr", type=float, default=1e-2)
+    ti.add_argument("--vectors", type=int, default=4)
+    ti.add_argument("--initializer", default="shape")
+    ti.add_argument("--ti-batch", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from training.evaluate import EvalConfig, GraphRunner
+    from training.new_shapes import WORD
+
+    torch.set_num_threads(args.threads)
+    cfg = EvalConfig(steps=args.sample_steps, progress=False)
+    rows: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="training-nodes-") as work:
+        runner = GraphRunner(args.base_dir / "models", Path(work))
+        lora_captions = put_training_images(runner, args.prior)
+        ti_captions = lora_captions.replace(f" {WORD} ", f" {TI_TOKEN} ")
+        print(f"new-shape prompts: world {args.world}, {args.prompts} x {args.seeds} seeds; "
+              f"plain: {args.plain}; {args.sample_steps} sampling steps; "
+              f"{args.threads} threads", flush=True)
+        base_plain = plain_scores(runner, cfg, args.plain, None) if args.plain else {}
+        base_new, base_drawn = ({"match": float("nan")}, {}) if args.skip_base else (
+            new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds, WORD, None))
+        print(f"base: plain {fmt(base_plain)}; 'sks' prompts {fmt(base_new)} {base_drawn}",
+              flush=True)
+        for method in args.methods:
+            captions = lora_captions if method == "lora" else ti_captions
+            train = training_node(method, args, captions)
+            timing = train_and_time(runner, cfg, train)
+            steps = len(timing.step_times)
+            median = sorted(timing.step_times)[steps // 2] if steps else float("nan")
+            start = time.time()
+            word = WORD if method == "lora" else TI_TOKEN
+            new, drawn = new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds,
+                                          word, train)
+            plain = plain_scores(runner, cfg, args.plain, train) if args.plain else {}
+            drop = max((base_plain[k] - plain[k] for k in ("color", "shape", "position")
+                        if k in plain), default=0.0)
+            params = {k: v for k, v in train["inputs"].items()
+                      if not isinstance(v, list) and k not in ("captions", "save_name")}
+            print(f"\n{method}: {params}\n  training {timing.wall:.1f} s wall, "
+                  f"{timing.cpu:.1f} s CPU, {steps} steps, median step {median:.3f} s "
+                  f"(estimate at the median: {median * steps:.1f} s); loss "
+                  f"{timing.losses[0]:.4f} → {sum(timing.losses[-20:]) / 20:.4f} (last 20)"
+                  f"\n  new shape {fmt(new)} drawn {drawn}\n  plain {fmt(plain)} "
+                  f"(max drop {drop * 100:.1f} points)  [{time.time() - start:.0f} s to score]",
+                  flush=True)
+            rows.append(f"{method:<5} {timing.wall:>7.1f} {median * steps:>9.1f} "
+                        f"{new['match']:>7.1%} {'yes' if new['match'] >= MATCH_TARGET else 'NO':>4}"
+                        f" {drop * 100:>9.1f} {'yes' if drop <= DROP_TARGET else 'NO':>4}")
+    print(f"\n{'method':<5} {'train s':>7} {'median·n':>9} {'heart':>7} {'≥80':>4} "
+          f"{'drop pts':>9} {'≤3':>4}")
+    print(f"base  {'':>7} {'':>9} {base_new['match']:>7.1%}")
+    print("\n".join(rows))
+
+
+def fmt(scores: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1%}" if k != "n" else f"n {int(v)}" for k, v in scores.items())
+
+
+if __name__ == "__main__":
+    main()
