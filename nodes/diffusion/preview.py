@@ -1,15 +1,26 @@
-"""Cheap live previews of latents during sampling (no VAE pass)."""
+"""Cheap live previews of latents during sampling (no VAE pass per step).
+
+A preview is a linear map from a latent's channels to RGB. One fixed map only fits
+the VAE it was fitted for (SD 1.x's community constants turn the 4× shapes VAE into
+coloured confetti), so each VAE gets its own: ``latent_rgb_map`` encodes a few
+synthetic colour images with the VAE once, fits ``[latent, 1] @ W ≈ rgb`` by least
+squares, and caches ``W`` for as long as the VAE lives. The sampler finds the VAE
+through ``link_vae`` (the checkpoint loader pairs each UNet with its VAE); with no
+VAE known it falls back to SD 1.x's constants (4 channels) or a normalised view.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-# A linear map from SD 1.x/2.x latent channels to RGB, the approximation the
-# community uses for live previews; good enough to see composition and color.
+# SD 1.x/2.x latent channels to RGB, the approximation the community uses for live
+# previews; only the fallback when the model's VAE is unknown.
 _SD_LATENT_RGB = (
     (0.3512, 0.2297, 0.3227),
     (0.3250, 0.4974, 0.2350),
@@ -18,21 +29,111 @@ _SD_LATENT_RGB = (
 )
 
 MAX_PREVIEW_SIZE = 512
+#: The fit's training images: FIT_IMAGES of FIT_SIZE² pixels, FIT_BLOCK-pixel colour blocks.
+FIT_IMAGES = 24
+FIT_SIZE = 64
+FIT_BLOCK = 16
+
+_lock = threading.Lock()
+_maps: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+_vae_of: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def latent_preview(latents: torch.Tensor, family: str = "sd1") -> Image.Image:
-    """The first latent of a batch as an RGB image."""
+def link_vae(unet: Any, vae: Any) -> None:
+    """Remember that ``unet``'s latents decode with ``vae`` (a diffusers AutoencoderKL)."""
+    with _lock:
+        _vae_of[unet] = vae
+
+
+def _fit_images(generator: torch.Generator) -> torch.Tensor:
+    """``[FIT_IMAGES, 3, FIT_SIZE, FIT_SIZE]`` in [0, 1]: random colour blocks, solid colours
+    (the RGB cube's corners and greys) and smooth gradients, so every hue and lightness is seen."""
     import torch
+
+    n_blocks = FIT_SIZE // FIT_BLOCK
+    blocks = torch.rand(FIT_IMAGES, 3, n_blocks, n_blocks, generator=generator)
+    images = blocks.repeat_interleave(FIT_BLOCK, 2).repeat_interleave(FIT_BLOCK, 3)
+    cube = [[r, g, b] for r in (0, 1) for g in (0, 1) for b in (0, 1)]
+    greys = [[v, v, v] for v in (0.5, 0.25, 0.75)]
+    solids = torch.tensor(cube + greys, dtype=torch.float32)
+    k = min(len(solids), FIT_IMAGES // 2)
+    images[:k] = solids[:k, :, None, None]
+    ramp = torch.linspace(0, 1, FIT_SIZE)
+    for i in range(k, min(k + 3, FIT_IMAGES)):  # one gradient per channel
+        images[i] = 0.2
+        images[i, i - k] = ramp[None, :]
+    return images
+
+
+def fit_latent_rgb(vae: Any) -> torch.Tensor:
+    """A ``[channels + 1, 3]`` map (last row: bias) from ``vae``'s scaled latents to RGB."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    images = _fit_images(generator)
+    param = next(vae.parameters())
+    config = vae.config
+    scale = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+    shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
+    with torch.no_grad():
+        dist = vae.encode((images * 2 - 1).to(param.device, param.dtype)).latent_dist
+        latents = ((dist.mean.float().cpu() - shift) * scale)  # the sampler's latent space
+    down = FIT_SIZE // latents.shape[-1]
+    target = F.avg_pool2d(images, down)  # each latent pixel's colour
+    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    y = target.permute(0, 2, 3, 1).reshape(-1, 3)
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    # a little ridge keeps the map sane for a channel the images barely move
+    ridge = 1e-4 * torch.eye(x.shape[1], dtype=torch.float64)
+    w = torch.linalg.solve(x.T @ x + ridge, x.T @ y.double())
+    return w.float()
+
+
+def latent_rgb_map(vae: Any) -> torch.Tensor:
+    """``vae``'s fitted map, fitted on first use and cached while the VAE lives."""
+    with _lock:
+        cached = _maps.get(vae)
+    if cached is not None:
+        return cached
+    fitted = fit_latent_rgb(vae)
+    with _lock:
+        return _maps.setdefault(vae, fitted)
+
+
+def _to_image(rgb: torch.Tensor) -> Image.Image:
     from PIL import Image
 
-    x = latents[0].detach().float().cpu()
-    if x.shape[0] == len(_SD_LATENT_RGB):
-        rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(_SD_LATENT_RGB))
-        rgb = ((rgb + 1) / 2).clamp(0, 1)
-    else:
-        rgb = x[:3].permute(1, 2, 0)
-        lo, hi = rgb.min(), rgb.max()
-        rgb = (rgb - lo) / (hi - lo + 1e-8)
-    image = Image.fromarray((rgb.numpy() * 255).round().astype("uint8"))
+    image = Image.fromarray((rgb.clamp(0, 1).numpy() * 255).round().astype("uint8"))
     scale = max(1, min(8, MAX_PREVIEW_SIZE // max(image.size)))
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+def latent_preview(latents: torch.Tensor, family: str = "sd1", unet: Any = None,
+                   vae: Any = None) -> Image.Image:
+    """The first latent of a batch as an RGB image.
+
+    ``vae`` (or the VAE ``link_vae`` paired with ``unet``) gives the fitted map; without
+    one, SD 1.x's constants for 4 channels, else the first three channels normalised.
+    ``family`` is kept for callers; the fitted map makes it unnecessary.
+    """
+    import torch
+
+    if vae is None and unet is not None:
+        with _lock:
+            vae = _vae_of.get(unet)
+    x = latents[0].detach().float().cpu()
+    if vae is not None:
+        try:
+            w = latent_rgb_map(vae)
+        except Exception:  # a preview must never fail the run
+            w = None
+        if w is not None and w.shape[0] == x.shape[0] + 1:
+            rgb = torch.einsum("chw,cr->hwr", x, w[:-1]) + w[-1]
+            return _to_image(rgb)
+    if x.shape[0] == len(_SD_LATENT_RGB):
+        rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(_SD_LATENT_RGB))
+        return _to_image((rgb + 1) / 2)
+    rgb = x[:3].permute(1, 2, 0)
+    lo, hi = rgb.min(), rgb.max()
+    return _to_image((rgb - lo) / (hi - lo + 1e-8))

@@ -4,6 +4,7 @@
  * behind a reverse proxy under a path prefix.
  */
 
+import { partialFields } from "./lib/partial";
 import type { ApiPrompt, WorkflowDocument } from "./lib/graph";
 import type { ImageRef, NodeErrors, RunStore } from "./lib/runstore";
 import { parsePreviewFrame } from "./lib/runstore";
@@ -76,11 +77,14 @@ export type QueueResult = { prompt_id: string; number?: number; node_errors?: No
 export const convertWorkflow = (workflow: unknown) =>
   postJson<{ document: unknown; warnings: string[]; source: string }>("workflow/convert", { workflow });
 
-export async function queuePrompt(prompt: ApiPrompt, clientId: string, workflow: WorkflowDocument): Promise<QueueResult> {
+/** Queue a prompt; `targets` (output node ids) runs only those and what they need. */
+export async function queuePrompt(prompt: ApiPrompt, clientId: string, workflow: WorkflowDocument,
+  targets?: string[]): Promise<QueueResult> {
   return postJson<QueueResult>("prompt", {
     prompt,
     client_id: clientId,
     extra_data: { extra_pnginfo: { workflow } },
+    ...partialFields(targets),
   });
 }
 
@@ -114,7 +118,7 @@ export type HistoryEntry = {
   number: number;
   prompt?: unknown;
   extra?: Record<string, unknown>;
-  outputs: Record<string, { images?: ImageRef[] }>;
+  outputs: Record<string, { images?: ImageRef[]; text?: unknown[] }>;
   status: string;
   messages: unknown[];
 };

@@ -4,7 +4,7 @@
  * because another node ran or moved.
  */
 
-import { Handle, type NodeProps, Position, useNodeConnections } from "@xyflow/react";
+import { Handle, NodeResizer, type NodeProps, Position, useNodeConnections } from "@xyflow/react";
 import { memo, useMemo, useState } from "react";
 import { viewUrl } from "../api";
 import type { NodeIssue } from "../lib/runstore";
@@ -12,6 +12,7 @@ import type { ControlMode, InputDef } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { useEditor, useNodeRun } from "./context";
 import { inHandle, outHandle, type SfNode as SfNodeType } from "./flow";
+import { LossCurve } from "./LossCurve";
 import { Widget } from "./widgets";
 
 function InputRow({ nodeId, input, value, linked, issues, control }: {
@@ -104,15 +105,24 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
   if (run.errors?.length) classes.push("sf-error");
   if (!def) classes.push("sf-unknown");
   if (data.mode) classes.push(`sf-${data.mode}`);
+  if (data.collapsed) classes.push("sf-collapsed");
+  if (data.pinned) classes.push("sf-pinned");
 
   const progress = run.progress && run.progress.max > 0 ? Math.min(1, run.progress.value / run.progress.max) : null;
   const noIssues: NodeIssue[] = [];
 
   return (
-    <div className={classes.join(" ")} data-node-id={id} data-node-type={data.type} data-status={run.status ?? ""}>
-      <div className="sf-header sf-drag" title={def?.description || data.type}>
+    <div className={classes.join(" ")} data-node-id={id} data-node-type={data.type} data-status={run.status ?? ""}
+      style={data.size && !data.collapsed ? { minHeight: data.size[1] } : undefined}>
+      {!data.collapsed && (
+        <NodeResizer isVisible={selected && !data.pinned} minWidth={200} minHeight={60}
+          lineClassName="sf-resize-line" handleClassName="sf-resize-handle" />
+      )}
+      <div className="sf-header sf-drag" title={def?.description || data.type}
+        style={data.color ? { background: data.color } : undefined}>
         <Title id={id} title={data.title} fallback={def?.displayName ?? data.type} />
         {data.mode && <span className="sf-mode" title={data.mode === "muted" ? "Muted: left out of the run" : "Bypassed: its input passes through"}>{data.mode}</span>}
+        {data.pinned && <span className="sf-mode" title="Pinned: cannot be moved">pinned</span>}
         <span className="sf-id">#{id}</span>
       </div>
       {progress !== null && (
@@ -166,8 +176,20 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
             )}
           </div>
         ))}
-        {run.preview && run.status === "executing" && (
-          <img className="sf-preview" alt="live preview" src={run.preview} />
+        {run.preview && (
+          // one fixed box for every frame, kept after the run: the node does not change size
+          <div className="sf-preview-box">
+            <img className="sf-preview" alt={run.status === "executing" ? "live preview" : "last preview"} src={run.preview} />
+          </div>
+        )}
+        {run.losses && run.losses.length > 0 && <LossCurve losses={run.losses} />}
+        {run.sample && (
+          <img
+            className="sf-preview sf-sample"
+            alt={run.sampleStep ? `sample at step ${run.sampleStep}` : "sample"}
+            title="Sample drawn with the weights of this step"
+            src={run.sample}
+          />
         )}
         {run.images && run.images.length > 0 && (
           <div className="sf-images">

@@ -13,6 +13,9 @@ export type SfNodeData = {
   /** The size the document gave the node (its width is applied; the height grows with content). */
   size?: Vec2;
   mode?: NodeMode;
+  color?: string;
+  pinned?: boolean;
+  collapsed?: boolean;
 };
 
 export type SfNode = Node<SfNodeData, "sf">;
@@ -31,6 +34,12 @@ export function toFlowNode(n: GraphNode): SfNode {
     data: { type: n.type, title: n.title, values: n.values, control: n.control, size: n.size },
   };
   if (n.mode) node.data.mode = n.mode;
+  if (n.color) node.data.color = n.color;
+  if (n.collapsed) node.data.collapsed = true;
+  if (n.pinned) {
+    node.data.pinned = true;
+    node.draggable = false; // pinned: stays where it is
+  }
   if (n.size) node.width = n.size[0];
   return node;
 }
@@ -45,6 +54,7 @@ export function toFlowEdge(l: GraphLink, defs: Defs, sourceType?: string): SfEdg
     targetHandle: inHandle(l.input),
     style: type ? { stroke: typeColor(type) } : undefined,
     data: { type },
+    reconnectable: "target", // drag a link off its input to move or detach it
   };
 }
 
@@ -72,6 +82,9 @@ export function flowToGraph(nodes: SfNode[], edges: SfEdge[], base?: Partial<Gra
       if (n.data.title) g.title = n.data.title;
       if (n.data.control) g.control = n.data.control;
       if (n.data.mode) g.mode = n.data.mode;
+      if (n.data.color) g.color = n.data.color;
+      if (n.data.pinned) g.pinned = true;
+      if (n.data.collapsed) g.collapsed = true;
       if (n.data.size) g.size = [n.width ?? n.data.size[0], n.data.size[1]];
       return g;
     }),

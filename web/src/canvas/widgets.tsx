@@ -3,7 +3,8 @@
 import { memo, useEffect, useRef, useState } from "react";
 import { viewUrl } from "../api";
 import { isAnnotated, parseAnnotated } from "../lib/feedback";
-import { clampNumber, CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
+import { CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
+import { numberIssue, parseNumberText, stepValue } from "../lib/widgetcheck";
 import { useEditor } from "./context";
 
 type WidgetProps = {
@@ -28,70 +29,77 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
   useEffect(() => {
     if (!focused.current) setText(formatNumber(input, value));
   }, [value, input]);
-  const parse = (s: string): number | null => {
-    if (s.trim() === "") return null;
-    const n = Number(s);
-    return Number.isFinite(n) ? n : null;
-  };
-  const commit = (s: string, clamp: boolean) => {
-    const n = parse(s);
-    if (n === null) return;
-    const v = clamp ? clampNumber(input, n) : input.type === "INT" ? Math.round(n) : n;
+  // What the user typed is what runs: a number as typed, anything else as its text (marked
+  // here, refused by the server), never clamped or rounded behind their back.
+  const commit = (s: string) => {
+    const n = parseNumberText(s);
+    const v = n === null ? s : n;
     if (v !== value) setValue(nodeId, input.name, v);
-    if (clamp) setText(formatNumber(input, v));
   };
-  const { min, max, step } = input.options;
+  const issue = numberIssue(input, value);
+  const { min, max } = input.options;
   const slider = input.options.display === "slider" && typeof min === "number" && typeof max === "number";
-  const stepAttr = typeof step === "number" ? step : input.type === "INT" ? 1 : "any";
+  const stepAttr = typeof input.options.step === "number" ? input.options.step : input.type === "INT" ? 1 : "any";
   return (
-    <div className="sf-widget-number">
-      {slider && (
+    <div className={`sf-widget-number${issue ? " sf-invalid" : ""}`}>
+      <div className="sf-widget-number-row">
+        {slider && (
+          <input
+            type="range"
+            className="nodrag"
+            aria-label={`${input.name} slider`}
+            min={min}
+            max={max}
+            step={stepAttr}
+            value={typeof value === "number" ? value : 0}
+            onChange={(e) => setValue(nodeId, input.name, Number(e.target.value))}
+          />
+        )}
         <input
-          type="range"
+          type="text"
+          inputMode={input.type === "INT" ? "numeric" : "decimal"}
           className="nodrag"
-          aria-label={`${input.name} slider`}
-          min={min}
-          max={max}
-          step={stepAttr}
-          value={typeof value === "number" ? value : 0}
-          onChange={(e) => setValue(nodeId, input.name, clampNumber(input, Number(e.target.value)))}
+          name={input.name}
+          aria-label={input.name}
+          aria-invalid={issue ? true : undefined}
+          title={issue ?? undefined}
+          value={text}
+          onFocus={() => (focused.current = true)}
+          onChange={(e) => {
+            setText(e.target.value);
+            commit(e.target.value);
+          }}
+          onBlur={(e) => {
+            focused.current = false;
+            commit(e.target.value);
+            const n = parseNumberText(e.target.value);
+            if (n !== null) setText(formatNumber(input, n));
+          }}
+          onKeyDown={(e) => {
+            if (e.key === "Enter") (e.target as HTMLInputElement).blur();
+            if ((e.key === "ArrowUp" || e.key === "ArrowDown") && typeof value === "number") {
+              e.preventDefault();
+              const v = stepValue(input, value, e.key === "ArrowUp" ? 1 : -1);
+              setValue(nodeId, input.name, v);
+              setText(formatNumber(input, v));
+            }
+          }}
         />
-      )}
-      <input
-        type="number"
-        className="nodrag"
-        name={input.name}
-        aria-label={input.name}
-        min={typeof min === "number" && Number.isSafeInteger(min) ? min : undefined}
-        max={typeof max === "number" && Number.isSafeInteger(max) ? max : undefined}
-        step={stepAttr}
-        value={text}
-        onFocus={() => (focused.current = true)}
-        onChange={(e) => {
-          setText(e.target.value);
-          commit(e.target.value, false);
-        }}
-        onBlur={(e) => {
-          focused.current = false;
-          commit(e.target.value, true);
-        }}
-        onKeyDown={(e) => {
-          if (e.key === "Enter") commit((e.target as HTMLInputElement).value, true);
-        }}
-      />
-      {control && (
-        <select
-          className="nodrag sf-control"
-          aria-label={`${input.name} control after generate`}
-          title="control after generate"
-          value={control}
-          onChange={(e) => setControl(nodeId, input.name, e.target.value as ControlMode)}
-        >
-          {CONTROL_MODES.map((m) => (
-            <option key={m} value={m}>{m}</option>
-          ))}
-        </select>
-      )}
+        {control && (
+          <select
+            className="nodrag sf-control"
+            aria-label={`${input.name} control after generate`}
+            title="control after generate"
+            value={control}
+            onChange={(e) => setControl(nodeId, input.name, e.target.value as ControlMode)}
+          >
+            {CONTROL_MODES.map((m) => (
+              <option key={m} value={m}>{m}</option>
+            ))}
+          </select>
+        )}
+      </div>
+      {issue && <div className="sf-widget-issue" role="alert">{issue}</div>}
     </div>
   );
 }

@@ -31,6 +31,10 @@ export type GraphNode = {
   control?: Record<string, ControlMode>;
   /** Left out of the run (`muted`) or passed through (`bypass`); absent: runs. */
   mode?: NodeMode;
+  /** Canvas-only looks, saved in the layout: header colour, pinned in place, collapsed to its title. */
+  color?: string;
+  pinned?: boolean;
+  collapsed?: boolean;
 };
 
 export type NodeMode = "muted" | "bypass";
@@ -50,7 +54,10 @@ export type Graph = {
 export type ApiNode = { class_type: string; inputs: Record<string, unknown>; _meta?: { title?: string }; mode?: NodeMode };
 export type ApiPrompt = Record<string, ApiNode>;
 
-export type LayoutNode = { pos: Vec2; size?: Vec2; title?: string; control?: Record<string, ControlMode> };
+export type LayoutNode = {
+  pos: Vec2; size?: Vec2; title?: string; control?: Record<string, ControlMode>;
+  color?: string; pinned?: boolean; collapsed?: boolean;
+};
 
 export type WorkflowDocument = {
   format: typeof DOCUMENT_FORMAT;
@@ -219,6 +226,9 @@ export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
     if (title && title !== (def?.displayName ?? type)) node.title = title;
     const mode = nodeMode(raw.mode);
     if (mode) node.mode = mode;
+    if (typeof lay.color === "string" && /^#[0-9a-fA-F]{3,8}$/.test(lay.color)) node.color = lay.color;
+    if (lay.pinned === true) node.pinned = true;
+    if (lay.collapsed === true) node.collapsed = true;
     const control: Record<string, ControlMode> = {};
     for (const input of def?.inputs ?? []) {
       if (!input.widget || !input.options.control_after_generate) continue;
@@ -251,6 +261,9 @@ export function graphToDocument(graph: Graph, defs: Defs): WorkflowDocument {
     if (n.size) entry.size = [Math.round(n.size[0]), Math.round(n.size[1])];
     if (n.title) entry.title = n.title;
     if (n.control && Object.keys(n.control).length) entry.control = { ...n.control };
+    if (n.color) entry.color = n.color;
+    if (n.pinned) entry.pinned = true;
+    if (n.collapsed) entry.collapsed = true;
     nodes[n.id] = entry;
   }
   const layout: WorkflowDocument["layout"] = { nodes, groups: graph.groups ?? [] };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parsePreviewFrame, RunStore } from "./runstore";
+import { LOSS_POINTS_MAX, parsePreviewFrame, RunStore } from "./runstore";
 
 function makeStore() {
   const flushes: (() => void)[] = [];
@@ -92,6 +92,77 @@ describe("RunStore", () => {
     expect(store.getNode("5").preview).toBe("blob:2");
     expect(store.getGlobal().preview).toBe("blob:2");
     expect(revoked).toEqual(["blob:1"]);
+  });
+
+  it("builds a training node's loss curve from progress events", () => {
+    const { store, flushes } = makeStore();
+    store.enqueue({ type: "execution_start", data: { prompt_id: "p" } });
+    store.enqueue({ type: "executing", data: { node: "21" } });
+    store.enqueue({ type: "progress", data: { node: "21", value: 1, max: 3, loss: 0.5 } });
+    store.enqueue({ type: "progress", data: { node: "21", value: 2, max: 3, loss: 0.25 } });
+    store.enqueue({ type: "progress", data: { node: "21", value: 3, max: 3, loss: "x" } }); // not a number
+    store.enqueue({ type: "progress", data: { node: "3", value: 1, max: 20 } }); // a sampler: no loss
+    flushes.shift()!();
+    expect(store.getNode("21").losses).toEqual([{ step: 1, loss: 0.5 }, { step: 2, loss: 0.25 }]);
+    expect(store.getNode("21").progress).toEqual({ value: 3, max: 3 });
+    expect(store.getNode("3").losses).toBeUndefined();
+  });
+
+  it("keeps the last LOSS_POINTS_MAX losses", () => {
+    const { store, flushes } = makeStore();
+    store.enqueue({ type: "executing", data: { node: "21" } });
+    const n = LOSS_POINTS_MAX + 7;
+    for (let i = 1; i <= n; i++) store.enqueue({ type: "progress", data: { node: "21", value: i, max: n, loss: 1 / i } });
+    flushes.shift()!();
+    const losses = store.getNode("21").losses!;
+    expect(losses).toHaveLength(LOSS_POINTS_MAX);
+    expect(losses[0].step).toBe(8);
+    expect(losses.at(-1)).toEqual({ step: n, loss: 1 / n });
+  });
+
+  it("keeps the curve and sample with the result until the node runs again", () => {
+    const { store, flushes, revoked } = makeStore();
+    const train = (prompt: string) => {
+      store.enqueue({ type: "execution_start", data: { prompt_id: prompt } });
+      store.enqueue({ type: "executing", data: { node: "21" } });
+      store.enqueue({ type: "progress", data: { node: "21", value: 1, max: 2, loss: 0.9 } });
+      store.enqueue({ type: "progress", data: { node: "21", value: 2, max: 2, loss: 0.8 } });
+    };
+    train("p");
+    store.enqueuePreview("blob:s1"); // the sample after step 2
+    store.enqueue({ type: "executing", data: { node: "3" } }); // a sampler after it
+    store.enqueuePreview("blob:l1"); // its live latent previews
+    store.enqueuePreview("blob:l2");
+    store.enqueue({ type: "execution_success", data: { prompt_id: "p" } });
+    store.enqueue({ type: "executing", data: { node: null } });
+    flushes.shift()!();
+    const done = store.getNode("21");
+    expect(done.status).toBe("done");
+    expect(done.sample).toBe("blob:s1");
+    expect(done.sampleStep).toBe(2);
+    expect(done.preview).toBeUndefined();
+    expect(done.losses).toHaveLength(2);
+    expect(revoked).toEqual(["blob:l1"]); // the sample survives the previews after it
+
+    // a next run where the training is cached keeps both
+    store.enqueue({ type: "execution_start", data: { prompt_id: "q" } });
+    store.enqueue({ type: "execution_cached", data: { nodes: ["21"] } });
+    flushes.shift()!();
+    expect(store.getNode("21")).toMatchObject({ status: "cached", sample: "blob:s1" });
+    expect(store.getNode("21").losses).toHaveLength(2);
+
+    // training again starts a fresh curve and lets the old sample go
+    train("r");
+    flushes.shift()!();
+    expect(store.getNode("21").losses).toEqual([{ step: 1, loss: 0.9 }, { step: 2, loss: 0.8 }]);
+    expect(store.getNode("21").sample).toBeUndefined();
+    expect(revoked).toContain("blob:s1");
+    store.enqueuePreview("blob:s2");
+    store.enqueuePreview("blob:s3");
+    flushes.shift()!();
+    expect(store.getNode("21").sample).toBe("blob:s3");
+    expect(revoked).toContain("blob:s2");
+    expect(revoked).not.toContain("blob:s3");
   });
 
   it("parses binary preview frames", () => {

@@ -4,6 +4,11 @@
  * useSyncExternalStore, one immutable record per node, so a progress tick
  * re-renders only the node it concerns. Websocket messages are queued and
  * applied once per animation frame.
+ *
+ * Training nodes add two things: progress events carrying a `loss` build the node's
+ * loss curve (the last LOSS_POINTS_MAX steps), and a preview image that arrives while
+ * such a node runs is its sample image (drawn with the weights of that step). Both
+ * stay on the node after it finishes, with its result, until it runs again.
  */
 
 export type ImageRef = { filename: string; subfolder?: string; type?: string };
@@ -17,10 +22,19 @@ export type NodeIssue = {
   traceback?: string;
 };
 
+/** One training step's loss (`step` is the progress value: 1-based, counts resumed steps). */
+export type LossPoint = { step: number; loss: number };
+
 export type NodeRun = {
   status?: "queued" | "executing" | "cached" | "done" | "error";
   progress?: { value: number; max: number };
   preview?: string;
+  /** A training node's loss per step, oldest first (at most LOSS_POINTS_MAX). */
+  losses?: LossPoint[];
+  /** A training node's latest sample image (an object URL), kept after it finishes. */
+  sample?: string;
+  /** The step whose weights drew `sample` (the last loss reported before it came). */
+  sampleStep?: number;
   images?: ImageRef[];
   text?: string[];
   errors?: NodeIssue[];
@@ -50,6 +64,8 @@ export type NodeErrors = Record<string, {
 
 const EMPTY: NodeRun = Object.freeze({}) as NodeRun;
 const GALLERY_MAX = 200;
+/** The loss curve keeps this many most recent steps (memory and drawing stay bounded). */
+export const LOSS_POINTS_MAX = 500;
 
 type Scheduler = (flush: () => void) => void;
 
@@ -71,6 +87,8 @@ export class RunStore {
   private pending: (WsMessage | { type: "__preview"; url: string })[] = [];
   private scheduled = false;
   private revoke: (url: string) => void;
+  /** Object URLs held as nodes' sample images: never revoked as a passing preview. */
+  private kept = new Set<string>();
 
   constructor(private schedule: Scheduler = defaultScheduler,
     revoke: (url: string) => void = (u) => URL.revokeObjectURL(u)) {
@@ -132,18 +150,59 @@ export class RunStore {
     const old = this.global.preview;
     const node = this.global.executing;
     if (node) {
-      const prev = this.nodes.get(node)?.preview;
-      this.patchNode(node, { preview: url });
-      if (prev && prev !== url && prev !== old) this.revoke(prev);
+      const run = this.nodes.get(node);
+      if (run?.losses) {
+        // a training node's preview is its sample image: kept until the node runs again
+        this.dropSample(node);
+        this.kept.add(url);
+        this.patchNode(node, { sample: url, sampleStep: run.losses.at(-1)?.step });
+      } else {
+        const prev = run?.preview;
+        this.patchNode(node, { preview: url });
+        if (prev && prev !== url && prev !== old) this.release(prev);
+      }
     }
     this.patchGlobal({ preview: url });
-    if (old && old !== url) this.revoke(old);
+    if (old && old !== url) this.release(old);
+  }
+
+  /** Revoke an object URL unless a node keeps it as its sample image. */
+  private release(url: string): void {
+    if (!this.kept.has(url)) this.revoke(url);
+  }
+
+  /** Forget a node's sample image (revoked unless it is still the global preview). */
+  private dropSample(id: string): void {
+    const url = this.nodes.get(id)?.sample;
+    if (!url) return;
+    this.kept.delete(url);
+    this.patchNode(id, { sample: undefined, sampleStep: undefined });
+    if (url !== this.global.preview) this.revoke(url);
   }
 
   private finishNode(id: string | null): void {
     if (!id) return;
     const run = this.nodes.get(id);
-    if (run?.status === "executing") this.patchNode(id, { status: "done", progress: undefined, preview: undefined });
+    if (run?.status !== "executing") return;
+    // The last live preview stays on the node (as in ComfyUI), so it does not shrink when it finishes.
+    if (run.preview) this.kept.add(run.preview);
+    this.patchNode(id, { status: "done", progress: undefined });
+  }
+
+  /** Let a node's kept preview go (it runs again, or the graph changed). */
+  private dropPreview(id: string): void {
+    const url = this.nodes.get(id)?.preview;
+    if (!url) return;
+    this.patchNode(id, { preview: undefined });
+    if (!this.kept.delete(url)) return; // a live preview: the next one releases it
+    if (url !== this.global.preview) this.revoke(url);
+  }
+
+  /** Add one step's loss to a node's curve (the last LOSS_POINTS_MAX steps). */
+  private addLoss(id: string, step: number, loss: number): void {
+    const old = this.nodes.get(id)?.losses ?? [];
+    const start = old.length >= LOSS_POINTS_MAX ? old.length - LOSS_POINTS_MAX + 1 : 0;
+    this.patchNode(id, { losses: [...old.slice(start), { step, loss }] });
   }
 
   private apply(msg: WsMessage): void {
@@ -158,10 +217,12 @@ export class RunStore {
         break;
       }
       case "execution_start": {
-        // A new run: forget the last run's states and errors, keep images.
+        // A new run: forget the last run's states and errors, keep results (images,
+        // text, a training node's loss curve and sample) until their node runs again.
         for (const [id, run] of this.nodes) {
           if (run.status || run.progress || run.errors || run.preview) {
-            this.nodes.set(id, { images: run.images, text: run.text });
+            this.nodes.set(id, { images: run.images, text: run.text, losses: run.losses, sample: run.sample,
+              sampleStep: run.sampleStep, preview: run.status === "executing" ? undefined : run.preview });
           }
         }
         this.patchGlobal({
@@ -178,7 +239,9 @@ export class RunStore {
         const node = d.node == null ? null : String(d.node);
         this.finishNode(this.global.executing);
         if (node) {
-          this.patchNode(node, { status: "executing", progress: undefined });
+          this.dropSample(node);
+          this.dropPreview(node);
+          this.patchNode(node, { status: "executing", progress: undefined, losses: undefined });
           this.patchGlobal({ executing: node, running: true });
         } else {
           this.patchGlobal({ executing: null, running: false, queueVersion: this.global.queueVersion + 1 });
@@ -189,7 +252,11 @@ export class RunStore {
         const node = d.node == null ? this.global.executing : String(d.node);
         const value = Number(d.value);
         const max = Number(d.max);
-        if (node && Number.isFinite(value) && Number.isFinite(max)) this.patchNode(node, { progress: { value, max } });
+        if (node && Number.isFinite(value) && Number.isFinite(max)) {
+          this.patchNode(node, { progress: { value, max } });
+          // training nodes: the step's loss (a JSON number; anything else is ignored)
+          if (typeof d.loss === "number" && Number.isFinite(d.loss)) this.addLoss(node, value, d.loss);
+        }
         break;
       }
       case "executed": {
@@ -288,7 +355,28 @@ export class RunStore {
 
   /** Forget everything about nodes that were removed or replaced. */
   reset(): void {
+    for (const url of this.kept) if (url !== this.global.preview) this.revoke(url);
+    this.kept.clear();
     this.nodes.clear();
+    this.notify();
+  }
+
+  /**
+   * Put past results back (from the server's /history, after a reload): each node's
+   * images and text, and the gallery when this session has none yet. Nodes that ran
+   * since keep their newer results.
+   */
+  restoreResults(outputs: { node: string; output: { images?: ImageRef[]; text?: unknown[] }; promptId: string }[],
+    gallery: GalleryItem[]): void {
+    for (const { node, output } of outputs) {
+      const run = this.nodes.get(node);
+      if (run?.images || run?.text || run?.status) continue;
+      const patch: Partial<NodeRun> = {};
+      if (Array.isArray(output.images)) patch.images = output.images;
+      if (Array.isArray(output.text)) patch.text = output.text.map(String);
+      this.patchNode(node, patch);
+    }
+    if (!this.global.gallery.length && gallery.length) this.patchGlobal({ gallery: gallery.slice(0, GALLERY_MAX) });
     this.notify();
   }
 }

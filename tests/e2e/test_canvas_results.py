@@ -1,0 +1,76 @@
+"""Results on the canvas: they survive a reload, a fully cached re-queue shows them,
+and History describes each run."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.canvas import Canvas
+from tests.e2e.conftest import LiveServer
+from tests.e2e.test_canvas import small_txt2img
+
+SAVE = "9"  # Save Image in workflows/txt2img.json
+
+
+@pytest.mark.slow
+def test_results_survive_reload_and_a_cached_requeue_shows_them(page, browser_context,
+                                                                server: LiveServer):
+    c = Canvas(page)
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "results e2e: a green square"
+    doc["prompt"]["3"]["inputs"]["seed"] = 777
+    c.open_file("results.json", doc)
+    c.node("3").get_by_label("seed control after generate").select_option("fixed")
+    c.queue()
+    image = c.node(SAVE).locator("img.sf-output-image")
+    expect(image).to_be_visible(timeout=180_000)
+    first = image.get_attribute("src")
+    c.wait_saved(len(doc["prompt"]))
+
+    # reload: the graph comes back from the autosave and its image from the server's history
+    page.reload()
+    page.wait_for_selector(".sf-dot.on")
+    expect(c.node(SAVE).locator("img.sf-output-image")).to_have_attribute("src", first)
+    page.get_by_role("tab", name="Gallery").click()
+    expect(page.locator(".sf-gallery img").first).to_be_visible()
+
+    # a second tab opens the same workflow fresh (no results) and queues it: every node is
+    # cached, and the image still lands on Save Image
+    other = browser_context.new_page()
+    other.goto(server.url + "/")
+    other.wait_for_selector(".sf-dot.on")
+    c2 = Canvas(other)
+    c2.open_file("results.json", doc)
+    expect(c2.node(SAVE).locator("img.sf-output-image")).to_have_count(0)
+    c2.node("3").get_by_label("seed control after generate").select_option("fixed")
+    c2.queue()
+    expect(c2.node(SAVE).locator("img.sf-output-image")).to_be_visible(timeout=60_000)
+    expect(c2.node(SAVE).locator(".sf-node")).to_have_attribute("data-status", "cached")
+    other.close()
+
+
+@pytest.mark.slow
+def test_history_entry_shows_time_duration_prompt_size_view_and_load(page, server: LiveServer):
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "history e2e: a purple triangle"
+    res = server.post("/prompt", {"prompt": doc["prompt"], "client_id": "e2e",
+                                  "extra_data": {"extra_pnginfo": {"workflow": doc}}})
+    server.wait_history(res["prompt_id"])
+    page.get_by_role("tab", name="History").click()
+    item = page.locator(f'.sf-history-item[data-prompt-id="{res["prompt_id"]}"]')
+    expect(item).to_contain_text("success")
+    expect(item).to_contain_text("history e2e: a purple triangle")
+    expect(item.locator("time")).to_have_count(1)
+    expect(item.get_by_test_id("duration")).to_contain_text(re.compile(r"\d+(\.\d)? (ms|s)"))
+    expect(item.get_by_test_id("output-size")).to_contain_text("1 image · 64×64")
+    item.get_by_role("button", name="View").click()
+    dialog = page.get_by_role("dialog", name="image")
+    expect(dialog.locator("img")).to_be_visible()
+    dialog.get_by_role("button", name="Close").click()
+    item.get_by_role("button", name="Load").click()
+    c = Canvas(page)
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    expect(c.widget("6", "text")).to_have_value("history e2e: a purple triangle")

@@ -1,0 +1,44 @@
+"""Number widgets: a bad value is marked on the widget and kept as typed, never silently changed."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.e2e.canvas import Canvas
+from tests.e2e.test_canvas import small_txt2img
+
+
+def test_bad_number_values_are_marked_not_changed(page):
+    c = Canvas(page)
+    doc = small_txt2img()
+    c.open_file("widgets.json", doc)
+    sampler = c.node("3")
+
+    c.set_value("3", "steps", "-5")
+    steps = c.widget("3", "steps")
+    expect(steps).to_have_value("-5")  # the field shows what will run
+    expect(steps).to_have_attribute("aria-invalid", "true")
+    issue = sampler.locator('.sf-input[data-input="steps"] .sf-widget-issue')
+    expect(issue).to_have_text("-5 is below the minimum 1")
+    assert c.document()["prompt"]["3"]["inputs"]["steps"] == -5
+
+    c.set_value("3", "cfg", "abc")
+    cfg = c.widget("3", "cfg")
+    expect(cfg).to_have_value("abc")
+    issue = sampler.locator('.sf-input[data-input="cfg"] .sf-widget-issue')
+    expect(issue).to_have_text("“abc” is not a number")
+    assert c.document()["prompt"]["3"]["inputs"]["cfg"] == "abc"
+
+    # queued as shown: the server refuses it, and says why on the node
+    c.queue()
+    expect(c.toasts().filter(has_text="Prompt rejected")).to_be_visible()
+    expect(sampler.locator(".sf-issue").first).to_be_visible()
+
+    # good values clear the marks; arrow keys step within the range
+    c.set_value("3", "steps", "3")
+    c.set_value("3", "cfg", "7.5")
+    expect(sampler.locator(".sf-widget-issue")).to_have_count(0)
+    cfg.focus()
+    page.keyboard.press("ArrowUp")
+    expect(cfg).to_have_value("7.6")  # one step of 0.1
+    assert c.document()["prompt"]["3"]["inputs"]["steps"] == 3

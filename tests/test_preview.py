@@ -1,0 +1,70 @@
+"""Live previews: a latent→RGB map fitted per VAE reads like the decoded image."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from nodes.diffusion import preview
+
+
+@pytest.fixture(scope="module")
+def shapes_vae():
+    from nodes.diffusion.builtin_models import SHAPES_NAME, shipped_weights
+    from nodes.diffusion.loading import load_components
+
+    if not shipped_weights(SHAPES_NAME).is_file():
+        pytest.skip("the default model's weights are not shipped")
+    return load_components(shipped_weights(SHAPES_NAME)).vae
+
+
+def _scene() -> torch.Tensor:
+    """A red disc and a blue square on white, ``[1, 3, 64, 64]`` in [0, 1]."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (64, 64), "white")
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((6, 6, 30, 30), fill=(220, 30, 30))
+    draw.rectangle((34, 30, 58, 58), fill=(30, 40, 220))
+    return torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+
+
+def _error(encoder, image: torch.Tensor, **kw) -> float:
+    with torch.no_grad():
+        latents = encoder.encode(image * 2 - 1).latent_dist.mean * encoder.config.scaling_factor
+    shown = preview.latent_preview(latents, "sd1", **kw)
+    down = image.shape[-1] // latents.shape[-1]
+    small = shown.resize((latents.shape[-1], latents.shape[-2]))  # back to one pixel per latent
+    want = torch.nn.functional.avg_pool2d(image, down)[0].permute(1, 2, 0).numpy()
+    return float(np.abs(np.asarray(small, dtype=np.float32) / 255 - want).mean())
+
+
+def test_fitted_map_reads_like_the_image_and_is_cached(shapes_vae):
+    start = time.perf_counter()
+    w = preview.latent_rgb_map(shapes_vae)
+    fit_s = time.perf_counter() - start
+    assert w.shape == (shapes_vae.config.latent_channels + 1, 3)
+    assert preview.latent_rgb_map(shapes_vae) is w  # cached per VAE
+    scene = _scene()
+    fitted = _error(shapes_vae, scene, vae=shapes_vae)
+    constants = _error(shapes_vae, scene)  # SD 1.x's map: the old confetti on this 4× VAE
+    print(f"fit {fit_s:.2f} s; mean |error| fitted {fitted:.3f}, SD 1.x constants {constants:.3f}")
+    assert fitted < 0.12
+    assert fitted < constants / 2
+
+
+def test_the_sampler_finds_the_vae_through_its_unet(shapes_vae):
+    unet = torch.nn.Linear(1, 1)  # any object the loader would pair with the VAE
+    preview.link_vae(unet, shapes_vae)
+    scene = _scene()
+    direct = _error(shapes_vae, scene, vae=shapes_vae)
+    assert _error(shapes_vae, scene, unet=unet) == pytest.approx(direct)
+
+
+def test_unknown_vae_falls_back_without_failing():
+    latents = torch.randn(1, 4, 8, 8)
+    assert preview.latent_preview(latents).size == (64, 64)  # scaled up 8x
+    assert preview.latent_preview(torch.randn(1, 16, 8, 8)).mode == "RGB"  # 16 channels: normalised

@@ -1,0 +1,121 @@
+/**
+ * Groups on the canvas, drawn behind the nodes in flow coordinates. Drag a group's
+ * title bar to move it with the nodes inside it; drag its corner to resize it;
+ * double-click the title to rename it; right-click the title for its menu.
+ */
+
+import { useReactFlow, ViewportPortal } from "@xyflow/react";
+import { useCallback, useState } from "react";
+import type { SfEdge, SfNode } from "../canvas/flow";
+import { GROUP_COLOR, type GroupBox, groupAround, nodesInside } from "../lib/groups";
+import { NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
+import type { GraphStore } from "./useGraphStore";
+
+/** The nodes' rectangles in flow coordinates (measured, or a typical size). */
+export function nodeRects(nodes: readonly SfNode[], ids?: Set<string>): Map<string, Rect> {
+  return new Map(nodes.filter((n) => !ids || ids.has(n.id)).map((n) => [n.id, {
+    x: n.position.x, y: n.position.y,
+    width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? NODE_HEIGHT,
+  }]));
+}
+
+/** A new group around the selected nodes; false when nothing is selected. */
+export function groupSelection(g: GraphStore): boolean {
+  const ids = new Set(g.state.current.nodes.filter((n) => n.selected).map((n) => n.id));
+  if (!ids.size) return false;
+  const box = groupAround([...nodeRects(g.state.current.nodes, ids).values()]);
+  g.setGroups((gs) => [...gs, box]);
+  return true;
+}
+
+function GroupTitle({ group, onRename }: { group: GroupBox; onRename(title: string): void }) {
+  const [editing, setEditing] = useState(false);
+  if (editing) {
+    return (
+      <input
+        className="sf-group-title-edit nodrag nopan"
+        aria-label="group title"
+        autoFocus
+        defaultValue={group.title}
+        onBlur={(e) => {
+          onRename(e.target.value.trim() || group.title);
+          setEditing(false);
+        }}
+        onKeyDown={(e) => {
+          if (e.key === "Enter") (e.target as HTMLInputElement).blur();
+          if (e.key === "Escape") setEditing(false);
+        }}
+      />
+    );
+  }
+  return <span onDoubleClick={() => setEditing(true)} title="Drag to move with its nodes; double-click to rename">{group.title}</span>;
+}
+
+export function GroupLayer({ g, onMenu }: { g: GraphStore; onMenu(index: number, x: number, y: number): void }) {
+  const rf = useReactFlow<SfNode, SfEdge>();
+  const { setGroups, setNodes, holdHistory } = g;
+
+  /** Move (title bar) or resize (corner) group `index` with the mouse. */
+  const startDrag = useCallback((index: number, e: React.MouseEvent, mode: "move" | "resize") => {
+    if (e.button !== 0 || (e.target as HTMLElement).tagName === "INPUT") return;
+    e.preventDefault();
+    e.stopPropagation();
+    const group = g.groups[index];
+    const zoom = rf.getViewport().zoom;
+    const inside = mode === "move" ? new Set(nodesInside(group, nodeRects(g.state.current.nodes))) : new Set<string>();
+    const starts = new Map(g.state.current.nodes.filter((n) => inside.has(n.id)).map((n) => [n.id, { ...n.position }]));
+    const [gx, gy, gw, gh] = group.bounding;
+    const sx = e.clientX;
+    const sy = e.clientY;
+    holdHistory.current = true;
+    const move = (ev: MouseEvent) => {
+      const dx = (ev.clientX - sx) / zoom;
+      const dy = (ev.clientY - sy) / zoom;
+      const bounding: GroupBox["bounding"] = mode === "move"
+        ? [Math.round(gx + dx), Math.round(gy + dy), gw, gh]
+        : [gx, gy, Math.max(80, Math.round(gw + dx)), Math.max(60, Math.round(gh + dy))];
+      setGroups((gs) => gs.map((x, i) => (i === index ? { ...x, bounding } : x)));
+      if (starts.size) {
+        setNodes((ns) => ns.map((n) => {
+          const p = starts.get(n.id);
+          return p ? { ...n, position: { x: Math.round(p.x + dx), y: Math.round(p.y + dy) } } : n;
+        }));
+      }
+    };
+    const up = () => {
+      window.removeEventListener("mousemove", move);
+      window.removeEventListener("mouseup", up);
+      holdHistory.current = false;
+      setGroups((gs) => [...gs]); // one undo step for the whole drag
+    };
+    window.addEventListener("mousemove", move);
+    window.addEventListener("mouseup", up);
+  }, [g.groups, g.state, rf, setGroups, setNodes, holdHistory]);
+
+  return (
+    <ViewportPortal>
+      {g.groups.map((group, i) => {
+        const [x, y, w, h] = group.bounding;
+        const color = group.color ?? GROUP_COLOR;
+        return (
+          <div key={i} className="sf-group" data-group={i} role="group" aria-label={group.title}
+            style={{ transform: `translate(${x}px, ${y}px)`, width: w, height: h, borderColor: color, background: `${color}26` }}>
+            <div
+              className="sf-group-title nodrag nopan"
+              style={{ background: `${color}99`, fontSize: group.font_size ? Math.min(48, group.font_size) : undefined }}
+              onMouseDown={(e) => startDrag(i, e, "move")}
+              onContextMenu={(e) => {
+                e.preventDefault();
+                e.stopPropagation();
+                onMenu(i, e.clientX, e.clientY);
+              }}
+            >
+              <GroupTitle group={group} onRename={(title) => setGroups((gs) => gs.map((x, j) => (j === i ? { ...x, title } : x)))} />
+            </div>
+            <div className="sf-group-resize nodrag nopan" title="Drag to resize the group" onMouseDown={(e) => startDrag(i, e, "resize")} />
+          </div>
+        );
+      })}
+    </ViewportPortal>
+  );
+}

@@ -1,0 +1,25 @@
+/** One image at full size, with download and "open its workflow". */
+
+import { viewUrl } from "../api";
+import type { ImageRef } from "../lib/runstore";
+
+export function Lightbox({ image, onClose, onOpenWorkflow, caption }: {
+  image: ImageRef;
+  onClose(): void;
+  onOpenWorkflow(img: ImageRef): void;
+  /** Extra text under the image (e.g. the history entry's prompt and time). */
+  caption?: string;
+}) {
+  return (
+    <div className="sf-lightbox" onClick={onClose} role="dialog" aria-label="image">
+      <img alt={image.filename} src={viewUrl(image)} />
+      <div className="sf-lightbox-bar" onClick={(e) => e.stopPropagation()}>
+        <span>{image.filename}</span>
+        {caption && <span className="sf-muted sf-lightbox-caption">{caption}</span>}
+        <a href={viewUrl(image)} download={image.filename}>Download</a>
+        <button type="button" onClick={() => onOpenWorkflow(image)}>Open its workflow</button>
+        <button type="button" onClick={onClose}>Close</button>
+      </div>
+    </div>
+  );
+}

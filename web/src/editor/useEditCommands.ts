@@ -1,0 +1,106 @@
+/** Edits on the selection: copy, paste, select all, mute / bypass, clone, remove. */
+
+import { useCallback } from "react";
+import { graphToFlow } from "../canvas/flow";
+import { type GraphLink, type GraphNode, type NodeMode, pasteNodes } from "../lib/graph";
+import type { Notify } from "./Toasts";
+import type { GraphStore } from "./useGraphStore";
+
+const CLIPBOARD_KEY = "steerflow.clipboard";
+
+type Clip = { nodes: GraphNode[]; links: GraphLink[]; inputs?: GraphLink[] };
+
+export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current: { x: number; y: number } | null }) {
+  const { state, currentGraph, defsRef, setNodes, setEdges } = g;
+
+  /** The given nodes (default: the selection) and their links. */
+  const clipOf = useCallback((ids?: Set<string>): Clip | null => {
+    const graph = currentGraph();
+    const sel = ids ?? new Set(state.current.nodes.filter((n) => n.selected).map((n) => n.id));
+    if (!sel.size) return null;
+    return {
+      nodes: graph.nodes.filter((n) => sel.has(n.id)),
+      links: graph.links.filter((l) => sel.has(l.source) && sel.has(l.target)),
+      // links from outside into the copied nodes (Ctrl+Shift+V keeps them)
+      inputs: graph.links.filter((l) => !sel.has(l.source) && sel.has(l.target)),
+    };
+  }, [currentGraph, state]);
+
+  /** Put `clip` into the graph at `offset` (default: under the mouse), selecting the new nodes. */
+  const insertClip = useCallback((clip: Clip, withInputs: boolean, at?: { x: number; y: number }) => {
+    const minX = Math.min(...clip.nodes.map((n) => n.pos[0]));
+    const minY = Math.min(...clip.nodes.map((n) => n.pos[1]));
+    const to = at ?? mouse.current;
+    const offset: [number, number] = to ? [to.x - minX, to.y - minY] : [40, 40];
+    const graph = currentGraph();
+    const { graph: next, ids } = pasteNodes(graph, clip, offset);
+    if (withInputs && clip.inputs?.length) {
+      const present = new Set(graph.nodes.map((n) => n.id));
+      const idMap = new Map(clip.nodes.map((n, i) => [n.id, ids[i]]));
+      for (const l of clip.inputs) {
+        if (present.has(l.source) && idMap.has(l.target)) next.links.push({ ...l, target: idMap.get(l.target)! });
+      }
+    }
+    const selected = new Set(ids);
+    const flow = graphToFlow(next, defsRef.current);
+    // keep the existing nodes' objects (measured sizes) and select the pasted ones
+    const byId = new Map(state.current.nodes.map((n) => [n.id, n]));
+    setNodes(flow.nodes.map((n) => (byId.has(n.id) ? { ...byId.get(n.id)!, selected: false } : { ...n, selected: selected.has(n.id) })));
+    setEdges(flow.edges);
+    return ids;
+  }, [currentGraph, defsRef, mouse, setEdges, setNodes, state]);
+
+  const copy = useCallback(() => {
+    const clip = clipOf();
+    if (!clip) return;
+    localStorage.setItem(CLIPBOARD_KEY, JSON.stringify(clip));
+    notify(`Copied ${clip.nodes.length} node${clip.nodes.length === 1 ? "" : "s"}`);
+  }, [clipOf, notify]);
+
+  /** Paste the copied nodes; `withInputs` (Ctrl+Shift+V) also keeps the links into them. */
+  const paste = useCallback((withInputs = false) => {
+    const raw = localStorage.getItem(CLIPBOARD_KEY);
+    if (!raw) return;
+    let clip: Clip;
+    try {
+      clip = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (!clip.nodes?.length) return;
+    insertClip(clip, withInputs);
+  }, [insertClip]);
+
+  /** A copy of one node beside it, with its input links. */
+  const clone = useCallback((id: string) => {
+    const clip = clipOf(new Set([id]));
+    if (!clip) return;
+    const [x, y] = clip.nodes[0].pos;
+    insertClip(clip, true, { x: x + 30, y: y + 30 });
+  }, [clipOf, insertClip]);
+
+  const remove = useCallback((ids: Set<string>) => {
+    setNodes((ns) => ns.filter((n) => !ids.has(n.id)));
+    setEdges((es) => es.filter((e) => !ids.has(e.source) && !ids.has(e.target)));
+  }, [setEdges, setNodes]);
+
+  const selectAll = useCallback(() => setNodes((ns) => ns.map((n) => ({ ...n, selected: true }))), [setNodes]);
+
+  /** Mute or bypass nodes (default: the selection); on nodes already in that mode, make them run again. */
+  const toggleMode = useCallback((mode: NodeMode, ids?: Set<string>) => {
+    setNodes((ns) => {
+      const on = (n: (typeof ns)[number]) => (ids ? ids.has(n.id) : !!n.selected);
+      const chosen = ns.filter(on);
+      const off = chosen.length > 0 && chosen.every((n) => n.data.mode === mode);
+      return ns.map((n) => {
+        if (!on(n)) return n;
+        const data = { ...n.data };
+        if (off) delete data.mode;
+        else data.mode = mode;
+        return { ...n, data };
+      });
+    });
+  }, [setNodes]);
+
+  return { copy, paste, clone, remove, selectAll, toggleMode };
+}

@@ -1,0 +1,156 @@
+/**
+ * The one store of the graph being edited: React Flow's nodes and edges, the
+ * document's groups and extra, the undo history and the autosave. Every edit
+ * goes through `setNodes` / `setEdges`; a debounced effect turns each settled
+ * change into one undo step and one autosave.
+ */
+
+import { type EdgeChange, type NodeChange, applyEdgeChanges, applyNodeChanges, useReactFlow } from "@xyflow/react";
+import { useCallback, useEffect, useRef, useState } from "react";
+import { flowToGraph, graphToFlow, type SfEdge, type SfNode } from "../canvas/flow";
+import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } from "../lib/graph";
+import { type GroupBox, parseGroups } from "../lib/groups";
+import { boundsOf, fitViewport, NODE_HEIGHT, NODE_WIDTH } from "../lib/layout";
+import type { RunStore } from "../lib/runstore";
+import type { Defs } from "../lib/schema";
+
+export const AUTOSAVE_KEY = "steerflow.autosave";
+const UNDO_MAX = 200;
+
+export type GraphMeta = { extra: Record<string, unknown> };
+
+export type GraphStore = ReturnType<typeof useGraphStore>;
+
+export function useGraphStore(defs: Defs, store: RunStore) {
+  const rf = useReactFlow<SfNode, SfEdge>();
+  const [nodes, setNodes] = useState<SfNode[]>([]);
+  const [edges, setEdges] = useState<SfEdge[]>([]);
+  const [docName, setDocName] = useState("workflow");
+  const meta = useRef<GraphMeta>({ extra: {} });
+  const [groups, setGroupsState] = useState<GroupBox[]>([]);
+  const groupsRef = useRef(groups);
+  groupsRef.current = groups;
+  /** Set while a group is dragged: its many small moves make one undo step. */
+  const holdHistory = useRef(false);
+  /** The latest nodes and edges, for callbacks that must not re-render on every change. */
+  const state = useRef({ nodes, edges });
+  state.current = { nodes, edges };
+  const defsRef = useRef(defs);
+  defsRef.current = defs;
+  const history = useRef<{ past: string[]; present: string | null; future: string[] }>({ past: [], present: null, future: [] });
+
+  const currentGraph = useCallback((): Graph => {
+    const { nodes, edges } = state.current;
+    return flowToGraph(nodes, edges, { groups: groupsRef.current, extra: meta.current.extra, viewport: rf.getViewport() });
+  }, [rf]);
+
+  /** Fit the graph at a readable zoom (lib/layout.ts); a large one shows its top-left part. */
+  const fit = useCallback(() => {
+    const ns = rf.getNodes();
+    const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
+    if (!ns.length || !pane) return;
+    const rects = ns.map((n) => ({
+      x: n.position.x, y: n.position.y,
+      // nodes not rendered yet (out of view) count at a typical size
+      width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? NODE_HEIGHT,
+    }));
+    void rf.setViewport(fitViewport(boundsOf(rects), pane.width, pane.height, ns.length));
+  }, [rf]);
+
+  const loadGraph = useCallback((graph: Graph, opts: { viewport?: boolean; resetRun?: boolean } = {}) => {
+    const flow = graphToFlow(graph, defsRef.current);
+    meta.current = { extra: graph.extra ?? {} };
+    setGroupsState(parseGroups(graph.groups));
+    setNodes(flow.nodes);
+    setEdges(flow.edges);
+    if (opts.resetRun !== false) store.reset();
+    if (opts.viewport !== false) {
+      if (graph.viewport) rf.setViewport(graph.viewport);
+      else if (flow.nodes.length) setTimeout(fit, 60);
+    }
+  }, [rf, store, fit]);
+
+  const writeAutosave = useCallback((doc?: WorkflowDocument) => {
+    try {
+      const d = doc ?? graphToDocument(currentGraph(), defsRef.current);
+      d.layout.viewport = rf.getViewport();
+      localStorage.setItem(AUTOSAVE_KEY, JSON.stringify({ ...d, extra: { ...d.extra, name: docName } }));
+    } catch {
+      // storage full or unavailable: nothing to do
+    }
+  }, [currentGraph, rf, docName]);
+
+  // One undo step and one autosave per settled change (not per drag frame).
+  useEffect(() => {
+    if (holdHistory.current || nodes.some((n) => n.dragging || n.resizing)) return;
+    const timer = setTimeout(() => {
+      const doc = graphToDocument(flowToGraph(nodes, edges, { groups, extra: meta.current.extra }), defsRef.current);
+      const key = JSON.stringify(doc);
+      const h = history.current;
+      if (key === h.present) return; // selection or measurement only
+      if (h.present !== null) {
+        h.past.push(h.present);
+        if (h.past.length > UNDO_MAX) h.past.shift();
+        h.future = [];
+      }
+      h.present = key;
+      writeAutosave(doc);
+    }, 200);
+    return () => clearTimeout(timer);
+  }, [nodes, edges, groups, writeAutosave]);
+
+  const restoreKey = useCallback((key: string) => {
+    const doc = JSON.parse(key);
+    loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: false });
+    writeAutosave(doc);
+  }, [loadGraph, writeAutosave]);
+
+  const undo = useCallback(() => {
+    const h = history.current;
+    const prev = h.past.pop();
+    if (prev === undefined || h.present === null) return;
+    h.future.push(h.present);
+    h.present = prev;
+    restoreKey(prev);
+  }, [restoreKey]);
+
+  const redo = useCallback(() => {
+    const h = history.current;
+    const next = h.future.pop();
+    if (next === undefined || h.present === null) return;
+    h.past.push(h.present);
+    h.present = next;
+    restoreKey(next);
+  }, [restoreKey]);
+
+  /** Edit the groups (saved and undoable like any other edit). */
+  const setGroups = useCallback((fn: (groups: GroupBox[]) => GroupBox[]) => setGroupsState(fn), []);
+
+  const patchNode = useCallback((id: string, fn: (n: SfNode) => SfNode) => {
+    setNodes((ns) => ns.map((n) => (n.id === id ? fn(n) : n)));
+  }, []);
+
+  const onNodesChange = useCallback((changes: NodeChange<SfNode>[]) => {
+    setNodes((ns) => {
+      const next = applyNodeChanges(changes, ns);
+      // A resize (NodeResizer) sets the width and a minimum height: the node still grows with its content.
+      const resized = new Map<string, { width: number; height: number }>();
+      for (const c of changes) if (c.type === "dimensions" && c.setAttributes && c.dimensions) resized.set(c.id, c.dimensions);
+      if (!resized.size) return next;
+      return next.map((n) => {
+        const d = resized.get(n.id);
+        if (!d) return n;
+        const { height: _h, ...rest } = n;
+        return { ...rest, width: Math.round(d.width), data: { ...n.data, size: [Math.round(d.width), Math.round(d.height)] } };
+      });
+    });
+  }, []);
+  const onEdgesChange = useCallback((changes: EdgeChange<SfEdge>[]) => {
+    setEdges((es) => applyEdgeChanges(changes, es));
+  }, []);
+
+  return {
+    nodes, edges, setNodes, setEdges, state, meta, defsRef, docName, setDocName, groups, setGroups, holdHistory,
+    currentGraph, loadGraph, fit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange,
+  };
+}

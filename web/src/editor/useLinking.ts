@@ -1,0 +1,177 @@
+/**
+ * Making links and adding nodes: type-checked connections (refused with their
+ * reason), a link dropped on empty space opening the palette filtered to nodes
+ * that fit it, and the palette's pick.
+ */
+
+import { type Connection, type Edge, type FinalConnectionState, useReactFlow } from "@xyflow/react";
+import { useCallback, useRef, useState } from "react";
+import { edgeToLink, inHandle, inputOf, type SfEdge, type SfNode, slotOf, toFlowEdge, toFlowNode } from "../canvas/flow";
+import type { PaletteFilter } from "../canvas/Palette";
+import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
+import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
+import type { Notify } from "./Toasts";
+import type { GraphStore } from "./useGraphStore";
+
+type PendingLink = { node: string; from: "source" | "target"; slot?: number; input?: string; type: string };
+
+export type PaletteState = {
+  screen?: { x: number; y: number };
+  flow: { x: number; y: number };
+  filter?: PaletteFilter;
+  pending?: PendingLink;
+};
+
+export const linkOf = (c: Connection | Edge): GraphLink => ({
+  source: c.source, slot: slotOf(c.sourceHandle), target: c.target, input: inputOf(c.targetHandle),
+});
+
+export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x: number; y: number } | null }) {
+  const rf = useReactFlow<SfNode, SfEdge>();
+  const { state, defsRef, setNodes, setEdges } = g;
+  const [palette, setPalette] = useState<PaletteState | null>(null);
+
+  const graphView = useCallback((): GraphView => ({
+    nodeType: (id) => state.current.nodes.find((n) => n.id === id)?.data.type,
+    links: state.current.edges.map(edgeToLink),
+  }), [state]);
+
+  const isValidConnection = useCallback(
+    (c: Connection | Edge) => checkConnection(graphView(), defsRef.current, linkOf(c)).ok,
+    [graphView, defsRef],
+  );
+
+  /** Add a link after checking it; it replaces the input's previous link. */
+  const connect = useCallback((link: GraphLink): boolean => {
+    const check = checkConnection(graphView(), defsRef.current, link);
+    if (!check.ok) {
+      notify(`Link refused: ${check.reason}`, "error");
+      return false;
+    }
+    const srcType = state.current.nodes.find((n) => n.id === link.source)?.data.type;
+    const edge = toFlowEdge(link, defsRef.current, srcType);
+    setEdges((es) => [
+      ...es.filter((e) => !(e.target === link.target && e.targetHandle === inHandle(link.input))),
+      edge,
+    ]);
+    return true;
+  }, [graphView, notify, state, defsRef, setEdges]);
+
+  const onConnect = useCallback((c: Connection) => {
+    connect(linkOf(c));
+  }, [connect]);
+
+  const onConnectEnd = useCallback((event: MouseEvent | TouchEvent, cs: FinalConnectionState) => {
+    if (cs.isValid || !cs.fromHandle || !cs.fromNode) return;
+    const from = cs.fromHandle;
+    const fromDef = defsRef.current.get((cs.fromNode.data as SfNode["data"]).type);
+    if (cs.toHandle) {
+      // Dropped on a handle that refused the link: say why.
+      const to = cs.toHandle;
+      if (to.type === from.type) {
+        notify(`Link refused: connect an output to an input`, "error");
+        return;
+      }
+      const src = from.type === "source" ? from : to;
+      const dst = from.type === "source" ? to : from;
+      const check = checkConnection(graphView(), defsRef.current, {
+        source: src.nodeId, slot: slotOf(src.id), target: dst.nodeId, input: inputOf(dst.id),
+      });
+      notify(`Link refused: ${check.ok ? "not allowed" : check.reason}`, "error");
+      return;
+    }
+    if (!fromDef) return;
+    const point = "changedTouches" in event ? event.changedTouches[0] : event;
+    const target = document.elementFromPoint(point.clientX, point.clientY);
+    if (!target?.closest(".react-flow__pane")) return;
+    const flow = rf.screenToFlowPosition({ x: point.clientX, y: point.clientY });
+    let pending: PendingLink;
+    let types: Map<string, string>;
+    if (from.type === "source") {
+      const slot = slotOf(from.id);
+      const type = fromDef.outputs[slot]?.type ?? "*";
+      pending = { node: from.nodeId, from: "source", slot, type };
+      types = new Map(nodesAcceptingType(defsRef.current, type).map((c) => [c.type, c.input!]));
+    } else {
+      const input = inputOf(from.id);
+      const type = fromDef.inputs.find((i) => i.name === input)?.type ?? "*";
+      pending = { node: from.nodeId, from: "target", input, type };
+      types = new Map(nodesProducingType(defsRef.current, type).map((c) => {
+        const d = defsRef.current.get(c.type)!;
+        return [c.type, d.outputs[c.slot!].name];
+      }));
+    }
+    setPalette({
+      screen: { x: point.clientX, y: point.clientY },
+      flow,
+      pending,
+      filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types },
+    });
+  }, [graphView, notify, rf, defsRef]);
+
+  // Dragging a link's end off an input moves it (dropped on another input) or detaches it
+  // (dropped anywhere else), as in ComfyUI.
+  const reconnected = useRef(false);
+  const onReconnectStart = useCallback(() => {
+    reconnected.current = false;
+  }, []);
+  const onReconnect = useCallback((old: SfEdge, c: Connection) => {
+    reconnected.current = true;
+    const link = linkOf(c);
+    const check = checkConnection(graphView(), defsRef.current, link);
+    if (!check.ok) {
+      notify(`Link refused: ${check.reason}`, "error");
+      return;
+    }
+    const srcType = state.current.nodes.find((n) => n.id === link.source)?.data.type;
+    const edge = toFlowEdge(link, defsRef.current, srcType);
+    setEdges((es) => [
+      ...es.filter((e) => e.id !== old.id && !(e.target === link.target && e.targetHandle === inHandle(link.input))),
+      edge,
+    ]);
+  }, [graphView, notify, state, defsRef, setEdges]);
+  const onReconnectEnd = useCallback((_e: MouseEvent | TouchEvent, edge: SfEdge) => {
+    if (!reconnected.current) setEdges((es) => es.filter((e) => e.id !== edge.id));
+    reconnected.current = false;
+  }, [setEdges]);
+
+  /** Add a node of `type` at `pos` (flow coordinates), selected alone. */
+  const addNode = useCallback((type: string, pos: { x: number; y: number }): string => {
+    const id = nextNodeId(state.current.nodes.map((n) => n.id));
+    const node = toFlowNode(createNode(defsRef.current, type, id, [pos.x, pos.y]));
+    node.selected = true;
+    const next = [...state.current.nodes.map((n) => (n.selected ? { ...n, selected: false } : n)), node];
+    state.current = { ...state.current, nodes: next };
+    setNodes(next);
+    return id;
+  }, [state, defsRef, setNodes]);
+
+  const pick = useCallback((type: string) => {
+    const p = palette;
+    setPalette(null);
+    if (!p) return;
+    const id = addNode(type, p.flow);
+    const pending = p.pending;
+    if (!pending) return;
+    const def = defsRef.current.get(type)!;
+    if (pending.from === "source") {
+      const input = p.filter?.types.get(type);
+      if (input) connect({ source: pending.node, slot: pending.slot!, target: id, input });
+    } else {
+      const slot = nodesProducingType(new Map([[type, def]]), pending.type)[0]?.slot;
+      if (slot !== undefined) connect({ source: id, slot, target: pending.node, input: pending.input! });
+    }
+  }, [palette, addNode, connect, defsRef]);
+
+  const openPaletteCentered = useCallback(() => {
+    const rect = document.querySelector(".react-flow")?.getBoundingClientRect();
+    const cx = rect ? rect.left + rect.width / 2 : window.innerWidth / 2;
+    const cy = rect ? rect.top + rect.height / 2 : window.innerHeight / 2;
+    setPalette({ flow: mouse.current ?? rf.screenToFlowPosition({ x: cx - 130, y: cy - 80 }) });
+  }, [rf, mouse]);
+
+  return {
+    palette, setPalette, isValidConnection, connect, onConnect, onConnectEnd, onReconnectStart, onReconnect,
+    onReconnectEnd, addNode, pick, openPaletteCentered,
+  };
+}

@@ -1,0 +1,76 @@
+/**
+ * Where the view lands when a graph opens, and when the canvas drops detail.
+ *
+ * Text stays readable: a graph is fitted at zoom READABLE_ZOOM or more; one that
+ * does not fit there is shown from its top-left corner (where its loaders are) and
+ * the user scrolls for the rest. Only a truly large graph may be fitted further out,
+ * and only such a graph switches to low detail when zoomed out.
+ */
+
+export type Rect = { x: number; y: number; width: number; height: number };
+export type Viewport = { x: number; y: number; zoom: number };
+
+/** The smallest zoom an opened graph gets: 13 px text stays above 10 px on screen. */
+export const READABLE_ZOOM = 0.8;
+/** Graphs with more nodes than this may be fitted below READABLE_ZOOM, down to OVERVIEW_ZOOM. */
+export const LARGE_GRAPH = 40;
+export const OVERVIEW_ZOOM = 0.4;
+/** Low detail (no widgets) needs both: this many nodes, and a zoom under LOD_ZOOM. */
+export const LOD_NODES = 120;
+export const LOD_ZOOM = 0.5;
+const PADDING = 40;
+/** A node's size before it is measured (the CSS width; a typical height). */
+export const NODE_WIDTH = 260;
+export const NODE_HEIGHT = 200;
+
+/** The rectangle around `rects` (empty: a zero rectangle at the origin). */
+export function boundsOf(rects: readonly Rect[]): Rect {
+  if (!rects.length) return { x: 0, y: 0, width: 0, height: 0 };
+  const x = Math.min(...rects.map((r) => r.x));
+  const y = Math.min(...rects.map((r) => r.y));
+  const right = Math.max(...rects.map((r) => r.x + r.width));
+  const bottom = Math.max(...rects.map((r) => r.y + r.height));
+  return { x, y, width: right - x, height: bottom - y };
+}
+
+/** Options for React Flow's fitView that honour the readable zoom. */
+export function fitViewOptions(nodeCount: number): { padding: number; maxZoom: number; minZoom: number } {
+  return { padding: 0.08, maxZoom: 1, minZoom: nodeCount > LARGE_GRAPH ? OVERVIEW_ZOOM : READABLE_ZOOM };
+}
+
+/**
+ * The viewport that shows `bounds` (flow coordinates) in a `width`×`height` pane:
+ * the whole graph when it fits at a readable zoom (at most 1), else the top-left
+ * part at the readable zoom.
+ */
+export function fitViewport(bounds: Rect, width: number, height: number, nodeCount: number): Viewport {
+  const min = fitViewOptions(nodeCount).minZoom;
+  const fit = Math.min((width - 2 * PADDING) / Math.max(1, bounds.width), (height - 2 * PADDING) / Math.max(1, bounds.height));
+  const zoom = Math.max(min, Math.min(1, fit));
+  const w = bounds.width * zoom;
+  const h = bounds.height * zoom;
+  // centre along an axis that fits; otherwise start at the graph's left / top edge
+  const x = w <= width - 2 * PADDING ? (width - w) / 2 - bounds.x * zoom : PADDING - bounds.x * zoom;
+  const y = h <= height - 2 * PADDING ? (height - h) / 2 - bounds.y * zoom : PADDING - bounds.y * zoom;
+  return { x, y, zoom };
+}
+
+/** Whether the canvas should drop widgets: only a large graph, zoomed far out. */
+export function lowDetail(zoom: number, nodeCount: number): boolean {
+  return nodeCount >= LOD_NODES && zoom < LOD_ZOOM;
+}
+
+/** Rectangles that overlap (by more than `slack` px each way): pairs of ids. */
+export function overlaps(rects: Map<string, Rect>, slack = 0): [string, string][] {
+  const list = [...rects.entries()];
+  const out: [string, string][] = [];
+  for (let i = 0; i < list.length; i++) {
+    for (let j = i + 1; j < list.length; j++) {
+      const [a, ra] = list[i];
+      const [b, rb] = list[j];
+      if (ra.x + ra.width - slack > rb.x && rb.x + rb.width - slack > ra.x
+        && ra.y + ra.height - slack > rb.y && rb.y + rb.height - slack > ra.y) out.push([a, b]);
+    }
+  }
+  return out;
+}

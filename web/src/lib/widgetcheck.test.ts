@@ -1,0 +1,31 @@
+import { describe, expect, it } from "vitest";
+import type { InputDef } from "./schema";
+import { numberIssue, parseNumberText, stepValue } from "./widgetcheck";
+
+const steps = { name: "steps", type: "INT", required: true, widget: true, options: { min: 1, max: 10000 } } as unknown as InputDef;
+const cfg = { name: "cfg", type: "FLOAT", required: true, widget: true, options: { min: 0, max: 100, step: 0.1 } } as unknown as InputDef;
+
+describe("number widgets", () => {
+  it("parses only whole numbers of text", () => {
+    expect(parseNumberText(" 7.5 ")).toBe(7.5);
+    expect(parseNumberText("-5")).toBe(-5);
+    expect(parseNumberText("abc")).toBeNull();
+    expect(parseNumberText("")).toBeNull();
+    expect(parseNumberText("Infinity")).toBeNull();
+  });
+
+  it("names what is wrong instead of changing the value", () => {
+    expect(numberIssue(steps, 20)).toBeNull();
+    expect(numberIssue(steps, -5)).toBe("-5 is below the minimum 1");
+    expect(numberIssue(steps, 20000)).toBe("20000 is above the maximum 10000");
+    expect(numberIssue(steps, 3.5)).toBe("3.5 is not a whole number");
+    expect(numberIssue(cfg, "abc")).toBe("“abc” is not a number");
+    expect(numberIssue(cfg, "")).toBe("empty: enter a number");
+  });
+
+  it("steps with the arrow keys inside the range", () => {
+    expect(stepValue(cfg, 7.5, 1)).toBe(7.6);
+    expect(stepValue(cfg, 0.05, -1)).toBe(0);
+    expect(stepValue(steps, 10000, 1)).toBe(10000);
+  });
+});

@@ -1,0 +1,99 @@
+/**
+ * The History tab: past prompts from the server's /history. Each entry shows when
+ * it ran, how long it took, its prompt's text, its outputs (count and size), a
+ * large view of its images and "load its workflow".
+ */
+
+import { useCallback, useEffect, useState } from "react";
+import { clearHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
+import { useGlobalRun } from "../canvas/context";
+import { formatDuration, promptExcerpt, timing } from "../lib/history";
+import type { ImageRef, RunStore } from "../lib/runstore";
+import { type FeedbackView, Thumb } from "./Thumb";
+
+/** The workflow a queued prompt carried (our document in extra_pnginfo), else its API prompt. */
+export function workflowOf(prompt: unknown, extra: Record<string, unknown> | undefined): unknown {
+  const info = extra?.extra_pnginfo as { workflow?: unknown } | undefined;
+  return info?.workflow ?? prompt;
+}
+
+function formatTime(ms: number): string {
+  const d = new Date(ms);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+/** "2 images · 512×512" once the first image has loaded (its natural size). */
+function OutputSize({ images, text }: { images: ImageRef[]; text: number }) {
+  const [size, setSize] = useState<string | null>(null);
+  useEffect(() => {
+    if (!images.length) return;
+    const img = new Image();
+    img.onload = () => setSize(`${img.naturalWidth}×${img.naturalHeight}`);
+    img.src = viewUrl(images[0]);
+  }, [images]);
+  const parts: string[] = [];
+  if (images.length) parts.push(`${images.length} image${images.length === 1 ? "" : "s"}${size ? ` · ${size}` : ""}`);
+  if (text) parts.push(`${text} text output${text === 1 ? "" : "s"}`);
+  if (!parts.length) parts.push("no outputs");
+  return <span className="sf-history-size" data-testid="output-size">{parts.join(" · ")}</span>;
+}
+
+function HistoryItem({ h, onLoad, openImage, feedback }: {
+  h: HistoryEntry; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
+}) {
+  const images = Object.values(h.outputs).flatMap((o) => o.images ?? []);
+  const texts = Object.values(h.outputs).reduce((a, o) => a + ((o as { text?: unknown[] }).text?.length ?? 0), 0);
+  const { start, durationMs } = timing(h.messages);
+  const excerpt = promptExcerpt(h.prompt);
+  return (
+    <li className={`sf-history-item sf-status-${h.status}`} data-prompt-id={h.promptId}>
+      <div className="sf-history-head">
+        <span>#{h.number} {h.status}</span>
+        <span className="sf-history-actions">
+          {images.length > 0 && (
+            <button type="button" className="sf-small" onClick={() => openImage(images[0])} title="Show the image large">View</button>
+          )}
+          <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra))}
+            title="Load its workflow onto the canvas">Load</button>
+        </span>
+      </div>
+      <div className="sf-history-meta sf-muted">
+        {start !== undefined && <time dateTime={new Date(start).toISOString()}>{formatTime(start)}</time>}
+        {durationMs !== undefined && <span data-testid="duration"> · {formatDuration(durationMs)}</span>}
+        {" · "}<OutputSize images={images} text={texts} />
+      </div>
+      {excerpt && <div className="sf-history-prompt" title={excerpt}>“{excerpt}”</div>}
+      {images.length > 0 && (
+        <div className="sf-thumbs">
+          {images.slice(0, 8).map((img, i) => (
+            <Thumb key={i} img={img} openImage={openImage} feedback={feedback} />
+          ))}
+        </div>
+      )}
+    </li>
+  );
+}
+
+export function HistoryTab({ store, onLoad, openImage, feedback }: {
+  store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
+}) {
+  const { queueVersion } = useGlobalRun(store);
+  const [items, setItems] = useState<HistoryEntry[]>([]);
+  const refresh = useCallback(() => {
+    getHistory(30).then(setItems).catch(() => undefined);
+  }, []);
+  useEffect(refresh, [refresh, queueVersion]);
+  return (
+    <div className="sf-tab">
+      <div className="sf-tab-actions">
+        <button type="button" className="sf-small" onClick={refresh}>Refresh</button>
+        <button type="button" className="sf-small" onClick={() => clearHistory().then(refresh, refresh)}>Clear</button>
+      </div>
+      {items.length === 0 && <div className="sf-muted">Nothing has run yet.</div>}
+      <ul className="sf-list" aria-label="history">
+        {items.map((h) => <HistoryItem key={h.promptId} h={h} onLoad={onLoad} openImage={openImage} feedback={feedback} />)}
+      </ul>
+    </div>
+  );
+}
