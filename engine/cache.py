@@ -4,6 +4,12 @@ A node's signature hashes its type, version, constant inputs, fingerprint and
 the signatures (and output index) of what feeds it, so equal signatures mean
 equal outputs: the cache is shared across prompts and workflows. Entries that
 the running prompt still needs are pinned and never evicted.
+
+When an accelerator ("cuda", ...) is over its budget, least-recently-used entries
+are first *offloaded* to the CPU by a registered :class:`Mover` (the node packs
+register one for torch models; the engine knows neither torch nor diffusers) and
+moved back when next read; only what cannot move, or a CPU over its budget, is
+evicted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 DeviceBytes = dict[str, int]
 _NUMBERS = (int, float, bool, complex)
@@ -161,12 +167,43 @@ def _image_nbytes(img: Any) -> int:
     return width * height * _PIL_PIXEL.get(img.mode, 4)
 
 
+class Mover(Protocol):
+    """Moves what a cached value holds between an accelerator and the CPU.
+
+    ``offload(value, device_type)`` moves the parts of ``value`` on ``device_type``
+    to the CPU and returns ``(moved value, home)`` (the value may be changed in
+    place and returned), or None when it holds nothing it can move. ``restore(value,
+    home)`` moves them back and returns the value. ``home`` is the mover's own
+    token (e.g. "cuda:0"), kept by the cache in between.
+    """
+
+    def offload(self, value: Any, device_type: str) -> tuple[Any, Any] | None: ...
+
+    def restore(self, value: Any, home: Any) -> Any: ...
+
+
+_MOVERS: list[Mover] = []
+
+
+def register_mover(mover: Mover) -> None:
+    """Let every cache offload values through ``mover`` (tried in registration order)."""
+    if mover not in _MOVERS:
+        _MOVERS.append(mover)
+
+
+def unregister_mover(mover: Mover) -> None:
+    if mover in _MOVERS:
+        _MOVERS.remove(mover)
+
+
 @dataclass
 class CacheEntry:
     outputs: tuple[Any, ...]
     ui: dict[str, Any] | None
     nbytes: DeviceBytes
     pins: int = 0
+    # Set while the outputs are offloaded: (the mover that did it, its home token).
+    offloaded: tuple[Mover, Any] | None = None
 
 
 @dataclass
@@ -184,6 +221,10 @@ class OutputCache:
     entries: OrderedDict[str, CacheEntry] = field(default_factory=OrderedDict)
     used: DeviceBytes = field(default_factory=dict)
     evictions: int = 0
+    offloads: int = 0
+    restores: int = 0
+    # None: the registered movers (register_mover); [] turns offloading off.
+    movers: list[Mover] | None = None
 
     def __contains__(self, sig: str) -> bool:
         return sig in self.entries
@@ -192,10 +233,27 @@ class OutputCache:
         return len(self.entries)
 
     def get(self, sig: str) -> CacheEntry | None:
+        """The entry (most recently used now), moved back to its device if offloaded."""
         entry = self.entries.get(sig)
         if entry is not None:
             self.entries.move_to_end(sig)
+            if entry.offloaded is not None:
+                self._restore(entry)
         return entry
+
+    def _restore(self, entry: CacheEntry) -> None:
+        assert entry.offloaded is not None
+        mover, home = entry.offloaded
+        outputs = mover.restore(entry.outputs, home)
+        entry.offloaded = None
+        self._reweigh(entry, outputs)
+        self.restores += 1
+        # Make room around it; held meanwhile so that it is not sent straight back.
+        entry.pins += 1
+        try:
+            self.evict()
+        finally:
+            entry.pins -= 1
 
     def put(self, sig: str, outputs: tuple[Any, ...], ui: dict[str, Any] | None = None,
             *, pins: int = 0) -> CacheEntry:
@@ -242,10 +300,17 @@ class OutputCache:
                 self.evict()
 
     def evict(self) -> None:
-        """Drop least-recently-used unpinned entries until every device fits."""
+        """Make every device fit: offload least-recently-used unpinned entries from an
+        accelerator to the CPU where a mover can, then drop the least recently used."""
         over = self._over_budget()
         if not over:
             return
+        if over - {"cpu"}:
+            for device in sorted(over - {"cpu"}):
+                self._offload(device)
+            over = self._over_budget()
+            if not over:
+                return
         for sig in list(self.entries):
             entry = self.entries[sig]
             if entry.pins or not any(entry.nbytes.get(d) for d in over):
@@ -256,6 +321,34 @@ class OutputCache:
             over = self._over_budget()
             if not over:
                 return
+
+    def _offload(self, device: str) -> None:
+        movers = _MOVERS if self.movers is None else self.movers
+        if not movers:
+            return
+        for entry in list(self.entries.values()):
+            if self.used.get(device, 0) <= self.budgets[device]:
+                return
+            if entry.pins or entry.offloaded is not None or not entry.nbytes.get(device):
+                continue
+            for mover in movers:
+                moved = mover.offload(entry.outputs, device)
+                if moved is not None:
+                    entry.offloaded = (mover, moved[1])
+                    self._reweigh(entry, moved[0])
+                    self.offloads += 1
+                    break
+
+    def _reweigh(self, entry: CacheEntry, outputs: tuple[Any, ...]) -> None:
+        """Replace an entry's outputs and account for where their bytes are now."""
+        self._account(entry.nbytes, -1)
+        entry.outputs = outputs
+        nbytes = value_nbytes(outputs)
+        if entry.ui:
+            for dev, n in value_nbytes(entry.ui).items():
+                nbytes[dev] = nbytes.get(dev, 0) + n
+        entry.nbytes = nbytes
+        self._account(nbytes, +1)
 
     def clear(self) -> None:
         """Drop every unpinned entry."""

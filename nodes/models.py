@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion import memory  # noqa: F401  (registers the cache's model mover)
 from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
+from nodes.diffusion.precision import WEIGHT_DTYPE_CHOICES
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # Loading a pickle can run arbitrary code: the loaders refuse these files at validation
@@ -103,11 +105,17 @@ class CheckpointLoaderSimple(Node):
 
     ckpt_name: str = Input(..., choices=list_checkpoints,
                            description="A file or diffusers folder in models/checkpoints")
+    weight_dtype: str = Input("default", choices=WEIGHT_DTYPE_CHOICES,
+                              description="Precision of the weights; default: the --dtype "
+                                          "option, else fp32. In fp16 the VAE stays fp32.")
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
         path = env.resolve("models", "checkpoints", inputs["ckpt_name"])
-        return path_fingerprint(path) if path.exists() else None
+        if not path.exists():
+            return None
+        # "default" follows --dtype, which is not an input: it joins the identity here.
+        return [path_fingerprint(path), env.options.get("dtype")]
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -115,13 +123,23 @@ class CheckpointLoaderSimple(Node):
         return pickle_problem(inputs, env, "ckpt_name", "models", "checkpoints")
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
-        from nodes.diffusion.loading import load_components
+        from nodes.diffusion.precision import checkpoint_dtypes, dtype_from_name
+        from nodes.diffusion.safetensors_io import read_in_background
 
         path = ctx.env.resolve("models", "checkpoints", self.ckpt_name)
         if not path.exists():
             raise FileNotFoundError(
                 f"checkpoint {self.ckpt_name!r} not found in models/checkpoints")
-        loaded = load_components(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)
+        dtype = dtype_from_name(self.weight_dtype, ctx.env.options)
+        # A cold process reads the weights while it imports diffusers (seconds each).
+        prefetched = read_in_background(path, dtype=checkpoint_dtypes(dtype))
+        from nodes.diffusion.loading import load_components
+
+        loaded = load_components(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
+                                 dtype=dtype, prefetched=prefetched)
+        from nodes.diffusion.preview import link_vae
+
+        link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
         return (
             DiffusionModel(loaded.unet, dict(loaded.scheduler_config), loaded.family),
             TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,

@@ -28,7 +28,8 @@ def step_reporter(ctx: ExecutionContext, model: DiffusionModel) -> StepCallback:
     want_preview = bool(ctx.extra.get("preview"))
 
     def on_step(step: int, total: int, latents: torch.Tensor) -> None:
-        ctx.progress(step, total, latent_preview(latents, model.family) if want_preview else None)
+        preview = latent_preview(latents, model.family, model.unet) if want_preview else None
+        ctx.progress(step, total, preview)
 
     return on_step
 

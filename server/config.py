@@ -44,6 +44,8 @@ class ServerConfig:
     # The worker's cache budget ("8GiB", "50%", "cpu=4GiB,cuda=80%"); None: the default.
     cache_budget: str | None = None
     cache_max_entries: int | None = None
+    # Weight precision of loaded models ("fp32", "fp16", "bf16"); None: fp32.
+    dtype: str | None = None
     worker_module: str = "steerflow.worker"
     worker_start_timeout: float = 600.0  # the first start installs the built-in models
     # "module:function" returning a NodeRegistry; for tests and benchmarks.
@@ -89,6 +91,12 @@ class ServerConfig:
         if not 0 <= self.interrupt_grace <= 3600:
             raise ConfigError(f"--interrupt-grace must be 0..3600 seconds, got "
                               f"{self.interrupt_grace}")
+        if self.dtype is not None:
+            from nodes.diffusion.precision import DTYPE_NAMES  # light: no torch
+
+            if self.dtype not in DTYPE_NAMES:
+                raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, "
+                                  f"got {self.dtype!r}")
         if self.cache_budget is not None:
             from engine.cache import check_budget
 
@@ -122,6 +130,7 @@ class ServerConfig:
             fsync=bool(opt("fsync", False)),
             interrupt_grace=float(opt("interrupt_grace", 3.0)),  # type: ignore[arg-type]
             cache_budget=opt("cache_budget"),  # type: ignore[arg-type]
+            dtype=opt("dtype"),  # type: ignore[arg-type]
             verbose=bool(opt("verbose", False)),
             registry_factory=opt("registry"),  # type: ignore[arg-type]
             front_end=str(opt("front_end", "steerflow")),

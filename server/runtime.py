@@ -246,7 +246,7 @@ class Runtime:
             "device": cfg.device, "allow_pickle": cfg.allow_pickle,
             "custom_nodes": _str(cfg.custom_nodes), "registry_factory": cfg.registry_factory,
             "cache_budget": cfg.cache_budget, "cache_max_entries": cfg.cache_max_entries,
-            "verbose": cfg.verbose}, module=cfg.worker_module)
+            "dtype": cfg.dtype, "verbose": cfg.verbose}, module=cfg.worker_module)
         self.worker_starts += 1
         deadline = time.monotonic() + cfg.worker_start_timeout
         try:

@@ -34,6 +34,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt/.bin checkpoints (loaded with weights_only)")
     parser.add_argument("--custom-nodes", help="folder of custom node packs")
+    # = nodes.diffusion.precision.DTYPE_NAMES; importing it would load every node pack
+    # for every command (tests/test_memory.py checks they agree).
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
+                        help="weight precision of loaded models (default fp32; a loader's "
+                             "weight_dtype overrides it; in fp16 the VAE stays fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
     from engine.session import Session
 
-    return Session(args.base_dir, models_dir=args.models_dir, device=args.device,
-                   allow_pickle=args.allow_pickle, custom_nodes=args.custom_nodes, **kwargs)
+    session = Session(args.base_dir, models_dir=args.models_dir, device=args.device,
+                      allow_pickle=args.allow_pickle, custom_nodes=args.custom_nodes, **kwargs)
+    if getattr(args, "dtype", None):
+        session.env.options["dtype"] = args.dtype
+    return session
 
 
 def _load(args: argparse.Namespace, session: Any) -> Any:

@@ -85,8 +85,26 @@ class Worker:
                           registry=registry, cache_budgets=budgets)
         if cfg.get("cache_max_entries"):
             session.executor.cache.max_entries = int(cfg["cache_max_entries"])
+        if cfg.get("dtype"):
+            session.env.options["dtype"] = str(cfg["dtype"])
         session.executor.ensure_setup()  # file checks now: the hooks ran above
         self.session = session
+
+    def prewarm(self) -> None:
+        """Import the diffusion stack before the first prompt needs it.
+
+        A cold import of torch, diffusers and transformers takes seconds that the
+        first prompt would otherwise spend between its submission and its first
+        step. Done on the main thread (a prompt that arrives meanwhile waits in the
+        queue, as it would for the imports), only when the real packs are loaded.
+        """
+        if "CheckpointLoaderSimple" not in self.session.registry:
+            return
+        try:
+            import nodes.diffusion.loading
+            import nodes.diffusion.sampling  # noqa: F401
+        except Exception:  # the prompt that needs them reports it properly
+            log.warning("pre-importing the diffusion stack failed", exc_info=True)
 
     # --- the reader thread -------------------------------------------------------
     def read_forever(self) -> None:
@@ -212,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                  "device": worker.session.env.device,
                  "pack_errors": [{"pack": e.pack, "message": e.message}
                                  for e in registry.errors]})
+    worker.prewarm()
     try:
         worker.serve()
     except (OSError, EOFError):

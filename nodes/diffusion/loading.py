@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,12 +27,15 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
-from safetensors import safe_open
-from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from nodes.diffusion.concat import unet_kind
-from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX, read_config_metadata
+from nodes.diffusion.original_layout import (
+    CONFIG_METADATA_KEY,
+    UNET_PREFIX,
+    read_config_metadata,
+)
+from nodes.diffusion.precision import checkpoint_dtypes, vae_dtype
 from nodes.diffusion.tokenizer import load_clip_tokenizer
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
@@ -45,6 +49,7 @@ _OPEN_CLIP_PREFIX = "cond_stage_model.model."
 _SDXL_PREFIX = "conditioner.embedders."
 
 StateDict = dict[str, torch.Tensor]
+DtypeSpec = torch.dtype | Callable[[str], torch.dtype | None] | None
 M = TypeVar("M", bound=torch.nn.Module)
 
 
@@ -78,24 +83,37 @@ def load_components(
     allow_pickle: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    prefetched: Future[tuple[StateDict, dict[str, str]]] | None = None,
 ) -> LoadedCheckpoint:
-    """Load a diffusers folder, a ``.safetensors`` file, or (opt-in) a pickle checkpoint."""
+    """Load a diffusers folder, a ``.safetensors`` file, or (opt-in) a pickle checkpoint.
+
+    In float16 the VAE stays float32 unless its config turns ``force_upcast`` off
+    (:func:`nodes.diffusion.precision.vae_dtype`). ``prefetched`` is the file's
+    :func:`read_checkpoint_file` result started earlier with the same ``dtype``
+    (:func:`nodes.diffusion.safetensors_io.read_in_background`).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         loaded = _load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
     else:
-        state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
-        state_dict = _cast_tensors(state_dict, device=device, dtype=dtype)
+        # Cast while reading, tensor by tensor: no second copy of the weights at the peak.
+        if prefetched is not None:
+            state_dict, metadata = prefetched.result()
+        else:
+            state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle,
+                                                        dtype=checkpoint_dtypes(dtype))
         loaded = load_original_state_dict(state_dict, metadata, path=path)
+        del state_dict
     for model in (loaded.unet, loaded.vae, loaded.text_encoder, loaded.text_encoder_2):
         if model is None:
             continue
         model.to(device)
+        want = vae_dtype(dtype, model.config) if model is loaded.vae else dtype
         # Only cast when needed: diffusers warns on every .to(dtype=...).
-        if any(p.dtype != dtype for p in model.parameters()):
-            model.to(dtype)
+        if any(p.dtype != want for p in model.parameters()):
+            model.to(want)
         _own_aligned_memory(model)
         model.eval()
     return loaded
@@ -127,14 +145,18 @@ def _own_aligned_memory(model: torch.nn.Module) -> None:
 
 
 def read_checkpoint_file(
-    path: Path, *, allow_pickle: bool = False
+    path: Path, *, allow_pickle: bool = False, dtype: DtypeSpec = None
 ) -> tuple[StateDict, dict[str, str]]:
-    """Read a single checkpoint file's tensors and (safetensors only) its metadata."""
+    """Read a single checkpoint file's tensors and (safetensors only) its metadata.
+
+    With ``dtype``, floating tensors are cast as they are read. A ``.safetensors``
+    file is read tensor by tensor into owned, aligned memory (no memory map kept).
+    """
     suffix = path.suffix.lower()
     if suffix in SAFE_SUFFIXES:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(path), device="cpu"), metadata
+        from nodes.diffusion.safetensors_io import read_safetensors
+
+        return read_safetensors(path, dtype=dtype)
     if suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise UnsafeCheckpointError(
@@ -142,7 +164,14 @@ def read_checkpoint_file(
                 "loaded. Convert it to .safetensors, or opt in with allow_pickle=True (it is "
                 "then read with torch.load(weights_only=True))."
             )
-        return _torch_load_weights(path)
+        state_dict, metadata = _torch_load_weights(path)
+        if dtype is not None:
+            dtype_of = dtype if callable(dtype) else (lambda key: dtype)
+            for key, tensor in state_dict.items():
+                want = dtype_of(key)
+                if want is not None and tensor.is_floating_point():
+                    state_dict[key] = tensor.to(want)
+        return state_dict, metadata
     raise ValueError(
         f"unsupported checkpoint type {path.name!r}: expected a diffusers folder, .safetensors, "
         f"or (with allow_pickle) one of {sorted(PICKLE_SUFFIXES)}"
@@ -340,7 +369,9 @@ def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> Loade
     safetensors_only = True if not allow_pickle else None
     common = {"local_files_only": True, "use_safetensors": safetensors_only}
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **common)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **common)
+    # Read the VAE in fp32 for an fp16 model: vae_dtype may keep it so (force_upcast).
+    vae_read = torch.float32 if dtype == torch.float16 else dtype
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=vae_read, **common)
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, **common)
     family = _family_from_configs(dict(unet.config), text_encoder.config.to_dict())
     tokenizer_dir = path / "tokenizer"

@@ -128,9 +128,13 @@ def decode_raw(vae: Any, latents: torch.Tensor, tiling: Tiling | None = None) ->
     factor = vae.downscale
     height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
     run = plan(model, height, width, latents.shape[0], "decode", tiling)
+    from nodes.diffusion.precision import decode_with_upcast
+
+    def decode(m: Any) -> torch.Tensor:
+        return m.decode(latents.to(device=m.device, dtype=m.dtype), return_dict=False)[0]
+
     with torch.no_grad(), _configured(model, run, factor):
-        return model.decode(latents.to(device=model.device, dtype=model.dtype),
-                            return_dict=False)[0]
+        return decode_with_upcast(model, decode)  # a half VAE's NaNs: again in fp32
 
 
 def encode_raw(vae: Any, pixels: torch.Tensor, tiling: Tiling | None = None) -> Any:

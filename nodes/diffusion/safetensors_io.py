@@ -1,0 +1,137 @@
+"""Read a ``.safetensors`` file tensor by tensor, casting as it goes.
+
+``safetensors.torch.load_file`` hands back views into a memory map of the whole
+file: every page it touches stays in the process's resident set until the last
+view is gone, and casting them (fp16 file → fp32 model) keeps both copies alive
+at the peak. Here each tensor is read with ``readinto`` into its own (aligned)
+allocation, in the target dtype, so the peak is the loaded model plus one
+scratch buffer, and the file's pages are only in the page cache.
+
+The header is validated by ``safetensors.safe_open`` first; it is then parsed
+here for the byte offsets, which the library does not expose.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+MAX_HEADER = 100 << 20  # safetensors' own limit
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
+                     ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+    if hasattr(torch, _attr):
+        _DTYPES[_name] = getattr(torch, _attr)
+
+StateDict = dict[str, torch.Tensor]
+#: one dtype for every floating tensor, or one per key (None: as stored)
+DtypeSpec = torch.dtype | Callable[[str], torch.dtype | None] | None
+
+
+def read_safetensors(path: Path, *, dtype: DtypeSpec = None
+                     ) -> tuple[StateDict, dict[str, str]]:
+    """All tensors of ``path`` (floating ones cast to ``dtype`` when given) and its metadata.
+
+    Every tensor owns its memory (no view of the file); the extra memory is one
+    buffer the size of the largest tensor that needs a cast.
+    """
+    path = Path(path)
+    dtype_of = dtype if callable(dtype) else (lambda key: dtype)
+    with safe_open(str(path), framework="pt") as f:  # validates the header
+        metadata = dict(f.metadata() or {})
+        header, data_start = _header(path)
+        out: StateDict = {}
+        scratch: torch.Tensor | None = None
+        with open(path, "rb", buffering=0) as fh:
+            # In file order: sequential reads.
+            for key in sorted(header, key=lambda k: header[k]["data_offsets"][0]):
+                info = header[key]
+                stored = _DTYPES.get(info["dtype"])
+                want = dtype_of(key)
+                if stored is None:  # a dtype this torch has no name for: the library's way
+                    out[key] = _cast(f.get_tensor(key).clone(), want)
+                    continue
+                begin, end = (int(x) for x in info["data_offsets"])
+                shape = [int(s) for s in info["shape"]]
+                nbytes = end - begin
+                target = want if want is not None and stored.is_floating_point else stored
+                if target == stored:
+                    raw = torch.empty(nbytes, dtype=torch.uint8)
+                    _read_into(fh, data_start + begin, raw)
+                    out[key] = _typed(raw, stored, shape)
+                    continue
+                if scratch is None or scratch.numel() < nbytes:
+                    scratch = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8)
+                raw = scratch[:nbytes]
+                _read_into(fh, data_start + begin, raw)
+                tensor = torch.empty(shape, dtype=target)
+                tensor.copy_(_typed(raw, stored, shape))
+                out[key] = tensor
+    return out, metadata
+
+
+def read_in_background(path: Path, *, dtype: DtypeSpec = None
+                       ) -> Future[tuple[StateDict, dict[str, str]]] | None:
+    """Start :func:`read_safetensors` on a thread; None when ``path`` is no ``.safetensors``
+    file. The reads and casts release the GIL, so they overlap the caller's imports."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        return None
+    future: Future[tuple[StateDict, dict[str, str]]] = Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(read_safetensors(path, dtype=dtype))
+        except BaseException as exc:  # handed to whoever waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="steerflow-read-weights", daemon=True).start()
+    return future
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)
+
+
+def _typed(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    if raw.numel() == 0:
+        return torch.empty(shape, dtype=dtype)
+    return raw.view(dtype).reshape(shape)
+
+
+def _read_into(fh: object, offset: int, buffer: torch.Tensor) -> None:
+    """Fill ``buffer`` (uint8, contiguous) from the file at ``offset``."""
+    view = memoryview(buffer.numpy()).cast("B")
+    fh.seek(offset)  # type: ignore[attr-defined]
+    done = 0
+    while done < len(view):
+        n = fh.readinto(view[done:])  # type: ignore[attr-defined]
+        if not n:
+            raise ValueError("truncated safetensors file: a tensor runs past its end")
+        done += n
+
+
+def _header(path: Path) -> tuple[dict[str, dict[str, object]], int]:
+    """The tensor entries of the header and where the data starts."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        if size > MAX_HEADER:
+            raise ValueError(f"{path.name}: safetensors header too large ({size} bytes)")
+        header = json.loads(fh.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
