@@ -321,17 +321,20 @@ def test_common_upscale_methods_and_center_crop():
     for method in ("nearest-exact", "bilinear", "area", "bicubic"):
         out = comfy.utils.common_upscale(x, 6, 4, method, "disabled")
         assert torch.equal(out, F.interpolate(x, size=(4, 6), mode=method))
+    # lanczos as ComfyUI's: PIL on the 8-bit RGB image
     out = comfy.utils.common_upscale(x, 24, 16, "lanczos", "disabled")
-    plane = Image.fromarray(x[1, 2].numpy(), mode="F").resize((24, 16), Image.Resampling.LANCZOS)
+    rgb = (255.0 * x[1].movedim(0, -1).numpy()).clip(0, 255).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(rgb).resize((24, 16), Image.Resampling.LANCZOS))
     assert out.shape == (2, 3, 16, 24)
-    assert np.allclose(out[1, 2].numpy(), np.asarray(plane))
+    assert np.allclose(out[1].movedim(0, -1).numpy(), expected / 255.0)
     # center: a 12x8 image to a square takes the middle 8x8 first
     square = comfy.utils.common_upscale(x, 8, 8, "nearest-exact", "center")
     assert torch.equal(square, x[..., 2:10])
     tall = comfy.utils.common_upscale(x, 4, 8, "nearest-exact", "center")
     assert torch.equal(tall, F.interpolate(x[..., 4:8], size=(8, 4), mode="nearest-exact"))
-    with pytest.raises(ValueError, match="bislerp"):
-        comfy.utils.common_upscale(x, 4, 4, "bislerp", "disabled")
+    assert comfy.utils.common_upscale(x, 4, 4, "bislerp", "disabled").shape == (2, 3, 4, 4)
+    with pytest.raises(ValueError, match="unknown upscale method"):
+        comfy.utils.common_upscale(x, 4, 4, "cubic-ish", "disabled")
 
 
 def test_load_torch_file_never_unpickles_code(tmp_path: Path):

@@ -15,8 +15,6 @@ from typing import Any
 
 from comfy_compat import runtime
 
-UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
-CROP_METHODS = ("disabled", "center")
 PROGRESS_BAR_ENABLED = True
 
 
@@ -54,48 +52,18 @@ class ProgressBar:
 
 def common_upscale(samples: Any, width: int, height: int, upscale_method: str,
                    crop: str) -> Any:
-    """Resize ``samples`` ``[B, C, H, W]`` to ``height`` x ``width``."""
-    if upscale_method not in UPSCALE_METHODS:
-        raise ValueError(f"upscale method {upscale_method!r} is not supported; use one of "
-                         f"{', '.join(UPSCALE_METHODS)}")
-    if crop not in CROP_METHODS:
-        raise ValueError(f"crop {crop!r} is not supported; use 'disabled' or 'center'")
-    if width < 1 or height < 1:
-        raise ValueError(f"target size must be positive, got {width}x{height}")
-    if crop == "center":
-        samples = _center_crop(samples, width, height)
-    if upscale_method == "lanczos":
-        return lanczos(samples, width, height)
-    import torch.nn.functional as F
+    """Resize ``samples`` ``[B, C, H, W]`` to ``height`` x ``width``: Steerflow's own
+    implementation of ComfyUI's function (:mod:`nodes.diffusion.resize`), bislerp
+    included."""
+    from nodes.diffusion.resize import common_upscale as resize
 
-    return F.interpolate(samples, size=(height, width), mode=upscale_method)
-
-
-def _center_crop(samples: Any, width: int, height: int) -> Any:
-    """Crop the middle of ``samples`` to the aspect ratio of ``width`` x ``height``."""
-    old_h, old_w = samples.shape[-2], samples.shape[-1]
-    old_aspect, new_aspect = old_w / old_h, width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    return samples.narrow(-2, y, old_h - 2 * y).narrow(-1, x, old_w - 2 * x)
+    return resize(samples, int(width), int(height), upscale_method, crop)
 
 
 def lanczos(samples: Any, width: int, height: int) -> Any:
-    """Lanczos resize of ``[B, C, H, W]`` with PIL, channel by channel in float."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    from nodes.diffusion.resize import lanczos as resize
 
-    source = samples.detach().float().cpu().numpy()
-    out = np.empty((*source.shape[:2], height, width), dtype=np.float32)
-    for b in range(source.shape[0]):
-        for c in range(source.shape[1]):
-            plane = Image.fromarray(source[b, c], mode="F")
-            out[b, c] = np.asarray(plane.resize((width, height), Image.Resampling.LANCZOS))
-    return torch.from_numpy(out).to(device=samples.device, dtype=samples.dtype)
+    return resize(samples, int(width), int(height))
 
 
 def repeat_to_batch_size(tensor: Any, batch_size: int, dim: int = 0) -> Any:
