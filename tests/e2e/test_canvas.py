@@ -166,7 +166,9 @@ def test_dropping_a_steerflow_png_restores_its_workflow(page, server: LiveServer
     expect(c.edges()).to_have_count(len(links))
     restored = c.document()["prompt"]
     for node_id, node in doc["prompt"].items():
-        assert restored[node_id]["inputs"] == node["inputs"]
+        # every saved input comes back as saved; inputs a node gained since the file was
+        # written (e.g. Load Checkpoint's weight_dtype) get their defaults
+        assert restored[node_id]["inputs"].items() >= node["inputs"].items()
 
 
 def test_reload_keeps_the_graph(page):
