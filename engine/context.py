@@ -77,6 +77,12 @@ class ExecutionContext:
                                   "image": preview})
         self.check_interrupt()
 
+    def warn(self, message: str) -> None:
+        """Report something the user should fix that did not stop the run (a
+        ``node_warning`` event: the CLI prints it, the canvas shows it)."""
+        self.emit("node_warning", {"prompt_id": self.prompt_id, "node": self.node_id,
+                                   "message": str(message)})
+
     def send_image(self, image: Any) -> None:
         """Send a full-size PIL image to the prompt's client as a PNG, on the preview path
         (ComfyUI's ``SaveImageWebsocket``: a binary websocket frame, image type PNG)."""

@@ -42,7 +42,23 @@ class EmptyLatentImage(Node):
             raise ValueError(f"width and height must be multiples of {factor} "
                              f"(got {self.width}x{self.height})")
         shape = (self.batch_size, channels, self.height // factor, self.width // factor)
-        return (Latent(torch.zeros(shape, device=ctx.device)),)
+        assumed = None if self.vae else SD_DOWNSCALE
+        return (Latent(torch.zeros(shape, device=ctx.device), assumed_downscale=assumed),)
+
+
+def warn_assumed_downscale(ctx: ExecutionContext, latent: Latent, vae: Vae) -> None:
+    """Warn when an Empty Latent Image without its ``vae`` sized this latent for SD's 8x
+    VAE and ``vae`` scales otherwise (a ComfyUI graph on the default model, say): the
+    image comes out at another size than the one asked for."""
+    assumed = latent.assumed_downscale
+    if assumed is None or vae.downscale == assumed:
+        return
+    height, width = latent.samples.shape[-2:]
+    ctx.warn(f"the latent was sized for a {assumed}x VAE (Empty Latent Image has no vae "
+             f"input), but this VAE is {vae.downscale}x, so the image is "
+             f"{width * vae.downscale}x{height * vae.downscale} instead of "
+             f"{width * assumed}x{height * assumed}: link the checkpoint's VAE into Empty "
+             "Latent Image's vae input")
 
 
 def decode(vae: Vae, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
@@ -81,6 +97,7 @@ class VAEDecode(Node):
     vae: Vae = Input(type="VAE")
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        warn_assumed_downscale(ctx, self.samples, self.vae)
         return (decode(self.vae, self.samples.samples),)
 
 
@@ -127,6 +144,7 @@ class VAEDecodeTiled(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         from nodes.diffusion.vae_codec import Tiling
 
+        warn_assumed_downscale(ctx, self.samples, self.vae)
         return (decode(self.vae, self.samples.samples, Tiling(self.tile_size, self.overlap)),)
 
 

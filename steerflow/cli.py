@@ -218,6 +218,10 @@ class _Progress:
         self.node: str | None = None
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if event == "node_warning":  # shown with or without the progress display
+            self.close()
+            print(f"warning: node {data.get('node')}: {data.get('message')}", file=sys.stderr)
+            return
         if not self.enabled:
             return
         if event == "executing" and data.get("node") is not None:

@@ -137,12 +137,16 @@ class InpaintCondition:
 class Latent:
     """LATENT: samples ``[B, C, h, w]`` and an optional noise mask ``[B, 1, h, w]``.
 
-    ``inpaint`` carries the extra input of 9-channel inpainting models.
+    ``inpaint`` carries the extra input of 9-channel inpainting models;
+    ``assumed_downscale`` is the VAE factor an Empty Latent Image without its ``vae``
+    input assumed (SD's 8), so decoding with another VAE can say why the image is
+    smaller or larger than asked.
     """
 
     samples: Tensor
     noise_mask: Tensor | None = None
     inpaint: InpaintCondition | None = None
+    assumed_downscale: int | None = None
 
     @property
     def batch_size(self) -> int:

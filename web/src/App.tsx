@@ -70,7 +70,7 @@ function downloadJson(name: string, obj: unknown): void {
 }
 
 function StatusBar({ store }: { store: RunStore }) {
-  const { connected, running, executing, queueRemaining, lastError } = useGlobalRun(store);
+  const { connected, running, executing, queueRemaining, lastError, lastWarning } = useGlobalRun(store);
   return (
     <div className="sf-status" data-testid="status">
       <span className={`sf-dot ${connected ? "on" : "off"}`} title={connected ? "connected" : "disconnected"} />
@@ -78,6 +78,7 @@ function StatusBar({ store }: { store: RunStore }) {
       {" · "}queue {queueRemaining}
       {running && <> · running{executing ? ` node ${executing}` : ""}</>}
       {lastError && <span className="sf-status-error" title={lastError}> · {lastError}</span>}
+      {lastWarning && <span className="sf-status-warning" title={lastWarning}> · warning: {lastWarning}</span>}
     </div>
   );
 }

@@ -24,6 +24,17 @@ describe("RunStore", () => {
     expect(store.getGlobal()).toMatchObject({ running: true, executing: "3", promptId: "p" });
   });
 
+  it("keeps a node_warning for the status bar until the next prompt starts", () => {
+    const { store, flushes } = makeStore();
+    store.enqueue({ type: "execution_start", data: { prompt_id: "p" } });
+    store.enqueue({ type: "node_warning", data: { prompt_id: "p", node: "8", message: "link the VAE" } });
+    flushes.shift()!();
+    expect(store.getGlobal().lastWarning).toBe("node 8: link the VAE");
+    store.enqueue({ type: "execution_start", data: { prompt_id: "q" } });
+    flushes.shift()!();
+    expect(store.getGlobal().lastWarning).toBeNull();
+  });
+
   it("keeps untouched nodes' records identical (no re-render)", () => {
     const { store, flushes } = makeStore();
     store.enqueue({ type: "executing", data: { node: "1" } });

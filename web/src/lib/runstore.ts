@@ -51,6 +51,8 @@ export type GlobalRun = {
   preview: string | null;
   gallery: GalleryItem[];
   lastError: string | null;
+  /** The last `node_warning` of the running or last prompt (a run that went on anyway). */
+  lastWarning: string | null;
   /** Bumped whenever the queue or history may have changed (panels refetch). */
   queueVersion: number;
 };
@@ -81,7 +83,7 @@ export class RunStore {
   private nodes = new Map<string, NodeRun>();
   private global: GlobalRun = {
     connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
-    preview: null, gallery: [], lastError: null, queueVersion: 0,
+    preview: null, gallery: [], lastError: null, lastWarning: null, queueVersion: 0,
   };
   private listeners = new Set<() => void>();
   private pending: (WsMessage | { type: "__preview"; url: string })[] = [];
@@ -227,6 +229,7 @@ export class RunStore {
         }
         this.patchGlobal({
           running: true, promptId: (d.prompt_id as string) ?? null, executing: null, lastError: null,
+          lastWarning: null,
           queueVersion: this.global.queueVersion + 1,
         });
         break;
@@ -273,6 +276,11 @@ export class RunStore {
           }));
           this.patchGlobal({ gallery: [...items, ...this.global.gallery].slice(0, GALLERY_MAX) });
         }
+        break;
+      }
+      case "node_warning": {
+        const node = d.node == null ? "" : `node ${String(d.node)}: `;
+        this.patchGlobal({ lastWarning: `${node}${String(d.message ?? "")}` });
         break;
       }
       case "execution_error": {
