@@ -315,6 +315,20 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
     return losses
 
 
+def optimise(ctx: ExecutionContext, settings: TrainSettings, step: Callable[[], float],
+             checkpointing: Checkpointing | None, sample: Any, handles: tuple[Any, Any, Any]
+             ) -> list[float]:
+    """:func:`run_steps` with gradients on: ``step()`` per optimiser step and, with
+    ``sample`` (a ``train_preview.TrainingSample``), sample images drawn with ``handles``
+    (the MODEL, CLIP and VAE the run trains) every ``sample.every`` steps."""
+    import torch
+
+    draw = sample.callback(ctx, *handles) if sample else None
+    with torch.enable_grad():
+        return run_steps(ctx, settings.steps, lambda _i: step(), checkpointing, sample=draw,
+                         sample_every=sample.every if sample else 0)
+
+
 def run_key(kind: str, params: dict[str, Any], images: torch.Tensor, captions: list[str],
             base_hash: str, patches: Iterable[Any] = ()) -> str:
     """A digest of everything a run's result depends on: its checkpoint's file name."""

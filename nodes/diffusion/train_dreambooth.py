@@ -228,15 +228,11 @@ def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEnc
             size = sum(p.numel() for p in run.params)
             saving = tc.Checkpointing(checkpoint, state, restore,
                                       every=50 if size < LARGE_MODEL else 500)
-        draw = None
-        if sample:  # the trained copies as handles (the base's patches are merged in them)
-            draw = sample.callback(ctx, replace(model, unet=run.unet, patches=()),
-                                   replace(clip, text_encoder=run.text_encoder, patches=()),
-                                   vae)
-        with torch.enable_grad():
-            losses = tc.run_steps(ctx, settings.steps, lambda _i: run.step(order.next()),
-                                  saving, sample=draw,
-                                  sample_every=sample.every if sample else 0)
+        # the trained copies as handles (the base's patches are merged in them)
+        trained = (replace(model, unet=run.unet, patches=()),
+                   replace(clip, text_encoder=run.text_encoder, patches=()), vae)
+        losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
+                             trained)
         return run.unet, run.text_encoder if train_text_encoder else None, losses
 
 

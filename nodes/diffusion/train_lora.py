@@ -257,11 +257,8 @@ def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, 
             order.pending = list(saved["pending"])
 
         saving = tc.Checkpointing(checkpoint, state, restore) if checkpoint else None
-        with torch.enable_grad():
-            losses = tc.run_steps(
-                ctx, settings.steps, lambda _i: run.step(order.next()), saving,
-                sample=sample.callback(ctx, run.model, run.clip, vae) if sample else None,
-                sample_every=sample.every if sample else 0)
+        losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
+                             (run.model, run.clip, vae))
         return run.unet_layers, run.text_layers, losses
 
 

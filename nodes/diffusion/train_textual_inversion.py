@@ -249,9 +249,6 @@ def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: 
             order.pending = list(saved["pending"])
 
         saving = tc.Checkpointing(checkpoint, state, restore) if checkpoint else None
-        with torch.enable_grad():
-            losses = tc.run_steps(
-                ctx, settings.steps, lambda _i: run.step(order.next()), saving,
-                sample=sample.callback(ctx, run.model, run.clip, vae) if sample else None,
-                sample_every=sample.every if sample else 0)
+        losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
+                             (run.model, run.clip, vae))
         return run.clip, run.vectors(), losses
