@@ -403,13 +403,23 @@ def patched(root: torch.nn.Module, patches: Iterable[LoraPatch]) -> Iterator[Non
                 saved[param_name] = param.detach().clone()
                 merged = param.detach().to(torch.float32)
                 for strength, update in updates:
-                    merged = merged + strength * update.delta(param.shape, param.device)
+                    merged = apply_update(merged, strength, update, param.shape)
                 param.copy_(merged.to(param.dtype))
         yield
     finally:
         with torch.no_grad():
             for param_name, original in saved.items():
                 params[param_name].copy_(original)
+
+
+def apply_update(weight: torch.Tensor, strength: float, update: Any,
+                 shape: torch.Size) -> torch.Tensor:
+    """``weight`` (float32) after one patch update: ``weight + strength · ΔW``, or for an
+    update with ``combine`` (a model merge, which reads the weight so far) its result."""
+    combine = getattr(update, "combine", None)
+    if combine is not None:
+        return combine(weight, strength)
+    return weight + strength * update.delta(shape, weight.device)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,0 +1,245 @@
+"""ComfyUI's model-merging nodes (and Repeat Latent Batch, which its merge examples use).
+
+A merge never changes either loaded model: it returns model1's handle with one more
+weight patch (:mod:`nodes.diffusion.model_merging`) that the sampler or the prompt
+encoder applies for its call, like a LoRA. Names, inputs, ranges and defaults are
+ComfyUI's, so its workflows load unchanged. Saving a merged checkpoint is not offered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from engine import ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import DiffusionModel, Latent, TextEncoder
+from nodes.diffusion.model_merging import CLIP_SKIPPED, ModelMergeError, merge_patch, unet_block
+
+if TYPE_CHECKING:
+    import torch
+
+Factors = Callable[[str], tuple[float, float]]  # parameter name -> (keep, add)
+CATEGORY = "advanced/model_merging"
+
+
+def merge_models(model1: DiffusionModel, model2: DiffusionModel, factors: Factors,
+                 label: str) -> DiffusionModel:
+    """model1 with model2's UNet merged in by ``factors``; model1's scheduler, extensions
+    and earlier patches are kept (ComfyUI clones model1)."""
+    patch = merge_patch(model1.unet, model2.unet, model2.patches, factors, label=label,
+                        what=f"model ({model1.family} and {model2.family})",
+                        in_channels_may_differ=True)
+    return model1 if patch is None else replace(model1, patches=(*model1.patches, patch))
+
+
+def merge_clips(clip1: TextEncoder, clip2: TextEncoder, factors: Factors,
+                label: str) -> TextEncoder:
+    """clip1 with clip2's text encoders merged in (both of SDXL's, each with its own)."""
+    out = clip1
+    for encoder, field in (("text_encoder", "patches"), ("text_encoder_2", "patches_2")):
+        root1, root2 = getattr(clip1, encoder), getattr(clip2, encoder)
+        if root1 is None and root2 is None:
+            continue
+        if root1 is None or root2 is None:
+            which = "first" if root1 is None else "second"
+            raise ModelMergeError(f"cannot merge these CLIPs: the {which} has no {encoder} "
+                                  f"({clip1.family} and {clip2.family}); merge CLIPs of the "
+                                  "same base")
+        patch = merge_patch(root1, root2, getattr(clip2, field), factors, label=label,
+                            what=f"CLIP {encoder}", skip=CLIP_SKIPPED)
+        if patch is not None:
+            out = replace(out, **{field: (*getattr(out, field), patch)})
+    return out
+
+
+def _ratio(ratio: float) -> Factors:
+    return lambda _name: (ratio, 1.0 - ratio)
+
+
+def _subtract(multiplier: float) -> Factors:
+    return lambda _name: (multiplier, -multiplier)
+
+
+def _add(_name: str) -> tuple[float, float]:
+    return (1.0, 1.0)
+
+
+class ModelMergeSimple(Node):
+    """``model1 · ratio + model2 · (1 − ratio)`` for every UNet weight (ratio 1: model1)."""
+
+    TYPE = "ModelMergeSimple"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("MODEL"),)
+
+    model1: DiffusionModel = Input(type="MODEL")
+    model2: DiffusionModel = Input(type="MODEL")
+    ratio: float = Input(1.0, min=0.0, max=1.0, step=0.01,
+                         description="Share of model1 (1: model1 only, 0: model2 only)")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        return (merge_models(self.model1, self.model2, _ratio(self.ratio),
+                             f"merge simple {self.ratio:g}"),)
+
+
+class ModelMergeBlocks(Node):
+    """ModelMergeSimple with a ratio per UNet part: ``input`` (conv_in, down blocks, and
+    the time embedding), ``middle`` (mid block), ``out`` (up blocks, final norm and conv)."""
+
+    TYPE = "ModelMergeBlocks"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("MODEL"),)
+
+    model1: DiffusionModel = Input(type="MODEL")
+    model2: DiffusionModel = Input(type="MODEL")
+    input: float = Input(1.0, min=0.0, max=1.0, step=0.01,
+                         description="Share of model1 in the input (down) blocks")
+    middle: float = Input(1.0, min=0.0, max=1.0, step=0.01,
+                          description="Share of model1 in the middle block")
+    out: float = Input(1.0, min=0.0, max=1.0, step=0.01,
+                       description="Share of model1 in the output (up) blocks")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        ratios = {"input": self.input, "middle": self.middle, "out": self.out}
+
+        def factors(name: str) -> tuple[float, float]:
+            ratio = ratios[unet_block(name)]
+            return (ratio, 1.0 - ratio)
+
+        label = f"merge blocks {self.input:g}/{self.middle:g}/{self.out:g}"
+        return (merge_models(self.model1, self.model2, factors, label),)
+
+
+class ModelMergeSubtract(Node):
+    """``(model1 − model2) · multiplier`` for every UNet weight: the difference of a
+    fine-tune and its base (add it to another model with ModelMergeAdd)."""
+
+    TYPE = "ModelMergeSubtract"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("MODEL"),)
+
+    model1: DiffusionModel = Input(type="MODEL")
+    model2: DiffusionModel = Input(type="MODEL")
+    multiplier: float = Input(1.0, min=-10.0, max=10.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        return (merge_models(self.model1, self.model2, _subtract(self.multiplier),
+                             f"merge subtract {self.multiplier:g}"),)
+
+
+class ModelMergeAdd(Node):
+    """``model1 + model2`` for every UNet weight (model2 usually a ModelMergeSubtract
+    difference)."""
+
+    TYPE = "ModelMergeAdd"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("MODEL"),)
+
+    model1: DiffusionModel = Input(type="MODEL")
+    model2: DiffusionModel = Input(type="MODEL")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        return (merge_models(self.model1, self.model2, _add, "merge add"),)
+
+
+class CLIPMergeSimple(Node):
+    """``clip1 · ratio + clip2 · (1 − ratio)`` for every text-encoder weight."""
+
+    TYPE = "CLIPMergeSimple"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("CLIP"),)
+
+    clip1: TextEncoder = Input(type="CLIP")
+    clip2: TextEncoder = Input(type="CLIP")
+    ratio: float = Input(1.0, min=0.0, max=1.0, step=0.01,
+                         description="Share of clip1 (1: clip1 only, 0: clip2 only)")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder]:
+        return (merge_clips(self.clip1, self.clip2, _ratio(self.ratio),
+                            f"clip merge simple {self.ratio:g}"),)
+
+
+class CLIPMergeSubtract(Node):
+    """``(clip1 − clip2) · multiplier`` for every text-encoder weight."""
+
+    TYPE = "CLIPMergeSubtract"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("CLIP"),)
+
+    clip1: TextEncoder = Input(type="CLIP")
+    clip2: TextEncoder = Input(type="CLIP")
+    multiplier: float = Input(1.0, min=-10.0, max=10.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder]:
+        return (merge_clips(self.clip1, self.clip2, _subtract(self.multiplier),
+                            f"clip merge subtract {self.multiplier:g}"),)
+
+
+class CLIPMergeAdd(Node):
+    """``clip1 + clip2`` for every text-encoder weight."""
+
+    TYPE = "CLIPMergeAdd"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("CLIP"),)
+
+    clip1: TextEncoder = Input(type="CLIP")
+    clip2: TextEncoder = Input(type="CLIP")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder]:
+        return (merge_clips(self.clip1, self.clip2, _add, "clip merge add"),)
+
+
+def _tile(value: torch.Tensor, batch: int) -> torch.Tensor:
+    """A per-sample tensor cycled up to ``batch`` entries (a shorter mask batch)."""
+    if value.shape[0] >= batch:
+        return value
+    times = math.ceil(batch / value.shape[0])
+    return value.repeat(times, *([1] * (value.dim() - 1)))[:batch]
+
+
+def _repeat(value: torch.Tensor, batch: int, amount: int) -> torch.Tensor:
+    """Repeat a per-sample tensor along with the samples; a batch of 1 is left to
+    broadcast, as ComfyUI leaves a single noise mask."""
+    if value.shape[0] <= 1:
+        return value
+    value = _tile(value, batch)
+    return value.repeat(amount, *([1] * (value.dim() - 1)))
+
+
+class RepeatLatentBatch(Node):
+    """Repeat the whole batch ``amount`` times (``[a, b]`` ×2 → ``[a, b, a, b]``), with its
+    noise mask and inpainting inputs: variations of one image-to-image start."""
+
+    TYPE = "RepeatLatentBatch"
+    DISPLAY_NAME = "Repeat Latent Batch"
+    CATEGORY = "latent/batch"
+    OUTPUTS = (Output("LATENT"),)
+
+    samples: Latent = Input(type="LATENT")
+    amount: int = Input(1, min=1, max=64)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        latent = self.samples
+        if self.amount == 1:
+            return (latent,)
+        if type(latent) is not Latent:
+            raise ValueError(f"this LATENT ({type(latent).__name__}) carries per-sample state "
+                             "Repeat Latent Batch cannot repeat; repeat the latent before the "
+                             "node that made it")
+        samples = latent.samples
+        batch = int(samples.shape[0])
+        mask = latent.noise_mask
+        inpaint = latent.inpaint
+        if inpaint is not None:
+            inpaint = replace(inpaint, mask=_repeat(inpaint.mask, batch, self.amount),
+                              masked_latents=_repeat(inpaint.masked_latents, batch,
+                                                     self.amount))
+        return (replace(latent,
+                        samples=samples.repeat(self.amount, *([1] * (samples.dim() - 1))),
+                        noise_mask=None if mask is None else _repeat(mask, batch, self.amount),
+                        inpaint=inpaint),)
+
+
+NODE_CLASSES = (ModelMergeSimple, ModelMergeBlocks, ModelMergeSubtract, ModelMergeAdd,
+                CLIPMergeSimple, CLIPMergeSubtract, CLIPMergeAdd, RepeatLatentBatch)
