@@ -4,7 +4,9 @@
     interleaved; prompts change every iteration so neither side reuses an encoding)
 (b) a re-run after only a seed change ÷ a full cold run (fresh session, model from disk)
 (c) executor overhead per node on chains of trivial nodes: first run and unchanged re-run
-(d) a 1,000-iteration ForLoop ÷ the same 1,000 body nodes as a static chain
+(d) a 1,000-iteration ForLoop ÷ the same 3,000 nodes it runs (Start, body, End per
+    iteration) as a static chain, and ÷ its 1,000 body nodes alone as a static chain;
+    then a 10,000-iteration loop's cost per iteration (no recursion, linear)
 (e) a 64-element list mapped through a node ÷ 64 copies of that node, static
 (f) two independent 1-second async sleeps in one prompt: wall time (≈1 s if concurrent)
 
@@ -177,6 +179,21 @@ def for_loop(n: int) -> dict[str, Any]:
     }
 
 
+def unrolled_loop(n: int) -> dict[str, Any]:
+    """The nodes a ``for_loop(n)`` runs, written out statically: per iteration a Start,
+    the body and an End of count 1 (which returns its value instead of expanding)."""
+    prompt: dict[str, Any] = {"0": {"class_type": "PrimitiveInt", "inputs": {"value": 0}}}
+    value = ["0", 0]
+    for i in range(n):
+        prompt[f"s{i}"] = {"class_type": "ForLoopStart", "inputs": {"value": value}}
+        prompt[f"b{i}"] = {"class_type": "IntMath", "inputs": {"a": [f"s{i}", 1], "b": 1}}
+        prompt[f"e{i}"] = {"class_type": "ForLoopEnd", "inputs": {
+            "flow": [f"s{i}", 0], "value": [f"b{i}", 0], "count": 1}}
+        value = [f"e{i}", 0]
+    prompt["out"] = {"class_type": "ShowValue", "inputs": {"value": value}}
+    return prompt
+
+
 def mapped(n: int) -> dict[str, Any]:
     return {"0": {"class_type": "BenchIntList", "inputs": {"count": n}},
             "1": {"class_type": "IntMath", "inputs": {"a": ["0", 0], "b": 1}},
@@ -192,18 +209,24 @@ def unmapped(n: int) -> dict[str, Any]:
     return prompt
 
 
-def bench_ratio(dynamic: dict[str, Any], static: dict[str, Any], repeats: int = 5
-                ) -> tuple[float, float, float]:
-    """Best first-run time of each (fresh cache; validation included), interleaved,
-    in CPU seconds; and their ratio."""
-    dyn, sta = [], []
+def bench_times(*prompts: dict[str, Any], repeats: int = 5) -> list[float]:
+    """Best first-run time of each prompt (fresh cache; validation included),
+    interleaved, in CPU seconds."""
+    times: list[list[float]] = [[] for _ in prompts]
     for _ in range(repeats):
-        for prompt, times in ((dynamic, dyn), (static, sta)):
+        for prompt, samples in zip(prompts, times, strict=True):
             executor = _executor()
             t0 = time.process_time()
             assert executor.run(prompt).ok
-            times.append(time.process_time() - t0)
-    return min(dyn), min(sta), min(dyn) / min(sta)
+            samples.append(time.process_time() - t0)
+    return [min(samples) for samples in times]
+
+
+def bench_ratio(dynamic: dict[str, Any], static: dict[str, Any], repeats: int = 5
+                ) -> tuple[float, float, float]:
+    """Best first-run CPU time of each, interleaved; and their ratio."""
+    dyn, sta = bench_times(dynamic, static, repeats=repeats)
+    return dyn, sta, dyn / sta
 
 
 def bench_async(seconds: float = 1.0) -> float:
@@ -225,10 +248,15 @@ def engine_benches() -> None:
         first, rerun = bench_chain(n)
         first_cpu, rerun_cpu = bench_chain(n, clock=time.process_time)
         print(f"    {n:>7} {first:>13.1f} {first_cpu:>12.1f} {rerun:>14.1f} {rerun_cpu:>13.1f}")
-    loop_s, chain_s, ratio = bench_ratio(for_loop(1_000), chain(1_000))
+    loop_s, same_s, body_s = bench_times(for_loop(1_000), unrolled_loop(1_000), chain(1_000))
     print(f"(d) 1,000-iteration ForLoop {loop_s * 1e3:.1f} ms ({loop_s * 1e3:.0f} µs/iteration: "
-          f"3 nodes and an expansion) / static 1,000-node chain {chain_s * 1e3:.1f} ms "
-          f"= {ratio:.2f}")
+          f"3 nodes and an expansion, {loop_s * 1e6 / 3_000:.0f} µs/node)")
+    print(f"    / the same 3,000 nodes as a static chain {same_s * 1e3:.1f} ms "
+          f"({same_s * 1e6 / 3_000:.0f} µs/node) = {loop_s / same_s:.2f}")
+    print(f"    / its 1,000 body nodes alone, static {body_s * 1e3:.1f} ms = "
+          f"{loop_s / body_s:.2f}")
+    (long_s,) = bench_times(for_loop(10_000), repeats=1)
+    print(f"    10,000-iteration ForLoop {long_s:.2f} s ({long_s * 1e2:.0f} µs/iteration)")
     map_s, flat_s, ratio = bench_ratio(mapped(64), unmapped(64))
     print(f"(e) 64-element list mapped {map_s * 1e3:.2f} ms / 64 static copies "
           f"{flat_s * 1e3:.2f} ms = {ratio:.2f}")

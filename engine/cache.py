@@ -14,9 +14,7 @@ evicted.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import re
 import sys
 from collections import OrderedDict
@@ -24,17 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from engine.signature import signature  # noqa: F401  (re-exported: its former home)
+
 DeviceBytes = dict[str, int]
 _NUMBERS = (int, float, bool, complex)
 _BUFFERS = (str, bytes, bytearray)
-
-
-def signature(type_id: str, version: int, constants: dict[str, Any], fingerprint: Any,
-              upstream: list[tuple[str, str, int]]) -> str:
-    """A stable hash of everything a node's outputs depend on."""
-    payload = json.dumps([type_id, version, constants, fingerprint, upstream],
-                         sort_keys=True, default=repr, separators=(",", ":"))
-    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
 def value_nbytes(value: Any) -> DeviceBytes:
@@ -100,19 +92,31 @@ def value_nbytes(value: Any) -> DeviceBytes:
 
 
 def _flat_nbytes(value: Any) -> int | None:
-    """The fast path: bytes of a scalar, a string, or a tuple/list of those; else None."""
+    """The fast path: bytes of a scalar, a string, or a tuple/list of those (or of
+    objects reporting CPU bytes only through ``__cache_nbytes__``); else None."""
     if value is None or isinstance(value, _NUMBERS):
         return 0
     if isinstance(value, _BUFFERS):
         return _buffer_nbytes(value)
     if isinstance(value, tuple | list) and len(value) <= 16:
         n = 0
+        reported: list[int] = []  # ids: an object referenced twice counts once
         for v in value:
             if v is None or isinstance(v, _NUMBERS):
                 continue
-            if not isinstance(v, _BUFFERS):
+            if isinstance(v, _BUFFERS):
+                n += _buffer_nbytes(v)  # a string repeated in the tuple counts twice: harmless
+                continue
+            report = getattr(type(v), "__cache_nbytes__", None)
+            if report is None:
                 return None
-            n += _buffer_nbytes(v)  # a string repeated in the tuple counts twice: harmless
+            if id(v) in reported:
+                continue
+            reported.append(id(v))
+            sizes = report(v)
+            if any(device != "cpu" for device in sizes):
+                return None
+            n += sizes.get("cpu", 0)
         return n
     return None
 

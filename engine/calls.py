@@ -7,10 +7,13 @@ output tuple from the calls' results.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.expansion import ExpansionError
 from engine.lists import (
     ExecutionBlocker,
     ValueList,
@@ -26,6 +29,35 @@ from engine.validation import check_constant
 if TYPE_CHECKING:
     from engine.environment import Environment
     from engine.validation import ValidatedNode
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """What the work-list needs of a node class, computed once per class."""
+
+    lazy: frozenset[str]
+    raw: frozenset[str]
+    is_async: bool
+    input_is_list: bool
+    output_is_list: tuple[bool, ...]
+    any_list_out: bool
+
+
+_INFO: dict[type, ClassInfo] = {}
+
+
+def class_info(cls: type[Node]) -> ClassInfo:
+    info = _INFO.get(cls)
+    if info is None:
+        specs = cls.INPUT_SPECS.values()
+        info = _INFO[cls] = ClassInfo(
+            frozenset(s.name for s in specs if s.lazy),
+            frozenset(s.name for s in specs if s.raw_link),
+            inspect.iscoroutinefunction(cls.execute),
+            bool(getattr(cls, "INPUT_IS_LIST", False)),
+            tuple(o.is_list for o in cls.OUTPUTS),
+            any(o.is_list for o in cls.OUTPUTS))
+    return info
 
 
 def _normalize(returned: Any, expected: int, type_id: str
@@ -75,29 +107,69 @@ def plan_calls(node: ValidatedNode, kwargs: dict[str, Any], *, input_is_list: bo
 
 
 def merge_calls(cls: type[Node], output_is_list: tuple[bool, ...], returned: list[Any]
-                ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
-    """``(outputs, ui, expand)`` from what each call returned (None: blocked)."""
+                ) -> tuple[tuple[Any, ...] | PerCall, dict[str, Any] | None,
+                           dict[str, Any] | None]:
+    """``(outputs, ui, expand)`` from what each call returned (None: blocked).
+
+    A call may expand (node expansion per list element): ``expand`` is then the
+    calls' subgraphs merged and ``outputs`` a :class:`PerCall`."""
     count = len(cls.OUTPUTS)
     results: list[tuple[Any, ...]] = []
     uis: list[dict[str, Any]] = []
+    graph: dict[str, Any] | None = None
+    expanded: list[bool] = []
     for item in returned:
         if item is None:  # blocked: so is every output of this call
             results.append((ExecutionBlocker(None),) * count)
+            expanded.append(False)
             continue
         outputs, ui, expand = _normalize(item, count, cls.TYPE)
         if expand is not None:
-            if len(returned) > 1:
-                raise ValueError(f"{cls.TYPE} expanded while mapped over a list of "
-                                 f"{len(returned)}: expansion per list element is not "
-                                 "supported; make the node take whole lists")
-            return outputs, ui, expand
-        _check_outputs(cls, outputs)
+            if len(returned) == 1:
+                return outputs, ui, expand
+            graph = _merge_graphs(cls, graph, expand)
+        else:
+            _check_outputs(cls, outputs)
         results.append(outputs)
+        expanded.append(expand is not None)
         if ui:
             uis.append(ui)
+    if graph is not None:  # merged by the list rules once the subgraphs have run
+        return PerCall(results, expanded), merge_ui(uis), graph
     if not results:
         return tuple(ValueList() for _ in range(count)), None, None
     return merge_outputs(results, output_is_list), merge_ui(uis), None
+
+
+class PerCall(list):  # type: ignore[type-arg]
+    """Each call's outputs of a node that expanded while mapped over a list: links
+    into the merged subgraph or values (blockers for a blocked call). The run
+    resolves the links of the calls that expanded (``expanded[i]``; another call's
+    outputs are values, even one shaped like a link) once the subgraph has run,
+    then merges them by the list rules (:func:`engine.lists.merge_outputs`), in
+    call order."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], expanded: list[bool]):
+        super().__init__(calls)
+        self.expanded = expanded
+
+
+def _merge_graphs(cls: type[Node], merged: dict[str, Any] | None, graph: Any
+                  ) -> dict[str, Any]:
+    """One subgraph from each call's (their ids are allocated by the run, so distinct)."""
+    if not isinstance(graph, dict):
+        raise ExpansionError(f"{cls.TYPE}'s expansion must be a dict of nodes, got "
+                             f"{type(graph).__name__}")
+    if merged is None:
+        return dict(graph)
+    clash = merged.keys() & graph.keys()
+    if clash:
+        raise ExpansionError(f"{cls.TYPE} expanded per list element into the same node "
+                             f"id {sorted(clash)[0]!r} twice; allocate ids from the run "
+                             "(engine.expansion.Subgraph, or GraphBuilder without a fixed "
+                             "prefix)")
+    merged.update(graph)
+    return merged
 
 
 _CHECKED_OUTPUTS: dict[type, tuple[tuple[int, Output], ...]] = {}

@@ -18,7 +18,6 @@ grows (ComfyUI's ``DynamicPrompt`` method names), given to nodes as ``ctx.graph`
 from __future__ import annotations
 
 import heapq
-from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -217,9 +216,11 @@ class DynamicGraph:
 
 def validate_expansion(parent_id: str, graph: Any, nodes: Mapping[str, ValidatedNode],
                        classes: Mapping[str, type[Node]], registry: NodeRegistry,
-                       env: Environment) -> list[ValidatedNode]:
+                       env: Environment, memo: dict[Any, Any] | None = None
+                       ) -> list[ValidatedNode]:
     """The subgraph's nodes, validated, in an order where every link's source
-    comes first; raises :class:`ExpansionError` listing every problem."""
+    comes first; raises :class:`ExpansionError` listing every problem. ``memo``
+    (kept by the run) skips the input checks earlier expansions already passed."""
     where = f"node {parent_id}'s expansion"
     if not isinstance(graph, dict):
         raise ExpansionError(f"{where} must be a dict of nodes, got {type(graph).__name__}")
@@ -244,11 +245,11 @@ def validate_expansion(parent_id: str, graph: Any, nodes: Mapping[str, Validated
             continue
         new[node_id] = cls
         raw[node_id] = entry
-    lookup = ChainMap(new, classes)  # type: ignore[arg-type]
+    lookup = _Both(new, classes)
     validated: dict[str, ValidatedNode] = {}
     for node_id, cls in new.items():
         node_issues, vnode = _validate_node(node_id, cls, raw[node_id].get("inputs") or {},
-                                            lookup, env, values_ok=True)
+                                            lookup, env, values_ok=True, memo=memo)
         for issue in node_issues:
             if issue.severity == "error":
                 issue.node_id, issue.class_type = node_id, cls.TYPE
@@ -259,6 +260,33 @@ def validate_expansion(parent_id: str, graph: Any, nodes: Mapping[str, Validated
         raise ExpansionError(f"{where} is invalid: " + "; ".join(
             f"node {i.node_id}: {i.message}" for i in issues[:5]), issues)
     return _ordered(parent_id, validated)
+
+
+class _Both(Mapping[str, "type[Node]"]):
+    """The subgraph's classes, then the run's: a ChainMap's ``get``, without its
+    per-call overhead (this is on a loop's per-iteration path)."""
+
+    __slots__ = ("_first", "_second")
+
+    def __init__(self, first: Mapping[str, type[Node]], second: Mapping[str, type[Node]]):
+        self._first, self._second = first, second
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._first.get(key)
+        return found if found is not None else self._second.get(key, default)
+
+    def __getitem__(self, key: str) -> type[Node]:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._first
+        yield from (k for k in self._second if k not in self._first)
+
+    def __len__(self) -> int:
+        return len(self._first) + sum(1 for k in self._second if k not in self._first)
 
 
 def _ordered(parent_id: str, validated: dict[str, ValidatedNode]) -> list[ValidatedNode]:

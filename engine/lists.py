@@ -11,7 +11,8 @@ per call; a slot that ends up with exactly one value leaves as that value.
 
 An :class:`ExecutionBlocker` as an input value stops the call it reaches (every
 output of that call becomes a blocker), and only that call: other list elements
-run. A blocker with a message is reported; one without is silent.
+run. A blocker with a message is reported (an ``execution_error`` event of type
+``ExecutionBlocked`` that stops nothing else); one without is silent.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ class ValueList(list):  # type: ignore[type-arg]
 class ExecutionBlocker:
     """Return it as an output to stop every node that would consume it.
 
-    ``message`` None blocks silently; a message is reported (event
-    ``execution_blocked`` and ``RunResult.blocked``) for each node it stops.
+    ``message`` None blocks silently; a message is reported for each node it
+    stops, as ComfyUI reports it: an ``execution_error`` event whose
+    ``exception_type`` is ``"ExecutionBlocked"`` (the run goes on), and
+    ``RunResult.blocked``.
     """
 
     __slots__ = ("message",)
@@ -40,6 +43,7 @@ class ExecutionBlocker:
         return f"ExecutionBlocker({self.message!r})"
 
 
+EXECUTION_BLOCKED = "ExecutionBlocked"  # exception_type of a blocker's execution_error
 SPECIAL = (ValueList, ExecutionBlocker)  # values that take the slow path
 
 

@@ -45,12 +45,18 @@ class _NodeFailure(Exception):
 
 
 _PLAIN = (str, int, float, bool, type(None))
+_SCALAR_TYPES = frozenset(_PLAIN)
 
 
 def _hashable_constants(constants: dict[str, Any]) -> dict[str, Any]:
     """An expanded node's constants for its signature: a value that is not plain
     data (a tensor handed over by code) gets a token of its own, so it never
     matches another (ComfyUI's rule for unhashable inputs)."""
+    for value in constants.values():
+        if type(value) not in _SCALAR_TYPES:
+            break
+    else:  # the usual case, a loop's copies: nothing to replace
+        return constants
     return {name: value if _plain(value) else f"<value {uuid.uuid4()}>"
             for name, value in constants.items()}
 

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import concurrent.futures
 import heapq
-import inspect
 import logging
 import traceback
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.cache import signature
-from engine.calls import _check_outputs, _normalize, merge_calls, plan_calls
+from engine.calls import (
+    ClassInfo,
+    PerCall,
+    _check_outputs,
+    _normalize,
+    class_info,
+    merge_calls,
+    plan_calls,
+)
 from engine.context import ExecutionContext, Interrupted, InterruptFlag
-from engine.expansion import DependencyCycleError, DynamicGraph, ExpansionError, validate_expansion
-from engine.lists import SPECIAL, as_lists, calls, merge_outputs
+from engine.expansion import DependencyCycleError, DynamicGraph
+from engine.lists import EXECUTION_BLOCKED, SPECIAL, as_lists, calls, merge_outputs
 from engine.node import Node
 from engine.outputs import RunResult, _hashable_constants, _NodeFailure, _now_ms, _short_repr
+from engine.run_expansion import ExpansionSteps
+from engine.signature import signature
 from engine.validation import ValidatedNode, ValidatedPrompt, check_constant
-from engine.workflow import is_link
 
 if TYPE_CHECKING:
     from engine.executor import EventCallback, Executor
@@ -26,39 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("engine.executor")
 
 
-_WAITING, _RUNNING, _EXPANDED, _DONE = 0, 1, 2, 3
+_WAITING, _RUNNING, _DONE = 0, 1, 3  # and _EXPANDED (2), set by ExpansionSteps
 
 
-@dataclass(frozen=True)
-class _ClassInfo:
-    """What the work-list needs of a node class, computed once per class."""
-
-    lazy: frozenset[str]
-    raw: frozenset[str]
-    is_async: bool
-    input_is_list: bool
-    output_is_list: tuple[bool, ...]
-    any_list_out: bool
-
-
-_INFO: dict[type, _ClassInfo] = {}
-
-
-def _info(cls: type[Node]) -> _ClassInfo:
-    info = _INFO.get(cls)
-    if info is None:
-        specs = cls.INPUT_SPECS.values()
-        info = _INFO[cls] = _ClassInfo(
-            frozenset(s.name for s in specs if s.lazy),
-            frozenset(s.name for s in specs if s.raw_link),
-            inspect.iscoroutinefunction(cls.execute),
-            bool(getattr(cls, "INPUT_IS_LIST", False)),
-            tuple(o.is_list for o in cls.OUTPUTS),
-            any(o.is_list for o in cls.OUTPUTS))
-    return info
-
-
-class _Run:
+class _Run(ExpansionSteps):
     """One prompt's execution state; kept apart so the executor stays reentrant.
 
     A work-list over a graph that can grow: ``_schedule`` walks back from a node
@@ -97,12 +74,8 @@ class _Run:
         self.new_cached: list[str] = []
         self._graph: DynamicGraph | None = None
         self._classes: dict[str, type[Node]] | None = None
+        self._memo: dict[Any, Any] = {}  # validation checks passed by expansions
         self._announced = False
-
-    def dynamic_graph(self) -> DynamicGraph:
-        if self._graph is None:
-            self._graph = DynamicGraph(self.nodes, self.prompt)
-        return self._graph
 
     def execute(self) -> RunResult:
         self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
@@ -194,7 +167,7 @@ class _Run:
                 continue
             self.state[n] = _WAITING
             node = self.nodes[n]
-            lazy = _info(node.cls).lazy
+            lazy = class_info(node.cls).lazy
             uses = self.uses[n] = set()
             waits = 0
             for name, (src, _) in node.links.items():
@@ -284,7 +257,7 @@ class _Run:
             self._complete(node_id)
             return
         node = self.nodes[node_id]
-        info = _info(node.cls)
+        info = class_info(node.cls)
         ctx = ExecutionContext(self.prompt_id, node_id, self.ex.env, self.emit, self.flag,
                                self.prompt, self.extra, self)
         try:
@@ -320,7 +293,7 @@ class _Run:
         except Exception as exc:
             raise _NodeFailure(node_id, exc) from exc
 
-    def _inputs(self, node: ValidatedNode, info: _ClassInfo) -> tuple[dict[str, Any], bool]:
+    def _inputs(self, node: ValidatedNode, info: ClassInfo) -> tuple[dict[str, Any], bool]:
         """The node's keyword arguments, and whether any is a list or a blocker."""
         kwargs = dict(node.constants)
         uses = self.uses.get(node.id, ())
@@ -347,7 +320,7 @@ class _Run:
             kwargs[name] = value
         return kwargs, special
 
-    def _request_lazy(self, node: ValidatedNode, info: _ClassInfo, kwargs: dict[str, Any],
+    def _request_lazy(self, node: ValidatedNode, info: ClassInfo, kwargs: dict[str, Any],
                       special: bool, ctx: ExecutionContext
                       ) -> tuple[dict[str, Any], bool, bool]:
         """Ask the node which lazy inputs it needs until it needs none it lacks;
@@ -380,9 +353,10 @@ class _Run:
                 return kwargs, special, True
             kwargs, special = self._inputs(node, info)  # all were cached: ask again
 
-    def _run_mapped(self, node: ValidatedNode, info: _ClassInfo, kwargs: dict[str, Any],
+    def _run_mapped(self, node: ValidatedNode, info: ClassInfo, kwargs: dict[str, Any],
                     ctx: ExecutionContext
-                    ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
+                    ) -> tuple[tuple[Any, ...] | PerCall, dict[str, Any] | None,
+                               dict[str, Any] | None]:
         plan = plan_calls(node, kwargs, input_is_list=info.input_is_list, raw=info.raw,
                           env=self.ex.env, report_block=lambda m: self._report_block(node, m))
         results: list[tuple[Any, ...] | None] = []
@@ -395,13 +369,20 @@ class _Run:
         return merge_calls(node.cls, info.output_is_list, results)
 
     def _report_block(self, node: ValidatedNode, message: str) -> None:
+        """A blocker with a message stopped (one call of) ``node``: reported as
+        ComfyUI does, an ``execution_error`` of type ``ExecutionBlocked`` that ends
+        nothing else; the run goes on (clients tell it by its type)."""
         self.result.blocked[node.id] = message
-        self.emit("execution_blocked", {"prompt_id": self.prompt_id, "node_id": node.id,
-                                        "display_node": self._display(node.id),
-                                        "node_type": node.cls.TYPE, "message": message})
+        self.emit("execution_error", {
+            "prompt_id": self.prompt_id, "node_id": node.id,
+            "display_node": self._display(node.id), "node_type": node.cls.TYPE,
+            "executed": list(self.result.executed),
+            "exception_message": f"Execution Blocked: {message}",
+            "exception_type": EXECUTION_BLOCKED, "traceback": [], "current_inputs": [],
+            "current_outputs": [], "timestamp": _now_ms()})
 
-    def _finish(self, node_id: str, outputs: tuple[Any, ...], ui: dict[str, Any] | None,
-                expand: dict[str, Any] | None) -> None:
+    def _finish(self, node_id: str, outputs: tuple[Any, ...] | PerCall,
+                ui: dict[str, Any] | None, expand: dict[str, Any] | None) -> None:
         self.result.executed.append(node_id)
         if expand is not None:
             self._expand(node_id, outputs, ui, expand)
@@ -420,58 +401,8 @@ class _Run:
                                    "output": ui, "prompt_id": self.prompt_id})
         self._complete(node_id)
 
-    # --- expansion -------------------------------------------------------------
-    def _expand(self, node_id: str, outputs: tuple[Any, ...], ui: dict[str, Any] | None,
-                graph: dict[str, Any]) -> None:
-        if self._classes is None:
-            self._classes = {n: v.cls for n, v in self.nodes.items()}
-        added = validate_expansion(node_id, graph, self.nodes, self._classes,
-                                   self.ex.registry, self.ex.env)
-        dyn = self.dynamic_graph()
-        for vnode in added:
-            self.nodes[vnode.id] = vnode
-            self._classes[vnode.id] = vnode.cls
-            self.rank[vnode.id] = len(self.rank)
-            dyn.add(vnode.id, node_id, vnode.title)
-            vnode.title = None
-            self._sign(vnode, ephemeral=True)
-        self.expansions[node_id] = (outputs, ui)
-        self.state[node_id] = _EXPANDED
-        uses = self.uses.setdefault(node_id, set())
-        waits = 0
-        for out in outputs:
-            if not is_link(out):
-                continue
-            src = str(out[0])
-            if src not in self.nodes:
-                raise ExpansionError(f"node {node_id}'s output links to node {src!r}, which "
-                                     "is neither in its subgraph nor in the prompt")
-            if src in uses:
-                continue
-            if self._use(node_id, src, uses):
-                waits += 1
-                if src not in self.state:
-                    self._schedule(src)
-        self.waits[node_id] = waits
-        if waits == 0:
-            heapq.heappush(self.ready, (self.rank[node_id], node_id))
-
-    def _resolve_expansion(self, node_id: str) -> None:
-        outputs, ui = self.expansions.pop(node_id)
-        values = []
-        for out in outputs:
-            if is_link(out):
-                entry = self.cache.get(self.sigs[str(out[0])])
-                if entry is None:
-                    raise _NodeFailure(node_id, RuntimeError(
-                        f"internal: output of node {out[0]} is missing from the cache"))
-                values.append(entry.outputs[out[1]])
-            else:
-                values.append(out)
-        self._store(node_id, tuple(values), ui)
-
     # --- async -----------------------------------------------------------------
-    def _start_async(self, node: ValidatedNode, info: _ClassInfo, kwargs: dict[str, Any],
+    def _start_async(self, node: ValidatedNode, info: ClassInfo, kwargs: dict[str, Any],
                      special: bool, ctx: ExecutionContext) -> None:
         mapped = special or info.input_is_list
         plan = plan_calls(node, kwargs, input_is_list=info.input_is_list, raw=info.raw,
@@ -498,7 +429,7 @@ class _Run:
             node = self.nodes[node_id]
             try:
                 returned = future.result()
-                outputs, ui, expand = merge_calls(node.cls, _info(node.cls).output_is_list,
+                outputs, ui, expand = merge_calls(node.cls, class_info(node.cls).output_is_list,
                                                   returned)
                 self._finish(node_id, outputs, ui, expand)
             except (Interrupted, _NodeFailure):

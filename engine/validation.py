@@ -275,9 +275,12 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
 
 def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
                    classes: Mapping[str, type[Node]], env: Environment | None,
-                   values_ok: bool = False) -> tuple[list[Issue], ValidatedNode]:
+                   values_ok: bool = False, memo: dict[Any, Any] | None = None
+                   ) -> tuple[list[Issue], ValidatedNode]:
     """One node's inputs. ``values_ok`` (a subgraph a node expanded into, built by
-    code): a socket input may hold a value instead of a link."""
+    code): a socket input may hold a value instead of a link. ``memo`` (one run's
+    expansions) remembers the checks that passed, per input spec and source class or
+    scalar value, so a loop's copies of a body are checked once per shape."""
     issues: list[Issue] = []
     constants: dict[str, Any] = {}
     links: dict[str, tuple[str, int]] = {}
@@ -298,21 +301,35 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
         value = inputs[name]
         # No widget takes a list, so it must be a link (in a subgraph, only a link-shaped one)
         if isinstance(value, list | tuple) and (not values_ok or is_link(value)):
+            key: Any = None
+            if memo is not None and (values_ok or is_link(value)):  # values_ok: checked
+                key = ("link", id(spec), classes.get(str(value[0])), value[1])
+                if key in memo:
+                    links[name] = (str(value[0]), value[1])
+                    continue
             issue = _check_link(name, spec, value, classes)
             if issue:
                 issues.append(issue)
             else:
                 links[name] = (str(value[0]), value[1])
+                if key is not None:
+                    memo[key] = True  # type: ignore[index]
             continue
         if values_ok and not spec.is_widget:
             constants[name] = value
+            continue
+        key = _scalar_key(spec, value) if memo is not None else None
+        if key is not None and key in memo:  # type: ignore[operator]
+            constants[name] = memo[key]  # type: ignore[index]
             continue
         coerced, issue = check_constant(spec, value, env)
         if issue:
             issues.append(issue)
         else:
             constants[name] = coerced
-    if not issues and env is not None:
+            if key is not None:
+                memo[key] = coerced  # type: ignore[index]
+    if not issues and env is not None and _checks_inputs(cls):
         for input_name, message, *severity in cls.validate_inputs(constants, env):
             if severity and severity[0] == "warning":  # reported, and the prompt still runs
                 issues.append(Issue("node_warning", message, input_name=input_name,
@@ -320,6 +337,32 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
             else:
                 issues.append(Issue("node_error", message, input_name=input_name))
     return issues, ValidatedNode(node_id, cls, constants, links)
+
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _scalar_key(spec: InputSpec, value: Any) -> tuple[Any, ...] | None:
+    """A memo key for a constant: its spec (by identity: the memo lives within one
+    run, while the classes do), exact type and value (floats by repr, so -0.0 and
+    0.0 differ); None for values not worth remembering, or whose check reads the
+    outside world (choices listed from files, which may change during a run)."""
+    if callable(spec.choices):
+        return None
+    kind = type(value)
+    if kind is float:
+        return (id(spec), kind, repr(value))
+    if kind in _SCALARS and not (kind is str and len(value) > 256):
+        return (id(spec), kind, value)
+    return None
+
+
+def _checks_inputs(cls: type[Node]) -> bool:
+    """Whether the class has its own ``validate_inputs`` (the base one finds nothing)."""
+    return getattr(cls.validate_inputs, "__func__", None) is not _BASE_VALIDATE
+
+
+_BASE_VALIDATE = Node.validate_inputs.__func__  # type: ignore[attr-defined]
 
 
 def _check_link(name: str, spec: InputSpec, value: Any,

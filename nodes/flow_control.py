@@ -95,6 +95,10 @@ class LoopFlow:
     start: str
     index: int
 
+    def __cache_nbytes__(self) -> dict[str, int]:
+        """Next to nothing (the cache's fast path: a loop passes one per iteration)."""
+        return {"cpu": len(self.start)}
+
 
 class _LoopStart(Node):
     OUTPUTS = (Output(FLOW, "flow"), Output("*", "value"), Output("INT", "index"))
@@ -179,21 +183,22 @@ def next_iteration(ctx: ExecutionContext, flow: LoopFlow) -> NodeResult:
         raise ValueError(f"loop end {ctx.node_id} is not downstream of its start "
                          f"{flow.start}")
     sub = Subgraph(ctx)
+    # one pass per node and input, straight into the copies' inputs: this runs once
+    # per iteration (links come from get_node as [id, index] lists)
     originals = {node_id: graph.get_node(node_id) for node_id in sorted(body)}
+    clones = {}
     for node_id, original in originals.items():
-        clone = sub.node(original["class_type"], key=node_id)
+        clone = clones[node_id] = sub.node(original["class_type"])
         clone.display_id = graph.get_display_node_id(node_id)
     for node_id, original in originals.items():
-        clone = sub.lookup(node_id)
-        assert clone is not None
+        inputs = clones[node_id].inputs
         for name, value in original["inputs"].items():
-            if is_link(value) and value[0] in body:
-                source = sub.lookup(value[0])
-                assert source is not None
-                value = source.out(value[1])
-            clone.set_input(name, value)
-    start = sub.lookup(flow.start)
-    end = sub.lookup(ctx.node_id)
+            if value is None:
+                continue
+            if isinstance(value, list) and is_link(value) and value[0] in clones:
+                value = [clones[value[0]].id, value[1]]
+            inputs[name] = value
+    start, end = clones.get(flow.start), clones.get(ctx.node_id)
     assert start is not None and end is not None
     start.set_input("index", flow.index + 1)
     # the next iteration starts from what feeds this End: this iteration's result

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 RECORDED = TERMINAL | {"execution_start", "execution_cached"}
+# An ExecutionBlocker's message: an execution_error (ComfyUI's form) that ends nothing
+# and, as in ComfyUI, stays out of the history (engine.lists.EXECUTION_BLOCKED)
+BLOCKED = "ExecutionBlocked"
 PRUNE_EVERY = 100
 POLL = 0.25  # seconds between checks for interrupt deadlines and shutdown
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -341,6 +344,9 @@ class Runtime:
     def _relay_event(self, running: _Running, name: str, data: dict[str, Any],
                      messages: list[list[Any]], held: list[str]) -> None:
         sid = running.item.client_id
+        if name == "execution_error" and data.get("exception_type") == BLOCKED:
+            self.hub.post(sid, message(name, data))  # a blocked node, not the end: as it comes
+            return
         if name in RECORDED:
             messages.append([name, data])
         if name == "executing":

@@ -125,6 +125,26 @@ def test_list_mapping_with_a_blocked_element(session: Session, pack: Any):
     assert result.run.outputs["6"] == {"value": [10]}
 
 
+def test_expansion_per_list_element_with_graph_builder(session: Session, pack: Any):
+    prompt = {
+        "1": {"class_type": "MakeInts", "inputs": {"count": 5}},
+        "2": {"class_type": "BlockOdd", "inputs": {"value": ["1", 0]}},
+        "3": {"class_type": "DoubleViaGraph", "inputs": {"value": ["2", 0]}},
+        "4": show(["3", 0]),
+        "5": {"class_type": "SumInts", "inputs": {"values": ["3", 0]}},
+        "6": show(["5", 0]),
+    }
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    # elements 0, 2, 4 each expanded into their own FlowAdd; gathered back in order
+    assert pack.CALLS["DoubleViaGraph"] == 3 and pack.CALLS["FlowAdd"] == 3
+    assert result.run.outputs["4"] == {"value": [0, 4, 8]}
+    # the blocked elements stay in the list, in place: a whole-list node is blocked
+    assert "6" not in result.run.outputs
+    again = session.run(prompt)
+    assert again.ok and again.run.executed == [] and pack.CALLS["FlowAdd"] == 3
+
+
 def test_async_pack_nodes_run_concurrently(session: Session, pack: Any):
     prompt = {"1": {"class_type": "Sleep", "inputs": {"seconds": 0.3, "value": 1}},
               "2": {"class_type": "Sleep", "inputs": {"seconds": 0.3, "value": 2}},

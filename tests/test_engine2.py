@@ -98,6 +98,22 @@ class MakeCycle(Node):
         return NodeResult((add.out(0),), expand=sub.finalize())
 
 
+class DoubleByGraph(Node):
+    """``2 * x`` by expanding into ``TestAdd(x, x)`` (0 returned as is, unexpanded)."""
+
+    TYPE = "TestDoubleByGraph"
+    OUTPUTS = (Output("INT"),)
+    x: int = Input(type="INT", force_input=True)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[int] | NodeResult:
+        tn.CALLS[self.TYPE] += 1
+        if self.x == 0:
+            return (0,)
+        sub = Subgraph(ctx)
+        add = sub.node("TestAdd", a=self.x, b=self.x)
+        return NodeResult((add.out(0),), {"value": [self.x]}, expand=sub.finalize())
+
+
 SLEEPS: list[tuple[str, float, float]] = []
 CANCELLED: list[str] = []
 
@@ -121,7 +137,7 @@ class AsyncSleep(Node):
         return (self.x,)
 
 
-EXTRA_NODES = (IntList, BlockOdd, Total, Factorial, MakeCycle, AsyncSleep)
+EXTRA_NODES = (IntList, BlockOdd, Total, Factorial, MakeCycle, AsyncSleep, DoubleByGraph)
 
 
 @pytest.fixture(autouse=True)
@@ -308,8 +324,67 @@ def test_blocker_stops_only_the_elements_it_blocks(ex):
     assert result.outputs["4"] == {"value": [100, 102, 104]}
     assert result.blocked == {}
     prompt["2"]["inputs"]["message"] = "odd"
-    reported = ex.run(prompt)
+    events: list[tuple[str, dict[str, Any]]] = []
+    reported = ex.run(prompt, on_event=lambda name, data: events.append((name, data)))
     assert reported.ok and reported.blocked == {"3": "odd"}
+    assert reported.outputs["4"] == {"value": [100, 102, 104]}  # the other elements ran
+    # reported as ComfyUI reports it: an execution_error of type ExecutionBlocked
+    # per call it stops (elements 1 and 3), and the prompt still succeeds
+    blocked = [data for name, data in events if name == "execution_error"]
+    assert len(blocked) == 2 and {b["node_id"] for b in blocked} == {"3"}
+    assert blocked[0]["exception_type"] == "ExecutionBlocked"
+    assert blocked[0]["exception_message"] == "Execution Blocked: odd"
+    assert blocked[0]["node_type"] == "TestAdd" and blocked[0]["traceback"] == []
+    names = [name for name, _ in events]
+    assert "execution_blocked" not in names and names[-2] == "execution_success"
+    assert names.index("execution_error") < names.index("execution_success")
+
+
+def test_expansion_per_list_element(ex):
+    prompt = {
+        "1": {"class_type": "TestIntList", "inputs": {"start": 0, "count": 5}},
+        "2": {"class_type": "TestBlockOdd", "inputs": {"x": ["1", 0]}},  # 0, -, 2, -, 4
+        "3": {"class_type": "TestIntList", "inputs": {"start": 3, "count": 3}},  # 3, 4, 5
+        "4": {"class_type": "TestDoubleByGraph", "inputs": {"x": ["3", 0]}},
+        "5": out(["4", 0]),
+        "6": {"class_type": "TestTotal", "inputs": {"values": ["4", 0]}},
+        "7": out(["6", 0]),
+        "8": {"class_type": "TestDoubleByGraph", "inputs": {"x": ["2", 0]}},
+        "9": {"class_type": "TestAdd", "inputs": {"a": ["8", 0], "b": 1}},
+        "10": out(["9", 0]),
+    }
+    result = ex.run(prompt)
+    assert result.ok, result.error
+    # each element's subgraph ran; its outputs were gathered back in order
+    assert result.outputs["5"] == {"value": [6, 8, 10]}
+    assert result.outputs["7"] == {"value": [24]}
+    # element 0 returned a value, 2 and 4 expanded, 1 and 3 stayed blocked
+    assert result.outputs["10"] == {"value": [1, 5, 9]}
+    # subgraphs 3+3, 4+4, 5+5, 2+2, 4+4 and node 9's three calls; 4+4's two copies
+    # share a signature, so it runs once
+    assert tn.CALLS["TestDoubleByGraph"] == 6 and tn.CALLS["TestAdd"] == 4 + 3
+    assert sorted(n.split(".")[0] for n in result.executed if "." in n) == ["4"] * 3 + ["8"]
+    again = ex.run(prompt)
+    assert again.ok and again.executed == []  # everything found by signature
+    prompt["3"]["inputs"]["count"] = 4  # one more element: only it runs anew
+    tn.CALLS.clear()
+    longer = ex.run(prompt)
+    assert longer.outputs["5"] == {"value": [6, 8, 10, 12]}
+    assert tn.CALLS["TestAdd"] == 1
+
+
+def test_expansion_per_element_with_a_clashing_id_is_a_node_error(ex, monkeypatch):
+    def clash(self, ctx):
+        return NodeResult((["same.1", 0],), expand={
+            "same.1": {"class_type": "TestAdd", "inputs": {"a": self.x, "b": 0}}})
+
+    monkeypatch.setattr(DoubleByGraph, "execute", clash)
+    prompt = {"1": {"class_type": "TestIntList", "inputs": {"start": 1, "count": 2}},
+              "2": {"class_type": "TestDoubleByGraph", "inputs": {"x": ["1", 0]}},
+              "3": out(["2", 0])}
+    result = ex.run(prompt)
+    assert result.status == "error" and result.error["node_id"] == "2"
+    assert "same node id 'same.1'" in result.error["exception_message"]
 
 
 def test_an_empty_list_runs_nothing_downstream(ex):
