@@ -9,7 +9,10 @@ When an accelerator ("cuda", ...) is over its budget, least-recently-used entrie
 are first *offloaded* to the CPU by a registered :class:`Mover` (the node packs
 register one for torch models; the engine knows neither torch nor diffusers) and
 moved back when next read; only what cannot move, or a CPU over its budget, is
-evicted.
+evicted. A model bigger than a device's whole budget cannot fit there at all: a
+mover with ``offload_sequential`` keeps its weights on the CPU and moves them to the
+device layer by layer as it runs (sequential offload), until the entry is read at a
+time when the model fits whole again.
 """
 
 from __future__ import annotations
@@ -186,6 +189,19 @@ class Mover(Protocol):
     def restore(self, value: Any, home: Any) -> Any: ...
 
 
+class SequentialMover(Mover, Protocol):
+    """A mover that can also run models too big for a device's budget in pieces.
+
+    ``offload_sequential(value, device_type, budget)`` makes every model in ``value``
+    on ``device_type`` whose own bytes exceed ``budget`` keep its weights on the CPU
+    and compute on the device one submodule at a time; it returns ``(value, home)``
+    or None when no model is that big. ``restore(value, home)`` undoes it.
+    """
+
+    def offload_sequential(self, value: Any, device_type: str, budget: int
+                           ) -> tuple[Any, Any] | None: ...
+
+
 _MOVERS: list[Mover] = []
 
 
@@ -208,6 +224,9 @@ class CacheEntry:
     pins: int = 0
     # Set while the outputs are offloaded: (the mover that did it, its home token).
     offloaded: tuple[Mover, Any] | None = None
+    # Set while some of its models run with sequential offload: (the mover, its home
+    # token, the bytes per device they would take whole).
+    sequential: tuple[Mover, Any, DeviceBytes] | None = None
 
 
 @dataclass
@@ -227,6 +246,7 @@ class OutputCache:
     evictions: int = 0
     offloads: int = 0
     restores: int = 0
+    sequential_offloads: int = 0
     # None: the registered movers (register_mover); [] turns offloading off.
     movers: list[Mover] | None = None
 
@@ -241,9 +261,53 @@ class OutputCache:
         entry = self.entries.get(sig)
         if entry is not None:
             self.entries.move_to_end(sig)
+            if entry.sequential is not None and self._fits_whole(entry):
+                self._end_sequential(entry)
             if entry.offloaded is not None:
                 self._restore(entry)
         return entry
+
+    def _sequential_movers(self) -> list[SequentialMover]:
+        movers = _MOVERS if self.movers is None else self.movers
+        return [m for m in movers if hasattr(m, "offload_sequential")]  # type: ignore[misc]
+
+    def _place_sequential(self, entry: CacheEntry) -> None:
+        """Run the models of ``entry`` that alone exceed an accelerator's budget with
+        sequential offload (their bytes then count on the CPU)."""
+        if entry.sequential is not None:
+            return
+        for device, limit in self.budgets.items():
+            if device == "cpu" or entry.nbytes.get(device, 0) <= limit:
+                continue
+            for mover in self._sequential_movers():
+                before = dict(entry.nbytes)
+                moved = mover.offload_sequential(entry.outputs, device, limit)
+                if moved is None:
+                    continue
+                self._reweigh(entry, moved[0])
+                whole = {d: n - entry.nbytes.get(d, 0) for d, n in before.items()
+                         if n > entry.nbytes.get(d, 0)}
+                entry.sequential = (mover, moved[1], whole)
+                self.sequential_offloads += 1
+                return
+
+    def _fits_whole(self, entry: CacheEntry) -> bool:
+        assert entry.sequential is not None
+        whole = entry.sequential[2]
+        return all(d not in self.budgets or entry.nbytes.get(d, 0) + n <= self.budgets[d]
+                   for d, n in whole.items() if d != "cpu")
+
+    def _end_sequential(self, entry: CacheEntry) -> None:
+        """The budget grew (or the model shrank): put the models back on their device."""
+        assert entry.sequential is not None
+        mover, home, _ = entry.sequential
+        entry.sequential = None
+        self._reweigh(entry, mover.restore(entry.outputs, home))
+        entry.pins += 1  # make room around it, as _restore does
+        try:
+            self.evict()
+        finally:
+            entry.pins -= 1
 
     def _restore(self, entry: CacheEntry) -> None:
         assert entry.offloaded is not None
@@ -252,6 +316,7 @@ class OutputCache:
         entry.offloaded = None
         self._reweigh(entry, outputs)
         self.restores += 1
+        self._place_sequential(entry)
         # Make room around it; held meanwhile so that it is not sent straight back.
         entry.pins += 1
         try:
@@ -273,6 +338,7 @@ class OutputCache:
         self.entries[sig] = entry
         if entry.nbytes:  # numbers cannot push a device over its budget
             self._account(entry.nbytes, +1)
+            self._place_sequential(entry)
             self.evict()
         if len(self.entries) > self.max_entries:
             self._evict_oldest(len(self.entries) - self.max_entries)

@@ -126,15 +126,37 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
     elif spec.type == "FLOAT" and not spec.allow_nonfinite and not math.isfinite(coerced):
         return value, _value_issue(spec, value, "invalid_value",
                                    "must be a finite number", "finite_number")
-    choices = spec.resolve_choices(env)
+    looked_in: list[str] = []
+    choices = spec.resolve_choices(
+        _ListingRecorder(env, looked_in) if env is not None and callable(spec.choices) else env)
     if choices is not None and coerced not in choices and not (
             spec.also_accept is not None and env is not None and spec.also_accept(coerced, env)):
         shown = ", ".join(map(repr, choices[:10])) + (" ..." if len(choices) > 10 else "")
+        where = f" (looked in {' and '.join(looked_in)})" if looked_in else ""
+        details = {"received": _jsonable(value), "choices": choices[:100]}
+        if looked_in:
+            details["folders"] = looked_in
         return value, Issue("not_in_choices",
-                            f"input '{spec.name}': {coerced!r} is not one of [{shown}]",
-                            input_name=spec.name,
-                            details={"received": _jsonable(value), "choices": choices[:100]})
+                            f"input '{spec.name}': {coerced!r} is not one of [{shown}]{where}",
+                            input_name=spec.name, details=details)
     return coerced, None
+
+
+class _ListingRecorder:
+    """The environment, noting which folders a choices function lists (e.g. a loader's
+    ``models/checkpoints/``) so that "not one of" can say where it looked."""
+
+    def __init__(self, env: Environment, looked_in: list[str]):
+        self._env, self._looked_in = env, looked_in
+
+    def list_files(self, role: str, subfolder: str = "", **kwargs: Any) -> list[str]:
+        folder = "/".join(p for p in (role, subfolder.strip("/")) if p) + "/"
+        if folder not in self._looked_in:
+            self._looked_in.append(folder)
+        return self._env.list_files(role, subfolder, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
 
 
 def _int_issue(spec: InputSpec, value: Any, coerced: int) -> Issue | None:

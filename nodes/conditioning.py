@@ -47,12 +47,15 @@ def _windows(tokenizer: Any, tokens: PromptTokens) -> list[Window]:
                          window=tokenizer.model_max_length - 2)
 
 
-def clip_layer_index(encoder: Any, stop_at_clip_layer: int) -> int:
-    """The hidden-states index (-1: last layer) for ComfyUI's ``stop_at_clip_layer``.
+def clip_layer_index(encoder: Any, stop_at_clip_layer: int | None) -> int:
+    """The hidden-states index (-1: last layer) for ComfyUI's ``stop_at_clip_layer``
+    (None, no CLIP Set Last Layer: the last).
 
     As ComfyUI, a layer past the encoder's depth falls back to the last layer (with a
     warning): SD 1.x CLIP has 12 layers, the shipped small models 2.
     """
+    if stop_at_clip_layer is None:
+        return -1
     layers = int(encoder.config.num_hidden_layers)
     if -layers <= stop_at_clip_layer <= -1:
         return stop_at_clip_layer
@@ -89,7 +92,8 @@ def encode_windows(encoder: Any, windows: list[Window], layer: int = -1, *,
                              device=device).reshape(-1, 2)
     vectors = torch.stack([vec for _, _, vec in slots]) if slots else torch.empty(0)
     with injected_vectors(encoder, positions, vectors):
-        out = encoder(ids, attention_mask=attention_mask, output_hidden_states=layer != -1)
+        out = encoder(ids, attention_mask=attention_mask,
+                      output_hidden_states=layer != -1 or not final_layer_norm)
     pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
     if layer == -1 and final_layer_norm:
         return out.last_hidden_state, pooled
@@ -109,15 +113,21 @@ def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None
     On SDXL's CLIP this is both encoders' embeddings (``encode_sdxl``: CLIP-L and bigG
     side by side, bigG alone on the refiner), so techniques that encode prompts of their
     own (SEGA's concepts, FABRIC's empty prompt) fit the UNet; the pooled output is
-    dropped (the sampler gives their batch rows the positive prompt's).
+    dropped here (:func:`encode_text_pooled` keeps it).
     """
+    return encode_text_pooled(clip, text, embeddings, weighting=weighting)[0]
+
+
+def encode_text_pooled(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None = None,
+                       *, weighting: str = "comfy") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`encode_text` and, on SDXL, the pooled output ``[1, dim]`` (else None)."""
     import torch
 
     if clip.text_encoder_2 is not None:
         from nodes.diffusion.sdxl import encode_sdxl
 
         return encode_sdxl(clip, text, None, _embeddings_by_width(embeddings),
-                           weighting=weighting)[0]
+                           weighting=weighting)
     tokenizer, encoder = clip.tokenizer, clip.text_encoder
     tokens = tokenize_weighted(tokenizer, parse_prompt_weights(text), embeddings)
     windows = _windows(tokenizer, tokens)
@@ -129,7 +139,7 @@ def encode_text(clip: TextEncoder, text: str, embeddings: EmbeddingLookup | None
             z_empty = (_encode_windows(encoder, _windows(tokenizer, PromptTokens()), layer)
                        if weighting == "comfy" else None)
             z = apply_weights(z, weights, z_empty=z_empty, method=weighting)
-    return z.reshape(1, -1, z.shape[-1])
+    return z.reshape(1, -1, z.shape[-1]), None
 
 
 def _embeddings_by_width(embeddings: EmbeddingLookup | None) -> Any:
@@ -360,7 +370,9 @@ class CLIPSetLastLayer(Node):
     the checkpoint's CLIP and every Encode Prompt. Costs nothing. -2 here equals
     diffusers' ``clip_skip=1``. A layer past the encoder's depth falls back to the last,
     as in ComfyUI. SD 2.x checkpoints already end at the penultimate layer (diffusers'
-    layout), so there -1 is what SD 2 was trained with."""
+    layout), so there -1 is what SD 2 was trained with. SDXL reads its encoders' raw
+    penultimate layer without this node; here -2 is the same and -1 the last layer, as
+    in ComfyUI."""
 
     TYPE = "CLIPSetLastLayer"
     DISPLAY_NAME = "CLIP Set Last Layer"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from engine import ExecutionContext, Input, Node, Output
-from nodes.conditioning import encode_text
+from nodes.conditioning import encode_text_pooled
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
 from nodes.diffusion.sega import SegaConcept, SemanticGuidance
 
@@ -56,13 +56,16 @@ class SEGAConcept(Node):
                                          "dropped: 0.5 on steerflow-shapes, 0.9-0.99 on SD")
     weight: float = Input(1.0, min=0.0, max=100.0, step=0.1,
                           description="Relative weight among concepts")
-    previous: tuple[SegaConcept, ...] | None = Input(type="SEGA_CONCEPTS", optional=True)
+    previous: tuple[SegaConcept, ...] | None = Input(
+        type="SEGA_CONCEPTS", optional=True,
+        description="Concepts before this one (to replace a colour: add the new, remove the old)")
 
     def execute(self, ctx: ExecutionContext) -> tuple[tuple[SegaConcept, ...]]:
         if not self.text.strip():
             raise ValueError("a SEGA concept needs text")
+        embeds, pooled = encode_text_pooled(self.clip, self.text)
         concept = SegaConcept(
-            embeds=encode_text(self.clip, self.text), scale=self.scale,
+            embeds=embeds, pooled=pooled, scale=self.scale,
             reverse=self.direction == "remove", warmup_steps=self.warmup_steps,
             cooldown_steps=self.cooldown_steps, threshold=self.threshold, weight=self.weight,
             label=self.text)
@@ -84,11 +87,14 @@ class ApplySEGA(Node):
 
     TYPE = "ApplySEGA"
     DISPLAY_NAME = "Apply SEGA"
-    CATEGORY = "conditioning/sega"
+    # it patches the MODEL the sampler uses, like SAG/PAG/FABRIC; the concepts stay in
+    # conditioning/sega
+    CATEGORY = "model_patches/unet"
     OUTPUTS = (Output("MODEL"),)
 
-    model: DiffusionModel = Input(type="MODEL")
-    concepts: tuple[SegaConcept, ...] = Input(type="SEGA_CONCEPTS")
+    model: DiffusionModel = Input(type="MODEL", description="The model the sampler uses")
+    concepts: tuple[SegaConcept, ...] = Input(
+        type="SEGA_CONCEPTS", description="SEGA Concept nodes, chained through their previous")
     momentum_scale: float = Input(0.1, min=0.0, max=10.0, step=0.01,
                                   description="How much accumulated momentum is added (s_m)")
     momentum_beta: float = Input(0.4, min=0.0, max=0.999, step=0.01,

@@ -120,7 +120,7 @@ def test_the_node_returns_a_new_handle_and_weights_follow_the_layer(tiny_model_p
     loaded = load_components(tiny_model_paths["diffusers"])
     clip = TextEncoder(loaded.text_encoder, loaded.tokenizer)
     skipped = CLIPSetLastLayer(clip=clip, stop_at_clip_layer=-2).execute(None)[0]
-    assert clip.stop_at_clip_layer == -1 and skipped.stop_at_clip_layer == -2
+    assert clip.stop_at_clip_layer is None and skipped.stop_at_clip_layer == -2
     assert skipped.text_encoder is clip.text_encoder
     enc = loaded.text_encoder
     with torch.no_grad():

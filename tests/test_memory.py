@@ -246,3 +246,114 @@ def test_dtype_option_on_the_command_line_and_server() -> None:
     assert ServerConfig.from_args(serve).dtype == "fp16"
     with pytest.raises(ConfigError, match="--dtype"):
         ServerConfig(dtype="int8").check()
+
+
+# --- sequential offload: a model bigger than the device's whole budget ---------------
+class FakeSequentialMover(FakeMover):
+    """Runs a too-big FakeModel "sequentially": its bytes move to the CPU."""
+
+    def offload_sequential(self, value: Any, device_type: str, budget: int
+                           ) -> tuple[Any, Any] | None:
+        big = [v for v in value if isinstance(v, FakeModel) and v.device == device_type
+               and v.nbytes > budget]
+        for m in big:
+            m.device = "cpu"
+        self.calls.append("sequential")
+        return (value, (big, device_type)) if big else None
+
+
+def test_a_model_bigger_than_the_budget_runs_with_sequential_offload() -> None:
+    mover = FakeSequentialMover()
+    cache = OutputCache(budgets={"cuda": 50 * MiB}, movers=[mover])
+    big, small = FakeModel(80 * MiB), FakeModel(10 * MiB)
+    entry = cache.put("big", (big, small), pins=1)  # in use: still placed, not offloaded
+    assert (big.device, small.device) == ("cpu", "cuda")
+    assert entry.sequential is not None and cache.sequential_offloads == 1
+    assert cache.used == {"cuda": 10 * MiB, "cpu": 80 * MiB} and cache.offloads == 0
+    cache.get("big")  # still too big: stays sequential
+    assert big.device == "cpu" and mover.calls == ["sequential"]
+    cache.budgets["cuda"] = 100 * MiB  # room now: restored whole on the next read
+    cache.get("big")
+    assert big.device == "cuda" and entry.sequential is None
+    assert mover.calls == ["sequential", "restore"] and cache.used["cuda"] == 90 * MiB
+
+
+def test_without_a_sequential_mover_a_big_pinned_entry_stays_as_before() -> None:
+    cache, _ = _cache(cuda=50 * MiB)
+    big = FakeModel(80 * MiB)
+    entry = cache.put("big", (big,), pins=1)
+    assert big.device == "cuda" and entry.sequential is None
+
+
+def _txt2img(seed: int, text: str, negative: str, key: str) -> dict[str, Any]:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": "steerflow-tiny.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 48, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": seed, "steps": 3, "cfg": 6.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+            "latent_image": ["5", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "10": {"class_type": "TestCapture", "inputs": {"value": ["8", 0], "key": key}},
+    }
+
+
+def test_sequential_offload_gives_the_same_image(models_dir: Path, tmp_path: Path) -> None:
+    """The torch mover's sequential offload (diffusers' leaf-level hooks) on the UNet, the
+    text encoder and the VAE changes no number; restoring removes every hook. No GPU
+    here: the weights are stored on the CPU and computed on the CPU, through the hooks."""
+    from engine.session import Session
+    from nodes.diffusion.handles import DiffusionModel
+    from nodes.diffusion.memory import MOVER, is_sequentially_offloaded
+    from tests.graph_nodes import CAPTURED, registry_with_capture
+
+    def session(name: str) -> Session:
+        return Session(tmp_path / name, models_dir=models_dir, device="cpu",
+                       registry=registry_with_capture())
+
+    plain = session("plain")
+    assert plain.run(_txt2img(7, "a red circle", "blurry", "plain")).ok
+    reference = CAPTURED.pop("plain")
+
+    hooked = session("hooked")
+    assert hooked.run(_txt2img(8, "warm up", "other", "warm")).ok
+    [entry] = [e for e in hooked.executor.cache.entries.values()
+               if e.outputs and isinstance(e.outputs[0], DiffusionModel)]
+    model, clip, vae = entry.outputs
+    moved = MOVER.offload_sequential(entry.outputs, "cpu", budget=0)
+    assert moved is not None
+    modules = (model.unet, clip.text_encoder, vae.vae)
+    assert all(is_sequentially_offloaded(m) for m in modules)
+    assert model.device.type == "cpu"  # the device it computes on
+    assert hooked.run(_txt2img(7, "a red circle", "blurry", "hooked")).ok
+    assert torch.equal(CAPTURED.pop("hooked"), reference)
+
+    MOVER.restore(entry.outputs, moved[1])
+    assert not any(is_sequentially_offloaded(m) for m in modules)
+    assert not any(hasattr(m, "_diffusers_hook") and m._diffusers_hook.hooks
+                   for root in modules for m in root.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_model_over_the_budget_runs_sequentially_through_the_cache() -> None:
+    from nodes.diffusion.handles import Vae
+    from nodes.diffusion.memory import TorchMover, is_sequentially_offloaded
+
+    net = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(4)]).cuda()
+    x = torch.randn(8, 1024, device="cuda")
+    with torch.no_grad():
+        expected = net(x)
+    size = 4 * 1024 * 1025 * 4
+    cache = OutputCache(budgets={"cuda": size // 2}, movers=[TorchMover()])
+    entry = cache.put("net", (Vae(net),), pins=1)
+    assert entry.sequential is not None and is_sequentially_offloaded(net)
+    assert net[0].weight.device.type == "cpu" and cache.used.get("cuda", 0) == 0
+    with torch.no_grad():
+        assert torch.equal(net(x), expected)
+    cache.budgets["cuda"] = 2 * size
+    cache.get("net")
+    assert not is_sequentially_offloaded(net) and net[0].weight.device.type == "cuda"

@@ -216,6 +216,9 @@ def test_example_workflow_without_weights_names_the_missing_models(tmp_path):
     issues = [i for i in info.value.issues if i.severity == "error"]
     assert {(i.kind, i.input_name) for i in issues} == {("not_in_choices", "ckpt_name")}
     assert any("sd_xl_base_1.0.safetensors" in i.message for i in issues)
+    # ... and the folder it looked in
+    assert all(i.message.endswith("(looked in models/checkpoints/)") for i in issues)
+    assert all(i.details["folders"] == ["models/checkpoints/"] for i in issues)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -376,3 +379,96 @@ def test_extensions_with_their_own_passes_run_on_sdxl(session, technique):
         prompt["3"]["inputs"]["model"] = ["11", 0]
     image = graph_image(session, prompt)
     assert np.isfinite(image).all() and np.abs(image - plain).max() > 1e-4
+
+
+def test_shipped_configs_are_the_real_sdxl_ones():
+    """The key fields of stabilityai's SDXL base 1.0 and refiner 1.0 configs (compared with
+    the published config.json files and ComfyUI's/sgm's model definitions)."""
+    from nodes.diffusion.loading import family_configs
+
+    base, refiner = family_configs("sdxl"), family_configs("sdxl_refiner")
+    unet = base["unet"]
+    assert unet["cross_attention_dim"] == 2048
+    assert unet["transformer_layers_per_block"] == [1, 2, 10]
+    assert unet["block_out_channels"] == [320, 640, 1280]
+    assert unet["attention_head_dim"] == [5, 10, 20]  # 64 channels per head
+    assert unet["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D",
+                                        "CrossAttnDownBlock2D"]
+    assert unet["up_block_types"] == ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    # pooled bigG (1280) + 6 size numbers x 256
+    assert (unet["addition_embed_type"], unet["addition_time_embed_dim"],
+            unet["projection_class_embeddings_input_dim"]) == ("text_time", 256, 2816)
+    assert unet["use_linear_projection"] is True and unet["sample_size"] == 128
+    assert not unet["upcast_attention"]
+
+    r = refiner["unet"]
+    assert (r["cross_attention_dim"], r["transformer_layers_per_block"]) == (1280, 4)
+    assert r["block_out_channels"] == [384, 768, 1536, 1536]
+    assert r["attention_head_dim"] == [6, 12, 24, 24]
+    assert r["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D",
+                                     "CrossAttnDownBlock2D", "DownBlock2D"]
+    # pooled bigG (1280) + 5 numbers (sizes, crop, aesthetic score) x 256
+    assert r["projection_class_embeddings_input_dim"] == 2560
+    assert refiner["text_encoder"] is None
+
+    for vae in (base["vae"], refiner["vae"]):
+        assert vae["scaling_factor"] == 0.13025 and vae["force_upcast"] is True
+        assert vae["block_out_channels"] == [128, 256, 512, 512] and vae["sample_size"] == 1024
+    clip_l = base["text_encoder"]
+    assert (clip_l["hidden_size"], clip_l["num_hidden_layers"], clip_l["num_attention_heads"],
+            clip_l["intermediate_size"], clip_l["hidden_act"]) == (768, 12, 12, 3072, "quick_gelu")
+    for big_g in (base["text_encoder_2"], refiner["text_encoder_2"]):
+        assert big_g["architectures"] == ["CLIPTextModelWithProjection"]
+        assert (big_g["hidden_size"], big_g["num_hidden_layers"], big_g["num_attention_heads"],
+                big_g["intermediate_size"], big_g["hidden_act"],
+                big_g["projection_dim"]) == (1280, 32, 20, 5120, "gelu", 1280)
+    for scheduler in (base["scheduler"], refiner["scheduler"]):
+        assert scheduler["_class_name"] == "EulerDiscreteScheduler"
+        assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["beta_schedule"],
+                scheduler["timestep_spacing"], scheduler["steps_offset"]) == (
+            0.00085, 0.012, "scaled_linear", "leading", 1)
+
+
+def test_clip_set_last_layer_on_sdxl_is_comfyuis(sdxl_models):
+    """ComfyUI reads SDXL's encoders at layer_idx -2 without the final layer norm; CLIP Set
+    Last Layer sets that index on both: -1 is the last layer's raw output, -2 the default,
+    and past an encoder's depth its final (normed) output. The pooled output never moves."""
+    from dataclasses import replace
+
+    from nodes.conditioning import CLIPSetLastLayer
+    from nodes.diffusion.handles import TextEncoder
+    from nodes.diffusion.loading import load_components
+    from nodes.diffusion.sdxl import encode_sdxl
+
+    loaded = load_components(sdxl_models / "checkpoints" / BASE)
+    clip = TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
+                       text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2)
+
+    def hidden(index_l: int | None, index_g: int | None = 0) -> torch.Tensor:
+        """Both encoders' layer outputs side by side (None: the final, normed output)."""
+        parts = []
+        for tokenizer, encoder, index in ((clip.tokenizer, clip.text_encoder, index_l),
+                                          (clip.tokenizer_2, clip.text_encoder_2,
+                                           index_l if index_g == 0 else index_g)):
+            ids = tokenizer(PROMPT, padding="max_length", max_length=77, truncation=True,
+                            return_tensors="pt").input_ids
+            with torch.no_grad():
+                out = encoder(ids, output_hidden_states=True)
+            parts.append(out.last_hidden_state if index is None else out.hidden_states[index])
+        return torch.cat(parts, dim=-1)
+
+    def set_layer(layer: int) -> TextEncoder:
+        return CLIPSetLastLayer(clip=clip, stop_at_clip_layer=layer).execute(None)[0]
+
+    default, pooled = encode_sdxl(clip, PROMPT)
+    assert torch.equal(default, hidden(-2))  # diffusers' SDXL default, and ComfyUI's
+    last, last_pooled = encode_sdxl(set_layer(-1), PROMPT)
+    assert torch.equal(last, hidden(-1)) and not torch.equal(last, default)
+    assert torch.equal(last_pooled, pooled)
+    assert torch.equal(encode_sdxl(set_layer(-2), PROMPT)[0], default)
+    # the tiny CLIP-L has 2 layers, the tiny bigG 3: -3 is past CLIP-L only
+    assert (loaded.text_encoder.config.num_hidden_layers,
+            loaded.text_encoder_2.config.num_hidden_layers) == (2, 3)
+    assert torch.equal(encode_sdxl(set_layer(-3), PROMPT)[0], hidden(None, -3))
+    past = replace(clip, stop_at_clip_layer=-4)
+    assert torch.equal(encode_sdxl(past, PROMPT)[0], hidden(None))

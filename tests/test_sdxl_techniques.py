@@ -341,6 +341,9 @@ def test_example_workflow_without_weights_names_the_missing_models(tmp_path):
     issues = [i for i in info.value.issues if i.severity == "error"]
     assert {(i.kind, i.input_name) for i in issues} >= {("not_in_choices", "ckpt_name"),
                                                         ("not_in_choices", "control_net_name")}
+    where = {i.input_name: i.message.rpartition("(looked in ")[2] for i in issues}
+    assert where["ckpt_name"] == "models/checkpoints/)"
+    assert where["control_net_name"] == "models/controlnet/)"
 
 
 # --- techniques without an SDXL pipeline in diffusers: they run, with the added conditioning ----

@@ -132,7 +132,8 @@ class SamplerExtension:
 
     def extra_conditions(self, run: Any) -> Sequence[torch.Tensor]:
         """Embeddings ``[1, tokens, dim]`` to add to the batch (with CFG, or with
-        ``without_cfg``); ``run.roles_of(self)`` names their batch roles afterwards."""
+        ``without_cfg``), or ``CondEntry`` objects that bring options too (SDXL's
+        ``pooled_output``); ``run.roles_of(self)`` names their batch roles afterwards."""
         return ()
 
     def attention_hooks(self, run: Any) -> Sequence[Any]:

@@ -59,8 +59,9 @@ class TextEncoder:
     patches: tuple[Any, ...] = ()
     # ComfyUI's CLIP Set Last Layer: the encoder layer whose output (final layer norm
     # applied, as diffusers' clip_skip) is the prompt embedding; -1 the last, -2 the one
-    # before it ("clip skip 2" = diffusers' clip_skip=1).
-    stop_at_clip_layer: int = -1
+    # before it ("clip skip 2" = diffusers' clip_skip=1). None: not set, the model's
+    # default (SD 1.x/2.x: the last layer; SDXL: the penultimate, without the final norm).
+    stop_at_clip_layer: int | None = None
     # SDXL's second encoder (OpenCLIP bigG, with projection: the pooled output) and its
     # tokenizer; the SDXL refiner has only this one (``text_encoder`` is None).
     text_encoder_2: Any = None

@@ -39,8 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from nodes.diffusion.attention import AttentionRecorder
 from nodes.diffusion.extensions import Predictions, SamplerExtension, Step
-from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent, Tensor
-from nodes.diffusion.sega import SegaConcept, concept_guidance, quantile_mask, stops_at
+from nodes.diffusion.handles import CondEntry, Conditioning, DiffusionModel, Latent, Tensor
+from nodes.diffusion.sega import (
+    SegaConcept,
+    concept_conditions,
+    concept_guidance,
+    quantile_mask,
+    stops_at,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -319,8 +325,8 @@ class LEditsPPGuidance(SamplerExtension):
         run.state[self] = _State(inv.zs.to(device=run.device, dtype=run.dtype), user_mask,
                                  kernel=gaussian_kernel(run.dtype, run.device))
 
-    def extra_conditions(self, run: SamplingRun) -> Sequence[torch.Tensor]:
-        return [c.embeds for c in self.concepts]
+    def extra_conditions(self, run: SamplingRun) -> Sequence[CondEntry]:
+        return concept_conditions(self.concepts)
 
     def attention_hooks(self, run: SamplingRun) -> Sequence[Any]:
         if not self.use_cross_attn_mask:

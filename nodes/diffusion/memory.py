@@ -7,16 +7,34 @@ and dataclasses, e.g. a MODEL's UNet and its ControlNet extensions) that sits on
 that device is moved to the CPU in place, and moved back to where it was when the
 entry is next read. Loose tensors (latents, images, embeddings) are small and
 stay: the cache evicts them as before. torch is only used once it is imported.
+
+A model bigger than an accelerator's whole budget runs with *sequential offload*:
+its weights stay on the CPU and each leaf module (a Linear, a Conv2d, a norm) is
+moved to the device just for its own forward, as diffusers'
+``enable_sequential_cpu_offload`` does. It uses diffusers' leaf-level group
+offloading hooks (``diffusers.hooks.apply_group_offloading``) rather than
+accelerate's ``cpu_offload``: those keep the weights as real CPU tensors (accelerate
+parks them on the meta device), so the LoRA patches written into the weights for a
+run still apply, and a diffusers model's ``.device`` still names the device it
+computes on. :func:`is_sequentially_offloaded` tells whether a module runs that way.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from engine.cache import register_mover
 
 Home = list[tuple[Any, str]]  # (module, the device it came from)
+
+
+@dataclass(frozen=True)
+class SequentialHome:
+    """The home token of models put on sequential offload: (module, its device)."""
+
+    modules: tuple[tuple[Any, str], ...]
 
 
 def modules_on(value: Any, device_type: str) -> list[Any]:
@@ -48,6 +66,45 @@ def modules_on(value: Any, device_type: str) -> list[Any]:
     return found
 
 
+def module_nbytes(module: Any) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size()
+               for tensors in (module.parameters(), module.buffers()) for t in tensors)
+
+
+def is_sequentially_offloaded(module: Any) -> bool:
+    """Whether ``module`` runs with sequential (leaf-level) offload hooks."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    return bool(_is_group_offload_enabled(module))
+
+
+def start_sequential_offload(module: Any, device: Any, storage: str = "cpu") -> None:
+    """Keep ``module``'s weights on ``storage`` and move each leaf to ``device`` only
+    for its own forward (inputs are moved there too)."""
+    import torch
+    from diffusers.hooks import apply_group_offloading
+
+    module.to(storage)
+    apply_group_offloading(module, onload_device=torch.device(device),
+                           offload_device=torch.device(storage), offload_type="leaf_level")
+
+
+def end_sequential_offload(module: Any, device: Any) -> None:
+    """Remove the hooks of :func:`start_sequential_offload`; the weights go to ``device``."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.group_offloading import (
+        _GROUP_OFFLOADING,
+        _LAYER_EXECUTION_TRACKER,
+        _LAZY_PREFETCH_GROUP_OFFLOADING,
+    )
+
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
+        registry.remove_hook(name, recurse=True)
+    module.to(device)
+
+
 def _device_of(module: Any) -> Any:
     for tensor in module.parameters():
         return tensor.device
@@ -74,10 +131,28 @@ class TorchMover:
             module.to(self.target)
         return value, home
 
-    def restore(self, value: Any, home: Home) -> Any:
+    def restore(self, value: Any, home: Home | SequentialHome) -> Any:
+        if isinstance(home, SequentialHome):
+            for module, device in home.modules:
+                end_sequential_offload(module, device)
+            return value
         for module, device in home:
             module.to(device)
         return value
+
+    def offload_sequential(self, value: Any, device_type: str, budget: int
+                           ) -> tuple[Any, SequentialHome] | None:
+        """Put every model in ``value`` on ``device_type`` bigger than ``budget`` bytes on
+        sequential offload, its weights kept on ``target``."""
+        big = [m for m in modules_on(value, device_type) if module_nbytes(m) > budget]
+        if not big:
+            return None
+        home = []
+        for module in big:
+            device = str(_device_of(module))
+            start_sequential_offload(module, device, self.target)
+            home.append((module, device))
+        return value, SequentialHome(tuple(home))
 
 
 MOVER = TorchMover()

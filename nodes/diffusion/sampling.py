@@ -28,7 +28,7 @@ from nodes.diffusion.extensions import (
     UNetCall,
     unique_extensions,
 )
-from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
+from nodes.diffusion.handles import CondEntry, Conditioning, DiffusionModel, Latent
 from nodes.diffusion.lora import lora_patched
 from nodes.diffusion.masking import latent_extensions
 from nodes.diffusion.module_patches import run_scoped
@@ -275,12 +275,15 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     for ext in exts:
         ext.setup(run)
         if any(ext is g for g in guided):
-            raw = list(ext.extra_conditions(run))
-            conds = [c.to(device=device, dtype=dtype) for c in raw]
+            # a CondEntry brings its own options: SDXL's pooled output for its row
+            raw = [c if isinstance(c, CondEntry) else CondEntry(c)
+                   for c in ext.extra_conditions(run)]
+            conds = [c.embeds.to(device=device, dtype=dtype) for c in raw]
             start = base + len(extra)
             if run.added is not None:
                 for k, c in enumerate(raw):
-                    run.added.bind(f"extra:{start - base + k}", c)
+                    run.added.bind(f"extra:{start - base + k}", c.embeds,
+                                   c.options.get("pooled_output"))
             extra_slices[id(ext)] = (start, start + len(conds))
             extra.extend(c.repeat(batch // c.shape[0], 1, 1) for c in conds)
     if extra:

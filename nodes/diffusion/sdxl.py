@@ -54,21 +54,24 @@ def uses_added_conditioning(unet: Any) -> bool:
 
 # --- prompt encoding -------------------------------------------------------------------------
 
-def hidden_layer(encoder: Any, stop_at_clip_layer: int) -> int:
-    """The hidden-states index SDXL reads: the penultimate layer by default.
+def hidden_layer(encoder: Any, stop_at_clip_layer: int | None) -> tuple[int, bool]:
+    """``(hidden-states index, final layer norm?)`` of the layer SDXL reads, as ComfyUI.
 
-    ``stop_at_clip_layer`` -1 (the default, also CLIP Set Last Layer's -1) and -2 both mean
-    the penultimate layer, SDXL's own; -3 and below pick earlier layers (diffusers'
-    ``clip_skip`` = -2 - value). ComfyUI's CLIP Set Last Layer -1 on SDXL would take the
-    last layer instead; we keep -1 as "the model's default" as for SD 1.x/2.x.
+    Without CLIP Set Last Layer (None) the penultimate layer's raw output, SDXL's own
+    (diffusers' default). CLIP Set Last Layer picks a layer's raw output, counted from
+    the end: -1 the last layer, -2 the penultimate (the default again), -3 and below
+    earlier ones (diffusers' ``clip_skip`` = -2 - value). Past an encoder's depth
+    ComfyUI falls back to the encoder's final output, the last layer through the final
+    layer norm (CLIP-L has 12 layers, bigG 32).
     """
+    if stop_at_clip_layer is None:
+        return -2, False
     layers = int(encoder.config.num_hidden_layers)
-    layer = -2 if stop_at_clip_layer == -1 else stop_at_clip_layer
-    if -layers <= layer <= -1:
-        return layer
-    logger.warning("stop_at_clip_layer %d is past the text encoder's %d layers; using the "
-                   "penultimate layer", stop_at_clip_layer, layers)
-    return -2
+    if -layers <= stop_at_clip_layer <= -1:
+        return stop_at_clip_layer, False
+    logger.warning("stop_at_clip_layer %d is past the text encoder's %d layers; using its "
+                   "final output, as ComfyUI does", stop_at_clip_layer, layers)
+    return -1, True
 
 
 def _encode_one(encoder: Any, tokenizer: Any, text: str, clip: TextEncoder,
@@ -93,11 +96,11 @@ def _encode_one(encoder: Any, tokenizer: Any, text: str, clip: TextEncoder,
     empty = _windows(tokenizer, PromptTokens())
     # CLIPTextEncodeSDXL pads the shorter of text_g / text_l with empty windows (ComfyUI)
     windows += empty * max(windows_min - len(windows), 0)
-    layer = hidden_layer(encoder, clip.stop_at_clip_layer)
-    z, pooled = encode_windows(encoder, windows, layer, final_layer_norm=False)
+    layer, final_norm = hidden_layer(encoder, clip.stop_at_clip_layer)
+    z, pooled = encode_windows(encoder, windows, layer, final_layer_norm=final_norm)
     weights = torch.tensor([w.weights for w in windows])
     if bool((weights != 1).any()):
-        z_empty = (encode_windows(encoder, empty, layer, final_layer_norm=False)[0]
+        z_empty = (encode_windows(encoder, empty, layer, final_layer_norm=final_norm)[0]
                    if weighting == "comfy" else None)
         z = apply_weights(z, weights, z_empty=z_empty, method=weighting)
     return z, pooled[:1], len(windows)
@@ -179,15 +182,34 @@ class AddedConditioning:
     (an extension's own pass: SAG's, a region's crop); where several entries hold the
     same embeddings, or none (extensions that bring prompts of their own: SEGA's
     concepts, LEDITS++'s edits), its batch role decides: ``cond`` is the positive's
-    first entry, ``uncond`` the negative's, ``extra:<n>`` the entry an extension added;
-    any other role takes the positive prompt's row.
+    first entry, ``uncond`` the negative's, ``extra:<n>`` the entry an extension added
+    (its own row when it brings its own pooled output, see :meth:`bind`); any other role
+    takes the positive prompt's row.
     """
 
     rows: list[_Row]
     by_role: dict[str, int] = field(default_factory=dict)
 
-    def bind(self, role: str, embeds: torch.Tensor) -> None:
-        """Name the row of an extension's extra batch entry (its tensor or an equal one)."""
+    def bind(self, role: str, embeds: torch.Tensor, pooled: torch.Tensor | None = None
+             ) -> None:
+        """Name the row of an extension's extra batch entry (its tensor or an equal one).
+
+        With its own ``pooled`` output (a SEGA or LEDITS++ concept encoded on SDXL) the
+        entry gets a row of its own: that pooled output and the positive's size
+        conditioning, as ``LEditsPPPipelineStableDiffusionXL`` gives its edit concepts.
+        """
+        if pooled is not None:
+            cond = self.rows[self.by_role["cond"]]
+            pooled = pooled.reshape(1, -1)
+            if pooled.shape[-1] != cond.text_embeds.shape[-1]:
+                raise ValueError(f"a concept's pooled output is {pooled.shape[-1]} wide but "
+                                 f"this UNet expects {cond.text_embeds.shape[-1]}: encode "
+                                 "it with this checkpoint's CLIP")
+            self.rows.append(_Row(embeds=embeds.to(cond.embeds), source=embeds,
+                                  text_embeds=pooled.to(cond.text_embeds),
+                                  time_ids=cond.time_ids))
+            self.by_role[role] = len(self.rows) - 1
+            return
         for k, row in enumerate(self.rows):
             if embeds is row.source:
                 self.by_role[role] = k

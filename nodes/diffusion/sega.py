@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nodes.diffusion.extensions import Predictions, SamplerExtension, Step
-from nodes.diffusion.handles import Tensor
+from nodes.diffusion.handles import CondEntry, Tensor
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +43,15 @@ class SegaConcept:
     threshold: float = 0.9
     weight: float = 1.0
     label: str = ""
+    # SDXL: the concept's own pooled text embedding (its batch row's ``text_embeds``)
+    pooled: Tensor | None = None
+
+
+def concept_conditions(concepts: Sequence[SegaConcept]) -> list[CondEntry]:
+    """The extra batch entries of ``concepts`` (SEGA's and LEDITS++'s
+    ``extra_conditions``): each concept's embeddings with its own pooled output."""
+    return [CondEntry(c.embeds, {} if c.pooled is None else {"pooled_output": c.pooled})
+            for c in concepts]
 
 
 def concept_guidance(concept: SegaConcept, pred: torch.Tensor, uncond: torch.Tensor
@@ -94,8 +103,8 @@ class SemanticGuidance(SamplerExtension):
             raise ValueError("SEGA needs classifier-free guidance: set cfg above 1")
         run.state[self] = _SegaState()
 
-    def extra_conditions(self, run: SamplingRun) -> Sequence[torch.Tensor]:
-        return [c.embeds for c in self.concepts]
+    def extra_conditions(self, run: SamplingRun) -> Sequence[CondEntry]:
+        return concept_conditions(self.concepts)
 
     def guidance(self, run: SamplingRun, step: Step, preds: Predictions,
                  guidance: torch.Tensor) -> torch.Tensor:
