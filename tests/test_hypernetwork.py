@@ -174,22 +174,47 @@ def test_mismatched_or_unsupported_files_are_clear_errors(session, files):
     assert "activation 'gelu-ish' is not supported" in message
 
 
-def test_layer_norm_and_activate_output_follow_automatic1111():
+def comfyui_mlp(w: OrderedDict, activation, is_layer_norm: bool, activate_output: bool):
+    """ComfyUI's layer order (comfy_extras/nodes_hypernetwork.py), restated: walk the
+    ``.weight`` names; "last layer" is the last name, LayerNorms included; each Linear is
+    followed by the activation (unless last and not activate_output), then its LayerNorm."""
+    names = [k[:-len(".weight")] for k in w if k.endswith(".weight")]
+
+    def run(x):
+        i = 0
+        while i < len(names):
+            x = x @ w[f"{names[i]}.weight"].T + w[f"{names[i]}.bias"]
+            if i != len(names) - 1 or activate_output:
+                x = activation(x)
+            if is_layer_norm:
+                i += 1
+                x = torch.nn.functional.layer_norm(x, x.shape[-1:], w[f"{names[i]}.weight"],
+                                                   w[f"{names[i]}.bias"])
+            i += 1
+        return x
+    return run
+
+
+def test_layer_norm_and_activate_output_follow_comfyui():
     g = torch.Generator().manual_seed(0)
     w = OrderedDict([
         ("linear.0.weight", torch.randn(8, 4, generator=g)), ("linear.0.bias", torch.randn(8)),
         ("linear.2.weight", torch.randn(8, generator=g)), ("linear.2.bias", torch.randn(8)),
         ("linear.3.weight", torch.randn(4, 8, generator=g)), ("linear.3.bias", torch.randn(4)),
         ("linear.5.weight", torch.randn(4, generator=g)), ("linear.5.bias", torch.randn(4))])
+    plain = OrderedDict((k, v) for k, v in w.items() if k.startswith(("linear.0.", "linear.3.")))
     x = torch.randn(3, 5, 4, generator=g)
-
-    def ln(h, name):
-        return torch.nn.functional.layer_norm(h, h.shape[-1:], w[f"{name}.weight"],
-                                              w[f"{name}.bias"])
-
     for activate_output in (False, True):
         mlp = build_mlp(w, 4, "tanh", is_layer_norm=True, activate_output=activate_output)
-        h = ln(torch.tanh(x @ w["linear.0.weight"].T + w["linear.0.bias"]), "linear.2")
-        h = h @ w["linear.3.weight"].T + w["linear.3.bias"]
-        h = ln(torch.tanh(h) if activate_output else h, "linear.5")
-        torch.testing.assert_close(mlp(x), h)
+        torch.testing.assert_close(mlp(x), comfyui_mlp(w, torch.tanh, True, activate_output)(x))
+        # with layer norm ComfyUI activates the last Linear either way (AUTOMATIC1111 only
+        # with activate_output): the corner where the two differ
+        mlp = build_mlp(plain, 4, "tanh", is_layer_norm=False, activate_output=activate_output)
+        torch.testing.assert_close(mlp(x), comfyui_mlp(plain, torch.tanh, False,
+                                                       activate_output)(x))
+    with_ln = build_mlp(w, 4, "tanh", is_layer_norm=True, activate_output=False)
+    h = torch.tanh(x @ w["linear.0.weight"].T + w["linear.0.bias"])
+    h = torch.nn.functional.layer_norm(h, (8,), w["linear.2.weight"], w["linear.2.bias"])
+    h = torch.tanh(h @ w["linear.3.weight"].T + w["linear.3.bias"])  # activated, as ComfyUI
+    h = torch.nn.functional.layer_norm(h, (4,), w["linear.5.weight"], w["linear.5.bias"])
+    torch.testing.assert_close(with_ln(x), h)

@@ -7,12 +7,18 @@ changes what the key and value projections read:
 
     k_in = c + strength · MLP_k(c)        v_in = c + strength · MLP_v(c)
 
-with ``c`` that input; the query is untouched. Each MLP is Linear layers, with the
-file's activation after each (the last only with ``activate_output``), a LayerNorm
-after each when ``is_layer_norm``; dropout is training-only and left out. This is
-AUTOMATIC1111's ``HypernetworkModule``, where the format comes from. ComfyUI's loader
-differs in one corner: with layer norm it also activates the last Linear; files
-trained with layer norm and a non-linear activation may look slightly different there.
+with ``c`` that input; the query is untouched. Each MLP is Linear layers, each followed
+by the file's activation, then a LayerNorm when ``is_layer_norm``. This follows ComfyUI's
+``load_hypernetwork_patch`` (comfy_extras/nodes_hypernetwork.py), whose node id we carry.
+Two differences from AUTOMATIC1111's ``HypernetworkModule``, where the format comes from:
+
+* the last Linear is activated only with ``activate_output`` in both, except that ComfyUI
+  counts the LayerNorms among the layers, so with ``is_layer_norm`` its last Linear is
+  always activated; we do the same (a file trained in AUTOMATIC1111 with layer norm, a
+  non-linear activation and no ``activate_output`` looks slightly different there).
+* dropout: AUTOMATIC1111 drops only while training. ComfyUI inserts Dropout(p=0.3) modules
+  and never switches them to eval mode, so with ``use_dropout`` its output is random on
+  every call; we leave dropout out (deterministic, as at training's evaluation).
 
 It acts through the sampler's one attention store (an ``on_kv_inputs`` hook on the
 selected layers, :mod:`nodes.diffusion.attention`); the UNet is never patched.
@@ -99,7 +105,8 @@ def build_mlp(weights: Mapping[str, torch.Tensor], dim: int, activation_func: st
         layers.append(linear)
         width = weight.shape[0]
         activation = ACTIVATIONS[activation_func]
-        if activation is not None and (i < len(linears) - 1 or activate_output):
+        # ComfyUI: "last layer" counts LayerNorms too, so with them every Linear is activated
+        if activation is not None and (i < len(linears) - 1 or activate_output or is_layer_norm):
             layers.append(getattr(torch.nn, activation)())
         if is_layer_norm:
             ln_name = names[i * 2 + 1]
