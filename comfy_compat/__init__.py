@@ -13,7 +13,10 @@ above both; the engine knows it only as the ``steerflow.pack_adapters`` entry po
   ``comfy.utils`` and ``comfy.model_management``; any other ``comfy.*`` module
   (``comfy.sd``, ``comfy.samplers``, ...) fails to import with a message naming it.
 - :mod:`comfy_compat.prompt_server` is ComfyUI's ``server.PromptServer``, reached
-  as ``server.PromptServer`` through our own ``server`` package (see there).
+  as ``server.PromptServer`` through our own ``server`` package (see there); packs'
+  routes are answered in the worker by :mod:`comfy_compat.http_bridge`.
+- :mod:`comfy_compat.nodes_module` is ComfyUI's ``nodes`` module as packs use it
+  (``MAX_RESOLUTION``, ``NODE_CLASS_MAPPINGS``), reached through our ``nodes`` package.
 """
 
 from comfy_compat.adapter import ADAPTER, ComfyPackAdapter

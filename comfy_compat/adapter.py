@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import Field, PrivateAttr, TypeAdapter
 
 from comfy_compat import runtime
+from comfy_compat.nodes_module import record_pack_class
 from engine.node import InputSpec, Node, NodeResult, Output
 
 if TYPE_CHECKING:
@@ -241,6 +242,7 @@ class ComfyPackAdapter:
             try:
                 classes.append(adapt_class(str(type_id), comfy, pack=pack,
                                            display_name=names.get(type_id)))
+                record_pack_class(str(type_id), comfy, names.get(type_id))
             except Exception as exc:
                 problems.append(f"node {type_id!r} skipped: {type(exc).__name__}: {exc}")
         return classes, problems

@@ -17,9 +17,10 @@ here. ``import server`` keeps meaning our aiohttp server, and a pack's
   in the server process) there is no prompt to attach it to and it is dropped.
   ``BinaryEventTypes.PREVIEW_IMAGE`` frames become preview images.
 - ``routes`` is an aiohttp ``RouteTableDef``: route decorators work at import, and
-  the routes are collected in :attr:`PromptServer.routes`; they are not served
-  (the server starts answering before packs finish loading, and aiohttp's router
-  cannot grow after start).
+  the routes are collected in :attr:`PromptServer.routes`. The worker reports the
+  GET/POST ones and answers them (:mod:`comfy_compat.http_bridge`); the server
+  forwards requests on those paths there (:mod:`server.pack_routes`), since its own
+  router cannot grow after start and the handlers belong with the nodes.
 - ``add_on_prompt_handler`` handlers are collected but not called.
 """
 

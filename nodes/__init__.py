@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from engine import Environment
 from nodes import (
@@ -150,3 +151,18 @@ def seed_example_inputs(env: Environment) -> None:
 def _copy_new(src: Path, folder: Path) -> None:
     if not (folder / src.name).exists():
         shutil.copyfile(src, folder / src.name)
+
+
+def __getattr__(name: str) -> Any:
+    # ComfyUI packs do ``from nodes import MAX_RESOLUTION`` (or NODE_CLASS_MAPPINGS):
+    # ComfyUI's module shares our package's name, so its public names resolve here,
+    # lazily and torch-free (see comfy_compat.nodes_module), like server.PromptServer.
+    if name in _COMFY_NAMES:
+        from importlib import import_module
+
+        return getattr(import_module("comfy_compat.nodes_module"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_COMFY_NAMES = frozenset({"MAX_RESOLUTION", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS",
+                          "interrupt_processing", "before_node_execution"})

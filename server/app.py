@@ -36,8 +36,9 @@ from server import (
 )
 from server.config import ConfigError, ServerConfig, add_serve_arguments
 from server.errors import error_middleware
+from server.pack_routes import pack_routes_middleware
+from server.pool import make_runtime
 from server.prompt_queue import PromptQueue
-from server.runtime import Runtime
 from server.security import security_middleware
 from server.state import STATE, ServerState
 from server.storage import Storage, StorageError
@@ -62,9 +63,10 @@ def create_app(config: ServerConfig, *,
     hub = Hub(private=bool(config.token))
     queue = PromptQueue(storage, on_change=hub.status_changed, max_attempts=config.max_attempts)
     hub.queue_remaining = queue.remaining
-    runtime = Runtime(config, queue, hub, env, registry_factory)
+    runtime = make_runtime(config, queue, hub, env, registry_factory)
 
-    app = web.Application(middlewares=[error_middleware, security_middleware(config)],
+    app = web.Application(middlewares=[error_middleware, security_middleware(config),
+                                       pack_routes_middleware],  # after the checks
                           client_max_size=config.max_prompt_bytes)
     app[STATE] = ServerState(config, env, storage, queue, hub, runtime)
     api = [*routes.ROUTES, *info.ROUTES, *userdata.ROUTES, *comfy_frontend.ROUTES,

@@ -47,6 +47,18 @@ class ServerConfig:
     # Weight precision of loaded models ("fp32", "fp16", "bf16"); None: fp32.
     dtype: str | None = None
     worker_module: str = "steerflow.worker"
+    # Scale-out (server/pool.py, docs/scale.md): N local workers, or Ray actors on the
+    # cluster at ``ray`` ("auto", "local" or an address), one per GPU (else CPU) slot
+    # (``workers`` 0) or ``workers`` of them.
+    workers: int = 1
+    worker_devices: list[str] | None = None  # local workers: one device each, in turn
+    ray: str | None = None
+    # The address Ray workers connect back to (default: this node's address, or
+    # 127.0.0.1 for a "local" cluster) and its port (0: any free one).
+    worker_host: str | None = None
+    worker_port: int = 0
+    # The base folder (models/, output/) on the Ray nodes; default: --base-dir.
+    remote_base_dir: Path | None = None
     worker_start_timeout: float = 600.0  # the first start installs the built-in models
     # "module:function" returning a NodeRegistry; for tests and benchmarks.
     registry_factory: str | None = None
@@ -88,6 +100,16 @@ class ServerConfig:
                 f"address needs a token (--token, or the {TOKEN_ENV} environment variable)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")
+        if not (0 if self.ray else 1) <= self.workers <= 256:
+            raise ConfigError(f"--workers must be 1..256, got {self.workers}")
+        if not 0 <= self.worker_port <= 65535:
+            raise ConfigError(f"invalid --worker-port {self.worker_port}")
+        if self.ray:
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("--ray needs Ray on this machine and the cluster's: "
+                                  "pip install 'steerflow[ray]'")
         if not 0 <= self.interrupt_grace <= 3600:
             raise ConfigError(f"--interrupt-grace must be 0..3600 seconds, got "
                               f"{self.interrupt_grace}")
@@ -116,6 +138,8 @@ class ServerConfig:
         upload_mb = float(opt("max_upload_mb", 50))  # type: ignore[arg-type]
         custom = opt("custom_nodes")
         models = opt("models_dir")
+        devices = str(opt("worker_devices", "") or "")
+        remote = opt("remote_base_dir")
         return cls(
             host=str(opt("host", "127.0.0.1")),
             port=int(opt("port", 8188)),  # type: ignore[call-overload]
@@ -134,6 +158,12 @@ class ServerConfig:
             verbose=bool(opt("verbose", False)),
             registry_factory=opt("registry"),  # type: ignore[arg-type]
             front_end=str(opt("front_end", "steerflow")),
+            workers=int(opt("workers", 0 if opt("ray") else 1)),  # type: ignore[call-overload]
+            worker_devices=[d.strip() for d in devices.split(",") if d.strip()] or None,
+            ray=opt("ray"),  # type: ignore[arg-type]
+            worker_host=opt("worker_host"),  # type: ignore[arg-type]
+            worker_port=int(opt("worker_port", 0)),  # type: ignore[call-overload]
+            remote_base_dir=Path(str(remote)) if remote else None,
         )
 
 
@@ -201,6 +231,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the web app served at /: Steerflow's canvas (default) or "
                         "ComfyUI's official frontend (pip install "
                         "'steerflow[comfyui-frontend]')")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="run prompts on N local worker processes, one per device "
+                        "(see --worker-devices); with --ray: N Ray actors (default: one "
+                        "per GPU of the cluster, else per CPU)")
+    parser.add_argument("--worker-devices", metavar="LIST",
+                        help="devices of the local workers, in turn, e.g. cuda:0,cuda:1")
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="run the workers as Ray actors on the Ray cluster at ADDRESS "
+                        "('auto': the one this machine belongs to; 'local': start one "
+                        "here). pip install 'steerflow[ray]'")
+    parser.add_argument("--worker-host", metavar="HOST",
+                        help="the address Ray workers connect back to (default: this "
+                        "node's Ray address)")
+    parser.add_argument("--worker-port", type=int, default=0, metavar="PORT",
+                        help="the port Ray workers connect back to (default: any free)")
+    parser.add_argument("--remote-base-dir", metavar="DIR",
+                        help="the base folder (models/) on the Ray nodes (default: "
+                        "--base-dir, the same path on every node)")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync every queue change (survives power loss; slower)")
     parser.add_argument("--registry", help=argparse.SUPPRESS)  # MODULE:FUNC, tests/bench

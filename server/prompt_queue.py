@@ -67,6 +67,8 @@ class PromptQueue:
         self._pending: dict[str, QueueItem] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._running: QueueItem | None = None
+        # Prompts running on a worker pool's other workers (server/pool.py), by id.
+        self._active: dict[str, QueueItem] = {}
         self._handoff: QueueItem | None = None  # given to the idle worker by put()
         self._idle = False  # the worker is waiting in take()
         self._closed = False
@@ -182,7 +184,7 @@ class PromptQueue:
                     self._handoff = item
                 else:
                     self._add(item)
-            self._cond.notify()
+            self._cond.notify_all()  # a pool's idle workers each decide if it is theirs
         self.on_change()
         return errors
 
@@ -221,6 +223,36 @@ class PromptQueue:
         self.on_change()
         return item
 
+    def take_pick(self, pick: Callable[[list[QueueItem]], QueueItem | None],
+                  timeout: float | None = None) -> QueueItem | None:
+        """A worker pool's :meth:`take`: ``pick`` chooses among the pending prompts (in run
+        order, under the queue's lock); several prompts may run at once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                pending = sorted(self._pending.values(), key=lambda i: (i.number, i.seq))
+                item = pick(pending) if pending else None
+                if item is not None:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            del self._pending[item.prompt_id]  # its heap entry is skipped as stale
+            self._active[item.prompt_id] = item
+        try:
+            self.storage.mark_running(item.prompt_id)  # counts the attempt before it runs
+        except BaseException:
+            with self._cond:
+                self._active.pop(item.prompt_id, None)
+                self._add(item)
+            raise
+        item.attempts += 1
+        self.on_change()
+        return item
+
     def finish(self, item: QueueItem, entry: dict[str, Any]) -> None:
         """Record the history entry and drop the prompt from the queue (one transaction)."""
         try:
@@ -229,16 +261,28 @@ class PromptQueue:
             with self._cond:
                 if self._running is item:
                     self._running = None
+                self._active.pop(item.prompt_id, None)
             self.on_change()
 
-    def requeue(self, item: QueueItem) -> None:
-        """Put a prompt that was stopped by a shutdown back, not counting the attempt."""
+    def requeue(self, item: QueueItem, *, refund: bool = True) -> None:
+        """Put a running prompt back: stopped by a shutdown (``refund``: the attempt does
+        not count), or cut off by its worker's death (it counts, as after a kill -9)."""
         with self._cond:
-            self.storage.mark_pending(item.prompt_id, refund_attempt=True)
+            self.storage.mark_pending(item.prompt_id, refund_attempt=refund)
             if self._running is item:
                 self._running = None
-            item.attempts -= 1
+            self._active.pop(item.prompt_id, None)
+            if refund:
+                item.attempts -= 1
             self._add(item)
+            self._cond.notify_all()
+        if not refund:
+            self.on_change()
+
+    def wake(self) -> None:
+        """Make a waiting :meth:`take_pick` ask its ``pick`` again (a worker became idle)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def delete(self, prompt_ids: list[str]) -> int:
         """Remove pending prompts (the running one is interrupted, not deleted)."""
@@ -269,20 +313,21 @@ class PromptQueue:
     # --- views -----------------------------------------------------------------
     def remaining(self) -> int:
         with self._cond:
-            return len(self._pending) + (self._running is not None)
+            return len(self._pending) + (self._running is not None) + len(self._active)
 
     def running(self) -> QueueItem | None:
         return self._running
 
     def __contains__(self, prompt_id: object) -> bool:
         with self._cond:
-            return prompt_id in self._pending or (
+            return prompt_id in self._pending or prompt_id in self._active or (
                 self._running is not None and self._running.prompt_id == prompt_id)
 
     def snapshot(self) -> tuple[list[list[Any]], list[list[Any]]]:
         """(running, pending) as ComfyUI's queue lists, pending in run order."""
         with self._cond:
             running = [self._running.as_list()] if self._running else []
+            running += [i.as_list() for i in self._active.values()]
             pending = sorted(self._pending.values(), key=lambda i: (i.number, i.seq))
             return running, [i.as_list() for i in pending]
 

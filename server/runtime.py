@@ -242,15 +242,26 @@ class Runtime:
                 time.sleep(POLL)
         return None
 
-    def _start_worker(self) -> WorkerProcess:
+    def worker_config(self) -> dict[str, Any]:
+        """The ``config`` message every worker gets first."""
         cfg = self.config
-        worker = WorkerProcess({
+        return {
             "base_dir": str(cfg.base_dir), "models_dir": _str(cfg.models_dir),
             "device": cfg.device, "allow_pickle": cfg.allow_pickle,
             "custom_nodes": _str(cfg.custom_nodes), "registry_factory": cfg.registry_factory,
             "cache_budget": cfg.cache_budget, "cache_max_entries": cfg.cache_max_entries,
-            "dtype": cfg.dtype, "verbose": cfg.verbose}, module=cfg.worker_module)
+            "dtype": cfg.dtype, "verbose": cfg.verbose}
+
+    def _start_worker(self) -> WorkerProcess:
+        worker = WorkerProcess(self.worker_config(), module=self.config.worker_module)
         self.worker_starts += 1
+        self.worker = self._wait_ready(worker)
+        return worker
+
+    def _wait_ready(self, worker: Any, info: dict[str, Any] | None = None) -> Any:
+        """Wait for a started worker's ``ready`` (killing it on failure); returns it.
+        What it reports goes into ``info`` (default: :attr:`worker_info`)."""
+        cfg = self.config
         deadline = time.monotonic() + cfg.worker_start_timeout
         try:
             while True:
@@ -265,8 +276,7 @@ class Runtime:
                 if msg.op == "setup":
                     self._set(self._setup_done)
                 elif msg.op == "ready":
-                    self.worker_info.update(msg.data)
-                    self.worker = worker
+                    (self.worker_info if info is None else info).update(msg.data)
                     self._set(self._setup_done)
                     return worker
                 elif msg.op == "failed":

@@ -7,24 +7,33 @@
   origin or an allow-listed one; state-changing requests and websockets from
   a ``cross-site`` context (``Sec-Fetch-Site``) are refused as well. We never
   send CORS headers, so browsers cannot read cross-origin responses either.
-* Token: with a token set, every API route needs ``Authorization: Bearer`` or
-  ``?token=`` (browsers cannot set headers on websockets and ``<img>``); only
-  the canvas's static files are public.
+* Token: with a token set, every API route needs ``Authorization: Bearer``,
+  ``?token=`` (browsers cannot set headers on websockets and ``<img>``) or the
+  session cookie; only the web app's static files are public. Opening the app once
+  as ``/?token=T`` sets that cookie (HttpOnly, SameSite=Strict, path /; its value an
+  HMAC of the token, never the token) and redirects to ``./`` without the token, so
+  an app that cannot send the token (ComfyUI's official frontend) works, and the
+  token stays out of the address bar, history and logs. The cookie's name carries
+  the port: browsers share cookies across the ports of one host.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
 from server.config import ServerConfig, is_loopback, normalize_origin
 from server.errors import ApiError, Handler
+from server.pack_routes import matched_pack_route
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_ROUTE_PREFIX = "canvas"
+INDEX_ROUTE = "canvas-index"
+COOKIE_PREFIX = "steerflow_token_"
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -32,6 +41,7 @@ def security_middleware(config: ServerConfig) -> web.middleware:  # type: ignore
     """The middleware enforcing :mod:`server.security`'s rules for ``config``."""
     own_host = config.host.strip("[]").lower()
     token = config.token.encode() if config.token else None
+    cookie = cookie_value(config.token) if config.token else ""
     check_host = config.loopback  # computed once: parsing it per request costs ~25 µs
 
     @web.middleware
@@ -49,10 +59,12 @@ def security_middleware(config: ServerConfig) -> web.middleware:  # type: ignore
         if (unsafe and not allowed_origin
                 and request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"):
             raise ApiError(403, "cross_origin", "cross-site requests are refused")
-        if token is not None and not _is_public(request) and not _token_ok(request, token):
-            raise ApiError(401, "unauthorized", "missing or invalid token: send "
-                           "'Authorization: Bearer <token>' or add ?token=<token>",
-                           headers={"WWW-Authenticate": "Bearer"})
+        if token is not None:
+            if "token" in request.query and _route_name(request) == INDEX_ROUTE:
+                return _sign_in(request, token, cookie, host)
+            public = _is_public(request) and not await matched_pack_route(request)
+            if not public and not _token_ok(request, token, cookie, host):
+                raise _unauthorized()
         return await handler(request)
 
     return middleware
@@ -94,14 +106,55 @@ def _is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
+def _route_name(request: web.Request) -> str:
+    return getattr(request.match_info.route, "name", None) or ""
+
+
 def _is_public(request: web.Request) -> bool:
-    route = request.match_info.route
-    name = getattr(route, "name", None) or ""
-    return name.startswith(PUBLIC_ROUTE_PREFIX)
+    # (a node pack's GET route falls to the web app's catch-all file route: the caller
+    # checks matched_pack_route too)
+    return _route_name(request).startswith(PUBLIC_ROUTE_PREFIX)
 
 
-def _token_ok(request: web.Request, token: bytes) -> bool:
+def _unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "missing or invalid token: send "
+                    "'Authorization: Bearer <token>', add ?token=<token>, or open the app "
+                    "once as /?token=<token> (sets a cookie)",
+                    headers={"WWW-Authenticate": "Bearer"})
+
+
+def cookie_value(token: str) -> str:
+    """The session cookie's value for ``token``: derived, so the cookie (which browsers
+    keep on disk) is not the token itself."""
+    return hmac.new(token.encode(), b"steerflow session cookie", hashlib.sha256).hexdigest()
+
+
+def cookie_name(host: str | None) -> str:
+    """``steerflow_token_<port>``: one cookie per server on a shared host name."""
+    port = _split_host(host)[1] if host else None
+    return f"{COOKIE_PREFIX}{port or 80}"
+
+
+def _token_ok(request: web.Request, token: bytes, cookie: str, host: str | None) -> bool:
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
     given = value.strip() if scheme.lower() == "bearer" else request.query.get("token", "")
-    return bool(given) and hmac.compare_digest(given.encode(), token)
+    if given:
+        return hmac.compare_digest(given.encode(), token)
+    sent = request.cookies.get(cookie_name(host), "")
+    return bool(sent) and hmac.compare_digest(sent.encode(), cookie.encode())
+
+
+def _sign_in(request: web.Request, token: bytes, cookie: str,
+             host: str | None) -> web.StreamResponse:
+    """``/?token=T``: set the session cookie and redirect to the page without the token
+    (relative, so a reverse proxy's path prefix is kept); a wrong token is a 401."""
+    if not hmac.compare_digest(request.query.get("token", "").encode(), token):
+        raise _unauthorized()
+    rest = [(k, v) for k, v in request.query.items() if k != "token"]
+    response = web.Response(status=303, headers={
+        "Location": "./" + (f"?{urlencode(rest)}" if rest else ""),
+        "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    response.set_cookie(cookie_name(host), cookie, path="/", httponly=True,
+                        samesite="Strict", secure=request.secure or None)
+    return response

@@ -12,25 +12,42 @@ does not pickle when used through ``send_bytes``/``recv_bytes``):
   ``N`` followed by a PNG. Both become the same binary websocket frame, with
   ComfyUI's image type 1 or 2.
 
-Server → worker: ``config`` (first), ``run``, ``interrupt``.
+- output files (workers on other machines, :mod:`server.pool`): ``F``, a JSON
+  header ``{"type", "subfolder", "filename"}``, a newline, then the file's bytes.
+
+Server → worker: ``config`` (first), ``run``, ``interrupt``, ``http`` (a request
+for a node pack's route, answered by ``http_reply``: :mod:`server.pack_routes`).
 Worker → server: ``setup`` (packs loaded, built-in models installed), then
 ``ready`` (the session is built) or ``failed``,
 ``events`` (batches of executor events: one leaves whenever a node starts or
-reports progress), ``done`` (one per ``run``, with the last events).
+reports progress), ``done`` (one per ``run``, with the last events and the
+``models`` its cache holds, see :func:`prompt_models`).
+
+A worker on another machine (a Ray actor) connects to the head over TCP instead
+of inheriting a socket: the head sends ``challenge`` (a nonce), the worker
+answers ``hello`` with an HMAC of the nonce under the shared secret; then the
+same protocol follows. :class:`RemoteWorker` is that worker seen from the head.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -41,7 +58,11 @@ log = logging.getLogger(__name__)
 
 PREVIEW_TAG = b"P"
 PNG_TAG = b"N"
+FILE_TAG = b"F"
 IMAGE_TYPES = {PREVIEW_TAG: 1, PNG_TAG: 2}  # tag -> ComfyUI's image type (JPEG, PNG)
+# Inputs naming a model file (ComfyUI's convention: ckpt_name, lora_name, vae_name, ...).
+MODEL_INPUT_SUFFIX = "_name"
+HELLO_TIMEOUT = 10.0  # seconds a connecting worker has to answer the challenge
 WORKER_MODULE = "steerflow.worker"
 
 
@@ -61,6 +82,7 @@ class Message:
     data: dict[str, Any]
     preview: bytes | None = None
     image_type: int = 1
+    payload: bytes | None = None  # an output file's bytes (``op`` "file")
 
     @property
     def op(self) -> str:
@@ -71,17 +93,188 @@ def encode(data: dict[str, Any]) -> bytes:
     return dumps(data).encode()
 
 
+def encode_file(header: dict[str, Any], data: bytes) -> bytes:
+    return FILE_TAG + encode(header) + b"\n" + data
+
+
 def decode(raw: bytes) -> Message:
     if raw[:1] in IMAGE_TYPES:
         return Message({"op": "preview"}, raw[1:], IMAGE_TYPES[raw[:1]])
+    if raw[:1] == FILE_TAG:
+        end = raw.find(b"\n")
+        header = json.loads(raw[1:end]) if end > 0 else None
+        if not isinstance(header, dict):
+            raise ValueError("a file message needs a JSON header")
+        return Message({**header, "op": "file"}, payload=raw[end + 1:])
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError("a worker message must be a JSON object")
     return Message(data)
 
 
-class WorkerProcess:
-    """One worker subprocess and its channel. Sends are thread-safe; receives are not."""
+def prompt_models(prompt: Any) -> list[str]:
+    """The model files a prompt loads, as ``input=value`` keys (``ckpt_name=sd15.safetensors``):
+    what routing matches against the models a worker's cache holds."""
+    keys: set[str] = set()
+    for node in prompt.values() if isinstance(prompt, dict) else ():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for name, value in inputs.items() if isinstance(inputs, dict) else ():
+            if name.endswith(MODEL_INPUT_SUFFIX) and isinstance(value, str) and value:
+                keys.add(f"{name}={value}")
+    return sorted(keys)
+
+
+def auth_digest(secret: str, nonce: str) -> str:
+    """The answer to the head's challenge: HMAC-SHA256 of the nonce under the secret."""
+    return hmac.new(secret.encode(), nonce.encode(), hashlib.sha256).hexdigest()
+
+
+class Channel:
+    """The framed channel to one worker. Sends are thread-safe; receives are not."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        # One poller for the channel's life: Connection.poll builds a selector per call,
+        # which was the dispatcher's largest cost at hundreds of messages a second.
+        self._poller = select.poll()
+        self._poller.register(self.conn.fileno(), select.POLLIN)
+        self._send_lock = threading.Lock()
+        self._init_http()
+
+    def send(self, data: dict[str, Any]) -> bool:
+        """Send a message; False when the worker is gone (the caller learns why on recv)."""
+        raw = encode(data)
+        with self._send_lock:
+            try:
+                self.conn.send_bytes(raw)
+                return True
+            except (OSError, ValueError):
+                return False
+
+    def recv(self, timeout: float | None) -> Message | None:
+        """The next message, or None after ``timeout``; raises :class:`WorkerDied`.
+        (An ``http_reply`` goes to its :meth:`http` caller and returns None early.)"""
+        with self._recv_lock:
+            msg = self._stash.popleft() if self._stash else self._read(timeout)
+        if msg is not None and msg.op == "http_reply":
+            self._deliver(msg)
+            return None
+        return msg
+
+    def _read(self, timeout: float | None) -> Message | None:
+        try:
+            ms = None if timeout is None else max(0, int(timeout * 1000))
+            if not self._poller.poll(ms):
+                return None
+            raw = self.conn.recv_bytes()
+        except (EOFError, OSError, ValueError):
+            raise WorkerDied(self.exit_cause()) from None
+        try:
+            return decode(raw)
+        except ValueError as exc:
+            self.kill()
+            raise WorkerDied(f"the worker sent an unreadable message ({exc})") from None
+
+    def close(self) -> None:
+        with self._send_lock, contextlib.suppress(OSError):
+            self.conn.close()
+
+    # --- node packs' HTTP routes (server.pack_routes) ------------------------------
+    # A request goes out as an ``http`` message; its ``http_reply`` comes back on the
+    # same channel, read by whoever reads: the dispatcher (during a prompt or a start)
+    # delivers it from recv, and when nobody reads (an idle dispatcher) the caller
+    # reads itself, keeping any other message for the next recv.
+    def _init_http(self) -> None:
+        self._recv_lock = threading.RLock()
+        self._stash: collections.deque[Message] = collections.deque()
+        self._replies: dict[str, dict[str, Any] | None] = {}  # id -> reply, None: awaited
+        self._replied = threading.Condition()
+
+    def _deliver(self, msg: Message) -> None:
+        with self._replied:
+            rid = str(msg.data.get("id"))
+            if rid in self._replies:  # else its caller gave up: dropped
+                self._replies[rid] = msg.data
+                self._replied.notify_all()
+
+    def http(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Send an ``http`` message and wait for its reply: None after ``timeout``;
+        raises :class:`WorkerDied` when the worker is gone."""
+        rid = uuid.uuid4().hex
+        with self._replied:
+            self._replies[rid] = None
+        deadline = time.monotonic() + timeout
+        try:
+            if not self.send({**request, "op": "http", "id": rid}):
+                raise WorkerDied("the worker channel is closed")
+            while (left := deadline - time.monotonic()) > 0:
+                with self._replied:
+                    if self._replies.get(rid) is not None:
+                        return self._replies[rid]
+                if self._recv_lock.acquire(timeout=min(left, 0.05)):
+                    try:  # nobody else is reading: read one message ourselves
+                        msg = self._read(min(left, 0.05))
+                        if msg is not None and msg.op == "http_reply":
+                            self._deliver(msg)
+                        elif msg is not None:
+                            self._stash.append(msg)
+                    finally:
+                        self._recv_lock.release()
+                else:  # the dispatcher reads and delivers
+                    with self._replied:
+                        self._replied.wait(min(left, 0.05))
+            return None
+        finally:
+            with self._replied:
+                self._replies.pop(rid, None)  # a late reply is dropped
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 5.0) -> None:
+        raise NotImplementedError
+
+    def exit_cause(self) -> str:
+        raise NotImplementedError
+
+
+class RemoteWorker(Channel):
+    """A worker that connected over TCP (a Ray actor); ``kill`` ends its host (the actor)."""
+
+    def __init__(self, conn: Connection, config: dict[str, Any], *, pid: int, name: str,
+                 kill: Callable[[], None] = lambda: None):
+        super().__init__(conn)
+        self.pid = pid
+        self.name = name
+        self._kill = kill
+        self._dead = False
+        self.send({"op": "config", **config})
+
+    def alive(self) -> bool:
+        return not self._dead and not self.conn.closed
+
+    def kill(self) -> None:
+        """End the worker's host for sure (it may still run after its channel broke)."""
+        self._dead = True
+        self.close()
+        try:
+            self._kill()
+        except Exception:
+            log.warning("cannot kill worker %s", self.name, exc_info=True)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.kill()  # closing the channel makes it exit; the kill makes sure
+
+    def exit_cause(self) -> str:
+        self._dead = True
+        return f"the connection to worker {self.name} (pid {self.pid}) closed"
+
+
+class WorkerProcess(Channel):
+    """One worker subprocess and its channel."""
 
     def __init__(self, config: dict[str, Any], *, module: str = WORKER_MODULE):
         parent, child = socket.socketpair()
@@ -99,43 +292,14 @@ class WorkerProcess:
         finally:
             child.close()
         parent.setblocking(True)
-        self.conn = Connection(os.dup(parent.fileno()))
+        conn = Connection(os.dup(parent.fileno()))
         parent.close()
-        # One poller for the channel's life: Connection.poll builds a selector per call,
-        # which was the dispatcher's largest cost at hundreds of messages a second.
-        self._poller = select.poll()
-        self._poller.register(self.conn.fileno(), select.POLLIN)
-        self._send_lock = threading.Lock()
+        super().__init__(conn)
         self.send({"op": "config", **config})
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def send(self, data: dict[str, Any]) -> bool:
-        """Send a message; False when the worker is gone (the caller learns why on recv)."""
-        raw = encode(data)
-        with self._send_lock:
-            try:
-                self.conn.send_bytes(raw)
-                return True
-            except (OSError, ValueError):
-                return False
-
-    def recv(self, timeout: float | None) -> Message | None:
-        """The next message, or None after ``timeout``; raises :class:`WorkerDied`."""
-        try:
-            ms = None if timeout is None else max(0, int(timeout * 1000))
-            if not self._poller.poll(ms):
-                return None
-            raw = self.conn.recv_bytes()
-        except (EOFError, OSError, ValueError):
-            raise WorkerDied(self.exit_cause()) from None
-        try:
-            return decode(raw)
-        except ValueError as exc:
-            self.kill()
-            raise WorkerDied(f"the worker sent an unreadable message ({exc})") from None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -159,10 +323,6 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def close(self) -> None:
-        with self._send_lock, contextlib.suppress(OSError):
-            self.conn.close()
-
     def exit_cause(self) -> str:
         """How the process ended, in words (waits briefly for it to be reaped)."""
         try:
@@ -177,3 +337,84 @@ class WorkerProcess:
             hint = " (killed: possibly out of memory)" if -code == signal.SIGKILL else ""
             return f"the worker process was killed by {name}{hint}"
         return f"the worker process exited with code {code}"
+
+
+class WorkerListener:
+    """The head's TCP port for remote workers: challenge, check the HMAC, hand over.
+
+    Each connection is authenticated in its own short thread (a stalled peer holds
+    nothing up); an authenticated worker waits in ``_ready`` for :meth:`wait`.
+    """
+
+    def __init__(self, host: str, port: int, secret: str):
+        self.secret = secret
+        self.sock = socket.create_server((host, port), reuse_port=False)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self._ready: dict[str, tuple[Connection, dict[str, Any]]] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._accept, name="steerflow-worker-port", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                sock, peer = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._greet, args=(sock, peer), daemon=True).start()
+
+    def _greet(self, sock: socket.socket, peer: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(sock.detach())
+        try:
+            nonce = secrets.token_hex(32)
+            conn.send_bytes(encode({"op": "challenge", "nonce": nonce}))
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+            if not poller.poll(int(HELLO_TIMEOUT * 1000)):
+                raise ConnectionError("no answer to the challenge")
+            hello = decode(conn.recv_bytes(4096)).data
+            digest = hello.get("digest")
+            if hello.get("op") != "hello" or not isinstance(digest, str) or \
+                    not secrets.compare_digest(digest, auth_digest(self.secret, nonce)):
+                raise ConnectionError("wrong secret")
+        except (OSError, EOFError, ValueError, ConnectionError) as exc:
+            log.warning("refused a worker connection from %s: %s", peer, exc)
+            with contextlib.suppress(OSError):
+                conn.close()
+            return
+        with self._cond:
+            old = self._ready.pop(str(hello.get("worker")), None)
+            self._ready[str(hello.get("worker"))] = (conn, hello)
+            self._cond.notify_all()
+        if old is not None:
+            old[0].close()
+
+    def wait(self, name: str, timeout: float, alive: Callable[[], bool] = lambda: True
+             ) -> tuple[Connection, dict[str, Any]]:
+        """The connection of worker ``name``, once it has authenticated."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while name not in self._ready:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed or not alive():
+                    raise WorkerDied(f"worker {name} did not connect to the head's worker "
+                                     f"port {self.host}:{self.port} within {timeout:.0f} s")
+                self._cond.wait(min(left, 0.25))
+            return self._ready.pop(name)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with self._cond:
+            for conn, _ in self._ready.values():
+                conn.close()
+            self._ready.clear()
+            self._cond.notify_all()
+
+
+def worker_secret(config: Any) -> str:
+    """What remote workers prove they know: the (server) config's token, else a secret
+    made for this run."""
+    return config.token or secrets.token_hex(32)

@@ -3,7 +3,7 @@
     steerflow run WORKFLOW [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
     steerflow validate WORKFLOW
     steerflow nodes [--json]
-    steerflow serve [--host H] [--port P] [--token T]
+    steerflow serve [--host H] [--port P] [--token T] [--workers N] [--ray ADDRESS|auto]
     steerflow submit WORKFLOW --server URL [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
 
 Exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input

@@ -1,7 +1,9 @@
 """The worker process: owns the engine session (executor, cache, models) and runs prompts.
 
 Started by the server (:mod:`server.worker`) as ``python -m steerflow.worker
---fd N``; it speaks that module's protocol over the inherited socket. The main
+--fd N``; it speaks that module's protocol over the inherited socket. A worker
+hosted elsewhere (a Ray actor, :mod:`steerflow.ray_worker`) runs the same loop
+over a TCP connection to the head (:func:`connect`, :func:`serve_channel`). The main
 thread runs prompts one at a time; a reader thread takes ``interrupt``
 messages while a prompt runs (cooperative: nodes see the flag at their next
 check) and exits the process when the server's end of the channel closes.
@@ -18,13 +20,22 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from server.worker import PNG_TAG, PREVIEW_TAG, decode, encode
+from server.worker import (
+    PNG_TAG,
+    PREVIEW_TAG,
+    auth_digest,
+    decode,
+    encode,
+    encode_file,
+    prompt_models,
+)
 
 log = logging.getLogger("steerflow.worker")
 
@@ -47,6 +58,9 @@ class Worker:
         self.runs: queue.Queue[dict[str, Any] | None] = queue.Queue()
         # Interrupts that arrive before their prompt has started running.
         self.interrupted: set[str] = set()
+        # Model keys (server.worker.prompt_models) of the prompts run here, newest last:
+        # reported so that the head routes prompts to the worker that has them loaded.
+        self.models: dict[str, None] = {}
         self._send_lock = threading.Lock()
 
     def send(self, data: dict[str, Any]) -> None:
@@ -123,6 +137,18 @@ class Worker:
                 prompt_id = str(msg.data.get("prompt_id"))
                 self.interrupted.add(prompt_id)
                 self.session.executor.interrupt(prompt_id)
+            elif msg.op == "http":
+                self._answer_http(msg.data)
+
+    def _answer_http(self, data: dict[str, Any]) -> None:
+        """A request for a node pack's route: answered on the bridge's own thread (a
+        prompt may be running), the reply sent as ``http_reply`` (server.pack_routes)."""
+        bridge = getattr(self, "_http_bridge", None)
+        if bridge is None:
+            from comfy_compat.http_bridge import HttpBridge
+
+            bridge = self._http_bridge = HttpBridge(self.send)
+        bridge.submit(data)
 
     # --- the main loop -----------------------------------------------------------
     def serve(self) -> None:
@@ -169,8 +195,32 @@ class Worker:
                        "error": describe_issues(exc.issues),
                        "node_errors": to_node_errors(exc.issues), **self._stats()})
             return
+        if self.config.get("send_outputs"):
+            self._send_outputs(result.outputs)
+        if result.status == "success":
+            for key in prompt_models(job.get("prompt")):
+                self.models.pop(key, None)
+                self.models[key] = None
         self.send({"op": "done", "prompt_id": prompt_id, "status": result.status,
                    "outputs": result.outputs, "events": pending, **self._stats()})
+
+    def _send_outputs(self, outputs: Any) -> None:
+        """Send the files this prompt saved in output/ to the head (another machine)."""
+        root = self.session.env.folder("output").resolve()
+        for ui in outputs.values() if isinstance(outputs, dict) else ():
+            for items in ui.values() if isinstance(ui, dict) else ():
+                for ref in items if isinstance(items, list) else ():
+                    if not (isinstance(ref, dict) and ref.get("type") == "output"
+                            and isinstance(ref.get("filename"), str)):
+                        continue
+                    sub = str(ref.get("subfolder") or "")
+                    path = (root / sub / ref["filename"]).resolve()
+                    if not path.is_relative_to(root) or not path.is_file():
+                        continue
+                    header = {"type": "output", "subfolder": sub, "filename": ref["filename"]}
+                    data = path.read_bytes()
+                    with self._send_lock:
+                        self.conn.send_bytes(encode_file(header, data))
 
     def _preview(self, image: Any, fmt: Any = None) -> None:
         from server.imaging import encode_png, encode_preview
@@ -185,7 +235,10 @@ class Worker:
 
     def _stats(self) -> dict[str, Any]:
         cache = self.session.executor.cache
-        stats: dict[str, Any] = {"cache_entries": len(cache), "cache_bytes": dict(cache.used)}
+        if not len(cache):
+            self.models.clear()  # evicted or cleared: nothing is warm any more
+        stats: dict[str, Any] = {"cache_entries": len(cache), "cache_bytes": dict(cache.used),
+                                 "models": list(self.models)}
         device = self.session.env.device
         if device.startswith("cuda"):  # the server imports no torch: it asks here
             import torch
@@ -196,6 +249,33 @@ class Worker:
         return stats
 
 
+def pack_routes() -> list[list[str]]:
+    """``[[method, path], ...]``: the HTTP routes ComfyUI packs registered at import,
+    which the server forwards here (none unless such a pack was loaded)."""
+    if "comfy_compat.prompt_server" not in sys.modules:
+        return []
+    from comfy_compat.http_bridge import registered_routes
+
+    return registered_routes()
+
+
+def connect(host: str, port: int, name: str, secret: str, timeout: float = 30.0
+            ) -> Connection:
+    """Connect to the head's worker port and authenticate (its challenge, our HMAC)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    conn = Connection(sock.detach())
+    challenge = decode(conn.recv_bytes(4096))
+    if challenge.op != "challenge" or not isinstance(challenge.data.get("nonce"), str):
+        conn.close()
+        raise ConnectionError("the head did not send a challenge")
+    conn.send_bytes(encode({"op": "hello", "worker": name, "pid": os.getpid(),
+                            "digest": auth_digest(secret, challenge.data["nonce"])}))
+    return conn
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="steerflow-worker")
     parser.add_argument("--fd", type=int, required=True)
@@ -203,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     # SIGINT goes to the whole process group on Ctrl+C; the server decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(args.fd)
+    return serve_channel(Connection(args.fd))
+
+
+def serve_channel(conn: Connection) -> int:
+    """Read the ``config``, load, report ``ready``, then run prompts until the head
+    closes the channel (the process exits then: see :meth:`Worker.read_forever`)."""
     try:
         first = decode(conn.recv_bytes())
     except (EOFError, OSError, ValueError):
@@ -229,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.send({"op": "ready", "pid": os.getpid(), **worker._stats(),
                  "device": worker.session.env.device,
                  "pack_errors": [{"pack": e.pack, "message": e.message}
-                                 for e in registry.errors]})
+                                 for e in registry.errors],
+                 "pack_routes": pack_routes()})
     worker.prewarm()
     try:
         worker.serve()

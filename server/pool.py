@@ -1,0 +1,454 @@
+"""A pool of workers behind the one queue: local processes, or Ray actors on a cluster.
+
+The head (this server) keeps the SQLite queue and history as the single source of
+truth; workers only run prompts and send events and outputs back, over the one
+protocol of :mod:`server.worker`. A worker is hosted one of two ways:
+
+- :class:`LocalHost`: ``steerflow serve --workers N``, N worker processes on this
+  machine (today's :class:`~server.worker.WorkerProcess`, one per device);
+- ``steerflow.ray_worker.RayHost``: ``--ray ADDRESS|auto|local``, one Ray actor per GPU
+  (or CPU) slot, which connects back to the head's worker port
+  (:class:`~server.worker.WorkerListener`, HMAC challenge under the token or a per-run secret) and
+  sends the files it saves, which land in the head's output/.
+
+Routing (decided by each idle worker's thread, under the queue's lock, so that one
+prompt is taken once and by the worker it is routed to; no thread in between adds
+latency): a prompt goes to an idle worker whose cache holds
+its models (:func:`~server.worker.prompt_models`, reported by the workers in
+``ready``/``done``); otherwise to the least-loaded idle worker (the one holding the
+fewest models, so warm workers stay warm). Prompts queued at the front go first;
+the others are served round-robin across clients, so one client's burst cannot
+starve another. An interrupt reaches the worker running that prompt.
+
+Faults: a worker that dies mid-prompt is killed for sure (a Ray actor may outlive
+its connection), and its prompt goes back in the queue with the attempt counted,
+as after a kill -9 of the whole server; after ``max_attempts`` it is failed with
+the cause. A prompt is marked running on one worker only, and re-queued only once
+its worker is dead, so none runs to completion twice unseen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from server.config import ServerConfig
+from server.prompt_queue import PromptQueue, QueueItem
+from server.runtime import POLL, RESTART_BACKOFF, Runtime, _Running
+from server.worker import Channel, Message, WorkerDied, WorkerProcess, prompt_models
+from server.ws import Hub, message
+
+log = logging.getLogger(__name__)
+
+MAX_ASSIGNMENTS = 10000  # prompt -> worker, kept for /system_stats and the tests
+MAX_CLIENTS = 4096  # clients remembered for round-robin beyond those with prompts queued
+
+
+class Slot:
+    """One worker position in the pool: its channel, state and warm models."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.name = f"w{index}"
+        self.worker: Channel | None = None
+        self.info: dict[str, Any] = {}
+        self.models: set[str] = set()
+        self.state = "starting"  # starting | idle | busy | down
+        self.job: QueueItem | None = None  # the prompt it took, until done
+        self.running: _Running | None = None
+        self.runs = 0
+        self.failures = 0  # failed starts in a row: the back-off grows with them
+        self.error: str | None = None
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "pid": self.info.get("pid"),
+                "device": self.info.get("device"), "runs": self.runs,
+                "models": sorted(self.models), "error": self.error,
+                "prompt_id": self.job.prompt_id if self.job else None}
+
+
+class WorkerHost(Protocol):
+    """Starts workers: returns a channel whose worker will report ``ready``."""
+
+    def size(self) -> int: ...
+
+    def start(self, slot: Slot, config: dict[str, Any]) -> Channel: ...
+
+    def close(self) -> None: ...
+
+
+class LocalHost:
+    """Worker processes on this machine; ``devices`` spreads them over the GPUs."""
+
+    def __init__(self, count: int, module: str, devices: list[str] | None = None):
+        self.count = count
+        self.module = module
+        self.devices = devices or []
+
+    def size(self) -> int:
+        return self.count
+
+    def start(self, slot: Slot, config: dict[str, Any]) -> Channel:
+        if self.devices and not config.get("device"):
+            config = {**config, "device": self.devices[slot.index % len(self.devices)]}
+        return WorkerProcess(config, module=self.module)
+
+    def close(self) -> None:
+        pass
+
+
+def make_host(config: ServerConfig) -> WorkerHost:
+    """Ray actors with ``--ray``, else local worker processes."""
+    if config.ray:
+        from steerflow.ray_worker import RayHost  # imports ray: only when asked for
+
+        return RayHost(config)
+    return LocalHost(config.workers, config.worker_module, config.worker_devices)
+
+
+class PoolRuntime(Runtime):
+    """:class:`Runtime` with many workers: one thread per worker takes, runs and records
+    the prompts routed to it."""
+
+    def __init__(self, config: ServerConfig, queue: PromptQueue, hub: Hub, env: Any,
+                 registry_factory: Callable[[], Any] | None = None,
+                 host: WorkerHost | None = None):
+        super().__init__(config, queue, hub, env, registry_factory)
+        self.host = host
+        self.slots: list[Slot] = []
+        self.assignments: OrderedDict[str, str] = OrderedDict()
+        self._pool = threading.Lock()
+        self._served: dict[str | None, int] = {}  # client -> tick it was last served
+        self._ticks = itertools.count(1)
+        self._local = threading.local()
+        self._wound_down = False
+
+    @property  # type: ignore[override]
+    def worker(self) -> Channel | None:
+        """A live worker, an idle one first: what node packs' HTTP routes talk to."""
+        slots = sorted(self.slots, key=lambda s: s.state != "idle")
+        return next((s.worker for s in slots if s.worker is not None), None)
+
+    @worker.setter
+    def worker(self, value: Channel | None) -> None:
+        pass  # Runtime.__init__'s; the pool's workers live in its slots
+
+    # --- lifecycle -----------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop taking prompts; running ones are interrupted and go back in the queue."""
+        self._stopping = True
+        self.queue.close()
+        self.interrupt()
+        if self._thread is not None:  # it winds the workers and the host down
+            self._thread.join(self.config.interrupt_grace + 15.0)
+        self._wind_down()  # in case it could not
+
+    def _wind_down(self) -> None:
+        """Wait for the workers' threads, stop the workers, then close the host (once)."""
+        with self._pool:
+            done, self._wound_down = self._wound_down, True
+        if done:
+            return
+        for slot in self.slots:
+            if slot.thread is not None:
+                slot.thread.join(self.config.interrupt_grace + 5.0)
+        for slot in self.slots:
+            worker, slot.worker = slot.worker, None
+            if worker is not None:
+                worker.stop()
+        if self.host is not None:
+            self.host.close()
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt the prompt ``prompt_id`` on the worker running it (None: all)."""
+        hits: list[tuple[Channel, str]] = []
+        with self._pool:
+            for slot in self.slots:
+                running = slot.running
+                if running is None or (prompt_id is not None
+                                       and running.item.prompt_id != prompt_id):
+                    continue
+                if running.hard_deadline is None:
+                    running.hard_deadline = time.monotonic() + self.config.interrupt_grace
+                if slot.worker is not None:
+                    hits.append((slot.worker, running.item.prompt_id))
+        for worker, pid in hits:
+            worker.send({"op": "interrupt", "prompt_id": pid})
+        return bool(hits)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Each worker's state, for /system_stats and the tests."""
+        with self._pool:
+            return [s.describe() for s in self.slots]
+
+    # --- scheduling: each idle worker's thread takes the prompt routed to it -------------
+    def _dispatch(self) -> None:
+        """Start the host and the workers' threads, then wait for the stop.
+
+        This thread lives until the stop, and closes the host itself, because children
+        it spawned (a local Ray cluster's processes) are bound to it: PR_SET_PDEATHSIG
+        fires when the thread that forked them ends, not the process.
+        """
+        try:
+            if self.host is None:
+                self.host = make_host(self.config)
+            count = max(1, self.host.size())
+        except Exception as exc:
+            log.exception("cannot start the worker pool")
+            self.worker_error = f"{type(exc).__name__}: {exc}"
+            self._set(self._setup_done)
+            while not self._stopping:  # no pool: every prompt fails with the cause
+                item = self.queue.take_pick(lambda pending: pending[0], timeout=1.0)
+                if item is not None:
+                    self._record_failure(item, f"no worker is available: "
+                                         f"{self.worker_error}", "WorkerUnavailable")
+            return
+        self.slots = [Slot(i) for i in range(count)]
+        for slot in self.slots:
+            slot.thread = threading.Thread(target=self._slot_main, args=(slot,),
+                                           name=f"steerflow-{slot.name}", daemon=True)
+            slot.thread.start()
+        while not self._stopping:
+            time.sleep(POLL)
+        self._wind_down()
+
+    def _pick_for(self, slot: Slot, pending: list[QueueItem]) -> QueueItem | None:
+        """Called under the queue's lock by an idle ``slot``: the prompt routed to it, if
+        any (marked busy here, so that no other worker routes to it meanwhile)."""
+        with self._pool:
+            idle = [s for s in self.slots if s.state == "idle"]
+            if slot not in idle or slot.worker is None or not slot.worker.alive():
+                return None  # (died idle: its thread restarts it at the next wake-up)
+            item, client = self._fair(pending)
+            target = self._route(item, idle)
+            if target is not slot:
+                self.queue.wake()  # the worker it is routed to takes it
+                return None
+            self._served[client] = next(self._ticks)
+            slot.job, slot.state, slot.running = item, "busy", _Running(item)
+            self.assignments[item.prompt_id] = slot.name
+            while len(self.assignments) > MAX_ASSIGNMENTS:
+                self.assignments.popitem(last=False)
+            return item
+
+    def _fair(self, pending: list[QueueItem]) -> tuple[QueueItem, str | None]:
+        """Front-queued prompts first; then round-robin over clients, oldest first.
+        Returns the prompt and its client (whose turn the caller records)."""
+        if pending[0].number < 0:
+            return pending[0], pending[0].client_id
+        firsts: dict[str | None, QueueItem] = {}
+        for item in pending:
+            firsts.setdefault(item.client_id, item)
+        if len(self._served) > MAX_CLIENTS:  # forget clients with nothing queued
+            self._served = {c: t for c, t in self._served.items() if c in firsts}
+        client = min(firsts, key=lambda c: (self._served.get(c, 0), firsts[c].number,
+                                            firsts[c].seq))
+        return firsts[client], client
+
+    @staticmethod
+    def _route(item: QueueItem, idle: list[Slot]) -> Slot:
+        models = set(prompt_models(item.prompt))
+        warm = [s for s in idle if models & s.models]
+        if warm:
+            return max(warm, key=lambda s: (len(models & s.models), -len(s.models), -s.index))
+        return min(idle, key=lambda s: (len(s.models), s.runs, s.index))
+
+    # --- one worker's thread --------------------------------------------------------------
+    def _slot_main(self, slot: Slot) -> None:
+        self._local.slot = slot
+        while not self._stopping:
+            if (slot.worker is None or not slot.worker.alive()) and not self._start_slot(slot):
+                continue
+            with self._pool:
+                slot.state = "idle"
+            try:
+                item = self.queue.take_pick(lambda pending: self._pick_for(slot, pending),
+                                            timeout=POLL)
+            except Exception:  # e.g. the disk is full: keep the prompt, retry later
+                log.exception("cannot take a prompt from the queue; retrying")
+                with self._pool:
+                    slot.job = slot.running = None
+                time.sleep(1.0)
+                continue
+            if item is None:  # timed out (or closed): check the worker, wait again
+                with self._pool:
+                    if slot.job is not None:  # taken, then the storage failed: not run
+                        slot.job = slot.running = None
+                continue
+            try:
+                if self._stopping:
+                    self.queue.requeue(item)
+                else:
+                    self._run(slot, item)
+            except BaseException as exc:  # the worker's thread must outlive any one prompt
+                log.exception("prompt %s could not be processed", item.prompt_id)
+                self._record_failure(item, f"internal error: {type(exc).__name__}: {exc}",
+                                     type(exc).__name__)
+            finally:
+                with self._pool:
+                    slot.job = slot.running = None
+                    slot.runs += 1
+
+    def _fail_all_pending(self) -> None:
+        """No worker can start: fail what is queued with the cause, never hang."""
+        while not self._stopping:
+            item = self.queue.take_pick(lambda pending: pending[0], timeout=0)
+            if item is None:
+                return
+            self._record_failure(item, f"no worker is available: {self.worker_error}",
+                                 "WorkerUnavailable")
+
+    def _start_slot(self, slot: Slot) -> bool:
+        """Start the slot's worker and wait for it; on failure, back off (False)."""
+        with self._pool:
+            slot.state, slot.worker, slot.models = "starting", None, set()
+        attempt = slot.failures
+        try:
+            worker = self.host.start(slot, self.worker_config())  # type: ignore[union-attr]
+            self.worker_starts += 1
+            info: dict[str, Any] = {}
+            self._wait_ready(worker, info)
+        except Exception as exc:
+            if self._stopping:
+                return False
+            cause = exc.cause if isinstance(exc, WorkerDied) else f"{type(exc).__name__}: {exc}"
+            log.error("worker %s could not start: %s", slot.name, cause)
+            with self._pool:
+                slot.state, slot.error = "down", cause
+            slot.failures = attempt + 1
+            self.worker_error = cause
+            self._set(self._setup_done)
+            with self._pool:
+                all_down = all(s.state == "down" for s in self.slots)
+            if all_down:
+                self._fail_all_pending()
+            deadline = time.monotonic() + RESTART_BACKOFF[min(attempt, len(RESTART_BACKOFF) - 1)]
+            while time.monotonic() < deadline and not self._stopping:
+                time.sleep(POLL)
+            return False
+        with self._pool:
+            slot.worker, slot.info, slot.error = worker, info, None
+            slot.models = set(info.get("models") or [])
+        slot.failures = 0
+        self.worker_error = None
+        self.worker_info.update(info)
+        return True
+
+    def _run(self, slot: Slot, item: QueueItem) -> None:
+        """Run one prompt on the slot's worker: :meth:`Runtime._process`, per worker."""
+        worker, running = slot.worker, slot.running
+        assert worker is not None and running is not None
+        extra = {**item.extra_data, "preview": self.hub.has_clients}
+        if not worker.send({"op": "run", "prompt_id": item.prompt_id, "prompt": item.prompt,
+                            "extra": extra, "outputs": item.outputs}):
+            self._drop_worker(slot)  # gone before the prompt started: not an attempt
+            self._clear_running()
+            self.queue.requeue(item)
+            return
+        messages: list[list[Any]] = []
+        held: list[str] = []
+        while True:
+            try:
+                msg = worker.recv(self._wait_time(running))
+            except WorkerDied as exc:
+                self._drop_worker(slot)
+                if self._stopping:
+                    self.queue.requeue(item)
+                elif running.hard_deadline is not None:
+                    self._record_interrupted(running, messages)
+                else:
+                    self._worker_lost(item, exc.cause, messages, running.node)
+                return
+            if msg is None:
+                if running.hard_deadline is not None and \
+                        time.monotonic() >= running.hard_deadline:
+                    log.warning("prompt %s did not stop within %.1f s of its interrupt; "
+                                "killing worker %s", item.prompt_id,
+                                self.config.interrupt_grace, slot.name)
+                    self._drop_worker(slot)
+                    if self._stopping:
+                        self.queue.requeue(item)
+                    else:
+                        self._record_interrupted(running, messages)
+                    return
+                continue
+            if msg.op == "file":
+                self._store_output(msg)
+                continue
+            if msg.op == "done":
+                with self._pool:
+                    slot.models = set(msg.data.get("models") or [])
+                self._relay(running, msg, messages, held)
+                self._finish(running, msg, messages, held)
+                return
+            self._relay(running, msg, messages, held)
+
+    def _drop_worker(self, slot: Slot) -> None:
+        """Kill the slot's worker for sure (its thread starts a new one)."""
+        with self._pool:
+            worker, slot.worker, slot.models = slot.worker, None, set()
+        if worker is not None:
+            worker.kill()
+
+    def _worker_lost(self, item: QueueItem, cause: str, messages: list[list[Any]],
+                     node: str | None) -> None:
+        """The worker died mid-prompt: run it elsewhere, unless it ran out of attempts."""
+        if item.attempts >= self.queue.max_attempts:
+            self._record_failure(item, f"{cause} while running this prompt, "
+                                 f"{item.attempts} time(s); giving up on it", "WorkerDied",
+                                 messages=messages, node=node)
+            return
+        log.warning("%s while running prompt %s (attempt %d); it goes back in the queue",
+                    cause, item.prompt_id, item.attempts)
+        self._clear_running()
+        self.queue.requeue(item, refund=False)
+
+    def _store_output(self, msg: Message) -> None:
+        """A file a remote worker saved: written atomically into this head's output/."""
+        from server.files import _write_temp
+
+        data = msg.data
+        try:
+            if data.get("type") != "output" or msg.payload is None:
+                raise ValueError("not an output file")
+            path = self.env.resolve("output", str(data.get("subfolder") or ""),
+                                    str(data.get("filename")))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _write_temp(path.parent, msg.payload)
+            os.replace(tmp, path)
+        except (OSError, ValueError) as exc:
+            log.error("cannot store an output file from a worker (%s): %s",
+                      data.get("filename"), exc)
+
+    # --- hooks of Runtime --------------------------------------------------------------
+    def _clear_running(self) -> None:
+        slot = getattr(self._local, "slot", None)
+        if slot is not None:
+            with self._pool:
+                slot.running = None
+
+    def _replay(self, sid: str) -> list[str]:
+        out = []
+        for slot in self.slots:
+            running = slot.running
+            if running is not None and running.item.client_id == sid and running.node:
+                out.append(message("executing", {
+                    "node": running.node, "display_node": running.node,
+                    "prompt_id": running.item.prompt_id}))
+        return out
+
+
+def make_runtime(config: ServerConfig, queue: PromptQueue, hub: Hub, env: Any,
+                 registry_factory: Callable[[], Any] | None = None) -> Runtime:
+    """One worker: :class:`Runtime`; ``--workers N`` (N > 1) or ``--ray``: a pool."""
+    if config.workers > 1 or config.ray:
+        return PoolRuntime(config, queue, hub, env, registry_factory)
+    return Runtime(config, queue, hub, env, registry_factory)

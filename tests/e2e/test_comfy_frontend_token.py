@@ -1,0 +1,121 @@
+"""ComfyUI's official frontend on a server started with ``--token``.
+
+The app cannot send the token; opening ``/?token=T`` once sets the session cookie
+(:mod:`server.security`) and redirects to the app without the token, whose requests
+and websocket then pass on the cookie alone: it builds its default graph from
+``/object_info`` and its websocket gets the server's ``status``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import CHROMIUM_ARGS, REPO, VIEWPORT, _free_port, chromium_path
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "e2e-s3cret-token"
+ALLOWED_MISSING = ("/api/userdata/comfy.templates.json",)
+
+
+def _call(url: str, body: Any = None) -> Any:
+    req = urllib.request.Request(
+        url, data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        method="GET" if body is None else "POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        data = r.read()
+    return json.loads(data) if data[:1] in (b"{", b"[") else data
+
+
+def test_the_official_app_works_with_a_token_through_the_cookie(tmp_path) -> None:
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
+    if importlib.util.find_spec("comfyui_frontend_package") is None:
+        pytest.skip("pip install 'steerflow[comfyui-frontend]' (comfyui-frontend-package)")
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    origin = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "steerflow.cli", "--verbose", "serve", "--front-end", "comfyui",
+             "--host", "127.0.0.1", "--port", str(port), "--base-dir", str(tmp_path / "base"),
+             "--token", TOKEN],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if "CheckpointLoaderSimple" in _call(origin + "/object_info"):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        _call(origin + "/api/settings", {"Comfy.TutorialCompleted": True})
+
+        failed: list[str] = []
+        frames: list[str] = []
+
+        def on_response(response: Any) -> None:
+            path = response.url[len(origin):] if response.url.startswith(origin) else None
+            if path is not None and response.status >= 400 \
+                    and path.split("?")[0] not in ALLOWED_MISSING:
+                failed.append(f"{response.status} {response.request.method} {path}")
+
+        def on_websocket(ws: Any) -> None:
+            ws.on("framereceived", lambda frame: frames.append(
+                frame if isinstance(frame, str) else ""))
+
+        with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as prof:
+            ctx = p.chromium.launch_persistent_context(
+                prof, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
+                viewport=VIEWPORT)
+            ctx.set_default_timeout(60_000)
+            try:
+                page = ctx.pages[0] if ctx.pages else ctx.new_page()
+                page.on("response", on_response)
+                page.on("websocket", on_websocket)
+                page.goto(f"{origin}/?token={TOKEN}")
+                assert TOKEN not in page.url  # redirected without it
+                try:
+                    page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
+                                           timeout=120_000)
+                except Exception:
+                    raise AssertionError(f"no graph; failed requests {failed}") from None
+                page.wait_for_timeout(1000)
+                types = set(page.evaluate("() => window.app.graph._nodes.map(n => n.type)"))
+                assert "CheckpointLoaderSimple" in types and "KSampler" in types, types
+                assert not failed, f"requests failed: {failed}"
+                assert any('"status"' in f for f in frames), frames[:3]  # the websocket
+                cookies = ctx.cookies(origin)
+                [cookie] = [c for c in cookies if c["name"] == f"steerflow_token_{port}"]
+                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+                assert TOKEN not in cookie["value"]
+            finally:
+                ctx.close()
+        assert TOKEN not in log.read_text()  # not in the access log either
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

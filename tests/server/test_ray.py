@@ -1,0 +1,103 @@
+"""``serve --ray``: workers as Ray actors on a real local Ray cluster (2 CPU slots).
+
+One cluster and one server for the module (starting Ray costs seconds). The
+actors use their own base folder, so the image test proves that outputs travel
+back to the head's output/ and that /view serves them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from server.config import ServerConfig
+from server.pool import PoolRuntime
+from tests.server.helpers import REPO, Http, InProcessServer, LiveServer, Loop, image, wait_history
+from tests.server.test_pool import POOL_REGISTRY, ok, pid_of, probe, submit, wait_idle, wait_running
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    # Actors are processes of the raylet started here: they import the test packs.
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), old]))
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    base = tmp_path_factory.mktemp("head")
+    config = ServerConfig(host="127.0.0.1", port=0, base_dir=base, device="cpu",
+                          registry_factory=POOL_REGISTRY, ray="local", workers=2,
+                          remote_base_dir=tmp_path_factory.mktemp("node"),
+                          workflows_dir=base / "workflows", web_dir=base / "web-dist",
+                          interrupt_grace=2.0)
+    srv = InProcessServer(config)
+    try:
+        assert isinstance(srv.live.state.runtime, PoolRuntime)
+        wait_idle(srv.live, 2, timeout=120)
+        yield srv.live
+    finally:
+        srv.stop()
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture
+def http(cluster: LiveServer) -> Iterator[Http]:
+    loop = Loop()
+    client = Http(cluster.url, loop)
+    yield client
+    client.close()
+    loop.close()
+
+
+def test_100_prompts_across_two_ray_workers_all_reach_the_history(cluster, http):
+    ids = [submit(http, probe(seed=i), client=f"c{i % 4}") for i in range(100)]
+    history = wait_history(http, ids, timeout=120)
+    assert all(p in history and ok(history[p]) for p in ids)
+    pids = {pid_of(history[p]) for p in ids}
+    assert len(pids) == 2 and os.getpid() not in pids  # both actors ran prompts
+    assert http.get("/queue").json() == {"queue_running": [], "queue_pending": []}
+
+
+def test_a_second_prompt_with_the_same_checkpoint_lands_on_the_warm_worker(cluster, http):
+    wait_idle(cluster, 2)
+    first = submit(http, probe(seed=1, ckpt="warm.safetensors"))
+    one = wait_history(http, [first])[first]
+    other = submit(http, probe(seed=2, ckpt="cold.safetensors"))
+    two = wait_history(http, [other])[other]
+    again = submit(http, probe(seed=3, ckpt="warm.safetensors"))
+    three = wait_history(http, [again])[again]
+    assert ok(one) and ok(two) and ok(three)
+    assert pid_of(three) == pid_of(one) != pid_of(two)
+    cached = [m[1]["nodes"] for m in three["status"]["messages"] if m[0] == "execution_cached"]
+    assert cached and "1" in cached[0]  # the model was not loaded again
+
+
+def test_a_ray_worker_killed_mid_run_has_its_prompt_completed_elsewhere(cluster, http):
+    wait_idle(cluster, 2)
+    pid = submit(http, probe(steps=300, seed=11))
+    worker = wait_running(cluster, pid)
+    os.kill(worker["pid"], signal.SIGKILL)  # the actor's process, on this machine
+    entry = wait_history(http, [pid], timeout=90)[pid]
+    assert ok(entry), entry["status"]
+    assert pid_of(entry) != worker["pid"]
+    wait_idle(cluster, 2, timeout=120)  # the pool started a new actor
+
+
+def test_outputs_of_remote_workers_land_in_the_heads_output(cluster, http):
+    pid = submit(http, image(value=9))
+    entry = wait_history(http, [pid])[pid]
+    assert ok(entry), entry["status"]
+    ref = entry["outputs"]["1"]["images"][0]
+    assert (cluster.base_dir / "output" / ref["filename"]).is_file()
+    reply = http.get(f"/view?filename={ref['filename']}&type=output")
+    assert reply.status == 200 and reply.body[:8] == b"\x89PNG\r\n\x1a\n"
