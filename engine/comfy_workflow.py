@@ -20,7 +20,8 @@ trailing values (an upload button's) are ignored. Newer files may store
 
 Front-end-only nodes are resolved as ComfyUI's ``graphToPrompt`` does: a link is
 followed through Reroutes to its source, a PrimitiveNode's value is written into
-the widgets it feeds, and notes are dropped. A widget input linked from a real
+the widgets it feeds, and notes (Note, MarkdownNote) go to the layout's ``notes``,
+which the canvas shows and the executor never sees. A widget input linked from a real
 node becomes a link. Muted (mode 2) and bypassed (mode 4) nodes are kept with
 ``"mode": "muted" | "bypass"``, which the validator resolves
 (:func:`engine.workflow.resolve_modes`), so the canvas still shows them.
@@ -28,6 +29,7 @@ node becomes a link. Muted (mode 2) and bypassed (mode 4) nodes are kept with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -226,9 +228,13 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
     layout: dict[str, dict[str, Any]] = {}
     defs: dict[str, NodeDef | None] = {}
     unknown: dict[str, list[str]] = {}
+    notes: dict[str, dict[str, Any]] = {}
     for nid, n in ui_nodes.items():
         kind = n["type"]
-        if kind in NOTE_TYPES or kind in (REROUTE, PRIMITIVE):
+        if kind in NOTE_TYPES:
+            notes[nid] = _note(n)
+            continue
+        if kind in (REROUTE, PRIMITIVE):
             continue
         if kind in subgraphs or kind.startswith(("workflow>", "workflow/")):
             name = (subgraphs.get(kind) or {}).get("name") or kind
@@ -272,6 +278,8 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
         "format": DOCUMENT_FORMAT, "version": DOCUMENT_VERSION, "prompt": prompt,
         "layout": {"nodes": layout, "groups": _groups(obj.get("groups"))}, "extra": {},
     }
+    if notes:
+        document["layout"]["notes"] = notes
     viewport = _viewport(obj.get("extra"))
     if viewport:
         document["layout"]["viewport"] = viewport
@@ -327,6 +335,23 @@ def _source(link: _Link, ui_nodes: dict[str, dict[str, Any]],
             and isinstance(slots[0], dict) else None
         current = links.get(str(upstream)) if upstream is not None else None
     return None
+
+
+def _note(n: dict[str, Any]) -> dict[str, Any]:
+    """A Note or MarkdownNote as the canvas keeps it: its text, place and looks."""
+    values = n.get("widgets_values")
+    text = values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
+    note: dict[str, Any] = {"pos": _vec2(n.get("pos")) or [0, 0], "text": text}
+    size = _vec2(n.get("size"))
+    if size:
+        note["size"] = size
+    title = n.get("title")
+    if isinstance(title, str) and title and title not in NOTE_TYPES:
+        note["title"] = title
+    color = n.get("color")
+    if isinstance(color, str) and re.fullmatch(r"#[0-9a-fA-F]{3,8}", color):
+        note["color"] = color
+    return note
 
 
 def _groups(raw: Any) -> list[dict[str, Any]]:

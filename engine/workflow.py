@@ -12,6 +12,11 @@ Document format (what the canvas saves and ``workflows/`` holds)::
                 "groups": [...], "viewport": {...}},
      "extra": {...}}
 
+The canvas's reroutes and notes are canvas-only: they live in the layout
+(``"reroutes": {id: {"pos", "input": [src, slot]}}``, ``"notes": {id: {"pos", "size",
+"text"}}``, and ``"via": {input: reroute_id}`` on a node's layout entry), while the
+prompt links each input to the real source, so they never reach the executor.
+
 Keeping the executable graph intact inside the document (rather than a second
 node list with its own link table, as ComfyUI's UI format has) means a document
 converts to something runnable without any schema knowledge.

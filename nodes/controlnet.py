@@ -108,6 +108,18 @@ class ControlNetApplyAdvanced(Node):
     A T2I-Adapter from Load ControlNet Model applies here too (ComfyUI's way): its
     features are scaled by ``strength`` and added on the steps within start..end;
     guess_mode does not apply to it (Apply T2I-Adapter has diffusers' settings).
+
+    Using it well: the control image fixes where things go, the prompt says what they
+    are, so the prompt should describe what the control shows and not fight it. On
+    steerflow-shapes the control is a shape mask, white on black, at the generation
+    size: prompt one shape for a one-shape mask ("a green star on a white background",
+    as workflows/controlnet.json; the drawn shapes then match the mask at IoU 0.84 over
+    50 prompts); a prompt naming another place or more shapes than the mask has pulls
+    against the ControlNet. Connect the prompts
+    through this node (both outputs into the sampler). To loosen the control, lower
+    ``strength`` (diffusers' examples use 0.5-1.0) or end it earlier (``end_percent``
+    0.5-0.8: the early steps fix the layout, the prompt then decides the details).
+    ``guess_mode`` is for an empty or vague prompt: the ControlNet does the work alone.
     """
 
     TYPE = "ControlNetApplyAdvanced"
@@ -115,7 +127,8 @@ class ControlNetApplyAdvanced(Node):
     CATEGORY = "conditioning/controlnet"
     OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
 
-    positive: Conditioning = Input(type="CONDITIONING")
+    positive: Conditioning = Input(type="CONDITIONING",
+                                   description="The prompt: describe what the control shows")
     negative: Conditioning = Input(type="CONDITIONING")
     control_net: Any = Input(type="CONTROL_NET")
     image: Tensor = Input(type="IMAGE", description="The control image, 0..1")
@@ -157,6 +170,8 @@ class ControlNetApply(Node):
 
     The ControlNet steers only the half of the guidance batch that this
     conditioning feeds (connect it on the positive prompt), over every step.
+    Apply ControlNet (the newer node) has the start/end window and its help says how
+    to use a ControlNet well: the prompt should describe what the control image shows.
     """
 
     TYPE = "ControlNetApply"
@@ -165,10 +180,12 @@ class ControlNetApply(Node):
     DEPRECATED = True
     OUTPUTS = (Output("CONDITIONING"),)
 
-    conditioning: Conditioning = Input(type="CONDITIONING")
+    conditioning: Conditioning = Input(type="CONDITIONING",
+                                       description="The positive prompt's conditioning")
     control_net: Any = Input(type="CONTROL_NET")
-    image: Tensor = Input(type="IMAGE")
-    strength: float = Input(1.0, min=0.0, max=10.0, step=0.01)
+    image: Tensor = Input(type="IMAGE", description="The control image, 0..1")
+    strength: float = Input(1.0, min=0.0, max=10.0, step=0.01,
+                            description="Scale of the ControlNet's residuals")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
         if self.strength == 0.0:

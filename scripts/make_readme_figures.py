@@ -3,7 +3,8 @@
     .venv/bin/python scripts/make_readme_figures.py [--only samples|workflows]  # docs/*.png
 
 - ``docs/shapes_samples.png``: prompts (rows) x seeds (columns), text to image;
-- ``docs/workflow_examples.png``: what each example in ``workflows/`` makes, as shipped.
+- ``docs/workflow_examples.png``: what each example in ``workflows/`` makes, as shipped, and
+  each one's tile alone as ``workflows/thumbnails/<name>.png`` (the canvas's examples browser).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def workflows_figure(session: Session, max_width: int = 1400) -> Image.Image:
         for image in images:
             strip.paste(image, (x, 0))
             x += image.width + 2
+        # the examples browser's thumbnail of this example (served by /workflows?details=1)
+        strip.save(ROOT / "workflows" / "thumbnails" / f"{path.stem}.png", optimize=True)
         tiles.append((path.stem, _up(strip)))
     rows: list[list[tuple[str, Image.Image]]] = [[]]
     for tile in tiles:

@@ -116,8 +116,19 @@ async def models_folder(request: web.Request) -> web.Response:
             raise ApiError(404, "unknown_folder", f"no model folder {folder!r}")
     except PathError:
         raise ApiError(404, "unknown_folder", f"no model folder {folder!r}") from None
-    return json_response(await _off_loop(lambda: env.list_files(
-        "models", folder, suffixes=MODEL_SUFFIXES, dirs_with="model_index.json")))
+    names = await _off_loop(lambda: env.list_files(
+        "models", folder, suffixes=MODEL_SUFFIXES, dirs_with="model_index.json"))
+    if not _flag(request, "info"):
+        return json_response(names)
+    # ?info=1: each name with what the canvas shows where a model is picked (native size,
+    # what it draws) for the built-in models; read from a JSON file, no weights opened.
+    from nodes.diffusion.builtin_models import model_card  # light: json only
+
+    return json_response([{"name": n, "info": model_card(n)} for n in names])
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -128,9 +139,38 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 # --- saved workflows --------------------------------------------------------------
+THUMBNAILS = "thumbnails"  # workflows/thumbnails/<stem>.png: what each example makes
+
+
 async def workflows(request: web.Request) -> web.Response:
+    """The example workflows' names; ``?details=1``: each one's name, title, description,
+    thumbnail URL (relative to the page, or null) and the models it needs beyond the built-in."""
     root = state(request).config.workflows_dir
+    if _flag(request, "details"):
+        return json_response(await _off_loop(_describe_workflows, root))
     return json_response(await _off_loop(_list_workflows, root))
+
+
+def _describe_workflows(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for name in _list_workflows(root):
+        try:
+            doc = json.loads(confined_path(root, name).read_text("utf-8"))
+        except (OSError, ValueError, PathError):
+            doc = None
+        extra = doc.get("extra") if isinstance(doc, dict) else None
+        extra = extra if isinstance(extra, dict) else {}
+        stem = Path(name).stem
+        title = extra.get("title")
+        thumb = Path(name).parent / THUMBNAILS / f"{stem}.png"
+        out.append({
+            "name": name,
+            "title": title if isinstance(title, str) and title else stem.replace("_", " "),
+            "description": str(extra.get("description") or ""),
+            "thumbnail": f"workflows/{thumb.as_posix()}" if (root / thumb).is_file() else None,
+            "requires_models": extra.get("requires_models") or [],
+        })
+    return out
 
 
 def _list_workflows(root: Path) -> list[str]:
@@ -154,6 +194,8 @@ def _list_workflows(root: Path) -> list[str]:
 async def workflow(request: web.Request) -> web.Response:
     root = state(request).config.workflows_dir
     name = request.match_info["name"]
+    if name.endswith(".png") and Path(name).parent.name == THUMBNAILS:
+        return await _thumbnail(root, name)
     if not name.endswith(".json"):
         raise ApiError(404, "not_found", "workflow names end in .json")
     try:
@@ -172,6 +214,19 @@ async def workflow(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_workflow", f"{name} is not readable JSON: {exc}") \
             from None
     return web.Response(text=text, content_type="application/json")
+
+
+async def _thumbnail(root: Path, name: str) -> web.Response:
+    try:
+        path = confined_path(root, name)
+    except PathError as exc:
+        raise ApiError(403, "forbidden_path", str(exc)) from None
+    try:
+        data = await _off_loop(path.read_bytes)
+    except OSError:
+        raise ApiError(404, "not_found", f"no thumbnail {name!r}") from None
+    return web.Response(body=data, content_type="image/png",
+                        headers={"Cache-Control": "max-age=3600"})
 
 
 ROUTES: list[tuple[str, str, Any]] = [

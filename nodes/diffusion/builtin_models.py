@@ -7,7 +7,10 @@ the modules that build or install the models are imported when one is missing.
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 TINY_NAME = "steerflow-tiny"
 TINY_CONTROLNET_NAME = "steerflow-tiny-controlnet"
@@ -21,6 +24,9 @@ SHAPES_IP2P_UNET = f"{SHAPES_IP2P_NAME}-unet"
 SHAPES_CLIP_NAME = "steerflow-shapes-clip"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "weights"
 DIFFUSERS_MARKERS = {"checkpoints": "model_index.json", "controlnet": "config.json"}
+#: what each built-in model is for (native size, what it draws): read by the server and the
+#: canvas where a model is picked, so it is plain JSON (no weights are opened to answer)
+MODEL_CARDS_FILE = Path(__file__).with_suffix(".json")
 
 
 def shipped_weights(name: str) -> Path:
@@ -49,3 +55,22 @@ def all_installed(models_dir: Path) -> bool:
                      ).is_file()):
         return False
     return all(is_installed(models_dir, role, name) for role, name in wanted)
+
+
+@lru_cache(maxsize=1)
+def model_cards() -> dict[str, dict[str, Any]]:
+    """The built-in models' cards by name: ``native_size`` [w, h], ``summary`` (one line),
+    ``draws``, ``prompt_example``, ``notes`` (an empty mapping when the file is missing)."""
+    try:
+        return json.loads(MODEL_CARDS_FILE.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def model_card(file_name: str) -> dict[str, Any] | None:
+    """The card of a listed model file or folder (``steerflow-shapes``,
+    ``steerflow-shapes.safetensors``), or None for a model that is not built in."""
+    stem = file_name.rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".ckpt"):
+        stem = stem.removesuffix(suffix)
+    return model_cards().get(stem)

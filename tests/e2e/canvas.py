@@ -69,13 +69,25 @@ class Canvas:
         return new
 
     def drag(self, start: Locator, end: Locator) -> None:
-        a = start.bounding_box()
-        b = end.bounding_box()
-        assert a and b
+        a = self.settled_box(start)
+        b = self.settled_box(end)
         self.page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
         self.page.mouse.down()
         self.page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=12)
         self.page.mouse.up()
+
+    def settled_box(self, locator: Locator) -> dict[str, float]:
+        """The element's box once it stops moving (React Flow measures nodes and lays
+        out handles over a few frames after a document opens)."""
+        box = None
+        for _ in range(40):
+            now = locator.bounding_box()
+            if now is not None and now == box:
+                return now
+            box = now
+            self.page.wait_for_timeout(50)
+        assert box is not None, "element has no box"
+        return box
 
     def connect(self, src: str, slot: int, dst: str, name: str) -> None:
         self.drag(self.out_handle(src, slot), self.in_handle(dst, name))
@@ -87,6 +99,13 @@ class Canvas:
 
     def queue(self) -> None:
         self.page.keyboard.press("Control+Enter")
+
+    def open_example(self, name: str) -> None:
+        """Open an example workflow (``txt2img.json``) through the toolbar's examples browser."""
+        self.page.get_by_role("button", name="Examples", exact=True).click()
+        browser = self.page.get_by_role("dialog", name="Examples")
+        browser.locator(f'.sf-example-card[data-example="{name}"] .sf-example-open').click()
+        expect(browser).to_be_hidden()
 
     def drop_file(self, name: str, data: bytes, mime: str) -> None:
         """Drop a file on the canvas as a person dragging it from their desktop would."""

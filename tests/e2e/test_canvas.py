@@ -274,9 +274,8 @@ def test_open_comfyui_workflow_and_run_it(page):
 
 
 def test_examples_menu_opens_the_servers_workflows(page):
-    page.get_by_role("button", name="Examples ▾").click()
-    page.get_by_role("menuitem", name="txt2img").click()
     c = Canvas(page)
+    c.open_example("txt2img.json")
     expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
     expect(c.node("6")).to_contain_text("Positive Prompt")
 

@@ -30,8 +30,7 @@ def _overlaps(rects: list[dict]) -> list[tuple[str, str]]:
 
 
 def _open_example(page, name: str, n_nodes: int) -> None:
-    page.get_by_role("button", name="Examples ▾").click()
-    page.get_by_role("menuitem", name=name.removesuffix(".json"), exact=True).click()
+    Canvas(page).open_example(name)
     page.wait_for_function("n => document.querySelectorAll('.react-flow__node').length === n",
                            arg=n_nodes)
     page.wait_for_timeout(400)  # the fit runs once the nodes are measured

@@ -5,26 +5,30 @@
  */
 
 import {
-  Background, BackgroundVariant, Controls, MiniMap, ReactFlow, ReactFlowProvider, useReactFlow, useStore,
+  Controls, MiniMap, ReactFlow, ReactFlowProvider, useReactFlow, useStore,
 } from "@xyflow/react";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
   convertWorkflow, type ExampleRef, getObjectInfo, getWorkflow, interrupt, makeClientId, Socket, uploadImage, viewUrl,
 } from "./api";
 import { EditorContext, type EditorApi, useGlobalRun } from "./canvas/context";
+import { DotGrid } from "./canvas/DotGrid";
 import type { SfEdge, SfNode as SfFlowNode } from "./canvas/flow";
 import { Palette } from "./canvas/Palette";
-import { SfNode } from "./canvas/SfNode";
+import { nodeTypes } from "./canvas/VirtualNodes";
 import { ContextMenu, type MenuTarget } from "./editor/ContextMenu";
 import { GroupLayer, groupSelection } from "./editor/Groups";
 import { Lightbox } from "./editor/Lightbox";
+import { NodeHelp } from "./editor/NodeHelp";
 import { restoreResults } from "./editor/restoreResults";
 import { Toasts, useToasts } from "./editor/Toasts";
 import { Toolbar } from "./editor/Toolbar";
+import { TooltipLayer } from "./editor/Tooltips";
 import { useEditCommands } from "./editor/useEditCommands";
 import { useFeedback } from "./editor/useFeedback";
 import { AUTOSAVE_KEY, useGraphStore } from "./editor/useGraphStore";
 import { useLinking } from "./editor/useLinking";
+import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
 import { useShortcuts } from "./editor/useShortcuts";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
@@ -35,7 +39,6 @@ import { type Defs, parseObjectInfo } from "./lib/schema";
 import { SidePanel } from "./panels/SidePanel";
 
 const DEFAULT_WORKFLOW = "txt2img.json";
-const nodeTypes = { sf: SfNode };
 const params = new URLSearchParams(window.location.search);
 // A large graph mounts only the nodes in view (measured by bench/bench_canvas.py: panning
 // a 300-node graph at zoom 1 keeps 60 fps this way); ?visibleOnly=0 mounts all. A small
@@ -91,15 +94,27 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const { toasts, notify } = useToasts();
   const [lightbox, setLightbox] = useState<ImageRef | null>(null);
   const [menu, setMenu] = useState<MenuTarget | null>(null);
-  const mouse = useRef<{ x: number; y: number } | null>(null);
+  const [help, setHelp] = useState<string | null>(null);
+  // The pointer in screen pixels, turned into flow coordinates only when read (a paste, the
+  // palette): converting on every mousemove read the layout on every pan frame.
+  const pointer = useRef<{ x: number; y: number } | null>(null);
+  const mouse = useMemo(() => ({
+    get current() {
+      return pointer.current ? rf.screenToFlowPosition(pointer.current) : null;
+    },
+  }), [rf]);
   const fileInput = useRef<HTMLInputElement>(null);
   const socket = useRef<Socket | null>(null);
   const zoom = useStore(zoomOf);
   const lod = lowDetail(zoom, nodes.length);
+  const culled = ONLY_VISIBLE && nodes.length >= MOUNT_ALL_BELOW;
 
   const linking = useLinking(g, notify, mouse);
   const edit = useEditCommands(g, notify, mouse);
   const { queue, queueSelected, busy } = useQueue(g, store, socket, notify);
+  const queueOptions = useQueueOptions();
+  const queueN = useCallback(() => queue(undefined, queueOptions.count), [queue, queueOptions.count]);
+  useAutoQueue(g, store, queue, queueOptions.onChange);
   const feedback = useFeedback(g, notify);
 
   useEffect(() => {
@@ -192,6 +207,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       refreshDefs();
     },
     openImage: (img) => setLightbox(img),
+    showHelp: setHelp,
   }), [defs, store, patchNode, refreshDefs]);
 
   const save = useCallback(() => {
@@ -204,7 +220,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [loadGraph, setDocName]);
 
   const shortcuts = useMemo(() => ({
-    queue: () => void queue(),
+    queue: () => void queueN(),
     save,
     open: () => fileInput.current?.click(),
     undo: g.undo,
@@ -214,7 +230,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     selectAll: edit.selectAll,
     toggleMode: (mode: "muted" | "bypass") => edit.toggleMode(mode),
     group: () => void groupSelection(g),
-  }), [queue, save, g, edit]);
+  }), [queueN, save, g, edit]);
   useShortcuts(shortcuts, !!linking.palette || !!menu);
 
   // --- test and benchmark hooks ----------------------------------------------------------
@@ -231,7 +247,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [currentGraph, loadObject, store, rf, defsRef]);
 
   const toolbar = useMemo(() => ({
-    queue: () => void queue(),
+    queue: () => void queueN(),
     queueSelected: () => void queueSelected(),
     interrupt: () => void interrupt().catch(() => undefined),
     addNode: linking.openPaletteCentered,
@@ -242,12 +258,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     openExample: (ex: ExampleRef) => void openExample(ex),
     clear,
     refresh: refreshDefs,
-  }), [queue, queueSelected, linking.openPaletteCentered, g.undo, g.redo, save, openExample, clear, refreshDefs]);
+  }), [queueN, queueSelected, linking.openPaletteCentered, g.undo, g.redo, save, openExample, clear, refreshDefs]);
 
   return (
     <EditorContext.Provider value={api}>
       <div className="sf-app">
-        <Toolbar a={toolbar} busy={busy} docName={g.docName} notify={notify} />
+        <Toolbar a={toolbar} busy={busy} docName={g.docName} notify={notify} options={queueOptions} />
         <input
           ref={fileInput}
           type="file"
@@ -273,7 +289,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               void loadFile(f);
             }}
             onMouseMove={(e) => {
-              mouse.current = rf.screenToFlowPosition({ x: e.clientX, y: e.clientY });
+              pointer.current = { x: e.clientX, y: e.clientY };
             }}
           >
             <ReactFlow<SfFlowNode, SfEdge>
@@ -312,16 +328,17 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               selectionKeyCode="Shift"
               minZoom={0.1}
               maxZoom={4}
-              onlyRenderVisibleElements={ONLY_VISIBLE && nodes.length >= MOUNT_ALL_BELOW}
+              onlyRenderVisibleElements={culled}
               proOptions={{ hideAttribution: true }}
               defaultEdgeOptions={{ type: "default" }}
             >
-              {!lod && <Background variant={BackgroundVariant.Dots} gap={24} size={1} />}
+              {!lod && <DotGrid gap={24} size={1} composited={culled} />}
               <GroupLayer g={g} onMenu={(index, x, y) => setMenu({ kind: "group", index, x, y })} />
               <Controls showInteractive={false} />
               <MiniMap pannable zoomable ariaLabel="minimap" className="sf-minimap"
                 nodeColor={(n) => ((n as SfFlowNode).data?.mode ? "#6b5a2a" : "#4a5563")} />
             </ReactFlow>
+            {help && <NodeHelp g={g} nodeId={help} onClose={() => setHelp(null)} />}
             {nodes.length === 0 && (
               <div className="sf-empty">
                 Double-click the canvas to add a node, open a workflow, drop a Steerflow PNG, or pick an example.
@@ -341,6 +358,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
           <Lightbox image={lightbox} onClose={() => setLightbox(null)} onOpenWorkflow={(img) => void openImageWorkflow(img)} />
         )}
         <Toasts toasts={toasts} />
+        <TooltipLayer />
       </div>
     </EditorContext.Provider>
   );

@@ -164,22 +164,47 @@ export async function uploadImage(file: File): Promise<string> {
 
 export type ExampleRef = { name: string; title: string };
 
-/** The example workflows the server offers (`/workflows`). */
-export async function listWorkflows(): Promise<ExampleRef[]> {
-  const body = await request<unknown>("workflows");
-  const list = Array.isArray(body) ? body
-    : body && typeof body === "object" && Array.isArray((body as { workflows?: unknown }).workflows)
-      ? (body as { workflows: unknown[] }).workflows : [];
-  return list.flatMap((item): ExampleRef[] => {
-    if (typeof item === "string") return [{ name: item, title: item.replace(/\.json$/i, "") }];
-    if (item && typeof item === "object") {
-      const o = item as Record<string, unknown>;
-      const name = String(o.name ?? o.file ?? o.filename ?? "");
-      if (!name) return [];
-      return [{ name, title: String(o.title ?? o.display_name ?? name.replace(/\.json$/i, "")) }];
-    }
-    return [];
+/** An example as the examples browser shows it (`/workflows?details=1`). */
+export type ExampleInfo = ExampleRef & {
+  description: string;
+  /** The thumbnail's URL (what the example makes, as shipped), or null: a placeholder. */
+  thumbnail: string | null;
+  /** Models the example needs that are not built in (they are never downloaded). */
+  requiresModels: string[];
+};
+
+export async function listExamples(): Promise<ExampleInfo[]> {
+  const body = await request<unknown>("workflows?details=1");
+  if (!Array.isArray(body)) return [];
+  return body.flatMap((item): ExampleInfo[] => {
+    if (!item || typeof item !== "object") return [];
+    const o = item as Record<string, unknown>;
+    const name = typeof o.name === "string" ? o.name : "";
+    if (!name) return [];
+    return [{
+      name,
+      title: typeof o.title === "string" && o.title ? o.title : name.replace(/\.json$/i, ""),
+      description: typeof o.description === "string" ? o.description : "",
+      thumbnail: typeof o.thumbnail === "string" && o.thumbnail ? apiUrl(o.thumbnail) : null,
+      requiresModels: Array.isArray(o.requires_models) ? o.requires_models.map(String) : [],
+    }];
   });
+}
+
+/** What a built-in model is for: its native size and what it can draw (`/models/<folder>?info=1`). */
+export type ModelCard = {
+  native_size?: [number, number]; summary?: string; draws?: string; prompt_example?: string; notes?: string;
+};
+
+export async function getModelCards(folder: string): Promise<Record<string, ModelCard>> {
+  const body = await request<unknown>(`models/${encodeURIComponent(folder)}?info=1`);
+  const out: Record<string, ModelCard> = {};
+  if (!Array.isArray(body)) return out;
+  for (const item of body) {
+    const o = item as { name?: unknown; info?: unknown };
+    if (typeof o?.name === "string" && o.info && typeof o.info === "object") out[o.name] = o.info as ModelCard;
+  }
+  return out;
 }
 
 export const getWorkflow = (name: string) =>

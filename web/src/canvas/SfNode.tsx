@@ -7,6 +7,7 @@
 import { Handle, NodeResizer, type NodeProps, Position, useNodeConnections } from "@xyflow/react";
 import { memo, useMemo, useState } from "react";
 import { viewUrl } from "../api";
+import { summary } from "../lib/doctext";
 import type { NodeIssue } from "../lib/runstore";
 import type { ControlMode, InputDef } from "../lib/schema";
 import { typeColor } from "../lib/types";
@@ -24,7 +25,7 @@ function InputRow({ nodeId, input, value, linked, issues, control }: {
     <div
       className={`sf-input${issues.length ? " sf-has-issue" : ""}${input.widget ? " sf-widget-row" : ""}`}
       data-input={input.name}
-      title={input.options.tooltip}
+      data-tooltip={input.options.tooltip || undefined}
     >
       <Handle
         type="target"
@@ -78,7 +79,7 @@ function Title({ id, title, fallback }: { id: string; title?: string; fallback: 
 }
 
 function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
-  const { defs, store, openImage } = useEditor();
+  const { defs, store, openImage, showHelp } = useEditor();
   const run = useNodeRun(store, id);
   const connections = useNodeConnections({ handleType: "target" });
   const def = defs.get(data.type);
@@ -118,12 +119,16 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
         <NodeResizer isVisible={selected && !data.pinned} minWidth={200} minHeight={60}
           lineClassName="sf-resize-line" handleClassName="sf-resize-handle" />
       )}
-      <div className="sf-header sf-drag" title={def?.description || data.type}
+      <div className="sf-header sf-drag" data-tooltip={def?.description ? summary(def.description) : data.type}
         style={data.color ? { background: data.color } : undefined}>
         <Title id={id} title={data.title} fallback={def?.displayName ?? data.type} />
         {data.mode && <span className="sf-mode" title={data.mode === "muted" ? "Muted: left out of the run" : "Bypassed: its input passes through"}>{data.mode}</span>}
         {data.pinned && <span className="sf-mode" title="Pinned: cannot be moved">pinned</span>}
         <span className="sf-id">#{id}</span>
+        {def && (
+          <button type="button" className="nodrag sf-help-button" aria-label="help" title="What this node does and how to use it"
+            onClick={() => showHelp(id)}>?</button>
+        )}
       </div>
       {progress !== null && (
         <div className="sf-progress" role="progressbar" aria-valuenow={run.progress!.value} aria-valuemax={run.progress!.max}>
@@ -136,7 +141,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
             {def.outputs.length > 0 && (
               <div className="sf-outputs">
                 {def.outputs.map((o, i) => (
-                  <div key={i} className="sf-output" data-output={i} title={o.tooltip}>
+                  <div key={i} className="sf-output" data-output={i} data-tooltip={o.tooltip}>
                     <span>{o.name}</span>
                     <Handle
                       type="source"

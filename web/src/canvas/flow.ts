@@ -2,6 +2,7 @@
 
 import type { Edge, Node } from "@xyflow/react";
 import { type Graph, type GraphLink, type GraphNode, linkId, type NodeMode, type Vec2 } from "../lib/graph";
+import { NOTE, outputType, REROUTE } from "../lib/reroute";
 import type { ControlMode, Defs } from "../lib/schema";
 import { typeColor } from "../lib/types";
 
@@ -18,7 +19,8 @@ export type SfNodeData = {
   collapsed?: boolean;
 };
 
-export type SfNode = Node<SfNodeData, "sf">;
+/** `sf`: a node that runs; `reroute` and `note`: canvas-only (lib/reroute.ts). */
+export type SfNode = Node<SfNodeData, "sf" | "reroute" | "note">;
 export type SfEdge = Edge;
 
 export const outHandle = (slot: number) => `o${slot}`;
@@ -29,7 +31,7 @@ export const inputOf = (handle: string | null | undefined) => (handle && handle.
 export function toFlowNode(n: GraphNode): SfNode {
   const node: SfNode = {
     id: n.id,
-    type: "sf",
+    type: n.type === REROUTE ? "reroute" : n.type === NOTE ? "note" : "sf",
     position: { x: n.pos[0], y: n.pos[1] },
     data: { type: n.type, title: n.title, values: n.values, control: n.control, size: n.size },
   };
@@ -44,8 +46,9 @@ export function toFlowNode(n: GraphNode): SfNode {
   return node;
 }
 
-export function toFlowEdge(l: GraphLink, defs: Defs, sourceType?: string): SfEdge {
-  const type = sourceType ? defs.get(sourceType)?.outputs[l.slot]?.type : undefined;
+/** A link as a React Flow edge, coloured by `type` (default: the source type's output type). */
+export function toFlowEdge(l: GraphLink, defs: Defs, sourceType?: string, outType?: string): SfEdge {
+  const type = outType ?? (sourceType ? defs.get(sourceType)?.outputs[l.slot]?.type : undefined);
   return {
     id: linkId(l),
     source: l.source,
@@ -60,9 +63,11 @@ export function toFlowEdge(l: GraphLink, defs: Defs, sourceType?: string): SfEdg
 
 export function graphToFlow(graph: Graph, defs: Defs): { nodes: SfNode[]; edges: SfEdge[] } {
   const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
+  const view = { nodeType: (id: string) => types.get(id), links: graph.links };
   return {
     nodes: graph.nodes.map(toFlowNode),
-    edges: graph.links.map((l) => toFlowEdge(l, defs, types.get(l.source))),
+    // a link out of a reroute has the colour of the reroute's source
+    edges: graph.links.map((l) => toFlowEdge(l, defs, types.get(l.source), outputType(view, defs, l.source, l.slot))),
   };
 }
 
@@ -93,4 +98,15 @@ export function flowToGraph(nodes: SfNode[], edges: SfEdge[], base?: Partial<Gra
     viewport: base?.viewport,
     extra: base?.extra,
   };
+}
+
+/** Edges out of reroutes recoloured after the reroutes' sources changed. */
+export function recolourReroutes(edges: SfEdge[], nodeType: (id: string) => string | undefined, defs: Defs): SfEdge[] {
+  const view = { nodeType, links: edges.map(edgeToLink) };
+  return edges.map((e) => {
+    if (nodeType(e.source) !== REROUTE) return e;
+    const type = outputType(view, defs, e.source, 0);
+    if (type === (e.data as { type?: string } | undefined)?.type) return e;
+    return { ...e, style: type ? { stroke: typeColor(type) } : undefined, data: { ...e.data, type } };
+  });
 }

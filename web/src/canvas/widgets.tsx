@@ -6,6 +6,7 @@ import { isAnnotated, parseAnnotated } from "../lib/feedback";
 import { CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
 import { numberIssue, parseNumberText, stepValue } from "../lib/widgetcheck";
 import { useEditor } from "./context";
+import { MODEL_FOLDERS, ModelCardLine } from "./ModelCard";
 
 type WidgetProps = {
   nodeId: string;
@@ -216,6 +217,7 @@ function ComboWidget({ nodeId, input, value }: WidgetProps) {
         )}
       </div>
       {failed && <div className="sf-issue">{failed}</div>}
+      {MODEL_FOLDERS[input.name] && <ModelCardLine folder={MODEL_FOLDERS[input.name]} name={current} />}
       {isUpload && current && (
         <img className="sf-upload-preview" alt={current} src={inputImageUrl(current)} />
       )}

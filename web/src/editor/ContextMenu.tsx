@@ -1,13 +1,16 @@
 /**
- * Right-click menus. On the canvas: add a node by category, paste, fit. On a
- * node: rename, colour, bypass, mute, pin, collapse, fit size, clone, remove,
- * and its inputs and outputs (a linked input can be detached). On a link: delete.
+ * Right-click menus. On the canvas: add a node by category, a reroute or a note,
+ * paste, fit. On a node: help, rename, colour, bypass, mute, pin, collapse, fit size,
+ * clone, remove, and its inputs and outputs (a linked input can be detached). On a
+ * link: insert a reroute, delete.
  * On a group's title: rename, colour, fit to its nodes, select its nodes, remove.
  */
 
 import { useReactFlow } from "@xyflow/react";
 import { useEffect, useMemo, useState } from "react";
+import { useEditor } from "../canvas/context";
 import { inHandle, inputOf, type SfEdge, type SfNode } from "../canvas/flow";
+import { NOTE, REROUTE } from "../lib/reroute";
 import type { Defs } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { GROUP_COLOR, groupAround, nodesInside } from "../lib/groups";
@@ -108,6 +111,7 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
   const rf = useReactFlow<SfNode, SfEdge>();
   const [renaming, setRenaming] = useState(false);
   const defs = g.defsRef.current;
+  const { showHelp } = useEditor();
 
   useEffect(() => {
     const close = (e: MouseEvent) => {
@@ -139,6 +143,8 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
           })),
         },
         { label: "Search nodes…", hint: "double-click", action: () => linking.setPalette({ screen: { x: target.x, y: target.y }, flow: flowAt }) },
+        { label: "Add reroute", action: () => void linking.addNode(REROUTE, flowAt) },
+        { label: "Add note", action: () => void linking.addNode(NOTE, flowAt) },
         { label: "Paste", hint: "Ctrl+V", action: () => edit.paste(false) },
         { label: "Paste with input links", hint: "Ctrl+Shift+V", action: () => edit.paste(true) },
         { label: "Select all", hint: "Ctrl+A", action: edit.selectAll },
@@ -152,6 +158,7 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
     if (target.kind === "edge") {
       const edge = g.edges.find((e) => e.id === target.id);
       return [
+        { label: "Insert reroute", action: () => linking.insertReroute(target.id, flowAt) },
         { label: "Delete link", action: () => g.setEdges((es) => es.filter((e) => e.id !== target.id)) },
         {
           label: "Go to source node", disabled: !edge,
@@ -209,6 +216,8 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
       g.setNodes((ns) => ns.map((n) => (ids.has(n.id) ? { ...n, ...extra, data: fn({ ...n.data }) } : n)));
     const linkedInputs = new Set(g.edges.filter((e) => e.target === id).map((e) => inputOf(e.targetHandle)));
     return [
+      ...(def || node.data.type === REROUTE || node.data.type === NOTE
+        ? [{ label: "Help", hint: "?", action: () => showHelp(id) }] : []),
       { label: "Rename…", action: () => setRenaming(true), keepOpen: true },
       {
         label: "Colour",
@@ -264,7 +273,7 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
       { label: "Clone", action: () => edit.clone(id) },
       { label: "Remove", hint: "Del", action: () => edit.remove(ids) },
     ];
-  }, [target, node, defs, g, edit, linking, rf]);
+  }, [target, node, defs, g, edit, linking, rf, showHelp]);
 
   const style = {
     left: Math.min(target.x, window.innerWidth - 240),

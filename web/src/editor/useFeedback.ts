@@ -11,7 +11,7 @@ import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
 export function useFeedback(g: GraphStore, notify: Notify): FeedbackView | null {
-  const { nodes, edges, state, currentGraph, defsRef, setNodes, setEdges } = g;
+  const { nodes, edges, state, currentGraph, defsRef, setNodes, setEdges, settleNow } = g;
   // A key, so the side panel re-renders when the liked/disliked lists change, not on drags.
   const feedbackKey = useMemo(() => {
     if (!nodes.some((n) => n.data.type === FABRIC_TYPE)) return "";
@@ -28,7 +28,10 @@ export function useFeedback(g: GraphStore, notify: Notify): FeedbackView | null 
       notify(edit.reason, "error");
       return;
     }
-    // One ordinary edit (one undo step, autosaved): the nodes and links after the ops.
+    // One ordinary edit (one undo step, autosaved): the nodes and links after the ops. An
+    // edit not yet settled (a click a moment ago) becomes its own step first, so two quick
+    // clicks are two undo steps, not one merged change that undoes to nothing.
+    settleNow();
     const next = applyFeedbackOps(graph, edit.ops);
     const byId = new Map(next.nodes.map((n) => [n.id, n]));
     const added = next.nodes.filter((n) => !state.current.nodes.some((m) => m.id === n.id));
@@ -46,7 +49,7 @@ export function useFeedback(g: GraphStore, notify: Notify): FeedbackView | null 
         ...links.map((l) => toFlowEdge(l, defsRef.current, BATCH_TYPE)),
       ]);
     }
-  }, [currentGraph, notify, state, defsRef, setNodes, setEdges]);
+  }, [currentGraph, notify, state, defsRef, setNodes, setEdges, settleNow]);
 
   return useMemo(() => {
     if (!feedbackKey) return null;

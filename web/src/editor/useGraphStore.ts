@@ -105,23 +105,41 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     writeAutosave(doc);
   }, [loadGraph, writeAutosave]);
 
+  /**
+   * Record an edit the debounce above has not settled yet, so that an undo pressed right
+   * after an edit (a Like in the gallery, a typed value) undoes that edit, not the one before.
+   */
+  const settleNow = useCallback(() => {
+    const { nodes: ns, edges: es } = state.current;
+    const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
+    const key = JSON.stringify(doc);
+    const h = history.current;
+    if (h.present === null || key === h.present) return;
+    h.past.push(h.present);
+    if (h.past.length > UNDO_MAX) h.past.shift();
+    h.future = [];
+    h.present = key;
+  }, []);
+
   const undo = useCallback(() => {
+    settleNow();
     const h = history.current;
     const prev = h.past.pop();
     if (prev === undefined || h.present === null) return;
     h.future.push(h.present);
     h.present = prev;
     restoreKey(prev);
-  }, [restoreKey]);
+  }, [restoreKey, settleNow]);
 
   const redo = useCallback(() => {
+    settleNow();
     const h = history.current;
     const next = h.future.pop();
     if (next === undefined || h.present === null) return;
     h.past.push(h.present);
     h.present = next;
     restoreKey(next);
-  }, [restoreKey]);
+  }, [restoreKey, settleNow]);
 
   /** Edit the groups (saved and undoable like any other edit). */
   const setGroups = useCallback((fn: (groups: GroupBox[]) => GroupBox[]) => setGroupsState(fn), []);
@@ -151,6 +169,6 @@ export function useGraphStore(defs: Defs, store: RunStore) {
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, defsRef, docName, setDocName, groups, setGroups, holdHistory,
-    currentGraph, loadGraph, fit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange,
+    currentGraph, loadGraph, fit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }

@@ -6,9 +6,12 @@
 
 import { type Connection, type Edge, type FinalConnectionState, useReactFlow } from "@xyflow/react";
 import { useCallback, useRef, useState } from "react";
-import { edgeToLink, inHandle, inputOf, type SfEdge, type SfNode, slotOf, toFlowEdge, toFlowNode } from "../canvas/flow";
+import {
+  edgeToLink, inHandle, inputOf, recolourReroutes, type SfEdge, type SfNode, slotOf, toFlowEdge, toFlowNode,
+} from "../canvas/flow";
 import type { PaletteFilter } from "../canvas/Palette";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
+import { downstreamTypes, outputType, REROUTE, rerouteType, splitLink } from "../lib/reroute";
 import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
@@ -36,6 +39,18 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     links: state.current.edges.map(edgeToLink),
   }), [state]);
 
+  /** A new edge, coloured by the type it carries (through reroutes). */
+  const edgeOf = useCallback((link: GraphLink): SfEdge => {
+    const view = graphView();
+    return toFlowEdge(link, defsRef.current, view.nodeType(link.source), outputType(view, defsRef.current, link.source, link.slot));
+  }, [graphView, defsRef]);
+
+  /** After a link into a reroute, the links it feeds take the new type's colour. */
+  const rerouted = useCallback((link: GraphLink, es: SfEdge[]): SfEdge[] => {
+    const nodeType = graphView().nodeType;
+    return nodeType(link.target) === REROUTE ? recolourReroutes(es, nodeType, defsRef.current) : es;
+  }, [graphView, defsRef]);
+
   const isValidConnection = useCallback(
     (c: Connection | Edge) => checkConnection(graphView(), defsRef.current, linkOf(c)).ok,
     [graphView, defsRef],
@@ -48,14 +63,13 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
       notify(`Link refused: ${check.reason}`, "error");
       return false;
     }
-    const srcType = state.current.nodes.find((n) => n.id === link.source)?.data.type;
-    const edge = toFlowEdge(link, defsRef.current, srcType);
-    setEdges((es) => [
+    const edge = edgeOf(link);
+    setEdges((es) => rerouted(link, [
       ...es.filter((e) => !(e.target === link.target && e.targetHandle === inHandle(link.input))),
       edge,
-    ]);
+    ]));
     return true;
-  }, [graphView, notify, state, defsRef, setEdges]);
+  }, [graphView, notify, edgeOf, rerouted, setEdges]);
 
   const onConnect = useCallback((c: Connection) => {
     connect(linkOf(c));
@@ -64,7 +78,8 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
   const onConnectEnd = useCallback((event: MouseEvent | TouchEvent, cs: FinalConnectionState) => {
     if (cs.isValid || !cs.fromHandle || !cs.fromNode) return;
     const from = cs.fromHandle;
-    const fromDef = defsRef.current.get((cs.fromNode.data as SfNode["data"]).type);
+    const fromType = (cs.fromNode.data as SfNode["data"]).type;
+    const fromDef = defsRef.current.get(fromType);
     if (cs.toHandle) {
       // Dropped on a handle that refused the link: say why.
       const to = cs.toHandle;
@@ -80,7 +95,7 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
       notify(`Link refused: ${check.ok ? "not allowed" : check.reason}`, "error");
       return;
     }
-    if (!fromDef) return;
+    if (!fromDef && fromType !== REROUTE) return;
     const point = "changedTouches" in event ? event.changedTouches[0] : event;
     const target = document.elementFromPoint(point.clientX, point.clientY);
     if (!target?.closest(".react-flow__pane")) return;
@@ -89,12 +104,14 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     let types: Map<string, string>;
     if (from.type === "source") {
       const slot = slotOf(from.id);
-      const type = fromDef.outputs[slot]?.type ?? "*";
+      const type = fromDef ? fromDef.outputs[slot]?.type ?? "*" : rerouteType(graphView(), defsRef.current, from.nodeId);
       pending = { node: from.nodeId, from: "source", slot, type };
       types = new Map(nodesAcceptingType(defsRef.current, type).map((c) => [c.type, c.input!]));
     } else {
       const input = inputOf(from.id);
-      const type = fromDef.inputs.find((i) => i.name === input)?.type ?? "*";
+      const type = fromDef
+        ? fromDef.inputs.find((i) => i.name === input)?.type ?? "*"
+        : downstreamTypes(graphView(), defsRef.current, from.nodeId)[0] ?? "*";
       pending = { node: from.nodeId, from: "target", input, type };
       types = new Map(nodesProducingType(defsRef.current, type).map((c) => {
         const d = defsRef.current.get(c.type)!;
@@ -123,13 +140,12 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
       notify(`Link refused: ${check.reason}`, "error");
       return;
     }
-    const srcType = state.current.nodes.find((n) => n.id === link.source)?.data.type;
-    const edge = toFlowEdge(link, defsRef.current, srcType);
-    setEdges((es) => [
+    const edge = edgeOf(link);
+    setEdges((es) => rerouted(link, [
       ...es.filter((e) => e.id !== old.id && !(e.target === link.target && e.targetHandle === inHandle(link.input))),
       edge,
-    ]);
-  }, [graphView, notify, state, defsRef, setEdges]);
+    ]));
+  }, [graphView, notify, edgeOf, rerouted, setEdges]);
   const onReconnectEnd = useCallback((_e: MouseEvent | TouchEvent, edge: SfEdge) => {
     if (!reconnected.current) setEdges((es) => es.filter((e) => e.id !== edge.id));
     reconnected.current = false;
@@ -163,6 +179,22 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     }
   }, [palette, addNode, connect, defsRef]);
 
+  /** Put a new reroute on a link (an edge of the canvas) at `pos`, in flow coordinates. */
+  const insertReroute = useCallback((edgeId: string, pos: { x: number; y: number }) => {
+    const edge = state.current.edges.find((e) => e.id === edgeId);
+    if (!edge) return;
+    const link = edgeToLink(edge);
+    // the dot's centre on the point (a reroute is 16 px across)
+    const id = addNode(REROUTE, { x: pos.x - 8, y: pos.y - 8 });
+    const links = splitLink(state.current.edges.map(edgeToLink), link, id);
+    const view = { nodeType: (n: string) => state.current.nodes.find((x) => x.id === n)?.data.type, links };
+    setEdges((es) => [
+      ...es.filter((e) => e.id !== edgeId),
+      ...links.slice(-2).map((l) => toFlowEdge(l, defsRef.current, view.nodeType(l.source),
+        outputType(view, defsRef.current, l.source, l.slot))),
+    ]);
+  }, [state, addNode, setEdges, defsRef]);
+
   const openPaletteCentered = useCallback(() => {
     const rect = document.querySelector(".react-flow")?.getBoundingClientRect();
     const cx = rect ? rect.left + rect.width / 2 : window.innerWidth / 2;
@@ -172,6 +204,6 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
 
   return {
     palette, setPalette, isValidConnection, connect, onConnect, onConnectEnd, onReconnectStart, onReconnect,
-    onReconnectEnd, addNode, pick, openPaletteCentered,
+    onReconnectEnd, addNode, pick, openPaletteCentered, insertReroute,
   };
 }

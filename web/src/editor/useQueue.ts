@@ -1,12 +1,11 @@
-/** Queueing the graph: validation errors onto the nodes, warnings as toasts, control_after_generate. */
+/** Queueing the graph (N times): validation errors onto the nodes, warnings as toasts, control_after_generate. */
 
 import { useCallback, useState } from "react";
 import { ApiError, makeClientId, queuePrompt, type Socket } from "../api";
-import { inputOf } from "../canvas/flow";
+import { advanceControls, clampCount } from "../lib/batch";
 import { graphToDocument } from "../lib/graph";
 import { selectedOutputs } from "../lib/partial";
 import type { NodeErrors, RunStore } from "../lib/runstore";
-import { type ControlMode, nextControlValue } from "../lib/schema";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
@@ -14,56 +13,61 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
   const { state, defsRef, currentGraph, setNodes } = g;
   const [busy, setBusy] = useState(false);
 
-  /** Seeds and other widgets set to increment / randomize move on after each queued prompt. */
-  const applyControlAfterGenerate = useCallback(() => {
-    const linked = new Set(state.current.edges.map((e) => `${e.target}|${inputOf(e.targetHandle)}`));
-    setNodes((ns) => ns.map((n) => {
-      const control = n.data.control;
-      const def = defsRef.current.get(n.data.type);
-      if (!control || !def) return n;
-      let values = n.data.values;
-      for (const [name, mode] of Object.entries(control) as [string, ControlMode][]) {
-        const input = def.inputs.find((i) => i.name === name);
-        const v = values[name];
-        if (mode === "fixed" || !input || typeof v !== "number" || linked.has(`${n.id}|${name}`)) continue;
-        const nv = nextControlValue(input, v, mode);
-        if (nv !== v) values = { ...values, [name]: nv };
-      }
-      return values === n.data.values ? n : { ...n, data: { ...n.data, values } };
-    }));
-  }, [state, defsRef, setNodes]);
-
-  const queue = useCallback(async (targets?: string[]) => {
-    const graph = currentGraph();
+  /**
+   * Queue the graph `count` times (ComfyUI's batch count): seeds and other widgets set to
+   * increment / randomize move on after each prompt, and the canvas then shows the values
+   * the next Queue would use. `targets` (output node ids) runs only those and what they need.
+   */
+  const queue = useCallback(async (targets?: string[], count = 1) => {
+    let graph = currentGraph();
     if (!graph.nodes.length) {
       notify("Nothing to queue: add nodes first", "error");
       return;
     }
     store.clearErrors();
-    const doc = graphToDocument(graph, defsRef.current);
+    const n = clampCount(count);
+    const numbers: number[] = [];
     setBusy(true);
     try {
-      const res = await queuePrompt(doc.prompt, socket.current?.clientId ?? makeClientId(), doc, targets);
-      if (res.node_errors && Object.keys(res.node_errors).length) store.setValidationErrors(res.node_errors);
-      notify(`Queued prompt${res.number !== undefined ? ` #${res.number}` : ""}`);
-      // Warnings do not stop the run (e.g. an unknown embedding, an input a muted node fed).
-      const warnings = res.warnings ?? [];
-      for (const w of warnings.slice(0, 3)) notify(`Warning: ${w.node_id ? `node ${w.node_id}: ` : ""}${w.message}`, "warning");
-      if (warnings.length > 3) notify(`… and ${warnings.length - 3} more warning${warnings.length === 4 ? "" : "s"}`, "warning");
-      applyControlAfterGenerate();
-      store.bumpQueue();
+      for (let i = 0; i < n; i++) {
+        const doc = graphToDocument(graph, defsRef.current);
+        const res = await queuePrompt(doc.prompt, socket.current?.clientId ?? makeClientId(), doc, targets);
+        if (res.node_errors && Object.keys(res.node_errors).length) store.setValidationErrors(res.node_errors);
+        if (res.number !== undefined) numbers.push(res.number);
+        // Warnings do not stop the run (e.g. an unknown embedding, an input a muted node fed).
+        const warnings = i === 0 ? res.warnings ?? [] : [];
+        for (const w of warnings.slice(0, 3)) notify(`Warning: ${w.node_id ? `node ${w.node_id}: ` : ""}${w.message}`, "warning");
+        if (warnings.length > 3) notify(`… and ${warnings.length - 3} more warning${warnings.length === 4 ? "" : "s"}`, "warning");
+        graph = { ...graph, nodes: advanceControls(graph.nodes, graph.links, defsRef.current) };
+        store.bumpQueue();
+      }
+      const range = numbers.length ? (n === 1 ? ` #${numbers[0]}` : ` (#${numbers[0]}–#${numbers[numbers.length - 1]})`) : "";
+      notify(n === 1 ? `Queued prompt${range}` : `Queued ${n} prompts${range}`);
     } catch (e) {
       const body = e instanceof ApiError ? (e.body as { node_errors?: NodeErrors }) : undefined;
       const nodeErrors = body?.node_errors ?? {};
-      const count = Object.values(nodeErrors).reduce((a, n) => a + (n.errors?.length ?? 0), 0);
-      if (count) store.setValidationErrors(nodeErrors);
-      const msg = `Prompt rejected: ${(e as Error).message}${count ? ` (${count} error${count === 1 ? "" : "s"} on the nodes)` : ""}`;
+      const errors = Object.values(nodeErrors).reduce((a, ne) => a + (ne.errors?.length ?? 0), 0);
+      if (errors) store.setValidationErrors(nodeErrors);
+      const queued = numbers.length ? ` after ${numbers.length} queued` : "";
+      const msg = `Prompt rejected${queued}: ${(e as Error).message}${errors ? ` (${errors} error${errors === 1 ? "" : "s"} on the nodes)` : ""}`;
       store.setLastError(msg);
       notify(msg, "error");
     } finally {
       setBusy(false);
+      // The moved-on values back onto the canvas: only the widgets control_after_generate
+      // moves, so an edit made while the prompts were posted stays.
+      const moved = new Map(graph.nodes.map((gn) => [gn.id, gn.values]));
+      setNodes((ns) => ns.map((node) => {
+        const next = moved.get(node.id);
+        if (!next || !node.data.control || next === node.data.values) return node;
+        let values = node.data.values;
+        for (const [name, mode] of Object.entries(node.data.control)) {
+          if (mode !== "fixed" && next[name] !== values[name]) values = { ...values, [name]: next[name] };
+        }
+        return values === node.data.values ? node : { ...node, data: { ...node.data, values } };
+      }));
     }
-  }, [currentGraph, notify, store, applyControlAfterGenerate, defsRef, socket]);
+  }, [currentGraph, notify, store, defsRef, socket, setNodes]);
 
   /** Run only the selected output nodes (and what they need): partial_execution_targets. */
   const queueSelected = useCallback(async () => {

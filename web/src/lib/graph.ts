@@ -6,11 +6,14 @@
  *   server resolves when it validates: muted nodes are left out, bypassed ones pass an
  *   input of the matching type through
  * - our document (what Save writes, `workflows/*.json`):
- *   `{format: "steerflow.workflow", version: 1, prompt, layout: {nodes, groups, viewport}, extra}`
+ *   `{format: "steerflow.workflow", version: 1, prompt, layout: {nodes, groups, viewport}, extra}`;
+ *   reroutes and notes are canvas-only (lib/reroute.ts): they are kept in the layout
+ *   (`layout.reroutes`, `layout.notes`, `layout.nodes[id].via`), never in the prompt
  *
  * The graph is plain data with no React Flow types, so it is testable alone.
  */
 
+import { isVirtual, NOTE, NOTE_SIZE, REROUTE, REROUTE_INPUT, sourceResolver } from "./reroute";
 import { type ControlMode, CONTROL_MODES, type Defs, defaultValues } from "./schema";
 import type { LinkRef } from "./types";
 
@@ -57,13 +60,23 @@ export type ApiPrompt = Record<string, ApiNode>;
 export type LayoutNode = {
   pos: Vec2; size?: Vec2; title?: string; control?: Record<string, ControlMode>;
   color?: string; pinned?: boolean; collapsed?: boolean;
+  /** Inputs fed through a reroute: input name → the reroute's id (the prompt links the real source). */
+  via?: Record<string, string>;
 };
+
+/** A reroute in the layout: where it is and what feeds it (a node's output or another reroute). */
+export type RerouteLayout = { pos: Vec2; input?: [string, number] };
+/** A note in the layout. */
+export type NoteLayout = { pos: Vec2; size?: Vec2; text: string; title?: string; color?: string };
 
 export type WorkflowDocument = {
   format: typeof DOCUMENT_FORMAT;
   version: number;
   prompt: ApiPrompt;
-  layout: { nodes: Record<string, LayoutNode>; groups: unknown[]; viewport?: Viewport };
+  layout: {
+    nodes: Record<string, LayoutNode>; groups: unknown[]; viewport?: Viewport;
+    reroutes?: Record<string, RerouteLayout>; notes?: Record<string, NoteLayout>;
+  };
   extra: Record<string, unknown>;
 };
 
@@ -100,6 +113,7 @@ export function nextNodeId(ids: Iterable<string>): string {
 
 /** A new node of `type` at `pos`, with its widgets at their defaults. */
 export function createNode(defs: Defs, type: string, id: string, pos: Vec2): GraphNode {
+  if (type === NOTE) return { id, type, pos, size: [...NOTE_SIZE], values: { text: "" } };
   const def = defs.get(type);
   const node: GraphNode = { id, type, pos, values: def ? defaultValues(def) : {} };
   if (def) {
@@ -114,16 +128,30 @@ export function createNode(defs: Defs, type: string, id: string, pos: Vec2): Gra
 
 // --- API format -----------------------------------------------------------------------
 
-/** The executable API-format prompt of a graph. */
+/**
+ * The executable API-format prompt of a graph. Reroutes and notes are left out; an
+ * input fed through reroutes links their real source (none if a reroute is unfed).
+ */
 export function graphToPrompt(graph: Graph, defs: Defs): ApiPrompt {
+  const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
+  const resolve = sourceResolver(graph.links, (id) => types.get(id));
   const linksByTarget = new Map<string, GraphLink[]>();
-  for (const l of graph.links) {
+  // Inputs linked from an unfed reroute: left empty (as ComfyUI does), not given the widget's value.
+  const unfed = new Set<string>();
+  for (const raw of graph.links) {
+    const src = resolve(raw.source, raw.slot);
+    if (!src) {
+      unfed.add(`${raw.target}|${raw.input}`);
+      continue;
+    }
+    const l = { ...raw, ...src };
     const list = linksByTarget.get(l.target);
     if (list) list.push(l);
     else linksByTarget.set(l.target, [l]);
   }
   const prompt: ApiPrompt = {};
   for (const node of graph.nodes) {
+    if (isVirtual(node.type)) continue;
     const def = defs.get(node.type);
     const links = linksByTarget.get(node.id) ?? [];
     const inputs: Record<string, unknown> = {};
@@ -131,7 +159,9 @@ export function graphToPrompt(graph: Graph, defs: Defs): ApiPrompt {
       for (const input of def.inputs) {
         const link = links.find((l) => l.input === input.name);
         if (link) inputs[input.name] = [link.source, link.slot];
-        else if (input.widget && node.values[input.name] !== undefined) inputs[input.name] = node.values[input.name];
+        else if (input.widget && node.values[input.name] !== undefined && !unfed.has(`${node.id}|${input.name}`)) {
+          inputs[input.name] = node.values[input.name];
+        }
       }
     } else {
       // Unknown type: keep what we have so the document round-trips.
@@ -256,7 +286,24 @@ export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
 
 export function graphToDocument(graph: Graph, defs: Defs): WorkflowDocument {
   const nodes: Record<string, LayoutNode> = {};
+  const reroutes: Record<string, RerouteLayout> = {};
+  const notes: Record<string, NoteLayout> = {};
+  const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
+  const round = (v: Vec2): Vec2 => [Math.round(v[0]), Math.round(v[1])];
   for (const n of graph.nodes) {
+    if (n.type === REROUTE) {
+      const into = graph.links.find((l) => l.target === n.id);
+      reroutes[n.id] = into ? { pos: round(n.pos), input: [into.source, into.slot] } : { pos: round(n.pos) };
+      continue;
+    }
+    if (n.type === NOTE) {
+      const note: NoteLayout = { pos: round(n.pos), text: typeof n.values.text === "string" ? n.values.text : "" };
+      if (n.size) note.size = round(n.size);
+      if (n.title) note.title = n.title;
+      if (n.color) note.color = n.color;
+      notes[n.id] = note;
+      continue;
+    }
     const entry: LayoutNode = { pos: [Math.round(n.pos[0]), Math.round(n.pos[1])] };
     if (n.size) entry.size = [Math.round(n.size[0]), Math.round(n.size[1])];
     if (n.title) entry.title = n.title;
@@ -264,9 +311,14 @@ export function graphToDocument(graph: Graph, defs: Defs): WorkflowDocument {
     if (n.color) entry.color = n.color;
     if (n.pinned) entry.pinned = true;
     if (n.collapsed) entry.collapsed = true;
+    const via: Record<string, string> = {};
+    for (const l of graph.links) if (l.target === n.id && types.get(l.source) === REROUTE) via[l.input] = l.source;
+    if (Object.keys(via).length) entry.via = via;
     nodes[n.id] = entry;
   }
   const layout: WorkflowDocument["layout"] = { nodes, groups: graph.groups ?? [] };
+  if (Object.keys(reroutes).length) layout.reroutes = reroutes;
+  if (Object.keys(notes).length) layout.notes = notes;
   if (graph.viewport) layout.viewport = graph.viewport;
   return {
     format: DOCUMENT_FORMAT,
@@ -297,7 +349,65 @@ export function documentToGraph(doc: unknown, defs: Defs): { graph: Graph; warni
     result.graph.viewport = { x: vp.x, y: vp.y, zoom: vp.zoom };
   }
   result.graph.extra = isObject(doc.extra) ? doc.extra : {};
+  addCanvasOnly(result.graph, layout, result.warnings);
   return result;
+}
+
+/** Put a document's reroutes and notes (its layout part) back into the graph read from its prompt. */
+function addCanvasOnly(graph: Graph, layout: Record<string, unknown>, warnings: string[]): void {
+  const taken = new Set(graph.nodes.map((n) => n.id));
+  const notes = isObject(layout.notes) ? layout.notes : {};
+  for (const [id, raw] of Object.entries(notes)) {
+    if (!isObject(raw) || taken.has(id)) {
+      warnings.push(`note ${id} is not a valid note (or its id is taken); dropped`);
+      continue;
+    }
+    taken.add(id);
+    const note: GraphNode = { id, type: NOTE, pos: vec2(raw.pos) ?? [0, 0], values: { text: typeof raw.text === "string" ? raw.text : "" } };
+    const size = vec2(raw.size);
+    note.size = size ?? [...NOTE_SIZE];
+    if (typeof raw.title === "string" && raw.title) note.title = raw.title;
+    if (typeof raw.color === "string" && /^#[0-9a-fA-F]{3,8}$/.test(raw.color)) note.color = raw.color;
+    graph.nodes.push(note);
+  }
+  const reroutes = isObject(layout.reroutes) ? layout.reroutes : {};
+  const added: string[] = [];
+  for (const [id, raw] of Object.entries(reroutes)) {
+    if (!isObject(raw) || taken.has(id)) {
+      warnings.push(`reroute ${id} is not a valid reroute (or its id is taken); dropped`);
+      continue;
+    }
+    taken.add(id);
+    added.push(id);
+    graph.nodes.push({ id, type: REROUTE, pos: vec2(raw.pos) ?? [0, 0], values: {} });
+  }
+  const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
+  for (const id of added) {
+    const input = (reroutes[id] as Record<string, unknown>).input;
+    if (isLink(input) && types.has(String(input[0])) && types.get(String(input[0])) !== NOTE) {
+      graph.links.push({ source: String(input[0]), slot: input[1], target: id, input: REROUTE_INPUT });
+    }
+  }
+  // Inputs fed through a reroute: link them from it when it leads to the source the prompt names.
+  const nodesLayout = isObject(layout.nodes) ? layout.nodes : {};
+  const resolve = sourceResolver(graph.links, (id) => types.get(id));
+  for (const [target, raw] of Object.entries(nodesLayout)) {
+    const via = isObject(raw) && isObject(raw.via) ? raw.via : {};
+    for (const [input, rid] of Object.entries(via)) {
+      if (typeof rid !== "string" || types.get(rid) !== REROUTE || !types.has(target) || isVirtual(types.get(target))) continue;
+      const i = graph.links.findIndex((l) => l.target === target && l.input === input);
+      const current = i >= 0 ? graph.links[i] : undefined;
+      const src = resolve(rid, 0);
+      const agrees = current ? !!src && src.source === current.source && src.slot === current.slot : !src;
+      if (!agrees) {
+        warnings.push(`node ${target}: input '${input}' no longer comes through reroute ${rid}; the prompt's link kept`);
+        continue;
+      }
+      const link = { source: rid, slot: 0, target, input };
+      if (current) graph.links[i] = link;
+      else graph.links.push(link);
+    }
+  }
 }
 
 /** Remove nodes (and the links touching them). */

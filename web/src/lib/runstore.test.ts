@@ -84,6 +84,20 @@ describe("RunStore", () => {
     expect(store.getNode("4").errors).toBeUndefined();
   });
 
+  it("notes a blocked node (ExecutionBlocked) without ending the run", () => {
+    const { store, flushes } = makeStore();
+    store.enqueue({ type: "execution_start", data: { prompt_id: "p" } });
+    store.enqueue({ type: "executing", data: { node: "3", prompt_id: "p" } });
+    store.enqueue({ type: "execution_error", data: {
+      prompt_id: "p", node_id: "3", node_type: "IntMath", exception_type: "ExecutionBlocked",
+      exception_message: "Execution Blocked: odd", traceback: [] } });
+    flushes.shift()!();
+    expect(store.getNode("3").errors).toEqual([{ message: "Execution Blocked: odd", kind: "execution_blocked" }]);
+    expect(store.getNode("3").status).toBe("executing");
+    expect(store.getGlobal()).toMatchObject({ running: true, executing: "3", lastError: null });
+    expect(store.getGlobal().lastWarning).toMatch(/IntMath #3: Execution Blocked: odd/);
+  });
+
   it("shows node_errors on nodes and inputs, and clears them", () => {
     const { store } = makeStore();
     store.setValidationErrors({

@@ -55,6 +55,10 @@ export type GlobalRun = {
   lastWarning: string | null;
   /** Bumped whenever the queue or history may have changed (panels refetch). */
   queueVersion: number;
+  /** When the running prompt started (ms since the epoch, this page's clock), or null. */
+  startedAt: number | null;
+  /** Nodes of the running prompt finished so far, cached ones included. */
+  nodesDone: number;
 };
 
 export type WsMessage = { type: string; data?: Record<string, unknown> };
@@ -84,6 +88,7 @@ export class RunStore {
   private global: GlobalRun = {
     connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
     preview: null, gallery: [], lastError: null, lastWarning: null, queueVersion: 0,
+    startedAt: null, nodesDone: 0,
   };
   private listeners = new Set<() => void>();
   private pending: (WsMessage | { type: "__preview"; url: string })[] = [];
@@ -186,6 +191,7 @@ export class RunStore {
     if (!id) return;
     const run = this.nodes.get(id);
     if (run?.status !== "executing") return;
+    this.patchGlobal({ nodesDone: this.global.nodesDone + 1 });
     // The last live preview stays on the node (as in ComfyUI), so it does not shrink when it finishes.
     if (run.preview) this.kept.add(run.preview);
     this.patchNode(id, { status: "done", progress: undefined });
@@ -229,13 +235,15 @@ export class RunStore {
         }
         this.patchGlobal({
           running: true, promptId: (d.prompt_id as string) ?? null, executing: null, lastError: null,
-          lastWarning: null,
+          lastWarning: null, startedAt: Date.now(), nodesDone: 0,
           queueVersion: this.global.queueVersion + 1,
         });
         break;
       }
       case "execution_cached": {
-        for (const id of (d.nodes as string[] | undefined) ?? []) this.patchNode(String(id), { status: "cached" });
+        const cached = (d.nodes as string[] | undefined) ?? [];
+        for (const id of cached) this.patchNode(String(id), { status: "cached" });
+        this.patchGlobal({ nodesDone: this.global.nodesDone + cached.length });
         break;
       }
       case "executing": {
@@ -285,6 +293,14 @@ export class RunStore {
       }
       case "execution_error": {
         const node = d.node_id == null ? null : String(d.node_id);
+        if (d.exception_type === "ExecutionBlocked") {
+          // An ExecutionBlocker's message (ComfyUI's form): the node skipped an element
+          // or a branch; the run goes on, so it is a note on the node, not the end.
+          const message = String(d.exception_message ?? "Execution Blocked");
+          if (node) this.patchNode(node, { errors: [...(this.getNode(node).errors ?? []), { message, kind: "execution_blocked" }] });
+          this.patchGlobal({ lastWarning: node ? `${String(d.node_type ?? "node")} #${node}: ${message}` : message });
+          break;
+        }
         const type = d.exception_type ? `${String(d.exception_type)}: ` : "";
         const message = `${type}${String(d.exception_message ?? "execution failed")}`;
         const tb = d.traceback;

@@ -4,6 +4,7 @@
  * server accepts, and one it refuses comes with the same reason.
  */
 
+import { downstreamTypes, NOTE, outputType, REROUTE, REROUTE_INPUT } from "./reroute";
 import type { Defs, InputDef, NodeDef } from "./schema";
 
 export const ANY_TYPE = "*";
@@ -62,6 +63,8 @@ export function checkConnection(graph: GraphView, defs: Defs, link: LinkRef): Co
   const srcType = graph.nodeType(link.source);
   const dstType = graph.nodeType(link.target);
   if (srcType === undefined || dstType === undefined) return { ok: false, reason: "node not found" };
+  if (srcType === NOTE || dstType === NOTE) return { ok: false, reason: "a note has no sockets" };
+  if (srcType === REROUTE || dstType === REROUTE) return checkRerouteLink(graph, defs, link, srcType, dstType);
   const src = defs.get(srcType);
   const dst = defs.get(dstType);
   if (!src) return { ok: false, reason: `unknown node type ${srcType}` };
@@ -77,6 +80,45 @@ export function checkConnection(graph: GraphView, defs: Defs, link: LinkRef): Co
       reason: `type mismatch: ${describeInput(dst, input)} cannot take ${src.displayName}'s ${output.type} output`,
     };
   }
+  return checkCycle(graph, link);
+}
+
+/** A link from or into a reroute: the type it carries must suit every input it reaches. */
+function checkRerouteLink(graph: GraphView, defs: Defs, link: LinkRef, srcType: string, dstType: string): ConnectionCheck {
+  if (link.source === link.target) return { ok: false, reason: "a node cannot be linked to itself" };
+  let outType: string;
+  if (srcType === REROUTE) {
+    if (link.slot !== 0) return { ok: false, reason: `a reroute has no output ${link.slot}` };
+    outType = outputType(graph, defs, link.source, 0) ?? ANY_TYPE;
+  } else {
+    const src = defs.get(srcType);
+    if (!src) return { ok: false, reason: `unknown node type ${srcType}` };
+    const output = src.outputs[link.slot];
+    if (!output) return { ok: false, reason: `${src.displayName} has no output ${link.slot}` };
+    outType = output.type;
+  }
+  let inTypes: string[];
+  let what: string;
+  if (dstType === REROUTE) {
+    if (link.input !== REROUTE_INPUT) return { ok: false, reason: `a reroute has no input '${link.input}'` };
+    inTypes = downstreamTypes(graph, defs, link.target);
+    what = "the inputs this reroute feeds";
+  } else {
+    const dst = defs.get(dstType);
+    if (!dst) return { ok: false, reason: `unknown node type ${dstType}` };
+    const input = dst.inputs.find((i) => i.name === link.input);
+    if (!input) return { ok: false, reason: `${dst.displayName} has no input '${link.input}'` };
+    inTypes = [input.type];
+    what = describeInput(dst, input);
+  }
+  const bad = inTypes.find((t) => !typesMatch(outType, t));
+  if (bad !== undefined) {
+    return { ok: false, reason: `type mismatch: ${what} (${bad}) cannot take an output of type ${outType}` };
+  }
+  return checkCycle(graph, link);
+}
+
+function checkCycle(graph: GraphView, link: LinkRef): ConnectionCheck {
   // A link into an input that already has one replaces it; the old link must
   // not count when looking for a cycle.
   const others = graph.links.filter((l) => !(l.target === link.target && l.input === link.input));

@@ -1,18 +1,77 @@
-/** The Queue tab: the running and pending prompts, each with Load and Cancel. */
+/**
+ * The Queue tab: the running and pending prompts, each with Load and Cancel. The running
+ * one shows its progress (node k of n, the node's title, its step out of total) and its
+ * elapsed time; a pending one how long it has waited (since this page saw it).
+ */
 
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import { deleteFromQueue, getQueue, interrupt, type QueueItem } from "../api";
-import { useGlobalRun } from "../canvas/context";
+import { useGlobalRun, useNodeRun } from "../canvas/context";
+import { formatElapsed } from "../lib/batch";
+import type { ApiPrompt } from "../lib/graph";
 import type { RunStore } from "../lib/runstore";
 import { workflowOf } from "./HistoryTab";
 
+/** Re-render every `ms` while `on` (elapsed times tick). */
+function useNow(on: boolean, ms = 500): number {
+  const [now, setNow] = useState(() => Date.now());
+  useEffect(() => {
+    if (!on) return;
+    setNow(Date.now());
+    const t = setInterval(() => setNow(Date.now()), ms);
+    return () => clearInterval(t);
+  }, [on, ms]);
+  return now;
+}
+
+function nodeLabel(prompt: unknown, id: string): string {
+  const node = (prompt as ApiPrompt | undefined)?.[id];
+  const name = node?._meta?.title || node?.class_type;
+  return name ? `${name} #${id}` : `node ${id}`;
+}
+
+/** The running prompt's progress line: node k of n, the node, its steps, the elapsed time. */
+function RunningProgress({ store, item, now }: { store: RunStore; item: QueueItem; now: number }) {
+  const { promptId, executing, nodesDone, startedAt } = useGlobalRun(store);
+  const run = useNodeRun(store, executing ?? "");
+  if (promptId !== item.promptId) return <span className="sf-queue-progress">running</span>;
+  const total = item.prompt && typeof item.prompt === "object" ? Object.keys(item.prompt).length : 0;
+  const step = run.progress && executing ? run.progress : null;
+  const fraction = step && step.max > 0 ? step.value / step.max : 0;
+  return (
+    <span className="sf-queue-progress" data-testid="queue-progress">
+      <span>
+        running
+        {executing && <> · {nodeLabel(item.prompt, executing)}</>}
+        {total > 0 && <> · node {Math.min(total, nodesDone + (executing ? 1 : 0))}/{total}</>}
+        {step && <> · step {step.value}/{step.max}</>}
+        {startedAt !== null && <> · <span data-testid="elapsed">{formatElapsed(now - startedAt)}</span></>}
+      </span>
+      {step && (
+        <span className="sf-queue-bar" role="progressbar" aria-valuemin={0} aria-valuemax={step.max} aria-valuenow={step.value}>
+          <span style={{ width: `${Math.round(fraction * 100)}%` }} />
+        </span>
+      )}
+    </span>
+  );
+}
+
 export function QueueTab({ store, onLoad, notify }: { store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void }) {
-  const { queueVersion, running, executing } = useGlobalRun(store);
+  const { queueVersion, running } = useGlobalRun(store);
   const [queue, setQueue] = useState<{ running: QueueItem[]; pending: QueueItem[] }>({ running: [], pending: [] });
+  /** When this page first saw each pending prompt (the server does not say when it was queued). */
+  const seen = useRef(new Map<string, number>());
   const refresh = useCallback(() => {
-    getQueue().then(setQueue).catch(() => undefined);
+    getQueue().then((q) => {
+      const t = Date.now();
+      const ids = new Set([...q.running, ...q.pending].map((i) => i.promptId));
+      for (const id of ids) if (!seen.current.has(id)) seen.current.set(id, t);
+      for (const id of [...seen.current.keys()]) if (!ids.has(id)) seen.current.delete(id);
+      setQueue(q);
+    }).catch(() => undefined);
   }, []);
   useEffect(refresh, [refresh, queueVersion, running]);
+  const now = useNow(queue.running.length + queue.pending.length > 0);
   const cancel = async (item: QueueItem, isRunning: boolean) => {
     try {
       if (isRunning) await interrupt(item.promptId);
@@ -24,7 +83,12 @@ export function QueueTab({ store, onLoad, notify }: { store: RunStore; onLoad(ob
   };
   const row = (item: QueueItem, isRunning: boolean) => (
     <li key={item.promptId} className={`sf-queue-item${isRunning ? " running" : ""}`} data-prompt-id={item.promptId}>
-      <span>#{item.number} {isRunning ? `running${executing ? ` (node ${executing})` : ""}` : "pending"}</span>
+      <span className="sf-queue-text">
+        <span>#{item.number}</span>{" "}
+        {isRunning
+          ? <RunningProgress store={store} item={item} now={now} />
+          : <span className="sf-queue-progress">pending · waiting {formatElapsed(now - (seen.current.get(item.promptId) ?? now))}</span>}
+      </span>
       <span className="sf-queue-actions">
         <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(item.prompt, item.extra))}>Load</button>
         <button type="button" className="sf-small" onClick={() => cancel(item, isRunning)}>

@@ -1,0 +1,51 @@
+"""Node help: the help panel renders a node's docstring; inputs show their tooltip on hover."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.e2e.canvas import Canvas
+
+SEGA = {
+    "format": "steerflow.workflow", "version": 1,
+    "prompt": {"1": {"class_type": "SEGAConcept", "inputs": {"text": "blue"}},
+               "2": {"class_type": "ApplySEGA", "inputs": {"concepts": ["1", 0]}}},
+    "layout": {"nodes": {"1": {"pos": [0, 0]}, "2": {"pos": [360, 0]}}, "groups": []},
+    "extra": {},
+}
+
+
+def test_help_shows_the_usage_advice_and_follows_the_selection(page):
+    c = Canvas(page)
+    c.open_file("sega.json", SEGA)
+    expect(c.nodes()).to_have_count(2)
+    c.node("1").get_by_role("button", name="help").click()
+    help_panel = page.get_by_role("dialog", name="node help")
+    expect(help_panel).to_be_visible()
+    expect(help_panel.get_by_role("heading", name="SEGA Concept")).to_be_visible()
+    # the docstring's advice, its list rendered as a list
+    expect(help_panel).to_contain_text("add the new value AND remove the old one")
+    expect(help_panel.locator("li").first).to_be_visible()
+    # inputs with their tooltips
+    expect(help_panel.locator('[data-help-input="scale"]')).to_contain_text("Edit guidance scale")
+
+    # selecting another node shows its help; the node menu opens it too
+    c.node("2").locator(".sf-title").click()
+    expect(help_panel).to_have_attribute("data-node-type", "ApplySEGA")
+    help_panel.get_by_role("button", name="close help").click()
+    expect(help_panel).to_be_hidden()
+    c.node("2").locator(".sf-header").click(button="right")
+    page.get_by_role("menu", name="node menu").get_by_role("menuitem", name="Help").click()
+    expect(page.get_by_role("dialog", name="node help")).to_contain_text("Semantic Guidance")
+
+
+def test_an_input_tooltip_appears_on_hover(page):
+    c = Canvas(page)
+    c.open_file("sega.json", SEGA)
+    expect(c.nodes()).to_have_count(2)
+    c.node("1").locator('.sf-input[data-input="scale"] .sf-input-label').hover()
+    tip = page.get_by_role("tooltip")
+    expect(tip).to_be_visible()
+    expect(tip).to_contain_text("Edit guidance scale")
+    page.mouse.move(5, 5)
+    expect(tip).to_be_hidden()

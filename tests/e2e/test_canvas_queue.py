@@ -1,0 +1,103 @@
+"""The canvas's queue: Queue N times (batch count), queue on change, per-item progress."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from playwright.sync_api import expect
+
+from tests.e2e.canvas import Canvas
+from tests.e2e.conftest import LiveServer
+from tests.e2e.test_canvas import TXT2IMG, small_txt2img
+
+
+def _history_ids(server: LiveServer) -> set[str]:
+    return set(server.get("/history?max_items=200"))
+
+
+def _wait_new_history(server: LiveServer, before: set[str], n: int, timeout: float = 240
+                      ) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = server.get("/history?max_items=200")
+        new = {k: v for k, v in history.items() if k not in before}
+        done = {k: v for k, v in new.items()
+                if (v.get("status") or {}).get("completed") is not None}
+        if len(done) >= n:
+            return done
+        time.sleep(0.5)
+    raise TimeoutError(f"{n} new history entries did not come in {timeout}s")
+
+
+def _seed(entry: dict) -> int:
+    prompt = entry["prompt"][2]
+    return prompt["3"]["inputs"]["seed"]
+
+
+def test_queue_three_times_makes_three_prompts_with_different_seeds(page, server: LiveServer):
+    c = Canvas(page)
+    c.open_file("batch.json", small_txt2img(steps=2))
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    c.node("3").get_by_label("seed control after generate").select_option("increment")
+    c.set_value("3", "seed", "100")
+    before = _history_ids(server)
+    page.get_by_label("queue count").fill("3")
+    page.get_by_role("button", name="Queue", exact=True).click()
+    expect(c.toasts().filter(has_text="Queued 3 prompts")).to_have_count(1)
+    done = _wait_new_history(server, before, 3)
+    assert sorted(_seed(e) for e in done.values()) == [100, 101, 102]
+    assert all(e["status"]["status_str"] == "success" for e in done.values())
+    # the canvas shows the seed the next Queue uses
+    expect(c.widget("3", "seed")).to_have_value("103")
+    page.wait_for_timeout(1500)
+    assert len(_history_ids(server) - before) == 3  # exactly three
+
+
+def test_queue_on_change_queues_once_after_a_widget_edit(page, server: LiveServer):
+    c = Canvas(page)
+    c.open_file("onchange.json", small_txt2img(steps=2))
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    c.node("3").get_by_label("seed control after generate").select_option("randomize")
+    before = _history_ids(server)
+    page.get_by_label("queue on change").check()
+    page.wait_for_timeout(1500)
+    assert _history_ids(server) == before  # turning it on queues nothing
+    c.set_value("6", "text", "a blue square on a white background")
+    done = _wait_new_history(server, before, 1, timeout=120)
+    [entry] = done.values()
+    assert entry["prompt"][2]["6"]["inputs"]["text"] == "a blue square on a white background"
+    # the seed it moved on afterwards (randomize) is not a change: nothing more is queued
+    page.wait_for_timeout(3000)
+    assert len(_history_ids(server) - before) == 1
+    assert server.get("/queue")["queue_pending"] == []
+    # another edit queues again
+    c.set_value("3", "steps", "3")
+    done = _wait_new_history(server, before, 2, timeout=120)
+    assert sorted(e["prompt"][2]["3"]["inputs"]["steps"] for e in done.values()) == [2, 3]
+    page.get_by_label("queue on change").uncheck()
+
+
+def test_queue_item_shows_node_step_and_elapsed_time(page, server: LiveServer):
+    c = Canvas(page)
+    c.open_file("long.json", small_txt2img(steps=5000))
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    try:
+        c.queue()
+        running = page.get_by_role("list", name="queue").locator(".sf-queue-item.running")
+        progress = running.get_by_test_id("queue-progress")
+        expect(progress).to_contain_text(re.compile(r"step \d+/5000"), timeout=120_000)
+        expect(progress).to_contain_text(re.compile(r"KSampler #3|Sample #3|#3"))
+        expect(progress).to_contain_text(re.compile(r"node \d+/\d+"))
+        expect(running.get_by_role("progressbar")).to_be_visible()
+        elapsed = running.get_by_test_id("elapsed")
+        first = float(elapsed.inner_text().split()[0])
+        page.wait_for_timeout(1200)
+        assert float(elapsed.inner_text().split()[0]) > first  # the clock runs
+        step = int(re.search(r"step (\d+)/", progress.inner_text()).group(1))  # type: ignore[union-attr]
+        page.wait_for_timeout(1500)
+        later = int(re.search(r"step (\d+)/", progress.inner_text()).group(1))  # type: ignore[union-attr]
+        assert later > step
+    finally:
+        server.post("/queue", {"clear": True})
+        server.post("/interrupt", {})

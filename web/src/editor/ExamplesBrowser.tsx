@@ -1,0 +1,97 @@
+/**
+ * The examples browser: a dialog with one card per example workflow of the server
+ * (`/workflows?details=1`): its title, what it shows (the description, true for the
+ * shipped model), a thumbnail of what it makes as shipped (a placeholder where none
+ * ships) and the models it needs beyond the built-in ones. A click opens it.
+ */
+
+import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { type ExampleInfo, type ExampleRef, listExamples } from "../api";
+import { matchesQuery } from "../lib/examples";
+import type { Notify } from "./Toasts";
+
+function Card({ ex, onOpen }: { ex: ExampleInfo; onOpen(ex: ExampleInfo): void }) {
+  const [broken, setBroken] = useState(false);
+  return (
+    <li className="sf-example-card" data-example={ex.name}>
+      <button type="button" className="sf-example-open" aria-label={`Open ${ex.title}`} onClick={() => onOpen(ex)}>
+        {ex.thumbnail && !broken ? (
+          <img className="sf-example-thumb" src={ex.thumbnail} alt={`what ${ex.title} makes`} loading="lazy"
+            onError={() => setBroken(true)} />
+        ) : (
+          <div className="sf-example-thumb sf-example-placeholder" data-testid="thumbnail-placeholder">
+            {ex.requiresModels.length ? "needs models" : "no preview"}
+          </div>
+        )}
+      </button>
+      <div className="sf-example-text">
+        <h3 className="sf-example-title">{ex.title}</h3>
+        <p className="sf-example-description" title={ex.description}>{ex.description || "No description."}</p>
+        {ex.requiresModels.length > 0 && (
+          <p className="sf-example-needs">Needs: {ex.requiresModels.join(", ")}</p>
+        )}
+        <span className="sf-muted sf-example-file">{ex.name}</span>
+      </div>
+    </li>
+  );
+}
+
+export function ExamplesBrowser({ onOpen, notify }: { onOpen(ex: ExampleRef): void; notify: Notify }) {
+  const [examples, setExamples] = useState<ExampleInfo[] | null>(null);
+  const [open, setOpen] = useState(false);
+  const [query, setQuery] = useState("");
+  const search = useRef<HTMLInputElement>(null);
+
+  const show = useCallback(async () => {
+    setOpen(true);
+    setQuery("");
+    try {
+      setExamples(await listExamples());
+    } catch (e) {
+      setOpen(false);
+      notify(`Cannot list examples: ${(e as Error).message}`, "error");
+    }
+  }, [notify]);
+
+  useEffect(() => {
+    if (!open) return;
+    search.current?.focus();
+    const onKey = (e: KeyboardEvent) => {
+      if (e.key === "Escape") setOpen(false);
+    };
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, [open]);
+
+  const shown = useMemo(() => (examples ?? []).filter((ex) => matchesQuery(ex, query)), [examples, query]);
+  const pick = (ex: ExampleInfo) => {
+    setOpen(false);
+    onOpen(ex);
+  };
+
+  return (
+    <>
+      <button type="button" onClick={() => void show()} title="Browse the example workflows">Examples</button>
+      {open && (
+        <div className="sf-examples-backdrop" onMouseDown={(e) => e.target === e.currentTarget && setOpen(false)}>
+          <div className="sf-examples" role="dialog" aria-label="Examples" aria-modal="true">
+            <div className="sf-examples-head">
+              <strong>Examples</strong>
+              <input ref={search} type="search" aria-label="Search examples" placeholder="Search title or description"
+                value={query} onChange={(e) => setQuery(e.target.value)}
+                onKeyDown={(e) => {
+                  if (e.key === "Enter" && shown.length === 1) pick(shown[0]);
+                }} />
+              <span className="sf-muted">{examples ? `${shown.length} of ${examples.length}` : "loading…"}</span>
+              <button type="button" className="sf-small" onClick={() => setOpen(false)} aria-label="Close examples">✕</button>
+            </div>
+            <ul className="sf-examples-grid" aria-label="example workflows">
+              {examples?.length === 0 && <li className="sf-muted">This server offers no examples.</li>}
+              {shown.map((ex) => <Card key={ex.name} ex={ex} onOpen={pick} />)}
+            </ul>
+          </div>
+        </div>
+      )}
+    </>
+  );
+}

@@ -1,0 +1,91 @@
+import { describe, expect, it } from "vitest";
+import { advanceControls, changeSignature, clampCount, formatElapsed, QUEUE_COUNT_MAX } from "./batch";
+import { matchesQuery, nativeSizeText } from "./examples";
+import type { ApiPrompt, GraphNode } from "./graph";
+import { testDefs } from "./testdefs";
+
+const defs = testDefs();
+
+function sampler(id: string, seed: number, mode?: "fixed" | "increment" | "randomize"): GraphNode {
+  return { id, type: "KSampler", pos: [0, 0], values: { seed, steps: 20 }, control: mode ? { seed: mode } : undefined };
+}
+
+describe("advanceControls (batch count)", () => {
+  it("moves increment and randomize seeds on, keeps fixed ones and untouched nodes", () => {
+    const nodes = [sampler("1", 5, "increment"), sampler("2", 5, "fixed"), sampler("3", 5, "randomize"), sampler("4", 5)];
+    const out = advanceControls(nodes, [], defs, () => 0.25);
+    expect(out[0].values.seed).toBe(6);
+    expect(out[1]).toBe(nodes[1]);
+    expect(out[2].values.seed).not.toBe(5);
+    expect(out[3]).toBe(nodes[3]);
+    expect(out[0].values.steps).toBe(20);
+    expect(nodes[0].values.seed).toBe(5); // pure: the input is not changed
+  });
+
+  it("three prompts get three different seeds; a linked seed never moves", () => {
+    let nodes = [sampler("1", 0, "increment"), sampler("2", 9, "increment")];
+    const links = [{ source: "9", slot: 0, target: "2", input: "seed" }];
+    const seeds: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      seeds.push(nodes[0].values.seed as number);
+      nodes = advanceControls(nodes, links, defs);
+    }
+    expect(seeds).toEqual([0, 1, 2]);
+    expect(nodes[1].values.seed).toBe(9);
+  });
+});
+
+describe("changeSignature (queue on change)", () => {
+  const prompt: ApiPrompt = {
+    "3": { class_type: "KSampler", inputs: { seed: 1, steps: 20, model: ["4", 0] } },
+    "6": { class_type: "CLIPTextEncode", inputs: { text: "a red circle" } },
+  };
+  const nodes = [{ id: "3", control: { seed: "randomize" as const } }, { id: "6" }];
+
+  it("ignores what control_after_generate moves, sees every other edit", () => {
+    const base = changeSignature(prompt, nodes);
+    const reseeded = structuredClone(prompt);
+    reseeded["3"].inputs.seed = 77;
+    expect(changeSignature(reseeded, nodes)).toBe(base);
+    const edited = structuredClone(prompt);
+    edited["6"].inputs.text = "a blue circle";
+    expect(changeSignature(edited, nodes)).not.toBe(base);
+    // a fixed seed is an edit like any other
+    expect(changeSignature(reseeded, [{ id: "3", control: { seed: "fixed" } }]))
+      .not.toBe(changeSignature(prompt, [{ id: "3", control: { seed: "fixed" } }]));
+  });
+
+  it("does not depend on key order", () => {
+    const reordered: ApiPrompt = { "6": prompt["6"], "3": { class_type: "KSampler", inputs: { model: ["4", 0], steps: 20, seed: 1 } } };
+    expect(changeSignature(reordered, nodes)).toBe(changeSignature(prompt, nodes));
+  });
+});
+
+describe("helpers", () => {
+  it("clamps the batch count", () => {
+    expect(clampCount(0)).toBe(1);
+    expect(clampCount("3")).toBe(3);
+    expect(clampCount(2.7)).toBe(2);
+    expect(clampCount(1e9)).toBe(QUEUE_COUNT_MAX);
+    expect(clampCount("x")).toBe(1);
+  });
+
+  it("formats elapsed times", () => {
+    expect(formatElapsed(4200)).toBe("4.2 s");
+    expect(formatElapsed(65_000)).toBe("1 min 05 s");
+    expect(formatElapsed(-5)).toBe("0.0 s");
+  });
+
+  it("filters examples by every word of the query", () => {
+    const ex = { name: "sega.json", title: "Semantic guidance (SEGA)", description: "turn the red circle blue" };
+    expect(matchesQuery(ex, "")).toBe(true);
+    expect(matchesQuery(ex, "RED sega")).toBe(true);
+    expect(matchesQuery(ex, "red square")).toBe(false);
+  });
+
+  it("writes a model card's native size", () => {
+    expect(nativeSizeText({ native_size: [64, 64] })).toBe("64×64");
+    expect(nativeSizeText({})).toBeNull();
+    expect(nativeSizeText(undefined)).toBeNull();
+  });
+});

@@ -1,0 +1,64 @@
+/**
+ * Queueing more than once: ComfyUI's batch count (Queue N times, the widgets set to
+ * increment / randomize moving on between the prompts) and "queue on change" (what
+ * counts as a change of the graph). Plain data, testable alone.
+ */
+
+import type { ApiPrompt, GraphLink, GraphNode } from "./graph";
+import { type ControlMode, type Defs, nextControlValue } from "./schema";
+
+/** At most this many prompts per click (a typo of 1000 must not flood the queue). */
+export const QUEUE_COUNT_MAX = 100;
+
+export function clampCount(n: unknown): number {
+  const v = Math.floor(Number(n));
+  return Number.isFinite(v) ? Math.min(QUEUE_COUNT_MAX, Math.max(1, v)) : 1;
+}
+
+/**
+ * The nodes after one queued prompt: each widget whose control_after_generate is not
+ * `fixed` moves on (seed + 1, a new random seed, ...), unless a link feeds that input.
+ * Nodes that do not change are returned as they were (same objects).
+ */
+export function advanceControls(nodes: GraphNode[], links: GraphLink[], defs: Defs,
+  rand: () => number = Math.random): GraphNode[] {
+  const linked = new Set(links.map((l) => `${l.target}|${l.input}`));
+  return nodes.map((n) => {
+    const def = defs.get(n.type);
+    if (!n.control || !def) return n;
+    let values = n.values;
+    for (const [name, mode] of Object.entries(n.control) as [string, ControlMode][]) {
+      const input = def.inputs.find((i) => i.name === name);
+      const v = values[name];
+      if (mode === "fixed" || !input || typeof v !== "number" || linked.has(`${n.id}|${name}`)) continue;
+      const nv = nextControlValue(input, v, mode, rand);
+      if (nv !== v) values = { ...values, [name]: nv };
+    }
+    return values === n.values ? n : { ...n, values };
+  });
+}
+
+/**
+ * What "queue on change" compares: the prompt that would run, without the inputs that
+ * control_after_generate moves (queueing changes those itself; counting them would
+ * queue forever). Moving or selecting nodes changes nothing here.
+ */
+export function changeSignature(prompt: ApiPrompt, nodes: Pick<GraphNode, "id" | "control">[]): string {
+  const moving = new Map(nodes.map((n) => [n.id, Object.entries(n.control ?? {})
+    .filter(([, mode]) => mode !== "fixed").map(([name]) => name)]));
+  const ids = Object.keys(prompt).sort();
+  return JSON.stringify(ids.map((id) => {
+    const { class_type, inputs, mode } = prompt[id];
+    const skip = new Set(moving.get(id) ?? []);
+    const kept = Object.keys(inputs).sort().filter((k) => !skip.has(k)).map((k) => [k, inputs[k]]);
+    return [id, class_type, mode ?? null, kept];
+  }));
+}
+
+/** "4.2 s", "1 min 05 s": a queue item's elapsed time. */
+export function formatElapsed(ms: number): string {
+  const s = Math.max(0, ms) / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${String(Math.floor(s % 60)).padStart(2, "0")} s`;
+}
