@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
 from nodes.diffusion.schedulers import SAMPLERS
+from nodes.diffusion.train_common import LR_SCHEDULERS
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,10 +44,16 @@ def _target(env: Environment, folder: str, name: str) -> Path:
 def _settings(node: Any) -> Any:
     from nodes.diffusion.train_common import TrainSettings
 
+    # The schedule and loss options exist on the nodes that take them (LrScheduleInputs,
+    # Train LoRA's snr_gamma / noise_offset); elsewhere they keep the scripts' defaults.
     return TrainSettings(steps=node.steps, learning_rate=node.learning_rate,
                          batch_size=node.batch_size, seed=node.seed,
                          resolution=node.resolution,
-                         gradient_checkpointing=node.gradient_checkpointing)
+                         gradient_checkpointing=node.gradient_checkpointing,
+                         lr_scheduler=getattr(node, "lr_scheduler", "constant"),
+                         lr_warmup_steps=getattr(node, "lr_warmup_steps", 0),
+                         snr_gamma=getattr(node, "snr_gamma", 0.0),
+                         noise_offset=getattr(node, "noise_offset", 0.0))
 
 
 def _checkpoint(ctx: ExecutionContext, kind: str, node: Any, captions: list[str],
@@ -105,6 +112,18 @@ class TrainingNode(Node):
                                "first caption)")
 
 
+class LrScheduleInputs(Node):
+    """The scripts' learning-rate schedule (diffusers' ``get_scheduler``), stepped after
+    every optimiser step; "constant" (their default) keeps the learning rate."""
+
+    lr_scheduler: str = Input("constant", choices=LR_SCHEDULERS,
+                              description="Learning-rate schedule over the steps")
+    # The scripts default to 500 warm-up steps for their ~15k-step runs; unused by
+    # "constant", so 0 here keeps short runs' schedules meaningful.
+    lr_warmup_steps: int = Input(0, min=0, max=100_000, description="Steps the learning "
+                                 "rate rises linearly from 0 (not with \"constant\")")
+
+
 class PriorPreservationInputs(Node):
     """Prior preservation's inputs (DreamBooth, Custom Diffusion): class images the base
     model draws, trained on beside the instances so the class keeps its meaning."""
@@ -146,7 +165,7 @@ class PriorPreservationInputs(Node):
             cfg=self.class_cfg, sampler_name=self.class_sampler)
 
 
-class TrainLoRA(TrainingNode):
+class TrainLoRA(LrScheduleInputs, TrainingNode):
     """Train a LoRA on a few captioned images and use it at once (diffusers'
     train_text_to_image_lora.py: MSE on the noise, or on v for v-prediction models,
     uniform timesteps, AdamW, gradient norm clipped to 1, PEFT's LoRA layers).
@@ -187,7 +206,7 @@ class TrainLoRA(TrainingNode):
     alpha: float = Input(4.0, min=0.01, max=1024.0, step=0.01,
                          description="LoRA alpha (scale alpha / rank); the script uses rank")
     learning_rate: float = Input(1e-4, min=1e-7, max=1e-1, step=1e-5,
-                                 description="AdamW learning rate (constant)")
+                                 description="AdamW learning rate (the peak, with lr_scheduler)")
     steps: int = Input(200, min=1, max=100_000, description="Optimiser steps")
     seed: int = Input(0, min=0, max=2**63 - 1,
                       description="Seeds LoRA init, order, noise, timesteps")
@@ -195,6 +214,11 @@ class TrainLoRA(TrainingNode):
                         description="What the LoRA adapts")
     target_modules: str = Input(UNET_TARGETS, description="UNet linear layers to adapt "
                                 "(comma-separated; the text encoder's are q/k/v/out_proj)")
+    snr_gamma: float = Input(0.0, min=0.0, max=100.0, step=0.1,
+                             description="Min-SNR-γ loss weighting (5 is the paper's); 0: "
+                             "plain MSE")
+    noise_offset: float = Input(0.0, min=0.0, max=1.0, step=0.01,
+                                description="Offset noise (e.g. 0.05-0.1); 0: off")
     save_name: str = Input("", description="Also write models/loras/<name>.safetensors "
                            "(empty: do not save)")
 
@@ -252,7 +276,7 @@ class TrainLoRA(TrainingNode):
         return model, clip, label if name else ""
 
 
-class TrainTextualInversion(TrainingNode):
+class TrainTextualInversion(LrScheduleInputs, TrainingNode):
     """Learn new token embeddings for a concept from a few images (diffusers'
     textual_inversion.py: only the new rows of the token-embedding table train; the
     rest of the model is frozen).
@@ -288,7 +312,8 @@ class TrainTextualInversion(TrainingNode):
                                    "start from")
     num_vectors: int = Input(1, min=1, max=16, description="Vectors for the concept")
     learning_rate: float = Input(5e-4, min=1e-7, max=1.0, step=1e-5,
-                                 description="AdamW learning rate (constant, not scaled)")
+                                 description="AdamW learning rate (not scaled; the peak, "
+                                 "with lr_scheduler)")
     steps: int = Input(500, min=1, max=100_000, description="Optimiser steps")
     gradient_checkpointing: bool = Input(False, description="Recompute UNet activations in "
                                          "the backward pass: less memory, slower")

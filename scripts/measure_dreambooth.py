@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--class-prompt", default="", help="empty: no prior preservation")
     parser.add_argument("--class-images", type=int, default=100)
     parser.add_argument("--prior-weight", type=float, default=1.0)
+    parser.add_argument("--prior", type=int, default=0,
+                        help="also train on this many shapes-world images with their captions")
     parser.add_argument("--skip-base", action="store_true")
     args = parser.parse_args(argv)
 
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = EvalConfig(steps=args.sample_steps, progress=False)
     with tempfile.TemporaryDirectory(prefix="dreambooth-") as work:
         runner = GraphRunner(args.base_dir / "models", Path(work))
-        captions = mtn.put_training_images(runner)
+        captions = mtn.put_training_images(runner, args.prior)
         train = {"class_type": "TrainDreamBooth", "inputs": {
             "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
             "images": ["batch", 0], "captions": captions, "learning_rate": args.lr,

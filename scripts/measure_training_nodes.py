@@ -64,11 +64,14 @@ def training_node(method: str, args: argparse.Namespace, captions: str) -> dict[
             **common, "rank": args.rank, "alpha": float(args.alpha or args.rank),
             "learning_rate": args.lora_lr, "steps": args.lora_steps,
             "batch_size": args.lora_batch, "target": args.target,
-            "target_modules": args.target_modules}}
+            "target_modules": args.target_modules, "lr_scheduler": args.lora_scheduler,
+            "lr_warmup_steps": args.lora_warmup, "snr_gamma": args.snr_gamma,
+            "noise_offset": args.noise_offset}}
     return {"class_type": "TrainTextualInversion", "inputs": {
         **common, "placeholder_token": TI_TOKEN, "initializer_token": args.initializer,
         "num_vectors": args.vectors, "learning_rate": args.ti_lr, "steps": args.ti_steps,
-        "batch_size": args.ti_batch}}
+        "batch_size": args.ti_batch, "lr_scheduler": args.ti_scheduler,
+        "lr_warmup_steps": args.ti_warmup}}
 
 
 def graph(cfg: Any, text: str, seed: int, batch: int, train: dict[str, Any] | None
@@ -76,12 +79,17 @@ def graph(cfg: Any, text: str, seed: int, batch: int, train: dict[str, Any] | No
     """txt2img of ``text`` (``batch`` images from ``seed``), with the trained MODEL / CLIP
     when ``train`` is given (the images are Load Image Batch's)."""
     from training.evaluate import txt2img_graph
+    from training.new_shapes import TRAINING_LAYOUT
 
     g = txt2img_graph(cfg, text, seed, cfg.image_size)
     g["latent"]["inputs"]["batch_size"] = batch
     if train is not None:
+        # Textual inversion trains on the hearts alone: every caption must hold the
+        # placeholder, and its frozen UNet has no prior to keep.
+        names = TRAINING_NAMES if train["class_type"] != "TrainTextualInversion" else (
+            TRAINING_NAMES[:len(TRAINING_LAYOUT)])
         g["batch"] = {"class_type": "LoadImageBatch", "inputs": {
-            "folder": "", "images": "\n".join(TRAINING_NAMES), "size": "refuse",
+            "folder": "", "images": "\n".join(names), "size": "refuse",
             "caption_template": "{caption}"}}
         g["train"] = train
         for node in ("pos", "neg"):
@@ -122,6 +130,9 @@ def train_and_time(runner: Any, cfg: Any, train: dict[str, Any]) -> Timing:
             marks["last"] = now
             if isinstance(data.get("loss"), float):
                 timing.losses.append(data["loss"])
+            if len(timing.step_times) % 200 == 0:  # a sign of life on a busy machine
+                print(f"  step {len(timing.step_times)}: {now - marks['start']:.0f} s",
+                      flush=True)
 
     images(runner, graph(cfg, "", 0, 1, train), on_event)
     timing.wall = marks["end"] - marks["start"]
@@ -155,6 +166,7 @@ def new_shape_scores(runner: Any, cfg: Any, world: int, n: int, seeds: int, word
 
     verdicts, colors = [], []
     drawn: dict[str, int] = {}
+    by_size: dict[str, list[bool]] = {}
     for i in range(n):
         spec = generate(world, i, cfg.image_size, 0.0).shapes[0]
         background = generate(world, i, cfg.image_size, 0.0).background
@@ -164,7 +176,10 @@ def new_shape_scores(runner: Any, cfg: Any, world: int, n: int, seeds: int, word
             verdicts.append(v)
             colors.append(spec.color)
             drawn[v.shape] = drawn.get(v.shape, 0) + 1
-    return ns.summarise(verdicts, colors), drawn
+            by_size.setdefault(spec.size, []).append(v.matches(spec.color))
+    scores = ns.summarise(verdicts, colors)
+    scores.update({f"match {size}": sum(hits) / len(hits) for size, hits in by_size.items()})
+    return scores, drawn
 
 
 def put_training_images(runner: Any, prior: int) -> str:
@@ -206,18 +221,24 @@ def main(argv: list[str] | None = None) -> None:
     lora.add_argument("--target", default="unet+text_encoder",
                       choices=["unet", "unet+text_encoder"])
     lora.add_argument("--target-modules", default="to_k, to_q, to_v, to_out.0")
+    lora.add_argument("--lora-scheduler", default="constant")
+    lora.add_argument("--lora-warmup", type=int, default=0)
+    lora.add_argument("--snr-gamma", type=float, default=0.0)
+    lora.add_argument("--noise-offset", type=float, default=0.0)
     ti = parser.add_argument_group("Train Textual Inversion")
     ti.add_argument("--ti-steps", type=int, default=1500)
     ti.add_argument("--ti-lr", type=float, default=1e-2)
     ti.add_argument("--vectors", type=int, default=4)
     ti.add_argument("--initializer", default="shape")
     ti.add_argument("--ti-batch", type=int, default=4)
+    ti.add_argument("--ti-scheduler", default="constant")
+    ti.add_argument("--ti-warmup", type=int, default=0)
     args = parser.parse_args(argv)
 
     import torch
 
     from training.evaluate import EvalConfig, GraphRunner
-    from training.new_shapes import WORD
+    from training.new_shapes import TRAINING_LAYOUT, WORD
 
     torch.set_num_threads(args.threads)
     cfg = EvalConfig(steps=args.sample_steps, progress=False)
@@ -225,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="training-nodes-") as work:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         lora_captions = put_training_images(runner, args.prior)
-        ti_captions = lora_captions.replace(f" {WORD} ", f" {TI_TOKEN} ")
+        ti_captions = "\n".join(lora_captions.replace(f" {WORD} ", f" {TI_TOKEN} ")
+                                .split("\n")[:len(TRAINING_LAYOUT)])
         print(f"new-shape prompts: world {args.world}, {args.prompts} x {args.seeds} seeds; "
               f"plain: {args.plain}; {args.sample_steps} sampling steps; "
               f"{args.threads} threads", flush=True)

@@ -6,7 +6,12 @@ timesteps uniform in ``[0, num_train_timesteps)``; noisy latents from a
 ``DDPMScheduler`` built from the model's scheduler config; loss = MSE (float32,
 mean) between the UNet's prediction and the target its ``prediction_type`` asks
 for (epsilon: the noise; v_prediction: the velocity); AdamW (betas 0.9/0.999,
-weight decay 1e-2, eps 1e-8), constant learning rate, optional gradient clipping.
+weight decay 1e-2, eps 1e-8), optional gradient clipping.
+
+The scripts' options, each off by default as there (so the default step is theirs):
+a learning-rate schedule (``get_scheduler``: constant, or warm-up then linear / cosine
+decay), Min-SNR-γ loss weighting (``snr_gamma``, Hang et al. 2023) and offset noise
+(``noise_offset``: a per-channel constant added to the noise).
 
 The posterior of each image is computed once (mean and std); a step samples it
 afresh (``mean + std * randn``, what ``latent_dist.sample()`` computes), so the
@@ -51,6 +56,14 @@ class TrainSettings:
     seed: int
     resolution: int
     gradient_checkpointing: bool = False
+    lr_scheduler: str = "constant"  # a diffusers get_scheduler name
+    lr_warmup_steps: int = 0
+    snr_gamma: float = 0.0  # 0: plain MSE (the scripts' None)
+    noise_offset: float = 0.0
+
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine",
+                 "cosine_with_restarts", "polynomial")
 
 
 def parse_captions(captions: str, count: int, *, input_name: str = "captions") -> list[str]:
@@ -136,12 +149,16 @@ def noise_scheduler(scheduler_config: dict[str, Any]) -> Any:
     return DDPMScheduler.from_config(scheduler_config)
 
 
-def draw_noise(latents: torch.Tensor, scheduler: Any, generator: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(noise, timesteps)`` for one batch: standard normal noise, uniform timesteps."""
+def draw_noise(latents: torch.Tensor, scheduler: Any, generator: torch.Generator,
+               noise_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(noise, timesteps)`` for one batch: standard normal noise (plus ``noise_offset``
+    times a normal draw per image and channel, as the scripts), uniform timesteps."""
     import torch
 
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(
+            (*latents.shape[:2], 1, 1), generator=generator, dtype=latents.dtype)
     timesteps = torch.randint(0, int(scheduler.config.num_train_timesteps),
                               (latents.shape[0],), generator=generator)
     return noise.to(latents.device), timesteps.long().to(latents.device)
@@ -149,33 +166,44 @@ def draw_noise(latents: torch.Tensor, scheduler: Any, generator: torch.Generator
 
 def batch_loss(unet: Any, scheduler: Any, posterior: Posterior, generator: torch.Generator,
                index: torch.Tensor, context: torch.Tensor, noise: torch.Tensor | None = None,
-               timesteps: torch.Tensor | None = None, latents: torch.Tensor | None = None
-               ) -> torch.Tensor:
+               timesteps: torch.Tensor | None = None, latents: torch.Tensor | None = None,
+               *, snr_gamma: float = 0.0, noise_offset: float = 0.0) -> torch.Tensor:
     """The scripts' loss on images ``index``: latents (a posterior sample), then noise and
     timesteps are drawn from ``generator`` unless given (tests pass the reference's)."""
     if latents is None:
         latents = posterior.sample(index, generator)
     if noise is None or timesteps is None:
-        noise, timesteps = draw_noise(latents, scheduler, generator)
-    return diffusion_loss(unet, scheduler, latents, noise, timesteps, context.to(unet.dtype))
+        noise, timesteps = draw_noise(latents, scheduler, generator, noise_offset)
+    return diffusion_loss(unet, scheduler, latents, noise, timesteps, context.to(unet.dtype),
+                          snr_gamma)
 
 
 def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """MSE between the UNet's prediction and the target of the scheduler's prediction type."""
+                   timesteps: torch.Tensor, context: torch.Tensor, snr_gamma: float = 0.0
+                   ) -> torch.Tensor:
+    """MSE between the UNet's prediction and the target of the scheduler's prediction
+    type (Min-SNR-γ weighted when ``snr_gamma`` > 0)."""
+    pred, target = prediction_and_target(unet, scheduler, latents, noise, timesteps, context)
+    return weighted_mse(pred, target, scheduler, timesteps, snr_gamma)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, scheduler: Any,
+                 timesteps: torch.Tensor, snr_gamma: float = 0.0) -> torch.Tensor:
+    """The scripts' loss: the mean MSE, or with ``snr_gamma`` > 0 each image's MSE times
+    min(SNR, γ) / SNR (ε-prediction; / (SNR + 1) for v-prediction), then the mean."""
+    import torch
     import torch.nn.functional as F
 
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    pred = unet(noisy.to(unet.dtype), timesteps, context.to(unet.dtype)).sample
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"cannot train a model whose prediction type is {kind!r}; "
-                         "only epsilon and v_prediction models can be trained")
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    if not snr_gamma:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma)
+    weights = weights / (snr + 1 if scheduler.config.prediction_type == "v_prediction"
+                         else snr)
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    return (loss.mean(dim=list(range(1, loss.dim()))) * weights).mean()
 
 
 def tokenize(tokenizer: Any, captions: list[str], device: Any) -> torch.Tensor:
@@ -190,6 +218,19 @@ def make_optimizer(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Ada
 
     return torch.optim.AdamW(params, lr=lr, betas=ADAM_BETAS, weight_decay=ADAM_WEIGHT_DECAY,
                              eps=ADAM_EPSILON)
+
+
+def make_lr_scheduler(optimizer: Any, settings: TrainSettings) -> Any:
+    """diffusers' ``get_scheduler`` over the run's steps (stepped after every optimiser
+    step, as the scripts do; "constant" keeps the learning rate)."""
+    from diffusers.optimization import get_scheduler
+
+    if settings.lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"unknown lr_scheduler {settings.lr_scheduler!r}: use one of "
+                         f"{', '.join(LR_SCHEDULERS)}")
+    return get_scheduler(settings.lr_scheduler, optimizer,
+                         num_warmup_steps=settings.lr_warmup_steps,
+                         num_training_steps=settings.steps)
 
 
 class BatchOrder:

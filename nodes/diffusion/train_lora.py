@@ -11,7 +11,8 @@ when asked, a PEFT-layout safetensors file that ``LoraLoader`` (and diffusers'
 
 A step: the batch's latents, noise and timesteps (see ``train_common``), the
 captions encoded by the (LoRA'd, when trained) text encoder, the loss, backward,
-gradient norm clipped to 1.0 (the script's ``max_grad_norm``), AdamW step.
+gradient norm clipped to 1.0 (the script's ``max_grad_norm``), AdamW step, then the
+learning-rate schedule's step; ``snr_gamma`` and ``noise_offset`` as the script's.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class LoraTraining:
     text_layers: LoraLayers | None
     optimizer: Any
     generator: torch.Generator
+    settings: tc.TrainSettings
+    lr_scheduler: Any = None
     context: torch.Tensor | None = None  # fixed caption encodings when the TE is not trained
 
     def encode(self, index: torch.Tensor) -> torch.Tensor:
@@ -176,12 +179,16 @@ class LoraTraining:
         import torch
 
         loss = tc.batch_loss(self.model.unet, self.scheduler, self.posterior, self.generator,
-                             index, self.encode(index), noise, timesteps, latents)
+                             index, self.encode(index), noise, timesteps, latents,
+                             snr_gamma=self.settings.snr_gamma,
+                             noise_offset=self.settings.noise_offset)
         loss.backward()
         params = self.unet_layers.parameters() + (
             self.text_layers.parameters() if self.text_layers else [])
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self.optimizer.zero_grad()
         return float(loss.detach())
 
@@ -220,12 +227,13 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
         stack.enter_context(unet_layers.hooked(unet))
         stack.enter_context(tc.unet_checkpointing(unet, settings.gradient_checkpointing))
         params = unet_layers.parameters() + (text_layers.parameters() if text_layers else [])
+        optimizer = tc.make_optimizer(params, settings.learning_rate)
         yield LoraTraining(
             model=model, clip=clip, spec=spec, posterior=posterior,
             ids=tc.tokenize(clip.tokenizer, captions, encoder.device),
             scheduler=tc.noise_scheduler(model.scheduler_config), unet_layers=unet_layers,
-            text_layers=text_layers, optimizer=tc.make_optimizer(params, settings.learning_rate),
-            generator=generator)
+            text_layers=text_layers, optimizer=optimizer, generator=generator,
+            settings=settings, lr_scheduler=tc.make_lr_scheduler(optimizer, settings))
 
 
 def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, vae: Vae,
@@ -246,6 +254,7 @@ def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, 
         def state() -> dict[str, Any]:
             return {"params": [p.detach().clone() for p in params],
                     "optimizer": run.optimizer.state_dict(),
+                    "lr_scheduler": run.lr_scheduler.state_dict(),
                     "generator": run.generator.get_state(), "pending": list(order.pending)}
 
         def restore(saved: dict[str, Any]) -> None:
@@ -253,6 +262,7 @@ def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, 
                 for p, value in zip(params, saved["params"], strict=True):
                     p.copy_(value)
             run.optimizer.load_state_dict(saved["optimizer"])
+            run.lr_scheduler.load_state_dict(saved["lr_scheduler"])
             run.generator.set_state(saved["generator"])
             order.pending = list(saved["pending"])
 

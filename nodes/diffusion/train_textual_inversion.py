@@ -4,7 +4,8 @@ New tokens (the placeholder, then ``<placeholder>_1`` ... for more vectors) are
 added to a copy of the tokenizer; their embedding rows start as the initializer
 token's. AdamW (the script's defaults, learning rate not scaled) optimises the
 whole token-embedding matrix and every row but the new ones is restored after
-each step, as the script does. The rest of the text encoder, the UNet and the
+each step, as the script does; the learning-rate schedule (``lr_scheduler``,
+``lr_warmup_steps``) is the script's too. The rest of the text encoder, the UNet and the
 VAE are frozen.
 
 The trained CLIP is a new handle: a text encoder that shares every weight with
@@ -149,6 +150,7 @@ class InversionTraining:
     optimizer: Any
     original: torch.Tensor  # the embedding table before training
     generator: torch.Generator
+    lr_scheduler: Any = None
 
     def step(self, index: torch.Tensor, noise: torch.Tensor | None = None,
              timesteps: torch.Tensor | None = None, latents: torch.Tensor | None = None
@@ -160,6 +162,8 @@ class InversionTraining:
                              index, context, noise, timesteps, latents)
         loss.backward()
         self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self.optimizer.zero_grad()
         keep = torch.ones(self.original.shape[0], dtype=torch.bool)
         keep[min(self.token_ids):max(self.token_ids) + 1] = False
@@ -202,6 +206,7 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
     pixels = tc.prepare_pixels(images, settings.resolution)
     encoder = trained.text_encoder
     table = encoder.get_input_embeddings().weight
+    optimizer = tc.make_optimizer([table], settings.learning_rate)
     with ExitStack() as stack:
         # The shared weights are frozen; the new table alone is trained (and left without
         # gradient after, whatever happens).
@@ -216,8 +221,8 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
             posterior=tc.encode_posterior(vae, pixels),
             ids=tc.tokenize(trained.tokenizer, expanded, encoder.device),
             scheduler=tc.noise_scheduler(model.scheduler_config),
-            optimizer=tc.make_optimizer([table], settings.learning_rate),
-            original=table.detach().clone(), generator=generator)
+            optimizer=optimizer, original=table.detach().clone(), generator=generator,
+            lr_scheduler=tc.make_lr_scheduler(optimizer, settings))
 
 
 def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder,
@@ -239,12 +244,14 @@ def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: 
         def state() -> dict[str, Any]:
             return {"rows": table.detach()[run.token_ids].clone(),
                     "optimizer": run.optimizer.state_dict(),
+                    "lr_scheduler": run.lr_scheduler.state_dict(),
                     "generator": run.generator.get_state(), "pending": list(order.pending)}
 
         def restore(saved: dict[str, Any]) -> None:
             with torch.no_grad():
                 table[run.token_ids] = saved["rows"].to(table.dtype)
             run.optimizer.load_state_dict(saved["optimizer"])
+            run.lr_scheduler.load_state_dict(saved["lr_scheduler"])
             run.generator.set_state(saved["generator"])
             order.pending = list(saved["pending"])
 
