@@ -7,6 +7,7 @@ land inside its root folder; anything else is refused with :class:`PathError`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -38,3 +39,16 @@ def confined_path(root: str | os.PathLike[str], *parts: str) -> Path:
     if candidate != base and base not in candidate.parents:
         raise PathError(f"path {str(rel)!r} escapes its folder")
     return candidate
+
+
+ANNOTATED_NAME = re.compile(r"^(?P<name>.*?)\s*\[(?P<role>input|output|temp)\]\s*$")
+
+
+def split_annotated(name: str) -> tuple[str, str]:
+    """ComfyUI's annotated file names (``folder_paths.get_annotated_filepath``):
+    ``"x.png [output]"``, ``"sub/x.png [temp]"``, ``"x.png [input]"``; no annotation
+    means input. Returns ``(role, relative name)``."""
+    match = ANNOTATED_NAME.match(name)
+    if match is None:
+        return "input", name.strip()
+    return match["role"], match["name"].strip()

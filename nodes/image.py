@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
-from engine.paths import PathError
+from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
 
@@ -22,21 +22,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 IMAGE_ROLES = ("input", "output", "temp")
-_ANNOTATION = re.compile(r"^(?P<name>.*?)\s*\[(?P<role>input|output|temp)\]\s*$")
 
 
 def list_input_images(env: Environment) -> list[str]:
     return env.list_files("input", suffixes=IMAGE_SUFFIXES)
-
-
-def split_annotated(name: str) -> tuple[str, str]:
-    """ComfyUI's annotated file names (``folder_paths.get_annotated_filepath``):
-    ``"x.png [output]"``, ``"sub/x.png [temp]"``, ``"x.png [input]"``; no annotation
-    means input. Returns ``(role, relative name)``."""
-    match = _ANNOTATION.match(name)
-    if match is None:
-        return "input", name.strip()
-    return match["role"], match["name"].strip()
 
 
 def resolve_image(env: Environment, name: str) -> Path:
@@ -51,7 +40,7 @@ def resolve_image(env: Environment, name: str) -> Path:
 def annotated_image_exists(value: Any, env: Environment) -> bool:
     """LoadImage's ``also_accept``: an annotated name whose file exists in its folder (a
     plain name must still be one of the input folder's files)."""
-    if not isinstance(value, str) or _ANNOTATION.match(value) is None:
+    if not isinstance(value, str) or ANNOTATED_NAME.match(value) is None:
         return False
     try:
         return resolve_image(env, value).is_file()

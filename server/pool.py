@@ -9,7 +9,8 @@ protocol of :mod:`server.worker`. A worker is hosted one of two ways:
 - ``steerflow.ray_worker.RayHost``: ``--ray ADDRESS|auto|local``, one Ray actor per GPU
   (or CPU) slot, which connects back to the head's worker port
   (:class:`~server.worker.WorkerListener`, HMAC challenge under the token or a per-run secret) and
-  sends the files it saves, which land in the head's output/.
+  sends the files it saves, which land in the head's output/; the head sends it the
+  files of its input/ that each prompt names (:meth:`PoolRuntime._send_files`).
 
 Routing (decided by each idle worker's thread, under the queue's lock, so that one
 prompt is taken once and by the worker it is routed to; no thread in between adds
@@ -41,7 +42,16 @@ from typing import Any, Protocol
 from server.config import ServerConfig
 from server.prompt_queue import PromptQueue, QueueItem
 from server.runtime import POLL, RESTART_BACKOFF, Runtime, _Running
-from server.worker import Channel, Message, WorkerDied, WorkerProcess, prompt_models
+from server.worker import (
+    MAX_SENT_BYTES,
+    MAX_SENT_FILE_BYTES,
+    Channel,
+    Message,
+    WorkerDied,
+    WorkerProcess,
+    prompt_files,
+    prompt_models,
+)
 from server.ws import Hub, message
 
 log = logging.getLogger(__name__)
@@ -67,9 +77,14 @@ class Slot:
         self.error: str | None = None
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        self.kind = "local"  # the host: "local" or "ray"
+        # Files sent to its worker (a remote one), (role, name) -> (size, mtime_ns):
+        # each is sent once per worker, again only when it changes on the head.
+        self.sent: dict[tuple[str, str], tuple[int, int]] = {}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "pid": self.info.get("pid"),
+        return {"name": self.name, "host": self.kind, "state": self.state,
+                "pid": self.info.get("pid"),
                 "device": self.info.get("device"), "runs": self.runs,
                 "models": sorted(self.models), "error": self.error,
                 "prompt_id": self.job.prompt_id if self.job else None}
@@ -87,6 +102,8 @@ class WorkerHost(Protocol):
 
 class LocalHost:
     """Worker processes on this machine; ``devices`` spreads them over the GPUs."""
+
+    kind = "local"
 
     def __init__(self, count: int, module: str, devices: list[str] | None = None):
         self.count = count
@@ -213,6 +230,7 @@ class PoolRuntime(Runtime):
             return
         self.slots = [Slot(i) for i in range(count)]
         for slot in self.slots:
+            slot.kind = str(getattr(self.host, "kind", "local"))
             slot.thread = threading.Thread(target=self._slot_main, args=(slot,),
                                            name=f"steerflow-{slot.name}", daemon=True)
             slot.thread.start()
@@ -310,6 +328,7 @@ class PoolRuntime(Runtime):
         """Start the slot's worker and wait for it; on failure, back off (False)."""
         with self._pool:
             slot.state, slot.worker, slot.models = "starting", None, set()
+            slot.sent = {}
         attempt = slot.failures
         try:
             worker = self.host.start(slot, self.worker_config())  # type: ignore[union-attr]
@@ -347,8 +366,10 @@ class PoolRuntime(Runtime):
         worker, running = slot.worker, slot.running
         assert worker is not None and running is not None
         extra = {**item.extra_data, "preview": self.hub.has_clients}
-        if not worker.send({"op": "run", "prompt_id": item.prompt_id, "prompt": item.prompt,
-                            "extra": extra, "outputs": item.outputs}):
+        sent = worker.kind == "local" or self._send_files(slot, worker, item)
+        if not sent or not worker.send({"op": "run", "prompt_id": item.prompt_id,
+                                        "prompt": item.prompt, "extra": extra,
+                                        "outputs": item.outputs}):
             self._drop_worker(slot)  # gone before the prompt started: not an attempt
             self._clear_running()
             self.queue.requeue(item)
@@ -391,6 +412,38 @@ class PoolRuntime(Runtime):
                 return
             self._relay(running, msg, messages, held)
 
+    def _send_files(self, slot: Slot, worker: Channel, item: QueueItem) -> bool:
+        """Send a remote worker the head's files that the prompt names (input/, annotated
+        output/ and temp/), those it lacks or that changed since; False: the worker is gone.
+
+        The head pushes them with the run rather than the worker asking for them on the
+        way: one message per file, no round trip, and the worker's own validation (which
+        lists input/) sees them. A file over the bounds is not sent: the worker reports it
+        missing unless its folder is shared (--remote-base-dir)."""
+        total = 0
+        for (role, name), path in prompt_files(item.prompt, self.env).items():
+            try:
+                st = path.stat()
+                signature = (st.st_size, st.st_mtime_ns)
+                if slot.sent.get((role, name)) == signature:
+                    continue
+                if st.st_size > MAX_SENT_FILE_BYTES or total + st.st_size > MAX_SENT_BYTES:
+                    log.warning("not sending %s/%s (%d bytes) to worker %s: over the bound; "
+                                "share the folder (--remote-base-dir) for such files",
+                                role, name, st.st_size, slot.name)
+                    continue
+                data = path.read_bytes()
+            except OSError as exc:
+                log.warning("cannot read %s/%s for worker %s: %s", role, name, slot.name, exc)
+                continue
+            sub, _, filename = name.rpartition("/")
+            if not worker.send_file({"type": role, "subfolder": sub, "filename": filename},
+                                    data):
+                return False
+            total += len(data)
+            slot.sent[(role, name)] = signature
+        return True
+
     def _drop_worker(self, slot: Slot) -> None:
         """Kill the slot's worker for sure (its thread starts a new one)."""
         with self._pool:
@@ -412,14 +465,16 @@ class PoolRuntime(Runtime):
         self.queue.requeue(item, refund=False)
 
     def _store_output(self, msg: Message) -> None:
-        """A file a remote worker saved: written atomically into this head's output/."""
+        """A file a remote worker saved: written atomically into this head's output/
+        (or temp/: previews, which /view serves too)."""
         from server.files import _write_temp
 
         data = msg.data
         try:
-            if data.get("type") != "output" or msg.payload is None:
-                raise ValueError("not an output file")
-            path = self.env.resolve("output", str(data.get("subfolder") or ""),
+            role = data.get("type")
+            if role not in ("output", "temp") or msg.payload is None:
+                raise ValueError("not an output or temp file")
+            path = self.env.resolve(role, str(data.get("subfolder") or ""),
                                     str(data.get("filename")))
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = _write_temp(path.parent, msg.payload)

@@ -375,7 +375,8 @@ class Runtime:
         item = running.item
         data = msg.data
         self.worker_info.update({k: data[k] for k in ("cache_entries", "cache_bytes",
-                                                      "vram_free", "vram_total") if k in data})
+                                                      "vram_free", "vram_total", "models")
+                                 if k in data})
         status = data.get("status")
         if status == "invalid":  # recovered after a restart: the packs or models changed
             self._record_failure(item, "the prompt is no longer valid:\n" + str(data.get("error")),

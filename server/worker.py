@@ -12,8 +12,11 @@ does not pickle when used through ``send_bytes``/``recv_bytes``):
   ``N`` followed by a PNG. Both become the same binary websocket frame, with
   ComfyUI's image type 1 or 2.
 
-- output files (workers on other machines, :mod:`server.pool`): ``F``, a JSON
-  header ``{"type", "subfolder", "filename"}``, a newline, then the file's bytes.
+- files (workers on other machines, :mod:`server.pool`): ``F``, a JSON header
+  ``{"type", "subfolder", "filename"}``, a newline, then the file's bytes: the
+  outputs a worker saved (worker → head), and before a ``run``, the files in the
+  head's input/ (or annotated output/, temp/) that the prompt names (head → worker,
+  :func:`prompt_files`), so that no folder needs to be shared.
 
 Server → worker: ``config`` (first), ``run``, ``interrupt``, ``http`` (a request
 for a node pack's route, answered by ``http_reply``: :mod:`server.pack_routes`).
@@ -50,8 +53,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
+from engine.paths import PathError
 from server.errors import dumps
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,12 @@ FILE_TAG = b"F"
 IMAGE_TYPES = {PREVIEW_TAG: 1, PNG_TAG: 2}  # tag -> ComfyUI's image type (JPEG, PNG)
 # Inputs naming a model file (ComfyUI's convention: ckpt_name, lora_name, vae_name, ...).
 MODEL_INPUT_SUFFIX = "_name"
+FILE_ROLES = ("input", "output", "temp")  # the folders files travel between
+# Bounds on what the head sends a remote worker with a run (a larger file is left for
+# a shared folder, --remote-base-dir) and on the string inputs it looks at.
+MAX_SENT_FILE_BYTES = 512 << 20
+MAX_SENT_BYTES = 1 << 30
+MAX_NAME_CHARS = 4096
 HELLO_TIMEOUT = 10.0  # seconds a connecting worker has to answer the challenge
 WORKER_MODULE = "steerflow.worker"
 
@@ -124,6 +135,42 @@ def prompt_models(prompt: Any) -> list[str]:
     return sorted(keys)
 
 
+def prompt_files(prompt: Any, env: Any) -> dict[tuple[str, str], Path]:
+    """The files of this (head's) ``env`` that a prompt's string inputs name, as
+    ``{(role, name): path}``: a file in input/ (or in output/, temp/ with ComfyUI's
+    ``[output]``/``[temp]`` annotation), or the files directly in a subfolder of input/
+    (folder inputs), one name per line of a multi-line input. Only names that resolve
+    inside their folder, symlinks followed, count; anything else is not sent (the
+    worker's own validation then refuses it)."""
+    from engine.paths import split_annotated
+
+    found: dict[tuple[str, str], Path] = {}
+    for node in prompt.values() if isinstance(prompt, dict) else ():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for value in inputs.values() if isinstance(inputs, dict) else ():
+            if not isinstance(value, str) or len(value) > MAX_NAME_CHARS:
+                continue
+            for line in value.splitlines():
+                role, rel = split_annotated(line)
+                name = os.path.normpath(rel).replace(os.sep, "/") if rel else ""
+                if not name or name == "." or role not in FILE_ROLES:
+                    continue
+                try:
+                    path = env.resolve(role, name)
+                except (PathError, KeyError):
+                    continue
+                if path.is_file():
+                    found[(role, name)] = path
+                elif role == "input" and path.is_dir() and path != env.folder(role).resolve():
+                    for child in sorted(path.iterdir()):
+                        sub = f"{name}/{child.name}"
+                        with contextlib.suppress(PathError):
+                            if not child.name.startswith(".") and \
+                                    env.resolve(role, sub).is_file():
+                                found[(role, sub)] = env.resolve(role, sub)
+    return found
+
+
 def auth_digest(secret: str, nonce: str) -> str:
     """The answer to the head's challenge: HMAC-SHA256 of the nonce under the secret."""
     return hmac.new(secret.encode(), nonce.encode(), hashlib.sha256).hexdigest()
@@ -131,6 +178,8 @@ def auth_digest(secret: str, nonce: str) -> str:
 
 class Channel:
     """The framed channel to one worker. Sends are thread-safe; receives are not."""
+
+    kind = "local"  # where the worker runs: "local" (this machine's folders) or "ray"
 
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -174,6 +223,15 @@ class Channel:
         except ValueError as exc:
             self.kill()
             raise WorkerDied(f"the worker sent an unreadable message ({exc})") from None
+
+    def send_file(self, header: dict[str, Any], data: bytes) -> bool:
+        """Send a file message (:func:`encode_file`); False when the worker is gone."""
+        with self._send_lock:
+            try:
+                self.conn.send_bytes(encode_file(header, data))
+                return True
+            except (OSError, ValueError):
+                return False
 
     def close(self) -> None:
         with self._send_lock, contextlib.suppress(OSError):
@@ -242,11 +300,13 @@ class Channel:
 
 
 class RemoteWorker(Channel):
-    """A worker that connected over TCP (a Ray actor); ``kill`` ends its host (the actor)."""
+    """A worker that connected over TCP (a Ray actor); ``kill`` ends its host (the actor).
+    It has folders of its own: the head sends it the input files of each prompt."""
 
     def __init__(self, conn: Connection, config: dict[str, Any], *, pid: int, name: str,
-                 kill: Callable[[], None] = lambda: None):
+                 kill: Callable[[], None] = lambda: None, kind: str = "ray"):
         super().__init__(conn)
+        self.kind = kind
         self.pid = pid
         self.name = name
         self._kill = kill

@@ -7,7 +7,8 @@ it opens to the head's worker port (:class:`server.worker.WorkerListener`), wher
 authenticates with an HMAC under the server's token (or a secret made for this
 run, handed to the actors by Ray). Workers connect only to the head; the head
 connects to nothing but the Ray cluster. Files a worker saves are sent back over
-that connection and written into the head's output/.
+that connection and written into the head's output/; the files of the head's input/
+that a prompt names come to the worker the same way, before the prompt.
 
 When the head dies, Ray ends its actors (they belong to the head's job) and their
 connections close (the worker exits); the next head starts new ones and re-queues
@@ -43,6 +44,8 @@ class WorkerActor:
 
 class RayHost:
     """Starts workers as :class:`WorkerActor` s; connects to (or starts) the Ray cluster."""
+
+    kind = "ray"
 
     def __init__(self, config: ServerConfig):
         self.config = config

@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from server.worker import (
+    FILE_ROLES,
     PNG_TAG,
     PREVIEW_TAG,
     auth_digest,
@@ -139,6 +140,29 @@ class Worker:
                 self.session.executor.interrupt(prompt_id)
             elif msg.op == "http":
                 self._answer_http(msg.data)
+            elif msg.op == "file":
+                self._store_file(msg.data, msg.payload or b"")
+
+    def _store_file(self, header: dict[str, Any], data: bytes) -> None:
+        """A file of the head's that the next prompt names (a remote worker): written
+        atomically into this worker's folder of that role, confined to it, unless the
+        same bytes are already there (a folder shared with the head)."""
+        from server.files import _write_temp
+
+        role = header.get("type")
+        try:
+            if role not in FILE_ROLES or self.session is None:
+                raise ValueError(f"unexpected file type {role!r}")
+            path = self.session.env.resolve(str(role), str(header.get("subfolder") or ""),
+                                            str(header.get("filename") or ""))
+            if path.is_file() and path.stat().st_size == len(data) and \
+                    path.read_bytes() == data:
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(_write_temp(path.parent, data), path)
+        except (OSError, ValueError) as exc:  # the prompt then reports the file missing
+            log.error("cannot store %s file %r from the head: %s", role,
+                      header.get("filename"), exc)
 
     def _answer_http(self, data: dict[str, Any]) -> None:
         """A request for a node pack's route: answered on the bridge's own thread (a
@@ -205,19 +229,21 @@ class Worker:
                    "outputs": result.outputs, "events": pending, **self._stats()})
 
     def _send_outputs(self, outputs: Any) -> None:
-        """Send the files this prompt saved in output/ to the head (another machine)."""
-        root = self.session.env.folder("output").resolve()
+        """Send the files this prompt saved in output/ (and temp/: previews) to the head
+        (another machine)."""
+        roots = {role: self.session.env.folder(role).resolve() for role in ("output", "temp")}
         for ui in outputs.values() if isinstance(outputs, dict) else ():
             for items in ui.values() if isinstance(ui, dict) else ():
                 for ref in items if isinstance(items, list) else ():
-                    if not (isinstance(ref, dict) and ref.get("type") == "output"
-                            and isinstance(ref.get("filename"), str)):
+                    role = ref.get("type") if isinstance(ref, dict) else None
+                    if role not in ("output", "temp") or not isinstance(ref.get("filename"), str):
                         continue
                     sub = str(ref.get("subfolder") or "")
+                    root = roots[role]
                     path = (root / sub / ref["filename"]).resolve()
                     if not path.is_relative_to(root) or not path.is_file():
                         continue
-                    header = {"type": "output", "subfolder": sub, "filename": ref["filename"]}
+                    header = {"type": role, "subfolder": sub, "filename": ref["filename"]}
                     data = path.read_bytes()
                     with self._send_lock:
                         self.conn.send_bytes(encode_file(header, data))

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from server.config import ServerConfig
 from server.pool import PoolRuntime, Slot
 from server.prompt_queue import QueueItem
-from server.worker import WorkerDied, WorkerListener, decode, encode_file, prompt_models
+from server.state import STATE
+from server.worker import (
+    RemoteWorker,
+    WorkerDied,
+    WorkerListener,
+    decode,
+    encode_file,
+    prompt_files,
+    prompt_models,
+)
 from tests.server.helpers import (
+    REPO,
     Http,
     InProcessServer,
     LiveServer,
@@ -34,6 +49,22 @@ def probe(steps: int = 0, seed: int = 0, ckpt: str | None = None) -> dict[str, A
         prompt["1"] = {"class_type": "TestLoadModel", "inputs": {"ckpt_name": ckpt}}
         prompt["2"]["inputs"]["model"] = ["1", 0]
     return prompt
+
+
+def png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload_form(data: bytes, filename: str, **fields: str) -> aiohttp.FormData:
+    body = aiohttp.FormData()
+    body.add_field("image", data, filename=filename, content_type="image/png")
+    for key, value in fields.items():
+        body.add_field(key, value)
+    return body
 
 
 def submit(http: Http, prompt: dict[str, Any], client: str = "c") -> str:
@@ -300,3 +331,164 @@ def test_output_files_and_model_keys_in_the_protocol():
     assert msg.op == "file" and msg.data["filename"] == "x.png" and msg.payload == b"\n\x89PNG"
     assert prompt_models(probe(ckpt="m.safetensors")) == ["ckpt_name=m.safetensors"]
     assert prompt_models({"1": {"inputs": {"lora_name": "", "x_name": 3}}}) == []
+
+
+# --- a remote worker (TCP, as a Ray actor) with folders of its own ------------------------
+REMOTE_REGISTRY = "tests.server.remote_pack:make_registry"
+REMOTE_SECRET = "remote-test-secret"
+_CONNECT = ("import sys; from steerflow.worker import connect, serve_channel; "
+            "sys.exit(serve_channel(connect(sys.argv[1], int(sys.argv[2]), sys.argv[3], "
+            "sys.argv[4])))")
+
+
+class TcpHost:
+    """Remote workers without Ray: processes that connect to the head's worker port as a
+    Ray actor does (steerflow.ray_worker), each with a base folder of its own."""
+
+    kind = "tcp"
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self.listener = WorkerListener("127.0.0.1", 0, REMOTE_SECRET)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def size(self) -> int:
+        return 1
+
+    def start(self, slot: Slot, config: dict[str, Any]) -> RemoteWorker:
+        name = f"{slot.name}.{len(self.procs)}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CONNECT, self.listener.host, str(self.listener.port), name,
+             REMOTE_SECRET], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        conn, hello = self.listener.wait(name, 120, lambda: proc.poll() is None)
+        cfg = {**config, "send_outputs": True, "base_dir": str(self.base_dir), "models_dir": None}
+        return RemoteWorker(conn, cfg, pid=int(hello["pid"]), name=name, kill=proc.kill,
+                            kind=self.kind)
+
+    def close(self) -> None:
+        self.listener.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def remote_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A head whose one worker is remote: its base folder is not the head's."""
+    base = tmp_path_factory.mktemp("head")
+    host = TcpHost(tmp_path_factory.mktemp("node"))
+    config = ServerConfig(host="127.0.0.1", port=0, base_dir=base, device="cpu",
+                          registry_factory=REMOTE_REGISTRY, workers=2, interrupt_grace=2.0,
+                          workflows_dir=base / "workflows", web_dir=base / "web-dist")
+
+    def use_host(app: Any) -> None:
+        app[STATE].runtime.host = host
+
+    srv = InProcessServer(config, setup_app=use_host)
+    try:
+        wait_idle(srv.live, 1, timeout=120)
+        yield srv.live
+    finally:
+        srv.stop()
+
+
+def load_image(name: str) -> dict[str, Any]:
+    return {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "TestImageInfo", "inputs": {"image": ["1", 0]}}}
+
+
+def test_a_remote_worker_gets_the_uploaded_images_a_prompt_loads(remote_server, loop):
+    http = Http(remote_server.url, loop)
+    node_input = remote_server.state.runtime.host.base_dir / "input"
+    up = http.post("/upload/image", data=upload_form(png((10, 20, 30), (5, 3)), "cat.png",
+                                                      subfolder="pets"))
+    assert up.status == 200, up.body
+    name = "pets/cat.png"
+    assert not (node_input / name).exists()
+    first = submit(http, load_image(name))
+    entry = wait_history(http, [first], timeout=60)[first]
+    assert ok(entry), entry["status"]
+    out = entry["outputs"]["2"]
+    assert out["size"] == [[3, 5]] and out["pixel"] == [[10, 20, 30]]
+    assert out["pid"][0] != os.getpid()  # it ran in the remote worker
+    assert (node_input / name).read_bytes() == (remote_server.base_dir / "input" / name
+                                                ).read_bytes()
+    # Sent once per worker; again after a re-upload with other bytes (same name).
+    slot = remote_server.state.runtime.slots[0]
+    assert ("input", name) in slot.sent
+    again = submit(http, load_image(name))
+    assert ok(wait_history(http, [again], timeout=60)[again])
+    up = http.post("/upload/image", data=upload_form(png((200, 100, 0), (5, 3)), "cat.png",
+                                                      subfolder="pets", overwrite="true"))
+    assert up.status == 200, up.body
+    third = submit(http, load_image(name))
+    entry = wait_history(http, [third], timeout=60)[third]
+    assert ok(entry) and entry["outputs"]["2"]["pixel"] == [[200, 100, 0]], entry
+    http.close()
+
+
+def test_a_remote_worker_is_never_sent_a_file_outside_the_input_folder(remote_server, loop):
+    http = Http(remote_server.url, loop)
+    secret = remote_server.base_dir / "secret.png"
+    secret.write_bytes(png((1, 1, 1), (2, 2)))
+    reply = http.post("/prompt", json={"prompt": load_image("../secret.png")})
+    assert reply.status == 400, reply.body  # the head refuses it
+    node = remote_server.state.runtime.host.base_dir
+    assert not (node / "secret.png").exists()
+    assert not any(p.name == "secret.png" for p in node.rglob("*"))
+    http.close()
+
+
+def test_prompt_files_names_only_files_confined_to_their_folders(tmp_path):
+    from engine.environment import Environment
+
+    env = Environment.create(tmp_path / "head", device="cpu")
+    for role in ("input", "output", "temp"):
+        env.folder(role, create=True)
+    (env.folder("input") / "a.png").write_bytes(b"a")
+    (env.folder("input", "batch", create=True) / "1.png").write_bytes(b"1")
+    (env.folder("input") / "batch" / ".hidden.png").write_bytes(b"h")
+    (env.folder("output") / "o.png").write_bytes(b"o")
+    (tmp_path / "head" / "secret.png").write_bytes(b"s")
+    (env.folder("input") / "link.png").symlink_to(tmp_path / "head" / "secret.png")
+    prompt = {"1": {"class_type": "X", "inputs": {
+        "image": "a.png", "other": "o.png [output]", "folder": "batch",
+        "lines": "a.png\n../secret.png\n/etc/passwd", "link": "link.png", "up": "..",
+        "root": ".", "none": "", "edge": ["2", 0], "text": "a photo of a cat",
+        "annotated": "sub/../a.png [input]"}}}
+    assert set(prompt_files(prompt, env)) == {
+        ("input", "a.png"), ("output", "o.png"), ("input", "batch/1.png")}
+
+
+def test_system_stats_lists_each_worker_with_its_host_state_and_models(remote_server, loop):
+    http = Http(remote_server.url, loop)
+    first = submit(http, probe(ckpt="m.safetensors"))
+    assert ok(wait_history(http, [first], timeout=60)[first])
+    busy = submit(http, probe(steps=3000, seed=3))
+    wait_running(remote_server, busy)
+    stats = http.get("/system_stats").json()
+    assert set(stats) >= {"system", "devices", "workers"}
+    [worker] = stats["workers"]
+    assert worker["host"] == "tcp" and worker["device"] == "cpu" and worker["pid"] > 0
+    assert worker["state"] == "busy" and worker["prompt_id"] == busy
+    assert "ckpt_name=m.safetensors" in worker["models"]
+    http.post("/interrupt", json={"prompt_id": busy})
+    wait_history(http, [busy], timeout=30)
+    wait_idle(remote_server, 1)
+    [worker] = http.get("/system_stats").json()["workers"]
+    assert worker["state"] == "idle" and worker["prompt_id"] is None
+    http.close()
+
+
+def test_system_stats_lists_the_single_worker(make_server, loop):
+    server = make_server(registry_factory=POOL_REGISTRY)
+    http = Http(server.url, loop)
+    pid = submit(http, probe(ckpt="m.safetensors"))
+    assert ok(wait_history(http, [pid], timeout=60)[pid])
+    [worker] = http.get("/system_stats").json()["workers"]
+    assert worker["host"] == "local" and worker["state"] == "idle"
+    assert worker["pid"] == pid_of(wait_history(http, [pid])[pid]) and worker["device"] == "cpu"
+    http.close()
