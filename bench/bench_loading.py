@@ -14,7 +14,8 @@ once, locally; nothing is downloaded.
 reads) against ``from_single_file`` alone. Peak RSS is the child's ``ru_maxrss``;
 time to first step is measured from the child's spawn (interpreter start and
 imports included) to the end of the first sampler step (the step itself
-included, the same work on both sides).
+included, the same work on both sides). Ours also reports when the sampler node
+starts (weights loaded, prompts encoded): the moment ComfyUI's progress bar appears.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _child_ours(file: Path, size: int, t0: float) -> dict[str, Any]:
             marks["first_step"] = time.time() - t0
             _report({"first_step_s": marks["first_step"],
                      "load_s": marks.get("start_6", marks["first_step"]) - marks["start_4"],
-                     "marks": marks})
+                     "sampler_start_s": marks.get("start_3"), "marks": marks})
 
     result = session.run(wf, on_event=on_event)
     raise RuntimeError(f"no sampler step was reached: {result.run.error or marks}")
@@ -196,8 +197,10 @@ def main() -> None:
         for which in WHICH:
             r = _spawn(which, args.file, args.size)
             runs[which].append(r)
+            start = r.get("sampler_start_s")
             print(f"  {which:19} first step {r['first_step_s']:6.2f} s  load "
-                  f"{r['load_s']:5.2f} s  peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
+                  f"{r['load_s']:5.2f} s  peak RSS {r['peak_rss_gib']:5.2f} GiB"
+                  + (f"  sampler start {start:5.2f} s" if start is not None else ""), flush=True)
     med = {w: {k: statistics.median(r[k] for r in rs)
                for k in ("first_step_s", "load_s", "peak_rss_gib")} for w, rs in runs.items()}
     for key, label, suffix in (
@@ -207,6 +210,9 @@ def main() -> None:
             ("peak_rss_gib", "peak RSS (GiB)", "")):
         o, d = med["ours" + suffix][key], med["diffusers" + suffix][key]
         print(f"{label:36} ours {o:7.2f}  diffusers {d:7.2f}  ours/diffusers {o / d:5.2f}x")
+    for suffix, label in (("", "cold process"), ("-prewarmed", "prompt (imports done)")):
+        starts = [r["sampler_start_s"] for r in runs["ours" + suffix]]
+        print(f"{label + ' -> sampler start':36} ours {statistics.median(starts):7.2f}")
 
 
 if __name__ == "__main__":

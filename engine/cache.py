@@ -196,6 +196,10 @@ class SequentialMover(Mover, Protocol):
     on ``device_type`` whose own bytes exceed ``budget`` keep its weights on the CPU
     and compute on the device one submodule at a time; it returns ``(value, home)``
     or None when no model is that big. ``restore(value, home)`` undoes it.
+    Optionally, ``adopt_sequential(value, device_type)`` returns ``(home, bytes whole)``
+    for models a loader put on sequential offload onto ``device_type`` before they were
+    ever cached (too big to go there whole even once), else None: the cache then treats
+    them as its own sequential models.
     """
 
     def offload_sequential(self, value: Any, device_type: str, budget: int
@@ -273,11 +277,21 @@ class OutputCache:
 
     def _place_sequential(self, entry: CacheEntry) -> None:
         """Run the models of ``entry`` that alone exceed an accelerator's budget with
-        sequential offload (their bytes then count on the CPU)."""
+        sequential offload (their bytes then count on the CPU), or adopt those a loader
+        already runs so."""
         if entry.sequential is not None:
             return
         for device, limit in self.budgets.items():
-            if device == "cpu" or entry.nbytes.get(device, 0) <= limit:
+            if device == "cpu":
+                continue
+            for mover in self._sequential_movers():
+                adopt = getattr(mover, "adopt_sequential", None)
+                adopted = adopt(entry.outputs, device) if adopt is not None else None
+                if adopted is not None:  # loaded straight into sequential offload
+                    entry.sequential = (mover, adopted[0], {device: adopted[1]})
+                    self.sequential_offloads += 1
+                    return
+            if entry.nbytes.get(device, 0) <= limit:
                 continue
             for mover in self._sequential_movers():
                 before = dict(entry.nbytes)

@@ -85,9 +85,11 @@ class VAELoader(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[Vae]:
         from nodes.diffusion.component_loading import load_vae
+        from nodes.diffusion.memory import device_budget
 
         path = _existing(ctx.env, "vae", self.vae_name, "VAE")
-        return (Vae(load_vae(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)),)
+        return (Vae(load_vae(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
+                             budget=device_budget(ctx))),)
 
 
 class UNETLoader(Node):
@@ -122,12 +124,13 @@ class UNETLoader(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         from nodes.diffusion.component_loading import load_unet
+        from nodes.diffusion.memory import device_budget
 
         folder = _unet_folder(ctx.env, self.unet_name)
         path = _existing(ctx.env, folder, self.unet_name, "diffusion model")
         unet, scheduler_config, family = load_unet(
             path, allow_pickle=ctx.env.allow_pickle, weight_dtype=self.weight_dtype,
-            device=ctx.device)
+            device=ctx.device, budget=device_budget(ctx))
         return (DiffusionModel(unet, scheduler_config, family),)
 
 

@@ -134,9 +134,11 @@ class CheckpointLoaderSimple(Node):
         # A cold process reads the weights while it imports diffusers (seconds each).
         prefetched = read_in_background(path, dtype=checkpoint_dtypes(dtype))
         from nodes.diffusion.loading import load_components
+        from nodes.diffusion.memory import device_budget
 
+        # A component bigger than the device's budget never goes there whole (place_model).
         loaded = load_components(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
-                                 dtype=dtype, prefetched=prefetched)
+                                 dtype=dtype, prefetched=prefetched, budget=device_budget(ctx))
         from nodes.diffusion.preview import link_vae
 
         link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE

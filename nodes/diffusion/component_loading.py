@@ -27,11 +27,11 @@ from nodes.diffusion.loading import (
     _check_folder_weights,
     _empty,
     _load_strict,
-    _own_aligned_memory,
     detect_family,
     family_configs,
     read_checkpoint_file,
 )
+from nodes.diffusion.memory import place_model
 from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX, VAE_PREFIX
 
 StateDict = dict[str, torch.Tensor]
@@ -52,13 +52,10 @@ def _metadata_config(metadata: Mapping[str, str] | None, key: str) -> dict[str, 
     return dict(configs[key]) if key in configs else None
 
 
-def _finish(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype
-            ) -> torch.nn.Module:
-    model.to(device)
-    if any(p.dtype != dtype for p in model.parameters()):
-        model.to(dtype)
-    _own_aligned_memory(model)
-    return model.eval()
+def _finish(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype,
+            budget: int | None = None) -> torch.nn.Module:
+    # Over the device's budget: kept on the CPU, run with sequential offload.
+    return place_model(model, device, dtype, budget=budget)
 
 
 def _indices(keys: Any, pattern: str) -> list[int]:
@@ -69,7 +66,7 @@ def _indices(keys: Any, pattern: str) -> list[int]:
 # --- VAE ------------------------------------------------------------------------------------
 
 def load_vae(path: Path, *, allow_pickle: bool = False, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+             dtype: torch.dtype = torch.float32, budget: int | None = None) -> AutoencoderKL:
     """An ``AutoencoderKL`` from a diffusers VAE folder (``config.json``) or a single file in
     diffusers' or the original layout (a whole checkpoint's ``first_stage_model.*`` too)."""
     path = Path(path)
@@ -82,7 +79,7 @@ def load_vae(path: Path, *, allow_pickle: bool = False, device: torch.device | s
     else:
         state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
         vae = vae_from_state_dict(state_dict, metadata, name=path.name)
-    return _finish(vae, device, dtype)
+    return _finish(vae, device, dtype, budget)
 
 
 def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
@@ -148,8 +145,8 @@ def _vae_config_from_weights(sd: Mapping[str, torch.Tensor], original: str | Non
 # --- UNet -------------------------------------------------------------------------------------
 
 def load_unet(path: Path, *, allow_pickle: bool = False, weight_dtype: str = "default",
-              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-              ) -> tuple[UNet2DConditionModel, dict[str, Any], str]:
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+              budget: int | None = None) -> tuple[UNet2DConditionModel, dict[str, Any], str]:
     """A UNet, its scheduler config and family from a diffusers UNet folder or a single file
     (original layout with or without ``model.diffusion_model.``, or diffusers' layout).
 
@@ -180,7 +177,7 @@ def load_unet(path: Path, *, allow_pickle: bool = False, weight_dtype: str = "de
         with torch.no_grad():
             for param in unet.parameters():
                 param.data = param.data.to(fp8).to(param.dtype)
-    return _finish(unet, device, dtype), dict(configs["scheduler"]), family
+    return _finish(unet, device, dtype, budget), dict(configs["scheduler"]), family
 
 
 def unet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,

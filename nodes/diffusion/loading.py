@@ -30,6 +30,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from nodes.diffusion.concat import unet_kind
+from nodes.diffusion.memory import place_model
 from nodes.diffusion.original_layout import (
     CONFIG_METADATA_KEY,
     UNET_PREFIX,
@@ -84,13 +85,16 @@ def load_components(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     prefetched: Future[tuple[StateDict, dict[str, str]]] | None = None,
+    budget: int | None = None,
 ) -> LoadedCheckpoint:
     """Load a diffusers folder, a ``.safetensors`` file, or (opt-in) a pickle checkpoint.
 
     In float16 the VAE stays float32 unless its config turns ``force_upcast`` off
     (:func:`nodes.diffusion.precision.vae_dtype`). ``prefetched`` is the file's
     :func:`read_checkpoint_file` result started earlier with the same ``dtype``
-    (:func:`nodes.diffusion.safetensors_io.read_in_background`).
+    (:func:`nodes.diffusion.safetensors_io.read_in_background`). A component bigger
+    than ``budget`` bytes (the device's, :func:`nodes.diffusion.memory.device_budget`)
+    stays on the CPU and runs with sequential offload (:func:`~nodes.diffusion.memory.place_model`).
     """
     path = Path(path)
     if not path.exists():
@@ -109,13 +113,8 @@ def load_components(
     for model in (loaded.unet, loaded.vae, loaded.text_encoder, loaded.text_encoder_2):
         if model is None:
             continue
-        model.to(device)
         want = vae_dtype(dtype, model.config) if model is loaded.vae else dtype
-        # Only cast when needed: diffusers warns on every .to(dtype=...).
-        if any(p.dtype != want for p in model.parameters()):
-            model.to(want)
-        _own_aligned_memory(model)
-        model.eval()
+        place_model(model, device, want, budget=budget)
     return loaded
 
 

@@ -17,17 +17,28 @@ accelerate's ``cpu_offload``: those keep the weights as real CPU tensors (accele
 parks them on the meta device), so the LoRA patches written into the weights for a
 run still apply, and a diffusers model's ``.device`` still names the device it
 computes on. :func:`is_sequentially_offloaded` tells whether a module runs that way.
+
+A model bigger than the budget must not reach the device whole even once, so the
+loaders place it through :func:`place_model`: it stays on the CPU, starts on
+sequential offload there, and the cache adopts it (:meth:`TorchMover.adopt_sequential`)
+as one of its own sequential entries, made whole when the budget allows.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 from engine.cache import register_mover
 
 Home = list[tuple[Any, str]]  # (module, the device it came from)
+M = TypeVar("M")
+
+# Models a loader put straight on sequential offload, with the device they compute on:
+# the cache adopts each once (adopt_sequential), then they are its sequential entries.
+_PLACED: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,53 @@ def module_nbytes(module: Any) -> int:
                for tensors in (module.parameters(), module.buffers()) for t in tensors)
 
 
+def estimated_nbytes(module: Any, dtype: Any = None) -> int:
+    """Bytes ``module`` will take once its floating weights are cast to ``dtype``
+    (read off the loaded state dict, before anything moves)."""
+    return sum(t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point()
+                            else t.element_size())
+               for tensors in (module.parameters(), module.buffers()) for t in tensors)
+
+
+def device_budget(ctx: Any, device: Any = None) -> int | None:
+    """The bytes a model may take whole on ``device`` (default ``ctx.device``): the budget
+    the running executor's output cache keeps for its type (``--cache-budget``), capped by
+    the device's memory; None on the CPU (weights live there anyway) or when unbounded."""
+    import torch
+
+    from engine.session import device_memory
+
+    kind = torch.device(device if device is not None else ctx.device).type
+    if kind == "cpu":
+        return None
+    cache = getattr(getattr(getattr(ctx, "run", None), "ex", None), "cache", None)
+    limits = [n for n in (getattr(cache, "budgets", {}).get(kind), device_memory(kind))
+              if n is not None]
+    return min(limits) if limits else None
+
+
+def place_model(model: M, device: Any, dtype: Any = None, *, budget: int | None = None) -> M:
+    """Put a freshly loaded model (weights on the CPU) on ``device`` in ``dtype``, in eval mode.
+
+    A model bigger than ``budget`` bytes in ``dtype`` never goes to the device whole (it
+    could not fit, or would evict everything): cast on the CPU, it runs with sequential
+    offload onto ``device`` and is recorded for the output cache to adopt.
+    """
+    from nodes.diffusion.loading import _own_aligned_memory
+
+    big = budget is not None and estimated_nbytes(model, dtype) > budget
+    if not big:
+        model.to(device)  # before the cast: on a GPU the cast is faster there
+    # Only cast when needed: diffusers warns on every .to(dtype=...).
+    if dtype is not None and any(p.dtype != dtype for p in model.parameters()):
+        model.to(dtype)
+    _own_aligned_memory(model)
+    if big:
+        start_sequential_offload(model, device, MOVER.target)
+        _PLACED[model] = str(device)
+    return model.eval()
+
+
 def is_sequentially_offloaded(module: Any) -> bool:
     """Whether ``module`` runs with sequential (leaf-level) offload hooks."""
     from diffusers.hooks.group_offloading import _is_group_offload_enabled
@@ -85,7 +143,9 @@ def start_sequential_offload(module: Any, device: Any, storage: str = "cpu") -> 
     import torch
     from diffusers.hooks import apply_group_offloading
 
-    module.to(storage)
+    if any(t.device != torch.device(storage) for tensors in (module.parameters(),
+           module.buffers()) for t in tensors):
+        module.to(storage)
     apply_group_offloading(module, onload_device=torch.device(device),
                            offload_device=torch.device(storage), offload_type="leaf_level")
 
@@ -102,6 +162,7 @@ def end_sequential_offload(module: Any, device: Any) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(module)
     for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
         registry.remove_hook(name, recurse=True)
+    _PLACED.pop(module, None)
     module.to(device)
 
 
@@ -153,6 +214,22 @@ class TorchMover:
             start_sequential_offload(module, device, self.target)
             home.append((module, device))
         return value, SequentialHome(tuple(home))
+
+    def adopt_sequential(self, value: Any, device_type: str
+                         ) -> tuple[SequentialHome, int] | None:
+        """The models in ``value`` that :func:`place_model` put on sequential offload onto
+        ``device_type`` (each adopted once), and the bytes they would take there whole."""
+        if not _PLACED:
+            return None
+        import torch
+
+        placed = [(m, _PLACED[m]) for m in modules_on(value, self.target)
+                  if m in _PLACED and torch.device(_PLACED[m]).type == device_type]
+        if not placed:
+            return None
+        for module, _ in placed:
+            del _PLACED[module]
+        return SequentialHome(tuple(placed)), sum(module_nbytes(m) for m, _ in placed)
 
 
 MOVER = TorchMover()
