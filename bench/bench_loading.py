@@ -164,16 +164,22 @@ def _child(which: str, file: Path, size: int, t0: float) -> None:
     (_child_ours if which.startswith("ours") else _child_diffusers)(file, size, t0)
 
 
-def _spawn(which: str, file: Path, size: int) -> dict[str, Any]:
+def run_child(script: str, which: str, args: list[str]) -> dict[str, Any]:
+    """Run ``script --child which *args`` in a fresh, quiet, offline process and return
+    the JSON it prints after ``RESULT `` (the benches' one way to measure a cold start)."""
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error",
                HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    proc = subprocess.run([sys.executable, __file__, "--child", which, "--file", str(file),
-                           "--size", str(size), "--t0", repr(time.time())],
+    proc = subprocess.run([sys.executable, script, "--child", which, *args],
                           capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     raise RuntimeError(f"{which} child failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def _spawn(which: str, file: Path, size: int) -> dict[str, Any]:
+    return run_child(__file__, which, ["--file", str(file), "--size", str(size),
+                                       "--t0", repr(time.time())])
 
 
 def main() -> None:

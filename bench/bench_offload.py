@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_loading import DEFAULT_FILE, PROMPT, build_random_sd15  # noqa: E402
+from bench.bench_loading import DEFAULT_FILE, PROMPT, build_random_sd15, run_child  # noqa: E402
 
 WHICH = ("ours", "ours-sequential", "diffusers-model", "diffusers-sequential")
 GiB = 2**30
@@ -120,15 +119,8 @@ def _child_diffusers(file: Path, size: int, device: str, sequential: bool, t0: f
 
 
 def _spawn(which: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error",
-               HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    proc = subprocess.run([sys.executable, __file__, "--child", which, "--file", str(args.file),
-                           "--size", str(args.size), "--device", args.device],
-                          capture_output=True, text=True, env=env, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"{which} child failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return run_child(__file__, which, ["--file", str(args.file), "--size", str(args.size),
+                                       "--device", args.device])
 
 
 def main() -> None:
