@@ -1,10 +1,12 @@
 """Draw the README's pictures with the shipped default model, through Steerflow graphs.
 
-    .venv/bin/python scripts/make_readme_figures.py [--only samples|workflows]  # docs/*.png
+    .venv/bin/python scripts/make_readme_figures.py [--only samples|workflows|training] [--examples a,b]  # docs/*.png
 
 - ``docs/shapes_samples.png``: prompts (rows) x seeds (columns), text to image;
-- ``docs/workflow_examples.png``: what each example in ``workflows/`` makes, as shipped, and
-  each one's tile alone as ``workflows/thumbnails/<name>.png`` (the canvas's examples browser).
+- ``docs/workflow_examples.png``: what each example in ``workflows/`` makes, as shipped (the
+  SDXL ones need SDXL weights; the training ones are the next figure), and each one's tile
+  alone as ``workflows/thumbnails/<name>.png`` (the canvas's examples browser);
+- ``docs/training_examples.png``: what the training examples make (each trains for minutes).
 """
 
 from __future__ import annotations
@@ -71,27 +73,33 @@ def samples_figure(session: Session) -> Image.Image:
     return fig
 
 
-def workflows_figure(session: Session, max_width: int = 1400) -> Image.Image:
-    """Each example's outputs at ``SCALE``x, its own aspect kept (panoramas are wide),
-    laid out in rows no wider than ``max_width``."""
-    label_h, gap = 28, 8
+def example_tiles(session: Session, paths: list[Path]) -> list[tuple[str, Image.Image]]:
+    """Run each example as shipped; its outputs side by side, also saved as the examples
+    browser's thumbnail ``workflows/thumbnails/<name>.png`` (served by
+    ``/workflows?details=1``), and returned at ``SCALE``x."""
     tiles: list[tuple[str, Image.Image]] = []
-    for path in sorted((ROOT / "workflows").glob("*.json")):
+    for path in paths:
         result = session.run(Workflow.load(path))
         assert result.ok, (path.name, result.run.error)
         # What the example saves (then its previews), at most 4: before/after pairs show both.
-        paths = sorted(result.image_paths, key=lambda p: session.env.folder("temp") in
-                       Path(p).resolve().parents)
-        images = [Image.open(p).convert("RGB") for p in paths[:4]]
+        paths_out = sorted(result.image_paths, key=lambda p: session.env.folder("temp") in
+                           Path(p).resolve().parents)
+        images = [Image.open(p).convert("RGB") for p in paths_out[:4]]
         strip = Image.new("RGB", (sum(i.width for i in images) + 2 * (len(images) - 1),
                                   max(i.height for i in images)), "white")
         x = 0
         for image in images:
             strip.paste(image, (x, 0))
             x += image.width + 2
-        # the examples browser's thumbnail of this example (served by /workflows?details=1)
         strip.save(ROOT / "workflows" / "thumbnails" / f"{path.stem}.png", optimize=True)
         tiles.append((path.stem, _up(strip)))
+    return tiles
+
+
+def tiles_figure(tiles: list[tuple[str, Image.Image]], max_width: int = 1400) -> Image.Image:
+    """Labelled tiles, their own aspect kept (panoramas are wide), in rows no wider than
+    ``max_width``."""
+    label_h, gap = 28, 8
     rows: list[list[tuple[str, Image.Image]]] = [[]]
     for tile in tiles:
         width = sum(t.width + gap for _, t in rows[-1])
@@ -113,12 +121,24 @@ def workflows_figure(session: Session, max_width: int = 1400) -> Image.Image:
     return fig
 
 
+def _examples(names: list[str] | None = None, *, training: bool = False) -> list[Path]:
+    """The shipped examples that run on the default model (the SDXL ones need SDXL
+    weights); the training ones (minutes each) only when asked for."""
+    paths = sorted((ROOT / "workflows").glob("*.json"))
+    if names is not None:
+        return [p for p in paths if p.stem in names]
+    return [p for p in paths if not p.stem.startswith("sdxl_")
+            and p.stem.startswith("train_") == training]
+
+
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("samples", "workflows"),
-                        help="draw one of the two figures")
+    parser.add_argument("--only", choices=("samples", "workflows", "training"),
+                        help="draw one of the figures")
+    parser.add_argument("--examples", help="only refresh these examples' thumbnails "
+                        "(comma-separated names, e.g. upscale_model)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     DOCS.mkdir(exist_ok=True)
@@ -128,9 +148,16 @@ def main() -> None:
         if args.only in (None, "samples"):
             samples_figure(session).save(DOCS / "shapes_samples.png", optimize=True)
             names.append("shapes_samples.png")
-        if args.only in (None, "workflows"):
-            workflows_figure(session).save(DOCS / "workflow_examples.png", optimize=True)
+        if args.examples:
+            example_tiles(session, _examples(args.examples.split(",")))
+        elif args.only in (None, "workflows"):
+            tiles_figure(example_tiles(session, _examples())).save(
+                DOCS / "workflow_examples.png", optimize=True)
             names.append("workflow_examples.png")
+        if not args.examples and args.only in (None, "training"):
+            tiles_figure(example_tiles(session, _examples(training=True))).save(
+                DOCS / "training_examples.png", optimize=True)
+            names.append("training_examples.png")
     for name in names:
         image = np.asarray(Image.open(DOCS / name))
         print(DOCS / name, image.shape)
