@@ -1,6 +1,7 @@
 """Draw the README's pictures with the shipped default model, through Steerflow graphs.
 
-    .venv/bin/python scripts/make_readme_figures.py [--only samples|workflows|training] [--examples a,b]  # docs/*.png
+    .venv/bin/python scripts/make_readme_figures.py [--only samples|workflows|training]
+                                                    [--examples a,b]  # docs/*.png
 
 - ``docs/shapes_samples.png``: prompts (rows) x seeds (columns), text to image;
 - ``docs/workflow_examples.png``: what each example in ``workflows/`` makes, as shipped (the
@@ -145,7 +146,7 @@ def main() -> None:
     names = []
     with tempfile.TemporaryDirectory(prefix="steerflow-figures-") as home:
         session = Session(home, device="cpu")
-        if args.only in (None, "samples"):
+        if not args.examples and args.only in (None, "samples"):
             samples_figure(session).save(DOCS / "shapes_samples.png", optimize=True)
             names.append("shapes_samples.png")
         if args.examples:
