@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import expect
 
 from tests.e2e.canvas import Canvas
@@ -43,7 +45,14 @@ def test_an_input_tooltip_appears_on_hover(page):
     c = Canvas(page)
     c.open_file("sega.json", SEGA)
     expect(c.nodes()).to_have_count(2)
-    c.node("1").locator('.sf-input[data-input="scale"] .sf-input-label').hover()
+    label = c.node("1").locator('.sf-input[data-input="scale"]')
+    expect(label).to_have_attribute("data-tooltip", re.compile("Edit guidance scale"))
+    # hover where the label rests once the view has settled, then a small move,
+    # as a hand would
+    box = c.settled_box(label.locator(".sf-input-label"))
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.move(x + 2, y, steps=2)
     tip = page.get_by_role("tooltip")
     expect(tip).to_be_visible()
     expect(tip).to_contain_text("Edit guidance scale")

@@ -104,6 +104,7 @@ def test_link_menu_deletes_and_dragging_a_link_off_its_input_detaches_it(page):
     expect(c.edges()).to_have_count(2)
     # right-click the middle of the Int Math -> Show Value link
     path = page.locator('.react-flow__edge[data-id="2:0->3:value"] path').first
+    c.settled_box(path)  # the view fits over a few frames after opening
     mid = path.evaluate("p => { const l = p.getTotalLength(); const pt = p.getPointAtLength(l / 2);"
                         " const m = p.getScreenCTM();"
                         " return {x: pt.x * m.a + m.e, y: pt.y * m.d + m.f}; }")
@@ -113,7 +114,7 @@ def test_link_menu_deletes_and_dragging_a_link_off_its_input_detaches_it(page):
     assert "value" not in c.document()["prompt"]["3"]["inputs"]
 
     # drag the Int -> a link's end off Int Math's input and drop it on empty canvas: detached
-    handle = c.in_handle("2", "a").bounding_box()
+    handle = c.settled_box(c.in_handle("2", "a"))
     page.mouse.move(handle["x"] - 4, handle["y"] + handle["height"] / 2)
     page.mouse.down()
     box = c.pane_box()

@@ -22,16 +22,27 @@ export function TooltipLayer() {
       current = null;
       setTip(null);
     };
+    // Tracked on mousemove as well as mouseover: a node that moves or gains its
+    // tooltip after the pointer arrived (the view settling, definitions loading)
+    // is picked up on the next small move instead of never.
     const over = (e: MouseEvent) => {
       const el = e.target instanceof Element ? e.target.closest("[data-tooltip]") : null;
-      if (el === current) return;
+      const text = el?.getAttribute("data-tooltip");
+      if (el === current && (timer !== undefined || !text)) return;
       clearTimeout(timer);
+      timer = undefined;
       current = el;
       setTip(null);
-      const text = el?.getAttribute("data-tooltip");
       if (!el || !text) return;
       const { clientX, clientY } = e;
       timer = setTimeout(() => {
+        // the pointer may have been left behind by a view that moved under it
+        const still = document.elementFromPoint(clientX, clientY)?.closest("[data-tooltip]");
+        if (still !== el) {
+          current = null;
+          timer = undefined;
+          return;
+        }
         // beside the pointer, kept inside the window
         const x = Math.min(clientX + 12, window.innerWidth - 350);
         const y = clientY + 18 > window.innerHeight - 80 ? clientY - 60 : clientY + 18;
@@ -39,12 +50,14 @@ export function TooltipLayer() {
       }, DELAY_MS);
     };
     document.addEventListener("mouseover", over);
+    document.addEventListener("mousemove", over, { passive: true });
     document.addEventListener("mousedown", hide, true);
     document.addEventListener("wheel", hide, { passive: true });
     document.addEventListener("keydown", hide);
     return () => {
       clearTimeout(timer);
       document.removeEventListener("mouseover", over);
+      document.removeEventListener("mousemove", over);
       document.removeEventListener("mousedown", hide, true);
       document.removeEventListener("wheel", hide);
       document.removeEventListener("keydown", hide);
