@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 from playwright.sync_api import expect
 
@@ -130,3 +131,30 @@ def test_a_saved_reroute_opens_and_refuses_a_link_of_another_type(page):
     expect(c.toasts().filter(has_text="Link refused")).to_contain_text("type mismatch")
     expect(c.edges()).to_have_count(2)
     assert c.document()["layout"]["reroutes"]["3"]["input"] == ["1", 0]
+
+
+def test_reroute_and_note_are_in_the_search_and_a_dropped_link_can_end_on_a_reroute(page):
+    c = Canvas(page)
+    note = c.add_node("note", 80, 300)
+    expect(c.node(note)).to_have_class(re.compile(r"\bsf-note\b|react-flow__node-note"))
+    c.open_file("chain.json", INT_CHAIN)
+    expect(c.edges()).to_have_count(2)
+    # drag from Int Math's output onto empty canvas: a reroute is offered, and takes the link
+    handle = c.settled_box(c.out_handle("2", 0))
+    box = c.pane_box()
+    page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 200, box["y"] + box["height"] - 80, steps=10)  # clear of the minimap
+    page.mouse.up()
+    dialog = page.get_by_role("dialog", name="Add node")
+    expect(dialog).to_contain_text("type INT")
+    names = dialog.locator(".sf-palette-item").evaluate_all("els => els.map(e => e.dataset.type)")
+    assert "Reroute" in names and "Note" not in names
+    dialog.get_by_label("Search nodes").fill("reroute")
+    page.keyboard.press("Enter")
+    reroute = page.locator(".sf-reroute")
+    expect(reroute).to_have_count(1)
+    expect(reroute).to_have_attribute("data-type", "INT")
+    rid = reroute.evaluate("e => e.closest('.react-flow__node').dataset.id")
+    expect(page.locator(f'.react-flow__edge[data-id="2:0->{rid}:input"]')).to_have_count(1)
+    assert sorted(c.document()["layout"]["reroutes"]) == [rid]

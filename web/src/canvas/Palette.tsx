@@ -6,6 +6,7 @@
 
 import { useEffect, useMemo, useRef, useState } from "react";
 import type { Defs } from "../lib/schema";
+import { VIRTUAL_DEFS } from "../lib/reroute";
 import { searchDefs } from "../lib/search";
 
 export type PaletteFilter = { label: string; types: Map<string, string> };
@@ -22,7 +23,9 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
   const inputRef = useRef<HTMLInputElement>(null);
   const listRef = useRef<HTMLUListElement>(null);
   const only = useMemo(() => (filter ? new Set(filter.types.keys()) : undefined), [filter]);
-  const results = useMemo(() => searchDefs(defs, query, only).slice(0, 300), [defs, query, only]);
+  // the registry's nodes and the canvas-only ones (reroute, note)
+  const all = useMemo(() => new Map([...defs, ...VIRTUAL_DEFS.map((d) => [d.type, d] as const)]), [defs]);
+  const results = useMemo(() => searchDefs(all, query, only).slice(0, 300), [all, query, only]);
 
   useEffect(() => inputRef.current?.focus(), []);
   useEffect(() => setActive(0), [query]);

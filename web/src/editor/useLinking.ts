@@ -11,7 +11,7 @@ import {
 } from "../canvas/flow";
 import type { PaletteFilter } from "../canvas/Palette";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
-import { downstreamTypes, outputType, REROUTE, rerouteType, splitLink } from "../lib/reroute";
+import { downstreamTypes, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
 import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
@@ -107,6 +107,7 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
       const type = fromDef ? fromDef.outputs[slot]?.type ?? "*" : rerouteType(graphView(), defsRef.current, from.nodeId);
       pending = { node: from.nodeId, from: "source", slot, type };
       types = new Map(nodesAcceptingType(defsRef.current, type).map((c) => [c.type, c.input!]));
+      types.set(REROUTE, REROUTE_INPUT); // a reroute carries any type
     } else {
       const input = inputOf(from.id);
       const type = fromDef
@@ -117,6 +118,7 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
         const d = defsRef.current.get(c.type)!;
         return [c.type, d.outputs[c.slot!].name];
       }));
+      types.set(REROUTE, type);
     }
     setPalette({
       screen: { x: point.clientX, y: point.clientY },
@@ -169,7 +171,13 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     const id = addNode(type, p.flow);
     const pending = p.pending;
     if (!pending) return;
-    const def = defsRef.current.get(type)!;
+    if (type === REROUTE) {
+      if (pending.from === "source") connect({ source: pending.node, slot: pending.slot!, target: id, input: REROUTE_INPUT });
+      else connect({ source: id, slot: 0, target: pending.node, input: pending.input! });
+      return;
+    }
+    const def = defsRef.current.get(type);
+    if (!def) return;
     if (pending.from === "source") {
       const input = p.filter?.types.get(type);
       if (input) connect({ source: pending.node, slot: pending.slot!, target: id, input });

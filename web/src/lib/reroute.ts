@@ -7,7 +7,7 @@
  * the type it carries is its source's.
  */
 
-import type { Defs } from "./schema";
+import type { Defs, NodeDef } from "./schema";
 import type { GraphView, LinkRef } from "./types";
 
 export const REROUTE = "Reroute";
@@ -16,6 +16,23 @@ export const REROUTE_INPUT = "input";
 export const ANY = "*";
 /** A new note's size; notes are resizable. */
 export const NOTE_SIZE: [number, number] = [280, 140];
+
+/**
+ * The canvas-only nodes as the palette lists them (as ComfyUI's search does): found by
+ * name, and a reroute fits a link of any type dropped on the canvas.
+ */
+export const VIRTUAL_DEFS: readonly NodeDef[] = [
+  {
+    type: REROUTE, displayName: "Reroute", category: "utils", outputNode: false, deprecated: false,
+    description: "A dot that passes a link through, to route long links tidily; it carries its source's type and never runs.",
+    inputs: [], outputs: [],
+  },
+  {
+    type: NOTE, displayName: "Note", category: "utils", outputNode: false, deprecated: false,
+    description: "A text note on the canvas, kept in the workflow's layout; it never runs.",
+    inputs: [], outputs: [],
+  },
+];
 
 /** True for node types the canvas draws but the executor never sees. */
 export function isVirtual(type: string | undefined): boolean {
