@@ -60,13 +60,15 @@ class CLIPVisionLoader(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[ClipVision]:
         from nodes.diffusion.clip_vision import load_clip_vision
+        from nodes.diffusion.memory import device_budget
 
         path = ctx.env.resolve("models", FOLDER, self.clip_name)
         if not path.exists():
             raise FileNotFoundError(f"CLIP vision model {self.clip_name!r} not found in "
                                     f"models/{FOLDER}")
+        # Bigger than the device's budget: it never goes there whole (place_model).
         return (load_clip_vision(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
-                                 name=self.clip_name),)
+                                 name=self.clip_name, budget=device_budget(ctx)),)
 
 
 class CLIPVisionEncode(Node):

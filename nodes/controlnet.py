@@ -50,13 +50,16 @@ class ControlNetLoader(Node):
 
         from nodes.diffusion.controlnet import ControlNet
         from nodes.diffusion.controlnet_loading import load_control_model
+        from nodes.diffusion.memory import device_budget
         from nodes.diffusion.t2i_adapter import Adapter
 
         path = ctx.env.resolve("models", "controlnet", self.control_net_name)
         if not path.exists():
             raise FileNotFoundError(
                 f"ControlNet {self.control_net_name!r} not found in models/controlnet")
-        model = load_control_model(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device)
+        # Bigger than the device's budget: it never goes there whole (place_model).
+        model = load_control_model(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
+                                   budget=device_budget(ctx))
         if isinstance(model, T2IAdapter):
             return (Adapter(model, self.control_net_name),)
         return (ControlNet(model, self.control_net_name),)

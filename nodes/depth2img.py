@@ -105,6 +105,7 @@ class DepthEstimatorLoader(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[DepthEstimator]:
         from nodes.diffusion.depth2img import load_depth_estimator
+        from nodes.diffusion.memory import device_budget
 
         path = ctx.env.resolve("models", FOLDER, self.estimator_name)
         if not path.is_dir():
@@ -115,7 +116,7 @@ class DepthEstimatorLoader(Node):
             raise ValueError(problem)
         model_dir, processor_dir = estimator_folders(path)
         return (load_depth_estimator(model_dir, processor_dir, device=ctx.device,
-                                     name=self.estimator_name),)
+                                     name=self.estimator_name, budget=device_budget(ctx)),)
 
 
 class EstimateDepth(Node):

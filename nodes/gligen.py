@@ -54,11 +54,13 @@ class GLIGENLoader(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
         from nodes.diffusion.gligen import load_gligen
+        from nodes.diffusion.memory import device_budget
 
         path = ctx.env.resolve("models", "gligen", self.gligen_name)
         if not path.exists():
             raise FileNotFoundError(f"GLIGEN model {self.gligen_name!r} not found in models/gligen")
-        return (load_gligen(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device),)
+        return (load_gligen(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
+                            budget=device_budget(ctx)),)
 
 
 def phrase_embedding(clip: TextEncoder, text: str) -> torch.Tensor:

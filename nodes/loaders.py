@@ -182,10 +182,11 @@ class DiffControlNetLoader(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
         from nodes.diffusion.component_loading import load_diff_controlnet
         from nodes.diffusion.controlnet import ControlNet
+        from nodes.diffusion.memory import device_budget
 
         path = _existing(ctx.env, "controlnet", self.control_net_name, "ControlNet")
         net = load_diff_controlnet(path, self.model.unet, allow_pickle=ctx.env.allow_pickle,
-                                   device=ctx.device)
+                                   device=ctx.device, budget=device_budget(ctx))
         return (ControlNet(net, self.control_net_name),)
 
 

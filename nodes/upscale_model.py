@@ -43,11 +43,12 @@ class UpscaleModelLoader(ModelFileNode):
                             description="A file in models/upscale_models")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from nodes.diffusion.memory import device_budget
         from nodes.diffusion.upscale_model import load_upscale_model
 
         path = self.model_file(ctx, "upscale model")
         return (load_upscale_model(path, allow_pickle=ctx.env.allow_pickle,
-                                   device=ctx.device),)
+                                   device=ctx.device, budget=device_budget(ctx)),)
 
 
 class ImageUpscaleWithModel(Node):

@@ -100,14 +100,10 @@ class Net(torch.nn.Sequential):
         super().__init__(*[torch.nn.Linear(64, 64) for _ in range(4)])
 
 
-@pytest.fixture
-def whole_moves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records every ``Module.to(device)`` of a whole model (what a device smaller than the
-    model could not take); leaf layers, moved one by one by the offload hooks, pass."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    roots = (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, Net)
+def record_whole_moves(monkeypatch: pytest.MonkeyPatch, roots: tuple[type, ...]) -> list[str]:
+    """Records every ``Module.to(device)`` of a whole model of the ``roots`` classes (what
+    a device smaller than the model could not take); leaf layers, moved one by one by the
+    offload hooks, pass."""
     moves: list[str] = []
     real_to = torch.nn.Module.to
 
@@ -118,6 +114,15 @@ def whole_moves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(torch.nn.Module, "to", to)
     return moves
+
+
+@pytest.fixture
+def whole_moves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    roots = (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, Net)
+    return record_whole_moves(monkeypatch, roots)
 
 
 def test_place_model_over_the_budget_never_moves_it_whole(whole_moves: list[str]) -> None:

@@ -66,7 +66,10 @@ class ClipVision:
 
     @property
     def device(self) -> Any:
-        return next(self.model.parameters()).device
+        """Where the model computes (its weights stay on the CPU with sequential offload)."""
+        from nodes.diffusion.memory import compute_device
+
+        return compute_device(self.model)
 
     @property
     def dtype(self) -> Any:
@@ -164,7 +167,8 @@ _DERIVED = ("vision_model.embeddings.position_ids", "text_model.embeddings.posit
 
 
 def load_clip_vision(path: Any, *, allow_pickle: bool = False, dtype: Any = None,
-                     device: Any = "cpu", name: str | None = None) -> ClipVision:
+                     device: Any = "cpu", name: str | None = None,
+                     budget: int | None = None) -> ClipVision:
     """Load a CLIP (both towers) or a CLIP vision model (image tower + projection).
 
     ``path`` is a single file with transformers key names (``vision_model.*``,
@@ -173,11 +177,12 @@ def load_clip_vision(path: Any, *, allow_pickle: bool = False, dtype: Any = None
     such vision-only files — or a transformers folder (``config.json`` + weights). The
     config comes from Steerflow's metadata or the folder's ``config.json``, else it is
     inferred from the tensor shapes (OpenAI's 64-wide attention heads, quick-GELU).
-    Pickle files (``.bin``/``.pt``/...) are refused unless ``allow_pickle``.
+    Pickle files (``.bin``/``.pt``/...) are refused unless ``allow_pickle``. A model bigger
+    than ``budget`` bytes stays on the CPU with sequential offload (:func:`place_model`).
     """
     import torch
 
-    from nodes.diffusion.loading import _own_aligned_memory
+    from nodes.diffusion.memory import place_model
 
     path = _as_path(path)
     if not path.exists():
@@ -187,12 +192,9 @@ def load_clip_vision(path: Any, *, allow_pickle: bool = False, dtype: Any = None
         model, tokenizer = _load_clip_folder(path, allow_pickle=allow_pickle, dtype=dtype)
     else:
         model, tokenizer = _load_clip_file(path, allow_pickle=allow_pickle, dtype=dtype)
-    model.to(device)
-    if any(p.dtype != dtype for p in model.parameters()):
-        model.to(dtype)
-    _own_aligned_memory(model)
+    place_model(model, device, dtype, budget=budget)
     # Guidance differentiates with respect to the image, never the weights.
-    model.eval().requires_grad_(False)
+    model.requires_grad_(False)
     return ClipVision(model, tokenizer, name or path.name)
 
 

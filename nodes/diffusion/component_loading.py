@@ -225,8 +225,8 @@ CONTROL_PREFIX = "control_model."
 
 
 def load_diff_controlnet(path: Path, unet: UNet2DConditionModel, *, allow_pickle: bool = False,
-                         device: torch.device | str = "cpu",
-                         dtype: torch.dtype = torch.float32) -> ControlNetModel:
+                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                         budget: int | None = None) -> ControlNetModel:
     """A ControlNet from a single file; when it is a difference (a ``difference`` key, as
     ComfyUI tests), each ``control_model.X`` adds the model's ``diffusion_model.X`` first.
     Other files (folders too) load as a plain ControlNet."""
@@ -235,7 +235,8 @@ def load_diff_controlnet(path: Path, unet: UNet2DConditionModel, *, allow_pickle
 
     path = Path(path)
     if path.is_dir():
-        return load_controlnet(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
+        return load_controlnet(path, allow_pickle=allow_pickle, device=device, dtype=dtype,
+                               budget=budget)
     state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
     if DIFFERENCE_KEY in state_dict:
         state_dict = dict(state_dict)
@@ -252,4 +253,4 @@ def load_diff_controlnet(path: Path, unet: UNet2DConditionModel, *, allow_pickle
             raise ValueError(f"{path.name} is a diff ControlNet, but none of its weights match "
                              "the linked model's UNet: link the model it was made for")
     net = controlnet_from_state_dict(state_dict, metadata, name=path.name)
-    return _finish(net, device, dtype)
+    return _finish(net, device, dtype, budget)

@@ -30,10 +30,10 @@ from nodes.diffusion.loading import (
     _check_folder_weights,
     _empty,
     _load_strict,
-    _own_aligned_memory,
     family_configs,
     read_checkpoint_file,
 )
+from nodes.diffusion.memory import place_model
 from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, _apply_map, unet_key_map
 
 CONTROL_PREFIX = "control_model."
@@ -41,10 +41,11 @@ StateDict = dict[str, torch.Tensor]
 
 
 def load_control_model(path: Path, *, allow_pickle: bool = False,
-                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                       ) -> ControlNetModel | T2IAdapter:
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                       budget: int | None = None) -> ControlNetModel | T2IAdapter:
     """A ControlNet or a T2I-Adapter in eval mode, whichever ``path`` holds (a diffusers
-    folder's ``_class_name``, a single file's metadata or keys tell them apart)."""
+    folder's ``_class_name``, a single file's metadata or keys tell them apart). One bigger
+    than ``budget`` bytes stays on the CPU with sequential offload (:func:`place_model`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"ControlNet or T2I-Adapter not found: {path}")
@@ -68,28 +69,26 @@ def load_control_model(path: Path, *, allow_pickle: bool = False,
             model = adapter_from_state_dict(state_dict, metadata, name=path.name)
         else:
             model = controlnet_from_state_dict(state_dict, metadata, name=path.name)
-    model.to(device)
-    if any(p.dtype != dtype for p in model.parameters()):
-        model.to(dtype)
-    _own_aligned_memory(model)
-    return model.eval()
+    return place_model(model, device, dtype, budget=budget)
 
 
 def load_controlnet(path: Path, *, allow_pickle: bool = False,
-                    device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> ControlNetModel:
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                    budget: int | None = None) -> ControlNetModel:
     """A ControlNet in eval mode from a diffusers folder or a single checkpoint file."""
-    net = load_control_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
+    net = load_control_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype,
+                             budget=budget)
     if not isinstance(net, ControlNetModel):
         raise ValueError(f"{Path(path).name} is a T2I-Adapter, not a ControlNet")
     return net
 
 
 def load_t2i_adapter(path: Path, *, allow_pickle: bool = False,
-                     device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> T2IAdapter:
+                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     budget: int | None = None) -> T2IAdapter:
     """A T2I-Adapter in eval mode from a diffusers folder or a single checkpoint file."""
-    adapter = load_control_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype)
+    adapter = load_control_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype,
+                                 budget=budget)
     if not isinstance(adapter, T2IAdapter):
         raise ValueError(f"{Path(path).name} is a ControlNet, not a T2I-Adapter")
     return adapter

@@ -45,9 +45,12 @@ class DepthEstimator:
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """IMAGE ``[B, H, W, C]`` → the model's ``predicted_depth`` ``[B, h, w]`` (its own
         resolution and scale; larger = nearer)."""
+        from nodes.diffusion.memory import compute_device
+
         pixel_values = self.processor(images=to_pil(image), return_tensors="pt").pixel_values
-        param = next(self.model.parameters())
-        depth = self.model(pixel_values.to(device=param.device, dtype=param.dtype)).predicted_depth
+        dtype = next(self.model.parameters()).dtype
+        pixel_values = pixel_values.to(device=compute_device(self.model), dtype=dtype)
+        depth = self.model(pixel_values).predicted_depth
         return depth.float()
 
 
@@ -128,12 +131,16 @@ class DepthConcat(ConcatChannels):
 # --- loading -------------------------------------------------------------------------------
 
 def load_depth_estimator(model_dir: Path, processor_dir: Path, *,
-                         device: torch.device | str = "cpu", name: str = "") -> DepthEstimator:
+                         device: torch.device | str = "cpu", name: str = "",
+                         budget: int | None = None) -> DepthEstimator:
     """Load a DPT or Depth Anything estimator from local files that passed
     ``nodes.depth2img.estimator_problem`` (safetensors only, never from the hub), in
-    float32 (the pipeline's DPT-Hybrid has batch norms unfit for fp16)."""
+    float32 (the pipeline's DPT-Hybrid has batch norms unfit for fp16). One bigger than
+    ``budget`` bytes stays on the CPU with sequential offload (:func:`place_model`)."""
     import transformers
     from safetensors import SafetensorError
+
+    from nodes.diffusion.memory import place_model
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     try:
@@ -146,4 +153,5 @@ def load_depth_estimator(model_dir: Path, processor_dir: Path, *,
             SafetensorError) as exc:
         raise ValueError(f"cannot load the depth estimator {name or model_dir.name}: "
                          f"{exc}") from exc
-    return DepthEstimator(model.to(device).eval(), processor, name or model_dir.name)
+    return DepthEstimator(place_model(model, device, budget=budget), processor,
+                          name or model_dir.name)

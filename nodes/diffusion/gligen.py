@@ -31,7 +31,6 @@ onto the UNet's blocks when it is fitted. The text-image GLIGEN variant is refus
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from nodes.diffusion import module_patches
 from nodes.diffusion.combine import CombinedConditioning
 from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
 from nodes.diffusion.loading import PICKLE_SUFFIXES, _empty, read_checkpoint_file
+from nodes.diffusion.memory import compute_device, place_model
 from nodes.diffusion.module_patches import ModulePatch
 from nodes.diffusion.original_layout import LayoutError, unet_key_map
 
@@ -191,14 +191,16 @@ def gligen_from_state_dict(state: Mapping[str, torch.Tensor], name: str = "") ->
 
 
 def load_gligen(path: Path, *, allow_pickle: bool = False,
-                device: torch.device | str = "cpu") -> GLIGEN:
-    """Read a GLIGEN from a file or diffusers folder (see the module docstring)."""
+                device: torch.device | str = "cpu", budget: int | None = None) -> GLIGEN:
+    """Read a GLIGEN from a file or diffusers folder (see the module docstring). Its position
+    net goes to ``device`` unless bigger than ``budget`` bytes (:func:`place_model`); the
+    fusers stay CPU weights until :func:`fit` builds them for a UNet."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"GLIGEN model not found: {path}")
     gligen = gligen_from_state_dict(read_gligen_state(path, allow_pickle=allow_pickle),
                                     path.name)
-    gligen.position_net.to(device)
+    place_model(gligen.position_net, device, budget=budget)
     return gligen
 
 
@@ -282,13 +284,23 @@ def fit(gligen: GLIGEN, unet: Any, family: str = "sd1") -> list[ModulePatch]:
                              f"other sizes ({str(exc).splitlines()[-1].strip()})") from exc
         patches.append(ModulePatch(path, "fuser", fuser.to(unet.device, unet.dtype).eval()))
     net = gligen.position_net
-    anchor = net.null_positive_feature
-    if anchor.device != unet.device or anchor.dtype != unet.dtype:
-        net = copy.deepcopy(net).to(unet.device, unet.dtype)  # the loaded one stays as it is
+    if compute_device(net) != unet.device or net.null_positive_feature.dtype != unet.dtype:
+        net = _position_net_copy(net, unet.device, unet.dtype)  # the loaded one stays as it is
     patches.append(ModulePatch("", "position_net", net))
     gligen.fitted.clear()  # keep one fitted copy: a model is rarely used at two dtypes
     gligen.fitted[key] = patches
     return patches
+
+
+def _position_net_copy(net: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """A copy of the position net on ``device`` in ``dtype``, without the hooks of sequential
+    offload that the loaded one may run with (:func:`~nodes.diffusion.memory.place_model`)."""
+    out = _empty(lambda: GLIGENTextBoundingboxProjection(int(net.positive_len),
+                                                         int(net.out_dim), "text-only"))
+    weights = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype,
+                       copy=True) for k, v in net.state_dict().items()}
+    out.load_state_dict(weights, strict=True, assign=True)
+    return out.eval()
 
 
 # --- the sampler extension ------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from engine.cache import register_mover
+from engine.nbytes import members
 
 Home = list[tuple[Any, str]]  # (module, the device it came from)
 M = TypeVar("M")
@@ -68,12 +69,8 @@ def modules_on(value: Any, device_type: str) -> list[Any]:
                 found.append(obj)
         elif isinstance(obj, torch.Tensor):
             continue
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack.extend(obj)
-        elif hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
-            stack.extend(getattr(obj, f) for f in obj.__dataclass_fields__)
+        else:
+            stack.extend(members(obj))
     return found
 
 
@@ -128,6 +125,27 @@ def place_model(model: M, device: Any, dtype: Any = None, *, budget: int | None 
         start_sequential_offload(model, device, MOVER.target)
         _PLACED[model] = str(device)
     return model.eval()
+
+
+def compute_device(module: Any) -> Any:
+    """The device ``module`` computes on: the device of its weights, or where the hooks of
+    :func:`start_sequential_offload` move each layer (its weights then sit on the CPU);
+    None for a module without weights."""
+    if sys.modules.get("diffusers.hooks.group_offloading") is not None:  # else no hooks yet
+        from diffusers.hooks.group_offloading import _get_group_onload_device
+
+        try:
+            device = _get_group_onload_device(module)
+        except ValueError:  # not offloaded
+            pass
+        else:
+            if device.type != "cpu" and device.index is None:
+                # as a tensor there reports it ("cuda" -> "cuda:0"): compare like with like
+                import torch
+
+                device = torch.empty(0, device=device).device
+            return device
+    return _device_of(module)
 
 
 def is_sequentially_offloaded(module: Any) -> bool:

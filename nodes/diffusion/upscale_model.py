@@ -237,11 +237,15 @@ def descriptor_from_state_dict(state_dict: dict[str, Any], name: str) -> Any:
 
 
 def load_upscale_model(path: Path, *, allow_pickle: bool = False,
-                       device: torch.device | str = "cpu") -> Any:
-    """Load an upscale model file as spandrel's ``ImageModelDescriptor`` on ``device``."""
+                       device: torch.device | str = "cpu", budget: int | None = None) -> Any:
+    """Load an upscale model file as spandrel's ``ImageModelDescriptor`` on ``device`` (kept
+    on the CPU with sequential offload when bigger than ``budget`` bytes: :func:`place_model`)."""
+    from nodes.diffusion.memory import place_model
+
     descriptor = descriptor_from_state_dict(
         read_state_dict(path, allow_pickle=allow_pickle), path.name)
-    return descriptor.to(device)
+    place_model(descriptor.model, device, budget=budget)
+    return descriptor
 
 
 def tiled_steps(height: int, width: int, tile: int, overlap: int) -> int:
@@ -329,13 +333,15 @@ def upscale_image(descriptor: Any, image: torch.Tensor,
     ``progress(done, total)`` is called after each tile (and may raise to interrupt)."""
     import torch
 
+    from nodes.diffusion.memory import compute_device
+
     channels = image.shape[-1]
     if channels != descriptor.input_channels:
         raise ValueError(
             f"this upscale model takes {descriptor.input_channels}-channel images, the image "
             f"has {channels} channels")
     param = next(iter(descriptor.model.parameters()), None)
-    device = param.device if param is not None else image.device
+    device = compute_device(descriptor.model) if param is not None else image.device
     dtype = param.dtype if param is not None else torch.float32
     pixels = image.movedim(-1, 1).to(device=device, dtype=dtype)
     while True:
