@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 DeviceBytes = dict[str, int]
@@ -68,9 +69,25 @@ def value_nbytes(value: Any) -> DeviceBytes:
     return total
 
 
+#: What objects of a library's own types hold (neither containers nor dataclasses), by
+#: type: a spandrel model descriptor holds its torch module. Filled by :func:`register_members`.
+_MEMBERS: dict[type, Callable[[Any], Iterable[Any]]] = {}
+
+
+def register_members(kind: type, held: Callable[[Any], Iterable[Any]]) -> None:
+    """Teach the walks over values (the cache's weighing, the movers) what an object of
+    ``kind`` holds, so a model inside such a wrapper is counted and can be offloaded."""
+    _MEMBERS[kind] = held
+
+
 def members(obj: Any) -> list[Any]:
     """What a container holds, for walks over a value: a dict's values, a list's, tuple's
-    or set's items, a dataclass's fields; nothing for other objects."""
+    or set's items, a dataclass's fields, or what :func:`register_members` says; nothing
+    for other objects."""
+    if _MEMBERS:
+        for kind in type(obj).__mro__:
+            if kind in _MEMBERS:
+                return list(_MEMBERS[kind](obj))
     if isinstance(obj, dict):
         return list(obj.values())
     if isinstance(obj, list | tuple | set | frozenset):

@@ -315,3 +315,19 @@ def test_style_model_loader_is_defined_and_says_it_is_unsupported(folders):
     prompt["1"]["inputs"]["style_model_name"] = "missing.safetensors"
     with pytest.raises(PromptValidationError):
         session.run(prompt)
+
+
+def test_the_cache_weighs_a_loaded_upscale_model_and_finds_it_to_offload(folders):
+    """A spandrel descriptor is neither a container nor a dataclass: registered members
+    let the cache count its weights and the mover find its module."""
+    from engine.nbytes import value_nbytes
+    from nodes.diffusion.memory import modules_on
+    from nodes.diffusion.upscale_model import load_upscale_model
+
+    descriptor = load_upscale_model(folders / "models" / "upscale_models" / NAME)
+    model = descriptor.model
+    weights = sum(t.numel() * t.element_size()
+                  for t in itertools.chain(model.parameters(), model.buffers()))
+    assert weights > 0
+    assert value_nbytes((descriptor,)) == {"cpu": weights}
+    assert modules_on({"upscale": descriptor}, "cpu") == [descriptor.model]

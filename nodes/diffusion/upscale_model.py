@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.nbytes import register_members
 from nodes.diffusion.loading import PICKLE_SUFFIXES, SAFE_SUFFIXES, UnsafeCheckpointError
 from nodes.upscale_model import UPSCALE_SUFFIXES
 
@@ -76,6 +77,13 @@ class SpandrelApi:
 @functools.cache
 def spandrel_api() -> SpandrelApi:
     """spandrel's registry and descriptor types, importing spandrel once per process."""
+    api = _import_spandrel()
+    # the output cache weighs a descriptor by its model and can offload it like any model
+    register_members(api.image_descriptor, lambda descriptor: [descriptor.model])
+    return api
+
+
+def _import_spandrel() -> SpandrelApi:
     try:
         import spandrel
     except ImportError as exc:
