@@ -183,8 +183,11 @@ class TrainLoRA(LrScheduleInputs, TrainingNode):
     Using it well: put a rare word in every caption ("a red sks shape") and use it in
     the prompt afterwards. rank 4-16, alpha = rank (the script's choice), learning rate
     1e-4 (the script's) to 1e-3 for a few hundred steps; ``unet+text_encoder`` learns
-    words faster. The same inputs are never trained twice (the result is cached);
-    progress events carry the loss (the canvas draws it as a live curve on the node);
+    words faster. ``target_modules`` may name convolutions too (PEFT's Conv2d LoRA):
+    the ResNets' ``conv1, conv2`` and ``proj_in, proj_out`` give a new *shape* spatial
+    capacity that attention alone lacks. The same inputs are never trained twice (the
+    result is cached); progress events carry the loss (the canvas draws it as a live
+    curve on the node);
     Stop acts between steps. Cost: each step is a forward and backward UNet pass over
     the batch (the default model: a few hundred steps take a minute or two on a CPU).
     ``gradient_checkpointing`` saves memory on big models for about a third more time.
@@ -212,8 +215,9 @@ class TrainLoRA(LrScheduleInputs, TrainingNode):
                       description="Seeds LoRA init, order, noise, timesteps")
     target: str = Input("unet", choices=("unet", "unet+text_encoder"),
                         description="What the LoRA adapts")
-    target_modules: str = Input(UNET_TARGETS, description="UNet linear layers to adapt "
-                                "(comma-separated; the text encoder's are q/k/v/out_proj)")
+    target_modules: str = Input(UNET_TARGETS, description="UNet linear or convolution "
+                                "layers to adapt (comma-separated, e.g. add conv1, conv2; the "
+                                "text encoder's are q/k/v/out_proj)")
     snr_gamma: float = Input(0.0, min=0.0, max=100.0, step=0.1,
                              description="Min-SNR-γ loss weighting (5 is the paper's); 0: "
                              "plain MSE")

@@ -21,7 +21,11 @@ shape score fell 50 points). Then:
   world 1_000_003, seed = index), judged for colour / shape / position with the trained
   MODEL and CLIP and with the base ones. Target: no attribute drops by more than 3 points.
 
-The base model's figures are computed once per run and shared by the methods.
+The base model's figures are computed once per run and shared by the methods; its
+plain-prompt figures are also kept under ``--base-dir`` (per shipped model, prompt count
+and sampling steps), so a later run reuses them. Each method's new-shape line ends with
+the heart IoU quantiles of its misses (near 0.8: soft hearts; lower: blobs or known
+shapes); ``--dump DIR`` writes its samples as a contact sheet (hits first).
 """
 
 from __future__ import annotations
@@ -159,12 +163,16 @@ def plain_scores(runner: Any, cfg: Any, n: int, train: dict[str, Any] | None
 
 
 def new_shape_scores(runner: Any, cfg: Any, world: int, n: int, seeds: int, word: str,
-                     train: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, int]]:
-    """Heart-in-the-asked-colour rate over ``n`` prompts x ``seeds``; what else was drawn."""
+                     train: dict[str, Any] | None, dump: Path | None = None
+                     ) -> tuple[dict[str, float], dict[str, int]]:
+    """Heart-in-the-asked-colour rate over ``n`` prompts x ``seeds``; what else was drawn.
+    With ``dump``, also write the images (hits then misses) as a contact sheet there."""
+    import numpy as np
+
     from training import new_shapes as ns
     from training.shapes import generate
 
-    verdicts, colors = [], []
+    verdicts, colors, drawn_images = [], [], []
     drawn: dict[str, int] = {}
     by_size: dict[str, list[bool]] = {}
     for i in range(n):
@@ -175,11 +183,40 @@ def new_shape_scores(runner: Any, cfg: Any, world: int, n: int, seeds: int, word
             v = ns.classify_new(img)
             verdicts.append(v)
             colors.append(spec.color)
+            drawn_images.append(img)
             drawn[v.shape] = drawn.get(v.shape, 0) + 1
             by_size.setdefault(spec.size, []).append(v.matches(spec.color))
     scores = ns.summarise(verdicts, colors)
     scores.update({f"match {size}": sum(hits) / len(hits) for size, hits in by_size.items()})
+    # How near the misses come: near-misses (IoU just under the threshold) want sharper
+    # shapes, low IoUs mean blobs or known shapes.
+    misses = [v.heart_iou for v, c in zip(verdicts, colors, strict=True) if not v.matches(c)]
+    if misses:
+        q = np.quantile(misses, [0.1, 0.5, 0.9])
+        scores["miss iou p10"], scores["miss iou p50"], scores["miss iou p90"] = q
+    if dump is not None:
+        hits = [v.matches(c) for v, c in zip(verdicts, colors, strict=True)]
+        contact_sheet([im for im, h in zip(drawn_images, hits, strict=True) if h]
+                      + [im for im, h in zip(drawn_images, hits, strict=True) if not h], dump)
     return scores, drawn
+
+
+def contact_sheet(pictures: list[Any], path: Path, cols: int = 10) -> None:
+    """Save ``pictures`` (uint8 ``[H, W, 3]``) as a grid, 1 px gaps, 2x nearest-upscaled."""
+    import numpy as np
+    from PIL import Image
+
+    if not pictures:
+        return
+    h, w, _ = pictures[0].shape
+    rows = -(-len(pictures) // cols)
+    sheet = np.full((rows * (h + 1), cols * (w + 1), 3), 255, np.uint8)
+    for k, pic in enumerate(pictures):
+        r, c = divmod(k, cols)
+        sheet[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = pic
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2),
+                                  Image.Resampling.NEAREST).save(path)
 
 
 def put_training_images(runner: Any, prior: int) -> str:
@@ -211,19 +248,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-base", action="store_true",
                         help="skip the base model's new-shape figures (0%%: it draws no hearts)")
     parser.add_argument("--base-dir", type=Path, default=Path("/tmp/training_nodes_base"),
-                        help="holds models/ (the shipped model is installed there if missing)")
+                        help="holds models/ (the shipped model is installed there if missing) "
+                        "and the base model's plain-prompt figures, once computed")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="write each method's new-shape samples here as a contact sheet "
+                        "(<method>.png: hits first, then misses)")
     lora = parser.add_argument_group("Train LoRA")
     lora.add_argument("--lora-steps", type=int, default=1200)
-    lora.add_argument("--lora-lr", type=float, default=2e-3)
+    lora.add_argument("--lora-lr", type=float, default=3e-3)
     lora.add_argument("--rank", type=int, default=8)
     lora.add_argument("--alpha", type=float, default=None, help="default: the rank")
     lora.add_argument("--lora-batch", type=int, default=4)
-    lora.add_argument("--target", default="unet+text_encoder",
+    lora.add_argument("--target", default="unet",
                       choices=["unet", "unet+text_encoder"])
-    lora.add_argument("--target-modules", default="to_k, to_q, to_v, to_out.0")
-    lora.add_argument("--lora-scheduler", default="constant")
+    lora.add_argument("--target-modules",
+                      default="to_k, to_q, to_v, to_out.0, conv1, conv2, proj_in, proj_out")
+    lora.add_argument("--lora-scheduler", default="cosine")
     lora.add_argument("--lora-warmup", type=int, default=0)
-    lora.add_argument("--snr-gamma", type=float, default=0.0)
+    lora.add_argument("--snr-gamma", type=float, default=5.0)
     lora.add_argument("--noise-offset", type=float, default=0.0)
     ti = parser.add_argument_group("Train Textual Inversion")
     ti.add_argument("--ti-steps", type=int, default=1500)
@@ -251,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"new-shape prompts: world {args.world}, {args.prompts} x {args.seeds} seeds; "
               f"plain: {args.plain}; {args.sample_steps} sampling steps; "
               f"{args.threads} threads", flush=True)
-        base_plain = plain_scores(runner, cfg, args.plain, None) if args.plain else {}
+        base_plain = cached_base_plain(runner, cfg, args) if args.plain else {}
         base_new, base_drawn = ({"match": float("nan")}, {}) if args.skip_base else (
             new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds, WORD, None))
         print(f"base: plain {fmt(base_plain)}; 'sks' prompts {fmt(base_new)} {base_drawn}",
@@ -265,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
             start = time.time()
             word = WORD if method == "lora" else TI_TOKEN
             new, drawn = new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds,
-                                          word, train)
+                                          word, train,
+                                          args.dump / f"{method}.png" if args.dump else None)
             plain = plain_scores(runner, cfg, args.plain, train) if args.plain else {}
             drop = max((base_plain[k] - plain[k] for k in ("color", "shape", "position")
                         if k in plain), default=0.0)
@@ -280,15 +323,34 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
             rows.append(f"{method:<5} {timing.wall:>7.1f} {median * steps:>9.1f} "
                         f"{new['match']:>7.1%} {'yes' if new['match'] >= MATCH_TARGET else 'NO':>4}"
-                        f" {drop * 100:>9.1f} {'yes' if drop <= DROP_TARGET else 'NO':>4}")
+                        f" {drop * 100:>9.1f} {'yes' if drop <= DROP_TARGET + 1e-9 else 'NO':>4}")
     print(f"\n{'method':<5} {'train s':>7} {'median·n':>9} {'heart':>7} {'≥80':>4} "
           f"{'drop pts':>9} {'≤3':>4}")
     print(f"base  {'':>7} {'':>9} {base_new['match']:>7.1%}")
     print("\n".join(rows))
 
 
+def cached_base_plain(runner: Any, cfg: Any, args: argparse.Namespace) -> dict[str, float]:
+    """The base model's plain-prompt figures, computed once per shipped model, prompt
+    count and sampling steps (they do not depend on the training settings)."""
+    import hashlib
+    import json
+
+    from nodes.diffusion.builtin_models import SHAPES_NAME, shipped_weights
+
+    digest = hashlib.sha256(shipped_weights(SHAPES_NAME).read_bytes()).hexdigest()[:16]
+    path = args.base_dir / f"base_plain_{digest}_{args.plain}_{args.sample_steps}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    scores = plain_scores(runner, cfg, args.plain, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scores))
+    return scores
+
+
 def fmt(scores: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.1%}" if k != "n" else f"n {int(v)}" for k, v in scores.items())
+    return ", ".join(f"n {int(v)}" if k == "n" else f"{k} {v:.2f}" if "iou" in k
+                     else f"{k} {v:.1%}" for k, v in scores.items())
 
 
 if __name__ == "__main__":

@@ -63,8 +63,14 @@ def reference_encode(vae_module, pixels, eps):
 
 # --- parity with the scripts (one step) -----------------------------------------------------
 
-@pytest.mark.parametrize("with_text", [False, True], ids=["unet", "unet+text_encoder"])
-def test_lora_step_matches_train_text_to_image_lora(tiny_model_paths, with_text):
+ATTENTION = ("to_k", "to_q", "to_v", "to_out.0")
+WITH_CONVS = (*ATTENTION, "conv1", "conv2", "proj_in", "proj_out")  # 3x3 and 1x1 convs
+
+
+@pytest.mark.parametrize(("with_text", "targets"), [
+    (False, ATTENTION), (True, ATTENTION), (False, WITH_CONVS)],
+    ids=["unet", "unet+text_encoder", "unet-convs"])
+def test_lora_step_matches_train_text_to_image_lora(tiny_model_paths, with_text, targets):
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
@@ -74,7 +80,8 @@ def test_lora_step_matches_train_text_to_image_lora(tiny_model_paths, with_text)
     model, clip, vae, _ = handles(folder)
     images, latents, noise, timesteps = fixed_batch(vae)
     captions = ["a red square", "a blue square"]
-    spec = tl.LoraSpec(rank=4, alpha=8.0, text_targets=tl.TEXT_TARGETS if with_text else ())
+    spec = tl.LoraSpec(rank=4, alpha=8.0, unet_targets=targets,
+                       text_targets=tl.TEXT_TARGETS if with_text else ())
     settings = tc.TrainSettings(steps=1, learning_rate=LR, batch_size=2, seed=5, resolution=RES)
     with tl.lora_training(model, clip, vae, images, captions, spec, settings) as run:
         init = {n: a.detach().clone() for n, a in run.unet_layers.down.items()}
@@ -99,7 +106,7 @@ def test_lora_step_matches_train_text_to_image_lora(tiny_model_paths, with_text)
     c.vae.requires_grad_(False)
     c.text_encoder.requires_grad_(False)
     c.unet.add_adapter(LoraConfig(r=4, lora_alpha=8.0, init_lora_weights=True,
-                                  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+                                  target_modules=list(targets)))
     if with_text:
         c.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=8.0, init_lora_weights=True,
                                               target_modules=["q_proj", "k_proj", "v_proj",
@@ -320,6 +327,37 @@ def test_train_lora_then_sample_in_one_run(session):
     print(f"trained-in-graph vs loaded-from-file max diff {(via_file - trained).abs().max():.2e}")
     assert (via_file - trained).abs().max() <= 1e-4
     assert (trained - before).abs().max() > 1e-3
+
+
+def test_lora_on_convolutions_saves_a_file_the_loaders_read(session):
+    targets = "to_q, conv1, conv2, proj_in, proj_out"
+    prompt = graph(lora_node(target="unet", target_modules=targets, save_name="trained/conv"),
+                   text="a red sks", clip_from=["train", 1], model_from=["train", 0])
+    trained, _ = run_latent(session, prompt)
+    path = session.env.folder("models") / "loras" / "trained" / "conv.safetensors"
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    assert any(t.dim() == 4 and t.shape[2:] == (3, 3) for t in tensors.values())
+    pipe = StableDiffusionPipeline.from_pretrained(
+        session.env.folder("models") / "checkpoints" / "steerflow-tiny", local_files_only=True,
+        safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(path.parent, weight_name=path.name, adapter_name="conv")
+    adapted = [m for m in pipe.unet.modules() if "conv" in getattr(m, "lora_A", {})]
+    assert len(adapted) * 2 == len(tensors)
+    assert any(isinstance(m.base_layer, torch.nn.Conv2d) for m in adapted)
+    loaded = graph({"class_type": "LoraLoader", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": "trained/conv.safetensors",
+        "strength_model": 1.0, "strength_clip": 1.0}},
+        text="a red sks", clip_from=["train", 1], model_from=["train", 0])
+    via_file, _ = run_latent(session, loaded)
+    assert (via_file - trained).abs().max() <= 1e-4
+
+
+def test_lora_refuses_modules_that_are_not_linear_or_conv(session):
+    prompt = graph(lora_node(target_modules="norm1"), text="a", clip_from=["train", 1])
+    assert "linear or convolution" in run_error(session, prompt)
 
 
 def test_trained_lora_combines_with_sag(session):

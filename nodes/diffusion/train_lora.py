@@ -2,7 +2,10 @@
 
 The LoRA layers are PEFT's: for a target ``nn.Linear`` with weight ``W``,
 ``y = x Wᵀ + (alpha / rank) · (x Aᵀ) Bᵀ`` with ``A [rank, in]`` initialised
-kaiming-uniform (a = √5, PEFT's default) and ``B [out, rank]`` zero, dropout 0.
+kaiming-uniform (a = √5, PEFT's default) and ``B [out, rank]`` zero, dropout 0; for a
+target ``nn.Conv2d`` (a ResNet's ``conv1``/``conv2``, ``proj_in``/``proj_out``), as
+PEFT's ``Conv2d`` layer: ``A`` is a convolution ``[rank, in, k, k]`` with the target's
+stride, padding and dilation, ``B`` a 1x1 convolution ``[out, rank, 1, 1]``.
 They are added by forward hooks for the duration of training, so the cached
 modules are never changed; the result is a :class:`LoraPatch` per component (the
 sampler and the prompt encoder add ``scale · B @ A`` to the weights per call) and,
@@ -49,12 +52,17 @@ def target_names(root: Any, targets: Sequence[str]) -> list[str]:
     """Modules PEFT's rule selects: the name is a target or ends with ``.<target>``."""
     import torch
 
-    found = [name for name, module in root.named_modules()
+    modules = dict(root.named_modules())
+    found = [name for name in modules
              if any(name == t or name.endswith("." + t) for t in targets)]
-    bad = [n for n in found if not isinstance(dict(root.named_modules())[n], torch.nn.Linear)]
+    bad = [n for n in found if not (
+        isinstance(modules[n], torch.nn.Linear)
+        or (isinstance(modules[n], torch.nn.Conv2d) and modules[n].groups == 1
+             and modules[n].padding_mode == "zeros"))]
     if bad:
-        raise ValueError(f"target modules must be linear layers; {', '.join(bad[:3])} are not "
-                         "(pick attention projections such as to_q, to_k, to_v, to_out.0)")
+        raise ValueError(f"target modules must be linear or convolution layers; "
+                         f"{', '.join(bad[:3])} are not (pick attention projections such as "
+                         "to_q, to_k, to_v, to_out.0, or convolutions such as conv1, conv2)")
     return found
 
 
@@ -80,10 +88,12 @@ class LoraLayers:
         modules = dict(root.named_modules())
         for name in names:
             weight = modules[name].weight
-            down = torch.empty(rank, weight.shape[1], dtype=torch.float32)
+            # A conv's A keeps the kernel ([rank, in, k, k]); its B is 1x1 (PEFT's Conv2d).
+            kernel, ones = tuple(weight.shape[2:]), (1,) * (weight.dim() - 2)
+            down = torch.empty(rank, weight.shape[1], *kernel, dtype=torch.float32)
             torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
             layers.down[name] = down.to(weight.device).requires_grad_(True)
-            layers.up[name] = torch.zeros(weight.shape[0], rank, device=weight.device,
+            layers.up[name] = torch.zeros(weight.shape[0], rank, *ones, device=weight.device,
                                           requires_grad=True)
         return layers
 
@@ -102,8 +112,13 @@ class LoraLayers:
             down, up, scale = self.down[name], self.up[name], self.scale
 
             def hook(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-                x = args[0]
-                delta = F.linear(F.linear(x.to(down.dtype), down), up) * scale
+                x = args[0].to(down.dtype)
+                if down.dim() == 4:
+                    hidden = F.conv2d(x, down, None, module.stride, module.padding,
+                                      module.dilation)
+                    delta = F.conv2d(hidden, up) * scale
+                else:
+                    delta = F.linear(F.linear(x, down), up) * scale
                 return output + delta.to(output.dtype)  # a half-precision model stays so
 
             return hook
