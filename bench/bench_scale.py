@@ -51,8 +51,7 @@ def start(base: Path, workers: int, ray: bool) -> InProcessServer:
                           ray="local" if ray else None, workflows_dir=base / "wf",
                           web_dir=base / "web")
     srv = InProcessServer(config)
-    if workers > 1 or ray:
-        wait_idle(srv.live, workers, timeout=300)
+    wait_idle(srv.live, workers, timeout=300)  # a pool of one is a pool too
     return srv
 
 

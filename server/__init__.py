@@ -1,7 +1,8 @@
 """Steerflow's HTTP + websocket server, speaking ComfyUI's protocol.
 
 Nothing here imports torch: the server validates and queues prompts, and a
-worker process runs them (see :mod:`server.runtime` and :mod:`server.worker`).
+pool of worker processes runs them (see :mod:`server.pool`, a pool of one by
+default, and :mod:`server.worker`).
 """
 
 from typing import Any

@@ -4,7 +4,7 @@
     steerflow serve --port 8188 [--token T]           # via serve(args)
 
 The server process speaks HTTP and websockets, validates and queues; prompts
-run in a worker process (:mod:`server.runtime`, :mod:`server.worker`), so no
+run in worker processes (:mod:`server.pool`, :mod:`server.worker`), so no
 node can stall or crash it. Start-up does no heavy import: the node packs are
 loaded in a thread while the server already answers, and they import torch and
 diffusers only when a node runs, which happens in the worker.

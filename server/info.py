@@ -71,8 +71,11 @@ async def system_stats(request: web.Request) -> web.Response:
                        "cache_entries": runtime.worker_info.get("cache_entries"),
                        "cache_bytes": runtime.worker_info.get("cache_bytes")},
         },
-        # Steerflow's own key (ComfyUI's clients ignore it): each worker of the pool.
-        "workers": _workers(runtime),
+        # Steerflow's own key (ComfyUI's clients ignore it): each worker of the pool,
+        # its ``name``, ``host`` (local, ray), ``state`` (starting, idle, busy, down),
+        # the ``prompt_id`` it runs, ``pid``, ``device``, ``models`` its cache holds
+        # (``ckpt_name=…`` keys, what routing matches), ``runs`` and the last start ``error``.
+        "workers": runtime.workers(),
         "devices": [{
             "name": device, "type": device.split(":")[0],
             "index": int(device.split(":")[1]) if device.count(":") == 1
@@ -81,23 +84,6 @@ async def system_stats(request: web.Request) -> web.Response:
             "torch_vram_total": vram_total, "torch_vram_free": vram_free,
         }],
     })
-
-
-def _workers(runtime: Any) -> list[dict[str, Any]]:
-    """Each worker: ``name``, ``host`` (local, ray), ``state`` (starting, idle, busy, down),
-    the ``prompt_id`` it runs, ``pid``, ``device``, ``models`` its cache holds
-    (``ckpt_name=…`` keys, what routing matches), ``runs`` and the last start ``error``."""
-    if hasattr(runtime, "workers"):  # a pool (server.pool)
-        return list(runtime.workers())
-    info = runtime.worker_info
-    running = getattr(runtime, "_running", None)
-    worker = runtime.worker
-    state = ("busy" if running is not None else "idle") if worker is not None else \
-        ("down" if runtime.worker_error else "starting")
-    return [{"name": "w0", "host": "local", "state": state, "pid": info.get("pid"),
-             "device": info.get("device"), "runs": runtime._finished,
-             "models": sorted(info.get("models") or []), "error": runtime.worker_error,
-             "prompt_id": running.item.prompt_id if running is not None else None}]
 
 
 def _version(dist: str) -> str:

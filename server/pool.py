@@ -1,11 +1,18 @@
-"""A pool of workers behind the one queue: local processes, or Ray actors on a cluster.
+"""The run loop: a pool of workers behind the one queue, local processes or Ray actors.
+
+``steerflow serve`` runs a pool of one local worker process; ``--workers N`` runs N
+(one per device of ``--worker-devices``), ``--ray`` runs Ray actors. Every prompt
+takes the same path whatever the pool's size: the worker's own thread takes it from
+the queue, runs it on its worker and records its end (:class:`~server.runtime.Runtime`
+relays the events and writes the history).
 
 The head (this server) keeps the SQLite queue and history as the single source of
 truth; workers only run prompts and send events and outputs back, over the one
-protocol of :mod:`server.worker`. A worker is hosted one of two ways:
+protocol of :mod:`server.worker`. A worker is hosted one of two ways
+(:mod:`server.hosts`):
 
-- :class:`LocalHost`: ``steerflow serve --workers N``, N worker processes on this
-  machine (today's :class:`~server.worker.WorkerProcess`, one per device);
+- :class:`~server.hosts.LocalHost`: worker processes on this machine
+  (:class:`~server.worker.WorkerProcess`);
 - ``steerflow.ray_worker.RayHost``: ``--ray ADDRESS|auto|local``, one Ray actor per GPU
   (or CPU) slot, which connects back to the head's worker port
   (:class:`~server.worker.WorkerListener`, HMAC challenge under the token or a per-run secret) and
@@ -19,17 +26,24 @@ its models (:func:`~server.worker.prompt_models`, reported by the workers in
 ``ready``/``done``); otherwise to the least-loaded idle worker (the one holding the
 fewest models, so warm workers stay warm). Prompts queued at the front go first;
 the others are served round-robin across clients, so one client's burst cannot
-starve another. An interrupt reaches the worker running that prompt.
+starve another. An interrupt reaches the worker running that prompt: cooperative
+first, then, ``interrupt_grace`` seconds later, its worker is killed (and restarted)
+and the prompt is recorded as interrupted, never run again.
 
-Faults: a worker that dies mid-prompt is killed for sure (a Ray actor may outlive
-its connection), and its prompt goes back in the queue with the attempt counted,
-as after a kill -9 of the whole server; after ``max_attempts`` it is failed with
-the cause. A prompt is marked running on one worker only, and re-queued only once
-its worker is dead, so none runs to completion twice unseen.
+Faults: a worker that dies by itself mid-prompt (a segfault, out of memory, a kill -9,
+a Ray node lost) is killed for sure (a Ray actor may outlive its connection), and its
+prompt goes back in the queue with the attempt counted, as after a kill -9 of the
+whole server; after ``max_attempts`` it is failed with the cause (e.g. "killed by
+SIGSEGV"), so a prompt that crashes its worker every time ends, and the next prompts
+run. A prompt is marked running on one worker only, and re-queued only once its
+worker is dead, so none runs to completion twice unseen. A worker that cannot start
+is restarted with a growing back-off; while no worker is up, queued prompts fail
+with the cause (each one gets a fresh start first), never wait silently.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -37,18 +51,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from server.config import ServerConfig
-from server.prompt_queue import PromptQueue, QueueItem
-from server.runtime import POLL, RESTART_BACKOFF, Runtime, _Running
+from server.hosts import Slot, WorkerHost, make_host, wait_ready, worker_config
+from server.prompt_queue import Pending, PromptQueue, QueueItem
+from server.runtime import POLL, Running, Runtime
 from server.worker import (
     MAX_SENT_BYTES,
     MAX_SENT_FILE_BYTES,
     Channel,
     Message,
     WorkerDied,
-    WorkerProcess,
     prompt_files,
     prompt_models,
 )
@@ -58,82 +72,12 @@ log = logging.getLogger(__name__)
 
 MAX_ASSIGNMENTS = 10000  # prompt -> worker, kept for /system_stats and the tests
 MAX_CLIENTS = 4096  # clients remembered for round-robin beyond those with prompts queued
-
-
-class Slot:
-    """One worker position in the pool: its channel, state and warm models."""
-
-    def __init__(self, index: int):
-        self.index = index
-        self.name = f"w{index}"
-        self.worker: Channel | None = None
-        self.info: dict[str, Any] = {}
-        self.models: set[str] = set()
-        self.state = "starting"  # starting | idle | busy | down
-        self.job: QueueItem | None = None  # the prompt it took, until done
-        self.running: _Running | None = None
-        self.runs = 0
-        self.failures = 0  # failed starts in a row: the back-off grows with them
-        self.error: str | None = None
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.kind = "local"  # the host: "local" or "ray"
-        # Files sent to its worker (a remote one), (role, name) -> (size, mtime_ns):
-        # each is sent once per worker, again only when it changes on the head.
-        self.sent: dict[tuple[str, str], tuple[int, int]] = {}
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "host": self.kind, "state": self.state,
-                "pid": self.info.get("pid"),
-                "device": self.info.get("device"), "runs": self.runs,
-                "models": sorted(self.models), "error": self.error,
-                "prompt_id": self.job.prompt_id if self.job else None}
-
-
-class WorkerHost(Protocol):
-    """Starts workers: returns a channel whose worker will report ``ready``."""
-
-    def size(self) -> int: ...
-
-    def start(self, slot: Slot, config: dict[str, Any]) -> Channel: ...
-
-    def close(self) -> None: ...
-
-
-class LocalHost:
-    """Worker processes on this machine; ``devices`` spreads them over the GPUs."""
-
-    kind = "local"
-
-    def __init__(self, count: int, module: str, devices: list[str] | None = None):
-        self.count = count
-        self.module = module
-        self.devices = devices or []
-
-    def size(self) -> int:
-        return self.count
-
-    def start(self, slot: Slot, config: dict[str, Any]) -> Channel:
-        if self.devices and not config.get("device"):
-            config = {**config, "device": self.devices[slot.index % len(self.devices)]}
-        return WorkerProcess(config, module=self.module)
-
-    def close(self) -> None:
-        pass
-
-
-def make_host(config: ServerConfig) -> WorkerHost:
-    """Ray actors with ``--ray``, else local worker processes."""
-    if config.ray:
-        from steerflow.ray_worker import RayHost  # imports ray: only when asked for
-
-        return RayHost(config)
-    return LocalHost(config.workers, config.worker_module, config.worker_devices)
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds, by failed starts in a row
 
 
 class PoolRuntime(Runtime):
-    """:class:`Runtime` with many workers: one thread per worker takes, runs and records
-    the prompts routed to it."""
+    """The server's runtime: one thread per worker takes, runs and records the prompts
+    routed to it; a supervising thread starts the host and winds it down."""
 
     def __init__(self, config: ServerConfig, queue: PromptQueue, hub: Hub, env: Any,
                  registry_factory: Callable[[], Any] | None = None,
@@ -145,20 +89,24 @@ class PoolRuntime(Runtime):
         self._pool = threading.Lock()
         self._served: dict[str | None, int] = {}  # client -> tick it was last served
         self._ticks = itertools.count(1)
-        self._local = threading.local()
+        self._local = threading.local()  # .slot: the slot whose thread this is
+        self._thread: threading.Thread | None = None
         self._wound_down = False
 
-    @property  # type: ignore[override]
+    @property
     def worker(self) -> Channel | None:
         """A live worker, an idle one first: what node packs' HTTP routes talk to."""
         slots = sorted(self.slots, key=lambda s: s.state != "idle")
         return next((s.worker for s in slots if s.worker is not None), None)
 
-    @worker.setter
-    def worker(self, value: Channel | None) -> None:
-        pass  # Runtime.__init__'s; the pool's workers live in its slots
-
     # --- lifecycle -----------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Recover the queue, load the packs (:meth:`Runtime.start`), start the pool."""
+        super().start(loop)
+        self._thread = threading.Thread(target=self._dispatch, name="steerflow-dispatch",
+                                        daemon=True)
+        self._thread.start()
+
     def stop(self) -> None:
         """Stop taking prompts; running ones are interrupted and go back in the queue."""
         self._stopping = True
@@ -223,7 +171,7 @@ class PoolRuntime(Runtime):
             self.worker_error = f"{type(exc).__name__}: {exc}"
             self._set(self._setup_done)
             while not self._stopping:  # no pool: every prompt fails with the cause
-                item = self.queue.take_pick(lambda pending: pending[0], timeout=1.0)
+                item = self.queue.take_pick(lambda pending: pending.head(), timeout=1.0)
                 if item is not None:
                     self._record_failure(item, f"no worker is available: "
                                          f"{self.worker_error}", "WorkerUnavailable")
@@ -238,7 +186,7 @@ class PoolRuntime(Runtime):
             time.sleep(POLL)
         self._wind_down()
 
-    def _pick_for(self, slot: Slot, pending: list[QueueItem]) -> QueueItem | None:
+    def _pick_for(self, slot: Slot, pending: Pending) -> QueueItem | None:
         """Called under the queue's lock by an idle ``slot``: the prompt routed to it, if
         any (marked busy here, so that no other worker routes to it meanwhile)."""
         with self._pool:
@@ -251,20 +199,20 @@ class PoolRuntime(Runtime):
                 self.queue.wake()  # the worker it is routed to takes it
                 return None
             self._served[client] = next(self._ticks)
-            slot.job, slot.state, slot.running = item, "busy", _Running(item)
+            slot.job, slot.state, slot.running = item, "busy", Running(item)
             self.assignments[item.prompt_id] = slot.name
             while len(self.assignments) > MAX_ASSIGNMENTS:
                 self.assignments.popitem(last=False)
             return item
 
-    def _fair(self, pending: list[QueueItem]) -> tuple[QueueItem, str | None]:
+    def _fair(self, pending: Pending) -> tuple[QueueItem, str | None]:
         """Front-queued prompts first; then round-robin over clients, oldest first.
         Returns the prompt and its client (whose turn the caller records)."""
-        if pending[0].number < 0:
-            return pending[0], pending[0].client_id
-        firsts: dict[str | None, QueueItem] = {}
-        for item in pending:
-            firsts.setdefault(item.client_id, item)
+        head = pending.head()
+        assert head is not None  # take_pick asks only while prompts are pending
+        if head.number < 0:
+            return head, head.client_id
+        firsts = pending.heads()
         if len(self._served) > MAX_CLIENTS:  # forget clients with nothing queued
             self._served = {c: t for c, t in self._served.items() if c in firsts}
         client = min(firsts, key=lambda c: (self._served.get(c, 0), firsts[c].number,
@@ -318,11 +266,19 @@ class PoolRuntime(Runtime):
     def _fail_all_pending(self) -> None:
         """No worker can start: fail what is queued with the cause, never hang."""
         while not self._stopping:
-            item = self.queue.take_pick(lambda pending: pending[0], timeout=0)
+            try:
+                item = self.queue.take_pick(lambda pending: pending.head(), timeout=0)
+            except Exception:  # e.g. the disk is full: the prompts stay queued
+                log.exception("cannot take a prompt from the queue to fail it")
+                return
             if item is None:
                 return
             self._record_failure(item, f"no worker is available: {self.worker_error}",
                                  "WorkerUnavailable")
+
+    def _all_down(self) -> bool:
+        with self._pool:
+            return all(s.state == "down" for s in self.slots)
 
     def _start_slot(self, slot: Slot) -> bool:
         """Start the slot's worker and wait for it; on failure, back off (False)."""
@@ -331,10 +287,10 @@ class PoolRuntime(Runtime):
             slot.sent = {}
         attempt = slot.failures
         try:
-            worker = self.host.start(slot, self.worker_config())  # type: ignore[union-attr]
+            worker = self.host.start(slot, worker_config(self.config))  # type: ignore[union-attr]
             self.worker_starts += 1
-            info: dict[str, Any] = {}
-            self._wait_ready(worker, info)
+            info = wait_ready(worker, self.config.worker_start_timeout,
+                              lambda: self._stopping, lambda: self._set(self._setup_done))
         except Exception as exc:
             if self._stopping:
                 return False
@@ -345,12 +301,13 @@ class PoolRuntime(Runtime):
             slot.failures = attempt + 1
             self.worker_error = cause
             self._set(self._setup_done)
-            with self._pool:
-                all_down = all(s.state == "down" for s in self.slots)
-            if all_down:
+            if self._all_down():
                 self._fail_all_pending()
+            # Back off; a prompt queued meanwhile with no worker up cuts it short: it
+            # gets a fresh start, and fails with the cause if that fails too.
             deadline = time.monotonic() + RESTART_BACKOFF[min(attempt, len(RESTART_BACKOFF) - 1)]
-            while time.monotonic() < deadline and not self._stopping:
+            while time.monotonic() < deadline and not self._stopping \
+                    and not (self.queue.remaining() and self._all_down()):
                 time.sleep(POLL)
             return False
         with self._pool:
@@ -362,7 +319,7 @@ class PoolRuntime(Runtime):
         return True
 
     def _run(self, slot: Slot, item: QueueItem) -> None:
-        """Run one prompt on the slot's worker: :meth:`Runtime._process`, per worker."""
+        """Run one prompt on the slot's worker, relaying its events, until it ends."""
         worker, running = slot.worker, slot.running
         assert worker is not None and running is not None
         extra = {**item.extra_data, "preview": self.hub.has_clients}
@@ -483,7 +440,7 @@ class PoolRuntime(Runtime):
             log.error("cannot store an output file from a worker (%s): %s",
                       data.get("filename"), exc)
 
-    # --- hooks of Runtime --------------------------------------------------------------
+    # --- what Runtime asks of its run loop ----------------------------------------------
     def _clear_running(self) -> None:
         slot = getattr(self._local, "slot", None)
         if slot is not None:
@@ -502,8 +459,6 @@ class PoolRuntime(Runtime):
 
 
 def make_runtime(config: ServerConfig, queue: PromptQueue, hub: Hub, env: Any,
-                 registry_factory: Callable[[], Any] | None = None) -> Runtime:
-    """One worker: :class:`Runtime`; ``--workers N`` (N > 1) or ``--ray``: a pool."""
-    if config.workers > 1 or config.ray:
-        return PoolRuntime(config, queue, hub, env, registry_factory)
-    return Runtime(config, queue, hub, env, registry_factory)
+                 registry_factory: Callable[[], Any] | None = None) -> PoolRuntime:
+    """The server's runtime: a pool of ``config.workers`` workers (one by default)."""
+    return PoolRuntime(config, queue, hub, env, registry_factory)

@@ -1,6 +1,7 @@
 """The persistent prompt queue: memory for speed, SQLite for durability.
 
-The event loop puts prompts in; the dispatcher thread takes them out. Each
+The event loop puts prompts in; each worker's thread (server/pool.py) takes the
+one routed to it out. Each
 change is written to the database before it is visible in memory, so what a
 client was told (queued, running, done) survives a crash. New prompts are
 group-committed: requests that arrive while a commit is under way wait for the
@@ -55,8 +56,40 @@ class QueueItem:
         return {"prompt": self.prompt, "extra_data": self.extra_data, "outputs": self.outputs}
 
 
+class Pending:
+    """The pending prompts as a worker's ``pick`` sees them, under the queue's lock.
+
+    Both views cost O(log n) per stale entry skipped, not a sort of the whole queue:
+    a deep queue must not slow every take down.
+    """
+
+    def __init__(self, queue: PromptQueue):
+        self._queue = queue
+
+    def __bool__(self) -> bool:
+        return bool(self._queue._pending)
+
+    def __len__(self) -> int:
+        return len(self._queue._pending)
+
+    def head(self) -> QueueItem | None:
+        """The first prompt in run order (number, then arrival)."""
+        return self._queue._head(self._queue._heap)
+
+    def heads(self) -> dict[str | None, QueueItem]:
+        """Each client's first prompt in run order."""
+        heads: dict[str | None, QueueItem] = {}
+        for client, heap in list(self._queue._by_client.items()):
+            item = self._queue._head(heap)
+            if item is None:
+                del self._queue._by_client[client]
+            else:
+                heads[client] = item
+        return heads
+
+
 class PromptQueue:
-    """Pending prompts ordered by (number, arrival), plus the one running."""
+    """Pending prompts ordered by (number, arrival), plus those running."""
 
     def __init__(self, storage: Storage, *, on_change: Callable[[], None] = lambda: None,
                  max_attempts: int = 3):
@@ -65,12 +98,11 @@ class PromptQueue:
         self.max_attempts = max_attempts
         self._cond = threading.Condition()
         self._pending: dict[str, QueueItem] = {}
+        # Run order, and each client's run order (for fair share); entries of prompts
+        # taken or deleted meanwhile are stale and skipped lazily.
         self._heap: list[tuple[float, int, str]] = []
-        self._running: QueueItem | None = None
-        # Prompts running on a worker pool's other workers (server/pool.py), by id.
-        self._active: dict[str, QueueItem] = {}
-        self._handoff: QueueItem | None = None  # given to the idle worker by put()
-        self._idle = False  # the worker is waiting in take()
+        self._by_client: dict[str | None, list[tuple[float, int, str]]] = {}
+        self._active: dict[str, QueueItem] = {}  # running on the pool's workers, by id
         self._closed = False
         self._batch: list[tuple[QueueItem, asyncio.Future[None]]] = []
         self._batch_lock = threading.Lock()
@@ -151,89 +183,38 @@ class PromptQueue:
                     loop.call_soon_threadsafe(_resolve, future, error)
 
     def _put_many(self, items: list[QueueItem]) -> list[BaseException | None]:
-        with self._cond:
-            # An idle worker gets the first prompt directly, stored as running (attempt
-            # 1) by the insert itself: one write per prompt fewer on the latency path.
-            direct = self._idle and self._running is None and not self._pending \
-                and self._handoff is None
-            first = items[0] if direct else None
-            if first is not None:
-                self._running = first
         try:
-            # Written before it is visible: the worker never runs an unsaved prompt.
-            # Outside the lock, so the dispatcher is not held up by this commit.
+            # Written before it is visible: a worker never runs an unsaved prompt.
+            # Outside the lock, so the workers are not held up by this commit.
             inserted = self.storage.enqueue_many(
-                [(i.prompt_id, i.number, i.seq, i.body(), i is first) for i in items])
+                [(i.prompt_id, i.number, i.seq, i.body()) for i in items])
         except BaseException as exc:
-            if first is not None:
-                with self._cond:
-                    self._running = None
             return [exc] * len(items)
         errors: list[BaseException | None] = []
         with self._cond:
             for item, ok in zip(items, inserted, strict=True):
                 if not ok:
-                    if item is first:
-                        self._running = None
                     errors.append(DuplicatePromptId(
                         f"prompt {item.prompt_id!r} is already queued"))
                     continue
                 errors.append(None)
-                if item is first:
-                    item.attempts = 1
-                    self._handoff = item
-                else:
-                    self._add(item)
-            self._cond.notify_all()  # a pool's idle workers each decide if it is theirs
+                self._add(item)
+            self._cond.notify_all()  # the idle workers each decide if it is theirs
         self.on_change()
         return errors
 
-    def take(self, timeout: float | None = None) -> QueueItem | None:
-        """Block until a prompt is pending; mark it running. None when closed or timed out."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._closed:
-                    return None
-                if self._handoff is not None:
-                    item, self._handoff = self._handoff, None
-                    return item  # already stored as running
-                while self._heap and not self._live(self._heap[0]):
-                    heapq.heappop(self._heap)  # deleted (or re-submitted) while pending
-                if self._heap:
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._idle = True
-                try:
-                    self._cond.wait(left)
-                finally:
-                    self._idle = False
-            item = self._pending.pop(heapq.heappop(self._heap)[2])
-            self._running = item
-        try:
-            self.storage.mark_running(item.prompt_id)  # counts the attempt before it runs
-        except BaseException:
-            with self._cond:
-                self._running = None
-                self._add(item)
-            raise
-        item.attempts += 1
-        self.on_change()
-        return item
-
-    def take_pick(self, pick: Callable[[list[QueueItem]], QueueItem | None],
+    def take_pick(self, pick: Callable[[Pending], QueueItem | None],
                   timeout: float | None = None) -> QueueItem | None:
-        """A worker pool's :meth:`take`: ``pick`` chooses among the pending prompts (in run
-        order, under the queue's lock); several prompts may run at once."""
+        """Block until ``pick`` chooses a pending prompt (it is called under the queue's
+        lock, again after each change or :meth:`wake`); mark it running and return it.
+        None when closed or timed out. Several prompts may run at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        view = Pending(self)
         with self._cond:
             while True:
                 if self._closed:
                     return None
-                pending = sorted(self._pending.values(), key=lambda i: (i.number, i.seq))
-                item = pick(pending) if pending else None
+                item = pick(view) if self._pending else None
                 if item is not None:
                     break
                 left = None if deadline is None else deadline - time.monotonic()
@@ -259,8 +240,6 @@ class PromptQueue:
             self.storage.finish(item.prompt_id, item.number, entry)
         finally:
             with self._cond:
-                if self._running is item:
-                    self._running = None
                 self._active.pop(item.prompt_id, None)
             self.on_change()
 
@@ -269,8 +248,6 @@ class PromptQueue:
         not count), or cut off by its worker's death (it counts, as after a kill -9)."""
         with self._cond:
             self.storage.mark_pending(item.prompt_id, refund_attempt=refund)
-            if self._running is item:
-                self._running = None
             self._active.pop(item.prompt_id, None)
             if refund:
                 item.attempts -= 1
@@ -285,7 +262,7 @@ class PromptQueue:
             self._cond.notify_all()
 
     def delete(self, prompt_ids: list[str]) -> int:
-        """Remove pending prompts (the running one is interrupted, not deleted)."""
+        """Remove pending prompts (running ones are interrupted, not deleted)."""
         with self._cond:
             hits = [p for p in prompt_ids if p in self._pending]
             if hits:
@@ -305,29 +282,21 @@ class PromptQueue:
         self._writer.shutdown(wait=True)  # commits under way finish and are queued
         with self._cond:
             self._closed = True
-            handoff, self._handoff = self._handoff, None
             self._cond.notify_all()
-        if handoff is not None:  # never started: not an attempt
-            self.storage.mark_pending(handoff.prompt_id, refund_attempt=True)
 
     # --- views -----------------------------------------------------------------
     def remaining(self) -> int:
         with self._cond:
-            return len(self._pending) + (self._running is not None) + len(self._active)
-
-    def running(self) -> QueueItem | None:
-        return self._running
+            return len(self._pending) + len(self._active)
 
     def __contains__(self, prompt_id: object) -> bool:
         with self._cond:
-            return prompt_id in self._pending or prompt_id in self._active or (
-                self._running is not None and self._running.prompt_id == prompt_id)
+            return prompt_id in self._pending or prompt_id in self._active
 
     def snapshot(self) -> tuple[list[list[Any]], list[list[Any]]]:
         """(running, pending) as ComfyUI's queue lists, pending in run order."""
         with self._cond:
-            running = [self._running.as_list()] if self._running else []
-            running += [i.as_list() for i in self._active.values()]
+            running = [i.as_list() for i in self._active.values()]
             pending = sorted(self._pending.values(), key=lambda i: (i.number, i.seq))
             return running, [i.as_list() for i in pending]
 
@@ -335,9 +304,16 @@ class PromptQueue:
         item = self._pending.get(entry[2])
         return item is not None and item.seq == entry[1]
 
+    def _head(self, heap: list[tuple[float, int, str]]) -> QueueItem | None:
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)  # taken, deleted or re-submitted since
+        return self._pending[heap[0][2]] if heap else None
+
     def _add(self, item: QueueItem) -> None:
         self._pending[item.prompt_id] = item
-        heapq.heappush(self._heap, (item.number, item.seq, item.prompt_id))
+        entry = (item.number, item.seq, item.prompt_id)
+        heapq.heappush(self._heap, entry)
+        heapq.heappush(self._by_client.setdefault(item.client_id, []), entry)
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -123,23 +123,21 @@ class Storage:
                                            "running" if running else "pending", int(running),
                                            time.time()))
 
-    def enqueue_many(self, rows: list[tuple[str, float, int, dict[str, Any], bool]]
-                     ) -> list[bool]:
-        """Insert ``(prompt_id, number, seq, body, running)`` rows in ONE transaction.
+    def enqueue_many(self, rows: list[tuple[str, float, int, dict[str, Any]]]) -> list[bool]:
+        """Insert pending ``(prompt_id, number, seq, body)`` rows in ONE transaction.
 
         Group commit: a burst of prompts costs one commit, not one each. Returns,
         per row, whether it was inserted (False: that prompt id is already queued).
         """
-        texts = [dumps(body) for _, _, _, body, _ in rows]
+        texts = [dumps(body) for _, _, _, body in rows]
         now = time.time()
         inserted: list[bool] = []
         with self._tx() as db:
-            for (prompt_id, number, seq, _, running), text in zip(rows, texts, strict=True):
+            for (prompt_id, number, seq, _), text in zip(rows, texts, strict=True):
                 cur = db.execute(
                     "INSERT OR IGNORE INTO queue(prompt_id, number, seq, body, state, "
-                    "attempts, created) VALUES (?,?,?,?,?,?,?)",
-                    (prompt_id, number, seq, text, "running" if running else "pending",
-                     int(running), now))
+                    "attempts, created) VALUES (?,?,?,?,'pending',0,?)",
+                    (prompt_id, number, seq, text, now))
                 inserted.append(cur.rowcount == 1)
         return inserted
 

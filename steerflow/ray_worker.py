@@ -26,7 +26,7 @@ from typing import Any
 import ray
 
 from server.config import ServerConfig
-from server.pool import Slot
+from server.hosts import Slot
 from server.worker import Channel, RemoteWorker, WorkerDied, WorkerListener, worker_secret
 
 log = logging.getLogger(__name__)

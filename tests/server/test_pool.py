@@ -16,9 +16,11 @@ import aiohttp
 import pytest
 
 from server.config import ServerConfig
-from server.pool import PoolRuntime, Slot
-from server.prompt_queue import QueueItem
+from server.hosts import Slot
+from server.pool import PoolRuntime
+from server.prompt_queue import Pending, PromptQueue, QueueItem
 from server.state import STATE
+from server.storage import Storage
 from server.worker import (
     RemoteWorker,
     WorkerDied,
@@ -128,20 +130,50 @@ def _item(n: int, client: str, prompt: dict[str, Any] | None = None) -> QueueIte
     return QueueItem(n, f"p{n}", prompt or {}, {"client_id": client}, [], seq=abs(n))
 
 
-def test_fair_share_round_robins_clients_after_the_front_of_the_queue():
+def _queue(tmp_path: Path, items: list[QueueItem]) -> PromptQueue:
+    queue = PromptQueue(Storage(tmp_path / "q.sqlite"))
+    for item in items:
+        queue.put(item)
+    return queue
+
+
+def test_fair_share_round_robins_clients_after_the_front_of_the_queue(tmp_path):
     runtime = PoolRuntime.__new__(PoolRuntime)
     runtime._served, runtime._ticks = {}, iter(range(1, 1000))
-    pending = [_item(1, "a"), _item(2, "a"), _item(3, "a"), _item(4, "b"), _item(5, "c")]
-    order = []
-    while pending:
+    queue = _queue(tmp_path, [_item(1, "a"), _item(2, "a"), _item(3, "a"), _item(4, "b"),
+                              _item(5, "c"), _item(-9, "c")])
+
+    def pick(pending: Pending) -> QueueItem:
         item, client = runtime._fair(pending)
         runtime._served[client] = next(runtime._ticks)  # taken: the client had its turn
-        order.append(item.prompt_id)
-        pending.remove(item)
-    assert order == ["p1", "p4", "p5", "p2", "p3"]
-    front = [_item(2, "a"), _item(-9, "a")]
-    front.sort(key=lambda i: i.number)
-    assert runtime._fair(front)[0].prompt_id == "p-9"  # queued at the front: first
+        return item
+
+    order = [queue.take_pick(pick, timeout=0).prompt_id for _ in range(6)]
+    # queued at the front first; then clients take turns, each in its own order
+    assert order == ["p-9", "p1", "p4", "p5", "p2", "p3"]
+    assert queue.take_pick(pick, timeout=0) is None
+
+
+def test_pending_view_skips_taken_deleted_and_requeued_prompts(tmp_path):
+    queue = _queue(tmp_path, [_item(n, "ab"[n % 2]) for n in range(1, 7)])
+    first = queue.take_pick(lambda pending: pending.head(), timeout=0)
+    assert first.prompt_id == "p1" and first.attempts == 1
+    assert queue.delete(["p2", "p4"]) == 2
+    seen: dict[str | None, str] = {}
+
+    def look(pending: Pending) -> None:
+        seen.update({c: i.prompt_id for c, i in pending.heads().items()})
+        seen["head"] = pending.head().prompt_id
+        return None
+
+    assert queue.take_pick(look, timeout=0) is None
+    assert seen == {"head": "p3", "a": "p6", "b": "p3"}
+    queue.requeue(first)  # back in front of its client, attempt refunded
+    assert queue.take_pick(look, timeout=0) is None
+    assert seen == {"head": "p1", "a": "p6", "b": "p1"} and first.attempts == 0
+    assert [queue.take_pick(lambda p: p.head(), timeout=0).prompt_id for _ in range(4)] \
+        == ["p1", "p3", "p5", "p6"]
+    assert queue.remaining() == 4 and queue.snapshot()[1] == []
 
 
 def test_route_prefers_a_warm_worker_else_the_least_loaded():

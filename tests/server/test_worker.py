@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pytest
 
-from tests.server.helpers import Http, LiveServer, chain, recv_until, wait_history
+from tests.server.helpers import Http, LiveServer, chain, recv_until, slow, wait_history
 
 
 def hog(digits: int = 300_000) -> dict:
@@ -78,19 +80,44 @@ def test_cooperative_interrupt_keeps_the_worker(server: LiveServer, http: Http):
 @pytest.mark.parametrize("sig, cause", [("SIGSEGV", "killed by SIGSEGV"),
                                         ("SIGKILL", "out of memory"),
                                         ("EXIT", "exited with code 3")])
-def test_a_crashing_node_fails_its_prompt_with_the_cause(server: LiveServer, http: Http,
-                                                         sig: str, cause: str):
+def test_a_prompt_that_crashes_its_worker_every_time_fails_with_the_cause(
+        server: LiveServer, http: Http, sig: str, cause: str):
     ws = server.connect_ws("crash")
     pid = http.post("/prompt", json={"prompt": crash(sig), "client_id": "crash"}
                     ).json()["prompt_id"]
     after = http.post("/prompt", json={"prompt": chain(2)}).json()["prompt_id"]
-    events, _ = recv_until(ws, pid)
+    events, _ = recv_until(ws, pid, timeout=120)
     error = next(e for e in events if e["type"] == "execution_error")["data"]
-    assert cause in error["exception_message"]
+    # Re-queued after each crash (the attempt counted), failed after max_attempts.
+    attempts = server.state.config.max_attempts
+    assert cause in error["exception_message"], error
+    assert f"{attempts} time(s)" in error["exception_message"], error
+    assert error["exception_type"] == "WorkerDied"
     assert error["node_id"] == "1" and error["node_type"] == "TestCrash"
-    history = wait_history(http, [pid, after])
+    history = wait_history(http, [pid, after], timeout=60)
     assert history[pid]["status"]["status_str"] == "error"
+    assert history[pid]["status"]["messages"][-1][1]["exception_message"] == \
+        error["exception_message"]
     assert history[after]["status"]["status_str"] == "success"  # on a new worker
+    assert server.state.runtime.worker_starts >= attempts  # restarted after each crash
+    ws.close()
+
+
+def test_a_worker_killed_mid_prompt_runs_it_again_on_a_new_worker(server: LiveServer,
+                                                                   http: Http):
+    ws = server.connect_ws("killed")
+    pid = http.post("/prompt", json={"prompt": slow(100000), "client_id": "killed"}
+                    ).json()["prompt_id"]
+    wait_executing(ws, pid, "2")
+    worker_pid = server.state.runtime.worker_info["pid"]
+    os.kill(worker_pid, signal.SIGKILL)
+    wait_executing(ws, pid, "2")  # the second attempt, on a new worker
+    assert server.state.runtime.worker_info["pid"] != worker_pid
+    [running], pending = server.state.queue.snapshot()
+    assert running[1] == pid and pending == []
+    assert http.post("/interrupt").json() == {"interrupted": True}
+    events, _ = recv_until(ws, pid)
+    assert events[-2]["type"] == "execution_interrupted"
     ws.close()
 
 
