@@ -3,6 +3,7 @@ heart (a shape the shapes world never drew) from 8 images, then ask for it.
 
     python scripts/measure_training_nodes.py                       # both methods, held out
     python scripts/measure_training_nodes.py --methods lora --lora-steps 300 --rank 8
+    python scripts/measure_training_nodes.py --methods lora --lora-seed 1  # run-to-run spread
     python scripts/measure_training_nodes.py --world 77 --prompts 20  # quick, dev world
 
 Training runs through the real nodes in one graph (Load Image Batch → Train … → CLIP Text
@@ -65,7 +66,8 @@ def training_node(method: str, args: argparse.Namespace, captions: str) -> dict[
               "gradient_checkpointing": False, "save_name": ""}
     if method == "lora":
         return {"class_type": "TrainLoRA", "inputs": {
-            **common, "rank": args.rank, "alpha": float(args.alpha or args.rank),
+            **common, "seed": args.lora_seed, "rank": args.rank,
+            "alpha": float(args.alpha or args.rank),
             "learning_rate": args.lora_lr, "steps": args.lora_steps,
             "batch_size": args.lora_batch, "target": args.target,
             "target_modules": args.target_modules, "lr_scheduler": args.lora_scheduler,
@@ -267,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     lora.add_argument("--lora-warmup", type=int, default=0)
     lora.add_argument("--snr-gamma", type=float, default=5.0)
     lora.add_argument("--noise-offset", type=float, default=0.0)
+    lora.add_argument("--lora-seed", type=int, default=0,
+                      help="the node's seed (init, noise, batches): for run-to-run spread")
     ti = parser.add_argument_group("Train Textual Inversion")
     ti.add_argument("--ti-steps", type=int, default=1500)
     ti.add_argument("--ti-lr", type=float, default=1e-2)
