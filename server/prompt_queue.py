@@ -66,12 +66,6 @@ class Pending:
     def __init__(self, queue: PromptQueue):
         self._queue = queue
 
-    def __bool__(self) -> bool:
-        return bool(self._queue._pending)
-
-    def __len__(self) -> int:
-        return len(self._queue._pending)
-
     def head(self) -> QueueItem | None:
         """The first prompt in run order (number, then arrival)."""
         return self._queue._head(self._queue._heap)
