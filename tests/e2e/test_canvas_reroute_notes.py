@@ -13,10 +13,20 @@ from tests.e2e.test_canvas_menus import INT_CHAIN
 
 
 def _edge_middle(page, edge_id: str) -> dict[str, float]:
+    """The screen point halfway along an edge, once the view has settled (a file opens with
+    an animated fit; on a loaded machine a point read mid-animation misses the edge)."""
     path = page.locator(f'.react-flow__edge[data-id="{edge_id}"] path').first
-    return path.evaluate("p => { const l = p.getTotalLength();"
-                         " const pt = p.getPointAtLength(l / 2); const m = p.getScreenCTM();"
-                         " return {x: pt.x * m.a + m.e, y: pt.y * m.d + m.f}; }")
+    read = ("p => { const l = p.getTotalLength();"
+            " const pt = p.getPointAtLength(l / 2); const m = p.getScreenCTM();"
+            " return {x: pt.x * m.a + m.e, y: pt.y * m.d + m.f}; }")
+    last = path.evaluate(read)
+    for _ in range(100):
+        page.wait_for_timeout(100)
+        now = path.evaluate(read)
+        if abs(now["x"] - last["x"]) < 0.5 and abs(now["y"] - last["y"]) < 0.5:
+            return now
+        last = now
+    return last
 
 
 def _wait_autosaved(page, condition: str) -> None:
