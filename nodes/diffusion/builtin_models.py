@@ -7,6 +7,7 @@ the modules that build or install the models are imported when one is missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -34,27 +35,86 @@ def shipped_weights(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
-def is_installed(models_dir: Path, role: str, name: str) -> bool:
-    """Both formats present: the diffusers folder (complete) and the single file."""
+#: in an installed model's diffusers folder: the fingerprint of the shipped file(s) it was
+#: built from, so a newer shipped file is installed again
+STAMP_FILE = ".shipped"
+_FINGERPRINT_SPAN = 1 << 20
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap identity of a weights file: its size and a SHA-256 of its first and last
+    MiB (retrained weights differ there; hashing every byte on each worker start would
+    not be cheap)."""
+    st = Path(path).stat()
+    return _fingerprint(str(path), st.st_size, (st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+
+
+@lru_cache(maxsize=64)
+def _fingerprint(path_name: str, size: int, _version: tuple[int, int, int]) -> str:
+    path = Path(path_name)
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(_FINGERPRINT_SPAN))
+        if size > _FINGERPRINT_SPAN:
+            f.seek(max(size - _FINGERPRINT_SPAN, _FINGERPRINT_SPAN))
+            digest.update(f.read())
+    return f"{size}:{digest.hexdigest()[:32]}"
+
+
+def shipped_stamp(*names: str) -> str | None:
+    """The stamp of a model built from these shipped files (None if one is not shipped)."""
+    paths = [shipped_weights(n) for n in names]
+    if not all(p.is_file() for p in paths):
+        return None
+    return " ".join(fingerprint(p) for p in paths)
+
+
+def installed_stamp(folder: Path) -> str | None:
+    try:
+        return (Path(folder) / STAMP_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+#: built-in model → the shipped files it is built from (role, name, sources)
+SHIPPED_MODELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("checkpoints", SHAPES_NAME, (SHAPES_NAME,)),
+    ("controlnet", SHAPES_CONTROLNET_NAME, (SHAPES_CONTROLNET_NAME,)),
+    ("controlnet", SHAPES_ADAPTER_NAME, (SHAPES_ADAPTER_NAME,)),
+    ("checkpoints", SHAPES_IP2P_NAME, (SHAPES_NAME, SHAPES_IP2P_UNET)),
+)
+
+
+def is_installed(models_dir: Path, role: str, name: str, stamp: str | None = None) -> bool:
+    """Both formats present: the diffusers folder (complete) and the single file; with
+    ``stamp``, built from those shipped files."""
     target = Path(models_dir) / role
     return ((target / name / DIFFUSERS_MARKERS[role]).is_file()
-            and (target / f"{name}.safetensors").is_file())
+            and (target / f"{name}.safetensors").is_file()
+            and (stamp is None or installed_stamp(target / name) == stamp))
+
+
+def clip_is_current(models_dir: Path) -> bool:
+    """The installed shapes CLIP is the shipped one (True when none is shipped)."""
+    source = shipped_weights(SHAPES_CLIP_NAME)
+    if not source.is_file():
+        return True
+    target = Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
+    return target.is_file() and fingerprint(target) == fingerprint(source)
 
 
 def all_installed(models_dir: Path) -> bool:
-    """Every built-in model the set-up would create is already there."""
-    wanted = [("checkpoints", TINY_NAME), ("controlnet", TINY_CONTROLNET_NAME)]
-    wanted += [(role, name) for role, name in (("checkpoints", SHAPES_NAME),
-                                               ("controlnet", SHAPES_CONTROLNET_NAME),
-                                               ("controlnet", SHAPES_ADAPTER_NAME))
-               if shipped_weights(name).is_file()]
-    if shipped_weights(SHAPES_IP2P_UNET).is_file():
-        wanted.append(("checkpoints", SHAPES_IP2P_NAME))
-    if (shipped_weights(SHAPES_CLIP_NAME).is_file()
-            and not (Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
-                     ).is_file()):
+    """Every built-in model the set-up would create is already there, built from the
+    shipped files as they are now."""
+    if not (is_installed(models_dir, "checkpoints", TINY_NAME)
+            and is_installed(models_dir, "controlnet", TINY_CONTROLNET_NAME)
+            and clip_is_current(models_dir)):
         return False
-    return all(is_installed(models_dir, role, name) for role, name in wanted)
+    for role, name, sources in SHIPPED_MODELS:
+        stamp = shipped_stamp(*sources)
+        if stamp is not None and not is_installed(models_dir, role, name, stamp):
+            return False
+    return True
 
 
 @lru_cache(maxsize=1)

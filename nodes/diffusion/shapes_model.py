@@ -26,13 +26,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exported)
+    DIFFUSERS_MARKERS,
     SHAPES_ADAPTER_NAME,
     SHAPES_CLIP_NAME,
     SHAPES_CONTROLNET_NAME,
     SHAPES_IP2P_NAME,
     SHAPES_IP2P_UNET,
     SHAPES_NAME,
+    SHIPPED_MODELS,
     WEIGHTS_DIR,
+    clip_is_current,
+    shipped_stamp,
     shipped_weights,
 )
 from nodes.diffusion.controlnet_loading import load_controlnet, load_t2i_adapter
@@ -119,7 +123,7 @@ def install_shapes_clip(models_dir: Path) -> Path | None:
     if not source.is_file():
         return None
     target = Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
-    if not target.is_file():
+    if not clip_is_current(models_dir):
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copied under a hidden name and renamed: listings never see a half-written file.
         tmp = target.with_name(f".{target.name}.tmp")
@@ -136,16 +140,13 @@ def ensure_shapes_model(models_dir: Path) -> Path | None:
     """
     if not shipped_weights(SHAPES_NAME).is_file():
         return None
-    folder = ensure_built(models_dir, "checkpoints", SHAPES_NAME, "model_index.json",
-                          install_shapes_model)
-    if shipped_weights(SHAPES_CONTROLNET_NAME).is_file():
-        ensure_built(models_dir, "controlnet", SHAPES_CONTROLNET_NAME, "config.json",
-                     install_shapes_controlnet)
-    if shipped_weights(SHAPES_ADAPTER_NAME).is_file():
-        ensure_built(models_dir, "controlnet", SHAPES_ADAPTER_NAME, "config.json",
-                     install_shapes_adapter)
-    if shipped_weights(SHAPES_IP2P_UNET).is_file():
-        ensure_built(models_dir, "checkpoints", SHAPES_IP2P_NAME, "model_index.json",
-                     install_shapes_ip2p)
+    install = {SHAPES_NAME: install_shapes_model, SHAPES_CONTROLNET_NAME: install_shapes_controlnet,
+               SHAPES_ADAPTER_NAME: install_shapes_adapter, SHAPES_IP2P_NAME: install_shapes_ip2p}
+    folders = {}
+    for role, name, sources in SHIPPED_MODELS:
+        stamp = shipped_stamp(*sources)
+        if stamp is not None:  # None: not shipped in this install
+            folders[name] = ensure_built(models_dir, role, name, DIFFUSERS_MARKERS[role],
+                                         install[name], stamp=stamp)
     install_shapes_clip(models_dir)
-    return folder
+    return folders[SHAPES_NAME]

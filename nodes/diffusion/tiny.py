@@ -137,17 +137,26 @@ def save_tiny_model(target_dir: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def ensure_built(models_dir: Path, folder_role: str, name: str, marker: str,
-                 build: Callable[[Path], dict[str, Path]]) -> Path:
+                 build: Callable[[Path], dict[str, Path]], stamp: str | None = None) -> Path:
     """Make sure ``models_dir/folder_role/name`` (a diffusers folder whose ``marker`` file
-    proves it complete) and ``name.safetensors`` exist; build them if not.
+    proves it complete) and ``name.safetensors`` exist; build them if not. With ``stamp``
+    (what the model is built from: see ``builtin_models.shipped_stamp``) a copy built from
+    other files is built again and replaces it.
 
     Built in a temporary folder and renamed into place, so a crash or a concurrent
     caller never leaves a half-written model behind. Returns the folder.
     """
+    from nodes.diffusion.builtin_models import STAMP_FILE, installed_stamp
+
     target = Path(models_dir) / folder_role
     folder = target / name
     single = target / f"{name}.safetensors"
-    if (folder / marker).is_file() and single.is_file():
+
+    def current() -> bool:
+        return (folder / marker).is_file() and (stamp is None
+                                                or installed_stamp(folder) == stamp)
+
+    if current() and single.is_file():
         return folder
     target.mkdir(parents=True, exist_ok=True)
     # Outside the role folder so model listings never see the half-built copy; same
@@ -155,16 +164,18 @@ def ensure_built(models_dir: Path, folder_role: str, name: str, marker: str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
         paths = build(tmp)
-        if not single.is_file():
+        if stamp is not None:
+            (Path(paths["diffusers"]) / STAMP_FILE).write_text(stamp + "\n")
+        if stamp is not None or not single.is_file():
             os.replace(paths["single_file"], single)
-        if not (folder / marker).is_file():
-            if folder.exists():
-                shutil.rmtree(folder)  # an earlier, incomplete copy
+        if not current():
+            if folder.exists():  # an earlier, incomplete or outdated copy: moved aside
+                os.replace(folder, tmp / "replaced")
             try:
                 os.replace(paths["diffusers"], folder)
             except OSError:
                 # Another process won the race; its copy is identical.
-                if not (folder / marker).is_file():
+                if not current():
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

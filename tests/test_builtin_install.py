@@ -1,0 +1,81 @@
+"""Installing the built-in models: a newer shipped file replaces the installed copy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tests.test_ip2p_training import toy  # noqa: F401  (the toy shipped model)
+
+
+def _shipped_again(path: Path) -> None:
+    """Re-write a shipped file with one tensor changed, as a retrained model would be."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    key = sorted(tensors)[-1]
+    tensors[key] = tensors[key] + 1
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_a_newer_shipped_model_is_installed_again(toy, tmp_path, monkeypatch):  # noqa: F811
+    from nodes.diffusion import builtin_models
+    from nodes.diffusion.builtin_models import (
+        SHAPES_NAME,
+        STAMP_FILE,
+        installed_stamp,
+        is_installed,
+        shipped_stamp,
+    )
+    from nodes.diffusion.shapes_model import ensure_shapes_model
+
+    weights = tmp_path / "weights"
+    shutil.copytree(toy["weights"], weights)
+    monkeypatch.setattr(builtin_models, "WEIGHTS_DIR", weights)
+    models = tmp_path / "models"
+    folder = ensure_shapes_model(models)
+    first = shipped_stamp(SHAPES_NAME)
+    assert installed_stamp(folder) == first
+    assert is_installed(models, "checkpoints", SHAPES_NAME, first)
+    single = models / "checkpoints" / f"{SHAPES_NAME}.safetensors"
+    before = single.read_bytes()
+    assert ensure_shapes_model(models) == folder and single.read_bytes() == before  # kept
+
+    _shipped_again(weights / f"{SHAPES_NAME}.safetensors")
+    second = shipped_stamp(SHAPES_NAME)
+    assert second != first
+    assert not is_installed(models, "checkpoints", SHAPES_NAME, second)
+    ensure_shapes_model(models)
+    assert installed_stamp(folder) == second and single.read_bytes() != before
+    assert not list(models.glob(f".{SHAPES_NAME}-*"))  # nothing left behind
+
+    # an install from before the stamps (no stamp file) is built again once
+    (folder / STAMP_FILE).unlink()
+    marker = folder / "unet" / "marker.txt"
+    marker.write_text("old copy")
+    ensure_shapes_model(models)
+    assert installed_stamp(folder) == second and not marker.exists()
+
+
+def test_the_shapes_clip_is_copied_again_when_the_shipped_one_changes(tmp_path, monkeypatch):
+    from nodes.diffusion import builtin_models
+    from nodes.diffusion.builtin_models import SHAPES_CLIP_NAME, clip_is_current
+    from nodes.diffusion.shapes_model import install_shapes_clip
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shipped = weights / f"{SHAPES_CLIP_NAME}.safetensors"
+    save_file({"a": torch.zeros(4)}, str(shipped))
+    monkeypatch.setattr(builtin_models, "WEIGHTS_DIR", weights)
+    models = tmp_path / "models"
+    assert not clip_is_current(models)
+    target = install_shapes_clip(models)
+    assert target.read_bytes() == shipped.read_bytes() and clip_is_current(models)
+    save_file({"a": torch.ones(5)}, str(shipped))
+    assert not clip_is_current(models)
+    install_shapes_clip(models)
+    assert target.read_bytes() == shipped.read_bytes() and clip_is_current(models)
