@@ -363,3 +363,28 @@ def test_train_clip_smoke_and_resume(tmp_path):
     assert clip.has_text and clip.image_size == 64 and clip.vision_config.num_attention_heads == 2
     _, again = train_clip(opts, loop, batch_size=16, text_source="random", vision=vision)
     assert again.start_step == 2 and not again.losses
+
+    # going on from that file with the shape-prompt loss: at lr 0 the weights stay its own
+    still = LoopConfig(steps=1, lr=0.0, save_every=1, progress=False, lr_schedule="constant")
+    path2, more = train_clip(StageOptions(out_dir=tmp_path / "more"), still, batch_size=16,
+                             text_source="random", vision=vision, init=path, shape_weight=1.0)
+    assert len(more.losses) == 1 and np.isfinite(more.losses[0])
+    before, after = clip.model.state_dict(), load_clip_vision(path2).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_shape_prompt_loss_targets_every_shape_the_image_holds():
+    from training.shapes import SHAPES, generate
+    from training.train_clip import SHAPE_PROMPTS, shape_prompt_loss
+
+    one, two = generate(0, 0, 64, 0.0), generate(0, 3, 64, 1.0)
+    assert tuple(f"a {s}" for s in SHAPES) == SHAPE_PROMPTS
+    right = torch.full((2, len(SHAPES)), -20.0)
+    right[0, SHAPES.index(one.shapes[0].shape)] = 20.0
+    for s in two.shapes:
+        right[1, SHAPES.index(s.shape)] = 20.0
+    low = shape_prompt_loss(right, [one.shapes, two.shapes])
+    high = shape_prompt_loss(-right, [one.shapes, two.shapes])
+    two_kinds = len({s.shape for s in two.shapes})
+    # the best a two-shape image can do is spread its mass evenly over its shapes
+    assert float(low) <= 0.5 * np.log(two_kinds) + 1e-4 and float(high) > 30

@@ -160,16 +160,17 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "base": root / "base", "weights": root / "weights"}
 
 
-def _train(out: Path, base: Path, steps: int) -> dict[str, torch.Tensor]:
+def _train(out: Path, base: Path, steps: int, init: Path | None = None, lr: float = 1e-3
+           ) -> dict[str, torch.Tensor]:
     from tests.test_training import TOY
     from training.loop import LoopConfig
     from training.train import StageOptions
     from training.train_instruct_pix2pix import train_instruct_pix2pix
 
-    cfg = LoopConfig(steps=steps, lr=1e-3, save_every=2, ema_decay=0.9, progress=False,
+    cfg = LoopConfig(steps=steps, lr=lr, save_every=2, ema_decay=0.9, progress=False,
                      lr_schedule="constant")
     unet, result = train_instruct_pix2pix(StageOptions(out_dir=out, models=TOY), cfg,
-                                          base=base, batch_size=3, latent_cache=6)
+                                          base=base, batch_size=3, latent_cache=6, init=init)
     assert all(np.isfinite(result.losses))
     return unet.state_dict()
 
@@ -192,6 +193,9 @@ def test_stage_resumes_exports_ships_and_installs(toy, tmp_path, monkeypatch) ->
     for a, b in ((folder.unet, single.unet), (folder.vae, single.vae)):
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert all(torch.equal(v, straight[k]) for k, v in folder.unet.state_dict().items())
+    # going on from the exported UNet (--init): at lr 0 it stays that UNet
+    again = _train(tmp_path / "c", toy["base"], 1, init=paths["ip2p"] / "unet", lr=0.0)
+    assert all(torch.equal(again[k], straight[k]) for k in straight)
 
     shipped = ship_weights(tmp_path / "export", toy["weights"])
     assert [p.name for p in shipped] == ["steerflow-shapes-ip2p-unet.safetensors"]

@@ -41,6 +41,7 @@ from training.shapes import (
     BACKGROUNDS,
     COLORS,
     POSITION_PHRASES,
+    SHAPES,
     ShapeSpec,
     ShapesSample,
     full_caption,
@@ -192,10 +193,11 @@ def hard_group(seed: int, group: int, n: int, size: int = 64) -> list[ShapesSamp
     return out
 
 
-def clip_batch(seed: int, step: int, batch_size: int, size: int = 64
-               ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+def clip_batch(seed: int, step: int, batch_size: int, size: int = 64, *,
+               with_shapes: bool = False) -> tuple[Any, ...]:
     """Step ``step``'s batch: CLIP-normalised pixels ``[B, 3, H, W]``, one caption per image
-    and the ``[B, B]`` consistency matrix (caption j fits image i).
+    and the ``[B, B]`` consistency matrix (caption j fits image i); ``with_shapes`` adds
+    each image's shapes.
 
     Half the batch is the world's samples; the other half comes in groups of
     :data:`GROUP` that share background and colour (:func:`hard_group`). Without them
@@ -213,7 +215,8 @@ def clip_batch(seed: int, step: int, batch_size: int, size: int = 64
     fit = torch.tensor([[consistent(c, s.shapes, s.background) for c in captions]
                         for s in samples])
     pixels = torch.from_numpy(np.stack([s.image for s in samples])).float().div(255.0)
-    return normalize(pixels.permute(0, 3, 1, 2)), captions, fit
+    out = (normalize(pixels.permute(0, 3, 1, 2)), captions, fit)
+    return (*out, [s.shapes for s in samples]) if with_shapes else out
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -252,26 +255,64 @@ class TextCache:
         return torch.stack([self.cache[c] for c in captions])
 
 
+SHAPE_PROMPTS = tuple(f"a {shape}" for shape in SHAPES)
+
+
+def shape_prompt_loss(logits: torch.Tensor, shapes: Sequence[Sequence[ShapeSpec]]
+                      ) -> torch.Tensor:
+    """Cross-entropy of each image against the :data:`SHAPE_PROMPTS` ("a circle", ...), the
+    target spread over the shapes the image holds: the zero-shot question itself, asked of
+    every image of the batch (in the contrastive loss a caption that names a shape is one
+    column in eight, and the ViT learnt shape last and slowly)."""
+    target = torch.zeros_like(logits)
+    for i, specs in enumerate(shapes):
+        for s in specs:
+            target[i, SHAPES.index(s.shape)] = 1.0
+    target = target / target.sum(1, keepdim=True)
+    return -(target * logits.log_softmax(1)).sum(1).mean()
+
+
+def init_from(model: CLIPModel, path: Path) -> None:
+    """Start from a saved CLIP file (e.g. the shipped float16 one) instead of a new ViT."""
+    from nodes.diffusion.clip_vision import load_clip_vision
+
+    state = load_clip_vision(Path(path)).model.float().state_dict()
+    model.load_state_dict(state, strict=True)
+
+
 def train_clip(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 128,
-               text_source: str = "auto", vision: dict[str, Any] | None = None
+               text_source: str = "auto", vision: dict[str, Any] | None = None,
+               init: Path | None = None, shape_weight: float = 0.0
                ) -> tuple[Path, LoopResult]:
     """Train the CLIP and write ``<out>/clip/<CLIP_NAME>.safetensors`` (float32, config in
-    the metadata); ``ship_clip`` writes the float16 copy that ships."""
+    the metadata); ``ship_clip`` writes the float16 copy that ships. ``init``: a CLIP file to
+    start from; ``shape_weight``: weight of :func:`shape_prompt_loss` added to the
+    contrastive loss."""
     seed_everything(opts.seed)
     model = build_clip(opts, text_source=text_source, vision=vision)
+    if init is not None:
+        init_from(model, init)
     model.text_model.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     texts = TextCache(model)
     size = int(model.config.vision_config.image_size)
 
     def loss_fn(step: int) -> torch.Tensor:
-        pixels, captions, fit = clip_batch(opts.seed, step, batch_size, size)
+        pixels, captions, fit, shapes = clip_batch(opts.seed, step, batch_size, size,
+                                                   with_shapes=True)
         image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
-        text = model.text_projection(texts(captions))
         image = image / image.norm(dim=-1, keepdim=True)
-        text = text / text.norm(dim=-1, keepdim=True)
+
+        def embed(texts_: Sequence[str]) -> torch.Tensor:
+            t = model.text_projection(texts(texts_))
+            return t / t.norm(dim=-1, keepdim=True)
+
         scale = model.logit_scale.clamp(max=np.log(100.0)).exp()
-        return soft_clip_loss(scale * image @ text.T, fit)
+        loss = soft_clip_loss(scale * image @ embed(captions).T, fit)
+        if shape_weight:
+            loss = loss + shape_weight * shape_prompt_loss(
+                scale * image @ embed(SHAPE_PROMPTS).T, shapes)
+        return loss
 
     result, _ = train_loop("clip", loop, {"clip": model}, trainable, loss_fn,
                            opts.checkpoints("clip"))
@@ -281,6 +322,8 @@ def train_clip(opts: StageOptions, loop: LoopConfig, *, batch_size: int = 128,
     target.parent.mkdir(parents=True, exist_ok=True)
     save_clip_file(model, target)
     write_log(opts, "clip", result, {"batch_size": batch_size, "text_source": text_source,
+                                     "init": str(init) if init else None,
+                                     "shape_weight": shape_weight,
                                      "logit_scale": float(model.logit_scale.detach().exp())})
     return target, result
 
@@ -303,6 +346,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--text-source", choices=("auto", "run", "shipped", "random"),
                         default="auto", help="where the text tower comes from (auto: the "
                         "run's text stage if present, else the shipped default model)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this CLIP file (e.g. the shipped one) instead of "
+                             "a new image tower")
+    parser.add_argument("--shape-weight", type=float, default=0.0,
+                        help="add the shape-prompt loss (\"a circle\", ...) with this weight")
     parser.add_argument("--ship", action="store_true",
                         help="after training, write the float16 file that ships")
     args = parser.parse_args(argv)
@@ -311,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     opts = StageOptions(out_dir=args.out, seed=args.seed, device="cpu")
     path, result = train_clip(opts, loop_config(args, DEFAULTS),
                               batch_size=int(args.batch_size or DEFAULTS["batch_size"]),
-                              text_source=args.text_source)
+                              text_source=args.text_source, init=args.init,
+                              shape_weight=args.shape_weight)
     print(f"clip: {len(result.losses)} steps in {result.seconds:.0f} s "
           f"({result.seconds_per_step:.3f} s/step), written to {path}")
     if args.ship:

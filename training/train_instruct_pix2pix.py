@@ -198,15 +198,23 @@ def dropout_masks(n: int, p: float = DROPOUT) -> tuple[torch.Tensor, torch.Tenso
 
 def train_instruct_pix2pix(opts: StageOptions, loop: LoopConfig, *, base: Path | None = None,
                            batch_size: int = 32, snr_gamma: float | None = 5.0,
-                           latent_cache: int = 0, dropout: float = DROPOUT
+                           latent_cache: int = 0, dropout: float = DROPOUT,
+                           init: Path | None = None
                            ) -> tuple[UNet2DConditionModel, LoopResult]:
-    """Train; saves the (EMA) UNet to ``<out>/instruct_pix2pix``."""
+    """Train; saves the (EMA) UNet to ``<out>/instruct_pix2pix``. ``init``: an
+    Instruct-Pix2Pix UNet folder (e.g. the installed ``steerflow-shapes-ip2p/unet``) to go
+    on from instead of the widened base UNet."""
     setup_device(opts.device)
     seed_everything(opts.seed)
     base = resolve_base(base, opts.out_dir)
     vae, text_encoder, base_unet = load_base(base, opts.device)
     unet = widen_conv_in(base_unet).train()
     del base_unet
+    if init is not None:
+        start = UNet2DConditionModel.from_pretrained(init, torch_dtype=torch.float32,
+                                                     local_files_only=True)
+        unet.load_state_dict(start.state_dict(), strict=True)
+        del start
     encoder = CaptionEncoder(load_clip_tokenizer(), text_encoder)
     scheduler = build_noise_scheduler()
     size = opts.configs.image_size
@@ -234,6 +242,7 @@ def train_instruct_pix2pix(opts: StageOptions, loop: LoopConfig, *, base: Path |
     unet.save_pretrained(opts.final(STAGE), safe_serialization=True)
     (opts.final(STAGE) / "base.json").write_text(json.dumps({"base": str(base)}))
     write_log(opts, STAGE, result, {"batch_size": batch_size, "latent_cache": latent_cache,
+                                    "init": str(init) if init else None,
                                     "dropout": dropout, "base": str(base),
                                     "ema": ema is not None})
     return unet, result
@@ -254,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latent-cache", type=int, default=16384,
                         help="encode this many triplets once (0: encode every batch)")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay (0: none)")
+    parser.add_argument("--init", type=Path,
+                        help="an Instruct-Pix2Pix UNet folder to go on training (e.g. "
+                             "models/checkpoints/steerflow-shapes-ip2p/unet)")
     parser.add_argument("--export", type=Path,
                         help="then write steerflow-shapes-ip2p into this models folder")
     args = parser.parse_args(argv)
@@ -263,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         workers=args.workers)
     loop = loop_config(args, DEFAULTS, ema_decay=args.ema or None)
     _, result = train_instruct_pix2pix(
-        opts, loop, base=args.base, latent_cache=args.latent_cache,
+        opts, loop, base=args.base, latent_cache=args.latent_cache, init=args.init,
         batch_size=int(args.batch_size or DEFAULTS["batch_size"]))
     print(f"{STAGE}: {len(result.losses)} steps in {result.seconds:.0f} s "
           f"({result.seconds_per_step:.3f} s/step), final to {opts.final(STAGE)}")
