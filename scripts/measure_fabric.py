@@ -80,6 +80,28 @@ def model_images(runner: Any, color: str, count: int, steps: int, background: st
     return found
 
 
+def colored(text: str, color: str) -> str:
+    """"a circle at the top" → "a blue circle at the top"."""
+    return text.replace("a ", f"a {color} ", 1)
+
+
+def prompt_images(runner: Any, text: str, color: str, count: int, steps: int,
+                  tries: int = 16) -> list[Any]:
+    """The model's own pictures of the colour-less prompt ``text`` with ``color`` written
+    in (seeds from 900 000, kept when the judge reads that colour): what a user who liked
+    the ``color`` images of an earlier round of this prompt would feed back."""
+    from training import judge
+
+    found, seed = [], 900_000
+    while len(found) < count and seed < 900_000 + tries:
+        image = runner.image(graph(colored(text, color), seed, steps, 7.5, [], [], {}))
+        seen = judge.detect(image, max_objects=1)
+        if seen and seen[0].color == color:
+            found.append(image)
+        seed += 1
+    return found
+
+
 def graph(text: str, seed: int, steps: int, cfg: float, liked: list[str],
           disliked: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     g: dict[str, Any] = {
@@ -132,8 +154,10 @@ def main(argv: list[str] | None = None) -> None:
                         choices=["plain", "liked", "disliked", "both"])
     parser.add_argument("--others", nargs="*", default=["red", "green", "yellow"],
                         help="mode both: one disliked image of each of these colours")
-    parser.add_argument("--source", choices=["world", "model"], default="model",
-                        help="feedback images: shapes-world renders or the model's own")
+    parser.add_argument("--source", choices=["world", "model", "prompt"], default="model",
+                        help="feedback images: shapes-world renders, the model's own large "
+                             "centred shapes, or the model's own drawings of each prompt "
+                             "with the colour written in (an earlier round of that prompt)")
     parser.add_argument("--background", default="gray",
                         help="with --source model: the feedback prompts' background")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -162,12 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.source == "world":
         liked_images = feedback_images(args.world, "blue", args.liked)
         disliked_images = feedback_images(args.world, "red", args.disliked)
+    elif args.source == "prompt":
+        liked_images, disliked_images = [], []  # drawn per prompt below
     else:
         liked_images = model_images(runner, "blue", args.liked, args.steps, args.background)
         disliked_images = model_images(runner, "red", args.disliked, args.steps,
                                        args.background)
     # "both": the liked blue images and, disliked, the same kind of image in other colours
-    others = [img for color in args.others for img in (
+    others = [] if args.source == "prompt" else [img for color in args.others for img in (
         feedback_images(args.world, color, 1) if args.source == "world"
         else model_images(runner, color, 1, args.steps, args.background))]
     tag = f"{args.source}{args.background}{args.world}"
@@ -183,12 +209,28 @@ def main(argv: list[str] | None = None) -> None:
                               "liked": args.liked, "disliked": args.disliked,
                               "source": args.source, "background": args.background,
                               "others": args.others}
+    per_prompt: dict[int, tuple[list[str], list[str], list[str]]] = {}
+    if args.source == "prompt":
+        for i, text in enumerate(texts):
+            files = []
+            for color, count in (("blue", args.liked), ("red", args.disliked)):
+                files.append([runner.put_image(f"fabric_prompt_{args.world}_{i}_{color}{k}.png",
+                                               img) for k, img in enumerate(
+                    prompt_images(runner, text, color, count, args.steps))])
+            files.append([runner.put_image(f"fabric_prompt_{args.world}_{i}_{color}.png", img)
+                          for color in args.others
+                          for img in prompt_images(runner, text, color, 1, args.steps)])
+            per_prompt[i] = (files[0], files[1], files[2])
     for mode in args.modes:
         fb_liked = liked if mode in ("liked", "both") else []
         fb_disliked = {"disliked": disliked, "both": other_files}.get(mode, [])
         colors: list[str] = []
         start = time.time()
         for seed, text in enumerate(texts):
+            if args.source == "prompt":
+                p_liked, p_disliked, p_others = per_prompt[seed]
+                fb_liked = p_liked if mode in ("liked", "both") else []
+                fb_disliked = {"disliked": p_disliked, "both": p_others}.get(mode, [])
             image = runner.image(graph(text, seed, args.steps, args.cfg, fb_liked,
                                        fb_disliked, settings))
             found = judge.detect(image, max_objects=1)
