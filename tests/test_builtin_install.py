@@ -53,12 +53,15 @@ def test_a_newer_shipped_model_is_installed_again(toy, tmp_path, monkeypatch):  
     assert installed_stamp(folder) == second and single.read_bytes() != before
     assert not list(models.glob(f".{SHAPES_NAME}-*"))  # nothing left behind
 
-    # an install from before the stamps (no stamp file) is built again once
+    # a copy without a stamp file (from before the stamps, or the user's own model under
+    # that name) is never replaced
     (folder / STAMP_FILE).unlink()
     marker = folder / "unet" / "marker.txt"
-    marker.write_text("old copy")
+    marker.write_text("the user's copy")
+    _shipped_again(weights / f"{SHAPES_NAME}.safetensors")
+    assert is_installed(models, "checkpoints", SHAPES_NAME, shipped_stamp(SHAPES_NAME))
     ensure_shapes_model(models)
-    assert installed_stamp(folder) == second and not marker.exists()
+    assert marker.read_text() == "the user's copy" and installed_stamp(folder) is None
 
 
 def test_the_shapes_clip_is_copied_again_when_the_shipped_one_changes(tmp_path, monkeypatch):
@@ -75,7 +78,15 @@ def test_the_shapes_clip_is_copied_again_when_the_shipped_one_changes(tmp_path, 
     assert not clip_is_current(models)
     target = install_shapes_clip(models)
     assert target.read_bytes() == shipped.read_bytes() and clip_is_current(models)
+    # a copy of an earlier shipped CLIP is replaced; a file of the user's own is kept
+    monkeypatch.setattr(builtin_models, "EARLIER_SHIPPED_CLIPS",
+                        frozenset({builtin_models.fingerprint(shipped)}))
     save_file({"a": torch.ones(5)}, str(shipped))
     assert not clip_is_current(models)
     install_shapes_clip(models)
     assert target.read_bytes() == shipped.read_bytes() and clip_is_current(models)
+    save_file({"b": torch.ones(3)}, str(target))
+    own = target.read_bytes()
+    assert clip_is_current(models)
+    install_shapes_clip(models)
+    assert target.read_bytes() == own

@@ -87,20 +87,30 @@ SHIPPED_MODELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 def is_installed(models_dir: Path, role: str, name: str, stamp: str | None = None) -> bool:
     """Both formats present: the diffusers folder (complete) and the single file; with
-    ``stamp``, built from those shipped files."""
+    ``stamp``, not built from other shipped files than those (a copy without a stamp file,
+    from before the stamps or of the user's own, counts as installed: it is never
+    replaced)."""
     target = Path(models_dir) / role
     return ((target / name / DIFFUSERS_MARKERS[role]).is_file()
             and (target / f"{name}.safetensors").is_file()
-            and (stamp is None or installed_stamp(target / name) == stamp))
+            and (stamp is None or installed_stamp(target / name) in (None, stamp)))
+
+
+#: fingerprints of the shapes CLIPs shipped before: an installed copy of one is replaced
+EARLIER_SHIPPED_CLIPS = frozenset({"7616106:e269cb79fccbe5d254fdf8171cc639bb"})
 
 
 def clip_is_current(models_dir: Path) -> bool:
-    """The installed shapes CLIP is the shipped one (True when none is shipped)."""
+    """False when the shapes CLIP is missing or a copy of an earlier shipped one (a file
+    of the user's own under that name is kept); True when none is shipped."""
     source = shipped_weights(SHAPES_CLIP_NAME)
     if not source.is_file():
         return True
     target = Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
-    return target.is_file() and fingerprint(target) == fingerprint(source)
+    if not target.is_file():
+        return False
+    found = fingerprint(target)
+    return found == fingerprint(source) or found not in EARLIER_SHIPPED_CLIPS
 
 
 def all_installed(models_dir: Path) -> bool:

@@ -140,8 +140,9 @@ def ensure_built(models_dir: Path, folder_role: str, name: str, marker: str,
                  build: Callable[[Path], dict[str, Path]], stamp: str | None = None) -> Path:
     """Make sure ``models_dir/folder_role/name`` (a diffusers folder whose ``marker`` file
     proves it complete) and ``name.safetensors`` exist; build them if not. With ``stamp``
-    (what the model is built from: see ``builtin_models.shipped_stamp``) a copy built from
-    other files is built again and replaces it.
+    (what the model is built from: see ``builtin_models.shipped_stamp``) a copy whose stamp
+    file names other shipped files is built again and replaces it; a copy without a stamp
+    file (from before the stamps, or the user's own) is kept.
 
     Built in a temporary folder and renamed into place, so a crash or a concurrent
     caller never leaves a half-written model behind. Returns the folder.
@@ -154,7 +155,7 @@ def ensure_built(models_dir: Path, folder_role: str, name: str, marker: str,
 
     def current() -> bool:
         return (folder / marker).is_file() and (stamp is None
-                                                or installed_stamp(folder) == stamp)
+                                                or installed_stamp(folder) in (None, stamp))
 
     if current() and single.is_file():
         return folder
