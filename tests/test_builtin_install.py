@@ -90,3 +90,23 @@ def test_the_shapes_clip_is_copied_again_when_the_shipped_one_changes(tmp_path, 
     assert clip_is_current(models)
     install_shapes_clip(models)
     assert target.read_bytes() == own
+
+
+def test_concurrent_clip_installs_do_not_collide(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nodes.diffusion import builtin_models
+    from nodes.diffusion.builtin_models import SHAPES_CLIP_NAME
+    from nodes.diffusion.shapes_model import install_shapes_clip
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shipped = weights / f"{SHAPES_CLIP_NAME}.safetensors"
+    save_file({"a": torch.arange(1 << 20, dtype=torch.float32)}, str(shipped))
+    monkeypatch.setattr(builtin_models, "WEIGHTS_DIR", weights)
+    for k in range(5):
+        models = tmp_path / f"models{k}"
+        with ThreadPoolExecutor(8) as pool:
+            targets = list(pool.map(install_shapes_clip, [models] * 8))
+        assert {t.read_bytes() == shipped.read_bytes() for t in targets} == {True}
+        assert [p.name for p in (models / "clip_vision").iterdir()] == [shipped.name]

@@ -16,7 +16,9 @@ cast to the run's dtype), so they give identical images.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,10 +127,15 @@ def install_shapes_clip(models_dir: Path) -> Path | None:
     target = Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
     if not clip_is_current(models_dir):
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Copied under a hidden name and renamed: listings never see a half-written file.
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        # Copied under a hidden name of its own (two processes may install at once) and
+        # renamed: listings never see a half-written file.
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(source, name)
+            os.replace(name, target)
+        finally:
+            Path(name).unlink(missing_ok=True)
     return target
 
 
