@@ -101,13 +101,18 @@ def is_installed(models_dir: Path, role: str, name: str, stamp: str | None = Non
 EARLIER_SHIPPED_CLIPS = frozenset({"7616106:e269cb79fccbe5d254fdf8171cc639bb"})
 
 
+def installed_clip(models_dir: Path) -> Path:
+    """Where set-up installs the shapes CLIP (one file: the CLIP vision loader reads it)."""
+    return Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
+
+
 def clip_is_current(models_dir: Path) -> bool:
     """False when the shapes CLIP is missing or a copy of an earlier shipped one (a file
     of the user's own under that name is kept); True when none is shipped."""
     source = shipped_weights(SHAPES_CLIP_NAME)
     if not source.is_file():
         return True
-    target = Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
+    target = installed_clip(models_dir)
     if not target.is_file():
         return False
     found = fingerprint(target)

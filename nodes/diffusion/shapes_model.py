@@ -38,6 +38,7 @@ from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exp
     SHIPPED_MODELS,
     WEIGHTS_DIR,
     clip_is_current,
+    installed_clip,
     shipped_stamp,
     shipped_weights,
 )
@@ -124,7 +125,7 @@ def install_shapes_clip(models_dir: Path) -> Path | None:
     source = shipped_weights(SHAPES_CLIP_NAME)
     if not source.is_file():
         return None
-    target = Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
+    target = installed_clip(models_dir)
     if not clip_is_current(models_dir):
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copied under a hidden name of its own (two processes may install at once) and
