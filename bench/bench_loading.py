@@ -41,6 +41,27 @@ PROMPT = "a photograph of an astronaut riding a horse"
 WHICH = ("ours", "diffusers", "ours-prewarmed", "diffusers-prewarmed")
 
 
+def random_state(model: Any, gen: Any, device: str = "cpu") -> dict[str, Any]:
+    """Random float16 weights for every tensor of ``model``'s state dict (an empty model
+    will do): norms' weights 1, biases 0, other weights N(0, 1/fan_in); drawn on
+    ``device`` with ``gen``, returned on the CPU."""
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for key, t in model.state_dict().items():
+        if not t.is_floating_point():
+            out[key] = t.clone()
+        elif key.endswith("weight") and t.ndim == 1:  # norms: around 1
+            out[key] = torch.ones(t.shape, dtype=torch.float16)
+        elif key.endswith("bias"):
+            out[key] = torch.zeros(t.shape, dtype=torch.float16)
+        else:
+            fan_in = max(1, t[0].numel()) if t.ndim > 1 else 1
+            drawn = torch.randn(t.shape, generator=gen, device=device) / fan_in**0.5
+            out[key] = drawn.half().cpu()
+    return out
+
+
 def build_random_sd15(path: Path) -> None:
     """Write a full-size SD 1.5-architecture checkpoint with random float16 weights.
 
@@ -61,28 +82,13 @@ def build_random_sd15(path: Path) -> None:
 
     configs = family_configs("sd1")
     gen = torch.Generator().manual_seed(0)
-
-    def random_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for key, t in model.state_dict().items():
-            if not t.is_floating_point():
-                out[key] = t.clone()
-            elif key.endswith("weight") and t.ndim == 1:  # norms: around 1
-                out[key] = torch.ones(t.shape, dtype=torch.float16)
-            elif key.endswith("bias"):
-                out[key] = torch.zeros(t.shape, dtype=torch.float16)
-            else:
-                fan_in = max(1, t[0].numel()) if t.ndim > 1 else 1
-                out[key] = (torch.randn(t.shape, generator=gen) / fan_in**0.5).half()
-        return out
-
     unet = _empty(lambda: UNet2DConditionModel.from_config(configs["unet"]))
     vae = _empty(lambda: AutoencoderKL.from_config(configs["vae"]))
     text = _empty(lambda: CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"])))
     tensors: dict[str, torch.Tensor] = {}
-    tensors.update(unet_to_original(random_state(unet), configs["unet"]))
-    tensors.update(vae_to_original(random_state(vae), configs["vae"]))
-    text_state = random_state(text)
+    tensors.update(unet_to_original(random_state(unet, gen), configs["unet"]))
+    tensors.update(vae_to_original(random_state(vae, gen), configs["vae"]))
+    text_state = random_state(text, gen)
     text_state.pop("embeddings.position_ids", None)
     tensors.update(text_encoder_to_original(text_state))
     tensors = {k: v.contiguous() for k, v in tensors.items()}
