@@ -325,6 +325,26 @@ def test_bad_inputs_give_clear_errors(tiny_model_paths: dict[str, Path], tmp_pat
         load_components(bare)
 
 
+@pytest.mark.parametrize("damage", ["random", "empty", "header only", "cut short"])
+def test_corrupt_safetensors_name_the_file(tiny_model_paths: dict[str, Path], tmp_path: Path,
+                                          damage: str) -> None:
+    """A truncated or corrupt file is a WeightsFileError naming it, not the library's bare
+    "header too large"."""
+    from nodes.diffusion.safetensors_io import WeightsFileError
+
+    good = tiny_model_paths["single_file"].read_bytes()
+    header_end = 8 + int.from_bytes(good[:8], "little")
+    data = {"random": bytes(range(256)) * 4, "empty": b"", "header only": good[:header_end],
+            "cut short": good[: len(good) - 100]}[damage]
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    broken = folder / "broken.safetensors"
+    broken.write_bytes(data)
+    with pytest.raises(WeightsFileError, match=r"checkpoints/broken\.safetensors is not a valid "
+                                               r"safetensors file .*download or export it again"):
+        load_components(broken)
+
+
 def test_ensure_default_model_builds_once(tmp_path: Path) -> None:
     folder = ensure_default_model(tmp_path)
     assert folder == tmp_path / "checkpoints" / "steerflow-tiny"

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 MAX_HEADER = 100 << 20  # safetensors' own limit
 _DTYPES: dict[str, torch.dtype] = {
@@ -39,6 +40,28 @@ StateDict = dict[str, torch.Tensor]
 DtypeSpec = torch.dtype | Callable[[str], torch.dtype | None] | None
 
 
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read as what its name says: truncated (an
+    interrupted download), corrupt, or another format under a ``.safetensors`` name."""
+
+
+def invalid_weights_file(path: Path, reason: object) -> WeightsFileError:
+    """The error that names the file (with its models folder) and what to do about it."""
+    shown = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return WeightsFileError(
+        f"{shown} is not a valid safetensors file ({reason}): it may be truncated (an "
+        "interrupted download) or another format renamed; download or export it again")
+
+
+@contextmanager
+def checked(path: Path) -> Iterator[None]:
+    """Turn the safetensors library's errors on ``path`` into a :class:`WeightsFileError`."""
+    try:
+        yield
+    except SafetensorError as exc:
+        raise invalid_weights_file(Path(path), exc) from None
+
+
 def read_safetensors(path: Path, *, dtype: DtypeSpec = None
                      ) -> tuple[StateDict, dict[str, str]]:
     """All tensors of ``path`` (floating ones cast to ``dtype`` when given) and its metadata.
@@ -48,7 +71,7 @@ def read_safetensors(path: Path, *, dtype: DtypeSpec = None
     """
     path = Path(path)
     dtype_of = dtype if callable(dtype) else (lambda key: dtype)
-    with safe_open(str(path), framework="pt") as f:  # validates the header
+    with checked(path), safe_open(str(path), framework="pt") as f:  # validates the header
         metadata = dict(f.metadata() or {})
         header, data_start = _header(path)
         out: StateDict = {}
@@ -122,7 +145,7 @@ def _read_into(fh: object, offset: int, buffer: torch.Tensor) -> None:
     while done < len(view):
         n = fh.readinto(view[done:])  # type: ignore[attr-defined]
         if not n:
-            raise ValueError("truncated safetensors file: a tensor runs past its end")
+            raise invalid_weights_file(Path(fh.name), "a tensor runs past its end")  # type: ignore[attr-defined]
         done += n
 
 
