@@ -123,7 +123,11 @@ class ImageBatch(Node):
         import torch
         import torch.nn.functional as F
 
+        from nodes.limits import check_image
+
         first, second = self.image1, self.image2
+        check_image(first, "image1")
+        check_image(second, "image2")
         if first.shape[-1] != second.shape[-1]:
             raise ValueError(f"ImageBatch: image1 has {first.shape[-1]} channels and image2 "
                              f"{second.shape[-1]}; batch images with the same channels")

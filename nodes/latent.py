@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from engine import ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Latent, Tensor, Vae
+from nodes.limits import FLOAT32, check_fits, check_image
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +44,9 @@ class EmptyLatentImage(Node):
             raise ValueError(f"width and height must be multiples of {factor} "
                              f"(got {self.width}x{self.height})")
         shape = (self.batch_size, channels, self.height // factor, self.width // factor)
+        check_fits(math.prod(shape) * FLOAT32, ctx.device,
+                   f"{self.batch_size} latent(s) of {self.width}x{self.height} px",
+                   "lower batch_size, width or height")
         assumed = None if self.vae else SD_DOWNSCALE
         return (Latent(torch.zeros(shape, device=ctx.device), assumed_downscale=assumed),)
 
@@ -77,6 +82,7 @@ def encode(vae: Vae, image: torch.Tensor, tiling: Tiling | None = None) -> torch
     """IMAGE → latents (UNet space), using the posterior's mode so it is deterministic."""
     from nodes.diffusion.vae_codec import encode_raw
 
+    check_image(image, "image to encode", (3, 4))  # RGB (alpha dropped)
     factor = vae.downscale
     h, w = image.shape[1] // factor * factor, image.shape[2] // factor * factor
     if h == 0 or w == 0:

@@ -24,9 +24,9 @@ def canny_edges(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     import numpy as np
     import torch
 
-    if image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected an IMAGE [B, H, W, C] with 1, 3 or 4 channels, "
-                         f"got {tuple(image.shape)}")
+    from nodes.limits import check_image
+
+    check_image(image, "image")
     pixels = image[..., :3].detach().float().cpu().clamp(0, 1).mul(255).round()
     pixels = pixels.to(torch.uint8).numpy()
     edges = [cv2.Canny(np.ascontiguousarray(p), low * 255.0, high * 255.0) for p in pixels]

@@ -11,6 +11,7 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
 from nodes.diffusion.handles import Latent, Tensor, Vae
 from nodes.latent import SD_DOWNSCALE
+from nodes.limits import FLOAT32, check_fits, check_image
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +28,15 @@ def _check_size(width: int, height: int, what: str) -> None:
     if width > MAX_RESOLUTION or height > MAX_RESOLUTION:
         raise ValueError(f"the {what} would be {width}x{height} px, past the maximum "
                          f"{MAX_RESOLUTION}: choose a smaller size or scale")
+
+
+def _check_latent_fits(samples: Latent, width: int, height: int) -> None:
+    """Refuse a resized latent batch (and its resized noise mask) that cannot fit."""
+    latents = samples.samples
+    batch, channels = latents.shape[0], latents.shape[1]
+    check_fits(2 * batch * (channels + 1) * height * width * FLOAT32, latents.device,
+               f"resizing {batch} latent(s) to {width}x{height} latent pixels",
+               "use a smaller size or scale, or a smaller batch")
 
 
 class LatentUpscale(Node):
@@ -69,6 +79,7 @@ class LatentUpscale(Node):
         else:
             width, height = max(64, width), max(64, height)
         _check_size(width, height, "upscaled latent's image")
+        _check_latent_fits(self.samples, width // factor, height // factor)
         return (resize_latent(self.samples, width // factor, height // factor,
                               self.upscale_method, self.crop),)
 
@@ -100,6 +111,7 @@ class LatentUpscaleBy(Node):
             raise ValueError(f"the upscaled latent would be {width}x{height}, past "
                              f"{MAX_RESOLUTION // MIN_DOWNSCALE} latent pixels a side (an "
                              f"image past {MAX_RESOLUTION} px): use a smaller scale_by")
+        _check_latent_fits(self.samples, width, height)
         return (resize_latent(self.samples, width, height, self.upscale_method),)
 
 
@@ -107,7 +119,13 @@ def _scale_image(image: torch.Tensor, width: int, height: int, method: str,
                  crop: str = "disabled") -> torch.Tensor:
     from nodes.diffusion.resize import common_upscale
 
+    check_image(image, "image")
     _check_size(width, height, "image")
+    batch, channels = image.shape[0], image.shape[-1]
+    # the result and the channels-first copy it is resized into
+    check_fits(2 * batch * height * width * channels * FLOAT32, image.device,
+               f"resizing {batch} image(s) to {width}x{height} px",
+               "use a smaller size or scale, or a smaller batch")
     return common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
 
 
@@ -131,6 +149,7 @@ class ImageScale(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         if self.width == 0 and self.height == 0:
             return (self.image,)
+        check_image(self.image, "image")
         h, w = self.image.shape[1:3]
         width, height = self.width, self.height
         if width == 0:
@@ -154,6 +173,7 @@ class ImageScaleBy(Node):
     scale_by: float = Input(1.0, min=0.01, max=MAX_SCALE, step=0.01)
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        check_image(self.image, "image")
         h, w = self.image.shape[1:3]
         width, height = round(w * self.scale_by), round(h * self.scale_by)
         if width < 1 or height < 1:
@@ -178,6 +198,7 @@ class ImageScaleToTotalPixels(Node):
     resolution_steps: int = Input(1, min=1, max=256)
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        check_image(self.image, "image")
         h, w = self.image.shape[1:3]
         scale = math.sqrt(int(self.megapixels * 1024 * 1024) / (w * h))
         step = self.resolution_steps
@@ -273,6 +294,10 @@ class EmptyImage(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         import torch
 
+        # made on the CPU (as ComfyUI's), whatever the run's device
+        check_fits(self.batch_size * self.height * self.width * 3 * FLOAT32, "cpu",
+                   f"{self.batch_size} image(s) of {self.width}x{self.height} px",
+                   "lower batch_size, width or height")
         rgb = [((self.color >> shift) & 0xFF) / 0xFF for shift in (16, 8, 0)]
         colour = torch.tensor(rgb, dtype=torch.float32)
         return (colour.expand(self.batch_size, self.height, self.width, 3).clone(),)

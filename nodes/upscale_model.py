@@ -74,10 +74,17 @@ class ImageUpscaleWithModel(Node):
         model = self.upscale_model
         if not hasattr(model, "scale") or not hasattr(model, "model"):
             raise ValueError("upscale_model must come from Load Upscale Model")
+        from nodes.limits import FLOAT32, check_fits, check_image
+
+        check_image(self.image, "image")
+        batch, channels = self.image.shape[0], self.image.shape[-1]
         height, width = (int(s) * int(model.scale) for s in self.image.shape[1:3])
         if height > MAX_RESOLUTION or width > MAX_RESOLUTION:
             raise ValueError(f"the upscaled image would be {width}x{height} px, past the "
                              f"maximum {MAX_RESOLUTION}: downscale the image first")
+        check_fits(batch * height * width * channels * FLOAT32, self.image.device,
+                   f"{batch} upscaled image(s) of {width}x{height} px",
+                   "upscale fewer images at once, or smaller ones")
         return (heavy.upscale_image(model, self.image, ctx.progress, heavy.DEFAULT_TILE,
                                     heavy.DEFAULT_OVERLAP),)
 

@@ -65,11 +65,11 @@ def to_pil(image: torch.Tensor) -> list[Any]:
 
 
 def check_image(image: Any, what: str, channels: tuple[int, ...] = (3, 4)) -> None:
-    """An IMAGE ``[B, H, W, C]`` with ``C`` in ``channels``, else a ValueError."""
-    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in channels:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"the {what} must be an IMAGE [B, H, W, C] with C in {channels}, "
-                         f"got {shape}")
+    """An IMAGE ``[B, H, W, C]`` with ``C`` in ``channels`` and at least one pixel, else a
+    ValueError (:func:`nodes.limits.check_image`)."""
+    from nodes.limits import check_image as check
+
+    check(image, what, channels)
 
 
 def depth_from_image(depth: torch.Tensor) -> torch.Tensor:

@@ -74,6 +74,17 @@ def inverse_scheduler(scheduler_config: dict) -> DDIMInverseScheduler:
         {k: v for k, v in scheduler_config.items() if k in known or k.startswith("_")})
 
 
+def check_inverse_steps(scheduler: Any, steps: int) -> None:
+    """Refuse a step count whose inverse schedule would step past the model's last
+    training timestep (DDIMInverseScheduler then indexes ``alphas_cumprod`` out of
+    range: with SD's 1000 timesteps and ``steps_offset`` 1, ``steps`` = 1000)."""
+    total = int(scheduler.config.num_train_timesteps)
+    scheduler.set_timesteps(steps)
+    if int(scheduler.timesteps.max()) >= total:
+        raise ValueError(f"steps {steps} is too many for DDIM inversion on this model's "
+                         f"{total}-timestep schedule: use at most {total - 1} steps")
+
+
 def ddim_invert(model: DiffusionModel, positive: Conditioning, negative: Conditioning | None,
                 latent: Latent, steps: int, cfg: float = 1.0, denoise: float = 1.0,
                 callback: StepCallback | None = None,
@@ -92,6 +103,7 @@ def ddim_invert(model: DiffusionModel, positive: Conditioning, negative: Conditi
     if count < 1:
         raise ValueError(f"denoise {denoise} inverts no step of {steps}")
     scheduler = inverse_scheduler(model.scheduler_config)
+    check_inverse_steps(scheduler, steps)
     # A noise mask would re-noise the input forward in time; inversion has no use for it.
     latent = replace(latent, noise_mask=None)
     trajectory = [latent.samples.to(device=model.device, dtype=model.dtype)]
