@@ -82,6 +82,14 @@ class Environment:
         if not root.is_dir():
             return []
         names: list[str] = []
+        real_root = root.resolve()
+
+        def inside(path: Path) -> bool:  # a symlink out of the folder is not offered
+            if not path.is_symlink():
+                return True
+            target = path.resolve()
+            return target == real_root or real_root in target.parents
+
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             here = Path(dirpath)
             if here != root and any(m in filenames for m in markers):
@@ -90,6 +98,6 @@ class Environment:
                 continue
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in () if dirs_only else filenames:
-                if not suffixes or name.lower().endswith(suffixes):
+                if (not suffixes or name.lower().endswith(suffixes)) and inside(here / name):
                     names.append((here / name).relative_to(root).as_posix())
         return sorted(names)

@@ -352,3 +352,16 @@ def test_int_math_refuses_results_beyond_64_bits(a, op, b):
         IntMath(a=a, b=b, op=op).execute(None)
     with pytest.raises(ValueError, match="64-bit"):
         IntMath.model_construct(a=10**400, b=1, op="add").execute(None)
+
+
+def test_listings_leave_out_symlinks_that_leave_their_folder(tmp_path) -> None:
+    """A file list (the choices of Load Image, the loaders) offers only what loading will
+    accept: a symlink pointing out of its folder is not listed; one inside it is."""
+    env = Environment.create(tmp_path / "base")
+    inputs = env.folder("input", create=True)
+    (inputs / "real.png").write_bytes(b"x")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"y")
+    (inputs / "evil_link.png").symlink_to(secret)
+    (inputs / "alias.png").symlink_to(inputs / "real.png")
+    assert env.list_files("input") == ["alias.png", "real.png"]
