@@ -173,7 +173,7 @@ def page(browser_context: Any, server: LiveServer) -> Iterator[Any]:
     page.wait_for_selector(".sf-dot.on")  # websocket connected
     # A first visit opens the default txt2img graph; these tests start from a clean canvas.
     page.wait_for_function("() => document.querySelectorAll('.react-flow__node').length > 0")
-    page.get_by_role("button", name="Clear").click()
+    page.locator(".sf-toolbar").get_by_role("button", name="Clear", exact=True).click()
     page.wait_for_function("() => document.querySelectorAll('.react-flow__node').length === 0")
     yield page
     assert not errors, f"uncaught errors in the page: {errors}"

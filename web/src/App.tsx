@@ -45,6 +45,8 @@ const params = new URLSearchParams(window.location.search);
 // one mounts every node, so the parts scrolled out of view are ready when they come in.
 const ONLY_VISIBLE = params.get("visibleOnly") !== "0";
 const MOUNT_ALL_BELOW = 60;
+/** The minimap's shade outside the view: React Flow's default is a light grey that glares on the dark theme. */
+const MINIMAP_MASK = "rgb(0 0 0 / 45%)";
 const zoomOf = (s: { transform: [number, number, number] }) => s.transform[2];
 
 declare global {
@@ -196,8 +198,10 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const api: EditorApi = useMemo(() => ({
     defs,
     store,
-    setValue: (id, name, value) =>
-      patchNode(id, (n) => ({ ...n, data: { ...n.data, values: { ...n.data.values, [name]: value } } })),
+    setValue: (id, name, value) => {
+      patchNode(id, (n) => ({ ...n, data: { ...n.data, values: { ...n.data.values, [name]: value } } }));
+      store.clearInputErrors(id, name); // the last run's message about the old value
+    },
     setTitle: (id, title) => patchNode(id, (n) => ({ ...n, data: { ...n.data, title } })),
     setControl: (id, name, mode) =>
       patchNode(id, (n) => ({ ...n, data: { ...n.data, control: { ...n.data.control, [name]: mode } } })),
@@ -212,6 +216,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   const save = useCallback(() => {
     downloadJson(g.docName || "workflow", graphToDocument(currentGraph(), defsRef.current));
+  }, [currentGraph, g.docName, defsRef]);
+
+  /** ComfyUI's "Export (API)": the prompt alone, as Queue posts it. */
+  const exportApi = useCallback(() => {
+    downloadJson(`${g.docName || "workflow"}_api`, graphToDocument(currentGraph(), defsRef.current).prompt);
   }, [currentGraph, g.docName, defsRef]);
 
   const clear = useCallback(() => {
@@ -255,10 +264,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     redo: g.redo,
     open: () => fileInput.current?.click(),
     save,
+    exportApi,
     openExample: (ex: ExampleRef) => void openExample(ex),
     clear,
     refresh: refreshDefs,
-  }), [queueN, queueSelected, linking.openPaletteCentered, g.undo, g.redo, save, openExample, clear, refreshDefs]);
+  }), [queueN, queueSelected, linking.openPaletteCentered, g.undo, g.redo, save, exportApi, openExample, clear, refreshDefs]);
 
   return (
     <EditorContext.Provider value={api}>
@@ -335,7 +345,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               {!lod && <DotGrid gap={24} size={1} composited={culled} />}
               <GroupLayer g={g} onMenu={(index, x, y) => setMenu({ kind: "group", index, x, y })} />
               <Controls showInteractive={false} />
-              <MiniMap pannable zoomable ariaLabel="minimap" className="sf-minimap"
+              <MiniMap pannable zoomable ariaLabel="minimap" className="sf-minimap" maskColor={MINIMAP_MASK}
                 nodeColor={(n) => ((n as SfFlowNode).data?.mode ? "#6b5a2a" : "#4a5563")} />
             </ReactFlow>
             {help && <NodeHelp g={g} nodeId={help} onClose={() => setHelp(null)} />}

@@ -15,6 +15,7 @@ export type ToolbarActions = {
   redo(): void;
   open(): void;
   save(): void;
+  exportApi(): void;
   openExample(ex: ExampleRef): void;
   clear(): void;
   refresh(): void;
@@ -46,6 +47,8 @@ export function Toolbar({ a, busy, docName, notify, options }: {
       <span className="sf-sep" />
       <button type="button" onClick={a.open} title="Open a workflow or a PNG (Ctrl+O)">Open</button>
       <button type="button" onClick={a.save} title="Save the workflow (Ctrl+S)">Save</button>
+      <button type="button" onClick={a.exportApi}
+        title="Download the prompt in API format (what Queue posts to /prompt), for scripts and steerflow run / submit">Export API</button>
       <ExamplesBrowser onOpen={a.openExample} notify={notify} />
       <button type="button" onClick={a.clear} title="Start an empty workflow">Clear</button>
       <button type="button" onClick={a.refresh} title="Reload node types and model lists">Refresh</button>

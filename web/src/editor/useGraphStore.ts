@@ -168,7 +168,7 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   }, []);
 
   return {
-    nodes, edges, setNodes, setEdges, state, meta, defsRef, docName, setDocName, groups, setGroups, holdHistory,
+    nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, setDocName, groups, setGroups, holdHistory,
     currentGraph, loadGraph, fit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }

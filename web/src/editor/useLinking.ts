@@ -31,7 +31,7 @@ export const linkOf = (c: Connection | Edge): GraphLink => ({
 
 export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x: number; y: number } | null }) {
   const rf = useReactFlow<SfNode, SfEdge>();
-  const { state, defsRef, setNodes, setEdges } = g;
+  const { state, defsRef, setNodes, setEdges, store } = g;
   const [palette, setPalette] = useState<PaletteState | null>(null);
 
   const graphView = useCallback((): GraphView => ({
@@ -68,8 +68,9 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
       ...es.filter((e) => !(e.target === link.target && e.targetHandle === inHandle(link.input))),
       edge,
     ]));
+    store.clearInputErrors(link.target, link.input); // e.g. "required input … is missing"
     return true;
-  }, [graphView, notify, edgeOf, rerouted, setEdges]);
+  }, [graphView, notify, edgeOf, rerouted, setEdges, store]);
 
   const onConnect = useCallback((c: Connection) => {
     connect(linkOf(c));
@@ -80,10 +81,22 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     const from = cs.fromHandle;
     const fromType = (cs.fromNode.data as SfNode["data"]).type;
     const fromDef = defsRef.current.get(fromType);
+    // A drag from a linked input's dot picks up its link, as in ComfyUI: dropped on another
+    // input it moves there, dropped on empty space it is detached (and the palette offers
+    // nodes to feed the input).
+    const held = from.type === "target"
+      ? state.current.edges.find((e) => e.target === from.nodeId && e.targetHandle === from.id)
+      : undefined;
     if (cs.toHandle) {
       // Dropped on a handle that refused the link: say why.
       const to = cs.toHandle;
       if (to.type === from.type) {
+        if (held && to.type === "target") {
+          if (to.nodeId === from.nodeId && to.id === from.id) return; // put back where it was
+          const moved = { source: held.source, slot: slotOf(held.sourceHandle), target: to.nodeId, input: inputOf(to.id) };
+          if (connect(moved)) setEdges((es) => es.filter((e) => e.id !== held.id));
+          return;
+        }
         notify(`Link refused: connect an output to an input`, "error");
         return;
       }
@@ -99,6 +112,7 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     const point = "changedTouches" in event ? event.changedTouches[0] : event;
     const target = document.elementFromPoint(point.clientX, point.clientY);
     if (!target?.closest(".react-flow__pane")) return;
+    if (held) setEdges((es) => es.filter((e) => e.id !== held.id));
     const flow = rf.screenToFlowPosition({ x: point.clientX, y: point.clientY });
     let pending: PendingLink;
     let types: Map<string, string>;
@@ -126,7 +140,7 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
       pending,
       filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types },
     });
-  }, [graphView, notify, rf, defsRef]);
+  }, [graphView, notify, rf, defsRef, state, connect, setEdges]);
 
   // Dragging a link's end off an input moves it (dropped on another input) or detaches it
   // (dropped anywhere else), as in ComfyUI.

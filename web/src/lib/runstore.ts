@@ -367,6 +367,20 @@ export class RunStore {
     if (changed) this.notify();
   }
 
+  /**
+   * Forget the issues on one input of a node: the user changed its value or linked it, so
+   * the last run's message about it ("got -1", "is missing") no longer describes the graph.
+   * The node's other issues stay until the next queue.
+   */
+  clearInputErrors(node: string, input: string): void {
+    const run = this.nodes.get(node);
+    if (!run?.errors?.some((e) => e.input === input)) return;
+    const errors = run.errors.filter((e) => e.input !== input);
+    const status = !errors.length && run.status === "error" ? undefined : run.status;
+    this.nodes.set(node, { ...run, errors: errors.length ? errors : undefined, status });
+    this.notify();
+  }
+
   setLastError(message: string | null): void {
     this.patchGlobal({ lastError: message });
     this.notify();
@@ -382,6 +396,8 @@ export class RunStore {
     for (const url of this.kept) if (url !== this.global.preview) this.revoke(url);
     this.kept.clear();
     this.nodes.clear();
+    // the status bar's error and warning were about the graph that was replaced
+    if (this.global.lastError || this.global.lastWarning) this.patchGlobal({ lastError: null, lastWarning: null });
     this.notify();
   }
 

@@ -5,7 +5,7 @@
  */
 
 import { useCallback, useEffect, useRef, useState } from "react";
-import { deleteFromQueue, getQueue, interrupt, type QueueItem } from "../api";
+import { clearQueue, deleteFromQueue, getQueue, interrupt, type QueueItem } from "../api";
 import { useGlobalRun, useNodeRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
@@ -97,8 +97,23 @@ export function QueueTab({ store, onLoad, notify }: { store: RunStore; onLoad(ob
       </span>
     </li>
   );
+  /** ComfyUI's queue Clear: drop every pending prompt; the running one goes on (Interrupt stops it). */
+  const clearPending = async () => {
+    try {
+      await clearQueue();
+    } catch (e) {
+      notify(`Clear failed: ${(e as Error).message}`);
+    }
+    refresh();
+  };
   return (
     <div className="sf-tab">
+      {queue.pending.length > 0 && (
+        <div className="sf-tab-actions">
+          <button type="button" className="sf-small" onClick={clearPending}
+            title="Remove every pending prompt (the running one goes on)">Clear pending ({queue.pending.length})</button>
+        </div>
+      )}
       {queue.running.length === 0 && queue.pending.length === 0 && <div className="sf-muted">The queue is empty.</div>}
       <ul className="sf-list" aria-label="queue">
         {queue.running.map((i) => row(i, true))}

@@ -1,0 +1,48 @@
+import { describe, expect, it } from "vitest";
+import { RunStore } from "./runstore";
+
+const rejected = {
+  "3": {
+    class_type: "KSampler",
+    errors: [
+      { type: "value_smaller_than_min", message: "input 'seed': got -1", extra_info: { input_name: "seed" } },
+      { type: "invalid_value", message: "input 'cfg': got 'abc'", extra_info: { input_name: "cfg" } },
+    ],
+  },
+  "9": {
+    class_type: "SaveImage",
+    errors: [{ type: "required_input_missing", message: "required input 'images' is missing", extra_info: { input_name: "images" } }],
+  },
+};
+
+describe("RunStore: errors after the user fixes what they were about", () => {
+  it("forgets one input's issues when it is edited, keeping the node's others", () => {
+    const store = new RunStore(() => undefined, () => undefined);
+    store.setValidationErrors(rejected);
+    store.clearInputErrors("3", "seed");
+    expect(store.getNode("3").errors?.map((e) => e.input)).toEqual(["cfg"]);
+    expect(store.getNode("3").status).toBe("error");
+    store.clearInputErrors("3", "cfg");
+    expect(store.getNode("3").errors).toBeUndefined();
+    expect(store.getNode("3").status).toBeUndefined();
+    // a link into the missing input fixes that node
+    store.clearInputErrors("9", "images");
+    expect(store.getNode("9")).toEqual({ status: undefined, errors: undefined });
+  });
+
+  it("leaves records untouched (no re-render) when the input had no issue", () => {
+    const store = new RunStore(() => undefined, () => undefined);
+    store.setValidationErrors(rejected);
+    const before = store.getNode("3");
+    store.clearInputErrors("3", "steps");
+    store.clearInputErrors("42", "seed");
+    expect(store.getNode("3")).toBe(before);
+  });
+
+  it("forgets the status bar's error when another graph is opened", () => {
+    const store = new RunStore(() => undefined, () => undefined);
+    store.setLastError("Prompt rejected: …");
+    store.reset();
+    expect(store.getGlobal().lastError).toBeNull();
+  });
+});
