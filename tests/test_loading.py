@@ -353,3 +353,20 @@ def test_ensure_default_model_builds_once(tmp_path: Path) -> None:
     assert ensure_default_model(tmp_path) == folder
     assert stamp == ((folder / "model_index.json").stat().st_mtime_ns, single.stat().st_mtime_ns)
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name, single.name]
+
+
+def test_every_weights_reader_names_a_corrupt_file(tmp_path: Path) -> None:
+    """LoRAs, embeddings, upscale models and hypernetworks: the same WeightsFileError."""
+    from nodes.diffusion.embeddings import load_embedding
+    from nodes.diffusion.hypernetwork import _read_file as read_hypernetwork
+    from nodes.diffusion.lora import read_lora_file
+    from nodes.diffusion.safetensors_io import WeightsFileError
+    from nodes.diffusion.upscale_model import read_state_dict
+
+    bad = tmp_path / "loras" / "half.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x00" * 3)
+    for read in (read_lora_file, load_embedding, read_state_dict,
+                 lambda p: read_hypernetwork(p, allow_pickle=False)):
+        with pytest.raises(WeightsFileError, match=r"loras/half\.safetensors is not a valid"):
+            read(bad)

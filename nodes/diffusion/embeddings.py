@@ -104,7 +104,10 @@ def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
     else:
         from safetensors.torch import load_file
 
-        data = load_file(str(path), device="cpu")
+        from nodes.diffusion.safetensors_io import checked
+
+        with checked(path):
+            data = load_file(str(path), device="cpu")
     vectors = _vectors_of(data, path.name)
     if vectors.dim() == 1:
         vectors = vectors.unsqueeze(0)

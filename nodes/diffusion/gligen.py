@@ -49,6 +49,7 @@ from nodes.diffusion.loading import PICKLE_SUFFIXES, _empty, read_checkpoint_fil
 from nodes.diffusion.memory import compute_device, place_model
 from nodes.diffusion.module_patches import ModulePatch
 from nodes.diffusion.original_layout import LayoutError, unet_key_map
+from nodes.diffusion.safetensors_io import checked
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
@@ -142,7 +143,7 @@ def read_gligen_state(path: Path, *, allow_pickle: bool = False) -> StateDict:
     state: StateDict = {}
     for file in files:
         if file.suffix.lower() == ".safetensors":  # read the GLIGEN keys only
-            with safe_open(str(file), framework="pt", device="cpu") as fh:
+            with checked(file), safe_open(str(file), framework="pt", device="cpu") as fh:
                 for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     if _wanted(key):
                         state[key] = fh.get_tensor(key)

@@ -135,10 +135,14 @@ def _read_file(path: Path, allow_pickle: bool) -> tuple[dict[int, Sequence[Mappi
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
+        from nodes.diffusion.safetensors_io import checked
+
+        with checked(path), safe_open(str(path), framework="pt") as f:
             options: dict[str, Any] = dict(f.metadata() or {})
         flat: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for key, tensor in load_file(str(path), device="cpu").items():
+        with checked(path):
+            tensors = load_file(str(path), device="cpu")
+        for key, tensor in tensors.items():
             dim, index, name = [*key.split(".", 2), "", ""][:3]
             if not (dim.isdigit() and index in ("0", "1") and name):
                 raise ValueError(f"{path.name}: key {key!r} is not '<dim>.<0|1>.<layer>' "

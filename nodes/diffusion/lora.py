@@ -110,7 +110,9 @@ def read_lora_file(path: Path, *, allow_pickle: bool = False) -> tuple[StateDict
     from safetensors import safe_open
 
     tensors: StateDict = {}
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
+    from nodes.diffusion.safetensors_io import checked
+
+    with checked(path), safe_open(str(path), framework="pt", device="cpu") as fh:
         raw_meta = (fh.metadata() or {}).get(METADATA_KEY)
         for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
             tensors[key] = fh.get_tensor(key)

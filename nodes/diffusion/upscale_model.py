@@ -193,7 +193,10 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]
 
     suffix = path.suffix.lower()
     if suffix in SAFE_SUFFIXES:
-        data: Any = load_file(str(path), device="cpu")
+        from nodes.diffusion.safetensors_io import checked
+
+        with checked(path):
+            data: Any = load_file(str(path), device="cpu")
     elif suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise UnsafeCheckpointError(
