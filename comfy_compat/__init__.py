@@ -10,8 +10,13 @@ above both; the engine knows it only as the ``steerflow.pack_adapters`` entry po
   subclass (INPUT_TYPES, RETURN_TYPES, FUNCTION, IS_CHANGED, VALIDATE_INPUTS,
   INPUT_IS_LIST / OUTPUT_IS_LIST, hidden inputs, ``{"ui": ..., "result": ...}``).
 - :mod:`comfy_compat.shims` provides the modules packs import: ``folder_paths``,
-  ``comfy.utils`` and ``comfy.model_management``; any other ``comfy.*`` module
-  (``comfy.sd``, ``comfy.samplers``, ...) fails to import with a message naming it.
+  ``comfy.utils``, ``comfy.model_management``, ``comfy.samplers`` (names),
+  ``comfy.sample`` (``prepare_noise``), ``comfy.cli_args``, ``node_helpers``,
+  ``latent_preview``, ...; any other ``comfy.*`` module (``comfy.sd``,
+  ``comfy.model_patcher``, ...) fails to import with a message naming it.
+- :mod:`comfy_compat.builtin_nodes` is ComfyUI's node classes (``SaveImage``,
+  ``LoraLoader``, ``CLIPTextEncode``, ...) as packs call or subclass them, run by
+  Steerflow's built-in nodes of the same names.
 - :mod:`comfy_compat.prompt_server` is ComfyUI's ``server.PromptServer``, reached
   as ``server.PromptServer`` through our own ``server`` package (see there); packs'
   routes are answered in the worker by :mod:`comfy_compat.http_bridge`.

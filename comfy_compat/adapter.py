@@ -229,6 +229,7 @@ class ComfyPackAdapter:
 
         shims.install()
         PromptServer.instance.sink = _send_to_running_node
+        _ensure_custom_package()
 
     def claims(self, module: ModuleType) -> bool:
         return isinstance(getattr(module, "NODE_CLASS_MAPPINGS", None), dict)
@@ -252,6 +253,27 @@ class ComfyPackAdapter:
 
 
 ADAPTER = ComfyPackAdapter()
+
+
+def _ensure_custom_package() -> None:
+    """Make ``steerflow_custom_nodes`` (the parent of the custom-nodes folder's packs,
+    :data:`engine.registry.CUSTOM_PACKAGE`) an importable, empty namespace package.
+
+    The registry imports each pack as ``steerflow_custom_nodes.<pack>`` without that
+    parent module; a pack whose relative import goes through a folder with no
+    ``__init__.py`` (a namespace subpackage: ComfyUI-KJNodes' ``nodes/``) then fails
+    with "No module named 'steerflow_custom_nodes'". The registry should create the
+    parent itself; until it does, the adapter does, before the first pack imports.
+    """
+    import sys
+    import types
+
+    from engine.registry import CUSTOM_PACKAGE
+
+    if CUSTOM_PACKAGE not in sys.modules:
+        package = types.ModuleType(CUSTOM_PACKAGE, "Custom node packs (a namespace).")
+        package.__path__ = []
+        sys.modules[CUSTOM_PACKAGE] = package
 
 
 def adapt_class(type_id: str, comfy: type, *, pack: str = "",

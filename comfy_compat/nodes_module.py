@@ -14,12 +14,20 @@ Packs write ``from nodes import MAX_RESOLUTION`` (for INPUT_TYPES bounds) or
   introspection through :meth:`engine.Node.schema`, not ComfyUI's calling convention).
 - :func:`interrupt_processing` / :func:`before_node_execution`: ComfyUI's helpers,
   acting on the running prompt (see :mod:`comfy_compat.shims`'s model_management).
+- ComfyUI's node classes packs call or subclass (``SaveImage``, ``PreviewImage``,
+  ``LoraLoader``, ``CLIPTextEncode``, ``EmptyLatentImage``, ``KSampler``, ... and
+  ``common_ksampler``): :mod:`comfy_compat.builtin_nodes`, built on first access.
+
+:data:`COMFY_NAMES` lists every public name; ``nodes/__init__.py`` forwards those
+(and only those) here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from comfy_compat.builtin_nodes import NAMES as _NODE_CLASS_NAMES
 
 MAX_RESOLUTION = 16384
 
@@ -98,3 +106,18 @@ def interrupt_processing(value: bool = True) -> None:
 def before_node_execution() -> None:
     """ComfyUI's ``nodes.before_node_execution``: raise if the prompt was interrupted."""
     _model_management().throw_exception_if_processing_interrupted()
+
+
+def __getattr__(name: str) -> Any:
+    # ComfyUI's node classes (torch and the built-in nodes are imported only now)
+    if name in _NODE_CLASS_NAMES:
+        from comfy_compat.builtin_nodes import comfy_class
+
+        return comfy_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: ComfyUI's public ``nodes`` names this module answers (``from nodes import X``)
+COMFY_NAMES = frozenset({"MAX_RESOLUTION", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS",
+                         "interrupt_processing", "before_node_execution",
+                         *_NODE_CLASS_NAMES})

@@ -61,6 +61,7 @@ class PromptServer:
         self.app: Any = None
         self.loop: Any = None
         self.prompt_queue: Any = None
+        self.number = 0  # ComfyUI's queue counter (packs read and bump it)
 
     def send_sync(self, event: Any, data: Any, sid: str | None = None) -> None:
         """Send an event to the websocket client of the running prompt (see module doc)."""

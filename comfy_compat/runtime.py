@@ -26,6 +26,7 @@ _lock = threading.Lock()
 _context: ExecutionContext | None = None
 _env: Environment | None = None
 _default_env: Environment | None = None
+_fallback = False  # _default_env is the working-directory stand-in, not the run's
 # An async node's context: per asyncio task, since several run at once on one loop.
 _task_context: contextvars.ContextVar[ExecutionContext | None] = contextvars.ContextVar(
     "steerflow_comfy_task_context", default=None)
@@ -40,7 +41,7 @@ def current_environment() -> Environment:
     """The environment in use: the running node's, else the one bound by schema or
     validation, else the run's default (set by the adapter's setup hook), else one
     rooted at the working directory (only at import time, before any of these)."""
-    global _default_env
+    global _default_env, _fallback
     ctx = current_context()
     if ctx is not None:
         return ctx.env
@@ -51,13 +52,21 @@ def current_environment() -> Environment:
             from engine.environment import Environment
 
             _default_env = Environment.create(os.getcwd(), device="cpu")
+            _fallback = True
         return _default_env
 
 
+def is_fallback_environment() -> bool:
+    """True when :func:`current_environment` is only the working-directory stand-in
+    (at import time, before any run, schema or validation): its folders may not be
+    the server's, so nothing should be created in them."""
+    return current_context() is None and _env is None and _fallback
+
+
 def set_default_environment(env: Environment) -> None:
-    global _default_env
+    global _default_env, _fallback
     with _lock:
-        _default_env = env
+        _default_env, _fallback = env, False
 
 
 @contextlib.contextmanager

@@ -229,11 +229,20 @@ class NodeRegistry:
         return {type_id: cls.schema(env) for type_id, cls in sorted(self.classes.items())}
 
 
-def default_registry(custom_nodes: Path | None = None) -> NodeRegistry:
-    """Built-in packs, installed entry-point packs, and a custom-nodes folder."""
+def default_registry(custom_nodes: Path | None = None, *,
+                     env: Environment | None = None) -> NodeRegistry:
+    """Built-in packs, installed entry-point packs, and a custom-nodes folder.
+
+    With ``env`` (the run's folders), the pack adapters are set up with it before any
+    custom pack imports: a pack that reads its input folder at import time finds the
+    server's, not the working directory's.
+    """
     registry = NodeRegistry()
     for name in BUILTIN_PACKS:
         registry.add_module(importlib.import_module(name))
+    if env is not None:
+        for adapter in pack_adapters():
+            adapter.setup(env)
     registry.load_entry_points()
     if custom_nodes is not None:
         registry.load_directory(custom_nodes)
@@ -326,10 +335,12 @@ def _thread_position(thread: threading.Thread) -> str:
 
 
 def load_registry(factory: str | None = None,
-                  custom_nodes: str | os.PathLike[str] | None = None) -> NodeRegistry:
+                  custom_nodes: str | os.PathLike[str] | None = None, *,
+                  env: Environment | None = None) -> NodeRegistry:
     """The registry a server and its worker both build: ``factory`` ("module:function",
-    for tests and benchmarks) when given, else the built-in, installed and custom packs."""
+    for tests and benchmarks) when given, else the built-in, installed and custom packs
+    (imported with ``env`` bound, see :func:`default_registry`)."""
     if factory:
         module, _, attr = factory.partition(":")
         return getattr(importlib.import_module(module), attr or "make_registry")()
-    return default_registry(Path(custom_nodes) if custom_nodes else None)
+    return default_registry(Path(custom_nodes) if custom_nodes else None, env=env)

@@ -145,7 +145,8 @@ class Session:
                  custom_nodes: str | os.PathLike[str] | None = None):
         self.env = Environment.create(base_dir, models_dir=models_dir, output_dir=output_dir,
                                       device=device, allow_pickle=allow_pickle)
-        self.registry = registry or default_registry(Path(custom_nodes) if custom_nodes else None)
+        self.registry = registry or default_registry(
+            Path(custom_nodes) if custom_nodes else None, env=self.env)
         self.executor = Executor(self.registry, self.env,
                                  OutputCache(cache_budgets or default_budgets()))
 

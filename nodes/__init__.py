@@ -154,15 +154,17 @@ def _copy_new(src: Path, folder: Path) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    # ComfyUI packs do ``from nodes import MAX_RESOLUTION`` (or NODE_CLASS_MAPPINGS):
-    # ComfyUI's module shares our package's name, so its public names resolve here,
-    # lazily and torch-free (see comfy_compat.nodes_module), like server.PromptServer.
-    if name in _COMFY_NAMES:
+    # ComfyUI packs do ``from nodes import MAX_RESOLUTION`` (or NODE_CLASS_MAPPINGS, or a
+    # node class such as SaveImage or LoraLoader): ComfyUI's module shares our package's
+    # name, so its public names resolve here, lazily and torch-free until a class is
+    # asked for (see comfy_compat.nodes_module), like server.PromptServer.
+    if name in _COMFY_CONSTANTS or name[:1].isupper():
         from importlib import import_module
 
-        return getattr(import_module("comfy_compat.nodes_module"), name)
+        comfy_nodes = import_module("comfy_compat.nodes_module")
+        if name in comfy_nodes.COMFY_NAMES:
+            return getattr(comfy_nodes, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_COMFY_NAMES = frozenset({"MAX_RESOLUTION", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS",
-                          "interrupt_processing", "before_node_execution"})
+_COMFY_CONSTANTS = frozenset({"interrupt_processing", "before_node_execution"})

@@ -16,4 +16,8 @@ def __getattr__(name: str) -> Any:
         from comfy_compat import prompt_server
 
         return getattr(prompt_server, name)
+    if name == "web":  # ComfyUI's server.py imports aiohttp's web; packs use server.web
+        from aiohttp import web
+
+        return web
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,9 +51,11 @@ def registry_factory_for(config: ServerConfig) -> Callable[[], Any]:
     """The node registry the server validates against: the worker's, same packs."""
 
     def make() -> Any:
+        from engine.environment import Environment
         from engine.registry import load_registry
 
-        return load_registry(config.registry_factory, config.custom_nodes)
+        env = Environment.create(config.base_dir, models_dir=config.models_dir, device="cpu")
+        return load_registry(config.registry_factory, config.custom_nodes, env=env)
 
     return make
 

@@ -187,8 +187,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     from engine.environment import Environment
     from engine.registry import default_registry
 
-    registry = default_registry(Path(args.custom_nodes) if args.custom_nodes else None)
     env = Environment.create(args.base_dir, models_dir=args.models_dir, device="cpu")
+    registry = default_registry(Path(args.custom_nodes) if args.custom_nodes else None, env=env)
     schema = registry.schema(env)
     if args.json:
         print(json.dumps(schema, indent=2, default=str))

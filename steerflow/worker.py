@@ -85,9 +85,10 @@ class Worker:
         from engine.session import Session
 
         cfg = self.config
-        registry = load_registry(cfg.get("registry_factory"), cfg.get("custom_nodes"))
         folders = Environment.create(cfg["base_dir"], models_dir=cfg.get("models_dir"),
                                      device="cpu")
+        registry = load_registry(cfg.get("registry_factory"), cfg.get("custom_nodes"),
+                                 env=folders)
         registry.setup(folders)
         self.send({"op": "setup"})
         budgets = None

@@ -1,15 +1,25 @@
 """The modules ComfyUI packs import, and a finder that provides them.
 
 :func:`install` appends :class:`ShimFinder` to ``sys.meta_path``, after the normal
-finders, so a real ComfyUI on the path would still win. It provides
-``folder_paths``, the ``comfy`` package (``comfy.utils``,
-``comfy.model_management``) and ``comfy_execution.graph_utils`` /
-``comfy_execution.graph`` (GraphBuilder, is_link, ExecutionBlocker, DynamicPrompt,
-over the engine's expansion and list API) from this folder. Any other ``comfy.*`` module and
-ComfyUI's other internals (``comfy_extras``, ``comfy_execution``, ``comfy_api``,
-``latent_preview``, ``node_helpers``) raise :class:`ModuleNotFoundError` naming the
-module and what Steerflow provides instead, so a pack that reaches into model
-internals fails to load with that message, recorded as the pack's error.
+finders, so a real ComfyUI on the path would still win. It provides, from this folder:
+
+- ``folder_paths``, ``node_helpers``, ``latent_preview`` (progress callback, previewer
+  base) and ``execution`` (a name only);
+- the ``comfy`` package: ``comfy.utils``, ``comfy.model_management``,
+  ``comfy.samplers`` (sampler and scheduler names), ``comfy.sample``
+  (``prepare_noise``), ``comfy.cli_args`` (``args``, ``LatentPreviewMethod``),
+  ``comfy.k_diffusion.utils`` (``FolderOfImages``);
+- ``comfy_execution.graph_utils`` / ``comfy_execution.graph`` (GraphBuilder, is_link,
+  ExecutionBlocker, DynamicPrompt, over the engine's expansion and list API);
+- ``comfy_extras.nodes_latent`` / ``nodes_clip_sdxl`` / ``nodes_upscale_model``
+  (see :mod:`comfy_compat.builtin_nodes`).
+
+A provided module that covers part of ComfyUI's raises an ``AttributeError`` naming
+any other name (:mod:`comfy_compat.shims._missing`). Any other ``comfy.*`` module and
+ComfyUI's other internals (``comfy_extras``, ``comfy_execution``, ``comfy_api``) raise
+:class:`ModuleNotFoundError` naming the module and what Steerflow provides instead, so
+a pack that reaches into model internals fails to load with that message, recorded as
+the pack's error.
 """
 
 from __future__ import annotations
@@ -23,11 +33,17 @@ from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 PROVIDED = ("folder_paths", "comfy", "comfy.utils", "comfy.model_management",
-            "comfy_execution.graph_utils", "comfy_execution.graph", "server.PromptServer")
-_PACKAGES = ("comfy", "comfy_execution")  # provided from the folder of that name
+            "comfy.samplers (names)", "comfy.sample (prepare_noise)", "comfy.cli_args",
+            "comfy_execution.graph_utils", "comfy_execution.graph",
+            "comfy_extras.nodes_latent", "comfy_extras.nodes_clip_sdxl",
+            "comfy_extras.nodes_upscale_model", "comfy.k_diffusion.utils", "node_helpers",
+            "latent_preview", "server.PromptServer",
+            "nodes (MAX_RESOLUTION and ComfyUI's basic node classes)")
+# provided from <name>.py
+_MODULES = ("folder_paths", "node_helpers", "execution", "latent_preview")
+_PACKAGES = ("comfy", "comfy_execution", "comfy_extras")  # provided from the folder
 # Top-level ComfyUI modules that are internals: refused by name rather than "not found".
-INTERNAL_ROOTS = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "latent_preview",
-                  "node_helpers")
+INTERNAL_ROOTS = ("comfy", "comfy_extras", "comfy_execution", "comfy_api")
 
 
 def missing_message(name: str) -> str:
@@ -42,8 +58,8 @@ class ShimFinder(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname: str, path: object = None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname == "folder_paths":
-            return importlib.util.spec_from_file_location(fullname, HERE / "folder_paths.py")
+        if fullname in _MODULES:
+            return importlib.util.spec_from_file_location(fullname, HERE / f"{fullname}.py")
         if fullname in _PACKAGES:
             return importlib.util.spec_from_file_location(
                 fullname, HERE / fullname / "__init__.py",

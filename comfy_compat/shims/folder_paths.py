@@ -1,7 +1,9 @@
 """ComfyUI's ``folder_paths``, backed by Steerflow's :class:`engine.Environment` folders.
 
 Model folders are ``<models>/<name>`` (``checkpoints``, ``loras``, ``vae``,
-``controlnet``, ...); input, output and temp are the environment's. Names a
+``controlnet``, ...); input, output and temp are the environment's, created when a
+pack asks for them during a run, schema or validation (ComfyUI creates them at start;
+packs list them unguarded). Names a
 workflow supplies (``get_full_path``, ``get_annotated_filepath``,
 ``get_save_image_path``) are confined to their folder after resolving ``..`` and
 symlinks (:func:`engine.paths.confined_path`); folders a pack registers itself
@@ -77,21 +79,29 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'folder_paths' has no attribute {name!r}")
 
 
+def _role_folder(role: str) -> str:
+    """input/output/temp of the current environment, created if missing (ComfyUI creates
+    them at start, and packs list them unguarded), except in the import-time stand-in
+    environment (see :func:`comfy_compat.runtime.is_fallback_environment`)."""
+    create = not runtime.is_fallback_environment()
+    return str(runtime.current_environment().folder(role, create=create))
+
+
 def get_input_directory() -> str:
-    return str(runtime.current_environment().folder("input"))
+    return _role_folder("input")
 
 
 def get_output_directory() -> str:
-    return str(runtime.current_environment().folder("output"))
+    return _role_folder("output")
 
 
 def get_temp_directory() -> str:
-    return str(runtime.current_environment().folder("temp"))
+    return _role_folder("temp")
 
 
 def get_directory_by_type(type_name: str) -> str | None:
     if type_name in ("input", "output", "temp"):
-        return str(runtime.current_environment().folder(type_name))
+        return _role_folder(type_name)
     return None
 
 

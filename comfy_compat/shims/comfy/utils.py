@@ -6,7 +6,13 @@
   bicubic or lanczos (PIL, per channel in float, so values are not rounded to
   8 bits as ComfyUI's are), after an optional center crop to the target aspect.
 - :func:`load_torch_file` reads safetensors, or a torch file with
-  ``weights_only=True`` (never unpickling code, whatever ``safe_load`` says).
+  ``weights_only=True`` (never unpickling code, whatever ``safe_load`` says);
+  :func:`save_torch_file` writes safetensors.
+- State-dict and module helpers: :func:`state_dict_prefix_replace`, :func:`get_attr`,
+  :func:`set_attr`, :func:`get_tiled_scale_steps`.
+
+Other names (model conversion helpers and the like) raise an ``AttributeError`` that
+names them.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from comfy_compat import runtime
+from comfy_compat.shims._missing import missing_attributes
 
 PROGRESS_BAR_ENABLED = True
 
@@ -96,3 +103,56 @@ def load_torch_file(ckpt: str, safe_load: bool = False, device: Any = None,
         loaded = torch.load(str(ckpt), map_location=device, weights_only=True)
         sd = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
     return (sd, metadata) if return_metadata else sd
+
+
+def save_torch_file(sd: dict[str, Any], ckpt: str, metadata: dict[str, str] | None = None
+                    ) -> None:
+    """Write a state dict as safetensors (with ``metadata``, string to string)."""
+    from safetensors.torch import save_file
+
+    save_file(sd, str(ckpt), metadata=metadata)
+
+
+def state_dict_prefix_replace(state_dict: dict[str, Any], replace_prefix: dict[str, str],
+                              filter_keys: bool = False) -> dict[str, Any]:
+    """Rename keys that start with each ``replace_prefix`` key to start with its value.
+
+    In place (the renamed keys are popped from ``state_dict``) unless ``filter_keys``,
+    when a new dict of only the renamed keys is returned.
+    """
+    out: dict[str, Any] = {} if filter_keys else state_dict
+    for old, new in replace_prefix.items():
+        for key in [k for k in state_dict if k.startswith(old)]:
+            out[new + key[len(old):]] = state_dict.pop(key)
+    return out
+
+
+def get_attr(obj: Any, attr: str) -> Any:
+    """``obj.a.b.c`` for ``attr="a.b.c"``."""
+    for name in attr.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def set_attr(obj: Any, attr: str, value: Any) -> Any:
+    """Set ``obj.a.b.c = value`` for ``attr="a.b.c"``; returns the previous value."""
+    *path, last = attr.split(".")
+    for name in path:
+        obj = getattr(obj, name)
+    previous = getattr(obj, last)
+    setattr(obj, last, value)
+    return previous
+
+
+def get_tiled_scale_steps(width: int, height: int, tile_x: int, tile_y: int,
+                          overlap: int) -> int:
+    """How many tiles of ``tile_x`` x ``tile_y`` (overlapping by ``overlap``) cover an
+    image of ``width`` x ``height``: a progress bar's total for tiled processing."""
+    import math
+
+    rows = math.ceil(height / (tile_y - overlap)) if tile_y > overlap else 1
+    cols = math.ceil(width / (tile_x - overlap)) if tile_x > overlap else 1
+    return rows * cols
+
+
+__getattr__ = missing_attributes(__name__)

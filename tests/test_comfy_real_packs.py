@@ -1,0 +1,372 @@
+"""ComfyUI APIs that popular custom node packs use, as found by loading real packs
+(rgthree-comfy, ComfyUI_essentials, ComfyUI-Custom-Scripts, ComfyUI-KJNodes,
+ComfyUI-Impact-Pack, ComfyUI-VideoHelperSuite; see docs/custom_nodes.md), exercised
+through packs of our own written in their style (tests/fixtures/comfy_real_patterns/)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.registry import NodeRegistry
+from engine.session import Session
+
+PACKS = Path(__file__).parent / "fixtures" / "comfy_real_patterns"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shims() -> None:
+    from comfy_compat import ADAPTER
+
+    ADAPTER.prepare()
+
+
+def load(base: Path) -> NodeRegistry:
+    """Steerflow's image and latent nodes plus the fixture packs, imported with the
+    environment at ``base`` bound (as the registry should bind the run's environment
+    before packs import; see docs/custom_nodes.md)."""
+    import nodes.image
+    import nodes.latent
+    from comfy_compat import runtime
+    from engine.environment import Environment
+
+    registry = NodeRegistry()
+    registry.add_module(nodes.image)
+    registry.add_module(nodes.latent)
+    with runtime.bound_environment(Environment.create(base, device="cpu")):
+        registry.load_directory(PACKS)
+    return registry
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> NodeRegistry:
+    return load(tmp_path_factory.mktemp("packs"))
+
+
+@pytest.fixture
+def session(registry: NodeRegistry, tmp_path: Path) -> Session:
+    return Session(tmp_path, device="cpu", registry=registry)
+
+
+def errors(registry: NodeRegistry) -> dict[str, str]:
+    return {Path(e.pack).name: e.message for e in registry.errors}
+
+
+def write_png(session: Session, name: str, size: tuple[int, int], color: tuple[int, ...]
+              ) -> None:
+    from PIL import Image
+
+    Image.new("RGB", size, color).save(session.env.folder("input", create=True) / name)
+
+
+# --- a pack with ComfyUI's helper modules imported at the top ------------------------
+
+def test_a_pack_importing_comfyui_helpers_at_the_top_loads(registry: NodeRegistry):
+    assert "helpers_pack" not in errors(registry), errors(registry)
+    assert {"RealSamplerSettings", "RealNoisyLatent", "RealDeviceReport",
+            "RealLoadImagesFromInput"} <= set(registry.classes)
+
+
+def test_relative_import_through_a_folder_without_init_loads(tmp_path: Path):
+    # KJNodes' layout: pack/__init__.py does `from .nodes.nodes import ...`, and nodes/
+    # has no __init__.py. Without the steerflow_custom_nodes parent package this failed
+    # with "No module named 'steerflow_custom_nodes'".
+    sys.modules.pop("steerflow_custom_nodes", None)
+    from comfy_compat import ADAPTER
+
+    ADAPTER.prepare()
+    (tmp_path / "kj" / "inner").mkdir(parents=True)
+    (tmp_path / "kj" / "__init__.py").write_text(
+        "from .inner.mod import NODE_CLASS_MAPPINGS\n")
+    (tmp_path / "kj" / "inner" / "mod.py").write_text(
+        "class N:\n    @classmethod\n    def INPUT_TYPES(cls):\n        return {'required': {}}\n"
+        "    RETURN_TYPES = ()\n    FUNCTION = 'run'\n    def run(self):\n        return ()\n"
+        "NODE_CLASS_MAPPINGS = {'KjStyleNode': N}\n")
+    registry = NodeRegistry()
+    registry.load_directory(tmp_path)
+    assert registry.errors == []
+    assert "KjStyleNode" in registry
+
+
+def test_sampler_and_scheduler_lists_are_steerflows(registry: NodeRegistry, session: Session):
+    import comfy.samplers
+
+    from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES
+
+    assert comfy.samplers.KSampler.SAMPLERS == list(SAMPLERS) == comfy.samplers.SAMPLER_NAMES
+    assert list(SCHEDULES) == comfy.samplers.KSampler.SCHEDULERS
+    schema = registry.get("RealSamplerSettings").schema(session.env)
+    assert schema["input"]["required"]["scheduler"][0] == [*SCHEDULES, "custom"]
+    # a pack's widget value is one Steerflow's KSampler accepts
+    ksampler = importlib.import_module("nodes.sampling").KSampler
+    assert set(ksampler.INPUT_SPECS["sampler_name"].resolve_choices(None)) == set(SAMPLERS)
+    prompt = {"1": {"class_type": "RealSamplerSettings",
+                    "inputs": {"sampler_name": "dpmpp_2m", "scheduler": "karras"}}}
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    assert result.run.outputs["1"] == {"text": ["dpmpp_2m/karras"]}
+
+
+def test_prepare_noise_is_seeded_as_in_comfyui():
+    import comfy.sample
+    import torch
+
+    latent = torch.zeros(3, 4, 2, 2)
+    noise = comfy.sample.prepare_noise(latent, 42)
+    assert torch.equal(noise, torch.randn(latent.shape, generator=torch.manual_seed(42)))
+    # batch indices: draw up to the largest, keep those asked for, in order
+    picked = comfy.sample.prepare_noise(latent[:2], 42, [2, 0])
+    draws = [torch.randn((1, 4, 2, 2), generator=g) for g in [torch.manual_seed(42)]
+             for _ in range(3)]
+    assert torch.equal(picked, torch.cat([draws[2], draws[0]]))
+
+
+def test_noise_node_batches_with_comfy_extras_latent_batch(session: Session):
+    prompt = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
+                                                           "batch_size": 1}},
+        "2": {"class_type": "RealNoisyLatent", "inputs": {"samples": ["1", 0], "seed": 7}},
+        "3": {"class_type": "RealNoisyLatent",
+              "inputs": {"samples": ["2", 0], "seed": 8}},
+    }
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    assert result.run.outputs["2"] == {"text": ["[2, 4, 8, 8]"]}
+    assert result.run.outputs["3"] == {"text": ["[4, 4, 8, 8]"]}
+    progress = [d for name, d in result.events if name == "progress" and d["node"] == "2"]
+    assert [(p["value"], p["max"]) for p in progress] == [(1, 2), (2, 2)]  # the callback
+
+
+def test_latent_batch_resizes_and_concatenates():
+    import torch
+    from comfy_extras.nodes_latent import LatentBatch
+
+    (out,) = LatentBatch().batch({"samples": torch.zeros(1, 4, 8, 8)},
+                                 {"samples": torch.ones(2, 4, 4, 4)})
+    assert out["samples"].shape == (3, 4, 8, 8)
+    assert out["samples"][1:].eq(1).all()
+
+
+def test_device_memory_and_cli_args(session: Session):
+    result = session.run({"1": {"class_type": "RealDeviceReport", "inputs": {}}})
+    assert result.ok, result.run.error
+    assert result.run.outputs["1"] == {"text": ["cpu torch.float32 False False auto None"]}
+
+
+def test_input_folder_exists_for_packs_that_list_it(registry: NodeRegistry, session: Session):
+    import torch
+
+    folder = session.env.folders["input"]
+    assert not folder.exists()
+    # INPUT_TYPES lists the folder unguarded (VideoHelperSuite's loaders do)
+    schema = registry.get("RealLoadImagesFromInput").schema(session.env)
+    assert schema["input"]["required"]["image"] == [["none"]]
+    assert folder.is_dir()
+    write_png(session, "red.png", (3, 2), (255, 0, 0))
+    (folder / "notes.txt").write_text("not an image")
+    schema = registry.get("RealLoadImagesFromInput").schema(session.env)
+    assert schema["input"]["required"]["image"] == [["red.png"]]
+    prompt = {"1": {"class_type": "RealLoadImagesFromInput", "inputs": {"image": "red.png"}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    from PIL import Image
+
+    with Image.open(result.image_paths[0]) as img:
+        assert img.size == (3, 2) and img.getpixel((0, 0)) == (255, 0, 0)
+    _ = torch
+
+
+def test_small_helpers_behave_as_comfyuis(tmp_path: Path):
+    import comfy.utils
+    import node_helpers
+    import torch
+    from comfy.k_diffusion.utils import FolderOfImages
+    from PIL import Image
+
+    sd = {"model.a": 1, "model.b": 2, "other": 3}
+    assert comfy.utils.state_dict_prefix_replace(dict(sd), {"model.": "m."}) == \
+        {"m.a": 1, "m.b": 2, "other": 3}
+    assert comfy.utils.state_dict_prefix_replace(dict(sd), {"model.": ""}, filter_keys=True) \
+        == {"a": 1, "b": 2}
+    comfy.utils.save_torch_file({"w": torch.ones(2)}, str(tmp_path / "w.safetensors"))
+    assert comfy.utils.load_torch_file(str(tmp_path / "w.safetensors"))["w"].tolist() == [1, 1]
+    layer = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    assert comfy.utils.get_attr(layer, "0.bias") is layer[0].bias
+    assert comfy.utils.get_tiled_scale_steps(512, 512, 256, 256, 0) == 4
+    rgba, rgb = torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 3)
+    assert node_helpers.image_alpha_fix(rgb, rgba)[1].shape[-1] == 3
+    assert node_helpers.image_alpha_fix(rgba, rgb)[1][..., 3].eq(1).all()
+    Image.new("RGB", (2, 2)).save(tmp_path / "a.png")
+    (tmp_path / "b.txt").write_text("x")
+    assert len(FolderOfImages(str(tmp_path))) == 1
+
+
+def test_missing_internals_fail_clearly_when_named():
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+    import execution
+    import latent_preview
+    import node_helpers
+
+    for module, name in ((comfy.samplers, "CFGGuider"), (comfy.sample, "sample"),
+                         (comfy.model_management, "load_models_gpu"),
+                         (execution, "PromptExecutor"),
+                         (node_helpers, "conditioning_set_values"),
+                         (latent_preview, "TAESDPreviewerImpl")):
+        with pytest.raises(AttributeError, match=f"{module.__name__}.{name} is not available "
+                                                 "in Steerflow"):
+            getattr(module, name)
+        assert not hasattr(module, name)  # feature detection sees it missing
+    with pytest.raises(ImportError, match="cannot import name 'KSAMPLER'"):
+        exec("from comfy.samplers import KSAMPLER", {})
+    with pytest.raises(NotImplementedError, match="KSampler objects are not available"):
+        comfy.samplers.KSampler()
+    # modules that are all internals still refuse to import, naming themselves
+    with pytest.raises(ModuleNotFoundError, match=r"'comfy\.sd' is not available"):
+        importlib.import_module("comfy.sd")
+    with pytest.raises(ModuleNotFoundError, match=r"'comfy\.k_diffusion\.sampling' is not"):
+        importlib.import_module("comfy.k_diffusion.sampling")
+    with pytest.raises(ModuleNotFoundError, match=r"'comfy_extras\.nodes_mask' is not"):
+        importlib.import_module("comfy_extras.nodes_mask")
+
+
+def test_latent_preview_callback_and_previewer_base():
+    import latent_preview
+
+    assert latent_preview.get_previewer("cpu", None) is None
+
+    class Mine(latent_preview.LatentPreviewer):
+        def decode_latent_to_preview(self, x0: Any) -> Any:
+            return "image"
+
+    assert Mine().decode_latent_to_preview_image("JPEG", None) == ("JPEG", "image", 512)
+    out: dict[str, Any] = {}
+    latent_preview.prepare_callback(None, 3, out)(0, "x0", "x", 3)  # no run: no event
+    assert out == {"x0": "x0"}
+
+
+# --- ComfyUI's node classes from `nodes` -------------------------------------------
+
+def test_from_nodes_import_comfyui_node_classes(tmp_path: Path):
+    """``from nodes import SaveImage, LoraLoader``: ComfyUI's classes through our package."""
+    import nodes
+
+    registry = load(tmp_path)
+    assert "classes_pack" not in errors(registry), errors(registry)
+    assert nodes.MAX_RESOLUTION == 16384
+    with pytest.raises(AttributeError):
+        nodes.NotAComfyNode  # noqa: B018
+
+
+@pytest.fixture
+def classes(tmp_path: Path) -> Session:
+    registry = load(tmp_path)
+    assert "classes_pack" not in errors(registry), errors(registry)
+    return Session(tmp_path, device="cpu", registry=registry)
+
+
+def test_saveimage_subclasses_save_through_steerflow(classes: Session):
+    write_png(classes, "in.png", (4, 2), (0, 255, 0))
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+        "2": {"class_type": "RealSaveWithSuffix",
+              "inputs": {"images": ["1", 0], "filename_prefix": "sub/pic", "suffix": "v2"}},
+        "3": {"class_type": "RealMaskPreview", "inputs": {"mask": ["1", 1]}},
+        "4": {"class_type": "RealImageCompare", "inputs": {"image_a": ["1", 0],
+                                                           "image_b": ["1", 0]}},
+    }
+    result = classes.run(prompt, extra={"extra_pnginfo": {"note": "hi"}})
+    assert result.ok, result.run.error
+    outputs = result.run.outputs
+    assert outputs["2"]["images"] == [{"filename": "pic_v2_00001_.png", "subfolder": "sub",
+                                       "type": "output"}]
+    [mask] = outputs["3"]["images"]
+    assert mask["type"] == "temp" and mask["filename"].startswith("maskpreview_temp_")
+    assert outputs["4"]["a_images"][0]["type"] == "temp"
+    assert outputs["4"]["a_images"][0]["filename"].startswith("compare.a_temp_")
+    from PIL import Image
+
+    with Image.open(classes.env.resolve("output", "sub", "pic_v2_00001_.png")) as img:
+        assert img.getpixel((0, 0)) == (0, 255, 0)
+        assert '"note": "hi"' in img.info["note"] or img.info["note"] == '"hi"'
+        assert "prompt" in img.info
+
+
+def test_calling_builtin_node_classes_inside_a_pack_node(classes: Session):
+    write_png(classes, "in.png", (4, 2), (0, 0, 255))
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+        "2": {"class_type": "RealSizedLatent",
+              "inputs": {"image": ["1", 0], "width": 16, "method": "bilinear"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+        "4": {"class_type": "RealNoisyLatent", "inputs": {"samples": ["2", 0], "seed": 1}},
+    }
+    result = classes.run(prompt)
+    assert result.ok, result.run.error
+    from PIL import Image
+
+    with Image.open(result.image_paths[0]) as img:
+        assert img.size == (16, 16)
+
+
+def test_builtin_node_classes_show_steerflows_inputs(classes: Session):
+    from comfy_compat.nodes_module import COMFY_NAMES
+    from nodes import ImageScale, LoraLoader
+
+    schema = classes.registry.get("RealLoraWithInfo").schema(classes.env)
+    assert list(schema["input"]["required"]) == ["model", "clip", "lora_name",
+                                                "strength_model", "strength_clip"]
+    assert schema["output"] == ["MODEL", "CLIP", "STRING"]
+    assert LoraLoader.FUNCTION == "load_lora" and ImageScale.crop_methods == ["disabled",
+                                                                              "center"]
+    assert {"SaveImage", "PreviewImage", "common_ksampler", "KSampler"} <= COMFY_NAMES
+    with pytest.raises(RuntimeError, match="only run inside a node's run"):
+        LoraLoader().load_lora(None, None, "x.safetensors", 1.0, 1.0)
+    with pytest.raises(TypeError, match="'denoise' is not an input"):
+        importlib.import_module("nodes").KSamplerAdvanced().sample(*[None] * 13, denoise=0.5)
+
+
+def test_every_bridged_class_names_steerflow_inputs():
+    """ComfyUI's parameter names, in ComfyUI's order, are the built-in node's inputs."""
+    import nodes
+    from comfy_compat.builtin_nodes import COMFY_NODES, comfy_class
+
+    types = {cls.TYPE: cls for cls in nodes.NODE_CLASSES}
+    for name, (type_id, function, params, _ignorable) in COMFY_NODES.items():
+        cls = types[type_id]
+        assert set(params) <= set(cls.INPUT_SPECS), name
+        required = {n for n, s in cls.INPUT_SPECS.items() if s.required and not s.has_default}
+        assert required <= set(params), name
+        assert function == comfy_class(name).FUNCTION
+
+
+def test_unavailable_node_classes_import_but_fail_when_used():
+    from comfy_compat.builtin_nodes import comfy_class
+
+    cls = comfy_class("ConditioningSetTimestepRange")
+    with pytest.raises(NotImplementedError, match=r"nodes\.ConditioningSetTimestepRange is "
+                                                  r"not available"):
+        cls()
+
+
+def test_packs_import_against_the_runs_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A pack that lists its input folder when it registers sees the server's base
+    directory (default_registry binds the environment first), not the working one."""
+    from engine.environment import Environment
+    from engine.registry import default_registry
+
+    monkeypatch.chdir(tmp_path)  # no input/ here
+    env = Environment.create(tmp_path / "base", device="cpu")
+    env.folder("input", create=True).joinpath("pic.png").write_bytes(b"")
+    registry = default_registry(PACKS, env=env)
+    assert "helpers_pack" not in errors(registry), errors(registry)
+    schema = registry.get("RealLoadImagesFromInput").schema(env)
+    assert "pic.png" in json.dumps(schema)
+    assert not (tmp_path / "input").exists()
