@@ -10,15 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_ip2p}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
-PY=${PY:-python3}
-if [ -d .whl ] && [ "${WHEELS:-1}" = 1 ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+source scripts/gpu_env.sh
 MODELS=/tmp/ip2p_base
 RUN=/tmp/ip2p_run
 "$PY" -c "import sys; from pathlib import Path; from nodes.diffusion.shapes_model import \

@@ -24,13 +24,11 @@ import torch
 
 from engine.session import Session
 from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.test_sdxl import HEIGHT, NEGATIVE, PROMPT, WIDTH, graph_image, txt2img_prompt
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
               pytest.mark.slow]
 
-PROMPT = "a red circle at the top left on a white background"
-NEGATIVE = "blurry"
-WIDTH, HEIGHT = 96, 64
 FP16_PIXEL_TOLERANCE = 5e-3  # both sides run the same float16 kernels; the rest is rounding
 
 
@@ -41,35 +39,8 @@ def _session(models_dir: Path, home: Path) -> Session:
     return session
 
 
-def _txt2img(ckpt: str, seed: int, *, sdxl: bool = False, steps: int = 6) -> dict:
-    def encode(text: str) -> dict:
-        if sdxl:
-            return {"class_type": "CLIPTextEncodeSDXL", "inputs": {
-                "clip": ["4", 1], "width": WIDTH, "height": HEIGHT, "crop_w": 0, "crop_h": 0,
-                "target_width": WIDTH, "target_height": HEIGHT, "text_g": text,
-                "text_l": text}}
-        return {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}}
-
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "6": encode(PROMPT),
-        "7": encode(NEGATIVE),
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": 1}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "model": ["4", 0], "seed": seed, "steps": steps, "cfg": 6.0,
-            "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0],
-            "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "10": {"class_type": "TestCapture", "inputs": {"value": ["8", 0],
-                                                        "key": uuid.uuid4().hex}},
-    }
-
-
-def _image(session: Session, prompt: dict) -> np.ndarray:
-    result = session.run(prompt)
-    assert result.ok, result.run.error
-    return CAPTURED.pop(prompt["10"]["inputs"]["key"]).float().cpu().numpy()
+def _txt2img(ckpt: str, seed: int, *, sdxl: bool = False) -> dict:
+    return txt2img_prompt(ckpt, "euler", "normal", steps=6, cfg=6.0, seed=seed, plain=not sdxl)
 
 
 def _reference(pipe: diffusers.DiffusionPipeline, seed: int, steps: int = 6) -> np.ndarray:
@@ -94,7 +65,7 @@ def _fp16_pipe(cls: type, folder: Path, **kwargs) -> diffusers.DiffusionPipeline
 
 def test_cuda_fp16_txt2img_matches_the_pipeline(models_dir, tiny_model_paths, tmp_path):
     session = _session(models_dir, tmp_path)
-    ours = _image(session, _txt2img(tiny_model_paths["diffusers"].name, seed=5))
+    ours = graph_image(session, _txt2img(tiny_model_paths["diffusers"].name, seed=5))
     pipe = _fp16_pipe(diffusers.StableDiffusionPipeline, tiny_model_paths["diffusers"],
                       safety_checker=None, requires_safety_checker=False)
     ref = _reference(pipe, seed=5)
@@ -111,7 +82,7 @@ def test_cuda_fp16_sdxl_matches_the_pipeline(tmp_path_factory, tmp_path):
     models = tmp_path_factory.mktemp("sdxl_models")
     ensure_tiny_sdxl(models)
     session = _session(models, tmp_path)
-    ours = _image(session, _txt2img(TINY_SDXL_NAME, seed=3, sdxl=True))
+    ours = graph_image(session, _txt2img(TINY_SDXL_NAME, seed=3, sdxl=True))
     pipe = _fp16_pipe(diffusers.StableDiffusionXLPipeline,
                       models / "checkpoints" / TINY_SDXL_NAME)
     ref = _reference(pipe, seed=3)
@@ -137,6 +108,7 @@ def test_cuda_cache_hits_stay_on_the_device(models_dir, tiny_model_paths, tmp_pa
 
     def prompt(seed: int, key: str) -> dict:
         graph = _txt2img(ckpt, seed=seed)
+        graph["10"]["inputs"]["key"] = uuid.uuid4().hex
         graph["11"] = {"class_type": "TestCapture", "inputs": {"value": ["4", 0], "key": key}}
         return graph
 
