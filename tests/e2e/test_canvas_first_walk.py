@@ -160,3 +160,195 @@ def test_first_visit_at_1280x720_shows_the_whole_default_graph(browser_context, 
                 and box["y"] + box["height"] <= pane["y"] + pane["height"]), (
             f"{node.inner_text()[:30]!r} is out of view: {box} in {pane}")
     page.close()
+
+
+def _doc_value(c: Canvas, node: str, name: str):
+    return c.document()["prompt"][node]["inputs"][name]
+
+
+def test_number_widgets_drag_sideways_as_in_comfyui(page):
+    """Drag left/right on a number to change it (one step a pixel, clamped, one undo
+    step per drag); a click without moving puts the caret in the field for typing."""
+    c = Canvas(page)
+    c.open_file("drag.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    steps = c.widget("3", "steps")
+    x, y = _center(c.settled_box(steps))
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y, steps=10)
+    page.mouse.up()
+    expect(steps).to_have_value("39")  # 2 + (40 px - a 3 px dead zone) steps of 1
+    assert _doc_value(c, "3", "steps") == 39
+    expect(steps).not_to_be_focused()
+    # dragged far left: held at the minimum, whole numbers only
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 200, y, steps=8)
+    page.mouse.up()
+    expect(steps).to_have_value("1")
+    # each drag is one undo step
+    page.keyboard.press("Control+z")
+    expect(steps).to_have_value("39")
+    page.keyboard.press("Control+z")
+    expect(steps).to_have_value("2")
+
+    # a FLOAT moves by its step (cfg: 0.1)
+    cfg = c.widget("3", "cfg")
+    x, y = _center(c.settled_box(cfg))
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 13, y, steps=5)
+    page.mouse.up()
+    expect(cfg).to_have_value("8.5")
+
+    # a click edits: the field has the caret, the text selected
+    cfg.click()
+    expect(cfg).to_be_focused()
+    page.keyboard.type("3.25")
+    page.keyboard.press("Enter")
+    expect(cfg).to_have_value("3.25")
+    assert _doc_value(c, "3", "cfg") == 3.25
+
+
+def test_a_long_error_keeps_its_node_small(page):
+    """A rejected prompt's messages must not grow a node over the node below it: each is
+    one line, cut, with "more" to read it all."""
+    c = Canvas(page)
+    c.open_file("errors.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    node = c.node("3")
+    before = c.settled_box(node)["height"]
+    long = "input 'seed': " + "a very long explanation of what went wrong " * 8
+    page.evaluate("""m => window.steerflow.store.setValidationErrors({ 3: { errors: [
+        { type: 'value_not_valid', message: m, extra_info: { input_name: 'seed' } },
+        { type: 'value_not_valid', message: m, extra_info: { input_name: 'cfg' } },
+        { type: 'exception', message: m, extra_info: {} } ] } })""", long)
+    expect(node.locator(".sf-issue")).to_have_count(3)
+    grown = c.settled_box(node)["height"] - before
+    assert grown <= 3 * 22, f"three errors grew the node by {grown} px"
+    seed = node.locator('.sf-input[data-input="seed"] .sf-issue')
+    assert seed.get_attribute("title") == long  # the whole message as its tooltip
+    more = seed.get_by_role("button", name="more")
+    more.click()
+    expect(seed.get_by_role("button", name="less")).to_have_attribute("aria-expanded", "true")
+    assert c.settled_box(node)["height"] - before > grown + 30  # opened on request only
+
+
+def test_add_node_from_the_toolbar_goes_to_free_space_in_view(page):
+    c = Canvas(page)
+    c.open_file("place.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    page.evaluate("() => window.steerflow.fitView()")
+    page.wait_for_timeout(300)
+    # the pointer last rested on a node: the new node must not land there
+    x, y = _center(c.settled_box(c.node("3")))
+    page.mouse.move(x, y)
+    before = set(c.node_ids())
+    page.locator(".sf-toolbar").get_by_role("button", name="Add node", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Add node")
+    dialog.get_by_label("Search nodes").fill("Preview Image")
+    page.keyboard.press("Enter")
+    expect(c.nodes()).to_have_count(len(before) + 1)
+    (new,) = set(c.node_ids()) - before
+    box = c.settled_box(c.node(new))
+    pane = c.pane_box()
+    assert (box["x"] >= pane["x"] and box["y"] >= pane["y"]
+            and box["x"] + box["width"] <= pane["x"] + pane["width"]
+            and box["y"] + box["height"] <= pane["y"] + pane["height"]), (
+        f"{box} is not in view {pane}")
+    for other in before:
+        o = c.node(other).bounding_box()
+        assert o is not None
+        overlap = (box["x"] < o["x"] + o["width"] and o["x"] < box["x"] + box["width"]
+                   and box["y"] < o["y"] + o["height"] and o["y"] < box["y"] + box["height"])
+        assert not overlap, f"the new node {box} lies on node {other} {o}"
+
+
+def test_an_image_link_dropped_on_the_canvas_offers_the_common_nodes_first(page):
+    c = Canvas(page)
+    c.open_file("image.json", small_txt2img())
+    expect(c.edges()).to_have_count(10)
+    x, y = _center(c.settled_box(c.out_handle("8", 0)))  # VAE Decode's IMAGE
+    # a point of empty canvas (no node, minimap or control under it)
+    ex, ey = page.evaluate("""() => {
+        const r = document.querySelector('.react-flow__pane').getBoundingClientRect();
+        for (let y = r.top + 20; y < r.bottom - 20; y += 20)
+          for (let x = r.left + 20; x < r.right - 20; x += 20)
+            if (document.elementFromPoint(x, y)?.classList.contains('react-flow__pane'))
+              return [x, y];
+        return null; }""")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(ex, ey, steps=12)
+    page.mouse.up()
+    palette = page.get_by_role("dialog", name="Add node")
+    expect(palette).to_be_visible()
+    types = palette.get_by_role("option").evaluate_all("els => els.map(e => e.dataset.type)")
+    assert types[:4] == ["SaveImage", "PreviewImage", "VAEEncode", "ImageScale"], types[:8]
+    assert types.index("SaveImageWebsocket") > 4
+    expect(palette.locator(".sf-palette-category").first).to_have_text("Most used")
+    page.keyboard.press("Escape")
+
+
+def test_a_64_bit_seed_is_shown_checked_and_sent_exactly(page):
+    max64 = "18446744073709551615"
+    c = Canvas(page)
+    c.open_file("seed.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    c.node("3").get_by_role("button", name="help").click()
+    expect(page.locator(".sf-help")).to_contain_text(f"0\u2013{max64}")  # an en dash
+    seed = c.widget("3", "seed")
+    c.set_value("3", "seed", "18446744073709551616")
+    expect(seed).to_have_attribute("aria-invalid", "true")
+    expect(c.node("3").locator(".sf-widget-issue")).to_have_text(
+        f"18446744073709551616 is above the maximum {max64}")
+    c.set_value("3", "seed", max64)
+    expect(seed).not_to_have_attribute("aria-invalid", "true")
+    expect(seed).to_have_value(max64)
+    seed.focus()
+    page.keyboard.press("ArrowUp")  # held at the maximum, not moved to a float 2^64
+    expect(seed).to_have_value(max64)
+    seed.blur()
+    assert _doc_value(c, "3", "seed") == max64
+    with page.expect_request(lambda r: r.url.endswith("/prompt") and r.method == "POST") as req:
+        c.queue()
+    assert f'"seed":{max64},' in (req.value.post_data or "")  # a JSON number, exact
+    expect(c.toasts().filter(has_text="Queued prompt")).to_have_count(1)
+
+
+def test_the_dot_grid_thins_out_when_zoomed_far_out(page):
+    c = Canvas(page)
+    c.open_file("grid.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    layer = page.locator(".sf-dotgrid-layer")
+    for zoom, least in ((1, 24), (0.1, 12)):
+        page.evaluate("z => window.steerflow.setViewport({ x: 0, y: 0, zoom: z })", zoom)
+        page.wait_for_timeout(200)
+        cell = layer.evaluate("e => parseFloat(e.style.backgroundSize)")
+        assert cell >= least, f"dots {cell} px apart at zoom {zoom}"
+
+
+def test_a_rejected_prompt_is_summarised_and_points_at_the_nodes(page):
+    c = Canvas(page)
+    doc = small_txt2img()
+    doc["prompt"]["3"]["inputs"]["seed"] = -1
+    del doc["prompt"]["3"]["inputs"]["positive"]
+    c.open_file("bad.json", doc)
+    expect(c.edges()).to_have_count(9)
+    # the nodes out of view
+    page.evaluate("() => window.steerflow.setViewport({ x: 2000, y: 2000, zoom: 1 })")
+    c.queue()
+    toast = c.toasts().filter(has_text="Prompt rejected")
+    expect(toast).to_have_count(1)
+    expect(toast).to_contain_text(re.compile(
+        r"2 inputs need attention: Sample #3 \((seed, positive|positive, seed)\)"))
+    expect(toast).not_to_contain_text("got -1")  # the detail is on the node
+    expect(c.node("3").locator('.sf-input[data-input="seed"]')).to_contain_text("got -1")
+    toast.get_by_role("button", name="Show").click()
+    expect(c.node("3")).to_have_class(re.compile(r"\bselected\b"))
+    page.wait_for_timeout(400)
+    box = c.node("3").bounding_box()
+    pane = c.pane_box()
+    assert box is not None and pane["x"] <= box["x"]
+    assert box["x"] + box["width"] <= pane["x"] + pane["width"]

@@ -31,6 +31,7 @@ import { useLinking } from "./editor/useLinking";
 import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
 import { useShortcuts } from "./editor/useShortcuts";
+import { exactPrompt, stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
 import { lowDetail } from "./lib/layout";
 import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } from "./lib/load";
@@ -64,7 +65,7 @@ declare global {
 }
 
 function downloadJson(name: string, obj: unknown): void {
-  const blob = new Blob([JSON.stringify(obj, null, 2)], { type: "application/json" });
+  const blob = new Blob([stringifyJsonExact(obj, 2)], { type: "application/json" });
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
   a.download = name.endsWith(".json") ? name : `${name}.json`;
@@ -92,7 +93,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const rf = useReactFlow<SfFlowNode, SfEdge>();
   const store = useMemo(() => new RunStore(), []);
   const g = useGraphStore(defs, store);
-  const { nodes, edges, defsRef, loadGraph, currentGraph, patchNode, setDocName } = g;
+  const { nodes, edges, defsRef, loadGraph, currentGraph, patchNode, setDocName, holdHistory, settleNow } = g;
   const { toasts, notify } = useToasts();
   const [lightbox, setLightbox] = useState<ImageRef | null>(null);
   const [menu, setMenu] = useState<MenuTarget | null>(null);
@@ -111,7 +112,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const lod = lowDetail(zoom, nodes.length);
   const culled = ONLY_VISIBLE && nodes.length >= MOUNT_ALL_BELOW;
 
-  const linking = useLinking(g, notify, mouse);
+  const linking = useLinking(g, notify);
   const edit = useEditCommands(g, notify, mouse);
   const { queue, queueSelected, busy } = useQueue(g, store, socket, notify);
   const queueOptions = useQueueOptions();
@@ -211,8 +212,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       refreshDefs();
     },
     openImage: (img) => setLightbox(img),
+    holdHistory: (on) => {
+      if (on) settleNow(); // an edit made just before stays its own undo step
+      holdHistory.current = on;
+    },
     showHelp: setHelp,
-  }), [defs, store, patchNode, refreshDefs]);
+  }), [defs, store, patchNode, refreshDefs, holdHistory, settleNow]);
 
   const save = useCallback(() => {
     downloadJson(g.docName || "workflow", graphToDocument(currentGraph(), defsRef.current));
@@ -220,7 +225,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   /** ComfyUI's "Export (API)": the prompt alone, as Queue posts it. */
   const exportApi = useCallback(() => {
-    downloadJson(`${g.docName || "workflow"}_api`, graphToDocument(currentGraph(), defsRef.current).prompt);
+    const { prompt } = graphToDocument(currentGraph(), defsRef.current);
+    downloadJson(`${g.docName || "workflow"}_api`, exactPrompt(prompt, defsRef.current)); // 64-bit seeds exact
   }, [currentGraph, g.docName, defsRef]);
 
   const clear = useCallback(() => {

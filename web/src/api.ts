@@ -4,6 +4,7 @@
  * behind a reverse proxy under a path prefix.
  */
 
+import { parseJsonExact, stringifyJsonExact } from "./lib/exactint";
 import { partialFields } from "./lib/partial";
 import type { ApiPrompt, WorkflowDocument } from "./lib/graph";
 import type { ImageRef, NodeErrors, RunStore } from "./lib/runstore";
@@ -30,12 +31,13 @@ export class ApiError extends Error {
   }
 }
 
-async function request<T>(path: string, init?: RequestInit): Promise<T> {
+async function request<T>(path: string, init?: RequestInit, exact = false): Promise<T> {
   const res = await fetch(apiUrl(path), init);
   const text = await res.text();
   let body: unknown = text;
   try {
-    body = text ? JSON.parse(text) : null;
+    // `exact`: integers beyond 2^53 (a seed's max 2^64-1) as bigints, not the nearest double
+    body = text ? (exact ? parseJsonExact(text) : JSON.parse(text)) : null;
   } catch {
     // not JSON: keep the text
   }
@@ -62,11 +64,11 @@ function postJson<T>(path: string, body: unknown): Promise<T> {
   return request<T>(path, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
+    body: stringifyJsonExact(body), // a bigint (lib/exactint.ts) as its exact JSON number
   });
 }
 
-export const getObjectInfo = () => request<ObjectInfo>("object_info");
+export const getObjectInfo = () => request<ObjectInfo>("object_info", undefined, true);
 
 /** A validation warning of a queued prompt: reported, and the prompt runs anyway. */
 export type PromptWarning = { kind: string; message: string; node_id?: string | null; input_name?: string | null };

@@ -15,6 +15,7 @@
 
 import { useStoreApi } from "@xyflow/react";
 import { useEffect, useRef } from "react";
+import { dotGridCell } from "../lib/layout";
 
 /** `gap`: the dots' spacing in flow units; `size`: their diameter at zoom 1 (px). */
 export function DotGrid({ gap = 24, size = 1, composited = false }: { gap?: number; size?: number; composited?: boolean }) {
@@ -26,11 +27,14 @@ export function DotGrid({ gap = 24, size = 1, composited = false }: { gap?: numb
     if (!el) return;
     let cell = 0;
     const place = ([x, y, zoom]: [number, number, number]) => {
-      const c = gap * zoom;
+      // zoomed out, thinned (every 2nd, 4th… dot) so the dots never blur into a moiré
+      const { cell: c, thinned } = dotGridCell(gap, zoom);
       if (!(c > 0)) return;
       if (c !== cell) {
         cell = c;
         const r = Math.max(0.5, (size * zoom) / 2);
+        el.style.opacity = thinned ? "0.6" : "";
+        el.dataset.cell = String(c);
         el.style.backgroundSize = `${c}px ${c}px`;
         el.style.backgroundImage = `radial-gradient(circle at ${c / 2}px ${c / 2}px, var(--sf-dot-color, #3a3e46) ${r + 0.3}px, transparent ${r + 0.9}px)`;
         el.style.inset = composited ? `${-c}px` : "0";

@@ -7,7 +7,7 @@
 import { useEffect, useMemo, useRef, useState } from "react";
 import type { Defs } from "../lib/schema";
 import { VIRTUAL_DEFS } from "../lib/reroute";
-import { searchDefs } from "../lib/search";
+import { popularity, searchDefs } from "../lib/search";
 
 export type PaletteFilter = { label: string; types: Map<string, string> };
 
@@ -73,8 +73,10 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
         <ul ref={listRef} className="sf-palette-list" role="listbox">
           {results.length === 0 && <li className="sf-palette-empty">No matching node</li>}
           {results.map((d, i) => {
-            const header = !query && d.category !== lastCategory ? d.category : null;
-            lastCategory = d.category;
+            // filtered to a dropped link, the most used nodes come first, under their own heading
+            const group = filter && popularity(d.type) > 0 ? "Most used" : d.category;
+            const header = !query && group !== lastCategory ? group : null;
+            lastCategory = group;
             return (
               <li key={d.type} role="presentation">
                 {header && <div className="sf-palette-category">{header}</div>}

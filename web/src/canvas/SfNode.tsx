@@ -5,7 +5,7 @@
  */
 
 import { Handle, NodeResizer, type NodeProps, Position, useNodeConnections } from "@xyflow/react";
-import { memo, useMemo, useState } from "react";
+import { memo, type ReactNode, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { viewUrl } from "../api";
 import { summary } from "../lib/doctext";
 import type { NodeIssue } from "../lib/runstore";
@@ -15,6 +15,31 @@ import { useEditor, useNodeRun } from "./context";
 import { inHandle, outHandle, type SfNode as SfNodeType } from "./flow";
 import { LossCurve } from "./LossCurve";
 import { Widget } from "./widgets";
+
+/**
+ * One error message, one line high: a long one is cut with an ellipsis and a "more" button
+ * opens it (its full text is also the tooltip), so a rejected prompt does not grow the node
+ * over the node below it. The details (a traceback) stay folded under it.
+ */
+function IssueLine({ message, className = "", children }: { message: string; className?: string; children?: ReactNode }) {
+  const [open, setOpen] = useState(false);
+  const [cut, setCut] = useState(false);
+  const text = useRef<HTMLSpanElement>(null);
+  useLayoutEffect(() => {
+    const el = text.current;
+    if (el && !open) setCut(el.scrollWidth > el.clientWidth + 1 || message.includes("\n"));
+  }, [message, open]);
+  return (
+    <div className={`sf-issue sf-issue-line${open ? " sf-issue-open" : ""} ${className}`} role="alert" title={message}>
+      <span ref={text} className="sf-issue-text">{message}</span>
+      {(cut || open) && (
+        <button type="button" className="nodrag sf-issue-more" aria-expanded={open}
+          onClick={() => setOpen((o) => !o)}>{open ? "less" : "more"}</button>
+      )}
+      {children}
+    </div>
+  );
+}
 
 function InputRow({ nodeId, input, value, linked, issues, control }: {
   nodeId: string; input: InputDef; value: unknown; linked: boolean; issues: NodeIssue[];
@@ -42,9 +67,7 @@ function InputRow({ nodeId, input, value, linked, issues, control }: {
       </div>
       {input.widget && !linked && <Widget nodeId={nodeId} input={input} value={value} control={control} />}
       {input.widget && linked && <div className="sf-linked">linked</div>}
-      {issues.map((issue, i) => (
-        <div key={i} className="sf-issue" role="alert">{issue.message}</div>
-      ))}
+      {issues.map((issue, i) => <IssueLine key={i} message={issue.message} />)}
     </div>
   );
 }
@@ -171,15 +194,14 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
           <div className="sf-issue">Unknown node type “{data.type}” — not available on this server.</div>
         )}
         {issuesByInput.general.map((issue, i) => (
-          <div key={i} className="sf-issue sf-node-issue" role="alert">
-            {issue.message}
+          <IssueLine key={i} className="sf-node-issue" message={issue.message}>
             {issue.traceback && (
               <details className="nodrag nowheel">
                 <summary>traceback</summary>
                 <pre>{issue.traceback}</pre>
               </details>
             )}
-          </div>
+          </IssueLine>
         ))}
         {run.preview && (
           // one fixed box for every frame, kept after the run: the node does not change size

@@ -11,6 +11,8 @@ export type EditorApi = {
   setControl(nodeId: string, name: string, mode: ControlMode): void;
   upload(nodeId: string, name: string, file: File): Promise<void>;
   openImage(img: ImageRef): void;
+  /** While on, edits make no undo step; the first edit after it goes off records them as one (a widget drag). */
+  holdHistory(on: boolean): void;
   /** Open the help panel on a node (editor/NodeHelp.tsx). */
   showHelp(nodeId: string): void;
 };

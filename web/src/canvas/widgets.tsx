@@ -1,10 +1,11 @@
 /** Widgets for constant inputs, chosen from the input's schema. */
 
-import { memo, useEffect, useRef, useState } from "react";
+import { memo, type PointerEvent as ReactPointerEvent, useEffect, useRef, useState } from "react";
 import { viewUrl } from "../api";
 import { isAnnotated, parseAnnotated } from "../lib/feedback";
 import { CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
-import { numberIssue, parseNumberText, stepValue } from "../lib/widgetcheck";
+import { toBigInt } from "../lib/exactint";
+import { DRAG_THRESHOLD_PX, dragValue, numberIssue, parseWidgetText, stepValue } from "../lib/widgetcheck";
 import { useEditor } from "./context";
 import { MODEL_FOLDERS, ModelCardLine } from "./ModelCard";
 
@@ -16,24 +17,28 @@ type WidgetProps = {
 };
 
 function formatNumber(input: InputDef, v: unknown): string {
-  if (typeof v !== "number") return v == null ? "" : String(v);
+  if (typeof v !== "number") return v == null ? "" : String(v); // an INT beyond 2^53 is its exact text
   if (input.type === "INT") return String(v);
   const step = input.options.step;
   const decimals = typeof step === "number" && step > 0 && step < 1 ? Math.min(6, Math.ceil(-Math.log10(step))) : 2;
   return String(Number(v.toFixed(Math.max(decimals, 2))));
 }
 
+/** A press on a number field not being edited: a horizontal drag changes the value, a click edits it. */
+type Drag = { pointer: number; x: number; start: number | string; moved: boolean };
+
 function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
-  const { setValue, setControl } = useEditor();
+  const { setValue, setControl, holdHistory } = useEditor();
   const [text, setText] = useState(() => formatNumber(input, value));
   const focused = useRef(false);
+  const drag = useRef<Drag | null>(null);
   useEffect(() => {
     if (!focused.current) setText(formatNumber(input, value));
   }, [value, input]);
   // What the user typed is what runs: a number as typed, anything else as its text (marked
   // here, refused by the server), never clamped or rounded behind their back.
   const commit = (s: string) => {
-    const n = parseNumberText(s);
+    const n = parseWidgetText(input, s);
     const v = n === null ? s : n;
     if (v !== value) setValue(nodeId, input.name, v);
   };
@@ -41,6 +46,18 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
   const { min, max } = input.options;
   const slider = input.options.display === "slider" && typeof min === "number" && typeof max === "number";
   const stepAttr = typeof input.options.step === "number" ? input.options.step : input.type === "INT" ? 1 : "any";
+  const steppable = typeof value === "number" || (input.type === "INT" && typeof value === "string" && toBigInt(value) !== null);
+  const draggedTo = (e: ReactPointerEvent<HTMLInputElement>): number | string | null => {
+    const d = drag.current;
+    if (!d || d.pointer !== e.pointerId) return null;
+    const dx = e.clientX - d.x;
+    if (!d.moved && Math.abs(dx) < DRAG_THRESHOLD_PX) return null;
+    if (!d.moved) {
+      d.moved = true;
+      holdHistory(true); // the whole drag is one undo step
+    }
+    return dragValue(input, d.start, dx);
+  };
   return (
     <div className={`sf-widget-number${issue ? " sf-invalid" : ""}`}>
       <div className="sf-widget-number-row">
@@ -59,12 +76,47 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
         <input
           type="text"
           inputMode={input.type === "INT" ? "numeric" : "decimal"}
-          className="nodrag"
+          className="nodrag sf-number-drag"
           name={input.name}
           aria-label={input.name}
           aria-invalid={issue ? true : undefined}
-          title={issue ?? undefined}
+          title={issue ?? "Drag left or right to change, click to type"}
           value={text}
+          // As in ComfyUI: drag sideways on the field to change the value, one step per pixel;
+          // a click without moving puts the caret in it for typing.
+          onMouseDown={(e) => {
+            if (document.activeElement !== e.currentTarget && e.button === 0) e.preventDefault();
+          }}
+          onPointerDown={(e) => {
+            if (document.activeElement === e.currentTarget || e.button !== 0) return;
+            // the press does not focus this field (a drag, or a click that focuses on release):
+            // the field being edited before is left, as a press on the canvas would
+            if (document.activeElement instanceof HTMLElement) document.activeElement.blur();
+            drag.current = { pointer: e.pointerId, x: e.clientX, start: steppable ? (value as number | string) : "", moved: false };
+            e.currentTarget.setPointerCapture(e.pointerId);
+          }}
+          onPointerMove={(e) => {
+            const v = draggedTo(e);
+            if (v !== null && v !== value) setValue(nodeId, input.name, v);
+          }}
+          onPointerUp={(e) => {
+            const d = drag.current;
+            if (!d || d.pointer !== e.pointerId) return;
+            const v = draggedTo(e);
+            drag.current = null;
+            if (d.moved) {
+              holdHistory(false);
+              // one more edit after the hold is lifted: it records the drag as one undo step
+              setValue(nodeId, input.name, v ?? value);
+            } else {
+              e.currentTarget.focus();
+              e.currentTarget.select();
+            }
+          }}
+          onPointerCancel={() => {
+            if (drag.current?.moved) holdHistory(false);
+            drag.current = null;
+          }}
           onFocus={() => (focused.current = true)}
           onChange={(e) => {
             setText(e.target.value);
@@ -73,14 +125,14 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
           onBlur={(e) => {
             focused.current = false;
             commit(e.target.value);
-            const n = parseNumberText(e.target.value);
+            const n = parseWidgetText(input, e.target.value);
             if (n !== null) setText(formatNumber(input, n));
           }}
           onKeyDown={(e) => {
             if (e.key === "Enter") (e.target as HTMLInputElement).blur();
-            if ((e.key === "ArrowUp" || e.key === "ArrowDown") && typeof value === "number") {
+            if ((e.key === "ArrowUp" || e.key === "ArrowDown") && steppable) {
               e.preventDefault();
-              const v = stepValue(input, value, e.key === "ArrowUp" ? 1 : -1);
+              const v = stepValue(input, value as number | string, e.key === "ArrowUp" ? 1 : -1);
               setValue(nodeId, input.name, v);
               setText(formatNumber(input, v));
             }
@@ -100,7 +152,7 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
           </select>
         )}
       </div>
-      {issue && <div className="sf-widget-issue" role="alert">{issue}</div>}
+      {issue && <div className="sf-widget-issue" role="alert" title={issue}>{issue}</div>}
     </div>
   );
 }

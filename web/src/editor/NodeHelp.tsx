@@ -7,6 +7,7 @@
 
 import { type ReactNode, useEffect } from "react";
 import { type Block, parseDoc, type Span } from "../lib/doctext";
+import { formatBound } from "../lib/exactint";
 import { isVirtual, NOTE } from "../lib/reroute";
 import type { InputDef, NodeDef } from "../lib/schema";
 import type { GraphStore } from "./useGraphStore";
@@ -41,7 +42,9 @@ function inputFacts(input: InputDef): string {
   const o = input.options;
   const facts = [input.type === "COMBO" ? `one of ${input.choices?.length ?? 0} choices` : input.type];
   if (!input.required) facts.push("optional");
-  if (typeof o.min === "number" || typeof o.max === "number") facts.push(`${o.min ?? "…"}–${o.max ?? "…"}`);
+  const min = formatBound(input, "min");
+  const max = formatBound(input, "max");
+  if (min !== null || max !== null) facts.push(`${min ?? "…"}–${max ?? "…"}`); // exact for 64-bit seeds
   if (o.default !== undefined && typeof o.default !== "object" && String(o.default).length <= 40) {
     facts.push(`default ${JSON.stringify(o.default)}`);
   }

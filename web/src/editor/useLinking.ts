@@ -12,6 +12,7 @@ import {
 import type { PaletteFilter } from "../canvas/Palette";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
 import { downstreamTypes, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
+import { freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
 import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
@@ -23,13 +24,15 @@ export type PaletteState = {
   flow: { x: number; y: number };
   filter?: PaletteFilter;
   pending?: PendingLink;
+  /** Toolbar's Add node: `flow` is the view's centre and the node goes to free space near it, inside `view`. */
+  view?: Rect;
 };
 
 export const linkOf = (c: Connection | Edge): GraphLink => ({
   source: c.source, slot: slotOf(c.sourceHandle), target: c.target, input: inputOf(c.targetHandle),
 });
 
-export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x: number; y: number } | null }) {
+export function useLinking(g: GraphStore, notify: Notify) {
   const rf = useReactFlow<SfNode, SfEdge>();
   const { state, defsRef, setNodes, setEdges, store } = g;
   const [palette, setPalette] = useState<PaletteState | null>(null);
@@ -178,11 +181,32 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     return id;
   }, [state, defsRef, setNodes]);
 
+  /** The visible part of the canvas, in flow coordinates. */
+  const visibleRect = useCallback((): Rect | undefined => {
+    const rect = document.querySelector(".react-flow")?.getBoundingClientRect();
+    if (!rect) return undefined;
+    const a = rf.screenToFlowPosition({ x: rect.left, y: rect.top });
+    const b = rf.screenToFlowPosition({ x: rect.right, y: rect.bottom });
+    return { x: a.x, y: a.y, width: b.x - a.x, height: b.y - a.y };
+  }, [rf]);
+
+  /** Top-left of a new node of `type` near `centre` overlapping no node (lib/layout.ts's freeSpot). */
+  const freePosition = useCallback((type: string, centre: { x: number; y: number }, view?: Rect) => {
+    const def = defsRef.current.get(type);
+    // its size before it is measured: the CSS width, a row per input and output
+    const size = { width: NODE_WIDTH, height: def ? 40 + 26 * (def.inputs.length + def.outputs.length) : 80 };
+    const taken = state.current.nodes.map((n) => ({
+      x: n.position.x, y: n.position.y,
+      width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? n.height ?? NODE_HEIGHT,
+    }));
+    return freeSpot(taken, { x: centre.x - size.width / 2, y: centre.y - size.height / 2 }, size, view);
+  }, [state, defsRef]);
+
   const pick = useCallback((type: string) => {
     const p = palette;
     setPalette(null);
     if (!p) return;
-    const id = addNode(type, p.flow);
+    const id = addNode(type, p.view ? freePosition(type, p.flow, p.view) : p.flow);
     const pending = p.pending;
     if (!pending) return;
     if (type === REROUTE) {
@@ -199,7 +223,7 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
       const slot = nodesProducingType(new Map([[type, def]]), pending.type)[0]?.slot;
       if (slot !== undefined) connect({ source: id, slot, target: pending.node, input: pending.input! });
     }
-  }, [palette, addNode, connect, defsRef]);
+  }, [palette, addNode, connect, defsRef, freePosition]);
 
   /** Put a new reroute on a link (an edge of the canvas) at `pos`, in flow coordinates. */
   const insertReroute = useCallback((edgeId: string, pos: { x: number; y: number }) => {
@@ -217,12 +241,17 @@ export function useLinking(g: GraphStore, notify: Notify, mouse: { current: { x:
     ]);
   }, [state, addNode, setEdges, defsRef]);
 
+  /**
+   * The toolbar's Add node: the node goes into free space in view, near the view's centre
+   * (not at the last pointer position, which is often on another node).
+   */
   const openPaletteCentered = useCallback(() => {
-    const rect = document.querySelector(".react-flow")?.getBoundingClientRect();
-    const cx = rect ? rect.left + rect.width / 2 : window.innerWidth / 2;
-    const cy = rect ? rect.top + rect.height / 2 : window.innerHeight / 2;
-    setPalette({ flow: mouse.current ?? rf.screenToFlowPosition({ x: cx - 130, y: cy - 80 }) });
-  }, [rf, mouse]);
+    const view = visibleRect();
+    const centre = view
+      ? { x: view.x + view.width / 2, y: view.y + view.height / 2 }
+      : rf.screenToFlowPosition({ x: window.innerWidth / 2, y: window.innerHeight / 2 });
+    setPalette({ flow: centre, view });
+  }, [rf, visibleRect]);
 
   return {
     palette, setPalette, isValidConnection, connect, onConnect, onConnectEnd, onReconnectStart, onReconnect,

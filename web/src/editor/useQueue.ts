@@ -1,17 +1,34 @@
 /** Queueing the graph (N times): validation errors onto the nodes, warnings as toasts, control_after_generate. */
 
+import { useReactFlow } from "@xyflow/react";
 import { useCallback, useState } from "react";
 import { ApiError, makeClientId, queuePrompt, type Socket } from "../api";
 import { advanceControls, clampCount } from "../lib/batch";
+import { exactPrompt } from "../lib/exactint";
 import { graphToDocument } from "../lib/graph";
 import { selectedOutputs } from "../lib/partial";
+import { summariseRejection } from "../lib/rejection";
 import type { NodeErrors, RunStore } from "../lib/runstore";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
 export function useQueue(g: GraphStore, store: RunStore, socket: { current: Socket | null }, notify: Notify) {
   const { state, defsRef, currentGraph, setNodes } = g;
+  const rf = useReactFlow();
   const [busy, setBusy] = useState(false);
+
+  const titleOf = useCallback((id: string): string => {
+    const node = state.current.nodes.find((n) => n.id === id);
+    if (!node) return "node";
+    return node.data.title ?? defsRef.current.get(node.data.type)?.displayName ?? node.data.type;
+  }, [state, defsRef]);
+
+  /** Bring the nodes a rejection is about into view, selected. */
+  const showNodes = useCallback((ids: string[]) => {
+    const wanted = new Set(ids);
+    setNodes((ns) => ns.map((n) => (wanted.has(n.id) !== !!n.selected ? { ...n, selected: wanted.has(n.id) } : n)));
+    void rf.fitView({ nodes: ids.map((id) => ({ id })), padding: 0.25, maxZoom: 1, duration: 250 });
+  }, [rf, setNodes]);
 
   /**
    * Queue the graph `count` times (ComfyUI's batch count): seeds and other widgets set to
@@ -31,7 +48,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     try {
       for (let i = 0; i < n; i++) {
         const doc = graphToDocument(graph, defsRef.current);
-        const res = await queuePrompt(doc.prompt, socket.current?.clientId ?? makeClientId(), doc, targets);
+        const res = await queuePrompt(exactPrompt(doc.prompt, defsRef.current), socket.current?.clientId ?? makeClientId(), doc, targets);
         if (res.node_errors && Object.keys(res.node_errors).length) store.setValidationErrors(res.node_errors);
         if (res.number !== undefined) numbers.push(res.number);
         // Warnings do not stop the run (e.g. an unknown embedding, an input a muted node fed).
@@ -46,12 +63,14 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     } catch (e) {
       const body = e instanceof ApiError ? (e.body as { node_errors?: NodeErrors }) : undefined;
       const nodeErrors = body?.node_errors ?? {};
-      const errors = Object.values(nodeErrors).reduce((a, ne) => a + (ne.errors?.length ?? 0), 0);
-      if (errors) store.setValidationErrors(nodeErrors);
       const queued = numbers.length ? ` after ${numbers.length} queued` : "";
-      const msg = `Prompt rejected${queued}: ${(e as Error).message}${errors ? ` (${errors} error${errors === 1 ? "" : "s"} on the nodes)` : ""}`;
+      // With errors on the nodes, the toast says how many inputs and where; each message is
+      // on its node's input (not repeated here). "Show" brings those nodes into view.
+      const summary = summariseRejection(nodeErrors, titleOf);
+      if (summary) store.setValidationErrors(nodeErrors);
+      const msg = `Prompt rejected${queued}: ${summary ? summary.text : (e as Error).message}`;
       store.setLastError(msg);
-      notify(msg, "error");
+      notify(msg, "error", summary ? { label: "Show", run: () => showNodes(summary.nodes) } : undefined);
     } finally {
       setBusy(false);
       // The moved-on values back onto the canvas: only the widgets control_after_generate
@@ -67,7 +86,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
         return values === node.data.values ? node : { ...node, data: { ...node.data, values } };
       }));
     }
-  }, [currentGraph, notify, store, defsRef, socket, setNodes]);
+  }, [currentGraph, notify, store, defsRef, socket, setNodes, titleOf, showNodes]);
 
   /** Run only the selected output nodes (and what they need): partial_execution_targets. */
   const queueSelected = useCallback(async () => {

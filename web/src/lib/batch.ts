@@ -5,6 +5,7 @@
  */
 
 import type { ApiPrompt, GraphLink, GraphNode } from "./graph";
+import { toBigInt } from "./exactint";
 import { type ControlMode, type Defs, nextControlValue } from "./schema";
 
 /** At most this many prompts per click (a typo of 1000 must not flood the queue). */
@@ -30,8 +31,10 @@ export function advanceControls(nodes: GraphNode[], links: GraphLink[], defs: De
     for (const [name, mode] of Object.entries(n.control) as [string, ControlMode][]) {
       const input = def.inputs.find((i) => i.name === name);
       const v = values[name];
-      if (mode === "fixed" || !input || typeof v !== "number" || linked.has(`${n.id}|${name}`)) continue;
-      const nv = nextControlValue(input, v, mode, rand);
+      // a number, or (an INT beyond 2^53) its exact decimal text
+      const moves = typeof v === "number" || (input?.type === "INT" && toBigInt(v) !== null);
+      if (mode === "fixed" || !input || !moves || linked.has(`${n.id}|${name}`)) continue;
+      const nv = nextControlValue(input, v as number | string, mode, rand);
       if (nv !== v) values = { ...values, [name]: nv };
     }
     return values === n.values ? n : { ...n, values };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { boundsOf, fitViewport, LOD_NODES, lowDetail, overlaps, READABLE_ZOOM } from "./layout";
+import { boundsOf, dotGridCell, fitViewport, freeSpot, LOD_NODES, lowDetail, MIN_DOT_CELL, overlaps, READABLE_ZOOM } from "./layout";
 
 describe("fitViewport", () => {
   it("fits a small graph whole, never above zoom 1", () => {
@@ -37,5 +37,37 @@ describe("boundsOf and overlaps", () => {
     expect(boundsOf([a, b, c])).toEqual({ x: 0, y: 0, width: 210, height: 150 });
     expect(overlaps(new Map([["a", a], ["b", b], ["c", c]]))).toEqual([["a", "b"]]);
     expect(boundsOf([])).toEqual({ x: 0, y: 0, width: 0, height: 0 });
+  });
+});
+
+describe("freeSpot", () => {
+  const size = { width: 260, height: 120 };
+  const view = { x: 0, y: 0, width: 1200, height: 800 };
+
+  it("keeps the wanted spot when it is free, else the nearest free one in view", () => {
+    expect(freeSpot([], { x: 470, y: 340 }, size, view)).toEqual({ x: 470, y: 340 });
+    const taken = [{ x: 400, y: 300, width: 300, height: 200 }, { x: 100, y: 100, width: 260, height: 500 }];
+    const spot = freeSpot(taken, { x: 470, y: 340 }, size, view);
+    const rects = new Map([["new", { ...spot, ...size }], ...taken.map((r, i) => [`n${i}`, r] as const)]);
+    expect(overlaps(rects)).toEqual([]);
+    expect(spot.x >= 0 && spot.y >= 0 && spot.x + size.width <= 1200 && spot.y + size.height <= 800).toBe(true);
+    expect(Math.hypot(spot.x - 470, spot.y - 340)).toBeLessThan(300);
+  });
+
+  it("goes outside the view only when the view is full", () => {
+    const full = [{ x: -50, y: -50, width: 1300, height: 900 }];
+    const spot = freeSpot(full, { x: 470, y: 340 }, size, view);
+    expect(overlaps(new Map([["a", { ...spot, ...size }], ["b", full[0]]]))).toEqual([]);
+  });
+});
+
+describe("dotGridCell", () => {
+  it("thins the dots zoomed out so they never blur into a moiré", () => {
+    expect(dotGridCell(24, 1)).toEqual({ cell: 24, thinned: 0 });
+    expect(dotGridCell(24, 0.5)).toEqual({ cell: 12, thinned: 0 });
+    const far = dotGridCell(24, 0.1); // 2.4 px apart unthinned
+    expect(far.cell).toBeGreaterThanOrEqual(MIN_DOT_CELL);
+    expect(far.cell).toBeCloseTo(19.2);
+    expect(far.thinned).toBe(3);
   });
 });

@@ -74,3 +74,59 @@ export function overlaps(rects: Map<string, Rect>, slack = 0): [string, string][
   }
   return out;
 }
+
+type Point = { x: number; y: number };
+
+function hits(a: Rect, b: Rect, gap: number): boolean {
+  return a.x < b.x + b.width + gap && b.x < a.x + a.width + gap && a.y < b.y + b.height + gap && b.y < a.y + a.height + gap;
+}
+
+function inside(a: Rect, view: Rect): boolean {
+  return a.x >= view.x && a.y >= view.y && a.x + a.width <= view.x + view.width && a.y + a.height <= view.y + view.height;
+}
+
+/**
+ * Where a new node of `size` goes (its top-left): the free spot nearest `want` that keeps
+ * `gap` from every rectangle of `taken`, inside `view` (the visible part of the canvas,
+ * flow coordinates) when one is free there, else the nearest free spot outside it.
+ */
+export function freeSpot(taken: readonly Rect[], want: Point, size: { width: number; height: number },
+  view?: Rect, gap = 24): Point {
+  const step = 20;
+  const rings = 60;
+  let outside: Point | null = null;
+  for (let r = 0; r <= rings; r++) {
+    // the square ring r steps out, nearest offsets first
+    const ring: Point[] = [];
+    for (let i = -r; i <= r; i++) {
+      for (let j = -r; j <= r; j++) if (Math.max(Math.abs(i), Math.abs(j)) === r) ring.push({ x: i * step, y: j * step });
+    }
+    ring.sort((a, b) => a.x * a.x + a.y * a.y - (b.x * b.x + b.y * b.y));
+    for (const d of ring) {
+      const spot = { x: Math.round(want.x + d.x), y: Math.round(want.y + d.y) };
+      const box = { ...spot, ...size };
+      if (taken.some((t) => hits(box, t, gap))) continue;
+      if (!view || inside(box, view)) return spot;
+      outside ??= spot;
+    }
+  }
+  return outside ?? want;
+}
+
+/** The dot grid's spacing on screen is never under this (px): closer dots blur into a grey moiré. */
+export const MIN_DOT_CELL = 12;
+
+/**
+ * The dot grid at `zoom`: the cell on screen (px) and how many times the grid was thinned.
+ * Zoomed out, every 2nd, 4th, 8th… dot is kept (the kept ones stay on the grid), so the
+ * cell stays at least MIN_DOT_CELL px; thinned dots are drawn fainter.
+ */
+export function dotGridCell(gap: number, zoom: number): { cell: number; thinned: number } {
+  let cell = gap * zoom;
+  let thinned = 0;
+  while (cell > 0 && cell < MIN_DOT_CELL && thinned < 10) {
+    cell *= 2;
+    thinned++;
+  }
+  return { cell, thinned };
+}

@@ -8,6 +8,7 @@
  * schemas); everything else is read here.
  */
 
+import { parseJsonExact } from "./exactint";
 import { documentToGraph, type Graph, isDocument, promptToGraph, WorkflowFormatError } from "./graph";
 import { isPng, readPngText } from "./png";
 import type { Defs } from "./schema";
@@ -53,7 +54,8 @@ export async function loadWorkflowObject(obj: unknown, defs: Defs, convert: Conv
 
 function parseJson(text: string, what: string): unknown {
   try {
-    return JSON.parse(text);
+    // a seed beyond 2^53 keeps its digits (as text, what the canvas stores; lib/exactint.ts)
+    return parseJsonExact(text, "string");
   } catch (e) {
     throw new WorkflowFormatError(`${what} is not valid JSON: ${(e as Error).message}`);
   }

@@ -4,6 +4,8 @@
  * sockets, and the options of each widget.
  */
 
+import { clampBig, fromBigInt, toBigInt } from "./exactint";
+
 export type InputOptions = {
   default?: unknown;
   min?: number;
@@ -49,6 +51,9 @@ export type InputDef = {
   required: boolean;
   options: InputOptions;
   choices?: string[];
+  /** An INT's bounds beyond 2^53, exactly (`options.min`/`max` hold the nearest double). */
+  exactMin?: bigint;
+  exactMax?: bigint;
 };
 
 export type OutputDef = { type: string; name: string; tooltip?: string };
@@ -66,10 +71,29 @@ export type NodeDef = {
 
 export type Defs = Map<string, NodeDef>;
 
+/**
+ * Options with no bigint left (api.ts parses /object_info with 64-bit integers exact):
+ * `min`/`max` become the nearest number, kept exactly in `exact`; a default stays exact
+ * as the canvas stores big integers (lib/exactint.ts).
+ */
+function plainOptions(raw: Record<string, unknown>, exact: { min?: bigint; max?: bigint }): InputOptions {
+  const options: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (typeof v !== "bigint") options[k] = v;
+    else if (k === "default") options[k] = fromBigInt(v);
+    else {
+      options[k] = Number(v);
+      if (k === "min" || k === "max") exact[k] = v;
+    }
+  }
+  return options as InputOptions;
+}
+
 function parseInput(name: string, raw: RawInput | undefined, required: boolean): InputDef | null {
   if (!Array.isArray(raw) || raw.length === 0) return null;
   const head = raw[0];
-  const options: InputOptions = (raw[1] && typeof raw[1] === "object" ? raw[1] : {}) as InputOptions;
+  const exact: { min?: bigint; max?: bigint } = {};
+  const options = plainOptions((raw[1] && typeof raw[1] === "object" ? raw[1] : {}) as Record<string, unknown>, exact);
   if (Array.isArray(head)) {
     const choices = head.map((c) => String(c));
     return { name, type: "COMBO", widget: !options.forceInput, required, options, choices };
@@ -81,7 +105,10 @@ function parseInput(name: string, raw: RawInput | undefined, required: boolean):
     return { name, type, widget: !options.forceInput, required, options, choices: list };
   }
   const widget = WIDGET_TYPES.has(type) && !options.forceInput;
-  return { name, type, widget, required, options };
+  const def: InputDef = { name, type, widget, required, options };
+  if (exact.min !== undefined) def.exactMin = exact.min;
+  if (exact.max !== undefined) def.exactMax = exact.max;
+  return def;
 }
 
 /** One /object_info entry → a node definition, inputs in the schema's order. */
@@ -183,13 +210,17 @@ export type ControlMode = "fixed" | "increment" | "decrement" | "randomize";
 export const CONTROL_MODES: ControlMode[] = ["fixed", "increment", "decrement", "randomize"];
 
 /** The value a control_after_generate widget takes after its prompt was queued. */
-export function nextControlValue(input: InputDef, value: number, mode: ControlMode,
-  rand: () => number = Math.random): number {
+export function nextControlValue(input: InputDef, value: number | string, mode: ControlMode,
+  rand: () => number = Math.random): number | string {
+  const exact = input.type === "INT" ? toBigInt(value) : null;
   switch (mode) {
     case "increment":
-      return clampNumber(input, value + 1);
-    case "decrement":
-      return clampNumber(input, value - 1);
+    case "decrement": {
+      const d = mode === "increment" ? 1 : -1;
+      // exact beyond 2^53: a seed at 2^64-1 stays there, not at a float 2^64
+      if (exact !== null) return fromBigInt(clampBig(input, exact + BigInt(d)));
+      return typeof value === "number" ? clampNumber(input, value + d) : value;
+    }
     case "randomize":
       return randomSeed(input, rand);
     default:

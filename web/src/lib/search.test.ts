@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { parseNodeSchema } from "./schema";
 import { searchDefs } from "./search";
 import { testDefs } from "./testdefs";
 
@@ -21,5 +22,22 @@ describe("palette search", () => {
     const cats = all.map((d) => d.category);
     expect(cats).toEqual([...cats].sort((a, b) => a.localeCompare(b)));
     expect(names("", new Set(["VAEDecode", "KSampler"])).sort()).toEqual(["KSampler", "VAEDecode"]);
+  });
+
+  it("offers the common nodes first for a dropped IMAGE link, and among equal matches", () => {
+    const more = new Map(defs);
+    const image = (type: string, name: string, category: string) => more.set(type, parseNodeSchema(type, {
+      display_name: name, category, input: { required: { images: ["IMAGE", {}] } }, output: ["IMAGE"] }));
+    image("SaveImageWebsocket", "Save Image (Websocket)", "api node/image");
+    image("ImageScale", "Upscale Image", "image/upscaling");
+    image("ImageInvertX", "Invert Image (custom)", "aaa/custom");
+    const fits = new Set(["SaveImageWebsocket", "SaveImage", "PreviewImage", "VAEEncode", "ImageScale", "ImageInvertX"]);
+    const listed = searchDefs(more, "", fits).map((d) => d.type);
+    expect(listed.slice(0, 4)).toEqual(["SaveImage", "PreviewImage", "VAEEncode", "ImageScale"]);
+    expect(listed.indexOf("SaveImageWebsocket")).toBeGreaterThan(3);
+    expect(searchDefs(more, "save", fits).map((d) => d.type)).toEqual(["SaveImage", "SaveImageWebsocket"]);
+    const words = searchDefs(more, "image", fits).map((d) => d.type); // a word of the name: most used first
+    expect(words.indexOf("SaveImage")).toBeLessThan(words.indexOf("PreviewImage"));
+    expect(words.indexOf("PreviewImage")).toBeLessThan(words.indexOf("SaveImageWebsocket"));
   });
 });

@@ -1,6 +1,34 @@
-/** Palette search: every word of the query must appear in the name, type id or category. */
+/**
+ * Palette search, as ComfyUI's: every word of the query must appear in the name, type id
+ * or category; the better match comes first (the exact name, then a name starting with
+ * the query, a word of the name starting with it, the name containing it), and among
+ * equal matches the more used node — a small popularity prior, so dropping an IMAGE link
+ * offers Save Image and Preview Image before Save Image (Websocket).
+ */
 
 import type { Defs, NodeDef } from "./schema";
+
+/**
+ * The nodes ComfyUI users reach for most, most used first (ComfyUI's node usage, as its
+ * search box ranks by): a prior between equally good matches, not a filter.
+ */
+export const POPULAR: readonly string[] = [
+  "KSampler", "CLIPTextEncode", "VAEDecode", "SaveImage", "CheckpointLoaderSimple", "EmptyLatentImage",
+  "PreviewImage", "LoadImage", "VAEEncode", "LoraLoader", "ImageScale", "ImageScaleBy", "ImageUpscaleWithModel",
+  "UpscaleModelLoader", "ControlNetApplyAdvanced", "ControlNetLoader", "KSamplerAdvanced", "VAELoader",
+  "CLIPSetLastLayer", "LatentUpscaleBy", "LatentUpscale", "ConditioningCombine", "VAEEncodeForInpaint",
+  "InpaintModelConditioning", "SetLatentNoiseMask", "ConditioningSetArea", "ConditioningZeroOut", "ImageBatch",
+  "ImageCompositeMasked", "ImageToMask", "MaskToImage", "ImagePadForOutpaint", "ImageScaleToTotalPixels",
+  "Canny", "CLIPVisionEncode", "CLIPVisionLoader", "ControlNetApply", "LoraLoaderModelOnly", "RepeatLatentBatch",
+  "LatentFromBatch", "ImageInvert", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString", "Note",
+];
+const RANK = new Map(POPULAR.map((type, i) => [type, i]));
+
+/** How much a node is used: higher first; 0 for a node not in the prior. */
+export function popularity(type: string): number {
+  const rank = RANK.get(type);
+  return rank === undefined ? 0 : POPULAR.length - rank;
+}
 
 function matches(def: NodeDef, tokens: string[]): boolean {
   const hay = `${def.displayName} ${def.type} ${def.category}`.toLowerCase();
@@ -9,16 +37,25 @@ function matches(def: NodeDef, tokens: string[]): boolean {
 
 function score(def: NodeDef, q: string): number {
   const name = def.displayName.toLowerCase();
-  if (name === q || def.type.toLowerCase() === q) return 0;
-  if (name.startsWith(q) || def.type.toLowerCase().startsWith(q)) return 1;
-  if (name.includes(q)) return 2;
-  return 3;
+  const type = def.type.toLowerCase();
+  if (name === q || type === q) return 0;
+  if (name.startsWith(q) || type.startsWith(q)) return 1;
+  if (name.split(/[\s()_/-]+/).some((w) => w.startsWith(q))) return 2;
+  if (name.includes(q) || type.includes(q)) return 3;
+  return 4;
 }
 
+/**
+ * The nodes matching `query` (among `only`), best first. Without a query the list goes by
+ * category — or, filtered to what fits a dropped link, most used first.
+ */
 export function searchDefs(defs: Defs, query: string, only?: Set<string>): NodeDef[] {
   const q = query.trim().toLowerCase();
   const tokens = q.split(/\s+/).filter(Boolean);
   const list = [...defs.values()].filter((d) => !d.deprecated && (!only || only.has(d.type)) && matches(d, tokens));
+  const byUse = !!q || !!only;
   return list.sort((a, b) =>
-    (q ? score(a, q) - score(b, q) : 0) || a.category.localeCompare(b.category) || a.displayName.localeCompare(b.displayName));
+    (q ? score(a, q) - score(b, q) : 0)
+    || (byUse ? popularity(b.type) - popularity(a.type) : 0)
+    || a.category.localeCompare(b.category) || a.displayName.localeCompare(b.displayName));
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { InputDef } from "./schema";
-import { numberIssue, parseNumberText, stepValue } from "./widgetcheck";
+import { dragValue, numberIssue, parseNumberText, parseWidgetText, stepValue } from "./widgetcheck";
 
 const steps = { name: "steps", type: "INT", required: true, widget: true, options: { min: 1, max: 10000 } } as unknown as InputDef;
 const cfg = { name: "cfg", type: "FLOAT", required: true, widget: true, options: { min: 0, max: 100, step: 0.1 } } as unknown as InputDef;
@@ -27,5 +27,23 @@ describe("number widgets", () => {
     expect(stepValue(cfg, 7.5, 1)).toBe(7.6);
     expect(stepValue(cfg, 0.05, -1)).toBe(0);
     expect(stepValue(steps, 10000, 1)).toBe(10000);
+  });
+
+  it("drags one step per pixel past a small dead zone, clamped, whole for an INT", () => {
+    expect(dragValue(steps, 20, 2)).toBe(20); // a click, not a drag
+    expect(dragValue(steps, 20, 43)).toBe(60);
+    expect(dragValue(steps, 20, -43)).toBe(1); // not below the minimum
+    expect(dragValue(steps, 9990, 500)).toBe(10000);
+    expect(dragValue(cfg, 7.5, 13)).toBe(8.5); // 10 steps of 0.1, no float noise
+    expect(dragValue(cfg, 0.3, -100)).toBe(0);
+    const wide = { ...steps, type: "INT", options: { min: 0, step: 10 } } as unknown as InputDef;
+    expect(dragValue(wide, 0, 8)).toBe(50); // scaled by the step
+    expect(dragValue(steps, "abc", 10)).toBe(7); // not a number yet: from 0, into the range
+  });
+
+  it("reads an INT's digits exactly", () => {
+    expect(parseWidgetText(steps, "18446744073709551615")).toBe("18446744073709551615");
+    expect(parseWidgetText(steps, "42")).toBe(42);
+    expect(parseWidgetText(cfg, "4.5")).toBe(4.5);
   });
 });

@@ -4,6 +4,7 @@
  * is marked on the widget, and the server refuses the prompt with the same reason.
  */
 
+import { clampBig, formatBound, fromBigInt, toBigInt } from "./exactint";
 import type { InputDef } from "./schema";
 
 /** The number `text` means, or null when it is not one ("", "abc", "1e"). */
@@ -14,8 +15,27 @@ export function parseNumberText(text: string): number | null {
   return Number.isFinite(n) ? n : null;
 }
 
+/**
+ * What a number widget's text means for its input: an INT's whole number exactly (its
+ * decimal text beyond 2^53, lib/exactint.ts), else the number, or null.
+ */
+export function parseWidgetText(input: InputDef, text: string): number | string | null {
+  if (input.type === "INT") {
+    const b = toBigInt(text);
+    if (b !== null) return fromBigInt(b);
+  }
+  return parseNumberText(text);
+}
+
 /** What is wrong with `value` for a number input, or null when it will run as shown. */
 export function numberIssue(input: InputDef, value: unknown): string | null {
+  const exact = input.type === "INT" ? toBigInt(value) : null;
+  if (exact !== null) {
+    const b = clampBig(input, exact);
+    if (b > exact) return `${exact} is below the minimum ${formatBound(input, "min")}`;
+    if (b < exact) return `${exact} is above the maximum ${formatBound(input, "max")}`;
+    return null;
+  }
   if (typeof value !== "number" || !Number.isFinite(value)) {
     const shown = value == null ? "" : String(value).trim();
     return shown === "" ? "empty: enter a number" : `“${shown}” is not a number`;
@@ -27,13 +47,43 @@ export function numberIssue(input: InputDef, value: unknown): string | null {
   return null;
 }
 
+function stepOf(input: InputDef): number {
+  return typeof input.options.step === "number" && input.options.step > 0 ? input.options.step : 1;
+}
+
 /** `value` moved by one step (arrow keys), kept inside the input's range. */
-export function stepValue(input: InputDef, value: number, dir: 1 | -1): number {
-  const step = typeof input.options.step === "number" && input.options.step > 0 ? input.options.step : 1;
-  let v = value + dir * step;
-  if (input.type !== "INT") v = Number(v.toFixed(10)); // 0.1 + 0.2 without the float noise
+export function stepValue(input: InputDef, value: number | string, dir: 1 | -1): number | string {
+  return moveValue(input, value, dir);
+}
+
+/**
+ * `value` moved by `steps` steps (arrow keys, a drag), kept inside the input's range: an
+ * INT exactly (64-bit seeds too), a FLOAT without float noise. A value that is not a
+ * number yet (typed text) moves from the input's default, or 0.
+ */
+export function moveValue(input: InputDef, value: number | string, steps: number): number | string {
+  const step = stepOf(input);
+  if (input.type === "INT") {
+    const start = toBigInt(value) ?? toBigInt(input.options.default) ?? 0n;
+    const d = BigInt(Math.round(steps)) * BigInt(Math.max(1, Math.round(step)));
+    return fromBigInt(clampBig(input, start + d));
+  }
+  const start = typeof value === "number" && Number.isFinite(value) ? value
+    : typeof input.options.default === "number" ? input.options.default : 0;
+  let v = Number((start + Math.round(steps) * step).toFixed(10)); // 0.1 + 0.2 without the float noise
   const { min, max } = input.options;
   if (typeof min === "number" && v < min) v = min;
   if (typeof max === "number" && v > max) v = max;
   return v;
+}
+
+/** Pixels of horizontal drag per step on a number widget (ComfyUI moves one step per pixel). */
+export const DRAG_PX_PER_STEP = 1;
+/** A press that moves less than this is a click: it puts the caret in the field for typing. */
+export const DRAG_THRESHOLD_PX = 3;
+
+/** The value after dragging `dx` pixels from `start` (one step per DRAG_PX_PER_STEP, clamped). */
+export function dragValue(input: InputDef, start: number | string, dx: number): number | string {
+  const beyond = Math.max(0, Math.abs(dx) - DRAG_THRESHOLD_PX) * Math.sign(dx);
+  return moveValue(input, start, Math.trunc(beyond / DRAG_PX_PER_STEP));
 }
