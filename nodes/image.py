@@ -13,6 +13,7 @@ from engine import Environment, ExecutionContext, Input, Node, NodeResult, Outpu
 from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
+from nodes.limits import check_image, name_problem
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +76,7 @@ def image_to_pil(image: torch.Tensor) -> list[Image.Image]:
     import numpy as np
     from PIL import Image
 
+    check_image(image, "image")  # a 3-D tensor would save each row as an image
     arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
 
@@ -172,7 +174,10 @@ class SaveImage(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        subfolder = inputs["filename_prefix"].replace("\\", "/").rpartition("/")[0]
+        prefix = inputs["filename_prefix"].strip()
+        if problem := name_problem(prefix, len("_00000_.png") + 8):  # counters may grow
+            return [("filename_prefix", problem)]
+        subfolder = prefix.replace("\\", "/").rpartition("/")[0]
         try:
             env.folder("output", subfolder) if subfolder else None
         except ValueError as exc:

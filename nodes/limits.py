@@ -14,9 +14,12 @@ Torch-free at import, like every node module.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 FLOAT32 = 4  # bytes of an IMAGE, MASK or LATENT element
+NAME_MAX = 255  # bytes in one file or folder name (ext4, APFS, NTFS)
 
 
 def check_fits(nbytes: int, device: Any, what: str, fix: str) -> None:
@@ -31,6 +34,29 @@ def check_fits(nbytes: int, device: Any, what: str, fix: str) -> None:
     if nbytes > free:
         raise ValueError(f"{what} would take {format_bytes(nbytes)}, more than the "
                          f"{format_bytes(free)} free on {_name(device)}: {fix}")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch ran out of memory: CUDA's ``OutOfMemoryError``, or the CPU allocator's
+    ``RuntimeError`` "can't allocate memory"."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+@contextmanager
+def out_of_memory_as_value_error(device: Any, what: str, fix: str) -> Iterator[None]:
+    """The second line behind :func:`check_fits`, for work whose peak an estimate only
+    bounds from below: torch running out of memory inside the block becomes a
+    ``ValueError`` that says what ran out and what to change (``fix``); every other error
+    passes unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise ValueError(f"{what} ran out of memory on {_name(device)}: {fix}") from exc
 
 
 def format_bytes(n: float) -> str:
@@ -50,6 +76,24 @@ def _as_device(device: Any) -> Any:
 def _name(device: Any) -> str:
     text = str(device) if device is not None else "cpu"
     return "the CPU (RAM)" if text == "cpu" else text
+
+
+def name_problem(name: str, reserved: int) -> str | None:
+    """Why ``name`` (folders separated by '/') cannot name a file the node writes: a NUL
+    character, or a part over :data:`NAME_MAX` bytes, the last one with the ``reserved``
+    bytes the node adds to it (a counter, an extension, a temporary file's marks). None
+    when it can."""
+    if "\x00" in name:
+        return "a file name cannot contain a NUL character"
+    parts = name.replace("\\", "/").split("/")
+    for i, part in enumerate(parts):
+        limit = NAME_MAX - (reserved if i == len(parts) - 1 else 0)
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            shown = part if len(part) <= 40 else part[:37] + "..."
+            return (f"{shown!r} is {size} bytes long; a file or folder name here may have "
+                    f"at most {limit}: shorten it")
+    return None
 
 
 def check_image(image: Any, what: str, channels: tuple[int, ...] = (1, 3, 4)) -> None:

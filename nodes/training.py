@@ -15,6 +15,7 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
 from nodes.diffusion.schedulers import SAMPLERS
 from nodes.diffusion.train_common import LR_SCHEDULERS
+from nodes.limits import name_problem
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,6 +31,9 @@ def _name_problem(name: str, folder: str, env: Environment) -> str | None:
     if not _NAME.match(name) or ".." in name.split("/"):
         return (f"{name!r}: use letters, digits, '_', '-', '.' and '/' for subfolders "
                 f"(the file is models/{folder}/<name>.safetensors)")
+    # the atomic write's temporary file: .<name>.safetensors.<pid>.tmp
+    if problem := name_problem(name, len("..safetensors..tmp") + 10):
+        return problem
     try:
         env.resolve("models", folder, f"{name}.safetensors")
     except Exception as exc:  # PathError and the like: outside the folder

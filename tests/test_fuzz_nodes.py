@@ -32,6 +32,7 @@ class FuzzTensor(Node):
 def session(models_dir, tmp_path_factory):
     registry = registry_with_capture()
     registry.register(FuzzTensor)
+    registry.register(FuzzLatent)
     return Session(tmp_path_factory.mktemp("fuzz"), models_dir=models_dir, device="cpu",
                    registry=registry)
 
@@ -189,3 +190,182 @@ def test_image_batch_of_a_3d_image(session):
         "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
         "4": capture(["3", 0])})
     assert "image2" in message and "IMAGE [B, H, W, C]" in message
+
+
+# --- sampling: a batch whose UNet activations cannot fit ------------------------------
+
+def _sample(node: str, batch: int, size: int, seed: int) -> dict[str, Any]:
+    common = {"model": ["4", 0], "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+              "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "steps": 1}
+    if node == "KSampler":
+        inputs = {**common, "seed": seed, "denoise": 1.0}
+    else:
+        inputs = {**common, "noise_seed": seed, "add_noise": "enable", "start_at_step": 0,
+                  "end_at_step": 10000, "return_with_leftover_noise": "disable"}
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": size, "height": size, "batch_size": batch, "vae": ["4", 2]}},
+        "1": {"class_type": node, "inputs": inputs},
+        "2": capture(["1", 0])}
+
+
+@pytest.mark.parametrize("node", ["KSampler", "KSamplerAdvanced"])
+def test_sampling_a_batch_too_big_for_memory_is_refused(session, free_memory, node):
+    # EmptyLatentImage 512x512 batch_size=4096 on the tiny model raised a raw
+    # "DefaultCPUAllocator: can't allocate memory" in the UNet's first layer; the same
+    # check at a size that runs in a test: 2 latents of 8x8, 4 UNet rows with CFG, need
+    # ~160 KiB of activations, and 64 KiB are "free" (the latents themselves fit)
+    free_memory(64 << 10)
+    message = fails(session, _sample(node, batch=2, size=64, seed=11))
+    assert "sampling 2 latents of 8x8 latent pixels (4 UNet rows" in message
+    assert "lower batch_size, width or height" in message
+
+
+def test_unet_activation_estimate_passes_normal_sizes():
+    from types import SimpleNamespace
+
+    from nodes.diffusion.sampling import unet_activation_bytes
+
+    sd15 = SimpleNamespace(dtype=torch.float32, config=SimpleNamespace(
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2))
+    # 512x512 batch 4 with CFG: 8 rows of 64x64 latents, well under a GiB (a lower bound)
+    assert unet_activation_bytes(sd15, 8, 64, 64) < 256 << 20
+    # 4096 latents of 512x512 with CFG: far beyond any machine
+    assert unet_activation_bytes(sd15, 8192, 64, 64) > 100 << 30
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                  "can't allocate memory: you tried to allocate 4294967296 bytes."),
+     "builtins.ValueError"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB"),
+     "builtins.ValueError"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "builtins.RuntimeError"),
+])
+def test_sampling_out_of_memory_becomes_a_clear_error(session, monkeypatch, raised, expected):
+    # the second line: an estimate only bounds the UNet's peak from below
+    from nodes.diffusion import extensions
+
+    def fail(self, unet):
+        raise raised
+    monkeypatch.setattr(extensions.UNetCall, "forward", fail)
+    result = session.run(_sample("KSampler", batch=1, size=64, seed=12 + len(str(raised))))
+    error = result.run.error
+    assert error["exception_type"] == expected, error["exception_message"]
+    if expected == "builtins.ValueError":
+        message = error["exception_message"]
+        assert "sampling 1 latents of 8x8 latent pixels ran out of memory" in message
+        assert "lower batch_size, width or height" in message
+    else:
+        assert "cannot be multiplied" in error["exception_message"]
+
+
+# --- the rest of the nodes: file names, odd latents and images, long prompts ----------
+
+class FuzzLatent(Node):
+    """A LATENT of any shape (``"1,4,8,8"``), filled with 0.5."""
+
+    TYPE = "TestFuzzLatent"
+    OUTPUTS = (Output("LATENT"),)
+    shape: str = Input("1,4,8,8")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from nodes.diffusion.handles import Latent
+
+        return (Latent(torch.full(tuple(int(s) for s in self.shape.split(",")), 0.5)),)
+
+
+def _node_errors(session: Session, prompt: dict[str, Any]) -> list[Any]:
+    from engine.validation import PromptValidationError
+
+    with pytest.raises(PromptValidationError) as info:
+        session.run(prompt)
+    return [i for i in info.value.issues if i.kind == "node_error"]
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [
+    ("a" * 300, "at most 236"),  # was OSError "File name too long" with the whole path
+    ("cats/" + "b" * 256, "at most 236"),
+    ("a\x00b", "NUL"),  # was ValueError "embedded null byte"
+])
+def test_save_image_prefix_that_cannot_name_a_file(session, prefix, expected):
+    (issue,) = _node_errors(session, {
+        "1": tensor((1, 8, 8, 3)),
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
+                                                    "filename_prefix": prefix}}})
+    assert issue.input_name == "filename_prefix" and expected in issue.message
+    assert len(issue.message) < 200
+
+
+def test_save_image_of_a_3d_tensor_is_refused(session):
+    # a [H, W, C] tensor saved each of its 64 rows as a 64x3 grey image
+    message = fails(session, {
+        "1": tensor((64, 64, 3)),
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
+                                                    "filename_prefix": "fuzz3d"}}})
+    assert "IMAGE [B, H, W, C]" in message and "(64, 64, 3)" in message
+
+
+def test_training_save_name_too_long_is_a_validation_error(session):
+    (issue,) = _node_errors(session, {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "1": tensor((1, 64, 64, 3)),
+        "2": {"class_type": "TrainLoRA", "inputs": {
+            "model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2], "images": ["1", 0],
+            "captions": "a red circle", "steps": 1, "resolution": 64,
+            "save_name": "a" * 300}},
+        "3": capture(["2", 2])})
+    assert issue.input_name == "save_name" and "shorten it" in issue.message
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 8, 8), (1, 16, 8, 8), (4, 8, 8), (0, 4, 8, 8)])
+@pytest.mark.parametrize("node", ["VAEDecode", "VAEDecodeTiled", "VAEDecodeCircular"])
+def test_vae_decode_of_a_latent_it_cannot_take(session, node, shape):
+    # was torch's "expected input[1, 1, 8, 8] to have 4 channels" / "num_groups=32"
+    message = fails(session, {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "1": {"class_type": "TestFuzzLatent", "inputs": {"shape": ",".join(map(str, shape))}},
+        "2": {"class_type": node, "inputs": {"samples": ["1", 0], "vae": ["4", 2]}},
+        "3": capture(["2", 0])})
+    assert ("decodes latents [B, 4, H, W]" in message if 0 not in shape
+            else "the latent is empty" in message)
+
+
+def test_diffedit_mask_of_an_empty_image(session):
+    # was "cannot reshape tensor of 0 elements into shape [0, -1, 1, 64]"
+    message = fails(session, {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "b", "clip": ["4", 1]}},
+        "1": tensor((0, 64, 64, 3)),
+        "2": {"class_type": "DiffEditMask", "inputs": {
+            "model": ["4", 0], "vae": ["4", 2], "image": ["1", 0], "source": ["6", 0],
+            "target": ["7", 0], "negative": ["6", 0], "steps": 2, "num_maps_per_mask": 1}},
+        "3": capture(["2", 0])})
+    assert "the image is empty" in message
+
+
+def test_time_edit_with_a_source_longer_than_the_destination(session):
+    # a source prompt of more tokens than the destination's mapped past the 77 positions:
+    # RuntimeError "The size of tensor a (84) must match the size of tensor b (77)"
+    result = session.run({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "1": {"class_type": "TIMEModelEdit", "inputs": {
+            "model": ["4", 0], "clip": ["4", 1], "source_prompt": "../../etc/passwd",
+            "destination_prompt": "a square"}},
+        "2": capture(["1", 0])})
+    assert result.ok, result.run.error
+
+
+@pytest.mark.parametrize(("shape", "fill", "expected"), [
+    ((1, 64, 64, 3), float("nan"), "NaN or infinite"),  # was "lower the learning rate"
+    ((1, 0, 64, 3), 0.5, "is empty"),  # was a ZeroDivisionError
+])
+def test_training_images_checked_up_front(shape, fill, expected):
+    from nodes.diffusion.train_common import prepare_pixels
+
+    with pytest.raises(ValueError, match=expected):
+        prepare_pixels(torch.full(shape, fill), 64)

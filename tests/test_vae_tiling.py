@@ -101,11 +101,16 @@ def test_memory_pressure_switches_to_tiles(vae, monkeypatch):
     assert not calls
 
 
-def test_restored_on_error(vae):
+def test_restored_on_error(vae, monkeypatch):
     model = vae.vae
     before = settings(model)
-    with pytest.raises(RuntimeError):
-        decode_raw(vae, torch.randn(1, 3, 8, 8), Tiling(32, 8))  # 3 channels: wrong
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("decode failed")
+    # (a latent of the wrong channels is refused before the settings change)
+    monkeypatch.setattr(model, "decode", fail)
+    with pytest.raises(RuntimeError, match="decode failed"):
+        decode_raw(vae, torch.randn(1, 4, 8, 8), Tiling(32, 8))
     assert settings(model) == before
 
 

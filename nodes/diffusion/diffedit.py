@@ -64,9 +64,10 @@ def encode_timestep(scheduler: Any, steps: int, strength: float) -> torch.Tensor
 def image_to_vae_input(vae: Vae, image: torch.Tensor) -> torch.Tensor:
     """IMAGE ``[B, H, W, C]`` in 0..1 → ``[B, 3, h, w]`` in -1..1, cropped to a multiple of
     the VAE's downscale as VAE Encode crops it."""
+    from nodes.limits import check_image
+
     factor = vae.downscale
-    if image.dim() != 4 or image.shape[-1] < 3:
-        raise ValueError(f"an image must be [B, H, W, 3], got {tuple(image.shape)}")
+    check_image(image, "image", (3, 4))  # RGB (alpha dropped); at least one image
     h, w = image.shape[1] // factor * factor, image.shape[2] // factor * factor
     if h == 0 or w == 0:
         raise ValueError(f"the image is smaller than the VAE's downscale factor {factor}")

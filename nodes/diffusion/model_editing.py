@@ -150,7 +150,8 @@ def align_tokens(tokenizer: Any, old_text: str, new_text: str) -> list[int]:
     a, b = ids(old_text), ids(new_text)
     for text, tokens in ((old_text, a), (new_text, b)):
         if len(tokens) > length:
-            raise ValueError(f"{text!r} has {len(tokens) - 2} tokens; TIME edits with prompts "
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise ValueError(f"{shown!r} has {len(tokens) - 2} tokens; TIME edits with prompts "
                              f"of at most {length - 2} tokens — shorten it")
     idx = _greedy(a, b)
     if idx is None:
@@ -160,8 +161,9 @@ def align_tokens(tokenizer: Any, old_text: str, new_text: str) -> list[int]:
             raise AlignmentError(f"{exc} (source tokens: {_words(tokenizer, a[1:-1])}; "
                                  f"destination tokens: {_words(tokenizer, b[1:-1])})") from None
     # Positions after the source's end token follow the destination's, as in the pipeline.
+    # A source longer than the destination maps past it: keep one index per position.
     idx += range(idx[-1] + 1, length)
-    return idx + [length - 1] * (length - len(idx))
+    return (idx + [length - 1] * (length - len(idx)))[:length]
 
 
 # --- the layers and the solve ----------------------------------------------------------------

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nodes.diffusion.extensions import Denoise, SamplerExtension, Step
-from nodes.diffusion.vae_codec import decode_raw
+from nodes.diffusion.vae_codec import check_latents, decode_raw
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
@@ -339,6 +339,7 @@ def decode_circular(vae: Any, latents: torch.Tensor, padding: int = 8) -> torch.
     """Decode with ``padding`` latent columns wrapped around each side, then cut them off
     (the pipeline's ``decode_latents_with_padding``): the left and right edges of a
     360° panorama then meet without a seam. Returns IMAGE ``[B, H, W, C]`` in 0..1."""
+    check_latents(vae, latents)  # before the wrap changes its shape
     padding = min(padding, latents.shape[-1])
     x = latents / vae.scaling_factor
     if padding:

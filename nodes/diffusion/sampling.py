@@ -34,6 +34,7 @@ from nodes.diffusion.masking import latent_extensions
 from nodes.diffusion.module_patches import run_scoped
 from nodes.diffusion.prompt_weighting import match_token_lengths
 from nodes.diffusion.sdxl import AddedConditioning, added_conditioning
+from nodes.limits import check_fits, out_of_memory_as_value_error
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -242,6 +243,35 @@ def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: 
     return extensions
 
 
+RESIZE_FIX = "lower batch_size, width or height"
+
+
+def unet_activation_bytes(unet: Any, rows: int, height: int, width: int) -> int:
+    """A lower bound of the UNet's peak activations for a pass over ``rows`` latents of
+    ``height`` x ``width``: at its first level the down path keeps ``layers_per_block`` + 1
+    feature maps of ``block_out_channels[0]`` channels for the up path's skips, and a ResNet
+    block works on two more (its input and its convolution's output). Attention, the deeper
+    levels and the up path come on top, so a pass this refuses cannot fit; one it lets
+    through may still run out (see ``sample``'s translation of that)."""
+    config = getattr(unet, "config", None)
+    channels = (getattr(config, "block_out_channels", None) or (0,))[0]
+    layers = getattr(config, "layers_per_block", 2)
+    layers = min(layers) if isinstance(layers, (tuple, list)) else int(layers)
+    itemsize = getattr(unet.dtype, "itemsize", 4)
+    return (layers + 3) * channels * rows * height * width * itemsize
+
+
+def check_unet_fits(unet: Any, latents: torch.Tensor, chunks: int) -> None:
+    """Refuse a UNet pass over ``latents`` repeated ``chunks`` times (guidance's batch)
+    whose activations cannot fit in the memory free on the UNet's device."""
+    batch, _, height, width = latents.shape
+    rows = batch * chunks
+    guidance = f" ({rows} UNet rows with guidance)" if chunks > 1 else ""
+    check_fits(unet_activation_bytes(unet, rows, height, width), latents.device,
+               f"sampling {batch} latents of {width}x{height} latent pixels{guidance}",
+               RESIZE_FIX)
+
+
 @torch.no_grad()
 @lora_patched  # the MODEL's LoRA patches are on the UNet's weights for the run only
 @run_scoped  # modules extensions attach to the UNet (GLIGEN's layers) for the run only
@@ -301,6 +331,8 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
 
     def denoise_step(run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
         t = step.timestep
+        if step.index == 0:  # before the first UNet pass allocates anything
+            check_unet_fits(unet, latents, n_chunks)
         model_input = torch.cat([latents] * n_chunks) if n_chunks > 1 else latents
         model_input = run.scheduler.scale_model_input(model_input, t)
         rows = _tile_rows(embeds, n_chunks, latents.shape[0] // batch)
@@ -317,19 +349,23 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                                   **{**step_extra, **step.scheduler_kwargs},
                                   return_dict=False)[0]
 
+    height, width = latents.shape[-2:]
+    out_of_memory = out_of_memory_as_value_error(
+        device, f"sampling {batch} latents of {width}x{height} latent pixels", RESIZE_FIX)
     try:
         denoise: Denoise = denoise_step
         for ext in exts:  # MultiDiffusion: the same step on windows, averaged
             denoise = ext.denoise(run, denoise)
-        for i, t in enumerate(timesteps):
-            step = Step(i, total, t)
-            for ext in exts:
-                latents = ext.pre_step(run, step, latents)
-            latents = denoise(run, step, latents)
-            for ext in exts:
-                latents = ext.post_step(run, step, latents)
-            if callback is not None:
-                callback(i + 1, total, latents)
+        with out_of_memory:
+            for i, t in enumerate(timesteps):
+                step = Step(i, total, t)
+                for ext in exts:
+                    latents = ext.pre_step(run, step, latents)
+                latents = denoise(run, step, latents)
+                for ext in exts:
+                    latents = ext.post_step(run, step, latents)
+                if callback is not None:
+                    callback(i + 1, total, latents)
     finally:
         if saved is not None:
             unet.set_attn_processor(saved)

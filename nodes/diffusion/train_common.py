@@ -86,11 +86,15 @@ def parse_captions(captions: str, count: int, *, input_name: str = "captions") -
 def prepare_pixels(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """IMAGE ``[B, H, W, 3]`` in 0..1 → ``[B, 3, r, r]`` in -1..1, as the scripts' transforms:
     scale the shorter side to ``resolution`` (bilinear, antialiased), crop the centre."""
+    import torch
     import torch.nn.functional as F
 
-    if images.dim() != 4 or images.shape[0] == 0 or images.shape[-1] not in (3, 4):
-        raise ValueError(f"images must be an IMAGE batch [B, H, W, 3] with at least one image; "
-                         f"got shape {tuple(images.shape)}")
+    from nodes.limits import check_image
+
+    check_image(images, "training images", (3, 4))  # RGB (alpha dropped), >= 1 pixel
+    if not torch.isfinite(images).all():  # else "the loss became nan" at the first step
+        raise ValueError("the training images hold NaN or infinite values: fix the node "
+                         "that made them")
     pixels = images[..., :3].permute(0, 3, 1, 2).float()
     height, width = pixels.shape[-2:]
     scale = resolution / min(height, width)

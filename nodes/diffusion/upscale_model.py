@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.nbytes import register_members
 from nodes.diffusion.loading import PICKLE_SUFFIXES, SAFE_SUFFIXES, UnsafeCheckpointError
+from nodes.limits import is_out_of_memory
 from nodes.upscale_model import UPSCALE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -329,13 +330,6 @@ class _TileCounter:
             self.progress(self.done, self.total)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
-
-
 def upscale_image(descriptor: Any, image: torch.Tensor,
                   progress: Callable[[int, int], None] | None = None,
                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP) -> torch.Tensor:
@@ -365,7 +359,7 @@ def upscale_image(descriptor: Any, image: torch.Tensor,
                                   descriptor.output_channels, tile, overlap, counter.step)
             break
         except Exception as exc:
-            if not _is_oom(exc) or tile // 2 < MIN_TILE:
+            if not is_out_of_memory(exc) or tile // 2 < MIN_TILE:
                 raise
             tile //= 2
             log.info("upscale model: out of memory, retrying with %d-pixel tiles", tile)

@@ -50,12 +50,15 @@ class Plan:
 
 
 def available_bytes(device: Any) -> int:
-    """Memory free on ``device`` now (CUDA: free device memory; CPU: MemAvailable)."""
+    """Memory free on ``device`` now (CUDA: free device memory plus what torch has cached
+    unused; CPU: MemAvailable)."""
     import torch
 
     if getattr(device, "type", "cpu") == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # torch's caching allocator reuses what it reserved but no tensor holds
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
     with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemAvailable:"):
@@ -119,11 +122,23 @@ def _configured(model: Any, run: Plan, downscale: int) -> Iterator[None]:
             setattr(model, name, value)
 
 
+def check_latents(vae: Any, latents: torch.Tensor) -> None:
+    """Latents this VAE can decode: ``[B, C, H, W]`` with its ``latent_channels`` and at
+    least one latent pixel; else a ``ValueError`` naming the shape."""
+    channels = getattr(getattr(vae.vae, "config", None), "latent_channels", None)
+    if latents.dim() != 4 or (channels is not None and latents.shape[1] != channels):
+        raise ValueError(f"this VAE decodes latents [B, {channels or 'C'}, H, W], got shape "
+                         f"{tuple(latents.shape)}: decode a latent made for this VAE's model")
+    if 0 in latents.shape:
+        raise ValueError(f"the latent is empty (shape {tuple(latents.shape)})")
+
+
 def decode_raw(vae: Any, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
     """VAE-space latents (already divided by the scaling factor) → pixels in -1..1 ``[B, C,
     H, W]``, planned as the module says. No gradient."""
     import torch
 
+    check_latents(vae, latents)
     model = vae.vae
     factor = vae.downscale
     height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
