@@ -44,6 +44,7 @@ def example(args: argparse.Namespace, work: Path) -> None:
 
     from engine.session import Workflow
     from training import judge
+    from training.shapes import COLORS
 
     runner = _runner(args.base_dir, work)
     wf = Workflow.load(ROOT / "workflows" / "sega.json")
@@ -53,8 +54,10 @@ def example(args: argparse.Namespace, work: Path) -> None:
     prompt = wf.prompt
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "KSampler")
     apply = next(k for k, n in prompt.items() if n["class_type"] == "ApplySEGA")
-    target = next(n["inputs"]["text"] for n in prompt.values()
-                  if n["class_type"] == "SEGAConcept" and n["inputs"]["direction"] == "add")
+    added = next(n["inputs"]["text"] for n in prompt.values()
+                 if n["class_type"] == "SEGAConcept" and n["inputs"]["direction"] == "add")
+    # the colour the added concept names (a bare colour word, or a description with one)
+    target = next((c for c in COLORS if c in added.split()), added)
     hits = 0
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         with_sega = dict(prompt)
@@ -98,7 +101,7 @@ def replace(args: argparse.Namespace, work: Path) -> None:
              for i, s in enumerate(samples)]
     trials = list(enumerate(zip(samples, bases, colors, strict=True)))
     grid = itertools.product(args.scale, args.warmup, args.threshold, args.momentum_scale,
-                             args.momentum_beta)
+                             args.momentum_beta, args.concept)
     if args.prompt_swap:
         # The reference a color edit can hope for: the prompt itself names the new color.
         swapped = Counter(
@@ -109,16 +112,17 @@ def replace(args: argparse.Namespace, work: Path) -> None:
             for i, (s, base, color) in trials)
         print(f"prompt naming the new color instead of SEGA: "
               f"{swapped['ok'] / len(samples):.0%} {dict(swapped.most_common())}")
-    print("scale warmup threshold momentum beta |  ok   | outcomes")
-    for scale, warmup, threshold, m_scale, m_beta in grid:
+    print("scale warmup threshold momentum beta concept |  ok   | outcomes")
+    for scale, warmup, threshold, m_scale, m_beta, concept in grid:
         cfg = dataclasses.replace(base_cfg, sega_scale=scale, sega_warmup=warmup,
                                   sega_threshold=threshold, sega_momentum_scale=m_scale,
                                   sega_momentum_beta=m_beta)
         start = time.perf_counter()
-        outcomes = Counter(replace_outcome(runner, cfg, s, i, base, color)
+        outcomes = Counter(replace_outcome(runner, cfg, s, i, base, color, concept)
                            for i, (s, base, color) in trials)
         ok = outcomes["ok"] / len(samples)
-        print(f"{scale:5g} {warmup:6d} {threshold:9g} {m_scale:8g} {m_beta:4g} | {ok:5.0%} | "
+        print(f"{scale:5g} {warmup:6d} {threshold:9g} {m_scale:8g} {m_beta:4g} {concept:>7} | "
+              f"{ok:5.0%} | "
               f"{dict(outcomes.most_common())} ({time.perf_counter() - start:.0f} s)",
               flush=True)
 
@@ -160,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     rp.add_argument("--threshold", type=float, nargs="+", default=[0.5])
     rp.add_argument("--momentum-scale", type=float, nargs="+", default=[0.1])
     rp.add_argument("--momentum-beta", type=float, nargs="+", default=[0.4])
+    kinds = ["word", "shape", "caption"]
+    rp.add_argument("--concept", nargs="+", choices=[*kinds, *(f"{k}-add" for k in kinds)],
+                    default=["word"], help="the concepts: the colours alone, with the shape "
+                                           "noun, or captions; -add: no remove concept")
     rp.add_argument("--prompt-swap", action="store_true",
                     help="also score rewriting the prompt with the new color (no SEGA)")
     args = parser.parse_args(argv)

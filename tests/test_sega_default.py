@@ -1,9 +1,10 @@
 """The shipped SEGA example on the shipped default model: it visibly recolors the shape.
 
-workflows/sega.json draws "a red circle on a white background" with SEGA adding "blue"
-and removing "red". Its first settings (scale 5, warm-up 5 of 20, threshold 0.9) left
-the circle red at every seed: the edit must outweigh CFG's pull towards the prompt's own
-color, and act before the color settles (issue 13).
+workflows/sega.json draws "a red circle on a white background" with SEGA adding "a blue
+circle on a white background" and removing the prompt itself. Its first settings (scale
+5, warm-up 5 of 20, threshold 0.9, the bare words "blue" and "red") left the circle red
+at every seed: the edit must outweigh CFG's pull towards the prompt's own color, and act
+before the color settles (issue 13).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def test_help_shows_the_usage_advice_and_follows_the_selection(page):
     expect(help_panel).to_be_visible()
     expect(help_panel.get_by_role("heading", name="SEGA Concept")).to_be_visible()
     # the docstring's advice, its list rendered as a list
-    expect(help_panel).to_contain_text("add the new value AND remove the old one")
+    expect(help_panel).to_contain_text("describe the subject both ways")
     expect(help_panel.locator("li").first).to_be_visible()
     # inputs with their tooltips
     expect(help_panel.locator('[data-help-input="scale"]')).to_contain_text("Edit guidance scale")
