@@ -63,6 +63,7 @@ def create_app(config: ServerConfig, *,
     hub = Hub(private=bool(config.token))
     queue = PromptQueue(storage, on_change=hub.status_changed, max_attempts=config.max_attempts)
     hub.queue_remaining = queue.remaining
+    hub.server_features = comfy_frontend.server_features(config.max_upload_bytes)
     runtime = make_runtime(config, queue, hub, env, registry_factory)
 
     app = web.Application(middlewares=[error_middleware, security_middleware(config),
@@ -81,6 +82,7 @@ def create_app(config: ServerConfig, *,
                 app.router.add_route(method, prefix + path, handler)
     for method, path, handler in [*comfy_frontend.STATIC_ROUTES, *userdata.STATIC_ROUTES]:
         app.router.add_route(method, path, handler)
+    comfy_frontend.install_log_buffer(app, hub)
     extensions.install(app)  # before the web app's catch-all file route
     for method, path, handler, name in canvas.ROUTES:
         app.router.add_route(method, path, handler, name=name)

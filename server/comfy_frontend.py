@@ -13,6 +13,11 @@ these routes answer what it calls at start and when used:
   ``comfyui-workflow-templates`` package when installed, else an empty index.
 * ``/upload/mask`` — the mask editor's save: the uploaded mask's alpha becomes the
   alpha channel of the original image named by ``original_ref`` (Pillow only).
+* ``/internal/logs[/raw]`` and ``PATCH /internal/logs/subscribe`` — the server's recent
+  log records (:class:`LogBuffer`: its error report and Logs panel), then each new one as
+  a ``logs`` websocket message to subscribed clients.
+* ``/view_metadata/{folder}?filename=`` — a ``.safetensors`` model's ``__metadata__``
+  (the model library's titles and descriptions), read from its header only.
 
 The per-user file API (settings, saved workflows) is :mod:`server.userdata`.
 """
@@ -23,7 +28,11 @@ import asyncio
 import io
 import json
 import logging
+import struct
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +42,9 @@ from engine.paths import PathError, confined_path
 from server.errors import ApiError, json_response
 from server.files import _role, _with_suffix, read_upload, sanitize_filename, store_upload
 from server.info import _FOLDER_NAME, MODEL_SUFFIXES
+from server.routes import read_object
 from server.state import state
+from server.ws import Hub
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,9 @@ MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "embeddings", "cli
                  "clip_vision", "unet", "diffusion_models", "text_encoders", "upscale_models",
                  "style_models", "gligen", "hypernetworks", "photomaker", "t2i_adapter")
 MAX_MASK_PIXELS = 8192 * 8192
+LOG_ENTRIES = 300  # as ComfyUI keeps
+LOG_SIZE = {"cols": 120, "rows": 30}  # the Logs panel's terminal width follows it
+MAX_METADATA_HEADER = 8 << 20  # a safetensors header bigger than this is not read
 TEMPLATES_PACKAGE = "comfyui_workflow_templates"
 
 
@@ -76,9 +90,9 @@ async def i18n(request: web.Request) -> web.Response:
 def server_features(max_upload_bytes: int) -> dict[str, Any]:
     """ComfyUI's feature flags as this server supports them."""
     return {
-        # Previews go out as ComfyUI's classic binary frames (type 1), not the
-        # metadata variant (type 4) this flag would announce.
-        "supports_preview_metadata": False,
+        # Previews go to a client that announces this flag too as type 4 frames
+        # (with their node: ComfyUI's frontend shows them on it), else as type 1.
+        "supports_preview_metadata": True,
         "max_upload_size": max_upload_bytes,
         "extension": {"manager": {"supports_v4": False}},
     }
@@ -243,6 +257,117 @@ def _original_path(env: Any, ref_text: str) -> Path:
     return path
 
 
+# --- server logs -----------------------------------------------------------------
+class LogBuffer(logging.Handler):
+    """The last LOG_ENTRIES log records of this process as ComfyUI's ``{"t", "m"}``
+    entries, each also sent as a ``logs`` websocket message to subscribed clients.
+
+    On the root logger from the server's start to its cleanup: what the server logs
+    (warnings and errors; with ``--verbose`` also info) and any worker output
+    relayed through it. ``emit`` may run on any thread: the hub's posting is thread-safe.
+    """
+
+    def __init__(self, hub: Hub):
+        super().__init__(logging.INFO)
+        self.hub = hub
+        self.entries: deque[dict[str, str]] = deque(maxlen=LOG_ENTRIES)
+        self.subscribers: set[str] = set()
+        self._guard = threading.Lock()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry = {"t": datetime.fromtimestamp(record.created).isoformat(),
+                     "m": self.format(record) + "\n"}
+        except Exception:
+            self.handleError(record)
+            return
+        with self._guard:
+            self.entries.append(entry)
+            subscribers = list(self.subscribers)
+        for sid in subscribers:
+            self.hub.post_event(sid, "logs", {"entries": [entry], "size": LOG_SIZE})
+
+    def snapshot(self) -> list[dict[str, str]]:
+        with self._guard:
+            return list(self.entries)
+
+    def subscribe(self, sid: str, enabled: bool) -> None:
+        with self._guard:
+            (self.subscribers.add if enabled else self.subscribers.discard)(sid)
+
+
+LOG_BUFFER: web.AppKey[LogBuffer] = web.AppKey("steerflow_log_buffer", LogBuffer)
+
+
+def install_log_buffer(app: web.Application, hub: Hub) -> None:
+    """Keep the server's log records for ``/internal/logs`` while ``app`` runs."""
+    buffer = app[LOG_BUFFER] = LogBuffer(hub)
+
+    async def start(_app: web.Application) -> None:
+        logging.getLogger().addHandler(buffer)
+
+    async def stop(_app: web.Application) -> None:
+        logging.getLogger().removeHandler(buffer)
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
+async def logs(request: web.Request) -> web.Response:
+    # ComfyUI's error report quotes this: the entries as one text
+    return json_response("".join(f"{e['t']} - {e['m']}"
+                                 for e in request.app[LOG_BUFFER].snapshot()))
+
+
+async def logs_raw(request: web.Request) -> web.Response:
+    return json_response({"entries": request.app[LOG_BUFFER].snapshot(), "size": LOG_SIZE})
+
+
+async def logs_subscribe(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    sid, enabled = body.get("clientId"), body.get("enabled")
+    if not isinstance(sid, str) or not sid or len(sid) > 200 or not isinstance(enabled, bool):
+        raise ApiError(400, "invalid_request", "expected {\"clientId\": string, "
+                       "\"enabled\": boolean}")
+    request.app[LOG_BUFFER].subscribe(sid, enabled)
+    return web.Response(status=200)
+
+
+# --- model metadata ---------------------------------------------------------------
+def safetensors_metadata(path: Path) -> dict[str, Any] | None:
+    """The ``__metadata__`` of a ``.safetensors`` file's header (None: none or unreadable)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_METADATA_HEADER:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+async def view_metadata(request: web.Request) -> web.Response:
+    # As ComfyUI: an empty 404 when there is nothing to show (its frontend parses
+    # any body it gets as the metadata).
+    env = state(request).env
+    folder = request.match_info["folder"]
+    filename = request.query.get("filename", "")
+    if not _FOLDER_NAME.fullmatch(folder) or not filename.endswith(".safetensors"):
+        return web.Response(status=404)
+    try:
+        path = confined_path(env.folder("models", folder), filename)
+    except PathError:
+        return web.Response(status=404)
+    meta = await asyncio.get_running_loop().run_in_executor(None, safetensors_metadata, path)
+    return web.Response(status=404) if meta is None else json_response(meta)
+
+
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/extensions", extensions),
     ("GET", "/i18n", i18n),
@@ -253,6 +378,10 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/workflow_templates", workflow_templates),
     ("GET", "/global_subgraphs", global_subgraphs),
     ("POST", "/upload/mask", upload_mask),
+    ("GET", "/view_metadata/{folder}", view_metadata),
+    ("GET", "/internal/logs", logs),
+    ("GET", "/internal/logs/raw", logs_raw),
+    ("PATCH", "/internal/logs/subscribe", logs_subscribe),
 ]
 # The template browser fetches these beside the app, not under /api.
 STATIC_ROUTES: list[tuple[str, str, Any]] = [

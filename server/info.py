@@ -29,10 +29,30 @@ async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
+# ``"upload": kind`` on a COMBO input is ComfyUI's ``"<kind>_upload": true``, which its
+# frontend reads to add the upload button and the image preview (Load Image).
+UPLOAD_FLAGS = {"image": "image_upload", "video": "video_upload", "audio": "audio_upload"}
+
+
+def comfy_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A node's schema with ComfyUI's spelling of our options added (in place)."""
+    for section in (schema.get("input") or {}).values():
+        for spec in (section or {}).values() if isinstance(section, dict) else ():
+            if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict):
+                flag = UPLOAD_FLAGS.get(spec[1].get("upload"))  # type: ignore[arg-type]
+                if flag is not None:
+                    spec[1][flag] = True
+    return schema
+
+
+def _all_schemas(registry: Any, env: Any) -> str:
+    return dumps({k: comfy_schema(v) for k, v in registry.schema(env).items()})
+
+
 async def object_info(request: web.Request) -> web.Response:
     st = state(request)
     registry = await st.runtime.get_registry()
-    text = await _off_loop(lambda: dumps(registry.schema(st.env)))
+    text = await _off_loop(_all_schemas, registry, st.env)
     return web.Response(text=text, content_type="application/json")
 
 
@@ -43,7 +63,7 @@ async def object_info_node(request: web.Request) -> web.Response:
     cls = registry.get(type_id)
     if cls is None:
         raise ApiError(404, "unknown_node_type", f"no node type {type_id!r}")
-    return json_response({type_id: await _off_loop(cls.schema, st.env)})
+    return json_response({type_id: comfy_schema(await _off_loop(cls.schema, st.env))})
 
 
 async def system_stats(request: web.Request) -> web.Response:

@@ -34,7 +34,7 @@ from server.config import ServerConfig
 from server.errors import ApiError
 from server.prompt_queue import PromptQueue, QueueItem
 from server.worker import Channel, Message
-from server.ws import Hub, message, preview_frame
+from server.ws import Hub, message
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,60 @@ class Validator:
         return validate_prompt(prompt, self.registry, self.env, outputs=outputs)
 
 
+class NodeProgress:
+    """ComfyUI's per-node progress of one prompt, sent as ``progress_state`` messages.
+
+    ComfyUI's frontend (1.2x on) outlines the running node and draws its progress bar
+    from these alone; the plain ``progress``/``executing`` messages go out as before.
+    A node is ``running`` from its ``executing`` until the next node's (or its
+    ``executed``), then ``finished``; the node an ``execution_error`` names is ``error``.
+    """
+
+    def __init__(self, prompt_id: str):
+        self.prompt_id = prompt_id
+        self.nodes: dict[str, dict[str, Any]] = {}
+
+    def _set(self, node: str, state: str, value: float = 0, max_: float = 1) -> None:
+        self.nodes[node] = {"value": value, "max": max_, "state": state, "node_id": node,
+                            "prompt_id": self.prompt_id, "display_node_id": node,
+                            "parent_node_id": None, "real_node_id": node}
+
+    def _finish_running(self, but: str | None = None) -> None:
+        for node, entry in self.nodes.items():
+            if entry["state"] == "running" and node != but:
+                entry["state"] = "finished"
+
+    def update(self, name: str, data: dict[str, Any]) -> bool:
+        """Apply an executor event; True if the states changed (send :meth:`message`)."""
+        node = data.get("node")
+        node = None if node is None else str(node)
+        if name == "executing":
+            self._finish_running(but=node)
+            if node is not None and self.nodes.get(node, {}).get("state") != "running":
+                self._set(node, "running")
+        elif name == "progress" and node is not None:
+            value, max_ = data.get("value"), data.get("max")
+            if not isinstance(value, (int, float)) or not isinstance(max_, (int, float)):
+                return False
+            self._set(node, "running", value, max_)
+        elif name == "executed" and node is not None and node in self.nodes:
+            self.nodes[node]["state"] = "finished"
+        elif name == "execution_error":
+            failed = data.get("node_id")
+            self._finish_running()
+            if failed is not None:
+                self._set(str(failed), "error")
+        elif name == "execution_success":
+            self._finish_running()
+        else:
+            return False
+        return True
+
+    def message(self) -> str:
+        return message("progress_state", {"prompt_id": self.prompt_id,
+                                          "nodes": {k: dict(v) for k, v in self.nodes.items()}})
+
+
 class Running:
     """A prompt a worker is running, and what the runtime knows of it."""
 
@@ -81,6 +135,7 @@ class Running:
         self.node: str | None = None
         self.started: list[str] = []
         self.hard_deadline: float | None = None  # monotonic time of the hard interrupt
+        self.progress = NodeProgress(item.prompt_id)
 
 
 class Runtime(abc.ABC):
@@ -201,7 +256,10 @@ class Runtime(abc.ABC):
         sid = running.item.client_id
         if msg.preview is not None:
             if self.hub.has_clients:
-                self.hub.post(sid, preview_frame(msg.preview, msg.image_type))
+                node = running.node
+                self.hub.post_preview(sid, msg.preview, msg.image_type, {
+                    "node_id": node, "display_node_id": node, "real_node_id": node,
+                    "parent_node_id": None, "prompt_id": running.item.prompt_id})
             return
         events = msg.data.get("events")
         for event in events if isinstance(events, list) else ():
@@ -226,6 +284,8 @@ class Runtime(abc.ABC):
             held.append(text)
         else:
             self.hub.post(sid, text)
+        if running.progress.update(name, data):
+            self.hub.post_modern(sid, running.progress.message())
 
     def _finish(self, running: Running, msg: Message, messages: list[list[Any]],
                 held: list[str]) -> None:
@@ -282,6 +342,9 @@ class Runtime(abc.ABC):
             log.error("cannot record the end of prompt %s:\n%s", item.prompt_id,
                       traceback.format_exc())
         self._clear_running()
+        # no node is running any more (ComfyUI's frontend would keep outlining it)
+        self.hub.post_modern(item.client_id, message(
+            "progress_state", {"prompt_id": item.prompt_id, "nodes": {}}))
         self.hub.post_event(item.client_id, event, payload)
         self.hub.post_event(item.client_id, "executing",
                             {"node": None, "display_node": None, "prompt_id": item.prompt_id})

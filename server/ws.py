@@ -14,12 +14,19 @@ Privacy: a prompt's events go only to the client that submitted it (its
 broadcast. Events of prompts with no client id are broadcast, as in ComfyUI,
 except on a server with a token (``private``), where they go to nobody.
 Queue ``status`` messages carry no prompt data and always go to everyone.
+
+A client may announce ComfyUI's feature flags (its frontend's first message,
+``{"type": "feature_flags", "data": {...}}``); the hub answers with the server's and
+then also sends it what such clients expect: ``progress_state`` messages
+(:meth:`Hub.post_modern`) and previews with their node (:meth:`Hub.post_preview`:
+type 4 frames to a client with ``supports_preview_metadata``, else type 1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import struct
 import threading
@@ -34,6 +41,9 @@ from server.errors import ApiError, dumps
 log = logging.getLogger(__name__)
 
 PREVIEW_EVENT = 1  # ComfyUI's BinaryEventTypes.PREVIEW_IMAGE
+PREVIEW_WITH_METADATA_EVENT = 4  # ComfyUI's PREVIEW_IMAGE_WITH_METADATA
+MIME_TYPES = {1: "image/jpeg", 2: "image/png"}
+MAX_CLIENT_MESSAGE = 64 << 10  # client text messages longer than this are ignored
 JPEG_IMAGE = 1  # ComfyUI's image types in the frame's second uint32
 PNG_IMAGE = 2
 STATUS_INTERVAL = 0.05  # seconds: bursts of queue changes coalesce into one status
@@ -44,6 +54,31 @@ _TEXT, _BINARY = 0x1, 0x2
 def preview_frame(data: bytes, image_type: int = JPEG_IMAGE) -> bytes:
     """ComfyUI's binary preview: big-endian uint32 event type, uint32 image type, bytes."""
     return struct.pack(">II", PREVIEW_EVENT, image_type) + data
+
+
+def preview_metadata_frame(data: bytes, image_type: int, metadata: dict[str, Any]) -> bytes:
+    """ComfyUI's type 4 preview: uint32 4, uint32 length of the JSON metadata (node,
+    prompt, ``image_type`` as a MIME type), the metadata, the image bytes."""
+    meta = dumps({**metadata, "image_type": MIME_TYPES.get(image_type, "image/jpeg")}).encode()
+    return struct.pack(">II", PREVIEW_WITH_METADATA_EVENT, len(meta)) + meta + data
+
+
+class _Modern:
+    """An outbox payload only for clients that announced feature flags."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: str):
+        self.payload = payload
+
+
+class _Preview:
+    """An outbox preview, framed per client (with or without its metadata)."""
+
+    __slots__ = ("data", "image_type", "metadata")
+
+    def __init__(self, data: bytes, image_type: int, metadata: dict[str, Any]):
+        self.data, self.image_type, self.metadata = data, image_type, metadata
 
 
 def message(type_: str, data: dict[str, Any]) -> str:
@@ -75,6 +110,7 @@ class _Client:
         self.max_buffer = max_buffer
         self.frames: list[bytes] = []
         self.closed = False
+        self.features: dict[str, Any] | None = None  # ComfyUI's client feature flags
 
     def queue(self, frame: bytes) -> None:
         if not self.closed:
@@ -113,6 +149,8 @@ class Hub:
         # Called with a new client's sid; returns messages to replay to it (e.g. the
         # node its prompt is executing), like ComfyUI does on reconnect.
         self.on_connect: Callable[[str], list[str]] = lambda sid: []
+        # The server's feature flags, sent to a client that announces its own.
+        self.server_features: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._outbox: list[tuple[str | None, Any]] = []
@@ -134,6 +172,16 @@ class Hub:
 
     def post_event(self, sid: str | None, type_: str, data: dict[str, Any]) -> None:
         self._enqueue(sid, message(type_, data))
+
+    def post_modern(self, sid: str | None, payload: str) -> None:
+        """Like :meth:`post`, only to clients that announced feature flags."""
+        self._enqueue(sid, _Modern(payload))
+
+    def post_preview(self, sid: str | None, data: bytes, image_type: int,
+                     metadata: dict[str, Any]) -> None:
+        """A latent preview; ``metadata`` (``node_id``, ``prompt_id``, ...) goes only to
+        clients with ``supports_preview_metadata``."""
+        self._enqueue(sid, _Preview(data, image_type, metadata))
 
     def status_changed(self) -> None:
         """Broadcast ``status`` soon; changes within STATUS_INTERVAL share one message."""
@@ -167,7 +215,19 @@ class Hub:
                 targets = [client] if client is not None else []
             else:
                 targets = [] if self.private else list(self.clients.values())
+            if isinstance(payload, _Modern):
+                targets = [t for t in targets if t.features is not None]
+                payload = payload.payload
             if not targets:
+                continue
+            if isinstance(payload, _Preview):
+                frames = {flag: encode_frame(
+                    preview_metadata_frame(payload.data, payload.image_type, payload.metadata)
+                    if flag else preview_frame(payload.data, payload.image_type))
+                    for flag in {_wants_metadata(t) for t in targets}}
+                for each in targets:
+                    each.queue(frames[_wants_metadata(each)])
+                    touched[id(each)] = each
                 continue
             frame = encode_frame(payload)
             for each in targets:
@@ -212,7 +272,9 @@ class Hub:
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
-                    break  # client messages (e.g. feature flags) are not needed
+                    break
+                if msg.type == WSMsgType.TEXT:
+                    self._client_message(client, msg.data)
         except Exception:
             log.exception("websocket %s failed", sid)
         finally:
@@ -221,8 +283,26 @@ class Hub:
             client.closed = True
         return ws
 
+    def _client_message(self, client: _Client, text: str) -> None:
+        """ComfyUI's ``feature_flags`` announcement; other client messages are ignored."""
+        if len(text) > MAX_CLIENT_MESSAGE:
+            return
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(msg, dict) and msg.get("type") == "feature_flags" \
+                and isinstance(msg.get("data"), dict):
+            client.features = msg["data"]
+            client.queue(encode_frame(message("feature_flags", self.server_features)))
+            client.flush()
+
     async def close_all(self) -> None:
         if self._status_timer is not None:
             self._status_timer.cancel()
         clients, self.clients = list(self.clients.values()), {}
         await asyncio.gather(*(c.close(b"server shutdown") for c in clients))
+
+
+def _wants_metadata(client: _Client) -> bool:
+    return bool(client.features and client.features.get("supports_preview_metadata") is True)

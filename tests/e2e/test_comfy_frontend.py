@@ -3,9 +3,11 @@
 ``steerflow serve --front-end comfyui`` in a subprocess; headless chromium loads
 the app, which builds its default graph (Load Checkpoint → CLIP Text Encode x2 →
 KSampler → VAE Decode → Save Image, 512x512, 20 steps) from our ``/object_info``
-with our default model ``steerflow-shapes``; pressing Run shows the image in the
-Save Image node and the prompt lands in ``/history``. No request the app makes
-to this server at start may fail, apart from those listed in ``ALLOWED_MISSING``.
+with our default model ``steerflow-shapes``; pressing Run sends per-node progress
+(``progress_state``) and previews with their node, shows the image in the Save Image
+node, and the prompt lands in ``/history``. Load Image has its upload button. No
+request the app makes to this server at start may fail, apart from those listed in
+``ALLOWED_MISSING``.
 """
 
 from __future__ import annotations
@@ -128,6 +130,15 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
                 "steerflow-shapes" in ckpts
             assert not failed, f"requests failed at start: {failed}"
 
+            # Load Image gets the upload button and preview (``image_upload``)
+            assert page.evaluate("""() => (window.LiteGraph.createNode('LoadImage').widgets
+                || []).some(w => w.name === 'upload')""")
+            # what the error dialog's report and the Logs panel read
+            assert isinstance(page.evaluate("() => window.app.api.getLogs()"), str)
+            page.evaluate("""() => { window.__seen = new Set();
+                for (const t of ['progress_state', 'b_preview_with_metadata'])
+                    window.app.api.addEventListener(t, () => window.__seen.add(t)); }""")
+
             started = time.monotonic()
             page.get_by_test_id("queue-button").click()
             page.wait_for_function("""() => {
@@ -143,6 +154,9 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
             print(f"default graph queued to image shown: {elapsed:.1f}s, image {size}")
             assert size[0] > 0 and size[1] > 0
             assert views, "the image was never fetched from /view"
+            # the running node outlined with its progress bar, and previews on it
+            seen = set(page.evaluate("() => [...window.__seen]"))
+            assert seen == {"progress_state", "b_preview_with_metadata"}, seen
             assert not failed, f"requests failed: {failed}"
             unexpected = [e for e in page_errors
                           if not any(a in e for a in ALLOWED_PAGE_ERRORS)]

@@ -23,7 +23,7 @@ def test_small_endpoints_answer_under_both_prefixes(http: Http, server: LiveServ
         assert http.get(prefix + "/extensions").json() == []
         assert http.get(prefix + "/i18n").json() == {}
         features = http.get(prefix + "/features").json()
-        assert features["supports_preview_metadata"] is False
+        assert features["supports_preview_metadata"] is True
         assert features["max_upload_size"] == server.state.config.max_upload_bytes
         assert http.get(prefix + "/workflow_templates").json() == {}
         assert http.get(prefix + "/global_subgraphs").json() == {}

@@ -1,0 +1,144 @@
+"""What ComfyUI's frontend (1.27) needs that a walk through it found missing:
+the upload button of Load Image, the server logs, model metadata, and per-node
+progress and previews (``progress_state``, type 4 preview frames)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import websocket
+
+from engine import NodeRegistry
+from tests.server.helpers import Http, LiveServer, image, recv_until
+from tests.server.pack import make_registry
+
+
+def registry_with_load_image() -> NodeRegistry:
+    from nodes.image import LoadImage
+
+    registry = make_registry()
+    registry.register(LoadImage)
+    return registry
+
+
+def test_load_image_announces_comfyui_image_upload(make_server: Callable[..., LiveServer],
+                                                   loop: Any) -> None:
+    # ComfyUI's frontend adds "choose file to upload" and the preview only for
+    # ``image_upload: true`` (our schema says ``upload: "image"``).
+    server = make_server(
+        registry_factory="tests.server.test_comfy_frontend_compat:registry_with_load_image")
+    http = Http(server.url, loop)
+    try:
+        one = http.get("/object_info/LoadImage").json()["LoadImage"]
+        every = http.get("/api/object_info").json()["LoadImage"]
+        for schema in (one, every):
+            options = schema["input"]["required"]["image"][1]
+            assert options["image_upload"] is True and options["upload"] == "image"
+        assert "image_upload" not in json.dumps(http.get("/object_info/TestImage").json())
+    finally:
+        http.close()
+
+
+def test_internal_logs_and_their_subscription(http: Http, server: LiveServer) -> None:
+    # Without these the error dialog toasts "Failed to fetch server logs" on every
+    # failed prompt, and the Logs panel says the backend is too old.
+    logging.getLogger("steerflow.test").warning("a warning for the Logs panel")
+    raw = http.get("/internal/logs/raw").json()
+    assert raw["size"]["cols"] > 0
+    entry = next(e for e in raw["entries"] if "a warning for the Logs panel" in e["m"])
+    assert entry["m"].endswith("\n") and entry["t"][:4].isdigit()
+    text = http.get("/internal/logs").json()
+    assert isinstance(text, str) and "a warning for the Logs panel" in text
+
+    ws = server.connect_ws("log-reader")
+    try:
+        reply = http.request("PATCH", "/internal/logs/subscribe",
+                             json={"clientId": "log-reader", "enabled": True})
+        assert reply.status == 200
+        logging.getLogger("steerflow.test").error("live line")
+        deadline = time.monotonic() + 10
+        while True:
+            msg = json.loads(ws.recv())
+            if msg["type"] == "logs":
+                break
+            assert time.monotonic() < deadline
+        assert any("live line" in e["m"] for e in msg["data"]["entries"])
+        assert http.request("PATCH", "/internal/logs/subscribe",
+                            json={"clientId": "log-reader", "enabled": False}).status == 200
+        assert http.request("PATCH", "/internal/logs/subscribe",
+                            json={"clientId": 3}).status == 400
+    finally:
+        ws.close()
+
+
+def _safetensors(header: dict[str, Any]) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text
+
+
+def test_view_metadata(http: Http, server: LiveServer) -> None:
+    loras = server.base_dir / "models" / "loras"
+    loras.mkdir(parents=True)
+    (loras / "styled.safetensors").write_bytes(_safetensors(
+        {"__metadata__": {"modelspec.title": "Styled"}}))
+    (loras / "bare.safetensors").write_bytes(_safetensors({}))
+    (loras / "broken.safetensors").write_bytes(b"\xff" * 16)
+    for prefix in ("", "/api"):
+        reply = http.get(prefix + "/view_metadata/loras?filename=styled.safetensors")
+        assert reply.status == 200 and reply.json() == {"modelspec.title": "Styled"}
+    # ComfyUI answers an empty 404 (its frontend parses any body as the metadata)
+    for query in ("loras?filename=bare.safetensors", "loras?filename=broken.safetensors",
+                  "loras?filename=missing.safetensors", "loras?filename=styled.ckpt",
+                  "loras?filename=../../secret.safetensors", "loras"):
+        reply = http.get("/view_metadata/" + query)
+        assert reply.status == 404 and reply.body == b"", query
+
+
+def _announce(ws: websocket.WebSocket, flags: dict[str, Any]) -> dict[str, Any]:
+    ws.send(json.dumps({"type": "feature_flags", "data": flags}))
+    while True:
+        msg = json.loads(ws.recv())
+        if msg["type"] == "feature_flags":
+            return msg["data"]
+
+
+def test_progress_state_and_previews_with_metadata(http: Http, server: LiveServer) -> None:
+    # ComfyUI's frontend outlines the running node and draws its progress bar from
+    # progress_state, and shows previews on the node from type 4 frames only.
+    ws = server.connect_ws("modern")
+    try:
+        server_flags = _announce(ws, {"supports_preview_metadata": True})
+        assert server_flags["supports_preview_metadata"] is True
+        pid = http.post("/prompt", json={"prompt": image(value=5, preview=True),
+                                         "client_id": "modern"}).json()["prompt_id"]
+        events, frames = recv_until(ws, pid)
+    finally:
+        ws.close()
+    states = [e["data"]["nodes"] for e in events if e["type"] == "progress_state"]
+    assert states and states[0]["1"]["state"] == "running"
+    assert states[0]["1"]["prompt_id"] == pid and states[0]["1"]["display_node_id"] == "1"
+    assert states[-1]["1"]["state"] == "finished"
+    [frame] = frames
+    kind, length = struct.unpack(">II", frame[:8])
+    meta = json.loads(frame[8:8 + length])
+    assert kind == 4 and meta["node_id"] == "1" and meta["prompt_id"] == pid
+    assert meta["image_type"] in ("image/jpeg", "image/png")
+    assert frame[8 + length:][:2] in (b"\xff\xd8", b"\x89P")
+
+
+def test_plain_clients_keep_the_classic_protocol(http: Http, server: LiveServer) -> None:
+    ws = server.connect_ws("plain")
+    try:
+        pid = http.post("/prompt", json={"prompt": image(value=6, preview=True),
+                                         "client_id": "plain"}).json()["prompt_id"]
+        events, frames = recv_until(ws, pid)
+    finally:
+        ws.close()
+    assert "progress_state" not in [e["type"] for e in events]
+    [frame] = frames
+    assert struct.unpack(">I", frame[:4])[0] == 1
