@@ -149,6 +149,14 @@ class PoolRuntime(Runtime):
             worker.send({"op": "interrupt", "prompt_id": pid})
         return bool(hits)
 
+    def free(self, unload_models: bool, free_memory: bool) -> int:
+        with self._pool:
+            workers = [slot.worker for slot in self.slots if slot.worker is not None]
+        for worker in workers:
+            worker.send({"op": "free", "unload_models": unload_models,
+                         "free_memory": free_memory})
+        return len(workers)
+
     def workers(self) -> list[dict[str, Any]]:
         """Each worker's state, for /system_stats and the tests."""
         with self._pool:

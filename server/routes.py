@@ -244,6 +244,22 @@ async def post_interrupt(request: web.Request) -> web.Response:
     return json_response({"interrupted": state(request).runtime.interrupt(prompt_id)})
 
 
+async def post_free(request: web.Request) -> web.Response:
+    """ComfyUI's ``/free``: ``unload_models`` drops the workers' cached models and
+    outputs, ``free_memory`` that and the allocators' free blocks; each worker does it
+    between prompts (a running prompt keeps what it uses)."""
+    body = await read_object(request, required=False)
+    flags = {}
+    for key in ("unload_models", "free_memory"):
+        value = body.get(key, False)
+        if not isinstance(value, bool):
+            raise ApiError(400, "invalid_free", f"'{key}' must be true or false")
+        flags[key] = value
+    if any(flags.values()):
+        state(request).runtime.free(**flags)
+    return web.Response(status=200)
+
+
 # --- /history --------------------------------------------------------------------
 async def get_history(request: web.Request) -> web.Response:
     """ComfyUI's paging (``max_items``, ``offset``), capped: without ``max_items`` the
@@ -294,6 +310,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/queue", get_queue),
     ("POST", "/queue", post_queue),
     ("POST", "/interrupt", post_interrupt),
+    ("POST", "/free", post_free),
     ("GET", "/history", get_history),
     ("GET", "/history/{prompt_id}", get_history_item),
     ("POST", "/history", post_history),

@@ -175,6 +175,11 @@ class Runtime(abc.ABC):
         """Interrupt the running prompt ``prompt_id`` (None: all); True if one was."""
 
     @abc.abstractmethod
+    def free(self, unload_models: bool, free_memory: bool) -> int:
+        """ComfyUI's ``POST /free``: each worker drops its cached outputs (models
+        included) after the prompt it is running, if any; returns how many were asked."""
+
+    @abc.abstractmethod
     def stop(self) -> None:
         """Stop taking prompts; running ones are interrupted and go back in the queue."""
 

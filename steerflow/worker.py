@@ -139,6 +139,8 @@ class Worker:
                 prompt_id = str(msg.data.get("prompt_id"))
                 self.interrupted.add(prompt_id)
                 self.session.executor.interrupt(prompt_id)
+            elif msg.op == "free":  # after the running prompt, in the prompts' order
+                self.runs.put({"free": msg.data})
             elif msg.op == "http":
                 self._answer_http(msg.data)
             elif msg.op == "file":
@@ -178,7 +180,27 @@ class Worker:
     # --- the main loop -----------------------------------------------------------
     def serve(self) -> None:
         while (job := self.runs.get()) is not None:
-            self.run(job)
+            if "free" in job:
+                self.free(bool(job["free"].get("free_memory")))
+            else:
+                self.run(job)
+
+    def free(self, free_memory: bool) -> None:
+        """Drop every cached output (the loaded models too), as ComfyUI's /free does;
+        with ``free_memory`` also return the allocators' cached blocks."""
+        if self.session is None:
+            return
+        self.session.executor.cache.clear()
+        self.models.clear()
+        import gc
+
+        gc.collect()
+        if free_memory and "torch" in sys.modules:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        log.info("freed the cache (free_memory=%s)", free_memory)
 
     def run(self, job: dict[str, Any]) -> None:
         from engine.validation import PromptValidationError, describe_issues, to_node_errors

@@ -405,3 +405,21 @@ def test_client_chosen_prompt_id_and_duplicates(server: LiveServer, http: Http):
     http.post("/interrupt")
     recv_until(ws, "mine-1")
     ws.close()
+
+
+def test_free_drops_the_workers_cache(server: LiveServer, http: Http):
+    """ComfyUI's POST /free (the frontend's "Unload models"): the next run of the same
+    prompt computes everything again; bad flags are a 400."""
+    def cached_after_run() -> list[str]:
+        pid = http.post("/prompt", json={"prompt": chain(value=5)}).json()["prompt_id"]
+        entry = wait_history(http, [pid])[pid]
+        return next(m[1]["nodes"] for m in entry["status"]["messages"]
+                    if m[0] == "execution_cached")
+
+    cached_after_run()
+    assert "3" in cached_after_run()  # the result comes from the cache
+    reply = http.post("/free", json={"unload_models": True, "free_memory": True})
+    assert reply.status == 200
+    assert cached_after_run() == []
+    assert http.post("/free", json={"unload_models": "yes"}).status == 400
+    assert http.post("/api/free", json={}).status == 200  # nothing asked: nothing done
