@@ -81,13 +81,19 @@ def test_dragging_a_linked_inputs_dot_picks_up_its_link(page):
     assert inputs["positive"] == ["6", 0] and inputs["negative"] == ["7", 0]
 
 
-def test_an_error_goes_when_the_user_fixes_its_input(page):
+def _open_a_graph_with_two_bad_inputs(page) -> Canvas:
+    """The small txt2img with Sample's seed at -1 and its positive input unlinked."""
     c = Canvas(page)
     doc = small_txt2img()
     doc["prompt"]["3"]["inputs"]["seed"] = -1
     del doc["prompt"]["3"]["inputs"]["positive"]
     c.open_file("bad.json", doc)
     expect(c.edges()).to_have_count(9)
+    return c
+
+
+def test_an_error_goes_when_the_user_fixes_its_input(page):
+    c = _open_a_graph_with_two_bad_inputs(page)
     c.queue()
     seed = c.node("3").locator('.sf-input[data-input="seed"]')
     positive = c.node("3").locator('.sf-input[data-input="positive"]')
@@ -330,12 +336,7 @@ def test_the_dot_grid_thins_out_when_zoomed_far_out(page):
 
 
 def test_a_rejected_prompt_is_summarised_and_points_at_the_nodes(page):
-    c = Canvas(page)
-    doc = small_txt2img()
-    doc["prompt"]["3"]["inputs"]["seed"] = -1
-    del doc["prompt"]["3"]["inputs"]["positive"]
-    c.open_file("bad.json", doc)
-    expect(c.edges()).to_have_count(9)
+    c = _open_a_graph_with_two_bad_inputs(page)
     # the nodes out of view
     page.evaluate("() => window.steerflow.setViewport({ x: 2000, y: 2000, zoom: 1 })")
     c.queue()
