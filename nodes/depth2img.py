@@ -191,10 +191,11 @@ class Depth2ImageConditioning(Node):
                                              "map is given")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning, Latent]:
-        from nodes.diffusion.depth2img import DepthConcat, check_image, depth_from_image
+        from nodes.diffusion.depth2img import DepthConcat, depth_from_image
         from nodes.latent import encode
+        from nodes.limits import check_image
 
-        check_image(self.pixels, "image")
+        check_image(self.pixels, "image", (3, 4))
         if self.depth is not None:
             depth = depth_from_image(self.depth)
         elif self.depth_estimator is not None:

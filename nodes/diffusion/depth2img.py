@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nodes.diffusion.concat import ConcatChannels, unet_kind
+from nodes.limits import check_image
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
@@ -59,17 +60,9 @@ def to_pil(image: torch.Tensor) -> list[Any]:
     from an 8-bit file comes back exactly)."""
     from PIL import Image
 
-    check_image(image, "image")
+    check_image(image, "image", (3, 4))
     pixels = image[..., :3].detach().float().cpu().clamp(0, 1).mul(255).round()
     return [Image.fromarray(p) for p in pixels.to(torch.uint8).numpy()]
-
-
-def check_image(image: Any, what: str, channels: tuple[int, ...] = (3, 4)) -> None:
-    """An IMAGE ``[B, H, W, C]`` with ``C`` in ``channels`` and at least one pixel, else a
-    ValueError (:func:`nodes.limits.check_image`)."""
-    from nodes.limits import check_image as check
-
-    check(image, what, channels)
 
 
 def depth_from_image(depth: torch.Tensor) -> torch.Tensor:

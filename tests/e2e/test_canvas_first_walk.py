@@ -172,6 +172,14 @@ def _doc_value(c: Canvas, node: str, name: str):
     return c.document()["prompt"][node]["inputs"][name]
 
 
+def _drag(page, x: float, y: float, dx: float, steps: int) -> None:
+    """Press at (x, y), move sideways by dx in ``steps`` moves, release."""
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y, steps=steps)
+    page.mouse.up()
+
+
 def test_number_widgets_drag_sideways_as_in_comfyui(page):
     """Drag left/right on a number to change it (one step a pixel, clamped, one undo
     step per drag); a click without moving puts the caret in the field for typing."""
@@ -180,18 +188,12 @@ def test_number_widgets_drag_sideways_as_in_comfyui(page):
     expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
     steps = c.widget("3", "steps")
     x, y = _center(c.settled_box(steps))
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x + 40, y, steps=10)
-    page.mouse.up()
+    _drag(page, x, y, 40, 10)
     expect(steps).to_have_value("39")  # 2 + (40 px - a 3 px dead zone) steps of 1
     assert _doc_value(c, "3", "steps") == 39
     expect(steps).not_to_be_focused()
     # dragged far left: held at the minimum, whole numbers only
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x - 200, y, steps=8)
-    page.mouse.up()
+    _drag(page, x, y, -200, 8)
     expect(steps).to_have_value("1")
     # each drag is one undo step
     page.keyboard.press("Control+z")
@@ -202,10 +204,7 @@ def test_number_widgets_drag_sideways_as_in_comfyui(page):
     # a FLOAT moves by its step (cfg: 0.1)
     cfg = c.widget("3", "cfg")
     x, y = _center(c.settled_box(cfg))
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x + 13, y, steps=5)
-    page.mouse.up()
+    _drag(page, x, y, 13, 5)
     expect(cfg).to_have_value("8.5")
 
     # a click edits: the field has the caret, the text selected
