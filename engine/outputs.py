@@ -86,5 +86,17 @@ def _short_repr(value: Any) -> str:
     return text[:200]
 
 
+MESSAGE_CHARS = 2000  # a message quoting a 100k-character input stays readable
+
+
+def bounded_message(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """``text`` with its middle cut to ``limit`` characters: nodes' messages may quote
+    what the user typed, and a pasted 100k-character input must not come back whole."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]} … [{len(text) - 2 * keep} characters cut] … {text[-keep:]}"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)

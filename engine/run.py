@@ -21,7 +21,14 @@ from engine.context import ExecutionContext, Interrupted, InterruptFlag
 from engine.expansion import DependencyCycleError, DynamicGraph
 from engine.lists import EXECUTION_BLOCKED, SPECIAL, as_lists, calls, merge_outputs
 from engine.node import Node
-from engine.outputs import RunResult, _hashable_constants, _NodeFailure, _now_ms, _short_repr
+from engine.outputs import (
+    RunResult,
+    _hashable_constants,
+    _NodeFailure,
+    _now_ms,
+    _short_repr,
+    bounded_message,
+)
 from engine.run_expansion import ExpansionSteps
 from engine.signature import signature
 from engine.validation import ValidatedNode, ValidatedPrompt, check_constant
@@ -462,9 +469,9 @@ class _Run(ExpansionSteps):
             "node_id": current,
             "node_type": node.cls.TYPE if node else None,
             "executed": list(self.result.executed),
-            "exception_message": str(exc),
+            "exception_message": bounded_message(str(exc)),
             "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "traceback": traceback.format_exception(exc),
+            "traceback": [bounded_message(line) for line in traceback.format_exception(exc)],
             "current_inputs": {k: _short_repr(v)
                                for k, v in (node.constants if node else {}).items()},
             "current_outputs": {},

@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from engine.environment import Environment
 from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, InputSpec, Node
+from engine.outputs import bounded_message
 from engine.registry import NodeRegistry
 from engine.workflow import NodeShape, is_link, resolve_modes, types_match
 
@@ -354,10 +355,11 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
     if not issues and env is not None and _checks_inputs(cls):
         for input_name, message, *severity in cls.validate_inputs(constants, env):
             if severity and severity[0] == "warning":  # reported, and the prompt still runs
-                issues.append(Issue("node_warning", message, input_name=input_name,
-                                    severity="warning"))
+                issues.append(Issue("node_warning", bounded_message(message),
+                                    input_name=input_name, severity="warning"))
             else:
-                issues.append(Issue("node_error", message, input_name=input_name))
+                issues.append(Issue("node_error", bounded_message(message),
+                                    input_name=input_name))
     return issues, ValidatedNode(node_id, cls, constants, links)
 
 

@@ -28,11 +28,22 @@ class FuzzTensor(Node):
         return (torch.full(tuple(int(s) for s in self.shape.split(",")), 0.5),)
 
 
+class LoudFailure(Node):
+    """Fails with a 100k-character message."""
+
+    TYPE = "TestLoudFailure"
+    OUTPUTS = (Output("INT"),)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        raise ValueError("bad: " + "y" * 100_000)
+
+
 @pytest.fixture(scope="module")
 def session(models_dir, tmp_path_factory):
     registry = registry_with_capture()
     registry.register(FuzzTensor)
     registry.register(FuzzLatent)
+    registry.register(LoudFailure)
     return Session(tmp_path_factory.mktemp("fuzz"), models_dir=models_dir, device="cpu",
                    registry=registry)
 
@@ -369,3 +380,34 @@ def test_training_images_checked_up_front(shape, fill, expected):
 
     with pytest.raises(ValueError, match=expected):
         prepare_pixels(torch.full(shape, fill), 64)
+
+
+def test_messages_quoting_a_huge_input_are_cut(session):
+    """A message that quotes what the user typed keeps its head and tail, not 100k chars:
+    in validation (PAG's layer ids) and at run time (the initializer, which needs the
+    tokenizer)."""
+    (issue,) = _node_errors(session, {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "1": {"class_type": "PerturbedAttentionGuidance", "inputs": {
+            "model": ["4", 0], "layers": "(" + "x" * 100_000}},
+        "3": capture(["1", 0])})
+    message = fails(session, {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "5": tensor((1, 64, 64, 3)),
+        "2": {"class_type": "TrainTextualInversion", "inputs": {
+            "model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2], "images": ["5", 0],
+            "captions": "a <p>", "steps": 1, "resolution": 64,
+            "placeholder_token": "<p>", "initializer_token": "circle square " * 10_000}},
+        "6": capture(["2", 0])})
+    for text in (issue.message, message):
+        assert len(text) <= 2100 and "characters cut" in text, text[:300]
+    assert issue.input_name == "layers" and issue.message.startswith("layer id '(xxx")
+    assert message.endswith("(e.g. shape, dog, style)")
+
+
+def test_execution_error_messages_are_cut(session):
+    from engine.outputs import MESSAGE_CHARS
+
+    message = fails(session, {"1": {"class_type": "TestLoudFailure", "inputs": {}},
+                              "2": capture(["1", 0])})
+    assert len(message) < MESSAGE_CHARS + 50 and message.startswith("bad: yyy")
