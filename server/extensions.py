@@ -29,11 +29,17 @@ from server.errors import ApiError
 from server.state import STATE
 
 SCRIPT_SUFFIX = ".js"
+# Steerflow's own scripts for ComfyUI's frontend (its node warnings as toasts), served
+# as a pack of this name unless a node pack takes the name.
+BUILTIN_PACK = "steerflow"
+BUILTIN_FOLDER = Path(__file__).resolve().parent / "comfy_extension"
 
 
 def web_directories(registry: Any) -> dict[str, Path]:
-    """Pack name → its web folder, for packs that ship frontend extensions."""
-    return dict(getattr(registry, "web_directories", None) or {})
+    """Pack name → its web folder, for packs that ship frontend extensions, and
+    Steerflow's own."""
+    return {BUILTIN_PACK: BUILTIN_FOLDER,
+            **dict(getattr(registry, "web_directories", None) or {})}
 
 
 def extension_scripts(registry: Any) -> list[str]:
@@ -85,8 +91,8 @@ def install(app: web.Application) -> None:
 
     def scripts() -> list[str]:
         registry = app[STATE].runtime.registry
-        if registry is None:  # packs still loading
-            return []
+        if registry is None:  # packs still loading: Steerflow's own scripts already
+            return extension_scripts(None)
         if id(registry) not in cache:  # one walk per registry, not per request
             cache.clear()
             cache[id(registry)] = extension_scripts(registry)

@@ -409,7 +409,8 @@ def test_packs_through_the_server_and_worker(make_server, loop):  # noqa: F811
         assert info["input"]["hidden"] == {"unique_id": "UNIQUE_ID"}
         assert info["python_module"] == "custom_nodes.io_pack"
         assert http.get("/extensions").json() == ["/extensions/io_pack/io_pack.js",
-                                                  "/extensions/io_pack/widgets/extra.js"]
+                                                  "/extensions/io_pack/widgets/extra.js",
+                                                  "/extensions/steerflow/warnings.js"]
         script = http.get("/extensions/io_pack/io_pack.js")
         assert script.status == 200 and b"registerExtension" in script.body
         assert script.headers["Content-Type"].startswith("application/javascript")

@@ -154,6 +154,11 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
             print(f"default graph queued to image shown: {elapsed:.1f}s, image {size}")
             assert size[0] > 0 and size[1] > 0
             assert views, "the image was never fetched from /view"
+            # our run-time warning (512x512 Empty Latent decoded by the 4x VAE) as a toast,
+            # through Steerflow's own frontend extension
+            toast = page.locator(".p-toast-message", has_text="Warning from")
+            toast.first.wait_for(timeout=10_000)
+            assert "Empty Latent Image" in toast.first.inner_text()
             # the running node outlined with its progress bar, and previews on it
             seen = set(page.evaluate("() => [...window.__seen]"))
             assert seen == {"progress_state", "b_preview_with_metadata"}, seen
