@@ -116,10 +116,18 @@ async def experiment_models(request: web.Request) -> web.Response:
 
 
 def _model_files(env: Any, folder: str) -> list[dict[str, Any]]:
+    """The model library's entries. A diffusers folder beside a single file of the same
+    model (``x/`` and ``x.safetensors``, as set-up installs the built-in models) is left
+    out: the library shows names without their extension, so both would read "x"."""
     root = env.folder("models", folder)
+    names = env.list_files("models", folder, suffixes=MODEL_SUFFIXES,
+                           dirs_with="model_index.json")
+    present = set(names)
     out = []
-    for name in env.list_files("models", folder, suffixes=MODEL_SUFFIXES,
-                               dirs_with="model_index.json"):
+    for name in names:
+        if not name.endswith(MODEL_SUFFIXES) and any(name + s in present
+                                                     for s in MODEL_SUFFIXES):
+            continue
         try:
             st = (root / name).stat()
         except OSError:

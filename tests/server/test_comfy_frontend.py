@@ -69,12 +69,17 @@ def test_experiment_models(http: Http, server: LiveServer) -> None:
     (ckpts / "diffusers-model" / "model_index.json").write_text("{}")
     (ckpts / "single.safetensors").write_bytes(b"x" * 10)
     (ckpts / "notes.txt").write_text("not a model")
+    # one model as both a folder and a file (the built-in models): listed once
+    (ckpts / "both").mkdir()
+    (ckpts / "both" / "model_index.json").write_text("{}")
+    (ckpts / "both.safetensors").write_bytes(b"y" * 4)
     folders = http.get("/api/experiment/models").json()
     assert {"name": "checkpoints", "folders": [str(ckpts)]} in folders
     assert "loras" in [f["name"] for f in folders]  # the frontend's known folders
     files = http.get("/api/experiment/models/checkpoints").json()
-    assert [f["name"] for f in files] == ["diffusers-model", "single.safetensors"]
-    assert files[1]["pathIndex"] == 0 and files[1]["size"] == 10
+    assert [f["name"] for f in files] == ["both.safetensors", "diffusers-model",
+                                          "single.safetensors"]
+    assert files[2]["pathIndex"] == 0 and files[2]["size"] == 10
     assert http.get("/api/experiment/models/loras").json() == []
     for bad in ("nope", "..", "%2E%2E", "a%2Fb"):
         reply = http.get(f"/api/experiment/models/{bad}", raw=True)
