@@ -22,12 +22,28 @@ def sampler_problems(inputs: dict[str, Any]) -> list[tuple[str | None, str]]:
     return [("scheduler", problem)] if problem else []
 
 
+def non_finite_message(step: int, total: int) -> str:
+    """Why latents that turned NaN/inf come out black, and what to change."""
+    return (f"the latents became NaN or infinite at step {step} of {total}, so the image "
+            "will come out black: a half-precision model overflowing (run with --dtype "
+            "bf16 or fp32), an extreme cfg, LoRA or guidance strength, or an input latent "
+            "or mask that already held NaN")
+
+
 def step_reporter(ctx: ExecutionContext, model: DiffusionModel) -> StepCallback:
     """Progress every step (which also honours interrupt), with a live latent preview
-    when a client asked for previews."""
+    when a client asked for previews, and a warning when the latents stop being finite
+    (ComfyUI saves such images black without a word)."""
+    import torch
+
     want_preview = bool(ctx.extra.get("preview"))
+    warned = False
 
     def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+        nonlocal warned
+        if not warned and not bool(torch.isfinite(latents).all()):
+            warned = True  # once per run: a NaN stays NaN
+            ctx.warn(non_finite_message(step, total))
         preview = latent_preview(latents, model.family, model.unet) if want_preview else None
         ctx.progress(step, total, preview)
 

@@ -277,16 +277,18 @@ def test_sampling_out_of_memory_becomes_a_clear_error(session, monkeypatch, rais
 # --- the rest of the nodes: file names, odd latents and images, long prompts ----------
 
 class FuzzLatent(Node):
-    """A LATENT of any shape (``"1,4,8,8"``), filled with 0.5."""
+    """A LATENT of any shape (``"1,4,8,8"``), filled with ``fill`` (a float's text)."""
 
     TYPE = "TestFuzzLatent"
     OUTPUTS = (Output("LATENT"),)
     shape: str = Input("1,4,8,8")
+    fill: str = Input("0.5")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
         from nodes.diffusion.handles import Latent
 
-        return (Latent(torch.full(tuple(int(s) for s in self.shape.split(",")), 0.5)),)
+        shape = tuple(int(s) for s in self.shape.split(","))
+        return (Latent(torch.full(shape, float(self.fill))),)
 
 
 def _node_errors(session: Session, prompt: dict[str, Any]) -> list[Any]:
@@ -411,3 +413,27 @@ def test_execution_error_messages_are_cut(session):
     message = fails(session, {"1": {"class_type": "TestLoudFailure", "inputs": {}},
                               "2": capture(["1", 0])})
     assert len(message) < MESSAGE_CHARS + 50 and message.startswith("bad: yyy")
+
+
+@pytest.mark.parametrize("node", ["KSampler", "KSamplerAdvanced"])
+def test_sampling_nan_latents_warns_once(session, node):
+    """A NaN input latent (img2img) would come out black without a word: it warns, once,
+    naming the step and what to change."""
+    inputs = {"model": ["4", 0], "positive": ["5", 0], "negative": ["5", 0],
+              "latent_image": ["1", 0], "steps": 3, "cfg": 2.0}
+    if node == "KSampler":
+        inputs |= {"seed": 0, "denoise": 0.5}
+    else:
+        inputs |= {"noise_seed": 0, "add_noise": "enable", "start_at_step": 1,
+                   "end_at_step": 3, "return_with_leftover_noise": "disable"}
+    result = session.run({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "x"}},
+        "1": {"class_type": "TestFuzzLatent", "inputs": {"shape": "1,4,8,8", "fill": "nan"}},
+        "2": {"class_type": node, "inputs": inputs},
+        "3": capture(["2", 0])}, keep_events=True)
+    assert result.ok, result.run.error
+    warnings = [d["message"] for name, d in result.events if name == "node_warning"]
+    assert len(warnings) == 1 and warnings[0].startswith("the latents became NaN or infinite "
+                                                         "at step 1 of "), warnings
+    assert "--dtype" in warnings[0]
