@@ -221,7 +221,9 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
             ui_nodes[str(n["id"])] = n
     links = _parse_links(obj["links"])
     definitions = obj.get("definitions") if isinstance(obj.get("definitions"), dict) else {}
-    subgraphs = {str(s.get("id")): s for s in definitions.get("subgraphs") or []
+    listed = definitions.get("subgraphs")
+    # a hand-edited or corrupt file may hold anything here (a number is not iterable)
+    subgraphs = {str(s.get("id")): s for s in (listed if isinstance(listed, list) else [])
                  if isinstance(s, dict)}
 
     prompt: dict[str, dict[str, Any]] = {}

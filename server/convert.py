@@ -26,13 +26,17 @@ INLINE_NODES = 200  # bigger workflows convert off the event loop
 
 async def convert_workflow(request: web.Request) -> web.Response:
     body = await read_json(request)
-    obj = body.get("workflow") if isinstance(body, dict) and set(body) == {"workflow"} \
-        else body
+    wrapped = isinstance(body, dict) and set(body) == {"workflow"} \
+        and not _is_node(body["workflow"])  # else a one-node prompt, its node "workflow"
+    obj = body["workflow"] if wrapped else body
     source = "comfyui" if is_ui_workflow(obj) else "document" if is_document(obj) else "api"
     registry = await state(request).runtime.get_registry()
     warnings: list[str] = []
     try:
-        if _size(obj) <= INLINE_NODES:
+        if source == "api" and _is_node(obj.get("prompt") if isinstance(obj, dict) else None):
+            # an API prompt with a node named "prompt", not a /prompt body to unwrap
+            prompt, document = {str(k): v for k, v in obj.items()}, None
+        elif _size(obj) <= INLINE_NODES:
             prompt, document = from_object(obj, registry, warnings)
         else:
             prompt, document = await asyncio.get_running_loop().run_in_executor(
@@ -44,6 +48,10 @@ async def convert_workflow(request: web.Request) -> web.Response:
     except RecursionError:
         raise ApiError(400, "invalid_workflow", "the workflow is nested too deeply") from None
     return json_response({"document": document, "warnings": warnings, "source": source})
+
+
+def _is_node(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("class_type"), str)
 
 
 def _size(obj: Any) -> int:

@@ -31,7 +31,7 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from engine.paths import PathError, confined_path
+from engine.paths import ANNOTATED_NAME, PathError, confined_path
 from server.errors import ApiError, json_response
 from server.imaging import CONTENT_TYPES, FORMATS, MAGIC, NotAnImage, check_image, reencode
 from server.state import state
@@ -69,6 +69,12 @@ async def view(request: web.Request) -> web.StreamResponse:
     if not filename:
         raise ApiError(400, "missing_filename", "the 'filename' parameter is required")
     role = _role(q.get("type"), "output")
+    # ComfyUI's annotated names ("x.png [input]") name their folder, whatever ``type``
+    # says: its frontend previews a Load Image value that way after the mask editor
+    # ("clipspace/clipspace-mask-1.png [input]", split at the last '/').
+    match = ANNOTATED_NAME.match(filename)
+    if match is not None and match["name"]:
+        filename, role = match["name"], match["role"]
     try:
         path = state(request).env.resolve(role, q.get("subfolder", ""), filename)
     except PathError as exc:

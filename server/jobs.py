@@ -32,7 +32,10 @@ def _queued(item: list[Any], status: str) -> dict[str, Any]:
 
 
 def _workflow_id(extra: dict[str, Any]) -> str | None:
-    workflow = (extra.get("extra_pnginfo") or {}).get("workflow")
+    # extra_data is the client's: entries stored before /prompt checked extra_pnginfo
+    # may hold any JSON there, and one such entry must not break the whole listing
+    pnginfo = extra.get("extra_pnginfo")
+    workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
     value = workflow.get("id") if isinstance(workflow, dict) else None
     return value if isinstance(value, str) else None
 

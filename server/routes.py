@@ -6,13 +6,15 @@ import asyncio
 import gc
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
 from aiohttp import web
 
+from engine.comfy_workflow import is_ui_workflow
 from engine.validation import Issue, PromptValidationError, describe_issues, to_node_errors
-from engine.workflow import WorkflowFormatError, from_object
+from engine.workflow import WorkflowFormatError, from_object, is_document
 from server.errors import ApiError, json_response
 from server.prompt_queue import DuplicatePromptId, QueueItem
 from server.state import state
@@ -27,6 +29,9 @@ MAX_REPORTED_ISSUES = 100  # validation errors detailed in a 400; the rest are c
 DEFAULT_HISTORY_ITEMS = 1000  # GET /history without max_items: the newest this many
 MAX_HISTORY_BYTES = 64 << 20  # a /history answer stops adding entries beyond this
 INLINE_VALIDATION_NODES = 64  # bigger prompts are validated off the event loop
+# ComfyUI's execution.SENSITIVE_EXTRA_DATA_KEYS: API credentials a client may put in
+# extra_data (its basic_api_example.py shows how); never stored nor shown
+SENSITIVE_EXTRA_DATA_KEYS = frozenset({"auth_token_comfy_org", "api_key_comfy_org"})
 
 
 def _reject_constant(name: str) -> Any:
@@ -62,24 +67,34 @@ def _loads(raw: bytes) -> Any:
             gc.enable()
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """The body as JSON whatever its Content-Type (as ComfyUI); 400 if it is not."""
-    raw = await request.read()
+async def read_json(request: web.Request, *, required: bool = True, **fields: Any) -> Any:
+    """The body as JSON whatever its Content-Type (as ComfyUI); 400 if it is not.
+
+    ``fields`` join the error body (``node_errors`` for /prompt, whose clients read it).
+    """
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "request_entity_too_large", "the request body is too large",
+                       extra_info={"limit_bytes": request.client_max_size}, **fields) from None
     if not raw.strip():
         if required:
-            raise ApiError(400, "invalid_json", "the request body is empty; expected JSON")
+            raise ApiError(400, "invalid_json", "the request body is empty; expected JSON",
+                           **fields)
         return {}
     try:
         return _loads(raw)
     except (ValueError, RecursionError) as exc:  # includes UnicodeDecodeError
         raise ApiError(400, "invalid_json", "the request body is not valid JSON",
-                       str(exc)[:500]) from None
+                       str(exc)[:500], **fields) from None
 
 
-async def read_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    body = await read_json(request, required=required)
+async def read_object(request: web.Request, *, required: bool = True,
+                      **fields: Any) -> dict[str, Any]:
+    body = await read_json(request, required=required, **fields)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "the request body must be a JSON object")
+        raise ApiError(400, "invalid_request", "the request body must be a JSON object",
+                       **fields)
     return body
 
 
@@ -89,23 +104,25 @@ async def get_prompt(request: web.Request) -> web.Response:
 
 
 async def post_prompt(request: web.Request) -> web.Response:
+    try:
+        return await _post_prompt(request)
+    except ApiError as exc:
+        # ComfyUI's clients read node_errors from every refusal (its frontend:
+        # error.response.node_errors), a 503 while the server starts included
+        exc.body.setdefault("node_errors", {})
+        raise
+
+
+async def _post_prompt(request: web.Request) -> web.Response:
     st = state(request)
-    body = await read_object(request)
+    body = await read_object(request, node_errors={})
     if body.get("prompt") is None:
         raise ApiError(400, "no_prompt", "No prompt provided", "the body has no 'prompt'",
                        node_errors={})
-    try:
-        prompt, _ = from_object(body["prompt"])
-    except WorkflowFormatError as exc:
-        raise ApiError(400, "invalid_prompt", str(exc), node_errors={}) from None
+    prompt = _api_prompt(body["prompt"])
     prompt_id = _prompt_id(body.get("prompt_id"))
     number = _number(body, st.queue.next_number)
-    extra_data = body.get("extra_data") or {}
-    if not isinstance(extra_data, dict):
-        raise ApiError(400, "invalid_request", "'extra_data' must be an object", node_errors={})
-    extra_data = dict(extra_data)
-    if body.get("client_id") is not None:
-        extra_data["client_id"] = _valid_id(body["client_id"], "client_id", node_errors={})
+    extra_data = _extra_data(body)
     targets = body.get("partial_execution_targets")
     if targets is not None:
         targets = _id_list(targets, "partial_execution_targets", node_errors={})
@@ -133,6 +150,49 @@ async def post_prompt(request: web.Request) -> web.Response:
             log.warning("prompt %s, node %s: %s", prompt_id, issue.node_id, issue.message)
         reply["warnings"] = [i.to_dict() for i in shown]
     return json_response(reply)
+
+
+def _api_prompt(value: Any) -> dict[str, Any]:
+    """``prompt`` of a /prompt body: an API prompt as it is, or one of our documents.
+
+    Never unwrapped further, as :func:`engine.workflow.from_object` does with a whole
+    request body: a node whose id is "prompt" would be taken for that body, and the
+    prompt replaced by that node's fields.
+    """
+    try:
+        if is_document(value) or is_ui_workflow(value):
+            return from_object(value)[0]  # a UI workflow: refused with how to convert it
+    except WorkflowFormatError as exc:
+        raise ApiError(400, "invalid_prompt", str(exc), node_errors={}) from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_prompt", "a workflow must be a JSON object",
+                       node_errors={})
+    return {str(k): v for k, v in value.items()}
+
+
+def _extra_data(body: dict[str, Any]) -> dict[str, Any]:
+    """``extra_data`` checked, with the body's ``client_id`` and ComfyUI's ``create_time``.
+
+    A ``client_id`` routes the prompt's events, and ``extra_pnginfo`` is written into
+    saved images (and read by /jobs), so both are checked here rather than failing a
+    run later. ComfyUI's comfy.org credentials are dropped: Steerflow has no use for
+    them, and /queue, /history and /jobs show extra_data to every client.
+    """
+    extra = body.get("extra_data") or {}
+    if not isinstance(extra, dict):
+        raise ApiError(400, "invalid_request", "'extra_data' must be an object", node_errors={})
+    extra = {k: v for k, v in extra.items() if k not in SENSITIVE_EXTRA_DATA_KEYS}
+    if body.get("client_id") is not None:
+        extra["client_id"] = body["client_id"]
+    if extra.get("client_id") is not None:
+        extra["client_id"] = _valid_id(extra["client_id"], "client_id", node_errors={})
+    pnginfo = extra.get("extra_pnginfo")
+    if pnginfo is not None and not isinstance(pnginfo, dict):
+        raise ApiError(400, "invalid_request", "'extra_data.extra_pnginfo' must be an object "
+                       "(the PNG text chunks by name, e.g. {\"workflow\": {...}})",
+                       node_errors={})
+    extra["create_time"] = int(time.time() * 1000)  # as ComfyUI: /jobs reports it
+    return extra
 
 
 async def _validate(validator: Any, prompt: dict[str, Any],

@@ -248,3 +248,17 @@ def test_jobs_list_queue_and_history(http: Http) -> None:
     assert http.get("/api/jobs/nope").status == 404
     assert http.get("/api/jobs?status=bogus").status == 400
     assert http.get("/api/jobs?limit=1e9").status == 400
+
+
+def test_jobs_survive_history_entries_with_odd_extra_data(server: LiveServer, http: Http) -> None:
+    """Servers before /prompt checked extra_pnginfo stored whatever clients sent; one such
+    entry made every /jobs listing (the new frontend's queue panel) a 500."""
+    for i, pnginfo in enumerate([5, ["workflow"], "x", {"workflow": 3}, {"workflow": {"id": 7}}]):
+        entry = {"prompt": [i, f"odd-{i}", {}, {"extra_pnginfo": pnginfo}, []], "outputs": {},
+                 "status": {"status_str": "success", "completed": True, "messages": []}}
+        server.state.storage.finish(f"odd-{i}", i, entry)
+    jobs = http.get("/api/jobs")
+    assert jobs.status == 200, jobs.body
+    assert {j["id"]: j["workflow_id"] for j in jobs.json()["jobs"]} == {
+        f"odd-{i}": None for i in range(5)}
+    assert http.get("/api/jobs/odd-0").json()["workflow_id"] is None

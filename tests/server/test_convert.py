@@ -72,3 +72,24 @@ def test_convert_other_formats_and_errors(http: Http):
     bad = http.post("/workflow/convert", json=[1, 2])
     assert bad.status == 400 and bad.json()["error"]["type"] == "invalid_workflow"
     assert http.post("/workflow/convert", data=b"{").status == 400
+
+
+def test_convert_odd_subgraph_definitions_and_nodes_named_like_wrappers(http: Http):
+    """A corrupt ``definitions.subgraphs`` (a number, a string) was a 500; an API prompt
+    with a node named "prompt" or "workflow" was unwrapped as a request body."""
+    for subgraphs in (5, True, "abc", {"a": 1}, None, 1.5):
+        ui = {**UI, "definitions": {"subgraphs": subgraphs}}
+        reply = http.post("/workflow/convert", json=ui)
+        assert reply.status == 200, (subgraphs, reply.body)
+        assert set(reply.json()["document"]["prompt"]) == {"1", "3", "4", "6"}
+    named = {"prompt": {"class_type": "TestSource", "inputs": {"value": 2}},
+             "out": {"class_type": "TestOut", "inputs": {"value": ["prompt", 0]}}}
+    data = http.post("/workflow/convert", json=named).json()
+    assert data["source"] == "api" and data["document"]["prompt"] == named
+    one = {"workflow": {"class_type": "TestOut", "inputs": {"value": 1}}}
+    assert http.post("/workflow/convert", json=one).json()["document"]["prompt"] == one
+    # a /prompt body and {"workflow": ...} are still unwrapped
+    body = {"prompt": named, "client_id": "c"}
+    assert http.post("/workflow/convert", json=body).json()["document"]["prompt"] == named
+    assert http.post("/workflow/convert", json={"workflow": named}
+                     ).json()["document"]["prompt"] == named

@@ -164,3 +164,29 @@ def test_view_serves_only_real_images(server: LiveServer, http: Http):
     assert http.get("/view", params={"filename": "pic.jpg", "preview": "gif"}).status == 400
     rgb = http.get("/view", params={"filename": "pic.jpg", "channel": "rgb"})
     assert rgb.status == 200 and rgb.headers["Content-Type"] == "image/png"
+
+
+def test_view_reads_comfyuis_annotated_names(server: LiveServer, http: Http, outside):
+    """ComfyUI's frontend previews a Load Image value such as
+    "clipspace/clipspace-mask-1.png [input]" (what its mask editor leaves) as
+    /view?filename=clipspace-mask-1.png [input]&type=input&subfolder=clipspace; the
+    annotation names the folder, as in ComfyUI's own /view."""
+    reply = http.post("/upload/image", data=form(png((7, 7, 7)), "clipspace-mask-1.png",
+                                                  subfolder="clipspace"))
+    assert reply.status == 200
+    out = server.base_dir / "output"
+    out.mkdir(exist_ok=True)
+    (out / "made.png").write_bytes(png((8, 8, 8)))
+    for params in ({"filename": "clipspace-mask-1.png [input]", "type": "input",
+                    "subfolder": "clipspace"},
+                   {"filename": "clipspace/clipspace-mask-1.png [input]"},
+                   {"filename": "made.png [output]", "type": "input"},
+                   {"filename": "made.png [output]"}):
+        view = http.get("/view", params=params)
+        assert view.status == 200, (params, view.body[:200])
+        assert view.headers["Content-Type"] == "image/png"
+    assert http.get("/view", params={"filename": "made.png [temp]"}).status == 404
+    assert http.get("/view", params={"filename": " [input]"}).status in (403, 404)
+    # the annotation changes the folder, never the confinement
+    for name in (f"../../{outside.name} [input]", f"{outside} [output]"):
+        assert http.get("/view", params={"filename": name}).status in (400, 403)

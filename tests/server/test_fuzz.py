@@ -45,13 +45,21 @@ def assert_structured_4xx(reply, allow_ok: bool = False) -> None:
     assert isinstance(error["type"], str) and isinstance(error["message"], str)
 
 
+def assert_prompt_4xx(reply, allow_ok: bool = False) -> None:
+    """A /prompt refusal in ComfyUI's shape: ``error`` and ``node_errors`` (its clients
+    read both, e.g. its frontend's ``error.response.node_errors``)."""
+    assert_structured_4xx(reply, allow_ok)
+    if reply.status != 200:
+        assert isinstance(reply.json()["node_errors"], dict), reply.body[:300]
+
+
 def test_random_json_bodies(http: Http):
     @SETTINGS
     @given(json_values)
     def check(value):
         if isinstance(value, dict) and "prompt" in value:
             return
-        assert_structured_4xx(http.post("/prompt", data=json.dumps(value)))
+        assert_prompt_4xx(http.post("/prompt", data=json.dumps(value)))
 
     check()
     assert http.get("/prompt").status == 200
@@ -61,13 +69,14 @@ def test_random_bytes_bodies(http: Http):
     @SETTINGS
     @given(st.binary(max_size=300))
     def check(raw):
-        assert_structured_4xx(http.post("/prompt", data=raw,
-                                        headers={"Content-Type": "application/json"}))
+        assert_prompt_4xx(http.post("/prompt", data=raw,
+                                    headers={"Content-Type": "application/json"}))
 
     check()
     for raw in (b"[" * 100000, b'{"prompt": ' * 50000, b"NaN", b'{"prompt": Infinity}',
-                b"\xff\xfe{", b'{"prompt": {"1": ' + b"[" * 5000 + b"]" * 5000 + b"}}"):
-        assert_structured_4xx(http.post("/prompt", data=raw))
+                b"\xff\xfe{", b'{"prompt": {"1": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+                b"", b"[1]", b'"prompt"', b"{"):
+        assert_prompt_4xx(http.post("/prompt", data=raw))
     assert http.get("/prompt").status == 200
 
 
@@ -79,11 +88,40 @@ def test_random_prompt_shaped_bodies(http: Http):
                                     json_values, max_size=3))
     def check(prompt, extra):
         body = {**extra, "prompt": prompt}
-        assert_structured_4xx(http.post("/prompt", data=json.dumps(body)), allow_ok=True)
+        assert_prompt_4xx(http.post("/prompt", data=json.dumps(body)), allow_ok=True)
 
     check()
     assert http.get("/prompt").status == 200
     assert http.get("/queue").status == 200
+
+
+def test_an_oversized_prompt_body_is_a_413_in_comfyuis_shape(make_server, loop):
+    server = make_server(max_prompt_bytes=4096)
+    http = Http(server.url, loop)
+    try:
+        reply = http.post("/prompt", data=b'{"prompt": "' + b"a" * 8192 + b'"}')
+        assert reply.status == 413
+        assert_prompt_4xx(reply)
+        assert reply.json()["error"]["extra_info"]["limit_bytes"] == 4096
+        assert http.post("/prompt", json={"prompt": chain()}).status == 200
+    finally:
+        http.close()
+
+
+def broken_registry() -> None:
+    raise RuntimeError("this node pack is broken")
+
+
+def test_prompt_refusals_carry_node_errors_when_no_node_pack_loads(make_server, loop):
+    server = make_server(registry_factory="tests.server.test_fuzz:broken_registry")
+    http = Http(server.url, loop)
+    try:
+        reply = http.post("/prompt", json={"prompt": chain()})
+        assert reply.status == 503
+        assert reply.json()["error"]["type"] == "nodes_unavailable"
+        assert reply.json()["node_errors"] == {}
+    finally:
+        http.close()
 
 
 def test_other_routes_reject_malformed_bodies(http: Http):

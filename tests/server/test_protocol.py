@@ -423,3 +423,46 @@ def test_free_drops_the_workers_cache(server: LiveServer, http: Http):
     assert cached_after_run() == []
     assert http.post("/free", json={"unload_models": "yes"}).status == 400
     assert http.post("/api/free", json={}).status == 200  # nothing asked: nothing done
+
+
+def test_a_node_named_prompt_is_a_node_not_a_request_body(http: Http):
+    """API prompts built by scripts name their nodes freely; one called "prompt" (a text
+    encoder, say) once made /prompt take that node for a request body to unwrap."""
+    prompt = {"prompt": {"class_type": "TestSource", "inputs": {"value": 4}},
+              "out": {"class_type": "TestOut", "inputs": {"value": ["prompt", 0]}}}
+    reply = http.post("/prompt", json={"prompt": prompt})
+    assert reply.status == 200, reply.body
+    pid = reply.json()["prompt_id"]
+    entry = wait_history(http, [pid])[pid]
+    assert entry["status"]["status_str"] == "success"
+    assert entry["outputs"] == {"out": {"value": [4]}}
+    assert entry["prompt"][2] == prompt
+    # a prompt wrapped twice is not unwrapped either (ComfyUI refuses it too)
+    twice = http.post("/prompt", json={"prompt": {"prompt": chain()}})
+    assert twice.status == 400 and "node_errors" in twice.json()
+
+
+def test_extra_data_is_checked_and_credentials_are_never_kept(http: Http):
+    """As ComfyUI: comfy.org credentials that basic_api_example.py shows in extra_data are
+    not stored nor shown (/queue, /history, /jobs show extra_data to everyone), and
+    ``create_time`` is added; a client_id or extra_pnginfo that cannot work is a 400."""
+    before = int(time.time() * 1000)
+    reply = http.post("/prompt", json={"prompt": chain(), "extra_data": {
+        "api_key_comfy_org": "comfyui-secret", "auth_token_comfy_org": "secret-too",
+        "extra_pnginfo": {"workflow": {"id": "wf-1"}}, "mine": [1]}})
+    assert reply.status == 200, reply.body
+    pid = reply.json()["prompt_id"]
+    entry = wait_history(http, [pid])[pid]
+    extra = entry["prompt"][3]
+    assert "secret" not in json.dumps(entry) and b"secret" not in http.get("/api/jobs").body
+    assert set(extra) == {"extra_pnginfo", "mine", "create_time"}
+    assert before <= extra["create_time"] <= int(time.time() * 1000)
+    assert http.get(f"/api/jobs/{pid}").json()["create_time"] == extra["create_time"]
+    for bad in ({"extra_pnginfo": 5}, {"extra_pnginfo": ["workflow"]}, {"client_id": 5},
+                {"client_id": "a\x00b"}):
+        reply = http.post("/prompt", json={"prompt": chain(), "extra_data": bad})
+        assert reply.status == 400, bad
+        assert reply.json()["node_errors"] == {}
+    # extra_data's own client_id routes events as the body's does (ComfyUI reads both)
+    ok = http.post("/prompt", json={"prompt": chain(), "extra_data": {"client_id": "x"}})
+    assert ok.status == 200
