@@ -127,6 +127,12 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
     elif spec.type == "FLOAT" and not spec.allow_nonfinite and not math.isfinite(coerced):
         return value, _value_issue(spec, value, "invalid_value",
                                    "must be a finite number", "finite_number")
+    elif isinstance(coerced, str) and (bad := _lone_surrogate(coerced)) is not None:
+        # JSON's "\ud800" decodes to text no tokenizer or file name can take
+        return value, _value_issue(spec, value, "invalid_value",
+                                   f"holds a lone UTF-16 surrogate (U+{ord(coerced[bad]):04X} "
+                                   f"at character {bad}): not valid Unicode text",
+                                   "unicode_text")
     looked_in: list[str] = []
     choices = spec.resolve_choices(
         _ListingRecorder(env, looked_in) if env is not None and callable(spec.choices) else env)
@@ -141,6 +147,15 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
                             f"input '{spec.name}': {coerced!r} is not one of [{shown}]{where}",
                             input_name=spec.name, details=details)
     return coerced, None
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in ``text``, or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 class _ListingRecorder:

@@ -332,8 +332,9 @@ def from_object(obj: Any, registry: Schemas | None = None,
     if is_ui_workflow(obj):
         document = convert_ui(obj, registry, warnings)
         return document_to_prompt(document), document
-    if isinstance(obj, dict) and isinstance(obj.get("prompt"), dict) and "format" not in obj:
-        obj = obj["prompt"]  # the body of a POST /prompt
+    if (isinstance(obj, dict) and isinstance(obj.get("prompt"), dict) and "format" not in obj
+            and "class_type" not in obj["prompt"]):
+        obj = obj["prompt"]  # the body of a POST /prompt, not a node whose id is "prompt"
     if not isinstance(obj, dict):
         raise WorkflowFormatError("a workflow must be a JSON object")
     return {str(k): v for k, v in obj.items()}, None

@@ -200,3 +200,12 @@ def test_png_with_prompt_and_ui_workflow_runs_the_prompt(tmp_path):
     assert document["layout"]["nodes"]["3"]["pos"] == [863, 186]
     prompt, document = load_workflow(png)  # without schemas: the prompt alone
     assert prompt["3"]["inputs"]["seed"] == 1234 and document is None
+
+
+def test_a_node_whose_id_is_prompt_is_not_taken_for_a_request_body():
+    from engine.workflow import from_object
+
+    node = {"class_type": "PrimitiveInt", "inputs": {"value": 1}}
+    assert from_object({"prompt": node})[0] == {"prompt": node}
+    body = {"prompt": {"1": node}, "client_id": "c"}
+    assert from_object(body)[0] == {"1": node}

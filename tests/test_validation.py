@@ -365,3 +365,17 @@ def test_listings_leave_out_symlinks_that_leave_their_folder(tmp_path) -> None:
     (inputs / "evil_link.png").symlink_to(secret)
     (inputs / "alias.png").symlink_to(inputs / "real.png")
     assert env.list_files("input") == ["alias.png", "real.png"]
+
+
+def test_lone_surrogate_in_text_is_refused(reg, env):
+    """JSON's "\\ud800" decodes to a string no tokenizer, file name or UTF-8 encoder takes;
+    refused up front rather than failing mid-run."""
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 5, "label": "a\ud800b"}},
+              "3": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
+    with pytest.raises(PromptValidationError) as info:
+        validate_prompt(prompt, reg, env)
+    (issue,) = [i for i in info.value.issues if i.severity == "error"]
+    assert (issue.kind, issue.input_name) == ("invalid_value", "label")
+    assert "U+D800 at character 1" in issue.message
+    prompt["1"]["inputs"]["label"] = "a\U0001f600b"  # a real astral character is fine
+    validate_prompt(prompt, reg, env)
