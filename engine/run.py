@@ -96,6 +96,11 @@ class _Run(ExpansionSteps):
                     self._mark_cached(node_id)
                 else:
                     self._schedule(node_id)
+            for node_id in self.vp.order:
+                # ComfyUI lists every cached node, needed or not: its frontend counts them
+                # done (the prompt's progress would otherwise stop short of 100%)
+                if node_id not in self.state and self.sigs[node_id] in self.cache:
+                    self._mark_cached(node_id)
             self._flush_cached()
             while True:
                 if self.flag.is_set():

@@ -221,11 +221,12 @@ def test_ten_thousand_node_chain(ex):
 
 
 def test_fully_cached_prompt_still_sends_executed_with_ui(ex):
-    """ComfyUI sends ``executed`` for cached output nodes: clients show results from it."""
+    """ComfyUI sends ``executed`` for cached output nodes: clients show results from it.
+    ``execution_cached`` lists every cached node, also those the cached output spares."""
     ex.run(chain())
     events = []
     again = ex.run(chain(), prompt_id="p2", on_event=lambda e, d: events.append((e, d)))
-    assert again.executed == [] and again.cached == ["3"]
+    assert again.executed == [] and again.cached == ["1", "2", "3"]
     names = [e for e, _ in events]
     assert names == ["execution_start", "execution_cached", "executed", "execution_success",
                      "executing"]
