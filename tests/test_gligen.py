@@ -196,6 +196,43 @@ def test_batch_of_two_matches_pipeline(session, gligen_pipe):
     assert np.abs(ours - ref).max() <= TOL
 
 
+def test_boxes_are_in_pixels_of_the_checkpoints_own_vae(gligen_dir, tmp_path_factory):
+    """A checkpoint with a 4x VAE makes a 48x32 image from 12x8 latents: boxes are in its
+    pixels, not in those of SD's 8x VAE (which would shrink them and refuse most)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    from nodes.diffusion.tiny import VAE_CONFIG, _seeded, build_tiny_pipeline
+
+    base = build_tiny_pipeline()
+    vae = _seeded(1, lambda: AutoencoderKL(**{
+        **VAE_CONFIG, "block_out_channels": (32, 32, 64),
+        "down_block_types": ("DownEncoderBlock2D",) * 3,
+        "up_block_types": ("UpDecoderBlock2D",) * 3})).eval()
+    root = tmp_path_factory.mktemp("gligen_vae4")
+    StableDiffusionPipeline(
+        vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+        scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False).save_pretrained(root / "checkpoints" / "vae4",
+                                                        safe_serialization=True)
+    shutil.copytree(gligen_dir, root / "gligen")
+    session = Session(tmp_path_factory.mktemp("gligen_vae4_home"), models_dir=root,
+                      device="cpu", registry=registry_with_capture())
+    pipe = diffusers.StableDiffusionGLIGENPipeline(
+        vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+        unet=build_tiny_gligen_unet(), scheduler=diffusers.DDIMScheduler.from_config(
+            base.scheduler.config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.base_config = dict(base.scheduler.config)
+    boxes = [("a red circle", 8, 8, 24, 16), ("a blue square", 32, 16, 16, 16)]
+    prompt = graph(boxes, width=48, height=32, ckpt="vae4")
+    prompt["latent"]["inputs"]["vae"] = ["ckpt", 2]
+    ours = graph_image(session, prompt)
+    ref = reference(pipe, boxes, width=48, height=32)
+    assert ours.shape == ref.shape == (1, 32, 48, 3)
+    assert np.abs(ours - ref).max() <= TOL
+
+
 def test_every_file_layout_gives_the_same_image(session):
     expected = graph_image(session, graph([RED, BLUE], beta=0.5))
     for name in (f"{TINY_GLIGEN_NAME}-unet", "comfy-layout.safetensors",

@@ -16,9 +16,10 @@ Boxes, as the pipeline batches them: up to 30 per conditioning, padded to 30 wit
 with CFG, SEGA concepts, SAG's degraded pass) get masks 0 as well, so they see the
 position net's learnt null tokens. Scheduled sampling (``gligen_scheduled_sampling_beta``):
 the fusers act on the first ``int(beta * steps)`` steps, then the UNet runs without them.
-Boxes are in pixels of the image, taken as the latent times SD's 8x VAE downscale (as
-ComfyUI); UNet passes on a crop of the latent (area prompts, MultiDiffusion windows) run
-without grounding.
+Boxes are in pixels of the image: the latent times the downscale of the VAE the
+checkpoint loader paired with the UNet, or SD's 8x where none is known (as ComfyUI,
+which always takes 8x); UNet passes on a crop of the latent (area prompts, MultiDiffusion
+windows) run without grounding.
 
 File layouts read (``models/gligen``): a ``.safetensors`` with diffusers' keys
 ``position_net.*`` and ``<block>.fuser.*`` (what filtering a diffusers GLIGEN UNet's
@@ -56,7 +57,8 @@ if TYPE_CHECKING:
 
 #: the pipeline's ``max_objs``: grounding tokens per image
 MAX_OBJS = 30
-#: pixels per latent for the box coordinates (SD's VAE, the models GLIGEN exists for)
+#: pixels per latent for the box coordinates when the UNet's VAE is unknown (SD's VAE, the
+#: models GLIGEN exists for)
 SD_DOWNSCALE = 8
 FAMILIES = ("sd1", "sd2")
 FUSER = ".fuser."
@@ -306,6 +308,16 @@ def _position_net_copy(net: Any, device: torch.device, dtype: torch.dtype) -> An
 
 # --- the sampler extension ------------------------------------------------------------------
 
+def pixels_per_latent(unet: Any) -> int:
+    """Image pixels per latent pixel for ``unet``: the downscale of the VAE the checkpoint
+    loader paired with it (a 4x VAE makes a 4x smaller image than SD's), else SD's 8."""
+    from nodes.diffusion.handles import Vae
+    from nodes.diffusion.preview import linked_vae
+
+    vae = linked_vae(unet)
+    return SD_DOWNSCALE if vae is None else Vae(vae).downscale
+
+
 @dataclass
 class _Table:
     """One conditioning's boxes as the position net takes them, and its grounded steps."""
@@ -358,7 +370,7 @@ class GLIGENGrounding(SamplerExtension):
                              "boxes of different GLIGEN models")
         unet = run.model.unet
         module_patches.attach(unet, fit(self.gligen, unet, run.model.family))
-        h, w = (int(s) * SD_DOWNSCALE for s in run.init_latents.shape[-2:])
+        h, w = (int(s) * pixels_per_latent(unet) for s in run.init_latents.shape[-2:])
         run.state[self] = _RunState({id(e): e._table(w, h, len(run.timesteps), run)
                                      for e in grounding})
 

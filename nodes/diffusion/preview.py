@@ -45,6 +45,12 @@ def link_vae(unet: Any, vae: Any) -> None:
         _vae_of[unet] = vae
 
 
+def linked_vae(unet: Any) -> Any | None:
+    """The VAE ``link_vae`` paired with ``unet`` (None when it was loaded without one)."""
+    with _lock:
+        return _vae_of.get(unet)
+
+
 def _fit_images(generator: torch.Generator) -> torch.Tensor:
     """``[FIT_IMAGES, 3, FIT_SIZE, FIT_SIZE]`` in [0, 1]: random colour blocks, solid colours
     (the RGB cube's corners and greys) and smooth gradients, so every hue and lightness is seen."""
@@ -120,8 +126,7 @@ def latent_preview(latents: torch.Tensor, family: str = "sd1", unet: Any = None,
     import torch
 
     if vae is None and unet is not None:
-        with _lock:
-            vae = _vae_of.get(unet)
+        vae = linked_vae(unet)
     x = latents[0].detach().float().cpu()
     if vae is not None:
         try:
