@@ -1,12 +1,14 @@
-"""Measure Train DreamBooth on the default model: teach "sks" = a heart from the 8 images
-of ``scripts/measure_training_nodes.py`` and score it with that script's protocol (new-shape
+"""Measure Train DreamBooth (or Train Custom Diffusion) on the default model: teach "sks"
+(Custom Diffusion: its modifier token) = a heart from the 8 images of
+``scripts/measure_training_nodes.py`` and score it with that script's protocol (new-shape
 match rate, plain held-out prompts with vs without), plus "a circle" prompts.
 
     python scripts/measure_dreambooth.py --world 77 --prompts 20 --plain 0   # quick, dev
     python scripts/measure_dreambooth.py                                     # held out
+    python scripts/measure_dreambooth.py --method custom_diffusion --lr 1e-3 --steps 600
 
 The graph, the images, the scoring and the timing are measure_training_nodes.py's; only
-the training node differs (Train DreamBooth's MODEL and CLIP are wired as Train LoRA's).
+the training node differs (its MODEL and CLIP are wired as Train LoRA's).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def graph(cfg: Any, text: str, seed: int, batch: int, train: dict[str, Any] | No
           ) -> dict[str, Any]:
     """measure_training_nodes' graph; Train DreamBooth's outputs are wired as Train LoRA's
     (MODEL 0, CLIP 1)."""
-    if train is None or train["class_type"] != "TrainDreamBooth":
+    if train is None or train["class_type"] not in ("TrainDreamBooth", "TrainCustomDiffusion"):
         return _lora_graph(cfg, text, seed, batch, train)
     g = _lora_graph(cfg, text, seed, batch, {**train, "class_type": "TrainLoRA"})
     g["train"] = train
@@ -77,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prior", type=int, default=0,
                         help="also train on this many shapes-world images with their captions")
     parser.add_argument("--skip-base", action="store_true")
+    parser.add_argument("--method", default="dreambooth",
+                        choices=["dreambooth", "custom_diffusion"])
+    parser.add_argument("--modifier", default="<new1>", help="Custom Diffusion's new word")
+    parser.add_argument("--initializer", default="pll", help="Custom Diffusion's start row")
+    parser.add_argument("--freeze-model", default="crossattn_kv",
+                        choices=["crossattn_kv", "crossattn"])
     args = parser.parse_args(argv)
 
     import torch
@@ -89,16 +97,25 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dreambooth-") as work:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         captions = mtn.put_training_images(runner, args.prior)
-        train = {"class_type": "TrainDreamBooth", "inputs": {
+        word = WORD
+        common = {
             "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
             "images": ["batch", 0], "captions": captions, "learning_rate": args.lr,
             "steps": args.steps, "batch_size": args.batch, "seed": 0, "resolution": 64,
-            "train_text_encoder": args.train_text_encoder,
             "with_prior_preservation": bool(args.class_prompt),
             "class_prompt": args.class_prompt, "num_class_images": args.class_images,
             "prior_loss_weight": args.prior_weight, "class_steps": args.sample_steps,
             "class_cfg": cfg.cfg, "class_sampler": "euler",
-            "gradient_checkpointing": False, "save_name": ""}}
+            "gradient_checkpointing": False, "save_name": ""}
+        if args.method == "dreambooth":
+            train = {"class_type": "TrainDreamBooth", "inputs": {
+                **common, "train_text_encoder": args.train_text_encoder}}
+        else:
+            word = args.modifier
+            common["captions"] = captions.replace(f" {WORD} ", f" {word} ")
+            train = {"class_type": "TrainCustomDiffusion", "inputs": {
+                **common, "modifier_token": word, "initializer_token": args.initializer,
+                "freeze_model": args.freeze_model}}
         if not args.skip_base:
             base_plain = mtn.plain_scores(runner, cfg, args.plain, None) if args.plain else {}
             base_new, drawn = mtn.new_shape_scores(runner, cfg, args.world, args.prompts,
@@ -115,14 +132,14 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
         start = time.time()
         new, drawn = mtn.new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds,
-                                          WORD, train)
-        print(f"dreambooth: sks {mtn.fmt(new)} {drawn}", flush=True)
+                                          word, train)
+        print(f"{args.method}: {word} {mtn.fmt(new)} {drawn}", flush=True)
         if args.plain:
-            print(f"dreambooth: plain {mtn.fmt(mtn.plain_scores(runner, cfg, args.plain, train))}",
-                  flush=True)
+            plain = mtn.plain_scores(runner, cfg, args.plain, train)
+            print(f"{args.method}: plain {mtn.fmt(plain)}", flush=True)
         if args.circles:
-            print(f"dreambooth: circles {circle_scores(runner, cfg, args.circles, train):.1%}",
-                  flush=True)
+            circles = circle_scores(runner, cfg, args.circles, train)
+            print(f"{args.method}: circles {circles:.1%}", flush=True)
         print(f"[{time.time() - start:.0f} s to score]")
 
 

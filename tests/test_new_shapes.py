@@ -93,7 +93,8 @@ def test_prior_images_are_the_worlds_and_shipped():
 
 
 @pytest.mark.parametrize(("name", "count"), [("train_new_shape_lora", 16),
-                                             ("train_new_shape_ti", 8)])
+                                             ("train_new_shape_ti", 8),
+                                             ("train_new_shape_dreambooth", 16)])
 def test_example_workflows_train_on_the_shipped_images(name, count):
     doc = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
     nodes = doc["prompt"].values()

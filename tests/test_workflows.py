@@ -36,7 +36,7 @@ def test_example_runs(fresh_session, path):
             fresh_session.validate(wf)
         return
     for node_id, node in wf.prompt.items():
-        for name in ("steps", "num_inversion_steps"):
+        for name in ("steps", "num_inversion_steps", "class_steps", "num_class_images"):
             # a linked count (a sampler taking an inversion's steps) follows its source
             if isinstance(node.get("inputs", {}).get(name), int):
                 wf.set(f"{node_id}.{name}", 3)  # the same for sampler and inversion
