@@ -313,7 +313,7 @@ def load_workflow(path: str | Path, registry: Schemas | None = None,
     if path.suffix.lower() == ".png":
         return _load_png(path, registry, warnings)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))  # Notepad writes a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowFormatError(f"cannot read {path}: {exc}") from exc
     except json.JSONDecodeError as exc:

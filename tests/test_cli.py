@@ -137,3 +137,11 @@ def test_custom_node_pack_folder(tmp_path, models_dir):
     assert [e.pack for e in session.registry.errors] == [str(packs / "broken.py")]
     result = session.run({"1": {"class_type": "Greet", "inputs": {"name": "pack"}}})
     assert result.run.outputs == {"1": {"text": ["hello pack"]}}
+
+
+def test_a_workflow_saved_with_a_bom_loads(tmp_path, models_dir, capsys):
+    """Windows' Notepad saves UTF-8 with a byte-order mark."""
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + WORKFLOW.read_bytes())
+    done = cli("validate", str(bom), home=tmp_path, models=models_dir, capsys=capsys)
+    assert done.returncode == 0, done.stderr
