@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def _writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed; an OSError naming it when it cannot take files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the output folder {folder}: {exc.strerror or exc}"
+                      ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write into the output folder {folder}")
+
+
 def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
     from engine.session import Session
 
@@ -122,6 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.session import WorkflowInputError
 
     try:
+        if args.output_dir:  # refused now, not after the whole run at the first save
+            _writable_folder(Path(args.output_dir))
         session = _session(args, output_dir=args.output_dir)
         wf = _load(args, session)
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:

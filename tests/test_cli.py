@@ -145,3 +145,13 @@ def test_a_workflow_saved_with_a_bom_loads(tmp_path, models_dir, capsys):
     bom.write_bytes(b"\xef\xbb\xbf" + WORKFLOW.read_bytes())
     done = cli("validate", str(bom), home=tmp_path, models=models_dir, capsys=capsys)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_output_dir_that_cannot_be_made_is_refused_before_running(tmp_path, models_dir,
+                                                                      capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    done = cli("run", str(WORKFLOW), "--output-dir", str(blocker / "out"), home=tmp_path,
+               models=models_dir, capsys=capsys)
+    assert done.returncode == 2 and "cannot create the output folder" in done.stderr
+    assert "Traceback" not in done.stderr and "step" not in done.stderr  # nothing ran
