@@ -52,3 +52,15 @@ def split_annotated(name: str) -> tuple[str, str]:
     if match is None:
         return "input", name.strip()
     return match["role"], match["name"].strip()
+
+
+def writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed; an OSError naming it when it cannot take files (checked
+    before a run, not at its first save)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the output folder {folder}: {exc.strerror or exc}"
+                      ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write into the output folder {folder}")

@@ -37,6 +37,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from engine.paths import writable_folder
     from engine.session import Workflow, WorkflowInputError, parse_override
     from engine.workflow import WorkflowFormatError
 
@@ -56,6 +57,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     parts = urlsplit(args.server)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         print(f"error: --server must be an http(s) URL, got {args.server!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        writable_folder(Path(args.output_dir))  # now, not once the server has run it
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     submit = _Submit(args.server.rstrip("/"), token, Path(args.output_dir),
                      progress=not args.no_progress)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.paths import writable_folder
 from engine.validation import PromptValidationError, describe_issues
 from engine.workflow import WorkflowFormatError
 
@@ -96,17 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _writable_folder(folder: Path) -> None:
-    """Create ``folder`` if needed; an OSError naming it when it cannot take files."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OSError(f"cannot create the output folder {folder}: {exc.strerror or exc}"
-                      ) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write into the output folder {folder}")
-
-
 def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
     from engine.session import Session
 
@@ -134,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         if args.output_dir:  # refused now, not after the whole run at the first save
-            _writable_folder(Path(args.output_dir))
+            writable_folder(Path(args.output_dir))
         session = _session(args, output_dir=args.output_dir)
         wf = _load(args, session)
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:

@@ -49,6 +49,10 @@ def test_submit_reports_bad_input_and_failures(server: LiveServer, tmp_path, cap
     bad_server = argparse.Namespace(**{**vars(submit_args(server, workflow, tmp_path)),
                                        "server": "ftp://x"})
     assert cmd_submit(bad_server) == 2
+    (tmp_path / "a-file").write_text("x")  # an output folder that cannot be made
+    capsys.readouterr()
+    assert cmd_submit(submit_args(server, workflow, tmp_path / "a-file" / "out")) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
