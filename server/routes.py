@@ -18,7 +18,7 @@ from engine.workflow import WorkflowFormatError, from_object, is_document
 from server.errors import ApiError, json_response
 from server.prompt_queue import DuplicatePromptId, QueueItem
 from server.state import state
-from server.storage import StorageError
+from server.storage import SENSITIVE_EXTRA_DATA_KEYS, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,6 @@ MAX_REPORTED_ISSUES = 100  # validation errors detailed in a 400; the rest are c
 DEFAULT_HISTORY_ITEMS = 1000  # GET /history without max_items: the newest this many
 MAX_HISTORY_BYTES = 64 << 20  # a /history answer stops adding entries beyond this
 INLINE_VALIDATION_NODES = 64  # bigger prompts are validated off the event loop
-# ComfyUI's execution.SENSITIVE_EXTRA_DATA_KEYS: API credentials a client may put in
-# extra_data (its basic_api_example.py shows how); never stored nor shown
-SENSITIVE_EXTRA_DATA_KEYS = frozenset({"auth_token_comfy_org", "api_key_comfy_org"})
 
 
 def _reject_constant(name: str) -> Any:

@@ -23,6 +23,9 @@ from server.errors import dumps
 
 SCHEMA_VERSION = 1
 MAX_NUMBER = 2**53  # queue numbers beyond it are clamped (see max_counters)
+# ComfyUI's execution.SENSITIVE_EXTRA_DATA_KEYS: API credentials a client may put in a
+# prompt's extra_data (its basic_api_example.py shows how); never stored nor shown
+SENSITIVE_EXTRA_DATA_KEYS = frozenset({"auth_token_comfy_org", "api_key_comfy_org"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
     prompt_id TEXT PRIMARY KEY,
@@ -158,6 +161,7 @@ class Storage:
     def load_queue(self) -> list[StoredItem]:
         """The stored queue, at start-up; first repairs rows of older versions."""
         self.repair_nonfinite()
+        self.scrub_credentials()
         with self._lock:
             rows = self._db.execute("SELECT prompt_id, number, seq, body, state, attempts "
                                     "FROM queue ORDER BY number, seq").fetchall()
@@ -199,6 +203,31 @@ class Storage:
                     if text is not None:
                         db.execute(f"UPDATE {table} SET {column}=? WHERE prompt_id=?",
                                    (text, prompt_id))
+                        fixed += 1
+        return fixed
+
+    def scrub_credentials(self) -> int:
+        """Remove comfy.org credentials that older versions stored with a prompt's
+        extra_data (and /queue, /history and /jobs then showed to every client); returns
+        the number of rows rewritten."""
+        fixed = 0
+        for table, column in (("queue", "body"), ("history", "entry")):
+            where = " OR ".join(f"instr({column}, '{key}') > 0"
+                                for key in sorted(SENSITIVE_EXTRA_DATA_KEYS))
+            with self._lock:
+                ids = [pid for (pid,) in self._db.execute(
+                    f"SELECT prompt_id FROM {table} WHERE {where}")]
+            for prompt_id in ids:
+                with self._tx() as db:
+                    row = db.execute(f"SELECT {column} FROM {table} WHERE prompt_id=?",
+                                     (prompt_id,)).fetchone()
+                    try:
+                        value = json.loads(row[0]) if row else None
+                    except ValueError:
+                        continue
+                    if value is not None and _drop_keys(value, SENSITIVE_EXTRA_DATA_KEYS):
+                        db.execute(f"UPDATE {table} SET {column}=? WHERE prompt_id=?",
+                                   (dumps(value), prompt_id))
                         fixed += 1
         return fixed
 
@@ -255,6 +284,26 @@ class Storage:
             else:
                 db.executemany("DELETE FROM history WHERE prompt_id=?",
                                [(p,) for p in prompt_ids])
+
+
+def _drop_keys(value: Any, keys: frozenset[str], depth: int = 0) -> bool:
+    """Remove ``keys`` from every dict in ``value``, in place; whether any was removed.
+    Only the first levels are walked: extra_data sits near the top of a stored row."""
+    if depth > 6:
+        return False
+    found = False
+    if isinstance(value, dict):
+        for key in keys & value.keys():
+            del value[key]
+            found = True
+        children = list(value.values())
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    for child in children:
+        found = _drop_keys(child, keys, depth + 1) or found
+    return found
 
 
 def _num(value: float) -> int | float:

@@ -466,3 +466,23 @@ def test_extra_data_is_checked_and_credentials_are_never_kept(http: Http):
     # extra_data's own client_id routes events as the body's does (ComfyUI reads both)
     ok = http.post("/prompt", json={"prompt": chain(), "extra_data": {"client_id": "x"}})
     assert ok.status == 200
+
+
+def test_credentials_stored_by_older_versions_are_scrubbed_at_start(tmp_path):
+    """Before extra_data was checked, comfy.org keys were stored and shown to everyone."""
+    from server.storage import Storage
+
+    storage = Storage(tmp_path / "db.sqlite")
+    extra = {"client_id": "c", "api_key_comfy_org": "secret-1",
+             "extra_pnginfo": {"workflow": {"nodes": []}}}
+    storage.enqueue("q", 1.0, 1, {"prompt": {}, "extra_data": dict(extra)})
+    storage.enqueue("h", 2.0, 2, {"prompt": {}})
+    storage.finish("h", 2.0, {"prompt": [2, "h", {}, {**extra, "auth_token_comfy_org": "t"},
+                                         []], "outputs": {}})
+    (queued,) = storage.load_queue()
+    assert queued.body["extra_data"] == {"client_id": "c",
+                                         "extra_pnginfo": {"workflow": {"nodes": []}}}
+    entry = storage.history_entry("h")
+    assert "secret-1" not in entry and "auth_token" not in entry and '"client_id"' in entry
+    assert storage.scrub_credentials() == 0  # nothing left to rewrite
+    storage.close()
