@@ -16,22 +16,26 @@ def test_browser_shows_every_example_with_title_description_and_thumbnail(page, 
     browser = page.get_by_role("dialog", name="Examples")
     cards = browser.locator(".sf-example-card")
     expect(cards).to_have_count(len(names))
-    # every thumbnail that ships has loaded (a real image, not a broken one)
-    page.wait_for_function(
-        """() => [...document.querySelectorAll('img.sf-example-thumb')]
-                 .every(i => i.complete && i.naturalWidth > 0)""")
     with_thumbnail = 0
     for name in names:
         card = browser.locator(f'.sf-example-card[data-example="{name}"]')
+        card.scroll_into_view_if_needed()  # thumbnails load lazily, as they scroll into view
         expect(card.locator(".sf-example-title")).to_have_text(details[name]["title"])
         description = card.locator(".sf-example-description").inner_text()
         assert len(description) > 20, name
         if details[name]["thumbnail"]:
-            expect(card.locator("img.sf-example-thumb")).to_be_visible()
+            thumb = card.locator("img.sf-example-thumb")
+            expect(thumb).to_be_visible()
+            # a real image, not a broken one
+            page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=thumb.element_handle())
             with_thumbnail += 1
         else:
             expect(card.get_by_test_id("thumbnail-placeholder")).to_be_visible()
     assert with_thumbnail >= 25
+    # no card is squeezed: its title and description are not cut off at the bottom
+    clipped = cards.evaluate_all(
+        "els => els.filter(e => e.scrollHeight > e.clientHeight + 1).map(e => e.dataset.example)")
+    assert not clipped, f"cards cut off: {clipped}"
     # the search narrows the cards; Escape closes the browser
     browser.get_by_label("Search examples").fill("semantic guidance")
     expect(cards.filter(has_text="SEGA").first).to_be_visible()

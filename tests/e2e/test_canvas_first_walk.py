@@ -352,3 +352,65 @@ def test_a_rejected_prompt_is_summarised_and_points_at_the_nodes(page):
     pane = c.pane_box()
     assert box is not None and pane["x"] <= box["x"]
     assert box["x"] + box["width"] <= pane["x"] + pane["width"]
+
+
+def _overlapping(c: Canvas, node_id: str) -> list[str]:
+    box = c.settled_box(c.node(node_id))
+    out = []
+    for other in c.node_ids():
+        o = c.node(other).bounding_box()
+        if other == node_id or o is None:
+            continue
+        if (box["x"] < o["x"] + o["width"] and o["x"] < box["x"] + box["width"]
+                and box["y"] < o["y"] + o["height"] and o["y"] < box["y"] + box["height"]):
+            out.append(other)
+    return out
+
+
+def test_a_node_added_by_double_click_next_to_a_node_does_not_cover_it(page):
+    c = Canvas(page)
+    c.open_file("place.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    top = c.settled_box(c.node("6"))  # Positive Prompt
+    pane = c.pane_box()
+    # a double-click in the free strip just above the node: a tall node placed with its
+    # top-left there would hide the prompt
+    new = c.add_node("Upscale Image", top["x"] + 20 - pane["x"], top["y"] - 30 - pane["y"])
+    assert not _overlapping(c, new), f"the new node covers {_overlapping(c, new)}"
+
+
+def test_undo_takes_the_servers_message_with_the_bad_value_and_links_name_titles(page):
+    c = Canvas(page)
+    c.open_file("undo.json", small_txt2img())
+    expect(c.edges()).to_have_count(10)
+    # a refused link names the nodes as the canvas shows them (their titles)
+    c.connect("6", 0, "3", "latent_image")
+    expect(c.toasts().filter(has_text="Link refused")).to_contain_text(
+        "Positive Prompt's CONDITIONING output")
+
+    c.set_value("3", "steps", "0")
+    c.wait_saved(len(TXT2IMG["prompt"]))
+    c.queue()
+    steps = c.node("3").locator('.sf-input[data-input="steps"]')
+    expect(steps).to_have_class(ISSUE)
+    page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    page.keyboard.press("Control+z")
+    expect(c.widget("3", "steps")).to_have_value("2")
+    expect(steps).not_to_have_class(ISSUE)
+    expect(c.node("3").locator(".sf-node")).not_to_have_class(re.compile(r"\bsf-error\b"))
+
+
+def test_the_last_result_stays_in_the_queue_tab(page):
+    """The output node may be out of view: the finished image takes the live preview's
+    place in the side panel, and a click enlarges it."""
+    c = Canvas(page)
+    c.open_file("latest.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    latest = page.get_by_role("region", name="last result")
+    expect(latest).to_have_count(0)
+    c.queue()
+    image = latest.locator("img")
+    expect(image).to_be_visible(timeout=120_000)
+    expect(image).to_have_count(1)
+    image.click()
+    expect(page.get_by_role("dialog", name="image")).to_be_visible()

@@ -13,6 +13,7 @@ import { type GroupBox, parseGroups } from "../lib/groups";
 import { boundsOf, fitViewport, NODE_HEIGHT, NODE_WIDTH } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
+import { changedInputs } from "../lib/undo";
 
 export const AUTOSAVE_KEY = "steerflow.autosave";
 const UNDO_MAX = 200;
@@ -99,11 +100,14 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     return () => clearTimeout(timer);
   }, [nodes, edges, groups, writeAutosave]);
 
-  const restoreKey = useCallback((key: string) => {
+  /** Undo / redo: open the document `key` in place; `from` is the one shown until now. */
+  const restoreKey = useCallback((key: string, from: string) => {
     const doc = JSON.parse(key);
     loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: false });
     writeAutosave(doc);
-  }, [loadGraph, writeAutosave]);
+    // the last run's messages about the values and links this step put back go with them
+    for (const [id, input] of changedInputs(JSON.parse(from).prompt ?? {}, doc.prompt ?? {})) store.clearInputErrors(id, input);
+  }, [loadGraph, writeAutosave, store]);
 
   /**
    * Record an edit the debounce above has not settled yet, so that an undo pressed right
@@ -126,9 +130,10 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     const h = history.current;
     const prev = h.past.pop();
     if (prev === undefined || h.present === null) return;
-    h.future.push(h.present);
+    const from = h.present;
+    h.future.push(from);
     h.present = prev;
-    restoreKey(prev);
+    restoreKey(prev, from);
   }, [restoreKey, settleNow]);
 
   const redo = useCallback(() => {
@@ -136,9 +141,10 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     const h = history.current;
     const next = h.future.pop();
     if (next === undefined || h.present === null) return;
-    h.past.push(h.present);
+    const from = h.present;
+    h.past.push(from);
     h.present = next;
-    restoreKey(next);
+    restoreKey(next, from);
   }, [restoreKey, settleNow]);
 
   /** Edit the groups (saved and undoable like any other edit). */

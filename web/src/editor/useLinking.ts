@@ -39,6 +39,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
 
   const graphView = useCallback((): GraphView => ({
     nodeType: (id) => state.current.nodes.find((n) => n.id === id)?.data.type,
+    nodeTitle: (id) => state.current.nodes.find((n) => n.id === id)?.data.title,
     links: state.current.edges.map(edgeToLink),
   }), [state]);
 
@@ -190,23 +191,36 @@ export function useLinking(g: GraphStore, notify: Notify) {
     return { x: a.x, y: a.y, width: b.x - a.x, height: b.y - a.y };
   }, [rf]);
 
-  /** Top-left of a new node of `type` near `centre` overlapping no node (lib/layout.ts's freeSpot). */
-  const freePosition = useCallback((type: string, centre: { x: number; y: number }, view?: Rect) => {
+  /**
+   * Top-left of a new node of `type` overlapping no node (lib/layout.ts's freeSpot): centred
+   * on `at`, or (`corner`) with its top-left corner at `at`, or as near to that as is free.
+   */
+  const freePosition = useCallback((type: string, at: { x: number; y: number }, view?: Rect, corner = false) => {
     const def = defsRef.current.get(type);
-    // its size before it is measured: the CSS width, a row per input and output
-    const size = { width: NODE_WIDTH, height: def ? 40 + 26 * (def.inputs.length + def.outputs.length) : 80 };
+    // its size before it is measured: the CSS width; the title, a row per socket, a label and field per widget
+    const widgets = def ? def.inputs.filter((i) => i.widget).length : 0;
+    const sockets = def ? def.inputs.length - widgets + def.outputs.length : 0;
+    const size = { width: NODE_WIDTH, height: def ? 36 + 18 * sockets + 38 * widgets : 80 };
     const taken = state.current.nodes.map((n) => ({
       x: n.position.x, y: n.position.y,
       width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? n.height ?? NODE_HEIGHT,
     }));
-    return freeSpot(taken, { x: centre.x - size.width / 2, y: centre.y - size.height / 2 }, size, view);
+    const want = corner ? at : { x: at.x - size.width / 2, y: at.y - size.height / 2 };
+    return freeSpot(taken, want, size, view);
   }, [state, defsRef]);
+
+  /**
+   * Add a node where the user pointed (a double-click, a dropped link, the canvas menu): its
+   * top-left there, or moved to the nearest free space in view when it would cover a node.
+   */
+  const addNodeAt = useCallback((type: string, pos: { x: number; y: number }): string =>
+    addNode(type, freePosition(type, pos, visibleRect(), true)), [addNode, freePosition, visibleRect]);
 
   const pick = useCallback((type: string) => {
     const p = palette;
     setPalette(null);
     if (!p) return;
-    const id = addNode(type, p.view ? freePosition(type, p.flow, p.view) : p.flow);
+    const id = p.view ? addNode(type, freePosition(type, p.flow, p.view)) : addNodeAt(type, p.flow);
     const pending = p.pending;
     if (!pending) return;
     if (type === REROUTE) {
@@ -223,7 +237,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
       const slot = nodesProducingType(new Map([[type, def]]), pending.type)[0]?.slot;
       if (slot !== undefined) connect({ source: id, slot, target: pending.node, input: pending.input! });
     }
-  }, [palette, addNode, connect, defsRef, freePosition]);
+  }, [palette, addNode, addNodeAt, connect, defsRef, freePosition]);
 
   /** Put a new reroute on a link (an edge of the canvas) at `pos`, in flow coordinates. */
   const insertReroute = useCallback((edgeId: string, pos: { x: number; y: number }) => {
@@ -255,6 +269,6 @@ export function useLinking(g: GraphStore, notify: Notify) {
 
   return {
     palette, setPalette, isValidConnection, connect, onConnect, onConnectEnd, onReconnectStart, onReconnect,
-    onReconnectEnd, addNode, pick, openPaletteCentered, insertReroute,
+    onReconnectEnd, addNode, addNodeAt, pick, openPaletteCentered, insertReroute,
   };
 }

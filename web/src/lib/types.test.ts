@@ -40,6 +40,17 @@ describe("checkConnection", () => {
     if (!r.ok) expect(r.reason).toMatch(/type mismatch.*model \(MODEL\).*CLIP/);
   });
 
+  it("names the nodes by the titles the canvas shows, else by their type's name", () => {
+    const titles: Record<string, string> = { "2": "Positive Prompt" };
+    const titled = { nodeType: (id: string) => types[id], nodeTitle: (id: string) => titles[id], links: [] };
+    const r = checkConnection(titled, defs, { source: "2", slot: 0, target: "3", input: "latent_image" });
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.reason).toContain("Positive Prompt's CONDITIONING output");
+      expect(r.reason).toContain(`${defs.get("KSampler")!.displayName}.latent_image (LATENT)`);
+    }
+  });
+
   it("replaces the link already on an input (one link per input)", () => {
     const old = { source: "2", slot: 0, target: "3", input: "positive" };
     const r = checkConnection(view([old]), defs, { source: "2", slot: 0, target: "3", input: "negative" });

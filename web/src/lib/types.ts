@@ -25,11 +25,18 @@ export type ConnectionCheck =
 
 export type GraphView = {
   nodeType(id: string): string | undefined;
+  /** The node's title on the canvas, where the user gave it one ("Positive Prompt"). */
+  nodeTitle?(id: string): string | undefined;
   links: readonly LinkRef[];
 };
 
-function describeInput(def: NodeDef, input: InputDef): string {
-  return `${def.displayName}.${input.name} (${input.type})`;
+/** A node as the canvas shows it: its title, else its type's display name. */
+function nameOf(graph: GraphView, id: string, def: NodeDef): string {
+  return graph.nodeTitle?.(id) || def.displayName;
+}
+
+function describeInput(name: string, input: InputDef): string {
+  return `${name}.${input.name} (${input.type})`;
 }
 
 /** Would `to` be reachable from `from` following links downstream? */
@@ -70,14 +77,16 @@ export function checkConnection(graph: GraphView, defs: Defs, link: LinkRef): Co
   if (!src) return { ok: false, reason: `unknown node type ${srcType}` };
   if (!dst) return { ok: false, reason: `unknown node type ${dstType}` };
   if (link.source === link.target) return { ok: false, reason: "a node cannot be linked to itself" };
+  const srcName = nameOf(graph, link.source, src);
+  const dstName = nameOf(graph, link.target, dst);
   const output = src.outputs[link.slot];
-  if (!output) return { ok: false, reason: `${src.displayName} has no output ${link.slot}` };
+  if (!output) return { ok: false, reason: `${srcName} has no output ${link.slot}` };
   const input = dst.inputs.find((i) => i.name === link.input);
-  if (!input) return { ok: false, reason: `${dst.displayName} has no input '${link.input}'` };
+  if (!input) return { ok: false, reason: `${dstName} has no input '${link.input}'` };
   if (!typesMatch(output.type, input.type)) {
     return {
       ok: false,
-      reason: `type mismatch: ${describeInput(dst, input)} cannot take ${src.displayName}'s ${output.type} output`,
+      reason: `type mismatch: ${describeInput(dstName, input)} cannot take ${srcName}'s ${output.type} output`,
     };
   }
   return checkCycle(graph, link);
@@ -94,7 +103,7 @@ function checkRerouteLink(graph: GraphView, defs: Defs, link: LinkRef, srcType: 
     const src = defs.get(srcType);
     if (!src) return { ok: false, reason: `unknown node type ${srcType}` };
     const output = src.outputs[link.slot];
-    if (!output) return { ok: false, reason: `${src.displayName} has no output ${link.slot}` };
+    if (!output) return { ok: false, reason: `${nameOf(graph, link.source, src)} has no output ${link.slot}` };
     outType = output.type;
   }
   let inTypes: string[];
@@ -107,9 +116,10 @@ function checkRerouteLink(graph: GraphView, defs: Defs, link: LinkRef, srcType: 
     const dst = defs.get(dstType);
     if (!dst) return { ok: false, reason: `unknown node type ${dstType}` };
     const input = dst.inputs.find((i) => i.name === link.input);
-    if (!input) return { ok: false, reason: `${dst.displayName} has no input '${link.input}'` };
+    const dstName = nameOf(graph, link.target, dst);
+    if (!input) return { ok: false, reason: `${dstName} has no input '${link.input}'` };
     inTypes = [input.type];
-    what = describeInput(dst, input);
+    what = describeInput(dstName, input);
   }
   const bad = inTypes.find((t) => !typesMatch(outType, t));
   if (bad !== undefined) {

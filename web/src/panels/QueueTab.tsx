@@ -9,8 +9,9 @@ import { clearQueue, deleteFromQueue, getQueue, interrupt, type QueueItem } from
 import { useGlobalRun, useNodeRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
-import type { RunStore } from "../lib/runstore";
+import type { ImageRef, RunStore } from "../lib/runstore";
 import { workflowOf } from "./HistoryTab";
+import { LatestResult } from "./LatestResult";
 
 /** Re-render every `ms` while `on` (elapsed times tick). */
 function useNow(on: boolean, ms = 500): number {
@@ -56,7 +57,9 @@ function RunningProgress({ store, item, now }: { store: RunStore; item: QueueIte
   );
 }
 
-export function QueueTab({ store, onLoad, notify }: { store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void }) {
+export function QueueTab({ store, onLoad, notify, openImage }: {
+  store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void; openImage(img: ImageRef): void;
+}) {
   const { queueVersion, running } = useGlobalRun(store);
   const [queue, setQueue] = useState<{ running: QueueItem[]; pending: QueueItem[] }>({ running: [], pending: [] });
   /** When this page first saw each pending prompt (the server does not say when it was queued). */
@@ -119,6 +122,7 @@ export function QueueTab({ store, onLoad, notify }: { store: RunStore; onLoad(ob
         {queue.running.map((i) => row(i, true))}
         {queue.pending.map((i) => row(i, false))}
       </ul>
+      <LatestResult store={store} openImage={openImage} />
     </div>
   );
 }

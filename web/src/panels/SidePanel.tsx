@@ -54,7 +54,7 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
           </button>
         ))}
       </div>
-      {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} />}
+      {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} openImage={openImage} />}
       {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback} />}
       {tab === "gallery" && <GalleryTab store={store} openImage={openImage} feedback={feedback} />}
     </aside>

@@ -1,0 +1,21 @@
+/**
+ * What an undo or redo changed: the inputs whose value or link differs between two
+ * prompts, so that the last run's message about an input's old value goes with it (as
+ * when the user types a new value).
+ */
+
+import type { ApiPrompt } from "./graph";
+
+/** `[node id, input name]` of every input of a node in both prompts whose value or link differs. */
+export function changedInputs(before: ApiPrompt, after: ApiPrompt): [string, string][] {
+  const out: [string, string][] = [];
+  for (const [id, node] of Object.entries(after)) {
+    const old = before[id];
+    if (!old) continue;
+    const names = new Set([...Object.keys(old.inputs), ...Object.keys(node.inputs)]);
+    for (const name of names) {
+      if (JSON.stringify(old.inputs[name]) !== JSON.stringify(node.inputs[name])) out.push([id, name]);
+    }
+  }
+  return out;
+}
