@@ -75,14 +75,14 @@ function downloadJson(name: string, obj: unknown): void {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
-function StatusBar({ store }: { store: RunStore }) {
+function StatusBar({ store, labelOf }: { store: RunStore; labelOf(id: string): string }) {
   const { connected, running, executing, queueRemaining, lastError, lastWarning } = useGlobalRun(store);
   return (
     <div className="sf-status" data-testid="status">
       <span className={`sf-dot ${connected ? "on" : "off"}`} title={connected ? "connected" : "disconnected"} />
       {connected ? "connected" : "disconnected"}
       {" · "}queue {queueRemaining}
-      {running && <> · running{executing ? ` node ${executing}` : ""}</>}
+      {running && <> · running{executing ? ` ${labelOf(executing)}` : ""}</>}
       {lastError && <span className="sf-status-error" title={lastError}> · {lastError}</span>}
       {lastWarning && <span className="sf-status-warning" title={lastWarning}> · warning: {lastWarning}</span>}
     </div>
@@ -364,7 +364,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
           <SidePanel store={store} onLoad={(obj) => loadObject(obj, "workflow")} openImage={setLightbox} notify={notify}
             feedback={feedback} />
         </div>
-        <StatusBar store={store} />
+        <StatusBar store={store} labelOf={(id) => {
+          // the node as the canvas and the queue tab name it: "Sample #3"
+          const node = nodes.find((n) => n.id === id);
+          const name = node && (node.data.title ?? defsRef.current.get(node.data.type)?.displayName ?? node.data.type);
+          return name ? `${name} #${id}` : `node ${id}`;
+        }} />
         {linking.palette && (
           <Palette defs={defs} filter={linking.palette.filter} at={linking.palette.screen} onPick={linking.pick}
             onClose={() => linking.setPalette(null)} />
