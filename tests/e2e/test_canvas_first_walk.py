@@ -414,3 +414,29 @@ def test_the_last_result_stays_in_the_queue_tab(page):
     expect(image).to_have_count(1)
     image.click()
     expect(page.get_by_role("dialog", name="image")).to_be_visible()
+
+
+def test_question_mark_lists_the_shortcuts(page):
+    """The keys were only in tooltips: "?" (or the toolbar's ? button) lists them."""
+    c = Canvas(page)
+    c.open_file("keys.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    c.pane_box()
+    page.locator(".react-flow__pane").click(position={"x": 40, "y": 40})
+    page.keyboard.press("?")
+    keys = page.get_by_role("dialog", name="keyboard shortcuts")
+    expect(keys).to_be_visible()
+    expect(keys).to_contain_text("Ctrl+Enter")
+    expect(keys).to_contain_text("Mute / bypass")
+    page.keyboard.press("Escape")
+    expect(keys).to_have_count(0)
+    page.get_by_role("button", name="keyboard shortcuts").click()
+    expect(keys).to_be_visible()
+    # typing "?" into a prompt types it, and opens nothing
+    page.get_by_role("button", name="close shortcuts").click()
+    box = page.locator("textarea").first
+    box.click()
+    box.press("End")
+    page.keyboard.type("?")
+    expect(keys).to_have_count(0)
+    assert box.input_value().endswith("?")

@@ -20,6 +20,7 @@ import { ContextMenu, type MenuTarget } from "./editor/ContextMenu";
 import { GroupLayer, groupSelection } from "./editor/Groups";
 import { Lightbox } from "./editor/Lightbox";
 import { NodeHelp } from "./editor/NodeHelp";
+import { ShortcutsHelp } from "./editor/ShortcutsHelp";
 import { restoreResults } from "./editor/restoreResults";
 import { Toasts, useToasts } from "./editor/Toasts";
 import { Toolbar } from "./editor/Toolbar";
@@ -98,6 +99,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const [lightbox, setLightbox] = useState<ImageRef | null>(null);
   const [menu, setMenu] = useState<MenuTarget | null>(null);
   const [help, setHelp] = useState<string | null>(null);
+  const [keysHelp, setKeysHelp] = useState(false);
   // The pointer in screen pixels, turned into flow coordinates only when read (a paste, the
   // palette): converting on every mousemove read the layout on every pan frame.
   const pointer = useRef<{ x: number; y: number } | null>(null);
@@ -235,6 +237,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [loadGraph, setDocName]);
 
   const shortcuts = useMemo(() => ({
+    keys: () => setKeysHelp((open) => !open),
     queue: () => void queueN(),
     save,
     open: () => fileInput.current?.click(),
@@ -274,6 +277,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     openExample: (ex: ExampleRef) => void openExample(ex),
     clear,
     refresh: refreshDefs,
+    keys: () => setKeysHelp((open) => !open),
   }), [queueN, queueSelected, linking.openPaletteCentered, g.undo, g.redo, save, exportApi, openExample, clear, refreshDefs]);
 
   return (
@@ -355,6 +359,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
                 nodeColor={(n) => ((n as SfFlowNode).data?.mode ? "#6b5a2a" : "#4a5563")} />
             </ReactFlow>
             {help && <NodeHelp g={g} nodeId={help} onClose={() => setHelp(null)} />}
+            {keysHelp && <ShortcutsHelp onClose={() => setKeysHelp(false)} />}
             {nodes.length === 0 && (
               <div className="sf-empty">
                 Double-click the canvas to add a node, open a workflow, drop a Steerflow PNG, or pick an example.

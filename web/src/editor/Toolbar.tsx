@@ -19,6 +19,7 @@ export type ToolbarActions = {
   openExample(ex: ExampleRef): void;
   clear(): void;
   refresh(): void;
+  keys(): void;
 };
 
 export function Toolbar({ a, busy, docName, notify, options }: {
@@ -52,6 +53,8 @@ export function Toolbar({ a, busy, docName, notify, options }: {
       <ExamplesBrowser onOpen={a.openExample} notify={notify} />
       <button type="button" onClick={a.clear} title="Start an empty workflow">Clear</button>
       <button type="button" onClick={a.refresh} title="Reload node types and model lists">Refresh</button>
+      <button type="button" onClick={a.keys} aria-label="keyboard shortcuts"
+        title="Keyboard shortcuts and mouse gestures (?)">?</button>
       <span className="sf-docname" title="document name">{docName}</span>
     </header>
   );

@@ -3,7 +3,27 @@
 import { useEffect } from "react";
 import type { NodeMode } from "../lib/graph";
 
+/** Every key the canvas answers to, as the "?" list shows it (keep in step with the handlers). */
+export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
+  ["Ctrl+Enter", "Queue the workflow"],
+  ["Ctrl+S / Ctrl+O", "Save / open a workflow file"],
+  ["Ctrl+Z / Ctrl+Y (Ctrl+Shift+Z)", "Undo / redo"],
+  ["Ctrl+C / Ctrl+V", "Copy / paste the selected nodes"],
+  ["Ctrl+Shift+V", "Paste, keeping the links into the pasted nodes"],
+  ["Ctrl+A", "Select every node"],
+  ["Ctrl+G", "Group the selected nodes"],
+  ["Ctrl+M / Ctrl+B", "Mute / bypass the selected nodes"],
+  ["Delete / Backspace", "Delete the selection"],
+  ["Double-click the canvas", "Add a node (search by name)"],
+  ["Drag a link onto empty canvas", "Add a node that takes it"],
+  ["Drag a linked input's dot", "Move or detach its link"],
+  ["Shift+drag", "Select a box of nodes"],
+  ["Right-click", "Menu of the canvas, a node or a group"],
+  ["?", "This list"],
+];
+
 export type ShortcutActions = {
+  keys(): void;
   queue(): void;
   save(): void;
   open(): void;
@@ -45,7 +65,10 @@ export function useShortcuts(a: ShortcutActions, paused: boolean): void {
         return;
       }
       if (isEditable(e.target) || paused) return;
-      if (mod && k === "z" && !e.shiftKey) {
+      if (e.key === "?" && !mod) {
+        e.preventDefault();
+        a.keys();
+      } else if (mod && k === "z" && !e.shiftKey) {
         e.preventDefault();
         a.undo();
       } else if (mod && (k === "y" || (k === "z" && e.shiftKey))) {

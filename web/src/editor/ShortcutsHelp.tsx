@@ -1,0 +1,31 @@
+/** The "?" dialog: every keyboard shortcut and mouse gesture of the canvas. */
+
+import { useEffect } from "react";
+import { SHORTCUTS } from "./useShortcuts";
+
+export function ShortcutsHelp({ onClose }: { onClose(): void }) {
+  useEffect(() => {
+    const esc = (e: KeyboardEvent) => {
+      if (e.key === "Escape") onClose();
+    };
+    window.addEventListener("keydown", esc);
+    return () => window.removeEventListener("keydown", esc);
+  }, [onClose]);
+
+  return (
+    <aside className="sf-help nowheel" role="dialog" aria-label="keyboard shortcuts">
+      <button type="button" className="sf-help-close" aria-label="close shortcuts" onClick={onClose}>×</button>
+      <h2>Keyboard and mouse</h2>
+      <table className="sf-keys">
+        <tbody>
+          {SHORTCUTS.map(([keys, action]) => (
+            <tr key={keys}>
+              <td><kbd>{keys}</kbd></td>
+              <td>{action}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </aside>
+  );
+}
