@@ -135,8 +135,9 @@ class PriorPreservationInputs(Node):
     with_prior_preservation: bool = Input(False, description="Also train on class images "
                                           "the base model draws, so the class keeps its "
                                           "meaning")
-    class_prompt: str = Input("", description="The class without the new word, e.g. "
-                              "'a shape' (prior preservation)")
+    class_prompt: str = Input("", multiline=True, description="The class without the new "
+                              "word, e.g. 'a shape' (prior preservation); several lines: "
+                              "class images of each in turn, keeping every word's meaning")
     num_class_images: int = Input(100, min=1, max=1000,
                                   description="Class images to draw (prior preservation)")
     prior_loss_weight: float = Input(1.0, min=0.0, max=100.0, step=0.1,

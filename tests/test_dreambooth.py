@@ -50,6 +50,39 @@ def handles(folder) -> tuple[DiffusionModel, TextEncoder, Vae]:
             TextEncoder(c.text_encoder, c.tokenizer), Vae(c.vae))
 
 
+class _Context:
+    """What drawing class images needs of an ExecutionContext."""
+
+    def check_interrupt(self) -> None:
+        pass
+
+    def progress(self, *args, **kwargs) -> None:
+        pass
+
+
+def test_several_class_prompts_are_drawn_in_turn_and_captioned(tiny_model_paths):
+    """One class prompt per line: the batches of 4 draw them in turn, each image captioned
+    with its batch's prompt; one line is the scripts' single class."""
+    from dataclasses import replace
+
+    from nodes.diffusion.prior_preservation import generate_class_images
+
+    model, clip, vae = handles(tiny_model_paths["diffusers"])
+    two = PriorPreservation("a circle\n a square \n", num_class_images=6, sampling_steps=2)
+    assert two.prompts == ["a circle", "a square"]
+    assert two.captions(6) == ["a circle"] * 4 + ["a square"] * 2
+    assert PriorPreservation("a shape").captions(5) == ["a shape"] * 5
+    images = generate_class_images(_Context(), model, clip, vae, two, 64, seed=3)
+    circles = generate_class_images(
+        _Context(), model, clip, vae, replace(two, class_prompt="a circle", num_class_images=4),
+        64, seed=3)
+    squares = generate_class_images(  # batch 1 is seeded seed + 1
+        _Context(), model, clip, vae, replace(two, class_prompt="a square", num_class_images=2),
+        64, seed=4)
+    assert torch.equal(images[:4], circles) and torch.equal(images[4:], squares)
+    assert not torch.equal(images[4:], circles[:2])
+
+
 # --- parity with train_dreambooth.py --------------------------------------------------------
 
 @pytest.mark.parametrize("prior,train_te,checkpointing", [

@@ -13,6 +13,11 @@ negative, in batches of :data:`SAMPLE_BATCH` (the script's ``sample_batch_size``
 seeded ``seed + batch``. They are quantised to 8 bits, as the script's saved files are,
 and kept in ``temp/training/class-<digest>.safetensors`` so a resumed run, or a run
 that changes only the learning rate or the steps, does not draw them again.
+
+Several class prompts, one per line (an extension of the scripts' one ``--class_prompt``),
+keep several words' meaning: the batches draw them in turn, and each class image is
+captioned with its own prompt. "a circle", "a square", ... keeps every shape word of a
+model while it learns a new one, where one class keeps only that class.
 """
 
 from __future__ import annotations
@@ -41,6 +46,20 @@ class PriorPreservation:
     cfg: float = 7.5
     sampler_name: str = "euler"
 
+    @property
+    def prompts(self) -> list[str]:
+        """The class prompts, one per line (a single line: the scripts' one class)."""
+        return [line.strip() for line in self.class_prompt.splitlines() if line.strip()]
+
+    def prompt_of_batch(self, batch: int) -> str:
+        """Batch ``batch`` of class images draws the prompts in turn."""
+        prompts = self.prompts
+        return prompts[batch % len(prompts)]
+
+    def captions(self, count: int) -> list[str]:
+        """Each of the first ``count`` class images' caption: its batch's prompt."""
+        return [self.prompt_of_batch(i // SAMPLE_BATCH) for i in range(count)]
+
 
 def class_images_key(prior: PriorPreservation, resolution: int, seed: int, base_hash: str,
                      patches: tuple = ()) -> str:
@@ -58,9 +77,9 @@ def class_images_key(prior: PriorPreservation, resolution: int, seed: int, base_
 def generate_class_images(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder,
                           vae: Vae, prior: PriorPreservation, resolution: int, seed: int
                           ) -> torch.Tensor:
-    """``num_class_images`` images ``[N, r, r, 3]`` (uint8) of the class prompt, drawn by the
-    base model. A progress event per batch (``phase: class_images``); Stop acts between
-    sampling steps."""
+    """``num_class_images`` images ``[N, r, r, 3]`` (uint8) of the class prompt(s), drawn by
+    the base model, batch ``b`` with :meth:`PriorPreservation.prompt_of_batch`. A progress
+    event per batch (``phase: class_images``); Stop acts between sampling steps."""
     import torch
 
     from nodes.conditioning import encode_text
@@ -69,7 +88,7 @@ def generate_class_images(ctx: ExecutionContext, model: DiffusionModel, clip: Te
     from nodes.diffusion.schedulers import make_scheduler
     from nodes.latent import decode
 
-    positive = Conditioning((CondEntry(encode_text(clip, prior.class_prompt)),))
+    positives = {p: Conditioning((CondEntry(encode_text(clip, p)),)) for p in prior.prompts}
     negative = Conditioning((CondEntry(encode_text(clip, "")),))
     size = resolution // vae.downscale
     channels = int(model.unet.config.in_channels)
@@ -84,7 +103,8 @@ def generate_class_images(ctx: ExecutionContext, model: DiffusionModel, clip: Te
         scheduler = make_scheduler(prior.sampler_name, "normal", model.scheduler_config,
                                    seed=seed + b)
         params = SamplingParams(seed=seed + b, steps=prior.sampling_steps, cfg=prior.cfg)
-        samples = sample(model, scheduler, positive, negative, latent, params,
+        samples = sample(model, scheduler, positives[prior.prompt_of_batch(b)], negative,
+                         latent, params,
                          callback=lambda *_: ctx.check_interrupt())  # Stop within a batch
         with torch.no_grad():
             pixels = decode(vae, samples)

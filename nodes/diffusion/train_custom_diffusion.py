@@ -328,7 +328,7 @@ def custom_diffusion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae
     rows_captions = list(captions)
     if class_images is not None and prior is not None:
         pixels = torch.cat([pixels, tc.prepare_pixels(class_images, settings.resolution)])
-        rows_captions += [prior.class_prompt] * int(class_images.shape[0])
+        rows_captions += prior.captions(int(class_images.shape[0]))
     unet, encoder = model.unet, trained_clip.text_encoder
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     with ExitStack() as stack:

@@ -158,7 +158,7 @@ def dreambooth_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
     rows_captions = list(captions)
     if class_images is not None and prior is not None:
         pixels = torch.cat([pixels, tc.prepare_pixels(class_images, settings.resolution)])
-        rows_captions += [prior.class_prompt] * int(class_images.shape[0])
+        rows_captions += prior.captions(int(class_images.shape[0]))
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     unet = trainable_copy(model.unet, model.patches)
     encoder = (trainable_copy(clip.text_encoder, clip.patches) if train_text_encoder
