@@ -301,6 +301,26 @@ def test_sd15_original_layout_file_gets_its_config_from_the_shapes():
     assert shapes == {k: v.shape for k, v in net.state_dict().items()}
 
 
+@pytest.mark.parametrize("hint", [(8, 16), (8, 16, 32)])
+def test_hint_encoder_for_a_2x_or_4x_vae_round_trips_the_original_layout(tmp_path, hint):
+    """A ControlNet for a model with a 2x/4x VAE has a shorter hint encoder; its original
+    layout file (conv_out not at input_hint_block.14) loads back weight for weight."""
+    from nodes.diffusion.controlnet_loading import load_controlnet, save_original_controlnet
+    from nodes.diffusion.tiny import UNET_CONFIG, _seeded
+
+    unet = diffusers.UNet2DConditionModel(**UNET_CONFIG)
+    net = _seeded(3, lambda: diffusers.ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=hint)).eval()
+    path = tmp_path / "hint.safetensors"
+    save_original_controlnet(path, net)
+    loaded = load_controlnet(path)
+    assert tuple(loaded.config.conditioning_embedding_out_channels) == hint
+    expected = net.state_dict()
+    got = loaded.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
 def test_canny_and_image_to_mask(session):
     from nodes.preprocessors import canny_edges
 

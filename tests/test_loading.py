@@ -325,6 +325,23 @@ def test_bad_inputs_give_clear_errors(tiny_model_paths: dict[str, Path], tmp_pat
         load_components(bare)
 
 
+def test_non_standard_sizes_without_metadata_name_the_cause(
+        tiny_model_paths: dict[str, Path], tmp_path: Path) -> None:
+    """A file that looks like SD 1.x (768-wide context) but is not SD 1.5-sized, and carries
+    no config metadata: the error says the shipped architecture was assumed and does not fit,
+    not only which keys are missing."""
+    state = load_file(str(tiny_model_paths["single_file"]))
+    for key, tensor in list(state.items()):
+        if key.endswith(("attn2.to_k.weight", "attn2.to_v.weight")):
+            state[key] = torch.zeros(tensor.shape[0], 768)
+    bare = tmp_path / "odd-sd1.safetensors"
+    save_file(state, str(bare))
+    with pytest.raises(CheckpointKeyError, match=r"odd-sd1\.safetensors: a checkpoint without "
+                       r"steerflow\.config metadata must have the standard SD 1\.5 architecture"
+                       r".*unet weights do not match"):
+        load_components(bare)
+
+
 @pytest.mark.parametrize("damage", ["random", "empty", "header only", "cut short"])
 def test_corrupt_safetensors_name_the_file(tiny_model_paths: dict[str, Path], tmp_path: Path,
                                           damage: str) -> None:

@@ -269,6 +269,20 @@ def test_sdxl_layouts_load_with_shipped_configs():
     assert loaded.unet.config.projection_class_embeddings_input_dim == 2560
 
 
+def test_tiny_sdxl_file_without_metadata_names_the_cause(sdxl_models, tmp_path):
+    """Without config metadata the shipped SDXL base architecture is assumed; a file of other
+    sizes fails saying so."""
+    from safetensors.torch import load_file, save_file
+
+    from nodes.diffusion.loading import CheckpointKeyError, load_components
+
+    bare = tmp_path / "bare-xl.safetensors"
+    save_file(load_file(str(sdxl_models / "checkpoints" / f"{BASE}.safetensors")), str(bare))
+    with pytest.raises(CheckpointKeyError, match=r"without steerflow\.config metadata must "
+                                                 r"have the standard SDXL base architecture"):
+        load_components(bare)
+
+
 def test_detect_sdxl_family():
     from nodes.diffusion.loading import detect_family
 

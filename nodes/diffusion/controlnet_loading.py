@@ -105,6 +105,11 @@ def controlnet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str
         state_dict, config or {"layers_per_block": unet_config["layers_per_block"]})
     # The converter fills absent keys with None; drop them so the check names them.
     converted = {k: v for k, v in converted.items() if v is not None}
+    hint = _hint_encoder(state_dict)
+    if hint:  # an original-layout file: name its hint encoder for any number of stages
+        converted = {k: v for k, v in converted.items()
+                     if not k.startswith("controlnet_cond_embedding.")}
+        converted.update(hint)
     converted.update(_sdxl_added_embedding(state_dict))
     if unet_config is not None and unet_config.get("addition_embed_type") == "text_time":
         unet_config = {**unet_config,
@@ -117,6 +122,27 @@ def controlnet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str
     else:
         model = _empty(lambda: _controlnet_for_unet(unet_config, converted))
     return _load_strict("controlnet", model, converted)
+
+
+def _hint_encoder(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """``input_hint_block.*`` -> ``controlnet_cond_embedding.*`` for any number of stages.
+
+    The original hint encoder is one Sequential of convolutions with SiLUs between them:
+    ``conv_in`` first, ``conv_out`` last, the ``blocks`` in between. diffusers' reader puts
+    ``conv_out`` at index 14, which holds only for SD's four stages (an 8x VAE); the hint
+    encoders of models with a 2x or 4x VAE have fewer.
+    """
+    convs: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix(CONTROL_PREFIX)
+        if key.startswith("input_hint_block."):
+            _, index, param = key.split(".", 2)
+            convs.setdefault(int(index), {})[param] = value
+    order = sorted(convs)
+    names = ["conv_in", *(f"blocks.{i}" for i in range(len(order) - 2)), "conv_out"]
+    return {f"controlnet_cond_embedding.{name}.{param}": value
+            for name, index in zip(names, order, strict=False)
+            for param, value in convs[index].items()}
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> list[str]:

@@ -195,6 +195,10 @@ def _torch_load_weights(path: Path) -> tuple[StateDict, dict[str, str]]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, metadata
 
 
+FAMILY_NAMES = {"sd1": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL base",
+                "sdxl_refiner": "SDXL refiner"}
+
+
 def detect_family(shapes: Mapping[str, Sequence[int]]) -> str:
     """Tell SD 1.x ("sd1") from SD 2.x ("sd2") by an original-layout checkpoint's keys/shapes.
 
@@ -261,7 +265,8 @@ def load_original_state_dict(
     """Build the components from an original (CompVis/LDM) layout state dict.
 
     Configs come from ``metadata`` (written by Steerflow) when present, else from
-    the shipped SD 1.5 / SD 2.1 configs picked by :func:`detect_family`. Tensors
+    the shipped SD 1.5 / SD 2.1 / SDXL configs picked by :func:`detect_family` (a
+    file of other sizes is then a :class:`CheckpointKeyError` saying so). Tensors
     are assigned as they are (no copy, no cast).
     """
     configs = read_config_metadata(metadata)
@@ -277,6 +282,28 @@ def load_original_state_dict(
                 # not of the 768-px v-prediction 2.1 the shipped configs describe.
                 configs["scheduler"]["prediction_type"] = "epsilon"
                 configs["unet"]["sample_size"] = 64
+        try:
+            return _build_original(state_dict, configs, path=path)
+        except CheckpointKeyError as exc:
+            # Block sizes, depths and head counts cannot all be read back from tensor
+            # shapes (diffusers' single-file loader assumes the published configs too), so
+            # say that the file's architecture is not the standard one the shipped config
+            # describes rather than leave a bare list of missing keys.
+            name = f"{path.name}: " if path is not None else ""
+            raise CheckpointKeyError(
+                f"{name}a checkpoint without {CONFIG_METADATA_KEY} metadata must have the "
+                f"standard {FAMILY_NAMES[configs['family']]} architecture (its configs are "
+                f"taken from nodes/assets/configs), but its weights do not fit it; load "
+                f"non-standard sizes from a diffusers folder or a file written with their "
+                f"configs ({exc})"
+            ) from exc
+    return _build_original(state_dict, configs, path=path)
+
+
+def _build_original(
+    state_dict: StateDict, configs: dict[str, Any], *, path: Path | None
+) -> LoadedCheckpoint:
+    """The components of an original-layout state dict whose ``configs`` are known."""
     if str(configs.get("family", "")).startswith("sdxl"):
         from nodes.diffusion.sdxl_loading import load_original_sdxl
 

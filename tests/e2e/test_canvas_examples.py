@@ -27,7 +27,8 @@ def test_browser_shows_every_example_with_title_description_and_thumbnail(page, 
             thumb = card.locator("img.sf-example-thumb")
             expect(thumb).to_be_visible()
             # a real image, not a broken one
-            page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=thumb.element_handle())
+            page.wait_for_function("e => e.complete && e.naturalWidth > 0",
+                                   arg=thumb.element_handle())
             with_thumbnail += 1
         else:
             expect(card.get_by_test_id("thumbnail-placeholder")).to_be_visible()
