@@ -5,11 +5,12 @@
  * the node it was opened for while none (or several) is selected.
  */
 
-import { type ReactNode, useEffect } from "react";
+import type { ReactNode } from "react";
 import { type Block, parseDoc, type Span } from "../lib/doctext";
 import { formatBound } from "../lib/exactint";
 import { isVirtual, NOTE } from "../lib/reroute";
 import type { InputDef, NodeDef } from "../lib/schema";
+import { useEscape } from "./useEscape";
 import type { GraphStore } from "./useGraphStore";
 
 function Spans({ spans }: { spans: Span[] }) {
@@ -98,13 +99,7 @@ export function NodeHelp({ g, nodeId, onClose }: { g: GraphStore; nodeId: string
   const node = (selected.length === 1 ? selected[0] : undefined) ?? g.nodes.find((n) => n.id === nodeId);
   const def = node ? g.defsRef.current.get(node.data.type) : undefined;
 
-  useEffect(() => {
-    const esc = (e: KeyboardEvent) => {
-      if (e.key === "Escape") onClose();
-    };
-    window.addEventListener("keydown", esc);
-    return () => window.removeEventListener("keydown", esc);
-  }, [onClose]);
+  useEscape(onClose);
 
   return (
     <aside className="sf-help nowheel" role="dialog" aria-label="node help" data-node-type={node?.data.type}>

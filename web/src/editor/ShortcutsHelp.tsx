@@ -1,16 +1,10 @@
 /** The "?" dialog: every keyboard shortcut and mouse gesture of the canvas. */
 
-import { useEffect } from "react";
+import { useEscape } from "./useEscape";
 import { SHORTCUTS } from "./useShortcuts";
 
 export function ShortcutsHelp({ onClose }: { onClose(): void }) {
-  useEffect(() => {
-    const esc = (e: KeyboardEvent) => {
-      if (e.key === "Escape") onClose();
-    };
-    window.addEventListener("keydown", esc);
-    return () => window.removeEventListener("keydown", esc);
-  }, [onClose]);
+  useEscape(onClose);
 
   return (
     <aside className="sf-help nowheel" role="dialog" aria-label="keyboard shortcuts">
