@@ -33,10 +33,7 @@ async def convert_workflow(request: web.Request) -> web.Response:
     registry = await state(request).runtime.get_registry()
     warnings: list[str] = []
     try:
-        if source == "api" and _is_node(obj.get("prompt") if isinstance(obj, dict) else None):
-            # an API prompt with a node named "prompt", not a /prompt body to unwrap
-            prompt, document = {str(k): v for k, v in obj.items()}, None
-        elif _size(obj) <= INLINE_NODES:
+        if _size(obj) <= INLINE_NODES:
             prompt, document = from_object(obj, registry, warnings)
         else:
             prompt, document = await asyncio.get_running_loop().run_in_executor(

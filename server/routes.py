@@ -153,8 +153,7 @@ def _api_prompt(value: Any) -> dict[str, Any]:
     """``prompt`` of a /prompt body: an API prompt as it is, or one of our documents.
 
     Never unwrapped further, as :func:`engine.workflow.from_object` does with a whole
-    request body: a node whose id is "prompt" would be taken for that body, and the
-    prompt replaced by that node's fields.
+    request body: a body inside the body is refused, as ComfyUI refuses it.
     """
     try:
         if is_document(value) or is_ui_workflow(value):
