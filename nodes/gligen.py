@@ -86,8 +86,9 @@ class GLIGENTextBoxApply(Node):
     Wiring: Load Checkpoint + GLIGEN Loader; Encode Prompt → this node's
     ``conditioning_to`` (the positive prompt) → the sampler's positive. Chain several of
     these nodes for several boxes (up to 30 per conditioning). Boxes must lie inside
-    the image (the latent times the checkpoint's VAE downscale; SD's 8x for a UNet
-    loaded without its VAE, as ComfyUI always assumes).
+    the image as you sized it: in Empty Latent Image's width and height (without its
+    ``vae`` input that is SD's 8x per latent pixel, as ComfyUI always assumes; with it,
+    the checkpoint's own VAE's).
     The negative prompt gets no boxes: its half of the batch sees GLIGEN's learnt "no
     object" tokens, as in the pipeline (ComfyUI skips GLIGEN there instead).
 

@@ -16,9 +16,10 @@ Boxes, as the pipeline batches them: up to 30 per conditioning, padded to 30 wit
 with CFG, SEGA concepts, SAG's degraded pass) get masks 0 as well, so they see the
 position net's learnt null tokens. Scheduled sampling (``gligen_scheduled_sampling_beta``):
 the fusers act on the first ``int(beta * steps)`` steps, then the UNet runs without them.
-Boxes are in pixels of the image: the latent times the downscale of the VAE the
-checkpoint loader paired with the UNet, or SD's 8x where none is known (as ComfyUI,
-which always takes 8x); UNet passes on a crop of the latent (area prompts, MultiDiffusion
+Boxes are in pixels of the image as the user sized it: the latent times the 8x an Empty
+Latent Image without its ``vae`` assumed (ComfyUI's rule, so its workflows keep their
+boxes), else the downscale of the VAE the checkpoint loader paired with the UNet, else
+SD's 8x; UNet passes on a crop of the latent (area prompts, MultiDiffusion
 windows) run without grounding.
 
 File layouts read (``models/gligen``): a ``.safetensors`` with diffusers' keys
@@ -308,12 +309,17 @@ def _position_net_copy(net: Any, device: torch.device, dtype: torch.dtype) -> An
 
 # --- the sampler extension ------------------------------------------------------------------
 
-def pixels_per_latent(unet: Any) -> int:
-    """Image pixels per latent pixel for ``unet``: the downscale of the VAE the checkpoint
-    loader paired with it (a 4x VAE makes a 4x smaller image than SD's), else SD's 8."""
+def pixels_per_latent(unet: Any, latent: Any = None) -> int:
+    """Image pixels per latent pixel, in the units the user sized the image in: the
+    downscale an Empty Latent Image without its ``vae`` assumed (SD's 8, as ComfyUI: its
+    workflows give boxes for that size), else that of the VAE the checkpoint loader
+    paired with ``unet`` (a 4x VAE makes a 4x smaller image than SD's), else SD's 8."""
     from nodes.diffusion.handles import Vae
     from nodes.diffusion.preview import linked_vae
 
+    assumed = getattr(latent, "assumed_downscale", None)
+    if assumed:
+        return int(assumed)
     vae = linked_vae(unet)
     return SD_DOWNSCALE if vae is None else Vae(vae).downscale
 
@@ -370,7 +376,8 @@ class GLIGENGrounding(SamplerExtension):
                              "boxes of different GLIGEN models")
         unet = run.model.unet
         module_patches.attach(unet, fit(self.gligen, unet, run.model.family))
-        h, w = (int(s) * pixels_per_latent(unet) for s in run.init_latents.shape[-2:])
+        scale = pixels_per_latent(unet, run.latent)
+        h, w = (int(s) * scale for s in run.init_latents.shape[-2:])
         run.state[self] = _RunState({id(e): e._table(w, h, len(run.timesteps), run)
                                      for e in grounding})
 
