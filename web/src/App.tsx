@@ -37,7 +37,7 @@ import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } f
 import { lowDetail } from "./lib/layout";
 import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } from "./lib/load";
 import { type ImageRef, RunStore } from "./lib/runstore";
-import { type Defs, parseObjectInfo } from "./lib/schema";
+import { type Defs, nodeTitle, parseObjectInfo } from "./lib/schema";
 import { SidePanel } from "./panels/SidePanel";
 
 const DEFAULT_WORKFLOW = "txt2img.json";
@@ -372,8 +372,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         <StatusBar store={store} labelOf={(id) => {
           // the node as the canvas and the queue tab name it: "Sample #3"
           const node = nodes.find((n) => n.id === id);
-          const name = node && (node.data.title ?? defsRef.current.get(node.data.type)?.displayName ?? node.data.type);
-          return name ? `${name} #${id}` : `node ${id}`;
+          return node ? `${nodeTitle(node.data, defsRef.current)} #${id}` : `node ${id}`;
         }} />
         {linking.palette && (
           <Palette defs={defs} filter={linking.palette.filter} at={linking.palette.screen} onPick={linking.pick}

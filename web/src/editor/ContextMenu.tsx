@@ -11,7 +11,7 @@ import { useEffect, useMemo, useState } from "react";
 import { useEditor } from "../canvas/context";
 import { inHandle, inputOf, type SfEdge, type SfNode } from "../canvas/flow";
 import { NOTE, REROUTE } from "../lib/reroute";
-import type { Defs } from "../lib/schema";
+import { type Defs, nodeTitle } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { GROUP_COLOR, groupAround, nodesInside } from "../lib/groups";
 import { groupSelection, nodeRects } from "./Groups";
@@ -288,7 +288,7 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
       )}
       {node && target.kind === "node" && (
         <div className="sf-ctx-title" style={{ borderColor: node.data.color ?? typeColor("*") }}>
-          {node.data.title ?? defs.get(node.data.type)?.displayName ?? node.data.type}
+          {nodeTitle(node.data, defs)}
         </div>
       )}
       {renaming && target.kind === "group" && g.groups[target.index] ? (

@@ -9,6 +9,7 @@ import { graphToDocument } from "../lib/graph";
 import { selectedOutputs } from "../lib/partial";
 import { summariseRejection } from "../lib/rejection";
 import type { NodeErrors, RunStore } from "../lib/runstore";
+import { nodeTitle } from "../lib/schema";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
@@ -20,7 +21,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
   const titleOf = useCallback((id: string): string => {
     const node = state.current.nodes.find((n) => n.id === id);
     if (!node) return "node";
-    return node.data.title ?? defsRef.current.get(node.data.type)?.displayName ?? node.data.type;
+    return nodeTitle(node.data, defsRef.current);
   }, [state, defsRef]);
 
   /** Bring the nodes a rejection is about into view, selected. */

@@ -71,6 +71,11 @@ export type NodeDef = {
 
 export type Defs = Map<string, NodeDef>;
 
+/** A node's name as the canvas shows it: its title, else its type's display name. */
+export function nodeTitle(node: { title?: string; type: string }, defs: Defs): string {
+  return node.title ?? defs.get(node.type)?.displayName ?? node.type;
+}
+
 /**
  * Options with no bigint left (api.ts parses /object_info with 64-bit integers exact):
  * `min`/`max` become the nearest number, kept exactly in `exact`; a default stays exact
