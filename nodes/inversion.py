@@ -78,7 +78,8 @@ class DDIMInvert(Node):
         trajectory = ddim_invert(self.model, self.positive, self.negative, self.latent,
                                  self.steps, self.cfg, self.denoise, callback=on_step,
                                  regularizer=regularizer)
-        inverted = replace(self.latent, samples=trajectory.latents[-1], noise_mask=None)
+        inverted = replace(self.latent, samples=trajectory.latents[-1], noise_mask=None,
+                           extension_results=())
         return inverted, trajectory
 
 

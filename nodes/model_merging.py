@@ -238,7 +238,7 @@ class RepeatLatentBatch(Node):
         return (replace(latent,
                         samples=samples.repeat(self.amount, *([1] * (samples.dim() - 1))),
                         noise_mask=None if mask is None else _repeat(mask, batch, self.amount),
-                        inpaint=inpaint),)
+                        inpaint=inpaint, extension_results=()),)
 
 
 NODE_CLASSES = (ModelMergeSimple, ModelMergeBlocks, ModelMergeSubtract, ModelMergeAdd,

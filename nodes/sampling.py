@@ -88,10 +88,13 @@ class KSampler(Node):
         params = SamplingParams(seed=self.seed, steps=self.steps, cfg=self.cfg,
                                 denoise=self.denoise)
         ctx.check_interrupt()
+        results: dict[str, torch.Tensor] = {}
         samples = sample(self.model, scheduler, self.positive, self.negative,
-                         self.latent_image, params, callback=step_reporter(ctx, self.model))
+                         self.latent_image, params, callback=step_reporter(ctx, self.model),
+                         results=results)
         # keep the mask and inpaint data so a second pass sees the same latent
-        return (replace(self.latent_image, samples=samples),)
+        return (replace(self.latent_image, samples=samples,
+                        extension_results=tuple(results.items())),)
 
 
 NODE_CLASSES = (KSampler,)

@@ -128,11 +128,13 @@ class KSamplerAdvanced(Node):
         scheduler = make_scheduler(self.sampler_name, self.scheduler, model.scheduler_config,
                                    seed=self.noise_seed)
         ctx.check_interrupt()
+        results: dict[str, torch.Tensor] = {}
         samples = sample(model, scheduler, self.positive, self.negative, self.latent_image,
-                         params, callback=step_reporter(ctx, model))
+                         params, callback=step_reporter(ctx, model), results=results)
         if final is not None:
             samples = self._keep_unmasked(final.result["x0"])
-        return (replace(self.latent_image, samples=samples),)
+        return (replace(self.latent_image, samples=samples,
+                        extension_results=tuple(results.items())),)
 
     def _keep_unmasked(self, x0: torch.Tensor) -> torch.Tensor:
         """The noise mask's kept region is the input latent itself once fully denoised."""

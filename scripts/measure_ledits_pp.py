@@ -3,6 +3,7 @@
     python scripts/measure_ledits_pp.py --cases 50                      # dev world 77
     python scripts/measure_ledits_pp.py --cases 50 --scale 10 15 --threshold 0.8 0.9
     python scripts/measure_ledits_pp.py --cases 50 --world-seed 1000003  # held out: report
+    python scripts/measure_ledits_pp.py --cases 50 --paste-back 0 1     # without / with
 
 The protocol is ``training.edit_eval``'s: a shapes-world caption (one or two shapes) at
 seed = its index is drawn with txt2img; cases whose image the judge does not read as
@@ -11,7 +12,8 @@ the other shapes must stay, and the PSNR outside the (dilated) shape region must
 30 dB. Each edit is a Steerflow graph: Load Image → VAE Encode → LEDITS++ Inversion →
 SEGA Concepts (by default: add the target caption, remove the source caption) →
 Apply LEDITS++ → KSamplerAdvanced (the inversion's steps, prompt and cfg, add_noise off)
-→ VAE Decode.
+→ VAE Decode (with ``--paste-back 1``: → Image Composite Masked onto the source through
+LEDITS++ Edit Mask, as workflows/ledits_pp.json does).
 Every combination of the listed settings is one line; tune on world seed 77, then run
 the chosen settings once on the held-out world 1_000_003.
 """
@@ -50,14 +52,16 @@ class Settings:
     # caption: add the target caption, remove the source caption; color: add "green",
     # remove "red"; shape: add "green star", remove "red star"
     concept: str = "caption"
+    # paste the edit onto the source where LEDITS++ Edit Mask says it acted
+    paste_back: bool = False
 
     def row(self) -> str:
         return (f"{self.steps:5d} {self.skip:5.2f} {self.source_guidance:4g} "
                 f"{self.sampler:>12} {self.scale:5g} {self.warmup:3d} {self.cooldown:5d} "
-                f"{self.threshold:5g} {self.mask:>9} {self.concept:>7}")
+                f"{self.threshold:5g} {self.mask:>9} {self.concept:>7} {self.paste_back:d}")
 
 
-HEADER = ("steps  skip  src      sampler scale  wu    cd   thr      mask concept |  ok  "
+HEADER = ("steps  skip  src      sampler scale  wu    cd   thr      mask concept pb |  ok  "
           "edited recol  psnr≥30  psnr med | failures")
 
 
@@ -97,6 +101,13 @@ def ledits_graph(model: str, case: Any, image: str, s: Settings) -> dict[str, An
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],
                                                        "filename_prefix": "ledits"}},
     }
+    if s.paste_back:
+        g["mask"] = {"class_type": "LEditsPPEditMask", "inputs": {"samples": ["sample", 0],
+                                                                 "vae": ["ckpt", 2]}}
+        g["paste"] = {"class_type": "ImageCompositeMasked", "inputs": {
+            "destination": ["load", 0], "source": ["decode", 0], "x": 0, "y": 0,
+            "resize_source": False, "mask": ["mask", 0]}}
+        g["save"]["inputs"]["images"] = ["paste", 0]
     if guided:
         g["source"] = {"class_type": "CLIPTextEncode",
                        "inputs": {"text": case.source_prompt, "clip": ["ckpt", 1]}}
@@ -160,10 +171,12 @@ def main(argv: list[str] | None = None) -> None:
                         "setting here as PNGs")
     defaults = Settings()
     grid_args = ("steps", "skip", "source_guidance", "sampler", "scale", "warmup",
-                 "cooldown", "threshold", "mask", "concept")
+                 "cooldown", "threshold", "mask", "concept", "paste_back")
     for name in grid_args:
         value = getattr(defaults, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), nargs="+",
+        kind = (lambda text: text.lower() in ("1", "true", "yes")) if isinstance(
+            value, bool) else type(value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, nargs="+",
                             default=[value])
     args = parser.parse_args(argv)
 

@@ -245,6 +245,78 @@ def test_the_edit_acts_and_without_guidance_the_image_comes_back(session):
     assert np.abs(edited - unedited).max() > 0.05
 
 
+def edit_mask_prompt(**kwargs) -> dict:
+    """The LEDITS++ graph with LEDITS++ Edit Mask and the paste-back onto the image; the
+    mask is captured as ``"mask"`` and the pasted image as ``"pasted"``."""
+    prompt = ledits_prompt("steerflow-shapes", pipeline_prompts=False, edit_cfg=True, **kwargs)
+    prompt["em"] = {"class_type": "LEditsPPEditMask",
+                   "inputs": {"samples": ["8", 0], "vae": ["1", 2]}}
+    prompt["p"] = {"class_type": "ImageCompositeMasked", "inputs": {
+        "destination": ["4", 0], "source": ["9", 0], "x": 0, "y": 0,
+        "resize_source": False, "mask": ["em", 0]}}
+    prompt["11"] = {"class_type": "TestCapture", "inputs": {"value": ["em", 0], "key": "mask"}}
+    prompt["12"] = {"class_type": "TestCapture", "inputs": {"value": ["p", 0],
+                                                            "key": "pasted"}}
+    return prompt
+
+
+def test_edit_mask_is_the_union_of_the_implicit_masks(session, monkeypatch):
+    from nodes.diffusion import ledits_pp
+
+    applied: list[torch.Tensor] = []
+    quantile_mask = ledits_pp.quantile_mask
+
+    def recording(values: torch.Tensor, threshold: float) -> torch.Tensor:
+        applied.append(quantile_mask(values, threshold))
+        return applied[-1]
+
+    monkeypatch.setattr(ledits_pp, "quantile_mask", recording)
+    edited = run_graph(session, edit_mask_prompt(mask="noise"))
+    mask, pasted = CAPTURED.pop("mask"), CAPTURED.pop("pasted").numpy()
+    # every step masked each active concept's strongest 20% / 30% of the 16x16 latent
+    union = torch.stack(applied).any(dim=0)[0, 0].float()
+    # 8 edit steps: concept 0 from step 1 (warm-up 1), concept 1 until step 5 (cool-down)
+    assert len(applied) == 7 + 5
+    assert mask.shape == (1, 64, 64)
+    assert torch.equal(mask[0], union.repeat_interleave(4, 0).repeat_interleave(4, 1))
+    assert 0.3 <= float(union.mean()) < 1.0
+    # outside the mask the paste-back is the image itself, inside it the edit
+    source = picture(64, 64).astype(np.float32) / 255
+    inside = mask[0].numpy() > 0
+    assert np.array_equal(pasted[0][~inside], source[~inside])
+    assert np.array_equal(pasted[0][inside], edited[0][inside])
+
+
+def test_edit_mask_of_an_edit_limited_to_nothing_is_empty(session):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(
+        session.env.resolve("input", "nothing.png"))
+    for mask in ("noise", "cross", "intersect"):
+        run_graph(session, edit_mask_prompt(mask=mask, user_mask="nothing.png"))
+        assert CAPTURED.pop("mask").abs().max() == 0, mask
+        CAPTURED.pop("pasted")
+
+
+def test_edit_mask_with_the_cross_attention_mask(session):
+    run_graph(session, edit_mask_prompt(mask="intersect"))
+    mask = CAPTURED.pop("mask")
+    CAPTURED.pop("pasted")
+    assert 0.0 < float(mask.mean()) < 1.0
+
+
+def test_edit_mask_needs_a_latent_sampled_with_the_edit(session):
+    prompt = edit_mask_prompt(mask="noise")
+    prompt["em"]["inputs"]["samples"] = ["6", 0]  # the inversion's latent
+    assert "Apply LEDITS++" in run_error(session, prompt)
+    # a second sampler pass makes new samples: the first run's region does not go with them
+    prompt = edit_mask_prompt(mask="noise")
+    prompt["s"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "seed": 0, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
+        "scheduler": "normal", "positive": ["2", 0], "negative": ["2", 0],
+        "latent_image": ["8", 0], "denoise": 0.5}}
+    prompt["em"]["inputs"]["samples"] = ["s", 0]
+    assert "did not come from such a run" in run_error(session, prompt)
+
+
 def test_inversion_schedule_is_the_pipelines():
     assert inversion_schedule(30, 0.15) == (34, 4)  # int(30 * 1.15) = 34
     assert inversion_schedule(50, 0.0) == (50, 0)
@@ -380,4 +452,5 @@ def test_example_workflow_runs(session):
     wf.set("LEDITS++ Inversion.num_inversion_steps", 6)
     result = session.run(wf)
     assert result.ok, result.run.error
-    assert len(result.image_paths) == 1
+    saved = [p for p in result.image_paths if p.parent.name == "output"]
+    assert len(saved) == 1 and len(result.image_paths) == 2  # the edit and its mask

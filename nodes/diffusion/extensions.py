@@ -19,6 +19,8 @@ Phases, in the order one step runs them:
                     any phase above may fill (LEDITS++ replays its inversion's
                     noise maps as ``variance_noise``)
 ``post_step``       blend latents after ``scheduler.step`` (masks, trajectories)
+``results``         once per run, after the last step: named tensors the sampler
+                    hands on with its LATENT (LEDITS++'s edit region)
 ``teardown``        once per run, always (even on error or interrupt)
 ==================  ==========================================================
 
@@ -28,7 +30,7 @@ that changes during a run lives in ``run.state[extension]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +164,11 @@ class SamplerExtension:
 
     def post_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
         return latents
+
+    def results(self, run: Any) -> Mapping[str, torch.Tensor]:
+        """Named tensors about this run for nodes downstream (the sampled LATENT carries
+        them, see ``Latent.extension_results``); called after the last step only."""
+        return {}
 
     def teardown(self, run: Any) -> None:
         """Release per-run state; called even when the run fails."""

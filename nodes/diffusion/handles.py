@@ -141,14 +141,21 @@ class Latent:
     ``inpaint`` carries the extra input of 9-channel inpainting models;
     ``assumed_downscale`` is the VAE factor an Empty Latent Image without its ``vae``
     input assumed (SD's 8), so decoding with another VAE can say why the image is
-    smaller or larger than asked.
+    smaller or larger than asked. ``extension_results`` is what the sampler's extensions
+    reported about the run that made these samples (``SamplerExtension.results``, e.g.
+    LEDITS++'s edit region); only samplers set it.
     """
 
     samples: Tensor
     noise_mask: Tensor | None = None
     inpaint: InpaintCondition | None = None
     assumed_downscale: int | None = None
+    extension_results: tuple[tuple[str, Tensor], ...] = ()
 
     @property
     def batch_size(self) -> int:
         return int(self.samples.shape[0])
+
+    def extension_result(self, name: str) -> Tensor | None:
+        """The tensor an extension reported as ``name`` for these samples, or None."""
+        return dict(self.extension_results).get(name)

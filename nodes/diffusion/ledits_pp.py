@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 SAMPLERS = ("dpmpp_2m_sde", "ddim")
 #: the pipeline uses only the cross-attention mask at noisier timesteps than this
 INTERSECT_FROM_T = 800
+#: the name of the edit region in the sampled LATENT's ``extension_results``
+EDIT_REGION = "ledits_pp.edit_region"
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,8 @@ class _State:
     user_mask: torch.Tensor | None
     recorder: AttentionRecorder | None = None
     kernel: torch.Tensor | None = None
+    #: where any concept's masked guidance acted at any step so far ``[B, 1, h, w]``
+    edit_region: torch.Tensor | None = None
 
 
 class LEditsPPGuidance(SamplerExtension):
@@ -357,6 +361,9 @@ class LEditsPPGuidance(SamplerExtension):
             if i < concept.warmup_steps or i >= stops_at(concept, i):
                 continue
             edit = concept_guidance(concept, pred, preds.uncond)
+            # the mask this concept's guidance gets at this step (0/1, [B, 1, h, w])
+            region = (torch.ones_like(edit[:, :1]) if state.user_mask is None
+                      else state.user_mask.expand_as(edit[:, :1]))
             if state.user_mask is not None:
                 edit = edit * state.user_mask
             attn_mask = None
@@ -365,19 +372,43 @@ class LEditsPPGuidance(SamplerExtension):
                                                 tuple(edit.shape[-2:]))
                 if not self.use_intersect_mask:
                     edit = edit * attn_mask
+                    region = region * attn_mask
             if self.use_intersect_mask and attn_mask is not None:
                 if step.timestep <= INTERSECT_FROM_T:
                     noise_mask = quantile_mask(edit.abs().sum(dim=1, keepdim=True),
                                                concept.threshold)
                     edit = edit * (noise_mask.to(edit.dtype) * attn_mask)
+                    region = region * noise_mask.to(edit.dtype) * attn_mask
                 else:
                     edit = edit * attn_mask
+                    region = region * attn_mask
             elif not self.use_cross_attn_mask:
                 noise_mask = quantile_mask(edit.abs().sum(dim=1, keepdim=True),
                                            concept.threshold)
                 edit = torch.where(noise_mask, edit, torch.zeros_like(edit))
+                region = region * noise_mask.to(edit.dtype)
+            self._mark(state, region)
             total = total + edit
         return guidance + total
+
+    @staticmethod
+    def _mark(state: _State, region: torch.Tensor) -> None:
+        """Add a step's masked region to the run's edit region (windows of MultiDiffusion
+        are not full latents: they leave it out)."""
+        import torch
+
+        if state.edit_region is None:
+            state.edit_region = torch.zeros_like(state.zs[0][:, :1])
+        if region.shape == state.edit_region.shape:
+            torch.maximum(state.edit_region, region, out=state.edit_region)
+
+    def results(self, run: SamplingRun) -> dict[str, torch.Tensor]:
+        """``EDIT_REGION``: where the edit's masked guidance acted at any step (0/1,
+        ``[B, 1, h, w]``), for pasting the edit back onto the original image."""
+        region = run.state[self].edit_region
+        if region is None:  # no concept was active at any step
+            region = torch.zeros_like(run.state[self].zs[0][:, :1])
+        return {EDIT_REGION: region}
 
     def attention_mask(self, run: SamplingRun, role: str, threshold: float,
                        size: tuple[int, int]) -> torch.Tensor:

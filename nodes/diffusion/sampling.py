@@ -277,8 +277,11 @@ def check_unet_fits(unet: Any, latents: torch.Tensor, chunks: int) -> None:
 @run_scoped  # modules extensions attach to the UNet (GLIGEN's layers) for the run only
 def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
            negative: Conditioning, latent: Latent, params: SamplingParams,
-           callback: StepCallback | None = None) -> torch.Tensor:
-    """Denoise ``latent`` with every attached extension; returns latents (UNet space)."""
+           callback: StepCallback | None = None,
+           results: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Denoise ``latent`` with every attached extension; returns latents (UNet space).
+    ``results``, when given, receives what the extensions report about the run (their
+    ``results`` phase)."""
     unet = model.unet
     device, dtype = unet.device, unet.dtype
     # The noise comes from a CPU generator so a seed gives the same image on any device.
@@ -366,6 +369,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                     latents = ext.post_step(run, step, latents)
                 if callback is not None:
                     callback(i + 1, total, latents)
+        if results is not None:
+            for ext in exts:
+                results.update(ext.results(run))
     finally:
         if saved is not None:
             unet.set_attn_processor(saved)
