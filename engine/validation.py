@@ -32,7 +32,7 @@ from __future__ import annotations
 import gc
 import math
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,10 +67,13 @@ class Issue:
 
 
 class PromptValidationError(ValueError):
-    """The prompt has errors; ``issues`` lists every one."""
+    """The prompt has errors; ``issues`` lists every one. ``dependent_outputs(node_id)``
+    names the output nodes that need a node (ComfyUI's ``dependent_outputs``)."""
 
-    def __init__(self, issues: list[Issue]):
+    def __init__(self, issues: list[Issue],
+                 dependent_outputs: Callable[[str], list[str]] | None = None):
         self.issues = issues
+        self.dependent_outputs = dependent_outputs or (lambda node_id: [])
         errors = [i for i in issues if i.severity == "error"]
         super().__init__(f"{len(errors)} validation error(s): " + "; ".join(
             _describe(i) for i in errors[:5]))
@@ -306,7 +309,7 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
                                         node_id=n, class_type=classes[n].TYPE,
                                         details={"cycle": cycle}))
     if issues:
-        raise PromptValidationError(issues + warnings)
+        raise PromptValidationError(issues + warnings, _dependents(graph, wanted))
     order = [n for n in nx.topological_sort(sub)]
     return ValidatedPrompt(nodes=nodes, order=order, outputs=wanted, warnings=warnings)
 
@@ -485,14 +488,32 @@ def describe_issues(issues: list[Issue]) -> str:
     return "\n".join(_describe(i) for i in issues)
 
 
-def to_node_errors(issues: list[Issue]) -> dict[str, Any]:
-    """ComfyUI's ``node_errors`` shape, keyed by node id."""
+def _dependents(graph: nx.DiGraph, outputs: list[str]) -> Callable[[str], list[str]]:
+    """``node_id`` → the output nodes among ``outputs`` that need it (itself included)."""
+    def dependents(node_id: str) -> list[str]:
+        if node_id not in graph:
+            return []
+        reached = nx.descendants(graph, node_id) | {node_id}
+        return [o for o in outputs if o in reached]
+
+    return dependents
+
+
+def to_node_errors(issues: list[Issue],
+                   dependent_outputs: Callable[[str], list[str]] | None = None
+                   ) -> dict[str, Any]:
+    """ComfyUI's ``node_errors`` shape, keyed by node id; ``dependent_outputs`` (from the
+    :class:`PromptValidationError`) fills each entry's outputs that need the node."""
     out: dict[str, Any] = {}
     for issue in issues:
         if issue.severity != "error" or issue.node_id is None:
             continue
-        entry = out.setdefault(issue.node_id, {"errors": [], "dependent_outputs": [],
-                                               "class_type": issue.class_type})
+        entry = out.get(issue.node_id)
+        if entry is None:
+            entry = out[issue.node_id] = {
+                "errors": [], "class_type": issue.class_type,
+                "dependent_outputs": (dependent_outputs(issue.node_id)
+                                      if dependent_outputs is not None else [])}
         entry["errors"].append({
             "type": issue.kind,
             "message": issue.message,

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -199,13 +200,14 @@ async def _validate(validator: Any, prompt: dict[str, Any],
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, validator.validate, prompt, targets)
     except PromptValidationError as exc:
-        raise _validation_error(exc.issues) from None
+        raise _validation_error(exc.issues, exc.dependent_outputs) from None
     except RecursionError:
         raise ApiError(400, "invalid_prompt", "the prompt is nested too deeply",
                        node_errors={}) from None
 
 
-def _validation_error(issues: list[Issue]) -> ApiError:
+def _validation_error(issues: list[Issue],
+                      dependent_outputs: Callable[[str], list[str]] | None = None) -> ApiError:
     """The 400 for an invalid prompt, capped at the first MAX_REPORTED_ISSUES errors.
 
     A 200k-node prompt with an error per node made a 55 MB body, built on the event
@@ -214,7 +216,7 @@ def _validation_error(issues: list[Issue]) -> ApiError:
     errors = [i for i in issues if i.severity == "error"]
     shown = errors[:MAX_REPORTED_ISSUES]
     warnings = [i for i in issues if i.severity != "error"][:MAX_REPORTED_ISSUES - len(shown)]
-    node_errors = to_node_errors(shown)
+    node_errors = to_node_errors(shown, dependent_outputs)
     if node_errors:
         error = ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
     else:

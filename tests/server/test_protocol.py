@@ -179,6 +179,13 @@ def test_validation_failure_is_400_with_node_errors(http: Http):
     assert body["node_errors"]["1"]["errors"][0]["type"] == "out_of_range"
     assert body["node_errors"]["2"]["errors"][0]["type"] == "invalid_value"
     assert body["node_errors"]["1"]["class_type"] == "TestSource"
+    assert body["node_errors"]["1"]["dependent_outputs"] == ["3"]  # as ComfyUI's
+    # a second output that needs node 2, and one that needs neither
+    prompt["4"] = {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}
+    prompt["5"] = {"class_type": "TestSource", "inputs": {"value": 1}}
+    prompt["6"] = {"class_type": "TestOut", "inputs": {"value": ["5", 0]}}
+    errors = http.post("/prompt", json={"prompt": prompt}).json()["node_errors"]
+    assert errors["1"]["dependent_outputs"] == errors["2"]["dependent_outputs"] == ["3", "4"]
     for bad, kind in [({"nothing": 1}, "no_prompt"), ({"prompt": {}}, "invalid_prompt"),
                       ({"prompt": {"1": {"class_type": "Nope"}}},
                        "prompt_outputs_failed_validation"),
