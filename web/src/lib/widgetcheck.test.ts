@@ -23,6 +23,19 @@ describe("number widgets", () => {
     expect(numberIssue(cfg, "")).toBe("empty: enter a number");
   });
 
+  it("flags an INT off its step as the server would (counted from the minimum)", () => {
+    const width = { ...steps, options: { min: 8, max: 16384, step: 8 } } as unknown as InputDef;
+    expect(numberIssue(width, 64)).toBeNull();
+    expect(numberIssue(width, 63)).toBe("63 is not 8 + k*8 (nearest: 56 or 64)");
+    const offset = { ...steps, options: { min: 8, max: 100, step: 4 } } as unknown as InputDef;
+    expect(numberIssue(offset, 12)).toBeNull();
+    expect(numberIssue(offset, 14)).toBe("14 is not 8 + k*4 (nearest: 12 or 16)");
+    const x = { ...steps, options: { min: 0, max: 4096, step: 8 } } as unknown as InputDef;
+    expect(numberIssue(x, 20)).toBe("20 is not a multiple of 8 (nearest: 16 or 24)");
+    const seed = { ...steps, options: { min: 0, max: 2 ** 64 - 1 } } as unknown as InputDef;
+    expect(numberIssue(seed, "18446744073709551615")).toBeNull(); // no step: any whole number
+  });
+
   it("steps with the arrow keys inside the range", () => {
     expect(stepValue(cfg, 7.5, 1)).toBe(7.6);
     expect(stepValue(cfg, 0.05, -1)).toBe(0);

@@ -34,7 +34,7 @@ export function numberIssue(input: InputDef, value: unknown): string | null {
     const b = clampBig(input, exact);
     if (b > exact) return `${exact} is below the minimum ${formatBound(input, "min")}`;
     if (b < exact) return `${exact} is above the maximum ${formatBound(input, "max")}`;
-    return null;
+    return stepIssue(input, exact);
   }
   if (typeof value !== "number" || !Number.isFinite(value)) {
     const shown = value == null ? "" : String(value).trim();
@@ -45,6 +45,22 @@ export function numberIssue(input: InputDef, value: unknown): string | null {
   if (typeof min === "number" && value < min) return `${value} is below the minimum ${min}`;
   if (typeof max === "number" && value > max) return `${value} is above the maximum ${max}`;
   return null;
+}
+
+/**
+ * An INT off its step, as the server refuses it: `step` > 1 counts from `min` (else 0),
+ * when both are whole (engine/validation.py's `_int_issue`).
+ */
+function stepIssue(input: InputDef, value: bigint): string | null {
+  const { step, min } = input.options;
+  const base = typeof min === "number" ? min : 0;
+  if (typeof step !== "number" || step <= 1 || !Number.isInteger(step) || !Number.isSafeInteger(base)) return null;
+  const s = BigInt(step);
+  const b = BigInt(base);
+  const off = (((value - b) % s) + s) % s;
+  if (off === 0n) return null;
+  const grid = base ? `${base} + k*${step}` : `a multiple of ${step}`;
+  return `${value} is not ${grid} (nearest: ${value - off} or ${value - off + s})`;
 }
 
 function stepOf(input: InputDef): number {
