@@ -276,10 +276,10 @@ def gaussian_kernel(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 class _State:
     zs: torch.Tensor
     user_mask: torch.Tensor | None
+    #: where any concept's masked guidance acted at any step so far ``[B, 1, h, w]``
+    edit_region: torch.Tensor
     recorder: AttentionRecorder | None = None
     kernel: torch.Tensor | None = None
-    #: where any concept's masked guidance acted at any step so far ``[B, 1, h, w]``
-    edit_region: torch.Tensor | None = None
 
 
 class LEditsPPGuidance(SamplerExtension):
@@ -303,6 +303,8 @@ class LEditsPPGuidance(SamplerExtension):
         self.user_mask = user_mask
 
     def setup(self, run: SamplingRun) -> None:
+        import torch
+
         from nodes.diffusion.masking import mask_to_latent, match_batch
 
         inv = self.inversion
@@ -326,7 +328,8 @@ class LEditsPPGuidance(SamplerExtension):
             user_mask = mask_to_latent(self.user_mask, tuple(latents.shape[-2:]))
             user_mask = match_batch(user_mask, latents.shape[0], "user mask")
             user_mask = user_mask.to(device=run.device, dtype=run.dtype)
-        run.state[self] = _State(inv.zs.to(device=run.device, dtype=run.dtype), user_mask,
+        zs = inv.zs.to(device=run.device, dtype=run.dtype)
+        run.state[self] = _State(zs, user_mask, torch.zeros_like(zs[0][:, :1]),
                                  kernel=gaussian_kernel(run.dtype, run.device))
 
     def extra_conditions(self, run: SamplingRun) -> Sequence[CondEntry]:
@@ -387,28 +390,15 @@ class LEditsPPGuidance(SamplerExtension):
                                            concept.threshold)
                 edit = torch.where(noise_mask, edit, torch.zeros_like(edit))
                 region = region * noise_mask.to(edit.dtype)
-            self._mark(state, region)
+            # (MultiDiffusion, whose windows would see a crop of it, refuses LEDITS++)
+            torch.maximum(state.edit_region, region, out=state.edit_region)
             total = total + edit
         return guidance + total
-
-    @staticmethod
-    def _mark(state: _State, region: torch.Tensor) -> None:
-        """Add a step's masked region to the run's edit region (windows of MultiDiffusion
-        are not full latents: they leave it out)."""
-        import torch
-
-        if state.edit_region is None:
-            state.edit_region = torch.zeros_like(state.zs[0][:, :1])
-        if region.shape == state.edit_region.shape:
-            torch.maximum(state.edit_region, region, out=state.edit_region)
 
     def results(self, run: SamplingRun) -> dict[str, torch.Tensor]:
         """``EDIT_REGION``: where the edit's masked guidance acted at any step (0/1,
         ``[B, 1, h, w]``), for pasting the edit back onto the original image."""
-        region = run.state[self].edit_region
-        if region is None:  # no concept was active at any step
-            region = torch.zeros_like(run.state[self].zs[0][:, :1])
-        return {EDIT_REGION: region}
+        return {EDIT_REGION: run.state[self].edit_region}
 
     def attention_mask(self, run: SamplingRun, role: str, threshold: float,
                        size: tuple[int, int]) -> torch.Tensor:

@@ -264,8 +264,9 @@ class MultiDiffusionPanorama(SamplerExtension):
                         if type(e).pre_step is not SamplerExtension.pre_step]
         if whole_canvas:
             raise ValueError(f"MultiDiffusion cannot run with {', '.join(whole_canvas)}: it "
-                             "changes the whole latent with its own UNet passes before each "
-                             "step; remove the panorama or that technique")
+                             "works on the whole latent before each step (its own UNet "
+                             "passes, or LEDITS++'s replayed noise), which windows cannot "
+                             "split; remove the panorama or that technique")
         height, width = (int(s) for s in run.init_latents.shape[-2:])
         window = self.window(run)
         views = get_views(height, width, window, self.stride, self.circular_padding)
