@@ -47,8 +47,22 @@ async def static(request: web.Request) -> web.StreamResponse:
     return serve_file(request, request.match_info["tail"])
 
 
+def _other_methods(request: web.Request) -> list[str]:
+    """The methods an API route at this exact path takes (a GET /interrupt hits the
+    file route, but the answer is ComfyUI's 405, not a missing file)."""
+    methods = {route.method for resource in request.app.router.resources()
+               if isinstance(resource, web.PlainResource) and resource.canonical == request.path
+               for route in resource}
+    return sorted(methods - {"GET", "HEAD", "*"})
+
+
 def serve_file(request: web.Request, tail: str) -> web.StreamResponse:
-    """The web app's file at ``tail`` (relative to its folder), or a 404."""
+    """The web app's file at ``tail`` (relative to its folder), or a 404 (405 where an
+    API route takes other methods)."""
+    if allowed := _other_methods(request):
+        raise ApiError(405, "method_not_allowed",
+                       f"{request.method} {request.path} is not allowed; use {', '.join(allowed)}",
+                       headers={"Allow": ", ".join(allowed)})
     root = state(request).config.web_dir
     missing = ApiError(404, "not_found", f"no route or file /{tail}")
     if not (root / "index.html").is_file():

@@ -493,3 +493,13 @@ def test_credentials_stored_by_older_versions_are_scrubbed_at_start(tmp_path):
     assert "secret-1" not in entry and "auth_token" not in entry and '"client_id"' in entry
     assert storage.scrub_credentials() == 0  # nothing left to rewrite
     storage.close()
+
+
+def test_a_post_route_read_with_get_is_405_not_a_missing_file(http: Http):
+    for path in ("/interrupt", "/api/interrupt", "/free", "/upload/image"):
+        reply = http.get(path)
+        assert reply.status == 405, path
+        assert reply.headers["Allow"] == "POST"
+        assert reply.json()["error"]["type"] == "method_not_allowed"
+    assert http.get("/no-such-route").status == 404
+    assert http.get("/prompt").status == 200  # GET and POST both served
