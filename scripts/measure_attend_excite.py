@@ -17,7 +17,6 @@ the held-out world 1_000_003.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from training.settings_grid import add_grid_arguments, settings_grid  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,15 @@ class Settings:
     max_iter_to_alter: int = 25
     max_refinement_steps: int = 20
     normalize_eot: bool = False
+    attn_res: int = 0
 
     def row(self) -> str:
         return (f"{self.words:>11} {self.scale_factor:6g} {self.thresholds:>24} "
                 f"{self.max_iter_to_alter:4d} {self.max_refinement_steps:4d} "
-                f"{self.normalize_eot:d}")
+                f"{self.normalize_eot:d} {self.attn_res:3d}")
 
 
-HEADER = ("      words  scale               thresholds iter refn eot |  both right | "
+HEADER = ("      words  scale               thresholds iter refn eot res |  both right | "
           "failures")
 
 
@@ -91,7 +93,7 @@ def graph(model: str, sample: Any, seed: int, s: Settings | None, steps: int) ->
         g["pos"] = {"class_type": "AttendAndExcite", "inputs": {
             "clip": ["ckpt", 1], "text": sample.caption, "words": words_of(sample, s.words),
             "max_iter_to_alter": s.max_iter_to_alter, "thresholds": s.thresholds,
-            "scale_factor": s.scale_factor, "attn_res": 0,
+            "scale_factor": s.scale_factor, "attn_res": s.attn_res,
             "max_refinement_steps": s.max_refinement_steps,
             "normalize_eot": s.normalize_eot}}
     return g
@@ -109,13 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-baseline", action="store_true")
     defaults = Settings()
     grid_args = ("words", "scale_factor", "thresholds", "max_iter_to_alter",
-                 "max_refinement_steps", "normalize_eot")
-    for name in grid_args:
-        value = getattr(defaults, name)
-        kind = (lambda text: text.lower() in ("1", "true", "yes")) if isinstance(
-            value, bool) else type(value)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, nargs="+",
-                            default=[value])
+                 "max_refinement_steps", "normalize_eot", "attn_res")
+    add_grid_arguments(parser, defaults, grid_args)
     args = parser.parse_args(argv)
 
     import torch
@@ -129,8 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="attend-excite-") as work:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         runs: list[Settings | None] = [] if args.no_baseline else [None]
-        runs += [Settings(**dict(zip(grid_args, values, strict=True)))
-                 for values in itertools.product(*(getattr(args, n) for n in grid_args))]
+        runs += list(settings_grid(args, Settings, grid_args))
         print(f"{len(prompts)} two-shape prompts (world {args.world_seed})")
         print(HEADER)
         for s in runs:

@@ -19,7 +19,6 @@ then run the chosen settings once on the held-out world 1_000_003.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from training.settings_grid import add_grid_arguments, settings_grid  # noqa: E402
 
 MODEL = "steerflow-shapes-ip2p"
 
@@ -73,10 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                         "first setting here as PNGs")
     defaults = Settings()
     grid_args = ("steps", "cfg", "image_cfg", "sampler")
-    for name in grid_args:
-        value = getattr(defaults, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), nargs="+",
-                            default=[value])
+    add_grid_arguments(parser, defaults, grid_args)
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -96,9 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(cases)} cases (world {args.world_seed}): "
               f"{dict(Counter(c.kind for c in cases))}", flush=True)
         print(HEADER)
-        grid = itertools.product(*(getattr(args, name) for name in grid_args))
-        for n_setting, values in enumerate(grid):
-            s = Settings(**dict(zip(grid_args, values, strict=True)))
+        for n_setting, s in enumerate(settings_grid(args, Settings, grid_args)):
             start = time.perf_counter()
             scores, outcomes = [], Counter()
             for case, name in zip(cases, names, strict=True):

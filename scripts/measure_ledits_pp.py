@@ -21,7 +21,6 @@ the chosen settings once on the held-out world 1_000_003.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from training.settings_grid import add_grid_arguments, settings_grid  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -172,12 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     defaults = Settings()
     grid_args = ("steps", "skip", "source_guidance", "sampler", "scale", "warmup",
                  "cooldown", "threshold", "mask", "concept", "paste_back")
-    for name in grid_args:
-        value = getattr(defaults, name)
-        kind = (lambda text: text.lower() in ("1", "true", "yes")) if isinstance(
-            value, bool) else type(value)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, nargs="+",
-                            default=[value])
+    add_grid_arguments(parser, defaults, grid_args)
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -202,9 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"VAE round trip alone: {vae_ceiling(runner, cfg.model, cases, names):.0%} "
                   "of the cases at >= 30 dB outside the shape", flush=True)
         print(HEADER)
-        grid = itertools.product(*(getattr(args, name) for name in grid_args))
-        for n_setting, values in enumerate(grid):
-            s = Settings(**dict(zip(grid_args, values, strict=True)))
+        for n_setting, s in enumerate(settings_grid(args, Settings, grid_args)):
             start = time.perf_counter()
             scores, outcomes = [], Counter()
             for (case, source), name in zip(cases, names, strict=True):
