@@ -2,6 +2,7 @@
 
 import { viewUrl } from "../api";
 import type { ImageRef } from "../lib/runstore";
+import { useEscape } from "./useEscape";
 
 export function Lightbox({ image, onClose, onOpenWorkflow, caption }: {
   image: ImageRef;
@@ -10,6 +11,7 @@ export function Lightbox({ image, onClose, onOpenWorkflow, caption }: {
   /** Extra text under the image (e.g. the history entry's prompt and time). */
   caption?: string;
 }) {
+  useEscape(onClose); // as every other dialog here, and ComfyUI's image viewer
   return (
     <div className="sf-lightbox" onClick={onClose} role="dialog" aria-label="image">
       <img alt={image.filename} src={viewUrl(image)} />

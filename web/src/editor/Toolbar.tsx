@@ -1,7 +1,8 @@
 /** The toolbar: queue (count, on change) and interrupt, editing, files, examples. */
 
+import { useEffect, useState } from "react";
 import type { ExampleRef } from "../api";
-import { QUEUE_COUNT_MAX } from "../lib/batch";
+import { parseCountText, QUEUE_COUNT_MAX } from "../lib/batch";
 import { ExamplesBrowser } from "./ExamplesBrowser";
 import type { Notify } from "./Toasts";
 import type { QueueOptions } from "./useAutoQueue";
@@ -22,6 +23,34 @@ export type ToolbarActions = {
   keys(): void;
 };
 
+/**
+ * The batch count. The field keeps what is typed: emptying it to type a new count does
+ * not put "1" back (which made a typed 3 read 13); the count changes once a whole number
+ * is typed, and the field shows the count again when left.
+ */
+function QueueCount({ options }: { options: QueueOptions }) {
+  const [text, setText] = useState(String(options.count));
+  const [editing, setEditing] = useState(false);
+  useEffect(() => {
+    if (!editing) setText(String(options.count));
+  }, [options.count, editing]);
+  return (
+    <input type="number" className="sf-queue-count" aria-label="queue count" min={1} max={QUEUE_COUNT_MAX}
+      title="Batch count: how many prompts Queue adds (seeds set to increment / randomize move on between them)"
+      value={text}
+      onFocus={() => setEditing(true)}
+      onBlur={() => {
+        setEditing(false);
+        setText(String(options.count));
+      }}
+      onChange={(e) => {
+        setText(e.target.value);
+        const n = parseCountText(e.target.value);
+        if (n !== null) options.setCount(n);
+      }} />
+  );
+}
+
 export function Toolbar({ a, busy, docName, notify, options }: {
   a: ToolbarActions; busy: boolean; docName: string; notify: Notify; options: QueueOptions;
 }) {
@@ -30,9 +59,7 @@ export function Toolbar({ a, busy, docName, notify, options }: {
       <strong className="sf-brand">Steerflow</strong>
       <button type="button" className="sf-primary" onClick={a.queue} disabled={busy}
         title="Queue the workflow (Ctrl+Enter), as many times as the count beside">Queue</button>
-      <input type="number" className="sf-queue-count" aria-label="queue count" min={1} max={QUEUE_COUNT_MAX}
-        title="Batch count: how many prompts Queue adds (seeds set to increment / randomize move on between them)"
-        value={options.count} onChange={(e) => options.setCount(Number(e.target.value))} />
+      <QueueCount options={options} />
       <label className="sf-queue-onchange" title="Queue once whenever the graph changes and the queue is empty">
         <input type="checkbox" aria-label="queue on change" checked={options.onChange}
           onChange={(e) => options.setOnChange(e.target.checked)} />

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { advanceControls, changeSignature, clampCount, formatElapsed, QUEUE_COUNT_MAX } from "./batch";
+import { advanceControls, changeSignature, clampCount, formatElapsed, parseCountText, QUEUE_COUNT_MAX } from "./batch";
 import { matchesQuery, nativeSizeText } from "./examples";
 import type { ApiPrompt, GraphNode } from "./graph";
 import { testDefs } from "./testdefs";
@@ -32,6 +32,19 @@ describe("advanceControls (batch count)", () => {
     }
     expect(seeds).toEqual([0, 1, 2]);
     expect(nodes[1].values.seed).toBe(9);
+  });
+});
+
+describe("parseCountText (the batch-count field)", () => {
+  it("keeps the count while the field is emptied or holds no whole number", () => {
+    for (const t of ["", "  ", "0", "abc", "-2", "1.5", "1e2"]) expect(parseCountText(t)).toBeNull();
+  });
+
+  it("reads whole numbers, at most QUEUE_COUNT_MAX", () => {
+    expect(parseCountText("3")).toBe(3);
+    expect(parseCountText(" 12 ")).toBe(12);
+    expect(parseCountText("007")).toBe(7);
+    expect(parseCountText("5000")).toBe(QUEUE_COUNT_MAX);
   });
 });
 

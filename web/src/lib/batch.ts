@@ -17,6 +17,18 @@ export function clampCount(n: unknown): number {
 }
 
 /**
+ * The count the batch-count field's text asks for, or null while it asks for none yet
+ * ("" after the old count was deleted, "0", "abc"): the field keeps what is typed, and
+ * the count stays as it was until a whole number of 1 or more is typed.
+ */
+export function parseCountText(text: string): number | null {
+  const t = text.trim();
+  if (!/^\d+$/.test(t)) return null;
+  const n = Number(t);
+  return n >= 1 ? clampCount(n) : null;
+}
+
+/**
  * The nodes after one queued prompt: each widget whose control_after_generate is not
  * `fixed` moves on (seed + 1, a new random seed, ...), unless a link feeds that input.
  * Nodes that do not change are returned as they were (same objects).
