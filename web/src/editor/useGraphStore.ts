@@ -13,7 +13,7 @@ import { type GroupBox, parseGroups } from "../lib/groups";
 import { boundsOf, fitViewport, NODE_HEIGHT, NODE_WIDTH } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
-import { changedInputs } from "../lib/undo";
+import { changedInputs, readUndoKey, undoKey } from "../lib/undo";
 
 export const AUTOSAVE_KEY = "steerflow.autosave";
 const UNDO_MAX = 200;
@@ -27,6 +27,8 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   const [nodes, setNodes] = useState<SfNode[]>([]);
   const [edges, setEdges] = useState<SfEdge[]>([]);
   const [docName, setDocName] = useState("workflow");
+  const docNameRef = useRef(docName);
+  docNameRef.current = docName;
   const meta = useRef<GraphMeta>({ extra: {} });
   const [groups, setGroupsState] = useState<GroupBox[]>([]);
   const groupsRef = useRef(groups);
@@ -71,11 +73,11 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     }
   }, [rf, store, fit]);
 
-  const writeAutosave = useCallback((doc?: WorkflowDocument) => {
+  const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {
       const d = doc ?? graphToDocument(currentGraph(), defsRef.current);
       d.layout.viewport = rf.getViewport();
-      localStorage.setItem(AUTOSAVE_KEY, JSON.stringify({ ...d, extra: { ...d.extra, name: docName } }));
+      localStorage.setItem(AUTOSAVE_KEY, JSON.stringify({ ...d, extra: { ...d.extra, name } }));
     } catch {
       // storage full or unavailable: nothing to do
     }
@@ -86,7 +88,7 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     if (holdHistory.current || nodes.some((n) => n.dragging || n.resizing)) return;
     const timer = setTimeout(() => {
       const doc = graphToDocument(flowToGraph(nodes, edges, { groups, extra: meta.current.extra }), defsRef.current);
-      const key = JSON.stringify(doc);
+      const key = undoKey(doc, docName);
       const h = history.current;
       if (key === h.present) return; // selection or measurement only
       if (h.present !== null) {
@@ -98,15 +100,16 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       writeAutosave(doc);
     }, 200);
     return () => clearTimeout(timer);
-  }, [nodes, edges, groups, writeAutosave]);
+  }, [nodes, edges, groups, docName, writeAutosave]);
 
   /** Undo / redo: open the document `key` in place; `from` is the one shown until now. */
   const restoreKey = useCallback((key: string, from: string) => {
-    const doc = JSON.parse(key);
+    const { doc, name } = readUndoKey(key);
     loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: false });
-    writeAutosave(doc);
+    setDocName(name);
+    writeAutosave(doc as unknown as WorkflowDocument, name);
     // the last run's messages about the values and links this step put back go with them
-    for (const [id, input] of changedInputs(JSON.parse(from).prompt ?? {}, doc.prompt ?? {})) store.clearInputErrors(id, input);
+    for (const [id, input] of changedInputs(readUndoKey(from).doc.prompt ?? {}, doc.prompt ?? {})) store.clearInputErrors(id, input);
   }, [loadGraph, writeAutosave, store]);
 
   /**
@@ -116,7 +119,7 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   const settleNow = useCallback(() => {
     const { nodes: ns, edges: es } = state.current;
     const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
-    const key = JSON.stringify(doc);
+    const key = undoKey(doc, docNameRef.current);
     const h = history.current;
     if (h.present === null || key === h.present) return;
     h.past.push(h.present);

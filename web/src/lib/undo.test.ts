@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { changedInputs } from "./undo";
+import { changedInputs, readUndoKey, undoKey } from "./undo";
 
 describe("changedInputs", () => {
   const before = {
@@ -21,5 +21,18 @@ describe("changedInputs", () => {
       "9": { class_type: "SaveImage", inputs: { filename_prefix: "x" } },
     };
     expect(changedInputs(before, after)).toEqual([]);
+  });
+});
+
+describe("undoKey", () => {
+  const doc = { prompt: { "3": { class_type: "KSampler", inputs: { steps: 20 } } }, layout: {} };
+
+  it("keeps the document's name with the document", () => {
+    expect(readUndoKey(undoKey(doc, "txt2img"))).toEqual({ doc, name: "txt2img" });
+  });
+
+  it("tells apart the same graph under two names (an Open of a copy is its own step)", () => {
+    expect(undoKey(doc, "a")).not.toBe(undoKey(doc, "b"));
+    expect(undoKey(structuredClone(doc), "a")).toBe(undoKey(doc, "a"));
   });
 });

@@ -19,3 +19,18 @@ export function changedInputs(before: ApiPrompt, after: ApiPrompt): [string, str
   }
   return out;
 }
+
+/**
+ * One undo step: the document and its name (shown in the toolbar, the name Save
+ * downloads), so that undoing an Open or a Clear brings the old name back with the
+ * old graph, instead of saving the old graph under the new name.
+ */
+export function undoKey(doc: unknown, name: string): string {
+  return JSON.stringify({ name, doc });
+}
+
+/** The document and name of an undo step (undoKey). */
+export function readUndoKey(key: string): { doc: { prompt?: ApiPrompt } & Record<string, unknown>; name: string } {
+  const { doc, name } = JSON.parse(key);
+  return { doc, name: typeof name === "string" ? name : "workflow" };
+}
