@@ -75,8 +75,21 @@ export async function loadWorkflowPng(bytes: Uint8Array, defs: Defs, convert: Co
   throw new WorkflowFormatError("this image carries no workflow (no 'workflow' or 'prompt' text chunk)");
 }
 
+const OPENABLE = "open a .json workflow (Steerflow, API or ComfyUI format) or a PNG made by Steerflow or ComfyUI";
+
 export async function loadWorkflowBytes(name: string, bytes: Uint8Array, defs: Defs, convert: Converter): Promise<Loaded> {
   if (isPng(bytes)) return loadWorkflowPng(bytes, defs, convert);
   const text = new TextDecoder("utf-8").decode(bytes);
+  const named = /\.[A-Za-z0-9]+$/.test(name);
+  if (named && !/\.json$/i.test(name)) {
+    // notes.txt, photo.jpg: say what can be opened rather than quote the JSON parser
+    let obj: unknown;
+    try {
+      obj = parseJsonExact(text, "string");
+    } catch {
+      throw new WorkflowFormatError(`${name} is not a workflow: ${OPENABLE}`);
+    }
+    return loadWorkflowObject(obj, defs, convert);
+  }
   return loadWorkflowObject(parseJson(text, name || "the file"), defs, convert);
 }

@@ -88,6 +88,11 @@ describe("workflows in PNGs", () => {
     const body = { prompt: { "1": { class_type: "PrimitiveInt", inputs: { value: 9 } } }, client_id: "x" };
     expect((await loadWorkflowBytes("b.json", enc(body), defs, convert)).graph.nodes[0].values.value).toBe(9);
     await expect(loadWorkflowBytes("bad.json", new TextEncoder().encode("{"), defs, convert)).rejects.toThrow(/not valid JSON/);
+    // another kind of file: what can be opened, not the JSON parser's complaint
+    await expect(loadWorkflowBytes("notes.txt", new TextEncoder().encode("a note"), defs, convert))
+      .rejects.toThrow("notes.txt is not a workflow: open a .json workflow");
+    // a workflow saved under another name still opens
+    expect((await loadWorkflowBytes("b.txt", enc(body), defs, convert)).graph.nodes[0].values.value).toBe(9);
     await expect(loadWorkflowBytes("x.json", enc({ hello: 1 }), defs, convert)).rejects.toThrow(/not a workflow/);
   });
 });
