@@ -11,6 +11,8 @@ from nodes.diffusion.preview import latent_preview
 from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler, unsupported_combination
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from nodes.diffusion.sampling import StepCallback
@@ -39,12 +41,19 @@ def step_reporter(ctx: ExecutionContext, model: DiffusionModel) -> StepCallback:
     want_preview = bool(ctx.extra.get("preview"))
     warned = False
 
-    def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+    def on_step(step: int, total: int, latents: torch.Tensor,
+                denoised: Callable[[], torch.Tensor | None] | None = None) -> None:
         nonlocal warned
         if not warned and not bool(torch.isfinite(latents).all()):
             warned = True  # once per run: a NaN stays NaN
             ctx.warn(non_finite_message(step, total))
-        preview = latent_preview(latents, model.family, model.unet) if want_preview else None
+        preview = None
+        if want_preview:
+            # the step's x̂₀, as ComfyUI previews: the noisy latents look like confetti
+            shown = denoised() if denoised is not None else None
+            if shown is None or not bool(torch.isfinite(shown).all()):
+                shown = latents
+            preview = latent_preview(shown, model.family, model.unet)
         ctx.progress(step, total, preview)
 
     return on_step

@@ -25,28 +25,6 @@ ENABLE = ("enable", "disable")
 MAX_STEP = 10000
 
 
-def predicted_original(scheduler: Any, timestep: torch.Tensor, model_input: torch.Tensor,
-                       prediction: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x̂₀ from one UNet prediction at ``timestep`` (``model_input`` is the VP-space input,
-    ``scale`` what ``scale_model_input`` applied: sqrt(ᾱ) for σ-space schedulers, else 1)."""
-    import torch
-
-    scale = torch.as_tensor(scale, dtype=model_input.dtype)
-    if float(scale) < 1.0:
-        alpha_bar = scale**2
-    else:
-        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(model_input.dtype)
-    alpha_bar = alpha_bar.to(model_input.device)
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind == "epsilon":
-        return (model_input - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
-    if kind == "v_prediction":
-        return alpha_bar.sqrt() * model_input - (1 - alpha_bar).sqrt() * prediction
-    if kind == "sample":
-        return prediction
-    raise ValueError(f"unknown prediction type {kind!r}")
-
-
 class FinalDenoise(SamplerExtension):
     """At the window's last step, keep the step's x̂₀ (ComfyUI's force_full_denoise: the
     last step goes to noise level 0). Made per run; the result lands in ``result``."""
@@ -65,6 +43,8 @@ class FinalDenoise(SamplerExtension):
                                model_input_scale(run.scheduler, step.timestep))
 
     def post_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
+        from nodes.diffusion.denoised import predicted_original
+
         if step.index == step.total - 1 and step.prediction is not None:
             model_input, scale = run.state[self]
             self.result["x0"] = predicted_original(run.scheduler, step.timestep, model_input,

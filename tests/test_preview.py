@@ -68,3 +68,36 @@ def test_unknown_vae_falls_back_without_failing():
     latents = torch.randn(1, 4, 8, 8)
     assert preview.latent_preview(latents).size == (64, 64)  # scaled up 8x
     assert preview.latent_preview(torch.randn(1, 16, 8, 8)).mode == "RGB"  # 16 channels: normalised
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
+def test_live_previews_show_the_denoised_estimate(tmp_path, sampler):
+    """Each step's preview is x̂₀ (as ComfyUI's), not the noisy latents: from the first
+    steps on it already reads like the final image (σ-space and VP samplers alike)."""
+    from engine.session import Session
+
+    session = Session(tmp_path, device="cpu")  # installs the default model
+    prompt = {
+        "c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-shapes"}},
+        "p": {"class_type": "CLIPTextEncode", "inputs": {
+            "text": "a large red circle in the center on a white background", "clip": ["c", 1]}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["c", 1]}},
+        "l": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
+                                                          "vae": ["c", 2]}},
+        "k": {"class_type": "KSampler", "inputs": {
+            "model": ["c", 0], "seed": 3, "steps": 10, "cfg": 7.5, "sampler_name": sampler,
+            "scheduler": "normal", "positive": ["p", 0], "negative": ["n", 0],
+            "latent_image": ["l", 0], "denoise": 1.0}},
+        "d": {"class_type": "VAEDecode", "inputs": {"samples": ["k", 0], "vae": ["c", 2]}},
+        "s": {"class_type": "SaveImage", "inputs": {"images": ["d", 0], "filename_prefix": "p"}},
+    }
+    result = session.run(prompt, keep_events=True, extra={"preview": True})
+    assert result.ok, result.run.error
+    shown = [np.asarray(d["image"].convert("RGB"), dtype=np.float32) / 255
+             for name, d in result.events if name == "preview" and d.get("node") == "k"]
+    assert len(shown) == 10
+    final = shown[-1]
+    # a third of the way in, the preview is already close to the end (the noisy latents'
+    # preview is confetti: far off); the white background reads white
+    assert np.abs(shown[3] - final).mean() < 0.1
+    assert shown[3].mean() > 0.7

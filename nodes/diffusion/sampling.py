@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from nodes.diffusion import attention
 from nodes.diffusion.combine import combined_extensions
 from nodes.diffusion.concat import check_input_channels
+from nodes.diffusion.denoised import denoised_estimate
 from nodes.diffusion.extensions import (
     Denoise,
     Predictions,
@@ -36,7 +38,18 @@ from nodes.diffusion.prompt_weighting import match_token_lengths
 from nodes.diffusion.sdxl import AddedConditioning, added_conditioning
 from nodes.limits import check_fits, out_of_memory_as_value_error
 
-StepCallback = Callable[[int, int, torch.Tensor], None]
+#: ``callback(step, total, latents)`` after each step; a callback with a ``denoised``
+#: keyword also gets ``denoised()``, the step's x̂₀ estimate (None where there is none),
+#: computed only when called (live previews)
+StepCallback = Callable[..., None]
+
+
+def _takes_denoised(callback: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == "denoised" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 @dataclass(frozen=True)
@@ -331,6 +344,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     saved = attention.install(unet, hooks, run, run.attention)
     step_extra = step_kwargs(scheduler, generator, params.eta)
     total = len(timesteps)
+    takes_denoised = callback is not None and _takes_denoised(callback)
 
     def denoise_step(run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
         t = step.timestep
@@ -364,10 +378,14 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                 step = Step(i, total, t)
                 for ext in exts:
                     latents = ext.pre_step(run, step, latents)
+                before = latents
                 latents = denoise(run, step, latents)
                 for ext in exts:
                     latents = ext.post_step(run, step, latents)
-                if callback is not None:
+                if callback is not None and takes_denoised:
+                    callback(i + 1, total, latents, denoised=partial(
+                        denoised_estimate, run.scheduler, t, before, step.prediction))
+                elif callback is not None:
                     callback(i + 1, total, latents)
         if results is not None:
             for ext in exts:
