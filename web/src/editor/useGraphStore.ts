@@ -121,7 +121,12 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
     const key = undoKey(doc, docNameRef.current);
     const h = history.current;
-    if (h.present === null || key === h.present) return;
+    if (h.present === null) {
+      // the graph just opened and the debounce has not recorded it yet: it is the base
+      h.present = key;
+      return;
+    }
+    if (key === h.present) return;
     h.past.push(h.present);
     if (h.past.length > UNDO_MAX) h.past.shift();
     h.future = [];
