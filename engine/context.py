@@ -73,9 +73,13 @@ class ExecutionContext:
         self.emit("progress", {**(info or {}), "prompt_id": self.prompt_id,
                                "node": self.node_id, "value": int(value), "max": int(total)})
         if preview is not None:
-            self.emit("preview", {"prompt_id": self.prompt_id, "node": self.node_id,
-                                  "image": preview})
+            self.preview(preview)
         self.check_interrupt()
+
+    def preview(self, image: Any) -> None:
+        """Send a live preview image of this node (a ``preview`` event, no progress)."""
+        self.emit("preview", {"prompt_id": self.prompt_id, "node": self.node_id,
+                              "image": image})
 
     def warn(self, message: str) -> None:
         """Report something the user should fix that did not stop the run (a

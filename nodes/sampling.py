@@ -47,14 +47,15 @@ def step_reporter(ctx: ExecutionContext, model: DiffusionModel) -> StepCallback:
         if not warned and not bool(torch.isfinite(latents).all()):
             warned = True  # once per run: a NaN stays NaN
             ctx.warn(non_finite_message(step, total))
-        preview = None
+        # progress first: the first preview fits its latent->RGB map to the VAE (seconds on
+        # a full-size one), which must not hold back the progress bar
+        ctx.progress(step, total)
         if want_preview:
             # the step's x̂₀, as ComfyUI previews: the noisy latents look like confetti
             shown = denoised() if denoised is not None else None
             if shown is None or not bool(torch.isfinite(shown).all()):
                 shown = latents
-            preview = latent_preview(shown, model.family, model.unet)
-        ctx.progress(step, total, preview)
+            ctx.preview(latent_preview(shown, model.family, model.unet))
 
     return on_step
 

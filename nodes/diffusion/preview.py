@@ -112,7 +112,8 @@ def _to_image(rgb: torch.Tensor) -> Image.Image:
 
     image = Image.fromarray((rgb.clamp(0, 1).numpy() * 255).round().astype("uint8"))
     scale = max(1, min(8, MAX_PREVIEW_SIZE // max(image.size)))
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    # smooth: a latent-size approximation enlarged as blocks reads as noise
+    return image.resize((image.width * scale, image.height * scale), Image.BILINEAR)
 
 
 def latent_preview(latents: torch.Tensor, family: str = "sd1", unet: Any = None,
