@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -107,9 +108,10 @@ def descendants(pid: int) -> list[int]:
 
 class Server:
     def __init__(self, name: str, cmd: list[str], cwd: Path, port: int, log: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, fresh_state: Path | None = None) -> None:
         self.name, self.cmd, self.cwd, self.port, self.log = name, cmd, cwd, port, log
         self.env = env
+        self.fresh_state = fresh_state
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,6 +119,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> float:
+        if self.fresh_state is not None:
+            # Steerflow's queue is durable: the prompt of the run killed last time would
+            # be recovered and run first. Each run starts from an empty queue database.
+            shutil.rmtree(self.fresh_state, ignore_errors=True)
         with open(self.log, "ab") as log:
             t0 = time.time()
             self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=log, stderr=log,
@@ -137,7 +143,11 @@ class Server:
                 raise RuntimeError(f"{self.name} exited ({self.proc.returncode}), see {self.log}")
             try:
                 async with http.get(self.url + "/system_stats") as r:
-                    if r.status == 200:
+                    # Steerflow answers before its worker is up: ready is a worker pid
+                    # (given once the worker has its imports done, as ComfyUI's server).
+                    worker = (await r.json()).get("system", {}).get("worker", {"pid": 0}) \
+                        if r.status == 200 else {}
+                    if worker.get("pid") is not None and r.status == 200:
                         return time.time()
             except aiohttp.ClientError:
                 pass
@@ -239,7 +249,7 @@ def main() -> None:
             "steerflow", [sys.executable, "-m", "steerflow.cli", "serve", "--base-dir",
                           str(args.sf_home), "--port", str(args.sf_port), "--device", "cpu"],
             REPO, args.sf_port, args.logs / "steerflow_server.log",
-            env={**os.environ, "PYTHONPATH": str(REPO)}))
+            env={**os.environ, "PYTHONPATH": str(REPO)}, fresh_state=args.sf_home / "data"))
     modes = args.modes.split(",")
     print(f"file: {args.file} ({args.file.stat().st_size / 2**30:.2f} GiB), "
           f"{args.size}x{args.size}, {args.steps} steps euler, {args.repeats} run(s) each")

@@ -111,8 +111,8 @@ class Worker:
 
         A cold import of torch, diffusers and transformers takes seconds that the
         first prompt would otherwise spend between its submission and its first
-        step. Done on the main thread (a prompt that arrives meanwhile waits in the
-        queue, as it would for the imports), only when the real packs are loaded.
+        step. Done before the worker reports ``ready``, only when the real packs are
+        loaded.
         """
         if "CheckpointLoaderSimple" not in self.session.registry:
             return
@@ -359,13 +359,15 @@ def serve_channel(conn: Connection) -> int:
         with contextlib.suppress(OSError):
             worker.send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
         return 1
+    # Before ``ready``: a worker reported idle runs its first prompt without the seconds
+    # of imports (a prompt that arrives meanwhile waits in the queue, as it would anyway).
+    worker.prewarm()
     registry = worker.session.registry
     worker.send({"op": "ready", "pid": os.getpid(), **worker._stats(),
                  "device": worker.session.env.device,
                  "pack_errors": [{"pack": e.pack, "message": e.message}
                                  for e in registry.errors],
                  "pack_routes": pack_routes()})
-    worker.prewarm()
     try:
         worker.serve()
     except (OSError, EOFError):

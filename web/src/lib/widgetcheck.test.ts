@@ -12,6 +12,11 @@ describe("number widgets", () => {
     expect(parseNumberText("abc")).toBeNull();
     expect(parseNumberText("")).toBeNull();
     expect(parseNumberText("Infinity")).toBeNull();
+    for (const t of ["0x10", "0b11", "0o7", "1_000", "--1", "1e", ".", "+"]) expect(parseNumberText(t)).toBeNull();
+    expect(parseNumberText(".5")).toBe(0.5);
+    expect(parseNumberText("5.")).toBe(5);
+    expect(parseNumberText("+2.5e-1")).toBe(0.25);
+    expect(parseWidgetText({ name: "seed", type: "INT", options: {} } as never, "0x10")).toBeNull();
   });
 
   it("names what is wrong instead of changing the value", () => {

@@ -7,10 +7,17 @@
 import { clampBig, formatBound, fromBigInt, toBigInt } from "./exactint";
 import type { InputDef } from "./schema";
 
-/** The number `text` means, or null when it is not one ("", "abc", "1e"). */
+/** A decimal number as people type one: "7", "-0.5", ".5", "5.", "1e-3". */
+const DECIMAL = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
+
+/**
+ * The number `text` means, or null when it is not one ("", "abc", "1e"). Decimal
+ * only: JavaScript's Number() would also read "0x10" as 16, "0b11" as 3 and "0o7" as 7,
+ * which a user who typed them did not mean (nor does the server read them so).
+ */
 export function parseNumberText(text: string): number | null {
   const t = text.trim();
-  if (t === "") return null;
+  if (!DECIMAL.test(t)) return null;
   const n = Number(t);
   return Number.isFinite(n) ? n : null;
 }
