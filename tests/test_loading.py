@@ -154,6 +154,36 @@ def test_folder_and_single_file_load_identically(tiny_model_paths: dict[str, Pat
     assert single.tokenizer.pad_token == folder.tokenizer.pad_token == "<|endoftext|>"
 
 
+def test_prefetched_load_builds_the_models_from_the_header(
+        tiny_model_paths: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the weights read in the background, the empty models are built from the
+    file's header meanwhile, and the result is the plain load's, weight for weight."""
+    from nodes.diffusion import loading
+    from nodes.diffusion.safetensors_io import read_in_background
+
+    path = tiny_model_paths["single_file"]
+    prebuilt: list[bool] = []
+    real = loading.EmptyModels.__init__
+
+    def spy(self: loading.EmptyModels, configs: dict, *, prebuild: bool = False) -> None:
+        prebuilt.append(prebuild)
+        real(self, configs, prebuild=prebuild)
+
+    monkeypatch.setattr(loading.EmptyModels, "__init__", spy)
+    plain = load_components(path)
+    assert prebuilt == [False]
+    fetched = load_components(path, prefetched=read_in_background(path, dtype=torch.float32))
+    assert prebuilt == [False, True]  # the header's skeleton was used, not built again
+    for name in ("unet", "vae", "text_encoder"):
+        _assert_same_weights(getattr(plain, name), getattr(fetched, name))
+        assert not any(p.is_meta for p in getattr(fetched, name).parameters())
+    # A file that is no checkpoint fails as it did, before its weights are awaited.
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(2, 2)}, str(other))
+    with pytest.raises(ValueError, match="not a Stable Diffusion checkpoint"):
+        load_components(other, prefetched=read_in_background(other, dtype=torch.float32))
+
+
 def test_single_file_uses_original_layout(tiny_model_paths: dict[str, Path]) -> None:
     with safe_open(str(tiny_model_paths["single_file"]), framework="pt") as f:
         keys = set(f.keys())

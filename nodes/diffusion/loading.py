@@ -103,12 +103,19 @@ def load_components(
         loaded = _load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
     else:
         # Cast while reading, tensor by tensor: no second copy of the weights at the peak.
+        empties = None
         if prefetched is not None:
+            # The models' skeletons are built from the file's header while the weights are
+            # read (the read releases the GIL): a second core's worth off the cold load.
+            from nodes.diffusion.safetensors_io import read_header
+
+            shapes, header_metadata = read_header(path)
+            empties = EmptyModels(original_configs(shapes, header_metadata)[0], prebuild=True)
             state_dict, metadata = prefetched.result()
         else:
             state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle,
                                                         dtype=checkpoint_dtypes(dtype))
-        loaded = load_original_state_dict(state_dict, metadata, path=path)
+        loaded = load_original_state_dict(state_dict, metadata, path=path, empties=empties)
         del state_dict
     for model in (loaded.unet, loaded.vae, loaded.text_encoder, loaded.text_encoder_2):
         if model is None:
@@ -256,72 +263,115 @@ def _family_from_configs(unet_config: Mapping[str, Any], text_config: Mapping[st
     return "sd1"
 
 
+def original_configs(
+    shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], bool]:
+    """The diffusers configs of an original-layout checkpoint, from its tensors' shapes.
+
+    From ``metadata`` (written by Steerflow) when present, else the shipped SD 1.5 /
+    SD 2.1 / SDXL configs picked by :func:`detect_family`; the flag says which (True:
+    detected, so weights of other sizes mean a non-standard architecture).
+    """
+    configs = read_config_metadata(metadata)
+    if configs is not None:
+        return configs, False
+    configs = family_configs(detect_family(shapes))
+    # Inpainting, depth and Instruct-Pix2Pix variants widen conv_in; the rest of the
+    # architecture is unchanged.
+    conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is not None:
+        configs["unet"]["in_channels"] = int(conv_in[1])
+        if configs["family"] == "sd2" and unet_kind(conv_in[1]) is not None:
+            # SD 2's inpainting and depth models are 512-px epsilon fine-tunes of 2-base,
+            # not of the 768-px v-prediction 2.1 the shipped configs describe.
+            configs["scheduler"]["prediction_type"] = "epsilon"
+            configs["unet"]["sample_size"] = 64
+    return configs, True
+
+
 def load_original_state_dict(
     state_dict: StateDict,
     metadata: Mapping[str, str] | None = None,
     *,
     path: Path | None = None,
+    empties: EmptyModels | None = None,
 ) -> LoadedCheckpoint:
     """Build the components from an original (CompVis/LDM) layout state dict.
 
-    Configs come from ``metadata`` (written by Steerflow) when present, else from
-    the shipped SD 1.5 / SD 2.1 / SDXL configs picked by :func:`detect_family` (a
-    file of other sizes is then a :class:`CheckpointKeyError` saying so). Tensors
-    are assigned as they are (no copy, no cast).
+    Configs as :func:`original_configs` finds them (a file of other sizes than the
+    shipped configs' is then a :class:`CheckpointKeyError` saying so). Tensors are
+    assigned as they are (no copy, no cast). ``empties``: the models already built
+    from the same configs (:class:`EmptyModels`), else they are built here.
     """
-    configs = read_config_metadata(metadata)
-    if configs is None:
-        configs = family_configs(detect_family({k: tuple(v.shape) for k, v in state_dict.items()}))
-        # Inpainting, depth and Instruct-Pix2Pix variants widen conv_in; the rest of the
-        # architecture is unchanged.
-        conv_in = state_dict.get(UNET_PREFIX + "input_blocks.0.0.weight")
-        if conv_in is not None:
-            configs["unet"]["in_channels"] = int(conv_in.shape[1])
-            if configs["family"] == "sd2" and unet_kind(conv_in.shape[1]) is not None:
-                # SD 2's inpainting and depth models are 512-px epsilon fine-tunes of 2-base,
-                # not of the 768-px v-prediction 2.1 the shipped configs describe.
-                configs["scheduler"]["prediction_type"] = "epsilon"
-                configs["unet"]["sample_size"] = 64
-        try:
-            return _build_original(state_dict, configs, path=path)
-        except CheckpointKeyError as exc:
-            # Block sizes, depths and head counts cannot all be read back from tensor
-            # shapes (diffusers' single-file loader assumes the published configs too), so
-            # say that the file's architecture is not the standard one the shipped config
-            # describes rather than leave a bare list of missing keys.
-            name = f"{path.name}: " if path is not None else ""
-            raise CheckpointKeyError(
-                f"{name}a checkpoint without {CONFIG_METADATA_KEY} metadata must have the "
-                f"standard {FAMILY_NAMES[configs['family']]} architecture (its configs are "
-                f"taken from nodes/assets/configs), but its weights do not fit it; load "
-                f"non-standard sizes from a diffusers folder or a file written with their "
-                f"configs ({exc})"
-            ) from exc
-    return _build_original(state_dict, configs, path=path)
+    configs, detected = original_configs({k: tuple(v.shape) for k, v in state_dict.items()},
+                                         metadata)
+    if empties is None or empties.configs != configs:
+        empties = EmptyModels(configs)
+    if not detected:
+        return _build_original(state_dict, configs, path=path, empties=empties)
+    try:
+        return _build_original(state_dict, configs, path=path, empties=empties)
+    except CheckpointKeyError as exc:
+        # Block sizes, depths and head counts cannot all be read back from tensor
+        # shapes (diffusers' single-file loader assumes the published configs too), so
+        # say that the file's architecture is not the standard one the shipped config
+        # describes rather than leave a bare list of missing keys.
+        name = f"{path.name}: " if path is not None else ""
+        raise CheckpointKeyError(
+            f"{name}a checkpoint without {CONFIG_METADATA_KEY} metadata must have the "
+            f"standard {FAMILY_NAMES[configs['family']]} architecture (its configs are "
+            f"taken from nodes/assets/configs), but its weights do not fit it; load "
+            f"non-standard sizes from a diffusers folder or a file written with their "
+            f"configs ({exc})"
+        ) from exc
+
+
+class EmptyModels:
+    """The components' models for ``configs``, built without weights (see :func:`_empty`).
+
+    With ``prebuild`` they are built at once (while the weights are still being read);
+    else each on :meth:`take`.
+    """
+
+    def __init__(self, configs: Mapping[str, Any], *, prebuild: bool = False) -> None:
+        self.configs = configs
+        self._builders: dict[str, Callable[[], torch.nn.Module]] = {
+            "unet": lambda: UNet2DConditionModel.from_config(configs["unet"]),
+            "vae": lambda: AutoencoderKL.from_config(configs["vae"]),
+        }
+        if configs.get("text_encoder"):
+            self._builders["text_encoder"] = lambda: CLIPTextModel(
+                CLIPTextConfig.from_dict(configs["text_encoder"]))
+        if configs.get("text_encoder_2"):
+            from transformers import CLIPTextModelWithProjection
+
+            self._builders["text_encoder_2"] = lambda: CLIPTextModelWithProjection(
+                CLIPTextConfig.from_dict(configs["text_encoder_2"]))
+        self._built = {name: _empty(build) for name, build in self._builders.items()} \
+            if prebuild else {}
+
+    def take(self, name: str) -> Any:
+        """The model ``name`` (each is handed out once: its weights get assigned)."""
+        model = self._built.pop(name, None)
+        return model if model is not None else _empty(self._builders[name])
 
 
 def _build_original(
-    state_dict: StateDict, configs: dict[str, Any], *, path: Path | None
+    state_dict: StateDict, configs: dict[str, Any], *, path: Path | None, empties: EmptyModels
 ) -> LoadedCheckpoint:
     """The components of an original-layout state dict whose ``configs`` are known."""
     if str(configs.get("family", "")).startswith("sdxl"):
         from nodes.diffusion.sdxl_loading import load_original_sdxl
 
-        return load_original_sdxl(state_dict, configs, path=path)
+        return load_original_sdxl(state_dict, configs, path=path, empties=empties)
     unet_config, vae_config, text_config = configs["unet"], configs["vae"], configs["text_encoder"]
     family = configs.get("family") or _family_from_configs(unet_config, text_config)
 
-    unet = _load_strict(
-        "unet",
-        _empty(lambda: UNet2DConditionModel.from_config(unet_config)),
-        convert_ldm_unet_checkpoint(state_dict, unet_config),
-    )
-    vae = _load_strict(
-        "vae",
-        _empty(lambda: AutoencoderKL.from_config(vae_config)),
-        convert_ldm_vae_checkpoint(state_dict, vae_config),
-    )
-    text_encoder = _build_text_encoder(state_dict, CLIPTextConfig.from_dict(text_config))
+    unet = _load_strict("unet", empties.take("unet"),
+                        convert_ldm_unet_checkpoint(state_dict, unet_config))
+    vae = _load_strict("vae", empties.take("vae"),
+                       convert_ldm_vae_checkpoint(state_dict, vae_config))
+    text_encoder = _build_text_encoder(state_dict, empties.take("text_encoder"))
     tokenizer_dir = FAMILY_CONFIG_DIRS.get(family, FAMILY_CONFIG_DIRS["sd1"]) / "tokenizer"
     return LoadedCheckpoint(
         unet=unet,
@@ -334,8 +384,7 @@ def _build_original(
     )
 
 
-def _build_text_encoder(state_dict: StateDict, config: CLIPTextConfig) -> CLIPTextModel:
-    model = _empty(lambda: CLIPTextModel(config))
+def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel) -> CLIPTextModel:
     if any(k.startswith(_CLIP_PREFIX) for k in state_dict):
         converted = convert_ldm_clip_checkpoint(state_dict)
     elif any(k.startswith(_OPEN_CLIP_PREFIX) for k in state_dict):

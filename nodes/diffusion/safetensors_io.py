@@ -3,9 +3,10 @@
 ``safetensors.torch.load_file`` hands back views into a memory map of the whole
 file: every page it touches stays in the process's resident set until the last
 view is gone, and casting them (fp16 file → fp32 model) keeps both copies alive
-at the peak. Here each tensor is read with ``readinto`` into its own (aligned)
-allocation, in the target dtype, so the peak is the loaded model plus one
-scratch buffer, and the file's pages are only in the page cache.
+at the peak. Here each tensor gets its own (aligned) allocation in the target dtype,
+filled with ``readinto``, or cast from a map of only its own pages that is closed at
+once, so the peak is the loaded model plus one tensor's pages, and the file's pages
+are otherwise only in the page cache.
 
 The header is validated by ``safetensors.safe_open`` first; it is then parsed
 here for the byte offsets, which the library does not expose.
@@ -14,12 +15,16 @@ here for the byte offsets, which the library does not expose.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import struct
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -66,8 +71,9 @@ def read_safetensors(path: Path, *, dtype: DtypeSpec = None
                      ) -> tuple[StateDict, dict[str, str]]:
     """All tensors of ``path`` (floating ones cast to ``dtype`` when given) and its metadata.
 
-    Every tensor owns its memory (no view of the file); the extra memory is one
-    buffer the size of the largest tensor that needs a cast.
+    Every tensor owns its memory (no view of the file). A tensor stored in its target
+    dtype is read into its own allocation; one that needs a cast is cast straight from a
+    map of its pages (no second copy through a read buffer).
     """
     path = Path(path)
     dtype_of = dtype if callable(dtype) else (lambda key: dtype)
@@ -75,7 +81,6 @@ def read_safetensors(path: Path, *, dtype: DtypeSpec = None
         metadata = dict(f.metadata() or {})
         header, data_start = _header(path)
         out: StateDict = {}
-        scratch: torch.Tensor | None = None
         with open(path, "rb", buffering=0) as fh:
             # In file order: sequential reads.
             for key in sorted(header, key=lambda k: header[k]["data_offsets"][0]):
@@ -94,14 +99,32 @@ def read_safetensors(path: Path, *, dtype: DtypeSpec = None
                     _read_into(fh, data_start + begin, raw)
                     out[key] = _typed(raw, stored, shape)
                     continue
-                if scratch is None or scratch.numel() < nbytes:
-                    scratch = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8)
-                raw = scratch[:nbytes]
-                _read_into(fh, data_start + begin, raw)
                 tensor = torch.empty(shape, dtype=target)
-                tensor.copy_(_typed(raw, stored, shape))
+                with _mapped(fh, data_start + begin, nbytes) as raw:
+                    tensor.copy_(_typed(raw, stored, shape))  # the cast reads the page cache
                 out[key] = tensor
     return out, metadata
+
+
+@contextmanager
+def _mapped(fh: BinaryIO, offset: int, nbytes: int) -> Iterator[torch.Tensor]:
+    """``nbytes`` of the file at ``offset`` as a uint8 tensor over a read-only map of just
+    those pages (unmapped after: the resident set never holds more than one tensor's)."""
+    if nbytes == 0:
+        yield torch.empty(0, dtype=torch.uint8)
+        return
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    if start + (offset - start) + nbytes > os.fstat(fh.fileno()).st_size:
+        raise invalid_weights_file(Path(fh.name), "a tensor runs past its end")
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # one fault-in, not per page
+    with mmap.mmap(fh.fileno(), offset - start + nbytes, flags=flags, prot=mmap.PROT_READ,
+                   offset=start) as mapped, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # frombuffer: "not writable"; never written
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, offset=offset - start, count=nbytes)
+        try:
+            yield raw
+        finally:
+            del raw  # the map cannot close while a tensor still exports its buffer
 
 
 def read_in_background(path: Path, *, dtype: DtypeSpec = None
@@ -147,6 +170,16 @@ def _read_into(fh: object, offset: int, buffer: torch.Tensor) -> None:
         if not n:
             raise invalid_weights_file(Path(fh.name), "a tensor runs past its end")  # type: ignore[attr-defined]
         done += n
+
+
+def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The tensors' shapes and the metadata of a ``.safetensors`` file, from its header
+    alone (validated by the library first, as :func:`read_safetensors` does)."""
+    with checked(path), safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    header, _ = _header(path)
+    shapes = {key: tuple(int(n) for n in info["shape"]) for key, info in header.items()}
+    return shapes, metadata
 
 
 def _header(path: Path) -> tuple[dict[str, dict[str, object]], int]:

@@ -27,7 +27,6 @@ from diffusers.loaders.single_file_utils import (
 )
 from safetensors.torch import save_file
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
@@ -36,8 +35,8 @@ from transformers import (
 from nodes.diffusion.loading import (
     FAMILY_CONFIG_DIRS,
     CheckpointKeyError,
+    EmptyModels,
     LoadedCheckpoint,
-    _empty,
     _load_strict,
     family_configs,
 )
@@ -74,19 +73,22 @@ def detect_sdxl_family(shapes: Mapping[str, Sequence[int]]) -> str:
 # --- loading ---------------------------------------------------------------------------------
 
 def load_original_sdxl(state_dict: StateDict, configs: Mapping[str, Any], *,
-                       path: Path | None = None) -> LoadedCheckpoint:
-    """Build an SDXL checkpoint's components from an original-layout state dict."""
+                       path: Path | None = None, empties: EmptyModels | None = None
+                       ) -> LoadedCheckpoint:
+    """Build an SDXL checkpoint's components from an original-layout state dict
+    (``empties``: the models already built for ``configs``, see ``EmptyModels``)."""
+    empties = empties if empties is not None else EmptyModels(configs)
     family = str(configs["family"])
     unet_config, vae_config = configs["unet"], configs["vae"]
-    unet = _load_strict("unet", _empty(lambda: UNet2DConditionModel.from_config(unet_config)),
+    unet = _load_strict("unet", empties.take("unet"),
                         convert_ldm_unet_checkpoint(state_dict, unet_config))
-    vae = _load_strict("vae", _empty(lambda: AutoencoderKL.from_config(vae_config)),
+    vae = _load_strict("vae", empties.take("vae"),
                        convert_ldm_vae_checkpoint(state_dict, vae_config))
     refiner = family == "sdxl_refiner"
     text_encoder = None
     if not refiner:
-        text_encoder = _load_clip_l(state_dict, CLIPTextConfig.from_dict(configs["text_encoder"]))
-    text_encoder_2 = _load_big_g(state_dict, CLIPTextConfig.from_dict(configs["text_encoder_2"]),
+        text_encoder = _load_clip_l(state_dict, empties.take("text_encoder"))
+    text_encoder_2 = _load_big_g(state_dict, empties.take("text_encoder_2"),
                                  REFINER_BIG_G if refiner else BASE_BIG_G)
     tokenizers = FAMILY_CONFIG_DIRS[family]
     return LoadedCheckpoint(
@@ -97,7 +99,7 @@ def load_original_sdxl(state_dict: StateDict, configs: Mapping[str, Any], *,
         tokenizer_2=load_clip_tokenizer(tokenizers / "tokenizer_2"))
 
 
-def _load_clip_l(state_dict: StateDict, config: CLIPTextConfig) -> CLIPTextModel:
+def _load_clip_l(state_dict: StateDict, model: CLIPTextModel) -> CLIPTextModel:
     if not any(k.startswith(BASE_CLIP_L) for k in state_dict):
         raise CheckpointKeyError(f"SDXL checkpoint has no CLIP-L weights ({BASE_CLIP_L}*)")
     converted = {k: v for k, v in convert_ldm_clip_checkpoint(state_dict).items()
@@ -105,14 +107,13 @@ def _load_clip_l(state_dict: StateDict, config: CLIPTextConfig) -> CLIPTextModel
     # transformers >= 5.6 flattened CLIPTextModel; position_ids is a derived buffer.
     converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     converted.pop("embeddings.position_ids", None)
-    return _load_strict("text_encoder", _empty(lambda: CLIPTextModel(config)), converted)
+    return _load_strict("text_encoder", model, converted)
 
 
-def _load_big_g(state_dict: StateDict, config: CLIPTextConfig,
+def _load_big_g(state_dict: StateDict, model: CLIPTextModelWithProjection,
                 prefix: str) -> CLIPTextModelWithProjection:
     if not any(k.startswith(prefix) for k in state_dict):
         raise CheckpointKeyError(f"SDXL checkpoint has no OpenCLIP bigG weights ({prefix}*)")
-    model = _empty(lambda: CLIPTextModelWithProjection(config))
     converted = convert_open_clip_checkpoint(model, state_dict, prefix=prefix)
     converted.pop("text_model.embeddings.position_ids", None)
     return _load_strict("text_encoder_2", model, converted)
