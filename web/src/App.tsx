@@ -5,7 +5,7 @@
  */
 
 import {
-  Controls, MiniMap, ReactFlow, ReactFlowProvider, useReactFlow, useStore,
+  ControlButton, Controls, MiniMap, ReactFlow, ReactFlowProvider, useReactFlow, useStore,
 } from "@xyflow/react";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
@@ -27,10 +27,11 @@ import { Toolbar } from "./editor/Toolbar";
 import { TooltipLayer } from "./editor/Tooltips";
 import { useEditCommands } from "./editor/useEditCommands";
 import { useFeedback } from "./editor/useFeedback";
-import { AUTOSAVE_KEY, useGraphStore } from "./editor/useGraphStore";
+import { AUTOSAVE_KEY, savedFit, useGraphStore } from "./editor/useGraphStore";
 import { useLinking } from "./editor/useLinking";
 import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
+import { useRefitOnResize } from "./editor/useRefitOnResize";
 import { useShortcuts } from "./editor/useShortcuts";
 import { exactPrompt, stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
@@ -50,6 +51,15 @@ const MOUNT_ALL_BELOW = 60;
 /** The minimap's shade outside the view: React Flow's default is a light grey that glares on the dark theme. */
 const MINIMAP_MASK = "rgb(0 0 0 / 45%)";
 const zoomOf = (s: { transform: [number, number, number] }) => s.transform[2];
+
+/** React Flow's fit-view icon: the Controls' own fit button is replaced so that its fit is remembered (a resize redoes it). */
+function FitViewIcon() {
+  return (
+    <svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 30" aria-hidden="true">
+      <path d="M3.692 4.63c0-.53.4-.938.939-.938h5.215V0H4.708C2.13 0 0 2.054 0 4.63v5.216h3.692V4.631zM27.354 0h-5.2v3.692h5.17c.53 0 .984.4.984.939v5.215H32V4.631A4.624 4.624 0 0027.354 0zm.954 24.83c0 .532-.4.94-.939.94h-5.215v3.768h5.215c2.577 0 4.631-2.13 4.631-4.707v-5.139h-3.692v5.139zm-23.677.94c-.531 0-.939-.4-.939-.94v-5.138H0v5.139c0 2.577 2.13 4.707 4.708 4.707h5.138V25.77H4.631z" />
+    </svg>
+  );
+}
 
 declare global {
   interface Window {
@@ -109,6 +119,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     },
   }), [rf]);
   const fileInput = useRef<HTMLInputElement>(null);
+  const canvas = useRef<HTMLDivElement>(null);
   const socket = useRef<Socket | null>(null);
   const zoom = useStore(zoomOf);
   const lod = lowDetail(zoom, nodes.length);
@@ -121,6 +132,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const queueN = useCallback(() => queue(undefined, queueOptions.count), [queue, queueOptions.count]);
   useAutoQueue(g, store, queue, queueOptions.onChange);
   const feedback = useFeedback(g, notify);
+  // a resized window refits a view the user has not moved since it was fitted
+  useRefitOnResize(canvas, g.refit);
 
   useEffect(() => {
     const s = new Socket(makeClientId(), store, () => store.bumpQueue());
@@ -188,7 +201,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       const { graph } = documentToGraph(doc, defsRef.current);
       if (typeof doc?.extra?.name === "string") setDocName(doc.extra.name);
       delete graph.extra?.name;
-      loadGraph(graph);
+      loadGraph(graph, { fitted: savedFit() }); // a saved view that was a fit still refits on a resize
       // the results shown before the reload, from the server's history
       restoreResults(store, graph.nodes).catch(() => undefined);
     } catch {
@@ -258,11 +271,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       loadDocument: (doc: unknown) => loadObject(doc, "document"),
       setViewport: (vp) => void rf.setViewport(vp),
       getViewport: () => rf.getViewport(),
-      fitView: () => void rf.fitView({ padding: 0.05 }),
+      fitView: () => g.fitAll({ padding: 0.05 }),
       store,
       ready: true,
     };
-  }, [currentGraph, loadObject, store, rf, defsRef]);
+  }, [currentGraph, loadObject, store, rf, defsRef, g.fitAll]);
 
   const toolbar = useMemo(() => ({
     queue: () => void queueN(),
@@ -298,6 +311,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         />
         <div className="sf-main">
           <div
+            ref={canvas}
             className={`sf-canvas${lod ? " sf-lod" : ""}`}
             onDragOver={(e) => {
               if (e.dataTransfer.types.includes("Files")) e.preventDefault();
@@ -354,7 +368,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             >
               {!lod && <DotGrid gap={24} size={1} composited={culled} />}
               <GroupLayer g={g} onMenu={(index, x, y) => setMenu({ kind: "group", index, x, y })} />
-              <Controls showInteractive={false} />
+              <Controls showInteractive={false} showFitView={false}>
+                <ControlButton className="react-flow__controls-fitview" onClick={() => g.fitAll()} title="Fit View"
+                  aria-label="Fit View">
+                  <FitViewIcon />
+                </ControlButton>
+              </Controls>
               <MiniMap pannable zoomable ariaLabel="minimap" className="sf-minimap" maskColor={MINIMAP_MASK}
                 nodeColor={(n) => ((n as SfFlowNode).data?.mode ? "#6b5a2a" : "#4a5563")} />
             </ReactFlow>

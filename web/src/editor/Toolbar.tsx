@@ -1,8 +1,16 @@
-/** The toolbar: queue (count, on change) and interrupt, editing, files, examples. */
+/**
+ * The toolbar: queue (count, on change) and interrupt, editing, files, examples.
+ *
+ * It stays one line. When the window is too narrow for every item, the least important
+ * ones leave the row, lowest rank first (lib/toolbarfit.ts): the brand is hidden, and
+ * buttons move into a "More" menu, where they keep their names, so every control stays
+ * reachable. A name too long for what is left is cut with an ellipsis (its tooltip has it whole).
+ */
 
-import { useEffect, useState } from "react";
+import { type KeyboardEvent, useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
 import type { ExampleRef } from "../api";
 import { parseCountText, QUEUE_COUNT_MAX } from "../lib/batch";
+import { collapseToFit, type ToolbarItem } from "../lib/toolbarfit";
 import { ExamplesBrowser } from "./ExamplesBrowser";
 import type { Notify } from "./Toasts";
 import type { QueueOptions } from "./useAutoQueue";
@@ -51,12 +59,171 @@ function QueueCount({ options }: { options: QueueOptions }) {
   );
 }
 
+type Action = { key: string; label: string; title: string; onClick(): void; rank: number };
+
+/** The buttons that may move into the More menu; lower ranks move first. */
+function collapsible(a: ToolbarActions): Record<string, Action> {
+  const list: Action[] = [
+    { key: "undo", label: "Undo", title: "Undo (Ctrl+Z)", onClick: a.undo, rank: 5 },
+    { key: "redo", label: "Redo", title: "Redo (Ctrl+Shift+Z)", onClick: a.redo, rank: 4 },
+    { key: "open", label: "Open", title: "Open a workflow or a PNG (Ctrl+O)", onClick: a.open, rank: 7 },
+    { key: "save", label: "Save", title: "Save the workflow (Ctrl+S)", onClick: a.save, rank: 6 },
+    {
+      key: "export", label: "Export API", onClick: a.exportApi, rank: 2,
+      title: "Download the prompt in API format (what Queue posts to /prompt), for scripts and steerflow run / submit",
+    },
+    { key: "clear", label: "Clear", title: "Start an empty workflow", onClick: a.clear, rank: 3 },
+    { key: "refresh", label: "Refresh", title: "Reload node types and model lists", onClick: a.refresh, rank: 1 },
+  ];
+  return Object.fromEntries(list.map((it) => [it.key, it]));
+}
+
+const BRAND = "brand";
+const BRAND_RANK = 0;
+const MORE = "more";
+const DOC = "doc";
+/** The document name keeps at least this much room (px) before buttons leave the row. */
+const DOC_ROOM = 100;
+/** The More button's width until it has been drawn once. */
+const MORE_GUESS = 70;
+
+function outerWidth(el: HTMLElement): number {
+  const cs = getComputedStyle(el);
+  return el.getBoundingClientRect().width + (parseFloat(cs.marginLeft) || 0) + (parseFloat(cs.marginRight) || 0);
+}
+
+/**
+ * Which items leave the row: measured from the page when the name or the row changes
+ * and when the toolbar is resized. Widths of items out of the row are those they had in it.
+ */
+function useToolbarFit(ranks: Record<string, number>, docName: string) {
+  const header = useRef<HTMLElement>(null);
+  const widths = useRef(new Map<string, number>());
+  const [out, setOut] = useState<string>("");
+  const ranksRef = useRef(ranks);
+  ranksRef.current = ranks;
+
+  const measure = useCallback(() => {
+    const el = header.current;
+    if (!el) return;
+    const cs = getComputedStyle(el);
+    const available = el.clientWidth - (parseFloat(cs.paddingLeft) || 0) - (parseFloat(cs.paddingRight) || 0);
+    const gap = parseFloat(cs.columnGap) || 0;
+    const items: ToolbarItem[] = [];
+    const seen = new Set<string>();
+    for (const child of Array.from(el.children) as HTMLElement[]) {
+      const key = child.dataset.tb;
+      if (!child.getClientRects().length) continue; // hidden (a phone-sized window hides the brand)
+      const position = getComputedStyle(child).position;
+      if (position === "fixed" || position === "absolute") continue; // a dialog the toolbar opened
+      if (key === MORE) {
+        widths.current.set(MORE, outerWidth(child));
+      } else if (key === DOC) {
+        const text = child.firstElementChild?.getBoundingClientRect().width ?? 0;
+        items.push({ key: DOC, width: Math.min(Math.ceil(text), DOC_ROOM) });
+      } else if (key) {
+        widths.current.set(key, outerWidth(child));
+        seen.add(key);
+      } else {
+        items.push({ key: `fixed${items.length}`, width: outerWidth(child) });
+      }
+    }
+    for (const [key, rank] of Object.entries(ranksRef.current)) {
+      const width = widths.current.get(key);
+      if (width === undefined && !seen.has(key)) continue; // never drawn (hidden by the page's CSS)
+      items.push({ key, width: width ?? 0, rank, menu: key !== BRAND });
+    }
+    const next = collapseToFit({ items, available, gap, more: widths.current.get(MORE) ?? MORE_GUESS }).join(" ");
+    setOut((prev) => (prev === next ? prev : next));
+  }, []);
+
+  useLayoutEffect(measure, [measure, docName, out]);
+  useEffect(() => {
+    const el = header.current;
+    if (!el || typeof ResizeObserver === "undefined") return;
+    let width = el.clientWidth;
+    const observer = new ResizeObserver(() => {
+      if (el.clientWidth === width) return; // only the width matters
+      width = el.clientWidth;
+      measure();
+    });
+    observer.observe(el);
+    return () => observer.disconnect();
+  }, [measure]);
+
+  return { header, out: new Set(out ? out.split(" ") : []) };
+}
+
+/** The More menu: the buttons that left the row, with the names they have in it. */
+function MoreMenu({ items }: { items: Action[] }) {
+  const [open, setOpen] = useState(false);
+  const wrap = useRef<HTMLSpanElement>(null);
+  const button = useRef<HTMLButtonElement>(null);
+  const list = useRef<HTMLUListElement>(null);
+
+  useEffect(() => {
+    if (!open) return;
+    list.current?.querySelector<HTMLButtonElement>("button")?.focus();
+    const away = (e: MouseEvent) => {
+      if (!wrap.current?.contains(e.target as Node)) setOpen(false);
+    };
+    window.addEventListener("mousedown", away);
+    return () => window.removeEventListener("mousedown", away);
+  }, [open]);
+
+  const onKey = (e: KeyboardEvent) => {
+    const buttons = Array.from(list.current?.querySelectorAll<HTMLButtonElement>("button") ?? []);
+    const i = buttons.indexOf(document.activeElement as HTMLButtonElement);
+    if (e.key === "Escape") {
+      e.stopPropagation();
+      setOpen(false);
+      button.current?.focus();
+    } else if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      const step = e.key === "ArrowDown" ? 1 : -1;
+      buttons[(i + step + buttons.length) % buttons.length]?.focus();
+    }
+  };
+
+  return (
+    <span className="sf-menu" data-tb={MORE} ref={wrap} onKeyDown={onKey}>
+      <button type="button" ref={button} aria-haspopup="menu" aria-expanded={open} aria-label="More actions"
+        title={`More actions: ${items.map((it) => it.label).join(", ")}`} onClick={() => setOpen((o) => !o)}>
+        More ▾
+      </button>
+      {open && (
+        <ul className="sf-menu-list sf-menu-end" role="menu" aria-label="More actions" ref={list}>
+          {items.map((it) => (
+            <li key={it.key} role="none">
+              <button type="button" role="menuitem" title={it.title} onClick={() => {
+                setOpen(false);
+                it.onClick();
+              }}>{it.label}</button>
+            </li>
+          ))}
+        </ul>
+      )}
+    </span>
+  );
+}
+
 export function Toolbar({ a, busy, docName, notify, options }: {
   a: ToolbarActions; busy: boolean; docName: string; notify: Notify; options: QueueOptions;
 }) {
+  const actions = collapsible(a);
+  const ranks: Record<string, number> = { [BRAND]: BRAND_RANK };
+  for (const it of Object.values(actions)) ranks[it.key] = it.rank;
+  const { header, out } = useToolbarFit(ranks, docName);
+  const inRow = (key: string) => {
+    const it = actions[key];
+    return out.has(key) ? null : (
+      <button type="button" data-tb={key} onClick={it.onClick} title={it.title}>{it.label}</button>
+    );
+  };
+  const inMenu = Object.values(actions).filter((it) => out.has(it.key));
   return (
-    <header className="sf-toolbar">
-      <strong className="sf-brand">Steerflow</strong>
+    <header className="sf-toolbar" ref={header}>
+      {!out.has(BRAND) && <strong className="sf-brand" data-tb={BRAND}>Steerflow</strong>}
       <button type="button" className="sf-primary" onClick={a.queue} disabled={busy}
         title="Queue the workflow (Ctrl+Enter), as many times as the count beside">Queue</button>
       <QueueCount options={options} />
@@ -70,19 +237,19 @@ export function Toolbar({ a, busy, docName, notify, options }: {
       <button type="button" onClick={a.interrupt} title="Interrupt the running prompt">Interrupt</button>
       <span className="sf-sep" />
       <button type="button" onClick={a.addNode} title="Add a node (or double-click the canvas)">Add node</button>
-      <button type="button" onClick={a.undo} title="Undo (Ctrl+Z)">Undo</button>
-      <button type="button" onClick={a.redo} title="Redo (Ctrl+Shift+Z)">Redo</button>
+      {inRow("undo")}
+      {inRow("redo")}
       <span className="sf-sep" />
-      <button type="button" onClick={a.open} title="Open a workflow or a PNG (Ctrl+O)">Open</button>
-      <button type="button" onClick={a.save} title="Save the workflow (Ctrl+S)">Save</button>
-      <button type="button" onClick={a.exportApi}
-        title="Download the prompt in API format (what Queue posts to /prompt), for scripts and steerflow run / submit">Export API</button>
+      {inRow("open")}
+      {inRow("save")}
+      {inRow("export")}
       <ExamplesBrowser onOpen={a.openExample} notify={notify} />
-      <button type="button" onClick={a.clear} title="Start an empty workflow">Clear</button>
-      <button type="button" onClick={a.refresh} title="Reload node types and model lists">Refresh</button>
+      {inRow("clear")}
+      {inRow("refresh")}
       <button type="button" onClick={a.keys} aria-label="keyboard shortcuts"
         title="Keyboard shortcuts and mouse gestures (?)">?</button>
-      <span className="sf-docname" title="document name">{docName}</span>
+      {inMenu.length > 0 && <MoreMenu items={inMenu} />}
+      <span className="sf-docname" data-tb={DOC} title={`document name: ${docName}`}><span>{docName}</span></span>
     </header>
   );
 }

@@ -14,13 +14,31 @@ import { boundsOf, fitViewport, NODE_HEIGHT, NODE_WIDTH } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
 import { changedInputs, readUndoKey, undoKey } from "../lib/undo";
+import { FitTracker } from "../lib/viewfit";
 
 export const AUTOSAVE_KEY = "steerflow.autosave";
+/** Set beside the autosave while its viewport is still a fit: how to redo that fit (JSON). */
+export const AUTOSAVE_FIT_KEY = "steerflow.autosave.fit";
 const UNDO_MAX = 200;
 
 export type GraphMeta = { extra: Record<string, unknown> };
 
 export type GraphStore = ReturnType<typeof useGraphStore>;
+
+/** React Flow fitView options a fit may use (plain numbers: they are saved beside the autosave). */
+export type FitAllOptions = { padding?: number; minZoom?: number; maxZoom?: number };
+/** How a view was fitted: the readable fit of an opened graph, or React Flow's fitView with these options. */
+export type FitHow = "readable" | FitAllOptions;
+
+/** How the autosaved viewport was fitted, if it still was a fit when saved. */
+export function savedFit(): FitHow | null {
+  try {
+    const how = JSON.parse(localStorage.getItem(AUTOSAVE_FIT_KEY) ?? "null");
+    return how === "readable" || (how && typeof how === "object") ? how : null;
+  } catch {
+    return null;
+  }
+}
 
 export function useGraphStore(defs: Defs, store: RunStore) {
   const rf = useReactFlow<SfNode, SfEdge>();
@@ -47,6 +65,9 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     return flowToGraph(nodes, edges, { groups: groupsRef.current, extra: meta.current.extra, viewport: rf.getViewport() });
   }, [rf]);
 
+  /** The last fit, redone when the canvas is resized while the view is still that fit (lib/viewfit.ts). */
+  const fitTracker = useRef(new FitTracker<FitHow>()).current;
+
   /** Fit the graph at a readable zoom (lib/layout.ts); a large one shows its top-left part. */
   const fit = useCallback(() => {
     const ns = rf.getNodes();
@@ -57,10 +78,30 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       // nodes not rendered yet (out of view) count at a typical size
       width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? NODE_HEIGHT,
     }));
-    void rf.setViewport(fitViewport(boundsOf(rects), pane.width, pane.height, ns.length));
-  }, [rf]);
+    const vp = fitViewport(boundsOf(rects), pane.width, pane.height, ns.length);
+    fitTracker.fitted(vp, "readable");
+    void rf.setViewport(vp);
+  }, [rf, fitTracker]);
 
-  const loadGraph = useCallback((graph: Graph, opts: { viewport?: boolean; resetRun?: boolean } = {}) => {
+  /** React Flow's fit of the whole graph (the fit button), remembered like `fit`. */
+  const fitAll = useCallback((options: FitAllOptions = {}) => {
+    if (!rf.getNodes().length) return;
+    void rf.fitView(options).then(() => fitTracker.fitted(rf.getViewport(), options));
+  }, [rf, fitTracker]);
+
+  /** The canvas changed size: fit again if the view is still where the last fit left it. */
+  const refit = useCallback(() => {
+    const how = fitTracker.refit(rf.getViewport());
+    if (how === "readable") fit();
+    else if (how) fitAll(how);
+  }, [rf, fitTracker, fit, fitAll]);
+
+  /**
+   * Open `graph`. Its own viewport, if it has one, is kept (`fitted`: that viewport was a
+   * fit, which a resize redoes); without one the graph is fitted. `viewport: false` leaves
+   * the view as it is (undo, redo).
+   */
+  const loadGraph = useCallback((graph: Graph, opts: { viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null } = {}) => {
     const flow = graphToFlow(graph, defsRef.current);
     meta.current = { extra: graph.extra ?? {} };
     setGroupsState(parseGroups(graph.groups));
@@ -68,20 +109,27 @@ export function useGraphStore(defs: Defs, store: RunStore) {
     setEdges(flow.edges);
     if (opts.resetRun !== false) store.reset();
     if (opts.viewport !== false) {
-      if (graph.viewport) rf.setViewport(graph.viewport);
-      else if (flow.nodes.length) setTimeout(fit, 60);
+      fitTracker.forget(); // until this graph's own fit
+      if (graph.viewport) {
+        rf.setViewport(graph.viewport);
+        if (opts.fitted) fitTracker.fitted(graph.viewport, opts.fitted);
+      } else if (flow.nodes.length) setTimeout(fit, 60);
     }
-  }, [rf, store, fit]);
+  }, [rf, store, fit, fitTracker]);
 
   const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {
       const d = doc ?? graphToDocument(currentGraph(), defsRef.current);
-      d.layout.viewport = rf.getViewport();
+      const viewport = rf.getViewport();
+      d.layout.viewport = viewport;
       localStorage.setItem(AUTOSAVE_KEY, JSON.stringify({ ...d, extra: { ...d.extra, name } }));
+      const how = fitTracker.refit(viewport);
+      if (how) localStorage.setItem(AUTOSAVE_FIT_KEY, JSON.stringify(how));
+      else localStorage.removeItem(AUTOSAVE_FIT_KEY);
     } catch {
       // storage full or unavailable: nothing to do
     }
-  }, [currentGraph, rf, docName]);
+  }, [currentGraph, rf, docName, fitTracker]);
 
   // One undo step and one autosave per settled change (not per drag frame).
   useEffect(() => {
@@ -183,6 +231,6 @@ export function useGraphStore(defs: Defs, store: RunStore) {
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, setDocName, groups, setGroups, holdHistory,
-    currentGraph, loadGraph, fit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
+    currentGraph, loadGraph, fit, fitAll, refit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }
