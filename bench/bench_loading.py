@@ -98,7 +98,7 @@ def build_random_sd15(path: Path) -> None:
 
 
 # --- the two children ----------------------------------------------------------------
-def _child_ours(file: Path, size: int, t0: float) -> dict[str, Any]:
+def _session(file: Path) -> Any:
     from engine.session import Session
 
     # A kept home: the one-time install of the built-in models is not part of a cold start.
@@ -107,7 +107,11 @@ def _child_ours(file: Path, size: int, t0: float) -> dict[str, Any]:
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
         os.link(file, link)  # symlinks are refused (paths are confined)
-    session = Session(str(base), device="cpu")
+    return Session(str(base), device="cpu")
+
+
+def _child_ours(file: Path, size: int, t0: float, session: Any = None) -> dict[str, Any]:
+    session = session if session is not None else _session(file)
     wf = session.load(str(ROOT / "workflows" / "txt2img.json"))
     for target, value in (("4.ckpt_name", file.name), ("6.text", PROMPT), ("5.width", size),
                           ("5.height", size), ("3.steps", 2)):
@@ -161,13 +165,21 @@ def _child_diffusers(file: Path, size: int, t0: float) -> dict[str, Any]:
 
 
 def _child(which: str, file: Path, size: int, t0: float) -> None:
+    ours = which.startswith("ours")
+    if ours:  # as `steerflow run` and the server's worker set up their process
+        from steerflow import tune_process
+
+        tune_process()
     if which.endswith("-prewarmed"):  # as a server's worker: imports done before the prompt
         import diffusers  # noqa: F401
 
         import nodes.diffusion.loading
         import nodes.diffusion.sampling  # noqa: F401
+        session = _session(file) if ours else None  # a worker's session is built at start
         t0 = time.time()
-    (_child_ours if which.startswith("ours") else _child_diffusers)(file, size, t0)
+        if ours:
+            _child_ours(file, size, t0, session)
+    (_child_ours if ours else _child_diffusers)(file, size, t0)
 
 
 def run_child(script: str, which: str, args: list[str]) -> dict[str, Any]:

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from steerflow import tune_process
+
+    tune_process()
     if not args.verbose:
         # Library chatter (weight-loading bars, optional-backend notices) hides our output.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -343,6 +343,9 @@ def serve_channel(conn: Connection) -> int:
     except (EOFError, OSError, ValueError):
         return 1
     config = first.data
+    from steerflow import tune_process
+
+    tune_process()
     logging.basicConfig(level=logging.INFO if config.get("verbose") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not config.get("verbose"):
