@@ -21,7 +21,7 @@ does not pickle when used through ``send_bytes``/``recv_bytes``):
 Server → worker: ``config`` (first), ``run``, ``interrupt``, ``http`` (a request
 for a node pack's route, answered by ``http_reply``: :mod:`server.pack_routes`).
 Worker → server: ``setup`` (packs loaded, built-in models installed), then
-``ready`` (the session is built) or ``failed``,
+``ready`` (the session is built, the diffusion stack imported) or ``failed``,
 ``events`` (batches of executor events: one leaves whenever a node starts or
 reports progress), ``done`` (one per ``run``, with the last events and the
 ``models`` its cache holds, see :func:`prompt_models`).

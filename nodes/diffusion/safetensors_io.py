@@ -116,9 +116,11 @@ def _mapped(fh: BinaryIO, offset: int, nbytes: int) -> Iterator[torch.Tensor]:
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     if start + (offset - start) + nbytes > os.fstat(fh.fileno()).st_size:
         raise invalid_weights_file(Path(fh.name), "a tensor runs past its end")
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # one fault-in, not per page
-    with mmap.mmap(fh.fileno(), offset - start + nbytes, flags=flags, prot=mmap.PROT_READ,
-                   offset=start) as mapped, warnings.catch_warnings():
+    how: dict[str, int] = {"access": mmap.ACCESS_READ}
+    if hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in at once, not one by one
+        how = {"flags": mmap.MAP_SHARED | mmap.MAP_POPULATE, "prot": mmap.PROT_READ}
+    with mmap.mmap(fh.fileno(), offset - start + nbytes, offset=start, **how) as mapped, \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # frombuffer: "not writable"; never written
         raw = torch.frombuffer(mapped, dtype=torch.uint8, offset=offset - start, count=nbytes)
         try:
