@@ -65,6 +65,23 @@ def test_per_key_dtypes_and_the_shared_entry_point(mixed_file: Path) -> None:
     assert got["a.weight"].dtype == torch.float32 and got["h.after"].dtype == torch.float16
 
 
+def test_unmappable_files_are_read_the_plain_way(mixed_file: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some network and FUSE mounts cannot be memory-mapped: the reader falls back."""
+    import mmap
+
+    expected, _ = read_safetensors(mixed_file, dtype=torch.float32)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    got, _ = read_safetensors(mixed_file, dtype=torch.float32)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key])
+
+
 def test_background_read(mixed_file: Path, tmp_path: Path) -> None:
     future = read_in_background(mixed_file, dtype=torch.float32)
     assert future is not None

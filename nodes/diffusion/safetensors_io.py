@@ -100,8 +100,13 @@ def read_safetensors(path: Path, *, dtype: DtypeSpec = None
                     out[key] = _typed(raw, stored, shape)
                     continue
                 tensor = torch.empty(shape, dtype=target)
-                with _mapped(fh, data_start + begin, nbytes) as raw:
-                    tensor.copy_(_typed(raw, stored, shape))  # the cast reads the page cache
+                try:
+                    with _mapped(fh, data_start + begin, nbytes) as raw:
+                        tensor.copy_(_typed(raw, stored, shape))  # the cast reads the page cache
+                except OSError:  # a file system that cannot map (some network or FUSE mounts)
+                    raw = torch.empty(nbytes, dtype=torch.uint8)
+                    _read_into(fh, data_start + begin, raw)
+                    tensor.copy_(_typed(raw, stored, shape))
                 out[key] = tensor
     return out, metadata
 
