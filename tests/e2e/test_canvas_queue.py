@@ -101,3 +101,23 @@ def test_queue_item_shows_node_step_and_elapsed_time(page, server: LiveServer):
     finally:
         server.post("/queue", {"clear": True})
         server.post("/interrupt", {})
+
+
+def test_status_bar_shows_another_clients_run(page, server: LiveServer):
+    """Run events go only to the client that queued; the status bar still says the shared
+    queue is busy with someone else's prompt, and stops saying so when it ends."""
+    c = Canvas(page)
+    c.open_file("mine.json", small_txt2img(steps=2))
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    status = page.get_by_test_id("status")
+    expect(status).to_contain_text("connected")
+    theirs = server.post("/prompt", {"prompt": small_txt2img(steps=5000)["prompt"],
+                                     "client_id": "someone-else"})
+    try:
+        expect(status).to_contain_text("running another client's prompt", timeout=60_000)
+        expect(status).not_to_contain_text("running Sample")  # no node of ours is named
+    finally:
+        server.post("/interrupt", {"prompt_id": theirs["prompt_id"]})
+    server.wait_history(theirs["prompt_id"])
+    expect(status).not_to_contain_text("another client", timeout=15_000)
+    expect(status).to_contain_text("queue 0")

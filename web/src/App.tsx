@@ -11,7 +11,7 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
   convertWorkflow, type ExampleRef, getObjectInfo, getWorkflow, interrupt, makeClientId, Socket, uploadImage, viewUrl,
 } from "./api";
-import { EditorContext, type EditorApi, useGlobalRun } from "./canvas/context";
+import { EditorContext, type EditorApi } from "./canvas/context";
 import { DotGrid } from "./canvas/DotGrid";
 import type { SfEdge, SfNode as SfFlowNode } from "./canvas/flow";
 import { Palette } from "./canvas/Palette";
@@ -21,6 +21,7 @@ import { GroupLayer, groupSelection } from "./editor/Groups";
 import { Lightbox } from "./editor/Lightbox";
 import { NodeHelp } from "./editor/NodeHelp";
 import { ShortcutsHelp } from "./editor/ShortcutsHelp";
+import { StatusBar } from "./editor/StatusBar";
 import { restoreResults } from "./editor/restoreResults";
 import { Toasts, useToasts } from "./editor/Toasts";
 import { Toolbar } from "./editor/Toolbar";
@@ -86,19 +87,6 @@ function downloadJson(name: string, obj: unknown): void {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
-function StatusBar({ store, labelOf }: { store: RunStore; labelOf(id: string): string }) {
-  const { connected, running, executing, queueRemaining, lastError, lastWarning } = useGlobalRun(store);
-  return (
-    <div className="sf-status" data-testid="status">
-      <span className={`sf-dot ${connected ? "on" : "off"}`} title={connected ? "connected" : "disconnected"} />
-      {connected ? "connected" : "disconnected"}
-      {" · "}queue {queueRemaining}
-      {running && <> · running{executing ? ` ${labelOf(executing)}` : ""}</>}
-      {lastError && <span className="sf-status-error" title={lastError}> · {lastError}</span>}
-      {lastWarning && <span className="sf-status-warning" title={lastWarning}> · warning: {lastWarning}</span>}
-    </div>
-  );
-}
 
 function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const rf = useReactFlow<SfFlowNode, SfEdge>();
@@ -388,7 +376,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
           <SidePanel store={store} onLoad={(obj) => loadObject(obj, "workflow")} openImage={setLightbox} notify={notify}
             feedback={feedback} />
         </div>
-        <StatusBar store={store} labelOf={(id) => {
+        <StatusBar store={store} clientId={() => socket.current?.clientId} labelOf={(id) => {
           // the node as the canvas and the queue tab name it: "Sample #3"
           const node = nodes.find((n) => n.id === id);
           return node ? `${nodeTitle(node.data, defsRef.current)} #${id}` : `node ${id}`;

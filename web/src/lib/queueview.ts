@@ -1,0 +1,24 @@
+/**
+ * Whose prompts the server is running. The websocket's run events (executing, progress)
+ * go only to the client that queued a prompt, as in ComfyUI, while the queue is shared:
+ * the status bar tells a user that the queue is busy with someone else's prompt.
+ */
+
+import type { QueueItem } from "../api";
+
+/** The client a queued prompt came from (the server keeps it in `extra_data`). */
+export function clientOf(item: QueueItem): string | null {
+  const id = item.extra?.client_id;
+  return typeof id === "string" ? id : null;
+}
+
+/** How many of the `running` prompts were queued by a client other than `clientId`. */
+export function othersRunning(running: QueueItem[], clientId: string | null | undefined): number {
+  return running.filter((item) => clientOf(item) !== (clientId ?? null)).length;
+}
+
+/** The status bar's words for `n` prompts of other clients running ("" for none). */
+export function othersRunningText(n: number): string {
+  if (n <= 0) return "";
+  return n === 1 ? "running another client's prompt" : `running ${n} other clients' prompts`;
+}
