@@ -116,7 +116,19 @@ def test_status_bar_shows_another_clients_run(page, server: LiveServer):
     try:
         expect(status).to_contain_text("running another client's prompt", timeout=60_000)
         expect(status).not_to_contain_text("running Sample")  # no node of ours is named
+        queue = page.get_by_role("list", name="queue")
+        running = queue.locator(".sf-queue-item.running")
+        expect(running.get_by_test_id("other-client")).to_be_visible()
+        # Two clients waiting: the tab says that numbers are not the run order.
+        turns = page.get_by_test_id("queue-turns")
+        expect(turns).to_have_count(0)
+        for client in ("someone-else", "a-third-one"):
+            server.post("/prompt", {"prompt": small_txt2img(steps=2)["prompt"],
+                                    "client_id": client})
+        expect(turns).to_contain_text("in turns")
+        expect(queue.locator(".sf-queue-item").get_by_test_id("other-client")).to_have_count(3)
     finally:
+        server.post("/queue", {"clear": True})
         server.post("/interrupt", {"prompt_id": theirs["prompt_id"]})
     server.wait_history(theirs["prompt_id"])
     expect(status).not_to_contain_text("another client", timeout=15_000)

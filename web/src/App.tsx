@@ -109,6 +109,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const fileInput = useRef<HTMLInputElement>(null);
   const canvas = useRef<HTMLDivElement>(null);
   const socket = useRef<Socket | null>(null);
+  const clientIdOf = useCallback(() => socket.current?.clientId, []);
   const zoom = useStore(zoomOf);
   const lod = lowDetail(zoom, nodes.length);
   const culled = ONLY_VISIBLE && nodes.length >= MOUNT_ALL_BELOW;
@@ -374,9 +375,9 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             )}
           </div>
           <SidePanel store={store} onLoad={(obj) => loadObject(obj, "workflow")} openImage={setLightbox} notify={notify}
-            feedback={feedback} />
+            feedback={feedback} clientId={clientIdOf} />
         </div>
-        <StatusBar store={store} clientId={() => socket.current?.clientId} labelOf={(id) => {
+        <StatusBar store={store} clientId={clientIdOf} labelOf={(id) => {
           // the node as the canvas and the queue tab name it: "Sample #3"
           const node = nodes.find((n) => n.id === id);
           return node ? `${nodeTitle(node.data, defsRef.current)} #${id}` : `node ${id}`;

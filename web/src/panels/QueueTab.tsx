@@ -6,6 +6,7 @@
 
 import { useCallback, useEffect, useRef, useState } from "react";
 import { clearQueue, deleteFromQueue, getQueue, interrupt, type QueueItem } from "../api";
+import { clientOf } from "../lib/queueview";
 import { useGlobalRun, useNodeRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
@@ -57,8 +58,9 @@ function RunningProgress({ store, item, now }: { store: RunStore; item: QueueIte
   );
 }
 
-export function QueueTab({ store, onLoad, notify, openImage }: {
+export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
   store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void; openImage(img: ImageRef): void;
+  clientId(): string | undefined;
 }) {
   const { queueVersion, running } = useGlobalRun(store);
   const [queue, setQueue] = useState<{ running: QueueItem[]; pending: QueueItem[] }>({ running: [], pending: [] });
@@ -84,11 +86,17 @@ export function QueueTab({ store, onLoad, notify, openImage }: {
     }
     refresh();
   };
+  const mine = clientId() ?? null;
+  const othersOf = (item: QueueItem) => clientOf(item) !== mine;
+  const clients = new Set(queue.pending.map(clientOf));
   const row = (item: QueueItem, isRunning: boolean) => (
     <li key={item.promptId} className={`sf-queue-item${isRunning ? " running" : ""}`} data-prompt-id={item.promptId}>
       <span className="sf-queue-text">
         <span>#{item.number}</span>{" "}
-        {isRunning
+        {othersOf(item) && <span className="sf-muted" data-testid="other-client">another client · </span>}
+        {isRunning && othersOf(item)
+          ? <span className="sf-queue-progress">running</span>
+          : isRunning
           ? <RunningProgress store={store} item={item} now={now} />
           : <span className="sf-queue-progress">pending · waiting {formatElapsed(now - (seen.current.get(item.promptId) ?? now))}</span>}
       </span>
@@ -118,6 +126,11 @@ export function QueueTab({ store, onLoad, notify, openImage }: {
         </div>
       )}
       {queue.running.length === 0 && queue.pending.length === 0 && <div className="sf-muted">The queue is empty.</div>}
+      {clients.size > 1 && (
+        <div className="sf-muted" data-testid="queue-turns">
+          Several clients are waiting: the server runs their prompts in turns, so the numbers are not the run order.
+        </div>
+      )}
       <ul className="sf-list" aria-label="queue">
         {queue.running.map((i) => row(i, true))}
         {queue.pending.map((i) => row(i, false))}

@@ -34,13 +34,15 @@ function LivePreview({ store }: { store: RunStore }) {
   );
 }
 
-export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null }: {
+export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId }: {
   store: RunStore;
   onLoad(obj: unknown): void;
   openImage(img: ImageRef): void;
   notify(msg: string): void;
   /** Set while the graph has a FABRIC Feedback node. */
   feedback?: FeedbackView | null;
+  /** This page's client id (its prompts are "yours" in the queue); stable across renders. */
+  clientId(): string | undefined;
 }) {
   const [tab, setTab] = useState<Tab>("queue");
   return (
@@ -54,7 +56,7 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
           </button>
         ))}
       </div>
-      {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} openImage={openImage} />}
+      {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} openImage={openImage} clientId={clientId} />}
       {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback} />}
       {tab === "gallery" && <GalleryTab store={store} openImage={openImage} feedback={feedback} />}
     </aside>
