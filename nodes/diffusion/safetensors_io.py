@@ -100,32 +100,35 @@ def read_safetensors(path: Path, *, dtype: DtypeSpec = None
                     out[key] = _typed(raw, stored, shape)
                     continue
                 tensor = torch.empty(shape, dtype=target)
-                try:
-                    with _mapped(fh, data_start + begin, nbytes) as raw:
-                        tensor.copy_(_typed(raw, stored, shape))  # the cast reads the page cache
-                except OSError:  # a file system that cannot map (some network or FUSE mounts)
-                    raw = torch.empty(nbytes, dtype=torch.uint8)
-                    _read_into(fh, data_start + begin, raw)
-                    tensor.copy_(_typed(raw, stored, shape))
+                with _pages(fh, data_start + begin, nbytes) as raw:
+                    tensor.copy_(_typed(raw, stored, shape))  # the cast reads the page cache
                 out[key] = tensor
     return out, metadata
 
 
 @contextmanager
-def _mapped(fh: BinaryIO, offset: int, nbytes: int) -> Iterator[torch.Tensor]:
+def _pages(fh: BinaryIO, offset: int, nbytes: int) -> Iterator[torch.Tensor]:
     """``nbytes`` of the file at ``offset`` as a uint8 tensor over a read-only map of just
-    those pages (unmapped after: the resident set never holds more than one tensor's)."""
+    those pages (unmapped after: the resident set never holds more than one tensor's);
+    read into a buffer instead where the file system cannot map (some network or FUSE
+    mounts)."""
     if nbytes == 0:
         yield torch.empty(0, dtype=torch.uint8)
         return
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    if start + (offset - start) + nbytes > os.fstat(fh.fileno()).st_size:
+    if offset + nbytes > os.fstat(fh.fileno()).st_size:  # changed since the header check
         raise invalid_weights_file(Path(fh.name), "a tensor runs past its end")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
     how: dict[str, int] = {"access": mmap.ACCESS_READ}
     if hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in at once, not one by one
         how = {"flags": mmap.MAP_SHARED | mmap.MAP_POPULATE, "prot": mmap.PROT_READ}
-    with mmap.mmap(fh.fileno(), offset - start + nbytes, offset=start, **how) as mapped, \
-            warnings.catch_warnings():
+    try:
+        mapped = mmap.mmap(fh.fileno(), offset - start + nbytes, offset=start, **how)
+    except OSError:
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        _read_into(fh, offset, raw)
+        yield raw
+        return
+    with mapped, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # frombuffer: "not writable"; never written
         raw = torch.frombuffer(mapped, dtype=torch.uint8, offset=offset - start, count=nbytes)
         try:
