@@ -177,9 +177,12 @@ def _child(which: str, file: Path, size: int, t0: float) -> None:
         import nodes.diffusion.sampling  # noqa: F401
         session = _session(file) if ours else None  # a worker's session is built at start
         t0 = time.time()
-        if ours:
-            _child_ours(file, size, t0, session)
-    (_child_ours if ours else _child_diffusers)(file, size, t0)
+    else:
+        session = None  # built inside the measured time, as a cold `steerflow run` does
+    if ours:
+        _child_ours(file, size, t0, session)
+    else:
+        _child_diffusers(file, size, t0)
 
 
 def run_child(script: str, which: str, args: list[str]) -> dict[str, Any]:
