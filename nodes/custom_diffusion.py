@@ -15,21 +15,23 @@ from typing import TYPE_CHECKING, Any
 from engine import Environment, ExecutionContext, Input, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
 from nodes.training import (
+    LossMaskInputs,
     PriorPreservationInputs,
     TrainingNode,
     _check_images,
+    _checkpoint,
     _name_problem,
     _sample,
     _target,
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    pass
 
 FREEZE_MODELS = ("crossattn_kv", "crossattn")  # the script's --freeze_model choices
 
 
-class TrainCustomDiffusion(PriorPreservationInputs, TrainingNode):
+class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode):
     """Custom Diffusion (Kumari et al. 2023): fine-tune only the UNet's cross-attention key
     and value projections, plus a new modifier token, on a few images of a concept
     (diffusers' train_custom_diffusion.py: AdamW, gradient norm clipped to 1, the first
@@ -122,18 +124,6 @@ class TrainCustomDiffusion(PriorPreservationInputs, TrainingNode):
         problems += cls.prior_problems(inputs, "modifier")
         return problems
 
-    def _checkpoint(self, ctx: ExecutionContext, captions: list[str], base_hash: str
-                    ) -> Path:
-        """temp/training/custom_diffusion-<digest of every input that changes the result>."""
-        from nodes.diffusion import train_common as tc
-
-        skip = {"model", "clip", "vae", "images", "captions", "save_name",
-                "gradient_checkpointing", "sample_every", "sample_prompt"}
-        params = {k: getattr(self, k) for k in type(self).model_fields if k not in skip}
-        key = tc.run_key("custom_diffusion", params, self.images, captions, base_hash,
-                         (*self.model.patches, *self.clip.patches))
-        return tc.checkpoint_path(ctx, "custom_diffusion", key)
-
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str, str]:
         from nodes.diffusion import train_common as tc
         from nodes.diffusion import train_custom_diffusion as tcd
@@ -157,10 +147,11 @@ class TrainCustomDiffusion(PriorPreservationInputs, TrainingNode):
         if prior is not None:
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
-        checkpoint = self._checkpoint(ctx, captions, base_hash)
+        checkpoint = _checkpoint(ctx, "custom_diffusion", self, captions, base_hash)
         layers, clip, vector, losses = tcd.train_custom_diffusion(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
-            prior, class_pixels, checkpoint, sample=_sample(ctx, self, captions))
+            prior, class_pixels, checkpoint, sample=_sample(ctx, self, captions),
+            loss_mask=self.loss_mask_spec())
         name = self.save_name.strip()
         label = f"{name}.safetensors" if name else f"trained-custom-diffusion-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, layers.patch(label)))
@@ -175,7 +166,7 @@ class TrainCustomDiffusion(PriorPreservationInputs, TrainingNode):
                                "learning_rate": lr, "scale_lr": self.scale_lr,
                                "batch_size": self.batch_size, "seed": self.seed,
                                "resolution": self.resolution, "images": len(captions),
-                               "with_prior_preservation": with_prior,
+                               **self.mask_info(), "with_prior_preservation": with_prior,
                                **({"class_prompt": self.class_prompt,
                                    "num_class_images": self.num_class_images,
                                    "prior_loss_weight": self.prior_loss_weight,

@@ -14,6 +14,7 @@ from typing import Any
 from engine import Environment, ExecutionContext, Input, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
 from nodes.training import (
+    LossMaskInputs,
     PriorPreservationInputs,
     TrainingNode,
     _check_images,
@@ -25,7 +26,7 @@ from nodes.training import (
 )
 
 
-class TrainDreamBooth(PriorPreservationInputs, TrainingNode):
+class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
     """Fine-tune the whole UNet (and optionally the text encoder) on a few captioned images
     of a subject (diffusers' train_dreambooth.py: MSE on the noise, or on v, uniform
     timesteps, AdamW, gradient norm clipped to 1), with optional prior preservation.
@@ -124,7 +125,7 @@ class TrainDreamBooth(PriorPreservationInputs, TrainingNode):
         unet, encoder, losses = tdb.train_dreambooth(
             ctx, self.model, self.clip, self.vae, self.images, captions, settings,
             self.train_text_encoder, prior, class_pixels, checkpoint,
-            sample=_sample(ctx, self, captions))
+            sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
         model = replace(self.model, unet=unet, patches=())  # patches are merged in the copy
         clip = self.clip if encoder is None else replace(self.clip, text_encoder=encoder,
                                                          patches=())
@@ -133,7 +134,8 @@ class TrainDreamBooth(PriorPreservationInputs, TrainingNode):
                     "final_loss": losses[-1],
                     "parameters": {k: getattr(self, k) for k in type(self).model_fields
                                    if k not in {"model", "clip", "vae", "images",
-                                                "save_name"}} | {"images": len(captions)}}
+                                                "save_name", "loss_mask", "unmasked_weight"}}
+                    | {"images": len(captions), **self.mask_info()}}
             # a frozen text encoder is saved as the graph uses it: its patches merged
             with patched(clip.text_encoder, clip.patches):
                 tensors, metadata = tdb.checkpoint_file(

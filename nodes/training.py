@@ -67,10 +67,11 @@ def _checkpoint(ctx: ExecutionContext, kind: str, node: Any, captions: list[str]
     from nodes.diffusion.train_common import checkpoint_path, run_key
 
     skip = {"model", "clip", "vae", "images", "captions", "save_name",
-            "gradient_checkpointing", "sample_every", "sample_prompt"}
+            "gradient_checkpointing", "sample_every", "sample_prompt", "loss_mask"}
     params = {k: getattr(node, k) for k in type(node).model_fields if k not in skip}
     key = run_key(kind, params, node.images, captions, base_hash,
-                  (*node.model.patches, *node.clip.patches))
+                  (*node.model.patches, *node.clip.patches),
+                  (getattr(node, "loss_mask", None),))
     return checkpoint_path(ctx, kind, key)
 
 
@@ -128,6 +129,33 @@ class LrScheduleInputs(Node):
                                  "rate rises linearly from 0 (not with \"constant\")")
 
 
+class LossMaskInputs(Node):
+    """A masked loss: the loss counts fully where the mask is 1 (the subject) and
+    ``unmasked_weight`` elsewhere, each image's loss the weighted mean over its pixels."""
+
+    loss_mask: Tensor | None = Input(type="MASK", optional=True, description="Masked loss: "
+                                     "1 on the subject to learn, 0 on the rest (one mask "
+                                     "for all images or one per image; Load Image Batch's "
+                                     "alpha mask is 1 where transparent: Invert Mask it for "
+                                     "cut-outs)")
+    unmasked_weight: float = Input(0.1, min=0.0, max=1.0, step=0.01,
+                                   description="Loss weight outside loss_mask (1: no "
+                                   "masking; 0: the background is not learned at all)")
+
+    def loss_mask_spec(self) -> Any:
+        """The masked loss, or None without a mask."""
+        if self.loss_mask is None:
+            return None
+        from nodes.diffusion.train_common import LossMask
+
+        return LossMask(self.loss_mask, self.unmasked_weight)
+
+    def mask_info(self) -> dict[str, Any]:
+        """The saved file's record of the masked loss (nothing without one)."""
+        return {} if self.loss_mask is None else {"masked_loss": True,
+                                                  "unmasked_weight": self.unmasked_weight}
+
+
 class PriorPreservationInputs(Node):
     """Prior preservation's inputs (DreamBooth, Custom Diffusion): class images the base
     model draws, trained on beside the instances so the class keeps its meaning."""
@@ -170,7 +198,7 @@ class PriorPreservationInputs(Node):
             cfg=self.class_cfg, sampler_name=self.class_sampler)
 
 
-class TrainLoRA(LrScheduleInputs, TrainingNode):
+class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
     """Train a LoRA on a few captioned images and use it at once (diffusers'
     train_text_to_image_lora.py: MSE on the noise, or on v for v-prediction models,
     uniform timesteps, AdamW, gradient norm clipped to 1, PEFT's LoRA layers).
@@ -264,7 +292,7 @@ class TrainLoRA(LrScheduleInputs, TrainingNode):
         checkpoint = _checkpoint(ctx, "lora", self, captions, base_hash)
         unet_layers, text_layers, losses = tl.train_lora(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
-            checkpoint, sample=_sample(ctx, self, captions))
+            checkpoint, sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
         name = self.save_name.strip()
         label = f"{name}.safetensors" if name else f"trained-lora-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, unet_layers.patch(label)))
@@ -279,13 +307,13 @@ class TrainLoRA(LrScheduleInputs, TrainingNode):
                                    "batch_size": self.batch_size, "seed": self.seed,
                                    "resolution": self.resolution, "target": self.target,
                                    "target_modules": list(spec.unet_targets),
-                                   "images": len(captions)}}
+                                   "images": len(captions), **self.mask_info()}}
             tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
             tc.save_atomic(tensors, metadata, _target(ctx.env, "loras", name))
         return model, clip, label if name else ""
 
 
-class TrainTextualInversion(LrScheduleInputs, TrainingNode):
+class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
     """Learn new token embeddings for a concept from a few images (diffusers'
     textual_inversion.py: only the new rows of the token-embedding table train; the
     rest of the model is frozen).
@@ -362,7 +390,7 @@ class TrainTextualInversion(LrScheduleInputs, TrainingNode):
         clip, vectors, losses = train_textual_inversion(
             ctx, self.model, self.clip, self.vae, self.images, captions,
             self.placeholder_token, self.initializer_token.strip(), self.num_vectors, settings,
-            checkpoint, sample=_sample(ctx, self, captions))
+            checkpoint, sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
         name = self.save_name.strip()
         if name:
             info = {"base_model_hash": base_hash,
@@ -372,7 +400,8 @@ class TrainTextualInversion(LrScheduleInputs, TrainingNode):
                                    "num_vectors": self.num_vectors,
                                    "learning_rate": self.learning_rate,
                                    "batch_size": self.batch_size, "seed": self.seed,
-                                   "resolution": self.resolution, "images": len(captions)}}
+                                   "resolution": self.resolution, "images": len(captions),
+                                   **self.mask_info()}}
             metadata = {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
                         for k, v in info.items()}
             # diffusers' learned_embeds layout: {placeholder: [vectors, dim]}

@@ -47,6 +47,7 @@ MATCH_TARGET = 0.80
 DROP_TARGET = 0.03
 TI_TOKEN = "<sks>"
 TRAINING_NAMES: list[str] = []  # the hearts, then the prior images (put_training_images)
+MASK_NAMES: list[str] = []  # their shapes' masks, with --masked-loss
 
 
 @dataclass
@@ -72,7 +73,8 @@ def training_node(method: str, args: argparse.Namespace, captions: str) -> dict[
             "batch_size": args.lora_batch, "target": args.target,
             "target_modules": args.target_modules, "lr_scheduler": args.lora_scheduler,
             "lr_warmup_steps": args.lora_warmup, "snr_gamma": args.snr_gamma,
-            "noise_offset": args.noise_offset}}
+            "noise_offset": args.noise_offset,
+            "unmasked_weight": 1.0 if args.masked_loss is None else args.masked_loss}}
     return {"class_type": "TrainTextualInversion", "inputs": {
         **common, "placeholder_token": TI_TOKEN, "initializer_token": args.initializer,
         "num_vectors": args.vectors, "learning_rate": args.ti_lr, "steps": args.ti_steps,
@@ -98,6 +100,13 @@ def graph(cfg: Any, text: str, seed: int, batch: int, train: dict[str, Any] | No
             "folder": "", "images": "\n".join(names), "size": "refuse",
             "caption_template": "{caption}"}}
         g["train"] = train
+        if MASK_NAMES and train["class_type"] == "TrainLoRA":
+            g["mask_batch"] = {"class_type": "LoadImageBatch", "inputs": {
+                "folder": "", "images": "\n".join(MASK_NAMES), "size": "refuse",
+                "caption_template": ""}}
+            g["mask"] = {"class_type": "ImageToMask",
+                         "inputs": {"image": ["mask_batch", 0], "channel": "red"}}
+            train["inputs"]["loss_mask"] = ["mask", 0]
         for node in ("pos", "neg"):
             g[node]["inputs"]["clip"] = ["train", 1 if train["class_type"] == "TrainLoRA"
                                          else 0]
@@ -269,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     lora.add_argument("--lora-warmup", type=int, default=0)
     lora.add_argument("--snr-gamma", type=float, default=5.0)
     lora.add_argument("--noise-offset", type=float, default=0.0)
+    lora.add_argument("--masked-loss", type=float, default=None, metavar="WEIGHT",
+                      help="masked loss: the shapes' masks, this weight outside them")
     lora.add_argument("--lora-seed", type=int, default=0,
                       help="the node's seed (init, noise, batches): for run-to-run spread")
     ti = parser.add_argument_group("Train Textual Inversion")
@@ -281,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     ti.add_argument("--ti-warmup", type=int, default=0)
     args = parser.parse_args(argv)
 
+    import numpy as np
     import torch
 
     from training.evaluate import EvalConfig, GraphRunner
@@ -292,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="training-nodes-") as work:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         lora_captions = put_training_images(runner, args.prior)
+        if args.masked_loss is not None:
+            from training.new_shapes import training_masks
+
+            MASK_NAMES[:] = [runner.put_image(name, np.stack([m] * 3, -1))
+                             for name, m in training_masks(args.prior)]
         ti_captions = "\n".join(lora_captions.replace(f" {WORD} ", f" {TI_TOKEN} ")
                                 .split("\n")[:len(TRAINING_LAYOUT)])
         print(f"new-shape prompts: world {args.world}, {args.prompts} x {args.seeds} seeds; "

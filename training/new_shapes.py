@@ -256,6 +256,19 @@ def training_files(n_prior: int = PRIOR_IMAGES) -> list[tuple[str, np.ndarray, s
     return hearts + prior
 
 
+def training_masks(n_prior: int = PRIOR_IMAGES) -> list[tuple[str, np.ndarray]]:
+    """``(file name, mask)`` of each of :func:`training_files`' images, in their order:
+    ``sks_heart_<i>_mask.png`` / ``sks_prior_<i>_mask.png``, the shapes white on black
+    (a masked loss's subject)."""
+    from training.shapes import generate
+
+    hearts = [s.mask for s in training_set()]
+    prior = [generate(0, i, 64, 0.0).mask for i in range(n_prior)]
+    return ([(f"sks_heart_{i}_mask.png", (m * 255).astype(np.uint8)) for i, m in enumerate(hearts)]
+            + [(f"sks_prior_{i}_mask.png", (m * 255).astype(np.uint8))
+               for i, m in enumerate(prior)])
+
+
 if __name__ == "__main__":
     # python -m training.new_shapes  → workflows/assets/sks_*.png; prints name and caption
     assets = Path(__file__).resolve().parents[1] / "workflows" / "assets"

@@ -137,15 +137,19 @@ def class_images(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder
     return images.float() / 255
 
 
-def prior_loss(pred: torch.Tensor, target: torch.Tensor, weight: float | None
-               ) -> torch.Tensor:
+def prior_loss(pred: torch.Tensor, target: torch.Tensor, weight: float | None,
+               pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The scripts' loss on a batch of instances, then (with ``weight``) as many class
-    examples: ``mse(instance) + weight · mse(class)``; without ``weight`` the plain MSE."""
+    examples: ``mse(instance) + weight · mse(class)``; without ``weight`` the plain MSE.
+    ``pixel_weights`` (a masked loss, one row per example) weight the instances' MSE."""
     import torch.nn.functional as F
 
+    from nodes.diffusion.train_common import masked_mse
+
     if weight is None:
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+        return masked_mse(pred, target, pixel_weights)
     pred, pred_prior = pred.chunk(2, dim=0)
     target, target_prior = target.chunk(2, dim=0)
-    loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+    instance_weights = None if pixel_weights is None else pixel_weights.chunk(2, dim=0)[0]
+    loss = masked_mse(pred, target, instance_weights)
     return loss + weight * F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")

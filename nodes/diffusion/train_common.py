@@ -87,7 +87,6 @@ def prepare_pixels(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """IMAGE ``[B, H, W, 3]`` in 0..1 → ``[B, 3, r, r]`` in -1..1, as the scripts' transforms:
     scale the shorter side to ``resolution`` (bilinear, antialiased), crop the centre."""
     import torch
-    import torch.nn.functional as F
 
     from nodes.limits import check_image
 
@@ -95,7 +94,14 @@ def prepare_pixels(images: torch.Tensor, resolution: int) -> torch.Tensor:
     if not torch.isfinite(images).all():  # else "the loss became nan" at the first step
         raise ValueError("the training images hold NaN or infinite values: fix the node "
                          "that made them")
-    pixels = images[..., :3].permute(0, 3, 1, 2).float()
+    pixels = _fit(images[..., :3].permute(0, 3, 1, 2).float(), resolution)
+    return (pixels * 2 - 1).clamp(-1, 1).contiguous()
+
+
+def _fit(pixels: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``[B, C, H, W]``: the shorter side scaled to ``resolution``, the middle cropped."""
+    import torch.nn.functional as F
+
     height, width = pixels.shape[-2:]
     scale = resolution / min(height, width)
     size = (max(resolution, round(height * scale)), max(resolution, round(width * scale)))
@@ -103,8 +109,58 @@ def prepare_pixels(images: torch.Tensor, resolution: int) -> torch.Tensor:
         pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True,
                                align_corners=False)
     top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    pixels = pixels[..., top:top + resolution, left:left + resolution]
-    return (pixels * 2 - 1).clamp(-1, 1).contiguous()
+    return pixels[..., top:top + resolution, left:left + resolution]
+
+
+@dataclass(frozen=True)
+class LossMask:
+    """A masked loss: MASK (1 = the subject) and the weight of the rest."""
+
+    mask: torch.Tensor
+    unmasked_weight: float
+
+    def applied(self, posterior: Posterior, images: torch.Tensor, resolution: int
+                ) -> Posterior:
+        """``posterior`` with the per-pixel weights at its latents' size; its rows past
+        ``images`` (prior preservation's class images) keep weight 1."""
+        from dataclasses import replace
+
+        import torch
+
+        size = (int(posterior.mean.shape[-2]), int(posterior.mean.shape[-1]))
+        weights = loss_weights(self.mask, images, resolution, size, self.unmasked_weight)
+        extra = int(posterior.mean.shape[0]) - int(weights.shape[0])
+        if extra > 0:
+            weights = torch.cat([weights, weights.new_ones((extra, 1, *size))])
+        return replace(posterior, weights=weights.to(posterior.mean.device))
+
+
+def loss_weights(mask: torch.Tensor, images: torch.Tensor, resolution: int,
+                 latent_size: tuple[int, int], unmasked_weight: float) -> torch.Tensor:
+    """A masked loss's per-pixel weights ``[B, 1, h, w]``: 1 where ``mask`` is 1 (the
+    subject), ``unmasked_weight`` where it is 0, blended between. ``mask`` (MASK
+    ``[B or 1, H, W]``, any size) is stretched to the images' size, then scaled and cropped
+    as they are, then area-averaged to the latents' size."""
+    import torch
+    import torch.nn.functional as F
+
+    count = int(images.shape[0])
+    if mask.dim() == 2:
+        mask = mask[None]
+    if mask.dim() != 3 or mask.shape[0] not in (1, count) or 0 in mask.shape:
+        raise ValueError(f"loss_mask has shape {tuple(mask.shape)}: give one mask for all "
+                         f"{count} images or one per image (MASK [B, H, W])")
+    if not torch.isfinite(mask).all():
+        raise ValueError("loss_mask holds NaN or infinite values")
+    mask = mask.float().clamp(0, 1).expand(count, -1, -1)[:, None]
+    height, width = int(images.shape[1]), int(images.shape[2])
+    if tuple(mask.shape[-2:]) != (height, width):
+        mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
+    mask = F.adaptive_avg_pool2d(_fit(mask, resolution), latent_size)
+    if not bool((mask.flatten(1).amax(1) > 0).all()) and unmasked_weight == 0:
+        raise ValueError("a loss_mask is empty (all 0) while unmasked_weight is 0: that image "
+                         "would teach nothing; mark its subject or raise unmasked_weight")
+    return (unmasked_weight + (1 - unmasked_weight) * mask).contiguous()
 
 
 def check_resolution(unet: Any, vae: Vae, resolution: int) -> None:
@@ -122,6 +178,8 @@ class Posterior:
 
     mean: torch.Tensor
     std: torch.Tensor
+    # per-image loss weights at the latents' size ``[B, 1, h, w]`` (masked loss); None: plain
+    weights: torch.Tensor | None = None
 
     def sample(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         import torch
@@ -178,36 +236,64 @@ def batch_loss(unet: Any, scheduler: Any, posterior: Posterior, generator: torch
         latents = posterior.sample(index, generator)
     if noise is None or timesteps is None:
         noise, timesteps = draw_noise(latents, scheduler, generator, noise_offset)
+    pixel_weights = None if posterior.weights is None else posterior.weights[index]
     return diffusion_loss(unet, scheduler, latents, noise, timesteps, context.to(unet.dtype),
-                          snr_gamma)
+                          snr_gamma, pixel_weights)
 
 
 def diffusion_loss(unet: Any, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, context: torch.Tensor, snr_gamma: float = 0.0
-                   ) -> torch.Tensor:
+                   timesteps: torch.Tensor, context: torch.Tensor, snr_gamma: float = 0.0,
+                   pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between the UNet's prediction and the target of the scheduler's prediction
-    type (Min-SNR-γ weighted when ``snr_gamma`` > 0)."""
+    type (Min-SNR-γ weighted when ``snr_gamma`` > 0, masked by ``pixel_weights``)."""
     pred, target = prediction_and_target(unet, scheduler, latents, noise, timesteps, context)
-    return weighted_mse(pred, target, scheduler, timesteps, snr_gamma)
+    return weighted_mse(pred, target, scheduler, timesteps, snr_gamma, pixel_weights)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, scheduler: Any,
-                 timesteps: torch.Tensor, snr_gamma: float = 0.0) -> torch.Tensor:
+                 timesteps: torch.Tensor, snr_gamma: float = 0.0,
+                 pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The scripts' loss: the mean MSE, or with ``snr_gamma`` > 0 each image's MSE times
-    min(SNR, γ) / SNR (ε-prediction; / (SNR + 1) for v-prediction), then the mean."""
+    min(SNR, γ) / SNR (ε-prediction; / (SNR + 1) for v-prediction), then the mean.
+
+    ``pixel_weights`` ``[B, 1, h, w]`` (a masked loss) makes each image's MSE the
+    weighted mean over its latent pixels: a small subject counts as much as a large one.
+    """
     import torch
-    import torch.nn.functional as F
 
     if not snr_gamma:
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+        return masked_mse(pred, target, pixel_weights)
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(scheduler, timesteps)
     weights = torch.clamp(snr, max=snr_gamma)
     weights = weights / (snr + 1 if scheduler.config.prediction_type == "v_prediction"
                          else snr)
+    return (per_image_mse(pred, target, pixel_weights) * weights).mean()
+
+
+def per_image_mse(pred: torch.Tensor, target: torch.Tensor,
+                  pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image's MSE ``[B]``: the mean over its elements, or with ``pixel_weights``
+    ``[B, 1, h, w]`` the weighted mean (what the weights leave out counts less)."""
+    import torch.nn.functional as F
+
     loss = F.mse_loss(pred.float(), target.float(), reduction="none")
-    return (loss.mean(dim=list(range(1, loss.dim()))) * weights).mean()
+    dims = list(range(1, loss.dim()))
+    if pixel_weights is None:
+        return loss.mean(dim=dims)
+    w = pixel_weights.to(loss)
+    return (loss * w).mean(dim=dims) / w.mean(dim=dims)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor,
+               pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The scripts' mean MSE, or the mean of each image's weighted MSE (a masked loss)."""
+    import torch.nn.functional as F
+
+    if pixel_weights is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    return per_image_mse(pred, target, pixel_weights).mean()
 
 
 def tokenize(tokenizer: Any, captions: list[str], device: Any) -> torch.Tensor:
@@ -375,13 +461,20 @@ def optimise(ctx: ExecutionContext, settings: TrainSettings, step: Callable[[], 
 
 
 def run_key(kind: str, params: dict[str, Any], images: torch.Tensor, captions: list[str],
-            base_hash: str, patches: Iterable[Any] = ()) -> str:
-    """A digest of everything a run's result depends on: its checkpoint's file name."""
+            base_hash: str, patches: Iterable[Any] = (),
+            tensors: Iterable[torch.Tensor | None] = ()) -> str:
+    """A digest of everything a run's result depends on: its checkpoint's file name.
+    ``tensors``: other tensor inputs (a loss mask), None where absent."""
     import torch
 
     digest = hashlib.sha256(json.dumps([kind, params, captions], sort_keys=True,
                                        default=str).encode())
     digest.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    for tensor in tensors:
+        digest.update(b"none" if tensor is None else str(tuple(tensor.shape)).encode())
+        if tensor is not None:
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+                          .tobytes())
     digest.update(base_hash.encode())
     digest.update(patches_digest(patches).encode())
     return digest.hexdigest()[:32]

@@ -247,9 +247,10 @@ class CustomDiffusionTraining:
         pred, target = tc.prediction_and_target(self.model.unet, self.scheduler, latents,
                                                 noise, timesteps, self.encode(rows))
         n = len(index)
-        # The script's masked loss, (mse * mask).sum / mask.sum with a one-channel mask of
-        # ones: the mean over pixels of the sum over latent channels (channels x the mean).
-        loss = latents.shape[1] * F.mse_loss(pred[:n].float(), target[:n].float())
+        # The script's masked loss, (mse * mask).sum / mask.sum with a one-channel mask (of
+        # ones without a loss_mask): per image, channels x the weighted mean over pixels.
+        weights = None if self.posterior.weights is None else self.posterior.weights[rows[:n]]
+        loss = latents.shape[1] * tc.masked_mse(pred[:n], target[:n], weights)
         if self.prior_loss_weight is not None:
             loss = loss + self.prior_loss_weight * F.mse_loss(pred[n:].float(),
                                                               target[n:].float())
@@ -296,7 +297,8 @@ def custom_diffusion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae
                               images: torch.Tensor, captions: list[str],
                               spec: CustomDiffusionSpec, settings: tc.TrainSettings,
                               prior: PriorPreservation | None = None,
-                              class_images: torch.Tensor | None = None
+                              class_images: torch.Tensor | None = None,
+                              loss_mask: tc.LossMask | None = None
                               ) -> Iterator[CustomDiffusionTraining]:
     """Set up a run: base weights frozen (with the handles' patches applied), the trained
     copies hooked in, gradient checkpointing as asked; all undone on exit."""
@@ -343,6 +345,8 @@ def custom_diffusion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae
         context = None
         with torch.no_grad():
             posterior = tc.encode_posterior(vae, pixels)
+            if loss_mask is not None:
+                posterior = loss_mask.applied(posterior, images, settings.resolution)
             if table is None:  # nothing in the text encoder trains: encode once
                 context = encoder(ids)[0]
         if table is not None:
@@ -367,7 +371,8 @@ def train_custom_diffusion(ctx: ExecutionContext, model: DiffusionModel, clip: T
                            prior: PriorPreservation | None = None,
                            class_images: torch.Tensor | None = None,
                            checkpoint: Path | None = None,
-                           sample: TrainingSample | None = None
+                           sample: TrainingSample | None = None,
+                           loss_mask: tc.LossMask | None = None
                            ) -> tuple[CrossAttentionWeights, TextEncoder, torch.Tensor | None,
                                       list[float]]:
     """Train (resuming from ``checkpoint`` when an interrupted run left one); the trained
@@ -375,7 +380,7 @@ def train_custom_diffusion(ctx: ExecutionContext, model: DiffusionModel, clip: T
     import torch
 
     with custom_diffusion_training(model, clip, vae, images, captions, spec, settings,
-                                   prior, class_images) as run:
+                                   prior, class_images, loss_mask) as run:
         order = tc.BatchOrder(run.dataset_size, settings.batch_size, run.generator)
         params = run.layers.parameters()
 

@@ -123,7 +123,8 @@ class DreamBoothTraining:
             noise, timesteps = tc.draw_noise(latents, self.scheduler, self.generator)
         pred, target = tc.prediction_and_target(self.unet, self.scheduler, latents, noise,
                                                 timesteps, self.encode(rows))
-        loss = prior_loss(pred, target, self.prior_loss_weight)
+        weights = None if self.posterior.weights is None else self.posterior.weights[rows]
+        loss = prior_loss(pred, target, self.prior_loss_weight, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
         self.optimizer.step()
@@ -142,10 +143,12 @@ def dreambooth_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
                         images: torch.Tensor, captions: list[str], settings: tc.TrainSettings,
                         train_text_encoder: bool = False,
                         prior: PriorPreservation | None = None,
-                        class_images: torch.Tensor | None = None
+                        class_images: torch.Tensor | None = None,
+                        loss_mask: tc.LossMask | None = None
                         ) -> Iterator[DreamBoothTraining]:
     """Set up a run on copies of the UNet (and text encoder); on exit the copies are in
-    eval mode without gradients, ready to sample with."""
+    eval mode without gradients, ready to sample with. ``loss_mask`` weights the
+    instances' loss per pixel (a masked loss)."""
     import torch
 
     from nodes.diffusion.lora import patched
@@ -173,6 +176,8 @@ def dreambooth_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
         context = None
         with torch.no_grad():
             posterior = tc.encode_posterior(vae, pixels)
+            if loss_mask is not None:
+                posterior = loss_mask.applied(posterior, images, settings.resolution)
             if not train_text_encoder:
                 with patched(encoder, clip.patches):
                     context = encoder(ids)[0].float()
@@ -197,7 +202,8 @@ def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEnc
                      settings: tc.TrainSettings, train_text_encoder: bool = False,
                      prior: PriorPreservation | None = None,
                      class_images: torch.Tensor | None = None,
-                     checkpoint: Path | None = None, sample: TrainingSample | None = None
+                     checkpoint: Path | None = None, sample: TrainingSample | None = None,
+                     loss_mask: tc.LossMask | None = None
                      ) -> tuple[Any, Any | None, list[float]]:
     """Train for ``settings.steps`` steps (resuming from ``checkpoint`` when an interrupted
     run left one); the trained UNet, the trained text encoder (None when frozen) and the
@@ -205,7 +211,7 @@ def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEnc
     import torch
 
     with dreambooth_training(model, clip, vae, images, captions, settings,
-                             train_text_encoder, prior, class_images) as run:
+                             train_text_encoder, prior, class_images, loss_mask) as run:
         order = tc.BatchOrder(run.dataset_size, settings.batch_size, run.generator)
 
         def state() -> dict[str, Any]:

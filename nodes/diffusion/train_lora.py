@@ -210,10 +210,11 @@ class LoraTraining:
 
 @contextmanager
 def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: torch.Tensor,
-                  captions: list[str], spec: LoraSpec, settings: tc.TrainSettings
-                  ) -> Iterator[LoraTraining]:
+                  captions: list[str], spec: LoraSpec, settings: tc.TrainSettings,
+                  loss_mask: tc.LossMask | None = None) -> Iterator[LoraTraining]:
     """Set up a run: frozen base weights (with the handles' own LoRA patches applied),
-    LoRA hooks on, gradient checkpointing as asked; all undone on exit."""
+    LoRA hooks on, gradient checkpointing as asked; all undone on exit. ``loss_mask``
+    weights the loss per pixel (a masked loss)."""
     import torch
 
     from nodes.diffusion.lora import patched
@@ -227,6 +228,8 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
         stack.enter_context(patched(unet, model.patches))
         stack.enter_context(patched(encoder, clip.patches))
         posterior = tc.encode_posterior(vae, pixels)
+        if loss_mask is not None:
+            posterior = loss_mask.applied(posterior, images, settings.resolution)
         names = target_names(unet, spec.unet_targets)
         if not names:
             raise ValueError(f"no UNet module matches target_modules "
@@ -254,14 +257,15 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
 def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, vae: Vae,
                images: torch.Tensor, captions: list[str], spec: LoraSpec,
                settings: tc.TrainSettings, checkpoint: Path | None = None, *,
-               sample: TrainingSample | None = None
+               sample: TrainingSample | None = None, loss_mask: tc.LossMask | None = None
                ) -> tuple[LoraLayers, LoraLayers | None, list[float]]:
     """Train for ``settings.steps`` steps (resuming from ``checkpoint`` when an interrupted
     run left one); the trained layers and the loss per step. With ``sample``, an image is
     drawn with the LoRA as it is every ``sample.every`` steps (``train_preview``)."""
     import torch
 
-    with lora_training(model, clip, vae, images, captions, spec, settings) as run:
+    with lora_training(model, clip, vae, images, captions, spec, settings,
+                       loss_mask) as run:
         order = tc.BatchOrder(images.shape[0], settings.batch_size, run.generator)
         params = run.unet_layers.parameters() + (
             run.text_layers.parameters() if run.text_layers else [])

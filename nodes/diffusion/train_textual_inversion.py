@@ -181,9 +181,10 @@ class InversionTraining:
 @contextmanager
 def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
                        images: torch.Tensor, captions: list[str], placeholder: str,
-                       initializer: str, num_vectors: int, settings: tc.TrainSettings
-                       ) -> Iterator[InversionTraining]:
-    """Set up a run (captions must contain ``placeholder``; it stands for all the vectors)."""
+                       initializer: str, num_vectors: int, settings: tc.TrainSettings,
+                       loss_mask: tc.LossMask | None = None) -> Iterator[InversionTraining]:
+    """Set up a run (captions must contain ``placeholder``; it stands for all the vectors);
+    ``loss_mask`` weights the loss per pixel (a masked loss)."""
     import torch
 
     from nodes.diffusion.lora import patched
@@ -204,6 +205,9 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     tc.check_resolution(model.unet, vae, settings.resolution)
     pixels = tc.prepare_pixels(images, settings.resolution)
+    posterior = tc.encode_posterior(vae, pixels)
+    if loss_mask is not None:
+        posterior = loss_mask.applied(posterior, images, settings.resolution)
     encoder = trained.text_encoder
     table = encoder.get_input_embeddings().weight
     optimizer = tc.make_optimizer([table], settings.learning_rate)
@@ -218,7 +222,7 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
         stack.enter_context(tc.unet_checkpointing(model.unet, settings.gradient_checkpointing))
         yield InversionTraining(
             model=model, clip=trained, token_ids=token_ids,
-            posterior=tc.encode_posterior(vae, pixels),
+            posterior=posterior,
             ids=tc.tokenize(trained.tokenizer, expanded, encoder.device),
             scheduler=tc.noise_scheduler(model.scheduler_config),
             optimizer=optimizer, original=table.detach().clone(), generator=generator,
@@ -229,7 +233,8 @@ def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: 
                             vae: Vae, images: torch.Tensor, captions: list[str],
                             placeholder: str, initializer: str, num_vectors: int,
                             settings: tc.TrainSettings, checkpoint: Path | None = None, *,
-                            sample: TrainingSample | None = None
+                            sample: TrainingSample | None = None,
+                            loss_mask: tc.LossMask | None = None
                             ) -> tuple[TextEncoder, torch.Tensor, list[float]]:
     """Train (resuming from ``checkpoint`` when an interrupted run left one); the new CLIP
     handle, the learned vectors and the loss per step. With ``sample``, an image is drawn
@@ -237,7 +242,7 @@ def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: 
     import torch
 
     with inversion_training(model, clip, vae, images, captions, placeholder, initializer,
-                            num_vectors, settings) as run:
+                            num_vectors, settings, loss_mask) as run:
         order = tc.BatchOrder(images.shape[0], settings.batch_size, run.generator)
         table = run.clip.text_encoder.get_input_embeddings().weight
 
