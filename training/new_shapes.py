@@ -270,8 +270,11 @@ def training_masks(n_prior: int = PRIOR_IMAGES) -> list[tuple[str, np.ndarray]]:
 
 
 if __name__ == "__main__":
-    # python -m training.new_shapes  → workflows/assets/sks_*.png; prints name and caption
+    # python -m training.new_shapes  → workflows/assets/sks_*.png (and their *_mask.png, the
+    # masked loss's subjects); prints name and caption
     assets = Path(__file__).resolve().parents[1] / "workflows" / "assets"
     for name, image, text in training_files():
         Image.fromarray(image).save(assets / name, optimize=True)
         print(name, text)
+    for name, mask in training_masks():
+        Image.fromarray(mask).save(assets / name, optimize=True)
