@@ -1,5 +1,6 @@
-"""Conditioning Concat and Conditioning Average: ComfyUI's core nodes that merge two
-prompts' text states into one conditioning (same node ids, inputs, defaults and bounds).
+"""Conditioning Concat, Conditioning Average and Conditioning Set Timestep Range:
+ComfyUI's core nodes (same node ids, inputs, defaults and bounds) that merge two prompts'
+text states into one conditioning, or limit a prompt to part of the schedule.
 
 Both read only the first entry of ``conditioning_from`` (its token states and, for
 Average, its pooled output; a warning if it has more, as ComfyUI) and apply it to every
@@ -8,9 +9,8 @@ size conditioning, a region's area or mask, its strength, attached techniques
 (ControlNet, SEGA, GLIGEN...); ``conditioning_from``'s are dropped, as in ComfyUI.
 Inputs are never changed: each node returns new entries and new tensors.
 
-ComfyUI's Conditioning Set Timestep Range is not here: Steerflow's sampler has no
-per-entry ``start_percent`` / ``end_percent`` (only ControlNet and CLIP guidance carry
-ranges of their own), so the node would be silently ignored.
+Conditioning Set Timestep Range marks each entry with its range; the sampler's combined
+conditioning (:mod:`nodes.diffusion.combine`) counts an entry only on the steps in it.
 """
 
 from __future__ import annotations
@@ -148,4 +148,46 @@ class ConditioningAverage(Node):
         return pooled_to * weight + pooled_from * (1.0 - weight)
 
 
-NODE_CLASSES = (ConditioningConcat, ConditioningAverage)
+class ConditioningSetTimestepRange(Node):
+    """Use this conditioning only on part of the schedule: from ``start`` to ``end``, as
+    fractions of the noise levels (0 = the first, noisiest step; 1 = the end).
+
+    Prompt switching: encode two prompts, give one 0.0-0.4 and the other 0.4-1.0 and
+    join them with Conditioning (Combine): the first lays out the picture (the early,
+    noisy steps decide composition), the second fills in its details. Ranges are read on
+    the noise level, as ComfyUI's: they hold for any step count, and KSamplerAdvanced's
+    start_at_step / end_at_step sub-runs read the whole schedule's. Every step needs some
+    prompt on each side: ranges that leave a gap are an error before sampling starts.
+    """
+
+    TYPE = "ConditioningSetTimestepRange"
+    DISPLAY_NAME = "Conditioning Set Timestep Range"
+    CATEGORY = "conditioning"
+    OUTPUTS = (Output("CONDITIONING"),)
+
+    conditioning: Conditioning = Input(type="CONDITIONING")
+    start: float = Input(0.0, min=0.0, max=1.0, step=0.001,
+                         description="Fraction of the schedule where the prompt starts to act")
+    end: float = Input(1.0, min=0.0, max=1.0, step=0.001,
+                       description="Fraction of the schedule where it stops")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Any) -> list[tuple[str | None, str]]:
+        start, end = inputs.get("start"), inputs.get("end")
+        if isinstance(start, int | float) and isinstance(end, int | float) and start > end:
+            return [("end", f"end ({end}) is before start ({start}): the prompt would never "
+                     "act")]
+        return []
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        from nodes.diffusion.combine import TIMESTEP_RANGE
+
+        if not self.conditioning.entries:
+            raise ValueError(f"{self.TYPE}: the conditioning is empty: link a prompt's "
+                             "conditioning")
+        span = (float(self.start), float(self.end))
+        return (Conditioning(tuple(CondEntry(e.embeds, {**e.options, TIMESTEP_RANGE: span})
+                                   for e in self.conditioning.entries)),)
+
+
+NODE_CLASSES = (ConditioningConcat, ConditioningAverage, ConditioningSetTimestepRange)

@@ -226,3 +226,101 @@ def test_api_prompt_encodes_merges_and_samples(session):
 def test_api_prompt_refuses_strength_out_of_bounds(session):
     with pytest.raises(PromptValidationError):
         session.validate(prompt(strength=1.5))
+
+
+# --- Conditioning Set Timestep Range ---------------------------------------------------------
+
+
+def test_timestep_range_reads_the_noise_level_as_comfyui():
+    from nodes.diffusion.combine import active
+
+    # 0-0.5: the noisy first half (timesteps 999 .. 499.5); 0.5-1: the rest
+    assert active((0.0, 0.5), 999, 1000) and active((0.0, 0.5), 499.5, 1000)
+    assert not active((0.0, 0.5), 499.4, 1000)
+    assert active((0.5, 1.0), 499.5, 1000) and active((0.5, 1.0), 0, 1000)
+    assert not active((0.5, 1.0), 600, 1000)
+    assert active(None, 3, 1000) and active((0.0, 1.0), 0, 1000)
+    assert not active((0.2, 0.2), 0, 1000) and not active((0.2, 0.2), 999, 1000)
+
+
+def test_set_timestep_range_marks_every_entry_and_keeps_the_rest():
+    from nodes.conditioning_ops import ConditioningSetTimestepRange
+
+    source = cond(CondEntry(states([1.0]), {"strength": 0.5}), CondEntry(states([2.0]), {}))
+    before = snapshot(source)
+    result = out(ConditioningSetTimestepRange, conditioning=source, start=0.2, end=0.7)
+    assert [e.options["timestep_range"] for e in result.entries] == [(0.2, 0.7)] * 2
+    assert result.entries[0].options["strength"] == 0.5
+    assert unchanged(source, before)
+
+
+def timestep_prompt(boundary: float, *, gap: bool = False) -> dict:
+    def encode(text: str) -> dict:
+        return {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["ckpt", 1]}}
+
+    def advanced(positive: list, latent: list, start: int, end: int, first: bool) -> dict:
+        return {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["ckpt", 0], "add_noise": "enable" if first else "disable",
+            "noise_seed": 3, "steps": 10, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": positive, "negative": ["neg", 0],
+            "latent_image": latent, "start_at_step": start, "end_at_step": end,
+            "return_with_leftover_noise": "enable" if first else "disable"}}
+
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple",
+                 "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "a": encode("a red square"),
+        "b": encode("a blue circle"),
+        "neg": encode(""),
+        "ra": {"class_type": "ConditioningSetTimestepRange",
+               "inputs": {"conditioning": ["a", 0], "start": 0.0, "end": boundary}},
+        "rb": {"class_type": "ConditioningSetTimestepRange",
+               "inputs": {"conditioning": ["b", 0], "start": boundary + (0.2 if gap else 0),
+                          "end": 1.0}},
+        "both": {"class_type": "ConditioningCombine",
+                 "inputs": {"conditioning_1": ["ra", 0], "conditioning_2": ["rb", 0]}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": 48, "height": 32, "batch_size": 1}},
+        "switched": advanced(["both", 0], ["latent", 0], 0, 10, True),
+        # the reference: prompt a for the first five steps, then prompt b
+        "first": advanced(["a", 0], ["latent", 0], 0, 5, True),
+        "second": advanced(["b", 0], ["first", 0], 5, 10, False),
+        "c_switched": {"class_type": "TestCapture",
+                       "inputs": {"value": ["switched", 0], "key": "ts_switched"}},
+        "c_ref": {"class_type": "TestCapture",
+                  "inputs": {"value": ["second", 0], "key": "ts_reference"}},
+    }
+
+
+def test_prompts_switch_at_the_timestep_range_boundary(session, tiny_model_paths):
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler.from_pretrained(tiny_model_paths["diffusers"],
+                                                       subfolder="scheduler")
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps.tolist()
+    last = scheduler.config.num_train_timesteps - 1
+    boundary = 1 - (t[4] + t[5]) / 2 / last  # a's range ends between steps 5 and 6
+    result = session.run(timestep_prompt(boundary))
+    assert result.ok, result.run.error
+    switched = CAPTURED.pop("ts_switched").samples
+    reference = CAPTURED.pop("ts_reference").samples
+    print(f"switched vs two-stage reference: {(switched - reference).abs().max():.2e}")
+    assert (switched - reference).abs().max() <= 1e-5
+
+
+def test_a_gap_between_timestep_ranges_is_an_error(session):
+    graph = timestep_prompt(0.4, gap=True)
+    for key in ("first", "second", "c_ref"):
+        graph.pop(key)
+    result = session.run(graph)
+    assert result.run.status == "error"
+    message = result.run.error["exception_message"]
+    assert "no positive prompt is active" in message and "0.6-1" in message
+
+
+def test_timestep_range_end_before_start_is_refused(session):
+    graph = timestep_prompt(0.5)
+    graph["ra"]["inputs"].update(start=0.8, end=0.3)
+    with pytest.raises(PromptValidationError, match="before start"):
+        session.validate(graph)

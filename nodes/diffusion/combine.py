@@ -19,6 +19,12 @@ Regions follow ComfyUI's options and rules:
 * Each area of one side gets a twin on the other with the same area and weight, made
   from the other side's smallest entry that contains it (ComfyUI's
   ``create_cond_with_same_area_if_none``).
+* ``timestep_range`` (start, end) (ConditioningSetTimestepRange): the entry counts only
+  on the steps whose noise level lies in that part of the schedule, as ComfyUI's
+  ``percent_to_sigma``: timestep t with (1 - end)·(T - 1) ≤ t ≤ (1 - start)·(T - 1), T the
+  training timesteps; so ranges that meet (0-0.5, 0.5-1) leave no step without a prompt,
+  and a refiner run (KSamplerAdvanced's start_at_step) reads the whole schedule's ranges.
+  A step where a side has no active entry is an error before sampling starts.
 
 Guidance pairs each positive region with the negative on the same crop (its twin, or the
 negative's whole-canvas prediction for a whole-canvas region) and fuses the pairs with
@@ -34,6 +40,7 @@ is an error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -53,6 +60,9 @@ Box = tuple[int, int, int, int]
 COMFY_FEATHER = 8
 COMFY_NATIVE = 64
 REGION_KEYS = ("area", "mask")
+TIMESTEP_RANGE = "timestep_range"
+#: (start, end) fractions of the schedule
+Span = tuple[float, float]
 
 
 def _strength(options: dict) -> float:
@@ -63,11 +73,30 @@ def has_regions(conditioning: Conditioning) -> bool:
     return any(key in e.options for e in conditioning.entries for key in REGION_KEYS)
 
 
+def _span(options: dict) -> Span | None:
+    span = options.get(TIMESTEP_RANGE)
+    return None if span is None else (float(span[0]), float(span[1]))
+
+
+def active(span: Span | None, timestep: float, num_train_timesteps: int) -> bool:
+    """Whether an entry with timestep range ``span`` counts at ``timestep`` (ComfyUI's
+    ``percent_to_sigma`` bounds, on the timestep: the noise level grows with it)."""
+    if span is None:
+        return True
+    start, end = span
+    last = num_train_timesteps - 1
+    high = math.inf if start <= 0 else (1 - start) * last
+    low = -math.inf if end >= 1 else (1 - end) * last
+    return low <= timestep <= high
+
+
 def combined_extensions(positive: Conditioning, negative: Conditioning
                         ) -> list[SamplerExtension]:
     """The fusion the sampler needs for these conditionings: none for one plain entry each."""
     if (len(positive.entries) > 1 or len(negative.entries) > 1 or has_regions(positive)
-            or has_regions(negative)):
+            or has_regions(negative)
+            or any(TIMESTEP_RANGE in e.options
+                   for e in (*positive.entries, *negative.entries))):
         return [CombinedConditioning(positive, negative)]
     return []
 
@@ -87,6 +116,8 @@ class Region:
     #: a positive region's unconditional partner: the negative region on the same crop
     #: (its index), or None for the negative's whole-canvas prediction
     partner: int | None = None
+    #: the entry's timestep range (None: every step)
+    span: Span | None = None
 
 
 def scaled_pixels(n: int, native: int) -> int:
@@ -178,7 +209,7 @@ def resolve_region(entry: CondEntry, size: tuple[int, int], batch: int, native: 
     else:
         weight += 1.0
     weight = (weight * _strength(options)).expand(batch, 1, height, width)
-    return Region(entry.embeds, weight, box)
+    return Region(entry.embeds, weight, box, span=_span(options))
 
 
 def _mask_bounds(mask: torch.Tensor, size: tuple[int, int], smallest: int) -> Box | None:
@@ -251,6 +282,7 @@ class CombinedConditioning(SamplerExtension):
         if not run.do_cfg:
             raise ValueError("combined conditioning needs classifier-free guidance: "
                              "set cfg above 1")
+        self._check_spans(run)
         if not self.regions:
             return
         batch, _, height, width = run.init_latents.shape
@@ -282,6 +314,27 @@ class CombinedConditioning(SamplerExtension):
                              "the whole image with regions)")
         run.state[self] = state
 
+    def _check_spans(self, run: SamplingRun) -> None:
+        """Every step needs a prompt on each side: refuse timestep ranges with a gap."""
+        total = int(run.scheduler.config.num_train_timesteps)
+        for side, entries in (("positive", self.positive), ("negative", self.negative)):
+            spans = [_span(e.options) for e in entries]
+            if all(span is None for span in spans):
+                continue
+            for i, t in enumerate(run.timesteps.tolist()):
+                if not any(active(span, t, total) for span in spans):
+                    ranges = ", ".join(f"{a:g}-{b:g}" for a, b in
+                                       (span or (0.0, 1.0) for span in spans))
+                    raise ValueError(
+                        f"at step {i + 1} of {len(run.timesteps)} (timestep {t:g}) no "
+                        f"{side} prompt is active: its timestep ranges ({ranges}) leave a "
+                        "gap; combine prompts whose ranges meet (e.g. 0-0.5 and 0.5-1)")
+
+    @staticmethod
+    def _active(run: SamplingRun, step: Step, span: Span | None) -> float:
+        return float(active(span, float(step.timestep),
+                            int(run.scheduler.config.num_train_timesteps)))
+
     def extra_conditions(self, run: SamplingRun) -> Sequence[torch.Tensor]:
         if self.regions:
             return run.state[self].extras
@@ -295,8 +348,8 @@ class CombinedConditioning(SamplerExtension):
         extra = preds.of(self)
         if not self.regions:
             n_pos = len(self.positive) - 1
-            preds.cond = _weighted([preds.cond, *extra[:n_pos]], self.positive)
-            preds.uncond = _weighted([preds.uncond, *extra[n_pos:]], self.negative)
+            preds.cond = weighted(run, step, [preds.cond, *extra[:n_pos]], self.positive)
+            preds.uncond = weighted(run, step, [preds.uncond, *extra[n_pos:]], self.negative)
             return
         state: _RegionState = run.state[self]
         crops = self._crop_predictions(run, step, state)
@@ -308,12 +361,15 @@ class CombinedConditioning(SamplerExtension):
             assert region.box is not None
             return crops[region.box, id(region.embeds)]
 
+        def weight(region: Region) -> torch.Tensor:
+            return region.weight * self._active(run, step, region.span)
+
         def fuse(regions: Sequence[Region]) -> tuple[torch.Tensor, torch.Tensor]:
             total = torch.zeros_like(preds.cond)
             weights = torch.zeros_like(preds.cond[:, :1])
             for region in regions:
-                total = total + region.weight * value(region)
-                weights = weights + region.weight
+                total = total + weight(region) * value(region)
+                weights = weights + weight(region)
             return total / torch.where(weights > 0, weights, torch.ones_like(weights)), weights
 
         cond, w_pos = fuse(state.positive)
@@ -326,7 +382,7 @@ class CombinedConditioning(SamplerExtension):
         paired = torch.zeros_like(cond)
         for region in state.positive:
             partner = whole if region.partner is None else value(state.negative[region.partner])
-            paired = paired + region.weight * partner
+            paired = paired + weight(region) * partner
         paired = paired / torch.where(w_pos > 0, w_pos, torch.ones_like(w_pos))
         preds.cond = torch.where(w_pos > 0, cond, negative)
         preds.uncond = torch.where(w_pos > 0, paired, negative)
@@ -373,10 +429,14 @@ class CombinedConditioning(SamplerExtension):
         run.state.pop(self, None)
 
 
-def _weighted(preds: Sequence[torch.Tensor], entries: Sequence) -> torch.Tensor:
-    if len(preds) == 1:
+def weighted(run: SamplingRun, step: Step, preds: Sequence[torch.Tensor],
+             entries: Sequence[CondEntry]) -> torch.Tensor:
+    """Σ wᵢ predᵢ / Σ wᵢ over one side's entries, wᵢ = strength on the steps in the entry's
+    timestep range, else 0."""
+    weights = [_strength(e.options) * CombinedConditioning._active(run, step, _span(e.options))
+               for e in entries]
+    if len(preds) == 1 and weights[0] > 0:
         return preds[0]
-    weights = [_strength(e.options) for e in entries]
     total = sum(weights)
     if total <= 0:
         raise ValueError("combined conditioning strengths must sum to more than 0")

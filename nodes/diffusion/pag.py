@@ -160,7 +160,7 @@ class PerturbedAttentionGuidance(SamplerExtension):
 
     def guidance(self, run: SamplingRun, step: Step, preds: Predictions,
                  guidance: torch.Tensor) -> torch.Tensor:
-        from nodes.diffusion.combine import _weighted
+        from nodes.diffusion.combine import weighted
 
-        perturbed = _weighted(preds.of(self), run.positive.entries)
+        perturbed = weighted(run, step, preds.of(self), run.positive.entries)
         return guidance + self.scale_at(step.timestep) * (preds.cond - perturbed)
