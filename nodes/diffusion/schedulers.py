@@ -45,6 +45,8 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "uni_pc": ("UniPCMultistepScheduler", {}),
     "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
     "deis": ("DEISMultistepScheduler", {}),
+    # latent consistency: a few steps, each to x0 (with LCM's boundary condition) and back
+    "lcm": ("LCMScheduler", {}),
 }
 
 # scheduler -> extra config
@@ -80,6 +82,7 @@ SCHEDULE_OPTIONS: dict[str, frozenset[str]] = {
     "PNDMScheduler": frozenset({"timestep_spacing"}),
     "UniPCMultistepScheduler": _ALL_OPTIONS,
     "DEISMultistepScheduler": _ALL_OPTIONS,
+    "LCMScheduler": frozenset({"timestep_spacing"}),
 }
 
 
@@ -123,6 +126,13 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
         # one sigma spacing at a time: the checkpoint's own choice gives way
         for key in _SIGMA_OPTIONS:
             config.pop(key, None)
-    if seed is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
+    accepts = inspect.signature(cls.__init__).parameters
+    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in accepts:
+        takes = sorted(name for name, (class_name, _) in SAMPLERS.items() if
+                       "rescale_betas_zero_snr" in inspect.signature(
+                           _scheduler_class(name).__init__).parameters)
+        raise ValueError(f"sampler {sampler_name!r} cannot run a zero-terminal-SNR model "
+                         f"(Model Sampling Discrete's zsnr): use {', '.join(takes)}")
+    if seed is not None and "noise_sampler_seed" in accepts:
         config["noise_sampler_seed"] = int(seed)
     return cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])
