@@ -15,6 +15,7 @@ from typing import Any
 from engine import Environment
 from nodes import (
     attend_excite,
+    checkpoint_save,
     clip_guidance,
     clip_vision,
     conditioning,
@@ -86,6 +87,7 @@ NODE_CLASSES = (
     *sag.NODE_CLASSES,
     *model_editing.NODE_CLASSES,
     *model_merging.NODE_CLASSES,
+    *checkpoint_save.NODE_CLASSES,
     *fabric.NODE_CLASSES,
     *multidiffusion.NODE_CLASSES,
     *pag.NODE_CLASSES,

@@ -13,7 +13,8 @@ from engine import Environment, ExecutionContext, Input, Node, NodeResult, Outpu
 from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
-from nodes.limits import check_image, name_problem
+from nodes.limits import check_image
+from nodes.output_files import glob_escape, prefix_problems
 
 if TYPE_CHECKING:
     import torch
@@ -155,10 +156,6 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
     return results
 
 
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
 class SaveImage(Node):
     """Save images as PNG in the output folder, with the workflow embedded."""
 
@@ -174,15 +171,7 @@ class SaveImage(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        prefix = inputs["filename_prefix"].strip()
-        if problem := name_problem(prefix, len("_00000_.png") + 8):  # counters may grow
-            return [("filename_prefix", problem)]
-        subfolder = prefix.replace("\\", "/").rpartition("/")[0]
-        try:
-            env.folder("output", subfolder) if subfolder else None
-        except ValueError as exc:
-            return [("filename_prefix", str(exc))]
-        return []
+        return prefix_problems(inputs, env, ".png")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         return NodeResult((), {"images": save_images(self.images, ctx, "output",

@@ -10,19 +10,14 @@ Only the samples travel: a noise mask or an inpainting model's extra input does 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
 from engine.paths import PathError
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Latent
-from nodes.image import file_sha256, glob_escape
-from nodes.limits import name_problem
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from nodes.image import file_sha256
+from nodes.output_files import prefix_problems, save_numbered, split_prefix
 
 SUFFIX = ".latent"
 VERSION_KEY = "latent_format_version_0"
@@ -53,15 +48,7 @@ class SaveLatent(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        prefix = str(inputs.get("filename_prefix", "")).strip()
-        if problem := name_problem(prefix, len("_00000_.latent") + 8):
-            return [("filename_prefix", problem)]
-        subfolder = prefix.replace("\\", "/").rpartition("/")[0]
-        try:
-            env.folder("output", subfolder) if subfolder else None
-        except ValueError as exc:
-            return [("filename_prefix", str(exc))]
-        return []
+        return prefix_problems(inputs, env, SUFFIX)
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         import torch
@@ -71,39 +58,16 @@ class SaveLatent(Node):
         if samples.dim() != 4 or 0 in samples.shape:
             raise ValueError(f"Save Latent: samples must be [B, C, h, w], got "
                              f"{tuple(samples.shape)}")
-        prefix = self.filename_prefix.strip() or "latents/Steerflow"
-        subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
-        folder = ctx.env.folder("output", subfolder, create=True) if subfolder \
-            else ctx.env.folder("output", create=True)
+        folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
+                                               "latents/Steerflow")
         metadata = {"prompt": json.dumps(ctx.prompt),
                     "workflow": json.dumps(prompt_to_document(ctx.prompt))}
         tensors = {"latent_tensor": samples.detach().float().cpu().contiguous(),
                    VERSION_KEY: torch.tensor([])}
-        tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
-        save_file(tensors, str(tmp), metadata=metadata)
-        try:
-            path = _claim(folder, stem, tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
+        path = save_numbered(folder, stem, SUFFIX,
+                             lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         entry = {"filename": path.name, "subfolder": subfolder, "type": "output"}
         return NodeResult((), {"latents": [entry]})
-
-
-def _claim(folder: Path, stem: str, written: Path) -> Path:
-    """Give the finished file the next free ``<stem>_NNNNN_.latent`` name: a hard link
-    is atomic and never replaces a file that exists (another save, a user's file)."""
-    import re
-
-    counter = re.compile(r"_(\d{5,})_\.latent$")
-    number = 1 + max((int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_.latent")
-                      if (m := counter.search(p.name))), default=0)
-    while True:
-        path = folder / f"{stem}_{number:05d}_{SUFFIX}"
-        try:
-            os.link(written, path)
-            return path
-        except FileExistsError:
-            number += 1
 
 
 class LoadLatent(Node):

@@ -1,0 +1,83 @@
+"""Checkpoint Save: ComfyUI's node that writes MODEL + CLIP + VAE as one single-file
+checkpoint — what a merge (Model Merge Simple / Blocks / Add / Subtract) or a LoRA
+baked in (Load LoRA) becomes, to load later with Load Checkpoint.
+
+The file is safetensors in the original (LDM) layout that other tools read, with the
+diffusers configs in its metadata (as the training nodes' checkpoints), so Load
+Checkpoint reads it back bit for bit; every LoRA or merge patch on the handles is
+applied to the saved weights. What is not a weight is not saved: techniques attached
+to the MODEL for sampling (SAG, FreeU, ...) and textual-inversion words on the CLIP
+(save those with Train Textual Inversion's embedding file) — the latter is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from engine import Environment, ExecutionContext, Input, Node, NodeResult
+from engine.workflow import prompt_to_document
+from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
+from nodes.output_files import prefix_problems, save_numbered, split_prefix
+
+logger = logging.getLogger(__name__)
+SUFFIX = ".safetensors"
+
+
+class CheckpointSave(Node):
+    """Save MODEL, CLIP and VAE as ``output/<prefix>_00001_.safetensors``, one
+    single-file checkpoint with every LoRA and merge applied to its weights (move it to
+    models/checkpoints/ to load it with Load Checkpoint). SD 1.x and 2.x models."""
+
+    TYPE = "CheckpointSave"
+    DISPLAY_NAME = "Save Checkpoint"
+    CATEGORY = "advanced/model_merging"
+    OUTPUT_NODE = True
+    OUTPUTS = ()
+
+    model: DiffusionModel = Input(type="MODEL")
+    clip: TextEncoder = Input(type="CLIP")
+    vae: Vae = Input(type="VAE")
+    filename_prefix: str = Input("checkpoints/Steerflow",
+                                 description="May contain a subfolder: 'checkpoints/merge'")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return prefix_problems(inputs, env, SUFFIX)
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        from safetensors.torch import save_file
+
+        from nodes.diffusion.lora import patched
+        from nodes.diffusion.train_dreambooth import checkpoint_file
+        from nodes.diffusion.train_textual_inversion import base_tokenizer
+
+        if self.model.family not in ("sd1", "sd2") or self.clip.family not in ("sd1", "sd2"):
+            raise ValueError(f"Save Checkpoint writes SD 1.x and 2.x checkpoints; this model "
+                             f"is {self.model.family}: save it as a diffusers folder instead")
+        if base_tokenizer(self.clip.tokenizer)[1]:
+            raise ValueError("this CLIP knows words added by textual inversion, which a "
+                             "checkpoint file cannot hold: save Load Checkpoint's CLIP and "
+                             "keep the embedding file for the words")
+        if self.model.extensions:
+            logger.warning("Save Checkpoint: the techniques attached to this MODEL for "
+                           "sampling are not weights and are not saved")
+        info = {"saved_by": "CheckpointSave",
+                "workflow": json.dumps(prompt_to_document(ctx.prompt))}
+        with patched(self.model.unet, self.model.patches), \
+                patched(self.clip.text_encoder, self.clip.patches):
+            tensors, metadata = checkpoint_file(
+                self.model.unet, self.vae.vae, self.clip.text_encoder,
+                self.model.scheduler_config, self.model.family, info)
+        metadata["prompt"] = json.dumps(ctx.prompt)
+        folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
+                                               "checkpoints/Steerflow")
+        path = save_numbered(folder, stem, SUFFIX,
+                             lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        entry = {"filename": path.name, "subfolder": subfolder, "type": "output"}
+        return NodeResult((), {"checkpoints": [entry]})
+
+
+NODE_CLASSES = (CheckpointSave,)

@@ -1,0 +1,68 @@
+"""Numbered files in output/ (``<prefix>_00001_.<ext>``), shared by the save nodes:
+the prefix checked at validation, and a write that is atomic and never replaces a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from nodes.limits import name_problem
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from engine import Environment
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def prefix_problems(inputs: dict[str, Any], env: Environment, suffix: str
+                    ) -> list[tuple[str | None, str]]:
+    """Validation of a ``filename_prefix`` input: a safe name whose subfolder lies inside
+    output/ (with room for the counter and ``suffix``)."""
+    prefix = str(inputs.get("filename_prefix", "")).strip()
+    if problem := name_problem(prefix, len(f"_00000_{suffix}") + 8):  # counters may grow
+        return [("filename_prefix", problem)]
+    subfolder = prefix.replace("\\", "/").rpartition("/")[0]
+    try:
+        env.folder("output", subfolder) if subfolder else None
+    except ValueError as exc:
+        return [("filename_prefix", str(exc))]
+    return []
+
+
+def split_prefix(env: Environment, role: str, prefix: str, default: str
+                 ) -> tuple[Path, str, str]:
+    """``(folder, subfolder, stem)`` of a prefix such as ``latents/cat`` (folder created)."""
+    subfolder, _, stem = (prefix.strip() or default).replace("\\", "/").rpartition("/")
+    folder = env.folder(role, subfolder, create=True) if subfolder \
+        else env.folder(role, create=True)
+    return folder, subfolder, stem
+
+
+def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], None]
+                  ) -> Path:
+    """``write`` a temporary file, then give it the next free ``<stem>_NNNNN_<suffix>``
+    name with a hard link: readers never see a half-written file, and a file of that
+    name (another save, a user's) is never replaced."""
+    counter = re.compile(rf"_(\d{{5,}})_{re.escape(suffix)}$")
+    tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
+    try:
+        write(tmp)
+        number = 1 + max((int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_{suffix}")
+                          if (m := counter.search(p.name))), default=0)
+        while True:
+            path = folder / f"{stem}_{number:05d}_{suffix}"
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                number += 1
+    finally:
+        tmp.unlink(missing_ok=True)
