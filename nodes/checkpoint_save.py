@@ -74,8 +74,9 @@ class CheckpointSave(Node):
         metadata["prompt"] = json.dumps(ctx.prompt)
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
                                                "checkpoints/Steerflow")
-        path = save_numbered(folder, stem, SUFFIX,
-                             lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        path, _ = save_numbered(folder, stem, SUFFIX,
+                                lambda tmp: save_file(tensors, str(tmp),
+                                                      metadata=metadata))
         entry = {"filename": path.name, "subfolder": subfolder, "type": "output"}
         return NodeResult((), {"checkpoints": [entry]})
 

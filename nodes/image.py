@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,7 @@ from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
 from nodes.limits import check_image
-from nodes.output_files import glob_escape, prefix_problems
+from nodes.output_files import next_number, prefix_problems, save_numbered, split_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -121,37 +120,26 @@ class LoadImage(Node):
         return image.to(ctx.device), mask.to(ctx.device)
 
 
-_COUNTER = re.compile(r"_(\d{5,})_\.png$")
-
-
 def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: str
                 ) -> list[dict[str, str]]:
-    """Write PNGs with the prompt and workflow embedded; returns UI file entries."""
+    """Write PNGs with the prompt and workflow embedded (each atomically, under the next
+    free number); returns UI file entries."""
     from PIL import PngImagePlugin
 
-    prefix = prefix.strip() or "Steerflow"
-    subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
-    folder = ctx.env.folder(role, subfolder, create=True) if subfolder else ctx.env.folder(
-        role, create=True)
+    folder, subfolder, stem = split_prefix(ctx.env, role, prefix, "Steerflow")
     info = PngImagePlugin.PngInfo()
     info.add_text("prompt", json.dumps(ctx.prompt))
     pnginfo = dict(ctx.extra.get("extra_pnginfo") or {})
     pnginfo.setdefault("workflow", prompt_to_document(ctx.prompt))
     for key, value in pnginfo.items():
         info.add_text(str(key), json.dumps(value))
-    counter = 1 + max((int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_.png")
-                       if (m := _COUNTER.search(p.name))), default=0)
+    number = next_number(folder, stem, ".png")
     results = []
     for img in image_to_pil(images):
-        while True:
-            path = folder / f"{stem}_{counter:05d}_.png"
-            counter += 1
-            try:
-                with path.open("xb") as fh:  # exclusive: never overwrite a user's file
-                    img.save(fh, format="PNG", pnginfo=info, compress_level=4)
-                break
-            except FileExistsError:
-                continue
+        path, number = save_numbered(
+            folder, stem, ".png",
+            lambda tmp, img=img: img.save(tmp, format="PNG", pnginfo=info, compress_level=4),
+            number)
         results.append({"filename": path.name, "subfolder": subfolder, "type": role})
     return results
 

@@ -64,8 +64,9 @@ class SaveLatent(Node):
                     "workflow": json.dumps(prompt_to_document(ctx.prompt))}
         tensors = {"latent_tensor": samples.detach().float().cpu().contiguous(),
                    VERSION_KEY: torch.tensor([])}
-        path = save_numbered(folder, stem, SUFFIX,
-                             lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        path, _ = save_numbered(folder, stem, SUFFIX,
+                                lambda tmp: save_file(tensors, str(tmp),
+                                                      metadata=metadata))
         entry = {"filename": path.name, "subfolder": subfolder, "type": "output"}
         return NodeResult((), {"latents": [entry]})
 

@@ -46,23 +46,42 @@ def split_prefix(env: Environment, role: str, prefix: str, default: str
     return folder, subfolder, stem
 
 
-def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], None]
-                  ) -> Path:
-    """``write`` a temporary file, then give it the next free ``<stem>_NNNNN_<suffix>``
-    name with a hard link: readers never see a half-written file, and a file of that
-    name (another save, a user's) is never replaced."""
+def next_number(folder: Path, stem: str, suffix: str) -> int:
+    """One past the highest ``<stem>_NNNNN_<suffix>`` counter in ``folder`` (1 if none)."""
     counter = re.compile(rf"_(\d{{5,}})_{re.escape(suffix)}$")
+    return 1 + max((int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_{suffix}")
+                    if (m := counter.search(p.name))), default=0)
+
+
+def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], None],
+                  number: int | None = None) -> tuple[Path, int]:
+    """``write`` a temporary file, then give it the first free ``<stem>_NNNNN_<suffix>``
+    name from ``number`` (default: :func:`next_number`) with a hard link: readers never
+    see a half-written file, and a file of that name (another save, a user's) is never
+    replaced. Returns the path and the number after it (for the next file of a batch)."""
     tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
     try:
         write(tmp)
-        number = 1 + max((int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_{suffix}")
-                          if (m := counter.search(p.name))), default=0)
+        if number is None:
+            number = next_number(folder, stem, suffix)
         while True:
             path = folder / f"{stem}_{number:05d}_{suffix}"
             try:
-                os.link(tmp, path)
-                return path
+                _claim(tmp, path)
+                return path, number + 1
             except FileExistsError:
                 number += 1
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _claim(tmp: Path, path: Path) -> None:
+    """``tmp`` becomes ``path``; FileExistsError if ``path`` exists. A hard link where the
+    file system has them; elsewhere the name is reserved (O_EXCL) and replaced."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network mounts)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.replace(tmp, path)

@@ -100,3 +100,19 @@ def test_names_outside_the_folders_are_refused(session):
         session.validate(load_prompt("../escape.latent", "x"))
     with pytest.raises(PromptValidationError):
         session.validate(save_prompt("../../outside/x"))
+
+
+def test_saves_work_without_hard_links_and_never_replace_a_file(tmp_path, monkeypatch):
+    from nodes import output_files
+
+    (tmp_path / "x_00001_.bin").write_text("a user's file")
+
+    def no_links(src, dst):
+        raise PermissionError("no hard links on this file system")
+
+    monkeypatch.setattr(output_files.os, "link", no_links)
+    path, after = output_files.save_numbered(tmp_path, "x", ".bin",
+                                             lambda tmp: tmp.write_text("new"), number=1)
+    assert path.name == "x_00002_.bin" and after == 3 and path.read_text() == "new"
+    assert (tmp_path / "x_00001_.bin").read_text() == "a user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_00001_.bin", "x_00002_.bin"]
