@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from engine import ExecutionContext, Input, Node, Output
+from nodes.conditioning import ConditioningSetStrength
 from nodes.diffusion.handles import CondEntry, Conditioning
 
 if TYPE_CHECKING:
@@ -190,4 +191,13 @@ class ConditioningSetTimestepRange(Node):
                                    for e in self.conditioning.entries)),)
 
 
-NODE_CLASSES = (ConditioningConcat, ConditioningAverage, ConditioningSetTimestepRange)
+class ConditioningSetAreaStrength(ConditioningSetStrength):
+    """ComfyUI's name for Conditioning Set Strength: the weight of these entries where
+    they overlap other prompts (areas, masks, Conditioning Combine)."""
+
+    TYPE = "ConditioningSetAreaStrength"
+    DISPLAY_NAME = "Conditioning Set Area Strength"
+
+
+NODE_CLASSES = (ConditioningConcat, ConditioningAverage, ConditioningSetTimestepRange,
+                ConditioningSetAreaStrength)

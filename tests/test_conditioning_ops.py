@@ -324,3 +324,11 @@ def test_timestep_range_end_before_start_is_refused(session):
     graph["ra"]["inputs"].update(start=0.8, end=0.3)
     with pytest.raises(PromptValidationError, match="before start"):
         session.validate(graph)
+
+
+def test_set_area_strength_is_comfyuis_name_for_set_strength():
+    from nodes.conditioning_ops import ConditioningSetAreaStrength
+
+    source = cond(CondEntry(states([1.0]), {"area": (8, 8, 0, 0)}))
+    result = out(ConditioningSetAreaStrength, conditioning=source, strength=2.5)
+    assert result.entries[0].options == {"area": (8, 8, 0, 0), "strength": 2.5}
