@@ -28,7 +28,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import Conditioning, InpaintCondition, Latent, Tensor, Vae
+from nodes.diffusion.handles import (
+    Conditioning,
+    DiffusionModel,
+    InpaintCondition,
+    Latent,
+    Tensor,
+    Vae,
+)
 from nodes.latent import encode
 from nodes.masks import MAX_PIXELS, dilate
 
@@ -319,5 +326,32 @@ class ImageCompositeMasked(Node):
         return (dest,)
 
 
+class DifferentialDiffusion(Node):
+    """Make a soft noise mask an amount of change per pixel: where the mask is 0.3 the
+    picture is regenerated over only the last 30% of the steps, where it is 1 over all of
+    them, where it is 0 never (Levin & Fried's Differential Diffusion, ComfyUI's node).
+
+    Put it on the MODEL of an inpainting or img2img run whose latent has a soft mask
+    (Set Latent Noise Mask, or InpaintModelConditioning with a feathered mask: Feather
+    Mask, Mask Blur, or a gradient): edges blend without a seam. A hard 0/1 mask behaves
+    as without it. ``strength`` below 1 mixes the per-step threshold with the soft mask.
+    """
+
+    TYPE = "DifferentialDiffusion"
+    DISPLAY_NAME = "Differential Diffusion"
+    CATEGORY = "_for_testing"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    strength: float = Input(1.0, min=0.0, max=1.0, step=0.0001, optional=True,
+                            description="1: the per-step threshold alone; lower mixes in "
+                            "the soft mask")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.differential_diffusion import DifferentialDiffusion as Extension
+
+        return (self.model.with_extension(Extension(float(self.strength))),)
+
+
 NODE_CLASSES = (SetLatentNoiseMask, VAEEncodeForInpaint, InpaintModelConditioning,
-                ImagePadForOutpaint, ImageCompositeMasked)
+                DifferentialDiffusion, ImagePadForOutpaint, ImageCompositeMasked)

@@ -400,3 +400,46 @@ def test_workflow_runs(models_dir, tmp_path):
     assert result.ok, result.run.error
     (png,) = result.image_paths
     assert Image.open(png).size == (SIZE, SIZE)
+
+
+# --- Differential Diffusion -------------------------------------------------------------
+
+
+def with_differential_diffusion(prompt: dict, strength: float = 1.0) -> dict:
+    prompt["30"] = {"class_type": "DifferentialDiffusion",
+                    "inputs": {"model": ["1", 0], "strength": strength}}
+    prompt["20"]["inputs"]["model"] = ["30", 0]
+    return prompt
+
+
+def test_differential_diffusion_thresholds_the_mask_each_step():
+    from types import SimpleNamespace
+
+    from nodes.diffusion.differential_diffusion import DifferentialDiffusion
+
+    run_ = SimpleNamespace(timesteps=torch.tensor([800.0, 600.0, 400.0, 200.0]))
+    mask = torch.tensor([0.0, 0.2, 0.5, 0.76, 1.0]).view(1, 1, 1, 5)
+    dd = DifferentialDiffusion()
+    # at timestep 600 the threshold is 600 / 800 = 0.75: only 0.76 and 1 are repainted
+    assert dd.noise_mask(run_, 600.0, mask).flatten().tolist() == [0, 0, 0, 1, 1]
+    assert dd.noise_mask(run_, 200.0, mask).flatten().tolist() == [0, 0, 1, 1, 1]
+    half = DifferentialDiffusion(0.5).noise_mask(run_, 600.0, mask)
+    assert torch.allclose(half, 0.5 * torch.tensor([0, 0, 0, 1, 1.0]) + 0.5 * mask)
+    assert torch.equal(DifferentialDiffusion(0.0).noise_mask(run_, 600.0, mask), mask)
+
+
+def test_differential_diffusion_with_a_hard_mask_changes_nothing(session):
+    _, plain = run(session, noise_mask_prompt("ddim", 1.0))
+    _, dd = run(session, with_differential_diffusion(noise_mask_prompt("ddim", 1.0)))
+    assert torch.allclose(dd, plain, atol=1e-6)
+
+
+def test_differential_diffusion_repaints_a_soft_mask_by_its_value(session):
+    _, soft = run(session, noise_mask_prompt("euler", 1.0, mask_file="soft.png"))
+    _, dd = run(session, with_differential_diffusion(
+        noise_mask_prompt("euler", 1.0, mask_file="soft.png")))
+    _, init = run(session, noise_mask_prompt("euler", 0.0, mask_file="soft.png"))
+    grid = torch.from_numpy(blurred_mask())[None, None, ::8, ::8]
+    outside, partial = grid[0, 0] == 0, (grid[0, 0] > 0.05) & (grid[0, 0] < 0.95)
+    assert torch.equal(dd[..., outside], init[..., outside])  # mask 0: never repainted
+    assert partial.any() and not torch.allclose(dd[..., partial], soft[..., partial])

@@ -165,6 +165,11 @@ class SamplerExtension:
     def post_step(self, run: Any, step: Step, latents: torch.Tensor) -> torch.Tensor:
         return latents
 
+    def noise_mask(self, run: Any, timestep: float, mask: torch.Tensor) -> torch.Tensor:
+        """Reshape the LATENT's noise mask (``[B, 1, h, w]``, 1 = repaint) used where the
+        latent is noised to ``timestep`` (Differential Diffusion); by default unchanged."""
+        return mask
+
     def results(self, run: Any) -> Mapping[str, torch.Tensor]:
         """Named tensors about this run for nodes downstream (the sampled LATENT carries
         them, see ``Latent.extension_results``); called after the last step only."""

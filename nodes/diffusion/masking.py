@@ -96,8 +96,18 @@ class NoiseMaskBlend(SamplerExtension):
         return proper
 
     def post_step(self, run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
-        mask = run.state[self]
+        mask = self.mask_at(run, step)
         return (1 - mask) * self.kept(run, step) + mask * latents
+
+    def mask_at(self, run: SamplingRun, step: Step) -> torch.Tensor:
+        """The mask for the blend after ``step``, as the run's extensions shape it for the
+        timestep the latent is noised to (the next; after the last step, its own)."""
+        mask = run.state[self]
+        last = step.index >= step.total - 1
+        timestep = float(step.timestep if last else run.timesteps[step.index + 1])
+        for ext in run.extensions:
+            mask = ext.noise_mask(run, timestep, mask)
+        return mask
 
     def teardown(self, run: SamplingRun) -> None:
         run.state.pop(self, None)
