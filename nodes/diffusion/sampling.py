@@ -64,18 +64,30 @@ class SamplingParams:
     start_step: int = 0
     end_step: int | None = None
     add_noise: bool = True
+    # SDTurboScheduler: explicit timesteps (``steps`` is their count) instead of the
+    # scheduler's spacing; ``denoise`` < 1 then only says they start below the top, so
+    # the input latent is noised to the first of them (the window still applies).
+    timesteps: tuple[int, ...] | None = None
 
 
 def prepare_timesteps(
     scheduler: Any, steps: int, denoise: float, device: torch.device,
     start_step: int = 0, end_step: int | None = None,
+    custom_timesteps: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Set the schedule and keep its last ``denoise`` fraction (img2img's strength),
-    or the window ``[start_step, end_step)`` of it.
+    or the window ``[start_step, end_step)`` of it. ``custom_timesteps`` replaces the
+    scheduler's spacing (``denoise`` is then already in them and cuts nothing).
 
     Returns the timesteps to run and the index of the first one.
     """
-    scheduler.set_timesteps(steps, device=device)
+    if custom_timesteps is not None:
+        from nodes.diffusion.sigma_schedules import set_custom_timesteps
+
+        set_custom_timesteps(scheduler, custom_timesteps, device)
+        denoise = 1.0
+    else:
+        scheduler.set_timesteps(steps, device=device)
     if denoise >= 1.0 and start_step <= 0 and end_step is None:
         return scheduler.timesteps, 0
     t_start = max(start_step, 0)
@@ -300,7 +312,8 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     # The noise comes from a CPU generator so a seed gives the same image on any device.
     generator = torch.Generator("cpu").manual_seed(params.seed)
     timesteps, t_start = prepare_timesteps(scheduler, params.steps, params.denoise, device,
-                                           params.start_step, params.end_step)
+                                           params.start_step, params.end_step,
+                                           params.timesteps)
     init_latents = latent.samples.to(device=device, dtype=dtype)
     latents, noise = initial_latents(scheduler, latent, timesteps, params.denoise, generator,
                                      device, dtype, params.start_step, params.add_noise)

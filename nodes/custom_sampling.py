@@ -1,0 +1,339 @@
+"""ComfyUI's custom sampling nodes (same node ids, inputs, defaults and bounds).
+
+KSampler's choices become separate values: a SAMPLER (KSamplerSelect), a schedule
+SIGMAS (BasicScheduler, SDTurboScheduler, split with SplitSigmas), a NOISE (RandomNoise,
+DisableNoise) and a GUIDER (BasicGuider, CFGGuider), which SamplerCustom or
+SamplerCustomAdvanced run.
+
+A SIGMAS value is a recipe (:class:`nodes.diffusion.sigma_schedules.SigmaSchedule`),
+not a tensor: the samplers run it through KSampler's loop and diffusers' schedulers, so
+BasicScheduler + SamplerCustom equals KSampler, and SplitSigmas' two halves equal
+KSamplerAdvanced's start/end steps. Where this differs from ComfyUI:
+
+- BasicScheduler's ``denoise`` is KSampler's here (diffusers' img2img strength: 20 steps
+  at 0.5 run the last 10 of a 20-step schedule); ComfyUI runs 20 steps over the low-noise
+  end of a 40-step schedule.
+- An empty window (a split at its end, denoise 0) returns the latent unchanged.
+- SDTurboScheduler's timesteps run only with samplers whose diffusers scheduler takes
+  custom timesteps (euler, euler_ancestral, heun, dpmpp_2m, ddpm, lcm, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from engine import ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
+from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES
+from nodes.diffusion.sigma_schedules import SigmaSchedule, turbo_timesteps
+from nodes.sampling import step_reporter
+from nodes.sampling_advanced import FinalDenoise
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """SAMPLER: one of KSampler's sampler names."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class NoiseSource:
+    """NOISE: the initial noise's seed, or none (``add`` False: the latent is already
+    noisy at the schedule's first step)."""
+
+    seed: int = 0
+    add: bool = True
+
+
+@dataclass(frozen=True)
+class Guider:
+    """GUIDER: the model and prompts to sample with, and the guidance scale (<= 1: the
+    positive prompt alone, one UNet pass a step)."""
+
+    model: DiffusionModel
+    positive: Conditioning
+    negative: Conditioning
+    cfg: float
+
+
+# --- samplers and schedules -------------------------------------------------------------------
+
+
+class KSamplerSelect(Node):
+    """Pick a sampler (KSampler's ``sampler_name`` list) for SamplerCustom."""
+
+    TYPE = "KSamplerSelect"
+    DISPLAY_NAME = "KSamplerSelect"
+    CATEGORY = "sampling/custom_sampling/samplers"
+    OUTPUTS = (Output("SAMPLER"),)
+
+    sampler_name: str = Input("euler", choices=tuple(SAMPLERS))
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SamplerChoice]:
+        return (SamplerChoice(self.sampler_name),)
+
+
+class BasicScheduler(Node):
+    """The schedule KSampler would run: ``steps`` steps spaced by ``scheduler``.
+
+    ``denoise`` < 1 keeps the last ``int(steps * denoise)`` of them (KSampler's img2img
+    strength; ComfyUI instead runs ``steps`` steps of a longer schedule).
+    """
+
+    TYPE = "BasicScheduler"
+    DISPLAY_NAME = "BasicScheduler"
+    CATEGORY = "sampling/custom_sampling/schedulers"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    scheduler: str = Input("normal", choices=tuple(SCHEDULES))
+    steps: int = Input(20, min=1, max=10000)
+    denoise: float = Input(1.0, min=0.0, max=1.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        start = 0
+        if self.denoise < 1.0:  # as prepare_timesteps cuts KSampler's schedule
+            start = self.steps - min(int(self.steps * self.denoise), self.steps)
+        return (SigmaSchedule(dict(self.model.scheduler_config), self.scheduler, self.steps,
+                              start=start),)
+
+
+class SDTurboScheduler(Node):
+    """SD-Turbo / SDXL-Turbo's schedule: the first ``steps`` of the timesteps 999, 899,
+    ..., 99, starting lower when ``denoise`` < 1 (0.5: 499, 399, ...); use cfg 1.
+
+    Samplers whose diffusers scheduler takes custom timesteps only (euler,
+    euler_ancestral, heun, dpmpp_2m, ddpm, lcm, ...).
+    """
+
+    TYPE = "SDTurboScheduler"
+    DISPLAY_NAME = "SDTurboScheduler"
+    CATEGORY = "sampling/custom_sampling/schedulers"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    steps: int = Input(1, min=1, max=10)
+    denoise: float = Input(1.0, min=0.0, max=1.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        config = dict(self.model.scheduler_config)
+        trained = int(config.get("num_train_timesteps", 1000))
+        if trained < 1000:
+            raise ValueError(f"SDTurboScheduler needs a model trained on 1000 timesteps; "
+                             f"this one has {trained}")
+        timesteps = turbo_timesteps(self.steps, self.denoise)
+        return (SigmaSchedule(config, "normal", len(timesteps), timesteps=timesteps,
+                              denoise=self.denoise),)
+
+
+class SplitSigmas(Node):
+    """Split a schedule after its first ``step`` steps: ``high_sigmas`` for a first
+    sampler, ``low_sigmas`` for a second one with add_noise off (the two runs equal the
+    whole one, as KSamplerAdvanced's start_at_step / end_at_step)."""
+
+    TYPE = "SplitSigmas"
+    DISPLAY_NAME = "SplitSigmas"
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    OUTPUTS = (Output("SIGMAS", "high_sigmas"), Output("SIGMAS", "low_sigmas"))
+
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+    step: int = Input(0, min=0, max=10000)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule, SigmaSchedule]:
+        return _schedule(self.sigmas).split(self.step)
+
+
+class SplitSigmasDenoise(Node):
+    """Split a schedule so ``low_sigmas`` holds its last ``round(steps * denoise)`` steps
+    and ``high_sigmas`` the ones before."""
+
+    TYPE = "SplitSigmasDenoise"
+    DISPLAY_NAME = "SplitSigmasDenoise"
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    OUTPUTS = (Output("SIGMAS", "high_sigmas"), Output("SIGMAS", "low_sigmas"))
+
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+    denoise: float = Input(1.0, min=0.0, max=1.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule, SigmaSchedule]:
+        schedule = _schedule(self.sigmas)
+        return schedule.split(len(schedule) - round(len(schedule) * self.denoise))
+
+
+# --- noise and guiders ------------------------------------------------------------------------
+
+
+class RandomNoise(Node):
+    """Initial noise from ``noise_seed`` (KSampler's seed: a CPU generator)."""
+
+    TYPE = "RandomNoise"
+    DISPLAY_NAME = "RandomNoise"
+    CATEGORY = "sampling/custom_sampling/noise"
+    OUTPUTS = (Output("NOISE"),)
+
+    noise_seed: int = Input(0, min=0, max=MAX_SEED, control_after_generate=True)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[NoiseSource]:
+        return (NoiseSource(self.noise_seed),)
+
+
+class DisableNoise(Node):
+    """No initial noise: the latent is already noisy at the schedule's first step (a
+    previous stage's leftover noise)."""
+
+    TYPE = "DisableNoise"
+    DISPLAY_NAME = "DisableNoise"
+    CATEGORY = "sampling/custom_sampling/noise"
+    OUTPUTS = (Output("NOISE"),)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[NoiseSource]:
+        return (NoiseSource(0, add=False),)
+
+
+class BasicGuider(Node):
+    """Sample with one prompt and no guidance (cfg 1: one UNet pass a step), as
+    distilled models (SD-Turbo, LCM, Flux) want."""
+
+    TYPE = "BasicGuider"
+    DISPLAY_NAME = "Basic Guider"
+    CATEGORY = "sampling/custom_sampling/guiders"
+    OUTPUTS = (Output("GUIDER"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    conditioning: Conditioning = Input(type="CONDITIONING")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Guider]:
+        # cfg 1 never reads the negative: the positive stands in for it
+        return (Guider(self.model, self.conditioning, self.conditioning, 1.0),)
+
+
+class CFGGuider(Node):
+    """Sample with classifier-free guidance, as KSampler (cfg <= 1 disables it)."""
+
+    TYPE = "CFGGuider"
+    DISPLAY_NAME = "CFG Guider"
+    CATEGORY = "sampling/custom_sampling/guiders"
+    OUTPUTS = (Output("GUIDER"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    positive: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    cfg: float = Input(8.0, min=0.0, max=100.0, step=0.1)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Guider]:
+        return (Guider(self.model, self.positive, self.negative, self.cfg),)
+
+
+# --- the samplers -----------------------------------------------------------------------------
+
+
+def _schedule(value: Any) -> SigmaSchedule:
+    if not isinstance(value, SigmaSchedule):
+        raise ValueError(f"sigmas must come from a Steerflow schedule node (BasicScheduler, "
+                         f"SDTurboScheduler, SplitSigmas), not {type(value).__name__}")
+    return value
+
+
+def _keep_unmasked(latent: Latent, x0: torch.Tensor) -> torch.Tensor:
+    """The noise mask's kept region is the input latent itself once fully denoised."""
+    from nodes.diffusion.masking import mask_to_latent, match_batch
+
+    if latent.noise_mask is None:
+        return x0
+    init = latent.samples.to(device=x0.device, dtype=x0.dtype)
+    mask = mask_to_latent(latent.noise_mask, tuple(init.shape[-2:]))
+    mask = match_batch(mask, init.shape[0], "noise mask").to(device=x0.device, dtype=x0.dtype)
+    return (1 - mask) * init + mask * x0
+
+
+def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
+               sampler: SamplerChoice, sigmas: SigmaSchedule, latent: Latent
+               ) -> tuple[Latent, Latent]:
+    """Sample ``latent`` over the window ``sigmas``; returns (output, denoised_output):
+    the window's result (with leftover noise when it stops early) and its last step's
+    prediction of the clean latent."""
+    from nodes.diffusion.sampling import sample
+
+    schedule = _schedule(sigmas)
+    if not isinstance(sampler, SamplerChoice):
+        raise ValueError("sampler must come from KSamplerSelect")
+    if len(schedule) == 0:
+        return latent, latent  # an empty window leaves the latent as it is
+    final = FinalDenoise()
+    model = guider.model.with_extension(final)  # a handle for this run only
+    scheduler = schedule.make_scheduler(sampler.name, seed=noise.seed)
+    params = schedule.params(noise.seed, guider.cfg, noise.add)
+    ctx.check_interrupt()
+    results: dict[str, torch.Tensor] = {}
+    samples = sample(model, scheduler, guider.positive, guider.negative, latent, params,
+                     callback=step_reporter(ctx, model), results=results)
+    out = replace(latent, samples=samples, extension_results=tuple(results.items()))
+    x0 = final.result.get("x0")
+    denoised = out if x0 is None else replace(out, samples=_keep_unmasked(latent, x0))
+    return out, denoised
+
+
+class SamplerCustom(Node):
+    """Sample with a SAMPLER (KSamplerSelect) over a schedule SIGMAS (BasicScheduler,
+    SDTurboScheduler, SplitSigmas).
+
+    ``add_noise`` off: the latent is already noisy at the schedule's first step (the
+    ``high_sigmas`` half's output). ``output`` keeps any leftover noise of a shortened
+    schedule; ``denoised_output`` is the last step's prediction of the clean latent.
+    """
+
+    TYPE = "SamplerCustom"
+    DISPLAY_NAME = "SamplerCustom"
+    CATEGORY = "sampling/custom_sampling"
+    OUTPUTS = (Output("LATENT", "output"), Output("LATENT", "denoised_output"))
+
+    model: DiffusionModel = Input(type="MODEL")
+    add_noise: bool = Input(True)
+    noise_seed: int = Input(0, min=0, max=MAX_SEED, control_after_generate=True)
+    cfg: float = Input(8.0, min=0.0, max=100.0, step=0.1,
+                       description="Classifier-free guidance scale; <= 1 disables guidance")
+    positive: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    sampler: SamplerChoice = Input(type="SAMPLER")
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+    latent_image: Latent = Input(type="LATENT")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent, Latent]:
+        guider = Guider(self.model, self.positive, self.negative, self.cfg)
+        return run_custom(ctx, guider, NoiseSource(self.noise_seed, self.add_noise),
+                          self.sampler, self.sigmas, self.latent_image)
+
+
+class SamplerCustomAdvanced(Node):
+    """SamplerCustom with its noise (RandomNoise, DisableNoise) and model, prompts and
+    cfg (BasicGuider, CFGGuider) as separate inputs."""
+
+    TYPE = "SamplerCustomAdvanced"
+    DISPLAY_NAME = "SamplerCustomAdvanced"
+    CATEGORY = "sampling/custom_sampling"
+    OUTPUTS = (Output("LATENT", "output"), Output("LATENT", "denoised_output"))
+
+    noise: NoiseSource = Input(type="NOISE")
+    guider: Guider = Input(type="GUIDER")
+    sampler: SamplerChoice = Input(type="SAMPLER")
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+    latent_image: Latent = Input(type="LATENT")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent, Latent]:
+        if not isinstance(self.noise, NoiseSource) or not isinstance(self.guider, Guider):
+            raise ValueError("noise and guider must come from RandomNoise / DisableNoise "
+                             "and BasicGuider / CFGGuider")
+        return run_custom(ctx, self.guider, self.noise, self.sampler, self.sigmas,
+                          self.latent_image)
+
+
+NODE_CLASSES = (KSamplerSelect, BasicScheduler, SDTurboScheduler, SplitSigmas,
+                SplitSigmasDenoise, RandomNoise, DisableNoise, BasicGuider, CFGGuider,
+                SamplerCustom, SamplerCustomAdvanced)
