@@ -152,3 +152,36 @@ def test_token_sizes_are_known_for_non_square_latents(parts):
     run(parts, Hooks((Sizes(),)), steps=1)
     assert sizes[HEIGHT // 8 * WIDTH // 8] == (HEIGHT // 8, WIDTH // 8)
     assert all(h * w == tokens for tokens, (h, w) in sizes.items())
+
+
+@dataclass(eq=False)
+class Lifecycle(SamplerExtension):
+    """Records its setup and teardown; may fail in either."""
+
+    log: list
+    name: str
+    fail_setup: bool = False
+    fail_teardown: bool = False
+
+    def setup(self, run):
+        self.log.append(f"setup {self.name}")
+        if self.fail_setup:
+            raise ValueError(f"{self.name} cannot run")
+
+    def teardown(self, run):
+        self.log.append(f"teardown {self.name}")
+        if self.fail_teardown:
+            raise RuntimeError(f"{self.name} teardown failed")
+
+
+def test_every_extension_is_torn_down_when_a_setup_or_a_teardown_fails(parts):
+    log: list = []
+    with pytest.raises(ValueError, match="b cannot run"):
+        run(parts, Lifecycle(log, "a"), Lifecycle(log, "b", fail_setup=True),
+            Lifecycle(log, "c"))
+    # a was set up before b failed: both are torn down; c was never set up
+    assert log == ["setup a", "setup b", "teardown a", "teardown b"]
+    log.clear()
+    with pytest.raises(RuntimeError, match="a teardown failed"):
+        run(parts, Lifecycle(log, "a", fail_teardown=True), Lifecycle(log, "b"), steps=1)
+    assert log == ["setup a", "setup b", "teardown a", "teardown b"]

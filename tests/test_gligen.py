@@ -294,6 +294,13 @@ def test_module_patches_are_restored():
         raise KeyError("fails mid-run")
     assert root[1] is first and not hasattr(root, "added") and root[0].note == "plain"
     assert "note" not in root[0]._modules
+    assert list(root._modules) == ["0", "1"]  # a replaced child is back in its place
+    with module_patches.scope():
+        attach(root, [ModulePatch("", "0", extra)])
+    assert list(root._modules) == ["0", "1"] and isinstance(root[0], torch.nn.Linear)
+    with module_patches.scope(), pytest.raises(TypeError, match="torch module"):
+        attach(root, [ModulePatch("", "scale", 1.5)])  # type: ignore[arg-type]
+    assert not hasattr(root, "scale")
     with module_patches.scope(), pytest.raises(ValueError, match="two techniques"):
         attach(root, [ModulePatch("", "added", extra), ModulePatch("", "added", extra)])
     with module_patches.scope(), pytest.raises(ValueError, match="is a weight"):

@@ -52,7 +52,12 @@ def attach(root: torch.nn.Module, patches: Sequence[ModulePatch]) -> None:
     if saved is None:
         raise RuntimeError("module patches can only be attached during a sampling run")
     taken = {(id(owner), name) for owner, name, _ in saved}
+    import torch
+
     for patch in patches:
+        if not isinstance(patch.module, torch.nn.Module):  # only modules are restored
+            raise TypeError(f"{_label(patch)}: a module patch attaches a torch module, not "
+                            f"a {type(patch.module).__name__}")
         owner = root.get_submodule(patch.path) if patch.path else root
         if (id(owner), patch.name) in taken:
             raise ValueError(f"two techniques attach {_label(patch)} in one run")
@@ -72,10 +77,11 @@ def _label(patch: ModulePatch) -> str:
 
 def _restore(saved: _Saved) -> None:
     for owner, name, (kind, value) in reversed(saved):
-        owner._modules.pop(name, None)
-        if kind == "module":
+        if kind == "module":  # in place: the module keeps its position among its siblings
             owner._modules[name] = value
-        elif kind == "attr":
+            continue
+        owner._modules.pop(name, None)
+        if kind == "attr":
             owner.__dict__[name] = value
     saved.clear()
 

@@ -10,6 +10,8 @@ timesteps, same classifier-free guidance batch ``[uncond, cond]``, same
 from __future__ import annotations
 
 import inspect
+import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,6 +39,8 @@ from nodes.diffusion.module_patches import run_scoped
 from nodes.diffusion.prompt_weighting import match_token_lengths
 from nodes.diffusion.sdxl import AddedConditioning, added_conditioning
 from nodes.limits import check_fits, out_of_memory_as_value_error
+
+logger = logging.getLogger(__name__)
 
 #: ``callback(step, total, latents)`` after each step; a callback with a ``denoised``
 #: keyword also gets ``denoised()``, the step's x̂₀ estimate (None where there is none),
@@ -68,6 +72,20 @@ class SamplingParams:
     # scheduler's spacing; ``denoise`` < 1 then only says they start below the top, so
     # the input latent is noised to the first of them (the window still applies).
     timesteps: tuple[int, ...] | None = None
+
+
+def _teardown(exts: list[SamplerExtension], run: SamplingRun) -> None:
+    """Tear every extension down, even when one's teardown fails; that failure is raised
+    after the rest ran, unless another exception is already on its way out."""
+    failure: Exception | None = None
+    for ext in exts:
+        try:
+            ext.teardown(run)
+        except Exception as exc:  # the others must still release their state
+            logger.exception("teardown of %s failed", type(ext).__name__)
+            failure = failure or exc
+    if failure is not None and sys.exc_info()[1] is None:
+        raise failure
 
 
 def prepare_timesteps(
@@ -331,30 +349,36 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     guided = exts if do_cfg else [ext for ext in exts if ext.without_cfg]
     base = 2 if do_cfg else 1
     extra: list[torch.Tensor] = []
-    for ext in exts:
-        ext.setup(run)
-        if any(ext is g for g in guided):
-            # a CondEntry brings its own options: SDXL's pooled output for its row
-            raw = [c if isinstance(c, CondEntry) else CondEntry(c)
-                   for c in ext.extra_conditions(run)]
-            conds = [c.embeds.to(device=device, dtype=dtype) for c in raw]
-            start = base + len(extra)
-            if run.added is not None:
-                for k, c in enumerate(raw):
-                    run.added.bind(f"extra:{start - base + k}", c.embeds,
-                                   c.options.get("pooled_output"))
-            extra_slices[id(ext)] = (start, start + len(conds))
-            extra.extend(c.repeat(batch // c.shape[0], 1, 1) for c in conds)
-    if extra:
-        embeds = torch.cat(match_token_lengths([embeds, *extra]))
-    n_chunks = base + len(extra)
-    run.roles = (*(("uncond", "cond") if do_cfg else ("cond",)),
-                 *(f"extra:{n}" for n in range(len(extra))))
-    run.attention.roles = run.roles
-    levels = len(getattr(unet.config, "block_out_channels", ())) or 4  # stubs in tests
-    run.attention.learn_sizes(*latents.shape[-2:], levels=levels)
-    hooks = [hook for ext in exts for hook in ext.attention_hooks(run)]
-    saved = attention.install(unet, hooks, run, run.attention)
+    set_up: list[SamplerExtension] = []
+    try:  # an extension whose setup (or a later one's) fails is torn down all the same
+        for ext in exts:
+            set_up.append(ext)
+            ext.setup(run)
+            if any(ext is g for g in guided):
+                # a CondEntry brings its own options: SDXL's pooled output for its row
+                raw = [c if isinstance(c, CondEntry) else CondEntry(c)
+                       for c in ext.extra_conditions(run)]
+                conds = [c.embeds.to(device=device, dtype=dtype) for c in raw]
+                start = base + len(extra)
+                if run.added is not None:
+                    for k, c in enumerate(raw):
+                        run.added.bind(f"extra:{start - base + k}", c.embeds,
+                                       c.options.get("pooled_output"))
+                extra_slices[id(ext)] = (start, start + len(conds))
+                extra.extend(c.repeat(batch // c.shape[0], 1, 1) for c in conds)
+        if extra:
+            embeds = torch.cat(match_token_lengths([embeds, *extra]))
+        n_chunks = base + len(extra)
+        run.roles = (*(("uncond", "cond") if do_cfg else ("cond",)),
+                     *(f"extra:{n}" for n in range(len(extra))))
+        run.attention.roles = run.roles
+        levels = len(getattr(unet.config, "block_out_channels", ())) or 4  # stubs in tests
+        run.attention.learn_sizes(*latents.shape[-2:], levels=levels)
+        hooks = [hook for ext in exts for hook in ext.attention_hooks(run)]
+        saved = attention.install(unet, hooks, run, run.attention)
+    except BaseException:
+        _teardown(set_up, run)
+        raise
     step_extra = step_kwargs(scheduler, generator, params.eta)
     total = len(timesteps)
     takes_denoised = callback is not None and _takes_denoised(callback)
@@ -406,8 +430,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     finally:
         if saved is not None:
             unet.set_attn_processor(saved)
-        for ext in exts:
-            ext.teardown(run)
+        _teardown(exts, run)
     rest = scheduler.timesteps[t_start * scheduler.order + total:]
     if params.end_step is not None and total and len(rest):
         # stopped early: hand the leftover noise on in the VP space the UNet sees
