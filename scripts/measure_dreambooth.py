@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prior-weight", type=float, default=1.0)
     parser.add_argument("--prior", type=int, default=0,
                         help="also train on this many shapes-world images with their captions")
+    parser.add_argument("--masked-loss", type=float, default=None, metavar="WEIGHT",
+                        help="masked loss: the shapes' masks, this weight outside them")
     parser.add_argument("--skip-base", action="store_true")
     parser.add_argument("--method", default="dreambooth",
                         choices=["dreambooth", "custom_diffusion"])
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dreambooth-") as work:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         captions = mtn.put_training_images(runner, args.prior)
+        if args.masked_loss is not None:
+            mtn.put_training_masks(runner, args.prior)
         word = WORD
         common = {
             "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             "class_prompt": args.class_prompt, "num_class_images": args.class_images,
             "prior_loss_weight": args.prior_weight, "class_steps": args.sample_steps,
             "class_cfg": cfg.cfg, "class_sampler": "euler",
-            "gradient_checkpointing": False, "save_name": ""}
+            "gradient_checkpointing": False, "save_name": "",
+            "unmasked_weight": 1.0 if args.masked_loss is None else args.masked_loss}
         if args.method == "dreambooth":
             train = {"class_type": "TrainDreamBooth", "inputs": {
                 **common, "train_text_encoder": args.train_text_encoder}}

@@ -100,7 +100,7 @@ def graph(cfg: Any, text: str, seed: int, batch: int, train: dict[str, Any] | No
             "folder": "", "images": "\n".join(names), "size": "refuse",
             "caption_template": "{caption}"}}
         g["train"] = train
-        if MASK_NAMES and train["class_type"] == "TrainLoRA":
+        if MASK_NAMES and train["class_type"] != "TrainTextualInversion":
             g["mask_batch"] = {"class_type": "LoadImageBatch", "inputs": {
                 "folder": "", "images": "\n".join(MASK_NAMES), "size": "refuse",
                 "caption_template": ""}}
@@ -244,6 +244,16 @@ def put_training_images(runner: Any, prior: int) -> str:
     return "\n".join(lines)
 
 
+def put_training_masks(runner: Any, prior: int) -> None:
+    """Write the training images' shape masks into input/ (a masked loss's subjects)."""
+    import numpy as np
+
+    from training.new_shapes import training_masks
+
+    MASK_NAMES[:] = [runner.put_image(name, np.stack([m] * 3, -1))
+                     for name, m in training_masks(prior)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["lora", "ti"], choices=["lora", "ti"])
@@ -292,7 +302,6 @@ def main(argv: list[str] | None = None) -> None:
     ti.add_argument("--ti-warmup", type=int, default=0)
     args = parser.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from training.evaluate import EvalConfig, GraphRunner
@@ -305,10 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         lora_captions = put_training_images(runner, args.prior)
         if args.masked_loss is not None:
-            from training.new_shapes import training_masks
-
-            MASK_NAMES[:] = [runner.put_image(name, np.stack([m] * 3, -1))
-                             for name, m in training_masks(args.prior)]
+            put_training_masks(runner, args.prior)
         ti_captions = "\n".join(lora_captions.replace(f" {WORD} ", f" {TI_TOKEN} ")
                                 .split("\n")[:len(TRAINING_LAYOUT)])
         print(f"new-shape prompts: world {args.world}, {args.prompts} x {args.seeds} seeds; "
