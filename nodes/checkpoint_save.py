@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
-from engine import Environment, ExecutionContext, Input, Node, NodeResult
+from engine import ExecutionContext, Input, NodeResult
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
-from nodes.output_files import prefix_problems, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, save_numbered, split_prefix
 
 logger = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
 
 
-class CheckpointSave(Node):
+class CheckpointSave(SavesNumberedFiles):
     """Save MODEL, CLIP and VAE as ``output/<prefix>_00001_.safetensors``, one
     single-file checkpoint with every LoRA and merge applied to its weights (move it to
     models/checkpoints/ to load it with Load Checkpoint). SD 1.x and 2.x models."""
 
     TYPE = "CheckpointSave"
+    SUFFIX = SUFFIX
     DISPLAY_NAME = "Save Checkpoint"
     CATEGORY = "advanced/model_merging"
     OUTPUT_NODE = True
@@ -41,11 +41,6 @@ class CheckpointSave(Node):
     vae: Vae = Input(type="VAE")
     filename_prefix: str = Input("checkpoints/Steerflow",
                                  description="May contain a subfolder: 'checkpoints/merge'")
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return prefix_problems(inputs, env, SUFFIX)
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         from safetensors.torch import save_file

@@ -13,7 +13,7 @@ from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
 from nodes.limits import check_image
-from nodes.output_files import next_number, prefix_problems, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, next_number, save_numbered, split_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -144,7 +144,7 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
     return results
 
 
-class SaveImage(Node):
+class SaveImage(SavesNumberedFiles):
     """Save images as PNG in the output folder, with the workflow embedded."""
 
     TYPE = "SaveImage"
@@ -155,11 +155,6 @@ class SaveImage(Node):
 
     images: Tensor = Input(type="IMAGE")
     filename_prefix: str = Input("Steerflow", description="May contain a subfolder: 'cats/cat'")
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return prefix_problems(inputs, env, ".png")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         return NodeResult((), {"images": save_images(self.images, ctx, "output",

@@ -17,7 +17,7 @@ from engine.paths import PathError
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Latent
 from nodes.image import file_sha256
-from nodes.output_files import prefix_problems, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, save_numbered, split_prefix
 
 SUFFIX = ".latent"
 VERSION_KEY = "latent_format_version_0"
@@ -31,11 +31,12 @@ def list_latents(env: Environment) -> list[str]:
     return env.list_files("input", suffixes=(SUFFIX,))
 
 
-class SaveLatent(Node):
+class SaveLatent(SavesNumberedFiles):
     """Save latents to output/ as ``<prefix>_00001_.latent`` (ComfyUI's format), to load
     again with Load Latent (copy it to input/) and go on sampling or decoding later."""
 
     TYPE = "SaveLatent"
+    SUFFIX = SUFFIX
     DISPLAY_NAME = "Save Latent"
     CATEGORY = "_for_testing"
     OUTPUT_NODE = True
@@ -44,11 +45,6 @@ class SaveLatent(Node):
     samples: Latent = Input(type="LATENT")
     filename_prefix: str = Input("latents/Steerflow",
                                  description="May contain a subfolder: 'latents/cat'")
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return prefix_problems(inputs, env, SUFFIX)
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         import torch

@@ -8,8 +8,9 @@ import os
 import re
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from engine import Node
 from nodes.limits import name_problem
 
 if TYPE_CHECKING:
@@ -35,6 +36,18 @@ def prefix_problems(inputs: dict[str, Any], env: Environment, suffix: str
     except ValueError as exc:
         return [("filename_prefix", str(exc))]
     return []
+
+
+class SavesNumberedFiles(Node):
+    """A save node's ``filename_prefix`` check (a base class, not a node): its files are
+    ``<prefix>_NNNNN_<SUFFIX>`` under output/."""
+
+    SUFFIX: ClassVar[str] = ".png"
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return prefix_problems(inputs, env, cls.SUFFIX)
 
 
 def split_prefix(env: Environment, role: str, prefix: str, default: str
