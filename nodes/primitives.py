@@ -112,6 +112,7 @@ class IntMath(Node):
 
 
 SHOW_MAX_CHARS = 10_000
+MAX_STRING_CHARS = 1_000_000
 
 
 class ShowValue(Node):
@@ -132,5 +133,47 @@ class ShowValue(Node):
         return NodeResult((), {"text": [text]})
 
 
+class PreviewAny(Node):
+    """ComfyUI's Preview Any: show any value as text (lists and dicts as JSON)."""
+
+    TYPE = "PreviewAny"
+    DISPLAY_NAME = "Preview Any"
+    CATEGORY = "utils"
+    OUTPUT_NODE = True
+    OUTPUTS = ()
+
+    source: Any = Input(type="*")
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        import json
+
+        value = self.source
+        try:
+            text = json.dumps(value, indent=4) if isinstance(value, dict | list) else str(value)
+        except (TypeError, ValueError):  # a container holding tensors, handles...
+            text = str(value)
+        return ShowValue(value=text).execute(ctx)
+
+
+class StringConcatenate(Node):
+    """Join two strings with a delimiter between them (ComfyUI's node)."""
+
+    TYPE = "StringConcatenate"
+    DISPLAY_NAME = "Concatenate"
+    CATEGORY = "utils/string"
+    OUTPUTS = (Output("STRING"),)
+
+    string_a: str = Input("", multiline=True)
+    string_b: str = Input("", multiline=True)
+    delimiter: str = Input("", description="Put between the two (e.g. ', ')")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[str]:
+        size = len(self.string_a) + len(self.delimiter) + len(self.string_b)
+        if size > MAX_STRING_CHARS:  # a chain of these doubles a string at every link
+            raise ValueError(f"the joined string would be {size} characters; the most is "
+                             f"{MAX_STRING_CHARS}")
+        return (self.delimiter.join((self.string_a, self.string_b)),)
+
+
 NODE_CLASSES = (PrimitiveInt, PrimitiveFloat, PrimitiveString, PrimitiveBoolean, IntMath,
-                ShowValue)
+                ShowValue, PreviewAny, StringConcatenate)
