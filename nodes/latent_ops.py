@@ -8,10 +8,10 @@ ratio) and, for a smaller batch that divides the first's, repeated. Unlike Comfy
 nodes that move or pick latent pixels (rotate, flip, crop, batch) move the noise mask
 and inpainting inputs with them, so they keep matching the samples.
 
-Not here: LatentBatchSeedBehavior. ComfyUI's sampler draws each latent's noise from
-its ``batch_index``; Steerflow's draws one noise tensor for the whole batch from the
-seed and a LATENT has no ``batch_index``, so "fixed" / "random" could not be honoured.
-For the same reason a latent taken out of a batch gets other noise than it had inside.
+A LATENT remembers which item of an earlier batch each row was (``batch_index``, as
+ComfyUI's): Latent From Batch, Latent Batch and Repeat Latent Batch keep it, and the
+sampler gives each row that item's initial noise, so a latent taken out of a batch
+samples to the picture it had inside it; Latent Batch Seed Behavior sets it.
 """
 
 from __future__ import annotations
@@ -132,7 +132,30 @@ class LatentFromBatch(Node):
             # one mask for the whole batch stays one; else one per latent, cycled
             return value.clone() if value.shape[0] == 1 else _tile(value, batch)[start:stop]
 
-        return (_move(self.samples, samples[start:stop].clone(), pick),)
+        index = self.samples.batch_index or tuple(range(batch))
+        return (replace(_move(self.samples, samples[start:stop].clone(), pick),
+                        batch_index=tuple(index[start:stop])),)
+
+
+class LatentBatchSeedBehavior(Node):
+    """How a batch's latents get their initial noise: ``random`` (each its own, the
+    usual batch) or ``fixed`` (all the first latent's noise: the same seed for every
+    image, e.g. to compare prompts or settings side by side)."""
+
+    TYPE = "LatentBatchSeedBehavior"
+    DISPLAY_NAME = "Latent Batch Seed Behavior"
+    CATEGORY = "latent/advanced"
+    OUTPUTS = (Output("LATENT"),)
+
+    samples: Latent = Input(type="LATENT")
+    seed_behavior: str = Input("fixed", choices=("random", "fixed"))
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        batch = _samples(self.samples, "samples").shape[0]
+        if self.seed_behavior == "random":
+            return (replace(self.samples, batch_index=None),)
+        first = (self.samples.batch_index or (0,))[0]
+        return (replace(self.samples, batch_index=(first,) * batch),)
 
 
 class LatentBatch(Node):
@@ -182,8 +205,12 @@ class LatentBatch(Node):
                            _fit(_tile(b.masked_latents, b2), a.masked_latents, names,
                                 repeat=False))))
         samples = torch.cat((s1, _fit(s2, s1, names, repeat=False)))
-        return (replace(first, samples=samples, noise_mask=mask,
-                        inpaint=inpaint, extension_results=()),)
+        index = None  # ComfyUI's: each side's items, as they were in their own batches
+        if first.batch_index is not None or second.batch_index is not None:
+            index = ((first.batch_index or tuple(range(b1)))
+                     + (second.batch_index or tuple(range(b2))))
+        return (replace(first, samples=samples, noise_mask=mask, inpaint=inpaint,
+                        extension_results=(), batch_index=index),)
 
 
 class LatentRotate(Node):
@@ -376,5 +403,6 @@ class LatentInterpolate(Node):
         return _arith(self.samples1, self.samples2, mix)
 
 
-NODE_CLASSES = (LatentFromBatch, LatentBatch, LatentRotate, LatentFlip, LatentCrop,
-                LatentBlend, LatentAdd, LatentSubtract, LatentMultiply, LatentInterpolate)
+NODE_CLASSES = (LatentFromBatch, LatentBatch, LatentBatchSeedBehavior, LatentRotate,
+                LatentFlip, LatentCrop, LatentBlend, LatentAdd, LatentSubtract, LatentMultiply,
+                LatentInterpolate)

@@ -235,10 +235,14 @@ class RepeatLatentBatch(Node):
             inpaint = replace(inpaint, mask=_repeat(inpaint.mask, batch, self.amount),
                               masked_latents=_repeat(inpaint.masked_latents, batch,
                                                      self.amount))
+        index = latent.batch_index
+        if index is not None:  # ComfyUI's: each copy takes the next free item numbers
+            offset = max(index) - min(index) + 1
+            index = tuple(i + k * offset for k in range(self.amount) for i in index)
         return (replace(latent,
                         samples=samples.repeat(self.amount, *([1] * (samples.dim() - 1))),
                         noise_mask=None if mask is None else _repeat(mask, batch, self.amount),
-                        inpaint=inpaint, extension_results=()),)
+                        inpaint=inpaint, extension_results=(), batch_index=index),)
 
 
 NODE_CLASSES = (ModelMergeSimple, ModelMergeBlocks, ModelMergeSubtract, ModelMergeAdd,

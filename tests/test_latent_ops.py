@@ -300,3 +300,64 @@ def test_bad_values_are_validation_or_run_errors(session):
     graph = prompt()
     graph["pick"]["inputs"]["batch_index"] = 2  # the batch has 2 latents
     assert "batch_index 2 is outside the batch of 2" in run_error(session, graph)
+
+
+# --- batch_index: a latent taken out of a batch keeps its noise ---------------------------
+
+
+def test_batch_index_follows_from_batch_repeat_batch_and_seed_behavior():
+    from nodes.latent_ops import LatentBatchSeedBehavior
+    from nodes.model_merging import RepeatLatentBatch
+
+    four = latent(batch=4)
+    (picked,) = LatentFromBatch(samples=four, batch_index=1, length=2).execute(None)
+    assert picked.batch_index == (1, 2)
+    (again,) = LatentFromBatch(samples=picked, batch_index=1, length=1).execute(None)
+    assert again.batch_index == (2,)
+    (repeated,) = RepeatLatentBatch(samples=picked, amount=3).execute(None)
+    assert repeated.batch_index == (1, 2, 3, 4, 5, 6)  # ComfyUI's offsets
+    (joined,) = LatentBatch(samples1=picked, samples2=latent(batch=2)).execute(None)
+    assert joined.batch_index == (1, 2, 0, 1)
+    assert LatentBatch(samples1=four, samples2=four).execute(None)[0].batch_index is None
+    (fixed,) = LatentBatchSeedBehavior(samples=picked, seed_behavior="fixed").execute(None)
+    assert fixed.batch_index == (1, 1)
+    (rand,) = LatentBatchSeedBehavior(samples=picked, seed_behavior="random").execute(None)
+    assert rand.batch_index is None
+
+
+def batch_prompt() -> dict:
+    def sampler(latent: list, key: str) -> dict:
+        return {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "seed": 5, "steps": 3, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0],
+            "latent_image": latent, "denoise": 1.0}}
+
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple",
+                 "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red square",
+                                                           "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "empty": {"class_type": "EmptyLatentImage",
+                  "inputs": {"width": 48, "height": 32, "batch_size": 4}},
+        "one": {"class_type": "LatentFromBatch",
+                "inputs": {"samples": ["empty", 0], "batch_index": 2, "length": 1}},
+        "same": {"class_type": "LatentBatchSeedBehavior",
+                 "inputs": {"samples": ["empty", 0], "seed_behavior": "fixed"}},
+        "ks_all": sampler(["empty", 0], "all"),
+        "ks_one": sampler(["one", 0], "one"),
+        "ks_same": sampler(["same", 0], "same"),
+    }
+    for name in ("all", "one", "same"):
+        prompt[f"c_{name}"] = {"class_type": "TestCapture",
+                               "inputs": {"value": [f"ks_{name}", 0], "key": f"bi_{name}"}}
+    return prompt
+
+
+def test_an_image_taken_out_of_a_batch_samples_as_it_did_inside(session):
+    result = session.run(batch_prompt())
+    assert result.ok, result.run.error
+    whole, one, same = (CAPTURED.pop(f"bi_{k}").samples for k in ("all", "one", "same"))
+    assert one.shape[0] == 1 and torch.allclose(one[0], whole[2], atol=1e-5)
+    assert torch.allclose(same, whole[:1].expand_as(same), atol=1e-5)  # every row: item 0
+    assert not torch.allclose(whole[0], whole[1], atol=1e-3)

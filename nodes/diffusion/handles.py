@@ -151,6 +151,9 @@ class Latent:
     inpaint: InpaintCondition | None = None
     assumed_downscale: int | None = None
     extension_results: tuple[tuple[str, Tensor], ...] = ()
+    #: which item of an earlier batch each row was (ComfyUI's ``batch_index``): the
+    #: sampler gives row k the initial noise of that item; None: rows 0, 1, ...
+    batch_index: tuple[int, ...] | None = None
 
     @property
     def batch_size(self) -> int:

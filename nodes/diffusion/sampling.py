@@ -141,7 +141,7 @@ def initial_latents(
     variance-preserving space the UNet sees; it is moved into the scheduler's own.
     """
     samples = latent.samples.to(device=device, dtype=dtype)
-    noise = randn_tensor(tuple(samples.shape), generator=generator, device=device, dtype=dtype)
+    noise = batch_noise(tuple(samples.shape), latent.batch_index, generator, device, dtype)
     if not add_noise:
         scale = model_input_scale(scheduler, timesteps[0]) if len(timesteps) else 1.0
         return samples / scale, noise
@@ -151,6 +151,22 @@ def initial_latents(
         return samples, noise
     latent_timestep = timesteps[:1].repeat(samples.shape[0])
     return scheduler.add_noise(samples, noise, latent_timestep), noise
+
+
+def batch_noise(shape: tuple[int, ...], batch_index: tuple[int, ...] | None,
+                generator: torch.Generator, device: torch.device, dtype: torch.dtype
+                ) -> torch.Tensor:
+    """The initial noise: one draw for the batch (diffusers' pipelines' noise); with a
+    LATENT's ``batch_index`` (Latent From Batch, Repeat Latent Batch: ComfyUI's), row k
+    is what row ``batch_index[k]`` of the whole batch's draw was, so an image taken out
+    of a batch samples to the same picture (exactly so when 4·h·w is a multiple of 16,
+    torch's CPU generator's block size: any latent with an even side)."""
+    if batch_index is None or len(batch_index) != shape[0] or min(batch_index) < 0:
+        # (an index a batch-changing node did not carry along: the batch's own draw)
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    whole = randn_tensor((max(batch_index) + 1, *shape[1:]), generator=generator,
+                         device=device, dtype=dtype)
+    return whole[list(batch_index)]
 
 
 def model_input_scale(scheduler: Any, timestep: torch.Tensor) -> torch.Tensor:
