@@ -1,15 +1,17 @@
-"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2 and RescaleCFG.
+"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2, RescaleCFG and the attention
+multipliers (UNet self/cross-attention, CLIP attention).
 
-Each returns a new MODEL handle with a sampler extension attached; the cached UNet is
-never changed (FreeU's hooks exist only during a sampling run).
+Each returns a new MODEL (or CLIP) handle: a sampler extension attached (FreeU's hooks
+exist only during a sampling run) or a weight patch applied per run like a LoRA; the
+cached model is never changed.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from engine import ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import DiffusionModel
+from nodes.diffusion.handles import DiffusionModel, TextEncoder
 
 
 def _bound(default: float, what: str) -> float:
@@ -118,4 +120,89 @@ class RescaleCFG(Node):
         return (self.model.with_extension(RescaleExtension(self.multiplier)),)
 
 
-NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG)
+def _multiplier(what: str) -> float:
+    # ComfyUI's bounds for every attention multiplier
+    return Input(1.0, min=0.0, max=10.0, step=0.01, description=what)
+
+
+def attention_factors(parts: dict[str, float]) -> Any:
+    """Merge factors that scale the weight and bias of the projections named in ``parts``
+    (a parameter-name suffix such as ``attn1.to_q.`` → its multiplier); others unchanged."""
+
+    def factors(name: str) -> tuple[float, float]:
+        for part, value in parts.items():
+            if f".{name}".endswith((f".{part}weight", f".{part}bias")):
+                return (value, 0.0)
+        return (1.0, 0.0)
+
+    return factors
+
+
+class UNetSelfAttentionMultiply(Node):
+    """Scale the UNet's self-attention projections (query, key, value, output) by these
+    factors: ComfyUI's attention experiment. A query/key above 1 sharpens which pixels
+    attend to which (more contrast in composition), below 1 blurs it; value/output scale
+    what is passed on. 1 everywhere is the model unchanged; stay within 0.8-1.2."""
+
+    TYPE = "UNetSelfAttentionMultiply"
+    DISPLAY_NAME = "UNet Self-Attention Multiply"
+    CATEGORY = "_for_testing/attention_experiments"
+    OUTPUTS = (Output("MODEL"),)
+
+    ATTENTION: ClassVar[str] = "attn1"
+
+    model: DiffusionModel = Input(type="MODEL")
+    q: float = _multiplier("Query projection factor")
+    k: float = _multiplier("Key projection factor")
+    v: float = _multiplier("Value projection factor")
+    out: float = _multiplier("Output projection factor")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.model_merging import merge_models
+
+        a = self.ATTENTION
+        factors = attention_factors({f"{a}.to_q.": self.q, f"{a}.to_k.": self.k,
+                                     f"{a}.to_v.": self.v, f"{a}.to_out.0.": self.out})
+        return (merge_models(self.model, self.model, factors, f"{self.TYPE} "
+                             f"{self.q:g}/{self.k:g}/{self.v:g}/{self.out:g}"),)
+
+
+class UNetCrossAttentionMultiply(UNetSelfAttentionMultiply):
+    """Scale the UNet's cross-attention projections (query from the image, key and value
+    from the prompt, output): a key above 1 makes the prompt's words compete harder for
+    each pixel, a value above 1 strengthens what the prompt writes in. 1 everywhere is
+    the model unchanged; stay within 0.8-1.2."""
+
+    TYPE = "UNetCrossAttentionMultiply"
+    DISPLAY_NAME = "UNet Cross-Attention Multiply"
+    ATTENTION = "attn2"
+
+
+class CLIPAttentionMultiply(Node):
+    """Scale the text encoder's self-attention projections (every layer, both SDXL
+    encoders): how strongly the prompt's words inform each other. 1 everywhere is the
+    CLIP unchanged."""
+
+    TYPE = "CLIPAttentionMultiply"
+    DISPLAY_NAME = "CLIP Attention Multiply"
+    CATEGORY = "_for_testing/attention_experiments"
+    OUTPUTS = (Output("CLIP"),)
+
+    clip: TextEncoder = Input(type="CLIP")
+    q: float = _multiplier("Query projection factor")
+    k: float = _multiplier("Key projection factor")
+    v: float = _multiplier("Value projection factor")
+    out: float = _multiplier("Output projection factor")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder]:
+        from nodes.model_merging import merge_clips
+
+        factors = attention_factors({"self_attn.q_proj.": self.q, "self_attn.k_proj.": self.k,
+                                     "self_attn.v_proj.": self.v,
+                                     "self_attn.out_proj.": self.out})
+        return (merge_clips(self.clip, self.clip, factors, f"{self.TYPE} "
+                            f"{self.q:g}/{self.k:g}/{self.v:g}/{self.out:g}"),)
+
+
+NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, UNetSelfAttentionMultiply,
+                UNetCrossAttentionMultiply, CLIPAttentionMultiply)

@@ -345,3 +345,52 @@ def test_defaults_and_bounds_are_comfyuis(session):
     assert inputs["multiplier"][1]["default"] == 0.7
     assert (inputs["multiplier"][1]["min"], inputs["multiplier"][1]["max"]) == (0.0, 1.0)
     assert schema["RescaleCFG"]["category"] == "advanced/model"
+
+
+# ------------------------------------------------------------------ attention multipliers
+
+
+def test_attention_multipliers_scale_exactly_their_projections(parts):
+    from nodes.diffusion.lora import patched
+    from nodes.model_patches import UNetCrossAttentionMultiply, UNetSelfAttentionMultiply
+
+    model = parts[0]
+    base = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    (self_attn,) = UNetSelfAttentionMultiply(model=model, q=1.2, k=0.9, v=1.0,
+                                             out=1.1).execute(None)
+    (cross,) = UNetCrossAttentionMultiply(model=self_attn, q=1.0, k=1.3, v=0.8,
+                                          out=1.0).execute(None)
+    expected = {"attn1.to_q.": 1.2, "attn1.to_k.": 0.9, "attn1.to_out.0.": 1.1,
+                "attn2.to_k.": 1.3, "attn2.to_v.": 0.8}
+    with patched(cross.unet, cross.patches):
+        after = cross.unet.state_dict()
+        for name, weight in base.items():
+            factor = next((f for part, f in expected.items()
+                           if name.endswith((f"{part}weight", f"{part}bias"))), 1.0)
+            assert torch.allclose(after[name], weight * factor, atol=1e-6), name
+    assert all(torch.equal(model.unet.state_dict()[k], v) for k, v in base.items())
+
+
+def test_clip_attention_multiply_and_the_identity(session, parts):
+    from nodes.diffusion.lora import patched
+    from nodes.model_patches import CLIPAttentionMultiply
+
+    clip_prompt = patched_prompt([])
+    key = uuid.uuid4().hex
+    clip_prompt["c"] = {"class_type": "TestCapture", "inputs": {"value": ["4", 1], "key": key}}
+    assert session.run(clip_prompt).ok
+    clip = CAPTURED.pop(key)
+    (scaled,) = CLIPAttentionMultiply(clip=clip, q=1.0, k=1.0, v=1.5, out=1.0).execute(None)
+    with patched(scaled.text_encoder, scaled.patches):
+        layer = scaled.text_encoder.get_submodule("encoder.layers.0.self_attn")
+        v_scaled, q_after = layer.v_proj.weight.clone(), layer.q_proj.weight.clone()
+    layer = clip.text_encoder.get_submodule("encoder.layers.0.self_attn")
+    assert torch.allclose(v_scaled, layer.v_proj.weight * 1.5, atol=1e-6)
+    assert torch.equal(q_after, layer.q_proj.weight)
+    plain = graph_image(session, patched_prompt([]))
+    ones = {"q": 1.0, "k": 1.0, "v": 1.0, "out": 1.0}
+    same = graph_image(session, patched_prompt([("UNetSelfAttentionMultiply", ones)]))
+    assert np.abs(same - plain).max() <= 1e-6
+    moved = graph_image(session, patched_prompt(
+        [("UNetCrossAttentionMultiply", {**ones, "k": 1.3})]))
+    assert np.abs(moved - plain).max() > 1e-3
