@@ -280,6 +280,29 @@ def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
     return out, denoised
 
 
+class PerpNegGuider(Node):
+    """CFG Guider with Perp-Neg: the negative prompt removes only what it does not share
+    with the positive one (see Perp-Neg); link the empty prompt's conditioning."""
+
+    TYPE = "PerpNegGuider"
+    DISPLAY_NAME = "PerpNegGuider"
+    CATEGORY = "_for_testing"
+    OUTPUTS = (Output("GUIDER"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    positive: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    empty_conditioning: Conditioning = Input(type="CONDITIONING")
+    cfg: float = Input(8.0, min=0.0, max=100.0, step=0.1)
+    neg_scale: float = Input(1.0, min=0.0, max=100.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Guider]:
+        from nodes.diffusion.perp_neg import PerpNeg
+
+        model = self.model.with_extension(PerpNeg(self.empty_conditioning, self.neg_scale))
+        return (Guider(model, self.positive, self.negative, self.cfg),)
+
+
 class SamplerCustom(Node):
     """Sample with a SAMPLER (KSamplerSelect) over a schedule SIGMAS (BasicScheduler,
     SDTurboScheduler, SplitSigmas).
@@ -336,4 +359,4 @@ class SamplerCustomAdvanced(Node):
 
 NODE_CLASSES = (KSamplerSelect, BasicScheduler, SDTurboScheduler, SplitSigmas,
                 SplitSigmasDenoise, RandomNoise, DisableNoise, BasicGuider, CFGGuider,
-                SamplerCustom, SamplerCustomAdvanced)
+                SamplerCustom, SamplerCustomAdvanced, PerpNegGuider)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from engine import ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import DiffusionModel, TextEncoder
+from nodes.diffusion.handles import Conditioning, DiffusionModel, TextEncoder
 
 
 def _bound(default: float, what: str) -> float:
@@ -120,6 +120,29 @@ class RescaleCFG(Node):
         return (self.model.with_extension(RescaleExtension(self.multiplier)),)
 
 
+class PerpNeg(Node):
+    """Perp-Neg (Armandpour et al. 2023): the negative prompt removes only what it does
+    not share with the positive one, so a negative close to the subject ("a dog" with
+    "a cat") no longer weakens the subject itself. Link the empty prompt's conditioning
+    (CLIP Text Encode of ""); ``neg_scale`` weighs the perpendicular negative (1: as
+    strong as the positive). Costs a third UNet pass per step; needs cfg above 1."""
+
+    TYPE = "PerpNeg"
+    DISPLAY_NAME = "Perp-Neg (DEPRECATED by PerpNegGuider)"
+    CATEGORY = "_for_testing"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    empty_conditioning: Conditioning = Input(type="CONDITIONING")
+    neg_scale: float = Input(1.0, min=0.0, max=100.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.perp_neg import PerpNeg as Extension
+
+        return (self.model.with_extension(Extension(self.empty_conditioning,
+                                                    self.neg_scale)),)
+
+
 def _multiplier(what: str) -> float:
     # ComfyUI's bounds for every attention multiplier
     return Input(1.0, min=0.0, max=10.0, step=0.01, description=what)
@@ -204,5 +227,5 @@ class CLIPAttentionMultiply(Node):
                             f"{self.q:g}/{self.k:g}/{self.v:g}/{self.out:g}"),)
 
 
-NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, UNetSelfAttentionMultiply,
+NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, PerpNeg, UNetSelfAttentionMultiply,
                 UNetCrossAttentionMultiply, CLIPAttentionMultiply)

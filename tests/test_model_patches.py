@@ -394,3 +394,73 @@ def test_clip_attention_multiply_and_the_identity(session, parts):
     moved = graph_image(session, patched_prompt(
         [("UNetCrossAttentionMultiply", {**ones, "k": 1.3})]))
     assert np.abs(moved - plain).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------- Perp-Neg
+
+
+def test_perp_neg_is_the_papers_step_written_out(session, tiny_model_paths):
+    """Our sampler with Perp-Neg against a hand loop: DDIM over the UNet's three
+    predictions (negative, positive, empty) and the Perp-Neg formula."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    prompt = patched_prompt([("PerpNeg", {"empty_conditioning": ["e", 0], "neg_scale": 1.5})],
+                            steps=4, cfg=6.0)
+    prompt["e"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}}
+    keys = {name: uuid.uuid4().hex for name in ("pos", "neg", "empty", "out")}
+    for name, node in (("pos", "6"), ("neg", "7"), ("empty", "e"), ("out", "3")):
+        prompt[f"c_{name}"] = {"class_type": "TestCapture",
+                               "inputs": {"value": [node, 0], "key": keys[name]}}
+    del prompt["10"]
+    # the same through PerpNegGuider and SamplerCustomAdvanced
+    prompt.update({
+        "g": {"class_type": "PerpNegGuider", "inputs": {
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+            "empty_conditioning": ["e", 0], "cfg": 6.0, "neg_scale": 1.5}},
+        "n": {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}},
+        "s": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+        "b": {"class_type": "BasicScheduler", "inputs": {
+            "model": ["4", 0], "scheduler": "normal", "steps": 4, "denoise": 1.0}},
+        "sca": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["n", 0], "guider": ["g", 0], "sampler": ["s", 0], "sigmas": ["b", 0],
+            "latent_image": ["5", 0]}},
+        "c_guider": {"class_type": "TestCapture",
+                     "inputs": {"value": ["sca", 0], "key": keys["out"] + "g"}}})
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    pos, neg, empty = (CAPTURED.pop(keys[k]).embeds for k in ("pos", "neg", "empty"))
+    ours = CAPTURED.pop(keys["out"]).samples
+    assert torch.allclose(CAPTURED.pop(keys["out"] + "g").samples, ours, atol=1e-6)
+
+    folder = tiny_model_paths["diffusers"]
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    scheduler.set_timesteps(4)
+    latents = torch.randn(ours.shape, generator=torch.Generator("cpu").manual_seed(7))
+    latents = latents * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps_neg, eps_pos, eps_empty = unet(torch.cat([latents] * 3), t,
+                                               torch.cat([neg, pos, empty])).sample.chunk(3)
+            p, n = eps_pos - eps_empty, eps_neg - eps_empty
+            perp = n - (n * p).sum() / (p * p).sum() * p
+            eps = eps_empty + 6.0 * (p - 1.5 * perp)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    print(f"Perp-Neg vs the hand loop: {(ours - latents).abs().max():.2e}")
+    assert (ours - latents).abs().max() <= 1e-4
+
+
+def test_perp_neg_formula_edges_and_it_needs_cfg(session):
+    from nodes.diffusion.perp_neg import perp_neg
+
+    # with neg_scale 0 the negative is ignored: cfg toward the positive from the empty one
+    c, u, e = torch.randn(3, 2, 4, 3, 3).unbind(0)
+    assert torch.allclose(perp_neg(c, u, e, 5.0, 0.0), e + 5.0 * (c - e))
+    # a negative parallel to the positive is removed entirely
+    assert torch.allclose(perp_neg(c, e + 2 * (c - e), e, 5.0, 1.0), e + 5.0 * (c - e),
+                          atol=1e-5)
+    prompt = patched_prompt([("PerpNeg", {"empty_conditioning": ["7", 0], "neg_scale": 1.0})],
+                            cfg=1.0)
+    result = session.run(prompt)
+    assert result.run.status == "error"
+    assert "classifier-free guidance" in result.run.error["exception_message"]
