@@ -332,3 +332,19 @@ def test_set_area_strength_is_comfyuis_name_for_set_strength():
     source = cond(CondEntry(states([1.0]), {"area": (8, 8, 0, 0)}))
     result = out(ConditioningSetAreaStrength, conditioning=source, strength=2.5)
     assert result.entries[0].options == {"area": (8, 8, 0, 0), "strength": 2.5}
+
+
+def test_a_timestep_range_runs_without_cfg_and_its_gap_is_still_an_error(session):
+    graph = timestep_prompt(0.5)
+    for key in ("first", "second", "c_ref", "rb", "both"):
+        graph.pop(key)
+    graph["switched"]["inputs"].update(positive=["ra", 0], cfg=1.0)
+    graph["ra"]["inputs"].update(start=0.0, end=1.0)
+    result = session.run(graph)
+    assert result.ok, result.run.error
+    CAPTURED.pop("ts_switched")
+    graph["ra"]["inputs"].update(end=0.5)
+    graph["c_switched"]["inputs"]["key"] = "ts_gap"
+    result = session.run(graph)
+    assert result.run.status == "error"
+    assert "no positive prompt is active" in result.run.error["exception_message"]

@@ -279,7 +279,9 @@ class CombinedConditioning(SamplerExtension):
                            for k in REGION_KEYS)
 
     def setup(self, run: SamplingRun) -> None:
-        if not run.do_cfg:
+        # Without CFG only the positive side is predicted: one plain entry (a timestep
+        # range on it is checked below) needs no fusion, anything else does.
+        if not run.do_cfg and (self.regions or len(self.positive) > 1):
             raise ValueError("combined conditioning needs classifier-free guidance: "
                              "set cfg above 1")
         self._check_spans(run)
@@ -317,7 +319,8 @@ class CombinedConditioning(SamplerExtension):
     def _check_spans(self, run: SamplingRun) -> None:
         """Every step needs a prompt on each side: refuse timestep ranges with a gap."""
         total = int(run.scheduler.config.num_train_timesteps)
-        for side, entries in (("positive", self.positive), ("negative", self.negative)):
+        sides = [("positive", self.positive), ("negative", self.negative)]
+        for side, entries in sides if run.do_cfg else sides[:1]:
             spans = [_span(e.options) for e in entries]
             if all(span is None for span in spans):
                 continue
@@ -345,6 +348,8 @@ class CombinedConditioning(SamplerExtension):
             run.state[self].latents = call.latent_input[:run.init_latents.shape[0]]
 
     def predictions(self, run: SamplingRun, step: Step, preds: Predictions) -> None:
+        if not run.do_cfg:  # one positive entry, predicted as the step's own
+            return
         extra = preds.of(self)
         if not self.regions:
             n_pos = len(self.positive) - 1
