@@ -236,15 +236,12 @@ class ImageStitch(Node):
         a, b = self.image1, self.image2.to(self.image1.device, self.image1.dtype)
         across = self.direction in ("left", "right")
         (h1, w1), (h2, w2) = a.shape[1:3], b.shape[1:3]
-        if self.match_image_size:
+        if self.match_image_size:  # image2's new size; resized once the result is known to fit
             aspect = w2 / h2
-            if across:
-                b = resize(b, max(1, int(h1 * aspect)), h1, "lanczos")
-            else:
-                b = resize(b, w1, max(1, int(w1 / aspect)), "lanczos")
+            h2, w2 = (h1, max(1, int(h1 * aspect))) if across else (max(1, int(w1 / aspect)), w1)
         batch, channels = max(a.shape[0], b.shape[0]), max(a.shape[-1], b.shape[-1])
-        rows = max(a.shape[1], b.shape[1]) if across else a.shape[1] + b.shape[1]
-        cols = a.shape[2] + b.shape[2] if across else max(a.shape[2], b.shape[2])
+        rows = max(h1, h2) if across else h1 + h2
+        cols = w1 + w2 if across else max(w1, w2)
         gap = self.spacing_width + self.spacing_width % 2
         rows, cols = (rows, cols + gap) if across else (rows + gap, cols)
         if rows > MAX_RESOLUTION or cols > MAX_RESOLUTION:
@@ -252,6 +249,8 @@ class ImageStitch(Node):
                              f"{MAX_RESOLUTION}: use smaller images or spacing")
         check_fits(2 * batch * rows * cols * channels * FLOAT32, a.device,
                    f"stitching {batch} image(s) of {cols}x{rows} px", "use smaller images")
+        if self.match_image_size:
+            b = resize(b, w2, h2, "lanczos")
         pad = {"white": 1.0, "black": 0.0}.get(self.spacing_color, 0.0)
         parts = []
         for image in (a, b):

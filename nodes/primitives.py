@@ -133,6 +133,13 @@ class ShowValue(Node):
         return NodeResult((), {"text": [text]})
 
 
+def _plain_text(value: Any) -> str:
+    try:
+        return str(value)
+    except RecursionError:  # lists in lists thousands deep: json and str both recurse
+        return f"({type(value).__name__} nested too deeply to show)"
+
+
 class PreviewAny(Node):
     """ComfyUI's Preview Any: show any value as text (lists and dicts as JSON)."""
 
@@ -150,8 +157,8 @@ class PreviewAny(Node):
         value = self.source
         try:
             text = json.dumps(value, indent=4) if isinstance(value, dict | list) else str(value)
-        except (TypeError, ValueError):  # a container holding tensors, handles...
-            text = str(value)
+        except (TypeError, ValueError, RecursionError):  # tensors, handles, deep nesting...
+            text = _plain_text(value)
         return ShowValue(value=text).execute(ctx)
 
 

@@ -24,14 +24,15 @@ TORCH_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
 
 
 def center_crop(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """The centred part of ``samples`` with the aspect ratio ``width / height``."""
+    """The centred part of ``samples`` with the aspect ratio ``width / height``, never
+    less than a pixel a side (a 4 px wide image cropped to 1:7 would otherwise be empty)."""
     old_h, old_w = samples.shape[-2:]
     old_aspect, new_aspect = old_w / old_h, width / height
     x = y = 0
     if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+        x = min(round((old_w - old_w * (new_aspect / old_aspect)) / 2), (old_w - 1) // 2)
     elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+        y = min(round((old_h - old_h * (old_aspect / new_aspect)) / 2), (old_h - 1) // 2)
     return samples[..., y:old_h - y, x:old_w - x]
 
 

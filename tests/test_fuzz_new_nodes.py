@@ -1,0 +1,73 @@
+"""Regressions found by fuzzing today's node modules with extreme but in-bounds inputs:
+each must give a result or a clear ValueError, never a raw torch error or wasted work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes import image_compose
+from nodes.diffusion.handles import Latent
+from nodes.diffusion.resize import center_crop
+from nodes.image_compose import ImageStitch, PorterDuffImageComposite
+from nodes.image_ops import ImageBlend
+from nodes.latent_ops import LatentAdd, LatentBatch, LatentBlend
+
+
+def out(cls, **inputs):
+    return cls(**inputs).execute(None)[0]
+
+
+def test_the_centre_crop_keeps_a_pixel():
+    # common_upscale's centre crop of a 4 px side to a 1:7 aspect left 0 px
+    assert center_crop(torch.rand(1, 3, 4, 4), 1, 7).shape == (1, 3, 4, 2)
+    assert center_crop(torch.rand(1, 3, 8, 8), 8, 1).shape == (1, 3, 2, 8)
+    assert center_crop(torch.rand(1, 3, 1, 9), 1, 5).shape == (1, 3, 1, 1)
+    assert center_crop(torch.rand(1, 3, 4, 6), 6, 4).shape == (1, 3, 4, 6)
+
+
+def test_blend_onto_a_thin_image():
+    image1 = torch.rand(1, 7, 1, 4)
+    result = out(ImageBlend, image1=image1, image2=torch.rand(1, 4, 4, 4), blend_factor=0.5,
+                 blend_mode="overlay")
+    assert result.shape == (1, 7, 1, 4) and bool(result.isfinite().all())
+
+
+def test_porter_duff_onto_a_thin_destination():
+    image, alpha = PorterDuffImageComposite(
+        source=torch.rand(2, 4, 4, 4), source_alpha=torch.rand(1, 1, 1),
+        destination=torch.rand(1, 7, 1, 4), destination_alpha=torch.rand(3, 3),
+        mode="SRC_OVER").execute(None)
+    assert image.shape == (2, 7, 1, 4) and alpha.shape == (2, 7, 1)
+
+
+@pytest.mark.parametrize("cls", [LatentAdd, LatentBlend, LatentBatch])
+def test_latent_fit_to_a_thin_latent(cls):
+    result = out(cls, samples1=Latent(torch.randn(1, 4, 1, 8)),
+                 samples2=Latent(torch.randn(1, 4, 8, 8)))
+    assert result.samples.shape[1:] == (4, 1, 8)
+    assert bool(result.samples.isfinite().all())
+
+
+def test_stitch_too_large_is_refused_before_resizing(monkeypatch):
+    def no_resize(*args, **kwargs):
+        raise AssertionError("image2 was resized before the result was checked")
+
+    monkeypatch.setattr(image_compose, "resize", no_resize)
+    with pytest.raises(ValueError, match="past the maximum"):
+        out(ImageStitch, image1=torch.rand(1, 16384, 1, 3), image2=torch.rand(1, 2, 2, 3),
+            direction="right", match_image_size=True, spacing_width=0,
+            spacing_color="white")
+
+
+def test_preview_any_of_a_deeply_nested_list():
+    from nodes.primitives import PreviewAny
+
+    value: list = []
+    inner = value
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]
+    assert PreviewAny(source=value).execute(None).ui == {
+        "text": ["(list nested too deeply to show)"]}
+    assert PreviewAny(source=[1, {"a": 2}]).execute(None).ui["text"][0].startswith("[")
