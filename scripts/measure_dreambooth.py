@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         captions = mtn.put_training_images(runner, args.prior)
         if args.masked_loss is not None:
-            mtn.put_training_masks(runner, args.prior)
+            mtn.put_training_masks(runner, args.prior, 0)
         word = WORD
         common = {
             "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],

@@ -244,13 +244,23 @@ def put_training_images(runner: Any, prior: int) -> str:
     return "\n".join(lines)
 
 
-def put_training_masks(runner: Any, prior: int) -> None:
-    """Write the training images' shape masks into input/ (a masked loss's subjects)."""
+def put_training_masks(runner: Any, prior: int, grow: int = 0) -> None:
+    """Write the training images' shape masks into input/ (a masked loss's subjects),
+    grown by ``grow`` pixels (so the loss also sees the ring of background that draws
+    the silhouette)."""
     import numpy as np
 
     from training.new_shapes import training_masks
 
-    MASK_NAMES[:] = [runner.put_image(name, np.stack([m] * 3, -1))
+    def grown(mask: np.ndarray) -> np.ndarray:
+        out = mask > 0
+        for _ in range(grow):  # a 3x3 dilation per pixel of growth
+            padded = np.pad(out, 1)
+            out = np.any([padded[y:y + out.shape[0], x:x + out.shape[1]]
+                          for y in range(3) for x in range(3)], axis=0)
+        return (out * 255).astype(np.uint8)
+
+    MASK_NAMES[:] = [runner.put_image(name, np.stack([grown(m)] * 3, -1))
                      for name, m in training_masks(prior)]
 
 
@@ -290,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     lora.add_argument("--noise-offset", type=float, default=0.0)
     lora.add_argument("--masked-loss", type=float, default=None, metavar="WEIGHT",
                       help="masked loss: the shapes' masks, this weight outside them")
+    lora.add_argument("--mask-grow", type=int, default=0, metavar="PIXELS",
+                      help="grow the masked loss's masks by this many pixels")
     lora.add_argument("--lora-seed", type=int, default=0,
                       help="the node's seed (init, noise, batches): for run-to-run spread")
     ti = parser.add_argument_group("Train Textual Inversion")
@@ -314,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         lora_captions = put_training_images(runner, args.prior)
         if args.masked_loss is not None:
-            put_training_masks(runner, args.prior)
+            put_training_masks(runner, args.prior, args.mask_grow)
         ti_captions = "\n".join(lora_captions.replace(f" {WORD} ", f" {TI_TOKEN} ")
                                 .split("\n")[:len(TRAINING_LAYOUT)])
         print(f"new-shape prompts: world {args.world}, {args.prompts} x {args.seeds} seeds; "
