@@ -392,5 +392,34 @@ class GetImageSize(Node):
         return (int(width), int(height), int(batch))
 
 
+class ImageAddNoise(Node):
+    """Add seeded Gaussian noise to images (clamped to 0..1), ComfyUI's node: e.g. to give
+    img2img a grainier start or test a model's robustness. The noise is drawn on the CPU
+    from ``seed``, so it is the same on any device."""
+
+    TYPE = "ImageAddNoise"
+    DISPLAY_NAME = "Image Add Noise"
+    CATEGORY = "image"
+    OUTPUTS = (Output("IMAGE"),)
+
+    image: Tensor = Input(type="IMAGE")
+    seed: int = Input(0, min=0, max=2**64 - 1, control_after_generate=True,
+                      description="Seeds the noise")
+    strength: float = Input(0.5, min=0.0, max=1.0, step=0.01,
+                            description="Standard deviation of the noise")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        import torch
+
+        check_image(self.image, "image")
+        check_fits(2 * self.image.numel() * FLOAT32, self.image.device,
+                   f"noise for {self.image.shape[0]} image(s)", "use a smaller batch or image")
+        generator = torch.Generator("cpu").manual_seed(self.seed)
+        noise = torch.randn(tuple(self.image.shape), generator=generator)
+        noisy = self.image.float() + self.strength * noise.to(self.image.device)
+        return (noisy.clamp(0, 1).to(self.image.dtype),)
+
+
 NODE_CLASSES = (ImageInvert, ImageBlend, ImageBlur, ImageSharpen, ImageQuantize, ImageCrop,
-                ImageFlip, ImageRotate, RepeatImageBatch, ImageFromBatch, GetImageSize)
+                ImageFlip, ImageRotate, RepeatImageBatch, ImageFromBatch, GetImageSize,
+                ImageAddNoise)

@@ -398,3 +398,16 @@ def test_bad_values_are_validation_or_run_errors(session):
     graph = prompt()
     graph["red"]["inputs"]["batch_size"] = 3  # 3 under 2: neither is 1
     assert "batches do not match" in run_error(session, graph)
+
+
+def test_image_add_noise_is_seeded_and_clamped():
+    from nodes.image_ops import ImageAddNoise
+
+    image = torch.full((2, 3, 4, 3), 0.5)
+    a = ImageAddNoise(image=image, seed=3, strength=0.2).execute(None)[0]
+    b = ImageAddNoise(image=image, seed=3, strength=0.2).execute(None)[0]
+    expected = (0.5 + 0.2 * torch.randn((2, 3, 4, 3), generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(a, b) and torch.allclose(a, expected.clamp(0, 1))
+    assert ImageAddNoise(image=image, seed=3, strength=0.0).execute(None)[0].equal(image)
+    with pytest.raises(ValueError):
+        ImageAddNoise(image=torch.zeros(3, 4, 3), seed=0, strength=0.5).execute(None)
