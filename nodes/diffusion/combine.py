@@ -90,6 +90,12 @@ def active(span: Span | None, timestep: float, num_train_timesteps: int) -> bool
     return low <= timestep <= high
 
 
+def active_at(run: SamplingRun, step: Step, span: Span | None) -> float:
+    """1.0 when an entry with timestep range ``span`` counts at ``step``, else 0.0."""
+    return float(active(span, float(step.timestep),
+                        int(run.scheduler.config.num_train_timesteps)))
+
+
 def combined_extensions(positive: Conditioning, negative: Conditioning
                         ) -> list[SamplerExtension]:
     """The fusion the sampler needs for these conditionings: none for one plain entry each."""
@@ -333,11 +339,6 @@ class CombinedConditioning(SamplerExtension):
                         f"{side} prompt is active: its timestep ranges ({ranges}) leave a "
                         "gap; combine prompts whose ranges meet (e.g. 0-0.5 and 0.5-1)")
 
-    @staticmethod
-    def _active(run: SamplingRun, step: Step, span: Span | None) -> float:
-        return float(active(span, float(step.timestep),
-                            int(run.scheduler.config.num_train_timesteps)))
-
     def extra_conditions(self, run: SamplingRun) -> Sequence[torch.Tensor]:
         if self.regions:
             return run.state[self].extras
@@ -367,7 +368,7 @@ class CombinedConditioning(SamplerExtension):
             return crops[region.box, id(region.embeds)]
 
         def weight(region: Region) -> torch.Tensor:
-            return region.weight * self._active(run, step, region.span)
+            return region.weight * active_at(run, step, region.span)
 
         def fuse(regions: Sequence[Region]) -> tuple[torch.Tensor, torch.Tensor]:
             total = torch.zeros_like(preds.cond)
@@ -438,7 +439,7 @@ def weighted(run: SamplingRun, step: Step, preds: Sequence[torch.Tensor],
              entries: Sequence[CondEntry]) -> torch.Tensor:
     """Σ wᵢ predᵢ / Σ wᵢ over one side's entries, wᵢ = strength on the steps in the entry's
     timestep range, else 0."""
-    weights = [_strength(e.options) * CombinedConditioning._active(run, step, _span(e.options))
+    weights = [_strength(e.options) * active_at(run, step, _span(e.options))
                for e in entries]
     if len(preds) == 1 and weights[0] > 0:
         return preds[0]
