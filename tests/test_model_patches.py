@@ -464,3 +464,62 @@ def test_perp_neg_formula_edges_and_it_needs_cfg(session):
     result = session.run(prompt)
     assert result.run.status == "error"
     assert "classifier-free guidance" in result.run.error["exception_message"]
+
+
+# ------------------------------------------------------------ APG and CFG-Zero* (diffusers)
+
+
+def hand_loop(session, tiny_model_paths, patch: tuple[str, dict], combine) -> tuple:
+    """Our sampler with ``patch`` and a DDIM hand loop whose step prediction is
+    ``combine(step, cond, uncond)``: (ours, reference) latents."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    prompt = patched_prompt([patch], steps=4, cfg=9.0)
+    keys = {name: uuid.uuid4().hex for name in ("pos", "neg", "out")}
+    for name, node in (("pos", "6"), ("neg", "7"), ("out", "3")):
+        prompt[f"c_{name}"] = {"class_type": "TestCapture",
+                               "inputs": {"value": [node, 0], "key": keys[name]}}
+    del prompt["10"]
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    pos, neg = (CAPTURED.pop(keys[k]).embeds for k in ("pos", "neg"))
+    ours = CAPTURED.pop(keys["out"]).samples
+    folder = tiny_model_paths["diffusers"]
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    scheduler.set_timesteps(4)
+    latents = torch.randn(ours.shape, generator=torch.Generator("cpu").manual_seed(7))
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            uncond, cond = unet(torch.cat([latents] * 2), t, torch.cat([neg, pos])).sample.chunk(2)
+            latents = scheduler.step(combine(i, cond, uncond), t, latents).prev_sample
+    return ours, latents
+
+
+def test_apg_is_diffusers_normalized_guidance(session, tiny_model_paths):
+    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
+
+    buffer = MomentumBuffer(-0.5)
+    ours, ref = hand_loop(
+        session, tiny_model_paths,
+        ("APG", {"eta": 0.2, "norm_threshold": 3.0, "momentum": -0.5}),
+        lambda i, c, u: normalized_guidance(c, u, 9.0, buffer, 0.2, 3.0))
+    print(f"APG vs diffusers: {(ours - ref).abs().max():.2e}")
+    assert (ours - ref).abs().max() <= 1e-4
+    plain, _ = hand_loop(session, tiny_model_paths, ("APG", {"eta": 1.0, "norm_threshold": 0.0,
+                                                             "momentum": 0.0}),
+                         lambda i, c, u: u + 9.0 * (c - u))
+    assert (plain - _).abs().max() <= 1e-4  # eta 1, no cap, no momentum: plain CFG
+    assert (plain - ours).abs().max() > 1e-3
+
+
+def test_cfg_zero_star_is_diffusers(session, tiny_model_paths):
+    from diffusers.guiders.classifier_free_zero_star_guidance import cfg_zero_star_scale
+
+    def zero_star(i, c, u):
+        alpha = cfg_zero_star_scale(c.flatten(1), u.flatten(1)).view(-1, 1, 1, 1)
+        return u * alpha + 9.0 * (c - u * alpha)
+
+    ours, ref = hand_loop(session, tiny_model_paths, ("CFGZeroStar", {}), zero_star)
+    print(f"CFG-Zero* vs diffusers: {(ours - ref).abs().max():.2e}")
+    assert (ours - ref).abs().max() <= 1e-4
