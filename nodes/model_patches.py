@@ -191,6 +191,25 @@ class CFGZeroStar(Node):
         return (self.model.with_extension(Extension()),)
 
 
+class TCFG(Node):
+    """Tangential Damping CFG (Kwon et al. 2025): before guidance, the unconditional
+    prediction is reduced to its component along the main direction it shares with the
+    conditional one, which steers samples back toward the data manifold; use at the
+    usual cfg. diffusers' TangentialClassifierFreeGuidance (on the noise prediction)."""
+
+    TYPE = "TCFG"
+    DISPLAY_NAME = "Tangential Damping CFG"
+    CATEGORY = "advanced/guidance"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.guiders import TangentialCFG
+
+        return (self.model.with_extension(TangentialCFG()),)
+
+
 def _multiplier(what: str) -> float:
     # ComfyUI's bounds for every attention multiplier
     return Input(1.0, min=0.0, max=10.0, step=0.01, description=what)
@@ -275,5 +294,5 @@ class CLIPAttentionMultiply(Node):
                             f"{self.q:g}/{self.k:g}/{self.v:g}/{self.out:g}"),)
 
 
-NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, PerpNeg, APG, CFGZeroStar,
+NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, PerpNeg, APG, CFGZeroStar, TCFG,
                 UNetSelfAttentionMultiply, UNetCrossAttentionMultiply, CLIPAttentionMultiply)

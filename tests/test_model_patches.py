@@ -523,3 +523,12 @@ def test_cfg_zero_star_is_diffusers(session, tiny_model_paths):
     ours, ref = hand_loop(session, tiny_model_paths, ("CFGZeroStar", {}), zero_star)
     print(f"CFG-Zero* vs diffusers: {(ours - ref).abs().max():.2e}")
     assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_tcfg_is_diffusers(session, tiny_model_paths):
+    from diffusers.guiders.tangential_classifier_free_guidance import normalized_guidance
+
+    ours, ref = hand_loop(session, tiny_model_paths, ("TCFG", {}),
+                          lambda i, c, u: normalized_guidance(c, u, 9.0))
+    print(f"TCFG vs diffusers: {(ours - ref).abs().max():.2e}")
+    assert (ours - ref).abs().max() <= 1e-4

@@ -1,8 +1,8 @@
 """Guidance variants on the noise prediction, as diffusers' guiders compute them
-(``diffusers.guiders``): Adaptive Projected Guidance and CFG-Zero*.
+(``diffusers.guiders``): Adaptive Projected Guidance, CFG-Zero* and Tangential CFG.
 
 Each replaces the step's CFG term ``cfg · (ε₊ − ε₋)`` with its own; guidance terms that
-other extensions add after it are kept. ComfyUI's APG and CFGZeroStar nodes compute on
+other extensions add after it are kept. ComfyUI's APG, CFGZeroStar and TCFG nodes compute on
 the denoised prediction instead, so their images differ (APG's ``norm_threshold`` is a
 norm of the noise-prediction difference here, of the x₀ difference there).
 """
@@ -96,3 +96,24 @@ class CFGZeroStar(_ReplacesCFG):
         alpha = (c * u).sum(1, keepdim=True) / ((u ** 2).sum(1, keepdim=True) + 1e-8)
         scaled = uncond * alpha.to(cond.dtype).view(-1, *(1,) * (cond.dim() - 1))
         return scaled + run.params.cfg * (cond - scaled)
+
+
+class TangentialCFG(_ReplacesCFG):
+    """TCFG (Kwon et al. 2025, "Tangential Damping Classifier-free Guidance"): the
+    unconditional prediction keeps only its component along the first singular direction
+    of the (conditional, unconditional) pair, damping the part of it that points off the
+    data manifold, then plain CFG. diffusers' ``TangentialClassifierFreeGuidance``."""
+
+    name = "TCFG"
+
+    def guided(self, run: SamplingRun, cond: torch.Tensor, uncond: torch.Tensor
+               ) -> torch.Tensor:
+        import torch
+
+        pair = torch.stack([cond, uncond], dim=1).float().flatten(2)
+        _, _, vh = torch.linalg.svd(pair, full_matrices=False)
+        first = vh[:, :1]  # [B, 1, N]: the first right-singular vector
+        flat = uncond.reshape(uncond.shape[0], 1, -1).float()
+        damped = (flat @ first.transpose(-2, -1) @ first).reshape(uncond.shape)
+        damped = damped.to(cond.dtype)
+        return damped + run.params.cfg * (cond - damped)
