@@ -304,6 +304,10 @@ class ImageCompositeMasked(Node):
         if dest.dim() != 4 or source.dim() != 4 or dest.shape[-1] != source.shape[-1]:
             raise ValueError(f"destination {tuple(dest.shape)} and source "
                              f"{tuple(source.shape)} must be IMAGEs with the same channels")
+        for name, image in (("destination", dest), ("source", source)):
+            if 0 in image.shape[:3]:
+                raise ValueError(f"the {name} is empty (shape {tuple(image.shape)}): it needs "
+                                 "at least one image of at least 1x1 pixels")
         if self.resize_source:
             source = F.interpolate(source.movedim(-1, 1), size=tuple(dest.shape[1:3]),
                                    mode="bilinear", align_corners=False).movedim(1, -1)

@@ -36,7 +36,9 @@ def dilate(mask: torch.Tensor, pixels: int, tapered: bool = False) -> torch.Tens
     x = mask[:, None]
     sign = 1.0 if pixels >= 0 else -1.0
     x = x * sign  # erosion is dilation of the negated mask
-    for _ in range(abs(pixels)):
+    # After H + W passes every pixel has seen the whole image (even with the plus-shaped
+    # footprint), so further passes change nothing: skip them (expand can be 16384).
+    for _ in range(min(abs(pixels), x.shape[-2] + x.shape[-1])):
         padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
         if tapered:
             x = torch.stack([padded[..., 1:-1, 1:-1], padded[..., :-2, 1:-1],

@@ -30,11 +30,21 @@ def _check_size(width: int, height: int, what: str) -> None:
                          f"{MAX_RESOLUTION}: choose a smaller size or scale")
 
 
-def _check_latent_fits(samples: Latent, width: int, height: int) -> None:
+def _check_latent(latents: torch.Tensor, name: str) -> None:
+    """``latents`` is a non-empty ``[B, C, h, w]``; else a ValueError naming ``name``."""
+    if latents.dim() != 4 or 0 in latents.shape:
+        raise ValueError(f"{name} must be a latent [B, C, h, w] with at least one sample "
+                         f"and one pixel, got {tuple(latents.shape)}")
+
+
+def _check_latent_fits(samples: Latent, width: int, height: int, method: str) -> None:
     """Refuse a resized latent batch (and its resized noise mask) that cannot fit."""
     latents = samples.samples
+    _check_latent(latents, "samples")
     batch, channels = latents.shape[0], latents.shape[1]
-    check_fits(2 * batch * (channels + 1) * height * width * FLOAT32, latents.device,
+    # the result and one copy; bislerp's slerp holds about ten result-sized temporaries
+    copies = 12 if method == "bislerp" else 2
+    check_fits(batch * (copies * channels + 2) * height * width * FLOAT32, latents.device,
                f"resizing {batch} latent(s) to {width}x{height} latent pixels",
                "use a smaller size or scale, or a smaller batch")
 
@@ -67,6 +77,7 @@ class LatentUpscale(Node):
 
         if self.width == 0 and self.height == 0:
             return (self.samples,)
+        _check_latent(self.samples.samples, "samples")
         factor = self.vae.downscale if self.vae else SD_DOWNSCALE
         h, w = self.samples.samples.shape[-2:]
         width, height = self.width, self.height
@@ -79,7 +90,8 @@ class LatentUpscale(Node):
         else:
             width, height = max(64, width), max(64, height)
         _check_size(width, height, "upscaled latent's image")
-        _check_latent_fits(self.samples, width // factor, height // factor)
+        _check_latent_fits(self.samples, width // factor, height // factor,
+                           self.upscale_method)
         return (resize_latent(self.samples, width // factor, height // factor,
                               self.upscale_method, self.crop),)
 
@@ -100,6 +112,7 @@ class LatentUpscaleBy(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         from nodes.diffusion.resize import resize_latent
 
+        _check_latent(self.samples.samples, "samples")
         h, w = self.samples.samples.shape[-2:]
         width, height = round(w * self.scale_by), round(h * self.scale_by)
         if width < 1 or height < 1:
@@ -111,7 +124,7 @@ class LatentUpscaleBy(Node):
             raise ValueError(f"the upscaled latent would be {width}x{height}, past "
                              f"{MAX_RESOLUTION // MIN_DOWNSCALE} latent pixels a side (an "
                              f"image past {MAX_RESOLUTION} px): use a smaller scale_by")
-        _check_latent_fits(self.samples, width, height)
+        _check_latent_fits(self.samples, width, height, self.upscale_method)
         return (resize_latent(self.samples, width, height, self.upscale_method),)
 
 
@@ -235,6 +248,8 @@ class LatentComposite(Node):
         factor = self.vae.downscale if self.vae else SD_DOWNSCALE
         x, y, feather = self.x // factor, self.y // factor, self.feather // factor
         dest, src = self.samples_to.samples, self.samples_from.samples
+        _check_latent(dest, "samples_to")
+        _check_latent(src, "samples_from")
         if src.shape[1] != dest.shape[1]:
             raise ValueError(f"samples_from has {src.shape[1]} channels but samples_to has "
                              f"{dest.shape[1]}: both must come from the same VAE")
@@ -253,16 +268,17 @@ class LatentComposite(Node):
             region[...] = src
         else:
             mask = torch.ones((1, 1, h, w), dtype=dest.dtype, device=dest.device)
-            for t in range(feather):
+            for t in range(min(feather, max(h, w))):
                 ramp = (t + 1) / feather
                 # Only edges inside samples_to blend; one on its border has nothing to meet.
-                if y != 0:
+                # A feather wider than the pasted latent ramps only the rows/columns it has.
+                if y != 0 and t < h:
                     mask[..., t, :] *= ramp
-                if y + h < H:
+                if y + h < H and t < h:
                     mask[..., h - 1 - t, :] *= ramp
-                if x != 0:
+                if x != 0 and t < w:
                     mask[..., :, t] *= ramp
-                if x + w < W:
+                if x + w < W and t < w:
                     mask[..., :, w - 1 - t] *= ramp
             region[...] = src * mask + region * (1 - mask)
         return (Latent(out, self.samples_to.noise_mask, self.samples_to.inpaint),)
