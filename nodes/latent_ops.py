@@ -24,6 +24,7 @@ from engine import ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
 from nodes.diffusion.handles import Latent, Vae
 from nodes.latent import SD_DOWNSCALE
+from nodes.limits import check_latent
 
 if TYPE_CHECKING:
     import torch
@@ -35,11 +36,8 @@ MIN_CROP_PX = 64  # ComfyUI keeps at least 64 px (8 latent pixels at 8x) after x
 
 def _samples(latent: Latent, name: str) -> torch.Tensor:
     """``latent.samples``, checked to be a non-empty ``[B, C, h, w]``."""
-    samples = latent.samples
-    if samples.dim() != 4 or 0 in samples.shape:
-        raise ValueError(f"{name} must be a latent [B, C, h, w] with at least one sample "
-                         f"and one pixel, got {tuple(samples.shape)}")
-    return samples
+    check_latent(latent.samples, name)
+    return latent.samples
 
 
 def _plain(latent: Latent, name: str, node: str) -> None:

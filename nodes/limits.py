@@ -96,6 +96,14 @@ def name_problem(name: str, reserved: int) -> str | None:
     return None
 
 
+def check_latent(samples: Any, what: str) -> None:
+    """LATENT samples ``[B, C, h, w]`` with at least one sample and one pixel; else a
+    ``ValueError`` that names ``what`` and the shape it got."""
+    if samples.dim() != 4 or 0 in samples.shape:
+        raise ValueError(f"{what} must be a latent [B, C, h, w] with at least one sample "
+                         f"and one pixel, got {tuple(samples.shape)}")
+
+
 def check_image(image: Any, what: str, channels: tuple[int, ...] = (1, 3, 4)) -> None:
     """An IMAGE ``[B, H, W, C]`` with at least one image, one pixel, and ``C`` in
     ``channels``; else a ``ValueError`` that names ``what`` and the shape it got."""

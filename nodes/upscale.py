@@ -11,7 +11,7 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
 from nodes.diffusion.handles import Latent, Tensor, Vae
 from nodes.latent import SD_DOWNSCALE
-from nodes.limits import FLOAT32, check_fits, check_image
+from nodes.limits import FLOAT32, check_fits, check_image, check_latent
 
 if TYPE_CHECKING:
     import torch
@@ -30,17 +30,9 @@ def _check_size(width: int, height: int, what: str) -> None:
                          f"{MAX_RESOLUTION}: choose a smaller size or scale")
 
 
-def _check_latent(latents: torch.Tensor, name: str) -> None:
-    """``latents`` is a non-empty ``[B, C, h, w]``; else a ValueError naming ``name``."""
-    if latents.dim() != 4 or 0 in latents.shape:
-        raise ValueError(f"{name} must be a latent [B, C, h, w] with at least one sample "
-                         f"and one pixel, got {tuple(latents.shape)}")
-
-
 def _check_latent_fits(samples: Latent, width: int, height: int, method: str) -> None:
     """Refuse a resized latent batch (and its resized noise mask) that cannot fit."""
     latents = samples.samples
-    _check_latent(latents, "samples")
     batch, channels = latents.shape[0], latents.shape[1]
     # the result and one copy; bislerp's slerp holds about ten result-sized temporaries
     copies = 12 if method == "bislerp" else 2
@@ -77,7 +69,7 @@ class LatentUpscale(Node):
 
         if self.width == 0 and self.height == 0:
             return (self.samples,)
-        _check_latent(self.samples.samples, "samples")
+        check_latent(self.samples.samples, "samples")
         factor = self.vae.downscale if self.vae else SD_DOWNSCALE
         h, w = self.samples.samples.shape[-2:]
         width, height = self.width, self.height
@@ -112,7 +104,7 @@ class LatentUpscaleBy(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         from nodes.diffusion.resize import resize_latent
 
-        _check_latent(self.samples.samples, "samples")
+        check_latent(self.samples.samples, "samples")
         h, w = self.samples.samples.shape[-2:]
         width, height = round(w * self.scale_by), round(h * self.scale_by)
         if width < 1 or height < 1:
@@ -248,8 +240,8 @@ class LatentComposite(Node):
         factor = self.vae.downscale if self.vae else SD_DOWNSCALE
         x, y, feather = self.x // factor, self.y // factor, self.feather // factor
         dest, src = self.samples_to.samples, self.samples_from.samples
-        _check_latent(dest, "samples_to")
-        _check_latent(src, "samples_from")
+        check_latent(dest, "samples_to")
+        check_latent(src, "samples_from")
         if src.shape[1] != dest.shape[1]:
             raise ValueError(f"samples_from has {src.shape[1]} channels but samples_to has "
                              f"{dest.shape[1]}: both must come from the same VAE")
