@@ -182,6 +182,33 @@ def test_a_planned_stop_keeps_the_schedule_and_resumes_exactly(tmp_path: Path) -
         assert torch.equal(p, q)
 
 
+def test_a_time_budget_stops_checkpointed_and_resumes_exactly(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """``max_seconds`` ends a run after the step that crosses it, checkpointed there even
+    off the save interval, so a later run without it goes on to the straight run's end."""
+    import training.loop as loop_module
+
+    clock = iter(float(t) for t in range(1000))  # every reading is one second later
+    monkeypatch.setattr(loop_module.time, "perf_counter", lambda: next(clock))
+    straight = _toy_loop(tmp_path / "a")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+    cfg = LoopConfig(steps=6, lr=1e-2, warmup_steps=2, save_every=2, ema_decay=0.9,
+                     progress=False, max_seconds=2.5)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        x = torch.randn(16, 4)
+        return ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+
+    result, _ = train_loop("toy", cfg, {"model": model}, list(model.parameters()), loss_fn,
+                           tmp_path / "b")
+    assert len(result.losses) == 3
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint-3.pt"
+    resumed = _toy_loop(tmp_path / "b")
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 # --- the stages ------------------------------------------------------------------------------
 
 class _FixedDataset(ShapesDataset):

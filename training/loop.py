@@ -44,6 +44,9 @@ class LoopConfig:
     #: stop after this step (the LR schedule still spans ``steps``): what a run of
     #: ``steps`` holds at that step, and a later call without it continues bit-identically
     stop_at: int | None = None
+    #: wall-clock budget in seconds: stop (checkpointed, EMA kept) after the step that
+    #: crosses it; for lent machines, where a run must end inside its lease
+    max_seconds: float | None = None
 
 
 @dataclass
@@ -194,6 +197,14 @@ def train_loop(name: str, cfg: LoopConfig, modules: dict[str, torch.nn.Module],
             save_checkpoint(checkpoint_dir / f"checkpoint-{step}.pt", step, modules, optimizer,
                             lr_scheduler, ema)
             _prune(checkpoint_dir, cfg.keep_checkpoints)
+        if cfg.max_seconds is not None and time.perf_counter() - t0 >= cfg.max_seconds:
+            if step % cfg.save_every and step != end:
+                save_checkpoint(checkpoint_dir / f"checkpoint-{step}.pt", step, modules,
+                                optimizer, lr_scheduler, ema)
+                _prune(checkpoint_dir, cfg.keep_checkpoints)
+            print(f"{name}: stopped at step {step}/{cfg.steps}, the --max-seconds budget",
+                  flush=True)
+            break
     bar.close()
     result.seconds = time.perf_counter() - t0
     for module in modules.values():

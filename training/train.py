@@ -354,6 +354,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="total steps (a resumed run continues)")
     parser.add_argument("--stop-at", type=int,
                         help="stop after this step; the LR schedule still spans --steps")
+    parser.add_argument("--max-seconds", type=float,
+                        help="wall-clock budget: stop, checkpointed, after the step that "
+                             "crosses it (the LR schedule still spans --steps)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup", type=int)
@@ -376,7 +379,8 @@ def loop_config(args: argparse.Namespace, defaults: dict[str, float | int],
                       warmup_steps=int(args.warmup if args.warmup is not None
                                        else defaults["warmup"]),
                       save_every=args.save_every, ema_decay=ema_decay,
-                      progress=not args.no_progress, stop_at=getattr(args, "stop_at", None))
+                      progress=not args.no_progress, stop_at=getattr(args, "stop_at", None),
+                      max_seconds=getattr(args, "max_seconds", None))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
