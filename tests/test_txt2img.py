@@ -75,7 +75,7 @@ def graph_image(session, prompt) -> np.ndarray:
 @pytest.mark.parametrize(("sampler", "schedule"), [
     ("ddim", "normal"), ("euler", "normal"), ("dpmpp_2m", "normal"), ("dpmpp_2m", "karras"),
     ("euler_ancestral", "normal"), ("uni_pc", "normal"), ("pndm", "normal"), ("lms", "normal"),
-    ("heun", "normal"),
+    ("heun", "normal"), ("dpmpp_3m_sde", "karras"), ("dpmpp_2m_sde_heun", "exponential"),
 ])
 def test_matches_stable_diffusion_pipeline(session, reference_pipe, sampler, schedule):
     ours = graph_image(session, txt2img_prompt("steerflow-tiny", sampler, schedule))

@@ -279,6 +279,8 @@ def _guided_prediction(run: SamplingRun, step: Step, chunks: tuple[torch.Tensor,
                 else torch.zeros_like(preds.cond))
     for ext in exts:
         guidance = ext.guidance(run, step, preds, guidance)
+    if run.do_cfg and getattr(run.scheduler, "cfg_pp", False):
+        step.scheduler_kwargs["uncond_output"] = preds.uncond
     return (preds.uncond if run.do_cfg else preds.cond) + guidance
 
 
@@ -351,7 +353,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     init_latents = latent.samples.to(device=device, dtype=dtype)
     latents, noise = initial_latents(scheduler, latent, timesteps, params.denoise, generator,
                                      device, dtype, params.start_step, params.add_noise)
-    do_cfg = params.cfg > 1.0 and unet.config.time_cond_proj_dim is None
+    # CFG++ samplers renoise with the unconditional prediction: they need it at any cfg
+    cfg_pp = getattr(scheduler, "cfg_pp", False)
+    do_cfg = (params.cfg > 1.0 or cfg_pp) and unet.config.time_cond_proj_dim is None
     run = SamplingRun(model, scheduler, params, generator, timesteps, init_latents, noise,
                       positive, negative, latent, do_cfg,
                       collect_extensions(model, positive, negative, latent))

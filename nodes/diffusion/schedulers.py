@@ -47,7 +47,32 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "deis": ("DEISMultistepScheduler", {}),
     # latent consistency: a few steps, each to x0 (with LCM's boundary condition) and back
     "lcm": ("LCMScheduler", {}),
+    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler",
+                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "dpmpp_3m_sde_gpu": ("DPMSolverMultistepScheduler",
+                         {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "dpmpp_2m_sde_heun": ("DPMSolverMultistepScheduler",
+                          {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                           "solver_type": "heun"}),
+    "dpmpp_2m_sde_heun_gpu": ("DPMSolverMultistepScheduler",
+                              {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                               "solver_type": "heun"}),
+    # σ-space samplers diffusers lacks: Euler's scheduler with their update rules
+    # (nodes.diffusion.sigma_samplers)
+    "euler_cfg_pp": ("EulerCFGPPSampler", {}),
+    "euler_ancestral_cfg_pp": ("EulerAncestralCFGPPSampler", {}),
+    "ipndm": ("IPNDMSampler", {}),
+    "ipndm_v": ("IPNDMVSampler", {}),
+    "res_multistep": ("RESMultistepSampler", {}),
+    "res_multistep_ancestral": ("RESMultistepAncestralSampler", {}),
+    "gradient_estimation": ("GradientEstimationSampler", {}),
 }
+
+#: the samplers of :mod:`nodes.diffusion.sigma_samplers` (class names)
+SIGMA_SAMPLERS = frozenset({
+    "EulerCFGPPSampler", "EulerAncestralCFGPPSampler", "IPNDMSampler",
+    "IPNDMVSampler", "RESMultistepSampler", "RESMultistepAncestralSampler",
+    "GradientEstimationSampler"})
 
 # scheduler -> extra config
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -59,6 +84,9 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "sgm_uniform": {"timestep_spacing": "trailing"},
     "ddim_uniform": {"timestep_spacing": "leading"},
     "linspace": {"timestep_spacing": "linspace"},
+    # σ lists (sigma_spacing), for the samplers that run custom σs (TAKES_SIGMAS)
+    "kl_optimal": {},
+    "linear_quadratic": {},
 }
 
 # Schedulers that take the diffusers-specific sigma options
@@ -83,14 +111,85 @@ SCHEDULE_OPTIONS: dict[str, frozenset[str]] = {
     "UniPCMultistepScheduler": _ALL_OPTIONS,
     "DEISMultistepScheduler": _ALL_OPTIONS,
     "LCMScheduler": frozenset({"timestep_spacing"}),
+    **dict.fromkeys(SIGMA_SAMPLERS, _ALL_OPTIONS),  # Euler's scheduler underneath
 }
 
 
+#: diffusers class names whose ``set_timesteps`` runs a custom σ list
+TAKES_SIGMAS = frozenset({"EulerDiscreteScheduler", *SIGMA_SAMPLERS})
+
+
+def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """The KL-optimal schedule (Sabour et al. 2024, "Align Your Steps"): σ evenly spaced
+    in ``atan σ`` from σ_max to σ_min, then 0."""
+    import math
+
+    top, bottom = math.atan(sigma_max), math.atan(sigma_min)
+    if steps == 1:
+        return [sigma_max, 0.0]
+    return [math.tan(top + (bottom - top) * i / (steps - 1)) for i in range(steps)] + [0.0]
+
+
+def linear_quadratic_sigmas(steps: int, sigma_min: float, sigma_max: float,
+                            threshold: float = 0.025) -> list[float]:
+    """Mochi's linear-quadratic schedule (ComfyUI's ``linear_quadratic``), as a fraction
+    of σ_max: the first half of the steps falls linearly from 1 to ``1 − threshold``, the
+    rest follows the quadratic that continues it smoothly (same value and slope) to 0."""
+    if steps == 1:
+        return [sigma_max, 0.0]
+    linear = steps // 2
+    slope = threshold / linear
+    rest = steps - linear
+    # q(i) = 1 − threshold − slope·(i − L) − a·(i − L)², q(N) = 0
+    a = (1 - threshold - slope * rest) / rest ** 2
+    fractions = [1 - slope * i for i in range(linear)]
+    fractions += [1 - threshold - slope * (i - linear) - a * (i - linear) ** 2
+                  for i in range(linear, steps)]
+    return [f * sigma_max for f in fractions] + [0.0]
+
+
+#: schedule name -> σ list of (steps, σ_min, σ_max)
+SIGMA_SPACINGS = {"kl_optimal": kl_optimal_sigmas, "linear_quadratic": linear_quadratic_sigmas}
+
+
+def _with_sigma_spacing(scheduler: Any, spacing: str) -> Any:
+    """``scheduler`` whose ``set_timesteps(steps)`` runs the ``spacing`` σ list (custom
+    timesteps or σs still pass straight through)."""
+    import numpy as np
+
+    alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+    all_sigmas = ((1 - alphas) / alphas) ** 0.5
+    sigma_min, sigma_max = float(all_sigmas[0]), float(all_sigmas[-1])
+    own = scheduler.set_timesteps
+
+    def set_timesteps(num_inference_steps: int | None = None, device: Any = None,
+                      **kwargs: Any) -> None:
+        if num_inference_steps is None or kwargs.get("timesteps") is not None \
+                or kwargs.get("sigmas") is not None:
+            own(num_inference_steps, device, **kwargs)
+            return
+        own(device=device, sigmas=SIGMA_SPACINGS[spacing](
+            int(num_inference_steps), sigma_min, sigma_max))
+
+    scheduler.set_timesteps = set_timesteps
+    return scheduler
+
+
 def _scheduler_class(sampler_name: str) -> type:
+    class_name, _ = SAMPLERS[sampler_name]
+    if class_name in SIGMA_SAMPLERS:
+        from nodes.diffusion import sigma_samplers
+
+        return getattr(sigma_samplers, class_name)
     import diffusers  # imports torch: only when a scheduler is built
 
-    class_name, _ = SAMPLERS[sampler_name]
     return getattr(diffusers, class_name)
+
+
+def needs_uncond(sampler_name: str) -> bool:
+    """Whether the sampler reads the unconditional prediction itself (CFG++), so the
+    sampling loop runs the unconditional pass at any cfg."""
+    return sampler_name.endswith("_cfg_pp")
 
 
 def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
@@ -99,7 +198,12 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
         return f"unknown sampler {sampler_name!r}"
     if schedule not in SCHEDULES:
         return f"unknown scheduler {schedule!r}"
-    accepted = SCHEDULE_OPTIONS[SAMPLERS[sampler_name][0]]
+    class_name = SAMPLERS[sampler_name][0]
+    if schedule in SIGMA_SPACINGS and class_name not in TAKES_SIGMAS:
+        working = ", ".join(name for name, (cls, _) in SAMPLERS.items() if cls in TAKES_SIGMAS)
+        return (f"sampler {sampler_name!r} does not support the {schedule!r} schedule (its "
+                f"diffusers scheduler runs no custom σ list); use one of: {working}")
+    accepted = SCHEDULE_OPTIONS[class_name]
     for key in SCHEDULES[schedule]:
         if key not in accepted:
             return (
@@ -135,4 +239,7 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
                          f"(Model Sampling Discrete's zsnr): use {', '.join(takes)}")
     if seed is not None and "noise_sampler_seed" in accepts:
         config["noise_sampler_seed"] = int(seed)
-    return cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])
+    scheduler = cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])
+    if schedule in SIGMA_SPACINGS:
+        return _with_sigma_spacing(scheduler, schedule)
+    return scheduler

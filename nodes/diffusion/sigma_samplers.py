@@ -1,0 +1,223 @@
+"""ComfyUI's σ-space samplers that diffusers lacks, as diffusers schedulers.
+
+Each is diffusers' ``EulerDiscreteScheduler`` (its σ schedule, Karras / exponential /
+beta spacings, custom σs, ``scale_model_input``, ``add_noise``, step indices) with another
+update rule in :meth:`SigmaSampler.update`, so the sampling loop, its extensions,
+KSamplerAdvanced windows and SIGMAS run them like any diffusers scheduler. The updates
+work on the probability-flow ODE in k-diffusion's variables: ``x = x0 + σ·ε``, the
+denoiser ``D(x, σ)`` (the x0 the model predicts) and the slope ``d = (x − D) / σ``.
+
+- ``ipndm``: improved pseudo-numerical (Zhang & Chen 2022, "Fast Sampling of Diffusion
+  Models with Exponential Integrator", iPNDM): 4th-order Adams-Bashforth on ``d``,
+  warmed up through orders 1-3. ``ipndm_v``: the same on the schedule's uneven steps
+  (the Adams-Bashforth weights integrate the polynomial through the earlier slopes at
+  their own σs).
+- ``res_multistep``: the second-order exponential multistep integrator of Zhang et al.
+  2023 (RES): in ``λ = −log σ`` the update ``x' = e^{−h} x + h(b₁ D_i + b₂ D_{i−1})`` with
+  ``b₁ = φ₁(−h) − φ₂(−h)/c₂``, ``b₂ = φ₂(−h)/c₂`` and ``c₂`` the previous node's place,
+  ``−h_{i−1}/h``: exact for a denoiser linear in λ.
+- ``gradient_estimation``: Permenter & Yuan 2023: from the second step the slope is
+  ``γ·d_i + (1 − γ)·d_{i−1}``, γ = 2.
+- ``*_ancestral``: each step goes to σ_down and adds fresh noise of σ_up (η = 1), as
+  Euler ancestral does.
+- ``*_cfg_pp``: CFG++ (Chung et al. 2024): the step lands on the guided x0 but renoises
+  with the *unconditional* prediction's noise, ``x' = D_guided + σ'·ε_uncond``. cfg is the
+  paper's λ, so it wants a low one (about 0.5-2, :data:`CFG_PP_NOTE`); the sampling loop
+  runs the unconditional pass even at cfg ≤ 1 and hands its prediction to ``step`` as
+  ``uncond_output``.
+
+Importing this module imports torch and diffusers; :mod:`nodes.diffusion.schedulers`
+imports it only when one of these is built.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from diffusers import EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+#: what the node descriptions say about the CFG++ samplers' scale
+CFG_PP_NOTE = ("the *_cfg_pp samplers (CFG++) want a low cfg, about 0.5-2: cfg is CFG++'s "
+               "λ, and the usual 7 overshoots")
+
+
+def ancestral_sigmas(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """(σ_down, σ_up) of an ancestral step from σ to σ': the deterministic step goes to
+    σ_down, then noise of σ_up tops it up to σ' (σ_down² + σ_up² = σ'²)."""
+    if sigma_next == 0 or eta == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2)
+                                         / sigma ** 2))
+    return math.sqrt(sigma_next ** 2 - up ** 2), up
+
+
+def adams_bashforth_weights(nodes: list[float], target: float) -> list[float]:
+    """Weights ``w_j`` with ``∫_{nodes[0]}^{target} p(s) ds = Σ w_j f_j`` for the polynomial
+    ``p`` through ``(nodes[j], f_j)``: the variable-step Adams-Bashforth step (newest node
+    first). On even steps they are the classic 1, (3, −1)/2, (23, −16, 5)/12, ...."""
+    shifted = [n - nodes[0] for n in nodes]  # about the newest node: better conditioned
+    weights = []
+    for j, node in enumerate(shifted):
+        basis = np.poly1d([1.0])
+        for k, other in enumerate(shifted):
+            if k != j:
+                basis *= np.poly1d([1.0, -other]) / (node - other)
+        weights.append(float(basis.integ()(target - nodes[0])))
+    return weights
+
+
+def _phi1(z: float) -> float:
+    return math.expm1(z) / z if z != 0 else 1.0
+
+
+def _phi2(z: float) -> float:
+    return (_phi1(z) - 1.0) / z if z != 0 else 0.5
+
+
+class Node(NamedTuple):
+    """One earlier step: its σ, the model's x0 there and the slope ``(x − x0)/σ``."""
+
+    sigma: float
+    denoised: torch.Tensor
+    slope: torch.Tensor
+
+
+class SigmaSampler(EulerDiscreteScheduler):
+    """Euler's scheduler with another σ-space update (subclasses' :meth:`update`)."""
+
+    ancestral = False
+    cfg_pp = False
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        super().set_timesteps(*args, **kwargs)
+        self.history: list[Node] = []
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        super().set_begin_index(begin_index)
+        self.history = []  # a window starts afresh, as a new ComfyUI sampler would
+
+    def denoised(self, model_output: torch.Tensor, sample: torch.Tensor,
+                 sigma: float) -> torch.Tensor:
+        """The x0 the model's output stands for (Euler's conversion)."""
+        kind = self.config.prediction_type
+        if kind in ("sample", "original_sample"):
+            return model_output.float()
+        if kind == "epsilon":
+            return sample - sigma * model_output.float()
+        if kind == "v_prediction":
+            return (model_output.float() * (-sigma / (sigma ** 2 + 1) ** 0.5)
+                    + sample / (sigma ** 2 + 1))
+        raise ValueError(f"prediction_type {kind!r} is not epsilon, v_prediction or sample")
+
+    def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
+        """The deterministic step from ``now`` to ``sigma_next`` (σ_down for ancestral
+        ones); ``self.history`` holds the earlier steps, newest last."""
+        raise NotImplementedError
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
+             sample: torch.Tensor, generator: torch.Generator | None = None,
+             return_dict: bool = True, uncond_output: torch.Tensor | None = None,
+             **_: Any) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sample = sample.to(torch.float32)
+        sigma = float(self.sigmas[self.step_index])
+        sigma_next = float(self.sigmas[self.step_index + 1])
+        denoised = self.denoised(model_output, sample, sigma)
+        now = Node(sigma, denoised, (sample - denoised) / sigma)
+        sigma_down, sigma_up = (ancestral_sigmas(sigma, sigma_next) if self.ancestral
+                                else (sigma_next, 0.0))
+        if self.cfg_pp:
+            # CFG++: the guided x0, renoised with the unconditional prediction's noise
+            uncond = (denoised if uncond_output is None
+                      else self.denoised(uncond_output, sample, sigma))
+            prev = denoised + sigma_down * (sample - uncond) / sigma
+        else:
+            prev = self.update(sample, now, sigma_down)
+        self.history = [*self.history[-2:], now]  # iPNDM, the longest memory, needs 3
+        if sigma_up > 0:
+            noise = randn_tensor(model_output.shape, dtype=torch.float32,
+                                 device=model_output.device, generator=generator)
+            prev = prev + noise * sigma_up
+        prev = prev.to(model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return prev, denoised
+        return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+
+
+class EulerCFGPPSampler(SigmaSampler):
+    """``euler_cfg_pp`` (the update is CFG++'s, in :meth:`SigmaSampler.step`)."""
+
+    cfg_pp = True
+
+
+class EulerAncestralCFGPPSampler(SigmaSampler):
+    """``euler_ancestral_cfg_pp``."""
+
+    cfg_pp = ancestral = True
+
+
+class IPNDMSampler(SigmaSampler):
+    """``ipndm``: 4th-order Adams-Bashforth on the slope with the classic even-step
+    weights (iPNDM), lower orders for the first three steps."""
+
+    variable_steps = False
+    _EVEN = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12),
+             (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+    def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
+        nodes = [now, *reversed(self.history)]
+        if self.variable_steps:
+            weights = adams_bashforth_weights([n.sigma for n in nodes], sigma_next)
+            return sample + sum(w * n.slope for w, n in zip(weights, nodes, strict=True))
+        weights = self._EVEN[len(nodes) - 1]
+        return sample + (sigma_next - now.sigma) * sum(
+            w * n.slope for w, n in zip(weights, nodes, strict=True))
+
+
+class IPNDMVSampler(IPNDMSampler):
+    """``ipndm_v``: iPNDM with Adams-Bashforth weights for the schedule's uneven steps."""
+
+    variable_steps = True
+
+
+class RESMultistepSampler(SigmaSampler):
+    """``res_multistep``: RES's second-order exponential multistep (the first step, and
+    the last, to σ = 0, are first order)."""
+
+    def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
+        if sigma_next == 0:
+            return now.denoised
+        h = math.log(now.sigma) - math.log(sigma_next)  # λ' − λ, with λ = −log σ
+        if not self.history:
+            return math.exp(-h) * sample + h * _phi1(-h) * now.denoised
+        previous = self.history[-1]
+        c2 = (math.log(now.sigma) - math.log(previous.sigma)) / h  # the previous node at c2·h
+        b2 = _phi2(-h) / c2
+        b1 = _phi1(-h) - b2
+        return math.exp(-h) * sample + h * (b1 * now.denoised + b2 * previous.denoised)
+
+
+class RESMultistepAncestralSampler(RESMultistepSampler):
+    """``res_multistep_ancestral``: RES steps to σ_down, fresh noise up to σ'."""
+
+    ancestral = True
+
+
+class GradientEstimationSampler(SigmaSampler):
+    """``gradient_estimation``: Euler with the slope ``γ·d_i + (1 − γ)·d_{i−1}`` from the
+    second step (Permenter & Yuan 2023, γ = 2)."""
+
+    gamma = 2.0
+
+    def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
+        slope = now.slope
+        if self.history:
+            slope = self.gamma * slope + (1 - self.gamma) * self.history[-1].slope
+        return sample + (sigma_next - now.sigma) * slope

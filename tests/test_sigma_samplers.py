@@ -1,0 +1,194 @@
+"""ComfyUI's samplers and schedules that diffusers lacks (nodes.diffusion.sigma_samplers,
+the kl_optimal / linear_quadratic σ lists): their updates by hand, their order of
+accuracy on an ODE with a known solution, and their runs through KSampler."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from nodes.diffusion.schedulers import (
+    kl_optimal_sigmas,
+    linear_quadratic_sigmas,
+    make_scheduler,
+    unsupported_combination,
+)
+from nodes.diffusion.sigma_samplers import adams_bashforth_weights, ancestral_sigmas
+from tests.graph_nodes import CAPTURED
+
+CONFIG = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+          "num_train_timesteps": 1000}
+DATA_VARIANCE = 0.25
+
+
+def solve_gaussian(sampler: str, schedule: str, steps: int) -> float:
+    """Relative error of the sampler on data ~ N(0, s²), whose ideal denoiser is
+    ``x·s²/(s² + σ²)`` and whose probability-flow ODE ends at ``x_T·s/√(s² + σ_T²)``."""
+    scheduler = make_scheduler(sampler, schedule, CONFIG)
+    scheduler.set_timesteps(steps)
+    start = torch.full((1, 1, 2, 2), float(scheduler.init_noise_sigma), dtype=torch.float64)
+    x = start.clone()
+    for i, t in enumerate(scheduler.timesteps):
+        scheduler.scale_model_input(x, t)
+        sigma = float(scheduler.sigmas[i])
+        eps = x * sigma / (DATA_VARIANCE + sigma ** 2)  # (x − D)/σ
+        x = scheduler.step(eps, t, x, return_dict=False)[0].double()
+    exact = start * math.sqrt(DATA_VARIANCE / (DATA_VARIANCE + float(scheduler.sigmas[0]) ** 2))
+    return float((x - exact).abs().max() / exact.abs().max())
+
+
+@pytest.mark.parametrize("sampler", ["ipndm", "ipndm_v", "res_multistep"])
+@pytest.mark.parametrize("schedule", ["karras", "kl_optimal"])
+def test_higher_order_samplers_converge_faster_than_euler(sampler, schedule):
+    euler = [solve_gaussian("euler", schedule, n) for n in (20, 40)]
+    errors = [solve_gaussian(sampler, schedule, n) for n in (20, 40)]
+    assert euler[0] / euler[1] < 2.2  # Euler: first order
+    assert errors[0] / errors[1] > 4  # second order or more
+    assert errors[1] < euler[1] / 3
+
+
+def test_gradient_estimation_beats_euler():
+    for steps in (20, 40):
+        assert (solve_gaussian("gradient_estimation", "karras", steps)
+                < solve_gaussian("euler", "karras", steps))
+
+
+def test_adams_bashforth_weights():
+    assert adams_bashforth_weights([1.0], 0.9) == pytest.approx([-0.1])
+    h = -0.1  # even steps: the classic weights times the step
+    assert adams_bashforth_weights([1.0, 1.1], 0.9) == pytest.approx([1.5 * h, -0.5 * h])
+    assert adams_bashforth_weights([1.0, 1.1, 1.2, 1.3], 0.9) == pytest.approx(
+        [55 / 24 * h, -59 / 24 * h, 37 / 24 * h, -9 / 24 * h])
+    # uneven nodes: exact for a cubic slope
+    nodes, target = [2.0, 2.5, 3.7, 4.0], 1.2
+    weights = adams_bashforth_weights(nodes, target)
+    cubic = np.poly1d([0.3, -1.0, 2.0, 0.5])
+    exact = cubic.integ()(target) - cubic.integ()(nodes[0])
+    assert sum(w * cubic(n) for w, n in zip(weights, nodes, strict=True)) == pytest.approx(exact)
+
+
+def _steps(sampler: str, outputs: list[torch.Tensor], x: torch.Tensor, steps: int = 4,
+           schedule: str = "karras", **kwargs) -> tuple[object, list[torch.Tensor]]:
+    scheduler = make_scheduler(sampler, schedule, CONFIG)
+    scheduler.set_timesteps(steps)
+    samples = [x]
+    for t, out in zip(scheduler.timesteps, outputs, strict=False):
+        scheduler.scale_model_input(samples[-1], t)
+        samples.append(scheduler.step(out, t, samples[-1], return_dict=False, **kwargs)[0])
+    return scheduler, samples
+
+
+def test_updates_by_hand():
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 3, 5) * 14
+    eps = [torch.randn(1, 4, 3, 5) for _ in range(3)]
+    scheduler, euler = _steps("euler", eps[:1], x)
+    s = [float(v) for v in scheduler.sigmas]
+    assert torch.allclose(_steps("ipndm", eps[:1], x)[1][1], euler[1], atol=1e-5)
+    assert torch.allclose(_steps("res_multistep", eps[:1], x)[1][1], euler[1], atol=1e-4)
+    # second steps: AB2 on the slopes, gradient estimation's 2·d − d_prev, RES's φ weights
+    _, ip = _steps("ipndm", eps[:2], x)
+    assert torch.allclose(ip[2], ip[1] + (s[2] - s[1]) * (1.5 * eps[1] - 0.5 * eps[0]), atol=1e-4)
+    _, ge = _steps("gradient_estimation", eps[:2], x)
+    assert torch.allclose(ge[2], ge[1] + (s[2] - s[1]) * (2 * eps[1] - eps[0]), atol=1e-4)
+    _, res = _steps("res_multistep", eps[:2], x)
+    d0, d1 = x - s[0] * eps[0], res[1] - s[1] * eps[1]
+    h, h_prev = math.log(s[1] / s[2]), math.log(s[0] / s[1])
+    phi1 = (1 - math.exp(-h)) / h
+    phi2 = (h - 1 + math.exp(-h)) / h ** 2
+    b2 = phi2 / (-h_prev / h)
+    expected = math.exp(-h) * res[1] + h * ((phi1 - b2) * d1 + b2 * d0)
+    assert torch.allclose(res[2], expected, atol=1e-4)
+
+
+def test_cfg_pp_lands_on_the_guided_x0_and_renoises_with_the_unconditional_noise():
+    torch.manual_seed(1)
+    x = torch.randn(1, 4, 6, 4) * 14
+    guided, uncond = torch.randn(1, 4, 6, 4), torch.randn(1, 4, 6, 4)
+    scheduler, out = _steps("euler_cfg_pp", [guided], x, uncond_output=uncond)
+    s0, s1 = (float(v) for v in scheduler.sigmas[:2])
+    assert torch.allclose(out[1], (x - s0 * guided) + s1 * uncond, atol=1e-4)
+    # with the unconditional prediction equal to the guided one, it is Euler
+    same = _steps("euler_cfg_pp", [guided], x, uncond_output=guided)[1][1]
+    assert torch.allclose(same, _steps("euler", [guided], x)[1][1], atol=1e-4)
+
+
+@pytest.mark.parametrize(("ours", "reference"), [("euler_ancestral_cfg_pp", "euler_ancestral"),
+                                                 ("res_multistep_ancestral", "euler_ancestral")])
+def test_ancestral_first_step_equals_euler_ancestral(ours, reference):
+    """A first step of an ancestral sampler is Euler ancestral's: the same σ_down, σ_up
+    and the same noise from the generator."""
+    torch.manual_seed(2)
+    x, eps = torch.randn(1, 4, 5, 3) * 14, torch.randn(1, 4, 5, 3)
+    kwargs = {"uncond_output": eps} if ours.endswith("cfg_pp") else {}
+    a = _steps(ours, [eps], x, schedule="normal", generator=torch.Generator().manual_seed(5),
+               **kwargs)[1][1]
+    b = _steps(reference, [eps], x, schedule="normal",
+               generator=torch.Generator().manual_seed(5))[1][1]
+    assert torch.allclose(a, b, atol=1e-4)
+    down, up = ancestral_sigmas(10.0, 5.0)
+    assert down ** 2 + up ** 2 == pytest.approx(25.0) and up > 0
+    assert ancestral_sigmas(10.0, 0.0) == (0.0, 0.0)
+
+
+def test_sigma_lists():
+    kl = kl_optimal_sigmas(5, 0.03, 14.6)
+    assert kl[0] == pytest.approx(14.6) and kl[-2] == pytest.approx(0.03) and kl[-1] == 0
+    angles = np.arctan(kl[:-1])
+    assert np.allclose(np.diff(angles), np.diff(angles)[0])  # even in atan σ
+    lq = np.array(linear_quadratic_sigmas(10, 0.03, 14.6)) / 14.6
+    assert lq[0] == 1 and lq[-1] == 0 and np.all(np.diff(lq) < 0)
+    assert np.allclose(np.diff(lq[:6]), -0.025 / 5)  # linear to 1 − 0.025 at step 5
+    assert lq[5] == pytest.approx(0.975)
+    for n in (1, 2, 3):
+        assert len(kl_optimal_sigmas(n, 0.03, 14.6)) == len(linear_quadratic_sigmas(
+            n, 0.03, 14.6)) == n + 1
+    scheduler = make_scheduler("ipndm", "kl_optimal", CONFIG)
+    scheduler.set_timesteps(6)
+    all_sigmas = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5
+    assert np.allclose(scheduler.sigmas.numpy(), kl_optimal_sigmas(
+        6, float(all_sigmas[0]), float(all_sigmas[-1])), rtol=1e-5)
+    assert "euler" in unsupported_combination("ddim", "kl_optimal")
+
+
+# --- through the graph ----------------------------------------------------------------------
+
+def _image(session, sampler: str, *, cfg: float = 5.0, negative: str = "blurry",
+           scheduler: str = "karras", steps: int = 5) -> torch.Tensor:
+    key = uuid.uuid4().hex
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
+                                                            "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["ckpt", 1]}},
+        "empty": {"class_type": "EmptyLatentImage",
+                  "inputs": {"width": 48, "height": 32, "batch_size": 1}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "seed": 3, "steps": steps, "cfg": cfg,
+            "sampler_name": sampler, "scheduler": scheduler, "positive": ["pos", 0],
+            "negative": ["neg", 0], "latent_image": ["empty", 0], "denoise": 1.0}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["ks", 0], "key": key}},
+    }
+    result = session.run(graph)
+    assert result.ok, result.run.error
+    return CAPTURED.pop(key).samples
+
+
+def test_cfg_pp_through_ksampler(session):
+    """CFG++ runs the unconditional pass even at cfg 1 (then it differs from Euler), and
+    equals Euler when the negative prompt is the positive one."""
+    euler = _image(session, "euler", cfg=1.0)
+    assert (_image(session, "euler_cfg_pp", cfg=1.0) - euler).abs().max() > 1e-3
+    same = _image(session, "euler_cfg_pp", cfg=1.5, negative="a red circle")
+    assert torch.allclose(same, _image(session, "euler", cfg=1.5, negative="a red circle"),
+                          atol=1e-4)
+
+
+def test_one_step_samplers_equal_euler(session):
+    euler = _image(session, "euler", steps=1)
+    for sampler in ("ipndm", "ipndm_v", "res_multistep", "gradient_estimation"):
+        assert torch.allclose(_image(session, sampler, steps=1), euler, atol=1e-4), sampler
