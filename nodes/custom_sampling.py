@@ -237,7 +237,8 @@ class CFGGuider(Node):
 def _schedule(value: Any) -> SigmaSchedule:
     if not isinstance(value, SigmaSchedule):
         raise ValueError(f"sigmas must come from a Steerflow schedule node (BasicScheduler, "
-                         f"SDTurboScheduler, SplitSigmas), not {type(value).__name__}")
+                         f"SDTurboScheduler, KarrasScheduler, AlignYourStepsScheduler, "
+                         f"SplitSigmas, ...), not {type(value).__name__}")
     return value
 
 
@@ -261,7 +262,7 @@ def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
     prediction of the clean latent."""
     from nodes.diffusion.sampling import sample
 
-    schedule = _schedule(sigmas)
+    schedule = _schedule(sigmas).for_model(guider.model.scheduler_config)
     if not isinstance(sampler, SamplerChoice):
         raise ValueError("sampler must come from KSamplerSelect")
     if len(schedule) == 0:

@@ -192,3 +192,95 @@ def test_one_step_samplers_equal_euler(session):
     euler = _image(session, "euler", steps=1)
     for sampler in ("ipndm", "ipndm_v", "res_multistep", "gradient_estimation"):
         assert torch.allclose(_image(session, sampler, steps=1), euler, atol=1e-4), sampler
+
+
+# --- explicit σ lists (KarrasScheduler, AlignYourStepsScheduler, ...) ------------------------
+
+def _sigma_graph(sigmas_node: dict, sampler: str = "euler", latent: str = "empty") -> dict:
+    from tests.test_custom_sampling import base, custom, select
+
+    return {**base(), "select": select(sampler), "sig": sigmas_node,
+            "sc": custom(["sig", 0], [latent, 0])}
+
+
+def _karras(steps: int, sigma_min: float, sigma_max: float) -> dict:
+    return {"class_type": "KarrasScheduler", "inputs": {
+        "steps": steps, "sigma_max": sigma_max, "sigma_min": sigma_min, "rho": 7.0}}
+
+
+def test_karras_list_equals_diffusers_on_those_sigmas(session, tiny_model_paths):
+    """KarrasScheduler + SamplerCustom = StableDiffusionPipeline with Euler on diffusers'
+    Karras σs, started as ComfyUI starts (noise × σ₀; diffusers' own start is
+    noise × √(σ₀² + 1) unless the spacing is trailing)."""
+    import diffusers
+
+    from tests.test_custom_sampling import PROMPT, captured
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        tiny_model_paths["diffusers"], local_files_only=True, safety_checker=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                  use_karras_sigmas=True)
+    pipe.scheduler.set_timesteps(8)
+    top, bottom = float(pipe.scheduler.sigmas[0]), float(pipe.scheduler.sigmas[-2])
+    noise = torch.randn((1, 4, 4, 6), generator=torch.Generator().manual_seed(3))
+    reference = pipe(PROMPT, negative_prompt="blurry", num_inference_steps=8,
+                     guidance_scale=5.0, height=32, width=48, output_type="latent",
+                     latents=noise * top / float(pipe.scheduler.init_noise_sigma)).images
+    (ours,) = captured(session, _sigma_graph(_karras(8, bottom, top)), ["sc", 0])
+    assert float((ours.samples - reference).abs().max()) < 1e-4
+
+
+def _error(session, graph: dict) -> str:
+    graph["cap"] = {"class_type": "TestCapture", "inputs": {"value": ["sc", 0]}}
+    result = session.run(graph)
+    assert not result.ok
+    return str(result.run.error)
+
+
+def test_sigma_lists_window_and_refusals(session):
+    from tests.test_custom_sampling import captured
+
+    ays = {"class_type": "AlignYourStepsScheduler",
+           "inputs": {"model_type": "SD1", "steps": 10, "denoise": 1.0}}
+    graph = _sigma_graph(ays)
+    graph["show"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sig", 0], "step": 4}}
+    schedule, high, low, full = captured(session, graph, ["sig", 0], ["show", 0], ["show", 1],
+                                         ["sc", 0])
+    assert np.allclose(schedule.sigmas().numpy()[:-1], [14.615, 6.475, 3.861, 2.697, 1.886,
+                                                        1.396, 0.963, 0.652, 0.399, 0.152])
+    assert schedule.sigmas()[-1] == 0 and len(high.sigmas()) == 5 and len(low.sigmas()) == 7
+    # two halves run one after the other equal the whole
+    from tests.test_custom_sampling import custom
+
+    graph["first"] = custom(["show", 0], ["empty", 0])
+    graph["second"] = custom(["show", 1], ["first", 0], add_noise=False)
+    (second,) = captured(session, graph, ["second", 0])
+    assert float((second.samples - full.samples).abs().max()) < 1e-4
+    # a list below σ_max noises the input latent (img2img): the input shows through
+    ays["inputs"]["denoise"] = 0.3
+    a, = captured(session, _sigma_graph(ays, latent="init"), ["sc", 0])
+    b, = captured(session, _sigma_graph(ays, latent="empty"), ["sc", 0])
+    assert float((a.samples - b.samples).abs().max()) > 1e-2
+    # samplers without custom σs, and a bad range, are structured errors
+    error = _error(session, _sigma_graph(_karras(6, 0.03, 14.6), "ddim"))
+    assert "explicit σ list" in error and "euler" in error
+    assert "sigma_min" in _error(session, _sigma_graph(_karras(6, 20.0, 14.6)))
+
+
+def test_sigma_list_nodes_have_comfyui_schemas():
+    from nodes.sigma_lists import NODE_CLASSES
+
+    by_type = {cls.TYPE: cls for cls in NODE_CLASSES}
+    assert list(by_type["KarrasScheduler"].INPUT_SPECS) == ["steps", "sigma_max", "sigma_min",
+                                                            "rho"]
+    assert list(by_type["ExponentialScheduler"].INPUT_SPECS) == ["steps", "sigma_max",
+                                                                 "sigma_min"]
+    assert list(by_type["PolyexponentialScheduler"].INPUT_SPECS) == [
+        "steps", "sigma_max", "sigma_min", "rho"]
+    ays = by_type["AlignYourStepsScheduler"].INPUT_SPECS
+    assert list(ays) == ["model_type", "steps", "denoise"] and ays["steps"].default == 10
+    assert by_type["KarrasScheduler"].INPUT_SPECS["sigma_max"].default == 14.614642
+    for cls in NODE_CLASSES:
+        assert [o.type for o in cls.OUTPUTS] == ["SIGMAS"]

@@ -72,6 +72,9 @@ class SamplingParams:
     # scheduler's spacing; ``denoise`` < 1 then only says they start below the top, so
     # the input latent is noised to the first of them (the window still applies).
     timesteps: tuple[int, ...] | None = None
+    # KarrasScheduler, AlignYourStepsScheduler, ...: the scheduler runs an explicit σ list
+    # (``steps`` long, nothing cut); ``denoise`` < 1 likewise says it starts below the top
+    explicit_sigmas: bool = False
 
 
 def _teardown(exts: list[SamplerExtension], run: SamplingRun) -> None:
@@ -91,11 +94,12 @@ def _teardown(exts: list[SamplerExtension], run: SamplingRun) -> None:
 def prepare_timesteps(
     scheduler: Any, steps: int, denoise: float, device: torch.device,
     start_step: int = 0, end_step: int | None = None,
-    custom_timesteps: tuple[int, ...] | None = None,
+    custom_timesteps: tuple[int, ...] | None = None, explicit_sigmas: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Set the schedule and keep its last ``denoise`` fraction (img2img's strength),
     or the window ``[start_step, end_step)`` of it. ``custom_timesteps`` replaces the
-    scheduler's spacing (``denoise`` is then already in them and cuts nothing).
+    scheduler's spacing (``denoise`` is then already in them and cuts nothing), as does
+    an explicit σ list the scheduler was given (``explicit_sigmas``).
 
     Returns the timesteps to run and the index of the first one.
     """
@@ -106,6 +110,8 @@ def prepare_timesteps(
         denoise = 1.0
     else:
         scheduler.set_timesteps(steps, device=device)
+    if explicit_sigmas:
+        denoise = 1.0
     if denoise >= 1.0 and start_step <= 0 and end_step is None:
         return scheduler.timesteps, 0
     t_start = max(start_step, 0)
@@ -349,7 +355,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     generator = torch.Generator("cpu").manual_seed(params.seed)
     timesteps, t_start = prepare_timesteps(scheduler, params.steps, params.denoise, device,
                                            params.start_step, params.end_step,
-                                           params.timesteps)
+                                           params.timesteps, params.explicit_sigmas)
     init_latents = latent.samples.to(device=device, dtype=dtype)
     latents, noise = initial_latents(scheduler, latent, timesteps, params.denoise, generator,
                                      device, dtype, params.start_step, params.add_noise)

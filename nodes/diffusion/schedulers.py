@@ -12,6 +12,7 @@ what the scheduler classes accept (a test compares it with diffusers').
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 # sampler_name -> (diffusers class name, extra config)
@@ -152,14 +153,18 @@ def linear_quadratic_sigmas(steps: int, sigma_min: float, sigma_max: float,
 SIGMA_SPACINGS = {"kl_optimal": kl_optimal_sigmas, "linear_quadratic": linear_quadratic_sigmas}
 
 
-def _with_sigma_spacing(scheduler: Any, spacing: str) -> Any:
-    """``scheduler`` whose ``set_timesteps(steps)`` runs the ``spacing`` σ list (custom
-    timesteps or σs still pass straight through)."""
+def model_sigma_range(scheduler: Any) -> tuple[float, float]:
+    """(σ_min, σ_max) of a scheduler's training noise levels, ``√((1 − ᾱ)/ᾱ)``."""
     import numpy as np
 
     alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
     all_sigmas = ((1 - alphas) / alphas) ** 0.5
-    sigma_min, sigma_max = float(all_sigmas[0]), float(all_sigmas[-1])
+    return float(all_sigmas[0]), float(all_sigmas[-1])
+
+
+def with_sigma_list(scheduler: Any, sigmas_for: Callable[[int], list[float]]) -> Any:
+    """``scheduler`` (one of :data:`TAKES_SIGMAS`) whose ``set_timesteps(steps)`` runs the
+    σ list ``sigmas_for(steps)`` (custom timesteps or σs still pass straight through)."""
     own = scheduler.set_timesteps
 
     def set_timesteps(num_inference_steps: int | None = None, device: Any = None,
@@ -168,11 +173,21 @@ def _with_sigma_spacing(scheduler: Any, spacing: str) -> Any:
                 or kwargs.get("sigmas") is not None:
             own(num_inference_steps, device, **kwargs)
             return
-        own(device=device, sigmas=SIGMA_SPACINGS[spacing](
-            int(num_inference_steps), sigma_min, sigma_max))
+        own(device=device, sigmas=sigmas_for(int(num_inference_steps)))
 
     scheduler.set_timesteps = set_timesteps
     return scheduler
+
+
+def sigma_list_problem(sampler_name: str) -> str | None:
+    """Why ``sampler_name`` cannot run an explicit σ list, or None."""
+    if sampler_name not in SAMPLERS:
+        return f"unknown sampler {sampler_name!r}"
+    if SAMPLERS[sampler_name][0] in TAKES_SIGMAS:
+        return None
+    working = ", ".join(name for name, (cls, _) in SAMPLERS.items() if cls in TAKES_SIGMAS)
+    return (f"sampler {sampler_name!r} cannot run an explicit σ list (its diffusers "
+            f"scheduler runs no custom σs); use one of: {working}")
 
 
 def _scheduler_class(sampler_name: str) -> type:
@@ -241,5 +256,7 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
         config["noise_sampler_seed"] = int(seed)
     scheduler = cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])
     if schedule in SIGMA_SPACINGS:
-        return _with_sigma_spacing(scheduler, schedule)
+        sigma_min, sigma_max = model_sigma_range(scheduler)
+        spacing = SIGMA_SPACINGS[schedule]
+        scheduler = with_sigma_list(scheduler, lambda n: spacing(n, sigma_min, sigma_max))
     return scheduler

@@ -23,6 +23,8 @@ from nodes.diffusion.schedulers import (
     SCHEDULE_OPTIONS,
     _scheduler_class,
     make_scheduler,
+    sigma_list_problem,
+    with_sigma_list,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +96,10 @@ class SigmaSchedule:
     (the checkpoint's). ``timesteps``, when set, replaces the spacing with explicit
     timesteps (SDTurboScheduler; ``steps`` is their count); ``denoise`` < 1 then says
     they start below the top of the schedule, so the input latent is noised to the
-    first of them instead of being replaced by noise.
+    first of them instead of being replaced by noise. ``sigma_list`` (``steps + 1`` noise
+    levels, the last 0: KarrasScheduler, AlignYourStepsScheduler, ...) replaces both, for
+    the samplers that run custom σs; such a list comes without a config and is bound to
+    the sampling model's by :meth:`for_model`.
     """
 
     scheduler_config: dict[str, Any] = field(repr=False)
@@ -104,6 +109,7 @@ class SigmaSchedule:
     end: int | None = None
     timesteps: tuple[int, ...] | None = None
     denoise: float = 1.0
+    sigma_list: tuple[float, ...] | None = None
 
     @property
     def stop(self) -> int:
@@ -120,8 +126,30 @@ class SigmaSchedule:
         return (replace(self, end=middle if middle < self.steps else None),
                 replace(self, start=middle))
 
+    def for_model(self, scheduler_config: dict[str, Any]) -> SigmaSchedule:
+        """An explicit σ list on the sampling model's noise schedule: ``denoise`` < 1 when
+        the window starts below that model's σ_max (the input latent is then noised to
+        the first level rather than replaced). Other schedules are returned as they are."""
+        if self.sigma_list is None or self.scheduler_config:
+            return self
+        from nodes.diffusion.schedulers import model_sigma_range
+
+        config = dict(scheduler_config)
+        _, top = model_sigma_range(make_scheduler("euler", "normal", config))
+        first = self.sigma_list[min(self.start, len(self.sigma_list) - 1)]
+        denoise = 1.0 if first >= top * (1 - 1e-3) else min(max(first / top, 1e-6), 0.999)
+        return replace(self, scheduler_config=config, denoise=denoise)
+
     def make_scheduler(self, sampler_name: str, seed: int | None = None) -> Any:
         """A fresh diffusers scheduler for ``sampler_name`` on this schedule."""
+        if self.sigma_list is not None:
+            problem = sigma_list_problem(sampler_name)
+            if problem:
+                raise ValueError(problem)
+            config = {k: v for k, v in self.scheduler_config.items() if k not in _SIGMA_OPTIONS}
+            sigmas = list(self.sigma_list)
+            return with_sigma_list(make_scheduler(sampler_name, "normal", config, seed=seed),
+                                   lambda _steps: sigmas)
         if self.timesteps is None:
             return make_scheduler(sampler_name, self.scheduler, self.scheduler_config, seed=seed)
         problem = custom_timesteps_problem(sampler_name)
@@ -141,7 +169,8 @@ class SigmaSchedule:
         return SamplingParams(seed=seed, steps=self.steps, cfg=cfg, denoise=self.denoise,
                               start_step=self.start,
                               end_step=self.stop if self.stop < self.steps else None,
-                              add_noise=add_noise, timesteps=self.timesteps)
+                              add_noise=add_noise, timesteps=self.timesteps,
+                              explicit_sigmas=self.sigma_list is not None)
 
     def sigmas(self) -> torch.Tensor:
         """The window's noise levels as ComfyUI's SIGMAS tensor holds them: σ-space (Euler's
@@ -151,6 +180,8 @@ class SigmaSchedule:
 
         if len(self) == 0:
             return torch.zeros(0)
+        if self.sigma_list is not None:
+            return torch.tensor(self.sigma_list[self.start:self.stop + 1], dtype=torch.float32)
         scheduler = self.make_scheduler("euler")
         if self.timesteps is None:
             scheduler.set_timesteps(self.steps, device="cpu")
