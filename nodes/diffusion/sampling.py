@@ -360,7 +360,8 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     latents, noise = initial_latents(scheduler, latent, timesteps, params.denoise, generator,
                                      device, dtype, params.start_step, params.add_noise)
     # CFG++ samplers renoise with the unconditional prediction: they need it at any cfg
-    cfg_pp = getattr(scheduler, "cfg_pp", False)
+    # (unless it is the conditional one: BasicGuider's, where CFG++ is the plain sampler)
+    cfg_pp = getattr(scheduler, "cfg_pp", False) and negative is not positive
     do_cfg = (params.cfg > 1.0 or cfg_pp) and unet.config.time_cond_proj_dim is None
     run = SamplingRun(model, scheduler, params, generator, timesteps, init_latents, noise,
                       positive, negative, latent, do_cfg,

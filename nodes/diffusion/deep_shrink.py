@@ -1,0 +1,272 @@
+"""Deep Shrink (Kohya's "PatchModelAddDownscale") as a sampler extension.
+
+Early in sampling, while the composition is decided, the UNet's hidden state is shrunk
+by ``downscale_factor`` after one of its input blocks, so the deeper layers see the
+image at the size they were trained on; on the way up each hidden state is resized back
+to the skip connection it is joined with. Images larger than the model's native size
+then keep one subject instead of repeating it, and the later steps (full size) add the
+detail. Outside ``[start_percent, end_percent]`` of the schedule the UNet runs as it is.
+
+Block numbers are ComfyUI's input blocks of the original UNet layout: 0 is ``conv_in``;
+then each down block's layers (a ResNet with its attention), then its downsampler. On
+SD 1.x: 1-2 the first level, 3 its downsampler, 4-5, 6, 7-8, 9, 10-11; on SDXL 1-2, 3,
+4-5, 6, 7-8. ``downscale_after_skip`` (the default) shrinks only what flows on, keeping
+that block's own skip connection at full size.
+
+How the UNet is changed, for one run only: forward hooks, removed in ``teardown`` (as
+FreeU's). The hooks that resize on the way up act only where sizes differ, so they are
+idle in the steps outside the range. A ControlNet's residuals are made for the full-size
+skips: while shrinking they are added by the hooks instead, each resized to the skip it
+belongs to (ComfyUI drops the ones that no longer fit); a T2I-Adapter's likewise.
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nodes.diffusion.extensions import Denoise, SamplerExtension, Step, UNetCall
+from nodes.diffusion.freeu import remove_hooks
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.sampling import SamplingRun
+
+METHODS = ("bicubic", "nearest-exact", "bilinear", "area", "bislerp")
+
+
+def input_blocks(unet: Any) -> list[tuple[int, int | None]]:
+    """ComfyUI's input blocks 1, 2, ... as ``(down block, layer)``; layer None is the
+    block's downsampler."""
+    blocks: list[tuple[int, int | None]] = []
+    for i, block in enumerate(unet.down_blocks):
+        blocks.extend((i, j) for j in range(len(block.resnets)))
+        if getattr(block, "downsamplers", None):
+            blocks.append((i, None))
+    return blocks
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
+    from nodes.diffusion.resize import common_upscale
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return common_upscale(x, int(size[1]), int(size[0]), method)
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output if not isinstance(output, tuple) else output[0]
+
+
+def _with_first(output: Any, value: torch.Tensor) -> Any:
+    return value if not isinstance(output, tuple) else (value, *output[1:])
+
+
+@dataclass
+class _State:
+    handles: list[Any] = field(default_factory=list)
+    active: bool = False
+    #: a ControlNet's residuals taken from this pass's call, added by the hooks instead
+    down_residuals: list[torch.Tensor] | None = None
+    mid_residual: torch.Tensor | None = None
+    #: a T2I-Adapter's residual list of this pass (the UNet pops it block by block)
+    intrablock: list[torch.Tensor] | None = None
+    #: skip tensors the up blocks have consumed in this pass (from the end)
+    consumed: int = 0
+
+
+class DeepShrink(SamplerExtension):
+    """Shrink the hidden state after input block ``block_number`` by ``factor`` while
+    the step's noise level lies in ``[start_percent, end_percent]`` of the schedule."""
+
+    priority = 950  # its unet_inputs runs after a ControlNet's has set the residuals
+
+    def __init__(self, block_number: int, factor: float, start_percent: float,
+                 end_percent: float, after_skip: bool = True,
+                 downscale_method: str = "bicubic", upscale_method: str = "bicubic"):
+        self.block_number = int(block_number)
+        self.factor = float(factor)
+        self.span = (float(start_percent), float(end_percent))
+        self.after_skip = bool(after_skip)
+        self.downscale_method, self.upscale_method = downscale_method, upscale_method
+
+    def setup(self, run: SamplingRun) -> None:
+        blocks = input_blocks(run.model.unet)
+        if self.block_number > len(blocks):
+            raise ValueError(f"block_number {self.block_number} is past this UNet's "
+                             f"{len(blocks)} input blocks (1-{len(blocks)})")
+        run.state[self] = _State()
+
+    def denoise(self, run: SamplingRun, denoise: Denoise) -> Denoise:
+        # hooks go on here, inside the sampler's try (see FreeU): teardown removes them
+        self.install(run.model.unet, run.state[self])
+        return denoise
+
+    def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
+        from nodes.diffusion.combine import active  # imports torch
+
+        state = run.state[self]
+        state.active = active(self.span, float(step.timestep),
+                              int(run.scheduler.config.num_train_timesteps))
+        state.intrablock = call.down_intrablock_additional_residuals
+        if state.active and call.down_block_additional_residuals is not None:
+            state.down_residuals = list(call.down_block_additional_residuals)
+            state.mid_residual = call.mid_block_additional_residual
+            call.down_block_additional_residuals = call.mid_block_additional_residual = None
+
+    def teardown(self, run: SamplingRun) -> None:
+        state = run.state.pop(self, None)
+        if state is not None:
+            remove_hooks(state.handles)
+
+    # --- the hooks ----------------------------------------------------------------------
+
+    def install(self, unet: Any, state: _State) -> None:
+        i, j = input_blocks(unet)[self.block_number - 1]
+        down = unet.down_blocks[i]
+        shrink = _Shrink(self, state)
+        add = state.handles.append
+        if j is None and self.after_skip:  # the block's output h, not its skips
+            add(down.register_forward_hook(shrink.block_output))
+        elif j is None:
+            add(down.downsamplers[0].register_forward_hook(shrink.module_output))
+        elif not self.after_skip:
+            layer = down.attentions[j] if getattr(down, "attentions", None) else down.resnets[j]
+            add(layer.register_forward_hook(shrink.module_output))
+        else:  # the next module that reads h after this layer's skip was taken
+            if j + 1 < len(down.resnets):
+                target = down.resnets[j + 1]
+            elif getattr(down, "downsamplers", None):
+                target = down.downsamplers[0]
+            elif i + 1 < len(unet.down_blocks):
+                target = unet.down_blocks[i + 1]
+            else:
+                target = unet.mid_block
+            add(target.register_forward_pre_hook(shrink.module_input, with_kwargs=True))
+        for block in unet.down_blocks:  # T2I-Adapter residuals: to the block's size
+            if getattr(block, "attentions", None):  # handed to the block
+                add(block.register_forward_pre_hook(shrink.intrablock, with_kwargs=True))
+            else:  # added by the UNet to the block's output, popped from the list after
+                add(block.register_forward_hook(shrink.intrablock_after))
+        if unet.mid_block is not None:
+            add(unet.mid_block.register_forward_hook(shrink.mid_output))
+        add(unet.register_forward_pre_hook(shrink.new_pass))
+        for block in unet.up_blocks:
+            _UpBlockHooks(self, state, block).install()
+
+
+@dataclass(eq=False)
+class _Shrink:
+    """The down-path hooks of one run."""
+
+    ext: DeepShrink
+    state: _State
+
+    def small(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        size = (max(round(height / self.ext.factor), 1), max(round(width / self.ext.factor), 1))
+        return resize(x, size, self.ext.downscale_method)
+
+    def new_pass(self, module: Any, args: tuple[Any, ...]) -> None:
+        self.state.consumed = 0
+
+    def block_output(self, module: Any, args: Any, output: Any) -> Any:
+        if not self.state.active:
+            return output
+        return (self.small(output[0]), *output[1:])
+
+    def module_output(self, module: Any, args: Any, output: Any) -> Any:
+        if not self.state.active:
+            return output
+        return _with_first(output, self.small(_first(output)))
+
+    def module_input(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if not self.state.active:
+            return args, kwargs
+        if args:
+            return (self.small(args[0]), *args[1:]), kwargs
+        name = "input_tensor" if "input_tensor" in kwargs else "hidden_states"
+        return args, {**kwargs, name: self.small(kwargs[name])}
+
+    def intrablock(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        extra = kwargs.get("additional_residuals")
+        if extra is None:
+            return args, kwargs
+        h = args[0] if args else kwargs["hidden_states"]
+        size = tuple(h.shape[-2:])
+        return args, {**kwargs, "additional_residuals": resize(extra, size,
+                                                                self.ext.upscale_method)}
+
+    def intrablock_after(self, module: Any, args: Any, output: Any) -> None:
+        pending = self.state.intrablock
+        if pending:
+            pending[0] = resize(pending[0], tuple(output[0].shape[-2:]),
+                                self.ext.upscale_method)
+
+    def mid_output(self, module: Any, args: Any, output: Any) -> Any:
+        residual, self.state.mid_residual = self.state.mid_residual, None
+        if residual is None:
+            return output
+        h = _first(output)
+        return _with_first(output, h + resize(residual, tuple(h.shape[-2:]),
+                                              self.ext.downscale_method))
+
+
+@dataclass(eq=False)
+class _UpBlockHooks:
+    """An up block joins ``cat([h, skip_j])`` before ResNet ``j``: h is resized to skip
+    ``j``'s size where they differ (at the block's input for j = 0, at the output of
+    layer j − 1 after), and a ControlNet's residuals taken while shrinking are added to
+    the skips, each resized to its skip."""
+
+    ext: DeepShrink
+    state: _State
+    block: Any
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def install(self) -> None:
+        add = self.state.handles.append
+        add(self.block.register_forward_pre_hook(self.block_input, with_kwargs=True))
+        layers = (self.block.attentions if getattr(self.block, "attentions", None)
+                  else self.block.resnets)
+        for j, layer in enumerate(layers[:-1]):
+            add(layer.register_forward_hook(self._to_skip(j + 1)))
+
+    def block_input(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        positional = "res_hidden_states_tuple" not in kwargs
+        skips = args[1] if positional else kwargs["res_hidden_states_tuple"]
+        skips = self._with_residuals(tuple(skips))
+        self.sizes[:] = [tuple(t.shape[-2:]) for t in reversed(skips)]
+        h = args[0] if args else kwargs["hidden_states"]
+        h = resize(h, self.sizes[0], self.ext.upscale_method)
+        if positional:
+            return (h, skips, *args[2:]), kwargs
+        if args:
+            return (h, *args[1:]), {**kwargs, "res_hidden_states_tuple": skips}
+        return args, {**kwargs, "hidden_states": h, "res_hidden_states_tuple": skips}
+
+    def _with_residuals(self, skips: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        residuals = self.state.down_residuals
+        end = len(residuals) - self.state.consumed if residuals is not None else 0
+        self.state.consumed += len(skips)
+        if residuals is None:
+            return skips
+        mine = residuals[end - len(skips):end]
+        if end - len(skips) <= 0:
+            self.state.down_residuals = None  # all added: none for a later pass (SAG's)
+        return tuple(s + resize(r, tuple(s.shape[-2:]), self.ext.downscale_method)
+                     for s, r in zip(skips, mine, strict=True))
+
+    def _to_skip(self, j: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> Any:
+            h = _first(output)
+            if j >= len(self.sizes) or tuple(h.shape[-2:]) == self.sizes[j]:
+                return output
+            return _with_first(output, resize(h, self.sizes[j], self.ext.upscale_method))
+        return hook
