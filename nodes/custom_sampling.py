@@ -38,9 +38,13 @@ MAX_SEED = 2**64 - 1
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """SAMPLER: one of KSampler's sampler names."""
+    """SAMPLER: one of KSampler's sampler names, with the options of ComfyUI's sampler
+    nodes (SamplerEulerAncestral's eta and s_noise, SamplerLMS's order)."""
 
     name: str
+    eta: float = 1.0
+    s_noise: float = 1.0
+    order: int | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,11 @@ def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
     final = FinalDenoise()
     model = guider.model.with_extension(final)  # a handle for this run only
     scheduler = schedule.make_scheduler(sampler.name, seed=noise.seed)
+    if (sampler.eta, sampler.s_noise, sampler.order) != (1.0, 1.0, None):
+        from nodes.diffusion.sigma_samplers import with_options
+
+        scheduler = with_options(scheduler, sampler.name, sampler.eta, sampler.s_noise,
+                                 sampler.order)
     params = schedule.params(noise.seed, guider.cfg, noise.add)
     ctx.check_interrupt()
     results: dict[str, torch.Tensor] = {}

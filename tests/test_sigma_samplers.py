@@ -284,3 +284,74 @@ def test_sigma_list_nodes_have_comfyui_schemas():
     assert by_type["KarrasScheduler"].INPUT_SPECS["sigma_max"].default == 14.614642
     for cls in NODE_CLASSES:
         assert [o.type for o in cls.OUTPUTS] == ["SIGMAS"]
+
+
+# --- ComfyUI's sampler nodes with options ------------------------------------------------------
+
+def test_our_euler_ancestral_equals_diffusers_over_a_run():
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from nodes.diffusion.sigma_samplers import EulerAncestralSampler
+
+    torch.manual_seed(3)
+    x = torch.randn(1, 4, 5, 7) * 14
+    outputs = [torch.randn(1, 4, 5, 7) for _ in range(6)]
+    results = []
+    for cls in (EulerAncestralDiscreteScheduler, EulerAncestralSampler):
+        scheduler = cls.from_config(CONFIG)
+        scheduler.set_timesteps(6)
+        generator, sample = torch.Generator().manual_seed(9), x
+        for t, out in zip(scheduler.timesteps, outputs, strict=True):
+            scheduler.scale_model_input(sample, t)
+            sample = scheduler.step(out, t, sample, generator=generator,
+                                    return_dict=False)[0]
+        results.append(sample)
+    assert torch.allclose(results[0], results[1], atol=1e-4)
+
+
+def _custom_with(session, sampler_node: dict) -> object:
+    from tests.test_custom_sampling import base, basic_scheduler, captured, custom
+
+    graph = {**base(), "sampler": sampler_node, "sched": basic_scheduler(steps=5),
+             "sc": custom(["sched", 0], ["empty", 0], sampler="sampler")}
+    return captured(session, graph, ["sc", 0])[0].samples
+
+
+def _node(type_: str, **inputs) -> dict:
+    return {"class_type": type_, "inputs": inputs}
+
+
+def test_sampler_nodes_with_options(session):
+    select = {name: _custom_with(session, _node("KSamplerSelect", sampler_name=name))
+              for name in ("euler_ancestral", "euler", "lms", "dpmpp_2m_sde_heun")}
+    default = _custom_with(session, _node("SamplerEulerAncestral", eta=1.0, s_noise=1.0))
+    assert torch.equal(default, select["euler_ancestral"])
+    deterministic = _custom_with(session, _node("SamplerEulerAncestral", eta=0.0, s_noise=1.0))
+    assert torch.allclose(deterministic, select["euler"], atol=1e-4)
+    half = _custom_with(session, _node("SamplerEulerAncestral", eta=0.5, s_noise=1.0))
+    assert (half - default).abs().max() > 1e-3 and (half - deterministic).abs().max() > 1e-3
+    assert torch.equal(_custom_with(session, _node("SamplerLMS", order=4)), select["lms"])
+    assert (_custom_with(session, _node("SamplerLMS", order=1)) - select["lms"]).abs().max() > 1e-3
+    heun = _custom_with(session, _node("SamplerDPMPP_2M_SDE", solver_type="heun", eta=1.0,
+                                       s_noise=1.0, noise_device="cpu"))
+    assert torch.equal(heun, select["dpmpp_2m_sde_heun"])
+
+
+def test_sampler_node_options_diffusers_cannot_take_are_errors(session):
+    from tests.test_custom_sampling import base, basic_scheduler, custom
+
+    graph = {**base(), "sampler": _node("SamplerDPMPP_3M_SDE", eta=0.5, s_noise=1.0,
+                                        noise_device="gpu"),
+             "sched": basic_scheduler(steps=3),
+             "sc": custom(["sched", 0], ["empty", 0], sampler="sampler"),
+             "cap": {"class_type": "TestCapture", "inputs": {"value": ["sc", 0]}}}
+    result = session.run(graph)
+    assert not result.ok and "eta 0.5" in str(result.run.error)
+    from nodes.sampler_nodes import NODE_CLASSES
+
+    by_type = {cls.TYPE: cls for cls in NODE_CLASSES}
+    assert list(by_type["SamplerDPMPP_2M_SDE"].INPUT_SPECS) == ["solver_type", "eta", "s_noise",
+                                                                "noise_device"]
+    assert list(by_type["SamplerDPMPP_SDE"].INPUT_SPECS) == ["eta", "s_noise", "r",
+                                                             "noise_device"]
+    assert by_type["SamplerEulerAncestralCFGPP"].INPUT_SPECS["eta"].max == 1.0

@@ -32,6 +32,7 @@ imports it only when one of these is built.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -92,6 +93,10 @@ class SigmaSampler(EulerDiscreteScheduler):
 
     ancestral = False
     cfg_pp = False
+    #: ancestral steps: how much of each step's noise is fresh (1: all, 0: none, the ODE)
+    #: and a factor on that noise (SamplerEulerAncestral's eta and s_noise)
+    eta = 1.0
+    s_noise = 1.0
 
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         super().set_timesteps(*args, **kwargs)
@@ -130,7 +135,7 @@ class SigmaSampler(EulerDiscreteScheduler):
         sigma_next = float(self.sigmas[self.step_index + 1])
         denoised = self.denoised(model_output, sample, sigma)
         now = Node(sigma, denoised, (sample - denoised) / sigma)
-        sigma_down, sigma_up = (ancestral_sigmas(sigma, sigma_next) if self.ancestral
+        sigma_down, sigma_up = (ancestral_sigmas(sigma, sigma_next, self.eta) if self.ancestral
                                 else (sigma_next, 0.0))
         if self.cfg_pp:
             # CFG++: the guided x0, renoised with the unconditional prediction's noise
@@ -143,12 +148,22 @@ class SigmaSampler(EulerDiscreteScheduler):
         if sigma_up > 0:
             noise = randn_tensor(model_output.shape, dtype=torch.float32,
                                  device=model_output.device, generator=generator)
-            prev = prev + noise * sigma_up
+            prev = prev + noise * (sigma_up * self.s_noise)
         prev = prev.to(model_output.dtype)
         self._step_index += 1
         if not return_dict:
             return prev, denoised
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+
+
+class EulerAncestralSampler(SigmaSampler):
+    """Euler ancestral with eta and s_noise (SamplerEulerAncestral); at 1 and 1 it is
+    diffusers' ``EulerAncestralDiscreteScheduler``."""
+
+    ancestral = True
+
+    def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
+        return sample + (sigma_next - now.sigma) * now.slope
 
 
 class EulerCFGPPSampler(SigmaSampler):
@@ -221,3 +236,26 @@ class GradientEstimationSampler(SigmaSampler):
         if self.history:
             slope = self.gamma * slope + (1 - self.gamma) * self.history[-1].slope
         return sample + (sigma_next - now.sigma) * slope
+
+
+def with_options(scheduler: Any, sampler_name: str, eta: float = 1.0, s_noise: float = 1.0,
+                 order: int | None = None) -> Any:
+    """``scheduler`` with the options of ComfyUI's sampler nodes (SamplerEulerAncestral's
+    eta and s_noise, SamplerLMS's order). Euler ancestral with other than 1 and 1 runs
+    :class:`EulerAncestralSampler`; a sampler that cannot take an option is an error."""
+    if (eta, s_noise) != (1.0, 1.0):
+        if type(scheduler).__name__ == "EulerAncestralDiscreteScheduler":
+            scheduler = EulerAncestralSampler.from_config(scheduler.config)
+        if not (isinstance(scheduler, SigmaSampler) and scheduler.ancestral):
+            raise ValueError(
+                f"sampler {sampler_name!r} (diffusers' {type(scheduler).__name__}) takes "
+                f"no eta or s_noise: leave both at 1, or use euler_ancestral, "
+                f"euler_ancestral_cfg_pp or res_multistep_ancestral")
+        scheduler.eta, scheduler.s_noise = float(eta), float(s_noise)
+    if order is not None:
+        if type(scheduler).__name__ != "LMSDiscreteScheduler":
+            raise ValueError(f"only the lms sampler takes an order, not {sampler_name!r}")
+        step = scheduler.step
+        # diffusers' LMS takes its order per step; inspect still sees step's other arguments
+        scheduler.step = functools.wraps(step)(functools.partial(step, order=int(order)))
+    return scheduler
