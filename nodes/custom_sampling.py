@@ -313,6 +313,36 @@ class PerpNegGuider(Node):
         return (Guider(model, self.positive, self.negative, self.cfg),)
 
 
+class DualCFGGuider(Node):
+    """Guidance from three prompts: ``cond1`` (the subject), ``cond2`` (a middle prompt,
+    e.g. a style, or the image-only condition of an edit) and the negative. ``regular``:
+    ``n + cfg_cond2_negative·(cond2 − n) + cfg_conds·(cond1 − cond2)``; ``nested``:
+    cond1 guided from cond2 first, that guided from the negative. With cond2 = negative
+    it is CFG at cfg_conds; with cond2 = cond1, CFG at cfg_cond2_negative. One extra
+    UNet row a step."""
+
+    TYPE = "DualCFGGuider"
+    DISPLAY_NAME = "DualCFGGuider"
+    CATEGORY = "sampling/custom_sampling/guiders"
+    OUTPUTS = (Output("GUIDER"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    cond1: Conditioning = Input(type="CONDITIONING")
+    cond2: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    cfg_conds: float = Input(8.0, min=0.0, max=100.0, step=0.1)
+    cfg_cond2_negative: float = Input(8.0, min=0.0, max=100.0, step=0.1)
+    style: str = Input("regular", choices=("regular", "nested"))
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Guider]:
+        from nodes.diffusion.dual_cfg import DualCFG
+
+        model = self.model.with_extension(DualCFG(self.cond2, self.cfg_conds,
+                                                  self.cfg_cond2_negative, self.style))
+        # a cfg above 1 makes the sampler predict the negative; DualCFG replaces its term
+        return (Guider(model, self.cond1, self.negative, 2.0),)
+
+
 class SamplerCustom(Node):
     """Sample with a SAMPLER (KSamplerSelect) over a schedule SIGMAS (BasicScheduler,
     SDTurboScheduler, SplitSigmas).
@@ -369,4 +399,4 @@ class SamplerCustomAdvanced(Node):
 
 NODE_CLASSES = (KSamplerSelect, BasicScheduler, SDTurboScheduler, SplitSigmas,
                 SplitSigmasDenoise, RandomNoise, DisableNoise, BasicGuider, CFGGuider,
-                SamplerCustom, SamplerCustomAdvanced, PerpNegGuider)
+                SamplerCustom, SamplerCustomAdvanced, PerpNegGuider, DualCFGGuider)

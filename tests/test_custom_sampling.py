@@ -132,6 +132,43 @@ def test_sampler_custom_advanced_equals_sampler_custom(session):
     assert max_diff(basic, ours) > 1e-3
 
 
+def test_dual_cfg_guider(session):
+    """DualCFGGuider against CFG: cond2 = negative is CFG at cfg_conds (nested: at
+    cfg_conds·cfg_cond2_negative), cond2 = cond1 is CFG at cfg_cond2_negative; a real
+    middle prompt gives a third image."""
+
+    def dual(cond2: str, style: str = "regular") -> dict:
+        return {"class_type": "DualCFGGuider", "inputs": {
+            "model": ["ckpt", 0], "cond1": ["pos", 0], "cond2": [cond2, 0],
+            "negative": ["neg", 0], "cfg_conds": 3.0, "cfg_cond2_negative": 2.0,
+            "style": style}}
+
+    def cfg(value: float) -> dict:
+        return {"class_type": "CFGGuider", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+            "cfg": value}}
+
+    def run(guider: str) -> dict:
+        return {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": [guider, 0], "sampler": ["select", 0],
+            "sigmas": ["sched", 0], "latent_image": ["empty", 0]}}
+
+    graph = {**base(), "select": select("euler"), "sched": basic_scheduler(steps=4),
+             "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 2}},
+             "mid": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
+                                                                 "clip": ["ckpt", 1]}},
+             "d_neg": dual("neg"), "d_pos": dual("pos"), "d_nested": dual("neg", "nested"),
+             "d_mid": dual("mid"), "c3": cfg(3.0), "c2": cfg(2.0), "c6": cfg(6.0)}
+    for name in ("d_neg", "d_pos", "d_nested", "d_mid", "c3", "c2", "c6"):
+        graph[f"run_{name}"] = run(name)
+    d_neg, d_pos, d_nested, d_mid, c3, c2, c6 = captured(session, graph, *(
+        [f"run_{n}", 0] for n in ("d_neg", "d_pos", "d_nested", "d_mid", "c3", "c2", "c6")))
+    assert max_diff(d_neg, c3) <= 1e-4
+    assert max_diff(d_pos, c2) <= 1e-4
+    assert max_diff(d_nested, c6) <= 1e-4
+    assert min(max_diff(d_mid, c) for c in (c2, c3, c6)) > 1e-3
+
+
 def test_disable_noise_continues_a_noisy_latent(session):
     graph = {**base(), "select": select("euler"), "sched": basic_scheduler(),
              "split": {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sched", 0], "step": 4}},
