@@ -190,3 +190,13 @@ def test_bad_inputs_are_structured_errors(session):
     assert not result.ok and "start_percent" in str(result.run.error)
     with pytest.raises(Exception, match="downscale_factor"):
         session.validate(_graph({**SHRINK, "downscale_factor": 20.0}))
+
+
+def test_a_factor_below_one_that_cannot_fit_is_refused(session, monkeypatch):
+    from nodes.diffusion import vae_codec
+
+    monkeypatch.setattr(vae_codec, "available_bytes", lambda device: 3_000_000)
+    _, result = _run(session, _graph({**SHRINK, "downscale_factor": 0.1}))
+    assert not result.ok and "downscale_factor 0.1" in str(result.run.error)
+    _, result = _run(session, _graph(SHRINK))
+    assert result.ok, result.run.error

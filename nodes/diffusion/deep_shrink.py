@@ -94,11 +94,27 @@ class DeepShrink(SamplerExtension):
         self.downscale_method, self.upscale_method = downscale_method, upscale_method
 
     def setup(self, run: SamplingRun) -> None:
-        blocks = input_blocks(run.model.unet)
+        unet = run.model.unet
+        blocks = input_blocks(unet)
         if self.block_number > len(blocks):
             raise ValueError(f"block_number {self.block_number} is past this UNet's "
                              f"{len(blocks)} input blocks (1-{len(blocks)})")
+        if self.factor < 1:  # a factor below 1 enlarges the deeper levels: will they fit?
+            self._check_enlarged(run, sum(j is None for _, j in blocks[:self.block_number]))
         run.state[self] = _State()
+
+    def _check_enlarged(self, run: SamplingRun, level: int) -> None:
+        from nodes.diffusion.sampling import unet_activation_bytes
+        from nodes.limits import check_fits
+
+        batch, _, height, width = run.init_latents.shape
+        rows = batch * (2 if run.do_cfg else 1)
+        size = (height / 2 ** level / self.factor, width / 2 ** level / self.factor)
+        check_fits(unet_activation_bytes(run.model.unet, rows, round(size[0]), round(size[1])),
+                   run.init_latents.device,
+                   f"Deep Shrink's downscale_factor {self.factor:g} (the UNet's level "
+                   f"{level} at {size[1]:.0f}x{size[0]:.0f} latent pixels)",
+                   "use a downscale_factor of 1 or more")
 
     def denoise(self, run: SamplingRun, denoise: Denoise) -> Denoise:
         # hooks go on here, inside the sampler's try (see FreeU): teardown removes them
