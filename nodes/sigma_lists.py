@@ -1,5 +1,6 @@
 """ComfyUI's explicit-σ schedulers for SamplerCustom: Karras, exponential,
-polyexponential and Align Your Steps noise levels as a SIGMAS value.
+polyexponential, Laplace, VP and Align Your Steps noise levels as a SIGMAS value, and the
+nodes that edit a schedule's σs (SetFirstSigma, ExtendIntermediateSigmas).
 
 Each gives a σ list (``steps + 1`` levels, the last 0) that the samplers running custom
 σs (Euler's family: euler, the CFG++, iPNDM, RES and gradient-estimation samplers) run
@@ -38,6 +39,28 @@ def polyexponential_sigmas(steps: int, sigma_min: float, sigma_max: float,
     low, high = math.log(sigma_min), math.log(sigma_max)
     ramp = [(1 - i / (steps - 1)) ** rho if steps > 1 else 1.0 for i in range(steps)]
     return [math.exp(low + r * (high - low)) for r in ramp] + [0.0]
+
+
+def laplace_sigmas(steps: int, sigma_min: float, sigma_max: float, mu: float = 0.0,
+                   beta: float = 0.5) -> list[float]:
+    """Tian et al.'s Laplace schedule: log σ at the quantiles of a Laplace(μ, β)
+    distribution, evenly spaced in probability (steps gather around σ = e^μ), clamped
+    to [σ_min, σ_max], then 0."""
+    out = []
+    for i in range(steps):
+        x = i / (steps - 1) if steps > 1 else 0.0
+        x = min(max(x, 1e-7), 1 - 1e-7)  # the quantile is infinite at 0 and 1
+        quantile = mu - beta * math.copysign(1.0, 0.5 - x) * math.log(1 - 2 * abs(0.5 - x))
+        out.append(min(max(math.exp(quantile), sigma_min), sigma_max))
+    return [*out, 0.0]
+
+
+def vp_sigmas(steps: int, beta_d: float = 19.9, beta_min: float = 0.1,
+              eps_s: float = 1e-3) -> list[float]:
+    """The continuous VP-SDE's noise levels (Song et al. 2021) at t evenly spaced from
+    1 to ``eps_s``: ``σ(t) = √(exp(β_d t²/2 + β_min t) − 1)``, then 0."""
+    ts = [1 - (1 - eps_s) * i / (steps - 1) if steps > 1 else 1.0 for i in range(steps)]
+    return [math.sqrt(math.expm1(beta_d * t * t / 2 + beta_min * t)) for t in ts] + [0.0]
 
 
 def loglinear_interp(levels: tuple[float, ...], count: int) -> list[float]:
@@ -147,5 +170,126 @@ class AlignYourStepsScheduler(Node):
         return (_schedule(sigmas, start=self.steps - keep),)
 
 
+class LaplaceScheduler(Node):
+    """Laplace noise levels (Tian et al. 2024): steps gathered around σ = e^mu, more so
+    for a small ``beta``, within [σ_min, σ_max]."""
+
+    TYPE = "LaplaceScheduler"
+    DISPLAY_NAME = "LaplaceScheduler"
+    CATEGORY = "sampling/custom_sampling/schedulers"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    steps: int = Input(20, min=1, max=10000)
+    sigma_max: float = Input(14.614642, min=0.0, max=SIGMA_MAX, step=0.01)
+    sigma_min: float = Input(0.0291675, min=0.0, max=SIGMA_MAX, step=0.01)
+    mu: float = Input(0.0, min=-10.0, max=10.0, step=0.1)
+    beta: float = Input(0.5, min=0.0, max=10.0, step=0.1)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        _check_range(self.sigma_min, self.sigma_max)
+        if self.beta <= 0:
+            raise ValueError("beta must be above 0")
+        return (_schedule(laplace_sigmas(self.steps, self.sigma_min, self.sigma_max,
+                                         self.mu, self.beta)),)
+
+
+class VPScheduler(Node):
+    """The continuous VP-SDE's noise levels (``beta_d``, ``beta_min``, down to time
+    ``eps_s``); the defaults start at σ ≈ 152, far above SD's 14.6."""
+
+    TYPE = "VPScheduler"
+    DISPLAY_NAME = "VPScheduler"
+    CATEGORY = "sampling/custom_sampling/schedulers"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    steps: int = Input(20, min=1, max=10000)
+    beta_d: float = Input(19.9, min=0.0, max=SIGMA_MAX, step=0.01)
+    beta_min: float = Input(0.1, min=0.0, max=SIGMA_MAX, step=0.01)
+    eps_s: float = Input(0.001, min=0.0, max=1.0, step=0.0001)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        if self.beta_d + self.beta_min <= 0 or self.eps_s <= 0:
+            raise ValueError("beta_d + beta_min and eps_s must be above 0 (σ would be 0)")
+        if self.beta_d / 2 + self.beta_min > 700:
+            raise ValueError("beta_d / 2 + beta_min above 700 overflows σ")
+        return (_schedule(vp_sigmas(self.steps, self.beta_d, self.beta_min, self.eps_s)),)
+
+
+def _as_list(value: object) -> SigmaSchedule:
+    if not isinstance(value, SigmaSchedule):
+        raise ValueError(f"sigmas must come from a schedule node, not {type(value).__name__}")
+    return value.explicit()
+
+
+class SetFirstSigma(Node):
+    """Replace the schedule's first noise level (of its window), e.g. to start above the
+    model's σ_max; the schedule becomes an explicit σ list (Euler's family runs it)."""
+
+    TYPE = "SetFirstSigma"
+    DISPLAY_NAME = "SetFirstSigma"
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+    sigma: float = Input(136.0, min=0.0, max=20000.0, step=0.001)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        from dataclasses import replace
+
+        schedule = _as_list(self.sigmas)
+        if len(schedule) == 0:
+            return (schedule,)
+        levels = list(schedule.sigma_list or ())
+        if self.sigma <= levels[schedule.start + 1]:
+            raise ValueError(f"sigma {self.sigma:g} must be above the next level "
+                             f"({levels[schedule.start + 1]:g})")
+        levels[schedule.start] = float(self.sigma)
+        return (replace(schedule, sigma_list=tuple(levels)),)
+
+
+SPACINGS = {"linear": lambda x: x, "cosine": lambda x: math.sin(x * math.pi / 2),
+            "sine": lambda x: 1 - math.cos(x * math.pi / 2)}
+
+
+class ExtendIntermediateSigmas(Node):
+    """Split each step whose noise level lies in [end_at_sigma, start_at_sigma] (-1: no
+    upper bound) into ``steps`` smaller ones, placed along ``spacing``; more steps where
+    they matter, the rest of the schedule as it was. The schedule becomes an explicit σ
+    list (Euler's family runs it)."""
+
+    TYPE = "ExtendIntermediateSigmas"
+    DISPLAY_NAME = "ExtendIntermediateSigmas"
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+    steps: int = Input(2, min=1, max=100)
+    start_at_sigma: float = Input(-1.0, min=-1.0, max=20000.0, step=0.01)
+    end_at_sigma: float = Input(12.0, min=0.0, max=20000.0, step=0.01)
+    spacing: str = Input("linear", choices=tuple(SPACINGS))
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        from dataclasses import replace
+
+        schedule = _as_list(self.sigmas)
+        levels = list(schedule.sigma_list or ())
+        top = math.inf if self.start_at_sigma < 0 else self.start_at_sigma
+        shape = SPACINGS[self.spacing]
+        between = [shape(k / self.steps) for k in range(1, self.steps)]
+        out, index = [], []  # index[i]: where level i lands in the new list
+        for i, level in enumerate(levels):
+            index.append(len(out))
+            out.append(level)
+            if i + 1 < len(levels) and self.end_at_sigma <= level <= top:
+                out.extend(level + f * (levels[i + 1] - level) for f in between)
+        if len(out) - 1 > 10000:
+            raise ValueError(f"the extended schedule has {len(out) - 1} steps, more than "
+                             f"10000: extend fewer steps")
+        end = None if schedule.end is None else index[min(schedule.end, len(levels) - 1)]
+        return (replace(schedule, sigma_list=tuple(out), steps=len(out) - 1,
+                        start=index[min(schedule.start, len(levels) - 1)], end=end),)
+
+
 NODE_CLASSES = (KarrasScheduler, ExponentialScheduler, PolyexponentialScheduler,
-                AlignYourStepsScheduler)
+                LaplaceScheduler, VPScheduler, AlignYourStepsScheduler, SetFirstSigma,
+                ExtendIntermediateSigmas)

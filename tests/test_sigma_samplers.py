@@ -355,3 +355,45 @@ def test_sampler_node_options_diffusers_cannot_take_are_errors(session):
     assert list(by_type["SamplerDPMPP_SDE"].INPUT_SPECS) == ["eta", "s_noise", "r",
                                                              "noise_device"]
     assert by_type["SamplerEulerAncestralCFGPP"].INPUT_SPECS["eta"].max == 1.0
+
+
+def test_laplace_vp_and_sigma_edits(session):
+    import math as m
+
+    from nodes.sigma_lists import laplace_sigmas, vp_sigmas
+    from tests.test_custom_sampling import basic_scheduler, captured
+
+    lap = laplace_sigmas(7, 0.03, 14.6, mu=0.0, beta=0.5)
+    assert lap[0] == 14.6 and lap[-2] == 0.03 and lap[3] == pytest.approx(1.0)  # e^mu mid
+    assert lap == sorted(lap, reverse=True)
+    vp = vp_sigmas(3, 19.9, 0.1, 1e-3)
+    assert vp[0] == pytest.approx(m.sqrt(m.expm1(19.9 / 2 + 0.1)))
+    # ExtendIntermediateSigmas: each step above 2.0 split in two; the rest kept
+    graph = {**_sigma_graph(_karras(4, 0.03, 14.6)),
+             "ext": {"class_type": "ExtendIntermediateSigmas", "inputs": {
+                 "sigmas": ["sig", 0], "steps": 2, "start_at_sigma": -1.0,
+                 "end_at_sigma": 2.0, "spacing": "linear"}},
+             "first": {"class_type": "SetFirstSigma", "inputs": {"sigmas": ["sig", 0],
+                                                                 "sigma": 20.0}},
+             "basic": basic_scheduler("karras", steps=6),
+             "split": {"class_type": "SplitSigmas", "inputs": {"sigmas": ["basic", 0],
+                                                               "step": 2}},
+             "first_low": {"class_type": "SetFirstSigma", "inputs": {
+                 "sigmas": ["split", 1], "sigma": 5.0}}}
+    karras, ext, first, basic, first_low = captured(
+        session, graph, ["sig", 0], ["ext", 0], ["first", 0], ["basic", 0], ["first_low", 0])
+    k = karras.sigmas().tolist()
+    e = ext.sigmas().tolist()
+    assert e[:3] == pytest.approx([k[0], (k[0] + k[1]) / 2, k[1]])
+    assert len(e) == len(k) + sum(1 for s in k[:-1] if s >= 2.0)
+    assert first.sigmas().tolist()[0] == 20.0 and first.sigmas().tolist()[1:] == k[1:]
+    # a model's schedule becomes its explicit σ list, window kept: the low half from step 2
+    low = first_low.sigmas().tolist()
+    assert low[0] == 5.0 and low[1:] == pytest.approx(basic.sigmas().tolist()[3:])
+    # and it runs: Euler over the extended list, finite
+    graph["sc_ext"] = {**graph["sc"], "inputs": {**graph["sc"]["inputs"], "sigmas": ["ext", 0]}}
+    (out,) = captured(session, graph, ["sc_ext", 0])
+    assert torch.isfinite(out.samples).all()
+    assert "next level" in _error(session, {**_sigma_graph(
+        {"class_type": "SetFirstSigma", "inputs": {"sigmas": ["k", 0], "sigma": 0.01}}),
+        "k": _karras(4, 0.03, 14.6)})

@@ -126,15 +126,30 @@ class SigmaSchedule:
         return (replace(self, end=middle if middle < self.steps else None),
                 replace(self, start=middle))
 
+    def explicit(self) -> SigmaSchedule:
+        """The same schedule as an explicit σ list (all ``steps + 1`` levels, the window
+        kept), for the nodes that edit σs (SetFirstSigma, ExtendIntermediateSigmas)."""
+        if self.sigma_list is not None:
+            return self
+        whole = replace(self, start=0, end=None)
+        scheduler = whole.make_scheduler("euler")
+        if self.timesteps is None:
+            scheduler.set_timesteps(self.steps, device="cpu")
+        else:
+            set_custom_timesteps(scheduler, self.timesteps, "cpu")
+        return replace(self, scheduler="normal", timesteps=None,
+                       sigma_list=tuple(float(s) for s in scheduler.sigmas))
+
     def for_model(self, scheduler_config: dict[str, Any]) -> SigmaSchedule:
-        """An explicit σ list on the sampling model's noise schedule: ``denoise`` < 1 when
-        the window starts below that model's σ_max (the input latent is then noised to
-        the first level rather than replaced). Other schedules are returned as they are."""
-        if self.sigma_list is None or self.scheduler_config:
+        """An explicit σ list on the sampling model's noise schedule (its own, when it
+        came from a model's schedule): ``denoise`` < 1 when the window starts below that
+        σ_max (the input latent is then noised to the first level rather than replaced).
+        Other schedules are returned as they are."""
+        if self.sigma_list is None:
             return self
         from nodes.diffusion.schedulers import model_sigma_range
 
-        config = dict(scheduler_config)
+        config = dict(self.scheduler_config or scheduler_config)
         _, top = model_sigma_range(make_scheduler("euler", "normal", config))
         first = self.sigma_list[min(self.start, len(self.sigma_list) - 1)]
         denoise = 1.0 if first >= top * (1 - 1e-3) else min(max(first / top, 1e-6), 0.999)
