@@ -201,6 +201,41 @@ class DisableNoise(Node):
         return (NoiseSource(0, add=False),)
 
 
+class AddNoise(Node):
+    """Noise a latent to the level of a schedule's window (|first − last| σ, as ComfyUI),
+    for a sampler that then runs with DisableNoise; the result is in the space a LATENT
+    with leftover noise is kept in (what the UNet sees), so the sampler reads it right."""
+
+    TYPE = "AddNoise"
+    DISPLAY_NAME = "AddNoise"
+    CATEGORY = "_for_testing/custom_sampling/noise"
+    OUTPUTS = (Output("LATENT"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    noise: NoiseSource = Input(type="NOISE")
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+    latent_image: Latent = Input(type="LATENT")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.sampling import batch_noise
+
+        if not isinstance(self.noise, NoiseSource):
+            raise ValueError("noise must come from RandomNoise or DisableNoise")
+        levels = _schedule(self.sigmas).for_model(self.model.scheduler_config).sigmas()
+        if len(levels) == 0:
+            return (self.latent_image,)
+        scale = float(abs(levels[0] - levels[-1])) if len(levels) > 1 else float(levels[0])
+        samples = self.latent_image.samples
+        noise = (batch_noise(tuple(samples.shape), self.latent_image.batch_index,
+                             torch.Generator("cpu").manual_seed(self.noise.seed),
+                             samples.device, samples.dtype)
+                 if self.noise.add else torch.zeros_like(samples))
+        noisy = (samples + noise * scale) / (scale ** 2 + 1) ** 0.5
+        return (replace(self.latent_image, samples=torch.nan_to_num(noisy)),)
+
+
 class BasicGuider(Node):
     """Sample with one prompt and no guidance (cfg 1: one UNet pass a step), as
     distilled models (SD-Turbo, LCM, Flux) want."""
@@ -399,4 +434,4 @@ class SamplerCustomAdvanced(Node):
 
 NODE_CLASSES = (KSamplerSelect, BasicScheduler, SDTurboScheduler, SplitSigmas,
                 SplitSigmasDenoise, RandomNoise, DisableNoise, BasicGuider, CFGGuider,
-                SamplerCustom, SamplerCustomAdvanced, PerpNegGuider, DualCFGGuider)
+                SamplerCustom, SamplerCustomAdvanced, PerpNegGuider, DualCFGGuider, AddNoise)

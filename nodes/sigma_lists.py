@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from engine import ExecutionContext, Input, Node, Output
+from nodes.diffusion.handles import DiffusionModel
 from nodes.diffusion.sigma_schedules import SigmaSchedule
 
 #: Align Your Steps' 10-step noise levels (Sabour et al. 2024), without the final 0
@@ -290,6 +291,38 @@ class ExtendIntermediateSigmas(Node):
                         start=index[min(schedule.start, len(levels) - 1)], end=end),)
 
 
+class SamplingPercentToSigma(Node):
+    """The noise level at a fraction of the model's schedule (0: the start, 1: the end),
+    as ComfyUI's timestep ranges read it: 0 gives a huge σ and 1 gives 0 (every level
+    is inside or outside), unless ``return_actual_sigma`` asks for σ_max / σ_min there.
+    Feed it to ExtendIntermediateSigmas' bounds."""
+
+    TYPE = "SamplingPercentToSigma"
+    DISPLAY_NAME = "SamplingPercentToSigma"
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    OUTPUTS = (Output("FLOAT", "sigma_value"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    sampling_percent: float = Input(0.0, min=0.0, max=1.0, step=0.0001)
+    return_actual_sigma: bool = Input(False)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[float]:
+        import numpy as np
+
+        from nodes.diffusion.schedulers import make_scheduler
+
+        scheduler = make_scheduler("euler", "normal", dict(self.model.scheduler_config))
+        alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+        log_sigmas = np.log(((1 - alphas) / alphas) ** 0.5)
+        if self.sampling_percent <= 0:
+            return (float(np.exp(log_sigmas[-1])) if self.return_actual_sigma
+                    else 999999999.9,)
+        if self.sampling_percent >= 1:
+            return (float(np.exp(log_sigmas[0])) if self.return_actual_sigma else 0.0,)
+        t = (1 - self.sampling_percent) * (len(log_sigmas) - 1)
+        return (float(np.exp(np.interp(t, np.arange(len(log_sigmas)), log_sigmas))),)
+
+
 NODE_CLASSES = (KarrasScheduler, ExponentialScheduler, PolyexponentialScheduler,
                 LaplaceScheduler, VPScheduler, AlignYourStepsScheduler, SetFirstSigma,
-                ExtendIntermediateSigmas)
+                ExtendIntermediateSigmas, SamplingPercentToSigma)

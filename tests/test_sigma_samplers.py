@@ -283,7 +283,8 @@ def test_sigma_list_nodes_have_comfyui_schemas():
     assert list(ays) == ["model_type", "steps", "denoise"] and ays["steps"].default == 10
     assert by_type["KarrasScheduler"].INPUT_SPECS["sigma_max"].default == 14.614642
     for cls in NODE_CLASSES:
-        assert [o.type for o in cls.OUTPUTS] == ["SIGMAS"]
+        assert [o.type for o in cls.OUTPUTS] == (
+            ["FLOAT"] if cls.TYPE == "SamplingPercentToSigma" else ["SIGMAS"])
 
 
 # --- ComfyUI's sampler nodes with options ------------------------------------------------------
@@ -397,3 +398,35 @@ def test_laplace_vp_and_sigma_edits(session):
     assert "next level" in _error(session, {**_sigma_graph(
         {"class_type": "SetFirstSigma", "inputs": {"sigmas": ["k", 0], "sigma": 0.01}}),
         "k": _karras(4, 0.03, 14.6)})
+
+
+def test_add_noise_then_disable_noise_equals_the_sampler_adding_it(session):
+    """AddNoise + a DisableNoise sampler over the same window = the sampler adding the
+    noise itself (img2img from step 3 of 6): the noisy latent is kept where it belongs."""
+    from tests.test_custom_sampling import base, basic_scheduler, captured
+
+    def adv(noise: str, latent: str) -> dict:
+        return {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": [noise, 0], "guider": ["guider", 0], "sampler": ["select", 0],
+            "sigmas": ["split", 1], "latent_image": [latent, 0]}}
+
+    graph = {**base(), "select": {"class_type": "KSamplerSelect",
+                                  "inputs": {"sampler_name": "euler"}},
+             "k": _karras(6, 0.03, 14.6),
+             "split": {"class_type": "SplitSigmas", "inputs": {"sigmas": ["k", 0], "step": 3}},
+             "guider": {"class_type": "CFGGuider", "inputs": {
+                 "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+                 "cfg": 4.0}},
+             "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+             "off": {"class_type": "DisableNoise", "inputs": {}},
+             "add": {"class_type": "AddNoise", "inputs": {
+                 "model": ["ckpt", 0], "noise": ["noise", 0], "sigmas": ["split", 1],
+                 "latent_image": ["init", 0]}},
+             "direct": adv("noise", "init"), "after_add": adv("off", "add"),
+             "pct": {"class_type": "SamplingPercentToSigma", "inputs": {
+                 "model": ["ckpt", 0], "sampling_percent": 0.5, "return_actual_sigma": False}},
+             "sched": basic_scheduler()}
+    direct, after_add, pct = captured(session, graph, ["direct", 0], ["after_add", 0],
+                                      ["pct", 0])
+    assert float((direct.samples - after_add.samples).abs().max()) < 1e-4
+    assert 0.5 < pct < 5.0  # the middle of SD's schedule
