@@ -1,6 +1,6 @@
 """ComfyUI's explicit-σ schedulers for SamplerCustom: Karras, exponential,
-polyexponential, Laplace, VP and Align Your Steps noise levels as a SIGMAS value, and the
-nodes that edit a schedule's σs (SetFirstSigma, ExtendIntermediateSigmas).
+polyexponential, Laplace, VP, Beta and Align Your Steps noise levels as a SIGMAS value,
+and the nodes that edit a schedule's σs (SetFirstSigma, ExtendIntermediateSigmas).
 
 Each gives a σ list (``steps + 1`` levels, the last 0) that the samplers running custom
 σs (Euler's family: euler, the CFG++, iPNDM, RES and gradient-estimation samplers) run
@@ -291,6 +291,58 @@ class ExtendIntermediateSigmas(Node):
                         start=index[min(schedule.start, len(levels) - 1)], end=end),)
 
 
+def _model_sigmas(model: DiffusionModel) -> list[float]:
+    """The model's σ at each training timestep (``√((1 − ᾱ)/ᾱ)``)."""
+    import numpy as np
+
+    from nodes.diffusion.schedulers import make_scheduler
+
+    scheduler = make_scheduler("euler", "normal", dict(model.scheduler_config))
+    alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+    return (((1 - alphas) / alphas) ** 0.5).tolist()
+
+
+def beta_sigmas(model_sigmas: list[float], steps: int, alpha: float, beta: float
+                ) -> list[float]:
+    """Lee et al. 2024 ("Beta Sampling is All You Need"): training timesteps at the
+    Beta(α, β) quantiles of 1 − i/steps (rounded; repeats dropped), their σs, then 0.
+    α = β = 0.6 spends more steps at both ends of the schedule."""
+    from scipy.stats import beta as beta_distribution
+
+    last = len(model_sigmas) - 1
+    out: list[float] = []
+    previous = None
+    for i in range(steps):
+        t = round(float(beta_distribution.ppf(1 - i / steps, alpha, beta)) * last)
+        if t != previous:
+            out.append(model_sigmas[t])
+            previous = t
+    return [*out, 0.0]
+
+
+class BetaSamplingScheduler(Node):
+    """Beta sampling (Lee et al. 2024): the model's own noise levels at the quantiles of
+    a Beta(alpha, beta) distribution; 0.6 / 0.6 puts more steps at the start (layout) and
+    the end (detail) than in the middle. Repeated timesteps are dropped, so a schedule
+    can have fewer steps than asked."""
+
+    TYPE = "BetaSamplingScheduler"
+    DISPLAY_NAME = "BetaSamplingScheduler"
+    CATEGORY = "sampling/custom_sampling/schedulers"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    steps: int = Input(20, min=1, max=10000)
+    alpha: float = Input(0.6, min=0.0, max=50.0, step=0.01)
+    beta: float = Input(0.6, min=0.0, max=50.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        if self.alpha <= 0 or self.beta <= 0:
+            raise ValueError("alpha and beta must be above 0")
+        sigmas = beta_sigmas(_model_sigmas(self.model), self.steps, self.alpha, self.beta)
+        return (_schedule(sigmas),)
+
+
 class SamplingPercentToSigma(Node):
     """The noise level at a fraction of the model's schedule (0: the start, 1: the end),
     as ComfyUI's timestep ranges read it: 0 gives a huge σ and 1 gives 0 (every level
@@ -309,11 +361,7 @@ class SamplingPercentToSigma(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[float]:
         import numpy as np
 
-        from nodes.diffusion.schedulers import make_scheduler
-
-        scheduler = make_scheduler("euler", "normal", dict(self.model.scheduler_config))
-        alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-        log_sigmas = np.log(((1 - alphas) / alphas) ** 0.5)
+        log_sigmas = np.log(np.asarray(_model_sigmas(self.model)))
         if self.sampling_percent <= 0:
             return (float(np.exp(log_sigmas[-1])) if self.return_actual_sigma
                     else 999999999.9,)
@@ -325,4 +373,4 @@ class SamplingPercentToSigma(Node):
 
 NODE_CLASSES = (KarrasScheduler, ExponentialScheduler, PolyexponentialScheduler,
                 LaplaceScheduler, VPScheduler, AlignYourStepsScheduler, SetFirstSigma,
-                ExtendIntermediateSigmas, SamplingPercentToSigma)
+                ExtendIntermediateSigmas, SamplingPercentToSigma, BetaSamplingScheduler)

@@ -430,3 +430,16 @@ def test_add_noise_then_disable_noise_equals_the_sampler_adding_it(session):
                                       ["pct", 0])
     assert float((direct.samples - after_add.samples).abs().max()) < 1e-4
     assert 0.5 < pct < 5.0  # the middle of SD's schedule
+
+
+def test_beta_sampling_sigmas():
+    from nodes.sigma_lists import beta_sigmas
+
+    model = [0.01 * (t + 1) for t in range(1000)]  # σ = (t + 1)/100
+    uniform = beta_sigmas(model, 4, 1.0, 1.0)  # Beta(1, 1): evenly spaced timesteps
+    assert uniform == pytest.approx([10.0, 7.5, 5.0, 2.51, 0.0], abs=0.01)
+    ends = beta_sigmas(model, 10, 0.6, 0.6)
+    gaps = np.abs(np.diff(ends[:-1]))
+    # Beta(0.6, 0.6)'s quantiles crowd the ends of [0, 1]: more steps near σ_max and σ_min
+    assert gaps[0] < gaps[4] and gaps[-1] < gaps[4]
+    assert len(beta_sigmas(model, 2000, 0.6, 0.6)) - 1 < 2000  # repeats dropped
