@@ -41,7 +41,7 @@ def solve_gaussian(sampler: str, schedule: str, steps: int) -> float:
     return float((x - exact).abs().max() / exact.abs().max())
 
 
-@pytest.mark.parametrize("sampler", ["ipndm", "ipndm_v", "res_multistep"])
+@pytest.mark.parametrize("sampler", ["ipndm", "ipndm_v", "res_multistep", "dpmpp_2m_cfg_pp"])
 @pytest.mark.parametrize("schedule", ["karras", "kl_optimal"])
 def test_higher_order_samplers_converge_faster_than_euler(sampler, schedule):
     euler = [solve_gaussian("euler", schedule, n) for n in (20, 40)]
@@ -443,3 +443,31 @@ def test_beta_sampling_sigmas():
     # Beta(0.6, 0.6)'s quantiles crowd the ends of [0, 1]: more steps near σ_max and σ_min
     assert gaps[0] < gaps[4] and gaps[-1] < gaps[4]
     assert len(beta_sigmas(model, 2000, 0.6, 0.6)) - 1 < 2000  # repeats dropped
+
+
+@pytest.mark.parametrize(("cfg_pp", "plain"), [
+    ("dpmpp_2m_cfg_pp", None), ("res_multistep_cfg_pp", "res_multistep"),
+    ("gradient_estimation_cfg_pp", "gradient_estimation"), ("euler_cfg_pp", "euler")])
+def test_cfg_pp_is_the_plain_sampler_when_the_predictions_agree(cfg_pp, plain):
+    """x̃ = D_guided + σ·ε_uncond is x itself when the unconditional prediction is the
+    guided one; with another one, the step differs."""
+    torch.manual_seed(4)
+    x = torch.randn(1, 4, 3, 5) * 14
+    eps = [torch.randn(1, 4, 3, 5) for _ in range(3)]
+    other = [torch.randn(1, 4, 3, 5) for _ in range(3)]
+    def run(uncond: list[torch.Tensor]) -> list[torch.Tensor]:
+        scheduler = make_scheduler(cfg_pp, "karras", CONFIG)
+        scheduler.set_timesteps(3)
+        samples = [x]
+        for t, e, u in zip(scheduler.timesteps, eps, uncond, strict=True):
+            scheduler.scale_model_input(samples[-1], t)
+            samples.append(scheduler.step(e, t, samples[-1], uncond_output=u,
+                                          return_dict=False)[0])
+        return samples
+
+    same = run(eps)  # the unconditional prediction is the guided one
+    if plain is not None:
+        reference = _steps(plain, eps, x, steps=3)[1]
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(same, reference,
+                                                                     strict=True))
+    assert (run(other)[-1] - same[-1]).abs().max() > 1e-3

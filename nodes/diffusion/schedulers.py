@@ -67,13 +67,18 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "res_multistep": ("RESMultistepSampler", {}),
     "res_multistep_ancestral": ("RESMultistepAncestralSampler", {}),
     "gradient_estimation": ("GradientEstimationSampler", {}),
+    "dpmpp_2m_cfg_pp": ("DPMPP2MCFGPPSampler", {}),
+    "res_multistep_cfg_pp": ("RESMultistepCFGPPSampler", {}),
+    "res_multistep_ancestral_cfg_pp": ("RESMultistepAncestralCFGPPSampler", {}),
+    "gradient_estimation_cfg_pp": ("GradientEstimationCFGPPSampler", {}),
 }
 
 #: the samplers of :mod:`nodes.diffusion.sigma_samplers` (class names)
 SIGMA_SAMPLERS = frozenset({
     "EulerCFGPPSampler", "EulerAncestralCFGPPSampler", "IPNDMSampler",
     "IPNDMVSampler", "RESMultistepSampler", "RESMultistepAncestralSampler",
-    "GradientEstimationSampler"})
+    "GradientEstimationSampler", "DPMPP2MCFGPPSampler", "RESMultistepCFGPPSampler",
+    "RESMultistepAncestralCFGPPSampler", "GradientEstimationCFGPPSampler"})
 
 # scheduler -> extra config
 SCHEDULES: dict[str, dict[str, Any]] = {

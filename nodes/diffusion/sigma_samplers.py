@@ -21,10 +21,14 @@ denoiser ``D(x, σ)`` (the x0 the model predicts) and the slope ``d = (x − D) 
 - ``*_ancestral``: each step goes to σ_down and adds fresh noise of σ_up (η = 1), as
   Euler ancestral does.
 - ``*_cfg_pp``: CFG++ (Chung et al. 2024): the step lands on the guided x0 but renoises
-  with the *unconditional* prediction's noise, ``x' = D_guided + σ'·ε_uncond``. cfg is the
-  paper's λ, so it wants a low one (about 0.5-2, :data:`CFG_PP_NOTE`); the sampling loop
-  runs the unconditional pass even at cfg ≤ 1 and hands its prediction to ``step`` as
-  ``uncond_output``.
+  with the *unconditional* prediction's noise, ``x' = D_guided + σ'·ε_uncond`` for Euler.
+  For every sampler here the solver steps from ``x̃ = D_guided + σ·ε_uncond`` instead of
+  ``x`` (which gives Euler's form exactly); ComfyUI's multistep CFG++ samplers mix the
+  unconditional x0 into their correction terms instead, so those images differ slightly.
+  cfg is the paper's λ, so they want a low one (about 0.5-2, :data:`CFG_PP_NOTE`); the
+  sampling loop runs the unconditional pass even at cfg ≤ 1 and hands its prediction to
+  ``step`` as ``uncond_output``.
+- ``dpmpp_2m_cfg_pp``: DPM-Solver++(2M) (Lu et al. 2022) in σ, with CFG++.
 
 Importing this module imports torch and diffusers; :mod:`nodes.diffusion.schedulers`
 imports it only when one of these is built.
@@ -134,16 +138,14 @@ class SigmaSampler(EulerDiscreteScheduler):
         sigma = float(self.sigmas[self.step_index])
         sigma_next = float(self.sigmas[self.step_index + 1])
         denoised = self.denoised(model_output, sample, sigma)
+        if self.cfg_pp and uncond_output is not None:
+            # CFG++: the sample re-expressed with the guided x0 and the unconditional
+            # prediction's noise, x̃ = D_guided + σ·ε_uncond; the solver steps from there
+            sample = denoised + (sample - self.denoised(uncond_output, sample, sigma))
         now = Node(sigma, denoised, (sample - denoised) / sigma)
         sigma_down, sigma_up = (ancestral_sigmas(sigma, sigma_next, self.eta) if self.ancestral
                                 else (sigma_next, 0.0))
-        if self.cfg_pp:
-            # CFG++: the guided x0, renoised with the unconditional prediction's noise
-            uncond = (denoised if uncond_output is None
-                      else self.denoised(uncond_output, sample, sigma))
-            prev = denoised + sigma_down * (sample - uncond) / sigma
-        else:
-            prev = self.update(sample, now, sigma_down)
+        prev = self.update(sample, now, sigma_down)
         self.history = [*self.history[-2:], now]  # iPNDM, the longest memory, needs 3
         if sigma_up > 0:
             noise = randn_tensor(model_output.shape, dtype=torch.float32,
@@ -156,26 +158,54 @@ class SigmaSampler(EulerDiscreteScheduler):
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
 
-class EulerAncestralSampler(SigmaSampler):
-    """Euler ancestral with eta and s_noise (SamplerEulerAncestral); at 1 and 1 it is
-    diffusers' ``EulerAncestralDiscreteScheduler``."""
-
-    ancestral = True
+class EulerSampler(SigmaSampler):
+    """Euler's step, ``x + (σ' − σ)·d``."""
 
     def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
         return sample + (sigma_next - now.sigma) * now.slope
 
 
-class EulerCFGPPSampler(SigmaSampler):
-    """``euler_cfg_pp`` (the update is CFG++'s, in :meth:`SigmaSampler.step`)."""
+class EulerAncestralSampler(EulerSampler):
+    """Euler ancestral with eta and s_noise (SamplerEulerAncestral); at 1 and 1 it is
+    diffusers' ``EulerAncestralDiscreteScheduler``."""
+
+    ancestral = True
+
+
+class EulerCFGPPSampler(EulerSampler):
+    """``euler_cfg_pp``: ``x' = D_guided + σ'·ε_uncond``."""
 
     cfg_pp = True
 
 
-class EulerAncestralCFGPPSampler(SigmaSampler):
+class EulerAncestralCFGPPSampler(EulerSampler):
     """``euler_ancestral_cfg_pp``."""
 
     cfg_pp = ancestral = True
+
+
+class DPMPP2MSampler(SigmaSampler):
+    """DPM-Solver++(2M) (Lu et al. 2022) in σ: ``x' = (σ'/σ)·x − (e^{−h} − 1)·D̂`` with
+    ``D̂ = (1 + 1/(2r))·D_i − D_{i−1}/(2r)``, ``r = h_{i−1}/h`` (first order at the first
+    step and the last, to σ = 0). Here for its CFG++ form, ``dpmpp_2m_cfg_pp``; plain
+    ``dpmpp_2m`` is diffusers' multistep scheduler."""
+
+    def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
+        if sigma_next == 0:
+            return now.denoised
+        h = math.log(now.sigma) - math.log(sigma_next)
+        estimate = now.denoised
+        if self.history:
+            previous = self.history[-1]
+            r = (math.log(previous.sigma) - math.log(now.sigma)) / h
+            estimate = (1 + 1 / (2 * r)) * now.denoised - previous.denoised / (2 * r)
+        return (sigma_next / now.sigma) * sample - math.expm1(-h) * estimate
+
+
+class DPMPP2MCFGPPSampler(DPMPP2MSampler):
+    """``dpmpp_2m_cfg_pp``."""
+
+    cfg_pp = True
 
 
 class IPNDMSampler(SigmaSampler):
@@ -225,6 +255,18 @@ class RESMultistepAncestralSampler(RESMultistepSampler):
     ancestral = True
 
 
+class RESMultistepCFGPPSampler(RESMultistepSampler):
+    """``res_multistep_cfg_pp``."""
+
+    cfg_pp = True
+
+
+class RESMultistepAncestralCFGPPSampler(RESMultistepSampler):
+    """``res_multistep_ancestral_cfg_pp``."""
+
+    cfg_pp = ancestral = True
+
+
 class GradientEstimationSampler(SigmaSampler):
     """``gradient_estimation``: Euler with the slope ``γ·d_i + (1 − γ)·d_{i−1}`` from the
     second step (Permenter & Yuan 2023, γ = 2)."""
@@ -259,3 +301,9 @@ def with_options(scheduler: Any, sampler_name: str, eta: float = 1.0, s_noise: f
         # diffusers' LMS takes its order per step; inspect still sees step's other arguments
         scheduler.step = functools.wraps(step)(functools.partial(step, order=int(order)))
     return scheduler
+
+
+class GradientEstimationCFGPPSampler(GradientEstimationSampler):
+    """``gradient_estimation_cfg_pp``."""
+
+    cfg_pp = True
