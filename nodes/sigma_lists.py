@@ -76,75 +76,67 @@ def loglinear_interp(levels: tuple[float, ...], count: int) -> list[float]:
     return out
 
 
-def _check_range(sigma_min: float, sigma_max: float) -> None:
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"sigma_min ({sigma_min}) must be above 0 and below sigma_max "
-                         f"({sigma_max})")
-
-
 def _schedule(sigmas: list[float], start: int = 0) -> SigmaSchedule:
     return SigmaSchedule({}, "normal", len(sigmas) - 1, start=start, sigma_list=tuple(sigmas))
 
 
-class KarrasScheduler(Node):
-    """Karras et al.'s σ spacing with your own σ_max, σ_min and ρ (7 packs steps near
-    σ_min; the defaults are SD 1.x's range)."""
+class _SigmaRange(Node):
+    """A σ list from ``steps`` and a range [σ_min, σ_max] (ComfyUI's inputs and bounds;
+    the defaults are SD 1.x's range); subclasses give the spacing in :meth:`levels`."""
 
-    TYPE = "KarrasScheduler"
-    DISPLAY_NAME = "KarrasScheduler"
     CATEGORY = "sampling/custom_sampling/schedulers"
     OUTPUTS = (Output("SIGMAS"),)
 
     steps: int = Input(20, min=1, max=10000)
     sigma_max: float = Input(14.614642, min=0.0, max=SIGMA_MAX, step=0.01)
     sigma_min: float = Input(0.0291675, min=0.0, max=SIGMA_MAX, step=0.01)
-    rho: float = Input(7.0, min=0.0, max=100.0, step=0.01)
+
+    def levels(self) -> list[float]:
+        raise NotImplementedError
 
     def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
-        _check_range(self.sigma_min, self.sigma_max)
-        if self.rho <= 0:
-            raise ValueError("rho must be above 0")
-        return (_schedule(karras_sigmas(self.steps, self.sigma_min, self.sigma_max,
-                                        self.rho)),)
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be above 0 and below "
+                             f"sigma_max ({self.sigma_max})")
+        for name in ("rho", "beta"):
+            if getattr(self, name, 1.0) <= 0:
+                raise ValueError(f"{name} must be above 0")
+        return (_schedule(self.levels()),)
 
 
-class ExponentialScheduler(Node):
+class KarrasScheduler(_SigmaRange):
+    """Karras et al.'s σ spacing with your own σ_max, σ_min and ρ (7 packs steps near
+    σ_min)."""
+
+    TYPE = "KarrasScheduler"
+    DISPLAY_NAME = "KarrasScheduler"
+
+    rho: float = Input(7.0, min=0.0, max=100.0, step=0.01)
+
+    def levels(self) -> list[float]:
+        return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+
+
+class ExponentialScheduler(_SigmaRange):
     """σ evenly spaced in log σ from σ_max to σ_min."""
 
     TYPE = "ExponentialScheduler"
     DISPLAY_NAME = "ExponentialScheduler"
-    CATEGORY = "sampling/custom_sampling/schedulers"
-    OUTPUTS = (Output("SIGMAS"),)
 
-    steps: int = Input(20, min=1, max=10000)
-    sigma_max: float = Input(14.614642, min=0.0, max=SIGMA_MAX, step=0.01)
-    sigma_min: float = Input(0.0291675, min=0.0, max=SIGMA_MAX, step=0.01)
-
-    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
-        _check_range(self.sigma_min, self.sigma_max)
-        return (_schedule(polyexponential_sigmas(self.steps, self.sigma_min,
-                                                 self.sigma_max)),)
+    def levels(self) -> list[float]:
+        return polyexponential_sigmas(self.steps, self.sigma_min, self.sigma_max)
 
 
-class PolyexponentialScheduler(Node):
+class PolyexponentialScheduler(_SigmaRange):
     """log σ along ``(1 − i/(n−1))^ρ``: ρ > 1 spends more steps at high noise."""
 
     TYPE = "PolyexponentialScheduler"
     DISPLAY_NAME = "PolyexponentialScheduler"
-    CATEGORY = "sampling/custom_sampling/schedulers"
-    OUTPUTS = (Output("SIGMAS"),)
 
-    steps: int = Input(20, min=1, max=10000)
-    sigma_max: float = Input(14.614642, min=0.0, max=SIGMA_MAX, step=0.01)
-    sigma_min: float = Input(0.0291675, min=0.0, max=SIGMA_MAX, step=0.01)
     rho: float = Input(1.0, min=0.0, max=100.0, step=0.01)
 
-    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
-        _check_range(self.sigma_min, self.sigma_max)
-        if self.rho <= 0:
-            raise ValueError("rho must be above 0")
-        return (_schedule(polyexponential_sigmas(
-            self.steps, self.sigma_min, self.sigma_max, self.rho)),)
+    def levels(self) -> list[float]:
+        return polyexponential_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
 
 
 class AlignYourStepsScheduler(Node):
@@ -171,27 +163,18 @@ class AlignYourStepsScheduler(Node):
         return (_schedule(sigmas, start=self.steps - keep),)
 
 
-class LaplaceScheduler(Node):
+class LaplaceScheduler(_SigmaRange):
     """Laplace noise levels (Tian et al. 2024): steps gathered around σ = e^mu, more so
     for a small ``beta``, within [σ_min, σ_max]."""
 
     TYPE = "LaplaceScheduler"
     DISPLAY_NAME = "LaplaceScheduler"
-    CATEGORY = "sampling/custom_sampling/schedulers"
-    OUTPUTS = (Output("SIGMAS"),)
 
-    steps: int = Input(20, min=1, max=10000)
-    sigma_max: float = Input(14.614642, min=0.0, max=SIGMA_MAX, step=0.01)
-    sigma_min: float = Input(0.0291675, min=0.0, max=SIGMA_MAX, step=0.01)
     mu: float = Input(0.0, min=-10.0, max=10.0, step=0.1)
     beta: float = Input(0.5, min=0.0, max=10.0, step=0.1)
 
-    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
-        _check_range(self.sigma_min, self.sigma_max)
-        if self.beta <= 0:
-            raise ValueError("beta must be above 0")
-        return (_schedule(laplace_sigmas(self.steps, self.sigma_min, self.sigma_max,
-                                         self.mu, self.beta)),)
+    def levels(self) -> list[float]:
+        return laplace_sigmas(self.steps, self.sigma_min, self.sigma_max, self.mu, self.beta)
 
 
 class VPScheduler(Node):
@@ -292,14 +275,10 @@ class ExtendIntermediateSigmas(Node):
 
 
 def _model_sigmas(model: DiffusionModel) -> list[float]:
-    """The model's σ at each training timestep (``√((1 − ᾱ)/ᾱ)``)."""
-    import numpy as np
+    """The model's σ at each training timestep, lowest first."""
+    from nodes.diffusion.schedulers import make_scheduler, training_sigmas
 
-    from nodes.diffusion.schedulers import make_scheduler
-
-    scheduler = make_scheduler("euler", "normal", dict(model.scheduler_config))
-    alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-    return (((1 - alphas) / alphas) ** 0.5).tolist()
+    return training_sigmas(make_scheduler("euler", "normal", dict(model.scheduler_config)))
 
 
 def beta_sigmas(model_sigmas: list[float], steps: int, alpha: float, beta: float

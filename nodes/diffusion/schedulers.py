@@ -158,13 +158,18 @@ def linear_quadratic_sigmas(steps: int, sigma_min: float, sigma_max: float,
 SIGMA_SPACINGS = {"kl_optimal": kl_optimal_sigmas, "linear_quadratic": linear_quadratic_sigmas}
 
 
-def model_sigma_range(scheduler: Any) -> tuple[float, float]:
-    """(σ_min, σ_max) of a scheduler's training noise levels, ``√((1 − ᾱ)/ᾱ)``."""
+def training_sigmas(scheduler: Any) -> list[float]:
+    """σ at each of a scheduler's training timesteps, ``√((1 − ᾱ)/ᾱ)``, lowest first."""
     import numpy as np
 
     alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-    all_sigmas = ((1 - alphas) / alphas) ** 0.5
-    return float(all_sigmas[0]), float(all_sigmas[-1])
+    return (((1 - alphas) / alphas) ** 0.5).tolist()
+
+
+def model_sigma_range(scheduler: Any) -> tuple[float, float]:
+    """(σ_min, σ_max) of a scheduler's training noise levels."""
+    sigmas = training_sigmas(scheduler)
+    return sigmas[0], sigmas[-1]
 
 
 def with_sigma_list(scheduler: Any, sigmas_for: Callable[[int], list[float]]) -> Any:
