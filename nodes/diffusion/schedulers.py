@@ -195,9 +195,12 @@ def sigma_list_problem(sampler_name: str) -> str | None:
         return f"unknown sampler {sampler_name!r}"
     if SAMPLERS[sampler_name][0] in TAKES_SIGMAS:
         return None
-    working = ", ".join(name for name, (cls, _) in SAMPLERS.items() if cls in TAKES_SIGMAS)
     return (f"sampler {sampler_name!r} cannot run an explicit σ list (its diffusers "
-            f"scheduler runs no custom σs); use one of: {working}")
+            f"scheduler runs no custom σs); use one of: {_sigma_list_samplers()}")
+
+
+def _sigma_list_samplers() -> str:
+    return ", ".join(name for name, (cls, _) in SAMPLERS.items() if cls in TAKES_SIGMAS)
 
 
 def _scheduler_class(sampler_name: str) -> type:
@@ -211,12 +214,6 @@ def _scheduler_class(sampler_name: str) -> type:
     return getattr(diffusers, class_name)
 
 
-def needs_uncond(sampler_name: str) -> bool:
-    """Whether the sampler reads the unconditional prediction itself (CFG++), so the
-    sampling loop runs the unconditional pass at any cfg."""
-    return sampler_name.endswith("_cfg_pp")
-
-
 def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
     """Why a sampler/schedule pair cannot be built, or None if it can."""
     if sampler_name not in SAMPLERS:
@@ -225,9 +222,9 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
         return f"unknown scheduler {schedule!r}"
     class_name = SAMPLERS[sampler_name][0]
     if schedule in SIGMA_SPACINGS and class_name not in TAKES_SIGMAS:
-        working = ", ".join(name for name, (cls, _) in SAMPLERS.items() if cls in TAKES_SIGMAS)
         return (f"sampler {sampler_name!r} does not support the {schedule!r} schedule (its "
-                f"diffusers scheduler runs no custom σ list); use one of: {working}")
+                f"diffusers scheduler runs no custom σ list); use one of: "
+                f"{_sigma_list_samplers()}")
     accepted = SCHEDULE_OPTIONS[class_name]
     for key in SCHEDULES[schedule]:
         if key not in accepted:
