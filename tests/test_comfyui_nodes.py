@@ -72,7 +72,8 @@ def test_unknown_comfyui_sampler_is_a_validation_error(session):
     from engine import PromptValidationError
 
     prompt = {k: v for k, v in COMFY_PROMPT.items()}
-    prompt["3"] = {**prompt["3"], "inputs": {**prompt["3"]["inputs"], "sampler_name": "dpm_adaptive"}}
+    inputs = {**prompt["3"]["inputs"], "sampler_name": "dpm_adaptive"}  # not one of ours
+    prompt["3"] = {**prompt["3"], "inputs": inputs}
     with pytest.raises(PromptValidationError) as info:
         session.validate(prompt)
     assert [i.kind for i in info.value.issues if i.severity == "error"] == ["not_in_choices"]

@@ -26,10 +26,12 @@ def unet() -> UNet2DConditionModel:
 
 
 def by_hand(unet, x, t, context, number: int, factor: float, after_skip: bool,
-            residuals: list[torch.Tensor] | None = None, mid: torch.Tensor | None = None
-            ) -> torch.Tensor:
+            residuals: list[torch.Tensor] | None = None, mid: torch.Tensor | None = None,
+            adapter: list[torch.Tensor] | None = None) -> torch.Tensor:
     """ComfyUI's rule: after input block ``number`` h is shrunk (before or after it is
-    kept as a skip); before each up-path ResNet h is resized to its skip's size."""
+    kept as a skip); before each up-path ResNet h is resized to its skip's size. A
+    ControlNet's residuals go to the skips, a T2I-Adapter's to h after each down block's
+    layers (inside cross-attention blocks, after plain ones), each resized to fit."""
 
     def small(h):
         size = (max(round(h.shape[-2] / factor), 1), max(round(h.shape[-1] / factor), 1))
@@ -39,22 +41,33 @@ def by_hand(unet, x, t, context, number: int, factor: float, after_skip: bool,
     h = unet.conv_in(x)
     skips, position = [h], 0
 
-    def keep(h):
+    def keep(h, extra=None):
+        """h after an input block: the adapter's residual first (where it belongs), then
+        the shrink before or after the skip is kept (ComfyUI's order)."""
         nonlocal position
         position += 1
+        if extra is not None:
+            h = h + resize(extra, tuple(h.shape[-2:]), "bicubic")
         if position == number and not after_skip:
             h = small(h)
         skips.append(h)
         return small(h) if position == number and after_skip else h
 
+    adapter = list(adapter) if adapter is not None else None
     for block in unet.down_blocks:
+        crossattn = bool(getattr(block, "attentions", None))
+        last = len(block.resnets) - 1
         for j, resnet in enumerate(block.resnets):
             h = resnet(h, emb)
-            if getattr(block, "attentions", None):
+            if crossattn:
                 h = block.attentions[j](h, encoder_hidden_states=context, return_dict=False)[0]
-            h = keep(h)
+            # a cross-attention block adds it after its last layer; a plain one after
+            # the whole block (its downsampler, if any)
+            mine = adapter and j == last and (crossattn or not block.downsamplers)
+            h = keep(h, adapter.pop(0) if mine else None)
         if block.downsamplers:
-            h = keep(block.downsamplers[0](h))
+            mine = adapter and not crossattn
+            h = keep(block.downsamplers[0](h), adapter.pop(0) if mine else None)
     if residuals is not None:
         skips = [s + resize(r, tuple(s.shape[-2:]), "bicubic") for s, r in zip(skips, residuals,
                                                                                 strict=True)]
@@ -72,12 +85,15 @@ def by_hand(unet, x, t, context, number: int, factor: float, after_skip: bool,
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
 
 
-def hooked(unet, x, t, context, number, factor, after_skip, residuals=None, mid=None):
+def hooked(unet, x, t, context, number, factor, after_skip, residuals=None, mid=None,
+           adapter=None):
     ext = DeepShrink(number, factor, 0.0, 1.0, after_skip)
-    state = _State(active=True, down_residuals=residuals, mid_residual=mid)
+    state = _State(active=True, down_residuals=residuals, mid_residual=mid,
+                   intrablock=None if adapter is None else list(adapter))
     try:
         ext.install(unet, state)
-        return unet(x, t, context).sample
+        return unet(x, t, context,
+                    down_intrablock_additional_residuals=state.intrablock).sample
     finally:
         remove_hooks(state.handles)
 
@@ -120,6 +136,26 @@ def test_controlnet_residuals_are_resized_to_the_shrunk_skips(unet):
         native = unet(x, t, context, down_block_additional_residuals=residuals,
                       mid_block_additional_residual=mid).sample
         assert torch.allclose(unshrunk, native, atol=1e-5)
+
+
+def test_t2i_adapter_residuals_meet_the_shrunk_hidden_state(unet):
+    """One adapter residual per down block, made for the full-size h: with a shrink
+    anywhere (even inside a block, before its residual is added) each is resized to the
+    h it is added to."""
+    torch.manual_seed(3)
+    x, context = torch.randn(1, 4, 12, 20), torch.randn(1, 7, 32)
+    t = torch.tensor(700.0)
+    adapter = [torch.randn(1, 32, 12, 20), torch.randn(1, 64, 6, 10), torch.randn(1, 64, 3, 5)]
+    with torch.no_grad():
+        native = unet(x, t, context, down_intrablock_additional_residuals=list(adapter)).sample
+        assert torch.allclose(hooked(unet, x, t, context, 2, 1.0, True, adapter=adapter),
+                              native, atol=1e-5)
+        for after_skip in (True, False):
+            for number in range(1, 9):
+                ours = hooked(unet, x, t, context, number, 2.0, after_skip, adapter=adapter)
+                reference = by_hand(unet, x, t, context, number, 2.0, after_skip,
+                                    adapter=adapter)
+                assert torch.allclose(ours, reference, atol=1e-5), (number, after_skip)
 
 
 # --- through the graph ----------------------------------------------------------------------

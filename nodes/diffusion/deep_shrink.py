@@ -24,6 +24,7 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,12 @@ def resize(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return common_upscale(x, int(size[1]), int(size[0]), method)
+
+
+def fit(ext: DeepShrink, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A residual ``x`` resized to ``size``, the hidden state it is added to."""
+    smaller = size[0] * size[1] < x.shape[-2] * x.shape[-1]
+    return resize(x, size, ext.downscale_method if smaller else ext.upscale_method)
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -143,7 +150,10 @@ class DeepShrink(SamplerExtension):
     def install(self, unet: Any, state: _State) -> None:
         i, j = input_blocks(unet)[self.block_number - 1]
         down = unet.down_blocks[i]
-        shrink = _Shrink(self, state)
+        # a shrink inside block i before its last layer's output: the block's own
+        # T2I-Adapter residual (added to that output) meets the shrunk h
+        inside = j is not None and (j < len(down.resnets) - 1 or not self.after_skip)
+        shrink = _Shrink(self, state, i if inside else None)
         add = state.handles.append
         if j is None and self.after_skip:  # the block's output h, not its skips
             add(down.register_forward_hook(shrink.block_output))
@@ -162,9 +172,10 @@ class DeepShrink(SamplerExtension):
             else:
                 target = unet.mid_block
             add(target.register_forward_pre_hook(shrink.module_input, with_kwargs=True))
-        for block in unet.down_blocks:  # T2I-Adapter residuals: to the block's size
+        for k, block in enumerate(unet.down_blocks):  # T2I-Adapter residuals: to h's size
             if getattr(block, "attentions", None):  # handed to the block
-                add(block.register_forward_pre_hook(shrink.intrablock, with_kwargs=True))
+                add(block.register_forward_pre_hook(functools.partial(shrink.intrablock, k),
+                                                    with_kwargs=True))
             else:  # added by the UNet to the block's output, popped from the list after
                 add(block.register_forward_hook(shrink.intrablock_after))
         if unet.mid_block is not None:
@@ -180,11 +191,17 @@ class _Shrink:
 
     ext: DeepShrink
     state: _State
+    #: the down block that shrinks h before its last layer's output, if one does
+    inside: int | None = None
+
+    def small_size(self, height: int, width: int) -> tuple[int, int]:
+        return (max(round(height / self.ext.factor), 1), max(round(width / self.ext.factor), 1))
 
     def small(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        size = (max(round(height / self.ext.factor), 1), max(round(width / self.ext.factor), 1))
-        return resize(x, size, self.ext.downscale_method)
+        return resize(x, self.small_size(*x.shape[-2:]), self.ext.downscale_method)
+
+    def fit(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return fit(self.ext, x, size)
 
     def new_pass(self, module: Any, args: tuple[Any, ...]) -> None:
         self.state.consumed = 0
@@ -208,29 +225,28 @@ class _Shrink:
         name = "input_tensor" if "input_tensor" in kwargs else "hidden_states"
         return args, {**kwargs, name: self.small(kwargs[name])}
 
-    def intrablock(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def intrablock(self, index: int, module: Any, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         extra = kwargs.get("additional_residuals")
         if extra is None:
             return args, kwargs
         h = args[0] if args else kwargs["hidden_states"]
         size = tuple(h.shape[-2:])
-        return args, {**kwargs, "additional_residuals": resize(extra, size,
-                                                                self.ext.upscale_method)}
+        if self.state.active and index == self.inside:
+            size = self.small_size(*size)
+        return args, {**kwargs, "additional_residuals": self.fit(extra, size)}
 
     def intrablock_after(self, module: Any, args: Any, output: Any) -> None:
         pending = self.state.intrablock
         if pending:
-            pending[0] = resize(pending[0], tuple(output[0].shape[-2:]),
-                                self.ext.upscale_method)
+            pending[0] = self.fit(pending[0], tuple(output[0].shape[-2:]))
 
     def mid_output(self, module: Any, args: Any, output: Any) -> Any:
         residual, self.state.mid_residual = self.state.mid_residual, None
         if residual is None:
             return output
         h = _first(output)
-        return _with_first(output, h + resize(residual, tuple(h.shape[-2:]),
-                                              self.ext.downscale_method))
+        return _with_first(output, h + self.fit(residual, tuple(h.shape[-2:])))
 
 
 @dataclass(eq=False)
@@ -276,7 +292,7 @@ class _UpBlockHooks:
         mine = residuals[end - len(skips):end]
         if end - len(skips) <= 0:
             self.state.down_residuals = None  # all added: none for a later pass (SAG's)
-        return tuple(s + resize(r, tuple(s.shape[-2:]), self.ext.downscale_method)
+        return tuple(s + fit(self.ext, r, tuple(s.shape[-2:]))
                      for s, r in zip(skips, mine, strict=True))
 
     def _to_skip(self, j: int) -> Any:
