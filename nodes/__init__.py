@@ -65,6 +65,7 @@ from nodes import (
     style_model,
     t2i_adapter,
     training,
+    unclip,
     upscale,
     upscale_model,
 )
@@ -120,6 +121,7 @@ NODE_CLASSES = (
     *preprocessors.NODE_CLASSES,
     *primitives.NODE_CLASSES,
     *training.NODE_CLASSES,
+    *unclip.NODE_CLASSES,
     *custom_diffusion.NODE_CLASSES,
     *dreambooth.NODE_CLASSES,
     *flow_control.NODE_CLASSES,
