@@ -532,3 +532,35 @@ def test_tcfg_is_diffusers(session, tiny_model_paths):
                           lambda i, c, u: normalized_guidance(c, u, 9.0))
     print(f"TCFG vs diffusers: {(ours - ref).abs().max():.2e}")
     assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_epsilon_scaling_divides_the_final_prediction(parts):
+    """One Euler step to σ = 0 lands on x − σ₀·ε: with Epsilon Scaling on x − σ₀·ε/s."""
+    from nodes.diffusion.rescale_cfg import EpsilonScaling
+    from nodes.diffusion.sampling import SamplingParams, sample
+    from nodes.diffusion.schedulers import make_scheduler
+
+    model, pos, neg, latent = parts
+
+    def one_step(*extensions):
+        m = model
+        for ext in extensions:
+            m = m.with_extension(ext)
+        scheduler = make_scheduler("euler", "normal", m.scheduler_config)
+        out = sample(m, scheduler, pos, neg, latent, SamplingParams(seed=1, steps=1, cfg=5.0))
+        return out, float(scheduler.init_noise_sigma)
+
+    plain, start_sigma = one_step()
+    scaled, _ = one_step(EpsilonScaling(1.25))
+    noise = torch.randn(latent.samples.shape, generator=torch.Generator().manual_seed(1))
+    x = noise * start_sigma
+    assert torch.allclose(scaled - x, (plain - x) / 1.25, atol=1e-4)
+    # with RescaleCFG first and other guidance, it still acts last; v-prediction refused
+    both = sample_with(parts, RescaleCFG(0.5), EpsilonScaling(1.01))
+    assert torch.isfinite(both).all()
+    from dataclasses import replace
+
+    vmodel = replace(model, scheduler_config={**model.scheduler_config,
+                                              "prediction_type": "v_prediction"})
+    with pytest.raises(ValueError, match="Epsilon Scaling"):
+        sample_with([vmodel, pos, neg, latent], EpsilonScaling(1.01))

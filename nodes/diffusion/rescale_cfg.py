@@ -1,5 +1,6 @@
 """Rescaled classifier-free guidance (Lin et al. 2023, "Common Diffusion Noise Schedules
-and Sample Steps are Flawed", section 3.4) as a sampler extension.
+and Sample Steps are Flawed", section 3.4) as a sampler extension, and epsilon scaling
+(:class:`EpsilonScaling`), the other rescale of the final prediction.
 
 High CFG scales blow up the guided prediction's magnitude (over-exposed, burnt images,
 worst with v-prediction / zero-terminal-SNR models). After guidance, the prediction
@@ -65,3 +66,29 @@ class RescaleCFG(SamplerExtension):
         # rescaled prediction
         rescaled = rescale_guided(preds.uncond + guidance, preds.cond, self.multiplier)
         return rescaled - preds.uncond
+
+
+class EpsilonScaling(SamplerExtension):
+    """Epsilon scaling (Ning et al. 2024, "Elucidating the Exposure Bias in Diffusion
+    Models"): the step's final noise prediction is divided by ``scaling_factor`` (a
+    little above 1), which offsets the exposure bias that makes a sampler's latents
+    carry more noise than the schedule assumes; ComfyUI's "Epsilon Scaling" does the
+    same on x − x₀. For ε-prediction models."""
+
+    priority = 950  # after every guidance term and the CFG rescale: the final prediction
+
+    def __init__(self, scaling_factor: float = 1.005):
+        if scaling_factor <= 0:
+            raise ValueError("scaling_factor must be above 0")
+        self.scaling_factor = float(scaling_factor)
+
+    def setup(self, run: SamplingRun) -> None:
+        kind = run.scheduler.config.get("prediction_type", "epsilon")
+        if kind != "epsilon":
+            raise ValueError(f"Epsilon Scaling scales a noise (ε) prediction; this model "
+                             f"predicts {kind!r}")
+
+    def guidance(self, run: SamplingRun, step: Step, preds: Predictions,
+                 guidance: torch.Tensor) -> torch.Tensor:
+        base = preds.uncond if run.do_cfg else preds.cond
+        return (base + guidance) / self.scaling_factor - base
