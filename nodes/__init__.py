@@ -14,6 +14,7 @@ from typing import Any
 
 from engine import Environment
 from nodes import (
+    animated_output,
     attend_excite,
     checkpoint_save,
     clip_guidance,
@@ -71,6 +72,7 @@ from nodes import (
 )
 
 NODE_CLASSES = (
+    *animated_output.NODE_CLASSES,
     *models.NODE_CLASSES,
     *loaders.NODE_CLASSES,
     *clip_vision.NODE_CLASSES,
