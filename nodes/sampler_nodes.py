@@ -124,8 +124,8 @@ class SamplerDPMPP_SDE(Node):
 
 
 class SamplerDPMPP_2S_Ancestral(Node):
-    """KSampler's ``dpmpp_2s_ancestral``: diffusers' second-order single-step
-    DPM-Solver++, which adds no ancestral noise (a departure from ComfyUI)."""
+    """DPM-Solver++(2S) ancestral: two model calls a step (to the midpoint, then the
+    second-order step), then fresh noise; eta and s_noise are fixed at 1 here."""
 
     TYPE = "SamplerDPMPP_2S_Ancestral"
     CATEGORY = CATEGORY

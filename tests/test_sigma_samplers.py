@@ -471,3 +471,28 @@ def test_cfg_pp_is_the_plain_sampler_when_the_predictions_agree(cfg_pp, plain):
         assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(same, reference,
                                                                      strict=True))
     assert (run(other)[-1] - same[-1]).abs().max() > 1e-3
+
+
+def test_dpmpp_2s_ancestral_by_hand():
+    """Two model calls a step on KDPM2 ancestral's layout: to the log-midpoint σ_s, then
+    from x with the midpoint's x0 to σ_down, plus σ_up of fresh noise."""
+    torch.manual_seed(5)
+    scheduler = make_scheduler("dpmpp_2s_ancestral", "normal", CONFIG)
+    scheduler.set_timesteps(3)
+    assert len(scheduler.timesteps) == 5 and scheduler.order == 2
+    x = torch.randn(1, 4, 3, 5) * 14
+    e1, e2 = torch.randn(1, 4, 3, 5), torch.randn(1, 4, 3, 5)
+    t = scheduler.timesteps
+    s0 = float(scheduler.sigmas[0])
+    s_mid, s_down = float(scheduler.sigmas_interpol[0]), float(scheduler.sigmas_down[0])
+    s_up = float(scheduler.sigmas_up[0])
+    assert s_mid == pytest.approx((s0 * s_down) ** 0.5, rel=1e-4)
+    x2 = scheduler.step(e1, t[0], x, return_dict=False)[0]
+    d1 = x - s0 * e1
+    assert torch.allclose(x2, (s_mid / s0) * x + (1 - s_mid / s0) * d1, atol=1e-4)
+    out = scheduler.step(e2, t[1], x2, generator=torch.Generator().manual_seed(8),
+                         return_dict=False)[0]
+    d2 = x2 - s_mid * e2
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(8))
+    expected = (s_down / s0) * x + (1 - s_down / s0) * d2 + s_up * noise
+    assert torch.allclose(out, expected, atol=1e-4)

@@ -36,10 +36,8 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp_2m_sde_gpu": ("DPMSolverMultistepScheduler",
                          {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     "dpmpp_sde_gpu": ("DPMSolverSDEScheduler", {}),
-    "dpmpp_2s_ancestral": (
-        "DPMSolverSinglestepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2},
-    ),
+    # DPM-Solver++(2S) ancestral on KDPM2 ancestral's two-call layout (sigma_samplers)
+    "dpmpp_2s_ancestral": ("DPMPP2SAncestralScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
@@ -79,6 +77,8 @@ SIGMA_SAMPLERS = frozenset({
     "IPNDMVSampler", "RESMultistepSampler", "RESMultistepAncestralSampler",
     "GradientEstimationSampler", "DPMPP2MCFGPPSampler", "RESMultistepCFGPPSampler",
     "RESMultistepAncestralCFGPPSampler", "GradientEstimationCFGPPSampler"})
+#: ours on another diffusers scheduler's layout (not Euler's: no custom σs)
+OWN_SCHEDULERS = frozenset({"DPMPP2SAncestralScheduler"})
 
 # scheduler -> extra config
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -110,7 +110,7 @@ SCHEDULE_OPTIONS: dict[str, frozenset[str]] = {
     "LMSDiscreteScheduler": _ALL_OPTIONS,
     "DPMSolverMultistepScheduler": _ALL_OPTIONS,
     "DPMSolverSDEScheduler": _ALL_OPTIONS,
-    "DPMSolverSinglestepScheduler": frozenset(_SIGMA_OPTIONS),
+    "DPMPP2SAncestralScheduler": _ALL_OPTIONS,  # KDPM2 ancestral's
     "DDIMScheduler": frozenset({"timestep_spacing"}),
     "DDPMScheduler": frozenset({"timestep_spacing"}),
     "PNDMScheduler": frozenset({"timestep_spacing"}),
@@ -205,7 +205,7 @@ def _sigma_list_samplers() -> str:
 
 def _scheduler_class(sampler_name: str) -> type:
     class_name, _ = SAMPLERS[sampler_name]
-    if class_name in SIGMA_SAMPLERS:
+    if class_name in SIGMA_SAMPLERS or class_name in OWN_SCHEDULERS:
         from nodes.diffusion import sigma_samplers
 
         return getattr(sigma_samplers, class_name)

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from diffusers import EulerDiscreteScheduler
+from diffusers import EulerDiscreteScheduler, KDPM2AncestralDiscreteScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -307,3 +307,53 @@ class GradientEstimationCFGPPSampler(GradientEstimationSampler):
     """``gradient_estimation_cfg_pp``."""
 
     cfg_pp = True
+
+
+class DPMPP2SAncestralScheduler(KDPM2AncestralDiscreteScheduler):
+    """``dpmpp_2s_ancestral``: DPM-Solver++(2S) ancestral (Lu et al. 2022; k-diffusion's
+    "DPM++ 2S a"). Each step is two model calls, laid out as diffusers' KDPM2 ancestral
+    lays them out (interleaved timesteps, the midpoint σ_s = √(σ·σ_down)): the first goes
+    to σ_s, ``x₂ = (σ_s/σ)·x + (1 − σ_s/σ)·D(x)``; the second from x,
+    ``x' = (σ_down/σ)·x + (1 − σ_down/σ)·D(x₂)``, then fresh noise σ_up. The last step
+    (to σ = 0) is the first stage alone, which lands on D(x)."""
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
+             sample: torch.Tensor, generator: torch.Generator | None = None,
+             return_dict: bool = True, **_: Any) -> Any:
+        from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import (
+            KDPM2AncestralDiscreteSchedulerOutput,
+        )
+
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        first = self.state_in_first_order
+        k = self.step_index if first else self.step_index - 1
+        sigma = float(self.sigmas[k])
+        sigma_mid = float(self.sigmas_interpol[k])
+        sigma_up = float(self.sigmas_up[k])
+        sigma_down = float(self.sigmas_down[self.step_index - 1])
+        at = sigma if first else sigma_mid  # where the model was evaluated
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            denoised = sample - at * model_output
+        elif kind == "v_prediction":
+            denoised = model_output * (-at / (at ** 2 + 1) ** 0.5) + sample / (at ** 2 + 1)
+        else:
+            raise ValueError(f"dpmpp_2s_ancestral: prediction_type {kind!r} is not epsilon "
+                             f"or v_prediction")
+        if first:
+            self.sample = sample
+            ratio = sigma_mid / sigma
+            prev = ratio * sample + (1 - ratio) * denoised
+        else:
+            x, self.sample = self.sample, None
+            ratio = sigma_down / sigma
+            prev = ratio * x + (1 - ratio) * denoised
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype,
+                                 device=model_output.device, generator=generator)
+            prev = prev + noise * sigma_up
+        self._step_index += 1
+        if not return_dict:
+            return prev, denoised
+        return KDPM2AncestralDiscreteSchedulerOutput(prev_sample=prev,
+                                                     pred_original_sample=denoised)
