@@ -142,8 +142,14 @@ class CheckpointLoaderSimple(Node):
         from nodes.diffusion.preview import link_vae
 
         link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
+        from nodes.diffusion.unclip import UnclipExtension, is_unclip_unet
+
+        # an unCLIP UNet needs class labels on every call: zeros here (no image); its
+        # image conditioning needs unCLIPCheckpointLoader, which says so if asked for it
+        extensions = (UnclipExtension(),) if is_unclip_unet(loaded.unet) else ()
         return (
-            DiffusionModel(loaded.unet, dict(loaded.scheduler_config), loaded.family),
+            DiffusionModel(loaded.unet, dict(loaded.scheduler_config), loaded.family,
+                           extensions=extensions),
             TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
                         text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
             Vae(loaded.vae),
