@@ -26,32 +26,19 @@ sys.path.insert(0, str(ROOT))
 
 DEV_SEED = 77
 STREAM = 16_000_000  # sample indices of these cases (no other metric uses them)
-MODEL = "steerflow-shapes"
 
 
 def graph(text: str, seed: int, size: int, shrink: dict[str, Any] | None,
           steps: int = 25, cfg: float = 7.5) -> dict[str, Any]:
-    model: list[Any] = ["ckpt", 0]
-    g: dict[str, Any] = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": MODEL}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {
-            "width": size, "height": size, "batch_size": 1, "vae": ["ckpt", 2]}},
-    }
+    """The evaluation's text-to-image graph (DDIM), Deep Shrink on the model if asked."""
+    from training.evaluate import EvalConfig, txt2img_graph
+
+    g = txt2img_graph(EvalConfig(steps=steps, cfg=cfg), text, seed, size)
     if shrink is not None:
         g["shrink"] = {"class_type": "PatchModelAddDownscale", "inputs": {
-            "model": model, "downscale_after_skip": True, "downscale_method": "bicubic",
+            "model": ["ckpt", 0], "downscale_after_skip": True, "downscale_method": "bicubic",
             "upscale_method": "bicubic", "start_percent": 0.0, **shrink}}
-        model = ["shrink", 0]
-    g["sample"] = {"class_type": "KSampler", "inputs": {
-        "model": model, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "ddim",
-        "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0],
-        "latent_image": ["latent", 0], "denoise": 1.0}}
-    g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0],
-                                                         "vae": ["ckpt", 2]}}
-    g["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],
-                                                       "filename_prefix": "ds"}}
+        g["sample"]["inputs"]["model"] = ["shrink", 0]
     return g
 
 
