@@ -389,3 +389,12 @@ def test_checkpoint_loader_simple_still_loads_the_unclip_folder(session):
 def test_unclip_model_from_load_checkpoint_says_which_loader(session):
     message = run_error(session, graph(model_loader=UNCLIP))
     assert "unCLIPCheckpointLoader" in message and "Load Checkpoint" in message
+
+
+@pytest.mark.parametrize(("strength", "aug", "sampler"), [
+    (10.0, 1.0, "euler_ancestral"), (-10.0, 0.0, "res_multistep"), (0.5, 0.999, "lms")])
+def test_extreme_settings_stay_finite(session, strength, aug, sampler):
+    image = run_image(session, graph(sampler=sampler, width=48, height=40,
+                                     unclips=(("source.png", strength, aug),
+                                              ("second.png", 1.0, aug))))
+    assert np.isfinite(image).all() and image.shape == (1, 40, 48, 3)
