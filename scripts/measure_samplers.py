@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--cfg-pp", type=float, default=1.0, help="cfg of the CFG++ samplers")
     parser.add_argument("--samplers", nargs="+", default=list(DEFAULT))
+    parser.add_argument("--schedule", help="one schedule for all (default: karras where the "
+                                           "sampler takes it, else normal)")
     parser.add_argument("--base-dir", type=Path, default=ROOT / "output" / "measure")
     args = parser.parse_args()
 
@@ -57,7 +59,8 @@ def main() -> None:
         runner = GraphRunner(args.base_dir / "models", Path(work))
         rows = []
         for sampler in args.samplers:
-            schedule = "normal" if unsupported_combination(sampler, "karras") else "karras"
+            schedule = args.schedule or (
+                "normal" if unsupported_combination(sampler, "karras") else "karras")
             cfg = args.cfg_pp if sampler.endswith("_cfg_pp") else args.cfg
             right = {"color": 0, "shape": 0, "position": 0, "size": 0, "all": 0}
             for i in range(args.cases):
