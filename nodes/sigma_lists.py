@@ -3,7 +3,8 @@ polyexponential, Laplace, VP, Beta and Align Your Steps noise levels as a SIGMAS
 and the nodes that edit a schedule's σs (SetFirstSigma, ExtendIntermediateSigmas).
 
 Each gives a σ list (``steps + 1`` levels, the last 0) that the samplers running custom
-σs (Euler's family: euler, the CFG++, iPNDM, RES and gradient-estimation samplers) run
+σs (Euler's family: euler, the CFG++, iPNDM, RES and gradient-estimation samplers; and
+dpmpp_2m, dpmpp_2m_sde(_heun) and euler_ancestral through their σ-space twins) run
 exactly; another sampler is an error that names them. As in ComfyUI they take no
 model: the sampler runs the list on its own model's noise schedule, and a list that
 starts below that model's σ_max noises the input latent to its first level (img2img).
@@ -207,7 +208,8 @@ def _as_list(value: object) -> SigmaSchedule:
 
 class SetFirstSigma(Node):
     """Replace the schedule's first noise level (of its window), e.g. to start above the
-    model's σ_max; the schedule becomes an explicit σ list (Euler's family runs it)."""
+    model's σ_max; the schedule becomes an explicit σ list (Euler's family and the DPM++
+    2M twins run it)."""
 
     TYPE = "SetFirstSigma"
     DISPLAY_NAME = "SetFirstSigma"
@@ -239,7 +241,7 @@ class ExtendIntermediateSigmas(Node):
     """Split each step whose noise level lies in [end_at_sigma, start_at_sigma] (-1: no
     upper bound) into ``steps`` smaller ones, placed along ``spacing``; more steps where
     they matter, the rest of the schedule as it was. The schedule becomes an explicit σ
-    list (Euler's family runs it)."""
+    list (Euler's family and the DPM++ 2M twins run it)."""
 
     TYPE = "ExtendIntermediateSigmas"
     DISPLAY_NAME = "ExtendIntermediateSigmas"

@@ -496,3 +496,52 @@ def test_dpmpp_2s_ancestral_by_hand():
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(8))
     expected = (s_down / s0) * x + (1 - s_down / s0) * d2 + s_up * noise
     assert torch.allclose(out, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(("algorithm", "solver", "twin"), [
+    ("dpmsolver++", "midpoint", "dpmpp_2m"), ("sde-dpmsolver++", "midpoint", "dpmpp_2m_sde"),
+    ("sde-dpmsolver++", "heun", "dpmpp_2m_sde_heun")])
+@pytest.mark.parametrize("steps", [8, 20])
+def test_sigma_space_twins_equal_diffusers_on_the_same_sigmas(algorithm, solver, twin, steps):
+    """The σ-space DPM++ 2M (SDE) that explicit σ lists run equals diffusers'
+    DPMSolverMultistepScheduler on those σs (its VP samples = ours / √(σ² + 1)), noise
+    draws included."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from nodes.diffusion.schedulers import make_sigma_list_scheduler
+
+    def model(x_vp):  # a smooth stand-in for ε(x)
+        return torch.tanh(0.7 * x_vp) * 0.8 + 0.1
+
+    reference = DPMSolverMultistepScheduler.from_config(
+        CONFIG, algorithm_type=algorithm, solver_order=2, solver_type=solver,
+        use_karras_sigmas=True)
+    reference.set_timesteps(steps)
+    sigmas = [float(s) for s in reference.sigmas]
+    ours = make_sigma_list_scheduler(twin, CONFIG)
+    ours.set_timesteps(sigmas=sigmas)
+    start = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(0))
+    vp, ve = start.clone(), start * math.sqrt(sigmas[0] ** 2 + 1)
+    g_ref, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for i, (t_ref, t_ours) in enumerate(zip(reference.timesteps, ours.timesteps, strict=True)):
+        vp = reference.step(model(vp), t_ref, vp, generator=g_ref, return_dict=False)[0]
+        ours.scale_model_input(ve, t_ours)
+        ve = ours.step(model(ve / math.sqrt(sigmas[i] ** 2 + 1)), t_ours, ve, generator=g_ours,
+                       return_dict=False)[0]
+    assert float((ve / math.sqrt(sigmas[-1] ** 2 + 1) - vp).abs().max()) < 1e-4
+
+
+def test_sigma_lists_and_kl_optimal_run_the_dpm_twins(session):
+    from tests.test_custom_sampling import captured
+
+    outs = []
+    for sampler in ("dpmpp_2m", "dpmpp_2m_sde", "euler_ancestral"):
+        graph = {**_sigma_graph(_karras(6, 0.03, 14.6), sampler)}
+        (out,) = captured(session, graph, ["sc", 0])
+        outs.append(out.samples)
+        assert torch.isfinite(out.samples).all()
+    assert (outs[0] - outs[1]).abs().max() > 1e-3
+    assert unsupported_combination("dpmpp_2m", "kl_optimal") is None
+    assert "dpmpp_2m" in unsupported_combination("ddim", "kl_optimal")
+    image = _image(session, "dpmpp_2m_sde", scheduler="kl_optimal", steps=4)
+    assert torch.isfinite(image).all()

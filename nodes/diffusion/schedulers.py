@@ -123,6 +123,22 @@ SCHEDULE_OPTIONS: dict[str, frozenset[str]] = {
 
 #: diffusers class names whose ``set_timesteps`` runs a custom σ list
 TAKES_SIGMAS = frozenset({"EulerDiscreteScheduler", *SIGMA_SAMPLERS})
+#: samplers whose diffusers scheduler takes no σ list but that have a σ-space twin in
+#: :mod:`nodes.diffusion.sigma_samplers` (checked equal on the same σs): explicit σ
+#: lists and the σ-list schedules run the twin
+SIGMA_TWINS = {
+    "dpmpp_2m": "DPMPP2MSampler",
+    "dpmpp_2m_sde": "DPMPP2MSDESampler", "dpmpp_2m_sde_gpu": "DPMPP2MSDESampler",
+    "dpmpp_2m_sde_heun": "DPMPP2MSDEHeunSampler",
+    "dpmpp_2m_sde_heun_gpu": "DPMPP2MSDEHeunSampler",
+    "euler_ancestral": "EulerAncestralSampler",
+}
+
+
+def runs_sigma_lists(sampler_name: str) -> bool:
+    """Whether ``sampler_name`` runs explicit σ lists (itself or through its twin)."""
+    return sampler_name in SIGMA_TWINS or (
+        sampler_name in SAMPLERS and SAMPLERS[sampler_name][0] in TAKES_SIGMAS)
 
 
 def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
@@ -193,14 +209,28 @@ def sigma_list_problem(sampler_name: str) -> str | None:
     """Why ``sampler_name`` cannot run an explicit σ list, or None."""
     if sampler_name not in SAMPLERS:
         return f"unknown sampler {sampler_name!r}"
-    if SAMPLERS[sampler_name][0] in TAKES_SIGMAS:
+    if runs_sigma_lists(sampler_name):
         return None
     return (f"sampler {sampler_name!r} cannot run an explicit σ list (its diffusers "
             f"scheduler runs no custom σs); use one of: {_sigma_list_samplers()}")
 
 
 def _sigma_list_samplers() -> str:
-    return ", ".join(name for name, (cls, _) in SAMPLERS.items() if cls in TAKES_SIGMAS)
+    return ", ".join(name for name in SAMPLERS if runs_sigma_lists(name))
+
+
+def make_sigma_list_scheduler(sampler_name: str, config: dict[str, Any],
+                              seed: int | None = None) -> Any:
+    """A fresh scheduler for ``sampler_name`` that can run a σ list: its own, or its
+    σ-space twin (:data:`SIGMA_TWINS`) built on the same config."""
+    if sampler_name in SAMPLERS and SAMPLERS[sampler_name][0] in TAKES_SIGMAS:
+        return make_scheduler(sampler_name, "normal", config, seed=seed)
+    if sampler_name not in SIGMA_TWINS:
+        raise ValueError(sigma_list_problem(sampler_name))
+    from nodes.diffusion import sigma_samplers
+
+    base = make_scheduler("euler", "normal", config)  # the config as Euler reads it
+    return getattr(sigma_samplers, SIGMA_TWINS[sampler_name]).from_config(base.config)
 
 
 def _scheduler_class(sampler_name: str) -> type:
@@ -221,7 +251,9 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
     if schedule not in SCHEDULES:
         return f"unknown scheduler {schedule!r}"
     class_name = SAMPLERS[sampler_name][0]
-    if schedule in SIGMA_SPACINGS and class_name not in TAKES_SIGMAS:
+    if schedule in SIGMA_SPACINGS:
+        if runs_sigma_lists(sampler_name):
+            return None
         return (f"sampler {sampler_name!r} does not support the {schedule!r} schedule (its "
                 f"diffusers scheduler runs no custom σ list); use one of: "
                 f"{_sigma_list_samplers()}")
@@ -261,9 +293,9 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
                          f"(Model Sampling Discrete's zsnr): use {', '.join(takes)}")
     if seed is not None and "noise_sampler_seed" in accepts:
         config["noise_sampler_seed"] = int(seed)
-    scheduler = cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])
     if schedule in SIGMA_SPACINGS:
+        scheduler = make_sigma_list_scheduler(sampler_name, base_config, seed)
         sigma_min, sigma_max = model_sigma_range(scheduler)
         spacing = SIGMA_SPACINGS[schedule]
-        scheduler = with_sigma_list(scheduler, lambda n: spacing(n, sigma_min, sigma_max))
-    return scheduler
+        return with_sigma_list(scheduler, lambda n: spacing(n, sigma_min, sigma_max))
+    return cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])

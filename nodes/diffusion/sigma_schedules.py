@@ -23,6 +23,7 @@ from nodes.diffusion.schedulers import (
     SCHEDULE_OPTIONS,
     _scheduler_class,
     make_scheduler,
+    make_sigma_list_scheduler,
     sigma_list_problem,
     with_sigma_list,
 )
@@ -163,7 +164,7 @@ class SigmaSchedule:
                 raise ValueError(problem)
             config = {k: v for k, v in self.scheduler_config.items() if k not in _SIGMA_OPTIONS}
             sigmas = list(self.sigma_list)
-            return with_sigma_list(make_scheduler(sampler_name, "normal", config, seed=seed),
+            return with_sigma_list(make_sigma_list_scheduler(sampler_name, config, seed=seed),
                                    lambda _steps: sigmas)
         if self.timesteps is None:
             return make_scheduler(sampler_name, self.scheduler, self.scheduler_config, seed=seed)
