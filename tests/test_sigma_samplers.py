@@ -545,3 +545,15 @@ def test_sigma_lists_and_kl_optimal_run_the_dpm_twins(session):
     assert "dpmpp_2m" in unsupported_combination("ddim", "kl_optimal")
     image = _image(session, "dpmpp_2m_sde", scheduler="kl_optimal", steps=4)
     assert torch.isfinite(image).all()
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m_sde"])
+def test_sigmas_above_the_models_range_run(session, sampler):
+    """σs above the model's σ_max all map to its last timestep: the sampler must still
+    step through the list by position (a fuzzing find: it ran off the end)."""
+    from tests.test_custom_sampling import captured
+
+    exp = {"class_type": "ExponentialScheduler",
+           "inputs": {"steps": 3, "sigma_max": 282.0, "sigma_min": 20.0}}
+    (out,) = captured(session, _sigma_graph(exp, sampler), ["sc", 0])
+    assert torch.isfinite(out.samples).all()

@@ -112,6 +112,10 @@ def prepare_timesteps(
         scheduler.set_timesteps(steps, device=device)
     if explicit_sigmas:
         denoise = 1.0
+        if hasattr(scheduler, "set_begin_index"):
+            # σs outside the model's range map to one timestep: diffusers would then find
+            # the step by timestep wrongly, so the window says where it starts
+            scheduler.set_begin_index(max(start_step, 0) * scheduler.order)
     if denoise >= 1.0 and start_step <= 0 and end_step is None:
         return scheduler.timesteps, 0
     t_start = max(start_step, 0)
