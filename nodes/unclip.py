@@ -99,6 +99,11 @@ class UnCLIPConditioning(Node):
     of the image and give the prompt more say (0 to 0.3 are typical). ``strength`` scales
     the embedding's effect; chain several of these nodes to mix images: their vectors add
     up (each times its strength), so keep the strengths summing to about 1.
+
+    On SDXL this is Revision (as in ComfyUI): encode the image with CLIP-G's vision model
+    (``clip_vision_g``, CLIP Vision Loader) and the prompt's pooled output becomes the
+    image embedding times ``strength``; pair it with a Conditioning Zero Out text prompt
+    for the image alone, or keep the text for a mix.
     """
 
     TYPE = "unCLIPConditioning"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -398,3 +399,88 @@ def test_extreme_settings_stay_finite(session, strength, aug, sampler):
                                      unclips=(("source.png", strength, aug),
                                               ("second.png", 1.0, aug))))
     assert np.isfinite(image).all() and image.shape == (1, 40, 48, 3)
+
+
+# --- SDXL Revision ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def revision_session(tmp_path_factory):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from nodes.diffusion.tiny_sdxl import BIG_G_WIDTH, ensure_tiny_sdxl
+
+    root = tmp_path_factory.mktemp("revision_models")
+    ensure_tiny_sdxl(root)
+    torch.manual_seed(0)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+        image_size=32, patch_size=8, projection_dim=BIG_G_WIDTH))
+    vision.save_pretrained(root / "clip_vision" / "tiny-clip-g")
+    home = tmp_path_factory.mktemp("revision_home")
+    (home / "input").mkdir()
+    picture(40, 56, 0).save(home / "input" / "source.png")
+    return Session(home, models_dir=root, device="cpu", registry=registry_with_capture())
+
+
+def _revision_graph(strength: float, aug: float) -> dict[str, Any]:
+    from tests.test_sdxl import BASE, sdxl_encode
+
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BASE}},
+        "6": sdxl_encode("4", "a red circle"), "7": sdxl_encode("4", "blurry"),
+        "cv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "tiny-clip-g"}},
+        "img": {"class_type": "LoadImage", "inputs": {"image": "source.png"}},
+        "enc": {"class_type": "CLIPVisionEncode", "inputs": {
+            "clip_vision": ["cv", 0], "image": ["img", 0], "crop": "center"}},
+        "un": {"class_type": "unCLIPConditioning", "inputs": {
+            "conditioning": ["6", 0], "clip_vision_output": ["enc", 0],
+            "strength": strength, "noise_augmentation": aug}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48,
+                                                          "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": 4, "steps": 3, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": ["un", 0], "negative": ["7", 0],
+            "latent_image": ["5", 0], "denoise": 1.0}},
+    }
+
+
+def test_sdxl_revision_puts_the_image_embedding_in_the_pooled_output(revision_session):
+    """On SDXL, unCLIP conditioning is Revision: the positive's pooled output becomes
+    strength · the (noised) image embedding; the same run with that pooled output set by
+    hand on a plain conditioning gives the same latents."""
+    from nodes.diffusion.handles import Conditioning
+    from nodes.diffusion.sampling import SamplingParams, sample
+    from nodes.diffusion.schedulers import make_scheduler
+    from nodes.diffusion.unclip import (
+        OPTION,
+        REVISION_NOISING,
+        UnclipParts,
+        unclip_class_labels,
+    )
+
+    for strength, aug in ((1.0, 0.0), (0.7, 0.4)):
+        graph = _revision_graph(strength, aug)
+        keys = {n: uuid.uuid4().hex for n in ("3", "4", "un", "7", "5")}
+        for node, key in keys.items():
+            graph[f"cap{node}"] = {"class_type": "TestCapture",
+                                   "inputs": {"value": [node, 0], "key": key}}
+        result = revision_session.run(graph)
+        assert result.ok, result.run.error
+        ours, model, positive, negative, latent = (CAPTURED.pop(keys[n])
+                                                   for n in ("3", "4", "un", "7", "5"))
+        entry = positive.entries[0]
+        (cond,) = entry.options[OPTION]
+        width = int(entry.options["pooled_output"].shape[-1])
+        parts = UnclipParts(torch.zeros(1, width), torch.ones(1, width), REVISION_NOISING)
+        pooled = unclip_class_labels(parts, [cond], torch.Generator().manual_seed(4),
+                                     2 * width)[:, :width]
+        options = {k: v for k, v in entry.options.items() if k not in (OPTION, "extensions")}
+        by_hand = Conditioning((replace(entry, options={**options, "pooled_output": pooled}),))
+        scheduler = make_scheduler("euler", "normal", model.scheduler_config)
+        reference = sample(model, scheduler, by_hand, negative, latent,
+                           SamplingParams(seed=4, steps=3, cfg=5.0))
+        assert torch.allclose(ours.samples, reference, atol=1e-5)
+        plain = sample(model, make_scheduler("euler", "normal", model.scheduler_config),
+                       Conditioning((replace(entry, options=options),)), negative, latent,
+                       SamplingParams(seed=4, steps=3, cfg=5.0))
+        assert (ours.samples - plain).abs().max() > 1e-3  # the image acts

@@ -169,6 +169,39 @@ def unclip_class_labels(parts: UnclipParts, conditions: Sequence[UnclipCondition
     return total
 
 
+#: SDXL Revision's embedding noise: ComfyUI's SDXL noise augmentor (no normaliser stats)
+REVISION_NOISING = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000,
+                    "beta_schedule": "squaredcos_cap_v2"}
+
+
+def revision(run: SamplingRun, entries: Sequence[CondEntry]) -> None:
+    """SDXL Revision (ComfyUI's unCLIPConditioning on an SDXL model): each entry with
+    unCLIP conditioning takes, as the pooled output the UNet's added embedding reads,
+    the sum over its image embeddings of ``strength ·`` the embedding noised to its
+    augmentation level (ComfyUI's SDXL noise augmentor: no normaliser stats, a
+    squared-cosine schedule); entries without keep their text's pooled output."""
+    import torch
+
+    rows = run.added.rows
+    generator = _embedding_generator(run.params.seed)
+    for k, entry in enumerate(entries):
+        conditions = conditions_of(entry)
+        if not conditions or k >= len(rows):
+            continue
+        width = int(rows[k].text_embeds.shape[-1])
+        for cond in conditions:
+            if cond.image_embeds.ndim != 2 or cond.image_embeds.shape[-1] != width:
+                raise ValueError(
+                    f"SDXL Revision: the CLIP vision output's image_embeds are "
+                    f"{tuple(cond.image_embeds.shape)} but this SDXL model's pooled output "
+                    f"is {width} wide: encode the image with CLIP-G's vision model "
+                    "(clip_vision_g)")
+        parts = UnclipParts(torch.zeros(1, width), torch.ones(1, width), REVISION_NOISING,
+                            name="SDXL Revision")
+        pooled = unclip_class_labels(parts, conditions, generator, 2 * width)[:, :width]
+        rows[k].text_embeds = pooled.to(rows[k].text_embeds)
+
+
 def conditions_of(entry: CondEntry) -> tuple[UnclipCondition, ...]:
     return tuple(entry.options.get(OPTION, ()))
 
@@ -205,6 +238,11 @@ class UnclipExtension(SamplerExtension):
 
         unet = run.model.unet
         entries = [*run.positive.entries, *run.negative.entries]
+        if not is_unclip_unet(unet) and run.added is not None:
+            # SDXL: Revision, the image embedding as the prompt's pooled output; once a run
+            if next(ext for ext in run.extensions if isinstance(ext, UnclipExtension)) is self:
+                revision(run, entries)
+            return
         if not is_unclip_unet(unet):
             raise ValueError(
                 "unCLIP Conditioning: this MODEL is not an unCLIP model (its UNet has no "
