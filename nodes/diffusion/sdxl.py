@@ -216,18 +216,10 @@ class AddedConditioning:
                 return
         self.by_role[role] = self._match(embeds, self.by_role["cond"])
 
-    def _holds(self, row: _Row, embeds: torch.Tensor) -> bool:
-        tokens = row.embeds.shape[1]
-        if embeds.shape[-1] != row.embeds.shape[-1] or embeds.shape[-2] % tokens:
-            return False
-        first = embeds.reshape(-1, *embeds.shape[-2:])[0, :tokens]
-        return bool((first.to(row.embeds) == row.embeds[0]).all())
-
     def _match(self, embeds: torch.Tensor, preferred: int) -> int:
-        if self._holds(self.rows[preferred], embeds):
-            return preferred
-        return next((k for k, row in enumerate(self.rows) if self._holds(row, embeds)),
-                    preferred)
+        from nodes.diffusion.entry_rows import match_entry
+
+        return match_entry([row.embeds for row in self.rows], embeds, preferred)
 
     def kwargs(self, embeds: torch.Tensor, roles: Sequence[str]) -> dict[str, torch.Tensor]:
         """``added_cond_kwargs`` for a UNet pass whose batch is ``roles`` in equal chunks of

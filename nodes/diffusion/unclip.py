@@ -303,20 +303,14 @@ def _embedding_generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
-def _holds(row: _Row, embeds: torch.Tensor) -> bool:
-    """Whether the chunk ``embeds`` holds ``row``'s prompt (its first tokens, first row)."""
-    tokens = row.embeds.shape[1]
-    if embeds.shape[-1] != row.embeds.shape[-1] or embeds.shape[-2] < tokens:
-        return False
-    first = embeds.reshape(-1, *embeds.shape[-2:])[0, :tokens]
-    return bool((first.to(row.embeds) == row.embeds[0]).all())
-
-
 def _row_for(state: _UnclipState, embeds: torch.Tensor | None, role: str) -> _Row:
-    preferred = state.rows[state.by_role.get(role, state.by_role["cond"])]
-    if embeds is None or _holds(preferred, embeds):
-        return preferred
-    return next((row for row in state.rows if _holds(row, embeds)), preferred)
+    """The row of the entry the chunk ``embeds`` belongs to (its role's by default)."""
+    from nodes.diffusion.entry_rows import match_entry
+
+    preferred = state.by_role.get(role, state.by_role["cond"])
+    if embeds is None:
+        return state.rows[preferred]
+    return state.rows[match_entry([row.embeds for row in state.rows], embeds, preferred)]
 
 
 @dataclass(eq=False)
