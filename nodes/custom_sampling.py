@@ -308,8 +308,11 @@ def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
         return latent, latent  # an empty window leaves the latent as it is
     final = FinalDenoise()
     model = guider.model.with_extension(final)  # a handle for this run only
+    tuned = (sampler.eta, sampler.s_noise) != (1.0, 1.0)
+    if tuned and sampler.name.startswith("dpmpp_2m_sde"):
+        schedule = schedule.explicit()  # its eta and s_noise are its σ-space twin's
     scheduler = schedule.make_scheduler(sampler.name, seed=noise.seed)
-    if (sampler.eta, sampler.s_noise, sampler.order) != (1.0, 1.0, None):
+    if tuned or sampler.order is not None:
         from nodes.diffusion.sigma_samplers import with_options
 
         scheduler = with_options(scheduler, sampler.name, sampler.eta, sampler.s_noise,

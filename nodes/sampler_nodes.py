@@ -6,8 +6,9 @@ Each gives the SAMPLER of KSampler's sampler of that name. At their defaults the
 exactly KSamplerSelect's choice; ``noise_device`` changes nothing (the noise always
 comes from a CPU generator, so a seed gives one image on any device). Euler ancestral
 and its CFG++ form take any eta (0: the deterministic sampler; below 1 less fresh noise
-per step) and s_noise; the diffusers-backed SDE samplers take their defaults only
-(eta 1, s_noise 1, r 0.5), and another value is an error that says so.
+per step) and s_noise, as does DPM++ 2M SDE (through its σ-space twin); the other
+diffusers-backed SDE samplers take their defaults only (eta 1, s_noise 1, r 0.5), and
+another value is an error that says so.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ class SamplerEulerAncestralCFGPP(Node):
 
 
 class SamplerDPMPP_2M_SDE(Node):
-    """DPM-Solver++(2M) SDE, midpoint or Heun correction (diffusers'
-    ``DPMSolverMultistepScheduler``, sde-dpmsolver++)."""
+    """DPM-Solver++(2M) SDE, midpoint or Heun correction: at eta 1 and s_noise 1 diffusers'
+    ``DPMSolverMultistepScheduler`` (sde-dpmsolver++); other values run its σ-space twin
+    (equal to it at 1 and 1): eta 0 is the deterministic DPM++ 2M, between them less fresh
+    noise a step; s_noise scales that noise."""
 
     TYPE = "SamplerDPMPP_2M_SDE"
     CATEGORY = CATEGORY
@@ -88,7 +91,7 @@ class SamplerDPMPP_2M_SDE(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[SamplerChoice]:
         name = "dpmpp_2m_sde" if self.solver_type == "midpoint" else "dpmpp_2m_sde_heun"
-        return (_defaults_only(name, eta=self.eta, s_noise=self.s_noise),)
+        return (SamplerChoice(name, self.eta, self.s_noise),)
 
 
 class SamplerDPMPP_3M_SDE(Node):

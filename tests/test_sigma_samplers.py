@@ -557,3 +557,38 @@ def test_sigmas_above_the_models_range_run(session, sampler):
            "inputs": {"steps": 3, "sigma_max": 282.0, "sigma_min": 20.0}}
     (out,) = captured(session, _sigma_graph(exp, sampler), ["sc", 0])
     assert torch.isfinite(out.samples).all()
+
+
+def test_dpmpp_2m_sde_eta():
+    """The twin's eta: 0 is the deterministic DPM++ 2M on the same σs (its noise draws
+    multiplied by nothing), and a value between moves away from both."""
+    from nodes.diffusion.schedulers import make_sigma_list_scheduler
+
+    sigmas = kl_optimal_sigmas(6, 0.03, 14.6)
+    torch.manual_seed(6)
+    x = torch.randn(1, 4, 3, 5) * 14
+    outputs = [torch.randn(1, 4, 3, 5) for _ in range(6)]
+
+    def run(name: str, eta: float | None = None) -> torch.Tensor:
+        scheduler = make_sigma_list_scheduler(name, CONFIG)
+        if eta is not None:
+            scheduler.eta = eta
+        scheduler.set_timesteps(sigmas=sigmas)
+        generator, sample = torch.Generator().manual_seed(2), x
+        for t, out in zip(scheduler.timesteps, outputs, strict=True):
+            scheduler.scale_model_input(sample, t)
+            sample = scheduler.step(out, t, sample, generator=generator, return_dict=False)[0]
+        return sample
+
+    deterministic = run("dpmpp_2m")
+    assert torch.allclose(run("dpmpp_2m_sde", 0.0), deterministic, atol=1e-4)
+    half, full = run("dpmpp_2m_sde", 0.5), run("dpmpp_2m_sde", 1.0)
+    assert (half - deterministic).abs().max() > 1e-3 and (half - full).abs().max() > 1e-3
+
+
+def test_sampler_dpmpp_2m_sde_node_takes_eta(session):
+    default = _custom_with(session, _node("SamplerDPMPP_2M_SDE", solver_type="midpoint",
+                                          eta=1.0, s_noise=1.0, noise_device="cpu"))
+    half = _custom_with(session, _node("SamplerDPMPP_2M_SDE", solver_type="heun", eta=0.5,
+                                       s_noise=0.8, noise_device="gpu"))
+    assert torch.isfinite(half).all() and (half - default).abs().max() > 1e-3

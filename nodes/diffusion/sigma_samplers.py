@@ -211,10 +211,11 @@ class DPMPP2MCFGPPSampler(DPMPP2MSampler):
 
 class DPMPP2MSDESampler(SigmaSampler):
     """DPM-Solver++(2M) SDE in σ (diffusers' ``sde-dpmsolver++`` written for σ, so an
-    explicit σ list runs it): with ``e^{−h} = σ'/σ`` and ``D₁ = (D_i − D_{i−1})/r``,
-    ``x' = (σ'/σ)·e^{−h}·x + (1 − e^{−2h})·D_i + w·D₁ + σ'·√(1 − e^{−2h})·z``, w =
-    ½(1 − e^{−2h}) (midpoint) or (1 − e^{−2h})/(−2h) + 1 (Heun); one draw z a step, as
-    diffusers (the last step lands on D). Equal to diffusers' scheduler on the same σs."""
+    explicit σ list runs it): with ``h = log σ − log σ'``, ``h_η = (1 + η)·h`` and
+    ``D₁ = (D_i − D_{i−1})/r``, ``x' = (σ'/σ)·e^{−ηh}·x + (1 − e^{−h_η})·D_i + w·D₁ +
+    s_noise·σ'·√(1 − e^{−2ηh})·z``, w = ½(1 − e^{−h_η}) (midpoint) or
+    (1 − e^{−h_η})/(−h_η) + 1 (Heun); one draw z a step, as diffusers (the last step lands
+    on D). At η = 1 it equals diffusers' scheduler on the same σs; η = 0 is DPM++ 2M."""
 
     heun = False
 
@@ -224,15 +225,19 @@ class DPMPP2MSDESampler(SigmaSampler):
         if sigma_next == 0:
             return now.denoised
         h = math.log(now.sigma) - math.log(sigma_next)
-        decay = -math.expm1(-2 * h)  # 1 − e^{−2h}
-        prev = (sigma_next / now.sigma) * math.exp(-h) * sample + decay * now.denoised
+        h_eta = h * (self.eta + 1)
+        decay = -math.expm1(-h_eta)  # 1 − e^{−h_η}
+        prev = (sigma_next / now.sigma) * math.exp(-h * self.eta) * sample + decay * now.denoised
         if self.history:
             previous = self.history[-1]
             r = (math.log(previous.sigma) - math.log(now.sigma)) / h
             slope = (now.denoised - previous.denoised) / r
-            weight = (decay / (-2 * h) + 1) if self.heun else 0.5 * decay
+            weight = (decay / (-h_eta) + 1) if self.heun else 0.5 * decay
             prev = prev + weight * slope
-        return prev + sigma_next * math.sqrt(decay) * noise
+        if self.eta:
+            fresh = math.sqrt(-math.expm1(-2 * h * self.eta))
+            prev = prev + sigma_next * fresh * self.s_noise * noise
+        return prev
 
 
 class DPMPP2MSDEHeunSampler(DPMPP2MSDESampler):
@@ -316,16 +321,19 @@ class GradientEstimationSampler(SigmaSampler):
 def with_options(scheduler: Any, sampler_name: str, eta: float = 1.0, s_noise: float = 1.0,
                  order: int | None = None) -> Any:
     """``scheduler`` with the options of ComfyUI's sampler nodes (SamplerEulerAncestral's
-    eta and s_noise, SamplerLMS's order). Euler ancestral with other than 1 and 1 runs
-    :class:`EulerAncestralSampler`; a sampler that cannot take an option is an error."""
+    and SamplerDPMPP_2M_SDE's eta and s_noise, SamplerLMS's order). Euler ancestral with
+    other than 1 and 1 runs :class:`EulerAncestralSampler` (DPM++ 2M SDE its σ-space twin,
+    which the schedule must be an explicit σ list for); a sampler that cannot take an
+    option is an error."""
     if (eta, s_noise) != (1.0, 1.0):
         if type(scheduler).__name__ == "EulerAncestralDiscreteScheduler":
             scheduler = EulerAncestralSampler.from_config(scheduler.config)
-        if not (isinstance(scheduler, SigmaSampler) and scheduler.ancestral):
+        if not (isinstance(scheduler, SigmaSampler)
+                and (scheduler.ancestral or isinstance(scheduler, DPMPP2MSDESampler))):
             raise ValueError(
                 f"sampler {sampler_name!r} (diffusers' {type(scheduler).__name__}) takes "
                 f"no eta or s_noise: leave both at 1, or use euler_ancestral, "
-                f"euler_ancestral_cfg_pp or res_multistep_ancestral")
+                f"euler_ancestral_cfg_pp, res_multistep_ancestral or dpmpp_2m_sde")
         scheduler.eta, scheduler.s_noise = float(eta), float(s_noise)
     if order is not None:
         if type(scheduler).__name__ != "LMSDiscreteScheduler":
