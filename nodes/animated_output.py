@@ -45,21 +45,27 @@ def _duration(fps: float) -> int:
     return max(1, round(1000 / fps))
 
 
-class SaveAnimatedWEBP(SavesNumberedFiles):
+class _SavesAnimation(SavesNumberedFiles):
+    """The inputs both animated savers share (a base class, not a node)."""
+
+    CATEGORY = "image/animation"
+    OUTPUT_NODE = True
+    OUTPUTS = ()
+
+    images: Tensor = Input(type="IMAGE")
+    filename_prefix: str = Input("Steerflow", description="May contain a subfolder")
+    fps: float = Input(6.0, min=0.01, max=1000.0, step=0.01)
+
+
+class SaveAnimatedWEBP(_SavesAnimation):
     """Save an image batch as one animated WEBP (the frames in batch order, ``fps``
     frames a second), lossless or at ``quality``; the prompt and workflow go in its EXIF
     (ComfyUI's tags), so dropping it on the canvas reopens the workflow."""
 
     TYPE = "SaveAnimatedWEBP"
     DISPLAY_NAME = "SaveAnimatedWEBP"
-    CATEGORY = "image/animation"
-    OUTPUT_NODE = True
-    OUTPUTS = ()
     SUFFIX = ".webp"
 
-    images: Tensor = Input(type="IMAGE")
-    filename_prefix: str = Input("Steerflow", description="May contain a subfolder")
-    fps: float = Input(6.0, min=0.01, max=1000.0, step=0.01)
     lossless: bool = Input(True)
     quality: int = Input(80, min=0, max=100)
     method: str = Input("default", choices=tuple(WEBP_METHODS))
@@ -81,20 +87,14 @@ class SaveAnimatedWEBP(SavesNumberedFiles):
         return _save(ctx, self.images, self.filename_prefix, self.SUFFIX, write)
 
 
-class SaveAnimatedPNG(SavesNumberedFiles):
+class SaveAnimatedPNG(_SavesAnimation):
     """Save an image batch as one animated PNG (APNG: lossless, larger than WEBP), the
     prompt and workflow in its text chunks as Save Image's."""
 
     TYPE = "SaveAnimatedPNG"
     DISPLAY_NAME = "SaveAnimatedPNG"
-    CATEGORY = "image/animation"
-    OUTPUT_NODE = True
-    OUTPUTS = ()
     SUFFIX = ".png"
 
-    images: Tensor = Input(type="IMAGE")
-    filename_prefix: str = Input("Steerflow", description="May contain a subfolder")
-    fps: float = Input(6.0, min=0.01, max=1000.0, step=0.01)
     compress_level: int = Input(4, min=0, max=9)
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:

@@ -200,9 +200,6 @@ class _Shrink:
     def small(self, x: torch.Tensor) -> torch.Tensor:
         return resize(x, self.small_size(*x.shape[-2:]), self.ext.downscale_method)
 
-    def fit(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return fit(self.ext, x, size)
-
     def new_pass(self, module: Any, args: tuple[Any, ...]) -> None:
         self.state.consumed = 0
 
@@ -234,19 +231,19 @@ class _Shrink:
         size = tuple(h.shape[-2:])
         if self.state.active and index == self.inside:
             size = self.small_size(*size)
-        return args, {**kwargs, "additional_residuals": self.fit(extra, size)}
+        return args, {**kwargs, "additional_residuals": fit(self.ext, extra, size)}
 
     def intrablock_after(self, module: Any, args: Any, output: Any) -> None:
         pending = self.state.intrablock
         if pending:
-            pending[0] = self.fit(pending[0], tuple(output[0].shape[-2:]))
+            pending[0] = fit(self.ext, pending[0], tuple(output[0].shape[-2:]))
 
     def mid_output(self, module: Any, args: Any, output: Any) -> Any:
         residual, self.state.mid_residual = self.state.mid_residual, None
         if residual is None:
             return output
         h = _first(output)
-        return _with_first(output, h + self.fit(residual, tuple(h.shape[-2:])))
+        return _with_first(output, h + fit(self.ext, residual, tuple(h.shape[-2:])))
 
 
 @dataclass(eq=False)

@@ -277,6 +277,11 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
     problem = unsupported_combination(sampler_name, schedule)
     if problem:
         raise ValueError(problem)
+    if schedule in SIGMA_SPACINGS:  # a σ list: run by the sampler or its σ-space twin
+        scheduler = make_sigma_list_scheduler(sampler_name, base_config, seed)
+        sigma_min, sigma_max = model_sigma_range(scheduler)
+        spacing = SIGMA_SPACINGS[schedule]
+        return with_sigma_list(scheduler, lambda n: spacing(n, sigma_min, sigma_max))
     cls = _scheduler_class(sampler_name)
     _, sampler_extra = SAMPLERS[sampler_name]
     config = dict(base_config)
@@ -293,9 +298,4 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
                          f"(Model Sampling Discrete's zsnr): use {', '.join(takes)}")
     if seed is not None and "noise_sampler_seed" in accepts:
         config["noise_sampler_seed"] = int(seed)
-    if schedule in SIGMA_SPACINGS:
-        scheduler = make_sigma_list_scheduler(sampler_name, base_config, seed)
-        sigma_min, sigma_max = model_sigma_range(scheduler)
-        spacing = SIGMA_SPACINGS[schedule]
-        return with_sigma_list(scheduler, lambda n: spacing(n, sigma_min, sigma_max))
     return cls.from_config(config, **sampler_extra, **SCHEDULES[schedule])

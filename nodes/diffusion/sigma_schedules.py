@@ -132,8 +132,7 @@ class SigmaSchedule:
         kept), for the nodes that edit σs (SetFirstSigma, ExtendIntermediateSigmas)."""
         if self.sigma_list is not None:
             return self
-        whole = replace(self, start=0, end=None)
-        scheduler = whole.make_scheduler("euler")
+        scheduler = self.make_scheduler("euler")
         if self.timesteps is None:
             scheduler.set_timesteps(self.steps, device="cpu")
         else:
@@ -196,11 +195,5 @@ class SigmaSchedule:
 
         if len(self) == 0:
             return torch.zeros(0)
-        if self.sigma_list is not None:
-            return torch.tensor(self.sigma_list[self.start:self.stop + 1], dtype=torch.float32)
-        scheduler = self.make_scheduler("euler")
-        if self.timesteps is None:
-            scheduler.set_timesteps(self.steps, device="cpu")
-        else:
-            set_custom_timesteps(scheduler, self.timesteps, "cpu")
-        return scheduler.sigmas[self.start:self.stop + 1].float()
+        levels = self.explicit().sigma_list or ()
+        return torch.tensor(levels[self.start:self.stop + 1], dtype=torch.float32)
