@@ -1,11 +1,12 @@
 """Component loaders with ComfyUI's names: Load VAE, Load Diffusion Model (UNETLoader),
-Image Only Checkpoint Loader and the diff-ControlNet loader. Offline, confined to their
-models/ folders, pickle-free unless opted in (as :mod:`nodes.models`)."""
+Load CLIP, DualCLIPLoader, Image Only Checkpoint Loader and the diff-ControlNet loader.
+Offline, confined to their models/ folders, pickle-free unless opted in (as
+:mod:`nodes.models`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.controlnet import list_controlnets
@@ -16,6 +17,14 @@ from nodes.models import CHECKPOINT_SUFFIXES, list_checkpoints, path_fingerprint
 #: models/unet; a name is looked up in that order.
 UNET_FOLDERS = ("diffusion_models", "unet")
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+#: ComfyUI reads text encoders from models/text_encoders and, for older setups, models/clip
+CLIP_FOLDERS = ("text_encoders", "clip")
+#: ComfyUI's Load CLIP / DualCLIPLoader ``type`` choices; Steerflow runs the SD families
+CLIP_TYPES = ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv",
+              "pixart", "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2",
+              "qwen_image", "hunyuan_image")
+DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image")
+CLIP_DEVICES = ("default", "cpu")
 
 
 def list_vaes(env: Environment) -> list[str]:
@@ -23,9 +32,9 @@ def list_vaes(env: Environment) -> list[str]:
     return env.list_files("models", "vae", suffixes=CHECKPOINT_SUFFIXES, dirs_with="config.json")
 
 
-def list_unets(env: Environment) -> list[str]:
+def _list_in(env: Environment, folders: tuple[str, ...]) -> list[str]:
     names: list[str] = []
-    for folder in UNET_FOLDERS:
+    for folder in folders:
         for name in env.list_files("models", folder, suffixes=CHECKPOINT_SUFFIXES,
                                    dirs_with="config.json"):
             if name not in names:
@@ -33,15 +42,29 @@ def list_unets(env: Environment) -> list[str]:
     return sorted(names)
 
 
-def _unet_folder(env: Environment, name: str) -> str:
-    """The first of UNET_FOLDERS that holds ``name`` (names are confined to the folder)."""
-    for folder in UNET_FOLDERS:
+def list_unets(env: Environment) -> list[str]:
+    return _list_in(env, UNET_FOLDERS)
+
+
+def list_text_encoders(env: Environment) -> list[str]:
+    """Single files and transformers folders (with config.json) of models/text_encoders
+    and models/clip."""
+    return _list_in(env, CLIP_FOLDERS)
+
+
+def _folder_of(env: Environment, name: str, folders: tuple[str, ...]) -> str:
+    """The first of ``folders`` that holds ``name`` (names are confined to the folder)."""
+    for folder in folders:
         try:
             if env.resolve("models", folder, name).exists():
                 return folder
         except (KeyError, ValueError):
             continue
-    return UNET_FOLDERS[0]
+    return folders[0]
+
+
+def _unet_folder(env: Environment, name: str) -> str:
+    return _folder_of(env, name, UNET_FOLDERS)
 
 
 def _fingerprint(env: Environment, *parts: str) -> Any:
@@ -134,6 +157,132 @@ class UNETLoader(Node):
         return (DiffusionModel(unet, scheduler_config, family),)
 
 
+class _TextEncoderFiles(Node):
+    """Base of Load CLIP and DualCLIPLoader: files of models/text_encoders (or
+    models/clip), their identity in the cache signature, pickles refused unless opted in."""
+
+    FILE_INPUTS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        out = []
+        for key in cls.FILE_INPUTS:
+            name = inputs.get(key)
+            if not isinstance(name, str):
+                return None
+            out.append(_fingerprint(env, "models", _folder_of(env, name, CLIP_FOLDERS), name))
+        return [out, env.options.get("dtype")]
+
+    @classmethod
+    def pickle_problems(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems: list[tuple[str | None, str]] = []
+        for key in cls.FILE_INPUTS:
+            name = inputs.get(key)
+            if isinstance(name, str):
+                problems += pickle_problem(inputs, env, key, "models",
+                                           _folder_of(env, name, CLIP_FOLDERS))
+        return problems
+
+    def load(self, ctx: ExecutionContext, name: str) -> Any:
+        from nodes.diffusion.memory import device_budget
+        from nodes.diffusion.precision import dtype_from_name
+        from nodes.diffusion.text_encoder_loading import load_text_encoder
+
+        path = _existing(ctx.env, _folder_of(ctx.env, name, CLIP_FOLDERS), name,
+                         "text encoder")
+        cpu = getattr(self, "device", "default") == "cpu"
+        return load_text_encoder(path, allow_pickle=ctx.env.allow_pickle,
+                                 device="cpu" if cpu else ctx.device,
+                                 dtype=dtype_from_name("default", ctx.env.options),
+                                 budget=None if cpu else device_budget(ctx))
+
+
+class CLIPLoader(_TextEncoderFiles):
+    """Load a text encoder on its own, for a diffusion model loaded with Load Diffusion
+    Model. A CLIP-L file gives SD 1.x's CLIP, an OpenCLIP-H file SD 2.x's, a bigG file
+    the SDXL refiner's (for SDXL base, load CLIP-L and bigG together with
+    DualCLIPLoader). Files from models/text_encoders (or models/clip): one .safetensors
+    in transformers', the original SD or OpenCLIP's key layout (ComfyUI's clip_l /
+    clip_g files work), or a diffusers text_encoder folder. ``type`` is ComfyUI's:
+    Steerflow runs stable_diffusion, the SD families; ``device`` cpu keeps the encoder
+    in main memory (prompts encode a little slower, the GPU keeps its memory)."""
+
+    TYPE = "CLIPLoader"
+    DISPLAY_NAME = "Load CLIP"
+    CATEGORY = "advanced/loaders"
+    OUTPUTS = (Output("CLIP"),)
+    FILE_INPUTS = ("clip_name",)
+
+    clip_name: str = Input(..., choices=list_text_encoders,
+                           description="A file or folder in models/text_encoders")
+    type: str = Input("stable_diffusion", choices=CLIP_TYPES)
+    device: str = Input("default", choices=CLIP_DEVICES, optional=True)
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems = cls.pickle_problems(inputs, env)
+        kind = inputs.get("type")
+        if isinstance(kind, str) and kind != "stable_diffusion":
+            problems.append(("type", f"{kind!r} text encoders belong to model families "
+                                     f"Steerflow does not run; use stable_diffusion (SD 1.x, "
+                                     f"SD 2.x, the SDXL refiner), or DualCLIPLoader's sdxl"))
+        return problems
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from nodes.diffusion.handles import TextEncoder
+
+        loaded = self.load(ctx, self.clip_name)
+        if loaded.kind == "clip_g":  # bigG alone: the refiner's conditioning
+            return (TextEncoder(None, None, "sdxl_refiner", text_encoder_2=loaded.model,
+                                tokenizer_2=loaded.tokenizer),)
+        family = "sd1" if loaded.kind == "clip_l" else "sd2"
+        return (TextEncoder(loaded.model, loaded.tokenizer, family),)
+
+
+class DualCLIPLoader(_TextEncoderFiles):
+    """Load SDXL's two text encoders, CLIP-L and OpenCLIP bigG (in either order), for an
+    SDXL diffusion model loaded with Load Diffusion Model; encode with CLIP Text Encode
+    or CLIPTextEncodeSDXL. Files as for Load CLIP; ``type`` sdxl (ComfyUI's other types
+    belong to families Steerflow does not run)."""
+
+    TYPE = "DualCLIPLoader"
+    DISPLAY_NAME = "DualCLIPLoader"
+    CATEGORY = "advanced/loaders"
+    OUTPUTS = (Output("CLIP"),)
+    FILE_INPUTS = ("clip_name1", "clip_name2")
+
+    clip_name1: str = Input(..., choices=list_text_encoders)
+    clip_name2: str = Input(..., choices=list_text_encoders)
+    type: str = Input("sdxl", choices=DUAL_CLIP_TYPES)
+    device: str = Input("default", choices=CLIP_DEVICES, optional=True)
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems = cls.pickle_problems(inputs, env)
+        kind = inputs.get("type")
+        if isinstance(kind, str) and kind != "sdxl":
+            problems.append(("type", f"{kind!r} text encoders belong to model families "
+                                     f"Steerflow does not run; use sdxl"))
+        return problems
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from nodes.diffusion.handles import TextEncoder
+        from nodes.diffusion.text_encoder_loading import KIND_NAMES, tokenizer_for
+
+        first = self.load(ctx, self.clip_name1)
+        second = self.load(ctx, self.clip_name2)
+        by_kind = {first.kind: first, second.kind: second}
+        if set(by_kind) != {"clip_l", "clip_g"}:
+            got = ", ".join(KIND_NAMES[x.kind] for x in (first, second))
+            raise ValueError(f"SDXL needs CLIP-L and OpenCLIP bigG, one of each; got {got}")
+        return (TextEncoder(by_kind["clip_l"].model, tokenizer_for("clip_l", "sdxl"), "sdxl",
+                            text_encoder_2=by_kind["clip_g"].model,
+                            tokenizer_2=tokenizer_for("clip_g", "sdxl")),)
+
+
 class ImageOnlyCheckpointLoader(Node):
     """ComfyUI's loader for image-conditioned video checkpoints (Stable Video Diffusion),
     giving MODEL, CLIP_VISION and VAE. Steerflow has no such model family yet: the node
@@ -190,4 +339,5 @@ class DiffControlNetLoader(Node):
         return (ControlNet(net, self.control_net_name),)
 
 
-NODE_CLASSES = (VAELoader, UNETLoader, ImageOnlyCheckpointLoader, DiffControlNetLoader)
+NODE_CLASSES = (VAELoader, UNETLoader, CLIPLoader, DualCLIPLoader, ImageOnlyCheckpointLoader,
+                DiffControlNetLoader)

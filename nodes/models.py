@@ -123,37 +123,142 @@ class CheckpointLoaderSimple(Node):
         return pickle_problem(inputs, env, "ckpt_name", "models", "checkpoints")
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
-        from nodes.diffusion.precision import checkpoint_dtypes, dtype_from_name
-        from nodes.diffusion.safetensors_io import read_in_background
-
         path = ctx.env.resolve("models", "checkpoints", self.ckpt_name)
         if not path.exists():
             raise FileNotFoundError(
                 f"checkpoint {self.ckpt_name!r} not found in models/checkpoints")
-        dtype = dtype_from_name(self.weight_dtype, ctx.env.options)
-        # A cold process reads the weights while it imports diffusers (seconds each).
-        prefetched = read_in_background(path, dtype=checkpoint_dtypes(dtype))
-        from nodes.diffusion.loading import load_components
-        from nodes.diffusion.memory import device_budget
-
-        # A component bigger than the device's budget never goes there whole (place_model).
-        loaded = load_components(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
-                                 dtype=dtype, prefetched=prefetched, budget=device_budget(ctx))
-        from nodes.diffusion.preview import link_vae
-
-        link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
-        from nodes.diffusion.unclip import UnclipExtension, is_unclip_unet
-
-        # an unCLIP UNet needs class labels on every call: zeros here (no image); its
-        # image conditioning needs unCLIPCheckpointLoader, which says so if asked for it
-        extensions = (UnclipExtension(),) if is_unclip_unet(loaded.unet) else ()
-        return (
-            DiffusionModel(loaded.unet, dict(loaded.scheduler_config), loaded.family,
-                           extensions=extensions),
-            TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
-                        text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
-            Vae(loaded.vae),
-        )
+        return load_checkpoint(ctx, path, self.weight_dtype)
 
 
-NODE_CLASSES = (CheckpointLoaderSimple,)
+def load_checkpoint(ctx: ExecutionContext, path: Path, weight_dtype: str = "default",
+                    scheduler_overrides: dict[str, Any] | None = None
+                    ) -> tuple[DiffusionModel, TextEncoder, Vae]:
+    """MODEL, CLIP and VAE of the checkpoint file or diffusers folder at ``path``
+    (``scheduler_overrides``: settings over its scheduler config, e.g. a yaml config's
+    prediction type)."""
+    from nodes.diffusion.precision import checkpoint_dtypes, dtype_from_name
+    from nodes.diffusion.safetensors_io import read_in_background
+
+    dtype = dtype_from_name(weight_dtype, ctx.env.options)
+    # A cold process reads the weights while it imports diffusers (seconds each).
+    prefetched = read_in_background(path, dtype=checkpoint_dtypes(dtype))
+    from nodes.diffusion.loading import load_components
+    from nodes.diffusion.memory import device_budget
+
+    # A component bigger than the device's budget never goes there whole (place_model).
+    loaded = load_components(path, allow_pickle=ctx.env.allow_pickle, device=ctx.device,
+                             dtype=dtype, prefetched=prefetched, budget=device_budget(ctx))
+    from nodes.diffusion.preview import link_vae
+
+    link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
+    from nodes.diffusion.unclip import UnclipExtension, is_unclip_unet
+
+    # an unCLIP UNet needs class labels on every call: zeros here (no image); its
+    # image conditioning needs unCLIPCheckpointLoader, which says so if asked for it
+    extensions = (UnclipExtension(),) if is_unclip_unet(loaded.unet) else ()
+    return (
+        DiffusionModel(loaded.unet, {**loaded.scheduler_config, **(scheduler_overrides or {})},
+                       loaded.family, extensions=extensions),
+        TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
+                    text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
+        Vae(loaded.vae),
+    )
+
+
+def list_diffusers(env: Environment) -> list[str]:
+    """diffusers pipeline folders (with model_index.json) under models/diffusers."""
+    return env.list_files("models", "diffusers", dirs_with="model_index.json", dirs_only=True)
+
+
+def list_yaml_configs(env: Environment) -> list[str]:
+    return env.list_files("models", "configs", suffixes=(".yaml", ".yml"))
+
+
+def yaml_prediction_type(path: Path) -> str | None:
+    """The prediction type an original (LDM) yaml config names: ``parameterization: v``
+    (SD 2.x 768-v) is v_prediction, ``eps`` epsilon; None when it names none."""
+    import yaml  # PyYAML; safe_load builds plain data only
+
+    text = path.read_text(encoding="utf-8")[:MAX_YAML_CHARS]
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path.name} is not valid YAML: {exc}") from exc
+    params = ((config or {}).get("model") or {}).get("params") or {} \
+        if isinstance(config, dict) else {}
+    kind = params.get("parameterization") if isinstance(params, dict) else None
+    return {"v": "v_prediction", "eps": "epsilon", "x0": "sample"}.get(str(kind)) \
+        if kind is not None else None
+
+
+MAX_YAML_CHARS = 1_000_000
+
+
+class CheckpointLoader(Node):
+    """ComfyUI's older checkpoint loader with an original (LDM) yaml config beside the
+    checkpoint. The architecture comes from the weights, as in Load Checkpoint; from the
+    yaml Steerflow reads the prediction type (``parameterization: "v"``, SD 2.x 768-v
+    models without v-prediction in their file), which is what these configs are still
+    used for. Prefer Load Checkpoint where the file alone tells."""
+
+    TYPE = "CheckpointLoader"
+    DISPLAY_NAME = "Load Checkpoint With Config (DEPRECATED)"
+    CATEGORY = "advanced/loaders"
+    OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("VAE"))
+
+    config_name: str = Input(..., choices=list_yaml_configs,
+                             description="An LDM yaml config in models/configs")
+    ckpt_name: str = Input(..., choices=list_checkpoints,
+                           description="A file or diffusers folder in models/checkpoints")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        found = []
+        for folder, key in (("checkpoints", "ckpt_name"), ("configs", "config_name")):
+            path = env.resolve("models", folder, inputs[key])
+            found.append(path_fingerprint(path) if path.exists() else None)
+        return [found, env.options.get("dtype")]
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return pickle_problem(inputs, env, "ckpt_name", "models", "checkpoints")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
+        config = model_file(ctx, "configs", self.config_name, "config")
+        path = ctx.env.resolve("models", "checkpoints", self.ckpt_name)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"checkpoint {self.ckpt_name!r} not found in models/checkpoints")
+        kind = yaml_prediction_type(config)
+        return load_checkpoint(ctx, path, scheduler_overrides={"prediction_type": kind}
+                               if kind else None)
+
+
+class DiffusersLoader(Node):
+    """Load a diffusers pipeline folder (``model_index.json`` with unet, vae,
+    text_encoder and tokenizer subfolders) from models/diffusers: SD 1.x, 2.x or SDXL.
+    The same as Load Checkpoint on a folder in models/checkpoints."""
+
+    TYPE = "DiffusersLoader"
+    DISPLAY_NAME = "DiffusersLoader"
+    CATEGORY = "advanced/loaders/deprecated"
+    OUTPUTS = (Output("MODEL"), Output("CLIP"), Output("VAE"))
+
+    model_path: str = Input(..., choices=list_diffusers,
+                            description="A diffusers folder in models/diffusers")
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        path = env.resolve("models", "diffusers", inputs["model_path"])
+        return [path_fingerprint(path) if path.is_dir() else None, env.options.get("dtype")]
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
+        path = ctx.env.resolve("models", "diffusers", self.model_path)
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"diffusers model {self.model_path!r} not found in "
+                                    f"models/diffusers (a folder with model_index.json)")
+        return load_checkpoint(ctx, path)
+
+
+NODE_CLASSES = (CheckpointLoaderSimple, CheckpointLoader, DiffusersLoader)

@@ -48,6 +48,10 @@ COMFY_WIDGETS = {
     "LatentComposite": ["x", "y", "feather"],
     "EmptyImage": ["width", "height", "batch_size", "color"],
     "UNETLoader": ["unet_name", "weight_dtype"],
+    "CLIPLoader": ["clip_name", "type", "device"],
+    "DualCLIPLoader": ["clip_name1", "clip_name2", "type", "device"],
+    "CheckpointLoader": ["config_name", "ckpt_name"],
+    "DiffusersLoader": ["model_path"],
     "ImageOnlyCheckpointLoader": ["ckpt_name"],
     "DiffControlNetLoader": ["control_net_name"],
 }

@@ -165,7 +165,7 @@ def load_unet(path: Path, *, allow_pickle: bool = False, weight_dtype: str = "de
         unet = UNet2DConditionModel.from_pretrained(
             path, local_files_only=True, torch_dtype=dtype,
             use_safetensors=True if not allow_pickle else None)
-        family = "sd2" if unet.config.cross_attention_dim == 1024 else "sd1"
+        family = unet_family(unet.config)
         configs = family_configs(family)
     else:
         state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
@@ -189,10 +189,10 @@ def unet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | No
         if config is None:
             widths = {int(v.shape[-1]) for k, v in weights.items()
                       if k.endswith("attn2.to_k.weight")}
-            family = {frozenset({768}): "sd1", frozenset({1024}): "sd2"}.get(frozenset(widths))
+            family = _family_by_width(widths, "add_embedding.linear_1.weight" in weights)
             if family is None:
-                raise ValueError(f"{name}: not an SD 1.x / 2.x UNet (cross-attention widths "
-                                 f"{sorted(widths) or 'none'})")
+                raise ValueError(f"{name}: not an SD 1.x / 2.x / SDXL UNet (cross-attention "
+                                 f"widths {sorted(widths) or 'none'})")
             config = family_configs(family)["unet"]
             config["in_channels"] = int(weights["conv_in.weight"].shape[1])
     else:
@@ -204,18 +204,49 @@ def unet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | No
                              "conv_in / down_blocks.* weights")
         config = _metadata_config(metadata, "unet")
         if config is None:
-            config = family_configs(detect_family({k: tuple(v.shape)
-                                                   for k, v in state_dict.items()}))["unet"]
+            config = family_configs(_original_unet_family(state_dict))["unet"]
             config["in_channels"] = int(state_dict[UNET_PREFIX + "input_blocks.0.0.weight"]
                                         .shape[1])
         weights = convert_ldm_unet_checkpoint(state_dict, config)
-    family = "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
     try:
         unet = _load_strict("unet", _empty(lambda: UNet2DConditionModel.from_config(config)),
                             weights)
     except CheckpointKeyError as exc:
-        raise ValueError(f"{name} is not an SD 1.x / 2.x UNet Steerflow can load: {exc}") from exc
-    return unet, family
+        raise ValueError(f"{name} is not an SD 1.x / 2.x / SDXL UNet Steerflow can load: "
+                         f"{exc}") from exc
+    return unet, unet_family(unet.config)
+
+
+def unet_family(config: Mapping[str, Any]) -> str:
+    """"sd1", "sd2", "sdxl" or "sdxl_refiner" from a UNet's config. SDXL's UNets take a
+    pooled text embedding and size ids ("text_time"); the refiner's pooled embedding is
+    its whole context (bigG alone) and it has five ids (no target size, an aesthetic
+    score) where the base has six."""
+    if config.get("addition_embed_type") == "text_time":
+        pooled = (int(config.get("projection_class_embeddings_input_dim") or 0)
+                  - 5 * int(config.get("addition_time_embed_dim") or 0))
+        return "sdxl_refiner" if pooled == config.get("cross_attention_dim") else "sdxl"
+    return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def _family_by_width(widths: set[int], sdxl: bool) -> str | None:
+    if sdxl:
+        return {frozenset({2048}): "sdxl", frozenset({1280}): "sdxl_refiner"}.get(
+            frozenset(widths))
+    return {frozenset({768}): "sd1", frozenset({1024}): "sd2"}.get(frozenset(widths))
+
+
+def _original_unet_family(state_dict: StateDict) -> str:
+    """The family of an original-layout UNet (a lone SDXL UNet has no text encoders to
+    tell it by, but its ``label_emb`` and context width do)."""
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if UNET_PREFIX + "label_emb.0.0.weight" in shapes:
+        widths = {shape[-1] for key, shape in shapes.items()
+                  if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")}
+        family = _family_by_width(widths, sdxl=True)
+        if family is not None:
+            return family
+    return detect_family(shapes)
 
 
 # --- diff ControlNets ---------------------------------------------------------------------------

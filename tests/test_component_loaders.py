@@ -1,0 +1,264 @@
+"""Load CLIP and DualCLIPLoader: a text encoder from models/text_encoders in each layout,
+with Load Diffusion Model and Load VAE, samples as the whole checkpoint does (SD 1.x and
+SDXL, tiny weights); full-size files are told apart by their shapes (meta tensors).
+Also ComfyUI's older whole-model loaders, DiffusersLoader and CheckpointLoader (yaml)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from engine.session import Session
+from engine.validation import PromptValidationError
+from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
+
+TINY = "steerflow-tiny"
+XL = "steerflow-tiny-sdxl"
+XL_REFINER = "steerflow-tiny-sdxl-refiner"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_paths, tmp_path_factory) -> Path:
+    from nodes.diffusion.original_layout import text_encoder_to_original
+    from nodes.diffusion.sdxl_loading import open_clip_to_original
+    from nodes.diffusion.text_encoder_loading import METADATA_KEY, save_text_encoder
+    from nodes.diffusion.tiny_sdxl import ensure_tiny_sdxl
+
+    root = tmp_path_factory.mktemp("clip_models")
+    ensure_tiny_sdxl(root)
+    tiny = tiny_model_paths["diffusers"]
+    shutil.copytree(tiny, root / "checkpoints" / TINY)
+    encoders, clip = root / "text_encoders", root / "clip"
+    encoders.mkdir()
+    clip.mkdir()
+    for name, folder in (("sd1", tiny), ("xl", root / "checkpoints" / XL)):
+        (root / "diffusion_models").mkdir(exist_ok=True)
+        (root / "vae").mkdir(exist_ok=True)
+        shutil.copytree(folder / "unet", root / "diffusion_models" / f"{name}-unet")
+        shutil.copytree(folder / "vae", root / "vae" / f"{name}-vae")
+    shutil.copytree(root / "checkpoints" / XL_REFINER / "unet",
+                    root / "diffusion_models" / "refiner-unet")
+    xl = root / "checkpoints" / XL
+    shutil.copytree(tiny / "text_encoder", encoders / "sd1-te")  # a diffusers folder
+    shutil.copytree(xl / "text_encoder", encoders / "xl-clip-l")
+    shutil.copytree(xl / "text_encoder_2", clip / "xl-clip-g")  # the legacy folder
+
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    clip_l = CLIPTextModel.from_pretrained(tiny / "text_encoder", local_files_only=True)
+    save_text_encoder(encoders / "sd1-clip-l.safetensors", clip_l, "clip_l")
+    meta = {METADATA_KEY: load_meta(encoders / "sd1-clip-l.safetensors")}
+    save_file({k: v.contiguous() for k, v in
+               text_encoder_to_original(clip_l.state_dict()).items()},
+              encoders / "sd1-original.safetensors", metadata=meta)
+    big_g = CLIPTextModelWithProjection.from_pretrained(xl / "text_encoder_2",
+                                                        local_files_only=True)
+    save_text_encoder(encoders / "xl-clip-g.safetensors", big_g, "clip_g")
+    g_meta = {METADATA_KEY: load_meta(encoders / "xl-clip-g.safetensors")}
+    save_file({k: v.contiguous() for k, v in open_clip_to_original(
+        big_g.state_dict(), "conditioner.embedders.1.model.").items()},
+        encoders / "xl-open-clip.safetensors", metadata=g_meta)
+    save_file({k: v.contiguous() for k, v in clip_l.state_dict().items()},
+              encoders / "tiny-no-metadata.safetensors")
+    save_file({"weight": torch.zeros(3)}, encoders / "not-a-clip.safetensors")
+    torch.save({"x": torch.zeros(1)}, encoders / "pickled.pt")
+    shutil.copytree(tiny, root / "diffusers" / "tiny-folder")
+    configs = root / "configs"
+    configs.mkdir()
+    (configs / "v2-inference-v.yaml").write_text(
+        "model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n"
+        "    parameterization: \"v\"\n    linear_start: 0.00085\n")
+    (configs / "v1-inference.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+    (configs / "broken.yaml").write_text("model: [unclosed\n")
+    return root
+
+
+def load_meta(path: Path) -> str:
+    from safetensors import safe_open
+
+    from nodes.diffusion.text_encoder_loading import METADATA_KEY
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()[METADATA_KEY]
+
+
+@pytest.fixture(scope="module")
+def session(models, tmp_path_factory) -> Session:
+    return Session(tmp_path_factory.mktemp("clip_home"), models_dir=models, device="cpu",
+                   registry=registry_with_capture())
+
+
+def txt2img(ckpt: str, *, model=None, clip=None, vae=None, sampler="ddim", size=(64, 64)
+            ) -> dict:
+    width, height = size
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
+                                                           "clip": clip or ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry",
+                                                           "clip": clip or ["ckpt", 1]}},
+        "lat": {"class_type": "EmptyLatentImage",
+                "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "k": {"class_type": "KSampler", "inputs": {
+            "model": model or ["ckpt", 0], "seed": 4, "steps": 3, "cfg": 6.0,
+            "sampler_name": sampler, "scheduler": "normal", "positive": ["pos", 0],
+            "negative": ["neg", 0], "latent_image": ["lat", 0], "denoise": 1.0}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["k", 0],
+                                                      "vae": vae or ["ckpt", 2]}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["dec", 0],
+                                                        "key": uuid.uuid4().hex}},
+    }
+
+
+def run(session, prompt) -> np.ndarray:
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    return CAPTURED.pop(prompt["cap"]["inputs"]["key"]).numpy()
+
+
+def separate(prompt: dict, unet: str, vae: str, clip: dict) -> dict:
+    """``prompt`` with its checkpoint replaced by three component loaders."""
+    del prompt["ckpt"]
+    prompt["unet"] = {"class_type": "UNETLoader",
+                      "inputs": {"unet_name": unet, "weight_dtype": "default"}}
+    prompt["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": vae}}
+    prompt["clip"] = clip
+    prompt["k"]["inputs"]["model"] = ["unet", 0]
+    prompt["dec"]["inputs"]["vae"] = ["vae", 0]
+    for node in ("pos", "neg"):
+        prompt[node]["inputs"]["clip"] = ["clip", 0]
+    return prompt
+
+
+@pytest.mark.parametrize("name", ["sd1-te", "sd1-clip-l.safetensors",
+                                  "sd1-original.safetensors"])
+def test_clip_loader_samples_as_the_checkpoint(session, name):
+    """Each layout of SD 1.x's CLIP-L, with the UNet and VAE loaded apart, gives the
+    checkpoint's image (DDIM: a lone UNet gets SD 1.5's scheduler config)."""
+    ref = run(session, txt2img(TINY))
+    clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": name,
+                                                   "type": "stable_diffusion",
+                                                   "device": "default"}}
+    ours = run(session, separate(txt2img(TINY), "sd1-unet", "sd1-vae", clip))
+    assert np.abs(ours - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("xl-clip-l", "xl-clip-g"),
+    ("xl-clip-g.safetensors", "xl-clip-l"),  # either order
+    ("xl-clip-l", "xl-open-clip.safetensors"),
+])
+def test_dual_clip_loader_samples_as_the_sdxl_checkpoint(session, first, second):
+    ref = run(session, txt2img(XL, sampler="euler", size=(96, 64)))
+    clip = {"class_type": "DualCLIPLoader", "inputs": {
+        "clip_name1": first, "clip_name2": second, "type": "sdxl", "device": "cpu"}}
+    prompt = separate(txt2img(XL, sampler="euler", size=(96, 64)), "xl-unet", "xl-vae", clip)
+    assert np.abs(run(session, prompt) - ref).max() <= 1e-5
+
+
+def test_lone_sdxl_unets_know_their_family(models):
+    from nodes.diffusion.component_loading import load_unet
+
+    for name, family in (("xl-unet", "sdxl"), ("refiner-unet", "sdxl_refiner")):
+        _, scheduler, found = load_unet(models / "diffusion_models" / name)
+        assert found == family
+        assert scheduler["_class_name"] == "EulerDiscreteScheduler"
+
+
+def test_big_g_alone_is_the_refiners_clip(session):
+    key = uuid.uuid4().hex
+    result = session.run({
+        "c": {"class_type": "CLIPLoader", "inputs": {
+            "clip_name": "xl-clip-g.safetensors", "type": "stable_diffusion",
+            "device": "default"}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["c", 0], "key": key}}})
+    assert result.ok, result.run.error
+    clip = CAPTURED.pop(key)
+    assert clip.family == "sdxl_refiner" and clip.text_encoder is None
+    assert clip.tokenizer_2.pad_token == "!"
+
+
+def test_errors_are_clear(session):
+    clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": "sd1-te", "type": "sd3",
+                                                   "device": "default"}}
+    prompt = separate(txt2img(TINY), "sd1-unet", "sd1-vae", clip)
+    with pytest.raises(PromptValidationError, match="Steerflow does not run"):
+        session.validate(prompt)
+    clip["inputs"]["type"] = "stable_diffusion"
+    for name, words in (("tiny-no-metadata.safetensors", "none of the standard CLIPs"),
+                        ("not-a-clip.safetensors", "is not a CLIP text encoder")):
+        clip["inputs"]["clip_name"] = name
+        assert words in run_error(session, prompt)
+    clip["inputs"]["clip_name"] = "pickled.pt"
+    with pytest.raises(PromptValidationError, match="pickle"):
+        session.validate(prompt)
+    clip["inputs"]["clip_name"] = "../checkpoints/steerflow-tiny.safetensors"
+    with pytest.raises(PromptValidationError, match="clip_name"):
+        session.validate(prompt)
+    dual = {"class_type": "DualCLIPLoader", "inputs": {
+        "clip_name1": "xl-clip-l", "clip_name2": "sd1-te", "type": "sdxl", "device": "cpu"}}
+    prompt = separate(txt2img(XL), "xl-unet", "xl-vae", dual)
+    assert "one of each" in run_error(session, prompt)
+
+
+def test_full_size_files_are_told_apart_by_their_shapes():
+    """ComfyUI's clip_l / clip_g (transformers layout), SD 1.x's and SD 2.x's checkpoint
+    text encoders (original and OpenCLIP layouts): the kind and config from the shapes."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from nodes.diffusion.loading import family_configs
+    from nodes.diffusion.sdxl_loading import open_clip_to_original
+    from nodes.diffusion.text_encoder_loading import text_encoder_from_state_dict
+
+    with torch.device("meta"):
+        clip_l = CLIPTextModel(CLIPTextConfig.from_dict(family_configs("sd1")["text_encoder"]))
+        h_config = {**family_configs("sd2")["text_encoder"], "num_hidden_layers": 24}
+        clip_h = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(h_config))
+        big_g = CLIPTextModelWithProjection(
+            CLIPTextConfig.from_dict(family_configs("sdxl")["text_encoder_2"]))
+        comfy_l = {"text_model." + k: v for k, v in clip_l.state_dict().items()}
+        original_l = {"cond_stage_model.transformer.text_model." + k: v
+                      for k, v in clip_l.state_dict().items()}
+        open_h = open_clip_to_original(clip_h.state_dict(), "cond_stage_model.model.")
+        comfy_g = dict(big_g.state_dict())
+    for state, kind, layers in ((comfy_l, "clip_l", 12), (original_l, "clip_l", 12),
+                                (open_h, "clip_h", 23), (comfy_g, "clip_g", 32)):
+        model, found = text_encoder_from_state_dict(state)
+        assert found == kind
+        assert model.config.num_hidden_layers == layers
+        assert model.config.hidden_act == ("quick_gelu" if kind == "clip_l" else "gelu")
+
+
+def test_diffusers_loader_is_the_checkpoint_folder(session):
+    ref = run(session, txt2img(TINY))
+    prompt = txt2img(TINY)
+    prompt["ckpt"] = {"class_type": "DiffusersLoader", "inputs": {"model_path": "tiny-folder"}}
+    assert np.abs(run(session, prompt) - ref).max() == 0
+
+
+def test_checkpoint_loader_reads_the_yamls_prediction_type(session):
+    ref = run(session, txt2img(TINY))
+    prompt = txt2img(TINY)
+    prompt["ckpt"] = {"class_type": "CheckpointLoader",
+                      "inputs": {"config_name": "v1-inference.yaml", "ckpt_name": TINY}}
+    assert np.abs(run(session, prompt) - ref).max() == 0
+    key = uuid.uuid4().hex
+    result = session.run({
+        "c": {"class_type": "CheckpointLoader",
+              "inputs": {"config_name": "v2-inference-v.yaml", "ckpt_name": TINY}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["c", 0], "key": key}}})
+    assert result.ok, result.run.error
+    assert CAPTURED.pop(key).scheduler_config["prediction_type"] == "v_prediction"
+    prompt = txt2img(TINY)
+    prompt["ckpt"] = {"class_type": "CheckpointLoader",
+                      "inputs": {"config_name": "broken.yaml", "ckpt_name": TINY}}
+    assert "not valid YAML" in run_error(session, prompt)
+    prompt["ckpt"]["inputs"]["config_name"] = "../checkpoints/x.yaml"
+    with pytest.raises(PromptValidationError, match="config_name"):
+        session.validate(prompt)
