@@ -1,6 +1,6 @@
 """Latent batch, transform and arithmetic nodes: ComfyUI's Latent From Batch, Latent
-Blend, Rotate / Flip / Crop Latent, LatentAdd, LatentSubtract, LatentMultiply,
-LatentInterpolate and LatentBatch (its node ids, inputs, defaults and bounds).
+Blend, Rotate / Flip / Crop Latent, LatentConcat, LatentCut, LatentAdd, LatentSubtract,
+LatentMultiply, LatentInterpolate and LatentBatch (its node ids, inputs, defaults and bounds).
 
 Two-latent nodes keep the first latent's noise mask and settings, as ComfyUI does, and
 fit the second to the first first: stretched to its size (centre-cut to its aspect
@@ -300,6 +300,98 @@ class LatentCrop(Node):
         return (_move(self.samples, cut(samples), cut, latent_size=True),)
 
 
+CONCAT_DIMS = ("x", "-x", "y", "-y", "t", "-t")
+CUT_DIMS = ("x", "y", "t")
+
+
+def _spatial_axis(dim: str) -> int:
+    if "t" in dim:
+        raise ValueError("dim t is the frame axis of video latents; image latents have "
+                         "none: use x (width) or y (height)")
+    return -1 if "x" in dim else -2
+
+
+class LatentConcat(Node):
+    """Join two latents side by side: ``x`` puts samples2 right of samples1, ``-x`` left
+    of it, ``y`` below, ``-y`` above (the sides that meet must be equally long);
+    samples2's batch repeats to samples1's. Noise masks join along (a latent without
+    one repaints all of its part). Sample the result to outpaint or compose."""
+
+    TYPE = "LatentConcat"
+    CATEGORY = "latent/advanced"
+    OUTPUTS = (Output("LATENT"),)
+
+    samples1: Latent = Input(type="LATENT")
+    samples2: Latent = Input(type="LATENT")
+    dim: str = Input("x", choices=CONCAT_DIMS)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.masking import mask_to_latent
+
+        first, second = self.samples1, self.samples2
+        s1, s2 = _samples(first, "samples1"), _samples(second, "samples2")
+        for latent, name in ((first, "samples1"), (second, "samples2")):
+            _plain(latent, name, "LatentConcat")
+            if latent.inpaint is not None:
+                raise ValueError(f"{name} carries inpainting inputs (VAE Encode for "
+                                 f"Inpainting), which cannot be joined; join before encoding")
+        axis = _spatial_axis(self.dim)
+        other = -2 if axis == -1 else -1
+        if s1.shape[1] != s2.shape[1] or s1.shape[other] != s2.shape[other]:
+            side = "heights" if axis == -1 else "widths"
+            raise ValueError(f"samples1 {tuple(s1.shape[1:])} and samples2 "
+                             f"{tuple(s2.shape[1:])} (channels, height, width) must have the "
+                             f"same channels and {side} to join along {self.dim}")
+        s2 = _tile(s2.to(s1), s1.shape[0])
+        order = (lambda a, b: (b, a)) if self.dim.startswith("-") else (lambda a, b: (a, b))
+
+        def grid_mask(latent: Latent, samples: torch.Tensor) -> torch.Tensor:
+            if latent.noise_mask is None:
+                return samples.new_ones((samples.shape[0], 1, *samples.shape[-2:]))
+            mask = mask_to_latent(latent.noise_mask, tuple(samples.shape[-2:])).to(s1)
+            return _tile(mask, s1.shape[0])
+
+        mask = None
+        if first.noise_mask is not None or second.noise_mask is not None:
+            mask = torch.cat(order(grid_mask(first, s1), grid_mask(second, s2)), dim=axis)
+        samples = torch.cat(order(s1, s2), dim=axis)
+        return (replace(first, samples=samples, noise_mask=mask, extension_results=()),)
+
+
+class LatentCut(Node):
+    """Cut a strip out of latents: ``amount`` latent pixels along ``dim`` (x: columns,
+    y: rows) from ``index`` (negative counts from the end), clamped to the latent as in
+    ComfyUI. The noise mask is cut along."""
+
+    TYPE = "LatentCut"
+    CATEGORY = "latent/advanced"
+    OUTPUTS = (Output("LATENT"),)
+
+    samples: Latent = Input(type="LATENT")
+    dim: str = Input("x", choices=CUT_DIMS)
+    index: int = Input(0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1)
+    amount: int = Input(1, min=1, max=MAX_RESOLUTION, step=1)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        samples = _samples(self.samples, "samples")
+        _plain(self.samples, "samples", "LatentCut")
+        axis = _spatial_axis(self.dim)
+        size = samples.shape[axis]
+        if self.index >= 0:
+            start = min(self.index, size - 1)
+            amount = min(size - start, self.amount)
+        else:
+            start = size + max(self.index, -size)
+            amount = min(-max(self.index, -size), self.amount)
+
+        def cut(value: torch.Tensor) -> torch.Tensor:
+            return value.narrow(axis, start, amount).clone()
+
+        return (_move(self.samples, cut(samples), cut, latent_size=True),)
+
+
 class LatentBlend(Node):
     """``samples1 * blend_factor + samples2 * (1 - blend_factor)``: 1 keeps samples1,
     0 gives samples2. ``samples2`` is stretched (bicubic) to samples1's size."""
@@ -402,5 +494,5 @@ class LatentInterpolate(Node):
 
 
 NODE_CLASSES = (LatentFromBatch, LatentBatch, LatentBatchSeedBehavior, LatentRotate,
-                LatentFlip, LatentCrop, LatentBlend, LatentAdd, LatentSubtract, LatentMultiply,
-                LatentInterpolate)
+                LatentFlip, LatentCrop, LatentConcat, LatentCut, LatentBlend, LatentAdd,
+                LatentSubtract, LatentMultiply, LatentInterpolate)

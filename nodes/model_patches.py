@@ -1,5 +1,5 @@
-"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2, RescaleCFG, Deep Shrink and
-the attention multipliers (UNet self/cross-attention, CLIP attention).
+"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2, RescaleCFG, CFGNorm, Deep Shrink
+and the attention multipliers (UNet self/cross-attention, CLIP attention).
 
 Each returns a new MODEL (or CLIP) handle: a sampler extension attached (FreeU's hooks
 exist only during a sampling run) or a weight patch applied per run like a LoRA; the
@@ -211,6 +211,28 @@ class TCFG(Node):
         return (self.model.with_extension(TangentialCFG()),)
 
 
+class CFGNorm(Node):
+    """Cap the guided prediction's strength: at every step the denoised estimate CFG
+    produces is scaled, pixel by pixel, so its channel vector is no longer than the
+    conditional estimate's, then by ``strength``. It keeps high cfg from over-saturating
+    while leaving where the guidance points unchanged; ``strength`` 1 is the plain cap
+    (below 1 also darkens). Acts last, on the final guided prediction, so it combines
+    with every other guidance technique. ComfyUI's node (on the denoised estimate, as
+    here, whatever the model predicts)."""
+
+    TYPE = "CFGNorm"
+    CATEGORY = "advanced/guidance"
+    OUTPUTS = (Output("MODEL", name="patched_model"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    strength: float = Input(1.0, min=0.0, max=100.0, step=0.01)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.latent_operations import CFGNorm as CFGNormExtension
+
+        return (self.model.with_extension(CFGNormExtension(self.strength)),)
+
+
 def _multiplier(what: str) -> float:
     # ComfyUI's bounds for every attention multiplier
     return Input(1.0, min=0.0, max=10.0, step=0.01, description=what)
@@ -365,5 +387,5 @@ class EpsilonScaling(Node):
 
 
 NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, EpsilonScaling, PerpNeg, APG, CFGZeroStar, TCFG,
-                PatchModelAddDownscale,
+                CFGNorm, PatchModelAddDownscale,
                 UNetSelfAttentionMultiply, UNetCrossAttentionMultiply, CLIPAttentionMultiply)

@@ -52,6 +52,11 @@ COMFY_WIDGETS = {
     "DualCLIPLoader": ["clip_name1", "clip_name2", "type", "device"],
     "CheckpointLoader": ["config_name", "ckpt_name"],
     "DiffusersLoader": ["model_path"],
+    "LatentConcat": ["dim"],
+    "LatentCut": ["dim", "index", "amount"],
+    "CFGNorm": ["strength"],
+    "LatentOperationSharpen": ["sharpen_radius", "sigma", "alpha"],
+    "LatentOperationTonemapReinhard": ["multiplier"],
     "ImageOnlyCheckpointLoader": ["ckpt_name"],
     "DiffControlNetLoader": ["control_net_name"],
 }

@@ -12,20 +12,39 @@ def predicted_original(scheduler: Any, timestep: torch.Tensor | int, model_input
                        prediction: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """x̂₀ from one UNet prediction at ``timestep`` (``model_input`` is the VP-space input,
     ``scale`` what ``scale_model_input`` applied: sqrt(ᾱ) for σ-space schedulers, else 1)."""
-    scale = torch.as_tensor(scale, dtype=model_input.dtype)
+    a, b = x0_coefficients(scheduler, timestep, scale, model_input)
+    return a * model_input + b * prediction
+
+
+def x0_coefficients(scheduler: Any, timestep: torch.Tensor | int, scale: torch.Tensor | float,
+                    like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` with x̂₀ = a·x + b·prediction for the UNet's VP-space input x at
+    ``timestep`` (``scale`` as in :func:`predicted_original`); scalars as tensors on
+    ``like``'s device and dtype. ε: a = 1/√ᾱ, b = −√(1−ᾱ)/√ᾱ; v: a = √ᾱ, b = −√(1−ᾱ);
+    sample: a = 0, b = 1."""
+    scale = torch.as_tensor(scale, dtype=like.dtype)
     if float(scale) < 1.0:
         alpha_bar = scale**2
     else:
-        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(model_input.dtype)
-    alpha_bar = alpha_bar.to(model_input.device)
+        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(like.dtype)
+    alpha_bar = alpha_bar.to(like.device)
     kind = scheduler.config.get("prediction_type", "epsilon")
     if kind == "epsilon":
-        return (model_input - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
+        return 1 / alpha_bar.sqrt(), -(1 - alpha_bar).sqrt() / alpha_bar.sqrt()
     if kind == "v_prediction":
-        return alpha_bar.sqrt() * model_input - (1 - alpha_bar).sqrt() * prediction
+        return alpha_bar.sqrt(), -(1 - alpha_bar).sqrt()
     if kind == "sample":
-        return prediction
+        return torch.zeros_like(alpha_bar), torch.ones_like(alpha_bar)
     raise ValueError(f"unknown prediction type {kind!r}")
+
+
+def step_x0_coefficients(scheduler: Any, timestep: torch.Tensor, like: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`x0_coefficients` at a sampling step, the scale read off the scheduler's own
+    ``scale_model_input`` (the σ of this step or stage)."""
+    scale = scheduler.scale_model_input(torch.ones((), dtype=torch.float32,
+                                                   device=like.device), timestep)
+    return x0_coefficients(scheduler, timestep, scale.float().cpu(), like)
 
 
 def denoised_estimate(scheduler: Any, timestep: torch.Tensor, latents: torch.Tensor,

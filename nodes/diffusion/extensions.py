@@ -50,6 +50,10 @@ class Step:
     #: extra ``scheduler.step`` arguments for this step (e.g. ``variance_noise``); they
     #: override the sampler's own (``eta``, ``generator``)
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the UNet's input for this step, one batch role's rows (the scaled latents, in VP
+    #: space): with :func:`nodes.diffusion.denoised.step_x0_coefficients`, the x̂₀ of a
+    #: prediction, for extensions that work on it (CFGNorm, LatentApplyOperationCFG)
+    model_input: torch.Tensor | None = None
 
 
 #: ``denoise(run, step, latents) -> next latents``: one step's UNet pass with every

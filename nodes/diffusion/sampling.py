@@ -420,6 +420,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
             check_unet_fits(unet, latents, n_chunks)
         model_input = torch.cat([latents] * n_chunks) if n_chunks > 1 else latents
         model_input = run.scheduler.scale_model_input(model_input, t)
+        step.model_input = model_input[: latents.shape[0]]
         rows = _tile_rows(embeds, n_chunks, latents.shape[0] // batch)
         call = UNetCall(model_input, model_input, t, rows,
                         added_cond_kwargs=run.added_cond_kwargs(rows, run.roles))
