@@ -1,5 +1,5 @@
-"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2, RescaleCFG, CFGNorm, Deep Shrink
-and the attention multipliers (UNet self/cross-attention, CLIP attention).
+"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2, RescaleCFG, CFGNorm, HyperTile,
+Deep Shrink and the attention multipliers (UNet self/cross-attention, CLIP attention).
 
 Each returns a new MODEL (or CLIP) handle: a sampler extension attached (FreeU's hooks
 exist only during a sampling run) or a weight patch applied per run like a LoRA; the
@@ -233,6 +233,35 @@ class CFGNorm(Node):
         return (self.model.with_extension(CFGNormExtension(self.strength)),)
 
 
+class HyperTile(Node):
+    """HyperTile: faster sampling at high resolution by running the UNet's top-level
+    self-attention in tiles (each tile attends within itself), with the tiling redrawn
+    at every step so no seam stays. Worth it from about 768 px on SD 1.x (1536 on SDXL);
+    at the model's own size it saves little. ``tile_size`` (pixels): the smallest tile
+    side, 256 for SD 1.x (the default), about 512 for SDXL; smaller is faster but loses
+    coherence. ``swap_size``: how many tile sizes to draw from per step (more: the seams
+    move more). ``max_depth`` 0 tiles only the first level; 1-2 also deeper ones
+    (``scale_depth`` doubles the tile per level). The same seed gives the same image;
+    combines with every other technique (a layer another technique reads keeps its
+    untiled attention)."""
+
+    TYPE = "HyperTile"
+    CATEGORY = "model_patches/unet"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    tile_size: int = Input(256, min=1, max=2048)
+    swap_size: int = Input(2, min=1, max=128)
+    max_depth: int = Input(0, min=0, max=10)
+    scale_depth: bool = Input(False)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.hypertile import HyperTile as HyperTileExtension
+
+        return (self.model.with_extension(HyperTileExtension(
+            self.tile_size, self.swap_size, self.max_depth, self.scale_depth)),)
+
+
 def _multiplier(what: str) -> float:
     # ComfyUI's bounds for every attention multiplier
     return Input(1.0, min=0.0, max=10.0, step=0.01, description=what)
@@ -387,5 +416,5 @@ class EpsilonScaling(Node):
 
 
 NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, EpsilonScaling, PerpNeg, APG, CFGZeroStar, TCFG,
-                CFGNorm, PatchModelAddDownscale,
+                CFGNorm, HyperTile, PatchModelAddDownscale,
                 UNetSelfAttentionMultiply, UNetCrossAttentionMultiply, CLIPAttentionMultiply)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,8 +91,22 @@ class AttentionCall:
 class AttentionHook:
     """Base class: select layers, then override the places the technique acts on."""
 
+    #: a hook that only rearranges a self-attention layer's tokens (:meth:`on_tokens`:
+    #: HyperTile); such a layer keeps its own fast processor
+    layout_only = False
+
     def selects(self, layer: AttentionLayer) -> bool:
         return False
+
+    def on_tokens(self, call: AttentionCall, hidden_states: torch.Tensor
+                  ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """For ``layout_only`` hooks: the self-attention layer's input ``[images, tokens,
+        dim]`` rearranged (e.g. into tiles along the batch), and the function that puts
+        the layer's output back (None: unchanged). The layer's processor then runs on
+        the rearranged tokens, so queries, keys and values all follow the layout. Only
+        where every hook of the layer is layout-only: a layer another technique reads or
+        steers keeps its tokens as they are."""
+        return hidden_states, None
 
     def on_kv_inputs(self, call: AttentionCall, key_input: torch.Tensor,
                      value_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,16 +152,28 @@ class AttentionStore:
             self.sizes.setdefault(h * w, (h, w))
             h, w = math.ceil(h / 2), math.ceil(w / 2)
 
+    def depth(self, tokens: int) -> int | None:
+        """The UNet resolution level of a ``tokens``-token layer (0: the latent's own),
+        or None when the count is not a learnt size."""
+        for level, count in enumerate(self.sizes):
+            if count == tokens:
+                return level
+        return None
+
 
 class HookedAttnProcessor:
     """diffusers' ``AttnProcessor`` math with the hooks of one layer."""
 
     def __init__(self, layer: AttentionLayer, hooks: Sequence[AttentionHook],
-                 store: AttentionStore, run: Any):
+                 store: AttentionStore, run: Any, original: Any = None):
         self.layer = layer
-        self.hooks = tuple(hooks)
         self.store = store
         self.run = run
+        self.original = original
+        # layout-only hooks act where they are alone (see AttentionHook.on_tokens)
+        layout = all(h.layout_only for h in hooks) and original is not None
+        self.layout_hooks = tuple(hooks) if layout else ()
+        self.hooks = () if layout else tuple(h for h in hooks if not h.layout_only)
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
@@ -155,6 +181,9 @@ class HookedAttnProcessor:
                  *args: Any, **kwargs: Any) -> torch.Tensor:
         import torch
 
+        if self.layout_hooks:
+            return self._rearranged(attn, hidden_states, encoder_hidden_states,
+                                    attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -201,6 +230,30 @@ class HookedAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    def _rearranged(self, attn: Any, hidden_states: torch.Tensor,
+                    encoder_hidden_states: torch.Tensor | None,
+                    attention_mask: torch.Tensor | None, temb: torch.Tensor | None,
+                    *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The layer's own processor on the tokens the layout hooks rearranged."""
+        plain = (encoder_hidden_states is not None or attention_mask is not None
+                 or hidden_states.ndim != 3 or attn.group_norm is not None
+                 or attn.spatial_norm is not None)
+        restores = []
+        if not plain:
+            tokens = hidden_states.shape[1]
+            call = AttentionCall(self.layer, self.run, self.store.roles, attn.heads, tokens,
+                                 self.store.sizes.get(tokens), tokens,
+                                 _rows=hidden_states.shape[0] * attn.heads)
+            for hook in self.layout_hooks:
+                hidden_states, restore = hook.on_tokens(call, hidden_states)
+                if restore is not None:
+                    restores.append(restore)
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                            *args, **kwargs)
+        for restore in reversed(restores):
+            out = restore(out)
+        return out
 
 
 @dataclass(eq=False)  # hashed by identity: its per-run record is keyed by the recorder
@@ -273,7 +326,7 @@ def install(unet: Any, hooks: Sequence[AttentionHook], run: Any,
         layer = AttentionLayer.parse(name)
         mine = [h for h in hooks if h.selects(layer)]
         if mine:
-            chosen[name] = HookedAttnProcessor(layer, mine, store, run)
+            chosen[name] = HookedAttnProcessor(layer, mine, store, run, saved[name])
     if not chosen:
         return None
     unet.set_attn_processor({**saved, **chosen})
