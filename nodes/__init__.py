@@ -40,6 +40,7 @@ from nodes import (
     inversion,
     latent,
     latent_files,
+    latent_operations,
     latent_ops,
     ledits_pp,
     loaders,
@@ -63,6 +64,7 @@ from nodes import (
     sdxl,
     sega,
     sigma_lists,
+    strings,
     style_model,
     t2i_adapter,
     training,
@@ -117,11 +119,13 @@ NODE_CLASSES = (
     *image_compose.NODE_CLASSES,
     *latent_ops.NODE_CLASSES,
     *latent_files.NODE_CLASSES,
+    *latent_operations.NODE_CLASSES,
     *conditioning_ops.NODE_CLASSES,
     *model_sampling.NODE_CLASSES,
     *model_patches.NODE_CLASSES,
     *preprocessors.NODE_CLASSES,
     *primitives.NODE_CLASSES,
+    *strings.NODE_CLASSES,
     *training.NODE_CLASSES,
     *unclip.NODE_CLASSES,
     *custom_diffusion.NODE_CLASSES,
@@ -132,7 +136,7 @@ NODE_CLASSES = (
 
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",
                  "gligen", "clip_vision", "diffusion_models", "unet", "upscale_models",
-                 "hypernetworks", "style_models")
+                 "hypernetworks", "style_models", "text_encoders", "clip", "diffusers", "configs")
 
 
 def setup(env: Environment) -> None:

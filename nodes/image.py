@@ -1,4 +1,5 @@
-"""Images in and out: load from input/, save to output/ with the workflow embedded."""
+"""Images in and out: load from input/ (or output/), save to output/ with the workflow
+embedded, preview images and masks through temp/."""
 
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ IMAGE_ROLES = ("input", "output", "temp")
 
 def list_input_images(env: Environment) -> list[str]:
     return env.list_files("input", suffixes=IMAGE_SUFFIXES)
+
+
+def list_output_images(env: Environment) -> list[str]:
+    """The output folder's images as Load Image (from Outputs) offers them: annotated
+    ``name.png [output]`` names, the newest first (as ComfyUI lists them)."""
+    folder = env.folder("output")
+
+    def age(name: str) -> tuple[float, str]:
+        try:
+            return -(folder / name).stat().st_mtime, name
+        except OSError:
+            return 0.0, name
+
+    names = env.list_files("output", suffixes=IMAGE_SUFFIXES)
+    return [f"{name} [output]" for name in sorted(names, key=age)]
 
 
 def resolve_image(env: Environment, name: str) -> Path:
@@ -97,9 +113,15 @@ class LoadImage(Node):
                        "annotated name: 'x.png [output]', 'sub/x.png [temp]'")
 
     @classmethod
+    def locate(cls, env: Environment, name: str) -> tuple[str, Path]:
+        """The folder role and confined path ``name`` loads from; PathError when it names
+        no file of that folder (``..``, absolute, a symlink out)."""
+        return split_annotated(name)[0], resolve_image(env, name)
+
+    @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
         try:
-            path = resolve_image(env, inputs["image"])
+            path = cls.locate(env, inputs["image"])[1]
         except (PathError, KeyError):
             return None
         return file_sha256(path) if path.is_file() else None
@@ -107,8 +129,7 @@ class LoadImage(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
-        role = split_annotated(self.image)[0]
-        path = resolve_image(ctx.env, self.image)
+        role, path = self.locate(ctx.env, self.image)
         try:
             with Image.open(path) as img:
                 image, mask = pil_to_image(img)
@@ -118,6 +139,42 @@ class LoadImage(Node):
         except OSError as exc:
             raise ValueError(f"{self.image!r} is not a readable image: {exc}") from exc
         return image.to(ctx.device), mask.to(ctx.device)
+
+
+def output_image_exists(value: Any, env: Environment) -> bool:
+    """Load Image (from Outputs)'s ``also_accept``: a file of the output folder named
+    without the ``[output]`` annotation (or not listed)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return LoadImageOutput.locate(env, value)[1].is_file()
+    except (PathError, KeyError):
+        return False
+
+
+class LoadImageOutput(LoadImage):
+    """Load an image from the output folder (an earlier result, to iterate on it); its
+    alpha channel becomes a mask. The list puts the newest image first.
+
+    Names are ComfyUI's ``name.png [output]`` (a plain name also means the output
+    folder); they never reach outside it, whether by ``..`` or by a symlink."""
+
+    TYPE = "LoadImageOutput"
+    DISPLAY_NAME = "Load Image (from Outputs)"
+    OUTPUTS = (Output("IMAGE"), Output("MASK"))
+
+    image: str = Input(..., choices=list_output_images, also_accept=output_image_exists,
+                       description="An image in the output folder: 'x.png [output]'")
+
+    @classmethod
+    def locate(cls, env: Environment, name: str) -> tuple[str, Path]:
+        role, rel = split_annotated(name)
+        if ANNOTATED_NAME.match(name) is not None and role != "output":
+            raise PathError(f"{name!r} is in the {role} folder; Load Image (from Outputs) "
+                            "reads the output folder only (use Load Image)")
+        if not rel:
+            raise PathError(f"{name!r} names no file")
+        return "output", env.resolve("output", rel)
 
 
 def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: str
@@ -161,6 +218,13 @@ class SaveImage(SavesNumberedFiles):
                                                      self.filename_prefix)})
 
 
+def preview_images(images: torch.Tensor, ctx: ExecutionContext) -> NodeResult:
+    """Write IMAGE ``[B, H, W, C]`` to the temp folder as PNGs under a fresh prefix; the
+    UI entries that show them."""
+    prefix = f"preview_{secrets.token_hex(4)}"
+    return NodeResult((), {"images": save_images(images, ctx, "temp", prefix)})
+
+
 class PreviewImage(Node):
     """Show images without keeping them (written to the temp folder)."""
 
@@ -173,8 +237,29 @@ class PreviewImage(Node):
     images: Tensor = Input(type="IMAGE")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        prefix = f"preview_{secrets.token_hex(4)}"
-        return NodeResult((), {"images": save_images(self.images, ctx, "temp", prefix)})
+        return preview_images(self.images, ctx)
+
+
+class MaskPreview(Node):
+    """Show a mask as a grey image (white where it is 1) without keeping it, as Preview
+    Image does (written to the temp folder)."""
+
+    TYPE = "MaskPreview"
+    DISPLAY_NAME = "Preview Mask"
+    CATEGORY = "mask"
+    OUTPUT_NODE = True
+    OUTPUTS = ()
+
+    mask: Tensor = Input(type="MASK")
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        from nodes.diffusion.masking import as_mask4d
+
+        mask = as_mask4d(self.mask)  # [H, W], [B, H, W] or [B, 1, H, W]
+        if 0 in mask.shape:
+            raise ValueError(f"the mask is empty (shape {tuple(self.mask.shape)}): it needs "
+                             "at least one mask of at least 1x1 pixels")
+        return preview_images(mask[:, 0, :, :, None].expand(-1, -1, -1, 3), ctx)
 
 
 class SaveImageWebsocket(Node):
@@ -206,4 +291,5 @@ class SaveImageWebsocket(Node):
         return NodeResult(())
 
 
-NODE_CLASSES = (LoadImage, SaveImage, PreviewImage, SaveImageWebsocket)
+NODE_CLASSES = (LoadImage, LoadImageOutput, SaveImage, PreviewImage, MaskPreview,
+                SaveImageWebsocket)

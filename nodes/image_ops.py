@@ -1,6 +1,6 @@
 """Editing images: ComfyUI's Invert, Blend, Blur, Sharpen and Quantize Image, Crop,
-Flip and Rotate Image, Repeat Image Batch, Get Image from Batch and Get Image Size
-(its node ids, inputs, widget order and bounds).
+Flip and Rotate Image, Repeat Image Batch, Get Image from Batch, Get Image Size and the
+RGB ⇄ YUV conversions (its node ids, inputs, widget order and bounds).
 
 An IMAGE is a float tensor ``[B, H, W, C]`` in 0..1 with C = 3 (RGB), 4 (RGBA) or 1
 (grey). The filters keep the image's device, dtype and channel count.
@@ -25,6 +25,12 @@ DITHERS = ("none", "floyd-steinberg", "bayer-2", "bayer-4", "bayer-8", "bayer-16
 FLIPS = ("x-axis: vertically", "y-axis: horizontally")
 ROTATIONS = ("none", "90 degrees", "180 degrees", "270 degrees")
 MAX_BATCH = 4096
+
+# YCbCr as kornia's rgb_to_ycbcr / ycbcr_to_rgb compute it (ComfyUI's YUV nodes use them):
+# BT.601 luma weights, full range, chroma centred on 0.5, kornia's rounded constants.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+CB_SCALE, CR_SCALE = 0.564, 0.713  # (B - Y)·0.564, (R - Y)·0.713
+R_FROM_CR, G_FROM_CR, G_FROM_CB, B_FROM_CB = 1.403, 0.714, 0.344, 1.773
 
 
 def blend(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
@@ -135,6 +141,25 @@ def quantize_rgb(pixels: np.ndarray, colors: int, dither: str) -> np.ndarray:
         image = Image.fromarray(np.clip(pixels + tiled, 0, 255).astype(np.uint8))
     method = Image.Dither.FLOYDSTEINBERG if dither == "floyd-steinberg" else Image.Dither.NONE
     return np.asarray(image.quantize(palette=palette, dither=method).convert("RGB"))
+
+
+def rgb_to_yuv(rgb: torch.Tensor) -> torch.Tensor:
+    """``[..., 3]`` RGB in 0..1 → ``[..., 3]`` Y, U (Cb), V (Cr); U and V are 0.5 on greys."""
+    import torch
+
+    r, g, b = rgb.unbind(-1)
+    y = LUMA_WEIGHTS[0] * r + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[2] * b
+    return torch.stack((y, (b - y) * CB_SCALE + 0.5, (r - y) * CR_SCALE + 0.5), dim=-1)
+
+
+def yuv_to_rgb(yuv: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`rgb_to_yuv` (to kornia's rounding, about 2e-4), unclamped."""
+    import torch
+
+    y, u, v = yuv.unbind(-1)
+    u, v = u - 0.5, v - 0.5
+    return torch.stack((y + R_FROM_CR * v, y - G_FROM_CR * v - G_FROM_CB * u,
+                        y + B_FROM_CB * u), dim=-1)
 
 
 class ImageInvert(Node):
@@ -420,6 +445,64 @@ class ImageAddNoise(Node):
         return (noisy.clamp(0, 1).to(self.image.dtype),)
 
 
+class ImageRGBToYUV(Node):
+    """Split an image into its Y (brightness), U (blue-difference) and V (red-difference)
+    channels, each as a grey image (BT.601 YCbCr in 0..1, U and V 0.5 where there is no
+    colour), to edit brightness and colour apart; Image YUV to RGB joins them back.
+
+    An alpha channel is left out; a one-channel image is read as grey."""
+
+    TYPE = "ImageRGBToYUV"
+    DISPLAY_NAME = "Image RGB to YUV"
+    CATEGORY = "image/color"
+    OUTPUTS = (Output("IMAGE", "Y"), Output("IMAGE", "U"), Output("IMAGE", "V"))
+
+    image: Tensor = Input(type="IMAGE")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor, ...]:
+        check_image(self.image, "image")
+        check_fits(4 * self.image[..., :1].numel() * 3 * FLOAT32, self.image.device,
+                   f"the Y, U and V of {self.image.shape[0]} image(s)",
+                   "use a smaller batch or image")
+        rgb = self.image[..., :3].float()
+        if rgb.shape[-1] == 1:
+            rgb = rgb.expand(*rgb.shape[:-1], 3)
+        yuv = rgb_to_yuv(rgb).to(self.image.dtype)
+        return tuple(yuv[..., k:k + 1].expand(*yuv.shape[:-1], 3).contiguous()
+                     for k in range(3))
+
+
+class ImageYUVToRGB(Node):
+    """Join Y, U and V images (as Image RGB to YUV makes them) back into an RGB image.
+
+    Each input is read as grey (the mean of its colour channels); the result is clamped
+    to 0..1 (edited U and V can leave the RGB range)."""
+
+    TYPE = "ImageYUVToRGB"
+    DISPLAY_NAME = "Image YUV to RGB"
+    CATEGORY = "image/color"
+    OUTPUTS = (Output("IMAGE"),)
+
+    Y: Tensor = Input(type="IMAGE")
+    U: Tensor = Input(type="IMAGE")
+    V: Tensor = Input(type="IMAGE")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+        import torch
+
+        planes = {"Y": self.Y, "U": self.U, "V": self.V}
+        for name, plane in planes.items():
+            check_image(plane, name)
+        shapes = {name: tuple(plane.shape[:3]) for name, plane in planes.items()}
+        if len(set(shapes.values())) > 1:
+            sizes = ", ".join(f"{name} {b}x{w}x{h}" for name, (b, h, w) in shapes.items())
+            raise ValueError(f"Y, U and V must have the same batch size, width and height "
+                             f"(batch x width x height: {sizes})")
+        yuv = torch.stack([plane[..., :3].float().mean(dim=-1) for plane in planes.values()],
+                          dim=-1)
+        return (yuv_to_rgb(yuv).clamp(0, 1).to(self.Y.dtype),)
+
+
 NODE_CLASSES = (ImageInvert, ImageBlend, ImageBlur, ImageSharpen, ImageQuantize, ImageCrop,
                 ImageFlip, ImageRotate, RepeatImageBatch, ImageFromBatch, GetImageSize,
-                ImageAddNoise)
+                ImageAddNoise, ImageRGBToYUV, ImageYUVToRGB)

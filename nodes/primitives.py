@@ -10,6 +10,20 @@ from typing import Any
 from engine import ExecutionContext, Input, Node, NodeResult, Output
 from engine.node import INT64_MAX, INT64_MIN
 
+MAX_STRING_CHARS = 1_000_000
+"""The most characters a text node takes in or gives out (a chain of text nodes must not
+grow a string without bound)."""
+
+
+def check_text(node: str, name: str, value: Any, limit: int = MAX_STRING_CHARS) -> str:
+    """``value`` when it is a string of at most ``limit`` characters, else a ValueError
+    that names the node and the input."""
+    if not isinstance(value, str):
+        raise ValueError(f"{node}: {name} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ValueError(f"{node}: {name} is {len(value)} characters long; the most is {limit}")
+    return value
+
 
 class PrimitiveInt(Node):
     """An integer constant."""
@@ -51,6 +65,21 @@ class PrimitiveString(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[str]:
         return (self.value,)
+
+
+class PrimitiveStringMultiline(Node):
+    """A text constant typed in a multi-line box (ComfyUI's String (Multiline)); at most
+    10⁶ characters."""
+
+    TYPE = "PrimitiveStringMultiline"
+    DISPLAY_NAME = "String (Multiline)"
+    CATEGORY = "utils/primitive"
+    OUTPUTS = (Output("STRING"),)
+
+    value: str = Input("", multiline=True)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[str]:
+        return (check_text(self.TYPE, "value", self.value),)
 
 
 class PrimitiveBoolean(Node):
@@ -112,7 +141,6 @@ class IntMath(Node):
 
 
 SHOW_MAX_CHARS = 10_000
-MAX_STRING_CHARS = 1_000_000
 
 
 class ShowValue(Node):
@@ -182,5 +210,5 @@ class StringConcatenate(Node):
         return (self.delimiter.join((self.string_a, self.string_b)),)
 
 
-NODE_CLASSES = (PrimitiveInt, PrimitiveFloat, PrimitiveString, PrimitiveBoolean, IntMath,
-                ShowValue, PreviewAny, StringConcatenate)
+NODE_CLASSES = (PrimitiveInt, PrimitiveFloat, PrimitiveString, PrimitiveStringMultiline,
+                PrimitiveBoolean, IntMath, ShowValue, PreviewAny, StringConcatenate)
