@@ -162,6 +162,8 @@ class _TextEncoderFiles(Node):
     models/clip), their identity in the cache signature, pickles refused unless opted in."""
 
     FILE_INPUTS: ClassVar[tuple[str, ...]] = ()
+    #: the ``type`` Steerflow runs, and what to say for another
+    RUNS_TYPE: ClassVar[tuple[str, str]] = ("", "")
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
@@ -174,7 +176,7 @@ class _TextEncoderFiles(Node):
         return [out, env.options.get("dtype")]
 
     @classmethod
-    def pickle_problems(cls, inputs: dict[str, Any], env: Environment
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
         problems: list[tuple[str | None, str]] = []
         for key in cls.FILE_INPUTS:
@@ -182,6 +184,10 @@ class _TextEncoderFiles(Node):
             if isinstance(name, str):
                 problems += pickle_problem(inputs, env, key, "models",
                                            _folder_of(env, name, CLIP_FOLDERS))
+        kind, hint = cls.RUNS_TYPE
+        if isinstance(inputs.get("type"), str) and inputs["type"] != kind:
+            problems.append(("type", f"{inputs['type']!r} text encoders belong to model "
+                                     f"families Steerflow does not run; {hint}"))
         return problems
 
     def load(self, ctx: ExecutionContext, name: str) -> Any:
@@ -213,22 +219,13 @@ class CLIPLoader(_TextEncoderFiles):
     CATEGORY = "advanced/loaders"
     OUTPUTS = (Output("CLIP"),)
     FILE_INPUTS = ("clip_name",)
+    RUNS_TYPE = ("stable_diffusion", "use stable_diffusion (SD 1.x, SD 2.x, the SDXL "
+                                     "refiner), or DualCLIPLoader's sdxl")
 
     clip_name: str = Input(..., choices=list_text_encoders,
                            description="A file or folder in models/text_encoders")
     type: str = Input("stable_diffusion", choices=CLIP_TYPES)
     device: str = Input("default", choices=CLIP_DEVICES, optional=True)
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        problems = cls.pickle_problems(inputs, env)
-        kind = inputs.get("type")
-        if isinstance(kind, str) and kind != "stable_diffusion":
-            problems.append(("type", f"{kind!r} text encoders belong to model families "
-                                     f"Steerflow does not run; use stable_diffusion (SD 1.x, "
-                                     f"SD 2.x, the SDXL refiner), or DualCLIPLoader's sdxl"))
-        return problems
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
         from nodes.diffusion.handles import TextEncoder
@@ -252,21 +249,12 @@ class DualCLIPLoader(_TextEncoderFiles):
     CATEGORY = "advanced/loaders"
     OUTPUTS = (Output("CLIP"),)
     FILE_INPUTS = ("clip_name1", "clip_name2")
+    RUNS_TYPE = ("sdxl", "use sdxl")
 
     clip_name1: str = Input(..., choices=list_text_encoders)
     clip_name2: str = Input(..., choices=list_text_encoders)
     type: str = Input("sdxl", choices=DUAL_CLIP_TYPES)
     device: str = Input("default", choices=CLIP_DEVICES, optional=True)
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        problems = cls.pickle_problems(inputs, env)
-        kind = inputs.get("type")
-        if isinstance(kind, str) and kind != "sdxl":
-            problems.append(("type", f"{kind!r} text encoders belong to model families "
-                                     f"Steerflow does not run; use sdxl"))
-        return problems
 
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
         from nodes.diffusion.handles import TextEncoder

@@ -57,3 +57,36 @@ def run_graph(session: Any, prompt: dict[str, Any]) -> Any:
     result = session.run(prompt)
     assert result.ok, result.run.error
     return CAPTURED.pop(prompt["10"]["inputs"]["key"]).numpy()
+
+
+def tiny_txt2img(model: Any = ("ckpt", 0), *, seed: int = 1, cfg: float = 6.0,
+                 size: tuple[int, int] = (128, 96), steps: int = 3, scheduler: str = "normal",
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """KSampler on ``steerflow-tiny`` (euler), its LATENT kept by the capture node
+    ``"cap"``; ``extra`` nodes join (``model`` may name one of them)."""
+    import uuid
+
+    width, height = size
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple",
+                 "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
+                                                           "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "lat": {"class_type": "EmptyLatentImage",
+                "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "k": {"class_type": "KSampler", "inputs": {
+            "model": list(model), "seed": seed, "steps": steps, "cfg": cfg,
+            "sampler_name": "euler", "scheduler": scheduler, "positive": ["pos", 0],
+            "negative": ["neg", 0], "latent_image": ["lat", 0], "denoise": 1.0}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["k", 0],
+                                                        "key": uuid.uuid4().hex}},
+        **(extra or {}),
+    }
+
+
+def captured_samples(session: Any, prompt: dict[str, Any]) -> Any:
+    """Run ``prompt`` and return the samples of the LATENT its ``"cap"`` node kept."""
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    return CAPTURED.pop(prompt["cap"]["inputs"]["key"]).samples

@@ -4,7 +4,6 @@ tile by hand, and sampling with it (seeded, combined with other techniques)."""
 from __future__ import annotations
 
 import random
-import uuid
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from nodes.diffusion.attention import (
     HookedAttnProcessor,
 )
 from nodes.diffusion.hypertile import tile, tile_count, untile
-from tests.graph_nodes import CAPTURED, registry_with_capture
+from tests.graph_nodes import captured_samples, registry_with_capture, tiny_txt2img
 
 
 def test_tiles_are_blocks_of_the_token_grid():
@@ -86,21 +85,7 @@ def session(models_dir, tmp_path_factory) -> Session:
 
 
 def _graph(model=("ckpt", 0), seed: int = 1, extra: dict | None = None) -> dict:
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
-                                                           "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "lat": {"class_type": "EmptyLatentImage",
-                "inputs": {"width": 128, "height": 96, "batch_size": 1}},
-        "k": {"class_type": "KSampler", "inputs": {
-            "model": list(model), "seed": seed, "steps": 3, "cfg": 6.0, "sampler_name": "euler",
-            "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0],
-            "latent_image": ["lat", 0], "denoise": 1.0}},
-        "cap": {"class_type": "TestCapture", "inputs": {"value": ["k", 0],
-                                                        "key": uuid.uuid4().hex}},
-        **(extra or {}),
-    }
+    return tiny_txt2img(model, seed=seed, extra=extra)
 
 
 def _hypertile(tile_size: int = 32, **more) -> dict:
@@ -109,19 +94,14 @@ def _hypertile(tile_size: int = 32, **more) -> dict:
         "scale_depth": False, **more}}}
 
 
-def _samples(session, prompt) -> torch.Tensor:
-    result = session.run(prompt)
-    assert result.ok, result.run.error
-    return CAPTURED.pop(prompt["cap"]["inputs"]["key"]).samples
-
-
 def test_sampling_with_hypertile_is_seeded_and_tiles(session):
-    plain = _samples(session, _graph())
-    tiled = _samples(session, _graph(model=("ht", 0), extra=_hypertile()))
+    plain = captured_samples(session, _graph())
+    tiled = captured_samples(session, _graph(model=("ht", 0), extra=_hypertile()))
     assert torch.isfinite(tiled).all() and (tiled - plain).abs().max() > 1e-4
-    assert torch.equal(tiled, _samples(session, _graph(model=("ht", 0), extra=_hypertile())))
+    again = captured_samples(session, _graph(model=("ht", 0), extra=_hypertile()))
+    assert torch.equal(tiled, again)
     # tiles as large as the latent: no tiling, the model's own processors, the same image
-    whole = _samples(session, _graph(model=("ht", 0), extra=_hypertile(2048)))
+    whole = captured_samples(session, _graph(model=("ht", 0), extra=_hypertile(2048)))
     assert torch.equal(whole, plain)
 
 
@@ -133,5 +113,5 @@ def test_hypertile_combines_with_attention_techniques(session):
                      "inputs": {"model": ["fu", 0], "scale": 0.5, "blur_sigma": 2.0}},
              "pag": {"class_type": "PerturbedAttentionGuidance",
                      "inputs": {"model": ["sag", 0], "scale": 1.0}}}
-    out = _samples(session, _graph(model=("pag", 0), extra=extra))
+    out = captured_samples(session, _graph(model=("pag", 0), extra=extra))
     assert torch.isfinite(out).all()

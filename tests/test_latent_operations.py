@@ -4,7 +4,6 @@ forms in k-diffusion's σ variables (x̂₀ = x − σ·ε) against ours in VP s
 
 from __future__ import annotations
 
-import uuid
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +15,7 @@ from engine.session import Session
 from nodes.diffusion.extensions import Predictions, Step
 from nodes.diffusion.handles import Latent
 from nodes.diffusion.latent_operations import CFGNorm, OperationCFG, Sharpen, TonemapReinhard
-from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
+from tests.graph_nodes import captured_samples, registry_with_capture, run_error, tiny_txt2img
 
 
 def test_tonemap_is_reinhard_on_the_channel_lengths():
@@ -128,31 +127,12 @@ def session(models_dir, tmp_path_factory) -> Session:
 
 
 def _graph(model=("ckpt", 0), cfg: float = 7.0, extra: dict | None = None) -> dict:
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
-                                                           "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "lat": {"class_type": "EmptyLatentImage",
-                "inputs": {"width": 96, "height": 64, "batch_size": 1}},
-        "k": {"class_type": "KSampler", "inputs": {
-            "model": list(model), "seed": 2, "steps": 4, "cfg": cfg, "sampler_name": "euler",
-            "scheduler": "karras", "positive": ["pos", 0], "negative": ["neg", 0],
-            "latent_image": ["lat", 0], "denoise": 1.0}},
-        "cap": {"class_type": "TestCapture", "inputs": {"value": ["k", 0],
-                                                        "key": uuid.uuid4().hex}},
-        **(extra or {}),
-    }
-
-
-def _samples(session, prompt) -> torch.Tensor:
-    result = session.run(prompt)
-    assert result.ok, result.run.error
-    return CAPTURED.pop(prompt["cap"]["inputs"]["key"]).samples
+    return tiny_txt2img(model, seed=2, cfg=cfg, size=(96, 64), steps=4, scheduler="karras",
+                        extra=extra)
 
 
 def test_guidance_operations_run_with_other_techniques(session):
-    plain = _samples(session, _graph())
+    plain = captured_samples(session, _graph())
     tone = {"op": {"class_type": "LatentOperationTonemapReinhard",
                    "inputs": {"multiplier": 0.5}},
             "m": {"class_type": "LatentApplyOperationCFG",
@@ -160,12 +140,12 @@ def test_guidance_operations_run_with_other_techniques(session):
             "norm": {"class_type": "CFGNorm", "inputs": {"model": ["m", 0], "strength": 1.0}},
             "sag": {"class_type": "SelfAttentionGuidance",
                     "inputs": {"model": ["norm", 0], "scale": 0.5, "blur_sigma": 2.0}}}
-    both = _samples(session, _graph(model=("sag", 0), extra=tone))
+    both = captured_samples(session, _graph(model=("sag", 0), extra=tone))
     assert torch.isfinite(both).all() and (both - plain).abs().max() > 1e-3
-    again = _samples(session, _graph(model=("sag", 0), extra=tone))
+    again = captured_samples(session, _graph(model=("sag", 0), extra=tone))
     assert torch.equal(both, again)
     # without CFG both still act (ComfyUI's single-prediction branches)
-    alone = _samples(session, _graph(model=("norm", 0), cfg=1.0, extra=tone))
+    alone = captured_samples(session, _graph(model=("norm", 0), cfg=1.0, extra=tone))
     assert torch.isfinite(alone).all()
 
 
@@ -176,8 +156,8 @@ def test_apply_operation_to_a_latent(session):
                        "inputs": {"samples": ["k", 0], "operation": ["op", 0]}}}
     prompt = _graph(extra=extra)
     prompt["cap"]["inputs"]["value"] = ["apply", 0]
-    sharpened = _samples(session, prompt)
-    plain = _samples(session, _graph())
+    sharpened = captured_samples(session, prompt)
+    plain = captured_samples(session, _graph())
     torch.testing.assert_close(sharpened, Sharpen(2, 1.0, 0.2)(plain))
 
 
