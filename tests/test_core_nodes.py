@@ -56,6 +56,7 @@ COMFY_WIDGETS = {
     "LatentCut": ["dim", "index", "amount"],
     "CFGNorm": ["strength"],
     "HyperTile": ["tile_size", "swap_size", "max_depth", "scale_depth"],
+    "TomePatchModel": ["ratio"],
     "LatentOperationSharpen": ["sharpen_radius", "sigma", "alpha"],
     "LatentOperationTonemapReinhard": ["multiplier"],
     "ImageOnlyCheckpointLoader": ["ckpt_name"],

@@ -249,6 +249,7 @@ class HookedAttnProcessor:
                 hidden_states, restore = hook.on_tokens(call, hidden_states)
                 if restore is not None:
                     restores.append(restore)
+                    call.size = None  # rearranged: later hooks no longer know the grid
         out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                             *args, **kwargs)
         for restore in reversed(restores):

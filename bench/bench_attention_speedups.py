@@ -1,11 +1,12 @@
-"""HyperTile: UNet forward time with tiled top-level self-attention ÷ the plain UNet, side
-by side in one process, on a random UNet with SD 1.x's top level (320 channels, 8 heads,
+"""HyperTile and Token Merging: UNet forward time with each ÷ the plain UNet, side by side
+in one process, on a random UNet with SD 1.x's top level (320 channels, 8 heads,
 attention at the first level) at several latent sizes.
 
-    .venv/bin/python bench/bench_hypertile.py [--sizes 64 96] [--repeats 3] [--tile 256]
+    .venv/bin/python bench/bench_attention_speedups.py [--sizes 64 96] [--repeats 3]
+        [--tile 256] [--ratio 0.5]
 
-Runs alternate (plain, tiled, plain, ...) so load on this shared machine hits both alike;
-compare the ratios, not the absolute times.
+Runs alternate (plain, HyperTile, ToMe, plain, ...) so load on this shared machine hits
+all alike; compare the ratios, not the absolute times.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from diffusers import UNet2DConditionModel
 
 from nodes.diffusion import attention
 from nodes.diffusion.hypertile import HyperTile
+from nodes.diffusion.token_merging import TokenMerging
 
 
 def unet() -> UNet2DConditionModel:
@@ -47,29 +49,34 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--ratio", type=float, default=0.5)
     args = parser.parse_args()
     model = unet()
     context = torch.randn(1, 77, 768)
-    print(f"{'latent':>8} {'plain s':>9} {'tiled s':>9} {'tiled ÷ plain':>14}")
+    print(f"{'latent':>8} {'plain s':>9} {'HyperTile ÷ plain':>18} {'ToMe ÷ plain':>13}")
     for size in args.sizes:
         sample = torch.randn(1, 4, size, size)
-        extension = HyperTile(tile_size=args.tile)
         run = SimpleNamespace(attention=attention.AttentionStore(), state={},
                               params=SimpleNamespace(seed=0))
         run.attention.learn_sizes(size, size, levels=2)
-        extension.setup(run)
-        hooks = extension.attention_hooks(run)
+        cases = {}
+        for extension in (HyperTile(tile_size=args.tile), TokenMerging(args.ratio)):
+            extension.setup(run)
+            cases[type(extension).__name__] = extension.attention_hooks(run)
         timed(model, sample, context)  # warm-up
-        plain, tiled = [], []
+        times: dict[str, list[float]] = {"plain": [], **{name: [] for name in cases}}
         for _ in range(args.repeats):
-            plain.append(timed(model, sample, context))
-            saved = attention.install(model, hooks, run, run.attention)
-            try:
-                tiled.append(timed(model, sample, context))
-            finally:
-                model.set_attn_processor(saved)
-        p, t = statistics.median(plain), statistics.median(tiled)
-        print(f"{size:>5}²   {p:9.2f} {t:9.2f} {t / p:14.2f}")
+            times["plain"].append(timed(model, sample, context))
+            for name, hooks in cases.items():
+                saved = attention.install(model, hooks, run, run.attention)
+                try:
+                    times[name].append(timed(model, sample, context))
+                finally:
+                    model.set_attn_processor(saved)
+        plain = statistics.median(times["plain"])
+        tiled = statistics.median(times["HyperTile"]) / plain
+        merged = statistics.median(times["TokenMerging"]) / plain
+        print(f"{size:>5}²   {plain:9.2f} {tiled:18.2f} {merged:13.2f}")
 
 
 if __name__ == "__main__":
