@@ -39,12 +39,16 @@ MAX_SEED = 2**64 - 1
 @dataclass(frozen=True)
 class SamplerChoice:
     """SAMPLER: one of KSampler's sampler names, with the options of ComfyUI's sampler
-    nodes (SamplerEulerAncestral's eta and s_noise, SamplerLMS's order)."""
+    nodes (SamplerEulerAncestral's eta and s_noise, SamplerLMS's order, the stage
+    samplers' options)."""
 
     name: str
     eta: float = 1.0
     s_noise: float = 1.0
     order: int | None = None
+    #: other options of a sampler node (SamplerER_SDE's solver_type, SamplerSASolver's
+    #: orders, ...) as (name, value) pairs, for the sampler's ``configure``
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,11 +316,11 @@ def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
     if tuned and sampler.name.startswith("dpmpp_2m_sde"):
         schedule = schedule.explicit()  # its eta and s_noise are its σ-space twin's
     scheduler = schedule.make_scheduler(sampler.name, seed=noise.seed)
-    if tuned or sampler.order is not None:
-        from nodes.diffusion.sigma_samplers import with_options
+    if tuned or sampler.order is not None or sampler.options:
+        from nodes.diffusion.stage_samplers import with_stage_options
 
-        scheduler = with_options(scheduler, sampler.name, sampler.eta, sampler.s_noise,
-                                 sampler.order)
+        scheduler = with_stage_options(scheduler, sampler.name, sampler.eta, sampler.s_noise,
+                                       sampler.order, dict(sampler.options))
     params = schedule.params(noise.seed, guider.cfg, noise.add)
     ctx.check_interrupt()
     results: dict[str, torch.Tensor] = {}

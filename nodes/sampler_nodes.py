@@ -1,6 +1,6 @@
 """ComfyUI's sampler nodes with options, for SamplerCustom: SamplerEulerAncestral,
 SamplerEulerAncestralCFGPP, SamplerDPMPP_2M_SDE, SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE,
-SamplerDPMPP_2S_Ancestral and SamplerLMS.
+SamplerDPMPP_2S_Ancestral, SamplerLMS, SamplerER_SDE, SamplerSASolver and SamplerSEEDS2.
 
 Each gives the SAMPLER of KSampler's sampler of that name. At their defaults they are
 exactly KSamplerSelect's choice; ``noise_device`` changes nothing (the noise always
@@ -13,8 +13,11 @@ another value is an error that says so.
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine import ExecutionContext, Input, Node, Output
 from nodes.custom_sampling import SamplerChoice
+from nodes.diffusion.handles import DiffusionModel
 
 CATEGORY = "sampling/custom_sampling/samplers"
 DEVICES = ("gpu", "cpu")
@@ -40,6 +43,99 @@ def _defaults_only(name: str, **values: float) -> SamplerChoice:
                          f"({shown} asked; only eta 1, s_noise 1, r 0.5): use those, or "
                          f"SamplerEulerAncestral for a tunable ancestral sampler")
     return SamplerChoice(name)
+
+
+def _tuned(name: str, eta: float, s_noise: float, **options: Any) -> SamplerChoice:
+    """KSampler's ``name`` (a sampler of nodes.diffusion.stage_samplers) with a node's
+    options, which SamplerChoice's ``options`` carries (as name/value pairs) to the
+    sampler's ``configure``; at the defaults it is KSamplerSelect's choice."""
+    return SamplerChoice(name, eta, s_noise, options=tuple(sorted(options.items())))
+
+
+def _percent(default: float) -> float:
+    return Input(default, min=0.0, max=1.0, step=0.001)
+
+
+class SamplerER_SDE(Node):
+    """ER-SDE-Solver (``er_sde``): each step decays toward the model's prediction by
+    ER-SDE's noise scale function, with up to ``max_stage`` - 1 correction terms from
+    earlier steps, then fresh noise. ``Reverse-time SDE`` uses λ^(1 + eta) instead (eta 0:
+    the ODE); ``ODE`` adds no noise. eta applies to the reverse-time SDE only."""
+
+    TYPE = "SamplerER_SDE"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("SAMPLER"),)
+
+    solver_type: str = Input("ER-SDE", choices=("ER-SDE", "Reverse-time SDE", "ODE"))
+    max_stage: int = Input(3, min=1, max=3)
+    eta: float = Input(1.0, min=0.0, max=100.0, step=0.01,
+                       description="Stochastic strength of the reverse-time SDE (0: the ODE)")
+    s_noise: float = _s_noise()
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SamplerChoice]:
+        eta = self.eta if self.solver_type == "Reverse-time SDE" else 1.0  # unused otherwise
+        return (_tuned("er_sde", eta, self.s_noise, solver_type=self.solver_type,
+                       max_stage=self.max_stage),)
+
+
+class SamplerSASolver(Node):
+    """SA-Solver (``sa_solver``): stochastic Adams predictor-corrector; fresh noise (eta)
+    only between ``sde_start_percent`` and ``sde_end_percent`` of the model's schedule.
+    ``use_pece`` evaluates the corrected state too (``sa_solver_pece``, two model calls a
+    step); ``simple_order_2`` uses the paper's simpler second-order weights."""
+
+    TYPE = "SamplerSASolver"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("SAMPLER"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    eta: float = Input(1.0, min=0.0, max=10.0, step=0.01,
+                       description="Stochastic strength inside the SDE window (0: the ODE)")
+    sde_start_percent: float = _percent(0.2)
+    sde_end_percent: float = _percent(0.8)
+    s_noise: float = _s_noise()
+    predictor_order: int = Input(3, min=1, max=6)
+    corrector_order: int = Input(4, min=0, max=6)
+    use_pece: bool = Input(False)
+    simple_order_2: bool = Input(False)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SamplerChoice]:
+        from nodes.diffusion.schedulers import make_scheduler, training_sigmas
+        from nodes.diffusion.stage_samplers import percent_to_sigma
+
+        if self.sde_start_percent > self.sde_end_percent:
+            raise ValueError(f"SamplerSASolver: sde_start_percent {self.sde_start_percent:g} "
+                             f"is after sde_end_percent {self.sde_end_percent:g}, so the SDE "
+                             f"window is empty: swap them, or set eta 0 for the ODE")
+        model_sigmas = training_sigmas(make_scheduler("euler", "normal",
+                                                       dict(self.model.scheduler_config)))
+        window = (percent_to_sigma(model_sigmas, self.sde_start_percent),
+                  percent_to_sigma(model_sigmas, self.sde_end_percent))
+        pece = self.use_pece and self.corrector_order > 0  # no corrector: nothing to evaluate
+        return (_tuned("sa_solver_pece" if pece else "sa_solver", self.eta, self.s_noise,
+                       sde_sigmas=window, predictor_order=self.predictor_order,
+                       corrector_order=self.corrector_order, use_pece=pece,
+                       simple_order_2=self.simple_order_2),)
+
+
+class SamplerSEEDS2(Node):
+    """SEEDS-2 (``seeds_2``): two model calls a step, the second at fraction ``r`` of the
+    step (in log σ), with fresh noise along one Brownian path (eta 0: deterministic).
+    ``phi_2`` with r 1 is the exponential Heun method (eta 0: ComfyUI's exp_heun_2_x0)."""
+
+    TYPE = "SamplerSEEDS2"
+    CATEGORY = CATEGORY
+    OUTPUTS = (Output("SAMPLER"),)
+
+    solver_type: str = Input("phi_1", choices=("phi_1", "phi_2"))
+    eta: float = _eta()
+    s_noise: float = _s_noise()
+    r: float = Input(0.5, min=0.01, max=1.0, step=0.01,
+                     description="Where the second model call is, as a fraction of the step")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SamplerChoice]:
+        return (_tuned("seeds_2", self.eta, self.s_noise, solver_type=self.solver_type,
+                       r=self.r),)
 
 
 class SamplerEulerAncestral(Node):
@@ -156,4 +252,5 @@ class SamplerLMS(Node):
 
 
 NODE_CLASSES = (SamplerEulerAncestral, SamplerEulerAncestralCFGPP, SamplerDPMPP_2M_SDE,
-                SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE, SamplerDPMPP_2S_Ancestral, SamplerLMS)
+                SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE, SamplerDPMPP_2S_Ancestral, SamplerLMS,
+                SamplerER_SDE, SamplerSASolver, SamplerSEEDS2)

@@ -70,13 +70,14 @@ def test_schedule_options_match_diffusers() -> None:
     """The static table validation uses is what the diffusers schedulers accept."""
     import diffusers
 
-    from nodes.diffusion import sigma_samplers
+    from nodes.diffusion import sigma_samplers, stage_samplers
     from nodes.diffusion.schedulers import SAMPLERS, SCHEDULE_OPTIONS, SCHEDULES
 
     options = {key for extra in SCHEDULES.values() for key in extra}
     assert set(SCHEDULE_OPTIONS) == {class_name for class_name, _ in SAMPLERS.values()}
     for class_name, accepted in SCHEDULE_OPTIONS.items():
-        cls = getattr(sigma_samplers, class_name, None) or getattr(diffusers, class_name)
+        cls = (getattr(sigma_samplers, class_name, None)
+               or getattr(stage_samplers, class_name, None) or getattr(diffusers, class_name))
         params = inspect.signature(cls.__init__).parameters
         assert accepted == {key for key in options if key in params}, class_name
 

@@ -69,14 +69,25 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "res_multistep_cfg_pp": ("RESMultistepCFGPPSampler", {}),
     "res_multistep_ancestral_cfg_pp": ("RESMultistepAncestralCFGPPSampler", {}),
     "gradient_estimation_cfg_pp": ("GradientEstimationCFGPPSampler", {}),
+    # ER-SDE, SEEDS, SA-Solver and 2S CFG++ on Euler's scheduler; several model calls a
+    # step interleaved as Heun's / KDPM2's (nodes.diffusion.stage_samplers)
+    "er_sde": ("ERSDESampler", {}),
+    "seeds_2": ("SEEDS2Sampler", {}),
+    "seeds_3": ("SEEDS3Sampler", {}),
+    "sa_solver": ("SASolverSampler", {}),
+    "sa_solver_pece": ("SASolverPECESampler", {}),
+    "dpmpp_2s_ancestral_cfg_pp": ("DPMPP2SAncestralCFGPPSampler", {}),
 }
 
-#: the samplers of :mod:`nodes.diffusion.sigma_samplers` (class names)
+#: the samplers of :mod:`nodes.diffusion.sigma_samplers` and
+#: :mod:`nodes.diffusion.stage_samplers` (class names): Euler's scheduler underneath
 SIGMA_SAMPLERS = frozenset({
     "EulerCFGPPSampler", "EulerAncestralCFGPPSampler", "IPNDMSampler",
     "IPNDMVSampler", "RESMultistepSampler", "RESMultistepAncestralSampler",
     "GradientEstimationSampler", "DPMPP2MCFGPPSampler", "RESMultistepCFGPPSampler",
-    "RESMultistepAncestralCFGPPSampler", "GradientEstimationCFGPPSampler"})
+    "RESMultistepAncestralCFGPPSampler", "GradientEstimationCFGPPSampler",
+    "ERSDESampler", "SEEDS2Sampler", "SEEDS3Sampler", "SASolverSampler",
+    "SASolverPECESampler", "DPMPP2SAncestralCFGPPSampler"})
 #: ours on another diffusers scheduler's layout (not Euler's: no custom σs)
 OWN_SCHEDULERS = frozenset({"DPMPP2SAncestralScheduler"})
 
@@ -236,9 +247,9 @@ def make_sigma_list_scheduler(sampler_name: str, config: dict[str, Any],
 def _scheduler_class(sampler_name: str) -> type:
     class_name, _ = SAMPLERS[sampler_name]
     if class_name in SIGMA_SAMPLERS or class_name in OWN_SCHEDULERS:
-        from nodes.diffusion import sigma_samplers
+        from nodes.diffusion import sigma_samplers, stage_samplers
 
-        return getattr(sigma_samplers, class_name)
+        return getattr(sigma_samplers, class_name, None) or getattr(stage_samplers, class_name)
     import diffusers  # imports torch: only when a scheduler is built
 
     return getattr(diffusers, class_name)
