@@ -159,6 +159,7 @@ def setup(env: Environment) -> None:
         ensure_default_controlnet(models)
         ensure_shapes_model(models)
     seed_example_inputs(env)
+    seed_ldm_configs(env)
 
 
 EXAMPLE_ASSETS = Path(__file__).resolve().parents[1] / "workflows" / "assets"
@@ -178,6 +179,16 @@ def seed_example_inputs(env: Environment) -> None:
             for item in src.iterdir():
                 if item.is_file():
                     _copy_new(item, env.folder("models", src.name, create=True))
+
+
+LDM_CONFIGS = Path(__file__).resolve().parent / "assets" / "ldm_configs"
+
+
+def seed_ldm_configs(env: Environment) -> None:
+    """Stand-ins for the yaml configs ComfyUI ships in models/configs (what ComfyUI
+    workflows' Load Checkpoint With Config names), unless a file of that name exists."""
+    for src in LDM_CONFIGS.glob("*.yaml"):
+        _copy_new(src, env.folder("models", "configs", create=True))
 
 
 def _copy_new(src: Path, folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -174,9 +175,11 @@ def list_yaml_configs(env: Environment) -> list[str]:
     return env.list_files("models", "configs", suffixes=(".yaml", ".yml"))
 
 
-def yaml_prediction_type(path: Path) -> str | None:
-    """The prediction type an original (LDM) yaml config names: ``parameterization: v``
-    (SD 2.x 768-v) is v_prediction, ``eps`` epsilon; None when it names none."""
+def yaml_settings(path: Path) -> tuple[str | None, int | None]:
+    """What Steerflow reads from an original (LDM) yaml config: the prediction type
+    (``model.params.parameterization``: ``v`` is v_prediction, ``eps`` epsilon, ``x0``
+    sample) and the CLIP layer (``cond_stage_config.params`` with layer ``hidden`` and
+    ``layer_idx`` -2: CLIP skip 2, as CLIP Set Last Layer's -2); None where it names none."""
     import yaml  # PyYAML; safe_load builds plain data only
 
     text = path.read_text(encoding="utf-8")[:MAX_YAML_CHARS]
@@ -184,11 +187,21 @@ def yaml_prediction_type(path: Path) -> str | None:
         config = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path.name} is not valid YAML: {exc}") from exc
-    params = ((config or {}).get("model") or {}).get("params") or {} \
-        if isinstance(config, dict) else {}
-    kind = params.get("parameterization") if isinstance(params, dict) else None
-    return {"v": "v_prediction", "eps": "epsilon", "x0": "sample"}.get(str(kind)) \
-        if kind is not None else None
+
+    def section(value: Any, *keys: str) -> dict[str, Any]:
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    params = section(config, "model", "params")
+    kind = {"v": "v_prediction", "eps": "epsilon", "x0": "sample"}.get(
+        str(params.get("parameterization")))
+    clip = section(params, "cond_stage_config", "params")
+    layer = clip.get("layer_idx") if clip.get("layer") == "hidden" else None
+    if layer is not None and (not isinstance(layer, int) or not -24 <= layer <= -1):
+        raise ValueError(f"{path.name}: cond_stage_config layer_idx {layer!r} is not a layer "
+                         f"from the end (-1 .. -24)")
+    return kind, layer
 
 
 MAX_YAML_CHARS = 1_000_000
@@ -197,9 +210,11 @@ MAX_YAML_CHARS = 1_000_000
 class CheckpointLoader(Node):
     """ComfyUI's older checkpoint loader with an original (LDM) yaml config beside the
     checkpoint. The architecture comes from the weights, as in Load Checkpoint; from the
-    yaml Steerflow reads the prediction type (``parameterization: "v"``, SD 2.x 768-v
-    models without v-prediction in their file), which is what these configs are still
-    used for. Prefer Load Checkpoint where the file alone tells."""
+    yaml Steerflow reads the prediction type (``parameterization: "v"``: SD 2.x 768-v
+    models whose file does not say) and CLIP skip (``layer_idx: -2``), which is what these
+    configs are still used for. models/configs comes with stand-ins for the configs
+    ComfyUI ships (v1-inference.yaml, v2-inference-v.yaml, v1-inference_clip_skip_2.yaml,
+    ...). Prefer Load Checkpoint where the file alone tells."""
 
     TYPE = "CheckpointLoader"
     DISPLAY_NAME = "Load Checkpoint With Config (DEPRECATED)"
@@ -230,9 +245,12 @@ class CheckpointLoader(Node):
         if not path.exists():
             raise FileNotFoundError(
                 f"checkpoint {self.ckpt_name!r} not found in models/checkpoints")
-        kind = yaml_prediction_type(config)
-        return load_checkpoint(ctx, path, scheduler_overrides={"prediction_type": kind}
-                               if kind else None)
+        kind, clip_layer = yaml_settings(config)
+        model, clip, vae = load_checkpoint(
+            ctx, path, scheduler_overrides={"prediction_type": kind} if kind else None)
+        if clip_layer is not None:
+            clip = replace(clip, stop_at_clip_layer=clip_layer)
+        return model, clip, vae
 
 
 class DiffusersLoader(Node):

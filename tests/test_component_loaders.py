@@ -76,6 +76,10 @@ def models(tiny_model_paths, tmp_path_factory) -> Path:
         "    parameterization: \"v\"\n    linear_start: 0.00085\n")
     (configs / "v1-inference.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
     (configs / "broken.yaml").write_text("model: [unclosed\n")
+    from nodes import LDM_CONFIGS
+
+    shutil.copyfile(LDM_CONFIGS / "v1-inference_clip_skip_2.yaml",
+                    configs / "v1-inference_clip_skip_2.yaml")
     return root
 
 
@@ -262,3 +266,36 @@ def test_checkpoint_loader_reads_the_yamls_prediction_type(session):
     prompt["ckpt"]["inputs"]["config_name"] = "../checkpoints/x.yaml"
     with pytest.raises(PromptValidationError, match="config_name"):
         session.validate(prompt)
+
+
+def test_checkpoint_loader_reads_clip_skip(session):
+    """ComfyUI's v1-inference_clip_skip_2.yaml: the same image as CLIP Set Last Layer -2."""
+    prompt = txt2img(TINY)
+    prompt["skip"] = {"class_type": "CLIPSetLastLayer",
+                      "inputs": {"clip": ["ckpt", 1], "stop_at_clip_layer": -2}}
+    for node in ("pos", "neg"):
+        prompt[node]["inputs"]["clip"] = ["skip", 0]
+    ref = run(session, prompt)
+    assert np.abs(ref - run(session, txt2img(TINY))).max() > 1e-4  # the layer matters
+    prompt = txt2img(TINY)
+    prompt["ckpt"] = {"class_type": "CheckpointLoader", "inputs": {
+        "config_name": "v1-inference_clip_skip_2.yaml", "ckpt_name": TINY}}
+    assert np.abs(run(session, prompt) - ref).max() == 0
+
+
+def test_setup_seeds_comfyuis_config_names(tmp_path):
+    from engine import Environment
+    from nodes import LDM_CONFIGS, seed_ldm_configs
+    from nodes.models import yaml_settings
+
+    env = Environment.create(tmp_path, device="cpu")
+    (env.folder("models", "configs", create=True) / "v1-inference.yaml").write_text("mine")
+    seed_ldm_configs(env)
+    folder = env.folder("models", "configs")
+    names = {p.name for p in folder.iterdir()}
+    assert {"v1-inference.yaml", "v2-inference-v.yaml", "v1-inference_clip_skip_2.yaml",
+            "v2-inference.yaml", "anything-v3.yaml"} <= names
+    assert (folder / "v1-inference.yaml").read_text() == "mine"  # a user's file is kept
+    assert yaml_settings(LDM_CONFIGS / "v2-inference-v.yaml") == ("v_prediction", None)
+    assert yaml_settings(LDM_CONFIGS / "v1-inference.yaml") == ("epsilon", None)
+    assert yaml_settings(LDM_CONFIGS / "anything-v3.yaml") == ("epsilon", -2)
