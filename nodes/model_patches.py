@@ -1,4 +1,4 @@
-"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2, RescaleCFG, CFGNorm, HyperTile,
+"""Model-patch nodes under ComfyUI's ids: FreeU, FreeU_V2, RescaleCFG, CFGNorm, Mahiro, HyperTile,
 ToMe, Deep Shrink and the attention multipliers (UNet self/cross-attention, CLIP attention).
 
 Each returns a new MODEL (or CLIP) handle: a sampler extension attached (FreeU's hooks
@@ -233,6 +233,26 @@ class CFGNorm(Node):
         return (self.model.with_extension(CFGNormExtension(self.strength)),)
 
 
+class Mahiro(Node):
+    """Mahiro: a CFG variant that leans the guided result toward the conditional
+    prediction (scaled by cfg) wherever the unconditional one points elsewhere, which
+    keeps prompts' detail at high cfg with less burn. Use it at your usual cfg; acts on
+    the final guided prediction (ComfyUI's formula, on the denoised estimate), so it
+    combines with the other guidance techniques."""
+
+    TYPE = "Mahiro"
+    DISPLAY_NAME = "Mahiro CFG"
+    CATEGORY = "_for_testing"
+    OUTPUTS = (Output("MODEL", name="patched_model"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.latent_operations import Mahiro as MahiroExtension
+
+        return (self.model.with_extension(MahiroExtension()),)
+
+
 class HyperTile(Node):
     """HyperTile: faster sampling at high resolution by running the UNet's top-level
     self-attention in tiles (each tile attends within itself), with the tiling redrawn
@@ -439,5 +459,5 @@ class EpsilonScaling(Node):
 
 
 NODE_CLASSES = (FreeU, FreeU_V2, RescaleCFG, EpsilonScaling, PerpNeg, APG, CFGZeroStar, TCFG,
-                CFGNorm, HyperTile, TomePatchModel, PatchModelAddDownscale,
+                CFGNorm, Mahiro, HyperTile, TomePatchModel, PatchModelAddDownscale,
                 UNetSelfAttentionMultiply, UNetCrossAttentionMultiply, CLIPAttentionMultiply)

@@ -55,6 +55,7 @@ COMFY_WIDGETS = {
     "LatentConcat": ["dim"],
     "LatentCut": ["dim", "index", "amount"],
     "CFGNorm": ["strength"],
+    "Mahiro": [],
     "HyperTile": ["tile_size", "swap_size", "max_depth", "scale_depth"],
     "TomePatchModel": ["ratio"],
     "LatentOperationSharpen": ["sharpen_radius", "sigma", "alpha"],

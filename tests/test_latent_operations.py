@@ -14,7 +14,13 @@ from scipy.ndimage import correlate
 from engine.session import Session
 from nodes.diffusion.extensions import Predictions, Step
 from nodes.diffusion.handles import Latent
-from nodes.diffusion.latent_operations import CFGNorm, OperationCFG, Sharpen, TonemapReinhard
+from nodes.diffusion.latent_operations import (
+    CFGNorm,
+    Mahiro,
+    OperationCFG,
+    Sharpen,
+    TonemapReinhard,
+)
 from tests.graph_nodes import captured_samples, registry_with_capture, run_error, tiny_txt2img
 
 
@@ -96,6 +102,21 @@ def test_operation_cfg_acts_on_the_x0_difference(prediction_type):
     torch.testing.assert_close(x0(preds.cond), op(x0(c)), rtol=1e-6, atol=1e-6)
 
 
+def test_mahiro_is_comfyuis_formula_on_x0():
+    scheduler, step, x, sigma = _euler_step()
+    u, c = torch.randn_like(x), torch.randn_like(x)
+    cfg = 6.0
+    guidance = cfg * (c - u)
+    ours = u + Mahiro().guidance(_run(scheduler, cfg), step, Predictions(u, c), guidance)
+    cfg_x0, leap, u_leap = x - sigma * (u + guidance), (x - sigma * c) * cfg, (x - sigma * u) * cfg
+    merge = (leap + cfg_x0) / 2
+    sim = torch.nn.functional.cosine_similarity(u_leap.abs().sqrt() * u_leap.sign(),
+                                                merge.abs().sqrt() * merge.sign()).mean()
+    simsc = 2 * (sim + 1)
+    want = (simsc * cfg_x0 + (4 - simsc) * leap) / 4
+    torch.testing.assert_close(x - sigma * ours, want, rtol=1e-6, atol=1e-6)
+
+
 def test_cfg_norm_in_vp_space_schedulers():
     """DDIM (no σ scaling): x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ."""
     from diffusers import DDIMScheduler
@@ -137,7 +158,9 @@ def test_guidance_operations_run_with_other_techniques(session):
                    "inputs": {"multiplier": 0.5}},
             "m": {"class_type": "LatentApplyOperationCFG",
                   "inputs": {"model": ["ckpt", 0], "operation": ["op", 0]}},
-            "norm": {"class_type": "CFGNorm", "inputs": {"model": ["m", 0], "strength": 1.0}},
+            "mahiro": {"class_type": "Mahiro", "inputs": {"model": ["m", 0]}},
+            "norm": {"class_type": "CFGNorm", "inputs": {"model": ["mahiro", 0],
+                                                         "strength": 1.0}},
             "sag": {"class_type": "SelfAttentionGuidance",
                     "inputs": {"model": ["norm", 0], "scale": 0.5, "blur_sigma": 2.0}}}
     both = captured_samples(session, _graph(model=("sag", 0), extra=tone))

@@ -133,3 +133,31 @@ class CFGNorm(SamplerExtension):
                  / (torch.linalg.vector_norm(guided, dim=1, keepdim=True) + 1e-8))
         out = guided * scale.clamp(0.0, 1.0) * self.strength
         return (out - offset) / b - base
+
+
+class Mahiro(SamplerExtension):
+    """Mahiro (ComfyUI's node): the guided x̂₀ is pulled toward the conditional x̂₀ scaled by
+    cfg, the more so the less the unconditional direction agrees with the step. With
+    ``leap = cfg·x̂₀₊``, ``merge = (leap + x̂₀_cfg)/2`` and ``s`` the cosine similarity
+    (over channels, averaged over pixels and the batch) of √|·|·sign(·) of
+    ``cfg·x̂₀₋`` and of ``merge``: ``x̂₀ = ((2s + 2)·x̂₀_cfg + (2 − 2s)·leap)/4``."""
+
+    priority = 840  # on the guided prediction, before CFGNorm's cap
+    without_cfg = True
+
+    def guidance(self, run: SamplingRun, step: Step, preds: Predictions,
+                 guidance: torch.Tensor) -> torch.Tensor:
+        base = preds.uncond if run.do_cfg else preds.cond
+        guided, offset, b = _x0(run, step, base + guidance)
+        scale = run.params.cfg if run.do_cfg else 1.0
+        leap = (offset + b * preds.cond) * scale
+        uncond_leap = (offset + b * preds.uncond) * scale
+        merge = (leap + guided) / 2
+
+        def signed_sqrt(x: torch.Tensor) -> torch.Tensor:
+            return x.abs().sqrt() * x.sign()
+
+        similarity = F.cosine_similarity(signed_sqrt(uncond_leap), signed_sqrt(merge)).mean()
+        weight = 2 * (similarity + 1)
+        out = (weight * guided + (4 - weight) * leap) / 4
+        return (out - offset) / b - base
