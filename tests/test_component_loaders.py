@@ -299,3 +299,58 @@ def test_setup_seeds_comfyuis_config_names(tmp_path):
     assert yaml_settings(LDM_CONFIGS / "v2-inference-v.yaml") == ("v_prediction", None)
     assert yaml_settings(LDM_CONFIGS / "v1-inference.yaml") == ("epsilon", None)
     assert yaml_settings(LDM_CONFIGS / "anything-v3.yaml") == ("epsilon", -2)
+
+
+# --- ModelSave / VAESave / CLIPSave: saved, moved to models/, loaded back ------------------------
+
+def _save_and_move(session, models, prompt: dict, key: str, folder: str) -> list[str]:
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    names = []
+    for entry in result.run.outputs["save"][key]:
+        src = session.env.folder("output") / entry["subfolder"] / entry["filename"]
+        shutil.copyfile(src, models / folder / entry["filename"])
+        names.append(entry["filename"])
+    return names
+
+
+def test_component_saves_load_back(session, models):
+    """A merged UNet (model + model: every weight doubled), the VAE and SDXL's two text
+    encoders, each saved and loaded back with its loader: the same weights."""
+    from nodes.diffusion.component_loading import load_unet, load_vae
+    from nodes.diffusion.text_encoder_loading import load_text_encoder
+
+    merge = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+             "add": {"class_type": "ModelMergeAdd",
+                     "inputs": {"model1": ["ckpt", 0], "model2": ["ckpt", 0]}},
+             "save": {"class_type": "ModelSave", "inputs": {
+                 "model": ["add", 0], "filename_prefix": "diffusion_models/merged"}}}
+    (unet_name,) = _save_and_move(session, models, merge, "models", "diffusion_models")
+    unet, _, family = load_unet(models / "diffusion_models" / unet_name)
+    base, _, _ = load_unet(models / "diffusion_models" / "sd1-unet")
+    assert family == "sd1"
+    for (name, a), b in zip(base.state_dict().items(), unet.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(b, 2 * a, msg=name)
+
+    vae = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY}},
+           "save": {"class_type": "VAESave", "inputs": {"vae": ["ckpt", 2],
+                                                         "filename_prefix": "vae/tiny"}}}
+    (vae_name,) = _save_and_move(session, models, vae, "vaes", "vae")
+    ref = load_vae(models / "vae" / "sd1-vae")
+    for a, b in zip(ref.state_dict().values(), load_vae(models / "vae" / vae_name)
+                    .state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    clip = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": XL}},
+            "save": {"class_type": "CLIPSave", "inputs": {"clip": ["ckpt", 1],
+                                                           "filename_prefix": "clip/xl"}}}
+    names = _save_and_move(session, models, clip, "clips", "text_encoders")
+    assert [n.rsplit("_", 2)[-1] for n in names] == ["l.safetensors", "g.safetensors"]
+    for name, folder in zip(names, ("xl-clip-l", "xl-clip-g.safetensors"), strict=True):
+        saved = load_text_encoder(models / "text_encoders" / name)
+        ref = load_text_encoder(models / "text_encoders" / folder)
+        assert saved.kind == ref.kind
+        for a, b in zip(ref.model.state_dict().values(), saved.model.state_dict().values(),
+                        strict=True):
+            assert torch.equal(a, b)
