@@ -36,11 +36,11 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import Field, PrivateAttr, TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from comfy_compat import runtime
 from comfy_compat.nodes_module import record_pack_class
-from engine.node import InputSpec, Node, NodeResult, Output
+from engine.node import InputSpec, NamedInputsNode, Node, NodeResult, Output
 
 if TYPE_CHECKING:
     from engine.context import ExecutionContext
@@ -54,8 +54,10 @@ _HIDDEN = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "DYNPROMPT", "AUTH_TOKEN_COMF
            "API_KEY_COMFY_ORG")
 
 
-class ComfyNode(Node):
-    """Base of every adapted ComfyUI class (abstract: no TYPE)."""
+class ComfyNode(NamedInputsNode):
+    """Base of every adapted ComfyUI class (abstract: no TYPE). Its inputs are a dict
+    (:class:`engine.node.NamedInputsNode`): ComfyUI input names need not be Python
+    identifiers, and may clash with BaseModel's own attributes."""
 
     COMFY_CLASS: ClassVar[type] = object
     PACK: ClassVar[str] = ""
@@ -65,16 +67,6 @@ class ComfyNode(Node):
     LAX_OUTPUTS: ClassVar[bool] = True
     VALIDATED_BY_NODE: ClassVar[frozenset[str]] = frozenset()
     _instances: ClassVar[dict[str, Any]]
-
-    _inputs: dict[str, Any] = PrivateAttr(default_factory=dict)
-
-    @classmethod
-    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> ComfyNode:
-        # Inputs are kept as a dict, not pydantic fields: ComfyUI input names need not
-        # be Python identifiers (or may clash with BaseModel's own attributes).
-        node = super().model_construct(_fields_set)
-        node._inputs = values
-        return node
 
     # --- hooks -----------------------------------------------------------------
     @classmethod

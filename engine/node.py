@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 from pydantic.fields import FieldInfo
 
 if TYPE_CHECKING:
@@ -298,6 +298,32 @@ class Node(BaseModel):
             "output_tooltips": [o.tooltip for o in cls.OUTPUTS],
             "python_module": cls.__module__,
         }
+
+
+class NamedInputsNode(Node):
+    """Base of nodes whose input names need not be Python identifiers (ComfyUI names such
+    as ``input_blocks.0.``, or names a pack chose): the class sets ``INPUT_SPECS``
+    itself (see :func:`input_spec`) and a node reads its inputs from :attr:`inputs`."""
+
+    _inputs: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def model_construct(cls, _fields_set: set[str] | None = None,
+                        **values: Any) -> NamedInputsNode:
+        node = super().model_construct(_fields_set)
+        node._inputs = values
+        return node
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self._inputs
+
+
+def input_spec(name: str, annotation: Any, field: Any) -> InputSpec:
+    """The spec of an input declared with ``Input(...)`` and its Python type, for a
+    :class:`NamedInputsNode`'s ``INPUT_SPECS``."""
+    field.annotation = annotation
+    return _make_spec(name, field)
 
 
 def _make_spec(name: str, info: FieldInfo) -> InputSpec:

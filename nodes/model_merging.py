@@ -3,7 +3,8 @@
 A merge never changes either loaded model: it returns model1's handle with one more
 weight patch (:mod:`nodes.diffusion.model_merging`) that the sampler or the prompt
 encoder applies for its call, like a LoRA. Names, inputs, ranges and defaults are
-ComfyUI's, so its workflows load unchanged. Saving a merged checkpoint is not offered.
+ComfyUI's, so its workflows load unchanged. Save the result with Save Checkpoint or
+ModelSave.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from engine import ExecutionContext, Input, Node, Output
+from engine.node import NamedInputsNode, input_spec
 from nodes.diffusion.handles import DiffusionModel, Latent, TextEncoder
 from nodes.diffusion.model_merging import CLIP_SKIPPED, ModelMergeError, merge_patch, unet_block
 
@@ -109,6 +111,79 @@ class ModelMergeBlocks(Node):
 
         label = f"merge blocks {self.input:g}/{self.middle:g}/{self.out:g}"
         return (merge_models(self.model1, self.model2, factors, label),)
+
+
+def _block_ratio(name: str) -> Input:
+    return Input(1.0, min=0.0, max=1.0, step=0.01,
+                 description=f"Share of model1 in {name.rstrip('.')} (1: model1 only)")
+
+
+class _ModelMergeByBlock(NamedInputsNode):
+    """Base of ComfyUI's per-architecture merges (ModelMergeSD1, ModelMergeSDXL): a ratio
+    for each original-layout UNet block, named by its key prefix (``input_blocks.4.``);
+    a weight takes the ratio of the longest prefix its original name starts with (the
+    first block's when none: ComfyUI's rule)."""
+
+    BLOCKS: ClassVar[tuple[str, ...]] = ()
+    CATEGORY = "advanced/model_merging/model_specific"
+    OUTPUTS = (Output("MODEL"),)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: object) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.BLOCKS:
+            cls.INPUT_SPECS = {
+                "model1": input_spec("model1", DiffusionModel, Input(type="MODEL")),
+                "model2": input_spec("model2", DiffusionModel, Input(type="MODEL")),
+                **{b: input_spec(b, float, _block_ratio(b)) for b in cls.BLOCKS}}
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        from nodes.diffusion.original_layout import original_name, unet_key_map
+
+        model1, model2 = self.inputs["model1"], self.inputs["model2"]
+        ratios = {b: float(self.inputs.get(b, 1.0)) for b in self.BLOCKS}
+        unet = model1.unet
+        key_map = unet_key_map(dict(unet.config), set(unet.state_dict()))
+        by_length = sorted(ratios, key=len, reverse=True)
+
+        def factors(name: str) -> tuple[float, float]:
+            original = original_name(name, key_map) or ""
+            ratio = next((ratios[b] for b in by_length if original.startswith(b)),
+                         ratios[self.BLOCKS[0]])
+            return (ratio, 1.0 - ratio)
+
+        changed = {b: r for b, r in ratios.items() if r != 1.0}
+        label = f"{self.TYPE} " + ", ".join(f"{b}{r:g}" for b, r in changed.items())
+        return (merge_models(model1, model2, factors, label),)
+
+
+def _blocks(inputs: int, outputs: int) -> tuple[str, ...]:
+    return ("time_embed.", "label_emb.", *(f"input_blocks.{i}." for i in range(inputs)),
+            *(f"middle_block.{i}." for i in range(3)),
+            *(f"output_blocks.{i}." for i in range(outputs)), "out.")
+
+
+class ModelMergeSD1(_ModelMergeByBlock):
+    """ModelMergeSimple with a ratio for every block of an SD 1.x UNet (the time
+    embedding, input blocks 0-11, middle block 0-2, output blocks 0-11, out): e.g. the
+    composition from one model (input blocks) and the detail from another (output)."""
+
+    TYPE = "ModelMergeSD1"
+    BLOCKS = _blocks(12, 12)
+
+
+class ModelMergeSD2(ModelMergeSD1):
+    """ModelMergeSD1 for SD 2.x UNets (the same blocks)."""
+
+    TYPE = "ModelMergeSD2"
+
+
+class ModelMergeSDXL(_ModelMergeByBlock):
+    """ModelMergeSimple with a ratio for every block of an SDXL UNet (the time and size
+    embeddings, input blocks 0-8, middle block 0-2, output blocks 0-8, out)."""
+
+    TYPE = "ModelMergeSDXL"
+    BLOCKS = _blocks(9, 9)
 
 
 class ModelMergeSubtract(Node):
@@ -245,5 +320,6 @@ class RepeatLatentBatch(Node):
                         inpaint=inpaint, extension_results=(), batch_index=index),)
 
 
-NODE_CLASSES = (ModelMergeSimple, ModelMergeBlocks, ModelMergeSubtract, ModelMergeAdd,
+NODE_CLASSES = (ModelMergeSimple, ModelMergeBlocks, ModelMergeSD1, ModelMergeSD2,
+                ModelMergeSDXL, ModelMergeSubtract, ModelMergeAdd,
                 CLIPMergeSimple, CLIPMergeSubtract, CLIPMergeAdd, RepeatLatentBatch)

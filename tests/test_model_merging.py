@@ -11,6 +11,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from engine.session import Session
+from engine.validation import PromptValidationError
 from nodes.diffusion.handles import DiffusionModel, InpaintCondition, Latent, TextEncoder
 from nodes.diffusion.lora import LoraPatch, LoraWeight, patched
 from nodes.diffusion.model_merging import ModelMergeError, check_same_architecture
@@ -23,6 +24,8 @@ from nodes.model_merging import (
     CLIPMergeSubtract,
     ModelMergeAdd,
     ModelMergeBlocks,
+    ModelMergeSD1,
+    ModelMergeSDXL,
     ModelMergeSimple,
     ModelMergeSubtract,
     RepeatLatentBatch,
@@ -156,6 +159,35 @@ def test_block_ratios_hit_only_their_block(pipes):
             assert torch.equal(value, w1[name])
         else:  # conv_in, down blocks and the time embedding take the input ratio
             assert torch.equal(value, w2[name]), name
+
+
+def test_per_block_ratios_follow_the_original_layout_names(pipes):
+    """ModelMergeSD1: a weight takes the ratio of its original (LDM) block, named by the
+    longest prefix, e.g. down_blocks.0.resnets.0 is input_blocks.1., conv_in
+    input_blocks.0., the up block's upsampler its output block."""
+    a, b, _ = pipes
+    w1, w2 = weights(model(a)), weights(model(b))
+    inputs = {"model1": model(a), "model2": model(b), "time_embed.": 1.0,
+              "input_blocks.0.": 0.25, "input_blocks.1.": 0.0, "middle_block.1.": 0.5,
+              "output_blocks.2.": 0.75, "out.": 0.0}
+    node = ModelMergeSD1.model_construct(**inputs)
+    got = weights(node.execute(CTX)[0])
+    upsampler = [n for n in got if n.startswith("up_blocks.0.upsamplers.0.")]
+    assert upsampler  # in output_blocks.2. with the tiny UNet's one layer per block
+    expected = {"conv_in.": 0.25, "down_blocks.0.resnets.0.": 0.0,
+                "down_blocks.0.attentions.0.": 0.0, "mid_block.attentions.0.": 0.5,
+                "up_blocks.0.resnets.2.": 0.75, "up_blocks.0.upsamplers.0.": 0.75,
+                "conv_norm_out.": 0.0, "conv_out.": 0.0, "time_embedding.": 1.0,
+                "mid_block.resnets.": 1.0, "up_blocks.1.": 1.0}
+    for name, value in got.items():
+        ratio = next((r for p, r in expected.items() if name.startswith(p)), None)
+        if ratio is None:
+            continue
+        torch.testing.assert_close(value, ratio * w1[name] + (1 - ratio) * w2[name],
+                                   rtol=0, atol=1e-6, msg=name)
+    schema = ModelMergeSD1.schema()["input"]["required"]
+    assert list(schema)[:4] == ["model1", "model2", "time_embed.", "label_emb."]
+    assert len(schema) == 2 + 2 + 12 + 3 + 12 + 1
 
 
 def test_different_architectures_name_the_first_key(pipes):
@@ -316,3 +348,32 @@ def test_merges_sample_through_the_graph(graph_session):
     twice = txt2img(graph_session, ["a", 0], batch=2)
     assert twice.shape[0] == 2
 
+
+
+def test_per_block_merge_runs_from_a_comfyui_prompt(models_dir, tmp_path):
+    """Dotted input names through validation and the executor; a ratio out of range is a
+    validation error on that input."""
+    session = Session(tmp_path, models_dir=models_dir, device="cpu",
+                      registry=registry_with_capture())
+    key = uuid.uuid4().hex
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple",
+                 "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "add": {"class_type": "ModelMergeAdd",
+                "inputs": {"model1": ["ckpt", 0], "model2": ["ckpt", 0]}},
+        "m": {"class_type": "ModelMergeSDXL", "inputs": {
+            "model1": ["ckpt", 0], "model2": ["add", 0], "input_blocks.1.": 0.0,
+            **{k: 1.0 for k in ModelMergeSDXL.BLOCKS if k != "input_blocks.1."}}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["m", 0], "key": key}}}
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    merged_model = CAPTURED.pop(key)
+    merged = weights(merged_model)
+    plain = {k: v.detach() for k, v in merged_model.unet.named_parameters()}
+    for name, value in merged.items():  # input_blocks.1. is model2's: twice the weights
+        factor = 2.0 if name.startswith(("down_blocks.0.resnets.0.",
+                                         "down_blocks.0.attentions.0.")) else 1.0
+        torch.testing.assert_close(value, factor * plain[name], msg=name)
+    prompt["m"]["inputs"]["out."] = 1.5
+    with pytest.raises(PromptValidationError, match=r"out\."):
+        session.validate(prompt)

@@ -73,18 +73,26 @@ def _apply_map(
     out: StateDict = {}
     unmapped: list[str] = []
     for key, tensor in state_dict.items():
-        parts = key.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            prefix = ".".join(parts[:cut]) + "."
-            if prefix in prefix_map:
-                new_prefix, table = prefix_map[prefix]
-                out[out_prefix + new_prefix + _rename_suffix(key[len(prefix) :], table)] = tensor
-                break
-        else:
+        name = original_name(key, prefix_map)
+        if name is None:
             unmapped.append(key)
+        else:
+            out[out_prefix + name] = tensor
     if unmapped:
         raise LayoutError(f"{len(unmapped)} keys have no original-layout name, e.g. {unmapped[:5]}")
     return out
+
+
+def original_name(key: str, prefix_map: KeyMap) -> str | None:
+    """``key``'s original-layout name through the longest matching prefix of
+    ``prefix_map`` (without the model's prefix), or None."""
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:cut]) + "."
+        if prefix in prefix_map:
+            new_prefix, table = prefix_map[prefix]
+            return new_prefix + _rename_suffix(key[len(prefix) :], table)
+    return None
 
 
 def unet_key_map(config: Mapping[str, Any], keys: set[str]) -> KeyMap:
