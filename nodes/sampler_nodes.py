@@ -1,6 +1,7 @@
-"""ComfyUI's sampler nodes with options, for SamplerCustom: SamplerEulerAncestral,
-SamplerEulerAncestralCFGPP, SamplerDPMPP_2M_SDE, SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE,
-SamplerDPMPP_2S_Ancestral, SamplerLMS, SamplerER_SDE, SamplerSASolver and SamplerSEEDS2.
+"""ComfyUI's sampler nodes with options, for SamplerCustom: SamplerEulerCFGpp,
+SamplerEulerAncestral, SamplerEulerAncestralCFGPP, SamplerDPMPP_2M_SDE, SamplerDPMPP_3M_SDE,
+SamplerDPMPP_SDE, SamplerDPMPP_2S_Ancestral, SamplerLMS, SamplerER_SDE, SamplerSASolver and
+SamplerSEEDS2.
 
 Each gives the SAMPLER of KSampler's sampler of that name. At their defaults they are
 exactly KSamplerSelect's choice; ``noise_device`` changes nothing (the noise always
@@ -138,6 +139,23 @@ class SamplerSEEDS2(Node):
                        r=self.r),)
 
 
+class SamplerEulerCFGpp(Node):
+    """Euler with CFG++ (Chung et al. 2024): ``regular`` is KSampler's euler_cfg_pp (the
+    step lands on the guided x0 and renoises with the unconditional prediction's noise);
+    ``alternative`` is ComfyUI's other form, Euler from x along the slope
+    ``(x − 2·x0_guided + x0_uncond)/σ`` (euler_pp). Both want a low cfg, about 0.5-2."""
+
+    TYPE = "SamplerEulerCFGpp"
+    DISPLAY_NAME = "SamplerEulerCFG++"
+    CATEGORY = "_for_testing"
+    OUTPUTS = (Output("SAMPLER"),)
+
+    version: str = Input("regular", choices=("regular", "alternative"))
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SamplerChoice]:
+        return (SamplerChoice("euler_cfg_pp" if self.version == "regular" else "euler_pp"),)
+
+
 class SamplerEulerAncestral(Node):
     """Euler ancestral: each step lands on the model's prediction at a lower noise level,
     then tops the noise up with fresh noise; eta 0 is plain Euler, s_noise scales the
@@ -251,6 +269,7 @@ class SamplerLMS(Node):
         return (SamplerChoice("lms", order=self.order),)
 
 
-NODE_CLASSES = (SamplerEulerAncestral, SamplerEulerAncestralCFGPP, SamplerDPMPP_2M_SDE,
-                SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE, SamplerDPMPP_2S_Ancestral, SamplerLMS,
-                SamplerER_SDE, SamplerSASolver, SamplerSEEDS2)
+NODE_CLASSES = (SamplerEulerCFGpp, SamplerEulerAncestral, SamplerEulerAncestralCFGPP,
+                SamplerDPMPP_2M_SDE, SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE,
+                SamplerDPMPP_2S_Ancestral, SamplerLMS, SamplerER_SDE, SamplerSASolver,
+                SamplerSEEDS2)

@@ -117,6 +117,22 @@ def test_cfg_pp_lands_on_the_guided_x0_and_renoises_with_the_unconditional_noise
     assert torch.allclose(same, _steps("euler", [guided], x)[1][1], atol=1e-4)
 
 
+def test_euler_pp_is_comfyuis_alternative_cfg_pp():
+    """x' = x + (σ' − σ)·(x − 2·D_guided + D_uncond)/σ over two steps (ComfyUI's
+    sample_euler_pp written out); the first term of the slope is Euler's."""
+    torch.manual_seed(2)
+    x = torch.randn(1, 4, 5, 3) * 14
+    guided = [torch.randn(1, 4, 5, 3) for _ in range(2)]
+    uncond = torch.randn(1, 4, 5, 3)
+    scheduler, out = _steps("euler_pp", guided, x, uncond_output=uncond)
+    s = [float(v) for v in scheduler.sigmas]
+    x_i = x
+    for i in range(2):
+        d_guided, d_uncond = x_i - s[i] * guided[i], x_i - s[i] * uncond
+        x_i = x_i + (s[i + 1] - s[i]) * (x_i - 2 * d_guided + d_uncond) / s[i]
+        assert torch.allclose(out[i + 1], x_i, atol=1e-4)
+
+
 @pytest.mark.parametrize(("ours", "reference"), [("euler_ancestral_cfg_pp", "euler_ancestral"),
                                                  ("res_multistep_ancestral", "euler_ancestral")])
 def test_ancestral_first_step_equals_euler_ancestral(ours, reference):
@@ -186,6 +202,11 @@ def test_cfg_pp_through_ksampler(session):
     same = _image(session, "euler_cfg_pp", cfg=1.5, negative="a red circle")
     assert torch.allclose(same, _image(session, "euler", cfg=1.5, negative="a red circle"),
                           atol=1e-4)
+    # ComfyUI's alternative form too; with negative = positive both are Euler
+    alternative = _image(session, "euler_pp", cfg=1.0)
+    assert torch.isfinite(alternative).all() and (alternative - euler).abs().max() > 1e-3
+    same_pp = _image(session, "euler_pp", cfg=1.5, negative="a red circle")
+    assert torch.allclose(same_pp, same, atol=1e-4)
 
 
 def test_one_step_samplers_equal_euler(session):

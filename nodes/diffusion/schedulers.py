@@ -60,6 +60,8 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     # (nodes.diffusion.sigma_samplers)
     "euler_cfg_pp": ("EulerCFGPPSampler", {}),
     "euler_ancestral_cfg_pp": ("EulerAncestralCFGPPSampler", {}),
+    # ComfyUI's "alternative" Euler CFG++ (SamplerEulerCFG++), not in its KSampler list
+    "euler_pp": ("EulerPPSampler", {}),
     "ipndm": ("IPNDMSampler", {}),
     "ipndm_v": ("IPNDMVSampler", {}),
     "res_multistep": ("RESMultistepSampler", {}),
@@ -82,7 +84,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 #: the samplers of :mod:`nodes.diffusion.sigma_samplers` and
 #: :mod:`nodes.diffusion.stage_samplers` (class names): Euler's scheduler underneath
 SIGMA_SAMPLERS = frozenset({
-    "EulerCFGPPSampler", "EulerAncestralCFGPPSampler", "IPNDMSampler",
+    "EulerCFGPPSampler", "EulerAncestralCFGPPSampler", "EulerPPSampler", "IPNDMSampler",
     "IPNDMVSampler", "RESMultistepSampler", "RESMultistepAncestralSampler",
     "GradientEstimationSampler", "DPMPP2MCFGPPSampler", "RESMultistepCFGPPSampler",
     "RESMultistepAncestralCFGPPSampler", "GradientEstimationCFGPPSampler",

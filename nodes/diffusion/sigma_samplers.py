@@ -128,6 +128,12 @@ class SigmaSampler(EulerDiscreteScheduler):
         ones); ``self.history`` holds the earlier steps, newest last."""
         raise NotImplementedError
 
+    def cfg_pp_sample(self, sample: torch.Tensor, denoised: torch.Tensor,
+                      uncond_denoised: torch.Tensor) -> torch.Tensor:
+        """CFG++: the sample the solver steps from, re-expressed with the guided x0 and
+        the unconditional prediction's noise, x̃ = D_guided + σ·ε_uncond."""
+        return denoised + (sample - uncond_denoised)
+
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
              sample: torch.Tensor, generator: torch.Generator | None = None,
              return_dict: bool = True, uncond_output: torch.Tensor | None = None,
@@ -139,9 +145,8 @@ class SigmaSampler(EulerDiscreteScheduler):
         sigma_next = float(self.sigmas[self.step_index + 1])
         denoised = self.denoised(model_output, sample, sigma)
         if self.cfg_pp and uncond_output is not None:
-            # CFG++: the sample re-expressed with the guided x0 and the unconditional
-            # prediction's noise, x̃ = D_guided + σ·ε_uncond; the solver steps from there
-            sample = denoised + (sample - self.denoised(uncond_output, sample, sigma))
+            sample = self.cfg_pp_sample(sample, denoised,
+                                        self.denoised(uncond_output, sample, sigma))
         now = Node(sigma, denoised, (sample - denoised) / sigma)
         sigma_down, sigma_up = (ancestral_sigmas(sigma, sigma_next, self.eta) if self.ancestral
                                 else (sigma_next, 0.0))
@@ -183,6 +188,23 @@ class EulerAncestralCFGPPSampler(EulerSampler):
     """``euler_ancestral_cfg_pp``."""
 
     cfg_pp = ancestral = True
+
+
+class EulerPPSampler(EulerCFGPPSampler):
+    """``euler_pp``, ComfyUI's "alternative" Euler CFG++ (SamplerEulerCFG++'s second
+    version): Euler from x with the slope ``(x − 2·D_guided + D_uncond)/σ``, i.e. the
+    plain slope minus the guidance's own x0 shift, ``(D_guided − D_uncond)/σ``."""
+
+    def cfg_pp_sample(self, sample: torch.Tensor, denoised: torch.Tensor,
+                      uncond_denoised: torch.Tensor) -> torch.Tensor:
+        self.start = (self.step_index, sample)  # the step still starts from x
+        # whose slope (x̃ − D)/σ is (x − 2D + D_u)/σ
+        return sample - denoised + uncond_denoised
+
+    def update(self, sample: torch.Tensor, now: Node, sigma_next: float) -> torch.Tensor:
+        start = getattr(self, "start", None)
+        x = start[1] if start is not None and start[0] == self.step_index else sample
+        return x + (sigma_next - now.sigma) * now.slope
 
 
 class DPMPP2MSampler(SigmaSampler):
