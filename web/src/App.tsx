@@ -36,6 +36,7 @@ import { useRefitOnResize } from "./editor/useRefitOnResize";
 import { useShortcuts } from "./editor/useShortcuts";
 import { exactPrompt, stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
+import { carriesWorkflow, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
 import { lowDetail } from "./lib/layout";
 import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } from "./lib/load";
 import { type ImageRef, RunStore } from "./lib/runstore";
@@ -118,7 +119,14 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const edit = useEditCommands(g, notify, mouse);
   const { queue, queueSelected, busy } = useQueue(g, store, socket, notify);
   const queueOptions = useQueueOptions();
-  const queueN = useCallback(() => queue(undefined, queueOptions.count), [queue, queueOptions.count]);
+  const queueN = useCallback(async () => {
+    // an invalid batch count (empty, 0, 1000) is refused, not replaced by another count unseen
+    if (queueOptions.countIssue) {
+      notify(`Not queued: ${queueOptions.countIssue}`, "error");
+      return;
+    }
+    await queue(undefined, queueOptions.count);
+  }, [queue, queueOptions.count, queueOptions.countIssue, notify]);
   useAutoQueue(g, store, queue, queueOptions.onChange);
   const feedback = useFeedback(g, notify);
   // a resized window refits a view the user has not moved since it was fitted
@@ -223,6 +231,33 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     showHelp: setHelp,
   }), [defs, store, patchNode, refreshDefs, holdHistory, settleNow]);
 
+  /**
+   * A dropped file: an image dropped onto a Load Image node (or onto empty canvas while that
+   * node is the one selected, when the image carries no workflow) is uploaded into it, as
+   * its Upload button does; anything else is opened as a workflow.
+   */
+  const dropFile = useCallback(async (file: File, onNodeId: string | null) => {
+    if (!isImageFile(file)) return loadFile(file);
+    const refs = g.state.current.nodes.map((n) => ({ id: n.id, type: n.data.type, selected: n.selected }));
+    let target = uploadTargetOf(refs.find((n) => n.id === onNodeId), defsRef.current);
+    if (!target) {
+      if (await carriesWorkflow(new Uint8Array(await file.arrayBuffer()))) return loadFile(file);
+      target = selectedUploadTarget(refs, defsRef.current);
+      if (!target) {
+        notify(`${file.name} carries no workflow to open: drop it onto a Load Image node to use it there`, "error");
+        return;
+      }
+    }
+    const node = g.state.current.nodes.find((n) => n.id === target.node);
+    const name = node ? `${nodeTitle(node.data, defsRef.current)} #${target.node}` : `node ${target.node}`;
+    try {
+      await api.upload(target.node, target.input, file);
+      notify(`Uploaded ${file.name} into ${name}`);
+    } catch (e) {
+      notify(`Cannot upload ${file.name}: ${(e as Error).message}`, "error");
+    }
+  }, [g.state, defsRef, loadFile, notify, api]);
+
   const save = useCallback(() => {
     downloadJson(g.docName || "workflow", graphToDocument(currentGraph(), defsRef.current));
   }, [currentGraph, g.docName, defsRef]);
@@ -309,7 +344,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               const f = e.dataTransfer.files?.[0];
               if (!f) return;
               e.preventDefault();
-              void loadFile(f);
+              const node = (e.target as Element).closest?.(".react-flow__node");
+              void dropFile(f, node?.getAttribute("data-id") ?? null);
             }}
             onMouseMove={(e) => {
               pointer.current = { x: e.clientX, y: e.clientY };

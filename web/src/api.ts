@@ -4,7 +4,9 @@
  * behind a reverse proxy under a path prefix.
  */
 
+import { errorMessage } from "./lib/errors";
 import { parseJsonExact, stringifyJsonExact } from "./lib/exactint";
+import { requiredModels } from "./lib/examples";
 import { partialFields } from "./lib/partial";
 import type { ApiPrompt, WorkflowDocument } from "./lib/graph";
 import type { ImageRef, NodeErrors, RunStore } from "./lib/runstore";
@@ -45,19 +47,6 @@ async function request<T>(path: string, init?: RequestInit, exact = false): Prom
     throw new ApiError(errorMessage(body) ?? `${res.status} ${res.statusText}`, res.status, body);
   }
   return body as T;
-}
-
-function errorMessage(body: unknown): string | undefined {
-  if (typeof body === "string") return body || undefined;
-  if (body && typeof body === "object") {
-    const e = (body as { error?: unknown }).error;
-    if (typeof e === "string") return e;
-    if (e && typeof e === "object") {
-      const { message, details } = e as { message?: string; details?: string };
-      return [message, details].filter(Boolean).join(": ") || undefined;
-    }
-  }
-  return undefined;
 }
 
 function postJson<T>(path: string, body: unknown): Promise<T> {
@@ -188,7 +177,7 @@ export async function listExamples(): Promise<ExampleInfo[]> {
       title: typeof o.title === "string" && o.title ? o.title : name.replace(/\.json$/i, ""),
       description: typeof o.description === "string" ? o.description : "",
       thumbnail: typeof o.thumbnail === "string" && o.thumbnail ? apiUrl(o.thumbnail) : null,
-      requiresModels: Array.isArray(o.requires_models) ? o.requires_models.map(String) : [],
+      requiresModels: requiredModels(o.requires_models),
     }];
   });
 }

@@ -9,7 +9,14 @@ import type { Defs } from "../lib/schema";
 import { VIRTUAL_DEFS } from "../lib/reroute";
 import { popularity, searchDefs } from "../lib/search";
 
-export type PaletteFilter = { label: string; types: Map<string, string> };
+/**
+ * What a dropped link fits: node type → the input (or output) it would link to; `last`: the
+ * types it fits only through a list of choices (lib/types.ts Compatible.choice), listed last.
+ */
+export type PaletteFilter = { label: string; types: Map<string, string>; last?: Set<string> };
+
+/** The heading over the nodes a dropped link fits only through a list of choices. */
+const CHOICE_GROUP = "Lists of choices (the text must be one of them)";
 
 export function Palette({ defs, filter, onPick, onClose, at }: {
   defs: Defs;
@@ -25,7 +32,7 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
   const only = useMemo(() => (filter ? new Set(filter.types.keys()) : undefined), [filter]);
   // the registry's nodes and the canvas-only ones (reroute, note)
   const all = useMemo(() => new Map([...defs, ...VIRTUAL_DEFS.map((d) => [d.type, d] as const)]), [defs]);
-  const results = useMemo(() => searchDefs(all, query, only).slice(0, 300), [all, query, only]);
+  const results = useMemo(() => searchDefs(all, query, only, filter?.last).slice(0, 300), [all, query, only, filter]);
 
   useEffect(() => inputRef.current?.focus(), []);
   useEffect(() => setActive(0), [query]);
@@ -74,7 +81,9 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
           {results.length === 0 && <li className="sf-palette-empty">No matching node</li>}
           {results.map((d, i) => {
             // filtered to a dropped link, the most used nodes come first, under their own heading
-            const group = filter && popularity(d.type) > 0 ? "Most used" : d.category;
+            // and the nodes it fits only through a list of choices come last, under theirs
+            const group = filter?.last?.has(d.type) ? CHOICE_GROUP
+              : filter && popularity(d.type) > 0 ? "Most used" : d.category;
             const header = !query && group !== lastCategory ? group : null;
             lastCategory = group;
             return (

@@ -9,7 +9,7 @@
 
 import { type KeyboardEvent, useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
 import type { ExampleRef } from "../api";
-import { parseCountText, QUEUE_COUNT_MAX } from "../lib/batch";
+import { QUEUE_COUNT_MAX } from "../lib/batch";
 import { collapseToFit, type ToolbarItem } from "../lib/toolbarfit";
 import { ExamplesBrowser } from "./ExamplesBrowser";
 import type { Notify } from "./Toasts";
@@ -33,29 +33,23 @@ export type ToolbarActions = {
 
 /**
  * The batch count. The field keeps what is typed: emptying it to type a new count does
- * not put "1" back (which made a typed 3 read 13); the count changes once a whole number
- * is typed, and the field shows the count again when left.
+ * not put "1" back (which made a typed 3 read 13). The count changes once a whole number
+ * from 1 to QUEUE_COUNT_MAX is typed; anything else (empty, 0, 1000) is marked invalid,
+ * with the reason in its tooltip, and Queue refuses it rather than queue another count.
  */
 function QueueCount({ options }: { options: QueueOptions }) {
-  const [text, setText] = useState(String(options.count));
-  const [editing, setEditing] = useState(false);
-  useEffect(() => {
-    if (!editing) setText(String(options.count));
-  }, [options.count, editing]);
+  const issue = options.countIssue;
   return (
-    <input type="number" className="sf-queue-count" aria-label="queue count" min={1} max={QUEUE_COUNT_MAX}
-      title="Batch count: how many prompts Queue adds (seeds set to increment / randomize move on between them)"
-      value={text}
-      onFocus={() => setEditing(true)}
+    <input type="number" className={`sf-queue-count${issue ? " sf-invalid" : ""}`} aria-label="queue count"
+      min={1} max={QUEUE_COUNT_MAX} aria-invalid={issue ? true : undefined}
+      title={issue
+        ? `Invalid: ${issue}`
+        : "Batch count: how many prompts Queue adds (seeds set to increment / randomize move on between them)"}
+      value={options.countText}
       onBlur={() => {
-        setEditing(false);
-        setText(String(options.count));
+        if (!issue) options.setCount(options.count); // "007" reads 7 again
       }}
-      onChange={(e) => {
-        setText(e.target.value);
-        const n = parseCountText(e.target.value);
-        if (n !== null) options.setCount(n);
-      }} />
+      onChange={(e) => options.setCountText(e.target.value)} />
   );
 }
 

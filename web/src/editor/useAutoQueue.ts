@@ -7,7 +7,7 @@
  */
 
 import { useCallback, useEffect, useRef, useState } from "react";
-import { changeSignature, clampCount } from "../lib/batch";
+import { changeSignature, clampCount, countTextIssue, parseCountText } from "../lib/batch";
 import { graphToDocument } from "../lib/graph";
 import type { RunStore } from "../lib/runstore";
 import type { GraphStore } from "./useGraphStore";
@@ -18,6 +18,11 @@ export const CHANGE_DEBOUNCE_MS = 600;
 export type QueueOptions = {
   count: number;
   setCount(n: number): void;
+  /** The batch-count field's text: the count once it is a valid one (lib/batch.ts countTextIssue). */
+  countText: string;
+  setCountText(text: string): void;
+  /** Why `countText` is no count to queue (Queue then refuses), or null. */
+  countIssue: string | null;
   onChange: boolean;
   setOnChange(on: boolean): void;
 };
@@ -34,6 +39,7 @@ function readOptions(): { count: number; onChange: boolean } {
 /** The batch count and the on-change toggle, kept across reloads. */
 export function useQueueOptions(): QueueOptions {
   const [opts, setOpts] = useState(readOptions);
+  const [countText, setText] = useState(() => String(opts.count));
   useEffect(() => {
     try {
       localStorage.setItem(OPTIONS_KEY, JSON.stringify(opts));
@@ -41,9 +47,22 @@ export function useQueueOptions(): QueueOptions {
       // storage unavailable: the options last this session
     }
   }, [opts]);
+  const setCount = useCallback((n: number) => {
+    const count = clampCount(n);
+    setOpts((o) => ({ ...o, count }));
+    setText(String(count));
+  }, []);
+  const setCountText = useCallback((text: string) => {
+    setText(text);
+    const n = parseCountText(text);
+    if (n !== null) setOpts((o) => ({ ...o, count: n }));
+  }, []);
   return {
     count: opts.count,
-    setCount: useCallback((n: number) => setOpts((o) => ({ ...o, count: clampCount(n) })), []),
+    setCount,
+    countText,
+    setCountText,
+    countIssue: countTextIssue(countText),
     onChange: opts.onChange,
     setOnChange: useCallback((on: boolean) => setOpts((o) => ({ ...o, onChange: on })), []),
   };

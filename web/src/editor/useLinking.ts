@@ -12,7 +12,7 @@ import {
 import type { PaletteFilter } from "../canvas/Palette";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
 import { downstreamTypes, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
-import { freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
+import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
 import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
@@ -120,11 +120,14 @@ export function useLinking(g: GraphStore, notify: Notify) {
     const flow = rf.screenToFlowPosition({ x: point.clientX, y: point.clientY });
     let pending: PendingLink;
     let types: Map<string, string>;
+    let last: Set<string> | undefined;
     if (from.type === "source") {
       const slot = slotOf(from.id);
       const type = fromDef ? fromDef.outputs[slot]?.type ?? "*" : rerouteType(graphView(), defsRef.current, from.nodeId);
       pending = { node: from.nodeId, from: "source", slot, type };
-      types = new Map(nodesAcceptingType(defsRef.current, type).map((c) => [c.type, c.input!]));
+      const fits = nodesAcceptingType(defsRef.current, type);
+      types = new Map(fits.map((c) => [c.type, c.input!]));
+      last = new Set(fits.filter((c) => c.choice).map((c) => c.type)); // a STRING into a sampler name: last
       types.set(REROUTE, REROUTE_INPUT); // a reroute carries any type
     } else {
       const input = inputOf(from.id);
@@ -142,7 +145,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
       screen: { x: point.clientX, y: point.clientY },
       flow,
       pending,
-      filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types },
+      filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types, last },
     });
   }, [graphView, notify, rf, defsRef, state, connect, setEdges]);
 
@@ -191,23 +194,36 @@ export function useLinking(g: GraphStore, notify: Notify) {
     return { x: a.x, y: a.y, width: b.x - a.x, height: b.y - a.y };
   }, [rf]);
 
+  /** The minimap and the zoom controls drawn over the canvas, in flow coordinates. */
+  const overlayRects = useCallback((): Rect[] => {
+    const out: Rect[] = [];
+    for (const el of document.querySelectorAll(".react-flow__minimap, .react-flow__controls")) {
+      const r = el.getBoundingClientRect();
+      if (!r.width || !r.height) continue; // hidden (a narrow window has no minimap)
+      const a = rf.screenToFlowPosition({ x: r.left, y: r.top });
+      const b = rf.screenToFlowPosition({ x: r.right, y: r.bottom });
+      out.push({ x: a.x, y: a.y, width: b.x - a.x, height: b.y - a.y });
+    }
+    return out;
+  }, [rf]);
+
   /**
    * Top-left of a new node of `type` overlapping no node (lib/layout.ts's freeSpot): centred
    * on `at`, or (`corner`) with its top-left corner at `at`, or as near to that as is free.
    */
   const freePosition = useCallback((type: string, at: { x: number; y: number }, view?: Rect, corner = false) => {
-    const def = defsRef.current.get(type);
-    // its size before it is measured: the CSS width; the title, a row per socket, a label and field per widget
-    const widgets = def ? def.inputs.filter((i) => i.widget).length : 0;
-    const sockets = def ? def.inputs.length - widgets + def.outputs.length : 0;
-    const size = { width: NODE_WIDTH, height: def ? 36 + 18 * sockets + 38 * widgets : 80 };
-    const taken = state.current.nodes.map((n) => ({
-      x: n.position.x, y: n.position.y,
-      width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? n.height ?? NODE_HEIGHT,
-    }));
+    // its size before it is measured: the CSS width, and the height its rows will have
+    const size = { width: NODE_WIDTH, height: estimateNodeHeight(defsRef.current.get(type)) };
+    const taken = [
+      ...state.current.nodes.map((n) => ({
+        x: n.position.x, y: n.position.y,
+        width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? n.height ?? NODE_HEIGHT,
+      })),
+      ...overlayRects(), // not under the minimap or the zoom buttons
+    ];
     const want = corner ? at : { x: at.x - size.width / 2, y: at.y - size.height / 2 };
     return freeSpot(taken, want, size, view);
-  }, [state, defsRef]);
+  }, [state, defsRef, overlayRects]);
 
   /**
    * Add a node where the user pointed (a double-click, a dropped link, the canvas menu): its

@@ -4,6 +4,7 @@ import { useReactFlow } from "@xyflow/react";
 import { useCallback, useState } from "react";
 import { ApiError, makeClientId, queuePrompt, type Socket } from "../api";
 import { advanceControls, clampCount } from "../lib/batch";
+import { isNetworkError, unreachableText } from "../lib/errors";
 import { exactPrompt } from "../lib/exactint";
 import { graphToDocument } from "../lib/graph";
 import { selectedOutputs } from "../lib/partial";
@@ -62,6 +63,14 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       const range = numbers.length ? (n === 1 ? ` #${numbers[0]}` : ` (#${numbers[0]}–#${numbers[numbers.length - 1]})`) : "";
       notify(n === 1 ? `Queued prompt${range}` : `Queued ${n} prompts${range}`);
     } catch (e) {
+      if (isNetworkError(e)) {
+        // no answer at all (the server is down or restarting): not a rejection; the status
+        // bar's message goes when the connection comes back (RunStore.setConnected)
+        const msg = `${unreachableText(e)}${numbers.length ? `; ${numbers.length} queued before` : ""}`;
+        store.setLastError(msg, { offline: true });
+        notify(msg, "error");
+        return;
+      }
       const body = e instanceof ApiError ? (e.body as { node_errors?: NodeErrors }) : undefined;
       const nodeErrors = body?.node_errors ?? {};
       const queued = numbers.length ? ` after ${numbers.length} queued` : "";

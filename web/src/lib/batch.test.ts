@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { advanceControls, changeSignature, clampCount, formatElapsed, parseCountText, QUEUE_COUNT_MAX } from "./batch";
-import { matchesQuery, nativeSizeText } from "./examples";
+import { advanceControls, changeSignature, clampCount, countTextIssue, formatElapsed, parseCountText, QUEUE_COUNT_MAX } from "./batch";
+import { matchesQuery, nativeSizeText, requiredModels } from "./examples";
 import type { ApiPrompt, GraphNode } from "./graph";
 import { testDefs } from "./testdefs";
 
@@ -35,16 +35,27 @@ describe("advanceControls (batch count)", () => {
   });
 });
 
-describe("parseCountText (the batch-count field)", () => {
-  it("keeps the count while the field is emptied or holds no whole number", () => {
-    for (const t of ["", "  ", "0", "abc", "-2", "1.5", "1e2"]) expect(parseCountText(t)).toBeNull();
+describe("parseCountText and countTextIssue (the batch-count field)", () => {
+  it("asks for no count while the field is emptied, out of range or no whole number", () => {
+    for (const t of ["", "  ", "0", "abc", "-2", "1.5", "1e2", "101", "1000", "5000"]) {
+      expect(parseCountText(t)).toBeNull();
+      expect(countTextIssue(t)).toEqual(expect.any(String));
+    }
   });
 
-  it("reads whole numbers, at most QUEUE_COUNT_MAX", () => {
+  it("says why, so the field is marked and Queue refuses rather than queue another count", () => {
+    expect(countTextIssue("")).toMatch(/empty/);
+    expect(countTextIssue("0")).toMatch(/at least 1/);
+    expect(countTextIssue("1000")).toMatch(new RegExp(`at most ${QUEUE_COUNT_MAX}`));
+    expect(countTextIssue("1.5")).toMatch(/whole number/);
+  });
+
+  it("reads whole numbers from 1 to QUEUE_COUNT_MAX", () => {
     expect(parseCountText("3")).toBe(3);
     expect(parseCountText(" 12 ")).toBe(12);
     expect(parseCountText("007")).toBe(7);
-    expect(parseCountText("5000")).toBe(QUEUE_COUNT_MAX);
+    expect(parseCountText(String(QUEUE_COUNT_MAX))).toBe(QUEUE_COUNT_MAX);
+    for (const t of ["1", "3", "100"]) expect(countTextIssue(t)).toBeNull();
   });
 });
 
@@ -94,6 +105,16 @@ describe("helpers", () => {
     expect(matchesQuery(ex, "")).toBe(true);
     expect(matchesQuery(ex, "RED sega")).toBe(true);
     expect(matchesQuery(ex, "red square")).toBe(false);
+  });
+
+  it("lists the models an example needs, as a list or by model folder", () => {
+    expect(requiredModels(["a.safetensors", "b"])).toEqual(["a.safetensors", "b"]);
+    // workflows/sdxl_refiner.json's extra.requires_models
+    expect(requiredModels({ checkpoints: ["sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors"] })).toEqual([
+      "checkpoints/sd_xl_base_1.0.safetensors", "checkpoints/sd_xl_refiner_1.0.safetensors"]);
+    expect(requiredModels({ checkpoints: ["base.safetensors"], controlnet: "canny.safetensors", loras: [] })).toEqual([
+      "checkpoints/base.safetensors", "controlnet/canny.safetensors"]);
+    for (const none of [undefined, null, [], {}, 3, ""]) expect(requiredModels(none)).toEqual([]);
   });
 
   it("writes a model card's native size", () => {

@@ -17,15 +17,25 @@ export function clampCount(n: unknown): number {
 }
 
 /**
- * The count the batch-count field's text asks for, or null while it asks for none yet
- * ("" after the old count was deleted, "0", "abc"): the field keeps what is typed, and
- * the count stays as it was until a whole number of 1 or more is typed.
+ * Why the batch-count field's text is not a count Queue can use ("" after the old count was
+ * deleted, "0", "1000", "1.5"), or null when it is one. The field keeps what is typed and
+ * is marked invalid meanwhile; Queue refuses to run on such a count (it neither falls back
+ * to the previous count nor clamps it unseen).
  */
-export function parseCountText(text: string): number | null {
+export function countTextIssue(text: string): string | null {
   const t = text.trim();
-  if (!/^\d+$/.test(t)) return null;
+  const range = `a whole number from 1 to ${QUEUE_COUNT_MAX}`;
+  if (!t) return `the batch count is empty: enter ${range}`;
+  if (!/^\d+$/.test(t)) return `the batch count must be ${range}`;
   const n = Number(t);
-  return n >= 1 ? clampCount(n) : null;
+  if (n < 1) return `the batch count must be at least 1`;
+  if (n > QUEUE_COUNT_MAX) return `the batch count is at most ${QUEUE_COUNT_MAX}`;
+  return null;
+}
+
+/** The count the batch-count field's text asks for, or null when it asks for none (countTextIssue). */
+export function parseCountText(text: string): number | null {
+  return countTextIssue(text) === null ? Number(text.trim()) : null;
 }
 
 /**

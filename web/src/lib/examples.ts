@@ -16,3 +16,17 @@ export function nativeSizeText(card: ModelCard | undefined): string | null {
   if (!Array.isArray(s) || s.length !== 2 || !s.every((v) => typeof v === "number" && v > 0)) return null;
   return `${s[0]}×${s[1]}`;
 }
+
+/**
+ * The models an example needs (`requires_models` of `/workflows?details=1`), as the card
+ * lists them: a list of names, or names by model folder (`{"checkpoints": ["a.safetensors"]}`),
+ * written "checkpoints/a.safetensors" (where under models/ it goes).
+ */
+export function requiredModels(value: unknown): string[] {
+  if (Array.isArray(value)) return value.filter((v) => v != null && v !== "").map(String);
+  if (!value || typeof value !== "object") return typeof value === "string" && value ? [value] : [];
+  return Object.entries(value as Record<string, unknown>).flatMap(([folder, names]) => {
+    const list = Array.isArray(names) ? names : names != null && names !== "" ? [names] : [];
+    return list.filter((n) => n != null && n !== "").map((n) => `${folder}/${String(n)}`);
+  });
+}

@@ -1,5 +1,9 @@
 import { describe, expect, it } from "vitest";
-import { boundsOf, dotGridCell, fitViewport, freeSpot, LOD_NODES, lowDetail, MIN_DOT_CELL, overlaps, READABLE_ZOOM } from "./layout";
+import {
+  boundsOf, dotGridCell, estimateNodeHeight, fitViewport, freeSpot, LOD_NODES, lowDetail, MIN_DOT_CELL, overlaps, READABLE_ZOOM,
+} from "./layout";
+import { parseNodeSchema } from "./schema";
+import { testDefs } from "./testdefs";
 
 describe("fitViewport", () => {
   it("fits a small graph whole, never above zoom 1", () => {
@@ -69,5 +73,37 @@ describe("dotGridCell", () => {
     expect(far.cell).toBeGreaterThanOrEqual(MIN_DOT_CELL);
     expect(far.cell).toBeCloseTo(19.2);
     expect(far.thinned).toBe(3);
+  });
+});
+
+describe("estimateNodeHeight (a new node's size before it is measured)", () => {
+  it("counts a multiline text widget as the textarea it is", () => {
+    // Regex Match: two multiline texts, three booleans, one output; 318 px when measured in Chromium
+    const regex = parseNodeSchema("RegexMatch", {
+      display_name: "Regex Match", category: "utils/string",
+      input: { required: {
+        string: ["STRING", { default: "", multiline: true }], regex_pattern: ["STRING", { default: "", multiline: true }],
+        case_insensitive: ["BOOLEAN", { default: true }], multiline: ["BOOLEAN", { default: false }],
+        dotall: ["BOOLEAN", { default: false }],
+      } },
+      output: ["BOOLEAN"], output_name: ["matches"],
+    });
+    expect(estimateNodeHeight(regex)).toBeGreaterThanOrEqual(310);
+    expect(estimateNodeHeight(regex)).toBeLessThanOrEqual(330);
+    const oneLine = parseNodeSchema("OneLine", {
+      display_name: "One Line", category: "test",
+      input: { required: { text: ["STRING", { default: "" }] } }, output: ["STRING"],
+    });
+    expect(estimateNodeHeight(oneLine)).toBeLessThan(estimateNodeHeight(parseNodeSchema("Multi", {
+      display_name: "Multi", category: "test",
+      input: { required: { text: ["STRING", { default: "", multiline: true }] } }, output: ["STRING"],
+    })));
+  });
+
+  it("makes room for a Load Image node's preview, and guesses an unknown node", () => {
+    const defs = testDefs();
+    expect(estimateNodeHeight(defs.get("LoadImage"))).toBeGreaterThan(200);
+    expect(estimateNodeHeight(defs.get("VAEDecode"))).toBe(36 + 18 * 3);
+    expect(estimateNodeHeight(undefined)).toBe(80);
   });
 });

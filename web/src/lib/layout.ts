@@ -23,6 +23,41 @@ const PADDING = 40;
 export const NODE_WIDTH = 260;
 export const NODE_HEIGHT = 200;
 
+/** Heights (px) of a node's parts as the CSS draws them, for its size before it is measured. */
+const HEADER_HEIGHT = 36;
+const SOCKET_ROW = 18;
+/** A widget's row: its label and a one-line field. */
+const WIDGET_ROW = 38;
+/** What a multiline text widget (a textarea, 3 rows) adds to a one-line field. */
+const TEXTAREA_EXTRA = 37;
+/** What an image-upload widget's preview adds (the CSS's max-height, and its margin). */
+const UPLOAD_PREVIEW = 184;
+
+/** What estimateNodeHeight needs of a node's definition (lib/schema.ts NodeDef). */
+export type NodeShape = {
+  inputs: readonly { widget: boolean; type: string; options: { multiline?: boolean; upload?: string }; choices?: string[] }[];
+  outputs: readonly unknown[];
+};
+
+/**
+ * A new node's height before it is measured: the title, a row per socket, a label and a field
+ * per widget; a multiline text widget is a textarea, and an image upload shows its image.
+ */
+export function estimateNodeHeight(def: NodeShape | undefined): number {
+  if (!def) return 80;
+  let height = HEADER_HEIGHT + SOCKET_ROW * def.outputs.length;
+  for (const input of def.inputs) {
+    if (!input.widget) {
+      height += SOCKET_ROW;
+      continue;
+    }
+    height += WIDGET_ROW;
+    if (input.type === "STRING" && input.options.multiline) height += TEXTAREA_EXTRA;
+    if (input.options.upload === "image" && input.choices?.length) height += UPLOAD_PREVIEW;
+  }
+  return height;
+}
+
 /** The rectangle around `rects` (empty: a zero rectangle at the origin). */
 export function boundsOf(rects: readonly Rect[]): Rect {
   if (!rects.length) return { x: 0, y: 0, width: 0, height: 0 };

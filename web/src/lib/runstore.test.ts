@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { LOSS_POINTS_MAX, parsePreviewFrame, RunStore } from "./runstore";
+import { addToGallery, GALLERY_MAX, type GalleryItem, LOSS_POINTS_MAX, parsePreviewFrame, RunStore } from "./runstore";
 
 function makeStore() {
   const flushes: (() => void)[] = [];
@@ -202,5 +202,65 @@ describe("RunStore", () => {
     v.setUint32(0, 2);
     expect(parsePreviewFrame(buf)).toBeNull();
     expect(parsePreviewFrame(new ArrayBuffer(4))).toBeNull();
+  });
+});
+
+describe("the gallery", () => {
+  const item = (filename: string, promptId: string, extra: Partial<GalleryItem> = {}): GalleryItem =>
+    ({ filename, subfolder: "", type: "output", node: "9", promptId, key: `${promptId}:${filename}`, ...extra });
+
+  it("moves an image shown again to the front instead of adding a copy", () => {
+    const gallery = [item("b.png", "p2"), item("a.png", "p1")];
+    const out = addToGallery(gallery, [item("a.png", "p3")]);
+    expect(out.map((g) => `${g.filename}@${g.promptId}`)).toEqual(["a.png@p3", "b.png@p2"]);
+    expect(gallery).toHaveLength(2); // pure
+  });
+
+  it("tells images apart by file name, subfolder and type", () => {
+    const gallery = [item("a.png", "p1")];
+    const out = addToGallery(gallery, [item("a.png", "p2", { subfolder: "x" }), item("a.png", "p2", { type: "temp" })]);
+    expect(out).toHaveLength(3);
+    // a missing subfolder / type is "" / "output"
+    expect(addToGallery(gallery, [{ filename: "a.png", node: "9", key: "k" }])).toHaveLength(1);
+  });
+
+  it("keeps at most GALLERY_MAX, and cached runs do not push real results out", () => {
+    const { store, flushes } = makeStore();
+    const run = (prompt: string, filename: string) => {
+      store.enqueue({ type: "execution_start", data: { prompt_id: prompt } });
+      store.enqueue({ type: "executed", data: { node: "9", prompt_id: prompt,
+        output: { images: [{ filename, subfolder: "", type: "output" }] } } });
+      flushes.shift()!();
+    };
+    for (let i = 0; i < 5; i++) run(`r${i}`, `real${i}.png`);
+    for (let i = 0; i < 300; i++) run(`c${i}`, "same.png"); // a fully cached run reports its file again
+    const gallery = store.getGlobal().gallery;
+    expect(gallery.map((g) => g.filename)).toEqual(["same.png", "real4.png", "real3.png", "real2.png", "real1.png", "real0.png"]);
+    expect(gallery[0].promptId).toBe("c299");
+    expect(new Set(gallery.map((g) => g.key)).size).toBe(gallery.length);
+    const many = Array.from({ length: GALLERY_MAX + 50 }, (_, i) => item(`${i}.png`, "p"));
+    expect(addToGallery([], many)).toHaveLength(GALLERY_MAX);
+  });
+});
+
+describe("an unreachable server", () => {
+  it("clears its status-bar message when the connection comes back, and only that one", () => {
+    const { store } = makeStore();
+    store.setConnected(true);
+    store.setConnected(false);
+    store.setLastError("Cannot reach the server (Failed to fetch)", { offline: true });
+    store.setConnected(true);
+    expect(store.getGlobal().lastError).toBeNull();
+    // a rejection stays across a reconnect
+    store.setConnected(false);
+    store.setLastError("Prompt rejected: 1 input needs attention");
+    store.setConnected(true);
+    expect(store.getGlobal().lastError).toBe("Prompt rejected: 1 input needs attention");
+    // and an offline message replaced by another error before the reconnect: that one stays
+    store.setConnected(false);
+    store.setLastError("Cannot reach the server (Failed to fetch)", { offline: true });
+    store.setLastError("Prompt rejected: x");
+    store.setConnected(true);
+    expect(store.getGlobal().lastError).toBe("Prompt rejected: x");
   });
 });

@@ -69,7 +69,7 @@ export type NodeErrors = Record<string, {
 }>;
 
 const EMPTY: NodeRun = Object.freeze({}) as NodeRun;
-const GALLERY_MAX = 200;
+export const GALLERY_MAX = 200;
 /** The loss curve keeps this many most recent steps (memory and drawing stay bounded). */
 export const LOSS_POINTS_MAX = 500;
 
@@ -96,6 +96,8 @@ export class RunStore {
   private revoke: (url: string) => void;
   /** Object URLs held as nodes' sample images: never revoked as a passing preview. */
   private kept = new Set<string>();
+  /** The status bar's error when it says the server could not be reached (setLastError's `offline`). */
+  private offlineError: string | null = null;
 
   constructor(private schedule: Scheduler = defaultScheduler,
     revoke: (url: string) => void = (u) => URL.revokeObjectURL(u)) {
@@ -282,7 +284,7 @@ export class RunStore {
             ...img, node, promptId: (d.prompt_id as string) ?? undefined,
             key: `${d.prompt_id ?? ""}:${node}:${i}:${img.subfolder ?? ""}/${img.filename}`,
           }));
-          this.patchGlobal({ gallery: [...items, ...this.global.gallery].slice(0, GALLERY_MAX) });
+          this.patchGlobal({ gallery: addToGallery(this.global.gallery, items) });
         }
         break;
       }
@@ -333,6 +335,11 @@ export class RunStore {
   setConnected(connected: boolean): void {
     if (connected !== this.global.connected) {
       this.patchGlobal({ connected });
+      // "Cannot reach the server" no longer holds once the server answers again
+      if (connected && this.offlineError !== null && this.global.lastError === this.offlineError) {
+        this.patchGlobal({ lastError: null });
+      }
+      if (connected) this.offlineError = null;
       this.notify();
     }
   }
@@ -381,7 +388,9 @@ export class RunStore {
     this.notify();
   }
 
-  setLastError(message: string | null): void {
+  /** The status bar's error; `offline`: the server could not be reached (cleared when it can again). */
+  setLastError(message: string | null, { offline = false }: { offline?: boolean } = {}): void {
+    this.offlineError = offline ? message : null;
     this.patchGlobal({ lastError: message });
     this.notify();
   }
@@ -416,9 +425,33 @@ export class RunStore {
       if (Array.isArray(output.text)) patch.text = output.text.map(String);
       this.patchNode(node, patch);
     }
-    if (!this.global.gallery.length && gallery.length) this.patchGlobal({ gallery: gallery.slice(0, GALLERY_MAX) });
+    if (!this.global.gallery.length && gallery.length) this.patchGlobal({ gallery: addToGallery([], gallery) });
     this.notify();
   }
+}
+
+/** An image's identity on the server: the same file, whichever prompt or node reported it. */
+export function imageKey(img: ImageRef): string {
+  return JSON.stringify([img.type ?? "output", img.subfolder ?? "", img.filename]);
+}
+
+/**
+ * The gallery with `items` (newest first) put in front: an image already in it moves to the
+ * front rather than being shown twice (a fully cached run reports the same file again), and
+ * at most `max` items are kept.
+ */
+export function addToGallery(gallery: readonly GalleryItem[], items: readonly GalleryItem[],
+  max = GALLERY_MAX): GalleryItem[] {
+  const seen = new Set<string>();
+  const out: GalleryItem[] = [];
+  for (const item of [...items, ...gallery]) {
+    const key = imageKey(item);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push(item);
+    if (out.length >= max) break;
+  }
+  return out;
 }
 
 /** Parse a binary websocket frame: uint32 BE event (1 = preview), uint32 BE image type, bytes. */

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseNodeSchema } from "./schema";
 import { searchDefs } from "./search";
+import { nodesAcceptingType } from "./types";
 import { testDefs } from "./testdefs";
 
 describe("palette search", () => {
@@ -39,5 +40,19 @@ describe("palette search", () => {
     const words = searchDefs(more, "image", fits).map((d) => d.type); // a word of the name: most used first
     expect(words.indexOf("SaveImage")).toBeLessThan(words.indexOf("PreviewImage"));
     expect(words.indexOf("PreviewImage")).toBeLessThan(words.indexOf("SaveImageWebsocket"));
+  });
+
+  it("lists nodes a dropped STRING fits only through a list of choices last, used or not", () => {
+    const fits = nodesAcceptingType(defs, "STRING");
+    const only = new Set(fits.map((c) => c.type));
+    const last = new Set(fits.filter((c) => c.choice).map((c) => c.type));
+    expect(last.has("KSampler")).toBe(true);
+    const listed = searchDefs(defs, "", only, last).map((d) => d.type);
+    expect(listed[0]).toBe("CLIPTextEncode");
+    const firstChoice = listed.findIndex((t) => last.has(t));
+    expect(listed.slice(firstChoice).every((t) => last.has(t))).toBe(true);
+    expect(listed.indexOf("PrimitiveString")).toBeLessThan(listed.indexOf("KSampler"));
+    // a query still finds them, after the nodes with a text input
+    expect(searchDefs(defs, "sampler", only, last).map((d) => d.type)).toContain("KSampler");
   });
 });

@@ -47,15 +47,19 @@ function score(def: NodeDef, q: string): number {
 
 /**
  * The nodes matching `query` (among `only`), best first. Without a query the list goes by
- * category — or, filtered to what fits a dropped link, most used first.
+ * category — or, filtered to what fits a dropped link, most used first. Nodes in `last`
+ * (a dropped link fits them only as a poor match, e.g. a STRING into a list of choices)
+ * come after all the others, however much they are used.
  */
-export function searchDefs(defs: Defs, query: string, only?: Set<string>): NodeDef[] {
+export function searchDefs(defs: Defs, query: string, only?: Set<string>, last?: Set<string>): NodeDef[] {
   const q = query.trim().toLowerCase();
   const tokens = q.split(/\s+/).filter(Boolean);
   const list = [...defs.values()].filter((d) => !d.deprecated && (!only || only.has(d.type)) && matches(d, tokens));
   const byUse = !!q || !!only;
+  const tier = (d: NodeDef) => (last?.has(d.type) ? 1 : 0);
   return list.sort((a, b) =>
-    (q ? score(a, q) - score(b, q) : 0)
+    tier(a) - tier(b)
+    || (q ? score(a, q) - score(b, q) : 0)
     || (byUse ? popularity(b.type) - popularity(a.type) : 0)
     || a.category.localeCompare(b.category) || a.displayName.localeCompare(b.displayName));
 }

@@ -99,6 +99,15 @@ describe("palette filters for a dragged link", () => {
     // "*" inputs accept everything
     expect(types).toContain("ShowValue.value");
   });
+  it("marks nodes a STRING reaches only through a list of choices", () => {
+    const fits = new Map(nodesAcceptingType(defs, "STRING").map((c) => [c.type, c]));
+    expect(fits.get("CLIPTextEncode")).toEqual({ type: "CLIPTextEncode", input: "text" });
+    expect(fits.get("KSampler")?.choice).toBe(true); // sampler_name
+    expect(fits.get("CheckpointLoaderSimple")?.choice).toBe(true); // ckpt_name
+    // a COMBO output into a combo is no stretch
+    expect(nodesAcceptingType(defs, "COMBO").find((c) => c.type === "KSampler")?.choice).toBeUndefined();
+  });
+
   it("offers nodes that produce an input type", () => {
     const types = nodesProducingType(defs, "CLIP").map((c) => `${c.type}.${c.slot}`);
     expect(types).toEqual(expect.arrayContaining(["CheckpointLoaderSimple.1", "AnyOut.0"]));

@@ -139,19 +139,25 @@ function checkCycle(graph: GraphView, link: LinkRef): ConnectionCheck {
   return { ok: true, replaces };
 }
 
-/** Node types (with the matching slot or input) that can connect to a dragged socket. */
-export type Compatible = { type: string; slot?: number; input?: string };
+/**
+ * Node types (with the matching slot or input) that can connect to a dragged socket.
+ * `choice`: only a list of choices takes it (a STRING into a combo such as a sampler name),
+ * which is rarely what a dropped text is for: the palette lists such nodes last.
+ */
+export type Compatible = { type: string; slot?: number; input?: string; choice?: boolean };
 
 /** Nodes with an input accepting `outType` (dragging from an output). */
 export function nodesAcceptingType(defs: Defs, outType: string): Compatible[] {
   const out: Compatible[] = [];
   for (const def of defs.values()) {
     // Prefer a socket input over a widget one (e.g. a STRING output onto a text
-    // widget only when there is no socket that takes it).
+    // widget only when there is no socket that takes it), and a widget of the type itself
+    // over a list of choices (a STRING onto a text field rather than a sampler name).
     const sockets = def.inputs.filter((i) => !i.widget && typesMatch(outType, i.type));
-    const widgets = def.inputs.filter((i) => i.widget && typesMatch(outType, i.type));
-    const pick = sockets[0] ?? (outType !== ANY_TYPE ? widgets[0] : undefined);
-    if (pick) out.push({ type: def.type, input: pick.name });
+    const widgets = outType === ANY_TYPE ? [] : def.inputs.filter((i) => i.widget && typesMatch(outType, i.type));
+    const choice = (i: InputDef) => i.type === "COMBO" && outType !== "COMBO";
+    const pick = sockets[0] ?? widgets.find((i) => !choice(i)) ?? widgets[0];
+    if (pick) out.push({ type: def.type, input: pick.name, ...(choice(pick) ? { choice: true } : {}) });
   }
   return out;
 }

@@ -75,6 +75,9 @@ function HistoryItem({ h, onLoad, openImage, feedback }: {
   );
 }
 
+const CLEAR_HISTORY_CONFIRM =
+  "Clear the server's whole history? This deletes it for everyone using this server, and cannot be undone.";
+
 export function HistoryTab({ store, onLoad, openImage, feedback }: {
   store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
 }) {
@@ -88,7 +91,12 @@ export function HistoryTab({ store, onLoad, openImage, feedback }: {
     <div className="sf-tab">
       <div className="sf-tab-actions">
         <button type="button" className="sf-small" onClick={refresh}>Refresh</button>
-        <button type="button" className="sf-small" onClick={() => clearHistory().then(refresh, refresh)}>Clear</button>
+        <button type="button" className="sf-small" title="Delete the server's whole history, for everyone using this server"
+          onClick={() => {
+            // the history is the server's, shared by every client: one click must not wipe it
+            if (!window.confirm(CLEAR_HISTORY_CONFIRM)) return;
+            clearHistory().then(refresh, refresh);
+          }}>Clear history…</button>
       </div>
       {items.length === 0 && <div className="sf-muted">Nothing has run yet.</div>}
       <ul className="sf-list" aria-label="history">
