@@ -1,14 +1,20 @@
-"""Layout on the canvas: examples open readable and without overlaps; minimap, resize, collapse."""
+"""Layout on the canvas: examples and ComfyUI files open readable and without overlaps, a
+node that grows makes room below it; minimap, resize, collapse."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from tests.e2e.canvas import Canvas
 from tests.e2e.conftest import LiveServer
+from tests.e2e.test_canvas import small_txt2img
 
 READABLE_ZOOM = 0.8  # web/src/lib/layout.ts
 COLLAPSED = re.compile(r"\bsf-collapsed\b")
@@ -106,3 +112,163 @@ def test_minimap_resize_and_collapse(page):
     )[0].collapsed === true""")
     page.reload()
     expect(c.node(ckpt).locator(".sf-node")).to_have_class(COLLAPSED)
+
+
+# --- ComfyUI files (the comfyui_workflow_templates package ComfyUI ships its templates in) ---
+TEMPLATES = ("image2image.json", "default.json", "hiresfix_latent_workflow.json")
+
+# nodes and groups on screen: no two nodes overlap, a node overlapping a group lies inside it,
+# and groups that overlap are nested; plus the zoom
+LAYOUT_PROBLEMS = """() => {
+    const box = e => {
+        const r = e.getBoundingClientRect();
+        return {x: r.x, y: r.y, w: r.width, h: r.height};
+    };
+    const hit = (a, b) => a.x + a.w - 1 > b.x && b.x + b.w - 1 > a.x
+        && a.y + a.h - 1 > b.y && b.y + b.h - 1 > a.y;
+    const holds = (o, i) => o.x <= i.x + 1 && o.y <= i.y + 1
+        && o.x + o.w >= i.x + i.w - 1 && o.y + o.h >= i.y + i.h - 1;
+    const nodes = [...document.querySelectorAll('.react-flow__node')]
+        .map(e => ({id: e.dataset.id, ...box(e)}));
+    const groups = [...document.querySelectorAll('.sf-group')]
+        .map(e => ({id: e.textContent, ...box(e)}));
+    const out = [];
+    nodes.forEach((a, i) => nodes.slice(i + 1).forEach(b => {
+        if (hit(a, b)) out.push(`nodes ${a.id}/${b.id}`);
+    }));
+    for (const g of groups) {
+        for (const n of nodes) {
+            if (hit(g, n) && !holds(g, n)) out.push(`node ${n.id} half in ${g.id}`);
+        }
+    }
+    groups.forEach((a, i) => groups.slice(i + 1).forEach(b => {
+        if (hit(a, b) && !holds(a, b) && !holds(b, a)) out.push(`groups ${a.id}/${b.id}`);
+    }));
+    const zoom = window.steerflow.getViewport().zoom;
+    if (zoom < 0.8 - 1e-6) out.push(`zoom ${zoom.toFixed(2)}`);
+    return out;
+}"""
+
+
+def _comfy_templates() -> Path:
+    templates = pytest.importorskip("comfyui_workflow_templates",
+                                    reason="ComfyUI's workflow templates are not installed")
+    folder = Path(templates.__file__).parent / "templates"
+    if not all((folder / name).is_file() for name in TEMPLATES):
+        pytest.skip(f"the templates {TEMPLATES} are not in {folder}")
+    return folder
+
+
+def test_comfyui_templates_open_readable_without_overlaps(page):
+    """ComfyUI stores its nodes' sizes and its last view (image2image.json: zoom 0.43); ours
+    are taller. Opened, the nodes are moved apart down their columns, groups grow around
+    theirs, and the view is fitted at the README's readable zoom (>= 0.8 up to 40 nodes)."""
+    folder = _comfy_templates()
+    c = Canvas(page)
+    for name in TEMPLATES:
+        workflow = json.loads((folder / name).read_text())
+        assert len(workflow["nodes"]) <= 40
+        c.open_file(name, workflow)
+        expect(c.toasts().filter(has_text=f"Opened {name}")).to_be_visible()
+        # the nodes are arranged once measured, then the view is fitted
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_function(f"() => ({LAYOUT_PROBLEMS})().length === 0", timeout=10_000)
+        problems = page.evaluate(LAYOUT_PROBLEMS)
+        assert not problems, f"{name}: {problems}"
+        if name == "image2image.json":
+            # the notes sit where the file put them, beside the nodes they explain
+            assert c.nodes().count() == 12
+            expect(c.node("17")).to_be_in_viewport()
+
+
+def test_a_node_that_grows_makes_room_below_it(page):
+    """A sampler's live preview (and its kept last preview) grows it by a square image:
+    the nodes right below it move down instead of being covered; the others stay."""
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "grow e2e: a blue square"  # not cached by another test
+    doc["layout"]["nodes"]["8"]["pos"] = [570, 420]  # VAE Decode, just under Sample (#3)
+    doc["layout"]["nodes"]["5"]["pos"] = [570, 560]  # and Empty Latent Image under that
+    c = Canvas(page)
+    c.open_file("grow.json", doc)
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    sampler = c.settled_box(c.node("3"))
+    still = {i: c.settled_box(c.node(i)) for i in ("4", "6", "7", "9")}
+    assert page.evaluate(RECTS) and not _overlaps(page.evaluate(RECTS))
+    c.queue()
+    expect(c.node("3").locator("img.sf-preview")).to_be_visible(timeout=120_000)
+    expect(c.node("9").locator("img.sf-output-image")).to_be_visible(timeout=120_000)
+    grown = c.settled_box(c.node("3"))
+    assert grown["height"] > sampler["height"] + 100
+    page.wait_for_function(f"() => {{ const r = ({RECTS})(); return r.length === 7; }}")
+    assert not _overlaps(page.evaluate(RECTS)), page.evaluate(RECTS)
+    assert c.settled_box(c.node("8"))["y"] >= grown["y"] + grown["height"]
+    for i, box in still.items():  # beside it (or grown with nothing below): not moved
+        now = c.settled_box(c.node(i))
+        assert (now["x"], now["y"]) == (box["x"], box["y"]), i
+    c.wait_saved(len(doc["prompt"]))
+    page.wait_for_function("""() => JSON.parse(localStorage.getItem('steerflow.autosave'))
+        .layout.nodes['8'].pos[1] > 420""")
+
+
+def _in_view(page) -> int:
+    return page.evaluate("""() => {
+        const p = document.querySelector('.react-flow').getBoundingClientRect();
+        return [...document.querySelectorAll('.react-flow__node')].filter(e => {
+            const r = e.getBoundingClientRect();
+            return r.right > p.left && r.bottom > p.top && r.left < p.right && r.top < p.bottom;
+        }).length;
+    }""")
+
+
+def test_minimap_drag_pans_proportionally_and_keeps_the_graph(page):
+    """A 300 px drag on the minimap sent the view to translate(4828px, 4998px), an empty
+    canvas; so did grabbing a node's output dot drawn under the minimap."""
+    c = Canvas(page)
+    doc = small_txt2img()
+    c.open_file("minimap.json", doc)
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    minimap = page.locator(".react-flow__minimap")
+    box = c.settled_box(minimap)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    vp = page.evaluate("() => window.steerflow.getViewport()")
+    scale = minimap.locator("svg").evaluate("""s => Math.max(
+        s.viewBox.baseVal.width / s.clientWidth, s.viewBox.baseVal.height / s.clientHeight)""")
+
+    # a short drag: the view's rectangle follows the pointer at the minimap's scale
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 6, cy + 4, steps=3)
+    page.mouse.up()
+    now = page.evaluate("() => window.steerflow.getViewport()")
+    assert now["x"] == pytest.approx(vp["x"] - 6 * scale * vp["zoom"], abs=1)
+    assert now["y"] == pytest.approx(vp["y"] - 4 * scale * vp["zoom"], abs=1)
+
+    # a long one, in every direction: the graph stays on the canvas
+    for dx, dy in ((-300, -300), (300, 0), (0, 300), (-150, -100)):
+        page.mouse.move(cx, cy)
+        page.mouse.down()
+        page.mouse.move(cx + dx, cy + dy, steps=12)
+        page.mouse.up()
+        vp = page.evaluate("() => window.steerflow.getViewport()")
+        assert abs(vp["x"]) < 3000 and abs(vp["y"]) < 3000, vp
+        assert _in_view(page) >= 1, (dx, dy, vp)
+
+    # a node's output dot under the minimap: pressing there pans, never starts a link
+    handle = c.out_handle("4", 0)
+    h = c.settled_box(handle)
+    vp = page.evaluate("() => window.steerflow.getViewport()")
+    vp["x"] += cx - 40 - (h["x"] + h["width"] / 2)
+    vp["y"] += cy - (h["y"] + h["height"] / 2)
+    page.evaluate("vp => window.steerflow.setViewport(vp)", vp)
+    h = c.settled_box(handle)
+    hx, hy = h["x"] + h["width"] / 2, h["y"] + h["height"] / 2
+    assert box["x"] < hx < box["x"] + box["width"] and box["y"] < hy < box["y"] + box["height"]
+    edges = c.edges().count()
+    page.mouse.move(hx, hy)
+    page.mouse.down()
+    page.mouse.move(hx - 300, hy - 200, steps=12)
+    expect(page.locator(".react-flow__connectionline")).to_have_count(0)
+    page.mouse.up()
+    expect(page.get_by_role("dialog", name="Add node")).to_have_count(0)
+    expect(c.edges()).to_have_count(edges)
+    assert _in_view(page) >= 1

@@ -30,6 +30,7 @@ import { useEditCommands } from "./editor/useEditCommands";
 import { useFeedback } from "./editor/useFeedback";
 import { AUTOSAVE_KEY, savedFit, useGraphStore } from "./editor/useGraphStore";
 import { useLinking } from "./editor/useLinking";
+import { useMinimapPan } from "./editor/useMinimapPan";
 import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
 import { useRefitOnResize } from "./editor/useRefitOnResize";
@@ -131,6 +132,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const feedback = useFeedback(g, notify);
   // a resized window refits a view the user has not moved since it was fitted
   useRefitOnResize(canvas, g.refit);
+  // dragging in the minimap pans at its scale and keeps the graph in view
+  useMinimapPan(canvas);
 
   useEffect(() => {
     const s = new Socket(makeClientId(), store, () => store.bumpQueue());
@@ -141,7 +144,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   // --- opening workflows -----------------------------------------------------------------
   const applyLoaded = useCallback((loaded: Loaded, name?: string) => {
-    loadGraph(loaded.graph);
+    // a ComfyUI file's layout is for ComfyUI's node sizes, an API prompt's a grid: make room for ours
+    loadGraph(loaded.graph, { arrange: loaded.kind !== "document" });
     if (name) setDocName(name.replace(/\.(json|png)$/i, ""));
     const n = loaded.graph.nodes.length;
     notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`);
@@ -399,7 +403,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
                   <FitViewIcon />
                 </ControlButton>
               </Controls>
-              <MiniMap pannable zoomable ariaLabel="minimap" className="sf-minimap" maskColor={MINIMAP_MASK}
+              <MiniMap zoomable ariaLabel="minimap" className="sf-minimap" maskColor={MINIMAP_MASK}
                 nodeColor={(n) => ((n as SfFlowNode).data?.mode ? "#6b5a2a" : "#4a5563")} />
             </ReactFlow>
             {help && <NodeHelp g={g} nodeId={help} onClose={() => setHelp(null)} />}

@@ -8,9 +8,12 @@
 import { type EdgeChange, type NodeChange, applyEdgeChanges, applyNodeChanges, useReactFlow } from "@xyflow/react";
 import { useCallback, useEffect, useRef, useState } from "react";
 import { flowToGraph, graphToFlow, type SfEdge, type SfNode } from "../canvas/flow";
+import { arrangeOpened, makeRoomBelow } from "../lib/arrange";
 import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } from "../lib/graph";
 import { type GroupBox, parseGroups } from "../lib/groups";
-import { boundsOf, fitViewport, NODE_HEIGHT, NODE_WIDTH } from "../lib/layout";
+import {
+  boundsOf, estimateNodeHeight, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, type Rect, type Viewport,
+} from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
 import { changedInputs, readUndoKey, undoKey } from "../lib/undo";
@@ -40,6 +43,51 @@ export function savedFit(): FitHow | null {
   }
 }
 
+/** How long an opened graph waits for its nodes to be measured before it is arranged (ms). */
+const MEASURE_WAIT = 1500;
+
+/**
+ * A node's box in flow coordinates: its measured size, else (not rendered yet: out of view
+ * in a large graph) its width and the height its rows will have, at least its saved height.
+ */
+function nodeRect(n: SfNode, defs: Defs): Rect {
+  const width = n.measured?.width ?? n.width ?? NODE_WIDTH;
+  let height = n.measured?.height;
+  if (height === undefined) {
+    const saved = n.data.size?.[1] ?? 0;
+    if (n.type === "reroute") height = 18;
+    else if (n.data.collapsed) height = 36;
+    else if (n.type === "note") height = Math.max(saved, 100);
+    else height = Math.max(saved, defs.get(n.data.type) ? estimateNodeHeight(defs.get(n.data.type)) : NODE_HEIGHT);
+  }
+  return { x: n.position.x, y: n.position.y, width, height };
+}
+
+/**
+ * Nodes that grew (a preview, images or text appeared, a message, an expanded node): the
+ * nodes below them that they now cover move down (lib/arrange.ts), so that a node never
+ * grows over its neighbours. A size the user set (resizing) moves nothing.
+ */
+function makeRoom(before: SfNode[], changes: NodeChange<SfNode>[], after: SfNode[], defs: Defs): SfNode[] {
+  const was = new Map(before.map((n) => [n.id, n]));
+  const grown: string[] = [];
+  for (const c of changes) {
+    if (c.type !== "dimensions" || c.setAttributes || !c.dimensions) continue;
+    const old = was.get(c.id);
+    const h = old?.measured?.height;
+    if (old && h !== undefined && !old.resizing && c.dimensions.height > h + 1) grown.push(c.id);
+  }
+  if (!grown.length) return after;
+  const rects = new Map(after.map((n) => [n.id, nodeRect(n, defs)]));
+  const fixed = new Set(after.filter((n) => n.data.pinned || n.dragging).map((n) => n.id));
+  const moved = makeRoomBelow(rects, grown, fixed);
+  if (!moved.size) return after;
+  return after.map((n) => {
+    const p = moved.get(n.id);
+    return p ? { ...n, position: { x: Math.round(p.x), y: Math.round(p.y) } } : n;
+  });
+}
+
 export function useGraphStore(defs: Defs, store: RunStore) {
   const rf = useReactFlow<SfNode, SfEdge>();
   const [nodes, setNodes] = useState<SfNode[]>([]);
@@ -53,6 +101,10 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   groupsRef.current = groups;
   /** Set while a group is dragged: its many small moves make one undo step. */
   const holdHistory = useRef(false);
+  /** Set while an opened graph waits to be arranged: it is recorded (undo, autosave) once arranged. */
+  const arranging = useRef(false);
+  /** Counts opened graphs: an arrangement still waiting for a graph opened since gives up. */
+  const opened = useRef(0);
   /** The latest nodes and edges, for callbacks that must not re-render on every change. */
   const state = useRef({ nodes, edges });
   state.current = { nodes, edges };
@@ -68,20 +120,21 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   /** The last fit, redone when the canvas is resized while the view is still that fit (lib/viewfit.ts). */
   const fitTracker = useRef(new FitTracker<FitHow>()).current;
 
-  /** Fit the graph at a readable zoom (lib/layout.ts); a large one shows its top-left part. */
-  const fit = useCallback(() => {
+  /** Fit the graph (or the boxes `rects` of its nodes) at a readable zoom (lib/layout.ts); a large one shows its top-left part. */
+  const fitRects = useCallback((rects?: Rect[]) => {
     const ns = rf.getNodes();
     const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
     if (!ns.length || !pane) return;
-    const rects = ns.map((n) => ({
+    const boxes = rects ?? ns.map((n) => ({
       x: n.position.x, y: n.position.y,
       // nodes not rendered yet (out of view) count at a typical size
       width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? NODE_HEIGHT,
     }));
-    const vp = fitViewport(boundsOf(rects), pane.width, pane.height, ns.length);
+    const vp = fitViewport(boundsOf(boxes), pane.width, pane.height, boxes.length);
     fitTracker.fitted(vp, "readable");
     void rf.setViewport(vp);
   }, [rf, fitTracker]);
+  const fit = useCallback(() => fitRects(), [fitRects]);
 
   /** React Flow's fit of the whole graph (the fit button), remembered like `fit`. */
   const fitAll = useCallback((options: FitAllOptions = {}) => {
@@ -97,12 +150,56 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   }, [rf, fitTracker, fit, fitAll]);
 
   /**
+   * Arrange a graph just opened from a layout made for other node sizes (a ComfyUI file):
+   * once its nodes are measured, those that now overlap are moved apart (lib/arrange.ts),
+   * then the view is the file's own if it is readable and shows the graph, else a fit.
+   */
+  const arrange = useCallback((seq: number, saved: Viewport | undefined) => {
+    const began = performance.now();
+    let measuredBefore = -1;
+    let still = 0;
+    const step = () => {
+      if (seq !== opened.current) return; // another graph was opened since
+      const ns = rf.getNodes();
+      const measured = ns.filter((n) => n.measured?.height !== undefined).length;
+      still = measured === measuredBefore ? still + 1 : 0;
+      measuredBefore = measured;
+      // wait for every node, or (a large graph renders only what is in view) until no more come
+      if (measured < ns.length && still < 4 && performance.now() - began < MEASURE_WAIT) {
+        setTimeout(step, 40);
+        return;
+      }
+      const rects = new Map(ns.map((n) => [n.id, nodeRect(n, defsRef.current)]));
+      const placed = arrangeOpened(rects, groupsRef.current);
+      arranging.current = false;
+      // a new array even when nothing moved: the opened graph is recorded now (undo, autosave)
+      setNodes((cur) => cur.map((n) => {
+        const p = placed.positions.get(n.id);
+        return p && (p.x !== n.position.x || p.y !== n.position.y) ? { ...n, position: p } : { ...n };
+      }));
+      setGroupsState(placed.groups);
+      const boxes = [...rects].map(([id, r]) => ({ ...r, ...placed.positions.get(id) }));
+      const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
+      if (saved && pane && keepsReadableView(saved, boundsOf(boxes), pane.width, pane.height, boxes.length)) {
+        void rf.setViewport(saved);
+      } else if (boxes.length) fitRects(boxes);
+    };
+    setTimeout(step, 40);
+  }, [rf, fitRects]);
+
+  /**
    * Open `graph`. Its own viewport, if it has one, is kept (`fitted`: that viewport was a
    * fit, which a resize redoes); without one the graph is fitted. `viewport: false` leaves
-   * the view as it is (undo, redo).
+   * the view as it is (undo, redo). `arrange`: the layout was made for other node sizes
+   * (ComfyUI's): overlapping nodes are moved apart, and its viewport is kept only when
+   * readable (`arrange` above).
    */
-  const loadGraph = useCallback((graph: Graph, opts: { viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null } = {}) => {
+  const loadGraph = useCallback((graph: Graph, opts: {
+    viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null; arrange?: boolean;
+  } = {}) => {
     const flow = graphToFlow(graph, defsRef.current);
+    const seq = ++opened.current;
+    arranging.current = !!opts.arrange && flow.nodes.length > 0;
     meta.current = { extra: graph.extra ?? {} };
     setGroupsState(parseGroups(graph.groups));
     setNodes(flow.nodes);
@@ -113,9 +210,10 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       if (graph.viewport) {
         rf.setViewport(graph.viewport);
         if (opts.fitted) fitTracker.fitted(graph.viewport, opts.fitted);
-      } else if (flow.nodes.length) setTimeout(fit, 60);
+      } else if (flow.nodes.length && !arranging.current) setTimeout(fit, 60);
     }
-  }, [rf, store, fit, fitTracker]);
+    if (arranging.current) arrange(seq, opts.viewport !== false ? graph.viewport : undefined);
+  }, [rf, store, fit, fitTracker, arrange]);
 
   const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {
@@ -133,7 +231,7 @@ export function useGraphStore(defs: Defs, store: RunStore) {
 
   // One undo step and one autosave per settled change (not per drag frame).
   useEffect(() => {
-    if (holdHistory.current || nodes.some((n) => n.dragging || n.resizing)) return;
+    if (holdHistory.current || arranging.current || nodes.some((n) => n.dragging || n.resizing)) return;
     const timer = setTimeout(() => {
       const doc = graphToDocument(flowToGraph(nodes, edges, { groups, extra: meta.current.extra }), defsRef.current);
       const key = undoKey(doc, docName);
@@ -212,7 +310,7 @@ export function useGraphStore(defs: Defs, store: RunStore) {
 
   const onNodesChange = useCallback((changes: NodeChange<SfNode>[]) => {
     setNodes((ns) => {
-      const next = applyNodeChanges(changes, ns);
+      const next = makeRoom(ns, changes, applyNodeChanges(changes, ns), defsRef.current);
       // A resize (NodeResizer) sets the width and a minimum height: the node still grows with its content.
       const resized = new Map<string, { width: number; height: number }>();
       for (const c of changes) if (c.type === "dimensions" && c.setAttributes && c.dimensions) resized.set(c.id, c.dimensions);

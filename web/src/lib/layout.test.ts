@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
-  boundsOf, dotGridCell, estimateNodeHeight, fitViewport, freeSpot, LOD_NODES, lowDetail, MIN_DOT_CELL, overlaps, READABLE_ZOOM,
+  boundsOf, dotGridCell, estimateNodeHeight, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail, MIN_DOT_CELL, overlaps,
+  READABLE_ZOOM,
 } from "./layout";
 import { parseNodeSchema } from "./schema";
 import { testDefs } from "./testdefs";
@@ -22,6 +23,24 @@ describe("fitViewport", () => {
 
   it("lets only a large graph go below the readable zoom", () => {
     expect(fitViewport({ x: 0, y: 0, width: 8000, height: 4000 }, 1000, 800, 300).zoom).toBeLessThan(READABLE_ZOOM);
+  });
+});
+
+describe("keepsReadableView", () => {
+  const graph = { x: 0, y: 0, width: 1000, height: 600 };
+  it("keeps a saved view that is readable and shows the whole graph", () => {
+    expect(keepsReadableView({ x: 40, y: 40, zoom: 0.9 }, graph, 1200, 800, 12)).toBe(true);
+    expect(keepsReadableView({ x: 10, y: 10, zoom: 1.1 }, graph, 1200, 800, 12)).toBe(true); // zoomed in a little
+  });
+
+  it("refuses one zoomed out below the readable zoom, or showing only part of the graph", () => {
+    // image2image.json's saved view: zoom 0.43
+    expect(keepsReadableView({ x: 300, y: 200, zoom: 0.43 }, graph, 1200, 800, 12)).toBe(false);
+    expect(keepsReadableView({ x: 5000, y: 0, zoom: 1 }, graph, 1200, 800, 12)).toBe(false); // looking away
+    expect(keepsReadableView({ x: -400, y: -300, zoom: 1.35 }, graph, 1200, 800, 12)).toBe(false); // one corner
+    // a large graph may be shown further out
+    expect(keepsReadableView({ x: 20, y: 20, zoom: 0.5 }, { ...graph, width: 2000, height: 1400 }, 1200, 800, 100)).toBe(true);
+    expect(keepsReadableView({ x: 20, y: 20, zoom: 0.5 }, { ...graph, width: 2000, height: 1400 }, 1200, 800, 30)).toBe(false);
   });
 });
 

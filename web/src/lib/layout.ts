@@ -90,6 +90,19 @@ export function fitViewport(bounds: Rect, width: number, height: number, nodeCou
   return { x, y, zoom };
 }
 
+/**
+ * Whether a viewport an opened file brings keeps the promise `fitViewport` keeps: text as
+ * large as a fit would allow (READABLE_ZOOM, or OVERVIEW_ZOOM for a large graph), with the
+ * whole graph in view (a fit shows no less of it). ComfyUI saves whatever view its user last
+ * had, often zoomed far out or into one corner, for a larger window and its smaller nodes.
+ */
+export function keepsReadableView(vp: Viewport, bounds: Rect, width: number, height: number, nodeCount: number): boolean {
+  if (!(vp.zoom >= fitViewOptions(nodeCount).minZoom - 1e-6)) return false;
+  const left = bounds.x * vp.zoom + vp.x;
+  const top = bounds.y * vp.zoom + vp.y;
+  return left >= 0 && top >= 0 && left + bounds.width * vp.zoom <= width && top + bounds.height * vp.zoom <= height;
+}
+
 /** Whether the canvas should drop widgets: only a large graph, zoomed far out. */
 export function lowDetail(zoom: number, nodeCount: number): boolean {
   return nodeCount >= LOD_NODES && zoom < LOD_ZOOM;
