@@ -61,6 +61,8 @@ COMFY_WIDGETS = {
     "Mahiro": [],
     "HyperTile": ["tile_size", "swap_size", "max_depth", "scale_depth"],
     "TomePatchModel": ["ratio"],
+    "RebatchLatents": ["batch_size"],
+    "RebatchImages": ["batch_size"],
     "LatentOperationSharpen": ["sharpen_radius", "sigma", "alpha"],
     "LatentOperationTonemapReinhard": ["multiplier"],
     "ImageOnlyCheckpointLoader": ["ckpt_name"],
