@@ -54,6 +54,9 @@ describe("PNG text chunks", () => {
   it("rejects non-PNGs and truncated files", async () => {
     await expect(readPngText(new Uint8Array([1, 2, 3]))).rejects.toThrow(/not a PNG/);
     await expect(readPngText(saved.subarray(0, 60))).rejects.toThrow(/truncated/);
+    const damaged = saved.slice();
+    damaged.set([0x7f, 0xff, 0xff, 0xff, 0x00, 0xff, 0xfe, 0x01], 8); // garbage length and type
+    await expect(readPngText(damaged)).rejects.toThrow(/damaged/);
   });
 });
 

@@ -35,7 +35,12 @@ export function pngChunks(bytes: Uint8Array): [string, Uint8Array][] {
     const type = latin1(bytes.subarray(pos + 4, pos + 8));
     const start = pos + 8;
     const end = start + length;
-    if (end + 4 > bytes.length) throw new PngError(`truncated ${type} chunk`);
+    if (end + 4 > bytes.length) {
+      // a chunk type is four letters: anything else means the bytes are not PNG chunks
+      throw new PngError(/^[A-Za-z]{4}$/.test(type)
+        ? `the PNG is truncated (it ends inside its ${type} chunk): the file is incomplete`
+        : "the PNG is damaged (truncated, or unreadable chunk data): the file is corrupt");
+    }
     chunks.push([type, bytes.subarray(start, end)]);
     pos = end + 4; // skip the CRC
     if (type === "IEND") break;
