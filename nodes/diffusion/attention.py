@@ -128,6 +128,21 @@ class AttentionHook:
         return attended
 
 
+class SelfAttentionLayout(AttentionHook):
+    """Base of the layout-only hooks on self-attention (HyperTile, Token Merging)."""
+
+    layout_only = True
+
+    def selects(self, layer: AttentionLayer) -> bool:
+        return not layer.cross
+
+    @staticmethod
+    def level(call: AttentionCall) -> int | None:
+        """The UNet resolution level of this call's layer (0: the latent's own), or None
+        when its grid is unknown (another hook rearranged it, or an unlearnt size)."""
+        return call.run.attention.depth(call.query_tokens) if call.size else None
+
+
 @dataclass
 class AttentionStore:
     """Per-run state of the hooked layers: the batch roles of the current UNet pass."""

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nodes.diffusion.attention import AttentionCall, AttentionHook, AttentionLayer
+from nodes.diffusion.attention import AttentionCall, AttentionHook, SelfAttentionLayout
 from nodes.diffusion.extensions import SamplerExtension
 
 if TYPE_CHECKING:
@@ -80,18 +80,13 @@ class HyperTile(SamplerExtension):
         run.state.pop(self, None)
 
 
-class _TileHook(AttentionHook):
-    layout_only = True
-
+class _TileHook(SelfAttentionLayout):
     def __init__(self, config: HyperTile, rng: random.Random):
         self.config, self.rng = config, rng
 
-    def selects(self, layer: AttentionLayer) -> bool:
-        return not layer.cross
-
     def on_tokens(self, call: AttentionCall, hidden_states: torch.Tensor
                   ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
-        depth = call.run.attention.depth(call.query_tokens) if call.size else None
+        depth = self.level(call)
         if depth is None or depth > self.config.max_depth:
             return hidden_states, None
         height, width = call.size

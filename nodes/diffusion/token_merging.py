@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nodes.diffusion.attention import AttentionCall, AttentionHook, AttentionLayer
+from nodes.diffusion.attention import AttentionCall, AttentionHook, SelfAttentionLayout
 from nodes.diffusion.extensions import SamplerExtension
 
 if TYPE_CHECKING:
@@ -100,18 +100,13 @@ class TokenMerging(SamplerExtension):
         run.state.pop(self, None)
 
 
-class _MergeHook(AttentionHook):
-    layout_only = True
-
+class _MergeHook(SelfAttentionLayout):
     def __init__(self, ratio: float, generator: torch.Generator):
         self.ratio, self.generator = ratio, generator
 
-    def selects(self, layer: AttentionLayer) -> bool:
-        return not layer.cross
-
     def on_tokens(self, call: AttentionCall, hidden_states: torch.Tensor
                   ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
-        if call.size is None or call.run.attention.depth(call.query_tokens) != 0:
+        if call.size is None or self.level(call) != 0:
             return hidden_states, None
         height, width = call.size
         r = int(hidden_states.shape[1] * self.ratio)
