@@ -170,7 +170,7 @@ def _control_mode(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class _Link:
+class Link:
     id: str
     origin: str
     origin_slot: int
@@ -178,16 +178,16 @@ class _Link:
     target_slot: int
 
 
-def _parse_links(raw: Any) -> dict[str, _Link]:
+def parse_links(raw: Any) -> dict[str, Link]:
     items = raw.values() if isinstance(raw, dict) else raw
-    links: dict[str, _Link] = {}
+    links: dict[str, Link] = {}
     for item in items:
         try:
             if isinstance(item, list | tuple) and len(item) >= 5:
-                link = _Link(str(item[0]), str(item[1]), int(item[2]), str(item[3]),
+                link = Link(str(item[0]), str(item[1]), int(item[2]), str(item[3]),
                              int(item[4]))
             elif isinstance(item, dict) and item.get("id") is not None:
-                link = _Link(str(item["id"]), str(item.get("origin_id")),
+                link = Link(str(item["id"]), str(item.get("origin_id")),
                              int(item.get("origin_slot", 0)), str(item.get("target_id")),
                              int(item.get("target_slot", 0)))
             else:
@@ -198,7 +198,7 @@ def _parse_links(raw: Any) -> dict[str, _Link]:
     return links
 
 
-def _vec2(value: Any) -> list[float] | None:
+def vec2(value: Any) -> list[float] | None:
     if isinstance(value, dict):
         value = [value.get("0"), value.get("1")]
     if (isinstance(value, list | tuple) and len(value) >= 2
@@ -214,18 +214,19 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
         raise WorkflowFormatError("not a ComfyUI UI-format workflow (no 'nodes' list and "
                                   "'links')")
     warnings: list[str] = []
+    overrides: dict[str, dict[str, Any]] = {}
+    from engine.comfy_subgraphs import flatten, has_instances  # it builds on this module
+
+    if has_instances(obj):
+        flat = flatten(obj, schemas)
+        obj, overrides = flat.workflow, flat.overrides
+        warnings.extend(flat.warnings)
     ui_nodes: dict[str, dict[str, Any]] = {}
     for n in obj["nodes"]:
         if (isinstance(n, dict) and isinstance(n.get("id"), int | str)
                 and not isinstance(n.get("id"), bool) and isinstance(n.get("type"), str)):
             ui_nodes[str(n["id"])] = n
-    links = _parse_links(obj["links"])
-    definitions = obj.get("definitions") if isinstance(obj.get("definitions"), dict) else {}
-    listed = definitions.get("subgraphs")
-    # a hand-edited or corrupt file may hold anything here (a number is not iterable)
-    subgraphs = {str(s.get("id")): s for s in (listed if isinstance(listed, list) else [])
-                 if isinstance(s, dict)}
-
+    links = parse_links(obj["links"])
     prompt: dict[str, dict[str, Any]] = {}
     layout: dict[str, dict[str, Any]] = {}
     defs: dict[str, NodeDef | None] = {}
@@ -238,11 +239,9 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
             continue
         if kind in (REROUTE, PRIMITIVE):
             continue
-        if kind in subgraphs or kind.startswith(("workflow>", "workflow/")):
-            name = (subgraphs.get(kind) or {}).get("name") or kind
-            warnings.append(f"node {nid} is a {'subgraph' if kind in subgraphs else 'group node'}"
-                            f" ({name}), which Steerflow cannot run yet; it was left out "
-                            "(in ComfyUI, unpack it into its nodes and save again)")
+        if kind.startswith(("workflow>", "workflow/")):
+            warnings.append(f"node {nid} is a group node ({kind}) whose definition the file "
+                            "does not hold (extra.groupNodes); it was left out")
             continue
         if kind not in defs:
             schema = schemas.get(kind)
@@ -254,6 +253,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
             unknown.setdefault(kind, []).append(nid)
         else:
             inputs, control = map_widget_values(n.get("widgets_values"), nd)
+            inputs.update(overrides.get(nid, {}))  # a subgraph's promoted widgets
         entry: dict[str, Any] = {"class_type": kind, "inputs": inputs}
         title = n.get("title")
         if isinstance(title, str) and title and title != (nd.display_name if nd else kind):
@@ -261,8 +261,8 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
         if n.get("mode") in (2, 4) and not isinstance(n.get("mode"), bool):
             entry["mode"] = MUTED if n["mode"] == 2 else BYPASS
         prompt[nid] = entry
-        place: dict[str, Any] = {"pos": _vec2(n.get("pos")) or [0, 0]}
-        size = _vec2(n.get("size"))
+        place: dict[str, Any] = {"pos": vec2(n.get("pos")) or [0, 0]}
+        size = vec2(n.get("size"))
         if size:
             place["size"] = size
         if "_meta" in entry:
@@ -289,7 +289,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
 
 
 def _connect(nid: str, entry: dict[str, Any], ui_nodes: dict[str, dict[str, Any]],
-             links: dict[str, _Link], prompt: dict[str, Any], warnings: list[str]) -> None:
+             links: dict[str, Link], prompt: dict[str, Any], warnings: list[str]) -> None:
     """Fill a node's linked inputs from its input slots (ComfyUI reads the slots' link
     ids, not the link table, so a stale table entry does not count)."""
     slots = ui_nodes[nid].get("inputs")
@@ -320,10 +320,10 @@ def _connect(nid: str, entry: dict[str, Any], ui_nodes: dict[str, dict[str, Any]
             entry["inputs"][name] = [src_id, src_slot]
 
 
-def _source(link: _Link, ui_nodes: dict[str, dict[str, Any]],
-            links: dict[str, _Link]) -> tuple[str, int] | None:
+def _source(link: Link, ui_nodes: dict[str, dict[str, Any]],
+            links: dict[str, Link]) -> tuple[str, int] | None:
     """The real origin of a link, followed upstream through Reroutes."""
-    current: _Link | None = link
+    current: Link | None = link
     for _ in range(_MAX_HOPS):
         if current is None:
             return None
@@ -343,8 +343,8 @@ def _note(n: dict[str, Any]) -> dict[str, Any]:
     """A Note or MarkdownNote as the canvas keeps it: its text, place and looks."""
     values = n.get("widgets_values")
     text = values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
-    note: dict[str, Any] = {"pos": _vec2(n.get("pos")) or [0, 0], "text": text}
-    size = _vec2(n.get("size"))
+    note: dict[str, Any] = {"pos": vec2(n.get("pos")) or [0, 0], "text": text}
+    size = vec2(n.get("size"))
     if size:
         note["size"] = size
     title = n.get("title")
@@ -367,7 +367,7 @@ def _viewport(extra: Any) -> dict[str, float] | None:
     ds = extra.get("ds") if isinstance(extra, dict) else None
     if not isinstance(ds, dict):
         return None
-    offset, scale = _vec2(ds.get("offset")), ds.get("scale")
+    offset, scale = vec2(ds.get("offset")), ds.get("scale")
     if offset is None or not isinstance(scale, int | float) or isinstance(scale, bool) \
             or scale <= 0:
         return None

@@ -153,13 +153,13 @@ def test_what_cannot_be_carried_over_is_reported():
     wf = comfy_default()
     wf["nodes"].append({"id": 20, "type": "UpscaleModelLoader", "pos": [0, 900],
                         "widgets_values": ["x4.pth"]})
-    wf["nodes"].append({"id": 21, "type": "0b8e-subgraph", "pos": [0, 0]})
-    wf["definitions"] = {"subgraphs": [{"id": "0b8e-subgraph", "name": "Upscale"}]}
+    wf["nodes"].append({"id": 21, "type": "workflow>Upscale", "pos": [0, 0]})
     node(wf, 7)["inputs"][0]["link"] = 99  # no such link
     result = convert(wf)
     text = "\n".join(result.warnings)
     assert "UpscaleModelLoader is not available here (node 20)" in text
-    assert "node 21 is a subgraph (Upscale)" in text and "21" not in result.prompt
+    assert "node 21 is a group node (workflow>Upscale) whose definition" in text
+    assert "21" not in result.prompt
     assert "link 99" in text and "clip" not in result.prompt["7"]["inputs"]
     assert result.prompt["20"] == {"class_type": "UpscaleModelLoader", "inputs": {}}
 
