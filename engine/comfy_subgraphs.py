@@ -98,16 +98,14 @@ def has_instances(obj: Mapping[str, Any]) -> bool:
                for n in _items(obj.get("nodes")))
 
 
-def flatten(obj: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Any]]) -> Flat:
+def flatten(obj: Mapping[str, Any]) -> Flat:
     """``obj`` with every subgraph / group-node instance replaced by its nodes."""
-    flat = _Flattener(obj, schemas)
-    return flat.run()
+    return _Flattener(obj).run()
 
 
 class _Flattener:
-    def __init__(self, obj: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Any]]):
+    def __init__(self, obj: Mapping[str, Any]):
         self.obj = obj
-        self.schemas = schemas
         self.definitions: dict[str, Definition] = {}
         for raw in _definition_list(obj):
             d = _subgraph_definition(raw)

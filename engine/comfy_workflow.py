@@ -218,7 +218,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
     from engine.comfy_subgraphs import flatten, has_instances  # it builds on this module
 
     if has_instances(obj):
-        flat = flatten(obj, schemas)
+        flat = flatten(obj)
         obj, overrides = flat.workflow, flat.overrides
         warnings.extend(flat.warnings)
     ui_nodes: dict[str, dict[str, Any]] = {}

@@ -61,6 +61,20 @@ def test_convert_then_queue(server: LiveServer, http: Http):
     assert entry["outputs"] == {"4": {"value": [42]}}
 
 
+@pytest.mark.slow  # runs the prompt in the server's worker
+def test_a_subgraph_converts_and_queues_as_its_nodes(server: LiveServer, http: Http):
+    from tests.test_comfy_subgraphs import to_subgraph
+
+    wf = to_subgraph(UI, {2, 3}, 9, "5f0c-4d2e", name="Add")
+    data = http.post("/workflow/convert", json=wf).json()
+    assert data["warnings"] == []
+    prompt = data["document"]["prompt"]
+    assert prompt["9:3"]["inputs"] == {"b": 37, "a": ["1", 0]}
+    assert prompt["4"]["inputs"] == {"value": ["9:3", 0]}
+    pid = http.post("/prompt", json={"prompt": prompt}).json()["prompt_id"]
+    assert wait_history(http, [pid])[pid]["outputs"] == {"4": {"value": [42]}}
+
+
 def test_convert_other_formats_and_errors(http: Http):
     api = {"1": {"class_type": "TestOut", "inputs": {"value": 1}}}
     data = http.post("/workflow/convert", json=api).json()
