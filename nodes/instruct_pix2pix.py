@@ -23,11 +23,14 @@ class InstructPixToPixConditioning(Node):
 
     Two guidance scales: the sampler's ``cfg`` is the text scale (how strongly the
     instruction acts, 5-10), ``image_cfg`` the image scale (how closely the result
-    follows the input image): 1.5 is the pipeline's default, 1.2-2 is the useful range;
-    higher keeps more of the image and edits less. At ``image_cfg`` 1.0 the image term
-    drops out and it is ComfyUI's plain two-way CFG (the image in both entries), which
-    runs 2 UNet rows per step instead of 3 (cost: 1.5x a txt2img step otherwise).
-    Without CFG (cfg ≤ 1) the instruction is applied once, unguided.
+    follows the input image). The default 1.0 is ComfyUI's node (it has no such input):
+    plain two-way CFG with the image in both conditionings, so ComfyUI workflows give
+    ComfyUI's result. For the pipeline's three-way guidance set it above 1: 1.5 is
+    diffusers' default, 1.2-2 the useful range; higher keeps more of the image and
+    edits less (cost: 3 UNet rows per step instead of 2). ComfyUI's own three-way recipe
+    also works: this node's outputs as cond1 and cond2 of Dual CFG Guider and the plain
+    negative as its negative (that negative sees a zero image, as in ComfyUI), with
+    image_cfg left at 1. Without CFG (cfg ≤ 1) the instruction is applied once, unguided.
 
     On the default model (steerflow-shapes-ip2p, 64x64) it knows the shapes world's four
     edits: "make the circle blue", "turn the red square into a star", "move it to the
@@ -51,9 +54,9 @@ class InstructPixToPixConditioning(Node):
     vae: Vae = Input(type="VAE")
     pixels: Tensor = Input(type="IMAGE", description="The image to edit, 0..1")
     image_cfg: float = Input(
-        1.5, min=0.0, max=IMAGE_CFG_MAX, step=0.05,
-        description="Image guidance scale s_I: 1.5 (the pipeline's default) keeps the input; "
-                    "higher edits less; 1.0 is ComfyUI's two-way CFG")
+        1.0, min=0.0, max=IMAGE_CFG_MAX, step=0.05,
+        description="Image guidance scale s_I: 1.0 is ComfyUI's two-way CFG; 1.5 (the "
+                    "pipeline's default) keeps more of the input; higher edits less")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning, Latent]:
         import torch

@@ -335,3 +335,31 @@ def test_example_workflow_runs(tmp_path):
     result = fresh.run(wf)
     assert result.ok, result.run.error
     assert result.image_paths and all(p.is_file() for p in result.image_paths)
+
+
+def test_comfyui_dual_cfg_recipe_is_the_pipelines_three_way_guidance(session, pipe, home):
+    """ComfyUI's CosXL-edit graph: InstructPixToPixConditioning's outputs as Dual CFG
+    Guider's cond1 / cond2 and the plain negative (which sees a zero image, as in
+    ComfyUI) as its negative = the pipeline at s_T = cfg_conds, s_I = cfg_cond2_negative."""
+    prompt = graph(image_cfg=1.0, sampler="ddim")
+    sample = prompt.pop("sample")["inputs"]
+    prompt.update({
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": sample["seed"]}},
+        "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {
+            "model": sample["model"], "scheduler": "normal", "steps": STEPS, "denoise": 1.0}},
+        "guider": {"class_type": "DualCFGGuider", "inputs": {
+            "model": sample["model"], "cond1": ["ip2p", 0], "cond2": ["ip2p", 1],
+            "negative": ["neg", 0], "cfg_conds": 7.5, "cfg_cond2_negative": 1.5}},
+        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["select", 0],
+            "sigmas": ["sigmas", 0], "latent_image": ["ip2p", 2]}},
+    })
+    ours = image_of(session, prompt)
+    ref = reference(pipe, home, image_cfg=1.5, sampler="ddim", cfg=7.5)
+    diff = np.abs(ours - ref).max()
+    print(f"Dual CFG recipe vs pipeline: {diff:.2e}")
+    assert diff <= TOL
+    # the default (1.0) is ComfyUI's two-way CFG: the negative carries the image too
+    two_way = image_of(session, graph(image_cfg=1.0))
+    assert np.abs(two_way - ref).max() > 1e-3

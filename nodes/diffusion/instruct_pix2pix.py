@@ -23,7 +23,12 @@ perturbed row, SAG's degraded pass).
 
 ``image_cfg`` = 1 is ComfyUI's Instruct-Pix2Pix sampling (both conditionings carry the
 image, plain two-way CFG): the zero-image row is not needed, so it is not run (two UNet
-rows per step instead of three). Without CFG (cfg ≤ 1) the batch is the prompt with the
+rows per step instead of three). As in ComfyUI, where a conditioning without the image
+latents gets zeros on those channels, a negative that does not carry this extension
+(Dual CFG Guider's plain negative in ComfyUI's CosXL-edit recipe: cond1 and cond2 from
+InstructPixToPixConditioning, the negative straight from the text encoder) sees zeros;
+that recipe is then the pipeline's three-way guidance with ``cfg_conds`` = s_T and
+``cfg_cond2_negative`` = s_I. Without CFG (cfg ≤ 1) the batch is the prompt with the
 image alone, as in the pipeline. The pipeline also switches guidance off when
 ``image_guidance_scale`` < 1 (its ``do_classifier_free_guidance``), silently ignoring
 the text scale; here the formula keeps applying (below 1 the output follows the input
@@ -44,7 +49,7 @@ from nodes.diffusion.extensions import Predictions, Step
 from nodes.diffusion.vae_codec import encode_raw
 
 if TYPE_CHECKING:
-    from nodes.diffusion.handles import Vae
+    from nodes.diffusion.handles import Conditioning, Vae
     from nodes.diffusion.sampling import SamplingRun
 
 #: in_channels of Instruct-Pix2Pix UNets: 4 latents + 4 image latents.
@@ -111,9 +116,14 @@ class InstructPix2Pix(ConcatChannels):
 
     def channels_for_role(self, run: SamplingRun, role: str,
                           channels: torch.Tensor) -> torch.Tensor:
-        if role == "uncond" and self.three_way:
+        if role == "uncond" and (self.three_way or not self._on(run.negative)):
             return torch.zeros_like(channels)
         return channels
+
+    def _on(self, conditioning: Conditioning) -> bool:
+        """Whether ``conditioning`` carries this image (else its row sees zeros)."""
+        return any(ext is self for entry in conditioning.entries
+                   for ext in entry.options.get("extensions", ()))
 
     def extra_conditions(self, run: SamplingRun) -> Sequence[torch.Tensor]:
         # the negative prompt again, seeing the image (the pipeline's middle row)
