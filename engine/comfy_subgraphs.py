@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.comfy_workflow import Link, parse_links, vec2
+from engine.comfy_workflow import Link, node_def, parse_links, vec2
 
 INPUT_NODE = "-10"
 OUTPUT_NODE = "-20"
@@ -98,14 +98,17 @@ def has_instances(obj: Mapping[str, Any]) -> bool:
                for n in _items(obj.get("nodes")))
 
 
-def flatten(obj: Mapping[str, Any]) -> Flat:
-    """``obj`` with every subgraph / group-node instance replaced by its nodes."""
-    return _Flattener(obj).run()
+def flatten(obj: Mapping[str, Any],
+            schemas: Mapping[str, Mapping[str, Any]] | None = None) -> Flat:
+    """``obj`` with every subgraph / group-node instance replaced by its nodes; the node
+    ``schemas`` tell which promoted widgets had a control value in older files."""
+    return _Flattener(obj, schemas or {}).run()
 
 
 class _Flattener:
-    def __init__(self, obj: Mapping[str, Any]):
+    def __init__(self, obj: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Any]]):
         self.obj = obj
+        self.schemas = schemas
         self.definitions: dict[str, Definition] = {}
         for raw in _definition_list(obj):
             d = _subgraph_definition(raw)
@@ -257,8 +260,10 @@ class _Flattener:
         if definition.legacy:
             return out  # a group node's values were sliced into its nodes already
         names = {str(i.get("name")): k for k, i in enumerate(definition.inputs)}
-        if isinstance(values, dict):
-            return {names[k]: v for k, v in values.items() if k in names}
+        named = node.get("widgets_values_named")
+        if isinstance(values, dict) or isinstance(named, dict):
+            by_name = named if isinstance(named, dict) else values
+            return {names[k]: v for k, v in by_name.items() if k in names}
         if not isinstance(values, list):
             return out
         props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
@@ -274,15 +279,28 @@ class _Flattener:
                     if widget in names:
                         out[names[widget]] = values[k]
                     continue
-                inner = next((n for n in definition.nodes if str(n["id"]) == target), None)
-                if inner is None:
-                    continue
-                self.result.overrides.setdefault(f"{path}:{target}", {})[widget] = values[k]
+                if any(str(n["id"]) == target for n in definition.nodes):
+                    self.result.overrides.setdefault(f"{path}:{target}", {})[widget] = values[k]
             return out
-        for k, index in enumerate(_widget_inputs(definition)):
-            if k < len(values):
-                out[index] = values[k]
+        promoted = _widget_inputs(definition)
+        # older files also hold a control_after_generate value after a seed's
+        extra = len(values) > len(promoted)
+        i = 0
+        for index, target, widget in promoted:
+            if i >= len(values):
+                break
+            out[index] = values[i]
+            i += 1
+            if extra and self._has_control(target, widget):
+                i += 1
         return out
+
+    def _has_control(self, node: dict[str, Any], widget: str) -> bool:
+        schema = self.schemas.get(node.get("type")) if isinstance(node.get("type"), str) \
+            else None
+        if not isinstance(schema, Mapping):
+            return False
+        return any(w.name == widget and w.control for w in node_def(schema).widgets)
 
     # -- links ----------------------------------------------------------------------
 
@@ -425,21 +443,22 @@ def _subgraph_definition(raw: dict[str, Any]) -> Definition | None:
                       inputs, groups)
 
 
-def _widget_inputs(definition: Definition) -> list[int]:
-    """The definition inputs that give the instance a widget (they feed a widget), in
-    order: the instance's ``widgets_values`` follow them."""
+def _widget_inputs(definition: Definition) -> list[tuple[int, dict[str, Any], str]]:
+    """The definition inputs that give the instance a widget (one of their links feeds a
+    widget), in order, with the inner node and widget each feeds: the instance's
+    ``widgets_values`` follow them."""
     by_id = {str(n["id"]): n for n in definition.nodes}
-    feeds_widget: dict[int, bool] = {}
+    feeds: dict[int, tuple[dict[str, Any], str]] = {}
     for link in definition.links.values():
-        if link.origin != INPUT_NODE or link.origin_slot in feeds_widget:
+        if link.origin != INPUT_NODE or link.origin_slot in feeds:
             continue
         target = by_id.get(link.target)
-        slots = target.get("inputs") if target else None
-        slot = slots[link.target_slot] if isinstance(slots, list) \
-            and 0 <= link.target_slot < len(slots) and isinstance(slots[link.target_slot],
-                                                                 dict) else {}
-        feeds_widget[link.origin_slot] = isinstance(slot.get("widget"), dict)
-    return [k for k in range(len(definition.inputs)) if feeds_widget.get(k)]
+        slots = _items(target.get("inputs")) if target else []
+        slot = slots[link.target_slot] if 0 <= link.target_slot < len(slots) else None
+        widget = slot.get("widget") if isinstance(slot, dict) else None
+        if target is not None and isinstance(widget, dict):
+            feeds[link.origin_slot] = (target, str(widget.get("name") or slot.get("name")))
+    return [(k, *feeds[k]) for k in range(len(definition.inputs)) if k in feeds]
 
 
 def _bypass_input(node: dict[str, Any], slot: int) -> int | None:

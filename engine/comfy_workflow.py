@@ -16,7 +16,8 @@ are not ``forceInput``) in schema order. ComfyUI's front end adds a
 one), whose value follows the seed's: ``"fixed"``, ``"increment"``,
 ``"decrement"``, ``"randomize"``, or ``true``/``false`` in older files; extra
 trailing values (an upload button's) are ignored. Newer files may store
-``widgets_values`` as an object by name.
+``widgets_values`` as an object by name, or add ``widgets_values_named`` (by name,
+``control_after_generate`` among them), which then wins over the positions.
 
 Front-end-only nodes are resolved as ComfyUI's ``graphToPrompt`` does: a link is
 followed through Reroutes to its source, a PrimitiveNode's value is written into
@@ -137,7 +138,11 @@ def node_def(schema: Mapping[str, Any]) -> NodeDef:
 def map_widget_values(values: Any, node: NodeDef) -> tuple[dict[str, Any], dict[str, str]]:
     """``widgets_values`` → (input values by name, control_after_generate modes)."""
     if isinstance(values, dict):
-        return {w.name: values[w.name] for w in node.widgets if w.name in values}, {}
+        controls = [w.name for w in node.widgets if w.control]
+        mode = values.get("control_after_generate")
+        return ({w.name: values[w.name] for w in node.widgets if w.name in values},
+                {controls[0]: _control_mode(mode)} if len(controls) == 1
+                and (mode in CONTROL_MODES or isinstance(mode, bool)) else {})
     if not isinstance(values, list):
         return {}, {}
     widgets = node.widgets
@@ -218,7 +223,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
     from engine.comfy_subgraphs import flatten, has_instances  # it builds on this module
 
     if has_instances(obj):
-        flat = flatten(obj)
+        flat = flatten(obj, schemas)
         obj, overrides = flat.workflow, flat.overrides
         warnings.extend(flat.warnings)
     ui_nodes: dict[str, dict[str, Any]] = {}
@@ -253,6 +258,11 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
             unknown.setdefault(kind, []).append(nid)
         else:
             inputs, control = map_widget_values(n.get("widgets_values"), nd)
+            named = n.get("widgets_values_named")
+            if isinstance(named, dict):  # newer front ends also save values by name
+                by_name, modes = map_widget_values(named, nd)
+                inputs.update(by_name)
+                control.update(modes)
             inputs.update(overrides.get(nid, {}))  # a subgraph's promoted widgets
         entry: dict[str, Any] = {"class_type": kind, "inputs": inputs}
         title = n.get("title")

@@ -248,3 +248,39 @@ def test_the_flattened_prompt_validates(tmp_path):
     with pytest.raises(PromptValidationError) as info:  # only the missing checkpoint
         validate_prompt(prompt, default_registry(), env)
     assert [i.input_name for i in info.value.issues] == ["ckpt_name"]
+
+
+def test_values_saved_by_name_win_over_positions():
+    """Newer front ends add ``widgets_values_named``; it survives a schema whose widget
+    order differs from the file's."""
+    wf = comfy_default()
+    sampler = node(wf, 3)
+    sampler["widgets_values"] = [1, "fixed", 99, 99, "euler", "normal", 1]  # stale order
+    sampler["widgets_values_named"] = {"seed": 1, "control_after_generate": "increment",
+                                       "steps": 4, "cfg": 6.0, "sampler_name": "ddim",
+                                       "scheduler": "karras", "denoise": 0.5}
+    result = convert(wf)
+    inputs = result.prompt["3"]["inputs"]
+    assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["denoise"]) == (
+        4, 6.0, "ddim", 0.5)
+    assert result.document["layout"]["nodes"]["3"]["control"] == {"seed": "increment"}
+    # a subgraph instance's promoted widgets by name
+    wf = to_subgraph(comfy_default(), {3, 8}, 20, "sg")
+    sg = wf["definitions"]["subgraphs"][0]
+    sampler = next(n for n in sg["nodes"] if n["id"] == 3)
+    sampler["inputs"].append({"name": "steps", "type": "INT", "widget": {"name": "steps"},
+                              "link": 7001})
+    sg["inputs"].append({"id": "in-steps", "name": "steps", "type": "INT", "linkIds": []})
+    sg["links"].append(_link_obj([7001, -10, len(sg["inputs"]) - 1, 3,
+                                  len(sampler["inputs"]) - 1, "INT"]))
+    node(wf, 20)["inputs"].append({"name": "steps", "type": "INT",
+                                   "widget": {"name": "steps"}, "link": None})
+    node(wf, 20)["widgets_values_named"] = {"steps": 11}
+    assert convert(wf).prompt["20:3"]["inputs"]["steps"] == 11
+    # an older instance: a control value after the promoted seed
+    node(wf, 20).pop("widgets_values_named")
+    seed_in = next(k for k, i in enumerate(sg["inputs"]) if i["name"] == "seed")
+    node(wf, 20)["inputs"][seed_in]["link"] = None  # no PrimitiveNode: the widget's value
+    node(wf, 20)["widgets_values"] = [777, "fixed", 12]
+    inputs = convert(wf).prompt["20:3"]["inputs"]
+    assert (inputs["seed"], inputs["steps"]) == (777, 12)
