@@ -177,3 +177,59 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
     assert images and images[0]["type"] == "output"
     saved = Path(comfy_server.base_dir, "output", images[0]["subfolder"], images[0]["filename"])
     assert saved.is_file()
+
+
+def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
+        comfy_server: LiveServer) -> None:
+    """The real front end turns KSampler + VAE Decode of its default graph into a subgraph
+    ("Convert to Subgraph"), then that and the two prompts into another (nested). At each
+    stage its own ``graphToPrompt`` (what it queues) and our converter fed the workflow it
+    saves give the same prompt, ids ``"<instance>:<inner>"`` included; the nested one
+    runs."""
+    from playwright.sync_api import sync_playwright
+
+    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as profile:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
+            viewport=VIEWPORT)
+        ctx.set_default_timeout(60_000)
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.goto(comfy_server.url + "/")
+            page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
+                                   timeout=120_000)
+            stages = page.evaluate("""async () => {
+                const g = window.app.graph;
+                for (const n of g._nodes) {  // small and quick on this CPU
+                    const w = Object.fromEntries((n.widgets || []).map(w => [w.name, w]));
+                    if (n.type === 'EmptyLatentImage') { w.width.value = 64; w.height.value = 64; }
+                    if (n.type === 'KSampler') { w.steps.value = 2; w.seed.value = 7; }
+                }
+                const stage = async (types) => {
+                    const pick = g._nodes.filter(n => types.includes(n.type));
+                    const { node } = g.convertToSubgraph(new Set(pick));
+                    const queued = (await window.app.graphToPrompt()).output;
+                    return { queued, workflow: g.serialize(), instance: String(node.id),
+                             type: node.type };
+                };
+                const one = await stage(['KSampler', 'VAEDecode']);
+                const two = await stage([one.type, 'CLIPTextEncode']);
+                return [one, two];
+            }""")
+        finally:
+            ctx.close()
+    for depth, stage in enumerate(stages, 1):
+        queued = {k: {"class_type": v["class_type"],
+                      "inputs": {n: x for n, x in v["inputs"].items() if n != "upload"}}
+                  for k, v in stage["queued"].items()}
+        inner = [k for k in queued if k.startswith(stage["instance"] + ":")]
+        assert inner and all(k.count(":") <= depth for k in inner), queued
+        reply = comfy_server.post("/workflow/convert", stage["workflow"])
+        assert reply["warnings"] == []
+        ours = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
+                for k, v in reply["document"]["prompt"].items()}
+        assert ours == queued, f"depth {depth}"
+    assert any(k.count(":") == 2 for k in ours)  # KSampler inside both
+    pid = comfy_server.post("/prompt", {"prompt": reply["document"]["prompt"]})["prompt_id"]
+    assert comfy_server.wait_history(pid, 240)["status"]["status_str"] == "success"
