@@ -39,6 +39,7 @@ from nodes import (
     inpaint,
     instruct_pix2pix,
     inversion,
+    ip_adapter,
     latent,
     latent_files,
     latent_operations,
@@ -110,6 +111,7 @@ NODE_CLASSES = (
     *clip_guidance.NODE_CLASSES,
     *controlnet.NODE_CLASSES,
     *t2i_adapter.NODE_CLASSES,
+    *ip_adapter.NODE_CLASSES,
     *gligen.NODE_CLASSES,
     *style_model.NODE_CLASSES,
     *image.NODE_CLASSES,
@@ -140,7 +142,8 @@ NODE_CLASSES = (
 
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",
                  "gligen", "clip_vision", "diffusion_models", "unet", "upscale_models",
-                 "hypernetworks", "style_models", "text_encoders", "clip", "diffusers", "configs")
+                 "hypernetworks", "style_models", "text_encoders", "clip", "diffusers", "configs",
+                 "ipadapter")
 
 
 def setup(env: Environment) -> None:

@@ -73,6 +73,10 @@ class AttentionCall:
     #: the layer's own key tokens, first in ``key``; ``on_kv`` hooks may append more
     #: (0: unknown, all of them)
     key_tokens: int = 0
+    #: the queries ``[images × heads, tokens, head_dim]`` and the diffusers ``Attention``
+    #: module (for hooks that attend to tokens of their own, as IP-Adapter)
+    query: torch.Tensor | None = None
+    module: Any = None
 
     @property
     def batch(self) -> int:
@@ -220,7 +224,7 @@ class HookedAttnProcessor:
         tokens = query.shape[1]
         call = AttentionCall(self.layer, self.run, self.store.roles, attn.heads, tokens,
                              self.store.sizes.get(tokens), encoder_hidden_states.shape[1],
-                             _rows=query.shape[0])
+                             query=query, module=attn, _rows=query.shape[0])
         key_input = value_input = encoder_hidden_states
         for hook in self.hooks:
             key_input, value_input = hook.on_kv_inputs(call, key_input, value_input)
