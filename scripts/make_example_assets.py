@@ -10,7 +10,9 @@
   black, the kind of control image the shapes ControlNet was trained on;
 - ``fabric_liked_blue.png`` / ``fabric_disliked_red.png``: a large blue circle and a
   large red circle in the middle of a white background, the first liked and disliked
-  images of ``fabric_gallery.json`` (the canvas's gallery adds more).
+  images of ``fabric_gallery.json`` (the canvas's gallery adds more);
+- ``ip_adapter_reference.png``: a large purple star in the middle of a beige background,
+  the reference image of ``ip_adapter.json``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def main() -> None:
         print(ASSETS / name)
     for path in fabric_assets():
         print(path)
+    image, _ = render((spec("star", "purple", "center", (0.5, 0.5)),), "beige", SIZE)
+    Image.fromarray(image).save(ASSETS / "ip_adapter_reference.png")
+    print(ASSETS / "ip_adapter_reference.png")
 
 
 if __name__ == "__main__":

@@ -270,3 +270,59 @@ def test_bad_input_is_a_structured_error(session, models_dir, unet_layout, tmp_p
     assert "pickle" in error_of(session, bad)
     # the window the wrong way round
     assert "end_percent" in error_of(session, graph(start=0.7, end=0.2))
+
+
+def test_sdxl_matches_diffusers(tmp_path_factory):
+    """The same on a tiny SDXL base (its cross-attention layers, dual encoders)."""
+    from nodes.diffusion.ip_adapter import cross_attention_layers
+    from nodes.diffusion.tiny_sdxl import ensure_tiny_sdxl
+    from tests.test_sdxl import BASE, HEIGHT, NEGATIVE, PROMPT, WIDTH, txt2img_prompt
+
+    root = tmp_path_factory.mktemp("ipa_sdxl")
+    ensure_tiny_sdxl(root)
+    ensure_tiny_clip(root)
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(root / "checkpoints" / BASE,
+                                                               local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    unet = pipe.unet
+    state = plain_state(int(unet.config.cross_attention_dim),
+                        [h for _, h in cross_attention_layers(unet)], 16, seed=4)
+    (root / "ipadapter").mkdir()
+    save_state(state, root / "ipadapter" / "tiny-sdxl-ipa.safetensors")
+    home = tmp_path_factory.mktemp("ipa_sdxl_home")
+    (home / "input").mkdir()
+    picture(48, 40, 7).save(home / "input" / "ref.png")
+    session = Session(home, models_dir=root, device="cpu", registry=registry_with_capture())
+    prompt = txt2img_prompt(BASE, "euler", "normal")
+    prompt.update({
+        "ref": {"class_type": "LoadImage", "inputs": {"image": "ref.png"}},
+        "clipv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP_FILE}},
+        "ipa": {"class_type": "IPAdapterModelLoader",
+                "inputs": {"ipadapter_file": "tiny-sdxl-ipa.safetensors"}},
+        "apply": {"class_type": "ApplyIPAdapter", "inputs": {
+            "model": ["4", 0], "ipadapter": ["ipa", 0], "clip_vision": ["clipv", 0],
+            "image": ["ref", 0], "weight": 0.7}}})
+    prompt["3"]["inputs"]["model"] = ["apply", 0]
+    key = uuid.uuid4().hex
+    prompt["10"]["inputs"]["key"] = key
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    ours = CAPTURED.pop(key).cpu().numpy()
+
+    from nodes.diffusion.clip_vision import ClipVision
+
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.7)
+    clip = ClipVision(build_tiny_clip(vision_only=True))
+    image = torch.from_numpy(np.asarray(Image.open(home / "input" / "ref.png").convert("RGB"),
+                                        dtype=np.float32) / 255)[None]
+    with torch.no_grad():
+        pos = clip.model(pixel_values=clip.preprocess(image)).image_embeds[None]
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=5, guidance_scale=5.0,
+               height=HEIGHT, width=WIDTH, output_type="np",
+               ip_adapter_image_embeds=[torch.cat([torch.zeros_like(pos), pos])],
+               generator=torch.Generator("cpu").manual_seed(3)).images
+    diff = np.abs(ours - ref).max()
+    print(f"IP-Adapter SDXL {WIDTH}x{HEIGHT}: {diff:.2e}")
+    assert diff <= TOL

@@ -24,6 +24,8 @@ SHAPES_IP2P_NAME = "steerflow-shapes-ip2p"
 SHAPES_IP2P_UNET = f"{SHAPES_IP2P_NAME}-unet"
 #: the shapes-world CLIP (training/train_clip.py): installed as one file in models/clip_vision
 SHAPES_CLIP_NAME = "steerflow-shapes-clip"
+#: an IP-Adapter for steerflow-shapes on that CLIP (training/train_ip_adapter.py): models/ipadapter
+SHAPES_IP_ADAPTER_NAME = "steerflow-shapes-ip-adapter"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "weights"
 DIFFUSERS_MARKERS = {"checkpoints": "model_index.json", "controlnet": "config.json"}
 #: what each built-in model is for (native size, what it draws): read by the server and the
@@ -99,24 +101,39 @@ def is_installed(models_dir: Path, role: str, name: str, stamp: str | None = Non
 
 #: fingerprints of the shapes CLIPs shipped before: an installed copy of one is replaced
 EARLIER_SHIPPED_CLIPS = frozenset({"7616106:e269cb79fccbe5d254fdf8171cc639bb"})
+#: shipped files installed as plain copies (their loaders read one file):
+#: (models subfolder, name)
+SINGLE_FILES: tuple[tuple[str, str], ...] = (("clip_vision", SHAPES_CLIP_NAME),
+                                             ("ipadapter", SHAPES_IP_ADAPTER_NAME))
+
+
+def installed_single(models_dir: Path, folder: str, name: str) -> Path:
+    """Where set-up installs the shipped single file ``name``."""
+    return Path(models_dir) / folder / f"{name}.safetensors"
+
+
+def single_is_current(models_dir: Path, folder: str, name: str) -> bool:
+    """False when the shipped file ``name`` is missing from ``models/<folder>`` or an
+    earlier shipped copy is there (a file of the user's own under that name is kept);
+    True when none is shipped."""
+    source = shipped_weights(name)
+    if not source.is_file():
+        return True
+    target = installed_single(models_dir, folder, name)
+    if not target.is_file():
+        return False
+    found = fingerprint(target)
+    earlier = EARLIER_SHIPPED_CLIPS if name == SHAPES_CLIP_NAME else frozenset()
+    return found == fingerprint(source) or found not in earlier
 
 
 def installed_clip(models_dir: Path) -> Path:
     """Where set-up installs the shapes CLIP (one file: the CLIP vision loader reads it)."""
-    return Path(models_dir) / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors"
+    return installed_single(models_dir, "clip_vision", SHAPES_CLIP_NAME)
 
 
 def clip_is_current(models_dir: Path) -> bool:
-    """False when the shapes CLIP is missing or a copy of an earlier shipped one (a file
-    of the user's own under that name is kept); True when none is shipped."""
-    source = shipped_weights(SHAPES_CLIP_NAME)
-    if not source.is_file():
-        return True
-    target = installed_clip(models_dir)
-    if not target.is_file():
-        return False
-    found = fingerprint(target)
-    return found == fingerprint(source) or found not in EARLIER_SHIPPED_CLIPS
+    return single_is_current(models_dir, "clip_vision", SHAPES_CLIP_NAME)
 
 
 def all_installed(models_dir: Path) -> bool:
@@ -124,7 +141,7 @@ def all_installed(models_dir: Path) -> bool:
     shipped files as they are now."""
     if not (is_installed(models_dir, "checkpoints", TINY_NAME)
             and is_installed(models_dir, "controlnet", TINY_CONTROLNET_NAME)
-            and clip_is_current(models_dir)):
+            and all(single_is_current(models_dir, *f) for f in SINGLE_FILES)):
         return False
     for role, name, sources in SHIPPED_MODELS:
         stamp = shipped_stamp(*sources)

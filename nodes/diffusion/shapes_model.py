@@ -36,11 +36,12 @@ from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exp
     SHAPES_IP2P_UNET,
     SHAPES_NAME,
     SHIPPED_MODELS,
+    SINGLE_FILES,
     WEIGHTS_DIR,
-    clip_is_current,
-    installed_clip,
+    installed_single,
     shipped_stamp,
     shipped_weights,
+    single_is_current,
 )
 from nodes.diffusion.controlnet_loading import load_controlnet, load_t2i_adapter
 from nodes.diffusion.loading import load_components
@@ -119,30 +120,35 @@ def install_shapes_ip2p(target_dir: Path) -> dict[str, Path]:
     return {"diffusers": folder, "single_file": single}
 
 
-def install_shapes_clip(models_dir: Path) -> Path | None:
-    """Copy the shipped shapes-world CLIP to ``models_dir/clip_vision`` (one file: the
-    CLIP vision loader reads it directly); None when it is not shipped."""
-    source = shipped_weights(SHAPES_CLIP_NAME)
+def install_single_file(models_dir: Path, folder: str, name: str) -> Path | None:
+    """Copy the shipped single file ``name`` to ``models_dir/<folder>`` (its loader reads
+    it directly); None when it is not shipped."""
+    source = shipped_weights(name)
     if not source.is_file():
         return None
-    target = installed_clip(models_dir)
-    if not clip_is_current(models_dir):
+    target = installed_single(models_dir, folder, name)
+    if not single_is_current(models_dir, folder, name):
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copied under a hidden name of its own (two processes may install at once) and
         # renamed: listings never see a half-written file.
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         os.close(fd)
         try:
-            shutil.copyfile(source, name)
-            os.replace(name, target)
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
         finally:
-            Path(name).unlink(missing_ok=True)
+            Path(tmp).unlink(missing_ok=True)
     return target
+
+
+def install_shapes_clip(models_dir: Path) -> Path | None:
+    """The shapes-world CLIP into ``models_dir/clip_vision``."""
+    return install_single_file(models_dir, "clip_vision", SHAPES_CLIP_NAME)
 
 
 def ensure_shapes_model(models_dir: Path) -> Path | None:
     """Install the shipped default model (and its ControlNet, T2I-Adapter, Instruct-Pix2Pix
-    model and shapes-world CLIP) into ``models_dir`` once.
+    model, shapes-world CLIP and IP-Adapter) into ``models_dir`` once.
 
     Returns the model's diffusers folder, or None when the weights are not shipped.
     """
@@ -156,5 +162,6 @@ def ensure_shapes_model(models_dir: Path) -> Path | None:
         if stamp is not None:  # None: not shipped in this install
             folders[name] = ensure_built(models_dir, role, name, DIFFUSERS_MARKERS[role],
                                          install[name], stamp=stamp)
-    install_shapes_clip(models_dir)
+    for folder, name in SINGLE_FILES:  # the shapes CLIP and its IP-Adapter
+        install_single_file(models_dir, folder, name)
     return folders[SHAPES_NAME]
