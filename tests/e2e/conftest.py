@@ -8,6 +8,7 @@ Playwright never downloads a browser here: it drives the system chromium through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,23 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 VIEWPORT = {"width": 1600, "height": 1000}
+
+
+@contextlib.contextmanager
+def chromium_page(timeout_ms: int = 60_000) -> Iterator[Any]:
+    """A page of a fresh headless chromium (Debian's, never a downloaded one) with its own
+    profile, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as profile:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
+            viewport=VIEWPORT)
+        ctx.set_default_timeout(timeout_ms)
+        try:
+            yield ctx.pages[0] if ctx.pages else ctx.new_page()
+        finally:
+            ctx.close()
 
 
 def chromium_path() -> str | None:

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM_ARGS, REPO, VIEWPORT, LiveServer, _free_port, chromium_path
+from tests.e2e.conftest import REPO, LiveServer, _free_port, chromium_page, chromium_path
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +81,6 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
 
 
 def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: LiveServer) -> None:
-    from playwright.sync_api import sync_playwright
-
     # A first visit opens the template browser over an empty graph (as on ComfyUI);
     # a returning user, whose settings say so, gets the default graph.
     comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
@@ -101,73 +98,65 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
         if response.status >= 400 and path.split("?")[0] not in ALLOWED_MISSING:
             failed.append(f"{response.status} {response.request.method} {path}")
 
-    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as profile:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-            viewport=VIEWPORT)
-        ctx.set_default_timeout(60_000)
+    with chromium_page() as page:
+        page.on("response", on_response)
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto(origin + "/")
         try:
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
-            page.on("response", on_response)
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.goto(origin + "/")
-            try:
-                page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
-                                       timeout=120_000)
-            except Exception:
-                raise AssertionError(f"no graph; failed requests {failed}, page errors "
-                                     f"{page_errors}") from None
-            page.wait_for_timeout(1000)  # start-up requests still in flight
-            nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
-                type: n.type,
-                widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
-            types = {n["type"] for n in nodes}
-            assert types >= DEFAULT_GRAPH, types
-            ckpts = comfy_server.get("/object_info/CheckpointLoaderSimple")[
-                "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-            loader = next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")
-            assert loader["widgets"]["ckpt_name"] == "steerflow-shapes" and \
-                "steerflow-shapes" in ckpts
-            assert not failed, f"requests failed at start: {failed}"
+            page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
+                                   timeout=120_000)
+        except Exception:
+            raise AssertionError(f"no graph; failed requests {failed}, page errors "
+                                 f"{page_errors}") from None
+        page.wait_for_timeout(1000)  # start-up requests still in flight
+        nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
+            type: n.type,
+            widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
+        types = {n["type"] for n in nodes}
+        assert types >= DEFAULT_GRAPH, types
+        ckpts = comfy_server.get("/object_info/CheckpointLoaderSimple")[
+            "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+        loader = next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")
+        assert loader["widgets"]["ckpt_name"] == "steerflow-shapes" and \
+            "steerflow-shapes" in ckpts
+        assert not failed, f"requests failed at start: {failed}"
 
-            # Load Image gets the upload button and preview (``image_upload``)
-            assert page.evaluate("""() => (window.LiteGraph.createNode('LoadImage').widgets
-                || []).some(w => w.name === 'upload')""")
-            # what the error dialog's report and the Logs panel read
-            assert isinstance(page.evaluate("() => window.app.api.getLogs()"), str)
-            page.evaluate("""() => { window.__seen = new Set();
-                for (const t of ['progress_state', 'b_preview_with_metadata'])
-                    window.app.api.addEventListener(t, () => window.__seen.add(t)); }""")
+        # Load Image gets the upload button and preview (``image_upload``)
+        assert page.evaluate("""() => (window.LiteGraph.createNode('LoadImage').widgets
+            || []).some(w => w.name === 'upload')""")
+        # what the error dialog's report and the Logs panel read
+        assert isinstance(page.evaluate("() => window.app.api.getLogs()"), str)
+        page.evaluate("""() => { window.__seen = new Set();
+            for (const t of ['progress_state', 'b_preview_with_metadata'])
+                window.app.api.addEventListener(t, () => window.__seen.add(t)); }""")
 
-            started = time.monotonic()
-            page.get_by_test_id("queue-button").click()
-            page.wait_for_function("""() => {
-                const save = window.app.graph._nodes.find(n => n.type === 'SaveImage');
-                return save?.imgs?.length > 0 && save.imgs[0].complete
-                    && save.imgs[0].naturalWidth > 0;
-            }""", timeout=300_000)
-            elapsed = time.monotonic() - started
-            size = page.evaluate("""() => {
-                const img = window.app.graph._nodes.find(n => n.type === 'SaveImage').imgs[0];
-                return [img.naturalWidth, img.naturalHeight];
-            }""")
-            print(f"default graph queued to image shown: {elapsed:.1f}s, image {size}")
-            assert size[0] > 0 and size[1] > 0
-            assert views, "the image was never fetched from /view"
-            # our run-time warning (512x512 Empty Latent decoded by the 4x VAE) as a toast,
-            # through Steerflow's own frontend extension
-            toast = page.locator(".p-toast-message", has_text="Warning from")
-            toast.first.wait_for(timeout=10_000)
-            assert "Empty Latent Image" in toast.first.inner_text()
-            # the running node outlined with its progress bar, and previews on it
-            seen = set(page.evaluate("() => [...window.__seen]"))
-            assert seen == {"progress_state", "b_preview_with_metadata"}, seen
-            assert not failed, f"requests failed: {failed}"
-            unexpected = [e for e in page_errors
-                          if not any(a in e for a in ALLOWED_PAGE_ERRORS)]
-            assert not unexpected, f"uncaught errors in the page: {unexpected}"
-        finally:
-            ctx.close()
+        started = time.monotonic()
+        page.get_by_test_id("queue-button").click()
+        page.wait_for_function("""() => {
+            const save = window.app.graph._nodes.find(n => n.type === 'SaveImage');
+            return save?.imgs?.length > 0 && save.imgs[0].complete
+                && save.imgs[0].naturalWidth > 0;
+        }""", timeout=300_000)
+        elapsed = time.monotonic() - started
+        size = page.evaluate("""() => {
+            const img = window.app.graph._nodes.find(n => n.type === 'SaveImage').imgs[0];
+            return [img.naturalWidth, img.naturalHeight];
+        }""")
+        print(f"default graph queued to image shown: {elapsed:.1f}s, image {size}")
+        assert size[0] > 0 and size[1] > 0
+        assert views, "the image was never fetched from /view"
+        # our run-time warning (512x512 Empty Latent decoded by the 4x VAE) as a toast,
+        # through Steerflow's own frontend extension
+        toast = page.locator(".p-toast-message", has_text="Warning from")
+        toast.first.wait_for(timeout=10_000)
+        assert "Empty Latent Image" in toast.first.inner_text()
+        # the running node outlined with its progress bar, and previews on it
+        seen = set(page.evaluate("() => [...window.__seen]"))
+        assert seen == {"progress_state", "b_preview_with_metadata"}, seen
+        assert not failed, f"requests failed: {failed}"
+        unexpected = [e for e in page_errors
+                      if not any(a in e for a in ALLOWED_PAGE_ERRORS)]
+        assert not unexpected, f"uncaught errors in the page: {unexpected}"
 
     history = comfy_server.get("/history")
     assert len(history) == 1
@@ -186,39 +175,29 @@ def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
     stage its own ``graphToPrompt`` (what it queues) and our converter fed the workflow it
     saves give the same prompt, ids ``"<instance>:<inner>"`` included; the nested one
     runs."""
-    from playwright.sync_api import sync_playwright
-
     comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
-    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as profile:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-            viewport=VIEWPORT)
-        ctx.set_default_timeout(60_000)
-        try:
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
-            page.goto(comfy_server.url + "/")
-            page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
-                                   timeout=120_000)
-            stages = page.evaluate("""async () => {
-                const g = window.app.graph;
-                for (const n of g._nodes) {  // small and quick on this CPU
-                    const w = Object.fromEntries((n.widgets || []).map(w => [w.name, w]));
-                    if (n.type === 'EmptyLatentImage') { w.width.value = 64; w.height.value = 64; }
-                    if (n.type === 'KSampler') { w.steps.value = 2; w.seed.value = 7; }
-                }
-                const stage = async (types) => {
-                    const pick = g._nodes.filter(n => types.includes(n.type));
-                    const { node } = g.convertToSubgraph(new Set(pick));
-                    const queued = (await window.app.graphToPrompt()).output;
-                    return { queued, workflow: g.serialize(), instance: String(node.id),
-                             type: node.type };
-                };
-                const one = await stage(['KSampler', 'VAEDecode']);
-                const two = await stage([one.type, 'CLIPTextEncode']);
-                return [one, two];
-            }""")
-        finally:
-            ctx.close()
+    with chromium_page() as page:
+        page.goto(comfy_server.url + "/")
+        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
+                               timeout=120_000)
+        stages = page.evaluate("""async () => {
+            const g = window.app.graph;
+            for (const n of g._nodes) {  // small and quick on this CPU
+                const w = Object.fromEntries((n.widgets || []).map(w => [w.name, w]));
+                if (n.type === 'EmptyLatentImage') { w.width.value = 64; w.height.value = 64; }
+                if (n.type === 'KSampler') { w.steps.value = 2; w.seed.value = 7; }
+            }
+            const stage = async (types) => {
+                const pick = g._nodes.filter(n => types.includes(n.type));
+                const { node } = g.convertToSubgraph(new Set(pick));
+                const queued = (await window.app.graphToPrompt()).output;
+                return { queued, workflow: g.serialize(), instance: String(node.id),
+                         type: node.type };
+            };
+            const one = await stage(['KSampler', 'VAEDecode']);
+            const two = await stage([one.type, 'CLIPTextEncode']);
+            return [one, two];
+        }""")
     for depth, stage in enumerate(stages, 1):
         queued = {k: {"class_type": v["class_type"],
                       "inputs": {n: x for n, x in v["inputs"].items() if n != "upload"}}

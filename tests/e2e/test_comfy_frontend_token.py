@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM_ARGS, REPO, VIEWPORT, _free_port, chromium_path
+from tests.e2e.conftest import REPO, _free_port, chromium_page, chromium_path
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +44,6 @@ def test_the_official_app_works_with_a_token_through_the_cookie(tmp_path) -> Non
     pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
     if importlib.util.find_spec("comfyui_frontend_package") is None:
         pytest.skip("pip install 'steerflow[comfyui-frontend]' (comfyui-frontend-package)")
-    from playwright.sync_api import sync_playwright
 
     port = _free_port()
     origin = f"http://127.0.0.1:{port}"
@@ -84,33 +82,25 @@ def test_the_official_app_works_with_a_token_through_the_cookie(tmp_path) -> Non
             ws.on("framereceived", lambda frame: frames.append(
                 frame if isinstance(frame, str) else ""))
 
-        with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as prof:
-            ctx = p.chromium.launch_persistent_context(
-                prof, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-                viewport=VIEWPORT)
-            ctx.set_default_timeout(60_000)
+        with chromium_page() as page:
+            page.on("response", on_response)
+            page.on("websocket", on_websocket)
+            page.goto(f"{origin}/?token={TOKEN}")
+            assert TOKEN not in page.url  # redirected without it
             try:
-                page = ctx.pages[0] if ctx.pages else ctx.new_page()
-                page.on("response", on_response)
-                page.on("websocket", on_websocket)
-                page.goto(f"{origin}/?token={TOKEN}")
-                assert TOKEN not in page.url  # redirected without it
-                try:
-                    page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
-                                           timeout=120_000)
-                except Exception:
-                    raise AssertionError(f"no graph; failed requests {failed}") from None
-                page.wait_for_timeout(1000)
-                types = set(page.evaluate("() => window.app.graph._nodes.map(n => n.type)"))
-                assert "CheckpointLoaderSimple" in types and "KSampler" in types, types
-                assert not failed, f"requests failed: {failed}"
-                assert any('"status"' in f for f in frames), frames[:3]  # the websocket
-                cookies = ctx.cookies(origin)
-                [cookie] = [c for c in cookies if c["name"] == f"steerflow_token_{port}"]
-                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-                assert TOKEN not in cookie["value"]
-            finally:
-                ctx.close()
+                page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
+                                       timeout=120_000)
+            except Exception:
+                raise AssertionError(f"no graph; failed requests {failed}") from None
+            page.wait_for_timeout(1000)
+            types = set(page.evaluate("() => window.app.graph._nodes.map(n => n.type)"))
+            assert "CheckpointLoaderSimple" in types and "KSampler" in types, types
+            assert not failed, f"requests failed: {failed}"
+            assert any('"status"' in f for f in frames), frames[:3]  # the websocket
+            cookies = page.context.cookies(origin)
+            [cookie] = [c for c in cookies if c["name"] == f"steerflow_token_{port}"]
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert TOKEN not in cookie["value"]
         assert TOKEN not in log.read_text()  # not in the access log either
     finally:
         proc.terminate()
