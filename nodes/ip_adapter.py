@@ -111,24 +111,104 @@ class ApplyIPAdapter(Node):
         return []
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
-        from nodes.diffusion.ip_adapter import IPAdapter, build_ip_adapter, image_embeds
+        return (apply_ip_adapter(self.model, self.ipadapter, self.clip_vision, self.image,
+                                 self.weight, self.start_percent, self.end_percent, self.crop),)
 
-        image = self.image
-        if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"Apply IP-Adapter: expected an IMAGE batch [B, H, W, C], got "
-                             f"shape {tuple(image.shape)}")
-        model = build_ip_adapter(self.ipadapter.state, self.model.unet, self.ipadapter.name)
-        positive, negative = image_embeds(model, self.clip_vision, image, self.crop)
-        width = positive.shape[-1]
-        expected = _projection_input(model)
-        if expected is not None and width != expected:
-            raise ValueError(f"this CLIP vision model gives {width}-wide "
-                             f"{'hidden states' if model.uses_hidden_states else 'embeddings'}"
-                             f", IP-Adapter {self.ipadapter.name} reads {expected}: use the "
-                             "CLIP vision model it was trained with")
-        ext = IPAdapter(model, positive, negative, self.weight, self.start_percent,
-                        self.end_percent)
-        return (replace(self.model, extensions=(*self.model.extensions, ext)),)
+
+#: ComfyUI_IPAdapter_plus's choices that Steerflow runs (the first of each is its default)
+WEIGHT_TYPES = ("linear",)
+COMBINE_EMBEDS = ("concat", "average")
+EMBEDS_SCALING = ("V only",)
+_PLUS_WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out",
+                      "weak input", "weak output", "weak middle", "strong middle",
+                      "style transfer", "composition", "strong style transfer",
+                      "style and composition", "style transfer precise",
+                      "composition precise")
+
+
+class IPAdapterAdvanced(Node):
+    """ComfyUI_IPAdapter_plus's "IPAdapter Advanced" node (its inputs and widget order),
+    so workflows made with that pack run: the same IP-Adapter as Apply IP-Adapter, with
+    an optional negative image (instead of a blank one) and several reference images
+    concatenated or averaged. Steerflow runs its defaults — weight type ``linear``,
+    ``V only`` scaling — and refuses the pack's other weight types and attention masks
+    with a message; ``start_at`` / ``end_at`` are the share of the steps, as Apply
+    ControlNet's here."""
+
+    TYPE = "IPAdapterAdvanced"
+    DISPLAY_NAME = "IPAdapter Advanced"
+    CATEGORY = "model_patches/unet"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    ipadapter: IPAdapterFile = Input(type="IPADAPTER")
+    image: Tensor = Input(type="IMAGE")
+    weight: float = Input(1.0, min=-1.0, max=5.0, step=0.05)
+    weight_type: str = Input("linear", choices=_PLUS_WEIGHT_TYPES)
+    combine_embeds: str = Input("concat", choices=("concat", "add", "subtract", "average",
+                                                   "norm average"))
+    start_at: float = Input(0.0, min=0.0, max=1.0, step=0.001)
+    end_at: float = Input(1.0, min=0.0, max=1.0, step=0.001)
+    embeds_scaling: str = Input("V only", choices=("V only", "K+V", "K+V w/ C penalty",
+                                                   "K+mean(V) w/ C penalty"))
+    image_negative: Tensor | None = Input(type="IMAGE", optional=True)
+    attn_mask: Tensor | None = Input(type="MASK", optional=True)
+    clip_vision: ClipVision | None = Input(type="CLIP_VISION", optional=True)
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        problems: list[tuple[str | None, str]] = []
+        for name, supported in (("weight_type", WEIGHT_TYPES),
+                                ("combine_embeds", COMBINE_EMBEDS),
+                                ("embeds_scaling", EMBEDS_SCALING)):
+            value = inputs.get(name)
+            if isinstance(value, str) and value not in supported:
+                problems.append((name, f"{name} {value!r} is not supported here; Steerflow "
+                                       f"runs {', '.join(map(repr, supported))}"))
+        start, end = inputs.get("start_at"), inputs.get("end_at")
+        if isinstance(start, float | int) and isinstance(end, float | int) and start >= end:
+            problems.append(("end_at", f"end_at ({end}) must be above start_at ({start})"))
+        return problems
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        if self.attn_mask is not None:
+            raise ValueError("attention masks for IP-Adapter are not supported here; leave "
+                             "attn_mask unconnected")
+        if self.clip_vision is None:
+            raise ValueError("connect the CLIP vision model the IP-Adapter was trained with "
+                             "(Load CLIP Vision) to clip_vision")
+        return (apply_ip_adapter(self.model, self.ipadapter, self.clip_vision, self.image,
+                                 self.weight, self.start_at, self.end_at, "center",
+                                 negative_image=self.image_negative,
+                                 average=self.combine_embeds == "average"),)
+
+
+def apply_ip_adapter(model: DiffusionModel, ipadapter: IPAdapterFile, clip_vision: ClipVision,
+                     image: Tensor, weight: float, start: float, end: float, crop: str, *,
+                     negative_image: Tensor | None = None, average: bool = False
+                     ) -> DiffusionModel:
+    """``model`` with an IP-Adapter extension for ``image`` attached."""
+    from nodes.diffusion.ip_adapter import IPAdapter, build_ip_adapter, image_embeds
+
+    for picture, what in ((image, "image"), (negative_image, "image_negative")):
+        if picture is not None and (picture.ndim != 4 or picture.shape[0] == 0
+                                    or picture.shape[-1] not in (1, 3, 4)):
+            raise ValueError(f"IP-Adapter {what}: expected an IMAGE batch [B, H, W, C], got "
+                             f"shape {tuple(picture.shape)}")
+    adapter = build_ip_adapter(ipadapter.state, model.unet, ipadapter.name)
+    positive, negative = image_embeds(adapter, clip_vision, image, crop, negative_image)
+    width = positive.shape[-1]
+    expected = _projection_input(adapter)
+    if expected is not None and width != expected:
+        raise ValueError(f"this CLIP vision model gives {width}-wide "
+                         f"{'hidden states' if adapter.uses_hidden_states else 'embeddings'}, "
+                         f"IP-Adapter {ipadapter.name} reads {expected}: use the CLIP vision "
+                         "model it was trained with")
+    if average:  # one set of tokens from the mean embedding (IPAdapter_plus's "average")
+        positive, negative = (e.mean(dim=1, keepdim=True) for e in (positive, negative))
+    ext = IPAdapter(adapter, positive, negative, weight, start, end)
+    return replace(model, extensions=(*model.extensions, ext))
 
 
 def _projection_input(model: Any) -> int | None:
@@ -144,4 +224,4 @@ def _projection_input(model: Any) -> int | None:
     return None
 
 
-NODE_CLASSES = (IPAdapterModelLoader, ApplyIPAdapter)
+NODE_CLASSES = (IPAdapterModelLoader, ApplyIPAdapter, IPAdapterAdvanced)

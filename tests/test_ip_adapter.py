@@ -326,3 +326,38 @@ def test_sdxl_matches_diffusers(tmp_path_factory):
     diff = np.abs(ours - ref).max()
     print(f"IP-Adapter SDXL {WIDTH}x{HEIGHT}: {diff:.2e}")
     assert diff <= TOL
+
+
+def test_ipadapter_plus_pack_node(session):
+    """ComfyUI_IPAdapter_plus's IPAdapter Advanced: the same result as Apply IP-Adapter at
+    its defaults; its widgets as that pack saves them; what is not run is refused."""
+    from engine.comfy_workflow import RegistrySchemas, convert_ui_workflow
+
+    ours = graph(weight=0.8)
+    plus = graph(weight=0.8)
+    plus["apply"] = {"class_type": "IPAdapterAdvanced", "inputs": {
+        "model": ["ckpt", 0], "ipadapter": ["ipa", 0], "clip_vision": ["clipv", 0],
+        "image": ["img0", 0], "weight": 0.8, "weight_type": "linear",
+        "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
+        "embeds_scaling": "V only"}}
+    assert np.abs(image_of(session, plus) - image_of(session, ours)).max() == 0
+    negative = {**plus, "negimg": {"class_type": "LoadImage", "inputs": {"image": "ref2.png"}}}
+    negative["apply"] = {**plus["apply"], "inputs": {**plus["apply"]["inputs"],
+                                                     "image_negative": ["negimg", 0]}}
+    assert np.abs(image_of(session, negative) - image_of(session, ours)).max() > 1e-3
+    for name, value in (("weight_type", "style transfer"), ("embeds_scaling", "K+V"),
+                        ("combine_embeds", "subtract")):
+        bad = {**plus, "apply": {**plus["apply"], "inputs": {**plus["apply"]["inputs"],
+                                                             name: value}}}
+        assert "not supported here" in error_of(session, bad)
+    # the pack's UI widgets, by position
+    schemas = RegistrySchemas(session.registry)
+    ui = {"nodes": [{"id": 1, "type": "IPAdapterAdvanced", "pos": [0, 0], "inputs": [],
+                     "widgets_values": [0.7, "linear", "average", 0.1, 0.9, "V only"]}],
+          "links": []}
+    assert convert_ui_workflow(ui, schemas).prompt["1"]["inputs"] == {
+        "weight": 0.7, "weight_type": "linear", "combine_embeds": "average", "start_at": 0.1,
+        "end_at": 0.9, "embeds_scaling": "V only"}
+    no_clip = {**plus, "apply": {**plus["apply"], "inputs": {
+        k: v for k, v in plus["apply"]["inputs"].items() if k != "clip_vision"}}}
+    assert "Load CLIP Vision" in error_of(session, no_clip)

@@ -182,20 +182,32 @@ def cross_attention_layers(unet: Any) -> list[tuple[str, int]]:
 
 
 def image_embeds(model: IPAdapterModel, clip: ClipVision, images: torch.Tensor,
-                 crop: str = "center") -> tuple[torch.Tensor, torch.Tensor]:
+                 crop: str = "center", negative: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(positive, negative)`` inputs of the projection for IMAGE ``[N, H, W, C]``:
-    ``[1, N, D]`` embeddings (IP-Adapter) or ``[1, N, T, W]`` hidden states (Plus)."""
+    ``[1, N, D]`` embeddings (IP-Adapter) or ``[1, N, T, W]`` hidden states (Plus). The
+    negative is the pipelines' blank image (zero embeddings; for Plus the encoding of
+    zero pixels) unless a ``negative`` IMAGE is given."""
     import torch
 
-    with torch.no_grad():
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
         if model.uses_hidden_states:
-            pixels = clip.preprocess(images, crop)
-            vision = clip.model.vision_model
-            pos = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-            neg = vision(pixel_values=torch.zeros_like(pixels[:1]),
-                         output_hidden_states=True).hidden_states[-2].expand_as(pos)
+            return clip.model.vision_model(pixel_values=pixels,
+                                           output_hidden_states=True).hidden_states[-2]
+        out = clip.model.get_image_features(pixel_values=pixels) \
+            if hasattr(clip.model, "get_image_features") else clip.model(
+                pixel_values=pixels).image_embeds
+        return getattr(out, "pooler_output", out)
+
+    with torch.no_grad():
+        pixels = clip.preprocess(images, crop)
+        pos = encode(pixels)
+        if negative is not None:
+            neg = encode(clip.preprocess(negative, crop))
+            neg = neg[:1].expand_as(pos) if neg.shape[0] != pos.shape[0] else neg
+        elif model.uses_hidden_states:
+            neg = encode(torch.zeros_like(pixels[:1])).expand_as(pos)
         else:
-            pos = clip.image_embeds(images, crop)
             neg = torch.zeros_like(pos)
     return pos.unsqueeze(0).float(), neg.unsqueeze(0).float()
 
