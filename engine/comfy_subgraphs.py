@@ -28,7 +28,6 @@ when it queues (``graphToPrompt`` with ``ExecutableNodeDTO``), so the one conver
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,6 @@ OUTPUT_NODE = "-20"
 MAX_DEPTH = 32  # nesting levels followed (a definition cannot contain itself anyway)
 MAX_FLAT_NODES = 100_000  # nested instances multiply; past this the rest is left out
 MUTED_MODE, BYPASS_MODE = 2, 4
-GROUP_PREFIXES = ("workflow>", "workflow/")
 
 
 @dataclass
@@ -90,12 +88,14 @@ class _Level:
 
 def has_instances(obj: Mapping[str, Any]) -> bool:
     """Whether the workflow uses subgraphs or group nodes at all."""
+    from engine import comfy_group_nodes as group_nodes  # it builds on this module
+
     defs = _definition_list(obj)
-    groups = _group_configs(obj)
+    groups = group_nodes.group_configs(obj)
     keys = {str(d.get("id")) for d in defs}
     return any(isinstance(n, dict) and isinstance(n.get("type"), str)
-               and (n["type"] in keys or (_group_name(n["type"]) in groups))
-               for n in _items(obj.get("nodes")))
+               and (n["type"] in keys or (group_nodes.group_name(n["type"]) in groups))
+               for n in items(obj.get("nodes")))
 
 
 def flatten(obj: Mapping[str, Any],
@@ -107,6 +107,9 @@ def flatten(obj: Mapping[str, Any],
 
 class _Flattener:
     def __init__(self, obj: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Any]]):
+        from engine import comfy_group_nodes  # it builds on this module
+
+        self.group_nodes = comfy_group_nodes
         self.obj = obj
         self.schemas = schemas
         self.definitions: dict[str, Definition] = {}
@@ -114,7 +117,7 @@ class _Flattener:
             d = _subgraph_definition(raw)
             if d is not None:
                 self.definitions[d.key] = d
-        self.group_configs = _group_configs(obj)
+        self.group_configs = self.group_nodes.group_configs(obj)
         self._all: list[dict[str, Any]] = []  # every flat node, in the order made
         self._levels: list[_Level] = []
         self.links: list[list[Any]] = []
@@ -126,7 +129,7 @@ class _Flattener:
     # -- expansion -----------------------------------------------------------------
 
     def run(self) -> Flat:
-        nodes = {str(n["id"]): n for n in _items(self.obj.get("nodes"))
+        nodes = {str(n["id"]): n for n in items(self.obj.get("nodes"))
                  if isinstance(n, dict) and _has_id(n)}
         root = _Level((), nodes, _links(self.obj.get("links")))
         self._expand(root, force_mute=False)
@@ -143,11 +146,12 @@ class _Flattener:
         kind = node.get("type")
         if kind in self.definitions:
             return self.definitions[kind]
-        name = _group_name(kind)
+        name = self.group_nodes.group_name(kind)
         if name is not None and name in self.group_configs:
             key = f"group:{name}"
             if key not in self.definitions:
-                self.definitions[key] = _group_definition(key, name, self.group_configs[name])
+                self.definitions[key] = self.group_nodes.group_definition(
+                    key, name, self.group_configs[name])
             return self.definitions[key]
         return None
 
@@ -175,7 +179,8 @@ class _Flattener:
             if mode == BYPASS_MODE and not force_mute:
                 continue  # its consumers take its inputs (see _output)
             if definition.legacy:
-                definition = slice_group_values(definition, node.get("widgets_values"))
+                definition = self.group_nodes.slice_group_values(
+                    definition, node.get("widgets_values"))
             child = _Level((*level.path, nid), {str(n["id"]): n for n in definition.nodes},
                            definition.links,
                            _Instance(level, node, definition,
@@ -207,7 +212,7 @@ class _Flattener:
         out = {k: v for k, v in node.items() if k not in ("inputs", "outputs")}
         out["id"] = level.flat_id(node["id"])
         out["inputs"] = [dict(s) if isinstance(s, dict) else s
-                         for s in _items(node.get("inputs"))]
+                         for s in items(node.get("inputs"))]
         if mute:
             out["mode"] = MUTED_MODE
         self._all.append(out)
@@ -307,7 +312,7 @@ class _Flattener:
     def _connect(self, level: _Level) -> None:
         """Give the flat copies of ``level``'s plain nodes their resolved links."""
         for node in level.copies:
-            for slot in _items(node.get("inputs")):
+            for slot in items(node.get("inputs")):
                 if not isinstance(slot, dict) or "_source" not in slot:
                     continue
                 source = slot.pop("_source")
@@ -344,7 +349,7 @@ class _Flattener:
         if key in seen:
             return None
         seen.add(key)
-        slots = _items(instance.node.get("inputs"))
+        slots = items(instance.node.get("inputs"))
         slot = slots[index] if 0 <= index < len(slots) and isinstance(slots[index], dict) \
             else None
         if slot is not None and slot.get("link") is not None:
@@ -365,7 +370,7 @@ class _Flattener:
             return ("node", level.flat_id(oid), slot)
         if origin.get("mode") == BYPASS_MODE:
             index = _bypass_input(origin, slot)
-            slots = _items(origin.get("inputs"))
+            slots = items(origin.get("inputs"))
             source = slots[index] if index is not None else None
             if not isinstance(source, dict) or source.get("link") is None:
                 return None
@@ -387,7 +392,7 @@ class _Flattener:
         return pid
 
 
-def _items(value: Any) -> list[Any]:
+def items(value: Any) -> list[Any]:
     """A list field of a file that may hold anything there."""
     return value if isinstance(value, list) else []
 
@@ -405,14 +410,6 @@ def _what(definition: Definition) -> str:
     return "group node" if definition.legacy else "subgraph"
 
 
-def _group_name(kind: Any) -> str | None:
-    if isinstance(kind, str):
-        for prefix in GROUP_PREFIXES:
-            if kind.startswith(prefix):
-                return kind[len(prefix):]
-    return None
-
-
 def _definition_list(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every subgraph definition, also those kept inside other definitions."""
     found: list[dict[str, Any]] = []
@@ -428,15 +425,9 @@ def _definition_list(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _group_configs(obj: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    extra = obj.get("extra") if isinstance(obj.get("extra"), Mapping) else {}
-    groups = extra.get("groupNodes") if isinstance(extra.get("groupNodes"), Mapping) else {}
-    return {str(k): v for k, v in groups.items() if isinstance(v, dict)}
-
-
 def _subgraph_definition(raw: dict[str, Any]) -> Definition | None:
-    nodes = [n for n in _items(raw.get("nodes")) if isinstance(n, dict) and _has_id(n)]
-    inputs = [i if isinstance(i, dict) else {} for i in _items(raw.get("inputs"))]
+    nodes = [n for n in items(raw.get("nodes")) if isinstance(n, dict) and _has_id(n)]
+    inputs = [i if isinstance(i, dict) else {} for i in items(raw.get("inputs"))]
     name = raw.get("name") if isinstance(raw.get("name"), str) else str(raw.get("id"))
     groups = raw.get("groups") if isinstance(raw.get("groups"), list) else []
     return Definition(str(raw["id"]), name, nodes, _links(raw.get("links")),
@@ -453,7 +444,7 @@ def _widget_inputs(definition: Definition) -> list[tuple[int, dict[str, Any], st
         if link.origin != INPUT_NODE or link.origin_slot in feeds:
             continue
         target = by_id.get(link.target)
-        slots = _items(target.get("inputs")) if target else []
+        slots = items(target.get("inputs")) if target else []
         slot = slots[link.target_slot] if 0 <= link.target_slot < len(slots) else None
         widget = slot.get("widget") if isinstance(slot, dict) else None
         if target is not None and isinstance(widget, dict):
@@ -464,8 +455,8 @@ def _widget_inputs(definition: Definition) -> list[tuple[int, dict[str, Any], st
 def _bypass_input(node: dict[str, Any], slot: int) -> int | None:
     """The input a bypassed node passes to output ``slot``: the same slot when its type
     matches, else the first input of that type (ComfyUI's rule)."""
-    outputs = _items(node.get("outputs"))
-    inputs = [s if isinstance(s, dict) else {} for s in _items(node.get("inputs"))]
+    outputs = items(node.get("outputs"))
+    inputs = [s if isinstance(s, dict) else {} for s in items(node.get("inputs"))]
     want = outputs[slot].get("type") if 0 <= slot < len(outputs) \
         and isinstance(outputs[slot], dict) else None
     if slot < len(inputs) and inputs[slot].get("type") == want:
@@ -474,92 +465,3 @@ def _bypass_input(node: dict[str, Any], slot: int) -> int | None:
         if s.get("type") == want:
             return k
     return None
-
-
-# -- legacy group nodes ------------------------------------------------------------------
-
-def _group_definition(key: str, name: str, config: dict[str, Any]) -> Definition:
-    """A group node's config as a :class:`Definition` (inner ids are the ``index``es)."""
-    raw_nodes = [n for n in _items(config.get("nodes")) if isinstance(n, dict)]
-    nodes: list[dict[str, Any]] = []
-    for k, n in enumerate(raw_nodes):
-        index = n.get("index", k)
-        copy_ = copy.deepcopy(n)
-        copy_["id"] = index
-        for slot in _items(copy_.get("inputs")):
-            if isinstance(slot, dict):
-                slot["link"] = None
-        nodes.append(copy_)
-    by_index = {str(n["id"]): n for n in nodes}
-    links: dict[str, Link] = {}
-    internal_in: set[tuple[str, int]] = set()
-    internal_out: set[tuple[str, int]] = set()
-    for k, raw in enumerate(_items(config.get("links"))):
-        if not (isinstance(raw, list) and len(raw) >= 4):
-            continue
-        src, src_slot, dst, dst_slot = raw[:4]
-        if src is None or str(dst) not in by_index:
-            continue
-        try:
-            link = Link(f"g{k}", str(src), int(src_slot), str(dst), int(dst_slot))
-        except (TypeError, ValueError):
-            continue
-        links[link.id] = link
-        internal_in.add((link.target, link.target_slot))
-        internal_out.add((link.origin, link.origin_slot))
-        _set_link(by_index[link.target], link.target_slot, link.id)
-    inputs: list[dict[str, Any]] = []
-    for n in nodes:
-        for s, slot in enumerate(_items(n.get("inputs"))):
-            if not isinstance(slot, dict) or (str(n["id"]), s) in internal_in \
-                    or isinstance(slot.get("widget"), dict):
-                continue
-            link = Link(f"i{len(inputs)}", INPUT_NODE, len(inputs), str(n["id"]), s)
-            links[link.id] = link
-            slot["link"] = link.id
-            inputs.append({"name": slot.get("name"), "type": slot.get("type")})
-    external = {_external_key(e) for e in _items(config.get("external"))}
-    outputs = 0
-    for n in nodes:
-        for s, _ in enumerate(_items(n.get("outputs"))):
-            if (str(n["id"]), s) in internal_out and (str(n["id"]), s) not in external:
-                continue
-            link = Link(f"o{outputs}", str(n["id"]), s, OUTPUT_NODE, outputs)
-            links[link.id] = link
-            outputs += 1
-    return Definition(key, name, nodes, links, inputs, legacy=True)
-
-
-def _set_link(node: dict[str, Any], slot: int, link_id: str) -> None:
-    slots = node.get("inputs")
-    if isinstance(slots, list) and 0 <= slot < len(slots) and isinstance(slots[slot], dict):
-        slots[slot]["link"] = link_id
-
-
-def _external_key(entry: Any) -> tuple[str, int] | None:
-    if not (isinstance(entry, list) and len(entry) >= 2):
-        return None
-    first = entry[0]
-    index = first.get("index") if isinstance(first, dict) else first
-    try:
-        return str(index), int(entry[1])
-    except (TypeError, ValueError):
-        return None
-
-
-def slice_group_values(definition: Definition, values: Any) -> Definition:
-    """A copy of a group node's definition whose inner nodes hold the instance's widget
-    values: ``values`` are the inner nodes' widget values one after another, as many for
-    each as its ``widgets_values`` held when the group was made (ComfyUI's own count of
-    its widgets then, control values included; a node without them has no widgets)."""
-    out = copy.deepcopy(definition)
-    if not isinstance(values, list):
-        return out
-    i = 0
-    for n in out.nodes:
-        stored = n.get("widgets_values")
-        if not isinstance(stored, list) or not stored:
-            continue
-        n["widgets_values"] = values[i:i + len(stored)] + stored[len(values[i:]):]
-        i += len(stored)
-    return out
