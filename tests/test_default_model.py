@@ -18,6 +18,7 @@ from nodes.diffusion.shapes_model import (
     SHAPES_CONTROLNET_NAME,
     SHAPES_IP2P_NAME,
     SHAPES_IP2P_UNET,
+    SHAPES_IP_ADAPTER_NAME,
     SHAPES_NAME,
     WEIGHTS_DIR,
     shipped_weights,
@@ -71,7 +72,8 @@ def test_shipped_weights_fit_the_budget_and_install_in_both_formats(session):
                                          f"{SHAPES_CONTROLNET_NAME}.safetensors",
                                          f"{SHAPES_ADAPTER_NAME}.safetensors",
                                          f"{SHAPES_IP2P_UNET}.safetensors",
-                                         f"{SHAPES_CLIP_NAME}.safetensors"}
+                                         f"{SHAPES_CLIP_NAME}.safetensors",
+                                         f"{SHAPES_IP_ADAPTER_NAME}.safetensors"}
     assert sum(p.stat().st_size for p in shipped) <= 40 * 2**20
     models = session.env.folder("models")
     for role, name, marker in (("checkpoints", SHAPES_NAME, "model_index.json"),
@@ -86,6 +88,9 @@ def test_shipped_weights_fit_the_budget_and_install_in_both_formats(session):
     # the CLIP is one file, as ComfyUI's clip_vision models are
     assert (models / "clip_vision" / f"{SHAPES_CLIP_NAME}.safetensors").read_bytes() == \
         shipped_weights(SHAPES_CLIP_NAME).read_bytes()
+    # and its IP-Adapter, one file in models/ipadapter
+    assert (models / "ipadapter" / f"{SHAPES_IP_ADAPTER_NAME}.safetensors").read_bytes() == \
+        shipped_weights(SHAPES_IP_ADAPTER_NAME).read_bytes()
 
 
 @pytest.mark.parametrize(("prompt", "expected"), CASES, ids=[c[1][1] for c in CASES])

@@ -39,6 +39,8 @@ for folder, name, marker in (("checkpoints", "steerflow-shapes", "model_index.js
     model = env.folder("models", folder, name, create=True)
     (model / marker).write_text("{}")
 (env.folder("models", "clip_vision", create=True) / "steerflow-shapes-clip.safetensors").touch()
+(env.folder("models", "ipadapter", create=True)
+ / "steerflow-shapes-ip-adapter.safetensors").touch()
 for name in ("sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors"):  # user-supplied
     (env.folder("models", "checkpoints") / name).touch()
 (env.folder("models", "controlnet") / "controlnet-canny-sdxl-1.0.safetensors").touch()

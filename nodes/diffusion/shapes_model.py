@@ -34,6 +34,7 @@ from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exp
     SHAPES_CONTROLNET_NAME,
     SHAPES_IP2P_NAME,
     SHAPES_IP2P_UNET,
+    SHAPES_IP_ADAPTER_NAME,
     SHAPES_NAME,
     SHIPPED_MODELS,
     SINGLE_FILES,
