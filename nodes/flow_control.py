@@ -66,6 +66,30 @@ class Switch(Node):
         return (getattr(self, f"input_{self.select}"),)
 
 
+class ComfySwitchNode(Node):
+    """ComfyUI's Switch (``ComfySwitchNode``): ``on_true`` when ``switch`` is on, else
+    ``on_false``; only the chosen input is computed. Connect both, of the same type."""
+
+    TYPE = "ComfySwitchNode"
+    DISPLAY_NAME = "Switch (boolean)"
+    CATEGORY = "logic"
+    OUTPUTS = (Output("*", "output"),)
+
+    switch: bool = Input(False)
+    on_false: Any = Input(type="*", optional=True, lazy=True)
+    on_true: Any = Input(type="*", optional=True, lazy=True)
+
+    def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
+        return ["on_true" if self.switch else "on_false"]
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        chosen = self.on_true if self.switch else self.on_false
+        if chosen is None:
+            raise ValueError(f"Switch is {'on' if self.switch else 'off'} but "
+                             f"{'on_true' if self.switch else 'on_false'} is not connected")
+        return (chosen,)
+
+
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, "==": operator.eq,
     "!=": operator.ne, ">": operator.gt, ">=": operator.ge,
@@ -206,5 +230,5 @@ def next_iteration(ctx: ExecutionContext, flow: LoopFlow) -> NodeResult:
     return NodeResult((end.out(0),), expand=sub.finalize())
 
 
-NODE_CLASSES = (If, Switch, IntCompare, ForLoopStart, ForLoopEnd, WhileLoopStart,
+NODE_CLASSES = (If, Switch, ComfySwitchNode, IntCompare, ForLoopStart, ForLoopEnd, WhileLoopStart,
                 WhileLoopEnd)

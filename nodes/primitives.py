@@ -3,6 +3,7 @@ text display output node."""
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -210,5 +211,46 @@ class StringConcatenate(Node):
         return (self.delimiter.join((self.string_a, self.string_b)),)
 
 
+#: ResolutionSelector's aspect ratios (ComfyUI's names and ratios)
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1 (Square)": (1, 1), "3:2 (Photo)": (3, 2), "4:3 (Standard)": (4, 3),
+    "16:9 (Widescreen)": (16, 9), "21:9 (Ultrawide)": (21, 9),
+    "2:3 (Portrait Photo)": (2, 3), "3:4 (Portrait Standard)": (3, 4),
+    "9:16 (Portrait Widescreen)": (9, 16),
+}
+
+
+class ResolutionSelector(Node):
+    """Width and height from an aspect ratio and a size in megapixels (1.0 ≈ 1024²),
+    each side a multiple of ``multiple`` and at least ``minimum`` (ComfyUI's node): feed
+    them to Empty Latent Image. For the default model (64 px) use about 0.004 MP with
+    ``minimum`` 32."""
+
+    TYPE = "ResolutionSelector"
+    DISPLAY_NAME = "Resolution Selector"
+    CATEGORY = "utils"
+    OUTPUTS = (Output("INT", "width"), Output("INT", "height"))
+
+    aspect_ratio: str = Input("1:1 (Square)", choices=tuple(ASPECT_RATIOS))
+    megapixels: float = Input(1.0, min=0.001, max=16.0, step=0.1)
+    multiple: int = Input(8, min=4, max=128, step=4)
+    minimum: int = Input(256, min=32, max=4096, step=32)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[int, int]:
+        w_ratio, h_ratio = ASPECT_RATIOS[self.aspect_ratio]
+        scale = math.sqrt(self.megapixels * 1024 * 1024 / (w_ratio * h_ratio))
+        width = max(round(w_ratio * scale / self.multiple), 1) * self.multiple
+        height = max(round(h_ratio * scale / self.multiple), 1) * self.multiple
+        if width < self.minimum or height < self.minimum:
+            # the smallest k with ratio·k ≥ minimum on both sides and both multiples
+            step_w = self.multiple // math.gcd(w_ratio, self.multiple)
+            step_h = self.multiple // math.gcd(h_ratio, self.multiple)
+            k_step = math.lcm(step_w, step_h)
+            k = math.ceil(max(self.minimum / w_ratio, self.minimum / h_ratio) / k_step) * k_step
+            width, height = w_ratio * k, h_ratio * k
+        return width, height
+
+
 NODE_CLASSES = (PrimitiveInt, PrimitiveFloat, PrimitiveString, PrimitiveStringMultiline,
-                PrimitiveBoolean, IntMath, ShowValue, PreviewAny, StringConcatenate)
+                PrimitiveBoolean, IntMath, ShowValue, PreviewAny, StringConcatenate,
+                ResolutionSelector)

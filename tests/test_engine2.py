@@ -209,6 +209,17 @@ def test_lazy_input_served_from_the_cache_and_switch(ex):
     assert ex.run(prompt).outputs["4"] == {"value": [8]}
 
 
+def test_comfyui_boolean_switch_computes_only_its_branch(ex):
+    prompt = lazy_prompt(True)
+    prompt["4"] = {"class_type": "ComfySwitchNode", "inputs": {
+        "switch": True, "on_true": ["2", 0], "on_false": ["3", 0]}}
+    result = ex.run(prompt)
+    assert result.ok and result.outputs["5"] == {"value": [6]} and "3" not in result.executed
+    del prompt["4"]["inputs"]["on_true"]
+    failed = ex.run(prompt)
+    assert failed.status == "error" and "on_true is not connected" in str(failed.error)
+
+
 def test_lazy_schema_flags(ex):
     schema = ex.registry.get("If").schema()
     assert schema["input"]["optional"]["if_true"] == ["*", {"lazy": True}]

@@ -71,3 +71,26 @@ def test_preview_any_of_a_deeply_nested_list():
     assert PreviewAny(source=value).execute(None).ui == {
         "text": ["(list nested too deeply to show)"]}
     assert PreviewAny(source=[1, {"a": 2}]).execute(None).ui["text"][0].startswith("[")
+
+
+@pytest.mark.parametrize(("ratio", "megapixels", "multiple", "minimum", "expected"), [
+    ("1:1 (Square)", 1.0, 8, 256, (1024, 1024)),
+    ("16:9 (Widescreen)", 1.0, 8, 256, (1368, 768)),
+    ("2:3 (Portrait Photo)", 1.0, 8, 256, (840, 1256)),
+    ("3:2 (Photo)", 0.01, 8, 256, (384, 256)),  # below the minimum: the smallest fit
+    ("1:1 (Square)", 0.004, 8, 32, (64, 64)),  # the default model's size
+])
+def test_resolution_selector(ratio, megapixels, multiple, minimum, expected, tmp_path):
+    from engine.session import Session
+
+    session = Session(tmp_path, device="cpu")
+    result = session.run({
+        "1": {"class_type": "ResolutionSelector", "inputs": {
+            "aspect_ratio": ratio, "megapixels": megapixels, "multiple": multiple,
+            "minimum": minimum}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})
+    assert result.ok, result.run.error
+    width, height = (int(result.run.outputs[k]["text"][0]) for k in ("2", "3"))
+    assert (width, height) == expected
+    assert width % multiple == 0 and height % multiple == 0
