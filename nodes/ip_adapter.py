@@ -189,13 +189,17 @@ def apply_ip_adapter(model: DiffusionModel, ipadapter: IPAdapterFile, clip_visio
                      negative_image: Tensor | None = None, average: bool = False
                      ) -> DiffusionModel:
     """``model`` with an IP-Adapter extension for ``image`` attached."""
+    import torch
+
     from nodes.diffusion.ip_adapter import IPAdapter, build_ip_adapter, image_embeds
+    from nodes.limits import check_image
 
     for picture, what in ((image, "image"), (negative_image, "image_negative")):
-        if picture is not None and (picture.ndim != 4 or picture.shape[0] == 0
-                                    or picture.shape[-1] not in (1, 3, 4)):
-            raise ValueError(f"IP-Adapter {what}: expected an IMAGE batch [B, H, W, C], got "
-                             f"shape {tuple(picture.shape)}")
+        if picture is not None:
+            check_image(picture, f"IP-Adapter {what}")
+            if not torch.isfinite(picture).all():
+                raise ValueError(f"the IP-Adapter {what} holds NaN or infinite values: fix the "
+                                 "node that made it")
     adapter = build_ip_adapter(ipadapter.state, model.unet, ipadapter.name)
     positive, negative = image_embeds(adapter, clip_vision, image, crop, negative_image)
     width = positive.shape[-1]

@@ -66,6 +66,19 @@ def plus_state(cross_dim: int, hidden_sizes: list[int], width: int, seed: int = 
     return {"image_proj": image_proj, "ip_adapter": _kv(cross_dim, hidden_sizes, g)}
 
 
+def full_face_state(cross_dim: int, hidden_sizes: list[int], width: int, seed: int = 2
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """IP-Adapter Full Face: every hidden-state token through an MLP (original layout)."""
+    g = _seeded(seed)
+    image_proj = {"proj.0.weight": torch.randn(width, width, generator=g) * 0.2,
+                  "proj.0.bias": torch.randn(width, generator=g) * 0.1,
+                  "proj.2.weight": torch.randn(cross_dim, width, generator=g) * 0.2,
+                  "proj.2.bias": torch.randn(cross_dim, generator=g) * 0.1,
+                  "proj.3.weight": 1 + 0.1 * torch.randn(cross_dim, generator=g),
+                  "proj.3.bias": 0.1 * torch.randn(cross_dim, generator=g)}
+    return {"image_proj": image_proj, "ip_adapter": _kv(cross_dim, hidden_sizes, g)}
+
+
 def _kv(cross_dim: int, hidden_sizes: list[int], g: torch.Generator) -> dict[str, torch.Tensor]:
     out = {}
     for k, hidden in enumerate(hidden_sizes):
@@ -97,7 +110,8 @@ def unet_layout(tiny_model_paths):
 @pytest.fixture(scope="module")
 def states(unet_layout) -> dict[str, dict]:
     cross, hidden = unet_layout
-    return {"plain": plain_state(cross, hidden, 16), "plus": plus_state(cross, hidden, 64)}
+    return {"plain": plain_state(cross, hidden, 16), "plus": plus_state(cross, hidden, 64),
+            "full_face": full_face_state(cross, hidden, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +217,7 @@ def reference(tiny_model_paths, state, kind: str, names: tuple[str, ...], home: 
         "RGB"), dtype=np.float32) / 255)[None] for n in names])
     pixels = clip.preprocess(images)
     with torch.no_grad():
-        if kind == "plus":
+        if kind in ("plus", "full_face"):
             hs = clip.model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
             zero = clip.model(pixel_values=torch.zeros_like(pixels),
                               output_hidden_states=True).hidden_states[-2]
@@ -221,6 +235,7 @@ def reference(tiny_model_paths, state, kind: str, names: tuple[str, ...], home: 
     ("plain", f"{TINY_NAME}.safetensors", (80, 48), ("ref.png", "ref2.png"), 1.5),
     ("plus", TINY_NAME, (48, 80), ("ref.png",), 0.6),
     ("plus", f"{TINY_NAME}.safetensors", (64, 64), ("ref2.png", "ref.png"), 1.0),
+    ("full_face", TINY_NAME, (64, 48), ("ref.png",), 0.9),
 ])
 def test_matches_diffusers(session, tiny_model_paths, states, home, kind, ckpt, size, images,
                            weight):
@@ -268,6 +283,24 @@ def test_bad_input_is_a_structured_error(session, models_dir, unet_layout, tmp_p
     (folder / "old.bin").write_bytes(b"x")
     bad["ipa"]["inputs"]["ipadapter_file"] = "old.bin"
     assert "pickle" in error_of(session, bad)
+    # a reference image with NaNs
+    nan = graph()
+    nan["nan"] = {"class_type": "ImageBlend", "inputs": {
+        "image1": ["img0", 0], "image2": ["img0", 0], "blend_factor": 0.5,
+        "blend_mode": "normal"}}
+    nan["apply"]["inputs"]["image"] = ["nan", 0]
+    import nodes.image_ops as image_ops
+    real = image_ops.ImageBlend.execute
+
+    def poisoned(self, ctx):
+        (out,) = real(self, ctx)
+        return (out * float("nan"),)
+
+    image_ops.ImageBlend.execute = poisoned
+    try:
+        assert "NaN" in error_of(session, nan)
+    finally:
+        image_ops.ImageBlend.execute = real
     # the window the wrong way round
     assert "end_percent" in error_of(session, graph(start=0.7, end=0.2))
 
