@@ -437,3 +437,14 @@ def test_sampling_nan_latents_warns_once(session, node):
     assert len(warnings) == 1 and warnings[0].startswith("the latents became NaN or infinite "
                                                          "at step 1 of "), warnings
     assert "--dtype" in warnings[0]
+
+
+@pytest.mark.parametrize("cfg", [1.0, 7.0])
+def test_a_latent_the_unet_shrinks_to_one_pixel_is_a_clear_error(session, cfg):
+    """The tiny UNet (one channel per norm group) cannot normalise a 1x1 level: a
+    16x16 image (a 2x2 latent) is refused by name, whatever the batch; 16x64 runs."""
+    from tests.graph_nodes import run_error, tiny_txt2img
+
+    message = run_error(session, tiny_txt2img(size=(16, 16), cfg=cfg))
+    assert "shrinks it to one pixel" in message and "2x2" in message
+    assert session.run(tiny_txt2img(size=(16, 64), cfg=cfg)).ok

@@ -343,6 +343,26 @@ def check_unet_fits(unet: Any, latents: torch.Tensor, chunks: int) -> None:
                RESIZE_FIX)
 
 
+def check_latent_size(unet: Any, size: tuple[int, int]) -> None:
+    """Refuse a latent the UNet shrinks to one pixel at a level whose group norm has one
+    channel per group (small models; SD's have ten): torch would stop there with
+    "Expected more than 1 value per channel"."""
+    config = unet.config
+    channels = list(getattr(config, "block_out_channels", ()) or ())
+    groups = int(getattr(config, "norm_num_groups", 0) or 0)
+    if not groups:
+        return
+    for level, width in enumerate(channels):
+        scale = 2 ** level  # each down block but the last halves the size (rounding up)
+        # a level's first ResNet normalises what the level above handed down
+        narrowest = min(width, channels[max(level - 1, 0)])
+        if narrowest // groups <= 1 and all(-(-side // scale) == 1 for side in size):
+            raise ValueError(
+                f"the latent is {size[1]}x{size[0]}: this model's UNet shrinks it to one "
+                "pixel at a level it cannot normalise; make the image larger (a latent "
+                f"of at least {scale + 1} pixels on one side)")
+
+
 @torch.no_grad()
 @lora_patched  # the MODEL's LoRA patches are on the UNet's weights for the run only
 @run_scoped  # modules extensions attach to the UNet (GLIGEN's layers) for the run only
@@ -354,6 +374,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     ``results``, when given, receives what the extensions report about the run (their
     ``results`` phase)."""
     unet = model.unet
+    check_latent_size(unet, tuple(latent.samples.shape[-2:]))
     device, dtype = unet.device, unet.dtype
     # The noise comes from a CPU generator so a seed gives the same image on any device.
     generator = torch.Generator("cpu").manual_seed(params.seed)
