@@ -18,7 +18,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from engine import ExecutionContext, Input, Node, NodeResult, Output
 from engine.expansion import Subgraph
@@ -28,22 +28,33 @@ MAX_ITERATIONS = 1_000_000
 FLOW = "FLOW_CONTROL"
 
 
-class If(Node):
+class _BooleanBranch(Node):
+    """One of two lazy inputs, chosen by a boolean; only that one is computed."""
+
+    BRANCH_INPUTS: ClassVar[tuple[str, str, str]]  # (the boolean, when true, when false)
+
+    def _chosen(self) -> str:
+        flag, on_true, on_false = self.BRANCH_INPUTS
+        return on_true if getattr(self, flag) else on_false
+
+    def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
+        return [self._chosen()]
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        return (getattr(self, self._chosen()),)
+
+
+class If(_BooleanBranch):
     """``if_true`` when ``condition`` holds, else ``if_false``; only that branch runs."""
 
     TYPE = "If"
     CATEGORY = "utils/flow"
     OUTPUTS = (Output("*", "value"),)
+    BRANCH_INPUTS = ("condition", "if_true", "if_false")
 
     condition: bool = Input(True)
     if_true: Any = Input(type="*", optional=True, lazy=True)
     if_false: Any = Input(type="*", optional=True, lazy=True)
-
-    def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
-        return ["if_true" if self.condition else "if_false"]
-
-    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
-        return (self.if_true if self.condition else self.if_false,)
 
 
 class Switch(Node):
@@ -66,7 +77,7 @@ class Switch(Node):
         return (getattr(self, f"input_{self.select}"),)
 
 
-class ComfySwitchNode(Node):
+class ComfySwitchNode(_BooleanBranch):
     """ComfyUI's Switch (``ComfySwitchNode``): ``on_true`` when ``switch`` is on, else
     ``on_false``; only the chosen input is computed. Connect both, of the same type."""
 
@@ -74,19 +85,17 @@ class ComfySwitchNode(Node):
     DISPLAY_NAME = "Switch (boolean)"
     CATEGORY = "logic"
     OUTPUTS = (Output("*", "output"),)
+    BRANCH_INPUTS = ("switch", "on_true", "on_false")
 
     switch: bool = Input(False)
     on_false: Any = Input(type="*", optional=True, lazy=True)
     on_true: Any = Input(type="*", optional=True, lazy=True)
 
-    def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
-        return ["on_true" if self.switch else "on_false"]
-
     def execute(self, ctx: ExecutionContext) -> tuple[Any]:
-        chosen = self.on_true if self.switch else self.on_false
+        (chosen,) = super().execute(ctx)
         if chosen is None:
             raise ValueError(f"Switch is {'on' if self.switch else 'off'} but "
-                             f"{'on_true' if self.switch else 'on_false'} is not connected")
+                             f"{self._chosen()} is not connected")
         return (chosen,)
 
 
