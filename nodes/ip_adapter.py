@@ -75,8 +75,10 @@ class ApplyIPAdapter(Node):
     quality") with weight 1 is an image variation. ``start_percent`` / ``end_percent``
     limit it to part of the steps, as a ControlNet's: ending at 0.5-0.7 keeps the image's
     layout and colours but lets the prompt finish the details. Several images in one batch
-    give one set of tokens each, attended together; chain two Apply IP-Adapter nodes for
-    two adapters or two images with their own weights. The CLIP vision model must be the
+    give one set of tokens each, attended together; with ``attn_mask`` (one mask per
+    image) each image steers only its region, e.g. one picture for the left half and
+    another for the right. Chain two Apply IP-Adapter nodes for two adapters or two images
+    with their own weights. The CLIP vision model must be the
     one the adapter was trained with. Combines with ControlNets, T2I-Adapters, LoRAs,
     SEGA, masks and the other attention techniques in one run (the conditional entry and
     extra entries see the image; the unconditional one a blank image).
@@ -100,6 +102,10 @@ class ApplyIPAdapter(Node):
                                description="The share of steps after which it stops")
     crop: str = Input("center", choices=("center", "none"),
                       description="How the image is fitted to CLIP's square input")
+    attn_mask: Tensor | None = Input(
+        type="MASK", optional=True,
+        description="Where the image acts (1) and where not (0); one mask, or one per "
+                    "reference image (each image then steers its own region)")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -112,7 +118,8 @@ class ApplyIPAdapter(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         return (apply_ip_adapter(self.model, self.ipadapter, self.clip_vision, self.image,
-                                 self.weight, self.start_percent, self.end_percent, self.crop),)
+                                 self.weight, self.start_percent, self.end_percent, self.crop,
+                                 mask=self.attn_mask),)
 
 
 #: ComfyUI_IPAdapter_plus's choices that Steerflow runs (the first of each is its default)
@@ -130,8 +137,8 @@ class IPAdapterAdvanced(Node):
     """ComfyUI_IPAdapter_plus's "IPAdapter Advanced" node (its inputs and widget order),
     so workflows made with that pack run: the same IP-Adapter as Apply IP-Adapter, with
     an optional negative image (instead of a blank one) and several reference images
-    concatenated or averaged. Steerflow runs its defaults — weight type ``linear``,
-    ``V only`` scaling — and refuses the pack's other weight types and attention masks
+    concatenated or averaged, and an attention mask. Steerflow runs its defaults —
+    weight type ``linear``, ``V only`` scaling — and refuses the pack's other weight types
     with a message; ``start_at`` / ``end_at`` are the share of the steps, as Apply
     ControlNet's here."""
 
@@ -172,22 +179,20 @@ class IPAdapterAdvanced(Node):
         return problems
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
-        if self.attn_mask is not None:
-            raise ValueError("attention masks for IP-Adapter are not supported here; leave "
-                             "attn_mask unconnected")
         if self.clip_vision is None:
             raise ValueError("connect the CLIP vision model the IP-Adapter was trained with "
                              "(Load CLIP Vision) to clip_vision")
         return (apply_ip_adapter(self.model, self.ipadapter, self.clip_vision, self.image,
                                  self.weight, self.start_at, self.end_at, "center",
                                  negative_image=self.image_negative,
-                                 average=self.combine_embeds == "average"),)
+                                 average=self.combine_embeds == "average",
+                                 mask=self.attn_mask),)
 
 
 def apply_ip_adapter(model: DiffusionModel, ipadapter: IPAdapterFile, clip_vision: ClipVision,
                      image: Tensor, weight: float, start: float, end: float, crop: str, *,
-                     negative_image: Tensor | None = None, average: bool = False
-                     ) -> DiffusionModel:
+                     negative_image: Tensor | None = None, average: bool = False,
+                     mask: Tensor | None = None) -> DiffusionModel:
     """``model`` with an IP-Adapter extension for ``image`` attached."""
     import torch
 
@@ -211,7 +216,16 @@ def apply_ip_adapter(model: DiffusionModel, ipadapter: IPAdapterFile, clip_visio
                          "model it was trained with")
     if average:  # one set of tokens from the mean embedding (IPAdapter_plus's "average")
         positive, negative = (e.mean(dim=1, keepdim=True) for e in (positive, negative))
-    ext = IPAdapter(adapter, positive, negative, weight, start, end)
+    if mask is not None:
+        if mask.ndim == 2:
+            mask = mask[None]
+        if mask.ndim != 3 or 0 in mask.shape or not torch.isfinite(mask).all():
+            raise ValueError(f"the IP-Adapter attn_mask must be a MASK [B, H, W] of finite "
+                             f"values, got shape {tuple(mask.shape)}")
+        if mask.shape[0] not in (1, positive.shape[1]):
+            raise ValueError(f"IP-Adapter: {mask.shape[0]} masks for {positive.shape[1]} "
+                             "reference images; give one mask, or one per image")
+    ext = IPAdapter(adapter, positive, negative, weight, start, end, mask)
     return replace(model, extensions=(*model.extensions, ext))
 
 

@@ -394,3 +394,57 @@ def test_ipadapter_plus_pack_node(session):
     no_clip = {**plus, "apply": {**plus["apply"], "inputs": {
         k: v for k, v in plus["apply"]["inputs"].items() if k != "clip_vision"}}}
     assert "Load CLIP Vision" in error_of(session, no_clip)
+
+
+def test_masks_match_diffusers_ip_adapter_masks(session, tiny_model_paths, states, home):
+    """An attention mask per reference image (diffusers' ``ip_adapter_masks``): each image
+    steers its own region. Two images, the left and the right of an 80x48 picture."""
+    from engine import ExecutionContext, Input, Node, Output
+
+    width, height = 80, 48
+    masks = torch.zeros(2, height, width)
+    masks[0, :, :40] = 1.0
+    masks[1, :, 40:] = 1.0
+
+    class GivenMasks(Node):
+        TYPE = "TestIPAMasks"
+        OUTPUTS = (Output("MASK"),)
+        n: int = Input(2)
+
+        def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
+            return (masks[:self.n],)
+
+    if session.registry.get(GivenMasks.TYPE) is None:
+        session.registry.register(GivenMasks)
+    prompt = graph("plain", weight=1.2, width=width, height=height,
+                   images=("ref.png", "ref2.png"))
+    prompt["masks"] = {"class_type": "TestIPAMasks", "inputs": {"n": 2}}
+    prompt["apply"]["inputs"]["attn_mask"] = ["masks", 0]
+    ours = image_of(session, prompt)
+
+    from nodes.diffusion.clip_vision import ClipVision
+
+    pipe = reference_pipeline(diffusers.StableDiffusionPipeline, tiny_model_paths["diffusers"])
+    pipe.load_ip_adapter(states["plain"], subfolder="", weight_name="", image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(1.2)
+    clip = ClipVision(build_tiny_clip(vision_only=True))
+    images = torch.cat([torch.from_numpy(np.asarray(Image.open(home / "input" / n).convert(
+        "RGB"), dtype=np.float32) / 255)[None] for n in ("ref.png", "ref2.png")])
+    with torch.no_grad():
+        pos = clip.model(pixel_values=clip.preprocess(images)).image_embeds[None]
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=6.0,
+               width=width, height=height, output_type="np",
+               ip_adapter_image_embeds=[torch.cat([torch.zeros_like(pos), pos])],
+               cross_attention_kwargs={"ip_adapter_masks": [masks[None]]},
+               generator=torch.Generator("cpu").manual_seed(3)).images
+    diff = np.abs(ours - ref).max()
+    print(f"IP-Adapter with masks {width}x{height}: {diff:.2e}")
+    assert diff <= TOL
+    unmasked = image_of(session, graph("plain", weight=1.2, width=width, height=height,
+                                       images=("ref.png", "ref2.png")))
+    assert np.abs(ours - unmasked).max() > 1e-3
+    # two masks for one image: refused
+    bad = {**prompt, "masks": {"class_type": "TestIPAMasks", "inputs": {"n": 2}}}
+    bad["apply"] = {**prompt["apply"], "inputs": {**prompt["apply"]["inputs"],
+                                                  "image": ["img0", 0]}}
+    assert "2 masks for 1 reference images" in error_of(session, bad)

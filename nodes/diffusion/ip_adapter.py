@@ -212,6 +212,42 @@ def image_embeds(model: IPAdapterModel, clip: ClipVision, images: torch.Tensor,
     return pos.unsqueeze(0).float(), neg.unsqueeze(0).float()
 
 
+def fit_masks(masks: torch.Tensor, images: int, latent_size: Sequence[int]) -> torch.Tensor:
+    """``[N, H, W]``: one mask per reference image (a single mask serves them all), at the
+    latent's aspect ratio (diffusers' downsampling reads the grid from the mask's shape,
+    so another aspect would misplace it: such a mask is resized to 8x the latent)."""
+    import torch.nn.functional as F
+
+    if masks.shape[0] not in (1, images):
+        raise ValueError(f"IP-Adapter: {masks.shape[0]} masks for {images} reference images; "
+                         "give one mask, or one per image")
+    masks = masks.float().expand(images, -1, -1) if masks.shape[0] == 1 else masks.float()
+    height, width = (int(v) for v in latent_size)
+    if abs(masks.shape[1] * width - masks.shape[2] * height) > max(height, width):
+        masks = F.interpolate(masks[:, None], size=(8 * height, 8 * width), mode="bilinear",
+                              align_corners=False)[:, 0]
+    return masks
+
+
+def mask_weights(mask: torch.Tensor, grid: tuple[int, int] | None, tokens: int
+                 ) -> torch.Tensor:
+    """``[1, tokens, 1]``: ``mask`` ``[H, W]`` at a layer's token grid, bicubic, as
+    diffusers' ``IPAdapterMaskProcessor.downsample`` (which guesses the grid from the
+    mask's aspect ratio; the attention store knows it, so extreme shapes do not break)."""
+    import torch.nn.functional as F
+
+    if grid is None or grid[0] * grid[1] != tokens:
+        from diffusers.image_processor import IPAdapterMaskProcessor
+
+        try:
+            return IPAdapterMaskProcessor.downsample(mask[None], 1, tokens, 1)
+        except (ZeroDivisionError, RuntimeError) as exc:
+            raise ValueError(f"the IP-Adapter mask ({mask.shape[1]}x{mask.shape[0]}) cannot "
+                             "be fitted to this layer: give it the image's aspect ratio") from exc
+    return F.interpolate(mask[None, None], size=tuple(grid), mode="bicubic")[0, 0] \
+        .reshape(1, tokens, 1)
+
+
 @dataclass(eq=False)
 class _ImageTokenAttention(AttentionHook):
     """Adds ``scale · softmax(Q K_ipᵀ) V_ip`` to every cross-attention layer's output."""
@@ -224,22 +260,36 @@ class _ImageTokenAttention(AttentionHook):
 
     def on_output(self, call: AttentionCall, attended: torch.Tensor, value: torch.Tensor
                   ) -> torch.Tensor:
-        import torch
-
         state = call.run.state.get(self.owner)
         scale = state["scale"] if state else 0.0
         if not scale or call.query is None or call.module is None:
             return attended
+        masks = state["masks"]
+        if masks is None:
+            return attended + scale * self._attend(call, state["tokens"], slice(None))
+        # with masks, each image's tokens are attended apart and kept inside its mask
+        # (diffusers' ip_adapter_masks)
+        for i, mask in enumerate(masks):
+            out = self._attend(call, state["tokens"], slice(i, i + 1))
+            weights = mask_weights(mask, call.size, call.query_tokens)
+            attended = attended + scale * out * weights.to(device=out.device, dtype=out.dtype)
+        return attended
+
+    def _attend(self, call: AttentionCall, tokens: dict[str, torch.Tensor],
+                images: slice) -> torch.Tensor:
+        """``softmax(Q K_ipᵀ) V_ip`` over the tokens of ``images`` (``[1, N, T, dim]``),
+        each batch role's own (the negative image's for the unconditional rows)."""
+        import torch
+
         attn = call.module
         to_k, to_v = self.owner.model.layers[self.layer_index[call.layer.name]]
         per_role = call.batch // attn.heads // len(call.roles)
-        tokens = torch.cat([state["tokens"]["uncond" if role == "uncond" else "cond"]
-                            .expand(per_role, -1, -1) for role in call.roles])
-        tokens = tokens.to(device=call.query.device, dtype=to_k.weight.dtype)
-        key = attn.head_to_batch_dim(to_k(tokens)).to(call.query.dtype)
-        val = attn.head_to_batch_dim(to_v(tokens)).to(call.query.dtype)
-        probs = attn.get_attention_scores(call.query, key, None)
-        return attended + scale * torch.bmm(probs, val)
+        rows = torch.cat([tokens["uncond" if role == "uncond" else "cond"][:, images]
+                          .flatten(1, 2).expand(per_role, -1, -1) for role in call.roles])
+        rows = rows.to(device=call.query.device, dtype=to_k.weight.dtype)
+        key = attn.head_to_batch_dim(to_k(rows)).to(call.query.dtype)
+        val = attn.head_to_batch_dim(to_v(rows)).to(call.query.dtype)
+        return torch.bmm(attn.get_attention_scores(call.query, key, None), val)
 
 
 class IPAdapter(SamplerExtension):
@@ -248,8 +298,10 @@ class IPAdapter(SamplerExtension):
     priority = 30  # reads only the attention store; no prediction is changed here
 
     def __init__(self, model: IPAdapterModel, positive: torch.Tensor, negative: torch.Tensor,
-                 weight: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0):
+                 weight: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0,
+                 masks: torch.Tensor | None = None):
         self.model = model
+        self.masks = masks  # [N, H, W], one per reference image, or None
         self.positive, self.negative = positive, negative
         self.weight = float(weight)
         self.start_percent, self.end_percent = float(start_percent), float(end_percent)
@@ -274,10 +326,13 @@ class IPAdapter(SamplerExtension):
         project = MultiIPAdapterImageProjection([self.model.image_proj])
         with torch.no_grad():
             pos, neg = (project([e.to(run.device)])[0] for e in (self.positive, self.negative))
-        # [1, N·T, dim]: several images' tokens one after another (diffusers' layout)
         # the steps it acts on, as a ControlNet's start / end percent (diffusers' rule)
         keep = controlnet_keep(len(run.timesteps), self.start_percent, self.end_percent)
-        run.state[self] = {"tokens": {"cond": pos.flatten(1, 2), "uncond": neg.flatten(1, 2)},
+        # tokens [1, N, T, dim]: without masks all images' tokens are attended together
+        masks = None if self.masks is None else fit_masks(self.masks, self.positive.shape[1],
+                                                         run.init_latents.shape[-2:])
+        masks = None if masks is None else masks.to(run.device, torch.float32)
+        run.state[self] = {"tokens": {"cond": pos, "uncond": neg}, "masks": masks,
                            "scale": 0.0, "keep": keep or [1.0]}
 
     def attention_hooks(self, run: SamplingRun) -> Sequence[AttentionHook]:
