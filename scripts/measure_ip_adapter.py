@@ -22,7 +22,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,24 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 HELD_OUT_SEED = 1_000_003
-ADAPTER = "steerflow-shapes-ip-adapter.safetensors"
-CLIP = "steerflow-shapes-clip.safetensors"
-
-
-def graph(cfg: Any, text: str, seed: int, image: str | None, weight: float,
-          adapter: str) -> dict[str, Any]:
-    from training.evaluate import txt2img_graph
-
-    g = txt2img_graph(cfg, text, seed, cfg.image_size)
-    if image is not None and weight:
-        g["ref"] = {"class_type": "LoadImage", "inputs": {"image": image}}
-        g["clipv"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP}}
-        g["ipa"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": adapter}}
-        g["apply"] = {"class_type": "ApplyIPAdapter", "inputs": {
-            "model": ["ckpt", 0], "ipadapter": ["ipa", 0], "clip_vision": ["clipv", 0],
-            "image": ["ref", 0], "weight": weight}}
-        g["sample"]["inputs"]["model"] = ["apply", 0]
-    return g
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", type=int, default=50)
     parser.add_argument("--world", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.6, 1.0])
-    parser.add_argument("--adapter", default=ADAPTER)
+    parser.add_argument("--adapter", default="steerflow-shapes-ip-adapter.safetensors")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--text-mode", action="store_true",
                         help="also the image + text mode (a prompt naming another shape)")
@@ -65,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from training import judge
-    from training.evaluate import EvalConfig, GraphRunner
+    from training.evaluate import EvalConfig, GraphRunner, ip_adapter_graph
     from training.shapes import SHAPES, generate
 
     torch.set_num_threads(args.threads)
@@ -84,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         for weight in args.weights:
             hits = {"colour": 0, "shape": 0, "both": 0, "position": 0}
             for index, name, spec, _ in cases:
-                out = runner.image(graph(cfg, "", index, name, weight, args.adapter))
+                out = runner.image(ip_adapter_graph(cfg, "", index, name, weight, args.adapter))
                 score = judge.score_single(out, spec)
                 hits["colour"] += score["color"]
                 hits["shape"] += score["shape"]
@@ -100,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             for weight in args.weights:
                 both = 0
                 for index, name, spec, other in cases:
-                    out = runner.image(graph(cfg, f"a {other}", index, name, weight,
-                                             args.adapter))
+                    out = runner.image(ip_adapter_graph(cfg, f"a {other}", index, name,
+                                                        weight, args.adapter))
                     score = judge.score_single(out, replace(spec, shape=other))
                     both += score["color"] and score["shape"]
                 print(f"image + text ('a <other shape>'), weight {weight:g}: that shape in "

@@ -158,6 +158,26 @@ def txt2img_graph(cfg: EvalConfig, text: str, seed: int, size: int, *,
     return g
 
 
+IP_ADAPTER_FILE = "steerflow-shapes-ip-adapter.safetensors"
+CLIP_FILE = "steerflow-shapes-clip.safetensors"
+
+
+def ip_adapter_graph(cfg: EvalConfig, text: str, seed: int, image: str | None,
+                     weight: float, adapter: str = IP_ADAPTER_FILE) -> Prompt:
+    """Text to image with Apply IP-Adapter on the reference ``image`` (an input/ file) at
+    ``weight`` (weight 0 or no image: plain text to image)."""
+    g = txt2img_graph(cfg, text, seed, cfg.image_size)
+    if image is not None and weight:
+        g["ref"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+        g["clipv"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP_FILE}}
+        g["ipa"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": adapter}}
+        g["ipapply"] = {"class_type": "ApplyIPAdapter", "inputs": {
+            "model": g["sample"]["inputs"]["model"], "ipadapter": ["ipa", 0],
+            "clip_vision": ["clipv", 0], "image": ["ref", 0], "weight": weight}}
+        g["sample"]["inputs"]["model"] = ["ipapply", 0]
+    return g
+
+
 def inversion_graph(cfg: EvalConfig, text: str, image: str) -> Prompt:
     """Image → VAE → DDIM inversion → DDIM sampling from the inverted noise → VAE decode."""
     g = _base(cfg, text)
