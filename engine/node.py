@@ -60,6 +60,7 @@ def Input(
     allow_nonfinite: bool = False,
     lazy: bool = False,
     raw_link: bool = False,
+    autogrow: str | None = None,
 ) -> Any:
     """Declare a node input.
 
@@ -80,6 +81,8 @@ def Input(
     ``lazy`` inputs are evaluated only when the node's ``check_lazy_status`` asks for
     them (until then they are None). A ``raw_link`` input receives the link itself,
     ``[source_id, output_index]``, not the value (its source still runs first).
+    Inputs with the same ``autogrow`` group are one growing list (ComfyUI's Autogrow):
+    the canvas shows the required ones and one past the last linked.
     """
     spec = {
         "type": type,
@@ -98,6 +101,7 @@ def Input(
         "allow_nonfinite": allow_nonfinite,
         "lazy": lazy,
         "raw_link": raw_link,
+        "autogrow": autogrow,
     }
     if default is ... and optional:
         default = None
@@ -155,6 +159,7 @@ class InputSpec:
         default=None, repr=False, compare=False)
     lazy: bool = False
     raw_link: bool = False
+    autogrow: str | None = None
 
     @property
     def has_default(self) -> bool:
@@ -357,6 +362,7 @@ def _make_spec(name: str, info: FieldInfo) -> InputSpec:
         also_accept=spec.get("also_accept"),
         lazy=bool(spec.get("lazy")),
         raw_link=bool(spec.get("raw_link")),
+        autogrow=spec.get("autogrow"),
     )
 
 
@@ -390,6 +396,8 @@ def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
         options["lazy"] = True
     if spec.raw_link:
         options["rawLink"] = True
+    if spec.autogrow:
+        options["autogrow"] = spec.autogrow
     if spec.type == "COMBO":
         # ComfyUI's shape: the first element of a combo input is its list of choices.
         return [spec.resolve_choices(env) or [], options]

@@ -16,6 +16,7 @@ from engine import Environment
 from nodes import (
     animated_output,
     attend_excite,
+    batch_grow,
     checkpoint_save,
     clip_guidance,
     clip_vision,
@@ -118,6 +119,7 @@ NODE_CLASSES = (
     *upscale.NODE_CLASSES,
     *upscale_model.NODE_CLASSES,
     *image_batch.NODE_CLASSES,
+    *batch_grow.NODE_CLASSES,
     *masks.NODE_CLASSES,
     *mask_ops.NODE_CLASSES,
     *image_ops.NODE_CLASSES,

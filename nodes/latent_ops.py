@@ -171,44 +171,49 @@ class LatentBatch(Node):
     samples2: Latent = Input(type="LATENT")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
-        import torch
+        return (batch_latents(self.samples1, self.samples2),)
 
-        from nodes.diffusion.handles import InpaintCondition
-        from nodes.diffusion.masking import mask_to_latent
 
-        first, second, names = self.samples1, self.samples2, ("samples1", "samples2")
-        s1, s2 = _samples(first, names[0]), _samples(second, names[1])
-        _plain(first, names[0], "Latent Batch")
-        _plain(second, names[1], "Latent Batch")
-        (b1, _, h, w), b2 = s1.shape, s2.shape[0]
+def batch_latents(first: Latent, second: Latent,
+                  names: tuple[str, str] = ("samples1", "samples2")) -> Latent:
+    """``first``'s items then ``second``'s, stretched to ``first``'s size (Latent Batch)."""
+    import torch
 
-        def grid_mask(latent: Latent, samples: torch.Tensor, batch: int) -> torch.Tensor:
-            if latent.noise_mask is None:
-                return samples.new_ones((batch, 1, h, w))
-            mask = mask_to_latent(latent.noise_mask, tuple(samples.shape[-2:])).to(s1)
-            return _fit(_tile(mask, batch), s1[:, :1], names, repeat=False).clamp(0, 1)
+    from nodes.diffusion.handles import InpaintCondition
+    from nodes.diffusion.masking import mask_to_latent
 
-        mask = None
-        if first.noise_mask is not None or second.noise_mask is not None:
-            mask = torch.cat((grid_mask(first, s1, b1), grid_mask(second, s2, b2)))
-        inpaint, a, b = None, first.inpaint, second.inpaint
-        if (a is None) != (b is None):
-            raise ValueError("only one of the latents carries inpainting inputs (VAE Encode "
-                             "for Inpainting): make both the same way")
-        if a is not None and b is not None:
-            inpaint = InpaintCondition(
-                torch.cat((_tile(a.mask, b1), _fit(_tile(b.mask.to(a.mask), b2), a.mask,
-                                                   names, "nearest-exact", repeat=False))),
-                torch.cat((_tile(a.masked_latents, b1),
-                           _fit(_tile(b.masked_latents, b2), a.masked_latents, names,
-                                repeat=False))))
-        samples = torch.cat((s1, _fit(s2, s1, names, repeat=False)))
-        index = None  # ComfyUI's: each side's items, as they were in their own batches
-        if first.batch_index is not None or second.batch_index is not None:
-            index = ((first.batch_index or tuple(range(b1)))
-                     + (second.batch_index or tuple(range(b2))))
-        return (replace(first, samples=samples, noise_mask=mask, inpaint=inpaint,
-                        extension_results=(), batch_index=index),)
+    s1, s2 = _samples(first, names[0]), _samples(second, names[1])
+    _plain(first, names[0], "Latent Batch")
+    _plain(second, names[1], "Latent Batch")
+    (b1, _, h, w), b2 = s1.shape, s2.shape[0]
+
+    def grid_mask(latent: Latent, samples: torch.Tensor, batch: int) -> torch.Tensor:
+        if latent.noise_mask is None:
+            return samples.new_ones((batch, 1, h, w))
+        mask = mask_to_latent(latent.noise_mask, tuple(samples.shape[-2:])).to(s1)
+        return _fit(_tile(mask, batch), s1[:, :1], names, repeat=False).clamp(0, 1)
+
+    mask = None
+    if first.noise_mask is not None or second.noise_mask is not None:
+        mask = torch.cat((grid_mask(first, s1, b1), grid_mask(second, s2, b2)))
+    inpaint, a, b = None, first.inpaint, second.inpaint
+    if (a is None) != (b is None):
+        raise ValueError("only one of the latents carries inpainting inputs (VAE Encode "
+                         "for Inpainting): make both the same way")
+    if a is not None and b is not None:
+        inpaint = InpaintCondition(
+            torch.cat((_tile(a.mask, b1), _fit(_tile(b.mask.to(a.mask), b2), a.mask,
+                                               names, "nearest-exact", repeat=False))),
+            torch.cat((_tile(a.masked_latents, b1),
+                       _fit(_tile(b.masked_latents, b2), a.masked_latents, names,
+                            repeat=False))))
+    samples = torch.cat((s1, _fit(s2, s1, names, repeat=False)))
+    index = None  # ComfyUI's: each side's items, as they were in their own batches
+    if first.batch_index is not None or second.batch_index is not None:
+        index = ((first.batch_index or tuple(range(b1)))
+                 + (second.batch_index or tuple(range(b2))))
+    return replace(first, samples=samples, noise_mask=mask, inpaint=inpaint,
+                   extension_results=(), batch_index=index)
 
 
 class LatentRotate(Node):

@@ -94,3 +94,52 @@ def test_resolution_selector(ratio, megapixels, multiple, minimum, expected, tmp
     width, height = (int(result.run.outputs[k]["text"][0]) for k in ("2", "3"))
     assert (width, height) == expected
     assert width % multiple == 0 and height % multiple == 0
+
+
+def _grow(node_type: str, group: str, prefix: str, values: list) -> tuple:
+    from engine.registry import default_registry
+
+    cls = default_registry().get(node_type)
+    node = cls.model_construct(**{f"{group}.{prefix}{k}": v for k, v in enumerate(values)})
+    return node.execute(None)
+
+
+def test_batch_images_node_fits_every_image_to_the_first():
+    first = torch.rand(2, 32, 48, 3)
+    wide = torch.rand(1, 20, 80, 4)  # another aspect, and an alpha channel
+    (out,) = _grow("BatchImagesNode", "images", "image", [first, wide, first[:1]])
+    assert out.shape == (4, 32, 48, 4)
+    assert torch.equal(out[:2, ..., :3], first) and torch.all(out[:2, ..., 3] == 1.0)
+    assert torch.equal(out[3, ..., :3], first[0])
+
+
+def test_batch_masks_and_latents_nodes():
+    from nodes.diffusion.handles import Latent
+
+    (masks,) = _grow("BatchMasksNode", "masks", "mask",
+                     [torch.ones(1, 16, 16), torch.zeros(2, 8, 32), torch.ones(16, 16)])
+    assert masks.shape == (4, 16, 16) and masks[1:3].max() == 0 and masks[3].min() == 1
+    a, b = Latent(torch.zeros(1, 4, 8, 8)), Latent(torch.ones(2, 4, 4, 4))
+    (latent,) = _grow("BatchLatentsNode", "latents", "latent", [a, b, a])
+    assert latent.samples.shape == (4, 4, 8, 8) and latent.samples[1:3].min() == 1
+
+
+def test_batch_images_node_from_a_comfyui_file():
+    """ComfyUI's front end now replaces Image Batch by Batch Images, whose inputs are
+    named ``images.image0`` ... in its files: they convert as links."""
+    from engine.comfy_workflow import RegistrySchemas, convert_ui_workflow
+    from engine.registry import default_registry
+
+    ui = {"nodes": [
+        {"id": 1, "type": "LoadImage", "pos": [0, 0], "widgets_values": ["a.png", "image"],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1, 2]}]},
+        {"id": 2, "type": "BatchImagesNode", "pos": [300, 0],
+         "inputs": [{"name": "images.image0", "type": "IMAGE", "link": 1},
+                    {"name": "images.image1", "type": "IMAGE", "link": 2},
+                    {"name": "images.image2", "type": "IMAGE", "link": None}],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}]}],
+          "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 1, 0, 2, 1, "IMAGE"]]}
+    result = convert_ui_workflow(ui, RegistrySchemas(default_registry()))
+    assert result.warnings == []
+    assert result.prompt["2"]["inputs"] == {"images.image0": ["1", 0],
+                                            "images.image1": ["1", 0]}

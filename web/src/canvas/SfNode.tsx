@@ -9,7 +9,7 @@ import { memo, type ReactNode, useLayoutEffect, useMemo, useRef, useState } from
 import { viewUrl } from "../api";
 import { summary } from "../lib/doctext";
 import type { NodeIssue } from "../lib/runstore";
-import type { ControlMode, InputDef } from "../lib/schema";
+import { type ControlMode, type InputDef, visibleInputs } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { useEditor, useNodeRun } from "./context";
 import { inHandle, outHandle, type SfNode as SfNodeType } from "./flow";
@@ -178,7 +178,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
                 ))}
               </div>
             )}
-            {def.inputs.map((input) => (
+            {visibleInputs(def.inputs, linked).map((input) => (
               <InputRow
                 key={input.name}
                 nodeId={id}

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { clampNumber, defaultValues, nextControlValue, parseNodeSchema, randomSeed, widgetInputs } from "./schema";
+import {
+  clampNumber, defaultValues, nextControlValue, parseNodeSchema, randomSeed, visibleInputs, widgetInputs,
+} from "./schema";
 import { testDefs } from "./testdefs";
 
 describe("schema → node definition", () => {
@@ -62,5 +64,31 @@ describe("schema → node definition", () => {
     expect(nextControlValue(seed, 0, "decrement")).toBe(0);
     expect(nextControlValue(seed, 5, "fixed")).toBe(5);
     expect(nextControlValue(seed, 5, "randomize", () => 0.25)).toBe(2 ** 48);
+  });
+});
+
+describe("visibleInputs (ComfyUI's Autogrow)", () => {
+  const grow = parseNodeSchema("BatchImagesNode", {
+    input: {
+      required: { "images.image0": ["IMAGE", { autogrow: "images" }], "images.image1": ["IMAGE", { autogrow: "images" }] },
+      optional: Object.fromEntries(
+        [2, 3, 4, 5].map((k) => [`images.image${k}`, ["IMAGE", { autogrow: "images" }]]),
+      ),
+    },
+    output: ["IMAGE"],
+  });
+  const names = (linked: string[]) => visibleInputs(grow.inputs, new Set(linked)).map((i) => i.name);
+
+  it("shows the required inputs, then one free socket past the last linked", () => {
+    expect(names([])).toEqual(["images.image0", "images.image1"]);
+    expect(names(["images.image0", "images.image1"])).toEqual(
+      ["images.image0", "images.image1", "images.image2"]);
+    expect(names(["images.image0", "images.image3"])).toEqual(
+      ["images.image0", "images.image1", "images.image2", "images.image3", "images.image4"]);
+  });
+
+  it("leaves other nodes' inputs alone", () => {
+    const plain = parseNodeSchema("X", { input: { optional: { a: ["INT", {}], b: ["IMAGE", {}] } } });
+    expect(visibleInputs(plain.inputs, new Set()).map((i) => i.name)).toEqual(["a", "b"]);
   });
 });

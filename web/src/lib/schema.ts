@@ -17,6 +17,8 @@ export type InputOptions = {
   upload?: string;
   control_after_generate?: boolean;
   forceInput?: boolean;
+  /** ComfyUI's Autogrow: the inputs of one group form a list that grows as it is linked. */
+  autogrow?: string;
   [key: string]: unknown;
 };
 
@@ -114,6 +116,29 @@ function parseInput(name: string, raw: RawInput | undefined, required: boolean):
   if (exact.min !== undefined) def.exactMin = exact.min;
   if (exact.max !== undefined) def.exactMax = exact.max;
   return def;
+}
+
+/**
+ * The inputs a node shows: all, except that of each Autogrow group only the required ones
+ * and those up to one past the last linked (a free socket to link the next item).
+ */
+export function visibleInputs(inputs: readonly InputDef[], linked: ReadonlySet<string>): InputDef[] {
+  const lastLinked = new Map<string, number>();
+  const position = new Map<string, number>();
+  const counts = new Map<string, number>();
+  for (const input of inputs) {
+    const group = input.options.autogrow;
+    if (typeof group !== "string") continue;
+    const k = counts.get(group) ?? 0;
+    counts.set(group, k + 1);
+    position.set(input.name, k);
+    if (linked.has(input.name)) lastLinked.set(group, k);
+  }
+  return inputs.filter((input) => {
+    const group = input.options.autogrow;
+    if (typeof group !== "string" || input.required) return true;
+    return (position.get(input.name) ?? 0) <= (lastLinked.get(group) ?? -1) + 1;
+  });
 }
 
 /** One /object_info entry → a node definition, inputs in the schema's order. */
