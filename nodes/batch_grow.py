@@ -49,29 +49,14 @@ class BatchImagesNode(_BatchGrow):
     opaque alpha when another has one."""
 
     TYPE = "BatchImagesNode"
-    DISPLAY_NAME = "Batch Images"
+    DISPLAY_NAME = "Batch Images (any number)"
     CATEGORY = "image"
     OUTPUTS = (Output("IMAGE"),)
     GROUP, PREFIX, KIND, ANNOTATION = "images", "image", "IMAGE", Tensor
 
     def execute(self, ctx: ExecutionContext) -> tuple[Tensor]:
-        import torch
-
-        from nodes.limits import check_image
-
-        images = self.items()
-        for k, image in enumerate(images):
-            check_image(image, f"image {k}")
-        channels = max(image.shape[-1] for image in images)
-        first = images[0]
-        out = []
-        for image in images:
-            if image.shape[-1] < channels:  # RGB among RGBA: opaque
-                image = torch.nn.functional.pad(image, (0, channels - image.shape[-1]),
-                                                value=1.0)
-            out.append(_fit(image.movedim(-1, 1), first.shape[1:3]).movedim(1, -1)
-                       .to(first.dtype))
-        return (torch.cat(out),)
+        names = [name for name in self.INPUT_SPECS if self.inputs.get(name) is not None]
+        return (batch_images(self.items(), names),)
 
 
 class BatchMasksNode(_BatchGrow):
@@ -115,6 +100,27 @@ class BatchLatentsNode(_BatchGrow):
         for k, latent in enumerate(latents[1:], 1):
             out = batch_latents(out, latent, ("latent 0", f"latent {k}"))
         return (out,)
+
+
+def batch_images(images: list[Any], names: list[str]) -> Any:
+    """One IMAGE batch of ``images`` (called ``names`` in errors), in order: each fitted
+    to the first's size, RGB given an opaque alpha when another image has one (ComfyUI's
+    Image Batch and Batch Images)."""
+    import torch
+
+    from nodes.limits import check_image
+
+    for image, name in zip(images, names, strict=True):
+        check_image(image, name)
+    channels = max(image.shape[-1] for image in images)
+    first = images[0]
+    out = []
+    for image in images:
+        if image.shape[-1] < channels:  # RGB among RGBA: opaque
+            image = torch.nn.functional.pad(image, (0, channels - image.shape[-1]), value=1.0)
+        out.append(_fit(image.movedim(-1, 1), first.shape[1:3]).movedim(1, -1)
+                   .to(first.dtype))
+    return torch.cat(out)
 
 
 def _fit(samples: Any, size: Any) -> Any:

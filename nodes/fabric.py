@@ -108,8 +108,9 @@ class FABRICFeedback(Node):
 
 class ImageBatch(Node):
     """Put two IMAGE batches into one (e.g. several loaded images as FABRIC's liked
-    batch); ``image2`` is resized to ``image1``'s size when they differ (bilinear, as
-    ComfyUI's node of this name)."""
+    batch); ``image2`` is fitted to ``image1``'s size when they differ (bilinear after a
+    centre crop) and an RGB one gets an opaque alpha beside RGBA, as ComfyUI's node of
+    this name (Batch Images takes any number)."""
 
     TYPE = "ImageBatch"
     DISPLAY_NAME = "Batch Images"
@@ -120,21 +121,9 @@ class ImageBatch(Node):
     image2: Tensor = Input(type="IMAGE")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Tensor]:
-        import torch
-        import torch.nn.functional as F
+        from nodes.batch_grow import batch_images
 
-        from nodes.limits import check_image
-
-        first, second = self.image1, self.image2
-        check_image(first, "image1")
-        check_image(second, "image2")
-        if first.shape[-1] != second.shape[-1]:
-            raise ValueError(f"ImageBatch: image1 has {first.shape[-1]} channels and image2 "
-                             f"{second.shape[-1]}; batch images with the same channels")
-        if first.shape[1:3] != second.shape[1:3]:
-            second = F.interpolate(second.permute(0, 3, 1, 2), size=tuple(first.shape[1:3]),
-                                   mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        return (torch.cat([first, second.to(first.dtype)]),)
+        return (batch_images([self.image1, self.image2], ["image1", "image2"]),)
 
 
 NODE_CLASSES = (FABRICFeedback, ImageBatch)

@@ -143,3 +143,16 @@ def test_batch_images_node_from_a_comfyui_file():
     assert result.warnings == []
     assert result.prompt["2"]["inputs"] == {"images.image0": ["1", 0],
                                             "images.image1": ["1", 0]}
+
+
+def test_image_batch_is_comfyuis_two_image_batch():
+    """Image Batch shares Batch Images' joining: the second fitted with a centre crop, an
+    RGB one given alpha beside RGBA (it used to stretch, and refuse mixed channels)."""
+    from engine.registry import default_registry
+
+    cls = default_registry().get("ImageBatch")
+    first, second = torch.rand(1, 16, 16, 4), torch.rand(1, 16, 32, 3)
+    (out,) = cls.model_construct(image1=first, image2=second).execute(None)
+    assert out.shape == (2, 16, 16, 4) and torch.all(out[1, ..., 3] == 1.0)
+    # the middle 16 columns of the wide image, unscaled
+    assert torch.allclose(out[1, ..., :3], second[0, :, 8:24])
