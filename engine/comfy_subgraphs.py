@@ -61,7 +61,6 @@ class Flat:
     workflow: dict[str, Any]
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    expanded: int = 0  # instances replaced by their nodes
 
 
 @dataclass
@@ -188,7 +187,6 @@ class _Flattener:
                            (*level.ancestry, definition.key))
             level.children[nid] = child
             inner = self._expand(child, force_mute or mode == MUTED_MODE)
-            self.result.expanded += 1
             placed.extend(self._place(node, definition, inner))
         return placed
 

@@ -110,11 +110,7 @@ class ApplyIPAdapter(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        start, end = inputs.get("start_percent"), inputs.get("end_percent")
-        if isinstance(start, float | int) and isinstance(end, float | int) and start >= end:
-            return [("end_percent", f"end_percent ({end}) must be above start_percent "
-                                    f"({start}), or the adapter never acts")]
-        return []
+        return _window_problem(inputs, "start_percent", "end_percent")
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         return (apply_ip_adapter(self.model, self.ipadapter, self.clip_vision, self.image,
@@ -173,10 +169,7 @@ class IPAdapterAdvanced(Node):
             if isinstance(value, str) and value not in supported:
                 problems.append((name, f"{name} {value!r} is not supported here; Steerflow "
                                        f"runs {', '.join(map(repr, supported))}"))
-        start, end = inputs.get("start_at"), inputs.get("end_at")
-        if isinstance(start, float | int) and isinstance(end, float | int) and start >= end:
-            problems.append(("end_at", f"end_at ({end}) must be above start_at ({start})"))
-        return problems
+        return problems + _window_problem(inputs, "start_at", "end_at")
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         if self.clip_vision is None:
@@ -187,6 +180,16 @@ class IPAdapterAdvanced(Node):
                                  negative_image=self.image_negative,
                                  average=self.combine_embeds == "average",
                                  mask=self.attn_mask),)
+
+
+def _window_problem(inputs: dict[str, Any], start_name: str, end_name: str
+                    ) -> list[tuple[str | None, str]]:
+    """An issue when the step window ends before it starts (the adapter would never act)."""
+    start, end = inputs.get(start_name), inputs.get(end_name)
+    if isinstance(start, float | int) and isinstance(end, float | int) and start >= end:
+        return [(end_name, f"{end_name} ({end}) must be above {start_name} ({start}), or "
+                           "the adapter never acts")]
+    return []
 
 
 def apply_ip_adapter(model: DiffusionModel, ipadapter: IPAdapterFile, clip_vision: ClipVision,

@@ -269,10 +269,14 @@ class _ImageTokenAttention(AttentionHook):
             return attended + scale * self._attend(call, state["tokens"], slice(None))
         # with masks, each image's tokens are attended apart and kept inside its mask
         # (diffusers' ip_adapter_masks)
+        fitted = state["fitted"]  # masks at each token grid, made once per run
         for i, mask in enumerate(masks):
             out = self._attend(call, state["tokens"], slice(i, i + 1))
-            weights = mask_weights(mask, call.size, call.query_tokens)
-            attended = attended + scale * out * weights.to(device=out.device, dtype=out.dtype)
+            key = (i, call.size, call.query_tokens)
+            if key not in fitted:
+                fitted[key] = mask_weights(mask, call.size, call.query_tokens)
+            attended = attended + scale * out * fitted[key].to(device=out.device,
+                                                               dtype=out.dtype)
         return attended
 
     def _attend(self, call: AttentionCall, tokens: dict[str, torch.Tensor],
@@ -332,7 +336,7 @@ class IPAdapter(SamplerExtension):
         masks = None if self.masks is None else fit_masks(self.masks, self.positive.shape[1],
                                                          run.init_latents.shape[-2:])
         masks = None if masks is None else masks.to(run.device, torch.float32)
-        run.state[self] = {"tokens": {"cond": pos, "uncond": neg}, "masks": masks,
+        run.state[self] = {"tokens": {"cond": pos, "uncond": neg}, "masks": masks, "fitted": {},
                            "scale": 0.0, "keep": keep or [1.0]}
 
     def attention_hooks(self, run: SamplingRun) -> Sequence[AttentionHook]:
