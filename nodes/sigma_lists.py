@@ -276,6 +276,70 @@ class ExtendIntermediateSigmas(Node):
                         start=index[min(schedule.start, len(levels) - 1)], end=end),)
 
 
+MAX_MANUAL_TEXT = 100_000  # characters of a typed schedule
+
+
+class ManualSigmas(Node):
+    """A schedule typed by hand: noise levels separated by commas (or any non-numbers),
+    highest first, usually ending with 0, e.g. "14.61, 6.48, 3.86, 1.89, 0.96, 0.40,
+    0.03, 0" for SD (its σ_max is 14.61). A list that stops above 0 leaves that much noise
+    (feed the rest to another sampler); one that starts below σ_max noises the input
+    latent to its first level (img2img). Runs with Euler's family and the DPM++ 2M twins,
+    like every explicit σ list. ComfyUI's node."""
+
+    TYPE = "ManualSigmas"
+    DISPLAY_NAME = "ManualSigmas"
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    sigmas: str = Input("1, 0.5")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        import re
+
+        if len(self.sigmas) > MAX_MANUAL_TEXT:
+            raise ValueError(f"sigmas is {len(self.sigmas)} characters long, more than "
+                             f"{MAX_MANUAL_TEXT}")
+        levels = [float(v) for v in re.findall(r"[-+]?(?:\d*\.\d+|\d+\.?)(?:[eE][-+]?\d+)?",
+                                               self.sigmas)]
+        if len(levels) < 2:
+            raise ValueError(f"sigmas needs at least two noise levels (a start and an end); "
+                             f"found {len(levels)} in {self.sigmas[:80]!r}")
+        if len(levels) - 1 > 10000:
+            raise ValueError(f"sigmas has {len(levels) - 1} steps, more than 10000")
+        bad = [v for v in levels if not 0.0 <= v <= SIGMA_MAX]
+        if bad:
+            raise ValueError(f"noise levels must lie in 0..{SIGMA_MAX:g}; got {bad[0]:g}")
+        return (_schedule(levels),)
+
+
+class FlipSigmas(Node):
+    """The schedule reversed, lowest noise first (a first level of 0 becomes 0.0001).
+    Sampled with Euler at cfg 1 and Disable Noise, it *unsamples*: the image's latent is
+    carried up to noise by the model's own predictions, and sampling that noise back
+    down (again without added noise) rebuilds the image, a prompt change steering the
+    edit. ComfyUI's node."""
+
+    TYPE = "FlipSigmas"
+    DISPLAY_NAME = "FlipSigmas"
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    OUTPUTS = (Output("SIGMAS"),)
+
+    sigmas: SigmaSchedule = Input(type="SIGMAS")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[SigmaSchedule]:
+        from dataclasses import replace
+
+        schedule = _as_list(self.sigmas)
+        if len(schedule) == 0:
+            return (schedule,)
+        levels = list((schedule.sigma_list or ())[schedule.start:schedule.stop + 1])[::-1]
+        if levels[0] == 0:
+            levels[0] = 0.0001
+        return (replace(schedule, sigma_list=tuple(levels), steps=len(levels) - 1, start=0,
+                        end=None),)
+
+
 def _model_sigmas(model: DiffusionModel) -> list[float]:
     """The model's σ at each training timestep, lowest first."""
     from nodes.diffusion.schedulers import make_scheduler, training_sigmas
@@ -354,4 +418,5 @@ class SamplingPercentToSigma(Node):
 
 NODE_CLASSES = (KarrasScheduler, ExponentialScheduler, PolyexponentialScheduler,
                 LaplaceScheduler, VPScheduler, AlignYourStepsScheduler, SetFirstSigma,
-                ExtendIntermediateSigmas, SamplingPercentToSigma, BetaSamplingScheduler)
+                ExtendIntermediateSigmas, SamplingPercentToSigma, BetaSamplingScheduler,
+                ManualSigmas, FlipSigmas)

@@ -9,7 +9,7 @@ when the run ends, also on error or interrupt.
 
 A hooked layer computes attention as diffusers' classic ``AttnProcessor`` does
 (explicit scores, softmax, ``bmm``: the math the technique pipelines use), with
-four places a hook may act:
+five places a hook may act:
 
 - ``on_kv_inputs``: change what the key and value projections read (the text
   context in cross-attention, the image tokens in self-attention), e.g. a
@@ -18,7 +18,8 @@ four places a hook may act:
   tokens of other images (FABRIC's feedback);
 - ``on_probs``: read the attention maps or return edited ones;
 - ``on_output``: change the attended values before the output projection
-  (e.g. PAG's identity attention for one batch role).
+  (e.g. PAG's identity attention for one batch role);
+- ``on_projected``: change the layer's output after the projection (NAG).
 
 When an ``on_kv`` hook appends key tokens, the layer's own tokens stay first and
 ``AttentionCall.key_tokens`` counts them: :class:`AttentionRecorder` records the
@@ -130,6 +131,12 @@ class AttentionHook:
         """``attended`` is ``probs @ value`` in ``[images × heads, tokens, head_dim]``;
         ``value`` holds the layer's own value tokens (none an ``on_kv`` hook appended)."""
         return attended
+
+    def on_projected(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
+        """The layer's output after its output projection, ``[images, tokens, dim]``,
+        before any residual (what ComfyUI's ``attn1_output_patch`` / ``attn2_output_patch``
+        see); return it, changed or not."""
+        return output
 
 
 class SelfAttentionLayout(AttentionHook):
@@ -243,6 +250,8 @@ class HookedAttnProcessor:
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
+        for hook in self.hooks:
+            hidden_states = hook.on_projected(call, hidden_states)
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(
                 batch_size, channel, height, width)

@@ -22,12 +22,7 @@ def x0_coefficients(scheduler: Any, timestep: torch.Tensor | int, scale: torch.T
     ``timestep`` (``scale`` as in :func:`predicted_original`); scalars as tensors on
     ``like``'s device and dtype. ε: a = 1/√ᾱ, b = −√(1−ᾱ)/√ᾱ; v: a = √ᾱ, b = −√(1−ᾱ);
     sample: a = 0, b = 1."""
-    scale = torch.as_tensor(scale, dtype=like.dtype)
-    if float(scale) < 1.0:
-        alpha_bar = scale**2
-    else:
-        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(like.dtype)
-    alpha_bar = alpha_bar.to(like.device)
+    alpha_bar = alpha_bar_at(scheduler, timestep, scale, like)
     kind = scheduler.config.get("prediction_type", "epsilon")
     if kind == "epsilon":
         return 1 / alpha_bar.sqrt(), -(1 - alpha_bar).sqrt() / alpha_bar.sqrt()
@@ -38,13 +33,30 @@ def x0_coefficients(scheduler: Any, timestep: torch.Tensor | int, scale: torch.T
     raise ValueError(f"unknown prediction type {kind!r}")
 
 
+def alpha_bar_at(scheduler: Any, timestep: torch.Tensor | int, scale: torch.Tensor | float,
+                 like: torch.Tensor) -> torch.Tensor:
+    """ᾱ at ``timestep``: ``scale``² where the scheduler scaled the input (σ-space: any σ,
+    also between the training timesteps), else the training schedule's; on ``like``'s
+    device and dtype."""
+    scale = torch.as_tensor(scale, dtype=like.dtype)
+    if float(scale) < 1.0:
+        alpha_bar = scale**2
+    else:
+        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(like.dtype)
+    return alpha_bar.to(like.device)
+
+
+def step_scale(scheduler: Any, timestep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """What the scheduler's own ``scale_model_input`` multiplies by at this step."""
+    return scheduler.scale_model_input(torch.ones((), dtype=torch.float32, device=like.device),
+                                       timestep).float().cpu()
+
+
 def step_x0_coefficients(scheduler: Any, timestep: torch.Tensor, like: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`x0_coefficients` at a sampling step, the scale read off the scheduler's own
     ``scale_model_input`` (the σ of this step or stage)."""
-    scale = scheduler.scale_model_input(torch.ones((), dtype=torch.float32,
-                                                   device=like.device), timestep)
-    return x0_coefficients(scheduler, timestep, scale.float().cpu(), like)
+    return x0_coefficients(scheduler, timestep, step_scale(scheduler, timestep, like), like)
 
 
 def denoised_estimate(scheduler: Any, timestep: torch.Tensor, latents: torch.Tensor,

@@ -488,4 +488,10 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     if params.end_step is not None and total and len(rest):
         # stopped early: hand the leftover noise on in the VP space the UNet sees
         latents = latents * model_input_scale(scheduler, rest[0])
+    elif params.explicit_sigmas and total:
+        # an explicit σ list may end above 0 (Manual Sigmas, a flipped schedule): the
+        # leftover noise goes on in the VP space too
+        final = float(getattr(scheduler, "sigmas", torch.zeros(1))[-1])
+        if final > 0:
+            latents = latents / (final**2 + 1) ** 0.5
     return latents

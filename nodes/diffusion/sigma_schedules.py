@@ -14,6 +14,7 @@ Importing this module imports neither torch nor diffusers.
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,24 @@ def set_custom_timesteps(scheduler: Any, timesteps: tuple[int, ...],
     scheduler.set_timesteps(timesteps=list(timesteps), device=device)
 
 
+def is_stochastic(sampler_name: str) -> bool:
+    """Whether a sampler adds fresh noise each step (ancestral, SDE, SEEDS, SA-Solver)."""
+    return any(part in sampler_name for part in ("ancestral", "sde", "seeds", "sa_solver"))
+
+
+def rising_list_problem(sampler_name: str, levels: tuple[float, ...]) -> str | None:
+    """Why ``sampler_name`` cannot run a σ list that rises somewhere (FlipSigmas'
+    unsampling), or None: a sampler that adds noise would need a negative variance."""
+    if not any(b > a for a, b in itertools.pairwise(levels)):
+        return None
+    if not is_stochastic(sampler_name):
+        return None
+    working = ", ".join(name for name in SAMPLERS
+                        if not is_stochastic(name) and sigma_list_problem(name) is None)
+    return (f"sampler {sampler_name!r} adds noise at each step and cannot run a rising σ "
+            f"schedule (FlipSigmas); use a deterministic one: {working}")
+
+
 @dataclass(frozen=True)
 class SigmaSchedule:
     """SIGMAS: steps ``[start, end)`` of a ``steps``-step schedule.
@@ -158,7 +177,8 @@ class SigmaSchedule:
     def make_scheduler(self, sampler_name: str, seed: int | None = None) -> Any:
         """A fresh diffusers scheduler for ``sampler_name`` on this schedule."""
         if self.sigma_list is not None:
-            problem = sigma_list_problem(sampler_name)
+            problem = sigma_list_problem(sampler_name) or rising_list_problem(
+                sampler_name, self.sigma_list)
             if problem:
                 raise ValueError(problem)
             config = {k: v for k, v in self.scheduler_config.items() if k not in _SIGMA_OPTIONS}
