@@ -97,6 +97,18 @@ COMFY_WIDGETS = {
     "LatentOperationTonemapReinhard": ["multiplier"],
     "ImageOnlyCheckpointLoader": ["ckpt_name"],
     "DiffControlNetLoader": ["control_net_name"],
+    "TrainLoraNode": ["batch_size", "grad_accumulation_steps", "steps", "learning_rate", "rank",
+                      "optimizer", "loss_function", "seed", "training_dtype", "lora_dtype",
+                      "quantized_backward", "algorithm", "gradient_checkpointing",
+                      "checkpoint_depth", "offloading", "existing_lora", "bucket_mode",
+                      "bypass_mode"],
+    "LoraModelLoader": ["strength_model", "bypass"],
+    "SaveLoRA": ["prefix", "steps"],
+    "LossGraphNode": ["filename_prefix"],
+    "MakeTrainingDataset": ["texts"],
+    "ResolutionBucket": [],
+    "SaveTrainingDataset": ["folder_name", "shard_size"],
+    "LoadTrainingDataset": ["folder_name"],
 }
 
 
