@@ -17,7 +17,11 @@ one), whose value follows the seed's: ``"fixed"``, ``"increment"``,
 ``"decrement"``, ``"randomize"``, or ``true``/``false`` in older files; extra
 trailing values (an upload button's) are ignored. Newer files may store
 ``widgets_values`` as an object by name, or add ``widgets_values_named`` (by name,
-``control_after_generate`` among them), which then wins over the positions.
+``control_after_generate`` among them), which then wins over the positions. A
+DynamicCombo (``COMFY_DYNAMICCOMBO_V3``, e.g. Resize Image/Mask's ``resize_type``) is
+followed by the widgets of the option it holds, named ``"resize_type.width"``, as
+ComfyUI's front end draws and saves them: ``["scale dimensions", 512, 512, "center",
+"area"]``.
 
 Front-end-only nodes are resolved as ComfyUI's ``graphToPrompt`` does: a link is
 followed through Reroutes to its source, a PrimitiveNode's value is written into
@@ -51,6 +55,8 @@ REROUTE = "Reroute"
 PRIMITIVE = "PrimitiveNode"
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # as engine.node.DYNAMIC_COMBO
+_MAX_NESTING = 8  # DynamicCombos inside options, followed this deep
 # ComfyUI's front end gives these INT inputs a control widget even when the
 # schema does not ask for one.
 LEGACY_CONTROL_NAMES = frozenset({"seed", "noise_seed"})
@@ -62,6 +68,14 @@ class Widget:
     name: str
     type: str
     control: bool
+    # A DynamicCombo: each option's widgets ("name.sub"), drawn right after it.
+    options: Mapping[str, tuple[Widget, ...]] | None = None
+
+    def following(self, value: Any) -> tuple[Widget, ...]:
+        """The widgets the chosen ``value`` brings after this one (none for a plain one)."""
+        if self.options is None or not isinstance(value, str):
+            return ()
+        return self.options.get(value, ())
 
 
 @dataclass(frozen=True)
@@ -114,58 +128,117 @@ def is_ui_workflow(obj: Any) -> bool:
 
 def node_def(schema: Mapping[str, Any]) -> NodeDef:
     """The widget inputs of an ``/object_info`` entry, in the order ComfyUI draws them."""
-    widgets: list[Widget] = []
     inputs = schema.get("input") if isinstance(schema.get("input"), dict) else {}
     order = schema.get("input_order") if isinstance(schema.get("input_order"), dict) else {}
+    return NodeDef(str(schema.get("display_name") or schema.get("name") or ""),
+                   _widgets(inputs, order))
+
+
+def _widgets(inputs: Mapping[str, Any], order: Mapping[str, Any], prefix: str = "",
+             depth: int = 0) -> tuple[Widget, ...]:
+    """The widgets of ``{"required": {...}, "optional": {...}}``; a DynamicCombo's
+    options' own (``prefix`` their names: ``"resize_type."``) as ComfyUI's front end
+    inserts them after it, required then optional, in schema order."""
+    widgets: list[Widget] = []
     for section in ("required", "optional"):
         specs = inputs.get(section) if isinstance(inputs.get(section), dict) else {}
         names = order.get(section) if isinstance(order.get(section), list) else list(specs)
         for name in names:
             spec = specs.get(name)
-            if not isinstance(spec, list | tuple) or not spec:
+            if not isinstance(spec, list | tuple) or not spec or not isinstance(name, str):
                 continue
             options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
             kind = "COMBO" if isinstance(spec[0], list | tuple) else str(spec[0])
+            full = prefix + name
+            if kind == DYNAMIC_COMBO and depth < _MAX_NESTING:
+                choices = options.get("options") if isinstance(options.get("options"),
+                                                               list) else []
+                widgets.append(Widget(full, "COMBO", False, {
+                    str(o["key"]): _widgets(o["inputs"], {}, full + ".", depth + 1)
+                    for o in choices if isinstance(o, dict) and "key" in o
+                    and isinstance(o.get("inputs"), dict)}))
+                continue
             if kind not in WIDGET_TYPES or options.get("forceInput"):
                 continue
             control = options.get("control_after_generate")
             if control is None:
                 control = kind == "INT" and name in LEGACY_CONTROL_NAMES
-            widgets.append(Widget(name, kind, bool(control)))
-    return NodeDef(str(schema.get("display_name") or schema.get("name") or ""), tuple(widgets))
+            widgets.append(Widget(full, kind, bool(control)))
+    return tuple(widgets)
 
 
 def map_widget_values(values: Any, node: NodeDef) -> tuple[dict[str, Any], dict[str, str]]:
-    """``widgets_values`` → (input values by name, control_after_generate modes)."""
+    """``widgets_values`` → (input values by name, control_after_generate modes).
+
+    A DynamicCombo's value is followed by the widgets of the option it names, so the
+    positions after it depend on it (``["scale by multiplier", 1.5, "area"]``); by name
+    they are ``"resize_type.multiplier"``."""
     if isinstance(values, dict):
-        controls = [w.name for w in node.widgets if w.control]
+        widgets = _expanded(node.widgets, values.get)
+        controls = [w.name for w in widgets if w.control]
         mode = values.get("control_after_generate")
-        return ({w.name: values[w.name] for w in node.widgets if w.name in values},
+        return ({w.name: values[w.name] for w in widgets if w.name in values},
                 {controls[0]: _control_mode(mode)} if len(controls) == 1
                 and (mode in CONTROL_MODES or isinstance(mode, bool)) else {})
     if not isinstance(values, list):
         return {}, {}
-    widgets = node.widgets
     # With a value for every control widget, consume them by position whatever they
     # hold; otherwise only a value that is one (some files omit them).
-    every_control = len(values) >= len(widgets) + sum(w.control for w in widgets)
+    out, control, seen = _by_position(values, node.widgets, every_control=True)
+    if len(values) >= len(seen) + sum(w.control for w in seen):
+        return out, control
+    out, control, _ = _by_position(values, node.widgets, every_control=False)
+    return out, control
+
+
+def _expanded(widgets: tuple[Widget, ...], value_of: Any) -> list[Widget]:
+    """``widgets`` with each DynamicCombo followed by its chosen option's widgets (by a
+    value left out: every option's, each name once)."""
+    out: list[Widget] = []
+    for widget in widgets:
+        out.append(widget)
+        value = value_of(widget.name)
+        if value is None and widget.options:
+            brought = {w.name: w for ws in widget.options.values() for w in ws}
+            out.extend(_expanded(tuple(brought.values()), value_of))
+        else:
+            out.extend(_expanded(widget.following(value), value_of))
+    return out
+
+
+def _drop_unchosen(inputs: dict[str, Any], widgets: tuple[Widget, ...]) -> None:
+    """Leave out the widgets of DynamicCombo options other than the chosen one (where
+    positions and names disagreed on the choice, the names won)."""
+    chosen = {w.name for w in _expanded(widgets, inputs.get)}
+    for widget in widgets:
+        for brought in (widget.options or {}).values():
+            for w in brought:
+                if w.name not in chosen:
+                    inputs.pop(w.name, None)
+
+
+def _by_position(values: list[Any], widgets: tuple[Widget, ...], every_control: bool
+                 ) -> tuple[dict[str, Any], dict[str, str], list[Widget]]:
+    """Values, control modes, and the widgets the values met (then those left)."""
     out: dict[str, Any] = {}
     control: dict[str, str] = {}
+    queue = list(widgets)
+    seen: list[Widget] = []
     i = 0
-    for k, widget in enumerate(widgets):
-        if i >= len(values):
-            break
+    while queue and i < len(values):
+        widget = queue.pop(0)
+        seen.append(widget)
         out[widget.name] = values[i]
+        queue[:0] = widget.following(values[i])
         i += 1
         if not widget.control or i >= len(values):
             continue
         value = values[i]
-        left_after = len(widgets) - k - 1  # widgets still to fill after this one
         if every_control or value in CONTROL_MODES or (
-                isinstance(value, bool) and len(values) - i > left_after):
+                isinstance(value, bool) and len(values) - i > len(queue)):
             control[widget.name] = _control_mode(value)
             i += 1
-    return out, control
+    return out, control, seen + queue
 
 
 def _control_mode(value: Any) -> str:
@@ -263,6 +336,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
                 by_name, modes = map_widget_values(named, nd)
                 inputs.update(by_name)
                 control.update(modes)
+                _drop_unchosen(inputs, nd.widgets)
             inputs.update(overrides.get(nid, {}))  # a subgraph's promoted widgets
         entry: dict[str, Any] = {"class_type": kind, "inputs": inputs}
         title = n.get("title")

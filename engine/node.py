@@ -35,6 +35,9 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _PYTHON_TYPES = {v: k for k, v in PRIMITIVE_TYPES.items()}
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 ANY_TYPE = "*"
+# ComfyUI's /object_info spelling of a DynamicCombo input and a MatchType input/output.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+MATCH_TYPE = "COMFY_MATCHTYPE_V3"
 
 Choices = Sequence[str] | Callable[["Environment"], Sequence[str]]
 _SPEC_KEY = "steerflow"
@@ -61,6 +64,7 @@ def Input(
     lazy: bool = False,
     raw_link: bool = False,
     autogrow: str | None = None,
+    match: str | None = None,
 ) -> Any:
     """Declare a node input.
 
@@ -83,6 +87,11 @@ def Input(
     ``[source_id, output_index]``, not the value (its source still runs first).
     Inputs with the same ``autogrow`` group are one growing list (ComfyUI's Autogrow):
     the canvas shows the required ones and one past the last linked.
+    ``match`` names a type template (ComfyUI's MatchType): the input takes any of the
+    comma-separated types of ``type`` (``"IMAGE,MASK"``), and an :class:`Output` with
+    the same ``match`` has the type of whatever is linked to it (see
+    :mod:`engine.dynamic`). A DynamicCombo (a choice that brings its own inputs) is
+    declared with :func:`engine.dynamic.dynamic_combo`.
     """
     spec = {
         "type": type,
@@ -102,6 +111,7 @@ def Input(
         "lazy": lazy,
         "raw_link": raw_link,
         "autogrow": autogrow,
+        "match": match,
     }
     if default is ... and optional:
         default = None
@@ -119,7 +129,9 @@ class Output:
     """A typed output socket.
 
     The executor checks primitive outputs as it checks inputs: an INT is a 64-bit
-    int unless ``wide``, a FLOAT is finite unless ``allow_nonfinite``.
+    int unless ``wide``, a FLOAT is finite unless ``allow_nonfinite``. An output with a
+    ``match`` template has the type of the inputs of that template (``type`` lists the
+    types it may take, comma-separated).
     """
 
     type: str
@@ -128,6 +140,7 @@ class Output:
     tooltip: str = ""
     wide: bool = False
     allow_nonfinite: bool = False
+    match: str | None = None
 
     @property
     def label(self) -> str:
@@ -160,6 +173,11 @@ class InputSpec:
     lazy: bool = False
     raw_link: bool = False
     autogrow: str | None = None
+    match: str | None = None
+    # A DynamicCombo: its options, each with the inputs it brings (engine.dynamic).
+    dynamic: tuple[DynamicOption, ...] | None = None
+    # An input a DynamicCombo option brings: the combo's name (this name is "combo.sub").
+    parent: str | None = None
 
     @property
     def has_default(self) -> bool:
@@ -192,6 +210,14 @@ class InputSpec:
         if callable(self.choices):
             return list(self.choices(env)) if env is not None else []
         return list(self.choices)
+
+
+@dataclass(frozen=True)
+class DynamicOption:
+    """One choice of a DynamicCombo and the inputs it brings (named ``"combo.sub"``)."""
+
+    key: str
+    inputs: tuple[InputSpec, ...]
 
 
 @dataclass
@@ -282,8 +308,12 @@ class Node(BaseModel):
         """JSON schema of this node, a superset of ComfyUI's /object_info entry."""
         required: dict[str, Any] = {}
         optional: dict[str, Any] = {}
-        for spec in cls.INPUT_SPECS.values():
+        # A DynamicCombo's inputs are listed under its options, not at the top (ComfyUI).
+        top = [s for s in cls.INPUT_SPECS.values() if s.parent is None]
+        for spec in top:
             (required if spec.required else optional)[spec.name] = _input_schema(spec, env)
+        matched = [o.match for o in cls.OUTPUTS]
+        extra: dict[str, Any] = {"output_matchtypes": matched} if any(matched) else {}
         return {
             "name": cls.TYPE,
             "display_name": cls.DISPLAY_NAME or cls.TYPE,
@@ -294,14 +324,15 @@ class Node(BaseModel):
             "deprecated": cls.DEPRECATED,
             "input": {"required": required, "optional": optional},
             "input_order": {
-                "required": [s.name for s in cls.INPUT_SPECS.values() if s.required],
-                "optional": [s.name for s in cls.INPUT_SPECS.values() if not s.required],
+                "required": [s.name for s in top if s.required],
+                "optional": [s.name for s in top if not s.required],
             },
-            "output": [o.type for o in cls.OUTPUTS],
+            "output": [MATCH_TYPE if o.match else o.type for o in cls.OUTPUTS],
             "output_name": [o.label for o in cls.OUTPUTS],
             "output_is_list": [o.is_list for o in cls.OUTPUTS],
             "output_tooltips": [o.tooltip for o in cls.OUTPUTS],
             "python_module": cls.__module__,
+            **extra,
         }
 
 
@@ -363,6 +394,7 @@ def _make_spec(name: str, info: FieldInfo) -> InputSpec:
         lazy=bool(spec.get("lazy")),
         raw_link=bool(spec.get("raw_link")),
         autogrow=spec.get("autogrow"),
+        match=spec.get("match"),
     )
 
 
@@ -398,7 +430,24 @@ def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
         options["rawLink"] = True
     if spec.autogrow:
         options["autogrow"] = spec.autogrow
+    if spec.match:  # ComfyUI's MatchType: its front end narrows the sockets as linked
+        options["template"] = {"template_id": spec.match, "allowed_types": spec.type}
+        return [MATCH_TYPE, options]
+    if spec.dynamic is not None:  # ComfyUI's DynamicCombo: options with their inputs
+        options["options"] = [{"key": o.key, "inputs": _option_inputs(o, env)}
+                              for o in spec.dynamic]
+        return [DYNAMIC_COMBO, options]
     if spec.type == "COMBO":
         # ComfyUI's shape: the first element of a combo input is its list of choices.
         return [spec.resolve_choices(env) or [], options]
     return [spec.type, options]
+
+
+def _option_inputs(option: DynamicOption, env: Environment | None) -> dict[str, Any]:
+    """A DynamicCombo option's inputs as ComfyUI lists them: by their own names."""
+    out: dict[str, Any] = {"required": {}}
+    for spec in option.inputs:
+        short = spec.name[len(spec.parent or "") + 1:]
+        out.setdefault("required" if spec.required else "optional", {})[short] = \
+            _input_schema(spec, env)
+    return out

@@ -67,11 +67,18 @@ class Workflow:
     def set(self, target: str, value: Any, registry: NodeRegistry | None = None) -> Workflow:
         """Set ``"NODE_ID.INPUT"`` (or ``"Title.INPUT"`` by node title) to a constant.
 
-        With a ``registry``, an input the node type does not have is an error.
+        An input name may hold dots (``"3.resize_type.width"``): the longest prefix that
+        names a node is the node. With a ``registry``, an input the node type does not
+        have is an error.
         """
         node_ref, sep, input_name = target.rpartition(".")
         if not sep or not node_ref or not input_name:
             raise WorkflowInputError(f"expected NODE_ID.INPUT, got {target!r}")
+        while not self._names_node(node_ref) and "." in node_ref:
+            node_ref, _, head = node_ref.rpartition(".")
+            input_name = f"{head}.{input_name}"
+        if not self._names_node(node_ref):
+            node_ref, _, input_name = target.rpartition(".")  # the error names it as before
         node_id = self._find_node(node_ref)
         cls = registry.get(self.prompt[node_id].get("class_type", "")) if registry else None
         if cls is not None and input_name not in cls.INPUT_SPECS:
@@ -81,6 +88,11 @@ class Workflow:
         if self.document is not None and node_id in self.document.get("prompt", {}):
             self.document["prompt"][node_id].setdefault("inputs", {})[input_name] = value
         return self
+
+    def _names_node(self, ref: str) -> bool:
+        return ref in self.prompt or any(
+            isinstance(node, dict) and (node.get("_meta") or {}).get("title") == ref
+            for node in self.prompt.values())
 
     def _find_node(self, ref: str) -> str:
         if ref in self.prompt:

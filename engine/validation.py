@@ -9,6 +9,7 @@ missing_input        a required input is neither linked nor given
 bad_link             a link names a missing node or output slot, or is malformed
 type_mismatch        a link joins sockets of different types
 expected_link        a constant was given where only a link is accepted
+expected_constant    a link was given for a DynamicCombo, whose value must be known
 invalid_value        a constant has the wrong type, is not finite, or is off its step
 out_of_range         a number is outside the input's min/max (or 64-bit, for INT)
 not_in_choices       a value is neither a choice nor admitted by also_accept
@@ -24,7 +25,10 @@ Node modes (``"mode": "muted" | "bypass"``, see :mod:`engine.workflow`) are
 resolved first: what is validated and run is the graph without those nodes.
 
 Unknown inputs are reported as warnings (kind ``unknown_input``) and ignored, so
-workflows saved by newer versions of a node still run.
+workflows saved by newer versions of a node still run; so are the inputs of a
+DynamicCombo option other than the chosen one (:mod:`engine.dynamic`), whose own
+inputs are checked like any other. A MatchType output's type is that of what is linked
+to its node (:class:`engine.dynamic.OutputTypes`), checked against where it leads.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
+from engine.dynamic import OutputType, OutputTypes, active_specs, has_dynamic, ignored_message
 from engine.environment import Environment
 from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, InputSpec, Node
 from engine.outputs import bounded_message
@@ -288,9 +293,11 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
     nodes: dict[str, ValidatedNode] = {}
     needed_ids = set(needed)  # a warning about a node that will not run is noise
     warnings: list[Issue] = [i for i in mode_warnings if i.node_id in needed_ids]
+    output_type = OutputTypes(classes, raw_inputs)
     for node_id in needed:
         cls = classes[node_id]
-        node_issues, vnode = _validate_node(node_id, cls, raw_inputs[node_id], classes, env)
+        node_issues, vnode = _validate_node(node_id, cls, raw_inputs[node_id], classes, env,
+                                            output_type=output_type)
         for issue in node_issues:
             issue.node_id, issue.class_type = node_id, cls.TYPE
             (warnings if issue.severity == "warning" else issues).append(issue)
@@ -316,19 +323,26 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
 
 def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
                    classes: Mapping[str, type[Node]], env: Environment | None,
-                   values_ok: bool = False, memo: dict[Any, Any] | None = None
+                   values_ok: bool = False, memo: dict[Any, Any] | None = None,
+                   output_type: OutputType | None = None
                    ) -> tuple[list[Issue], ValidatedNode]:
     """One node's inputs. ``values_ok`` (a subgraph a node expanded into, built by
     code): a socket input may hold a value instead of a link. ``memo`` (one run's
     expansions) remembers the checks that passed, per input spec and source class or
-    scalar value, so a loop's copies of a body are checked once per shape."""
+    scalar value, so a loop's copies of a body are checked once per shape.
+    ``output_type(node_id, index)`` gives a linked output's type when it depends on the
+    prompt (a MatchType output); without it the declared type is checked."""
     issues: list[Issue] = []
     constants: dict[str, Any] = {}
     links: dict[str, tuple[str, int]] = {}
     specs = cls.INPUT_SPECS
+    if has_dynamic(cls):  # a DynamicCombo: only the chosen option's inputs count
+        specs = active_specs(specs, inputs)
     for name in inputs:
         if name not in specs:
-            issues.append(Issue("unknown_input", f"node {node_id}: unknown input {name!r} ignored",
+            message = (ignored_message(cls.INPUT_SPECS, name, inputs)
+                       if name in cls.INPUT_SPECS else f"unknown input {name!r} ignored")
+            issues.append(Issue("unknown_input", f"node {node_id}: {message}",
                                 input_name=name, severity="warning"))
     for name, spec in specs.items():
         if name not in inputs or inputs[name] is None:
@@ -340,6 +354,11 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
                 constants[name] = spec.default
             continue
         value = inputs[name]
+        if spec.dynamic is not None and is_link(value):
+            issues.append(Issue("expected_constant", f"input '{name}' chooses which inputs "
+                                "the node has, so it must be a constant, not a link",
+                                input_name=name))
+            continue
         # No widget takes a list, so it must be a link (in a subgraph, only a link-shaped one)
         if isinstance(value, list | tuple) and (not values_ok or is_link(value)):
             key: Any = None
@@ -348,7 +367,7 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
                 if key in memo:
                     links[name] = (str(value[0]), value[1])
                     continue
-            issue = _check_link(name, spec, value, classes)
+            issue = _check_link(name, spec, value, classes, output_type)
             if issue:
                 issues.append(issue)
             else:
@@ -408,7 +427,8 @@ _BASE_VALIDATE = Node.validate_inputs.__func__  # type: ignore[attr-defined]
 
 
 def _check_link(name: str, spec: InputSpec, value: Any,
-                classes: Mapping[str, type[Node]]) -> Issue | None:
+                classes: Mapping[str, type[Node]],
+                output_type: OutputType | None = None) -> Issue | None:
     if not is_link(value):
         return Issue("bad_link", f"input '{name}': malformed link {value!r}; expected "
                      "[node_id, output_index]", input_name=name)
@@ -421,7 +441,8 @@ def _check_link(name: str, spec: InputSpec, value: Any,
         return Issue("bad_link", f"input '{name}' links to output {index} of node {src_id} "
                      f"({src.TYPE}), which has {len(src.OUTPUTS)} output(s)", input_name=name,
                      details={"source": src_id, "index": index})
-    out_type = src.OUTPUTS[index].type
+    output = src.OUTPUTS[index]
+    out_type = output_type(src_id, index) if output.match and output_type else output.type
     if not types_match(out_type, spec.type):
         return Issue("type_mismatch", f"input '{name}' expects {spec.type} but node {src_id} "
                      f"({src.TYPE}) output {index} is {out_type}", input_name=name,

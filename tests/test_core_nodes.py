@@ -38,6 +38,11 @@ NET = "steerflow-tiny-controlnet"
 
 # ComfyUI's widget order (``widgets_values`` is positional in UI-format files).
 COMFY_WIDGETS = {
+    # resize_type's options' widgets follow it (only the chosen option's are drawn)
+    "ResizeImageMaskNode": ["resize_type", "resize_type.width", "resize_type.height",
+                            "resize_type.crop", "resize_type.multiplier",
+                            "resize_type.longer_size", "resize_type.shorter_size",
+                            "resize_type.megapixels", "resize_type.multiple", "scale_method"],
     # dataset nodes (comfy_extras/nodes_dataset.py)
     "LoadImageDataSetFromFolder": ["folder"],
     "LoadImageTextDataSetFromFolder": ["folder"],

@@ -61,7 +61,7 @@ function InputRow({ nodeId, input, value, linked, issues, control }: {
         data-type={input.type}
       />
       <div className="sf-input-label">
-        <span>{input.name}</span>
+        <span className={input.parent ? "sf-sub-input" : undefined}>{input.label ?? input.name}</span>
         {!input.widget && <span className="sf-type">{input.type}</span>}
         {!input.required && !input.widget && <span className="sf-type">optional</span>}
       </div>
@@ -178,7 +178,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
                 ))}
               </div>
             )}
-            {visibleInputs(def.inputs, linked).map((input) => (
+            {visibleInputs(def.inputs, linked, data.values).map((input) => (
               <InputRow
                 key={input.name}
                 nodeId={id}

@@ -49,6 +49,8 @@ function inputFacts(input: InputDef): string {
   if (o.default !== undefined && typeof o.default !== "object" && String(o.default).length <= 40) {
     facts.push(`default ${JSON.stringify(o.default)}`);
   }
+  // an input a DynamicCombo option brings: shown only when one of them is chosen
+  if (input.parent) facts.push(`with ${input.parent.name} ${input.parent.keys.map((k) => JSON.stringify(k)).join(" or ")}`);
   return facts.join(", ");
 }
 

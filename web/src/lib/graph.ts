@@ -14,7 +14,7 @@
  */
 
 import { isVirtual, NOTE, NOTE_SIZE, REROUTE, REROUTE_INPUT, sourceResolver } from "./reroute";
-import { type ControlMode, CONTROL_MODES, type Defs, defaultValues } from "./schema";
+import { type ControlMode, CONTROL_MODES, type Defs, defaultValues, isActive } from "./schema";
 import type { LinkRef } from "./types";
 
 export const DOCUMENT_FORMAT = "steerflow.workflow";
@@ -157,6 +157,7 @@ export function graphToPrompt(graph: Graph, defs: Defs): ApiPrompt {
     const inputs: Record<string, unknown> = {};
     if (def) {
       for (const input of def.inputs) {
+        if (!isActive(input, node.values, def.inputs)) continue; // another DynamicCombo option's
         const link = links.find((l) => l.input === input.name);
         if (link) inputs[input.name] = [link.source, link.slot];
         else if (input.widget && node.values[input.name] !== undefined && !unfed.has(`${node.id}|${input.name}`)) {

@@ -22,6 +22,11 @@ export type InputOptions = {
   [key: string]: unknown;
 };
 
+/** ComfyUI's DynamicCombo (`COMFY_DYNAMICCOMBO_V3`): a combo whose options bring inputs. */
+export const DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3";
+/** ComfyUI's MatchType (`COMFY_MATCHTYPE_V3`): an output typed as what is linked to an input. */
+export const MATCH_TYPE = "COMFY_MATCHTYPE_V3";
+
 /** One input of an /object_info entry: `[TYPE, opts]` or `[[choices], opts]`. */
 export type RawInput = unknown[];
 
@@ -37,6 +42,8 @@ export type RawNodeSchema = {
   output?: (string | unknown[])[];
   output_name?: string[];
   output_tooltips?: string[];
+  /** Per output, the MatchType template it follows (null: a plain output). */
+  output_matchtypes?: (string | null)[] | null;
 };
 
 export type ObjectInfo = Record<string, RawNodeSchema>;
@@ -56,6 +63,14 @@ export type InputDef = {
   /** An INT's bounds beyond 2^53, exactly (`options.min`/`max` hold the nearest double). */
   exactMin?: bigint;
   exactMax?: bigint;
+  /** What the node shows (a DynamicCombo's input `resize_type.width` shows `width`). */
+  label?: string;
+  /** An input a DynamicCombo brings: the combo's name and the options that bring it. */
+  parent?: { name: string; keys: string[] };
+  /** A MatchType input's template id. */
+  match?: string;
+  /** A DynamicCombo: per option, the names of the inputs it brings, in its order. */
+  dynamic?: Record<string, string[]>;
 };
 
 export type OutputDef = { type: string; name: string; tooltip?: string };
@@ -106,6 +121,14 @@ function parseInput(name: string, raw: RawInput | undefined, required: boolean):
     return { name, type: "COMBO", widget: !options.forceInput, required, options, choices };
   }
   const type = String(head);
+  if (type === MATCH_TYPE) {
+    // Any of the template's types; ComfyUI's front end narrows it as it is linked.
+    const template = (options.template ?? {}) as { template_id?: unknown; allowed_types?: unknown };
+    const allowed = typeof template.allowed_types === "string" ? template.allowed_types : "*";
+    const def: InputDef = { name, type: allowed, widget: false, required, options };
+    if (typeof template.template_id === "string") def.match = template.template_id;
+    return def;
+  }
   // Newer ComfyUI writes combos as ["COMBO", {options: [...]}].
   if (type === "COMBO") {
     const list = Array.isArray(options.options) ? (options.options as unknown[]).map(String) : [];
@@ -119,10 +142,76 @@ function parseInput(name: string, raw: RawInput | undefined, required: boolean):
 }
 
 /**
- * The inputs a node shows: all, except that of each Autogrow group only the required ones
- * and those up to one past the last linked (a free socket to link the next item).
+ * A DynamicCombo (`["COMFY_DYNAMICCOMBO_V3", {options: [{key, inputs}]}]`): the combo, then
+ * every input its options bring, named `combo.sub` as in ComfyUI's API prompt (one input for
+ * a name two options share), each knowing which options bring it.
  */
-export function visibleInputs(inputs: readonly InputDef[], linked: ReadonlySet<string>): InputDef[] {
+function parseDynamicCombo(name: string, raw: RawInput, required: boolean): InputDef[] {
+  const exact = {};
+  const options = plainOptions((raw[1] && typeof raw[1] === "object" ? raw[1] : {}) as Record<string, unknown>, exact);
+  const list = Array.isArray(options.options) ? (options.options as unknown[]) : [];
+  const keys: string[] = [];
+  const dynamic: Record<string, string[]> = {};
+  const brought = new Map<string, InputDef>();
+  for (const option of list) {
+    if (!option || typeof option !== "object") continue;
+    const { key, inputs } = option as { key?: unknown; inputs?: RawNodeSchema["input"] };
+    if (typeof key !== "string") continue;
+    keys.push(key);
+    dynamic[key] = [];
+    for (const [section, isRequired] of [["required", true], ["optional", false]] as const) {
+      for (const [sub, spec] of Object.entries(inputs?.[section] ?? {})) {
+        const full = `${name}.${sub}`;
+        const known = brought.get(full);
+        const def = known ? null : parseInput(full, spec, isRequired);
+        if (known) known.parent!.keys.push(key);
+        else if (def) brought.set(full, { ...def, label: sub, parent: { name, keys: [key] } });
+        else continue;
+        dynamic[key].push(full);
+      }
+    }
+  }
+  const { options: _, ...rest } = options;
+  const combo: InputDef = { name, type: "COMBO", widget: true, required, options: rest, choices: keys, dynamic };
+  return [combo, ...brought.values()];
+}
+
+/** The inputs without those of DynamicCombo options not chosen, the chosen one's after its combo, in its order. */
+function chosenInputs(inputs: readonly InputDef[], values: Readonly<Record<string, unknown>>): InputDef[] {
+  const byName = new Map(inputs.map((i) => [i.name, i]));
+  const out: InputDef[] = [];
+  for (const input of inputs) {
+    if (input.parent) continue;
+    out.push(input);
+    if (!input.dynamic) continue;
+    const chosen = values[input.name] ?? defaultValue(input);
+    for (const name of typeof chosen === "string" ? input.dynamic[chosen] ?? [] : []) {
+      const sub = byName.get(name);
+      if (sub) out.push(sub);
+    }
+  }
+  return out;
+}
+
+/** Whether an input counts given the node's values: not one a DynamicCombo option other than the chosen brings. */
+export function isActive(input: InputDef, values: Readonly<Record<string, unknown>>, inputs?: readonly InputDef[]): boolean {
+  if (!input.parent) return true;
+  let chosen = values[input.parent.name];
+  if (chosen === undefined && inputs) {
+    const combo = inputs.find((i) => i.name === input.parent!.name);
+    if (combo) chosen = defaultValue(combo);
+  }
+  return typeof chosen === "string" && input.parent.keys.includes(chosen);
+}
+
+/**
+ * The inputs a node shows: all, except that of each Autogrow group only the required ones
+ * and those up to one past the last linked (a free socket to link the next item), and of a
+ * DynamicCombo's only those the chosen option brings (given `values`).
+ */
+export function visibleInputs(inputs: readonly InputDef[], linked: ReadonlySet<string>,
+  values?: Readonly<Record<string, unknown>>): InputDef[] {
+  if (values) inputs = chosenInputs(inputs, values);
   const lastLinked = new Map<string, number>();
   const position = new Map<string, number>();
   const counts = new Map<string, number>();
@@ -149,13 +238,20 @@ export function parseNodeSchema(type: string, raw: RawNodeSchema): NodeDef {
     const order = raw.input_order?.[section] ?? Object.keys(group);
     const names = [...order, ...Object.keys(group).filter((n) => !order.includes(n))];
     for (const name of names) {
-      const def = parseInput(name, group[name], required);
-      if (def) inputs.push(def);
+      const raw = group[name];
+      if (Array.isArray(raw) && raw[0] === DYNAMIC_COMBO) inputs.push(...parseDynamicCombo(name, raw, required));
+      else {
+        const def = parseInput(name, raw, required);
+        if (def) inputs.push(def);
+      }
     }
   }
   const outTypes = raw.output ?? [];
   const outputs: OutputDef[] = outTypes.map((t, i) => {
-    const type = Array.isArray(t) ? "COMBO" : String(t);
+    const template = raw.output_matchtypes?.[i];
+    const matched = template ? inputs.filter((input) => input.match === template).map((input) => input.type) : [];
+    const type = matched.length ? [...new Set(matched.join(",").split(","))].join(",")
+      : Array.isArray(t) ? "COMBO" : t === MATCH_TYPE ? "*" : String(t);
     return {
       type,
       name: raw.output_name?.[i] ?? type,
