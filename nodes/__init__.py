@@ -17,6 +17,7 @@ from nodes import (
     animated_output,
     attend_excite,
     batch_grow,
+    bounding_boxes,
     checkpoint_save,
     clip_guidance,
     clip_vision,
@@ -42,6 +43,7 @@ from nodes import (
     image_batch,
     image_compose,
     image_ops,
+    image_tiles,
     inpaint,
     instruct_pix2pix,
     inversion,
@@ -55,6 +57,7 @@ from nodes import (
     lora,
     mask_ops,
     masks,
+    math_expression,
     model_editing,
     model_merging,
     model_patches,
@@ -82,6 +85,7 @@ from nodes import (
     unclip,
     upscale,
     upscale_model,
+    utility_nodes,
 )
 
 NODE_CLASSES = (
@@ -153,6 +157,10 @@ NODE_CLASSES = (
     *custom_diffusion.NODE_CLASSES,
     *dreambooth.NODE_CLASSES,
     *flow_control.NODE_CLASSES,
+    *bounding_boxes.NODE_CLASSES,
+    *image_tiles.NODE_CLASSES,
+    *math_expression.NODE_CLASSES,
+    *utility_nodes.NODE_CLASSES,
 )
 
 

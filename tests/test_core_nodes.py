@@ -114,6 +114,17 @@ COMFY_WIDGETS = {
     "ResolutionBucket": [],
     "SaveTrainingDataset": ["folder_name", "shard_size"],
     "LoadTrainingDataset": ["folder_name"],
+    "ImageCropV2": ["crop_region"],
+    "PrimitiveBoundingBox": ["x", "y", "width", "height"],
+    "ImageCropToMask": ["width", "height", "pad_factor", "grow_mask", "background"],
+    "GetLatentSize": [],
+    "ColorToRGBInt": ["color"],
+    "LatentCutToBatch": ["dim", "slice_size"],
+    "ImageCompare": ["compare_view"],
+    "CreateList": [],
+    "WebcamCapture": ["image", "width", "height", "capture_on_queue"],
+    "SplitImageToTileList": ["tile_width", "tile_height", "overlap"],
+    "ImageMergeTileList": ["final_width", "final_height", "overlap"],
 }
 
 
