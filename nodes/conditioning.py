@@ -194,14 +194,39 @@ class CLIPTextEncode(Node):
         return [path_fingerprint(p) for p in paths if p is not None] or None
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
-        if self.clip.text_encoder_2 is not None:  # SDXL: both encoders, sizes from the latent
+        return (encode_hooked(self.clip, lambda clip: self._encode(ctx, clip)),)
+
+    def _encode(self, ctx: ExecutionContext, clip: TextEncoder) -> Conditioning:
+        if clip.text_encoder_2 is not None:  # SDXL: both encoders, sizes from the latent
             from nodes.diffusion.sdxl import sdxl_conditioning
 
-            return (sdxl_conditioning(self.clip, self.text,
-                                      embeddings_for=lambda dim: EmbeddingLibrary(ctx.env, dim)),)
-        dim = int(self.clip.text_encoder.get_input_embeddings().weight.shape[1])
-        embeds = encode_text(self.clip, self.text, EmbeddingLibrary(ctx.env, dim))
-        return (Conditioning((CondEntry(embeds),)),)
+            return sdxl_conditioning(clip, self.text,
+                                     embeddings_for=lambda dim: EmbeddingLibrary(ctx.env, dim))
+        dim = int(clip.text_encoder.get_input_embeddings().weight.shape[1])
+        embeds = encode_text(clip, self.text, EmbeddingLibrary(ctx.env, dim))
+        return Conditioning((CondEntry(embeds),))
+
+
+def encode_hooked(clip: TextEncoder, encode: Any) -> Conditioning:
+    """``encode(clip)`` with Set CLIP Hooks' effects: once per scheduled stretch (each entry
+    for its timestep range), and the CLIP's hooks on every entry."""
+    from nodes.diffusion.combine import TIMESTEP_RANGE
+
+    if clip.clip_schedule:
+        entries: list[CondEntry] = []
+        for span, stretch in clip.clip_schedule:
+            for entry in encode(stretch).entries:
+                entries.append(CondEntry(entry.embeds, {**entry.options,
+                                                        TIMESTEP_RANGE: tuple(span)}))
+        conditioning = Conditioning(tuple(entries))
+    else:
+        conditioning = encode(clip)
+    if clip.cond_hooks is None:
+        return conditioning
+    return Conditioning(tuple(
+        CondEntry(e.embeds, {**e.options, "hooks": clip.cond_hooks if e.options.get("hooks")
+                             is None else e.options["hooks"].combined(clip.cond_hooks)})
+        for e in conditioning.entries))
 
 
 class ConditioningCombine(Node):

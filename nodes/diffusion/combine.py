@@ -59,8 +59,10 @@ Box = tuple[int, int, int, int]
 #: ComfyUI's feathering width and smallest "mask bounds" side on SD (64-latent images)
 COMFY_FEATHER = 8
 COMFY_NATIVE = 64
-REGION_KEYS = ("area", "mask")
+REGION_KEYS = ("area", "mask", "default")
 TIMESTEP_RANGE = "timestep_range"
+#: the option that marks a default entry (ComfyUI's ``default``)
+DEFAULT = "default"
 #: (start, end) fractions of the schedule
 Span = tuple[float, float]
 
@@ -124,6 +126,10 @@ class Region:
     partner: int | None = None
     #: the entry's timestep range (None: every step)
     span: Span | None = None
+    #: the conditioning entry it comes from (its hooks act on its rows)
+    entry: CondEntry | None = None
+    #: a default entry (Cond Set Default Combine): weighs what the others leave uncovered
+    default: bool = False
 
 
 def scaled_pixels(n: int, native: int) -> int:
@@ -215,7 +221,20 @@ def resolve_region(entry: CondEntry, size: tuple[int, int], batch: int, native: 
     else:
         weight += 1.0
     weight = (weight * _strength(options)).expand(batch, 1, height, width)
-    return Region(entry.embeds, weight, box, span=_span(options))
+    return Region(entry.embeds, weight, box, span=_span(options), entry=entry,
+                  default=bool(options.get(DEFAULT)))
+
+
+def fill_defaults(regions: list[Region]) -> None:
+    """A default entry weighs what the side's other entries leave: 1 − their summed
+    weight, at least 0 (ComfyUI's ``finalize_default_conds``); where they cover
+    everything it weighs nothing."""
+    others = [r.weight for r in regions if not r.default]
+    covered = sum(others) if others else torch.zeros_like(regions[0].weight)
+    for i, region in enumerate(regions):
+        if region.default:
+            rest = torch.relu(1 - covered)  # type: ignore[operator]
+            regions[i] = replace(region, weight=rest * region.weight)
 
 
 def _mask_bounds(mask: torch.Tensor, size: tuple[int, int], smallest: int) -> Box | None:
@@ -251,7 +270,7 @@ def with_twins(regions: list[Region], others: list[Region]) -> list[Region]:
             elif other.box is None and best is None:
                 best = other
         if best is not None and best.box != region.box:
-            out.append(replace(region, embeds=best.embeds))
+            out.append(replace(region, embeds=best.embeds, entry=best.entry, default=False))
     return out
 
 
@@ -268,6 +287,7 @@ class _RegionState:
     positive: list[Region]
     negative: list[Region]
     extras: list[torch.Tensor] = field(default_factory=list)
+    extra_entries: list[CondEntry | None] = field(default_factory=list)
     covered_pos: torch.Tensor | None = None  # [B, 1, H, W] bool
     covered_neg: torch.Tensor | None = None
     latents: torch.Tensor | None = None  # this step's scaled latent (for the crops)
@@ -303,17 +323,21 @@ class CombinedConditioning(SamplerExtension):
         # The main batch predicts the first entry of each side on the whole canvas; other
         # whole-canvas regions are extra batch entries, cropped ones get their own passes.
         extras: list[torch.Tensor] = []
+        extra_entries: list[CondEntry | None] = []
         for regions, main in ((pos, "cond"), (neg, "uncond")):
             for i, region in enumerate(regions):
                 if region.box is None:
                     regions[i] = replace(region, source=main if i == 0 else len(extras))
                     if i:
                         extras.append(region.embeds)
+                        extra_entries.append(region.entry)
         for i, region in enumerate(pos):
             if region.box is not None:
                 same = [j for j, r in enumerate(neg) if r.box == region.box]
                 pos[i] = replace(region, partner=same[0] if same else None)
-        state = _RegionState(size, pos, neg, extras)
+        for regions in (pos, neg):
+            fill_defaults(regions)
+        state = _RegionState(size, pos, neg, extras, extra_entries)
         state.covered_pos = sum(r.weight for r in pos) > 0  # type: ignore[operator]
         state.covered_neg = sum(r.weight for r in neg) > 0  # type: ignore[operator]
         if not bool((state.covered_pos | state.covered_neg).all()):
@@ -343,6 +367,12 @@ class CombinedConditioning(SamplerExtension):
         if self.regions:
             return run.state[self].extras
         return [e.embeds for e in (*self.positive[1:], *self.negative[1:])]
+
+    def extra_entries(self, run: SamplingRun) -> list[CondEntry | None]:
+        """The entries :meth:`extra_conditions`' rows stand for."""
+        if self.regions:
+            return run.state[self].extra_entries
+        return [*self.positive[1:], *self.negative[1:]]
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
         if self.regions and run.attention.roles == run.roles:  # the main pass only
@@ -423,8 +453,15 @@ class CombinedConditioning(SamplerExtension):
             embeds = torch.cat([e.repeat(batch, 1, 1) for e in match_token_lengths(
                 [r.embeds.to(latents.device, latents.dtype) for r in regions])])
             sample = latents[..., box[0]:box[1], box[2]:box[3]].repeat(len(regions), 1, 1, 1)
-            with windows_of(run, [view], windowed_state(run, [view], exclude=(self,))):
-                pred = run.extension_pass(self, step, sample, embeds, roles)
+            before = dict(run.entries)
+            run.entries.update({role: region.entry for role, region in zip(
+                roles, regions, strict=True) if region.entry is not None})
+            try:
+                with windows_of(run, [view], windowed_state(run, [view], exclude=(self,))):
+                    pred = run.extension_pass(self, step, sample, embeds, roles)
+            finally:
+                run.entries.clear()
+                run.entries.update(before)
             for region, rows in zip(regions, pred.chunk(len(regions)), strict=True):
                 placed = torch.zeros_like(latents)
                 placed[..., box[0]:box[1], box[2]:box[3]] = rows

@@ -68,6 +68,11 @@ class TextEncoder:
     tokenizer_2: Any = None
     # LoRA updates for ``text_encoder_2`` (kohya ``lora_te2_``, diffusers ``text_encoder_2.``)
     patches_2: tuple[Any, ...] = ()
+    # Set CLIP Hooks: the HOOKS every conditioning encoded with this CLIP carries (None:
+    # none), and with ``schedule_clip`` the (timestep range, CLIP) stretches a prompt is
+    # encoded with, one conditioning entry each
+    cond_hooks: Any = None
+    clip_schedule: tuple[tuple[tuple[float, float], Any], ...] = ()
 
     @property
     def device(self) -> torch.device:

@@ -238,6 +238,9 @@ class SamplingRun:
     extra_chunks: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: SDXL's pooled embeddings and size conditioning per entry (None for SD 1.x/2.x)
     added: AddedConditioning | None = None
+    #: the conditioning entry each batch role stands for ("cond", "uncond", "extra:<n>",
+    #: and the roles of an extension's own pass that declares them): hooks read it
+    entries: dict[str, CondEntry] = field(default_factory=dict)
 
     def added_cond_kwargs(self, embeds: torch.Tensor, roles: tuple[str, ...] | list[str]
                           ) -> dict[str, torch.Tensor] | None:
@@ -309,9 +312,19 @@ def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: 
     from_cond = [ext for cond in (positive, negative) for entry in cond.entries
                  for ext in entry.options.get("extensions", ())]
     extensions = unique_extensions(combined_extensions(positive, negative), model.extensions,
-                                   from_cond, latent_extensions(model, latent))
+                                   from_cond, latent_extensions(model, latent),
+                                   hooked_extensions(positive, negative))
     check_input_channels(model.unet, latent.samples.shape[1], extensions)
     return extensions
+
+
+def hooked_extensions(positive: Conditioning, negative: Conditioning
+                      ) -> list[SamplerExtension]:
+    """The hooks the conditionings carry, applied to their own rows (none: no extension)."""
+    from nodes.diffusion.hooks import HookedWeights, hook_groups
+
+    groups = hook_groups((*positive.entries, *negative.entries))
+    return [HookedWeights([h for g in groups for h in g.hooks])] if groups else []
 
 
 RESIZE_FIX = "lower batch_size, width or height"
@@ -393,6 +406,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                       collect_extensions(model, positive, negative, latent))
     run.added = added_conditioning(model, positive, negative, tuple(init_latents.shape[-2:]),
                                    device, dtype)
+    run.entries.update({"cond": positive.entries[0], "uncond": negative.entries[0]})
     exts = run.extensions
     batch = latents.shape[0]
     embeds = guidance_embeds(positive, negative, batch, do_cfg, device, dtype)
@@ -412,6 +426,11 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                        for c in ext.extra_conditions(run)]
                 conds = [c.embeds.to(device=device, dtype=dtype) for c in raw]
                 start = base + len(extra)
+                # the entries these rows stand for (hooks read them): an extension that
+                # adds entries of the conditionings names them, else the rows themselves
+                named = getattr(ext, "extra_entries", None)
+                run.entries.update({f"extra:{start - base + k}": c for k, c in enumerate(
+                    named(run) if named is not None else raw)})
                 if run.added is not None:
                     for k, c in enumerate(raw):
                         run.added.bind(f"extra:{start - base + k}", c.embeds,
