@@ -290,7 +290,7 @@ class SaveLoRA(Node):
         import torch
         from safetensors.torch import save_file
 
-        from nodes.diffusion.comfy_lora_layers import kohya_keys
+        from nodes.diffusion.lora import kohya_keys
         from nodes.output_files import save_numbered
 
         if not isinstance(self.lora, dict) or not self.lora or not all(

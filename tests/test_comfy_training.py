@@ -22,11 +22,11 @@ from nodes.diffusion.comfy_lora_layers import (
     create_layers,
     existing_steps,
     fit_state,
-    kohya_keys,
     lora_modules,
 )
 from nodes.diffusion.handles import DiffusionModel
 from nodes.diffusion.loading import load_components
+from nodes.diffusion.lora import kohya_keys
 from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
 
 SIZE = 32  # 4x4 latents on the tiny model
@@ -386,7 +386,7 @@ def test_same_seed_same_lora_other_seed_other(tiny):
     assert [p.requires_grad for p in c.unet.parameters()] == flags  # flags restored
 
 
-def test_comfyui_layout_keys_fit_like_ours(tiny):
+def test_comfyui_layout_keys_fit_like_ours(tiny, tmp_path_factory):
     """A LoRA saved by ComfyUI (``diffusion_model.<original name>.lora_up.weight``) fits
     the same weights as our kohya keys (so existing_lora takes ComfyUI's files)."""
     from nodes.diffusion.lora import _original_unet_names
@@ -406,6 +406,17 @@ def test_comfyui_layout_keys_fit_like_ours(tiny):
     fitted_ours = dict(fit_state(c.unet, ours, "ours"))
     fitted_comfy = dict(fit_state(c.unet, comfy, "comfy"))
     assert fitted_ours.keys() == fitted_comfy.keys()
+    # and Load LoRA reads ComfyUI's files as it reads ours
+    from safetensors.torch import save_file
+
+    from nodes.diffusion.lora import load_lora
+
+    folder = tmp_path_factory.mktemp("comfy_lora")
+    save_file({k: v.contiguous() for k, v in comfy.items()}, folder / "comfy.safetensors")
+    save_file({k: v.contiguous() for k, v in ours.items()}, folder / "ours.safetensors")
+    ours_patch = load_lora(folder / "ours.safetensors").patch(c.unet, "unet", 1.0)
+    comfy_patch = load_lora(folder / "comfy.safetensors").patch(c.unet, "unet", 1.0)
+    assert sorted(k for k, _ in ours_patch.weights) == sorted(k for k, _ in comfy_patch.weights)
 
 
 def test_existing_steps_from_comfyuis_file_names():

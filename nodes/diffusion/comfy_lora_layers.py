@@ -180,24 +180,9 @@ def lora_state(layers: LoraLayers, diffs: DiffLayers, dtype: torch.dtype) -> dic
 
 # --- LORA_MODEL and files -----------------------------------------------------------------
 
-_COMFY_KEY = re.compile(r"^diffusion_model\.(.+?)\.(lora_up\.weight|lora_down\.weight|alpha|"
-                        r"diff|diff_b|lora_mid\.weight)$")
-
-
-def kohya_keys(state: dict[str, Any]) -> dict[str, Any]:
-    """ComfyUI's own trained-LoRA keys (``diffusion_model.<original-layout module>.…``)
-    renamed to kohya's ``lora_unet_<module with _>.…``, which our reader maps through
-    the original (LDM) layout; other keys unchanged."""
-    out = {}
-    for k, v in state.items():
-        m = _COMFY_KEY.match(k)
-        out[KOHYA_PREFIX + m.group(1).replace(".", "_") + "." + m.group(2) if m else k] = v
-    return out
-
-
 def fit_state(unet: Any, state: dict[str, Any], name: str) -> tuple[tuple[str, Any], ...]:
     """A LoRA state dict fitted to the UNet (every layer must fit): the patch's updates."""
-    from nodes.diffusion.lora import LoraMismatchError, fit_lora, split_layers
+    from nodes.diffusion.lora import LoraMismatchError, fit_lora, kohya_keys, split_layers
 
     layers, unknown = split_layers(kohya_keys(state))
     if unknown:

@@ -162,6 +162,21 @@ def _split_component(key: str) -> tuple[str, str, bool]:
     return "unet", key, False
 
 
+_COMFY_KEY = re.compile(r"^diffusion_model\.(.+?)\.(lora_up\.weight|lora_down\.weight|alpha|"
+                        r"diff|diff_b|lora_mid\.weight)$")
+
+
+def kohya_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's own trained-LoRA keys (``diffusion_model.<original-layout module>.…``)
+    renamed to kohya's ``lora_unet_<module with _>.…``, which our reader maps through
+    the original (LDM) layout; other keys unchanged."""
+    out = {}
+    for k, v in state.items():
+        m = _COMFY_KEY.match(k)
+        out["lora_unet_" + m.group(1).replace(".", "_") + "." + m.group(2) if m else k] = v
+    return out
+
+
 def split_layers(state: StateDict) -> tuple[dict[str, dict[str, _Layer]], list[str]]:
     """Group keys into ``{component: {module key: layer}}``; also the keys not understood."""
     layers: dict[str, dict[str, _Layer]] = {}
@@ -360,7 +375,7 @@ class LoraFile:
 def load_lora(path: Path, *, allow_pickle: bool = False) -> LoraFile:
     """Read a LoRA file and check that it holds LoRA layers for SD's UNet / text encoder."""
     state, metadata = read_lora_file(path, allow_pickle=allow_pickle)
-    layers, unknown = split_layers(state)
+    layers, unknown = split_layers(kohya_keys(state))
     if unknown:
         kinds = " (LoHa/LoKr/DoRA/Tucker layers are not supported)" if any(
             re.search(r"hada_|lokr_|dora_scale|lora_mid|magnitude", k) for k in unknown) else ""
