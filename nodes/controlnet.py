@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
+from nodes.diffusion.controlnet_union import UNION_CHOICES
 from nodes.diffusion.handles import Conditioning, Tensor, Vae
 from nodes.models import path_fingerprint, pickle_problem
 
@@ -24,8 +25,10 @@ def list_controlnets(env: Environment) -> list[str]:
 
 class ControlNetLoader(Node):
     """Load a ControlNet or a T2I-Adapter (diffusers folder or single .safetensors file) for
-    SD 1.x / 2.x. Which one the file holds is detected; both apply with Apply ControlNet,
-    an adapter also with Apply T2I-Adapter."""
+    SD 1.x / 2.x / SDXL. Which one the file holds is detected; both apply with Apply
+    ControlNet, an adapter also with Apply T2I-Adapter. A ControlNet-Union (xinsir's
+    controlnet-union-sdxl / ProMax file) loads too: pick its control type with
+    SetUnionControlNetType."""
 
     TYPE = "ControlNetLoader"
     DISPLAY_NAME = "Load ControlNet Model"
@@ -110,7 +113,8 @@ class ControlNetApplyAdvanced(Node):
 
     A T2I-Adapter from Load ControlNet Model applies here too (ComfyUI's way): its
     features are scaled by ``strength`` and added on the steps within start..end;
-    guess_mode does not apply to it (Apply T2I-Adapter has diffusers' settings).
+    guess_mode does not apply to it (Apply T2I-Adapter has diffusers' settings). A
+    ControlNet-Union applies here too: set its control type first (SetUnionControlNetType).
 
     Using it well: the control image fixes where things go, the prompt says what they
     are, so the prompt should describe what the control shows and not fight it. On
@@ -197,4 +201,44 @@ class ControlNetApply(Node):
         return (_with_extension(self.conditioning, ext),)
 
 
-NODE_CLASSES = (ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply)
+class SetUnionControlNetType(Node):
+    """Choose which kind of control image a ControlNet-Union (xinsir's ControlNet++,
+    controlnet-union-sdxl) gets: openpose, depth, edges (hed/pidi/scribble/ted), lines
+    (canny/lineart/anime_lineart/mlsd), normal, segment, tile or repaint.
+
+    Returns a copy of the ControlNet with the type set; apply it with Apply ControlNet as
+    usual. For several kinds of control at once, load the union model once, set each type
+    on its own branch and chain one Apply ControlNet per image: each runs the model with
+    its type and their effects add up. Set the type that matches the image (a depth map
+    with ``depth``, a Canny edge map with ``canny/...``). ``auto`` (also what a union model
+    does without this node) passes no type, as ComfyUI does: the hint goes in without its
+    type embedding, so prefer the matching type. ``tile`` and ``repaint`` need the ProMax
+    weights (8 types); the first release knows 6 and refuses them. On a plain ControlNet
+    or a T2I-Adapter the type does nothing (as in ComfyUI; a warning says so).
+    """
+
+    TYPE = "SetUnionControlNetType"
+    DISPLAY_NAME = "SetUnionControlNetType"
+    CATEGORY = "conditioning/controlnet"
+    OUTPUTS = (Output("CONTROL_NET"),)
+
+    control_net: Any = Input(type="CONTROL_NET", description="A union ControlNet")
+    type: str = Input("auto", choices=list(UNION_CHOICES),
+                      description="The kind of control image it will get")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Any]:
+        from nodes.diffusion.controlnet import ControlNet
+        from nodes.diffusion.controlnet_union import check_type
+
+        net = self.control_net
+        if isinstance(net, ControlNet) and net.is_union:
+            types = check_type(net.model, self.type, net.name or "this ControlNet-Union")
+            return (replace(net, control_types=types),)
+        if self.type != "auto" and ctx is not None:
+            ctx.warn(f"{getattr(net, 'name', '') or 'this model'} is not a union ControlNet: "
+                     f"type {self.type!r} does nothing (load a controlnet-union model)")
+        return (net,)
+
+
+NODE_CLASSES = (ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply,
+                SetUnionControlNetType)

@@ -127,6 +127,7 @@ COMFY_WIDGETS = {
     "PairConditioningCombine": [],
     "SetClipHooks": ["apply_to_conds", "schedule_clip"],
     "ConditioningTimestepsRange": ["start_percent", "end_percent"],
+    "SetUnionControlNetType": ["type"],
     "TrainLoraNode": ["batch_size", "grad_accumulation_steps", "steps", "learning_rate", "rank",
                       "optimizer", "loss_function", "seed", "training_dtype", "lora_dtype",
                       "quantized_backward", "algorithm", "gradient_checkpointing",

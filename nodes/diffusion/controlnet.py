@@ -19,17 +19,25 @@ size is resized to that size as diffusers' ``VaeImageProcessor`` resizes a tenso
 image: ``torch.nn.functional.interpolate`` with its default nearest-neighbour mode,
 stretching if the aspect ratio differs. Resize the image beforehand for a smoother
 result.
+
+A ControlNet-Union (:mod:`nodes.diffusion.controlnet_union`) is the same extension: its
+handle carries the control type(s) set by SetUnionControlNetType, and its call gets them
+as ``StableDiffusionXLControlNetUnionPipeline`` passes them (``control_type`` /
+``control_type_idx``). Chained union applications run the model once each and add up, as
+diffusers' ``MultiControlNetUnionModel``; one extension with several images (one per type)
+is the pipeline's multi-type call of one union model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
+from nodes.diffusion.controlnet_union import is_union_model, union_call_kwargs, union_forward
 from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
 
 if TYPE_CHECKING:
@@ -41,10 +49,18 @@ Resize = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class ControlNet:
-    """CONTROL_NET: a loaded diffusers ``ControlNetModel`` and the name it was loaded as."""
+    """CONTROL_NET: a loaded diffusers ``ControlNetModel`` (or ``ControlNetUnionModel``) and
+    the name it was loaded as."""
 
     model: Any
     name: str = ""
+    #: a union model's control types (SetUnionControlNetType); () is ComfyUI's "auto".
+    #: Plain ControlNets have none.
+    control_types: tuple[int, ...] = ()
+
+    @property
+    def is_union(self) -> bool:
+        return is_union_model(self.model)
 
     @property
     def hint_downscale(self) -> int:
@@ -138,6 +154,8 @@ class _RunState:
     keep: list[float]
     rows: str  # which CFG halves the ControlNet acts on: "all", "cond" or "uncond"
     guess: bool
+    #: a union's multi-type call: its other images, one per further type
+    more_images: list[torch.Tensor] = field(default_factory=list)
 
 
 class ControlNetResiduals(SamplerExtension):
@@ -147,15 +165,25 @@ class ControlNetResiduals(SamplerExtension):
     ControlNetApplyAdvanced does) for diffusers' behaviour: the ControlNet sees the
     whole CFG batch. Attached to the positive only it steers the conditional half
     (the unconditional half gets zeros); to the negative only, the unconditional half.
+
+    ``image`` may be a tuple of images for a union ControlNet with as many types (the
+    union pipeline's multi-type call: one pass, the images' features fused).
     """
 
-    def __init__(self, control_net: ControlNet, image: torch.Tensor, strength: float = 1.0,
-                 start: float = 0.0, end: float = 1.0, guess_mode: bool = False):
+    def __init__(self, control_net: ControlNet, image: torch.Tensor | tuple[torch.Tensor, ...],
+                 strength: float = 1.0, start: float = 0.0, end: float = 1.0,
+                 guess_mode: bool = False):
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"ControlNet start ({start}) must be below end ({end}), "
                              "both within 0..1")
+        images = tuple(image) if isinstance(image, (tuple, list)) else (image,)
+        if len(images) > 1 and not (control_net.is_union
+                                    and len(control_net.control_types) == len(images)):
+            raise ValueError(f"{len(images)} control images need a union ControlNet with as "
+                             "many control types; apply one image per ControlNet instead")
         self.control_net = control_net
         self.image = image
+        self.images = images
         self.strength = float(strength)
         self.start = float(start)
         self.end = float(end)
@@ -172,38 +200,49 @@ class ControlNetResiduals(SamplerExtension):
         _check_fits(self.control_net, run)
         batch, _, h, w = run.init_latents.shape
         factor = self.control_net.hint_downscale
-        image = prepare_control_image(self.image, h * factor, w * factor, batch,
-                                      int(net.config.conditioning_channels))
-        run.state[self] = _RunState(image.to(device=net.device, dtype=net.dtype),
+        images = [prepare_control_image(image, h * factor, w * factor, batch,
+                                        int(net.config.conditioning_channels)
+                                        ).to(device=net.device, dtype=net.dtype)
+                  for image in self.images]
+        run.state[self] = _RunState(images[0],
                                     controlnet_keep(len(run.timesteps), self.start, self.end),
-                                    attached_rows(run, self, self.guess_mode), self.guess_mode)
+                                    attached_rows(run, self, self.guess_mode), self.guess_mode,
+                                    images[1:])
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
         state: _RunState = run.state[self]
         scale = self.strength * state.keep[step.index]
-        if scale == 0.0:
-            return  # the pipeline adds residuals x 0 here; adding nothing is the same
+        # The pipeline adds residuals x 0 here; adding nothing is the same. (Not so for a
+        # union's multi-type call: the model scales the images, not its residuals.)
+        if scale == 0.0 and not state.more_images:
+            return
         batch = run.init_latents.shape[0]
         total = call.latent_input.shape[0]
         lo, hi = row_range(run, state.rows, total)
         if hi == lo:
             return
         net = self.control_net.model
-        image = state.image.repeat((hi - lo) // batch, 1, 1, 1)
+        images = [image.repeat((hi - lo) // batch, 1, 1, 1)
+                  for image in (state.image, *state.more_images)]
+        control: dict[str, Any] = {"controlnet_cond": images[0], "conditioning_scale": scale}
+        if self.control_net.is_union:
+            control = union_call_kwargs(net, self.control_net.control_types, images, scale,
+                                        hi - lo)
         # SDXL ControlNets take the same pooled/size rows as the UNet (the pipeline's
         # controlnet_added_cond_kwargs: only the conditional rows in guess mode)
         added = {} if call.added_cond_kwargs is None else {"added_cond_kwargs": {
             k: v[lo:hi].to(net.device, net.dtype) for k, v in call.added_cond_kwargs.items()}}
-        down, mid = net(
-            call.latent_input[lo:hi].to(device=net.device, dtype=net.dtype),
-            call.timestep,
-            encoder_hidden_states=call.encoder_hidden_states[lo:hi].to(net.device, net.dtype),
-            controlnet_cond=image,
-            conditioning_scale=scale,
-            guess_mode=state.guess,
-            return_dict=False,
-            **added,
-        )
+        with union_forward(net, self.control_net.control_types):
+            down, mid = net(
+                call.latent_input[lo:hi].to(device=net.device, dtype=net.dtype),
+                call.timestep,
+                encoder_hidden_states=call.encoder_hidden_states[lo:hi].to(net.device,
+                                                                           net.dtype),
+                guess_mode=state.guess,
+                return_dict=False,
+                **control,
+                **added,
+            )
         down = [pad_rows(d.to(run.device, run.dtype), lo, hi, total) for d in down]
         call.add_residuals(down, pad_rows(mid.to(run.device, run.dtype), lo, hi, total))
 

@@ -7,7 +7,9 @@ layout. Its config comes from Steerflow's ``steerflow.config`` metadata when
 present, else from the shipped SD 1.5 / SD 2.1 / SDXL UNet config picked by the
 cross-attention width, the way ``ControlNetModel.from_unet`` derives it (an SDXL
 ControlNet's transformer depths come from its weights: there are smaller variants). Pickle
-files are refused unless the caller opts in (see ``read_checkpoint_file``).
+files are refused unless the caller opts in (see ``read_checkpoint_file``). A ControlNet-Union
+(xinsir's ControlNet++: a ``task_embedding`` key) loads as ``ControlNetUnionModel``, its union
+settings read from its weights (:mod:`nodes.diffusion.controlnet_union`).
 
 A T2I-Adapter file may be in diffusers' layout (``adapter.*``) or TencentARC's original
 one (``conv_in``/``body.*``, full and light adapters); diffusers has no converter for
@@ -22,10 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
+from diffusers import ControlNetModel, ControlNetUnionModel, T2IAdapter, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from safetensors.torch import save_file
 
+from nodes.diffusion.controlnet_union import (
+    UNION_PREFIXES,
+    build_union,
+    is_union_checkpoint,
+    union_model_config,
+    union_weights,
+)
 from nodes.diffusion.loading import (
     _check_folder_weights,
     _empty,
@@ -42,25 +51,29 @@ StateDict = dict[str, torch.Tensor]
 
 def load_control_model(path: Path, *, allow_pickle: bool = False,
                        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                       budget: int | None = None) -> ControlNetModel | T2IAdapter:
-    """A ControlNet or a T2I-Adapter in eval mode, whichever ``path`` holds (a diffusers
-    folder's ``_class_name``, a single file's metadata or keys tell them apart). One bigger
-    than ``budget`` bytes stays on the CPU with sequential offload (:func:`place_model`)."""
+                       budget: int | None = None
+                       ) -> ControlNetModel | ControlNetUnionModel | T2IAdapter:
+    """A ControlNet (plain or union) or a T2I-Adapter in eval mode, whichever ``path`` holds
+    (a diffusers folder's config, a single file's metadata or keys tell them apart). One
+    bigger than ``budget`` bytes stays on the CPU with sequential offload (:func:`place_model`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"ControlNet or T2I-Adapter not found: {path}")
-    model: ControlNetModel | T2IAdapter
+    model: ControlNetModel | ControlNetUnionModel | T2IAdapter
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is a folder but not a diffusers ControlNet or T2I-Adapter "
                              "(no config.json)")
         _check_folder_weights(path, allow_pickle=allow_pickle)
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        cls = {"ControlNetModel": ControlNetModel, "T2IAdapter": T2IAdapter}.get(
+        cls = {"ControlNetModel": ControlNetModel, "T2IAdapter": T2IAdapter,
+               "ControlNetUnionModel": ControlNetUnionModel}.get(
             config.get("_class_name", "ControlNetModel"))
+        if "num_control_type" in config:  # xinsir's folders name it ControlNetModel_Union
+            cls = ControlNetUnionModel
         if cls is None:
-            raise ValueError(f"{path.name} is a {config['_class_name']}, not a ControlNetModel "
-                             "or T2IAdapter")
+            raise ValueError(f"{path.name} is a {config['_class_name']}, not a ControlNetModel, "
+                             "ControlNetUnionModel or T2IAdapter")
         model = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype,
                                     use_safetensors=True if not allow_pickle else None)
     else:
@@ -74,11 +87,11 @@ def load_control_model(path: Path, *, allow_pickle: bool = False,
 
 def load_controlnet(path: Path, *, allow_pickle: bool = False,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    budget: int | None = None) -> ControlNetModel:
-    """A ControlNet in eval mode from a diffusers folder or a single checkpoint file."""
+                    budget: int | None = None) -> ControlNetModel | ControlNetUnionModel:
+    """A ControlNet (plain or union) in eval mode from a diffusers folder or a single file."""
     net = load_control_model(path, allow_pickle=allow_pickle, device=device, dtype=dtype,
                              budget=budget)
-    if not isinstance(net, ControlNetModel):
+    if isinstance(net, T2IAdapter):
         raise ValueError(f"{Path(path).name} is a T2I-Adapter, not a ControlNet")
     return net
 
@@ -95,8 +108,10 @@ def load_t2i_adapter(path: Path, *, allow_pickle: bool = False,
 
 
 def controlnet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
-                               *, name: str = "checkpoint") -> ControlNetModel:
-    """Build a ControlNet from a single file's tensors (original or diffusers layout)."""
+                               *, name: str = "checkpoint"
+                               ) -> ControlNetModel | ControlNetUnionModel:
+    """Build a ControlNet from a single file's tensors (original or diffusers layout); a
+    ControlNet-Union (xinsir's layout: diffusers names) when it has a task embedding."""
     config = _config_from_metadata(metadata)
     unet_config = None
     if config is None:
@@ -111,12 +126,22 @@ def controlnet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str
                      if not k.startswith("controlnet_cond_embedding.")}
         converted.update(hint)
     converted.update(_sdxl_added_embedding(state_dict))
+    union = is_union_checkpoint(state_dict)
+    if union:  # under diffusers' names whatever the layout
+        converted = {k: v for k, v in converted.items() if not k.startswith(UNION_PREFIXES)}
+        converted.update(union_weights(state_dict))
     if unet_config is not None and unet_config.get("addition_embed_type") == "text_time":
         unet_config = {**unet_config,
                        "transformer_layers_per_block": _transformer_depths(converted)}
     if "controlnet_cond_embedding.conv_in.weight" not in converted:
         raise ValueError(f"{name} is not a ControlNet: it has no hint encoder "
                          "(input_hint_block.* / controlnet_cond_embedding.*) weights")
+    if union:  # the plain ControlNet's config, plus the union settings from the weights
+        base = config or dict(_empty(lambda: _controlnet_for_unet(unet_config, converted)).config)
+        union_config = base if "num_control_type" in base else union_model_config(
+            base, converted, name)
+        model = _empty(lambda: build_union(union_config))
+        return _load_strict("ControlNet-Union", model, converted)
     if config is not None:
         model = _empty(lambda: ControlNetModel.from_config(config))
     else:
