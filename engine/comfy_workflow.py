@@ -54,7 +54,10 @@ NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 REROUTE = "Reroute"
 PRIMITIVE = "PrimitiveNode"
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO",
+                          # widgets only ComfyUI's front end draws (a crop box, a camera, a
+                          # before/after slider): they hold a place in widgets_values too
+                          "BOUNDING_BOX", "WEBCAM", "IMAGECOMPARE"})
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # as engine.node.DYNAMIC_COMBO
 _MAX_NESTING = 8  # DynamicCombos inside options, followed this deep
 # ComfyUI's front end gives these INT inputs a control widget even when the

@@ -418,3 +418,26 @@ def test_tile_bounds_and_errors(session, monkeypatch):
     (out,) = merge(image_list=[torch.ones(1, 1, 1, 3)] * 4, final_width=[64],
                    final_height=[64], overlap=[8]).execute(None)
     assert out.shape == (1, 64, 64, 3) and out[0, 0, :4].sum() == 12 and out[0, 1].sum() == 0
+
+
+def test_ui_workflows_keep_front_end_widget_values_in_place(tmp_path):
+    """ComfyUI's saved files hold a place in ``widgets_values`` for the widgets only its
+    front end draws (a crop box, a camera): the values after them stay on their inputs."""
+    from engine.comfy_workflow import convert_ui_workflow
+    from engine.registry import default_registry
+
+    registry = default_registry()
+    schemas = registry.schema()
+    box = {"x": 4, "y": 2, "width": 8, "height": 6}
+    wf = {"last_node_id": 2, "last_link_id": 0, "links": [], "nodes": [
+        {"id": 1, "type": "ImageCropV2", "pos": [0, 0], "mode": 0,
+         "inputs": [{"name": "image", "type": "IMAGE", "link": None}],
+         "widgets_values": [box]},
+        {"id": 2, "type": "WebcamCapture", "pos": [0, 300], "mode": 0, "inputs": [],
+         "widgets_values": ["webcam/1700000000.png [temp]", 640, 480, False]}]}
+    prompt = convert_ui_workflow(wf, schemas).prompt
+    assert prompt["1"]["inputs"]["crop_region"] == box
+    assert {k: prompt["2"]["inputs"][k] for k in ("image", "width", "height",
+                                                  "capture_on_queue")} == {
+        "image": "webcam/1700000000.png [temp]", "width": 640, "height": 480,
+        "capture_on_queue": False}
