@@ -62,16 +62,17 @@ class CLIPTextEncodeSDXL(Node):
         return _text_problems(inputs, env, "text_g", "text_l")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        from nodes.conditioning import encode_hooked
         from nodes.diffusion.sdxl import sdxl_conditioning
 
         _require_sdxl(self.clip, self.TYPE)
         if self.clip.text_encoder is None:
             raise ValueError("CLIPTextEncodeSDXL needs the SDXL base model's CLIP; the "
                              "refiner's has only bigG: use CLIPTextEncodeSDXLRefiner")
-        return (sdxl_conditioning(
-            self.clip, self.text_g, self.text_l, _embeddings_for(ctx.env),
+        return (encode_hooked(self.clip, lambda clip: sdxl_conditioning(
+            clip, self.text_g, self.text_l, _embeddings_for(ctx.env),
             width=self.width, height=self.height, crop_w=self.crop_w, crop_h=self.crop_h,
-            target_width=self.target_width, target_height=self.target_height),)
+            target_width=self.target_width, target_height=self.target_height)),)
 
 
 class CLIPTextEncodeSDXLRefiner(Node):
@@ -96,13 +97,14 @@ class CLIPTextEncodeSDXLRefiner(Node):
         return _text_problems(inputs, env, "text")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        from nodes.conditioning import encode_hooked
         from nodes.diffusion.sdxl import sdxl_conditioning
 
         _require_sdxl(self.clip, self.TYPE)
         # ComfyUI allows the base model's CLIP here too (its bigG); so do we.
-        return (sdxl_conditioning(self.clip, self.text, None, _embeddings_for(ctx.env),
-                                  aesthetic_score=self.ascore, width=self.width,
-                                  height=self.height),)
+        return (encode_hooked(self.clip, lambda clip: sdxl_conditioning(
+            clip, self.text, None, _embeddings_for(ctx.env), aesthetic_score=self.ascore,
+            width=self.width, height=self.height)),)
 
 
 class ConditioningZeroOut(Node):

@@ -192,3 +192,30 @@ def test_ddim_inversion_example_reconstructs_its_input(session):
     source = np.asarray(Image.open("workflows/assets/steerflow_example.png").convert("RGB"))
     recon = np.asarray(Image.open(result.image_paths[-1]).convert("RGB"))
     assert psnr(source, recon) >= 25.0
+
+
+def test_hooks_example_puts_the_night_lora_on_its_region_only(session):
+    """workflows/hooks.json: the night LoRA hooked on the left prompt darkens the left
+    half's background; the right half stays lighter, and without the hook both are."""
+    from pathlib import Path
+
+    from engine.session import Workflow
+
+    workflow = Workflow.load(Path(__file__).resolve().parents[1] / "workflows" / "hooks.json")
+    prompt = workflow.prompt
+
+    def halves(strength: float) -> tuple[float, float]:
+        graph = {k: {**v, "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+        graph["20"]["inputs"].update(strength_model=strength, strength_clip=strength)
+        graph["cap"] = {"class_type": "TestCapture", "inputs": {"value": ["8", 0],
+                                                                "key": uuid.uuid4().hex}}
+        result = session.run(graph)
+        assert result.ok, result.run.error
+        image = CAPTURED.pop(graph["cap"]["inputs"]["key"])[0].numpy()
+        corners = image[:8]  # the top rows: background in both halves
+        return float(corners[:, :64].mean()), float(corners[:, 64:].mean())
+
+    left, right = halves(1.0)
+    plain_left, plain_right = halves(0.0)
+    assert left < 0.4 < plain_left, (left, plain_left)
+    assert right > left + 0.15, (left, right)
