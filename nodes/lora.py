@@ -108,4 +108,49 @@ class LoraLoaderModelOnly(_LoraFileNode):
         return (_patch_model(self.model, _read(ctx, self.lora_name), self.strength_model),)
 
 
-NODE_CLASSES = (LoraLoader, LoraLoaderModelOnly)
+def _bypass_model(model: DiffusionModel, lora: LoraFile, strength: float,
+                  name: str) -> DiffusionModel:
+    """``model`` with the LoRA computed beside each layer (one hook on every row)."""
+    from nodes.diffusion.hook_groups import WeightHook
+    from nodes.diffusion.hooks import HookedWeights
+
+    hook = WeightHook(name, strength, 0.0, lora=lora)
+    lora.patch(model.unet, "unet", 1.0)  # a misfit is an error here, not in the sampler
+    return model.with_extension(HookedWeights([hook], every_row=True))
+
+
+class LoraLoaderBypass(LoraLoader):
+    """Load LoRA in bypass mode: the UNet's weights are never changed; each layer adds
+    the LoRA's ``up(down(x))`` to its output for the sampling run (the text encoder is
+    patched as Load LoRA does). The same images as Load LoRA up to rounding; use it when
+    weights must stay untouched, e.g. while another node trains or reads them. ComfyUI's
+    node (for debugging there)."""
+
+    TYPE = "LoraLoaderBypass"
+    DISPLAY_NAME = "Load LoRA (Bypass) (For debugging)"
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder]:
+        if self.strength_model == 0 and self.strength_clip == 0:
+            return self.model, self.clip
+        lora = _read(ctx, self.lora_name)
+        model = self.model if self.strength_model == 0 else _bypass_model(
+            self.model, lora, self.strength_model, self.lora_name)
+        clip = self.clip if self.strength_clip == 0 else _patch_clip(self.clip, lora,
+                                                                     self.strength_clip)
+        return model, clip
+
+
+class LoraLoaderBypassModelOnly(LoraLoaderModelOnly):
+    """Load LoRA (Bypass) for the model only."""
+
+    TYPE = "LoraLoaderBypassModelOnly"
+    DISPLAY_NAME = "Load LoRA (Bypass, Model Only) (for debugging)"
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        if self.strength_model == 0:
+            return (self.model,)
+        return (_bypass_model(self.model, _read(ctx, self.lora_name), self.strength_model,
+                              self.lora_name),)
+
+
+NODE_CLASSES = (LoraLoader, LoraLoaderModelOnly, LoraLoaderBypass, LoraLoaderBypassModelOnly)

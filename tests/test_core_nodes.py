@@ -103,6 +103,8 @@ COMFY_WIDGETS = {
     "ImageOnlyCheckpointLoader": ["ckpt_name"],
     "DiffControlNetLoader": ["control_net_name"],
     "NAGuidance": ["nag_scale", "nag_alpha", "nag_tau"],
+    "LoraLoaderBypass": ["lora_name", "strength_model", "strength_clip"],
+    "LoraLoaderBypassModelOnly": ["lora_name", "strength_model"],
     "FreSca": ["scale_low", "scale_high", "freq_cutoff"],
     "TemporalScoreRescaling": ["tsr_k", "tsr_sigma"],
     "ManualSigmas": ["sigmas"],

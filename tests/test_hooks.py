@@ -326,3 +326,29 @@ def test_a_hook_lora_that_does_not_fit_is_a_clear_error(session, models_dir):
             "strength_clip": 1.0}}, **pair_props()})
     result = session.run(prompt)
     assert not result.ok and "does not fit" in str(result.run.error)
+
+
+@pytest.mark.parametrize("model_only", [True, False])
+def test_lora_loader_bypass_is_load_lora(session, model_only):
+    if model_only:
+        extra = {"lb": {"class_type": "LoraLoaderBypassModelOnly", "inputs": {
+            "model": ["ck", 0], "lora_name": "hook_a.safetensors", "strength_model": 0.8}}}
+        bypass = run(session, base(model=("lb", 0), extra=extra))
+        merged = run(session, base(model=("lm", 0), extra=lora_model()))
+    else:
+        inputs = {"model": ["ck", 0], "clip": ["ck", 1], "lora_name": "hook_a.safetensors",
+                  "strength_model": 0.8, "strength_clip": 0.6}
+        bypass = run(session, base(model=("lb", 0), clip=("lb", 1), extra={
+            "lb": {"class_type": "LoraLoaderBypass", "inputs": inputs}}))
+        merged = run(session, base(model=("ll", 0), clip=("ll", 1), extra={
+            "ll": {"class_type": "LoraLoader", "inputs": inputs}}))
+    assert np.abs(bypass - merged).max() <= 1e-4
+
+
+def test_bypass_with_hypertile_stacks_tiles_on_the_batch(session):
+    extra = {"lb": {"class_type": "LoraLoaderBypassModelOnly", "inputs": {
+        "model": ["ck", 0], "lora_name": "hook_a.safetensors", "strength_model": 0.8}},
+        "ht": {"class_type": "HyperTile", "inputs": {"model": ["lb", 0], "tile_size": 32,
+                                                      "swap_size": 2, "max_depth": 0,
+                                                      "scale_depth": False}}}
+    assert np.isfinite(run(session, base(model=("ht", 0), extra=extra))).all()

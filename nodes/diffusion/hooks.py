@@ -53,6 +53,10 @@ class HookBypass(torch.nn.Module):
             if strength is None or not bool(strength.any()):
                 continue
             delta = self._delta(x, kind, tensors)
+            rows = out.shape[0]
+            if strength.numel() != rows and rows % strength.numel() == 0:
+                # a layout hook (HyperTile, ToMe) stacked each image's tiles on the batch
+                strength = strength.repeat_interleave(rows // strength.numel())
             out = out + delta * strength.view(-1, *([1] * (delta.dim() - 1))).to(delta.dtype)
         return out
 
@@ -94,11 +98,13 @@ class HookedWeights(SamplerExtension):
 
     priority = 5  # before anything that runs UNet passes of its own
 
-    def __init__(self, hooks: Sequence[WeightHook]):
+    def __init__(self, hooks: Sequence[WeightHook], *, every_row: bool = False):
         unique: dict[object, WeightHook] = {}
         for hook in hooks:
             unique.setdefault(hook.ref, hook)
         self.hooks = tuple(unique.values())
+        #: apply to every row of every pass (Load LoRA (Bypass)), not by conditioning
+        self.every_row = every_row
         self.row_strengths: dict[object, torch.Tensor] = {}
 
     def setup(self, run: SamplingRun) -> None:
@@ -138,6 +144,9 @@ class HookedWeights(SamplerExtension):
         per_role = max(call.latent_input.shape[0] // max(len(roles), 1), 1)
         cursors = run.state[self]
         strengths: dict[object, list[float]] = {h.ref: [0.0] * len(roles) for h in self.hooks}
+        if self.every_row:
+            strengths = {h.ref: [h.strength_model] * len(roles) for h in self.hooks}
+            roles = ()
         for k, role in enumerate(roles):
             entry = run.entries.get(role)
             group = entry.options.get("hooks") if entry is not None else None
