@@ -216,6 +216,6 @@ def test_hooks_example_puts_the_night_lora_on_its_region_only(session):
         return float(corners[:, :64].mean()), float(corners[:, 64:].mean())
 
     left, right = halves(1.0)
-    plain_left, plain_right = halves(0.0)
+    plain_left, _ = halves(0.0)
     assert left < 0.4 < plain_left, (left, plain_left)
     assert right > left + 0.15, (left, right)

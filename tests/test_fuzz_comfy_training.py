@@ -8,8 +8,9 @@ import torch
 
 from nodes.comfy_training import loss_graph
 from nodes.diffusion import comfy_train as ct
-from nodes.diffusion.comfy_lora_layers import existing_steps, kohya_keys
+from nodes.diffusion.comfy_lora_layers import existing_steps
 from nodes.diffusion.handles import CondEntry, Conditioning, Latent
+from nodes.diffusion.lora import kohya_keys
 from nodes.diffusion.training_shards import shard_content
 from nodes.training_dataset import ResolutionBucket
 
