@@ -105,6 +105,7 @@ COMFY_WIDGETS = {
     "NAGuidance": ["nag_scale", "nag_alpha", "nag_tau"],
     "LoraLoaderBypass": ["lora_name", "strength_model", "strength_clip"],
     "LoraLoaderBypassModelOnly": ["lora_name", "strength_model"],
+    "LoraSave": ["filename_prefix", "rank", "lora_type", "bias_diff"],
     "FreSca": ["scale_low", "scale_high", "freq_cutoff"],
     "TemporalScoreRescaling": ["tsr_k", "tsr_sigma"],
     "ManualSigmas": ["sigmas"],

@@ -352,3 +352,50 @@ def test_bypass_with_hypertile_stacks_tiles_on_the_batch(session):
                                                       "swap_size": 2, "max_depth": 0,
                                                       "scale_depth": False}}}
     assert np.isfinite(run(session, base(model=("ht", 0), extra=extra))).all()
+
+
+# --- LoRA extraction (LoraSave) ---------------------------------------------------------------
+
+def _extract_prompt(prefix: str, lora_type: str, rank: int = 8) -> dict:
+    return {
+        "ck": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "ck2": {"class_type": "CheckpointLoaderSimple",
+                "inputs": {"ckpt_name": "hook-other.safetensors"}},
+        "sub": {"class_type": "ModelMergeSubtract", "inputs": {"model1": ["ck2", 0],
+                                                               "model2": ["ck", 0],
+                                                               "multiplier": 1.0}},
+        "csub": {"class_type": "CLIPMergeSubtract", "inputs": {"clip1": ["ck2", 1],
+                                                               "clip2": ["ck", 1],
+                                                               "multiplier": 1.0}},
+        "save": {"class_type": "LoraSave", "inputs": {
+            "filename_prefix": prefix, "rank": rank, "lora_type": lora_type,
+            "bias_diff": True, "model_diff": ["sub", 0], "text_encoder_diff": ["csub", 0]}},
+    }
+
+
+@pytest.mark.parametrize("lora_type", ["full_diff", "standard"])
+def test_an_extracted_lora_takes_the_base_to_the_fine_tune(session, lora_type):
+    prefix = f"loras/extracted_{lora_type}_{uuid.uuid4().hex[:6]}"
+    result = session.run(_extract_prompt(prefix, lora_type, rank=64))
+    assert result.ok, result.run.error
+    (name,) = [t for out in result.run.outputs.values() for t in out.get("text", [])]
+    with_lora = run(session, base(model=("ll", 0), clip=("ll", 1), extra={"ll": {
+        "class_type": "LoraLoader", "inputs": {
+            "model": ["ck", 0], "clip": ["ck", 1], "lora_name": name, "strength_model": 1.0,
+            "strength_clip": 1.0}}}))
+    other = run(session, base(model=("ck2", 0), extra={"ck2": {
+        "class_type": "CheckpointLoaderSimple", "inputs": {
+            "ckpt_name": "hook-other.safetensors"}}}))
+    plain = run(session, base())
+    error = np.abs(with_lora - other).max()
+    if lora_type == "full_diff":  # the difference kept whole: the fine-tune itself
+        assert error <= 1e-4
+    else:  # rank 64 of the tiny model's layers, clamped as ComfyUI: close to it
+        assert np.abs(with_lora - other).mean() < 0.25 * np.abs(plain - other).mean()
+
+
+def test_lora_save_needs_a_difference(session):
+    prompt = _extract_prompt("loras/nothing", "standard")
+    del prompt["save"]["inputs"]["model_diff"], prompt["save"]["inputs"]["text_encoder_diff"]
+    result = session.run(prompt)
+    assert not result.ok and "nothing to extract" in str(result.run.error)
