@@ -365,7 +365,8 @@ def test_the_default_time_limit_stops_a_catastrophic_pattern():
     start = time.perf_counter()
     with pytest.raises(ValueError, match=f"took more than {strings.REGEX_TIMEOUT_S:g} s"):
         match("a" * 10_000 + "!", r"(a+)+$")
-    assert time.perf_counter() - start < strings.REGEX_TIMEOUT_S + 5
+    # the pattern alone would run for ages; the margin absorbs a loaded shared machine
+    assert time.perf_counter() - start < strings.REGEX_TIMEOUT_S + 30
 
 
 @pytest.mark.parametrize("pattern", [
