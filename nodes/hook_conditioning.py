@@ -70,7 +70,39 @@ def _props(node: Any, conditioning: Conditioning) -> Conditioning:
                      node.timesteps)
 
 
-class ConditioningSetProperties(Node):
+class _Props(Node):
+    """Cond Set Props' inputs after the conditionings (a base: its fields come last)."""
+
+    strength: float = _strength_input()
+    set_cond_area: str = _area_input()
+    mask: Any = _mask_input()
+    hooks: HookGroup | None = hooks_input()
+    timesteps: Span | None = _timesteps_input()
+
+
+class _New(Node):
+    cond_NEW: Conditioning = Input(type="CONDITIONING")
+
+
+class _BaseAndNew(Node):
+    cond: Conditioning = Input(type="CONDITIONING")
+    cond_NEW: Conditioning = Input(type="CONDITIONING")
+
+
+class _PairNew(Node):
+    positive_NEW: Conditioning = Input(type="CONDITIONING")
+    negative_NEW: Conditioning = Input(type="CONDITIONING")
+
+
+class _PairBaseAndNew(Node):
+    positive: Conditioning = Input(type="CONDITIONING")
+    negative: Conditioning = Input(type="CONDITIONING")
+    positive_NEW: Conditioning = Input(type="CONDITIONING")
+    negative_NEW: Conditioning = Input(type="CONDITIONING")
+
+
+# The conditionings' base is listed last, so its fields come first (ComfyUI's order).
+class ConditioningSetProperties(_Props, _New):
     """Attach hooks, a mask (weighted by ``strength``; "mask bounds" composes the prompt
     inside the mask's box) and a timestep range to a conditioning."""
 
@@ -79,18 +111,11 @@ class ConditioningSetProperties(Node):
     CATEGORY = "advanced/hooks/cond single"
     OUTPUTS = (Output("CONDITIONING"),)
 
-    cond_NEW: Conditioning = Input(type="CONDITIONING")
-    strength: float = _strength_input()
-    set_cond_area: str = _area_input()
-    mask: Any = _mask_input()
-    hooks: HookGroup | None = hooks_input()
-    timesteps: Span | None = _timesteps_input()
-
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
         return (_props(self, self.cond_NEW),)
 
 
-class ConditioningSetPropertiesAndCombine(Node):
+class ConditioningSetPropertiesAndCombine(_Props, _BaseAndNew):
     """Cond Set Props on ``cond_NEW``, then combined with ``cond`` (a region with its
     own LoRA beside the whole-image prompt)."""
 
@@ -99,19 +124,11 @@ class ConditioningSetPropertiesAndCombine(Node):
     CATEGORY = "advanced/hooks/cond single"
     OUTPUTS = (Output("CONDITIONING"),)
 
-    cond: Conditioning = Input(type="CONDITIONING")
-    cond_NEW: Conditioning = Input(type="CONDITIONING")
-    strength: float = _strength_input()
-    set_cond_area: str = _area_input()
-    mask: Any = _mask_input()
-    hooks: HookGroup | None = hooks_input()
-    timesteps: Span | None = _timesteps_input()
-
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
         return (_combine(self.cond, _props(self, self.cond_NEW)),)
 
 
-class PairConditioningSetProperties(Node):
+class PairConditioningSetProperties(_Props, _PairNew):
     """Cond Set Props on a positive / negative pair."""
 
     TYPE = "PairConditioningSetProperties"
@@ -119,35 +136,17 @@ class PairConditioningSetProperties(Node):
     CATEGORY = "advanced/hooks/cond pair"
     OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
 
-    positive_NEW: Conditioning = Input(type="CONDITIONING")
-    negative_NEW: Conditioning = Input(type="CONDITIONING")
-    strength: float = _strength_input()
-    set_cond_area: str = _area_input()
-    mask: Any = _mask_input()
-    hooks: HookGroup | None = hooks_input()
-    timesteps: Span | None = _timesteps_input()
-
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning]:
         return _props(self, self.positive_NEW), _props(self, self.negative_NEW)
 
 
-class PairConditioningSetPropertiesAndCombine(Node):
+class PairConditioningSetPropertiesAndCombine(_Props, _PairBaseAndNew):
     """Cond Set Props Combine on a positive / negative pair."""
 
     TYPE = "PairConditioningSetPropertiesAndCombine"
     DISPLAY_NAME = "Cond Pair Set Props Combine"
     CATEGORY = "advanced/hooks/cond pair"
     OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
-
-    positive: Conditioning = Input(type="CONDITIONING")
-    negative: Conditioning = Input(type="CONDITIONING")
-    positive_NEW: Conditioning = Input(type="CONDITIONING")
-    negative_NEW: Conditioning = Input(type="CONDITIONING")
-    strength: float = _strength_input()
-    set_cond_area: str = _area_input()
-    mask: Any = _mask_input()
-    hooks: HookGroup | None = hooks_input()
-    timesteps: Span | None = _timesteps_input()
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning]:
         return (_combine(self.positive, _props(self, self.positive_NEW)),
