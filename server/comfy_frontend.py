@@ -182,9 +182,11 @@ async def templates_file(request: web.Request) -> web.StreamResponse:
 
     tail = request.match_info["tail"]
     root = templates_dir()
+    # The logos' index (front ends from 1.3x on ask for it) came after the pinned
+    # templates package: without it, no logos, as the front end reads a failed fetch.
+    if tail == "index_logo.json" and (root is None or not (root / tail).is_file()):
+        return json_response({})
     if root is None:
-        if tail == "index_logo.json":
-            return json_response({})
         if tail.startswith("index") and tail.endswith(".json"):  # index.json, index.fr.json
             return json_response([])  # the template browser then shows no templates
         raise ApiError(404, "not_found", "the comfyui-workflow-templates package is "

@@ -1,13 +1,15 @@
 """ComfyUI's official frontend (the pinned comfyui-frontend-package) on a Steerflow server.
 
 ``steerflow serve --front-end comfyui`` in a subprocess; headless chromium loads
-the app, which builds its default graph (Load Checkpoint → CLIP Text Encode x2 →
-KSampler → VAE Decode → Save Image, 512x512, 20 steps) from our ``/object_info``
-with our default model ``steerflow-shapes``; pressing Run sends per-node progress
-(``progress_state``) and previews with their node, shows the image in the Save Image
-node, and the prompt lands in ``/history``. Load Image has its upload button. No
-request the app makes to this server at start may fail, apart from those listed in
-``ALLOWED_MISSING``.
+the app, which builds its default graph from our ``/object_info`` (in 1.58.1 that is
+Z-Image Turbo's, whose ModelSamplingAuraFlow and EmptySD3LatentImage Steerflow lacks).
+The app then loads ComfyUI's classic default graph (Load Checkpoint → CLIP Text Encode
+x2 → KSampler → VAE Decode → Save Image, 512x512, 20 steps; the default of the
+front ends before) with our default model ``steerflow-shapes``, as a user dropping a
+workflow does; pressing Run sends per-node progress (``progress_state``) and previews
+with their node, shows the image in the Save Image node, and the prompt lands in
+``/history``. Load Image has its upload button. No request the app makes to this server
+at start may fail, apart from those listed in ``ALLOWED_MISSING``.
 """
 
 from __future__ import annotations
@@ -31,12 +33,54 @@ pytestmark = pytest.mark.slow
 
 # ComfyUI answers 404 here too: the user has no custom templates file.
 ALLOWED_MISSING = ("/api/userdata/comfy.templates.json",)
-# An upstream bug of 1.27.10, not a server answer: on load, the setting
-# Comfy.Canvas.NavigationMode's onChange sets two settings not registered yet
-# (an unhandled rejection in an async callback; the app carries on).
-ALLOWED_PAGE_ERRORS = ("Cannot read properties of undefined (reading 'id')",)
-DEFAULT_GRAPH = {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler",
+# Uncaught errors of the front end itself that are no answer of ours (none known).
+ALLOWED_PAGE_ERRORS: tuple[str, ...] = ()
+# The front end's own default graph (Z-Image Turbo's): the nodes of it Steerflow has.
+APP_DEFAULT_GRAPH = {"UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "KSampler",
+                     "VAEDecode", "SaveImage"}
+CLASSIC_GRAPH = {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler",
                  "VAEDecode", "SaveImage"}
+
+
+def classic_default_graph(ckpt: str) -> dict[str, Any]:
+    """ComfyUI's default graph as its front end 1.27.10 built it, for ``ckpt``."""
+    def node(nid: int, kind: str, inputs: list[tuple[str, str, int]],
+             outputs: list[tuple[str, list[int]]], widgets: list[Any] | None) -> dict[str, Any]:
+        out = {"id": nid, "type": kind, "pos": [250 * len(inputs), 120 * nid],
+               "size": [315, 100], "flags": {}, "order": 0, "mode": 0, "properties": {},
+               "inputs": [{"name": n, "type": t, "link": lk} for n, t, lk in inputs],
+               "outputs": [{"name": t, "type": t, "links": lks, "slot_index": i}
+                           for i, (t, lks) in enumerate(outputs)]}
+        return out if widgets is None else {**out, "widgets_values": widgets}
+
+    nodes = [
+        node(4, "CheckpointLoaderSimple", [],
+             [("MODEL", [1]), ("CLIP", [3, 5]), ("VAE", [8])], [ckpt]),
+        node(5, "EmptyLatentImage", [], [("LATENT", [2])], [512, 512, 1]),
+        node(6, "CLIPTextEncode", [("clip", "CLIP", 3)], [("CONDITIONING", [4])],
+             ["beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"]),
+        node(7, "CLIPTextEncode", [("clip", "CLIP", 5)], [("CONDITIONING", [6])],
+             ["text, watermark"]),
+        node(3, "KSampler", [("model", "MODEL", 1), ("positive", "CONDITIONING", 4),
+                             ("negative", "CONDITIONING", 6), ("latent_image", "LATENT", 2)],
+             [("LATENT", [7])], [156680208700286, "randomize", 20, 8, "euler", "normal", 1]),
+        node(8, "VAEDecode", [("samples", "LATENT", 7), ("vae", "VAE", 8)],
+             [("IMAGE", [9])], None),
+        node(9, "SaveImage", [("images", "IMAGE", 9)], [], ["ComfyUI"]),
+    ]
+    links = [[1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"],
+             [4, 6, 0, 3, 1, "CONDITIONING"], [5, 4, 1, 7, 0, "CLIP"],
+             [6, 7, 0, 3, 2, "CONDITIONING"], [7, 3, 0, 8, 0, "LATENT"], [8, 4, 2, 8, 1, "VAE"],
+             [9, 8, 0, 9, 0, "IMAGE"]]
+    return {"last_node_id": 9, "last_link_id": 9, "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def load_classic_graph(page: Any) -> None:
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }",
+                  classic_default_graph("steerflow-shapes"))
+    page.wait_for_function("""() => window.app.graph._nodes.some(
+        n => n.type === 'CheckpointLoaderSimple')""", timeout=30_000)
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +153,23 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
             raise AssertionError(f"no graph; failed requests {failed}, page errors "
                                  f"{page_errors}") from None
         page.wait_for_timeout(1000)  # start-up requests still in flight
+        types = set(page.evaluate("() => window.app.graph._nodes.map(n => n.type)"))
+        assert types >= APP_DEFAULT_GRAPH, types
+        assert not failed, f"requests failed at start: {failed}"
+
+        load_classic_graph(page)
         nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
             type: n.type,
-            widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
-        types = {n["type"] for n in nodes}
-        assert types >= DEFAULT_GRAPH, types
+            widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value])),
+            options: Object.fromEntries((n.widgets || []).map(
+                w => [w.name, w.options?.values ?? null]))}))""")
+        assert {n["type"] for n in nodes} == CLASSIC_GRAPH
         ckpts = comfy_server.get("/object_info/CheckpointLoaderSimple")[
             "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
         loader = next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")
+        # the combo lists our models, from our /object_info
         assert loader["widgets"]["ckpt_name"] == "steerflow-shapes" and \
-            "steerflow-shapes" in ckpts
-        assert not failed, f"requests failed at start: {failed}"
+            loader["options"]["ckpt_name"] == ckpts and "steerflow-shapes" in ckpts
 
         # Load Image gets the upload button and preview (``image_upload``)
         assert page.evaluate("""() => (window.LiteGraph.createNode('LoadImage').widgets
@@ -147,7 +197,7 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
         assert views, "the image was never fetched from /view"
         # our run-time warning (512x512 Empty Latent decoded by the 4x VAE) as a toast,
         # through Steerflow's own frontend extension
-        toast = page.locator(".p-toast-message", has_text="Warning from")
+        toast = page.get_by_test_id("toast").filter(has_text="Warning from")
         toast.first.wait_for(timeout=10_000)
         assert "Empty Latent Image" in toast.first.inner_text()
         # the running node outlined with its progress bar, and previews on it
@@ -170,7 +220,7 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
 
 def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
         comfy_server: LiveServer) -> None:
-    """The real front end turns KSampler + VAE Decode of its default graph into a subgraph
+    """The real front end turns KSampler + VAE Decode of the classic default graph into a subgraph
     ("Convert to Subgraph"), then that and the two prompts into another (nested). At each
     stage its own ``graphToPrompt`` (what it queues) and our converter fed the workflow it
     saves give the same prompt, ids ``"<instance>:<inner>"`` included; the nested one
@@ -180,6 +230,7 @@ def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
         page.goto(comfy_server.url + "/")
         page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
                                timeout=120_000)
+        load_classic_graph(page)
         stages = page.evaluate("""async () => {
             const g = window.app.graph;
             for (const n of g._nodes) {  // small and quick on this CPU

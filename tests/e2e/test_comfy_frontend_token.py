@@ -2,8 +2,9 @@
 
 The app cannot send the token; opening ``/?token=T`` once sets the session cookie
 (:mod:`server.security`) and redirects to the app without the token, whose requests
-and websocket then pass on the cookie alone: it builds its default graph from
-``/object_info`` and its websocket gets the server's ``status``.
+and websocket then pass on the cookie alone: it registers our nodes from
+``/object_info`` and builds its default graph (Z-Image Turbo's in 1.58.1), and its
+websocket gets the server's ``status``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def test_the_official_app_works_with_a_token_through_the_cookie(tmp_path) -> Non
                 raise AssertionError(f"no graph; failed requests {failed}") from None
             page.wait_for_timeout(1000)
             types = set(page.evaluate("() => window.app.graph._nodes.map(n => n.type)"))
-            assert "CheckpointLoaderSimple" in types and "KSampler" in types, types
+            assert "KSampler" in types and "CLIPTextEncode" in types, types
+            registered = page.evaluate("""() => ['CheckpointLoaderSimple', 'KSampler'].map(
+                t => t in window.LiteGraph.registered_node_types)""")
+            assert registered == [True, True]  # our /object_info, read with the cookie
             assert not failed, f"requests failed: {failed}"
             assert any('"status"' in f for f in frames), frames[:3]  # the websocket
             cookies = page.context.cookies(origin)

@@ -61,6 +61,10 @@ def test_templates_from_the_package(http: Http, monkeypatch: pytest.MonkeyPatch,
     assert reply.status == 200 and reply.headers["Content-Type"] == "image/webp"
     assert http.get("/templates/..%2Fsecret.json", raw=True).status == 404
     assert http.get("/templates/missing.json").status == 404
+    # an older package without the logos' index: none, as without the package
+    assert http.get("/templates/index_logo.json").json() == {}
+    (root / "index_logo.json").write_text('{"OpenAI": "logo/openai.png"}')
+    assert http.get("/templates/index_logo.json").json() == {"OpenAI": "logo/openai.png"}
 
 
 def test_experiment_models(http: Http, server: LiveServer) -> None:
