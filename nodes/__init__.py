@@ -77,6 +77,7 @@ from nodes import (
     sampler_nodes,
     sampling,
     sampling_advanced,
+    sd_upscale,
     sdxl,
     sega,
     sigma_lists,
@@ -167,6 +168,7 @@ NODE_CLASSES = (
     *image_tiles.NODE_CLASSES,
     *math_expression.NODE_CLASSES,
     *utility_nodes.NODE_CLASSES,
+    *sd_upscale.NODE_CLASSES,
 )
 
 

@@ -152,11 +152,14 @@ def load_checkpoint(ctx: ExecutionContext, path: Path, weight_dtype: str = "defa
     from nodes.diffusion.preview import link_vae
 
     link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
+    from nodes.diffusion.sd_upscale import model_extensions
     from nodes.diffusion.unclip import UnclipExtension, is_unclip_unet
 
     # an unCLIP UNet needs class labels on every call: zeros here (no image); its
-    # image conditioning needs unCLIPCheckpointLoader, which says so if asked for it
-    extensions = (UnclipExtension(),) if is_unclip_unet(loaded.unet) else ()
+    # image conditioning needs unCLIPCheckpointLoader, which says so if asked for it.
+    # The x4 upscaler's MODEL carries its low-res noise schedule (SD_4XUpscale_Conditioning).
+    extensions = ((UnclipExtension(),) if is_unclip_unet(loaded.unet)
+                  else model_extensions(loaded.unet, path))
     return (
         DiffusionModel(loaded.unet, {**loaded.scheduler_config, **(scheduler_overrides or {})},
                        loaded.family, extensions=extensions),

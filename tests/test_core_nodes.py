@@ -58,6 +58,7 @@ COMFY_WIDGETS = {
     "ShuffleDataset": ["seed"],
     "ShuffleImageTextDataset": ["seed"],
     "ImageDeduplication": ["similarity_threshold"],
+    "SD_4XUpscale_Conditioning": ["scale_ratio", "noise_augmentation"],
     "ImageGrid": ["columns", "cell_width", "cell_height", "padding"],
     "MergeImageLists": [],
     "MergeTextLists": ["texts"],

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 #: and the node that supplies the extra channels (named when a run leaves them out).
 CONCAT_UNETS: dict[int, tuple[str, str]] = {
     5: ("a depth-to-image model (latents + a depth map)", "Depth2Image Conditioning"),
+    7: ("the Stable Diffusion x4 upscaler (latents + the low-res image)",
+        "SD_4XUpscale_Conditioning"),
     8: ("an Instruct-Pix2Pix model (latents + the input image's latents)",
         "InstructPixToPixConditioning"),
     9: ("an inpainting model (latents + mask + masked image)",

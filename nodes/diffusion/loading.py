@@ -275,7 +275,12 @@ def original_configs(
     configs = read_config_metadata(metadata)
     if configs is not None:
         return configs, False
-    configs = family_configs(detect_family(shapes))
+    family = detect_family(shapes)
+    from nodes.diffusion.sd_upscale import is_x4_layout, x4_configs
+
+    if family == "sd2" and is_x4_layout(shapes):
+        return x4_configs(), True  # the x4 upscaler: its own UNet, VAE and schedule
+    configs = family_configs(family)
     # Inpainting, depth and Instruct-Pix2Pix variants widen conv_in; the rest of the
     # architecture is unchanged.
     conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
@@ -319,7 +324,8 @@ def load_original_state_dict(
         name = f"{path.name}: " if path is not None else ""
         raise CheckpointKeyError(
             f"{name}a checkpoint without {CONFIG_METADATA_KEY} metadata must have the "
-            f"standard {FAMILY_NAMES[configs['family']]} architecture (its configs are "
+            f"standard {configs.get('label') or FAMILY_NAMES[configs['family']]} "
+            f"architecture (its configs are "
             f"taken from nodes/assets/configs), but its weights do not fit it; load "
             f"non-standard sizes from a diffusers folder or a file written with their "
             f"configs ({exc})"

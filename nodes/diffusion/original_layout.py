@@ -116,6 +116,9 @@ def unet_key_map(config: Mapping[str, Any], keys: set[str]) -> KeyMap:
         # SDXL's pooled-text and size embedding
         "add_embedding.linear_1.": ("label_emb.0.0.", plain),
         "add_embedding.linear_2.": ("label_emb.0.2.", plain),
+        # class labels: a table (num_class_embeds, the x4 upscaler's noise level:
+        # label_emb.weight) or an MLP (timestep / projection: label_emb.0.0, label_emb.0.2)
+        "class_embedding.": ("label_emb.", {"linear_1": "0.0", "linear_2": "0.2"}),
     }
     idx = 1
     for b in range(levels):

@@ -339,7 +339,8 @@ class _ClassLabelsHook:
         labels = []
         for k, role in enumerate(roles):
             chunk = None if embeds is None else embeds[k * per:(k + 1) * per]
-            labels.append(_row_for(self.state, chunk, role).labels.expand(per, -1))
+            row = _row_for(self.state, chunk, role).labels  # [1, width], or [1] (x4 upscaler)
+            labels.append(row.expand(per, *row.shape[1:]))
         class_labels = torch.cat(labels).to(device=sample.device)
         return args, {**kwargs, "class_labels": class_labels}
 
