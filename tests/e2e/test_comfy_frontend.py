@@ -35,9 +35,7 @@ pytestmark = pytest.mark.slow
 ALLOWED_MISSING = ("/api/userdata/comfy.templates.json",)
 # Uncaught errors of the front end itself that are no answer of ours (none known).
 ALLOWED_PAGE_ERRORS: tuple[str, ...] = ()
-# The front end's own default graph (Z-Image Turbo's): the nodes of it Steerflow has.
-APP_DEFAULT_GRAPH = {"UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "KSampler",
-                     "VAEDecode", "SaveImage"}
+# The classic default graph's node types (our txt2img example has the same).
 CLASSIC_GRAPH = {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler",
                  "VAEDecode", "SaveImage"}
 
@@ -152,10 +150,19 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
         except Exception:
             raise AssertionError(f"no graph; failed requests {failed}, page errors "
                                  f"{page_errors}") from None
+        # The app's own default graph (Z-Image Turbo's) needs nodes Steerflow lacks: on a
+        # first visit Steerflow's extension opens its txt2img example on the built-in model
+        page.wait_for_function("""() => window.app.graph._nodes.some(
+            n => n.type === 'CheckpointLoaderSimple')""", timeout=60_000)
         page.wait_for_timeout(1000)  # start-up requests still in flight
-        types = set(page.evaluate("() => window.app.graph._nodes.map(n => n.type)"))
-        assert types >= APP_DEFAULT_GRAPH, types
+        first = page.evaluate("""() => window.app.graph._nodes.map(n => ({type: n.type,
+            widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
+        assert {n["type"] for n in first} == CLASSIC_GRAPH, first
+        assert next(n for n in first if n["type"] == "CheckpointLoaderSimple")[
+            "widgets"]["ckpt_name"] == "steerflow-shapes"
         assert not failed, f"requests failed at start: {failed}"
+        # once per browser: a reload keeps what the user has (the app restores it)
+        assert page.evaluate("() => localStorage.getItem('steerflow.defaultGraphOffered')")
 
         load_classic_graph(page)
         nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
