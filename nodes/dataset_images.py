@@ -123,15 +123,7 @@ class ResizeImagesByShorterEdge(ImageNode):
                               description="Target dimension for the shorter edge.")
 
     def execute(self, ctx: ExecutionContext | None) -> tuple[torch.Tensor]:
-        image = self.checked()
-        frames, h, w = image.shape[:3]
-        edge = self.shorter_edge
-        if w < h:
-            new_w, new_h = edge, max(1, int(h * (edge / w)))
-        else:
-            new_w, new_h = max(1, int(w * (edge / h))), edge
-        check_pixels(frames, new_w, new_h, "lower shorter_edge")
-        return (lanczos_resize(image, new_w, new_h),)
+        return (resize_edge(self.checked(), self.shorter_edge, shorter=True),)
 
 
 class ResizeImagesByLongerEdge(ImageNode):
@@ -148,15 +140,19 @@ class ResizeImagesByLongerEdge(ImageNode):
                              description="Target dimension for the longer edge.")
 
     def execute(self, ctx: ExecutionContext | None) -> tuple[torch.Tensor]:
-        image = self.checked()
-        frames, h, w = image.shape[:3]
-        edge = self.longer_edge
-        if w > h:
-            new_w, new_h = edge, max(1, int(h * (edge / w)))
-        else:
-            new_w, new_h = max(1, int(w * (edge / h))), edge
-        check_pixels(frames, new_w, new_h, "lower longer_edge")
-        return (lanczos_resize(image, new_w, new_h),)
+        return (resize_edge(self.checked(), self.longer_edge, shorter=False),)
+
+
+def resize_edge(image: torch.Tensor, edge: int, *, shorter: bool) -> torch.Tensor:
+    """``image`` resized so its shorter (or longer) edge is ``edge`` pixels, the aspect kept
+    (the other edge rounded down, at least 1; Lanczos on the 8-bit image, as ComfyUI)."""
+    frames, h, w = image.shape[:3]
+    if (w < h) if shorter else (w > h):  # the width is the edge asked for
+        new_w, new_h = edge, max(1, int(h * (edge / w)))
+    else:
+        new_w, new_h = max(1, int(w * (edge / h))), edge
+    check_pixels(frames, new_w, new_h, f"lower {'shorter' if shorter else 'longer'}_edge")
+    return lanczos_resize(image, new_w, new_h)
 
 
 def crop_box(width: int, height: int, left: int, top: int, crop_w: int, crop_h: int
