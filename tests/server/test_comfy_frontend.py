@@ -20,7 +20,8 @@ from tests.server.helpers import Http, LiveServer
 def test_small_endpoints_answer_under_both_prefixes(http: Http, server: LiveServer) -> None:
     (server.base_dir / "models" / "checkpoints").mkdir(parents=True)
     for prefix in ("", "/api"):
-        assert http.get(prefix + "/extensions").json() == ["/extensions/steerflow/warnings.js"]
+        assert http.get(prefix + "/extensions").json() == [
+            "/extensions/steerflow/default_graph.js", "/extensions/steerflow/warnings.js"]
         assert http.get(prefix + "/i18n").json() == {}
         features = http.get(prefix + "/features").json()
         assert features["supports_preview_metadata"] is True
@@ -38,6 +39,9 @@ def test_steerflow_extension_is_served(http: Http) -> None:
     assert script.status == 200 and b'addEventListener("node_warning"' in script.body
     assert script.headers["Content-Type"].startswith("application/javascript")
     assert http.get("/extensions/steerflow/%2e%2e/extensions.py", raw=True).status in (403, 404)
+    # and the one that opens our txt2img example where the app's default graph cannot run
+    script = http.get("/extensions/steerflow/default_graph.js")
+    assert script.status == 200 and b"/workflows/txt2img.json" in script.body
 
 
 def test_templates_without_the_package(http: Http, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +107,8 @@ def test_extension_sources_hook(make_server: Callable[..., LiveServer], loop: ob
     server = make_server(setup)
     http = Http(server.url, loop)  # type: ignore[arg-type]
     try:
-        assert http.get("/api/extensions").json() == ["/extensions/steerflow/warnings.js",
+        assert http.get("/api/extensions").json() == ["/extensions/steerflow/default_graph.js",
+                                                     "/extensions/steerflow/warnings.js",
                                                      "/extensions/pack/a.js",
                                                      "/extensions/other/b.js"]
     finally:
