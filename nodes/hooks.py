@@ -33,6 +33,8 @@ from nodes.models import list_checkpoints
 Keyframes = tuple[HookKeyframe, ...]
 Span = tuple[float, float]
 MAX_KEYFRAMES = 1000
+#: schedule_clip's encodings of one prompt (each a batch entry in sampling)
+MAX_STRETCHES = 100
 log = logging.getLogger(__name__)
 
 
@@ -305,8 +307,13 @@ class SetClipHooks(Node):
         clip = replace(self.clip, cond_hooks=self.hooks if self.apply_to_conds else None)
         if not self.schedule_clip:
             return (hooked_clip(clip, self.hooks, {}),)
+        schedule = clip_schedule(self.hooks)
+        if len(schedule) > MAX_STRETCHES:
+            raise ValueError(f"schedule_clip would encode each prompt {len(schedule)} times "
+                             f"(one per stretch of the keyframes), more than {MAX_STRETCHES}: "
+                             "use fewer keyframes or turn schedule_clip off")
         stretches = tuple((span, hooked_clip(clip, self.hooks, mults))
-                          for span, mults in clip_schedule(self.hooks))
+                          for span, mults in schedule)
         return (replace(clip, clip_schedule=stretches),)
 
 

@@ -12,6 +12,7 @@ starts below that model's σ_max noises the input latent to its first level (img
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from engine import ExecutionContext, Input, Node, Output
@@ -310,6 +311,12 @@ class ManualSigmas(Node):
         bad = [v for v in levels if not 0.0 <= v <= SIGMA_MAX]
         if bad:
             raise ValueError(f"noise levels must lie in 0..{SIGMA_MAX:g}; got {bad[0]:g}")
+        if 0.0 in levels[:-1]:
+            raise ValueError("a noise level of 0 ends a schedule: put it last (a sampler "
+                             "cannot step from no noise)")
+        if any(a == b for a, b in itertools.pairwise(levels)):
+            raise ValueError("two neighbouring noise levels are equal: each step must change "
+                             "the noise level")
         return (_schedule(levels),)
 
 

@@ -349,6 +349,7 @@ def test_stochastic_samplers_refuse_a_rising_schedule(session):
 
 
 @pytest.mark.parametrize(("text", "why"), [("3", "at least two"), ("5, -1, 0", "0.."),
+                                           ("0, 0", "put it last"), ("5, 5, 0", "equal"),
                                            ("1, 0" + ", 0" * 10001, "more than 10000")])
 def test_bad_manual_sigmas_are_clear(session, text, why):
     result = session.run(custom(manual(text)))
