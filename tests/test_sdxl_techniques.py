@@ -7,6 +7,7 @@ inpainting vs ``StableDiffusionXLInpaintPipeline``; LoRA with kohya SDXL keys; n
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -431,3 +432,41 @@ def test_prompt_weights_act_on_both_encoders(sdxl_models):
     assert float(diff[..., :CLIP_L_WIDTH].max()) > 1e-3
     assert float(diff[..., CLIP_L_WIDTH:].max()) > 1e-3
     assert torch.equal(pooled, weighted_pooled)  # ComfyUI: the pooled output is unweighted
+
+
+# --- hooks and NAG on SDXL ----------------------------------------------------------------------
+
+def test_hooks_and_bypass_loras_equal_load_lora_on_sdxl(session, sdxl_loras):
+    """Set CLIP Hooks (both encoders) with the hooks on every prompt, and Load LoRA
+    (Bypass), each equal Load LoRA on SDXL (pooled outputs and size conditioning ride
+    along with the hooked rows)."""
+    lora = "sdxl_kohya.safetensors"
+    merged = txt2img_prompt(BASE, "euler", "normal")
+    merged["30"] = {"class_type": "LoraLoader", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": lora, "strength_model": 0.8,
+        "strength_clip": 0.8}}
+    merged["3"]["inputs"]["model"] = ["30", 0]
+    merged["6"]["inputs"]["clip"] = merged["7"]["inputs"]["clip"] = ["30", 1]
+    want = graph_image(session, merged)
+    bypass = json.loads(json.dumps(merged))
+    bypass["30"]["class_type"] = "LoraLoaderBypass"
+    assert np.abs(graph_image(session, bypass) - want).max() <= 1e-4
+    hooked = txt2img_prompt(BASE, "euler", "normal")
+    hooked["31"] = {"class_type": "CreateHookLora", "inputs": {
+        "lora_name": lora, "strength_model": 0.8, "strength_clip": 0.8}}
+    hooked["32"] = {"class_type": "SetClipHooks", "inputs": {
+        "clip": ["4", 1], "apply_to_conds": True, "schedule_clip": False, "hooks": ["31", 0]}}
+    hooked["6"]["inputs"]["clip"] = hooked["7"]["inputs"]["clip"] = ["32", 0]
+    assert np.abs(graph_image(session, hooked) - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("cfg", [1.0, 5.0])
+def test_nag_runs_on_sdxl(session, cfg):
+    prompt = txt2img_prompt(BASE, "euler", "normal")
+    prompt["3"]["inputs"]["cfg"] = cfg
+    plain = graph_image(session, json.loads(json.dumps(prompt)))
+    prompt["33"] = {"class_type": "NAGuidance", "inputs": {
+        "model": ["4", 0], "nag_scale": 5.0, "nag_alpha": 0.5, "nag_tau": 1.5}}
+    prompt["3"]["inputs"]["model"] = ["33", 0]
+    image = graph_image(session, prompt)
+    assert np.isfinite(image).all() and np.abs(image - plain).max() > 1e-4
