@@ -303,10 +303,12 @@ class ImageCrop(Node):
     """The ``width`` x ``height`` part of an image whose top-left corner is at (x, y).
     As in ComfyUI, a corner past the image is moved onto its last row or column, and a
     region running past the right or bottom edge is cut there (the result is smaller
-    than asked)."""
+    than asked). ComfyUI marks it deprecated in favour of Crop Image (ImageCropV2), which
+    takes the region as one bounding box."""
 
     TYPE = "ImageCrop"
-    DISPLAY_NAME = "Crop Image"
+    DISPLAY_NAME = "Crop Image (DEPRECATED)"
+    DEPRECATED = True
     CATEGORY = "image/transform"
     OUTPUTS = (Output("IMAGE"),)
 
