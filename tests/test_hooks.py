@@ -399,3 +399,15 @@ def test_lora_save_needs_a_difference(session):
     del prompt["save"]["inputs"]["model_diff"], prompt["save"]["inputs"]["text_encoder_diff"]
     result = session.run(prompt)
     assert not result.ok and "nothing to extract" in str(result.run.error)
+
+
+def test_pag_perturbed_rows_carry_the_positive_hooks(session):
+    """PAG's perturbed entries stand for the positive prompt, so its hooks act there too:
+    a hook on both prompts with PAG equals Load LoRA with PAG."""
+    pag = {"class_type": "PerturbedAttentionGuidance", "inputs": {"scale": 3.0}}
+    hooked = base(model=("pag", 0), positive=("props", 0), negative=("props", 1),
+                  extra={**HOOK, **pair_props(), "pag": {**pag, "inputs": {
+                      **pag["inputs"], "model": ["ck", 0]}}})
+    merged = base(model=("pag", 0), extra={**lora_model(), "pag": {**pag, "inputs": {
+        **pag["inputs"], "model": ["lm", 0]}}})
+    assert np.abs(run(session, hooked) - run(session, merged)).max() <= 1e-4

@@ -148,6 +148,10 @@ class PerturbedAttentionGuidance(SamplerExtension):
         # averaged with the same weights as Conditioning Combine averages the cond.
         return [entry.embeds for entry in run.positive.entries]
 
+    def extra_entries(self, run: SamplingRun) -> list[Any]:
+        """The perturbed rows stand for the positive's entries (their hooks act there)."""
+        return list(run.positive.entries)
+
     def attention_hooks(self, run: SamplingRun) -> Sequence[AttentionHook]:
         return (self._hook,)
 
