@@ -411,3 +411,15 @@ def test_pag_perturbed_rows_carry_the_positive_hooks(session):
     merged = base(model=("pag", 0), extra={**lora_model(), "pag": {**pag, "inputs": {
         **pag["inputs"], "model": ["lm", 0]}}})
     assert np.abs(run(session, hooked) - run(session, merged)).max() <= 1e-4
+
+
+def test_sag_pass_carries_the_guided_prompts_hooks(session):
+    """SAG's degraded pass stands for the unconditional prompt: with a hook on both
+    prompts, SAG equals SAG on the LoRA'd model."""
+    sag = {"class_type": "SelfAttentionGuidance", "inputs": {"scale": 0.8, "blur_sigma": 2.0}}
+    hooked = base(model=("sag", 0), positive=("props", 0), negative=("props", 1),
+                  extra={**HOOK, **pair_props(), "sag": {**sag, "inputs": {
+                      **sag["inputs"], "model": ["ck", 0]}}})
+    merged = base(model=("sag", 0), extra={**lora_model(), "sag": {**sag, "inputs": {
+        **sag["inputs"], "model": ["lm", 0]}}})
+    assert np.abs(run(session, hooked) - run(session, merged)).max() <= 1e-4

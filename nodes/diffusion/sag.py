@@ -149,8 +149,12 @@ class SelfAttentionGuidance(SamplerExtension):
 
         Other extensions' ``unet_inputs`` fill it as for the main pass (a ControlNet's
         residuals, an inpainting UNet's extra channels); its batch is that role's rows,
-        declared as the one role ``"sag"`` to the attention store.
+        declared as the one role ``"sag"`` to the attention store, standing for that
+        role's conditioning (whose hooks then act on it, as in ComfyUI's SAG pass).
         """
+        guided = run.entries.get("uncond" if run.do_cfg else "cond")
+        if guided is not None:
+            run.entries[ROLE] = guided
         return run.extension_pass(self, step, sample, embeds, (ROLE,))
 
     def teardown(self, run: SamplingRun) -> None:
