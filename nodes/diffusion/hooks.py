@@ -47,11 +47,11 @@ class HookBypass(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
-        rows = self.owner.row_strengths
+        rows, active = self.owner.row_strengths, self.owner.active
         for ref, kind, tensors in self.changes:
-            strength = rows.get(ref)
-            if strength is None or not bool(strength.any()):
+            if ref not in active:  # known on the host: no device sync per layer
                 continue
+            strength = rows[ref]
             delta = self._delta(x, kind, tensors)
             rows = out.shape[0]
             if strength.numel() != rows and rows % strength.numel() == 0:
@@ -106,6 +106,8 @@ class HookedWeights(SamplerExtension):
         #: apply to every row of every pass (Load LoRA (Bypass)), not by conditioning
         self.every_row = every_row
         self.row_strengths: dict[object, torch.Tensor] = {}
+        #: the hooks with a nonzero strength on some row of the current pass
+        self.active: set[object] = set()
 
     def setup(self, run: SamplingRun) -> None:
         from nodes.diffusion.module_patches import ModulePatch, attach
@@ -155,12 +157,13 @@ class HookedWeights(SamplerExtension):
                 scale = cursor.strength if cursor is not None else 1.0
                 strengths[hook.ref][k] += hook.strength_model * scale
         device = call.latent_input.device
+        self.active = {ref for ref, values in strengths.items() if any(values)}
         self.row_strengths = {
             ref: torch.tensor(values, device=device).repeat_interleave(per_role)
-            for ref, values in strengths.items()}
+            for ref, values in strengths.items() if ref in self.active}
 
     def teardown(self, run: SamplingRun) -> None:
-        self.row_strengths = {}
+        self.row_strengths, self.active = {}, set()
         run.state.pop(self, None)
 
 
