@@ -244,6 +244,41 @@ def save_prefix_parts(prefix: str) -> tuple[str, str]:
     return subfolder, stem
 
 
+def save_prefix_problem(prefix: Any, env: Environment, name: str, room: int
+                        ) -> list[tuple[str | None, str]]:
+    """Validation of a LoRA file prefix under models/loras (input ``name``); ``room``:
+    characters the file name may add after it."""
+    if not isinstance(prefix, str):
+        return []
+    subfolder, stem = save_prefix_parts(prefix)
+    if not stem:
+        return [(name, "give a file name, e.g. loras/my_lora")]
+    if problem := name_problem(f"{subfolder}/{stem}" if subfolder else stem, room):
+        return [(name, problem)]
+    try:
+        confined_path(env.folder("models", "loras"), subfolder)
+    except ValueError as exc:
+        return [(name, str(exc))]
+    return []
+
+
+def save_lora_file(ctx: ExecutionContext, prefix: str, tensors: dict[str, Any],
+                   metadata: dict[str, str], suffix: str = "") -> NodeResult:
+    """Write ``tensors`` as a numbered .safetensors under models/loras (never over a file,
+    atomically); the result names the file as Load LoRA lists it."""
+    from safetensors.torch import save_file
+
+    from nodes.output_files import save_numbered
+
+    subfolder, stem = save_prefix_parts(prefix)
+    loras = ctx.env.folder("models", "loras")
+    folder = confined_path(loras, subfolder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, _ = save_numbered(folder, stem + suffix, ".safetensors",
+                            lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return NodeResult((), {"text": [path.relative_to(loras).as_posix()]})
+
+
 class SaveLoRA(Node):
     """Save a LORA_MODEL as a .safetensors file that Load LoRA (and ComfyUI) read
     (ComfyUI's Save LoRA Weights).
@@ -271,46 +306,25 @@ class SaveLoRA(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        prefix = inputs.get("prefix")
-        if not isinstance(prefix, str):
-            return []
-        subfolder, stem = save_prefix_parts(prefix)
-        if not stem:
-            return [("prefix", "give a file name, e.g. loras/my_lora")]
-        if problem := name_problem(f"{subfolder}/{stem}" if subfolder else stem,
-                                   len("_2147483647_steps_00000_.safetensors") + 16):
-            return [("prefix", problem)]
-        try:
-            confined_path(env.folder("models", "loras"), subfolder)
-        except ValueError as exc:
-            return [("prefix", str(exc))]
-        return []
+        return save_prefix_problem(inputs.get("prefix"), env, "prefix",
+                                   len("_2147483647_steps_00000_.safetensors") + 16)
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         import torch
-        from safetensors.torch import save_file
 
         from nodes.diffusion.lora import kohya_keys
-        from nodes.output_files import save_numbered
 
         if not isinstance(self.lora, dict) or not self.lora or not all(
                 isinstance(v, torch.Tensor) for v in self.lora.values()):
             raise ValueError("lora must be a LORA_MODEL (Train LoRA's lora output: tensors "
                              "by key)")
-        subfolder, stem = save_prefix_parts(self.prefix)
-        folder = confined_path(ctx.env.folder("models", "loras"), subfolder)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.steps is not None:
-            stem = f"{stem}_{self.steps}_steps"
         # ComfyUI-layout keys (diffusion_model.…) of a LORA_MODEL from elsewhere: kohya's
         tensors = {k: v.detach().to("cpu").contiguous()
                    for k, v in kohya_keys(dict(self.lora)).items()}
         metadata = {str(k): str(v) for k, v in
                     (getattr(self.lora, "metadata", None) or {"format": "pt"}).items()}
-        path, _ = save_numbered(folder, stem, ".safetensors",
-                                lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-        name = path.relative_to(ctx.env.folder("models", "loras")).as_posix()
-        return NodeResult((), {"text": [name]})
+        return save_lora_file(ctx, self.prefix, tensors, metadata,
+                              "" if self.steps is None else f"_{self.steps}_steps")
 
 
 def loss_graph(values: list[float]) -> torch.Tensor:

@@ -12,10 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult
-from engine.paths import confined_path
-from nodes.comfy_training import save_prefix_parts
+from nodes.comfy_training import save_lora_file, save_prefix_problem
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
-from nodes.limits import name_problem
 
 if TYPE_CHECKING:
     import torch
@@ -108,25 +106,9 @@ class LoraSave(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        prefix = inputs.get("filename_prefix")
-        if not isinstance(prefix, str):
-            return []
-        subfolder, stem = save_prefix_parts(prefix)
-        if not stem:
-            return [("filename_prefix", "give a file name, e.g. loras/my_lora")]
-        if problem := name_problem(f"{subfolder}/{stem}" if subfolder else stem, 32):
-            return [("filename_prefix", problem)]
-        try:
-            confined_path(env.folder("models", "loras"), subfolder)
-        except ValueError as exc:
-            return [("filename_prefix", str(exc))]
-        return []
+        return save_prefix_problem(inputs.get("filename_prefix"), env, "filename_prefix", 32)
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        from safetensors.torch import save_file
-
-        from nodes.output_files import save_numbered
-
         if self.model_diff is None and self.text_encoder_diff is None:
             raise ValueError("link model_diff (Model Merge Subtract) and/or "
                              "text_encoder_diff (CLIP Merge Subtract): nothing to extract")
@@ -143,15 +125,9 @@ class LoraSave(Node):
                 if encoder is not None:
                     state.update(extract(encoder, patches, prefix, self.rank, full,
                                          self.bias_diff, _text_name))
-        subfolder, stem = save_prefix_parts(self.filename_prefix)
-        folder = confined_path(ctx.env.folder("models", "loras"), subfolder)
-        folder.mkdir(parents=True, exist_ok=True)
         metadata = {"format": "pt", "steerflow_extracted": self.lora_type,
                     "rank": str(self.rank)}
-        path, _ = save_numbered(folder, stem, ".safetensors",
-                                lambda tmp: save_file(state, str(tmp), metadata=metadata))
-        name = path.relative_to(ctx.env.folder("models", "loras")).as_posix()
-        return NodeResult((), {"text": [name]})
+        return save_lora_file(ctx, self.filename_prefix, state, metadata)
 
 
 NODE_CLASSES = (LoraSave,)

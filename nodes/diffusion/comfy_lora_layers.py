@@ -11,7 +11,6 @@ kohya-layout state dict, which our Load LoRA and ComfyUI both read.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -182,18 +181,12 @@ def lora_state(layers: LoraLayers, diffs: DiffLayers, dtype: torch.dtype) -> dic
 
 def fit_state(unet: Any, state: dict[str, Any], name: str) -> tuple[tuple[str, Any], ...]:
     """A LoRA state dict fitted to the UNet (every layer must fit): the patch's updates."""
-    from nodes.diffusion.lora import LoraMismatchError, fit_lora, kohya_keys, split_layers
+    from nodes.diffusion.lora import LoraMismatchError, lora_from_state
 
-    layers, unknown = split_layers(kohya_keys(state))
-    if unknown:
-        kinds = " (LoHa/LoKr/OFT/DoRA layers are not supported)" if any(
-            re.search(r"hada_|lokr_|oft_|dora_scale|lora_mid", k) for k in unknown) else ""
-        raise LoraMismatchError(f"{name}: {len(unknown)} of {len(state)} keys are not LoRA "
-                                f"weights{kinds} (e.g. {', '.join(unknown[:3])})")
-    unet_layers = layers.get("unet")
-    if not unet_layers:
+    patch = lora_from_state(state, {}, name).patch(unet, "unet", 1.0)
+    if patch is None:
         raise LoraMismatchError(f"{name} holds no UNet LoRA weights")
-    return fit_lora(unet, unet_layers, name=name, component="unet")
+    return patch.weights
 
 
 def existing_steps(name: str) -> int:

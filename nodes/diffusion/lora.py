@@ -375,19 +375,26 @@ class LoraFile:
 def load_lora(path: Path, *, allow_pickle: bool = False) -> LoraFile:
     """Read a LoRA file and check that it holds LoRA layers for SD's UNet / text encoder."""
     state, metadata = read_lora_file(path, allow_pickle=allow_pickle)
+    return lora_from_state(state, metadata, path.name)
+
+
+def lora_from_state(state: StateDict, metadata: dict[str, Any], name: str) -> LoraFile:
+    """A LoRA state dict (any key layout we read) as a :class:`LoraFile`, checked: every
+    key a LoRA weight, every component one a Stable Diffusion model has."""
     layers, unknown = split_layers(kohya_keys(state))
     if unknown:
-        kinds = " (LoHa/LoKr/DoRA/Tucker layers are not supported)" if any(
-            re.search(r"hada_|lokr_|dora_scale|lora_mid|magnitude", k) for k in unknown) else ""
-        raise LoraMismatchError(f"{path.name}: {len(unknown)} of {len(state)} keys are not "
+        kinds = " (LoHa/LoKr/OFT/DoRA/Tucker layers are not supported)" if any(
+            re.search(r"hada_|lokr_|oft_|dora_scale|lora_mid|magnitude", k)
+            for k in unknown) else ""
+        raise LoraMismatchError(f"{name}: {len(unknown)} of {len(state)} keys are not "
                                 f"LoRA weights{kinds} (e.g. {', '.join(unknown[:_SHOWN])})")
     other = sorted(set(layers) - set(COMPONENTS))
     if other:
-        raise LoraMismatchError(f"{path.name} has layers for {', '.join(other)}, which a "
+        raise LoraMismatchError(f"{name} has layers for {', '.join(other)}, which a "
                                 "Stable Diffusion model does not have")
     if not layers:
-        raise LoraMismatchError(f"{path.name} holds no LoRA weights")
-    return LoraFile(path.name, layers, metadata)
+        raise LoraMismatchError(f"{name} holds no LoRA weights")
+    return LoraFile(name, layers, metadata)
 
 
 # --- applying for a call -----------------------------------------------------------------
