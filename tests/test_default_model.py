@@ -219,3 +219,24 @@ def test_hooks_example_puts_the_night_lora_on_its_region_only(session):
     plain_left, _ = halves(0.0)
     assert left < 0.4 < plain_left, (left, plain_left)
     assert right > left + 0.15, (left, right)
+
+
+def test_nag_example_moves_the_colour_off_the_negative(session):
+    """workflows/nag.json: at cfg 1 the plain sample ignores the negative "a blue circle"
+    and draws a blue circle; with NAG the circle comes out in another colour."""
+    from pathlib import Path
+
+    from engine.session import Workflow
+
+    prompt = Workflow.load(Path(__file__).resolve().parents[1] / "workflows" / "nag.json").prompt
+    seen = {}
+    for decode in ("14", "8"):
+        graph = {**prompt, "cap": {"class_type": "TestCapture", "inputs": {
+            "value": [decode, 0], "key": uuid.uuid4().hex}}}
+        result = session.run(graph)
+        assert result.ok, result.run.error
+        image = CAPTURED.pop(graph["cap"]["inputs"]["key"])[0].numpy()
+        found = detect(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8), max_objects=1)
+        seen[decode] = (found[0].color, found[0].shape) if found else None
+    assert seen["14"] == ("blue", "circle"), seen
+    assert seen["8"] is not None and seen["8"][0] != "blue" and seen["8"][1] == "circle", seen
