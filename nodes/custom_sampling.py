@@ -326,7 +326,7 @@ def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
     results: dict[str, torch.Tensor] = {}
     samples = sample(model, scheduler, guider.positive, guider.negative, latent, params,
                      callback=step_reporter(ctx, model), results=results)
-    out = replace(latent, samples=samples, extension_results=tuple(results.items()))
+    out = latent.sampled(model, samples, results)
     x0 = final.result.get("x0")
     denoised = out if x0 is None else replace(out, samples=_keep_unmasked(latent, x0))
     return out, denoised

@@ -208,7 +208,7 @@ class Depth2ImageConditioning(Node):
         if depth.shape[0] not in (1, batch):
             raise ValueError(f"the depth map has a batch of {depth.shape[0]} but the image has "
                              f"{batch}; use one depth map or one per image")
-        latent = Latent(encode(self.vae, self.pixels))
+        latent = Latent(encode(self.vae, self.pixels), scaling_factor=self.vae.scaling_factor)
         ext = DepthConcat(depth.to(latent.samples.device))
         # One object on both sides: the sampler concatenates it once per pass.
         return _with_depth(self.positive, ext), _with_depth(self.negative, ext), latent

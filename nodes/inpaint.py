@@ -148,7 +148,8 @@ class VAEEncodeForInpaint(Node):
         grown = dilate(hard, self.grow_mask_by // 2).clamp(0, 1) if self.grow_mask_by else hard
         samples = encode(self.vae, grey_masked(self.pixels, mask))
         condition = inpaint_condition(self.vae, self.pixels, grown, masked_latents=samples)
-        return (Latent(samples, noise_mask=grown[:, None], inpaint=condition),)
+        return (Latent(samples, noise_mask=grown[:, None], inpaint=condition,
+                       scaling_factor=self.vae.scaling_factor),)
 
 
 class InpaintModelConditioning(Node):
@@ -179,7 +180,7 @@ class InpaintModelConditioning(Node):
         samples = encode(self.vae, self.pixels)
         condition = inpaint_condition(self.vae, self.pixels, mask)
         latent = Latent(samples, noise_mask=mask[:, None] if self.noise_mask else None,
-                        inpaint=condition)
+                        inpaint=condition, scaling_factor=self.vae.scaling_factor)
         return self.positive, self.negative, latent
 
 

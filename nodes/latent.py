@@ -48,7 +48,8 @@ class EmptyLatentImage(Node):
                    f"{self.batch_size} latent(s) of {self.width}x{self.height} px",
                    "lower batch_size, width or height")
         assumed = None if self.vae else SD_DOWNSCALE
-        return (Latent(torch.zeros(shape, device=ctx.device), assumed_downscale=assumed),)
+        return (Latent(torch.zeros(shape, device=ctx.device), assumed_downscale=assumed,
+                       scaling_factor=self.vae.scaling_factor if self.vae else None),)
 
 
 def warn_assumed_downscale(ctx: ExecutionContext, latent: Latent, vae: Vae) -> None:
@@ -119,7 +120,7 @@ class VAEEncode(Node):
     vae: Vae = Input(type="VAE")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
-        return (Latent(encode(self.vae, self.pixels)),)
+        return (Latent(encode(self.vae, self.pixels), scaling_factor=self.vae.scaling_factor),)
 
 
 class VAEDecodeTiled(Node):
@@ -179,7 +180,8 @@ class VAEEncodeTiled(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         from nodes.diffusion.vae_codec import Tiling
 
-        return (Latent(encode(self.vae, self.pixels, Tiling(self.tile_size, self.overlap))),)
+        samples = encode(self.vae, self.pixels, Tiling(self.tile_size, self.overlap))
+        return (Latent(samples, scaling_factor=self.vae.scaling_factor),)
 
 
 NODE_CLASSES = (EmptyLatentImage, VAEDecode, VAEEncode, VAEDecodeTiled, VAEEncodeTiled)

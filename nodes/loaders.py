@@ -154,7 +154,12 @@ class UNETLoader(Node):
         unet, scheduler_config, family = load_unet(
             path, allow_pickle=ctx.env.allow_pickle, weight_dtype=self.weight_dtype,
             device=ctx.device, budget=device_budget(ctx))
-        return (DiffusionModel(unet, scheduler_config, family),)
+        from nodes.diffusion.loading import family_configs
+
+        vae_config = family_configs(family)["vae"] or {}  # the family's usual VAE
+        scale = vae_config.get("scaling_factor")
+        return (DiffusionModel(unet, scheduler_config, family,
+                               latent_scale=float(scale) if scale else None),)
 
 
 class _TextEncoderFiles(Node):

@@ -162,7 +162,8 @@ def load_checkpoint(ctx: ExecutionContext, path: Path, weight_dtype: str = "defa
                   else model_extensions(loaded.unet, path))
     return (
         DiffusionModel(loaded.unet, {**loaded.scheduler_config, **(scheduler_overrides or {})},
-                       loaded.family, extensions=extensions),
+                       loaded.family, extensions=extensions,
+                       latent_scale=float(loaded.vae.config.scaling_factor)),
         TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
                     text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
         Vae(loaded.vae),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
@@ -102,9 +101,7 @@ class KSampler(Node):
         samples = sample(self.model, scheduler, self.positive, self.negative,
                          self.latent_image, params, callback=step_reporter(ctx, self.model),
                          results=results)
-        # keep the mask and inpaint data so a second pass sees the same latent
-        return (replace(self.latent_image, samples=samples,
-                        extension_results=tuple(results.items())),)
+        return (self.latent_image.sampled(self.model, samples, results),)
 
 
 NODE_CLASSES = (KSampler,)

@@ -9,7 +9,6 @@ afresh in each stage.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
@@ -113,8 +112,7 @@ class KSamplerAdvanced(Node):
                          params, callback=step_reporter(ctx, model), results=results)
         if final is not None:
             samples = self._keep_unmasked(final.result["x0"])
-        return (replace(self.latent_image, samples=samples,
-                        extension_results=tuple(results.items())),)
+        return (self.latent_image.sampled(model, samples, results),)
 
     def _keep_unmasked(self, x0: torch.Tensor) -> torch.Tensor:
         """The noise mask's kept region is the input latent itself once fully denoised."""

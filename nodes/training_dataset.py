@@ -73,7 +73,7 @@ class MakeTrainingDataset(Node):
         for i, image in enumerate(images):
             ctx.check_interrupt()
             try:
-                latents.append(Latent(encode(vae, image)))
+                latents.append(Latent(encode(vae, image), scaling_factor=vae.scaling_factor))
             except ValueError as exc:
                 raise ValueError(f"images[{i}]: {exc}") from None
         encoded: dict[str, Any] = {}  # each distinct caption encoded once

@@ -81,7 +81,8 @@ class UnCLIPCheckpointLoader(Node):
             clip_vision = replace(clip_vision, image_mean=stats[0], image_std=stats[1])
         link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
         model = DiffusionModel(loaded.unet, dict(loaded.scheduler_config), loaded.family,
-                               extensions=(UnclipExtension(parts),))
+                               extensions=(UnclipExtension(parts),),
+                               latent_scale=float(loaded.vae.config.scaling_factor))
         return (model,
                 TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family),
                 Vae(loaded.vae),

@@ -5,6 +5,7 @@ order and semantics (``common_upscale``: :mod:`nodes.diffusion.resize`)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
@@ -273,7 +274,7 @@ class LatentComposite(Node):
                 if x + w < W and t < w:
                     mask[..., :, w - 1 - t] *= ramp
             region[...] = src * mask + region * (1 - mask)
-        return (Latent(out, self.samples_to.noise_mask, self.samples_to.inpaint),)
+        return (replace(self.samples_to, samples=out, extension_results=()),)
 
 
 class EmptyImage(Node):

@@ -1,5 +1,7 @@
-"""Save Latent / Load Latent: ComfyUI's .latent format (safetensors) round-trips; the old
-format is rescaled; bad files are refused with a clear message."""
+"""Save Latent / Load Latent: ComfyUI's .latent format (safetensors, raw VAE latents)
+round-trips; files move between ComfyUI's raw latents and Steerflow's scaled ones by the
+VAE's factor; the old formats are read as they were written; bad files are refused with a
+clear message."""
 
 from __future__ import annotations
 
@@ -57,6 +59,10 @@ def test_saved_latents_load_back_exactly(session):
     with safe_open(str(path), "pt") as fh:
         assert set(fh.keys()) == {"latent_tensor", "latent_format_version_0"}
         assert json.loads(fh.metadata()["prompt"])["save"]["class_type"] == "SaveLatent"
+        # ComfyUI's raw latents: ours divided by the checkpoint VAE's factor
+        assert float(fh.metadata()["steerflow_scaling_factor"]) == 0.18215
+        assert torch.allclose(fh.get_tensor("latent_tensor"), saved.cpu() / 0.18215,
+                              atol=1e-6)
     # a second save takes the next number; no temporary file is left behind
     again = save_prompt()
     again["ks"]["inputs"]["seed"] = 4
@@ -66,15 +72,87 @@ def test_saved_latents_load_back_exactly(session):
                                                              "test_00002_.latent"]
     shutil.copy(path, session.env.folder("input", create=True) / "mine.latent")
     assert session.run(load_prompt("mine.latent", "loaded")).ok
-    assert torch.equal(CAPTURED.pop("loaded").samples, saved)
+    loaded = CAPTURED.pop("loaded")
+    assert torch.allclose(loaded.samples, saved, atol=1e-6)
+    assert loaded.scaling_factor == 0.18215
 
 
-def test_the_first_format_is_read_unscaled(session):
-    samples = torch.randn(1, 4, 4, 6)
-    save_file({"latent_tensor": samples * 0.18215},
-              str(session.env.folder("input", create=True) / "old.latent"))
+def write_input(session, name: str, samples: torch.Tensor, *, marker: bool = True,
+                metadata: dict[str, str] | None = None) -> None:
+    tensors = {"latent_tensor": samples}
+    if marker:
+        tensors["latent_format_version_0"] = torch.tensor([])
+    save_file(tensors, str(session.env.folder("input", create=True) / name),
+              metadata=metadata)
+
+
+def with_vae(prompt: dict, vae_name: str) -> dict:
+    prompt["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": vae_name}}
+    prompt["load"]["inputs"]["vae"] = ["vae", 0]
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def odd_vae(session, models_dir):
+    """The tiny VAE with another scaling factor (as SDXL's or the built-in model's)."""
+    from nodes.diffusion.tiny import TINY_NAME
+
+    folder = models_dir / "vae" / "odd-vae"
+    if not folder.exists():
+        shutil.copytree(models_dir / "checkpoints" / TINY_NAME / "vae", folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "scaling_factor": 0.5}))
+    return "odd-vae"
+
+
+def test_comfyui_files_hold_raw_latents(session, odd_vae):
+    raw = torch.randn(1, 4, 4, 6)
+    write_input(session, "comfy.latent", raw)
+    result = session.run(load_prompt("comfy.latent", "sd"))
+    assert result.ok  # no VAE said: SD 1.x's factor, with a warning
+    assert torch.allclose(CAPTURED.pop("sd").samples, raw * 0.18215, atol=1e-6)
+    assert session.run(with_vae(load_prompt("comfy.latent", "odd"), odd_vae)).ok
+    odd = CAPTURED.pop("odd")
+    assert torch.allclose(odd.samples, raw * 0.5, atol=1e-6) and odd.scaling_factor == 0.5
+
+
+def test_saving_uses_the_vae_the_latents_came_from(session, odd_vae):
+    """VAE Encode's latents know their VAE: the file holds them divided by its factor."""
+    prompt = {
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": odd_vae}},
+        "img": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24,
+                                                       "batch_size": 1, "color": 0x3366CC}},
+        "enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0],
+                                                      "vae": ["vae", 0]}},
+        "save": {"class_type": "SaveLatent",
+                 "inputs": {"samples": ["enc", 0], "filename_prefix": "latents/odd"}},
+        "cap": {"class_type": "TestCapture", "inputs": {"value": ["enc", 0], "key": "enc"}},
+    }
+    assert session.run(prompt).ok
+    encoded = CAPTURED.pop("enc").samples.cpu()
+    entry = session.env.folder("output") / "latents" / "odd_00001_.latent"
+    with safe_open(str(entry), "pt") as fh:
+        assert torch.allclose(fh.get_tensor("latent_tensor"), encoded / 0.5, atol=1e-6)
+
+
+def test_the_first_format_stored_sd_scaled_latents(session, odd_vae):
+    """ComfyUI's first format held raw x 0.18215: SD 1.x's scaled latents as they are,
+    another VAE's rescaled."""
+    stored = torch.randn(1, 4, 4, 6)
+    write_input(session, "old.latent", stored, marker=False)
     assert session.run(load_prompt("old.latent", "old")).ok
-    assert torch.allclose(CAPTURED.pop("old").samples, samples, atol=1e-6)
+    assert torch.allclose(CAPTURED.pop("old").samples, stored, atol=1e-6)
+    assert session.run(with_vae(load_prompt("old.latent", "old_odd"), odd_vae)).ok
+    assert torch.allclose(CAPTURED.pop("old_odd").samples, stored / 0.18215 * 0.5, atol=1e-5)
+
+
+def test_files_steerflow_wrote_before_recording_the_factor_load_unchanged(session):
+    ours = torch.randn(1, 4, 4, 6)
+    document = {"format": "steerflow.workflow", "version": 1, "prompt": {}}
+    write_input(session, "ours-old.latent", ours,
+                metadata={"prompt": "{}", "workflow": json.dumps(document)})
+    assert session.run(load_prompt("ours-old.latent", "ours")).ok
+    assert torch.equal(CAPTURED.pop("ours").samples, ours)
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -35,6 +35,9 @@ class DiffusionModel:
     extensions: tuple[Any, ...] = ()
     # LoRA updates (nodes.diffusion.lora.LoraPatch) the sampler applies per run.
     patches: tuple[Any, ...] = ()
+    #: the scaling factor of the VAE this model's latents belong to (latents in its
+    #: space are the VAE's raw latents times it); None where no loader knew it
+    latent_scale: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -148,7 +151,10 @@ class Latent:
     input assumed (SD's 8), so decoding with another VAE can say why the image is
     smaller or larger than asked. ``extension_results`` is what the sampler's extensions
     reported about the run that made these samples (``SamplerExtension.results``, e.g.
-    LEDITS++'s edit region); only samplers set it.
+    LEDITS++'s edit region); only samplers set it. ``scaling_factor`` is the VAE
+    scaling these samples carry (diffusers' convention: raw VAE latents times it), where
+    a node knew it (VAE Encode, Empty Latent Image with its vae, a sampler whose model
+    came with its VAE); ComfyUI's ``.latent`` files hold the raw latents.
     """
 
     samples: Tensor
@@ -159,6 +165,7 @@ class Latent:
     #: which item of an earlier batch each row was (ComfyUI's ``batch_index``): the
     #: sampler gives row k the initial noise of that item; None: rows 0, 1, ...
     batch_index: tuple[int, ...] | None = None
+    scaling_factor: float | None = None
 
     @property
     def batch_size(self) -> int:
@@ -167,3 +174,12 @@ class Latent:
     def extension_result(self, name: str) -> Tensor | None:
         """The tensor an extension reported as ``name`` for these samples, or None."""
         return dict(self.extension_results).get(name)
+
+    def sampled(self, model: DiffusionModel, samples: Tensor,
+                results: dict[str, Tensor] | None = None) -> Latent:
+        """These latents after a sampler ran ``model`` on them: the new samples, mask and
+        inpaint data kept (a second pass sees the same latent), the VAE scaling known
+        from the model where these latents did not say."""
+        return replace(self, samples=samples,
+                       extension_results=tuple((results or {}).items()),
+                       scaling_factor=self.scaling_factor or model.latent_scale)

@@ -15,6 +15,8 @@ aspect ratio (rounded, symmetric), then the methods are:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -151,4 +153,5 @@ def resize_latent(latent: Latent, width: int, height: int, method: str,
         inpaint = InpaintCondition(
             common_upscale(latent.inpaint.mask, width, height, "nearest-exact", crop),
             common_upscale(latent.inpaint.masked_latents, width, height, method, crop))
-    return Latent(common_upscale(samples, width, height, method, crop), noise_mask, inpaint)
+    return replace(latent, samples=common_upscale(samples, width, height, method, crop),
+                   noise_mask=noise_mask, inpaint=inpaint, extension_results=())

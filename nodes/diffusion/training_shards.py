@@ -206,7 +206,7 @@ def _read_pickles(paths: list[Path], shown: str) -> tuple[list[Latent], list[Con
                 if samples.dim() != 4 or samples.shape[1] != 4:
                     raise ValueError(f"{where} holds latents of shape {tuple(samples.shape)}; "
                                      "only SD 1.x/2.x's 4-channel latents are converted")
-                latents.append(Latent(samples * SD_SCALE))
+                latents.append(Latent(samples * SD_SCALE, scaling_factor=SD_SCALE))
                 conds.append(Conditioning(tuple(
                     CondEntry(e[0].float(), dict(e[1]) if len(e) > 1 else {}) for e in cond)))
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
