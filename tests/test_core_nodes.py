@@ -43,6 +43,11 @@ COMFY_WIDGETS = {
                             "resize_type.crop", "resize_type.multiplier",
                             "resize_type.longer_size", "resize_type.shorter_size",
                             "resize_type.megapixels", "resize_type.multiple", "scale_method"],
+    # comfy_extras/nodes_images.py; format's options' widgets follow it
+    "SaveImageAdvanced": ["filename_prefix", "format", "format.bit_depth",
+                          "format.input_color_space", "format.crf", "format.save_mode",
+                          "format.save_mode.fps", "format.save_mode.loop_count"],
+    "ImageColorSpace": ["source", "destination"],
     # dataset nodes (comfy_extras/nodes_dataset.py)
     "LoadImageDataSetFromFolder": ["folder"],
     "LoadImageTextDataSetFromFolder": ["folder"],
