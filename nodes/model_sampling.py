@@ -19,13 +19,24 @@ handle (the loaded model is never touched).
 ``zsnr`` rescales the betas to zero terminal SNR (Lin et al. 2023, diffusers'
 ``rescale_betas_zero_snr``), for models trained that way; the samplers whose diffusers
 scheduler has the option take it, the others refuse it when the run starts.
+
+Model Sampling Continuous EDM / V say that a model was trained on continuous noise levels
+(CosXL, Playground v2.5, EDM fine-tunes): see :mod:`nodes.diffusion.continuous`.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from engine import ExecutionContext, Input, Node, Output
+from nodes.diffusion.continuous import (
+    DISCRETE_KEY,
+    PLAYGROUND_LATENT_FORMAT,
+    check_range,
+    is_continuous,
+    replace_sampling,
+)
 from nodes.diffusion.handles import DiffusionModel
 
 SAMPLING = ("eps", "v_prediction", "lcm", "x0", "img_to_img")
@@ -62,7 +73,7 @@ class ModelSamplingDiscrete(Node):
             raise ValueError("Model Sampling Discrete: 'img_to_img' (ComfyUI's mode for "
                              "image-to-image-trained models such as Lotus) is not supported; "
                              "use eps, v_prediction, lcm or x0")
-        config = dict(self.model.scheduler_config)
+        config = discrete_config(self.model)
         config["prediction_type"] = PREDICTION_TYPES[self.sampling]
         if self.zsnr or "rescale_betas_zero_snr" in config:
             config["rescale_betas_zero_snr"] = bool(self.zsnr)
@@ -71,4 +82,98 @@ class ModelSamplingDiscrete(Node):
         return (replace(self.model, scheduler_config=config),)
 
 
-NODE_CLASSES = (ModelSamplingDiscrete,)
+def discrete_config(model: DiffusionModel) -> dict[str, Any]:
+    """The model's discrete scheduler config: its own, or the one a continuous model
+    sampling (below) kept when it replaced it."""
+    config = dict(model.scheduler_config)
+    if not is_continuous(config):
+        return config
+    kept = config.get(DISCRETE_KEY)
+    if not kept:
+        raise ValueError("Model Sampling Discrete: this model was loaded as a continuous-σ "
+                         "model (CosXL, Playground v2.5, EDM) and has no discrete noise "
+                         "schedule to go back to; use Model Sampling Continuous EDM / V")
+    return dict(kept)
+
+
+EDM_SAMPLING = ("v_prediction", "edm", "edm_playground_v2.5", "eps", "cosmos_rflow")
+#: ComfyUI's choice -> (how the output is read, σ_data, Playground's latent format)
+EDM_CHOICES = {"v_prediction": ("v_prediction", 1.0, False), "edm": ("edm", 0.5, False),
+               "edm_playground_v2.5": ("edm", 0.5, True), "eps": ("eps", 1.0, False)}
+
+
+def continuous_model(model: DiffusionModel, sampling: str, sigma_min: float,
+                     sigma_max: float, sigma_data: float, timestep_form: str,
+                     playground: bool, node: str) -> DiffusionModel:
+    """``model`` on a new handle whose scheduler config is a continuous model sampling."""
+    check_range(sigma_min, sigma_max, node)
+    config = replace_sampling(dict(model.scheduler_config), sampling, sigma_min, sigma_max,
+                              sigma_data, timestep_form,
+                              PLAYGROUND_LATENT_FORMAT if playground else None)
+    return replace(model, scheduler_config=config)
+
+
+class ModelSamplingContinuousEDM(Node):
+    """Sample a model trained on continuous noise levels with EDM's preconditioning: the
+    UNet gets 0.25·log σ as its timestep and its input scaled by 1/√(σ² + σ_data²). The
+    loaded model is unchanged, the output is a new MODEL.
+
+    Pick what the checkpoint was trained as: ``v_prediction`` for CosXL / CosXL Edit
+    (σ 0.002-120, the defaults), ``edm_playground_v2.5`` for Playground v2.5 (σ_data 0.5,
+    its latent statistics; set sigma_max 80), ``edm`` for other EDM fine-tunes (σ_data 0.5),
+    ``eps`` for noise-predicting ones. Sample with euler, dpmpp_2m, dpmpp_2m_sde, heun, ...
+    and karras, exponential or normal (the discrete-only samplers such as ddpm, pndm or
+    uni_pc say so). Checkpoints that carry the keys (CosXL's ``edm_vpred``, Playground's
+    ``edm_mean``) are detected on load without this node.
+    """
+
+    TYPE = "ModelSamplingContinuousEDM"
+    DISPLAY_NAME = "Model Sampling Continuous EDM"
+    CATEGORY = "advanced/model"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    sampling: str = Input("v_prediction", choices=EDM_SAMPLING,
+                          description="How the UNet's output is read: v_prediction (CosXL), "
+                          "edm (σ_data 0.5), edm_playground_v2.5 (also its latent format), "
+                          "eps; cosmos_rflow is not supported")
+    sigma_max: float = Input(120.0, min=0.0, max=1000.0, step=0.001,
+                             description="The largest noise level the model was trained on")
+    sigma_min: float = Input(0.002, min=0.0, max=1000.0, step=0.001,
+                             description="The smallest noise level the model was trained on")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        if self.sampling not in EDM_CHOICES:
+            raise ValueError("Model Sampling Continuous EDM: 'cosmos_rflow' (ComfyUI's "
+                             "rectified-flow mode for Cosmos video models) is not supported; "
+                             f"use one of {', '.join(EDM_CHOICES)}")
+        kind, sigma_data, playground = EDM_CHOICES[self.sampling]
+        return (continuous_model(self.model, kind, self.sigma_min, self.sigma_max, sigma_data,
+                                 "log", playground, "Model Sampling Continuous EDM"),)
+
+
+class ModelSamplingContinuousV(Node):
+    """Sample a v-prediction model trained on continuous noise levels whose timestep is
+    atan(σ)·2/π (Imagen-style continuous time, e.g. some v-prediction fine-tunes); the
+    loaded model is unchanged, the output is a new MODEL. σ_data is 1. For CosXL use Model
+    Sampling Continuous EDM (v_prediction) instead."""
+
+    TYPE = "ModelSamplingContinuousV"
+    DISPLAY_NAME = "Model Sampling Continuous V"
+    CATEGORY = "advanced/model"
+    OUTPUTS = (Output("MODEL"),)
+
+    model: DiffusionModel = Input(type="MODEL")
+    sampling: str = Input("v_prediction", choices=("v_prediction",),
+                          description="How the UNet's output is read (velocity)")
+    sigma_max: float = Input(500.0, min=0.0, max=1000.0, step=0.001,
+                             description="The largest noise level the model was trained on")
+    sigma_min: float = Input(0.03, min=0.0, max=1000.0, step=0.001,
+                             description="The smallest noise level the model was trained on")
+
+    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
+        return (continuous_model(self.model, "v_prediction", self.sigma_min, self.sigma_max,
+                                 1.0, "atan", False, "Model Sampling Continuous V"),)
+
+
+NODE_CLASSES = (ModelSamplingDiscrete, ModelSamplingContinuousEDM, ModelSamplingContinuousV)

@@ -48,6 +48,9 @@ COMFY_WIDGETS = {
                           "format.input_color_space", "format.crf", "format.save_mode",
                           "format.save_mode.fps", "format.save_mode.loop_count"],
     "ImageColorSpace": ["source", "destination"],
+    # comfy_extras/nodes_model_advanced.py (continuous-σ model samplings)
+    "ModelSamplingContinuousEDM": ["sampling", "sigma_max", "sigma_min"],
+    "ModelSamplingContinuousV": ["sampling", "sigma_max", "sigma_min"],
     # dataset nodes (comfy_extras/nodes_dataset.py)
     "LoadImageDataSetFromFolder": ["folder"],
     "LoadImageTextDataSetFromFolder": ["folder"],

@@ -21,7 +21,12 @@ def x0_coefficients(scheduler: Any, timestep: torch.Tensor | int, scale: torch.T
     """``(a, b)`` with x̂₀ = a·x + b·prediction for the UNet's VP-space input x at
     ``timestep`` (``scale`` as in :func:`predicted_original`); scalars as tensors on
     ``like``'s device and dtype. ε: a = 1/√ᾱ, b = −√(1−ᾱ)/√ᾱ; v: a = √ᾱ, b = −√(1−ᾱ);
-    sample: a = 0, b = 1."""
+    sample: a = 0, b = 1. A continuous-σ model's scheduler gives its own (EDM's c_skip,
+    c_out and c_in at the step's σ)."""
+    if _continuous(scheduler):
+        a, b = scheduler.x0_coefficients(scheduler.sigma_at(timestep))
+        return (torch.tensor(a, dtype=like.dtype, device=like.device),
+                torch.tensor(b, dtype=like.dtype, device=like.device))
     alpha_bar = alpha_bar_at(scheduler, timestep, scale, like)
     kind = scheduler.config.get("prediction_type", "epsilon")
     if kind == "epsilon":
@@ -37,13 +42,23 @@ def alpha_bar_at(scheduler: Any, timestep: torch.Tensor | int, scale: torch.Tens
                  like: torch.Tensor) -> torch.Tensor:
     """ᾱ at ``timestep``: ``scale``² where the scheduler scaled the input (σ-space: any σ,
     also between the training timesteps), else the training schedule's; on ``like``'s
-    device and dtype."""
+    device and dtype. A continuous-σ model's is that of its data scaled to unit variance,
+    σ_data²/(σ² + σ_data²) (1/(1 + σ²) at σ_data = 1, as for the σ-space samplers)."""
+    if _continuous(scheduler):
+        sigma, data = scheduler.sigma_at(timestep), float(scheduler.config.sigma_data)
+        return torch.tensor(data ** 2 / (sigma ** 2 + data ** 2), dtype=like.dtype,
+                            device=like.device)
     scale = torch.as_tensor(scale, dtype=like.dtype)
     if float(scale) < 1.0:
         alpha_bar = scale**2
     else:
         alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(like.dtype)
     return alpha_bar.to(like.device)
+
+
+def _continuous(scheduler: Any) -> bool:
+    """Whether ``scheduler`` samples a continuous-σ model (nodes.diffusion.continuous)."""
+    return callable(getattr(scheduler, "sigma_at", None))
 
 
 def step_scale(scheduler: Any, timestep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -64,6 +79,11 @@ def denoised_estimate(scheduler: Any, timestep: torch.Tensor, latents: torch.Ten
     """x̂₀ for a live preview from the latents a step started from (the sampler's space)
     and its guided prediction, without touching the scheduler's state; None when the
     scheduler has no ᾱ schedule (a stand-in) or the step made no prediction."""
+    if _continuous(scheduler) and prediction is not None \
+            and prediction.shape == latents.shape:
+        with torch.no_grad():
+            return scheduler.denoised(prediction, latents.float(),
+                                      scheduler.sigma_at(timestep)).to(latents.dtype)
     alphas = getattr(scheduler, "alphas_cumprod", None)
     if alphas is None or prediction is None or prediction.shape != latents.shape:
         return None

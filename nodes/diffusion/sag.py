@@ -116,12 +116,17 @@ class SelfAttentionGuidance(SamplerExtension):
         scheduler = run.scheduler
         input_scale = model_input_scale(scheduler, t)
         sigma_space = bool(input_scale != 1)
-        if sigma_space:
-            alpha_prod_t = input_scale.to(latents.device) ** 2  # ᾱ = 1 / (1 + σ²)
+        continuous = callable(getattr(scheduler, "sigma_at", None))  # EDM, CosXL, Playground
+        if continuous:
+            a, b = scheduler.x0_coefficients(scheduler.sigma_at(t))
+            pred_x0 = a * latents + b * model_output
         else:
-            alpha_prod_t = scheduler.alphas_cumprod[int(t)].to(latents.device)
-        pred_x0, pred_eps = predict_x0_and_eps(
-            latents, model_output, alpha_prod_t, scheduler.config.prediction_type)
+            if sigma_space:
+                alpha_prod_t = input_scale.to(latents.device) ** 2  # ᾱ = 1 / (1 + σ²)
+            else:
+                alpha_prod_t = scheduler.alphas_cumprod[int(t)].to(latents.device)
+            pred_x0, pred_eps = predict_x0_and_eps(
+                latents, model_output, alpha_prod_t, scheduler.config.prediction_type)
 
         # Attention mask: tokens whose column sum of the head-averaged map exceeds 1.
         b, channels, latent_h, latent_w = pred_x0.shape
@@ -139,6 +144,8 @@ class SelfAttentionGuidance(SamplerExtension):
         degraded = blurred * attn_mask + pred_x0 * (1 - attn_mask)
 
         # Noise it again to the step's level (in the space the UNet sees).
+        if continuous:  # c_in·(degraded + σ·ε̂), ε̂ the input's own noise
+            return latents + float(input_scale) * (degraded - pred_x0)
         if sigma_space:
             return alpha_prod_t ** 0.5 * degraded + (1 - alpha_prod_t) ** 0.5 * pred_eps
         return scheduler.add_noise(degraded, noise=pred_eps, timesteps=t[None])

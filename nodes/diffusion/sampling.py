@@ -388,6 +388,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     ``results`` phase)."""
     unet = model.unet
     check_latent_size(unet, tuple(latent.samples.shape[-2:]))
+    from nodes.diffusion.continuous_samplers import from_model_latents, model_space_latent
+
+    given, latent = latent, model_space_latent(model, latent)  # Playground v2.5's format
     device, dtype = unet.device, unet.dtype
     # The noise comes from a CPU generator so a seed gives the same image on any device.
     generator = torch.Generator("cpu").manual_seed(params.seed)
@@ -513,4 +516,4 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
         final = float(getattr(scheduler, "sigmas", torch.zeros(1))[-1])
         if final > 0:
             latents = latents / (final**2 + 1) ** 0.5
-    return latents
+    return from_model_latents(model, given, latents)

@@ -191,6 +191,9 @@ def training_sigmas(scheduler: Any) -> list[float]:
     """σ at each of a scheduler's training timesteps, ``√((1 − ᾱ)/ᾱ)``, lowest first."""
     import numpy as np
 
+    table = getattr(scheduler, "spec", None)  # a continuous-σ model: ComfyUI's σ table
+    if table is not None:
+        return table.table()
     alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
     return (((1 - alphas) / alphas) ** 0.5).tolist()
 
@@ -236,6 +239,10 @@ def make_sigma_list_scheduler(sampler_name: str, config: dict[str, Any],
                               seed: int | None = None) -> Any:
     """A fresh scheduler for ``sampler_name`` that can run a σ list: its own, or its
     σ-space twin (:data:`SIGMA_TWINS`) built on the same config."""
+    if _continuous(config):  # a continuous-σ model (nodes.diffusion.continuous_samplers)
+        from nodes.diffusion.continuous_samplers import make_continuous_scheduler
+
+        return make_continuous_scheduler(sampler_name, None, config, seed=seed)
     if sampler_name in SAMPLERS and SAMPLERS[sampler_name][0] in TAKES_SIGMAS:
         return make_scheduler(sampler_name, "normal", config, seed=seed)
     if sampler_name not in SIGMA_TWINS:
@@ -280,6 +287,12 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
     return None
 
 
+def _continuous(config: dict[str, Any]) -> bool:
+    from nodes.diffusion.continuous import is_continuous
+
+    return is_continuous(config)
+
+
 def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any],
                    seed: int | None = None) -> Any:
     """A fresh diffusers scheduler for one sampling run.
@@ -287,6 +300,10 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
     ``seed`` seeds the Brownian-tree noise of ``dpmpp_sde`` (diffusers'
     ``DPMSolverSDEScheduler`` draws its tree's seed from the global RNG otherwise, so the
     same seed would give another image each run)."""
+    if _continuous(base_config):  # a continuous-σ model: ComfyUI's σs over its range
+        from nodes.diffusion.continuous_samplers import make_continuous_scheduler
+
+        return make_continuous_scheduler(sampler_name, schedule, base_config, seed=seed)
     problem = unsupported_combination(sampler_name, schedule)
     if problem:
         raise ValueError(problem)

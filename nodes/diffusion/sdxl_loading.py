@@ -32,6 +32,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from nodes.diffusion.continuous import LATENT_FORMAT_KEY, is_continuous, sampling_from_keys
 from nodes.diffusion.loading import (
     FAMILY_CONFIG_DIRS,
     CheckpointKeyError,
@@ -91,10 +92,13 @@ def load_original_sdxl(state_dict: StateDict, configs: Mapping[str, Any], *,
     text_encoder_2 = _load_big_g(state_dict, empties.take("text_encoder_2"),
                                  REFINER_BIG_G if refiner else BASE_BIG_G)
     tokenizers = FAMILY_CONFIG_DIRS[family]
+    # ComfyUI's markers: Playground v2.5 (edm_mean), CosXL (edm_vpred.*), v_pred (+ ztsnr)
+    scheduler_config = sampling_from_keys(
+        state_dict, lambda key: state_dict[key].flatten()[0].item(), dict(configs["scheduler"]))
     return LoadedCheckpoint(
         unet=unet, vae=vae, text_encoder=text_encoder,
         tokenizer=None if refiner else load_clip_tokenizer(tokenizers / "tokenizer"),
-        scheduler_config=dict(configs["scheduler"]), family=family, path=path,
+        scheduler_config=scheduler_config, family=family, path=path,
         text_encoder_2=text_encoder_2,
         tokenizer_2=load_clip_tokenizer(tokenizers / "tokenizer_2"))
 
@@ -139,11 +143,25 @@ def load_sdxl_folder(path: Path, index: Mapping[str, Any], *, allow_pickle: bool
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     scheduler_config = (json.loads(scheduler_file.read_text(encoding="utf-8"))
                         if scheduler_file.is_file() else family_configs(family)["scheduler"])
+    scheduler_config = with_vae_latent_format(scheduler_config, vae)
     return LoadedCheckpoint(
         unet=unet, vae=vae, text_encoder=text_encoder,
         tokenizer=None if refiner else _tokenizer(path, "tokenizer", family),
         scheduler_config=scheduler_config, family=family, path=path,
         text_encoder_2=text_encoder_2, tokenizer_2=_tokenizer(path, "tokenizer_2", family))
+
+
+def with_vae_latent_format(scheduler_config: dict[str, Any], vae: Any) -> dict[str, Any]:
+    """A continuous model's config with the latent statistics its VAE's config carries
+    (Playground v2.5's ``latents_mean`` / ``latents_std``, applied around sampling as
+    ``StableDiffusionXLPipeline`` applies them around decoding)."""
+    mean = getattr(vae.config, "latents_mean", None)
+    std = getattr(vae.config, "latents_std", None)
+    if mean is None or std is None or not is_continuous(scheduler_config):
+        return scheduler_config
+    return {**scheduler_config, LATENT_FORMAT_KEY: {
+        "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+        "scale": float(vae.config.scaling_factor)}}
 
 
 def _component(index: Mapping[str, Any], name: str) -> Any:
