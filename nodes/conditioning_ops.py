@@ -11,6 +11,8 @@ Inputs are never changed: each node returns new entries and new tensors.
 
 Conditioning Set Timestep Range marks each entry with its range; the sampler's combined
 conditioning (:mod:`nodes.diffusion.combine`) counts an entry only on the steps in it.
+CLIP Text Encode (Controlnet) stores a second text on each entry, for ControlNets only
+(ComfyUI's ``cross_attn_controlnet``; see :mod:`nodes.diffusion.token_weights`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine import ExecutionContext, Input, Node, Output
 from nodes.conditioning import ConditioningSetStrength
-from nodes.diffusion.handles import CondEntry, Conditioning
+from nodes.diffusion.embeddings import EmbeddingLibrary, embedding_problems
+from nodes.diffusion.handles import CondEntry, Conditioning, TextEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -199,5 +202,54 @@ class ConditioningSetAreaStrength(ConditioningSetStrength):
     DISPLAY_NAME = "Conditioning Set Area Strength"
 
 
+class CLIPTextEncodeControlnet(Node):
+    """Give the ControlNets their own prompt: ``text`` is encoded (weights and
+    ``embedding:name`` as in Encode Prompt) and stored on every entry of
+    ``conditioning``; a ControlNet applied to these entries (before or after this node)
+    then reads this text in its cross-attention instead of the prompt the UNet reads,
+    which stays ``conditioning``'s. Entries without it (the negative, unless it goes
+    through this node too) keep their own text. Useful where the prompt says more than
+    the control image shows, or to steer a ControlNet that follows text (tile, shuffle).
+    Cost: one text-encoder pass; a ControlNet whose rows read texts of different lengths
+    runs once per length.
+    """
+
+    TYPE = "CLIPTextEncodeControlnet"
+    DISPLAY_NAME = "CLIP Text Encode (Controlnet)"
+    CATEGORY = "_for_testing/conditioning"
+    OUTPUTS = (Output("CONDITIONING"),)
+
+    clip: TextEncoder = Input(type="CLIP")
+    conditioning: Conditioning = Input(type="CONDITIONING")
+    text: str = Input("", multiline=True, description="The ControlNets' prompt")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Any) -> list[tuple[str | None, str]]:
+        text = inputs.get("text")
+        if not isinstance(text, str):
+            return []
+        return [("text", message, severity)
+                for severity, message in embedding_problems(env, text)]
+
+    def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
+        from nodes.conditioning import encode_text_pooled
+        from nodes.diffusion.token_weights import CONTROLNET_POOLED, CONTROLNET_TEXT
+
+        if not self.conditioning.entries:
+            raise ValueError(f"{self.TYPE}: the conditioning is empty: link a prompt's "
+                             "conditioning")
+        encoder = self.clip.text_encoder
+        dim = int(encoder.get_input_embeddings().weight.shape[1])
+        embeds, pooled = encode_text_pooled(self.clip, self.text, EmbeddingLibrary(ctx.env, dim))
+        for entry in self.conditioning.entries:
+            if entry.embeds.shape[-1] != embeds.shape[-1]:
+                raise ValueError(
+                    f"{self.TYPE}: the text is {embeds.shape[-1]} wide but the conditioning "
+                    f"is {entry.embeds.shape[-1]}: use the CLIP of the conditioning's model")
+        extra = {CONTROLNET_TEXT: embeds, CONTROLNET_POOLED: pooled}
+        return (Conditioning(tuple(CondEntry(e.embeds, {**e.options, **extra})
+                                   for e in self.conditioning.entries)),)
+
+
 NODE_CLASSES = (ConditioningConcat, ConditioningAverage, ConditioningSetTimestepRange,
-                ConditioningSetAreaStrength)
+                ConditioningSetAreaStrength, CLIPTextEncodeControlnet)

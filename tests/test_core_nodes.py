@@ -51,6 +51,10 @@ COMFY_WIDGETS = {
     # comfy_extras/nodes_model_advanced.py (continuous-σ model samplings)
     "ModelSamplingContinuousEDM": ["sampling", "sigma_max", "sigma_min"],
     "ModelSamplingContinuousV": ["sampling", "sigma_max", "sigma_min"],
+    # style models (nodes.py) and comfy_extras/nodes_cond.py
+    "StyleModelLoader": ["style_model_name"],
+    "StyleModelApply": ["strength", "strength_type"],
+    "CLIPTextEncodeControlnet": ["text"],
     # dataset nodes (comfy_extras/nodes_dataset.py)
     "LoadImageDataSetFromFolder": ["folder"],
     "LoadImageTextDataSetFromFolder": ["folder"],

@@ -299,7 +299,7 @@ def test_shipped_example_is_exactly_bilinear_and_matches_its_recipe():
     torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
 
 
-def test_style_model_loader_is_defined_and_says_it_is_unsupported(folders):
+def test_style_model_loader_is_defined_and_refuses_a_non_style_file(folders):
     folder = folders / "models" / "style_models"
     folder.mkdir(exist_ok=True)
     save_file({"w": torch.zeros(1)}, str(folder / "redux.safetensors"))
@@ -310,8 +310,7 @@ def test_style_model_loader_is_defined_and_says_it_is_unsupported(folders):
               "inputs": {"style_model_name": "redux.safetensors"}},
         "10": {"class_type": "TestCapture", "inputs": {"value": ["1", 0], "key": "style"}},
     }
-    assert "style models (T2I style adapter / Redux) are not supported yet" in run_error(
-        session, prompt)
+    assert "redux.safetensors is not a style model" in run_error(session, prompt)
     prompt["1"]["inputs"]["style_model_name"] = "missing.safetensors"
     with pytest.raises(PromptValidationError):
         session.run(prompt)

@@ -20,6 +20,11 @@ image: ``torch.nn.functional.interpolate`` with its default nearest-neighbour mo
 stretching if the aspect ratio differs. Resize the image beforehand for a smoother
 result.
 
+The ControlNet reads each batch role's text as the UNet does, except where the role's
+entry says otherwise (:func:`nodes.diffusion.token_weights.controlnet_contexts`): CLIP Text
+Encode (Controlnet)'s text replaces it, and tokens masked by key weights (Apply Style
+Model's padding) are left out. Rows whose texts differ in length run in separate passes.
+
 A ControlNet-Union (:mod:`nodes.diffusion.controlnet_union`) is the same extension: its
 handle carries the control type(s) set by SetUnionControlNetType, and its call gets them
 as ``StableDiffusionXLControlNetUnionPipeline`` passes them (``control_type`` /
@@ -39,6 +44,7 @@ from diffusers.image_processor import VaeImageProcessor
 
 from nodes.diffusion.controlnet_union import is_union_model, union_call_kwargs, union_forward
 from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
+from nodes.diffusion.token_weights import controlnet_contexts
 
 if TYPE_CHECKING:
     from nodes.diffusion.sampling import SamplingRun
@@ -216,11 +222,25 @@ class ControlNetResiduals(SamplerExtension):
         # union's multi-type call: the model scales the images, not its residuals.)
         if scale == 0.0 and not state.more_images:
             return
-        batch = run.init_latents.shape[0]
         total = call.latent_input.shape[0]
         lo, hi = row_range(run, state.rows, total)
         if hi == lo:
             return
+        # each role's text: its own (masked tokens left out) or CLIP Text Encode
+        # (Controlnet)'s; one pass per stretch of rows whose texts have one length
+        passes = [self._residuals(run, call, state, first, end, text, scale)
+                  for first, end, text in controlnet_contexts(run, call, lo, hi)]
+        down, mid = passes[0] if len(passes) == 1 else (
+            [torch.cat(parts) for parts in zip(*(d for d, _ in passes), strict=True)],
+            torch.cat([m for _, m in passes]))
+        down = [pad_rows(d.to(run.device, run.dtype), lo, hi, total) for d in down]
+        call.add_residuals(down, pad_rows(mid.to(run.device, run.dtype), lo, hi, total))
+
+    def _residuals(self, run: SamplingRun, call: UNetCall, state: _RunState, lo: int,
+                   hi: int, text: torch.Tensor, scale: float
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The ControlNet's down and mid residuals for the batch rows ``[lo, hi)``."""
+        batch = run.init_latents.shape[0]
         net = self.control_net.model
         images = [image.repeat((hi - lo) // batch, 1, 1, 1)
                   for image in (state.image, *state.more_images)]
@@ -236,15 +256,13 @@ class ControlNetResiduals(SamplerExtension):
             down, mid = net(
                 call.latent_input[lo:hi].to(device=net.device, dtype=net.dtype),
                 call.timestep,
-                encoder_hidden_states=call.encoder_hidden_states[lo:hi].to(net.device,
-                                                                           net.dtype),
+                encoder_hidden_states=text.to(net.device, net.dtype),
                 guess_mode=state.guess,
                 return_dict=False,
                 **control,
                 **added,
             )
-        down = [pad_rows(d.to(run.device, run.dtype), lo, hi, total) for d in down]
-        call.add_residuals(down, pad_rows(mid.to(run.device, run.dtype), lo, hi, total))
+        return list(down), mid
 
     def teardown(self, run: SamplingRun) -> None:
         run.state.pop(self, None)
