@@ -17,8 +17,9 @@ the hidden ``DYNPROMPT`` is the run's :class:`engine.expansion.DynamicGraph`.
 Values: IMAGE ``[B, H, W, C]`` and MASK ``[B, H, W]`` are the same tensors in both
 worlds. LATENT is a :class:`nodes.diffusion.handles.Latent` here and a dict
 ``{"samples": ..., "noise_mask": ...}`` in ComfyUI: converted at the boundary
-(samples stay in Steerflow's UNet space, i.e. scaled by the VAE's scaling
-factor, which ComfyUI's are not; other dict keys do not survive the trip).
+(samples divided by the VAE scaling factor the latent knows, so a pack sees raw VAE
+latents as in ComfyUI, and multiplied back on the way out; ``batch_index`` travels
+both ways; other dict keys do not survive a Steerflow node).
 
 ``IS_CHANGED`` (called with the constant inputs, as ComfyUI calls it) joins the
 cache signature; NaN or an exception means "always changed". ``VALIDATE_INPUTS``
@@ -439,15 +440,24 @@ def _split(returned: Any, type_id: str, expected: int
     return result, ui, expand
 
 
+#: the LATENT dict key carrying the scale its samples were divided by (ours, private)
+SCALE_KEY = "steerflow_scaling_factor"
+
+
 def _to_comfy(value: Any) -> Any:
     from nodes.diffusion.handles import Latent
 
     if isinstance(value, Latent):
-        latent: dict[str, Any] = {"samples": value.samples}
+        scale = value.scaling_factor
+        latent: dict[str, Any] = {"samples": value.samples / scale if scale else value.samples}
+        if scale:
+            latent[SCALE_KEY] = scale
         if value.noise_mask is not None:
             latent["noise_mask"] = value.noise_mask
         if value.inpaint is not None:
             latent["steerflow_inpaint"] = value.inpaint
+        if value.batch_index is not None:
+            latent["batch_index"] = list(value.batch_index)
         return latent
     return value
 
@@ -470,7 +480,15 @@ def _from_comfy(value: Any, socket: str) -> Any:
     inpaint = value.get("steerflow_inpaint")
     if inpaint is not None and tuple(inpaint.mask.shape[-2:]) != tuple(samples.shape[-2:]):
         inpaint = None  # resized latents: the stored inpainting input no longer fits
-    return Latent(samples, mask, inpaint)
+    # a dict the pack built itself (its own empty latent, say) says no scale: kept as is
+    scale = value.get(SCALE_KEY)
+    scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
+    index = value.get("batch_index")
+    index = (tuple(int(i) for i in index) if isinstance(index, list | tuple)
+             and len(index) == samples.shape[0] and all(isinstance(i, int) for i in index)
+             else None)
+    return Latent(samples * scale if scale else samples, mask, inpaint, batch_index=index,
+                  scaling_factor=scale)
 
 
 def _jsonable(value: Any) -> Any:

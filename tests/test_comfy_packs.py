@@ -246,6 +246,30 @@ def test_latents_cross_the_boundary(session: Session):
     assert isinstance(entry.outputs[0], Latent)  # a pack's LATENT dict is ours downstream
 
 
+def test_packs_see_raw_vae_latents_as_in_comfyui():
+    """A latent that knows its VAE's scaling reaches a pack divided by it (ComfyUI's raw
+    latents) and comes back multiplied; batch_index travels both ways; a dict the pack
+    made itself says no scale and is taken as it is."""
+    import torch
+
+    from comfy_compat.adapter import _from_comfy, _to_comfy
+    from nodes.diffusion.handles import Latent
+
+    ours = Latent(torch.randn(2, 4, 3, 5), batch_index=(3, 4), scaling_factor=0.5)
+    theirs = _to_comfy(ours)
+    assert torch.allclose(theirs["samples"], ours.samples / 0.5)
+    assert theirs["batch_index"] == [3, 4]
+    theirs = {**theirs, "samples": theirs["samples"] + 1}  # the pack's work, in raw space
+    back = _from_comfy(theirs, "LATENT")
+    assert torch.allclose(back.samples, ours.samples + 0.5)
+    assert back.scaling_factor == 0.5 and back.batch_index == (3, 4)
+    made = _from_comfy({"samples": torch.ones(1, 4, 2, 2), "batch_index": ["x"]}, "LATENT")
+    assert torch.equal(made.samples, torch.ones(1, 4, 2, 2))
+    assert made.scaling_factor is None and made.batch_index is None
+    unknown = _to_comfy(Latent(torch.ones(1, 4, 2, 2)))
+    assert torch.equal(unknown["samples"], torch.ones(1, 4, 2, 2))
+
+
 def _sig(session: Session, prompt: dict[str, Any], node_id: str) -> str:
     from engine.executor import _Run
 
