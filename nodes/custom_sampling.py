@@ -310,6 +310,9 @@ def run_custom(ctx: ExecutionContext, guider: Guider, noise: NoiseSource,
         raise ValueError("sampler must come from KSamplerSelect")
     if len(schedule) == 0:
         return latent, latent  # an empty window leaves the latent as it is
+    own_loop = getattr(sampler, "run_custom", None)
+    if own_loop is not None:  # a sampler with a run of its own (nodes/sampler_extras.py)
+        return own_loop(ctx, guider, noise, schedule, latent)
     final = FinalDenoise()
     model = guider.model.with_extension(final)  # a handle for this run only
     tuned = (sampler.eta, sampler.s_noise) != (1.0, 1.0)

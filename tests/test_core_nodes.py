@@ -48,6 +48,11 @@ COMFY_WIDGETS = {
                           "format.input_color_space", "format.crf", "format.save_mode",
                           "format.save_mode.fps", "format.save_mode.loop_count"],
     "ImageColorSpace": ["source", "destination"],
+    # comfy_extras/nodes_gits.py, nodes_advanced_samplers.py, nodes_custom_sampler.py
+    "GITSScheduler": ["coeff", "steps", "denoise"],
+    "SamplerLCMUpscale": ["scale_ratio", "scale_steps", "upscale_method"],
+    "SamplerDPMAdaptative": ["order", "rtol", "atol", "h_init", "pcoeff", "icoeff", "dcoeff",
+                             "accept_safety", "eta", "s_noise"],
     # comfy_extras/nodes_model_advanced.py (continuous-σ model samplings)
     "ModelSamplingContinuousEDM": ["sampling", "sigma_max", "sigma_min"],
     "ModelSamplingContinuousV": ["sampling", "sigma_max", "sigma_min"],

@@ -1,0 +1,500 @@
+"""``dpm_adaptive``: DPM-Solver-12 / 23 with an adaptive step size (Lu et al. 2022, "DPM-Solver:
+A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps", §4.4;
+k-diffusion's ``sample_dpm_adaptive``), for ComfyUI's SamplerDPMAdaptative.
+
+In ``t = λ = −log σ`` with the noise estimate ``ε = (x − D(x, σ))/σ``, each attempted step
+from s to t (``h = t − s``) computes a low- and a high-order solution sharing their model
+calls: order 3 pairs DPM-Solver-2 (r₁ = 1/3) with DPM-Solver-3 (r₁ = 1/3, r₂ = 2/3, three
+calls), order 2 DPM-Solver-1 with DPM-Solver-2 (r₁ = 1/2, two calls). Their difference,
+scaled by ``δ = max(atol, rtol·max(|x_low|, |x_prev|))`` (x_prev: the last accepted
+low-order solution), gives the error ``E = ‖(x_low − x_high)/δ‖₂ / √numel``; a PID
+controller on 1/E (coefficients divided by the order, 1.5 with eta) proposes the next h
+through the limiter ``1 + atan(f − 1)`` and accepts the step when that factor is at least
+``accept_safety``. With eta > 0 an accepted step goes to the ancestral σ_down and adds
+fresh noise up to σ_t (``s_noise`` times it).
+
+The solver ignores the schedule's inner levels: it integrates from its first σ to its
+last non-zero one and returns the latent there (ComfyUI's result, which keeps that σ_min's
+faint noise). In the sampling loop (:func:`run_dpm_adaptive`) the schedule's steps still
+count: :class:`AdaptiveDriver`, the outermost ``denoise`` wrapper, runs the solver's steps
+inside loop step i until the solver has passed the schedule's σ_{i+1}, so progress,
+previews and the steps' phases follow σ; every model call is a normal step pass (CFG,
+ControlNet, SEGA, MultiDiffusion... see it) whose :class:`Step` is the schedule step its σ
+lies in, with the call's own (continuous) timestep. A rejected step's retry reuses its
+first model call (k-diffusion calls the model again on the same input: same result, one
+call less). At most :data:`MAX_MODEL_CALLS` model calls: a run that needs more is an
+error that says how to loosen it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from nodes.diffusion.extensions import Denoise, SamplerExtension, Step
+from nodes.diffusion.sigma_samplers import SigmaSampler, ancestral_sigmas
+
+#: the most model calls one run may make (ComfyUI sets none: a tight rtol / atol, or a
+#: model whose error never falls under them, would sample forever)
+MAX_MODEL_CALLS = 1000
+#: extensions that change the latents between steps but only set per-step state (their
+#: state follows the schedule step the solver is in)
+_STEP_STATE_ONLY = frozenset({"HookedWeights", "IPAdapter"})
+
+#: ``denoise(x, σ) -> D(x, σ)``, the model's clean-latent estimate
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """SamplerDPMAdaptative's inputs."""
+
+    order: int = 3
+    rtol: float = 0.05
+    atol: float = 0.0078
+    h_init: float = 0.05
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    accept_safety: float = 0.81
+    eta: float = 0.0
+    s_noise: float = 1.0
+
+    def check(self) -> None:
+        if self.order not in (2, 3):
+            raise ValueError(f"dpm_adaptive: order must be 2 or 3, not {self.order}")
+        if not self.h_init > 0:
+            raise ValueError("dpm_adaptive: h_init must be above 0 (the first step's size in "
+                             "log σ; 0 never moves)")
+        if self.rtol <= 0 and self.atol <= 0:
+            raise ValueError("dpm_adaptive: rtol and atol are both 0, so no step can meet "
+                             "them: raise either (defaults 0.05 and 0.0078)")
+        values = (self.rtol, self.atol, self.pcoeff, self.icoeff, self.dcoeff,
+                  self.accept_safety, self.eta, self.s_noise)
+        if any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError("dpm_adaptive: rtol, atol, the PID coefficients, accept_safety, "
+                             "eta and s_noise must be finite and at least 0")
+
+
+class PIDController:
+    """The step-size controller: ``h ← h·L(∏ (1/E_k)^{b_k})`` over the last three errors,
+    ``b = ((p + i + d), −(p + 2d), d) / order``, ``L(f) = 1 + atan(f − 1)``; a step is
+    accepted when that factor is at least ``accept_safety`` (the error history moves on
+    only then)."""
+
+    def __init__(self, h: float, options: AdaptiveOptions, order: float, eps: float = 1e-8):
+        p, i, d = options.pcoeff, options.icoeff, options.dcoeff
+        self.h = h
+        self.powers = ((p + i + d) / order, -(p + 2 * d) / order, d / order)
+        self.accept_safety = options.accept_safety
+        self.eps = eps
+        self.inverse_errors: list[float] = []
+
+    def propose(self, error: float) -> bool:
+        if not math.isfinite(error):
+            raise ValueError("dpm_adaptive: a step's error estimate is not finite (the model "
+                             "predicted NaN or inf, or atol is 0 where the latent is 0): "
+                             "raise atol, or check the model")
+        inverse = 1.0 / (error + self.eps)
+        if not self.inverse_errors:
+            self.inverse_errors = [inverse] * 3
+        self.inverse_errors[0] = inverse
+        # ∏ value^power in logs: large PID gains would overflow the product
+        log_factor = sum(power * math.log(value) for value, power
+                         in zip(self.inverse_errors, self.powers, strict=True) if power)
+        factor = 1.0 + math.atan(math.exp(min(log_factor, 700.0)) - 1.0)
+        accepted = factor >= self.accept_safety
+        if accepted:
+            self.inverse_errors[1:] = self.inverse_errors[:2]
+        self.h *= factor
+        return accepted
+
+
+def _sigma(t: float) -> float:
+    return math.exp(-t)
+
+
+def _working(x: torch.Tensor) -> torch.Tensor:
+    """The solver's copy of a latent: float32 at least (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class AdaptiveSolver:
+    """The adaptive DPM-Solver from ``σ_max`` to ``σ_min``, one attempted step per
+    :meth:`attempt`; ``denoise`` is the model, ``noise(like)`` fresh noise (eta > 0)."""
+
+    def __init__(self, x: torch.Tensor, sigma_max: float, sigma_min: float,
+                 options: AdaptiveOptions, denoise: Denoiser,
+                 noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 max_calls: int | None = None):
+        options.check()
+        if not (sigma_max > 0 and sigma_min > 0):
+            raise ValueError("dpm_adaptive: the schedule's first and last non-zero σ must be "
+                             "above 0")
+        self.options = options
+        self.t_start, self.t_end = -math.log(sigma_max), -math.log(sigma_min)
+        self.forward = self.t_end > self.t_start
+        if not self.forward and options.eta:
+            raise ValueError("dpm_adaptive: eta must be 0 on a rising schedule (FlipSigmas: "
+                             "unsampling runs the ODE backwards, which cannot add noise)")
+        self.x = _working(x)
+        self.x_prev = self.x
+        self.s = self.t_start
+        self.denoise, self.noise = denoise, noise
+        self.controller = PIDController(options.h_init * (1 if self.forward else -1), options,
+                                        1.5 if options.eta else options.order)
+        self.max_calls = MAX_MODEL_CALLS if max_calls is None else max_calls
+        self.calls = self.accepted = self.rejected = 0
+        self.last_denoised: torch.Tensor | None = None
+        self._eps_at_s: torch.Tensor | None = None  # ε(x, s), kept through rejections
+
+    @property
+    def done(self) -> bool:
+        if self.forward:
+            return not self.s < self.t_end - 1e-5
+        return not self.s > self.t_end + 1e-5
+
+    @property
+    def sigma(self) -> float:
+        """Where the solver is now."""
+        return _sigma(self.s)
+
+    def _eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        if self.calls >= self.max_calls:
+            raise ValueError(
+                f"dpm_adaptive made {self.max_calls} model calls without reaching σ "
+                f"{_sigma(self.t_end):.4g} (it got to σ {self.sigma:.4g}): raise rtol or atol "
+                f"(or h_init), or use a fixed-step sampler")
+        self.calls += 1
+        sigma = _sigma(t)
+        return (x - self.denoise(x, sigma).to(x.dtype)) / sigma
+
+    def _low_high(self, eps: torch.Tensor, t_next: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The low- and high-order solutions at ``t_next`` from ``(x, s)``."""
+        x, s = self.x, self.s
+        h = t_next - s
+        sig_next = _sigma(t_next)
+        first = x - sig_next * math.expm1(h) * eps  # DPM-Solver-1 (DDIM)
+        if self.options.order == 2:
+            s1 = s + h / 2
+            u1 = x - _sigma(s1) * math.expm1(h / 2) * eps
+            d1 = self._eps(u1, s1) - eps
+            return first, first - sig_next * math.expm1(h) * d1  # DPM-Solver-2, r₁ = ½
+        r1, r2 = 1 / 3, 2 / 3
+        s1, s2 = s + r1 * h, s + r2 * h
+        u1 = x - _sigma(s1) * math.expm1(r1 * h) * eps
+        d1 = self._eps(u1, s1) - eps
+        low = first - sig_next / (2 * r1) * math.expm1(h) * d1  # DPM-Solver-2, r₁ = ⅓
+        u2 = (x - _sigma(s2) * math.expm1(r2 * h) * eps
+              - _sigma(s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1)
+        d2 = self._eps(u2, s2) - eps
+        high = first - sig_next / r2 * (math.expm1(h) / h - 1) * d2  # DPM-Solver-3
+        return low, high
+
+    def attempt(self) -> bool:
+        """One attempted step; returns whether it was accepted."""
+        opts = self.options
+        step_to = self.s + self.controller.h
+        t = min(self.t_end, step_to) if self.forward else max(self.t_end, step_to)
+        if not math.isfinite(self.controller.h) or t == self.s:
+            raise ValueError(
+                f"dpm_adaptive: the step-size controller broke down at σ {self.sigma:.4g} "
+                f"(step {self.controller.h:g} in log σ): use gentler pcoeff / icoeff / dcoeff "
+                f"(defaults 0, 1, 0) or a lower accept_safety")
+        t_solve, noise_level = t, 0.0
+        if opts.eta:
+            down, _ = ancestral_sigmas(self.sigma, _sigma(t), opts.eta)
+            t_solve = self.t_end if down <= 0 else min(self.t_end, -math.log(down))
+            noise_level = math.sqrt(max(_sigma(t) ** 2 - _sigma(t_solve) ** 2, 0.0))
+        if self._eps_at_s is None:
+            self._eps_at_s = self._eps(self.x, self.s)
+        eps = self._eps_at_s
+        self.last_denoised = self.x - self.sigma * eps
+        low, high = self._low_high(eps, t_solve)
+        delta = torch.maximum(torch.full_like(low, opts.atol),
+                              opts.rtol * torch.maximum(low.abs(), self.x_prev.abs()))
+        error = float(torch.linalg.vector_norm((low - high) / delta)) / math.sqrt(low.numel())
+        if not self.controller.propose(error):
+            self.rejected += 1
+            return False
+        self.x_prev = low
+        if noise_level and self.noise is not None:
+            high = high + noise_level * opts.s_noise * self.noise(high)
+        self.x, self.s = high, t
+        self._eps_at_s = None
+        self.accepted += 1
+        return True
+
+    def passed(self, sigma: float) -> bool:
+        """Whether the solver has reached noise level ``sigma`` (0: never, the solver stops
+        at σ_min)."""
+        if sigma <= 0:
+            return False
+        return self.s >= -math.log(sigma) if self.forward else self.s <= -math.log(sigma)
+
+    def run(self) -> torch.Tensor:
+        while not self.done:
+            self.attempt()
+        return self.x
+
+
+def dpm_adaptive(x: torch.Tensor, sigma_max: float, sigma_min: float, denoise: Denoiser,
+                 options: AdaptiveOptions | None = None,
+                 noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 max_calls: int | None = None) -> tuple[torch.Tensor, AdaptiveSolver]:
+    """Integrate from ``sigma_max`` to ``sigma_min`` with any denoiser (tests, analytic
+    models); returns the latent there and the solver (its ``calls``, ``accepted``...)."""
+    solver = AdaptiveSolver(x, sigma_max, sigma_min, options or AdaptiveOptions(), denoise,
+                            noise, max_calls)
+    return solver.run(), solver
+
+
+# --- in the sampling loop ----------------------------------------------------------------
+
+
+class _CallSigma:
+    """The σ of the model call under way. Shared, not copied, by ``deepcopy`` (MultiDiffusion
+    saves and restores the scheduler's ``__dict__`` around each window)."""
+
+    sigma: float | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CallSigma:
+        return self
+
+
+class AdaptiveEvaluator(EulerDiscreteScheduler):
+    """Euler's scheduler (σ lists, initial noise, ``add_noise``) whose step pass evaluates
+    the model: ``scale_model_input`` scales for the call's σ, ``step`` returns ``D(x, σ)``
+    (the solver lives in :class:`AdaptiveDriver`)."""
+
+    denoised = SigmaSampler.denoised
+
+    @property
+    def call(self) -> _CallSigma:
+        """The model call under way (made on first use: diffusers builds schedulers from
+        their ``__init__``'s signature, which stays Euler's)."""
+        call = self.__dict__.get("_call")
+        if call is None:
+            call = self.__dict__["_call"] = _CallSigma()
+        return call
+
+    def call_timestep(self, sigma: float) -> float:
+        """The (continuous) model timestep of ``sigma``."""
+        if (self.config.timestep_type == "continuous"
+                and self.config.prediction_type == "v_prediction"):
+            return 0.25 * math.log(sigma)
+        log_sigmas = np.log(np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5))
+        return float(self._sigma_to_t(np.array(sigma), log_sigmas))
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        sigma = self.call.sigma
+        if sigma is None:  # outside a model call (the loop's own scale queries)
+            return super().scale_model_input(sample, timestep)
+        return sample / ((sigma ** 2 + 1) ** 0.5)
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True,
+             **_: Any) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        sigma = self.call.sigma
+        if sigma is None:
+            raise RuntimeError("dpm_adaptive's scheduler stepped outside a model call")
+        denoised = self.denoised(model_output, sample.float(), sigma)
+        if not return_dict:
+            return denoised, denoised
+        return EulerDiscreteSchedulerOutput(prev_sample=denoised, pred_original_sample=denoised)
+
+
+class AdaptiveDriver(SamplerExtension):
+    """Runs :class:`AdaptiveSolver` inside the loop's steps (see the module docstring).
+    Made per run: the last accepted step's D lands in ``result["x0"]``."""
+
+    priority = 1_000_000  # the outermost denoise wrapper: every other one wraps each call
+
+    def __init__(self, options: AdaptiveOptions, levels: Sequence[float],
+                 report: Callable[[float], None] | None = None,
+                 check_interrupt: Callable[[], None] | None = None,
+                 max_calls: int | None = None):
+        self.options = options
+        self.levels = tuple(float(v) for v in levels)
+        self.report = report
+        self.check_interrupt = check_interrupt
+        self.max_calls = max_calls
+        self.result: dict[str, torch.Tensor] = {}
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """(σ_max, σ_min): the first level and the last non-zero one (ComfyUI's)."""
+        last = self.levels[-1] if self.levels[-1] > 0 else self.levels[-2]
+        return self.levels[0], last
+
+    def setup(self, run: Any) -> None:
+        run.state[self] = {"solver": None, "returned": None}
+
+    def denoise(self, run: Any, denoise: Denoise) -> Denoise:
+        return partial(self._loop_step, denoise)
+
+    def step_of(self, sigma: float) -> int:
+        """The schedule step (0 ... N − 1) whose σ interval holds ``sigma``."""
+        steps = len(self.levels) - 1
+        falling = self.levels[-1] < self.levels[0]
+        inside = sum(1 for level in self.levels[1:steps]
+                     if (sigma <= level if falling else sigma >= level))
+        return min(inside, steps - 1)
+
+    def position(self, solver: AdaptiveSolver) -> float:
+        """How far the solver is, in schedule steps (fractional, by log σ)."""
+        i = self.step_of(solver.sigma)
+        upper, lower = self.levels[i], self.levels[i + 1]
+        if lower <= 0:
+            return float(i)
+        span = math.log(upper) - math.log(lower)
+        return i + min(max((math.log(upper) - math.log(solver.sigma)) / span, 0.0), 1.0)
+
+    def _evaluate(self, run: Any, inner: Denoise, x: torch.Tensor, sigma: float
+                  ) -> torch.Tensor:
+        if self.check_interrupt is not None:
+            self.check_interrupt()
+        scheduler = run.scheduler
+        timestep = torch.tensor(scheduler.call_timestep(sigma), dtype=torch.float32,
+                                device=run.device)
+        call = Step(self.step_of(sigma), len(self.levels) - 1, timestep)
+        scheduler.call.sigma = sigma
+        try:
+            return inner(run, call, x.to(run.dtype)).float()
+        finally:
+            scheduler.call.sigma = None
+
+    def _loop_step(self, inner: Denoise, run: Any, step: Step, latents: torch.Tensor
+                   ) -> torch.Tensor:
+        state = run.state[self]
+        solver: AdaptiveSolver | None = state["solver"]
+        if solver is None:
+            sigma_max, sigma_min = self.sigma_range
+            noise = partial(self._noise, run)
+            solver = AdaptiveSolver(latents, sigma_max, sigma_min, self.options,
+                                    partial(self._evaluate, run, inner), noise, self.max_calls)
+            state["solver"] = solver
+        elif latents is not state["returned"]:  # another phase changed the latents
+            solver.x = _working(latents)
+        last = step.index >= step.total - 1
+        boundary = self.levels[min(step.index + 1, len(self.levels) - 1)]
+        while not solver.done and (last or not solver.passed(boundary)):
+            if solver.attempt() and self.report is not None:
+                self.report(self.position(solver))
+        if solver.last_denoised is not None:
+            self.result["x0"] = solver.last_denoised
+        state["returned"] = solver.x.to(latents.dtype)
+        return state["returned"]
+
+    @staticmethod
+    def _noise(run: Any, like: torch.Tensor) -> torch.Tensor:
+        return randn_tensor(like.shape, generator=run.generator, device=like.device,
+                            dtype=like.dtype)
+
+    def teardown(self, run: Any) -> None:
+        run.state.pop(self, None)
+
+
+def refused_extensions(extensions: Sequence[SamplerExtension]) -> list[str]:
+    """The attached techniques dpm_adaptive cannot honour: those that change the latents
+    between steps (their ``pre_step`` / ``post_step`` expect the schedule's σs, which the
+    solver does not stop at) and noise masks."""
+    base = SamplerExtension
+    out = []
+    for ext in extensions:
+        cls = type(ext)
+        if cls.__name__ in _STEP_STATE_ONLY or isinstance(ext, AdaptiveDriver):
+            continue
+        if (cls.pre_step is not base.pre_step or cls.post_step is not base.post_step
+                or cls.noise_mask is not base.noise_mask):
+            out.append(cls.__name__)
+    return out
+
+
+def window_levels(schedule: Any) -> list[float]:
+    """The σs of a SIGMAS window (``len(window) + 1`` of them)."""
+    explicit = schedule.explicit()
+    levels = explicit.sigma_list or ()
+    return [float(v) for v in levels[explicit.start:explicit.stop + 1]]
+
+
+def run_dpm_adaptive(ctx: Any, guider: Any, noise: Any, options: AdaptiveOptions,
+                     schedule: Any, latent: Any) -> tuple[Any, Any]:
+    """SamplerCustom's run with dpm_adaptive: (output, denoised_output)."""
+    from nodes.diffusion.sampling import collect_extensions, sample
+    from nodes.diffusion.schedulers import (
+        _SIGMA_OPTIONS,
+        make_sigma_list_scheduler,
+        with_sigma_list,
+    )
+    from nodes.diffusion.sigma_schedules import SigmaSchedule
+    from nodes.sampling import step_reporter
+
+    options.check()
+    levels = window_levels(schedule)
+    if levels[-1] == 0 and len(levels) < 3:
+        raise ValueError("dpm_adaptive integrates from the schedule's first σ to its last "
+                         "non-zero one: a one-step schedule ending at 0 has nothing between "
+                         "them; give it at least 2 steps")
+    if 0.0 in levels[:-1] or any(v < 0 for v in levels):
+        raise ValueError("dpm_adaptive: only the schedule's last σ may be 0")
+    if levels[-1] > levels[0] and options.eta:
+        raise ValueError("dpm_adaptive: eta must be 0 on a rising schedule (FlipSigmas)")
+    if latent.noise_mask is not None:
+        raise ValueError("dpm_adaptive cannot sample a latent with a noise mask (inpainting "
+                         "blends the kept region at each step's σ, which the adaptive solver "
+                         "does not stop at): remove the mask or use another sampler")
+    config = dict(guider.model.scheduler_config)
+    driver = AdaptiveDriver(options, levels, None, ctx.check_interrupt)
+    model = guider.model.with_extension(driver)
+    refused = refused_extensions(collect_extensions(model, guider.positive, guider.negative,
+                                                    latent))
+    if refused:
+        raise ValueError(f"dpm_adaptive cannot run with {', '.join(sorted(set(refused)))}: "
+                         f"they change the latents at each step of the schedule, which the "
+                         f"adaptive solver does not stop at; use a fixed-step sampler")
+    window = SigmaSchedule(config, "normal", len(levels) - 1,
+                           sigma_list=tuple(levels)).for_model(config)
+    if schedule.sigma_list is None and schedule.timesteps is None and schedule.start == 0:
+        # a model's whole schedule starts from noise as with the other samplers (scaled by
+        # the scheduler's init_noise_sigma), wherever its first σ lies
+        window = replace(window, denoise=1.0)
+    base = make_sigma_list_scheduler(
+        "euler", {k: v for k, v in config.items() if k not in _SIGMA_OPTIONS})
+    scheduler = with_sigma_list(AdaptiveEvaluator.from_config(base.config),
+                                lambda _steps: list(levels))
+    units = 100  # progress units per schedule step
+    total = (len(levels) - 1) * units
+    reporter = step_reporter(ctx, guider.model)
+    done = [0]  # progress never goes back (a solver step may pass several levels)
+
+    def report(position: float) -> None:
+        done[0] = max(done[0], min(round(position * units), total))
+        ctx.progress(done[0], total)
+
+    def on_step(step: int, steps: int, latents: torch.Tensor,
+                denoised: Callable[[], torch.Tensor | None] | None = None) -> None:
+        done[0] = max(done[0], step * units)
+        reporter(done[0], total, latents, denoised=denoised)
+
+    driver.report = report
+
+    params = window.params(noise.seed, guider.cfg, noise.add)
+    ctx.check_interrupt()
+    results: dict[str, torch.Tensor] = {}
+    samples = sample(model, scheduler, guider.positive, guider.negative, latent, params,
+                     callback=on_step, results=results)
+    out = replace(latent, samples=samples, extension_results=tuple(results.items()))
+    x0 = driver.result.get("x0")
+    denoised = out if x0 is None else replace(out, samples=x0.to(samples.dtype))
+    return out, denoised
+
