@@ -59,6 +59,8 @@ WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO",
                           # before/after slider): they hold a place in widgets_values too
                           "BOUNDING_BOX", "WEBCAM", "IMAGECOMPARE"})
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # as engine.node.DYNAMIC_COMBO
+#: a schema's widgets the front end adds after its own: ``[[name, type], ...]`` (ours)
+TRAILING_KEY = "trailing_widgets"
 _MAX_NESTING = 8  # DynamicCombos inside options, followed this deep
 # ComfyUI's front end gives these INT inputs a control widget even when the
 # schema does not ask for one.
@@ -87,6 +89,10 @@ class NodeDef:
 
     display_name: str
     widgets: tuple[Widget, ...]
+    #: widgets the front end adds after the schema's own (``trailing_widgets``: Custom
+    #: Combo's hidden ``index`` and option boxes); a value that does not fit one's type
+    #: passes it by (files saved before the front end added that widget)
+    trailing: tuple[Widget, ...] = ()
 
 
 @dataclass
@@ -133,8 +139,11 @@ def node_def(schema: Mapping[str, Any]) -> NodeDef:
     """The widget inputs of an ``/object_info`` entry, in the order ComfyUI draws them."""
     inputs = schema.get("input") if isinstance(schema.get("input"), dict) else {}
     order = schema.get("input_order") if isinstance(schema.get("input_order"), dict) else {}
+    trailing = schema.get(TRAILING_KEY) if isinstance(schema.get(TRAILING_KEY), list) else []
     return NodeDef(str(schema.get("display_name") or schema.get("name") or ""),
-                   _widgets(inputs, order))
+                   _widgets(inputs, order),
+                   tuple(Widget(str(t[0]), str(t[1]), False) for t in trailing
+                         if isinstance(t, list | tuple) and len(t) == 2))
 
 
 def _widgets(inputs: Mapping[str, Any], order: Mapping[str, Any], prefix: str = "",
@@ -177,7 +186,7 @@ def map_widget_values(values: Any, node: NodeDef) -> tuple[dict[str, Any], dict[
     positions after it depend on it (``["scale by multiplier", 1.5, "area"]``); by name
     they are ``"resize_type.multiplier"``."""
     if isinstance(values, dict):
-        widgets = _expanded(node.widgets, values.get)
+        widgets = [*_expanded(node.widgets, values.get), *node.trailing]
         controls = [w.name for w in widgets if w.control]
         mode = values.get("control_after_generate")
         return ({w.name: values[w.name] for w in widgets if w.name in values},
@@ -188,10 +197,33 @@ def map_widget_values(values: Any, node: NodeDef) -> tuple[dict[str, Any], dict[
     # With a value for every control widget, consume them by position whatever they
     # hold; otherwise only a value that is one (some files omit them).
     out, control, seen = _by_position(values, node.widgets, every_control=True)
-    if len(values) >= len(seen) + sum(w.control for w in seen):
-        return out, control
-    out, control, _ = _by_position(values, node.widgets, every_control=False)
+    used = len(seen) + sum(w.control for w in seen)
+    if len(values) < used:
+        out, control, _ = _by_position(values, node.widgets, every_control=False)
+    elif node.trailing:
+        out.update(_trailing(values[used:], node.trailing))
     return out, control
+
+
+def _trailing(values: list[Any], widgets: tuple[Widget, ...]) -> dict[str, Any]:
+    """The values after a node's schema widgets, onto the widgets its front end adds
+    (skipping one whose type the value does not fit)."""
+    out: dict[str, Any] = {}
+    queue = list(widgets)
+    for value in values:
+        k = next((k for k, w in enumerate(queue) if _fits(value, w.type)), None)
+        if k is not None:  # a value that fits none (a null index) is passed over
+            out[queue[k].name] = value
+            del queue[:k + 1]
+    return out
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "INT":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "STRING":
+        return isinstance(value, str)
+    return True
 
 
 def _expanded(widgets: tuple[Widget, ...], value_of: Any) -> list[Widget]:

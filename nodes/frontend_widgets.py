@@ -7,8 +7,9 @@ the engine admits only for widget inputs: :class:`FrontEndWidgetNode` turns the 
 node names in ``FRONTEND_WIDGETS`` into widgets of their own socket type, whose constants
 (and linked values) go through the node's check function instead of a primitive's.
 
-Steerflow's canvas and the UI-workflow converter know only the primitive widgets, so there
-these inputs are sockets: link them (e.g. a Bounding Box node into Crop Image).
+Steerflow's canvas draws them too (``web/src/canvas/widgets/``: a crop box, the
+before/after slider, the camera), and the UI-workflow converter keeps their places in
+``widgets_values``.
 
 :func:`frontend_widget` also serves sockets that ComfyUI lets an API prompt give a constant
 (Math Expression's ``values.a``): both front ends still draw them as sockets.

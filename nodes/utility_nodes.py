@@ -51,6 +51,9 @@ class CustomCombo(NamedInputsNode):
                 schema["input"][section].pop(name, None)
             order = schema["input_order"][section]
             schema["input_order"][section] = [n for n in order if n not in cls.HIDDEN]
+        # where a UI file keeps them: [choice, index, option1, ...] (engine.comfy_workflow)
+        schema["trailing_widgets"] = [["index", "INT"],
+                                      *([name, "STRING"] for name in cls.HIDDEN[1:])]
         return schema
 
     def execute(self, ctx: ExecutionContext) -> tuple[str, int]:
@@ -90,7 +93,7 @@ class ColorToRGBInt(Node):
     CATEGORY = "utils"
     OUTPUTS = (Output("INT", "rgb_int"), Output("STRING", "hex"), Output("FLOAT", "alpha"))
 
-    # ComfyUI draws a color picker (its COLOR widget); here it is the color's text.
+    # ComfyUI's COLOR widget; declared as text, which both front ends draw as a picker
     color: str = Input("#ffffff", description="'#RRGGBB' or '#RRGGBBAA'")
 
     @classmethod
@@ -237,8 +240,8 @@ def _check_compare_images(image: Any, name: str) -> bool:
 
 
 class ImageCompare(FrontEndWidgetNode):
-    """Compare two images, e.g. before and after an edit: ComfyUI's front end shows them
-    under one slider; Steerflow's canvas shows both as previews (image_a first)."""
+    """Compare two images, e.g. before and after an edit: after a run the node shows them
+    under one slider (in ComfyUI's front end and in Steerflow's canvas)."""
 
     TYPE = "ImageCompare"
     DISPLAY_NAME = "Image Compare"

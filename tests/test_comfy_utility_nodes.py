@@ -441,3 +441,27 @@ def test_ui_workflows_keep_front_end_widget_values_in_place(tmp_path):
                                                   "capture_on_queue")} == {
         "image": "webcam/1700000000.png [temp]", "width": 640, "height": 480,
         "capture_on_queue": False}
+
+
+def test_ui_workflows_keep_custom_combo_options():
+    """A Custom Combo's front end adds the hidden ``index`` and option boxes after
+    ``choice``; saved files hold them in that order (older ones without ``index``)."""
+    from engine.comfy_workflow import convert_ui_workflow
+    from engine.registry import default_registry
+
+    schemas = default_registry().schema()
+
+    def convert(values):
+        wf = {"last_node_id": 1, "last_link_id": 0, "links": [], "nodes": [
+            {"id": 1, "type": "CustomCombo", "pos": [0, 0], "mode": 0, "inputs": [],
+             "widgets_values": values}]}
+        return convert_ui_workflow(wf, schemas).prompt["1"]["inputs"]
+
+    assert convert(["green", 1, "red", "green", ""]) == {
+        "choice": "green", "index": 1, "option1": "red", "option2": "green", "option3": ""}
+    assert convert(["green", "red", "green"]) == {
+        "choice": "green", "option1": "red", "option2": "green"}
+    assert convert(["green"]) == {"choice": "green"}
+    assert convert(["red", None, "red"]) == {"choice": "red", "option1": "red"}
+    assert convert({"choice": "b", "index": 0, "option1": "b"}) == {
+        "choice": "b", "index": 0, "option1": "b"}

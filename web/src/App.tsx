@@ -219,6 +219,14 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       patchNode(id, (n) => ({ ...n, data: { ...n.data, values: { ...n.data.values, [name]: value } } }));
       store.clearInputErrors(id, name); // the last run's message about the old value
     },
+    updateValues: (id, update) => patchNode(id, (n) => {
+      const values = update(n.data.values);
+      // the last run's messages about the changed values (idempotent, so safe in the updater)
+      for (const k of new Set([...Object.keys(values), ...Object.keys(n.data.values)])) {
+        if (values[k] !== n.data.values[k]) store.clearInputErrors(id, k);
+      }
+      return { ...n, data: { ...n.data, values } };
+    }),
     setTitle: (id, title) => patchNode(id, (n) => ({ ...n, data: { ...n.data, title } })),
     setControl: (id, name, mode) =>
       patchNode(id, (n) => ({ ...n, data: { ...n.data, control: { ...n.data.control, [name]: mode } } })),

@@ -153,6 +153,16 @@ export async function uploadImage(file: File): Promise<string> {
   return res.subfolder ? `${res.subfolder}/${res.name}` : res.name;
 }
 
+/** Upload a webcam capture into temp/webcam/, as ComfyUI's front end does (`{name, subfolder}` back). */
+export async function uploadCapture(file: File): Promise<{ name: string; subfolder: string }> {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  form.append("type", "temp");
+  form.append("subfolder", "webcam");
+  const res = await request<{ name: string; subfolder?: string }>("upload/image", { method: "POST", body: form });
+  return { name: res.name, subfolder: res.subfolder ?? "" };
+}
+
 export type ExampleRef = { name: string; title: string };
 
 /** An example as the examples browser shows it (`/workflows?details=1`). */

@@ -41,9 +41,9 @@ function IssueLine({ message, className = "", children }: { message: string; cla
   );
 }
 
-function InputRow({ nodeId, input, value, linked, issues, control }: {
-  nodeId: string; input: InputDef; value: unknown; linked: boolean; issues: NodeIssue[];
-  control?: ControlMode;
+function InputRow({ nodeId, input, value, values, linked, issues, control }: {
+  nodeId: string; input: InputDef; value: unknown; values: Readonly<Record<string, unknown>>; linked: boolean;
+  issues: NodeIssue[]; control?: ControlMode;
 }) {
   const color = typeColor(input.type);
   return (
@@ -52,20 +52,22 @@ function InputRow({ nodeId, input, value, linked, issues, control }: {
       data-input={input.name}
       data-tooltip={input.options.tooltip || undefined}
     >
-      <Handle
-        type="target"
-        position={Position.Left}
-        id={inHandle(input.name)}
-        className={`sf-handle${input.widget ? " sf-handle-widget" : ""}`}
-        style={{ background: linked || !input.widget ? color : undefined, borderColor: color }}
-        data-type={input.type}
-      />
+      {input.type !== "IMAGECOMPARE" && ( // a view of the node's result: nothing links to it
+        <Handle
+          type="target"
+          position={Position.Left}
+          id={inHandle(input.name)}
+          className={`sf-handle${input.widget ? " sf-handle-widget" : ""}`}
+          style={{ background: linked || !input.widget ? color : undefined, borderColor: color }}
+          data-type={input.type}
+        />
+      )}
       <div className="sf-input-label">
         <span className={input.parent ? "sf-sub-input" : undefined}>{input.label ?? input.name}</span>
         {!input.widget && <span className="sf-type">{input.type}</span>}
         {!input.required && !input.widget && <span className="sf-type">optional</span>}
       </div>
-      {input.widget && !linked && <Widget nodeId={nodeId} input={input} value={value} control={control} />}
+      {input.widget && !linked && <Widget nodeId={nodeId} input={input} value={value} values={values} control={control} />}
       {input.widget && linked && <div className="sf-linked">linked</div>}
       {issues.map((issue, i) => <IssueLine key={i} message={issue.message} />)}
     </div>
@@ -184,6 +186,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
                 nodeId={id}
                 input={input}
                 value={data.values[input.name]}
+                values={data.values}
                 linked={linked.has(input.name)}
                 issues={issuesByInput.m.get(input.name) ?? noIssues}
                 control={data.control?.[input.name]}
@@ -218,7 +221,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
             src={run.sample}
           />
         )}
-        {run.images && run.images.length > 0 && (
+        {run.images && run.images.length > 0 && !(run.compare && def?.inputs.some((i) => i.type === "IMAGECOMPARE")) && (
           <div className="sf-images">
             {run.images.map((img, i) => (
               <img

@@ -7,6 +7,8 @@ export type EditorApi = {
   defs: Defs;
   store: RunStore;
   setValue(nodeId: string, name: string, value: unknown): void;
+  /** Several of a node's values at once (one edit): `update` gets its values, returns the new ones. */
+  updateValues(nodeId: string, update: (values: Readonly<Record<string, unknown>>) => Record<string, unknown>): void;
   setTitle(nodeId: string, title: string | undefined): void;
   setControl(nodeId: string, name: string, mode: ControlMode): void;
   upload(nodeId: string, name: string, file: File): Promise<void>;

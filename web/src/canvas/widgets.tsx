@@ -8,13 +8,13 @@ import { toBigInt } from "../lib/exactint";
 import { DRAG_THRESHOLD_PX, dragValue, numberIssue, parseWidgetText, stepValue } from "../lib/widgetcheck";
 import { useEditor } from "./context";
 import { MODEL_FOLDERS, ModelCardLine } from "./ModelCard";
-
-type WidgetProps = {
-  nodeId: string;
-  input: InputDef;
-  value: unknown;
-  control?: ControlMode;
-};
+import { BoundingBoxWidget } from "./widgets/BoundingBoxWidget";
+import { ColorWidget } from "./widgets/ColorWidget";
+import { CustomComboWidget } from "./widgets/CustomComboWidget";
+import { ImageCompareWidget } from "./widgets/ImageCompareWidget";
+import type { WidgetProps } from "./widgets/types";
+import { WebcamWidget } from "./widgets/WebcamWidget";
+import "./widgets/widgets.css";
 
 function formatNumber(input: InputDef, v: unknown): string {
   if (typeof v !== "number") return v == null ? "" : String(v); // an INT beyond 2^53 is its exact text
@@ -278,6 +278,8 @@ function ComboWidget({ nodeId, input, value }: WidgetProps) {
 }
 
 export const Widget = memo(function Widget(props: WidgetProps) {
+  if (props.input.draw === "customCombo") return <CustomComboWidget {...props} />;
+  if (props.input.draw === "color") return <ColorWidget {...props} />;
   switch (props.input.type) {
     case "INT":
     case "FLOAT":
@@ -288,6 +290,14 @@ export const Widget = memo(function Widget(props: WidgetProps) {
       return <BoolWidget {...props} />;
     case "COMBO":
       return <ComboWidget {...props} />;
+    case "BOUNDING_BOX":
+      return <BoundingBoxWidget {...props} />;
+    case "COLOR":
+      return <ColorWidget {...props} />;
+    case "WEBCAM":
+      return <WebcamWidget {...props} />;
+    case "IMAGECOMPARE":
+      return <ImageCompareWidget {...props} />;
     default:
       return null;
   }

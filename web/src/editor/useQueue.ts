@@ -9,6 +9,7 @@ import { exactPrompt } from "../lib/exactint";
 import { graphToDocument } from "../lib/graph";
 import { selectedOutputs } from "../lib/partial";
 import { summariseRejection } from "../lib/rejection";
+import { captureAll } from "../lib/webcam";
 import type { NodeErrors, RunStore } from "../lib/runstore";
 import { nodeTitle } from "../lib/schema";
 import type { Notify } from "./Toasts";
@@ -48,6 +49,13 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     const numbers: number[] = [];
     setBusy(true);
     try {
+      // Webcam Capture nodes with capture_on_queue: a fresh capture goes into the prompt (as
+      // ComfyUI's front end, not onto the canvas: "queue on change" would see a change and loop)
+      const captured = await captureAll(graph.nodes.filter((gn) => gn.mode !== "muted"));
+      if (captured.size) {
+        graph = { ...graph, nodes: graph.nodes.map((gn) => (captured.has(gn.id)
+          ? { ...gn, values: { ...gn.values, image: captured.get(gn.id) } } : gn)) };
+      }
       for (let i = 0; i < n; i++) {
         const doc = graphToDocument(graph, defsRef.current);
         const res = await queuePrompt(exactPrompt(doc.prompt, defsRef.current), socket.current?.clientId ?? makeClientId(), doc, targets);

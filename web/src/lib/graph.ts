@@ -13,6 +13,7 @@
  * The graph is plain data with no React Flow types, so it is testable alone.
  */
 
+import { CUSTOM_COMBO, isCustomComboExtra } from "./customcombo";
 import { isVirtual, NOTE, NOTE_SIZE, REROUTE, REROUTE_INPUT, sourceResolver } from "./reroute";
 import { type ControlMode, CONTROL_MODES, type Defs, defaultValues, isActive } from "./schema";
 import type { LinkRef } from "./types";
@@ -164,6 +165,12 @@ export function graphToPrompt(graph: Graph, defs: Defs): ApiPrompt {
           inputs[input.name] = node.values[input.name];
         }
       }
+      if (node.type === CUSTOM_COMBO) {
+        // the option boxes and hidden index ComfyUI's front end adds (not in the schema)
+        for (const [name, value] of Object.entries(node.values)) {
+          if (isCustomComboExtra(name) && value !== undefined) inputs[name] = value;
+        }
+      }
     } else {
       // Unknown type: keep what we have so the document round-trips.
       Object.assign(inputs, node.values);
@@ -242,7 +249,7 @@ export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
       // No widget takes a list, so a `[id, index]` pair is a link (as on the server).
       if (isLink(value)) {
         links.push({ source: String(value[0]), slot: value[1], target: id, input: name });
-      } else if (!def || input) {
+      } else if (!def || input || (type === CUSTOM_COMBO && isCustomComboExtra(name))) {
         values[name] = value;
       } else {
         warnings.push(`node ${id} (${type}): unknown input '${name}' dropped`);

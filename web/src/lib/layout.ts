@@ -35,8 +35,15 @@ const UPLOAD_PREVIEW = 184;
 
 /** What estimateNodeHeight needs of a node's definition (lib/schema.ts NodeDef). */
 export type NodeShape = {
-  inputs: readonly { widget: boolean; type: string; options: { multiline?: boolean; upload?: string }; choices?: string[] }[];
+  inputs: readonly {
+    widget: boolean; type: string; options: { multiline?: boolean; upload?: string }; choices?: string[]; draw?: string;
+  }[];
   outputs: readonly unknown[];
+};
+
+/** What ComfyUI's front-end widgets add to a field (canvas/widgets/): labels, a box, a camera. */
+const FRONTEND_WIDGET_EXTRA: Record<string, number> = {
+  BOUNDING_BOX: 16, WEBCAM: 60, IMAGECOMPARE: 0, customCombo: 26,
 };
 
 /**
@@ -54,6 +61,7 @@ export function estimateNodeHeight(def: NodeShape | undefined): number {
     height += WIDGET_ROW;
     if (input.type === "STRING" && input.options.multiline) height += TEXTAREA_EXTRA;
     if (input.options.upload === "image" && input.choices?.length) height += UPLOAD_PREVIEW;
+    height += FRONTEND_WIDGET_EXTRA[input.draw ?? input.type] ?? 0;
   }
   return height;
 }

@@ -11,6 +11,8 @@
  * stay on the node after it finishes, with its result, until it runs again.
  */
 
+import { type ComparePair, comparePair } from "./imagecompare";
+
 export type ImageRef = { filename: string; subfolder?: string; type?: string };
 
 export type NodeIssue = {
@@ -36,6 +38,8 @@ export type NodeRun = {
   /** The step whose weights drew `sample` (the last loss reported before it came). */
   sampleStep?: number;
   images?: ImageRef[];
+  /** Image Compare's two sets (`a_images`, `b_images`), for its before/after slider. */
+  compare?: ComparePair;
   text?: string[];
   errors?: NodeIssue[];
 };
@@ -231,7 +235,7 @@ export class RunStore {
         // text, a training node's loss curve and sample) until their node runs again.
         for (const [id, run] of this.nodes) {
           if (run.status || run.progress || run.errors || run.preview) {
-            this.nodes.set(id, { images: run.images, text: run.text, losses: run.losses, sample: run.sample,
+            this.nodes.set(id, { images: run.images, compare: run.compare, text: run.text, losses: run.losses, sample: run.sample,
               sampleStep: run.sampleStep, preview: run.status === "executing" ? undefined : run.preview });
           }
         }
@@ -277,6 +281,8 @@ export class RunStore {
         const output = (d.output ?? {}) as { images?: ImageRef[]; text?: string[] };
         const patch: Partial<NodeRun> = {};
         if (Array.isArray(output.images)) patch.images = output.images;
+        const compare = comparePair(output);
+        if (compare) patch.compare = compare;
         if (Array.isArray(output.text)) patch.text = output.text.map(String);
         this.patchNode(node, patch);
         if (output.images?.length) {
@@ -422,6 +428,8 @@ export class RunStore {
       if (run?.images || run?.text || run?.status) continue;
       const patch: Partial<NodeRun> = {};
       if (Array.isArray(output.images)) patch.images = output.images;
+      const compare = comparePair(output);
+      if (compare) patch.compare = compare;
       if (Array.isArray(output.text)) patch.text = output.text.map(String);
       this.patchNode(node, patch);
     }

@@ -4,6 +4,9 @@
  * sockets, and the options of each widget.
  */
 
+import { DEFAULT_BOX } from "./boundingbox";
+import { isColorInput } from "./color";
+import { CUSTOM_COMBO, newComboValues } from "./customcombo";
 import { clampBig, fromBigInt, toBigInt } from "./exactint";
 
 export type InputOptions = {
@@ -48,8 +51,14 @@ export type RawNodeSchema = {
 
 export type ObjectInfo = Record<string, RawNodeSchema>;
 
-export type WidgetType = "INT" | "FLOAT" | "STRING" | "BOOLEAN" | "COMBO";
-export const WIDGET_TYPES: ReadonlySet<string> = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
+export type WidgetType = "INT" | "FLOAT" | "STRING" | "BOOLEAN" | "COMBO" | FrontEndWidgetType;
+/**
+ * Widgets only ComfyUI's front end draws (the server declares them in /object_info under
+ * their own type): a crop box, a colour picker, a camera, a before/after slider.
+ */
+export type FrontEndWidgetType = "BOUNDING_BOX" | "COLOR" | "WEBCAM" | "IMAGECOMPARE";
+export const FRONTEND_WIDGET_TYPES: ReadonlySet<string> = new Set(["BOUNDING_BOX", "COLOR", "WEBCAM", "IMAGECOMPARE"]);
+export const WIDGET_TYPES: ReadonlySet<string> = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", ...FRONTEND_WIDGET_TYPES]);
 
 export type InputDef = {
   name: string;
@@ -71,6 +80,11 @@ export type InputDef = {
   match?: string;
   /** A DynamicCombo: per option, the names of the inputs it brings, in its order. */
   dynamic?: Record<string, string[]>;
+  /**
+   * How a widget is drawn when not by its type: a colour picker (a STRING with a `#RRGGBB`
+   * default, lib/color.ts), or Custom Combo's options editor (lib/customcombo.ts).
+   */
+  draw?: "color" | "customCombo";
 };
 
 export type OutputDef = { type: string; name: string; tooltip?: string };
@@ -136,6 +150,7 @@ function parseInput(name: string, raw: RawInput | undefined, required: boolean):
   }
   const widget = WIDGET_TYPES.has(type) && !options.forceInput;
   const def: InputDef = { name, type, widget, required, options };
+  if (widget && isColorInput(def)) def.draw = "color";
   if (exact.min !== undefined) def.exactMin = exact.min;
   if (exact.max !== undefined) def.exactMax = exact.max;
   return def;
@@ -246,6 +261,11 @@ export function parseNodeSchema(type: string, raw: RawNodeSchema): NodeDef {
       }
     }
   }
+  if (type === CUSTOM_COMBO) {
+    // ComfyUI's front end adds the option boxes and the hidden index (lib/customcombo.ts)
+    const choice = inputs.find((i) => i.name === "choice" && i.widget);
+    if (choice) choice.draw = "customCombo";
+  }
   const outTypes = raw.output ?? [];
   const outputs: OutputDef[] = outTypes.map((t, i) => {
     const template = raw.output_matchtypes?.[i];
@@ -288,6 +308,11 @@ const MAX_SAFE_SEED = Number.MAX_SAFE_INTEGER;
 /** The default value of a widget input, as ComfyUI's frontend would pick it. */
 export function defaultValue(input: InputDef): unknown {
   const o = input.options;
+  if (input.type === "IMAGECOMPARE") return undefined; // a view of the last run: holds no value
+  if (input.type === "BOUNDING_BOX") {
+    const d = o.default;
+    return d && typeof d === "object" && !Array.isArray(d) ? { ...DEFAULT_BOX, ...(d as object) } : { ...DEFAULT_BOX };
+  }
   if (o.default !== undefined) return o.default;
   switch (input.type) {
     case "INT":
@@ -301,6 +326,10 @@ export function defaultValue(input: InputDef): unknown {
       return false;
     case "COMBO":
       return input.choices?.[0] ?? "";
+    case "COLOR":
+      return "#000000";
+    case "WEBCAM":
+      return "";
     default:
       return null;
   }
@@ -309,7 +338,12 @@ export function defaultValue(input: InputDef): unknown {
 /** Default values of every widget input of a node definition. */
 export function defaultValues(def: NodeDef): Record<string, unknown> {
   const values: Record<string, unknown> = {};
-  for (const input of widgetInputs(def)) values[input.name] = defaultValue(input);
+  for (const input of widgetInputs(def)) {
+    const v = defaultValue(input);
+    if (v !== undefined) values[input.name] = v;
+  }
+  // a new Custom Combo: no options yet, one empty box, as in ComfyUI
+  if (def.type === CUSTOM_COMBO && def.inputs.some((i) => i.draw === "customCombo")) Object.assign(values, newComboValues());
   return values;
 }
 
