@@ -535,10 +535,43 @@ def to_node_errors(issues: list[Issue],
                 "errors": [], "class_type": issue.class_type,
                 "dependent_outputs": (dependent_outputs(issue.node_id)
                                       if dependent_outputs is not None else [])}
+        kind, message = comfy_error_type(issue)
+        extra = {"input_name": issue.input_name, "steerflow_kind": issue.kind, **issue.details}
+        if "received" in issue.details:
+            extra["received_value"] = issue.details["received"]
+        if issue.kind == "out_of_range":
+            extra["input_config"] = [None, {k: issue.details.get(k) for k in ("min", "max")}]
         entry["errors"].append({
-            "type": issue.kind,
-            "message": issue.message,
-            "details": issue.input_name or "",
-            "extra_info": {"input_name": issue.input_name, **issue.details},
+            "type": kind,
+            "message": message,
+            "details": issue.message,
+            "extra_info": extra,
         })
     return out
+
+
+#: issue kind -> (ComfyUI's error type, its message), which ComfyUI's front end knows
+_COMFY_ERRORS = {
+    "missing_input": ("required_input_missing", "Required input is missing"),
+    "bad_link": ("bad_linked_input", "Bad linked input"),
+    "expected_link": ("bad_linked_input", "Bad linked input"),
+    "expected_constant": ("invalid_input_type", "Invalid input type"),
+    "type_mismatch": ("return_type_mismatch", "Return type mismatch between linked nodes"),
+    "invalid_value": ("invalid_input_type", "Failed to convert an input value"),
+    "not_in_choices": ("value_not_in_list", "Value not in list"),
+    "cycle": ("dependency_cycle", "Dependency cycle detected"),
+    "node_error": ("custom_validation_failed", "Custom validation failed for node"),
+    "unknown_input": ("invalid_input_type", "Invalid input type"),
+}
+
+
+def comfy_error_type(issue: Issue) -> tuple[str, str]:
+    """ComfyUI's ``(type, message)`` for a node error; Steerflow's own message is its
+    ``details`` and its kind ``extra_info.steerflow_kind``."""
+    if issue.kind == "out_of_range":
+        received, low = issue.details.get("received"), issue.details.get("min")
+        below = isinstance(received, int | float) and low is not None and received < low
+        return (("value_smaller_than_min", "Value smaller than min") if below
+                else ("value_bigger_than_max", "Value bigger than max"))
+    return _COMFY_ERRORS.get(issue.kind, ("custom_validation_failed",
+                                          "Custom validation failed for node"))

@@ -213,7 +213,8 @@ def _rejected(status: int, reply: dict[str, Any]) -> int:
           f"{error.get('message', 'no details')}", file=sys.stderr)
     for node_id, node in (reply.get("node_errors") or {}).items():
         for err in node.get("errors", []):
-            print(f"  node {node_id} ({node.get('class_type')}): {err.get('message')}",
+            print(f"  node {node_id} ({node.get('class_type')}): "
+                  f"{err.get('details') or err.get('message')}",
                   file=sys.stderr)
     return EXIT_BAD_INPUT if status == 400 else EXIT_FAILED
 

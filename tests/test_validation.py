@@ -158,7 +158,8 @@ def test_node_errors_shape(reg, env):
         validate_prompt(prompt, reg, env)
     errors = to_node_errors(info.value.issues)
     assert errors["1"]["class_type"] == "TestSource"
-    assert errors["1"]["errors"][0]["type"] == "out_of_range"
+    assert errors["1"]["errors"][0]["type"] == "value_bigger_than_max"
+    assert errors["1"]["errors"][0]["extra_info"]["input_config"][1]["max"] == 100
     assert errors["1"]["errors"][0]["extra_info"]["input_name"] == "value"
 
 

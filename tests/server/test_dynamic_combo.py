@@ -62,11 +62,12 @@ def test_prompt_errors_name_the_dotted_widget(http: Http) -> None:
         R: "scale dimensions", f"{R}.width": 100000, f"{R}.height": 8})})
     assert reply.status == 400
     (error,) = reply.json()["node_errors"]["2"]["errors"]
-    assert error["type"] == "out_of_range"
+    assert error["type"] == "value_bigger_than_max"
     assert error["extra_info"]["input_name"] == f"{R}.width"  # the front end's widget name
     reply = http.post("/prompt", json={"prompt": prompt(**{R: "match size"})})
     (error,) = reply.json()["node_errors"]["2"]["errors"]
-    assert (error["type"], error["extra_info"]["input_name"]) == ("missing_input", f"{R}.match")
+    assert (error["type"], error["extra_info"]["input_name"]) == ("required_input_missing",
+                                                                  f"{R}.match")
 
 
 def test_prompt_refuses_an_image_passed_on_where_a_mask_goes(http: Http) -> None:
@@ -76,7 +77,7 @@ def test_prompt_refuses_an_image_passed_on_where_a_mask_goes(http: Http) -> None
     reply = http.post("/prompt", json={"prompt": bad})
     assert reply.status == 400
     (error,) = reply.json()["node_errors"]["3"]["errors"]
-    assert error["type"] == "type_mismatch" and "is IMAGE" in error["message"]
+    assert error["type"] == "return_type_mismatch" and "is IMAGE" in error["details"]
 
 
 def test_convert_reads_the_chosen_options_widgets(http: Http) -> None:

@@ -176,7 +176,7 @@ def test_f4_infinite_float_constants_are_refused(http: Http):
                   "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}
         reply = http.post("/prompt", json={"prompt": prompt})
         assert error_type(reply) == "prompt_outputs_failed_validation"
-        assert strict(reply.body)["node_errors"]["1"]["errors"][0]["type"] == "invalid_value"
+        assert strict(reply.body)["node_errors"]["1"]["errors"][0]["type"] == "invalid_input_type"
 
 
 def test_f4_stored_nan_and_infinity_are_repaired_at_start(make_server, loop):

@@ -176,8 +176,13 @@ def test_validation_failure_is_400_with_node_errors(http: Http):
     body = reply.json()
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
     assert set(body["error"]) == {"type", "message", "details", "extra_info"}
-    assert body["node_errors"]["1"]["errors"][0]["type"] == "out_of_range"
-    assert body["node_errors"]["2"]["errors"][0]["type"] == "invalid_value"
+    # ComfyUI's error types (its front end knows only those); ours in extra_info
+    first, second = body["node_errors"]["1"]["errors"][0], body["node_errors"]["2"]["errors"][0]
+    assert first["type"] == "value_bigger_than_max"
+    assert first["extra_info"]["steerflow_kind"] == "out_of_range"
+    assert first["extra_info"]["received_value"] == 1000 and "value" in first["details"]
+    assert second["type"] == "invalid_input_type"
+    assert second["extra_info"]["steerflow_kind"] == "invalid_value"
     assert body["node_errors"]["1"]["class_type"] == "TestSource"
     assert body["node_errors"]["1"]["dependent_outputs"] == ["3"]  # as ComfyUI's
     # a second output that needs node 2, and one that needs neither

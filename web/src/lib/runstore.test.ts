@@ -101,9 +101,9 @@ describe("RunStore", () => {
   it("shows node_errors on nodes and inputs, and clears them", () => {
     const { store } = makeStore();
     store.setValidationErrors({
-      "5": { class_type: "KSampler", errors: [{ type: "missing_input", message: "required input 'model' (MODEL) is missing", details: "model", extra_info: { input_name: "model" } }] },
+      "5": { class_type: "KSampler", errors: [{ type: "required_input_missing", message: "Required input is missing", details: "required input 'model' (MODEL) is missing", extra_info: { input_name: "model" } }] },
     });
-    expect(store.getNode("5").errors).toEqual([{ message: "required input 'model' (MODEL) is missing", kind: "missing_input", input: "model", details: "model" }]);
+    expect(store.getNode("5").errors).toEqual([{ message: "required input 'model' (MODEL) is missing", kind: "required_input_missing", input: "model" }]);
     store.clearErrors();
     expect(store.getNode("5").errors).toBeUndefined();
   });

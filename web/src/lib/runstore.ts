@@ -354,10 +354,10 @@ export class RunStore {
   setValidationErrors(nodeErrors: NodeErrors): void {
     for (const [id, entry] of Object.entries(nodeErrors ?? {})) {
       const errors: NodeIssue[] = (entry.errors ?? []).map((e) => ({
-        message: e.message ?? e.type ?? "invalid",
+        // details: Steerflow's own words; message: ComfyUI's generic one for the type
+        message: e.details || e.message || e.type || "invalid",
         kind: e.type,
         input: e.extra_info?.input_name ?? undefined,
-        details: e.details,
       }));
       this.patchNode(id, { status: "error", errors });
     }
