@@ -84,6 +84,7 @@ from nodes import (
     sdxl,
     sega,
     sigma_lists,
+    speed_patches,
     strings,
     style_model,
     t2i_adapter,
@@ -175,6 +176,7 @@ NODE_CLASSES = (
     *math_expression.NODE_CLASSES,
     *utility_nodes.NODE_CLASSES,
     *sd_upscale.NODE_CLASSES,
+    *speed_patches.NODE_CLASSES,
 )
 
 

@@ -38,6 +38,11 @@ NET = "steerflow-tiny-controlnet"
 
 # ComfyUI's widget order (``widgets_values`` is positional in UI-format files).
 COMFY_WIDGETS = {
+    # comfy_extras/nodes_easycache.py, nodes_torch_compile.py, nodes_model_advanced.py
+    "EasyCache": ["reuse_threshold", "start_percent", "end_percent", "verbose"],
+    "LazyCache": ["reuse_threshold", "start_percent", "end_percent", "verbose"],
+    "TorchCompileModel": ["backend"],
+    "ModelComputeDtype": ["dtype"],
     # resize_type's options' widgets follow it (only the chosen option's are drawn)
     "ResizeImageMaskNode": ["resize_type", "resize_type.width", "resize_type.height",
                             "resize_type.crop", "resize_type.multiplier",

@@ -13,6 +13,9 @@ Phases, in the order one step runs them:
                     ``scheduler.step``): MultiDiffusion runs it on windows, averaged
 ``pre_step``        change latents before the UNet (may use autograd)
 ``unet_inputs``     add residuals / channels / kwargs to this step's UNet call
+``unet_forward``    wrap the main pass's UNet call: run it, or stand in
+                    for it (EasyCache's reuse, Torch Compile's compiled
+                    UNet); extension passes (SAG's) call the UNet directly
 ``predictions``     replace the uncond/cond predictions (e.g. average combined prompts)
 ``guidance``        change the guidance term given every noise prediction
 (scheduler step)    ``scheduler.step`` also gets ``step.scheduler_kwargs``, which
@@ -30,6 +33,7 @@ that changes during a run lives in ``run.state[extension]``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -61,6 +65,10 @@ class Step:
 #: ``run.scheduler.step``; sets ``step.prediction``. ``latents`` may be any spatial size and
 #: a whole multiple of the run's batch (windows stacked on the batch axis).
 Denoise = Callable[[Any, Step, "torch.Tensor"], "torch.Tensor"]
+
+
+#: ``forward(call) -> prediction``: the main pass's UNet call, as far as it is wrapped
+UNetForward = Callable[["UNetCall"], "torch.Tensor"]
 
 
 @dataclass
@@ -158,6 +166,12 @@ class SamplerExtension:
     def unet_inputs(self, run: Any, step: Step, call: UNetCall) -> None:
         """Edit ``call`` (residuals, channels, kwargs) for this step."""
 
+    def unet_forward(self, run: Any, step: Step, call: UNetCall,
+                     forward: UNetForward) -> torch.Tensor:
+        """The step's main UNet pass: ``forward(call)``, or a prediction of the same shape
+        made without it. A later extension (higher ``priority``) wraps an earlier one's."""
+        return forward(call)
+
     def predictions(self, run: Any, step: Step, preds: Predictions) -> None:
         """Edit ``preds.uncond`` / ``preds.cond`` in place before guidance is formed."""
 
@@ -181,6 +195,20 @@ class SamplerExtension:
 
     def teardown(self, run: Any) -> None:
         """Release per-run state; called even when the run fails."""
+
+
+def forward_unet(extensions: Sequence[SamplerExtension], run: Any, step: Step,
+                 call: UNetCall, unet: Any) -> torch.Tensor:
+    """The main pass: ``call`` on ``unet`` through every extension's ``unet_forward``
+    (the last one outermost, as with ``denoise``)."""
+    def forward(c: UNetCall) -> torch.Tensor:  # the UNet itself, innermost
+        return c.forward(unet)
+
+    for ext in extensions:
+        if type(ext).unet_forward is not SamplerExtension.unet_forward:
+            forward = functools.partial(ext.unet_forward, run, step,  # type: ignore[assignment]
+                                        forward=forward)
+    return forward(call)
 
 
 def unique_extensions(*groups: Sequence[SamplerExtension]) -> list[SamplerExtension]:

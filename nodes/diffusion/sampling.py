@@ -30,6 +30,7 @@ from nodes.diffusion.extensions import (
     SamplerExtension,
     Step,
     UNetCall,
+    forward_unet,
     unique_extensions,
 )
 from nodes.diffusion.handles import CondEntry, Conditioning, DiffusionModel, Latent
@@ -469,7 +470,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                         added_cond_kwargs=run.added_cond_kwargs(rows, run.roles))
         for ext in exts:
             ext.unet_inputs(run, step, call)
-        noise_pred = call.forward(unet)
+        noise_pred = forward_unet(exts, run, step, call, unet)  # EasyCache, Torch Compile
         if do_cfg or guided:  # guided: with CFG every extension, else without_cfg ones
             noise_pred = _guided_prediction(run, step, noise_pred.chunk(n_chunks), guided,
                                             extra_slices)
