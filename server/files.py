@@ -81,7 +81,7 @@ async def view(request: web.Request) -> web.StreamResponse:
         raise ApiError(403, "forbidden_path", str(exc)) from None
     ctype = CONTENT_TYPES.get(path.suffix.lower())
     if ctype is None:
-        raise ApiError(403, "not_an_image", "only image files can be viewed")
+        return _download(path, filename, role)
     try:
         is_image = path.is_file() and _has_magic(path, ctype)
     except OSError:  # a name too long, a permission denied...
@@ -102,6 +102,30 @@ async def view(request: web.Request) -> web.StreamResponse:
         headers["Content-Type"] = out_type
         return web.Response(body=body, headers=headers)
     headers["Content-Type"] = ctype
+    return web.FileResponse(path, headers=headers)
+
+
+#: what other outputs are served as (a <video>/<audio> element needs the media type);
+#: anything else is a download of octet-stream, never shown inline
+MEDIA_TYPES = {".webm": "video/webm", ".mp4": "video/mp4", ".mov": "video/quicktime",
+               ".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg",
+               ".ogg": "audio/ogg", ".opus": "audio/opus", ".avif": "image/avif",
+               ".exr": "image/x-exr"}
+
+
+def _download(path: Path, filename: str, role: str) -> web.StreamResponse:
+    """A non-image file (Save Image (Advanced)'s EXR, a .latent, a video) as ComfyUI
+    serves it: the file, but as an attachment, with no sniffing and no scripts."""
+    try:
+        found = path.is_file()
+    except OSError:
+        found = False
+    if not found:
+        raise ApiError(404, "not_found", f"no file {filename!r} in {role}")
+    headers = _safe_headers(path.name)
+    headers["Content-Disposition"] = headers["Content-Disposition"].replace(
+        "inline;", "attachment;", 1)
+    headers["Content-Type"] = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
     return web.FileResponse(path, headers=headers)
 
 

@@ -148,13 +148,22 @@ def test_view_traversal_refused(server: LiveServer, http: Http, outside):
     assert http.get("/view", params={"filename": "ok.png"}).status == 200
 
 
-def test_view_serves_only_real_images(server: LiveServer, http: Http):
+def test_view_serves_real_images_and_other_files_only_as_downloads(server: LiveServer,
+                                                                   http: Http):
     out = server.base_dir / "output"
     out.mkdir(exist_ok=True)
     (out / "page.html").write_text("<script>alert(1)</script>")
     (out / "fake.png").write_text("<script>alert(1)</script>")
     (out / "pic.jpg").write_bytes(png(fmt="JPEG"))
-    assert http.get("/view", params={"filename": "page.html"}).status == 403
+    (out / "x_00001_.exr").write_bytes(b"\x76\x2f\x31\x01 an EXR")
+    page = http.get("/view", params={"filename": "page.html"})
+    assert page.status == 200  # a download, never a page: no script can run
+    assert page.headers["Content-Type"] == "application/octet-stream"
+    assert page.headers["Content-Disposition"].startswith("attachment;")
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    exr = http.get("/view", params={"filename": "x_00001_.exr"})  # Save Image (Advanced)
+    assert exr.status == 200 and exr.headers["Content-Type"] == "image/x-exr"
+    assert http.get("/view", params={"filename": "missing.exr"}).status == 404
     assert http.get("/view", params={"filename": "fake.png"}).status == 404
     assert http.get("/view", params={"filename": "missing.png"}).status == 404
     assert http.get("/view", params={}).status == 400
