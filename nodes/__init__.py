@@ -70,6 +70,7 @@ from nodes import (
     models,
     multidiffusion,
     pag,
+    photomaker,
     pix2pix_zero,
     preprocessors,
     primitives,
@@ -177,13 +178,14 @@ NODE_CLASSES = (
     *utility_nodes.NODE_CLASSES,
     *sd_upscale.NODE_CLASSES,
     *speed_patches.NODE_CLASSES,
+    *photomaker.NODE_CLASSES,
 )
 
 
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",
                  "gligen", "clip_vision", "diffusion_models", "unet", "upscale_models",
                  "hypernetworks", "style_models", "text_encoders", "clip", "diffusers", "configs",
-                 "ipadapter")
+                 "ipadapter", "photomaker")
 
 
 def setup(env: Environment) -> None:

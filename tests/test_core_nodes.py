@@ -58,13 +58,16 @@ COMFY_WIDGETS = {
     "SamplerLCMUpscale": ["scale_ratio", "scale_steps", "upscale_method"],
     "SamplerDPMAdaptative": ["order", "rtol", "atol", "h_init", "pcoeff", "icoeff", "dcoeff",
                              "accept_safety", "eta", "s_noise"],
-    # comfy_extras/nodes_model_advanced.py (continuous-σ model samplings)
-    "ModelSamplingContinuousEDM": ["sampling", "sigma_max", "sigma_min"],
-    "ModelSamplingContinuousV": ["sampling", "sigma_max", "sigma_min"],
     # style models (nodes.py) and comfy_extras/nodes_cond.py
     "StyleModelLoader": ["style_model_name"],
     "StyleModelApply": ["strength", "strength_type"],
+    # comfy_extras/nodes_photomaker.py
+    "PhotoMakerLoader": ["photomaker_model_name"],
+    "PhotoMakerEncode": ["text"],
     "CLIPTextEncodeControlnet": ["text"],
+    # comfy_extras/nodes_model_advanced.py (continuous-σ model samplings)
+    "ModelSamplingContinuousEDM": ["sampling", "sigma_max", "sigma_min"],
+    "ModelSamplingContinuousV": ["sampling", "sigma_max", "sigma_min"],
     # dataset nodes (comfy_extras/nodes_dataset.py)
     "LoadImageDataSetFromFolder": ["folder"],
     "LoadImageTextDataSetFromFolder": ["folder"],
