@@ -36,15 +36,18 @@ from nodes.diffusion.handles import (
     Tensor,
     Vae,
 )
-from nodes.latent import encode
+from nodes.latent import encode, vae_crop
 from nodes.masks import MAX_PIXELS, dilate
 
 if TYPE_CHECKING:
     import torch
 
 
-def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int) -> torch.Tensor:
-    """The mask ``[B, H, W]`` for an IMAGE ``[B, H, W, C]``, cropped as the VAE crops it.
+def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(mask [B, h, w], pixels [B, h, w, C], dropped)``: the image cropped to a
+    multiple of the VAE's ``factor`` about its centre, as ComfyUI's inpainting encoders
+    crop it, and its mask cropped alike; ``dropped`` says the crop cut off masked pixels.
 
     A mask of another size is stretched to the image's (bilinear), as ComfyUI's
     inpainting encoders do: a graph that rescales the image after Load Image but takes
@@ -59,14 +62,19 @@ def fit_mask_to_image(mask: torch.Tensor, pixels: torch.Tensor, factor: int) -> 
     if tuple(mask4.shape[-2:]) != tuple(pixels.shape[1:3]):
         mask4 = torch.nn.functional.interpolate(mask4, size=tuple(pixels.shape[1:3]),
                                                 mode="bilinear")
-    mask = match_batch(mask4[:, 0], pixels.shape[0], "mask", "image")
-    h, w = pixels.shape[1] // factor * factor, pixels.shape[2] // factor * factor
-    if (mask[:, h:] > 0).any() or (mask[:, :, w:] > 0).any():
-        raise ValueError(
-            f"the image is {pixels.shape[2]}x{pixels.shape[1]}, not a multiple of the VAE's "
-            f"downscale {factor}: the VAE would crop it to {w}x{h} and drop part of the masked "
-            f"region; make the size a multiple of {factor} (pad or crop the image first)")
-    return mask[:, :h, :w].to(pixels.device)
+    mask = match_batch(mask4[:, 0], pixels.shape[0], "mask", "image").to(pixels.device)
+    top, left, h, w = vae_crop(pixels.shape[1], pixels.shape[2], factor)
+    kept = mask[:, top:top + h, left:left + w]
+    dropped = bool((mask > 0).sum() > (kept > 0).sum())
+    return kept, pixels[:, top:top + h, left:left + w], dropped
+
+
+def warn_cropped(ctx: ExecutionContext, pixels: torch.Tensor, factor: int) -> None:
+    _, _, h, w = vae_crop(pixels.shape[1], pixels.shape[2], factor)
+    ctx.warn(f"the image is {pixels.shape[2]}x{pixels.shape[1]}, not a multiple of the VAE's "
+             f"downscale {factor}: it was cropped to {w}x{h} about its centre (as ComfyUI "
+             "does), and part of the masked region with it; pad or crop the image to a "
+             f"multiple of {factor} to keep all of it")
 
 
 def grey_masked(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -143,11 +151,13 @@ class VAEEncodeForInpaint(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         from nodes.diffusion.masking import binarize
 
-        mask = fit_mask_to_image(self.mask, self.pixels, self.vae.downscale)
+        mask, pixels, dropped = fit_mask_to_image(self.mask, self.pixels, self.vae.downscale)
+        if dropped:
+            warn_cropped(ctx, self.pixels, self.vae.downscale)
         hard = binarize(mask)  # exactly the greyed pixels: they must all be repainted
         grown = dilate(hard, self.grow_mask_by // 2).clamp(0, 1) if self.grow_mask_by else hard
-        samples = encode(self.vae, grey_masked(self.pixels, mask))
-        condition = inpaint_condition(self.vae, self.pixels, grown, masked_latents=samples)
+        samples = encode(self.vae, grey_masked(pixels, mask))
+        condition = inpaint_condition(self.vae, pixels, grown, masked_latents=samples)
         return (Latent(samples, noise_mask=grown[:, None], inpaint=condition,
                        scaling_factor=self.vae.scaling_factor),)
 
@@ -176,9 +186,11 @@ class InpaintModelConditioning(Node):
     noise_mask: bool = Input(True, description="Also keep the unmasked region exactly")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning, Conditioning, Latent]:
-        mask = fit_mask_to_image(self.mask, self.pixels, self.vae.downscale)
-        samples = encode(self.vae, self.pixels)
-        condition = inpaint_condition(self.vae, self.pixels, mask)
+        mask, pixels, dropped = fit_mask_to_image(self.mask, self.pixels, self.vae.downscale)
+        if dropped:
+            warn_cropped(ctx, self.pixels, self.vae.downscale)
+        samples = encode(self.vae, pixels)
+        condition = inpaint_condition(self.vae, pixels, mask)
         latent = Latent(samples, noise_mask=mask[:, None] if self.noise_mask else None,
                         inpaint=condition, scaling_factor=self.vae.scaling_factor)
         return self.positive, self.negative, latent

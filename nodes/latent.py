@@ -67,6 +67,13 @@ def warn_assumed_downscale(ctx: ExecutionContext, latent: Latent, vae: Vae) -> N
              "Latent Image's vae input")
 
 
+def vae_crop(height: int, width: int, factor: int) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)``: the part of an image a VAE of downscale ``factor`` encodes,
+    a multiple of it cut about the centre (as ComfyUI's VAE crops)."""
+    h, w = height // factor * factor, width // factor * factor
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def decode(vae: Vae, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
     """Latents (UNet space) → IMAGE ``[B, H, W, C]`` in 0..1, as the pipelines postprocess.
 
@@ -85,10 +92,10 @@ def encode(vae: Vae, image: torch.Tensor, tiling: Tiling | None = None) -> torch
 
     check_image(image, "image to encode", (3, 4))  # RGB (alpha dropped)
     factor = vae.downscale
-    h, w = image.shape[1] // factor * factor, image.shape[2] // factor * factor
+    top, left, h, w = vae_crop(image.shape[1], image.shape[2], factor)
     if h == 0 or w == 0:
         raise ValueError(f"image is smaller than the VAE's downscale factor {factor}")
-    x = image[:, :h, :w, :3].permute(0, 3, 1, 2)
+    x = image[:, top:top + h, left:left + w, :3].permute(0, 3, 1, 2)
     return encode_raw(vae, x * 2 - 1, tiling).mode() * vae.scaling_factor
 
 

@@ -285,7 +285,7 @@ def test_inpaint_encoders_stretch_a_mask_of_another_size_to_the_image():
 
     mask = torch.zeros(1, 8, 8)
     mask[:, 2:6, 2:6] = 1
-    fitted = fit_mask_to_image(mask, torch.zeros(1, 16, 16, 3), 8)
+    fitted, _, _ = fit_mask_to_image(mask, torch.zeros(1, 16, 16, 3), 8)
     want = torch.nn.functional.interpolate(mask[:, None], size=(16, 16), mode="bilinear")
     assert torch.equal(fitted, want[:, 0])
     assert fitted[0, 6:10, 6:10].eq(1).all() and fitted[0, 0].eq(0).all()

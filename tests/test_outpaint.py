@@ -17,7 +17,7 @@ from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
 from tests.conftest import INPAINT_NAME
-from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
+from tests.graph_nodes import CAPTURED, registry_with_capture
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -269,12 +269,15 @@ def test_padded_size_past_the_largest_image_is_an_error():
                             bottom=0, feathering=0).execute(None)
 
 
-def test_padded_size_the_vae_cannot_encode_is_an_error(session):
-    message = run_error(session, graph({"right": 8}, image="odd.png"))
-    assert "68x60, not a multiple of the VAE's downscale 8" in message
-    message = run_error(session, graph({"right": 8}, image="odd.png", nine=True,
-                                       encoder="model_conditioning"))
-    assert "drop part of the masked region" in message
+def test_a_size_the_vae_cannot_encode_is_cropped_about_its_centre_with_a_warning(session):
+    """As ComfyUI's inpainting encoders: the image and its mask are cut to a multiple of
+    the VAE's downscale about the centre; a warning says the masked border was cut."""
+    for extra in ({}, {"nine": True, "encoder": "model_conditioning"}):
+        result = session.run(graph({"right": 8}, image="odd.png", **extra), keep_events=True)
+        assert result.ok, result.run.error
+        warnings = [d["message"] for name, d in result.events if name == "node_warning"]
+        assert any("68x60, not a multiple of the VAE's downscale 8" in w
+                   and "cropped to 64x56 about its centre" in w for w in warnings), warnings
 
 
 # --- the example -----------------------------------------------------------------------------
