@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 from pydantic.fields import FieldInfo
 
 if TYPE_CHECKING:
+    from engine.autogrow import Autogrow
     from engine.context import ExecutionContext
     from engine.environment import Environment
 
@@ -63,7 +64,6 @@ def Input(
     allow_nonfinite: bool = False,
     lazy: bool = False,
     raw_link: bool = False,
-    autogrow: str | None = None,
     match: str | None = None,
 ) -> Any:
     """Declare a node input.
@@ -85,8 +85,8 @@ def Input(
     ``lazy`` inputs are evaluated only when the node's ``check_lazy_status`` asks for
     them (until then they are None). A ``raw_link`` input receives the link itself,
     ``[source_id, output_index]``, not the value (its source still runs first).
-    Inputs with the same ``autogrow`` group are one growing list (ComfyUI's Autogrow):
-    the canvas shows the required ones and one past the last linked.
+    A growing list of like inputs (ComfyUI's Autogrow) is declared with
+    :func:`engine.autogrow.autogrow`.
     ``match`` names a type template (ComfyUI's MatchType): the input takes any of the
     comma-separated types of ``type`` (``"IMAGE,MASK"``), and an :class:`Output` with
     the same ``match`` has the type of whatever is linked to it (see
@@ -110,7 +110,6 @@ def Input(
         "allow_nonfinite": allow_nonfinite,
         "lazy": lazy,
         "raw_link": raw_link,
-        "autogrow": autogrow,
         "match": match,
     }
     if default is ... and optional:
@@ -172,7 +171,8 @@ class InputSpec:
         default=None, repr=False, compare=False)
     lazy: bool = False
     raw_link: bool = False
-    autogrow: str | None = None
+    # A slot of a growing list (ComfyUI's Autogrow, engine.autogrow): its group.
+    autogrow: Autogrow | None = None
     match: str | None = None
     # A DynamicCombo: its options, each with the inputs it brings (engine.dynamic).
     dynamic: tuple[DynamicOption, ...] | None = None
@@ -306,12 +306,18 @@ class Node(BaseModel):
     @classmethod
     def schema(cls, env: Environment | None = None) -> dict[str, Any]:
         """JSON schema of this node, a superset of ComfyUI's /object_info entry."""
-        required: dict[str, Any] = {}
-        optional: dict[str, Any] = {}
-        # A DynamicCombo's inputs are listed under its options, not at the top (ComfyUI).
-        top = [s for s in cls.INPUT_SPECS.values() if s.parent is None]
-        for spec in top:
-            (required if spec.required else optional)[spec.name] = _input_schema(spec, env)
+        sections: dict[str, dict[str, Any]] = {"required": {}, "optional": {}}
+        # A DynamicCombo's inputs are listed under its options, not at the top, and an
+        # Autogrow's slots as one entry, the group (ComfyUI).
+        for spec in cls.INPUT_SPECS.values():
+            grow = spec.autogrow
+            if grow is not None:
+                section = sections["optional" if grow.optional else "required"]
+                if grow.group not in section:
+                    section[grow.group] = grow.schema(_input_schema(spec, env))
+            elif spec.parent is None:
+                section = sections["required" if spec.required else "optional"]
+                section[spec.name] = _input_schema(spec, env)
         matched = [o.match for o in cls.OUTPUTS]
         extra: dict[str, Any] = {"output_matchtypes": matched} if any(matched) else {}
         return {
@@ -322,11 +328,8 @@ class Node(BaseModel):
             "version": cls.VERSION,
             "output_node": cls.OUTPUT_NODE,
             "deprecated": cls.DEPRECATED,
-            "input": {"required": required, "optional": optional},
-            "input_order": {
-                "required": [s.name for s in top if s.required],
-                "optional": [s.name for s in top if not s.required],
-            },
+            "input": sections,
+            "input_order": {key: list(section) for key, section in sections.items()},
             "output": [MATCH_TYPE if o.match else o.type for o in cls.OUTPUTS],
             "output_name": [o.label for o in cls.OUTPUTS],
             "output_is_list": [o.is_list for o in cls.OUTPUTS],
@@ -393,7 +396,6 @@ def _make_spec(name: str, info: FieldInfo) -> InputSpec:
         also_accept=spec.get("also_accept"),
         lazy=bool(spec.get("lazy")),
         raw_link=bool(spec.get("raw_link")),
-        autogrow=spec.get("autogrow"),
         match=spec.get("match"),
     )
 
@@ -428,8 +430,6 @@ def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
         options["lazy"] = True
     if spec.raw_link:
         options["rawLink"] = True
-    if spec.autogrow:
-        options["autogrow"] = spec.autogrow
     if spec.match:  # ComfyUI's MatchType: its front end narrows the sockets as linked
         options["template"] = {"template_id": spec.match, "allowed_types": spec.type}
         return [MATCH_TYPE, options]

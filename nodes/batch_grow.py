@@ -4,7 +4,8 @@ Each takes any number of inputs, ``images.image0``, ``images.image1``, ... (Comf
 Autogrow names, which its front end now puts in place of Image Batch), and joins them
 into one batch in that order: every item is fitted to the first's size (bilinear, the
 middle cropped to its aspect ratio), images with fewer channels get an opaque alpha.
-The canvas shows the inputs up to one past the last linked.
+``/object_info`` declares them as one growing input (engine/autogrow.py), as ComfyUI
+does; the canvas shows the inputs up to one past the last linked.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from engine import ExecutionContext, Input, Output
-from engine.node import NamedInputsNode, input_spec
+from engine.autogrow import autogrow
+from engine.node import NamedInputsNode
 from nodes.diffusion.handles import Latent, Tensor
 
 MAX_ITEMS = 50  # ComfyUI's limit
@@ -31,11 +33,10 @@ class _BatchGrow(NamedInputsNode):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: object) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        if cls.GROUP:
-            names = [f"{cls.GROUP}.{cls.PREFIX}{k}" for k in range(MAX_ITEMS)]
-            cls.INPUT_SPECS = {name: input_spec(name, cls.ANNOTATION, Input(
-                type=cls.KIND, optional=k >= MIN_ITEMS, autogrow=cls.GROUP))
-                for k, name in enumerate(names)}
+        if cls.GROUP:  # ComfyUI's Autogrow: template input PREFIX, slots PREFIX0, ...
+            cls.INPUT_SPECS = autogrow(cls.GROUP, cls.PREFIX, cls.ANNOTATION,
+                                       Input(type=cls.KIND), prefix=cls.PREFIX,
+                                       min=MIN_ITEMS, max=MAX_ITEMS)
 
     def items(self) -> list[Any]:
         """The linked inputs' values, in input order."""
@@ -49,7 +50,7 @@ class BatchImagesNode(_BatchGrow):
     opaque alpha when another has one."""
 
     TYPE = "BatchImagesNode"
-    DISPLAY_NAME = "Batch Images (any number)"
+    DISPLAY_NAME = "Batch Images"
     CATEGORY = "image"
     OUTPUTS = (Output("IMAGE"),)
     GROUP, PREFIX, KIND, ANNOTATION = "images", "image", "IMAGE", Tensor

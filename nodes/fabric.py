@@ -113,7 +113,7 @@ class ImageBatch(Node):
     this name (Batch Images takes any number)."""
 
     TYPE = "ImageBatch"
-    DISPLAY_NAME = "Batch Images"
+    DISPLAY_NAME = "Image Batch (two images)"
     CATEGORY = "image"
     OUTPUTS = (Output("IMAGE"),)
 

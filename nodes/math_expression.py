@@ -30,6 +30,7 @@ from simpleeval import (
 )
 
 from engine import Environment, ExecutionContext, Input, Output
+from engine.autogrow import autogrow
 from engine.node import NamedInputsNode, input_spec
 from nodes.frontend_widgets import frontend_widget
 
@@ -321,8 +322,11 @@ def _check_variable(value: Any) -> Any:
 ComfyMathExpression.INPUT_SPECS = {
     "expression": input_spec("expression", str, Input(
         "a + b", multiline=True, description="e.g. a * 2 + b; a..z are the inputs")),
-    **{f"{GROUP}.{name}": frontend_widget(input_spec(f"{GROUP}.{name}", Any, Input(
-        type=INPUT_TYPE, optional=True, autogrow=GROUP)), _check_variable) for name in NAMES},
+    # ComfyUI's Autogrow of names a..z, min 1 (a and b shown at first); the template input
+    # is optional here (ComfyUI: required), so an expression may use no variable at all
+    **{name: frontend_widget(spec, _check_variable) for name, spec in autogrow(
+        GROUP, "value", Any, Input(type=INPUT_TYPE, optional=True), names=NAMES,
+        min=1).items()},
 }
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
+from engine.autogrow import autogrow
 from engine.node import NamedInputsNode, input_spec
 from engine.paths import PathError
 from nodes.bounding_boxes import HEX_COLOR
@@ -135,10 +136,9 @@ class CreateList(NamedInputsNode):
         return (items,)
 
 
-CreateList.INPUT_SPECS = {  # ComfyUI's Autogrow names; the first is required
-    name: input_spec(name, Any, Input(type="*", optional=k >= 1, autogrow=CreateList.GROUP))
-    for k, name in enumerate(f"{CreateList.GROUP}.{CreateList.PREFIX}{k}"
-                             for k in range(LIST_INPUTS))}
+# ComfyUI's Autogrow: inputs.input0, ...; the first is required
+CreateList.INPUT_SPECS = autogrow(CreateList.GROUP, CreateList.PREFIX, Any, Input(type="*"),
+                                  prefix=CreateList.PREFIX, min=1, max=LIST_INPUTS)
 
 
 def _latent_samples(latent: Any, name: str) -> torch.Tensor:

@@ -100,13 +100,17 @@ def test_linked_inputs_are_the_variables(session):
 
 def test_schema_is_comfyuis_autogrow(session):
     schema = ComfyMathExpression.schema()
-    assert schema["input"]["required"] == {"expression": ["STRING", {
+    assert schema["input"]["required"]["expression"] == ["STRING", {
         "default": "a + b", "multiline": True,
-        "tooltip": "e.g. a * 2 + b; a..z are the inputs"}]}
-    names = list(schema["input"]["optional"])
-    assert names == [f"values.{chr(k)}" for k in range(ord("a"), ord("z") + 1)]
-    assert schema["input"]["optional"]["values.a"] == ["FLOAT,INT,BOOLEAN",
-                                                       {"autogrow": "values"}]
+        "tooltip": "e.g. a * 2 + b; a..z are the inputs"}]
+    # ComfyUI's Autogrow of names a..z (engine/autogrow.py); the template is optional here
+    assert schema["input"]["optional"] == {}
+    assert schema["input_order"] == {"required": ["expression", "values"], "optional": []}
+    assert schema["input"]["required"]["values"] == ["COMFY_AUTOGROW_V3", {"template": {
+        "input": {"optional": {"value": ["FLOAT,INT,BOOLEAN", {}]}},
+        "names": [chr(k) for k in range(ord("a"), ord("z") + 1)], "min": 1}}]
+    assert [n for n in ComfyMathExpression.INPUT_SPECS if n.startswith("values.")] == [
+        f"values.{chr(k)}" for k in range(ord("a"), ord("z") + 1)]
     assert schema["output"] == ["FLOAT", "INT", "BOOLEAN"]
     assert schema["output_name"] == ["FLOAT", "INT", "BOOL"]
 

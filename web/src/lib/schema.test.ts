@@ -68,16 +68,22 @@ describe("schema → node definition", () => {
 });
 
 describe("visibleInputs (ComfyUI's Autogrow)", () => {
+  // BatchImagesNode's /object_info entry, as ComfyUI's backend (and ours) writes it
   const grow = parseNodeSchema("BatchImagesNode", {
     input: {
-      required: { "images.image0": ["IMAGE", { autogrow: "images" }], "images.image1": ["IMAGE", { autogrow: "images" }] },
-      optional: Object.fromEntries(
-        [2, 3, 4, 5].map((k) => [`images.image${k}`, ["IMAGE", { autogrow: "images" }]]),
-      ),
+      required: {
+        images: ["COMFY_AUTOGROW_V3", { template: { input: { required: { image: ["IMAGE", {}] } }, prefix: "image", min: 2, max: 6 } }],
+      },
     },
+    input_order: { required: ["images"] },
     output: ["IMAGE"],
   });
   const names = (linked: string[]) => visibleInputs(grow.inputs, new Set(linked)).map((i) => i.name);
+
+  it("expands the group into its slots, named as in the API prompt", () => {
+    expect(grow.inputs.map((i) => [i.name, i.label, i.type, i.required, i.widget, i.autogrow])).toEqual(
+      [0, 1, 2, 3, 4, 5].map((k) => [`images.image${k}`, `image${k}`, "IMAGE", k < 2, false, "images"]));
+  });
 
   it("shows the required inputs, then one free socket past the last linked", () => {
     expect(names([])).toEqual(["images.image0", "images.image1"]);
@@ -85,10 +91,44 @@ describe("visibleInputs (ComfyUI's Autogrow)", () => {
       ["images.image0", "images.image1", "images.image2"]);
     expect(names(["images.image0", "images.image3"])).toEqual(
       ["images.image0", "images.image1", "images.image2", "images.image3", "images.image4"]);
+    expect(names(["images.image5"])).toHaveLength(6); // never past max
+  });
+
+  it("reads named slots, an optional template, and keeps the schema's order", () => {
+    const math = parseNodeSchema("ComfyMathExpression", {
+      input: {
+        required: {
+          expression: ["STRING", { default: "a + b", multiline: true }],
+          values: ["COMFY_AUTOGROW_V3", { template: { input: { optional: { value: ["FLOAT,INT,BOOLEAN", {}] } }, names: ["a", "b", "c"], min: 1 } }],
+          after: ["INT", {}],
+        },
+      },
+      input_order: { required: ["expression", "values", "after"] },
+    });
+    expect(math.inputs.map((i) => [i.name, i.required, i.widget])).toEqual([
+      ["expression", true, true], ["values.a", false, false], ["values.b", false, false],
+      ["values.c", false, false], ["after", true, true]]);
+    expect(visibleInputs(math.inputs, new Set(["values.a"])).map((i) => i.name)).toEqual(
+      ["expression", "values.a", "values.b", "after"]);
+  });
+
+  it("bounds a hostile entry and forces a primitive template to a socket", () => {
+    const odd = parseNodeSchema("X", {
+      input: {
+        required: {
+          many: ["COMFY_AUTOGROW_V3", { template: { input: { required: { n: ["INT", { default: 1 }] } }, prefix: "n", min: 1e9, max: 1e9 } }],
+          none: ["COMFY_AUTOGROW_V3", { template: { input: {}, prefix: "x" } }],
+          junk: ["COMFY_AUTOGROW_V3", null],
+        },
+      },
+    });
+    expect(odd.inputs).toHaveLength(100);
+    expect(odd.inputs.every((i) => i.type === "INT" && !i.widget && i.required)).toBe(true);
   });
 
   it("leaves other nodes' inputs alone", () => {
     const plain = parseNodeSchema("X", { input: { optional: { a: ["INT", {}], b: ["IMAGE", {}] } } });
     expect(visibleInputs(plain.inputs, new Set()).map((i) => i.name)).toEqual(["a", "b"]);
+    expect(plain.inputs.every((i) => i.autogrow === undefined)).toBe(true);
   });
 });

@@ -20,8 +20,6 @@ export type InputOptions = {
   upload?: string;
   control_after_generate?: boolean;
   forceInput?: boolean;
-  /** ComfyUI's Autogrow: the inputs of one group form a list that grows as it is linked. */
-  autogrow?: string;
   [key: string]: unknown;
 };
 
@@ -29,6 +27,10 @@ export type InputOptions = {
 export const DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3";
 /** ComfyUI's MatchType (`COMFY_MATCHTYPE_V3`): an output typed as what is linked to an input. */
 export const MATCH_TYPE = "COMFY_MATCHTYPE_V3";
+/** ComfyUI's Autogrow (`COMFY_AUTOGROW_V3`): a list of like inputs that grows as it is linked. */
+export const AUTOGROW = "COMFY_AUTOGROW_V3";
+/** ComfyUI's limit on an Autogrow's slots. */
+const MAX_AUTOGROW_SLOTS = 100;
 
 /** One input of an /object_info entry: `[TYPE, opts]` or `[[choices], opts]`. */
 export type RawInput = unknown[];
@@ -78,6 +80,8 @@ export type InputDef = {
   parent?: { name: string; keys: string[] };
   /** A MatchType input's template id. */
   match?: string;
+  /** A slot of an Autogrow group (`images.image0` of `images`): the group's name. */
+  autogrow?: string;
   /** A DynamicCombo: per option, the names of the inputs it brings, in its order. */
   dynamic?: Record<string, string[]>;
   /**
@@ -191,6 +195,37 @@ function parseDynamicCombo(name: string, raw: RawInput, required: boolean): Inpu
   return [combo, ...brought.values()];
 }
 
+/**
+ * An Autogrow (`["COMFY_AUTOGROW_V3", {template: {input: {required: {image: [...]}}, prefix:
+ * "image", min: 2, max: 50}}]`, or `names: [...]` in place of prefix and max): its slots,
+ * named `group.slot` as in ComfyUI's API prompt (`images.image0`), each an input of the
+ * template's type; the first `min` are required unless the template input is optional.
+ */
+function parseAutogrow(name: string, raw: RawInput, required: boolean): InputDef[] {
+  const body = (raw[1] && typeof raw[1] === "object" ? raw[1] : {}) as { template?: unknown };
+  const template = (body.template && typeof body.template === "object" ? body.template : {}) as {
+    input?: RawNodeSchema["input"]; names?: unknown; prefix?: unknown; min?: unknown; max?: unknown;
+  };
+  const count = (v: unknown, fallback: number) =>
+    typeof v === "number" && Number.isFinite(v) ? Math.max(0, Math.min(MAX_AUTOGROW_SLOTS, Math.floor(v))) : fallback;
+  const slots = Array.isArray(template.names)
+    ? template.names.slice(0, MAX_AUTOGROW_SLOTS).map(String)
+    : Array.from({ length: count(template.max, 10) }, (_, k) => `${typeof template.prefix === "string" ? template.prefix : ""}${k}`);
+  const min = count(template.min, 1);
+  const entries = [
+    ...Object.entries(template.input?.required ?? {}).map(([n, spec]) => [n, spec, true] as const),
+    ...Object.entries(template.input?.optional ?? {}).map(([n, spec]) => [n, spec, false] as const),
+  ];
+  if (entries.length === 0) return [];
+  const [, spec, templateRequired] = entries[0]; // ComfyUI's backend declares one template input
+  const out: InputDef[] = [];
+  slots.forEach((slot, k) => {
+    const def = parseInput(`${name}.${slot}`, spec, required && templateRequired && k < min);
+    if (def) out.push({ ...def, widget: false, label: slot, autogrow: name });
+  });
+  return out;
+}
+
 /** The inputs without those of DynamicCombo options not chosen, the chosen one's after its combo, in its order. */
 function chosenInputs(inputs: readonly InputDef[], values: Readonly<Record<string, unknown>>): InputDef[] {
   const byName = new Map(inputs.map((i) => [i.name, i]));
@@ -231,16 +266,16 @@ export function visibleInputs(inputs: readonly InputDef[], linked: ReadonlySet<s
   const position = new Map<string, number>();
   const counts = new Map<string, number>();
   for (const input of inputs) {
-    const group = input.options.autogrow;
-    if (typeof group !== "string") continue;
+    const group = input.autogrow;
+    if (group === undefined) continue;
     const k = counts.get(group) ?? 0;
     counts.set(group, k + 1);
     position.set(input.name, k);
     if (linked.has(input.name)) lastLinked.set(group, k);
   }
   return inputs.filter((input) => {
-    const group = input.options.autogrow;
-    if (typeof group !== "string" || input.required) return true;
+    const group = input.autogrow;
+    if (group === undefined || input.required) return true;
     return (position.get(input.name) ?? 0) <= (lastLinked.get(group) ?? -1) + 1;
   });
 }
@@ -255,6 +290,7 @@ export function parseNodeSchema(type: string, raw: RawNodeSchema): NodeDef {
     for (const name of names) {
       const raw = group[name];
       if (Array.isArray(raw) && raw[0] === DYNAMIC_COMBO) inputs.push(...parseDynamicCombo(name, raw, required));
+      else if (Array.isArray(raw) && raw[0] === AUTOGROW) inputs.push(...parseAutogrow(name, raw, required));
       else {
         const def = parseInput(name, raw, required);
         if (def) inputs.push(def);
