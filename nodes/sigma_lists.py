@@ -12,7 +12,6 @@ starts below that model's σ_max noises the input latent to its first level (img
 
 from __future__ import annotations
 
-import itertools
 import math
 
 from engine import ExecutionContext, Input, Node, Output
@@ -286,7 +285,8 @@ class ManualSigmas(Node):
     0.03, 0" for SD (its σ_max is 14.61). A list that stops above 0 leaves that much noise
     (feed the rest to another sampler); one that starts below σ_max noises the input
     latent to its first level (img2img). Runs with Euler's family and the DPM++ 2M twins,
-    like every explicit σ list. ComfyUI's node."""
+    like every explicit σ list. Typed rising ("0.03, 1, 14.6") it is for FlipSigmas; the
+    sampler refuses a 0 before the end or two equal neighbours. ComfyUI's node."""
 
     TYPE = "ManualSigmas"
     DISPLAY_NAME = "ManualSigmas"
@@ -303,20 +303,15 @@ class ManualSigmas(Node):
                              f"{MAX_MANUAL_TEXT}")
         levels = [float(v) for v in re.findall(r"[-+]?(?:\d*\.\d+|\d+\.?)(?:[eE][-+]?\d+)?",
                                                self.sigmas)]
-        if len(levels) < 2:
-            raise ValueError(f"sigmas needs at least two noise levels (a start and an end); "
-                             f"found {len(levels)} in {self.sigmas[:80]!r}")
+        if not levels:
+            raise ValueError(f"sigmas holds no number: {self.sigmas[:80]!r}")
         if len(levels) - 1 > 10000:
             raise ValueError(f"sigmas has {len(levels) - 1} steps, more than 10000")
         bad = [v for v in levels if not 0.0 <= v <= SIGMA_MAX]
         if bad:
             raise ValueError(f"noise levels must lie in 0..{SIGMA_MAX:g}; got {bad[0]:g}")
-        if 0.0 in levels[:-1]:
-            raise ValueError("a noise level of 0 ends a schedule: put it last (a sampler "
-                             "cannot step from no noise)")
-        if any(a == b for a, b in itertools.pairwise(levels)):
-            raise ValueError("two neighbouring noise levels are equal: each step must change "
-                             "the noise level")
+        # as ComfyUI, any list of levels: a rising one is for FlipSigmas, one level is an
+        # empty schedule; what no sampler can step through is refused where it samples
         return (_schedule(levels),)
 
 

@@ -348,9 +348,24 @@ def test_stochastic_samplers_refuse_a_rising_schedule(session):
     assert "rising" in str(result.run.error) and "euler" in str(result.run.error)
 
 
-@pytest.mark.parametrize(("text", "why"), [("3", "at least two"), ("5, -1, 0", "0.."),
-                                           ("0, 0", "put it last"), ("5, 5, 0", "equal"),
+@pytest.mark.parametrize(("text", "why"), [("no numbers", "holds no number"),
+                                           ("5, -1, 0", "0.."),
+                                           ("0, 0", "put 0 last"), ("5, 5, 0", "equal"),
                                            ("1, 0" + ", 0" * 10001, "more than 10000")])
 def test_bad_manual_sigmas_are_clear(session, text, why):
     result = session.run(custom(manual(text)))
     assert not result.ok and why in str(result.run.error)
+
+
+def test_manual_sigmas_take_any_list_as_comfyui_and_flip_sigmas_makes_it_runnable():
+    """A rising list (typed for FlipSigmas) and a single level are ComfyUI's too; only a
+    sampler refuses what it cannot step through."""
+    from nodes.sigma_lists import FlipSigmas, ManualSigmas
+
+    rising = ManualSigmas(sigmas="0, 1, 3, 8, 14.6").execute(None)[0]
+    assert rising.sigma_list == (0.0, 1.0, 3.0, 8.0, 14.6)
+    flipped = FlipSigmas(sigmas=rising).execute(None)[0]
+    assert flipped.sigma_list == (14.6, 8.0, 3.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="before its end"):
+        rising.make_scheduler("euler")
+    assert len(ManualSigmas(sigmas="7").execute(None)[0]) == 0

@@ -95,6 +95,19 @@ def is_stochastic(sampler_name: str) -> bool:
     return any(part in sampler_name for part in ("ancestral", "sde", "seeds", "sa_solver"))
 
 
+def list_shape_problem(levels: tuple[float, ...]) -> str | None:
+    """Why no sampler can step through ``levels``, or None: a step from no noise (a 0
+    before the end) or a step that does not change the noise level."""
+    if 0.0 in levels[:-1]:
+        return ("the σ schedule has a noise level of 0 before its end, and a sampler cannot "
+                "step from no noise: put 0 last (to unsample, type the levels rising from a "
+                "small one, or flip a falling list with FlipSigmas)")
+    if any(a == b for a, b in itertools.pairwise(levels)):
+        return "two neighbouring noise levels of the σ schedule are equal: each step must " \
+               "change the noise level"
+    return None
+
+
 def rising_list_problem(sampler_name: str, levels: tuple[float, ...]) -> str | None:
     """Why ``sampler_name`` cannot run a σ list that rises somewhere (FlipSigmas'
     unsampling), or None: a sampler that adds noise would need a negative variance."""
@@ -177,8 +190,8 @@ class SigmaSchedule:
     def make_scheduler(self, sampler_name: str, seed: int | None = None) -> Any:
         """A fresh diffusers scheduler for ``sampler_name`` on this schedule."""
         if self.sigma_list is not None:
-            problem = sigma_list_problem(sampler_name) or rising_list_problem(
-                sampler_name, self.sigma_list)
+            problem = (sigma_list_problem(sampler_name) or list_shape_problem(self.sigma_list)
+                       or rising_list_problem(sampler_name, self.sigma_list))
             if problem:
                 raise ValueError(problem)
             config = {k: v for k, v in self.scheduler_config.items() if k not in _SIGMA_OPTIONS}
