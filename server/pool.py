@@ -152,6 +152,13 @@ class PoolRuntime(Runtime):
     def free(self, unload_models: bool, free_memory: bool) -> int:
         with self._pool:
             workers = [slot.worker for slot in self.slots if slot.worker is not None]
+            # an idle worker frees at once and reports nothing until its next prompt, so
+            # /system_stats shows it freed now; a busy one's next report says so
+            for slot in self.slots:
+                if slot.worker is not None and slot.running is None:
+                    slot.models = set()
+            if all(slot.running is None for slot in self.slots):
+                self.worker_info.update(cache_entries=0, cache_bytes={}, models=[])
         for worker in workers:
             worker.send({"op": "free", "unload_models": unload_models,
                          "free_memory": free_memory})

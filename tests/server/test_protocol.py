@@ -430,8 +430,13 @@ def test_free_drops_the_workers_cache(server: LiveServer, http: Http):
 
     cached_after_run()
     assert "3" in cached_after_run()  # the result comes from the cache
+    assert http.get("/system_stats").json()["system"]["worker"]["cache_entries"] > 0
     reply = http.post("/free", json={"unload_models": True, "free_memory": True})
     assert reply.status == 200
+    # the idle worker freed at once: /system_stats says so before any other run
+    stats = http.get("/system_stats").json()
+    assert stats["system"]["worker"]["cache_entries"] == 0
+    assert all(w["models"] == [] for w in stats.get("workers", []))
     assert cached_after_run() == []
     assert http.post("/free", json={"unload_models": "yes"}).status == 400
     assert http.post("/api/free", json={}).status == 200  # nothing asked: nothing done
