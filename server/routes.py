@@ -216,8 +216,13 @@ def _validation_error(issues: list[Issue],
     errors = [i for i in issues if i.severity == "error"]
     shown = errors[:MAX_REPORTED_ISSUES]
     warnings = [i for i in issues if i.severity != "error"][:MAX_REPORTED_ISSUES - len(shown)]
-    node_errors = to_node_errors(shown, dependent_outputs)
-    if node_errors:
+    unknown = [i for i in shown if i.kind == "unknown_node_type"]
+    node_errors = to_node_errors([i for i in shown if i.kind != "unknown_node_type"],
+                                 dependent_outputs)
+    if unknown:  # as ComfyUI: the prompt as a whole, its front end names the missing nodes
+        error = ("invalid_prompt", f"Cannot execute because node {unknown[0].class_type} "
+                 "does not exist.")
+    elif node_errors:
         error = ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
     else:
         error = (errors[0].kind if errors else "invalid_prompt",

@@ -192,8 +192,7 @@ def test_validation_failure_is_400_with_node_errors(http: Http):
     errors = http.post("/prompt", json={"prompt": prompt}).json()["node_errors"]
     assert errors["1"]["dependent_outputs"] == errors["2"]["dependent_outputs"] == ["3", "4"]
     for bad, kind in [({"nothing": 1}, "no_prompt"), ({"prompt": {}}, "invalid_prompt"),
-                      ({"prompt": {"1": {"class_type": "Nope"}}},
-                       "prompt_outputs_failed_validation"),
+                      ({"prompt": {"1": {"class_type": "Nope"}}}, "invalid_prompt"),
                       ({"prompt": chain(), "prompt_id": 5}, "invalid_prompt_id"),
                       ({"prompt": chain(), "number": "x"}, "invalid_number")]:
         reply = http.post("/prompt", json=bad)
