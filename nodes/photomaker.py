@@ -8,9 +8,8 @@ from typing import Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.embeddings import (
     EmbeddingLibrary,
-    embedding_names,
+    embedding_fingerprint,
     embedding_problems,
-    find_embedding,
 )
 from nodes.diffusion.handles import Conditioning, Tensor, TextEncoder
 from nodes.models import ModelFileNode
@@ -106,13 +105,7 @@ class PhotoMakerEncode(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        from nodes.models import path_fingerprint
-
-        text = inputs.get("text")
-        if not isinstance(text, str):
-            return None
-        paths = [find_embedding(env, name) for name in embedding_names(text)]
-        return [path_fingerprint(p) for p in paths if p is not None] or None
+        return embedding_fingerprint(env, inputs.get("text"))
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
         from nodes.conditioning import encode_hooked

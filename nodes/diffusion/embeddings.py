@@ -92,6 +92,17 @@ def embedding_problems(env: Environment, text: str) -> list[tuple[str, str]]:
     return problems
 
 
+def embedding_fingerprint(env: Environment, text: Any) -> list[Any] | None:
+    """What a prompt's ``embedding:`` files are now (a text node's cache fingerprint:
+    editing an embedding file re-encodes the prompt); None when it names none."""
+    from nodes.models import path_fingerprint
+
+    if not isinstance(text, str):
+        return None
+    paths = [find_embedding(env, name) for name in embedding_names(text)]
+    return [path_fingerprint(p) for p in paths if p is not None] or None
+
+
 def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
     """The vectors ``[n, dim]`` (float32, CPU) of one embedding file."""
     import torch

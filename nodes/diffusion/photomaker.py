@@ -40,6 +40,7 @@ from torch import nn
 from nodes.diffusion.clip_vision import CLIP_MEAN, CLIP_STD
 from nodes.diffusion.handles import CondEntry, Conditioning, TextEncoder
 from nodes.diffusion.prompt_weighting import PromptTokens
+from nodes.diffusion.sdxl import encode_tokens
 from nodes.photomaker import TRIGGER_WORD
 
 #: most reference photos one PhotoMaker Encode takes (each repeats the class token once)
@@ -246,26 +247,6 @@ def class_tokens(tokenizer: Any, text: str, copies: int, embeddings: Any = None
     return _repeat_token(tokens, before - 1, copies), before - 1
 
 
-def _encode_tokens(encoder: Any, tokenizer: Any, tokens: PromptTokens, clip: TextEncoder,
-                   windows_min: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SDXL encoder's hidden states ``[windows, 77, dim]`` and pooled output ``[1, p]``
-    of prepared tokens (as ``nodes.diffusion.sdxl``'s prompt encoding, comfy weighting)."""
-    from nodes.conditioning import _windows, encode_windows
-    from nodes.diffusion.prompt_weighting import apply_weights
-    from nodes.diffusion.sdxl import hidden_layer
-
-    windows = _windows(tokenizer, tokens)
-    empty = _windows(tokenizer, PromptTokens())
-    windows += empty * max(windows_min - len(windows), 0)
-    layer, final_norm = hidden_layer(encoder, clip.stop_at_clip_layer)
-    z, pooled = encode_windows(encoder, windows, layer, final_layer_norm=final_norm)
-    weights = torch.tensor([w.weights for w in windows])
-    if bool((weights != 1).any()):
-        z_empty = encode_windows(encoder, empty, layer, final_layer_norm=final_norm)[0]
-        z = apply_weights(z, weights, z_empty=z_empty, method="comfy")
-    return z, pooled[:1]
-
-
 def check_clip(clip: Any) -> None:
     """A clear ValueError unless ``clip`` is the SDXL base model's CLIP."""
     if not isinstance(clip, TextEncoder):
@@ -303,10 +284,11 @@ def encode_prompt(clip: TextEncoder, text: str, copies: int,
     windows = -(-n // window)
     with torch.no_grad():
         with patched(clip.text_encoder, clip.patches):
-            z_l, _ = _encode_tokens(clip.text_encoder, clip.tokenizer, tokens_l, clip, windows)
+            z_l, _, _ = encode_tokens(clip.text_encoder, clip.tokenizer, tokens_l, clip,
+                                      windows_min=windows)
         with patched(clip.text_encoder_2, clip.patches_2):
-            z_g, pooled = _encode_tokens(clip.text_encoder_2, clip.tokenizer_2, tokens_g, clip,
-                                         windows)
+            z_g, pooled, _ = encode_tokens(clip.text_encoder_2, clip.tokenizer_2, tokens_g,
+                                           clip, windows_min=windows)
     z = torch.cat([z_l.to(z_g.dtype), z_g], dim=-1).reshape(1, -1, z_l.shape[-1] + z_g.shape[-1])
     positions = [(i // window) * (window + 2) + i % window + 1
                  for i in range(index, index + copies)]

@@ -79,19 +79,23 @@ def _encode_one(encoder: Any, tokenizer: Any, text: str, clip: TextEncoder,
                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One encoder's hidden states ``[windows, 77, dim]``, its pooled output ``[1, dim']``
     (the first window's, as ComfyUI) and its window count."""
-    import torch
-
-    from nodes.conditioning import _windows, encode_windows
-    from nodes.diffusion.prompt_weighting import (
-        PromptTokens,
-        apply_weights,
-        parse_prompt_weights,
-        tokenize_weighted,
-    )
+    from nodes.diffusion.prompt_weighting import parse_prompt_weights, tokenize_weighted
 
     embeddings = None if embeddings_for is None else embeddings_for(
         int(encoder.get_input_embeddings().weight.shape[1]))
     tokens = tokenize_weighted(tokenizer, parse_prompt_weights(text), embeddings)
+    return encode_tokens(encoder, tokenizer, tokens, clip, weighting, windows_min)
+
+
+def encode_tokens(encoder: Any, tokenizer: Any, tokens: Any, clip: TextEncoder,
+                  weighting: str = "comfy", windows_min: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`_encode_one` of prepared tokens (``PromptTokens``: PhotoMaker's, say)."""
+    import torch
+
+    from nodes.conditioning import _windows, encode_windows
+    from nodes.diffusion.prompt_weighting import PromptTokens, apply_weights
+
     windows = _windows(tokenizer, tokens)
     empty = _windows(tokenizer, PromptTokens())
     # CLIPTextEncodeSDXL pads the shorter of text_g / text_l with empty windows (ComfyUI)
