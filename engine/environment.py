@@ -87,7 +87,10 @@ class Environment:
         def inside(path: Path) -> bool:  # a symlink out of the folder is not offered
             if not path.is_symlink():
                 return True
-            target = path.resolve()
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # a loop or a dangling link: nothing to offer
+                return False
             return target == real_root or real_root in target.parents
 
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):

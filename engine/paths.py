@@ -35,7 +35,10 @@ def confined_path(root: str | os.PathLike[str], *parts: str) -> Path:
         if os.path.isabs(part) or part.startswith(("\\", "/")) or drive:
             raise PathError(f"absolute paths are not allowed: {part!r}")
         rel = rel / part
-    candidate = (base / rel).resolve()
+    try:
+        candidate = (base / rel).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11)
+        raise PathError(f"path {str(rel)!r} cannot be resolved: {exc}") from None
     if candidate != base and base not in candidate.parents:
         raise PathError(f"path {str(rel)!r} escapes its folder")
     return candidate

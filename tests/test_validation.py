@@ -365,7 +365,14 @@ def test_listings_leave_out_symlinks_that_leave_their_folder(tmp_path) -> None:
     secret.write_bytes(b"y")
     (inputs / "evil_link.png").symlink_to(secret)
     (inputs / "alias.png").symlink_to(inputs / "real.png")
+    # a loop and a dangling link are left out, not raised (a loop once made /object_info 500)
+    (inputs / "loop.png").symlink_to(inputs / "loop.png")
+    (inputs / "gone.png").symlink_to(inputs / "missing.png")
     assert env.list_files("input") == ["alias.png", "real.png"]
+    from engine.paths import PathError
+
+    with pytest.raises(PathError, match="cannot be resolved"):
+        env.resolve("input", "loop.png")
 
 
 def test_lone_surrogate_in_text_is_refused(reg, env):
