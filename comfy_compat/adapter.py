@@ -193,9 +193,23 @@ class ComfyNode(NamedInputsNode):
 
     def _from_comfy(self, index: int, value: Any) -> Any:
         socket = self.OUTPUTS[index].type
+        scale = self._input_scale() if socket == "LATENT" else None
         if self.OUTPUT_IS_LIST[index] and isinstance(value, list | tuple):
-            return [_from_comfy(item, socket) for item in value]
-        return _from_comfy(value, socket)
+            return [_from_comfy(item, socket, scale) for item in value]
+        return _from_comfy(value, socket, scale)
+
+    def _input_scale(self) -> float | None:
+        """The VAE scaling the node's LATENT (or VAE) inputs carry: a latent dict the pack
+        built afresh (``{"samples": x}``) holds raw latents of that VAE too."""
+        from nodes.diffusion.handles import Latent, Vae
+
+        for value in self._inputs.values():
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, Latent) and item.scaling_factor:
+                    return item.scaling_factor
+                if isinstance(item, Vae):
+                    return item.scaling_factor
+        return None
 
 
 class ComfyAsyncNode(ComfyNode):
@@ -462,7 +476,7 @@ def _to_comfy(value: Any) -> Any:
     return value
 
 
-def _from_comfy(value: Any, socket: str) -> Any:
+def _from_comfy(value: Any, socket: str, default_scale: float | None = None) -> Any:
     if socket != "LATENT" or not isinstance(value, dict) or "samples" not in value:
         return value
     from nodes.diffusion.handles import Latent
@@ -480,8 +494,9 @@ def _from_comfy(value: Any, socket: str) -> Any:
     inpaint = value.get("steerflow_inpaint")
     if inpaint is not None and tuple(inpaint.mask.shape[-2:]) != tuple(samples.shape[-2:]):
         inpaint = None  # resized latents: the stored inpainting input no longer fits
-    # a dict the pack built itself (its own empty latent, say) says no scale: kept as is
-    scale = value.get(SCALE_KEY)
+    # a dict the pack built itself says no scale: that of the node's latent or VAE
+    # inputs (a fresh {"samples": x} from raw latents); with neither, kept as it is
+    scale = value.get(SCALE_KEY, default_scale)
     scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
     index = value.get("batch_index")
     index = (tuple(int(i) for i in index) if isinstance(index, list | tuple)

@@ -266,6 +266,9 @@ def test_packs_see_raw_vae_latents_as_in_comfyui():
     made = _from_comfy({"samples": torch.ones(1, 4, 2, 2), "batch_index": ["x"]}, "LATENT")
     assert torch.equal(made.samples, torch.ones(1, 4, 2, 2))
     assert made.scaling_factor is None and made.batch_index is None
+    # a fresh dict from a node whose latent input knew its scale: raw latents of that VAE
+    fresh = _from_comfy({"samples": theirs["samples"]}, "LATENT", 0.5)
+    assert torch.allclose(fresh.samples, back.samples) and fresh.scaling_factor == 0.5
     unknown = _to_comfy(Latent(torch.ones(1, 4, 2, 2)))
     assert torch.equal(unknown["samples"], torch.ones(1, 4, 2, 2))
 
