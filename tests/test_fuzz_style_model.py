@@ -97,3 +97,22 @@ def test_a_controlnet_text_batch_that_does_not_fit_the_rows():
     call = SimpleNamespace(encoder_hidden_states=torch.zeros(2, 77, 8))
     with pytest.raises(ValueError, match="batch of 3 for 2 rows"):
         controlnet_contexts(run, call, 0, 2)
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"style_embedding": torch.zeros(1, 100_000, 16)}, "tokens is 100000"),
+    ({"style_embedding": torch.zeros(1, 0, 16)}, "tokens is 0"),
+    ({"proj": torch.full((16, 8), float("nan"))}, "not finite"),
+    ({"proj": torch.zeros(16, 8, dtype=torch.int8)}, "not finite floating-point"),
+])
+def test_hostile_style_model_files_are_refused_on_load(tmp_path, change, words):
+    """Sizes a file declares are bounded and its weights must be finite floats: a
+    100 000-token file once loaded and then asked for 320 GB."""
+    from safetensors.torch import save_file
+
+    from nodes.diffusion.style_adapter import load_style_model
+
+    state = {k: v.contiguous() for k, v in style_model().model.state_dict().items()}
+    save_file({**state, **change}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=words):
+        load_style_model(tmp_path / "bad.safetensors")

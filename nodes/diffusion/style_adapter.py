@@ -159,6 +159,9 @@ def apply_style(conditioning: Conditioning, tokens: torch.Tensor, strength: floa
 # --- loading ------------------------------------------------------------------------------
 
 _REDUX_KEYS = ("redux_up.weight", "redux_down.weight")
+#: the sizes a file may declare (ComfyUI's model: 1024 wide, 768 context, 3 layers, 8 tokens)
+STYLE_LIMITS = {"width": (8, 4096), "context_dim": (8, 4096), "layers": (1, 32),
+                "tokens": (1, 256)}
 
 
 def _refuse(name: str, state_dict: dict[str, Any]) -> None:
@@ -191,8 +194,18 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
                          f"({tuple(style.shape)}, {None if proj is None else tuple(proj.shape)})")
     prefix = "transformer_layes."
     layers = {k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)}
-    return {"width": int(style.shape[-1]), "context_dim": int(proj.shape[1]),
-            "layers": len(layers), "tokens": int(style.shape[1])}
+    config = {"width": int(style.shape[-1]), "context_dim": int(proj.shape[1]),
+              "layers": len(layers), "tokens": int(style.shape[1])}
+    for key, (low, high) in STYLE_LIMITS.items():
+        if not low <= config[key] <= high:
+            raise ValueError(f"the style model's {key} is {config[key]}, outside {low}..{high} "
+                             "(the T2I style adapter: width 1024, 3 layers, 8 tokens, 768 "
+                             "context): not a style model this node can use")
+    bad = [k for k, v in state_dict.items()
+           if not v.is_floating_point() or not bool(v.isfinite().all())]
+    if bad:
+        raise ValueError(f"the style model's {bad[0]} is not finite floating-point weights")
+    return config
 
 
 def load_style_model(path: Path, *, allow_pickle: bool = False, device: Any = "cpu",
