@@ -204,6 +204,12 @@ def convert_color_space(image: torch.Tensor, source: str, destination: str) -> t
     if source == destination:
         return image
     rgb = image[..., :3].float()  # PQ's constants need more than half precision
+    if not bool(rgb.isfinite().all()):
+        raise ValueError("image holds NaN or infinite values; a colour conversion needs "
+                         "finite pixels (check the node that made it)")
+    # every transfer curve's signal is 0..1: outside it (an unscaled 0..255 image, say) one
+    # pixel would set the whole batch's tone-mapping white point
+    rgb = rgb.clamp(0.0, 1.0)
     out = from_display_nits(to_display_nits(rgb, source), destination, source)
     if image.shape[-1] == 4:
         out = torch.cat((out, image[..., 3:].float()), dim=-1)

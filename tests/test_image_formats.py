@@ -183,6 +183,17 @@ def test_color_space_node_and_errors():
         convert_color_space(torch.rand(2, 2, 3), "sRGB", "HDR")
     with pytest.raises(ValueError, match="destination 'P3'"):
         convert_color_space(torch.rand(1, 2, 2, 3), "sRGB", "P3")
+    # one bad pixel neither fails silently nor moves the rest of the batch
+    bad = torch.rand(2, 4, 4, 3)
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        convert_color_space(bad, "HDR PQ", "sRGB")
+    clean = torch.rand(2, 4, 4, 3)
+    loud = clean.clone()
+    loud[1, 0, 0] = 255.0  # an unscaled 0..255 pixel reads as full signal
+    same = convert_color_space(clean.clamp(0, 1).where(loud <= 1, torch.ones(())), "HDR PQ",
+                               "sRGB")
+    assert torch.allclose(convert_color_space(loud, "HDR PQ", "sRGB"), same)
     schema = ImageColorSpace.schema()
     assert schema["input_order"]["required"] == ["image", "source", "destination"]
     assert schema["input"]["required"]["source"][0] == ["sRGB", "HDR", "HDR PQ"]
