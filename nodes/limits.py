@@ -14,6 +14,7 @@ Torch-free at import, like every node module.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -85,6 +86,10 @@ def name_problem(name: str, reserved: int) -> str | None:
     when it can."""
     if "\x00" in name:
         return "a file name cannot contain a NUL character"
+    hidden = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if hidden is not None:  # a newline, a tab, a right-to-left override that hides the suffix
+        return (f"a file name cannot contain the control character U+{ord(hidden):04X}: "
+                "remove it")
     parts = name.replace("\\", "/").split("/")
     for i, part in enumerate(parts):
         limit = NAME_MAX - (reserved if i == len(parts) - 1 else 0)

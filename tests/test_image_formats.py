@@ -324,6 +324,10 @@ def test_paths_are_confined_to_output(session, tmp_path):
     (session.env.folder("output") / "link").symlink_to(outside, target_is_directory=True)
     assert errors(session, {"filename_prefix": "link/x", F: "png"})[0][0] == "filename_prefix"
     assert not list(outside.iterdir())
+    # control characters: a newline, a right-to-left override hiding the real suffix
+    for bad in ("two\nlines", "evil\u202egnp.exe"):
+        (name, message), = errors(session, {"filename_prefix": bad, F: "png"})
+        assert name == "filename_prefix" and "control character" in message
 
 
 def test_unsupported_choices_are_structured_errors(session):
