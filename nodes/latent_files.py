@@ -73,6 +73,9 @@ class SaveLatent(SavesNumberedFiles):
         if samples.dim() != 4 or 0 in samples.shape:
             raise ValueError(f"Save Latent: samples must be [B, C, h, w], got "
                              f"{tuple(samples.shape)}")
+        if not bool(samples.isfinite().all()):  # Load Latent would refuse the file
+            raise ValueError("Save Latent: the latents hold NaN or infinite values (the "
+                             "sampler diverged: lower cfg or check the model)")
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
                                                "latents/Steerflow")
         scale = latent_scale(ctx, "Save Latent", self.vae, self.samples.scaling_factor)
