@@ -72,7 +72,8 @@ class SamplerLCMUpscale(Node):
     bislerp keeps latent vectors' lengths) toward ``scale_ratio`` times the input size,
     then re-noised, so the later steps add detail at the larger size. For LCM models
     (LCM LoRA, cfg about 1-2) with an LCM-ready schedule (BasicScheduler, SDTurboScheduler;
-    no σ lists). ``scale_steps`` −1: about half the steps. The output latent is the
+    no σ lists; behind Model Sampling Continuous EDM / V it runs that model's own LCM).
+    ``scale_steps`` −1: about half the steps. The output latent is the
     larger one. Noise masks, ControlNets, GLIGEN, area prompts and other techniques made
     for the input's size are refused."""
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent
 from nodes.diffusion.preview import latent_preview
-from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler, unsupported_combination
+from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES, make_scheduler, validation_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 
 def sampler_problems(inputs: dict[str, Any]) -> list[tuple[str | None, str]]:
-    """A validation issue when the sampler cannot use the schedule (e.g. ddim + karras)."""
-    problem = unsupported_combination(inputs["sampler_name"], inputs["scheduler"])
+    """A validation issue when no model can run the sampler with the schedule (e.g. ddim +
+    linspace); a pair only continuous-σ models run is refused at run time on others."""
+    problem = validation_problem(inputs["sampler_name"], inputs["scheduler"])
     return [("scheduler", problem)] if problem else []
 
 

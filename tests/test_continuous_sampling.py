@@ -282,6 +282,28 @@ def test_schedules_are_comfyuis():
         assert levels[-1] == 0 and all(a > b for a, b in itertools.pairwise(levels))
 
 
+def test_validation_refuses_only_pairs_no_model_runs():
+    # validation cannot see the model: a pair the continuous path runs (every continuous
+    # sampler takes every continuous schedule) passes, and a discrete model refuses it at
+    # run time (tests/test_sampler_extras_continuous.py)
+    from nodes.diffusion.continuous import CONTINUOUS_SCHEDULES
+    from nodes.diffusion.schedulers import (
+        SAMPLERS,
+        SCHEDULES,
+        unsupported_combination,
+        validation_problem,
+    )
+
+    runs = set(continuous_samplers())
+    for sampler, schedule in itertools.product(SAMPLERS, SCHEDULES):
+        problem = unsupported_combination(sampler, schedule)
+        continuous = sampler in runs and schedule in CONTINUOUS_SCHEDULES
+        assert validation_problem(sampler, schedule) == (None if continuous else problem)
+    assert validation_problem("euler_ancestral", "karras") is None
+    assert validation_problem("ddpm", "karras")  # discrete-only sampler: still refused
+    assert validation_problem("ddim", "linspace") is None  # the discrete model runs it
+
+
 def test_sigmas_of_a_continuous_model_are_its_schedule():
     from nodes.diffusion.sigma_schedules import SigmaSchedule
 

@@ -22,7 +22,9 @@ previews and the steps' phases follow σ; every model call is a normal step pass
 ControlNet, SEGA, MultiDiffusion... see it) whose :class:`Step` is the schedule step its σ
 lies in, with the call's own (continuous) timestep. A rejected step's retry reuses its
 first model call (k-diffusion calls the model again on the same input: same result, one
-call less). At most :data:`MAX_MODEL_CALLS` model calls: a run that needs more is an
+call less). On a continuous-σ model (Model Sampling Continuous EDM / V) each call uses the
+model's own c_in (σ_data), c_noise and x0 reading (:class:`ContinuousAdaptiveEvaluator`).
+At most :data:`MAX_MODEL_CALLS` model calls: a run that needs more is an
 error that says how to loosen it.
 """
 
@@ -40,6 +42,7 @@ from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from nodes.diffusion.continuous_samplers import ContinuousBase
 from nodes.diffusion.extensions import Denoise, SamplerExtension, Step
 from nodes.diffusion.sigma_samplers import SigmaSampler, ancestral_sigmas
 
@@ -271,21 +274,46 @@ class _CallSigma:
         return self
 
 
-class AdaptiveEvaluator(EulerDiscreteScheduler):
-    """Euler's scheduler (σ lists, initial noise, ``add_noise``) whose step pass evaluates
-    the model: ``scale_model_input`` scales for the call's σ, ``step`` returns ``D(x, σ)``
-    (the solver lives in :class:`AdaptiveDriver`)."""
-
-    denoised = SigmaSampler.denoised
+class _EvaluatorCalls:
+    """A scheduler whose step pass evaluates the model: ``scale_model_input`` scales for
+    the call's σ (``c_in``), ``step`` returns ``D(x, σ)`` (the solver lives in
+    :class:`AdaptiveDriver`)."""
 
     @property
     def call(self) -> _CallSigma:
         """The model call under way (made on first use: diffusers builds schedulers from
-        their ``__init__``'s signature, which stays Euler's)."""
+        their ``__init__``'s signature)."""
         call = self.__dict__.get("_call")
         if call is None:
             call = self.__dict__["_call"] = _CallSigma()
         return call
+
+    def c_in(self, sigma: float) -> float:
+        return 1 / (sigma ** 2 + 1) ** 0.5
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        sigma = self.call.sigma
+        if sigma is None:  # outside a model call (the loop's own scale queries)
+            return super().scale_model_input(sample, timestep)  # type: ignore[misc]
+        return sample * self.c_in(sigma)
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True,
+             **_: Any) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        sigma = self.call.sigma
+        if sigma is None:
+            raise RuntimeError("dpm_adaptive's scheduler stepped outside a model call")
+        denoised = self.denoised(model_output, sample.float(), sigma)  # type: ignore[attr-defined]
+        if not return_dict:
+            return denoised, denoised
+        return EulerDiscreteSchedulerOutput(prev_sample=denoised, pred_original_sample=denoised)
+
+
+class AdaptiveEvaluator(_EvaluatorCalls, EulerDiscreteScheduler):
+    """:class:`_EvaluatorCalls` on Euler's scheduler (σ lists, initial noise,
+    ``add_noise``) of a discrete model: σ_data 1, the output read by prediction type."""
+
+    denoised = SigmaSampler.denoised
 
     def call_timestep(self, sigma: float) -> float:
         """The (continuous) model timestep of ``sigma``."""
@@ -295,22 +323,16 @@ class AdaptiveEvaluator(EulerDiscreteScheduler):
         log_sigmas = np.log(np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5))
         return float(self._sigma_to_t(np.array(sigma), log_sigmas))
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        sigma = self.call.sigma
-        if sigma is None:  # outside a model call (the loop's own scale queries)
-            return super().scale_model_input(sample, timestep)
-        return sample / ((sigma ** 2 + 1) ** 0.5)
 
-    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
-             generator: torch.Generator | None = None, return_dict: bool = True,
-             **_: Any) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        sigma = self.call.sigma
-        if sigma is None:
-            raise RuntimeError("dpm_adaptive's scheduler stepped outside a model call")
-        denoised = self.denoised(model_output, sample.float(), sigma)
-        if not return_dict:
-            return denoised, denoised
-        return EulerDiscreteSchedulerOutput(prev_sample=denoised, pred_original_sample=denoised)
+class ContinuousAdaptiveEvaluator(_EvaluatorCalls, ContinuousBase):
+    """:class:`_EvaluatorCalls` on a continuous-σ model's scheduler: its own c_in (σ_data),
+    timestep (c_noise) and x0 reading (EDM, v, eps: ComfyUI's ``calculate_denoised``)."""
+
+    def c_in(self, sigma: float) -> float:
+        return 1 / (sigma ** 2 + self.config.sigma_data ** 2) ** 0.5
+
+    def call_timestep(self, sigma: float) -> float:
+        return float(self.precondition_noise(float(sigma)))
 
 
 class AdaptiveDriver(SamplerExtension):
@@ -430,6 +452,7 @@ def window_levels(schedule: Any) -> list[float]:
 def run_dpm_adaptive(ctx: Any, guider: Any, noise: Any, options: AdaptiveOptions,
                      schedule: Any, latent: Any) -> tuple[Any, Any]:
     """SamplerCustom's run with dpm_adaptive: (output, denoised_output)."""
+    from nodes.diffusion.continuous import CONFIG_KEYS, is_continuous
     from nodes.diffusion.sampling import collect_extensions, sample
     from nodes.diffusion.schedulers import (
         _SIGMA_OPTIONS,
@@ -468,10 +491,14 @@ def run_dpm_adaptive(ctx: Any, guider: Any, noise: Any, options: AdaptiveOptions
         # a model's whole schedule starts from noise as with the other samplers (scaled by
         # the scheduler's init_noise_sigma), wherever its first σ lies
         window = replace(window, denoise=1.0)
-    base = make_sigma_list_scheduler(
-        "euler", {k: v for k, v in config.items() if k not in _SIGMA_OPTIONS})
-    scheduler = with_sigma_list(AdaptiveEvaluator.from_config(base.config),
-                                lambda _steps: list(levels))
+    if is_continuous(config):  # Model Sampling Continuous EDM / V: its own σ_data, c_noise
+        evaluator: Any = ContinuousAdaptiveEvaluator.from_config(
+            {k: v for k, v in config.items() if k in CONFIG_KEYS})
+    else:
+        base = make_sigma_list_scheduler(
+            "euler", {k: v for k, v in config.items() if k not in _SIGMA_OPTIONS})
+        evaluator = AdaptiveEvaluator.from_config(base.config)
+    scheduler = with_sigma_list(evaluator, lambda _steps: list(levels))
     units = 100  # progress units per schedule step
     total = (len(levels) - 1) * units
     reporter = step_reporter(ctx, guider.model)

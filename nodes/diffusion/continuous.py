@@ -231,6 +231,11 @@ def _beta(spec: ContinuousSpec, steps: int, alpha: float = 0.6, beta: float = 0.
     return [*levels, 0.0]
 
 
+#: KSampler's schedules that have a meaning on a continuous-σ model
+CONTINUOUS_SCHEDULES = ("normal", "sgm_uniform", "simple", "ddim_uniform", "karras",
+                        "exponential", "beta", "kl_optimal", "linear_quadratic")
+
+
 def continuous_sigmas(schedule: str, steps: int, spec: ContinuousSpec) -> list[float]:
     """``steps + 1`` noise levels (the last 0) of KSampler's ``scheduler`` for a continuous
     model, as ComfyUI's ``calculate_sigmas`` gives them."""
@@ -250,6 +255,7 @@ def continuous_sigmas(schedule: str, steps: int, spec: ContinuousSpec) -> list[f
         "linear_quadratic": lambda: linear_quadratic_sigmas(steps, spec.sigma_min,
                                                             spec.sigma_max),
     }
+    assert set(spacings) == set(CONTINUOUS_SCHEDULES)
     if schedule not in spacings:
         raise ValueError(f"scheduler {schedule!r} has no meaning for a continuous-σ model "
                          f"(Model Sampling Continuous EDM / V); use one of: "

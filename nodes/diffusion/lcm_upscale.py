@@ -17,10 +17,15 @@ and inpainting channels, ControlNet / T2I hints, GLIGEN boxes, MultiDiffusion wi
 attention hooks, area conditioning, momentum buffers) cannot: with one of them attached
 the sampler refuses to run (:func:`check_size_free`), naming it. Explicit σ lists run no
 ``lcm`` here (diffusers' LCM runs timesteps only), as with KSamplerSelect's ``lcm``.
+
+On a continuous-σ model (Model Sampling Continuous EDM / V) the run is that model's own
+σ-space ``lcm`` (:class:`~nodes.diffusion.continuous_samplers.LCMSampler`: x0 from its
+c_skip / c_out, then ``denoised + σ'·z``) with the same resize.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -72,13 +77,13 @@ class UpscaleOptions:
         return [(round(height * u), round(width * u)) for u in self.factors(steps)[:steps]]
 
 
-class LCMUpscaleScheduler(LCMScheduler):
-    """diffusers' LCM with the resize of :class:`UpscaleOptions` between steps."""
+class _Resizes:
+    """The resize plan of :class:`UpscaleOptions` over one window's steps."""
 
     upscale = UpscaleOptions()
     window_steps = 0
 
-    def configure(self, options: UpscaleOptions, window_steps: int) -> LCMUpscaleScheduler:
+    def configure_upscale(self, options: UpscaleOptions, window_steps: int) -> Any:
         options.check()
         self.upscale, self.window_steps = options, int(window_steps)
         self._restart()
@@ -88,6 +93,27 @@ class LCMUpscaleScheduler(LCMScheduler):
         self.taken = 0  # steps taken in this window
         self.base_size: tuple[int, int] | None = None
 
+    def target_size(self, k: int) -> tuple[int, int] | None:
+        """The size step ``k`` of the window resizes to, or None."""
+        if self.base_size is None:
+            return None
+        sizes = self.upscale.sizes(*self.base_size, self.window_steps)
+        return sizes[k] if k < len(sizes) else None
+
+    def next_size(self, sample: torch.Tensor) -> tuple[int, int] | None:
+        """The size this step resizes ``sample``'s x0 to, or None (the plain step)."""
+        if getattr(self, "taken", None) is None:
+            self._restart()
+        if self.base_size is None:
+            self.base_size = (int(sample.shape[-2]), int(sample.shape[-1]))
+        k, self.taken = self.taken, self.taken + 1
+        size = self.target_size(k)
+        return None if size is None or size == tuple(sample.shape[-2:]) else size
+
+
+class LCMUpscaleScheduler(_Resizes, LCMScheduler):
+    """diffusers' LCM with the resize of :class:`UpscaleOptions` between steps."""
+
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         super().set_timesteps(*args, **kwargs)
         self._restart()
@@ -96,23 +122,11 @@ class LCMUpscaleScheduler(LCMScheduler):
         super().set_begin_index(begin_index)
         self._restart()
 
-    def target_size(self, k: int) -> tuple[int, int] | None:
-        """The size step ``k`` of the window resizes to, or None."""
-        if self.base_size is None:
-            return None
-        sizes = self.upscale.sizes(*self.base_size, self.window_steps)
-        return sizes[k] if k < len(sizes) else None
-
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True,
              **_: Any) -> LCMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self, "taken", None) is None:
-            self._restart()
-        if self.base_size is None:
-            self.base_size = (int(sample.shape[-2]), int(sample.shape[-1]))
-        k, self.taken = self.taken, self.taken + 1
-        size = self.target_size(k)
-        if size is None or size == tuple(sample.shape[-2:]):
+        size = self.next_size(sample)
+        if size is None:
             return super().step(model_output, timestep, sample, generator, return_dict)
         if self.step_index is None:
             self._init_step_index(timestep)
@@ -136,6 +150,38 @@ class LCMUpscaleScheduler(LCMScheduler):
         if not return_dict:
             return prev, denoised
         return LCMSchedulerOutput(prev_sample=prev, denoised=denoised)
+
+
+@functools.cache
+def continuous_upscale_class(lcm: type) -> type:
+    """``lcm`` (the continuous-σ ``lcm``, :class:`~nodes.diffusion.continuous_samplers.
+    LCMSampler` on ``ContinuousBase``) with the resize: x0 resized, then fresh noise of σ'
+    at the new size (ComfyUI's σ-space ``sample_lcm_upscale``)."""
+
+    def reset_state(self: Any) -> None:
+        lcm.reset_state(self)
+        self._restart()
+
+    def update(self: Any, sample: torch.Tensor, now: Any, sigma_next: float) -> torch.Tensor:
+        size = self.next_size(sample)
+        if size is None:
+            return lcm.update(self, sample, now, sigma_next)
+        resized = common_upscale(now.denoised, size[1], size[0], self.upscale.upscale_method)
+        return lcm.update(self, resized, now._replace(denoised=resized), sigma_next)
+
+    return type(f"{lcm.__name__}Upscale", (_Resizes, lcm),
+                {"reset_state": reset_state, "update": update, "__module__": __name__})
+
+
+def lcm_upscale_scheduler(made: Any, options: UpscaleOptions, steps: int) -> Any:
+    """The run's scheduler from ``made``, the schedule's ``lcm`` (discrete: diffusers'
+    LCMScheduler; continuous-σ: its σ-space LCM, which keeps ``made``'s σ spacing)."""
+    from nodes.diffusion.continuous_samplers import ContinuousBase
+
+    if isinstance(made, ContinuousBase):
+        made.__class__ = continuous_upscale_class(type(made))  # adds methods only
+        return made.configure_upscale(options, steps)
+    return LCMUpscaleScheduler.from_config(made.config).configure_upscale(options, steps)
 
 
 def check_size_free(extensions: Sequence[Any]) -> None:
@@ -183,7 +229,7 @@ def run_lcm_upscale(ctx: Any, guider: Any, noise: Any, options: UpscaleOptions,
     model = guider.model.with_extension(final)
     check_size_free(collect_extensions(model, guider.positive, guider.negative, latent))
     made = schedule.make_scheduler("lcm", seed=noise.seed)  # σ lists: an error that says so
-    scheduler = LCMUpscaleScheduler.from_config(made.config).configure(options, len(schedule))
+    scheduler = lcm_upscale_scheduler(made, options, len(schedule))
     samples_in = latent.samples
     sizes = options.sizes(int(samples_in.shape[-2]), int(samples_in.shape[-1]), len(schedule))
     do_cfg = guider.cfg > 1.0 and model.unet.config.time_cond_proj_dim is None

@@ -287,6 +287,20 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
     return None
 
 
+def validation_problem(sampler_name: str, schedule: str) -> str | None:
+    """What prompt validation (which cannot see the model) refuses: a pair no model can
+    run. A pair only a continuous-σ model runs (its σ-space samplers take every schedule,
+    e.g. euler_ancestral + karras) passes, and a discrete model refuses it at run time
+    (:func:`make_scheduler`, the same message)."""
+    from nodes.diffusion.continuous import CONTINUOUS_SCHEDULES, continuous_sampler_problem
+
+    problem = unsupported_combination(sampler_name, schedule)
+    if (problem is not None and sampler_name in SAMPLERS and schedule in CONTINUOUS_SCHEDULES
+            and continuous_sampler_problem(sampler_name) is None):
+        return None
+    return problem
+
+
 def _continuous(config: dict[str, Any]) -> bool:
     from nodes.diffusion.continuous import is_continuous
 
@@ -306,6 +320,9 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
         return make_continuous_scheduler(sampler_name, schedule, base_config, seed=seed)
     problem = unsupported_combination(sampler_name, schedule)
     if problem:
+        if validation_problem(sampler_name, schedule) is None:
+            problem += (" (on this discrete model; Model Sampling Continuous EDM / V models "
+                        "run the pair)")
         raise ValueError(problem)
     if schedule in SIGMA_SPACINGS:  # a σ list: run by the sampler or its σ-space twin
         scheduler = make_sigma_list_scheduler(sampler_name, base_config, seed)
