@@ -27,7 +27,8 @@ class OwnLoopSampler(SamplerChoice):
                    schedule: SigmaSchedule, latent: Any) -> tuple[Any, Any]:
         settings = dict(self.options)
         if self.name == "dpm_adaptive":
-            from nodes.diffusion.adaptive_sampler import AdaptiveOptions, run_dpm_adaptive
+            from nodes.diffusion.adaptive_sampler import run_dpm_adaptive
+            from nodes.diffusion.dpm_adaptive import AdaptiveOptions
 
             return run_dpm_adaptive(ctx, guider, noise, AdaptiveOptions(**settings), schedule,
                                     latent)
@@ -124,7 +125,7 @@ class SamplerDPMAdaptative(Node):
     s_noise: float = Input(1.0, min=0.0, max=100.0, step=0.01)
 
     def execute(self, ctx: ExecutionContext) -> tuple[SamplerChoice]:
-        from nodes.diffusion.adaptive_sampler import AdaptiveOptions
+        from nodes.diffusion.dpm_adaptive import AdaptiveOptions
 
         options = AdaptiveOptions(self.order, self.rtol, self.atol, self.h_init, self.pcoeff,
                                   self.icoeff, self.dcoeff, self.accept_safety, self.eta,

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nodes.diffusion.adaptive_sampler import AdaptiveOptions, dpm_adaptive
+from nodes.diffusion.dpm_adaptive import AdaptiveOptions, dpm_adaptive
 from nodes.diffusion.gits import noise_levels
 from nodes.diffusion.lcm_upscale import UpscaleOptions, check_sizes
 from nodes.sampler_extras import GITSScheduler, SamplerDPMAdaptative, SamplerLCMUpscale

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from nodes.diffusion import adaptive_sampler
-from nodes.diffusion.adaptive_sampler import AdaptiveOptions, dpm_adaptive
+from nodes.diffusion import dpm_adaptive as dpm_adaptive_module
+from nodes.diffusion.dpm_adaptive import AdaptiveOptions, dpm_adaptive
 from nodes.diffusion.lcm_upscale import UpscaleOptions
 from nodes.sampler_extras import GITSScheduler, SamplerDPMAdaptative, SamplerLCMUpscale
 from tests.graph_nodes import CAPTURED, run_error
@@ -450,7 +450,7 @@ def test_dpm_adaptive_reports_progress_by_sigma_and_bounds_calls(session, monkey
     values = [v for v, _ in progress]
     assert {m for _, m in progress} == {500} and values[-1] == 500
     assert values == sorted(values) and len(set(values)) > 5  # within steps too
-    monkeypatch.setattr(adaptive_sampler, "MAX_MODEL_CALLS", 4)
+    monkeypatch.setattr(dpm_adaptive_module, "MAX_MODEL_CALLS", 4)
     graph["s"]["inputs"]["noise_seed"] = 11  # not the cached run
     _capture(graph, ["s", 0])
     assert "made 4 model calls without reaching" in run_error(session, graph)
