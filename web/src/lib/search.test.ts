@@ -21,8 +21,21 @@ describe("palette search", () => {
     const all = searchDefs(defs, "");
     expect(all).toHaveLength(defs.size);
     const cats = all.map((d) => d.category);
-    expect(cats).toEqual([...cats].sort((a, b) => a.localeCompare(b)));
+    const rank = (c: string) => (c.startsWith("_") ? 1 : 0);  // test nodes last
+    expect(cats).toEqual([...cats].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)));
     expect(names("", new Set(["VAEDecode", "KSampler"])).sort()).toEqual(["KSampler", "VAEDecode"]);
+  });
+
+  it("finds a node by its id typed as words, before test nodes that start alike", () => {
+    const more = new Map(defs);
+    const text = (type: string, name: string, category: string) => more.set(type, parseNodeSchema(type, {
+      name: type, display_name: name, category, input: { required: {} }, output: ["CONDITIONING"],
+    }));
+    text("CLIPTextEncode", "Encode Prompt", "conditioning");
+    text("CLIPTextEncodeControlnet", "CLIP Text Encode (Controlnet)", "_for_testing/conditioning");
+    const found = searchDefs(more, "clip text encode").map((d) => d.type);
+    expect(found[0]).toBe("CLIPTextEncode");
+    expect(found).toContain("CLIPTextEncodeControlnet");
   });
 
   it("offers the common nodes first for a dropped IMAGE link, and among equal matches", () => {

@@ -38,8 +38,10 @@ function matches(def: NodeDef, tokens: string[]): boolean {
 function score(def: NodeDef, q: string): number {
   const name = def.displayName.toLowerCase();
   const type = def.type.toLowerCase();
-  if (name === q || type === q) return 0;
-  if (name.startsWith(q) || type.startsWith(q)) return 1;
+  // "clip text encode" names CLIPTextEncode (shown as "Encode Prompt") exactly
+  const joined = q.replace(/[\s_-]+/g, "");
+  if (name === q || type === q || type === joined) return 0;
+  if (name.startsWith(q) || type.startsWith(q) || type.startsWith(joined)) return 1;
   if (name.split(/[\s()_/-]+/).some((w) => w.startsWith(q))) return 2;
   if (name.includes(q) || type.includes(q)) return 3;
   return 4;
@@ -57,9 +59,12 @@ export function searchDefs(defs: Defs, query: string, only?: Set<string>, last?:
   const list = [...defs.values()].filter((d) => !d.deprecated && (!only || only.has(d.type)) && matches(d, tokens));
   const byUse = !!q || !!only;
   const tier = (d: NodeDef) => (last?.has(d.type) ? 1 : 0);
+  // ComfyUI's test and internal nodes after the others a match ranks alike
+  const testing = (d: NodeDef) => (d.category.startsWith("_") ? 1 : 0);
   return list.sort((a, b) =>
     tier(a) - tier(b)
     || (q ? score(a, q) - score(b, q) : 0)
+    || testing(a) - testing(b)
     || (byUse ? popularity(b.type) - popularity(a.type) : 0)
     || a.category.localeCompare(b.category) || a.displayName.localeCompare(b.displayName));
 }
