@@ -42,3 +42,25 @@ def test_bad_number_values_are_marked_not_changed(page):
     page.keyboard.press("ArrowUp")
     expect(cfg).to_have_value("7.6")  # one step of 0.1
     assert c.document()["prompt"]["3"]["inputs"]["steps"] == 3
+
+
+def test_ctrl_z_in_a_text_box_undoes_the_typed_run(page):
+    """The browser's own undo in a prompt box takes back what was just typed at once, as in
+    any text box (a value written back on every keystroke made it one character a press)."""
+    c = Canvas(page)
+    c.open_file("text.json", small_txt2img())
+    page.wait_for_timeout(1000)  # the opened graph is the history's base
+    box = c.widget("7", "text")
+    box.click()
+    page.keyboard.type("blurry, noisy ugly")
+    expect(box).to_have_value("blurry, noisy ugly")
+    page.keyboard.press("Control+z")
+    expect(box).to_have_value("")
+    assert c.document()["prompt"]["7"]["inputs"]["text"] == ""
+    # the canvas's own undo (focus off the box) still reaches the box: box and graph agree
+    page.keyboard.type("sharp")
+    page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    page.wait_for_timeout(1000)  # the canvas's history settles edits for a moment
+    page.keyboard.press("Control+z")
+    page.wait_for_timeout(300)
+    assert box.input_value() == c.document()["prompt"]["7"]["inputs"]["text"] != "sharp"

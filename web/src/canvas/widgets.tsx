@@ -157,32 +157,55 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
   );
 }
 
-function TextWidget({ nodeId, input, value }: WidgetProps) {
-  const { setValue } = useEditor();
+/**
+ * A text box the browser owns: React writes a controlled textarea's text back into the
+ * DOM on every keystroke, which closes the browser's undo group, so Ctrl+Z took back one
+ * character a press. Here the box keeps what the user types, the graph gets each change,
+ * and only a change from elsewhere (the graph's undo, a loaded file) is written into it.
+ */
+function useTypedText<E extends HTMLInputElement | HTMLTextAreaElement>(
+  value: unknown, commit: (text: string) => void,
+) {
   const text = value == null ? "" : String(value);
-  if (input.options.multiline) {
-    return (
-      <textarea
-        className="nodrag nowheel"
-        name={input.name}
-        aria-label={input.name}
-        placeholder={input.name}
-        value={text}
-        rows={3}
-        onChange={(e) => setValue(nodeId, input.name, e.target.value)}
-      />
-    );
-  }
+  const ref = useRef<E>(null);
+  const sent = useRef(text);
+  const [initial] = useState(text);
+  useEffect(() => {
+    if (text !== sent.current) {
+      sent.current = text;
+      if (ref.current && ref.current.value !== text) ref.current.value = text;
+    }
+  }, [text]);
+  const onChange = (e: { target: { value: string } }) => {
+    sent.current = e.target.value;
+    commit(e.target.value);
+  };
+  return { ref, defaultValue: initial, onChange };
+}
+
+function TextArea({ nodeId, input, value }: WidgetProps) {
+  const { setValue } = useEditor();
+  const typed = useTypedText<HTMLTextAreaElement>(value, (next) => setValue(nodeId, input.name, next));
   return (
-    <input
-      type="text"
-      className="nodrag"
+    <textarea
+      className="nodrag nowheel"
       name={input.name}
       aria-label={input.name}
-      value={text}
-      onChange={(e) => setValue(nodeId, input.name, e.target.value)}
+      placeholder={input.name}
+      rows={3}
+      {...typed}
     />
   );
+}
+
+function TextLine({ nodeId, input, value }: WidgetProps) {
+  const { setValue } = useEditor();
+  const typed = useTypedText<HTMLInputElement>(value, (next) => setValue(nodeId, input.name, next));
+  return <input type="text" className="nodrag" name={input.name} aria-label={input.name} {...typed} />;
+}
+
+function TextWidget(props: WidgetProps) {
+  return props.input.options.multiline ? <TextArea {...props} /> : <TextLine {...props} />;
 }
 
 function BoolWidget({ nodeId, input, value }: WidgetProps) {
