@@ -111,6 +111,8 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   const defsRef = useRef(defs);
   defsRef.current = defs;
   const history = useRef<{ past: string[]; present: string | null; future: string[] }>({ past: [], present: null, future: [] });
+  /** The pending change is the canvas's own room-making move (see onNodesChange). */
+  const autoLayout = useRef(false);
 
   const currentGraph = useCallback((): Graph => {
     const { nodes, edges } = state.current;
@@ -237,7 +239,9 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       const key = undoKey(doc, docName);
       const h = history.current;
       if (key === h.present) return; // selection or measurement only
-      if (h.present !== null) {
+      const amend = autoLayout.current;
+      autoLayout.current = false;
+      if (h.present !== null && !amend) {
         h.past.push(h.present);
         if (h.past.length > UNDO_MAX) h.past.shift();
         h.future = [];
@@ -273,9 +277,13 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       return;
     }
     if (key === h.present) return;
-    h.past.push(h.present);
-    if (h.past.length > UNDO_MAX) h.past.shift();
-    h.future = [];
+    const amend = autoLayout.current;
+    autoLayout.current = false;
+    if (!amend) {
+      h.past.push(h.present);
+      if (h.past.length > UNDO_MAX) h.past.shift();
+      h.future = [];
+    }
     h.present = key;
   }, []);
 
@@ -310,7 +318,13 @@ export function useGraphStore(defs: Defs, store: RunStore) {
 
   const onNodesChange = useCallback((changes: NodeChange<SfNode>[]) => {
     setNodes((ns) => {
-      const next = makeRoom(ns, changes, applyNodeChanges(changes, ns), defsRef.current);
+      const applied = applyNodeChanges(changes, ns);
+      const next = makeRoom(ns, changes, applied, defsRef.current);
+      // a node grew by itself (a preview appeared) and pushed others down: not an edit of
+      // the user's, so the next history record amends the present step instead of adding one
+      if (next !== applied && changes.every((c) => c.type === "dimensions" && !c.setAttributes)) {
+        autoLayout.current = true;
+      }
       // A resize (NodeResizer) sets the width and a minimum height: the node still grows with its content.
       const resized = new Map<string, { width: number; height: number }>();
       for (const c of changes) if (c.type === "dimensions" && c.setAttributes && c.dimensions) resized.set(c.id, c.dimensions);
