@@ -41,7 +41,8 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
   }, [active]);
 
   const style = at
-    ? { left: Math.min(at.x, window.innerWidth - 380), top: Math.min(at.y, window.innerHeight - 440) }
+    // on a narrow window the box shrinks to it (styles.css) and stays 8 px inside it
+    ? { left: Math.max(8, Math.min(at.x, window.innerWidth - 388)), top: Math.max(8, Math.min(at.y, window.innerHeight - 448)) }
     : undefined;
 
   let lastCategory = "";
