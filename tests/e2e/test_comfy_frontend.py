@@ -14,6 +14,7 @@ at start may fail, apart from those listed in ``ALLOWED_MISSING``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -81,14 +82,16 @@ def load_classic_graph(page: Any) -> None:
         n => n.type === 'CheckpointLoaderSimple')""", timeout=30_000)
 
 
-@pytest.fixture(scope="module")
-def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@contextlib.contextmanager
+def comfy_frontend_server(base: Path, ready: str = "CheckpointLoaderSimple"
+                          ) -> Iterator[LiveServer]:
+    """Steerflow serving ComfyUI's front end from ``base``, once ``/object_info`` lists
+    ``ready``; skips where chromium, Playwright or the front end package are missing."""
     if chromium_path() is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
     if importlib.util.find_spec("comfyui_frontend_package") is None:
         pytest.skip("pip install 'steerflow[comfyui-frontend]' (comfyui-frontend-package)")
-    base = tmp_path_factory.mktemp("steerflow-comfy-frontend")
     port = _free_port()
     log = base / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -105,7 +108,7 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
             if proc.poll() is not None:
                 raise RuntimeError(f"the server exited ({proc.returncode}):\n{live.log_tail()}")
             try:
-                if "CheckpointLoaderSimple" in live.get("/object_info"):
+                if ready in live.get(f"/object_info/{ready}"):
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
                 pass
@@ -120,6 +123,12 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with comfy_frontend_server(tmp_path_factory.mktemp("steerflow-comfy-frontend")) as live:
+        yield live
 
 
 def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: LiveServer) -> None:

@@ -13,20 +13,15 @@ socket past the last linked.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.error
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.canvas import Canvas
-from tests.e2e.conftest import REPO, LiveServer, _free_port, chromium_page, chromium_path
+from tests.e2e.conftest import LiveServer, chromium_page
+from tests.e2e.test_comfy_frontend import comfy_frontend_server
 
 pytestmark = pytest.mark.slow
 
@@ -35,44 +30,10 @@ SETTLE = "() => new Promise(r => requestAnimationFrame(() => setTimeout(r, 50)))
 
 @pytest.fixture(scope="module")
 def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    if chromium_path() is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
-    if importlib.util.find_spec("comfyui_frontend_package") is None:
-        pytest.skip("pip install 'steerflow[comfyui-frontend]' (comfyui-frontend-package)")
-    base = tmp_path_factory.mktemp("steerflow-comfy-autogrow")
-    port = _free_port()
-    log = base / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "steerflow.cli", "serve", "--front-end", "comfyui",
-             "--host", "127.0.0.1", "--port", str(port), "--base-dir", str(base)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
-    live = LiveServer(f"http://127.0.0.1:{port}", base, log)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({proc.returncode}):\n{live.log_tail()}")
-            try:
-                if "BatchImagesNode" in live.get("/object_info/BatchImagesNode"):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer in time:\n{live.log_tail()}")
-            time.sleep(0.3)
+    with comfy_frontend_server(tmp_path_factory.mktemp("steerflow-comfy-autogrow"),
+                               ready="BatchImagesNode") as live:
         live.post("/api/settings", {"Comfy.TutorialCompleted": True})
         yield live
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def inputs(page: Any, node: str) -> list[list[str]]:
