@@ -35,7 +35,6 @@ read with ``torch.load(weights_only=True)`` when pickles are allowed; and
 from __future__ import annotations
 
 import copy
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,12 @@ from typing import TYPE_CHECKING, Any
 
 from nodes.diffusion.attention import AttentionCall, AttentionHook, AttentionLayer
 from nodes.diffusion.extensions import SamplerExtension
-from nodes.diffusion.loading import PICKLE_SUFFIXES, SAFE_SUFFIXES, UnsafeCheckpointError
+from nodes.diffusion.loading import (
+    PICKLE_SUFFIXES,
+    SAFE_SUFFIXES,
+    UnsafeCheckpointError,
+    torch_load_weights_only,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +131,6 @@ def build_mlp(weights: Mapping[str, torch.Tensor], dim: int, activation_func: st
 def _read_file(path: Path, allow_pickle: bool) -> tuple[dict[int, Sequence[Mapping[str, Any]]],
                                                         dict[str, Any]]:
     """``({dim: (weights_k, weights_v)}, options)`` of a hypernetwork file."""
-    import torch
 
     suffix = path.suffix.lower()
     pairs: dict[int, Sequence[Mapping[str, Any]]] = {}
@@ -158,11 +161,7 @@ def _read_file(path: Path, allow_pickle: bool) -> tuple[dict[int, Sequence[Mappi
             f"{path.name} is a pickle file, which can run arbitrary code when loaded; convert "
             "it to .safetensors, or opt in to loading pickles (--allow-pickle: it is then "
             "read with torch.load(weights_only=True))")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path.name} holds Python objects besides tensors and cannot be "
-                         f"loaded safely; convert it to .safetensors ({exc})") from exc
+    data = torch_load_weights_only(path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path.name} is not a hypernetwork (no dict inside)")
     options = {k: data[k] for k in OPTION_KEYS if k in data}

@@ -184,14 +184,21 @@ def read_checkpoint_file(
     )
 
 
-def _torch_load_weights(path: Path) -> tuple[StateDict, dict[str, str]]:
+def torch_load_weights_only(path: Path) -> Any:
+    """A pickle file's contents through ``torch.load(weights_only=True)`` (tensors, dicts,
+    lists, numbers: no code runs); a clear ValueError when it holds other objects. Call
+    it only where the user opted in to pickles."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"{path.name} holds Python objects besides tensors and cannot be loaded safely; "
             f"convert it to .safetensors with a trusted tool ({exc})"
         ) from exc
+
+
+def _torch_load_weights(path: Path) -> tuple[StateDict, dict[str, str]]:
+    obj = torch_load_weights_only(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path.name} does not contain a state dict")
     # A top-level string under our metadata key plays the role of safetensors metadata.

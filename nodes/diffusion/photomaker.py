@@ -337,12 +337,11 @@ def read_photomaker_file(path: Path, *, allow_pickle: bool = False) -> dict[str,
     """The ID encoder's tensors (``id_encoder.`` stripped; ``lora_weights`` dropped) from a
     ``.safetensors`` file or, with ``allow_pickle``, the original ``photomaker-v1.bin``
     (``{"id_encoder": {...}, "lora_weights": {...}}``, read with ``weights_only``)."""
-    import pickle
-
     from nodes.diffusion.loading import (
         PICKLE_SUFFIXES,
         UnsafeCheckpointError,
         read_checkpoint_file,
+        torch_load_weights_only,
     )
 
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -350,11 +349,7 @@ def read_photomaker_file(path: Path, *, allow_pickle: bool = False) -> dict[str,
             raise UnsafeCheckpointError(
                 f"{path.name} is a pickle file, which can run arbitrary code when loaded: "
                 "convert it to .safetensors, or opt in with --allow-pickle")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(f"{path.name} holds Python objects besides tensors and cannot be "
-                             f"loaded safely; convert it to .safetensors ({exc})") from exc
+        obj = torch_load_weights_only(path)
         if not isinstance(obj, dict):
             raise ValueError(f"{path.name} does not hold a state dict")
         state = _flatten(obj)
