@@ -101,6 +101,8 @@ class ValidatedPrompt:
     order: list[str]
     outputs: list[str]
     warnings: list[Issue]
+    #: with ``partial``: the errors of the output nodes left out, as ComfyUI reports them
+    rejected: PromptValidationError | None = None
 
 
 def node_shape(cls: type[Node]) -> NodeShape:
@@ -212,23 +214,30 @@ def _value_issue(spec: InputSpec, value: Any, kind: str, message: str, reason: s
 
 
 def validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None = None,
-                    *, outputs: list[str] | None = None) -> ValidatedPrompt:
-    """Check a prompt; raise :class:`PromptValidationError` listing every error."""
+                    *, outputs: list[str] | None = None, partial: bool = False
+                    ) -> ValidatedPrompt:
+    """Check a prompt; raise :class:`PromptValidationError` listing every error.
+
+    ``partial`` (ComfyUI's queue): output nodes whose own inputs and ancestors are valid
+    still run when others fail; the failures come back in ``rejected``. It raises only
+    when no output is left, or for an error of the prompt as a whole (an unknown node
+    type, a malformed node, a requested output that is not there).
+    """
     if not isinstance(prompt, dict) or len(prompt) < GC_PAUSE_NODES or not gc.isenabled():
-        return _validate_prompt(prompt, registry, env, outputs)
+        return _validate_prompt(prompt, registry, env, outputs, partial)
     # A big prompt makes a few objects per node, and every gen-2 collection that
     # triggers walks the whole heap (the prompt's million containers included): with
     # it paused, 200k nodes validate in half the time and a server's event loop, which
     # shares the GIL, is not stalled by those walks. Nothing here makes cycles.
     gc.disable()
     try:
-        return _validate_prompt(prompt, registry, env, outputs)
+        return _validate_prompt(prompt, registry, env, outputs, partial)
     finally:
         gc.enable()
 
 
 def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None,
-                     outputs: list[str] | None) -> ValidatedPrompt:
+                     outputs: list[str] | None, partial: bool = False) -> ValidatedPrompt:
     issues: list[Issue] = []
     if not isinstance(prompt, dict) or not prompt:
         raise PromptValidationError([Issue("invalid_prompt",
@@ -315,10 +324,38 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
                     issues.append(Issue("cycle", f"node {n} is on a cycle: {' -> '.join(cycle)}",
                                         node_id=n, class_type=classes[n].TYPE,
                                         details={"cycle": cycle}))
+    rejected = None
     if issues:
-        raise PromptValidationError(issues + warnings, _dependents(graph, wanted))
+        failed = PromptValidationError(issues + warnings, _dependents(graph, wanted))
+        good = _valid_outputs(graph, wanted, issues) if partial else []
+        if not good:
+            raise failed
+        rejected, wanted = failed, good
+        needed_ids = set(_ancestors_and_self(graph, good))
+        nodes = {n: v for n, v in nodes.items() if n in needed_ids}
+        warnings = [w for w in warnings if w.node_id in needed_ids]
+        sub = nx.DiGraph(graph.subgraph(needed_ids))
     order = [n for n in nx.topological_sort(sub)]
-    return ValidatedPrompt(nodes=nodes, order=order, outputs=wanted, warnings=warnings)
+    return ValidatedPrompt(nodes=nodes, order=order, outputs=wanted, warnings=warnings,
+                           rejected=rejected)
+
+
+#: errors of the prompt as a whole: no output runs past them, as in ComfyUI
+_WHOLE_PROMPT_KINDS = frozenset({"invalid_prompt", "unknown_node_type", "no_output_node"})
+
+
+def _valid_outputs(graph: nx.DiGraph, wanted: list[str], issues: list[Issue]) -> list[str]:
+    """The output nodes that no failing node feeds (none when an error is global)."""
+    if any(i.node_id is None or i.kind in _WHOLE_PROMPT_KINDS for i in issues):
+        return []
+    tainted = {i.node_id for i in issues if i.node_id in graph}
+    stack = list(tainted)
+    while stack:
+        for succ in graph.successors(stack.pop()):
+            if succ not in tainted:
+                tainted.add(succ)
+                stack.append(succ)
+    return [o for o in wanted if o not in tainted]
 
 
 def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -142,6 +143,11 @@ async def _post_prompt(request: web.Request) -> web.Response:
         raise ApiError(503, "queue_unavailable", f"the prompt could not be stored: "
                        f"{type(exc).__name__}", node_errors={}) from None
     reply: dict[str, Any] = {"prompt_id": prompt_id, "number": number, "node_errors": {}}
+    if vp.rejected is not None:  # as ComfyUI: the valid outputs run, the others are named
+        rejected = _validation_error(vp.rejected.issues, vp.rejected.dependent_outputs)
+        log.warning("prompt %s: output(s) left out:\n%s", prompt_id,
+                    rejected.body["error"]["details"])
+        reply["node_errors"] = rejected.body["node_errors"]
     if vp.warnings:  # e.g. an unknown embedding:name, dropped as ComfyUI does
         shown = vp.warnings[:MAX_REPORTED_ISSUES]
         for issue in shown:
@@ -196,9 +202,10 @@ async def _validate(validator: Any, prompt: dict[str, Any],
                     targets: list[str] | None) -> Any:
     try:
         if len(prompt) <= INLINE_VALIDATION_NODES:
-            return validator.validate(prompt, targets)
+            return validator.validate(prompt, targets, partial=True)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, validator.validate, prompt, targets)
+        return await loop.run_in_executor(
+            None, functools.partial(validator.validate, prompt, targets, partial=True))
     except PromptValidationError as exc:
         raise _validation_error(exc.issues, exc.dependent_outputs) from None
     except RecursionError:

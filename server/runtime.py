@@ -67,10 +67,12 @@ class Validator:
         self.registry = registry
         self.env = env
 
-    def validate(self, prompt: Any, outputs: list[str] | None = None) -> Any:
+    def validate(self, prompt: Any, outputs: list[str] | None = None,
+                 partial: bool = False) -> Any:
         from engine.validation import validate_prompt
 
-        return validate_prompt(prompt, self.registry, self.env, outputs=outputs)
+        return validate_prompt(prompt, self.registry, self.env, outputs=outputs,
+                               partial=partial)
 
 
 class NodeProgress:

@@ -151,6 +151,35 @@ def test_dangling_nodes_not_validated(reg, env):
     assert validate_prompt(prompt, reg, env).order == ["2"]
 
 
+def test_partial_keeps_the_outputs_no_failing_node_feeds(reg, env):
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 500}},  # out of range
+              "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}},
+              "3": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": 1}},
+              "4": {"class_type": "TestOut", "inputs": {"value": ["3", 0]}},
+              "5": {"class_type": "TestAdd", "inputs": {"a": ["6", 0]}},  # a cycle
+              "6": {"class_type": "TestAdd", "inputs": {"a": ["5", 0]}},
+              "7": {"class_type": "TestOut", "inputs": {"value": ["6", 0]}},
+              "8": {"class_type": "TestSource", "inputs": {"value": 5, "bogus": 1}},
+              "9": {"class_type": "TestOut", "inputs": {"value": ["8", 0]}}}
+    assert kinds(prompt, reg, env)  # strict by default: the CLI and Session refuse it all
+    vp = validate_prompt(prompt, reg, env, partial=True)
+    assert vp.outputs == ["9"] and vp.order == ["8", "9"] and set(vp.nodes) == {"8", "9"}
+    assert [w.node_id for w in vp.warnings] == ["8"]
+    assert vp.rejected is not None
+    assert {(i.kind, i.node_id) for i in vp.rejected.issues if i.severity == "error"} == {
+        ("out_of_range", "1"), ("cycle", "5"), ("cycle", "6")}
+    assert vp.rejected.dependent_outputs("1") == ["2", "4"]
+    # nothing valid left, or an error of the whole prompt: refused as before
+    del prompt["9"]
+    with pytest.raises(PromptValidationError):
+        validate_prompt(prompt, reg, env, partial=True)
+    prompt["9"] = {"class_type": "TestOut", "inputs": {"value": 1}}
+    prompt["10"] = {"class_type": "Nope", "inputs": {}}
+    with pytest.raises(PromptValidationError):
+        validate_prompt(prompt, reg, env, partial=True)
+    assert validate_prompt({"1": prompt["9"]}, reg, env, partial=True).rejected is None
+
+
 def test_node_errors_shape(reg, env):
     prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 500}},
               "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}

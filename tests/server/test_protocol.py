@@ -185,10 +185,7 @@ def test_validation_failure_is_400_with_node_errors(http: Http):
     assert second["extra_info"]["steerflow_kind"] == "invalid_value"
     assert body["node_errors"]["1"]["class_type"] == "TestSource"
     assert body["node_errors"]["1"]["dependent_outputs"] == ["3"]  # as ComfyUI's
-    # a second output that needs node 2, and one that needs neither
-    prompt["4"] = {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}
-    prompt["5"] = {"class_type": "TestSource", "inputs": {"value": 1}}
-    prompt["6"] = {"class_type": "TestOut", "inputs": {"value": ["5", 0]}}
+    prompt["4"] = {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}  # needs node 2 too
     errors = http.post("/prompt", json={"prompt": prompt}).json()["node_errors"]
     assert errors["1"]["dependent_outputs"] == errors["2"]["dependent_outputs"] == ["3", "4"]
     for bad, kind in [({"nothing": 1}, "no_prompt"), ({"prompt": {}}, "invalid_prompt"),
@@ -200,6 +197,29 @@ def test_validation_failure_is_400_with_node_errors(http: Http):
         assert reply.json()["error"]["type"] == kind, reply.json()
     # Nothing was queued by any of them.
     assert http.get("/prompt").json() == {"exec_info": {"queue_remaining": 0}}
+
+
+def test_valid_outputs_run_when_others_fail_validation(http: Http):
+    """As ComfyUI: the outputs fed only by valid nodes are queued, and the 200 reply
+    names the failing nodes; the prompt is refused only when no output is left."""
+    prompt = chain()
+    prompt["2"]["inputs"]["b"] = "two"
+    prompt["4"] = {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}
+    prompt["5"] = {"class_type": "TestSource", "inputs": {"value": 7}}
+    prompt["6"] = {"class_type": "TestOut", "inputs": {"value": ["5", 0]}}
+    reply = http.post("/prompt", json={"prompt": prompt})
+    assert reply.status == 200, reply.json()
+    body = reply.json()
+    assert set(body["node_errors"]) == {"2"}
+    assert body["node_errors"]["2"]["dependent_outputs"] == ["3", "4"]
+    assert body["node_errors"]["2"]["errors"][0]["type"] == "invalid_input_type"
+    entry = wait_history(http, [body["prompt_id"]])[body["prompt_id"]]
+    assert entry["status"]["status_str"] == "success"
+    assert set(entry["outputs"]) == {"6"} and entry["prompt"][4] == ["6"]
+    # An error of the prompt as a whole still refuses it all, as in ComfyUI.
+    prompt["7"] = {"class_type": "NoSuchNode", "inputs": {}}
+    reply = http.post("/prompt", json={"prompt": prompt})
+    assert reply.status == 400 and reply.json()["error"]["type"] == "invalid_prompt"
 
 
 def test_body_is_json_whatever_the_content_type(http: Http):
