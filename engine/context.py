@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,32 @@ class InterruptFlag:
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
+
+#: the prompt this thread is running and its flag (set by the executor for a run)
+_RUNNING: ContextVar[tuple[str, InterruptFlag] | None] = ContextVar(
+    "steerflow_running_prompt", default=None)
+
+
+@contextmanager
+def running_prompt(prompt_id: str, flag: InterruptFlag) -> Iterator[None]:
+    """Make ``flag`` the one :func:`interrupt_point` checks in this thread."""
+    token = _RUNNING.set((prompt_id, flag))
+    try:
+        yield
+    finally:
+        _RUNNING.reset(token)
+
+
+def interrupt_point() -> None:
+    """Raise :class:`Interrupted` if the prompt this thread runs was interrupted.
+
+    For code that has no :class:`ExecutionContext` at hand, such as hooks inside a
+    model's forward, so an interrupt acts within one long call; outside a run it does
+    nothing.
+    """
+    running = _RUNNING.get()
+    if running is not None and running[1].is_set():
+        raise Interrupted(running[0])
 
 
 @dataclass

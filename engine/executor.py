@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from engine.cache import OutputCache
-from engine.context import InterruptFlag
+from engine.context import InterruptFlag, running_prompt
 from engine.environment import Environment
 from engine.outputs import NodeExecutionError, RunResult
 from engine.registry import NodeRegistry
@@ -102,7 +102,8 @@ class Executor:
             with self._flags_lock:
                 self._flags[prompt_id] = flag
             try:
-                return _Run(self, vp, prompt, prompt_id, extra or {}, emit, flag).execute()
+                with running_prompt(prompt_id, flag):
+                    return _Run(self, vp, prompt, prompt_id, extra or {}, emit, flag).execute()
             finally:
                 with self._flags_lock:
                     self._flags.pop(prompt_id, None)

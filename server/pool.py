@@ -370,7 +370,8 @@ class PoolRuntime(Runtime):
                     if self._stopping:
                         self.queue.requeue(item)
                     else:
-                        self._record_interrupted(running, messages)
+                        self._record_interrupted(running, messages, _killed_note(
+                            self.config.interrupt_grace))
                     return
                 continue
             if msg.op == "file":
@@ -477,3 +478,9 @@ def make_runtime(config: ServerConfig, queue: PromptQueue, hub: Hub, env: Any,
                  registry_factory: Callable[[], Any] | None = None) -> PoolRuntime:
     """The server's runtime: a pool of ``config.workers`` workers (one by default)."""
     return PoolRuntime(config, queue, hub, env, registry_factory)
+
+
+def _killed_note(grace: float) -> str:
+    return (f"the running node did not stop within {grace:g} s of the interrupt, so its "
+            "worker was restarted; the next prompt waits while it loads its models again "
+            "(--interrupt-grace sets how long a node may take to stop)")

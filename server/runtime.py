@@ -316,14 +316,19 @@ class Runtime(abc.ABC):
             self.hub.post(item.client_id, text)
         self._after_finish()
 
-    def _record_interrupted(self, running: Running, messages: list[list[Any]]) -> None:
-        """A hard interrupt: the worker was killed; the prompt ends here, not re-run."""
+    def _record_interrupted(self, running: Running, messages: list[list[Any]],
+                            note: str | None = None) -> None:
+        """A hard interrupt: the worker was killed; the prompt ends here, not re-run.
+        ``note`` (our key, which ComfyUI's clients ignore) tells the user why the next
+        prompt waits."""
         item = running.item
         node = running.node
         payload = {"prompt_id": item.prompt_id, "node_id": node,
                    "node_type": _class_type(item, node),
                    "executed": [n for n in running.started if n != node],
                    "timestamp": _now_ms()}
+        if note:
+            payload["steerflow_note"] = note
         self._end(item, messages, "execution_interrupted", payload)
 
     def _record_failure(self, item: QueueItem, text: str, exc_type: str, *,

@@ -44,6 +44,7 @@ from diffusers.image_processor import VaeImageProcessor
 
 from nodes.diffusion.controlnet_union import is_union_model, union_call_kwargs, union_forward
 from nodes.diffusion.extensions import SamplerExtension, Step, UNetCall
+from nodes.diffusion.interrupt_hooks import make_interruptible
 from nodes.diffusion.token_weights import controlnet_contexts
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class ControlNet:
     #: a union model's control types (SetUnionControlNetType); () is ComfyUI's "auto".
     #: Plain ControlNets have none.
     control_types: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        make_interruptible(self.model)
 
     @property
     def is_union(self) -> bool:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from nodes.diffusion.interrupt_hooks import make_interruptible
+
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
@@ -38,6 +40,9 @@ class DiffusionModel:
     #: the scaling factor of the VAE this model's latents belong to (latents in its
     #: space are the VAE's raw latents times it); None where no loader knew it
     latent_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        make_interruptible(self.unet)
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +93,9 @@ class Vae:
     """VAE: the autoencoder between pixels and latents."""
 
     vae: Any
+
+    def __post_init__(self) -> None:
+        make_interruptible(self.vae)
 
     @property
     def scaling_factor(self) -> float:

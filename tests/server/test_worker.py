@@ -51,6 +51,8 @@ def test_gil_hog_does_not_stall_the_server_and_a_hard_interrupt_ends_it(make_ser
     entry = wait_history(http, [pid])[pid]
     assert entry["status"]["status_str"] == "error"
     assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    note = entry["status"]["messages"][-1][1]["steerflow_note"]  # why the next one waits
+    assert "worker was restarted" in note and "1 s" in note
     # A fresh worker runs the next prompt; the interrupted one is not run again.
     nxt = http.post("/prompt", json={"prompt": chain(4)}).json()["prompt_id"]
     assert wait_history(http, [nxt])[nxt]["status"]["status_str"] == "success"
@@ -72,6 +74,7 @@ def test_cooperative_interrupt_keeps_the_worker(server: LiveServer, http: Http):
     assert http.post("/interrupt").json() == {"interrupted": True}
     events, _ = recv_until(ws, pid)
     assert events[-2]["type"] == "execution_interrupted"
+    assert "steerflow_note" not in events[-2]["data"]  # it stopped by itself
     assert server.state.runtime.worker_info["pid"] == worker_pid
     assert http.post("/interrupt").json() == {"interrupted": False}  # nothing runs
     ws.close()
