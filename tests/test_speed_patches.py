@@ -385,7 +385,11 @@ def _compiled_equals_eager(model, backend: str, tol: float) -> None:
     assert torch.equal(run_ours(model, ext, steps=3), ours)
     assert ext.compiled(model.unet) is compiled  # compiled once per handle
     assert type(model.unet) is UNet2DConditionModel  # the base handle as it was
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.unet.modules())
+    # nothing left behind: the only hooks are the blocks' interrupt points
+    from nodes.diffusion.interrupt_hooks import _check_interrupt
+    assert not any(m._forward_hooks for m in model.unet.modules())
+    assert {h for m in model.unet.modules() for h in m._forward_pre_hooks.values()} == {
+        _check_interrupt}
 
 
 @pytest.mark.slow
