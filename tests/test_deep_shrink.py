@@ -13,6 +13,7 @@ from diffusers import UNet2DConditionModel
 from nodes.diffusion.deep_shrink import DeepShrink, _State, input_blocks, resize
 from nodes.diffusion.freeu import remove_hooks
 from tests.graph_nodes import CAPTURED
+from tests.hook_count import added_hooks
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_every_block_number_equals_the_rule_by_hand(unet, after_skip):
         # factor 1 changes nothing; the hooks are gone afterwards
         same = hooked(unet, x, t, context, 3, 1.0, after_skip)
         assert torch.allclose(same, plain, atol=1e-6)
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
+    assert added_hooks(unet) == 0
 
 
 def test_controlnet_residuals_are_resized_to_the_shrunk_skips(unet):
@@ -215,8 +216,7 @@ def test_deep_shrink_through_ksampler(session):
             "value": ["ckpt", 0], "key": "unet"}}})
     assert unet.ok
     model = CAPTURED.pop("unet")
-    assert all(not m._forward_hooks and not m._forward_pre_hooks
-               for m in model.unet.modules())
+    assert added_hooks(model.unet) == 0
 
 
 def test_bad_inputs_are_structured_errors(session):

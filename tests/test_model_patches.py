@@ -15,6 +15,7 @@ from nodes.diffusion.freeu import FreeU, freeu_blocks
 from nodes.diffusion.rescale_cfg import RescaleCFG, rescale_guided
 from tests import test_pag
 from tests.graph_nodes import CAPTURED
+from tests.hook_count import added_hooks
 from tests.test_pag import pag_pipe, pag_prompt  # noqa: F401 - pag_pipe is a fixture
 from tests.test_txt2img import (  # noqa: F401 - reference_pipe is a fixture
     NEGATIVE,
@@ -55,7 +56,7 @@ def pipeline_image(pipe, *, sampler="ddim", width=64, height=64, cfg=7.5, seed=7
 
 
 def no_hooks(unet) -> bool:
-    return not any(m._forward_pre_hooks for m in unet.modules())
+    return added_hooks(unet) == 0
 
 
 # ----------------------------------------------------------------------------- FreeU v1
@@ -127,7 +128,7 @@ def test_hooks_exist_during_the_run_only_also_when_it_fails(parts):
 
     class Spy(SamplerExtension):
         def unet_inputs(self, run, step, call):
-            seen.append(sum(len(m._forward_pre_hooks) for m in unet.modules()))
+            seen.append(added_hooks(unet))
 
     class FailsInStep(SamplerExtension):
         def guidance(self, run, step, preds, guidance):
