@@ -213,3 +213,26 @@ def test_example_workflow_runs(models_dir, tmp_path):
     result = Session(tmp_path, models_dir=models_dir, device="cpu").run(wf)
     assert result.ok, result.run.error
     assert len(result.image_paths) == 1
+
+
+@pytest.mark.slow
+def test_matches_the_pipeline_where_attn1_attends_to_the_text(tmp_path):
+    """In ``only_cross_attention`` blocks (the SD x4 upscaler has them) attn1's keys are the
+    text too, and the pipeline's store keeps its maps with attn2's (is_cross is "the call
+    had encoder_hidden_states"); a store that chose attn2 by name differed by 0.74."""
+    from diffusers import UNet2DConditionModel
+
+    from nodes.diffusion.tiny import UNET_CONFIG, build_tiny_pipeline
+    from tests.graph_nodes import registry_with_capture
+
+    pipe = build_tiny_pipeline()
+    torch.manual_seed(5)
+    pipe.unet = UNet2DConditionModel(**{**UNET_CONFIG, "only_cross_attention": True}).eval()
+    folder = tmp_path / "models" / "checkpoints" / "only-cross"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    session = Session(tmp_path / "s", models_dir=tmp_path / "models", device="cpu",
+                      registry=registry_with_capture())
+    ours = run_graph(session, ae_prompt("only-cross", 96, 64, attn_res=8))  # level 0's maps
+    ref = run_reference(reference_pipeline(StableDiffusionAttendAndExcitePipeline, folder),
+                        96, 64, (8, 12))
+    assert np.abs(ours - ref).max() <= 1e-4

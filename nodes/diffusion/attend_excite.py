@@ -385,7 +385,9 @@ class AttendAndExcite(SamplerExtension):
         if max(self.indices) >= self.embeds.shape[1] - 1:
             raise ValueError(f"Attend-and-Excite: token index {max(self.indices)} is past the "
                              f"prompt's {self.embeds.shape[1]} tokens")
-        recorder = AttentionRecorder(places=("up", "down", "mid"), cross=True,
+        # every layer whose keys are the text, as the pipeline's store (is_cross = the
+        # call had encoder_hidden_states): attn1 too in only_cross_attention blocks
+        recorder = AttentionRecorder(places=("up", "down", "mid"), cross=True, by_keys=True,
                                      tokens=size[0] * size[1], roles=("cond",), keep_grad=True)
         # the pipeline's step size schedule, from the original repository
         scale_range = np.linspace(1.0, 0.5, len(run.timesteps))

@@ -51,13 +51,17 @@ class AttentionLayer:
 
     name: str  # the key of ``unet.attn_processors``
     place: str  # "down" | "mid" | "up"
-    cross: bool  # attends to the text (attn2), not to the image itself (attn1)
+    cross: bool  # a transformer block's text attention (attn2), not its attn1
+    #: its keys are the text: attn2, and attn1 too in ``only_cross_attention`` blocks
+    #: (the SD x4 upscaler's), which diffusers' Attend-and-Excite records as cross
+    text: bool = False
 
     @classmethod
-    def parse(cls, name: str) -> AttentionLayer:
+    def parse(cls, name: str, text: bool | None = None) -> AttentionLayer:
         place = name.split("_", 1)[0]
-        return cls(name, place if place in ("down", "mid", "up") else "other",
-                   name.endswith("attn2.processor"))
+        cross = name.endswith("attn2.processor")
+        return cls(name, place if place in ("down", "mid", "up") else "other", cross,
+                   cross if text is None else text)
 
 
 @dataclass
@@ -302,9 +306,13 @@ class AttentionRecorder(AttentionHook):
     tokens: int | None = None
     roles: tuple[str, ...] | None = None
     keep_grad: bool = False
+    #: choose by what the keys are (``AttentionLayer.text``) rather than by the
+    #: layer's place in its block (attn1/attn2)
+    by_keys: bool = False
 
     def selects(self, layer: AttentionLayer) -> bool:
-        return layer.place in self.places and layer.cross == self.cross
+        kind = layer.text if self.by_keys else layer.cross
+        return layer.place in self.places and kind == self.cross
 
     def on_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
         if self.tokens is not None and call.query_tokens != self.tokens:
@@ -319,16 +327,16 @@ class AttentionRecorder(AttentionHook):
             part = maps[call.rows(role)]
             images = part.shape[0] // call.heads
             head_mean = part.reshape(images, call.heads, *part.shape[1:]).mean(1)
-            record[(call.layer.name, role)] = (head_mean, call.heads)
+            record[(call.layer.name, role)] = (call.layer, head_mean, call.heads)
         return probs
 
-    def _record(self, run: Any) -> dict[tuple[str, str], tuple[torch.Tensor, int]]:
+    def _record(self, run: Any
+                ) -> dict[tuple[str, str], tuple[AttentionLayer, torch.Tensor, int]]:
         return run.state.setdefault(self, {})
 
     def maps(self, run: Any, role: str) -> list[tuple[AttentionLayer, torch.Tensor, int]]:
         """(layer, head-averaged map, number of heads) of ``role``, in layer order."""
-        return [(AttentionLayer.parse(name), m, heads)
-                for (name, r), (m, heads) in self._record(run).items() if r == role]
+        return [entry for (_, r), entry in self._record(run).items() if r == role]
 
     def clear(self, run: Any) -> None:
         self._record(run).clear()
@@ -352,7 +360,7 @@ def install(unet: Any, hooks: Sequence[AttentionHook], run: Any,
     saved = dict(unet.attn_processors)
     chosen: dict[str, Any] = {}
     for name in saved:
-        layer = AttentionLayer.parse(name)
+        layer = AttentionLayer.parse(name, _receives_text(unet, name))
         mine = [h for h in hooks if h.selects(layer)]
         if mine:
             chosen[name] = HookedAttnProcessor(layer, mine, store, run, saved[name])
@@ -360,3 +368,13 @@ def install(unet: Any, hooks: Sequence[AttentionHook], run: Any,
         return None
     unet.set_attn_processor({**saved, **chosen})
     return saved
+
+
+def _receives_text(unet: Any, processor_name: str) -> bool | None:
+    """Whether the layer's keys are the text (diffusers' ``is_cross_attention``)."""
+    try:
+        module = unet.get_submodule(processor_name.removesuffix(".processor"))
+    except AttributeError:
+        return None
+    text = getattr(module, "is_cross_attention", None)
+    return text if isinstance(text, bool) else None
