@@ -417,3 +417,26 @@ def test_every_weights_reader_names_a_corrupt_file(tmp_path: Path) -> None:
                  lambda p: read_hypernetwork(p, allow_pickle=False)):
         with pytest.raises(WeightsFileError, match=r"loras/half\.safetensors is not a valid"):
             read(bad)
+
+
+def test_a_folder_keeps_its_own_tokenizer_as_transformers_5_saves_it(tmp_path: Path) -> None:
+    """transformers 5 saves tokenizer.json without vocab.json; the folder's settings must
+    still win over the family's (an OpenCLIP-like encoder makes the family SD 2.x, whose
+    default pads with "!": a drill saw 0.31 of pixel difference from that)."""
+    import shutil
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from nodes.diffusion.loading import load_components
+    from nodes.diffusion.tiny import TEXT_CONFIG, build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    torch.manual_seed(0)
+    pipe.text_encoder = CLIPTextModel(CLIPTextConfig(**{**TEXT_CONFIG, "hidden_act": "gelu"}))
+    pipe.save_pretrained(tmp_path / "m", safe_serialization=True)
+    assert not (tmp_path / "m" / "tokenizer" / "vocab.json").exists()
+    tokenizer = load_components(tmp_path / "m").tokenizer
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer("a red circle", padding="max_length").input_ids[-1] == 49407
+    shutil.rmtree(tmp_path / "m" / "tokenizer")  # none of its own: the family's default
+    assert load_components(tmp_path / "m").tokenizer.pad_token == "!"

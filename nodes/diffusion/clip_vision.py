@@ -323,10 +323,10 @@ def infer_clip_config(state_dict: dict[str, Any]) -> dict[str, Any]:
 def _load_clip_folder(path: Any, *, allow_pickle: bool, dtype: Any) -> tuple[Any, Any]:
     import json
 
-    from transformers import CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import CLIPModel, CLIPVisionModelWithProjection
 
     from nodes.diffusion.loading import _check_folder_weights
-    from nodes.diffusion.tokenizer import load_clip_tokenizer
+    from nodes.diffusion.tokenizer import folder_tokenizer
 
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -342,9 +342,7 @@ def _load_clip_folder(path: Any, *, allow_pickle: bool, dtype: Any) -> tuple[Any
         use_safetensors=True if not allow_pickle else None)
     if model_type != "clip":
         return model, None
-    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        return model, CLIPTokenizer.from_pretrained(path, local_files_only=True)
-    return model, load_clip_tokenizer()
+    return model, folder_tokenizer(path)
 
 
 def save_clip_file(model: Any, path: Any, *, metadata: bool = True, half: bool = False) -> None:

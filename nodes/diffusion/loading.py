@@ -37,7 +37,7 @@ from nodes.diffusion.original_layout import (
     read_config_metadata,
 )
 from nodes.diffusion.precision import checkpoint_dtypes, vae_dtype
-from nodes.diffusion.tokenizer import load_clip_tokenizer
+from nodes.diffusion.tokenizer import folder_tokenizer, load_clip_tokenizer
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
 FAMILY_CONFIG_DIRS = {"sd1": CONFIGS_DIR / "sd15", "sd2": CONFIGS_DIR / "sd21",
@@ -462,11 +462,7 @@ def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> Loade
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=vae_read, **common)
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, **common)
     family = _family_from_configs(dict(unet.config), text_encoder.config.to_dict())
-    tokenizer_dir = path / "tokenizer"
-    if (tokenizer_dir / "vocab.json").is_file():
-        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    else:
-        tokenizer = load_clip_tokenizer(FAMILY_CONFIG_DIRS[family] / "tokenizer")
+    tokenizer = folder_tokenizer(path / "tokenizer", FAMILY_CONFIG_DIRS[family] / "tokenizer")
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     if scheduler_file.is_file():
         scheduler_config = json.loads(scheduler_file.read_text(encoding="utf-8"))

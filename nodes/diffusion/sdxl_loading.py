@@ -48,7 +48,7 @@ from nodes.diffusion.original_layout import (
     unet_to_original,
     vae_to_original,
 )
-from nodes.diffusion.tokenizer import load_clip_tokenizer
+from nodes.diffusion.tokenizer import folder_tokenizer, load_clip_tokenizer
 
 StateDict = dict[str, torch.Tensor]
 
@@ -170,10 +170,7 @@ def _component(index: Mapping[str, Any], name: str) -> Any:
 
 
 def _tokenizer(path: Path, sub: str, family: str) -> CLIPTokenizer:
-    folder = path / sub
-    if (folder / "vocab.json").is_file():
-        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    return load_clip_tokenizer(FAMILY_CONFIG_DIRS[family] / sub)
+    return folder_tokenizer(path / sub, FAMILY_CONFIG_DIRS[family] / sub)
 
 
 # --- writing single files (tests, exports) ------------------------------------------------------

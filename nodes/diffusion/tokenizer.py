@@ -30,3 +30,19 @@ def load_clip_tokenizer(config_dir: Path | None = None) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(
         str(clip_tokenizer_dir()), local_files_only=True, **overrides
     )
+
+
+def folder_tokenizer(folder: Path, defaults: Path | None = None) -> CLIPTokenizer:
+    """A model folder's own CLIP tokenizer, else the shipped one with ``defaults``' settings.
+
+    A folder's tokenizer is ``vocab.json`` + ``merges.txt`` or, as transformers 5 saves
+    it, ``tokenizer.json`` alone (JSON either way: nothing is unpickled). Its settings
+    win over the family's: an SD 2.x-like folder may pad with "<|endoftext|>" where the
+    family default pads with "!".
+    """
+    folder = Path(folder)
+    own = ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (
+        folder / "tokenizer.json").is_file()
+    if own:
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return load_clip_tokenizer(defaults)
