@@ -83,6 +83,12 @@ def decode(vae: Vae, latents: torch.Tensor, tiling: Tiling | None = None) -> tor
     from nodes.diffusion.vae_codec import decode_raw
 
     image = decode_raw(vae, latents / vae.scaling_factor, tiling)
+    if not bool(image.isfinite().all()):  # clamp would turn NaN into a black picture
+        peak = float(latents.abs().amax()) if latents.numel() else 0.0
+        raise ValueError(
+            f"the VAE decoded NaN or infinite pixels from latents that reach |{peak:.3g}| "
+            "(a VAE's latents stay within about ±100): look at where they came from (a "
+            "Load Latent file, a latent math node, a sampler's warning)")
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
 
 

@@ -194,3 +194,21 @@ def test_saves_work_without_hard_links_and_never_replace_a_file(tmp_path, monkey
     assert path.name == "x_00002_.bin" and after == 3 and path.read_text() == "new"
     assert (tmp_path / "x_00001_.bin").read_text() == "a user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_00001_.bin", "x_00002_.bin"]
+
+
+def test_latents_that_decode_to_nan_are_an_error_not_a_black_picture(session):
+    """A finite but absurd latent (1e30) made VAE Decode return NaN, which the clamp
+    turned into a black image reported as a success."""
+    name = f"huge-{uuid.uuid4().hex[:6]}.latent"
+    path = session.env.folder("input", create=True) / name
+    save_file({"latent_tensor": torch.full((1, 4, 4, 6), 1e30)}, str(path))
+    prompt = {"ckpt": {"class_type": "CheckpointLoaderSimple",
+                       "inputs": {"ckpt_name": "steerflow-tiny"}},
+              "load": {"class_type": "LoadLatent", "inputs": {"latent": name}},
+              "dec": {"class_type": "VAEDecode",
+                      "inputs": {"samples": ["load", 0], "vae": ["ckpt", 2]}},
+              "cap": {"class_type": "TestCapture", "inputs": {"value": ["dec", 0]}}}
+    result = session.run(prompt)
+    assert result.run.status == "error"
+    assert "decoded NaN or infinite pixels" in result.run.error["exception_message"]
+    assert result.run.error["node_id"] == "dec"
