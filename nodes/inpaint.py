@@ -101,10 +101,11 @@ def inpaint_condition(vae: Vae, pixels: torch.Tensor, mask: torch.Tensor,
 class SetLatentNoiseMask(Node):
     """Only the masked region is repainted; the rest keeps the input latent.
 
-    The mask may be at the latent or the image size. After each step the input
-    latent, noised to the next timestep, is put back where the mask is 0; soft
-    mask values blend proportionally (diffusers binarises at 0.5: put a Threshold
-    Mask in front to match it on a soft mask).
+    The mask may be at the latent or the image size; a mask of any other size is
+    stretched over the latent (bilinear, as ComfyUI's sampler does), with a warning.
+    After each step the input latent, noised to the next timestep, is put back where
+    the mask is 0; soft mask values blend proportionally (diffusers binarises at 0.5:
+    put a Threshold Mask in front to match it on a soft mask).
     """
 
     TYPE = "SetLatentNoiseMask"
@@ -116,13 +117,22 @@ class SetLatentNoiseMask(Node):
     mask: Tensor = Input(type="MASK")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
+        import torch.nn.functional as F
+
         from nodes.diffusion.masking import as_mask4d, mask_to_latent, match_batch
 
         latents = self.samples.samples
         mask = as_mask4d(self.mask)
-        # Check now, not mid-sampling: size and batch must fit the latent.
-        match_batch(mask_to_latent(mask, tuple(latents.shape[-2:])), latents.shape[0],
-                    "mask")
+        grid = tuple(latents.shape[-2:])
+        try:
+            fitted = mask_to_latent(mask, grid)
+        except ValueError:  # ComfyUI takes any size and stretches it in the sampler
+            ctx.warn(f"the {mask.shape[-1]}x{mask.shape[-2]} mask fits neither the latent "
+                     f"({grid[1]}x{grid[0]}) nor its image size: it is stretched over the "
+                     "latent, as ComfyUI does")
+            mask = fitted = F.interpolate(mask.float(), size=grid, mode="bilinear")
+        # Check now, not mid-sampling: the batch must fit the latent.
+        match_batch(fitted, latents.shape[0], "mask")
         return (replace(self.samples, noise_mask=mask),)
 
 

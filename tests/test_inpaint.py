@@ -273,9 +273,29 @@ def test_vae_encode_for_inpaint_9_channel_keeps_unmasked_latents(session):
 # --- errors -------------------------------------------------------------------------------
 
 
-def test_mask_of_wrong_size_is_a_clear_error(session):
-    message = run_error(session, noise_mask_prompt("ddim", 1.0, mask_file="short.png"))
-    assert "mask is 64x48" in message and "latent is 8x8" in message
+def test_a_noise_mask_of_another_size_is_stretched_as_comfyui_does(session):
+    """ComfyUI's sampler stretches a noise mask of any size over the latent (bilinear);
+    a 64x48 mask on a 64x64 picture (8x8 latent) is stretched, with a warning."""
+    from nodes.diffusion.handles import Latent
+    from nodes.inpaint import SetLatentNoiseMask
+
+    prompt = noise_mask_prompt("ddim", 1.0, mask_file="short.png")
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    warnings = [d["message"] for n, d in result.events if n == "node_warning"]
+    assert any("64x48 mask fits neither the latent (8x8)" in w for w in warnings), warnings
+
+    class Ctx:
+        warned: list[str] = []
+
+        def warn(self, message):
+            self.warned.append(message)
+
+    mask = torch.rand(1, 48, 64)
+    out = SetLatentNoiseMask(samples=Latent(torch.zeros(1, 4, 8, 8)), mask=mask
+                             ).execute(Ctx())[0].noise_mask
+    want = torch.nn.functional.interpolate(mask[:, None], size=(8, 8), mode="bilinear")
+    assert torch.equal(out, want) and len(Ctx.warned) == 1
 
 
 def test_inpaint_encoders_stretch_a_mask_of_another_size_to_the_image():
