@@ -36,7 +36,7 @@ from __future__ import annotations
 import gc
 import math
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -348,13 +348,7 @@ def _valid_outputs(graph: nx.DiGraph, wanted: list[str], issues: list[Issue]) ->
     """The output nodes that no failing node feeds (none when an error is global)."""
     if any(i.node_id is None or i.kind in _WHOLE_PROMPT_KINDS for i in issues):
         return []
-    tainted = {i.node_id for i in issues if i.node_id in graph}
-    stack = list(tainted)
-    while stack:
-        for succ in graph.successors(stack.pop()):
-            if succ not in tainted:
-                tainted.add(succ)
-                stack.append(succ)
+    tainted = _reached(graph.successors, {i.node_id for i in issues if i.node_id in graph})
     return [o for o in wanted if o not in tainted]
 
 
@@ -494,14 +488,20 @@ def _shape(registry: NodeRegistry, type_id: Any) -> NodeShape | None:
 
 
 def _ancestors_and_self(graph: nx.DiGraph, roots: list[str]) -> list[str]:
-    seen = set(roots)
-    stack = list(roots)
-    while stack:
-        for pred in graph.predecessors(stack.pop()):
-            if pred not in seen:
-                seen.add(pred)
-                stack.append(pred)
+    seen = _reached(graph.predecessors, set(roots))
     return [n for n in graph.nodes if n in seen]
+
+
+def _reached(neighbours: Callable[[str], Iterable[str]], start: set[str]) -> set[str]:
+    """``start`` and every node reached from it through ``neighbours``."""
+    seen = set(start)
+    stack = list(start)
+    while stack:
+        for nxt in neighbours(stack.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
 
 
 def _describe(issue: Issue) -> str:
