@@ -46,3 +46,18 @@ describe("RunStore: errors after the user fixes what they were about", () => {
     expect(store.getGlobal().lastError).toBeNull();
   });
 });
+
+describe("RunStore: an interrupt that restarted the worker", () => {
+  it("says why the next run waits, from the server's steerflow_note", () => {
+    const flushes: (() => void)[] = [];
+    const store = new RunStore((fn) => { flushes.push(fn); }, () => undefined);
+    store.enqueue({ type: "execution_start", data: { prompt_id: "p" } });
+    store.enqueue({ type: "execution_interrupted", data: { prompt_id: "p", node_id: "3", steerflow_note: "the worker was restarted" } });
+    flushes.splice(0).forEach((f) => f());
+    expect(store.getGlobal().lastError).toBe("interrupted: the worker was restarted");
+    store.enqueue({ type: "execution_start", data: { prompt_id: "q" } });
+    store.enqueue({ type: "execution_interrupted", data: { prompt_id: "q", node_id: "3" } });
+    flushes.splice(0).forEach((f) => f());
+    expect(store.getGlobal().lastError).toBe("interrupted");
+  });
+});

@@ -326,9 +326,13 @@ export class RunStore {
       case "execution_success":
       case "execution_interrupted": {
         this.finishNode(this.global.executing);
+        // a node that did not stop in time had its worker restarted: say why the next run waits
+        const note = msg.type === "execution_interrupted" ? (msg.data as { steerflow_note?: unknown }).steerflow_note : undefined;
         this.patchGlobal({
           running: false, executing: null,
-          lastError: msg.type === "execution_interrupted" ? "interrupted" : this.global.lastError,
+          lastError: msg.type === "execution_interrupted"
+            ? (typeof note === "string" && note ? `interrupted: ${note}` : "interrupted")
+            : this.global.lastError,
           queueVersion: this.global.queueVersion + 1,
         });
         break;
