@@ -39,6 +39,7 @@ import { exactPrompt, stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
 import { carriesWorkflow, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
 import { lowDetail } from "./lib/layout";
+import { missingModels, missingModelsText } from "./lib/missingmodels";
 import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } from "./lib/load";
 import { type ImageRef, RunStore } from "./lib/runstore";
 import { type Defs, nodeTitle, parseObjectInfo } from "./lib/schema";
@@ -118,7 +119,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   const linking = useLinking(g, notify);
   const edit = useEditCommands(g, notify, mouse);
-  const { queue, queueSelected, busy } = useQueue(g, store, socket, notify);
+  const { queue, queueSelected, busy, showNodes } = useQueue(g, store, socket, notify);
   const queueOptions = useQueueOptions();
   const queueN = useCallback(async () => {
     // an invalid batch count (empty, 0, 1000) is refused, not replaced by another count unseen
@@ -150,7 +151,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     const n = loaded.graph.nodes.length;
     notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`);
     for (const w of loaded.warnings.slice(0, 3)) notify(w, "warning");
-  }, [loadGraph, notify, setDocName]);
+    // model files the server lacks: marked on their widgets now, summed up here (not only when queued)
+    const missing = missingModels(loaded.graph, defsRef.current);
+    const text = missingModelsText(missing, loaded.graph, defsRef.current);
+    if (text) notify(text, "warning", { label: "Show", run: () => showNodes(missing.flatMap((m) => m.nodes.map((x) => x.id))) });
+  }, [loadGraph, notify, setDocName, defsRef, showNodes]);
 
   const loadObject = useCallback(async (obj: unknown, name?: string) => {
     try {

@@ -8,6 +8,7 @@ import { Handle, NodeResizer, type NodeProps, Position, useNodeConnections } fro
 import { memo, type ReactNode, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { viewUrl } from "../api";
 import { summary } from "../lib/doctext";
+import { inputMessages, widgetIssue } from "../lib/inputissue";
 import type { NodeIssue } from "../lib/runstore";
 import { type ControlMode, type InputDef, visibleInputs } from "../lib/schema";
 import { typeColor } from "../lib/types";
@@ -21,7 +22,9 @@ import { Widget } from "./widgets";
  * opens it (its full text is also the tooltip), so a rejected prompt does not grow the node
  * over the node below it. The details (a traceback) stay folded under it.
  */
-function IssueLine({ message, className = "", children }: { message: string; className?: string; children?: ReactNode }) {
+function IssueLine({ message, className = "", textClassName = "", children }: {
+  message: string; className?: string; textClassName?: string; children?: ReactNode;
+}) {
   const [open, setOpen] = useState(false);
   const [cut, setCut] = useState(false);
   const text = useRef<HTMLSpanElement>(null);
@@ -31,7 +34,7 @@ function IssueLine({ message, className = "", children }: { message: string; cla
   }, [message, open]);
   return (
     <div className={`sf-issue sf-issue-line${open ? " sf-issue-open" : ""} ${className}`} role="alert" title={message}>
-      <span ref={text} className="sf-issue-text">{message}</span>
+      <span ref={text} className={`sf-issue-text ${textClassName}`}>{message}</span>
       {(cut || open) && (
         <button type="button" className="nodrag sf-issue-more" aria-expanded={open}
           onClick={() => setOpen((o) => !o)}>{open ? "less" : "more"}</button>
@@ -46,9 +49,11 @@ function InputRow({ nodeId, input, value, values, linked, issues, control }: {
   issues: NodeIssue[]; control?: ControlMode;
 }) {
   const color = typeColor(input.type);
+  // one message per input (lib/inputissue.ts): a refused prompt's for it, else the widget's own
+  const messages = inputMessages(input.widget && !linked ? widgetIssue(input, value) : null, issues);
   return (
     <div
-      className={`sf-input${issues.length ? " sf-has-issue" : ""}${input.widget ? " sf-widget-row" : ""}`}
+      className={`sf-input${messages.length ? " sf-has-issue" : ""}${input.widget ? " sf-widget-row" : ""}`}
       data-input={input.name}
       data-tooltip={input.options.tooltip || undefined}
     >
@@ -69,7 +74,10 @@ function InputRow({ nodeId, input, value, values, linked, issues, control }: {
       </div>
       {input.widget && !linked && <Widget nodeId={nodeId} input={input} value={value} values={values} control={control} />}
       {input.widget && linked && <div className="sf-linked">linked</div>}
-      {issues.map((issue, i) => <IssueLine key={i} message={issue.message} />)}
+      {messages.map((m, i) => (
+        // the widget's own message: its text is the .sf-widget-issue (the "more" button beside it)
+        <IssueLine key={i} message={m.message} className={m.own ? "sf-own-issue" : ""} textClassName={m.own ? "sf-widget-issue" : ""} />
+      ))}
     </div>
   );
 }

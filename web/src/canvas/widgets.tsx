@@ -3,10 +3,12 @@
 import { memo, type PointerEvent as ReactPointerEvent, useEffect, useRef, useState } from "react";
 import { viewUrl } from "../api";
 import { isAnnotated, parseAnnotated } from "../lib/feedback";
+import { checkCombo } from "../lib/missingmodels";
 import { CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
 import { toBigInt } from "../lib/exactint";
 import { DRAG_THRESHOLD_PX, dragValue, numberIssue, parseWidgetText, stepValue } from "../lib/widgetcheck";
 import { useEditor } from "./context";
+import { useFitText } from "./useFitText";
 import { MODEL_FOLDERS, ModelCardLine } from "./ModelCard";
 import { BoundingBoxWidget } from "./widgets/BoundingBoxWidget";
 import { ColorWidget } from "./widgets/ColorWidget";
@@ -32,6 +34,9 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
   const [text, setText] = useState(() => formatNumber(input, value));
   const focused = useRef(false);
   const drag = useRef<Drag | null>(null);
+  const field = useRef<HTMLInputElement>(null);
+  // a long value (a 64-bit seed) is drawn smaller to show whole; the node keeps its size
+  const cut = useFitText(field, text);
   useEffect(() => {
     if (!focused.current) setText(formatNumber(input, value));
   }, [value, input]);
@@ -74,13 +79,14 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
           />
         )}
         <input
+          ref={field}
           type="text"
           inputMode={input.type === "INT" ? "numeric" : "decimal"}
           className="nodrag sf-number-drag"
           name={input.name}
           aria-label={input.name}
           aria-invalid={issue ? true : undefined}
-          title={issue ?? "Drag left or right to change, click to type"}
+          title={issue ?? `${cut ? `${text}\n` : ""}Drag left or right to change, click to type`}
           value={text}
           // As in ComfyUI: drag sideways on the field to change the value, one step per pixel;
           // a click without moving puts the caret in it for typing.
@@ -152,7 +158,6 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
           </select>
         )}
       </div>
-      {issue && <div className="sf-widget-issue" role="alert" title={issue}>{issue}</div>}
     </div>
   );
 }
@@ -239,18 +244,21 @@ function ComboWidget({ nodeId, input, value }: WidgetProps) {
   // An annotated name ("x.png [output]") is not among the input folder's choices; the server checks it exists.
   const isUpload = input.options.upload === "image";
   const missing = current !== "" && !choices.includes(current) && !(isUpload && isAnnotated(current));
+  // a model the server lacks, or an ordinary combo's value that is no choice (lib/missingmodels.ts)
+  const check = checkCombo(input, value);
   return (
-    <div className="sf-widget-combo">
+    <div className={`sf-widget-combo${check ? " sf-invalid" : ""}`}>
       <div className="sf-row-inline">
         <select
           className="nodrag nowheel"
           name={input.name}
           aria-label={input.name}
+          aria-invalid={check ? true : undefined}
           value={current}
           onChange={(e) => setValue(nodeId, input.name, e.target.value)}
         >
           {current === "" && <option value="">(none)</option>}
-          {missing && <option value={current}>{current} (missing)</option>}
+          {missing && <option value={current}>{current} {check?.kind === "choice" ? "(not in list)" : "(missing)"}</option>}
           {!missing && current !== "" && !choices.includes(current) && <option value={current}>{current}</option>}
           {choices.map((c) => (
             <option key={c} value={c}>{c}</option>

@@ -12,12 +12,12 @@ import { arrangeOpened, makeRoomBelow } from "../lib/arrange";
 import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } from "../lib/graph";
 import { type GroupBox, parseGroups } from "../lib/groups";
 import {
-  boundsOf, estimateNodeHeight, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, type Rect, type Viewport,
+  boundsOf, estimateNodeHeight, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, type Rect, showsAny, type Viewport,
 } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
 import { changedInputs, readUndoKey, undoKey } from "../lib/undo";
-import { FitTracker } from "../lib/viewfit";
+import { FitTracker, sameViewport } from "../lib/viewfit";
 
 export const AUTOSAVE_KEY = "steerflow.autosave";
 /** Set beside the autosave while its viewport is still a fit: how to redo that fit (JSON). */
@@ -152,11 +152,11 @@ export function useGraphStore(defs: Defs, store: RunStore) {
   }, [rf, fitTracker, fit, fitAll]);
 
   /**
-   * Arrange a graph just opened from a layout made for other node sizes (a ComfyUI file):
-   * once its nodes are measured, those that now overlap are moved apart (lib/arrange.ts),
-   * then the view is the file's own if it is readable and shows the graph, else a fit.
+   * Call `then` once the nodes of the graph opened as `seq` are measured (or, a large graph
+   * rendering only what is in view, once no more come, or after MEASURE_WAIT); not at all if
+   * another graph was opened since. A fit made before would use guessed node sizes.
    */
-  const arrange = useCallback((seq: number, saved: Viewport | undefined) => {
+  const whenMeasured = useCallback((seq: number, then: () => void) => {
     const began = performance.now();
     let measuredBefore = -1;
     let still = 0;
@@ -166,11 +166,23 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       const measured = ns.filter((n) => n.measured?.height !== undefined).length;
       still = measured === measuredBefore ? still + 1 : 0;
       measuredBefore = measured;
-      // wait for every node, or (a large graph renders only what is in view) until no more come
       if (measured < ns.length && still < 4 && performance.now() - began < MEASURE_WAIT) {
         setTimeout(step, 40);
         return;
       }
+      then();
+    };
+    setTimeout(step, 40);
+  }, [rf]);
+
+  /**
+   * Arrange a graph just opened from a layout made for other node sizes (a ComfyUI file):
+   * once its nodes are measured, those that now overlap are moved apart (lib/arrange.ts),
+   * then the view is the file's own if it is readable and shows the graph, else a fit.
+   */
+  const arrange = useCallback((seq: number, saved: Viewport | undefined) => {
+    whenMeasured(seq, () => {
+      const ns = rf.getNodes();
       const rects = new Map(ns.map((n) => [n.id, nodeRect(n, defsRef.current)]));
       const placed = arrangeOpened(rects, groupsRef.current);
       arranging.current = false;
@@ -185,9 +197,21 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       if (saved && pane && keepsReadableView(saved, boundsOf(boxes), pane.width, pane.height, boxes.length)) {
         void rf.setViewport(saved);
       } else if (boxes.length) fitRects(boxes);
-    };
-    setTimeout(step, 40);
-  }, [rf, fitRects]);
+    });
+  }, [rf, fitRects, whenMeasured]);
+
+  /**
+   * A document's own view, kept as ComfyUI keeps a workflow's saved view, unless it shows none
+   * of the graph (saved looking at empty canvas, or for a much larger window): then a fit.
+   */
+  const checkSavedView = useCallback((seq: number, saved: Viewport) => {
+    whenMeasured(seq, () => {
+      const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
+      if (!pane || !sameViewport(rf.getViewport(), saved)) return; // the view was moved since
+      const rects = rf.getNodes().map((n) => nodeRect(n, defsRef.current));
+      if (rects.length && !showsAny(saved, rects, pane.width, pane.height)) fit();
+    });
+  }, [rf, fit, whenMeasured]);
 
   /**
    * Open `graph`. Its own viewport, if it has one, is kept (`fitted`: that viewport was a
@@ -212,10 +236,17 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       if (graph.viewport) {
         rf.setViewport(graph.viewport);
         if (opts.fitted) fitTracker.fitted(graph.viewport, opts.fitted);
-      } else if (flow.nodes.length && !arranging.current) setTimeout(fit, 60);
+        if (flow.nodes.length && !arranging.current) checkSavedView(seq, graph.viewport);
+      } else if (flow.nodes.length && !arranging.current) {
+        // as ComfyUI fits on load; not if the view was moved meanwhile (a pan, a zoom)
+        const before = rf.getViewport();
+        whenMeasured(seq, () => {
+          if (sameViewport(rf.getViewport(), before)) fit();
+        });
+      }
     }
     if (arranging.current) arrange(seq, opts.viewport !== false ? graph.viewport : undefined);
-  }, [rf, store, fit, fitTracker, arrange]);
+  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView]);
 
   const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {

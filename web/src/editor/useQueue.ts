@@ -117,5 +117,5 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     await queue(targets);
   }, [state, defsRef, notify, queue]);
 
-  return { queue, queueSelected, busy };
+  return { queue, queueSelected, busy, showNodes };
 }

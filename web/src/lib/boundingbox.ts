@@ -141,3 +141,31 @@ export function croppedSize(box: Box, w: number, h: number): { width: number; he
   const y = Math.min(box.y, h - 1);
   return { width: Math.max(0, Math.min(box.width, w - x)), height: Math.max(0, Math.min(box.height, h - y)) };
 }
+
+/**
+ * Whether a box, fitted into a `w`×`h` image, covers all of it (ComfyUI's default 512×512 over
+ * a smaller image): it cannot move, so a drag inside it draws a new box rather than do nothing.
+ */
+export function coversImage(box: Box, w: number, h: number): boolean {
+  const f = fitBox(box, w, h);
+  return f.x === 0 && f.y === 0 && f.width >= Math.round(w) && f.height >= Math.round(h);
+}
+
+/**
+ * What a drag that starts on the box (not on a corner) does: it moves the box, or draws a new
+ * one when the box covers the whole image (there is nowhere to move it, and no image outside
+ * it to start a new one on) or Alt is held (a new box over a large one).
+ */
+export function pressMode(box: Box, w: number, h: number, alt: boolean): "move" | "draw" {
+  return alt || coversImage(box, w, h) ? "draw" : "move";
+}
+
+/**
+ * Which sides of a stored box lie past a `w`×`h` image: the crop stops at the image's edge
+ * there (`right`, `bottom`), or the box starts past it and the crop is its last column or
+ * row (`outside`). The canvas draws those sides cut and says so.
+ */
+export function boxOverflow(box: Box, w: number, h: number): { right: boolean; bottom: boolean; outside: boolean } {
+  const outside = box.x > w - 1 || box.y > h - 1;
+  return { right: box.x + box.width > w, bottom: box.y + box.height > h, outside };
+}

@@ -1,17 +1,17 @@
 import { describe, expect, it } from "vitest";
 import {
-  boundsOf, dotGridCell, estimateNodeHeight, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail, MIN_DOT_CELL, overlaps,
-  READABLE_ZOOM,
+  boundsOf, dotGridCell, estimateNodeHeight, FIT_MAX_ZOOM, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail,
+  MIN_DOT_CELL, overlaps, READABLE_ZOOM,
 } from "./layout";
 import { parseNodeSchema } from "./schema";
 import { testDefs } from "./testdefs";
 
 describe("fitViewport", () => {
-  it("fits a small graph whole, never above zoom 1", () => {
+  it("fits a small graph whole, zoomed in to fill the view up to FIT_MAX_ZOOM", () => {
     const vp = fitViewport({ x: 0, y: 0, width: 400, height: 300 }, 1200, 800, 3);
-    expect(vp.zoom).toBe(1);
-    expect(vp.x).toBe(400); // centred
-    expect(vp.y).toBe(250);
+    expect(vp.zoom).toBe(FIT_MAX_ZOOM);
+    expect(vp.x).toBe(300); // centred
+    expect(vp.y).toBe(175);
   });
 
   it("keeps a 12-node graph readable and shows its top-left part when it does not fit", () => {

@@ -1,10 +1,11 @@
 /**
  * Where the view lands when a graph opens, and when the canvas drops detail.
  *
- * Text stays readable: a graph is fitted at zoom READABLE_ZOOM or more; one that
- * does not fit there is shown from its top-left corner (where its loaders are) and
- * the user scrolls for the rest. Only a truly large graph may be fitted further out,
- * and only such a graph switches to low detail when zoomed out.
+ * As ComfyUI does on load, an opened graph is fitted to the view: a small one is zoomed in to
+ * fill it (up to FIT_MAX_ZOOM), a larger one out. Text stays readable: a graph is fitted at
+ * zoom READABLE_ZOOM or more; one that does not fit there is shown from its top-left corner
+ * (where its loaders are) and the user scrolls for the rest. Only a truly large graph may be
+ * fitted further out, and only such a graph switches to low detail when zoomed out.
  */
 
 export type Rect = { x: number; y: number; width: number; height: number };
@@ -12,6 +13,16 @@ export type Viewport = { x: number; y: number; zoom: number };
 
 /** The smallest zoom an opened graph gets: 13 px text stays above 10 px on screen. */
 export const READABLE_ZOOM = 0.8;
+/**
+ * The largest zoom an opened graph is fitted at: a small graph fills the view rather than sit
+ * at zoom 1 in the middle of a large window, its nodes at most this much larger.
+ */
+export const FIT_MAX_ZOOM = 1.5;
+/**
+ * The margin a fit leaves around the graph, as a share of the pane (at least PADDING): the
+ * graph clears the minimap and the zoom buttons in the corners (ComfyUI leaves 12.5%).
+ */
+export const FIT_MARGIN = 0.08;
 /** Graphs with more nodes than this may be fitted below READABLE_ZOOM, down to OVERVIEW_ZOOM. */
 export const LARGE_GRAPH = 40;
 export const OVERVIEW_ZOOM = 0.4;
@@ -78,18 +89,20 @@ export function boundsOf(rects: readonly Rect[]): Rect {
 
 /** Options for React Flow's fitView that honour the readable zoom. */
 export function fitViewOptions(nodeCount: number): { padding: number; maxZoom: number; minZoom: number } {
-  return { padding: 0.08, maxZoom: 1, minZoom: nodeCount > LARGE_GRAPH ? OVERVIEW_ZOOM : READABLE_ZOOM };
+  return { padding: 0.08, maxZoom: FIT_MAX_ZOOM, minZoom: nodeCount > LARGE_GRAPH ? OVERVIEW_ZOOM : READABLE_ZOOM };
 }
 
 /**
  * The viewport that shows `bounds` (flow coordinates) in a `width`×`height` pane:
- * the whole graph when it fits at a readable zoom (at most 1), else the top-left
- * part at the readable zoom.
+ * the whole graph, centred, filling the pane but its margins (FIT_MARGIN), when it fits at
+ * a readable zoom (at most FIT_MAX_ZOOM), else the top-left part at the readable zoom.
  */
 export function fitViewport(bounds: Rect, width: number, height: number, nodeCount: number): Viewport {
-  const min = fitViewOptions(nodeCount).minZoom;
-  const fit = Math.min((width - 2 * PADDING) / Math.max(1, bounds.width), (height - 2 * PADDING) / Math.max(1, bounds.height));
-  const zoom = Math.max(min, Math.min(1, fit));
+  const { minZoom: min, maxZoom: max } = fitViewOptions(nodeCount);
+  const mx = Math.max(PADDING, FIT_MARGIN * width);
+  const my = Math.max(PADDING, FIT_MARGIN * height);
+  const fit = Math.min((width - 2 * mx) / Math.max(1, bounds.width), (height - 2 * my) / Math.max(1, bounds.height));
+  const zoom = Math.max(min, Math.min(max, fit));
   const w = bounds.width * zoom;
   const h = bounds.height * zoom;
   // centre along an axis that fits; otherwise start at the graph's left / top edge
@@ -109,6 +122,15 @@ export function keepsReadableView(vp: Viewport, bounds: Rect, width: number, hei
   const left = bounds.x * vp.zoom + vp.x;
   const top = bounds.y * vp.zoom + vp.y;
   return left >= 0 && top >= 0 && left + bounds.width * vp.zoom <= width && top + bounds.height * vp.zoom <= height;
+}
+
+/** Whether viewport `vp` shows any part of any of `rects` (flow coordinates) in a `width`×`height` pane. */
+export function showsAny(vp: Viewport, rects: readonly Rect[], width: number, height: number): boolean {
+  return rects.some((r) => {
+    const left = r.x * vp.zoom + vp.x;
+    const top = r.y * vp.zoom + vp.y;
+    return left < width && top < height && left + r.width * vp.zoom > 0 && top + r.height * vp.zoom > 0;
+  });
 }
 
 /** Whether the canvas should drop widgets: only a large graph, zoomed far out. */

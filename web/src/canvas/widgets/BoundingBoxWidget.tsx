@@ -4,14 +4,21 @@
  * the canvas can show (a Load Image, or a node that showed images after a run), that image
  * with the box drawn over it: drag inside the box to move it, a corner to resize it, elsewhere
  * to draw a new one (lib/boundingbox.ts). A drag is one undo step.
+ *
+ * A box that covers the whole image (ComfyUI's default 512×512 over a smaller image) leaves no
+ * image outside it to start a new box on, and moving it does nothing: a drag inside it draws a
+ * new box (the cursor is a crosshair there and the hint under the image says so). Alt-drag
+ * draws one inside any box (not Shift: it is React Flow's selection key, and a Shift-drag never
+ * reaches the node). A box reaching past the image is drawn as the part inside it (the crop
+ * the server makes), its cut sides dashed, with a note of its stored size.
  */
 
 import { useNodeConnections, useNodesData } from "@xyflow/react";
 import { type PointerEvent as ReactPointerEvent, useEffect, useRef, useState } from "react";
 import { viewUrl } from "../../api";
 import {
-  BOX_FIELDS, BOX_MAX, type Box, type BoxField, boxFieldIssue, boxFields, boxFromPoints, boxMin, boxPercent,
-  CORNERS, type Corner, croppedSize, moveBox, numericBox, resizeBox, withField,
+  BOX_FIELDS, BOX_MAX, type Box, type BoxField, boxFieldIssue, boxFields, boxFromPoints, boxMin, boxOverflow, boxPercent,
+  CORNERS, type Corner, coversImage, croppedSize, moveBox, numericBox, pressMode, resizeBox, withField,
 } from "../../lib/boundingbox";
 import { parseAnnotated } from "../../lib/feedback";
 import { parseNumberText } from "../../lib/widgetcheck";
@@ -138,6 +145,9 @@ function CropOverlay({ src, box, onChange, onHold }: {
   if (failed) return <div className="sf-crop-missing">The input image cannot be shown; set the box with the fields.</div>;
   const pct = size ? boxPercent(box, size.w, size.h) : null;
   const out = size ? croppedSize(box, size.w, size.h) : null;
+  const full = size ? coversImage(box, size.w, size.h) : false;
+  const past = size ? boxOverflow(box, size.w, size.h) : null;
+  const cut = past ? [past.right && "sf-crop-cut-right", past.bottom && "sf-crop-cut-bottom"].filter(Boolean).join(" ") : "";
   return (
     <div className="sf-crop nodrag nowheel">
       <div
@@ -166,10 +176,10 @@ function CropOverlay({ src, box, onChange, onHold }: {
         />
         {pct && (
           <div
-            className="sf-crop-box"
+            className={`sf-crop-box${full ? " sf-crop-full" : ""}${cut ? ` ${cut}` : ""}`}
             data-testid="crop-box"
             style={{ left: `${pct.left}%`, top: `${pct.top}%`, width: `${pct.width}%`, height: `${pct.height}%` }}
-            onPointerDown={(e) => begin(e, "move")}
+            onPointerDown={(e) => size && begin(e, pressMode(box, size.w, size.h, e.altKey))}
           >
             {CORNERS.map((c) => (
               <span key={c} className={`sf-crop-handle sf-crop-${c}`} data-corner={c} onPointerDown={(e) => begin(e, c)} />
@@ -180,6 +190,16 @@ function CropOverlay({ src, box, onChange, onHold }: {
       {size && out && (
         <div className="sf-crop-info" data-testid="crop-info">
           crop {out.width}×{out.height} of {size.w}×{size.h}
+        </div>
+      )}
+      {size && past && (past.right || past.bottom || past.outside) && (
+        <div className="sf-crop-info sf-crop-note" data-testid="crop-note">
+          {box.width}×{box.height} box cut at the image's edge
+        </div>
+      )}
+      {size && (
+        <div className="sf-crop-info sf-crop-hint" data-testid="crop-hint">
+          {full ? "drag on the image to draw a new box" : "Alt-drag or drag outside: a new box"}
         </div>
       )}
     </div>

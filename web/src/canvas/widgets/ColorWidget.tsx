@@ -1,4 +1,7 @@
-/** ComfyUI's COLOR widget: a colour picker beside the value's text (lib/color.ts). */
+/**
+ * ComfyUI's COLOR widget: a colour picker beside the value's text (lib/color.ts). A value that
+ * is no colour is marked here; its message is the input row's (lib/inputissue.ts).
+ */
 
 import { colorIssue, fromPicker, pickerValue } from "../../lib/color";
 import { useEditor } from "../context";
@@ -30,7 +33,6 @@ export function ColorWidget({ nodeId, input, value }: WidgetProps) {
           onChange={(e) => setValue(nodeId, input.name, e.target.value)}
         />
       </div>
-      {issue && <div className="sf-widget-issue" role="alert" title={issue}>{issue}</div>}
     </div>
   );
 }
