@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: seconds before a refused history entry is written again, doubling up to the maximum
+UNSAVED_RETRY_FIRST = 1.0
+UNSAVED_RETRY_MAX = 30.0
 
 
 class DuplicatePromptId(ValueError):
@@ -102,6 +109,9 @@ class PromptQueue:
         self._batch_lock = threading.Lock()
         self._writing = False
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="steerflow-commit")
+        #: finished prompts whose history entry the database refused, by id (see finish)
+        self._unsaved: dict[str, tuple[QueueItem, dict[str, Any]]] = {}
+        self._retrying = False
         top_number, top_seq = storage.max_counters()
         self._numbers = itertools.count(top_number + 1)
         self._seqs = itertools.count(top_seq + 1)
@@ -229,13 +239,54 @@ class PromptQueue:
         return item
 
     def finish(self, item: QueueItem, entry: dict[str, Any]) -> None:
-        """Record the history entry and drop the prompt from the queue (one transaction)."""
+        """Record the history entry and drop the prompt from the queue (one transaction).
+
+        When the write fails (the disk is full), the prompt stays in the queue as running
+        with its entry held in memory, written again every few seconds until it lands:
+        it never drops out of both /queue and /history, and its client is told how it
+        ended. A restart before then runs it again, as one cut off.
+        """
         try:
             self.storage.finish(item.prompt_id, item.number, entry)
-        finally:
+        except Exception as exc:
+            self._hold_unsaved(item, entry, exc)
+            return
+        with self._cond:
+            self._active.pop(item.prompt_id, None)
+        self.on_change()
+
+    def _hold_unsaved(self, item: QueueItem, entry: dict[str, Any], exc: Exception) -> None:
+        log.error("cannot record the end of prompt %s (%s: %s); it stays in the queue and "
+                  "is written again until the database takes it", item.prompt_id,
+                  type(exc).__name__, exc)
+        with self._cond:
+            self._unsaved[item.prompt_id] = (item, entry)
+            start = not self._retrying and not self._closed
+            self._retrying = self._retrying or start
+        if start:
+            threading.Thread(target=self._write_unsaved, name="steerflow-history-retry",
+                             daemon=True).start()
+
+    def _write_unsaved(self) -> None:
+        delay = UNSAVED_RETRY_FIRST
+        while True:
             with self._cond:
-                self._active.pop(item.prompt_id, None)
-            self.on_change()
+                self._cond.wait_for(lambda: self._closed, delay)
+                if self._closed or not self._unsaved:
+                    self._retrying = False
+                    return
+                held = list(self._unsaved.values())
+            for item, entry in held:
+                try:
+                    self.storage.finish(item.prompt_id, item.number, entry)
+                except Exception:
+                    continue
+                with self._cond:
+                    self._unsaved.pop(item.prompt_id, None)
+                    self._active.pop(item.prompt_id, None)
+                log.info("recorded the end of prompt %s", item.prompt_id)
+                self.on_change()
+            delay = min(delay * 2, UNSAVED_RETRY_MAX)
 
     def requeue(self, item: QueueItem, *, refund: bool = True) -> None:
         """Put a running prompt back: stopped by a shutdown (``refund``: the attempt does
@@ -277,6 +328,10 @@ class PromptQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            unsaved = list(self._unsaved)
+        if unsaved:
+            log.error("the end of prompt(s) %s could not be recorded; they run again at the "
+                      "next start", ", ".join(unsaved))
 
     # --- views -----------------------------------------------------------------
     def remaining(self) -> int:

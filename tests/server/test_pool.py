@@ -176,6 +176,42 @@ def test_pending_view_skips_taken_deleted_and_requeued_prompts(tmp_path):
     assert queue.remaining() == 4 and queue.snapshot()[1] == []
 
 
+def test_an_end_the_database_refuses_stays_queued_and_is_written_once_it_can_be(
+        tmp_path, monkeypatch):
+    """A full disk when a prompt ends: it dropped out of both /queue and /history, and
+    the next start ran it again. It now stays queued as running, its entry held and
+    written again until the database takes it."""
+    import sqlite3
+
+    import server.prompt_queue as pq
+
+    monkeypatch.setattr(pq, "UNSAVED_RETRY_FIRST", 0.05)
+    queue = _queue(tmp_path, [_item(1, "a"), _item(2, "a")])
+    item = queue.take_pick(lambda pending: pending.head(), timeout=0)
+    write = queue.storage.finish
+    refusals = [0]
+
+    def full(*args):
+        if refusals[0] < 3:
+            refusals[0] += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return write(*args)
+
+    monkeypatch.setattr(queue.storage, "finish", full)
+    changes: list[int] = []
+    queue.on_change = lambda: changes.append(queue.remaining())
+    queue.finish(item, {"outputs": {}, "status": {"status_str": "success"}})  # no raise
+    running, pending = queue.snapshot()
+    assert [r[1] for r in running] == ["p1"] and [p[1] for p in pending] == ["p2"]
+    assert "p1" not in dict(queue.storage.history())
+    deadline = time.monotonic() + 10
+    while "p1" in queue and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert refusals[0] == 3 and "p1" in dict(queue.storage.history())
+    assert queue.snapshot()[0] == [] and changes[-1] == 1  # p2 is left
+    queue.close()
+
+
 def test_route_prefers_a_warm_worker_else_the_least_loaded():
     a, b, c = Slot(0), Slot(1), Slot(2)
     a.models, b.models = {"ckpt_name=x"}, {"ckpt_name=y", "lora_name=l"}
