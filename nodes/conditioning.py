@@ -17,8 +17,8 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.embeddings import (
     EmbeddingLibrary,
     embedding_fingerprint,
-    embedding_problems,
     injected_vectors,
+    prompt_problems,
 )
 from nodes.diffusion.handles import CondEntry, Conditioning, Tensor, TextEncoder, Vae
 from nodes.diffusion.lora import patched
@@ -180,7 +180,7 @@ class CLIPTextEncode(Node):
         text = inputs.get("text")
         if not isinstance(text, str):
             return []
-        return [("text", message, severity) for severity, message in embedding_problems(env, text)]
+        return [("text", message, severity) for severity, message in prompt_problems(env, text)]
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:

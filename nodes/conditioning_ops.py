@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import ExecutionContext, Input, Node, Output
 from nodes.conditioning import ConditioningSetStrength
-from nodes.diffusion.embeddings import EmbeddingLibrary, embedding_problems
+from nodes.diffusion.embeddings import EmbeddingLibrary, prompt_problems
 from nodes.diffusion.handles import CondEntry, Conditioning, TextEncoder
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ class CLIPTextEncodeControlnet(Node):
         if not isinstance(text, str):
             return []
         return [("text", message, severity)
-                for severity, message in embedding_problems(env, text)]
+                for severity, message in prompt_problems(env, text)]
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
         from nodes.conditioning import encode_text_pooled

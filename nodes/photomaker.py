@@ -9,7 +9,7 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.embeddings import (
     EmbeddingLibrary,
     embedding_fingerprint,
-    embedding_problems,
+    prompt_problems,
 )
 from nodes.diffusion.handles import Conditioning, Tensor, TextEncoder
 from nodes.models import ModelFileNode
@@ -97,7 +97,7 @@ class PhotoMakerEncode(Node):
         if not isinstance(text, str):
             return []
         problems = [("text", message, severity)
-                    for severity, message in embedding_problems(env, text)]
+                    for severity, message in prompt_problems(env, text)]
         problem = trigger_problem(text)
         if problem is not None:
             problems.append(("text", problem, "error"))

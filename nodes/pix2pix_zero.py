@@ -12,7 +12,7 @@ from nodes.diffusion.pix2pix_zero import EditDirection
 
 def _sentence_problems(inputs: dict[str, Any], env: Environment, name: str
                        ) -> list[tuple[str | None, str]]:
-    from nodes.diffusion.embeddings import embedding_problems
+    from nodes.diffusion.embeddings import prompt_problems
     from nodes.diffusion.pix2pix_zero import sentences
 
     text = inputs.get(name)
@@ -20,7 +20,7 @@ def _sentence_problems(inputs: dict[str, Any], env: Environment, name: str
         return []  # linked: checked when it runs
     if not sentences(text):
         return [(name, f"write at least one {name} sentence (one per line)")]
-    return [(name, message, severity) for severity, message in embedding_problems(env, text)]
+    return [(name, message, severity) for severity, message in prompt_problems(env, text)]
 
 
 class Pix2PixZeroEditDirection(Node):

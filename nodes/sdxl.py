@@ -13,7 +13,7 @@ from typing import Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
-from nodes.diffusion.embeddings import EmbeddingLibrary, embedding_problems
+from nodes.diffusion.embeddings import EmbeddingLibrary, prompt_problems
 from nodes.diffusion.handles import CondEntry, Conditioning, TextEncoder
 
 
@@ -30,7 +30,7 @@ def _require_sdxl(clip: TextEncoder, node: str) -> None:
 def _text_problems(inputs: dict[str, Any], env: Environment, *names: str
                    ) -> list[tuple[str | None, str, str]]:
     return [(name, message, severity) for name in names if isinstance(inputs.get(name), str)
-            for severity, message in embedding_problems(env, inputs[name])]
+            for severity, message in prompt_problems(env, inputs[name])]
 
 
 class CLIPTextEncodeSDXL(Node):

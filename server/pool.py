@@ -60,6 +60,7 @@ from server.runtime import POLL, Running, Runtime
 from server.worker import (
     MAX_SENT_BYTES,
     MAX_SENT_FILE_BYTES,
+    OOM_KILLED,
     Channel,
     Message,
     WorkerDied,
@@ -426,7 +427,14 @@ class PoolRuntime(Runtime):
 
     def _worker_lost(self, item: QueueItem, cause: str, messages: list[list[Any]],
                      node: str | None) -> None:
-        """The worker died mid-prompt: run it elsewhere, unless it ran out of attempts."""
+        """The worker died mid-prompt: run it elsewhere, unless it ran out of attempts or
+        of memory (run again, it would most likely take the host's memory again)."""
+        if cause.startswith(OOM_KILLED):
+            self._record_failure(item, f"{cause} while running this prompt; it is not run "
+                                 "again: make it smaller (image size, batch, steps of a "
+                                 "training node, prompt length)", "WorkerDied",
+                                 messages=messages, node=node)
+            return
         if item.attempts >= self.queue.max_attempts:
             self._record_failure(item, f"{cause} while running this prompt, "
                                  f"{item.attempts} time(s); giving up on it", "WorkerDied",

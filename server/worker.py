@@ -333,10 +333,27 @@ class RemoteWorker(Channel):
         return f"the connection to worker {self.name} (pid {self.pid}) closed"
 
 
+#: how :meth:`WorkerProcess.exit_cause` starts when the kernel's OOM killer ended it
+OOM_KILLED = "the worker process was killed by the kernel for lack of memory"
+
+
+def oom_kills() -> int | None:
+    """The kernel's count of out-of-memory kills (Linux ``/proc/vmstat``); None elsewhere."""
+    try:
+        with open("/proc/vmstat", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class WorkerProcess(Channel):
     """One worker subprocess and its channel."""
 
     def __init__(self, config: dict[str, Any], *, module: str = WORKER_MODULE):
+        self._oom_kills_at_start = oom_kills()
         parent, child = socket.socketpair()
         env = dict(os.environ)
         # The child imports what this process can: node packs named by module
@@ -394,7 +411,13 @@ class WorkerProcess(Channel):
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            hint = " (killed: possibly out of memory)" if -code == signal.SIGKILL else ""
+            if -code == signal.SIGKILL:
+                before, now = self._oom_kills_at_start, oom_kills()
+                if before is not None and now is not None and now > before:
+                    return OOM_KILLED  # the counter moved while it lived: most likely it
+                hint = " (killed: possibly out of memory)"
+            else:
+                hint = ""
             return f"the worker process was killed by {name}{hint}"
         return f"the worker process exited with code {code}"
 

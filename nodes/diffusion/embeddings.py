@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment
-from nodes.diffusion.prompt_weighting import EMBEDDING_PATTERN, parse_prompt_weights
+from nodes.diffusion.prompt_weighting import (
+    EMBEDDING_PATTERN,
+    MAX_PROMPT_CHARS,
+    parse_prompt_weights,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -75,12 +79,16 @@ def unknown_embedding_message(env: Environment, name: str) -> str:
     return f"embedding:{name} does not exist (not in models/{FOLDER}), ignoring{hint}"
 
 
-def embedding_problems(env: Environment, text: str) -> list[tuple[str, str]]:
-    """``(severity, message)`` for ``embedding:name`` references (for validation).
+def prompt_problems(env: Environment, text: str) -> list[tuple[str, str]]:
+    """``(severity, message)`` for a prompt's text (for validation): its length and its
+    ``embedding:name`` references.
 
     An unknown name is a warning and is dropped from the prompt, as in ComfyUI (a
     workflow from another machine still runs); a pickle without the opt-in is an error.
     """
+    if len(text) > MAX_PROMPT_CHARS:
+        return [("error", f"the prompt is {len(text):,} characters; at most "
+                 f"{MAX_PROMPT_CHARS:,} are encoded: shorten it")]
     problems = []
     for name in embedding_names(text):
         path = find_embedding(env, name)

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 ROUND_FACTOR = 1.1
 SQUARE_FACTOR = 1 / 1.1
 WINDOW = 75  # tokens per window between BOS and EOS (CLIP's 77 positions)
+#: bounds on one prompt: its text, checked when a prompt is validated, and its 75-token
+#: windows, when it is encoded (each window is a CLIP pass and 77 more keys for every
+#: cross-attention: a 4 MiB text took 3 GiB before any sampling)
+MAX_PROMPT_CHARS = 100_000
+MAX_PROMPT_WINDOWS = 128
 WEIGHTINGS = ("comfy", "a1111")
 
 _ESCAPABLE = "()[]:\\"
@@ -174,6 +179,11 @@ def split_windows(tokens: PromptTokens, *, bos: int, eos: int, pad: int,
     An empty prompt still gives one window (``[BOS, EOS, pad...]``), as diffusers does.
     """
     size = window + 2
+    count = -(-max(len(tokens), 1) // window)
+    if count > MAX_PROMPT_WINDOWS:
+        raise ValueError(f"the prompt is {len(tokens)} tokens, {count} windows of {window}; "
+                         f"at most {MAX_PROMPT_WINDOWS} windows ({MAX_PROMPT_WINDOWS * window} "
+                         "tokens) are encoded: shorten it")
     out: list[Window] = []
     for start in range(0, max(len(tokens), 1), window):
         ids = tokens.ids[start:start + window]

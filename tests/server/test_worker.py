@@ -106,6 +106,25 @@ def test_a_prompt_that_crashes_its_worker_every_time_fails_with_the_cause(
     ws.close()
 
 
+def test_a_prompt_the_kernel_kills_for_memory_is_not_run_again(server: LiveServer,
+                                                               http: Http, monkeypatch):
+    """Run again, a prompt that took the host's memory would most likely take it again
+    (a drill's 20 MiB prompt made three host-wide OOM kills in a row)."""
+    import server.worker as worker_module
+
+    counts = iter(range(100, 10**6))  # the kernel's oom_kill count moves at each read
+    monkeypatch.setattr(worker_module, "oom_kills", lambda: next(counts))
+    ws = server.connect_ws("oom")
+    pid = http.post("/prompt", json={"prompt": crash("SIGKILL"), "client_id": "oom"}
+                    ).json()["prompt_id"]
+    events, _ = recv_until(ws, pid, timeout=120)
+    error = next(e for e in events if e["type"] == "execution_error")["data"]
+    assert error["exception_message"].startswith(worker_module.OOM_KILLED), error
+    assert "not run again" in error["exception_message"]
+    assert server.state.runtime.worker_starts <= 2  # the first worker and its replacement
+    ws.close()
+
+
 def test_a_worker_killed_mid_prompt_runs_it_again_on_a_new_worker(server: LiveServer,
                                                                    http: Http):
     ws = server.connect_ws("killed")
