@@ -152,3 +152,27 @@ def test_weighted_prompt_workflow_runs(models_dir, tmp_path):
     result = session.run(prompt)
     assert result.ok, result.run.error
     assert result.image_paths
+
+
+def test_prompts_are_bounded_when_validated_and_when_encoded(tmp_path):
+    """A 4 MiB prompt took the worker to 3 GiB before sampling (a drill's 20 MiB one
+    made the host run out of memory): text and windows are bounded, with the fix named."""
+    from engine import Environment
+    from nodes.diffusion.embeddings import prompt_problems
+    from nodes.diffusion.prompt_weighting import (
+        MAX_PROMPT_CHARS,
+        MAX_PROMPT_WINDOWS,
+        PromptTokens,
+        split_windows,
+    )
+
+    env = Environment.create(tmp_path, device="cpu")
+    [(severity, message)] = prompt_problems(env, "a " * (MAX_PROMPT_CHARS // 2 + 1))
+    assert severity == "error" and "shorten it" in message
+    assert prompt_problems(env, "a red circle") == []
+    many = MAX_PROMPT_WINDOWS * 75
+    tokens = PromptTokens(ids=[7] * many, weights=[1.0] * many, vectors={})
+    assert len(split_windows(tokens, bos=1, eos=2, pad=2)) == MAX_PROMPT_WINDOWS
+    tokens = PromptTokens(ids=[7] * (many + 1), weights=[1.0] * (many + 1), vectors={})
+    with pytest.raises(ValueError, match="at most 128 windows"):
+        split_windows(tokens, bos=1, eos=2, pad=2)
