@@ -8,6 +8,9 @@ and the helpers it calls.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -241,8 +244,23 @@ def seed_ldm_configs(env: Environment) -> None:
 
 
 def _copy_new(src: Path, folder: Path) -> None:
-    if not (folder / src.name).exists():
-        shutil.copyfile(src, folder / src.name)
+    """Copy ``src`` into ``folder`` unless the name is taken; through a temporary file and
+    a rename, so a full disk never leaves a truncated file under the real name, and a
+    folder that cannot take it (read-only, full) is a warning: the shipped examples'
+    files must not keep a worker from starting."""
+    target = folder / src.name
+    if target.exists():
+        return
+    tmp = folder / f".{src.name}.{os.getpid()}.tmp"
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        logging.getLogger(__name__).warning(
+            "cannot copy the example file %s into %s: %s", src.name, folder, exc)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def __getattr__(name: str) -> Any:
