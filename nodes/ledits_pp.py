@@ -73,7 +73,10 @@ class LEditsPPInvert(Node):
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
-        problem = unsupported_combination(inputs["sampler_name"], inputs["scheduler"])
+        sampler, schedule = inputs.get("sampler_name"), inputs.get("scheduler")
+        if sampler is None or schedule is None:  # linked: checked when it runs
+            return []
+        problem = unsupported_combination(sampler, schedule)
         return [("scheduler", problem)] if problem else []
 
     def execute(self, ctx: ExecutionContext

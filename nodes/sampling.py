@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 def sampler_problems(inputs: dict[str, Any]) -> list[tuple[str | None, str]]:
     """A validation issue when no model can run the sampler with the schedule (e.g. ddim +
     linspace); a pair only continuous-σ models run is refused at run time on others."""
-    problem = validation_problem(inputs["sampler_name"], inputs["scheduler"])
+    sampler, schedule = inputs.get("sampler_name"), inputs.get("scheduler")
+    if sampler is None or schedule is None:  # linked (a KSampler Config node): at run time
+        return []
+    problem = validation_problem(sampler, schedule)
     return [("scheduler", problem)] if problem else []
 
 
