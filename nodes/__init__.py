@@ -277,4 +277,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_COMFY_CONSTANTS = frozenset({"interrupt_processing", "before_node_execution"})
+#: ComfyUI's lower-case public names in its ``nodes`` module (packs import them)
+_COMFY_CONSTANTS = frozenset({"interrupt_processing", "before_node_execution",
+                              "common_ksampler"})

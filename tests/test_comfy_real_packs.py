@@ -327,6 +327,12 @@ def test_builtin_node_classes_show_steerflows_inputs(classes: Session):
     assert LoraLoader.FUNCTION == "load_lora" and ImageScale.crop_methods == ["disabled",
                                                                               "center"]
     assert {"SaveImage", "PreviewImage", "common_ksampler", "KSampler"} <= COMFY_NAMES
+    # and every one of them imports as a pack writes it (essentials' sampling.py does
+    # ``from nodes import common_ksampler, CLIPTextEncode``)
+    import nodes
+
+    for name in COMFY_NAMES:
+        assert getattr(nodes, name) is not None, name
     with pytest.raises(RuntimeError, match="only run inside a node's run"):
         LoraLoader().load_lora(None, None, "x.safetensors", 1.0, 1.0)
     with pytest.raises(TypeError, match="'denoise' is not an input"):
