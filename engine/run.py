@@ -304,6 +304,10 @@ class _Run(ExpansionSteps):
             raise
         except Exception as exc:
             raise _NodeFailure(node_id, exc) from exc
+        except SystemExit as exc:  # a pack's sys.exit() must not end the CLI or a worker
+            raise _NodeFailure(node_id, RuntimeError(
+                f"the node called sys.exit({exc.code!r}); a node must raise an error "
+                "instead of ending the process")) from exc
 
     def _inputs(self, node: ValidatedNode, info: ClassInfo) -> tuple[dict[str, Any], bool]:
         """The node's keyword arguments, and whether any is a list or a blocker."""

@@ -232,3 +232,25 @@ def test_fully_cached_prompt_still_sends_executed_with_ui(ex):
                      "executing"]
     assert events[2][1] == {"node": "3", "display_node": "3", "output": {"value": [3]},
                             "prompt_id": "p2"}
+
+
+def test_a_node_calling_sys_exit_is_its_error_not_the_end_of_the_process(env):
+    """A pack's node calling sys.exit() ended `steerflow run` and Sessions silently."""
+    import sys
+
+    from engine import Input, Node, Output
+
+    class Quits(Node):
+        TYPE = "TestQuits"
+        OUTPUT_NODE = True
+        OUTPUTS = (Output("INT"),)
+        value: int = Input(1)
+
+        def execute(self, ctx):
+            sys.exit(4)
+
+    registry = tn.make_registry()
+    registry.register(Quits)
+    result = Executor(registry, env).run({"1": {"class_type": "TestQuits", "inputs": {}}})
+    assert result.status == "error" and result.error["node_id"] == "1"
+    assert "sys.exit(4)" in result.error["exception_message"]
