@@ -2,8 +2,9 @@
 
 A UNet step or a VAE decode at a large size runs for a minute on a CPU, and the
 sampler checks the prompt's interrupt only between steps. Each block of a model
-(every composite module held in one of its ``ModuleList``s: UNet down/up blocks,
-their ResNets and transformers, VAE decoder blocks, ControlNet blocks) checks it
+(every composite module held in one of its ``ModuleList``s or ``Sequential``s: UNet
+down/up blocks, their ResNets and transformers, VAE decoder blocks, ControlNet
+blocks, an ESRGAN's RRDB blocks) checks it
 before it runs, through :func:`engine.context.interrupt_point`. That is about a
 hundred cheap hook calls per SD UNet pass; outside a running prompt they do nothing.
 """
@@ -30,7 +31,7 @@ def make_interruptible(module: Any) -> None:
     if module.__dict__.get(_MARK):
         return
     for holder in module.modules():
-        if isinstance(holder, torch.nn.ModuleList):
+        if isinstance(holder, torch.nn.ModuleList | torch.nn.Sequential):
             for block in holder:
                 if next(block.children(), None) is not None:  # not a bare Linear/Dropout
                     block.register_forward_pre_hook(_check_interrupt)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.nbytes import register_members
+from nodes.diffusion.interrupt_hooks import make_interruptible
 from nodes.diffusion.loading import PICKLE_SUFFIXES, SAFE_SUFFIXES, UnsafeCheckpointError
 from nodes.limits import is_out_of_memory
 from nodes.upscale_model import UPSCALE_SUFFIXES
@@ -257,6 +258,7 @@ def load_upscale_model(path: Path, *, allow_pickle: bool = False,
     descriptor = descriptor_from_state_dict(
         read_state_dict(path, allow_pickle=allow_pickle), path.name)
     place_model(descriptor.model, device, budget=budget)
+    make_interruptible(descriptor.model)  # one 512-pixel tile takes seconds on a CPU
     return descriptor
 
 
