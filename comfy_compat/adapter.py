@@ -41,7 +41,16 @@ from pydantic import Field, TypeAdapter
 
 from comfy_compat import runtime
 from comfy_compat.nodes_module import record_pack_class
-from engine.node import InputSpec, NamedInputsNode, Node, NodeResult, Output
+from comfy_compat.ui_workflow import comfy_pnginfo
+from engine.node import (
+    ANY_TYPE,
+    WIDGET_TYPES,
+    InputSpec,
+    NamedInputsNode,
+    Node,
+    NodeResult,
+    Output,
+)
 
 if TYPE_CHECKING:
     from engine.context import ExecutionContext
@@ -67,9 +76,36 @@ class ComfyNode(NamedInputsNode):
     # ComfyUI does not check what a node returns (a numpy int for an INT is common)
     LAX_OUTPUTS: ClassVar[bool] = True
     VALIDATED_BY_NODE: ClassVar[frozenset[str]] = frozenset()
+    # INPUT_TYPES sections that claim every name (rgthree's FlexibleOptionalInputType: a
+    # dict whose __contains__ is always True): (section, the dict), required first
+    FLEXIBLE: ClassVar[tuple[tuple[str, Any], ...]] = ()
     _instances: ClassVar[dict[str, Any]]
+    _undeclared: ClassVar[dict[tuple[str, bool], InputSpec | None]]
 
     # --- hooks -----------------------------------------------------------------
+    @classmethod
+    def undeclared_input(cls, name: str, linked: bool) -> InputSpec | None:
+        """ComfyUI's rule (``get_input_data``): every linked input reaches the node,
+        declared or not (``TestVariadicAverage``'s ``input2``, ...), as type ``*``; a
+        constant only when a section claims its name (a flexible dict: its entry for the
+        name gives the type). Other constants are dropped (ours warn)."""
+        key = (name, linked)
+        if key in cls._undeclared:
+            return cls._undeclared[key]
+        spec: InputSpec | None = None
+        for _section, flexible in cls.FLEXIBLE:
+            try:
+                entry = flexible[name]
+                spec = _input_spec(cls, name, entry, False, name in cls.VALIDATED_BY_NODE)
+            except Exception:  # a flexible dict's entry we cannot read: any type
+                spec = _input_spec(cls, name, (ANY_TYPE,), False, False)
+            break
+        if spec is None and linked:
+            spec = _input_spec(cls, name, (ANY_TYPE,), False, False)
+        if len(cls._undeclared) < _MAX_UNDECLARED:  # same spec, same memo (see Node)
+            cls._undeclared[key] = spec
+        return spec
+
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
         fn = getattr(cls.COMFY_CLASS, "IS_CHANGED", None)
@@ -146,7 +182,7 @@ class ComfyNode(NamedInputsNode):
         return self._result(returned)
 
     def _result(self, returned: Any) -> NodeResult:
-        result, ui, expand = _split(returned, self.TYPE, len(self.OUTPUTS))
+        result, ui, expand = _split(returned, self.TYPE, len(self.OUTPUTS), self.EXTRA_OUTPUTS)
         if expand is not None:
             return NodeResult(result, ui, expand)
         return NodeResult(tuple(self._from_comfy(i, v) for i, v in enumerate(result)), ui)
@@ -181,7 +217,7 @@ class ComfyNode(NamedInputsNode):
             elif kind == "EXTRA_PNGINFO":
                 if "extra_pnginfo" not in ctx.extra:
                     continue
-                value = ctx.extra["extra_pnginfo"]
+                value = comfy_pnginfo(ctx.extra["extra_pnginfo"], _schemas(ctx))
             elif kind == "UNIQUE_ID":
                 value = ctx.node_id
             elif kind == "DYNPROMPT":
@@ -192,6 +228,8 @@ class ComfyNode(NamedInputsNode):
         return kwargs
 
     def _from_comfy(self, index: int, value: Any) -> Any:
+        if index >= len(self.OUTPUTS):  # EXTRA_OUTPUTS: an output the workflow added
+            return value
         socket = self.OUTPUTS[index].type
         scale = self._input_scale() if socket == "LATENT" else None
         if self.OUTPUT_IS_LIST[index] and isinstance(value, list | tuple):
@@ -294,7 +332,8 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
     raw = comfy.INPUT_TYPES()
     if not isinstance(raw, dict):
         raise TypeError("INPUT_TYPES() must return a dict")
-    return_types = tuple(getattr(comfy, "RETURN_TYPES", ()))
+    declared = getattr(comfy, "RETURN_TYPES", ())
+    return_types = tuple(declared)
     names = tuple(getattr(comfy, "RETURN_NAMES", None) or ())
     tooltips = tuple(getattr(comfy, "OUTPUT_TOOLTIPS", None) or ())
     is_list = tuple(getattr(comfy, "OUTPUT_IS_LIST", None) or ())
@@ -325,7 +364,11 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
         "INPUT_IS_LIST": bool(getattr(comfy, "INPUT_IS_LIST", False)),
         "OUTPUT_IS_LIST": is_list,
         "VALIDATED_BY_NODE": by_node,
+        "EXTRA_OUTPUTS": _answers_any_index(declared),
+        "FLEXIBLE": tuple((section, raw[section]) for section in ("required", "optional")
+                          if _claims_any_name(raw.get(section))),
         "_instances": {},
+        "_undeclared": {},
     }
     base = ComfyAsyncNode if inspect.iscoroutinefunction(getattr(comfy, function)) \
         else ComfyNode
@@ -355,7 +398,7 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
         socket, python = "COMBO", Any
         choices = _combo_choices(cls, name)
     elif isinstance(kind, str):
-        socket, python = kind, _PRIMITIVES.get(kind, Any)
+        socket, python = str(kind), _PRIMITIVES.get(kind, Any)
     else:
         raise TypeError(f"input {name!r}: type must be a string or a list of choices, "
                         f"got {kind!r}")
@@ -379,7 +422,63 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
         force_input=force, adapter=adapter,
         also_accept=(lambda _value, _env: True) if by_node else None,
         lazy=bool(options.get("lazy")), raw_link=bool(options.get("rawLink")),
+        pass_constants=_passes_constants(socket),
+        # "INT:seed" (ComfyUI_essentials): an INT with a widget hint; INT links fit it
+        also_links=socket.partition(":")[0] if ":" in socket
+        and socket.partition(":")[0] in _PRIMITIVES else None,
     )
+
+
+def _passes_constants(socket: str) -> bool:
+    """ComfyUI converts and checks constants only for its widget types and passes any
+    other constant on (to VALIDATE_INPUTS where there is one): so do we, except for the
+    object types Steerflow's own nodes produce (IMAGE, MODEL, ...), where a constant can
+    only be a mistake and "must be linked" is the useful answer."""
+    return socket not in WIDGET_TYPES and socket != ANY_TYPE and socket not in _object_types()
+
+
+_OBJECT_TYPES: frozenset[str] | None = None
+
+
+def _object_types() -> frozenset[str]:
+    """The non-primitive output types of Steerflow's built-in nodes."""
+    global _OBJECT_TYPES
+    if _OBJECT_TYPES is None:
+        import nodes
+
+        _OBJECT_TYPES = frozenset(
+            o.type for cls in nodes.NODE_CLASSES for o in cls.OUTPUTS
+            if "," not in o.type) - WIDGET_TYPES - {ANY_TYPE}
+    return _OBJECT_TYPES
+
+
+_MAX_UNDECLARED = 4096  # undeclared input specs kept per class
+_PROBE = "\x00steerflow: any name"
+
+
+def _claims_any_name(section: Any) -> bool:
+    """A dict subclass answering ``in`` for any name (rgthree's
+    FlexibleOptionalInputType): ComfyUI's ``get_input_info`` then counts every input
+    as declared there, with the type its ``__getitem__`` gives."""
+    if not isinstance(section, dict) or type(section) is dict:
+        return False
+    try:
+        return _PROBE in section
+    except Exception:
+        return False
+
+
+def _answers_any_index(return_types: Any) -> bool:
+    """A tuple subclass answering past its end (rgthree's ByPassTypeTuple, ``"*"`` at
+    any index): ComfyUI then accepts a link to any output index, and keeps as many
+    outputs as ``FUNCTION`` returns."""
+    if not isinstance(return_types, tuple) or type(return_types) is tuple:
+        return False
+    try:
+        return_types[len(return_types)]
+    except Exception:
+        return False
+    return True
 
 
 def _combo_choices(cls: type[ComfyNode], name: str) -> Callable[[Environment], list[Any]]:
@@ -436,17 +535,17 @@ def _is_nan(value: Any) -> bool:
 
 # --- running ----------------------------------------------------------------------
 
-def _split(returned: Any, type_id: str, expected: int
+def _split(returned: Any, type_id: str, expected: int, extra: bool = False
            ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
     """A call's ``(result, ui, expand)``: from a tuple, or ``{"ui": ..., "result": ...,
-    "expand": ...}``."""
+    "expand": ...}``. ``extra`` (``EXTRA_OUTPUTS``): more values than declared are kept."""
     ui = expand = None
     if isinstance(returned, dict):
         ui = returned.get("ui")
         expand = returned.get("expand")
         returned = returned.get("result", ())
     result = () if returned is None else tuple(returned)
-    if len(result) != expected:
+    if len(result) != expected and not (extra and len(result) > expected):
         raise RuntimeError(f"{type_id} returned {len(result)} value(s) but RETURN_TYPES "
                            f"declares {expected}")
     if ui is not None and not isinstance(ui, dict):
@@ -516,6 +615,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     return str(value)
+
+
+def _schemas(ctx: ExecutionContext) -> Any:
+    """The running registry's node schemas (for a ComfyUI view of our workflow)."""
+    registry = getattr(getattr(ctx.run, "ex", None), "registry", None)
+    if registry is None:
+        return None
+    from engine.comfy_workflow import RegistrySchemas
+
+    return RegistrySchemas(registry)
 
 
 def _send_to_running_node(event: Any, data: Any, sid: str | None) -> None:

@@ -24,7 +24,7 @@ from engine.lists import (
     merge_ui,
 )
 from engine.node import INT64_MAX, INT64_MIN, Node, NodeResult, Output
-from engine.validation import check_constant
+from engine.validation import check_constant, linked_spec
 
 if TYPE_CHECKING:
     from engine.environment import Environment
@@ -60,9 +60,10 @@ def class_info(cls: type[Node]) -> ClassInfo:
     return info
 
 
-def _normalize(returned: Any, expected: int, type_id: str
+def _normalize(returned: Any, expected: int, type_id: str, extra: bool = False
                ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
-    """``(outputs, ui, expand)`` from what ``execute`` returned."""
+    """``(outputs, ui, expand)`` from what ``execute`` returned (``extra``: the class's
+    ``EXTRA_OUTPUTS``, so more than ``expected`` is fine)."""
     expand = None
     if isinstance(returned, NodeResult):
         outputs, ui, expand = tuple(returned.outputs), returned.ui, returned.expand
@@ -70,7 +71,7 @@ def _normalize(returned: Any, expected: int, type_id: str
         outputs, ui = (), None
     else:
         outputs, ui = tuple(returned), None
-    if len(outputs) != expected:
+    if len(outputs) != expected and not (extra and len(outputs) > expected):
         raise RuntimeError(f"{type_id} returned {len(outputs)} output(s) but declares {expected}")
     return outputs, ui, expand
 
@@ -94,9 +95,9 @@ def plan_calls(node: ValidatedNode, kwargs: dict[str, Any], *, input_is_list: bo
             continue
         if not input_is_list:
             for name in node.links:
-                spec = specs[name]
+                spec = specs.get(name) or linked_spec(node.cls, name)
                 value = call[name]
-                if spec.is_widget and value is not None and name not in raw \
+                if spec is not None and spec.is_widget and value is not None and name not in raw \
                         and not spec.accepts_as_is(value):
                     call[name], issue = check_constant(spec, value, env)
                     if issue is not None:
@@ -123,7 +124,7 @@ def merge_calls(cls: type[Node], output_is_list: tuple[bool, ...], returned: lis
             results.append((ExecutionBlocker(None),) * count)
             expanded.append(False)
             continue
-        outputs, ui, expand = _normalize(item, count, cls.TYPE)
+        outputs, ui, expand = _normalize(item, count, cls.TYPE, cls.EXTRA_OUTPUTS)
         if expand is not None:
             if len(returned) == 1:
                 return outputs, ui, expand

@@ -62,6 +62,9 @@ DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # as engine.node.DYNAMIC_COMBO
 #: a schema's widgets the front end adds after its own: ``[[name, type], ...]`` (ours)
 TRAILING_KEY = "trailing_widgets"
 _MAX_NESTING = 8  # DynamicCombos inside options, followed this deep
+#: types ComfyUI's front end draws as a seed widget (an INT and its control), whatever
+#: the input's name (ComfyUI_essentials' "INT:seed" inputs)
+SEED_WIDGET_TYPES = frozenset({"INT:seed", "INT:noise_seed"})
 # ComfyUI's front end gives these INT inputs a control widget even when the
 # schema does not ask for one.
 LEGACY_CONTROL_NAMES = frozenset({"seed", "noise_seed"})
@@ -169,6 +172,9 @@ def _widgets(inputs: Mapping[str, Any], order: Mapping[str, Any], prefix: str = 
                     str(o["key"]): _widgets(o["inputs"], {}, full + ".", depth + 1)
                     for o in choices if isinstance(o, dict) and "key" in o
                     and isinstance(o.get("inputs"), dict)}))
+                continue
+            if kind in SEED_WIDGET_TYPES and not options.get("forceInput"):
+                widgets.append(Widget(full, "INT", True))  # a seed widget and its control
                 continue
             if kind not in WIDGET_TYPES or options.get("forceInput"):
                 continue

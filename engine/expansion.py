@@ -49,7 +49,12 @@ class DependencyCycleError(RuntimeError):
 
 
 class SubgraphNode:
-    """One node of a :class:`Subgraph`; ``out(i)`` is a link to its output ``i``."""
+    """One node of a :class:`Subgraph`; ``out(i)`` is a link to its output ``i``.
+
+    ``display_id`` (ComfyUI's ``override_display_id``, also by that name) is the node
+    the run's events show it as (``display_node``): a node of the running graph, whose
+    own display node it takes; by default the expanding node's.
+    """
 
     __slots__ = ("class_type", "display_id", "id", "inputs")
 
@@ -68,6 +73,22 @@ class SubgraphNode:
             self.inputs.pop(name, None)
         else:
             self.inputs[name] = value
+
+    def get_input(self, name: str) -> Any:
+        """An input's value or link; None if not set."""
+        return self.inputs.get(name)
+
+    def set_override_display_id(self, display_id: str | None) -> None:
+        """Show this node in the run's events as ``display_id`` (ComfyUI's name)."""
+        self.display_id = display_id
+
+    @property
+    def override_display_id(self) -> str | None:
+        return self.display_id
+
+    @override_display_id.setter
+    def override_display_id(self, display_id: str | None) -> None:
+        self.display_id = display_id
 
     def serialize(self) -> dict[str, Any]:
         data: dict[str, Any] = {"class_type": self.class_type, "inputs": dict(self.inputs)}
@@ -164,7 +185,9 @@ class DynamicGraph:
     def add(self, node_id: str, parent_id: str, display_id: str | None) -> None:
         self.parents[node_id] = parent_id
         self._origin[node_id] = self.get_real_node_id(parent_id)
-        self.display[node_id] = display_id or self.get_display_node_id(parent_id)
+        # ComfyUI follows display ids until a prompt node: stored resolved, so one step
+        self.display[node_id] = self.get_display_node_id(
+            str(display_id) if display_id is not None else parent_id)
         if self._users is not None:
             self._index(node_id)
 

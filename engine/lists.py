@@ -88,10 +88,13 @@ def merge_outputs(results: list[tuple[Any, ...]], is_list: tuple[bool, ...]
                   ) -> tuple[Any, ...]:
     """One output tuple from the calls' results (see the module's rules)."""
     merged = []
-    for i, flag in enumerate(is_list):
+    # a node with EXTRA_OUTPUTS may return more than it declares (not a list, those)
+    width = max([len(is_list), *(len(r) for r in results)])
+    for i in range(width):
+        flag = i < len(is_list) and is_list[i]
         items: list[Any] = []
         for result in results:
-            value = result[i]
+            value = result[i] if i < len(result) else None
             if flag and isinstance(value, list | tuple):
                 items.extend(value)
             else:

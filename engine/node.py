@@ -178,6 +178,11 @@ class InputSpec:
     dynamic: tuple[DynamicOption, ...] | None = None
     # An input a DynamicCombo option brings: the combo's name (this name is "combo.sub").
     parent: str | None = None
+    # A socket input whose constant is passed on as it is, unchecked (ComfyUI's rule for
+    # a type it draws no widget for: "IMAGE,FLOAT", "INT:seed", a pack's own type).
+    pass_constants: bool = False
+    # Further output types a link may come from (comma-separated), beyond ``type``.
+    also_links: str | None = None
 
     @property
     def has_default(self) -> bool:
@@ -261,6 +266,10 @@ class Node(BaseModel):
     # fed lists runs once per element, see engine.lists).
     INPUT_IS_LIST: ClassVar[bool] = False
     INPUT_SPECS: ClassVar[dict[str, InputSpec]] = {}
+    # True: ``execute`` may return more values than OUTPUTS declares; a link to an output
+    # past the declared ones is accepted (type ``*``) and gets that value (None if the
+    # run returned fewer). For nodes whose outputs are set per workflow (ComfyUI packs).
+    EXTRA_OUTPUTS: ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -287,6 +296,19 @@ class Node(BaseModel):
         A third item ``"warning"`` makes one a warning: reported, but the prompt runs.
         """
         return []
+
+    @classmethod
+    def undeclared_input(cls, name: str, linked: bool) -> InputSpec | None:
+        """The spec of an input the node accepts without declaring it (``linked``: the
+        prompt links it, rather than giving a constant), or None: the input is reported
+        as unknown (a warning) and ignored, the default.
+
+        A node that returns a spec receives the input by name like a declared one; it
+        is validated against that spec (a link must name an existing node and output,
+        and match the spec's type). Return the same spec object for the same arguments:
+        validation memoizes checks per spec.
+        """
+        return None
 
     def check_lazy_status(self, ctx: ExecutionContext) -> Sequence[str]:
         """Names of the lazy inputs this node still needs, given the inputs it has.

@@ -31,12 +31,19 @@ from engine.outputs import (
 )
 from engine.run_expansion import ExpansionSteps
 from engine.signature import signature
-from engine.validation import ValidatedNode, ValidatedPrompt, check_constant
+from engine.validation import ValidatedNode, ValidatedPrompt, check_constant, linked_spec
 
 if TYPE_CHECKING:
     from engine.executor import EventCallback, Executor
 
 log = logging.getLogger("engine.executor")
+
+
+def full_type_name(cls: type) -> str:
+    """An exception's type as ComfyUI's ``execution_error`` names it: ``OSError`` for a
+    builtin, ``module.QualName`` for any other."""
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 _WAITING, _RUNNING, _DONE = 0, 1, 3  # and _EXPANDED (2), set by ExpansionSteps
@@ -292,7 +299,8 @@ class _Run(ExpansionSteps):
                 outputs, ui, expand = self._run_mapped(node, info, kwargs, ctx)
             else:
                 returned = node.cls.model_construct(**kwargs).execute(ctx)
-                outputs, ui, expand = _normalize(returned, len(node.cls.OUTPUTS), node.cls.TYPE)
+                outputs, ui, expand = _normalize(returned, len(node.cls.OUTPUTS), node.cls.TYPE,
+                                                 node.cls.EXTRA_OUTPUTS)
                 if expand is None:
                     _check_outputs(node.cls, outputs)
                     if info.any_list_out:
@@ -324,12 +332,15 @@ class _Run(ExpansionSteps):
             entry = self.cache.get(self.sigs[src])
             if entry is None:
                 raise RuntimeError(f"internal: output of node {src} is missing from the cache")
-            value = entry.outputs[idx]
+            try:
+                value = entry.outputs[idx]
+            except IndexError:  # an EXTRA_OUTPUTS node returned fewer: None, as ComfyUI
+                value = None
             if isinstance(value, SPECIAL):
                 special = True  # checked per element when mapped
             else:
-                spec = node.cls.INPUT_SPECS[name]
-                if spec.is_widget and not spec.accepts_as_is(value):
+                spec = linked_spec(node.cls, name)
+                if spec is not None and spec.is_widget and not spec.accepts_as_is(value):
                     value, issue = check_constant(spec, value, self.ex.env)
                     if issue is not None:
                         raise ValueError(issue.message)
@@ -479,7 +490,7 @@ class _Run(ExpansionSteps):
             "node_type": node.cls.TYPE if node else None,
             "executed": list(self.result.executed),
             "exception_message": bounded_message(str(exc)),
-            "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "exception_type": full_type_name(type(exc)),
             "traceback": [bounded_message(line) for line in traceback.format_exception(exc)],
             "current_inputs": {k: _short_repr(v)
                                for k, v in (node.constants if node else {}).items()},

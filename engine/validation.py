@@ -25,7 +25,9 @@ Node modes (``"mode": "muted" | "bypass"``, see :mod:`engine.workflow`) are
 resolved first: what is validated and run is the graph without those nodes.
 
 Unknown inputs are reported as warnings (kind ``unknown_input``) and ignored, so
-workflows saved by newer versions of a node still run; so are the inputs of a
+workflows saved by newer versions of a node still run, unless the node class takes
+them undeclared (:meth:`engine.node.Node.undeclared_input`: ComfyUI packs' variadic
+inputs), when they are checked against the spec it gives and passed on; so are the inputs of a
 DynamicCombo option other than the chosen one (:mod:`engine.dynamic`), whose own
 inputs are checked like any other. A MatchType output's type is that of what is linked
 to its node (:class:`engine.dynamic.OutputTypes`), checked against where it leads.
@@ -116,7 +118,7 @@ def node_shape(cls: type[Node]) -> NodeShape:
 def check_constant(spec: InputSpec, value: Any, env: Environment | None
                    ) -> tuple[Any, Issue | None]:
     """Validate (and coerce) one constant; returns the value or an issue."""
-    if spec.type == ANY_TYPE:
+    if spec.type == ANY_TYPE or (spec.pass_constants and not spec.is_widget):
         return value, None
     if not spec.is_widget or spec.adapter is None:
         return value, Issue("expected_link",
@@ -369,12 +371,23 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
     specs = cls.INPUT_SPECS
     if has_dynamic(cls):  # a DynamicCombo: only the chosen option's inputs count
         specs = active_specs(specs, inputs)
+    extra: dict[str, InputSpec] | None = None
     for name in inputs:
         if name not in specs:
+            if name not in cls.INPUT_SPECS:
+                # an input the class takes without declaring it (ComfyUI passes linked ones)
+                spec = cls.undeclared_input(name, is_link(inputs[name]))
+                if spec is not None:
+                    if extra is None:
+                        extra = {}
+                    extra[name] = spec
+                    continue
             message = (ignored_message(cls.INPUT_SPECS, name, inputs)
                        if name in cls.INPUT_SPECS else f"unknown input {name!r} ignored")
             issues.append(Issue("unknown_input", f"node {node_id}: {message}",
                                 input_name=name, severity="warning"))
+    if extra:
+        specs = {**specs, **extra}
     for name, spec in specs.items():
         if name not in inputs or inputs[name] is None:
             if spec.required and not spec.has_default:
@@ -467,6 +480,13 @@ def _checks_inputs(cls: type[Node]) -> bool:
 _BASE_VALIDATE = Node.validate_inputs.__func__  # type: ignore[attr-defined]
 
 
+def linked_spec(cls: type[Node], name: str) -> InputSpec | None:
+    """The spec of ``cls``'s input ``name`` as linked: declared, or one the class takes
+    undeclared (:meth:`engine.node.Node.undeclared_input`); None if neither."""
+    spec = cls.INPUT_SPECS.get(name)
+    return spec if spec is not None else cls.undeclared_input(name, True)
+
+
 def _check_link(name: str, spec: InputSpec, value: Any,
                 classes: Mapping[str, type[Node]],
                 output_type: OutputType | None = None) -> Issue | None:
@@ -478,13 +498,16 @@ def _check_link(name: str, spec: InputSpec, value: Any,
     if src is None:
         return Issue("bad_link", f"input '{name}' links to node {src_id!r}, which does not exist "
                      "or is invalid", input_name=name, details={"source": src_id})
+    if src.EXTRA_OUTPUTS and index >= len(src.OUTPUTS):
+        return None  # an output the node adds per workflow: any type, as ComfyUI's "*"
     if not 0 <= index < len(src.OUTPUTS):
         return Issue("bad_link", f"input '{name}' links to output {index} of node {src_id} "
                      f"({src.TYPE}), which has {len(src.OUTPUTS)} output(s)", input_name=name,
                      details={"source": src_id, "index": index})
     output = src.OUTPUTS[index]
     out_type = output_type(src_id, index) if output.match and output_type else output.type
-    if not types_match(out_type, spec.type):
+    if not types_match(out_type, spec.type) and not (
+            spec.also_links and types_match(out_type, spec.also_links)):
         return Issue("type_mismatch", f"input '{name}' expects {spec.type} but node {src_id} "
                      f"({src.TYPE}) output {index} is {out_type}", input_name=name,
                      details={"expected_type": spec.type, "received_type": out_type,
