@@ -300,6 +300,7 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
                 _stuck.add(module_name)
                 _forget_modules(module_name, before)
                 where = _thread_position(thread)
+                _stop_thread(thread)
                 log.error("node pack %s: import still running after %gs%s; skipped",
                           label, timeout, where)
                 raise _PackFailed(f"TimeoutError: import did not finish within {timeout:g}s"
@@ -315,6 +316,22 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
     if isinstance(exc, KeyboardInterrupt):
         raise _PackFailed("KeyboardInterrupt: the pack raised KeyboardInterrupt at import")
     raise _PackFailed(f"{type(exc).__name__}: {exc}")
+
+
+class ImportAbandoned(BaseException):
+    """Raised inside a pack's import that ran past its time (see :func:`_stop_thread`)."""
+
+
+def _stop_thread(thread: threading.Thread) -> None:
+    """Ask an abandoned import's thread to stop: the exception is raised in it at its
+    next bytecode, so a pack looping in Python stops burning a core; one blocked in C
+    (a socket, a sleep) stops when that call returns. CPython's documented C API."""
+    import ctypes
+
+    if thread.ident is None:
+        return
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                               ctypes.py_object(ImportAbandoned))
 
 
 def _forget_modules(module_name: str, before: set[str]) -> None:

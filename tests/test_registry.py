@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -104,21 +106,39 @@ def test_hanging_pack_times_out_and_loading_continues(packs: Path, tmp_path: Pat
         assert error.pack == str(packs / "m_hang.py")
         assert "did not finish within 0.5s" in error.message
         assert "m_hang.py:" in error.message  # where it hangs
-        # a retry while the first import still runs fails at once, not after another wait
+        # the abandoned import is stopped (it looped in Python: it burnt a core for good),
+        # without the flag, and nothing of it is registered or left in sys.modules
+        deadline = time.monotonic() + 10
+        while "steerflow_custom_nodes.m_hang" in reg_mod._stuck \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "steerflow_custom_nodes.m_hang" not in reg_mod._stuck
+        assert not [t for t in threading.enumerate() if t.name.endswith(".m_hang")]
+        assert "LateNode" not in registry
+        assert "steerflow_custom_nodes.m_hang" not in sys.modules
+    finally:
+        flag.touch()
+
+
+def test_a_retry_while_an_abandoned_import_still_runs_fails_at_once(packs: Path,
+                                                                    monkeypatch):
+    """An import blocked in C cannot be stopped at once: a retry meanwhile is refused at
+    once rather than after another wait."""
+    monkeypatch.setattr(reg_mod, "_stop_thread", lambda thread: None)  # as if blocked
+    release = threading.Event()
+    (packs / "m_block.py").write_text("import builtins\nbuiltins._steerflow_block.wait()\n"
+                                      "NODE_CLASSES = ()\n")
+    builtins._steerflow_block = release
+    try:
+        NodeRegistry().load_directory(packs, timeout=0.5)
         again = NodeRegistry()
         start = time.monotonic()
         again.load_directory(packs, timeout=5)
         assert time.monotonic() - start < 4
-        assert "still running" in again.errors[0].message
+        assert "still running" in next(e for e in again.errors if "m_block" in e.pack).message
     finally:
-        flag.touch()
-    # once the import ends on its own, nothing of it is registered or left in sys.modules
-    deadline = time.monotonic() + 10
-    while "steerflow_custom_nodes.m_hang" in reg_mod._stuck and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "steerflow_custom_nodes.m_hang" not in reg_mod._stuck
-    assert "LateNode" not in registry
-    assert "steerflow_custom_nodes.m_hang" not in sys.modules
+        release.set()
+        del builtins._steerflow_block
 
 
 def test_module_constant_is_the_default_limit(packs: Path, tmp_path: Path, monkeypatch):
