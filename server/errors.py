@@ -127,9 +127,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
         return ApiError(exc.status, _slug(exc.reason), exc.reason, headers=headers).response()
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError included
+        if not _client_gone(request):
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return ApiError(500, "internal_error", "internal server error; see the server "
+                            "log").response()
+        # The client went away mid-request (an upload cut off): nothing to fix here, and
+        # no answer can reach it. One line, no traceback (aiohttp would log an ERROR).
+        log.info("%s %s: the client disconnected before the request was read (%s)",
+                 request.method, request.path, exc or type(exc).__name__)
+        return ApiError(400, "client_disconnected", "the connection was lost").response()
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return ApiError(500, "internal_error", "internal server error; see the server log"
                         ).response()
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether this request's own connection is lost (not some other socket's)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

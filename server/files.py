@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 ROLES = ("output", "input", "temp")
 FIELD_LIMIT = 4096
 _BAD_CHARS = set('<>:"|?*')
+MAX_NAME_BYTES = 255  # one file or folder name, in bytes (NAME_MAX)
+MAX_SUFFIX_BYTES = 16  # a longer ".xyz…" is part of the name, not an extension
 # Uploaded names never start with "." (sanitize_filename) nor end in ".part", so
 # these temp files can neither clash with an upload nor show up as images.
 TEMP_PREFIX = ".upload-"
@@ -90,7 +92,7 @@ async def view(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", f"no {ctype} file {filename!r} in {role}")
     headers = _safe_headers(path.name)
     preview, channel = q.get("preview"), q.get("channel")
-    if preview or channel in ("rgb", "a"):
+    if preview is not None or channel in ("rgb", "a"):
         fmt, quality = _parse_preview(preview)
         loop = asyncio.get_running_loop()
         try:
@@ -130,19 +132,20 @@ def _download(path: Path, filename: str, role: str) -> web.StreamResponse:
 
 
 def _parse_preview(preview: str | None) -> tuple[str, int]:
-    if not preview:
+    """``preview=FORMAT[;QUALITY]`` as ComfyUI reads it: a format it does not know is
+    WebP, a quality that is not a number is 90. PNG and ``jpg`` are ours besides."""
+    if preview is None:
         return "png", 90
     fmt, _, quality = preview.partition(";")
     fmt = fmt.strip().lower()
     fmt = "jpeg" if fmt == "jpg" else fmt
     if fmt not in ("webp", "jpeg", "png"):
-        raise ApiError(400, "invalid_preview", "preview must be webp, jpeg or png, "
-                       "optionally with ';QUALITY'")
-    try:
-        q = int(quality) if quality else 90
-    except ValueError:
-        raise ApiError(400, "invalid_preview", "preview quality must be an integer") from None
-    return fmt, min(max(q, 1), 100)
+        fmt = "webp"
+    quality = quality.rsplit(";", 1)[-1].strip()
+    if not (quality.isascii() and quality.isdigit()):
+        return fmt, 90
+    digits = quality.lstrip("0") or "0"  # bounded before int(): "9" * 5000 is 100
+    return fmt, min(max(int(digits) if len(digits) <= 3 else 100, 1), 100)
 
 
 def _has_magic(path: Path, ctype: str) -> bool:
@@ -209,7 +212,7 @@ async def read_upload(request: web.Request, default_name: str, what: str) -> Upl
     if data is None:
         raise ApiError(400, "missing_image", f"the form has no 'image' file{what}")
     role = _role(fields.get("type"), "input")
-    subfolder = fields.get("subfolder", "").strip().replace("\\", "/").rstrip("/")
+    subfolder = _clean_subfolder(fields.get("subfolder", ""))
     overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
     return UploadForm(filename, data, fields, role, subfolder, overwrite,
                       _upload_folder(st.env.folder(role), subfolder))
@@ -226,6 +229,9 @@ async def store_upload(form: UploadForm, name: str, data: bytes) -> web.Response
         raise ApiError(403, "forbidden_path", str(exc)) from None
     except OSError as exc:  # a full disk, a read-only folder...
         log.warning("upload to %s failed: %s", form.folder, exc)
+        if exc.errno == errno.ENAMETOOLONG:  # a file system with a shorter limit
+            raise ApiError(400, "invalid_filename", "the file name is too long for the "
+                           "file system; upload it under a shorter name") from None
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise ApiError(507 if full else 500, "write_failed",
                        f"cannot store the upload: {exc.strerror or exc}") from None
@@ -256,12 +262,26 @@ async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
     return bytes(buf)
 
 
+def _clean_subfolder(subfolder: str) -> str:
+    """The ``subfolder`` field as a relative folder path: its parts lose control and other
+    non-printable characters, as file names do (sanitize_filename), so no folder is ever
+    created with one; what is left is checked by :func:`_upload_folder`, and the reply
+    names the folder as it is on disk."""
+    subfolder = subfolder.strip().replace("\\", "/")
+    absolute = subfolder.startswith("/")
+    parts = [p for p in (_printable(part) for part in subfolder.split("/")) if p]
+    return ("/" if absolute else "") + "/".join(parts)
+
+
 def _upload_folder(root: Path, subfolder: str) -> Path:
     if subfolder.startswith("/"):
         raise ApiError(403, "forbidden_path", "absolute subfolders are not allowed")
     parts = [p for p in subfolder.split("/") if p]
     if any(p.startswith(".") for p in parts):
         raise ApiError(403, "forbidden_path", "subfolder names may not start with '.'")
+    if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        raise ApiError(400, "invalid_path", f"a subfolder name may have at most "
+                       f"{MAX_NAME_BYTES} bytes")
     try:
         folder = confined_path(root, *parts)
         folder.mkdir(parents=True, exist_ok=True)
@@ -274,20 +294,39 @@ def _upload_folder(root: Path, subfolder: str) -> Path:
 
 
 def sanitize_filename(name: str) -> str:
-    """A plain file name: no directories, control or shell-special characters, dotfiles."""
+    """A plain file name: no directories, control or shell-special characters, dotfiles,
+    at most MAX_NAME_BYTES of UTF-8 (:func:`fit_name`)."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name if c.isprintable() and c not in _BAD_CHARS)
+    name = _printable(name, _BAD_CHARS)
     name = name.strip().lstrip(".").strip()
+    return fit_name(name) or "upload"
+
+
+def _printable(text: str, also: set[str] | frozenset[str] = frozenset()) -> str:
+    """``text`` without control and other non-printable characters (nor ``also``)."""
+    return "".join(c for c in text if c.isprintable() and c not in also)
+
+
+def fit_name(name: str, extra: str = "", limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` with ``extra`` (a " (1)" suffix) before its extension, within ``limit``
+    bytes of UTF-8, the file systems' limit on one name (255 on ext4, XFS, btrfs, APFS,
+    NTFS's 255 UTF-16 units being more): the stem is cut at a character boundary, the
+    extension kept."""
     stem, suffix = os.path.splitext(name)
-    if len(name) > 150:
-        name = stem[: 150 - len(suffix[:10])] + suffix[:10]
-    return name or "upload"
+    if len(suffix.encode()) > MAX_SUFFIX_BYTES:  # not an extension: cut it with the rest
+        stem, suffix = name, ""
+    room = limit - len(extra.encode()) - len(suffix.encode())
+    encoded = stem.encode()
+    if len(encoded) > room:
+        # decode's "ignore" drops a character the cut went through
+        stem = encoded[:max(room, 0)].decode("utf-8", "ignore").rstrip()
+    return stem + extra + suffix
 
 
 def _with_suffix(name: str, fmt: str) -> str:
     canonical, _, accepted = FORMATS[fmt]
     stem, suffix = os.path.splitext(name)
-    return name if suffix.lower() in accepted else (stem or "upload") + canonical
+    return name if suffix.lower() in accepted else fit_name((stem or "upload") + canonical)
 
 
 def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
@@ -296,11 +335,11 @@ def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
     Atomic: the data is complete and on disk in a temp file before any final
     name points at it, so a crash at any moment leaves no partial image.
     """
-    stem, suffix = os.path.splitext(name)
+    name = fit_name(name)
     tmp = _write_temp(folder, data)
     try:
         for n in range(10000):
-            candidate = name if n == 0 else f"{stem} ({n}){suffix}"
+            candidate = name if n == 0 else fit_name(name, f" ({n})")
             path = confined_path(folder, candidate)
             if path.is_dir():
                 continue

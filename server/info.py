@@ -61,8 +61,8 @@ async def object_info_node(request: web.Request) -> web.Response:
     registry = await st.runtime.get_registry()
     type_id = request.match_info["node_class"]
     cls = registry.get(type_id)
-    if cls is None:
-        raise ApiError(404, "unknown_node_type", f"no node type {type_id!r}")
+    if cls is None:  # as ComfyUI: an empty object, not an error
+        return json_response({})
     return json_response({type_id: comfy_schema(await _off_loop(cls.schema, st.env))})
 
 

@@ -4,10 +4,16 @@ Newer ComfyUI frontends (1.3x and later) read their queue and history panels fro
 it instead of ``/queue`` and ``/history``. A job is a prompt: ``pending`` or
 ``in_progress`` while queued, then ``completed``, ``failed`` or ``cancelled`` from
 its history entry. Newest first; times in milliseconds.
+
+As ComfyUI's ``get_all_jobs``: the status filter comes first, ``pagination.total``
+counts every job that matches it, and ``offset``/``limit`` page over those. The
+history's part of that is done in SQL on its ``status`` column
+(:meth:`server.storage.Storage.history_jobs`), so only the page's entries are read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -15,12 +21,11 @@ from aiohttp import web
 
 from server.errors import ApiError, json_response
 from server.state import state
+from server.storage import END_EVENTS, HISTORY_STATUSES, Storage, history_status
 
-STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
+STATUSES = ("pending", "in_progress", *HISTORY_STATUSES)
 MAX_LIMIT = 1000
-MAX_OFFSET = 10_000
-_END_EVENTS = {"execution_success": "completed", "execution_error": "failed",
-               "execution_interrupted": "cancelled"}
+MAX_OFFSET = 999_999_999  # nine digits (_bounded); never clamped below the real count
 
 
 def _queued(item: list[Any], status: str) -> dict[str, Any]:
@@ -45,16 +50,14 @@ def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, An
     extra = extra if isinstance(extra, dict) else {}
     status_info = entry.get("status") or {}
     times: dict[str, int] = {}
-    status = "completed" if status_info.get("status_str") == "success" else "failed"
+    status = history_status(entry)  # as stored in the history's status column
     error = None
     for event, data in status_info.get("messages") or []:
         stamp = (data or {}).get("timestamp") if isinstance(data, dict) else None
         if isinstance(stamp, int | float):
             times[event] = int(stamp)
-        if event in _END_EVENTS:
-            status = _END_EVENTS[event]
-            if event == "execution_error" and isinstance(data, dict):
-                error = data
+        if event == "execution_error" and isinstance(data, dict):
+            error = data
     outputs = entry.get("outputs") or {}
     previews = [{**img, "nodeId": node_id, "mediaType": "images"}
                 for node_id, out in outputs.items() if isinstance(out, dict)
@@ -63,7 +66,7 @@ def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, An
         "id": prompt_id, "status": status, "priority": number,
         "create_time": extra.get("create_time") or times.get("execution_start", 0),
         "execution_start_time": times.get("execution_start"),
-        "execution_end_time": next((times[e] for e in _END_EVENTS if e in times), None),
+        "execution_end_time": next((times[e] for e in END_EVENTS if e in times), None),
         "preview_output": previews[0] if previews else None,
         "outputs_count": sum(len(v) for out in outputs.values() if isinstance(out, dict)
                              for v in out.values() if isinstance(v, list)),
@@ -88,28 +91,45 @@ def _bounded(request: web.Request, name: str, default: int, top: int) -> int:
 
 async def list_jobs(request: web.Request) -> web.Response:
     st = state(request)
-    wanted = [s for s in request.query.get("status", ",".join(STATUSES)).split(",") if s]
+    raw = request.query.get("status", "")  # none or empty: every status, as ComfyUI's
+    wanted = [s.strip().lower() for s in raw.split(",") if s.strip()] if raw else STATUSES
     if unknown := [s for s in wanted if s not in STATUSES]:
         raise ApiError(400, "invalid_status", f"unknown job status {unknown[0]!r}; one of "
                        f"{', '.join(STATUSES)}")
     limit = _bounded(request, "limit", 200, MAX_LIMIT)
     offset = _bounded(request, "offset", 0, MAX_OFFSET)
+    # Filter, count, then page: the queue's jobs (in progress, then pending) come before
+    # the history's (newest first), as they always did.
     running, pending = st.queue.snapshot()
-    jobs = [_queued(i, "in_progress") for i in running] if "in_progress" in wanted else []
+    queued = [_queued(i, "in_progress") for i in running] if "in_progress" in wanted else []
     if "pending" in wanted:
-        jobs += [_queued(i, "pending") for i in pending]
-    more_history = False
-    if {"completed", "failed", "cancelled"} & set(wanted):
-        rows = st.storage.history(offset + limit + 1, None)[::-1]  # newest first
-        more_history = len(rows) > offset + limit
-        for prompt_id, text in rows:
-            job = _finished(prompt_id, json.loads(text), full=False)
-            if job["status"] in wanted:
-                jobs.append(job)
-    page = jobs[offset:offset + limit]
-    has_more = more_history or len(jobs) > offset + limit
+        queued += [_queued(i, "pending") for i in pending]
+    page = queued[offset:offset + limit]
+    history_total = 0
+    finished = [s for s in HISTORY_STATUSES if s in wanted]
+    if finished:
+        history_total, jobs = await asyncio.get_running_loop().run_in_executor(
+            None, _history_page, st.storage,
+            None if len(finished) == len(HISTORY_STATUSES) else finished,
+            limit - len(page), max(offset - len(queued), 0))
+        page += jobs
+    total = len(queued) + history_total
     return json_response({"jobs": page, "pagination": {
-        "offset": offset, "limit": limit, "total": len(jobs), "has_more": has_more}})
+        "offset": offset, "limit": limit, "total": total,
+        "has_more": offset + len(page) < total}})
+
+
+def _history_page(storage: Storage, statuses: list[str] | None, limit: int, offset: int
+                  ) -> tuple[int, list[dict[str, Any]]]:
+    """(matching history entries, the page's jobs): entries read one at a time, so a
+    page of big prompts never holds more than one of them as text."""
+    total, ids = storage.history_jobs(statuses, limit, offset)
+    jobs = []
+    for prompt_id in ids:
+        text = storage.history_entry(prompt_id)
+        if text is not None:  # deleted meanwhile
+            jobs.append(_finished(prompt_id, json.loads(text), full=False))
+    return total, jobs
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -213,6 +213,9 @@ async def _validate(validator: Any, prompt: dict[str, Any],
                        node_errors={}) from None
 
 
+_PROMPT_WIDE_KINDS = frozenset({"unknown_node_type", "no_output_node"})
+
+
 def _validation_error(issues: list[Issue],
                       dependent_outputs: Callable[[str], list[str]] | None = None) -> ApiError:
     """The 400 for an invalid prompt, capped at the first MAX_REPORTED_ISSUES errors.
@@ -224,11 +227,16 @@ def _validation_error(issues: list[Issue],
     shown = errors[:MAX_REPORTED_ISSUES]
     warnings = [i for i in issues if i.severity != "error"][:MAX_REPORTED_ISSUES - len(shown)]
     unknown = [i for i in shown if i.kind == "unknown_node_type"]
-    node_errors = to_node_errors([i for i in shown if i.kind != "unknown_node_type"],
+    # A node-less kind in node_errors would be a "node" that is not in the prompt (a
+    # partial_execution_targets id): ComfyUI reports those in the error alone.
+    node_errors = to_node_errors([i for i in shown if i.kind not in _PROMPT_WIDE_KINDS],
                                  dependent_outputs)
     if unknown:  # as ComfyUI: the prompt as a whole, its front end names the missing nodes
         error = ("invalid_prompt", f"Cannot execute because node {unknown[0].class_type} "
                  "does not exist.")
+    elif not node_errors and any(i.kind == "no_output_node" for i in errors):
+        # ComfyUI's type and message; the details keep ours ("[no_output_node] ...")
+        error = ("prompt_no_outputs", "Prompt has no outputs")
     elif node_errors:
         error = ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
     else:
@@ -260,23 +268,47 @@ def _prompt_id(value: Any) -> str:
 
 
 def _number(body: dict[str, Any], next_number: Any) -> int | float:
-    """The queue position: ``number`` as given (bounded), else the next one (``front``:
-    before every pending prompt), as in ComfyUI."""
-    front = body.get("front")
-    if front is not None and not isinstance(front, bool):
-        raise ApiError(400, "invalid_request", "'front' must be true or false",
-                       node_errors={})
+    """The queue position: ``number`` as given (bounded), else the next one (a truthy
+    ``front``: before every pending prompt), as in ComfyUI.
+
+    ComfyUI takes ``float(number)``, so a numeric string ("5") and a boolean are numbers
+    there and here; any value must be finite and within ±2**53.
+    """
     value = body.get("number")
     if value is None:
-        return next_number(front=bool(front))
+        # ComfyUI: ``if json_data['front']`` — any truthy JSON value
+        return next_number(front=bool(body.get("front")))
+    if isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, str):
+        value = _numeric_string(value)
     # Type first, then plain comparisons: math.isfinite(10**400) raises OverflowError.
     # The bound keeps numbers exact in SQLite's REAL and in JavaScript, and far from
     # the 64-bit limit, so the numbering continued after a restart never overflows.
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not -MAX_NUMBER <= value <= MAX_NUMBER:
+    if not isinstance(value, int | float) or not -MAX_NUMBER <= value <= MAX_NUMBER:
         raise ApiError(400, "invalid_number", "'number' must be a finite number from "
                        "-2**53 to 2**53", node_errors={})
     return value
+
+
+MAX_NUMBER_TEXT = 64  # characters of a numeric string (digits of 2**53: 16)
+
+
+def _numeric_string(text: str) -> int | float | None:
+    """What ``float(text)`` reads, as an int when it is one; None if it is not a number.
+    Integers are parsed exactly ("9007199254740993" is not rounded into range)."""
+    text = text.strip()
+    if not text or len(text) > MAX_NUMBER_TEXT:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else value  # nan/inf: caught by the bound
 
 
 # --- /queue ----------------------------------------------------------------------

@@ -10,16 +10,19 @@ The database is opened in exclusive locking mode: one server per data folder.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server.errors import dumps
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_NUMBER = 2**53  # queue numbers beyond it are clamped (see max_counters)
@@ -49,6 +52,31 @@ CREATE TRIGGER IF NOT EXISTS history_dequeues AFTER INSERT ON history BEGIN
     DELETE FROM queue WHERE prompt_id = NEW.prompt_id;
 END;
 """
+# A finished prompt's job status (see history_status), so that /jobs filters, counts and
+# pages in SQL. Added to older databases at start-up (a nullable column: versions that
+# do not know it still write rows, with NULL, which the next start fills in), hence
+# added here and not in _SCHEMA, and no new SCHEMA_VERSION.
+_STATUS_INDEX = "CREATE INDEX IF NOT EXISTS history_status ON history(status, seq)"
+HISTORY_STATUSES = ("completed", "failed", "cancelled")
+END_EVENTS = {"execution_success": "completed", "execution_error": "failed",
+               "execution_interrupted": "cancelled"}
+
+
+def history_status(entry: Any) -> str:
+    """A history entry's job status (ComfyUI's /jobs): ``completed``, ``failed`` or
+    ``cancelled``. ``status_str`` first, then the last end event among its messages
+    (an interrupted run is ``cancelled``); never raises, whatever the entry holds."""
+    status_info = entry.get("status") if isinstance(entry, dict) else None
+    if not isinstance(status_info, dict):
+        return "failed"
+    status = "completed" if status_info.get("status_str") == "success" else "failed"
+    messages = status_info.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, list | tuple) and message:
+            event = message[0]
+            if isinstance(event, str) and event in END_EVENTS:
+                status = END_EVENTS[event]
+    return status
 
 
 @dataclass
@@ -90,6 +118,10 @@ class Storage:
                 raise StorageError(f"{path} was written by a newer Steerflow "
                                    f"(schema {version} > {SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(history)")}
+            if "status" not in columns:
+                self._db.execute("ALTER TABLE history ADD COLUMN status TEXT")
+            self._db.execute(_STATUS_INDEX)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
@@ -98,6 +130,8 @@ class Storage:
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
+        self._statuses_filled = False
+        self.fill_statuses()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -235,9 +269,11 @@ class Storage:
     def finish(self, prompt_id: str, number: float, entry: dict[str, Any]) -> None:
         """Move a prompt from the queue into the history, atomically."""
         text = dumps(entry)
+        status = history_status(entry)
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO history(prompt_id, number, entry, finished)"
-                             " VALUES (?,?,?,?)", (prompt_id, number, text, time.time()))
+            self._db.execute("INSERT OR REPLACE INTO history(prompt_id, number, entry, finished,"
+                             " status) VALUES (?,?,?,?,?)",
+                             (prompt_id, number, text, time.time(), status))
 
     def prune_history(self, keep: int) -> None:
         with self._lock:
@@ -269,6 +305,68 @@ class Storage:
                     break
                 rows.append(row)
         return rows[::-1] if newest else rows
+
+    def fill_statuses(self) -> int:
+        """Set the job status of history rows that have none (written by a version before
+        the column, or by an older version since); returns the number of rows set.
+
+        One row at a time, so memory stays bounded whatever the entries hold; on a
+        database error (a full disk) the rest waits for the next call.
+        """
+        if self._statuses_filled:
+            return 0
+        filled = 0
+        try:
+            while True:
+                with self._lock:
+                    seqs = [seq for (seq,) in self._db.execute(
+                        "SELECT seq FROM history WHERE status IS NULL LIMIT 500")]
+                if not seqs:
+                    break
+                with self._tx() as db:
+                    for seq in seqs:
+                        row = db.execute("SELECT entry FROM history WHERE seq=?",
+                                         (seq,)).fetchone()
+                        if row is None:
+                            continue
+                        try:
+                            entry = json.loads(row[0])
+                        except (ValueError, RecursionError):
+                            entry = None
+                        db.execute("UPDATE history SET status=? WHERE seq=?",
+                                   (history_status(entry), seq))
+                        filled += 1
+        except sqlite3.Error as exc:
+            log.warning("cannot record the job status of older history entries yet (%s); "
+                        "/jobs filtered by status may miss them until it can", exc)
+            return filled
+        self._statuses_filled = True
+        if filled:
+            log.info("recorded the job status of %d history entries", filled)
+        return filled
+
+    def history_jobs(self, statuses: Collection[str] | None, limit: int, offset: int
+                     ) -> tuple[int, list[str]]:
+        """(how many history entries have one of ``statuses``, the prompt ids of the
+        page ``offset``..``offset + limit`` among them, newest first).
+
+        ``statuses`` None: every entry. The filter, the count and the page are SQL on
+        an index, so a big history costs neither memory nor a walk through its JSON.
+        """
+        if statuses is not None and not self._statuses_filled:
+            self.fill_statuses()
+        where, args = "", ()
+        if statuses is not None:
+            wanted = sorted(set(statuses))
+            where = f"WHERE status IN ({','.join('?' * len(wanted))})"
+            args = tuple(wanted)
+        with self._lock:
+            (total,) = self._db.execute(f"SELECT COUNT(*) FROM history {where}",
+                                        args).fetchone()
+            ids = [pid for (pid,) in self._db.execute(
+                f"SELECT prompt_id FROM history {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset))] if limit > 0 else []
+        return total, ids
 
     def history_entry(self, prompt_id: str) -> str | None:
         with self._lock:

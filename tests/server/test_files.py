@@ -170,7 +170,8 @@ def test_view_serves_real_images_and_other_files_only_as_downloads(server: LiveS
     jpg = http.get("/view", params={"filename": "pic.jpg"})
     assert jpg.status == 200 and jpg.headers["Content-Type"] == "image/jpeg"
     assert "sandbox" in jpg.headers["Content-Security-Policy"]
-    assert http.get("/view", params={"filename": "pic.jpg", "preview": "gif"}).status == 400
+    gif = http.get("/view", params={"filename": "pic.jpg", "preview": "gif"})  # as ComfyUI
+    assert gif.status == 200 and gif.headers["Content-Type"] == "image/webp"
     rgb = http.get("/view", params={"filename": "pic.jpg", "channel": "rgb"})
     assert rgb.status == 200 and rgb.headers["Content-Type"] == "image/png"
 

@@ -74,9 +74,11 @@ def test_f2_number_beyond_64_bits_is_bad_input_not_a_server_fault(http: Http):
     runs(http)
 
 
-@pytest.mark.parametrize("literal", ["1e300", "-1e300", '"5"', "true", "[1]", "{}",
-                                     "1.7976931348623157e308"])
+@pytest.mark.parametrize("literal", ["1e300", "-1e300", '"x"', '"1e300"', '"nan"', "[1]",
+                                     "{}", "1.7976931348623157e308"])
 def test_number_must_be_a_bounded_number(http: Http, literal: str):
+    # ComfyUI reads float(number): numeric strings and booleans are numbers
+    # (tests/server/test_drill_fixes.py), anything else, or out of range, is refused
     assert error_type(post_raw(http, "/prompt", prompt_body(number=literal))) == "invalid_number"
 
 
@@ -92,11 +94,14 @@ def test_numbers_within_range_are_kept(http: Http):
         assert reply.status == 200 and reply.json()["number"] == expected, reply.body
 
 
-def test_front_must_be_a_boolean(http: Http):
-    for literal in ("1", '"yes"', "[]", "1e999"):
-        assert 400 <= post_raw(http, "/prompt", prompt_body(front=literal)).status < 500
+def test_front_is_read_as_comfyui_reads_it(http: Http):
+    # ComfyUI: `if json_data['front']`, any truthy value; a non-finite literal is bad JSON
+    assert 400 <= post_raw(http, "/prompt", prompt_body(front="1e999")).status < 500
     first = post_raw(http, "/prompt", prompt_body(front="false")).json()["number"]
     assert post_raw(http, "/prompt", prompt_body(front="true")).json()["number"] < 0 < first
+    for literal in ("1", '"yes"'):
+        assert post_raw(http, "/prompt", prompt_body(front=literal)).json()["number"] < 0
+    assert post_raw(http, "/prompt", prompt_body(front="[]")).json()["number"] > 0
 
 
 @pytest.mark.parametrize(("field", "literal"), [
