@@ -440,3 +440,23 @@ def test_a_folder_keeps_its_own_tokenizer_as_transformers_5_saves_it(tmp_path: P
     assert tokenizer("a red circle", padding="max_length").input_ids[-1] == 49407
     shutil.rmtree(tmp_path / "m" / "tokenizer")  # none of its own: the family's default
     assert load_components(tmp_path / "m").tokenizer.pad_token == "!"
+
+
+def test_a_folder_of_fp16_variant_weights_loads(tmp_path: Path) -> None:
+    """diffusers' save_pretrained(variant="fp16") names the files
+    diffusion_pytorch_model.fp16.safetensors / model.fp16.safetensors: such a folder
+    loads (it failed with diffusers' raw 'no file named ...')."""
+    from nodes.diffusion.loading import load_components, weights_variant
+    from nodes.diffusion.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "m", safe_serialization=True, variant="fp16")
+    assert weights_variant(tmp_path / "m" / "unet") == {"variant": "fp16"}
+    loaded = load_components(tmp_path / "m")
+    for ours, theirs in ((loaded.unet, pipe.unet), (loaded.vae, pipe.vae),
+                         (loaded.text_encoder, pipe.text_encoder)):
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(),
+                                strict=True):
+            assert torch.equal(a, b), name
+    pipe.save_pretrained(tmp_path / "plain", safe_serialization=True)
+    assert weights_variant(tmp_path / "plain" / "unet") == {}

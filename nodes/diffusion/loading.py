@@ -456,11 +456,14 @@ def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> Loade
     # Pass use_safetensors=True unless opted in, so diffusers/transformers never unpickle.
     safetensors_only = True if not allow_pickle else None
     common = {"local_files_only": True, "use_safetensors": safetensors_only}
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **common)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype,
+                                                **common, **weights_variant(path / "unet"))
     # Read the VAE in fp32 for an fp16 model: vae_dtype may keep it so (force_upcast).
     vae_read = torch.float32 if dtype == torch.float16 else dtype
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=vae_read, **common)
-    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, **common)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=vae_read, **common,
+                                        **weights_variant(path / "vae"))
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, **common,
+                                                 **weights_variant(path / "text_encoder"))
     family = _family_from_configs(dict(unet.config), text_encoder.config.to_dict())
     tokenizer = folder_tokenizer(path / "tokenizer", FAMILY_CONFIG_DIRS[family] / "tokenizer")
     scheduler_file = path / "scheduler" / "scheduler_config.json"
@@ -477,6 +480,19 @@ def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> Loade
         family=family,
         path=path,
     )
+
+
+def weights_variant(folder: Path) -> dict[str, str]:
+    """``{"variant": "fp16"}`` for a component folder holding only a variant's weights
+    (``diffusion_pytorch_model.fp16.safetensors``, as diffusers saves with
+    ``variant="fp16"``), else ``{}``: what ``from_pretrained`` needs to find them."""
+    names = [p.name for p in folder.glob("*.safetensors")]
+    plain = [n for n in names if "." not in n.removesuffix(".safetensors")]
+    if plain or not names:
+        return {}
+    variants = sorted({n.removesuffix(".safetensors").rsplit(".", 1)[1].split("-")[0]
+                       for n in names})
+    return {"variant": "fp16" if "fp16" in variants else variants[0]}
 
 
 def _check_folder_weights(folder: Path, *, allow_pickle: bool) -> None:

@@ -126,7 +126,7 @@ def _load_big_g(state_dict: StateDict, model: CLIPTextModelWithProjection,
 def load_sdxl_folder(path: Path, index: Mapping[str, Any], *, allow_pickle: bool,
                      dtype: torch.dtype) -> LoadedCheckpoint:
     """Load a diffusers SDXL pipeline folder (base: both encoders; refiner: bigG only)."""
-    from nodes.diffusion.loading import _check_folder_weights
+    from nodes.diffusion.loading import _check_folder_weights, weights_variant
 
     refiner = _component(index, "text_encoder") is None
     family = "sdxl_refiner" if refiner else "sdxl"
@@ -134,12 +134,15 @@ def load_sdxl_folder(path: Path, index: Mapping[str, Any], *, allow_pickle: bool
     for sub in subs:
         _check_folder_weights(path / sub, allow_pickle=allow_pickle)
     common = {"local_files_only": True, "use_safetensors": True if not allow_pickle else None}
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **common)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **common)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype,
+                                                **common, **weights_variant(path / "unet"))
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **common,
+                                        **weights_variant(path / "vae"))
     text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-        path / "text_encoder_2", dtype=dtype, **common)
+        path / "text_encoder_2", dtype=dtype, **common,
+        **weights_variant(path / "text_encoder_2"))
     text_encoder = None if refiner else CLIPTextModel.from_pretrained(
-        path / "text_encoder", dtype=dtype, **common)
+        path / "text_encoder", dtype=dtype, **common, **weights_variant(path / "text_encoder"))
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     scheduler_config = (json.loads(scheduler_file.read_text(encoding="utf-8"))
                         if scheduler_file.is_file() else family_configs(family)["scheduler"])
