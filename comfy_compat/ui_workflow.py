@@ -30,7 +30,13 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from engine.comfy_workflow import SEED_WIDGET_TYPES, WIDGET_TYPES, Widget, node_def
+from engine.comfy_workflow import (
+    SEED_WIDGET_TYPES,
+    WIDGET_TYPES,
+    Widget,
+    node_def,
+    schema_inputs,
+)
 from engine.workflow import is_document, is_link
 
 _MODES = {"muted": 2, "bypass": 4, 2: 2, 4: 4}
@@ -173,20 +179,9 @@ def _slots(schema: Mapping[str, Any] | None, linked: list[str]
     sockets: list[tuple[str, str, bool]] = []
     widgets: list[tuple[str, str, bool]] = []
     seen: set[str] = set()
-    sections = schema.get("input") if schema is not None else None
-    order = schema.get("input_order") if schema is not None else None
-    for section in ("required", "optional"):
-        specs = sections.get(section) if isinstance(sections, dict) else None
-        if not isinstance(specs, dict):
-            continue
-        names = order.get(section) if isinstance(order, dict) \
-            and isinstance(order.get(section), list) else list(specs)
-        for name in names:
-            spec = specs.get(name)
-            if not isinstance(spec, list | tuple) or not spec or not isinstance(name, str):
-                continue
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            kind = "COMBO" if isinstance(spec[0], list | tuple) else str(spec[0])
+    if schema is not None:
+        for name, kind, options in schema_inputs(schema.get("input"),
+                                                 schema.get("input_order")):
             seen.add(name)
             if (kind in WIDGET_TYPES or kind in SEED_WIDGET_TYPES) \
                     and not options.get("forceInput"):

@@ -149,39 +149,48 @@ def node_def(schema: Mapping[str, Any]) -> NodeDef:
                          if isinstance(t, list | tuple) and len(t) == 2))
 
 
-def _widgets(inputs: Mapping[str, Any], order: Mapping[str, Any], prefix: str = "",
-             depth: int = 0) -> tuple[Widget, ...]:
-    """The widgets of ``{"required": {...}, "optional": {...}}``; a DynamicCombo's
-    options' own (``prefix`` their names: ``"resize_type."``) as ComfyUI's front end
-    inserts them after it, required then optional, in schema order."""
-    widgets: list[Widget] = []
+def schema_inputs(inputs: Any, order: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(name, kind, options)`` of a schema's ``{"required": ..., "optional": ...}``
+    inputs, required then optional, each in ``order`` (``input_order``) where it says;
+    ``kind`` is ``"COMBO"`` for a choice list. Malformed entries are skipped."""
+    inputs = inputs if isinstance(inputs, Mapping) else {}
+    order = order if isinstance(order, Mapping) else {}
     for section in ("required", "optional"):
-        specs = inputs.get(section) if isinstance(inputs.get(section), dict) else {}
+        specs = inputs.get(section) if isinstance(inputs.get(section), Mapping) else {}
         names = order.get(section) if isinstance(order.get(section), list) else list(specs)
         for name in names:
             spec = specs.get(name)
             if not isinstance(spec, list | tuple) or not spec or not isinstance(name, str):
                 continue
             options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            kind = "COMBO" if isinstance(spec[0], list | tuple) else str(spec[0])
-            full = prefix + name
-            if kind == DYNAMIC_COMBO and depth < _MAX_NESTING:
-                choices = options.get("options") if isinstance(options.get("options"),
-                                                               list) else []
-                widgets.append(Widget(full, "COMBO", False, {
-                    str(o["key"]): _widgets(o["inputs"], {}, full + ".", depth + 1)
-                    for o in choices if isinstance(o, dict) and "key" in o
-                    and isinstance(o.get("inputs"), dict)}))
-                continue
-            if kind in SEED_WIDGET_TYPES and not options.get("forceInput"):
-                widgets.append(Widget(full, "INT", True))  # a seed widget and its control
-                continue
-            if kind not in WIDGET_TYPES or options.get("forceInput"):
-                continue
-            control = options.get("control_after_generate")
-            if control is None:
-                control = kind == "INT" and name in LEGACY_CONTROL_NAMES
-            widgets.append(Widget(full, kind, bool(control)))
+            yield name, "COMBO" if isinstance(spec[0], list | tuple) else str(spec[0]), options
+
+
+def _widgets(inputs: Mapping[str, Any], order: Mapping[str, Any], prefix: str = "",
+             depth: int = 0) -> tuple[Widget, ...]:
+    """The widgets of ``{"required": {...}, "optional": {...}}``; a DynamicCombo's
+    options' own (``prefix`` their names: ``"resize_type."``) as ComfyUI's front end
+    inserts them after it, required then optional, in schema order."""
+    widgets: list[Widget] = []
+    for name, kind, options in schema_inputs(inputs, order):
+        full = prefix + name
+        if kind == DYNAMIC_COMBO and depth < _MAX_NESTING:
+            choices = options.get("options") if isinstance(options.get("options"),
+                                                           list) else []
+            widgets.append(Widget(full, "COMBO", False, {
+                str(o["key"]): _widgets(o["inputs"], {}, full + ".", depth + 1)
+                for o in choices if isinstance(o, dict) and "key" in o
+                and isinstance(o.get("inputs"), dict)}))
+            continue
+        if kind in SEED_WIDGET_TYPES and not options.get("forceInput"):
+            widgets.append(Widget(full, "INT", True))  # a seed widget and its control
+            continue
+        if kind not in WIDGET_TYPES or options.get("forceInput"):
+            continue
+        control = options.get("control_after_generate")
+        if control is None:
+            control = kind == "INT" and name in LEGACY_CONTROL_NAMES
+        widgets.append(Widget(full, kind, bool(control)))
     return tuple(widgets)
 
 
