@@ -9,7 +9,8 @@ import {
 } from "@xyflow/react";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
-  convertWorkflow, type ExampleRef, getObjectInfo, getWorkflow, interrupt, makeClientId, Socket, uploadImage, viewUrl,
+  convertWorkflow, deleteFromQueue, type ExampleRef, getHistory, getObjectInfo, getQueue, getWorkflow, interrupt, makeClientId,
+  Socket, uploadImage, viewUrl,
 } from "./api";
 import { EditorContext, type EditorApi } from "./canvas/context";
 import { DotGrid } from "./canvas/DotGrid";
@@ -21,14 +22,16 @@ import { GroupLayer, groupSelection } from "./editor/Groups";
 import { Lightbox } from "./editor/Lightbox";
 import { NodeHelp } from "./editor/NodeHelp";
 import { ShortcutsHelp } from "./editor/ShortcutsHelp";
-import { StatusBar } from "./editor/StatusBar";
+import { ConnectionBanner, StatusBar } from "./editor/StatusBar";
+import { clientOf } from "./lib/queueview";
 import { restoreResults } from "./editor/restoreResults";
 import { Toasts, useToasts } from "./editor/Toasts";
 import { Toolbar } from "./editor/Toolbar";
 import { TooltipLayer } from "./editor/Tooltips";
 import { useEditCommands } from "./editor/useEditCommands";
 import { useFeedback } from "./editor/useFeedback";
-import { AUTOSAVE_KEY, savedFit, useGraphStore } from "./editor/useGraphStore";
+import { asFit, tabSaves, useGraphStore } from "./editor/useGraphStore";
+import { guardTabId } from "./lib/autosave";
 import { useLinking } from "./editor/useLinking";
 import { useMinimapPan } from "./editor/useMinimapPan";
 import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
@@ -94,9 +97,11 @@ function downloadJson(name: string, obj: unknown): void {
 function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const rf = useReactFlow<SfFlowNode, SfEdge>();
   const store = useMemo(() => new RunStore(), []);
-  const g = useGraphStore(defs, store);
+  const { toasts, notify, dismiss, clearToasts } = useToasts();
+  const g = useGraphStore(defs, store, (message) => notify(message, "error"));
   const { nodes, edges, defsRef, loadGraph, currentGraph, patchNode, setDocName, holdHistory, settleNow } = g;
-  const { toasts, notify } = useToasts();
+  const writeAutosaveRef = useRef(g.writeAutosave);
+  writeAutosaveRef.current = g.writeAutosave;
   const [lightbox, setLightbox] = useState<ImageRef | null>(null);
   const [menu, setMenu] = useState<MenuTarget | null>(null);
   const [help, setHelp] = useState<string | null>(null);
@@ -137,14 +142,35 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   useMinimapPan(canvas);
 
   useEffect(() => {
-    const s = new Socket(makeClientId(), store, () => store.bumpQueue());
+    // after a reconnect: the queue and the running state as the server has them (a restarted
+    // server re-queues the prompt it was running), and what became of the prompt lost with the connection
+    const resync = async () => {
+      store.bumpQueue();
+      try {
+        const [q, history] = await Promise.all([getQueue(), getHistory(50)]);
+        const mine = new Set([...q.running, ...q.pending].filter((i) => clientOf(i) === s.clientId).map((i) => i.promptId));
+        const what = store.resync({ running: q.running, pending: q.pending, history }, (id) => mine.has(id));
+        if (!what) return;
+        const stop = what.kind === "rerunning"
+          ? { label: "Interrupt", run: () => void interrupt(what.promptId).then(() => store.bumpQueue()).catch(() => undefined) }
+          : what.kind === "requeued"
+          ? { label: "Cancel", run: () => void deleteFromQueue([what.promptId]).then(() => store.bumpQueue()).catch(() => undefined) }
+          : undefined;
+        notify(what.text, what.kind === "gone" ? "error" : "warning", stop);
+      } catch {
+        // the server went away again: the next reconnect tries again
+      }
+    };
+    const s = new Socket(makeClientId(), store, () => void resync());
     socket.current = s;
     s.open();
     return () => s.close();
-  }, [store]);
+  }, [store, notify]);
 
   // --- opening workflows -----------------------------------------------------------------
   const applyLoaded = useCallback((loaded: Loaded, name?: string) => {
+    // the previous workflow's errors and warnings point at nodes that are gone
+    clearToasts();
     // a ComfyUI file's layout is for ComfyUI's node sizes, an API prompt's a grid: make room for ours
     loadGraph(loaded.graph, { arrange: loaded.kind !== "document" });
     if (name) setDocName(name.replace(/\.(json|png)$/i, ""));
@@ -155,7 +181,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     const missing = missingModels(loaded.graph, defsRef.current);
     const text = missingModelsText(missing, loaded.graph, defsRef.current);
     if (text) notify(text, "warning", { label: "Show", run: () => showNodes(missing.flatMap((m) => m.nodes.map((x) => x.id))) });
-  }, [loadGraph, notify, setDocName, defsRef, showNodes]);
+  }, [loadGraph, notify, clearToasts, setDocName, defsRef, showNodes]);
 
   const loadObject = useCallback(async (obj: unknown, name?: string) => {
     try {
@@ -164,6 +190,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       notify(`Cannot open ${name ?? "workflow"}: ${(e as Error).message}`, "error");
     }
   }, [applyLoaded, notify, defsRef]);
+
+  const openAutosave = useCallback((doc: unknown, name: string) => void loadObject(doc, name), [loadObject]);
 
   const loadFile = useCallback(async (file: File) => {
     try {
@@ -195,24 +223,29 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   // Restore the last session's graph once; a first visit opens the default text-to-image graph.
   useEffect(() => {
-    const saved = localStorage.getItem(AUTOSAVE_KEY);
+    const tabs = tabSaves();
+    const saved = tabs.restore(); // this tab's own graph (a reload), else the newest of any tab
     if (!saved) {
       getWorkflow(DEFAULT_WORKFLOW)
         .then((doc) => loadObject(doc, DEFAULT_WORKFLOW))
         .catch(() => { /* no examples on this server: start empty */ });
-      return;
+    } else {
+      try {
+        const doc = JSON.parse(saved.doc);
+        const { graph } = documentToGraph(doc, defsRef.current);
+        if (typeof doc?.extra?.name === "string") setDocName(doc.extra.name);
+        delete graph.extra?.name;
+        // a new tab's copy of another tab's graph is its own from now on (a reload keeps it)
+        if (saved.from !== "tab") tabs.save(saved.doc, saved.fit, typeof doc?.extra?.name === "string" ? doc.extra.name : "");
+        loadGraph(graph, { fitted: asFit(saved.fit) }); // a saved view that was a fit still refits on a resize
+        // the results shown before the reload, from the server's history
+        restoreResults(store, graph.nodes).catch(() => undefined);
+      } catch {
+        tabs.forget(saved.id);
+      }
     }
-    try {
-      const doc = JSON.parse(saved);
-      const { graph } = documentToGraph(doc, defsRef.current);
-      if (typeof doc?.extra?.name === "string") setDocName(doc.extra.name);
-      delete graph.extra?.name;
-      loadGraph(graph, { fitted: savedFit() }); // a saved view that was a fit still refits on a resize
-      // the results shown before the reload, from the server's history
-      restoreResults(store, graph.nodes).catch(() => undefined);
-    } catch {
-      localStorage.removeItem(AUTOSAVE_KEY);
-    }
+    // a duplicated tab shares its original's id (sessionStorage is copied): it takes a new one
+    return guardTabId(tabs, () => writeAutosaveRef.current());
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, []);
 
@@ -419,6 +452,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               <MiniMap zoomable ariaLabel="minimap" className="sf-minimap" maskColor={MINIMAP_MASK}
                 nodeColor={(n) => ((n as SfFlowNode).data?.mode ? "#6b5a2a" : "#4a5563")} />
             </ReactFlow>
+            <ConnectionBanner store={store} />
             {help && <NodeHelp g={g} nodeId={help} onClose={() => setHelp(null)} />}
             {keysHelp && <ShortcutsHelp onClose={() => setKeysHelp(false)} />}
             {nodes.length === 0 && (
@@ -428,7 +462,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             )}
           </div>
           <SidePanel store={store} onLoad={(obj) => loadObject(obj, "workflow")} openImage={setLightbox} notify={notify}
-            feedback={feedback} clientId={clientIdOf} />
+            feedback={feedback} clientId={clientIdOf} openAutosave={openAutosave} />
         </div>
         <StatusBar store={store} clientId={clientIdOf} labelOf={(id) => {
           // the node as the canvas and the queue tab name it: "Sample #3"
@@ -443,7 +477,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         {lightbox && (
           <Lightbox image={lightbox} onClose={() => setLightbox(null)} onOpenWorkflow={(img) => void openImageWorkflow(img)} />
         )}
-        <Toasts toasts={toasts} />
+        <Toasts toasts={toasts} dismiss={dismiss} />
         <TooltipLayer />
       </div>
     </EditorContext.Provider>

@@ -12,7 +12,7 @@ const WIDTH = 240;
 const HEIGHT = 64;
 const LABEL: CSSProperties = { fontSize: 10, color: "var(--muted)", display: "flex", justifyContent: "space-between", gap: 6 };
 
-function LossCurveImpl({ losses }: { losses: LossPoint[] }) {
+function LossCurveImpl({ losses, resumedAt }: { losses: LossPoint[]; resumedAt?: number[] }) {
   const g = useMemo(() => curveGeometry(losses, WIDTH, HEIGHT), [losses]);
   if (!g) return null;
   return (
@@ -34,13 +34,20 @@ function LossCurveImpl({ losses }: { losses: LossPoint[] }) {
       >
         <polyline className="sf-loss-raw" points={g.raw} fill="none" stroke="var(--ok)"
           strokeOpacity={g.smooth ? 0.35 : 1} strokeWidth={1} vectorEffect="non-scaling-stroke" />
+        {(resumedAt ?? []).filter((r) => r > g.firstStep && r <= g.lastStep).map((r) => {
+          // a resumed training: a dashed mark where it went on
+          const x = 2 + ((r - g.firstStep) / (g.lastStep - g.firstStep || 1)) * (WIDTH - 4);
+          return <line key={r} className="sf-loss-resume" x1={x} x2={x} y1={0} y2={HEIGHT} stroke="var(--muted)"
+            strokeDasharray="3 3" vectorEffect="non-scaling-stroke"><title>{`resumed at step ${r}`}</title></line>;
+        })}
         {g.smooth && (
           <polyline className="sf-loss-smooth" points={g.smooth} fill="none" stroke="var(--ok)"
             strokeWidth={1.5} vectorEffect="non-scaling-stroke" />
         )}
       </svg>
       <div style={LABEL}>
-        <span>step {g.firstStep === g.lastStep ? g.lastStep : `${g.firstStep}–${g.lastStep}`}</span>
+        <span>step {g.firstStep === g.lastStep ? g.lastStep : `${g.firstStep}–${g.lastStep}`}
+          {resumedAt?.length ? ` · resumed at ${resumedAt.join(", ")}` : ""}</span>
         <span data-label="min">min {formatLoss(g.min)}</span>
       </div>
     </div>

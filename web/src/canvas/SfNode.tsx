@@ -188,6 +188,8 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
                 ))}
               </div>
             )}
+            {/* a training node's curve near its top (Train LoRA has some twenty widget rows): seen without panning */}
+            {run.losses && run.losses.length > 0 && <LossCurve losses={run.losses} resumedAt={run.resumedAt} />}
             {visibleInputs(def.inputs, linked, data.values).map((input) => (
               <InputRow
                 key={input.name}
@@ -220,7 +222,6 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
             <img className="sf-preview" alt={run.status === "executing" ? "live preview" : "last preview"} src={run.preview} />
           </div>
         )}
-        {run.losses && run.losses.length > 0 && <LossCurve losses={run.losses} />}
         {run.sample && (
           <img
             className="sf-preview sf-sample"

@@ -18,10 +18,9 @@ import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
 import { changedInputs, readUndoKey, undoKey } from "../lib/undo";
 import { FitTracker, sameViewport } from "../lib/viewfit";
+import { TabAutosave } from "../lib/autosave";
 
-export const AUTOSAVE_KEY = "steerflow.autosave";
-/** Set beside the autosave while its viewport is still a fit: how to redo that fit (JSON). */
-export const AUTOSAVE_FIT_KEY = "steerflow.autosave.fit";
+export { LATEST_KEY as AUTOSAVE_KEY, LATEST_FIT_KEY as AUTOSAVE_FIT_KEY } from "../lib/autosave";
 const UNDO_MAX = 200;
 
 export type GraphMeta = { extra: Record<string, unknown> };
@@ -33,14 +32,16 @@ export type FitAllOptions = { padding?: number; minZoom?: number; maxZoom?: numb
 /** How a view was fitted: the readable fit of an opened graph, or React Flow's fitView with these options. */
 export type FitHow = "readable" | FitAllOptions;
 
-/** How the autosaved viewport was fitted, if it still was a fit when saved. */
-export function savedFit(): FitHow | null {
-  try {
-    const how = JSON.parse(localStorage.getItem(AUTOSAVE_FIT_KEY) ?? "null");
-    return how === "readable" || (how && typeof how === "object") ? how : null;
-  } catch {
-    return null;
-  }
+/** A saved fit (JSON-parsed) as a FitHow, or null when it is none. */
+export function asFit(how: unknown): FitHow | null {
+  return how === "readable" || (how && typeof how === "object") ? how as FitHow : null;
+}
+
+/** This tab's autosave (lib/autosave.ts): one per page. */
+let tabAutosave: TabAutosave | null = null;
+export function tabSaves(): TabAutosave {
+  tabAutosave ??= new TabAutosave(localStorage, sessionStorage);
+  return tabAutosave;
 }
 
 /** How long an opened graph waits for its nodes to be measured before it is arranged (ms). */
@@ -88,7 +89,11 @@ function makeRoom(before: SfNode[], changes: NodeChange<SfNode>[], after: SfNode
   });
 }
 
-export function useGraphStore(defs: Defs, store: RunStore) {
+export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (message: string) => void) {
+  const failRef = useRef(onAutosaveFail);
+  failRef.current = onAutosaveFail;
+  /** Whether the last autosave failed (the user is told once per run of failures). */
+  const failing = useRef(false);
   const rf = useReactFlow<SfNode, SfEdge>();
   const [nodes, setNodes] = useState<SfNode[]>([]);
   const [edges, setEdges] = useState<SfEdge[]>([]);
@@ -253,12 +258,16 @@ export function useGraphStore(defs: Defs, store: RunStore) {
       const d = doc ?? graphToDocument(currentGraph(), defsRef.current);
       const viewport = rf.getViewport();
       d.layout.viewport = viewport;
-      localStorage.setItem(AUTOSAVE_KEY, JSON.stringify({ ...d, extra: { ...d.extra, name } }));
       const how = fitTracker.refit(viewport);
-      if (how) localStorage.setItem(AUTOSAVE_FIT_KEY, JSON.stringify(how));
-      else localStorage.removeItem(AUTOSAVE_FIT_KEY);
-    } catch {
-      // storage full or unavailable: nothing to do
+      const res = tabSaves().save(JSON.stringify({ ...d, extra: { ...d.extra, name } }), how ?? null, name);
+      if (!res.ok && !failing.current) {
+        failRef.current?.(`Autosave failed: the browser's storage is full or refused it (${res.error}). Save the workflow (Ctrl+S) to keep it.`);
+      }
+      failing.current = !res.ok;
+    } catch (e) {
+      // storage unavailable
+      if (!failing.current) failRef.current?.(`Autosave failed: ${(e as Error).message}. Save the workflow (Ctrl+S) to keep it.`);
+      failing.current = true;
     }
   }, [currentGraph, rf, docName, fitTracker]);
 

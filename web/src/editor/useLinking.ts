@@ -14,6 +14,7 @@ import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
 import { downstreamTypes, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
 import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
 import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
+import { adoptWidget, PRIMITIVE_TYPES } from "../lib/primitive";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
@@ -34,7 +35,7 @@ export const linkOf = (c: Connection | Edge): GraphLink => ({
 
 export function useLinking(g: GraphStore, notify: Notify) {
   const rf = useReactFlow<SfNode, SfEdge>();
-  const { state, defsRef, setNodes, setEdges, store } = g;
+  const { state, defsRef, setNodes, setEdges, store, patchNode } = g;
   const [palette, setPalette] = useState<PaletteState | null>(null);
 
   const graphView = useCallback((): GraphView => ({
@@ -60,6 +61,23 @@ export function useLinking(g: GraphStore, notify: Notify) {
     [graphView, defsRef],
   );
 
+  /**
+   * A primitive's first link into a widget takes that widget's value (and its control), as in
+   * ComfyUI (inside the update: a node the palette has just added for this link is not in
+   * `state` yet).
+   */
+  const adoptOnFirstLink = useCallback((link: GraphLink) => {
+    const source = state.current.nodes.find((n) => n.id === link.source);
+    const target = state.current.nodes.find((n) => n.id === link.target);
+    const firstLink = !state.current.edges.some((e) => e.source === link.source);
+    if (target && firstLink && (!source || PRIMITIVE_TYPES.has(source.data.type))) {
+      patchNode(link.source, (n) => {
+        const adopted = adoptWidget(n.data, target.data, link.input, true, defsRef.current);
+        return adopted ? { ...n, data: { ...n.data, values: adopted.values, control: adopted.control } } : n;
+      });
+    }
+  }, [state, defsRef, patchNode]);
+
   /** Add a link after checking it; it replaces the input's previous link. */
   const connect = useCallback((link: GraphLink): boolean => {
     const check = checkConnection(graphView(), defsRef.current, link);
@@ -68,13 +86,14 @@ export function useLinking(g: GraphStore, notify: Notify) {
       return false;
     }
     const edge = edgeOf(link);
+    adoptOnFirstLink(link);
     setEdges((es) => rerouted(link, [
       ...es.filter((e) => !(e.target === link.target && e.targetHandle === inHandle(link.input))),
       edge,
     ]));
     store.clearInputErrors(link.target, link.input); // e.g. "required input … is missing"
     return true;
-  }, [graphView, notify, edgeOf, rerouted, setEdges, store]);
+  }, [graphView, notify, edgeOf, rerouted, setEdges, store, adoptOnFirstLink]);
 
   const onConnect = useCallback((c: Connection) => {
     connect(linkOf(c));
@@ -164,11 +183,12 @@ export function useLinking(g: GraphStore, notify: Notify) {
       return;
     }
     const edge = edgeOf(link);
+    adoptOnFirstLink(link);
     setEdges((es) => rerouted(link, [
       ...es.filter((e) => e.id !== old.id && !(e.target === link.target && e.targetHandle === inHandle(link.input))),
       edge,
     ]));
-  }, [graphView, notify, edgeOf, rerouted, setEdges]);
+  }, [graphView, notify, edgeOf, rerouted, setEdges, adoptOnFirstLink]);
   const onReconnectEnd = useCallback((_e: MouseEvent | TouchEvent, edge: SfEdge) => {
     if (!reconnected.current) setEdges((es) => es.filter((e) => e.id !== edge.id));
     reconnected.current = false;

@@ -269,8 +269,11 @@ export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
     if (lay.collapsed === true) node.collapsed = true;
     const control: Record<string, ControlMode> = {};
     for (const input of def?.inputs ?? []) {
-      if (!input.widget || !input.options.control_after_generate) continue;
       const saved = isObject(lay.control) ? lay.control[input.name] : undefined;
+      if (!input.widget) continue;
+      // a number without the flag keeps a saved control (a primitive given one when first linked)
+      if (!input.options.control_after_generate
+        && !((input.type === "INT" || input.type === "FLOAT") && CONTROL_MODES.includes(saved as ControlMode))) continue;
       control[input.name] = CONTROL_MODES.includes(saved as ControlMode) ? (saved as ControlMode) : "fixed";
     }
     if (Object.keys(control).length) node.control = control;

@@ -31,8 +31,12 @@ export type NodeRun = {
   status?: "queued" | "executing" | "cached" | "done" | "error";
   progress?: { value: number; max: number };
   preview?: string;
-  /** A training node's loss per step, oldest first (at most LOSS_POINTS_MAX). */
+  /** A training node's loss per step, oldest first (at most LOSS_POINTS_MAX); kept across a resume. */
   losses?: LossPoint[];
+  /** Steps where a resumed training went on (the curve is continued there, and marked). */
+  resumedAt?: number[];
+  /** The prompt that added the curve's last point (a later prompt adding more is a resume). */
+  lossRun?: string;
   /** A training node's latest sample image (an object URL), kept after it finishes. */
   sample?: string;
   /** The step whose weights drew `sample` (the last loss reported before it came). */
@@ -63,7 +67,24 @@ export type GlobalRun = {
   startedAt: number | null;
   /** Nodes of the running prompt finished so far, cached ones included. */
   nodesDone: number;
+  /**
+   * The prompt this page thought was running when the connection to the server was lost
+   * (its state is unknown until the connection is back: `resync` reads the server's queue).
+   */
+  lostPrompt: string | null;
 };
+
+/** What the server's queue and history say after a reconnect (api.ts getQueue / getHistory). */
+export type ServerState = {
+  running: { promptId: string; number: number }[];
+  pending: { promptId: string; number: number }[];
+  history: { promptId: string; number: number; status: string }[];
+};
+
+/** What became of the prompt lost with the connection (resync's answer). */
+export type Resynced =
+  | { kind: "rerunning" | "requeued"; promptId: string; number: number; text: string }
+  | { kind: "finished" | "gone"; promptId: string; number?: number; text: string };
 
 export type WsMessage = { type: string; data?: Record<string, unknown> };
 
@@ -92,7 +113,7 @@ export class RunStore {
   private global: GlobalRun = {
     connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
     preview: null, gallery: [], lastError: null, lastWarning: null, queueVersion: 0,
-    startedAt: null, nodesDone: 0,
+    startedAt: null, nodesDone: 0, lostPrompt: null,
   };
   private listeners = new Set<() => void>();
   private pending: (WsMessage | { type: "__preview"; url: string })[] = [];
@@ -212,9 +233,22 @@ export class RunStore {
     if (url !== this.global.preview) this.revoke(url);
   }
 
-  /** Add one step's loss to a node's curve (the last LOSS_POINTS_MAX steps). */
+  /**
+   * Add one step's loss to a node's curve (the last LOSS_POINTS_MAX steps). A step not after
+   * the curve's last one means a new training (from step 1, or another run of the node): the
+   * curve starts again. A resumed training goes on from its checkpoint's step, so its curve
+   * continues; `resumedAt` marks the first step after the stop.
+   */
   private addLoss(id: string, step: number, loss: number): void {
-    const old = this.nodes.get(id)?.losses ?? [];
+    const run = this.nodes.get(id);
+    let old = run?.losses ?? [];
+    // a step not after the last one shown: the steps from it on are being done again
+    // (from 1: a new training, so a new curve; later: a resume from an earlier checkpoint)
+    if (old.length && step <= (old.at(-1) as LossPoint).step) old = old.filter((p) => p.step < step);
+    let resumedAt = old.length ? (run?.resumedAt ?? []).filter((r) => r < step && r > old[0].step) : [];
+    // the first step of another prompt on a kept curve: a resume, marked on the curve
+    if (old.length && run?.lossRun !== this.global.promptId) resumedAt = [...resumedAt, step];
+    this.patchNode(id, { lossRun: this.global.promptId ?? undefined, resumedAt: resumedAt.length ? resumedAt : undefined });
     const start = old.length >= LOSS_POINTS_MAX ? old.length - LOSS_POINTS_MAX + 1 : 0;
     this.patchNode(id, { losses: [...old.slice(start), { step, loss }] });
   }
@@ -235,7 +269,8 @@ export class RunStore {
         // text, a training node's loss curve and sample) until their node runs again.
         for (const [id, run] of this.nodes) {
           if (run.status || run.progress || run.errors || run.preview) {
-            this.nodes.set(id, { images: run.images, compare: run.compare, text: run.text, losses: run.losses, sample: run.sample,
+            this.nodes.set(id, { images: run.images, compare: run.compare, text: run.text, losses: run.losses,
+              resumedAt: run.resumedAt, lossRun: run.lossRun, sample: run.sample,
               sampleStep: run.sampleStep, preview: run.status === "executing" ? undefined : run.preview });
           }
         }
@@ -258,7 +293,10 @@ export class RunStore {
         if (node) {
           this.dropSample(node);
           this.dropPreview(node);
-          this.patchNode(node, { status: "executing", progress: undefined, losses: undefined });
+          // a training node's curve stays while it goes on from where it stopped (a resume of the same
+          // training reports steps after the last one shown); a run from step 1 starts a new curve
+          // (progress below)
+          this.patchNode(node, { status: "executing", progress: undefined });
           this.patchGlobal({ executing: node, running: true });
         } else {
           this.patchGlobal({ executing: null, running: false, queueVersion: this.global.queueVersion + 1 });
@@ -345,6 +383,7 @@ export class RunStore {
   setConnected(connected: boolean): void {
     if (connected !== this.global.connected) {
       this.patchGlobal({ connected });
+      if (!connected) this.loseRun();
       // "Cannot reach the server" no longer holds once the server answers again
       if (connected && this.offlineError !== null && this.global.lastError === this.offlineError) {
         this.patchGlobal({ lastError: null });
@@ -352,6 +391,58 @@ export class RunStore {
       if (connected) this.offlineError = null;
       this.notify();
     }
+  }
+
+  /**
+   * The connection dropped: what runs is unknown from now on. The running node loses its
+   * running frame and progress (its last preview stays), the timer stops, and the prompt is
+   * remembered as `lostPrompt` until `resync` learns from the server what became of it.
+   */
+  private loseRun(): void {
+    this.flush(); // messages that came before the close
+    const { running, promptId, executing } = this.global;
+    for (const [id, run] of this.nodes) {
+      if (run.status === "executing") this.nodes.set(id, { ...run, status: undefined, progress: undefined });
+    }
+    if (running || executing) {
+      this.patchGlobal({ running: false, executing: null, startedAt: null, lostPrompt: promptId ?? this.global.lostPrompt });
+    }
+  }
+
+  /**
+   * After a reconnect: make the run state true to the server's queue and history. `mine`: this
+   * page's prompt ids among the server's running ones (their events come to this page). Returns
+   * what became of the prompt lost with the connection, if any, in words for the user.
+   */
+  resync(server: ServerState, mine: (promptId: string) => boolean): Resynced | null {
+    this.flush();
+    const lost = this.global.lostPrompt;
+    const run = server.running.find((r) => mine(r.promptId));
+    if (run && !this.global.running) {
+      // running again (a restarted server re-runs its killed head): its events follow
+      this.patchGlobal({ running: true, promptId: run.promptId, executing: null, startedAt: Date.now(), nodesDone: 0 });
+    } else if (!run && this.global.running && !this.global.executing) {
+      this.patchGlobal({ running: false, startedAt: null });
+    }
+    this.patchGlobal({ lostPrompt: null, queueVersion: this.global.queueVersion + 1 });
+    this.notify();
+    if (!lost) return null;
+    const again = server.running.find((r) => r.promptId === lost);
+    if (again) {
+      return { kind: "rerunning", promptId: lost, number: again.number,
+        text: `The server restarted and is running prompt #${again.number} again from the start (it was running when the connection was lost).` };
+    }
+    const queued = server.pending.find((r) => r.promptId === lost);
+    if (queued) {
+      return { kind: "requeued", promptId: lost, number: queued.number,
+        text: `The server re-queued prompt #${queued.number} after it restarted: it will run again from the start.` };
+    }
+    const done = server.history.find((h) => h.promptId === lost);
+    if (done) {
+      return { kind: "finished", promptId: lost, number: done.number,
+        text: `Prompt #${done.number} ended while the connection was lost (${done.status}); its results are in History.` };
+    }
+    return { kind: "gone", promptId: lost, text: "The prompt that was running when the connection was lost is no longer on the server (not queued, not in its history)." };
   }
 
   /** Show a rejected prompt's node_errors on the nodes and inputs they name. */

@@ -9,6 +9,7 @@ import { clearHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
 import { useGlobalRun } from "../canvas/context";
 import { formatDuration, promptExcerpt, timing } from "../lib/history";
 import type { ImageRef, RunStore } from "../lib/runstore";
+import { tabSaves } from "../editor/useGraphStore";
 import { type FeedbackView, Thumb } from "./Thumb";
 
 /** The workflow a queued prompt carried (our document in extra_pnginfo), else its API prompt. */
@@ -78,8 +79,39 @@ function HistoryItem({ h, onLoad, openImage, feedback }: {
 const CLEAR_HISTORY_CONFIRM =
   "Clear the server's whole history? This deletes it for everyone using this server, and cannot be undone.";
 
-export function HistoryTab({ store, onLoad, openImage, feedback }: {
+/**
+ * The graphs other tabs autosaved (lib/autosave.ts), newest first: a closed tab's graph is
+ * kept (up to MAX_SLOTS tabs) and opens here, as an ordinary, undoable load.
+ */
+function OtherTabs({ open }: { open(doc: unknown, name: string): void }) {
+  const [list, setList] = useState(() => tabSaves().others());
+  if (!list.length) return null;
+  return (
+    <details className="sf-other-tabs" data-testid="other-tabs"
+      onToggle={(e) => (e.currentTarget as HTMLDetailsElement).open && setList(tabSaves().others())}>
+      <summary className="sf-muted">Other tabs' autosaved graphs ({list.length})</summary>
+      <ul className="sf-list">
+        {list.map((o) => (
+          <li key={o.id} className="sf-history-item sf-history-head">
+            <span title={new Date(o.t).toLocaleString()}>{o.name || "workflow"} · {formatTime(o.t)}</span>
+            <button type="button" className="sf-small" onClick={() => {
+              try {
+                open(JSON.parse(o.doc), o.name || "workflow");
+              } catch {
+                // a broken slot: nothing to open
+              }
+            }}>Open</button>
+          </li>
+        ))}
+      </ul>
+    </details>
+  );
+}
+
+export function HistoryTab({ store, onLoad, openImage, feedback, openAutosave }: {
   store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
+  /** Open another tab's autosaved graph under its name. */
+  openAutosave?(doc: unknown, name: string): void;
 }) {
   const { queueVersion } = useGlobalRun(store);
   const [items, setItems] = useState<HistoryEntry[]>([]);
@@ -98,6 +130,7 @@ export function HistoryTab({ store, onLoad, openImage, feedback }: {
             clearHistory().then(refresh, refresh);
           }}>Clear history…</button>
       </div>
+      {openAutosave && <OtherTabs open={openAutosave} />}
       {items.length === 0 && <div className="sf-muted">Nothing has run yet.</div>}
       <ul className="sf-list" aria-label="history">
         {items.map((h) => <HistoryItem key={h.promptId} h={h} onLoad={onLoad} openImage={openImage} feedback={feedback} />)}

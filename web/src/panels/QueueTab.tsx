@@ -62,7 +62,7 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
   store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void; openImage(img: ImageRef): void;
   clientId(): string | undefined;
 }) {
-  const { queueVersion, running } = useGlobalRun(store);
+  const { queueVersion, running, connected } = useGlobalRun(store);
   const [queue, setQueue] = useState<{ running: QueueItem[]; pending: QueueItem[] }>({ running: [], pending: [] });
   /** When this page first saw each pending prompt (the server does not say when it was queued). */
   const seen = useRef(new Map<string, number>());
@@ -76,7 +76,8 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
     }).catch(() => undefined);
   }, []);
   useEffect(refresh, [refresh, queueVersion, running]);
-  const now = useNow(queue.running.length + queue.pending.length > 0);
+  // no clock while the server is unreachable: what runs is unknown, so nothing is counted
+  const now = useNow(connected && queue.running.length + queue.pending.length > 0);
   const cancel = async (item: QueueItem, isRunning: boolean) => {
     try {
       if (isRunning) await interrupt(item.promptId);
@@ -90,11 +91,13 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
   const othersOf = (item: QueueItem) => clientOf(item) !== mine;
   const clients = new Set(queue.pending.map(clientOf));
   const row = (item: QueueItem, isRunning: boolean) => (
-    <li key={item.promptId} className={`sf-queue-item${isRunning ? " running" : ""}`} data-prompt-id={item.promptId}>
+    <li key={item.promptId} className={`sf-queue-item${isRunning && connected ? " running" : ""}`} data-prompt-id={item.promptId}>
       <span className="sf-queue-text">
         <span>#{item.number}</span>{" "}
         {othersOf(item) && <span className="sf-muted" data-testid="other-client">another client · </span>}
-        {isRunning && othersOf(item)
+        {!connected
+          ? <span className="sf-queue-progress" data-testid="queue-unknown">unknown: server unreachable</span>
+          : isRunning && othersOf(item)
           ? <span className="sf-queue-progress">running</span>
           : isRunning
           ? <RunningProgress store={store} item={item} now={now} />

@@ -11,6 +11,17 @@ export type { FeedbackView };
 
 type Tab = "queue" | "history" | "gallery";
 
+/** Whether the side panel is collapsed (the user's choice, kept in localStorage). */
+export const SIDE_COLLAPSED_KEY = "steerflow.sidePanel.collapsed";
+
+function readCollapsed(): boolean {
+  try {
+    return localStorage.getItem(SIDE_COLLAPSED_KEY) === "1";
+  } catch {
+    return false;
+  }
+}
+
 function GalleryTab({ store, openImage, feedback }: { store: RunStore; openImage(img: ImageRef): void; feedback: FeedbackView | null }) {
   const { gallery } = useGlobalRun(store);
   return (
@@ -34,9 +45,11 @@ function LivePreview({ store }: { store: RunStore }) {
   );
 }
 
-export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId }: {
+export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId, openAutosave }: {
   store: RunStore;
   onLoad(obj: unknown): void;
+  /** Open another tab's autosaved graph (the History tab lists them). */
+  openAutosave?(doc: unknown, name: string): void;
   openImage(img: ImageRef): void;
   notify(msg: string): void;
   /** Set while the graph has a FABRIC Feedback node. */
@@ -45,8 +58,28 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
   clientId(): string | undefined;
 }) {
   const [tab, setTab] = useState<Tab>("queue");
+  const [collapsed, setCollapsed] = useState(readCollapsed);
+  const toggle = () => {
+    const next = !collapsed;
+    setCollapsed(next);
+    try {
+      localStorage.setItem(SIDE_COLLAPSED_KEY, next ? "1" : "0");
+    } catch {
+      // not remembered: storage unavailable
+    }
+  };
+  if (collapsed) {
+    return (
+      <aside className="sf-side sf-side-collapsed" data-testid="side-panel">
+        <button type="button" className="sf-side-toggle" onClick={toggle} aria-expanded={false}
+          aria-label="Show side panel" title="Show the side panel (queue, history, gallery)">‹</button>
+      </aside>
+    );
+  }
   return (
-    <aside className="sf-side">
+    <aside className="sf-side" data-testid="side-panel">
+      <button type="button" className="sf-side-toggle" onClick={toggle} aria-expanded={true}
+        aria-label="Hide side panel" title="Hide the side panel: more room for the canvas">›</button>
       <LivePreview store={store} />
       <div className="sf-tabs" role="tablist">
         {(["queue", "history", "gallery"] as Tab[]).map((t) => (
@@ -57,7 +90,8 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
         ))}
       </div>
       {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} openImage={openImage} clientId={clientId} />}
-      {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback} />}
+      {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback}
+        openAutosave={openAutosave} />}
       {tab === "gallery" && <GalleryTab store={store} openImage={openImage} feedback={feedback} />}
     </aside>
   );
