@@ -380,6 +380,7 @@ def _build_original(
     unet_config, vae_config, text_config = configs["unet"], configs["vae"], configs["text_encoder"]
     family = configs.get("family") or _family_from_configs(unet_config, text_config)
 
+    require_vae(state_dict)
     unet = _load_strict("unet", empties.take("unet"),
                         convert_ldm_unet_checkpoint(state_dict, unet_config))
     vae = _load_strict("vae", empties.take("vae"),
@@ -397,6 +398,20 @@ def _build_original(
     )
 
 
+#: where an original-layout checkpoint keeps its VAE
+VAE_PREFIX = "first_stage_model."
+#: what to use for a file that holds only some of a checkpoint's parts
+PARTS_HINT = ("load its parts with Load Diffusion Model (UNETLoader), Load CLIP and Load VAE "
+              "(the VAE from a full checkpoint or models/vae)")
+
+
+def require_vae(state_dict: StateDict) -> None:
+    """Refuse, with what to do instead, a checkpoint file that holds no VAE."""
+    if not any(k.startswith(VAE_PREFIX) for k in state_dict):
+        raise CheckpointKeyError(f"the checkpoint holds no VAE ({VAE_PREFIX}* weights): "
+                                 + PARTS_HINT)
+
+
 def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel) -> CLIPTextModel:
     if any(k.startswith(_CLIP_PREFIX) for k in state_dict):
         converted = convert_ldm_clip_checkpoint(state_dict)
@@ -405,7 +420,8 @@ def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel) -> CLIPText
         # CLIPTextModel has no projection head; SD 2.x never uses it.
         converted.pop("text_projection.weight", None)
     else:
-        raise CheckpointKeyError("checkpoint has no text encoder weights (cond_stage_model.*)")
+        raise CheckpointKeyError("checkpoint has no text encoder weights (cond_stage_model.*): "
+                                 + PARTS_HINT)
     # transformers >= 5.6 flattened CLIPTextModel; position_ids is a derived buffer.
     converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     converted.pop("embeddings.position_ids", None)

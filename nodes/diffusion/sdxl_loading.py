@@ -40,6 +40,7 @@ from nodes.diffusion.loading import (
     LoadedCheckpoint,
     _load_strict,
     family_configs,
+    require_vae,
 )
 from nodes.diffusion.original_layout import (
     CONFIG_METADATA_KEY,
@@ -81,6 +82,7 @@ def load_original_sdxl(state_dict: StateDict, configs: Mapping[str, Any], *,
     empties = empties if empties is not None else EmptyModels(configs)
     family = str(configs["family"])
     unet_config, vae_config = configs["unet"], configs["vae"]
+    require_vae(state_dict)
     unet = _load_strict("unet", empties.take("unet"),
                         convert_ldm_unet_checkpoint(state_dict, unet_config))
     vae = _load_strict("vae", empties.take("vae"),
