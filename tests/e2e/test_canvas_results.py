@@ -74,3 +74,8 @@ def test_history_entry_shows_time_duration_prompt_size_view_and_load(page, serve
     c = Canvas(page)
     expect(c.nodes()).to_have_count(len(doc["prompt"]))
     expect(c.widget("6", "text")).to_have_value("history e2e: a purple triangle")
+    # one entry deleted, as ComfyUI's history list allows: gone here and on the server
+    page.get_by_role("tab", name="History").click()
+    item.get_by_role("button", name="Delete").click()
+    expect(item).to_have_count(0)
+    assert res["prompt_id"] not in server.get("/history")

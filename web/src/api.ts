@@ -137,6 +137,8 @@ export async function getHistory(maxItems = 30): Promise<HistoryEntry[]> {
 }
 
 export const clearHistory = () => postJson("history", { clear: true });
+/** Delete history entries by prompt id (ComfyUI's `POST /history {"delete": [...]}`). */
+export const deleteHistory = (ids: string[]) => postJson("history", { delete: ids });
 
 export function viewUrl(img: ImageRef, preview = false): string {
   const q = new URLSearchParams({ filename: img.filename, subfolder: img.subfolder ?? "", type: img.type ?? "output" });

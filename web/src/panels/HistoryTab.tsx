@@ -5,7 +5,7 @@
  */
 
 import { useCallback, useEffect, useState } from "react";
-import { clearHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
+import { clearHistory, deleteHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
 import { useGlobalRun } from "../canvas/context";
 import { formatDuration, promptExcerpt, timing } from "../lib/history";
 import type { ImageRef, RunStore } from "../lib/runstore";
@@ -40,8 +40,9 @@ function OutputSize({ images, text }: { images: ImageRef[]; text: number }) {
   return <span className="sf-history-size" data-testid="output-size">{parts.join(" · ")}</span>;
 }
 
-function HistoryItem({ h, onLoad, openImage, feedback }: {
+function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
   h: HistoryEntry; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
+  onDelete(promptId: string): void;
 }) {
   const images = Object.values(h.outputs).flatMap((o) => o.images ?? []);
   const texts = Object.values(h.outputs).reduce((a, o) => a + ((o as { text?: unknown[] }).text?.length ?? 0), 0);
@@ -57,6 +58,8 @@ function HistoryItem({ h, onLoad, openImage, feedback }: {
           )}
           <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra))}
             title="Load its workflow onto the canvas">Load</button>
+          <button type="button" className="sf-small" onClick={() => onDelete(h.promptId)}
+            title="Delete this entry from the server's history (its images stay in output/)">Delete</button>
         </span>
       </div>
       <div className="sf-history-meta sf-muted">
@@ -133,7 +136,13 @@ export function HistoryTab({ store, onLoad, openImage, feedback, openAutosave }:
       {openAutosave && <OtherTabs open={openAutosave} />}
       {items.length === 0 && <div className="sf-muted">Nothing has run yet.</div>}
       <ul className="sf-list" aria-label="history">
-        {items.map((h) => <HistoryItem key={h.promptId} h={h} onLoad={onLoad} openImage={openImage} feedback={feedback} />)}
+        {items.map((h) => (
+          <HistoryItem key={h.promptId} h={h} onLoad={onLoad} openImage={openImage} feedback={feedback}
+            onDelete={(id) => {
+              setItems((all) => all.filter((x) => x.promptId !== id)); // at once, then the server's word
+              deleteHistory([id]).then(refresh, refresh);
+            }} />
+        ))}
       </ul>
     </div>
   );
