@@ -22,7 +22,9 @@ class EmptyLatentImage(Node):
     """A batch of zero latents: the start of text-to-image (the sampler adds the noise).
 
     Link a VAE to take its latent channels and downscale factor; without one,
-    Stable Diffusion's (4 channels, 1/8 of the pixel size) are used.
+    Stable Diffusion's (4 channels, 1/8 of the pixel size) are used, as in ComfyUI, and a
+    sampler whose checkpoint's VAE scales otherwise remakes the empty latent for it (the
+    image keeps the asked size).
     """
 
     TYPE = "EmptyLatentImage"

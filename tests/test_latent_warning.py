@@ -43,3 +43,37 @@ def test_the_cli_prints_run_time_warnings(tmp_path, capsys):
     assert main(["run", str(path), "--base-dir", str(tmp_path), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "warning: node decode:" in err and "Empty Latent Image" in err
+
+
+def test_a_sampler_remakes_an_empty_8x_latent_for_the_models_4x_vae(tmp_path):
+    """ComfyUI graphs never link a VAE into Empty Latent Image: on the built-in 4x model a
+    64x64 request made a 32x32 picture. The sampler remakes the (all-zero) latent for the
+    checkpoint's VAE; the picture is 64x64, and nothing warns."""
+    import torch
+
+    from tests.graph_nodes import CAPTURED, registry_with_capture
+
+    session = Session(tmp_path, device="cpu", registry=registry_with_capture())
+    prompt = graph(link_vae=False)
+    prompt["pos"] = {"class_type": "CLIPTextEncode",
+                     "inputs": {"clip": ["ckpt", 1], "text": "a red circle"}}
+    prompt["ks"] = {"class_type": "KSampler", "inputs": {
+        "model": ["ckpt", 0], "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+        "scheduler": "normal", "positive": ["pos", 0], "negative": ["pos", 0],
+        "latent_image": ["latent", 0], "denoise": 1.0}}
+    prompt["decode"]["inputs"]["samples"] = ["ks", 0]
+    prompt["cap"] = {"class_type": "TestCapture", "inputs": {"value": ["decode", 0],
+                                                             "key": "refit"}}
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    assert tuple(CAPTURED.pop("refit").shape) == (1, 64, 64, 3)
+    assert not [d for name, d in result.events if name == "node_warning"]
+    # the same as linking the VAE in the first place
+    prompt["latent"]["inputs"]["vae"] = ["ckpt", 2]
+    prompt["cap"]["inputs"]["key"] = "linked"
+    assert session.run(prompt).ok
+    linked = CAPTURED.pop("linked")
+    session.run({**prompt, "latent": graph(False)["latent"],
+                 "cap": {"class_type": "TestCapture",
+                         "inputs": {"value": ["decode", 0], "key": "again"}}})
+    assert torch.equal(CAPTURED.pop("again"), linked)

@@ -188,6 +188,9 @@ class Latent:
         """These latents after a sampler ran ``model`` on them: the new samples, mask and
         inpaint data kept (a second pass sees the same latent), the VAE scaling known
         from the model where these latents did not say."""
+        resized = tuple(samples.shape) != tuple(self.samples.shape)
         return replace(self, samples=samples,
                        extension_results=tuple((results or {}).items()),
-                       scaling_factor=self.scaling_factor or model.latent_scale)
+                       scaling_factor=self.scaling_factor or model.latent_scale,
+                       # refitted to the model's VAE (see fit_empty_latent): no longer assumed
+                       assumed_downscale=None if resized else self.assumed_downscale)

@@ -13,7 +13,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -33,7 +33,7 @@ from nodes.diffusion.extensions import (
     forward_unet,
     unique_extensions,
 )
-from nodes.diffusion.handles import CondEntry, Conditioning, DiffusionModel, Latent
+from nodes.diffusion.handles import CondEntry, Conditioning, DiffusionModel, Latent, Vae
 from nodes.diffusion.lora import lora_patched
 from nodes.diffusion.masking import latent_extensions
 from nodes.diffusion.module_patches import run_scoped
@@ -377,6 +377,31 @@ def check_latent_size(unet: Any, size: tuple[int, int]) -> None:
                 f"of at least {scale + 1} pixels on one side)")
 
 
+def fit_empty_latent(model: DiffusionModel, latent: Latent) -> Latent:
+    """An Empty Latent Image made without its ``vae`` (sized for SD's 8x VAE, as in
+    every ComfyUI graph) remade for the VAE the model was loaded with, when that one
+    scales otherwise (the built-in model's is 4x): it holds only zeros, so nothing is
+    lost, and the picture comes out at the size the graph asked for. A latent something
+    was written into (a mask, an inpainting input, non-zero samples) is left as it is."""
+    from nodes.diffusion.preview import linked_vae
+
+    assumed = latent.assumed_downscale
+    loaded = linked_vae(model.unet) if assumed else None
+    if loaded is None or latent.noise_mask is not None or latent.inpaint is not None:
+        return latent
+    vae = Vae(loaded)
+    batch, channels, height, width = latent.samples.shape
+    if (vae.downscale, vae.latent_channels) == (assumed, channels):
+        return latent
+    pixels = (height * assumed, width * assumed)
+    if pixels[0] % vae.downscale or pixels[1] % vae.downscale or bool(latent.samples.any()):
+        return latent
+    samples = latent.samples.new_zeros(batch, vae.latent_channels,
+                                       pixels[0] // vae.downscale, pixels[1] // vae.downscale)
+    return replace(latent, samples=samples, assumed_downscale=None,
+                   scaling_factor=latent.scaling_factor or vae.scaling_factor)
+
+
 @torch.no_grad()
 @lora_patched  # the MODEL's LoRA patches are on the UNet's weights for the run only
 @run_scoped  # modules extensions attach to the UNet (GLIGEN's layers) for the run only
@@ -388,6 +413,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     ``results``, when given, receives what the extensions report about the run (their
     ``results`` phase)."""
     unet = model.unet
+    latent = fit_empty_latent(model, latent)
     check_latent_size(unet, tuple(latent.samples.shape[-2:]))
     from nodes.diffusion.continuous_samplers import from_model_latents, model_space_latent
 

@@ -221,12 +221,22 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
             return [img.naturalWidth, img.naturalHeight];
         }""")
         print(f"default graph queued to image shown: {elapsed:.1f}s, image {size}")
-        assert size[0] > 0 and size[1] > 0
+        # the size the graph asks for, though the built-in model's VAE is 4x and Empty
+        # Latent Image sized its latent for SD's 8x (the sampler refits an empty latent)
+        assert size == [512, 512], size
         assert views, "the image was never fetched from /view"
-        # our run-time warning (512x512 Empty Latent decoded by the 4x VAE) as a toast,
-        # through Steerflow's own frontend extension
+        # our run-time warnings reach its toasts, through Steerflow's own extension: an
+        # empty latent sized for an 8x VAE decoded as it is by the 4x one
+        client = page.evaluate("() => window.app.api.clientId")
+        comfy_server.post("/prompt", {"client_id": client, "prompt": {
+            "4": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "steerflow-shapes"}},
+            "5": {"class_type": "EmptyLatentImage",
+                  "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}})
         toast = page.get_by_test_id("toast").filter(has_text="Warning from")
-        toast.first.wait_for(timeout=10_000)
+        toast.first.wait_for(timeout=60_000)
         assert "Empty Latent Image" in toast.first.inner_text()
         # the running node outlined with its progress bar, and previews on it
         seen = set(page.evaluate("() => [...window.__seen]"))
@@ -237,8 +247,8 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
         assert not unexpected, f"uncaught errors in the page: {unexpected}"
 
     history = comfy_server.get("/history")
-    assert len(history) == 1
-    entry = next(iter(history.values()))
+    assert len(history) == 2  # the classic graph, then the warning's small one
+    entry = next(e for e in history.values() if "3" in e["prompt"][2])  # with its KSampler
     assert entry["status"]["status_str"] == "success"
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert images and images[0]["type"] == "output"
