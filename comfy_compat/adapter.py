@@ -29,6 +29,7 @@ the inputs it takes skip the built-in choice and range checks, as in ComfyUI.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -437,19 +438,13 @@ def _passes_constants(socket: str) -> bool:
     return socket not in WIDGET_TYPES and socket != ANY_TYPE and socket not in _object_types()
 
 
-_OBJECT_TYPES: frozenset[str] | None = None
-
-
+@functools.cache
 def _object_types() -> frozenset[str]:
     """The non-primitive output types of Steerflow's built-in nodes."""
-    global _OBJECT_TYPES
-    if _OBJECT_TYPES is None:
-        import nodes
+    import nodes
 
-        _OBJECT_TYPES = frozenset(
-            o.type for cls in nodes.NODE_CLASSES for o in cls.OUTPUTS
-            if "," not in o.type) - WIDGET_TYPES - {ANY_TYPE}
-    return _OBJECT_TYPES
+    return frozenset(o.type for cls in nodes.NODE_CLASSES for o in cls.OUTPUTS
+                     if "," not in o.type) - WIDGET_TYPES - {ANY_TYPE}
 
 
 _MAX_UNDECLARED = 4096  # undeclared input specs kept per class
