@@ -43,6 +43,7 @@ from pydantic import Field, TypeAdapter
 from comfy_compat import runtime
 from comfy_compat.nodes_module import record_pack_class
 from comfy_compat.ui_workflow import comfy_pnginfo
+from engine.context import node_being_signed
 from engine.node import (
     ANY_TYPE,
     WIDGET_TYPES,
@@ -112,9 +113,15 @@ class ComfyNode(NamedInputsNode):
         fn = getattr(cls.COMFY_CLASS, "IS_CHANGED", None)
         if fn is None:
             return None
+        kwargs = _present(inputs)
+        signing = node_being_signed()
+        if signing is not None:  # ComfyUI gives IS_CHANGED the hidden inputs too
+            node_id, prompt = signing
+            for name, kind in cls.HIDDEN.items():
+                kwargs.setdefault(name, {"UNIQUE_ID": node_id, "PROMPT": prompt}.get(kind))
         try:
             with runtime.bound_environment(env):
-                value = fn(**_accepted(fn, _present(inputs)))
+                value = fn(**_accepted(fn, kwargs))
         except Exception as exc:  # ComfyUI: a failing IS_CHANGED means "changed"
             log.warning("%s.IS_CHANGED failed (%s: %s); the node runs again",
                         cls.TYPE, type(exc).__name__, exc)
@@ -343,6 +350,7 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
     outputs = tuple(Output(_output_type(t), names[i] if i < len(names) else None, is_list[i],
                            tooltips[i] if i < len(tooltips) else "")
                     for i, t in enumerate(return_types))
+    hidden = {str(k): str(v) for k, v in (raw.get("hidden") or {}).items()}
     validate = getattr(comfy, "VALIDATE_INPUTS", None)
     by_node = frozenset()
     if validate is not None:
@@ -361,7 +369,10 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
         "OUTPUTS": outputs,
         "COMFY_CLASS": comfy,
         "PACK": pack,
-        "HIDDEN": {str(k): str(v) for k, v in (raw.get("hidden") or {}).items()},
+        "HIDDEN": hidden,
+        # ComfyUI keys these by node id too (its include_unique_id_in_input)
+        "PER_NODE": "UNIQUE_ID" in hidden.values() or bool(getattr(comfy, "NOT_IDEMPOTENT",
+                                                                    False)),
         "INPUT_IS_LIST": bool(getattr(comfy, "INPUT_IS_LIST", False)),
         "OUTPUT_IS_LIST": is_list,
         "VALIDATED_BY_NODE": by_node,

@@ -58,6 +58,28 @@ def interrupt_point() -> None:
         raise Interrupted(running[0])
 
 
+#: the node whose fingerprint is being taken, and the run's prompt (see :func:`signing_node`)
+_SIGNING: ContextVar[tuple[str, dict[str, Any]] | None] = ContextVar(
+    "steerflow_signing_node", default=None)
+
+
+@contextmanager
+def signing_node(node_id: str, prompt: dict[str, Any]) -> Iterator[None]:
+    """Name the node whose :meth:`~engine.node.Node.fingerprint` runs in this thread."""
+    token = _SIGNING.set((node_id, prompt))
+    try:
+        yield
+    finally:
+        _SIGNING.reset(token)
+
+
+def node_being_signed() -> tuple[str, dict[str, Any]] | None:
+    """``(node_id, prompt)`` while a node's fingerprint is taken, else None: for a
+    fingerprint that depends on which node it is (ComfyUI's ``IS_CHANGED`` is given
+    the node's ``unique_id`` and the prompt)."""
+    return _SIGNING.get()
+
+
 @dataclass
 class ExecutionContext:
     """Passed to ``Node.execute``: report progress, honour interrupts, read the run's data."""

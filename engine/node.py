@@ -270,6 +270,10 @@ class Node(BaseModel):
     # past the declared ones is accepted (type ``*``) and gets that value (None if the
     # run returned fewer). For nodes whose outputs are set per workflow (ComfyUI packs).
     EXTRA_OUTPUTS: ClassVar[bool] = False
+    # True: the outputs depend on which node this is (its id), so two such nodes with the
+    # same inputs are never merged into one run, and each is cached on its own
+    # (ComfyUI packs whose nodes take their UNIQUE_ID, or are NOT_IDEMPOTENT).
+    PER_NODE: ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -17,7 +17,7 @@ from engine.calls import (
     merge_calls,
     plan_calls,
 )
-from engine.context import ExecutionContext, Interrupted, InterruptFlag
+from engine.context import ExecutionContext, Interrupted, InterruptFlag, signing_node
 from engine.expansion import DependencyCycleError, DynamicGraph
 from engine.lists import EXECUTION_BLOCKED, SPECIAL, as_lists, calls, merge_outputs
 from engine.node import Node
@@ -169,9 +169,12 @@ class _Run(ExpansionSteps):
         sigs = self.sigs
         upstream = [(name, sigs[src], idx) for name, (src, idx) in sorted(node.links.items())]
         try:
-            fingerprint = node.cls.fingerprint(node.constants, self.ex.env)
+            with signing_node(node.id, self.prompt):
+                fingerprint = node.cls.fingerprint(node.constants, self.ex.env)
         except Exception as exc:
             raise _NodeFailure(node.id, exc) from exc
+        if node.cls.PER_NODE:
+            fingerprint = [node.id, fingerprint]
         constants = _hashable_constants(node.constants) if ephemeral else node.constants
         sigs[node.id] = signature(node.cls.TYPE, node.cls.VERSION, constants, fingerprint,
                                   upstream)

@@ -304,6 +304,26 @@ def test_is_changed_joins_the_cache_key(session: Session):
     assert run_ok(session, always).run.outputs["2"]["text"][0] != first
 
 
+def test_is_changed_gets_the_hidden_inputs(session: Session):
+    """As in ComfyUI, IS_CHANGED is given the node's unique_id and the prompt, so a
+    pack keeping state per node re-runs just the node whose state changed."""
+    node = pack_module("io_pack").io_nodes.PerNodeState
+    node.STATE.clear()
+    prompt = {str(i): {"class_type": "PerNodeState", "inputs": {"text": "t"}} for i in (1, 2)}
+    prompt.update({str(i + 2): {"class_type": "ShowText", "inputs": {"text": [str(i), 0]}}
+                   for i in (1, 2)})
+    runs = node.RUNS
+    first = run_ok(session, prompt).run
+    assert first.outputs["3"] == {"text": ["t:1:0"]} and first.outputs["4"] == {"text": ["t:2:0"]}
+    assert run_ok(session, prompt).run.executed == []  # unchanged: cached
+    node.STATE["2"] = 5
+    again = run_ok(session, prompt).run
+    assert sorted(again.executed) == ["2", "4"]
+    assert again.outputs["4"] == {"text": ["t:2:5"]}
+    assert node.RUNS - runs == 3
+    assert node.SEEN_PROMPTS[-1]["1"]["class_type"] == "PerNodeState"
+
+
 def test_validate_inputs(session: Session):
     missing = {"1": {"class_type": "ReadTextFile", "inputs": {"name": "absent.txt"}},
                "2": {"class_type": "ShowText", "inputs": {"text": ["1", 0]}}}
@@ -483,3 +503,4 @@ def test_packs_through_the_server_and_worker(make_server, loop):  # noqa: F811
         assert http.get("/object_info/SplitText").status == 200
     finally:
         http.close()
+
