@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -106,10 +105,10 @@ class HttpBridge:
                  timeout: float = HANDLER_TIMEOUT):
         self.send = send
         self.timeout = timeout
-        self.loop = asyncio.new_event_loop()
+        from comfy_compat.prompt_server import PromptServer
+
+        self.loop = PromptServer.instance.loop
         self._router: Any = None
-        threading.Thread(target=self.loop.run_forever, name="steerflow-pack-routes",
-                         daemon=True).start()
 
     def submit(self, message: dict[str, Any]) -> None:
         """Answer ``message`` (from any thread); the reply goes out through ``send``."""

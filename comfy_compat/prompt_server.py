@@ -21,12 +21,17 @@ here. ``import server`` keeps meaning our aiohttp server, and a pack's
   GET/POST ones and answers them (:mod:`comfy_compat.http_bridge`); the server
   forwards requests on those paths there (:mod:`server.pack_routes`), since its own
   router cannot grow after start and the handlers belong with the nodes.
+- ``loop`` is an event loop running in its own thread (the one the pack routes are
+  answered on), so ``asyncio.run_coroutine_threadsafe(coro, PromptServer.instance.loop)``
+  and ``loop.call_soon_threadsafe`` from a node work as in ComfyUI.
 - ``add_on_prompt_handler`` handlers are collected but not called.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -35,6 +40,7 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[Any, Any, "str | None"], None]
+_loop_lock = threading.Lock()
 
 
 class BinaryEventTypes:
@@ -59,9 +65,24 @@ class PromptServer:
         self.on_prompt_handlers: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
         self.supports = ["custom_nodes_from_web"]
         self.app: Any = None
-        self.loop: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.prompt_queue: Any = None
         self.number = 0  # ComfyUI's queue counter (packs read and bump it)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The packs' event loop, started on first use (see the module docstring)."""
+        with _loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="steerflow-pack-loop",
+                                 daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    @loop.setter
+    def loop(self, value: asyncio.AbstractEventLoop) -> None:
+        self._loop = value
 
     def send_sync(self, event: Any, data: Any, sid: str | None = None) -> None:
         """Send an event to the websocket client of the running prompt (see module doc)."""

@@ -9,6 +9,8 @@ A custom pack's import runs in a daemon thread with a time limit
 (:data:`PACK_IMPORT_TIMEOUT`): an exception, ``sys.exit()``, a
 ``KeyboardInterrupt`` raised by the pack, or an import that never finishes is
 recorded as a :class:`PackError` and loading goes on with the next pack.
+The thread behaves as a main thread would at import: it has an event loop, and
+the signal handlers a pack sets are installed when its import is done.
 
 Pack adapters let packs written against another node API load too: an adapter
 (entry-point group ``steerflow.pack_adapters``, or :func:`register_pack_adapter`)
@@ -21,14 +23,17 @@ pack) is recorded in :attr:`NodeRegistry.web_directories` under the pack's name.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -281,6 +286,9 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
     done = threading.Event()
 
     def target() -> None:
+        # As in a main thread: get_event_loop() and signal.signal() work at import
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        _import_thread.signals = signals
         try:
             box["value"] = importer()
         except BaseException as exc:  # the pack's sys.exit() must not end the engine
@@ -292,9 +300,12 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
                     _stuck.discard(module_name)
                     _forget_modules(module_name, before)
 
+    signals: list[tuple[int, Any]] = []
     thread = threading.Thread(target=target, name=f"pack-import {module_name}", daemon=True)
-    thread.start()
-    if not done.wait(timeout):
+    with _signals_deferred():
+        thread.start()
+        finished = done.wait(timeout)
+    if not finished:
         with _stuck_lock:
             if not done.is_set():
                 _stuck.add(module_name)
@@ -307,6 +318,7 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
                                   f"{where}; the pack is not loaded")
     exc = box.get("error")
     if exc is None:
+        _install_signal_handlers(label, signals)
         return box["value"]
     _forget_modules(module_name, before)
     log.error("failed to load node pack %s", label,
@@ -316,6 +328,47 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
     if isinstance(exc, KeyboardInterrupt):
         raise _PackFailed("KeyboardInterrupt: the pack raised KeyboardInterrupt at import")
     raise _PackFailed(f"{type(exc).__name__}: {exc}")
+
+
+_import_thread = threading.local()
+_real_signal = signal.signal
+
+
+def _deferring_signal(signalnum: Any, handler: Any) -> Any:
+    """``signal.signal`` while packs import: a pack's call from its import thread is
+    kept for :func:`_install_signal_handlers` (Python allows it in the main thread only)."""
+    pending = getattr(_import_thread, "signals", None)
+    if pending is None or threading.current_thread() is threading.main_thread():
+        return _real_signal(signalnum, handler)
+    previous = signal.getsignal(signalnum)
+    pending.append((signalnum, handler))
+    return previous
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    signal.signal = _deferring_signal  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        signal.signal = _real_signal
+
+
+def _install_signal_handlers(label: str, signals: list[tuple[int, Any]]) -> None:
+    """Install the handlers a pack set at import, as its import in a main thread would
+    have; where packs load off the main thread (the server's copy of the registry),
+    they are left out: the process keeps its own."""
+    if not signals:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        log.debug("node pack %s: its signal handlers are not installed here", label)
+        return
+    for signalnum, handler in signals:
+        try:
+            _real_signal(signalnum, handler)
+        except (ValueError, TypeError, OSError) as exc:
+            log.warning("node pack %s: signal handler for %s not installed: %s",
+                        label, signalnum, exc)
 
 
 class ImportAbandoned(BaseException):

@@ -504,3 +504,16 @@ def test_packs_through_the_server_and_worker(make_server, loop):  # noqa: F811
     finally:
         http.close()
 
+
+def test_prompt_server_loop_runs_coroutines_from_nodes():
+    """Packs schedule work with ``run_coroutine_threadsafe(coro, PromptServer.instance.loop)``
+    (ComfyUI's server loop); ours is a running loop in its own thread, the pack routes'."""
+    import asyncio
+
+    from comfy_compat.http_bridge import HttpBridge
+    from comfy_compat.prompt_server import PromptServer
+
+    loop = PromptServer.instance.loop
+    assert asyncio.run_coroutine_threadsafe(asyncio.sleep(0, result=7), loop).result(5) == 7
+    assert loop.is_running()
+    assert HttpBridge(lambda message: None).loop is loop

@@ -218,3 +218,47 @@ def test_broken_node_classes_are_recorded(packs: Path):
     registry.load_directory(packs)
     assert loaded(registry) == {"GoodA", "GoodZ"}
     assert registry.errors[0].message.startswith("TypeError")
+
+
+def test_a_pack_may_use_asyncio_and_signal_at_import(packs: Path):
+    """ComfyUI imports packs in its main thread; ours import in a guarded thread, where
+    Python refuses ``signal.signal`` and ``asyncio.get_event_loop``. Both work, and the
+    handler is installed once the import is done (loading from the main thread)."""
+    import signal
+
+    (packs / "m_main.py").write_text(
+        "import asyncio, signal\n"
+        "LOOP = asyncio.get_event_loop()\n"
+        "LOOP.run_until_complete(asyncio.sleep(0))\n"
+        "def on_usr1(signum, frame):\n"
+        "    pass\n"
+        "PREVIOUS = signal.signal(signal.SIGUSR1, on_usr1)\n"
+        + good("GoodMain"))
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        registry = NodeRegistry()
+        registry.load_directory(packs, timeout=10)
+        assert registry.errors == []
+        assert "GoodMain" in loaded(registry)
+        module = sys.modules["steerflow_custom_nodes.m_main"]
+        assert module.PREVIOUS == before
+        assert signal.getsignal(signal.SIGUSR1) is module.on_usr1
+        assert signal.signal is reg_mod._real_signal  # only while packs import
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_signal_handlers_of_packs_loaded_off_the_main_thread_are_left_out(packs: Path):
+    import signal
+
+    (packs / "m_off.py").write_text(
+        "import signal\n"
+        "signal.signal(signal.SIGUSR2, lambda *a: None)\n" + good("GoodOff"))
+    before = signal.getsignal(signal.SIGUSR2)
+    registry = NodeRegistry()
+    loader = threading.Thread(target=registry.load_directory, args=(packs,),
+                              kwargs={"timeout": 10})
+    loader.start()
+    loader.join()
+    assert "GoodOff" in loaded(registry) and registry.errors == []
+    assert signal.getsignal(signal.SIGUSR2) == before
