@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion import memory  # noqa: F401  (registers the cache's model mover)
-from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
+from nodes.diffusion.handles import DiffusionModel, MissingVae, TextEncoder, Vae
 from nodes.diffusion.precision import WEIGHT_DTYPE_CHOICES
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -151,7 +151,8 @@ def load_checkpoint(ctx: ExecutionContext, path: Path, weight_dtype: str = "defa
                              dtype=dtype, prefetched=prefetched, budget=device_budget(ctx))
     from nodes.diffusion.preview import link_vae
 
-    link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
+    if loaded.vae is not None:
+        link_vae(loaded.unet, loaded.vae)  # live previews fit their colour map to this VAE
     from nodes.diffusion.sd_upscale import model_extensions
     from nodes.diffusion.unclip import UnclipExtension, is_unclip_unet
 
@@ -163,10 +164,10 @@ def load_checkpoint(ctx: ExecutionContext, path: Path, weight_dtype: str = "defa
     return (
         DiffusionModel(loaded.unet, {**loaded.scheduler_config, **(scheduler_overrides or {})},
                        loaded.family, extensions=extensions,
-                       latent_scale=float(loaded.vae.config.scaling_factor)),
+                       latent_scale=loaded.latent_scale),
         TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
                     text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
-        Vae(loaded.vae),
+        Vae(loaded.vae) if loaded.vae is not None else MissingVae(path.name),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from engine.session import Session
 from engine.validation import PromptValidationError
@@ -354,3 +354,27 @@ def test_component_saves_load_back(session, models):
         for a, b in zip(ref.model.state_dict().values(), saved.model.state_dict().values(),
                         strict=True):
             assert torch.equal(a, b)
+
+
+def test_a_checkpoint_without_a_vae_loads_its_model_and_clip(session, models,
+                                                             tiny_model_paths):
+    """As in ComfyUI, a checkpoint file without VAE weights still gives MODEL and CLIP;
+    its VAE output fails where it is used, saying what to load instead."""
+    from safetensors import safe_open
+
+    single = tiny_model_paths["single_file"]
+    with safe_open(str(single), "pt") as fh:
+        metadata = fh.metadata()
+    state = {k: v for k, v in load_file(single).items()
+             if not k.startswith("first_stage_model.")}
+    save_file(state, str(models / "checkpoints" / "no-vae.safetensors"), metadata=metadata)
+    ref = run(session, txt2img(TINY))
+    prompt = txt2img("no-vae.safetensors")
+    prompt["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": "sd1-vae"}}
+    prompt["dec"]["inputs"]["vae"] = ["vae", 0]
+    assert np.abs(run(session, prompt) - ref).max() <= 1e-5
+    result = session.run(txt2img("no-vae.safetensors"))
+    assert not result.ok
+    assert result.run.error["node_id"] == "dec"
+    assert "holds no VAE" in result.run.error["exception_message"]
+    assert "Load VAE" in result.run.error["exception_message"]

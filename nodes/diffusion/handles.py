@@ -110,6 +110,39 @@ class Vae:
         return int(self.vae.config.latent_channels)
 
 
+class MissingVaeError(ValueError, AttributeError):
+    """A checkpoint's absent VAE was used (an AttributeError too, so ``hasattr`` and
+    ``getattr`` with a default see nothing there)."""
+
+
+class _AbsentVae:
+    """Stands in for the autoencoder of a checkpoint that has none: any use says so."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def __getattr__(self, name: str) -> Any:
+        raise MissingVaeError(self._message)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise MissingVaeError(self._message)
+
+
+class MissingVae(Vae):
+    """The VAE output of a checkpoint file that holds none (ComfyUI gives None there):
+    the graph runs as long as nothing uses it, and a node that does fails saying what to
+    load instead."""
+
+    def __init__(self, checkpoint: str) -> None:
+        super().__init__(_AbsentVae(
+            f"the checkpoint {checkpoint!r} holds no VAE, so its VAE output cannot be used: "
+            "load one with Load VAE (models/vae, or a full checkpoint's) and link that VAE "
+            "here instead"))
+
+    def __post_init__(self) -> None:
+        pass  # nothing to hook
+
+
 @dataclass(frozen=True)
 class CondEntry:
     """One conditioning: prompt embeddings ``[1, tokens, dim]`` and options.

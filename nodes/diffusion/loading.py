@@ -11,6 +11,7 @@ and even then are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -38,6 +39,8 @@ from nodes.diffusion.original_layout import (
 )
 from nodes.diffusion.precision import checkpoint_dtypes, vae_dtype
 from nodes.diffusion.tokenizer import folder_tokenizer, load_clip_tokenizer
+
+log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
 FAMILY_CONFIG_DIRS = {"sd1": CONFIGS_DIR / "sd15", "sd2": CONFIGS_DIR / "sd21",
@@ -67,7 +70,7 @@ class LoadedCheckpoint:
     """The SD components of one checkpoint, in eval mode on the requested device/dtype."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | None  # None: a single file without one (see load_vae)
     text_encoder: CLIPTextModel | None  # None: the SDXL refiner (bigG only)
     tokenizer: CLIPTokenizer | None
     scheduler_config: dict[str, Any]
@@ -76,6 +79,13 @@ class LoadedCheckpoint:
     # SDXL's OpenCLIP bigG (CLIPTextModelWithProjection) and its tokenizer
     text_encoder_2: Any = None
     tokenizer_2: CLIPTokenizer | None = None
+    #: the latents' scaling factor when the file has no VAE (its family's)
+    missing_vae_scale: float = 0.18215
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor) if self.vae is not None \
+            else self.missing_vae_scale
 
 
 def load_components(
@@ -380,16 +390,15 @@ def _build_original(
     unet_config, vae_config, text_config = configs["unet"], configs["vae"], configs["text_encoder"]
     family = configs.get("family") or _family_from_configs(unet_config, text_config)
 
-    require_vae(state_dict)
     unet = _load_strict("unet", empties.take("unet"),
                         convert_ldm_unet_checkpoint(state_dict, unet_config))
-    vae = _load_strict("vae", empties.take("vae"),
-                       convert_ldm_vae_checkpoint(state_dict, vae_config))
+    vae = load_vae(state_dict, empties, vae_config, path)
     text_encoder = _build_text_encoder(state_dict, empties.take("text_encoder"))
     tokenizer_dir = FAMILY_CONFIG_DIRS.get(family, FAMILY_CONFIG_DIRS["sd1"]) / "tokenizer"
     return LoadedCheckpoint(
         unet=unet,
         vae=vae,
+        missing_vae_scale=float(vae_config.get("scaling_factor", 0.18215)),
         text_encoder=text_encoder,
         tokenizer=load_clip_tokenizer(tokenizer_dir),
         scheduler_config=dict(configs["scheduler"]),
@@ -405,11 +414,17 @@ PARTS_HINT = ("load its parts with Load Diffusion Model (UNETLoader), Load CLIP 
               "(the VAE from a full checkpoint or models/vae)")
 
 
-def require_vae(state_dict: StateDict) -> None:
-    """Refuse, with what to do instead, a checkpoint file that holds no VAE."""
+def load_vae(state_dict: StateDict, empties: EmptyModels, vae_config: Mapping[str, Any],
+             path: Path | None) -> AutoencoderKL | None:
+    """The checkpoint's VAE, or None for a file that holds none: as in ComfyUI, its MODEL
+    and CLIP still load, and its VAE output says what to do when used
+    (:class:`nodes.diffusion.handles.MissingVae`)."""
     if not any(k.startswith(VAE_PREFIX) for k in state_dict):
-        raise CheckpointKeyError(f"the checkpoint holds no VAE ({VAE_PREFIX}* weights): "
-                                 + PARTS_HINT)
+        log.warning("%s holds no VAE (%s* weights): load one with Load VAE",
+                    path.name if path is not None else "the checkpoint", VAE_PREFIX)
+        return None
+    return _load_strict("vae", empties.take("vae"),
+                        convert_ldm_vae_checkpoint(state_dict, vae_config))
 
 
 def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel) -> CLIPTextModel:

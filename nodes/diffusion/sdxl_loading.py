@@ -22,7 +22,6 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
 from safetensors.torch import save_file
@@ -40,7 +39,7 @@ from nodes.diffusion.loading import (
     LoadedCheckpoint,
     _load_strict,
     family_configs,
-    require_vae,
+    load_vae,
 )
 from nodes.diffusion.original_layout import (
     CONFIG_METADATA_KEY,
@@ -82,11 +81,9 @@ def load_original_sdxl(state_dict: StateDict, configs: Mapping[str, Any], *,
     empties = empties if empties is not None else EmptyModels(configs)
     family = str(configs["family"])
     unet_config, vae_config = configs["unet"], configs["vae"]
-    require_vae(state_dict)
     unet = _load_strict("unet", empties.take("unet"),
                         convert_ldm_unet_checkpoint(state_dict, unet_config))
-    vae = _load_strict("vae", empties.take("vae"),
-                       convert_ldm_vae_checkpoint(state_dict, vae_config))
+    vae = load_vae(state_dict, empties, vae_config, path)
     refiner = family == "sdxl_refiner"
     text_encoder = None
     if not refiner:
@@ -99,6 +96,7 @@ def load_original_sdxl(state_dict: StateDict, configs: Mapping[str, Any], *,
         state_dict, lambda key: state_dict[key].flatten()[0].item(), dict(configs["scheduler"]))
     return LoadedCheckpoint(
         unet=unet, vae=vae, text_encoder=text_encoder,
+        missing_vae_scale=float(vae_config.get("scaling_factor", 0.13025)),
         tokenizer=None if refiner else load_clip_tokenizer(tokenizers / "tokenizer"),
         scheduler_config=scheduler_config, family=family, path=path,
         text_encoder_2=text_encoder_2,
