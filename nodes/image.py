@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def unreadable_image(label: str, exc: Exception) -> ValueError:
+    """The error for a file Pillow cannot read, without Pillow's paths or object reprs."""
+    if type(exc).__name__ == "UnidentifiedImageError":
+        why = "its content is not an image format Pillow knows (PNG, JPEG, WebP, ...)"
+    else:
+        why = re.sub(r"\s*('/[^']*'|<[^>]* at 0x[0-9a-f]+>)", "", str(exc)).strip(" :") \
+            or type(exc).__name__
+    return ValueError(f"{label!r} is not a readable image: {why}")
+
+
 def pil_to_image(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     """PIL → (IMAGE ``[1, H, W, 3]``, MASK ``[1, H, W]``; mask = 1 - alpha, as ComfyUI)."""
     import numpy as np
@@ -137,7 +148,7 @@ class LoadImage(Node):
             raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
                                     ) from None
         except OSError as exc:
-            raise ValueError(f"{self.image!r} is not a readable image: {exc}") from exc
+            raise unreadable_image(self.image, exc) from None
         return image.to(ctx.device), mask.to(ctx.device)
 
 

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from engine.paths import PathError
-from nodes.image import IMAGE_SUFFIXES, file_sha256, pil_to_image, resolve_image, split_annotated
+from nodes.image import (
+    IMAGE_SUFFIXES,
+    file_sha256,
+    pil_to_image,
+    resolve_image,
+    split_annotated,
+    unreadable_image,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -220,7 +227,7 @@ def _open(entry: BatchEntry) -> Image.Image:
     except FileNotFoundError:
         raise FileNotFoundError(f"{entry.label!r} no longer exists") from None
     except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"{entry.label!r} is not a readable image: {exc}") from None
+        raise unreadable_image(entry.label, exc) from None
 
 
 def read_size(entry: BatchEntry) -> tuple[int, int]:
@@ -240,7 +247,7 @@ def load_fitted(entry: BatchEntry, size: tuple[int, int], mode: str
         try:
             rgba = ImageOps.exif_transpose(img).convert("RGBA")
         except OSError as exc:  # truncated or corrupt data shows only when decoding
-            raise ValueError(f"{entry.label!r} is not a readable image: {exc}") from None
+            raise unreadable_image(entry.label, exc) from None
     if rgba.size != size:
         if mode == "center_crop":
             scale = max(size[0] / rgba.width, size[1] / rgba.height)

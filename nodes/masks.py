@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Tensor
-from nodes.image import file_sha256, list_input_images
+from nodes.image import file_sha256, list_input_images, unreadable_image
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +118,7 @@ class LoadImageMask(Node):
         except FileNotFoundError:
             raise FileNotFoundError(f"image {self.image!r} not found in the input folder") from None
         except OSError as exc:
-            raise ValueError(f"{self.image!r} is not a readable image: {exc}") from exc
+            raise unreadable_image(self.image, exc) from None
         mask = torch.from_numpy(arr[..., _BAND_INDEX[self.channel]].copy())[None]
         if self.channel == "alpha":
             mask = 1.0 - mask if has_alpha else torch.zeros_like(mask)

@@ -60,6 +60,9 @@ def check_image(data: bytes) -> str:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or ""
             img.verify()
+    except Image.UnidentifiedImageError:
+        raise NotAnImage("not a readable image: its content is not an image format "
+                         f"(accepted: {', '.join(sorted(FORMATS))})") from None
     except Exception as exc:  # Pillow raises many types for bad data (incl. bombs)
         raise NotAnImage(f"not a readable image: {exc}") from None
     if fmt not in FORMATS:

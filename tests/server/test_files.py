@@ -96,6 +96,10 @@ def test_upload_size_cap(make_server, loop):
 
 def test_upload_form_errors(http: Http):
     assert http.post("/upload/image", data=b"not a form").status == 400
+    text = http.post("/upload/image", data=form(b"hello world"))  # a .png that is not one
+    assert text.status == 415
+    message = text.json()["error"]["message"]
+    assert "not a readable image" in message and "0x" not in message and "_io" not in message
     assert http.post("/upload/image", data=form(png(), type="models")).status == 400
     body = aiohttp.FormData()
     body.add_field("subfolder", "x")
