@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from engine.environment import Environment
 from server import (
     canvas,
     comfy_frontend,
@@ -58,7 +57,7 @@ def create_app(config: ServerConfig, *,
     worker process builds its own from the same configuration.
     """
     config.check()
-    env = Environment.create(config.base_dir, models_dir=config.models_dir, device="cpu")
+    env = config.environment()
     storage = Storage(config.data_dir / DB_NAME, fsync=config.fsync)
     hub = Hub(private=bool(config.token))
     queue = PromptQueue(storage, on_change=hub.status_changed, max_attempts=config.max_attempts)

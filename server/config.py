@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.environment import Environment
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "STEERFLOW_TOKEN"
 ORIGINS_ENV = "STEERFLOW_ALLOW_ORIGINS"
@@ -91,6 +93,12 @@ class ServerConfig:
     @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
+
+    def environment(self) -> Environment:
+        """The folders and options prompts are validated with (the worker's own has
+        the device too)."""
+        return Environment.create(self.base_dir, models_dir=self.models_dir, device="cpu",
+                                  allow_pickle=self.allow_pickle)
 
     def check(self) -> None:
         """Refuse settings that would expose the server unauthenticated."""

@@ -51,10 +51,9 @@ def registry_factory_for(config: ServerConfig) -> Callable[[], Any]:
     """The node registry the server validates against: the worker's, same packs."""
 
     def make() -> Any:
-        from engine.environment import Environment
         from engine.registry import load_registry
 
-        env = Environment.create(config.base_dir, models_dir=config.models_dir, device="cpu")
+        env = config.environment()
         return load_registry(config.registry_factory, config.custom_nodes, env=env)
 
     return make

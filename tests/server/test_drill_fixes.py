@@ -361,3 +361,16 @@ def test_view_preview_of_an_unknown_format_falls_back_to_webp(server: LiveServer
     assert jpeg.status == 200 and jpeg.headers["Content-Type"] == "image/jpeg"
     raw = http.get("/view", params={"filename": "pic.png"})
     assert raw.headers["Content-Type"] == "image/png" and raw.body == png()
+
+
+def test_serve_allow_pickle_reaches_validation(make_server):
+    """``steerflow serve --allow-pickle`` validated prompts without the opt-in, so every
+    .ckpt / .pth was refused with a message telling the user to pass the flag they had."""
+    from nodes.models import pickle_problem
+
+    for allowed in (False, True):
+        srv = make_server(allow_pickle=allowed)
+        env = srv.state.env
+        assert env.allow_pickle is allowed and srv.state.runtime.env is env
+        inputs = {"ckpt_name": "v1-5-pruned-emaonly.ckpt"}
+        assert bool(pickle_problem(inputs, env, "ckpt_name", "checkpoints")) is not allowed
