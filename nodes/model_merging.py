@@ -157,10 +157,11 @@ class _ModelMergeByBlock(NamedInputsNode):
         return (merge_models(model1, model2, factors, label),)
 
 
-def _blocks(inputs: int, outputs: int) -> tuple[str, ...]:
-    return ("time_embed.", "label_emb.", *(f"input_blocks.{i}." for i in range(inputs)),
-            *(f"middle_block.{i}." for i in range(3)),
-            *(f"output_blocks.{i}." for i in range(outputs)), "out.")
+def _blocks(inputs: int, outputs: int, dot: str = ".") -> tuple[str, ...]:
+    """ComfyUI's input names (its SDXL node writes the numbered blocks without the dot)."""
+    return ("time_embed.", "label_emb.", *(f"input_blocks.{i}{dot}" for i in range(inputs)),
+            *(f"middle_block.{i}{dot}" for i in range(3)),
+            *(f"output_blocks.{i}{dot}" for i in range(outputs)), "out.")
 
 
 class ModelMergeSD1(_ModelMergeByBlock):
@@ -183,7 +184,7 @@ class ModelMergeSDXL(_ModelMergeByBlock):
     embeddings, input blocks 0-8, middle block 0-2, output blocks 0-8, out)."""
 
     TYPE = "ModelMergeSDXL"
-    BLOCKS = _blocks(9, 9)
+    BLOCKS = _blocks(9, 9, dot="")
 
 
 class ModelMergeSubtract(Node):

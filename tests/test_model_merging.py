@@ -351,8 +351,9 @@ def test_merges_sample_through_the_graph(graph_session):
 
 
 def test_per_block_merge_runs_from_a_comfyui_prompt(models_dir, tmp_path):
-    """Dotted input names through validation and the executor; a ratio out of range is a
-    validation error on that input."""
+    """Dotted input names through validation and the executor (ComfyUI's SDXL node names
+    its numbered blocks without the trailing dot); a ratio out of range is a validation
+    error on that input."""
     session = Session(tmp_path, models_dir=models_dir, device="cpu",
                       registry=registry_with_capture())
     key = uuid.uuid4().hex
@@ -362,15 +363,17 @@ def test_per_block_merge_runs_from_a_comfyui_prompt(models_dir, tmp_path):
         "add": {"class_type": "ModelMergeAdd",
                 "inputs": {"model1": ["ckpt", 0], "model2": ["ckpt", 0]}},
         "m": {"class_type": "ModelMergeSDXL", "inputs": {
-            "model1": ["ckpt", 0], "model2": ["add", 0], "input_blocks.1.": 0.0,
-            **{k: 1.0 for k in ModelMergeSDXL.BLOCKS if k != "input_blocks.1."}}},
+            "model1": ["ckpt", 0], "model2": ["add", 0], "input_blocks.1": 0.0,
+            **{k: 1.0 for k in ModelMergeSDXL.BLOCKS if k != "input_blocks.1"}}},
         "cap": {"class_type": "TestCapture", "inputs": {"value": ["m", 0], "key": key}}}
+    assert {"input_blocks.8", "middle_block.2", "output_blocks.0", "time_embed.", "out."} \
+        <= set(ModelMergeSDXL.BLOCKS) and "input_blocks.0." not in ModelMergeSDXL.BLOCKS
     result = session.run(prompt)
     assert result.ok, result.run.error
     merged_model = CAPTURED.pop(key)
     merged = weights(merged_model)
     plain = {k: v.detach() for k, v in merged_model.unet.named_parameters()}
-    for name, value in merged.items():  # input_blocks.1. is model2's: twice the weights
+    for name, value in merged.items():  # input_blocks.1 is model2's: twice the weights
         factor = 2.0 if name.startswith(("down_blocks.0.resnets.0.",
                                          "down_blocks.0.attentions.0.")) else 1.0
         torch.testing.assert_close(value, factor * plain[name], msg=name)
