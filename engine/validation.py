@@ -382,6 +382,8 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
                         extra = {}
                     extra[name] = spec
                     continue
+            if name in UPLOAD_BUTTONS and _has_upload(cls):
+                continue  # the front end's upload button, saved with the widgets
             message = (ignored_message(cls.INPUT_SPECS, name, inputs)
                        if name in cls.INPUT_SPECS else f"unknown input {name!r} ignored")
             issues.append(Issue("unknown_input", f"node {node_id}: {message}",
@@ -645,3 +647,11 @@ def comfy_error_type(issue: Issue) -> tuple[str, str]:
                 else ("value_bigger_than_max", "Value bigger than max"))
     return _COMFY_ERRORS.get(issue.kind, ("custom_validation_failed",
                                           "Custom validation failed for node"))
+
+
+#: what ComfyUI's front end writes into a prompt for a node's upload button
+UPLOAD_BUTTONS = frozenset({"upload", "choose file to upload"})
+
+
+def _has_upload(cls: type[Node]) -> bool:
+    return any(spec.upload for spec in cls.INPUT_SPECS.values())

@@ -346,6 +346,23 @@ def test_builtin_nodes_still_ignore_unknown_inputs(session: Session):
     assert "bogus" not in vp.nodes["1"].links and "bogus" not in vp.nodes["1"].constants
 
 
+def test_the_front_ends_upload_buttons_are_dropped_silently(session: Session):
+    """ComfyUI's front end writes its upload button into every Load Image node's inputs
+    ("upload" / "choose file to upload"): not a warning on every prompt; on a node with
+    no upload input it is still one."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(session.env.folder("input", create=True) / "up.png")
+    prompt = {"1": n("LoadImage", image="up.png", upload="image"),
+              "2": n("LoadImage", image="up.png", **{"choose file to upload": "image"}),
+              "3": n("PreviewImage", images=["1", 0]), "4": n("PreviewImage", images=["2", 0])}
+    assert session.validate(prompt).warnings == []
+    vp = session.validate({"1": n("EmptyLatentImage", width=64, height=64, batch_size=1,
+                                  upload="image"),
+                           "3": n("Show", value=["1", 0])})
+    assert [w.kind for w in vp.warnings] == ["unknown_input"]
+
+
 # --- D2: outputs past RETURN_TYPES -----------------------------------------------------
 
 def test_outputs_past_return_types_for_a_bypass_tuple(session: Session):
