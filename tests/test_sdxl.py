@@ -486,3 +486,53 @@ def test_clip_set_last_layer_on_sdxl_is_comfyuis(sdxl_models):
     assert torch.equal(encode_sdxl(set_layer(-3), PROMPT)[0], hidden(None, -3))
     past = replace(clip, stop_at_clip_layer=-4)
     assert torch.equal(encode_sdxl(past, PROMPT)[0], hidden(None))
+
+
+
+def test_sdxl_textual_inversion_file_matches_diffusers(session, sdxl_models):
+    """An SDXL embedding file holds one entry per text encoder (``clip_l``, ``clip_g``):
+    each encoder takes its own, as diffusers' load_textual_inversion given each entry and
+    ComfyUI do (before, bigG was given clip_l and refused the width). The pooled output
+    is bigG's at the end-of-text token, as ComfyUI's; transformers, for configs with the
+    legacy ``eos_token_id`` 2 (SDXL's), pools at the highest token id, which is the
+    embedding's added token in diffusers: so the reference gets the pooled output at the
+    end-of-text token, the rest from the pipeline."""
+    from safetensors.torch import save_file
+
+    base_dir = sdxl_models / "checkpoints" / BASE
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(base_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(5)
+    vectors = {"clip_l": torch.randn(2, pipe.text_encoder.config.hidden_size, generator=g),
+               "clip_g": torch.randn(2, pipe.text_encoder_2.config.hidden_size, generator=g)}
+    folder = sdxl_models / "embeddings"
+    folder.mkdir(exist_ok=True)
+    save_file(vectors, folder / "xl_emb.safetensors")
+    for entry, encoder, tokenizer in (("clip_l", pipe.text_encoder, pipe.tokenizer),
+                                      ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)):
+        pipe.load_textual_inversion(vectors[entry], token="<xl>", text_encoder=encoder,
+                                    tokenizer=tokenizer)
+    text = "a photo of {} on a white background"
+    prompt = txt2img_prompt(BASE, "euler", "normal")
+    prompt["6"] = sdxl_encode("4", text.format("embedding:xl_emb"))
+    ours = graph_image(session, prompt)
+
+    embeds, negative, _, negative_pooled = pipe.encode_prompt(
+        text.format("<xl>"), device="cpu", negative_prompt=NEGATIVE)
+    tokenizer, encoder = pipe.tokenizer_2, pipe.text_encoder_2
+    ids = tokenizer(pipe.maybe_convert_prompt(text.format("<xl>"), tokenizer),
+                    padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = encoder(ids).last_hidden_state
+        eos = (ids == tokenizer.eos_token_id).int().argmax(-1)
+        pooled = encoder.text_projection(hidden[torch.arange(len(ids)), eos])
+    pipe.base_config = dict(pipe.scheduler.config)
+    _scheduler(pipe, "euler", "normal")
+    ref = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative,
+               pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled,
+               num_inference_steps=5, guidance_scale=5.0, height=HEIGHT, width=WIDTH,
+               output_type="np", generator=torch.Generator("cpu").manual_seed(3)).images
+    assert np.abs(ours - ref).max() <= 1e-4
+    plain = graph_image(session, txt2img_prompt(BASE, "euler", "normal"))
+    assert np.abs(ours - plain).max() > 1e-3  # the embedding acted

@@ -9,8 +9,9 @@ change meaning the day a file of that name is added.
 File formats: A1111 ``.safetensors`` (``emb_params``, or ``string_to_param.*``),
 A1111 ``.pt`` (``{"string_to_param": {"*": tensor}}``, pickle: only with the
 user's opt-in, read with ``weights_only=True``), diffusers
-``learned_embeds.safetensors`` (``{token: tensor}``), and SDXL-style files with a
-``clip_l`` entry. Several vectors per embedding are supported.
+``learned_embeds.safetensors`` (``{token: tensor}``), and SDXL files with ``clip_l``
+and ``clip_g`` entries (each text encoder takes the one of its width). Several vectors
+per embedding are supported.
 
 The vectors reach the text encoder through a forward hook on its token-embedding
 layer for the duration of one call, so the cached encoder is never changed.
@@ -111,8 +112,10 @@ def embedding_fingerprint(env: Environment, text: Any) -> list[Any] | None:
     return [path_fingerprint(p) for p in paths if p is not None] or None
 
 
-def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
-    """The vectors ``[n, dim]`` (float32, CPU) of one embedding file."""
+def load_embedding(path: Path, *, allow_pickle: bool = False, dim: int | None = None
+                   ) -> torch.Tensor:
+    """The vectors ``[n, dim]`` (float32, CPU) of one embedding file; ``dim``: the text
+    encoder's width, which picks an SDXL file's ``clip_l`` or ``clip_g`` vectors."""
     import torch
 
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -127,7 +130,7 @@ def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
 
         with checked(path):
             data = load_file(str(path), device="cpu")
-    vectors = _vectors_of(data, path.name)
+    vectors = _vectors_of(data, path.name, dim)
     if vectors.dim() == 1:
         vectors = vectors.unsqueeze(0)
     if vectors.dim() != 2 or vectors.shape[0] == 0:
@@ -136,7 +139,7 @@ def load_embedding(path: Path, *, allow_pickle: bool = False) -> torch.Tensor:
     return vectors.detach().to(torch.float32)
 
 
-def _vectors_of(data: Any, filename: str) -> torch.Tensor:
+def _vectors_of(data: Any, filename: str, dim: int | None = None) -> torch.Tensor:
     import torch
 
     if isinstance(data, torch.Tensor):
@@ -146,9 +149,11 @@ def _vectors_of(data: Any, filename: str) -> torch.Tensor:
     if "string_to_param" in data and isinstance(data["string_to_param"], dict):
         params = data["string_to_param"]
         return params.get("*", next(iter(params.values())))
-    for key in ("emb_params", "clip_l", "string_to_param.*"):
-        if isinstance(data.get(key), torch.Tensor):
-            return data[key]
+    # SDXL files hold one entry per text encoder (clip_l, clip_g): the one of this width
+    known = [data[key] for key in ("emb_params", "clip_l", "clip_g", "string_to_param.*")
+             if isinstance(data.get(key), torch.Tensor)]
+    if known:
+        return next((t for t in known if dim is not None and t.shape[-1] == dim), known[0])
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if len(tensors) == 1:  # diffusers: {token: tensor}
         return next(iter(tensors.values()))
@@ -172,7 +177,7 @@ class EmbeddingLibrary:
                 log.warning("warning, %s", unknown_embedding_message(self.env, name))
                 self._loaded[name] = torch.zeros(0, self.dim)
                 return self._loaded[name]
-            vectors = load_embedding(path, allow_pickle=self.env.allow_pickle)
+            vectors = load_embedding(path, allow_pickle=self.env.allow_pickle, dim=self.dim)
             if vectors.shape[1] != self.dim:
                 raise ValueError(
                     f"embedding {name!r} has {vectors.shape[1]}-wide vectors but this text "
