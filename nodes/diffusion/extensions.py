@@ -90,11 +90,16 @@ class UNetCall:
     #: SDXL's ``{"text_embeds": pooled, "time_ids": sizes}``, one row per batch row (the
     #: sampler fills it from the conditioning; None for models without added conditioning)
     added_cond_kwargs: dict[str, torch.Tensor] | None = None
+    #: a guidance-distilled UNet's (LCM's ``time_cond_proj_dim``) guidance-scale
+    #: embedding, one row (the run's); None for other models
+    timestep_cond: torch.Tensor | None = None
 
     def forward(self, unet: Any) -> torch.Tensor:
         """Run ``unet`` on this call; returns its prediction."""
-        extra = {} if self.added_cond_kwargs is None else {
+        extra: dict[str, Any] = {} if self.added_cond_kwargs is None else {
             "added_cond_kwargs": self.added_cond_kwargs}
+        if self.timestep_cond is not None:
+            extra["timestep_cond"] = self.timestep_cond.expand(self.sample.shape[0], -1)
         return unet(
             self.sample, self.timestep, encoder_hidden_states=self.encoder_hidden_states,
             cross_attention_kwargs=self.cross_attention_kwargs,

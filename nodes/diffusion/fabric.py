@@ -251,7 +251,8 @@ class FABRIC(SamplerExtension):
             alpha_prod = run.scheduler.alphas_cumprod[int(t)].to(z.device, z.dtype)
         noised = alpha_prod ** 0.5 * z + (1 - alpha_prod) ** 0.5 * noise
         call = UNetCall(noised, noised, t, state.null_embeds,
-                        added_cond_kwargs=run.added_cond_kwargs(state.null_embeds, (ROLE,)))
+                        added_cond_kwargs=run.added_cond_kwargs(state.null_embeds, (ROLE,)),
+                        timestep_cond=run.timestep_cond)
         with run.attention.roles_for((ROLE,)):
             call.forward(run.model.unet)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -239,6 +240,8 @@ class SamplingRun:
     extra_chunks: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: SDXL's pooled embeddings and size conditioning per entry (None for SD 1.x/2.x)
     added: AddedConditioning | None = None
+    #: ``[1, time_cond_proj_dim]`` for a guidance-distilled UNet (see guidance_embedding)
+    timestep_cond: torch.Tensor | None = None
     #: the conditioning entry each batch role stands for ("cond", "uncond", "extra:<n>",
     #: and the roles of an extension's own pass that declares them): hooks read it
     entries: dict[str, CondEntry] = field(default_factory=dict)
@@ -261,7 +264,8 @@ class SamplingRun:
         residuals, an inpainting UNet's channels), and its batch is declared to the
         attention store as ``roles``."""
         call = UNetCall(sample, sample, step.timestep, embeds,
-                        added_cond_kwargs=self.added_cond_kwargs(embeds, roles))
+                        added_cond_kwargs=self.added_cond_kwargs(embeds, roles),
+                        timestep_cond=self.timestep_cond)
         with self.attention.roles_for(roles):
             for ext in self.extensions:
                 if ext is not owner:
@@ -377,6 +381,21 @@ def check_latent_size(unet: Any, size: tuple[int, int]) -> None:
                 f"of at least {scale + 1} pixels on one side)")
 
 
+def guidance_embedding(cfg: float, dim: int, device: Any, dtype: Any) -> torch.Tensor:
+    """``[1, dim]``: the guidance scale w = cfg − 1 as a guidance-distilled UNet takes it
+    (LCM, Luo et al. 2023; diffusers' ``get_guidance_scale_embedding``): sinusoids of
+    1000·w at frequencies 10000^(−k/(dim/2 − 1)), sines then cosines."""
+    w = torch.tensor([(float(cfg) - 1.0) * 1000.0])
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32)
+                            * -(math.log(10000.0) / (half - 1)))
+    angles = w[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding.to(device=device, dtype=dtype)
+
+
 def fit_empty_latent(model: DiffusionModel, latent: Latent) -> Latent:
     """An Empty Latent Image made without its ``vae`` (sized for SD's 8x VAE, as in
     every ComfyUI graph) remade for the VAE the model was loaded with, when that one
@@ -436,6 +455,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                       collect_extensions(model, positive, negative, latent))
     run.added = added_conditioning(model, positive, negative, tuple(init_latents.shape[-2:]),
                                    device, dtype)
+    if unet.config.time_cond_proj_dim is not None:  # no CFG pass: cfg is an input here
+        run.timestep_cond = guidance_embedding(params.cfg, unet.config.time_cond_proj_dim,
+                                               device, dtype)
     run.entries.update({"cond": positive.entries[0], "uncond": negative.entries[0]})
     exts = run.extensions
     batch = latents.shape[0]
@@ -493,7 +515,8 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
         step.model_input = model_input[: latents.shape[0]]
         rows = _tile_rows(embeds, n_chunks, latents.shape[0] // batch)
         call = UNetCall(model_input, model_input, t, rows,
-                        added_cond_kwargs=run.added_cond_kwargs(rows, run.roles))
+                        added_cond_kwargs=run.added_cond_kwargs(rows, run.roles),
+                        timestep_cond=run.timestep_cond)
         for ext in exts:
             ext.unet_inputs(run, step, call)
         noise_pred = forward_unet(exts, run, step, call, unet)  # EasyCache, Torch Compile
