@@ -483,3 +483,38 @@ def test_a_checkpoint_without_a_text_encoder_says_what_to_load_instead(
     loaded = load_components(path)
     assert loaded.vae is None
     assert loaded.latent_scale == load_components(tiny_model_paths["single_file"]).latent_scale
+
+
+@pytest.mark.parametrize(("configs", "words"), [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (json.dumps({"unet": {}, "vae": {}, "text_encoder": {}, "scheduler": {}}),
+     "does not describe a model"),
+    ("BIG", "does not fit the file's weights"),
+    ("DEEP", "does not fit the file's weights"),
+])
+def test_mangled_config_metadata_is_a_clear_error(tiny_model_paths: dict[str, Path],
+                                                  tmp_path: Path, configs: str,
+                                                  words: str) -> None:
+    """A single file's config metadata is read before any weight is checked: malformed
+    JSON or configs that do not fit are clear errors, and a config asking for huge
+    widths or depths is refused before a model is built from it (it asked for 16 TB)."""
+    from nodes.diffusion.loading import load_components
+    from nodes.diffusion.original_layout import CONFIG_METADATA_KEY
+    from nodes.diffusion.safetensors_io import read_in_background
+
+    single = tiny_model_paths["single_file"]
+    with safe_open(single, "pt") as fh:
+        metadata = fh.metadata()
+    if configs in ("BIG", "DEEP"):
+        real = json.loads(metadata[CONFIG_METADATA_KEY])
+        if configs == "BIG":
+            real["unet"]["block_out_channels"] = [1_000_000, 1_000_000]
+        else:
+            real["text_encoder"]["num_hidden_layers"] = 100_000
+        configs = json.dumps(real)
+    path = tmp_path / "mangled.safetensors"
+    save_file(load_file(single), str(path), metadata={**metadata, CONFIG_METADATA_KEY: configs})
+    for prefetched in (None, read_in_background(path)):
+        with pytest.raises(ValueError, match=words):
+            load_components(path, prefetched=prefetched)

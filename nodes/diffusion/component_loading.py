@@ -9,7 +9,6 @@ entry), else from the shipped SD configs with the sizes read off the weights.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +31,7 @@ from nodes.diffusion.loading import (
     read_checkpoint_file,
 )
 from nodes.diffusion.memory import place_model
-from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, UNET_PREFIX, VAE_PREFIX
+from nodes.diffusion.original_layout import UNET_PREFIX, VAE_PREFIX, parse_config_metadata
 
 StateDict = dict[str, torch.Tensor]
 
@@ -46,10 +45,8 @@ WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
 
 
 def _metadata_config(metadata: Mapping[str, str] | None, key: str) -> dict[str, Any] | None:
-    if not metadata or CONFIG_METADATA_KEY not in metadata:
-        return None
-    configs = json.loads(metadata[CONFIG_METADATA_KEY])
-    return dict(configs[key]) if key in configs else None
+    configs = parse_config_metadata(metadata)
+    return dict(configs[key]) if configs is not None and configs.get(key) else None
 
 
 def _finish(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype,

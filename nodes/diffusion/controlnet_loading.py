@@ -43,7 +43,12 @@ from nodes.diffusion.loading import (
     read_checkpoint_file,
 )
 from nodes.diffusion.memory import place_model
-from nodes.diffusion.original_layout import CONFIG_METADATA_KEY, _apply_map, unet_key_map
+from nodes.diffusion.original_layout import (
+    CONFIG_METADATA_KEY,
+    _apply_map,
+    parse_config_metadata,
+    unet_key_map,
+)
 
 CONTROL_PREFIX = "control_model."
 StateDict = dict[str, torch.Tensor]
@@ -234,9 +239,9 @@ def _controlnet_for_unet(unet_config: Mapping[str, Any], weights: StateDict) -> 
 
 
 def _config_from_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
-    if not metadata or CONFIG_METADATA_KEY not in metadata:
+    configs = parse_config_metadata(metadata)
+    if configs is None:
         return None
-    configs = json.loads(metadata[CONFIG_METADATA_KEY])
     if "controlnet" not in configs:
         raise ValueError(f"{CONFIG_METADATA_KEY} metadata has no 'controlnet' config "
                          "(is this a checkpoint rather than a ControlNet?)")
@@ -295,8 +300,9 @@ def is_adapter_checkpoint(state_dict: Mapping[str, torch.Tensor],
                           metadata: Mapping[str, str] | None = None) -> bool:
     """A T2I-Adapter's weights (either layout), not a ControlNet's: no ControlNet has
     ``body.*`` (adapters) or ``backbone.*`` (style adapters) keys."""
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        return ADAPTER_CONFIG in json.loads(metadata[CONFIG_METADATA_KEY])
+    configs = parse_config_metadata(metadata)
+    if configs is not None:
+        return ADAPTER_CONFIG in configs
     return any(k.removeprefix(ADAPTER_PREFIX).startswith(("body.", "backbone."))
                for k in state_dict)
 
@@ -304,9 +310,7 @@ def is_adapter_checkpoint(state_dict: Mapping[str, torch.Tensor],
 def adapter_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
                             *, name: str = "checkpoint") -> T2IAdapter:
     """Build a T2IAdapter from a single file's tensors (diffusers or original layout)."""
-    config = None
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        config = json.loads(metadata[CONFIG_METADATA_KEY]).get(ADAPTER_CONFIG)
+    config = (parse_config_metadata(metadata) or {}).get(ADAPTER_CONFIG)
     if any(k.startswith("backbone.") for k in state_dict):
         raise ValueError(f"{name} is a T2I style adapter (CLIP-image tokens); only full and "
                          "light T2I-Adapters are supported")

@@ -120,7 +120,11 @@ def load_components(
             from nodes.diffusion.safetensors_io import read_header
 
             shapes, header_metadata = read_header(path)
-            empties = EmptyModels(original_configs(shapes, header_metadata)[0], prebuild=True)
+            configs = original_configs(shapes, header_metadata)[0]
+            try:
+                empties = EmptyModels(configs, prebuild=True)
+            except Exception:  # built again below, where the error is reported
+                empties = None
             state_dict, metadata = prefetched.result()
         else:
             state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle,
@@ -289,7 +293,7 @@ def original_configs(
     SD 2.1 / SDXL configs picked by :func:`detect_family`; the flag says which (True:
     detected, so weights of other sizes mean a non-standard architecture).
     """
-    configs = read_config_metadata(metadata)
+    configs = read_config_metadata(metadata, shapes)
     if configs is not None:
         return configs, False
     family = detect_family(shapes)
@@ -330,7 +334,15 @@ def load_original_state_dict(
     if empties is None or empties.configs != configs:
         empties = EmptyModels(configs)
     if not detected:
-        return _build_original(state_dict, configs, path=path, empties=empties)
+        try:
+            return _build_original(state_dict, configs, path=path, empties=empties)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, CheckpointKeyError):
+                raise
+            name = f"{path.name}: " if path is not None else ""
+            raise CheckpointKeyError(
+                f"{name}its {CONFIG_METADATA_KEY} metadata does not describe a model these "
+                f"weights fit ({type(exc).__name__}: {exc})") from exc
     try:
         return _build_original(state_dict, configs, path=path, empties=empties)
     except CheckpointKeyError as exc:

@@ -9,7 +9,7 @@ non-standard sizes can be rebuilt exactly when loading.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,12 +229,68 @@ def save_original_checkpoint(
     save_file(tensors, str(path), metadata=metadata)
 
 
-def read_config_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
-    """The component configs stored by :func:`save_original_checkpoint`, if present."""
-    if not metadata or CONFIG_METADATA_KEY not in metadata:
+def read_config_metadata(metadata: Mapping[str, str] | None,
+                         shapes: Mapping[str, Sequence[int]] | None = None
+                         ) -> dict[str, Any] | None:
+    """The component configs stored by :func:`save_original_checkpoint`, if present.
+
+    With the file's tensor ``shapes``, their widths are bounded by the widest tensor
+    dimension and their layer counts by :data:`MAX_CONFIG_LAYERS`: a model is built
+    from them before any weight is checked, so a mangled config could ask for terabytes.
+    """
+    configs = parse_config_metadata(metadata)
+    if configs is None:
         return None
-    configs = json.loads(metadata[CONFIG_METADATA_KEY])
     missing = {"unet", "vae", "text_encoder", "scheduler"} - set(configs)
     if missing:
         raise LayoutError(f"{CONFIG_METADATA_KEY} metadata lacks {sorted(missing)}")
+    if shapes is not None:
+        _check_config_sizes(configs, max((max(s, default=0) for s in shapes.values()),
+                                         default=0))
     return configs
+
+
+def parse_config_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """The ``{component: config}`` object a file's :data:`CONFIG_METADATA_KEY` holds (None
+    without one); malformed metadata is a :class:`LayoutError` that says so."""
+    if not metadata or CONFIG_METADATA_KEY not in metadata:
+        return None
+    try:
+        configs = json.loads(metadata[CONFIG_METADATA_KEY])
+    except ValueError as exc:
+        raise LayoutError(f"the {CONFIG_METADATA_KEY} metadata is not valid JSON ({exc})"
+                          ) from None
+    if not isinstance(configs, dict):
+        raise LayoutError(f"the {CONFIG_METADATA_KEY} metadata is not a JSON object")
+    for name, config in configs.items():
+        if name not in ("family", "label") and config is not None \
+                and not isinstance(config, dict):
+            raise LayoutError(f"{CONFIG_METADATA_KEY} metadata: {name!r} is not an object")
+    return configs
+
+
+#: the most layers (per block, or a text encoder's) a config in a file's metadata may ask for
+MAX_CONFIG_LAYERS = 256
+_WIDTH_KEYS = ("block_out_channels", "cross_attention_dim", "hidden_size", "intermediate_size",
+               "projection_dim", "attention_head_dim", "num_attention_heads")
+_LAYER_KEYS = ("layers_per_block", "transformer_layers_per_block", "num_hidden_layers")
+
+
+def _check_config_sizes(configs: Mapping[str, Any], widest: int) -> None:
+    def numbers(value: Any) -> list[Any]:
+        return [x for v in value for x in numbers(v)] if isinstance(value, list | tuple) \
+            else [value]
+
+    for name, config in configs.items():
+        if not isinstance(config, dict):
+            continue
+        for key, limit in [(k, widest) for k in _WIDTH_KEYS] + \
+                          [(k, MAX_CONFIG_LAYERS) for k in _LAYER_KEYS]:
+            for value in numbers(config.get(key)):
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or \
+                        not 0 < value <= limit:
+                    raise LayoutError(
+                        f"{CONFIG_METADATA_KEY} metadata: {name}.{key} = {value!r} does not "
+                        f"fit the file's weights (at most {limit})")
