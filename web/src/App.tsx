@@ -38,6 +38,7 @@ import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
 import { useRefitOnResize } from "./editor/useRefitOnResize";
 import { useShortcuts } from "./editor/useShortcuts";
+import { useSpacePan } from "./editor/useSpacePan";
 import { exactPrompt, stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
 import { carriesWorkflow, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
@@ -47,6 +48,7 @@ import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } f
 import { type ImageRef, RunStore } from "./lib/runstore";
 import { type Defs, nodeTitle, parseObjectInfo } from "./lib/schema";
 import { SidePanel } from "./panels/SidePanel";
+import type { TabToggle } from "./lib/sidepanel";
 
 const DEFAULT_WORKFLOW = "txt2img.json";
 const params = new URLSearchParams(window.location.search);
@@ -106,6 +108,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const [menu, setMenu] = useState<MenuTarget | null>(null);
   const [help, setHelp] = useState<string | null>(null);
   const [keysHelp, setKeysHelp] = useState(false);
+  const [panelToggle, setPanelToggle] = useState<TabToggle | null>(null);
   // The pointer in screen pixels, turned into flow coordinates only when read (a paste, the
   // palette): converting on every mousemove read the layout on every pan frame.
   const pointer = useRef<{ x: number; y: number } | null>(null);
@@ -140,6 +143,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   useRefitOnResize(canvas, g.refit);
   // dragging in the minimap pans at its scale and keeps the graph in view
   useMinimapPan(canvas);
+  // Space+drag pans, over nodes too (ComfyUI's litegraph)
+  useSpacePan(canvas, g.writeAutosave);
 
   useEffect(() => {
     // after a reconnect: the queue and the running state as the server has them (a restarted
@@ -326,6 +331,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const shortcuts = useMemo(() => ({
     keys: () => setKeysHelp((open) => !open),
     queue: () => void queueN(),
+    queueFront: () => {
+      if (queueOptions.countIssue) notify(`Not queued: ${queueOptions.countIssue}`, "error");
+      else void queue(undefined, queueOptions.count, true);
+    },
+    interrupt: () => void interrupt().catch(() => undefined),
     save,
     open: () => fileInput.current?.click(),
     undo: g.undo,
@@ -335,7 +345,17 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     selectAll: edit.selectAll,
     toggleMode: (mode: "muted" | "bypass") => edit.toggleMode(mode),
     group: () => void groupSelection(g),
-  }), [queueN, save, g, edit]);
+    collapse: () => edit.toggleFlag("collapsed"),
+    pin: () => edit.toggleFlag("pinned"),
+    fitView: () => g.fitAll(),
+    zoom: (direction: 1 | -1) => void (direction > 0 ? rf.zoomIn({ duration: 120 }) : rf.zoomOut({ duration: 120 })),
+    panel: (tab: "queue" | "history") => setPanelToggle((t) => ({ tab, seq: (t?.seq ?? 0) + 1 })),
+    refresh: () => {
+      refreshDefs();
+      notify("Refreshing the node definitions…");
+    },
+    deleteLink: edit.removeLink,
+  }), [queueN, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs]);
   useShortcuts(shortcuts, !!linking.palette || !!menu);
 
   // --- test and benchmark hooks ----------------------------------------------------------
@@ -462,7 +482,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             )}
           </div>
           <SidePanel store={store} onLoad={(obj) => loadObject(obj, "workflow")} openImage={setLightbox} notify={notify}
-            feedback={feedback} clientId={clientIdOf} openAutosave={openAutosave} />
+            feedback={feedback} clientId={clientIdOf} openAutosave={openAutosave} toggleTab={panelToggle} />
         </div>
         <StatusBar store={store} clientId={clientIdOf} labelOf={(id) => {
           // the node as the canvas and the queue tab name it: "Sample #3"

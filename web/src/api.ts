@@ -68,14 +68,18 @@ export type QueueResult = { prompt_id: string; number?: number; node_errors?: No
 export const convertWorkflow = (workflow: unknown) =>
   postJson<{ document: unknown; warnings: string[]; source: string }>("workflow/convert", { workflow });
 
-/** Queue a prompt; `targets` (output node ids) runs only those and what they need. */
+/**
+ * Queue a prompt; `targets` (output node ids) runs only those and what they need; `front`
+ * puts it before the waiting prompts (ComfyUI's Ctrl+Shift+Enter).
+ */
 export async function queuePrompt(prompt: ApiPrompt, clientId: string, workflow: WorkflowDocument,
-  targets?: string[]): Promise<QueueResult> {
+  targets?: string[], front = false): Promise<QueueResult> {
   return postJson<QueueResult>("prompt", {
     prompt,
     client_id: clientId,
     extra_data: { extra_pnginfo: { workflow } },
     ...partialFields(targets),
+    ...(front ? { front: true } : {}),
   });
 }
 
@@ -150,7 +154,6 @@ export async function uploadImage(file: File): Promise<string> {
   const form = new FormData();
   form.append("image", file, file.name);
   form.append("type", "input");
-  form.append("overwrite", "true");
   const res = await request<{ name: string; subfolder?: string }>("upload/image", { method: "POST", body: form });
   return res.subfolder ? `${res.subfolder}/${res.name}` : res.name;
 }
@@ -163,6 +166,31 @@ export async function uploadCapture(file: File): Promise<{ name: string; subfold
   form.append("subfolder", "webcam");
   const res = await request<{ name: string; subfolder?: string }>("upload/image", { method: "POST", body: form });
   return { name: res.name, subfolder: res.subfolder ?? "" };
+}
+
+/** One channel of an image as a PNG (`/view?channel=rgb|a`): its colour without alpha, or its alpha as grey. */
+export function channelUrl(img: ImageRef, channel: "rgb" | "a"): string {
+  const q = new URLSearchParams({ filename: img.filename, subfolder: img.subfolder ?? "", type: img.type ?? "input", channel });
+  return apiUrl(`view?${q}`);
+}
+
+/**
+ * Save a painted mask as ComfyUI's mask editor does (`POST /upload/mask`): `mask` is a PNG
+ * whose alpha holds it, `original` the image it masks; the server stores the original with
+ * that alpha in input/clipspace/ and answers `{name, subfolder, type}`.
+ */
+export async function uploadMask(mask: Blob, filename: string, original: ImageRef):
+  Promise<{ name: string; subfolder: string; type: string }> {
+  const form = new FormData();
+  form.append("image", mask, filename);
+  form.append("original_ref", JSON.stringify({
+    filename: original.filename, subfolder: original.subfolder ?? "", type: original.type ?? "input",
+  }));
+  form.append("type", "input");
+  form.append("subfolder", "clipspace");
+  const res = await request<{ name: string; subfolder?: string; type?: string }>("upload/mask", { method: "POST", body: form });
+  if (!res || typeof res.name !== "string") throw new Error("the server's reply names no saved file");
+  return { name: res.name, subfolder: res.subfolder ?? "clipspace", type: res.type ?? "input" };
 }
 
 export type ExampleRef = { name: string; title: string };

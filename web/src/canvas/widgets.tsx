@@ -7,6 +7,7 @@ import { checkCombo } from "../lib/missingmodels";
 import { CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
 import { toBigInt } from "../lib/exactint";
 import { DRAG_THRESHOLD_PX, dragValue, numberIssue, parseWidgetText, stepValue } from "../lib/widgetcheck";
+import { openMaskEditor } from "../editor/MaskEditor";
 import { useEditor } from "./context";
 import { useFitText } from "./useFitText";
 import { MODEL_FOLDERS, ModelCardLine } from "./ModelCard";
@@ -303,6 +304,13 @@ function ComboWidget({ nodeId, input, value }: WidgetProps) {
       {MODEL_FOLDERS[input.name] && <ModelCardLine folder={MODEL_FOLDERS[input.name]} name={current} />}
       {isUpload && current && (
         <img className="sf-upload-preview" alt={current} src={inputImageUrl(current)} />
+      )}
+      {isUpload && current && (
+        <button type="button" className="nodrag sf-small sf-mask-open" aria-label="Open in MaskEditor"
+          title="Paint a mask on this image (Load Image's MASK output)"
+          onClick={() => openMaskEditor({ image: current, onSave: (v) => setValue(nodeId, input.name, v) })}>
+          Mask
+        </button>
       )}
     </div>
   );

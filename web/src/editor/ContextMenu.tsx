@@ -15,6 +15,7 @@ import { type Defs, nodeTitle } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { GROUP_COLOR, groupAround, nodesInside } from "../lib/groups";
 import { groupSelection, nodeRects } from "./Groups";
+import { openMaskEditor } from "./MaskEditor";
 import type { useEditCommands } from "./useEditCommands";
 import type { GraphStore } from "./useGraphStore";
 import type { useLinking } from "./useLinking";
@@ -111,7 +112,7 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
   const rf = useReactFlow<SfNode, SfEdge>();
   const [renaming, setRenaming] = useState(false);
   const defs = g.defsRef.current;
-  const { showHelp } = useEditor();
+  const { showHelp, setValue } = useEditor();
 
   useEffect(() => {
     const close = (e: MouseEvent) => {
@@ -215,9 +216,16 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
     const patch = (fn: (d: SfNode["data"]) => SfNode["data"], extra: Partial<SfNode> = {}) =>
       g.setNodes((ns) => ns.map((n) => (ids.has(n.id) ? { ...n, ...extra, data: fn({ ...n.data }) } : n)));
     const linkedInputs = new Set(g.edges.filter((e) => e.target === id).map((e) => inputOf(e.targetHandle)));
+    // Load Image and its kind: paint a mask on the image it loads (editor/MaskEditor.tsx)
+    const maskInput = def?.inputs.find((i) => i.options.upload === "image" && !linkedInputs.has(i.name));
+    const maskImage = maskInput ? node.data.values[maskInput.name] : undefined;
     return [
       ...(def || node.data.type === REROUTE || node.data.type === NOTE
         ? [{ label: "Help", hint: "?", action: () => showHelp(id) }] : []),
+      ...(maskInput && typeof maskImage === "string" && maskImage
+        ? [{ label: "Open in MaskEditor", action: () => openMaskEditor({
+          image: maskImage, onSave: (v) => setValue(id, maskInput.name, v),
+        }) }] : []),
       { label: "Rename…", action: () => setRenaming(true), keepOpen: true },
       {
         label: "Colour",
@@ -231,14 +239,14 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
       { label: "Bypass", hint: "Ctrl+B", checked: node.data.mode === "bypass", action: () => edit.toggleMode("bypass", ids) },
       { label: "Mute", hint: "Ctrl+M", checked: node.data.mode === "muted", action: () => edit.toggleMode("muted", ids) },
       {
-        label: "Pin", checked: !!node.data.pinned,
+        label: "Pin", hint: "P", checked: !!node.data.pinned,
         action: () => {
           const pin = !node.data.pinned;
           patch((d) => { if (pin) d.pinned = true; else delete d.pinned; return d; }, { draggable: !pin });
         },
       },
       {
-        label: "Collapse", checked: !!node.data.collapsed,
+        label: "Collapse", hint: "Alt+C", checked: !!node.data.collapsed,
         action: () => {
           const fold = !node.data.collapsed;
           patch((d) => { if (fold) d.collapsed = true; else delete d.collapsed; return d; });
@@ -273,7 +281,7 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
       { label: "Clone", action: () => edit.clone(id) },
       { label: "Remove", hint: "Del", action: () => edit.remove(ids) },
     ];
-  }, [target, node, defs, g, edit, linking, rf, showHelp]);
+  }, [target, node, defs, g, edit, linking, rf, showHelp, setValue]);
 
   const style = {
     left: Math.min(target.x, window.innerWidth - 240),

@@ -1,4 +1,4 @@
-/** Edits on the selection: copy, paste, select all, mute / bypass, clone, remove. */
+/** Edits on the selection: copy, paste, select all, mute / bypass, pin / collapse, clone, remove. */
 
 import { useCallback } from "react";
 import { graphToFlow } from "../canvas/flow";
@@ -7,6 +7,30 @@ import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
 const CLIPBOARD_KEY = "steerflow.clipboard";
+
+/** A node's canvas-only on/off look that a key toggles. */
+export type NodeFlag = "pinned" | "collapsed";
+
+type FlagNode = { id: string; selected?: boolean; draggable?: boolean; data: { pinned?: boolean; collapsed?: boolean } };
+
+/**
+ * `flag` toggled on the chosen nodes (`ids`, default: the selected ones): when every one
+ * of them already has it, it goes from all of them, else all of them get it (ComfyUI's
+ * toggle on a mixed selection). A pinned node cannot be dragged. No node chosen: `ns` as it is.
+ */
+export function toggledFlag<N extends FlagNode>(ns: N[], flag: NodeFlag, ids?: ReadonlySet<string>): N[] {
+  const on = (n: N) => (ids ? ids.has(n.id) : !!n.selected);
+  const chosen = ns.filter(on);
+  if (!chosen.length) return ns;
+  const set = !chosen.every((n) => n.data[flag]);
+  return ns.map((n) => {
+    if (!on(n)) return n;
+    const data = { ...n.data };
+    if (set) data[flag] = true;
+    else delete data[flag];
+    return flag === "pinned" ? { ...n, data, draggable: !set } : { ...n, data };
+  });
+}
 
 type Clip = { nodes: GraphNode[]; links: GraphLink[]; inputs?: GraphLink[] };
 
@@ -102,5 +126,13 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     });
   }, [setNodes]);
 
-  return { copy, paste, clone, remove, selectAll, toggleMode };
+  /** Pin or collapse nodes (default: the selection), as ComfyUI's P and Alt+C. */
+  const toggleFlag = useCallback((flag: NodeFlag, ids?: Set<string>) => {
+    setNodes((ns) => toggledFlag(ns, flag, ids));
+  }, [setNodes]);
+
+  /** Remove one link (a link that has the keyboard focus, on Delete). */
+  const removeLink = useCallback((id: string) => setEdges((es) => es.filter((e) => e.id !== id)), [setEdges]);
+
+  return { copy, paste, clone, remove, selectAll, toggleMode, toggleFlag, removeLink };
 }

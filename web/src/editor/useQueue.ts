@@ -36,9 +36,10 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
   /**
    * Queue the graph `count` times (ComfyUI's batch count): seeds and other widgets set to
    * increment / randomize move on after each prompt, and the canvas then shows the values
-   * the next Queue would use. `targets` (output node ids) runs only those and what they need.
+   * the next Queue would use. `targets` (output node ids) runs only those and what they need;
+   * `front` queues before the waiting prompts (ComfyUI's Ctrl+Shift+Enter).
    */
-  const queue = useCallback(async (targets?: string[], count = 1) => {
+  const queue = useCallback(async (targets?: string[], count = 1, front = false) => {
     let graph = currentGraph();
     if (!graph.nodes.length) {
       notify("Nothing to queue: add nodes first", "error");
@@ -58,7 +59,8 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       }
       for (let i = 0; i < n; i++) {
         const doc = graphToDocument(graph, defsRef.current);
-        const res = await queuePrompt(exactPrompt(doc.prompt, defsRef.current), socket.current?.clientId ?? makeClientId(), doc, targets);
+        const res = await queuePrompt(exactPrompt(doc.prompt, defsRef.current), socket.current?.clientId ?? makeClientId(), doc, targets,
+          front);
         if (res.node_errors && Object.keys(res.node_errors).length) store.setValidationErrors(res.node_errors);
         if (res.number !== undefined) numbers.push(res.number);
         // Warnings do not stop the run (e.g. an unknown embedding, an input a muted node fed).
@@ -68,8 +70,10 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
         graph = { ...graph, nodes: advanceControls(graph.nodes, graph.links, defsRef.current) };
         store.bumpQueue();
       }
-      const range = numbers.length ? (n === 1 ? ` #${numbers[0]}` : ` (#${numbers[0]}–#${numbers[numbers.length - 1]})`) : "";
-      notify(n === 1 ? `Queued prompt${range}` : `Queued ${n} prompts${range}`);
+      // (a prompt put at the front gets a negative number: not worth showing)
+      const range = numbers.length && !front ? (n === 1 ? ` #${numbers[0]}` : ` (#${numbers[0]}–#${numbers[numbers.length - 1]})`) : "";
+      const where = front ? " at the front of the queue" : "";
+      notify(n === 1 ? `Queued prompt${range}${where}` : `Queued ${n} prompts${range}${where}`);
     } catch (e) {
       if (isNetworkError(e)) {
         // no answer at all (the server is down or restarting): not a rejection; the status

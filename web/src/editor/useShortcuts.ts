@@ -1,11 +1,13 @@
-/** The editor's keyboard shortcuts (ComfyUI's where it has one). */
+/** The editor's keyboard shortcuts (ComfyUI's where it has one: its core keybindings). */
 
 import { useEffect } from "react";
 import type { NodeMode } from "../lib/graph";
 
-/** Every key the canvas answers to, as the "?" list shows it (keep in step with the handlers). */
+/** Every key the canvas answers to, as the "?" list shows it (keep in step with `commandFor`). */
 export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
   ["Ctrl+Enter", "Queue the workflow"],
+  ["Ctrl+Shift+Enter", "Queue the workflow at the front of the queue"],
+  ["Ctrl+Alt+Enter", "Interrupt the running prompt"],
   ["Ctrl+S / Ctrl+O", "Save / open a workflow file"],
   ["Ctrl+Z / Ctrl+Y (Ctrl+Shift+Z)", "Undo / redo"],
   ["Ctrl+C / Ctrl+V", "Copy / paste the selected nodes"],
@@ -13,7 +15,15 @@ export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
   ["Ctrl+A", "Select every node"],
   ["Ctrl+G", "Group the selected nodes"],
   ["Ctrl+M / Ctrl+B", "Mute / bypass the selected nodes"],
-  ["Delete / Backspace", "Delete the selection"],
+  ["Alt+C", "Collapse / expand the selected nodes"],
+  ["P", "Pin / unpin the selected nodes"],
+  ["Delete / Backspace", "Delete the selection (or the link that has the keyboard focus)"],
+  ["Tab, then Enter", "Move the focus through nodes and links; Enter selects the focused one"],
+  [".", "Fit the view to the graph"],
+  ["Alt+= / Alt+-", "Zoom in / out"],
+  ["Space+drag", "Pan the canvas (also over nodes)"],
+  ["Q / H", "Show / hide the queue / history panel"],
+  ["R", "Refresh the node definitions (new model files)"],
   ["Double-click the canvas", "Add a node (search by name)"],
   ["Drag a link onto empty canvas", "Add a node that takes it"],
   ["Drag a linked input's dot", "Move or detach its link"],
@@ -22,9 +32,78 @@ export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
   ["?", "This list"],
 ];
 
+/** What a key does. */
+export type Command =
+  | "queue" | "queueFront" | "interrupt" | "save" | "open"
+  | "keys" | "undo" | "redo" | "copy" | "paste" | "pasteWithInputs" | "selectAll" | "group"
+  | "mute" | "bypass" | "collapse" | "pin" | "fitView" | "zoomIn" | "zoomOut"
+  | "queuePanel" | "historyPanel" | "refresh";
+
+/** The parts of a KeyboardEvent the shortcuts read. */
+export type KeyInfo = Pick<KeyboardEvent, "key" | "code" | "ctrlKey" | "metaKey" | "shiftKey" | "altKey">;
+
+/** Commands that work anywhere, a text field or an open dialog included (ComfyUI's too). */
+const GLOBAL: ReadonlySet<Command> = new Set(["queue", "queueFront", "interrupt", "save", "open"]);
+
+export function isGlobal(c: Command): boolean {
+  return GLOBAL.has(c);
+}
+
+/**
+ * The command of a key press, or null. Alt combinations are read by the physical key
+ * (`code`): on a Mac, Alt+C types "ç".
+ */
+export function commandFor(e: KeyInfo): Command | null {
+  const mod = e.ctrlKey || e.metaKey;
+  const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  if (mod && e.key === "Enter") {
+    if (e.altKey) return "interrupt";
+    return e.shiftKey ? "queueFront" : "queue";
+  }
+  if (mod && !e.altKey) {
+    switch (k) {
+      case "s": return "save";
+      case "o": return "open";
+      case "z": return e.shiftKey ? "redo" : "undo";
+      case "y": return "redo";
+      case "c": return e.shiftKey ? null : "copy";
+      case "v": return e.shiftKey ? "pasteWithInputs" : "paste";
+      case "a": return e.shiftKey ? null : "selectAll";
+      case "g": return e.shiftKey ? null : "group";
+      case "m": return e.shiftKey ? null : "mute";
+      case "b": return e.shiftKey ? null : "bypass";
+      default: return null;
+    }
+  }
+  if (mod) return null;
+  if (e.altKey) {
+    if (e.code === "KeyC" && !e.shiftKey) return "collapse";
+    if (e.code === "Equal" || e.code === "NumpadAdd" || e.key === "+" || e.key === "=") return "zoomIn";
+    if (e.code === "Minus" || e.code === "NumpadSubtract" || e.key === "-") return "zoomOut";
+    return null;
+  }
+  if (e.key === "?") return "keys";
+  if (e.shiftKey) return null;
+  switch (k) {
+    case ".": return "fitView";
+    case "p": return "pin";
+    case "q": return "queuePanel";
+    case "h": return "historyPanel";
+    case "r": return "refresh";
+    default: return null;
+  }
+}
+
+/** Keys whose browser default (print, bookmark, history...) the command replaces. */
+function keepsDefault(c: Command): boolean {
+  return c === "copy"; // Ctrl+C also copies selected text (a node's label, a toast)
+}
+
 export type ShortcutActions = {
   keys(): void;
   queue(): void;
+  queueFront(): void;
+  interrupt(): void;
   save(): void;
   open(): void;
   undo(): void;
@@ -34,63 +113,98 @@ export type ShortcutActions = {
   selectAll(): void;
   toggleMode(mode: NodeMode): void;
   group(): void;
+  collapse(): void;
+  pin(): void;
+  fitView(): void;
+  zoom(direction: 1 | -1): void;
+  panel(tab: "queue" | "history"): void;
+  refresh(): void;
+  /** Remove the link (edge) with this id: Delete on a link that has the keyboard focus. */
+  deleteLink(id: string): void;
 };
 
-function isEditable(target: EventTarget | null): boolean {
+function run(a: ShortcutActions, c: Command): void {
+  switch (c) {
+    case "queue": return a.queue();
+    case "queueFront": return a.queueFront();
+    case "interrupt": return a.interrupt();
+    case "save": return a.save();
+    case "open": return a.open();
+    case "keys": return a.keys();
+    case "undo": return a.undo();
+    case "redo": return a.redo();
+    case "copy": return a.copy();
+    case "paste": return a.paste(false);
+    case "pasteWithInputs": return a.paste(true); // keeps the links into the pasted nodes
+    case "selectAll": return a.selectAll();
+    case "group": return a.group();
+    case "mute": return a.toggleMode("muted");
+    case "bypass": return a.toggleMode("bypass");
+    case "collapse": return a.collapse();
+    case "pin": return a.pin();
+    case "fitView": return a.fitView();
+    case "zoomIn": return a.zoom(1);
+    case "zoomOut": return a.zoom(-1);
+    case "queuePanel": return a.panel("queue");
+    case "historyPanel": return a.panel("history");
+    case "refresh": return a.refresh();
+  }
+}
+
+export function isEditable(target: EventTarget | null): boolean {
   const el = target as HTMLElement | null;
-  if (!el) return false;
+  if (!el || !el.tagName) return false;
   const tag = el.tagName;
   return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || el.isContentEditable;
 }
 
-/** `paused`: a dialog (the palette) has the keyboard; only the global keys work. */
+/** The id of the link (React Flow edge) that has the keyboard focus, if one has. */
+export function focusedLinkId(active: Element | null): string | null {
+  const edge = active?.closest?.(".react-flow__edge");
+  return edge?.getAttribute("data-id") ?? null;
+}
+
+/** `paused`: a dialog (the palette, a menu) has the keyboard; only the global keys work. */
 export function useShortcuts(a: ShortcutActions, paused: boolean): void {
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
-      const mod = e.ctrlKey || e.metaKey;
-      const k = e.key.toLowerCase();
-      if (mod && e.key === "Enter") {
-        e.preventDefault();
-        a.queue();
-        return;
+      const c = commandFor(e);
+      if (!c) return;
+      if (!isGlobal(c) && (isEditable(e.target) || paused)) return;
+      if (e.repeat && c !== "zoomIn" && c !== "zoomOut" && c !== "undo" && c !== "redo") {
+        if (!keepsDefault(c)) e.preventDefault();
+        return; // a held key acts once (a held Q would open and close the panel)
       }
-      if (mod && k === "s") {
-        e.preventDefault();
-        a.save();
-        return;
-      }
-      if (mod && k === "o") {
-        e.preventDefault();
-        a.open();
-        return;
-      }
-      if (isEditable(e.target) || paused) return;
-      if (e.key === "?" && !mod) {
-        e.preventDefault();
-        a.keys();
-      } else if (mod && k === "z" && !e.shiftKey) {
-        e.preventDefault();
-        a.undo();
-      } else if (mod && (k === "y" || (k === "z" && e.shiftKey))) {
-        e.preventDefault();
-        a.redo();
-      } else if (mod && k === "c") {
-        a.copy();
-      } else if (mod && k === "v") {
-        e.preventDefault();
-        a.paste(e.shiftKey); // Ctrl+Shift+V keeps the links into the pasted nodes
-      } else if (mod && k === "a") {
-        e.preventDefault();
-        a.selectAll();
-      } else if (mod && k === "g") {
-        e.preventDefault(); // ComfyUI's key: a group around the selection
-        a.group();
-      } else if (mod && (k === "m" || k === "b")) {
-        e.preventDefault(); // ComfyUI's keys: Ctrl+M mutes, Ctrl+B bypasses the selection
-        a.toggleMode(k === "m" ? "muted" : "bypass");
-      }
+      if (!keepsDefault(c)) e.preventDefault();
+      run(a, c);
+    };
+    // Delete on a focused link removes that link alone: caught before React Flow's own
+    // Delete (on the document), which would remove the selected nodes instead.
+    const onDelete = (e: KeyboardEvent) => {
+      if ((e.key !== "Delete" && e.key !== "Backspace") || paused || isEditable(e.target)) return;
+      const id = focusedLinkId(document.activeElement);
+      if (!id) return;
+      e.preventDefault();
+      e.stopPropagation();
+      a.deleteLink(id);
+    };
+    // Ctrl+Enter (queue, interrupt) is caught before it reaches a focused node: React Flow
+    // takes Enter there as a click with its multi-selection key held, which unselected the
+    // node just clicked (ComfyUI keeps the selection when queueing).
+    const onEnter = (e: KeyboardEvent) => {
+      const c = e.key === "Enter" ? commandFor(e) : null;
+      if (!c) return;
+      e.preventDefault();
+      e.stopPropagation();
+      if (!e.repeat) run(a, c);
     };
     window.addEventListener("keydown", onKey);
-    return () => window.removeEventListener("keydown", onKey);
+    window.addEventListener("keydown", onDelete, true);
+    window.addEventListener("keydown", onEnter, true);
+    return () => {
+      window.removeEventListener("keydown", onKey);
+      window.removeEventListener("keydown", onDelete, true);
+      window.removeEventListener("keydown", onEnter, true);
+    };
   }, [a, paused]);
 }

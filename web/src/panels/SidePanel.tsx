@@ -1,15 +1,16 @@
 /** Queue, history and gallery, plus the live latent preview of the running prompt. */
 
-import { memo, useState } from "react";
+import { memo, useEffect, useRef, useState } from "react";
 import { useGlobalRun } from "../canvas/context";
 import type { ImageRef, RunStore } from "../lib/runstore";
+import { afterToggle, type SideTab, type TabToggle } from "../lib/sidepanel";
 import { HistoryTab } from "./HistoryTab";
 import { QueueTab } from "./QueueTab";
 import { type FeedbackView, Thumb } from "./Thumb";
 
 export type { FeedbackView };
 
-type Tab = "queue" | "history" | "gallery";
+type Tab = SideTab;
 
 /** Whether the side panel is collapsed (the user's choice, kept in localStorage). */
 export const SIDE_COLLAPSED_KEY = "steerflow.sidePanel.collapsed";
@@ -45,7 +46,8 @@ function LivePreview({ store }: { store: RunStore }) {
   );
 }
 
-export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId, openAutosave }: {
+export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId, openAutosave,
+  toggleTab = null }: {
   store: RunStore;
   onLoad(obj: unknown): void;
   /** Open another tab's autosaved graph (the History tab lists them). */
@@ -56,11 +58,12 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
   feedback?: FeedbackView | null;
   /** This page's client id (its prompts are "yours" in the queue); stable across renders. */
   clientId(): string | undefined;
+  /** The latest Q / H press (a new `seq` each press). */
+  toggleTab?: TabToggle | null;
 }) {
   const [tab, setTab] = useState<Tab>("queue");
   const [collapsed, setCollapsed] = useState(readCollapsed);
-  const toggle = () => {
-    const next = !collapsed;
+  const collapse = (next: boolean) => {
     setCollapsed(next);
     try {
       localStorage.setItem(SIDE_COLLAPSED_KEY, next ? "1" : "0");
@@ -68,6 +71,16 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
       // not remembered: storage unavailable
     }
   };
+  const toggle = () => collapse(!collapsed);
+  const seen = useRef(toggleTab?.seq);
+  useEffect(() => {
+    if (!toggleTab || toggleTab.seq === seen.current) return;
+    seen.current = toggleTab.seq;
+    const next = afterToggle(collapsed, tab, toggleTab.tab);
+    if (next.collapsed !== collapsed) collapse(next.collapsed);
+    setTab(next.tab);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [toggleTab]);
   if (collapsed) {
     return (
       <aside className="sf-side sf-side-collapsed" data-testid="side-panel">

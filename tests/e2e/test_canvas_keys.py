@@ -1,0 +1,169 @@
+"""ComfyUI's canvas keys on Steerflow's canvas: Alt+C collapses, P pins, Ctrl+Shift+Enter
+queues at the front, Space+drag pans over a node, a link with the keyboard focus shows it
+and Delete removes that link alone, and ".", Alt+=, Q / H do what they do in ComfyUI."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+from tests.e2e.canvas import Canvas
+
+COLLAPSED = re.compile(r"\bsf-collapsed\b")
+PINNED = re.compile(r"\bsf-pinned\b")
+SELECTED = re.compile(r"\bselected\b")
+
+GRAPH = {  # an API prompt: 5 + 4, shown
+    "1": {"class_type": "PrimitiveInt", "inputs": {"value": 5}},
+    "2": {"class_type": "IntMath", "inputs": {"a": ["1", 0], "b": 4, "op": "add"}},
+    "3": {"class_type": "ShowValue", "inputs": {"value": ["2", 0]}},
+}
+
+
+def _viewport(page) -> dict[str, float]:
+    return page.evaluate("() => window.steerflow.getViewport()")
+
+
+def _positions(c: Canvas) -> dict[str, list[int]]:
+    return {k: v["pos"] for k, v in c.document()["layout"]["nodes"].items()}
+
+
+def test_comfyui_canvas_keys(page, server):
+    c = Canvas(page)
+    c.open_file("keys.json", GRAPH)
+    expect(c.nodes()).to_have_count(3)
+    expect(c.edges()).to_have_count(2)
+    header = c.node("2").locator(".sf-header")
+
+    # 1. Alt+C collapses the selected node to its title, and expands it again; P pins it
+    header.click()
+    expect(c.node("2").locator(".sf-node")).to_have_class(SELECTED)
+    page.keyboard.press("Alt+c")
+    expect(c.node("2").locator(".sf-node")).to_have_class(COLLAPSED)
+    expect(c.widget("2", "b")).to_be_hidden()
+    page.keyboard.press("Alt+c")
+    expect(c.node("2").locator(".sf-node")).not_to_have_class(COLLAPSED)
+    page.keyboard.press("p")
+    expect(c.node("2").locator(".sf-node")).to_have_class(PINNED)
+    page.keyboard.press("p")
+    expect(c.node("2").locator(".sf-node")).not_to_have_class(PINNED)
+    # ...but not while typing in a text field
+    field = c.widget("2", "b")
+    field.click()
+    page.keyboard.press("p")
+    expect(c.node("2").locator(".sf-node")).not_to_have_class(PINNED)
+    expect(field).to_have_value(re.compile("p"))  # the key typed, not a shortcut
+    c.set_value("2", "b", "4")
+
+    # 3. Space+drag pans the canvas even when the drag starts over a node: the node stays put
+    pane = c.pane_box()
+    page.mouse.click(pane["x"] + pane["width"] / 2, pane["y"] + 12)  # empty canvas: no selection
+    expect(c.node("2").locator(".sf-node")).not_to_have_class(SELECTED)
+    before_vp = _viewport(page)
+    before_pos = _positions(c)
+    box = c.settled_box(header)
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.keyboard.down("Space")
+    expect(page.locator(".sf-canvas")).to_have_class(re.compile(r"\bsf-space-held\b"))
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y + 80, steps=10)
+    page.mouse.up()
+    page.keyboard.up("Space")
+    expect(page.locator(".sf-canvas")).not_to_have_class(re.compile(r"\bsf-space-held\b"))
+    after_vp = _viewport(page)
+    assert abs(after_vp["x"] - before_vp["x"] - 120) < 2, (before_vp, after_vp)
+    assert abs(after_vp["y"] - before_vp["y"] - 80) < 2, (before_vp, after_vp)
+    assert after_vp["zoom"] == before_vp["zoom"]
+    assert _positions(c) == before_pos
+    # the press selected nothing
+    expect(c.node("2").locator(".sf-node")).not_to_have_class(SELECTED)
+    # without Space, the same drag moves the node and not the view
+    box = c.settled_box(header)
+    page.mouse.move(box["x"] + 20, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 60, box["y"] + box["height"] / 2 + 30, steps=6)
+    page.mouse.up()
+    assert _viewport(page) == after_vp
+    assert _positions(c)["2"] != before_pos["2"]
+
+    # ".", Alt+= / Alt+- (ComfyUI's fit and zoom keys)
+    page.keyboard.press("Alt+Equal")
+    page.wait_for_function("z => window.steerflow.getViewport().zoom > z", arg=after_vp["zoom"])
+    zoomed = _viewport(page)["zoom"]
+    page.keyboard.press("Alt+Minus")
+    page.wait_for_function("z => window.steerflow.getViewport().zoom < z", arg=zoomed)
+    page.keyboard.press("Alt+Minus")
+    page.wait_for_timeout(300)
+    out = _viewport(page)
+    page.keyboard.press("Period")
+    page.wait_for_function("z => window.steerflow.getViewport().zoom > z", arg=out["zoom"])
+
+    # Q and H toggle the side panel on the queue / history tab
+    side = page.get_by_test_id("side-panel")
+    page.keyboard.press("h")
+    expect(side.get_by_role("tab", name="History")).to_have_attribute("aria-selected", "true")
+    page.keyboard.press("q")
+    expect(side.get_by_role("tab", name="Queue")).to_have_attribute("aria-selected", "true")
+    page.keyboard.press("q")
+    expect(side).to_have_class(re.compile(r"\bsf-side-collapsed\b"))
+    page.keyboard.press("q")
+    expect(side.get_by_role("tab", name="Queue")).to_have_attribute("aria-selected", "true")
+
+    # 2. Ctrl+Shift+Enter queues at the front of the queue: POST /prompt with "front": true
+    with page.expect_response(lambda r: r.url.split("?")[0].endswith("/prompt")
+                              and r.request.method == "POST") as resp:
+        page.keyboard.press("Control+Shift+Enter")
+    body = resp.value.request.post_data_json
+    assert body["front"] is True
+    reply = resp.value.json()
+    assert reply["number"] < 0, reply  # before every waiting prompt, as in ComfyUI
+    expect(c.toasts().filter(has_text="at the front of the queue")).to_be_visible()
+    expect(c.node("3")).to_contain_text("9", timeout=60_000)
+    # Ctrl+Enter still queues at the back
+    with page.expect_response(lambda r: r.url.split("?")[0].endswith("/prompt")
+                              and r.request.method == "POST") as resp:
+        c.queue()
+    assert "front" not in resp.value.request.post_data_json
+    assert resp.value.json()["number"] > 0
+
+    # 4. A link that has the keyboard focus shows it; Delete removes that link, not the selection
+    c.node("1").locator(".sf-header").click()
+    expect(c.node("1").locator(".sf-node")).to_have_class(SELECTED)
+    edges = c.edges()
+    edges.nth(1).focus()
+    page.keyboard.press("Shift+Tab")  # the keyboard moves the focus to the first link
+    focused = page.evaluate(
+        "() => document.activeElement?.closest('.react-flow__edge')?.dataset.id ?? null")
+    assert focused == edges.nth(0).get_attribute("data-id")
+    path = edges.nth(0).locator(".react-flow__edge-path")
+    assert path.evaluate("p => getComputedStyle(p).strokeWidth") == "5px"
+    assert "drop-shadow" in path.evaluate("p => getComputedStyle(p).filter")
+    other = edges.nth(1).locator(".react-flow__edge-path")
+    assert other.evaluate("p => getComputedStyle(p).strokeWidth") != "5px"
+    page.keyboard.press("Delete")
+    expect(c.edges()).to_have_count(1)
+    expect(page.locator(f'.react-flow__edge[data-id="{focused}"]')).to_have_count(0)
+    expect(c.nodes()).to_have_count(3)  # the selected node stays
+    # with no link focused, Delete removes the selection as before
+    c.node("1").locator(".sf-header").click()
+    page.keyboard.press("Delete")
+    expect(c.nodes()).to_have_count(2)
+
+
+def test_ctrl_enter_keeps_the_node_just_clicked_selected(page, server):
+    """React Flow takes Enter on a focused node as a click with Ctrl (its multi-selection
+    key) held: Ctrl+Enter unselected the node just clicked, so a Ctrl+B after queueing did
+    nothing. As in ComfyUI, queueing keeps the selection."""
+    c = Canvas(page)
+    c.open_file("keep.json", GRAPH)
+    node = c.node("2")
+    node.locator(".sf-header").click()
+    expect(node).to_have_class(SELECTED)
+    page.keyboard.press("Control+Enter")
+    expect(page.get_by_text("Queued prompt").first).to_be_visible(timeout=10_000)
+    expect(node).to_have_class(SELECTED)
+    page.keyboard.press("Control+b")
+    page.wait_for_function("() => window.steerflow.getDocument().prompt['2'].mode !== undefined",
+                           timeout=5_000)

@@ -1,0 +1,142 @@
+import { describe, expect, it } from "vitest";
+import { afterToggle } from "../lib/sidepanel";
+import { toggledFlag } from "./useEditCommands";
+import { commandFor, focusedLinkId, isGlobal, type KeyInfo, SHORTCUTS } from "./useShortcuts";
+import { pannedViewport } from "./useSpacePan";
+
+const CODES: Record<string, string> = { ".": "Period", "=": "Equal", "-": "Minus", "?": "Slash", Enter: "Enter" };
+
+/** A key press as "Ctrl+Shift+Enter", "Alt+c", "q". */
+function press(combo: string, extra: Partial<KeyInfo> = {}): KeyInfo {
+  const parts = combo.split("+");
+  const key = combo.endsWith("++") ? "+" : parts[parts.length - 1];
+  const mods = new Set(parts.slice(0, -1));
+  const code = CODES[key] ?? (key.length === 1 ? `Key${key.toUpperCase()}` : key);
+  return {
+    key, code, ctrlKey: mods.has("Ctrl"), metaKey: mods.has("Meta"), shiftKey: mods.has("Shift"), altKey: mods.has("Alt"),
+    ...extra,
+  };
+}
+
+describe("commandFor (ComfyUI's core keybindings)", () => {
+  it.each([
+    ["Ctrl+Enter", "queue"],
+    ["Meta+Enter", "queue"],
+    ["Ctrl+Shift+Enter", "queueFront"],
+    ["Ctrl+Alt+Enter", "interrupt"],
+    ["Ctrl+s", "save"],
+    ["Ctrl+o", "open"],
+    ["Ctrl+z", "undo"],
+    ["Ctrl+y", "redo"],
+    ["Ctrl+Shift+Z", "redo"],
+    ["Ctrl+c", "copy"],
+    ["Ctrl+v", "paste"],
+    ["Ctrl+Shift+V", "pasteWithInputs"],
+    ["Ctrl+a", "selectAll"],
+    ["Ctrl+g", "group"],
+    ["Ctrl+m", "mute"],
+    ["Ctrl+b", "bypass"],
+    ["Alt+c", "collapse"],
+    ["Alt+=", "zoomIn"],
+    ["Alt+-", "zoomOut"],
+    ["p", "pin"],
+    [".", "fitView"],
+    ["q", "queuePanel"],
+    ["h", "historyPanel"],
+    ["r", "refresh"],
+    ["Shift+?", "keys"],
+  ])("%s → %s", (combo, command) => {
+    expect(commandFor(press(combo))).toBe(command);
+  });
+
+  it("reads Alt combinations by the physical key (a Mac types ç for Alt+C, ≠ for Alt+=)", () => {
+    expect(commandFor(press("Alt+ç", { code: "KeyC" }))).toBe("collapse");
+    expect(commandFor(press("Alt+≠", { code: "Equal" }))).toBe("zoomIn");
+    expect(commandFor(press("Alt+Shift++", { code: "Equal" }))).toBe("zoomIn");
+    expect(commandFor(press("Alt++", { code: "NumpadAdd" }))).toBe("zoomIn");
+    expect(commandFor(press("Alt+–", { code: "Minus" }))).toBe("zoomOut");
+  });
+
+  it("leaves other keys to the browser and the canvas", () => {
+    for (const combo of ["c", "x", "Delete", "Backspace", "Escape", "Shift+P", "Shift+R", "Ctrl+r", "Ctrl+p",
+      "Ctrl+Shift+C", "Alt+p", "Ctrl+Alt+c", "Enter", "Shift+Enter", " "]) {
+      expect(commandFor(press(combo)), combo).toBeNull();
+    }
+  });
+
+  it("keeps queue, save and open global; single keys only outside text fields", () => {
+    expect(["queue", "queueFront", "interrupt", "save", "open"].every((c) => isGlobal(c as never))).toBe(true);
+    for (const c of ["pin", "refresh", "queuePanel", "historyPanel", "fitView", "collapse", "undo", "paste"]) {
+      expect(isGlobal(c as never), c).toBe(false);
+    }
+  });
+
+  it("lists every key it answers to in the shortcuts help", () => {
+    const listed = SHORTCUTS.map(([keys]) => keys).join(" | ");
+    for (const keys of ["Ctrl+Shift+Enter", "Alt+C", "Space+drag", "Alt+= / Alt+-", "Q / H", "R", "P", ".", "Ctrl+Alt+Enter"]) {
+      expect(listed).toContain(keys);
+    }
+  });
+});
+
+describe("focusedLinkId", () => {
+  const el = (edgeId: string | null) => ({
+    closest: (sel: string) => (sel === ".react-flow__edge" && edgeId !== null ? { getAttribute: () => edgeId } : null),
+  }) as unknown as Element;
+
+  it("names the link whose element has the focus, else null", () => {
+    expect(focusedLinkId(el("3-0-5-model"))).toBe("3-0-5-model");
+    expect(focusedLinkId(el(null))).toBeNull();
+    expect(focusedLinkId(null)).toBeNull();
+  });
+});
+
+describe("toggledFlag (P pins, Alt+C collapses)", () => {
+  const nodes = () => [
+    { id: "1", selected: true, data: {} as { pinned?: boolean; collapsed?: boolean } },
+    { id: "2", selected: true, data: { collapsed: true } as { pinned?: boolean; collapsed?: boolean } },
+    { id: "3", selected: false, data: {} as { pinned?: boolean; collapsed?: boolean } },
+  ];
+
+  it("sets the flag on every selected node when some lack it", () => {
+    const out = toggledFlag(nodes(), "collapsed");
+    expect(out.map((n) => !!n.data.collapsed)).toEqual([true, true, false]);
+  });
+
+  it("clears it when every selected node has it", () => {
+    const once = toggledFlag(nodes(), "collapsed");
+    const twice = toggledFlag(once, "collapsed");
+    expect(twice.map((n) => "collapsed" in n.data)).toEqual([false, false, false]);
+  });
+
+  it("pins (not draggable) and unpins (draggable again)", () => {
+    const pinned = toggledFlag(nodes(), "pinned");
+    expect(pinned.map((n) => [!!n.data.pinned, (n as { draggable?: boolean }).draggable])).toEqual([
+      [true, false], [true, false], [false, undefined],
+    ]);
+    const unpinned = toggledFlag(pinned, "pinned");
+    expect(unpinned.map((n) => [!!n.data.pinned, (n as { draggable?: boolean }).draggable])).toEqual([
+      [false, true], [false, true], [false, undefined],
+    ]);
+  });
+
+  it("acts on the given ids instead of the selection, and leaves the list alone with none chosen", () => {
+    expect(toggledFlag(nodes(), "pinned", new Set(["3"])).map((n) => !!n.data.pinned)).toEqual([false, false, true]);
+    const none = nodes().map((n) => ({ ...n, selected: false }));
+    expect(toggledFlag(none, "pinned")).toBe(none);
+  });
+});
+
+describe("afterToggle (Q, H)", () => {
+  it("opens the panel on the tab, switches tabs, and closes the panel showing that tab", () => {
+    expect(afterToggle(true, "history", "queue")).toEqual({ collapsed: false, tab: "queue" });
+    expect(afterToggle(false, "history", "queue")).toEqual({ collapsed: false, tab: "queue" });
+    expect(afterToggle(false, "queue", "queue")).toEqual({ collapsed: true, tab: "queue" });
+  });
+});
+
+describe("pannedViewport", () => {
+  it("moves the view with the pointer at any zoom", () => {
+    expect(pannedViewport({ x: 10, y: -5, zoom: 0.5 }, 30, -20)).toEqual({ x: 40, y: -25, zoom: 0.5 });
+  });
+});
