@@ -327,6 +327,18 @@ def test_image_upload_widget(page, tmp_path):
     # the refreshed schema lists the uploaded file among the choices
     expect(c.widget(node, "image").locator("option", has_text="upload-me.png")).to_have_count(1)
     expect(c.widget(node, "image").locator("option", has_text="missing")).to_have_count(0)
+    # another picture of the same name never replaces the first (ComfyUI's front end sends
+    # no overwrite either): it is stored beside it; the same picture again is the same file
+    Image.new("RGB", (24, 16), (200, 10, 30)).save(path)
+    with page.expect_file_chooser() as fc:
+        c.node(node).get_by_role("button", name="Upload").click()
+    fc.value.set_files(str(path))
+    expect(c.widget(node, "image")).to_have_value("upload-me (1).png")
+    Image.new("RGB", (24, 16), (10, 200, 30)).save(path)
+    with page.expect_file_chooser() as fc:
+        c.node(node).get_by_role("button", name="Upload").click()
+    fc.value.set_files(str(path))
+    expect(c.widget(node, "image")).to_have_value("upload-me.png")
 
 
 def test_save_downloads_the_document(page):
