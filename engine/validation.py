@@ -321,11 +321,16 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
     if not nx.is_directed_acyclic_graph(sub):
         for component in nx.strongly_connected_components(sub):
             if len(component) > 1 or any(sub.has_edge(n, n) for n in component):
-                cycle = sorted(component)
-                for n in cycle:
-                    issues.append(Issue("cycle", f"node {n} is on a cycle: {' -> '.join(cycle)}",
+                # one real cycle through the component, shown short: every node of a huge
+                # ring listing the whole ring was quadratic (100 000 nodes: over 11 GiB)
+                path = [u for u, _ in nx.find_cycle(sub.subgraph(component))]
+                shown = path[:MAX_CYCLE_SHOWN]
+                text = " -> ".join([*shown, "..." if len(path) > len(shown) else path[0]])
+                more = f" ({len(component)} nodes)" if len(component) > len(shown) else ""
+                for n in component:
+                    issues.append(Issue("cycle", f"node {n} is on a cycle: {text}{more}",
                                         node_id=n, class_type=classes[n].TYPE,
-                                        details={"cycle": cycle}))
+                                        details={"cycle": shown, "size": len(component)}))
     rejected = None
     if issues:
         failed = PromptValidationError(issues + warnings, _dependents(graph, wanted))
@@ -648,6 +653,9 @@ def comfy_error_type(issue: Issue) -> tuple[str, str]:
     return _COMFY_ERRORS.get(issue.kind, ("custom_validation_failed",
                                           "Custom validation failed for node"))
 
+
+#: how many nodes of a cycle its error names
+MAX_CYCLE_SHOWN = 12
 
 #: what ComfyUI's front end writes into a prompt for a node's upload button
 UPLOAD_BUTTONS = frozenset({"upload", "choose file to upload"})

@@ -128,6 +128,25 @@ def test_cycle(reg, env):
     assert found == {("cycle", "1", None), ("cycle", "2", None)}
 
 
+def test_a_huge_cycle_is_reported_in_linear_size(reg, env):
+    """Each node of a ring is on the cycle, and its message shows a real path through it,
+    cut short: every node listing the whole 20 000-node ring took gigabytes."""
+    n = 20_000
+    prompt = {str(i): {"class_type": "TestAdd", "inputs": {"a": [str((i + 1) % n), 0]}}
+              for i in range(n)}
+    prompt["out"] = {"class_type": "TestOut", "inputs": {"value": ["0", 0]}}
+    with pytest.raises(PromptValidationError) as info:
+        validate_prompt(prompt, reg, env)
+    cycles = [i for i in info.value.issues if i.kind == "cycle"]
+    assert len(cycles) == n
+    assert max(len(i.message) for i in cycles) < 200
+    first = cycles[0].details["cycle"]
+    assert len(first) == 12 and cycles[0].details["size"] == n
+    for a, b in zip(first, first[1:], strict=False):  # a path the links really take
+        assert prompt[b]["inputs"]["a"][0] == a or prompt[a]["inputs"]["a"][0] == b
+    assert cycles[0].message.endswith(f"... ({n} nodes)")
+
+
 def test_self_loop(reg, env):
     prompt = {"1": {"class_type": "TestAdd", "inputs": {"a": ["1", 0]}},
               "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
