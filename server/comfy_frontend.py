@@ -41,6 +41,7 @@ from aiohttp import web
 from engine.paths import PathError, confined_path
 from server.errors import ApiError, json_response
 from server.files import _role, _with_suffix, read_upload, sanitize_filename, store_upload
+from server.imaging import ImageTooLarge, check_pixels
 from server.info import _FOLDER_NAME, MODEL_SUFFIXES
 from server.routes import read_object
 from server.state import state
@@ -55,7 +56,6 @@ EXTENSION_SOURCES: web.AppKey[list[ExtensionSource]] = web.AppKey(
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "embeddings", "clip",
                  "clip_vision", "unet", "diffusion_models", "text_encoders", "upscale_models",
                  "style_models", "gligen", "hypernetworks", "photomaker", "t2i_adapter")
-MAX_MASK_PIXELS = 8192 * 8192
 LOG_ENTRIES = 300  # as ComfyUI keeps
 LOG_SIZE = {"cols": 120, "rows": 30}  # the Logs panel's terminal width follows it
 MAX_METADATA_HEADER = 8 << 20  # a safetensors header bigger than this is not read
@@ -214,8 +214,7 @@ def apply_mask(original: bytes | Path, mask: bytes) -> bytes:
     src = io.BytesIO(original) if isinstance(original, bytes) else original
     with Image.open(src) as orig, Image.open(io.BytesIO(mask)) as alpha_src:
         for img in (orig, alpha_src):
-            if img.width * img.height > MAX_MASK_PIXELS:
-                raise ValueError(f"images are limited to {MAX_MASK_PIXELS} pixels")
+            check_pixels(img)
         info = PngImagePlugin.PngInfo()
         for key, value in (getattr(orig, "text", None) or {}).items():
             info.add_text(key, value)
@@ -235,6 +234,8 @@ async def upload_mask(request: web.Request) -> web.Response:
     try:
         png = await asyncio.get_running_loop().run_in_executor(None, apply_mask, original,
                                                                form.data)
+    except ImageTooLarge as exc:
+        raise ApiError(413, "too_large", str(exc)) from None
     except Exception as exc:  # Pillow raises many types for bad data
         raise ApiError(415, "not_an_image", f"cannot combine the mask with the original: "
                        f"{exc}") from None

@@ -33,7 +33,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.paths import ANNOTATED_NAME, PathError, confined_path
 from server.errors import ApiError, json_response
-from server.imaging import CONTENT_TYPES, FORMATS, MAGIC, NotAnImage, check_image, reencode
+from server.imaging import (
+    CONTENT_TYPES,
+    FORMATS,
+    MAGIC,
+    ImageTooLarge,
+    NotAnImage,
+    check_image,
+    reencode,
+)
 from server.state import state
 
 if TYPE_CHECKING:
@@ -98,6 +106,9 @@ async def view(request: web.Request) -> web.StreamResponse:
         try:
             body, out_type = await loop.run_in_executor(None, reencode, str(path), fmt,
                                                         quality, channel)
+        except ImageTooLarge as exc:
+            raise ApiError(413, "too_large", f"{filename!r}: {exc}; get it without "
+                           "preview or channel") from None
         except Exception as exc:  # Pillow raises many types for bad data
             raise ApiError(422, "unreadable_image", f"cannot decode {filename!r}: {exc}") \
                 from None
@@ -242,6 +253,8 @@ async def upload_image(request: web.Request) -> web.Response:
     form = await read_upload(request, "image.png", "")
     try:
         fmt = await asyncio.get_running_loop().run_in_executor(None, check_image, form.data)
+    except ImageTooLarge as exc:
+        raise ApiError(413, "too_large", str(exc)) from None
     except NotAnImage as exc:
         raise ApiError(415, "not_an_image", str(exc)) from None
     return await store_upload(form, _with_suffix(sanitize_filename(form.filename), fmt),

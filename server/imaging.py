@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 
 from PIL import Image
@@ -29,8 +30,26 @@ MAGIC: dict[str, tuple[bytes, ...]] = {
 }
 
 
+#: the most pixels an image may have to be uploaded or re-encoded here: decoding one
+#: takes memory in the server (a 0.5 MB PNG of 13000x13000 took 1.3 GB per /view preview)
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: re-encodes decoding at once (each may hold a MAX_IMAGE_PIXELS image)
+_DECODING = threading.BoundedSemaphore(2)
+
+
 class NotAnImage(ValueError):
     """Uploaded bytes are not an image of an accepted format."""
+
+
+class ImageTooLarge(NotAnImage):
+    """An image with more than :data:`MAX_IMAGE_PIXELS` pixels."""
+
+
+def check_pixels(img: Image.Image) -> None:
+    """Raise :class:`ImageTooLarge` for an image past :data:`MAX_IMAGE_PIXELS`."""
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise ImageTooLarge(f"the image is {img.width}x{img.height}; images here are limited "
+                            f"to {MAX_IMAGE_PIXELS} pixels (8192x8192)")
 
 
 def encode_preview(image: Any, quality: int = 85) -> bytes:
@@ -59,7 +78,10 @@ def check_image(data: bytes) -> str:
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or ""
+            check_pixels(img)
             img.verify()
+    except NotAnImage:
+        raise
     except Image.UnidentifiedImageError:
         raise NotAnImage("not a readable image: its content is not an image format "
                          f"(accepted: {', '.join(sorted(FORMATS))})") from None
@@ -73,7 +95,8 @@ def check_image(data: bytes) -> str:
 
 def reencode(path: str, fmt: str, quality: int, channel: str | None) -> tuple[bytes, str]:
     """Re-encode an image for /view (``preview=webp;90``, ``channel=rgb|a``)."""
-    with Image.open(path) as img:
+    with Image.open(path) as img, _DECODING:
+        check_pixels(img)
         img.load()
         if channel == "a":
             img = img.getchannel("A") if "A" in img.getbands() else Image.new(

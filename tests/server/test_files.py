@@ -204,3 +204,25 @@ def test_view_reads_comfyuis_annotated_names(server: LiveServer, http: Http, out
     # the annotation changes the folder, never the confinement
     for name in (f"../../{outside.name} [input]", f"{outside} [output]"):
         assert http.get("/view", params={"filename": name}).status in (400, 403)
+
+
+def test_images_past_the_pixel_limit_are_refused_before_decoding(server: LiveServer,
+                                                                 http: Http):
+    """A tiny PNG of huge size (all one colour) took 1.3 GB per /view preview: uploads and
+    re-encodes share one pixel limit (the mask upload's), and the file itself is still
+    served whole."""
+    from server.imaging import MAX_IMAGE_PIXELS
+
+    buf = io.BytesIO()
+    Image.new("1", (8192, 8193)).save(buf, format="PNG")
+    big = buf.getvalue()
+    assert len(big) < 1 << 20 and 8192 * 8193 > MAX_IMAGE_PIXELS
+    reply = http.post("/upload/image", data=form(big, "bomb.png"))
+    assert reply.status == 413 and reply.json()["error"]["type"] == "too_large"
+    assert "8192x8193" in reply.json()["error"]["message"]
+    (server.base_dir / "output").mkdir(exist_ok=True)
+    (server.base_dir / "output" / "big.png").write_bytes(big)
+    for params in ({"preview": "webp;50"}, {"channel": "rgb"}):
+        view = http.get("/view", params={"filename": "big.png", "type": "output", **params})
+        assert view.status == 413 and view.json()["error"]["type"] == "too_large"
+    assert http.get("/view", params={"filename": "big.png", "type": "output"}).body == big
