@@ -18,6 +18,7 @@ import asyncio
 import errno
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -427,23 +428,28 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
     """Delete what interrupted uploads and runs left; returns the paths removed.
 
     Removes upload temp files (``.upload-*``) anywhere under the input, output
-    and temp folders, and everything inside ``temp/`` (not the folder). Never
+    and temp folders, the temp files of saves a killed worker left in output/ and
+    models/ (:func:`_abandoned_write`: their writer's process is gone, or they are an
+    hour old), and everything inside ``temp/`` (not the folder). Never
     follows a symlink: a linked entry is unlinked, its target untouched, and a
     ``temp/`` that is itself a symlink is not emptied. Entries modified less
     than ``older_than`` seconds ago are kept (an upload in progress elsewhere).
     """
     cutoff = time.time() - older_than
     removed: list[Path] = []
-    for role in ROLES:
+    for role in (*ROLES, "models"):
         root = env.folders.get(role)
         if root is None or not root.is_dir():
             continue
         for dirpath, _dirs, files in os.walk(root, followlinks=False):
             for fname in files:
-                if fname.startswith(TEMP_PREFIX):
-                    path = Path(dirpath, fname)
-                    if _is_old_file(path, cutoff) and _remove(path):
-                        removed.append(path)
+                path = Path(dirpath, fname)
+                if fname.startswith(TEMP_PREFIX) and role != "models":
+                    gone = _is_old_file(path, cutoff)
+                else:
+                    gone = _abandoned_write(path, fname)
+                if gone and _remove(path):
+                    removed.append(path)
     temp = env.folders.get("temp")
     if temp is not None and temp.is_symlink():
         log.warning("temp folder %s is a symlink; not emptying it", temp)
@@ -458,6 +464,30 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
     if removed:
         log.info("removed %d leftover file(s) of interrupted uploads/runs", len(removed))
     return removed
+
+
+#: the temporary file of an atomic write (a saved image, a trained model, a copied
+#: model): ``.<name>.<8 hex digits or the writer's pid>.tmp``
+_WRITE_TEMP = re.compile(r"^\..+\.(?:(?P<token>[0-9a-f]{8})|(?P<pid>\d{1,10}))\.tmp$")
+#: a token-named temp file this old is no write in progress (another server may share
+#: the folder; no single save takes this long)
+WRITE_TEMP_AGE = 3600.0
+
+
+def _abandoned_write(path: Path, name: str) -> bool:
+    """Whether ``path`` is what a write killed midway left (its writer is gone)."""
+    match = _WRITE_TEMP.match(name)
+    if match is None or not _is_old_file(path, time.time()):
+        return False
+    if match["pid"] is not None:
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, OverflowError, ValueError):
+            return False  # alive (someone else's) or not a pid at all
+        return False
+    return _is_old_file(path, time.time() - WRITE_TEMP_AGE)
 
 
 def _is_old(path: Path, cutoff: float) -> bool:

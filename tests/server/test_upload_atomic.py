@@ -241,3 +241,32 @@ def test_remove_leftovers_spares_a_symlinked_temp_and_recent_files(tmp_path: Pat
 def test_missing_folders_are_fine(tmp_path: Path):
     env = Environment.create(tmp_path / "nothing-here", device="cpu")
     assert remove_leftovers(env) == []
+
+
+def test_saves_a_killed_worker_left_are_removed_at_start(tmp_path: Path):
+    """Save Image and the training nodes write ``.<name>.<token or pid>.tmp`` and rename
+    it: a worker killed midway left them in output/ and models/ for good. At start they
+    go when their writer is gone (a dead pid) or, token-named, when an hour old; a live
+    writer's, a fresh one and other hidden files stay."""
+    env = Environment.create(tmp_path / "base", models_dir=tmp_path / "models", device="cpu")
+    out = env.folder("output", create=True) / "ks"
+    out.mkdir()
+    loras = env.folder("models", create=True) / "loras"
+    loras.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    old = time.time() - 2 * files.WRITE_TEMP_AGE
+    paths = {
+        "old_token": out / ".bomb.01caf867.tmp",
+        "fresh_token": out / ".bomb.3c4454db.tmp",
+        "dead_pid": loras / f".sks.safetensors.{dead}.tmp",
+        "live_pid": loras / f".mine.safetensors.{os.getpid()}.tmp",
+        "other_hidden": out / ".keep.tmp",
+        "image": out / "bomb_00001_.png",
+    }
+    for path in paths.values():
+        path.write_bytes(b"x")
+    os.utime(paths["old_token"], (old, old))
+    removed = set(remove_leftovers(env))
+    assert removed == {paths["old_token"], paths["dead_pid"]}
+    assert all(p.exists() for k, p in paths.items() if p not in removed)
