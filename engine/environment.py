@@ -44,9 +44,10 @@ class Environment:
     ) -> Environment:
         base = Path(base_dir).resolve()
         folders = {name: base / name for name in DEFAULT_FOLDERS}
-        if models_dir is not None:
+        # "" is no folder (as ComfyUI's flags): an empty $OUT must not mean the cwd
+        if models_dir is not None and str(models_dir):
             folders["models"] = Path(models_dir).resolve()
-        if output_dir is not None:
+        if output_dir is not None and str(output_dir):
             folders["output"] = Path(output_dir).resolve()
         return cls(folders=folders, device=device or default_device(), allow_pickle=allow_pickle)
 

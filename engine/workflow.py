@@ -310,15 +310,18 @@ def load_workflow(path: str | Path, registry: Schemas | None = None,
     to ``warnings``.
     """
     path = Path(path)
-    if path.suffix.lower() == ".png":
-        return _load_png(path, registry, warnings)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8-sig"))  # Notepad writes a BOM
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowFormatError(f"cannot read {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise WorkflowFormatError(f"{path} is not valid JSON: {exc}") from exc
-    return from_object(obj, registry, warnings)
+        if path.suffix.lower() == ".png":
+            return _load_png(path, registry, warnings)
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8-sig"))  # Notepad writes a BOM
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkflowFormatError(f"cannot read {path}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise WorkflowFormatError(f"{path} is not valid JSON: {exc}") from exc
+        return from_object(obj, registry, warnings)
+    except RecursionError:
+        raise WorkflowFormatError(f"{path} is nested too deeply to be a workflow") from None
 
 
 def from_object(obj: Any, registry: Schemas | None = None,

@@ -71,7 +71,9 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, models_dir, capsys
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"nodes": [], "links": []}'])
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"nodes": [], "links": []}',
+                                     '{"1":' + "[" * 5000 + "]" * 5000 + "}",
+                                     "[" * 100_000 + "]" * 100_000])
 def test_unreadable_workflow_files(tmp_path, models_dir, capsys, content):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
@@ -155,3 +157,18 @@ def test_an_output_dir_that_cannot_be_made_is_refused_before_running(tmp_path, m
                models=models_dir, capsys=capsys)
     assert done.returncode == 2 and "cannot create the output folder" in done.stderr
     assert "Traceback" not in done.stderr and "step" not in done.stderr  # nothing ran
+
+
+def test_an_empty_output_dir_is_the_default_not_the_working_directory(tmp_path, models_dir,
+                                                                      capsys, monkeypatch):
+    """``--output-dir "$OUT"`` with OUT unset wrote into whatever directory the shell was
+    in; as ComfyUI's flags, an empty folder is no folder."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    home = tmp_path / "home"
+    done = cli("run", str(WORKFLOW), *fast(), "--output-dir", "", "--no-progress", home=home,
+               models=models_dir, capsys=capsys)
+    assert done.returncode == 0, done.stderr
+    assert list(cwd.iterdir()) == []
+    assert list((home / "output").glob("*.png"))
