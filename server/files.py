@@ -217,7 +217,7 @@ async def read_upload(request: web.Request, default_name: str, what: str) -> Upl
                 filename = unquote(part.filename or filename)
                 data = await _read_limited(part, limit)
             else:
-                raw = await _read_limited(part, FIELD_LIMIT)
+                raw = await _read_limited(part, FIELD_LIMIT, part.name or "")
                 fields[part.name or ""] = raw.decode("utf-8", "replace")
     except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
         raise ApiError(400, "invalid_form", f"malformed multipart body: {exc}") from None
@@ -267,12 +267,16 @@ def _too_large(limit: int) -> ApiError:
                     extra_info={"limit_bytes": limit})
 
 
-async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
+async def _read_limited(part: BodyPartReader, limit: int, field: str | None = None) -> bytes:
+    """The part's bytes, at most ``limit`` (the image's, or a form ``field``'s)."""
     buf = bytearray()
     while chunk := await part.read_chunk(1 << 16):
         buf += chunk
         if len(buf) > limit:
-            raise _too_large(limit)
+            if field is None:
+                raise _too_large(limit)
+            raise ApiError(413, "too_large", f"the form field {field[:64]!r} is over "
+                           f"{limit} bytes", extra_info={"limit_bytes": limit})
     return bytes(buf)
 
 

@@ -49,7 +49,7 @@ _INF = float("inf")
 GC_PAUSE_BYTES = 1 << 20  # bodies parsed with the cyclic GC paused
 
 
-def _loads(raw: bytes) -> Any:
+def strict_loads(raw: bytes) -> Any:
     """Strict JSON; a big body is parsed with the GC paused.
 
     Parsing a 10 MB prompt creates a million containers, and each gen-2 collection
@@ -82,7 +82,7 @@ async def read_json(request: web.Request, *, required: bool = True, **fields: An
                            **fields)
         return {}
     try:
-        return _loads(raw)
+        return strict_loads(raw)
     except (ValueError, RecursionError) as exc:  # includes UnicodeDecodeError
         raise ApiError(400, "invalid_json", "the request body is not valid JSON",
                        str(exc)[:500], **fields) from None

@@ -31,6 +31,7 @@ from aiohttp import web
 from engine.paths import PathError, confined_path
 from server.errors import ApiError, json_response
 from server.files import TEMP_PREFIX, TEMP_SUFFIX, _fsync_dir, _link_if_absent, _write_temp
+from server.routes import strict_loads
 from server.state import state
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def _json_body(request: web.Request, limit: int) -> Any:
     body = await read_body(request, limit)
     try:
-        return json.loads(body)
-    except ValueError as exc:
+        return strict_loads(body)  # no NaN, no 1e999: the settings file stays JSON
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
 
 

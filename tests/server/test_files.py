@@ -96,6 +96,9 @@ def test_upload_size_cap(make_server, loop):
 
 def test_upload_form_errors(http: Http):
     assert http.post("/upload/image", data=b"not a form").status == 400
+    long_field = http.post("/upload/image", data=form(png(), subfolder="a" * 5000))
+    assert long_field.status == 413
+    assert "form field 'subfolder' is over 4096 bytes" in long_field.json()["error"]["message"]
     text = http.post("/upload/image", data=form(b"hello world"))  # a .png that is not one
     assert text.status == 415
     message = text.json()["error"]["message"]

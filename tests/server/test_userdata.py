@@ -43,11 +43,20 @@ def test_settings_roundtrip(http: Http, server: LiveServer) -> None:
     (b"[1, 2]", 400, "invalid_settings"),
     (b"{not json", 400, "invalid_json"),
     (b'{"a": "' + b"x" * (3 << 20) + b'"}', 413, "too_large"),
+    (b'{"T.big": 1e999}', 400, "invalid_json"),  # written as Infinity: not JSON
+    (b'{"T.nan": NaN}', 400, "invalid_json"),
 ])
 def test_settings_bad_bodies(http: Http, server: LiveServer, body: bytes, status: int,
                              kind: str) -> None:
     reply = http.post("/api/settings", data=body)
     assert reply.status == status and reply.json()["error"]["type"] == kind
+    assert not (user_dir(server) / "comfy.settings.json").exists()
+
+
+def test_one_setting_refuses_numbers_json_cannot_hold(http: Http, server: LiveServer) -> None:
+    for body in (b"NaN", b"1e999", b"-Infinity"):
+        reply = http.post("/api/settings/T.x", data=body)
+        assert reply.status == 400 and reply.json()["error"]["type"] == "invalid_json"
     assert not (user_dir(server) / "comfy.settings.json").exists()
 
 
