@@ -20,9 +20,10 @@ from nodes.training import (
     TrainingNode,
     _check_images,
     _checkpoint,
+    _claim,
     _name_problem,
     _sample,
-    _target,
+    _save,
 )
 
 if TYPE_CHECKING:
@@ -143,16 +144,19 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
                                        initializer_token=self.initializer_token.strip())
         tc.check_resolution(self.model.unet, self.vae, settings.resolution)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
+        checkpoint = _checkpoint(ctx, "custom_diffusion", self, captions, base_hash)
+        name = self.save_name.strip()
+        if name:  # both files claimed before any work (the embedding is written if trained)
+            targets = {folder: _claim(ctx.env, folder, name, checkpoint)
+                       for folder in ("loras", "embeddings")}
         prior, class_pixels = self.prior(), None
         if prior is not None:
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
-        checkpoint = _checkpoint(ctx, "custom_diffusion", self, captions, base_hash)
         layers, clip, vector, losses = tcd.train_custom_diffusion(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
             prior, class_pixels, checkpoint, sample=_sample(ctx, self, captions),
             loss_mask=self.loss_mask_spec())
-        name = self.save_name.strip()
         label = f"{name}.safetensors" if name else f"trained-custom-diffusion-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, layers.patch(label)))
         if not name:
@@ -176,12 +180,11 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
                                   else {})}}
         metadata = {"format": "pt", **{f"steerflow.{k}": v if isinstance(v, str)
                                        else json.dumps(v) for k, v in info.items()}}
-        tc.save_atomic(layers.state_dict(), metadata, _target(ctx.env, "loras", name))
+        _save(layers.state_dict(), metadata, targets["loras"], checkpoint)
         embedding = ""
         if vector is not None:
             # diffusers' learned_embeds layout: {token: [1, dim]}
-            tc.save_atomic({spec.modifier_token: vector}, metadata,
-                           _target(ctx.env, "embeddings", name))
+            _save({spec.modifier_token: vector}, metadata, targets["embeddings"], checkpoint)
             embedding = name
         return model, clip, label, embedding
 

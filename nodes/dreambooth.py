@@ -19,10 +19,11 @@ from nodes.training import (
     TrainingNode,
     _check_images,
     _checkpoint,
+    _claim,
     _name_problem,
     _sample,
+    _save,
     _settings,
-    _target,
 )
 
 
@@ -117,11 +118,13 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
         tdb.check_trainable(self.model, self.vae)
         tc.check_resolution(self.model.unet, self.vae, settings.resolution)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
+        checkpoint = _checkpoint(ctx, "dreambooth", self, captions, base_hash)
+        if name:  # before the class images: refused in a moment, not after minutes
+            target = _claim(ctx.env, "checkpoints", name, checkpoint)
         prior, class_pixels = self.prior(), None
         if prior is not None:
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
-        checkpoint = _checkpoint(ctx, "dreambooth", self, captions, base_hash)
         unet, encoder, losses = tdb.train_dreambooth(
             ctx, self.model, self.clip, self.vae, self.images, captions, settings,
             self.train_text_encoder, prior, class_pixels, checkpoint,
@@ -141,7 +144,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
                 tensors, metadata = tdb.checkpoint_file(
                     unet, self.vae.vae, clip.text_encoder, self.model.scheduler_config,
                     self.model.family, info)
-            tc.save_atomic(tensors, metadata, _target(ctx.env, "checkpoints", name))
+            _save(tensors, metadata, target, checkpoint)
         return model, clip, f"{name}.safetensors" if name else ""
 
 

@@ -35,14 +35,53 @@ def _name_problem(name: str, folder: str, env: Environment) -> str | None:
     if problem := name_problem(name, len("..safetensors..tmp") + 10):
         return problem
     try:
-        env.resolve("models", folder, f"{name}.safetensors")
+        path = env.resolve("models", folder, f"{name}.safetensors")
     except Exception as exc:  # PathError and the like: outside the folder
         return f"{name!r}: {exc}"
+    if (path.exists() or path.is_symlink()) and _run_key_of(path) is None:
+        return _taken(folder, name)
     return None
 
 
 def _target(env: Environment, folder: str, name: str) -> Path:
     return env.resolve("models", folder, f"{name}.safetensors")
+
+
+#: the metadata key of a trained file naming the run that made it (its checkpoint's name)
+RUN_KEY = "steerflow.run_key"
+
+
+def _run_key_of(path: Path) -> str | None:
+    """The run key in a safetensors file's metadata (None: none, or not readable)."""
+    from nodes.diffusion.safetensors_io import read_header
+
+    try:
+        return (read_header(path)[1] or {}).get(RUN_KEY)
+    except Exception:  # not a safetensors file, unreadable: not ours to replace
+        return None
+
+
+def _taken(folder: str, name: str) -> str:
+    return (f"models/{folder}/{name}.safetensors already exists and was not trained from "
+            "these inputs: choose another save_name, or delete that file to replace it "
+            "(a training never writes over another file)")
+
+
+def _claim(env: Environment, folder: str, name: str, checkpoint: Path) -> Path:
+    """Where the run of ``checkpoint`` saves ``name``: refused, before any training, when
+    a file of that name exists that another run or anything else wrote (a file this
+    same run wrote before, e.g. in an earlier session, is written again)."""
+    path = _target(env, folder, name)
+    if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
+        raise FileExistsError(_taken(folder, name))
+    return path
+
+
+def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path,
+          checkpoint: Path) -> None:
+    from nodes.diffusion import train_common as tc
+
+    tc.save_atomic(tensors, {**metadata, RUN_KEY: checkpoint.stem}, path)
 
 
 def _settings(node: Any) -> Any:
@@ -293,10 +332,11 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         settings = _settings(self)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "lora", self, captions, base_hash)
+        if name := self.save_name.strip():
+            target = _claim(ctx.env, "loras", name, checkpoint)
         unet_layers, text_layers, losses = tl.train_lora(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
             checkpoint, sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
-        name = self.save_name.strip()
         label = f"{name}.safetensors" if name else f"trained-lora-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, unet_layers.patch(label)))
         clip = self.clip
@@ -312,7 +352,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
                                    "target_modules": list(spec.unet_targets),
                                    "images": len(captions), **self.mask_info()}}
             tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
-            tc.save_atomic(tensors, metadata, _target(ctx.env, "loras", name))
+            _save(tensors, metadata, target, checkpoint)
         return model, clip, label if name else ""
 
 
@@ -390,11 +430,12 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
         settings = _settings(self)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "embedding", self, captions, base_hash)
+        if name := self.save_name.strip():
+            target = _claim(ctx.env, "embeddings", name, checkpoint)
         clip, vectors, losses = train_textual_inversion(
             ctx, self.model, self.clip, self.vae, self.images, captions,
             self.placeholder_token, self.initializer_token.strip(), self.num_vectors, settings,
             checkpoint, sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
-        name = self.save_name.strip()
         if name:
             info = {"base_model_hash": base_hash,
                     "steps": settings.steps, "final_loss": losses[-1],
@@ -408,8 +449,7 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
             metadata = {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
                         for k, v in info.items()}
             # diffusers' learned_embeds layout: {placeholder: [vectors, dim]}
-            tc.save_atomic({self.placeholder_token: vectors}, metadata,
-                           _target(ctx.env, "embeddings", name))
+            _save({self.placeholder_token: vectors}, metadata, target, checkpoint)
         return clip, name
 
 

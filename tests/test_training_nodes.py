@@ -375,6 +375,34 @@ def test_trained_lora_combines_with_sag(session):
     assert (both - latent(True, False)).abs().max() > 1e-3  # SAG still acts
 
 
+def test_a_training_never_writes_over_another_file(session, models_dir):
+    """save_name replaced any file of that name: a user's LoRA, the built-in model's. Now
+    a file of another run (or of anyone else) is refused before training; the file this
+    same run wrote (a later session, the cache cold) is written again."""
+    from safetensors.torch import save_file
+
+    def prompt(**over):
+        return graph(lora_node(save_name="guard/one", steps=2, **over), text="a red sks",
+                     clip_from=["train", 1], model_from=["train", 0])
+
+    run_latent(session, prompt())
+    path = models_dir / "loras" / "guard" / "one.safetensors"
+    fresh = Session(session.env.folder("input").parent, models_dir=models_dir, device="cpu",
+                    registry=registry_with_capture())
+    run_latent(fresh, prompt())  # the same run again: allowed
+    first = path.read_bytes()
+    other = fresh.run(prompt(seed=5))
+    assert not other.ok
+    assert "guard/one.safetensors already exists" in other.run.error["exception_message"]
+    assert path.read_bytes() == first
+    foreign = models_dir / "loras" / "guard" / "mine.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(PromptValidationError, match="already exists"):
+        fresh.validate(graph(lora_node(save_name="guard/mine"), text="a",
+                             clip_from=["train", 1], model_from=["train", 0]))
+    assert foreign.is_file()
+
+
 def test_textual_inversion_then_use_in_one_run(session):
     prompt = graph(ti_node(save_name="tok"), text="a <tok> shape", clip_from=["train", 0])
     trained, result = run_latent(session, prompt, keep_events=True)
