@@ -39,11 +39,12 @@ class MultiDiffusionPanorama(Node):
     meet (a 360° panorama; decode with VAE Decode (Circular)). ``view_batch_size``
     windows go through the UNet together (faster on a GPU, same result).
 
-    Cost: one UNet pass per window per step. Works with SEGA, LoRA, ControlNet and
-    T2I-Adapter (a control image at the panorama's size is cropped per window), SAG,
-    latent noise masks, inpainting models and mask regions (Conditioning Set Mask); not
-    with Attend-and-Excite, Pix2Pix-Zero or LEDITS++ (they edit the whole latent with their
-    own passes) nor area regions (Conditioning Set Area). On the default model, 64x256
+    Cost: one UNet pass per window per step. Works with SEGA, LoRA (hook LoRAs and Load
+    LoRA (Bypass) too), IP-Adapter (without attention masks), ControlNet and T2I-Adapter
+    (a control image at the panorama's size is cropped per window), SAG, latent noise
+    masks, inpainting models and mask regions (Conditioning Set Mask); not with
+    Attend-and-Excite, FABRIC, Pix2Pix-Zero or LEDITS++ (they edit the whole latent with
+    their own passes) nor area regions (Conditioning Set Area). On the default model, 64x256
     panoramas of held-out captions show no seam on flat backgrounds (0 of 42 with
     gaussian weights, 1 of 42 uniform; tiles made one by one: 8 of 42); on noisy or striped
     backgrounds uniform weights leave faint texture steps at window edges (README).

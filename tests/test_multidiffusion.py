@@ -594,3 +594,75 @@ def test_example_workflow_runs(tmp_path, name):
     result = Session(tmp_path, device="cpu").run(wf)
     assert result.ok, result.run.error
     assert len(result.image_paths) == 1
+
+
+def test_panorama_takes_techniques_that_only_set_step_state():
+    """IP-Adapter and the LoRA hooks override pre_step only to set this step's weight:
+    windows leave them working (they were refused as "works on the whole latent", the
+    hooks under an internal class name); masks drawn on the whole canvas are refused."""
+    from nodes.diffusion.hooks import HookedWeights
+    from nodes.diffusion.ip_adapter import IPAdapter
+
+    assert IPAdapter.step_state_only and HookedWeights.step_state_only
+
+    class StepWeight(SamplerExtension):
+        step_state_only = True
+        label = "Step Weight"
+
+        def pre_step(self, run, step, latents):
+            run.state[self] = step.index
+            return latents
+
+    model, pos, neg, latent = stub_parts()
+    panorama = model.with_extension(MultiDiffusionPanorama())
+    sample(panorama.with_extension(StepWeight()), make_scheduler(
+        "ddim", "normal", model.scheduler_config), pos, neg, latent,
+        SamplingParams(seed=0, steps=1, cfg=5.0))
+    masked = StepWeight()
+    masked.canvas_masks = True
+    with pytest.raises(ValueError, match="Step Weight given attention masks"):
+        sample(panorama.with_extension(masked), make_scheduler(
+            "ddim", "normal", model.scheduler_config), pos, neg, latent,
+            SamplingParams(seed=0, steps=1, cfg=5.0))
+
+
+def test_panorama_with_an_ip_adapter_on_the_default_model(tmp_path):
+    """The drill's graph: MultiDiffusion + Apply IP-Adapter (steerflow-shapes' own) runs,
+    and the image prompt still acts inside the windows."""
+    import numpy as np
+    from PIL import Image
+
+    session = Session(tmp_path, device="cpu")
+    images = []
+    for weight in (0.0, 1.0):
+        prompt = {
+            "4": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "steerflow-shapes"}},
+            "26": {"class_type": "LoadImage", "inputs": {"image": "ip_adapter_reference.png"}},
+            "27": {"class_type": "CLIPVisionLoader",
+                   "inputs": {"clip_name": "steerflow-shapes-clip.safetensors"}},
+            "28": {"class_type": "IPAdapterModelLoader",
+                   "inputs": {"ipadapter_file": "steerflow-shapes-ip-adapter.safetensors"}},
+            "29": {"class_type": "ApplyIPAdapter", "inputs": {
+                "model": ["4", 0], "ipadapter": ["28", 0], "clip_vision": ["27", 0],
+                "image": ["26", 0], "weight": weight, "start_percent": 0.0,
+                "end_percent": 1.0, "crop": "center"}},
+            "11": {"class_type": "MultiDiffusionPanorama", "inputs": {
+                "model": ["29", 0], "window_size": 0, "stride": 16,
+                "circular_padding": False, "view_batch_size": 2, "view_weights": "gaussian"}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+            "5": {"class_type": "EmptyLatentImage",
+                  "inputs": {"width": 128, "height": 64, "batch_size": 1}},
+            "3": {"class_type": "KSampler", "inputs": {
+                "model": ["11", 0], "seed": 3, "steps": 3, "cfg": 7.5, "sampler_name": "ddim",
+                "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+                "latent_image": ["5", 0], "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0],
+                                                        "filename_prefix": f"md{weight}"}}}
+        result = session.run(prompt)
+        assert result.ok, result.run.error
+        images.append(np.asarray(Image.open(result.image_paths[0]), dtype=np.float32))
+    assert images[0].shape == (64, 128, 3)
+    assert np.abs(images[0] - images[1]).max() > 10  # the image prompt acts

@@ -35,11 +35,6 @@ from nodes.diffusion.dpm_adaptive import AdaptiveOptions, AdaptiveSolver, workin
 from nodes.diffusion.extensions import Denoise, SamplerExtension, Step
 from nodes.diffusion.sigma_samplers import SigmaSampler
 
-#: extensions that change the latents between steps but only set per-step state (their
-#: state follows the schedule step the solver is in)
-_STEP_STATE_ONLY = frozenset({"HookedWeights", "IPAdapter"})
-
-
 # --- in the sampling loop ----------------------------------------------------------------
 
 
@@ -213,11 +208,12 @@ def refused_extensions(extensions: Sequence[SamplerExtension]) -> list[str]:
     out = []
     for ext in extensions:
         cls = type(ext)
-        if cls.__name__ in _STEP_STATE_ONLY or isinstance(ext, AdaptiveDriver):
+        # step-state-only ones follow the schedule step the solver is in
+        if ext.step_state_only or isinstance(ext, AdaptiveDriver):
             continue
         if (cls.pre_step is not base.pre_step or cls.post_step is not base.post_step
                 or cls.noise_mask is not base.noise_mask):
-            out.append(cls.__name__)
+            out.append(ext.label or cls.__name__)
     return out
 
 

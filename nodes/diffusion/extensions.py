@@ -145,6 +145,15 @@ class SamplerExtension:
     #: ``predictions``/``guidance`` run with ``preds.uncond`` = ``preds.cond`` and a zero
     #: guidance term; the prediction is ``cond + guidance`` (e.g. PAG).
     without_cfg: bool = False
+    #: ``pre_step`` only sets this step's state (a weight, a keyframe): it neither reads
+    #: nor changes the latents, so windows (MultiDiffusion) and a solver between the
+    #: schedule's steps (dpm_adaptive) leave it working
+    step_state_only: bool = False
+    #: it holds masks drawn on the whole latent (IP-Adapter's attention masks), which
+    #: MultiDiffusion's windows would each take as their own
+    canvas_masks: bool = False
+    #: the technique as the user knows it, for messages (default: the class name)
+    label: str = ""
 
     def setup(self, run: Any) -> None:
         """Prepare per-run state in ``run.state[self]``."""

@@ -97,6 +97,8 @@ class HookedWeights(SamplerExtension):
     """Apply the conditionings' hooks to their own batch rows (see the module)."""
 
     priority = 5  # before anything that runs UNet passes of its own
+    step_state_only = True  # pre_step moves the keyframe cursors
+    label = "LoRA hooks (Create Hook LoRA, Load LoRA (Bypass), Set CLIP Hooks)"
 
     def __init__(self, hooks: Sequence[WeightHook], *, every_row: bool = False):
         unique: dict[object, WeightHook] = {}

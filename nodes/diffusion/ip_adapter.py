@@ -300,12 +300,15 @@ class IPAdapter(SamplerExtension):
     """One IP-Adapter with its image, weight and step window, for one sampler run."""
 
     priority = 30  # reads only the attention store; no prediction is changed here
+    label = "IP-Adapter"
+    step_state_only = True  # pre_step sets this step's weight
 
     def __init__(self, model: IPAdapterModel, positive: torch.Tensor, negative: torch.Tensor,
                  weight: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0,
                  masks: torch.Tensor | None = None):
         self.model = model
         self.masks = masks  # [N, H, W], one per reference image, or None
+        self.canvas_masks = masks is not None
         self.positive, self.negative = positive, negative
         self.weight = float(weight)
         self.start_percent, self.end_percent = float(start_percent), float(end_percent)

@@ -260,13 +260,20 @@ class MultiDiffusionPanorama(SamplerExtension):
         return self.window_size or int(run.model.unet.config.sample_size)
 
     def setup(self, run: SamplingRun) -> None:
-        whole_canvas = [type(e).__name__ for e in run.extensions
-                        if type(e).pre_step is not SamplerExtension.pre_step]
+        whole_canvas = [e.label or type(e).__name__ for e in run.extensions
+                        if type(e).pre_step is not SamplerExtension.pre_step
+                        and not e.step_state_only]
         if whole_canvas:
             raise ValueError(f"MultiDiffusion cannot run with {', '.join(whole_canvas)}: it "
                              "works on the whole latent before each step (its own UNet "
                              "passes, or LEDITS++'s replayed noise), which windows cannot "
                              "split; remove the panorama or that technique")
+        masked = [e.label or type(e).__name__ for e in run.extensions if e.canvas_masks]
+        if masked:
+            raise ValueError(f"MultiDiffusion cannot run with {', '.join(masked)} given "
+                             "attention masks: the masks cover the whole image, and each "
+                             "window would take them as its own; remove the masks or the "
+                             "panorama")
         height, width = (int(s) for s in run.init_latents.shape[-2:])
         window = self.window(run)
         views = get_views(height, width, window, self.stride, self.circular_padding)
