@@ -148,6 +148,10 @@ def test_missing_or_repeated_words_are_validation_errors(session):
     assert "3:circle" in issue.message and "11:square" in issue.message  # lists the tokens
     (issue,) = _node_errors(session, ae_prompt(words="a"))
     assert "appears 2 times (tokens 1, 9)" in issue.message
+    empty = ae_prompt(words="circle")
+    empty["6"]["inputs"]["text"] = ""
+    (issue,) = _node_errors(session, empty)
+    assert "the prompt is empty" in issue.message
     (issue,) = _node_errors(session, ae_prompt(words=" , "))
     assert "at least one word" in issue.message
     (issue,) = _node_errors(session, ae_prompt(thresholds="0:0.05, 10"))

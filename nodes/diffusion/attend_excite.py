@@ -186,7 +186,9 @@ def token_indices(tokenizer: Any, text: str, words: str,
                   and all(k + j not in _embedding_slots(tokens) for j in range(len(want)))]
         if not starts:
             problems.append(f"{item!r} is not in the prompt; its tokens are "
-                            f"{describe_tokens(tokens)}")
+                            f"{describe_tokens(tokens)}" if tokens else
+                            f"{item!r} is not in the prompt: the prompt is empty (write the "
+                            "prompt whose words to excite)")
         elif len(starts) > 1:
             where = ", ".join(str(tokens[k].index) for k in starts)
             before = tokens[starts[0] - 1].text if starts[0] > 0 else ""
