@@ -103,6 +103,8 @@ async def view(request: web.Request) -> web.StreamResponse:
     preview, channel = q.get("preview"), q.get("channel")
     if preview is not None or channel in ("rgb", "a"):
         fmt, quality = _parse_preview(preview)
+        if preview is not None and "a" in (channel or ""):
+            fmt = "webp"  # as ComfyUI: a preview of the alpha is WebP, never JPEG
         loop = asyncio.get_running_loop()
         try:
             body, out_type = await loop.run_in_executor(None, reencode, str(path), fmt,

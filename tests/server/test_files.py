@@ -181,6 +181,9 @@ def test_view_serves_real_images_and_other_files_only_as_downloads(server: LiveS
     assert gif.status == 200 and gif.headers["Content-Type"] == "image/webp"
     rgb = http.get("/view", params={"filename": "pic.jpg", "channel": "rgb"})
     assert rgb.status == 200 and rgb.headers["Content-Type"] == "image/png"
+    alpha = http.get("/view", params={"filename": "pic.jpg", "channel": "a",
+                                      "preview": "jpeg;80"})
+    assert alpha.status == 200 and alpha.headers["Content-Type"] == "image/webp"
 
 
 def test_view_reads_comfyuis_annotated_names(server: LiveServer, http: Http, outside):
