@@ -77,3 +77,19 @@ def test_cfg_reaches_the_model(lcm, tmp_path):
         assert session.run(prompt).ok
         images.append(CAPTURED.pop(prompt["c"]["inputs"]["key"]).numpy())
     assert np.abs(images[0] - images[1]).max() > 1e-3
+
+
+def test_save_checkpoint_says_why_it_cannot_hold_the_guidance_embedding(lcm, tmp_path):
+    root, _ = lcm
+    session = Session(tmp_path, models_dir=root, device="cpu",
+                      registry=registry_with_capture())
+    prompt = {
+        "ck": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": NAME}},
+        "save": {"class_type": "CheckpointSave", "inputs": {
+            "model": ["ck", 0], "clip": ["ck", 1], "vae": ["ck", 2],
+            "filename_prefix": "checkpoints/lcm"}},
+    }
+    result = session.run(prompt)
+    assert not result.ok
+    assert "time_cond_proj_dim" in result.run.error["exception_message"]
+    assert "diffusers folder" in result.run.error["exception_message"]

@@ -173,6 +173,10 @@ def vae_key_map(config: Mapping[str, Any]) -> KeyMap:
 
 def unet_to_original(state_dict: Tensors, config: Mapping[str, Any]) -> StateDict:
     """Diffusers UNet2DConditionModel weights -> ``model.diffusion_model.*``."""
+    if config.get("time_cond_proj_dim"):
+        raise LayoutError("this UNet takes a guidance-scale embedding (LCM's "
+                          "time_cond_proj_dim), which the original single-file layout has no "
+                          "place for: keep it as a diffusers folder")
     return _apply_map(state_dict, unet_key_map(config, set(state_dict)), UNET_PREFIX)
 
 
