@@ -99,23 +99,22 @@ export function useSpacePan(canvas: RefObject<HTMLElement | null>, onPanned?: ()
       }
     };
 
-    window.addEventListener("keydown", onKeyDown);
-    window.addEventListener("keyup", onKeyUp);
-    window.addEventListener("blur", reset);
-    el.addEventListener("pointerdown", onDown, true);
-    el.addEventListener("mousedown", blockWhileHeld, true);
-    el.addEventListener("click", onClick, true);
-    function blockWhileHeld(e: MouseEvent) {
+    const blockWhileHeld = (e: MouseEvent) => {
       if (held && e.button === 0 && !(e.target as Element | null)?.closest?.(NOT_PANNED)) e.stopPropagation();
-    }
+    };
+    // [target, event, listener, capture]: the canvas's own ones capture, before React Flow
+    const listeners: [EventTarget, string, EventListener, boolean][] = [
+      [window, "keydown", onKeyDown as EventListener, false],
+      [window, "keyup", onKeyUp as EventListener, false],
+      [window, "blur", reset, false],
+      [el, "pointerdown", onDown as EventListener, true],
+      [el, "mousedown", blockWhileHeld as EventListener, true],
+      [el, "click", onClick as EventListener, true],
+    ];
+    for (const [target, type, fn, capture] of listeners) target.addEventListener(type, fn, capture);
     return () => {
       reset();
-      window.removeEventListener("keydown", onKeyDown);
-      window.removeEventListener("keyup", onKeyUp);
-      window.removeEventListener("blur", reset);
-      el.removeEventListener("pointerdown", onDown, true);
-      el.removeEventListener("mousedown", blockWhileHeld, true);
-      el.removeEventListener("click", onClick, true);
+      for (const [target, type, fn, capture] of listeners) target.removeEventListener(type, fn, capture);
     };
   }, [canvas, rf]);
 }
