@@ -195,18 +195,19 @@ export class MaskHistory {
 
   /** Put the last recorded state back into `mask`; false when there is none. */
   undo(mask: Uint8Array): boolean {
-    const prev = this.undos.pop();
-    if (!prev) return false;
-    this.redos.push(mask.slice());
-    mask.set(prev);
-    return true;
+    return MaskHistory.swap(this.undos, this.redos, mask);
   }
 
   redo(mask: Uint8Array): boolean {
-    const next = this.redos.pop();
-    if (!next) return false;
-    this.undos.push(mask.slice());
-    mask.set(next);
+    return MaskHistory.swap(this.redos, this.undos, mask);
+  }
+
+  /** Move `mask`'s state onto `to` and the last state of `from` into `mask`. */
+  private static swap(from: Uint8Array[], to: Uint8Array[], mask: Uint8Array): boolean {
+    const state = from.pop();
+    if (!state) return false;
+    to.push(mask.slice());
+    mask.set(state);
     return true;
   }
 
