@@ -141,7 +141,7 @@ async def _post_prompt(request: web.Request) -> web.Response:
                        node_errors={}) from None
     except Exception as exc:  # sqlite3 errors: disk full, database locked...
         raise ApiError(503, "queue_unavailable", f"the prompt could not be stored: "
-                       f"{type(exc).__name__}", node_errors={}) from None
+                       f"{type(exc).__name__}: {str(exc)[:200]}", node_errors={}) from None
     reply: dict[str, Any] = {"prompt_id": prompt_id, "number": number, "node_errors": {}}
     if vp.rejected is not None:  # as ComfyUI: the valid outputs run, the others are named
         rejected = _validation_error(vp.rejected.issues, vp.rejected.dependent_outputs)

@@ -374,3 +374,21 @@ def test_serve_allow_pickle_reaches_validation(make_server):
         assert env.allow_pickle is allowed and srv.state.runtime.env is env
         inputs = {"ckpt_name": "v1-5-pruned-emaonly.ckpt"}
         assert bool(pickle_problem(inputs, env, "ckpt_name", "checkpoints")) is not allowed
+
+
+def test_a_prompt_the_database_cannot_store_says_why(make_server, loop, monkeypatch):
+    """A full disk under the database answered '... could not be stored: OperationalError';
+    the reply now carries sqlite's reason, as the log does."""
+    srv = make_server()
+
+    async def full(item):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(srv.state.queue, "submit", full)
+    http = Http(srv.url, loop)
+    try:
+        reply = http.post("/prompt", json={"prompt": chain()})
+    finally:
+        http.close()
+    assert reply.status == 503
+    assert "database or disk is full" in reply.json()["error"]["message"]
