@@ -44,6 +44,27 @@ from server.storage import Storage, StorageError
 from server.ws import Hub
 
 log = logging.getLogger(__name__)
+
+
+class BadRequestLines(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line over 8 KB, a bad header)
+    with a whole traceback, though the client just got its 400: one info line here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {str(exc)[:200]}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _quiet_bad_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLines) for f in server_log.filters):
+        server_log.addFilter(BadRequestLines())
 DB_NAME = "steerflow.db"
 __all__ = ["add_serve_arguments", "create_app", "serve"]
 
@@ -57,6 +78,7 @@ def create_app(config: ServerConfig, *,
     worker process builds its own from the same configuration.
     """
     config.check()
+    _quiet_bad_requests()
     env = config.environment()
     storage = Storage(config.data_dir / DB_NAME, fsync=config.fsync)
     hub = Hub(private=bool(config.token))

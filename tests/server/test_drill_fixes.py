@@ -392,3 +392,19 @@ def test_a_prompt_the_database_cannot_store_says_why(make_server, loop, monkeypa
         http.close()
     assert reply.status == 503
     assert "database or disk is full" in reply.json()["error"]["message"]
+
+
+def test_a_request_aiohttp_cannot_parse_is_one_log_line(server: LiveServer, caplog):
+    """A request line over 8 KB got its 400 but left a whole traceback in the log."""
+    caplog.set_level(logging.INFO, logger="aiohttp.server")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /ws?clientId=" + b"x" * 100_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        reply = sock.recv(200)
+    assert reply.split(b" ")[1] == b"400"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+            r.name == "aiohttp.server" for r in caplog.records):
+        time.sleep(0.05)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records and all(r.exc_info is None and r.levelno == logging.INFO for r in records)
+    assert "LineTooLong" in records[0].getMessage()
