@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from server.errors import ApiError, json_response
+from server.routes import int_param
 from server.state import state
 from server.storage import END_EVENTS, HISTORY_STATUSES, Storage, history_status
 
@@ -81,12 +82,9 @@ def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, An
 
 
 def _bounded(request: web.Request, name: str, default: int, top: int) -> int:
-    raw = request.query.get(name, "")
-    if not raw:
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise ApiError(400, "invalid_parameter", f"{name} must be a non-negative integer")
-    return min(int(raw), top)
+    """A non-negative query integer, capped at ``top`` as /history caps its own."""
+    value = int_param(request, name, minimum=0)
+    return default if value is None else min(value, top)
 
 
 async def list_jobs(request: web.Request) -> web.Response:

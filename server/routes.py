@@ -366,8 +366,8 @@ async def post_free(request: web.Request) -> web.Response:
 async def get_history(request: web.Request) -> web.Response:
     """ComfyUI's paging (``max_items``, ``offset``), capped: without ``max_items`` the
     newest DEFAULT_HISTORY_ITEMS, and never much more than MAX_HISTORY_BYTES."""
-    max_items = _int_param(request, "max_items", minimum=0)
-    offset = _int_param(request, "offset", minimum=-1)
+    max_items = int_param(request, "max_items", minimum=0)
+    offset = int_param(request, "offset", minimum=-1)
     if max_items is None:
         max_items = DEFAULT_HISTORY_ITEMS
     rows = state(request).storage.history(max_items, offset, max_bytes=MAX_HISTORY_BYTES)
@@ -393,7 +393,7 @@ async def post_history(request: web.Request) -> web.Response:
     return json_response({})
 
 
-def _int_param(request: web.Request, name: str, minimum: int) -> int | None:
+def int_param(request: web.Request, name: str, minimum: int) -> int | None:
     """A plain decimal query integer (no "1e3", "5_000" or 5000-digit strings)."""
     raw = request.query.get(name)
     if raw is None or raw == "":

@@ -257,6 +257,9 @@ def test_jobs_list_queue_and_history(http: Http) -> None:
     assert http.get("/api/jobs/nope").status == 404
     assert http.get("/api/jobs?status=bogus").status == 400
     assert http.get("/api/jobs?limit=1e9").status == 400
+    assert http.get("/api/jobs?limit=-1").status == 400
+    huge = http.get("/api/jobs?limit=" + "9" * 23)  # capped, as /history caps max_items
+    assert huge.status == 200 and huge.json()["pagination"]["limit"] <= 10_000
 
 
 def test_jobs_survive_history_entries_with_odd_extra_data(server: LiveServer, http: Http) -> None:
