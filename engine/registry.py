@@ -194,6 +194,10 @@ class NodeRegistry:
         """Load every pack (a package or a ``.py`` file) in a custom-nodes folder."""
         if not directory.is_dir():
             return
+        with _folder_lock(directory):
+            self._load_folder(directory, timeout)
+
+    def _load_folder(self, directory: Path, timeout: float | None) -> None:
         for path in sorted(directory.iterdir()):
             if path.name.startswith((".", "_")):
                 continue
@@ -369,6 +373,33 @@ def _install_signal_handlers(label: str, signals: list[tuple[int, Any]]) -> None
         except (ValueError, TypeError, OSError) as exc:
             log.warning("node pack %s: signal handler for %s not installed: %s",
                         label, signalnum, exc)
+
+
+#: in a custom-nodes folder: held while one process imports the folder's packs
+FOLDER_LOCK = ".steerflow-import.lock"
+
+
+@contextmanager
+def _folder_lock(directory: Path) -> Iterator[None]:
+    """One process at a time imports a folder's packs. The server and each worker load
+    the same packs, and a pack that pip-installs what it lacks at import (Comfyroll,
+    smZNodes) ran pip in all of them at once, into one environment; in turn, the first
+    installs and the others find it installed. Without a writable folder, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        fd = os.open(directory / FOLDER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel lets go if the holder dies
+        yield
+    finally:
+        os.close(fd)
 
 
 class ImportAbandoned(BaseException):

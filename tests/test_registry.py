@@ -262,3 +262,32 @@ def test_signal_handlers_of_packs_loaded_off_the_main_thread_are_left_out(packs:
     loader.join()
     assert "GoodOff" in loaded(registry) and registry.errors == []
     assert signal.getsignal(signal.SIGUSR2) == before
+
+
+def test_processes_import_a_folder_one_at_a_time(tmp_path: Path):
+    """The server and its workers import the same packs; a pack that pip-installs at
+    import ran pip in all of them at once. A lock in the folder takes them in turn."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "custom_nodes"
+    folder.mkdir()
+    log = tmp_path / "imports.log"
+    (folder / "slow_pack.py").write_text(
+        "import os, time\n"
+        f"log = open({str(log)!r}, 'a')\n"
+        "log.write(f'start {os.getpid()}\\n'); log.flush()\n"
+        "time.sleep(0.6)\n"
+        "log.write(f'end {os.getpid()}\\n'); log.flush()\n"
+        "NODE_CLASSES = ()\n")
+    code = ("import sys; from pathlib import Path; from engine.registry import NodeRegistry; "
+            "NodeRegistry().load_directory(Path(sys.argv[1]), timeout=20)")
+    repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=repo,
+                              env={**os.environ, "PYTHONPATH": str(repo)}) for _ in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    lines = log.read_text().split()
+    events = list(zip(lines[::2], lines[1::2], strict=True))
+    assert len(events) == 6
+    for first, second in zip(events[::2], events[1::2], strict=True):  # never interleaved
+        assert first[0] == "start" and second == ("end", first[1])
