@@ -7,7 +7,8 @@ these routes answer what it calls at start and when used:
 * ``/extensions`` — URLs of extension scripts to load; node packs contribute
   theirs through :func:`add_extension_source` (empty without any).
 * ``/i18n`` (no extra translations), ``/features`` (the server's feature flags).
-* ``/experiment/models[/{folder}]`` and ``/internal/folder_paths`` — the model folders.
+* ``/experiment/models[/{folder}]`` and ``/internal/folder_paths`` — the model folders;
+  ``/internal/files/{input|output|temp}`` — a folder's files, newest first.
 * ``/workflow_templates`` (custom nodes' example workflows: none) and
   ``/templates/...`` — the template browser's files, from the
   ``comfyui-workflow-templates`` package when installed, else an empty index.
@@ -28,6 +29,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import struct
 import threading
 from collections import deque
@@ -153,6 +155,28 @@ async def folder_paths(request: web.Request) -> web.Response:
     for role in ("input", "output", "temp"):
         paths[role] = [str(env.folder(role))]
     return json_response(paths)
+
+
+def _visible_files(folder: Path) -> list[str]:
+    """The folder's own files (no hidden ones, no subfolders), newest first."""
+    try:
+        entries = [(e.stat().st_mtime, e.name) for e in os.scandir(folder)
+                   if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    return [name for _, name in sorted(entries, key=lambda item: -item[0])]
+
+
+async def internal_files(request: web.Request) -> web.Response:
+    """ComfyUI's ``/internal/files/{input|output|temp}`` (its Assets panel's Imported and
+    Generated tabs): the folder's file names, newest first."""
+    role = request.match_info["directory_type"]
+    if role not in ("input", "output", "temp"):
+        raise ApiError(400, "invalid_directory_type",
+                       f"{role[:40]!r}: the folder is one of input, output, temp")
+    folder = state(request).env.folder(role)
+    names = await asyncio.get_running_loop().run_in_executor(None, _visible_files, folder)
+    return json_response(names)
 
 
 # --- workflow templates -----------------------------------------------------------
@@ -386,6 +410,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/experiment/models", experiment_models),
     ("GET", "/experiment/models/{folder}", experiment_models_folder),
     ("GET", "/internal/folder_paths", folder_paths),
+    ("GET", "/internal/files/{directory_type}", internal_files),
     ("GET", "/workflow_templates", workflow_templates),
     ("GET", "/global_subgraphs", global_subgraphs),
     ("POST", "/upload/mask", upload_mask),

@@ -274,3 +274,23 @@ def test_jobs_survive_history_entries_with_odd_extra_data(server: LiveServer, ht
     assert {j["id"]: j["workflow_id"] for j in jobs.json()["jobs"]} == {
         f"odd-{i}": None for i in range(5)}
     assert http.get("/api/jobs/odd-0").json()["workflow_id"] is None
+
+
+def test_internal_files_lists_a_folder_newest_first(http: Http, server: LiveServer) -> None:
+    """ComfyUI's Assets panel (Imported / Generated) reads /internal/files/{type}: it was a
+    404, so the panel stayed empty and every upload logged an error in the console."""
+    import os
+
+    folder = server.base_dir / "input"
+    folder.mkdir(exist_ok=True)
+    for age, name in enumerate(["new.png", "old.png"]):
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (2_000_000_000 - age * 100, 2_000_000_000 - age * 100))
+    (folder / ".hidden.png").write_bytes(b"x")
+    (folder / "sub").mkdir(exist_ok=True)
+    names = http.get("/api/internal/files/input").json()
+    assert names[:2] == ["new.png", "old.png"]
+    assert ".hidden.png" not in names and "sub" not in names
+    assert http.get("/internal/files/output").status == 200
+    bad = http.get("/api/internal/files/models")
+    assert bad.status == 400 and bad.json()["error"]["type"] == "invalid_directory_type"
