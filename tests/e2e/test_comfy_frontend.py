@@ -301,3 +301,40 @@ def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
     assert any(k.count(":") == 2 for k in ours)  # KSampler inside both
     pid = comfy_server.post("/prompt", {"prompt": reply["document"]["prompt"]})["prompt_id"]
     assert comfy_server.wait_history(pid, 240)["status"]["status_str"] == "success"
+
+
+DROP_FILE_JS = """async ([text, name]) => {
+  const file = new File([text], name, {type: 'application/json'});
+  const dt = new DataTransfer(); dt.items.add(file);
+  const target = document.querySelector('#graph-canvas') || document.querySelector('canvas');
+  const r = target.getBoundingClientRect();
+  const opts = {bubbles: true, cancelable: true, dataTransfer: dt,
+                clientX: r.x + r.width / 2, clientY: r.y + r.height / 2};
+  for (const kind of ['dragenter', 'dragover', 'drop']) {
+    target.dispatchEvent(new DragEvent(kind, opts));
+  }
+}"""
+
+
+def test_a_steerflow_document_dropped_on_comfyuis_app_loads_its_prompt(
+        comfy_server: LiveServer) -> None:
+    """Our workflow files (workflows/*.json) dropped on ComfyUI's app loaded nothing: the app
+    aborted with "e is not iterable" and emptied the tab. Our extension hands it the
+    document's prompt, as an API-format prompt."""
+    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
+    doc = json.loads((REPO / "workflows" / "img2img.json").read_text())
+    wanted = {node["class_type"] for node in doc["prompt"].values()}
+    page_errors: list[str] = []
+    with chromium_page() as page:
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto(comfy_server.url + "/")
+        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0", timeout=120_000)
+        page.wait_for_timeout(1500)
+        page.evaluate(DROP_FILE_JS, [json.dumps(doc), "img2img.json"])
+        page.wait_for_function("""(wanted) => {
+            const types = new Set(window.app.graph._nodes.map(n => n.type));
+            return wanted.every(t => types.has(t));
+        }""", arg=sorted(wanted), timeout=30_000)
+        types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
+    assert sorted(types) == sorted(n["class_type"] for n in doc["prompt"].values())
+    assert not page_errors, page_errors
