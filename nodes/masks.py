@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Tensor
-from nodes.image import file_sha256, list_input_images, unreadable_image
+from nodes.image import LoadImage, annotated_image_exists, list_input_images, unreadable_image
 
 if TYPE_CHECKING:
     import torch
@@ -95,28 +95,30 @@ class LoadImageMask(Node):
     CATEGORY = "mask"
     OUTPUTS = (Output("MASK"),)
 
-    image: str = Input(..., choices=list_input_images, upload="image",
-                       description="A file in the input folder")
+    image: str = Input(..., choices=list_input_images, also_accept=annotated_image_exists,
+                       upload="image", description="A file in the input folder, or an "
+                       "annotated name: 'clipspace/x.png [input]' (the mask editor's), "
+                       "'x.png [output]'")
     channel: str = Input("alpha", choices=CHANNELS)
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("input", inputs["image"])
-        return file_sha256(path) if path.is_file() else None
+        return LoadImage.fingerprint(inputs, env)
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         import numpy as np
         import torch
         from PIL import Image, ImageOps
 
-        path = ctx.env.resolve("input", self.image)
+        role, path = LoadImage.locate(ctx.env, self.image)
         try:
             with Image.open(path) as img:
                 img = ImageOps.exif_transpose(img)
                 has_alpha = "A" in img.getbands() or "transparency" in img.info
                 arr = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
         except FileNotFoundError:
-            raise FileNotFoundError(f"image {self.image!r} not found in the input folder") from None
+            raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
+                                    ) from None
         except OSError as exc:
             raise unreadable_image(self.image, exc) from None
         mask = torch.from_numpy(arr[..., _BAND_INDEX[self.channel]].copy())[None]

@@ -395,6 +395,16 @@ def test_load_image_mask_channels(session):
     for key in ("mask1", "mask2", "mask3"):
         assert torch.equal(CAPTURED.pop(key), box), key
     assert not CAPTURED.pop("mask4").any()  # no alpha channel: nothing to repaint
+    # the mask editor's value: an annotated name in input/clipspace/, as ComfyUI accepts
+    inputs = session.env.folder("input")
+    (inputs / "clipspace").mkdir(exist_ok=True)
+    (inputs / "clipspace" / "hole-mask.png").write_bytes((inputs / "hole.png").read_bytes())
+    annotated = {"1": {"class_type": "LoadImageMask", "inputs": {
+                     "image": "clipspace/hole-mask.png [input]", "channel": "alpha"}},
+                 "c1": {"class_type": "TestCapture",
+                        "inputs": {"value": ["1", 0], "key": "clip"}}}
+    assert session.run(annotated).ok
+    assert torch.equal(CAPTURED.pop("clip"), box)
 
 
 def test_load_image_alpha_mask_drives_inpainting(session, pipe4):
