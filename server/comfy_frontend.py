@@ -233,7 +233,7 @@ def apply_mask(original: bytes | Path, mask: bytes) -> bytes:
     Like ComfyUI's ``/upload/mask``; a mask of another size is resized to the
     original's. The original's PNG text chunks (its workflow) are kept.
     """
-    from PIL import Image, PngImagePlugin
+    from PIL import Image, ImageOps, PngImagePlugin
 
     src = io.BytesIO(original) if isinstance(original, bytes) else original
     with Image.open(src) as orig, Image.open(io.BytesIO(mask)) as alpha_src:
@@ -242,7 +242,8 @@ def apply_mask(original: bytes | Path, mask: bytes) -> bytes:
         info = PngImagePlugin.PngInfo()
         for key, value in (getattr(orig, "text", None) or {}).items():
             info.add_text(key, value)
-        out = orig.convert("RGBA")
+        # upright, as the editor showed it and Load Image reads it (a phone's JPEG)
+        out = ImageOps.exif_transpose(orig).convert("RGBA")
         alpha = alpha_src.convert("RGBA").getchannel("A")
         if alpha.size != out.size:
             alpha = alpha.resize(out.size, Image.Resampling.BILINEAR)

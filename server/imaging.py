@@ -95,9 +95,16 @@ def check_image(data: bytes) -> str:
 
 def reencode(path: str, fmt: str, quality: int, channel: str | None) -> tuple[bytes, str]:
     """Re-encode an image for /view (``preview=webp;90``, ``channel=rgb|a``)."""
+    from PIL import ImageOps
+
     with Image.open(path) as img, _DECODING:
         check_pixels(img)
         img.load()
+        # as Load Image reads it: upright by its EXIF orientation, a palette or grey
+        # image's transparent colour as alpha (the mask editor starts from this view)
+        img = ImageOps.exif_transpose(img)
+        if "transparency" in img.info and img.mode in ("P", "L", "RGB"):
+            img = img.convert("RGBA")
         if channel == "a":
             img = img.getchannel("A") if "A" in img.getbands() else Image.new(
                 "L", img.size, 255)

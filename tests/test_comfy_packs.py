@@ -458,6 +458,7 @@ def test_packs_through_the_server_and_worker(make_server, loop):  # noqa: F811
         assert http.get("/extensions").json() == ["/extensions/io_pack/io_pack.js",
                                                   "/extensions/io_pack/widgets/extra.js",
                                                   "/extensions/steerflow/default_graph.js",
+                                                  "/extensions/steerflow/documents.js",
                                                   "/extensions/steerflow/warnings.js"]
         script = http.get("/extensions/io_pack/io_pack.js")
         assert script.status == 200 and b"registerExtension" in script.body
@@ -513,7 +514,8 @@ def test_prompt_server_loop_runs_coroutines_from_nodes():
     from comfy_compat.http_bridge import HttpBridge
     from comfy_compat.prompt_server import PromptServer
 
-    loop = PromptServer.instance.loop
-    assert asyncio.run_coroutine_threadsafe(asyncio.sleep(0, result=7), loop).result(5) == 7
-    assert loop.is_running()
-    assert HttpBridge(lambda message: None).loop is loop
+    pack_loop = PromptServer.instance.loop
+    assert asyncio.run_coroutine_threadsafe(asyncio.sleep(0, result=7),
+                                            pack_loop).result(5) == 7
+    assert pack_loop.is_running()
+    assert HttpBridge(lambda message: None).loop is pack_loop

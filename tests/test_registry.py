@@ -241,7 +241,7 @@ def test_a_pack_may_use_asyncio_and_signal_at_import(packs: Path):
         assert registry.errors == []
         assert "GoodMain" in loaded(registry)
         module = sys.modules["steerflow_custom_nodes.m_main"]
-        assert module.PREVIOUS == before
+        assert before == module.PREVIOUS
         assert signal.getsignal(signal.SIGUSR1) is module.on_usr1
         assert signal.signal is reg_mod._real_signal  # only while packs import
     finally:

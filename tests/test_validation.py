@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -142,7 +143,7 @@ def test_a_huge_cycle_is_reported_in_linear_size(reg, env):
     assert max(len(i.message) for i in cycles) < 200
     first = cycles[0].details["cycle"]
     assert len(first) == 12 and cycles[0].details["size"] == n
-    for a, b in zip(first, first[1:], strict=False):  # a path the links really take
+    for a, b in itertools.pairwise(first):  # a path the links really take
         assert prompt[b]["inputs"]["a"][0] == a or prompt[a]["inputs"]["a"][0] == b
     assert cycles[0].message.endswith(f"... ({n} nodes)")
 

@@ -21,7 +21,8 @@ def test_small_endpoints_answer_under_both_prefixes(http: Http, server: LiveServ
     (server.base_dir / "models" / "checkpoints").mkdir(parents=True)
     for prefix in ("", "/api"):
         assert http.get(prefix + "/extensions").json() == [
-            "/extensions/steerflow/default_graph.js", "/extensions/steerflow/warnings.js"]
+            "/extensions/steerflow/default_graph.js", "/extensions/steerflow/documents.js",
+            "/extensions/steerflow/warnings.js"]
         assert http.get(prefix + "/i18n").json() == {}
         features = http.get(prefix + "/features").json()
         assert features["supports_preview_metadata"] is True
@@ -108,6 +109,7 @@ def test_extension_sources_hook(make_server: Callable[..., LiveServer], loop: ob
     http = Http(server.url, loop)  # type: ignore[arg-type]
     try:
         assert http.get("/api/extensions").json() == ["/extensions/steerflow/default_graph.js",
+                                                     "/extensions/steerflow/documents.js",
                                                      "/extensions/steerflow/warnings.js",
                                                      "/extensions/pack/a.js",
                                                      "/extensions/other/b.js"]
@@ -294,3 +296,39 @@ def test_internal_files_lists_a_folder_newest_first(http: Http, server: LiveServ
     assert http.get("/internal/files/output").status == 200
     bad = http.get("/api/internal/files/models")
     assert bad.status == 400 and bad.json()["error"]["type"] == "invalid_directory_type"
+
+
+def test_the_mask_editors_views_are_what_load_image_reads(http: Http,
+                                                          server: LiveServer) -> None:
+    """A phone's JPEG (EXIF orientation 6) showed sideways in the mask editor and came back
+    turned; a palette PNG's transparent colour was no alpha to the editor, so its mask was
+    lost on the first save. /view's re-encodes and /upload/mask now read them upright and
+    with that alpha, as Load Image does."""
+    inputs = server.base_dir / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    photo = Image.new("RGB", (20, 10), (10, 200, 30))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", exif=exif.tobytes())
+    (inputs / "phone.jpg").write_bytes(buf.getvalue())
+    rgb = http.get("/view", params={"filename": "phone.jpg", "type": "input",
+                                    "channel": "rgb"})
+    with Image.open(io.BytesIO(rgb.body)) as shown:
+        assert shown.size == (10, 20)
+    mask = Image.new("RGBA", (10, 20), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 10, 5))
+    reply = http.post("/upload/mask", data=_mask_form(
+        _png(mask), {"filename": "phone.jpg", "subfolder": "", "type": "input"},
+        type="input", subfolder="clipspace"))
+    with Image.open(inputs / "clipspace" / reply.json()["name"]) as out:
+        assert out.size == (10, 20) and out.getpixel((5, 2))[3] == 0
+        assert out.getpixel((5, 15))[3] == 255
+
+    palette = Image.new("P", (6, 4), 0)
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.paste(1, (0, 0, 3, 4))
+    palette.save(inputs / "pal.png", transparency=1)
+    alpha = http.get("/view", params={"filename": "pal.png", "type": "input", "channel": "a"})
+    with Image.open(io.BytesIO(alpha.body)) as a:
+        assert a.getpixel((1, 1)) == 0 and a.getpixel((5, 1)) == 255
