@@ -143,3 +143,60 @@ def test_mask_editor_refuses_an_image_too_big_to_paint(page, tmp_path):
     editor.get_by_role("button", name="Close").click()
     expect(editor).to_be_hidden()
     expect(c.widget(node, "image")).to_have_value("too-wide.png")
+
+
+def test_the_editor_keeps_the_keyboard_and_its_button_keeps_clear(page, tmp_path):
+    """While the editor is open no key reaches the graph (Ctrl+Enter queued the unmasked
+    image); Space on a focused toolbar button pans, it does not press the button again
+    (Invert flipped the mask back); the Mask button never covers Upload (a 40:1 image's
+    preview is a few pixels high)."""
+    from PIL import Image
+
+    path = tmp_path / "very-wide.png"
+    Image.new("RGB", (4000, 100), (40, 90, 160)).save(path)
+    c = Canvas(page)
+    node = c.add_node("Load Image", 60, 60)
+    _upload(page, c, node, path)
+    upload = c.node(node).get_by_role("button", name="Upload").bounding_box()
+    mask_button = c.node(node).get_by_role("button", name="Open in MaskEditor").bounding_box()
+    assert upload is not None and mask_button is not None
+    assert mask_button["y"] >= upload["y"] + upload["height"]  # below it, never on it
+
+    c.node(node).get_by_role("button", name="Open in MaskEditor").click()
+    editor = page.get_by_role("dialog", name="Mask editor")
+    expect(editor).to_be_visible()
+    layer = editor.locator("canvas")
+    editor.get_by_role("button", name="Invert").click()  # focus stays on the button
+    inverted = layer.evaluate(MASKED_PIXELS)
+    assert inverted > 0
+    page.keyboard.down(" ")
+    page.keyboard.up(" ")
+    assert layer.evaluate(MASKED_PIXELS) == inverted  # Space did not press Invert again
+    page.keyboard.press("e")  # the tool keys work with a button focused
+    expect(editor.get_by_role("button", name="Eraser")).to_have_attribute("aria-pressed", "true")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_timeout(800)
+    expect(page.get_by_text("Queued prompt")).to_have_count(0)
+    page.keyboard.press("Escape")
+    expect(editor).to_have_count(0)
+
+
+def test_delete_with_a_nodes_menu_open_deletes_nothing(page):
+    """Delete with a node's right-click menu open removed the node, and the menu, gone
+    from the screen, still held the keyboard: no shortcut worked until Escape."""
+    c = Canvas(page)
+    node = c.add_node("Load Image", 60, 60)
+    page.wait_for_timeout(1000)  # the added node is a settled undo step
+    c.node(node).locator(".sf-header").click(button="right")
+    expect(page.get_by_role("menu")).to_be_visible()
+    page.keyboard.press("Delete")
+    expect(c.nodes()).to_have_count(1)
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("menu")).to_have_count(0)
+    c.node(node).locator(".sf-header").click()
+    page.keyboard.press("Delete")
+    expect(c.nodes()).to_have_count(0)
+    page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    page.wait_for_timeout(1000)  # the canvas's history settles edits for a moment
+    page.keyboard.press("Control+z")  # the keyboard is the canvas's again
+    expect(c.nodes()).to_have_count(1)

@@ -452,7 +452,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
                 setMenu({ kind: "edge", id: edge.id, x: e.clientX, y: e.clientY });
               }}
               zoomOnDoubleClick={false}
-              deleteKeyCode={["Delete", "Backspace"]}
+              // a menu or the palette has the keyboard: Delete must not remove the node under it
+              deleteKeyCode={menu || linking.palette ? null : ["Delete", "Backspace"]}
               multiSelectionKeyCode={["Control", "Meta", "Shift"]}
               selectionKeyCode="Shift"
               minZoom={0.1}

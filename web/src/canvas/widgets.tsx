@@ -303,14 +303,16 @@ function ComboWidget({ nodeId, input, value }: WidgetProps) {
       {failed && <div className="sf-issue">{failed}</div>}
       {MODEL_FOLDERS[input.name] && <ModelCardLine folder={MODEL_FOLDERS[input.name]} name={current} />}
       {isUpload && current && (
-        <img className="sf-upload-preview" alt={current} src={inputImageUrl(current)} />
-      )}
-      {isUpload && current && (
-        <button type="button" className="nodrag sf-small sf-mask-open" aria-label="Open in MaskEditor"
-          title="Paint a mask on this image (Load Image's MASK output)"
-          onClick={() => openMaskEditor({ image: current, onSave: (v) => setValue(nodeId, input.name, v) })}>
-          Mask
-        </button>
+        // the button sits on the image, which is never shorter than it (a 40:1 panorama's
+        // preview is a few pixels high: the button covered Upload)
+        <div className="sf-upload-figure">
+          <img className="sf-upload-preview" alt={current} src={inputImageUrl(current)} />
+          <button type="button" className="nodrag sf-small sf-mask-open" aria-label="Open in MaskEditor"
+            title="Paint a mask on this image (Load Image's MASK output)"
+            onClick={() => openMaskEditor({ image: current, onSave: (v) => setValue(nodeId, input.name, v) })}>
+            Mask
+          </button>
+        </div>
       )}
     </div>
   );

@@ -130,6 +130,10 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
   }, [onClose]);
 
   const node = target.kind === "node" ? g.nodes.find((n) => n.id === target.id) : undefined;
+  const gone = target.kind === "node" && !node;
+  useEffect(() => {
+    if (gone) onClose(); // its node was removed (undo, another tab): no menu left to show
+  }, [gone, onClose]);
 
   const items = useMemo((): Item[] => {
     const flowAt = rf.screenToFlowPosition({ x: target.x, y: target.y });

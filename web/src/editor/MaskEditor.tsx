@@ -19,6 +19,7 @@ import {
   type Brush, defaultRadius, fitScale, invertMask, MaskHistory, maskFileName, maskFromAlphaView, maskToAlpha,
   overlayPixels, type Rect, savedImageValue, sizeIssue, stampDab, strokeSegment, unionRect,
 } from "../lib/maskeditor";
+import { setMaskEditorOpen } from "./maskEditorState";
 import { Toasts, useToasts } from "./Toasts";
 
 export type MaskEditorOptions = {
@@ -45,6 +46,7 @@ export function openMaskEditor(opts: MaskEditorOptions): void {
   const close = () => {
     if (current !== handle) return;
     current = null;
+    setMaskEditorOpen(false);
     // not inside the root's own event handling
     setTimeout(() => {
       root.unmount();
@@ -54,6 +56,7 @@ export function openMaskEditor(opts: MaskEditorOptions): void {
   };
   const handle = { close };
   current = handle;
+  setMaskEditorOpen(true);
   root.render(<MaskEditor {...opts} onClose={close} />);
 }
 
@@ -244,7 +247,9 @@ function Painter({ image, loaded, onSave, onClose }: { image: string; loaded: Lo
     const onKey = (e: KeyboardEvent) => {
       e.stopPropagation();
       const target = e.target as HTMLElement | null;
-      const onControl = !!target?.closest("button, input, select");
+      // a text field takes its letters; a focused button or slider (the usual state after
+      // a click) does not keep B, E or Space from the editor
+      const onControl = !!target?.closest("input:not([type=range]):not([type=checkbox]), select, textarea");
       const mod = e.ctrlKey || e.metaKey;
       const key = e.key.toLowerCase();
       if (e.key === "Escape") {
@@ -279,7 +284,10 @@ function Painter({ image, loaded, onSave, onClose }: { image: string; loaded: Lo
     };
     const onKeyUp = (e: KeyboardEvent) => {
       e.stopPropagation();
-      if (e.key === " ") spaceDown.current = false;
+      if (e.key === " " && spaceDown.current) {
+        e.preventDefault(); // a focused button would take Space's release as a click
+        spaceDown.current = false;
+      }
     };
     window.addEventListener("keydown", onKey, true);
     window.addEventListener("keyup", onKeyUp, true);

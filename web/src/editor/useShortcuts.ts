@@ -2,6 +2,7 @@
 
 import { useEffect } from "react";
 import type { NodeMode } from "../lib/graph";
+import { maskEditorOpen } from "./maskEditorState";
 
 /** Every key the canvas answers to, as the "?" list shows it (keep in step with `commandFor`). */
 export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
@@ -168,6 +169,7 @@ export function focusedLinkId(active: Element | null): string | null {
 export function useShortcuts(a: ShortcutActions, paused: boolean): void {
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
+      if (maskEditorOpen()) return; // it has the keyboard: none reaches the graph under it
       const c = commandFor(e);
       if (!c) return;
       if (!isGlobal(c) && (isEditable(e.target) || paused)) return;
@@ -182,6 +184,7 @@ export function useShortcuts(a: ShortcutActions, paused: boolean): void {
     // Delete (on the document), which would remove the selected nodes instead.
     const onDelete = (e: KeyboardEvent) => {
       if ((e.key !== "Delete" && e.key !== "Backspace") || paused || isEditable(e.target)) return;
+      if (maskEditorOpen()) return;
       const id = focusedLinkId(document.activeElement);
       if (!id) return;
       e.preventDefault();
@@ -192,7 +195,7 @@ export function useShortcuts(a: ShortcutActions, paused: boolean): void {
     // takes Enter there as a click with its multi-selection key held, which unselected the
     // node just clicked (ComfyUI keeps the selection when queueing).
     const onEnter = (e: KeyboardEvent) => {
-      const c = e.key === "Enter" ? commandFor(e) : null;
+      const c = e.key === "Enter" && !maskEditorOpen() ? commandFor(e) : null;
       if (!c) return;
       e.preventDefault();
       e.stopPropagation();
