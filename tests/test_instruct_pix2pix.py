@@ -363,3 +363,32 @@ def test_comfyui_dual_cfg_recipe_is_the_pipelines_three_way_guidance(session, pi
     # the default (1.0) is ComfyUI's two-way CFG: the negative carries the image too
     two_way = image_of(session, graph(image_cfg=1.0))
     assert np.abs(two_way - ref).max() > 1e-3
+
+
+def test_a_model_on_eight_channel_latents_matches_the_pipeline(home, tmp_path_factory):
+    """Its UNet takes 16 channels: the latents and the image's, as diffusers checks (it
+    was refused for not having 8)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from nodes.diffusion.tiny import SCHEDULER_CONFIG, UNET_CONFIG, VAE_CONFIG, build_tiny_pipeline
+
+    base = build_tiny_pipeline(3)
+    torch.manual_seed(11)
+    vae = AutoencoderKL(**{**VAE_CONFIG, "latent_channels": 8}).eval()
+    unet = UNet2DConditionModel(**{**UNET_CONFIG, "in_channels": 16,
+                                   "out_channels": 8}).eval()
+    with torch.no_grad():
+        unet.conv_in.weight[:, 8:] *= 4.0
+    pipe = diffusers.StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+        scheduler=DDIMScheduler.from_config(SCHEDULER_CONFIG), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    root = tmp_path_factory.mktemp("ip2p8_models")
+    pipe.save_pretrained(root / "checkpoints" / "ip2p-8ch", safe_serialization=True)
+    session = Session(home, models_dir=root, device="cpu", registry=registry_with_capture())
+    ours = image_of(session, graph(ckpt="ip2p-8ch", image="edit_wide.png", sampler="ddim"))
+    pipe.base_config = dict(pipe.scheduler.config)
+    ref = reference(pipe, home, image="edit_wide.png", sampler="ddim")
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= TOL

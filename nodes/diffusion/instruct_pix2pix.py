@@ -104,10 +104,12 @@ class InstructPix2Pix(ConcatChannels):
 
     def setup(self, run: SamplingRun) -> None:
         expected = int(run.model.unet.config.in_channels)
-        if expected != IP2P_UNET_CHANNELS:
+        # the latents and the input image's, as diffusers checks (8 on SD's 4-channel VAE)
+        wanted = int(run.init_latents.shape[1]) + int(self.latents.shape[1])
+        if expected != wanted:
             raise ValueError(
                 f"this model's UNet takes {expected} input channels: InstructPixToPix"
-                f"Conditioning needs an Instruct-Pix2Pix model ({IP2P_UNET_CHANNELS} channels: "
+                f"Conditioning needs an Instruct-Pix2Pix model ({wanted} channels here: "
                 "the latents and the input image's), e.g. steerflow-shapes-ip2p")
         super().setup(run)
 
