@@ -202,8 +202,13 @@ def test_matches_the_pipeline_on_the_tiny_model(session, ckpt, size, sampler):
     ours = run_graph(session, ledits_prompt(ckpt, size, sampler, "noise", source=False))
     same_kernels = run_reference(session, ckpt, size, sampler, "noise", source=False, sdpa=True)
     assert np.abs(ours - same_kernels).max() <= TOL
-    # the pipeline as it is: its classic attention's rounding, through the random VAE (1.2e-4)
-    assert np.abs(ours - run_reference(session, ckpt, size, sampler, "noise", False)).max() <= 3e-4
+    if sampler == "ddim":
+        # the pipeline as it is: its classic attention's rounding, through the random VAE
+        # (1.2e-4). With the SDE sampler the inversion divides by small σ differences, so
+        # that rounding grows with the CPU's kernels (0.088 at 96x64 on one machine, under
+        # 3e-4 on another): only the same-kernel parity above is the machine's own
+        classic = run_reference(session, ckpt, size, sampler, "noise", False)
+        assert np.abs(ours - classic).max() <= 3e-4
 
 
 def test_tiny_model_with_a_source_prompt(session):
