@@ -33,6 +33,9 @@ from engine.run_expansion import ExpansionSteps
 from engine.signature import signature
 from engine.validation import ValidatedNode, ValidatedPrompt, check_constant, linked_spec
 
+#: the base class's fingerprint (None): not worth a call per node
+_NO_FINGERPRINT = Node.fingerprint.__func__
+
 if TYPE_CHECKING:
     from engine.executor import EventCallback, Executor
 
@@ -168,11 +171,13 @@ class _Run(ExpansionSteps):
     def _sign(self, node: ValidatedNode, ephemeral: bool = False) -> None:
         sigs = self.sigs
         upstream = [(name, sigs[src], idx) for name, (src, idx) in sorted(node.links.items())]
-        try:
-            with signing_node(node.id, self.prompt):
-                fingerprint = node.cls.fingerprint(node.constants, self.ex.env)
-        except Exception as exc:
-            raise _NodeFailure(node.id, exc) from exc
+        fingerprint = None
+        if getattr(node.cls.fingerprint, "__func__", None) is not _NO_FINGERPRINT:  # most: none
+            try:
+                with signing_node(node.id, self.prompt):
+                    fingerprint = node.cls.fingerprint(node.constants, self.ex.env)
+            except Exception as exc:
+                raise _NodeFailure(node.id, exc) from exc
         if node.cls.PER_NODE:
             fingerprint = [node.id, fingerprint]
         constants = _hashable_constants(node.constants) if ephemeral else node.constants
