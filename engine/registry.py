@@ -56,6 +56,7 @@ PACK_IMPORT_TIMEOUT: float | None = 30.0
 # them again would wait on the same module lock, so a retry fails at once.
 _stuck: set[str] = set()
 _stuck_lock = threading.Lock()
+_import_loop: asyncio.AbstractEventLoop | None = None
 
 
 ADAPTER_GROUP = "steerflow.pack_adapters"
@@ -291,13 +292,17 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
 
     def target() -> None:
         # As in a main thread: get_event_loop() and signal.signal() work at import
-        asyncio.set_event_loop(asyncio.new_event_loop())
+        loop, own = _event_loop_for_import()
+        asyncio.set_event_loop(loop)
         _import_thread.signals = signals
         try:
             box["value"] = importer()
         except BaseException as exc:  # the pack's sys.exit() must not end the engine
             box["error"] = exc
         finally:
+            asyncio.set_event_loop(None)
+            if own and not loop.is_running():
+                loop.close()
             with _stuck_lock:
                 done.set()
                 if module_name in _stuck:  # abandoned: whatever it left is not loaded
@@ -332,6 +337,22 @@ def _import_guarded(label: str, module_name: str, importer: Callable[[], Any],
     if isinstance(exc, KeyboardInterrupt):
         raise _PackFailed("KeyboardInterrupt: the pack raised KeyboardInterrupt at import")
     raise _PackFailed(f"{type(exc).__name__}: {exc}")
+
+
+def _event_loop_for_import() -> tuple[asyncio.AbstractEventLoop, bool]:
+    """The loop a pack's import sees as current, and whether it is this import's own.
+
+    One loop, never run by us, serves every import, as ComfyUI's main thread has one
+    loop while its packs import: a loop per pack would keep a descriptor per pack open.
+    While a stuck import still runs that loop, the next import gets one of its own.
+    """
+    global _import_loop
+    with _stuck_lock:
+        if _import_loop is None or _import_loop.is_closed():
+            _import_loop = asyncio.new_event_loop()
+        if _import_loop.is_running():
+            return asyncio.new_event_loop(), True
+        return _import_loop, False
 
 
 _import_thread = threading.local()

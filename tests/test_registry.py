@@ -248,6 +248,24 @@ def test_a_pack_may_use_asyncio_and_signal_at_import(packs: Path):
         signal.signal(signal.SIGUSR1, before)
 
 
+def test_pack_imports_share_one_event_loop(packs: Path):
+    """ComfyUI's packs import under one loop; a loop per pack would keep a descriptor
+    per pack open for the life of the process."""
+    for name in ("loop_a", "loop_b", "loop_c"):
+        (packs / f"{name}.py").write_text(
+            "import asyncio\n"
+            "LOOP = asyncio.get_event_loop()\n"
+            "LOOP.run_until_complete(asyncio.sleep(0))\n"
+            + good(name.title().replace("_", "")))
+    registry = NodeRegistry()
+    registry.load_directory(packs, timeout=10)
+    assert registry.errors == []
+    loops = {id(sys.modules[f"steerflow_custom_nodes.{name}"].LOOP)
+             for name in ("loop_a", "loop_b", "loop_c")}
+    assert len(loops) == 1
+    assert not sys.modules["steerflow_custom_nodes.loop_a"].LOOP.is_closed()
+
+
 def test_signal_handlers_of_packs_loaded_off_the_main_thread_are_left_out(packs: Path):
     import signal
 
