@@ -46,7 +46,7 @@ MIME_TYPES = {1: "image/jpeg", 2: "image/png"}
 MAX_CLIENT_MESSAGE = 64 << 10  # client text messages longer than this are ignored
 JPEG_IMAGE = 1  # ComfyUI's image types in the frame's second uint32
 PNG_IMAGE = 2
-STATUS_INTERVAL = 0.05  # seconds: bursts of queue changes coalesce into one status
+STATUS_INTERVAL = 0.05  # seconds: a burst's first change goes out at once, the rest in one status
 _STATUS = object()  # outbox marker: send the queue status to everyone
 _TEXT, _BINARY = 0x1, 0x2
 
@@ -156,6 +156,7 @@ class Hub:
         self._outbox: list[tuple[str | None, Any]] = []
         self._status_pending = False
         self._status_timer: asyncio.TimerHandle | None = None
+        self._status_sent_at = float("-inf")  # loop time of the last status broadcast
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -184,7 +185,9 @@ class Hub:
         self._enqueue(sid, _Preview(data, image_type, metadata))
 
     def status_changed(self) -> None:
-        """Broadcast ``status`` soon; changes within STATUS_INTERVAL share one message."""
+        """Broadcast ``status``: at once, in order with the events around it (ComfyUI's
+        comes as a prompt is queued, before its ``execution_start``); further changes
+        within STATUS_INTERVAL share one message at its end."""
         with self._lock:
             if self._status_pending:
                 return
@@ -206,9 +209,17 @@ class Hub:
         touched: dict[int, _Client] = {}
         for sid, payload in batch:
             if payload is _STATUS:
-                if self._status_timer is None:
+                if self._status_timer is not None:
+                    continue  # a trailing status is due; it will carry this change
+                wait = self._status_sent_at + STATUS_INTERVAL - self._loop.time()  # type: ignore[union-attr]
+                if wait > 0:
                     self._status_timer = self._loop.call_later(  # type: ignore[union-attr]
-                        STATUS_INTERVAL, self._send_status)
+                        wait, self._send_status)
+                    continue
+                frame = encode_frame(self._take_status())
+                for each in self.clients.values():
+                    each.queue(frame)
+                    touched[id(each)] = each
                 continue
             if sid is not None:
                 client = self.clients.get(sid)
@@ -238,12 +249,17 @@ class Hub:
 
     def _send_status(self) -> None:
         self._status_timer = None
-        with self._lock:
-            self._status_pending = False
-        frame = encode_frame(self.status_message())
+        frame = encode_frame(self._take_status())
         for each in list(self.clients.values()):
             each.queue(frame)
             each.flush()
+
+    def _take_status(self) -> str:
+        """The status message now; a change after this point broadcasts again."""
+        with self._lock:
+            self._status_pending = False
+        self._status_sent_at = self._loop.time()  # type: ignore[union-attr]
+        return self.status_message()
 
     def status_message(self, sid: str | None = None) -> str:
         data: dict[str, Any] = {"status": {"exec_info": {

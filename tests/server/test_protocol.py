@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import aiohttp
 import pytest
@@ -55,6 +56,73 @@ def test_round_trip_prompt_events_history_view(server: LiveServer, http: Http):
     assert webp.status == 200 and webp.headers["Content-Type"] == "image/webp"
     assert webp.body[8:12] == b"WEBP"
     ws.close()
+
+
+def test_status_comes_when_a_prompt_is_queued_before_it_starts(server: LiveServer,
+                                                               http: Http):
+    """ComfyUI sends ``status`` as a prompt is queued (queue_remaining counts it), so
+    clients see the queue grow before ``execution_start``, and 0 again after the end."""
+    ws = server.connect_ws("status-order")
+    pid = http.post("/prompt", json={"prompt": image(value=11), "client_id": "status-order"}
+                    ).json()["prompt_id"]
+    seen: list[tuple[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        opcode, data = ws.recv_data()
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            continue
+        msg = json.loads(data)
+        if msg["type"] == "status":
+            seen.append(("status", msg["data"]["status"]["exec_info"]["queue_remaining"]))
+        elif msg["data"].get("prompt_id") == pid:
+            seen.append((msg["type"], msg["data"].get("node", "")))
+        if seen and seen[-1] == ("status", 0) and ("executing", None) in seen:
+            break
+    assert seen[0] == ("status", 1), seen
+    assert seen.index(("status", 1)) < seen.index(("execution_start", ""))
+    assert seen.index(("executing", None)) < len(seen) - 1
+    ws.close()
+
+
+def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
+    """The first queue change goes out before the events posted after it (a coalescing
+    delay had put it after ``execution_start`` when the worker was idle); changes right
+    after it share one trailing status with the latest count."""
+    from server.ws import STATUS_INTERVAL, Hub
+
+    class Recorder:
+        features = None
+
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def queue(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+        def flush(self) -> None:
+            pass
+
+    remaining = [1]
+    hub = Hub(lambda: remaining[0])
+    client = Recorder()
+    hub.clients["c"] = client  # type: ignore[assignment]
+    loop = asyncio.new_event_loop()
+    hub.attach(loop)
+    try:
+        hub.status_changed()
+        hub.post_event(None, "execution_start", {"prompt_id": "p"})
+        loop.run_until_complete(asyncio.sleep(0))
+        remaining[0] = 3
+        hub.status_changed()
+        hub.status_changed()
+        loop.run_until_complete(asyncio.sleep(STATUS_INTERVAL * 4))
+    finally:
+        loop.close()
+    texts = [f[f.index(b"{"):] for f in client.frames]
+    kinds = [(json.loads(t)["type"], json.loads(t)["data"].get("status")) for t in texts]
+    assert kinds == [("status", {"exec_info": {"queue_remaining": 1}}),
+                     ("execution_start", None),
+                     ("status", {"exec_info": {"queue_remaining": 3}})]
 
 
 def test_preview_frames_are_binary_jpeg(server: LiveServer, http: Http):
