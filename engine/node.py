@@ -54,6 +54,7 @@ def Input(
     choices: Choices | None = None,
     also_accept: Callable[[Any, Environment], bool] | None = None,
     multiline: bool = False,
+    dynamic_prompts: bool = False,
     optional: bool = False,
     description: str = "",
     display: str | None = None,
@@ -71,6 +72,8 @@ def Input(
     ``type`` is the socket type (MODEL, LATENT, ...); for primitives it is
     inferred from the annotation. ``choices`` is a list or a callable taking the
     :class:`Environment` (for lists that depend on the model folders).
+    ``dynamic_prompts`` marks a prompt text whose ``{a|b}`` choices and ``//`` comments
+    the front end resolves when it queues (ComfyUI's ``dynamicPrompts``).
     ``optional`` inputs may be left unconnected; their value is then ``default``
     (or ``None``). ``force_input`` makes a primitive a socket rather than a widget.
     ``also_accept(value, env)`` admits values outside ``choices`` that the canvas does
@@ -101,6 +104,7 @@ def Input(
         "choices": choices,
         "also_accept": also_accept,
         "multiline": multiline,
+        "dynamic_prompts": dynamic_prompts,
         "optional": optional,
         "display": display,
         "upload": upload,
@@ -183,6 +187,7 @@ class InputSpec:
     pass_constants: bool = False
     # Further output types a link may come from (comma-separated), beyond ``type``.
     also_links: str | None = None
+    dynamic_prompts: bool = False
 
     @property
     def has_default(self) -> bool:
@@ -423,6 +428,7 @@ def _make_spec(name: str, info: FieldInfo) -> InputSpec:
         lazy=bool(spec.get("lazy")),
         raw_link=bool(spec.get("raw_link")),
         match=spec.get("match"),
+        dynamic_prompts=bool(spec.get("dynamic_prompts")),
     )
 
 
@@ -442,6 +448,8 @@ def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
             options[key] = value
     if spec.multiline:
         options["multiline"] = True
+    if spec.dynamic_prompts:
+        options["dynamicPrompts"] = True
     if spec.description:
         options["tooltip"] = spec.description
     if spec.control_after_generate:

@@ -171,7 +171,7 @@ class CLIPTextEncode(Node):
     CATEGORY = "conditioning"
     OUTPUTS = (Output("CONDITIONING"),)
 
-    text: str = Input("", multiline=True, description="The prompt")
+    text: str = Input("", multiline=True, dynamic_prompts=True, description="The prompt")
     clip: TextEncoder = Input(type="CLIP")
 
     @classmethod

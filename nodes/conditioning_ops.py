@@ -221,7 +221,8 @@ class CLIPTextEncodeControlnet(Node):
 
     clip: TextEncoder = Input(type="CLIP")
     conditioning: Conditioning = Input(type="CONDITIONING")
-    text: str = Input("", multiline=True, description="The ControlNets' prompt")
+    text: str = Input("", multiline=True, dynamic_prompts=True,
+                      description="The ControlNets' prompt")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Any) -> list[tuple[str | None, str]]:

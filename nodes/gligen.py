@@ -114,7 +114,8 @@ class GLIGENTextBoxApply(Node):
     conditioning_to: Conditioning = Input(type="CONDITIONING")
     clip: TextEncoder = Input(type="CLIP")
     gligen_textbox_model: Any = Input(type="GLIGEN")
-    text: str = Input("", multiline=True, description="The phrase to draw in the box")
+    text: str = Input("", multiline=True, dynamic_prompts=True,
+                      description="The phrase to draw in the box")
     width: int = Input(64, min=8, max=MAX_PIXELS, step=8, description="Box width, pixels")
     height: int = Input(64, min=8, max=MAX_PIXELS, step=8, description="Box height, pixels")
     x: int = Input(0, min=0, max=MAX_PIXELS, step=8, description="Box left edge, pixels")

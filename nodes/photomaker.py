@@ -87,7 +87,7 @@ class PhotoMakerEncode(Node):
     photomaker: Any = Input(type="PHOTOMAKER")
     image: Tensor = Input(type="IMAGE", description="Reference photo(s) of one person's face")
     clip: TextEncoder = Input(type="CLIP", description="An SDXL base checkpoint's CLIP")
-    text: str = Input("photograph of photomaker", multiline=True,
+    text: str = Input("photograph of photomaker", multiline=True, dynamic_prompts=True,
                       description="The prompt, with 'photomaker' right after the class word")
 
     @classmethod

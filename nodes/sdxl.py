@@ -53,8 +53,10 @@ class CLIPTextEncodeSDXL(Node):
     crop_h: int = Input(0, min=0, max=MAX_RESOLUTION)
     target_width: int = Input(1024, min=0, max=MAX_RESOLUTION)
     target_height: int = Input(1024, min=0, max=MAX_RESOLUTION)
-    text_g: str = Input("", multiline=True, description="The prompt for OpenCLIP bigG")
-    text_l: str = Input("", multiline=True, description="The prompt for CLIP-L")
+    text_g: str = Input("", multiline=True, dynamic_prompts=True,
+                        description="The prompt for OpenCLIP bigG")
+    text_l: str = Input("", multiline=True, dynamic_prompts=True,
+                        description="The prompt for CLIP-L")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -88,7 +90,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
     ascore: float = Input(6.0, min=0.0, max=1000.0, step=0.01)
     width: int = Input(1024, min=0, max=MAX_RESOLUTION)
     height: int = Input(1024, min=0, max=MAX_RESOLUTION)
-    text: str = Input("", multiline=True)
+    text: str = Input("", multiline=True, dynamic_prompts=True)
     clip: TextEncoder = Input(type="CLIP")
 
     @classmethod
