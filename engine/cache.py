@@ -89,6 +89,10 @@ class OutputCache:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def peek(self, sig: str) -> CacheEntry | None:
+        """The entry as it is: not moved in the LRU order, nor back to its device."""
+        return self.entries.get(sig)
+
     def get(self, sig: str) -> CacheEntry | None:
         """The entry (most recently used now), moved back to its device if offloaded."""
         entry = self.entries.get(sig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import reprlib
 import time
 import uuid
@@ -84,6 +85,20 @@ def _short_repr(value: Any) -> str:
         text = f"<int of {value.bit_length()} bits>" if isinstance(value, int) \
             else f"<{type(value).__name__}>"
     return text[:200]
+
+
+def error_input_value(value: Any) -> Any:
+    """An input as ComfyUI's ``execution_error`` shows it: a finite number, bool,
+    None or a (bounded) string as it is, anything else as a short text."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value.bit_length() <= 64:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str):
+        return bounded_message(value, 200)
+    return _short_repr(value)
 
 
 MESSAGE_CHARS = 2000  # a message quoting a 100k-character input stays readable

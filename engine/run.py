@@ -26,8 +26,8 @@ from engine.outputs import (
     _hashable_constants,
     _NodeFailure,
     _now_ms,
-    _short_repr,
     bounded_message,
+    error_input_value,
 )
 from engine.run_expansion import ExpansionSteps
 from engine.signature import signature
@@ -87,7 +87,6 @@ class _Run(ExpansionSteps):
         self.held: dict[str, int] = {}  # pins this run holds, per node
         self.expansions: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}
         self.inflight: dict[concurrent.futures.Future[Any], tuple[str, ExecutionContext]] = {}
-        self.targets = frozenset(vp.outputs)
         self.new_cached: list[str] = []
         self._graph: DynamicGraph | None = None
         self._classes: dict[str, type[Node]] | None = None
@@ -150,14 +149,17 @@ class _Run(ExpansionSteps):
         return self.result
 
     def _collect_outputs(self) -> None:
-        """Each output node's UI result, in the prompt's order (kept as they ran, in
-        case the cache dropped one since; else read from the cache)."""
+        """Every UI result of the prompt: the output nodes' in the prompt's order, then
+        any other node's that showed one (ComfyUI's history keeps them all). Kept as
+        they ran, in case the cache dropped one since; else read from the cache."""
         ran = self.result.outputs
         outputs: dict[str, dict[str, Any]] = {}
-        for node_id in self.vp.outputs:
+        for node_id in [*self.vp.outputs, *self.vp.order, *ran]:
+            if node_id in outputs:
+                continue
             ui = ran.get(node_id)
-            if ui is None:
-                entry = self.cache.get(self.sigs[node_id])
+            if ui is None and node_id in self.sigs:
+                entry = self.cache.peek(self.sigs[node_id])
                 ui = entry.ui if entry is not None else None
             if ui:
                 outputs[node_id] = ui
@@ -430,8 +432,7 @@ class _Run(ExpansionSteps):
         if pins:
             self.held[node_id] = self.held.get(node_id, 0) + pins
         if ui:
-            if node_id in self.targets:
-                self.result.outputs[node_id] = ui
+            self.result.outputs[node_id] = ui
             self.emit("executed", {"node": node_id, "display_node": self._display(node_id),
                                    "output": ui, "prompt_id": self.prompt_id})
         self._complete(node_id)
@@ -500,9 +501,11 @@ class _Run(ExpansionSteps):
             "exception_message": bounded_message(str(exc)),
             "exception_type": full_type_name(type(exc)),
             "traceback": [bounded_message(line) for line in traceback.format_exception(exc)],
-            "current_inputs": {k: _short_repr(v)
+            # ComfyUI's shapes: each input as a list of its values, the node ids whose
+            # outputs are at hand as a list
+            "current_inputs": {k: [error_input_value(v)]
                                for k, v in (node.constants if node else {}).items()},
-            "current_outputs": {},
+            "current_outputs": list(self.result.executed),
             "timestamp": _now_ms(),
         }
         if isinstance(exc, DependencyCycleError):

@@ -35,6 +35,7 @@ to its node (:class:`engine.dynamic.OutputTypes`), checked against where it lead
 
 from __future__ import annotations
 
+import difflib
 import gc
 import math
 import reprlib
@@ -216,15 +217,20 @@ def _value_issue(spec: InputSpec, value: Any, kind: str, message: str, reason: s
 
 
 def validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None = None,
-                    *, outputs: list[str] | None = None, partial: bool = False
-                    ) -> ValidatedPrompt:
+                    *, outputs: list[str] | None = None, partial: bool = False,
+                    output_nodes_only: bool = False) -> ValidatedPrompt:
     """Check a prompt; raise :class:`PromptValidationError` listing every error.
 
     ``partial`` (ComfyUI's queue): output nodes whose own inputs and ancestors are valid
     still run when others fail; the failures come back in ``rejected``. It raises only
     when no output is left, or for an error of the prompt as a whole (an unknown node
     type, a malformed node, a requested output that is not there).
+    ``output_nodes_only`` (ComfyUI's ``partial_execution_targets``): of ``outputs``,
+    only output nodes count; the others are left out with a warning, and with none
+    left the prompt has no outputs.
     """
+    if output_nodes_only and outputs is not None:
+        outputs = _OutputTargets(outputs)
     if not isinstance(prompt, dict) or len(prompt) < GC_PAUSE_NODES or not gc.isenabled():
         return _validate_prompt(prompt, registry, env, outputs, partial)
     # A big prompt makes a few objects per node, and every gen-2 collection that
@@ -236,6 +242,10 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None
         return _validate_prompt(prompt, registry, env, outputs, partial)
     finally:
         gc.enable()
+
+
+class _OutputTargets(list[str]):
+    """Requested outputs of which only output nodes count."""
 
 
 def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None,
@@ -268,8 +278,8 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
         class_type = node.get("class_type")
         inputs = node.get("inputs", {})
         if not isinstance(class_type, str):
-            issues.append(Issue("invalid_prompt", f"node {node_id} has no 'class_type' string",
-                                node_id=node_id))
+            issues.append(Issue("missing_class_type", f"node {node_id} has no 'class_type' "
+                                "string", node_id=node_id))
             continue
         if not isinstance(inputs, dict):
             issues.append(Issue("invalid_prompt", f"node {node_id}: 'inputs' must be an object",
@@ -296,14 +306,27 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
         issues.append(Issue("no_output_node", f"requested output node {n!r} is not in the prompt",
                             node_id=n))
     wanted = [n for n in wanted if n in classes]
-    if not wanted and not missing_out:
+    explained = bool(missing_out)  # why no output is left, already said
+    left_out: list[Issue] = []
+    if isinstance(outputs, _OutputTargets):
+        left_out = [Issue("no_output_node", f"node {n} ({classes[n].TYPE}) is not an output "
+                          "node; partial_execution_targets runs output nodes (e.g. Save "
+                          "Image) and what they need", severity="warning")
+                    for n in wanted if not classes[n].OUTPUT_NODE]
+        wanted = [n for n in wanted if classes[n].OUTPUT_NODE]
+        if not wanted and left_out:
+            for issue in left_out:
+                issue.severity = "error"
+            issues.extend(left_out)
+            explained, left_out = True, []
+    if not wanted and not explained:
         issues.append(Issue("no_output_node", "the prompt has no output node (e.g. Save Image), "
                             "so nothing would run"))
     needed = _ancestors_and_self(graph, wanted)
 
     nodes: dict[str, ValidatedNode] = {}
     needed_ids = set(needed)  # a warning about a node that will not run is noise
-    warnings: list[Issue] = [i for i in mode_warnings if i.node_id in needed_ids]
+    warnings: list[Issue] = [i for i in mode_warnings if i.node_id in needed_ids] + left_out
     output_type = OutputTypes(classes, raw_inputs)
     for node_id in needed:
         cls = classes[node_id]
@@ -348,7 +371,8 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
 
 
 #: errors of the prompt as a whole: no output runs past them, as in ComfyUI
-_WHOLE_PROMPT_KINDS = frozenset({"invalid_prompt", "unknown_node_type", "no_output_node"})
+_WHOLE_PROMPT_KINDS = frozenset({"invalid_prompt", "unknown_node_type", "no_output_node",
+                                 "missing_class_type"})
 
 
 def _valid_outputs(graph: nx.DiGraph, wanted: list[str], issues: list[Issue]) -> list[str]:
@@ -390,7 +414,8 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
             if name in UPLOAD_BUTTONS and _has_upload(cls):
                 continue  # the front end's upload button, saved with the widgets
             message = (ignored_message(cls.INPUT_SPECS, name, inputs)
-                       if name in cls.INPUT_SPECS else f"unknown input {name!r} ignored")
+                       if name in cls.INPUT_SPECS else _unknown_input_message(name, specs,
+                                                                            inputs))
             issues.append(Issue("unknown_input", f"node {node_id}: {message}",
                                 input_name=name, severity="warning"))
     if extra:
@@ -555,6 +580,21 @@ _SHOWN_CHARS = 100  # of a received value in messages and details: prompts can b
 _REPR = reprlib.Repr()  # Python 3.11's takes no keyword arguments
 _REPR.maxstring = _REPR.maxother = _SHOWN_CHARS
 _REPR.maxlong = 40
+
+
+def _unknown_input_message(name: str, specs: Mapping[str, InputSpec],
+                           inputs: Mapping[str, Any]) -> str:
+    """``unknown input 'step' ignored``, naming a missing input it may stand for: a
+    missing input takes its default, so a misspelt ``steps`` would run with 20."""
+    missing = [n for n in specs if inputs.get(n) is None]
+    close = difflib.get_close_matches(name, missing, n=1, cutoff=0.6)
+    if not close:
+        return f"unknown input {name!r} ignored"
+    spec = specs[close[0]]
+    default = ("its default " + _short(spec.default) if spec.default is not None
+               else "no value")
+    return (f"unknown input {name!r} ignored; did you mean {close[0]!r}? It is missing, "
+            f"so it takes {default}")
 
 
 def _short(value: Any) -> str:

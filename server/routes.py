@@ -213,7 +213,7 @@ async def _validate(validator: Any, prompt: dict[str, Any],
                        node_errors={}) from None
 
 
-_PROMPT_WIDE_KINDS = frozenset({"unknown_node_type", "no_output_node"})
+_PROMPT_WIDE_KINDS = frozenset({"unknown_node_type", "no_output_node", "missing_class_type"})
 
 
 def _validation_error(issues: list[Issue],
@@ -231,7 +231,11 @@ def _validation_error(issues: list[Issue],
     # partial_execution_targets id): ComfyUI reports those in the error alone.
     node_errors = to_node_errors([i for i in shown if i.kind not in _PROMPT_WIDE_KINDS],
                                  dependent_outputs)
-    if unknown:  # as ComfyUI: the prompt as a whole, its front end names the missing nodes
+    no_class = [i for i in shown if i.kind == "missing_class_type"]
+    if no_class:  # ComfyUI's message and details
+        error = ("invalid_prompt", "Cannot execute because a node is missing the class_type "
+                 "property.")
+    elif unknown:  # as ComfyUI: the prompt as a whole, its front end names the missing nodes
         error = ("invalid_prompt", f"Cannot execute because node {unknown[0].class_type} "
                  "does not exist.")
     elif not node_errors and any(i.kind == "no_output_node" for i in errors):

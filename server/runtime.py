@@ -68,10 +68,11 @@ class Validator:
 
     def validate(self, prompt: Any, outputs: list[str] | None = None,
                  partial: bool = False) -> Any:
+        """``outputs``: ComfyUI's ``partial_execution_targets`` (output nodes only count)."""
         from engine.validation import validate_prompt
 
         return validate_prompt(prompt, self.registry, self.env, outputs=outputs,
-                               partial=partial)
+                               partial=partial, output_nodes_only=True)
 
 
 class NodeProgress:
@@ -217,6 +218,11 @@ class Runtime(abc.ABC):
         await self._wait(self._setup_done, timeout, "installing the built-in models")
         return self.registry
 
+    async def models_ready(self, timeout: float = 300.0) -> None:
+        """Wait for the workers' first set-up (the model folders made, the built-in
+        models installed): a model list read before it would be missing or short."""
+        await self._wait(self._setup_done, timeout, "installing the built-in models")
+
     async def get_validator(self, timeout: float = 300.0) -> Validator:
         """A validator against the server's registry and folders."""
         return Validator(await self.get_registry(timeout), self.env)
@@ -338,7 +344,7 @@ class Runtime(abc.ABC):
         payload = {"prompt_id": item.prompt_id, "node_id": node,
                    "node_type": _class_type(item, node), "executed": [],
                    "exception_message": text, "exception_type": exc_type, "traceback": [],
-                   "current_inputs": {}, "current_outputs": {}, "timestamp": _now_ms()}
+                   "current_inputs": {}, "current_outputs": [], "timestamp": _now_ms()}
         if node_errors:
             payload["node_errors"] = node_errors
         self._end(item, [*(messages or [])], "execution_error", payload)

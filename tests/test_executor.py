@@ -47,6 +47,60 @@ def test_unchanged_workflow_runs_zero_nodes(ex):
     assert again.outputs == {"3": {"value": [3]}}  # cached UI outputs are still reported
 
 
+def test_ui_of_nodes_that_are_not_output_nodes_is_reported_too(env):
+    """ComfyUI's history keeps every node's UI (a pack's preview that is not an output
+    node), fresh or cached, after the output nodes'."""
+    from engine import Input, Node, NodeResult, Output
+
+    class Shows(Node):
+        TYPE = "TestShows"
+        OUTPUTS = (Output("INT"),)
+        x: int = Input(type="INT", force_input=True)
+
+        def execute(self, ctx):
+            return NodeResult((self.x,), {"text": [f"saw {self.x}"]})
+
+    registry = tn.make_registry()
+    registry.register(Shows)
+    ex = Executor(registry, env)
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 4}},
+              "2": {"class_type": "TestShows", "inputs": {"x": ["1", 0]}},
+              "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
+    for _ in range(2):
+        result = ex.run(prompt)
+        assert list(result.outputs.items()) == [("3", {"value": [4]}),
+                                                ("2", {"text": ["saw 4"]})]
+
+
+def test_execution_error_has_comfyuis_shapes(env):
+    """current_inputs: each input a list of its values (plain JSON where it is one);
+    current_outputs: the ids of the nodes whose outputs are at hand."""
+    from engine import Input, Node, Output
+
+    class Breaks(Node):
+        TYPE = "TestBreaks"
+        OUTPUTS = (Output("INT"),)
+        x: int = Input(type="INT", force_input=True)
+        text: str = Input("a / b")
+        ratio: float = Input(0.5)
+
+        def execute(self, ctx):
+            raise ValueError("division by zero")
+
+    registry = tn.make_registry()
+    registry.register(Breaks)
+    events = []
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 4}},
+              "2": {"class_type": "TestBreaks", "inputs": {"x": ["1", 0], "text": "a / b"}},
+              "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
+    result = Executor(registry, env).run(
+        prompt, on_event=lambda name, data: events.append((name, data)))
+    assert not result.ok
+    [error] = [d for n, d in events if n == "execution_error"]
+    assert error["current_inputs"] == {"text": ["a / b"], "ratio": [0.5]}
+    assert error["current_outputs"] == ["1"]
+
+
 def test_change_reruns_only_downstream(ex):
     ex.run(chain())
     result = ex.run(chain(b=5))

@@ -54,7 +54,7 @@ def test_malformed_nodes(reg, env):
     }
     found = kinds(prompt, reg, env)
     assert ("invalid_prompt", "1", None) in found
-    assert ("invalid_prompt", "2", None) in found
+    assert ("missing_class_type", "2", None) in found
     assert ("invalid_prompt", "3", None) in found
 
 
@@ -163,6 +163,36 @@ def test_unknown_input_is_a_warning(reg, env):
     prompt = {"1": {"class_type": "TestOut", "inputs": {"value": 1, "extra": 2}}}
     vp = validate_prompt(prompt, reg, env)
     assert [w.kind for w in vp.warnings] == ["unknown_input"]
+
+
+def test_an_unknown_input_names_the_missing_input_it_may_stand_for(reg, env):
+    """A misspelt input would run with the missing one's default: the warning says so."""
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"valeu": 7, "label": "y"}},
+              "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
+    vp = validate_prompt(prompt, reg, env)
+    [warning] = vp.warnings
+    assert warning.kind == "unknown_input" and warning.input_name == "valeu"
+    assert "did you mean 'value'?" in warning.message and "default 1" in warning.message
+    prompt["1"]["inputs"] = {"value": 7, "zzz": 1}  # nothing close, nothing missing
+    [warning] = validate_prompt(prompt, reg, env).warnings
+    assert warning.message.endswith("unknown input 'zzz' ignored")
+
+
+def test_output_nodes_only_counts_output_nodes_among_the_targets(reg, env):
+    """ComfyUI's partial_execution_targets: a non-output node is left out (a warning);
+    with no output node left the prompt has no outputs."""
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 5}},
+              "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
+    vp = validate_prompt(prompt, reg, env, outputs=["1", "2"], output_nodes_only=True)
+    assert vp.outputs == ["2"]
+    assert [(w.kind, "TestSource" in w.message) for w in vp.warnings] == [
+        ("no_output_node", True)]
+    with pytest.raises(PromptValidationError) as info:
+        validate_prompt(prompt, reg, env, outputs=["1"], output_nodes_only=True)
+    [issue] = info.value.issues
+    assert issue.kind == "no_output_node" and "not an output node" in issue.message
+    # the engine's own callers may still ask for any node
+    assert validate_prompt(prompt, reg, env, outputs=["1"]).outputs == ["1"]
 
 
 def test_dangling_nodes_not_validated(reg, env):
