@@ -112,6 +112,7 @@ def _model_folders(root: Path) -> list[str]:
 
 
 async def experiment_models(request: web.Request) -> web.Response:
+    await state(request).runtime.models_ready()
     root = state(request).env.folder("models")
     names = await asyncio.get_running_loop().run_in_executor(None, _model_folders, root)
     return json_response([{"name": n, "folders": [str(root / n)]} for n in names])
@@ -142,6 +143,7 @@ def _model_files(env: Any, folder: str) -> list[dict[str, Any]]:
 async def experiment_models_folder(request: web.Request) -> web.Response:
     env = state(request).env
     folder = request.match_info["folder"]
+    await state(request).runtime.models_ready()
     if not _FOLDER_NAME.fullmatch(folder) or folder not in _model_folders(env.folder("models")):
         raise ApiError(404, "unknown_folder", f"no model folder {folder!r}")
     files = await asyncio.get_running_loop().run_in_executor(None, _model_files, env, folder)

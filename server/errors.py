@@ -35,13 +35,22 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> web.Response:
-        return json_response(self.body, status=self.status, headers=self.headers)
+        message = self.body["error"]["message"]
+        return json_response(self.body, status=self.status, headers=self.headers,
+                             reason=reason_phrase(message) if self.status < 500 else None)
 
 
-def json_response(data: Any, *, status: int = 200,
-                  headers: dict[str, str] | None = None) -> web.Response:
+def reason_phrase(message: str) -> str | None:
+    """The message as the status line's reason (printable ASCII, one line, bounded):
+    ComfyUI's front end shows a failed request's ``statusText``, not its body."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in " ".join(message.split()))[:200]
+    return text or None
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None,
+                  reason: str | None = None) -> web.Response:
     """A JSON response that never fails on odd values (they become strings)."""
-    return web.Response(text=dumps(data), status=status, headers=headers,
+    return web.Response(text=dumps(data), status=status, reason=reason, headers=headers,
                         content_type="application/json")
 
 

@@ -82,6 +82,10 @@ async def system_stats(request: web.Request) -> web.Response:
             "steerflow_version": _version("steerflow"),
             "comfyui_version": _version("steerflow"),
             "pytorch_version": _version("torch"),
+            # ComfyUI's front end shows these in Settings > About
+            "required_frontend_version": _required("comfyui-frontend-package"),
+            "installed_templates_version": _version("comfyui-workflow-templates"),
+            "required_templates_version": _required("comfyui-workflow-templates"),
             "argv": sys.argv,
             "ram_total": total,
             "ram_free": free,
@@ -113,6 +117,18 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def _required(dist: str) -> str:
+    """The version of ``dist`` Steerflow pins (its package metadata), or ``""``."""
+    try:
+        for req in metadata.requires("steerflow") or []:
+            name, _, rest = req.partition("==")
+            if name.strip().lower() == dist and rest:
+                return rest.split(";")[0].strip()
+    except metadata.PackageNotFoundError:
+        pass
+    return ""
+
+
 def _memory() -> tuple[int, int]:
     try:
         fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text()
@@ -126,6 +142,7 @@ def _memory() -> tuple[int, int]:
 
 # --- models ----------------------------------------------------------------------
 async def models(request: web.Request) -> web.Response:
+    await state(request).runtime.models_ready()
     root = state(request).env.folder("models")
     names = await _off_loop(lambda: sorted(
         p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -136,6 +153,7 @@ async def models(request: web.Request) -> web.Response:
 async def models_folder(request: web.Request) -> web.Response:
     env = state(request).env
     folder = request.match_info["folder"]
+    await state(request).runtime.models_ready()
     try:
         if not _FOLDER_NAME.fullmatch(folder) or not env.folder("models", folder).is_dir():
             raise ApiError(404, "unknown_folder", f"no model folder {folder!r}")

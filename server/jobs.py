@@ -1,4 +1,5 @@
-"""ComfyUI's jobs API (``GET /jobs``, ``GET /jobs/{id}``): queue and history as one list.
+"""ComfyUI's jobs API (``GET /jobs``, ``GET /jobs/{id}``): queue and history as one list,
+and cancelling (``POST /jobs/{id}/cancel``, ``POST /jobs/cancel``).
 
 Newer ComfyUI frontends (1.3x and later) read their queue and history panels from
 it instead of ``/queue`` and ``/history``. A job is a prompt: ``pending`` or
@@ -20,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from server.errors import ApiError, json_response
-from server.routes import int_param
+from server.routes import _id_list, _valid_id, int_param, read_object
 from server.state import state
 from server.storage import END_EVENTS, HISTORY_STATUSES, Storage, history_status
 
@@ -144,7 +145,44 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(_finished(job_id, json.loads(text), full=True))
 
 
+def _cancel(request: web.Request, job_id: str) -> str:
+    """Cancel one job: a pending one leaves the queue, a running one is interrupted;
+    a finished or unknown one is left as it is. Returns what was done."""
+    st = state(request)
+    if st.queue.delete([job_id]):
+        return "cancelled"
+    running, _ = st.queue.snapshot()
+    if any(item[1] == job_id for item in running):
+        return "interrupted" if st.runtime.interrupt(job_id) else "unchanged"
+    return "unchanged"
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """``POST /jobs/{id}/cancel`` (the job queue panel's Cancel): 200 also when there
+    is nothing to do (the job has finished, or is not known), as ComfyUI answers."""
+    job_id = _valid_id(request.match_info["job_id"], "job_id")
+    return json_response({"job_id": job_id, "result": _cancel(request, job_id)})
+
+
+async def cancel_jobs(request: web.Request) -> web.Response:
+    """``POST /jobs/cancel`` with ``{"job_ids": [...]}``: every id must be a job that is
+    queued, running or in the history (else 404 and nothing is cancelled)."""
+    body = await read_object(request)
+    ids = _id_list(body.get("job_ids"), "job_ids")
+    st = state(request)
+    running, pending = st.queue.snapshot()
+    queued = {item[1] for item in running + pending}
+    unknown = [i for i in ids if i not in queued and st.storage.history_entry(i) is None]
+    if unknown:
+        raise ApiError(404, "not_found", f"no job {unknown[0][:200]!r}"
+                       + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+                       extra_info={"unknown": unknown[:100]})
+    return json_response({"results": {i: _cancel(request, i) for i in ids}})
+
+
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/jobs", list_jobs),
+    ("POST", "/jobs/cancel", cancel_jobs),
     ("GET", "/jobs/{job_id}", get_job),
+    ("POST", "/jobs/{job_id}/cancel", cancel_job),
 ]

@@ -44,7 +44,9 @@ SETTING_ID_LIMIT = 256
 NAME_LIMIT = 255  # one path part, as most filesystems allow
 PATH_LIMIT = 1024
 DEPTH_LIMIT = 16
-_BAD_CHARS = frozenset('<>:"|?*\\')
+# A backslash would be a folder separator to Windows tools; the other characters
+# Windows refuses are fine names here, as in ComfyUI on Linux ("Portrait: v2.json").
+_BAD_CHARS = frozenset('<>:"|?*\\' if os.name == "nt" else "\\")
 # One lock for read-modify-write of settings files and create-if-absent moves.
 _lock = threading.Lock()
 
@@ -79,7 +81,8 @@ def check_name(name: str) -> list[str]:
         if len(part) > NAME_LIMIT:
             raise bad(f"a part is longer than {NAME_LIMIT} characters")
         if any(c in _BAD_CHARS or not c.isprintable() for c in part):
-            raise bad('control characters and <>:"|?*\\ are not allowed')
+            raise bad("control characters and " + "".join(sorted(_BAD_CHARS))
+                      + " are not allowed")
         if part.startswith(TEMP_PREFIX):
             raise bad(f"names starting with {TEMP_PREFIX!r} are reserved")
     return parts
