@@ -413,7 +413,7 @@ def _build_original(
         missing_vae_scale=float(vae_config.get("scaling_factor", 0.18215)),
         text_encoder=text_encoder,
         tokenizer=load_clip_tokenizer(tokenizer_dir),
-        scheduler_config=dict(configs["scheduler"]),
+        scheduler_config=sd_scheduler_config(configs["scheduler"]),
         family=family,
         path=path,
     )
@@ -514,6 +514,8 @@ def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> Loade
         scheduler_config = json.loads(scheduler_file.read_text(encoding="utf-8"))
     else:
         scheduler_config = family_configs(family)["scheduler"]
+    if not family.startswith("sdxl"):
+        scheduler_config = sd_scheduler_config(scheduler_config)
     return LoadedCheckpoint(
         unet=unet,
         vae=vae,
@@ -523,6 +525,18 @@ def _load_folder(path: Path, *, allow_pickle: bool, dtype: torch.dtype) -> Loade
         family=family,
         path=path,
     )
+
+
+def sd_scheduler_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An SD 1.x / 2.x scheduler config as diffusers' Stable Diffusion pipelines correct
+    it when they load: ``steps_offset`` 1 and ``clip_sample`` off (an old config's
+    ``clip_sample: true`` clamped every x̂₀ of DDIM, DDPM, Heun and LCM to [-1, 1];
+    ComfyUI never clips either)."""
+    fixed = dict(config)
+    fixed["steps_offset"] = 1  # also where the file leaves it to a default of 0
+    if fixed.get("clip_sample") is True:
+        fixed["clip_sample"] = False
+    return fixed
 
 
 def weights_variant(folder: Path) -> dict[str, str]:
