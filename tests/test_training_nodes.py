@@ -446,6 +446,40 @@ def test_interrupt_stops_training_and_the_rerun_resumes(session, models_dir, tmp
     assert torch.equal(resumed, whole)  # the same as an uninterrupted run
 
 
+def test_a_stop_inside_a_step_resumes_to_the_uninterrupted_result(session, models_dir,
+                                                                  tmp_path, monkeypatch):
+    """A user's Stop lands inside a step (the UNet's interrupt points), after that step
+    drew its noise: the resumed run must draw it again, not the next step's."""
+    import nodes.diffusion.train_common as tc
+
+    prompt = graph(lora_node(steps=5, seed=11), text="a", clip_from=["train", 1],
+                   model_from=["train", 0])
+    real_draw, calls = tc.draw_noise, []
+
+    def draw_then_stop(*args, **kwargs):
+        drawn = real_draw(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # inside step 3, before its UNet pass
+            session.executor.interrupt()
+        return drawn
+
+    monkeypatch.setattr(tc, "draw_noise", draw_then_stop)
+    assert session.run(prompt).run.status == "interrupted"
+    monkeypatch.setattr(tc, "draw_noise", real_draw)
+    seen = []
+    resumed, _ = run_latent(session, prompt, on_event=lambda n, d: seen.append(d["value"])
+                            if n == "progress" and d.get("node") == "train" else None)
+    assert seen == [3, 4, 5]
+    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
+                    registry=registry_with_capture())
+    (tmp_path / "input").mkdir(exist_ok=True)
+    for i in range(3):
+        name = f"shape{i}.png"
+        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
+    whole, _ = run_latent(fresh, prompt)
+    assert torch.equal(resumed, whole)
+
+
 def test_textual_inversion_resumes_to_the_same_vectors(session, models_dir, tmp_path):
     prompt = graph(ti_node(steps=5, seed=4), text="a <tok> shape", clip_from=["train", 0])
     count = []

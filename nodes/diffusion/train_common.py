@@ -332,6 +332,11 @@ class BatchOrder:
         self.count, self.batch_size, self.generator = count, batch_size, generator
         self.pending: list[int] = []
 
+    def streams(self) -> dict[str, Any]:
+        """The random stream and batch order as they are now (a checkpoint's part that
+        a step changes before its optimiser step: :attr:`Checkpointing.rewind`)."""
+        return {"generator": self.generator.get_state(), "pending": list(self.pending)}
+
     def next(self) -> torch.Tensor:
         import torch
 
@@ -373,19 +378,25 @@ class Checkpointing:
     """Where a run keeps its resumable state, and how to read and write that state.
 
     ``state()`` returns tensors, numbers and lists only (read back with
-    ``weights_only=True``); ``restore(state)`` puts it back."""
+    ``weights_only=True``); ``restore(state)`` puts it back. ``rewind()`` gives the part
+    of the state a step changes before its optimiser step (the random stream and batch
+    order it draws from): taken as each step starts, it replaces those keys when a Stop
+    lands inside a step, so the resumed run draws what the stopped step drew."""
 
     path: Path
     state: Callable[[], dict[str, Any]]
     restore: Callable[[dict[str, Any]], None]
     every: int = 50
+    rewind: Callable[[], dict[str, Any]] | None = None
 
-    def save(self, step: int, losses: list[float]) -> None:
+    def save(self, step: int, losses: list[float],
+             step_start: dict[str, Any] | None = None) -> None:
         import torch
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save({"step": step, "losses": losses, "run": self.state()}, tmp)
+        torch.save({"step": step, "losses": losses,
+                    "run": {**self.state(), **(step_start or {})}}, tmp)
         os.replace(tmp, self.path)
 
     def load(self) -> tuple[int, list[float]]:
@@ -423,15 +434,18 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
     from engine.context import Interrupted
 
     start, losses = checkpointing.load() if checkpointing else (0, [])
-    i = start
+    rewind = checkpointing.rewind if checkpointing else None
+    step_start: dict[str, Any] | None = None  # set while a step is under way
     try:
         for i in range(start, steps):
+            step_start = rewind() if rewind else None
             ctx.check_interrupt()
             loss = step(i)
             if not math.isfinite(loss):
                 raise ValueError(f"the loss became {loss} at step {i + 1}: lower the learning "
                                  "rate")
             losses.append(loss)
+            step_start = None
             ctx.progress(i + 1, steps, info={"loss": loss})
             if checkpointing and (i + 1) % checkpointing.every == 0 and i + 1 < steps:
                 checkpointing.save(i + 1, losses)
@@ -439,7 +453,7 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
                 sample(i + 1)
     except Interrupted:
         if checkpointing and len(losses) > start:
-            checkpointing.save(len(losses), losses)
+            checkpointing.save(len(losses), losses, step_start)
         raise
     if checkpointing:
         checkpointing.path.unlink(missing_ok=True)

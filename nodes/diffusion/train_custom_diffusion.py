@@ -403,7 +403,8 @@ def train_custom_diffusion(ctx: ExecutionContext, model: DiffusionModel, clip: T
             run.generator.set_state(saved["generator"])
             order.pending = list(saved["pending"])
 
-        saving = tc.Checkpointing(checkpoint, state, restore) if checkpoint else None
+        saving = (tc.Checkpointing(checkpoint, state, restore, rewind=order.streams)
+                  if checkpoint else None)
         losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
                              (run.model, run.clip, vae))
         run.finish()

@@ -232,7 +232,7 @@ def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEnc
             # the state is the whole model plus AdamW's two moments: write it less often
             # for big models (and always when interrupted)
             size = sum(p.numel() for p in run.params)
-            saving = tc.Checkpointing(checkpoint, state, restore,
+            saving = tc.Checkpointing(checkpoint, state, restore, rewind=order.streams,
                                       every=50 if size < LARGE_MODEL else 500)
         # the trained copies as handles (the base's patches are merged in them)
         trained = (replace(model, unet=run.unet, patches=()),

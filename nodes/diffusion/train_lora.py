@@ -285,7 +285,8 @@ def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, 
             run.generator.set_state(saved["generator"])
             order.pending = list(saved["pending"])
 
-        saving = tc.Checkpointing(checkpoint, state, restore) if checkpoint else None
+        saving = (tc.Checkpointing(checkpoint, state, restore, rewind=order.streams)
+                  if checkpoint else None)
         losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
                              (run.model, run.clip, vae))
         return run.unet_layers, run.text_layers, losses

@@ -260,7 +260,8 @@ def train_textual_inversion(ctx: ExecutionContext, model: DiffusionModel, clip: 
             run.generator.set_state(saved["generator"])
             order.pending = list(saved["pending"])
 
-        saving = tc.Checkpointing(checkpoint, state, restore) if checkpoint else None
+        saving = (tc.Checkpointing(checkpoint, state, restore, rewind=order.streams)
+                  if checkpoint else None)
         losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
                              (run.model, run.clip, vae))
         return run.clip, run.vectors(), losses
