@@ -54,6 +54,36 @@ def test_queue_three_times_makes_three_prompts_with_different_seeds(page, server
     assert len(_history_ids(server) - before) == 3  # exactly three
 
 
+def test_ctrl_enter_pressed_fast_gives_each_prompt_its_own_seed(page, server: LiveServer):
+    """Presses made while an earlier prompt is still posting wait for it: none is lost, and
+    each prompt gets its own seed (a press used to read the seed before the earlier one had
+    moved it on, so prompts went out with the same seed)."""
+    c = Canvas(page)
+    c.open_file("rapid.json", small_txt2img(steps=5000))  # the first runs on, the rest wait
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    c.node("3").get_by_label("seed control after generate").select_option("increment")
+    c.set_value("3", "seed", "100")
+    posted: list[int] = []
+    page.on("request", lambda r: posted.append(r.post_data_json["prompt"]["3"]["inputs"]["seed"])
+            if r.method == "POST" and r.url.split("?")[0].endswith("/prompt") else None)
+    page.locator(".react-flow__pane").click(position={"x": 20, "y": 20})
+    try:
+        for _ in range(15):
+            page.keyboard.press("Control+Enter")
+        page.keyboard.press("Control+Shift+Enter")  # at the front: its own seed too
+        expect(c.widget("3", "seed")).to_have_value("116", timeout=60_000)
+        deadline = time.monotonic() + 30
+        while len(posted) < 16 and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        assert posted == list(range(100, 116)), posted
+        page.wait_for_timeout(800)
+        assert len(posted) == 16  # nothing queued twice
+        expect(page.get_by_role("button", name="Queue", exact=True)).to_be_enabled()
+    finally:
+        server.post("/queue", {"clear": True})
+        server.post("/interrupt", {})
+
+
 def test_queue_on_change_queues_once_after_a_widget_edit(page, server: LiveServer):
     c = Canvas(page)
     c.open_file("onchange.json", small_txt2img(steps=2))

@@ -79,3 +79,46 @@ def test_history_entry_shows_time_duration_prompt_size_view_and_load(page, serve
     item.get_by_role("button", name="Delete").click()
     expect(item).to_have_count(0)
     assert res["prompt_id"] not in server.get("/history")
+
+
+@pytest.mark.slow
+def test_tab_closed_mid_run_reopened_shows_the_runs_image_when_it_ends(page, browser_context,
+                                                                     server: LiveServer):
+    """A tab closed while its prompt runs, and a new tab opened meanwhile: the new tab (another
+    client, so it gets no run events) restores the older image at load and picks up the run
+    that was in flight when it ends, so Save Image shows the newest result."""
+    c = Canvas(page)
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "closed tab e2e: a red circle"
+    c.open_file("closedtab.json", doc)
+    c.node("3").get_by_label("seed control after generate").select_option("fixed")
+    c.queue()
+    expect(c.node(SAVE).locator("img.sf-output-image")).to_be_visible(timeout=180_000)
+    old = c.node(SAVE).locator("img.sf-output-image").get_attribute("src") or ""
+
+    c.set_value("3", "steps", "400")  # a run of several seconds
+    c.set_value("3", "seed", "4242")
+    c.wait_saved(len(doc["prompt"]))
+    c.queue()
+    running = server.get("/queue")["queue_running"]
+    for _ in range(100):
+        if running:
+            break
+        page.wait_for_timeout(100)
+        running = server.get("/queue")["queue_running"]
+    assert running, "the long prompt did not start"
+    prompt_id = running[0][1]
+
+    other = browser_context.new_page()
+    other.goto(server.url + "/")
+    other.wait_for_selector(".sf-dot.on")
+    page.close()
+    c2 = Canvas(other)
+    image = c2.node(SAVE).locator("img.sf-output-image")
+    expect(image).to_have_attribute("src", old)  # the newest result at load: still the older run's
+    assert server.get("/queue")["queue_running"], "the run ended before the new tab loaded"
+    entry = server.wait_history(prompt_id)
+    new = entry["outputs"][SAVE]["images"][0]["filename"]
+    assert new not in old
+    expect(image).to_have_attribute("src", re.compile(re.escape(new)), timeout=30_000)
+    other.close()

@@ -24,7 +24,7 @@ import { NodeHelp } from "./editor/NodeHelp";
 import { ShortcutsHelp } from "./editor/ShortcutsHelp";
 import { ConnectionBanner, StatusBar } from "./editor/StatusBar";
 import { clientOf } from "./lib/queueview";
-import { restoreResults } from "./editor/restoreResults";
+import { restoreResults, watchInFlight } from "./editor/restoreResults";
 import { Toasts, useToasts } from "./editor/Toasts";
 import { Toolbar } from "./editor/Toolbar";
 import { TooltipLayer } from "./editor/Tooltips";
@@ -51,6 +51,18 @@ import { SidePanel } from "./panels/SidePanel";
 import type { TabToggle } from "./lib/sidepanel";
 
 const DEFAULT_WORKFLOW = "txt2img.json";
+/** This tab's training loss curves, kept in sessionStorage over a reload. */
+const LOSS_CURVES_KEY = "steerflow.lossCurves";
+
+function takeLossCurves(): unknown {
+  try {
+    const text = sessionStorage.getItem(LOSS_CURVES_KEY);
+    sessionStorage.removeItem(LOSS_CURVES_KEY);
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
 const params = new URLSearchParams(window.location.search);
 // A large graph mounts only the nodes in view (measured by bench/bench_canvas.py: panning
 // a 300-node graph at zoom 1 keeps 60 fps this way); ?visibleOnly=0 mounts all. A small
@@ -120,6 +132,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const fileInput = useRef<HTMLInputElement>(null);
   const canvas = useRef<HTMLDivElement>(null);
   const socket = useRef<Socket | null>(null);
+  /** Stops watching the reloaded graph's prompts that were in flight (another graph opens). */
+  const stopWatch = useRef<(() => void) | null>(null);
   const clientIdOf = useCallback(() => socket.current?.clientId, []);
   const zoom = useStore(zoomOf);
   const lod = lowDetail(zoom, nodes.length);
@@ -166,16 +180,34 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         // the server went away again: the next reconnect tries again
       }
     };
-    const s = new Socket(makeClientId(), store, () => void resync());
+    // after a reload: this tab's prompt still running (same client id, kept in sessionStorage)
+    // is taken back, so its queue item keeps its progress and a training's curve goes on
+    const adopt = () => void getQueue().then((q) => {
+      store.adoptRunning(q.running.find((i) => clientOf(i) === s.clientId)?.promptId);
+    }).catch(() => undefined);
+    const s = new Socket(makeClientId(), store, () => void resync(), adopt);
     socket.current = s;
     s.open();
-    return () => s.close();
+    // a training's loss curve so far stays with the tab across a reload (the server keeps no loss history)
+    const keepCurves = () => {
+      try {
+        sessionStorage.setItem(LOSS_CURVES_KEY, JSON.stringify(store.lossCurves()));
+      } catch {
+        // storage full or off: the curve starts again at the current step
+      }
+    };
+    window.addEventListener("pagehide", keepCurves);
+    return () => {
+      window.removeEventListener("pagehide", keepCurves);
+      s.close();
+    };
   }, [store, notify]);
 
   // --- opening workflows -----------------------------------------------------------------
   const applyLoaded = useCallback((loaded: Loaded, name?: string) => {
     // the previous workflow's errors and warnings point at nodes that are gone
     clearToasts();
+    stopWatch.current?.();
     // a ComfyUI file's layout is for ComfyUI's node sizes, an API prompt's a grid: make room for ours
     loadGraph(loaded.graph, { arrange: loaded.kind !== "document" });
     if (name) setDocName(name.replace(/\.(json|png)$/i, ""));
@@ -243,8 +275,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         // a new tab's copy of another tab's graph is its own from now on (a reload keeps it)
         if (saved.from !== "tab") tabs.save(saved.doc, saved.fit, typeof doc?.extra?.name === "string" ? doc.extra.name : "");
         loadGraph(graph, { fitted: asFit(saved.fit) }); // a saved view that was a fit still refits on a resize
-        // the results shown before the reload, from the server's history
-        restoreResults(store, graph.nodes).catch(() => undefined);
+        if (saved.from === "tab") store.restoreLossCurves(takeLossCurves());
+        // the results shown before the reload, from the server's history; the graph's prompts
+        // still queued or running (another tab's, e.g. one closed meanwhile) when they finish
+        const watch = watchInFlight(store, () => g.state.current.nodes.map((n) => ({ id: n.id, type: n.data.type })));
+        void watch.ready.then(() => restoreResults(store, graph.nodes)).catch(() => undefined);
+        stopWatch.current = watch.stop;
       } catch {
         tabs.forget(saved.id);
       }
@@ -324,6 +360,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [currentGraph, g.docName, defsRef]);
 
   const clear = useCallback(() => {
+    stopWatch.current?.();
     loadGraph(emptyGraph());
     setDocName("workflow");
   }, [loadGraph, setDocName]);

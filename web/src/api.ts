@@ -248,7 +248,11 @@ export class Socket {
   private closed = false;
   private timer: ReturnType<typeof setTimeout> | null = null;
 
-  constructor(public clientId: string, private store: RunStore, private onReconnect: () => void) {}
+  /** `onFirstOpen`: once, when the first connection opens (e.g. take back this tab's running prompt). */
+  constructor(public clientId: string, private store: RunStore, private onReconnect: () => void,
+    private onFirstOpen: () => void = () => undefined) {}
+
+  private opened = false;
 
   open(): void {
     this.closed = false;
@@ -262,6 +266,10 @@ export class Socket {
       this.retry = 0;
       this.store.setConnected(true);
       if (again) this.onReconnect();
+      if (!this.opened) {
+        this.opened = true;
+        this.onFirstOpen();
+      }
     };
     ws.onmessage = (ev) => {
       if (typeof ev.data === "string") {

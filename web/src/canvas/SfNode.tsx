@@ -10,7 +10,7 @@ import { viewUrl } from "../api";
 import { summary } from "../lib/doctext";
 import { inputMessages, widgetIssue } from "../lib/inputissue";
 import type { NodeIssue } from "../lib/runstore";
-import { type ControlMode, type InputDef, visibleInputs } from "../lib/schema";
+import { type ControlMode, helpButtonLabel, type InputDef, visibleInputs } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { useEditor, useNodeRun } from "./context";
 import { inHandle, outHandle, type SfNode as SfNodeType } from "./flow";
@@ -159,7 +159,8 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
         {data.pinned && <span className="sf-mode" title="Pinned: cannot be moved">pinned</span>}
         <span className="sf-id">#{id}</span>
         {def && (
-          <button type="button" className="nodrag sf-help-button" aria-label="help" title="What this node does and how to use it"
+          <button type="button" className="nodrag sf-help-button" aria-label={helpButtonLabel(data, defs)}
+            title="What this node does and how to use it"
             onClick={() => showHelp(id)}>?</button>
         )}
       </div>

@@ -9,6 +9,7 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { type ExampleInfo, type ExampleRef, listExamples } from "../api";
 import { matchesQuery } from "../lib/examples";
 import type { Notify } from "./Toasts";
+import { useReturnFocus } from "./useReturnFocus";
 
 function Card({ ex, onOpen }: { ex: ExampleInfo; onOpen(ex: ExampleInfo): void }) {
   const [broken, setBroken] = useState(false);
@@ -41,6 +42,8 @@ export function ExamplesBrowser({ onOpen, notify }: { onOpen(ex: ExampleRef): vo
   const [open, setOpen] = useState(false);
   const [query, setQuery] = useState("");
   const search = useRef<HTMLInputElement>(null);
+  // closed (Escape, ✕, a click outside, an example picked): the focus goes back to the Examples button
+  useReturnFocus(open);
 
   const show = useCallback(async () => {
     setOpen(true);

@@ -3,6 +3,7 @@
 import { viewUrl } from "../api";
 import type { ImageRef } from "../lib/runstore";
 import { useEscape } from "./useEscape";
+import { useReturnFocus } from "./useReturnFocus";
 
 export function Lightbox({ image, onClose, onOpenWorkflow, caption }: {
   image: ImageRef;
@@ -12,6 +13,7 @@ export function Lightbox({ image, onClose, onOpenWorkflow, caption }: {
   caption?: string;
 }) {
   useEscape(onClose); // as every other dialog here, and ComfyUI's image viewer
+  useReturnFocus(true); // closed: the focus goes back to the image that opened it
   return (
     <div className="sf-lightbox" onClick={onClose} role="dialog" aria-label="image">
       <img alt={image.filename} src={viewUrl(image)} />

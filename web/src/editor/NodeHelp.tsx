@@ -11,6 +11,7 @@ import { formatBound } from "../lib/exactint";
 import { isVirtual, NOTE } from "../lib/reroute";
 import type { InputDef, NodeDef } from "../lib/schema";
 import { useEscape } from "./useEscape";
+import { useReturnFocus } from "./useReturnFocus";
 import type { GraphStore } from "./useGraphStore";
 
 function Spans({ spans }: { spans: Span[] }) {
@@ -102,6 +103,7 @@ export function NodeHelp({ g, nodeId, onClose }: { g: GraphStore; nodeId: string
   const def = node ? g.defsRef.current.get(node.data.type) : undefined;
 
   useEscape(onClose);
+  useReturnFocus(true); // closed: the focus goes back to the node's help button
 
   return (
     <aside className="sf-help nowheel" role="dialog" aria-label="node help" data-node-type={node?.data.type}>

@@ -1,10 +1,12 @@
 /** The "?" dialog: every keyboard shortcut and mouse gesture of the canvas. */
 
 import { useEscape } from "./useEscape";
+import { useReturnFocus } from "./useReturnFocus";
 import { SHORTCUTS } from "./useShortcuts";
 
 export function ShortcutsHelp({ onClose }: { onClose(): void }) {
   useEscape(onClose);
+  useReturnFocus(true); // closed: the focus goes back to what opened it (the toolbar's ? button)
 
   return (
     <aside className="sf-help nowheel" role="dialog" aria-label="keyboard shortcuts">

@@ -218,7 +218,7 @@ export function Toolbar({ a, busy, docName, notify, options }: {
   return (
     <header className="sf-toolbar" ref={header}>
       {!out.has(BRAND) && <strong className="sf-brand" data-tb={BRAND}>Steerflow</strong>}
-      <button type="button" className="sf-primary" onClick={a.queue} disabled={busy}
+      <button type="button" className="sf-primary" onClick={a.queue} aria-busy={busy}
         title="Queue the workflow (Ctrl+Enter), as many times as the count beside">Queue</button>
       <QueueCount options={options} />
       <label className="sf-queue-onchange" title="Queue once whenever the graph changes and the queue is empty">
@@ -226,7 +226,7 @@ export function Toolbar({ a, busy, docName, notify, options }: {
           onChange={(e) => options.setOnChange(e.target.checked)} />
         on change
       </label>
-      <button type="button" onClick={a.queueSelected} disabled={busy} data-testid="run-selected"
+      <button type="button" onClick={a.queueSelected} aria-busy={busy} data-testid="run-selected"
         title="Run only the selected output nodes and what they need">Run selected</button>
       <button type="button" onClick={a.interrupt} title="Interrupt the running prompt">Interrupt</button>
       <span className="sf-sep" />

@@ -1,9 +1,10 @@
 /** Queueing the graph (N times): validation errors onto the nodes, warnings as toasts, control_after_generate. */
 
 import { useReactFlow } from "@xyflow/react";
-import { useCallback, useState } from "react";
+import { useCallback, useRef, useState } from "react";
 import { ApiError, makeClientId, queuePrompt, type Socket } from "../api";
 import { advanceControls, clampCount } from "../lib/batch";
+import { ControlCarry, SerialRunner } from "../lib/queuechain";
 import { isNetworkError, unreachableText } from "../lib/errors";
 import { exactPrompt } from "../lib/exactint";
 import { graphToDocument } from "../lib/graph";
@@ -19,6 +20,10 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
   const { state, defsRef, currentGraph, setNodes } = g;
   const rf = useReactFlow();
   const [busy, setBusy] = useState(false);
+  // presses made while an earlier queue call posts wait for it, in order (lib/queuechain.ts)
+  const runner = useRef<SerialRunner | null>(null);
+  runner.current ??= new SerialRunner(setBusy);
+  const carry = useRef(new ControlCarry()).current;
 
   const titleOf = useCallback((id: string): string => {
     const node = state.current.nodes.find((n) => n.id === id);
@@ -37,10 +42,14 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
    * Queue the graph `count` times (ComfyUI's batch count): seeds and other widgets set to
    * increment / randomize move on after each prompt, and the canvas then shows the values
    * the next Queue would use. `targets` (output node ids) runs only those and what they need;
-   * `front` queues before the waiting prompts (ComfyUI's Ctrl+Shift+Enter).
+   * `front` queues before the waiting prompts (ComfyUI's Ctrl+Shift+Enter). A call made
+   * while another posts runs after it, with the values that one moved on.
    */
-  const queue = useCallback(async (targets?: string[], count = 1, front = false) => {
+  const queueNow = useCallback(async (targets?: string[], count = 1, front = false) => {
     let graph = currentGraph();
+    // the values the previous call moved on, where the canvas has not rendered them yet
+    graph = { ...graph, nodes: carry.apply(graph.nodes) };
+    const read = graph.nodes;
     if (!graph.nodes.length) {
       notify("Nothing to queue: add nodes first", "error");
       return;
@@ -48,7 +57,6 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     store.clearErrors();
     const n = clampCount(count);
     const numbers: number[] = [];
-    setBusy(true);
     try {
       // Webcam Capture nodes with capture_on_queue: a fresh capture goes into the prompt (as
       // ComfyUI's front end, not onto the canvas: "queue on change" would see a change and loop)
@@ -94,7 +102,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       store.setLastError(msg);
       notify(msg, "error", summary ? { label: "Show", run: () => showNodes(summary.nodes) } : undefined);
     } finally {
-      setBusy(false);
+      carry.record(read, graph.nodes);
       // The moved-on values back onto the canvas: only the widgets control_after_generate
       // moves, so an edit made while the prompts were posted stays.
       const moved = new Map(graph.nodes.map((gn) => [gn.id, gn.values]));
@@ -108,7 +116,10 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
         return values === node.data.values ? node : { ...node, data: { ...node.data, values } };
       }));
     }
-  }, [currentGraph, notify, store, defsRef, socket, setNodes, titleOf, showNodes]);
+  }, [currentGraph, notify, store, defsRef, socket, setNodes, titleOf, showNodes, carry]);
+
+  const queue = useCallback((targets?: string[], count = 1, front = false) =>
+    (runner.current as SerialRunner).run(() => queueNow(targets, count, front)), [queueNow]);
 
   /** Run only the selected output nodes (and what they need): partial_execution_targets. */
   const queueSelected = useCallback(async () => {

@@ -35,7 +35,11 @@ export type NodeRun = {
   losses?: LossPoint[];
   /** Steps where a resumed training went on (the curve is continued there, and marked). */
   resumedAt?: number[];
-  /** The prompt that added the curve's last point (a later prompt adding more is a resume). */
+  /**
+   * The prompt that added the curve's last point (a later prompt adding more is a resume);
+   * absent when that prompt is unknown (e.g. a step that came before a reloaded page took
+   * its running prompt back): never counted as another prompt.
+   */
   lossRun?: string;
   /** A training node's latest sample image (an object URL), kept after it finishes. */
   sample?: string;
@@ -67,6 +71,11 @@ export type GlobalRun = {
   startedAt: number | null;
   /** Nodes of the running prompt finished so far, cached ones included. */
   nodesDone: number;
+  /**
+   * The running prompt was taken back midway (a reloaded page, from the server's queue or its
+   * replayed `executing`): the nodes it finished before, and when it started, are unknown.
+   */
+  joinedMidway: boolean;
   /**
    * The prompt this page thought was running when the connection to the server was lost
    * (its state is unknown until the connection is back: `resync` reads the server's queue).
@@ -113,7 +122,7 @@ export class RunStore {
   private global: GlobalRun = {
     connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
     preview: null, gallery: [], lastError: null, lastWarning: null, queueVersion: 0,
-    startedAt: null, nodesDone: 0, lostPrompt: null,
+    startedAt: null, nodesDone: 0, joinedMidway: false, lostPrompt: null,
   };
   private listeners = new Set<() => void>();
   private pending: (WsMessage | { type: "__preview"; url: string })[] = [];
@@ -246,9 +255,14 @@ export class RunStore {
     // (from 1: a new training, so a new curve; later: a resume from an earlier checkpoint)
     if (old.length && step <= (old.at(-1) as LossPoint).step) old = old.filter((p) => p.step < step);
     let resumedAt = old.length ? (run?.resumedAt ?? []).filter((r) => r < step && r > old[0].step) : [];
-    // the first step of another prompt on a kept curve: a resume, marked on the curve
-    if (old.length && run?.lossRun !== this.global.promptId) resumedAt = [...resumedAt, step];
-    this.patchNode(id, { lossRun: this.global.promptId ?? undefined, resumedAt: resumedAt.length ? resumedAt : undefined });
+    // the first step of another prompt on a kept curve: a resume, marked on the curve. Only when
+    // both prompts are known: a page that does not know its running prompt (yet) marks nothing.
+    const prompt = this.global.promptId ?? undefined;
+    if (old.length && prompt !== undefined && run?.lossRun !== undefined && run.lossRun !== prompt) {
+      resumedAt = [...resumedAt, step];
+    }
+    this.patchNode(id, { lossRun: prompt ?? (old.length ? run?.lossRun : undefined),
+      resumedAt: resumedAt.length ? resumedAt : undefined });
     const start = old.length >= LOSS_POINTS_MAX ? old.length - LOSS_POINTS_MAX + 1 : 0;
     this.patchNode(id, { losses: [...old.slice(start), { step, loss }] });
   }
@@ -276,7 +290,7 @@ export class RunStore {
         }
         this.patchGlobal({
           running: true, promptId: (d.prompt_id as string) ?? null, executing: null, lastError: null,
-          lastWarning: null, startedAt: Date.now(), nodesDone: 0,
+          lastWarning: null, startedAt: Date.now(), nodesDone: 0, joinedMidway: false,
           queueVersion: this.global.queueVersion + 1,
         });
         break;
@@ -290,6 +304,12 @@ export class RunStore {
       case "executing": {
         const node = d.node == null ? null : String(d.node);
         this.finishNode(this.global.executing);
+        // a prompt whose start this page did not see (it was reloaded while the prompt ran; the
+        // server replays the running node to a client connecting anew): take it back
+        if (node && typeof d.prompt_id === "string" && d.prompt_id && d.prompt_id !== this.global.promptId
+          && (this.global.promptId === null || !this.global.running)) {
+          this.join(d.prompt_id);
+        }
         if (node) {
           this.dropSample(node);
           this.dropPreview(node);
@@ -378,6 +398,53 @@ export class RunStore {
       default:
         break;
     }
+  }
+
+  /** Take back a running prompt whose start this page did not see (no `execution_start`). */
+  private join(promptId: string): void {
+    this.patchGlobal({ running: true, promptId, startedAt: null, nodesDone: 0, joinedMidway: true,
+      lostPrompt: null, queueVersion: this.global.queueVersion + 1 });
+  }
+
+  /**
+   * After a (re)load: this page's prompt that the server's queue says is running (queued by
+   * this tab before it was reloaded: same client id). Its events come to this page from now
+   * on; it is taken back so that the queue shows its progress and a training node's curve
+   * goes on without "resumed" marks. Nothing changes when this page already knows it.
+   */
+  adoptRunning(promptId: string | null | undefined): void {
+    this.flush();
+    if (!promptId || this.global.promptId === promptId) return;
+    if (this.global.running && this.global.promptId) return; // a prompt seen from its start
+    this.join(promptId);
+    this.notify();
+  }
+
+  /** The nodes' loss curves (a training's steps so far), to keep across a reload of the page. */
+  lossCurves(): Record<string, Pick<NodeRun, "losses" | "resumedAt" | "lossRun">> {
+    const out: Record<string, Pick<NodeRun, "losses" | "resumedAt" | "lossRun">> = {};
+    for (const [id, run] of this.nodes) {
+      if (run.losses?.length) out[id] = { losses: run.losses, resumedAt: run.resumedAt, lossRun: run.lossRun };
+    }
+    return out;
+  }
+
+  /** Put back the loss curves `lossCurves` gave before a reload (malformed entries are skipped). */
+  restoreLossCurves(curves: unknown): void {
+    if (!curves || typeof curves !== "object") return;
+    let changed = false;
+    for (const [id, c] of Object.entries(curves as Record<string, unknown>)) {
+      const entry = c as { losses?: unknown; resumedAt?: unknown; lossRun?: unknown } | null;
+      if (!entry || !Array.isArray(entry.losses) || this.nodes.get(id)?.losses) continue;
+      const losses = entry.losses.filter((p): p is LossPoint => !!p && typeof p === "object"
+        && Number.isFinite((p as LossPoint).step) && Number.isFinite((p as LossPoint).loss)).slice(-LOSS_POINTS_MAX);
+      if (!losses.length) continue;
+      const resumedAt = Array.isArray(entry.resumedAt) ? entry.resumedAt.filter((r): r is number => Number.isFinite(r)) : [];
+      this.patchNode(id, { losses, resumedAt: resumedAt.length ? resumedAt : undefined,
+        lossRun: typeof entry.lossRun === "string" ? entry.lossRun : undefined });
+      changed = true;
+    }
+    if (changed) this.notify();
   }
 
   setConnected(connected: boolean): void {
@@ -517,10 +584,13 @@ export class RunStore {
    * since keep their newer results.
    */
   restoreResults(outputs: { node: string; output: { images?: ImageRef[]; text?: unknown[] }; promptId: string }[],
-    gallery: GalleryItem[]): void {
+    gallery: GalleryItem[], { newer = false }: { newer?: boolean } = {}): void {
     for (const { node, output } of outputs) {
       const run = this.nodes.get(node);
-      if (run?.images || run?.text || run?.status) continue;
+      // `newer`: the outputs of a prompt that finished after the page loaded (one it did not
+      // run itself, e.g. queued by the tab closed before): they replace the older results,
+      // but not what ran in this page since
+      if (run?.status || (!newer && (run?.images || run?.text))) continue;
       const patch: Partial<NodeRun> = {};
       if (Array.isArray(output.images)) patch.images = output.images;
       const compare = comparePair(output);
@@ -528,7 +598,8 @@ export class RunStore {
       if (Array.isArray(output.text)) patch.text = output.text.map(String);
       this.patchNode(node, patch);
     }
-    if (!this.global.gallery.length && gallery.length) this.patchGlobal({ gallery: addToGallery([], gallery) });
+    if (newer && gallery.length) this.patchGlobal({ gallery: addToGallery(this.global.gallery, gallery) });
+    else if (!this.global.gallery.length && gallery.length) this.patchGlobal({ gallery: addToGallery([], gallery) });
     this.notify();
   }
 }

@@ -132,3 +132,13 @@ describe("visibleInputs (ComfyUI's Autogrow)", () => {
     expect(plain.inputs.every((i) => i.autogrow === undefined)).toBe(true);
   });
 });
+
+describe("helpButtonLabel (a node's ? button)", () => {
+  it("names the node: its title, else its type's display name", async () => {
+    const { helpButtonLabel } = await import("./schema");
+    const defs = testDefs();
+    expect(helpButtonLabel({ type: "KSampler" }, defs)).toBe("Help: Sample");
+    expect(helpButtonLabel({ type: "KSampler", title: "Refiner" }, defs)).toBe("Help: Refiner");
+    expect(helpButtonLabel({ type: "NoSuchNode" }, defs)).toBe("Help: NoSuchNode");
+  });
+});

@@ -111,6 +111,11 @@ export function nodeTitle(node: { title?: string; type: string }, defs: Defs): s
   return node.title ?? defs.get(node.type)?.displayName ?? node.type;
 }
 
+/** The accessible name of a node's "?" button: it names the node ("Help: Load Checkpoint"), not only "help". */
+export function helpButtonLabel(node: { title?: string; type: string }, defs: Defs): string {
+  return `Help: ${nodeTitle(node, defs)}`;
+}
+
 /**
  * Options with no bigint left (api.ts parses /object_info with 64-bit integers exact):
  * `min`/`max` become the nearest number, kept exactly in `exact`; a default stays exact

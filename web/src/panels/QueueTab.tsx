@@ -34,7 +34,7 @@ function nodeLabel(prompt: unknown, id: string): string {
 
 /** The running prompt's progress line: node k of n, the node, its steps, the elapsed time. */
 function RunningProgress({ store, item, now }: { store: RunStore; item: QueueItem; now: number }) {
-  const { promptId, executing, nodesDone, startedAt } = useGlobalRun(store);
+  const { promptId, executing, nodesDone, startedAt, joinedMidway } = useGlobalRun(store);
   const run = useNodeRun(store, executing ?? "");
   if (promptId !== item.promptId) return <span className="sf-queue-progress">running</span>;
   const total = item.prompt && typeof item.prompt === "object" ? Object.keys(item.prompt).length : 0;
@@ -45,7 +45,7 @@ function RunningProgress({ store, item, now }: { store: RunStore; item: QueueIte
       <span>
         running
         {executing && <> · {nodeLabel(item.prompt, executing)}</>}
-        {total > 0 && <> · node {Math.min(total, nodesDone + (executing ? 1 : 0))}/{total}</>}
+        {total > 0 && !joinedMidway && <> · node {Math.min(total, nodesDone + (executing ? 1 : 0))}/{total}</>}
         {step && <> · step {step.value}/{step.max}</>}
         {startedAt !== null && <> · <span data-testid="elapsed">{formatElapsed(now - startedAt)}</span></>}
       </span>

@@ -1,0 +1,18 @@
+/** While `open`, remember what had the focus; when it closes (or unmounts), give the focus back (lib/focusreturn.ts). */
+
+import { type RefObject, useLayoutEffect } from "react";
+import { returnFocus } from "../lib/focusreturn";
+
+export function useReturnFocus(open: boolean, box?: RefObject<HTMLElement | null>): void {
+  useLayoutEffect(() => {
+    if (!open) return;
+    // a layout effect runs before any effect that moves the focus into the dialog
+    const opener = document.activeElement instanceof HTMLElement ? document.activeElement : null;
+    const el = box?.current ?? null;
+    return () => {
+      // after React removed the dialog: the focus it held is lost by then
+      const wasInside = el && el.contains(document.activeElement);
+      queueMicrotask(() => returnFocus(opener, document, wasInside ? { contains: () => true } : null));
+    };
+  }, [open, box]);
+}

@@ -1,0 +1,86 @@
+/**
+ * Queueing one prompt after another. A Queue press (button, Ctrl+Enter, Ctrl+Shift+Enter,
+ * queue on change) made while an earlier one is still posting waits for it: the presses
+ * run in the order they came, none is lost, and each reads the seeds the earlier one moved
+ * on. The canvas (React state) shows the moved-on values only after its next render, so
+ * `ControlCarry` hands them to the next press until the canvas shows them.
+ */
+
+import type { GraphNode } from "./graph";
+
+/** Runs tasks one at a time, in the order they were given; `onBusy` says when any waits or runs. */
+export class SerialRunner {
+  private tail: Promise<unknown> = Promise.resolve();
+  private count = 0;
+
+  constructor(private onBusy: (busy: boolean) => void = () => undefined) {}
+
+  /** How many tasks are running or waiting. */
+  get size(): number {
+    return this.count;
+  }
+
+  run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.count++ === 0) this.onBusy(true);
+    const done = () => {
+      if (--this.count === 0) this.onBusy(false);
+    };
+    const result = this.tail.then(task);
+    this.tail = result.then(done, done);
+    return result;
+  }
+}
+
+/** `after`: the newest moved-on value; `stale`: values the canvas may still show instead (from before it, or written earlier). */
+type Carried = { stale: unknown[]; after: unknown };
+/** Enough for any run of presses the canvas has not rendered yet. */
+const STALE_MAX = 1000;
+
+/**
+ * The control_after_generate values a queue call moved on, for the next call: where the
+ * canvas still shows the value from before the move, or one an earlier call wrote (not
+ * rendered yet), the newest moved-on one is used; a value the user changed meanwhile (or
+ * the canvas showing the newest value) is taken as it is.
+ */
+export class ControlCarry {
+  private carried = new Map<string, Map<string, Carried>>();
+
+  /** A call went from `before` (what it read) to `after` (after its last advance). */
+  record(before: readonly GraphNode[], after: readonly GraphNode[]): void {
+    const was = new Map(before.map((n) => [n.id, n]));
+    for (const n of after) {
+      const old = was.get(n.id);
+      if (!old || !n.control) continue;
+      for (const [name, mode] of Object.entries(n.control)) {
+        if (mode === "fixed" || Object.is(old.values[name], n.values[name])) continue;
+        const entry = this.carried.get(n.id) ?? new Map<string, Carried>();
+        // values carried from earlier calls still not on the canvas: it may show any of them
+        const prev = entry.get(name);
+        const stale = prev && Object.is(prev.after, old.values[name]) ? [...prev.stale, prev.after] : [old.values[name]];
+        entry.set(name, { stale: stale.slice(-STALE_MAX), after: n.values[name] });
+        this.carried.set(n.id, entry);
+      }
+    }
+  }
+
+  /** The canvas's nodes with the newest carried values where it does not show them yet. */
+  apply(nodes: GraphNode[]): GraphNode[] {
+    if (!this.carried.size) return nodes;
+    return nodes.map((n) => {
+      const entry = this.carried.get(n.id);
+      if (!entry) return n;
+      let values = n.values;
+      for (const [name, { stale, after }] of [...entry]) {
+        const mode = n.control?.[name];
+        const now = n.values[name];
+        if (mode && mode !== "fixed" && stale.some((v) => Object.is(v, now))) {
+          values = { ...values, [name]: after };
+        } else {
+          entry.delete(name); // shown on the canvas, changed by the user, or no longer moving
+        }
+      }
+      if (!entry.size) this.carried.delete(n.id);
+      return values === n.values ? n : { ...n, values };
+    });
+  }
+}
