@@ -149,17 +149,28 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
     looked_in: list[str] = []
     choices = spec.resolve_choices(
         _ListingRecorder(env, looked_in) if env is not None and callable(spec.choices) else env)
-    if choices is not None and coerced not in choices and not (
-            spec.also_accept is not None and env is not None and spec.also_accept(coerced, env)):
+    if choices is not None and coerced not in choices and not _also_accepted(spec, coerced, env):
         shown = ", ".join(map(repr, choices[:10])) + (" ..." if len(choices) > 10 else "")
         where = f" (looked in {' and '.join(looked_in)})" if looked_in else ""
         details = {"received": _jsonable(value), "choices": choices[:100]}
         if looked_in:
             details["folders"] = looked_in
         return value, Issue("not_in_choices",
-                            f"input '{spec.name}': {coerced!r} is not one of [{shown}]{where}",
+                            f"input '{spec.name}': {_short(coerced)} is not one of "
+                            f"[{shown}]{where}",
                             input_name=spec.name, details=details)
     return coerced, None
+
+
+def _also_accepted(spec: InputSpec, value: Any, env: Environment | None) -> bool:
+    """``spec.also_accept``, where a name the file system refuses (too long, too deep)
+    is simply not accepted."""
+    if spec.also_accept is None or env is None:
+        return False
+    try:
+        return bool(spec.also_accept(value, env))
+    except (OSError, ValueError):
+        return False
 
 
 def _lone_surrogate(text: str) -> int | None:

@@ -466,3 +466,22 @@ def test_lone_surrogate_in_text_is_refused(reg, env):
     assert "U+D800 at character 1" in issue.message
     prompt["1"]["inputs"]["label"] = "a\U0001f600b"  # a real astral character is fine
     validate_prompt(prompt, reg, env)
+
+
+@pytest.mark.parametrize("name", ["x" * 300 + ".png", "/".join(["d" * 200] * 30) + ".png",
+                                  "a" * 1_000_000])
+def test_a_name_the_file_system_refuses_is_a_validation_error(env, name):
+    """Load Image (from Outputs) looks for unlisted names on disk: one too long for the
+    file system (ENAMETOOLONG) was a 500 quoting the whole name."""
+    from engine import NodeRegistry
+    from nodes.image import LoadImageOutput, PreviewImage
+
+    registry = NodeRegistry()
+    registry.register(LoadImageOutput)
+    registry.register(PreviewImage)
+    prompt = {"1": {"class_type": "LoadImageOutput", "inputs": {"image": name}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    with pytest.raises(PromptValidationError) as info:
+        validate_prompt(prompt, registry, env)
+    [issue] = info.value.issues
+    assert issue.kind == "not_in_choices" and len(issue.message) < 2000
