@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,7 @@ from server.pool import make_runtime
 from server.prompt_queue import PromptQueue
 from server.security import security_middleware
 from server.state import STATE, ServerState
-from server.storage import Storage, StorageError
+from server.storage import Storage, StorageError, open_error
 from server.ws import Hub
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ async def _on_startup(app: web.Application) -> None:
     await asyncio.get_running_loop().run_in_executor(None, files.remove_leftovers, st.env)
     loop = asyncio.get_running_loop()
     st.hub.attach(loop)
-    st.runtime.start(loop)
+    try:  # recovers the stored queue: the first read of most of the database
+        st.runtime.start(loop)
+    except sqlite3.Error as exc:  # a damaged file: serve() says so in one line, exit 2
+        raise open_error(st.storage.path, exc) from exc
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -158,6 +162,9 @@ def serve(args: argparse.Namespace) -> int:
         web.run_app(app, host=config.host, port=config.port, print=announce,
                     access_log=logging.getLogger("aiohttp.access") if config.verbose else None,
                     access_log_class=_AccessLog, shutdown_timeout=5.0)
+    except StorageError as exc:  # found at start-up, recovering the queue (a damaged file)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: cannot listen on {config.host}:{config.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)

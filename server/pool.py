@@ -37,8 +37,12 @@ whole server; after ``max_attempts`` it is failed with the cause (e.g. "killed b
 SIGSEGV"), so a prompt that crashes its worker every time ends, and the next prompts
 run. A prompt is marked running on one worker only, and re-queued only once its
 worker is dead, so none runs to completion twice unseen. A worker that cannot start
-is restarted with a growing back-off; while no worker is up, queued prompts fail
-with the cause (each one gets a fresh start first), never wait silently.
+while prompts wait is started again after a short back-off (``START_TRIES`` times,
+within a few seconds), the prompts waiting for it: a passing fault (the new worker
+killed for another process's memory) loses nothing. Only when the starts keep failing
+with no worker up are the queued prompts failed with the cause, never left waiting
+silently; with nothing queued, the restarts back off further (a prompt queued then
+cuts the wait short and gets fresh starts first).
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ log = logging.getLogger(__name__)
 MAX_ASSIGNMENTS = 10000  # prompt -> worker, kept for /system_stats and the tests
 MAX_CLIENTS = 4096  # clients remembered for round-robin beyond those with prompts queued
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds, by failed starts in a row
+# A start that fails while prompts wait is retried (the prompts wait for it) up to
+# START_TRIES times per slot, START_RETRY_BACKOFF seconds apart, before they are failed.
+START_TRIES = 3
+START_RETRY_BACKOFF = (0.5, 1.5, 3.0)
 
 
 class PoolRuntime(Runtime):
@@ -93,6 +101,7 @@ class PoolRuntime(Runtime):
         self._local = threading.local()  # .slot: the slot whose thread this is
         self._thread: threading.Thread | None = None
         self._wound_down = False
+        self._failed_starts = 0  # failed starts in a row while prompts wait (no worker up)
 
     @property
     def worker(self) -> Channel | None:
@@ -279,8 +288,9 @@ class PoolRuntime(Runtime):
                     slot.job = slot.running = None
                     slot.runs += 1
 
-    def _fail_all_pending(self) -> None:
+    def _fail_all_pending(self, cause: str | None = None) -> None:
         """No worker can start: fail what is queued with the cause, never hang."""
+        cause = cause or self.worker_error
         while not self._stopping:
             try:
                 item = self.queue.take_pick(lambda pending: pending.head(), timeout=0)
@@ -289,7 +299,7 @@ class PoolRuntime(Runtime):
                 return
             if item is None:
                 return
-            self._record_failure(item, f"no worker is available: {self.worker_error}",
+            self._record_failure(item, f"no worker is available: {cause}",
                                  "WorkerUnavailable")
 
     def _all_down(self) -> bool:
@@ -297,7 +307,12 @@ class PoolRuntime(Runtime):
             return all(s.state == "down" for s in self.slots)
 
     def _start_slot(self, slot: Slot) -> bool:
-        """Start the slot's worker and wait for it; on failure, back off (False)."""
+        """Start the slot's worker and wait for it; on failure, back off (False).
+
+        A start that fails while prompts wait (a passing fault: the new worker killed
+        for another process's memory) is retried after a short back-off, and the queued
+        prompts wait for it; only after ``START_TRIES`` failed starts in a row (per slot,
+        with no worker up) are they failed, with the cause."""
         with self._pool:
             slot.state, slot.worker, slot.models = "starting", None, set()
             slot.sent = {}
@@ -312,15 +327,33 @@ class PoolRuntime(Runtime):
                 return False
             cause = exc.cause if isinstance(exc, WorkerDied) else f"{type(exc).__name__}: {exc}"
             log.error("worker %s could not start: %s", slot.name, cause)
+            queued = bool(self.queue.remaining())
             with self._pool:
                 slot.state, slot.error = "down", cause
+                # a failed start that queued prompts wait for, no worker being up
+                waiting = queued and all(s.state in ("down", "starting") for s in self.slots)
+                if waiting:
+                    self._failed_starts += 1
+                tries = self._failed_starts
+                give_up = waiting and tries >= START_TRIES * len(self.slots) \
+                    and all(s.state == "down" for s in self.slots)
+                if give_up:
+                    self._failed_starts = 0
             slot.failures = attempt + 1
             self.worker_error = cause
             self._set(self._setup_done)
-            if self._all_down():
-                self._fail_all_pending()
+            if give_up:
+                self._fail_all_pending(f"the worker could not start, {tries} times in a row "
+                                       f"(the last: {cause})")
+            elif waiting:
+                # Retry soon: the queued prompts wait for it (the back-off is not cut short).
+                step = min((tries - 1) // max(1, len(self.slots)), len(START_RETRY_BACKOFF) - 1)
+                deadline = time.monotonic() + START_RETRY_BACKOFF[step]
+                while time.monotonic() < deadline and not self._stopping:
+                    time.sleep(POLL)
+                return False
             # Back off; a prompt queued meanwhile with no worker up cuts it short: it
-            # gets a fresh start, and fails with the cause if that fails too.
+            # gets fresh starts, and fails with the cause if those fail too.
             deadline = time.monotonic() + RESTART_BACKOFF[min(attempt, len(RESTART_BACKOFF) - 1)]
             while time.monotonic() < deadline and not self._stopping \
                     and not (self.queue.remaining() and self._all_down()):
@@ -329,6 +362,7 @@ class PoolRuntime(Runtime):
         with self._pool:
             slot.worker, slot.info, slot.error = worker, info, None
             slot.models = set(info.get("models") or [])
+            self._failed_starts = 0
         slot.failures = 0
         self.worker_error = None
         self.worker_info.update(info)

@@ -95,6 +95,27 @@ class StorageError(RuntimeError):
     """The database could not be opened or written."""
 
 
+def is_damaged(exc: BaseException) -> bool:
+    """Whether a sqlite error says the file is damaged (a page overwritten, the file cut
+    short or not a database at all), not that it is busy, locked or on a full disk."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    text = str(exc).lower()
+    return not isinstance(exc, sqlite3.OperationalError) or "malformed" in text \
+        or "not a database" in text
+
+
+def open_error(path: Path, exc: BaseException) -> StorageError:
+    """The one-line error for a database that start-up cannot read: names the file and,
+    for a damaged one, says what to do (nothing is deleted or repaired in place)."""
+    text = f"cannot open the database {path}: {exc}"
+    if is_damaged(exc):
+        text += (f"; the file is damaged: move it (and {path.name}-wal, {path.name}-shm "
+                 "if present) out of the folder to start with an empty queue and history; "
+                 "nothing was deleted")
+    return StorageError(text)
+
+
 class Storage:
     """Thread-safe access to the database (one connection, one lock)."""
 
@@ -127,9 +148,9 @@ class Storage:
             if "locked" in str(exc):
                 raise StorageError(f"{path} is in use by another Steerflow server; stop it "
                                    "or use another --base-dir") from exc
-            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+            raise open_error(path, exc) from exc
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+            raise open_error(path, exc) from exc
         self._statuses_filled = False
         self.fill_statuses()
 
@@ -193,12 +214,16 @@ class Storage:
             db.executemany("DELETE FROM queue WHERE prompt_id=?", [(p,) for p in prompt_ids])
 
     def load_queue(self) -> list[StoredItem]:
-        """The stored queue, at start-up; first repairs rows of older versions."""
-        self.repair_nonfinite()
-        self.scrub_credentials()
-        with self._lock:
-            rows = self._db.execute("SELECT prompt_id, number, seq, body, state, attempts "
-                                    "FROM queue ORDER BY number, seq").fetchall()
+        """The stored queue, at start-up; first repairs rows of older versions.
+        Raises :class:`StorageError` (the file named) if the database cannot be read."""
+        try:
+            self.repair_nonfinite()
+            self.scrub_credentials()
+            with self._lock:
+                rows = self._db.execute("SELECT prompt_id, number, seq, body, state, "
+                                        "attempts FROM queue ORDER BY number, seq").fetchall()
+        except sqlite3.Error as exc:
+            raise open_error(self.path, exc) from exc
         return [StoredItem(pid, _num(number), seq, json.loads(body), state, attempts)
                 for pid, number, seq, body, state, attempts in rows]
 
@@ -206,14 +231,18 @@ class Storage:
         """(largest |number|, largest seq) in use, to continue numbering after a restart.
 
         Numbers beyond MAX_NUMBER (older versions accepted 1e300) are ignored: numbering
-        from them would overflow SQLite's integers and refuse every new prompt.
+        from them would overflow SQLite's integers and refuse every new prompt. Called at
+        start-up: raises :class:`StorageError` if the database cannot be read.
         """
-        with self._lock:
-            n_q, s_q = self._db.execute(
-                "SELECT MAX(CASE WHEN ABS(number) <= ? THEN ABS(number) END), MAX(seq) "
-                "FROM queue", (MAX_NUMBER,)).fetchone()
-            (n_h,) = self._db.execute("SELECT MAX(ABS(number)) FROM history "
-                                      "WHERE ABS(number) <= ?", (MAX_NUMBER,)).fetchone()
+        try:
+            with self._lock:
+                n_q, s_q = self._db.execute(
+                    "SELECT MAX(CASE WHEN ABS(number) <= ? THEN ABS(number) END), MAX(seq) "
+                    "FROM queue", (MAX_NUMBER,)).fetchone()
+                (n_h,) = self._db.execute("SELECT MAX(ABS(number)) FROM history "
+                                          "WHERE ABS(number) <= ?", (MAX_NUMBER,)).fetchone()
+        except sqlite3.Error as exc:
+            raise open_error(self.path, exc) from exc
         return int(max(n_q or 0, n_h or 0)), min(int(s_q or 0), MAX_NUMBER)
 
     def repair_nonfinite(self) -> int:

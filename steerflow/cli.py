@@ -122,9 +122,98 @@ def _load(args: argparse.Namespace, session: Any) -> Any:
     return wf
 
 
+def device_problem(text: str, *, check_available: bool = True) -> str | None:
+    """Why ``text`` is not a torch device this machine can run on; None: it is one.
+
+    Parsed as ``torch.device`` parses it; then, unless ``check_available`` is off (Ray
+    workers run elsewhere), its backend must be present: cuda with CUDA and the index
+    below the device count, mps with MPS, and likewise xpu. Imports torch."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        return "not a torch device (expected cpu, cuda, cuda:N, mps or xpu)"
+    if not check_available or device.type == "cpu":
+        return None
+    kind = device.type
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        available, count = bool(mps is not None and mps.is_available()), 1
+    else:
+        backend = getattr(torch, kind, None)
+        is_available = getattr(backend, "is_available", None)
+        available = bool(is_available()) if callable(is_available) else False
+        device_count = getattr(backend, "device_count", None)
+        count = int(device_count()) if available and callable(device_count) else 1
+    if not available:
+        return (f"no {kind} device is available on this machine (torch {torch.__version__}); "
+                "use cpu, or leave the option out to use cuda when present")
+    if device.index is not None and device.index >= count:
+        return (f"this machine has {count} {kind} device(s): {kind}:0"
+                + (f" to {kind}:{count - 1}" if count > 1 else ""))
+    return None
+
+
+def _check_devices(args: argparse.Namespace, *, check_available: bool = True) -> str | None:
+    """The first bad ``--device`` (or ``--worker-devices`` entry) as an error line."""
+    for option, text in _device_options(args):
+        problem = device_problem(text, check_available=check_available)
+        if problem:
+            return f"{option} {text}: {problem}"
+    return None
+
+
+def _device_options(args: argparse.Namespace) -> list[tuple[str, str]]:
+    devices = [("--device", args.device)] if getattr(args, "device", None) else []
+    listed = str(getattr(args, "worker_devices", None) or "")
+    devices += [("--worker-devices", d.strip()) for d in listed.split(",") if d.strip()]
+    return devices
+
+
+def _check_serve_devices(args: argparse.Namespace) -> str | None:
+    """:func:`_check_devices` for ``serve``, in a child process: the server process never
+    imports torch (a cpu device needs no check, and Ray workers' devices are elsewhere:
+    they are only parsed). None when every device is usable, or the check itself failed
+    (the workers then report the problem)."""
+    import subprocess
+
+    devices = [(o, d) for o, d in _device_options(args) if d != "cpu"]
+    if not devices:
+        return None
+    code = ("import json, sys\n"
+            "from steerflow.cli import device_problem\n"
+            "check = sys.argv[1] == '1'\n"
+            "for option, text in json.loads(sys.argv[2]):\n"
+            "    problem = device_problem(text, check_available=check)\n"
+            "    if problem:\n"
+            "        print(f'{option} {text}: {problem}')\n"
+            "        sys.exit(3)\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    try:
+        check = "0" if getattr(args, "ray", None) else "1"
+        done = subprocess.run([sys.executable, "-c", code, check, json.dumps(devices)],
+                              capture_output=True, text=True, env=env, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logging.getLogger(__name__).warning("cannot check the device: %s", exc)
+        return None
+    if done.returncode == 3 and done.stdout.strip():
+        return done.stdout.strip().splitlines()[-1]
+    if done.returncode != 0:
+        logging.getLogger(__name__).warning("cannot check the device: %s",
+                                            (done.stderr.strip().splitlines() or ["?"])[-1])
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.session import WorkflowInputError
 
+    problem = _check_devices(args)  # before any model loads, not at the first node
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         if args.output_dir:  # refused now, not after the whole run at the first save
             writable_folder(Path(args.output_dir))
@@ -163,6 +252,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from engine.session import WorkflowInputError
 
+    problem = _check_devices(args, check_available=False)  # nothing runs: parsed only
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         session = _session(args)
         validated = session.validate(_load(args, session))
@@ -211,6 +304,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from server.app import serve
     except ImportError as exc:
         print(f"error: the server is not available: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    problem = _check_serve_devices(args)  # up front, not in every worker that starts
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return serve(args)
 

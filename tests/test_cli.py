@@ -172,3 +172,58 @@ def test_an_empty_output_dir_is_the_default_not_the_working_directory(tmp_path, 
     assert done.returncode == 0, done.stderr
     assert list(cwd.iterdir()) == []
     assert list((home / "output").glob("*.png"))
+
+
+@pytest.mark.parametrize("device", ["nonsense", "cuda:99", "cuda:-1", "CPU", "mps"])
+def test_a_bad_device_is_refused_up_front(tmp_path, models_dir, capsys, monkeypatch, device):
+    """Bad input exits 2 with one line and no traceback, before any model loads (it used
+    to load the checkpoint, then fail in the first node with torch's RuntimeError)."""
+    import torch
+
+    import steerflow.cli as cli_module
+    from steerflow.cli import main
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("the session (and its models) must not be loaded")
+
+    monkeypatch.setattr(cli_module, "_session", no_session)
+    capsys.readouterr()
+    code = main(["run", str(WORKFLOW), "--no-progress", "--base-dir", str(tmp_path),
+                 "--models-dir", str(models_dir), "--device", device])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.startswith(f"error: --device {device}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "output").exists()
+
+
+def test_a_device_torch_parses_but_this_machine_cannot_run_is_refused():
+    from steerflow.cli import device_problem
+
+    assert device_problem("cpu") is None and device_problem("cpu:0") is None
+    assert "no meta device is available" in (device_problem("meta") or "")
+    assert "not a torch device" in (device_problem("cuda:x") or "")
+    assert device_problem("cuda:3", check_available=False) is None  # Ray: parsed only
+
+
+@pytest.mark.parametrize("option", [["--device", "nonsense"], ["--device", "cuda:99"],
+                                    ["--workers", "2", "--worker-devices", "cpu,gpu0"]],
+                         ids=["nonsense", "cuda-99", "worker-devices"])
+def test_serve_refuses_a_bad_device_before_starting(tmp_path, option):
+    """The server process itself never imports torch: the check runs in a child."""
+    from tests.server.helpers import free_port
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "steerflow.cli", "serve", "--port", str(free_port()),
+         "--base-dir", str(tmp_path), *option],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option[-2]} "), lines
+    assert "Steerflow server on" not in done.stdout
+    assert not (tmp_path / "data").exists()  # nothing started
