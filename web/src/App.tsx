@@ -39,7 +39,8 @@ import { useQueue } from "./editor/useQueue";
 import { useRefitOnResize } from "./editor/useRefitOnResize";
 import { useShortcuts } from "./editor/useShortcuts";
 import { useSpacePan } from "./editor/useSpacePan";
-import { exactPrompt, stringifyJsonExact } from "./lib/exactint";
+import { queuedPrompt } from "./lib/dynamicprompts";
+import { stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
 import { carriesWorkflow, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
 import { lowDetail } from "./lib/layout";
@@ -353,10 +354,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     downloadJson(g.docName || "workflow", graphToDocument(currentGraph(), defsRef.current));
   }, [currentGraph, g.docName, defsRef]);
 
-  /** ComfyUI's "Export (API)": the prompt alone, as Queue posts it. */
+  /**
+   * ComfyUI's "Export (API)": the prompt alone, as Queue posts it (64-bit seeds exact; as in
+   * ComfyUI, each `{a|b}` of a dynamic prompt resolved to one pick, comments removed).
+   */
   const exportApi = useCallback(() => {
-    const { prompt } = graphToDocument(currentGraph(), defsRef.current);
-    downloadJson(`${g.docName || "workflow"}_api`, exactPrompt(prompt, defsRef.current)); // 64-bit seeds exact
+    const { prompt } = queuedPrompt(currentGraph(), defsRef.current);
+    downloadJson(`${g.docName || "workflow"}_api`, prompt);
   }, [currentGraph, g.docName, defsRef]);
 
   const clear = useCallback(() => {

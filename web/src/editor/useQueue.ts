@@ -1,4 +1,7 @@
-/** Queueing the graph (N times): validation errors onto the nodes, warnings as toasts, control_after_generate. */
+/**
+ * Queueing the graph (N times): validation errors onto the nodes, warnings as toasts,
+ * control_after_generate, dynamic prompts resolved per queued prompt (lib/dynamicprompts.ts).
+ */
 
 import { useReactFlow } from "@xyflow/react";
 import { useCallback, useRef, useState } from "react";
@@ -6,8 +9,7 @@ import { ApiError, makeClientId, queuePrompt, type Socket } from "../api";
 import { advanceControls, clampCount } from "../lib/batch";
 import { ControlCarry, SerialRunner } from "../lib/queuechain";
 import { isNetworkError, unreachableText } from "../lib/errors";
-import { exactPrompt } from "../lib/exactint";
-import { graphToDocument } from "../lib/graph";
+import { queuedPrompt } from "../lib/dynamicprompts";
 import { selectedOutputs } from "../lib/partial";
 import { summariseRejection } from "../lib/rejection";
 import { captureAll } from "../lib/webcam";
@@ -66,9 +68,9 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
           ? { ...gn, values: { ...gn.values, image: captured.get(gn.id) } } : gn)) };
       }
       for (let i = 0; i < n; i++) {
-        const doc = graphToDocument(graph, defsRef.current);
-        const res = await queuePrompt(exactPrompt(doc.prompt, defsRef.current), socket.current?.clientId ?? makeClientId(), doc, targets,
-          front);
+        // each prompt picks its own {a|b} of the dynamic prompts; the saved workflow keeps the typed text
+        const { prompt, workflow } = queuedPrompt(graph, defsRef.current);
+        const res = await queuePrompt(prompt, socket.current?.clientId ?? makeClientId(), workflow, targets, front);
         if (res.node_errors && Object.keys(res.node_errors).length) store.setValidationErrors(res.node_errors);
         if (res.number !== undefined) numbers.push(res.number);
         // Warnings do not stop the run (e.g. an unknown embedding, an input a muted node fed).

@@ -16,6 +16,11 @@ export type InputOptions = {
   step?: number;
   display?: string;
   multiline?: boolean;
+  /**
+   * A prompt box ComfyUI's front end resolves when it queues: `{a|b}` choices and `//`
+   * comments (lib/dynamicprompts.ts). The node keeps the text as typed.
+   */
+  dynamicPrompts?: boolean;
   tooltip?: string;
   upload?: string;
   control_after_generate?: boolean;
