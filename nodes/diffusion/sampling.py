@@ -39,6 +39,7 @@ from nodes.diffusion.lora import lora_patched
 from nodes.diffusion.masking import latent_extensions
 from nodes.diffusion.module_patches import run_scoped
 from nodes.diffusion.prompt_weighting import match_token_lengths
+from nodes.diffusion.schedulers import _SIGMA_OPTIONS
 from nodes.diffusion.sdxl import AddedConditioning, added_conditioning
 from nodes.limits import check_fits, out_of_memory_as_value_error
 
@@ -112,6 +113,7 @@ def prepare_timesteps(
         denoise = 1.0
     else:
         scheduler.set_timesteps(steps, device=device)
+        _check_distinct_levels(scheduler, steps)
     if explicit_sigmas:
         denoise = 1.0
         if hasattr(scheduler, "set_begin_index"):
@@ -119,6 +121,11 @@ def prepare_timesteps(
             # the step by timestep wrongly, so the window says where it starts
             scheduler.set_begin_index(max(start_step, 0) * scheduler.order)
     if denoise >= 1.0 and start_step <= 0 and end_step is None:
+        if hasattr(scheduler, "set_begin_index"):
+            # diffusers finds its first step by timestep, and where the schedule repeats
+            # its first one (beta at 32+ steps: 998, 998, ...) it takes the second: the
+            # run then ends one σ past the table (IndexError at the last step)
+            scheduler.set_begin_index(0)
         return scheduler.timesteps, 0
     t_start = max(start_step, 0)
     if denoise < 1.0:
@@ -129,6 +136,23 @@ def prepare_timesteps(
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(t_start * scheduler.order)
     return timesteps, t_start
+
+
+def _check_distinct_levels(scheduler: Any, steps: int) -> None:
+    """More steps than the model has noise levels repeat timesteps, and several solvers
+    then fail at some late step (a zero step size, an index past the table): refuse at
+    once, saying what runs instead."""
+    levels = int(getattr(scheduler.config, "num_train_timesteps", 0) or 0)
+    if not levels or steps < levels or getattr(scheduler, "runs_sigma_list", False) or any(
+            getattr(scheduler.config, key, False) for key in _SIGMA_OPTIONS):
+        return  # σ spacings: timesteps may round alike, the solvers step by σ
+    timesteps = scheduler.timesteps
+    repeats = len(timesteps) > 1 and bool((timesteps[1:] == timesteps[:-1]).any())
+    if repeats or bool((timesteps >= levels).any()):  # "leading" + steps_offset: t = 1000
+        raise ValueError(f"{steps} steps: this model has {levels} noise levels, and this "
+                         "schedule then repeats timesteps or runs past the last: use fewer "
+                         f"than {levels} steps, or the karras, exponential or kl_optimal "
+                         "schedule, whose noise levels are not tied to the model's timesteps")
 
 
 def initial_latents(

@@ -218,6 +218,7 @@ def with_sigma_list(scheduler: Any, sigmas_for: Callable[[int], list[float]]) ->
         own(device=device, sigmas=sigmas_for(int(num_inference_steps)))
 
     scheduler.set_timesteps = set_timesteps
+    scheduler.runs_sigma_list = True  # its σs are not tied to the model's timesteps
     return scheduler
 
 
