@@ -18,12 +18,13 @@ from nodes.training import (
     LossMaskInputs,
     PriorPreservationInputs,
     TrainingNode,
-    _check_images,
     _checkpoint,
     _claim,
     _name_problem,
     _sample,
     _save,
+    check_training_inputs,
+    training_captions,
 )
 
 if TYPE_CHECKING:
@@ -130,8 +131,8 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         from nodes.diffusion import train_custom_diffusion as tcd
         from nodes.diffusion.prior_preservation import class_images
 
-        _check_images(self.images)
-        captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
+        check_training_inputs(self)
+        captions = training_captions(ctx, self)
         with_prior = self.with_prior_preservation
         lr = self.learning_rate * (self.batch_size * (2 if with_prior else 1) if self.scale_lr
                                    else 1)

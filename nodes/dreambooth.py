@@ -17,13 +17,14 @@ from nodes.training import (
     LossMaskInputs,
     PriorPreservationInputs,
     TrainingNode,
-    _check_images,
     _checkpoint,
     _claim,
     _name_problem,
     _sample,
     _save,
     _settings,
+    check_training_inputs,
+    training_captions,
 )
 
 
@@ -107,8 +108,8 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
         from nodes.diffusion.prior_preservation import class_images
         from nodes.diffusion.train_textual_inversion import base_tokenizer
 
-        _check_images(self.images)
-        captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
+        check_training_inputs(self)
+        captions = training_captions(ctx, self)
         name = self.save_name.strip()
         if name and base_tokenizer(self.clip.tokenizer)[1]:
             raise ValueError("this CLIP knows words added by textual inversion, which a "

@@ -24,6 +24,8 @@ class TIMEModelEdit(Node):
     like a LoRA: it acts on every prompt sampled with the edited MODEL, and the cached
     checkpoint never changes.
 
+    It edits SD 1.x / 2.x models (one text encoder); an SDXL model is refused.
+
     Using it well: short prompts that differ only in the words to change, with the
     same article ("a circle" → "a square"; extra destination words such as "blue" are
     fine). Each differing source word maps onto a destination word; a source word
@@ -82,7 +84,9 @@ class TIMEModelEdit(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         from nodes.diffusion.model_editing import parse_augmentations, time_edit
+        from nodes.diffusion.sdxl import require_sd_unet
 
+        require_sd_unet(self.model.unet, "Edit Model (TIME)")
         return (time_edit(self.model, self.clip, self.source_prompt.strip(),
                           self.destination_prompt.strip(), lamb=self.lamb,
                           with_to_k=self.with_to_k,

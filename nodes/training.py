@@ -121,6 +121,29 @@ def _sample(ctx: ExecutionContext, node: Any, captions: list[str]) -> Any:
                            node.resolution, node.seed)
 
 
+def check_training_inputs(node: Node) -> None:
+    """What every training node checks first: an SD 1.x / 2.x model and some images."""
+    from nodes.diffusion.sdxl import require_sd_unet
+
+    require_sd_unet(node.model.unet, node.DISPLAY_NAME or node.TYPE)  # type: ignore[attr-defined]
+    _check_images(node.images)  # type: ignore[attr-defined]
+
+
+def training_captions(ctx: ExecutionContext, node: Node) -> list[str]:
+    """The node's captions, one per image. Every caption empty (Load Image Batch's for
+    images without a .txt) trains the images with no word tied to them: allowed, as in
+    the scripts, but never silently."""
+    from nodes.diffusion.train_common import parse_captions
+
+    captions = parse_captions(node.captions, int(node.images.shape[0]))  # type: ignore[attr-defined]
+    if len(captions) > 1 and not any(captions):
+        ctx.warn(f"all {len(captions)} captions are empty (Load Image Batch gives an empty "
+                 "caption for an image without a .txt beside it), so no word is tied to what "
+                 "is learned: add the .txt files, or give Load Image Batch a caption_template "
+                 "such as 'a photo of sks'")
+    return captions
+
+
 def _check_images(images: Any) -> None:
     if images is None or images.dim() != 4 or images.shape[0] == 0:
         raise ValueError("no images: link an IMAGE batch with at least one image (Load Image "
@@ -242,15 +265,15 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
     train_text_to_image_lora.py: MSE on the noise, or on v for v-prediction models,
     uniform timesteps, AdamW, gradient norm clipped to 1, PEFT's LoRA layers).
 
-    Wire Load Image Batch's IMAGE and captions (one line per image, or one line for
-    all) with the checkpoint's MODEL, CLIP and VAE; the outputs are the MODEL and
-    CLIP with the LoRA applied (as Load LoRA would; the base model is untouched)
-    and the file name for Load LoRA when ``save_name`` is set (written atomically to
-    models/loras/<save_name>.safetensors, with the base model's hash, the steps and
-    the parameters in its metadata). Images of any size are scaled so their shorter
-    side is ``resolution`` and cropped in the middle (``resolution`` must be a multiple
-    of the model's total downsampling: 64 for SD 1.x, 16 for the default model, whose
-    images are 64).
+    Wire Load Image Batch's IMAGE and captions (one line per image, or one line for all)
+    with an SD 1.x / 2.x checkpoint's MODEL, CLIP and VAE (SDXL is refused); the outputs
+    are the MODEL and CLIP with the LoRA applied (as Load LoRA would; the base model is
+    untouched) and the file name for Load LoRA when ``save_name`` is set (written
+    atomically to models/loras/<save_name>.safetensors, with the base model's hash, the
+    steps and the parameters in its metadata). Images of any size are scaled so their
+    shorter side is ``resolution`` and cropped in the middle (``resolution`` must be a
+    multiple of the model's total downsampling: 64 for SD 1.x, 16 for the default model,
+    whose images are 64).
 
     Using it well: put a rare word in every caption ("a red sks shape") and use it in
     the prompt afterwards. rank 4-16, alpha = rank (the script's choice), learning rate
@@ -323,8 +346,8 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         from nodes.diffusion import train_common as tc
         from nodes.diffusion import train_lora as tl
 
-        _check_images(self.images)
-        captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
+        check_training_inputs(self)
+        captions = training_captions(ctx, self)
         spec = tl.LoraSpec(rank=self.rank, alpha=self.alpha,
                            unet_targets=tl.parse_targets(self.target_modules),
                            text_targets=tl.TEXT_TARGETS if "text_encoder" in self.target
@@ -425,8 +448,8 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
         from nodes.diffusion import train_common as tc
         from nodes.diffusion.train_textual_inversion import train_textual_inversion
 
-        _check_images(self.images)
-        captions = tc.parse_captions(self.captions, int(self.images.shape[0]))
+        check_training_inputs(self)
+        captions = training_captions(ctx, self)
         settings = _settings(self)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "embedding", self, captions, base_hash)

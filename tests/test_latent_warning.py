@@ -77,3 +77,23 @@ def test_a_sampler_remakes_an_empty_8x_latent_for_the_models_4x_vae(tmp_path):
                  "cap": {"class_type": "TestCapture",
                          "inputs": {"value": ["decode", 0], "key": "again"}}})
     assert torch.equal(CAPTURED.pop("again"), linked)
+
+
+def test_ddim_invert_remakes_an_empty_latent_made_without_its_vae(tmp_path):
+    """As the sampler does: inverting an Empty Latent Image sized for an 8x VAE on the
+    built-in model (4x) failed with a raw torch.stack size error."""
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple",
+                 "inputs": {"ckpt_name": "steerflow-shapes"}},
+        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "invert": {"class_type": "DDIMInvert",
+                   "inputs": {"model": ["ckpt", 0], "positive": ["text", 0],
+                              "latent": ["latent", 0], "steps": 2, "cfg": 1.0}},
+        "pick": {"class_type": "LatentFromTrajectory",
+                 "inputs": {"trajectory": ["invert", 1], "start_at_step": 0}},
+        "show": {"class_type": "PreviewAny", "inputs": {"source": ["pick", 0]}},
+    }
+    result = Session(tmp_path, device="cpu").run(prompt)
+    assert result.ok, result.run.error

@@ -565,3 +565,40 @@ def test_no_images_and_mixed_sizes():
     assert tc.parse_captions("only", 3) == ["only"] * 3
     with pytest.raises(ValueError, match="empty"):
         tc.parse_captions("\n", 3)
+
+
+@pytest.mark.parametrize("node", ["TrainLoRA", "TrainTextualInversion", "TrainDreamBooth",
+                                  "TrainCustomDiffusion"])
+def test_training_nodes_refuse_an_sdxl_model_by_name(node):
+    """They train SD 1.x / 2.x models: an SDXL UNet failed deep in diffusers."""
+    from types import SimpleNamespace
+
+    from engine import NodeRegistry
+    from nodes import custom_diffusion, dreambooth, training
+    from nodes.training import check_training_inputs
+
+    registry = NodeRegistry()
+    for module in (training, dreambooth, custom_diffusion):
+        registry.add_module(module)
+    cls = registry.get(node)
+    unet = SimpleNamespace(config=SimpleNamespace(addition_embed_type="text_time"))
+    fake = cls.model_construct(model=SimpleNamespace(unet=unet),
+                               images=torch.zeros(1, 8, 8, 3))
+    with pytest.raises(ValueError, match=r"works on SD 1.x / 2.x models; this is an SDXL"):
+        check_training_inputs(fake)
+
+
+def test_captions_that_are_all_empty_are_trained_with_a_warning():
+    """Load Image Batch gives an empty caption for an image without a .txt: a batch of
+    them trains with no word tied to it, which the scripts allow, but never silently."""
+    from types import SimpleNamespace
+
+    from nodes.training import training_captions
+
+    warned: list[str] = []
+    ctx = SimpleNamespace(warn=warned.append)
+    node = SimpleNamespace(captions="\n\n", images=torch.zeros(3, 8, 8, 3))
+    assert training_captions(ctx, node) == ["", "", ""]
+    assert len(warned) == 1 and "all 3 captions are empty" in warned[0]
+    node.captions = "a\n\nb"  # some empty ones are fine
+    assert training_captions(ctx, node) == ["a", "", "b"] and len(warned) == 1

@@ -90,11 +90,9 @@ def build_dataset(latents: Sequence[Any], positive: Sequence[Any], bucket_mode: 
     import torch
 
     from nodes.diffusion.sampling import check_latent_size
-    from nodes.diffusion.sdxl import uses_added_conditioning
+    from nodes.diffusion.sdxl import require_sd_unet
 
-    if uses_added_conditioning(unet):
-        raise ValueError("TrainLoraNode trains SD 1.x/2.x UNets; this model takes SDXL's "
-                         "added conditioning, which this trainer does not provide yet")
+    require_sd_unet(unet, "Train LoRA (TrainLoraNode)")
     samples = [_samples(item, i) for i, item in enumerate(latents)]
     if not samples:
         raise ValueError("latents is empty: link Make Training Dataset's latents (or a LATENT)")

@@ -94,7 +94,7 @@ def ddim_invert(model: DiffusionModel, positive: Conditioning, negative: Conditi
     (Pix2Pix-Zero's noise regularisation) acts on every step's noise prediction."""
     import torch
 
-    from nodes.diffusion.sampling import SamplingParams, sample
+    from nodes.diffusion.sampling import SamplingParams, fit_empty_latent, sample
 
     if cfg > 1.0 and negative is None:
         raise ValueError("cfg > 1 needs a negative conditioning (or use cfg 1, the usual "
@@ -105,7 +105,9 @@ def ddim_invert(model: DiffusionModel, positive: Conditioning, negative: Conditi
     scheduler = inverse_scheduler(model.scheduler_config)
     check_inverse_steps(scheduler, steps)
     # A noise mask would re-noise the input forward in time; inversion has no use for it.
-    latent = replace(latent, noise_mask=None)
+    # An Empty Latent Image made without its vae is remade for the model's VAE, as the
+    # sampler does (its trajectory starts from the latent the sampler then sees).
+    latent = fit_empty_latent(model, replace(latent, noise_mask=None))
     trajectory = [latent.samples.to(device=model.device, dtype=model.dtype)]
 
     def keep(step: int, total: int, latents: torch.Tensor) -> None:

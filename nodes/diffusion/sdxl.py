@@ -52,6 +52,15 @@ def uses_added_conditioning(unet: Any) -> bool:
     return getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time"
 
 
+def require_sd_unet(unet: Any, what: str) -> None:
+    """Refuse an SDXL UNet where ``what`` (a node's name) works on SD 1.x / 2.x only: it
+    would fail deep inside diffusers, or blame the wiring."""
+    if uses_added_conditioning(unet):
+        raise ValueError(f"{what} works on SD 1.x / 2.x models; this is an SDXL model (two "
+                         "text encoders and added size conditioning), which it does not "
+                         "support yet")
+
+
 # --- prompt encoding -------------------------------------------------------------------------
 
 def hidden_layer(encoder: Any, stop_at_clip_layer: int | None) -> tuple[int, bool]:
