@@ -22,6 +22,7 @@ from tests.test_training_nodes import (
     handles,
     messages,
     run_latent,
+    uninterrupted,
 )
 
 LR = 1e-2  # large, so a step moves the weights well past the tolerance
@@ -311,7 +312,6 @@ def test_prior_preservation_draws_class_images(session):
 @pytest.mark.slow
 def test_interrupt_then_resume_gives_the_uninterrupted_result(session, models_dir,
                                                                tmp_path):
-    from engine.session import Session
 
     prompt = graph(cd_node(steps=5, seed=7), text="a <new1> shape", clip_from=["train", 1],
                    model_from=["train", 0])
@@ -330,14 +330,7 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(session, models_di
                             if n == "progress" and d.get("node") == "train" else None)
     assert seen == [3, 4, 5]
     assert not list((session.env.folder("temp") / "training").glob("custom_diffusion-*.pt"))
-    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
-                    registry=registry_with_capture())
-    (tmp_path / "input").mkdir(exist_ok=True)
-    for i in range(3):
-        name = f"shape{i}.png"
-        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
-    whole, _ = run_latent(fresh, prompt)
-    assert torch.equal(resumed, whole)
+    assert torch.equal(resumed, uninterrupted(session, models_dir, tmp_path, prompt))
 
 
 # --- bad input --------------------------------------------------------------------------------

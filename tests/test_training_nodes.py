@@ -416,6 +416,18 @@ def test_textual_inversion_then_use_in_one_run(session):
     assert (via_file - trained).abs().max() <= 1e-4
 
 
+def uninterrupted(session, models_dir, tmp_path, prompt) -> torch.Tensor:
+    """The latent ``prompt`` gives in a fresh session (its own cache and training
+    checkpoints) with the same input images: an uninterrupted run's result."""
+    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
+                    registry=registry_with_capture())
+    (tmp_path / "input").mkdir(exist_ok=True)
+    for i in range(3):
+        name = f"shape{i}.png"
+        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
+    return run_latent(fresh, prompt)[0]
+
+
 def test_interrupt_stops_training_and_the_rerun_resumes(session, models_dir, tmp_path):
     prompt = graph(lora_node(steps=6, seed=9), text="a", clip_from=["train", 1],
                    model_from=["train", 0])
@@ -436,14 +448,7 @@ def test_interrupt_stops_training_and_the_rerun_resumes(session, models_dir, tmp
                             if n == "progress" and d.get("node") == "train" else None)
     assert seen == [3, 4, 5, 6]  # resumed from the checkpoint
     assert not list((session.env.folder("temp") / "training").glob("lora-*.pt"))
-    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
-                    registry=registry_with_capture())
-    (tmp_path / "input").mkdir(exist_ok=True)
-    for i in range(3):
-        name = f"shape{i}.png"
-        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
-    whole, _ = run_latent(fresh, prompt)
-    assert torch.equal(resumed, whole)  # the same as an uninterrupted run
+    assert torch.equal(resumed, uninterrupted(session, models_dir, tmp_path, prompt))
 
 
 def test_a_stop_inside_a_step_resumes_to_the_uninterrupted_result(session, models_dir,
@@ -470,14 +475,7 @@ def test_a_stop_inside_a_step_resumes_to_the_uninterrupted_result(session, model
     resumed, _ = run_latent(session, prompt, on_event=lambda n, d: seen.append(d["value"])
                             if n == "progress" and d.get("node") == "train" else None)
     assert seen == [3, 4, 5]
-    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
-                    registry=registry_with_capture())
-    (tmp_path / "input").mkdir(exist_ok=True)
-    for i in range(3):
-        name = f"shape{i}.png"
-        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
-    whole, _ = run_latent(fresh, prompt)
-    assert torch.equal(resumed, whole)
+    assert torch.equal(resumed, uninterrupted(session, models_dir, tmp_path, prompt))
 
 
 def test_textual_inversion_resumes_to_the_same_vectors(session, models_dir, tmp_path):
@@ -492,14 +490,7 @@ def test_textual_inversion_resumes_to_the_same_vectors(session, models_dir, tmp_
 
     assert session.run(prompt, on_event=on_event).run.status == "interrupted"
     resumed, _ = run_latent(session, prompt)
-    fresh = Session(tmp_path, models_dir=models_dir, device="cpu",
-                    registry=registry_with_capture())
-    (tmp_path / "input").mkdir(exist_ok=True)
-    for i in range(3):
-        name = f"shape{i}.png"
-        (tmp_path / "input" / name).write_bytes((session.env.folder("input") / name).read_bytes())
-    whole, _ = run_latent(fresh, prompt)
-    assert torch.equal(resumed, whole)
+    assert torch.equal(resumed, uninterrupted(session, models_dir, tmp_path, prompt))
 
 
 # --- bad input --------------------------------------------------------------------------------
