@@ -518,3 +518,34 @@ def test_mangled_config_metadata_is_a_clear_error(tiny_model_paths: dict[str, Pa
     for prefetched in (None, read_in_background(path)):
         with pytest.raises(ValueError, match=words):
             load_components(path, prefetched=prefetched)
+
+
+def test_old_sd_scheduler_configs_are_corrected_as_the_sd_pipelines_do(
+        tiny_model_paths: dict[str, Path], tmp_path: Path) -> None:
+    """StableDiffusionPipeline sets steps_offset 1 and clip_sample off when it loads; an
+    old config's clip_sample true clamped DDIM's x0 (0.94 off the pipeline). The UNet
+    loader corrects a single file's stored config as the checkpoint loaders do."""
+    import shutil
+
+    from nodes.diffusion.component_loading import load_unet
+
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_model_paths["diffusers"], folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(clip_sample=True, steps_offset=0)
+    config_file.write_text(json.dumps(config))
+    loaded = load_components(folder)
+    assert loaded.scheduler_config["clip_sample"] is False
+    assert loaded.scheduler_config["steps_offset"] == 1
+
+    unet_file = tmp_path / "unet.safetensors"
+    weights = {k: v.contiguous() for k, v in loaded.unet.state_dict().items()}
+    from nodes.diffusion.original_layout import CONFIG_METADATA_KEY
+
+    save_file(weights, unet_file, metadata={CONFIG_METADATA_KEY: json.dumps({
+        "unet": {k: v for k, v in loaded.unet.config.items() if not k.startswith("_")},
+        "scheduler": config})})
+    _, scheduler, family = load_unet(unet_file)
+    assert family == "sd1"
+    assert (scheduler["clip_sample"], scheduler["steps_offset"]) == (False, 1)

@@ -29,6 +29,7 @@ from nodes.diffusion.loading import (
     detect_family,
     family_configs,
     read_checkpoint_file,
+    sd_scheduler_config,
 )
 from nodes.diffusion.memory import place_model
 from nodes.diffusion.original_layout import UNET_PREFIX, VAE_PREFIX, parse_config_metadata
@@ -174,7 +175,10 @@ def load_unet(path: Path, *, allow_pickle: bool = False, weight_dtype: str = "de
         with torch.no_grad():
             for param in unet.parameters():
                 param.data = param.data.to(fp8).to(param.dtype)
-    return _finish(unet, device, dtype, budget), dict(configs["scheduler"]), family
+    scheduler = dict(configs["scheduler"])
+    if not family.startswith("sdxl"):  # as Load Checkpoint: the SD pipelines' corrections
+        scheduler = sd_scheduler_config(scheduler)
+    return _finish(unet, device, dtype, budget), scheduler, family
 
 
 def unet_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
