@@ -486,6 +486,18 @@ class _Run(ExpansionSteps):
             self.held[node_id] -= 1
             self.cache.unpin(self.sigs[node_id])
 
+    def _error_inputs(self, node: ValidatedNode | None) -> dict[str, list[Any]]:
+        """A failed node's inputs as ComfyUI's ``execution_error`` shows them: each a
+        list of its values, linked ones too (what is not plain JSON as a short text)."""
+        if node is None:
+            return {}
+        shown = {k: [error_input_value(v)] for k, v in node.constants.items()}
+        for name, (source, index) in node.links.items():
+            entry = self.cache.peek(self.sigs[source]) if source in self.sigs else None
+            if entry is not None and index < len(entry.outputs):
+                shown[name] = [error_input_value(entry.outputs[index])]
+        return shown
+
     def _error_payload(self, current: str | None, exc: Exception) -> dict[str, Any]:
         if isinstance(exc, _NodeFailure):
             current, exc = exc.node_id, exc.original
@@ -503,9 +515,8 @@ class _Run(ExpansionSteps):
             "traceback": [bounded_message(line) for line in traceback.format_exception(exc)],
             # ComfyUI's shapes: each input as a list of its values, the node ids whose
             # outputs are at hand as a list
-            "current_inputs": {k: [error_input_value(v)]
-                               for k, v in (node.constants if node else {}).items()},
-            "current_outputs": list(self.result.executed),
+            "current_inputs": self._error_inputs(node),
+            "current_outputs": [*self.result.cached, *self.result.executed],
             "timestamp": _now_ms(),
         }
         if isinstance(exc, DependencyCycleError):

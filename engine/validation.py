@@ -332,7 +332,9 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
             explained, left_out = True, []
     if not wanted and not explained:
         issues.append(Issue("no_output_node", "the prompt has no output node (e.g. Save Image), "
-                            "so nothing would run"))
+                            "so nothing would run" if outputs is None or len(outputs) else
+                            "no output node was asked for (the list of outputs to run, "
+                            "partial_execution_targets, is empty), so nothing would run"))
     needed = _ancestors_and_self(graph, wanted)
 
     nodes: dict[str, ValidatedNode] = {}
@@ -427,15 +429,18 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
             message = (ignored_message(cls.INPUT_SPECS, name, inputs)
                        if name in cls.INPUT_SPECS else _unknown_input_message(name, specs,
                                                                             inputs))
-            issues.append(Issue("unknown_input", f"node {node_id}: {message}",
-                                input_name=name, severity="warning"))
+            issues.append(Issue("unknown_input", message, input_name=name,
+                                severity="warning"))
     if extra:
         specs = {**specs, **extra}
     for name, spec in specs.items():
         if name not in inputs or inputs[name] is None:
             if spec.required and not spec.has_default:
+                unknown = [n for n in inputs if n not in specs and n not in cls.INPUT_SPECS]
+                near = difflib.get_close_matches(name, unknown, n=1, cutoff=0.6)
+                hint = f" (the prompt gives {near[0]!r}: misspelt?)" if near else ""
                 issues.append(Issue("missing_input", f"required input '{name}' ({spec.type}) is "
-                                    "missing", input_name=name,
+                                    f"missing{hint}", input_name=name,
                                     details={"expected_type": spec.type}))
             elif spec.is_widget or spec.has_default:
                 constants[name] = spec.default

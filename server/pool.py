@@ -382,7 +382,7 @@ class PoolRuntime(Runtime):
             self.queue.requeue(item)
             return
         messages: list[list[Any]] = []
-        held: list[str] = []
+        held: list[tuple[str, str]] = []
         while True:
             try:
                 msg = worker.recv(self._wait_time(running))

@@ -264,7 +264,7 @@ class Runtime(abc.ABC):
         return max(0.0, min(POLL, running.hard_deadline - time.monotonic()))
 
     def _relay(self, running: Running, msg: Message, messages: list[list[Any]],
-               held: list[str]) -> None:
+               held: list[tuple[str, str]]) -> None:
         sid = running.item.client_id
         if msg.preview is not None:
             if self.hub.has_clients:
@@ -279,7 +279,7 @@ class Runtime(abc.ABC):
                 self._relay_event(running, str(event[0]), event[1], messages, held)
 
     def _relay_event(self, running: Running, name: str, data: dict[str, Any],
-                     messages: list[list[Any]], held: list[str]) -> None:
+                     messages: list[list[Any]], held: list[tuple[str, str]]) -> None:
         sid = running.item.client_id
         if name == "execution_error" and data.get("exception_type") == BLOCKED:
             self.hub.post(sid, message(name, data))  # a blocked node, not the end: as it comes
@@ -293,14 +293,14 @@ class Runtime(abc.ABC):
                 running.node = str(node)
         text = message(name, data)
         if name in TERMINAL or (name == "executing" and data.get("node") is None):
-            held.append(text)
+            held.append((name, text))
         else:
             self.hub.post(sid, text)
         if running.progress.update(name, data):
             self.hub.post_modern(sid, running.progress.message())
 
     def _finish(self, running: Running, msg: Message, messages: list[list[Any]],
-                held: list[str]) -> None:
+                held: list[tuple[str, str]]) -> None:
         item = running.item
         data = msg.data
         self.worker_info.update({k: data[k] for k in ("cache_entries", "cache_bytes",
@@ -315,10 +315,17 @@ class Runtime(abc.ABC):
             self.queue.requeue(item)  # shut down mid-run: run it again next time
             return
         outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
-        self.queue.finish(item, history_entry(item, outputs, status == "success", messages))
-        self._clear_running()  # before the client hears of the end: /interrupt is now False
-        for text in held:
-            self.hub.post(item.client_id, text)
+        # ComfyUI's order: execution_success, the queue's status, then executing None
+        with self.hub.status_deferred():
+            self.queue.finish(item, history_entry(item, outputs, status == "success",
+                                                  messages))
+            self._clear_running()  # before the client hears of the end: /interrupt is False
+            for name, text in held:
+                if name in TERMINAL:
+                    self.hub.post(item.client_id, text)
+        for name, text in held:
+            if name not in TERMINAL:
+                self.hub.post(item.client_id, text)
         self._after_finish()
 
     def _record_interrupted(self, running: Running, messages: list[list[Any]],
@@ -353,16 +360,17 @@ class Runtime(abc.ABC):
              payload: dict[str, Any]) -> None:
         """Record an unsuccessful end in the history, then tell the client, in that order."""
         messages.append([event, payload])
-        try:
-            self.queue.finish(item, history_entry(item, {}, False, messages))
-        except Exception:
-            log.error("cannot record the end of prompt %s:\n%s", item.prompt_id,
-                      traceback.format_exc())
-        self._clear_running()
-        # no node is running any more (ComfyUI's frontend would keep outlining it)
-        self.hub.post_modern(item.client_id, message(
-            "progress_state", {"prompt_id": item.prompt_id, "nodes": {}}))
-        self.hub.post_event(item.client_id, event, payload)
+        with self.hub.status_deferred():  # ComfyUI's order, as in _finish
+            try:
+                self.queue.finish(item, history_entry(item, {}, False, messages))
+            except Exception:
+                log.error("cannot record the end of prompt %s:\n%s", item.prompt_id,
+                          traceback.format_exc())
+            self._clear_running()
+            # no node is running any more (ComfyUI's frontend would keep outlining it)
+            self.hub.post_modern(item.client_id, message(
+                "progress_state", {"prompt_id": item.prompt_id, "nodes": {}}))
+            self.hub.post_event(item.client_id, event, payload)
         self.hub.post_event(item.client_id, "executing",
                             {"node": None, "display_node": None, "prompt_id": item.prompt_id})
         self._after_finish()

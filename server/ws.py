@@ -31,7 +31,7 @@ import logging
 import struct
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -157,6 +157,8 @@ class Hub:
         self._status_pending = False
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_sent_at = float("-inf")  # loop time of the last status broadcast
+        self._status_defer = 0  # status_deferred blocks open
+        self._status_due = False  # a change inside them, to broadcast when they end
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -184,11 +186,32 @@ class Hub:
         clients with ``supports_preview_metadata``."""
         self._enqueue(sid, _Preview(data, image_type, metadata))
 
+    @contextlib.contextmanager
+    def status_deferred(self) -> Iterator[None]:
+        """Queue changes inside the block broadcast their ``status`` when it ends, after
+        what the block posted (a prompt's end: ComfyUI sends ``execution_success``, then
+        the status, then ``executing`` None)."""
+        with self._lock:
+            self._status_defer += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._status_defer -= 1
+                due = not self._status_defer and self._status_due
+                if due:
+                    self._status_due = False
+            if due:
+                self.status_changed()
+
     def status_changed(self) -> None:
         """Broadcast ``status``: at once, in order with the events around it (ComfyUI's
         comes as a prompt is queued, before its ``execution_start``); further changes
         within STATUS_INTERVAL share one message at its end."""
         with self._lock:
+            if self._status_defer:
+                self._status_due = True
+                return
             if self._status_pending:
                 return
             self._status_pending = True

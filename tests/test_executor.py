@@ -93,12 +93,16 @@ def test_execution_error_has_comfyuis_shapes(env):
     prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 4}},
               "2": {"class_type": "TestBreaks", "inputs": {"x": ["1", 0], "text": "a / b"}},
               "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
-    result = Executor(registry, env).run(
-        prompt, on_event=lambda name, data: events.append((name, data)))
+    executor = Executor(registry, env)
+    result = executor.run(prompt, on_event=lambda name, data: events.append((name, data)))
     assert not result.ok
     [error] = [d for n, d in events if n == "execution_error"]
-    assert error["current_inputs"] == {"text": ["a / b"], "ratio": [0.5]}
+    assert error["current_inputs"] == {"text": ["a / b"], "ratio": [0.5], "x": [4]}
     assert error["current_outputs"] == ["1"]
+    events.clear()  # again: the source is cached now, and still at hand
+    result = executor.run(prompt, on_event=lambda name, data: events.append((name, data)))
+    [error] = [d for n, d in events if n == "execution_error"]
+    assert error["current_outputs"] == ["1"] and error["current_inputs"]["x"] == [4]
 
 
 def test_change_reruns_only_downstream(ex):

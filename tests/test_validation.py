@@ -485,3 +485,21 @@ def test_a_name_the_file_system_refuses_is_a_validation_error(env, name):
         validate_prompt(prompt, registry, env)
     [issue] = info.value.issues
     assert issue.kind == "not_in_choices" and len(issue.message) < 2000
+
+
+def test_an_empty_target_list_says_so(reg, env):
+    prompt = {"1": {"class_type": "TestOut", "inputs": {"value": 1}}}
+    with pytest.raises(PromptValidationError) as info:
+        validate_prompt(prompt, reg, env, outputs=[], output_nodes_only=True)
+    [issue] = info.value.issues
+    assert issue.kind == "no_output_node" and "partial_execution_targets, is empty" in \
+        issue.message
+
+
+def test_a_missing_input_names_the_misspelt_one_given(reg, env):
+    """The prompt is refused for the missing input; the hint must be in that error."""
+    prompt = {"1": {"class_type": "TestOut", "inputs": {"valeu": 1}}}
+    with pytest.raises(PromptValidationError) as info:
+        validate_prompt(prompt, reg, env)
+    [error] = [i for i in info.value.issues if i.severity == "error"]
+    assert error.kind == "missing_input" and "'valeu': misspelt?" in error.message
