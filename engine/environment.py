@@ -9,6 +9,9 @@ from pathlib import Path
 from engine.paths import confined_path
 
 DEFAULT_FOLDERS = ("models", "input", "output", "temp")
+#: the subfolder of temp/ where interrupted runs keep the state they resume from
+#: (training checkpoints): the server's start-up clean-up of temp/ leaves it
+RESUMABLE_DIR = "training"
 
 
 def default_device() -> str:

@@ -8,6 +8,7 @@ steps). Heavy imports happen inside ``execute``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,25 @@ def _claim(env: Environment, folder: str, name: str, checkpoint: Path) -> Path:
     path = _target(env, folder, name)
     if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
         raise FileExistsError(_taken(folder, name))
+    _check_writable(path.parent, folder)
     return path
+
+
+def _check_writable(where: Path, folder: str) -> None:
+    """Before any training: a folder the result cannot be written to (read-only, or
+    full) would throw the finished run away at the save."""
+    import tempfile
+
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-check-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise OSError(f"models/{folder} cannot be written ({exc.strerror or exc}): free space "
+                      "or fix its permissions, or leave save_name empty; nothing was "
+                      "trained") from None
 
 
 def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path,

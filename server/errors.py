@@ -40,6 +40,20 @@ class ApiError(Exception):
                              reason=reason_phrase(message) if self.status < 500 else None)
 
 
+def storage_error(exc: OSError, what: str, type_: str = "write_failed") -> ApiError:
+    """A file-system failure as a structured reply: a full disk is 507, a read-only or
+    forbidden folder 403, anything else 500; ``what`` says what could not be done."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        status = 507
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        status = 403
+    else:
+        status = 500
+    return ApiError(status, type_, f"{what}: {exc.strerror or exc}")
+
+
 def reason_phrase(message: str) -> str | None:
     """The message as the status line's reason (printable ASCII, one line, bounded):
     ComfyUI's front end shows a failed request's ``statusText``, not its body."""

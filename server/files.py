@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from engine.environment import RESUMABLE_DIR
 from engine.paths import ANNOTATED_NAME, PathError, confined_path
 from server.errors import ApiError, json_response
 from server.imaging import (
@@ -376,10 +377,28 @@ def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
     raise ApiError(409, "name_taken", f"too many files named like {name!r}")
 
 
+def _process_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, and other
+    threads may create files meanwhile); 0o022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+#: the mode of files this server writes: what a plain ``open`` would give (mkstemp's
+#: temp files are 0600, so an upload or a saved setting came out readable by its owner only)
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _write_temp(folder: Path, data: bytes) -> Path:
     """``data`` in a new hidden temp file in ``folder``, flushed and fsynced."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -436,7 +455,8 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
     Removes upload temp files (``.upload-*``) anywhere under the input, output
     and temp folders, the temp files of saves a killed worker left in output/ and
     models/ (:func:`_abandoned_write`: their writer's process is gone, or they are an
-    hour old), and everything inside ``temp/`` (not the folder). Never
+    hour old), and everything inside ``temp/`` (not the folder) but the checkpoints
+    interrupted trainings resume from (``temp/training``). Never
     follows a symlink: a linked entry is unlinked, its target untouched, and a
     ``temp/`` that is itself a symlink is not emptied. Entries modified less
     than ``older_than`` seconds ago are kept (an upload in progress elsewhere).
@@ -462,6 +482,8 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
     elif temp is not None and temp.is_dir():
         for entry in os.scandir(temp):
             path = Path(entry.path)
+            if entry.name == RESUMABLE_DIR and not entry.is_symlink():
+                continue  # interrupted trainings resume from it (its stray temps went above)
             if not entry.is_symlink() and entry.is_dir():
                 if _is_old(path, cutoff) and _remove_tree(path):
                     removed.append(path)

@@ -390,10 +390,15 @@ async def get_history_item(request: web.Request) -> web.Response:
 async def post_history(request: web.Request) -> web.Response:
     storage = state(request).storage
     body = await read_object(request)
-    if body.get("clear"):
-        storage.delete_history()
-    if "delete" in body:
-        storage.delete_history(_id_list(body["delete"]))
+    ids = _id_list(body["delete"]) if "delete" in body else None
+    try:
+        if body.get("clear"):
+            storage.delete_history()
+        if ids is not None:
+            storage.delete_history(ids)
+    except Exception as exc:  # sqlite3 errors: disk full, database locked...
+        raise ApiError(503, "history_unavailable", "the history could not be changed: "
+                       f"{type(exc).__name__}: {str(exc)[:200]}") from None
     return json_response({})
 
 

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from engine.paths import PathError, confined_path
-from server.errors import ApiError, json_response
+from server.errors import ApiError, json_response, storage_error
 from server.files import TEMP_PREFIX, TEMP_SUFFIX, _fsync_dir, _link_if_absent, _write_temp
 from server.routes import strict_loads
 from server.state import state
@@ -139,8 +139,8 @@ def read_settings(root: Path) -> dict[str, Any]:
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable settings %s: %s", path, exc)
+    except (OSError, ValueError, RecursionError) as exc:  # nested past the parser's depth
+        log.warning("ignoring unreadable settings %s: %s", path, type(exc).__name__)
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -197,15 +197,22 @@ async def post_settings(request: web.Request) -> web.Response:
     change = await _json_body(request, SETTINGS_LIMIT)
     if not isinstance(change, dict):
         raise ApiError(400, "invalid_settings", "the body must be a JSON object of settings")
-    await _off_loop(_update_settings, user_root(request), change)
+    await _save_settings(request, change)
     return web.Response(status=200)
 
 
 async def post_setting(request: web.Request) -> web.Response:
     setting_id = _setting_id(request)
     value = await _json_body(request, SETTINGS_LIMIT)
-    await _off_loop(_update_settings, user_root(request), {setting_id: value})
+    await _save_settings(request, {setting_id: value})
     return web.Response(status=200)
+
+
+async def _save_settings(request: web.Request, change: dict[str, Any]) -> None:
+    try:
+        await _off_loop(_update_settings, user_root(request), change)
+    except OSError as exc:  # a full disk, a read-only folder
+        raise storage_error(exc, "cannot save the settings") from None
 
 
 # --- user data files --------------------------------------------------------------
@@ -363,8 +370,7 @@ async def post_userdata(request: web.Request) -> web.Response:
     try:
         await _off_loop(lambda: _write(root, path, data, overwrite=overwrite))
     except OSError as exc:
-        raise ApiError(400, "write_failed", f"cannot save {path.name!r}: "
-                       f"{exc.strerror or exc}") from None
+        raise storage_error(exc, f"cannot save {path.name!r}") from None
     return _reply(path, root, _flag(request, "full_info", False))
 
 
@@ -375,9 +381,16 @@ async def delete_userdata(request: web.Request) -> web.Response:
         await _off_loop(path.unlink)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"no user file {name!r}") from None
-    except (IsADirectoryError, PermissionError) as exc:  # Linux says EISDIR or EPERM
+    except IsADirectoryError as exc:
         raise ApiError(400, "not_a_file", f"cannot delete {name!r}: {exc.strerror}") \
             from None
+    except PermissionError as exc:  # Linux says EPERM for a folder too
+        if path.is_dir():
+            raise ApiError(400, "not_a_file", f"cannot delete {name!r}: {exc.strerror}") \
+                from None
+        raise storage_error(exc, f"cannot delete {name!r}", "delete_failed") from None
+    except OSError as exc:  # a read-only file system
+        raise storage_error(exc, f"cannot delete {name!r}", "delete_failed") from None
     return web.Response(status=204)
 
 
@@ -404,8 +417,7 @@ async def move_userdata(request: web.Request) -> web.Response:
     try:
         await _off_loop(_move, root, source, dest, _flag(request, "overwrite", True))
     except OSError as exc:
-        raise ApiError(400, "move_failed", f"cannot move {source.name!r}: "
-                       f"{exc.strerror or exc}") from None
+        raise storage_error(exc, f"cannot move {source.name!r}", "move_failed") from None
     return _reply(dest, root, _flag(request, "full_info", False))
 
 

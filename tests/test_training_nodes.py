@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -593,3 +594,44 @@ def test_captions_that_are_all_empty_are_trained_with_a_warning():
     assert len(warned) == 1 and "all 3 captions are empty" in warned[0]
     node.captions = "a\n\nb"  # some empty ones are fine
     assert training_captions(ctx, node) == ["a", "", "b"] and len(warned) == 1
+
+
+def test_a_checkpoint_that_cannot_be_written_never_fails_the_run(tmp_path, monkeypatch, caplog):
+    """A full temp/ made torch's writer raise ("unexpected pos 128 vs 0") as the run's
+    error, even on Stop, and left a half-written temp file."""
+    import nodes.diffusion.train_common as tc
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    saving = tc.Checkpointing(tmp_path / "training" / "lora-x.pt", lambda: {"a": 1},
+                              lambda saved: None)
+    saving.save(3, [0.5, 0.4, 0.3])
+    assert list((tmp_path / "training").iterdir()) == []
+    assert "checkpoint not saved at step 3" in caplog.text
+
+
+def test_a_save_folder_that_cannot_be_written_is_refused_before_training(tmp_path,
+                                                                         monkeypatch):
+    """models/loras read-only or full: every step ran, then the save failed and the
+    finished run was lost. It is now refused before any training."""
+    import errno
+    import tempfile
+
+    from engine import Environment
+    from nodes.training import _claim
+
+    env = Environment.create(tmp_path, device="cpu")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    with pytest.raises(OSError, match=r"models/loras cannot be written \(Read-only file "
+                                      r"system\).*nothing was trained"):
+        _claim(env, "loras", "mine", tmp_path / "lora-abc.pt")
+    monkeypatch.undo()
+    assert _claim(env, "loras", "mine", tmp_path / "lora-abc.pt").name == "mine.safetensors"
+    assert [p.name for p in (env.folder("models") / "loras").iterdir()] == []

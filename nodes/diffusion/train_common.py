@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
     from engine import ExecutionContext
     from nodes.diffusion.handles import Vae
+
+log = logging.getLogger(__name__)
 
 # diffusers' example scripts' AdamW defaults
 ADAM_BETAS = (0.9, 0.999)
@@ -393,11 +396,19 @@ class Checkpointing:
              step_start: dict[str, Any] | None = None) -> None:
         import torch
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save({"step": step, "losses": losses,
-                    "run": {**self.state(), **(step_start or {})}}, tmp)
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"step": step, "losses": losses,
+                        "run": {**self.state(), **(step_start or {})}}, tmp)
+            os.replace(tmp, self.path)
+        except (OSError, RuntimeError) as exc:  # a full temp/: torch's writer raises either
+            # a checkpoint is a convenience: the run goes on (or stops as asked); a later
+            # one, or the last that landed, is what a rerun resumes from
+            tmp.unlink(missing_ok=True)
+            log.warning("training checkpoint not saved at step %d (%s: %s); a rerun resumes "
+                        "from the last one saved", step, type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "")
 
     def load(self) -> tuple[int, list[float]]:
         """The step and losses to resume from (0 and [] without a checkpoint)."""
@@ -495,7 +506,9 @@ def run_key(kind: str, params: dict[str, Any], images: torch.Tensor, captions: l
 
 
 def checkpoint_path(ctx: ExecutionContext, kind: str, key: str) -> Path:
-    return ctx.env.folder("temp", create=True) / "training" / f"{kind}-{key}.pt"
+    from engine.environment import RESUMABLE_DIR
+
+    return ctx.env.folder("temp", create=True) / RESUMABLE_DIR / f"{kind}-{key}.pt"
 
 
 def weights_hash(*modules: Any) -> str:

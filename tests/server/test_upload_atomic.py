@@ -270,3 +270,20 @@ def test_saves_a_killed_worker_left_are_removed_at_start(tmp_path: Path):
     removed = set(remove_leftovers(env))
     assert removed == {paths["old_token"], paths["dead_pid"]}
     assert all(p.exists() for k, p in paths.items() if p not in removed)
+
+
+def test_start_up_clean_up_keeps_the_checkpoints_trainings_resume_from(tmp_path: Path):
+    """temp/ is emptied at start, but a stopped training (or one whose server was
+    killed) must resume from temp/training, not start again from step 0."""
+    env = Environment.create(tmp_path, device="cpu")
+    temp = env.folder("temp", create=True)
+    (temp / "training").mkdir()
+    kept = temp / "training" / "lora-abc.pt"
+    kept.write_bytes(b"state")
+    stray = temp / "training" / ".lora-abc.pt.999999999.tmp"  # its writer is gone
+    stray.write_bytes(b"half")
+    (temp / "preview.png").write_bytes(b"x")
+    (temp / "sub").mkdir()
+    removed = remove_leftovers(env)
+    assert kept.is_file()
+    assert sorted(removed) == sorted([stray, temp / "preview.png", temp / "sub"])
