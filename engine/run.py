@@ -502,8 +502,9 @@ class _Run(ExpansionSteps):
         if isinstance(exc, _NodeFailure):
             current, exc = exc.node_id, exc.original
         node = self.nodes.get(current or "")
-        if not isinstance(exc, ValueError | FileNotFoundError | PermissionError
-                          | DependencyCycleError):
+        if not isinstance(exc, ValueError | OSError | DependencyCycleError):
+            # bad input and the file system's refusals (a full disk) are the user's to
+            # read in the error; the traceback stays in its payload
             log.error("node %s failed", current, exc_info=exc)
         payload = {
             "prompt_id": self.prompt_id,
