@@ -168,6 +168,7 @@ def test_interrupt_stops_the_sampler_within_one_step(session):
 
     prompt = txt2img_prompt("steerflow-tiny", "euler", steps=10000, capture=False)
     prompt["3"]["inputs"]["seed"] = 4242  # not cached
+    prompt["3"]["inputs"]["scheduler"] = "karras"  # 10000 steps: a σ schedule takes them
     progress: list[int] = []
     started = threading.Event()
 

@@ -84,6 +84,62 @@ def test_ctrl_enter_pressed_fast_gives_each_prompt_its_own_seed(page, server: Li
         server.post("/interrupt", {})
 
 
+def test_seed_typed_while_a_batch_posts_is_used_from_the_next_prompt(page, server: LiveServer):
+    """Batch 5 on increment from 100; the user types 500 while the 2nd prompt is still being
+    posted (a slow link: the page's POSTs are held by a route). As ComfyUI reads the graph
+    for each prompt, the typed seed goes out from the 3rd prompt on, and the moved-on seeds of
+    the prompts read before the edit never overwrite it (it used to post 100..104, end at 105)."""
+    c = Canvas(page)
+    c.open_file("typed.json", small_txt2img(steps=5000))  # the first runs on, the rest wait
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    c.node("3").get_by_label("seed control after generate").select_option("increment")
+    c.set_value("3", "seed", "100")
+    c.set_value("6", "text", "a red circle")
+    held: list = []
+    posted: list[dict] = []
+
+    def hold(route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        posted.append(route.request.post_data_json["prompt"])
+        held.append(route)
+
+    def wait_posts(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(posted) < n and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert len(posted) >= n, posted
+
+    page.route("**/prompt", hold)
+    try:
+        page.get_by_label("queue count").fill("5")
+        page.get_by_role("button", name="Queue", exact=True).click()
+        wait_posts(1)
+        held.pop(0).continue_()
+        wait_posts(2)  # the 2nd POST is on its way: the user types meanwhile
+        c.set_value("3", "seed", "500")
+        c.set_value("6", "text", "a blue square")
+        held.pop(0).continue_()
+        expect(c.widget("3", "seed")).to_have_value("500")  # not overwritten with 102
+        for k in range(3, 6):
+            wait_posts(k)
+            held.pop(0).continue_()
+        expect(c.toasts().filter(has_text="Queued 5 prompts")).to_have_count(1)
+        assert [p["3"]["inputs"]["seed"] for p in posted] == [100, 101, 500, 501, 502]
+        texts = [p["6"]["inputs"]["text"] for p in posted]
+        assert texts == ["a red circle"] * 2 + ["a blue square"] * 3
+        expect(c.widget("3", "seed")).to_have_value("503")
+        page.wait_for_timeout(800)
+        assert len(posted) == 5
+    finally:
+        for route in held:
+            route.continue_()
+        page.unroute("**/prompt")
+        server.post("/queue", {"clear": True})
+        server.post("/interrupt", {})
+
+
 def test_queue_on_change_queues_once_after_a_widget_edit(page, server: LiveServer):
     c = Canvas(page)
     c.open_file("onchange.json", small_txt2img(steps=2))

@@ -43,16 +43,24 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
   /**
    * Queue the graph `count` times (ComfyUI's batch count): seeds and other widgets set to
    * increment / randomize move on after each prompt, and the canvas then shows the values
-   * the next Queue would use. `targets` (output node ids) runs only those and what they need;
-   * `front` queues before the waiting prompts (ComfyUI's Ctrl+Shift+Enter). A call made
-   * while another posts runs after it, with the values that one moved on.
+   * the next Queue would use. Each prompt reads the graph again (as ComfyUI's queuePrompt
+   * does), so a widget the user edits while the prompts are posted is used from the next
+   * prompt on. `targets` (output node ids) runs only those and what they need; `front`
+   * queues before the waiting prompts (ComfyUI's Ctrl+Shift+Enter). A call made while
+   * another posts runs after it, with the values that one moved on.
    */
   const queueNow = useCallback(async (targets?: string[], count = 1, front = false) => {
-    let graph = currentGraph();
-    // the values the previous call moved on, where the canvas has not rendered them yet
-    graph = { ...graph, nodes: carry.apply(graph.nodes) };
-    const read = graph.nodes;
-    if (!graph.nodes.length) {
+    /** The canvas as it is now, with the values moved on that it does not show yet (lib/queuechain.ts). */
+    const read = () => {
+      const now = currentGraph();
+      return { ...now, nodes: carry.apply(now.nodes) };
+    };
+    /** The moved-on values onto the canvas, only where it still shows one from before the move. */
+    const showMoved = () => setNodes((ns) => ns.map((node) => {
+      const values = carry.merge(node.id, node.data.values, node.data.control);
+      return values === node.data.values ? node : { ...node, data: { ...node.data, values } };
+    }));
+    if (!currentGraph().nodes.length) {
       notify("Nothing to queue: add nodes first", "error");
       return;
     }
@@ -60,14 +68,15 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     const n = clampCount(count);
     const numbers: number[] = [];
     try {
-      // Webcam Capture nodes with capture_on_queue: a fresh capture goes into the prompt (as
+      // Webcam Capture nodes with capture_on_queue: a fresh capture goes into the prompts (as
       // ComfyUI's front end, not onto the canvas: "queue on change" would see a change and loop)
-      const captured = await captureAll(graph.nodes.filter((gn) => gn.mode !== "muted"));
-      if (captured.size) {
-        graph = { ...graph, nodes: graph.nodes.map((gn) => (captured.has(gn.id)
-          ? { ...gn, values: { ...gn.values, image: captured.get(gn.id) } } : gn)) };
-      }
+      const captured = await captureAll(currentGraph().nodes.filter((gn) => gn.mode !== "muted"));
       for (let i = 0; i < n; i++) {
+        let graph = read();
+        if (captured.size) {
+          graph = { ...graph, nodes: graph.nodes.map((gn) => (captured.has(gn.id)
+            ? { ...gn, values: { ...gn.values, image: captured.get(gn.id) } } : gn)) };
+        }
         // each prompt picks its own {a|b} of the dynamic prompts; the saved workflow keeps the typed text
         const { prompt, workflow } = queuedPrompt(graph, defsRef.current);
         const res = await queuePrompt(prompt, socket.current?.clientId ?? makeClientId(), workflow, targets, front);
@@ -77,7 +86,9 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
         const warnings = i === 0 ? res.warnings ?? [] : [];
         for (const w of warnings.slice(0, 3)) notify(`Warning: ${w.node_id ? `node ${w.node_id}: ` : ""}${w.message}`, "warning");
         if (warnings.length > 3) notify(`… and ${warnings.length - 3} more warning${warnings.length === 4 ? "" : "s"}`, "warning");
-        graph = { ...graph, nodes: advanceControls(graph.nodes, graph.links, defsRef.current) };
+        // move the seeds on from what this prompt read; an edit made meanwhile stays (and is read next)
+        carry.record(graph.nodes, advanceControls(graph.nodes, graph.links, defsRef.current));
+        showMoved();
         store.bumpQueue();
       }
       // (a prompt put at the front gets a negative number: not worth showing)
@@ -103,20 +114,6 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       const msg = `Prompt rejected${queued}: ${summary ? summary.text : (e as Error).message}`;
       store.setLastError(msg);
       notify(msg, "error", summary ? { label: "Show", run: () => showNodes(summary.nodes) } : undefined);
-    } finally {
-      carry.record(read, graph.nodes);
-      // The moved-on values back onto the canvas: only the widgets control_after_generate
-      // moves, so an edit made while the prompts were posted stays.
-      const moved = new Map(graph.nodes.map((gn) => [gn.id, gn.values]));
-      setNodes((ns) => ns.map((node) => {
-        const next = moved.get(node.id);
-        if (!next || !node.data.control || next === node.data.values) return node;
-        let values = node.data.values;
-        for (const [name, mode] of Object.entries(node.data.control)) {
-          if (mode !== "fixed" && next[name] !== values[name]) values = { ...values, [name]: next[name] };
-        }
-        return values === node.data.values ? node : { ...node, data: { ...node.data, values } };
-      }));
     }
   }, [currentGraph, notify, store, defsRef, socket, setNodes, titleOf, showNodes, carry]);
 

@@ -12,44 +12,51 @@ function sampler(seed: number, mode: "fixed" | "increment" | "randomize" = "incr
 }
 
 /**
- * useQueue's queue() as it runs in the page: a press reads the canvas, posts (a network round
- * trip), moves the seed on and writes it back to the canvas, which shows it only after a later
- * render (React state), so a press made meanwhile still reads the old seed from the canvas.
+ * useQueue's queue() as it runs in the page: each prompt of a press reads the canvas (with the
+ * values moved on that it does not show yet), posts (a network round trip of `postTicks`),
+ * moves the seed on and writes it back to the canvas where it still shows a value from before
+ * the move; the canvas shows that only after a later render (React state), so a read made
+ * meanwhile still sees the old seed. `onPost(k)` runs as the k-th POST starts (the user typing).
  */
-function page(seed: number) {
+function page(seed: number, postTicks = 1, onPost: (k: number) => void = () => undefined) {
   let canvas = [sampler(seed)];
-  const posted: unknown[] = [];
+  const posted: number[] = [];
+  const postedValues: Record<string, unknown>[] = [];
   let busy = false;
   const busyLog: boolean[] = [];
   const runner = new SerialRunner((b) => { busy = b; busyLog.push(b); });
   const carry = new ControlCarry();
   const queueNow = async (count = 1) => {
-    let nodes = carry.apply(canvas);
-    const read = nodes;
-    try {
-      for (let i = 0; i < count; i++) {
-        await tick(); // POST /prompt
-        posted.push(nodes[0].values.seed);
-        nodes = advanceControls(nodes, [], defs);
-      }
-    } finally {
-      carry.record(read, nodes);
-      const moved = nodes;
-      // the canvas shows the moved-on value a few ticks later (a render)
+    for (let i = 0; i < count; i++) {
+      const nodes = carry.apply(canvas); // currentGraph(), read again for each prompt
+      posted.push(nodes[0].values.seed as number); // POST /prompt
+      postedValues.push(nodes[0].values);
+      onPost(posted.length);
+      for (let t = 0; t < postTicks; t++) await tick();
+      carry.record(nodes, advanceControls(nodes, [], defs));
+      // setNodes(updater): the updater runs at the render a few ticks later
       setTimeout(() => setTimeout(() => {
-        canvas = canvas.map((n) => (n.values.seed === moved[0].values.seed ? n
-          : { ...n, values: { ...n.values, seed: moved[0].values.seed } }));
+        canvas = canvas.map((n) => {
+          const values = carry.merge(n.id, n.values, n.control);
+          return values === n.values ? n : { ...n, values };
+        });
       }), 0);
     }
   };
   const queue = (count = 1) => runner.run(() => queueNow(count));
+  const edit = (values: Record<string, unknown>) => {
+    canvas = canvas.map((n) => ({ ...n, values: { ...n.values, ...values } }));
+  };
   return {
-    queue, posted, busyLog,
+    queue, posted, postedValues, busyLog,
     get busy() { return busy; },
     get canvas() { return canvas; },
-    edit(seed: number) { canvas = canvas.map((n) => ({ ...n, values: { ...n.values, seed } })); },
+    edit(seed: number) { edit({ seed }); },
+    editValues: edit,
   };
 }
+
+const settle = async () => { for (let i = 0; i < 6; i++) await tick(); };
 
 describe("queueing fast (Ctrl+Enter pressed 20 times while prompts post)", () => {
   it("gives every prompt its own seed and ends the widget at start + N", async () => {
@@ -82,6 +89,54 @@ describe("queueing fast (Ctrl+Enter pressed 20 times while prompts post)", () =>
   });
 });
 
+describe("a widget edited while the prompts of a batch are posted (ComfyUI reads the graph for each)", () => {
+  for (const postTicks of [1, 5]) { // the POST shorter / longer than a render
+    it(`uses a seed typed during the 2nd of 5 posts from the 3rd on (POST ${postTicks} tick(s))`, async () => {
+      const p = page(100, postTicks, (k) => { if (k === 2) p.edit(500); });
+      await p.queue(5);
+      await settle();
+      expect(p.posted).toEqual([100, 101, 500, 501, 502]);
+      expect(p.canvas[0].values.seed).toBe(503); // never overwritten with 102..105
+    });
+  }
+
+  it("uses a seed typed during the last post for the next press", async () => {
+    const p = page(100, 1, (k) => { if (k === 3) p.edit(500); });
+    await p.queue(3);
+    await settle();
+    expect(p.canvas[0].values.seed).toBe(500); // the moved-on 103 did not overwrite it
+    await p.queue(2);
+    await settle();
+    expect(p.posted).toEqual([100, 101, 102, 500, 501]);
+    expect(p.canvas[0].values.seed).toBe(502);
+  });
+
+  it("uses a seed typed while a later press waits (batch 3, two presses, then a third)", async () => {
+    const p = page(100, 2, (k) => { if (k === 5) p.edit(500); });
+    await Promise.all([p.queue(3), p.queue(3), p.queue(3)]);
+    await settle();
+    expect(p.posted).toEqual([100, 101, 102, 103, 104, 500, 501, 502, 503]);
+    expect(p.canvas[0].values.seed).toBe(504);
+  });
+
+  it("applies another field edited mid-batch to the following prompts", async () => {
+    const p = page(1, 1, (k) => { if (k === 2) p.editValues({ steps: 7 }); });
+    await p.queue(4);
+    await settle();
+    expect(p.postedValues.map((v) => v.steps)).toEqual([20, 20, 7, 7]);
+    expect(p.posted).toEqual([1, 2, 3, 4]); // the seed keeps moving on
+    expect(p.canvas[0].values).toEqual({ seed: 5, steps: 7 });
+  });
+
+  it("typing back a value the batch already used gives no duplicates (it is taken as not rendered yet)", async () => {
+    const p = page(100, 1, (k) => { if (k === 3) p.edit(100); });
+    await p.queue(5);
+    await settle();
+    expect(p.posted).toEqual([100, 101, 102, 103, 104]);
+    expect(p.canvas[0].values.seed).toBe(105);
+  });
+});
+
 describe("SerialRunner", () => {
   it("runs tasks one at a time in order; a failing one does not stop the next", async () => {
     const order: string[] = [];
@@ -111,5 +166,20 @@ describe("ControlCarry", () => {
     const fixed = new ControlCarry();
     fixed.record([sampler(5, "fixed")], [sampler(6, "fixed")]);
     expect(fixed.apply([sampler(5, "fixed")])[0].values.seed).toBe(5);
+  });
+
+  it("merge writes the moved-on value only where the canvas shows one from before it, and changes nothing", () => {
+    const carry = new ControlCarry();
+    carry.record([sampler(100)], [sampler(101)]);
+    carry.record([sampler(101)], [sampler(102)]);
+    const control = { seed: "increment" };
+    const stale = { seed: 100, steps: 20 };
+    expect(carry.merge("3", stale, control)).toEqual({ seed: 102, steps: 20 });
+    expect(stale.seed).toBe(100);
+    const typed = { seed: 500, steps: 20 };
+    expect(carry.merge("3", typed, control)).toBe(typed); // typed meanwhile: stays
+    expect(carry.merge("3", { seed: 101 }, { seed: "fixed" })).toEqual({ seed: 101 }); // set to fixed since
+    expect(carry.merge("4", stale, control)).toBe(stale); // another node
+    expect(carry.apply([sampler(100)])[0].values.seed).toBe(102); // merge forgot nothing
   });
 });

@@ -63,21 +63,36 @@ export class ControlCarry {
     }
   }
 
+  /**
+   * `values` (what the canvas shows for node `id`) with the newest carried value for each
+   * moving widget that still shows a value from before it; the others as they are (a value
+   * the user typed meanwhile stays). Changes nothing here: safe in a React state updater.
+   */
+  merge(id: string, values: Readonly<Record<string, unknown>>,
+    control: Readonly<Record<string, string>> | undefined): Record<string, unknown> {
+    const entry = this.carried.get(id);
+    if (!entry || !control) return values as Record<string, unknown>;
+    let out = values as Record<string, unknown>;
+    for (const [name, { stale, after }] of entry) {
+      const mode = control[name];
+      const now = values[name];
+      if (mode && mode !== "fixed" && !Object.is(now, after) && stale.some((v) => Object.is(v, now))) {
+        out = { ...out, [name]: after };
+      }
+    }
+    return out;
+  }
+
   /** The canvas's nodes with the newest carried values where it does not show them yet. */
   apply(nodes: GraphNode[]): GraphNode[] {
     if (!this.carried.size) return nodes;
     return nodes.map((n) => {
       const entry = this.carried.get(n.id);
       if (!entry) return n;
-      let values = n.values;
-      for (const [name, { stale, after }] of [...entry]) {
-        const mode = n.control?.[name];
-        const now = n.values[name];
-        if (mode && mode !== "fixed" && stale.some((v) => Object.is(v, now))) {
-          values = { ...values, [name]: after };
-        } else {
-          entry.delete(name); // shown on the canvas, changed by the user, or no longer moving
-        }
+      const values = this.merge(n.id, n.values, n.control);
+      for (const name of [...entry.keys()]) {
+        // shown on the canvas, changed by the user, or no longer moving: nothing left to carry
+        if (values === n.values || Object.is(values[name], n.values[name])) entry.delete(name);
       }
       if (!entry.size) this.carried.delete(n.id);
       return values === n.values ? n : { ...n, values };
