@@ -25,8 +25,11 @@ REGISTRY = "tests.test_comfy_packs2:make_registry"
 
 def make_registry() -> NodeRegistry:
     """The fixture pack alone (server and worker)."""
+    from tests.engine_nodes import Out
+
     registry = NodeRegistry()
     registry.load_directory(PACKS)
+    registry.register(Out)  # an output node: partial_execution_targets runs only those
     return registry
 
 
@@ -132,15 +135,19 @@ def test_pack_routes_through_the_server_and_worker(make_server, loop):  # noqa: 
 
         # the handler runs where the nodes run: it sees the worker's state
         done = http.post("/prompt", json={"prompt": {"1": {"class_type": "SizedNumber",
-                                                           "inputs": {"width": 64}}},
-                                          "partial_execution_targets": ["1"]})
+                                                           "inputs": {"width": 64}},
+                                                     "2": {"class_type": "TestOut",
+                                                           "inputs": {"value": ["1", 0]}}},
+                                          "partial_execution_targets": ["2"]})
         assert done.status == 200, done.body
         wait_history(http, [done.json()["prompt_id"]])
         assert http.get("/route_pack/hello").json()["calls"] == 1
         # while a prompt runs, the dispatcher reads the channel and hands the reply over
         sleepy = http.post("/prompt", json={"prompt": {"1": {"class_type": "SleepyNumber",
-                                                             "inputs": {"seconds": 3.0}}},
-                                            "partial_execution_targets": ["1"]})
+                                                             "inputs": {"seconds": 3.0}},
+                                                       "2": {"class_type": "TestOut",
+                                                             "inputs": {"value": ["1", 0]}}},
+                                            "partial_execution_targets": ["2"]})
         while not http.get("/queue").json()["queue_running"]:
             time.sleep(0.05)
         started = time.monotonic()

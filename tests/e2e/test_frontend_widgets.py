@@ -175,7 +175,7 @@ def test_color_picker_and_a_refused_camera(page):
     # headless chromium without a camera: a message on the node, never a broken canvas
     cam = c.add_node("Webcam Capture", 200, 450)
     expect(c.node(cam).locator(".sf-webcam-note[role=alert]")).to_be_visible()
-    expect(c.node(cam).get_by_role("button", name="Capture")).to_be_disabled()
+    expect(c.node(cam).get_by_role("button", name="Capture", exact=True)).to_be_disabled()
     expect(c.node(cam).get_by_role("button", name="Retry")).to_be_visible()
 
 
@@ -210,7 +210,7 @@ def test_webcam_capture_button_and_capture_on_queue(camera_page, server: LiveSer
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }, {"1": [0, 0], "2": [600, 0]}))
     node = c.node("1")
-    capture = node.get_by_role("button", name="Capture")
+    capture = node.get_by_role("button", name="Capture", exact=True)
     expect(capture).to_be_enabled(timeout=30_000)  # the fake camera is live
     capture.click()
     value = node.get_by_test_id("webcam-value")
