@@ -48,6 +48,7 @@ JPEG_IMAGE = 1  # ComfyUI's image types in the frame's second uint32
 PNG_IMAGE = 2
 STATUS_INTERVAL = 0.05  # seconds: a burst's first change goes out at once, the rest in one status
 _STATUS = object()  # outbox marker: send the queue status to everyone
+_STATUS_NOW = object()  # the same, in order and never coalesced (a prompt's end)
 _TEXT, _BINARY = 0x1, 0x2
 
 
@@ -202,7 +203,11 @@ class Hub:
                 if due:
                     self._status_due = False
             if due:
-                self.status_changed()
+                # in order after what the block posted, even right after another
+                # status: a trailing one would follow the end's ``executing`` None
+                with self._lock:
+                    self._status_pending = True
+                self._enqueue(None, _STATUS_NOW)
 
     def status_changed(self) -> None:
         """Broadcast ``status``: at once, in order with the events around it (ComfyUI's
@@ -231,14 +236,19 @@ class Hub:
             batch, self._outbox = self._outbox, []
         touched: dict[int, _Client] = {}
         for sid, payload in batch:
-            if payload is _STATUS:
-                if self._status_timer is not None:
+            if payload is _STATUS_NOW or payload is _STATUS:
+                if payload is _STATUS_NOW:
+                    if self._status_timer is not None:  # this one carries its change
+                        self._status_timer.cancel()
+                        self._status_timer = None
+                elif self._status_timer is not None:
                     continue  # a trailing status is due; it will carry this change
-                wait = self._status_sent_at + STATUS_INTERVAL - self._loop.time()  # type: ignore[union-attr]
-                if wait > 0:
-                    self._status_timer = self._loop.call_later(  # type: ignore[union-attr]
-                        wait, self._send_status)
-                    continue
+                else:
+                    wait = self._status_sent_at + STATUS_INTERVAL - self._loop.time()  # type: ignore[union-attr]
+                    if wait > 0:
+                        self._status_timer = self._loop.call_later(  # type: ignore[union-attr]
+                            wait, self._send_status)
+                        continue
                 frame = encode_frame(self._take_status())
                 for each in self.clients.values():
                     each.queue(frame)

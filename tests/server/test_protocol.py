@@ -76,13 +76,13 @@ def test_status_comes_when_a_prompt_is_queued_before_it_starts(server: LiveServe
             seen.append(("status", msg["data"]["status"]["exec_info"]["queue_remaining"]))
         elif msg["data"].get("prompt_id") == pid:
             seen.append((msg["type"], msg["data"].get("node", "")))
-        if seen and seen[-1] == ("status", 0) and ("executing", None) in seen:
+        if ("status", 0) in seen and ("executing", None) in seen:
             break
     assert seen[0] == ("status", 1), seen
     assert seen.index(("status", 1)) < seen.index(("execution_start", ""))
-    # ComfyUI's end: execution_success, the queue's status, then executing None (the
-    # status may come last instead when the start's went out under 50 ms before)
-    assert seen.index(("execution_success", "")) < seen.index(("status", 0))
+    # ComfyUI's end: execution_success, the queue's status, then executing None
+    assert (seen.index(("execution_success", "")) < seen.index(("status", 0))
+            < seen.index(("executing", None))), seen
     ws.close()
 
 
@@ -141,6 +141,30 @@ def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
         loop.close()
     assert [json.loads(f[f.index(b"{"):])["type"] for f in client.frames] == [
         "execution_success", "status", "executing"]
+    # a prompt that ends within STATUS_INTERVAL of its queued status: still in order,
+    # never a trailing status after ``executing`` None
+    client.frames.clear()
+    loop = asyncio.new_event_loop()
+    hub.attach(loop)
+    try:
+        remaining[0] = 1
+        hub.status_changed()
+        loop.run_until_complete(asyncio.sleep(0))
+        remaining[0] = 2
+        hub.status_changed()  # coalesced into a trailing status...
+        loop.run_until_complete(asyncio.sleep(0))
+        with hub.status_deferred():
+            remaining[0] = 0
+            hub.status_changed()
+            hub.post_event(None, "execution_success", {"prompt_id": "p"})
+        hub.post_event(None, "executing", {"node": None, "prompt_id": "p"})
+        loop.run_until_complete(asyncio.sleep(STATUS_INTERVAL * 2))
+    finally:
+        loop.close()
+    frames = [json.loads(f[f.index(b"{"):]) for f in client.frames]
+    assert [(f["type"], f["data"].get("status")) for f in frames] == [
+        ("status", {"exec_info": {"queue_remaining": 1}}), ("execution_success", None),
+        ("status", {"exec_info": {"queue_remaining": 0}}), ("executing", None)]
 
 
 def test_preview_frames_are_binary_jpeg(server: LiveServer, http: Http):
