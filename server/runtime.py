@@ -44,6 +44,7 @@ RECORDED = TERMINAL | {"execution_start", "execution_cached"}
 # and, as in ComfyUI, stays out of the history (engine.lists.EXECUTION_BLOCKED)
 BLOCKED = "ExecutionBlocked"
 PRUNE_EVERY = 100
+PROGRESS_INTERVAL = 0.05  # least seconds between a prompt's progress_state messages
 POLL = 0.25  # seconds between checks for interrupt deadlines and shutdown
 
 
@@ -87,6 +88,9 @@ class NodeProgress:
     def __init__(self, prompt_id: str):
         self.prompt_id = prompt_id
         self.nodes: dict[str, dict[str, Any]] = {}
+        self.ended = False  # after the prompt's end event nothing changes
+        # message() runs on the event loop while the relay thread updates
+        self._lock = threading.Lock()
 
     def _set(self, node: str, state: str, value: float = 0, max_: float = 1) -> None:
         self.nodes[node] = {"value": value, "max": max_, "state": state, "node_id": node,
@@ -100,6 +104,14 @@ class NodeProgress:
 
     def update(self, name: str, data: dict[str, Any]) -> bool:
         """Apply an executor event; True if the states changed (send :meth:`message`)."""
+        if self.ended:
+            return False
+        with self._lock:
+            changed = self._apply(name, data)
+        self.ended = name in TERMINAL
+        return changed
+
+    def _apply(self, name: str, data: dict[str, Any]) -> bool:
         node = data.get("node")
         node = None if node is None else str(node)
         if name == "executing":
@@ -125,8 +137,9 @@ class NodeProgress:
         return True
 
     def message(self) -> str:
-        return message("progress_state", {"prompt_id": self.prompt_id,
-                                          "nodes": {k: dict(v) for k, v in self.nodes.items()}})
+        with self._lock:
+            nodes = {k: dict(v) for k, v in self.nodes.items()}
+        return message("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
 
 
 class Running:
@@ -296,8 +309,13 @@ class Runtime(abc.ABC):
             held.append((name, text))
         else:
             self.hub.post(sid, text)
-        if running.progress.update(name, data):
-            self.hub.post_modern(sid, running.progress.message())
+        progress = running.progress
+        if progress.update(name, data):
+            # restated whole (ComfyUI's frontend replaces its states with each): throttled,
+            # to about 1 MB/s for huge graphs, whose every message lists thousands of nodes
+            self.hub.post_state(sid, progress.prompt_id, progress.message,
+                                interval=max(PROGRESS_INTERVAL, len(progress.nodes) / 5000),
+                                final=name in TERMINAL)
 
     def _finish(self, running: Running, msg: Message, messages: list[list[Any]],
                 held: list[tuple[str, str]]) -> None:
@@ -368,8 +386,8 @@ class Runtime(abc.ABC):
                           traceback.format_exc())
             self._clear_running()
             # no node is running any more (ComfyUI's frontend would keep outlining it)
-            self.hub.post_modern(item.client_id, message(
-                "progress_state", {"prompt_id": item.prompt_id, "nodes": {}}))
+            cleared = message("progress_state", {"prompt_id": item.prompt_id, "nodes": {}})
+            self.hub.post_state(item.client_id, item.prompt_id, lambda: cleared, final=True)
             self.hub.post_event(item.client_id, event, payload)
         self.hub.post_event(item.client_id, "executing",
                             {"node": None, "display_node": None, "prompt_id": item.prompt_id})

@@ -73,6 +73,29 @@ class _Modern:
         self.payload = payload
 
 
+class _State:
+    """A modern client's state message (``progress_state``) under a key: only the latest
+    goes out, built when it is sent, at most one per ``interval`` (a trailing one carries
+    the changes in between); ``final`` sends at once and forgets the key. Building and
+    sending the whole state on every change was quadratic in the graph's size."""
+
+    __slots__ = ("build", "final", "interval", "queued", "sent_at", "sid", "timer")
+
+    def __init__(self, sid: str | None, build: Callable[[], str], interval: float):
+        self.sid, self.build, self.interval = sid, build, interval
+        self.final = False
+        self.queued = False  # a marker for it is in the outbox
+        self.sent_at = float("-inf")
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _StateMark:
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+
 class _Preview:
     """An outbox preview, framed per client (with or without its metadata)."""
 
@@ -160,6 +183,7 @@ class Hub:
         self._status_sent_at = float("-inf")  # loop time of the last status broadcast
         self._status_defer = 0  # status_deferred blocks open
         self._status_due = False  # a change inside them, to broadcast when they end
+        self._states: dict[str, _State] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -180,6 +204,23 @@ class Hub:
     def post_modern(self, sid: str | None, payload: str) -> None:
         """Like :meth:`post`, only to clients that announced feature flags."""
         self._enqueue(sid, _Modern(payload))
+
+    def post_state(self, sid: str | None, key: str, build: Callable[[], str], *,
+                   interval: float = STATUS_INTERVAL, final: bool = False) -> None:
+        """Like :meth:`post_modern` for a message that restates a whole state: ``build``
+        runs on the event loop when the message is sent (so it must be thread-safe),
+        only if a client will get it, and at most once per ``interval`` seconds for
+        ``key``; ``final`` sends it in order now and ends the key."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = _State(sid, build, interval)
+            state.build, state.interval = build, interval
+            state.final = state.final or final
+            if state.queued:
+                return
+            state.queued = True
+        self._enqueue(sid, _StateMark(key))
 
     def post_preview(self, sid: str | None, data: bytes, image_type: int,
                      metadata: dict[str, Any]) -> None:
@@ -254,11 +295,10 @@ class Hub:
                     each.queue(frame)
                     touched[id(each)] = each
                 continue
-            if sid is not None:
-                client = self.clients.get(sid)
-                targets = [client] if client is not None else []
-            else:
-                targets = [] if self.private else list(self.clients.values())
+            if isinstance(payload, _StateMark):
+                self._flush_state(payload.key, touched)
+                continue
+            targets = self._targets(sid)
             if isinstance(payload, _Modern):
                 targets = [t for t in targets if t.features is not None]
                 payload = payload.payload
@@ -279,6 +319,55 @@ class Hub:
                 touched[id(each)] = each
         for each in touched.values():
             each.flush()
+
+    def _targets(self, sid: str | None) -> list[_Client]:
+        if sid is not None:
+            client = self.clients.get(sid)
+            return [client] if client is not None else []
+        return [] if self.private else list(self.clients.values())
+
+    def _flush_state(self, key: str, touched: dict[int, _Client] | None) -> None:
+        now = self._loop.time()  # type: ignore[union-attr]
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                return
+            state.queued = False
+            final = state.final
+            if final:
+                del self._states[key]
+        if state.timer is not None:
+            if not final:
+                return  # the trailing send carries this change
+            state.timer.cancel()
+            state.timer = None
+        wait = state.sent_at + state.interval - now
+        if wait > 0 and not final:
+            state.timer = self._loop.call_later(  # type: ignore[union-attr]
+                wait, self._send_state, key)
+            return
+        state.sent_at = now
+        targets = [t for t in self._targets(state.sid) if t.features is not None]
+        if not targets:
+            return
+        frame = encode_frame(state.build())
+        for each in targets:
+            each.queue(frame)
+            if touched is None:
+                each.flush()
+            else:
+                touched[id(each)] = each
+
+    def _send_state(self, key: str) -> None:
+        state = self._states.get(key)
+        if state is None:
+            return
+        state.timer = None
+        with self._lock:
+            if state.queued:
+                return  # a marker in the outbox will send it, in order
+        state.sent_at = float("-inf")
+        self._flush_state(key, None)
 
     def _send_status(self) -> None:
         self._status_timer = None

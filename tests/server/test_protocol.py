@@ -643,3 +643,55 @@ def test_a_post_route_read_with_get_is_405_not_a_missing_file(http: Http):
         assert reply.json()["error"]["type"] == "method_not_allowed"
     assert http.get("/no-such-route").status == 404
     assert http.get("/prompt").status == 200  # GET and POST both served
+
+
+def test_hub_state_messages_are_built_once_per_interval_and_end_in_order():
+    """A prompt's ``progress_state`` restates every node: built on each of 10,000 events
+    it was quadratic. Only the latest goes out, built when sent, at most once per interval;
+    the final one goes in order and forgets the prompt; no client, no build."""
+    from server.ws import Hub
+
+    class Recorder:
+        features: dict[str, Any] | None = {}
+
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def queue(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+        def flush(self) -> None:
+            pass
+
+    hub = Hub()
+    client = Recorder()
+    hub.clients["c"] = client  # type: ignore[assignment]
+    builds: list[int] = []
+
+    def build(n: int) -> Any:
+        def make() -> str:
+            builds.append(n)
+            return json.dumps({"type": "progress_state", "data": {"n": n}})
+        return make
+
+    loop = asyncio.new_event_loop()
+    hub.attach(loop)
+    try:
+        for n in range(1000):
+            hub.post_state("c", "p", build(n), interval=0.05)
+            if n % 100 == 0:
+                loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert builds[0] == 0 and builds[-1] == 999 and len(builds) <= 3, builds
+        hub.post_state("c", "p", build(1000), interval=10)
+        hub.post_state("c", "p", build(1001), interval=10, final=True)
+        hub.post_event("c", "execution_success", {"prompt_id": "p"})
+        hub.post_state("nobody", "q", build(-1), final=True)
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+    kinds = [json.loads(f[f.index(b"{"):]) for f in client.frames]
+    assert [k["data"].get("n") for k in kinds[-2:]] == [1001, None]
+    assert kinds[-1]["type"] == "execution_success"
+    assert -1 not in builds and 1000 not in builds
+    assert not hub._states  # every prompt's state forgotten at its end
