@@ -114,7 +114,7 @@ def test_sampling_with_gits_runs_and_matches_manual_sigmas(session):
 
 
 def test_gits_with_a_sampler_that_takes_no_sigma_list_is_a_structured_error(session):
-    graph = {**base(), "select": select("lcm"), "gits": gits_node(),
+    graph = {**base(), "select": select("ddpm"), "gits": gits_node(),
              "s": custom(["gits", 0], ["empty", 0])}
     _capture(graph, ["s", 0])
     assert "cannot run an explicit σ list" in run_error(session, graph)

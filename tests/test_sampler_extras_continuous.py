@@ -145,7 +145,7 @@ def _ksampler_graph(ms: dict | None, sampler: str, schedule: str) -> dict:
 
 
 @pytest.mark.parametrize(("sampler", "schedule"), [
-    ("euler_ancestral", "karras"), ("heun", "kl_optimal"), ("lcm", "exponential")])
+    ("heun", "kl_optimal"), ("dpm_2", "linear_quadratic"), ("dpmpp_2s_ancestral", "kl_optimal")])
 def test_continuous_only_pairs_run_on_continuous_and_fail_at_run_time_on_discrete(
         session, sampler, schedule):
     result = session.run(_ksampler_graph(EDM_V, sampler, schedule))

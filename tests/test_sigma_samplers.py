@@ -168,7 +168,7 @@ def test_sigma_lists():
     all_sigmas = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5
     assert np.allclose(scheduler.sigmas.numpy(), kl_optimal_sigmas(
         6, float(all_sigmas[0]), float(all_sigmas[-1])), rtol=1e-5)
-    assert "euler" in unsupported_combination("ddim", "kl_optimal")
+    assert "euler" in unsupported_combination("ddpm", "kl_optimal")
 
 
 # --- through the graph ----------------------------------------------------------------------
@@ -285,7 +285,7 @@ def test_sigma_lists_window_and_refusals(session):
     b, = captured(session, _sigma_graph(ays, latent="empty"), ["sc", 0])
     assert float((a.samples - b.samples).abs().max()) > 1e-2
     # samplers without custom σs, and a bad range, are structured errors
-    error = _error(session, _sigma_graph(_karras(6, 0.03, 14.6), "ddim"))
+    error = _error(session, _sigma_graph(_karras(6, 0.03, 14.6), "ddpm"))
     assert "explicit σ list" in error and "euler" in error
     assert "sigma_min" in _error(session, _sigma_graph(_karras(6, 20.0, 14.6)))
 
@@ -552,6 +552,67 @@ def test_sigma_space_twins_equal_diffusers_on_the_same_sigmas(algorithm, solver,
     assert float((ve / math.sqrt(sigmas[-1] ** 2 + 1) - vp).abs().max()) < 1e-4
 
 
+def test_lcm_twin_equals_diffusers_lcm_on_the_same_timesteps():
+    """lcm on σ lists: LCMScheduler's step (its boundary condition, then fresh noise)
+    in σ; on LCMScheduler's own timesteps it equals it, noise draws included."""
+    from diffusers import LCMScheduler
+
+    from nodes.diffusion.schedulers import make_sigma_list_scheduler
+
+    def model(x_vp):
+        return torch.tanh(0.7 * x_vp) * 0.8 + 0.1
+
+    reference = LCMScheduler.from_config(CONFIG)
+    reference.set_timesteps(timesteps=[999, 759, 499, 259, 20])
+    alphas = reference.alphas_cumprod
+    sigmas = [float(((1 - alphas[t]) / alphas[t]) ** 0.5) for t in reference.timesteps] + [0.0]
+    ours = make_sigma_list_scheduler("lcm", CONFIG)
+    ours.set_timesteps(sigmas=sigmas)
+    assert torch.allclose(ours.timesteps.float(), reference.timesteps.float(), atol=1e-3)
+    start = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(0))
+    vp, ve = start.clone(), start * math.sqrt(sigmas[0] ** 2 + 1)
+    g_ref, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for i, (t_ref, t_ours) in enumerate(zip(reference.timesteps, ours.timesteps, strict=True)):
+        vp = reference.step(model(vp), t_ref, vp, generator=g_ref, return_dict=False)[0]
+        ours.scale_model_input(ve, t_ours)
+        ve = ours.step(model(ve / math.sqrt(sigmas[i] ** 2 + 1)), t_ours, ve, generator=g_ours,
+                       return_dict=False)[0]
+    assert float((ve - vp).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "beta"])
+@pytest.mark.parametrize(("sampler", "twin"), [
+    ("euler_ancestral", "EulerAncestralSampler"), ("ddim", "EulerSampler"),
+    ("lcm", "LCMSampler")])
+def test_sigma_spacings_run_the_twins_on_eulers_sigmas(sampler, twin, schedule):
+    """ComfyUI's common euler_ancestral + karras (and ddim, lcm with a σ spacing, which
+    diffusers' classes lack) run the sampler's twin on the σs Euler spaces that way."""
+    euler = make_scheduler("euler", schedule, CONFIG)
+    euler.set_timesteps(9)
+    ours = make_scheduler(sampler, schedule, CONFIG)
+    ours.set_timesteps(9)
+    assert type(ours).__name__ == twin
+    assert torch.equal(ours.sigmas, euler.sigmas)
+    assert torch.allclose(ours.timesteps, euler.timesteps)
+
+
+def test_ddim_on_a_sigma_spacing_is_eulers_step():
+    """DDIM (η = 0) is Euler's step in σ, so ddim + karras equals euler + karras."""
+    torch.manual_seed(4)
+    x = torch.randn(1, 4, 3, 5) * 14
+    outputs = [torch.randn(1, 4, 3, 5) for _ in range(5)]
+    runs = []
+    for name in ("ddim", "euler"):
+        scheduler = make_scheduler(name, "karras", CONFIG)
+        scheduler.set_timesteps(5)
+        sample = x
+        for t, out in zip(scheduler.timesteps, outputs, strict=True):
+            scheduler.scale_model_input(sample, t)
+            sample = scheduler.step(out, t, sample, return_dict=False)[0]
+        runs.append(sample)
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_sigma_lists_and_kl_optimal_run_the_dpm_twins(session):
     from tests.test_custom_sampling import captured
 
@@ -563,7 +624,7 @@ def test_sigma_lists_and_kl_optimal_run_the_dpm_twins(session):
         assert torch.isfinite(out.samples).all()
     assert (outs[0] - outs[1]).abs().max() > 1e-3
     assert unsupported_combination("dpmpp_2m", "kl_optimal") is None
-    assert "dpmpp_2m" in unsupported_combination("ddim", "kl_optimal")
+    assert "dpmpp_2m" in unsupported_combination("ddpm", "kl_optimal")
     image = _image(session, "dpmpp_2m_sde", scheduler="kl_optimal", steps=4)
     assert torch.isfinite(image).all()
 

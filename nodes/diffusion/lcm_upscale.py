@@ -181,6 +181,11 @@ def lcm_upscale_scheduler(made: Any, options: UpscaleOptions, steps: int) -> Any
     if isinstance(made, ContinuousBase):
         made.__class__ = continuous_upscale_class(type(made))  # adds methods only
         return made.configure_upscale(options, steps)
+    if not isinstance(made, LCMScheduler):  # lcm's σ-space twin: a σ spacing or list
+        raise ValueError(
+            "SamplerLCMUpscale on this discrete model runs diffusers' LCM schedule, which has "
+            "no σ spacing (karras, exponential, beta) or explicit σ list: use the normal, "
+            "simple, sgm_uniform, ddim_uniform or linspace schedule")
     return LCMUpscaleScheduler.from_config(made.config).configure_upscale(options, steps)
 
 

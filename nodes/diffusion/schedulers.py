@@ -145,6 +145,10 @@ SIGMA_TWINS = {
     "dpmpp_2m_sde_heun": "DPMPP2MSDEHeunSampler",
     "dpmpp_2m_sde_heun_gpu": "DPMPP2MSDEHeunSampler",
     "euler_ancestral": "EulerAncestralSampler",
+    # DDIM (η = 0) is Euler's step in σ (ComfyUI's ddim is its euler); LCM's step is
+    # x0 then fresh noise
+    "ddim": "EulerSampler",
+    "lcm": "LCMSampler",
 }
 
 
@@ -280,6 +284,8 @@ def unsupported_combination(sampler_name: str, schedule: str) -> str | None:
                 f"{_sigma_list_samplers()}")
     accepted = SCHEDULE_OPTIONS[class_name]
     for key in SCHEDULES[schedule]:
+        if key in _SIGMA_OPTIONS and sampler_name in SIGMA_TWINS:
+            continue  # its twin runs the spacing's σs (as Euler spaces them)
         if key not in accepted:
             return (
                 f"sampler {sampler_name!r} does not support the {schedule!r} schedule "
@@ -331,6 +337,19 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
         spacing = SIGMA_SPACINGS[schedule]
         return with_sigma_list(scheduler, lambda n: spacing(n, sigma_min, sigma_max))
     cls = _scheduler_class(sampler_name)
+    if sampler_name in SIGMA_TWINS and any(
+            key in _SIGMA_OPTIONS and key not in SCHEDULE_OPTIONS[cls.__name__]
+            for key in SCHEDULES[schedule]):
+        # e.g. euler_ancestral + karras, ComfyUI's common pair: diffusers' class has no
+        # such spacing, so its twin runs the σs Euler's scheduler spaces that way
+        spaced = make_scheduler("euler", schedule, base_config)
+
+        def spaced_sigmas(steps: int) -> list[float]:
+            spaced.set_timesteps(steps)
+            return [float(sigma) for sigma in spaced.sigmas]
+
+        return with_sigma_list(make_sigma_list_scheduler(sampler_name, base_config, seed),
+                               spaced_sigmas)
     _, sampler_extra = SAMPLERS[sampler_name]
     config = dict(base_config)
     if any(key in _SIGMA_OPTIONS for key in SCHEDULES[schedule]):

@@ -128,6 +128,12 @@ class SigmaSampler(EulerDiscreteScheduler):
         ones); ``self.history`` holds the earlier steps, newest last."""
         raise NotImplementedError
 
+    def split(self, sigma: float, sigma_next: float) -> tuple[float, float]:
+        """(σ the deterministic step goes to, σ of the fresh noise added after it)."""
+        if self.ancestral:
+            return ancestral_sigmas(sigma, sigma_next, self.eta)
+        return sigma_next, 0.0
+
     def cfg_pp_sample(self, sample: torch.Tensor, denoised: torch.Tensor,
                       uncond_denoised: torch.Tensor) -> torch.Tensor:
         """CFG++: the sample the solver steps from, re-expressed with the guided x0 and
@@ -148,8 +154,7 @@ class SigmaSampler(EulerDiscreteScheduler):
             sample = self.cfg_pp_sample(sample, denoised,
                                         self.denoised(uncond_output, sample, sigma))
         now = Node(sigma, denoised, (sample - denoised) / sigma)
-        sigma_down, sigma_up = (ancestral_sigmas(sigma, sigma_next, self.eta) if self.ancestral
-                                else (sigma_next, 0.0))
+        sigma_down, sigma_up = self.split(sigma, sigma_next)
         self.generator = generator  # for the SDE samplers' noise
         prev = self.update(sample, now, sigma_down)
         self.history = [*self.history[-2:], now]  # iPNDM, the longest memory, needs 3
@@ -176,6 +181,27 @@ class EulerAncestralSampler(EulerSampler):
     diffusers' ``EulerAncestralDiscreteScheduler``."""
 
     ancestral = True
+
+
+class LCMSampler(EulerSampler):
+    """``lcm`` on any σ list: diffusers' ``LCMScheduler`` step in σ. The x0 gets the
+    consistency models' boundary condition, ``c_out·x0 + c_skip·x_vp`` at the step's
+    timestep × ``timestep_scaling``, and the next sample is that x0 with fresh noise of σ'
+    (equal to ``LCMScheduler`` on the same timesteps)."""
+
+    timestep_scaling = 10.0  # LCMScheduler's default
+    sigma_data = 0.5
+
+    def denoised(self, model_output: torch.Tensor, sample: torch.Tensor,
+                 sigma: float) -> torch.Tensor:
+        x0 = super().denoised(model_output, sample, sigma)
+        t = float(self.timesteps[self.step_index]) * self.timestep_scaling
+        c_skip = self.sigma_data ** 2 / (t ** 2 + self.sigma_data ** 2)
+        c_out = t / (t ** 2 + self.sigma_data ** 2) ** 0.5
+        return c_out * x0 + c_skip * sample / (sigma ** 2 + 1) ** 0.5
+
+    def split(self, sigma: float, sigma_next: float) -> tuple[float, float]:
+        return 0.0, sigma_next  # to x0, then noise to σ'
 
 
 class EulerCFGPPSampler(EulerSampler):
