@@ -36,7 +36,7 @@ def test_beta_schedule_with_a_repeated_first_timestep_runs_to_the_end(sampler):
 
 @pytest.mark.parametrize(("sampler", "schedule", "steps"), [
     ("euler", "simple", 1001), ("ddim", "normal", 1000), ("res_multistep", "simple", 1001),
-    ("dpmpp_2m", "ddim_uniform", 1000)])
+    ("dpmpp_2m", "ddim_uniform", 1000), ("ddim", "normal", 10000), ("lcm", "simple", 1001)])
 def test_more_steps_than_noise_levels_is_refused_before_the_first_step(sampler, schedule,
                                                                        steps):
     with pytest.raises(ValueError, match="this model has 1000 noise levels"):

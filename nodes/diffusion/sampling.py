@@ -112,6 +112,7 @@ def prepare_timesteps(
         set_custom_timesteps(scheduler, custom_timesteps, device)
         denoise = 1.0
     else:
+        _check_distinct_levels(scheduler, steps, scheduled=False)  # some refuse themselves
         scheduler.set_timesteps(steps, device=device)
         _check_distinct_levels(scheduler, steps)
     if explicit_sigmas:
@@ -138,17 +139,23 @@ def prepare_timesteps(
     return timesteps, t_start
 
 
-def _check_distinct_levels(scheduler: Any, steps: int) -> None:
+def _check_distinct_levels(scheduler: Any, steps: int, scheduled: bool = True) -> None:
     """More steps than the model has noise levels repeat timesteps, and several solvers
-    then fail at some late step (a zero step size, an index past the table): refuse at
-    once, saying what runs instead."""
+    then fail at some late step (a zero step size, an index past the table), or refuse
+    in diffusers' words (DDIM, before ``scheduled``): refuse at once, saying what runs
+    instead."""
     levels = int(getattr(scheduler.config, "num_train_timesteps", 0) or 0)
     if not levels or steps < levels or getattr(scheduler, "runs_sigma_list", False) or any(
             getattr(scheduler.config, key, False) for key in _SIGMA_OPTIONS):
         return  # σ spacings: timesteps may round alike, the solvers step by σ
-    timesteps = scheduler.timesteps
-    repeats = len(timesteps) > 1 and bool((timesteps[1:] == timesteps[:-1]).any())
-    if repeats or bool((timesteps >= levels).any()):  # "leading" + steps_offset: t = 1000
+    if scheduled:
+        timesteps = scheduler.timesteps
+        repeats = len(timesteps) > 1 and bool((timesteps[1:] == timesteps[:-1]).any())
+        # "leading" + steps_offset: t = 1000
+        refuse = repeats or bool((timesteps >= levels).any())
+    else:
+        refuse = steps > levels
+    if refuse:
         raise ValueError(f"{steps} steps: this model has {levels} noise levels, and this "
                          "schedule then repeats timesteps or runs past the last: use fewer "
                          f"than {levels} steps, or the karras, exponential or kl_optimal "
