@@ -100,8 +100,22 @@ class Canvas:
     def queue(self) -> None:
         self.page.keyboard.press("Control+Enter")
 
+    def clear(self) -> None:
+        """The toolbar's Clear, confirmed in the question it asks when the graph has nodes."""
+        had = self.nodes().count()
+        self.page.locator(".sf-toolbar").get_by_role("button", name="Clear", exact=True).click()
+        if had:
+            self.confirm_clear()
+        expect(self.nodes()).to_have_count(0)
+
+    def confirm_clear(self) -> None:
+        dialog = self.page.get_by_role("alertdialog", name="Clear the workflow?")
+        dialog.get_by_role("button", name="Clear", exact=True).click()
+        expect(dialog).to_be_hidden()
+
     def open_example(self, name: str) -> None:
-        """Open an example workflow (``txt2img.json``) through the toolbar's examples browser."""
+        """Open an example workflow (``txt2img.json``) through the toolbar's examples browser
+        (it stays open until the example is on the canvas)."""
         self.page.get_by_role("button", name="Examples", exact=True).click()
         browser = self.page.get_by_role("dialog", name="Examples")
         browser.locator(f'.sf-example-card[data-example="{name}"] .sf-example-open').click()

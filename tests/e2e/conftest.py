@@ -192,6 +192,9 @@ def page(browser_context: Any, server: LiveServer) -> Iterator[Any]:
     # A first visit opens the default txt2img graph; these tests start from a clean canvas.
     page.wait_for_function("() => document.querySelectorAll('.react-flow__node').length > 0")
     page.locator(".sf-toolbar").get_by_role("button", name="Clear", exact=True).click()
+    # Clear asks first when the graph is not empty (as ComfyUI's Clear)
+    page.get_by_role("alertdialog", name="Clear the workflow?").get_by_role(
+        "button", name="Clear", exact=True).click()
     page.wait_for_function("() => document.querySelectorAll('.react-flow__node').length === 0")
     yield page
     assert not errors, f"uncaught errors in the page: {errors}"

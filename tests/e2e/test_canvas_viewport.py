@@ -103,6 +103,7 @@ def test_narrow_toolbar_stays_one_line_and_keeps_every_control_reachable(page):
     menu.get_by_role("menuitem", name=name, exact=True).click()
     expect(menu).to_be_hidden()
     if name == "Clear":
+        c.confirm_clear()
         expect(c.nodes()).to_have_count(0)
     # wide again: every button is back in the row
     page.set_viewport_size({"width": 1920, "height": 1080})

@@ -68,15 +68,15 @@ def test_ctrl_z_in_a_text_box_undoes_the_typed_run(page):
 
 def test_room_made_for_a_growing_node_is_no_undo_step(page):
     """A node that grows in a run (Save Image showing its result) pushes the node below it
-    down; Ctrl+Z then undoes the user's last edit, not that move."""
+    down; that move amends the present undo step instead of being one: Ctrl+Z undoes the
+    last step (here the open itself), not the move alone."""
     c = Canvas(page)
     doc = small_txt2img()
     x, y = doc["layout"]["nodes"]["9"]["pos"]
     doc["layout"]["nodes"]["8"]["pos"] = [x, y + 120]  # under Save Image once it shows a result
     c.open_file("grow.json", doc)
-    # the opened graph is the history's base once arranged and settled (200 ms after);
-    # under a loaded CI machine 1 s was at times too short, and Ctrl+Z then left the file
-    page.wait_for_timeout(3000)
+    # the opened graph is an undo step as it opens (before any edit or run)
+    page.wait_for_timeout(1000)
     before = c.document()["layout"]["nodes"]["8"]["pos"][1]
     c.queue()
     expect(c.node("9").locator("img").first).to_be_visible(timeout=120_000)
@@ -85,6 +85,11 @@ def test_room_made_for_a_growing_node_is_no_undo_step(page):
     page.wait_for_timeout(1000)
     moved = c.document()["layout"]["nodes"]["8"]["pos"][1]
     page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    # opening the file is an undo step (made when it opened); the move amended it, so one
+    # Ctrl+Z undoes the open (back to the cleared canvas), not the move alone ...
     page.keyboard.press("Control+z")
-    page.wait_for_timeout(500)
+    expect(c.nodes()).to_have_count(0)
+    # ... and redo brings the file back as the run left it, the room made included
+    page.keyboard.press("Control+y")
+    expect(c.node("8")).to_be_visible()
     assert c.document()["layout"]["nodes"]["8"]["pos"][1] == moved

@@ -135,7 +135,7 @@ def test_custom_combo_options_survive_save_and_load_and_run(page, server: LiveSe
     # save / open: the options and the choice come back; a Preview Any shows the choice
     doc["prompt"]["50"] = {"class_type": "PreviewAny", "inputs": {"source": [combo, 0]}}
     doc["layout"]["nodes"]["50"] = {"pos": [700, 150]}
-    page.locator(".sf-toolbar").get_by_role("button", name="Clear", exact=True).click()
+    c.clear()
     c.open_file("combo.json", doc)
     node = c.node(combo)
     expect(node.get_by_label("choice", exact=True)).to_have_value("green")

@@ -17,6 +17,7 @@ import { DotGrid } from "./canvas/DotGrid";
 import type { SfEdge, SfNode as SfFlowNode } from "./canvas/flow";
 import { Palette } from "./canvas/Palette";
 import { nodeTypes } from "./canvas/VirtualNodes";
+import { ConfirmDialog } from "./editor/ConfirmDialog";
 import { ContextMenu, type MenuTarget } from "./editor/ContextMenu";
 import { GroupLayer, groupSelection } from "./editor/Groups";
 import { Lightbox } from "./editor/Lightbox";
@@ -45,6 +46,7 @@ import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } f
 import { carriesWorkflow, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
 import { lowDetail } from "./lib/layout";
 import { missingModels, missingModelsText } from "./lib/missingmodels";
+import { lightboxSet } from "./lib/lightbox";
 import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } from "./lib/load";
 import { type ImageRef, RunStore } from "./lib/runstore";
 import { type Defs, nodeTitle, parseObjectInfo } from "./lib/schema";
@@ -114,10 +116,23 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const store = useMemo(() => new RunStore(), []);
   const { toasts, notify, dismiss, clearToasts } = useToasts();
   const g = useGraphStore(defs, store, (message) => notify(message, "error"));
-  const { nodes, edges, defsRef, loadGraph, currentGraph, patchNode, setDocName, holdHistory, settleNow } = g;
+  const { nodes, edges, defsRef, loadGraph, currentGraph, patchNode, holdHistory, settleNow } = g;
   const writeAutosaveRef = useRef(g.writeAutosave);
   writeAutosaveRef.current = g.writeAutosave;
-  const [lightbox, setLightbox] = useState<ImageRef | null>(null);
+  const [lightbox, setLightbox] = useState<{ images: readonly ImageRef[]; index: number } | null>(null);
+  const openImage = useCallback((img: ImageRef, set?: readonly ImageRef[]) => setLightbox(lightboxSet(img, set)), []);
+  /** Clear's question, while asked. */
+  const [confirmClear, setConfirmClear] = useState(false);
+  /**
+   * The workflow being opened (its name) while it loads: see `openWith`. The ref is read by
+   * key handlers at once; the state draws the busy overlay.
+   */
+  const [opening, setOpening] = useState<string | null>(null);
+  const openingRef = useRef<string | null>(null);
+  const openSeq = useRef(0);
+  /** Queue presses made while a workflow opened, run once it is in; and whether the last opening succeeded. */
+  const afterOpen = useRef<(() => void)[]>([]);
+  const openOk = useRef(true);
   const [menu, setMenu] = useState<MenuTarget | null>(null);
   const [help, setHelp] = useState<string | null>(null);
   const [keysHelp, setKeysHelp] = useState(false);
@@ -142,16 +157,37 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   const linking = useLinking(g, notify);
   const edit = useEditCommands(g, notify, mouse);
-  const { queue, queueSelected, busy, showNodes } = useQueue(g, store, socket, notify);
+  const { queue, queueSelected: queueSelectedNow, busy, showNodes } = useQueue(g, store, socket, notify);
   const queueOptions = useQueueOptions();
-  const queueN = useCallback(async () => {
+  /**
+   * A Queue pressed while a workflow is opening (its file fetched or converted by the
+   * server) runs once that workflow is on the canvas, and runs it: the user asked for it
+   * after picking it, and the canvas is busy meanwhile (what ComfyUI's instant load would
+   * have run). It never runs the graph being replaced; if the opening fails, it is dropped,
+   * and said so.
+   */
+  const whenOpened = useCallback((run: () => void) => {
+    const name = openingRef.current;
+    if (!name) return run();
+    afterOpen.current.push(run);
+    notify(`Queue waits for ${name} to open`);
+  }, [notify]);
+  useEffect(() => {
+    if (opening || !afterOpen.current.length) return;
+    // after the render that put the opened graph in (the queue reads the graph from it)
+    const pending = afterOpen.current.splice(0);
+    if (openOk.current) for (const run of pending) run();
+    else notify("Not queued: the workflow did not open (press Queue again to run the one shown)", "error");
+  }, [opening, notify]);
+  const queueN = useCallback(() => whenOpened(() => {
     // an invalid batch count (empty, 0, 1000) is refused, not replaced by another count unseen
     if (queueOptions.countIssue) {
       notify(`Not queued: ${queueOptions.countIssue}`, "error");
       return;
     }
-    await queue(undefined, queueOptions.count);
-  }, [queue, queueOptions.count, queueOptions.countIssue, notify]);
+    void queue(undefined, queueOptions.count);
+  }), [whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify]);
+  const queueSelected = useCallback(() => whenOpened(() => void queueSelectedNow()), [whenOpened, queueSelectedNow]);
   useAutoQueue(g, store, queue, queueOptions.onChange);
   const feedback = useFeedback(g, notify);
   // a resized window refits a view the user has not moved since it was fitted
@@ -205,13 +241,14 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [store, notify]);
 
   // --- opening workflows -----------------------------------------------------------------
-  const applyLoaded = useCallback((loaded: Loaded, name?: string) => {
+  const applyLoaded = useCallback((loaded: Loaded, name?: string, firstView = false) => {
     // the previous workflow's errors and warnings point at nodes that are gone
     clearToasts();
     stopWatch.current?.();
     // a ComfyUI file's layout is for ComfyUI's node sizes, an API prompt's a grid: make room for ours
-    loadGraph(loaded.graph, { arrange: loaded.kind !== "document" });
-    if (name) setDocName(name.replace(/\.(json|png)$/i, ""));
+    loadGraph(loaded.graph, {
+      arrange: loaded.kind !== "document", firstView, name: name ? name.replace(/\.(json|png)$/i, "") : undefined,
+    });
     const n = loaded.graph.nodes.length;
     notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`);
     for (const w of loaded.warnings.slice(0, 3)) notify(w, "warning");
@@ -219,63 +256,86 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     const missing = missingModels(loaded.graph, defsRef.current);
     const text = missingModelsText(missing, loaded.graph, defsRef.current);
     if (text) notify(text, "warning", { label: "Show", run: () => showNodes(missing.flatMap((m) => m.nodes.map((x) => x.id))) });
-  }, [loadGraph, notify, clearToasts, setDocName, defsRef, showNodes]);
+  }, [loadGraph, notify, clearToasts, defsRef, showNodes]);
 
-  const loadObject = useCallback(async (obj: unknown, name?: string) => {
+  /**
+   * Open a workflow, atomically as the user sees it. `load` reads it, over the network for an
+   * example (GET /workflows/…), a ComfyUI file (POST /workflow/convert) or an image's workflow;
+   * on a remote server that takes a while. Meanwhile the canvas is inert under a busy overlay,
+   * the editing keys are off and a Queue waits (`whenOpened`): an edit or a run can no longer
+   * go to the old graph that the opened one then replaces (the drill's lost "steps" edit, the
+   * queued old graph). Blocking, not merging, is what a ComfyUI user expects: its load is
+   * instant, so whatever is done after picking a workflow is done to that workflow. A later
+   * open wins over one still loading. Resolves true once the graph is on the canvas.
+   */
+  const openWith = useCallback(async (label: string, load: () => Promise<Loaded>, opts: {
+    name?: string; failText?: string; firstView?: boolean; quiet?: boolean;
+  } = {}): Promise<boolean> => {
+    const seq = ++openSeq.current;
+    openingRef.current = label;
+    setOpening(label);
+    let ok = false;
     try {
-      applyLoaded(await loadWorkflowObject(obj, defsRef.current, convertWorkflow), name);
+      const loaded = await load();
+      if (seq !== openSeq.current) return false; // a later open replaced this one
+      applyLoaded(loaded, opts.name, opts.firstView);
+      ok = true;
+      return true;
     } catch (e) {
-      notify(`Cannot open ${name ?? "workflow"}: ${(e as Error).message}`, "error");
+      if (seq === openSeq.current && !opts.quiet) notify(`${opts.failText ?? `Cannot open ${label}`}: ${(e as Error).message}`, "error");
+      return false;
+    } finally {
+      if (seq === openSeq.current) {
+        openOk.current = ok;
+        openingRef.current = null;
+        setOpening(null);
+      }
     }
-  }, [applyLoaded, notify, defsRef]);
+  }, [applyLoaded, notify]);
+
+  const loadObject = useCallback((obj: unknown, name?: string) =>
+    openWith(name ?? "workflow", () => loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name }),
+  [openWith, defsRef]);
 
   const openAutosave = useCallback((doc: unknown, name: string) => void loadObject(doc, name), [loadObject]);
 
-  const loadFile = useCallback(async (file: File) => {
-    try {
-      const bytes = new Uint8Array(await file.arrayBuffer());
-      applyLoaded(await loadWorkflowBytes(file.name, bytes, defsRef.current, convertWorkflow), file.name);
-    } catch (e) {
-      notify(`Cannot open ${file.name}: ${(e as Error).message}`, "error");
-    }
-  }, [applyLoaded, notify, defsRef]);
+  const loadFile = useCallback((file: File) => openWith(file.name, async () => {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    return loadWorkflowBytes(file.name, bytes, defsRef.current, convertWorkflow);
+  }, { name: file.name }), [openWith, defsRef]);
 
-  const openExample = useCallback(async (ex: ExampleRef) => {
-    try {
-      await loadObject(await getWorkflow(ex.name), ex.name);
-    } catch (e) {
-      notify(`Cannot open ${ex.name}: ${(e as Error).message}`, "error");
-    }
-  }, [loadObject, notify]);
+  const openExample = useCallback((ex: ExampleRef) => openWith(ex.name, async () =>
+    loadWorkflowObject(await getWorkflow(ex.name), defsRef.current, convertWorkflow), { name: ex.name }),
+  [openWith, defsRef]);
 
   const openImageWorkflow = useCallback(async (img: ImageRef) => {
-    try {
+    const ok = await openWith(img.filename, async () => {
       const res = await fetch(viewUrl(img));
       const bytes = new Uint8Array(await res.arrayBuffer());
-      applyLoaded(await loadWorkflowPng(bytes, defsRef.current, convertWorkflow), img.filename);
-      setLightbox(null);
-    } catch (e) {
-      notify(`Cannot open the image's workflow: ${(e as Error).message}`, "error");
-    }
-  }, [applyLoaded, notify, defsRef]);
+      return loadWorkflowPng(bytes, defsRef.current, convertWorkflow);
+    }, { name: img.filename, failText: "Cannot open the image's workflow" });
+    if (ok) setLightbox(null);
+  }, [openWith, defsRef]);
 
   // Restore the last session's graph once; a first visit opens the default text-to-image graph.
   useEffect(() => {
     const tabs = tabSaves();
     const saved = tabs.restore(); // this tab's own graph (a reload), else the newest of any tab
     if (!saved) {
-      getWorkflow(DEFAULT_WORKFLOW)
-        .then((doc) => loadObject(doc, DEFAULT_WORKFLOW))
-        .catch(() => { /* no examples on this server: start empty */ });
+      // its first view shows all of it, whatever the window (loadGraph's firstView);
+      // no examples on this server: it starts empty, quietly
+      void openWith(DEFAULT_WORKFLOW, async () =>
+        loadWorkflowObject(await getWorkflow(DEFAULT_WORKFLOW), defsRef.current, convertWorkflow),
+      { name: DEFAULT_WORKFLOW, firstView: true, quiet: true });
     } else {
       try {
         const doc = JSON.parse(saved.doc);
         const { graph } = documentToGraph(doc, defsRef.current);
-        if (typeof doc?.extra?.name === "string") setDocName(doc.extra.name);
+        const name = typeof doc?.extra?.name === "string" ? doc.extra.name as string : undefined;
         delete graph.extra?.name;
         // a new tab's copy of another tab's graph is its own from now on (a reload keeps it)
-        if (saved.from !== "tab") tabs.save(saved.doc, saved.fit, typeof doc?.extra?.name === "string" ? doc.extra.name : "");
-        loadGraph(graph, { fitted: asFit(saved.fit) }); // a saved view that was a fit still refits on a resize
+        if (saved.from !== "tab") tabs.save(saved.doc, saved.fit, name ?? "");
+        loadGraph(graph, { fitted: asFit(saved.fit), name }); // a saved view that was a fit still refits on a resize
         if (saved.from === "tab") store.restoreLossCurves(takeLossCurves());
         // the results shown before the reload, from the server's history; the graph's prompts
         // still queued or running (another tab's, e.g. one closed meanwhile) when they finish
@@ -315,13 +375,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       patchNode(id, (n) => ({ ...n, data: { ...n.data, values: { ...n.data.values, [name]: value } } }));
       refreshDefs();
     },
-    openImage: (img) => setLightbox(img),
+    openImage,
     holdHistory: (on) => {
       if (on) settleNow(); // an edit made just before stays its own undo step
       holdHistory.current = on;
     },
     showHelp: setHelp,
-  }), [defs, store, patchNode, refreshDefs, holdHistory, settleNow]);
+  }), [defs, store, patchNode, refreshDefs, holdHistory, settleNow, openImage]);
 
   /**
    * A dropped file: an image dropped onto a Load Image node (or onto empty canvas while that
@@ -363,19 +423,30 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     downloadJson(`${g.docName || "workflow"}_api`, prompt);
   }, [currentGraph, g.docName, defsRef]);
 
-  const clear = useCallback(() => {
+  /** Clear, once confirmed (an undo step like any edit: Ctrl+Z brings the graph back). */
+  const clearNow = useCallback(() => {
+    setConfirmClear(false);
     stopWatch.current?.();
-    loadGraph(emptyGraph());
-    setDocName("workflow");
-  }, [loadGraph, setDocName]);
+    loadGraph(emptyGraph(), { name: "workflow" });
+  }, [loadGraph]);
+  /** Clear asks first when there is a graph to lose, as ComfyUI's Clear does by default. */
+  const clear = useCallback(() => {
+    if (openingRef.current) return; // the graph being opened replaces this one anyway
+    if (!g.state.current.nodes.length) clearNow();
+    else setConfirmClear(true);
+  }, [g.state, clearNow]);
+  /** While a workflow opens, commands that edit the graph wait for nothing: they do nothing (the canvas is busy). */
+  const unlessOpening = useCallback((fn: () => void) => () => {
+    if (!openingRef.current) fn();
+  }, []);
 
   const shortcuts = useMemo(() => ({
     keys: () => setKeysHelp((open) => !open),
-    queue: () => void queueN(),
-    queueFront: () => {
+    queue: queueN,
+    queueFront: () => whenOpened(() => {
       if (queueOptions.countIssue) notify(`Not queued: ${queueOptions.countIssue}`, "error");
       else void queue(undefined, queueOptions.count, true);
-    },
+    }),
     interrupt: () => void interrupt().catch(() => undefined),
     save,
     open: () => fileInput.current?.click(),
@@ -396,8 +467,9 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       notify("Refreshing the node definitions…");
     },
     deleteLink: edit.removeLink,
-  }), [queueN, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs]);
-  useShortcuts(shortcuts, !!linking.palette || !!menu);
+  }), [queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs]);
+  // a menu, the palette, a modal dialog or a workflow being opened has the keyboard: only the global keys
+  useShortcuts(shortcuts, !!linking.palette || !!menu || !!opening || confirmClear || !!lightbox);
 
   // --- test and benchmark hooks ----------------------------------------------------------
   useEffect(() => {
@@ -413,20 +485,21 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [currentGraph, loadObject, store, rf, defsRef, g.fitAll]);
 
   const toolbar = useMemo(() => ({
-    queue: () => void queueN(),
-    queueSelected: () => void queueSelected(),
+    queue: queueN,
+    queueSelected,
     interrupt: () => void interrupt().catch(() => undefined),
-    addNode: linking.openPaletteCentered,
-    undo: g.undo,
-    redo: g.redo,
+    addNode: unlessOpening(linking.openPaletteCentered),
+    undo: unlessOpening(g.undo),
+    redo: unlessOpening(g.redo),
     open: () => fileInput.current?.click(),
     save,
     exportApi,
-    openExample: (ex: ExampleRef) => void openExample(ex),
+    openExample,
     clear,
     refresh: refreshDefs,
     keys: () => setKeysHelp((open) => !open),
-  }), [queueN, queueSelected, linking.openPaletteCentered, g.undo, g.redo, save, exportApi, openExample, clear, refreshDefs]);
+  }), [queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, save, exportApi, openExample, clear,
+    refreshDefs]);
 
   return (
     <EditorContext.Provider value={api}>
@@ -463,6 +536,9 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             }}
           >
             <ReactFlow<SfFlowNode, SfEdge>
+              // a workflow being opened: nothing under the overlay takes the pointer or the focus
+              inert={!!opening}
+              aria-busy={opening ? true : undefined}
               nodes={nodes}
               edges={edges}
               nodeTypes={nodeTypes}
@@ -494,7 +570,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               }}
               zoomOnDoubleClick={false}
               // a menu or the palette has the keyboard: Delete must not remove the node under it
-              deleteKeyCode={menu || linking.palette ? null : ["Delete", "Backspace"]}
+              deleteKeyCode={menu || linking.palette || opening ? null : ["Delete", "Backspace"]}
               multiSelectionKeyCode={["Control", "Meta", "Shift"]}
               selectionKeyCode="Shift"
               minZoom={0.1}
@@ -514,6 +590,9 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               <MiniMap zoomable ariaLabel="minimap" className="sf-minimap" maskColor={MINIMAP_MASK}
                 nodeColor={(n) => ((n as SfFlowNode).data?.mode ? "#6b5a2a" : "#4a5563")} />
             </ReactFlow>
+            {opening && (
+              <div className="sf-opening" role="status" data-testid="opening"><span>Opening {opening}…</span></div>
+            )}
             <ConnectionBanner store={store} />
             {help && <NodeHelp g={g} nodeId={help} onClose={() => setHelp(null)} />}
             {keysHelp && <ShortcutsHelp onClose={() => setKeysHelp(false)} />}
@@ -523,7 +602,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               </div>
             )}
           </div>
-          <SidePanel store={store} onLoad={(obj) => loadObject(obj, "workflow")} openImage={setLightbox} notify={notify}
+          <SidePanel store={store} onLoad={(obj) => void loadObject(obj, "workflow")} openImage={openImage} notify={notify}
             feedback={feedback} clientId={clientIdOf} openAutosave={openAutosave} toggleTab={panelToggle} />
         </div>
         <StatusBar store={store} clientId={clientIdOf} labelOf={(id) => {
@@ -537,7 +616,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         )}
         {menu && <ContextMenu target={menu} g={g} edit={edit} linking={linking} onClose={() => setMenu(null)} />}
         {lightbox && (
-          <Lightbox image={lightbox} onClose={() => setLightbox(null)} onOpenWorkflow={(img) => void openImageWorkflow(img)} />
+          <Lightbox images={lightbox.images} index={lightbox.index} onIndex={(index) => setLightbox((l) => l && { ...l, index })}
+            onClose={() => setLightbox(null)} onOpenWorkflow={(img) => void openImageWorkflow(img)} />
+        )}
+        {confirmClear && (
+          <ConfirmDialog title="Clear the workflow?" confirm="Clear"
+            message={`This removes all ${nodes.length} node${nodes.length === 1 ? "" : "s"} from the canvas (Undo brings them back).`}
+            onConfirm={clearNow} onCancel={() => setConfirmClear(false)} />
         )}
         <Toasts toasts={toasts} dismiss={dismiss} />
         <TooltipLayer />

@@ -239,7 +239,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
                 className="nodrag sf-output-image"
                 alt={img.filename}
                 src={viewUrl(img)}
-                onClick={() => openImage(img)}
+                onClick={() => openImage(img, run.images)}
               />
             ))}
           </div>

@@ -12,7 +12,8 @@ export type EditorApi = {
   setTitle(nodeId: string, title: string | undefined): void;
   setControl(nodeId: string, name: string, mode: ControlMode): void;
   upload(nodeId: string, name: string, file: File): Promise<void>;
-  openImage(img: ImageRef): void;
+  /** Show `img` large; `set`: the images it is one of (the lightbox pages through them). */
+  openImage(img: ImageRef, set?: readonly ImageRef[]): void;
   /** While on, edits make no undo step; the first edit after it goes off records them as one (a widget drag). */
   holdHistory(on: boolean): void;
   /** Open the help panel on a node (editor/NodeHelp.tsx). */

@@ -14,6 +14,7 @@
 import { useCallback, useEffect, useLayoutEffect, useRef, useState, type PointerEvent as ReactPointerEvent } from "react";
 import { createRoot } from "react-dom/client";
 import { channelUrl, uploadMask } from "../api";
+import { trapTab } from "../lib/focustrap";
 import { parseAnnotated } from "../lib/feedback";
 import {
   type Brush, defaultRadius, fitScale, invertMask, MaskHistory, maskFileName, maskFromAlphaView, maskToAlpha,
@@ -112,6 +113,7 @@ function MaskEditor({ image, onSave, onClose }: MaskEditorOptions & { onClose():
     const onKey = (e: KeyboardEvent) => {
       e.stopPropagation();
       if (e.key === "Escape") onClose();
+      else trapTab(e, dialog.current); // modal: Tab stays on its Cancel
     };
     window.addEventListener("keydown", onKey, true);
     return () => window.removeEventListener("keydown", onKey, true);

@@ -25,7 +25,8 @@ export type ToolbarActions = {
   open(): void;
   save(): void;
   exportApi(): void;
-  openExample(ex: ExampleRef): void;
+  /** Resolves once the example is open (true) or failed (false). */
+  openExample(ex: ExampleRef): Promise<boolean>;
   clear(): void;
   refresh(): void;
   keys(): void;

@@ -3,6 +3,7 @@
 import { useCallback } from "react";
 import { graphToFlow } from "../canvas/flow";
 import { type GraphLink, type GraphNode, type NodeMode, pasteNodes } from "../lib/graph";
+import { estimateNodeHeight, NODE_HEIGHT, NODE_WIDTH, pasteOffset } from "../lib/layout";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
@@ -50,12 +51,30 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     };
   }, [currentGraph, state]);
 
-  /** Put `clip` into the graph at `offset` (default: under the mouse), selecting the new nodes. */
+  /**
+   * Put `clip` into the graph with its top-left at `at` (default: under the mouse), or at the
+   * nearest free space from there when it would cover a node (lib/layout.ts pasteOffset, the
+   * rule of a node added by double-click), selecting the new nodes.
+   */
   const insertClip = useCallback((clip: Clip, withInputs: boolean, at?: { x: number; y: number }) => {
     const minX = Math.min(...clip.nodes.map((n) => n.pos[0]));
     const minY = Math.min(...clip.nodes.map((n) => n.pos[1]));
-    const to = at ?? mouse.current;
-    const offset: [number, number] = to ? [to.x - minX, to.y - minY] : [40, 40];
+    const to = at ?? mouse.current ?? { x: minX + 40, y: minY + 40 };
+    const rectOf = (n: { position: { x: number; y: number }; measured?: { width?: number; height?: number }; width?: number }) => ({
+      x: n.position.x, y: n.position.y,
+      width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? NODE_HEIGHT,
+    });
+    const byIdNow = new Map(state.current.nodes.map((n) => [n.id, n]));
+    // the copied nodes' boxes: their size on the canvas if they are still there, else as a new node's
+    const clipRects = clip.nodes.map((n) => {
+      const on = byIdNow.get(n.id);
+      const size = on?.data.type === n.type ? rectOf(on) : {
+        width: n.size?.[0] ?? NODE_WIDTH, height: Math.max(n.size?.[1] ?? 0, estimateNodeHeight(defsRef.current.get(n.type))),
+      };
+      return { x: n.pos[0], y: n.pos[1], width: size.width, height: size.height };
+    });
+    const d = pasteOffset(clipRects, state.current.nodes.map(rectOf), { x: to.x, y: to.y });
+    const offset: [number, number] = [d.x, d.y];
     const graph = currentGraph();
     const { graph: next, ids } = pasteNodes(graph, clip, offset);
     if (withInputs && clip.inputs?.length) {

@@ -12,11 +12,12 @@ import { arrangeOpened, makeRoomBelow } from "../lib/arrange";
 import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } from "../lib/graph";
 import { type GroupBox, parseGroups } from "../lib/groups";
 import {
-  boundsOf, estimateNodeHeight, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, type Rect, showsAny, type Viewport,
+  boundsOf, estimateNodeHeight, FIT_MARGIN, FIT_MAX_ZOOM, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, OVERVIEW_ZOOM,
+  type Rect, showsAll, showsAny, type Viewport,
 } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
-import { changedInputs, readUndoKey, undoKey } from "../lib/undo";
+import { changedInputs, readUndoKey, recordStep, type UndoHistory, undoKey } from "../lib/undo";
 import { FitTracker, sameViewport } from "../lib/viewfit";
 import { TabAutosave } from "../lib/autosave";
 
@@ -115,14 +116,52 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   state.current = { nodes, edges };
   const defsRef = useRef(defs);
   defsRef.current = defs;
-  const history = useRef<{ past: string[]; present: string | null; future: string[] }>({ past: [], present: null, future: [] });
+  const history = useRef<UndoHistory>({ past: [], present: null, future: [] });
   /** The pending change is the canvas's own room-making move (see onNodesChange). */
   const autoLayout = useRef(false);
+  /** The undo key last written to the autosave (an opened graph is history's present before it is saved). */
+  const savedKey = useRef<string | null>(null);
+  /** An opened graph waiting to be arranged, as opened: its arranged layout replaces it as history's present. */
+  const loadedFlow = useRef<{ seq: number; nodes: SfNode[]; edges: SfEdge[]; extra: Record<string, unknown>; name: string } | null>(null);
 
   const currentGraph = useCallback((): Graph => {
     const { nodes, edges } = state.current;
     return flowToGraph(nodes, edges, { groups: groupsRef.current, extra: meta.current.extra, viewport: rf.getViewport() });
   }, [rf]);
+
+  /**
+   * Record an edit the debounce below has not settled yet, so that an undo pressed right
+   * after an edit (a Like in the gallery, a typed value) undoes that edit, not the one before.
+   */
+  const settleNow = useCallback(() => {
+    const { nodes: ns, edges: es } = state.current;
+    const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
+    const key = undoKey(doc, docNameRef.current);
+    const h = history.current;
+    if (h.present === null) {
+      // the graph just opened and the debounce has not recorded it yet: it is the base
+      h.present = key;
+      return;
+    }
+    if (key === h.present) return;
+    const amend = autoLayout.current;
+    autoLayout.current = false;
+    recordStep(h, key, amend, UNDO_MAX);
+  }, []);
+
+  /**
+   * Make `key` (a graph just opened, cleared) history's present, as one undo step after the
+   * graph shown before (itself settled first: an edit typed just before stays its own step).
+   * Without it the debounced record below was the opened graph's only way into the history,
+   * and an edit made within its 200 ms replaced it: one Ctrl+Z then went back past the whole
+   * opened workflow to the one before (the drill's lost dreambooth graph).
+   */
+  const recordOpened = useCallback((key: string) => {
+    // (the first graph of the page, the restored or default one, is the base: no step back to an empty canvas)
+    if (history.current.present !== null) settleNow();
+    autoLayout.current = false;
+    recordStep(history.current, key, false, UNDO_MAX);
+  }, [settleNow]);
 
   /** The last fit, redone when the canvas is resized while the view is still that fit (lib/viewfit.ts). */
   const fitTracker = useRef(new FitTracker<FitHow>()).current;
@@ -191,6 +230,22 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       const rects = new Map(ns.map((n) => [n.id, nodeRect(n, defsRef.current)]));
       const placed = arrangeOpened(rects, groupsRef.current);
       arranging.current = false;
+      // the opened graph's step is its arranged layout (no undo step back to the overlapping one)
+      const base = loadedFlow.current;
+      loadedFlow.current = null;
+      if (base?.seq === seq) {
+        const was = undoKey(graphToDocument(flowToGraph(base.nodes, base.edges, { groups: groupsRef.current, extra: base.extra }),
+          defsRef.current), base.name);
+        const h = history.current;
+        if (h.present === was) {
+          const moved = base.nodes.map((n) => {
+            const p = placed.positions.get(n.id);
+            return p && (p.x !== n.position.x || p.y !== n.position.y) ? { ...n, position: p } : n;
+          });
+          h.present = undoKey(graphToDocument(flowToGraph(moved, base.edges, { groups: placed.groups, extra: base.extra }),
+            defsRef.current), base.name);
+        }
+      }
       // a new array even when nothing moved: the opened graph is recorded now (undo, autosave)
       setNodes((cur) => cur.map((n) => {
         const p = placed.positions.get(n.id);
@@ -206,33 +261,68 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   }, [rf, fitRects, whenMeasured]);
 
   /**
+   * The first visit's default graph must show whole in its first view (a small window, a
+   * 150% page zoom: the readable fit showed its top-left part, Save Image cut off by the side
+   * panel, where the first run's image appears): when some node is out of view, React Flow's
+   * fit of all of it, below the readable zoom if need be (down to OVERVIEW_ZOOM).
+   */
+  const fitWholeIfCut = useCallback(() => {
+    const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
+    const rects = rf.getNodes().map((n) => nodeRect(n, defsRef.current));
+    if (!pane || !rects.length || showsAll(rf.getViewport(), rects, pane.width, pane.height)) return;
+    fitAll({ padding: FIT_MARGIN, minZoom: OVERVIEW_ZOOM, maxZoom: FIT_MAX_ZOOM });
+  }, [rf, fitAll]);
+
+  /**
    * A document's own view, kept as ComfyUI keeps a workflow's saved view, unless it shows none
    * of the graph (saved looking at empty canvas, or for a much larger window): then a fit.
+   * `firstView` (the first visit's default graph): kept only if it shows all of the graph.
    */
-  const checkSavedView = useCallback((seq: number, saved: Viewport) => {
+  const checkSavedView = useCallback((seq: number, saved: Viewport, firstView = false) => {
     whenMeasured(seq, () => {
       const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
       if (!pane || !sameViewport(rf.getViewport(), saved)) return; // the view was moved since
       const rects = rf.getNodes().map((n) => nodeRect(n, defsRef.current));
-      if (rects.length && !showsAny(saved, rects, pane.width, pane.height)) fit();
+      if (!rects.length) return;
+      if (firstView) {
+        if (!showsAll(saved, rects, pane.width, pane.height)) {
+          fit();
+          fitWholeIfCut();
+        }
+      } else if (!showsAny(saved, rects, pane.width, pane.height)) fit();
     });
-  }, [rf, fit, whenMeasured]);
+  }, [rf, fit, whenMeasured, fitWholeIfCut]);
 
   /**
    * Open `graph`. Its own viewport, if it has one, is kept (`fitted`: that viewport was a
    * fit, which a resize redoes); without one the graph is fitted. `viewport: false` leaves
    * the view as it is (undo, redo). `arrange`: the layout was made for other node sizes
    * (ComfyUI's): overlapping nodes are moved apart, and its viewport is kept only when
-   * readable (`arrange` above).
+   * readable (`arrange` above). `name`: the document's name from now on. `record: false`
+   * (undo, redo) leaves the history as it is; otherwise the graph is an undo step of its
+   * own at once (`recordOpened`). `firstView`: the first view of the first visit's default
+   * graph, which must show all of it (`fitWhole`).
    */
   const loadGraph = useCallback((graph: Graph, opts: {
-    viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null; arrange?: boolean;
+    viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null; arrange?: boolean; name?: string;
+    record?: boolean; firstView?: boolean;
   } = {}) => {
     const flow = graphToFlow(graph, defsRef.current);
     const seq = ++opened.current;
     arranging.current = !!opts.arrange && flow.nodes.length > 0;
-    meta.current = { extra: graph.extra ?? {} };
-    setGroupsState(parseGroups(graph.groups));
+    const groups = parseGroups(graph.groups);
+    const extra = graph.extra ?? {};
+    if (opts.record !== false) {
+      const name = opts.name ?? docNameRef.current;
+      recordOpened(undoKey(graphToDocument(flowToGraph(flow.nodes, flow.edges, { groups, extra }), defsRef.current), name));
+      if (arranging.current) loadedFlow.current = { seq, nodes: flow.nodes, edges: flow.edges, extra, name };
+    }
+    if (opts.name !== undefined) {
+      docNameRef.current = opts.name;
+      setDocName(opts.name);
+    }
+    meta.current = { extra };
+    setGroupsState(groups);
     setNodes(flow.nodes);
     setEdges(flow.edges);
     if (opts.resetRun !== false) store.reset();
@@ -241,17 +331,19 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       if (graph.viewport) {
         rf.setViewport(graph.viewport);
         if (opts.fitted) fitTracker.fitted(graph.viewport, opts.fitted);
-        if (flow.nodes.length && !arranging.current) checkSavedView(seq, graph.viewport);
+        if (flow.nodes.length && !arranging.current) checkSavedView(seq, graph.viewport, !!opts.firstView);
       } else if (flow.nodes.length && !arranging.current) {
         // as ComfyUI fits on load; not if the view was moved meanwhile (a pan, a zoom)
         const before = rf.getViewport();
         whenMeasured(seq, () => {
-          if (sameViewport(rf.getViewport(), before)) fit();
+          if (!sameViewport(rf.getViewport(), before)) return;
+          fit();
+          if (opts.firstView) fitWholeIfCut();
         });
       }
     }
     if (arranging.current) arrange(seq, opts.viewport !== false ? graph.viewport : undefined);
-  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView]);
+  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView, recordOpened, fitWholeIfCut]);
 
   const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {
@@ -278,15 +370,14 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       const doc = graphToDocument(flowToGraph(nodes, edges, { groups, extra: meta.current.extra }), defsRef.current);
       const key = undoKey(doc, docName);
       const h = history.current;
-      if (key === h.present) return; // selection or measurement only
-      const amend = autoLayout.current;
-      autoLayout.current = false;
-      if (h.present !== null && !amend) {
-        h.past.push(h.present);
-        if (h.past.length > UNDO_MAX) h.past.shift();
-        h.future = [];
+      if (key === h.present && key === savedKey.current) return; // selection or measurement only
+      if (key !== h.present) {
+        const amend = autoLayout.current;
+        autoLayout.current = false;
+        recordStep(h, key, amend, UNDO_MAX);
       }
-      h.present = key;
+      // an opened graph is history's present already (loadGraph): it is saved here
+      savedKey.current = key;
       writeAutosave(doc);
     }, 200);
     return () => clearTimeout(timer);
@@ -295,37 +386,11 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   /** Undo / redo: open the document `key` in place; `from` is the one shown until now. */
   const restoreKey = useCallback((key: string, from: string) => {
     const { doc, name } = readUndoKey(key);
-    loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: false });
-    setDocName(name);
+    loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: false, record: false, name });
     writeAutosave(doc as unknown as WorkflowDocument, name);
     // the last run's messages about the values and links this step put back go with them
     for (const [id, input] of changedInputs(readUndoKey(from).doc.prompt ?? {}, doc.prompt ?? {})) store.clearInputErrors(id, input);
   }, [loadGraph, writeAutosave, store]);
-
-  /**
-   * Record an edit the debounce above has not settled yet, so that an undo pressed right
-   * after an edit (a Like in the gallery, a typed value) undoes that edit, not the one before.
-   */
-  const settleNow = useCallback(() => {
-    const { nodes: ns, edges: es } = state.current;
-    const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
-    const key = undoKey(doc, docNameRef.current);
-    const h = history.current;
-    if (h.present === null) {
-      // the graph just opened and the debounce has not recorded it yet: it is the base
-      h.present = key;
-      return;
-    }
-    if (key === h.present) return;
-    const amend = autoLayout.current;
-    autoLayout.current = false;
-    if (!amend) {
-      h.past.push(h.present);
-      if (h.past.length > UNDO_MAX) h.past.shift();
-      h.future = [];
-    }
-    h.present = key;
-  }, []);
 
   const undo = useCallback(() => {
     settleNow();

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   boundsOf, dotGridCell, estimateNodeHeight, FIT_MAX_ZOOM, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail,
-  MIN_DOT_CELL, overlaps, READABLE_ZOOM,
+  MIN_DOT_CELL, overlaps, pasteOffset, READABLE_ZOOM,
 } from "./layout";
 import { parseNodeSchema } from "./schema";
 import { testDefs } from "./testdefs";
@@ -124,5 +124,39 @@ describe("estimateNodeHeight (a new node's size before it is measured)", () => {
     expect(estimateNodeHeight(defs.get("LoadImage"))).toBeGreaterThan(200);
     expect(estimateNodeHeight(defs.get("VAEDecode"))).toBe(36 + 18 * 3);
     expect(estimateNodeHeight(undefined)).toBe(80);
+  });
+});
+
+describe("pasteOffset (pasted and cloned nodes)", () => {
+  const taken = [{ x: 0, y: 0, width: 260, height: 200 }, { x: 400, y: 0, width: 260, height: 300 }];
+
+  it("keeps the pointer's spot when it is free", () => {
+    const clip = [{ x: 0, y: 0, width: 260, height: 200 }];
+    expect(pasteOffset(clip, taken, { x: 0, y: 600 })).toEqual({ x: 0, y: 600 });
+  });
+
+  it("moves a clone (at +30,+30 of its node) off its node and its neighbours, to the nearest free space", () => {
+    const clip = [taken[0]];
+    const d = pasteOffset(clip, taken, { x: 30, y: 30 });
+    const placed = { ...taken[0], x: taken[0].x + d.x, y: taken[0].y + d.y };
+    for (const t of taken) {
+      const overlap = placed.x < t.x + t.width && t.x < placed.x + placed.width && placed.y < t.y + t.height && t.y < placed.y + placed.height;
+      expect(overlap).toBe(false);
+    }
+    // the nearest: within a few steps of where it was asked for
+    expect(Math.hypot(placed.x - 30, placed.y - 30)).toBeLessThan(320);
+  });
+
+  it("moves several pasted nodes as one block, keeping their arrangement", () => {
+    const clip = [{ x: 100, y: 100, width: 260, height: 200 }, { x: 400, y: 150, width: 260, height: 100 }];
+    const d = pasteOffset(clip, taken, { x: 10, y: 10 });
+    const moved = clip.map((r) => ({ ...r, x: r.x + d.x, y: r.y + d.y }));
+    expect(moved[1].x - moved[0].x).toBe(300);
+    expect(moved[1].y - moved[0].y).toBe(50);
+    for (const m of moved) {
+      for (const t of taken) {
+        expect(m.x < t.x + t.width && t.x < m.x + m.width && m.y < t.y + t.height && t.y < m.y + m.height).toBe(false);
+      }
+    }
   });
 });

@@ -133,6 +133,19 @@ export function showsAny(vp: Viewport, rects: readonly Rect[], width: number, he
   });
 }
 
+/**
+ * Whether viewport `vp` shows all of every one of `rects` (within `slack` px) in a
+ * `width`×`height` pane: the first view of the default graph must (no node cut off by the
+ * side panel or the window's bottom edge), where a document's own view need only show some.
+ */
+export function showsAll(vp: Viewport, rects: readonly Rect[], width: number, height: number, slack = 1): boolean {
+  return rects.every((r) => {
+    const left = r.x * vp.zoom + vp.x;
+    const top = r.y * vp.zoom + vp.y;
+    return left >= -slack && top >= -slack && left + r.width * vp.zoom <= width + slack && top + r.height * vp.zoom <= height + slack;
+  });
+}
+
 /** Whether the canvas should drop widgets: only a large graph, zoomed far out. */
 export function lowDetail(zoom: number, nodeCount: number): boolean {
   return nodeCount >= LOD_NODES && zoom < LOD_ZOOM;
@@ -189,6 +202,18 @@ export function freeSpot(taken: readonly Rect[], want: Point, size: { width: num
     }
   }
   return outside ?? want;
+}
+
+/**
+ * Where pasted or cloned nodes go, as one block keeping their arrangement: the offset that
+ * moves the block `clip` (their boxes, as copied) to the free spot nearest `want` (the
+ * pointer, or beside the cloned node) for its top-left corner, keeping `freeSpot`'s gap from
+ * every node of `taken`, as a node added by double-click is placed.
+ */
+export function pasteOffset(clip: readonly Rect[], taken: readonly Rect[], want: Point, view?: Rect): Point {
+  const b = boundsOf(clip);
+  const spot = freeSpot(taken, want, { width: b.width, height: b.height }, view);
+  return { x: spot.x - b.x, y: spot.y - b.y };
 }
 
 /** The dot grid's spacing on screen is never under this (px): closer dots blur into a grey moiré. */

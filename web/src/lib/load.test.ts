@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { graphToPrompt } from "./graph";
-import { type Converter, isComfyUiWorkflow, loadWorkflowObject } from "./load";
+import { type Converter, isComfyUiWorkflow, loadWorkflowObject, mergeWarnings } from "./load";
 import { comfyDefault, testDefs } from "./testdefs";
 
 const defs = testDefs();
@@ -51,5 +51,41 @@ describe("opening workflows", () => {
     const loaded = await loadWorkflowObject(api, defs, convert);
     expect(loaded.kind).toBe("api");
     expect(loaded.graph.nodes[0].mode).toBe("muted"); // ComfyUI's number read as ours
+  });
+});
+
+describe("a dropped ComfyUI file's warnings", () => {
+  it("name an unknown node type once per node (the converter's and the client's check agree)", async () => {
+    const convert: Converter = async () => ({
+      document: {
+        format: "steerflow.workflow", version: 1,
+        prompt: {
+          "12": { class_type: "SVD_img2vid_Conditioning", inputs: {} },
+          "14": { class_type: "VideoLinearCFGGuidance", inputs: {} },
+          "5": { class_type: "EmptyLatentImage", inputs: { width: 64, height: 64, batch_size: 1 } },
+        },
+        layout: { nodes: {} },
+      },
+      warnings: [
+        "node type SVD_img2vid_Conditioning is not available here (node 12)",
+        "node type VideoLinearCFGGuidance is not available here (node 14)",
+      ],
+    });
+    const loaded = await loadWorkflowObject(comfyDefault(), defs, convert);
+    expect(loaded.warnings).toEqual([
+      "node type SVD_img2vid_Conditioning is not available here (node 12)",
+      "node type VideoLinearCFGGuidance is not available here (node 14)",
+    ]);
+  });
+
+  it("keep the client's warning for a node the converter did not name, and other warnings", () => {
+    expect(mergeWarnings(
+      ["node type A is not available here (node 1, 2)", "something else"],
+      ["node 2: unknown node type A", "node 3: unknown node type B", "node 3: unknown node type B",
+        "node 1 (A): unknown input 'x' dropped"],
+    )).toEqual([
+      "node type A is not available here (node 1, 2)", "something else", "node 3: unknown node type B",
+      "node 1 (A): unknown input 'x' dropped",
+    ]);
   });
 });

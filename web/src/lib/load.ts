@@ -33,12 +33,40 @@ function looksLikePrompt(obj: Record<string, unknown>): boolean {
   return values.length > 0 && values.every((n) => isObject(n) && typeof n.class_type === "string");
 }
 
+/** The server converter's word on node types it lacks: "node type X is not available here (node 12, 14)". */
+const SERVER_UNKNOWN = /^node type (.+) is not available here \(nodes? ([^)]*)\)$/;
+/** The client's own (lib/graph.ts): "node 12: unknown node type X". */
+const CLIENT_UNKNOWN = /^node (\S+): unknown node type (.+)$/;
+
+/**
+ * The converter's warnings, then the client's own check's, one per node for an unknown node
+ * type: both name such a node (the drill's SVD_img2vid_Conditioning was told twice, using up
+ * two of the three warning toasts), so a client warning about a node the converter already
+ * named is dropped. Repeats of one text are dropped too.
+ */
+export function mergeWarnings(server: readonly string[], client: readonly string[]): string[] {
+  const named = new Set<string>();
+  for (const w of server) {
+    const m = SERVER_UNKNOWN.exec(w);
+    if (m) for (const id of m[2].split(/,\s*/)) named.add(id.trim());
+  }
+  const out: string[] = [];
+  for (const w of server) if (!out.includes(w)) out.push(w);
+  for (const w of client) {
+    const m = CLIENT_UNKNOWN.exec(w);
+    if (m && named.has(m[1])) continue;
+    if (m) named.add(m[1]);
+    if (!out.includes(w)) out.push(w);
+  }
+  return out;
+}
+
 export async function loadWorkflowObject(obj: unknown, defs: Defs, convert: Converter): Promise<Loaded> {
   if (isDocument(obj)) return { ...documentToGraph(obj, defs), kind: "document" };
   if (isComfyUiWorkflow(obj)) {
     const { document, warnings } = await convert(obj);
     const loaded = documentToGraph(document, defs);
-    return { graph: loaded.graph, warnings: [...warnings, ...loaded.warnings], kind: "comfyui" };
+    return { graph: loaded.graph, warnings: mergeWarnings(warnings ?? [], loaded.warnings), kind: "comfyui" };
   }
   if (!isObject(obj)) throw new WorkflowFormatError("a workflow must be a JSON object");
   // The body of a POST /prompt, possibly with our document inside.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { changedInputs, readUndoKey, undoKey } from "./undo";
+import { changedInputs, readUndoKey, recordStep, type UndoHistory, undoKey } from "./undo";
 
 describe("changedInputs", () => {
   const before = {
@@ -34,5 +34,34 @@ describe("undoKey", () => {
   it("tells apart the same graph under two names (an Open of a copy is its own step)", () => {
     expect(undoKey(doc, "a")).not.toBe(undoKey(doc, "b"));
     expect(undoKey(structuredClone(doc), "a")).toBe(undoKey(doc, "a"));
+  });
+});
+
+describe("recordStep (the undo history)", () => {
+  it("an opened graph recorded at load is the present, so an edit made right after undoes to it", () => {
+    const h: UndoHistory = { past: [], present: null, future: [] };
+    recordStep(h, "sega"); // the first graph: the base
+    expect(h).toEqual({ past: [], present: "sega", future: [] });
+    recordStep(h, "dreambooth steps=25"); // opened: its own step at once (loadGraph)
+    recordStep(h, "dreambooth steps=7"); // the edit typed within the debounce's 200 ms
+    expect(h.past).toEqual(["sega", "dreambooth steps=25"]);
+    // one undo goes back to the opened graph, not past it to sega
+    expect(h.past[h.past.length - 1]).toBe("dreambooth steps=25");
+  });
+
+  it("the same key again is no step; an amend changes the present step; undone steps go with a new one", () => {
+    const h: UndoHistory = { past: ["a"], present: "b", future: ["c"] };
+    expect(recordStep(h, "b")).toBe(false);
+    expect(h).toEqual({ past: ["a"], present: "b", future: ["c"] });
+    recordStep(h, "b moved", true);
+    expect(h).toEqual({ past: ["a"], present: "b moved", future: ["c"] });
+    recordStep(h, "d");
+    expect(h).toEqual({ past: ["a", "b moved"], present: "d", future: [] });
+  });
+
+  it("keeps at most `max` steps to undo to", () => {
+    const h: UndoHistory = { past: [], present: "0", future: [] };
+    for (let i = 1; i <= 5; i++) recordStep(h, String(i), false, 3);
+    expect(h.past).toEqual(["2", "3", "4"]);
   });
 });

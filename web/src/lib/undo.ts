@@ -34,3 +34,23 @@ export function readUndoKey(key: string): { doc: { prompt?: ApiPrompt } & Record
   const { doc, name } = JSON.parse(key);
   return { doc, name: typeof name === "string" ? name : "workflow" };
 }
+
+/** The undo history: the steps before, the one shown (null until the first graph is in), the steps undone. */
+export type UndoHistory = { past: string[]; present: string | null; future: string[] };
+
+/**
+ * Make `key` the present step. The one before becomes a step to undo to (the oldest beyond
+ * `max` dropped) and the steps undone are gone, unless `amend` (the canvas's own room-making
+ * move: it changes the present step instead of adding one) or nothing was shown before.
+ * Returns whether anything changed.
+ */
+export function recordStep(h: UndoHistory, key: string, amend = false, max = 200): boolean {
+  if (key === h.present) return false;
+  if (h.present !== null && !amend) {
+    h.past.push(h.present);
+    if (h.past.length > max) h.past.shift();
+    h.future = [];
+  }
+  h.present = key;
+  return true;
+}

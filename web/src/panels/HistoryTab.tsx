@@ -41,7 +41,7 @@ function OutputSize({ images, text }: { images: ImageRef[]; text: number }) {
 }
 
 function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
-  h: HistoryEntry; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
+  h: HistoryEntry; onLoad(obj: unknown): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
   onDelete(promptId: string): void;
 }) {
   const images = Object.values(h.outputs).flatMap((o) => o.images ?? []);
@@ -54,7 +54,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
         <span>#{h.number} {h.status}</span>
         <span className="sf-history-actions">
           {images.length > 0 && (
-            <button type="button" className="sf-small" onClick={() => openImage(images[0])} title="Show the image large">View</button>
+            <button type="button" className="sf-small" onClick={() => openImage(images[0], images)} title="Show the image large">View</button>
           )}
           <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra))}
             title="Load its workflow onto the canvas">Load</button>
@@ -71,7 +71,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
       {images.length > 0 && (
         <div className="sf-thumbs">
           {images.slice(0, 8).map((img, i) => (
-            <Thumb key={i} img={img} openImage={openImage} feedback={feedback} />
+            <Thumb key={i} img={img} openImage={(im) => openImage(im, images)} feedback={feedback} />
           ))}
         </div>
       )}
@@ -112,7 +112,7 @@ function OtherTabs({ open }: { open(doc: unknown, name: string): void }) {
 }
 
 export function HistoryTab({ store, onLoad, openImage, feedback, openAutosave }: {
-  store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef): void; feedback: FeedbackView | null;
+  store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
   /** Open another tab's autosaved graph under its name. */
   openAutosave?(doc: unknown, name: string): void;
 }) {

@@ -8,7 +8,7 @@ import { latestImages } from "../lib/latest";
 import type { ImageRef, RunStore } from "../lib/runstore";
 import { Thumb } from "./Thumb";
 
-export function LatestResult({ store, openImage }: { store: RunStore; openImage(img: ImageRef): void }) {
+export function LatestResult({ store, openImage }: { store: RunStore; openImage(img: ImageRef, set?: readonly ImageRef[]): void }) {
   const { gallery } = useGlobalRun(store);
   const latest = latestImages(gallery);
   if (!latest.length) return null;
@@ -20,7 +20,7 @@ export function LatestResult({ store, openImage }: { store: RunStore; openImage(
         {all > latest.length ? ` (all in Gallery)` : ""}
       </div>
       <div className="sf-latest-images">
-        {latest.map((img) => <Thumb key={img.key} img={img} openImage={openImage} feedback={null} />)}
+        {latest.map((img) => <Thumb key={img.key} img={img} openImage={(img) => openImage(img, latest)} feedback={null} />)}
       </div>
     </section>
   );

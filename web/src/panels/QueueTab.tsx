@@ -59,7 +59,7 @@ function RunningProgress({ store, item, now }: { store: RunStore; item: QueueIte
 }
 
 export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
-  store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void; openImage(img: ImageRef): void;
+  store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void;
   clientId(): string | undefined;
 }) {
   const { queueVersion, running, connected } = useGlobalRun(store);

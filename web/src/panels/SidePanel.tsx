@@ -23,13 +23,13 @@ function readCollapsed(): boolean {
   }
 }
 
-function GalleryTab({ store, openImage, feedback }: { store: RunStore; openImage(img: ImageRef): void; feedback: FeedbackView | null }) {
+function GalleryTab({ store, openImage, feedback }: { store: RunStore; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null }) {
   const { gallery } = useGlobalRun(store);
   return (
     <div className="sf-tab">
       {gallery.length === 0 && <div className="sf-muted">Images made in this session appear here.</div>}
       <div className="sf-gallery" aria-label="gallery">
-        {gallery.map((img) => <Thumb key={img.key} img={img} openImage={openImage} feedback={feedback} />)}
+        {gallery.map((img) => <Thumb key={img.key} img={img} openImage={(im) => openImage(im, gallery)} feedback={feedback} />)}
       </div>
     </div>
   );
@@ -52,7 +52,7 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
   onLoad(obj: unknown): void;
   /** Open another tab's autosaved graph (the History tab lists them). */
   openAutosave?(doc: unknown, name: string): void;
-  openImage(img: ImageRef): void;
+  openImage(img: ImageRef, set?: readonly ImageRef[]): void;
   notify(msg: string): void;
   /** Set while the graph has a FABRIC Feedback node. */
   feedback?: FeedbackView | null;
