@@ -240,3 +240,35 @@ def test_matches_the_pipeline_where_attn1_attends_to_the_text(tmp_path):
     ref = run_reference(reference_pipeline(StableDiffusionAttendAndExcitePipeline, folder),
                         96, 64, (8, 12))
     assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_level_recorder_resizes_maps_a_pass_runs_at_another_size():
+    """Where a pass runs attn_res's level smaller (Deep Shrink), its maps are resized to
+    attn_res on the autograd graph; at attn_res they are recorded as they are."""
+    from types import SimpleNamespace
+
+    from nodes.diffusion.attend_excite import LevelRecorder, level_of
+    from nodes.diffusion.attention import AttentionCall, AttentionLayer
+
+    assert [level_of(n, 3) for n in ("down_blocks.1.attentions.0.x", "mid_block.attentions.0",
+                                     "up_blocks.0.attentions.1", "conv_in")] == [1, 2, 2, None]
+    recorder = LevelRecorder(cross=True, by_keys=True, roles=("cond",), keep_grad=True,
+                             level=0, levels=2, size=(4, 4))
+    layer = AttentionLayer("up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor",
+                           "up", True, True)
+    assert recorder.selects(layer)
+    assert not recorder.selects(AttentionLayer("mid_block.attentions.0.transformer_blocks.0."
+                                               "attn2.processor", "mid", True, True))
+    run = SimpleNamespace(state={})
+    probs = torch.rand(2, 4, 7, requires_grad=True)  # 2 heads, a 2x2 grid, 7 keys
+    call = AttentionCall(layer, run, ("cond",), 2, 4, (2, 2), 7, _rows=2)
+    assert recorder.on_probs(call, probs) is probs
+    average = recorder.average(run, "cond")
+    assert average.shape == (1, 16, 7) and average.requires_grad
+    grid = probs.mean(0).T.reshape(1, 7, 2, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bilinear")
+    assert torch.allclose(average[0], expected.reshape(7, 16).T)
+    recorder.clear(run)
+    full = torch.rand(2, 16, 7)
+    recorder.on_probs(AttentionCall(layer, run, ("cond",), 2, 16, (4, 4), 7, _rows=2), full)
+    assert torch.allclose(recorder.average(run, "cond")[0], full.mean(0))

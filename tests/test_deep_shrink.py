@@ -236,3 +236,93 @@ def test_a_factor_below_one_that_cannot_fit_is_refused(session, monkeypatch):
     assert not result.ok and "downscale_factor 0.1" in str(result.run.error)
     _, result = _run(session, _graph(SHRINK))
     assert result.ok, result.run.error
+
+
+# --- with the techniques that read attention maps ---------------------------------------------
+
+def _combined(shrink: dict | None, *, excite: bool = False, sag: bool = False,
+              width: int = 64, height: int = 64, attn_res: int = 0) -> dict:
+    """txt2img on the tiny model (DDIM, 6 steps) with Deep Shrink, Attend-and-Excite as
+    the positive prompt and SAG, each optional."""
+    text = "a red circle at the top left and a blue square"
+    graph = _graph(None, width=width, height=height)
+    model: list = ["ckpt", 0]
+    if shrink is not None:
+        graph["shrink"] = {"class_type": "PatchModelAddDownscale",
+                           "inputs": {"model": model, **shrink}}
+        model = ["shrink", 0]
+    if sag:
+        graph["sag"] = {"class_type": "SelfAttentionGuidance",
+                        "inputs": {"model": model, "scale": 1.5, "blur_sigma": 2.0}}
+        model = ["sag", 0]
+    graph["pos"] = ({"class_type": "AttendAndExcite", "inputs": {
+        "clip": ["ckpt", 1], "text": text, "words": "circle, square", "attn_res": attn_res,
+        "scale_factor": 800.0, "max_iter_to_alter": 4, "thresholds": "0:0.05, 2:0.5"}}
+        if excite else {"class_type": "CLIPTextEncode",
+                        "inputs": {"text": text, "clip": ["ckpt", 1]}})
+    graph["ks"]["inputs"].update(model=model, steps=6, sampler_name="ddim")
+    return graph
+
+
+@pytest.mark.parametrize(("span", "attn_res"), [((0.0, 0.8), 4), ((0.5, 0.9), 4),
+                                                ((0.0, 0.8), 8)])
+def test_attend_and_excite_excites_while_shrinking(session, span, attn_res):
+    """A&E's own pass before each step shrinks as that step's pass does (also where the
+    shrink starts after step 0), and its maps at attn_res are found at the shrunk size:
+    the mid block's 4x4 maps are 2x2 while shrinking by 3; at 8x8 some of the level's
+    layers are shrunk (to 3x3) and some not."""
+    shrink = {**SHRINK, "downscale_factor": 3.0, "start_percent": span[0],
+              "end_percent": span[1]}
+    alone, result = _run(session, _combined(shrink))
+    assert result.ok, result.run.error
+    both, result = _run(session, _combined(shrink, excite=True, attn_res=attn_res))
+    assert result.ok, result.run.error
+    assert torch.isfinite(both).all() and (both - alone).abs().max() > 1e-3
+
+
+def test_a_pass_shrinks_by_its_own_timestep(unet):
+    """An extension's own pass (no ``unet_inputs`` before it) shrinks exactly where the
+    span holds for its timestep, and the attention store learns the shrunk grids."""
+    from nodes.diffusion.attention import AttentionStore
+
+    ext = DeepShrink(1, 2.0, 0.0, 0.5, True)
+    store = AttentionStore()
+    state = _State(train_timesteps=1000, store=store)
+    x, context = torch.randn(1, 4, 12, 20), torch.randn(1, 7, 32)
+    try:
+        ext.install(unet, state)
+        with torch.no_grad():
+            for t, shrinks in ((900.0, True), (100.0, False)):
+                state.active = not shrinks  # stale, as left by the previous step
+                unet(x, torch.tensor(t), context)
+                assert state.active is shrinks
+    finally:
+        remove_hooks(state.handles)
+    assert {store.sizes[n] for n in (6 * 10, 3 * 5, 2 * 3)} == {(6, 10), (3, 5), (2, 3)}
+
+
+def test_sag_reads_its_map_at_the_shrunk_size(session):
+    """96x96 (a 12x12 latent) shrunk by 3: the mid block's map is 2x2, a size the
+    unshrunk UNet never has."""
+    shrink = {**SHRINK, "downscale_factor": 3.0, "end_percent": 0.8}
+    alone, result = _run(session, _combined(shrink, width=96, height=96))
+    assert result.ok, result.run.error
+    both, result = _run(session, _combined(shrink, sag=True, width=96, height=96))
+    assert result.ok, result.run.error
+    assert torch.isfinite(both).all() and (both - alone).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sag", [False, True])
+def test_a_latent_shrunk_too_small_is_a_clear_error(session, sag):
+    """32x32 (a 4x4 latent) shrunk by 2 leaves one pixel at the UNet's second level,
+    whose group norm has one channel per group: refused before sampling, naming the
+    factor and the size (the plain latent runs)."""
+    _, result = _run(session, _combined(None, sag=sag, width=32, height=32))
+    assert result.ok, result.run.error
+    _, result = _run(session, _combined(SHRINK, sag=sag, width=32, height=32))
+    assert not result.ok
+    message = str(result.run.error)
+    assert "downscale_factor 2" in message and "4x4 latent" in message, message
+    never = {**SHRINK, "start_percent": 1.0, "end_percent": 1.0}  # never shrinks: runs
+    _, result = _run(session, _combined(never, sag=sag, width=32, height=32))
+    assert result.ok, result.run.error

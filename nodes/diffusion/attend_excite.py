@@ -15,6 +15,10 @@ repeated (at most ``max_refinement_steps`` times) until every token's maximum
 reaches the threshold. The math follows diffusers'
 ``StableDiffusionAttendAndExcitePipeline`` step for step, so results match it.
 
+The maps are those of the layers at ``attn_res``'s UNet level. Where a technique
+changes that level's resolution in a pass (Deep Shrink), each layer's map is resized
+to ``attn_res`` (bilinear, on the autograd graph) before the maps are averaged.
+
 One departure, which changes nothing for variance-preserving samplers (DDIM,
 PNDM, DPM-Solver, UniPC, ...): the A&E pass gives the UNet the latent scaled as
 the sampler's own pass does (``scale_model_input``); the pipeline passes it
@@ -39,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nodes.diffusion.attention import AttentionCall, AttentionLayer, AttentionRecorder
 from nodes.diffusion.extensions import SamplerExtension, Step
 from nodes.diffusion.prompt_weighting import (
     WINDOW,
@@ -50,7 +55,6 @@ from nodes.diffusion.prompt_weighting import (
 if TYPE_CHECKING:
     import torch
 
-    from nodes.diffusion.attention import AttentionRecorder
     from nodes.diffusion.sampling import SamplingRun
 
 #: the pipeline's default iterative-refinement thresholds {step index: threshold}
@@ -333,9 +337,52 @@ def attend_excite_loss(max_attention: Sequence[torch.Tensor]) -> torch.Tensor | 
 
 # --- the extension -------------------------------------------------------------------------
 
+def level_of(layer_name: str, levels: int) -> int | None:
+    """The UNet resolution level (0: the latent's own) of an attention layer, from its
+    processor name: ``down_blocks.i`` is level i, the mid block the deepest, and
+    ``up_blocks.j`` level ``levels − 1 − j``."""
+    match = re.match(r"(down|up)_blocks\.(\d+)\.", layer_name)
+    if match is not None:
+        index = int(match.group(2))
+        return index if match.group(1) == "down" else levels - 1 - index
+    return levels - 1 if layer_name.startswith("mid_block.") else None
+
+
+@dataclass(eq=False)
+class LevelRecorder(AttentionRecorder):
+    """The recorder of the cross-attention layers at one UNet level, whose maps are
+    resized to ``size`` wherever a pass runs that level at another resolution (Deep
+    Shrink), so that the layers' maps can be averaged over one grid."""
+
+    level: int = 0
+    levels: int = 1
+    size: tuple[int, int] = (1, 1)
+
+    def selects(self, layer: AttentionLayer) -> bool:
+        return super().selects(layer) and level_of(layer.name, self.levels) == self.level
+
+    def on_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
+        import dataclasses
+
+        import torch.nn.functional as F
+
+        h, w = self.size
+        if call.query_tokens == h * w:
+            return super().on_probs(call, probs)
+        if call.size is None:
+            raise RuntimeError(f"Attend-and-Excite: no grid known for the "
+                               f"{call.query_tokens}-token maps of {call.layer.name}")
+        rows, _, keys = probs.shape
+        grid = probs.transpose(1, 2).reshape(rows, keys, *call.size)
+        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+        resized = grid.reshape(rows, keys, h * w).transpose(1, 2)
+        super().on_probs(dataclasses.replace(call, query_tokens=h * w, size=(h, w)), resized)
+        return probs
+
+
 @dataclass
 class _RunState:
-    recorder: AttentionRecorder
+    recorder: LevelRecorder
     size: tuple[int, int]
     step_sizes: Any  # numpy float64, one per step: the pipeline's schedule
     embeds: torch.Tensor
@@ -370,8 +417,6 @@ class AttendAndExcite(SamplerExtension):
     def setup(self, run: SamplingRun) -> None:
         import numpy as np
 
-        from nodes.diffusion.attention import AttentionRecorder
-
         if not any(ext is self for entry in run.positive.entries
                    for ext in entry.options.get("extensions", ())):
             raise ValueError("Attend-and-Excite's conditioning must be the sampler's positive "
@@ -388,9 +433,16 @@ class AttendAndExcite(SamplerExtension):
             raise ValueError(f"Attend-and-Excite: token index {max(self.indices)} is past the "
                              f"prompt's {self.embeds.shape[1]} tokens")
         # every layer whose keys are the text, as the pipeline's store (is_cross = the
-        # call had encoder_hidden_states): attn1 too in only_cross_attention blocks
-        recorder = AttentionRecorder(places=("up", "down", "mid"), cross=True, by_keys=True,
-                                     tokens=size[0] * size[1], roles=("cond",), keep_grad=True)
+        # call had encoder_hidden_states): attn1 too in only_cross_attention blocks; the
+        # layers of the level that has maps of this size (the pipeline picks them by
+        # size), whatever size a pass gives them
+        levels = len(unet.config.block_out_channels)
+        chain = [latent]
+        for _ in range(levels - 1):
+            chain.append((math.ceil(chain[-1][0] / 2), math.ceil(chain[-1][1] / 2)))
+        recorder = LevelRecorder(places=("up", "down", "mid"), cross=True, by_keys=True,
+                                 roles=("cond",), keep_grad=True, level=chain.index(size),
+                                 levels=levels, size=size)
         # the pipeline's step size schedule, from the original repository
         scale_range = np.linspace(1.0, 0.5, len(run.timesteps))
         run.state[self] = _RunState(recorder, size, self.scale_factor * np.sqrt(scale_range),

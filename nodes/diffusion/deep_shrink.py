@@ -19,6 +19,12 @@ idle in the steps outside the range. A ControlNet's residuals are made for the f
 skips: while shrinking they are added by the hooks instead, each resized to the skip it
 belongs to (ComfyUI drops the ones that no longer fit); a T2I-Adapter's likewise.
 
+Every UNet pass decides from its own timestep whether it shrinks, so an extension's
+own pass (Attend-and-Excite's before the step, SAG's degraded one) runs as the step's
+main pass does; the shrunk sizes are taught to the attention store, so readers of
+attention maps (SAG, Attend-and-Excite) know their grids. A latent the shrink makes
+too small for the UNet's group norms is refused before the first step.
+
 Importing this module does not import torch.
 """
 
@@ -64,6 +70,10 @@ def fit(ext: DeepShrink, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return resize(x, size, ext.downscale_method if smaller else ext.upscale_method)
 
 
+def _small_size(height: int, width: int, factor: float) -> tuple[int, int]:
+    return (max(round(height / factor), 1), max(round(width / factor), 1))
+
+
 def _first(output: Any) -> torch.Tensor:
     return output if not isinstance(output, tuple) else output[0]
 
@@ -83,6 +93,11 @@ class _State:
     intrablock: list[torch.Tensor] | None = None
     #: skip tensors the up blocks have consumed in this pass (from the end)
     consumed: int = 0
+    #: the scheduler's training timesteps: each pass sets ``active`` from its own
+    #: timestep (None: ``active`` is left as set, e.g. by a test)
+    train_timesteps: int | None = None
+    #: the run's attention store, taught the shrunk sizes (None: none to teach)
+    store: Any = None
 
 
 class DeepShrink(SamplerExtension):
@@ -108,7 +123,55 @@ class DeepShrink(SamplerExtension):
                              f"{len(blocks)} input blocks (1-{len(blocks)})")
         if self.factor < 1:  # a factor below 1 enlarges the deeper levels: will they fit?
             self._check_enlarged(run, sum(j is None for _, j in blocks[:self.block_number]))
-        run.state[self] = _State()
+        from nodes.diffusion.combine import active  # imports torch
+
+        train = int(run.scheduler.config.num_train_timesteps)
+        if any(active(self.span, float(t), train) for t in run.timesteps):
+            self._check_normalisable(unet, tuple(int(s) for s in run.init_latents.shape[-2:]))
+        run.state[self] = _State(train_timesteps=train, store=run.attention)
+
+    def shrink_level(self, unet: Any) -> tuple[int, bool]:
+        """The UNet level whose hidden state is shrunk, and whether the shrink comes
+        after that level's first ResNet (inside the level) rather than at its input."""
+        blocks = input_blocks(unet)
+        level = sum(j is None for _, j in blocks[:self.block_number])
+        return level, blocks[self.block_number - 1][1] is not None
+
+    def shrunk_sizes(self, unet: Any, height: int, width: int) -> list[tuple[int, int]]:
+        """The hidden state's (h, w) while shrinking, from the shrunk level down (each
+        downsampler halves it, rounding up)."""
+        level, _ = self.shrink_level(unet)
+        for _ in range(level):
+            height, width = -(-height // 2), -(-width // 2)
+        sizes = [_small_size(height, width, self.factor)]
+        for _ in range(len(unet.down_blocks) - 1 - level):
+            h, w = sizes[-1]
+            sizes.append((-(-h // 2), -(-w // 2)))
+        return sizes
+
+    def _check_normalisable(self, unet: Any, latent: tuple[int, int]) -> None:
+        """Refuse a shrink that leaves one pixel at a level whose group norm has one
+        channel per group (the rule of ``sampling.check_latent_size``): torch would stop
+        there with "Expected more than 1 value per channel", or, with guidance's batch
+        of two, normalise each value to nothing."""
+        config = unet.config
+        channels = list(getattr(config, "block_out_channels", ()) or ())
+        groups = int(getattr(config, "norm_num_groups", 0) or 0)
+        if not groups or not channels:
+            return
+        level, inside = self.shrink_level(unet)
+        for offset, size in enumerate(self.shrunk_sizes(unet, *latent)):
+            here = level + offset
+            # a level's first ResNet normalises what the level above handed down,
+            # unless the shrink comes after it
+            above = channels[here] if offset == 0 and inside else channels[max(here - 1, 0)]
+            if min(channels[here], above) // groups <= 1 and size == (1, 1):
+                raise ValueError(
+                    f"Deep Shrink's downscale_factor {self.factor:g} at block_number "
+                    f"{self.block_number} shrinks the {latent[1]}x{latent[0]} latent to "
+                    f"{size[1]}x{size[0]} at the UNet's level {here}, one pixel this model "
+                    "cannot normalise; use a smaller downscale_factor or make the "
+                    "image larger")
 
     def _check_enlarged(self, run: SamplingRun, level: int) -> None:
         from nodes.diffusion.sampling import unet_activation_bytes
@@ -180,7 +243,7 @@ class DeepShrink(SamplerExtension):
                 add(block.register_forward_hook(shrink.intrablock_after))
         if unet.mid_block is not None:
             add(unet.mid_block.register_forward_hook(shrink.mid_output))
-        add(unet.register_forward_pre_hook(shrink.new_pass))
+        add(unet.register_forward_pre_hook(shrink.new_pass, with_kwargs=True))
         for block in unet.up_blocks:
             _UpBlockHooks(self, state, block).install()
 
@@ -195,13 +258,28 @@ class _Shrink:
     inside: int | None = None
 
     def small_size(self, height: int, width: int) -> tuple[int, int]:
-        return (max(round(height / self.ext.factor), 1), max(round(width / self.ext.factor), 1))
+        return _small_size(height, width, self.ext.factor)
 
     def small(self, x: torch.Tensor) -> torch.Tensor:
         return resize(x, self.small_size(*x.shape[-2:]), self.ext.downscale_method)
 
-    def new_pass(self, module: Any, args: tuple[Any, ...]) -> None:
-        self.state.consumed = 0
+    def new_pass(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A UNet pass begins: whether it shrinks follows its own timestep, so a pass an
+        extension makes outside the sampler's (Attend-and-Excite's, before the step's
+        ``unet_inputs``) shrinks exactly when the step's main pass does."""
+        from nodes.diffusion.combine import active  # imports torch
+
+        state = self.state
+        state.consumed = 0
+        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        if state.train_timesteps is not None and t is not None:
+            t = float(t.flatten()[0]) if hasattr(t, "flatten") else float(t)
+            state.active = active(self.ext.span, t, state.train_timesteps)
+        sample = args[0] if args else kwargs.get("sample")
+        if state.active and state.store is not None and sample is not None:
+            # the attention store's grids for this pass's shrunk token counts
+            for h, w in self.ext.shrunk_sizes(module, *sample.shape[-2:]):
+                state.store.sizes.setdefault(h * w, (h, w))
 
     def block_output(self, module: Any, args: Any, output: Any) -> Any:
         if not self.state.active:
