@@ -434,6 +434,15 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
     if extra:
         specs = {**specs, **extra}
     for name, spec in specs.items():
+        if name in inputs and inputs[name] is None and spec.required and spec.is_widget \
+                and not values_ok:
+            # ComfyUI fails int(None)/float(None) (invalid_input_type): a null never
+            # silently becomes the default; an optional input's null is "not given"
+            default = (f", or leave the input out for its default {_short(spec.default)}"
+                       if spec.has_default else "")
+            issues.append(_value_issue(spec, None, "invalid_value", f"null is not a "
+                                       f"{spec.type} value; give one{default}", "null"))
+            continue
         if name not in inputs or inputs[name] is None:
             if spec.required and not spec.has_default:
                 unknown = [n for n in inputs if n not in specs and n not in cls.INPUT_SPECS]

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import secrets
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,13 @@ from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
 from nodes.limits import check_image
-from nodes.output_files import SavesNumberedFiles, next_number, save_numbered, split_prefix
+from nodes.output_files import (
+    SavesNumberedFiles,
+    api_prompt,
+    next_number,
+    save_numbered,
+    split_prefix,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +91,28 @@ def unreadable_image(label: str, exc: Exception) -> ValueError:
     return ValueError(f"{label!r} is not a readable image: {why}")
 
 
+# Pillow's LOAD_TRUNCATED_IMAGES is a module global: only one retry sets it at a time
+_TRUNCATED = threading.Lock()
+
+
+def load_pillow(img: Image.Image) -> None:
+    """``img.load()``; a file cut short loads as far as it goes, as ComfyUI's
+    node_helpers.pillow reads it (a retry with LOAD_TRUNCATED_IMAGES, set for that retry
+    only), and as the server's upload, /view and /upload/mask read it."""
+    from PIL import ImageFile
+
+    try:
+        img.load()
+    except OSError:
+        with _TRUNCATED:
+            before = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+            try:
+                img.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def pil_to_image(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     """PIL → (IMAGE ``[1, H, W, 3]``, MASK ``[1, H, W]``; mask = 1 - alpha, as ComfyUI)."""
     import numpy as np
@@ -143,6 +172,7 @@ class LoadImage(Node):
         role, path = self.locate(ctx.env, self.image)
         try:
             with Image.open(path) as img:
+                load_pillow(img)
                 image, mask = pil_to_image(img)
         except FileNotFoundError:
             raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
@@ -196,9 +226,9 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
 
     folder, subfolder, stem = split_prefix(ctx.env, role, prefix, "Steerflow")
     info = PngImagePlugin.PngInfo()
-    info.add_text("prompt", json.dumps(ctx.prompt))
+    info.add_text("prompt", json.dumps(api_prompt(ctx)))  # ComfyUI's API format
     pnginfo = dict(ctx.extra.get("extra_pnginfo") or {})
-    pnginfo.setdefault("workflow", prompt_to_document(ctx.prompt))
+    pnginfo.setdefault("workflow", prompt_to_document(ctx.prompt))  # keeps the node modes
     for key, value in pnginfo.items():
         info.add_text(str(key), json.dumps(value))
     number = next_number(folder, stem, ".png")

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Tensor
-from nodes.image import LoadImage, annotated_image_exists, list_input_images, unreadable_image
+from nodes.image import (
+    LoadImage,
+    annotated_image_exists,
+    list_input_images,
+    load_pillow,
+    unreadable_image,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -113,6 +119,7 @@ class LoadImageMask(Node):
         role, path = LoadImage.locate(ctx.env, self.image)
         try:
             with Image.open(path) as img:
+                load_pillow(img)  # a file cut short loads as in Load Image and ComfyUI
                 img = ImageOps.exif_transpose(img)
                 has_alpha = "A" in img.getbands() or "transparency" in img.info
                 arr = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0

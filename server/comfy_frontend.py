@@ -43,7 +43,7 @@ from aiohttp import web
 from engine.paths import PathError, confined_path
 from server.errors import ApiError, json_response
 from server.files import _role, _with_suffix, read_upload, sanitize_filename, store_upload
-from server.imaging import ImageTooLarge, check_pixels
+from server.imaging import ImageTooLarge, image_error, load_image, open_image, run_decode
 from server.info import _FOLDER_NAME, MODEL_SUFFIXES
 from server.routes import read_object
 from server.state import state
@@ -233,20 +233,24 @@ def apply_mask(original: bytes | Path, mask: bytes) -> bytes:
     """``original`` as RGBA PNG with ``mask``'s alpha channel as its alpha.
 
     Like ComfyUI's ``/upload/mask``; a mask of another size is resized to the
-    original's. The original's PNG text chunks (its workflow) are kept.
+    original's. The original's PNG text chunks (its workflow) are kept. Both images are
+    read as :func:`server.imaging.open_image` and ``load_image`` read them (the pixel
+    limit; a file cut short loads as far as it goes); run it with ``run_decode``.
     """
     from PIL import Image, ImageOps, PngImagePlugin
 
-    src = io.BytesIO(original) if isinstance(original, bytes) else original
-    with Image.open(src) as orig, Image.open(io.BytesIO(mask)) as alpha_src:
-        for img in (orig, alpha_src):
-            check_pixels(img)
+    with open_image(original) as orig, open_image(mask) as alpha_src:
+        load_image(orig)  # first: reading a PNG's text chunks past its pixels loads it
+        load_image(alpha_src)
         info = PngImagePlugin.PngInfo()
         for key, value in (getattr(orig, "text", None) or {}).items():
             info.add_text(key, value)
-        # upright, as the editor showed it and Load Image reads it (a phone's JPEG)
-        out = ImageOps.exif_transpose(orig).convert("RGBA")
-        alpha = alpha_src.convert("RGBA").getchannel("A")
+        # upright, as the editor showed it and Load Image reads it (a phone's JPEG); in
+        # place and without needless copies: an 8192² original is 256 MB a copy
+        ImageOps.exif_transpose(orig, in_place=True)
+        out = orig if orig.mode == "RGBA" else orig.convert("RGBA")
+        alpha = (alpha_src.getchannel("A") if alpha_src.mode in ("RGBA", "LA")
+                 else alpha_src.convert("RGBA").getchannel("A"))
         if alpha.size != out.size:
             alpha = alpha.resize(out.size, Image.Resampling.BILINEAR)
         out.putalpha(alpha)
@@ -258,14 +262,15 @@ def apply_mask(original: bytes | Path, mask: bytes) -> bytes:
 async def upload_mask(request: web.Request) -> web.Response:
     form = await read_upload(request, "mask.png", " (the mask)")
     original = _original_path(state(request).env, form.fields.get("original_ref", ""))
-    try:
-        png = await asyncio.get_running_loop().run_in_executor(None, apply_mask, original,
-                                                               form.data)
-    except ImageTooLarge as exc:
-        raise ApiError(413, "too_large", str(exc)) from None
+    try:  # bounded as /view's re-encodes are: one pool, one pixel limit
+        png = await run_decode([("the original", original), ("the mask", form.data)],
+                               apply_mask, original, form.data)
     except Exception as exc:  # Pillow raises many types for bad data
+        err = image_error(exc)
+        if isinstance(err, ImageTooLarge):
+            raise ApiError(413, "too_large", str(err)) from None
         raise ApiError(415, "not_an_image", f"cannot combine the mask with the original: "
-                       f"{exc}") from None
+                       f"{err}") from None
     name = _with_suffix(sanitize_filename(form.filename), "PNG")
     return await store_upload(form, name, png)
 

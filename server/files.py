@@ -42,7 +42,9 @@ from server.imaging import (
     ImageTooLarge,
     NotAnImage,
     check_image,
+    image_error,
     reencode,
+    run_decode,
 )
 from server.state import state
 
@@ -106,15 +108,15 @@ async def view(request: web.Request) -> web.StreamResponse:
         fmt, quality = _parse_preview(preview)
         if preview is not None and "a" in (channel or ""):
             fmt = "webp"  # as ComfyUI: a preview of the alpha is WebP, never JPEG
-        loop = asyncio.get_running_loop()
-        try:
-            body, out_type = await loop.run_in_executor(None, reencode, str(path), fmt,
-                                                        quality, channel)
-        except ImageTooLarge as exc:
-            raise ApiError(413, "too_large", f"{filename!r}: {exc}; get it without "
-                           "preview or channel") from None
+        try:  # a preview is at most PREVIEW_SIDE on a side; big ones queue apart
+            body, out_type = await run_decode([("", path)], reencode, str(path), fmt,
+                                              quality, channel, preview is not None)
         except Exception as exc:  # Pillow raises many types for bad data
-            raise ApiError(422, "unreadable_image", f"cannot decode {filename!r}: {exc}") \
+            err = image_error(exc)
+            if isinstance(err, ImageTooLarge):
+                raise ApiError(413, "too_large", f"{filename!r}: {err}; get it without "
+                               "preview or channel") from None
+            raise ApiError(422, "unreadable_image", f"cannot decode {filename!r}: {err}") \
                 from None
         headers["Content-Type"] = out_type
         return web.Response(body=body, headers=headers)

@@ -503,3 +503,25 @@ def test_a_missing_input_names_the_misspelt_one_given(reg, env):
         validate_prompt(prompt, reg, env)
     [error] = [i for i in info.value.issues if i.severity == "error"]
     assert error.kind == "missing_input" and "'valeu': misspelt?" in error.message
+
+
+@pytest.mark.parametrize("name", ["value", "label", "mode"])
+def test_null_for_a_required_widget_is_refused_not_defaulted(reg, env, name):
+    """``"steps": null`` ran with the default 20 without a word; ComfyUI refuses it
+    (int(None) -> invalid_input_type), so null is an error here too."""
+    prompt = {"1": {"class_type": "TestSource", "inputs": {name: None}},
+              "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
+    with pytest.raises(PromptValidationError) as info:
+        validate_prompt(prompt, reg, env)
+    (issue,) = [i for i in info.value.issues if i.severity == "error"]
+    assert (issue.kind, issue.node_id, issue.input_name) == ("invalid_value", "1", name)
+    assert "null" in issue.message and "leave the input out" in issue.message
+    error = to_node_errors(info.value.issues)["1"]["errors"][0]
+    assert error["type"] == "invalid_input_type" and error["extra_info"]["received_value"] is None
+    # left out, it still takes its default; an optional input's null is "not given"
+    del prompt["1"]["inputs"][name]
+    assert validate_prompt(prompt, reg, env).nodes["1"].constants[name] is not None
+    prompt = {"1": {"class_type": "TestTensor", "inputs": {}},
+              "2": {"class_type": "TestSum", "inputs": {"x": ["1", 0], "y": None}},
+              "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
+    assert "y" not in validate_prompt(prompt, reg, env).nodes["2"].links
