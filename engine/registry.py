@@ -192,9 +192,17 @@ class NodeRegistry:
         self._load_guarded(name, name, lambda: importlib.import_module(name), timeout)
 
     def load_directory(self, directory: Path, *, timeout: float | None = None) -> None:
-        """Load every pack (a package or a ``.py`` file) in a custom-nodes folder."""
+        """Load every pack (a package or a ``.py`` file) in a custom-nodes folder.
+
+        A folder that is missing, or a file, raises FileNotFoundError / NotADirectoryError
+        naming it: a mistyped path must not load nothing in silence (the packs' node types
+        would only show up later as unknown). A single-file pack goes inside the folder,
+        as in ComfyUI's ``custom_nodes/``."""
+        if not directory.exists():
+            raise FileNotFoundError(f"custom nodes folder {directory} does not exist")
         if not directory.is_dir():
-            return
+            raise NotADirectoryError(f"custom nodes folder {directory} is not a folder (a "
+                                     "single-file pack goes inside the folder)")
         with _folder_lock(directory):
             self._load_folder(directory, timeout)
 

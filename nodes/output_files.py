@@ -16,7 +16,7 @@ from nodes.limits import name_problem
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from engine import Environment
+    from engine import Environment, ExecutionContext
 
 
 def glob_escape(text: str) -> str:
@@ -50,6 +50,24 @@ class SavesNumberedFiles(Node):
         return prefix_problems(inputs, env, cls.SUFFIX)
 
 
+def api_prompt(ctx: ExecutionContext) -> dict[str, Any]:
+    """The run's prompt in ComfyUI's API format, for a saved file's ``prompt`` metadata:
+    muted and bypassed nodes left out and links rewired through them as the run did, no
+    ``mode`` key (ComfyUI ignores it, so a replay would run the bypassed nodes)."""
+    from engine.validation import node_shape
+    from engine.workflow import resolve_modes
+
+    # the run's registry, so a bypass resolves with the node types the run used
+    registry = getattr(getattr(ctx.run, "ex", None), "registry", None)
+
+    def shape_of(type_id: str) -> Any:
+        cls = registry.get(type_id) if registry is not None and isinstance(type_id, str) \
+            else None
+        return node_shape(cls) if cls is not None else None
+
+    return resolve_modes(ctx.prompt, shape_of)[0]
+
+
 def split_prefix(env: Environment, role: str, prefix: str, default: str
                  ) -> tuple[Path, str, str]:
     """``(folder, subfolder, stem)`` of a prefix such as ``latents/cat`` (folder created)."""
@@ -60,10 +78,13 @@ def split_prefix(env: Environment, role: str, prefix: str, default: str
 
 
 def next_number(folder: Path, stem: str, suffix: str) -> int:
-    """One past the highest ``<stem>_NNNNN_<suffix>`` counter in ``folder`` (1 if none)."""
-    counter = re.compile(rf"_(\d{{5,}})_{re.escape(suffix)}$")
+    """One past the highest ``<stem>_NNNNN_<suffix>`` counter in ``folder`` (1 if none).
+
+    The counter is what directly follows ``<stem>_``, as ComfyUI's get_save_image_path
+    reads it: a longer prefix sharing the start (``<stem>_plain_00001_``) is not counted."""
+    counter = re.compile(rf"{re.escape(stem)}_(\d{{5,}})_{re.escape(suffix)}")
     return 1 + max((int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_{suffix}")
-                    if (m := counter.search(p.name))), default=0)
+                    if (m := counter.fullmatch(p.name))), default=0)
 
 
 def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], None],

@@ -34,7 +34,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt/.bin checkpoints (loaded with weights_only)")
-    parser.add_argument("--custom-nodes", help="folder of custom node packs")
+    parser.add_argument("--custom-nodes", metavar="DIR",
+                        help="folder of custom node packs (must exist; a single-file pack "
+                             "goes inside it)")
     # = nodes.diffusion.precision.DTYPE_NAMES; importing it would load every node pack
     # for every command (tests/test_memory.py checks they agree).
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
@@ -42,9 +44,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "weight_dtype overrides it; in fp16 the VAE stays fp32)")
 
 
+VERBOSE_HELP = "log info messages too (also accepted before the sub-command)"
+
+
+def _verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``--verbose`` after the sub-command too. SUPPRESS: left out there, the
+    sub-command must not reset a ``steerflow -v serve`` to False."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help=VERBOSE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steerflow", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a workflow (API or UI-format JSON, our document, "
@@ -55,16 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="where Save Image writes (default: BASE/output)")
     run.add_argument("--no-progress", action="store_true")
     _common(run)
+    _verbose(run)
 
     val = sub.add_parser("validate", help="check a workflow without running it")
     val.add_argument("workflow")
     val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
     val.add_argument("--json", action="store_true", help="print issues as JSON")
     _common(val)
+    _verbose(val)
 
     nodes = sub.add_parser("nodes", help="list node types")
     nodes.add_argument("--json", action="store_true", help="print every node's full schema")
     _common(nodes)
+    _verbose(nodes)
 
     serve = sub.add_parser("serve", help="start the HTTP/websocket server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -73,11 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     from server.config import add_serve_arguments  # light: no aiohttp import
 
     add_serve_arguments(serve)
+    _verbose(serve)
 
     from server.client import add_submit_arguments
 
     submit = sub.add_parser("submit", help="run a workflow on a running server")
     add_submit_arguments(submit)
+    _verbose(submit)
     return parser
 
 
@@ -93,11 +110,45 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    problem = _check_custom_nodes(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _check_custom_nodes(args: argparse.Namespace) -> str | None:
+    """Why ``--custom-nodes`` names no folder (an error line), or None. A file is refused,
+    not loaded as a pack: the option names a folder of packs, like ComfyUI's
+    ``custom_nodes/``, where a single-file pack is one entry."""
+    text = getattr(args, "custom_nodes", None)
+    if not text:
+        return None
+    path = Path(text)
+    if not path.exists():
+        return f"--custom-nodes {text}: no such folder"
+    if not path.is_dir():
+        return (f"--custom-nodes {text}: not a folder (the option names a folder of packs; "
+                "put a single-file pack inside one)")
+    return None
+
+
+def _set_up(session: Any) -> None:
+    """Run the packs' set-up now, inside the caller's OSError handling (a base or models
+    folder that cannot be written is bad input). A first run installs the built-in models
+    (about 140 MB): one stderr line says where, so a mistyped --base-dir shows."""
+    from nodes.diffusion.builtin_models import all_installed
+
+    models = session.env.folder("models")
+    if not all_installed(models):
+        made = "" if models.is_dir() else " (a new folder)"
+        session.env.folder("models", create=True)  # a folder it cannot make: no notice
+        print(f"installing the built-in models into {models}{made}", file=sys.stderr)
+    session.executor.ensure_setup()
 
 
 def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -219,6 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             writable_folder(Path(args.output_dir))
         session = _session(args, output_dir=args.output_dir)
         wf = _load(args, session)
+        _set_up(session)
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -258,7 +310,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         session = _session(args)
-        validated = session.validate(_load(args, session))
+        wf = _load(args, session)
+        _set_up(session)
+        validated = session.validate(wf)
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -299,13 +353,37 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MAX_UPLOAD_MB = 4096  # an upload is held in memory whole
+
+
+def _check_serve_options(args: argparse.Namespace) -> str | None:
+    """An error line for a ``serve`` option the server would take and fail on later (or
+    run with): an upload limit outside 1 byte..MAX_UPLOAD_MB, a --host that resolves to
+    no address."""
+    import math
+    import socket
+
+    mb = getattr(args, "max_upload_mb", None)
+    if mb is not None and not (math.isfinite(mb) and mb * (1 << 20) >= 1
+                               and mb <= MAX_UPLOAD_MB):
+        return f"--max-upload-mb must be more than 0 and at most {MAX_UPLOAD_MB}, got {mb:g}"
+    host = str(getattr(args, "host", "") or "")
+    if host:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as exc:
+            why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+            return f"--host {host}: not an address or a resolvable name ({why})"
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from server.app import serve
     except ImportError as exc:
         print(f"error: the server is not available: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    problem = _check_serve_devices(args)  # up front, not in every worker that starts
+    problem = _check_serve_options(args) or _check_serve_devices(args)  # before starting
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
