@@ -298,8 +298,8 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
             continue
         cls = registry.get(class_type)
         if cls is None:
-            issues.append(Issue("unknown_node_type", f"node {node_id}: unknown node type "
-                                f"{class_type!r}", node_id=node_id, class_type=class_type))
+            issues.append(Issue("unknown_node_type", f"unknown node type {class_type!r}",
+                                node_id=node_id, class_type=class_type))
             continue
         classes[node_id] = cls
         raw_inputs[node_id] = inputs

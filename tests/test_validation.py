@@ -62,6 +62,13 @@ def test_unknown_node_type(reg, env):
     prompt = {"1": {"class_type": "Nope", "inputs": {}},
               "2": {"class_type": "TestOut", "inputs": {"value": 1}}}
     assert kinds(prompt, reg, env) == {("unknown_node_type", "1", None)}
+    from engine.validation import describe_issues
+
+    with pytest.raises(PromptValidationError) as caught:
+        validate_prompt(prompt, reg, env)
+    # the node is named once ("node 1: node 1: ..." before)
+    assert (describe_issues(caught.value.issues)
+            == "[unknown_node_type] node 1: unknown node type 'Nope'")
 
 
 def test_missing_required_link(reg, env):
