@@ -11,6 +11,37 @@ import re
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, and other
+    threads may create files meanwhile); 0o022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+#: the mode of the files Steerflow writes: what a plain ``open`` gives. mkstemp's temp
+#: files and safetensors' ``save_file`` make 0600 files, which another user or service
+#: sharing the models or output folder could not read.
+FILE_MODE = 0o666 & ~_process_umask()
+
+
+def give_plain_mode(path: str | os.PathLike[str]) -> None:
+    """:data:`FILE_MODE` for a file we wrote, or for every file under a folder we built."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for folder, _, files in os.walk(path):
+            for name in files:
+                target = Path(folder, name)
+                if not target.is_symlink():
+                    os.chmod(target, FILE_MODE)
+    elif path.is_file() and not path.is_symlink():
+        os.chmod(path, FILE_MODE)
+
+
 class PathError(ValueError):
     """A user-supplied path escapes its folder or is malformed."""
 

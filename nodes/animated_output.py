@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import ExecutionContext, Input, NodeResult
 from engine.workflow import prompt_to_document
-from nodes.output_files import SavesNumberedFiles, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, api_prompt, save_numbered, split_prefix
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +25,7 @@ def _metadata(ctx: ExecutionContext) -> dict[str, Any]:
     """The prompt and the workflow (the client's, else one made from the prompt)."""
     extra = dict(ctx.extra.get("extra_pnginfo") or {})
     extra.setdefault("workflow", prompt_to_document(ctx.prompt))
-    return {"prompt": ctx.prompt, **extra}
+    return {"prompt": api_prompt(ctx), **extra}
 
 
 def _save(ctx: ExecutionContext, images: Tensor, prefix: str, suffix: str,

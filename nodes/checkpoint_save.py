@@ -18,7 +18,7 @@ import logging
 from engine import ExecutionContext, Input, NodeResult
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
-from nodes.output_files import SavesNumberedFiles, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, api_prompt, save_numbered, split_prefix
 
 logger = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
@@ -66,7 +66,7 @@ class CheckpointSave(SavesNumberedFiles):
             tensors, metadata = checkpoint_file(
                 self.model.unet, self.vae.vae, self.clip.text_encoder,
                 self.model.scheduler_config, self.model.family, info)
-        metadata["prompt"] = json.dumps(ctx.prompt)
+        metadata["prompt"] = json.dumps(api_prompt(ctx))
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
                                                "checkpoints/Steerflow")
         path, _ = save_numbered(folder, stem, SUFFIX,

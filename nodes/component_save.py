@@ -17,7 +17,7 @@ from typing import Any
 
 from engine import ExecutionContext, Input, NodeResult
 from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
-from nodes.output_files import SavesNumberedFiles, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, api_prompt, save_numbered, split_prefix
 
 SUFFIX = ".safetensors"
 CATEGORY = "advanced/model_merging"
@@ -34,7 +34,7 @@ def _metadata(ctx: ExecutionContext, configs: dict[str, Any]) -> dict[str, str]:
     from nodes.diffusion.original_layout import CONFIG_METADATA_KEY
 
     return {"format": "pt", CONFIG_METADATA_KEY: json.dumps(configs, sort_keys=True),
-            "prompt": json.dumps(ctx.prompt)}
+            "prompt": json.dumps(api_prompt(ctx))}
 
 
 def _config(module: Any) -> dict[str, Any]:

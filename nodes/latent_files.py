@@ -23,7 +23,7 @@ from engine.paths import PathError
 from engine.workflow import DOCUMENT_FORMAT, prompt_to_document
 from nodes.diffusion.handles import Latent, Vae
 from nodes.image import file_sha256
-from nodes.output_files import SavesNumberedFiles, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, api_prompt, save_numbered, split_prefix
 
 SUFFIX = ".latent"
 VERSION_KEY = "latent_format_version_0"
@@ -79,7 +79,7 @@ class SaveLatent(SavesNumberedFiles):
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
                                                "latents/Steerflow")
         scale = latent_scale(ctx, "Save Latent", self.vae, self.samples.scaling_factor)
-        metadata = {"prompt": json.dumps(ctx.prompt),
+        metadata = {"prompt": json.dumps(api_prompt(ctx)),
                     "workflow": json.dumps(prompt_to_document(ctx.prompt)),
                     SCALE_KEY: repr(scale)}
         raw = samples.detach().float().cpu() / scale

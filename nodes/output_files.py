@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine import Node
+from engine.paths import give_plain_mode
 from nodes.limits import name_problem
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], 
     tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
     try:
         write(tmp)
+        give_plain_mode(tmp)  # safetensors' writer makes 0600 files
         if number is None:
             number = next_number(folder, stem, suffix)
         while True:

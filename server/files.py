@@ -33,7 +33,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.environment import RESUMABLE_DIR
-from engine.paths import ANNOTATED_NAME, PathError, confined_path
+from engine.paths import ANNOTATED_NAME, FILE_MODE, PathError, confined_path
 from server.errors import ApiError, json_response
 from server.imaging import (
     CONTENT_TYPES,
@@ -377,23 +377,6 @@ def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
     finally:
         tmp.unlink(missing_ok=True)  # linked, failed or unused: the temp name goes
     raise ApiError(409, "name_taken", f"too many files named like {name!r}")
-
-
-def _process_umask() -> int:
-    """The process's umask, read without changing it (``os.umask`` sets it, and other
-    threads may create files meanwhile); 0o022 where /proc does not say."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
-#: the mode of files this server writes: what a plain ``open`` would give (mkstemp's
-#: temp files are 0600, so an upload or a saved setting came out readable by its owner only)
-FILE_MODE = 0o666 & ~_process_umask()
 
 
 def _write_temp(folder: Path, data: bytes) -> Path:

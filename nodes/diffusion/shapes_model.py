@@ -27,6 +27,7 @@ from diffusers import PNDMScheduler, StableDiffusionInstructPix2PixPipeline, Sta
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from engine.paths import give_plain_mode
 from nodes.diffusion.builtin_models import (  # noqa: F401  (WEIGHTS_DIR: re-exported)
     DIFFUSERS_MARKERS,
     SHAPES_ADAPTER_NAME,
@@ -136,6 +137,7 @@ def install_single_file(models_dir: Path, folder: str, name: str) -> Path | None
         os.close(fd)
         try:
             shutil.copyfile(source, tmp)
+            give_plain_mode(tmp)  # mkstemp's file is 0600
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)

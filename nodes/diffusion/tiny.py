@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from engine.paths import give_plain_mode
 from nodes.diffusion.builtin_models import TINY_NAME
 from nodes.diffusion.original_layout import save_original_checkpoint
 from nodes.diffusion.tokenizer import load_clip_tokenizer
@@ -165,6 +166,7 @@ def ensure_built(models_dir: Path, folder_role: str, name: str, marker: str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
         paths = build(tmp)
+        give_plain_mode(tmp)  # safetensors' writer makes 0600 files
         if stamp is not None:
             (Path(paths["diffusers"]) / STAMP_FILE).write_text(stamp + "\n")
         if stamp is not None or not single.is_file():

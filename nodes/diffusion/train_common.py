@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.paths import give_plain_mode
+
 if TYPE_CHECKING:
     import torch
 
@@ -533,6 +535,7 @@ def save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
     try:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
                   str(tmp), metadata=metadata)
+        give_plain_mode(tmp)  # safetensors' writer makes 0600 files
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
