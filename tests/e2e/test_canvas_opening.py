@@ -236,3 +236,46 @@ def test_the_lightbox_pages_through_a_nodes_images(page):
     expect(box.get_by_test_id("lightbox-position")).to_have_text("1 / 2")
     page.keyboard.press("Escape")
     expect(box).to_have_count(0)
+
+
+def test_reopening_a_workflow_queues_the_seed_it_shows_not_the_one_moved_on(page):
+    """The templates drill's D1: after a queue on "randomize", opening the same workflow again
+    (as dropping ComfyUI's PNG again to reproduce it) showed its seed but queued the one the
+    earlier queue had moved on. What the field shows is what runs: after an open, and after
+    typing back the seed the canvas showed before."""
+    seed = 851616030078638
+    doc = small_txt2img()
+    doc["prompt"]["3"]["inputs"]["seed"] = seed
+    doc["layout"]["nodes"]["3"]["control"] = {"seed": "randomize"}
+    c = Canvas(page)
+    sent = _fake_prompts(page)
+
+    def queue_and_wait(n: int) -> int:
+        page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+        c.queue()
+        expect(c.toasts().filter(has_text=f"Queued prompt #{n}")).to_be_visible(timeout=20_000)
+        assert len(sent) == n
+        return sent[-1]["prompt"]["3"]["inputs"]["seed"]
+
+    c.open_file("lora.json", doc)
+    expect(c.widget("3", "seed")).to_have_value(str(seed))
+    assert queue_and_wait(1) == seed
+    expect(c.widget("3", "seed")).not_to_have_value(str(seed))  # randomize moved it on
+    c.open_file("lora.json", doc)  # the same file again
+    expect(c.toasts().filter(has_text="Opened lora")).to_have_count(2)
+    expect(c.widget("3", "seed")).to_have_value(str(seed))
+    assert queue_and_wait(2) == seed
+    # another workflow sharing the node id and the seed: its own seed too
+    other = small_txt2img(steps=3)
+    other["prompt"]["3"]["inputs"]["seed"] = seed
+    other["layout"]["nodes"]["3"]["control"] = {"seed": "randomize"}
+    c.open_file("first_pass.json", other)
+    expect(c.widget("3", "steps")).to_have_value("3")
+    expect(c.widget("3", "seed")).to_have_value(str(seed))
+    assert queue_and_wait(3) == seed
+    # the seed typed back to the one the canvas showed before the move
+    expect(c.widget("3", "seed")).not_to_have_value(str(seed))
+    page.wait_for_timeout(300)
+    c.set_value("3", "seed", str(seed))
+    expect(c.widget("3", "seed")).to_have_value(str(seed))
+    assert queue_and_wait(4) == seed

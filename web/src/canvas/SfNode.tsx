@@ -4,16 +4,17 @@
  * because another node ran or moved.
  */
 
-import { Handle, NodeResizer, type NodeProps, Position, useNodeConnections } from "@xyflow/react";
+import { Handle, NodeResizer, type NodeProps, Position, useNodeConnections, useReactFlow } from "@xyflow/react";
 import { memo, type ReactNode, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { viewUrl } from "../api";
 import { summary } from "../lib/doctext";
 import { inputMessages, widgetIssue } from "../lib/inputissue";
+import { ANY_TYPE, missingNodeSlots, type NodeSlots } from "../lib/missingnode";
 import type { NodeIssue } from "../lib/runstore";
 import { type ControlMode, helpButtonLabel, type InputDef, visibleInputs } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { useEditor, useNodeRun } from "./context";
-import { inHandle, outHandle, type SfNode as SfNodeType } from "./flow";
+import { inHandle, outHandle, slotOf, type SfNode as SfNodeType, type SfNodeData } from "./flow";
 import { LossCurve } from "./LossCurve";
 import { Widget } from "./widgets";
 
@@ -79,6 +80,57 @@ function InputRow({ nodeId, input, value, values, linked, issues, control }: {
         <IssueLine key={i} message={m.message} className={m.own ? "sf-own-issue" : ""} textClassName={m.own ? "sf-widget-issue" : ""} />
       ))}
     </div>
+  );
+}
+
+/**
+ * The slots of a node whose type this server lacks, as ComfyUI draws a missing node: the
+ * saved document's inputs and outputs, and any its links name besides (lib/missingnode.ts),
+ * each with a handle, so every link into or out of it is drawn and can be re-wired.
+ */
+function MissingSlots({ saved }: { saved?: NodeSlots }) {
+  const { defs } = useEditor();
+  const rf = useReactFlow();
+  const into = useNodeConnections({ handleType: "target" });
+  const outOf = useNodeConnections({ handleType: "source" });
+  const slots = useMemo(() => {
+    const edgeType = (edgeId: string) => (rf.getEdge(edgeId)?.data as { type?: string } | undefined)?.type;
+    const inputs = into.filter((c) => c.targetHandle?.startsWith("i:"))
+      .map((c) => ({ name: (c.targetHandle as string).slice(2), type: edgeType(c.edgeId) }));
+    const outputs = outOf.map((c) => {
+      const target = rf.getNode(c.target)?.data as SfNodeData | undefined;
+      const input = target ? defs.get(target.type)?.inputs.find((i) => `i:${i.name}` === c.targetHandle) : undefined;
+      return { slot: slotOf(c.sourceHandle), type: input?.type };
+    });
+    return missingNodeSlots(saved, inputs, outputs);
+  }, [saved, into, outOf, rf, defs]);
+  const linkedIn = new Set(into.map((c) => c.targetHandle));
+  const colour = (type: string) => (type === ANY_TYPE ? undefined : typeColor(type));
+  return (
+    <>
+      {slots.outputs.length > 0 && (
+        <div className="sf-outputs">
+          {slots.outputs.map((o, i) => (
+            <div key={i} className="sf-output" data-output={i}>
+              <span>{o.name}</span>
+              <Handle type="source" position={Position.Right} id={outHandle(i)} className="sf-handle"
+                style={{ background: colour(o.type), borderColor: colour(o.type) }} data-type={o.type} />
+            </div>
+          ))}
+        </div>
+      )}
+      {slots.inputs.map((input) => (
+        <div key={input.name} className="sf-input sf-missing-input" data-input={input.name}>
+          <Handle type="target" position={Position.Left} id={inHandle(input.name)} className="sf-handle"
+            style={{ background: linkedIn.has(inHandle(input.name)) ? colour(input.type) : undefined, borderColor: colour(input.type) }}
+            data-type={input.type} />
+          <div className="sf-input-label">
+            <span>{input.name}</span>
+            {input.type !== ANY_TYPE && <span className="sf-type">{input.type}</span>}
+          </div>
+        </div>
+      ))}
+    </>
   );
 }
 
@@ -205,7 +257,10 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
             ))}
           </>
         ) : (
-          <div className="sf-issue">Unknown node type “{data.type}” — not available on this server.</div>
+          <>
+            <MissingSlots saved={data.slots} />
+            <div className="sf-issue">Unknown node type “{data.type}” — not available on this server.</div>
+          </>
         )}
         {issuesByInput.general.map((issue, i) => (
           <IssueLine key={i} className="sf-node-issue" message={issue.message}>

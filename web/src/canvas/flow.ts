@@ -2,6 +2,7 @@
 
 import type { Edge, Node } from "@xyflow/react";
 import { type Graph, type GraphLink, type GraphNode, linkId, type NodeMode, type Vec2 } from "../lib/graph";
+import type { NodeSlots } from "../lib/missingnode";
 import { NOTE, outputType, REROUTE } from "../lib/reroute";
 import type { ControlMode, Defs } from "../lib/schema";
 import { typeColor } from "../lib/types";
@@ -17,6 +18,8 @@ export type SfNodeData = {
   color?: string;
   pinned?: boolean;
   collapsed?: boolean;
+  /** A node of a type the server lacks: the slots its saved document gave it (lib/missingnode.ts). */
+  slots?: NodeSlots;
 };
 
 /** `sf`: a node that runs; `reroute` and `note`: canvas-only (lib/reroute.ts). */
@@ -38,6 +41,7 @@ export function toFlowNode(n: GraphNode): SfNode {
   if (n.mode) node.data.mode = n.mode;
   if (n.color) node.data.color = n.color;
   if (n.collapsed) node.data.collapsed = true;
+  if (n.slots) node.data.slots = n.slots;
   if (n.pinned) {
     node.data.pinned = true;
     node.draggable = false; // pinned: stays where it is
@@ -63,12 +67,20 @@ export function toFlowEdge(l: GraphLink, defs: Defs, sourceType?: string, outTyp
 
 export function graphToFlow(graph: Graph, defs: Defs): { nodes: SfNode[]; edges: SfEdge[] } {
   const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
+  const slots = new Map(graph.nodes.filter((n) => n.slots).map((n) => [n.id, n.slots as NodeSlots]));
   const view = { nodeType: (id: string) => types.get(id), links: graph.links };
   return {
     nodes: graph.nodes.map(toFlowNode),
-    // a link out of a reroute has the colour of the reroute's source
-    edges: graph.links.map((l) => toFlowEdge(l, defs, types.get(l.source), outputType(view, defs, l.source, l.slot))),
+    // a link out of a reroute has the colour of the reroute's source; out of a missing node, its saved slot's
+    edges: graph.links.map((l) => toFlowEdge(l, defs, types.get(l.source),
+      outputType(view, defs, l.source, l.slot) ?? savedType(slots.get(l.source), l.slot))),
   };
+}
+
+/** A missing node's saved output type (none for "*": nothing known). */
+function savedType(slots: NodeSlots | undefined, slot: number): string | undefined {
+  const type = slots?.outputs[slot]?.type;
+  return type && type !== "*" ? type : undefined;
 }
 
 export function edgeToLink(e: SfEdge): GraphLink {
@@ -90,6 +102,7 @@ export function flowToGraph(nodes: SfNode[], edges: SfEdge[], base?: Partial<Gra
       if (n.data.color) g.color = n.data.color;
       if (n.data.pinned) g.pinned = true;
       if (n.data.collapsed) g.collapsed = true;
+      if (n.data.slots) g.slots = n.data.slots;
       if (n.data.size) g.size = [n.width ?? n.data.size[0], n.data.size[1]];
       return g;
     }),

@@ -111,6 +111,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   const arranging = useRef(false);
   /** Counts opened graphs: an arrangement still waiting for a graph opened since gives up. */
   const opened = useRef(0);
+  /** How many graphs were opened so far (loadGraph: every load path, undo and redo too). */
+  const openedCount = useCallback(() => opened.current, []);
   /** The latest nodes and edges, for callbacks that must not re-render on every change. */
   const state = useRef({ nodes, edges });
   state.current = { nodes, edges };
@@ -448,6 +450,6 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, setDocName, groups, setGroups, holdHistory,
-    currentGraph, loadGraph, fit, fitAll, refit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
+    currentGraph, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }

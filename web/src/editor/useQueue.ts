@@ -4,7 +4,7 @@
  */
 
 import { useReactFlow } from "@xyflow/react";
-import { useCallback, useRef, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import { ApiError, makeClientId, queuePrompt, type Socket } from "../api";
 import { advanceControls, clampCount } from "../lib/batch";
 import { ControlCarry, SerialRunner } from "../lib/queuechain";
@@ -19,13 +19,21 @@ import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
 export function useQueue(g: GraphStore, store: RunStore, socket: { current: Socket | null }, notify: Notify) {
-  const { state, defsRef, currentGraph, setNodes } = g;
+  const { state, defsRef, currentGraph, setNodes, openedCount, nodes } = g;
   const rf = useReactFlow();
   const [busy, setBusy] = useState(false);
   // presses made while an earlier queue call posts wait for it, in order (lib/queuechain.ts)
   const runner = useRef<SerialRunner | null>(null);
   runner.current ??= new SerialRunner(setBusy);
   const carry = useRef(new ControlCarry()).current;
+  /** The graph (openedCount) the carried values are for. */
+  const carryGraph = useRef(openedCount());
+  // What the canvas shows is what runs: once a render shows the moved-on values (or the user
+  // changed them), nothing is carried any more, so a value shown again later (typed back,
+  // the workflow opened again) is never replaced by one moved on before.
+  useEffect(() => {
+    carry.settle(nodes.map((n) => ({ id: n.id, values: n.data.values, control: n.data.control })));
+  }, [nodes, carry]);
 
   const titleOf = useCallback((id: string): string => {
     const node = state.current.nodes.find((n) => n.id === id);
@@ -52,6 +60,12 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
   const queueNow = useCallback(async (targets?: string[], count = 1, front = false) => {
     /** The canvas as it is now, with the values moved on that it does not show yet (lib/queuechain.ts). */
     const read = () => {
+      // a graph opened since the values were carried (a file, a drop, an example, history's
+      // Load, a PNG, undo): they were another graph's, and it shows its own
+      if (carryGraph.current !== openedCount()) {
+        carry.clear();
+        carryGraph.current = openedCount();
+      }
       const now = currentGraph();
       return { ...now, nodes: carry.apply(now.nodes) };
     };
@@ -72,6 +86,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       // ComfyUI's front end, not onto the canvas: "queue on change" would see a change and loop)
       const captured = await captureAll(currentGraph().nodes.filter((gn) => gn.mode !== "muted"));
       for (let i = 0; i < n; i++) {
+        const seq = openedCount();
         let graph = read();
         if (captured.size) {
           graph = { ...graph, nodes: graph.nodes.map((gn) => (captured.has(gn.id)
@@ -86,9 +101,12 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
         const warnings = i === 0 ? res.warnings ?? [] : [];
         for (const w of warnings.slice(0, 3)) notify(`Warning: ${w.node_id ? `node ${w.node_id}: ` : ""}${w.message}`, "warning");
         if (warnings.length > 3) notify(`… and ${warnings.length - 3} more warning${warnings.length === 4 ? "" : "s"}`, "warning");
-        // move the seeds on from what this prompt read; an edit made meanwhile stays (and is read next)
-        carry.record(graph.nodes, advanceControls(graph.nodes, graph.links, defsRef.current));
-        showMoved();
+        // move the seeds on from what this prompt read; an edit made meanwhile stays (and is read next).
+        // Not when another graph was opened while it posted: the canvas shows that one's values.
+        if (seq === openedCount()) {
+          carry.record(graph.nodes, advanceControls(graph.nodes, graph.links, defsRef.current));
+          showMoved();
+        }
         store.bumpQueue();
       }
       // (a prompt put at the front gets a negative number: not worth showing)
@@ -115,7 +133,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       store.setLastError(msg);
       notify(msg, "error", summary ? { label: "Show", run: () => showNodes(summary.nodes) } : undefined);
     }
-  }, [currentGraph, notify, store, defsRef, socket, setNodes, titleOf, showNodes, carry]);
+  }, [currentGraph, notify, store, defsRef, socket, setNodes, titleOf, showNodes, carry, openedCount]);
 
   const queue = useCallback((targets?: string[], count = 1, front = false) =>
     (runner.current as SerialRunner).run(() => queueNow(targets, count, front)), [queueNow]);

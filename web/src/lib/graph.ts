@@ -14,6 +14,7 @@
  */
 
 import { CUSTOM_COMBO, isCustomComboExtra } from "./customcombo";
+import { type NodeSlots, parseSlots } from "./missingnode";
 import { isVirtual, NOTE, NOTE_SIZE, REROUTE, REROUTE_INPUT, sourceResolver } from "./reroute";
 import { type ControlMode, CONTROL_MODES, type Defs, defaultValues, isActive } from "./schema";
 import type { LinkRef } from "./types";
@@ -39,6 +40,8 @@ export type GraphNode = {
   color?: string;
   pinned?: boolean;
   collapsed?: boolean;
+  /** A node whose type this server lacks: its slots as the saved document had them (lib/missingnode.ts). */
+  slots?: NodeSlots;
 };
 
 export type NodeMode = "muted" | "bypass";
@@ -63,6 +66,8 @@ export type LayoutNode = {
   color?: string; pinned?: boolean; collapsed?: boolean;
   /** Inputs fed through a reroute: input name → the reroute's id (the prompt links the real source). */
   via?: Record<string, string>;
+  /** A node of a type the server lacked: its inputs' and outputs' names and types (lib/missingnode.ts). */
+  slots?: NodeSlots;
 };
 
 /** A reroute in the layout: where it is and what feeds it (a node's output or another reroute). */
@@ -267,6 +272,8 @@ export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
     if (typeof lay.color === "string" && /^#[0-9a-fA-F]{3,8}$/.test(lay.color)) node.color = lay.color;
     if (lay.pinned === true) node.pinned = true;
     if (lay.collapsed === true) node.collapsed = true;
+    const slots = def ? undefined : parseSlots(lay.slots);
+    if (slots) node.slots = slots;
     const control: Record<string, ControlMode> = {};
     for (const input of def?.inputs ?? []) {
       const saved = isObject(lay.control) ? lay.control[input.name] : undefined;
@@ -322,6 +329,7 @@ export function graphToDocument(graph: Graph, defs: Defs): WorkflowDocument {
     if (n.color) entry.color = n.color;
     if (n.pinned) entry.pinned = true;
     if (n.collapsed) entry.collapsed = true;
+    if (n.slots && !defs.get(n.type)) entry.slots = { inputs: [...n.slots.inputs], outputs: [...n.slots.outputs] };
     const via: Record<string, string> = {};
     for (const l of graph.links) if (l.target === n.id && types.get(l.source) === REROUTE) via[l.input] = l.source;
     if (Object.keys(via).length) entry.via = via;

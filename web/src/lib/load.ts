@@ -10,7 +10,9 @@
 
 import { parseJsonExact } from "./exactint";
 import { documentToGraph, type Graph, isDocument, promptToGraph, WorkflowFormatError } from "./graph";
+import { comfyNodeSlots } from "./missingnode";
 import { isPng, readPngText } from "./png";
+import { isVirtual } from "./reroute";
 import type { Defs } from "./schema";
 
 export type Loaded = { graph: Graph; warnings: string[]; kind: "document" | "api" | "comfyui" };
@@ -66,6 +68,16 @@ export async function loadWorkflowObject(obj: unknown, defs: Defs, convert: Conv
   if (isComfyUiWorkflow(obj)) {
     const { document, warnings } = await convert(obj);
     const loaded = documentToGraph(document, defs);
+    // a node of a type this server lacks keeps the slots the file gave it (lib/missingnode.ts):
+    // its links are drawn, and they are saved with it
+    const missing = loaded.graph.nodes.filter((n) => !isVirtual(n.type) && !defs.get(n.type) && !n.slots);
+    if (missing.length) {
+      const slots = comfyNodeSlots(obj);
+      for (const n of missing) {
+        const s = slots.get(n.id);
+        if (s) n.slots = s;
+      }
+    }
     return { graph: loaded.graph, warnings: mergeWarnings(warnings ?? [], loaded.warnings), kind: "comfyui" };
   }
   if (!isObject(obj)) throw new WorkflowFormatError("a workflow must be a JSON object");

@@ -40,15 +40,23 @@ function page(seed: number, postTicks = 1, onPost: (k: number) => void = () => u
           const values = carry.merge(n.id, n.values, n.control);
           return values === n.values ? n : { ...n, values };
         });
+        carry.settle(canvas); // useQueue's effect after the render
       }), 0);
     }
   };
   const queue = (count = 1) => runner.run(() => queueNow(count));
   const edit = (values: Record<string, unknown>) => {
     canvas = canvas.map((n) => ({ ...n, values: { ...n.values, ...values } }));
+    carry.settle(canvas);
+  };
+  /** Open a graph (loadGraph): its nodes as saved; useQueue clears the carry at its next read. */
+  const open = (nodes: GraphNode[]) => {
+    canvas = nodes;
+    carry.settle(canvas); // the render of the opened graph
+    carry.clear();
   };
   return {
-    queue, posted, postedValues, busyLog,
+    queue, posted, postedValues, busyLog, carry, open,
     get busy() { return busy; },
     get canvas() { return canvas; },
     edit(seed: number) { edit({ seed }); },
@@ -181,5 +189,80 @@ describe("ControlCarry", () => {
     expect(carry.merge("3", { seed: 101 }, { seed: "fixed" })).toEqual({ seed: 101 }); // set to fixed since
     expect(carry.merge("4", stale, control)).toBe(stale); // another node
     expect(carry.apply([sampler(100)])[0].values.seed).toBe(102); // merge forgot nothing
+  });
+});
+
+describe("what the canvas shows is what runs (the templates drill's D1)", () => {
+  it("opening the same workflow again queues the seed it shows, not the one moved on before", async () => {
+    const saved = () => [sampler(851616030078638, "randomize")];
+    const p = page(851616030078638);
+    p.open(saved());
+    await p.queue();
+    await settle();
+    const moved = p.canvas[0].values.seed as number;
+    expect(moved).not.toBe(851616030078638); // randomize moved it on, and the canvas shows it
+    p.open(saved()); // the same file again: the canvas shows 851616030078638
+    await p.queue();
+    await settle();
+    expect(p.posted).toEqual([851616030078638, 851616030078638]);
+  });
+
+  it("another workflow sharing the node id and the seed queues its own seed", async () => {
+    const p = page(100);
+    await p.queue();
+    await settle();
+    expect(p.canvas[0].values.seed).toBe(101);
+    p.open([{ ...sampler(100), values: { seed: 100, steps: 30 } }]);
+    await p.queue(2);
+    await settle();
+    expect(p.posted).toEqual([100, 100, 101]);
+  });
+
+  it("a seed typed back to the one already used, once the canvas showed the move, runs as typed", async () => {
+    const p = page(100);
+    await p.queue();
+    await settle();
+    expect(p.canvas[0].values.seed).toBe(101);
+    expect(p.carry.size).toBe(0); // the render showed it: nothing carried
+    p.edit(100);
+    await p.queue();
+    await settle();
+    expect(p.posted).toEqual([100, 100]);
+  });
+
+  it("the batch behaviour stays: a fast press after an open moves on from the opened seed", async () => {
+    const p = page(100);
+    await p.queue(3);
+    p.open([sampler(7)]);
+    await Promise.all([p.queue(), p.queue(), p.queue()]);
+    await settle();
+    expect(p.posted).toEqual([100, 101, 102, 7, 8, 9]);
+    expect(p.canvas[0].values.seed).toBe(10);
+  });
+});
+
+describe("ControlCarry.settle and clear", () => {
+  it("keeps a carry while the canvas shows the value from before the move, drops it once shown", () => {
+    const carry = new ControlCarry();
+    carry.record([sampler(5)], [sampler(6)]);
+    carry.settle([sampler(5)]); // a render from before the move
+    expect(carry.apply([sampler(5)])[0].values.seed).toBe(6);
+    carry.record([sampler(6)], [sampler(7)]);
+    carry.settle([sampler(7)]); // shown
+    expect(carry.size).toBe(0);
+    expect(carry.apply([sampler(5)])[0].values.seed).toBe(5);
+  });
+
+  it("drops a carry the user overrode or whose node is gone, and clear forgets all", () => {
+    const carry = new ControlCarry();
+    carry.record([sampler(5)], [sampler(6)]);
+    carry.settle([sampler(500)]);
+    expect(carry.size).toBe(0);
+    carry.record([sampler(5)], [sampler(6)]);
+    carry.settle([]);
+    expect(carry.size).toBe(0);
+    carry.record([sampler(5)], [sampler(6)]);
+    carry.clear();
+    expect(carry.apply([sampler(5)])[0].values.seed).toBe(5);
   });
 });

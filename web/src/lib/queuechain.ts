@@ -87,15 +87,49 @@ export class ControlCarry {
   apply(nodes: GraphNode[]): GraphNode[] {
     if (!this.carried.size) return nodes;
     return nodes.map((n) => {
-      const entry = this.carried.get(n.id);
-      if (!entry) return n;
+      if (!this.carried.has(n.id)) return n;
       const values = this.merge(n.id, n.values, n.control);
-      for (const name of [...entry.keys()]) {
-        // shown on the canvas, changed by the user, or no longer moving: nothing left to carry
-        if (values === n.values || Object.is(values[name], n.values[name])) entry.delete(name);
-      }
-      if (!entry.size) this.carried.delete(n.id);
+      this.prune(n.id, n.values, values);
       return values === n.values ? n : { ...n, values };
     });
+  }
+
+  /**
+   * The canvas rendered `nodes`: what it shows now is what the user sees, so each carried
+   * value it shows (or that the user changed, or that no longer moves) is done with, and a
+   * carried node no longer on the canvas goes. Only a value still showing one from before
+   * its move (the render before the moved-on value's) keeps its carry. Without this, a carry
+   * lasted until the next queue, which then put the moved-on seed over one the canvas showed
+   * again (typed back, or the same workflow opened again).
+   */
+  settle(nodes: readonly { id: string; values: Readonly<Record<string, unknown>>; control?: Readonly<Record<string, string>> }[]): void {
+    if (!this.carried.size) return;
+    const shown = new Map(nodes.map((n) => [n.id, n]));
+    for (const id of [...this.carried.keys()]) {
+      const n = shown.get(id);
+      if (!n) this.carried.delete(id);
+      else this.prune(id, n.values, this.merge(id, n.values, n.control));
+    }
+  }
+
+  /** Forget every carried value: another graph was opened (any load path, undo and redo included). */
+  clear(): void {
+    this.carried.clear();
+  }
+
+  /** Whether any value is carried (tests, debugging). */
+  get size(): number {
+    return this.carried.size;
+  }
+
+  /** Drop the entries of node `id` that `merged` (merge() of `shown`) no longer needs. */
+  private prune(id: string, shown: Readonly<Record<string, unknown>>, merged: Readonly<Record<string, unknown>>): void {
+    const entry = this.carried.get(id);
+    if (!entry) return;
+    for (const name of [...entry.keys()]) {
+      // shown on the canvas, changed by the user, or no longer moving: nothing left to carry
+      if (merged === shown || Object.is(merged[name], shown[name])) entry.delete(name);
+    }
+    if (!entry.size) this.carried.delete(id);
   }
 }
