@@ -593,7 +593,8 @@ def test_sigma_spacings_run_the_twins_on_eulers_sigmas(sampler, twin, schedule):
     ours.set_timesteps(9)
     assert type(ours).__name__ == twin
     assert torch.equal(ours.sigmas, euler.sigmas)
-    assert torch.allclose(ours.timesteps, euler.timesteps)
+    # exactly Euler's: timesteps derived again from float32 σs were up to 2e-6 off
+    assert torch.equal(ours.timesteps, euler.timesteps)
 
 
 def test_ddim_on_a_sigma_spacing_is_eulers_step():

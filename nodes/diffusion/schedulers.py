@@ -208,9 +208,12 @@ def model_sigma_range(scheduler: Any) -> tuple[float, float]:
     return sigmas[0], sigmas[-1]
 
 
-def with_sigma_list(scheduler: Any, sigmas_for: Callable[[int], list[float]]) -> Any:
+def with_sigma_list(scheduler: Any, sigmas_for: Callable[[int], list[float]],
+                    reference: Any = None) -> Any:
     """``scheduler`` (one of :data:`TAKES_SIGMAS`) whose ``set_timesteps(steps)`` runs the
-    σ list ``sigmas_for(steps)`` (custom timesteps or σs still pass straight through)."""
+    σ list ``sigmas_for(steps)`` (custom timesteps or σs still pass straight through).
+    With ``reference`` (a scheduler ``sigmas_for`` just set) the model also gets its
+    timesteps, not ones derived again from the σs rounded to float32."""
     own = scheduler.set_timesteps
 
     def set_timesteps(num_inference_steps: int | None = None, device: Any = None,
@@ -220,6 +223,8 @@ def with_sigma_list(scheduler: Any, sigmas_for: Callable[[int], list[float]]) ->
             own(num_inference_steps, device, **kwargs)
             return
         own(device=device, sigmas=sigmas_for(int(num_inference_steps)))
+        if reference is not None:
+            scheduler.timesteps = reference.timesteps.to(scheduler.timesteps.device)
 
     scheduler.set_timesteps = set_timesteps
     scheduler.runs_sigma_list = True  # its σs are not tied to the model's timesteps
@@ -349,7 +354,7 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
             return [float(sigma) for sigma in spaced.sigmas]
 
         return with_sigma_list(make_sigma_list_scheduler(sampler_name, base_config, seed),
-                               spaced_sigmas)
+                               spaced_sigmas, reference=spaced)
     _, sampler_extra = SAMPLERS[sampler_name]
     config = dict(base_config)
     if any(key in _SIGMA_OPTIONS for key in SCHEDULES[schedule]):
