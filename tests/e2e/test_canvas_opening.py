@@ -157,7 +157,8 @@ def test_the_examples_dialog_keeps_the_focus_and_clear_asks_first(page):
     expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
 
 
-def test_first_visit_in_a_small_window_shows_the_whole_default_graph(browser_context, server: LiveServer):
+def test_first_visit_in_a_small_window_shows_the_whole_default_graph(browser_context,
+                                                                     server: LiveServer):
     """800x600: the canvas beside the side panel is 560 px wide; the readable fit showed the
     graph's left part and cut off Sample, VAE Decode and Save Image."""
     page = browser_context.new_page()
@@ -179,7 +180,8 @@ def test_first_visit_in_a_small_window_shows_the_whole_default_graph(browser_con
 
 def _overlapping(c: Canvas, node_id: str) -> list[str]:
     return c.page.evaluate("""id => {
-        const r = document.querySelector(`.react-flow__node[data-id="${id}"]`).getBoundingClientRect();
+        const r = document.querySelector(`.react-flow__node[data-id="${id}"]`)
+          .getBoundingClientRect();
         return [...document.querySelectorAll('.react-flow__node')].filter(e => e.dataset.id !== id)
           .filter(e => { const o = e.getBoundingClientRect();
             return r.left < o.right && o.left < r.right && r.top < o.bottom && o.top < r.bottom; })
