@@ -100,7 +100,12 @@ class NodeProgress:
     def _finish_running(self, but: str | None = None) -> None:
         for node, entry in self.nodes.items():
             if entry["state"] == "running" and node != but:
-                entry["state"] = "finished"
+                self._finish(entry)
+
+    @staticmethod
+    def _finish(entry: dict[str, Any]) -> None:
+        entry["state"] = "finished"
+        entry["value"] = entry["max"]  # ComfyUI's finish_progress: a done node reads 1/1
 
     def update(self, name: str, data: dict[str, Any]) -> bool:
         """Apply an executor event; True if the states changed (send :meth:`message`)."""
@@ -123,8 +128,11 @@ class NodeProgress:
             if not isinstance(value, (int, float)) or not isinstance(max_, (int, float)):
                 return False
             self._set(node, "running", value, max_)
-        elif name == "executed" and node is not None and node in self.nodes:
-            self.nodes[node]["state"] = "finished"
+        elif name == "executed" and node is not None:
+            if node in self.nodes:
+                self._finish(self.nodes[node])
+            else:  # a cached output node shows its UI again without running (ComfyUI
+                self._set(node, "finished", 1, 1)  # still runs it: finished)
         elif name == "execution_error":
             failed = data.get("node_id")
             self._finish_running()

@@ -46,9 +46,8 @@ MIME_TYPES = {1: "image/jpeg", 2: "image/png"}
 MAX_CLIENT_MESSAGE = 64 << 10  # client text messages longer than this are ignored
 JPEG_IMAGE = 1  # ComfyUI's image types in the frame's second uint32
 PNG_IMAGE = 2
-STATUS_INTERVAL = 0.05  # seconds: a burst's first change goes out at once, the rest in one status
-_STATUS = object()  # outbox marker: send the queue status to everyone
-_STATUS_NOW = object()  # the same, in order and never coalesced (a prompt's end)
+STATE_INTERVAL = 0.05  # least seconds between two state messages of a key (post_state)
+_STATUS = object()  # outbox marker: send the queue status to everyone, in order
 _TEXT, _BINARY = 0x1, 0x2
 
 
@@ -179,8 +178,6 @@ class Hub:
         self._lock = threading.Lock()
         self._outbox: list[tuple[str | None, Any]] = []
         self._status_pending = False
-        self._status_timer: asyncio.TimerHandle | None = None
-        self._status_sent_at = float("-inf")  # loop time of the last status broadcast
         self._status_defer = 0  # status_deferred blocks open
         self._status_due = False  # a change inside them, to broadcast when they end
         self._states: dict[str, _State] = {}
@@ -206,7 +203,7 @@ class Hub:
         self._enqueue(sid, _Modern(payload))
 
     def post_state(self, sid: str | None, key: str, build: Callable[[], str], *,
-                   interval: float = STATUS_INTERVAL, final: bool = False) -> None:
+                   interval: float = STATE_INTERVAL, final: bool = False) -> None:
         """Like :meth:`post_modern` for a message that restates a whole state: ``build``
         runs on the event loop when the message is sent (so it must be thread-safe),
         only if a client will get it, and at most once per ``interval`` seconds for
@@ -244,16 +241,17 @@ class Hub:
                 if due:
                     self._status_due = False
             if due:
-                # in order after what the block posted, even right after another
-                # status: a trailing one would follow the end's ``executing`` None
+                # after what the block posted, even when an earlier status is still
+                # unsent (that one goes too; the end must not come before its status)
                 with self._lock:
                     self._status_pending = True
-                self._enqueue(None, _STATUS_NOW)
+                self._enqueue(None, _STATUS)
 
     def status_changed(self) -> None:
-        """Broadcast ``status``: at once, in order with the events around it (ComfyUI's
-        comes as a prompt is queued, before its ``execution_start``); further changes
-        within STATUS_INTERVAL share one message at its end."""
+        """Broadcast ``status`` in order with the events around it, as ComfyUI does on
+        every queue change (a prompt's comes as it is queued, before its
+        ``execution_start``); changes before it goes out share it (it reads the queue
+        when sent), as do status messages next to each other in one batch."""
         with self._lock:
             if self._status_defer:
                 self._status_due = True
@@ -276,20 +274,10 @@ class Hub:
         with self._lock:
             batch, self._outbox = self._outbox, []
         touched: dict[int, _Client] = {}
-        for sid, payload in batch:
-            if payload is _STATUS_NOW or payload is _STATUS:
-                if payload is _STATUS_NOW:
-                    if self._status_timer is not None:  # this one carries its change
-                        self._status_timer.cancel()
-                        self._status_timer = None
-                elif self._status_timer is not None:
-                    continue  # a trailing status is due; it will carry this change
-                else:
-                    wait = self._status_sent_at + STATUS_INTERVAL - self._loop.time()  # type: ignore[union-attr]
-                    if wait > 0:
-                        self._status_timer = self._loop.call_later(  # type: ignore[union-attr]
-                            wait, self._send_status)
-                        continue
+        for index, (sid, payload) in enumerate(batch):
+            if payload is _STATUS:
+                if index + 1 < len(batch) and batch[index + 1][1] is _STATUS:
+                    continue  # the next one says the same, read later
                 frame = encode_frame(self._take_status())
                 for each in self.clients.values():
                     each.queue(frame)
@@ -369,18 +357,10 @@ class Hub:
         state.sent_at = float("-inf")
         self._flush_state(key, None)
 
-    def _send_status(self) -> None:
-        self._status_timer = None
-        frame = encode_frame(self._take_status())
-        for each in list(self.clients.values()):
-            each.queue(frame)
-            each.flush()
-
     def _take_status(self) -> str:
         """The status message now; a change after this point broadcasts again."""
         with self._lock:
             self._status_pending = False
-        self._status_sent_at = self._loop.time()  # type: ignore[union-attr]
         return self.status_message()
 
     def status_message(self, sid: str | None = None) -> str:
@@ -436,8 +416,6 @@ class Hub:
             client.flush()
 
     async def close_all(self) -> None:
-        if self._status_timer is not None:
-            self._status_timer.cancel()
         clients, self.clients = list(self.clients.values()), {}
         await asyncio.gather(*(c.close(b"server shutdown") for c in clients))
 

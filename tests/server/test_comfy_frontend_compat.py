@@ -142,3 +142,20 @@ def test_plain_clients_keep_the_classic_protocol(http: Http, server: LiveServer)
     assert "progress_state" not in [e["type"] for e in events]
     [frame] = frames
     assert struct.unpack(">I", frame[:4])[0] == 1
+
+
+def test_node_progress_reads_as_comfyuis_registry() -> None:
+    """A finished node reads value = max (ComfyUI's finish_progress), and a cached output
+    node that shows its UI again (``executed`` without ``executing``) is finished."""
+    from server.runtime import NodeProgress
+
+    progress = NodeProgress("p")
+    progress.update("executing", {"node": "3"})
+    progress.update("progress", {"node": "3", "value": 4, "max": 20})
+    progress.update("executing", {"node": "8"})
+    progress.update("executed", {"node": "8"})
+    progress.update("executed", {"node": "9"})
+    progress.update("execution_success", {})
+    nodes = json.loads(progress.message())["data"]["nodes"]
+    assert {k: (v["state"], v["value"], v["max"]) for k, v in nodes.items()} == {
+        "3": ("finished", 20, 20), "8": ("finished", 1, 1), "9": ("finished", 1, 1)}
