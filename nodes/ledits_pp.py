@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent, Tensor, Vae
-from nodes.diffusion.ledits_pp import SAMPLERS, LEditsInversion
+from nodes.diffusion.ledits_pp import SAMPLERS, LEditsInversion, twin_problem
 from nodes.diffusion.schedulers import SCHEDULES, unsupported_combination
 from nodes.diffusion.sega import SegaConcept
 
@@ -76,7 +76,7 @@ class LEditsPPInvert(Node):
         sampler, schedule = inputs.get("sampler_name"), inputs.get("scheduler")
         if sampler is None or schedule is None:  # linked: checked when it runs
             return []
-        problem = unsupported_combination(sampler, schedule)
+        problem = unsupported_combination(sampler, schedule) or twin_problem(sampler, schedule)
         return [("scheduler", problem)] if problem else []
 
     def execute(self, ctx: ExecutionContext

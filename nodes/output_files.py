@@ -59,7 +59,7 @@ def api_prompt(ctx: ExecutionContext) -> dict[str, Any]:
     from engine.workflow import resolve_modes
 
     # the run's registry, so a bypass resolves with the node types the run used
-    registry = getattr(getattr(ctx.run, "ex", None), "registry", None)
+    registry = getattr(getattr(getattr(ctx, "run", None), "ex", None), "registry", None)
 
     def shape_of(type_id: str) -> Any:
         cls = registry.get(type_id) if registry is not None and isinstance(type_id, str) \

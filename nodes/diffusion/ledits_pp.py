@@ -205,12 +205,27 @@ class _InversionStepper:
         return (landed,)
 
 
+def twin_problem(sampler_name: str, schedule: str) -> str | None:
+    """Why the inversion cannot run ``schedule``: its noise formula is written for
+    diffusers' DDIM and DPM-Solver schedulers, and this pair runs the σ-space twin."""
+    from nodes.diffusion.schedulers import runs_twin
+
+    if not runs_twin(sampler_name, schedule):
+        return None
+    return (f"LEDITS++ inverts with diffusers' {sampler_name} scheduler, and the {schedule!r} "
+            f"schedule runs its σ-space form instead: use normal, karras (dpmpp samplers), "
+            f"ddim_uniform, simple, sgm_uniform or linspace")
+
+
 def make_inversion_scheduler(model: DiffusionModel, sampler_name: str, schedule: str) -> Any:
     from nodes.diffusion.schedulers import make_scheduler
 
     if sampler_name not in SAMPLERS:
         raise ValueError(f"LEDITS++ inverts the {' or '.join(SAMPLERS)} sampler, not "
                          f"{sampler_name!r}")
+    problem = twin_problem(sampler_name, schedule)
+    if problem:
+        raise ValueError(problem)
     return make_scheduler(sampler_name, schedule, model.scheduler_config)
 
 

@@ -158,6 +158,17 @@ def runs_sigma_lists(sampler_name: str) -> bool:
         sampler_name in SAMPLERS and SAMPLERS[sampler_name][0] in TAKES_SIGMAS)
 
 
+def runs_twin(sampler_name: str, schedule: str) -> bool:
+    """Whether :func:`make_scheduler` runs the pair on the sampler's σ-space twin rather
+    than its diffusers class (a σ list, or a σ spacing that class lacks)."""
+    if sampler_name not in SIGMA_TWINS or schedule not in SCHEDULES:
+        return False
+    if schedule in SIGMA_SPACINGS:
+        return True
+    accepted = SCHEDULE_OPTIONS[SAMPLERS[sampler_name][0]]
+    return any(key in _SIGMA_OPTIONS and key not in accepted for key in SCHEDULES[schedule])
+
+
 def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
     """The KL-optimal schedule (Sabour et al. 2024, "Align Your Steps"): σ evenly spaced
     in ``atan σ`` from σ_max to σ_min, then 0."""
@@ -342,9 +353,7 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
         spacing = SIGMA_SPACINGS[schedule]
         return with_sigma_list(scheduler, lambda n: spacing(n, sigma_min, sigma_max))
     cls = _scheduler_class(sampler_name)
-    if sampler_name in SIGMA_TWINS and any(
-            key in _SIGMA_OPTIONS and key not in SCHEDULE_OPTIONS[cls.__name__]
-            for key in SCHEDULES[schedule]):
+    if runs_twin(sampler_name, schedule):
         # e.g. euler_ancestral + karras, ComfyUI's common pair: diffusers' class has no
         # such spacing, so its twin runs the σs Euler's scheduler spaces that way
         spaced = make_scheduler("euler", schedule, base_config)
