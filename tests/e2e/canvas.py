@@ -141,3 +141,14 @@ class Canvas:
             self.page.get_by_role("button", name="Open", exact=True).click()
         fc.value.set_files({"name": name, "mimeType": "application/json",
                             "buffer": json.dumps(obj).encode()})
+        # the file is read and applied asynchronously (the canvas is busy meanwhile):
+        # wait for its nodes, or the old graph would still be the one edited
+        prompt = obj.get("prompt") if isinstance(obj, dict) \
+            and obj.get("format") == "steerflow.workflow" else None
+        if isinstance(prompt, dict):
+            for _ in range(100):
+                if set(self.node_ids()) == set(prompt) \
+                        and self.page.get_by_test_id("opening").count() == 0:
+                    return
+                self.page.wait_for_timeout(50)
+        expect(self.page.get_by_test_id("opening")).to_have_count(0)
