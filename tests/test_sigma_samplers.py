@@ -519,6 +519,24 @@ def test_dpmpp_2s_ancestral_by_hand():
     assert torch.allclose(out, expected, atol=1e-4)
 
 
+def side_by_side(reference, ours, sigmas: list[float]) -> float:
+    """Run diffusers' ``reference`` (VP samples) and our σ-space ``ours`` from the same
+    noise with a smooth stand-in for ε(x) and the same noise draws; the largest
+    difference of the final samples (ours in VP: / √(σ² + 1))."""
+    def model(x_vp):
+        return torch.tanh(0.7 * x_vp) * 0.8 + 0.1
+
+    start = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(0))
+    vp, ve = start.clone(), start * math.sqrt(sigmas[0] ** 2 + 1)
+    g_ref, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for i, (t_ref, t_ours) in enumerate(zip(reference.timesteps, ours.timesteps, strict=True)):
+        vp = reference.step(model(vp), t_ref, vp, generator=g_ref, return_dict=False)[0]
+        ours.scale_model_input(ve, t_ours)
+        ve = ours.step(model(ve / math.sqrt(sigmas[i] ** 2 + 1)), t_ours, ve, generator=g_ours,
+                       return_dict=False)[0]
+    return float((ve / math.sqrt(sigmas[-1] ** 2 + 1) - vp).abs().max())
+
+
 @pytest.mark.parametrize(("algorithm", "solver", "twin"), [
     ("dpmsolver++", "midpoint", "dpmpp_2m"), ("sde-dpmsolver++", "midpoint", "dpmpp_2m_sde"),
     ("sde-dpmsolver++", "heun", "dpmpp_2m_sde_heun")])
@@ -531,9 +549,6 @@ def test_sigma_space_twins_equal_diffusers_on_the_same_sigmas(algorithm, solver,
 
     from nodes.diffusion.schedulers import make_sigma_list_scheduler
 
-    def model(x_vp):  # a smooth stand-in for ε(x)
-        return torch.tanh(0.7 * x_vp) * 0.8 + 0.1
-
     reference = DPMSolverMultistepScheduler.from_config(
         CONFIG, algorithm_type=algorithm, solver_order=2, solver_type=solver,
         use_karras_sigmas=True)
@@ -541,15 +556,7 @@ def test_sigma_space_twins_equal_diffusers_on_the_same_sigmas(algorithm, solver,
     sigmas = [float(s) for s in reference.sigmas]
     ours = make_sigma_list_scheduler(twin, CONFIG)
     ours.set_timesteps(sigmas=sigmas)
-    start = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(0))
-    vp, ve = start.clone(), start * math.sqrt(sigmas[0] ** 2 + 1)
-    g_ref, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    for i, (t_ref, t_ours) in enumerate(zip(reference.timesteps, ours.timesteps, strict=True)):
-        vp = reference.step(model(vp), t_ref, vp, generator=g_ref, return_dict=False)[0]
-        ours.scale_model_input(ve, t_ours)
-        ve = ours.step(model(ve / math.sqrt(sigmas[i] ** 2 + 1)), t_ours, ve, generator=g_ours,
-                       return_dict=False)[0]
-    assert float((ve / math.sqrt(sigmas[-1] ** 2 + 1) - vp).abs().max()) < 1e-4
+    assert side_by_side(reference, ours, sigmas) < 1e-4
 
 
 def test_lcm_twin_equals_diffusers_lcm_on_the_same_timesteps():
@@ -559,9 +566,6 @@ def test_lcm_twin_equals_diffusers_lcm_on_the_same_timesteps():
 
     from nodes.diffusion.schedulers import make_sigma_list_scheduler
 
-    def model(x_vp):
-        return torch.tanh(0.7 * x_vp) * 0.8 + 0.1
-
     reference = LCMScheduler.from_config(CONFIG)
     reference.set_timesteps(timesteps=[999, 759, 499, 259, 20])
     alphas = reference.alphas_cumprod
@@ -569,15 +573,7 @@ def test_lcm_twin_equals_diffusers_lcm_on_the_same_timesteps():
     ours = make_sigma_list_scheduler("lcm", CONFIG)
     ours.set_timesteps(sigmas=sigmas)
     assert torch.allclose(ours.timesteps.float(), reference.timesteps.float(), atol=1e-3)
-    start = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(0))
-    vp, ve = start.clone(), start * math.sqrt(sigmas[0] ** 2 + 1)
-    g_ref, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    for i, (t_ref, t_ours) in enumerate(zip(reference.timesteps, ours.timesteps, strict=True)):
-        vp = reference.step(model(vp), t_ref, vp, generator=g_ref, return_dict=False)[0]
-        ours.scale_model_input(ve, t_ours)
-        ve = ours.step(model(ve / math.sqrt(sigmas[i] ** 2 + 1)), t_ours, ve, generator=g_ours,
-                       return_dict=False)[0]
-    assert float((ve - vp).abs().max()) < 1e-4
+    assert side_by_side(reference, ours, sigmas) < 1e-4
 
 
 @pytest.mark.parametrize("schedule", ["karras", "exponential", "beta"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -86,31 +88,45 @@ def test_status_comes_when_a_prompt_is_queued_before_it_starts(server: LiveServe
     ws.close()
 
 
+class Recorder:
+    """A websocket client stand-in for the hub: keeps the frames queued for it."""
+
+    def __init__(self, features: dict[str, Any] | None = None) -> None:
+        self.features = features
+        self.frames: list[bytes] = []
+
+    def queue(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def flush(self) -> None:
+        pass
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(f[f.index(b"{"):]) for f in self.frames]
+
+
+@contextlib.contextmanager
+def attached_loop(hub: Any) -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop for ``hub`` to deliver on, closed after the block."""
+    loop = asyncio.new_event_loop()
+    hub.attach(loop)
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
 def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
     """The first queue change goes out before the events posted after it (a coalescing
     delay had put it after ``execution_start`` when the worker was idle); changes made
     before it is sent share it, with the latest count."""
     from server.ws import Hub
 
-    class Recorder:
-        features = None
-
-        def __init__(self) -> None:
-            self.frames: list[bytes] = []
-
-        def queue(self, frame: bytes) -> None:
-            self.frames.append(frame)
-
-        def flush(self) -> None:
-            pass
-
     remaining = [1]
     hub = Hub(lambda: remaining[0])
     client = Recorder()
     hub.clients["c"] = client  # type: ignore[assignment]
-    loop = asyncio.new_event_loop()
-    hub.attach(loop)
-    try:
+    with attached_loop(hub) as loop:
         hub.status_changed()
         hub.post_event(None, "execution_start", {"prompt_id": "p"})
         loop.run_until_complete(asyncio.sleep(0))
@@ -118,36 +134,30 @@ def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
         hub.status_changed()
         hub.status_changed()
         loop.run_until_complete(asyncio.sleep(0.01))
-    finally:
-        loop.close()
-    texts = [f[f.index(b"{"):] for f in client.frames]
-    kinds = [(json.loads(t)["type"], json.loads(t)["data"].get("status")) for t in texts]
+    kinds = [(m["type"], m["data"].get("status")) for m in client.messages()]
     assert kinds == [("status", {"exec_info": {"queue_remaining": 1}}),
                      ("execution_start", None),
                      ("status", {"exec_info": {"queue_remaining": 3}})]
-    # a prompt's end: the status its change makes follows what the end posts
-    client.frames.clear()
-    loop = asyncio.new_event_loop()
-    hub.attach(loop)
-    try:
-        loop.run_until_complete(asyncio.sleep(0.01))
+    def end_prompt() -> None:  # as the runtime ends one: the queue changes inside
         with hub.status_deferred():
             remaining[0] = 0
             hub.status_changed()
             hub.post_event(None, "execution_success", {"prompt_id": "p"})
         hub.post_event(None, "executing", {"node": None, "prompt_id": "p"})
+
+    # a prompt's end: the status its change makes follows what the end posts
+    client.frames.clear()
+    with attached_loop(hub) as loop:
         loop.run_until_complete(asyncio.sleep(0.01))
-    finally:
-        loop.close()
-    assert [json.loads(f[f.index(b"{"):])["type"] for f in client.frames] == [
+        end_prompt()
+        loop.run_until_complete(asyncio.sleep(0.01))
+    assert [m["type"] for m in client.messages()] == [
         "execution_success", "status", "executing"]
     # every change in order, none held back: a prompt queued right after another's
     # status still hears of it before its ``execution_start``; and the end's status
     # follows what the end posted even while an earlier one is unsent
     client.frames.clear()
-    loop = asyncio.new_event_loop()
-    hub.attach(loop)
-    try:
+    with attached_loop(hub) as loop:
         remaining[0] = 1
         hub.status_changed()
         loop.run_until_complete(asyncio.sleep(0))
@@ -156,16 +166,9 @@ def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
         hub.post_event(None, "execution_start", {"prompt_id": "q"})
         loop.run_until_complete(asyncio.sleep(0))
         hub.status_changed()  # unsent when the block ends
-        with hub.status_deferred():
-            remaining[0] = 0
-            hub.status_changed()
-            hub.post_event(None, "execution_success", {"prompt_id": "p"})
-        hub.post_event(None, "executing", {"node": None, "prompt_id": "p"})
+        end_prompt()
         loop.run_until_complete(asyncio.sleep(0.01))
-    finally:
-        loop.close()
-    frames = [json.loads(f[f.index(b"{"):]) for f in client.frames]
-    assert [(f["type"], f["data"].get("status")) for f in frames] == [
+    assert [(m["type"], m["data"].get("status")) for m in client.messages()] == [
         ("status", {"exec_info": {"queue_remaining": 1}}),
         ("status", {"exec_info": {"queue_remaining": 2}}), ("execution_start", None),
         ("status", {"exec_info": {"queue_remaining": 0}}), ("execution_success", None),
@@ -656,20 +659,8 @@ def test_hub_state_messages_are_built_once_per_interval_and_end_in_order():
     the final one goes in order and forgets the prompt; no client, no build."""
     from server.ws import Hub
 
-    class Recorder:
-        features: dict[str, Any] | None = {}
-
-        def __init__(self) -> None:
-            self.frames: list[bytes] = []
-
-        def queue(self, frame: bytes) -> None:
-            self.frames.append(frame)
-
-        def flush(self) -> None:
-            pass
-
     hub = Hub()
-    client = Recorder()
+    client = Recorder(features={})
     hub.clients["c"] = client  # type: ignore[assignment]
     builds: list[int] = []
 
@@ -679,9 +670,7 @@ def test_hub_state_messages_are_built_once_per_interval_and_end_in_order():
             return json.dumps({"type": "progress_state", "data": {"n": n}})
         return make
 
-    loop = asyncio.new_event_loop()
-    hub.attach(loop)
-    try:
+    with attached_loop(hub) as loop:
         for n in range(1000):
             hub.post_state("c", "p", build(n), interval=0.05)
             if n % 100 == 0:
@@ -693,9 +682,7 @@ def test_hub_state_messages_are_built_once_per_interval_and_end_in_order():
         hub.post_event("c", "execution_success", {"prompt_id": "p"})
         hub.post_state("nobody", "q", build(-1), final=True)
         loop.run_until_complete(asyncio.sleep(0.01))
-    finally:
-        loop.close()
-    kinds = [json.loads(f[f.index(b"{"):]) for f in client.frames]
+    kinds = client.messages()
     assert [k["data"].get("n") for k in kinds[-2:]] == [1001, None]
     assert kinds[-1]["type"] == "execution_success"
     assert -1 not in builds and 1000 not in builds
