@@ -240,11 +240,10 @@ class Hub:
                 due = not self._status_defer and self._status_due
                 if due:
                     self._status_due = False
+                    self._status_pending = True
             if due:
                 # after what the block posted, even when an earlier status is still
                 # unsent (that one goes too; the end must not come before its status)
-                with self._lock:
-                    self._status_pending = True
                 self._enqueue(None, _STATUS)
 
     def status_changed(self) -> None:
@@ -416,6 +415,9 @@ class Hub:
             client.flush()
 
     async def close_all(self) -> None:
+        for state in list(self._states.values()):
+            if state.timer is not None:  # a trailing state send due: nobody to get it
+                state.timer.cancel()
         clients, self.clients = list(self.clients.values()), {}
         await asyncio.gather(*(c.close(b"server shutdown") for c in clients))
 
