@@ -354,8 +354,9 @@ class ConditioningSetMask(Node):
     drawn elsewhere and cut off); "mask bounds" predicts it on the crop to the mask's
     bounding box, like Conditioning Set Area (the object is composed inside the box).
 
-    The mask should be at the image size (any size of the same aspect ratio is resized
-    bilinearly, as ComfyUI), with a batch of 1 or the latent's. Mask regions also work in
+    The mask should be at the image size (another size is resized bilinearly, as
+    ComfyUI; another aspect ratio is stretched, with a warning), with a batch of 1 or
+    the latent's. Mask regions also work in
     MultiDiffusion panoramas (cropped per window). Cost: one batch entry ("default") or
     one UNet pass on the crop ("mask bounds") per mask per step.
     """

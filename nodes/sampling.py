@@ -60,6 +60,7 @@ def step_reporter(ctx: ExecutionContext, model: DiffusionModel) -> StepCallback:
                 shown = latents
             ctx.preview(latent_preview(shown, model.family, model.unet))
 
+    on_step.warn = ctx.warn  # type: ignore[attr-defined]  # see StepCallback
     return on_step
 
 

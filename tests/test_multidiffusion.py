@@ -538,12 +538,18 @@ def test_run_time_errors(session):
     assert "outside" in run_error(session, prompt)
     prompt = region_prompt(pano=True)  # areas inside panorama windows
     assert "Conditioning Set Mask" in run_error(session, prompt)
-    prompt = region_prompt(regions="default")
-    prompt["5"]["inputs"]["width"] = 64  # the 128x64 mask on a 64x64 image
-    assert "aspect ratio" in run_error(session, prompt)
     prompt = region_prompt()
     prompt["3"]["inputs"]["cfg"] = 1.0
     assert "cfg above 1" in run_error(session, prompt)
+
+
+def test_region_mask_of_another_aspect_is_stretched_with_a_warning(session):
+    prompt = region_prompt(regions="default")
+    prompt["5"]["inputs"]["width"] = 64  # the 128x64 masks on a 64x64 image, as ComfyUI
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    warnings = [d["message"] for n, d in result.events if n == "node_warning"]
+    assert any("128x64 region mask has another aspect ratio" in w for w in warnings), warnings
 
 
 def test_region_errors_by_api():

@@ -41,7 +41,7 @@ is an error.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -156,18 +156,20 @@ def resolve_area(area: Sequence[Any], size: tuple[int, int]) -> Box:
     return (y, min(y + h, height), x, min(x + w, width))
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int], batch: int) -> torch.Tensor:
+def resize_mask(mask: torch.Tensor, size: tuple[int, int], batch: int,
+                warn: Callable[[str], None] | None = None) -> torch.Tensor:
     """A region MASK ``[B, H, W]`` (or ``[H, W]``) at the latent ``size``: ``[B, 1, h, w]``,
-    resized bilinearly as ComfyUI; its aspect ratio must be the image's, its batch 1 or the
-    latent's."""
+    resized bilinearly as ComfyUI; its batch 1 or the latent's. A mask of another aspect
+    ratio is stretched over the latent, as ComfyUI does, and ``warn`` is told."""
     if mask.dim() == 2:
         mask = mask[None]
     if mask.dim() != 3:
         raise ValueError(f"a region mask must be a MASK [B, H, W], got {tuple(mask.shape)}")
     (mh, mw), (h, w) = mask.shape[-2:], size
-    if abs(mh * w - mw * h) > max(h, w, mh, mw):  # more than a latent pixel off
-        raise ValueError(f"the region mask is {mw}x{mh} but the latent is {w}x{h}: a mask must "
-                         "have the image's aspect ratio (make it at the image size)")
+    if warn is not None and abs(mh * w - mw * h) > max(h, w, mh, mw):  # > a latent pixel off
+        warn(f"the {mw}x{mh} region mask has another aspect ratio than the {w}x{h} latent: "
+             "it is stretched over the image, as ComfyUI does (make it at the image size "
+             "to place the region exactly)")
     if mask.shape[0] not in (1, batch):
         raise ValueError(f"the region mask has a batch of {mask.shape[0]} but the latent has "
                          f"{batch}: use one mask or one per image")
@@ -195,8 +197,8 @@ def feathered(box: Box, size: tuple[int, int], ramp: int) -> torch.Tensor:
     return mult
 
 
-def resolve_region(entry: CondEntry, size: tuple[int, int], batch: int, native: int
-                   ) -> Region:
+def resolve_region(entry: CondEntry, size: tuple[int, int], batch: int, native: int,
+                   warn: Callable[[str], None] | None = None) -> Region:
     """An entry's weight map on a latent of ``size`` and where it is predicted."""
     options = entry.options
     height, width = size
@@ -206,8 +208,8 @@ def resolve_region(entry: CondEntry, size: tuple[int, int], batch: int, native: 
         box = resolve_area(options["area"], size)
     mask = None
     if options.get("mask") is not None:
-        mask = resize_mask(options["mask"], size, batch) * float(options.get("mask_strength",
-                                                                             1.0))
+        mask = resize_mask(options["mask"], size, batch, warn) * float(
+            options.get("mask_strength", 1.0))
         if options.get("set_area_to_bounds"):
             box = _mask_bounds(mask, size, scaled_pixels(COMFY_FEATHER, native))
     if box == (0, height, 0, width):
@@ -316,8 +318,8 @@ class CombinedConditioning(SamplerExtension):
         batch, _, height, width = run.init_latents.shape
         size = (int(height), int(width))
         native = int(getattr(run.model.unet.config, "sample_size", COMFY_NATIVE))
-        pos = [resolve_region(e, size, batch, native) for e in self.positive]
-        neg = [resolve_region(e, size, batch, native) for e in self.negative]
+        pos = [resolve_region(e, size, batch, native, run.warn) for e in self.positive]
+        neg = [resolve_region(e, size, batch, native, run.warn) for e in self.negative]
         neg = with_twins(pos, neg)
         pos = with_twins(neg, pos)
         # The main batch predicts the first entry of each side on the whole canvas; other

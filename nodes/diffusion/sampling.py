@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: ``callback(step, total, latents)`` after each step; a callback with a ``denoised``
 #: keyword also gets ``denoised()``, the step's x̂₀ estimate (None where there is none),
-#: computed only when called (live previews)
+#: computed only when called (live previews); a ``warn(message)`` attribute, when the
+#: callback has one, receives the run's warnings (else they are logged)
 StepCallback = Callable[..., None]
 
 
@@ -276,6 +277,8 @@ class SamplingRun:
     #: the conditioning entry each batch role stands for ("cond", "uncond", "extra:<n>",
     #: and the roles of an extension's own pass that declares them): hooks read it
     entries: dict[str, CondEntry] = field(default_factory=dict)
+    #: tells the user something the run did on their behalf (a mask stretched, ...)
+    warn: Callable[[str], None] = logger.warning
 
     def added_cond_kwargs(self, embeds: torch.Tensor, roles: tuple[str, ...] | list[str]
                           ) -> dict[str, torch.Tensor] | None:
@@ -490,6 +493,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
         run.timestep_cond = guidance_embedding(params.cfg, unet.config.time_cond_proj_dim,
                                                device, dtype)
     run.entries.update({"cond": positive.entries[0], "uncond": negative.entries[0]})
+    run.warn = getattr(callback, "warn", None) or logger.warning
     exts = run.extensions
     batch = latents.shape[0]
     embeds = guidance_embeds(positive, negative, batch, do_cfg, device, dtype)
