@@ -25,6 +25,10 @@ both ways; other dict keys do not survive a Steerflow node).
 cache signature; NaN or an exception means "always changed". ``VALIDATE_INPUTS``
 runs with prompt validation; True passes, anything else is the error message, and
 the inputs it takes skip the built-in choice and range checks, as in ComfyUI.
+
+V3 classes (``comfy_api.latest.io.ComfyNode``, from a module's ``comfy_entrypoint`` or
+its mappings) present this V1 surface themselves; the adapter only passes them their
+hidden values in one keyword (``STEERFLOW_HIDDEN_KWARG``), apart from the inputs.
 """
 
 from __future__ import annotations
@@ -114,14 +118,21 @@ class ComfyNode(NamedInputsNode):
         if fn is None:
             return None
         kwargs = _present(inputs)
+        hidden: dict[str, Any] = {}
         signing = node_being_signed()
         if signing is not None:  # ComfyUI gives IS_CHANGED the hidden inputs too
             node_id, prompt = signing
-            for name, kind in cls.HIDDEN.items():
-                kwargs.setdefault(name, {"UNIQUE_ID": node_id, "PROMPT": prompt}.get(kind))
+            hidden = {name: {"UNIQUE_ID": node_id, "PROMPT": prompt}.get(kind)
+                      for name, kind in cls.HIDDEN.items()}
+        bundle = _hidden_kwarg(cls.COMFY_CLASS)
+        for name, value in ({} if bundle else hidden).items():
+            kwargs.setdefault(name, value)
+        kwargs = _accepted(fn, kwargs)
+        if bundle:
+            kwargs[bundle] = hidden
         try:
             with runtime.bound_environment(env):
-                value = fn(**_accepted(fn, kwargs))
+                value = fn(**kwargs)
         except Exception as exc:  # ComfyUI: a failing IS_CHANGED means "changed"
             log.warning("%s.IS_CHANGED failed (%s: %s); the node runs again",
                         cls.TYPE, type(exc).__name__, exc)
@@ -219,6 +230,8 @@ class ComfyNode(NamedInputsNode):
                 kwargs[name] = [_to_comfy(item) for item in value]
             else:
                 kwargs[name] = _to_comfy(value)
+        bundle = _hidden_kwarg(self.COMFY_CLASS)
+        hidden: dict[str, Any] = {}
         for name, kind in self.HIDDEN.items():
             if kind == "PROMPT":
                 value = ctx.prompt
@@ -232,7 +245,11 @@ class ComfyNode(NamedInputsNode):
                 value = ctx.graph
             else:
                 value = None
-            kwargs[name] = [value] if whole else value
+            hidden[name] = value if bundle else [value] if whole else value
+        if bundle:  # a V3 class: apart from the inputs, whose names they may share
+            kwargs[bundle] = hidden
+        else:
+            kwargs.update(hidden)
         return kwargs
 
     def _from_comfy(self, index: int, value: Any) -> Any:
@@ -285,18 +302,23 @@ class ComfyPackAdapter:
         _ensure_custom_package()
 
     def claims(self, module: ModuleType) -> bool:
-        return isinstance(getattr(module, "NODE_CLASS_MAPPINGS", None), dict)
+        return isinstance(getattr(module, "NODE_CLASS_MAPPINGS", None), dict) or \
+            callable(getattr(module, "comfy_entrypoint", None))  # V3 nodes
 
     def node_classes(self, module: ModuleType) -> tuple[list[type[Node]], list[str]]:
+        from comfy_compat.shims.comfy_api._loader import extension_nodes
+
         pack = module.__name__.rpartition(".")[2]
         names = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+        mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+        entries = [(str(type_id), comfy, names.get(type_id)) for type_id, comfy in
+                   (mappings.items() if isinstance(mappings, dict) else ())]
+        extension, problems = extension_nodes(module)  # V3: comfy_entrypoint()
         classes: list[type[Node]] = []
-        problems: list[str] = []
-        for type_id, comfy in module.NODE_CLASS_MAPPINGS.items():
+        for type_id, comfy, display_name in entries + extension:
             try:
-                classes.append(adapt_class(str(type_id), comfy, pack=pack,
-                                           display_name=names.get(type_id)))
-                record_pack_class(str(type_id), comfy, names.get(type_id))
+                classes.append(adapt_class(type_id, comfy, pack=pack, display_name=display_name))
+                record_pack_class(type_id, comfy, display_name)
             except Exception as exc:
                 problems.append(f"node {type_id!r} skipped: {type(exc).__name__}: {exc}")
         return classes, problems
@@ -350,7 +372,9 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
     outputs = tuple(Output(_output_type(t), names[i] if i < len(names) else None, is_list[i],
                            tooltips[i] if i < len(tooltips) else "")
                     for i, t in enumerate(return_types))
-    hidden = {str(k): str(v) for k, v in (raw.get("hidden") or {}).items()}
+    # V3 classes give ComfyUI's V1 view of hidden values: ("UNIQUE_ID",)
+    hidden = {str(k): str(v[0] if isinstance(v, list | tuple) and v else v)
+              for k, v in (raw.get("hidden") or {}).items()}
     validate = getattr(comfy, "VALIDATE_INPUTS", None)
     by_node = frozenset()
     if validate is not None:
@@ -513,6 +537,12 @@ def _number(value: Any) -> float | None:
 
 def _output_type(kind: Any) -> str:
     return "COMBO" if isinstance(kind, list | tuple) else str(kind)
+
+
+def _hidden_kwarg(comfy: type) -> str | None:
+    """The one keyword a V3 class (``comfy_api``) takes its hidden values in, if any."""
+    name = getattr(comfy, "STEERFLOW_HIDDEN_KWARG", None)
+    return name if isinstance(name, str) else None
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:

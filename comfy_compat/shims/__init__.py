@@ -12,11 +12,13 @@ finders, so a real ComfyUI on the path would still win. It provides, from this f
 - ``comfy_execution.graph_utils`` / ``comfy_execution.graph`` (GraphBuilder, is_link,
   ExecutionBlocker, DynamicPrompt, over the engine's expansion and list API);
 - ``comfy_extras.nodes_latent`` / ``nodes_clip_sdxl`` / ``nodes_upscale_model``
-  (see :mod:`comfy_compat.builtin_nodes`).
+  (see :mod:`comfy_compat.builtin_nodes`);
+- ``comfy_api.latest`` (and ``comfy_api.v0_0_1`` ...): ComfyUI's V3 node API, whose
+  classes present the V1 class surface to the adapter (see the package's docstring).
 
 A provided module that covers part of ComfyUI's raises an ``AttributeError`` naming
 any other name (:mod:`comfy_compat.shims._missing`). Any other ``comfy.*`` module and
-ComfyUI's other internals (``comfy_extras``, ``comfy_execution``, ``comfy_api``) raise
+ComfyUI's other internals (``comfy_extras``, ``comfy_execution``) raise
 :class:`ModuleNotFoundError` naming the module and what Steerflow provides instead, so
 a pack that reaches into model internals fails to load with that message, recorded as
 the pack's error.
@@ -37,13 +39,14 @@ PROVIDED = ("folder_paths", "comfy", "comfy.utils", "comfy.model_management",
             "comfy_execution.graph_utils", "comfy_execution.graph",
             "comfy_extras.nodes_latent", "comfy_extras.nodes_clip_sdxl",
             "comfy_extras.nodes_upscale_model", "comfy.k_diffusion.utils", "node_helpers",
-            "latent_preview", "server.PromptServer",
+            "latent_preview", "server.PromptServer", "comfy_api.latest (V3 nodes)",
             "nodes (MAX_RESOLUTION and ComfyUI's basic node classes)")
 # provided from <name>.py
 _MODULES = ("folder_paths", "node_helpers", "execution", "latent_preview")
-_PACKAGES = ("comfy", "comfy_execution", "comfy_extras")  # provided from the folder
+# provided from the folder
+_PACKAGES = ("comfy", "comfy_execution", "comfy_extras", "comfy_api")
 # Top-level ComfyUI modules that are internals: refused by name rather than "not found".
-INTERNAL_ROOTS = ("comfy", "comfy_extras", "comfy_execution", "comfy_api")
+INTERNAL_ROOTS = ("comfy", "comfy_extras", "comfy_execution")
 
 
 def missing_message(name: str) -> str:

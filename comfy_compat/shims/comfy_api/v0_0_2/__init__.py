@@ -1,0 +1,5 @@
+"""``comfy_api.v0_0_2``: ComfyUI's versioned alias of :mod:`comfy_api.latest`."""
+
+from comfy_api.latest import IO, UI, ComfyExtension, Input, InputImpl, Types, io, ui
+
+__all__ = ["IO", "UI", "ComfyExtension", "Input", "InputImpl", "Types", "io", "ui"]
