@@ -354,7 +354,29 @@ def collect_extensions(model: DiffusionModel, positive: Conditioning, negative: 
                                    from_cond, latent_extensions(model, latent),
                                    hooked_extensions(positive, negative))
     check_input_channels(model.unet, latent.samples.shape[1], extensions)
+    check_context_width(model.unet, positive, negative)
     return extensions
+
+
+def check_context_width(unet: Any, positive: Conditioning, negative: Conditioning) -> None:
+    """Prompt embeddings as wide as the UNet's cross-attention takes them: a text encoder
+    of another model family is named as such, not met as a matrix shape error."""
+    config = unet.config
+    if getattr(config, "encoder_hid_dim", None) is not None:
+        return  # a projection in front of the cross-attention decides
+    width = getattr(config, "cross_attention_dim", None)
+    widths = set(width) if isinstance(width, list | tuple) else {width}
+    if len(widths) != 1 or not isinstance(next(iter(widths)), int):
+        return
+    (expected,) = widths
+    for side, cond in (("positive", positive), ("negative", negative)):
+        for entry in cond.entries:
+            got = int(entry.embeds.shape[-1])
+            if got != expected:
+                raise ValueError(
+                    f"the {side} prompt's embeddings are {got} wide but this model's UNet "
+                    f"takes {expected}: the text encoder (CLIP) belongs to another model; "
+                    "encode the prompt with the CLIP of the checkpoint this UNet came from")
 
 
 def hooked_extensions(positive: Conditioning, negative: Conditioning

@@ -1,0 +1,34 @@
+"""Checks the sampler makes before it runs: parts of different models are named as such."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from nodes.diffusion.handles import CondEntry, Conditioning
+from nodes.diffusion.sampling import check_context_width
+
+
+def unet(**config):
+    return SimpleNamespace(config=SimpleNamespace(**{"encoder_hid_dim": None, **config}))
+
+
+def cond(width: int) -> Conditioning:
+    return Conditioning((CondEntry(torch.zeros(1, 77, width)),))
+
+
+def test_a_prompt_of_another_width_names_the_text_encoder():
+    with pytest.raises(ValueError, match="negative prompt's embeddings are 64 wide but this "
+                                         "model's UNet takes 48"):
+        check_context_width(unet(cross_attention_dim=48), cond(48), cond(64))
+    with pytest.raises(ValueError, match="another model"):
+        check_context_width(unet(cross_attention_dim=(48, 48, 48)), cond(64), cond(48))
+
+
+def test_matching_widths_and_projected_contexts_pass():
+    check_context_width(unet(cross_attention_dim=48), cond(48), cond(48))
+    # a projection in front of the cross-attention (encoder_hid_dim) decides the width
+    check_context_width(unet(cross_attention_dim=48, encoder_hid_dim=64), cond(64), cond(64))
+    # per-block widths that differ, or a stub without a config: nothing to check here
+    check_context_width(unet(cross_attention_dim=(32, 48)), cond(64), cond(64))
+    check_context_width(SimpleNamespace(config=SimpleNamespace()), cond(64), cond(8))
