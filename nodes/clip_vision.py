@@ -8,7 +8,7 @@ from typing import Any
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
 from nodes.diffusion.clip_vision import ClipVision, ClipVisionOutput
 from nodes.diffusion.handles import Tensor
-from nodes.models import path_fingerprint, pickle_problem
+from nodes.models import file_fingerprint, pickle_problem
 
 FOLDER = "clip_vision"
 CLIP_VISION_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -51,8 +51,7 @@ class CLIPVisionLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("models", FOLDER, inputs["clip_name"])
-        return path_fingerprint(path) if path.exists() else None
+        return file_fingerprint(env, inputs.get("clip_name"), "models", FOLDER)
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment

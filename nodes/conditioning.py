@@ -31,7 +31,6 @@ from nodes.diffusion.prompt_weighting import (
     split_windows,
     tokenize_weighted,
 )
-from nodes.latent import SD_DOWNSCALE
 
 if TYPE_CHECKING:
     import torch
@@ -273,7 +272,8 @@ class ConditioningSetArea(Node):
     so areas alone, without a whole-image prompt, work too.
 
     Sizes are image pixels, divided by the VAE's downscale and rounded down (ComfyUI's
-    //8): link the VAE (4 on steerflow-shapes) or SD's 8 is assumed. Areas past the
+    //8): the linked VAE's, else (when sampling) the one the latent knows or the VAE the
+    checkpoint was loaded with (4 on steerflow-shapes), else SD's 8. Areas past the
     right or bottom edge are clipped; an area outside the image or under one latent
     pixel is an error. ``strength`` weighs it against overlapping prompts (1: equal).
     Areas of the model's native size work best (64 px on the default model): there
@@ -295,10 +295,15 @@ class ConditioningSetArea(Node):
     y: int = Input(0, min=0, max=MAX_RESOLUTION, step=4)
     strength: float = Input(1.0, min=0.0, max=10.0, step=0.01)
     vae: Vae | None = Input(type="VAE", optional=True,
-                            description="The model's VAE, for its downscale (else 8)")
+                            description="The model's VAE, for its downscale; unlinked: "
+                            "that of the sampled latent's or model's VAE, else 8")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Conditioning]:
-        factor = self.vae.downscale if self.vae else SD_DOWNSCALE
+        if not self.vae:  # divided when sampling, by the downscale the run knows
+            area: tuple = ("pixels", self.height, self.width, self.y, self.x)
+            return (_with_options(self.conditioning, area=area, strength=self.strength,
+                                  set_area_to_bounds=False),)
+        factor = self.vae.downscale
         if self.width < factor or self.height < factor:
             raise ValueError(f"the area is {self.width}x{self.height} px, under one latent "
                              f"pixel ({factor} px): make it larger")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.controlnet_union import UNION_CHOICES
 from nodes.diffusion.handles import Conditioning, Tensor, Vae
-from nodes.models import path_fingerprint, pickle_problem
+from nodes.models import file_fingerprint, pickle_problem
 
 if TYPE_CHECKING:
     import torch
@@ -40,8 +40,7 @@ class ControlNetLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("models", "controlnet", inputs["control_net_name"])
-        return path_fingerprint(path) if path.exists() else None
+        return file_fingerprint(env, inputs.get("control_net_name"), "models", "controlnet")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, Latent, Tensor, Vae
-from nodes.models import path_fingerprint
+from nodes.models import file_fingerprint
 
 if TYPE_CHECKING:
     import torch
@@ -87,8 +87,7 @@ class DepthEstimatorLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("models", FOLDER, inputs["estimator_name"])
-        return path_fingerprint(path) if path.exists() else None
+        return file_fingerprint(env, inputs.get("estimator_name"), "models", FOLDER)
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -208,7 +207,7 @@ class Depth2ImageConditioning(Node):
         if depth.shape[0] not in (1, batch):
             raise ValueError(f"the depth map has a batch of {depth.shape[0]} but the image has "
                              f"{batch}; use one depth map or one per image")
-        latent = Latent(encode(self.vae, self.pixels), scaling_factor=self.vae.scaling_factor)
+        latent = self.vae.latent(encode(self.vae, self.pixels))
         ext = DepthConcat(depth.to(latent.samples.device))
         # One object on both sides: the sampler concatenates it once per pass.
         return _with_depth(self.positive, ext), _with_depth(self.negative, ext), latent

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning, TextEncoder
 from nodes.masks import MAX_PIXELS
-from nodes.models import path_fingerprint, pickle_problem
+from nodes.models import file_fingerprint, pickle_problem
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +44,7 @@ class GLIGENLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("models", "gligen", inputs["gligen_name"])
-        return path_fingerprint(path) if path.exists() else None
+        return file_fingerprint(env, inputs.get("gligen_name"), "models", "gligen")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment

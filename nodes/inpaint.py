@@ -168,8 +168,7 @@ class VAEEncodeForInpaint(Node):
         grown = dilate(hard, self.grow_mask_by // 2).clamp(0, 1) if self.grow_mask_by else hard
         samples = encode(self.vae, grey_masked(pixels, mask))
         condition = inpaint_condition(self.vae, pixels, grown, masked_latents=samples)
-        return (Latent(samples, noise_mask=grown[:, None], inpaint=condition,
-                       scaling_factor=self.vae.scaling_factor),)
+        return (self.vae.latent(samples, noise_mask=grown[:, None], inpaint=condition),)
 
 
 class InpaintModelConditioning(Node):
@@ -201,8 +200,8 @@ class InpaintModelConditioning(Node):
             warn_cropped(ctx, self.pixels, self.vae.downscale)
         samples = encode(self.vae, pixels)
         condition = inpaint_condition(self.vae, pixels, mask)
-        latent = Latent(samples, noise_mask=mask[:, None] if self.noise_mask else None,
-                        inpaint=condition, scaling_factor=self.vae.scaling_factor)
+        latent = self.vae.latent(samples, noise_mask=mask[:, None] if self.noise_mask else None,
+                                 inpaint=condition)
         return self.positive, self.negative, latent
 
 

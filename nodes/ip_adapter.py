@@ -9,7 +9,7 @@ from typing import Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.clip_vision import ClipVision
 from nodes.diffusion.handles import DiffusionModel, Tensor
-from nodes.models import path_fingerprint, pickle_problem
+from nodes.models import file_fingerprint, pickle_problem
 
 FOLDER = "ipadapter"
 SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
@@ -44,8 +44,7 @@ class IPAdapterModelLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("models", FOLDER, inputs["ipadapter_file"])
-        return path_fingerprint(path) if path.exists() else None
+        return file_fingerprint(env, inputs.get("ipadapter_file"), "models", FOLDER)
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 SD_LATENT_CHANNELS = 4
 SD_DOWNSCALE = 8
+#: the optional ``vae`` input of nodes that take sizes in image pixels
+LATENT_VAE_HELP = ("The model's VAE, for its downscale; unlinked: the downscale the latent "
+                   "knows (from a VAE or a sampler on a checkpoint with its VAE), else 8")
 
 
 class EmptyLatentImage(Node):
@@ -49,9 +52,29 @@ class EmptyLatentImage(Node):
         check_fits(math.prod(shape) * FLOAT32, ctx.device,
                    f"{self.batch_size} latent(s) of {self.width}x{self.height} px",
                    "lower batch_size, width or height")
-        assumed = None if self.vae else SD_DOWNSCALE
-        return (Latent(torch.zeros(shape, device=ctx.device), assumed_downscale=assumed,
-                       scaling_factor=self.vae.scaling_factor if self.vae else None),)
+        samples = torch.zeros(shape, device=ctx.device)
+        if self.vae:
+            return (self.vae.latent(samples),)
+        return (Latent(samples, assumed_downscale=SD_DOWNSCALE),)
+
+
+def downscale_of(latent: Latent | None, vae: Vae | None, unet: object = None) -> int:
+    """Image pixels per latent pixel, for a node that takes sizes in image pixels: the
+    linked ``vae``'s, else the one ``latent`` knows (made by a VAE, or by a sampler on
+    a checkpoint loaded with its VAE; assumed by an Empty Latent Image), else that of
+    the VAE the checkpoint loader paired with ``unet``, else SD's 8 (ComfyUI's rule)."""
+    if vae is not None:
+        return vae.downscale
+    known = latent is not None and (latent.downscale or latent.assumed_downscale)
+    if known:
+        return int(known)
+    if unet is not None:
+        from nodes.diffusion.preview import linked_vae
+
+        loaded = linked_vae(unet)
+        if loaded is not None:
+            return Vae(loaded).downscale
+    return SD_DOWNSCALE
 
 
 def warn_assumed_downscale(ctx: ExecutionContext, latent: Latent, vae: Vae) -> None:
@@ -135,7 +158,7 @@ class VAEEncode(Node):
     vae: Vae = Input(type="VAE")
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
-        return (Latent(encode(self.vae, self.pixels), scaling_factor=self.vae.scaling_factor),)
+        return (self.vae.latent(encode(self.vae, self.pixels)),)
 
 
 class VAEDecodeTiled(Node):
@@ -196,7 +219,7 @@ class VAEEncodeTiled(Node):
         from nodes.diffusion.vae_codec import Tiling
 
         samples = encode(self.vae, self.pixels, Tiling(self.tile_size, self.overlap))
-        return (Latent(samples, scaling_factor=self.vae.scaling_factor),)
+        return (self.vae.latent(samples),)
 
 
 NODE_CLASSES = (EmptyLatentImage, VAEDecode, VAEEncode, VAEDecodeTiled, VAEEncodeTiled)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from engine import ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
 from nodes.diffusion.handles import Latent, Vae
-from nodes.latent import SD_DOWNSCALE
+from nodes.latent import LATENT_VAE_HELP, downscale_of
 from nodes.limits import check_latent
 
 if TYPE_CHECKING:
@@ -287,12 +287,12 @@ class LatentCrop(Node):
     x: int = Input(0, min=0, max=MAX_RESOLUTION, step=8)
     y: int = Input(0, min=0, max=MAX_RESOLUTION, step=8)
     vae: Vae | None = Input(type="VAE", optional=True,
-                            description="The model's VAE, for its downscale (else 8)")
+                            description=LATENT_VAE_HELP)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         samples = _samples(self.samples, "samples")
         _plain(self.samples, "samples", "Crop Latent")
-        factor = self.vae.downscale if self.vae else SD_DOWNSCALE
+        factor = downscale_of(self.samples, self.vae)
         h, w = samples.shape[-2:]
         keep = max(MIN_CROP_PX // factor, 1)
         x = max(min(self.x // factor, w - keep), 0)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from engine import ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
 from nodes.diffusion.handles import Latent, Tensor, Vae
-from nodes.latent import SD_DOWNSCALE
+from nodes.latent import LATENT_VAE_HELP, downscale_of
 from nodes.limits import FLOAT32, check_fits, check_image
 from nodes.masks import as_mask3d
 
@@ -189,7 +189,7 @@ class LatentCompositeMasked(Node):
     resize_source: bool = Input(False)
     mask: Tensor | None = Input(type="MASK", optional=True)
     vae: Vae | None = Input(type="VAE", optional=True,
-                            description="The model's VAE, for its downscale (else 8)")
+                            description=LATENT_VAE_HELP)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         import torch.nn.functional as F
@@ -222,7 +222,7 @@ class LatentCompositeMasked(Node):
         batch = common_batch(batches)
         out = match_batch(dest, batch, "destination", "source").clone()
         source = match_batch(source, batch, "source", "destination")
-        factor = self.vae.downscale if self.vae else SD_DOWNSCALE
+        factor = downscale_of(self.destination, self.vae)
         x, y = self.x // factor, self.y // factor
         h, w = overlap(tuple(source.shape[-2:]), (y, x), tuple(out.shape[-2:]))
         region = out[:, :, y:y + h, x:x + w]

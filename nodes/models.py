@@ -58,6 +58,19 @@ def path_fingerprint(path: Path) -> list[Any]:
     return out
 
 
+def file_fingerprint(env: Environment, name: Any, *folder: str) -> list[Any] | None:
+    """Identity of the file or folder ``name`` in ``folder`` (e.g. "models", "vae"), or
+    None: a linked name (a training node's output: its signature stands for the file), a
+    name outside the folder (validation reports it), or nothing there yet."""
+    if not isinstance(name, str):
+        return None
+    try:
+        path = env.resolve(*folder, name)
+    except (KeyError, ValueError):
+        return None
+    return path_fingerprint(path) if path.exists() else None
+
+
 class ModelFileNode(Node):
     """Base of the loaders that read one file of ``models/<MODEL_FOLDER>`` named by the
     input ``FILE_INPUT``: the file's identity joins the cache signature, and a pickle is
@@ -68,14 +81,7 @@ class ModelFileNode(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        name = inputs.get(cls.FILE_INPUT)
-        if not isinstance(name, str):
-            return None
-        try:
-            path = env.resolve("models", cls.MODEL_FOLDER, name)
-        except ValueError:
-            return None
-        return path_fingerprint(path) if path.is_file() else None
+        return file_fingerprint(env, inputs.get(cls.FILE_INPUT), "models", cls.MODEL_FOLDER)
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -112,11 +118,9 @@ class CheckpointLoaderSimple(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("models", "checkpoints", inputs["ckpt_name"])
-        if not path.exists():
-            return None
+        found = file_fingerprint(env, inputs.get("ckpt_name"), "models", "checkpoints")
         # "default" follows --dtype, which is not an input: it joins the identity here.
-        return [path_fingerprint(path), env.options.get("dtype")]
+        return None if found is None else [found, env.options.get("dtype")]
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -233,10 +237,8 @@ class CheckpointLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        found = []
-        for folder, key in (("checkpoints", "ckpt_name"), ("configs", "config_name")):
-            path = env.resolve("models", folder, inputs[key])
-            found.append(path_fingerprint(path) if path.exists() else None)
+        found = [file_fingerprint(env, inputs.get(key), "models", folder)
+                 for folder, key in (("checkpoints", "ckpt_name"), ("configs", "config_name"))]
         return [found, env.options.get("dtype")]
 
     @classmethod
@@ -273,8 +275,8 @@ class DiffusersLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        path = env.resolve("models", "diffusers", inputs["model_path"])
-        return [path_fingerprint(path) if path.is_dir() else None, env.options.get("dtype")]
+        return [file_fingerprint(env, inputs.get("model_path"), "models", "diffusers"),
+                env.options.get("dtype")]
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
         path = ctx.env.resolve("models", "diffusers", self.model_path)

@@ -60,7 +60,10 @@ def step_reporter(ctx: ExecutionContext, model: DiffusionModel) -> StepCallback:
                 shown = latents
             ctx.preview(latent_preview(shown, model.family, model.unet))
 
-    on_step.warn = ctx.warn  # type: ignore[attr-defined]  # see StepCallback
+    def warn(message: str) -> None:
+        ctx.warn(message)
+
+    on_step.warn = warn  # type: ignore[attr-defined]  # see StepCallback
     return on_step
 
 

@@ -51,7 +51,6 @@ class MakeTrainingDataset(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[list[Any], list[Any]]:
         from nodes.conditioning import CLIPTextEncode
-        from nodes.diffusion.handles import Latent
         from nodes.latent import encode
 
         images = _as_list(self.images)
@@ -73,7 +72,7 @@ class MakeTrainingDataset(Node):
         for i, image in enumerate(images):
             ctx.check_interrupt()
             try:
-                latents.append(Latent(encode(vae, image), scaling_factor=vae.scaling_factor))
+                latents.append(vae.latent(encode(vae, image)))
             except ValueError as exc:
                 raise ValueError(f"images[{i}]: {exc}") from None
         encoded: dict[str, Any] = {}  # each distinct caption encoded once

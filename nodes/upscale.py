@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.conditioning import MAX_RESOLUTION
 from nodes.diffusion.handles import Latent, Tensor, Vae
-from nodes.latent import SD_DOWNSCALE
+from nodes.latent import LATENT_VAE_HELP, downscale_of
 from nodes.limits import FLOAT32, check_fits, check_image, check_latent
 
 if TYPE_CHECKING:
@@ -48,8 +48,9 @@ class LatentUpscale(Node):
     leaves the latent alone; sides under 64 px are raised to 64, as in ComfyUI.
     ``crop`` center cuts to the new aspect ratio first instead of stretching.
     ``bislerp`` keeps latent vectors' lengths (often cleaner than bilinear at 2x);
-    ``nearest-exact`` is the sharpest. Link the VAE so pixel sizes use its downscale
-    (4 on steerflow-shapes); without it SD's 8 is assumed. A noise mask is resized along.
+    ``nearest-exact`` is the sharpest. Pixel sizes use the linked VAE's downscale, else
+    the one the latent knows (from VAE Encode, or a sampler on a checkpoint loaded with
+    its VAE: 4 on steerflow-shapes), else SD's 8. A noise mask is resized along.
     """
 
     TYPE = "LatentUpscale"
@@ -63,7 +64,7 @@ class LatentUpscale(Node):
     height: int = Input(512, min=0, max=MAX_RESOLUTION, step=8)
     crop: str = Input("disabled", choices=CROPS)
     vae: Vae | None = Input(type="VAE", optional=True,
-                            description="The model's VAE, for its downscale (else 8)")
+                            description=LATENT_VAE_HELP)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         from nodes.diffusion.resize import resize_latent
@@ -71,7 +72,7 @@ class LatentUpscale(Node):
         if self.width == 0 and self.height == 0:
             return (self.samples,)
         check_latent(self.samples.samples, "samples")
-        factor = self.vae.downscale if self.vae else SD_DOWNSCALE
+        factor = downscale_of(self.samples, self.vae)
         h, w = self.samples.samples.shape[-2:]
         width, height = self.width, self.height
         if width == 0:
@@ -233,12 +234,12 @@ class LatentComposite(Node):
     y: int = Input(0, min=0, max=MAX_RESOLUTION, step=8)
     feather: int = Input(0, min=0, max=MAX_RESOLUTION, step=8)
     vae: Vae | None = Input(type="VAE", optional=True,
-                            description="The model's VAE, for its downscale (else 8)")
+                            description=LATENT_VAE_HELP)
 
     def execute(self, ctx: ExecutionContext) -> tuple[Latent]:
         import torch
 
-        factor = self.vae.downscale if self.vae else SD_DOWNSCALE
+        factor = downscale_of(self.samples_to, self.vae)
         x, y, feather = self.x // factor, self.y // factor, self.feather // factor
         dest, src = self.samples_to.samples, self.samples_from.samples
         check_latent(dest, "samples_to")

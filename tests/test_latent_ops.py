@@ -361,3 +361,21 @@ def test_an_image_taken_out_of_a_batch_samples_as_it_did_inside(session):
     assert one.shape[0] == 1 and torch.allclose(one[0], whole[2], atol=1e-5)
     assert torch.allclose(same, whole[:1].expand_as(same), atol=1e-5)  # every row: item 0
     assert not torch.allclose(whole[0], whole[1], atol=1e-3)
+
+
+def test_pixel_sizes_use_the_downscale_the_latent_knows():
+    from nodes.upscale import LatentComposite, LatentUpscale
+
+    four = latent(channels=1, h=32, w=32, downscale=4)  # a 128x128 picture on a 4x VAE
+    up = out(LatentUpscale, samples=four, width=128, height=96)
+    assert up.samples.shape[-2:] == (24, 32) and up.downscale == 4
+    # unknown: SD's 8 (ComfyUI's rule); assumed by an Empty Latent Image: that one
+    assert out(LatentUpscale, samples=latent(channels=1, h=8, w=8), width=128,
+               height=96).samples.shape[-2:] == (12, 16)
+    assumed = latent(channels=1, h=8, w=8, assumed_downscale=8)
+    assert out(LatentUpscale, samples=assumed, width=128, height=96).samples.shape[-2:] == (
+        12, 16)
+    assert out(LatentCrop, samples=four, width=64, height=96).samples.shape[-2:] == (24, 16)
+    pasted = out(LatentComposite, samples_to=four, samples_from=latent(channels=1, h=2, w=2),
+                 x=8, y=4)
+    assert torch.equal(pasted.samples[0, 0, 1:3, 2:4], t([[0, 1], [2, 3]]))

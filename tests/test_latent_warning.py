@@ -97,3 +97,44 @@ def test_ddim_invert_remakes_an_empty_latent_made_without_its_vae(tmp_path):
     }
     result = Session(tmp_path, device="cpu").run(prompt)
     assert result.ok, result.run.error
+
+
+def test_hires_fix_and_areas_on_the_4x_model_use_its_downscale_without_a_vae_link(tmp_path):
+    """ComfyUI's hires fix (Upscale Latent with no vae, as every ComfyUI graph has it) on
+    the built-in 4x model: the sampled latent knows its VAE, so 128x96 is 128x96 (it was
+    a 64x48 picture); an unlinked Conditioning Set Area is divided the same way."""
+    from tests.graph_nodes import CAPTURED, registry_with_capture
+
+    session = Session(tmp_path, device="cpu", registry=registry_with_capture())
+    prompt = graph(link_vae=False)
+    prompt["pos"] = {"class_type": "CLIPTextEncode",
+                     "inputs": {"clip": ["ckpt", 1], "text": "a red circle"}}
+    sampler = {"model": ["ckpt", 0], "seed": 3, "steps": 2, "cfg": 5.0,
+               "sampler_name": "euler", "scheduler": "normal", "positive": ["pos", 0],
+               "negative": ["pos", 0], "latent_image": ["latent", 0], "denoise": 1.0}
+    prompt["ks"] = {"class_type": "KSampler", "inputs": sampler}
+    prompt["up"] = {"class_type": "LatentUpscale", "inputs": {
+        "samples": ["ks", 0], "upscale_method": "nearest-exact", "width": 128, "height": 96,
+        "crop": "disabled"}}
+    prompt["area"] = {"class_type": "ConditioningSetArea", "inputs": {
+        "conditioning": ["pos", 0], "width": 64, "height": 48, "x": 64, "y": 48,
+        "strength": 1.0}}
+    prompt["both"] = {"class_type": "ConditioningCombine", "inputs": {
+        "conditioning_1": ["pos", 0], "conditioning_2": ["area", 0]}}
+    prompt["ks2"] = {"class_type": "KSampler", "inputs": {
+        **sampler, "latent_image": ["up", 0], "denoise": 0.5, "positive": ["both", 0]}}
+    prompt["decode"]["inputs"]["samples"] = ["ks2", 0]
+    prompt["cap"] = {"class_type": "TestCapture", "inputs": {"value": ["decode", 0],
+                                                             "key": "hires"}}
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    assert tuple(CAPTURED.pop("hires").shape) == (1, 96, 128, 3)
+    assert not [d for name, d in result.events if name == "node_warning"]
+
+
+def test_an_unlinked_area_is_divided_by_the_runs_downscale():
+    from nodes.diffusion.combine import resolve_area
+
+    area = ("pixels", 48, 64, 48, 64)  # Conditioning Set Area without its vae
+    assert resolve_area(area, (24, 32), downscale=4) == (12, 24, 16, 32)
+    assert resolve_area(area, (12, 16)) == (6, 12, 8, 16)  # SD's 8, as ComfyUI

@@ -137,11 +137,14 @@ def scaled_pixels(n: int, native: int) -> int:
     return max(1, round(n * native / COMFY_NATIVE))
 
 
-def resolve_area(area: Sequence[Any], size: tuple[int, int]) -> Box:
+def resolve_area(area: Sequence[Any], size: tuple[int, int], downscale: int = 8) -> Box:
     """An ``area`` option as a box inside the latent (percentages rounded as ComfyUI;
-    clipped at the right and bottom edges as ComfyUI's slicing does)."""
+    image pixels divided by ``downscale``, rounded down as ComfyUI's //8; clipped at the
+    right and bottom edges as ComfyUI's slicing does)."""
     height, width = size
-    if area[0] == "percentage":
+    if area[0] == "pixels":
+        h, w, y, x = (int(v) // downscale for v in area[1:])
+    elif area[0] == "percentage":
         _, ph, pw, py, px = area
         h, w = max(1, round(ph * height)), max(1, round(pw * width))
         y, x = round(py * height), round(px * width)
@@ -198,14 +201,14 @@ def feathered(box: Box, size: tuple[int, int], ramp: int) -> torch.Tensor:
 
 
 def resolve_region(entry: CondEntry, size: tuple[int, int], batch: int, native: int,
-                   warn: Callable[[str], None] | None = None) -> Region:
+                   warn: Callable[[str], None] | None = None, downscale: int = 8) -> Region:
     """An entry's weight map on a latent of ``size`` and where it is predicted."""
     options = entry.options
     height, width = size
     weight = torch.zeros(1, 1, height, width)
     box: Box | None = None
     if "area" in options:
-        box = resolve_area(options["area"], size)
+        box = resolve_area(options["area"], size, downscale)
     mask = None
     if options.get("mask") is not None:
         mask = resize_mask(options["mask"], size, batch, warn) * float(
@@ -318,8 +321,11 @@ class CombinedConditioning(SamplerExtension):
         batch, _, height, width = run.init_latents.shape
         size = (int(height), int(width))
         native = int(getattr(run.model.unet.config, "sample_size", COMFY_NATIVE))
-        pos = [resolve_region(e, size, batch, native, run.warn) for e in self.positive]
-        neg = [resolve_region(e, size, batch, native, run.warn) for e in self.negative]
+        from nodes.latent import downscale_of
+
+        factor = downscale_of(run.latent, None, run.model.unet)
+        pos = [resolve_region(e, size, batch, native, run.warn, factor) for e in self.positive]
+        neg = [resolve_region(e, size, batch, native, run.warn, factor) for e in self.negative]
         neg = with_twins(pos, neg)
         pos = with_twins(neg, pos)
         # The main batch predicts the first entry of each side on the whole canvas; other

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 MAX_OBJS = 30
 #: pixels per latent for the box coordinates when the UNet's VAE is unknown (SD's VAE, the
 #: models GLIGEN exists for)
-SD_DOWNSCALE = 8
 FAMILIES = ("sd1", "sd2")
 FUSER = ".fuser."
 POSITION = "position_net."
@@ -313,15 +312,11 @@ def pixels_per_latent(unet: Any, latent: Any = None) -> int:
     """Image pixels per latent pixel, in the units the user sized the image in: the
     downscale an Empty Latent Image without its ``vae`` assumed (SD's 8, as ComfyUI: its
     workflows give boxes for that size), else that of the VAE the checkpoint loader
-    paired with ``unet`` (a 4x VAE makes a 4x smaller image than SD's), else SD's 8."""
-    from nodes.diffusion.handles import Vae
-    from nodes.diffusion.preview import linked_vae
+    paired with ``unet`` (a 4x VAE makes a 4x smaller image than SD's), else SD's 8
+    (:func:`nodes.latent.downscale_of`)."""
+    from nodes.latent import downscale_of
 
-    assumed = getattr(latent, "assumed_downscale", None)
-    if assumed:
-        return int(assumed)
-    vae = linked_vae(unet)
-    return SD_DOWNSCALE if vae is None else Vae(vae).downscale
+    return downscale_of(latent, None, unet)
 
 
 @dataclass

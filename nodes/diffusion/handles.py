@@ -109,6 +109,12 @@ class Vae:
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
 
+    def latent(self, samples: Tensor, **fields: Any) -> Latent:
+        """``samples`` this VAE encoded (or sized for it): the LATENT knows its scaling
+        and its downscale."""
+        return Latent(samples, scaling_factor=self.scaling_factor, downscale=self.downscale,
+                      **fields)
+
 
 class MissingVaeError(ValueError, AttributeError):
     """A checkpoint's absent VAE was used (an AttributeError too, so ``hasattr`` and
@@ -195,7 +201,9 @@ class Latent:
     LEDITS++'s edit region); only samplers set it. ``scaling_factor`` is the VAE
     scaling these samples carry (diffusers' convention: raw VAE latents times it), where
     a node knew it (VAE Encode, Empty Latent Image with its vae, a sampler whose model
-    came with its VAE); ComfyUI's ``.latent`` files hold the raw latents.
+    came with its VAE); ComfyUI's ``.latent`` files hold the raw latents. ``downscale``
+    is that VAE's factor between image and latent pixels, known in the same cases: nodes
+    that take sizes in image pixels read it when their ``vae`` is not linked.
     """
 
     samples: Tensor
@@ -207,6 +215,7 @@ class Latent:
     #: sampler gives row k the initial noise of that item; None: rows 0, 1, ...
     batch_index: tuple[int, ...] | None = None
     scaling_factor: float | None = None
+    downscale: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -225,5 +234,14 @@ class Latent:
         return replace(self, samples=samples,
                        extension_results=tuple((results or {}).items()),
                        scaling_factor=self.scaling_factor or model.latent_scale,
+                       downscale=self.downscale or _linked_downscale(model),
                        # refitted to the model's VAE (see fit_empty_latent): no longer assumed
                        assumed_downscale=None if resized else self.assumed_downscale)
+
+
+def _linked_downscale(model: DiffusionModel) -> int | None:
+    """The downscale of the VAE the checkpoint loader paired with ``model``, if any."""
+    from nodes.diffusion.preview import linked_vae
+
+    vae = linked_vae(model.unet)
+    return None if vae is None else Vae(vae).downscale

@@ -373,10 +373,13 @@ def check_context_width(unet: Any, positive: Conditioning, negative: Conditionin
         for entry in cond.entries:
             got = int(entry.embeds.shape[-1])
             if got != expected:
+                sdxl = getattr(config, "addition_embed_type", None) == "text_time"
                 raise ValueError(
                     f"the {side} prompt's embeddings are {got} wide but this model's UNet "
                     f"takes {expected}: the text encoder (CLIP) belongs to another model; "
-                    "encode the prompt with the CLIP of the checkpoint this UNet came from")
+                    "encode the prompt with the CLIP of the checkpoint this UNet came from"
+                    + (" (an SDXL refiner and its base model each need their own CLIP Text "
+                       "Encode nodes)" if sdxl else ""))
 
 
 def hooked_extensions(positive: Conditioning, negative: Conditioning
@@ -473,7 +476,7 @@ def fit_empty_latent(model: DiffusionModel, latent: Latent) -> Latent:
         return latent
     samples = latent.samples.new_zeros(batch, vae.latent_channels,
                                        pixels[0] // vae.downscale, pixels[1] // vae.downscale)
-    return replace(latent, samples=samples, assumed_downscale=None,
+    return replace(latent, samples=samples, assumed_downscale=None, downscale=vae.downscale,
                    scaling_factor=latent.scaling_factor or vae.scaling_factor)
 
 
@@ -509,8 +512,10 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     run = SamplingRun(model, scheduler, params, generator, timesteps, init_latents, noise,
                       positive, negative, latent, do_cfg,
                       collect_extensions(model, positive, negative, latent))
+    from nodes.latent import downscale_of
+
     run.added = added_conditioning(model, positive, negative, tuple(init_latents.shape[-2:]),
-                                   device, dtype)
+                                   device, dtype, downscale_of(latent, None, unet))
     if unet.config.time_cond_proj_dim is not None:  # no CFG pass: cfg is an input here
         run.timestep_cond = guidance_embedding(params.cfg, unet.config.time_cond_proj_dim,
                                                device, dtype)

@@ -13,7 +13,8 @@ aesthetic score). The conditioning carries them as options under ComfyUI's names
 ``target_height``, ``aesthetic_score``); :class:`AddedConditioning` turns them into the
 UNet's tensors for every pass, the sampler's and the extensions' own, row by row.
 
-Defaults are ComfyUI's (and diffusers'): a size not given is the latent's size x 8,
+Defaults are diffusers' (and ComfyUI's, for SD's 8x VAEs): a size not given is the
+image's, the latent's size times the VAE's downscale (ComfyUI: x 8 whatever the VAE),
 the target size is the size, crops are 0, the refiner's aesthetic score is 6 for the
 positive and 2.5 for the negative prompt. A missing pooled output is zeros.
 """
@@ -39,9 +40,6 @@ SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
 #: diffusers' ``aesthetic_score`` / ``negative_aesthetic_score`` defaults (ComfyUI's too)
 POSITIVE_AESTHETIC_SCORE = 6.0
 NEGATIVE_AESTHETIC_SCORE = 2.5
-#: ComfyUI sizes the conditioning as the latent x 8 whatever the VAE (comfy/samplers.py)
-LATENT_TO_PIXELS = 8
-
 
 def is_sdxl(family: str) -> bool:
     return family in SDXL_FAMILIES
@@ -250,8 +248,11 @@ class AddedConditioning:
 
 def added_conditioning(model: DiffusionModel, positive: Conditioning, negative: Conditioning,
                        latent_size: tuple[int, int], device: torch.device,
-                       dtype: torch.dtype) -> AddedConditioning | None:
+                       dtype: torch.dtype, downscale: int | None = None
+                       ) -> AddedConditioning | None:
     """The run's :class:`AddedConditioning`, or None when the UNet takes none (SD 1.x/2.x).
+    ``downscale``: the latent's VAE factor (default: that of the VAE loaded with the
+    model, else 8), which makes the default image size.
 
     Raises ValueError with advice when the conditioning does not fit the model (e.g. the
     base model's prompt on the refiner).
@@ -266,7 +267,11 @@ def added_conditioning(model: DiffusionModel, positive: Conditioning, negative: 
     pooled_dim = int(config.projection_class_embeddings_input_dim) - n_ids * int(
         config.addition_time_embed_dim)
     context = int(config.cross_attention_dim)
-    image_size = (latent_size[0] * LATENT_TO_PIXELS, latent_size[1] * LATENT_TO_PIXELS)
+    if downscale is None:
+        from nodes.latent import downscale_of
+
+        downscale = downscale_of(None, None, unet)
+    image_size = (latent_size[0] * downscale, latent_size[1] * downscale)
     rows: list[_Row] = []
     for cond, is_negative in ((positive, False), (negative, True)):
         for entry in cond.entries:
