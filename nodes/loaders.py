@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.controlnet import list_controlnets
 from nodes.diffusion.handles import DiffusionModel, Vae
-from nodes.models import CHECKPOINT_SUFFIXES, list_checkpoints, path_fingerprint, pickle_problem
+from nodes.models import CHECKPOINT_SUFFIXES, file_fingerprint, list_checkpoints, pickle_problem
 
 #: ComfyUI reads diffusion models from models/diffusion_models and, for older setups,
 #: models/unet; a name is looked up in that order.
@@ -67,14 +67,6 @@ def _unet_folder(env: Environment, name: str) -> str:
     return _folder_of(env, name, UNET_FOLDERS)
 
 
-def _fingerprint(env: Environment, *parts: str) -> Any:
-    try:
-        path = env.resolve(*parts)
-    except (KeyError, ValueError):
-        return None
-    return path_fingerprint(path) if path.exists() else None
-
-
 def _existing(env: Environment, folder: str, name: str, what: str) -> Path:
     path = env.resolve("models", folder, name)
     if not path.exists():
@@ -99,7 +91,7 @@ class VAELoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return _fingerprint(env, "models", "vae", inputs["vae_name"])
+        return file_fingerprint(env, inputs.get("vae_name"), "models", "vae")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -134,8 +126,10 @@ class UNETLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        name = inputs["unet_name"]
-        return _fingerprint(env, "models", _unet_folder(env, name), name)
+        name = inputs.get("unet_name")
+        if not isinstance(name, str):
+            return None  # linked: the upstream node's signature stands for the file
+        return file_fingerprint(env, name, "models", _unet_folder(env, name))
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -177,7 +171,7 @@ class _TextEncoderFiles(Node):
             name = inputs.get(key)
             if not isinstance(name, str):
                 return None
-            out.append(_fingerprint(env, "models", _folder_of(env, name, CLIP_FOLDERS), name))
+            out.append(file_fingerprint(env, name, "models", _folder_of(env, name, CLIP_FOLDERS)))
         return [out, env.options.get("dtype")]
 
     @classmethod
@@ -196,6 +190,7 @@ class _TextEncoderFiles(Node):
         return problems
 
     def load(self, ctx: ExecutionContext, name: str) -> Any:
+        from nodes.diffusion.loading import check_text_positions
         from nodes.diffusion.memory import device_budget
         from nodes.diffusion.precision import dtype_from_name
         from nodes.diffusion.text_encoder_loading import load_text_encoder
@@ -203,10 +198,13 @@ class _TextEncoderFiles(Node):
         path = _existing(ctx.env, _folder_of(ctx.env, name, CLIP_FOLDERS), name,
                          "text encoder")
         cpu = getattr(self, "device", "default") == "cpu"
-        return load_text_encoder(path, allow_pickle=ctx.env.allow_pickle,
-                                 device="cpu" if cpu else ctx.device,
-                                 dtype=dtype_from_name("default", ctx.env.options),
-                                 budget=None if cpu else device_budget(ctx))
+        loaded = load_text_encoder(path, allow_pickle=ctx.env.allow_pickle,
+                                   device="cpu" if cpu else ctx.device,
+                                   dtype=dtype_from_name("default", ctx.env.options),
+                                   budget=None if cpu else device_budget(ctx))
+        # refused here, not with transformers' error at the first prompt
+        check_text_positions(loaded.model, loaded.tokenizer, name)
+        return loaded
 
 
 class CLIPLoader(_TextEncoderFiles):
@@ -314,7 +312,7 @@ class DiffControlNetLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return _fingerprint(env, "models", "controlnet", inputs["control_net_name"])
+        return file_fingerprint(env, inputs.get("control_net_name"), "models", "controlnet")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment

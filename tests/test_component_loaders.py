@@ -378,3 +378,39 @@ def test_a_checkpoint_without_a_vae_loads_its_model_and_clip(session, models,
     assert result.run.error["node_id"] == "dec"
     assert "holds no VAE" in result.run.error["exception_message"]
     assert "Load VAE" in result.run.error["exception_message"]
+
+
+def _clip_with_positions(folder: Path, positions: int) -> None:
+    """A tiny CLIPTextModel folder like the tiny model's, with ``positions`` positions."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from nodes.diffusion.tiny import TEXT_CONFIG, _seeded
+
+    config = CLIPTextConfig(**{**TEXT_CONFIG, "max_position_embeddings": positions})
+    _seeded(5, lambda: CLIPTextModel(config)).eval().save_pretrained(
+        folder, safe_serialization=True)
+
+
+def test_a_clip_with_fewer_than_77_positions_is_refused_at_load(session, models):
+    """Prompts are cut into CLIP's 77-token windows: an encoder with 64 positions is refused
+    by the loader (naming the file), not by transformers at the first prompt; long-CLIP's
+    248 positions load and encode a prompt past 77 tokens as before."""
+    for positions in (64, 248):
+        _clip_with_positions(models / "text_encoders" / f"clip-pos{positions}", positions)
+    clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip-pos64",
+                                                   "type": "stable_diffusion"}}
+    prompt = separate(txt2img(TINY), "sd1-unet", "sd1-vae", clip)
+    message = run_error(session, prompt)
+    assert "clip-pos64" in message and "holds 64 token positions" in message
+    assert "77-token windows" in message
+    clip["inputs"]["clip_name"] = "clip-pos248"
+    prompt = separate(txt2img(TINY), "sd1-unet", "sd1-vae", clip)
+    prompt["pos"]["inputs"]["text"] = "a red circle " * 30  # two windows
+    assert np.isfinite(run(session, prompt)).all()
+    # a checkpoint folder whose text encoder holds 64 positions: its loader says the same
+    folder = models / "checkpoints" / "tiny-pos64"
+    shutil.copytree(models / "checkpoints" / TINY, folder)
+    shutil.rmtree(folder / "text_encoder")
+    _clip_with_positions(folder / "text_encoder", 64)
+    message = run_error(session, txt2img("tiny-pos64"))
+    assert "tiny-pos64" in message and "holds 64 token positions" in message

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -14,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
+from engine import Input, Node, Output
 from engine.session import Session, Workflow
 from engine.validation import PromptValidationError
 from nodes.diffusion.schedulers import SAMPLERS
 from tests.conftest import INPAINT_NAME
-from tests.graph_nodes import CAPTURED, registry_with_capture, run_error
+from tests.graph_nodes import CAPTURED, registry_with_capture
 
 PROMPT = "a red circle at the top left on a white background"
 NEGATIVE = "blurry"
@@ -78,10 +81,28 @@ def home(tmp_path_factory) -> Path:
     return home
 
 
+class HandInpaint(Node):
+    """Test node: the LATENT with an InpaintCondition built by hand from its own noise mask
+    and samples (what ComfyUI gives a 9-channel UNet for VAE Encode + Set Latent Noise Mask)."""
+
+    TYPE = "TestHandInpaint"
+    OUTPUTS = (Output("LATENT"),)
+    samples: Any = Input(type="LATENT")
+
+    def execute(self, ctx):
+        from nodes.diffusion.handles import InpaintCondition
+        from nodes.diffusion.masking import binarize, mask_to_latent
+
+        latent = self.samples
+        mask = binarize(mask_to_latent(latent.noise_mask, tuple(latent.samples.shape[-2:])))
+        return (replace(latent, inpaint=InpaintCondition(mask, latent.samples)),)
+
+
 @pytest.fixture(scope="module")
 def session(inpaint_models, home):
-    return Session(home, models_dir=inpaint_models, device="cpu",
-                   registry=registry_with_capture())
+    registry = registry_with_capture()
+    registry.register(HandInpaint)
+    return Session(home, models_dir=inpaint_models, device="cpu", registry=registry)
 
 
 def reference(pipe, sampler: str, strength: float, mask: np.ndarray,
@@ -324,12 +345,121 @@ def test_mask_batch_mismatch_is_a_clear_error():
     assert one.noise_mask.shape == (1, 1, SIZE, SIZE)  # a single mask serves every latent
 
 
-def test_inpaint_model_without_inpaint_data_is_a_clear_error(session):
+# --- a 9-channel UNet on a latent without inpainting inputs (as ComfyUI runs it) ---------
+
+WIDE = (80, 48)  # width, height: a non-square picture (10x6 latent)
+
+
+def wide_inputs(session) -> None:
+    """``wide.png`` and its box mask ``wide_mask.png`` (80x48) in the session's input/."""
+    width, height = WIDE
+    inputs = session.env.folder("input")
+    Image.fromarray(sample_picture(width)[:height]).save(inputs / "wide.png")
+    mask = np.zeros((height, width), np.uint8)
+    mask[8:32, 40:72] = 255
+    Image.fromarray(mask).save(inputs / "wide_mask.png")
+
+
+def nine_channel_noise_mask_prompt(hand_built: bool) -> dict:
+    """VAE Encode → Set Latent Noise Mask → KSampler on the 9-channel model (ComfyUI's
+    graph for an ``*-inpainting`` checkpoint); ``hand_built`` adds the InpaintCondition."""
+    prompt = base_prompt(INPAINT_NAME, mask_file="wide_mask.png")
+    prompt["4"]["inputs"]["image"] = "wide.png"
+    prompt["6"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}}
+    prompt["7"] = {"class_type": "SetLatentNoiseMask",
+                   "inputs": {"samples": ["6", 0], "mask": ["5", 0]}}
+    latent = ["7", 0]
+    if hand_built:
+        prompt["8"] = {"class_type": "TestHandInpaint", "inputs": {"samples": ["7", 0]}}
+        latent = ["8", 0]
+    return sampler_nodes(prompt, latent, "euler", 0.8)
+
+
+def test_9_channel_model_with_a_noise_mask_uses_it_and_the_latent(session):
+    """ComfyUI's ``concat_cond``: the noise mask is the mask channel and the latent itself
+    the masked image; the same run as with that InpaintCondition built by hand."""
+    wide_inputs(session)
+    ours, latents = run(session, nine_channel_noise_mask_prompt(hand_built=False))
+    hand, hand_latents = run(session, nine_channel_noise_mask_prompt(hand_built=True))
+    assert latents.shape == (1, 4, WIDE[1] // 8, WIDE[0] // 8)
+    assert torch.equal(latents, hand_latents) and np.array_equal(ours, hand)
+
+
+def test_9_channel_txt2img_matches_pipeline_with_an_all_ones_mask(session, pipe9):
+    """No noise mask (Empty Latent Image): mask all ones, masked image a grey picture
+    encoded with the model's VAE, as diffusers' inpainting pipeline with an all-ones mask."""
+    width, height = WIDE
     prompt = base_prompt(INPAINT_NAME)
     prompt["6"] = {"class_type": "EmptyLatentImage",
-                   "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
-    message = run_error(session, sampler_nodes(prompt, ["6", 0], "euler", 1.0))
-    assert "9-channel inpainting model" in message
+                   "inputs": {"width": width, "height": height, "batch_size": 1}}
+    ours, latents = run(session, sampler_nodes(prompt, ["6", 0], "euler", 1.0))
+    assert latents.shape == (1, 4, height // 8, width // 8)
+    class_name, extra = SAMPLERS["euler"]
+    pipe9.scheduler = getattr(diffusers, class_name).from_config(pipe9.base_scheduler_config,
+                                                                 **extra)
+    mask = torch.ones(1, 1, height, width)
+    # the pipeline's masked image, ``image * (mask < 0.5)``: grey (0 in -1..1) everywhere.
+    # Encoded here with the posterior's mode (the pipeline would sample it), as a
+    # contiguous NCHW tensor as the pipeline has it: a flat grey picture is a constant
+    # map to the VAE's group norms, whose rounding (memory layout) it amplifies.
+    picture = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    masked_image = (picture * 2 - 1) * (mask < 0.5)
+    with torch.no_grad():
+        masked_latents = pipe9.vae.encode(masked_image).latent_dist.mode()
+    ref = pipe9(PROMPT, negative_prompt=NEGATIVE,
+                image=torch.zeros(1, 4, height // 8, width // 8),  # unused at strength 1
+                mask_image=mask,
+                masked_image_latents=masked_latents * pipe9.vae.config.scaling_factor,
+                height=height, width=width,
+                strength=1.0, num_inference_steps=STEPS, guidance_scale=7.5, output_type="np",
+                generator=torch.Generator("cpu").manual_seed(9)).images
+    diff = float(np.abs(ours - ref).max())
+    print(f"9-channel txt2img {width}x{height}: max abs diff {diff:.2e}")
+    assert diff <= TOL
+
+
+def stub_model(in_channels: int = 9):
+    from types import SimpleNamespace
+
+    from nodes.diffusion.handles import DiffusionModel
+
+    unet = torch.nn.Linear(1, 1)  # no VAE is linked to it
+    unet.config = SimpleNamespace(in_channels=in_channels)
+    return DiffusionModel(unet, {})
+
+
+def test_9_channel_without_a_known_vae_uses_comfyuis_blank_latent():
+    from nodes.diffusion.handles import Latent
+    from nodes.diffusion.masking import SD_BLANK_LATENT, InpaintConcat, latent_extensions
+
+    (concat,) = latent_extensions(stub_model(), Latent(torch.zeros(2, 4, 6, 10)))
+    assert isinstance(concat, InpaintConcat)
+    condition = concat.condition
+    assert torch.equal(condition.mask, torch.ones(2, 1, 6, 10))
+    assert condition.masked_latents.shape == (1, 4, 6, 10)
+    assert torch.equal(condition.masked_latents[0, :, 3, 7], torch.tensor(SD_BLANK_LATENT))
+
+
+def test_9_channel_keeps_the_latents_own_inpaint_condition():
+    from nodes.diffusion.handles import InpaintCondition, Latent
+    from nodes.diffusion.masking import latent_extensions
+
+    condition = InpaintCondition(torch.ones(1, 1, 6, 10), torch.zeros(1, 4, 6, 10))
+    latent = Latent(torch.zeros(1, 4, 6, 10), noise_mask=torch.ones(1, 1, 6, 10),
+                    inpaint=condition)
+    extensions = latent_extensions(stub_model(), latent)
+    assert [type(e).__name__ for e in extensions] == ["NoiseMaskBlend", "InpaintConcat"]
+    assert extensions[1].condition is condition
+
+
+def test_9_channel_model_with_another_latent_is_a_clear_error():
+    from nodes.diffusion.handles import Latent
+    from nodes.diffusion.masking import latent_extensions
+
+    for latent in (Latent(torch.zeros(1, 8, 6, 10)),
+                   Latent(torch.zeros(1, 8, 6, 10), noise_mask=torch.ones(1, 1, 6, 10))):
+        with pytest.raises(ValueError, match=r"9-channel inpainting model.*has 8 channels"):
+            latent_extensions(stub_model(), latent)
 
 
 def test_bad_constants_are_validation_errors(session):

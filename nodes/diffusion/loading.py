@@ -131,12 +131,35 @@ def load_components(
                                                         dtype=checkpoint_dtypes(dtype))
         loaded = load_original_state_dict(state_dict, metadata, path=path, empties=empties)
         del state_dict
+    for encoder, tokenizer in ((loaded.text_encoder, loaded.tokenizer),
+                               (loaded.text_encoder_2, loaded.tokenizer_2)):
+        check_text_positions(encoder, tokenizer, path.name)
     for model in (loaded.unet, loaded.vae, loaded.text_encoder, loaded.text_encoder_2):
         if model is None:
             continue
         want = vae_dtype(dtype, model.config) if model is loaded.vae else dtype
         place_model(model, device, want, budget=budget)
     return loaded
+
+
+#: the token positions of CLIP's text encoders: one window of a prompt (BOS, 75, EOS)
+CLIP_POSITIONS = 77
+
+
+def check_text_positions(encoder: Any, tokenizer: Any, source: str) -> None:
+    """Refuse a text encoder with fewer positions than the windows its prompts are cut
+    into (77 tokens, CLIP's): loading it would succeed and every prompt then fail inside
+    transformers. More positions (long-CLIP's 248) are fine."""
+    if encoder is None:
+        return
+    held = getattr(encoder.config, "max_position_embeddings", None)
+    window = int(getattr(tokenizer, "model_max_length", None) or CLIP_POSITIONS)
+    if held is not None and int(held) < window:
+        raise ValueError(
+            f"{source}: its text encoder holds {int(held)} token positions "
+            f"(max_position_embeddings), but Steerflow encodes prompts in {window}-token "
+            f"windows (CLIP's {CLIP_POSITIONS} positions), so no prompt could be encoded; "
+            f"use a CLIP text encoder with at least {window} positions")
 
 
 def _cast_tensors(

@@ -7,7 +7,9 @@ Two mechanisms, both as in diffusers' ``StableDiffusionInpaintPipeline``:
   unmasked region ends exactly on the input latent. A LATENT may put back something
   else (DiffEdit's latent: a DDIM-inversion trajectory, ``nodes.diffusion.diffedit``).
 * ``Latent.inpaint`` → :class:`InpaintConcat`: a 9-channel inpainting UNet gets
-  ``[latents, mask, masked_image_latents]`` on its input every step.
+  ``[latents, mask, masked_image_latents]`` on its input every step. A latent without
+  it gets ComfyUI's stand-in (``implied_inpaint_condition``): its noise mask and
+  itself, or, with no noise mask, an all-ones mask and a blank picture's latent.
 
 Masks are resized to the latent grid with nearest-neighbour sampling, like the
 pipeline. The inpainting concat uses the mask binarised at 0.5 (what inpainting
@@ -135,10 +137,15 @@ class InpaintConcat(ConcatChannels):
         return torch.cat([mask.to(masked.dtype), masked], dim=1)
 
 
+#: ComfyUI's latent of a blank (grey, 0 in -1..1) image for SD's VAE, per channel (scaled):
+#: a 9-channel UNet's masked image when the latent carries none and the VAE is unknown.
+SD_BLANK_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
+
+
 def latent_extensions(model: DiffusionModel, latent: Latent) -> list[SamplerExtension]:
     """The extensions a LATENT implies for ``model``: the noise-mask blend and, for a
     9-channel inpainting UNet, the masked-image concat (which such a UNet cannot run
-    without)."""
+    without): the latent's own inpainting input, else ComfyUI's stand-in for it."""
     extensions: list[SamplerExtension] = []
     if latent.noise_mask is not None:
         # A LATENT may name what its unmasked region keeps instead (DiffEdit's
@@ -147,10 +154,57 @@ def latent_extensions(model: DiffusionModel, latent: Latent) -> list[SamplerExte
         extensions.append(own() if own is not None else NoiseMaskBlend(latent.noise_mask))
     in_channels = int(getattr(model.unet.config, "in_channels", latent.samples.shape[1]))
     if in_channels == INPAINT_UNET_CHANNELS and latent.samples.shape[1] != in_channels:
-        if latent.inpaint is None:
-            raise ValueError(
-                "this model is a 9-channel inpainting model: it needs a masked image with the "
-                "latent; make the latent with VAE Encode (for Inpainting) or "
-                "InpaintModelConditioning")
-        extensions.append(InpaintConcat(latent.inpaint))
+        condition = latent.inpaint
+        if condition is None:
+            condition = implied_inpaint_condition(model, latent)
+        extensions.append(InpaintConcat(condition))
     return extensions
+
+
+def implied_inpaint_condition(model: DiffusionModel, latent: Latent) -> InpaintCondition:
+    """What a 9-channel UNet sees next to a latent that carries no inpainting input, as
+    ComfyUI's ``BaseModel.concat_cond`` makes it.
+
+    With a noise mask (VAE Encode → Set Latent Noise Mask) the mask is the noise mask
+    and the masked image the latent itself; without one (text-to-image on an inpainting
+    model) the mask is all ones and the masked image a blank (grey) picture's latent:
+    the model's own VAE encodes one where the model knows it (diffusers' pipeline with an
+    all-ones mask), else SD's VAE's values for it (ComfyUI's constants, 4 channels)."""
+    samples = latent.samples
+    channels = samples.shape[1]
+    if 2 * channels + 1 != INPAINT_UNET_CHANNELS:
+        raise ValueError(
+            f"this model is a 9-channel inpainting model: it takes a 4-channel latent with a "
+            f"mask and a masked image, but the latent has {channels} channels; make the "
+            "latent with this model's VAE (VAE Encode (for Inpainting), "
+            "InpaintModelConditioning, or VAE Encode + Set Latent Noise Mask)")
+    if latent.noise_mask is not None:
+        return InpaintCondition(latent.noise_mask, samples)
+    ones = samples.new_ones(samples.shape[0], 1, *samples.shape[-2:])
+    return InpaintCondition(ones, blank_latent(model, samples))
+
+
+def blank_latent(model: DiffusionModel, samples: torch.Tensor) -> torch.Tensor:
+    """``[1, C, h, w]``: the latent (model space) of a grey picture the size ``samples``
+    decode to, encoded with the model's VAE where it is known, else ComfyUI's constants."""
+    from nodes.diffusion.continuous_samplers import to_model_latents
+    from nodes.diffusion.handles import Vae
+    from nodes.diffusion.preview import linked_vae
+    from nodes.diffusion.vae_codec import encode_raw
+
+    channels, (h, w) = samples.shape[1], samples.shape[-2:]
+    loaded = linked_vae(model.unet)
+    if loaded is not None:
+        vae = Vae(loaded)
+        if vae.latent_channels != channels:
+            raise ValueError(
+                f"this model's VAE makes {vae.latent_channels}-channel latents but the latent "
+                f"has {channels}: make the latent with this model's VAE")
+        # 0 in -1..1, contiguous NCHW as the pipeline's masked image: a flat picture is a
+        # constant map to the VAE's group norms, which amplify the rounding of its layout
+        grey = torch.zeros(1, 3, h * vae.downscale, w * vae.downscale)
+        raw = encode_raw(vae, grey).mode().float()
+        scaled = raw * vae.scaling_factor
+        return to_model_latents(model.scheduler_config, scaled, vae.scaling_factor)
+    blank = torch.tensor(SD_BLANK_LATENT, dtype=samples.dtype, device=samples.device)
+    return blank.view(1, -1, 1, 1).expand(1, channels, h, w)
