@@ -216,12 +216,15 @@ def setup(env: Environment) -> None:
 
 EXAMPLE_ASSETS = Path(__file__).resolve().parents[1] / "workflows" / "assets"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: the input ComfyUI ships (its Image to Image templates load ``example.png``): ours
+COMFY_EXAMPLE_INPUTS = {"example.png": "steerflow_example.png"}
 
 
 def seed_example_inputs(env: Environment) -> None:
     """Copy what the example workflows read — images into input/, and
     ``assets/<folder>/`` files (e.g. loras/) into models/<folder>/ — unless a file of
-    that name exists, so every workflow in workflows/ runs as shipped."""
+    that name exists, so every workflow in workflows/ runs as shipped (and ComfyUI's
+    templates find the ``example.png`` ComfyUI ships)."""
     if not EXAMPLE_ASSETS.is_dir():
         return
     for src in EXAMPLE_ASSETS.iterdir():
@@ -231,6 +234,9 @@ def seed_example_inputs(env: Environment) -> None:
             for item in src.iterdir():
                 if item.is_file():
                     _copy_new(item, env.folder("models", src.name, create=True))
+    for name, ours in COMFY_EXAMPLE_INPUTS.items():
+        if (EXAMPLE_ASSETS / ours).is_file():
+            _copy_new(EXAMPLE_ASSETS / ours, env.folder("input", create=True), name)
 
 
 LDM_CONFIGS = Path(__file__).resolve().parent / "assets" / "ldm_configs"
@@ -243,15 +249,16 @@ def seed_ldm_configs(env: Environment) -> None:
         _copy_new(src, env.folder("models", "configs", create=True))
 
 
-def _copy_new(src: Path, folder: Path) -> None:
-    """Copy ``src`` into ``folder`` unless the name is taken; through a temporary file and
+def _copy_new(src: Path, folder: Path, name: str | None = None) -> None:
+    """Copy ``src`` into ``folder`` (as ``name``, else its own) unless the name is taken;
+    through a temporary file and
     a rename, so a full disk never leaves a truncated file under the real name, and a
     folder that cannot take it (read-only, full) is a warning: the shipped examples'
     files must not keep a worker from starting."""
-    target = folder / src.name
+    target = folder / (name or src.name)
     if target.exists():
         return
-    tmp = folder / f".{src.name}.{os.getpid()}.tmp"
+    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, target)
