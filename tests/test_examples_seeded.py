@@ -28,7 +28,8 @@ def test_example_files_are_copied_whole_or_not_at_all(tmp_path, monkeypatch, cap
     monkeypatch.setattr(shutil, "copyfile", real_copy)
     nodes.seed_example_inputs(env)  # space is back: the files arrive whole
     for path in inputs.iterdir():
-        src = nodes.EXAMPLE_ASSETS / path.name
+        src = nodes.EXAMPLE_ASSETS / nodes.COMFY_EXAMPLE_INPUTS.get(path.name, path.name)
         assert path.read_bytes() == src.read_bytes()
+    assert (inputs / "example.png").is_file()  # what ComfyUI's image-to-image templates load
     assert not [p for p in inputs.iterdir() if p.name.startswith(".")]
 
