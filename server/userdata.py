@@ -106,8 +106,12 @@ def _param(request: web.Request, key: str) -> str:
 
 
 def _flag(request: web.Request, key: str, default: bool) -> bool:
+    """ComfyUI's reading: a flag that defaults on is off only for "false", one that
+    defaults off is on only for "true"."""
     value = request.query.get(key)
-    return default if value is None else value.lower() not in ("false", "0", "no")
+    if value is None:
+        return default
+    return value != "false" if default else value.lower() == "true"
 
 
 def _info(path: Path, root: Path) -> dict[str, Any]:
@@ -225,12 +229,12 @@ def _list(root: Path, directory: str, recurse: bool, full_info: bool,
         return []
     out: list[Any] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        if not recurse:
-            dirnames[:] = []
+        # ComfyUI lists by glob, which skips dot files and folders
+        dirnames[:] = sorted(d for d in dirnames if recurse and not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if not _visible(name) or not _inside(path, root) or not path.is_file():
+            if name.startswith(".") or not _visible(name) or not _inside(path, root) \
+                    or not path.is_file():
                 continue
             rel = path.relative_to(folder).as_posix()
             if full_info:

@@ -147,6 +147,17 @@ TRAVERSALS = [
 ]
 
 
+def test_userdata_lists_as_comfyui_globs(http: Http, server: LiveServer) -> None:
+    """No dot files or folders; "yes" is not "true" (ComfyUI's reading of its flags)."""
+    for name in ("a.json", "sub/b.json", ".hidden.json", ".git/x.json"):
+        path = user_dir(server) / "workflows" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    assert http.get("/api/userdata?dir=workflows&recurse=true").json() == [
+        "a.json", "sub/b.json"]
+    assert http.get("/api/userdata?dir=workflows&recurse=yes").json() == ["a.json"]
+
+
 @pytest.mark.parametrize("name", TRAVERSALS)
 def test_userdata_refuses_bad_names(http: Http, server: LiveServer, name: str) -> None:
     before = sorted(p for p in server.base_dir.rglob("*"))
