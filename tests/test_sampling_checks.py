@@ -32,3 +32,16 @@ def test_matching_widths_and_projected_contexts_pass():
     # per-block widths that differ, or a stub without a config: nothing to check here
     check_context_width(unet(cross_attention_dim=(32, 48)), cond(64), cond(64))
     check_context_width(SimpleNamespace(config=SimpleNamespace()), cond(64), cond(8))
+
+
+def test_progress_counts_sampler_steps_as_comfyui():
+    """5 Heun steps are 9 UNet calls; the user (and ComfyUI's progress bar) sees 5."""
+    from nodes.diffusion.sampling import progress_counter
+
+    heun = SimpleNamespace(order=2)
+    assert [progress_counter(heun, 9)(i) for i in range(9)] == [
+        (0, 5), (1, 5), (1, 5), (2, 5), (2, 5), (3, 5), (3, 5), (4, 5), (5, 5)]
+    seeds_3 = SimpleNamespace(order=3)
+    assert [progress_counter(seeds_3, 13)(i)[0] for i in range(13)][-4:] == [3, 4, 4, 5]
+    assert progress_counter(SimpleNamespace(order=1), 6)(5) == (6, 6)
+    assert progress_counter(SimpleNamespace(), 3)(0) == (1, 3)

@@ -52,6 +52,18 @@ logger = logging.getLogger(__name__)
 StepCallback = Callable[..., None]
 
 
+def progress_counter(scheduler: Any, total: int) -> Callable[[int], tuple[int, int]]:
+    """``(done, steps)`` after UNet call ``i`` of ``total``, counted in sampler steps as
+    ComfyUI counts them: a k-th order sampler (Heun, DPM 2, DPM++ SDE, SEEDS-3, ...)
+    calls the UNet k times per step except the last, so 5 Heun steps are 9 calls but
+    "5 steps" to the user."""
+    order = int(getattr(scheduler, "order", 1) or 1)
+    if order < 2 or total < order:
+        return lambda i: (i + 1, total)
+    steps = (total + order - 1) // order
+    return lambda i: (steps if i == total - 1 else (i + 1) // order, steps)
+
+
 def _takes_denoised(callback: Callable[..., Any]) -> bool:
     try:
         params = inspect.signature(callback).parameters.values()
@@ -566,6 +578,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
         raise
     step_extra = step_kwargs(scheduler, generator, params.eta)
     total = len(timesteps)
+    progress = progress_counter(scheduler, total)
     takes_denoised = callback is not None and _takes_denoised(callback)
 
     def denoise_step(run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
@@ -607,10 +620,10 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
                 for ext in exts:
                     latents = ext.post_step(run, step, latents)
                 if callback is not None and takes_denoised:
-                    callback(i + 1, total, latents, denoised=partial(
+                    callback(*progress(i), latents, denoised=partial(
                         denoised_estimate, run.scheduler, t, before, step.prediction))
                 elif callback is not None:
-                    callback(i + 1, total, latents)
+                    callback(*progress(i), latents)
         if results is not None:
             for ext in exts:
                 results.update(ext.results(run))
