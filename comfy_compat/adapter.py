@@ -47,7 +47,7 @@ from pydantic import Field, TypeAdapter
 from comfy_compat import runtime
 from comfy_compat.nodes_module import record_pack_class
 from comfy_compat.ui_workflow import comfy_pnginfo
-from engine.context import node_being_signed
+from engine.context import linked_inputs, node_being_signed
 from engine.node import (
     ANY_TYPE,
     WIDGET_TYPES,
@@ -147,7 +147,8 @@ class ComfyNode(NamedInputsNode):
         fn = getattr(cls.COMFY_CLASS, "VALIDATE_INPUTS", None)
         if fn is None:
             return []
-        kwargs = _accepted(fn, _present(inputs))
+        # as ComfyUI's validation: a linked input the check names arrives as None
+        kwargs = _accepted(fn, {**dict.fromkeys(linked_inputs()), **_present(inputs)})
         if "input_types" in _parameters(fn)[0]:
             kwargs["input_types"] = {}  # linked inputs' types are checked by the engine
         try:
@@ -174,6 +175,16 @@ class ComfyNode(NamedInputsNode):
             log.warning("%s.INPUT_TYPES failed: %s", cls.TYPE, exc)
             data["input"]["hidden"] = dict(cls.HIDDEN)
         data["output_is_list"] = list(cls.OUTPUT_IS_LIST)
+        # ComfyUI's fields for the node's own kind: None for an output without a tooltip,
+        # the hidden inputs' order, whole-list inputs, search aliases
+        data["output_tooltips"] = [t or None for t in data["output_tooltips"]]
+        if data["input"].get("hidden"):
+            data["input_order"]["hidden"] = list(data["input"]["hidden"])
+        if cls.INPUT_IS_LIST:
+            data["is_input_list"] = True
+        aliases = getattr(cls.COMFY_CLASS, "SEARCH_ALIASES", None)
+        if isinstance(aliases, list | tuple) and aliases:
+            data["search_aliases"] = [str(a) for a in aliases]
         data["python_module"] = f"custom_nodes.{cls.PACK}"
         data["experimental"] = bool(getattr(cls.COMFY_CLASS, "EXPERIMENTAL", False))
         return data
@@ -383,7 +394,10 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
             n for section in ("required", "optional") for n in raw.get(section) or {})
     namespace = {
         "__module__": f"custom_nodes.{pack}" if pack else __name__,
-        "__doc__": getattr(comfy, "DESCRIPTION", None) or inspect.getdoc(comfy) or "",
+        # the class's own docstring, never one inherited from a base (ComfyUI shows
+        # only DESCRIPTION; a V3 node's base is ours)
+        "__doc__": getattr(comfy, "DESCRIPTION", None)
+        or inspect.cleandoc(comfy.__dict__.get("__doc__") or ""),
         "__qualname__": comfy.__name__,
         "TYPE": type_id,
         "DISPLAY_NAME": display_name or getattr(comfy, "DISPLAY_NAME", None) or type_id,

@@ -80,6 +80,27 @@ def node_being_signed() -> tuple[str, dict[str, Any]] | None:
     return _SIGNING.get()
 
 
+#: the names of the inputs linked to other nodes, while a node's input check runs
+_LINKED: ContextVar[frozenset[str]] = ContextVar("steerflow_linked_inputs",
+                                                 default=frozenset())
+
+
+@contextmanager
+def checking_inputs(linked: frozenset[str]) -> Iterator[None]:
+    """Name the linked inputs of the node whose ``validate_inputs`` runs in this thread."""
+    token = _LINKED.set(linked)
+    try:
+        yield
+    finally:
+        _LINKED.reset(token)
+
+
+def linked_inputs() -> frozenset[str]:
+    """The inputs of the node being validated that come from links (their values are
+    not known yet): ComfyUI hands them to ``VALIDATE_INPUTS`` as None."""
+    return _LINKED.get()
+
+
 @dataclass
 class ExecutionContext:
     """Passed to ``Node.execute``: report progress, honour interrupts, read the run's data."""

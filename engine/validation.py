@@ -491,7 +491,8 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
             if key is not None:
                 memo[key] = coerced  # type: ignore[index]
     if not issues and env is not None and _checks_inputs(cls):
-        for input_name, message, *severity in _own_checks(cls, constants, env):
+        for input_name, message, *severity in _own_checks(cls, constants, env,
+                                                          frozenset(links)):
             if severity and severity[0] == "warning":  # reported, and the prompt still runs
                 issues.append(Issue("node_warning", bounded_message(message),
                                     input_name=input_name, severity="warning"))
@@ -519,12 +520,16 @@ def _scalar_key(spec: InputSpec, value: Any) -> tuple[Any, ...] | None:
     return None
 
 
-def _own_checks(cls: type[Node], constants: dict[str, Any], env: Environment
-                ) -> list[tuple[Any, ...]]:
-    """The class's ``validate_inputs``; a check that raises is the node's error, never a
-    crash of the whole validation (a server's 500)."""
+def _own_checks(cls: type[Node], constants: dict[str, Any], env: Environment,
+                linked: frozenset[str] = frozenset()) -> list[tuple[Any, ...]]:
+    """The class's ``validate_inputs`` (told the linked inputs' names: see
+    :func:`engine.context.linked_inputs`); a check that raises is the node's error,
+    never a crash of the whole validation (a server's 500)."""
+    from engine.context import checking_inputs
+
     try:
-        return list(cls.validate_inputs(constants, env))
+        with checking_inputs(linked):
+            return list(cls.validate_inputs(constants, env))
     except Exception as exc:
         return [(None, f"{cls.TYPE}'s input check failed: {type(exc).__name__}: {exc}")]
 

@@ -237,6 +237,34 @@ class Later(io.ComfyNode):
         return io.NodeOutput(f"{text}@{cls.hidden.unique_id}")
 
 
+class Switch(io.ComfyNode):
+    """ComfyUI's Switch pattern: validation tells a linked branch (None) from a missing one,
+    and the lazy branch not taken is never run."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="V3Switch", search_aliases=["if", "choose"],
+            inputs=[io.Boolean.Input("switch"),
+                    io.String.Input("on_false", optional=True, lazy=True, force_input=True),
+                    io.String.Input("on_true", optional=True, lazy=True, force_input=True)],
+            outputs=[io.String.Output()])
+
+    @classmethod
+    def validate_inputs(cls, switch, on_false=..., on_true=...):
+        if on_false is ... and on_true is ...:
+            return "At least one of on_false or on_true must be connected"
+        return True
+
+    @classmethod
+    def check_lazy_status(cls, switch, on_false=None, on_true=None):
+        return ["on_true"] if switch and on_true is None else \
+            ["on_false"] if not switch and on_false is None else []
+
+    @classmethod
+    def execute(cls, switch, on_false=None, on_true=None):
+        return io.NodeOutput(on_true if switch else on_false)
+
+
 class Gate(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -266,7 +294,7 @@ class Ext(ComfyExtension):
 
     async def get_node_list(self):
         return [Invert, Solid, MaskOf, Mean, Widgets, Pick, Text, Who, Fingerprint, Checked,
-                Split, Join, Preview, Twice, Later, Gate, Clip]
+                Split, Join, Preview, Twice, Later, Gate, Switch, Clip]
 
 
 async def comfy_entrypoint() -> Ext:
@@ -444,6 +472,51 @@ def test_object_info_is_comfyuis_v1_view(registry: NodeRegistry, tmp_path: Path)
 
 
 # --- validation ---------------------------------------------------------------------------
+
+def test_validate_inputs_gets_linked_inputs_as_none(session: Session):
+    """As ComfyUI's validation: a linked input the check names arrives as None, an
+    unconnected one keeps its default (ComfyUI's own Switch node relies on it)."""
+    both = {"t": n("V3Text", text="yes"), "f": n("V3Text", text="no"),
+            "s": n("V3Switch", switch=False, on_true=["t", 0], on_false=["f", 0]),
+            "2": n("V3Who", prompt=["s", 0])}
+    result = session.run(both)
+    assert said(result, "2") == "no"
+    assert "t" not in result.run.outputs  # the lazy branch not taken never ran
+    one = {"f": n("V3Text", text="no"), "s": n("V3Switch", switch=False, on_false=["f", 0]),
+           "2": n("V3Who", prompt=["s", 0])}
+    assert said(session.run(one), "2") == "no"
+    none = {"s": n("V3Switch", switch=True), "2": n("V3Who", prompt=["s", 0])}
+    assert any("must be connected" in message for *_, message in errors(session, none))
+
+
+def test_object_info_details_as_comfyui(registry: NodeRegistry, tmp_path: Path):
+    from engine.environment import Environment
+
+    env = Environment.create(tmp_path, device="cpu")
+    switch = registry.get("V3Switch").schema(env)
+    assert switch["search_aliases"] == ["if", "choose"]
+    assert switch["output_tooltips"] == [None]
+    # no description of its own: empty, not our base class's docstring
+    assert registry.get("V3Solid").schema(env)["description"] == ""
+    who = registry.get("V3Who").schema(env)
+    assert who["input_order"]["hidden"] == ["unique_id", "prompt", "extra_pnginfo"]
+
+
+def test_reshape_mask_as_comfyuis():
+    import torch
+
+    from comfy_compat import ADAPTER
+
+    ADAPTER.prepare()
+    import comfy.utils
+
+    mask = torch.zeros(1, 4, 6)
+    mask[:, :2] = 1
+    out = comfy.utils.reshape_mask(mask, (3, 4, 8, 12))
+    assert out.shape == (3, 4, 8, 12) and float(out[2, 3, 0, 0]) == 1.0
+    assert float(out[0, 0, -1, -1]) == 0.0
+    assert comfy.utils.reshape_mask(mask, (2, 4, 8, 12), expand=False).shape == (2, 1, 8, 12)
+
 
 def test_bad_widget_values_get_the_errors_v1_nodes_get(session: Session):
     def issues(kind: str, **inputs: Any) -> list[tuple[str, str | None, str]]:

@@ -85,6 +85,23 @@ def repeat_to_batch_size(tensor: Any, batch_size: int, dim: int = 0) -> Any:
     return tensor
 
 
+def reshape_mask(input_mask: Any, output_shape: Any, expand: bool = True) -> Any:
+    """A mask brought to ``output_shape`` ``[B, C, *spatial]``: resized (linear, bilinear
+    or trilinear for 1, 2 or 3 spatial dims), its batch repeated to ``B``, and, with
+    ``expand``, its one channel repeated to ``C`` (ComfyUI's helper of that name)."""
+    import torch.nn.functional as F
+
+    dims = len(output_shape) - 2
+    if dims not in (1, 2, 3):
+        raise ValueError(f"reshape_mask: a shape of 1 to 3 spatial dims, got {output_shape}")
+    mode = ("linear", "bilinear", "trilinear")[dims - 1]
+    mask = input_mask.reshape((-1, 1, *input_mask.shape[-dims:]))
+    mask = F.interpolate(mask.float(), size=tuple(output_shape[2:]), mode=mode)
+    if expand and mask.shape[1] < output_shape[1]:
+        mask = mask.repeat((1, output_shape[1]) + (1,) * dims)[:, :output_shape[1]]
+    return repeat_to_batch_size(mask, int(output_shape[0]))
+
+
 def load_torch_file(ckpt: str, safe_load: bool = False, device: Any = None,
                     return_metadata: bool = False) -> Any:
     """A state dict from a ``.safetensors`` file or a torch file (``weights_only=True``)."""

@@ -303,6 +303,8 @@ class ComfyNode:
     DESCRIPTION = classproperty(lambda cls: cls._v1().schema.description)
     OUTPUT_NODE = classproperty(lambda cls: cls._v1().schema.is_output_node)
     INPUT_IS_LIST = classproperty(lambda cls: cls._v1().schema.is_input_list)
+    SEARCH_ALIASES = classproperty(lambda cls: list(
+        cls._v1().schema.extra.get("search_aliases") or []))
     DEPRECATED = classproperty(lambda cls: cls._v1().schema.is_deprecated)
     EXPERIMENTAL = classproperty(lambda cls: cls._v1().schema.is_experimental)
     API_NODE = classproperty(lambda cls: cls._v1().schema.is_api_node)
