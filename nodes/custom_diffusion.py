@@ -24,7 +24,9 @@ from nodes.training import (
     _sample,
     _save,
     check_training_inputs,
+    save_name,
     training_captions,
+    training_info,
 )
 
 if TYPE_CHECKING:
@@ -104,7 +106,7 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         name = inputs.get("save_name")
         if isinstance(name, str):
             for folder in ("loras", "embeddings"):
-                if problem := _name_problem(name.strip(), folder, env):
+                if problem := _name_problem(name, folder, env):
                     problems.append(("save_name", problem))
                     break
         token = inputs.get("modifier_token")
@@ -146,7 +148,7 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         tc.check_resolution(self.model.unet, self.vae, settings.resolution)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "custom_diffusion", self, captions, base_hash)
-        name = self.save_name.strip()
+        name = save_name(self.save_name)
         if name:  # both files claimed before any work (the embedding is written if trained)
             targets = {folder: _claim(ctx.env, folder, name, checkpoint)
                        for folder in ("loras", "embeddings")}
@@ -162,23 +164,10 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         model = replace(self.model, patches=(*self.model.patches, layers.patch(label)))
         if not name:
             return model, clip, "", ""
-        info = {"base_model_hash": base_hash, "steps": settings.steps,
-                "final_loss": losses[-1],
-                "parameters": {"method": "custom_diffusion",
-                               "freeze_model": self.freeze_model,
-                               "modifier_token": spec.modifier_token,
-                               "initializer_token": spec.initializer_token,
-                               "learning_rate": lr, "scale_lr": self.scale_lr,
-                               "batch_size": self.batch_size, "seed": self.seed,
-                               "resolution": self.resolution, "images": len(captions),
-                               **self.mask_info(), "with_prior_preservation": with_prior,
-                               **({"class_prompt": self.class_prompt,
-                                   "num_class_images": self.num_class_images,
-                                   "prior_loss_weight": self.prior_loss_weight,
-                                   "class_steps": self.class_steps,
-                                   "class_cfg": self.class_cfg,
-                                   "class_sampler": self.class_sampler} if with_prior
-                                  else {})}}
+        info = training_info(self, captions, base_hash, settings.steps, losses,
+                             method="custom_diffusion", modifier_token=spec.modifier_token,
+                             initializer_token=spec.initializer_token,
+                             **({"scaled_learning_rate": lr} if self.scale_lr else {}))
         metadata = {"format": "pt", **{f"steerflow.{k}": v if isinstance(v, str)
                                        else json.dumps(v) for k, v in info.items()}}
         _save(layers.state_dict(), metadata, targets["loras"], checkpoint)

@@ -24,7 +24,9 @@ from nodes.training import (
     _save,
     _settings,
     check_training_inputs,
+    save_name,
     training_captions,
+    training_info,
 )
 
 
@@ -90,8 +92,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
                         ) -> list[tuple[str | None, str]]:
         problems: list[tuple[str | None, str]] = []
         name = inputs.get("save_name")
-        if isinstance(name, str) and (problem := _name_problem(name.strip(), "checkpoints",
-                                                                 env)):
+        if isinstance(name, str) and (problem := _name_problem(name, "checkpoints", env)):
             problems.append(("save_name", problem))
         captions = inputs.get("captions")
         if isinstance(captions, str) and not captions.strip():
@@ -110,7 +111,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
 
         check_training_inputs(self)
         captions = training_captions(ctx, self)
-        name = self.save_name.strip()
+        name = save_name(self.save_name)
         if name and base_tokenizer(self.clip.tokenizer)[1]:
             raise ValueError("this CLIP knows words added by textual inversion, which a "
                              "checkpoint file cannot hold: train from Load Checkpoint's CLIP "
@@ -134,12 +135,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
         clip = self.clip if encoder is None else replace(self.clip, text_encoder=encoder,
                                                          patches=())
         if name:
-            info = {"base_model_hash": base_hash, "steps": settings.steps,
-                    "final_loss": losses[-1],
-                    "parameters": {k: getattr(self, k) for k in type(self).model_fields
-                                   if k not in {"model", "clip", "vae", "images",
-                                                "save_name", "loss_mask", "unmasked_weight"}}
-                    | {"images": len(captions), **self.mask_info()}}
+            info = training_info(self, captions, base_hash, settings.steps, losses)
             # a frozen text encoder is saved as the graph uses it: its patches merged
             with patched(clip.text_encoder, clip.patches):
                 tensors, metadata = tdb.checkpoint_file(

@@ -22,19 +22,45 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- /]*$")
+_SUFFIX = ".safetensors"
 UNET_TARGETS = "to_k, to_q, to_v, to_out.0"
 
 
-def _name_problem(name: str, folder: str, env: Environment) -> str | None:
-    """Why ``name`` cannot be a file name under models/<folder> (None: fine or empty)."""
+def save_name(raw: str) -> str:
+    """The name a training saves under: ``raw`` without surrounding spaces or a trailing
+    ``.safetensors`` (any case), which users type because Load LoRA lists names with it;
+    the file is then <name>.safetensors, never <name>.safetensors.safetensors."""
+    name = raw.strip()
+    if name.lower().endswith(_SUFFIX):
+        name = name[:-len(_SUFFIX)].rstrip()
+    return name
+
+
+def _syntax_problem(raw: str, folder: str) -> str | None:
+    """Why ``raw`` (a ``save_name`` as typed) cannot name a file under models/<folder>,
+    its existing files left aside (None: fine or empty)."""
+    name = save_name(raw)
     if not name:
-        return None
+        return (f"{raw.strip()!r} names no file: write the name before .safetensors"
+                if raw.strip() else None)
     if not _NAME.match(name) or ".." in name.split("/"):
         return (f"{name!r}: use letters, digits, '_', '-', '.' and '/' for subfolders "
                 f"(the file is models/{folder}/<name>.safetensors)")
+    if name.endswith((".", "/")):  # "x." would be x..safetensors, "x/" a hidden .safetensors
+        return (f"{name!r} ends with {name[-1]!r}: leave it out (the file is "
+                f"models/{folder}/<name>.safetensors)")
     # the atomic write's temporary file: .<name>.safetensors.<pid>.tmp
-    if problem := name_problem(name, len("..safetensors..tmp") + 10):
+    return name_problem(name, len("..safetensors..tmp") + 10)
+
+
+def _name_problem(raw: str, folder: str, env: Environment) -> str | None:
+    """Why ``raw`` (a ``save_name`` as typed) cannot be a file name under models/<folder>
+    (None: fine or empty)."""
+    if problem := _syntax_problem(raw, folder):
         return problem
+    name = save_name(raw)
+    if not name:
+        return None
     try:
         path = env.resolve("models", folder, f"{name}.safetensors")
     except Exception as exc:  # PathError and the like: outside the folder
@@ -45,7 +71,7 @@ def _name_problem(name: str, folder: str, env: Environment) -> str | None:
 
 
 def _target(env: Environment, folder: str, name: str) -> Path:
-    return env.resolve("models", folder, f"{name}.safetensors")
+    return env.resolve("models", folder, f"{save_name(name)}.safetensors")
 
 
 #: the metadata key of a trained file naming the run that made it (its checkpoint's name)
@@ -71,7 +97,11 @@ def _taken(folder: str, name: str) -> str:
 def _claim(env: Environment, folder: str, name: str, checkpoint: Path) -> Path:
     """Where the run of ``checkpoint`` saves ``name``: refused, before any training, when
     a file of that name exists that another run or anything else wrote (a file this
-    same run wrote before, e.g. in an earlier session, is written again)."""
+    same run wrote before, e.g. in an earlier session, is written again). ``name`` as
+    typed: a linked save_name was not validated."""
+    if problem := _syntax_problem(name, folder):
+        raise ValueError(f"save_name {problem}")
+    name = save_name(name)
     path = _target(env, folder, name)
     if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
         raise FileExistsError(_taken(folder, name))
@@ -118,16 +148,40 @@ def _settings(node: Any) -> Any:
                          noise_offset=getattr(node, "noise_offset", 0.0))
 
 
+#: inputs that never change the trained weights (or are not plain values: the handles, the
+#: images, the mask; captions are taken parsed, one per image)
+_NOT_SETTINGS = frozenset({"model", "clip", "vae", "images", "captions", "save_name",
+                           "gradient_checkpointing", "sample_every", "sample_prompt",
+                           "loss_mask"})
+
+
+def _run_settings(node: Any) -> dict[str, Any]:
+    """Every plain input of ``node`` that changes the trained weights."""
+    return {k: getattr(node, k) for k in type(node).model_fields if k not in _NOT_SETTINGS}
+
+
+def training_info(node: Any, captions: list[str], base_hash: str, steps: int,
+                  losses: list[float], **extra: Any) -> dict[str, Any]:
+    """A saved file's ``steerflow.*`` metadata (every training node's): the base model's
+    hash, the steps, the final loss and, as ``parameters``, every input that changes the
+    weights (those of the run key, so a file tells apart any two runs that differ),
+    the captions one per image and the masked loss; ``extra`` adds or overrides
+    parameters (a parsed form of an input, say)."""
+    params = _run_settings(node)
+    params.pop("unmasked_weight", None)  # recorded by mask_info, with a mask only
+    mask_info = node.mask_info() if hasattr(node, "mask_info") else {}
+    return {"base_model_hash": base_hash, "steps": steps, "final_loss": losses[-1],
+            "parameters": {**params, "captions": list(captions), "images": len(captions),
+                           **mask_info, **extra}}
+
+
 def _checkpoint(ctx: ExecutionContext, kind: str, node: Any, captions: list[str],
                 base_hash: str) -> Path:
     """temp/training/<kind>-<digest of every input that changes the result>.pt: where an
     interrupted run leaves its state, so the same inputs run again resume from it."""
     from nodes.diffusion.train_common import checkpoint_path, run_key
 
-    skip = {"model", "clip", "vae", "images", "captions", "save_name",
-            "gradient_checkpointing", "sample_every", "sample_prompt", "loss_mask"}
-    params = {k: getattr(node, k) for k in type(node).model_fields if k not in skip}
-    key = run_key(kind, params, node.images, captions, base_hash,
+    key = run_key(kind, _run_settings(node), node.images, captions, base_hash,
                   (*node.model.patches, *node.clip.patches),
                   (getattr(node, "loss_mask", None),))
     return checkpoint_path(ctx, kind, key)
@@ -149,18 +203,61 @@ def check_training_inputs(node: Node) -> None:
 
 
 def training_captions(ctx: ExecutionContext, node: Node) -> list[str]:
-    """The node's captions, one per image. Every caption empty (Load Image Batch's for
-    images without a .txt) trains the images with no word tied to them: allowed, as in
-    the scripts, but never silently."""
+    """The node's captions, one per image. An empty caption (Load Image Batch's for an
+    image without a .txt) trains that image with no word tied to it: allowed, as in the
+    scripts, but never silently, whether every caption is empty or only some."""
     from nodes.diffusion.train_common import parse_captions
 
     captions = parse_captions(node.captions, int(node.images.shape[0]))  # type: ignore[attr-defined]
-    if len(captions) > 1 and not any(captions):
-        ctx.warn(f"all {len(captions)} captions are empty (Load Image Batch gives an empty "
-                 "caption for an image without a .txt beside it), so no word is tied to what "
-                 "is learned: add the .txt files, or give Load Image Batch a caption_template "
-                 "such as 'a photo of sks'")
+    empty = [i for i, caption in enumerate(captions) if not caption]
+    if not empty:
+        return captions
+    why = ("Load Image Batch gives an empty caption for an image without a .txt beside "
+           "it")
+    if len(empty) == len(captions):
+        what = (f"all {len(captions)} captions are empty" if len(captions) > 1
+                else "the only image's caption is empty")
+        ctx.warn(f"{what} ({why}), so no word is tied to what is learned: add the .txt "
+                 "files, or give Load Image Batch a caption_template such as 'a photo of "
+                 "sks'")
+    else:
+        ctx.warn(f"{len(empty)} of {len(captions)} captions are empty "
+                 f"({_some_images(ctx, empty)}; {why}), so those images teach no word: "
+                 "add their .txt files or captions")
     return captions
+
+
+def _some_images(ctx: ExecutionContext, positions: list[int], shown: int = 3) -> str:
+    """Up to ``shown`` of the images at ``positions``: their files when the images come
+    straight from a Load Image Batch with constant inputs, else their numbers."""
+    names = _batch_files(ctx)
+    if names is not None and len(names) > max(positions):
+        listed = [repr(names[i]) for i in positions[:shown]]
+    else:
+        listed = [f"image {i + 1}" for i in positions[:shown]]
+    more = len(positions) - len(listed)
+    return ", ".join(listed) + (f" and {more} more" if more else "")
+
+
+def _batch_files(ctx: ExecutionContext) -> list[str] | None:
+    """The file of each image when this node's ``images`` is linked straight from a Load
+    Image Batch whose inputs are constants (None otherwise): for messages only."""
+    prompt = getattr(ctx, "prompt", None) or {}
+    link = (prompt.get(getattr(ctx, "node_id", None)) or {}).get("inputs", {}).get("images")
+    if not (isinstance(link, list) and len(link) == 2):
+        return None
+    source = prompt.get(str(link[0])) or {}
+    inputs = source.get("inputs") or {}
+    folder, images = inputs.get("folder", ""), inputs.get("images", "")
+    if source.get("class_type") != "LoadImageBatch" or not isinstance(folder, str) \
+            or not isinstance(images, str):
+        return None
+    from nodes.image_batch import collect_entries
+
+    try:
+        return [entry.label for entry in collect_entries(ctx.env, folder, images)]
+    except Exception:  # a name is a courtesy: the numbers do without
+        return None
 
 
 def _check_images(images: Any) -> None:
@@ -348,7 +445,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
                         ) -> list[tuple[str | None, str]]:
         problems: list[tuple[str | None, str]] = []
         name = inputs.get("save_name")
-        if isinstance(name, str) and (problem := _name_problem(name.strip(), "loras", env)):
+        if isinstance(name, str) and (problem := _name_problem(name, "loras", env)):
             problems.append(("save_name", problem))
         modules = inputs.get("target_modules")
         if isinstance(modules, str) and not [t for t in modules.split(",") if t.strip()]:
@@ -374,7 +471,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         settings = _settings(self)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "lora", self, captions, base_hash)
-        if name := self.save_name.strip():
+        if name := save_name(self.save_name):
             target = _claim(ctx.env, "loras", name, checkpoint)
         unet_layers, text_layers, losses = tl.train_lora(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
@@ -385,14 +482,8 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         if text_layers is not None:
             clip = replace(clip, patches=(*clip.patches, text_layers.patch(label)))
         if name:
-            info = {"base_model_hash": base_hash,
-                    "steps": settings.steps, "final_loss": losses[-1],
-                    "parameters": {"rank": self.rank, "alpha": self.alpha,
-                                   "learning_rate": self.learning_rate,
-                                   "batch_size": self.batch_size, "seed": self.seed,
-                                   "resolution": self.resolution, "target": self.target,
-                                   "target_modules": list(spec.unet_targets),
-                                   "images": len(captions), **self.mask_info()}}
+            info = training_info(self, captions, base_hash, settings.steps, losses,
+                                 target_modules=list(spec.unet_targets))
             tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
             _save(tensors, metadata, target, checkpoint)
         return model, clip, label if name else ""
@@ -447,8 +538,7 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
                         ) -> list[tuple[str | None, str]]:
         problems: list[tuple[str | None, str]] = []
         name = inputs.get("save_name")
-        if isinstance(name, str) and (problem := _name_problem(name.strip(), "embeddings",
-                                                                 env)):
+        if isinstance(name, str) and (problem := _name_problem(name, "embeddings", env)):
             problems.append(("save_name", problem))
         token = inputs.get("placeholder_token")
         if isinstance(token, str) and (not token.strip() or any(c.isspace() for c in token)):
@@ -472,22 +562,14 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
         settings = _settings(self)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "embedding", self, captions, base_hash)
-        if name := self.save_name.strip():
+        if name := save_name(self.save_name):
             target = _claim(ctx.env, "embeddings", name, checkpoint)
         clip, vectors, losses = train_textual_inversion(
             ctx, self.model, self.clip, self.vae, self.images, captions,
             self.placeholder_token, self.initializer_token.strip(), self.num_vectors, settings,
             checkpoint, sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
         if name:
-            info = {"base_model_hash": base_hash,
-                    "steps": settings.steps, "final_loss": losses[-1],
-                    "parameters": {"placeholder_token": self.placeholder_token,
-                                   "initializer_token": self.initializer_token,
-                                   "num_vectors": self.num_vectors,
-                                   "learning_rate": self.learning_rate,
-                                   "batch_size": self.batch_size, "seed": self.seed,
-                                   "resolution": self.resolution, "images": len(captions),
-                                   **self.mask_info()}}
+            info = training_info(self, captions, base_hash, settings.steps, losses)
             metadata = {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
                         for k, v in info.items()}
             # diffusers' learned_embeds layout: {placeholder: [vectors, dim]}

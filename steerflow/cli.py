@@ -7,7 +7,8 @@
     steerflow submit WORKFLOW --server URL [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
 
 Exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
-(unreadable workflow, validation errors, bad options).
+(unreadable workflow, validation errors, bad options). The first Ctrl-C during ``run``
+interrupts the prompt as the server's /interrupt does; a second one quits at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +279,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     progress = _Progress(enabled=not args.no_progress)
     try:
-        result = session.run(wf, on_event=progress)
+        with _CtrlC(session.executor):
+            result = session.run(wf, on_event=progress)
     except PromptValidationError as exc:
         print("error: the workflow is invalid:\n" + describe_issues(exc.issues), file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -388,6 +392,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return serve(args)
+
+
+class _CtrlC:
+    """While ``steerflow run`` runs: the first Ctrl-C (SIGINT) stops the prompt as the
+    server's /interrupt does, so a training node keeps a checkpoint at the step it
+    reached and the same command resumes from it; a second one quits at once.
+
+    Installed only in the main thread (where Python runs signal handlers); the previous
+    handler is restored on exit."""
+
+    MESSAGE = "interrupting… (Ctrl-C again to quit at once)"
+
+    def __init__(self, executor: Any):
+        self.executor = executor
+        self.asked = False
+        self.done = threading.Event()
+        self.previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        # None: a handler set outside Python, which could not be put back
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is not None:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        # From a thread: the handler interrupts the main thread anywhere, maybe holding
+        # the executor's lock or writing the progress bar to stderr.
+        threading.Thread(target=self._interrupt, name="steerflow-ctrl-c", daemon=True).start()
+
+    def _interrupt(self) -> None:
+        print(self.MESSAGE, file=sys.stderr, flush=True)
+        # before the prompt has started (validation) there is nothing to interrupt yet
+        while not self.executor.interrupt() and not self.done.wait(0.05):
+            pass
 
 
 class _Progress:

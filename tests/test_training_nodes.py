@@ -582,7 +582,8 @@ def test_training_nodes_refuse_an_sdxl_model_by_name(node):
 
 def test_captions_that_are_all_empty_are_trained_with_a_warning():
     """Load Image Batch gives an empty caption for an image without a .txt: a batch of
-    them trains with no word tied to it, which the scripts allow, but never silently."""
+    them trains with no word tied to it, which the scripts allow, but never silently
+    (one image alone was trained without a word; so were some of many)."""
     from types import SimpleNamespace
 
     from nodes.training import training_captions
@@ -592,8 +593,103 @@ def test_captions_that_are_all_empty_are_trained_with_a_warning():
     node = SimpleNamespace(captions="\n\n", images=torch.zeros(3, 8, 8, 3))
     assert training_captions(ctx, node) == ["", "", ""]
     assert len(warned) == 1 and "all 3 captions are empty" in warned[0]
-    node.captions = "a\n\nb"  # some empty ones are fine
-    assert training_captions(ctx, node) == ["a", "", "b"] and len(warned) == 1
+    one = SimpleNamespace(captions="\n", images=torch.zeros(1, 8, 8, 3))
+    assert training_captions(ctx, one) == [""]
+    assert len(warned) == 2 and "the only image's caption is empty" in warned[1]
+    node.captions = "a\n\nb"
+    assert training_captions(ctx, node) == ["a", "", "b"]
+    assert len(warned) == 3 and "1 of 3 captions are empty (image 2;" in warned[2]
+    many = SimpleNamespace(captions="a" + "\n" * 5, images=torch.zeros(6, 8, 8, 3))
+    training_captions(ctx, many)
+    assert "5 of 6 captions are empty (image 2, image 3, image 4 and 2 more;" in warned[3]
+    assert "\n" not in warned[3]
+    node.captions = "a\nb\nc"
+    training_captions(ctx, node)
+    assert len(warned) == 4
+
+
+def test_some_empty_captions_name_load_image_batch_files(session):
+    prompt = graph(lora_node(captions="a red sks\n\na green sks", steps=1),
+                   text="a", clip_from=["train", 1], model_from=["train", 0])
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    CAPTURED.pop(prompt["cap"]["inputs"]["key"])
+    (warning,) = [d["message"] for n, d in result.events if n == "node_warning"]
+    assert warning.startswith("1 of 3 captions are empty ('shape1.png';")
+
+
+def test_save_name_without_its_extension_or_a_trailing_dot():
+    """"foo.safetensors" was saved as foo.safetensors.safetensors, "x." as x..safetensors."""
+    from engine import Environment
+    from nodes.training import _name_problem, save_name
+
+    assert save_name(" foo.safetensors ") == "foo"
+    assert save_name("sub/Foo.SafeTensors") == "sub/Foo"
+    assert save_name("foo.safetensors.safetensors") == "foo.safetensors"
+    assert save_name("foo.ckpt") == "foo.ckpt"
+    env = Environment.create(Path("/nonexistent-steerflow-home"), device="cpu")
+    assert _name_problem("foo.safetensors", "loras", env) is None
+    assert "ends with '.': leave it out" in _name_problem("x.", "loras", env)
+    assert "ends with '.'" in _name_problem("x..safetensors", "loras", env)
+    assert "ends with '/'" in _name_problem("sub/.safetensors", "loras", env)
+    assert "names no file" in _name_problem(".safetensors", "loras", env)
+    assert _name_problem("  ", "loras", env) is None
+
+
+def test_saved_metadata_records_every_setting_and_the_extension_is_not_doubled(session,
+                                                                              models_dir):
+    """The LoRA file left out the schedule, Min-SNR, offset noise and the captions; the
+    textual-inversion file the schedule."""
+    import json
+
+    from safetensors import safe_open
+
+    prompt = graph(lora_node(captions="a red sks\na blue sks\na green sks", steps=2,
+                             lr_scheduler="cosine", lr_warmup_steps=1, snr_gamma=5.0,
+                             noise_offset=0.05, save_name="meta/lora.safetensors"),
+                   text="a red sks", clip_from=["train", 1], model_from=["train", 0])
+    prompt["show"] = {"class_type": "ShowValue", "inputs": {"value": ["train", 2]}}
+    _, result = run_latent(session, prompt)
+    assert result.run.outputs["show"]["text"] == ["meta/lora.safetensors"]
+    loras = models_dir / "loras" / "meta"
+    assert [p.name for p in loras.iterdir()] == ["lora.safetensors"]
+    with safe_open(str(loras / "lora.safetensors"), "pt") as fh:
+        params = json.loads(fh.metadata()["steerflow.parameters"])
+    assert {k: params[k] for k in ("lr_scheduler", "lr_warmup_steps", "snr_gamma",
+                                   "noise_offset", "rank", "seed", "images")} == {
+        "lr_scheduler": "cosine", "lr_warmup_steps": 1, "snr_gamma": 5.0,
+        "noise_offset": 0.05, "rank": 4, "seed": 0, "images": 3}
+    assert params["captions"] == ["a red sks", "a blue sks", "a green sks"]
+    assert params["target_modules"] == ["to_k", "to_q", "to_v", "to_out.0"]
+    assert not {"save_name", "sample_every", "gradient_checkpointing"} & set(params)
+
+    ti = graph(ti_node(lr_scheduler="linear", lr_warmup_steps=2, steps=2,
+                       save_name="meta/tok.safetensors"), text="a <tok> shape",
+               clip_from=["train", 0])
+    ti["show"] = {"class_type": "ShowValue", "inputs": {"value": ["train", 1]}}
+    _, result = run_latent(session, ti)
+    assert result.run.outputs["show"]["text"] == ["meta/tok"]  # embedding:meta/tok
+    with safe_open(str(models_dir / "embeddings" / "meta" / "tok.safetensors"), "pt") as fh:
+        params = json.loads(fh.metadata()["steerflow.parameters"])
+    assert params["lr_scheduler"] == "linear" and params["lr_warmup_steps"] == 2
+    assert params["captions"] == ["a <tok> shape"] * 3 and params["num_vectors"] == 2
+
+
+@pytest.mark.parametrize("node", ["TrainLoRA", "TrainTextualInversion", "TrainDreamBooth",
+                                  "TrainCustomDiffusion"])
+def test_every_training_node_records_every_input_of_its_run_key(node):
+    """One helper for all four nodes: the saved parameters hold every input the run key
+    (the checkpoint's name) digests, so two files of different runs never look alike."""
+    from engine.registry import default_registry
+    from nodes.training import _run_settings, training_info
+
+    cls = default_registry().get(node)
+    fake = cls.model_construct()
+    info = training_info(fake, ["a sks"], "hash", 3, [0.5, 0.25])
+    assert info["steps"] == 3 and info["final_loss"] == 0.25
+    keys = set(_run_settings(fake)) - {"unmasked_weight"}  # with a loss mask only
+    assert keys <= set(info["parameters"])
+    assert info["parameters"]["captions"] == ["a sks"]
 
 
 def test_a_checkpoint_that_cannot_be_written_never_fails_the_run(tmp_path, monkeypatch, caplog):
