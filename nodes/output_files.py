@@ -94,7 +94,7 @@ def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], 
     name from ``number`` (default: :func:`next_number`) with a hard link: readers never
     see a half-written file, and a file of that name (another save, a user's) is never
     replaced. Returns the path and the number after it (for the next file of a batch)."""
-    tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
+    tmp = folder / write_temp_name(stem)
     try:
         write(tmp)
         give_plain_mode(tmp)  # safetensors' writer makes 0600 files
@@ -109,6 +109,17 @@ def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], 
                 number += 1
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_temp_name(name: str) -> str:
+    """The hidden temp file of an atomic write of ``name``: ``.<name>.<pid>.<token>.tmp``,
+    the convention of every atomic writer (``.<name>.<pid>.tmp`` without the token): the
+    writer's pid lets the pool, when it replaces a killed worker, and the start-up
+    clean-up remove what a dead writer left (server.files.remove_leftovers); the token
+    keeps two writes of one name in one process apart. A long name is cut so that the
+    marks fit in a file name (the reserved bytes of :func:`prefix_problems` are fewer)."""
+    short = name.encode("utf-8", "surrogatepass")[:200].decode("utf-8", "ignore") or "write"
+    return f".{short}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
 def _claim(tmp: Path, path: Path) -> None:

@@ -26,6 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 from server import (
     canvas,
     comfy_frontend,
+    connections,
     convert,
     extensions,
     files,
@@ -35,7 +36,7 @@ from server import (
     userdata,
 )
 from server.config import ConfigError, ServerConfig, add_serve_arguments
-from server.errors import error_middleware
+from server.errors import ApiError, Handler, error_middleware
 from server.pack_routes import pack_routes_middleware
 from server.pool import make_runtime
 from server.prompt_queue import PromptQueue
@@ -66,6 +67,28 @@ def _quiet_bad_requests() -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, BadRequestLines) for f in server_log.filters):
         server_log.addFilter(BadRequestLines())
+
+
+#: routes that stream their body under --max-upload-mb (and answer its 413 themselves)
+STREAMED_UPLOADS = frozenset({files.upload_image, comfy_frontend.upload_mask})
+
+
+@web.middleware
+async def declared_size_middleware(request: web.Request, handler: Handler
+                                   ) -> web.StreamResponse:
+    """413 before any body is read when Content-Length is over what the route would read
+    (``client_max_size``, i.e. ``max_prompt_bytes``): a client must not hold a handler
+    waiting on gigabytes it announced."""
+    limit = request.client_max_size
+    size = request.content_length
+    if size is not None and size > limit and request.match_info.handler not in STREAMED_UPLOADS:
+        fields = {"node_errors": {}} if request.match_info.handler is routes.post_prompt else {}
+        raise ApiError(413, "request_entity_too_large", f"the request body is too large "
+                       f"({size} bytes; the limit is {limit})",
+                       extra_info={"limit_bytes": limit}, **fields)
+    return await handler(request)
+
+
 DB_NAME = "steerflow.db"
 __all__ = ["add_serve_arguments", "create_app", "serve"]
 
@@ -89,6 +112,7 @@ def create_app(config: ServerConfig, *,
     runtime = make_runtime(config, queue, hub, env, registry_factory)
 
     app = web.Application(middlewares=[error_middleware, security_middleware(config),
+                                       declared_size_middleware,
                                        pack_routes_middleware],  # after the checks
                           client_max_size=config.max_prompt_bytes)
     app[STATE] = ServerState(config, env, storage, queue, hub, runtime)
@@ -144,6 +168,11 @@ class _AccessLog(AbstractAccessLogger):
                          response.status, time * 1000)
 
 
+def connection_limits(config: ServerConfig) -> connections.ConnectionLimits:
+    return connections.ConnectionLimits(config.header_timeout, config.body_timeout,
+                                        config.max_pending_connections)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted; the exit code for ``steerflow serve``."""
     try:
@@ -159,9 +188,12 @@ def serve(args: argparse.Namespace) -> int:
               + (", token required" if config.token else ""), flush=True)
 
     try:
-        web.run_app(app, host=config.host, port=config.port, print=announce,
-                    access_log=logging.getLogger("aiohttp.access") if config.verbose else None,
-                    access_log_class=_AccessLog, shutdown_timeout=5.0)
+        # web.run_app's life cycle, with header/body timeouts (server/connections.py)
+        connections.run_app(app, host=config.host, port=config.port, print=announce,
+                            limits=connection_limits(config),
+                            access_log=logging.getLogger("aiohttp.access")
+                            if config.verbose else None,
+                            access_log_class=_AccessLog, shutdown_timeout=5.0)
     except StorageError as exc:  # found at start-up, recovering the queue (a damaged file)
         print(f"error: {exc}", file=sys.stderr)
         return 2

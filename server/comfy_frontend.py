@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.paths import PathError, confined_path
-from server.errors import ApiError, json_response
+from server.errors import ApiError, json_response, storage_error
 from server.files import _role, _with_suffix, read_upload, sanitize_filename, store_upload
 from server.imaging import ImageTooLarge, image_error, load_image, open_image, run_decode
 from server.info import _FOLDER_NAME, MODEL_SUFFIXES
@@ -160,12 +160,22 @@ async def folder_paths(request: web.Request) -> web.Response:
 
 
 def _visible_files(folder: Path) -> list[str]:
-    """The folder's own files (no hidden ones, no subfolders), newest first."""
+    """The folder's own files (no hidden ones, no subfolders), newest first; none if the
+    folder does not exist (OSError if it cannot be listed)."""
     try:
-        entries = [(e.stat().st_mtime, e.name) for e in os.scandir(folder)
-                   if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+        scan = os.scandir(folder)
     except FileNotFoundError:
         return []
+    entries = []
+    with scan:
+        for entry in scan:
+            if entry.name.startswith("."):  # hidden, and atomic writes' temp files
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    entries.append((entry.stat().st_mtime, entry.name))
+            except OSError:  # removed meanwhile, or unreadable: not listed
+                continue
     return [name for _, name in sorted(entries, key=lambda item: -item[0])]
 
 
@@ -177,7 +187,15 @@ async def internal_files(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_directory_type",
                        f"{role[:40]!r}: the folder is one of input, output, temp")
     folder = state(request).env.folder(role)
-    names = await asyncio.get_running_loop().run_in_executor(None, _visible_files, folder)
+    try:
+        names = await asyncio.get_running_loop().run_in_executor(None, _visible_files, folder)
+    except OSError as exc:  # ComfyUI's own fails with a bare 500 here
+        log.warning("cannot list %s: %s", folder, exc)
+        if isinstance(exc, NotADirectoryError):
+            raise ApiError(500, "folder_unavailable", f"the {role} folder is not a "
+                           "directory (a file is in its place)") from None
+        raise storage_error(exc, f"cannot list the {role} folder", "folder_unavailable"
+                            ) from None
     return json_response(names)
 
 

@@ -16,6 +16,7 @@ ORIGINS_ENV = "STEERFLOW_ALLOW_ORIGINS"
 LOOPBACK_NAMES = frozenset({"localhost"})
 FRONT_ENDS = ("steerflow", "comfyui")
 COMFYUI_FRONTEND_PACKAGE = "comfyui_frontend_package"
+MIN_HEADER_TIMEOUT, MAX_HEADER_TIMEOUT = 1.0, 300.0
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,11 @@ class ServerConfig:
     token: str | None = None
     max_upload_bytes: int = 50 << 20
     max_prompt_bytes: int = 32 << 20
+    # Seconds a client has to send a whole request head (slowloris guard, server/
+    # connections.py); a request body may stall this long before it is refused with 408.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_pending_connections: int = 256  # connections waiting for a request head
     allow_origins: frozenset[str] = frozenset()
     max_history: int = 10000
     max_attempts: int = 3
@@ -118,6 +124,9 @@ class ServerConfig:
             if importlib.util.find_spec("ray") is None:
                 raise ConfigError("--ray needs Ray on this machine and the cluster's: "
                                   "pip install 'steerflow[ray]'")
+        if not MIN_HEADER_TIMEOUT <= self.header_timeout <= MAX_HEADER_TIMEOUT:
+            raise ConfigError(f"--header-timeout must be {MIN_HEADER_TIMEOUT:g}.."
+                              f"{MAX_HEADER_TIMEOUT:g} seconds, got {self.header_timeout:g}")
         if not 0 <= self.interrupt_grace <= 3600:
             raise ConfigError(f"--interrupt-grace must be 0..3600 seconds, got "
                               f"{self.interrupt_grace}")
@@ -158,6 +167,7 @@ class ServerConfig:
             custom_nodes=Path(str(custom)) if custom else None,
             token=opt("token") or os.environ.get(TOKEN_ENV) or None,  # type: ignore[arg-type]
             max_upload_bytes=int(upload_mb * (1 << 20)),
+            header_timeout=float(opt("header_timeout", 10.0)),  # type: ignore[arg-type]
             allow_origins=frozenset(origins),
             fsync=bool(opt("fsync", False)),
             interrupt_grace=float(opt("interrupt_grace", 3.0)),  # type: ignore[arg-type]
@@ -224,6 +234,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "variable: a command line is visible to other local users")
     parser.add_argument("--max-upload-mb", type=float, default=50.0,
                         help="largest accepted image upload (default: 50)")
+    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="close a connection whose request line and headers have not "
+                        f"all arrived after this long ({MIN_HEADER_TIMEOUT:g}.."
+                        f"{MAX_HEADER_TIMEOUT:g}; default: 10)")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="also accept browser requests from this origin, e.g. a "
                         "dev server http://localhost:5173 (repeatable; or "

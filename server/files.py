@@ -69,6 +69,14 @@ _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENO
 _store_lock = threading.Lock()
 
 
+def is_write_temp(name: str) -> bool:
+    """Whether ``name`` is an atomic writer's hidden temp file (``.<name>.<token>.tmp``,
+    ``.upload-*.part``): half-written, or left by a killed writer, never a result."""
+    lower = name.lower()
+    return lower.startswith(".") and (lower.endswith(".tmp") or (
+        lower.startswith(TEMP_PREFIX) and lower.endswith(TEMP_SUFFIX)))
+
+
 def _role(value: str | None, default: str) -> str:
     role = value or default
     if role not in ROLES:
@@ -93,6 +101,8 @@ async def view(request: web.Request) -> web.StreamResponse:
         path = state(request).env.resolve(role, q.get("subfolder", ""), filename)
     except PathError as exc:
         raise ApiError(403, "forbidden_path", str(exc)) from None
+    if is_write_temp(path.name) or is_write_temp(os.path.basename(filename)):
+        raise ApiError(404, "not_found", f"no file {filename!r} in {role}")
     ctype = CONTENT_TYPES.get(path.suffix.lower())
     if ctype is None:
         return _download(path, filename, role)
@@ -480,8 +490,11 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
 
 
 #: the temporary file of an atomic write (a saved image, a trained model, a copied
-#: model): ``.<name>.<8 hex digits or the writer's pid>.tmp``
-_WRITE_TEMP = re.compile(r"^\..+\.(?:(?P<token>[0-9a-f]{8})|(?P<pid>\d{1,10}))\.tmp$")
+#: model): ``.<name>.<writer's pid>.<8 hex digits>.tmp`` (Save Image's,
+#: nodes.output_files.write_temp_name), ``.<name>.<writer's pid>.tmp`` or
+#: ``.<name>.<8 hex digits>.tmp`` (a bare 8-digit number is read as a token, as before)
+_WRITE_TEMP = re.compile(r"^\..+?\.(?:(?P<pid>\d{1,10})\.[0-9a-f]{8}|(?P<token>[0-9a-f]{8})"
+                         r"|(?P<bare_pid>\d{1,10}))\.tmp$")
 #: a token-named temp file this old is no write in progress (another server may share
 #: the folder; no single save takes this long)
 WRITE_TEMP_AGE = 3600.0
@@ -492,15 +505,48 @@ def _abandoned_write(path: Path, name: str) -> bool:
     match = _WRITE_TEMP.match(name)
     if match is None or not _is_old_file(path, time.time()):
         return False
-    if match["pid"] is not None:
+    pid = _writer_pid(match)
+    if pid is not None:
         try:
-            os.kill(int(match["pid"]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
         except (OSError, OverflowError, ValueError):
             return False  # alive (someone else's) or not a pid at all
         return False
     return _is_old_file(path, time.time() - WRITE_TEMP_AGE)
+
+
+def remove_writes_of(env: Environment, pid: int) -> list[Path]:
+    """Delete the temp files of atomic writes that the (dead) process ``pid`` left in
+    the output, input, temp and models folders; returns the paths removed.
+
+    The pool calls it when it replaces a killed worker: a kill during a large save
+    otherwise left its half-written file until the next start. Never follows a symlink.
+    """
+    removed: list[Path] = []
+    for role in (*ROLES, "models"):
+        root = env.folders.get(role)
+        if root is None or not root.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(root, followlinks=False):
+            for fname in files:
+                match = _WRITE_TEMP.match(fname)
+                if match is None or _writer_pid(match) != pid:
+                    continue
+                path = Path(dirpath, fname)
+                if _is_old_file(path, time.time()) and _remove(path):
+                    removed.append(path)
+    if removed:
+        log.info("removed %d temp file(s) of writes that worker process %d left: %s",
+                 len(removed), pid, ", ".join(str(p) for p in removed[:3]))
+    return removed
+
+
+def _writer_pid(match: re.Match[str]) -> int | None:
+    """The pid in a :data:`_WRITE_TEMP` name (None: token-named)."""
+    pid = match["pid"] or match["bare_pid"]
+    return None if pid is None else int(pid)
 
 
 def _is_old(path: Path, cutoff: float) -> bool:

@@ -21,8 +21,8 @@ protocol of :mod:`server.worker`. A worker is hosted one of two ways
 
 Routing (decided by each idle worker's thread, under the queue's lock, so that one
 prompt is taken once and by the worker it is routed to; no thread in between adds
-latency): a prompt goes to an idle worker whose cache holds
-its models (:func:`~server.worker.prompt_models`, reported by the workers in
+latency): a prompt goes to an idle worker whose cache holds its models (its model-file
+inputs, :func:`~server.worker.prompt_models`, reported by the workers in
 ``ready``/``done``); otherwise to the least-loaded idle worker (the one holding the
 fewest models, so warm workers stay warm). Prompts queued at the front go first;
 the others are served round-robin across clients, so one client's burst cannot
@@ -35,14 +35,18 @@ a Ray node lost) is killed for sure (a Ray actor may outlive its connection), an
 prompt goes back in the queue with the attempt counted, as after a kill -9 of the
 whole server; after ``max_attempts`` it is failed with the cause (e.g. "killed by
 SIGSEGV"), so a prompt that crashes its worker every time ends, and the next prompts
-run. A prompt is marked running on one worker only, and re-queued only once its
-worker is dead, so none runs to completion twice unseen. A worker that cannot start
-while prompts wait is started again after a short back-off (``START_TRIES`` times,
-within a few seconds), the prompts waiting for it: a passing fault (the new worker
-killed for another process's memory) loses nothing. Only when the starts keep failing
-with no worker up are the queued prompts failed with the cause, never left waiting
-silently; with nothing queued, the restarts back off further (a prompt queued then
-cuts the wait short and gets fresh starts first).
+run; each such retry leaves a ``steerflow_retry`` message in its history entry. A
+worker that dies idle is logged and replaced; a prompt sent to it just before it died
+(unacknowledged: the worker sent nothing for it) goes back in the queue with no attempt
+counted. A dead local worker's half-written files (``.<name>.<pid>.<token>.tmp``) are
+removed when it is replaced. A prompt is marked running on one worker only, and
+re-queued only once its worker is dead, so none runs to completion twice unseen. A
+worker that cannot start while prompts wait is started again after a short back-off
+(``START_TRIES`` times, within a few seconds), the prompts waiting for it: a passing
+fault (the new worker killed for another process's memory) loses nothing. Only when
+the starts keep failing with no worker up are the queued prompts failed with the
+cause, never left waiting silently; with nothing queued, the restarts back off further
+(a prompt queued then cuts the wait short and gets fresh starts first).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from typing import Any
 from server.config import ServerConfig
 from server.hosts import Slot, WorkerHost, make_host, wait_ready, worker_config
 from server.prompt_queue import Pending, PromptQueue, QueueItem
-from server.runtime import POLL, Running, Runtime
+from server.runtime import POLL, Running, Runtime, _class_type, _now_ms
 from server.worker import (
     MAX_SENT_BYTES,
     MAX_SENT_FILE_BYTES,
@@ -68,6 +72,8 @@ from server.worker import (
     Channel,
     Message,
     WorkerDied,
+    WorkerProcess,
+    is_model_input,
     prompt_files,
     prompt_models,
 )
@@ -82,6 +88,11 @@ RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds, by failed starts 
 # START_TRIES times per slot, START_RETRY_BACKOFF seconds apart, before they are failed.
 START_TRIES = 3
 START_RETRY_BACKOFF = (0.5, 1.5, 3.0)
+#: the history message a prompt gets for each run cut off by its worker's death (ComfyUI's
+#: shape, ``[type, {"prompt_id", "timestamp", ...}]``; its clients skip types they do not
+#: know): the client sees that, and why, it ran again
+RETRY_MESSAGE = "steerflow_retry"
+MAX_NOTES = 10000  # prompts remembered for their retry messages and unacknowledged runs
 
 
 class PoolRuntime(Runtime):
@@ -102,6 +113,10 @@ class PoolRuntime(Runtime):
         self._thread: threading.Thread | None = None
         self._wound_down = False
         self._failed_starts = 0  # failed starts in a row while prompts wait (no worker up)
+        # By prompt: the retry messages of its runs cut off so far (for its history), and
+        # how many times in a row its worker died before it acknowledged the prompt.
+        self._retry_notes: OrderedDict[str, list[list[Any]]] = OrderedDict()
+        self._unacked: OrderedDict[str, int] = OrderedDict()
 
     @property
     def worker(self) -> Channel | None:
@@ -119,6 +134,11 @@ class PoolRuntime(Runtime):
 
     def stop(self) -> None:
         """Stop taking prompts; running ones are interrupted and go back in the queue."""
+        left = self.queue.remaining()
+        # a warning, to be seen at the default level: work is carried over to the next start
+        log.log(logging.WARNING if left else logging.INFO, "stopping: %s",
+                f"{left} running/pending prompt(s) go back in the queue" if left
+                else "no prompts are queued")
         self._stopping = True
         self.queue.close()
         self.interrupt()
@@ -256,7 +276,10 @@ class PoolRuntime(Runtime):
     def _slot_main(self, slot: Slot) -> None:
         self._local.slot = slot
         while not self._stopping:
-            if (slot.worker is None or not slot.worker.alive()) and not self._start_slot(slot):
+            worker = slot.worker
+            if worker is not None and not worker.alive() and not self._stopping:
+                self._lost_idle(slot, worker)
+            if slot.worker is None and not self._start_slot(slot):
                 continue
             with self._pool:
                 slot.state = "idle"
@@ -316,10 +339,13 @@ class PoolRuntime(Runtime):
         with self._pool:
             slot.state, slot.worker, slot.models = "starting", None, set()
             slot.sent = {}
+            slot.info = {"device": slot.info.get("device")}  # no pid until it is started
         attempt = slot.failures
         try:
             worker = self.host.start(slot, worker_config(self.config))  # type: ignore[union-attr]
             self.worker_starts += 1
+            with self._pool:  # /system_stats shows the live process while it loads
+                slot.info = {**slot.info, "pid": getattr(worker, "pid", None)}
             info = wait_ready(worker, self.config.worker_start_timeout,
                               lambda: self._stopping, lambda: self._set(self._setup_done))
         except Exception as exc:
@@ -361,7 +387,7 @@ class PoolRuntime(Runtime):
             return False
         with self._pool:
             slot.worker, slot.info, slot.error = worker, info, None
-            slot.models = set(info.get("models") or [])
+            slot.models = _model_keys(info.get("models"))
             self._failed_starts = 0
         slot.failures = 0
         self.worker_error = None
@@ -373,15 +399,20 @@ class PoolRuntime(Runtime):
         worker, running = slot.worker, slot.running
         assert worker is not None and running is not None
         extra = {**item.extra_data, "preview": self.hub.has_clients}
-        sent = worker.kind == "local" or self._send_files(slot, worker, item)
+        sent = worker.alive() and (worker.kind == "local"
+                                   or self._send_files(slot, worker, item))
         if not sent or not worker.send({"op": "run", "prompt_id": item.prompt_id,
                                         "prompt": item.prompt, "extra": extra,
                                         "outputs": item.outputs}):
-            self._drop_worker(slot)  # gone before the prompt started: not an attempt
+            self._lost_idle(slot, worker, item)  # gone before it got the prompt
             self._clear_running()
-            self.queue.requeue(item)
+            self.queue.requeue(item)  # not an attempt
             return
-        messages: list[list[Any]] = []
+        # The prompt has started once the worker acknowledged it: any message it sends
+        # for it (``started``, the first events, a file, ``done``). A worker that dies
+        # before (killed while idle, the run still in its socket) never ran it.
+        acked = False
+        messages = self._retry_notes.pop(item.prompt_id, [])
         held: list[tuple[str, str]] = []
         while True:
             try:
@@ -392,6 +423,8 @@ class PoolRuntime(Runtime):
                     self.queue.requeue(item)
                 elif running.hard_deadline is not None:
                     self._record_interrupted(running, messages)
+                elif not acked:
+                    self._lost_unacknowledged(slot, item, exc.cause, messages)
                 else:
                     self._worker_lost(item, exc.cause, messages, running.node)
                 return
@@ -409,12 +442,17 @@ class PoolRuntime(Runtime):
                             self.config.interrupt_grace))
                     return
                 continue
+            if not acked:
+                acked = True
+                self._unacked.pop(item.prompt_id, None)
+            if msg.op == "started":
+                continue
             if msg.op == "file":
                 self._store_output(msg)
                 continue
             if msg.op == "done":
                 with self._pool:
-                    slot.models = set(msg.data.get("models") or [])
+                    slot.models = _model_keys(msg.data.get("models"))
                 self._relay(running, msg, messages, held)
                 self._finish(running, msg, messages, held)
                 return
@@ -453,11 +491,70 @@ class PoolRuntime(Runtime):
         return True
 
     def _drop_worker(self, slot: Slot) -> None:
-        """Kill the slot's worker for sure (its thread starts a new one)."""
+        """Kill the slot's worker for sure (its thread starts a new one), and remove the
+        temp files of the writes it was making (a killed save's half-written image)."""
         with self._pool:
             worker, slot.worker, slot.models = slot.worker, None, set()
-        if worker is not None:
-            worker.kill()
+            slot.info = {**slot.info, "pid": None}
+        if worker is None:
+            return
+        worker.kill()
+        if isinstance(worker, WorkerProcess):  # a remote worker's pid is another machine's
+            # off this thread: output/ may hold many files, and the new worker waits
+            threading.Thread(target=self._remove_writes_of, args=(worker.pid,),
+                             name="steerflow-cleanup", daemon=True).start()
+
+    def _remove_writes_of(self, pid: int) -> None:
+        from server.files import remove_writes_of
+
+        try:
+            remove_writes_of(self.env, pid)
+        except Exception:
+            log.warning("cannot remove the temp files of worker process %d", pid,
+                        exc_info=True)
+
+    def _remember(self, notes: OrderedDict[str, Any], key: str, value: Any) -> None:
+        """Keep ``value`` under ``key``, the oldest dropped past MAX_NOTES (a prompt
+        deleted from the queue never takes its notes back)."""
+        with self._pool:
+            notes[key] = value
+            notes.move_to_end(key)
+            while len(notes) > MAX_NOTES:
+                notes.popitem(last=False)
+
+    def _lost_idle(self, slot: Slot, worker: Channel, item: QueueItem | None = None) -> None:
+        """The slot's worker ended while it ran no prompt (``item``: the one it was about
+        to get): say how, for the operator, and clear it away; its thread starts a new one."""
+        cause = worker.exit_cause()
+        pid = getattr(worker, "pid", None)
+        if item is None:
+            log.warning("worker %s (pid %s) ended while idle: %s; starting a new one",
+                        slot.name, pid, cause)
+        else:
+            log.warning("worker %s (pid %s) ended before it got prompt %s: %s; the prompt "
+                        "goes back in the queue (no attempt counted)", slot.name, pid,
+                        item.prompt_id, cause)
+        self._drop_worker(slot)
+
+    def _lost_unacknowledged(self, slot: Slot, item: QueueItem, cause: str,
+                             messages: list[list[Any]]) -> None:
+        """The worker died before it acknowledged the prompt (killed while idle, the run
+        still unread): not an attempt, the prompt goes back in the queue. The prompt may
+        still be the cause (a pack's validation that crashes the worker): after
+        ``max_attempts`` such deaths in a row it is failed with the cause."""
+        count = self._unacked.pop(item.prompt_id, 0) + 1
+        if count >= self.queue.max_attempts:
+            self._record_failure(item, f"{cause} before it acknowledged this prompt, "
+                                 f"{count} time(s) in a row; giving up on it", "WorkerDied",
+                                 messages=messages)
+            return
+        self._remember(self._unacked, item.prompt_id, count)
+        log.warning("worker %s: %s before it acknowledged prompt %s; the prompt goes back "
+                    "in the queue (no attempt counted)", slot.name, cause, item.prompt_id)
+        if messages:  # only earlier retry notes: nothing of this run was relayed
+            self._remember(self._retry_notes, item.prompt_id, messages)
+        self._clear_running()
+        self.queue.requeue(item)
 
     def _worker_lost(self, item: QueueItem, cause: str, messages: list[list[Any]],
                      node: str | None) -> None:
@@ -476,6 +573,13 @@ class PoolRuntime(Runtime):
             return
         log.warning("%s while running prompt %s (attempt %d); it goes back in the queue",
                     cause, item.prompt_id, item.attempts)
+        notes = [m for m in messages if m[0] == RETRY_MESSAGE]
+        notes.append([RETRY_MESSAGE, {
+            "prompt_id": item.prompt_id, "timestamp": _now_ms(), "attempt": item.attempts,
+            "max_attempts": self.queue.max_attempts, "node_id": node,
+            "node_type": _class_type(item, node),
+            "message": f"{cause} while running this prompt; it was run again"}])
+        self._remember(self._retry_notes, item.prompt_id, notes)
         self._clear_running()
         self.queue.requeue(item, refund=False)
 
@@ -520,6 +624,13 @@ def make_runtime(config: ServerConfig, queue: PromptQueue, hub: Hub, env: Any,
                  registry_factory: Callable[[], Any] | None = None) -> PoolRuntime:
     """The server's runtime: a pool of ``config.workers`` workers (one by default)."""
     return PoolRuntime(config, queue, hub, env, registry_factory)
+
+
+def _model_keys(keys: Any) -> set[str]:
+    """The ``input=value`` model keys a worker reported, its model-file inputs only (a
+    worker of another version may report more: routing must not match a sampler)."""
+    return {k for k in keys or () if isinstance(k, str)
+            and is_model_input(k.partition("=")[0])}
 
 
 def _killed_note(grace: float) -> str:

@@ -22,9 +22,11 @@ Server → worker: ``config`` (first), ``run``, ``interrupt``, ``http`` (a reque
 for a node pack's route, answered by ``http_reply``: :mod:`server.pack_routes`).
 Worker → server: ``setup`` (packs loaded, built-in models installed), then
 ``ready`` (the session is built, the diffusion stack imported) or ``failed``,
-``events`` (batches of executor events: one leaves whenever a node starts or
-reports progress), ``done`` (one per ``run``, with the last events and the
-``models`` its cache holds, see :func:`prompt_models`).
+``started`` (optional: a ``run`` was received; the pool takes any message for the
+prompt as its acknowledgement, :meth:`server.pool.PoolRuntime._run`), ``events``
+(batches of executor events: one leaves whenever a node starts or reports progress),
+``done`` (one per ``run``, with the last events and the ``models`` its cache holds,
+see :func:`prompt_models`).
 
 A worker on another machine (a Ray actor) connects to the head over TCP instead
 of inheriting a socket: the head sends ``challenge`` (a nonce), the worker
@@ -41,6 +43,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import select
 import signal
@@ -65,8 +68,20 @@ PREVIEW_TAG = b"P"
 PNG_TAG = b"N"
 FILE_TAG = b"F"
 IMAGE_TYPES = {PREVIEW_TAG: 1, PNG_TAG: 2}  # tag -> ComfyUI's image type (JPEG, PNG)
-# Inputs naming a model file (ComfyUI's convention: ckpt_name, lora_name, vae_name, ...).
-MODEL_INPUT_SUFFIX = "_name"
+# Inputs naming a model file, by ComfyUI's convention: ``<kind>_name`` (ckpt_name,
+# lora_name, vae_name, unet_name, control_net_name, style_model_name, gligen_name, the
+# upscale loader's model_name), numbered for several (clip_name1, clip_name2), and the
+# packs' ``ipadapter_file``-style names. A name rule rather than the node schemas: a
+# schema does not say which choice lists come from a models folder (native loaders' and
+# ComfyUI packs' lists are callables, as input-image lists are), checking the values
+# against the head's models/ would miss a Ray worker's own models folder, and the worker
+# reports the models it holds with this same function, without a registry. The ``_name``
+# inputs that name no model are excluded explicitly.
+MODEL_INPUT = re.compile(r"(?:_name\d*|(?:^|_)(?:ipadapter|instantid|pulid)_file)\Z")
+NOT_MODEL_INPUTS = frozenset({
+    "sampler_name", "scheduler_name", "save_name", "folder_name", "config_name",
+    "font_name", "preset_name", "style_name", "output_name", "node_name", "class_name",
+    "type_name", "file_name", "image_name", "mask_name", "prefix_name"})
 FILE_ROLES = ("input", "output", "temp")  # the folders files travel between
 # Bounds on what the head sends a remote worker with a run (a larger file is left for
 # a shared folder, --remote-base-dir) and on the string inputs it looks at.
@@ -124,15 +139,21 @@ def decode(raw: bytes) -> Message:
 
 
 def prompt_models(prompt: Any) -> list[str]:
-    """The model files a prompt loads, as ``input=value`` keys (``ckpt_name=sd15.safetensors``):
-    what routing matches against the models a worker's cache holds."""
+    """The model files a prompt loads, as ``input=value`` keys (``ckpt_name=sd15.safetensors``;
+    model-file inputs only, :func:`is_model_input`, never ``sampler_name``): what routing
+    matches against the models a worker's cache holds."""
     keys: set[str] = set()
     for node in prompt.values() if isinstance(prompt, dict) else ():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         for name, value in inputs.items() if isinstance(inputs, dict) else ():
-            if name.endswith(MODEL_INPUT_SUFFIX) and isinstance(value, str) and value:
+            if isinstance(value, str) and value and is_model_input(name):
                 keys.add(f"{name}={value}")
     return sorted(keys)
+
+
+def is_model_input(name: str) -> bool:
+    """Whether an input of this name names a model file (:data:`MODEL_INPUT`)."""
+    return name not in NOT_MODEL_INPUTS and MODEL_INPUT.search(name) is not None
 
 
 def prompt_files(prompt: Any, env: Any) -> dict[tuple[str, str], Path]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ import pytest
 
 from server.config import ServerConfig
 from server.hosts import Slot
-from server.pool import PoolRuntime
+from server.pool import RETRY_MESSAGE, PoolRuntime, _model_keys
 from server.prompt_queue import Pending, PromptQueue, QueueItem
 from server.state import STATE
 from server.storage import Storage
@@ -212,6 +216,54 @@ def test_an_end_the_database_refuses_stays_queued_and_is_written_once_it_can_be(
     queue.close()
 
 
+def test_routing_counts_model_file_inputs_only():
+    """The soak drill: ``sampler_name=euler`` counted as a model, so a prompt went to the
+    worker that had run euler, not to the one that held its checkpoint."""
+    prompt = {
+        "3": {"class_type": "KSampler", "inputs": {"sampler_name": "euler", "seed": 1,
+                                                   "scheduler": "normal"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes"}},
+        "5": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "a.safetensors",
+                                                         "clip_name2": "b.safetensors"}},
+        "6": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": "ip.bin"}},
+        "7": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x2.pth"}},
+        "8": {"class_type": "LoraLoader", "inputs": {"lora_name": "l.safetensors",
+                                                     "model": ["4", 0]}},
+        "9": {"class_type": "TrainLoraNode", "inputs": {"save_name": "mine",
+                                                        "filename_prefix": "x"}},
+        "10": {"class_type": "SamplerCustom", "inputs": {"scheduler_name": "karras"}}}
+    assert prompt_models(prompt) == [
+        "ckpt_name=shapes", "clip_name1=a.safetensors", "clip_name2=b.safetensors",
+        "ipadapter_file=ip.bin", "lora_name=l.safetensors", "model_name=x2.pth"]
+    w0, w1 = Slot(0), Slot(1)
+    # what the workers report is filtered the same way (a worker of another version)
+    w0.models = _model_keys(["ckpt_name=shapes.safetensors", "sampler_name=euler"])
+    w1.models = _model_keys(["ckpt_name=shapes", "sampler_name=dpmpp_2m"])
+    assert w0.models == {"ckpt_name=shapes.safetensors"}
+    p3 = {"4": prompt["4"], "3": prompt["3"]}  # the folder checkpoint, with euler
+    assert PoolRuntime._route(_item(3, "a", p3), [w0, w1]) is w1
+
+
+def test_the_history_keeps_exactly_max_history_entries(tmp_path):
+    """Pruned every 100 finishes, the history ran up to 99 past its cap."""
+    import threading
+
+    runtime = PoolRuntime.__new__(PoolRuntime)
+    runtime.queue = _queue(tmp_path, [])
+    runtime.config = ServerConfig(max_history=10)
+    runtime._history_lock = threading.Lock()
+    storage = runtime.queue.storage
+    for n in range(1, 14):
+        storage.finish(f"p{n}", n, {"outputs": {}, "status": {"status_str": "success"}})
+        runtime._after_finish()
+        assert storage.history_jobs(None, 0, 0)[0] == min(n, 10)
+    assert [pid for pid, _ in storage.history()] == [f"p{n}" for n in range(4, 14)]
+    storage.delete_history(["p13", "p12"])  # a user's deletes: nothing more goes
+    runtime._after_finish()
+    assert storage.history_jobs(None, 0, 0)[0] == 8
+    runtime.queue.close()
+
+
 def test_route_prefers_a_warm_worker_else_the_least_loaded():
     a, b, c = Slot(0), Slot(1), Slot(2)
     a.models, b.models = {"ckpt_name=x"}, {"ckpt_name=y", "lora_name=l"}
@@ -297,6 +349,11 @@ def test_a_worker_killed_mid_prompt_has_it_finished_elsewhere(pool: LiveServer, 
     entry = wait_history(http, [pid], timeout=60)[pid]
     assert ok(entry), entry
     assert pid_of(entry) != worker["pid"]
+    # the client can tell that it ran again, and why (ComfyUI's message shape)
+    [retry] = [m for m in entry["status"]["messages"] if m[0] == RETRY_MESSAGE]
+    assert retry[1]["prompt_id"] == pid and retry[1]["attempt"] == 1, retry
+    assert retry[1]["node_id"] == "2" and "SIGKILL" in retry[1]["message"], retry
+    assert entry["status"]["messages"].index(retry) == 0  # before the run that finished
     assert pool.state.queue.remaining() == 0
     wait_idle(pool, 2)  # the killed worker's slot came back
     http.close()
@@ -315,6 +372,103 @@ def test_a_worker_that_dies_idle_is_replaced_before_it_gets_a_prompt(pool: LiveS
     http.close()
 
 
+def _worker(server: LiveServer, name: str) -> dict[str, Any]:
+    return next(w for w in server.state.runtime.workers() if w["name"] == name)
+
+
+@pytest.mark.slow
+def test_an_idle_worker_killed_is_logged_shown_dead_and_its_temp_files_removed(
+        pool: LiveServer, loop, caplog):
+    """The fault drill: an idle worker's death was not logged, /system_stats showed the
+    killed pid while the new worker started, and a save it was killed in left its
+    ``.<name>.<token>.tmp`` in output/ for an hour, across restarts."""
+    caplog.set_level(logging.INFO, logger="server")
+    victim = pool.state.runtime.workers()[0]
+    out = pool.base_dir / "output"
+    out.mkdir(exist_ok=True)
+    (out / "sub").mkdir(exist_ok=True)
+    its = [out / f".big.{victim['pid']}.0badf00d.tmp", out / "sub" / f".x.{victim['pid']}.tmp"]
+    others = [out / f".big.{os.getpid()}.0badf00d.tmp", out / f"big.{victim['pid']}.png"]
+    for path in its + others:
+        path.write_bytes(b"half")
+    os.kill(victim["pid"], signal.SIGKILL)
+    seen = set()
+    deadline = time.monotonic() + 60
+    while True:
+        w = _worker(pool, victim["name"])
+        seen.add((w["state"], w["pid"]))
+        if w["state"] == "idle" and w["pid"] != victim["pid"]:
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+    assert ("starting", victim["pid"]) not in seen, seen  # the live pid, or None
+    assert any(state == "starting" for state, _ in seen), seen
+    lines = [r.getMessage() for r in caplog.records if "ended while idle" in r.getMessage()]
+    assert lines and f"pid {victim['pid']}" in lines[0] and "SIGKILL" in lines[0], lines
+    deadline = time.monotonic() + 10
+    while any(p.exists() for p in its):
+        assert time.monotonic() < deadline, [p for p in its if p.exists()]
+        time.sleep(0.05)
+    assert all(p.exists() for p in others)
+    for path in others:
+        path.unlink()
+
+
+@pytest.mark.slow
+def test_a_prompt_its_worker_never_acknowledged_costs_no_attempt(pool: LiveServer, loop,
+                                                                caplog):
+    """The fault drill: a worker killed idle got the next prompt (sent into its socket
+    while it died), and that prompt was charged one of its 3 attempts."""
+    caplog.set_level(logging.WARNING, logger="server.pool")
+    http = Http(pool.url, loop)
+    workers = pool.state.runtime.workers()
+    for w in workers:  # neither reads the run: it stays unacknowledged
+        os.kill(w["pid"], signal.SIGSTOP)
+    try:
+        pid = submit(http, probe(seed=900))
+        deadline = time.monotonic() + 30
+        while not (taken := [s for s in pool.state.runtime.slots
+                             if s.job is not None and s.job.prompt_id == pid]):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # the run is sent
+        victim = next(w["pid"] for w in workers if w["name"] == taken[0].name)
+        os.kill(victim, signal.SIGKILL)
+    finally:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w["pid"], signal.SIGCONT)
+    entry = wait_history(http, [pid], timeout=60)[pid]
+    assert ok(entry), entry
+    assert pid_of(entry) != victim
+    assert not [m for m in entry["status"]["messages"] if m[0] == RETRY_MESSAGE]
+    lines = [r.getMessage() for r in caplog.records if pid in r.getMessage()]
+    assert lines and all("no attempt counted" in line for line in lines), lines
+    http.close()
+
+
+def test_a_prompt_that_crashes_its_worker_before_acknowledging_it_still_ends(tmp_path):
+    """Not counted as attempts, deaths before the acknowledgement still end a prompt
+    that causes them (a pack's validation that crashes the worker): after
+    max_attempts in a row it is failed with the cause."""
+    runtime = PoolRuntime.__new__(PoolRuntime)
+    runtime.queue = _queue(tmp_path, [_item(1, "a")])
+    runtime._unacked, runtime._retry_notes = OrderedDict(), OrderedDict()
+    runtime._pool = threading.Lock()
+    runtime._local = threading.local()
+    failed: list[str] = []
+    runtime._record_failure = lambda item, text, *a, **k: failed.append(text)
+    cause = "the worker process was killed by SIGSEGV"
+    for _ in range(3):
+        item = runtime.queue.take_pick(lambda pending: pending.head(), timeout=0)
+        assert item is not None and item.attempts == 1  # the earlier ones refunded
+        runtime._lost_unacknowledged(Slot(0), item, cause, [])
+    assert failed == [f"{cause} before it acknowledged this prompt, 3 time(s) in a row; "
+                      "giving up on it"]
+    assert runtime.queue.remaining() == 1  # taken, its end left to _record_failure
+    runtime.queue.close()
+
+
 @pytest.mark.slow
 def test_a_prompt_that_kills_every_worker_fails_after_max_attempts(pool: LiveServer, loop):
     http = Http(pool.url, loop)
@@ -324,6 +478,8 @@ def test_a_prompt_that_kills_every_worker_fails_after_max_attempts(pool: LiveSer
     last = entry["status"]["messages"][-1]
     assert last[0] == "execution_error" and last[1]["exception_type"] == "WorkerDied"
     assert "3 time(s)" in last[1]["exception_message"], last
+    retries = [m[1] for m in entry["status"]["messages"] if m[0] == RETRY_MESSAGE]
+    assert [r["attempt"] for r in retries] == [1, 2], retries
     nxt = submit(http, probe())
     assert ok(wait_history(http, [nxt], timeout=60)[nxt])
     http.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -71,7 +72,10 @@ def test_interrupted_run_is_requeued_or_failed_after_max_attempts(make_server, t
     http.close()
 
 
-def test_graceful_stop_puts_the_running_prompt_back(make_server, tmp_path, loop):
+def test_graceful_stop_puts_the_running_prompt_back(make_server, tmp_path, loop, caplog):
+    """SIGTERM and Ctrl-C stop the server this way; each end says what goes back in the
+    queue, and the start what came back."""
+    caplog.set_level(logging.INFO, logger="server")
     server = make_server(base_dir=tmp_path)
     http = Http(server.url, loop)
     pid = http.post("/prompt", json={"prompt": slow(100000)}).json()["prompt_id"]
@@ -82,11 +86,15 @@ def test_graceful_stop_puts_the_running_prompt_back(make_server, tmp_path, loop)
     http.close()
     config = server.state.config
     server.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert "stopping: 1 running/pending prompt(s) go back in the queue" in said, said
     again = InProcessServer(config)
     try:
         http = Http(again.live.url, loop)
         queue = http.get("/queue").json()
         assert [i[1] for i in queue["queue_running"] + queue["queue_pending"]] == [pid]
+        said = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("restored 1 prompt(s) to the queue") for m in said), said
         http.post("/interrupt")
         http.post("/queue", json={"clear": True})
         http.close()

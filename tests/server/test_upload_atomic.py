@@ -272,6 +272,45 @@ def test_saves_a_killed_worker_left_are_removed_at_start(tmp_path: Path):
     assert all(p.exists() for k, p in paths.items() if p not in removed)
 
 
+def test_save_image_temp_files_carry_the_writer_pid_and_go_when_it_is_replaced(
+        tmp_path: Path):
+    """The fault drill: Save Image's temp name carried only a random token, so a worker
+    killed mid-save left ``output/.bigsave.71b7c02e.tmp`` (1.1 MB) for an hour, across
+    restarts. It now carries the writer's pid: the pool removes what a dead worker
+    left when it replaces it (remove_writes_of), and the start-up clean-up at once."""
+    from nodes.output_files import save_numbered, write_temp_name
+
+    name = write_temp_name("bigsave")
+    match = files._WRITE_TEMP.match(name)
+    assert match and files._writer_pid(match) == os.getpid(), name
+    long = write_temp_name("é" * 200)  # cut to fit a file name, never mid-character
+    assert len(long.encode()) <= 255 and files._WRITE_TEMP.match(long), long
+    seen: list[str] = []
+    path, _ = save_numbered(tmp_path, "bigsave", ".png",
+                            lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
+    assert path.name == "bigsave_00001_.png" and seen[0].startswith(f".bigsave.{os.getpid()}.")
+    assert [p.name for p in tmp_path.iterdir()] == ["bigsave_00001_.png"]
+
+    env = Environment.create(tmp_path / "base", models_dir=tmp_path / "models", device="cpu")
+    out = env.folder("output", "sub", create=True)
+    loras = env.folder("models", "loras", create=True)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    its = [out / f".bigsave.{dead}.71b7c02e.tmp", loras / f".sks.safetensors.{dead}.tmp"]
+    kept = [out / f".bigsave.{os.getpid()}.71b7c02e.tmp", out / ".bigsave.71b7c02e.tmp",
+            out / f"bigsave.{dead}.71b7c02e.tmp", out / f".bigsave.{dead}1.71b7c02e.tmp"]
+    for path in its + kept:
+        path.write_bytes(b"half")
+    assert sorted(files.remove_writes_of(env, dead)) == sorted(its)
+    assert all(p.exists() for p in kept)
+    kept.pop().unlink()  # another pid: no telling whether it lives
+    for path in its:
+        path.write_bytes(b"half")
+    # at start: a dead writer's go whatever their age; a live one's and a fresh token stay
+    assert set(remove_leftovers(env)) == set(its)
+    assert all(p.exists() for p in kept)
+
+
 def test_start_up_clean_up_keeps_the_checkpoints_trainings_resume_from(tmp_path: Path):
     """temp/ is emptied at start, but a stopped training (or one whose server was
     killed) must resume from temp/training, not start again from step 0."""
