@@ -208,6 +208,9 @@ class Worker:
         prompt_id = str(job.get("prompt_id"))
         extra = job.get("extra") or {}
         previews = bool(extra.get("preview"))
+        # the pool counts an attempt against a prompt only once its worker took it up:
+        # a worker that dies before this line never ran it
+        self.send({"op": "started", "prompt_id": prompt_id})
 
         # Events are sent in batches: each batch leaves when a node starts or reports
         # progress (what a user watches), and the rest go with ``done``. A trivial
