@@ -35,7 +35,8 @@ def _save(ctx: ExecutionContext, images: Tensor, prefix: str, suffix: str,
     frames = image_to_pil(images)
     if not frames:
         raise ValueError("no images to save: the batch is empty")
-    folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow")
+    folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow",
+                                           frames[0].size)
     path, _ = save_numbered(folder, stem, suffix, lambda tmp: write(tmp, frames))
     entry = {"filename": path.name, "subfolder": subfolder, "type": "output"}
     return NodeResult((), {"images": [entry], "animated": [True]})

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,7 +33,7 @@ from nodes.image_batch import (
     read_size,
 )
 from nodes.limits import name_problem
-from nodes.output_files import save_numbered
+from nodes.output_files import save_numbered, write_temp_name
 from nodes.primitives import MAX_STRING_CHARS, check_text
 
 if TYPE_CHECKING:
@@ -269,7 +268,7 @@ def prefix_problem(prefix: Any) -> str | None:
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> bool:
     """``write`` a temporary file beside ``path``, then move it onto ``path`` (readers see
     the old file or the whole new one); True when a file was replaced."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / write_temp_name(path.name)
     try:
         write(tmp)
         existed = path.exists() or path.is_symlink()

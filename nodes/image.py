@@ -224,7 +224,8 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
     free number); returns UI file entries."""
     from PIL import PngImagePlugin
 
-    folder, subfolder, stem = split_prefix(ctx.env, role, prefix, "Steerflow")
+    folder, subfolder, stem = split_prefix(ctx.env, role, prefix, "Steerflow",
+                                           (int(images.shape[-2]), int(images.shape[-3])))
     info = PngImagePlugin.PngInfo()
     info.add_text("prompt", json.dumps(api_prompt(ctx)))  # ComfyUI's API format
     pnginfo = dict(ctx.extra.get("extra_pnginfo") or {})

@@ -197,7 +197,8 @@ class SaveImageAdvanced(NamedInputsNode):
         from nodes.image_encoders import encode_avif, encode_exr, encode_png16
 
         meta = _metadata(ctx)
-        folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow")
+        folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow",
+                                               (int(images.shape[-2]), int(images.shape[-3])))
         suffix = f".{fmt}"
         values = self.inputs
         animated = fmt == "avif" and values.get(f"{FORMAT}.save_mode") == ANIMATED

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,7 +29,7 @@ def prefix_problems(inputs: dict[str, Any], env: Environment, suffix: str
                     ) -> list[tuple[str | None, str]]:
     """Validation of a ``filename_prefix`` input: a safe name whose subfolder lies inside
     output/ (with room for the counter and ``suffix``)."""
-    prefix = str(inputs.get("filename_prefix", "")).strip()
+    prefix = expand_prefix(str(inputs.get("filename_prefix", "")).strip())
     if problem := name_problem(prefix, len(f"_00000_{suffix}") + 8):  # counters may grow
         return [("filename_prefix", problem)]
     subfolder = prefix.replace("\\", "/").rpartition("/")[0]
@@ -69,10 +70,31 @@ def api_prompt(ctx: ExecutionContext) -> dict[str, Any]:
     return resolve_modes(ctx.prompt, shape_of)[0]
 
 
-def split_prefix(env: Environment, role: str, prefix: str, default: str
-                 ) -> tuple[Path, str, str]:
-    """``(folder, subfolder, stem)`` of a prefix such as ``latents/cat`` (folder created)."""
-    subfolder, _, stem = (prefix.strip() or default).replace("\\", "/").rpartition("/")
+def expand_prefix(prefix: str, width: int = 0, height: int = 0,
+                  now: time.struct_time | None = None) -> str:
+    """ComfyUI's ``filename_prefix`` variables: ``%width%`` and ``%height%`` (the saved
+    image's; 0 for other files), ``%year%``, ``%month%``, ``%day%``, ``%hour%``,
+    ``%minute%``, ``%second%`` (local time, two digits but the year), as its
+    ``folder_paths.compute_vars``: ``%year%-%month%-%day%/img`` makes dated folders."""
+    if "%" not in prefix:
+        return prefix
+    now = now or time.localtime()
+    values = {"width": width, "height": height, "year": now.tm_year,
+              "month": f"{now.tm_mon:02d}", "day": f"{now.tm_mday:02d}",
+              "hour": f"{now.tm_hour:02d}", "minute": f"{now.tm_min:02d}",
+              "second": f"{now.tm_sec:02d}"}
+    for name, value in values.items():
+        prefix = prefix.replace(f"%{name}%", str(value))
+    return prefix
+
+
+def split_prefix(env: Environment, role: str, prefix: str, default: str,
+                 size: tuple[int, int] = (0, 0)) -> tuple[Path, str, str]:
+    """``(folder, subfolder, stem)`` of a prefix such as ``latents/cat`` (folder created),
+    its variables filled in (:func:`expand_prefix`; ``size`` is the image's width and
+    height)."""
+    prefix = expand_prefix(prefix.strip() or default, *size)
+    subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
     folder = env.folder(role, subfolder, create=True) if subfolder \
         else env.folder(role, create=True)
     return folder, subfolder, stem

@@ -75,3 +75,20 @@ def test_a_prompt_without_modes_is_written_as_it_ran(session):
     (png,) = session.run(prompt).image_paths
     with Image.open(png) as img:
         assert json.loads(img.text["prompt"]) == prompt
+
+
+def test_prefix_variables_as_comfyuis(tmp_path):
+    """%width%, %height% and the date make ComfyUI's dated folders and sized names."""
+    import time
+
+    from engine import Environment
+    from nodes.output_files import expand_prefix, split_prefix
+
+    now = time.struct_time((2026, 3, 7, 9, 5, 1, 0, 0, -1))
+    assert expand_prefix("%year%-%month%-%day%/img_%width%x%height%", 96, 64, now) == \
+        "2026-03-07/img_96x64"
+    assert expand_prefix("t%hour%%minute%%second%", now=now) == "t090501"
+    assert expand_prefix("100%_done") == "100%_done"  # not a variable: kept
+    env = Environment.create(tmp_path, device="cpu")
+    folder, subfolder, stem = split_prefix(env, "output", "%year%/x_%width%", "S", (8, 4))
+    assert subfolder == str(time.localtime().tm_year) and stem == "x_8" and folder.is_dir()
