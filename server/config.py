@@ -42,6 +42,9 @@ class ServerConfig:
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     max_pending_connections: int = 256  # connections waiting for a request head
+    # Clients' prompts round-robin (a shared server) instead of in submission order,
+    # which is ComfyUI's order and what /queue's numbers show.
+    fair_queue: bool = False
     allow_origins: frozenset[str] = frozenset()
     max_history: int = 10000
     max_attempts: int = 3
@@ -168,6 +171,7 @@ class ServerConfig:
             token=opt("token") or os.environ.get(TOKEN_ENV) or None,  # type: ignore[arg-type]
             max_upload_bytes=int(upload_mb * (1 << 20)),
             header_timeout=float(opt("header_timeout", 10.0)),  # type: ignore[arg-type]
+            fair_queue=bool(opt("fair_queue", False)),
             allow_origins=frozenset(origins),
             fsync=bool(opt("fsync", False)),
             interrupt_grace=float(opt("interrupt_grace", 3.0)),  # type: ignore[arg-type]
@@ -238,6 +242,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="close a connection whose request line and headers have not "
                         f"all arrived after this long ({MIN_HEADER_TIMEOUT:g}.."
                         f"{MAX_HEADER_TIMEOUT:g}; default: 10)")
+    parser.add_argument("--fair-queue", action="store_true",
+                        help="serve several clients' prompts round-robin (a shared "
+                        "server), not in submission order as ComfyUI does; /queue then "
+                        "lists by number, not in run order")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="also accept browser requests from this origin, e.g. a "
                         "dev server http://localhost:5173 (repeatable; or "

@@ -255,8 +255,8 @@ class PoolRuntime(Runtime):
         Returns the prompt and its client (whose turn the caller records)."""
         head = pending.head()
         assert head is not None  # take_pick asks only while prompts are pending
-        if head.number < 0:
-            return head, head.client_id
+        if head.number < 0 or not getattr(self.config, "fair_queue", False):
+            return head, head.client_id  # ComfyUI's order: by number (front first)
         firsts = pending.heads()
         if len(self._served) > MAX_CLIENTS:  # forget clients with nothing queued
             self._served = {c: t for c, t in self._served.items() if c in firsts}

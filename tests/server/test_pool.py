@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -141,9 +142,21 @@ def _queue(tmp_path: Path, items: list[QueueItem]) -> PromptQueue:
     return queue
 
 
+def test_submission_order_by_default_as_comfyui(tmp_path):
+    """Without --fair-queue prompts run by number, front first, whoever queued them:
+    the order /queue shows and ComfyUI keeps."""
+    runtime = PoolRuntime.__new__(PoolRuntime)
+    runtime._served, runtime.config = {}, SimpleNamespace(fair_queue=False)
+    queue = _queue(tmp_path, [_item(1, "a"), _item(2, "a"), _item(3, "b"), _item(-9, "c")])
+    order = [queue.take_pick(lambda p: runtime._fair(p)[0], timeout=0).prompt_id
+             for _ in range(4)]
+    assert order == ["p-9", "p1", "p2", "p3"]
+
+
 def test_fair_share_round_robins_clients_after_the_front_of_the_queue(tmp_path):
     runtime = PoolRuntime.__new__(PoolRuntime)
     runtime._served, runtime._ticks = {}, iter(range(1, 1000))
+    runtime.config = SimpleNamespace(fair_queue=True)  # --fair-queue
     queue = _queue(tmp_path, [_item(1, "a"), _item(2, "a"), _item(3, "a"), _item(4, "b"),
                               _item(5, "c"), _item(-9, "c")])
 
@@ -306,7 +319,8 @@ def test_a_prompt_goes_to_the_worker_that_holds_its_model(pool: LiveServer, loop
 
 
 @pytest.mark.slow
-def test_a_busy_client_does_not_starve_another(pool: LiveServer, loop):
+def test_a_busy_client_does_not_starve_another(pool: LiveServer, loop, monkeypatch):
+    monkeypatch.setattr(pool.state.runtime.config, "fair_queue", True)  # --fair-queue
     http = Http(pool.url, loop)
     a = [submit(http, probe(steps=20, seed=i), client="a") for i in range(6)]
     b = [submit(http, probe(steps=20, seed=100 + i), client="b") for i in range(2)]
