@@ -113,8 +113,18 @@ class _PackFailed(Exception):
 
 @dataclass
 class PackError:
+    """A pack that failed to load, or (``whole`` False) one of its nodes that was
+    skipped while the rest loaded."""
+
     pack: str
     message: str
+    whole: bool = True
+
+    def describe(self) -> str:
+        """One log line: what failed, and whether the pack's other nodes loaded."""
+        if self.whole:
+            return f"node pack {self.pack} failed to load: {self.message}"
+        return f"node pack {self.pack} loaded, but: {self.message}"
 
 
 @dataclass
@@ -163,14 +173,16 @@ class NodeRegistry:
 
     def _add_adapted(self, module: ModuleType, adapter: PackAdapter, label: str) -> int:
         classes, problems = adapter.node_classes(module)
-        self.errors.extend(PackError(label, message) for message in problems)
+        self.errors.extend(PackError(label, message, whole=False) for message in problems)
         count = 0
         for cls in classes:
             try:
                 self.register(cls)
                 count += 1
             except (TypeError, ValueError) as exc:  # one clash must not drop the pack
-                self.errors.append(PackError(label, f"{type(exc).__name__}: {exc}"))
+                kept = " (the one registered first is kept)" if cls.TYPE in self else ""
+                self.errors.append(PackError(label, f"node {cls.TYPE!r} skipped: {exc}{kept}",
+                                             whole=False))
         if adapter.setup not in self.setups:
             self.setups.append(adapter.setup)
         return count

@@ -270,7 +270,7 @@ class Runtime(abc.ABC):
         try:
             self.registry = self.registry_factory()
             for err in getattr(self.registry, "errors", []):
-                log.warning("node pack %s failed to load: %s", err.pack, err.message)
+                log.warning("%s", err.describe())
         except BaseException as exc:
             log.exception("failed to load node packs")
             self.load_error = f"{type(exc).__name__}: {exc}"

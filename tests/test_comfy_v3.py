@@ -634,3 +634,32 @@ def test_expansion_async_and_blocking(session: Session):
     blocked = session.run({"1": n("V3Gate", text="stop"), "2": n("V3Who", prompt=["1", 0]),
                            "3": n("V3Gate", text="go"), "4": n("V3Who", prompt=["3", 0])})
     assert "2" not in blocked.run.outputs and said(blocked, "4") == "go"
+
+
+def test_a_pack_node_of_a_built_in_type_is_skipped_not_a_failed_pack(tmp_path: Path):
+    """ComfyUI keeps its own node when a pack brings one of the same name; so do we, and
+    the message says the pack loaded (its other nodes are there)."""
+    import nodes.image
+    from comfy_compat import ADAPTER
+
+    ADAPTER.prepare()
+    (tmp_path / "dup_pack.py").write_text(
+        "class LoadImage:\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {}}\n"
+        "    RETURN_TYPES = ('INT',)\n"
+        "    FUNCTION = 'run'\n"
+        "    def run(self):\n"
+        "        return (1,)\n"
+        "class Mine(LoadImage):\n"
+        "    pass\n"
+        "NODE_CLASS_MAPPINGS = {'LoadImage': LoadImage, 'DupMine': Mine}\n")
+    registry = NodeRegistry()
+    registry.add_module(nodes.image)
+    registry.load_directory(tmp_path)
+    assert "DupMine" in registry and registry.get("LoadImage").__module__ == "nodes.image"
+    (error,) = registry.errors
+    assert not error.whole and error.describe().startswith("node pack ")
+    assert "loaded, but: node 'LoadImage' skipped" in error.describe()
+    assert "the one registered first is kept" in error.message
