@@ -12,7 +12,8 @@ WEB_SOURCES := $(shell find web/src web/index.html web/package.json web/package-
 
 venv: $(STAMP)
 
-# torch first and pinned: a bare torch requirement would pull a multi-GB CUDA build.
+# torch first and pinned, so the other requirements keep that build (pip takes the CPU
+# wheel from a CPU index when pip is configured with one; on PyPI alone torch is the CUDA build).
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

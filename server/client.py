@@ -16,9 +16,13 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from engine.autogrow import AUTOGROW
+from engine.comfy_workflow import DYNAMIC_COMBO, TRAILING_KEY, schema_inputs
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -47,8 +51,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         wf = Workflow.load(args.workflow, schemas)
         for warning in wf.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        inputs = _SchemaInputs(schemas) if args.set else None
         for item in args.set:
-            wf.set(*parse_override(item))
+            target, value = parse_override(item)
+            wf.set(target, value, inputs)  # run's check, with the server's schemas
     except (WorkflowFormatError, WorkflowInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -74,8 +80,8 @@ class SchemaFetchError(RuntimeError):
 
 class ServerSchemas(Mapping[str, Any]):
     """The server's ``/object_info``, fetched on first use: a ComfyUI UI-format file is
-    converted with the schemas of the server that will run it (API-format files and
-    our documents never touch it)."""
+    converted, and ``--set`` names are checked, with the schemas of the server that will
+    run it (an API-format file or our document without ``--set`` never touches it)."""
 
     def __init__(self, base: str, token: str | None):
         self.base, self.token = base, token
@@ -97,8 +103,8 @@ class ServerSchemas(Mapping[str, Any]):
                     info = json.loads(resp.read())
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 raise SchemaFetchError(f"cannot read the node schemas from {self.base} "
-                                       f"(needed to convert a ComfyUI UI-format workflow): "
-                                       f"{exc}") from exc
+                                       f"(needed to convert a ComfyUI UI-format workflow "
+                                       f"or check a --set input): {exc}") from exc
             if not isinstance(info, dict):
                 raise SchemaFetchError(f"{self.base}/object_info did not return an object")
             self._info = info
@@ -112,6 +118,54 @@ class ServerSchemas(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._load())
+
+
+@dataclass(frozen=True)
+class _SchemaNode:
+    """What :meth:`engine.session.Workflow.set` checks of a node class, from the server."""
+
+    TYPE: str
+    INPUT_SPECS: dict[str, None]
+
+
+class _SchemaInputs:
+    """The server's node types as ``Workflow.set`` reads a registry (``get(type)``), so
+    ``submit --set`` refuses an input the node does not have exactly as ``run`` does."""
+
+    def __init__(self, schemas: Mapping[str, Any]):
+        self.schemas = schemas
+
+    def get(self, type_id: str) -> _SchemaNode | None:
+        entry = self.schemas.get(type_id)
+        if not isinstance(entry, Mapping):
+            return None  # a type the server lacks: its validation says so
+        names = dict.fromkeys(_input_names(entry.get("input"), entry.get("input_order")))
+        trailing = entry.get(TRAILING_KEY)  # widgets the front end adds (Custom Combo's)
+        for widget in trailing if isinstance(trailing, list) else []:
+            if isinstance(widget, list) and widget and isinstance(widget[0], str):
+                names[widget[0]] = None
+        return _SchemaNode(type_id, names)
+
+
+def _input_names(inputs: Any, order: Any, prefix: str = "") -> Iterator[str]:
+    """An ``/object_info`` entry's input names as an API prompt spells them: a
+    DynamicCombo's options' inputs and an Autogrow's slots as ``"group.sub"``."""
+    for name, kind, options in schema_inputs(inputs, order):
+        if kind == AUTOGROW:
+            template = options.get("template")
+            template = template if isinstance(template, Mapping) else {}
+            slots = template.get("names")
+            if not isinstance(slots, list):
+                count = template.get("max")
+                slots = [f"{template.get('prefix', '')}{k}"
+                         for k in range(count if isinstance(count, int) else 0)]
+            yield from (f"{prefix}{name}.{slot}" for slot in slots)
+            continue
+        yield prefix + name
+        if kind == DYNAMIC_COMBO and isinstance(options.get("options"), list):
+            for option in options["options"]:
+                if isinstance(option, Mapping):
+                    yield from _input_names(option.get("inputs"), {}, f"{prefix}{name}.")
 
 
 class _Submit:
@@ -139,6 +193,7 @@ class _Submit:
                     if resp.status != 200:
                         return _rejected(resp.status, reply)
                 prompt_id = reply["prompt_id"]
+                _print_warnings(reply.get("warnings"))
                 try:
                     await self._follow(ws, prompt_id)
                 except asyncio.CancelledError:
@@ -217,6 +272,18 @@ def _rejected(status: int, reply: dict[str, Any]) -> int:
                   f"{err.get('details') or err.get('message')}",
                   file=sys.stderr)
     return EXIT_BAD_INPUT if status == 400 else EXIT_FAILED
+
+
+def _print_warnings(warnings: Any) -> None:
+    """The server's validation warnings (the prompt runs anyway), as ``run`` prints its
+    own: one ``warning:`` line each."""
+    from engine.validation import Issue, describe_issues
+
+    known = {f.name for f in fields(Issue)}
+    issues = [Issue(**{k: v for k, v in w.items() if k in known})
+              for w in warnings or [] if isinstance(w, dict) and {"kind", "message"} <= w.keys()]
+    for line in describe_issues(issues).splitlines():
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _describe_failure(messages: list[Any]) -> str:

@@ -327,8 +327,9 @@ def _upload_folder(root: Path, subfolder: str) -> Path:
 
 
 def sanitize_filename(name: str) -> str:
-    """A plain file name: no directories, control or shell-special characters, dotfiles,
-    at most MAX_NAME_BYTES of UTF-8 (:func:`fit_name`)."""
+    """A plain file name: no directories, control characters, Windows-reserved
+    characters (``<>:"|?*``) or leading dots, at most MAX_NAME_BYTES of UTF-8
+    (:func:`fit_name`)."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = _printable(name, _BAD_CHARS)
     name = name.strip().lstrip(".").strip()

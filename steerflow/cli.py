@@ -118,10 +118,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # `steerflow nodes | head`: the reader has gone. End quietly as a Unix tool does
+        # (killed by SIGPIPE), with stdout on devnull so the exit's flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """stdout is a pipe whose reader has gone (not some other broken pipe)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
+        return False
 
 
 def _check_custom_nodes(args: argparse.Namespace) -> str | None:
@@ -353,7 +374,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     for type_id, node in schema.items():
         print(f"{type_id:28} {node['category']:20} {node['display_name']}")
     for err in registry.errors:
-        print(f"warning: pack {err.pack} failed to load: {err.message}", file=sys.stderr)
+        print(f"warning: {err.describe()}", file=sys.stderr)
     return EXIT_OK
 
 

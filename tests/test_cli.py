@@ -227,3 +227,30 @@ def test_serve_refuses_a_bad_device_before_starting(tmp_path, option):
     assert len(lines) == 1 and lines[0].startswith(f"error: {option[-2]} "), lines
     assert "Steerflow server on" not in done.stdout
     assert not (tmp_path / "data").exists()  # nothing started
+
+
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path):
+    """``steerflow nodes --json | head -1``: no BrokenPipeError traceback; the exit status a
+    Unix tool killed by SIGPIPE gives (128 + 13)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "steerflow", "nodes", "--json",
+                             "--base-dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().strip() == b"{"  # ~600 KB follow: more than a pipe holds
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_broken_pipe_elsewhere_is_not_hidden(monkeypatch, capsys):
+    """Only stdout's closed reader is quiet: another BrokenPipeError still raises."""
+    from steerflow import cli
+
+    def broken(args):
+        raise BrokenPipeError("a socket")
+
+    monkeypatch.setitem(cli._COMMANDS, "nodes", broken)
+    with pytest.raises(BrokenPipeError, match="a socket"):
+        cli.main(["nodes"])

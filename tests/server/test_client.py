@@ -95,3 +95,46 @@ def test_submit_converts_comfyui_ui_format_with_the_servers_schemas(make_server,
     # Without the token the schemas cannot be read: a clear failure, not a traceback.
     assert cmd_submit(submit_args(server, workflow, out)) == 1
     assert "node schemas" in capsys.readouterr().err
+
+
+def test_submit_refuses_an_unknown_set_input_as_run_does(server: LiveServer, tmp_path, capsys):
+    """``--set 1.valuez=5`` is checked against the server's schemas: exit 2, one line naming
+    the input and the node type, and nothing is queued."""
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(image()))
+    out = tmp_path / "out"
+    assert cmd_submit(submit_args(server, workflow, out, "1.valuez=5")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: node 1 (TestImage) has no input 'valuez'; it has: value, preview"]
+    assert not out.exists()
+    assert cmd_submit(submit_args(server, workflow, out, "1.value=5")) == 0  # known: runs
+
+
+def test_submit_prints_the_servers_warnings(server: LiveServer, tmp_path, capsys):
+    """Warnings in the ``/prompt`` reply (the prompt runs anyway) come out as ``run``
+    prints its own: ``warning: [kind] node N: message`` on stderr."""
+    workflow = tmp_path / "wf.json"
+    prompt = image()
+    prompt["1"]["inputs"]["valuez"] = 5  # in the file: the server's validation warns
+    workflow.write_text(json.dumps(prompt))
+    assert cmd_submit(submit_args(server, workflow, tmp_path / "out")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("warning: [unknown_input] node 1: ") and "valuez" in warnings[0]
+
+
+def test_set_names_from_object_info_are_the_node_classes_inputs():
+    """The server's schema spells a DynamicCombo's inputs under its options, an Autogrow's
+    slots as one group and Custom Combo's options as trailing widgets: ``--set`` still
+    accepts exactly the names ``run`` accepts."""
+    from nodes.batch_grow import BatchImagesNode
+    from nodes.math_expression import ComfyMathExpression
+    from nodes.resize_image_mask import ResizeImageMaskNode
+    from nodes.utility_nodes import CustomCombo
+    from server.client import _SchemaInputs
+
+    for cls in (ResizeImageMaskNode, BatchImagesNode, ComfyMathExpression, CustomCombo):
+        node = _SchemaInputs({cls.TYPE: cls.schema(None)}).get(cls.TYPE)
+        assert node is not None and set(node.INPUT_SPECS) == set(cls.INPUT_SPECS), cls.TYPE
+    assert _SchemaInputs({}).get("Missing") is None
