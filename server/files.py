@@ -24,6 +24,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -445,6 +446,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # --- start-up clean-up ------------------------------------------------------------
+def _stored_files(env: Environment) -> Iterator[tuple[str, Path]]:
+    """``(role, path)`` of every file under the input, output, temp and models folders,
+    never through a symlinked folder."""
+    for role in (*ROLES, "models"):
+        root = env.folders.get(role)
+        if root is None or not root.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(root, followlinks=False):
+            for fname in files:
+                yield role, Path(dirpath, fname)
+
+
 def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]:
     """Delete what interrupted uploads and runs left; returns the paths removed.
 
@@ -459,19 +472,13 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
     """
     cutoff = time.time() - older_than
     removed: list[Path] = []
-    for role in (*ROLES, "models"):
-        root = env.folders.get(role)
-        if root is None or not root.is_dir():
-            continue
-        for dirpath, _dirs, files in os.walk(root, followlinks=False):
-            for fname in files:
-                path = Path(dirpath, fname)
-                if fname.startswith(TEMP_PREFIX) and role != "models":
-                    gone = _is_old_file(path, cutoff)
-                else:
-                    gone = _abandoned_write(path, fname)
-                if gone and _remove(path):
-                    removed.append(path)
+    for role, path in _stored_files(env):
+        if path.name.startswith(TEMP_PREFIX) and role != "models":
+            gone = _is_old_file(path, cutoff)
+        else:
+            gone = _abandoned_write(path, path.name)
+        if gone and _remove(path):
+            removed.append(path)
     temp = env.folders.get("temp")
     if temp is not None and temp.is_symlink():
         log.warning("temp folder %s is a symlink; not emptying it", temp)
@@ -526,18 +533,12 @@ def remove_writes_of(env: Environment, pid: int) -> list[Path]:
     otherwise left its half-written file until the next start. Never follows a symlink.
     """
     removed: list[Path] = []
-    for role in (*ROLES, "models"):
-        root = env.folders.get(role)
-        if root is None or not root.is_dir():
+    for _role, path in _stored_files(env):
+        match = _WRITE_TEMP.match(path.name)
+        if match is None or _writer_pid(match) != pid:
             continue
-        for dirpath, _dirs, files in os.walk(root, followlinks=False):
-            for fname in files:
-                match = _WRITE_TEMP.match(fname)
-                if match is None or _writer_pid(match) != pid:
-                    continue
-                path = Path(dirpath, fname)
-                if _is_old_file(path, time.time()) and _remove(path):
-                    removed.append(path)
+        if _is_old_file(path, time.time()) and _remove(path):
+            removed.append(path)
     if removed:
         log.info("removed %d temp file(s) of writes that worker process %d left: %s",
                  len(removed), pid, ", ".join(str(p) for p in removed[:3]))
