@@ -23,6 +23,17 @@ def graph(link_vae: bool) -> dict:
     }
 
 
+def captured_run(session: Session, prompt: dict, key: str):
+    """The decoded image (through a TestCapture node) and the run's warnings."""
+    from tests.graph_nodes import CAPTURED
+
+    prompt["cap"] = {"class_type": "TestCapture", "inputs": {"value": ["decode", 0],
+                                                             "key": key}}
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    return CAPTURED.pop(key), [d for name, d in result.events if name == "node_warning"]
+
+
 def test_decoding_an_8x_latent_with_a_4x_vae_warns_and_names_the_fix(tmp_path):
     session = Session(tmp_path, device="cpu")
     result = session.run(graph(link_vae=False), keep_events=True)
@@ -62,12 +73,8 @@ def test_a_sampler_remakes_an_empty_8x_latent_for_the_models_4x_vae(tmp_path):
         "scheduler": "normal", "positive": ["pos", 0], "negative": ["pos", 0],
         "latent_image": ["latent", 0], "denoise": 1.0}}
     prompt["decode"]["inputs"]["samples"] = ["ks", 0]
-    prompt["cap"] = {"class_type": "TestCapture", "inputs": {"value": ["decode", 0],
-                                                             "key": "refit"}}
-    result = session.run(prompt, keep_events=True)
-    assert result.ok, result.run.error
-    assert tuple(CAPTURED.pop("refit").shape) == (1, 64, 64, 3)
-    assert not [d for name, d in result.events if name == "node_warning"]
+    image, warnings = captured_run(session, prompt, "refit")
+    assert tuple(image.shape) == (1, 64, 64, 3) and not warnings
     # the same as linking the VAE in the first place
     prompt["latent"]["inputs"]["vae"] = ["ckpt", 2]
     prompt["cap"]["inputs"]["key"] = "linked"
@@ -103,7 +110,7 @@ def test_hires_fix_and_areas_on_the_4x_model_use_its_downscale_without_a_vae_lin
     """ComfyUI's hires fix (Upscale Latent with no vae, as every ComfyUI graph has it) on
     the built-in 4x model: the sampled latent knows its VAE, so 128x96 is 128x96 (it was
     a 64x48 picture); an unlinked Conditioning Set Area is divided the same way."""
-    from tests.graph_nodes import CAPTURED, registry_with_capture
+    from tests.graph_nodes import registry_with_capture
 
     session = Session(tmp_path, device="cpu", registry=registry_with_capture())
     prompt = graph(link_vae=False)
@@ -124,12 +131,8 @@ def test_hires_fix_and_areas_on_the_4x_model_use_its_downscale_without_a_vae_lin
     prompt["ks2"] = {"class_type": "KSampler", "inputs": {
         **sampler, "latent_image": ["up", 0], "denoise": 0.5, "positive": ["both", 0]}}
     prompt["decode"]["inputs"]["samples"] = ["ks2", 0]
-    prompt["cap"] = {"class_type": "TestCapture", "inputs": {"value": ["decode", 0],
-                                                             "key": "hires"}}
-    result = session.run(prompt, keep_events=True)
-    assert result.ok, result.run.error
-    assert tuple(CAPTURED.pop("hires").shape) == (1, 96, 128, 3)
-    assert not [d for name, d in result.events if name == "node_warning"]
+    image, warnings = captured_run(session, prompt, "hires")
+    assert tuple(image.shape) == (1, 96, 128, 3) and not warnings
 
 
 def test_an_unlinked_area_is_divided_by_the_runs_downscale():
