@@ -167,3 +167,36 @@ def test_ctrl_enter_keeps_the_node_just_clicked_selected(page, server):
     page.keyboard.press("Control+b")
     page.wait_for_function("() => window.steerflow.getDocument().prompt['2'].mode !== undefined",
                            timeout=5_000)
+
+
+def test_ctrl_z_on_a_combo_undoes_the_graph_edit_not_a_field_typed_before(page, server):
+    """The drill: Ctrl+Z with a select focused ran the browser's page-wide text undo (it
+    un-typed another field and recorded that as a new edit); a click on the empty canvas
+    kept the focus in the field being typed."""
+    c = Canvas(page)
+    c.open_file("keys.json", GRAPH)
+    expect(c.nodes()).to_have_count(3)
+    b = c.widget("2", "b")
+    b.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("7")
+    box = c.pane_box()
+    page.mouse.click(box["x"] + box["width"] - 30, box["y"] + 30)  # empty canvas
+    assert page.evaluate("() => document.activeElement.tagName") == "BODY"
+    page.wait_for_timeout(400)  # the typed value is its own undo step
+    op = c.widget("2", "op")
+    before = c.document()["prompt"]["2"]["inputs"]["op"]
+    op.focus()
+    page.keyboard.press("ArrowDown")
+    page.wait_for_timeout(400)
+    assert c.document()["prompt"]["2"]["inputs"]["op"] != before
+    page.keyboard.press("Control+z")
+    page.wait_for_timeout(400)
+    inputs = c.document()["prompt"]["2"]["inputs"]
+    assert (inputs["op"], inputs["b"]) == (before, 7)
+    page.keyboard.press("Control+z")  # then the typed value, and Redo puts it back
+    page.wait_for_timeout(400)
+    assert c.document()["prompt"]["2"]["inputs"]["b"] == 4
+    page.keyboard.press("Control+y")
+    page.wait_for_timeout(400)
+    assert c.document()["prompt"]["2"]["inputs"]["b"] == 7

@@ -29,6 +29,7 @@ import { restoreResults, watchInFlight } from "./editor/restoreResults";
 import { Toasts, useToasts } from "./editor/Toasts";
 import { Toolbar } from "./editor/Toolbar";
 import { TooltipLayer } from "./editor/Tooltips";
+import { useClipboard } from "./editor/useClipboard";
 import { useEditCommands } from "./editor/useEditCommands";
 import { useFeedback } from "./editor/useFeedback";
 import { asFit, tabSaves, useGraphStore } from "./editor/useGraphStore";
@@ -38,14 +39,15 @@ import { useMinimapPan } from "./editor/useMinimapPan";
 import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
 import { useRefitOnResize } from "./editor/useRefitOnResize";
-import { useShortcuts } from "./editor/useShortcuts";
+import { blurFocusedField, isEditable, useShortcuts } from "./editor/useShortcuts";
 import { useSpacePan } from "./editor/useSpacePan";
 import { queuedPrompt } from "./lib/dynamicprompts";
 import { stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
-import { carriesWorkflow, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
+import { carriesWorkflow, imageUploadInput, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
 import { lowDetail } from "./lib/layout";
 import { missingModels, missingModelsText } from "./lib/missingmodels";
+import { graphPromptOf } from "./lib/history";
 import { lightboxSet } from "./lib/lightbox";
 import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } from "./lib/load";
 import { type ImageRef, RunStore } from "./lib/runstore";
@@ -54,6 +56,8 @@ import { SidePanel } from "./panels/SidePanel";
 import type { TabToggle } from "./lib/sidepanel";
 
 const DEFAULT_WORKFLOW = "txt2img.json";
+/** The node a pasted image goes into when no Load Image is selected (the first this server has). */
+const LOAD_IMAGE_TYPES = ["LoadImage"];
 /** This tab's training loss curves, kept in sessionStorage over a reload. */
 const LOSS_CURVES_KEY = "steerflow.lossCurves";
 
@@ -339,8 +343,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         if (saved.from === "tab") store.restoreLossCurves(takeLossCurves());
         // the results shown before the reload, from the server's history; the graph's prompts
         // still queued or running (another tab's, e.g. one closed meanwhile) when they finish
-        const watch = watchInFlight(store, () => g.state.current.nodes.map((n) => ({ id: n.id, type: n.data.type })));
-        void watch.ready.then(() => restoreResults(store, graph.nodes)).catch(() => undefined);
+        // (only outputs of prompts that ran this graph: node ids start at 1 again after a Clear)
+        const watch = watchInFlight(store, () => g.state.current.nodes.map((n) => ({ id: n.id, type: n.data.type })),
+          undefined, undefined, () => graphPromptOf(currentGraph(), defsRef.current));
+        void watch.ready.then(() => restoreResults(store, graph.nodes, undefined, graphPromptOf(graph, defsRef.current)))
+          .catch(() => undefined);
         stopWatch.current = watch.stop;
       } catch {
         tabs.forget(saved.id);
@@ -388,13 +395,19 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
    * node is the one selected, when the image carries no workflow) is uploaded into it, as
    * its Upload button does; anything else is opened as a workflow.
    */
-  const dropFile = useCallback(async (file: File, onNodeId: string | null) => {
+  const dropFile = useCallback(async (file: File, onNodeId: string | null, pasted = false) => {
     if (!isImageFile(file)) return loadFile(file);
     const refs = g.state.current.nodes.map((n) => ({ id: n.id, type: n.data.type, selected: n.selected }));
     let target = uploadTargetOf(refs.find((n) => n.id === onNodeId), defsRef.current);
     if (!target) {
       if (await carriesWorkflow(new Uint8Array(await file.arrayBuffer()))) return loadFile(file);
       target = selectedUploadTarget(refs, defsRef.current);
+      // a pasted image with no Load Image selected gets a new one at the pointer, as in ComfyUI
+      const loader = pasted && !target ? LOAD_IMAGE_TYPES.find((t) => imageUploadInput(defsRef.current.get(t))) : undefined;
+      if (loader) {
+        const at = mouse.current ?? rf.screenToFlowPosition({ x: window.innerWidth / 2, y: window.innerHeight / 2 });
+        target = { node: linking.addNodeAt(loader, at), input: imageUploadInput(defsRef.current.get(loader))! };
+      }
       if (!target) {
         notify(`${file.name} carries no workflow to open: drop it onto a Load Image node to use it there`, "error");
         return;
@@ -408,7 +421,17 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     } catch (e) {
       notify(`Cannot upload ${file.name}: ${(e as Error).message}`, "error");
     }
-  }, [g.state, defsRef, loadFile, notify, api]);
+  }, [g.state, defsRef, loadFile, notify, api, mouse, rf, linking]);
+
+  // Ctrl+V from the system clipboard: an image, a workflow's JSON, or the nodes copied here
+  const pasteKey = useClipboard({
+    paused: () => !!linking.palette || !!menu || !!openingRef.current || confirmClear || !!lightbox,
+    takeCopied: edit.takeCopied,
+    pasteNodes: () => edit.paste(false),
+    pasteClip: edit.pasteClip,
+    pasteImage: (file) => void dropFile(file, null, true),
+    openWorkflow: (workflow) => void loadObject(workflow, "pasted workflow"),
+  });
 
   const save = useCallback(() => {
     downloadJson(g.docName || "workflow", graphToDocument(currentGraph(), defsRef.current));
@@ -453,7 +476,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     undo: g.undo,
     redo: g.redo,
     copy: edit.copy,
-    paste: edit.paste,
+    // Ctrl+V waits for its paste event (editor/useClipboard.ts); Ctrl+Shift+V keeps the input links
+    paste: (withInputs: boolean) => (withInputs ? edit.paste(true) : pasteKey()),
     selectAll: edit.selectAll,
     toggleMode: (mode: "muted" | "bypass") => edit.toggleMode(mode),
     group: () => void groupSelection(g),
@@ -467,7 +491,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       notify("Refreshing the node definitions…");
     },
     deleteLink: edit.removeLink,
-  }), [queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs]);
+  }), [queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs, pasteKey]);
   // a menu, the palette, a modal dialog or a workflow being opened has the keyboard: only the global keys
   useShortcuts(shortcuts, !!linking.palette || !!menu || !!opening || confirmClear || !!lightbox);
 
@@ -533,6 +557,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             }}
             onMouseMove={(e) => {
               pointer.current = { x: e.clientX, y: e.clientY };
+            }}
+            // a press on the canvas outside the nodes (empty canvas, a link, the minimap) leaves the
+            // widget being edited, as in ComfyUI (React Flow's pan handler keeps the focus where it
+            // was): Ctrl+Z, Delete, P... go to the graph again
+            onPointerDownCapture={(e) => {
+              const t = e.target as Element;
+              if (t.closest?.(".react-flow") && !t.closest(".react-flow__node") && !isEditable(t)) blurFocusedField();
             }}
           >
             <ReactFlow<SfFlowNode, SfEdge>

@@ -8,6 +8,7 @@ import { useEffect, useMemo, useRef, useState } from "react";
 import type { Defs } from "../lib/schema";
 import { VIRTUAL_DEFS } from "../lib/reroute";
 import { popularity, searchDefs } from "../lib/search";
+import { type Point, pointerMoved } from "../lib/hover";
 
 /**
  * What a dropped link fits: node type → the input (or output) it would link to; `last`: the
@@ -29,6 +30,8 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
   const [active, setActive] = useState(0);
   const inputRef = useRef<HTMLInputElement>(null);
   const listRef = useRef<HTMLUListElement>(null);
+  /** Where the pointer was last seen over the list (first: where the palette opened, the pointer's place). */
+  const pointer = useRef<Point | null>(at ?? null);
   const only = useMemo(() => (filter ? new Set(filter.types.keys()) : undefined), [filter]);
   // the registry's nodes and the canvas-only ones (reroute, note)
   const all = useMemo(() => new Map([...defs, ...VIRTUAL_DEFS.map((d) => [d.type, d] as const)]), [defs]);
@@ -96,7 +99,12 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
                   data-index={i}
                   data-type={d.type}
                   className={`sf-palette-item${i === active ? " active" : ""}`}
-                  onMouseEnter={() => setActive(i)}
+                  // only a real move selects the row under the pointer: the list opens under
+                  // a still pointer (a dropped link), and Enter must add the first entry
+                  onMouseMove={(e) => {
+                    if (pointerMoved(pointer.current, e.clientX, e.clientY) && i !== active) setActive(i);
+                    pointer.current = { x: e.clientX, y: e.clientY };
+                  }}
                   onClick={() => onPick(d.type)}
                   title={d.description}
                 >

@@ -6,7 +6,7 @@
  */
 
 import { getHistory, getQueue, type HistoryEntry, type QueueItem } from "../api";
-import { outputsForGraph } from "../lib/history";
+import { type GraphPrompt, outputsForGraph } from "../lib/history";
 import type { GalleryItem, RunStore } from "../lib/runstore";
 
 const HISTORY_ITEMS = 50;
@@ -34,20 +34,26 @@ export function promptOfGraph(prompt: unknown, nodes: readonly NodeRef[]): boole
   return nodes.some((n) => p[n.id]?.class_type === n.type);
 }
 
-export async function restoreResults(store: RunStore, nodes: NodeRef[], api: Api = serverApi): Promise<void> {
+/**
+ * Put the newest outputs of the open graph back on its nodes. `graph`: its prompt, so that
+ * only outputs of prompts that ran this graph are put back (lib/history.ts's outputsForGraph).
+ */
+export async function restoreResults(store: RunStore, nodes: NodeRef[], api: Api = serverApi,
+  graph?: GraphPrompt): Promise<void> {
   const entries = await api.getHistory(HISTORY_ITEMS); // newest first
-  store.restoreResults(outputsForGraph(entries, nodes), galleryOf(entries));
+  store.restoreResults(outputsForGraph(entries, nodes, graph), galleryOf(entries));
 }
 
 /**
  * Watch the prompts of the graph that are queued or running now; each one that leaves the
  * queue gets its outputs restored from /history (over older results; not over what ran in
  * this page since). Reads the queue at each queue change the store sees and every few
- * seconds while any is left. `nodes` gives the open graph's nodes when a prompt finishes.
+ * seconds while any is left. `nodes` gives the open graph's nodes when a prompt finishes,
+ * `graph` its prompt (only outputs of that graph are put back).
  * Returns a function that stops watching.
  */
 export function watchInFlight(store: RunStore, nodes: () => NodeRef[], api: Api = serverApi,
-  pollMs = WATCH_POLL_MS): { stop(): void; ready: Promise<void>; check(): Promise<void> } {
+  pollMs = WATCH_POLL_MS, graph?: () => GraphPrompt): { stop(): void; ready: Promise<void>; check(): Promise<void> } {
   const watched = new Set<string>();
   let stopped = false;
   let busy: Promise<void> | null = null;
@@ -74,7 +80,7 @@ export function watchInFlight(store: RunStore, nodes: () => NodeRef[], api: Api 
     // a prompt not in the history yet (it is being written) is looked at again next time
     const done = new Set(entries.map((e) => e.promptId));
     for (const id of done) watched.delete(id);
-    if (entries.length) store.restoreResults(outputsForGraph(entries, nodes()), galleryOf(entries), { newer: true });
+    if (entries.length) store.restoreResults(outputsForGraph(entries, nodes(), graph?.()), galleryOf(entries), { newer: true });
     if (!watched.size) stop();
   };
 

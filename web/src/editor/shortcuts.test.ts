@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { afterToggle } from "../lib/sidepanel";
 import { toggledFlag } from "./useEditCommands";
-import { commandFor, focusedLinkId, isGlobal, type KeyInfo, SHORTCUTS } from "./useShortcuts";
+import { commandFor, fieldKeepsKey, focusedLinkId, isGlobal, isTextEntry, type KeyInfo, SHORTCUTS, strayHistoryEdit } from "./useShortcuts";
 import { pannedViewport } from "./useSpacePan";
 
 const CODES: Record<string, string> = { ".": "Period", "=": "Equal", "-": "Minus", "?": "Slash", Enter: "Enter" };
@@ -138,5 +138,51 @@ describe("afterToggle (Q, H)", () => {
 describe("pannedViewport", () => {
   it("moves the view with the pointer at any zoom", () => {
     expect(pannedViewport({ x: 10, y: -5, zoom: 0.5 }, 30, -20)).toEqual({ x: 40, y: -25, zoom: 0.5 });
+  });
+});
+
+/** A stand-in for a focused element (tests run without a DOM). */
+function el(tagName: string, opts: { type?: string; className?: string; editable?: boolean } = {}): EventTarget {
+  const classes = new Set((opts.className ?? "").split(" ").filter(Boolean));
+  return { tagName, type: opts.type ?? "", isContentEditable: !!opts.editable,
+    classList: { contains: (c: string) => classes.has(c) } } as unknown as EventTarget;
+}
+
+describe("which keys a focused widget keeps (ComfyUI: a text field its own, the rest the graph's)", () => {
+  const textarea = el("TEXTAREA");
+  const line = el("INPUT", { type: "text" });
+  const select = el("SELECT");
+  const checkbox = el("INPUT", { type: "checkbox" });
+  const number = el("INPUT", { type: "text", className: "nodrag sf-number-drag" });
+  const key = (combo: string) => {
+    const k = press(combo);
+    return [commandFor(k)!, k] as const;
+  };
+
+  it("gives Ctrl+Z / Ctrl+Y on a combo, a checkbox or a number widget to the graph", () => {
+    for (const target of [select, checkbox, number]) {
+      for (const combo of ["Ctrl+z", "Ctrl+y", "Ctrl+Shift+Z"]) expect(fieldKeepsKey(...key(combo), target), combo).toBe(false);
+    }
+    expect(fieldKeepsKey(...key("Ctrl+z"), null)).toBe(false);
+  });
+
+  it("leaves Ctrl+Z and the other editing keys to a text field being edited", () => {
+    for (const target of [textarea, line, el("DIV", { editable: true })]) {
+      for (const combo of ["Ctrl+z", "Ctrl+y", "Ctrl+a", "Ctrl+v", "p"]) expect(fieldKeepsKey(...key(combo), target), combo).toBe(true);
+    }
+    // a number widget being typed keeps select-all and paste (click, Ctrl+A, type)
+    expect(fieldKeepsKey(...key("Ctrl+a"), number)).toBe(true);
+    expect(fieldKeepsKey(...key("Ctrl+v"), number)).toBe(true);
+    // a single key on a select picks a choice by its first letter
+    expect(fieldKeepsKey(...key("p"), select)).toBe(true);
+    expect(isTextEntry(select)).toBe(false);
+    expect(isTextEntry(line)).toBe(true);
+  });
+
+  it("refuses the browser's undo of another field than the one being edited", () => {
+    expect(strayHistoryEdit("historyUndo", textarea, line as Element)).toBe(true);
+    expect(strayHistoryEdit("historyRedo", textarea, null)).toBe(true);
+    expect(strayHistoryEdit("historyUndo", textarea, textarea as Element)).toBe(false);
+    expect(strayHistoryEdit("insertText", textarea, line as Element)).toBe(false);
   });
 });

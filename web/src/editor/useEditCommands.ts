@@ -1,6 +1,6 @@
 /** Edits on the selection: copy, paste, select all, mute / bypass, pin / collapse, clone, remove. */
 
-import { useCallback } from "react";
+import { useCallback, useRef } from "react";
 import { graphToFlow } from "../canvas/flow";
 import { type GraphLink, type GraphNode, type NodeMode, pasteNodes } from "../lib/graph";
 import { estimateNodeHeight, NODE_HEIGHT, NODE_WIDTH, pasteOffset } from "../lib/layout";
@@ -93,12 +93,29 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     return ids;
   }, [currentGraph, defsRef, mouse, setEdges, setNodes, state]);
 
+  /** The nodes the Ctrl+C being handled copied: the `copy` event after it puts them on the system clipboard too. */
+  const justCopied = useRef<Clip | null>(null);
   const copy = useCallback(() => {
     const clip = clipOf();
     if (!clip) return;
     localStorage.setItem(CLIPBOARD_KEY, JSON.stringify(clip));
+    justCopied.current = clip;
+    setTimeout(() => (justCopied.current = null)); // the copy event comes in the same task as the key
     notify(`Copied ${clip.nodes.length} node${clip.nodes.length === 1 ? "" : "s"}`);
   }, [clipOf, notify]);
+  /** The nodes the key press just copied, taken once (null: the copy was not ours, e.g. a label's text). */
+  const takeCopied = useCallback((): Clip | null => {
+    const clip = justCopied.current;
+    justCopied.current = null;
+    return clip;
+  }, []);
+
+  /** Paste nodes copied on the canvas that came back through the system clipboard. */
+  const pasteClip = useCallback((clip: unknown) => {
+    const c = clip as Clip | null;
+    if (!c || !Array.isArray(c.nodes) || !c.nodes.length || !Array.isArray(c.links)) return;
+    insertClip(c, false);
+  }, [insertClip]);
 
   /** Paste the copied nodes; `withInputs` (Ctrl+Shift+V) also keeps the links into them. */
   const paste = useCallback((withInputs = false) => {
@@ -153,5 +170,5 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
   /** Remove one link (a link that has the keyboard focus, on Delete). */
   const removeLink = useCallback((id: string) => setEdges((es) => es.filter((e) => e.id !== id)), [setEdges]);
 
-  return { copy, paste, clone, remove, selectAll, toggleMode, toggleFlag, removeLink };
+  return { copy, takeCopied, paste, pasteClip, clone, remove, selectAll, toggleMode, toggleFlag, removeLink };
 }

@@ -11,7 +11,7 @@ export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
   ["Ctrl+Alt+Enter", "Interrupt the running prompt"],
   ["Ctrl+S / Ctrl+O", "Save / open a workflow file"],
   ["Ctrl+Z / Ctrl+Y (Ctrl+Shift+Z)", "Undo / redo"],
-  ["Ctrl+C / Ctrl+V", "Copy / paste the selected nodes"],
+  ["Ctrl+C / Ctrl+V", "Copy / paste the selected nodes (Ctrl+V also pastes an image or a workflow's JSON)"],
   ["Ctrl+Shift+V", "Paste, keeping the links into the pasted nodes"],
   ["Ctrl+A", "Select every node"],
   ["Ctrl+G", "Group the selected nodes"],
@@ -97,7 +97,9 @@ export function commandFor(e: KeyInfo): Command | null {
 
 /** Keys whose browser default (print, bookmark, history...) the command replaces. */
 function keepsDefault(c: Command): boolean {
-  return c === "copy"; // Ctrl+C also copies selected text (a node's label, a toast)
+  // Ctrl+C also copies selected text (a node's label, a toast) and puts copied nodes on the
+  // system clipboard; Ctrl+V's paste event brings what the clipboard holds (editor/useClipboard.ts)
+  return c === "copy" || c === "paste";
 }
 
 export type ShortcutActions = {
@@ -159,6 +161,57 @@ export function isEditable(target: EventTarget | null): boolean {
   return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || el.isContentEditable;
 }
 
+/** Input types that are no text: a key with Ctrl on them means nothing to them. */
+const NOT_TEXT = new Set(["checkbox", "radio", "range", "color", "file", "button", "submit", "reset", "image"]);
+
+/**
+ * Whether `target` is a text field being edited, whose own undo, select-all, copy and paste
+ * Ctrl+Z / A / C / V are. A select, a checkbox, a slider or a number widget (ComfyUI's are
+ * no text fields: typing one is an edit of the graph) is not: those keys go to the graph.
+ */
+export function isTextEntry(target: EventTarget | null): boolean {
+  const el = target as HTMLElement | null;
+  if (!el || !el.tagName) return false;
+  if (el.tagName === "TEXTAREA" || el.isContentEditable) return true;
+  if (el.tagName !== "INPUT") return false;
+  return !NOT_TEXT.has(((el as HTMLInputElement).type || "text").toLowerCase());
+}
+
+/** A number widget's field (canvas/widgets.tsx): each keystroke is a graph edit already. */
+function isNumberWidget(target: EventTarget | null): boolean {
+  return !!(target as HTMLElement | null)?.classList?.contains("sf-number-drag");
+}
+
+/**
+ * Whether the key press is the focused field's own (the canvas leaves it alone): any
+ * command in a text field, but for Ctrl+Z / Ctrl+Y in a number widget, which are the
+ * graph's as in ComfyUI (its number widgets are no text fields); a single key (P, Q, ".")
+ * in any form control too, where it picks a choice by its first letter. Ctrl commands on a
+ * select or a checkbox are the graph's: ComfyUI's combos take no keyboard focus.
+ */
+export function fieldKeepsKey(c: Command, e: KeyInfo, target: EventTarget | null): boolean {
+  if (isTextEntry(target)) return !((c === "undo" || c === "redo") && isNumberWidget(target));
+  return !(e.ctrlKey || e.metaKey) && isEditable(target);
+}
+
+/**
+ * A browser undo or redo (`beforeinput` of type historyUndo / historyRedo) that would change
+ * another field than the one being edited. The browser keeps one undo list for the whole
+ * page: once the focused field has nothing left to undo, Ctrl+Z went on into fields of other
+ * nodes, moving the focus there, and each such change reached the graph as a new edit, so
+ * the graph's own history filled with steps the user never made (its Undo then put the
+ * values back one by one, as a redo would).
+ */
+export function strayHistoryEdit(inputType: string, target: EventTarget | null, active: Element | null): boolean {
+  return (inputType === "historyUndo" || inputType === "historyRedo") && target !== active;
+}
+
+/** Leave the focused form control, as a press on ComfyUI's canvas does: the keys go to the graph again. */
+export function blurFocusedField(doc: Document = document): void {
+  const el = doc.activeElement as HTMLElement | null;
+  if (el && isEditable(el)) el.blur();
+}
+
 /** The id of the link (React Flow edge) that has the keyboard focus, if one has. */
 export function focusedLinkId(active: Element | null): string | null {
   const edge = active?.closest?.(".react-flow__edge");
@@ -172,13 +225,18 @@ export function useShortcuts(a: ShortcutActions, paused: boolean): void {
       if (maskEditorOpen()) return; // it has the keyboard: none reaches the graph under it
       const c = commandFor(e);
       if (!c) return;
-      if (!isGlobal(c) && (isEditable(e.target) || paused)) return;
+      if (!isGlobal(c) && (fieldKeepsKey(c, e, e.target) || paused)) return;
       if (e.repeat && c !== "zoomIn" && c !== "zoomOut" && c !== "undo" && c !== "redo") {
         if (!keepsDefault(c)) e.preventDefault();
         return; // a held key acts once (a held Q would open and close the panel)
       }
       if (!keepsDefault(c)) e.preventDefault();
+      // a number widget or a select keeps no text of its own to show the undone value in
+      if (c === "undo" || c === "redo") blurFocusedField();
       run(a, c);
+    };
+    const onBeforeInput = (e: InputEvent) => {
+      if (strayHistoryEdit(e.inputType, e.target, document.activeElement)) e.preventDefault();
     };
     // Delete on a focused link removes that link alone: caught before React Flow's own
     // Delete (on the document), which would remove the selected nodes instead.
@@ -202,10 +260,12 @@ export function useShortcuts(a: ShortcutActions, paused: boolean): void {
       if (!e.repeat) run(a, c);
     };
     window.addEventListener("keydown", onKey);
+    window.addEventListener("beforeinput", onBeforeInput, true);
     window.addEventListener("keydown", onDelete, true);
     window.addEventListener("keydown", onEnter, true);
     return () => {
       window.removeEventListener("keydown", onKey);
+      window.removeEventListener("beforeinput", onBeforeInput, true);
       window.removeEventListener("keydown", onDelete, true);
       window.removeEventListener("keydown", onEnter, true);
     };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDuration, outputsForGraph, promptExcerpt, timing } from "./history";
+import { formatDuration, outputsForGraph, promptExcerpt, timing, upstreamSignature } from "./history";
 
 const entry = (promptId: string, prompt: Record<string, unknown>, outputs: Record<string, unknown>) =>
   ({ promptId, prompt, outputs, messages: [], status: "success" }) as Parameters<typeof outputsForGraph>[0][number];
@@ -38,5 +38,44 @@ describe("history", () => {
       { id: "5", type: "ShowText" }, { id: "1", type: "SaveImage" }]);
     expect(got.map((g) => [g.node, g.promptId])).toEqual([["7", "a"], ["9", "b"], ["5", "b"]]);
     expect(got[1].output.images![0].filename).toBe("b.png");
+  });
+
+  it("puts back only outputs of prompts that ran this graph, not another's with the same node id and type", () => {
+    const img = (f: string) => ({ images: [{ filename: f, type: "output" }] });
+    // graph A ran: Load Image → Save Image (#2); after Clear, graph B has Save Image #2 unlinked
+    const ranA = { "1": { class_type: "LoadImage", inputs: { image: "cat.png" } },
+      "2": { class_type: "SaveImage", inputs: { images: ["1", 0], filename_prefix: "graphA" } } };
+    const entries = [entry("a", ranA, { "2": img("graphA_00001_.png") })];
+    const graphB = { "1": { class_type: "EmptyLatentImage", inputs: { width: 512, height: 512, batch_size: 1 } },
+      "2": { class_type: "SaveImage", inputs: { filename_prefix: "ComfyUI" } } };
+    const nodes = [{ id: "1", type: "EmptyLatentImage" }, { id: "2", type: "SaveImage" }];
+    expect(outputsForGraph(entries, nodes, { prompt: graphB })).toEqual([]);
+    // the same wiring with another upstream value is another graph's result too
+    const otherImage = { ...ranA, "1": { class_type: "LoadImage", inputs: { image: "dog.png" } } };
+    expect(outputsForGraph(entries, [{ id: "2", type: "SaveImage" }], { prompt: otherImage })).toEqual([]);
+    // graph A itself gets it back
+    expect(outputsForGraph(entries, [{ id: "2", type: "SaveImage" }], { prompt: ranA }).map((g) => g.promptId)).toEqual(["a"]);
+  });
+
+  it("compares with the editor's prompt of the entry (its {a|b} unpicked) and ignores seeds that change after each run", () => {
+    const img = { images: [{ filename: "x.png", type: "output" }] };
+    const typed = { "3": { class_type: "KSampler", inputs: { seed: 5, positive: ["6", 0] } },
+      "6": { class_type: "CLIPTextEncode", inputs: { text: "a {red|blue} ball" } },
+      "9": { class_type: "SaveImage", inputs: { images: ["3", 0] } } };
+    const ran = { ...typed, "6": { class_type: "CLIPTextEncode", inputs: { text: "a red ball" } } };
+    const e = { ...entry("p", ran, { "9": img }), extra: { extra_pnginfo: { workflow: { prompt: typed } } } };
+    // the seed was randomized after the run: the open graph has another one
+    const now = { ...typed, "3": { class_type: "KSampler", inputs: { seed: "18446744073709551615", positive: ["6", 0] } } };
+    const nodes = [{ id: "9", type: "SaveImage" }];
+    expect(outputsForGraph([e], nodes, { prompt: now, volatile: new Set(["3.seed"]) })).toHaveLength(1);
+    expect(outputsForGraph([e], nodes, { prompt: now })).toEqual([]);
+  });
+
+  it("reads a node's upstream whatever its ids, exact for 64-bit numbers, and survives a cycle", () => {
+    const a = { "5": { class_type: "A", inputs: { v: 1 } }, "9": { class_type: "B", inputs: { x: ["5", 0] } } };
+    const b = { "1": { class_type: "A", inputs: { v: "1" } }, "9": { class_type: "B", inputs: { x: ["1", 0] } } };
+    expect(upstreamSignature(a, "9")).toBe(upstreamSignature(b, "9"));
+    const cyc = { "1": { class_type: "A", inputs: { x: ["2", 0] } }, "2": { class_type: "A", inputs: { x: ["1", 0] } } };
+    expect(upstreamSignature(cyc, "1")).toContain("?");
   });
 });

@@ -4,7 +4,9 @@
  * (so results survive a reload, a second tab, or a fully cached re-queue).
  */
 
+import { type Graph, graphToDocument } from "./graph";
 import type { ImageRef } from "./runstore";
+import type { Defs } from "./schema";
 
 export type HistoryOutput = { images?: ImageRef[]; text?: unknown[] };
 
@@ -12,6 +14,8 @@ export type HistoryOutput = { images?: ImageRef[]; text?: unknown[] };
 export type HistoryLike = {
   promptId: string;
   prompt?: unknown;
+  /** The prompt's extra_data (Steerflow's queue puts the editor's document in extra_pnginfo.workflow). */
+  extra?: Record<string, unknown>;
   outputs: Record<string, HistoryOutput>;
   messages: unknown[];
   status: string;
@@ -61,17 +65,82 @@ function classOf(prompt: unknown, node: string): string | undefined {
 }
 
 /**
- * For each node of the open graph, its newest past output: from the newest entry
- * whose prompt had a node of the same id and type with an output. `entries` newest
- * first. Returns them oldest first, so replaying them leaves the newest on top.
+ * The open graph, as a prompt (its document's: inputs linked to their real sources), to tell
+ * its outputs from those of other graphs with nodes of the same id and type (ids start at 1
+ * again after a Clear). `volatile`: "node.input" values that change after each run by
+ * themselves (a seed with control_after_generate), left out of the comparison.
  */
-export function outputsForGraph(entries: readonly HistoryLike[], nodes: readonly { id: string; type: string }[]):
-  { node: string; output: HistoryOutput; promptId: string }[] {
+export type GraphPrompt = { prompt: Record<string, unknown>; volatile?: ReadonlySet<string> };
+
+/** The open graph's prompt for `outputsForGraph`: its seeds that change after each run are volatile. */
+export function graphPromptOf(graph: Graph, defs: Defs): GraphPrompt {
+  const volatile = new Set<string>();
+  for (const n of graph.nodes) {
+    for (const [input, mode] of Object.entries(n.control ?? {})) if (mode !== "fixed") volatile.add(`${n.id}.${input}`);
+  }
+  return { prompt: graphToDocument(graph, defs).prompt, volatile };
+}
+
+/** A value as text for comparing: 64-bit seeds come as a number from one side and a string or bigint from the other. */
+function valueText(v: unknown): string {
+  if (typeof v === "number" || typeof v === "bigint") return `#${String(v)}`;
+  if (typeof v === "string") return /^-?\d+$/.test(v) ? `#${v}` : JSON.stringify(v);
+  return JSON.stringify(v, (_k, x: unknown) => (typeof x === "bigint" ? String(x) : x)) ?? "null";
+}
+
+function isLinkValue(v: unknown): v is [string | number, number] {
+  return Array.isArray(v) && v.length === 2 && (typeof v[0] === "string" || typeof v[0] === "number") && typeof v[1] === "number";
+}
+
+/**
+ * What node `id` of `prompt` computes: its type, its values and, through its links, what each
+ * upstream node computes (node ids left out). Equal for two prompts when that node would
+ * make the same output in both, but for the `volatile` values.
+ */
+export function upstreamSignature(prompt: unknown, id: string, volatile?: ReadonlySet<string>): string {
+  const p = (prompt ?? {}) as Record<string, { class_type?: unknown; inputs?: Record<string, unknown> } | undefined>;
+  const memo = new Map<string, string>();
+  const sig = (node: string, path: Set<string>): string => {
+    const known = memo.get(node);
+    if (known !== undefined) return known;
+    const n = p[node];
+    if (!n || path.has(node)) return "?";
+    path.add(node);
+    const parts = Object.keys(n.inputs ?? {}).sort().flatMap((name) => {
+      const v = n.inputs![name];
+      if (isLinkValue(v)) return [`${name}<${sig(String(v[0]), path)}.${v[1]}`];
+      return volatile?.has(`${node}.${name}`) ? [] : [`${name}=${valueText(v)}`];
+    });
+    path.delete(node);
+    const out = `${String(n.class_type)}(${parts.join(",")})`;
+    memo.set(node, out);
+    return out;
+  };
+  return sig(id, new Set());
+}
+
+/** The prompt an entry ran as the editor had it (before `{a|b}` picks), else the prompt the server ran. */
+function editorPrompt(e: HistoryLike): unknown {
+  const doc = (e.extra?.extra_pnginfo as { workflow?: { prompt?: unknown } } | undefined)?.workflow;
+  return doc?.prompt && typeof doc.prompt === "object" ? doc.prompt : e.prompt;
+}
+
+/**
+ * For each node of the open graph, its newest past output: from the newest entry
+ * whose prompt had a node of the same id and type with an output and, given the open
+ * `graph`'s prompt, the same upstream (lib/history's upstreamSignature: the same values and
+ * links up to it), so that an output of another graph is never shown on it. `entries`
+ * newest first. Returns them oldest first, so replaying them leaves the newest on top.
+ */
+export function outputsForGraph(entries: readonly HistoryLike[], nodes: readonly { id: string; type: string }[],
+  graph?: GraphPrompt): { node: string; output: HistoryOutput; promptId: string }[] {
   const out: { node: string; output: HistoryOutput; promptId: string; rank: number }[] = [];
   for (const { id, type } of nodes) {
+    const want = graph ? upstreamSignature(graph.prompt, id, graph.volatile) : null;
     const rank = entries.findIndex((e) => {
       const o = e.outputs?.[id];
-      return !!o && (o.images?.length || o.text?.length) && classOf(e.prompt, id) === type;
+      if (!o || !(o.images?.length || o.text?.length) || classOf(e.prompt, id) !== type) return false;
+      return want === null || upstreamSignature(editorPrompt(e), id, graph?.volatile) === want;
     });
     if (rank >= 0) out.push({ node: id, output: entries[rank].outputs[id], promptId: entries[rank].promptId, rank });
   }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
-  boundsOf, dotGridCell, estimateNodeHeight, FIT_MAX_ZOOM, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail,
+  boundsOf, dotGridCell, VIEW_MARGIN, estimateNodeHeight, FIT_MAX_ZOOM, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail,
   MIN_DOT_CELL, overlaps, pasteOffset, READABLE_ZOOM,
 } from "./layout";
 import { parseNodeSchema } from "./schema";
@@ -75,6 +75,15 @@ describe("freeSpot", () => {
     expect(overlaps(rects)).toEqual([]);
     expect(spot.x >= 0 && spot.y >= 0 && spot.x + size.width <= 1200 && spot.y + size.height <= 800).toBe(true);
     expect(Math.hypot(spot.x - 470, spot.y - 340)).toBeLessThan(300);
+  });
+
+  it("keeps a node wanted at the view's edge off it, so its sockets stay on the canvas (not under the side panel)", () => {
+    // the drill: a node wanted with its right side past the view's right edge (the side panel)
+    const spot = freeSpot([], { x: 1000, y: 100 }, size, view);
+    expect(spot.x + size.width).toBeLessThanOrEqual(1200 - VIEW_MARGIN);
+    expect(spot.x).toBeGreaterThan(900);
+    const top = freeSpot([], { x: 300, y: -10 }, size, view);
+    expect(top.y).toBeGreaterThanOrEqual(VIEW_MARGIN);
   });
 
   it("goes outside the view only when the view is full", () => {

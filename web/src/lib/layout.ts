@@ -172,14 +172,22 @@ function hits(a: Rect, b: Rect, gap: number): boolean {
   return a.x < b.x + b.width + gap && b.x < a.x + a.width + gap && a.y < b.y + b.height + gap && b.y < a.y + a.height + gap;
 }
 
-function inside(a: Rect, view: Rect): boolean {
-  return a.x >= view.x && a.y >= view.y && a.x + a.width <= view.x + view.width && a.y + a.height <= view.y + view.height;
+/**
+ * How far (flow units) a placed node keeps from the view's edges: its sockets stick out ~5 px
+ * past its sides, and one on the edge sat under the side panel, where no link could start.
+ */
+export const VIEW_MARGIN = 16;
+
+function inside(a: Rect, view: Rect, margin = VIEW_MARGIN): boolean {
+  return a.x >= view.x + margin && a.y >= view.y + margin
+    && a.x + a.width <= view.x + view.width - margin && a.y + a.height <= view.y + view.height - margin;
 }
 
 /**
  * Where a new node of `size` goes (its top-left): the free spot nearest `want` that keeps
  * `gap` from every rectangle of `taken`, inside `view` (the visible part of the canvas,
- * flow coordinates) when one is free there, else the nearest free spot outside it.
+ * flow coordinates), VIEW_MARGIN from its edges, when one is free there, else the nearest
+ * free spot outside it.
  */
 export function freeSpot(taken: readonly Rect[], want: Point, size: { width: number; height: number },
   view?: Rect, gap = 24): Point {

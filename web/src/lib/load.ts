@@ -30,7 +30,7 @@ export function isComfyUiWorkflow(obj: unknown): boolean {
     obj.format === undefined;
 }
 
-function looksLikePrompt(obj: Record<string, unknown>): boolean {
+export function looksLikePrompt(obj: Record<string, unknown>): boolean {
   const values = Object.values(obj);
   return values.length > 0 && values.every((n) => isObject(n) && typeof n.class_type === "string");
 }

@@ -55,6 +55,23 @@ describe("palette search", () => {
     expect(words.indexOf("PreviewImage")).toBeLessThan(words.indexOf("SaveImageWebsocket"));
   });
 
+  it("ranks a match on the shown name before one on the hidden type id (\"latent\" → Empty Latent Image first)", () => {
+    const more = new Map(defs);
+    const add = (type: string, name: string, category: string) => more.set(type, parseNodeSchema(type, {
+      display_name: name, category, input: { required: { samples: ["LATENT", {}] } }, output: ["LATENT"] }));
+    add("LatentUpscaleBy", "Upscale Latent By", "latent");
+    add("LatentFromBatch", "Latent From Batch", "latent/batch");
+    add("ImageScale", "Upscale Image", "image/upscaling");
+    add("ImageInvertX", "Xform", "image");
+    const latent = searchDefs(more, "latent").map((d) => d.type);
+    expect(latent[0]).toBe("LatentFromBatch"); // its shown name starts with the word
+    expect(latent.indexOf("EmptyLatentImage")).toBeLessThan(latent.indexOf("LatentUpscaleBy"));
+    const image = searchDefs(more, "image").map((d) => d.type);
+    // a type id starting with "image" but no such word in the shown name comes after the names
+    expect(image.indexOf("ImageInvertX")).toBeGreaterThan(image.indexOf("LoadImage"));
+    expect(image.indexOf("SaveImage")).toBeLessThan(image.indexOf("ImageScale"));
+  });
+
   it("lists nodes a dropped STRING fits only through a list of choices last, used or not", () => {
     const fits = nodesAcceptingType(defs, "STRING");
     const only = new Set(fits.map((c) => c.type));

@@ -41,10 +41,14 @@ function score(def: NodeDef, q: string): number {
   // "clip text encode" names CLIPTextEncode (shown as "Encode Prompt") exactly
   const joined = q.replace(/[\s_-]+/g, "");
   if (name === q || type === q || type === joined) return 0;
-  if (name.startsWith(q) || type.startsWith(q) || type.startsWith(joined)) return 1;
+  // the name the user sees before the hidden type id: "latent" → Empty Latent Image (a word of
+  // its name) ranks with Upscale Latent By, not after it for its id LatentUpscaleBy
+  if (name.startsWith(q)) return 1;
   if (name.split(/[\s()_/-]+/).some((w) => w.startsWith(q))) return 2;
-  if (name.includes(q) || type.includes(q)) return 3;
-  return 4;
+  if (type.startsWith(q) || type.startsWith(joined)) return 3;
+  if (name.includes(q)) return 4;
+  if (type.includes(q)) return 5;
+  return 6;
 }
 
 /**
