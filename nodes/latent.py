@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from engine import ExecutionContext, Input, Node, Output
-from nodes.diffusion.handles import Latent, Tensor, Vae
+from nodes.diffusion.handles import Latent, Tensor, Vae, linked_downscale
 from nodes.limits import FLOAT32, check_fits, check_image
 
 if TYPE_CHECKING:
@@ -68,13 +68,7 @@ def downscale_of(latent: Latent | None, vae: Vae | None, unet: object = None) ->
     known = latent is not None and (latent.downscale or latent.assumed_downscale)
     if known:
         return int(known)
-    if unet is not None:
-        from nodes.diffusion.preview import linked_vae
-
-        loaded = linked_vae(unet)
-        if loaded is not None:
-            return Vae(loaded).downscale
-    return SD_DOWNSCALE
+    return (linked_downscale(unet) if unet is not None else None) or SD_DOWNSCALE
 
 
 def warn_assumed_downscale(ctx: ExecutionContext, latent: Latent, vae: Vae) -> None:

@@ -234,14 +234,14 @@ class Latent:
         return replace(self, samples=samples,
                        extension_results=tuple((results or {}).items()),
                        scaling_factor=self.scaling_factor or model.latent_scale,
-                       downscale=self.downscale or _linked_downscale(model),
+                       downscale=self.downscale or linked_downscale(model.unet),
                        # refitted to the model's VAE (see fit_empty_latent): no longer assumed
                        assumed_downscale=None if resized else self.assumed_downscale)
 
 
-def _linked_downscale(model: DiffusionModel) -> int | None:
-    """The downscale of the VAE the checkpoint loader paired with ``model``, if any."""
+def linked_downscale(unet: Any) -> int | None:
+    """The downscale of the VAE the checkpoint loader paired with ``unet``, if any."""
     from nodes.diffusion.preview import linked_vae
 
-    vae = linked_vae(model.unet)
+    vae = linked_vae(unet)
     return None if vae is None else Vae(vae).downscale
