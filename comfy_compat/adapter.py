@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import Field, TypeAdapter
 
 from comfy_compat import runtime
+from comfy_compat.dynamic_inputs import dynamic_specs, entry_of, is_dynamic
 from comfy_compat.nodes_module import record_pack_class
 from comfy_compat.ui_workflow import comfy_pnginfo
 from engine.context import linked_inputs, node_being_signed
@@ -82,6 +83,8 @@ class ComfyNode(NamedInputsNode):
     # ComfyUI does not check what a node returns (a numpy int for an INT is common)
     LAX_OUTPUTS: ClassVar[bool] = True
     VALIDATED_BY_NODE: ClassVar[frozenset[str]] = frozenset()
+    # the names of its Autogrow groups and DynamicCombos (dynamic_inputs)
+    DYNAMIC_GROUPS: ClassVar[frozenset[str]] = frozenset()
     # INPUT_TYPES sections that claim every name (rgthree's FlexibleOptionalInputType: a
     # dict whose __contains__ is always True): (section, the dict), required first
     FLEXIBLE: ClassVar[tuple[tuple[str, Any], ...]] = ()
@@ -98,6 +101,8 @@ class ComfyNode(NamedInputsNode):
         key = (name, linked)
         if key in cls._undeclared:
             return cls._undeclared[key]
+        if name.partition(".")[0] in cls.DYNAMIC_GROUPS:
+            return None  # past an Autogrow's last slot, another option's input: ignored
         spec: InputSpec | None = None
         for _section, flexible in cls.FLEXIBLE:
             try:
@@ -426,9 +431,16 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
     specs: dict[str, InputSpec] = {}
     for section in ("required", "optional"):
         for name, entry in (raw.get(section) or {}).items():
-            specs[str(name)] = _input_spec(cls, str(name), entry, section == "required",
-                                           str(name) in by_node)
+            name, required, checked = str(name), section == "required", str(name) in by_node
+            if is_dynamic(entry):
+                specs.update(dynamic_specs(name, entry, required, lambda n, e, r, c=checked:
+                                           _input_spec(cls, n, e, r, c)))
+            else:
+                specs[name] = _input_spec(cls, name, entry, required, checked)
     cls.INPUT_SPECS = specs
+    cls.DYNAMIC_GROUPS = frozenset(
+        s.autogrow.group if s.autogrow else s.name for s in specs.values()
+        if s.autogrow or s.dynamic is not None)
     return cls
 
 
@@ -531,16 +543,15 @@ def _combo_choices(cls: type[ComfyNode], name: str) -> Callable[[Environment], l
         # model lists are read fresh, from this environment's folders.
         with runtime.bound_environment(env):
             raw = cls.COMFY_CLASS.INPUT_TYPES()
-        for section in ("required", "optional"):
-            entry = (raw.get(section) or {}).get(name)
-            if entry is not None:
-                kind = entry[0] if isinstance(entry, list | tuple) else entry
-                if isinstance(kind, list | tuple):
-                    return list(kind)
-                options = entry[1] if isinstance(entry, list | tuple) and len(entry) > 1 \
-                    and isinstance(entry[1], dict) else {}
-                return list(options.get("options") or [])
-        return []
+        entry = entry_of(raw, name)
+        if entry is None:
+            return []
+        kind = entry[0] if isinstance(entry, list | tuple) else entry
+        if isinstance(kind, list | tuple):
+            return list(kind)
+        options = entry[1] if isinstance(entry, list | tuple) and len(entry) > 1 \
+            and isinstance(entry[1], dict) else {}
+        return list(options.get("options") or [])
 
     return choices
 

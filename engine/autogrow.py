@@ -23,7 +23,7 @@ A node declares a group with :func:`autogrow` in a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +76,15 @@ def autogrow(group: str, template: str, annotation: Any, field: Any, *,
     lists the group in the schema's ``optional`` section (ComfyUI's
     ``Autogrow.Input(..., optional=True)``); which slots are required is as above.
     """
+    return grow(group, template, lambda name: input_spec(name, annotation, field),
+                prefix=prefix, names=names, min=min, max=max, optional=optional)
+
+
+def grow(group: str, template: str, make: Callable[[str], InputSpec], *,
+         prefix: str | None = None, names: Sequence[str] | None = None,
+         min: int = 1, max: int = 10, optional: bool = False) -> dict[str, InputSpec]:
+    """:func:`autogrow` for a template given as ``make(name)``, the spec of the
+    template input under another name (how the ComfyUI pack adapter declares one)."""
     if (prefix is None) == (names is None):
         raise TypeError(f"Autogrow {group!r}: give either prefix or names")
     slots = tuple(f"{prefix}{k}" for k in range(max)) if names is None else tuple(names)
@@ -86,13 +95,13 @@ def autogrow(group: str, template: str, annotation: Any, field: Any, *,
     if len(set(slots)) != len(slots) or not all(s and "." not in s for s in slots):
         raise TypeError(f"Autogrow {group!r}: slot names must be unique, non-empty, "
                         "without a '.'")
-    first = input_spec(f"{group}.{slots[0]}", annotation, field)
+    first = make(f"{group}.{slots[0]}")
     if first.dynamic is not None or first.autogrow is not None:
         raise TypeError(f"Autogrow {group!r}: the template input cannot itself be dynamic")
     info = Autogrow(group=group, template=template, slots=slots, min=min, prefix=prefix,
                     optional_template=not first.required, optional=optional)
     force = first.force_input or first.type in WIDGET_TYPES
     return {info.slot_name(slot): replace(
-        input_spec(info.slot_name(slot), annotation, field), autogrow=info,
+        make(info.slot_name(slot)), autogrow=info,
         required=first.required and k < min, force_input=force)
         for k, slot in enumerate(slots)}

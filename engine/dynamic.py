@@ -24,7 +24,7 @@ through such a node cannot feed an IMAGE input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -58,12 +58,26 @@ def dynamic_combo(name: str, options: Mapping[str, OptionInputs], *,
     chosen = keys[0] if default is None else default
     if chosen not in keys:
         raise TypeError(f"DynamicCombo {name!r}: default {chosen!r} is not an option")
+    combo = input_spec(name, str, Input(chosen, choices=keys, description=description))
+    return combo_specs(combo, {key: [input_spec(f"{name}.{sub}", annotation, field)
+                                     for sub, (annotation, field) in inputs.items()]
+                               for key, inputs in options.items()})
+
+
+def combo_specs(combo: InputSpec, options: Mapping[str, Sequence[InputSpec]]
+                ) -> dict[str, InputSpec]:
+    """:func:`dynamic_combo` from built specs: ``combo`` (a COMBO whose choices are
+    the option keys) and each option's inputs, already named ``"combo.sub"`` (how the
+    ComfyUI pack adapter declares one)."""
+    name = combo.name
+    if not options:
+        raise TypeError(f"DynamicCombo {name!r} needs at least one option")
     flat: dict[str, InputSpec] = {}
     built: list[DynamicOption] = []
-    for key, inputs in options.items():
-        specs: list[InputSpec] = []
-        for sub, (annotation, field) in inputs.items():
-            spec = input_spec(f"{name}.{sub}", annotation, field)
+    for key, specs in options.items():
+        own: list[InputSpec] = []
+        for spec in specs:
+            sub = spec.name.removeprefix(f"{name}.")
             if spec.dynamic is not None or spec.autogrow:
                 raise TypeError(f"DynamicCombo {name!r}: option {key!r} input {sub!r} "
                                 "cannot itself be dynamic")
@@ -72,11 +86,9 @@ def dynamic_combo(name: str, options: Mapping[str, OptionInputs], *,
             if any(getattr(first, a) != getattr(spec, a) for a in _COMPARED):
                 raise TypeError(f"DynamicCombo {name!r}: input {sub!r} is declared "
                                 f"differently in two options; give them different names")
-            specs.append(spec)
-        built.append(DynamicOption(str(key), tuple(specs)))
-    combo = input_spec(name, str, Input(chosen, choices=keys, description=description))
-    combo = replace(combo, dynamic=tuple(built))
-    return {name: combo, **flat}
+            own.append(spec)
+        built.append(DynamicOption(str(key), tuple(own)))
+    return {name: replace(combo, dynamic=tuple(built)), **flat}
 
 
 def has_dynamic(cls: type[Node]) -> bool:

@@ -426,7 +426,7 @@ def test_unsupported_parts_name_themselves():
     from comfy_api.latest import Input, InputImpl, Types, io, ui
 
     for use in (lambda: InputImpl.VideoFromFile("x.mp4"), lambda: Types.VideoContainer.MP4,
-                lambda: io.Autogrow.TemplatePrefix(io.Image.Input("x"), "image"),
+                lambda: io.DynamicSlot.Input(io.Image.Input("x"), []),
                 lambda: io.MultiCombo.Input("m", options=["a"]), lambda: ui.PreviewAudio({}),
                 lambda: ui.PreviewUI3D("m.glb", {}), lambda: io.NoSuchType):
         with pytest.raises((NotImplementedError, AttributeError), match="not available"):

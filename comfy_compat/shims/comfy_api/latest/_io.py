@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from comfy_compat.shims._missing import missing_attributes
 
+from ._dynamic import Autogrow, DynamicCombo, DynamicInput
 from ._node import (
     HIDDEN_KWARG,
     ComfyNode,
@@ -26,7 +27,6 @@ from ._types import (
     Audio,
     AudioEncoder,
     AudioEncoderOutput,
-    Autogrow,
     Boolean,
     Clip,
     ClipVision,
@@ -37,7 +37,6 @@ from ._types import (
     Conditioning,
     ControlNet,
     Custom,
-    DynamicCombo,
     DynamicSlot,
     FaceAnalysis,
     Float,
@@ -92,7 +91,8 @@ __all__ = [
     "BBOX", "HIDDEN_KWARG", "MODEL_PATCH", "SEGS", "SVG", "Accumulation", "AnyType", "Audio",
     "AudioEncoder", "AudioEncoderOutput", "Autogrow", "Boolean", "Clip", "ClipVision",
     "ClipVisionOutput", "Combo", "ComfyNode", "ComfyTypeI", "ComfyTypeIO", "Conditioning",
-    "ControlNet", "Custom", "DynamicCombo", "DynamicSlot", "FaceAnalysis", "Float",
+    "ControlNet", "Custom", "DynamicCombo", "DynamicInput", "DynamicSlot", "FaceAnalysis",
+    "Float",
     "FlowControl", "FolderType", "Gligen", "Guider", "Hidden", "HiddenHolder",
     "HookKeyframes", "Hooks", "Image", "Input", "Int", "Latent", "LatentOperation",
     "LatentUpscaleModel", "Load3D", "Load3DAnimation", "Load3DCamera", "LoraModel",

@@ -26,6 +26,7 @@ from typing import Any
 
 from engine.lists import ExecutionBlocker
 
+from ._dynamic import has_dynamic, nest_inputs
 from ._types import Input, Output
 
 HIDDEN_KWARG = "\x00steerflow_hidden"
@@ -191,17 +192,34 @@ def _clone(cls: type, hidden: dict[str, Any] | None) -> type:
 
 def _entry(cls: type, name: str) -> Callable[..., Any]:
     """V1 entry point for classmethod ``name``: runs it on a clone with the call's hidden
-    values; its signature is the method's, so the adapter passes the inputs it takes."""
+    values; its signature is the method's, so the adapter passes the inputs it takes.
+    With dynamic inputs it takes every input, nests them as ComfyUI does, and passes
+    the method those it accepts."""
     method = getattr(cls, name)
+    dynamic = name != "check_lazy_status" and has_dynamic(cls._v1().schema.inputs)
 
     def call(*args: Any, **kwargs: Any) -> Any:
         hidden = kwargs.pop(HIDDEN_KWARG, None)
+        if dynamic:
+            kwargs = _accepted(method, nest_inputs(cls._v1().schema.inputs, kwargs))
         return getattr(_clone(cls, hidden), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
-    with contextlib.suppress(TypeError, ValueError):  # a builtin: kwargs pass as they are
-        call.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    if not dynamic:
+        with contextlib.suppress(TypeError, ValueError):  # a builtin: kwargs as they are
+            call.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
     return call
+
+
+def _accepted(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return kwargs
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 class _V1Info:
@@ -317,12 +335,13 @@ class ComfyNode:
     @classmethod
     def EXECUTE_NORMALIZED(cls, **kwargs: Any) -> dict[str, Any]:
         clone = _clone(cls, kwargs.pop(HIDDEN_KWARG, None))
-        return cls._v1_return(clone.execute(**kwargs))
+        return cls._v1_return(clone.execute(**nest_inputs(cls._v1().schema.inputs, kwargs)))
 
     @classmethod
     async def EXECUTE_NORMALIZED_ASYNC(cls, **kwargs: Any) -> dict[str, Any]:
         clone = _clone(cls, kwargs.pop(HIDDEN_KWARG, None))
-        return cls._v1_return(await clone.execute(**kwargs))
+        inputs = nest_inputs(cls._v1().schema.inputs, kwargs)
+        return cls._v1_return(await clone.execute(**inputs))
 
     @classmethod
     def _v1_return(cls, returned: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Each type is a class with an ``io_type`` and nested ``Input`` / ``Output`` classes that
 describe one socket; ``Input.as_dict()`` gives the options of ComfyUI's V1 spec tuple
 ``(io_type, options)`` (``None`` options left out, as ComfyUI does). The types whose
-values Steerflow cannot give (``io.Video``, multi-select and dynamic inputs) refuse to
+values Steerflow cannot give (``io.Video``, multi-select combos, DynamicSlot) refuse to
 build a socket, with a message naming them: the node using one fails to load, not the
 pack.
 """
@@ -447,10 +447,5 @@ def _refused(name: str, io_type: str, what: str, *helpers: str) -> Any:
 
 Video = _refused("Video", "VIDEO", "ComfyUI's video objects (VideoInput) do not exist here")
 MultiCombo = _refused("MultiCombo", "COMBO", "multi-select combos are not supported")
-Autogrow = _refused("Autogrow", "COMFY_AUTOGROW_V3",
-                    "inputs that grow with the prompt are not supported",
-                    "TemplatePrefix", "TemplateNames")
-DynamicCombo = _refused("DynamicCombo", "COMFY_DYNAMICCOMBO_V3",
-                        "combos that change the node's inputs are not supported", "Option")
 DynamicSlot = _refused("DynamicSlot", "COMFY_DYNAMICSLOT_V3",
                        "sockets that add inputs when linked are not supported")
