@@ -81,7 +81,8 @@ class NodeProgress:
     ComfyUI's frontend (1.2x on) outlines the running node and draws its progress bar
     from these alone; the plain ``progress``/``executing`` messages go out as before.
     A node is ``running`` from its ``executing`` until the next node's (or its
-    ``executed``), then ``finished``; the node an ``execution_error`` names is ``error``.
+    ``executed``), then ``finished``; the node an ``execution_error`` names is ``error``;
+    an interrupt clears the states.
     """
 
     def __init__(self, prompt_id: str):
@@ -139,6 +140,10 @@ class NodeProgress:
                 self._set(str(failed), "error")
         elif name == "execution_success":
             self._finish_running()
+        elif name == "execution_interrupted":
+            # nothing runs any more: the frontend would go on outlining the node (as
+            # after a hard interrupt, whose end sends no states)
+            self.nodes.clear()
         else:
             return False
         return True

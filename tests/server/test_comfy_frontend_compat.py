@@ -159,3 +159,15 @@ def test_node_progress_reads_as_comfyuis_registry() -> None:
     nodes = json.loads(progress.message())["data"]["nodes"]
     assert {k: (v["state"], v["value"], v["max"]) for k, v in nodes.items()} == {
         "3": ("finished", 20, 20), "8": ("finished", 1, 1), "9": ("finished", 1, 1)}
+
+
+def test_node_progress_is_cleared_by_an_interrupt() -> None:
+    """After a cooperative interrupt no node reads running (ComfyUI's frontend would go
+    on outlining it), as after a hard one."""
+    from server.runtime import NodeProgress
+
+    progress = NodeProgress("p")
+    progress.update("executing", {"node": "3"})
+    progress.update("progress", {"node": "3", "value": 4, "max": 20})
+    assert progress.update("execution_interrupted", {"node_id": "3"})
+    assert json.loads(progress.message())["data"]["nodes"] == {}
