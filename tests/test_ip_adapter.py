@@ -448,3 +448,14 @@ def test_masks_match_diffusers_ip_adapter_masks(session, tiny_model_paths, state
     bad["apply"] = {**prompt["apply"], "inputs": {**prompt["apply"]["inputs"],
                                                   "image": ["img0", 0]}}
     assert "2 masks for 1 reference images" in error_of(session, bad)
+
+
+def test_a_mask_of_another_aspect_is_stretched_with_a_warning():
+    from nodes.diffusion.ip_adapter import fit_masks
+
+    said: list[str] = []
+    same = fit_masks(torch.ones(1, 48, 80), 2, (6, 10), said.append)
+    assert same.shape == (2, 48, 80) and not said
+    other = fit_masks(torch.ones(1, 64, 64), 1, (6, 10), said.append)
+    assert other.shape == (1, 48, 80)
+    assert len(said) == 1 and "stretched" in said[0] and "64x64" in said[0]

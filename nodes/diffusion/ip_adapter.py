@@ -23,7 +23,7 @@ attention store: the UNet is never patched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,10 +212,12 @@ def image_embeds(model: IPAdapterModel, clip: ClipVision, images: torch.Tensor,
     return pos.unsqueeze(0).float(), neg.unsqueeze(0).float()
 
 
-def fit_masks(masks: torch.Tensor, images: int, latent_size: Sequence[int]) -> torch.Tensor:
+def fit_masks(masks: torch.Tensor, images: int, latent_size: Sequence[int],
+              warn: Callable[[str], Any] | None = None) -> torch.Tensor:
     """``[N, H, W]``: one mask per reference image (a single mask serves them all), at the
     latent's aspect ratio (diffusers' downsampling reads the grid from the mask's shape,
-    so another aspect would misplace it: such a mask is resized to 8x the latent)."""
+    so another aspect would misplace it: such a mask is stretched to 8x the latent, and
+    ``warn`` says so)."""
     import torch.nn.functional as F
 
     if masks.shape[0] not in (1, images):
@@ -224,6 +226,10 @@ def fit_masks(masks: torch.Tensor, images: int, latent_size: Sequence[int]) -> t
     masks = masks.float().expand(images, -1, -1) if masks.shape[0] == 1 else masks.float()
     height, width = (int(v) for v in latent_size)
     if abs(masks.shape[1] * width - masks.shape[2] * height) > max(height, width):
+        if warn is not None:
+            warn(f"IP-Adapter: the attn_mask ({masks.shape[2]}x{masks.shape[1]}) has another "
+                 f"aspect ratio than the image ({8 * width}x{8 * height}); it is stretched "
+                 "to fit. Draw it at the image's size to place it exactly")
         masks = F.interpolate(masks[:, None], size=(8 * height, 8 * width), mode="bilinear",
                               align_corners=False)[:, 0]
     return masks
@@ -337,7 +343,7 @@ class IPAdapter(SamplerExtension):
         keep = controlnet_keep(len(run.timesteps), self.start_percent, self.end_percent)
         # tokens [1, N, T, dim]: without masks all images' tokens are attended together
         masks = None if self.masks is None else fit_masks(self.masks, self.positive.shape[1],
-                                                         run.init_latents.shape[-2:])
+                                                         run.init_latents.shape[-2:], run.warn)
         masks = None if masks is None else masks.to(run.device, torch.float32)
         run.state[self] = {"tokens": {"cond": pos, "uncond": neg}, "masks": masks, "fitted": {},
                            "scale": 0.0, "keep": keep or [1.0]}
