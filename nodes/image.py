@@ -15,7 +15,8 @@ from engine import Environment, ExecutionContext, Input, Node, NodeResult, Outpu
 from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
-from nodes.limits import check_image
+from nodes.image_decode import frames, rgba_levels
+from nodes.limits import FLOAT32, check_fits, check_image
 from nodes.output_files import (
     SavesNumberedFiles,
     api_prompt,
@@ -113,15 +114,14 @@ def load_pillow(img: Image.Image) -> None:
                 ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
-def pil_to_image(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """PIL → (IMAGE ``[1, H, W, 3]``, MASK ``[1, H, W]``; mask = 1 - alpha, as ComfyUI)."""
-    import numpy as np
+def pil_to_image(img: Image.Image, upright: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL → (IMAGE ``[1, H, W, 3]``, MASK ``[1, H, W]``; mask = 1 - alpha, as ComfyUI).
+    Deep grey images (16-bit PNGs, 32-bit TIFFs) keep their levels (image_decode);
+    ``upright``: the EXIF orientation is applied already."""
     import torch
     from PIL import ImageOps
 
-    img = ImageOps.exif_transpose(img)
-    rgba = img.convert("RGBA")
-    arr = np.asarray(rgba, dtype=np.float32) / 255.0
+    arr = rgba_levels(img if upright else ImageOps.exif_transpose(img))
     image = torch.from_numpy(arr[..., :3].copy())[None]
     mask = 1.0 - torch.from_numpy(arr[..., 3].copy())[None]
     return image, mask
@@ -167,18 +167,26 @@ class LoadImage(Node):
         return file_sha256(path) if path.is_file() else None
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
         from PIL import Image
 
         role, path = self.locate(ctx.env, self.image)
         try:
             with Image.open(path) as img:
                 load_pillow(img)
-                image, mask = pil_to_image(img)
+                if getattr(img, "n_frames", 1) > 1:
+                    check_fits(img.width * img.height * 4 * FLOAT32 * img.n_frames,
+                               ctx.device, f"{img.n_frames} frames of {img.width}x"
+                               f"{img.height} px", "load fewer frames (split the file)")
+                loaded = [pil_to_image(frame, upright=True) for frame in frames(img)]
         except FileNotFoundError:
             raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
                                     ) from None
         except OSError as exc:
             raise unreadable_image(self.image, exc) from None
+        # an animated file: its frames (of the first one's size) as a batch, as ComfyUI
+        image = torch.cat([i for i, _ in loaded]) if len(loaded) > 1 else loaded[0][0]
+        mask = torch.cat([m for _, m in loaded]) if len(loaded) > 1 else loaded[0][1]
         return image.to(ctx.device), mask.to(ctx.device)
 
 

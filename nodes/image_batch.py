@@ -17,6 +17,7 @@ from nodes.image import (
     split_annotated,
     unreadable_image,
 )
+from nodes.image_decode import rgba8
 
 if TYPE_CHECKING:
     import torch
@@ -245,7 +246,7 @@ def load_fitted(entry: BatchEntry, size: tuple[int, int], mode: str
 
     with _open(entry) as img:
         try:
-            rgba = ImageOps.exif_transpose(img).convert("RGBA")
+            rgba = rgba8(ImageOps.exif_transpose(img))
         except OSError as exc:  # truncated or corrupt data shows only when decoding
             raise unreadable_image(entry.label, exc) from None
     if rgba.size != size:

@@ -16,6 +16,7 @@ from nodes.image import (
     load_pillow,
     unreadable_image,
 )
+from nodes.image_decode import rgba_levels
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +113,6 @@ class LoadImageMask(Node):
         return LoadImage.fingerprint(inputs, env)
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
-        import numpy as np
         import torch
         from PIL import Image, ImageOps
 
@@ -122,7 +122,7 @@ class LoadImageMask(Node):
                 load_pillow(img)  # a file cut short loads as in Load Image and ComfyUI
                 img = ImageOps.exif_transpose(img)
                 has_alpha = "A" in img.getbands() or "transparency" in img.info
-                arr = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+                arr = rgba_levels(img)  # a 16-bit grey mask keeps its levels
         except FileNotFoundError:
             raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
                                     ) from None
