@@ -45,3 +45,16 @@ def test_progress_counts_sampler_steps_as_comfyui():
     assert [progress_counter(seeds_3, 13)(i)[0] for i in range(13)][-4:] == [3, 3, 4, 5]
     assert progress_counter(SimpleNamespace(order=1), 6)(5) == (6, 6)
     assert progress_counter(SimpleNamespace(), 3)(0) == (1, 3)
+
+
+def test_a_too_small_latent_is_told_the_size_that_passes():
+    """Levels of one channel per group at scales 1, 2, 4 (as steerflow-shapes): the
+    advice is the deepest level's, so following it passes."""
+    from nodes.diffusion.sampling import check_latent_size
+
+    model = unet(block_out_channels=[16, 32, 32], norm_num_groups=32)
+    for size in ((1, 1), (2, 1), (1, 4)):
+        with pytest.raises(ValueError, match="at least 5 pixels on one side"):
+            check_latent_size(model, size)
+    check_latent_size(model, (5, 1))
+    check_latent_size(model, (1, 5))

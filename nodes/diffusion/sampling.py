@@ -441,15 +441,15 @@ def check_latent_size(unet: Any, size: tuple[int, int]) -> None:
     groups = int(getattr(config, "norm_num_groups", 0) or 0)
     if not groups:
         return
-    for level, width in enumerate(channels):
-        scale = 2 ** level  # each down block but the last halves the size (rounding up)
-        # a level's first ResNet normalises what the level above handed down
-        narrowest = min(width, channels[max(level - 1, 0)])
-        if narrowest // groups <= 1 and all(-(-side // scale) == 1 for side in size):
-            raise ValueError(
-                f"the latent is {size[1]}x{size[0]}: this model's UNet shrinks it to one "
-                "pixel at a level it cannot normalise; make the image larger (a latent "
-                f"of at least {scale + 1} pixels on one side)")
+    # each down block but the last halves the size (rounding up); a level's first ResNet
+    # normalises what the level above handed down
+    scales = [2 ** level for level, width in enumerate(channels)
+              if min(width, channels[max(level - 1, 0)]) // groups <= 1]
+    if scales and max(size) <= max(scales):
+        raise ValueError(
+            f"the latent is {size[1]}x{size[0]}: this model's UNet shrinks it to one "
+            "pixel at a level it cannot normalise; make the image larger (a latent "
+            f"of at least {max(scales) + 1} pixels on one side)")
 
 
 def guidance_embedding(cfg: float, dim: int, device: Any, dtype: Any) -> torch.Tensor:
