@@ -111,7 +111,8 @@ class ApplyLEditsPP(Node):
     ``1 - threshold`` of the latent's pixels (|guidance| summed over channels);
     ``use_cross_attn_mask``: the concept's cross-attention (smoothed, at 1/4 of the latent
     size); ``use_intersect_mask`` (the pipeline's default): both at once (the attention
-    alone at timesteps above 800). ``user_mask`` (MASK at the image or latent size) limits
+    alone at timesteps above 800). ``user_mask`` (MASK at the image or latent size; another
+    size is stretched, with a warning) limits
     every concept to where it is 1.
 
     On steerflow-shapes, to recolour a shape: add the image's caption with the new colour
@@ -146,9 +147,30 @@ class ApplyLEditsPP(Node):
 
         if not self.concepts:
             raise ValueError("Apply LEDITS++ needs at least one SEGA Concept")
+        user_mask = None if self.user_mask is None else self._fitted_mask(ctx)
         edit = LEditsPPGuidance(self.concepts, self.inversion, self.use_cross_attn_mask,
-                                self.use_intersect_mask, self.user_mask)
+                                self.use_intersect_mask, user_mask)
         return (self.model.with_extension(edit),)
+
+
+    def _fitted_mask(self, ctx: ExecutionContext) -> Tensor:
+        """``user_mask`` at the inverted latent's size: from the latent or the image size
+        exactly (the pipeline's), else stretched with a warning, as other mask inputs."""
+        import torch.nn.functional as F
+
+        from nodes.diffusion.concat import match_batch
+        from nodes.diffusion.masking import as_mask4d, mask_to_latent
+
+        zs = self.inversion.zs
+        size = (int(zs.shape[-2]), int(zs.shape[-1]))
+        try:
+            mask = mask_to_latent(self.user_mask, size)
+        except ValueError:
+            mask = as_mask4d(self.user_mask).float()
+            ctx.warn(f"user_mask is {mask.shape[-1]}x{mask.shape[-2]}, neither the image's nor "
+                     f"the latent's size ({size[1]}x{size[0]}): it is stretched to fit")
+            mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+        return match_batch(mask, int(zs.shape[-4]), "user_mask", "inverted image batch")
 
 
 class LEditsPPEditMask(Node):

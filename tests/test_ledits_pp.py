@@ -339,9 +339,18 @@ def test_no_concepts_is_an_error(session):
     assert "concepts" in str(err.value)
 
 
-def test_user_mask_of_the_wrong_size_is_an_error(session):
-    message = run_error(session, ledits_prompt(user_mask="small.png"))
-    assert "the mask is 20x20 but the latent is 8x8" in message
+def test_user_mask_of_another_size_is_stretched_with_a_warning(session):
+    """Neither the image's nor the latent's size: stretched, as other mask inputs, and
+    said on Apply LEDITS++ (the all-black 20x20 mask then keeps the edit out)."""
+    prompt = ledits_prompt(mask="noise", user_mask="small.png")
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    stretched = CAPTURED.pop(prompt["10"]["inputs"]["key"]).numpy()
+    warnings = [d for name, d in result.events if name == "node_warning"]
+    assert [(w["node"], "stretched" in w["message"]) for w in warnings] == [("7", True)]
+    still = run_graph(session, ledits_prompt(
+        mask="noise", concepts=[{**c, "scale": 0.0} for c in CONCEPTS]))
+    assert np.abs(stretched - still).max() <= 1e-5
 
 
 def test_user_mask_limits_the_edit(session):
