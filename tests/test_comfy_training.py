@@ -251,7 +251,7 @@ def test_save_and_load_training_dataset_round_trip(session):
 
 def test_comfyui_pickle_shards_need_allow_pickle(session, models_dir, tmp_path):
     folder = session.env.folder("output") / "comfy_ds"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     raw = torch.randn(1, 4, 4, 4)
     torch.save({"latents": [{"samples": raw}], "conditioning": [
         [[torch.randn(1, 77, 32), {"pooled_output": torch.randn(1, 32)}]]]},

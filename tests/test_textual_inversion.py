@@ -129,3 +129,15 @@ def test_weighted_embedding_and_cached_encoder_untouched(session, models_dir):
         models_dir / "checkpoints" / "steerflow-tiny").tokenizer)
     encode_text(clip, "a photo of embedding:glow", EmbeddingLibrary(session.env, DIM))
     assert torch.equal(layer.weight, before) and not layer._forward_hooks
+
+
+def test_embedding_names_stay_in_the_embeddings_folder(session, models_dir):
+    """``embedding:../loras/x`` is unknown (a warning), not another model file read as one."""
+    from nodes.diffusion.embeddings import find_embedding, prompt_problems
+
+    (models_dir / "loras").mkdir(exist_ok=True)
+    save_file({"w": torch.zeros(2)}, models_dir / "loras" / "not_an_embedding.safetensors")
+    assert find_embedding(session.env, "../loras/not_an_embedding") is None
+    assert find_embedding(session.env, "styles/single") is not None
+    [(severity, message)] = prompt_problems(session.env, "a embedding:../loras/not_an_embedding")
+    assert severity == "warning" and "does not exist" in message

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment
+from engine.paths import confined_path
 from nodes.diffusion.prompt_weighting import (
     EMBEDDING_PATTERN,
     MAX_PROMPT_CHARS,
@@ -65,10 +66,10 @@ def find_embedding(env: Environment, name: str) -> Path | None:
         names = [candidate] if candidate.lower().endswith(EMBEDDING_SUFFIXES) else [
             candidate + suffix for suffix in EMBEDDING_SUFFIXES]
         for option in names:
-            try:
-                path = env.resolve("models", FOLDER, option)
+            try:  # confined to models/embeddings ("../loras/x" is outside: unknown)
+                path = confined_path(env.folder("models", FOLDER), option)
             except (KeyError, ValueError):
-                return None  # outside the folder: treated as unknown
+                return None
             if path.is_file():
                 return path
     return None
@@ -122,7 +123,9 @@ def load_embedding(path: Path, *, allow_pickle: bool = False, dim: int | None = 
         if not allow_pickle:
             raise ValueError(f"embedding {path.name} is a pickle file; loading pickles needs "
                              "the allow-pickle opt-in")
-        data: Any = torch.load(path, map_location="cpu", weights_only=True)
+        from nodes.diffusion.loading import torch_load_weights_only
+
+        data: Any = torch_load_weights_only(path)
     else:
         from safetensors.torch import load_file
 

@@ -72,13 +72,14 @@ def read_ip_adapter_file(path: Path, *, allow_pickle: bool = False
                          ) -> dict[str, dict[str, torch.Tensor]]:
     """``{"image_proj": {...}, "ip_adapter": {...}}`` from a safetensors file (keys
     prefixed ``image_proj.`` / ``ip_adapter.``) or an original ``.bin``."""
-    import torch
 
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise ValueError(f"IP-Adapter {path.name} is a pickle file; use its .safetensors "
                              "version or opt in to loading pickles (--allow-pickle)")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        from nodes.diffusion.loading import torch_load_weights_only
+
+        data = torch_load_weights_only(path)
         if not (isinstance(data, dict) and isinstance(data.get("image_proj"), dict)
                 and isinstance(data.get("ip_adapter"), dict)):
             raise ValueError(f"{path.name} is not an IP-Adapter (no image_proj / ip_adapter "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -228,10 +229,13 @@ def torch_load_weights_only(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # not torch's own text: it suggests weights_only=False, which runs the code
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it refers to {found.group(1)})" if found else ""
         raise ValueError(
-            f"{path.name} holds Python objects besides tensors and cannot be loaded safely; "
-            f"convert it to .safetensors with a trusted tool ({exc})"
-        ) from exc
+            f"{path.name} holds Python objects besides tensors{what} and cannot be loaded "
+            "safely; convert it to .safetensors with a trusted tool"
+        ) from None
 
 
 def _torch_load_weights(path: Path) -> tuple[StateDict, dict[str, str]]:

@@ -102,7 +102,9 @@ def read_lora_file(path: Path, *, allow_pickle: bool = False) -> tuple[StateDict
         if not allow_pickle:
             raise ValueError(f"LoRA {path.name} is a pickle file; convert it to .safetensors "
                              "or opt in to loading pickles (--allow-pickle)")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        from nodes.diffusion.loading import torch_load_weights_only
+
+        data = torch_load_weights_only(path)
         data = data.get("state_dict", data) if isinstance(data, dict) else data
         if not isinstance(data, dict):
             raise ValueError(f"LoRA {path.name} does not hold a state dict")

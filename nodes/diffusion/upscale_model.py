@@ -26,7 +26,6 @@ import functools
 import importlib
 import importlib.util
 import logging
-import pickle
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -190,7 +189,6 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]
     """A model file's state dict: safetensors, or (opt-in) a pickle read with
     ``torch.load(weights_only=True)``; wrappers (``params_ema``, ``state_dict``, a
     ``module.`` prefix, ...) are removed as spandrel does."""
-    import torch
     from safetensors.torch import load_file
 
     suffix = path.suffix.lower()
@@ -205,11 +203,9 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]
                 f"{path.name} is a pickle file, which can run arbitrary code when loaded; "
                 "convert it to .safetensors, or opt in to loading pickles (--allow-pickle: "
                 "it is then read with torch.load(weights_only=True))")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(f"{path.name} holds Python objects besides tensors and cannot be "
-                             f"loaded safely; convert it to .safetensors ({exc})") from exc
+        from nodes.diffusion.loading import torch_load_weights_only
+
+        data = torch_load_weights_only(path)
     else:
         raise ValueError(f"unsupported upscale model file {path.name!r}: expected one of "
                          f"{', '.join(UPSCALE_SUFFIXES)}")
