@@ -72,8 +72,8 @@ def test_packs_load_and_failures_are_recorded(registry: NodeRegistry):
     # a pack whose import fails is skipped; the others load
     assert errors["broken_pack.py"].startswith("ModuleNotFoundError")
     assert "steerflow_missing_dependency_xyz" in errors["broken_pack.py"]
-    # a pack reaching into ComfyUI's model internals: a message naming the module
-    assert "'comfy.sd' is not available in Steerflow" in errors["sd_pack"]
+    # a pack reaching into ComfyUI's execution internals: a message naming the module
+    assert "'comfy_execution.caching' is not available in Steerflow" in errors["sd_pack"]
     assert "comfy.utils" in errors["sd_pack"]  # ... and what is provided instead
     assert "SdPackLoader" not in registry
     # one broken node does not drop its pack

@@ -1,6 +1,7 @@
 """ComfyUI APIs that popular custom node packs use, as found by loading real packs
 (rgthree-comfy, ComfyUI_essentials, ComfyUI-Custom-Scripts, ComfyUI-KJNodes,
-ComfyUI-Impact-Pack, ComfyUI-VideoHelperSuite; see docs/custom_nodes.md), exercised
+ComfyUI-Impact-Pack, ComfyUI-VideoHelperSuite, WAS Node Suite, Comfyroll,
+cg-use-everywhere; see docs/custom_nodes.md), exercised
 through packs of our own written in their style (tests/fixtures/comfy_real_patterns/)."""
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def test_small_helpers_behave_as_comfyuis(tmp_path: Path):
     assert len(FolderOfImages(str(tmp_path))) == 1
 
 
-def test_missing_internals_fail_clearly_when_named():
+def test_missing_internals_fail_clearly_when_used():
     import comfy.model_management
     import comfy.sample
     import comfy.samplers
@@ -215,26 +216,120 @@ def test_missing_internals_fail_clearly_when_named():
     import latent_preview
     import node_helpers
 
+    # names ComfyUI's module has: a placeholder that imports and fails when used
     for module, name in ((comfy.samplers, "CFGGuider"), (comfy.sample, "sample"),
                          (comfy.model_management, "load_models_gpu"),
                          (execution, "PromptExecutor"),
                          (node_helpers, "conditioning_set_values"),
                          (latent_preview, "TAESDPreviewerImpl")):
-        with pytest.raises(AttributeError, match=f"{module.__name__}.{name} is not available "
-                                                 "in Steerflow"):
-            getattr(module, name)
-        assert not hasattr(module, name)  # feature detection sees it missing
-    with pytest.raises(ImportError, match="cannot import name 'KSAMPLER'"):
-        exec("from comfy.samplers import KSAMPLER", {})
+        placeholder = getattr(module, name)
+        with pytest.raises(NotImplementedError, match=f"{module.__name__}.{name} is not "
+                                                      "available in Steerflow"):
+            placeholder()
+    exec("from comfy.samplers import KSAMPLER", {})
+    # a name ComfyUI does not have either stays missing (feature detection sees it)
+    with pytest.raises(AttributeError, match=r"comfy\.samplers\.NoSuchSampler is not"):
+        comfy.samplers.NoSuchSampler  # noqa: B018
+    assert not hasattr(comfy.model_management, "no_such_helper")
     with pytest.raises(NotImplementedError, match="KSampler objects are not available"):
         comfy.samplers.KSampler()
-    # modules that are all internals still refuse to import, naming themselves
-    with pytest.raises(ModuleNotFoundError, match=r"'comfy\.sd' is not available"):
-        importlib.import_module("comfy.sd")
-    with pytest.raises(ModuleNotFoundError, match=r"'comfy\.k_diffusion\.sampling' is not"):
-        importlib.import_module("comfy.k_diffusion.sampling")
-    with pytest.raises(ModuleNotFoundError, match=r"'comfy_extras\.nodes_mask' is not"):
-        importlib.import_module("comfy_extras.nodes_mask")
+
+
+def test_internal_modules_import_as_stubs_that_fail_when_used():
+    import comfy
+    import comfy.sd
+    from comfy.ldm.lightricks.model import apply_rotary_emb
+
+    from comfy_compat.shims._missing import Unavailable
+
+    for module in ("comfy.sd", "comfy.model_patcher", "comfy.ldm.modules.attention",
+                   "comfy.k_diffusion.sampling", "comfy_extras.nodes_mask",
+                   "comfy_extras.nodes_custom_sampler", "comfy.taesd.taesd"):
+        assert importlib.import_module(module).__name__ == module
+    with pytest.raises(NotImplementedError,
+                       match=r"comfy\.ldm\.lightricks\.model\.apply_rotary_emb is not "
+                             "available in Steerflow"):
+        apply_rotary_emb(None, None)
+    # reached through the package, as `import comfy` then `comfy.sd.VAE` in ComfyUI
+    assert comfy.sd.VAE is importlib.import_module("comfy.sd").VAE
+    assert isinstance(comfy.model_patcher.ModelPatcher, Unavailable)
+    assert not isinstance(object(), comfy.sd.VAE)  # nothing here is a ComfyUI VAE
+    # attributes of a placeholder are placeholders, named in full; values refuse use
+    conv = comfy.ops.disable_weight_init.Conv2d
+    with pytest.raises(NotImplementedError, match=r"comfy\.ops\.disable_weight_init\.Conv2d"):
+        conv(1, 1, 1)
+    for use in (bool, list, len, int, lambda v: v + 1, lambda v: v * 2, lambda v: v[0]):
+        with pytest.raises(NotImplementedError, match="is not available in Steerflow"):
+            use(comfy.ldm.modules.attention.SAGE_ATTENTION_IS_AVAILABLE)
+
+    class Int8Conv(conv):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"Conv2d is not available .*Int8Conv "
+                                                  "is built on it"):
+        Int8Conv()
+    # other modules are still refused by name: not ComfyUI's, or ComfyUI's executor
+    with pytest.raises(ModuleNotFoundError, match=r"'comfy\.no_such_module' is not"):
+        importlib.import_module("comfy.no_such_module")
+    with pytest.raises(ModuleNotFoundError, match=r"'comfy_execution\.caching' is not"):
+        importlib.import_module("comfy_execution.caching")
+    with pytest.raises(AttributeError):
+        comfy.no_such_module  # noqa: B018
+
+
+# --- a pack importing ComfyUI's internals at the top, typed with comfy_types --------
+
+def test_a_pack_importing_internals_at_the_top_loads(registry: NodeRegistry):
+    assert "internals_pack" not in errors(registry), errors(registry)
+    assert {"RealTypedJoin", "RealLazyPick", "RealCheckpointInfo",
+            "RealGuiderFromModel"} <= set(registry.classes)
+
+
+def test_comfy_types_io_in_input_types(registry: NodeRegistry, session: Session):
+    from comfy.comfy_types import IO
+
+    schema = registry.get("RealTypedJoin").schema(session.env)
+    assert json.loads(json.dumps(schema["input"]["required"]["text"])) == \
+        ["STRING", {"default": "a", "multiline": False}]
+    assert schema["output"] == ["STRING"]
+    # ComfyUI's link rule: "*" matches all, a comma list matches its members
+    assert not IO.ANY != "IMAGE" and not IO.NUMBER != "INT"  # noqa: SIM202
+    assert IO.IMAGE != "MASK"
+    assert {"*": 1}[IO.ANY] == 1 and f"{IO.NUMBER}" == "FLOAT,INT"
+    prompt = {"1": {"class_type": "RealTypedJoin", "inputs": {"text": "x", "count": 3}},
+              "2": {"class_type": "RealTypedJoin",
+                    "inputs": {"text": "y", "count": 1, "anything": ["1", 0]}}}
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    assert result.run.outputs["2"] == {"text": ["y+x-x-x"]}
+
+
+def test_check_lazy_mixin_evaluates_only_what_is_asked(session: Session):
+    from comfy.comfy_types import CheckLazyMixin
+
+    assert CheckLazyMixin().check_lazy_status(a=None, b="x", c=None) == ["a", "c"]
+    prompt = {"1": {"class_type": "RealTypedJoin", "inputs": {"text": "a", "count": 1}},
+              "2": {"class_type": "RealTypedJoin", "inputs": {"text": "b", "count": 1}},
+              "3": {"class_type": "RealLazyPick",
+                    "inputs": {"use_a": True, "a": ["1", 0], "b": ["2", 0]}},
+              "4": {"class_type": "RealTypedJoin",
+                    "inputs": {"text": "z", "count": 1, "anything": ["3", 0]}}}
+    result = session.run(prompt)
+    assert result.ok, result.run.error
+    assert result.run.outputs["4"] == {"text": ["z+a"]}
+
+
+@pytest.mark.parametrize(("node", "inputs", "missing"), [
+    ("RealCheckpointInfo", {"ckpt_path": "m.safetensors"},
+     "comfy.sd.load_checkpoint_guess_config"),
+    ("RealGuiderFromModel", {"cfg": 4.0}, "comfy.samplers.CFGGuider"),
+])
+def test_a_stubbed_name_fails_the_node_clearly_when_it_runs(session: Session, node: str,
+                                                            inputs: dict[str, Any],
+                                                            missing: str):
+    result = session.run({"1": {"class_type": node, "inputs": inputs}})
+    assert not result.ok
+    assert f"{missing} is not available in Steerflow" in str(result.run.error)
 
 
 def test_latent_preview_callback_and_previewer_base():

@@ -52,4 +52,7 @@ def prepare_callback(model: Any = None, steps: int = 0, x0_output_dict: dict[str
     return callback
 
 
-__getattr__ = missing_attributes(__name__, "ComfyUI's previewers decode with ComfyUI's models")
+# Impact Pack imports ComfyUI's previewers at its top
+COMFY_NAMES = ("TAESD", "TAESDPreviewerImpl", "Latent2RGBPreviewer", "preview_to_image")
+__getattr__ = missing_attributes(
+    __name__, "ComfyUI's previewers decode with ComfyUI's models", COMFY_NAMES)

@@ -59,4 +59,6 @@ def image_alpha_fix(destination: Any, source: Any) -> tuple[Any, Any]:
     return destination, source
 
 
-__getattr__ = missing_attributes(__name__, "it edits ComfyUI's own conditioning objects")
+COMFY_NAMES = ("conditioning_set_values",)
+__getattr__ = missing_attributes(__name__, "it edits ComfyUI's own conditioning objects",
+                                 COMFY_NAMES)

@@ -191,8 +191,16 @@ def pytorch_attention_enabled() -> bool:
     return True
 
 
+# ComfyUI's model loading and dtype policy, placeholders (inpaint-nodes imports
+# cast_to_device at its top)
+COMFY_NAMES = ("load_models_gpu", "load_model_gpu", "LoadedModel", "current_loaded_models",
+               "cleanup_models", "cast_to_device", "cast_to", "vae_dtype", "unet_dtype",
+               "text_encoder_dtype", "unet_manual_cast", "module_size", "VRAMState",
+               "vram_state", "supports_fp8_compute", "device_supports_non_blocking",
+               "sage_attention_enabled", "flash_attention_enabled", "pick_weight_dtype")
 _missing = missing_attributes(
-    __name__, "ComfyUI's model loading and patching (ModelPatcher) are internals")
+    __name__, "ComfyUI's model loading and patching (ModelPatcher) are internals",
+    COMFY_NAMES)
 
 
 def __getattr__(name: str) -> Any:

@@ -41,4 +41,9 @@ def fix_empty_latent_channels(model: Any, latent_image: Any) -> Any:
     return latent_image
 
 
-__getattr__ = missing_attributes(__name__, "ComfyUI's sampling runs ComfyUI models")
+# Impact Pack wraps comfy.sample.sample at its top (a wrapper Steerflow never calls)
+COMFY_NAMES = ("sample", "sample_custom", "prepare_mask", "prepare_sampling",
+               "get_additional_models", "cleanup_additional_models", "convert_cond",
+               "get_models_from_cond")
+__getattr__ = missing_attributes(__name__, "ComfyUI's sampling runs ComfyUI models",
+                                 COMFY_NAMES)

@@ -35,4 +35,14 @@ class KSampler:
             "(its SAMPLERS and SCHEDULERS lists are); sample with Steerflow's KSampler node")
 
 
-__getattr__ = missing_attributes(__name__, "ComfyUI's sampler objects are internals")
+# ComfyUI's sampler objects, placeholders: KJNodes subclasses CFGGuider at its top
+COMFY_NAMES = ("CFGGuider", "KSAMPLER", "KSamplerX0Inpaint", "Sampler", "sampling_function",
+               "calc_cond_batch", "cfg_function", "sampler_object", "ksampler",
+               "calculate_sigmas", "sample", "SCHEDULER_HANDLERS", "SchedulerHandler",
+               "normal_scheduler", "simple_scheduler", "ddim_scheduler", "beta_scheduler",
+               "kl_optimal_scheduler", "linear_quadratic_schedule", "process_conds",
+               "encode_model_conds", "get_area_and_mult", "resolve_areas_and_cond_masks",
+               "calculate_start_end_timesteps", "pre_run_control",
+               "apply_empty_x_to_equal_area")
+__getattr__ = missing_attributes(__name__, "ComfyUI's sampler objects are internals",
+                                 COMFY_NAMES)

@@ -172,4 +172,10 @@ def get_tiled_scale_steps(width: int, height: int, tile_x: int, tile_y: int,
     return rows * cols
 
 
-__getattr__ = missing_attributes(__name__)
+# ComfyUI helpers that run its models tile by tile, or convert its state dicts
+COMFY_NAMES = ("tiled_scale", "tiled_scale_multidim", "calculate_parameters",
+               "weight_dtype", "state_dict_key_replace", "transformers_convert",
+               "clip_text_transformers_convert", "unet_to_diffusers", "flux_to_diffusers",
+               "mmdit_to_diffusers", "copy_to_param", "set_attr_param", "bislerp",
+               "set_progress_bar_global_hook", "resize_to_batch_size")
+__getattr__ = missing_attributes(__name__, comfy_names=COMFY_NAMES)
