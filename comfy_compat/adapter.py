@@ -454,6 +454,10 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
     if not isinstance(entry, list | tuple) or not entry:
         raise TypeError(f"input {name!r}: expected (type, options), got {entry!r}")
     kind = entry[0]
+    if isinstance(kind, str):
+        # a plain str: packs' "any type" str subclasses (ComfyUI-Logic's AlwaysEqualProxy)
+        # define __eq__ without __hash__
+        kind = "".join(kind)
     options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
     choices: Callable[[Environment], list[Any]] | None = None
     if isinstance(kind, list | tuple) or kind == "COMBO":
@@ -466,6 +470,9 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
                         f"got {kind!r}")
     force = bool(options.get("forceInput") or options.get("defaultInput"))
     low, high = _number(options.get("min")), _number(options.get("max"))
+    if socket == "INT":  # float bounds (WAS): the same integers, as ComfyUI's comparison
+        low = None if low is None or not math.isfinite(low) else math.ceil(low)
+        high = None if high is None or not math.isfinite(high) else math.floor(high)
     adapter = None
     if socket in _PRIMITIVES or socket == "COMBO":
         bounds = [] if by_node or socket not in ("INT", "FLOAT") else \

@@ -27,7 +27,8 @@ MakeSpec = Callable[[str, Any, bool], InputSpec]
 
 def is_dynamic(entry: Any) -> bool:
     kind = entry[0] if isinstance(entry, list | tuple) and entry else entry
-    return isinstance(kind, str) and kind in DYNAMIC_TYPES
+    # a plain copy: a pack's "any type" str subclass may equal everything, unhashable
+    return isinstance(kind, str) and "".join(kind) in DYNAMIC_TYPES
 
 
 def dynamic_specs(name: str, entry: Any, required: bool, make: MakeSpec

@@ -24,6 +24,10 @@ here. ``import server`` keeps meaning our aiohttp server, and a pack's
 - ``loop`` is an event loop running in its own thread (the one the pack routes are
   answered on), so ``asyncio.run_coroutine_threadsafe(coro, PromptServer.instance.loop)``
   and ``loop.call_soon_threadsafe`` from a node work as in ComfyUI.
+- ``app`` answers what packs call at import: ``app.router.frozen`` (False: routes may
+  still be added), ``app.add_routes([...])`` (route definitions join ``routes``; static
+  folders, ``web.static(...)``, are not served: a pack's web files go in its
+  ``WEB_DIRECTORY``) and ``app.router.add_get`` / ``add_post`` / ``add_route``.
 - ``add_on_prompt_handler`` handlers are collected but not called.
 """
 
@@ -51,6 +55,44 @@ class BinaryEventTypes:
     TEXT = 3
 
 
+class _PackRouter:
+    """``PromptServer.instance.app.router``: routes added here join the pack routes."""
+
+    frozen = False
+
+    def __init__(self, routes: web.RouteTableDef):
+        self._routes = routes
+
+    def add_route(self, method: str, path: str, handler: Any, **kwargs: Any) -> None:
+        self._routes.route(method.upper(), path, **kwargs)(handler)
+
+    def add_get(self, path: str, handler: Any, **kwargs: Any) -> None:
+        self.add_route("GET", path, handler, **kwargs)
+
+    def add_post(self, path: str, handler: Any, **kwargs: Any) -> None:
+        self.add_route("POST", path, handler, **kwargs)
+
+    def add_static(self, prefix: str, path: Any, **_kwargs: Any) -> None:
+        log.info("a pack's static folder %s (%s) is not served; use WEB_DIRECTORY",
+                 prefix, path)
+
+
+class _PackApp:
+    """``PromptServer.instance.app`` as packs use it at import (see the module doc)."""
+
+    def __init__(self, routes: web.RouteTableDef):
+        self.router = _PackRouter(routes)
+
+    def add_routes(self, definitions: Any) -> list[Any]:
+        for definition in definitions:
+            if isinstance(definition, web.RouteDef):
+                self.router.add_route(definition.method, definition.path,
+                                      definition.handler, **definition.kwargs)
+            elif isinstance(definition, web.StaticDef):
+                self.router.add_static(definition.prefix, definition.path)
+        return []
+
+
 class PromptServer:
     """The singleton packs reach as ``PromptServer.instance``."""
 
@@ -64,7 +106,7 @@ class PromptServer:
         self.last_prompt_id: str | None = None
         self.on_prompt_handlers: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
         self.supports = ["custom_nodes_from_web"]
-        self.app: Any = None
+        self.app: Any = _PackApp(self.routes)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.prompt_queue: Any = None
         self.number = 0  # ComfyUI's queue counter (packs read and bump it)

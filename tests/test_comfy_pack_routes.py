@@ -134,3 +134,12 @@ def test_pack_files_through_the_server_and_the_start_up_window(
     finally:
         http.close()
         anonymous.close()
+
+
+def test_routes_added_on_the_app_at_import_are_answered(bridge: Any):
+    """``PromptServer.instance.app.add_routes`` (KJNodes) joins the pack routes; a static
+    folder is not served (a pack's files are its WEB_DIRECTORY)."""
+    status, _headers, body = ask(bridge, "/files_pack/added")
+    assert status == 200 and json.loads(body) == {"added": True}
+    status, _headers, _body = ask(bridge, "/files_pack_static/common/util.js")
+    assert status == 404

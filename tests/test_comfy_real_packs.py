@@ -471,3 +471,35 @@ def test_packs_import_against_the_runs_folders(tmp_path: Path, monkeypatch: pyte
     schema = registry.get("RealLoadImagesFromInput").schema(env)
     assert "pic.png" in json.dumps(schema)
     assert not (tmp_path / "input").exists()
+
+
+# --- declarations a strict reading would refuse ---------------------------------------
+
+def test_quirky_declarations_of_real_packs_load(registry: NodeRegistry, session: Session):
+    from aiohttp import web
+
+    from engine import PromptValidationError
+    from server import PromptServer
+
+    assert "quirks_pack" not in errors(registry), errors(registry)
+    # an unhashable "any type" str subclass (ComfyUI-Logic) is the any type
+    assert registry.get("QuirksIf").schema(session.env)["output"] == ["*"]
+    linked = {"1": {"class_type": "RealTypedJoin", "inputs": {"text": "x", "count": 1}},
+              "2": {"class_type": "QuirksIf", "inputs": {"condition": True,
+                                                         "if_true": ["1", 0],
+                                                         "if_false": ["1", 0]}}}
+    session.validate({**linked, "3": {"class_type": "RealTypedJoin", "inputs": {
+        "text": "y", "count": 1, "anything": ["2", 0]}}})
+    # float bounds on an INT (WAS): the integers inside them
+    for radius, ok in ((1, True), (9, True), (0, False), (10, False)):
+        prompt = {"r": {"class_type": "QuirksRadius", "inputs": {"radius": radius}},
+                  "j": {"class_type": "RealTypedJoin", "inputs": {
+                      "text": "y", "count": 1, "anything": ["r", 0]}}}
+        if ok:
+            session.validate(prompt)
+        else:
+            with pytest.raises(PromptValidationError):
+                session.validate(prompt)
+    # routes added on the app at import (KJNodes) join the pack routes
+    assert ("GET", "/quirks/hello") in [(r.method, r.path) for r in PromptServer.instance.routes
+                                         if isinstance(r, web.RouteDef)]
