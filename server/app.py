@@ -140,9 +140,11 @@ def create_app(config: ServerConfig, *,
 
 async def _on_startup(app: web.Application) -> None:
     st = app[STATE]
-    # Half-written uploads from a killed server and last run's temp/ go first.
-    await asyncio.get_running_loop().run_in_executor(None, files.remove_leftovers, st.env)
+    # Half-written uploads and user-data saves from a killed server, and last run's
+    # temp/, go first.
     loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, files.remove_leftovers, st.env)
+    await loop.run_in_executor(None, userdata.remove_leftovers, st.config.user_dir)
     st.hub.attach(loop)
     try:  # recovers the stored queue: the first read of most of the database
         st.runtime.start(loop)

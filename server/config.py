@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 FRONT_ENDS = ("steerflow", "comfyui")
 COMFYUI_FRONTEND_PACKAGE = "comfyui_frontend_package"
 MIN_HEADER_TIMEOUT, MAX_HEADER_TIMEOUT = 1.0, 300.0
+MIN_TOKEN_LENGTH = 8  # what `steerflow serve` accepts (a guessable token is no lock)
+_ORIGIN_HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # a name, an IPv4 or IPv6 literal
 
 
 class ConfigError(ValueError):
@@ -87,7 +90,7 @@ class ServerConfig:
         if self.front_end == "comfyui":
             self.web_dir = comfyui_frontend_dir()
         self.token = self.token or None
-        self.allow_origins = frozenset(normalize_origin(o) for o in self.allow_origins if o)
+        self.allow_origins = frozenset(_allowed_origin(o) for o in self.allow_origins)
 
     @property
     def data_dir(self) -> Path:
@@ -115,6 +118,9 @@ class ServerConfig:
             raise ConfigError(
                 f"refusing to listen on {self.host!r} without authentication: a non-loopback "
                 f"address needs a token (--token, or the {TOKEN_ENV} environment variable)")
+        if self.token is not None and self.token != self.token.strip():
+            raise ConfigError("the token is blank or starts or ends with whitespace (a stray "
+                              f"space?): give --token or {TOKEN_ENV} a real value")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")
         if not (0 if self.ray else 1) <= self.workers <= 256:
@@ -160,6 +166,11 @@ class ServerConfig:
         models = opt("models_dir")
         devices = str(opt("worker_devices", "") or "")
         remote = opt("remote_base_dir")
+        token = opt("token") or os.environ.get(TOKEN_ENV) or None
+        if token and token.strip() and len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(f"the token must have at least {MIN_TOKEN_LENGTH} characters; "
+                              "choose a long random one, e.g. python -c 'import secrets; "
+                              "print(secrets.token_urlsafe())'")
         return cls(
             host=str(opt("host", "127.0.0.1")),
             port=int(opt("port", 8188)),  # type: ignore[call-overload]
@@ -168,7 +179,7 @@ class ServerConfig:
             device=opt("device"),  # type: ignore[arg-type]
             allow_pickle=bool(opt("allow_pickle", False)),
             custom_nodes=Path(str(custom)) if custom else None,
-            token=opt("token") or os.environ.get(TOKEN_ENV) or None,  # type: ignore[arg-type]
+            token=token,  # type: ignore[arg-type]
             max_upload_bytes=int(upload_mb * (1 << 20)),
             header_timeout=float(opt("header_timeout", 10.0)),  # type: ignore[arg-type]
             fair_queue=bool(opt("fair_queue", False)),
@@ -213,29 +224,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def normalize_origin(origin: str) -> str:
-    """``scheme://host[:port]``, lower-cased, default ports and trailing slash dropped."""
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host[:port]``, lower-cased, default ports and trailing slash dropped;
+    None for anything else (``*``, ``null``, a bare host, a path or query), which can
+    never match an allowed origin."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(origin.strip().lower())
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
+    text = origin.strip().lower()
     try:
+        parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        return origin.strip().lower()
+        return None
+    host = parts.hostname or ""
+    if (not parts.scheme or not text.startswith(f"{parts.scheme}://")
+            or not _ORIGIN_HOST.fullmatch(host) or "@" in parts.netloc
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or "#" in text or "?" in text):
+        return None
+    if ":" in host:
+        host = f"[{host}]"
     default = {"http": 80, "https": 443}.get(parts.scheme)
     netloc = host if port in (None, default) else f"{host}:{port}"
     return f"{parts.scheme}://{netloc}"
 
 
+def _allowed_origin(value: str) -> str:
+    """An ``--allow-origin`` value, normalized, or a ConfigError: a wildcard or ``null``
+    would let in every page (any page can send ``Origin: null`` from a sandboxed frame)."""
+    origin = normalize_origin(value)
+    if origin is None:
+        raise ConfigError(f"--allow-origin/{ORIGINS_ENV} {value!r} is not an origin: give "
+                          "scheme://host[:port], e.g. http://localhost:5173 (wildcards and "
+                          "'null' are refused: they would let any web page in)")
+    return origin
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's own options, for ``steerflow serve``."""
-    parser.add_argument("--token", help="require this token from clients (header "
-                        "'Authorization: Bearer TOKEN' or ?token=TOKEN); required on a "
-                        "non-loopback --host. Prefer the STEERFLOW_TOKEN environment "
-                        "variable: a command line is visible to other local users")
+    parser.add_argument("--token", help="require this token (8 characters or more) from "
+                        "clients (header 'Authorization: Bearer TOKEN' or ?token=TOKEN); "
+                        "required on a non-loopback --host. Prefer the STEERFLOW_TOKEN "
+                        "environment variable: a command line is visible to other local users")
     parser.add_argument("--max-upload-mb", type=float, default=50.0,
                         help="largest accepted image upload (default: 50)")
     parser.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -248,8 +278,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "lists by number, not in run order")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="also accept browser requests from this origin, e.g. a "
-                        "dev server http://localhost:5173 (repeatable; or "
-                        "STEERFLOW_ALLOW_ORIGINS=a,b)")
+                        "dev server http://localhost:5173; scheme://host[:port] only, "
+                        "no wildcard or 'null' (repeatable; or STEERFLOW_ALLOW_ORIGINS=a,b)")
     parser.add_argument("--interrupt-grace", type=float, default=3.0, metavar="SECONDS",
                         help="how long an interrupted prompt may take to stop on its own "
                         "before its worker process is killed and restarted (default: 3)")

@@ -20,7 +20,10 @@ noting when bytes arrive. A sweep every fraction of a second then
   and ends the connection after that reply;
 
 and each new connection past ``max_pending`` connections waiting for a request head
-(idle keep-alive ones included) closes the oldest of those. A request being handled
+(idle keep-alive ones included) closes the oldest of those. A request aiohttp cannot
+parse (a request line or header over its 8190 bytes, a bad header) never reaches the
+app's middlewares: :class:`_JsonErrors` answers it with the structured JSON error
+instead of aiohttp's plain text. A request being handled
 is never touched otherwise: a websocket's handler runs for the whole connection, so
 neither timer applies after the upgrade. aiohttp's keep-alive timer still closes idle
 keep-alive connections.
@@ -42,8 +45,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from server.errors import ApiError, dumps, error_body
 
@@ -78,6 +84,36 @@ def _timeout_reply(message: str) -> bytes:
     return (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
             b"Content-Type: application/json; charset=utf-8\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+class _JsonErrors(RequestHandler):
+    """aiohttp's handler, its own error replies (unparsable requests, before any
+    middleware runs) as the project's structured JSON."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if sent already
+        if isinstance(exc, LineTooLong):
+            limit = exc.args[1] if len(exc.args) > 1 else "its limit of"
+            type_, text = "request_too_long", ("the request line or a header is longer "
+                                               f"than the server's limit ({limit} bytes)")
+        elif isinstance(exc, HttpProcessingError) and 400 <= status < 500:
+            type_, text = "bad_request", f"malformed HTTP request: {exc.message[:200]}"
+        else:
+            type_, text = "internal_error", "internal server error; see the server log"
+        response = web.Response(status=status, text=dumps({"error": error_body(type_, text)}),
+                                content_type="application/json")
+        response.force_close()
+        return response
+
+
+def _handler(server: web.Server) -> RequestHandler:
+    """What ``server()`` makes, as :class:`_JsonErrors` (its private ``_loop`` and
+    ``_kwargs``: the handler's arguments, see the module docstring)."""
+    return _JsonErrors(server, loop=server._loop, **server._kwargs)
 
 
 class _Guarded(asyncio.Protocol):
@@ -160,9 +196,8 @@ class ConnectionGuard:
         self._counts = {"header": 0, "body": 0, "dropped": 0}
         self._logged = 0.0
 
-    def protocol_factory(self, server: Callable[[], RequestHandler]
-                         ) -> Callable[[], asyncio.Protocol]:
-        return lambda: _Guarded(self, server())
+    def protocol_factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Guarded(self, _handler(server))
 
     def start(self) -> None:
         if self._sweeper is None:

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 ROLES = ("output", "input", "temp")
 FIELD_LIMIT = 4096
+# ComfyUI's upload forms have a handful of parts (image, type, subfolder, overwrite,
+# original_ref); each costs ~0.25 ms to parse, so a 50 MiB body of tiny ones took minutes.
+MAX_FORM_PARTS = 32
 _BAD_CHARS = set('<>:"|?*')
 MAX_NAME_BYTES = 255  # one file or folder name, in bytes (NAME_MAX)
 MAX_SUFFIX_BYTES = 16  # a longer ".xyz…" is part of the name, not an extension
@@ -224,8 +227,15 @@ async def read_upload(request: web.Request, default_name: str, what: str) -> Upl
     fields: dict[str, str] = {}
     data: bytes | None = None
     filename = default_name
+    parts = 0
     try:
         while (part := await reader.next()) is not None:
+            parts += 1
+            if parts > MAX_FORM_PARTS:
+                raise ApiError(400, "too_many_fields", f"the form has more than "
+                               f"{MAX_FORM_PARTS} parts; an upload sends 'image' and a few "
+                               "fields (type, subfolder, overwrite, original_ref)",
+                               extra_info={"limit_parts": MAX_FORM_PARTS})
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "invalid_form", "nested multipart is not accepted")
             if part.name == "image":

@@ -4,9 +4,10 @@
   so a page on ``evil.example`` that re-resolves to 127.0.0.1 is refused even
   for reads (DNS rebinding).
 * Origin: a request carrying an ``Origin`` must come from this server's own
-  origin or an allow-listed one; state-changing requests and websockets from
-  a ``cross-site`` context (``Sec-Fetch-Site``) are refused as well. We never
-  send CORS headers, so browsers cannot read cross-origin responses either.
+  origin or an allow-listed one (``Origin: null`` never is); state-changing requests
+  and websockets from a ``cross-site`` context (``Sec-Fetch-Site``) are refused as
+  well. We never send CORS headers, so browsers cannot read cross-origin responses
+  either.
 * Token: with a token set, every API route needs ``Authorization: Bearer``,
   ``?token=`` (browsers cannot set headers on websockets and ``<img>``) or the
   session cookie; only the web app's static files are public. Opening the app once

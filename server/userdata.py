@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,15 @@ from aiohttp import web
 
 from engine.paths import PathError, confined_path
 from server.errors import ApiError, json_response, storage_error
-from server.files import TEMP_PREFIX, TEMP_SUFFIX, _fsync_dir, _link_if_absent, _write_temp
+from server.files import (
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    _fsync_dir,
+    _is_old_file,
+    _link_if_absent,
+    _remove,
+    _write_temp,
+)
 from server.routes import strict_loads
 from server.state import state
 
@@ -40,6 +49,8 @@ T = TypeVar("T")
 DEFAULT_USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
 SETTINGS_LIMIT = 2 << 20  # the frontend's settings are a few KiB
+# All settings together: each POST rewrites the whole file, so it must stay small.
+SETTINGS_FILE_LIMIT = 4 << 20
 SETTING_ID_LIMIT = 256
 NAME_LIMIT = 255  # one path part, as most filesystems allow
 PATH_LIMIT = 1024
@@ -47,6 +58,9 @@ DEPTH_LIMIT = 16
 # A backslash would be a folder separator to Windows tools; the other characters
 # Windows refuses are fine names here, as in ComfyUI on Linux ("Portrait: v2.json").
 _BAD_CHARS = frozenset('<>:"|?*\\' if os.name == "nt" else "\\")
+# _write_temp's names (tempfile.mkstemp's 8 random characters): user names cannot
+# start with TEMP_PREFIX (check_name), so only our own half-written files match.
+_WRITE_TEMP = re.compile(rf"^{re.escape(TEMP_PREFIX)}[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}$")
 # One lock for read-modify-write of settings files and create-if-absent moves.
 _lock = threading.Lock()
 
@@ -156,8 +170,15 @@ def _update_settings(root: Path, change: dict[str, Any]) -> None:
         if path.exists() and not current and path.stat().st_size > 2:
             # Unreadable: keep it for the user rather than overwrite it.
             path.replace(path.with_name(f"{SETTINGS_FILE}.unreadable-{int(time.time())}"))
-        text = json.dumps({**current, **change}, indent=2, ensure_ascii=False)
-        _write(root, path, text.encode("utf-8"), overwrite=True)
+        data = json.dumps({**current, **change}, indent=2, ensure_ascii=False).encode()
+        old_size = path.stat().st_size if current else 0
+        if len(data) > max(SETTINGS_FILE_LIMIT, old_size):  # shrinking one is still fine
+            raise ApiError(413, "settings_too_large", f"the settings would take "
+                           f"{len(data) / (1 << 20):.1f} MiB, over the "
+                           f"{SETTINGS_FILE_LIMIT >> 20} MiB limit for all settings "
+                           "together; keep large data in a user file (/userdata) instead",
+                           extra_info={"limit_bytes": SETTINGS_FILE_LIMIT})
+        _write(root, path, data, overwrite=True)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -349,6 +370,25 @@ def _write(root: Path, path: Path, data: bytes, *, overwrite: bool) -> None:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_leftovers(user_dir: Path, *, older_than: float = 0.0) -> list[Path]:
+    """Delete the temp files of user-data writes a killed server left (:func:`_write`'s,
+    anywhere under ``user_dir``); returns the paths removed. Only our own temp names,
+    never through a symlinked folder; files modified less than ``older_than`` seconds
+    ago are kept."""
+    cutoff = time.time() - older_than
+    removed: list[Path] = []
+    if not user_dir.is_dir():
+        return removed
+    for dirpath, _dirs, names in os.walk(user_dir, followlinks=False):
+        for name in names:
+            path = Path(dirpath, name)
+            if _WRITE_TEMP.match(name) and _is_old_file(path, cutoff) and _remove(path):
+                removed.append(path)
+    if removed:
+        log.info("removed %d half-written user file(s) of interrupted saves", len(removed))
+    return removed
 
 
 def _exists(name: str) -> ApiError:

@@ -181,6 +181,24 @@ def test_serve_refuses_a_header_timeout_out_of_range(tmp_path, capsys, value):
     assert err.startswith("error: --header-timeout must be 1..300 seconds"), err
 
 
+def test_an_unparsable_request_gets_the_structured_json_400(guarded):
+    """Security drill §9: aiohttp's own parse errors, before any middleware, are JSON."""
+    srv = guarded()
+    for data in (head(srv.port, "GET /history/" + "a" * 9000 + " HTTP/1.1", "\r\n"),
+                 head(srv.port, "GET /queue HTTP/1.1", f"X-Big: {'b' * 9000}\r\n\r\n"),
+                 head(srv.port, "GET /queue HTTP/1.1", "Bad Header\r\n\r\n")):
+        got, _ = until_closed(raw(srv.port, data))
+        status, _, body = got.partition(b"\r\n\r\n")
+        assert status.split(b"\r\n")[0].split()[1] == b"400", got[:200]
+        assert b"Content-Type: application/json" in status
+        error = json.loads(body)["error"]
+        assert error["type"] in ("request_too_long", "bad_request"), error
+        assert "aaaa" not in error["message"] and "bbbb" not in error["message"]
+    client = Http(srv.live.url, srv.loop)
+    assert client.get("/queue").status == 200  # still serving
+    client.close()
+
+
 # --- request bodies -----------------------------------------------------------------
 def test_a_declared_body_over_the_limit_is_413_before_it_is_read(guarded):
     srv = guarded(max_prompt_bytes=1000)
