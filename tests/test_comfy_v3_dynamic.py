@@ -222,3 +222,38 @@ def test_a_ui_workflow_maps_the_chosen_options_widgets(registry: NodeRegistry,
     converted = convert_ui_workflow(ui, schemas)
     assert converted.prompt["1"]["inputs"] == {"value": 4, "mode": "add", "mode.amount": 3,
                                                "mode.sign": "-"}
+
+
+def test_options_may_share_an_input(tmp_path: Path):
+    """As in ComfyUI, options of a DynamicCombo may bring inputs of the same id (declared
+    alike, the engine's rule); each option's default stays its own."""
+    from comfy_compat import ADAPTER
+
+    ADAPTER.prepare()
+    folder = tmp_path / "custom_nodes"
+    folder.mkdir()
+    (folder / "shared_pack.py").write_text('''
+from comfy_api.latest import io
+
+
+class Shared(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="DynShared", is_output_node=True, inputs=[
+            io.DynamicCombo.Input("size", options=[
+                io.DynamicCombo.Option("small", [io.Int.Input("w", default=8, max=64)]),
+                io.DynamicCombo.Option("large", [io.Int.Input("w", default=32, max=64)]),
+            ])], outputs=[])
+
+    @classmethod
+    def execute(cls, size):
+        return io.NodeOutput(ui={"text": [str(size["w"])]})
+
+
+NODE_CLASS_MAPPINGS = {"DynShared": Shared}
+''')
+    registry = NodeRegistry()
+    registry.load_directory(folder)
+    assert "DynShared" in registry, registry.errors
+    session = Session(tmp_path / "home", device="cpu", registry=registry)
+    assert shown(session.run({"s": n("DynShared", size="large")}), "s") == "32"

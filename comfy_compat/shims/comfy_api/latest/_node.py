@@ -26,7 +26,7 @@ from typing import Any
 
 from engine.lists import ExecutionBlocker
 
-from ._dynamic import has_dynamic, nest_inputs
+from ._dynamic import DynamicInput, has_dynamic, nest_inputs
 from ._types import Input, Output
 
 HIDDEN_KWARG = "\x00steerflow_hidden"
@@ -108,7 +108,10 @@ class Schema:
                 output.id = f"_{i}_{output.io_type}_"
 
     def validate(self) -> None:
-        inputs = [i.id for top in self.inputs for i in top.get_all()]
+        # as ComfyUI: a dynamic input's own inputs are not compared (DynamicCombo options
+        # may share an input id)
+        inputs = [i.id for top in self.inputs
+                  for i in ([top] if isinstance(top, DynamicInput) else top.get_all())]
         outputs = [o.id for o in self.outputs]
         issues = [f"{kind} ids must be unique, but "
                   f"{sorted(k for k, n in Counter(ids).items() if n > 1)} are not"
