@@ -32,7 +32,7 @@ from typing import Any
 from comfy_compat import runtime
 
 #: ComfyUI class name → (Steerflow node type, ComfyUI method, its parameters in order,
-#: ComfyUI-only parameters with the value under which they may be ignored)
+#: ComfyUI-only parameters with the value under which they may be ignored, ``...``: any)
 COMFY_NODES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any]]] = {
     "CheckpointLoaderSimple": ("CheckpointLoaderSimple", "load_checkpoint", ("ckpt_name",), {}),
     "VAELoader": ("VAELoader", "load_vae", ("vae_name",), {}),
@@ -77,11 +77,50 @@ COMFY_NODES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any]]] = {
     "UpscaleModelLoader": ("UpscaleModelLoader", "load_model", ("model_name",), {}),
     "ImageUpscaleWithModel": ("ImageUpscaleWithModel", "upscale", ("upscale_model", "image"),
                               {}),
+    "ConditioningConcat": ("ConditioningConcat", "concat",
+                           ("conditioning_to", "conditioning_from"), {}),
+    "ConditioningSetTimestepRange": ("ConditioningSetTimestepRange", "set_range",
+                                     ("conditioning", "start", "end"), {}),
+    "ConditioningSetArea": ("ConditioningSetArea", "append",
+                            ("conditioning", "width", "height", "x", "y", "strength"), {}),
+    "ConditioningSetMask": ("ConditioningSetMask", "append",
+                            ("conditioning", "mask", "strength", "set_cond_area"), {}),
+    "CLIPSetLastLayer": ("CLIPSetLastLayer", "set_last_layer", ("clip", "stop_at_clip_layer"),
+                         {}),
+    "CLIPVisionLoader": ("CLIPVisionLoader", "load_clip", ("clip_name",), {}),
+    "CLIPVisionEncode": ("CLIPVisionEncode", "encode", ("clip_vision", "image", "crop"), {}),
+    "unCLIPConditioning": ("unCLIPConditioning", "apply_adm",
+                           ("conditioning", "clip_vision_output", "strength",
+                            "noise_augmentation"), {}),
+    "StyleModelLoader": ("StyleModelLoader", "load_style_model", ("style_model_name",), {}),
+    "GLIGENLoader": ("GLIGENLoader", "load_gligen", ("gligen_name",), {}),
+    "UNETLoader": ("UNETLoader", "load_unet", ("unet_name", "weight_dtype"), {}),
+    "VAEDecodeTiled": ("VAEDecodeTiled", "decode",
+                       ("vae", "samples", "tile_size", "overlap", "temporal_size",
+                        "temporal_overlap"), {}),
+    "VAEEncodeForInpaint": ("VAEEncodeForInpaint", "encode",
+                            ("vae", "pixels", "mask", "grow_mask_by"), {}),
+    "SaveLatent": ("SaveLatent", "save", ("samples", "filename_prefix"),
+                   {"prompt": ..., "extra_pnginfo": ...}),
+    "LoadLatent": ("LoadLatent", "load", ("latent",), {}),
+    "RepeatLatentBatch": ("RepeatLatentBatch", "repeat", ("samples", "amount"), {}),
+    "LatentFromBatch": ("LatentFromBatch", "frombatch", ("samples", "batch_index", "length"),
+                        {}),
+    "LatentComposite": ("LatentComposite", "composite",
+                        ("samples_to", "samples_from", "x", "y", "feather"), {}),
+    "LatentCrop": ("LatentCrop", "crop", ("samples", "width", "height", "x", "y"), {}),
+    "LatentFlip": ("LatentFlip", "flip", ("samples", "flip_method"), {}),
+    "LatentRotate": ("LatentRotate", "rotate", ("samples", "rotation"), {}),
+    "EmptyImage": ("EmptyImage", "generate", ("width", "height", "batch_size", "color"), {}),
+    "ImageCrop": ("ImageCrop", "crop", ("image", "width", "height", "x", "y"), {}),
+    "ImageInvert": ("ImageInvert", "invert", ("image",), {}),
+    "ImagePadForOutpaint": ("ImagePadForOutpaint", "expand_image",
+                            ("image", "left", "top", "right", "bottom", "feathering"), {}),
 }
 
 #: ComfyUI node classes packs import that Steerflow has no node for: importable (so
 #: the pack loads), but creating one raises NotImplementedError saying so
-UNAVAILABLE = ("ConditioningSetTimestepRange", "ConditioningConcat")
+UNAVAILABLE: tuple[str, ...] = ()
 
 #: every name :func:`comfy_class` answers
 NAMES = frozenset({*COMFY_NODES, *UNAVAILABLE, "SaveImage", "PreviewImage", "LatentBatch",
@@ -174,7 +213,9 @@ def _bridge(name: str, type_id: str, function: str, params: tuple[str, ...],
                 raise TypeError(f"{name}.{function}() got multiple values for {key!r}")
             values[key] = value
         for key in [k for k in values if k not in cls.INPUT_SPECS]:
-            if key in ignorable and values[key] == ignorable[key]:
+            # ``...``: a ComfyUI-only argument dropped whatever its value (SaveLatent's
+            # hidden prompt: Steerflow's node embeds the running prompt itself)
+            if key in ignorable and ignorable[key] in (..., values[key]):
                 del values[key]
             else:
                 raise TypeError(f"{name}.{function}(): {key!r} is not an input of "

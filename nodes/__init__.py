@@ -286,4 +286,4 @@ def __getattr__(name: str) -> Any:
 
 #: ComfyUI's lower-case public names in its ``nodes`` module (packs import them)
 _COMFY_CONSTANTS = frozenset({"interrupt_processing", "before_node_execution",
-                              "common_ksampler"})
+                              "common_ksampler", "unCLIPConditioning"})

@@ -448,13 +448,21 @@ def test_every_bridged_class_names_steerflow_inputs():
         assert function == comfy_class(name).FUNCTION
 
 
-def test_unavailable_node_classes_import_but_fail_when_used():
+def test_more_node_classes_bridge_with_comfyuis_methods():
+    """essentials' ConditioningSetTimestepRange, Impact's SaveLatent, ...: ComfyUI's
+    method and argument order, run by the built-in node (inside a node's run only)."""
     from comfy_compat.builtin_nodes import comfy_class
 
-    cls = comfy_class("ConditioningSetTimestepRange")
-    with pytest.raises(NotImplementedError, match=r"nodes\.ConditioningSetTimestepRange is "
-                                                  r"not available"):
-        cls()
+    ranged = comfy_class("ConditioningSetTimestepRange")
+    assert ranged.FUNCTION == "set_range" and ranged.RETURN_TYPES == ("CONDITIONING",)
+    with pytest.raises(RuntimeError, match="only run inside a node's run"):
+        ranged().set_range(None, 0.0, 0.5)
+    save = comfy_class("SaveLatent")
+    assert save.OUTPUT_NODE and save.FUNCTION == "save"
+    with pytest.raises(RuntimeError, match="only run inside a node's run"):  # prompt dropped
+        save().save(None, "x", prompt={"1": {}}, extra_pnginfo={})
+    with pytest.raises(TypeError, match="'nope' is not an input"):
+        save().save(None, "x", nope=1)
 
 
 def test_packs_import_against_the_runs_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
