@@ -39,7 +39,7 @@ import { useMinimapPan } from "./editor/useMinimapPan";
 import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
 import { useRefitOnResize } from "./editor/useRefitOnResize";
-import { blurFocusedField, isEditable, useShortcuts } from "./editor/useShortcuts";
+import { blurFocusedField, isEditable, queueKeyBlocker, useShortcuts } from "./editor/useShortcuts";
 import { useSpacePan } from "./editor/useSpacePan";
 import { queuedPrompt } from "./lib/dynamicprompts";
 import { stringifyJsonExact } from "./lib/exactint";
@@ -60,11 +60,14 @@ const DEFAULT_WORKFLOW = "txt2img.json";
 const LOAD_IMAGE_TYPES = ["LoadImage"];
 /** This tab's training loss curves, kept in sessionStorage over a reload. */
 const LOSS_CURVES_KEY = "steerflow.lossCurves";
+/** The prompts queued from the tab's graph (RunStore.graphPromptIds), kept across a reload. */
+const GRAPH_PROMPTS_KEY = "steerflow.graphPrompts";
 
-function takeLossCurves(): unknown {
+/** What was kept under `key` before the reload (read once), or null. */
+function takeKept(key: string): unknown {
   try {
-    const text = sessionStorage.getItem(LOSS_CURVES_KEY);
-    sessionStorage.removeItem(LOSS_CURVES_KEY);
+    const text = sessionStorage.getItem(key);
+    sessionStorage.removeItem(key);
     return text ? JSON.parse(text) : null;
   } catch {
     return null;
@@ -229,10 +232,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     const s = new Socket(makeClientId(), store, () => void resync(), adopt);
     socket.current = s;
     s.open();
-    // a training's loss curve so far stays with the tab across a reload (the server keeps no loss history)
+    // a training's loss curve so far stays with the tab across a reload (the server keeps no loss
+    // history), and which prompts were its graph's (their run goes on being drawn on it)
     const keepCurves = () => {
       try {
         sessionStorage.setItem(LOSS_CURVES_KEY, JSON.stringify(store.lossCurves()));
+        sessionStorage.setItem(GRAPH_PROMPTS_KEY, JSON.stringify(store.graphPromptIds()));
       } catch {
         // storage full or off: the curve starts again at the current step
       }
@@ -340,7 +345,10 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         // a new tab's copy of another tab's graph is its own from now on (a reload keeps it)
         if (saved.from !== "tab") tabs.save(saved.doc, saved.fit, name ?? "");
         loadGraph(graph, { fitted: asFit(saved.fit), name }); // a saved view that was a fit still refits on a resize
-        if (saved.from === "tab") store.restoreLossCurves(takeLossCurves());
+        if (saved.from === "tab") {
+          store.restoreLossCurves(takeKept(LOSS_CURVES_KEY));
+          store.restoreGraphPrompts(takeKept(GRAPH_PROMPTS_KEY));
+        }
         // the results shown before the reload, from the server's history; the graph's prompts
         // still queued or running (another tab's, e.g. one closed meanwhile) when they finish
         // (only outputs of prompts that ran this graph: node ids start at 1 again after a Clear)
@@ -463,13 +471,20 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     if (!openingRef.current) fn();
   }, []);
 
+  /** A queue key pressed over a modal dialog (Examples, Clear's question) queues nothing: the graph is hidden behind it. */
+  const queueKey = useCallback((run: () => void) => () => {
+    const dialog = queueKeyBlocker(document, !!openingRef.current);
+    if (dialog) notify(`Not queued: the “${dialog}” dialog is open over the graph (close it first)`, "warning");
+    else run();
+  }, [notify]);
+
   const shortcuts = useMemo(() => ({
     keys: () => setKeysHelp((open) => !open),
-    queue: queueN,
-    queueFront: () => whenOpened(() => {
+    queue: queueKey(queueN),
+    queueFront: queueKey(() => whenOpened(() => {
       if (queueOptions.countIssue) notify(`Not queued: ${queueOptions.countIssue}`, "error");
       else void queue(undefined, queueOptions.count, true);
-    }),
+    })),
     interrupt: () => void interrupt().catch(() => undefined),
     save,
     open: () => fileInput.current?.click(),
@@ -491,7 +506,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       notify("Refreshing the node definitions…");
     },
     deleteLink: edit.removeLink,
-  }), [queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs, pasteKey]);
+  }), [queueKey, queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs, pasteKey]);
   // a menu, the palette, a modal dialog or a workflow being opened has the keyboard: only the global keys
   useShortcuts(shortcuts, !!linking.palette || !!menu || !!opening || confirmClear || !!lightbox);
 

@@ -72,10 +72,15 @@ export const convertWorkflow = (workflow: unknown) =>
  * Queue a prompt; `targets` (output node ids) runs only those and what they need; `front`
  * puts it before the waiting prompts (ComfyUI's Ctrl+Shift+Enter).
  */
+/**
+ * Queue `prompt`. `promptId`: the id it gets (made here, so that the page knows which graph
+ * queued it before any run message of it comes; the server makes one without).
+ */
 export async function queuePrompt(prompt: ApiPrompt, clientId: string, workflow: WorkflowDocument,
-  targets?: string[], front = false): Promise<QueueResult> {
+  targets?: string[], front = false, promptId?: string): Promise<QueueResult> {
   return postJson<QueueResult>("prompt", {
     prompt,
+    ...(promptId ? { prompt_id: promptId } : {}),
     client_id: clientId,
     extra_data: { extra_pnginfo: { workflow } },
     ...partialFields(targets),
@@ -303,6 +308,13 @@ export class Socket {
     if (this.timer) clearTimeout(this.timer);
     this.ws?.close();
   }
+}
+
+/** A new prompt id (a UUID; randomUUID needs a secure context, so not on a remote http server). */
+export function makePromptId(): string {
+  if (typeof crypto !== "undefined" && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const hex = (n: number) => Array.from({ length: n }, () => Math.floor(Math.random() * 16).toString(16)).join("");
+  return `${hex(8)}-${hex(4)}-4${hex(3)}-${hex(4)}-${hex(12)}`;
 }
 
 export function makeClientId(): string {

@@ -2,10 +2,11 @@
  * The examples browser: a dialog with one card per example workflow of the server
  * (`/workflows?details=1`): its title, what it shows (the description, true for the
  * shipped model), a thumbnail of what it makes as shipped (a placeholder where none
- * ships) and the models it needs beyond the built-in ones. A click opens it.
+ * ships) and the models it needs beyond the built-in ones. A click anywhere on a card
+ * opens it (as ComfyUI's template browser): the whole card is one button.
  */
 
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { useCallback, useEffect, useId, useMemo, useRef, useState } from "react";
 import { type ExampleInfo, type ExampleRef, listExamples } from "../api";
 import { matchesQuery } from "../lib/examples";
 import type { Notify } from "./Toasts";
@@ -14,27 +15,33 @@ import { useReturnFocus } from "./useReturnFocus";
 
 function Card({ ex, onOpen, opening }: { ex: ExampleInfo; onOpen(ex: ExampleInfo): void; opening: boolean }) {
   const [broken, setBroken] = useState(false);
+  const id = useId();
+  // a button holds phrasing content only: the card's parts are spans laid out as blocks; its
+  // name is the title, its description what the card says (a screen reader reads both)
   return (
     <li className={`sf-example-card${opening ? " sf-example-opening" : ""}`} data-example={ex.name}>
       <button type="button" className="sf-example-open" aria-label={`Open ${ex.title}`} onClick={() => onOpen(ex)}
+        aria-describedby={`${id}-description${ex.requiresModels.length ? ` ${id}-needs` : ""}`}
         aria-busy={opening || undefined}>
         {ex.thumbnail && !broken ? (
           <img className="sf-example-thumb" src={ex.thumbnail} alt={`what ${ex.title} makes`} loading="lazy"
             onError={() => setBroken(true)} />
         ) : (
-          <div className="sf-example-thumb sf-example-placeholder" data-testid="thumbnail-placeholder">
+          <span className="sf-example-thumb sf-example-placeholder" data-testid="thumbnail-placeholder">
             {ex.requiresModels.length ? "needs models" : "no preview"}
-          </div>
+          </span>
         )}
+        <span className="sf-example-text">
+          <span className="sf-example-title">{ex.title}</span>
+          <span className="sf-example-description" id={`${id}-description`} title={ex.description}>
+            {ex.description || "No description."}
+          </span>
+          {ex.requiresModels.length > 0 && (
+            <span className="sf-example-needs" id={`${id}-needs`}>Needs: {ex.requiresModels.join(", ")}</span>
+          )}
+          <span className="sf-muted sf-example-file">{ex.name}</span>
+        </span>
       </button>
-      <div className="sf-example-text">
-        <h3 className="sf-example-title">{ex.title}</h3>
-        <p className="sf-example-description" title={ex.description}>{ex.description || "No description."}</p>
-        {ex.requiresModels.length > 0 && (
-          <p className="sf-example-needs">Needs: {ex.requiresModels.join(", ")}</p>
-        )}
-        <span className="sf-muted sf-example-file">{ex.name}</span>
-      </div>
     </li>
   );
 }

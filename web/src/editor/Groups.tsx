@@ -1,15 +1,25 @@
 /**
  * Groups on the canvas, drawn behind the nodes in flow coordinates. Drag a group's
  * title bar to move it with the nodes inside it; drag its corner to resize it;
- * double-click the title to rename it; right-click the title for its menu.
+ * double-click the title to rename it; right-click the title for its menu. A click on
+ * the title selects the group, and Delete (or Backspace) then removes it (its nodes stay),
+ * as in ComfyUI.
+ *
+ * The groups live in React Flow's edge-label layer, between the links and the nodes: the
+ * title bar and the corner are above the links, so a link drawn across them does not take
+ * their clicks (in ComfyUI only a link's centre marker is clickable), while the group's
+ * body is pushed below the links (z-index -1 in the viewport's stacking context; the group
+ * itself makes no stacking context, hence left/top and not a transform).
  */
 
-import { useReactFlow, ViewportPortal } from "@xyflow/react";
-import { useCallback, useState } from "react";
+import { EdgeLabelRenderer, useReactFlow } from "@xyflow/react";
+import { useCallback, useEffect, useState } from "react";
 import type { SfEdge, SfNode } from "../canvas/flow";
 import { GROUP_COLOR, type GroupBox, groupAround, nodesInside } from "../lib/groups";
 import { NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
+import { maskEditorOpen } from "./maskEditorState";
 import type { GraphStore } from "./useGraphStore";
+import { isEditable } from "./useShortcuts";
 
 /** The nodes' rectangles in flow coordinates (measured, or a typical size). */
 export function nodeRects(nodes: readonly SfNode[], ids?: Set<string>): Map<string, Rect> {
@@ -26,6 +36,14 @@ export function groupSelection(g: GraphStore): boolean {
   const box = groupAround([...nodeRects(g.state.current.nodes, ids).values()]);
   g.setGroups((gs) => [...gs, box]);
   return true;
+}
+
+/**
+ * Whether Delete / Backspace now removes the selected group: not while a field is being
+ * typed in, nor while a dialog or menu (the mask editor, the Examples browser) has the keyboard.
+ */
+export function deleteRemovesGroup(key: string, target: EventTarget | null, dialogOpen: boolean): boolean {
+  return (key === "Delete" || key === "Backspace") && !isEditable(target) && !dialogOpen;
 }
 
 function GroupTitle({ group, onRename }: { group: GroupBox; onRename(title: string): void }) {
@@ -53,7 +71,46 @@ function GroupTitle({ group, onRename }: { group: GroupBox; onRename(title: stri
 
 export function GroupLayer({ g, onMenu }: { g: GraphStore; onMenu(index: number, x: number, y: number): void }) {
   const rf = useReactFlow<SfNode, SfEdge>();
-  const { setGroups, setNodes, holdHistory } = g;
+  const { setGroups, setNodes, setEdges, holdHistory } = g;
+  /** The group selected by a click on its title (its index), or null. */
+  const [selected, setSelected] = useState<number | null>(null);
+  const count = g.groups.length;
+  // another group list (one removed or added, another graph opened): the index means another group
+  useEffect(() => setSelected(null), [count]);
+
+  useEffect(() => {
+    if (selected === null) return;
+    // a press anywhere but on its title (a node, the canvas, a link) unselects it, as in ComfyUI
+    const onDown = (e: MouseEvent) => {
+      const title = (e.target as Element | null)?.closest?.("[data-group-title]");
+      if (title?.getAttribute("data-group-title") !== String(selected)) setSelected(null);
+    };
+    const onKey = (e: KeyboardEvent) => {
+      const dialog = !!document.querySelector('[aria-modal="true"], [role="menu"]') || maskEditorOpen();
+      if (!deleteRemovesGroup(e.key, e.target, dialog)) return;
+      e.preventDefault();
+      // one undo step, as the menu's Remove group (its nodes stay)
+      setGroups((gs) => gs.filter((_, j) => j !== selected));
+      setSelected(null);
+    };
+    window.addEventListener("mousedown", onDown, true);
+    window.addEventListener("keydown", onKey);
+    return () => {
+      window.removeEventListener("mousedown", onDown, true);
+      window.removeEventListener("keydown", onKey);
+    };
+  }, [selected, setGroups]);
+
+  /** Select group `index` alone: the nodes and links selected before are not (Delete removes only it). */
+  const select = useCallback((index: number, e: React.MouseEvent) => {
+    if ((e.target as HTMLElement).tagName === "INPUT") return;
+    setSelected(index);
+    // a link or node that kept the keyboard focus would take the Delete (the drag's preventDefault keeps it)
+    const active = document.activeElement as HTMLElement | null;
+    if (active && active !== document.body && active.closest(".react-flow")) active.blur();
+    setNodes((ns) => (ns.some((n) => n.selected) ? ns.map((n) => (n.selected ? { ...n, selected: false } : n)) : ns));
+    setEdges((es) => (es.some((x) => x.selected) ? es.map((x) => (x.selected ? { ...x, selected: false } : x)) : es));
+  }, [setNodes, setEdges]);
 
   /** Move (title bar) or resize (corner) group `index` with the mouse. */
   const startDrag = useCallback((index: number, e: React.MouseEvent, mode: "move" | "resize") => {
@@ -93,17 +150,23 @@ export function GroupLayer({ g, onMenu }: { g: GraphStore; onMenu(index: number,
   }, [g.groups, g.state, rf, setGroups, setNodes, holdHistory]);
 
   return (
-    <ViewportPortal>
+    <EdgeLabelRenderer>
       {g.groups.map((group, i) => {
         const [x, y, w, h] = group.bounding;
         const color = group.color ?? GROUP_COLOR;
         return (
-          <div key={i} className="sf-group" data-group={i} role="group" aria-label={group.title}
-            style={{ transform: `translate(${x}px, ${y}px)`, width: w, height: h, borderColor: color, background: `${color}26` }}>
+          <div key={i} className={`sf-group${selected === i ? " selected" : ""}`} data-group={i} role="group"
+            aria-label={group.title} style={{ left: x, top: y, width: w, height: h }}>
+            <div className="sf-group-body" style={{ borderColor: color, background: `${color}26` }} />
             <div
               className="sf-group-title nodrag nopan"
+              data-group-title={i}
+              data-selected={selected === i || undefined}
               style={{ background: `${color}99`, fontSize: group.font_size ? Math.min(48, group.font_size) : undefined }}
-              onMouseDown={(e) => startDrag(i, e, "move")}
+              onMouseDown={(e) => {
+                if (e.button === 0 || e.button === 2) select(i, e);
+                startDrag(i, e, "move");
+              }}
               onContextMenu={(e) => {
                 e.preventDefault();
                 e.stopPropagation();
@@ -116,6 +179,6 @@ export function GroupLayer({ g, onMenu }: { g: GraphStore; onMenu(index: number,
           </div>
         );
       })}
-    </ViewportPortal>
+    </EdgeLabelRenderer>
   );
 }

@@ -16,7 +16,7 @@ export const OTHERS_POLL_MS = 2000;
 export function StatusBar({ store, labelOf, clientId }: {
   store: RunStore; labelOf(id: string): string; clientId(): string | undefined;
 }) {
-  const { connected, running, executing, queueRemaining, queueVersion, lastError, lastWarning, lostPrompt } = useGlobalRun(store);
+  const { connected, running, executing, queueRemaining, queueVersion, lastError, lastWarning, lostPrompt, ofGraph } = useGlobalRun(store);
   // Another client's run sends this page no events: the shared queue says whose it is.
   const [others, setOthers] = useState(0);
   const clientIdRef = useRef(clientId);
@@ -47,7 +47,8 @@ export function StatusBar({ store, labelOf, clientId }: {
       {connected ? "connected" : <span className="sf-status-lost" data-testid="connection-lost">
         {lostPrompt ? "connection lost — the run's state is unknown" : "disconnected"}</span>}
       {" · "}queue {queueRemaining}
-      {running && <> · running{executing ? ` ${labelOf(executing)}` : ""}</>}
+      {/* another workflow's node ids are not this graph's: its node is named in the queue panel */}
+      {running && <> · running{!ofGraph ? " a prompt of another workflow" : executing ? ` ${labelOf(executing)}` : ""}</>}
       {!running && others > 0 && <> · {othersRunningText(others)}</>}
       {lastError && <span className="sf-status-error" title={lastError}> · {lastError}</span>}
       {lastWarning && <span className="sf-status-warning" title={lastWarning}> · warning: {lastWarning}</span>}

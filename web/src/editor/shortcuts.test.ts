@@ -1,7 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { afterToggle } from "../lib/sidepanel";
+import { deleteRemovesGroup } from "./Groups";
 import { toggledFlag } from "./useEditCommands";
-import { commandFor, fieldKeepsKey, focusedLinkId, isGlobal, isTextEntry, type KeyInfo, SHORTCUTS, strayHistoryEdit } from "./useShortcuts";
+import { commandFor, fieldKeepsKey, focusedLinkId, isGlobal, isTextEntry, type KeyInfo, queueKeyBlocker, SHORTCUTS,
+  strayHistoryEdit } from "./useShortcuts";
 import { pannedViewport } from "./useSpacePan";
 
 const CODES: Record<string, string> = { ".": "Period", "=": "Equal", "-": "Minus", "?": "Slash", Enter: "Enter" };
@@ -184,5 +186,45 @@ describe("which keys a focused widget keeps (ComfyUI: a text field its own, the 
     expect(strayHistoryEdit("historyRedo", textarea, null)).toBe(true);
     expect(strayHistoryEdit("historyUndo", textarea, textarea as Element)).toBe(false);
     expect(strayHistoryEdit("insertText", textarea, line as Element)).toBe(false);
+  });
+});
+
+describe("queueKeyBlocker (Ctrl+Enter over a modal dialog)", () => {
+  /** A page whose open dialogs match these selectors' parts: [aria-label, class]. */
+  const page = (...dialogs: [label: string | null, cls: string][]) => ({
+    querySelector: (sel: string) => {
+      expect(sel).toBe('[aria-modal="true"]:not(.sf-lightbox)');
+      const d = dialogs.find(([, cls]) => cls !== "sf-lightbox");
+      return d ? ({ getAttribute: (a: string) => (a === "aria-label" ? d[0] : null) } as unknown as Element) : null;
+    },
+  });
+
+  it("names the Examples browser or Clear's question open over the graph", () => {
+    expect(queueKeyBlocker(page(["Examples", "sf-examples"]), false)).toBe("Examples");
+    expect(queueKeyBlocker(page(["Clear the workflow?", "sf-confirm"]), false)).toBe("Clear the workflow?");
+    expect(queueKeyBlocker(page([null, "sf-examples"]), false)).toBe("dialog");
+  });
+
+  it("lets the queue keys through with no dialog, over the image viewer, and while a workflow opens", () => {
+    expect(queueKeyBlocker(page(), false)).toBeNull();
+    expect(queueKeyBlocker(page(["image", "sf-lightbox"]), false)).toBeNull();
+    // the Examples browser saying "Opening …": the queue waits for the example and runs it
+    expect(queueKeyBlocker(page(["Examples", "sf-examples"]), true)).toBeNull();
+  });
+});
+
+describe("deleteRemovesGroup (Delete on a group selected by its title)", () => {
+  const el = (tagName: string) => ({ tagName, isContentEditable: false }) as unknown as EventTarget;
+
+  it("removes it with Delete or Backspace on the canvas", () => {
+    expect(deleteRemovesGroup("Delete", el("DIV"), false)).toBe(true);
+    expect(deleteRemovesGroup("Backspace", null, false)).toBe(true);
+  });
+
+  it("leaves it while a field is typed in, a dialog or menu is open, or for another key", () => {
+    expect(deleteRemovesGroup("Backspace", el("INPUT"), false)).toBe(false); // its title being renamed
+    expect(deleteRemovesGroup("Delete", el("TEXTAREA"), false)).toBe(false);
+    expect(deleteRemovesGroup("Delete", el("DIV"), true)).toBe(false);
+    expect(deleteRemovesGroup("x", el("DIV"), false)).toBe(false);
   });
 });

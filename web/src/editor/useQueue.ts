@@ -5,7 +5,7 @@
 
 import { useReactFlow } from "@xyflow/react";
 import { useCallback, useEffect, useRef, useState } from "react";
-import { ApiError, makeClientId, queuePrompt, type Socket } from "../api";
+import { ApiError, makeClientId, makePromptId, queuePrompt, type Socket } from "../api";
 import { advanceControls, clampCount } from "../lib/batch";
 import { ControlCarry, SerialRunner } from "../lib/queuechain";
 import { isNetworkError, unreachableText } from "../lib/errors";
@@ -94,7 +94,17 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
         }
         // each prompt picks its own {a|b} of the dynamic prompts; the saved workflow keeps the typed text
         const { prompt, workflow } = queuedPrompt(graph, defsRef.current);
-        const res = await queuePrompt(prompt, socket.current?.clientId ?? makeClientId(), workflow, targets, front);
+        // the open graph's prompt (its run is drawn on these nodes, not on a graph opened later),
+        // claimed before it is posted: it may start, and send its messages, before the answer
+        const promptId = makePromptId();
+        store.claimPrompt(promptId);
+        let res;
+        try {
+          res = await queuePrompt(prompt, socket.current?.clientId ?? makeClientId(), workflow, targets, front, promptId);
+        } catch (e) {
+          store.unclaimPrompt(promptId);
+          throw e;
+        }
         if (res.node_errors && Object.keys(res.node_errors).length) store.setValidationErrors(res.node_errors);
         if (res.number !== undefined) numbers.push(res.number);
         // Warnings do not stop the run (e.g. an unknown embedding, an input a muted node fed).

@@ -18,7 +18,7 @@ export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
   ["Ctrl+M / Ctrl+B", "Mute / bypass the selected nodes"],
   ["Alt+C", "Collapse / expand the selected nodes"],
   ["P", "Pin / unpin the selected nodes"],
-  ["Delete / Backspace", "Delete the selection (or the link that has the keyboard focus)"],
+  ["Delete / Backspace", "Delete the selection: nodes, or a group clicked on its title (or the link that has the keyboard focus)"],
   ["Tab, then Enter", "Move the focus through nodes and links; Enter selects the focused one"],
   [".", "Fit the view to the graph"],
   ["Alt+= / Alt+-", "Zoom in / out"],
@@ -43,7 +43,10 @@ export type Command =
 /** The parts of a KeyboardEvent the shortcuts read. */
 export type KeyInfo = Pick<KeyboardEvent, "key" | "code" | "ctrlKey" | "metaKey" | "shiftKey" | "altKey">;
 
-/** Commands that work anywhere, a text field or an open dialog included (ComfyUI's too). */
+/**
+ * Commands that work anywhere, a text field or an open dialog included (ComfyUI's too); but a
+ * queue key over a modal dialog queues nothing (`queueKeyBlocker`).
+ */
 const GLOBAL: ReadonlySet<Command> = new Set(["queue", "queueFront", "interrupt", "save", "open"]);
 
 export function isGlobal(c: Command): boolean {
@@ -210,6 +213,25 @@ export function strayHistoryEdit(inputType: string, target: EventTarget | null, 
 export function blurFocusedField(doc: Document = document): void {
   const el = doc.activeElement as HTMLElement | null;
   if (el && isEditable(el)) el.blur();
+}
+
+/**
+ * Modal dialogs the queue keys do not reach past: every one but the image viewer, which shows
+ * the graph's own results (Ctrl+Enter there queues it again, as in ComfyUI).
+ */
+const MODAL_OVER_GRAPH = '[aria-modal="true"]:not(.sf-lightbox)';
+
+/**
+ * The name of the modal dialog open over the graph (the Examples browser, Clear's question),
+ * for which a queue key (Ctrl+Enter, Ctrl+Shift+Enter) queues nothing, or null. The graph
+ * behind it is not what the user is looking at, and the Examples browser is about to replace
+ * it. `opening`: a workflow is being opened; a queue key then waits for it and runs that one
+ * (App's whenOpened), never the graph it replaces, so it is not refused.
+ */
+export function queueKeyBlocker(doc: Pick<ParentNode, "querySelector">, opening: boolean): string | null {
+  if (opening) return null;
+  const dialog = doc.querySelector(MODAL_OVER_GRAPH);
+  return dialog ? dialog.getAttribute("aria-label") || "dialog" : null;
 }
 
 /** The id of the link (React Flow edge) that has the keyboard focus, if one has. */

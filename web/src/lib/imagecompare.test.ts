@@ -25,6 +25,7 @@ describe("IMAGECOMPARE widget", () => {
   it("keeps the pair on the node after a run, and a new run's replaces it", () => {
     const flushes: (() => void)[] = [];
     const store = new RunStore((f) => flushes.push(f), () => undefined);
+    store.claimPrompt("p"); // queued from the open graph (its outputs go on its nodes)
     const apply = (msg: { type: string; data: Record<string, unknown> }) => {
       store.enqueue(msg);
       while (flushes.length) flushes.shift()!();

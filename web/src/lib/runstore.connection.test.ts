@@ -4,6 +4,8 @@ import { RunStore } from "./runstore";
 function makeStore() {
   const flushes: (() => void)[] = [];
   const store = new RunStore((f) => flushes.push(f), () => undefined);
+  // the prompts these tests run were queued from the open graph (so drawn on its nodes)
+  for (const id of ["p45", "a", "b", "c"]) store.claimPrompt(id);
   return { store, flush: () => flushes.splice(0).forEach((f) => f()) };
 }
 

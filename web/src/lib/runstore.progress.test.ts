@@ -4,6 +4,7 @@ import { RunStore } from "./runstore";
 describe("RunStore: the running prompt's progress (queue items)", () => {
   it("counts finished and cached nodes and records when the prompt started", () => {
     const store = new RunStore((f) => f(), () => undefined);
+    store.claimPrompt("p"); // queued from the open graph (drawn on its nodes)
     const before = Date.now();
     store.enqueue({ type: "execution_start", data: { prompt_id: "p" } });
     expect(store.getGlobal().startedAt).toBeGreaterThanOrEqual(before);

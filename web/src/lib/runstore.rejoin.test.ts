@@ -4,6 +4,8 @@ import { RunStore } from "./runstore";
 function makeStore() {
   const flushes: (() => void)[] = [];
   const store = new RunStore((f) => flushes.push(f), () => undefined);
+  // the prompts these tests run were queued from the open graph (kept across a reload: restoreGraphPrompts)
+  store.restoreGraphPrompts(["train", "a", "b", "mine"]);
   const flush = () => { while (flushes.length) flushes.shift()!(); };
   return { store, flush };
 }

@@ -5,6 +5,8 @@ function makeStore() {
   const flushes: (() => void)[] = [];
   const revoked: string[] = [];
   const store = new RunStore((f) => flushes.push(f), (u) => revoked.push(u));
+  // the prompts these tests run were queued from the open graph (so drawn on its nodes)
+  for (const id of ["p", "q", "n"]) store.claimPrompt(id);
   const flush = () => { while (flushes.length) flushes.shift()!(); };
   return { store, flush, revoked };
 }

@@ -81,6 +81,14 @@ export type GlobalRun = {
    * (its state is unknown until the connection is back: `resync` reads the server's queue).
    */
   lostPrompt: string | null;
+  /**
+   * The running (or last) prompt was queued from the open graph, so its run state is drawn on
+   * the graph's nodes. False for a prompt of a graph opened before (node ids repeat across
+   * graphs): it shows only in the queue, the live preview, History and the gallery.
+   */
+  ofGraph: boolean;
+  /** The executing node's step out of its total (whatever graph it runs), or null. */
+  progress: { value: number; max: number } | null;
 };
 
 /** What the server's queue and history say after a reconnect (api.ts getQueue / getHistory). */
@@ -106,6 +114,8 @@ const EMPTY: NodeRun = Object.freeze({}) as NodeRun;
 export const GALLERY_MAX = 200;
 /** The loss curve keeps this many most recent steps (memory and drawing stay bounded). */
 export const LOSS_POINTS_MAX = 500;
+/** At most this many prompts of the open graph are remembered (auto-queue can make many). */
+export const GRAPH_PROMPTS_MAX = 1000;
 
 type Scheduler = (flush: () => void) => void;
 
@@ -122,8 +132,13 @@ export class RunStore {
   private global: GlobalRun = {
     connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
     preview: null, gallery: [], lastError: null, lastWarning: null, queueVersion: 0,
-    startedAt: null, nodesDone: 0, joinedMidway: false, lostPrompt: null,
+    startedAt: null, nodesDone: 0, joinedMidway: false, lostPrompt: null, ofGraph: true, progress: null,
   };
+  /**
+   * The prompts queued from the open graph (claimPrompt), oldest first. Only their run
+   * messages are drawn on the nodes; opening another graph (reset) forgets them.
+   */
+  private graphPrompts = new Set<string>();
   private listeners = new Set<() => void>();
   private pending: (WsMessage | { type: "__preview"; url: string })[] = [];
   private scheduled = false;
@@ -156,6 +171,57 @@ export class RunStore {
 
   private patchGlobal(patch: Partial<GlobalRun>): void {
     this.global = { ...this.global, ...patch };
+  }
+
+  /**
+   * Whether prompt `id` was queued from the open graph, so that its run state belongs on its
+   * nodes. An unknown prompt (null: no prompt id, e.g. a server that sends none) is drawn.
+   */
+  private mine(id: string | null | undefined): boolean {
+    return id == null || this.graphPrompts.has(id);
+  }
+
+  /** The prompt a message is about: its own prompt_id, else the running one. */
+  private promptOf(d: Record<string, unknown>): string | null {
+    return typeof d.prompt_id === "string" && d.prompt_id ? d.prompt_id : this.global.promptId;
+  }
+
+  /**
+   * Prompt `id` is queued from the open graph (before it is posted, so that no run message of
+   * it comes first): its run state is drawn on the graph's nodes.
+   */
+  claimPrompt(id: string): void {
+    this.graphPrompts.delete(id);
+    this.graphPrompts.add(id);
+    for (const old of this.graphPrompts) {
+      if (this.graphPrompts.size <= GRAPH_PROMPTS_MAX) break;
+      this.graphPrompts.delete(old);
+    }
+    if (id === this.global.promptId && !this.global.ofGraph) {
+      this.patchGlobal({ ofGraph: true });
+      this.notify();
+    }
+  }
+
+  /** Prompt `id` was not queued after all (the server refused it). */
+  unclaimPrompt(id: string): void {
+    this.graphPrompts.delete(id);
+  }
+
+  /** The open graph's prompts (to keep across a reload of the page, with the graph). */
+  graphPromptIds(): string[] {
+    return [...this.graphPrompts];
+  }
+
+  /** Put back the open graph's prompts `graphPromptIds` gave before a reload (non-strings skipped). */
+  restoreGraphPrompts(ids: unknown): void {
+    if (!Array.isArray(ids)) return;
+    for (const id of ids.slice(-GRAPH_PROMPTS_MAX)) if (typeof id === "string" && id) this.graphPrompts.add(id);
+    const ofGraph = this.mine(this.global.promptId);
+    if (ofGraph !== this.global.ofGraph) {
+      this.patchGlobal({ ofGraph });
+      this.notify();
+    }
   }
 
   /** Queue a websocket message; all queued messages are applied in the next frame. */
@@ -192,7 +258,8 @@ export class RunStore {
   private applyPreview(url: string): void {
     const old = this.global.preview;
     const node = this.global.executing;
-    if (node) {
+    // another graph's live preview shows in the side panel only
+    if (node && this.mine(this.global.promptId)) {
       const run = this.nodes.get(node);
       if (run?.losses) {
         // a training node's preview is its sample image: kept until the node runs again
@@ -223,11 +290,12 @@ export class RunStore {
     if (url !== this.global.preview) this.revoke(url);
   }
 
-  private finishNode(id: string | null): void {
+  /** The executing node `id` ended; `draw`: its prompt is the open graph's (its node is marked done). */
+  private finishNode(id: string | null, draw: boolean): void {
     if (!id) return;
+    this.patchGlobal({ nodesDone: this.global.nodesDone + 1, progress: null });
     const run = this.nodes.get(id);
-    if (run?.status !== "executing") return;
-    this.patchGlobal({ nodesDone: this.global.nodesDone + 1 });
+    if (!draw || run?.status !== "executing") return;
     // The last live preview stays on the node (as in ComfyUI), so it does not shrink when it finishes.
     if (run.preview) this.kept.add(run.preview);
     this.patchNode(id, { status: "done", progress: undefined });
@@ -279,9 +347,12 @@ export class RunStore {
         break;
       }
       case "execution_start": {
-        // A new run: forget the last run's states and errors, keep results (images,
-        // text, a training node's loss curve and sample) until their node runs again.
-        for (const [id, run] of this.nodes) {
+        const promptId = (d.prompt_id as string) ?? null;
+        const ofGraph = this.mine(promptId);
+        // A new run of the open graph: forget the last run's states and errors, keep results
+        // (images, text, a training node's loss curve and sample) until their node runs again.
+        // Another graph's run leaves the nodes as they are.
+        for (const [id, run] of ofGraph ? this.nodes : []) {
           if (run.status || run.progress || run.errors || run.preview) {
             this.nodes.set(id, { images: run.images, compare: run.compare, text: run.text, losses: run.losses,
               resumedAt: run.resumedAt, lossRun: run.lossRun, sample: run.sample,
@@ -289,21 +360,21 @@ export class RunStore {
           }
         }
         this.patchGlobal({
-          running: true, promptId: (d.prompt_id as string) ?? null, executing: null, lastError: null,
+          running: true, promptId, executing: null, lastError: null,
           lastWarning: null, startedAt: Date.now(), nodesDone: 0, joinedMidway: false,
-          queueVersion: this.global.queueVersion + 1,
+          queueVersion: this.global.queueVersion + 1, ofGraph, progress: null,
         });
         break;
       }
       case "execution_cached": {
         const cached = (d.nodes as string[] | undefined) ?? [];
-        for (const id of cached) this.patchNode(String(id), { status: "cached" });
+        if (this.mine(this.promptOf(d))) for (const id of cached) this.patchNode(String(id), { status: "cached" });
         this.patchGlobal({ nodesDone: this.global.nodesDone + cached.length });
         break;
       }
       case "executing": {
         const node = d.node == null ? null : String(d.node);
-        this.finishNode(this.global.executing);
+        this.finishNode(this.global.executing, this.mine(this.global.promptId));
         // a prompt whose start this page did not see (it was reloaded while the prompt ran; the
         // server replays the running node to a client connecting anew): take it back
         if (node && typeof d.prompt_id === "string" && d.prompt_id && d.prompt_id !== this.global.promptId
@@ -311,13 +382,15 @@ export class RunStore {
           this.join(d.prompt_id);
         }
         if (node) {
-          this.dropSample(node);
-          this.dropPreview(node);
-          // a training node's curve stays while it goes on from where it stopped (a resume of the same
-          // training reports steps after the last one shown); a run from step 1 starts a new curve
-          // (progress below)
-          this.patchNode(node, { status: "executing", progress: undefined });
-          this.patchGlobal({ executing: node, running: true });
+          if (this.mine(this.promptOf(d))) {
+            this.dropSample(node);
+            this.dropPreview(node);
+            // a training node's curve stays while it goes on from where it stopped (a resume of the same
+            // training reports steps after the last one shown); a run from step 1 starts a new curve
+            // (progress below)
+            this.patchNode(node, { status: "executing", progress: undefined });
+          }
+          this.patchGlobal({ executing: node, running: true, progress: null });
         } else {
           this.patchGlobal({ executing: null, running: false, queueVersion: this.global.queueVersion + 1 });
         }
@@ -328,6 +401,8 @@ export class RunStore {
         const value = Number(d.value);
         const max = Number(d.max);
         if (node && Number.isFinite(value) && Number.isFinite(max)) {
+          if (node === this.global.executing) this.patchGlobal({ progress: { value, max } });
+          if (!this.mine(this.promptOf(d))) break;
           this.patchNode(node, { progress: { value, max } });
           // training nodes: the step's loss (a JSON number; anything else is ignored)
           if (typeof d.loss === "number" && Number.isFinite(d.loss)) this.addLoss(node, value, d.loss);
@@ -342,7 +417,8 @@ export class RunStore {
         const compare = comparePair(output);
         if (compare) patch.compare = compare;
         if (Array.isArray(output.text)) patch.text = output.text.map(String);
-        this.patchNode(node, patch);
+        // another graph's outputs go to the gallery and History only
+        if (this.mine(this.promptOf(d))) this.patchNode(node, patch);
         if (output.images?.length) {
           const items = output.images.map((img, i) => ({
             ...img, node, promptId: (d.prompt_id as string) ?? undefined,
@@ -354,40 +430,42 @@ export class RunStore {
       }
       case "node_warning": {
         const node = d.node == null ? "" : `node ${String(d.node)}: `;
-        this.patchGlobal({ lastWarning: `${node}${String(d.message ?? "")}` });
+        this.patchGlobal({ lastWarning: `${this.whose(d)}${node}${String(d.message ?? "")}` });
         break;
       }
       case "execution_error": {
         const node = d.node_id == null ? null : String(d.node_id);
+        const draw = this.mine(this.promptOf(d));
+        const whose = this.whose(d);
         if (d.exception_type === "ExecutionBlocked") {
           // An ExecutionBlocker's message (ComfyUI's form): the node skipped an element
           // or a branch; the run goes on, so it is a note on the node, not the end.
           const message = String(d.exception_message ?? "Execution Blocked");
-          if (node) this.patchNode(node, { errors: [...(this.getNode(node).errors ?? []), { message, kind: "execution_blocked" }] });
-          this.patchGlobal({ lastWarning: node ? `${String(d.node_type ?? "node")} #${node}: ${message}` : message });
+          if (node && draw) this.patchNode(node, { errors: [...(this.getNode(node).errors ?? []), { message, kind: "execution_blocked" }] });
+          this.patchGlobal({ lastWarning: `${whose}${node ? `${String(d.node_type ?? "node")} #${node}: ${message}` : message}` });
           break;
         }
         const type = d.exception_type ? `${String(d.exception_type)}: ` : "";
         const message = `${type}${String(d.exception_message ?? "execution failed")}`;
         const tb = d.traceback;
         const traceback = Array.isArray(tb) ? tb.join("") : typeof tb === "string" ? tb : undefined;
-        if (node) {
+        if (node && draw) {
           this.patchNode(node, { status: "error", progress: undefined, errors: [{ message, kind: "execution_error", traceback }] });
         }
         this.patchGlobal({
-          running: false, executing: null,
-          lastError: node ? `${String(d.node_type ?? "node")} #${node}: ${message}` : message,
+          running: false, executing: null, progress: null,
+          lastError: `${whose}${node ? `${String(d.node_type ?? "node")} #${node}: ${message}` : message}`,
           queueVersion: this.global.queueVersion + 1,
         });
         break;
       }
       case "execution_success":
       case "execution_interrupted": {
-        this.finishNode(this.global.executing);
+        this.finishNode(this.global.executing, this.mine(this.global.promptId));
         // a node that did not stop in time had its worker restarted: say why the next run waits
         const note = msg.type === "execution_interrupted" ? (msg.data as { steerflow_note?: unknown }).steerflow_note : undefined;
         this.patchGlobal({
-          running: false, executing: null,
+          running: false, executing: null, progress: null,
           lastError: msg.type === "execution_interrupted"
             ? (typeof note === "string" && note ? `interrupted: ${note}` : "interrupted")
             : this.global.lastError,
@@ -400,10 +478,15 @@ export class RunStore {
     }
   }
 
+  /** "Another workflow's prompt: " before a message about a prompt not of the open graph (its node ids are not this graph's). */
+  private whose(d: Record<string, unknown>): string {
+    return this.mine(this.promptOf(d)) ? "" : "another workflow's prompt: ";
+  }
+
   /** Take back a running prompt whose start this page did not see (no `execution_start`). */
   private join(promptId: string): void {
     this.patchGlobal({ running: true, promptId, startedAt: null, nodesDone: 0, joinedMidway: true,
-      lostPrompt: null, queueVersion: this.global.queueVersion + 1 });
+      lostPrompt: null, queueVersion: this.global.queueVersion + 1, ofGraph: this.mine(promptId) });
   }
 
   /**
@@ -472,7 +555,8 @@ export class RunStore {
       if (run.status === "executing") this.nodes.set(id, { ...run, status: undefined, progress: undefined });
     }
     if (running || executing) {
-      this.patchGlobal({ running: false, executing: null, startedAt: null, lostPrompt: promptId ?? this.global.lostPrompt });
+      this.patchGlobal({ running: false, executing: null, progress: null, startedAt: null,
+        lostPrompt: promptId ?? this.global.lostPrompt });
     }
   }
 
@@ -487,7 +571,8 @@ export class RunStore {
     const run = server.running.find((r) => mine(r.promptId));
     if (run && !this.global.running) {
       // running again (a restarted server re-runs its killed head): its events follow
-      this.patchGlobal({ running: true, promptId: run.promptId, executing: null, startedAt: Date.now(), nodesDone: 0 });
+      this.patchGlobal({ running: true, promptId: run.promptId, executing: null, startedAt: Date.now(), nodesDone: 0,
+        ofGraph: this.mine(run.promptId), progress: null });
     } else if (!run && this.global.running && !this.global.executing) {
       this.patchGlobal({ running: false, startedAt: null });
     }
@@ -568,11 +653,16 @@ export class RunStore {
     this.notify();
   }
 
-  /** Forget everything about nodes that were removed or replaced. */
+  /**
+   * Forget everything about nodes that were removed or replaced: another graph is open, so
+   * the prompts queued until now are not its own (their run messages no longer draw on it).
+   */
   reset(): void {
     for (const url of this.kept) if (url !== this.global.preview) this.revoke(url);
     this.kept.clear();
     this.nodes.clear();
+    this.graphPrompts.clear();
+    if (this.global.promptId !== null && this.global.ofGraph) this.patchGlobal({ ofGraph: false });
     // the status bar's error and warning were about the graph that was replaced
     if (this.global.lastError || this.global.lastWarning) this.patchGlobal({ lastError: null, lastWarning: null });
     this.notify();

@@ -7,7 +7,7 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 import { clearQueue, deleteFromQueue, getQueue, interrupt, type QueueItem } from "../api";
 import { clientOf } from "../lib/queueview";
-import { useGlobalRun, useNodeRun } from "../canvas/context";
+import { useGlobalRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
 import type { ImageRef, RunStore } from "../lib/runstore";
@@ -34,11 +34,11 @@ function nodeLabel(prompt: unknown, id: string): string {
 
 /** The running prompt's progress line: node k of n, the node, its steps, the elapsed time. */
 function RunningProgress({ store, item, now }: { store: RunStore; item: QueueItem; now: number }) {
-  const { promptId, executing, nodesDone, startedAt, joinedMidway } = useGlobalRun(store);
-  const run = useNodeRun(store, executing ?? "");
+  // the step comes from the store's global record: a prompt of another graph is drawn on no node
+  const { promptId, executing, nodesDone, startedAt, joinedMidway, progress } = useGlobalRun(store);
   if (promptId !== item.promptId) return <span className="sf-queue-progress">running</span>;
   const total = item.prompt && typeof item.prompt === "object" ? Object.keys(item.prompt).length : 0;
-  const step = run.progress && executing ? run.progress : null;
+  const step = progress && executing ? progress : null;
   const fraction = step && step.max > 0 ? step.value / step.max : 0;
   return (
     <span className="sf-queue-progress" data-testid="queue-progress">
