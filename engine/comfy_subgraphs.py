@@ -89,7 +89,7 @@ def has_instances(obj: Mapping[str, Any]) -> bool:
     """Whether the workflow uses subgraphs or group nodes at all."""
     from engine import comfy_group_nodes as group_nodes  # it builds on this module
 
-    defs = _definition_list(obj)
+    defs = definition_list(obj)
     groups = group_nodes.group_configs(obj)
     keys = {str(d.get("id")) for d in defs}
     return any(isinstance(n, dict) and isinstance(n.get("type"), str)
@@ -112,7 +112,7 @@ class _Flattener:
         self.obj = obj
         self.schemas = schemas
         self.definitions: dict[str, Definition] = {}
-        for raw in _definition_list(obj):
+        for raw in definition_list(obj):
             d = _subgraph_definition(raw)
             if d is not None:
                 self.definitions[d.key] = d
@@ -408,11 +408,15 @@ def _what(definition: Definition) -> str:
     return "group node" if definition.legacy else "subgraph"
 
 
-def _definition_list(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every subgraph definition, also those kept inside other definitions."""
+MAX_DEFINITIONS = 10_000  # subgraph definitions read from one workflow
+
+
+def definition_list(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every subgraph definition, also those kept inside other definitions (at most
+    :data:`MAX_DEFINITIONS`)."""
     found: list[dict[str, Any]] = []
     stack = [obj]
-    while stack and len(found) < 10_000:
+    while stack and len(found) < MAX_DEFINITIONS:
         holder = stack.pop()
         defs = holder.get("definitions") if isinstance(holder, Mapping) else None
         listed = defs.get("subgraphs") if isinstance(defs, Mapping) else None

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.comfy_group_nodes import group_configs, group_name
-from engine.comfy_subgraphs import MAX_DEPTH
+from engine.comfy_subgraphs import MAX_DEPTH, definition_list
 from engine.comfy_workflow import is_ui_workflow
 from engine.workflow import WorkflowFormatError, from_object, is_document, prompt_to_document
 from server.errors import ApiError, dumps
@@ -33,7 +33,6 @@ INLINE_NODES = 200  # bigger workflows convert off the event loop
 # Far more than any canvas shows (ComfyUI's big workflows have a few thousand nodes);
 # each node costs ~0.2 ms to convert and ~230 bytes of reply.
 MAX_CONVERT_NODES = 10_000
-_MAX_DEFINITIONS = 10_000  # as engine.comfy_subgraphs reads
 
 
 async def convert_workflow(request: web.Request) -> web.Response:
@@ -94,7 +93,7 @@ class _UnpackedCount:
     def __init__(self, obj: Mapping[str, Any], cap: int):
         self.cap = cap
         self.definitions: dict[str, Any] = {}
-        for d in _definitions(obj):  # the last of one id wins, as in the flattener
+        for d in definition_list(obj):  # the last of one id wins, as in the flattener
             self.definitions[str(d.get("id"))] = d.get("nodes")
         for name, config in group_configs(obj).items():
             self.definitions.setdefault(f"group:{name}", config.get("nodes"))
@@ -125,21 +124,6 @@ class _UnpackedCount:
         name = group_name(kind)
         return f"group:{name}" if name is not None and f"group:{name}" in self.definitions \
             else None
-
-
-def _definitions(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every subgraph definition, also those kept inside other definitions."""
-    found: list[dict[str, Any]] = []
-    stack: list[Any] = [obj]
-    while stack and len(found) < _MAX_DEFINITIONS:
-        holder = stack.pop()
-        defs = holder.get("definitions") if isinstance(holder, Mapping) else None
-        listed = defs.get("subgraphs") if isinstance(defs, Mapping) else None
-        for d in listed if isinstance(listed, list) else []:
-            if isinstance(d, dict) and d.get("id") is not None:
-                found.append(d)
-                stack.append(d)
-    return found
 
 
 ROUTES: list[tuple[str, str, Any]] = [("POST", "/workflow/convert", convert_workflow)]
