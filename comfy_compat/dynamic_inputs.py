@@ -89,11 +89,25 @@ def _dynamic_combo(name: str, options: dict[str, Any], required: bool, make: Mak
     combo = make(name, (keys, {**options, "options": None,
                                "default": default if default in keys else keys[0]}),
                  required)
-    built = {str(c["key"]): [make(f"{name}.{sub}", entry, sub_required)
+    built = {str(c["key"]): [_static(make(f"{name}.{sub}", entry, sub_required), entry)
                              for sub, entry, sub_required in
                              _sections(c.get("inputs") or {}, f"DynamicCombo {name!r}")]
              for c in choices}
-    return combo_specs(replace(combo, choices=lambda _env: keys), built)
+    return combo_specs(replace(combo, choices=tuple(keys)), built)
+
+
+def _static(spec: InputSpec, entry: Any) -> InputSpec:
+    """An option's combo with its listed choices (fixed in the schema), so that two
+    options sharing it compare equal (a choices function is new for each)."""
+    if spec.type != "COMBO" or not callable(spec.choices):
+        return spec
+    kind = entry[0] if isinstance(entry, list | tuple) and entry else entry
+    options = entry[1] if isinstance(entry, list | tuple) and len(entry) > 1 \
+        and isinstance(entry[1], dict) else {}
+    listed = kind if isinstance(kind, list | tuple) else options.get("options")
+    if not isinstance(listed, list | tuple) or options.get("remote"):
+        return spec  # fetched from a route: read when asked
+    return replace(spec, choices=tuple(listed))
 
 
 def entry_of(raw: dict[str, Any], name: str) -> Any:

@@ -48,7 +48,7 @@ from pydantic import ValidationError
 
 from engine.dynamic import OutputType, OutputTypes, active_specs, has_dynamic, ignored_message
 from engine.environment import Environment
-from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, InputSpec, Node
+from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, WIDGET_TYPES, InputSpec, Node
 from engine.outputs import bounded_message
 from engine.registry import NodeRegistry
 from engine.workflow import NodeShape, is_link, resolve_modes, types_match
@@ -121,7 +121,10 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
     """Validate (and coerce) one constant; returns the value or an issue."""
     if spec.type == ANY_TYPE or (spec.pass_constants and not spec.is_widget):
         return value, None
-    if not spec.is_widget or spec.adapter is None:
+    # a forced socket of a widget type (forceInput, an Autogrow slot of numbers) takes a
+    # constant too, checked as the widget's: ComfyUI's validation ignores forceInput
+    takes_constant = spec.is_widget or (spec.force_input and spec.type in WIDGET_TYPES)
+    if not takes_constant or spec.adapter is None:
         return value, Issue("expected_link",
                             f"input '{spec.name}' must be linked to a {spec.type} output",
                             input_name=spec.name, details={"expected_type": spec.type})
@@ -616,6 +619,13 @@ def _unknown_input_message(name: str, specs: Mapping[str, InputSpec],
                            inputs: Mapping[str, Any]) -> str:
     """``unknown input 'step' ignored``, naming a missing input it may stand for: a
     missing input takes its default, so a misspelt ``steps`` would run with 20."""
+    group = name.partition(".")[0]
+    grown = next((s.autogrow for s in specs.values()
+                  if s.autogrow is not None and s.autogrow.group == group), None)
+    if grown is not None:  # not a misspelt slot: one past the group's last
+        slots = grown.slots
+        return (f"unknown input {name!r} ignored: {group} has {len(slots)} slots, "
+                f"{grown.slot_name(slots[0])} to {grown.slot_name(slots[-1])}")
     missing = [n for n in specs if inputs.get(n) is None]
     close = difflib.get_close_matches(name, missing, n=1, cutoff=0.6)
     if not close:

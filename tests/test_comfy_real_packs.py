@@ -511,3 +511,16 @@ def test_quirky_declarations_of_real_packs_load(registry: NodeRegistry, session:
     # routes added on the app at import (KJNodes) join the pack routes
     assert ("GET", "/quirks/hello") in [(r.method, r.path) for r in PromptServer.instance.routes
                                          if isinstance(r, web.RouteDef)]
+
+
+def test_reshape_latent_to_as_comfyuis_helper():
+    """comfy_extras.nodes_latent.reshape_latent_to (ComfyUI's post-processing nodes import
+    it): resized to the target's size and repeated to its batch."""
+    import torch
+    from comfy_extras.nodes_latent import reshape_latent_to
+
+    latent = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert reshape_latent_to((3, 1, 4, 4), latent).shape == (3, 1, 4, 4)
+    assert torch.equal(reshape_latent_to((3, 1, 4, 4), latent)[2], latent[0])
+    assert reshape_latent_to((2, 1, 2, 6), latent).shape == (2, 1, 2, 6)
+    assert reshape_latent_to((5, 1, 4, 4), latent, repeat_batch=False).shape == (1, 1, 4, 4)

@@ -166,6 +166,15 @@ def test_autogrow_slots_reach_execute_as_one_dict(session: Session):
     assert ("validate", {"text0": None, "text2": None}, "-") in seen()
 
 
+def test_autogrow_slots_take_constants_as_comfyui(session: Session):
+    """A slot of a widget type is a socket (forceInput) but, as in ComfyUI's validation,
+    an API prompt may give it a constant."""
+    prompt = {"j": n("DynJoin", **{"texts.text0": "p", "texts.text1": "q"})}
+    assert shown(session.run(prompt), "j") == "p+q"
+    too_big = errors(session, {"t": n("DynTotal", **{"values.a": 101})})
+    assert any("values.a" in msg for _k, _node, msg in too_big)
+
+
 def test_autogrow_slot_errors_name_the_slot(session: Session):
     missing = errors(session, {"j": n("DynJoin", sep="+")})
     assert any(node == "j" and "texts.text0" in msg for _k, node, msg in missing)
@@ -173,8 +182,9 @@ def test_autogrow_slot_errors_name_the_slot(session: Session):
     past = session.validate({"a": n("DynSay", text="x"),
                              "j": n("DynJoin", **{"texts.text0": ["a", 0],
                                                   "texts.text9": ["a", 0]})})
-    assert any(i.input_name == "texts.text9" and i.severity == "warning"
-               for i in past.warnings)
+    [warning] = [i for i in past.warnings if i.input_name == "texts.text9"]
+    assert warning.severity == "warning"
+    assert "texts has 5 slots, texts.text0 to texts.text4" in warning.message
 
 
 def test_autogrow_of_named_slots_may_be_empty(session: Session):
@@ -241,13 +251,15 @@ class Shared(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(node_id="DynShared", is_output_node=True, inputs=[
             io.DynamicCombo.Input("size", options=[
-                io.DynamicCombo.Option("small", [io.Int.Input("w", default=8, max=64)]),
-                io.DynamicCombo.Option("large", [io.Int.Input("w", default=32, max=64)]),
+                io.DynamicCombo.Option("small", [io.Int.Input("w", default=8, max=64),
+                                                  io.Combo.Input("crop", options=["a", "b"])]),
+                io.DynamicCombo.Option("large", [io.Int.Input("w", default=32, max=64),
+                                                  io.Combo.Input("crop", options=["a", "b"])]),
             ])], outputs=[])
 
     @classmethod
     def execute(cls, size):
-        return io.NodeOutput(ui={"text": [str(size["w"])]})
+        return io.NodeOutput(ui={"text": [f"{size['w']}{size['crop']}"]})
 
 
 NODE_CLASS_MAPPINGS = {"DynShared": Shared}
@@ -256,4 +268,8 @@ NODE_CLASS_MAPPINGS = {"DynShared": Shared}
     registry.load_directory(folder)
     assert "DynShared" in registry, registry.errors
     session = Session(tmp_path / "home", device="cpu", registry=registry)
-    assert shown(session.run({"s": n("DynShared", size="large")}), "s") == "32"
+    assert shown(session.run({"s": n("DynShared", size="large", **{"size.crop": "a"})}),
+                 "s") == "32a"
+    assert shown(session.run({"s": n("DynShared", size="small", **{"size.crop": "b"})}),
+                 "s") == "8b"
+    assert "size.crop" in str(errors(session, {"s": n("DynShared", **{"size.crop": "c"})}))
