@@ -524,7 +524,7 @@ def test_vae_loader_decodes_as_the_checkpoints_vae(session, name):
 def test_vae_loader_refuses_what_is_not_a_safe_vae(session):
     prompt = with_node(txt2img(), "vae", "VAELoader", vae_name="not-a-vae.safetensors")
     prompt["dec"]["inputs"]["vae"] = ["vae", 0]
-    assert "is not a VAE" in run_error(session, prompt)
+    assert "is not a whole VAE" in run_error(session, prompt)
     for bad, words in (("../checkpoints/steerflow-tiny.safetensors", "vae_name"),
                        ("pickled.pt", "pickle")):
         prompt["vae"]["inputs"]["vae_name"] = bad

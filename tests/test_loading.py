@@ -351,7 +351,8 @@ def test_bad_inputs_give_clear_errors(tiny_model_paths: dict[str, Path], tmp_pat
 
     bare = tmp_path / "bare.safetensors"  # tiny sizes and no config metadata
     save_file(load_file(str(single)), str(bare))
-    with pytest.raises(ValueError, match="cannot tell the model family"):
+    with pytest.raises(CheckpointKeyError, match=r"bare\.safetensors: cannot tell the model "
+                       r"family.*diffusers folder"):
         load_components(bare)
 
 
@@ -477,6 +478,7 @@ def test_a_checkpoint_without_a_text_encoder_says_what_to_load_instead(
         with pytest.raises(CheckpointKeyError) as info:
             load_components(path)
         assert words in str(info.value) and "Load Diffusion Model" in str(info.value)
+        assert str(info.value).startswith(path.name)
     path = tmp_path / "no-vae.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("first_stage_model.")},
               str(path), metadata=metadata)

@@ -87,8 +87,9 @@ def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | Non
     diffusers_layout = "encoder.down_blocks.0.resnets.0.conv1.weight" in state_dict
     if original is None and not diffusers_layout:
         raise ValueError(
-            f"{name} is not a VAE: it has no encoder/decoder weights (expected keys like "
-            "encoder.down.0.block.0.conv1.weight or encoder.down_blocks.0.resnets.0.conv1.weight)")
+            f"{name} is not a whole VAE in a known layout: it lacks the first encoder block's "
+            "weights (encoder.down.0.block.0.conv1.weight, or encoder.down_blocks.0.resnets."
+            "0.conv1.weight in diffusers' layout)")
     config = _metadata_config(metadata, "vae")
     if config is None:
         config = _vae_config_from_weights(state_dict, original)

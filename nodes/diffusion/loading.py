@@ -66,6 +66,10 @@ class CheckpointKeyError(ValueError):
     """A checkpoint's weights do not match the model its config describes."""
 
 
+class MissingPartError(CheckpointKeyError):
+    """A checkpoint lacks a whole component (its text encoder): not a size mismatch."""
+
+
 @dataclass
 class LoadedCheckpoint:
     """The SD components of one checkpoint, in eval mode on the requested device/dtype."""
@@ -356,8 +360,17 @@ def load_original_state_dict(
     assigned as they are (no copy, no cast). ``empties``: the models already built
     from the same configs (:class:`EmptyModels`), else they are built here.
     """
-    configs, detected = original_configs({k: tuple(v.shape) for k, v in state_dict.items()},
-                                         metadata)
+    name = f"{path.name}: " if path is not None else ""
+    try:
+        configs, detected = original_configs(
+            {k: tuple(v.shape) for k, v in state_dict.items()}, metadata)
+    except CheckpointKeyError:
+        raise
+    except ValueError as exc:  # the family: named with the file, and what loads it
+        raise CheckpointKeyError(
+            f"{name}{exc}; single files load as SD 1.x (cross-attention 768), SD 2.x (1024) "
+            f"or SDXL (2048), or with their configs in the {CONFIG_METADATA_KEY} metadata "
+            "(a file Steerflow saved); load other models from a diffusers folder") from exc
     if empties is None or empties.configs != configs:
         empties = EmptyModels(configs)
     if not detected:
@@ -366,18 +379,18 @@ def load_original_state_dict(
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, CheckpointKeyError):
                 raise
-            name = f"{path.name}: " if path is not None else ""
             raise CheckpointKeyError(
                 f"{name}its {CONFIG_METADATA_KEY} metadata does not describe a model these "
                 f"weights fit ({type(exc).__name__}: {exc})") from exc
     try:
         return _build_original(state_dict, configs, path=path, empties=empties)
+    except MissingPartError:
+        raise
     except CheckpointKeyError as exc:
         # Block sizes, depths and head counts cannot all be read back from tensor
         # shapes (diffusers' single-file loader assumes the published configs too), so
         # say that the file's architecture is not the standard one the shipped config
         # describes rather than leave a bare list of missing keys.
-        name = f"{path.name}: " if path is not None else ""
         raise CheckpointKeyError(
             f"{name}a checkpoint without {CONFIG_METADATA_KEY} metadata must have the "
             f"standard {configs.get('label') or FAMILY_NAMES[configs['family']]} "
@@ -432,7 +445,8 @@ def _build_original(
     unet = _load_strict("unet", empties.take("unet"),
                         convert_ldm_unet_checkpoint(state_dict, unet_config))
     vae = load_vae(state_dict, empties, vae_config, path)
-    text_encoder = _build_text_encoder(state_dict, empties.take("text_encoder"))
+    text_encoder = _build_text_encoder(state_dict, empties.take("text_encoder"),
+                                       path.name if path is not None else "the checkpoint")
     tokenizer_dir = FAMILY_CONFIG_DIRS.get(family, FAMILY_CONFIG_DIRS["sd1"]) / "tokenizer"
     return LoadedCheckpoint(
         unet=unet,
@@ -466,7 +480,8 @@ def load_vae(state_dict: StateDict, empties: EmptyModels, vae_config: Mapping[st
                         convert_ldm_vae_checkpoint(state_dict, vae_config))
 
 
-def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel) -> CLIPTextModel:
+def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel,
+                        label: str = "the checkpoint") -> CLIPTextModel:
     if any(k.startswith(_CLIP_PREFIX) for k in state_dict):
         converted = convert_ldm_clip_checkpoint(state_dict)
     elif any(k.startswith(_OPEN_CLIP_PREFIX) for k in state_dict):
@@ -474,8 +489,8 @@ def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel) -> CLIPText
         # CLIPTextModel has no projection head; SD 2.x never uses it.
         converted.pop("text_projection.weight", None)
     else:
-        raise CheckpointKeyError("checkpoint has no text encoder weights (cond_stage_model.*): "
-                                 + PARTS_HINT)
+        raise MissingPartError(f"{label} has no text encoder weights (cond_stage_model.*): "
+                               + PARTS_HINT)
     # transformers >= 5.6 flattened CLIPTextModel; position_ids is a derived buffer.
     converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     converted.pop("embeddings.position_ids", None)
