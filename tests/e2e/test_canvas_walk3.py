@@ -257,6 +257,7 @@ def test_a_lost_server_is_shown_and_its_requeued_prompt_said_so(browser_context,
 
 TRAIN_STEPS = """([prompt, from, to]) => {
     const s = window.steerflow.store;
+    s.claimPrompt(prompt);  // queued from this graph: drawn on its nodes
     s.enqueue({type: 'execution_start', data: {prompt_id: prompt}});
     s.enqueue({type: 'executing', data: {node: '21', prompt_id: prompt}});
     for (let i = from; i <= to; i++) {
