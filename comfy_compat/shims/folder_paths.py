@@ -10,7 +10,8 @@ symlinks (:func:`engine.paths.confined_path`); folders a pack registers itself
 (``add_model_folder_path``) are trusted like the pack's code.
 
 ``folder_names_and_paths`` is a real dict that packs may extend; its standard
-entries follow the current environment (updated whenever these functions run).
+entries follow the current environment (updated whenever these functions run), and
+``custom_nodes`` lists the folders the packs loaded so far came from.
 ``models_dir``, ``base_path`` and the other ``*_directory`` attributes are read
 from the current environment on access.
 """
@@ -21,6 +22,7 @@ import logging
 import mimetypes
 import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,34 @@ _STANDARD = {
     "model_patches": supported_pt_extensions, "audio_encoders": supported_pt_extensions,
 }
 
-folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {}
+class _FolderTable(dict[str, tuple[list[str], set[str]]]):
+    """``folder_names_and_paths``: a real dict; ``["custom_nodes"]`` (WAS reads it at its
+    import) are the folders the packs loaded so far came from, unless a pack set it."""
+
+    def __missing__(self, key: str) -> tuple[list[str], set[str]]:
+        if key == "custom_nodes":
+            return _custom_node_folders(), set()
+        raise KeyError(key)
+
+
+def _custom_node_folders() -> list[str]:
+    from engine.registry import CUSTOM_PACKAGE
+
+    folders: dict[str, None] = {}
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(f"{CUSTOM_PACKAGE}.") or name.count(".") != 1:
+            continue
+        file = getattr(module, "__file__", None)
+        if not file:
+            continue
+        spec = getattr(module, "__spec__", None)
+        package = spec is not None and spec.submodule_search_locations is not None
+        path = Path(file).parent
+        folders[str(path.parent if package else path)] = None
+    return list(folders)
+
+
+folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = _FolderTable()
 _synced: dict[str, str] = {}  # standard name -> the environment path we put in its list
 _synced_root: str | None = None
 
