@@ -130,9 +130,12 @@ class HttpBridge:
             from aiohttp import web
 
             router = web.UrlDispatcher()
-            for route in _route_defs():
-                if route.method.upper() in METHODS:
-                    router.add_route(route.method.upper(), route.path, route.handler)
+            # a pack imported again in this process (a second registry) registers its
+            # routes again: the last registration answers, as its module is the current one
+            latest = {(r.method.upper(), r.path): r.handler for r in _route_defs()
+                      if r.method.upper() in METHODS}
+            for (method, path), handler in latest.items():
+                router.add_route(method, path, handler)
             self._router = router
         return self._router
 

@@ -143,3 +143,26 @@ def test_routes_added_on_the_app_at_import_are_answered(bridge: Any):
     assert status == 200 and json.loads(body) == {"added": True}
     status, _headers, _body = ask(bridge, "/files_pack_static/common/util.js")
     assert status == 404
+
+
+def test_a_pack_imported_again_answers_with_its_latest_routes(bridge: Any):
+    """A second registry in the same process imports a pack again, registering its routes
+    again: the bridge answers with the latest handler, never fails on the duplicate."""
+    from aiohttp import web
+
+    from comfy_compat.http_bridge import HttpBridge
+    from server import PromptServer
+
+    async def first(_request: Any) -> Any:
+        return web.json_response({"which": 1})
+
+    async def second(_request: Any) -> Any:
+        return web.json_response({"which": 2})
+
+    PromptServer.instance.routes.get("/files_pack/twice")(first)
+    PromptServer.instance.routes.get("/files_pack/twice")(second)
+    replies: queue.Queue[dict[str, Any]] = queue.Queue()
+    fresh = HttpBridge(replies.put, timeout=5)
+    fresh.replies = replies
+    status, _headers, body = ask(fresh, "/files_pack/twice")
+    assert status == 200 and json.loads(body) == {"which": 2}
