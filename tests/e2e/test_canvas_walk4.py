@@ -142,14 +142,20 @@ def test_ctrl_enter_over_the_examples_browser_queues_nothing(page):
     assert len(sent) == 1
 
 
-def _group_with_a_link_across_its_title(page, c: Canvas):
-    """The default graph's two prompts grouped, the group moved so that links cross its title."""
+def _grouped_prompts(page, c: Canvas):
+    """The default graph with its two prompt nodes grouped (Ctrl+G); the group."""
     c.open_example("txt2img.json")
     c.node("6").locator(".sf-header").click()
     c.node("7").locator(".sf-header").click(modifiers=["Shift"])
     page.keyboard.press("Control+g")
     group = page.get_by_role("group", name="Group")
     expect(group).to_be_visible()
+    return group
+
+
+def _group_with_a_link_across_its_title(page, c: Canvas):
+    """The default graph's two prompts grouped, the group moved so that links cross its title."""
+    group = _grouped_prompts(page, c)
     page.mouse.click(5, c.pane_box()["y"] + c.pane_box()["height"] - 5)  # unselect the nodes
     title = group.locator(".sf-group-title")
     box = title.bounding_box()
@@ -196,12 +202,7 @@ def test_a_link_across_a_group_title_leaves_the_title_its_clicks(page):
 
 def test_delete_removes_a_group_selected_by_its_title_and_undo_brings_it_back(page):
     c = Canvas(page)
-    c.open_example("txt2img.json")
-    c.node("6").locator(".sf-header").click()
-    c.node("7").locator(".sf-header").click(modifiers=["Shift"])
-    page.keyboard.press("Control+g")
-    group = page.get_by_role("group", name="Group")
-    expect(group).to_be_visible()
+    group = _grouped_prompts(page, c)
     _groups_saved(page, 1)
     group.locator(".sf-group-title").click()
     expect(group).to_have_class(re.compile(r"\bselected\b"))
