@@ -40,7 +40,7 @@ from server.errors import ApiError, Handler, error_middleware
 from server.pack_routes import pack_routes_middleware
 from server.pool import make_runtime
 from server.prompt_queue import PromptQueue
-from server.security import security_middleware
+from server.security import cors, security_middleware
 from server.state import STATE, ServerState
 from server.storage import Storage, StorageError, open_error
 from server.ws import Hub
@@ -116,6 +116,8 @@ def create_app(config: ServerConfig, *,
                                        pack_routes_middleware],  # after the checks
                           client_max_size=config.max_prompt_bytes)
     app[STATE] = ServerState(config, env, storage, queue, hub, runtime)
+    if config.allow_origins:
+        app.on_response_prepare.append(cors(config))
     api = [*routes.ROUTES, *info.ROUTES, *userdata.ROUTES, *comfy_frontend.ROUTES,
            *jobs.ROUTES, *convert.ROUTES,
            ("GET", "/view", files.view),

@@ -160,7 +160,7 @@ class ServerConfig:
             return default if value is None else value
 
         origins = list(opt("allow_origin", []) or [])  # type: ignore[call-overload]
-        origins += [o.strip() for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip()]
+        origins += [o for o in re.split(r"[,\s]+", os.environ.get(ORIGINS_ENV, "")) if o]
         upload_mb = float(opt("max_upload_mb", 50))  # type: ignore[arg-type]
         custom = opt("custom_nodes")
         models = opt("models_dir")
@@ -255,8 +255,9 @@ def _allowed_origin(value: str) -> str:
     origin = normalize_origin(value)
     if origin is None:
         raise ConfigError(f"--allow-origin/{ORIGINS_ENV} {value!r} is not an origin: give "
-                          "scheme://host[:port], e.g. http://localhost:5173 (wildcards and "
-                          "'null' are refused: they would let any web page in)")
+                          "scheme://host[:port], e.g. http://localhost:5173, several of them "
+                          "comma-separated (wildcards and 'null' are refused: they would let "
+                          "any web page in)")
     return origin
 
 
@@ -278,7 +279,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "lists by number, not in run order")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="also accept browser requests from this origin, e.g. a "
-                        "dev server http://localhost:5173; scheme://host[:port] only, "
+                        "dev server http://localhost:5173, and send it CORS headers so a "
+                        "page there may call the API directly; scheme://host[:port] only, "
                         "no wildcard or 'null' (repeatable; or STEERFLOW_ALLOW_ORIGINS=a,b)")
     parser.add_argument("--interrupt-grace", type=float, default=3.0, metavar="SECONDS",
                         help="how long an interrupted prompt may take to stop on its own "

@@ -6,8 +6,8 @@
 * Origin: a request carrying an ``Origin`` must come from this server's own
   origin or an allow-listed one (``Origin: null`` never is); state-changing requests
   and websockets from a ``cross-site`` context (``Sec-Fetch-Site``) are refused as
-  well. We never send CORS headers, so browsers cannot read cross-origin responses
-  either.
+  well. CORS headers go only to an allow-listed origin (``--allow-origin``, :func:`cors`):
+  a page there may call the API directly; other pages cannot read responses.
 * Token: with a token set, every API route needs ``Authorization: Bearer``,
   ``?token=`` (browsers cannot set headers on websockets and ``<img>``) or the
   session cookie; only the web app's static files are public. Opening the app once
@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
@@ -32,6 +33,7 @@ from server.errors import ApiError, Handler
 from server.pack_routes import matched_pack_route
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 PUBLIC_ROUTE_PREFIX = "canvas"
 INDEX_ROUTE = "canvas-index"
 COOKIE_PREFIX = "steerflow_token_"
@@ -60,6 +62,14 @@ def security_middleware(config: ServerConfig) -> web.middleware:  # type: ignore
         if (unsafe and not allowed_origin
                 and request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"):
             raise ApiError(403, "cross_origin", "cross-site requests are refused")
+        if allowed_origin and request.method == "OPTIONS" \
+                and "Access-Control-Request-Method" in request.headers:
+            # a preflight carries no credentials: answered before the token check
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": request.headers.get(
+                    "Access-Control-Request-Headers", "Content-Type, Authorization")[:1024],
+                "Access-Control-Max-Age": "600"})
         if token is not None:
             if "token" in request.query and _route_name(request) == INDEX_ROUTE:
                 return _sign_in(request, token, cookie, host)
@@ -69,6 +79,19 @@ def security_middleware(config: ServerConfig) -> web.middleware:  # type: ignore
         return await handler(request)
 
     return middleware
+
+
+def cors(config: ServerConfig) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An ``on_response_prepare`` hook: every response to an allow-listed origin (errors
+    and files included) names it in ``Access-Control-Allow-Origin``."""
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None and normalize_origin(origin) in config.allow_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+
+    return add_headers
 
 
 @functools.lru_cache(maxsize=256)

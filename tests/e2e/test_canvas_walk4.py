@@ -16,7 +16,7 @@ from tests.e2e.test_canvas import TXT2IMG, small_txt2img
 from tests.e2e.test_canvas_opening import _fake_prompts
 
 SAVE = "9"  # Save Image in workflows/txt2img.json
-ANOTHER = re.compile("another workflow")
+ANOTHER = re.compile("a prompt not queued from this graph")
 
 
 def _with_text(doc: dict, text: str) -> dict:

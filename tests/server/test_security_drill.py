@@ -211,3 +211,41 @@ def test_the_settings_file_is_capped(http: Http, server: LiveServer,
     monkeypatch.setattr(userdata, "SETTINGS_FILE_LIMIT", 1 << 10)
     assert http.post("/settings/big0", data=json.dumps("small")).status == 200
     assert http.post("/settings/new", data=value).status == 413
+
+
+def test_allowed_origins_from_the_environment_split_on_commas_and_spaces(monkeypatch):
+    import argparse
+
+    monkeypatch.setenv("STEERFLOW_ALLOW_ORIGINS",
+                       "http://a.example http://b.example:8080,  http://c.example")
+    config = ServerConfig.from_args(argparse.Namespace(allow_origin=["http://d.example"]))
+    assert config.allow_origins == {"http://a.example", "http://b.example:8080",
+                                    "http://c.example", "http://d.example"}
+
+
+def test_an_allowed_origin_gets_cors_headers_and_others_none(make_server, loop):
+    """A page on an allow-listed origin may call the API directly (ComfyUI's
+    --enable-cors-header): its preflight is answered, before any token check, and every
+    response to it, errors included, names it; other origins get nothing."""
+    server = make_server(allow_origins=frozenset({"http://localhost:5173"}), token="t0ken-long")
+    http = Http(server.url, loop)
+    ok = {"Origin": "http://localhost:5173"}
+    preflight = http.request("OPTIONS", "/prompt", headers={
+        **ok, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, authorization"})
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Headers"] == "content-type, authorization"
+    auth = {**ok, "Authorization": "Bearer t0ken-long"}
+    assert http.get("/queue", headers=auth).headers["Access-Control-Allow-Origin"] == \
+        "http://localhost:5173"
+    refused = http.post("/prompt", data="{", headers=auth)  # an error names it too
+    assert refused.status == 400 and refused.headers["Access-Control-Allow-Origin"] == \
+        "http://localhost:5173"
+    other = http.request("OPTIONS", "/prompt", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert other.status == 403 and "Access-Control-Allow-Origin" not in other.headers
+    same = http.get("/queue", headers={"Authorization": "Bearer t0ken-long"})
+    assert "Access-Control-Allow-Origin" not in same.headers
+    http.close()

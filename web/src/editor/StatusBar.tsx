@@ -47,8 +47,9 @@ export function StatusBar({ store, labelOf, clientId }: {
       {connected ? "connected" : <span className="sf-status-lost" data-testid="connection-lost">
         {lostPrompt ? "connection lost — the run's state is unknown" : "disconnected"}</span>}
       {" · "}queue {queueRemaining}
-      {/* another workflow's node ids are not this graph's: its node is named in the queue panel */}
-      {running && <> · running{!ofGraph ? " a prompt of another workflow" : executing ? ` ${labelOf(executing)}` : ""}</>}
+      {/* a prompt not queued from this graph (another workflow's, or another client's): its node
+          ids need not be this graph's, so its node is named in the queue panel only */}
+      {running && <> · running{!ofGraph ? " a prompt not queued from this graph" : executing ? ` ${labelOf(executing)}` : ""}</>}
       {!running && others > 0 && <> · {othersRunningText(others)}</>}
       {lastError && <span className="sf-status-error" title={lastError}> · {lastError}</span>}
       {lastWarning && <span className="sf-status-warning" title={lastWarning}> · warning: {lastWarning}</span>}

@@ -89,11 +89,11 @@ describe("RunStore: a prompt's run is drawn on the graph that queued it", () => 
     store.enqueue({ type: "execution_error", data: { prompt_id: "other", node_id: "3", node_type: "Sample", exception_type: "ExecutionBlocked", exception_message: "skipped" } });
     flush();
     expect(store.getNode("3")).toEqual({});
-    expect(store.getGlobal().lastWarning).toBe("another workflow's prompt: Sample #3: skipped");
+    expect(store.getGlobal().lastWarning).toBe("a prompt not queued from this graph: Sample #3: skipped");
     store.enqueue({ type: "execution_error", data: { prompt_id: "other", node_id: "3", node_type: "Sample", exception_type: "ValueError", exception_message: "bad" } });
     flush();
     expect(store.getNode("3")).toEqual({});
-    expect(store.getGlobal()).toMatchObject({ running: false, lastError: "another workflow's prompt: Sample #3: ValueError: bad" });
+    expect(store.getGlobal()).toMatchObject({ running: false, lastError: "a prompt not queued from this graph: Sample #3: ValueError: bad" });
   });
 
   it("keeps a training curve off another graph", () => {

@@ -478,9 +478,9 @@ export class RunStore {
     }
   }
 
-  /** "Another workflow's prompt: " before a message about a prompt not of the open graph (its node ids are not this graph's). */
+  /** "A prompt not queued from this graph: " before a message about such a prompt (another workflow's or client's: its node ids need not be this graph's). */
   private whose(d: Record<string, unknown>): string {
-    return this.mine(this.promptOf(d)) ? "" : "another workflow's prompt: ";
+    return this.mine(this.promptOf(d)) ? "" : "a prompt not queued from this graph: ";
   }
 
   /** Take back a running prompt whose start this page did not see (no `execution_start`). */
