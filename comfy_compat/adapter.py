@@ -47,6 +47,7 @@ from pydantic import Field, TypeAdapter
 from comfy_compat import runtime
 from comfy_compat.dynamic_inputs import dynamic_specs, entry_of, is_dynamic
 from comfy_compat.nodes_module import record_pack_class
+from comfy_compat.signatures import accepted, parameters
 from comfy_compat.ui_workflow import comfy_pnginfo
 from engine.context import linked_inputs, node_being_signed
 from engine.node import (
@@ -132,7 +133,7 @@ class ComfyNode(NamedInputsNode):
         bundle = _hidden_kwarg(cls.COMFY_CLASS)
         for name, value in ({} if bundle else hidden).items():
             kwargs.setdefault(name, value)
-        kwargs = _accepted(fn, kwargs)
+        kwargs = accepted(fn, kwargs)
         if bundle:
             kwargs[bundle] = hidden
         try:
@@ -153,8 +154,8 @@ class ComfyNode(NamedInputsNode):
         if fn is None:
             return []
         # as ComfyUI's validation: a linked input the check names arrives as None
-        kwargs = _accepted(fn, {**dict.fromkeys(linked_inputs()), **_present(inputs)})
-        if "input_types" in _parameters(fn)[0]:
+        kwargs = accepted(fn, {**dict.fromkeys(linked_inputs()), **_present(inputs)})
+        if "input_types" in parameters(fn)[0]:
             kwargs["input_types"] = {}  # linked inputs' types are checked by the engine
         try:
             with runtime.bound_environment(env):
@@ -394,7 +395,7 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
     validate = getattr(comfy, "VALIDATE_INPUTS", None)
     by_node = frozenset()
     if validate is not None:
-        params, var_kw = _parameters(validate)
+        params, var_kw = parameters(validate)
         by_node = frozenset(params) if not var_kw else frozenset(
             n for section in ("required", "optional") for n in raw.get(section) or {})
     namespace = {
@@ -575,22 +576,6 @@ def _hidden_kwarg(comfy: type) -> str | None:
     """The one keyword a V3 class (``comfy_api``) takes its hidden values in, if any."""
     name = getattr(comfy, "STEERFLOW_HIDDEN_KWARG", None)
     return name if isinstance(name, str) else None
-
-
-def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:
-    """Names ``fn`` accepts by keyword, and whether it takes ``**kwargs``."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return set(), True
-    names = {p.name for p in params
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return names, any(p.kind is p.VAR_KEYWORD for p in params)
-
-
-def _accepted(fn: Callable[..., Any], inputs: dict[str, Any]) -> dict[str, Any]:
-    names, var_kw = _parameters(fn)
-    return dict(inputs) if var_kw else {k: v for k, v in inputs.items() if k in names}
 
 
 def _present(inputs: dict[str, Any]) -> dict[str, Any]:

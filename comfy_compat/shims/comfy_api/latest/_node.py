@@ -24,6 +24,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from comfy_compat.signatures import accepted
 from engine.lists import ExecutionBlocker
 
 from ._dynamic import DynamicInput, has_dynamic, nest_inputs
@@ -204,7 +205,7 @@ def _entry(cls: type, name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         hidden = kwargs.pop(HIDDEN_KWARG, None)
         if dynamic:
-            kwargs = _accepted(method, nest_inputs(cls._v1().schema.inputs, kwargs))
+            kwargs = accepted(method, nest_inputs(cls._v1().schema.inputs, kwargs))
         return getattr(_clone(cls, hidden), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
@@ -212,17 +213,6 @@ def _entry(cls: type, name: str) -> Callable[..., Any]:
         with contextlib.suppress(TypeError, ValueError):  # a builtin: kwargs as they are
             call.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
     return call
-
-
-def _accepted(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    try:
-        params = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return kwargs
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return kwargs
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return {k: v for k, v in kwargs.items() if k in names}
 
 
 class _V1Info:
