@@ -70,8 +70,11 @@ class LoraLoader(_LoraFileNode):
 
 def _patch_clip(clip: TextEncoder, lora: LoraFile, strength: float) -> TextEncoder:
     """Patch CLIP-L (``patches``) and SDXL's bigG (``patches_2``) with their layers."""
+    from nodes.diffusion.handles import is_absent
     from nodes.diffusion.lora import LoraMismatchError
 
+    if is_absent(clip.text_encoder):
+        return clip  # a checkpoint's missing CLIP passes on, as ComfyUI's None does
     out = clip
     for component, field in (("text_encoder", "patches"), ("text_encoder_2", "patches_2")):
         encoder = getattr(clip, component)

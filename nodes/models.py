@@ -9,7 +9,13 @@ from typing import Any, ClassVar
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion import memory  # noqa: F401  (registers the cache's model mover)
-from nodes.diffusion.handles import DiffusionModel, MissingVae, TextEncoder, Vae
+from nodes.diffusion.handles import (
+    DiffusionModel,
+    MissingVae,
+    TextEncoder,
+    Vae,
+    missing_text_encoder,
+)
 from nodes.diffusion.precision import WEIGHT_DTYPE_CHOICES
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -169,8 +175,10 @@ def load_checkpoint(ctx: ExecutionContext, path: Path, weight_dtype: str = "defa
         DiffusionModel(loaded.unet, {**loaded.scheduler_config, **(scheduler_overrides or {})},
                        loaded.family, extensions=extensions,
                        latent_scale=loaded.latent_scale),
-        TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
-                    text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
+        missing_text_encoder(path.name, loaded.family)
+        if loaded.text_encoder is None and loaded.text_encoder_2 is None
+        else TextEncoder(loaded.text_encoder, loaded.tokenizer, loaded.family,
+                         text_encoder_2=loaded.text_encoder_2, tokenizer_2=loaded.tokenizer_2),
         Vae(loaded.vae) if loaded.vae is not None else MissingVae(path.name),
     )
 

@@ -380,6 +380,50 @@ def test_a_checkpoint_without_a_vae_loads_its_model_and_clip(session, models,
     assert "Load VAE" in result.run.error["exception_message"]
 
 
+def test_a_checkpoint_without_a_text_encoder_loads_its_model_and_vae(session, models,
+                                                                     tiny_model_paths):
+    """As in ComfyUI (CLIP None), a checkpoint file without text encoder weights still
+    gives MODEL and VAE; its CLIP output passes through Load LoRA and CLIP Set Last Layer,
+    and fails where a prompt is encoded with it, saying what to load instead."""
+    from safetensors import safe_open
+
+    single = tiny_model_paths["single_file"]
+    with safe_open(str(single), "pt") as fh:
+        metadata = fh.metadata()
+    state = {k: v for k, v in load_file(single).items()
+             if not k.startswith("cond_stage_model.")}
+    save_file(state, str(models / "checkpoints" / "no-clip.safetensors"), metadata=metadata)
+    ref = run(session, txt2img(TINY))
+    prompt = txt2img("no-clip.safetensors", clip=["clip", 0])
+    prompt["clip"] = {"class_type": "CLIPLoader", "inputs": {
+        "clip_name": "sd1-te", "type": "stable_diffusion", "device": "default"}}
+    assert np.abs(run(session, prompt) - ref).max() <= 1e-5
+
+    for chain in ((), ("CLIPSetLastLayer",)):
+        prompt = txt2img("no-clip.safetensors", clip=["last", 0] if chain else None)
+        if chain:
+            prompt["last"] = {"class_type": "CLIPSetLastLayer",
+                              "inputs": {"clip": ["ckpt", 1], "stop_at_clip_layer": -2}}
+        result = session.run(prompt)
+        assert not result.ok
+        assert result.run.error["node_id"] in ("pos", "neg")
+        message = result.run.error["exception_message"]
+        assert "holds no text encoder" in message and "Load CLIP" in message
+        assert result.run.error["exception_type"] != "TypeError"
+
+
+def test_lora_passes_a_missing_clip_on():
+    """Load LoRA on a checkpoint's absent CLIP patches nothing there (ComfyUI's None)."""
+    from nodes.diffusion.handles import is_absent, missing_text_encoder
+    from nodes.lora import _patch_clip
+
+    clip = missing_text_encoder("x.safetensors", "sd1")
+    assert is_absent(clip.text_encoder)
+    assert _patch_clip(clip, object(), 1.0) is clip  # the LoRA file is never looked at
+    with pytest.raises(ValueError, match="holds no text encoder"):
+        _ = clip.device
+
+
 def _clip_with_positions(folder: Path, positions: int) -> None:
     """A tiny CLIPTextModel folder like the tiny model's, with ``positions`` positions."""
     from transformers import CLIPTextConfig, CLIPTextModel

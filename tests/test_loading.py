@@ -463,28 +463,28 @@ def test_a_folder_of_fp16_variant_weights_loads(tmp_path: Path) -> None:
     assert weights_variant(tmp_path / "plain" / "unet") == {}
 
 
-def test_a_checkpoint_without_a_text_encoder_says_what_to_load_instead(
+def test_a_checkpoint_without_a_text_encoder_or_vae_loads_the_rest(
         tiny_model_paths: dict[str, Path], tmp_path: Path) -> None:
-    """(One without a VAE loads, with none: tests/test_component_loaders.py.)"""
-    from nodes.diffusion.loading import CheckpointKeyError, load_components
+    """As in ComfyUI, a file without text encoder or VAE weights loads what it holds (the
+    graph-level behaviour: tests/test_component_loaders.py)."""
+    from nodes.diffusion.loading import load_components
 
     state = load_file(tiny_model_paths["single_file"])
     with safe_open(tiny_model_paths["single_file"], "pt") as fh:
         metadata = fh.metadata()
-    for prefix, words in (("cond_stage_model.", "no text encoder weights"),):
-        path = tmp_path / f"no-{prefix.rstrip('.')}.safetensors"
-        save_file({k: v for k, v in state.items() if not k.startswith(prefix)}, str(path),
+    full = load_components(tiny_model_paths["single_file"])
+    for prefixes in (("cond_stage_model.",), ("first_stage_model.",),
+                     ("cond_stage_model.", "first_stage_model.")):
+        path = tmp_path / f"no-{'-'.join(p.rstrip('.') for p in prefixes)}.safetensors"
+        save_file({k: v for k, v in state.items() if not k.startswith(prefixes)}, str(path),
                   metadata=metadata)
-        with pytest.raises(CheckpointKeyError) as info:
-            load_components(path)
-        assert words in str(info.value) and "Load Diffusion Model" in str(info.value)
-        assert str(info.value).startswith(path.name)
-    path = tmp_path / "no-vae.safetensors"
-    save_file({k: v for k, v in state.items() if not k.startswith("first_stage_model.")},
-              str(path), metadata=metadata)
-    loaded = load_components(path)
-    assert loaded.vae is None
-    assert loaded.latent_scale == load_components(tiny_model_paths["single_file"]).latent_scale
+        loaded = load_components(path)
+        assert (loaded.text_encoder is None) == ("cond_stage_model." in prefixes)
+        assert (loaded.vae is None) == ("first_stage_model." in prefixes)
+        assert loaded.latent_scale == full.latent_scale
+        for a, b in zip(loaded.unet.state_dict().values(), full.unet.state_dict().values(),
+                        strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(("configs", "words"), [

@@ -116,22 +116,27 @@ class Vae:
                       **fields)
 
 
-class MissingVaeError(ValueError, AttributeError):
-    """A checkpoint's absent VAE was used (an AttributeError too, so ``hasattr`` and
-    ``getattr`` with a default see nothing there)."""
+class AbsentPartError(ValueError, AttributeError):
+    """A part a checkpoint file does not hold (its VAE or its text encoder) was used (an
+    AttributeError too, so ``hasattr`` and ``getattr`` with a default see nothing there)."""
 
 
-class _AbsentVae:
-    """Stands in for the autoencoder of a checkpoint that has none: any use says so."""
+class _AbsentPart:
+    """Stands in for the model of a part a checkpoint lacks: any use says so."""
 
     def __init__(self, message: str) -> None:
         self._message = message
 
     def __getattr__(self, name: str) -> Any:
-        raise MissingVaeError(self._message)
+        raise AbsentPartError(self._message)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise MissingVaeError(self._message)
+        raise AbsentPartError(self._message)
+
+
+def is_absent(model: Any) -> bool:
+    """True for the stand-in of a part the checkpoint did not hold."""
+    return isinstance(model, _AbsentPart)
 
 
 class MissingVae(Vae):
@@ -140,13 +145,23 @@ class MissingVae(Vae):
     load instead."""
 
     def __init__(self, checkpoint: str) -> None:
-        super().__init__(_AbsentVae(
+        super().__init__(_AbsentPart(
             f"the checkpoint {checkpoint!r} holds no VAE, so its VAE output cannot be used: "
             "load one with Load VAE (models/vae, or a full checkpoint's) and link that VAE "
             "here instead"))
 
     def __post_init__(self) -> None:
         pass  # nothing to hook
+
+
+def missing_text_encoder(checkpoint: str, family: str) -> TextEncoder:
+    """The CLIP output of a checkpoint file that holds no text encoder (ComfyUI gives None
+    there): as with :class:`MissingVae`, only a node that uses it fails, saying what to
+    load instead; nodes that only pass it on (Load LoRA) keep it as it is."""
+    return TextEncoder(_AbsentPart(
+        f"the checkpoint {checkpoint!r} holds no text encoder, so its CLIP output cannot "
+        "be used: load one with Load CLIP (models/text_encoders, or a full checkpoint's) "
+        "and link that CLIP here instead"), None, family)
 
 
 @dataclass(frozen=True)

@@ -66,17 +66,14 @@ class CheckpointKeyError(ValueError):
     """A checkpoint's weights do not match the model its config describes."""
 
 
-class MissingPartError(CheckpointKeyError):
-    """A checkpoint lacks a whole component (its text encoder): not a size mismatch."""
-
-
 @dataclass
 class LoadedCheckpoint:
     """The SD components of one checkpoint, in eval mode on the requested device/dtype."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL | None  # None: a single file without one (see load_vae)
-    text_encoder: CLIPTextModel | None  # None: the SDXL refiner (bigG only)
+    # None: the SDXL refiner (bigG only), or a single file without one (_build_text_encoder)
+    text_encoder: CLIPTextModel | None
     tokenizer: CLIPTokenizer | None
     scheduler_config: dict[str, Any]
     family: str  # "sd1", "sd2", "sdxl" or "sdxl_refiner"
@@ -384,8 +381,6 @@ def load_original_state_dict(
                 f"weights fit ({type(exc).__name__}: {exc})") from exc
     try:
         return _build_original(state_dict, configs, path=path, empties=empties)
-    except MissingPartError:
-        raise
     except CheckpointKeyError as exc:
         # Block sizes, depths and head counts cannot all be read back from tensor
         # shapes (diffusers' single-file loader assumes the published configs too), so
@@ -462,9 +457,6 @@ def _build_original(
 
 #: where an original-layout checkpoint keeps its VAE
 VAE_PREFIX = "first_stage_model."
-#: what to use for a file that holds only some of a checkpoint's parts
-PARTS_HINT = ("load its parts with Load Diffusion Model (UNETLoader), Load CLIP and Load VAE "
-              "(the VAE from a full checkpoint or models/vae)")
 
 
 def load_vae(state_dict: StateDict, empties: EmptyModels, vae_config: Mapping[str, Any],
@@ -481,7 +473,10 @@ def load_vae(state_dict: StateDict, empties: EmptyModels, vae_config: Mapping[st
 
 
 def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel,
-                        label: str = "the checkpoint") -> CLIPTextModel:
+                        label: str = "the checkpoint") -> CLIPTextModel | None:
+    """The checkpoint's CLIP text encoder, or None for a file that holds none: as in
+    ComfyUI its MODEL and VAE still load, and its CLIP output says what to do when used
+    (:class:`nodes.diffusion.handles.MissingTextEncoder`)."""
     if any(k.startswith(_CLIP_PREFIX) for k in state_dict):
         converted = convert_ldm_clip_checkpoint(state_dict)
     elif any(k.startswith(_OPEN_CLIP_PREFIX) for k in state_dict):
@@ -489,8 +484,9 @@ def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel,
         # CLIPTextModel has no projection head; SD 2.x never uses it.
         converted.pop("text_projection.weight", None)
     else:
-        raise MissingPartError(f"{label} has no text encoder weights (cond_stage_model.*): "
-                               + PARTS_HINT)
+        log.warning("%s holds no text encoder (cond_stage_model.* weights): load one with "
+                    "Load CLIP", label)
+        return None
     # transformers >= 5.6 flattened CLIPTextModel; position_ids is a derived buffer.
     converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     converted.pop("embeddings.position_ids", None)
