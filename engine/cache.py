@@ -239,12 +239,12 @@ class OutputCache:
             if not over:
                 return
 
-    def _offload(self, device: str) -> None:
+    def _offload(self, device: str, everything: bool = False) -> None:
         movers = _MOVERS if self.movers is None else self.movers
         if not movers:
             return
         for entry in list(self.entries.values()):
-            if self.used.get(device, 0) <= self.budgets[device]:
+            if not everything and self.used.get(device, 0) <= self.budgets[device]:
                 return
             if entry.pins or entry.offloaded is not None or not entry.nbytes.get(device):
                 continue
@@ -255,6 +255,12 @@ class OutputCache:
                     self._reweigh(entry, moved[0])
                     self.offloads += 1
                     break
+
+    def offload_all(self) -> None:
+        """Move every unpinned entry a mover can off its accelerators to the CPU, keeping
+        it cached (moved back when next read): ComfyUI's "unload models"."""
+        for device in sorted({d for e in self.entries.values() for d in e.nbytes} - {"cpu"}):
+            self._offload(device, everything=True)
 
     def _reweigh(self, entry: CacheEntry, outputs: tuple[Any, ...]) -> None:
         """Replace an entry's outputs and account for where their bytes are now."""

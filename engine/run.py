@@ -283,6 +283,12 @@ class _Run(ExpansionSteps):
         if sig in self.cache:  # a duplicate node earlier in this prompt made it
             for _ in self.dependents.get(node_id, ()):
                 self._pin(node_id)
+            entry = self.cache.get(sig)
+            if entry is not None and entry.ui:
+                # a cache hit to ComfyUI too: its ``executed`` shows the twin's result
+                self.result.outputs[node_id] = entry.ui
+                self.emit("executed", {"node": node_id, "display_node": self._display(node_id),
+                                       "output": entry.ui, "prompt_id": self.prompt_id})
             self._complete(node_id)
             return
         node = self.nodes[node_id]

@@ -351,9 +351,10 @@ async def post_interrupt(request: web.Request) -> web.Response:
 
 
 async def post_free(request: web.Request) -> web.Response:
-    """ComfyUI's ``/free``: ``unload_models`` drops the workers' cached models and
-    outputs, ``free_memory`` that and the allocators' free blocks; each worker does it
-    between prompts (a running prompt keeps what it uses)."""
+    """ComfyUI's ``/free``: ``unload_models`` moves the workers' cached models off the
+    accelerator (the outputs stay cached), ``free_memory`` drops every cached output and
+    the allocators' free blocks; each worker does it between prompts (a running prompt
+    keeps what it uses)."""
     body = await read_object(request, required=False)
     flags = {}
     for key in ("unload_models", "free_memory"):

@@ -186,21 +186,28 @@ class Worker:
                 self.run(job)
 
     def free(self, free_memory: bool) -> None:
-        """Drop every cached output (the loaded models too), as ComfyUI's /free does;
-        with ``free_memory`` also return the allocators' cached blocks."""
+        """ComfyUI's /free: ``unload_models`` alone moves the cached models off the
+        accelerator (they stay cached in RAM, so the next prompt still reuses every
+        output); ``free_memory`` drops every cached output, the loaded models too, and
+        returns the allocators' cached blocks."""
         if self.session is None:
             return
-        self.session.executor.cache.clear()
-        self.models.clear()
+        cache = self.session.executor.cache
+        if free_memory:
+            cache.clear()
+            self.models.clear()
+        else:
+            cache.offload_all()
         import gc
 
         gc.collect()
-        if free_memory and "torch" in sys.modules:
+        if "torch" in sys.modules:
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        log.info("freed the cache (free_memory=%s)", free_memory)
+        log.info("%s (free_memory=%s)", "freed the cache" if free_memory
+                 else "moved the cached models off the accelerator", free_memory)
 
     def run(self, job: dict[str, Any]) -> None:
         from engine.validation import PromptValidationError, describe_issues, to_node_errors

@@ -292,6 +292,19 @@ def test_fully_cached_prompt_still_sends_executed_with_ui(ex):
                             "prompt_id": "p2"}
 
 
+def test_a_twin_output_node_gets_executed_on_the_first_run_too(ex):
+    """Two identical output nodes (a second preview on the same image): the second is a
+    cache hit of the first in the same run, and gets its ``executed`` as ComfyUI sends it,
+    so a client that shows results per node fills both."""
+    prompt = {**chain(), "4": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
+    events = []
+    result = ex.run(prompt, prompt_id="p1", on_event=lambda e, d: events.append((e, d)))
+    assert result.ok and result.executed == ["1", "2", "3"]
+    shown = [d["node"] for e, d in events if e == "executed"]
+    assert sorted(shown) == ["3", "4"]
+    assert result.outputs == {"3": {"value": [3]}, "4": {"value": [3]}}
+
+
 def test_a_node_calling_sys_exit_is_its_error_not_the_end_of_the_process(env):
     """A pack's node calling sys.exit() ended `steerflow run` and Sessions silently."""
     import sys

@@ -96,6 +96,22 @@ def test_an_entry_bigger_than_the_budget_alone_is_not_thrashed() -> None:
     assert big.device == "cuda" and mover.calls == ["offload", "restore"]
 
 
+def test_offload_all_moves_every_unpinned_model_to_the_cpu_and_keeps_it_cached() -> None:
+    """/free's "unload models": off the accelerator, still cached, back when read."""
+    cache, mover = _cache()  # no budget: nothing would move on its own
+    a, b, c = FakeModel(60 * MiB), FakeModel(10 * MiB), FakeModel(5 * MiB)
+    cache.put("a", (a,))
+    cache.put("b", (b,))
+    cache.put("c", (c,), pins=1)  # the running prompt's
+    cache.put("n", (3,))
+    cache.offload_all()
+    assert (a.device, b.device, c.device) == ("cpu", "cpu", "cuda")
+    assert len(cache) == 4 and cache.evictions == 0
+    assert cache.used == {"cuda": 5 * MiB, "cpu": 70 * MiB}
+    cache.get("a")
+    assert a.device == "cuda" and mover.calls == ["offload", "offload", "restore"]
+
+
 def test_cpu_over_budget_still_evicts_offloaded_entries() -> None:
     cache, _ = _cache(cuda=100 * MiB, cpu=70 * MiB)
     cache.put("a", (FakeModel(60 * MiB),))

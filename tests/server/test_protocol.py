@@ -558,8 +558,8 @@ def test_client_chosen_prompt_id_and_duplicates(server: LiveServer, http: Http):
 
 
 def test_free_drops_the_workers_cache(server: LiveServer, http: Http):
-    """ComfyUI's POST /free (the frontend's "Unload models"): the next run of the same
-    prompt computes everything again; bad flags are a 400."""
+    """ComfyUI's POST /free with ``free_memory``: the next run of the same prompt computes
+    everything again; bad flags are a 400."""
     def cached_after_run() -> list[str]:
         pid = http.post("/prompt", json={"prompt": chain(value=5)}).json()["prompt_id"]
         entry = wait_history(http, [pid])[pid]
@@ -576,6 +576,11 @@ def test_free_drops_the_workers_cache(server: LiveServer, http: Http):
     assert stats["system"]["worker"]["cache_entries"] == 0
     assert all(w["models"] == [] for w in stats.get("workers", []))
     assert cached_after_run() == []
+    # "Unload Models" alone (the frontend's button) keeps the outputs cached, as in
+    # ComfyUI: the models only leave the accelerator
+    cached_after_run()
+    assert http.post("/free", json={"unload_models": True}).status == 200
+    assert "3" in cached_after_run()
     assert http.post("/free", json={"unload_models": "yes"}).status == 400
     assert http.post("/api/free", json={}).status == 200  # nothing asked: nothing done
 
