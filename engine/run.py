@@ -237,8 +237,12 @@ class _Run(ExpansionSteps):
         found = sorted(self.new_cached, key=lambda n: self.rank.get(n, len(self.rank)))
         self.new_cached = []
         self.result.cached.extend(found)
-        self.emit("execution_cached", {"nodes": found, "prompt_id": self.prompt_id,
-                                       "timestamp": _now_ms()})
+        # clients know the prompt's nodes only: an expansion's inner ids ("4.10") are
+        # not listed, as ComfyUI lists none (their UI still comes as ``executed``)
+        listed = [n for n in found if n in self.vp.nodes]
+        if listed or not found:
+            self.emit("execution_cached", {"nodes": listed, "prompt_id": self.prompt_id,
+                                           "timestamp": _now_ms()})
         # ``executed`` for each with a UI result, as ComfyUI sends it: a client that
         # shows results from ``executed`` must see a fully cached prompt's too.
         for node_id in found:

@@ -246,9 +246,13 @@ def test_for_loop_runs_and_its_body_is_cached_by_signature(ex):
     again = ex.run(for_loop(5))
     assert again.ok and again.executed == [] and tn.CALLS["TestAdd"] == 5
     # one more iteration: the first five bodies are found by signature, only one runs
-    more = ex.run(for_loop(6))
+    events = []
+    more = ex.run(for_loop(6), on_event=lambda e, d: events.append((e, d)))
     assert more.outputs["5"] == {"value": [13]}
     assert tn.CALLS["TestAdd"] == 6
+    # clients hear of the prompt's own nodes only, as ComfyUI lists them
+    listed = [n for e, d in events if e == "execution_cached" for n in d["nodes"]]
+    assert sorted(listed) == ["1", "2", "3"] and any("." in n for n in more.cached)
     # expanded ids derive from the prompt node, and stay short
     assert all(n.count(".") <= 1 for n in more.executed)
 
