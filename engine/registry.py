@@ -162,10 +162,13 @@ class NodeRegistry:
                                   "and no installed pack adapter accepts it (reinstall "
                                   "steerflow: pip install -e .)")
         classes: Iterable[type[Node]] = getattr(module, "NODE_CLASSES", ())
-        count = 0
-        for cls in classes:
-            self.register(cls)
-            count += 1
+        if label is None:  # a built-in pack: a clash is a bug, not a user's problem
+            classes = list(classes)
+            for cls in classes:
+                self.register(cls)
+            count = len(classes)
+        else:
+            count = self._register_each(classes, label)
         setup = getattr(module, "setup", None)
         if callable(setup):
             self.setups.append(setup)
@@ -174,17 +177,24 @@ class NodeRegistry:
     def _add_adapted(self, module: ModuleType, adapter: PackAdapter, label: str) -> int:
         classes, problems = adapter.node_classes(module)
         self.errors.extend(PackError(label, message, whole=False) for message in problems)
+        count = self._register_each(classes, label)
+        if adapter.setup not in self.setups:
+            self.setups.append(adapter.setup)
+        return count
+
+    def _register_each(self, classes: Iterable[Any], label: str) -> int:
+        """Register a pack's classes; one that clashes or is no node is skipped and
+        reported, and the rest of the pack still loads."""
         count = 0
         for cls in classes:
             try:
                 self.register(cls)
                 count += 1
-            except (TypeError, ValueError) as exc:  # one clash must not drop the pack
-                kept = " (the one registered first is kept)" if cls.TYPE in self else ""
-                self.errors.append(PackError(label, f"node {cls.TYPE!r} skipped: {exc}{kept}",
+            except (TypeError, ValueError) as exc:
+                name = getattr(cls, "TYPE", None) or getattr(cls, "__name__", repr(cls))
+                kept = " (the one registered first is kept)" if name in self else ""
+                self.errors.append(PackError(label, f"node {name!r} skipped: {exc}{kept}",
                                              whole=False))
-        if adapter.setup not in self.setups:
-            self.setups.append(adapter.setup)
         return count
 
     def _add_web_directory(self, module: ModuleType) -> None:

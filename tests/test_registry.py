@@ -79,6 +79,26 @@ def test_failing_pack_in_folder_is_skipped(packs: Path, body: str, expected: str
     assert "steerflow_custom_nodes.m_bad" not in sys.modules
 
 
+def test_a_node_whose_type_is_taken_is_skipped_and_the_rest_of_the_pack_loads(packs: Path):
+    """A native pack with one clashing TYPE (another pack's, or not a node at all) kept
+    the nodes before it and lost those after it; now only that one is skipped."""
+    (packs / "m_clash.py").write_text(
+        good("ClashA").replace("NODE_CLASSES = (ClashA,)\n", "")
+        + good("GoodA").replace("class GoodA", "class Taken").replace(
+            "NODE_CLASSES = (GoodA,)\n", "")
+        + good("ClashB").replace("NODE_CLASSES = (ClashB,)\n", "")
+        + "NODE_CLASSES = (ClashA, Taken, int, ClashB)\ndef setup(env):\n    pass\n")
+    registry = NodeRegistry()
+    registry.load_directory(packs)
+    assert loaded(registry) == {"GoodA", "GoodZ", "ClashA", "ClashB"}
+    assert registry.get("GoodA").__module__.endswith("a_good")  # the first one is kept
+    messages = [e.describe() for e in registry.errors]
+    assert len(messages) == 2 and all(" loaded, but: node " in m for m in messages)
+    assert "'GoodA' skipped" in messages[0] and "first is kept" in messages[0]
+    assert "'int' skipped" in messages[1]
+    assert len(registry.setups) == 1
+
+
 def test_exit_in_a_package_submodule_is_skipped(packs: Path):
     (packs / "m_bad").mkdir()
     (packs / "m_bad" / "__init__.py").write_text("from . import sub\n")
@@ -217,7 +237,8 @@ def test_broken_node_classes_are_recorded(packs: Path):
     registry = NodeRegistry()
     registry.load_directory(packs)
     assert loaded(registry) == {"GoodA", "GoodZ"}
-    assert registry.errors[0].message.startswith("TypeError")
+    assert "'int' skipped: " in registry.errors[0].message
+    assert "is not a Node subclass" in registry.errors[0].message
 
 
 def test_a_pack_may_use_asyncio_and_signal_at_import(packs: Path):
