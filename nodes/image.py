@@ -232,6 +232,7 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
     free number); returns UI file entries."""
     from PIL import PngImagePlugin
 
+    check_image(images, "image")  # before its size names the file
     folder, subfolder, stem = split_prefix(ctx.env, role, prefix, "Steerflow",
                                            (int(images.shape[-2]), int(images.shape[-3])))
     info = PngImagePlugin.PngInfo()

@@ -47,6 +47,28 @@ def _workflow_id(extra: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _job_error(data: dict[str, Any]) -> dict[str, Any]:
+    """An ``execution_error`` as a job shows it, with the fields ComfyUI's frontend
+    requires in their types (its schema refuses the whole job list over one): a failure
+    of the whole prompt (no worker, a restart) names no node, so its id is ""."""
+    def text(key: str) -> str:
+        value = data.get(key)
+        return value if isinstance(value, str) else "" if value is None else str(value)
+
+    trace = data.get("traceback")
+    return {
+        **data,
+        "node_id": text("node_id"), "node_type": text("node_type"),
+        "exception_message": text("exception_message"),
+        "exception_type": text("exception_type"),
+        "traceback": [str(line) for line in trace] if isinstance(trace, list) else [],
+        "current_inputs": data.get("current_inputs")
+        if isinstance(data.get("current_inputs"), dict) else {},
+        "current_outputs": data.get("current_outputs")
+        if isinstance(data.get("current_outputs"), dict) else {},
+    }
+
+
 def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, Any]:
     number, _pid, _prompt, extra, _outputs = (entry.get("prompt") or [0, "", {}, {}, []])[:5]
     extra = extra if isinstance(extra, dict) else {}
@@ -59,7 +81,7 @@ def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, An
         if isinstance(stamp, int | float):
             times[event] = int(stamp)
         if event == "execution_error" and isinstance(data, dict):
-            error = data
+            error = _job_error(data)
     outputs = entry.get("outputs") or {}
     previews = [{**img, "nodeId": node_id, "mediaType": "images"}
                 for node_id, out in outputs.items() if isinstance(out, dict)

@@ -342,3 +342,13 @@ def test_yuv_round_trip_through_the_engine(session):
                                                         "V": ["s", 2]}},
     }, ("l", 0), ("j", 0))
     assert (back - image).abs().max() < 3e-4
+
+
+@pytest.mark.parametrize("images", [torch.zeros(48, 64), [torch.zeros(1, 8, 8, 3)], "x"])
+def test_save_and_preview_image_refuse_what_is_no_image_in_words(images):
+    """A pack's malformed IMAGE reaching Save / Preview Image: our message, not the
+    IndexError or AttributeError of reading its size."""
+    from nodes.image import save_images
+
+    with pytest.raises(ValueError, match=r"the image must be an IMAGE \[B, H, W, C\]"):
+        save_images(images, None, "temp", "x")

@@ -278,6 +278,28 @@ def test_jobs_survive_history_entries_with_odd_extra_data(server: LiveServer, ht
     assert http.get("/api/jobs/odd-0").json()["workflow_id"] is None
 
 
+def test_a_job_failed_as_a_whole_still_has_the_error_fields_the_frontend_requires(
+        server: LiveServer, http: Http) -> None:
+    """A prompt that failed as a whole (no worker, a restart) names no node: its
+    ``execution_error`` had ``node_id`` null, and ComfyUI's frontend refused the whole job
+    list over it (its schema wants strings, records and a list of strings)."""
+    error = {"prompt_id": "whole", "node_id": None, "node_type": None,
+             "exception_message": "no worker is available", "exception_type": "WorkerDied",
+             "traceback": "not a list", "current_inputs": [], "current_outputs": [],
+             "timestamp": 5}
+    entry = {"prompt": [1, "whole", {}, {}, []], "outputs": {},
+             "status": {"status_str": "error", "completed": False,
+                        "messages": [["execution_error", error]]}}
+    server.state.storage.finish("whole", 1, entry)
+    job = next(j for j in http.get("/api/jobs").json()["jobs"] if j["id"] == "whole")
+    shown = job["execution_error"]
+    assert shown["node_id"] == "" and shown["node_type"] == ""
+    assert shown["exception_message"] == "no worker is available"
+    assert shown["traceback"] == [] and shown["current_inputs"] == {}
+    assert shown["current_outputs"] == {}
+    assert http.get("/api/jobs/whole").json()["execution_error"] == shown
+
+
 def test_internal_files_lists_a_folder_newest_first(http: Http, server: LiveServer) -> None:
     """ComfyUI's Assets panel (Imported / Generated) reads /internal/files/{type}: it was a
     404, so the panel stayed empty and every upload logged an error in the console."""
