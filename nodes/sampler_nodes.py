@@ -34,15 +34,16 @@ def _s_noise(top: float = 100.0) -> float:
 
 
 def _defaults_only(name: str, **values: float) -> SamplerChoice:
-    """KSampler's ``name`` (a diffusers scheduler with fixed noise settings): the node's
-    options must be at their defaults."""
+    """KSampler's ``name`` (a sampler with fixed noise settings): the node's options must
+    be at their defaults."""
     defaults = {"eta": 1.0, "s_noise": 1.0, "r": 0.5}
     changed = {k: v for k, v in values.items() if v != defaults[k]}
     if changed:
         shown = ", ".join(f"{k} {v:g}" for k, v in changed.items())
-        raise ValueError(f"{name} runs diffusers' scheduler, whose noise settings are fixed "
-                         f"({shown} asked; only eta 1, s_noise 1, r 0.5): use those, or "
-                         f"SamplerEulerAncestral for a tunable ancestral sampler")
+        fixed = ", ".join(f"{k} {defaults[k]:g}" for k in values)
+        raise ValueError(f"{name}'s noise settings are fixed here ({shown} asked; only "
+                         f"{fixed}): use those, or SamplerEulerAncestral for a tunable "
+                         "ancestral sampler")
     return SamplerChoice(name)
 
 

@@ -369,6 +369,7 @@ def test_sampler_node_options_diffusers_cannot_take_are_errors(session):
              "cap": {"class_type": "TestCapture", "inputs": {"value": ["sc", 0]}}}
     result = session.run(graph)
     assert not result.ok and "eta 0.5" in str(result.run.error)
+    assert "only eta 1, s_noise 1)" in str(result.run.error)  # no r: the node has none
     from nodes.sampler_nodes import NODE_CLASSES
 
     by_type = {cls.TYPE: cls for cls in NODE_CLASSES}
