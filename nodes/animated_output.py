@@ -8,8 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from engine import ExecutionContext, Input, NodeResult
-from engine.workflow import prompt_to_document
-from nodes.output_files import SavesNumberedFiles, api_prompt, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, file_metadata, save_numbered, split_prefix
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -19,13 +18,6 @@ if TYPE_CHECKING:
 
 #: WEBP's encoder effort by ComfyUI's names (Pillow's ``method``, 0-6)
 WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
-
-
-def _metadata(ctx: ExecutionContext) -> dict[str, Any]:
-    """The prompt and the workflow (the client's, else one made from the prompt)."""
-    extra = dict(ctx.extra.get("extra_pnginfo") or {})
-    extra.setdefault("workflow", prompt_to_document(ctx.prompt))
-    return {"prompt": api_prompt(ctx), **extra}
 
 
 def _save(ctx: ExecutionContext, images: Tensor, prefix: str, suffix: str,
@@ -72,7 +64,7 @@ class SaveAnimatedWEBP(_SavesAnimation):
     method: str = Input("default", choices=tuple(WEBP_METHODS))
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        meta = _metadata(ctx)
+        meta = file_metadata(ctx)
 
         def write(tmp: Path, frames: list[Image.Image]) -> None:
             exif = frames[0].getexif()
@@ -102,7 +94,7 @@ class SaveAnimatedPNG(_SavesAnimation):
         from PIL import PngImagePlugin
 
         info = PngImagePlugin.PngInfo()
-        for key, value in _metadata(ctx).items():
+        for key, value in file_metadata(ctx).items():
             info.add_text(str(key), json.dumps(value))
 
         def write(tmp: Path, frames: list[Image.Image]) -> None:

@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
 from engine.paths import ANNOTATED_NAME, PathError, split_annotated
-from engine.workflow import prompt_to_document
 from nodes.diffusion.handles import Tensor
 from nodes.image_decode import frames, rgba_levels
 from nodes.limits import FLOAT32, check_fits, check_image
 from nodes.output_files import (
     SavesNumberedFiles,
-    api_prompt,
+    file_metadata,
     next_number,
     save_numbered,
     split_prefix,
@@ -236,10 +235,7 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
     folder, subfolder, stem = split_prefix(ctx.env, role, prefix, "Steerflow",
                                            (int(images.shape[-2]), int(images.shape[-3])))
     info = PngImagePlugin.PngInfo()
-    info.add_text("prompt", json.dumps(api_prompt(ctx)))  # ComfyUI's API format
-    pnginfo = dict(ctx.extra.get("extra_pnginfo") or {})
-    pnginfo.setdefault("workflow", prompt_to_document(ctx.prompt))  # keeps the node modes
-    for key, value in pnginfo.items():
+    for key, value in file_metadata(ctx).items():
         info.add_text(str(key), json.dumps(value))
     number = next_number(folder, stem, ".png")
     results = []

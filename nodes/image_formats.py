@@ -193,10 +193,10 @@ class SaveImageAdvanced(NamedInputsNode):
 
     def _save(self, ctx: ExecutionContext, images: torch.Tensor, prefix: str, fmt: str,
               space: str) -> dict[str, list[Any]]:
-        from nodes.animated_output import _metadata
         from nodes.image_encoders import encode_avif, encode_exr, encode_png16
+        from nodes.output_files import file_metadata
 
-        meta = _metadata(ctx)
+        meta = file_metadata(ctx)
         folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow",
                                                (int(images.shape[-2]), int(images.shape[-3])))
         suffix = f".{fmt}"

@@ -70,6 +70,32 @@ def api_prompt(ctx: ExecutionContext) -> dict[str, Any]:
     return resolve_modes(ctx.prompt, shape_of)[0]
 
 
+#: the metadata key (a PNG text chunk) of our own workflow document; ``workflow`` holds
+#: ComfyUI's UI format, which ComfyUI's front end opens from a dropped image
+DOCUMENT_KEY = "steerflow"
+
+
+def file_metadata(ctx: ExecutionContext) -> dict[str, Any]:
+    """What a saved file carries: ``prompt`` (ComfyUI's API format), the client's
+    ``extra_pnginfo``, our workflow document under ``steerflow`` and a ComfyUI UI view of
+    it under ``workflow`` (so ComfyUI opens the image: it reads ``workflow`` first). A
+    ComfyUI client's own UI workflow is kept as it sent it."""
+    from engine.comfy_export import ui_view
+    from engine.comfy_workflow import RegistrySchemas
+    from engine.workflow import is_document, prompt_to_document
+
+    info = dict(ctx.extra.get("extra_pnginfo") or {})
+    workflow = info.get("workflow")
+    document = workflow if is_document(workflow) else (
+        prompt_to_document(ctx.prompt) if workflow is None else None)  # keeps node modes
+    if document is not None:
+        registry = getattr(getattr(getattr(ctx, "run", None), "ex", None), "registry", None)
+        info.setdefault(DOCUMENT_KEY, document)
+        info["workflow"] = ui_view(document, RegistrySchemas(registry)
+                                   if registry is not None else {})
+    return {"prompt": api_prompt(ctx), **info}
+
+
 def expand_prefix(prefix: str, width: int = 0, height: int = 0,
                   now: time.struct_time | None = None) -> str:
     """ComfyUI's ``filename_prefix`` variables: ``%width%`` and ``%height%`` (the saved

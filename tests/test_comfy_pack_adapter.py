@@ -411,11 +411,12 @@ def test_extra_pnginfo_is_comfyuis_ui_workflow(session: Session):
     link = words["inputs"][0]["link"]
     assert [link, 4, 0, 1, 0, "IMAGE"] in workflow["links"]
     assert link in nodes[4]["outputs"][0]["links"]
-    # Steerflow's own PNG still carries Steerflow's document
+    # Steerflow's own PNG carries Steerflow's document beside ComfyUI's view of it
     from PIL import Image
 
-    saved = json.loads(Image.open(result.image_paths[0]).text["workflow"])
-    assert saved["format"] == "steerflow.workflow"
+    text = Image.open(result.image_paths[0]).text
+    assert json.loads(text["steerflow"])["format"] == "steerflow.workflow"
+    assert {n["type"] for n in json.loads(text["workflow"])["nodes"]} >= {"Words"}
 
 
 def test_extra_pnginfo_passes_comfyui_workflows_and_none_through(session: Session):

@@ -54,9 +54,14 @@ def test_the_png_prompt_chunk_is_api_format_without_modes(session, tmp_path):
     assert sorted(prompt) == ["1", "3"]
     assert prompt["3"]["inputs"]["images"] == ["1", 0]  # rewired through the bypass
     assert not any("mode" in node for node in prompt.values())
-    document = json.loads(text["workflow"])
+    document = json.loads(text["steerflow"])
     assert document["prompt"]["2"]["mode"] == "bypass"
     assert document["prompt"]["4"]["mode"] == "muted"
+    # "workflow" is ComfyUI's UI format (what ComfyUI's front end opens from the image),
+    # with the same modes
+    ui = json.loads(text["workflow"])
+    assert {str(n["id"]): n["mode"] for n in ui["nodes"]} == {"1": 0, "2": 4, "3": 0, "4": 2}
+    assert ui["version"] == 0.4 and ui["links"]
     with Image.open(tmp_path / "input" / "sks_heart_0.png") as src:
         assert np.array_equal(saved, np.asarray(src.convert("RGB")))  # not inverted
 

@@ -338,3 +338,50 @@ def test_a_steerflow_document_dropped_on_comfyuis_app_loads_its_prompt(
         types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
     assert sorted(types) == sorted(n["class_type"] for n in doc["prompt"].values())
     assert not page_errors, page_errors
+
+
+DROP_PNG_JS = """async ([b64, name]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const file = new File([bytes], name, {type: 'image/png'});
+  const dt = new DataTransfer(); dt.items.add(file);
+  const target = document.querySelector('#graph-canvas') || document.querySelector('canvas');
+  const r = target.getBoundingClientRect();
+  const opts = {bubbles: true, cancelable: true, dataTransfer: dt,
+                clientX: r.x + r.width / 2, clientY: r.y + r.height / 2};
+  for (const kind of ['dragenter', 'dragover', 'drop']) {
+    target.dispatchEvent(new DragEvent(kind, opts));
+  }
+}"""
+
+
+def test_a_png_made_from_our_canvas_opens_in_comfyuis_app(comfy_server: LiveServer) -> None:
+    """A PNG queued from our canvas carried our document in its ``workflow`` chunk, which
+    ComfyUI reads first as its UI format: dropping it aborted with "e is not iterable" and
+    emptied the graph. The chunk is now ComfyUI's UI view of it (ours is in ``steerflow``):
+    the app opens the same nodes with the widget values that ran."""
+    import base64
+
+    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
+    doc = json.loads((REPO / "workflows" / "txt2img.json").read_text())
+    doc["prompt"]["3"]["inputs"]["steps"] = 3
+    doc["prompt"]["9"]["inputs"]["filename_prefix"] = "from_canvas"
+    reply = comfy_server.post("/prompt", {"prompt": doc["prompt"],
+                                          "extra_data": {"extra_pnginfo": {"workflow": doc}}})
+    entry = comfy_server.wait_history(reply["prompt_id"])
+    image = entry["outputs"]["9"]["images"][0]
+    png = comfy_server.get_bytes(f"/view?filename={image['filename']}&type=output")
+    page_errors: list[str] = []
+    with chromium_page() as page:
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto(comfy_server.url + "/")
+        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0", timeout=120_000)
+        page.wait_for_timeout(1500)
+        page.evaluate(DROP_PNG_JS, [base64.b64encode(png).decode(), "from_canvas.png"])
+        page.wait_for_function("""() => window.app.graph._nodes.some(
+            n => n.type === 'KSampler' && n.widgets_values?.[2] === 3)""", timeout=30_000)
+        types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
+        prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert sorted(types) == sorted(n["class_type"] for n in doc["prompt"].values())
+    sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")
+    assert sampler["inputs"]["steps"] == 3 and sampler["inputs"]["seed"] == 42
+    assert not page_errors, page_errors

@@ -18,12 +18,12 @@ export function isImageFile(file: { name: string; type: string }): boolean {
   return /\.(png|jpe?g|webp|gif|bmp|avif)$/i.test(file.name);
 }
 
-/** Whether an image's bytes carry a workflow the canvas can open (a PNG's `workflow` or `prompt` text). */
+/** Whether an image's bytes carry a workflow the canvas can open (a PNG's `steerflow`, `workflow` or `prompt` text). */
 export async function carriesWorkflow(bytes: Uint8Array): Promise<boolean> {
   if (!isPng(bytes)) return false;
   try {
     const text = await readPngText(bytes);
-    return !!(text.workflow || text.prompt);
+    return !!(text.steerflow || text.workflow || text.prompt);
   } catch {
     return false; // a damaged PNG opens nothing
   }

@@ -101,9 +101,20 @@ function parseJson(text: string, what: string): unknown {
   }
 }
 
-/** The workflow carried by a PNG's text chunks (`workflow` first, then `prompt`). */
+/**
+ * The workflow carried by a PNG's text chunks: our own document (`steerflow`; older
+ * images kept it under `workflow`, where ComfyUI's UI format now goes), then `workflow`,
+ * then `prompt`.
+ */
 export async function loadWorkflowPng(bytes: Uint8Array, defs: Defs, convert: Converter): Promise<Loaded> {
   const text = await readPngText(bytes);
+  if (text.steerflow) {
+    try {
+      return await loadWorkflowObject(parseJson(text.steerflow, "the image's workflow"), defs, convert);
+    } catch (e) {
+      if (!text.workflow && !text.prompt) throw e;
+    }
+  }
   if (text.workflow) {
     try {
       return await loadWorkflowObject(parseJson(text.workflow, "the image's workflow"), defs, convert);

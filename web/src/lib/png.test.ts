@@ -84,6 +84,17 @@ describe("workflows in PNGs", () => {
     await expect(loadWorkflowBytes("n.png", stripText(saved), defs, convert)).rejects.toThrow(/carries no workflow/);
   });
 
+  it("prefers our document (steerflow chunk) to ComfyUI's view of it (workflow chunk)", async () => {
+    const text = await readPngText(saved);
+    const both = insertChunks(stripText(saved), [textChunk("prompt", text.prompt),
+      textChunk("workflow", JSON.stringify(comfyDefault())), textChunk("steerflow", text.workflow)]);
+    const before = sent.length;
+    const got = await loadWorkflowBytes("both.png", both, defs, convert);
+    expect(got.kind).toBe("document");
+    expect(got.graph.nodes.map((n) => [n.id, n.title])).toEqual([["1", "Seven"], ["2", undefined]]);
+    expect(sent.length).toBe(before); // ComfyUI's view was never converted
+  });
+
   it("opens JSON files of every kind", async () => {
     const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
     const doc = (await loadWorkflowPng(saved, defs, convert)).graph;
