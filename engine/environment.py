@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.paths import confined_path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FOLDERS = ("models", "input", "output", "temp")
 #: the subfolder of temp/ where interrupted runs keep the state they resume from
@@ -95,16 +98,46 @@ class Environment:
                 target = path.resolve(strict=True)
             except (OSError, RuntimeError):  # a loop or a dangling link: nothing to offer
                 return False
-            return target == real_root or real_root in target.parents
+            if target == real_root or real_root in target.parents:
+                return True
+            _note_outside(path, root)
+            return False
 
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        # the real folders on the way to each walked one: a link back to one of them (a
+        # cycle) is not followed
+        chains: dict[str, frozenset[Path]] = {str(root): frozenset({real_root})}
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             here = Path(dirpath)
+            chain = chains.pop(dirpath, frozenset())
             if here != root and any(m in filenames for m in markers):
                 names.append(here.relative_to(root).as_posix())
                 dirnames[:] = []
                 continue
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            kept = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                # a linked folder that stays inside is listed, as uploads and /view use it
+                if not inside(here / d):
+                    continue
+                real = (here / d).resolve()
+                if real not in chain:
+                    chains[os.path.join(dirpath, d)] = chain | {real}
+                    kept.append(d)
+            dirnames[:] = kept
             for name in () if dirs_only else filenames:
                 if (not suffixes or name.lower().endswith(suffixes)) and inside(here / name):
                     names.append((here / name).relative_to(root).as_posix())
         return sorted(names)
+
+
+_noted: set[str] = set()
+
+
+def _note_outside(path: Path, root: Path) -> None:
+    """Say once why a file a user put there is not offered: it links out of its folder."""
+    key = str(path)
+    if key in _noted or len(_noted) > 10_000:
+        return
+    _noted.add(key)
+    log.warning("%s is a symlink out of %s: not offered (user paths stay inside their "
+                "folder; copy the file there, or point --models-dir / --base-dir at its "
+                "folder)", path, root)

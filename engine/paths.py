@@ -6,6 +6,7 @@ land inside its root folder; anything else is refused with :class:`PathError`.
 
 from __future__ import annotations
 
+import ntpath
 import os
 import re
 from pathlib import Path
@@ -62,7 +63,8 @@ def confined_path(root: str | os.PathLike[str], *parts: str) -> Path:
             raise PathError(f"path part must be a string, got {type(part).__name__}")
         if "\x00" in part:
             raise PathError("path contains a NUL byte")
-        drive = len(part) > 1 and part[1] == ":"
+        # "C:x" is drive-relative on Windows only; elsewhere "4:3 crop.png" is a name
+        drive = os.name == "nt" and bool(ntpath.splitdrive(part)[0])
         if os.path.isabs(part) or part.startswith(("\\", "/")) or drive:
             raise PathError(f"absolute paths are not allowed: {part!r}")
         rel = rel / part

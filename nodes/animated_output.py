@@ -28,7 +28,7 @@ def _save(ctx: ExecutionContext, images: Tensor, prefix: str, suffix: str,
     if not frames:
         raise ValueError("no images to save: the batch is empty")
     folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow",
-                                           frames[0].size)
+                                           frames[0].size, prompt=ctx.prompt)
     path, _ = save_numbered(folder, stem, suffix, lambda tmp: write(tmp, frames))
     entry = {"filename": path.name, "subfolder": subfolder, "type": "output"}
     return NodeResult((), {"images": [entry], "animated": [True]})

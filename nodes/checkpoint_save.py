@@ -68,7 +68,7 @@ class CheckpointSave(SavesNumberedFiles):
                 self.model.scheduler_config, self.model.family, info)
         metadata["prompt"] = json.dumps(api_prompt(ctx))
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
-                                               "checkpoints/Steerflow")
+                                               "checkpoints/Steerflow", prompt=ctx.prompt)
         path, _ = save_numbered(folder, stem, SUFFIX,
                                 lambda tmp: save_file(tensors, str(tmp),
                                                       metadata=metadata))

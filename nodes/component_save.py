@@ -25,7 +25,8 @@ CATEGORY = "advanced/model_merging"
 
 def _save(ctx: ExecutionContext, prefix: str, default: str,
           write: Callable[[Any], None], suffix: str = SUFFIX) -> dict[str, str]:
-    folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, default)
+    folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, default,
+                                           prompt=ctx.prompt)
     path, _ = save_numbered(folder, stem, suffix, write)
     return {"filename": path.name, "subfolder": subfolder, "type": "output"}
 

@@ -233,7 +233,8 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
 
     check_image(images, "image")  # before its size names the file
     folder, subfolder, stem = split_prefix(ctx.env, role, prefix, "Steerflow",
-                                           (int(images.shape[-2]), int(images.shape[-3])))
+                                           (int(images.shape[-2]), int(images.shape[-3])),
+                                           prompt=ctx.prompt)
     info = PngImagePlugin.PngInfo()
     for key, value in file_metadata(ctx).items():
         info.add_text(str(key), json.dumps(value))

@@ -198,7 +198,8 @@ class SaveImageAdvanced(NamedInputsNode):
 
         meta = file_metadata(ctx)
         folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow",
-                                               (int(images.shape[-2]), int(images.shape[-3])))
+                                               (int(images.shape[-2]), int(images.shape[-3])),
+                                               prompt=ctx.prompt)
         suffix = f".{fmt}"
         values = self.inputs
         animated = fmt == "avif" and values.get(f"{FORMAT}.save_mode") == ANIMATED

@@ -77,7 +77,7 @@ class SaveLatent(SavesNumberedFiles):
             raise ValueError("Save Latent: the latents hold NaN or infinite values (the "
                              "sampler diverged: lower cfg or check the model)")
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
-                                               "latents/Steerflow")
+                                               "latents/Steerflow", prompt=ctx.prompt)
         scale = latent_scale(ctx, "Save Latent", self.vae, self.samples.scaling_factor)
         metadata = {"prompt": json.dumps(api_prompt(ctx)),
                     "workflow": json.dumps(prompt_to_document(ctx.prompt)),

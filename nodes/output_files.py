@@ -8,7 +8,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine import Node
@@ -97,11 +97,18 @@ def file_metadata(ctx: ExecutionContext) -> dict[str, Any]:
 
 
 def expand_prefix(prefix: str, width: int = 0, height: int = 0,
-                  now: time.struct_time | None = None) -> str:
+                  now: time.struct_time | None = None,
+                  prompt: Mapping[str, Any] | None = None) -> str:
     """ComfyUI's ``filename_prefix`` variables: ``%width%`` and ``%height%`` (the saved
     image's; 0 for other files), ``%year%``, ``%month%``, ``%day%``, ``%hour%``,
     ``%minute%``, ``%second%`` (local time, two digits but the year), as its
-    ``folder_paths.compute_vars``: ``%year%-%month%-%day%/img`` makes dated folders."""
+    ``folder_paths.compute_vars``: ``%year%-%month%-%day%/img`` makes dated folders.
+
+    Also what ComfyUI's front end fills in before it queues (so that the canvas, the CLI
+    and API clients get them too): ``%date:yyyy-MM-dd%`` (``yyyy``, ``yy``, ``M``/``MM``,
+    ``d``/``dd``, ``h``/``hh``, ``m``/``mm``, ``s``/``ss``) and ``%Node.widget%``, a
+    widget's value in ``prompt`` (the node found by type, else by title; characters a
+    file name cannot hold become ``_``). A token that names nothing stays as it is."""
     if "%" not in prefix:
         return prefix
     now = now or time.localtime()
@@ -111,15 +118,57 @@ def expand_prefix(prefix: str, width: int = 0, height: int = 0,
               "second": f"{now.tm_sec:02d}"}
     for name, value in values.items():
         prefix = prefix.replace(f"%{name}%", str(value))
-    return prefix
+
+    def front_end(match: re.Match[str]) -> str:
+        found = _front_end_value(match.group(1), now, prompt)
+        return match.group(0) if found is None else found
+
+    return _TOKEN.sub(front_end, prefix)
+
+
+_TOKEN = re.compile(r"%([^%]+)%")
+_DATE_FIELDS = re.compile(r"yyyy|yy|dd?|MM?|hh?|mm?|ss?")
+_NOT_IN_NAMES = re.compile(r'[/?<>\\:*|"]')
+
+
+def _front_end_value(token: str, now: time.struct_time,
+                     prompt: Mapping[str, Any] | None) -> str | None:
+    if token.startswith("date:"):
+        fields = {"d": now.tm_mday, "M": now.tm_mon, "h": now.tm_hour, "m": now.tm_min,
+                  "s": now.tm_sec}
+
+        def field(m: re.Match[str]) -> str:
+            text = m.group(0)
+            if text.startswith("y"):
+                return str(now.tm_year) if text == "yyyy" else f"{now.tm_year % 100:02d}"
+            value = fields[text[0]]
+            return f"{value:02d}" if len(text) == 2 else str(value)
+
+        return _DATE_FIELDS.sub(field, token[len("date:"):])
+    node_name, dot, widget = token.partition(".")
+    if not dot or "." in widget or not isinstance(prompt, Mapping):
+        return None
+    entries = [e for e in prompt.values() if isinstance(e, Mapping)]
+    by_type = [e for e in entries if e.get("class_type") == node_name]
+    titled = [e for e in entries if isinstance(e.get("_meta"), Mapping)
+              and e["_meta"].get("title") == node_name]
+    for entry in (by_type or titled)[:1]:
+        inputs = entry.get("inputs")
+        value = inputs.get(widget) if isinstance(inputs, Mapping) else None
+        if value is None or isinstance(value, list | dict):  # absent, or a link
+            return None
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        return _NOT_IN_NAMES.sub("_", text)
+    return None
 
 
 def split_prefix(env: Environment, role: str, prefix: str, default: str,
-                 size: tuple[int, int] = (0, 0)) -> tuple[Path, str, str]:
+                 size: tuple[int, int] = (0, 0), *,
+                 prompt: Mapping[str, Any] | None = None) -> tuple[Path, str, str]:
     """``(folder, subfolder, stem)`` of a prefix such as ``latents/cat`` (folder created),
     its variables filled in (:func:`expand_prefix`; ``size`` is the image's width and
-    height)."""
-    prefix = expand_prefix(prefix.strip() or default, *size)
+    height, ``prompt`` the run's, for ``%Node.widget%``)."""
+    prefix = expand_prefix(prefix.strip() or default, *size, prompt=prompt)
     subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
     folder = env.folder(role, subfolder, create=True) if subfolder \
         else env.folder(role, create=True)

@@ -42,16 +42,21 @@ class ApiError(Exception):
 
 def storage_error(exc: OSError, what: str, type_: str = "write_failed") -> ApiError:
     """A file-system failure as a structured reply: a full disk is 507, a read-only or
-    forbidden folder 403, anything else 500; ``what`` says what could not be done."""
+    forbidden folder 403, a file where the path needs a folder (or a folder where it
+    needs a file) 409, anything else 500; ``what`` says what could not be done."""
     import errno
 
+    hint = ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         status = 507
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         status = 403
+    elif exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        status = 409
+        hint = " (a file is in the way of a folder the path needs, or the reverse)"
     else:
         status = 500
-    return ApiError(status, type_, f"{what}: {exc.strerror or exc}")
+    return ApiError(status, type_, f"{what}: {exc.strerror or exc}{hint}")
 
 
 def reason_phrase(message: str) -> str | None:

@@ -97,3 +97,29 @@ def test_prefix_variables_as_comfyuis(tmp_path):
     env = Environment.create(tmp_path, device="cpu")
     folder, subfolder, stem = split_prefix(env, "output", "%year%/x_%width%", "S", (8, 4))
     assert subfolder == str(time.localtime().tm_year) and stem == "x_8" and folder.is_dir()
+
+
+def test_front_end_tokens_in_a_prefix_are_filled_in():
+    """ComfyUI's front end fills %date:...% and %Node.widget% in before it queues; our
+    canvas, CLI and API clients get them filled in at save time."""
+    import time
+
+    from nodes.output_files import expand_prefix
+
+    now = time.strptime("2026-03-04 05:06:07", "%Y-%m-%d %H:%M:%S")
+    prompt = {"3": {"class_type": "KSampler", "inputs": {"seed": 42, "model": ["4", 0]},
+                    "_meta": {"title": "Base pass"}},
+              "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "a/b: c?"},
+                    "_meta": {"title": "Positive"}},
+              "8": {"class_type": "TestFlag", "inputs": {"on": True}}}
+    expand = lambda text: expand_prefix(text, 64, 48, now=now, prompt=prompt)  # noqa: E731
+    assert expand("%date:yyyy-MM-dd%/img") == "2026-03-04/img"
+    assert expand("%date:yy.M.d h-m-s%") == "26.3.4 5-6-7"
+    assert expand("%date:hh.mm.ss%_%width%x%height%") == "05.06.07_64x48"
+    assert expand("ComfyUI_%KSampler.seed%") == "ComfyUI_42"
+    assert expand("%Base pass.seed%_%Positive.text%") == "42_a_b_ c_"
+    assert expand("%TestFlag.on%") == "true"
+    # what names nothing stays as it was: an unknown node or widget, a link, a bare word
+    for text in ("%Nope.seed%", "%KSampler.nope%", "%KSampler.model%", "%odd%", "100%"):
+        assert expand(text) == text
+    assert expand_prefix("%KSampler.seed%", now=now) == "%KSampler.seed%"  # no prompt

@@ -147,6 +147,17 @@ TRAVERSALS = [
 ]
 
 
+def test_a_file_in_the_way_of_a_folder_is_a_409_not_a_500(http: Http) -> None:
+    """Saving or moving to x.json/y.json where x.json is a file was a 500 'File exists'."""
+    assert http.post("/api/userdata/workflows%2Fm1.json", data=b"{}").status == 200
+    for reply in (http.post("/api/userdata/workflows%2Fm1.json%2Fx.json", data=b"{}"),
+                  http.post("/api/userdata/workflows%2Fm1.json/move/"
+                            "workflows%2Fm1.json%2Fx.json")):
+        assert reply.status == 409, reply.body
+        assert "in the way" in reply.json()["error"]["message"]
+    assert http.get("/api/userdata/workflows%2Fm1.json").body == b"{}"  # nothing lost
+
+
 def test_userdata_lists_as_comfyui_globs(http: Http, server: LiveServer) -> None:
     """No dot files or folders; "yes" is not "true" (ComfyUI's reading of its flags)."""
     for name in ("a.json", "sub/b.json", ".hidden.json", ".git/x.json"):
