@@ -135,6 +135,8 @@ class NodeRegistry:
     setups: list[Callable[[Environment], None]] = field(default_factory=list)
     errors: list[PackError] = field(default_factory=list)
     web_directories: dict[str, Path] = field(default_factory=dict)
+    #: the custom-nodes folder's sources as loaded (engine.pack_sources); None: no folder
+    sources: str | None = None
 
     def register(self, cls: type[Node], *, replace: bool = False) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Node)) or not cls.TYPE:
@@ -225,7 +227,11 @@ class NodeRegistry:
         if not directory.is_dir():
             raise NotADirectoryError(f"custom nodes folder {directory} is not a folder (a "
                                      "single-file pack goes inside the folder)")
+        from engine.pack_sources import sources_fingerprint
+
         with _folder_lock(directory):
+            # before the imports: an edit made while they run shows as a change later
+            self.sources = sources_fingerprint(directory)
             self._load_folder(directory, timeout)
 
     def _load_folder(self, directory: Path, timeout: float | None) -> None:
@@ -239,6 +245,7 @@ class NodeRegistry:
             else:
                 continue
             mod_name = f"{CUSTOM_PACKAGE}.{path.stem}"
+            _forget_modules(mod_name, set())  # a reload imports the pack's files anew
             self._load_guarded(str(path), mod_name,
                                lambda p=path, i=init, m=mod_name: _exec_file(p, i, m), timeout)
 

@@ -392,6 +392,7 @@ class PoolRuntime(Runtime):
         slot.failures = 0
         self.worker_error = None
         self.worker_info.update(info)
+        self._match_packs(info.get("pack_sources"))
         return True
 
     def _run(self, slot: Slot, item: QueueItem) -> None:

@@ -185,6 +185,7 @@ class Runtime(abc.ABC):
         self._setup_done: asyncio.Event | None = None
         self._stopping = False
         self._history_lock = threading.Lock()  # one thread at a time trims the history
+        self._reload_lock = threading.Lock()  # one reload of the node packs at a time
         hub.on_connect = self._replay
 
     # --- what the run loop provides ---------------------------------------------------
@@ -281,6 +282,32 @@ class Runtime(abc.ABC):
             self.load_error = f"{type(exc).__name__}: {exc}"
         finally:
             self._set(self._registry_ready)
+
+    def _match_packs(self, sources: Any) -> None:
+        """A worker (re)started after a pack's files changed imported the new code; the
+        server's node list (``/object_info``, validation) is then made from the same
+        files, so both run one version (ComfyUI, one process, keeps the old until a
+        restart; here a worker restart would otherwise split them)."""
+        registry = self.registry
+        if not isinstance(sources, str) or registry is None \
+                or getattr(registry, "sources", None) in (None, sources):
+            return
+        with self._reload_lock:
+            if getattr(self.registry, "sources", None) == sources:
+                return  # another worker's start reloaded them meanwhile
+            log.warning("custom node packs changed on disk since the server loaded them, "
+                        "and a worker has just loaded the new files: loading them again "
+                        "so that the node list matches (reload the page for the new "
+                        "node definitions)")
+            try:
+                fresh = self.registry_factory()
+            except BaseException:
+                log.exception("reloading the node packs failed; the node list stays as "
+                              "it was")
+                return
+            for err in getattr(fresh, "errors", []):
+                log.warning("%s", err.describe())
+            self.registry = fresh
 
     def _set(self, event: asyncio.Event | None) -> None:
         if event is not None:

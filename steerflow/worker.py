@@ -380,7 +380,7 @@ def serve_channel(conn: Connection) -> int:
                  "device": worker.session.env.device,
                  "pack_errors": [{"pack": e.pack, "message": e.message}
                                  for e in registry.errors],
-                 "pack_routes": pack_routes()})
+                 "pack_routes": pack_routes(), "pack_sources": registry.sources})
     try:
         worker.serve()
     except (OSError, EOFError):
