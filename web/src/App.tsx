@@ -39,8 +39,9 @@ import { useMinimapPan } from "./editor/useMinimapPan";
 import { useAutoQueue, useQueueOptions } from "./editor/useAutoQueue";
 import { useQueue } from "./editor/useQueue";
 import { useRefitOnResize } from "./editor/useRefitOnResize";
-import { blurFocusedField, isEditable, queueKeyBlocker, useShortcuts } from "./editor/useShortcuts";
+import { blurFocusedField, isEditable, queueKeyBlocker, SELECTION_KEYS, useShortcuts } from "./editor/useShortcuts";
 import { useSpacePan } from "./editor/useSpacePan";
+import { useAltDragClone } from "./editor/useAltDragClone";
 import { queuedPrompt } from "./lib/dynamicprompts";
 import { stringifyJsonExact } from "./lib/exactint";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
@@ -203,6 +204,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   useMinimapPan(canvas);
   // Space+drag pans, over nodes too (ComfyUI's litegraph)
   useSpacePan(canvas, g.writeAutosave);
+  // Alt+drag on a node drags a clone of it (ComfyUI's litegraph)
+  useAltDragClone(canvas, g);
 
   useEffect(() => {
     // after a reconnect: the queue and the running state as the server has them (a restarted
@@ -618,7 +621,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               // a menu or the palette has the keyboard: Delete must not remove the node under it
               deleteKeyCode={menu || linking.palette || opening ? null : ["Delete", "Backspace"]}
               multiSelectionKeyCode={["Control", "Meta", "Shift"]}
-              selectionKeyCode="Shift"
+              // Shift+drag or, as in ComfyUI, Ctrl+drag draws a selection box
+              selectionKeyCode={SELECTION_KEYS}
               minZoom={0.1}
               maxZoom={4}
               onlyRenderVisibleElements={culled}

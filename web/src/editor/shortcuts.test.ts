@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { afterToggle } from "../lib/sidepanel";
 import { deleteRemovesGroup } from "./Groups";
 import { toggledFlag } from "./useEditCommands";
-import { commandFor, fieldKeepsKey, focusedLinkId, isGlobal, isTextEntry, type KeyInfo, queueKeyBlocker, SHORTCUTS,
+import { commandFor, fieldKeepsKey, focusedLinkId, isGlobal, isTextEntry, type KeyInfo, queueKeyBlocker, SELECTION_KEYS, SHORTCUTS,
   strayHistoryEdit } from "./useShortcuts";
 import { pannedViewport } from "./useSpacePan";
 
@@ -75,9 +75,14 @@ describe("commandFor (ComfyUI's core keybindings)", () => {
 
   it("lists every key it answers to in the shortcuts help", () => {
     const listed = SHORTCUTS.map(([keys]) => keys).join(" | ");
-    for (const keys of ["Ctrl+Shift+Enter", "Alt+C", "Space+drag", "Alt+= / Alt+-", "Q / H", "R", "P", ".", "Ctrl+Alt+Enter"]) {
+    for (const keys of ["Ctrl+Shift+Enter", "Alt+C", "Space+drag", "Alt+= / Alt+-", "Q / H", "R", "P", ".", "Ctrl+Alt+Enter",
+      "Ctrl+drag", "Alt+drag", "Drag a link onto a node"]) {
       expect(listed).toContain(keys);
     }
+  });
+
+  it("draws a selection box on Shift+drag and, as in ComfyUI, Ctrl+drag", () => {
+    expect(SELECTION_KEYS).toEqual(expect.arrayContaining(["Shift", "Control"]));
   });
 });
 

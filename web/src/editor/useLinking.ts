@@ -1,20 +1,22 @@
 /**
  * Making links and adding nodes: type-checked connections (refused with their
- * reason), a link dropped on empty space opening the palette filtered to nodes
- * that fit it, and the palette's pick.
+ * reason), a link dropped on a node linked by type (as ComfyUI does), a link dropped
+ * on empty space opening the palette filtered to nodes that fit it, and the palette's pick.
  */
 
-import { type Connection, type Edge, type FinalConnectionState, useReactFlow } from "@xyflow/react";
+import { type Connection, type Edge, type FinalConnectionState, type Handle, useReactFlow } from "@xyflow/react";
 import { useCallback, useRef, useState } from "react";
 import {
   edgeToLink, inHandle, inputOf, recolourReroutes, type SfEdge, type SfNode, slotOf, toFlowEdge, toFlowNode,
 } from "../canvas/flow";
 import type { PaletteFilter } from "../canvas/Palette";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
-import { downstreamTypes, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
+import { downstreamTypes, NOTE, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
 import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
-import { checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
+import { ANY_TYPE, checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
+import type { NodeDef } from "../lib/schema";
 import { adoptWidget, PRIMITIVE_TYPES } from "../lib/primitive";
+import { dropInput, dropOutput } from "./linkDrop";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
@@ -99,14 +101,50 @@ export function useLinking(g: GraphStore, notify: Notify) {
     connect(linkOf(c));
   }, [connect]);
 
+  /**
+   * A link dropped on node `nodeId` away from its dots (`row`: the input row it was dropped
+   * on, a widget or a socket's label): into that input if it takes the link's type, else the
+   * node's first free matching input (linkDrop.ts); dragged from an input, from
+   * the node's first matching output. Nothing matching: nothing happens (a picked-up link
+   * stays where it was).
+   */
+  const dropOnNode = useCallback((nodeId: string, row: string | undefined, from: Handle, fromDef: NodeDef | undefined,
+    held: SfEdge | undefined) => {
+    const node = state.current.nodes.find((n) => n.id === nodeId);
+    if (!node || node.data.type === NOTE) return;
+    const view = graphView();
+    const defs = defsRef.current;
+    const def = defs.get(node.data.type);
+    const isReroute = node.data.type === REROUTE;
+    if (from.type === "source" || held) {
+      const source = held ? held.source : from.nodeId;
+      const slot = slotOf(held ? held.sourceHandle : from.id);
+      if (source === nodeId) return; // let go over its own node: nothing meant
+      const type = (held || !fromDef ? outputType(view, defs, source, slot) : fromDef.outputs[slot]?.type) ?? ANY_TYPE;
+      const linked = new Set(state.current.edges.filter((e) => e.target === nodeId).map((e) => inputOf(e.targetHandle)));
+      const input = isReroute ? REROUTE_INPUT : def ? dropInput(def, node.data.values, linked, type, row) : undefined;
+      if (input === undefined) return;
+      if (held && held.target === nodeId && inputOf(held.targetHandle) === input) return; // put back where it was
+      if (connect({ source, slot, target: nodeId, input }) && held) setEdges((es) => es.filter((e) => e.id !== held.id));
+      return;
+    }
+    if (from.nodeId === nodeId) return;
+    const input = inputOf(from.id);
+    const type = fromDef
+      ? fromDef.inputs.find((i) => i.name === input)?.type ?? ANY_TYPE
+      : downstreamTypes(view, defs, from.nodeId)[0] ?? ANY_TYPE;
+    const slot = isReroute ? 0 : def ? dropOutput(def, type) : undefined;
+    if (slot !== undefined) connect({ source: nodeId, slot, target: from.nodeId, input });
+  }, [state, graphView, defsRef, connect, setEdges]);
+
   const onConnectEnd = useCallback((event: MouseEvent | TouchEvent, cs: FinalConnectionState) => {
     if (cs.isValid || !cs.fromHandle || !cs.fromNode) return;
     const from = cs.fromHandle;
     const fromType = (cs.fromNode.data as SfNode["data"]).type;
     const fromDef = defsRef.current.get(fromType);
     // A drag from a linked input's dot picks up its link, as in ComfyUI: dropped on another
-    // input it moves there, dropped on empty space it is detached (and the palette offers
-    // nodes to feed the input).
+    // input it moves there (on a node's body, to its matching input), dropped on empty space
+    // it is detached (and the palette offers nodes to feed the input).
     const held = from.type === "target"
       ? state.current.edges.find((e) => e.target === from.nodeId && e.targetHandle === from.id)
       : undefined;
@@ -135,6 +173,14 @@ export function useLinking(g: GraphStore, notify: Notify) {
     const point = "changedTouches" in event ? event.changedTouches[0] : event;
     const target = document.elementFromPoint(point.clientX, point.clientY);
     if (!target?.closest(".react-flow__pane")) return;
+    // on a node, not on one of its dots: linked by type as in ComfyUI, never the palette
+    // (whose first pick was another copy of that node)
+    const onNode = target.closest(".react-flow__node")?.getAttribute("data-id");
+    if (onNode) {
+      const row = target.closest(".sf-input[data-input]")?.getAttribute("data-input") ?? undefined;
+      dropOnNode(onNode, row, from, fromDef, held);
+      return;
+    }
     if (held) setEdges((es) => es.filter((e) => e.id !== held.id));
     const flow = rf.screenToFlowPosition({ x: point.clientX, y: point.clientY });
     let pending: PendingLink;
@@ -166,7 +212,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
       pending,
       filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types, last },
     });
-  }, [graphView, notify, rf, defsRef, state, connect, setEdges]);
+  }, [graphView, notify, rf, defsRef, state, connect, setEdges, dropOnNode]);
 
   // Dragging a link's end off an input moves it (dropped on another input) or detaches it
   // (dropped anywhere else), as in ComfyUI.

@@ -27,11 +27,16 @@ export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
   ["R", "Refresh the node definitions (new model files)"],
   ["Double-click the canvas", "Add a node (search by name)"],
   ["Drag a link onto empty canvas", "Add a node that takes it"],
+  ["Drag a link onto a node", "Link it to the node's first free input of its type (onto a widget: into that widget)"],
   ["Drag a linked input's dot", "Move or detach its link"],
-  ["Shift+drag", "Select a box of nodes"],
+  ["Shift+drag / Ctrl+drag", "Select a box of nodes"],
+  ["Alt+drag a node", "Drag a clone of it (its values, no links); the node stays"],
   ["Right-click", "Menu of the canvas, a node or a group"],
   ["?", "This list"],
 ];
+
+/** Keys that make a drag on the canvas a selection box: Shift, or Ctrl as in ComfyUI (Cmd on a Mac). */
+export const SELECTION_KEYS: string[] = ["Shift", "Control", "Meta"];
 
 /** What a key does. */
 export type Command =
