@@ -24,17 +24,22 @@ ComfyUI's front end draws and saves them: ``["scale dimensions", 512, 512, "cent
 "area"]``.
 
 Front-end-only nodes are resolved as ComfyUI's ``graphToPrompt`` does: a link is
-followed through Reroutes to its source, a PrimitiveNode's value is written into
-the widgets it feeds, and notes (Note, MarkdownNote) go to the layout's ``notes``,
-which the canvas shows and the executor never sees. A widget input linked from a real
-node becomes a link. Muted (mode 2) and bypassed (mode 4) nodes are kept with
+followed through Reroutes to its source (the Reroutes stay in the layout, see
+:mod:`engine.comfy_layout`), and notes (Note, MarkdownNote) go to the layout's ``notes``,
+which the canvas shows and the executor never sees. A legacy PrimitiveNode becomes the
+real primitive node of the widgets it feeds (``PrimitiveInt`` ...), linked into each,
+with its control_after_generate: in ComfyUI its value and control drive every target
+together, whatever the targets' own hidden controls say. A widget input linked from a
+real node becomes a link. Muted (mode 2) and bypassed (mode 4) nodes are kept with
 ``"mode": "muted" | "bypass"``, which the validator resolves
-(:func:`engine.workflow.resolve_modes`), so the canvas still shows them.
+(:func:`engine.workflow.resolve_modes`), so the canvas still shows them. A node of a type
+the schemas lack keeps its ``widgets_values`` (and ``widgets_values_named``) raw in its
+layout entry; :func:`engine.comfy_raw.restore_raw_widgets` names them once the type is known.
 """
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,9 +50,11 @@ from engine.workflow import (
     DOCUMENT_VERSION,
     MUTED,
     WorkflowFormatError,
+    is_link,
 )
 
 if TYPE_CHECKING:
+    from engine.comfy_layout import Dropped, Reroutes
     from engine.registry import NodeRegistry
 
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
@@ -78,6 +85,7 @@ class Widget:
     control: bool
     # A DynamicCombo: each option's widgets ("name.sub"), drawn right after it.
     options: Mapping[str, tuple[Widget, ...]] | None = None
+    multiline: bool = False  # a text box (a primitive feeding it is String (Multiline))
 
     def following(self, value: Any) -> tuple[Widget, ...]:
         """The widgets the chosen ``value`` brings after this one (none for a plain one)."""
@@ -190,7 +198,8 @@ def _widgets(inputs: Mapping[str, Any], order: Mapping[str, Any], prefix: str = 
         control = options.get("control_after_generate")
         if control is None:
             control = kind == "INT" and name in LEGACY_CONTROL_NAMES
-        widgets.append(Widget(full, kind, bool(control)))
+        widgets.append(Widget(full, kind, bool(control),
+                              multiline=bool(options.get("multiline"))))
     return tuple(widgets)
 
 
@@ -343,9 +352,18 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
                                   "'links')")
     warnings: list[str] = []
     overrides: dict[str, dict[str, Any]] = {}
-    from engine.comfy_subgraphs import flatten, has_instances  # it builds on this module
+    from engine.comfy_layout import (  # they build on this module
+        Dropped,
+        Reroutes,
+        looks,
+        native_reroutes,
+        note_extras,
+    )
+    from engine.comfy_raw import keep_raw, raw_warning
+    from engine.comfy_subgraphs import flatten, has_instances
 
-    if has_instances(obj):
+    flattened = has_instances(obj)
+    if flattened:
         flat = flatten(obj, schemas)
         obj, overrides = flat.workflow, flat.overrides
         warnings.extend(flat.warnings)
@@ -355,15 +373,21 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
                 and not isinstance(n.get("id"), bool) and isinstance(n.get("type"), str)):
             ui_nodes[str(n["id"])] = n
     links = parse_links(obj["links"])
+    reroutes = Reroutes(obj, ui_nodes, links, with_links=not flattened)
+    if flattened and native_reroutes(obj)[0]:
+        warnings.append("the reroute points on links were left out: their links are "
+                        "renumbered when subgraphs are unpacked (the links still hold)")
+    dropped = Dropped()
     prompt: dict[str, dict[str, Any]] = {}
     layout: dict[str, dict[str, Any]] = {}
     defs: dict[str, NodeDef | None] = {}
     unknown: dict[str, list[str]] = {}
+    raw: list[str] = []  # unknown nodes kept with their raw widget values
     notes: dict[str, dict[str, Any]] = {}
     for nid, n in ui_nodes.items():
         kind = n["type"]
         if kind in NOTE_TYPES:
-            notes[nid] = _note(n)
+            notes[nid] = _note(nid, n, looks(nid, n, dropped), dropped)
             continue
         if kind in (REROUTE, PRIMITIVE):
             continue
@@ -371,22 +395,14 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
             warnings.append(f"node {nid} is a group node ({kind}) whose definition the file "
                             "does not hold (extra.groupNodes); it was left out")
             continue
-        if kind not in defs:
-            schema = schemas.get(kind)
-            defs[kind] = node_def(schema) if isinstance(schema, Mapping) else None
-        nd = defs[kind]
+        nd = _node_def(kind, schemas, defs)
         inputs: dict[str, Any] = {}
         control: dict[str, str] = {}
         if nd is None:
             unknown.setdefault(kind, []).append(nid)
         else:
-            inputs, control = map_widget_values(n.get("widgets_values"), nd)
-            named = n.get("widgets_values_named")
-            if isinstance(named, dict):  # newer front ends also save values by name
-                by_name, modes = map_widget_values(named, nd)
-                inputs.update(by_name)
-                control.update(modes)
-                _drop_unchosen(inputs, nd.widgets)
+            inputs, control = widget_inputs(n.get("widgets_values"),
+                                            n.get("widgets_values_named"), nd)
             inputs.update(overrides.get(nid, {}))  # a subgraph's promoted widgets
         entry: dict[str, Any] = {"class_type": kind, "inputs": inputs}
         title = n.get("title")
@@ -395,25 +411,40 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
         if n.get("mode") in (2, 4) and not isinstance(n.get("mode"), bool):
             entry["mode"] = MUTED if n["mode"] == 2 else BYPASS
         prompt[nid] = entry
-        place: dict[str, Any] = {"pos": vec2(n.get("pos")) or [0, 0]}
-        size = vec2(n.get("size"))
-        if size:
-            place["size"] = size
-        if "_meta" in entry:
-            place["title"] = title
+        place = _place(n, title if "_meta" in entry else None)
         if control:
             place["control"] = control
-        layout[nid] = place
+        if nd is None and keep_raw(n, place):
+            raw.append(nid)
+        layout[nid] = {**place, **looks(nid, n, dropped)}
+        note_extras(nid, n, dropped)
     for kind, ids in unknown.items():
         warnings.append(f"node type {kind} is not available here (node {', '.join(ids)})")
+    if raw:
+        warnings.append(raw_warning(raw, ui_nodes))
 
+    feeds: dict[str, list[tuple[str, str]]] = {}
+    passes: list[tuple[str, str, str]] = []  # (node, input, nearest reroute)
     for nid, entry in prompt.items():
-        _connect(nid, entry, ui_nodes, links, prompt, warnings)
+        _connect(nid, entry, ui_nodes, links, prompt, warnings, feeds, passes, reroutes)
+    from engine.comfy_primitives import LegacyPrimitive
+
+    for pid, targets in feeds.items():
+        LegacyPrimitive(pid, ui_nodes[pid], targets, schemas, defs, prompt, layout,
+                   warnings).apply(looks(pid, ui_nodes[pid], dropped))
+    for nid, name, rid in passes:
+        value = prompt[nid]["inputs"].get(name)
+        if value is None or is_link(value):  # not where a primitive's value was written
+            layout[nid].setdefault("via", {})[name] = rid
+    warnings.extend(dropped.warnings())
 
     document: dict[str, Any] = {
         "format": DOCUMENT_FORMAT, "version": DOCUMENT_VERSION, "prompt": prompt,
         "layout": {"nodes": layout, "groups": _groups(obj.get("groups"))}, "extra": {},
     }
+    rerouted = reroutes.layout(prompt)
+    if rerouted:
+        document["layout"]["reroutes"] = rerouted
     if notes:
         document["layout"]["notes"] = notes
     viewport = _viewport(obj.get("extra"))
@@ -422,10 +453,49 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
     return Conversion(document, warnings)
 
 
+def widget_inputs(values: Any, named: Any, nd: NodeDef) -> tuple[dict[str, Any], dict[str, str]]:
+    """A node's ``widgets_values`` (and ``widgets_values_named``, which wins) as input
+    values and control_after_generate modes by name."""
+    inputs, control = map_widget_values(values, nd)
+    if isinstance(named, dict):  # newer front ends also save values by name
+        by_name, modes = map_widget_values(named, nd)
+        inputs.update(by_name)
+        control.update(modes)
+        _drop_unchosen(inputs, nd.widgets)
+    return inputs, control
+
+
+def _node_def(kind: str, schemas: Mapping[str, Mapping[str, Any]],
+              defs: dict[str, NodeDef | None]) -> NodeDef | None:
+    if kind not in defs:
+        schema = schemas.get(kind)
+        defs[kind] = node_def(schema) if isinstance(schema, Mapping) else None
+    return defs[kind]
+
+
+def _place(n: Mapping[str, Any], title: str | None) -> dict[str, Any]:
+    place: dict[str, Any] = {"pos": vec2(n.get("pos")) or [0, 0]}
+    size = vec2(n.get("size"))
+    if size:
+        place["size"] = size
+    if title:
+        place["title"] = title
+    return place
+
+
+def _short(value: Any, most: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
 def _connect(nid: str, entry: dict[str, Any], ui_nodes: dict[str, dict[str, Any]],
-             links: dict[str, Link], prompt: dict[str, Any], warnings: list[str]) -> None:
+             links: dict[str, Link], prompt: dict[str, Any], warnings: list[str],
+             feeds: dict[str, list[tuple[str, str]]], passes: list[tuple[str, str, str]],
+             reroutes: Reroutes) -> None:
     """Fill a node's linked inputs from its input slots (ComfyUI reads the slots' link
-    ids, not the link table, so a stale table entry does not count)."""
+    ids, not the link table, so a stale table entry does not count). An input fed by a
+    PrimitiveNode goes to ``feeds`` (primitive → its targets); one that passes a
+    reroute to ``passes``."""
     slots = ui_nodes[nid].get("inputs")
     for index, slot in enumerate(slots if isinstance(slots, list) else []):
         if not isinstance(slot, dict) or slot.get("link") is None:
@@ -440,15 +510,15 @@ def _connect(nid: str, entry: dict[str, Any], ui_nodes: dict[str, dict[str, Any]
             warnings.append(f"node {nid}: input '{name}' names link {slot['link']}, which "
                             "the workflow does not have; dropped")
             continue
+        near = reroutes.via(link)
+        if near is not None:
+            passes.append((nid, name, near))
         source = _source(link, ui_nodes, links)
         if source is None:
             continue  # a Reroute with nothing upstream: ComfyUI leaves the input empty
         src_id, src_slot = source
-        src = ui_nodes[src_id]
-        if src["type"] == PRIMITIVE:
-            values = src.get("widgets_values")
-            if isinstance(values, list) and values:
-                entry["inputs"][name] = values[0]
+        if ui_nodes[src_id]["type"] == PRIMITIVE:
+            feeds.setdefault(src_id, []).append((nid, name))
             continue
         if src_id in prompt:
             entry["inputs"][name] = [src_id, src_slot]
@@ -473,8 +543,10 @@ def _source(link: Link, ui_nodes: dict[str, dict[str, Any]],
     return None
 
 
-def _note(n: dict[str, Any]) -> dict[str, Any]:
-    """A Note or MarkdownNote as the canvas keeps it: its text, place and looks."""
+def _note(nid: str, n: dict[str, Any], seen: dict[str, Any], dropped: Dropped
+          ) -> dict[str, Any]:
+    """A Note or MarkdownNote as the canvas keeps it: its text, place and colour (``seen``:
+    its looks, of which a note keeps only the colour)."""
     values = n.get("widgets_values")
     text = values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
     note: dict[str, Any] = {"pos": vec2(n.get("pos")) or [0, 0], "text": text}
@@ -484,9 +556,11 @@ def _note(n: dict[str, Any]) -> dict[str, Any]:
     title = n.get("title")
     if isinstance(title, str) and title and title not in NOTE_TYPES:
         note["title"] = title
-    color = n.get("color")
-    if isinstance(color, str) and re.fullmatch(r"#[0-9a-fA-F]{3,8}", color):
-        note["color"] = color
+    if "color" in seen:
+        note["color"] = seen["color"]
+    for flag in ("collapsed", "pinned"):
+        if seen.get(flag):
+            dropped.add(f"{flag} on a note", nid)
     return note
 
 

@@ -329,6 +329,8 @@ def from_object(obj: Any, registry: Schemas | None = None,
     """Accept an API-format prompt (or a POST /prompt body), a document, or, with a
     ``registry``, ComfyUI's UI format; anything else is an error."""
     if is_document(obj):
+        if registry is not None:
+            _restore_raw(obj, registry)
         return document_to_prompt(obj), obj
     from engine.comfy_workflow import is_ui_workflow
 
@@ -341,6 +343,22 @@ def from_object(obj: Any, registry: Schemas | None = None,
     if not isinstance(obj, dict):
         raise WorkflowFormatError("a workflow must be a JSON object")
     return {str(k): v for k, v in obj.items()}, None
+
+
+def _restore_raw(document: dict[str, Any], registry: Schemas) -> None:
+    """Nodes a ComfyUI file held whose type was not installed when it was converted keep
+    their raw widget values; once the type is known, they become its inputs."""
+    layout = document.get("layout")
+    places = layout.get("nodes") if isinstance(layout, dict) else None
+    if not isinstance(places, dict) or not any(
+            isinstance(p, dict) and ("widgets_values" in p or "widgets_values_named" in p)
+            for p in places.values()):
+        return
+    from engine.comfy_raw import restore_raw_widgets
+    from engine.comfy_workflow import RegistrySchemas
+
+    restore_raw_widgets(document, registry if isinstance(registry, Mapping)
+                        else RegistrySchemas(registry))
 
 
 def convert_ui(obj: Any, registry: Schemas | None,

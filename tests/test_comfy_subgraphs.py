@@ -104,7 +104,7 @@ def test_a_subgraph_runs_as_the_nodes_it_holds():
     assert result.warnings == []
     # ids are the instance path and the inner id, as ComfyUI's API prompts have them
     assert result.prompt == renamed(flat.prompt, {"3": "20:3", "8": "20:8"})
-    assert result.prompt["20:3"]["inputs"]["seed"] == 42  # the PrimitiveNode outside
+    assert result.prompt["20:3"]["inputs"]["seed"] == ["11", 0]  # the PrimitiveNode outside
     assert result.prompt["9"]["inputs"]["images"] == ["20:8", 0]
     layout = result.document["layout"]
     assert layout["nodes"]["20:3"]["pos"] == [863, 186]  # where the instance was
@@ -255,6 +255,7 @@ def test_values_saved_by_name_win_over_positions():
     order differs from the file's."""
     wf = comfy_default()
     sampler = node(wf, 3)
+    sampler["inputs"][4]["link"] = None  # the seed its own widget (no PrimitiveNode)
     sampler["widgets_values"] = [1, "fixed", 99, 99, "euler", "normal", 1]  # stale order
     sampler["widgets_values_named"] = {"seed": 1, "control_after_generate": "increment",
                                        "steps": 4, "cfg": 6.0, "sampler_name": "ddim",

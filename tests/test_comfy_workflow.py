@@ -35,22 +35,28 @@ def test_default_graph_converts_as_comfyui_queues_it():
     result = convert(comfy_default())
     assert result.warnings == []
     prompt = result.prompt
-    # the seed comes from the PrimitiveNode; the rest from widgets_values, after the
-    # seed's control_after_generate value
+    # the seed comes from the PrimitiveNode (an Int now); the rest from widgets_values,
+    # after the seed's control_after_generate value
     assert prompt["3"]["inputs"] == {
-        "model": ["4", 0], "seed": 42, "steps": 3, "cfg": 8, "sampler_name": "euler",
+        "model": ["4", 0], "seed": ["11", 0], "steps": 3, "cfg": 8, "sampler_name": "euler",
         "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
         "latent_image": ["5", 0], "denoise": 1}
+    assert prompt["11"] == {"class_type": "PrimitiveInt", "inputs": {"value": 42}}
     assert prompt["8"]["inputs"] == {"samples": ["3", 0], "vae": ["4", 2]}  # Reroute resolved
     assert prompt["7"]["inputs"] == {"text": "text, watermark", "clip": ["4", 1]}
     assert prompt["9"]["inputs"] == {"images": ["8", 0], "filename_prefix": "ComfyUI"}
     assert prompt["5"]["inputs"] == {"width": 64, "height": 64, "batch_size": 1}
-    assert sorted(prompt) == ["3", "4", "5", "6", "7", "8", "9"]  # no Reroute, Primitive, Note
+    assert sorted(prompt) == ["11", "3", "4", "5", "6", "7", "8", "9"]  # no Reroute, Note
     assert prompt["6"]["_meta"] == {"title": "Positive"}
     layout = result.document["layout"]
     assert layout["nodes"]["6"] == {"pos": [415, 186], "size": [422, 164], "title": "Positive"}
     assert layout["nodes"]["4"]["size"] == [315, 98]  # litegraph's {"0": w, "1": h}
-    assert layout["nodes"]["3"]["control"] == {"seed": "randomize"}
+    # the primitive's "fixed" drives the seed; the sampler's hidden "randomize" is gone
+    assert "control" not in layout["nodes"]["3"]
+    assert layout["nodes"]["11"] == {"pos": [600, 0], "size": [210, 82],
+                                     "control": {"value": "fixed"}}
+    assert layout["reroutes"] == {"10": {"pos": [1000, 500], "input": ["4", 2]}}
+    assert layout["nodes"]["8"]["via"] == {"vae": "10"}
     assert layout["viewport"] == {"x": 50, "y": -20, "zoom": 0.5}
     assert layout["groups"] == [{"title": "Prompts", "bounding": [400, 100, 460, 500],
                                  "color": "#3f789e"}]
@@ -169,7 +175,8 @@ def test_from_object_needs_the_schemas_for_the_ui_format():
         from_object(comfy_default())
     warnings: list[str] = []
     prompt, document = from_object(comfy_default(), SCHEMAS, warnings)
-    assert prompt["3"]["inputs"]["seed"] == 42 and document["format"] == "steerflow.workflow"
+    assert prompt["3"]["inputs"]["seed"] == ["11", 0] and prompt["11"]["inputs"]["value"] == 42
+    assert document["format"] == "steerflow.workflow"
     assert prompt["6"]["_meta"] == {"title": "Positive"}
 
 

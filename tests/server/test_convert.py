@@ -47,12 +47,16 @@ def test_convert_then_queue(server: LiveServer, http: Http):
         assert doc["prompt"] == {
             "1": {"class_type": "TestSource",
                   "inputs": {"value": 5, "label": "hello", "mode": "a"}},
-            "3": {"class_type": "TestAdd", "inputs": {"b": 37, "a": ["1", 0]},
+            # the PrimitiveNode (5) becomes an Int primitive linked where it fed
+            "3": {"class_type": "TestAdd", "inputs": {"b": ["5", 0], "a": ["1", 0]},
                   "_meta": {"title": "Plus"}},
             "4": {"class_type": "TestOut", "inputs": {"value": ["3", 0]}},
+            "5": {"class_type": "PrimitiveInt", "inputs": {"value": 37}},
             "6": {"class_type": "TestOut", "inputs": {"value": ["3", 0]}, "mode": "muted"},
         }
-        assert doc["layout"]["nodes"]["3"] == {"pos": [300, 0], "title": "Plus"}
+        # and the Reroute (2) a canvas reroute
+        assert doc["layout"]["nodes"]["3"] == {"pos": [300, 0], "title": "Plus",
+                                               "via": {"a": "2"}}
         assert doc["layout"]["viewport"] == {"x": 2, "y": 4, "zoom": 2}
         assert doc["layout"]["groups"] == [{"title": "G", "bounding": [0, 0, 10, 10]}]
     # the document's prompt queues as it is: the muted output does not run
@@ -69,7 +73,7 @@ def test_a_subgraph_converts_and_queues_as_its_nodes(server: LiveServer, http: H
     data = http.post("/workflow/convert", json=wf).json()
     assert data["warnings"] == []
     prompt = data["document"]["prompt"]
-    assert prompt["9:3"]["inputs"] == {"b": 37, "a": ["1", 0]}
+    assert prompt["9:3"]["inputs"] == {"b": ["5", 0], "a": ["1", 0]}
     assert prompt["4"]["inputs"] == {"value": ["9:3", 0]}
     pid = http.post("/prompt", json={"prompt": prompt}).json()["prompt_id"]
     assert wait_history(http, [pid])[pid]["outputs"] == {"4": {"value": [42]}}
@@ -95,7 +99,7 @@ def test_convert_odd_subgraph_definitions_and_nodes_named_like_wrappers(http: Ht
         ui = {**UI, "definitions": {"subgraphs": subgraphs}}
         reply = http.post("/workflow/convert", json=ui)
         assert reply.status == 200, (subgraphs, reply.body)
-        assert set(reply.json()["document"]["prompt"]) == {"1", "3", "4", "6"}
+        assert set(reply.json()["document"]["prompt"]) == {"1", "3", "4", "5", "6"}
     named = {"prompt": {"class_type": "TestSource", "inputs": {"value": 2}},
              "out": {"class_type": "TestOut", "inputs": {"value": ["prompt", 0]}}}
     data = http.post("/workflow/convert", json=named).json()

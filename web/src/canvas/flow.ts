@@ -1,7 +1,7 @@
 /** React Flow nodes and edges ⇄ the plain graph model. */
 
 import type { Edge, Node } from "@xyflow/react";
-import { type Graph, type GraphLink, type GraphNode, linkId, type NodeMode, type Vec2 } from "../lib/graph";
+import { type Graph, type GraphLink, type GraphNode, linkId, type NodeMode, type RawWidgets, type Vec2 } from "../lib/graph";
 import type { NodeSlots } from "../lib/missingnode";
 import { NOTE, outputType, REROUTE } from "../lib/reroute";
 import type { ControlMode, Defs } from "../lib/schema";
@@ -20,6 +20,8 @@ export type SfNodeData = {
   collapsed?: boolean;
   /** A node of a type the server lacks: the slots its saved document gave it (lib/missingnode.ts). */
   slots?: NodeSlots;
+  /** A node of a type the server lacks: its ComfyUI widget values, kept raw. */
+  rawWidgets?: RawWidgets;
 };
 
 /** `sf`: a node that runs; `reroute` and `note`: canvas-only (lib/reroute.ts). */
@@ -42,6 +44,7 @@ export function toFlowNode(n: GraphNode): SfNode {
   if (n.color) node.data.color = n.color;
   if (n.collapsed) node.data.collapsed = true;
   if (n.slots) node.data.slots = n.slots;
+  if (n.rawWidgets) node.data.rawWidgets = n.rawWidgets;
   if (n.pinned) {
     node.data.pinned = true;
     node.draggable = false; // pinned: stays where it is
@@ -103,6 +106,7 @@ export function flowToGraph(nodes: SfNode[], edges: SfEdge[], base?: Partial<Gra
       if (n.data.pinned) g.pinned = true;
       if (n.data.collapsed) g.collapsed = true;
       if (n.data.slots) g.slots = n.data.slots;
+      if (n.data.rawWidgets) g.rawWidgets = n.data.rawWidgets;
       if (n.data.size) g.size = [n.width ?? n.data.size[0], n.data.size[1]];
       return g;
     }),

@@ -42,7 +42,12 @@ export type GraphNode = {
   collapsed?: boolean;
   /** A node whose type this server lacks: its slots as the saved document had them (lib/missingnode.ts). */
   slots?: NodeSlots;
+  /** A node whose type this server lacked: its ComfyUI widget values, kept raw until the server fills them in. */
+  rawWidgets?: RawWidgets;
 };
+
+/** ComfyUI's `widgets_values` (and `widgets_values_named`) of a node of a type not installed (engine/comfy_raw.py). */
+export type RawWidgets = { widgets_values?: unknown; widgets_values_named?: unknown };
 
 export type NodeMode = "muted" | "bypass";
 
@@ -68,6 +73,9 @@ export type LayoutNode = {
   via?: Record<string, string>;
   /** A node of a type the server lacked: its inputs' and outputs' names and types (lib/missingnode.ts). */
   slots?: NodeSlots;
+  /** A node of a type the server lacked: ComfyUI's widget values, raw (engine/comfy_raw.py). */
+  widgets_values?: unknown;
+  widgets_values_named?: unknown;
 };
 
 /** A reroute in the layout: where it is and what feeds it (a node's output or another reroute). */
@@ -274,6 +282,10 @@ export function promptToGraph(prompt: Record<string, unknown>, defs: Defs,
     if (lay.collapsed === true) node.collapsed = true;
     const slots = def ? undefined : parseSlots(lay.slots);
     if (slots) node.slots = slots;
+    // kept also once the type is known: the server fills them in when the document is
+    // opened (lib/load.ts), and until then a save must not lose them
+    const rawWidgets = parseRawWidgets(lay);
+    if (rawWidgets) node.rawWidgets = rawWidgets;
     const control: Record<string, ControlMode> = {};
     for (const input of def?.inputs ?? []) {
       const saved = isObject(lay.control) ? lay.control[input.name] : undefined;
@@ -330,6 +342,7 @@ export function graphToDocument(graph: Graph, defs: Defs): WorkflowDocument {
     if (n.pinned) entry.pinned = true;
     if (n.collapsed) entry.collapsed = true;
     if (n.slots && !defs.get(n.type)) entry.slots = { inputs: [...n.slots.inputs], outputs: [...n.slots.outputs] };
+    if (n.rawWidgets) Object.assign(entry, structuredClone(n.rawWidgets));
     const via: Record<string, string> = {};
     for (const l of graph.links) if (l.target === n.id && types.get(l.source) === REROUTE) via[l.input] = l.source;
     if (Object.keys(via).length) entry.via = via;
@@ -464,4 +477,20 @@ export function pasteNodes(graph: Graph, clip: { nodes: GraphNode[]; links: Grap
     graph: { ...graph, nodes: [...graph.nodes, ...pasted], links: [...graph.links, ...links] },
     ids: pasted.map((n) => n.id),
   };
+}
+
+/** The raw ComfyUI widget values a layout entry keeps for a node of a type not installed, if any. */
+export function parseRawWidgets(lay: Record<string, unknown>): RawWidgets | undefined {
+  const raw: RawWidgets = {};
+  if (Array.isArray(lay.widgets_values)) raw.widgets_values = structuredClone(lay.widgets_values);
+  if (isObject(lay.widgets_values_named)) raw.widgets_values_named = structuredClone(lay.widgets_values_named);
+  return Object.keys(raw).length ? raw : undefined;
+}
+
+/** Whether a document keeps raw widget values for a node whose type `known` now has (to be filled in by the server). */
+export function hasRestorableRaw(doc: WorkflowDocument, known: (type: string) => boolean): boolean {
+  const nodes = isObject(doc.layout) && isObject(doc.layout.nodes) ? doc.layout.nodes : {};
+  return Object.entries(nodes).some(([id, lay]) => isObject(lay)
+    && ("widgets_values" in lay || "widgets_values_named" in lay)
+    && known(String((doc.prompt as Record<string, { class_type?: unknown }>)[id]?.class_type ?? "")));
 }

@@ -9,7 +9,7 @@
  */
 
 import { parseJsonExact } from "./exactint";
-import { documentToGraph, type Graph, isDocument, promptToGraph, WorkflowFormatError } from "./graph";
+import { documentToGraph, type Graph, hasRestorableRaw, isDocument, promptToGraph, WorkflowFormatError } from "./graph";
 import { comfyNodeSlots } from "./missingnode";
 import { isPng, readPngText } from "./png";
 import { isVirtual } from "./reroute";
@@ -64,7 +64,16 @@ export function mergeWarnings(server: readonly string[], client: readonly string
 }
 
 export async function loadWorkflowObject(obj: unknown, defs: Defs, convert: Converter): Promise<Loaded> {
-  if (isDocument(obj)) return { ...documentToGraph(obj, defs), kind: "document" };
+  if (isDocument(obj)) {
+    // a ComfyUI node kept with raw widget values whose type is installed now: the server
+    // names them (engine/comfy_raw.py), as it converts ComfyUI's files
+    if (hasRestorableRaw(obj, (type) => !!defs.get(type))) {
+      const { document, warnings } = await convert(obj);
+      const loaded = documentToGraph(document, defs);
+      return { graph: loaded.graph, warnings: mergeWarnings(warnings ?? [], loaded.warnings), kind: "document" };
+    }
+    return { ...documentToGraph(obj, defs), kind: "document" };
+  }
   if (isComfyUiWorkflow(obj)) {
     const { document, warnings } = await convert(obj);
     const loaded = documentToGraph(document, defs);

@@ -97,3 +97,26 @@ describe("a node whose type the server lacks keeps its slots (the templates dril
     expect(back.nodes.find((n) => n.id === "15")!.slots).toBeUndefined();
   });
 });
+
+describe("a missing node's ComfyUI widget values (the power-user drill's #3)", () => {
+  it("are kept raw through the canvas and a save, and filled in by the server once the type is known", async () => {
+    const doc = converted();
+    (doc.layout.nodes["26"] as Record<string, unknown>).widgets_values = [256, 256, 4, 10, 0];
+    const graph = documentToGraph(JSON.parse(JSON.stringify(doc)), defs).graph;
+    expect(graph.nodes.find((n) => n.id === "26")!.rawWidgets).toEqual({ widgets_values: [256, 256, 4, 10, 0] });
+    const flow = graphToFlow(graph, defs);
+    expect(flow.nodes.find((n) => n.id === "26")!.data.rawWidgets).toEqual({ widgets_values: [256, 256, 4, 10, 0] });
+    const saved = graphToDocument(graph, defs);
+    expect(saved.layout.nodes["26"].widgets_values).toEqual([256, 256, 4, 10, 0]);
+    // the type not known: opened as it is, the server not asked
+    const asked: unknown[] = [];
+    const convert: Converter = async (obj) => { asked.push(obj); return { document: converted(), warnings: [] }; };
+    await loadWorkflowObject(saved, defs, convert);
+    expect(asked).toEqual([]);
+    // known now (the pack installed): the server fills the widgets in
+    const installed = { ...saved, prompt: { ...saved.prompt, "26": { ...saved.prompt["26"], class_type: "KSampler" } } };
+    const loaded = await loadWorkflowObject(installed, defs, convert);
+    expect(asked).toHaveLength(1);
+    expect(loaded.kind).toBe("document");
+  });
+});
