@@ -62,6 +62,9 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
         if schema is not None:
             values = {**_defaults(schema), **inputs}
             node["widgets_values"] = _widget_values(node_def(schema).widgets, values, control)
+        elif isinstance(place.get("widgets_values"), list):  # a missing type's, kept raw
+            node["widgets_values"] = list(place["widgets_values"])
+        _looks(node, place)
         linked = [name for name, value in inputs.items() if is_link(value)]
         for name, kind_of, widget in _slots(schema, linked):
             slot: dict[str, Any] = {"name": name, "type": kind_of, "link": None}
@@ -172,3 +175,17 @@ def _outputs(schema: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     kinds = ["COMBO" if isinstance(t, list | tuple) else str(t) for t in types]
     return [{"name": str(names[i]) if i < len(names) else kind, "type": kind,
              "links": [], "slot_index": i} for i, kind in enumerate(kinds)]
+
+
+def _looks(node: dict[str, Any], place: Mapping[str, Any]) -> None:
+    """The layout's colour, collapsed and pinned flags as litegraph keeps them (the
+    canvas's one colour is ComfyUI's ``bgcolor``; its title colour the palette's)."""
+    from engine.comfy_layout import PALETTE
+
+    color = place.get("color")
+    if isinstance(color, str) and color.startswith("#"):
+        node["bgcolor"] = color
+        node["color"] = PALETTE.get(color.lower(), color)
+    for flag in ("collapsed", "pinned"):
+        if place.get(flag) is True:
+            node["flags"][flag] = True

@@ -331,3 +331,24 @@ def test_link_reroutes_around_subgraphs_are_reported():
     assert "reroutes" in result.document["layout"]  # the Reroute node on the VAE
     assert "1" not in result.document["layout"]["reroutes"]
     assert any("reroute points on links were left out" in w for w in result.warnings)
+
+
+def test_the_ui_view_of_a_document_reads_back_with_its_looks_and_raw_values():
+    """What a saved PNG's ``workflow`` chunk holds (engine.comfy_export) opens back, here
+    and in ComfyUI, with the nodes' colours, flags and a missing node's raw values."""
+    from engine.comfy_export import ui_view
+
+    wf = {"nodes": [
+        {"id": 1, "type": "EmptyLatentImage", "pos": [0, 0], "widgets_values": [64, 64, 1],
+         "color": "#322", "bgcolor": "#533", "flags": {"collapsed": True, "pinned": True}},
+        copy.deepcopy(UNKNOWN)], "links": []}
+    document = convert(wf).document
+    view = ui_view(document, SCHEMAS)
+    by_id = {n["id"]: n for n in view["nodes"]}
+    assert by_id[1]["bgcolor"] == "#553333" and by_id[1]["color"] == "#332222"
+    assert by_id[1]["flags"] == {"collapsed": True, "pinned": True}
+    assert by_id[5]["widgets_values"] == ["4x-Ultra.pth", 2.5, "lanczos"]
+    back = convert(view).document["layout"]["nodes"]
+    assert back["1"]["color"] == document["layout"]["nodes"]["1"]["color"]
+    assert back["1"]["collapsed"] is True and back["1"]["pinned"] is True
+    assert back["5"]["widgets_values"] == ["4x-Ultra.pth", 2.5, "lanczos"]
