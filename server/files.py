@@ -239,8 +239,11 @@ async def read_upload(request: web.Request, default_name: str, what: str) -> Upl
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "invalid_form", "nested multipart is not accepted")
             if part.name == "image":
-                # Browsers escape '"' and newlines as %22/%0A; aiohttp escapes more.
-                filename = unquote(part.filename or filename)
+                # Browsers escape '"' and newlines as %22/%0A; aiohttp escapes more. An
+                # escaped slash stays as sent: decoded, it would cut the name at it.
+                sent = part.filename or filename
+                decoded = unquote(sent)
+                filename = sent if "/" in decoded.replace("\\", "/") else decoded
                 data = await _read_limited(part, limit)
             else:
                 raw = await _read_limited(part, FIELD_LIMIT, part.name or "")

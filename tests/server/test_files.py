@@ -51,6 +51,16 @@ def test_upload_then_view(http: Http):
     assert "filename*=UTF-8''my%20pic.png" in view.headers["Content-Disposition"]
 
 
+def test_an_escaped_slash_in_an_upload_name_is_kept_not_cut_at(http: Http):
+    """'report%2Ffinal.png' became 'final.png' (decoded, then cut at the slash); other
+    escapes (a browser's %22, aiohttp's %20) are still decoded."""
+    for sent, kept in (("report%2Ffinal.png", "report%2Ffinal.png"),
+                       ("my%20pic.png", "my pic.png")):
+        body, headers = raw_form(png((7, 7, 7)), sent)
+        reply = http.post("/upload/image", data=body, headers=headers)
+        assert reply.status == 200 and reply.json()["name"] == kept, reply.body
+
+
 def test_upload_names_dedupe_and_overwrite(server: LiveServer, http: Http):
     first = http.post("/upload/image", data=form(png((1, 1, 1)), "a.png")).json()
     same = http.post("/upload/image", data=form(png((1, 1, 1)), "a.png")).json()
