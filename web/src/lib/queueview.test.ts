@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { QueueItem } from "../api";
-import { clientOf, othersRunning, othersRunningText } from "./queueview";
+import { clientOf, othersRunning, othersRunningText, runnableCount } from "./queueview";
 
 const item = (n: number, client?: unknown): QueueItem => ({
   number: n, promptId: `p${n}`, extra: client === undefined ? {} : { client_id: client },
@@ -26,5 +26,14 @@ describe("queueview", () => {
     expect(othersRunningText(0)).toBe("");
     expect(othersRunningText(1)).toBe("running another client's prompt");
     expect(othersRunningText(2)).toBe("running 2 other clients' prompts");
+  });
+});
+
+describe("runnableCount", () => {
+  it("counts the nodes that run: not the muted or bypassed (the count reached 7/9 at most)", () => {
+    const prompt = { "1": { class_type: "A", inputs: {} }, "2": { class_type: "B", inputs: {}, mode: "muted" },
+      "3": { class_type: "C", inputs: {}, mode: "bypass" }, "4": { class_type: "D", inputs: {} } };
+    expect(runnableCount(prompt)).toBe(2);
+    expect(runnableCount(undefined)).toBe(0);
   });
 });

@@ -22,3 +22,10 @@ export function othersRunningText(n: number): string {
   if (n <= 0) return "";
   return n === 1 ? "running another client's prompt" : `running ${n} other clients' prompts`;
 }
+
+/** The nodes of a queued prompt that run: a muted or bypassed one never does. */
+export function runnableCount(prompt: unknown): number {
+  if (!prompt || typeof prompt !== "object") return 0;
+  return Object.values(prompt as Record<string, { mode?: unknown } | null>)
+    .filter((n) => !(n && typeof n === "object" && (n.mode === "muted" || n.mode === "bypass"))).length;
+}

@@ -6,7 +6,7 @@
 
 import { useCallback, useEffect, useRef, useState } from "react";
 import { clearQueue, deleteFromQueue, getQueue, interrupt, type QueueItem } from "../api";
-import { clientOf } from "../lib/queueview";
+import { clientOf, runnableCount } from "../lib/queueview";
 import { useGlobalRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
@@ -37,7 +37,7 @@ function RunningProgress({ store, item, now }: { store: RunStore; item: QueueIte
   // the step comes from the store's global record: a prompt of another graph is drawn on no node
   const { promptId, executing, nodesDone, startedAt, joinedMidway, progress } = useGlobalRun(store);
   if (promptId !== item.promptId) return <span className="sf-queue-progress">running</span>;
-  const total = item.prompt && typeof item.prompt === "object" ? Object.keys(item.prompt).length : 0;
+  const total = runnableCount(item.prompt);
   const step = progress && executing ? progress : null;
   const fraction = step && step.max > 0 ? step.value / step.max : 0;
   return (
