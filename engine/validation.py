@@ -372,6 +372,7 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
                                         details={"cycle": shown, "size": len(component)}))
     rejected = None
     if issues:
+        _name_missing_sources(issues)
         failed = PromptValidationError(issues + warnings, _dependents(graph, wanted))
         good = _valid_outputs(graph, wanted, issues) if partial else []
         if not good:
@@ -389,6 +390,19 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
 #: errors of the prompt as a whole: no output runs past them, as in ComfyUI
 _WHOLE_PROMPT_KINDS = frozenset({"invalid_prompt", "unknown_node_type", "no_output_node",
                                  "missing_class_type"})
+
+
+def _name_missing_sources(issues: list[Issue]) -> None:
+    """A link from a node whose type is not installed says so, rather than that the node
+    "does not exist" (a client that shows one error per node blamed the wrong one)."""
+    missing = {i.node_id: i.class_type for i in issues if i.kind == "unknown_node_type"}
+    if not missing:
+        return
+    for issue in issues:
+        source = issue.details.get("source") if issue.kind == "bad_link" else None
+        if source in missing and "does not exist" in issue.message:
+            issue.message = (f"input '{issue.input_name}' links to node {source!r}, whose type "
+                             f"{missing[source]!r} is not installed here")
 
 
 def _valid_outputs(graph: nx.DiGraph, wanted: list[str], issues: list[Issue]) -> list[str]:

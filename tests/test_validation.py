@@ -71,6 +71,20 @@ def test_unknown_node_type(reg, env):
             == "[unknown_node_type] node 1: unknown node type 'Nope'")
 
 
+def test_a_link_from_a_node_of_an_unknown_type_names_the_type(reg, env):
+    """It said the source "does not exist or is invalid", and a client showing one error
+    per node blamed the consumer instead of the missing pack."""
+    prompt = {"1": {"class_type": "ImpactThing", "inputs": {}},
+              "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}},
+              "3": {"class_type": "TestOut", "inputs": {"value": ["9", 0]}}}
+    with pytest.raises(PromptValidationError) as caught:
+        validate_prompt(prompt, reg, env)
+    messages = {i.node_id: i.message for i in caught.value.issues}
+    assert messages["2"] == ("input 'value' links to node '1', whose type 'ImpactThing' is "
+                             "not installed here")
+    assert "does not exist" in messages["3"]  # a node the prompt does not have at all
+
+
 def test_missing_required_link(reg, env):
     prompt = {"1": {"class_type": "TestAdd", "inputs": {}},
               "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}
