@@ -7,6 +7,7 @@ primitive node of the widgets' type, linked into each.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,6 +99,9 @@ class LegacyPrimitive:
         if len(kinds) != 1:
             return None, None
         (kind,) = kinds
+        if kind == "INT" and isinstance(self.value, str) and _EXACT_INT.fullmatch(self.value):
+            # past 2^53 the canvas sends an INT as its decimal text, to keep every digit
+            self.value = int(self.value)
         if kind not in PRIMITIVE_NODES or not _holds(self.value, kind):
             return kind, None
         candidates = list(PRIMITIVE_NODES[kind])
@@ -117,7 +121,12 @@ class LegacyPrimitive:
             if widget is not None and (widget.control or moves):
                 self.layout[nid].setdefault("control", {})[name] = self.mode or "fixed"
         ids = ", ".join(dict.fromkeys(nid for nid, _ in self.targets))
-        if self.mode not in (None, "fixed") and kind not in ("INT", "FLOAT"):
+        if self.mode not in (None, "fixed") and kind is None:
+            self.warnings.append(
+                f"node {self.pid} (Primitive) feeds inputs of different types (node {ids}): "
+                f"its value {_short(self.value)} was written into each, and its "
+                f"'{self.mode}' does not carry over")
+        elif self.mode not in (None, "fixed") and kind not in ("INT", "FLOAT"):
             self.warnings.append(
                 f"node {self.pid} (Primitive) changes its value after each run "
                 f"('{self.mode}'); Steerflow steps only numbers, so node {ids} keeps "
@@ -145,6 +154,9 @@ def _promoted_value(pid: str) -> bool:
     """The PrimitiveNodes engine.comfy_subgraphs puts in for an instance's widget values
     (ids ``"<node>:<widget>=value"``; a file's ids hold no ``=``)."""
     return pid.endswith("=value")
+
+
+_EXACT_INT = re.compile(r"-?\d{1,40}")
 
 
 def _holds(value: Any, kind: str) -> bool:

@@ -388,20 +388,24 @@ def _load_png(path: Path, registry: Schemas | None, warnings: list[str] | None
             text = dict(getattr(img, "text", {}) or {})
     except OSError as exc:
         raise WorkflowFormatError(f"cannot read PNG {path}: {exc}") from exc
+    # ours beside ComfyUI's view of it (nodes.output_files.file_metadata), read first:
+    # it alone is enough; older images kept ours under "workflow"
+    try:
+        own = json.loads(text["steerflow"]) if "steerflow" in text else None
+    except json.JSONDecodeError:
+        own = None
+    if is_document(own):
+        return document_to_prompt(own), own
     if "prompt" not in text and "workflow" not in text:
-        raise WorkflowFormatError(f"{path} carries no embedded workflow (no 'prompt' or "
-                                  "'workflow' chunk)")
+        raise WorkflowFormatError(f"{path} carries no embedded workflow (no 'prompt', "
+                                  "'workflow' or 'steerflow' chunk)")
     try:
         prompt = json.loads(text["prompt"]) if "prompt" in text else None
         document = json.loads(text["workflow"]) if "workflow" in text else None
-        # ours beside ComfyUI's view of it (nodes.output_files.file_metadata); older
-        # images kept ours under "workflow"
-        own = json.loads(text["steerflow"]) if "steerflow" in text else None
     except json.JSONDecodeError as exc:
         raise WorkflowFormatError(f"{path} has a corrupt embedded workflow: {exc}") from exc
-    for found in (own, document):
-        if is_document(found):
-            return document_to_prompt(found), found
+    if is_document(document):
+        return document_to_prompt(document), document
     if is_ui_workflow(document):
         if prompt is None:  # ComfyUI's UI format alone: it is the whole workflow
             return from_object(document, registry, warnings)

@@ -20,10 +20,10 @@ from typing import Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
 from engine.paths import PathError
-from engine.workflow import DOCUMENT_FORMAT, prompt_to_document
+from engine.workflow import DOCUMENT_FORMAT
 from nodes.diffusion.handles import Latent, Vae
 from nodes.image import file_sha256
-from nodes.output_files import SavesNumberedFiles, api_prompt, save_numbered, split_prefix
+from nodes.output_files import SavesNumberedFiles, file_metadata, save_numbered, split_prefix
 
 SUFFIX = ".latent"
 VERSION_KEY = "latent_format_version_0"
@@ -79,9 +79,10 @@ class SaveLatent(SavesNumberedFiles):
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
                                                "latents/Steerflow", prompt=ctx.prompt)
         scale = latent_scale(ctx, "Save Latent", self.vae, self.samples.scaling_factor)
-        metadata = {"prompt": json.dumps(api_prompt(ctx)),
-                    "workflow": json.dumps(prompt_to_document(ctx.prompt)),
-                    SCALE_KEY: repr(scale)}
+        # as the image savers: the prompt, ComfyUI's UI workflow and ours (the client's
+        # extra_pnginfo kept)
+        metadata = {str(k): json.dumps(v) for k, v in file_metadata(ctx).items()}
+        metadata[SCALE_KEY] = repr(scale)
         raw = samples.detach().float().cpu() / scale
         tensors = {"latent_tensor": raw.contiguous(), VERSION_KEY: torch.tensor([])}
         path, _ = save_numbered(folder, stem, SUFFIX,

@@ -154,11 +154,25 @@ def _front_end_value(token: str, now: time.struct_time,
               and e["_meta"].get("title") == node_name]
     for entry in (by_type or titled)[:1]:
         inputs = entry.get("inputs")
-        value = inputs.get(widget) if isinstance(inputs, Mapping) else None
-        if value is None or isinstance(value, list | dict):  # absent, or a link
+        value = _constant(inputs.get(widget) if isinstance(inputs, Mapping) else None, prompt)
+        if value is None:
             return None
         text = str(value).lower() if isinstance(value, bool) else str(value)
         return _NOT_IN_NAMES.sub("_", text)
+    return None
+
+
+def _constant(value: Any, prompt: Mapping[str, Any]) -> Any:
+    """A widget's value; for one linked from a primitive node (Int, Float, String, Boolean:
+    what a ComfyUI PrimitiveNode becomes) the primitive's value; else None."""
+    for _ in range(16):
+        if not (isinstance(value, list) and len(value) == 2):
+            return None if isinstance(value, dict) else value
+        source = prompt.get(str(value[0]))
+        if not (isinstance(source, Mapping) and str(source.get("class_type", ""))
+                .startswith("Primitive") and isinstance(source.get("inputs"), Mapping)):
+            return None
+        value = source["inputs"].get("value")
     return None
 
 

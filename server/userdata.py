@@ -423,7 +423,7 @@ async def delete_userdata(request: web.Request) -> web.Response:
     path = _resolve(user_root(request), name)
     try:
         await _off_loop(path.unlink)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # also a path under a file
         raise ApiError(404, "not_found", f"no user file {name!r}") from None
     except IsADirectoryError as exc:
         raise ApiError(400, "not_a_file", f"cannot delete {name!r}: {exc.strerror}") \

@@ -78,6 +78,18 @@ def test_old_boolean_control_and_no_control_value():
         assert layout["1"]["control"] == {"value": mode}, values
 
 
+def test_a_big_seed_sent_as_text_by_the_canvas_converts_as_the_number_would():
+    """The canvas keeps every digit of an INT past 2^53 by sending its decimal text; the
+    same file opened by the CLI (a number) and by the canvas (text) gave two documents."""
+    for value in (2**63 - 1, str(2**63 - 1)):
+        wf = {"nodes": [primitive(1, [value, "fixed"], [1, 2]), sampler(2, 1), sampler(3, 2)],
+              "links": [[1, 1, 0, 2, 0, "INT"], [2, 1, 0, 3, 0, "INT"]]}
+        result = convert(wf)
+        assert result.prompt["1"] == {"class_type": "PrimitiveInt",
+                                      "inputs": {"value": 2**63 - 1}}, value
+        assert result.prompt["2"]["inputs"]["seed"] == ["1", 0]
+
+
 def test_a_seed_beyond_ints_range_is_written_with_the_primitives_control():
     """Int holds a signed 64-bit value; a seed up to 2**64 - 1 stays a value on each
     sampler, with the primitive's control rather than the sampler's stale one."""

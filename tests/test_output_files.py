@@ -119,7 +119,31 @@ def test_front_end_tokens_in_a_prefix_are_filled_in():
     assert expand("ComfyUI_%KSampler.seed%") == "ComfyUI_42"
     assert expand("%Base pass.seed%_%Positive.text%") == "42_a_b_ c_"
     assert expand("%TestFlag.on%") == "true"
+    # a seed linked from a primitive (a converted ComfyUI PrimitiveNode): its value
+    linked = {**prompt, "3": {"class_type": "KSampler", "inputs": {"seed": ["20", 0]}},
+              "20": {"class_type": "PrimitiveInt", "inputs": {"value": 1234}}}
+    assert expand_prefix("s_%KSampler.seed%", now=now, prompt=linked) == "s_1234"
     # what names nothing stays as it was: an unknown node or widget, a link, a bare word
     for text in ("%Nope.seed%", "%KSampler.nope%", "%KSampler.model%", "%odd%", "100%"):
         assert expand(text) == text
     assert expand_prefix("%KSampler.seed%", now=now) == "%KSampler.seed%"  # no prompt
+
+
+def test_our_chunk_alone_or_beside_a_broken_one_opens(session, tmp_path):
+    """The canvas opened a PNG with only a ``steerflow`` chunk, or a corrupt ``workflow``
+    beside a good ``steerflow``; ``steerflow run`` and Session refused both."""
+    from PIL import PngImagePlugin
+
+    from engine.workflow import load_workflow
+
+    (png,) = session.run(moded_prompt()).image_paths
+    with Image.open(png) as img:
+        own, pixels = img.text["steerflow"], img.copy()
+    for name, chunks in (("only.png", {"steerflow": own}),
+                         ("broken.png", {"workflow": '{"nodes": [', "steerflow": own})):
+        info = PngImagePlugin.PngInfo()
+        for key, value in chunks.items():
+            info.add_text(key, value)
+        pixels.save(tmp_path / name, pnginfo=info)
+        prompt, document = load_workflow(tmp_path / name)
+        assert document == json.loads(own) and prompt["2"]["mode"] == "bypass"

@@ -156,6 +156,8 @@ def test_a_file_in_the_way_of_a_folder_is_a_409_not_a_500(http: Http) -> None:
         assert reply.status == 409, reply.body
         assert "in the way" in reply.json()["error"]["message"]
     assert http.get("/api/userdata/workflows%2Fm1.json").body == b"{}"  # nothing lost
+    # nothing is in the way of a delete: no such file
+    assert http.request("DELETE", "/api/userdata/workflows%2Fm1.json%2Fx.json").status == 404
 
 
 def test_userdata_lists_as_comfyui_globs(http: Http, server: LiveServer) -> None:

@@ -35,6 +35,24 @@ describe("advanceControls (batch count)", () => {
   });
 });
 
+describe("a primitive's control stays within what it feeds (ComfyUI's PrimitiveNode)", () => {
+  it("a randomized Int feeding steps stays in steps' 1..10000; one at the top does not step past it", () => {
+    const prim: GraphNode = { id: "p", type: "PrimitiveInt", pos: [0, 0], values: { value: 2 }, control: { value: "randomize" } };
+    const links = [{ source: "p", slot: 0, target: "k", input: "steps" }];
+    for (const r of [0, 0.5, 0.999999]) {
+      const [out] = advanceControls([prim, sampler("k", 1)], links, defs, () => r);
+      expect(out.values.value).toBeGreaterThanOrEqual(1);
+      expect(out.values.value).toBeLessThanOrEqual(10000);
+    }
+    const top: GraphNode = { ...prim, values: { value: 10000 }, control: { value: "increment" } };
+    expect(advanceControls([top, sampler("k", 1)], links, defs)[0].values.value).toBe(10000);
+    // feeding a seed, it keeps the seed's range (not the steps')
+    const seedLinks = [{ source: "p", slot: 0, target: "k", input: "seed" }];
+    const [seeded] = advanceControls([prim, sampler("k", 1)], seedLinks, defs, () => 0.999999);
+    expect(seeded.values.value as number).toBeGreaterThan(10000);
+  });
+});
+
 describe("parseCountText and countTextIssue (the batch-count field)", () => {
   it("asks for no count while the field is emptied, out of range or no whole number", () => {
     for (const t of ["", "  ", "0", "abc", "-2", "1.5", "1e2", "101", "1000", "5000"]) {

@@ -6,7 +6,7 @@
 
 import type { ApiPrompt, GraphLink, GraphNode } from "./graph";
 import { toBigInt } from "./exactint";
-import { type ControlMode, type Defs, nextControlValue } from "./schema";
+import { type ControlMode, type Defs, type InputDef, nextControlValue } from "./schema";
 
 /** At most this many prompts per click (a typo of 1000 must not flood the queue). */
 export const QUEUE_COUNT_MAX = 100;
@@ -46,12 +46,16 @@ export function parseCountText(text: string): number | null {
 export function advanceControls(nodes: GraphNode[], links: GraphLink[], defs: Defs,
   rand: () => number = Math.random): GraphNode[] {
   const linked = new Set(links.map((l) => `${l.target}|${l.input}`));
+  const fed = fedInputs(nodes, links, defs);
   return nodes.map((n) => {
     const def = defs.get(n.type);
     if (!n.control || !def) return n;
     let values = n.values;
     for (const [name, mode] of Object.entries(n.control) as [string, ControlMode][]) {
-      const input = def.inputs.find((i) => i.name === name);
+      const own = def.inputs.find((i) => i.name === name);
+      // a primitive moves within what every input it feeds takes (ComfyUI's PrimitiveNode
+      // takes its widget's range): steps stays 1..10000, not a seed's range
+      const input = own && within(own, fed.get(n.id) ?? []);
       const v = values[name];
       // a number, or (an INT beyond 2^53) its exact decimal text
       const moves = typeof v === "number" || (input?.type === "INT" && toBigInt(v) !== null);
@@ -61,6 +65,37 @@ export function advanceControls(nodes: GraphNode[], links: GraphLink[], defs: De
     }
     return values === n.values ? n : { ...n, values };
   });
+}
+
+/** The inputs each node's outputs feed, by source node id. */
+function fedInputs(nodes: GraphNode[], links: GraphLink[], defs: Defs): Map<string, InputDef[]> {
+  const byId = new Map(nodes.map((n) => [n.id, n]));
+  const fed = new Map<string, InputDef[]>();
+  for (const l of links) {
+    const target = byId.get(l.target);
+    const input = target && defs.get(target.type)?.inputs.find((i) => i.name === l.input);
+    if (input) fed.set(l.source, [...(fed.get(l.source) ?? []), input]);
+  }
+  return fed;
+}
+
+/** `input` with its numeric range narrowed to what each of `targets` takes too. */
+export function within(input: InputDef, targets: InputDef[]): InputDef {
+  const numeric = targets.filter((t) => t.type === "INT" || t.type === "FLOAT");
+  if (!numeric.length) return input;
+  let { min, max } = input.options;
+  let { exactMin, exactMax } = input;
+  for (const t of numeric) {
+    if (typeof t.options.min === "number" && (typeof min !== "number" || t.options.min > min)) {
+      min = t.options.min;
+      exactMin = t.exactMin;
+    }
+    if (typeof t.options.max === "number" && (typeof max !== "number" || t.options.max < max)) {
+      max = t.options.max;
+      exactMax = t.exactMax;
+    }
+  }
+  return { ...input, options: { ...input.options, min, max }, exactMin, exactMax };
 }
 
 /**
