@@ -324,8 +324,9 @@ class LogBuffer(logging.Handler):
     entries, each also sent as a ``logs`` websocket message to subscribed clients.
 
     On the root logger from the server's start to its cleanup: what the server logs
-    (warnings and errors; with ``--verbose`` also info) and any worker output
-    relayed through it. ``emit`` may run on any thread: the hub's posting is thread-safe.
+    (warnings and errors, a failed prompt's error and traceback among them; with
+    ``--verbose`` also info). A worker's own output goes to the server's terminal, not
+    here. ``emit`` may run on any thread: the hub's posting is thread-safe.
     """
 
     def __init__(self, hub: Hub):

@@ -376,6 +376,8 @@ class Runtime(abc.ABC):
         if status == "interrupted" and self._stopping:
             self.queue.requeue(item)  # shut down mid-run: run it again next time
             return
+        if status == "error":
+            _log_failure(item.prompt_id, messages)
         outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
         # ComfyUI's order: execution_success, the queue's status, then executing None
         with self.hub.status_deferred():
@@ -457,6 +459,21 @@ class Runtime(abc.ABC):
             except Exception as exc:  # e.g. a full disk: the prompt has ended all the same
                 log.warning("cannot trim the history to %d entries: %s: %s", keep,
                             type(exc).__name__, exc)
+
+
+def _log_failure(prompt_id: str, messages: list[list[Any]]) -> None:
+    """A prompt that failed in a worker, in the server's log (its terminal, and the
+    front end's Logs panel and error report), with the traceback, as ComfyUI prints it."""
+    error = next((data for name, data in reversed(messages)
+                  if name == "execution_error" and isinstance(data, dict)
+                  and data.get("exception_type") != BLOCKED), None)
+    if error is None:
+        return
+    trace = error.get("traceback")
+    lines = "".join(str(t) for t in trace[-20:]) if isinstance(trace, list) else ""
+    log.error("prompt %s failed at node %s (%s): %s: %s%s", prompt_id, error.get("node_id"),
+              error.get("node_type"), error.get("exception_type"),
+              error.get("exception_message"), "\n" + lines.rstrip() if lines else "")
 
 
 def history_entry(item: QueueItem, outputs: dict[str, Any], ok: bool,

@@ -26,6 +26,24 @@ def registry_with_load_image() -> NodeRegistry:
     return registry
 
 
+def test_a_failed_prompt_is_in_the_server_log_with_its_traceback(http: Http) -> None:
+    """The front end's error report and Logs panel show the server's log: a prompt that
+    failed in the worker left nothing there (ComfyUI prints the exception)."""
+    from tests.server.helpers import wait_history
+
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 1}},
+              "2": {"class_type": "TestFail", "inputs": {"x": ["1", 0]}},
+              "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
+    pid = http.post("/prompt", json={"prompt": prompt}).json()["prompt_id"]
+    assert wait_history(http, [pid])[pid]["status"]["status_str"] == "error"
+    deadline = time.monotonic() + 10
+    while "boom" not in (text := http.get("/internal/logs").json()):
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.2)
+    assert f"prompt {pid} failed at node 2 (TestFail): RuntimeError: boom" in text
+    assert "Traceback" in text or "execute" in text
+
+
 def test_load_image_announces_comfyui_image_upload(make_server: Callable[..., LiveServer],
                                                    loop: Any) -> None:
     # ComfyUI's frontend adds "choose file to upload" and the preview only for
