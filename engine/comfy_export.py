@@ -24,11 +24,14 @@ from engine.comfy_workflow import (
     Widget,
     node_def,
     schema_inputs,
+    vec2,
 )
 from engine.workflow import is_link
 
 _MODES = {"muted": 2, "bypass": 4, 2: 2, 4: 4}
 _DEFAULT_SIZE = [320.0, 120.0]
+#: the most outputs a node of the view gets (a link to a higher slot is left out)
+MAX_SLOTS = 256
 
 
 def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,9 +50,11 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
         schema = _schema(schemas, kind)
         node: dict[str, Any] = {
             "id": _ui_id(nid), "type": kind,
-            "pos": list(place.get("pos") or [0.0, 0.0]),
-            "size": list(place.get("size") or _DEFAULT_SIZE),
-            "flags": {}, "order": order, "mode": _MODES.get(entry.get("mode"), 0),
+            "pos": vec2(place.get("pos")) or [0.0, 0.0],
+            "size": vec2(place.get("size")) or list(_DEFAULT_SIZE),
+            "flags": {}, "order": order,
+            "mode": _MODES.get(mode, 0) if isinstance(mode := entry.get("mode"), str | int)
+            else 0,
             "inputs": [], "outputs": _outputs(schema),
             "properties": {"Node name for S&R": kind},
             "widgets_values": [],
@@ -82,6 +87,8 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
         slots = nodes[target]["inputs"]
         slot_index = next(i for i, s in enumerate(slots) if s["name"] == name)
         outputs = source["outputs"]
+        if not (isinstance(link[1], int) and 0 <= link[1] < MAX_SLOTS):
+            continue  # no node has such an output: left out of the view
         while len(outputs) <= link[1]:  # an output the schema does not list
             outputs.append({"name": "*", "type": "*", "links": [],
                             "slot_index": len(outputs)})
@@ -102,7 +109,9 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
 
 
 def _ui_id(node_id: str) -> int | str:
-    return int(node_id) if node_id.isdecimal() else node_id
+    """A plain decimal id as the number ComfyUI uses; anything else as it is."""
+    plain = node_id.isascii() and node_id.isdecimal() and len(node_id) <= 15
+    return int(node_id) if plain else node_id
 
 
 def _schema(schemas: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from engine import Environment, ExecutionContext, Input, NodeResult, Output
 from engine.dynamic import dynamic_combo
 from engine.node import DynamicOption, InputSpec, NamedInputsNode, input_spec
-from nodes.output_files import prefix_problems, save_numbered, split_prefix
+from nodes.output_files import prefix_fingerprint, prefix_problems, save_numbered, split_prefix
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -163,6 +163,10 @@ class SaveImageAdvanced(NamedInputsNode):
         problem = _depth_problem(fmt, inputs.get(f"{FORMAT}.bit_depth"),
                                  inputs.get(f"{FORMAT}.input_color_space", "sRGB"))
         return [*problems, problem] if problem else problems
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        return prefix_fingerprint(inputs.get("filename_prefix"))
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         from nodes.limits import check_image

@@ -4,16 +4,20 @@ the prefix checked at validation, and a write that is atomic and never replaces 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine import Node
 from engine.paths import give_plain_mode
 from nodes.limits import name_problem
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,6 +54,24 @@ class SavesNumberedFiles(Node):
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
         return prefix_problems(inputs, env, cls.SUFFIX)
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        return prefix_fingerprint(inputs.get("filename_prefix"))
+
+
+def prefix_fingerprint(prefix: Any) -> Any:
+    """What a save node's identity gains from its prefix's front-end tokens: the date a
+    ``%date:...%`` names (a new day saves anew), and for ``%Node.widget%``, which reads
+    other nodes' values at save time, a fresh value (it always saves, as the value may
+    have changed). None without tokens."""
+    if not isinstance(prefix, str) or "%" not in prefix:
+        return None
+    tokens = _TOKEN.findall(prefix)
+    if any("." in t and not t.startswith("date:") for t in tokens):
+        return secrets.token_hex(8)
+    dated = [t for t in tokens if t.startswith("date:")]
+    return expand_prefix("".join(f"%{t}%" for t in dated)) if dated else None
 
 
 def api_prompt(ctx: ExecutionContext) -> dict[str, Any]:
@@ -91,8 +113,13 @@ def file_metadata(ctx: ExecutionContext) -> dict[str, Any]:
     if document is not None:
         registry = getattr(getattr(getattr(ctx, "run", None), "ex", None), "registry", None)
         info.setdefault(DOCUMENT_KEY, document)
-        info["workflow"] = ui_view(document, RegistrySchemas(registry)
-                                   if registry is not None else {})
+        try:
+            info["workflow"] = ui_view(document, RegistrySchemas(registry)
+                                       if registry is not None else {})
+        except Exception:  # a client's odd document must never cost the run its file
+            logger.warning("the workflow could not be written in ComfyUI's format; the "
+                           "file keeps the prompt and our document", exc_info=True)
+            info.pop("workflow", None)
     return {"prompt": api_prompt(ctx), **info}
 
 
@@ -127,6 +154,7 @@ def expand_prefix(prefix: str, width: int = 0, height: int = 0,
 
 
 _TOKEN = re.compile(r"%([^%]+)%")
+_MAX_TOKEN = 1000  # characters of a widget's value put in a name (longer is refused anyway)
 _DATE_FIELDS = re.compile(r"yyyy|yy|dd?|MM?|hh?|mm?|ss?")
 _NOT_IN_NAMES = re.compile(r'[/?<>\\:*|"]')
 
@@ -158,7 +186,9 @@ def _front_end_value(token: str, now: time.struct_time,
         if value is None:
             return None
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        return _NOT_IN_NAMES.sub("_", text)
+        # what a file name cannot hold, and control characters, surrogates, NUL: "_"
+        return "".join("_" if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c
+                       for c in _NOT_IN_NAMES.sub("_", text[:_MAX_TOKEN]))
     return None
 
 
@@ -183,6 +213,9 @@ def split_prefix(env: Environment, role: str, prefix: str, default: str,
     its variables filled in (:func:`expand_prefix`; ``size`` is the image's width and
     height, ``prompt`` the run's, for ``%Node.widget%``)."""
     prefix = expand_prefix(prefix.strip() or default, *size, prompt=prompt)
+    # the least any saver reserves at validation (prefix_problems): never stricter
+    if problem := name_problem(prefix, len("_00000_.png") + 8):
+        raise ValueError(f"filename_prefix {prefix[:80]!r} (its %...% filled in): {problem}")
     subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
     folder = env.folder(role, subfolder, create=True) if subfolder \
         else env.folder(role, create=True)

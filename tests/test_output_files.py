@@ -147,3 +147,28 @@ def test_our_chunk_alone_or_beside_a_broken_one_opens(session, tmp_path):
         pixels.save(tmp_path / name, pnginfo=info)
         prompt, document = load_workflow(tmp_path / name)
         assert document == json.loads(own) and prompt["2"]["mode"] == "bypass"
+
+
+def test_a_prefix_with_front_end_tokens_saves_anew_and_is_checked_once_filled_in():
+    """%Node.widget% is read at save time: the save node's inputs alone did not change
+    when the value did, so the cache served the old name; a filled-in value could also
+    put control characters, or a name too long, past the validation of the prefix."""
+    import pytest
+
+    from nodes.output_files import expand_prefix, prefix_fingerprint, split_prefix
+
+    assert prefix_fingerprint("plain") is None
+    assert prefix_fingerprint("%year%/x") is None  # the server's own variables: as before
+    assert prefix_fingerprint("%S.value%") != prefix_fingerprint("%S.value%")
+    day = prefix_fingerprint("%date:yyyy-MM-dd%/img")
+    assert day == prefix_fingerprint("%date:yyyy-MM-dd%/other")
+    prompt = {"1": {"class_type": "PrimitiveString", "inputs": {"value": "a\nb\x1b[31m"}}}
+    assert expand_prefix("%PrimitiveString.value%", prompt=prompt) == "a_b_[31m"
+
+    class Env:
+        def folder(self, *a, **k):
+            raise AssertionError("no folder is made for a refused name")
+
+    long = {"1": {"class_type": "PrimitiveString", "inputs": {"value": "x" * 300}}}
+    with pytest.raises(ValueError, match=r"its %\.\.\.% filled in.*shorten it"):
+        split_prefix(Env(), "output", "%PrimitiveString.value%", "d", prompt=long)
