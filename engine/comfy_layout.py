@@ -133,7 +133,10 @@ def _plain_id(value: Any) -> bool:
 def fresh_ids(taken: list[str], count: int) -> list[str]:
     """``count`` numeric ids past every numeric one in ``taken`` (the canvas numbers new
     nodes past the largest, so these never collide with its own)."""
-    top = max((int(t) for t in taken if t.isdecimal()), default=0)
+    # plain ASCII digits of a sane length: "٣" is decimal too, and int() refuses
+    # thousands of digits
+    top = max((int(t) for t in taken if t.isascii() and t.isdecimal() and len(t) <= 30),
+              default=0)
     return [str(top + k + 1) for k in range(count)]
 
 

@@ -54,16 +54,17 @@ def restore_raw_widgets(document: dict[str, Any], schemas: Mapping[str, Mapping[
                 and isinstance(entry, dict) and isinstance(entry.get("class_type"), str)):
             continue
         nd = _node_def(entry["class_type"], schemas, defs)
-        if nd is None:
-            continue
+        inputs = entry.setdefault("inputs", {})
+        if nd is None or not isinstance(inputs, dict):
+            continue  # not known yet, or a malformed node validation reports
         values, control = widget_inputs(place.pop(RAW_KEYS[0], None),
                                         place.pop(RAW_KEYS[1], None), nd)
-        inputs = entry.setdefault("inputs", {})
         for name, value in values.items():
             if not is_link(inputs.get(name)):
                 inputs[name] = value
         modes = {k: v for k, v in control.items() if not is_link(inputs.get(k))}
         if modes:
-            place["control"] = {**(place.get("control") or {}), **modes}
+            kept = place.get("control")
+            place["control"] = {**(kept if isinstance(kept, dict) else {}), **modes}
         done.append(nid)
     return done

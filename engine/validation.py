@@ -286,17 +286,17 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
     for raw_id, node in prompt.items():
         node_id = str(raw_id)
         if not isinstance(node, dict):
-            issues.append(Issue("invalid_prompt", f"node {node_id} must be an object",
-                                node_id=node_id))
+            issues.append(Issue("invalid_prompt", "a node must be an object with "
+                                "'class_type' and 'inputs'", node_id=node_id))
             continue
         class_type = node.get("class_type")
         inputs = node.get("inputs", {})
         if not isinstance(class_type, str):
-            issues.append(Issue("missing_class_type", f"node {node_id} has no 'class_type' "
-                                "string", node_id=node_id))
+            issues.append(Issue("missing_class_type", "no 'class_type' string",
+                                node_id=node_id))
             continue
         if not isinstance(inputs, dict):
-            issues.append(Issue("invalid_prompt", f"node {node_id}: 'inputs' must be an object",
+            issues.append(Issue("invalid_prompt", "'inputs' must be an object",
                                 node_id=node_id, class_type=class_type))
             continue
         cls = registry.get(class_type)

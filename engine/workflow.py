@@ -242,14 +242,19 @@ def document_to_prompt(doc: dict[str, Any]) -> Prompt:
     prompt = doc.get("prompt")
     if not isinstance(prompt, dict):
         raise WorkflowFormatError("document has no 'prompt' object")
-    layout = (doc.get("layout") or {}).get("nodes") or {}
+    # the layout only gives titles: a malformed one is no reason to refuse the graph
+    found = doc.get("layout")
+    layout = found.get("nodes") if isinstance(found, dict) else None
+    layout = layout if isinstance(layout, dict) else {}
     out: Prompt = {}
     for node_id, node in prompt.items():
         node = dict(node) if isinstance(node, dict) else node
-        if isinstance(node, dict):
-            title = (layout.get(node_id) or {}).get("title")
-            if title:
-                node["_meta"] = {**(node.get("_meta") or {}), "title": title}
+        place = layout.get(node_id)
+        if isinstance(node, dict) and isinstance(place, dict):
+            title = place.get("title")
+            if isinstance(title, str) and title:
+                meta = node.get("_meta")
+                node["_meta"] = {**(meta if isinstance(meta, dict) else {}), "title": title}
         out[str(node_id)] = node
     return out
 
@@ -317,7 +322,7 @@ def load_workflow(path: str | Path, registry: Schemas | None = None,
             obj = json.loads(path.read_text(encoding="utf-8-sig"))  # Notepad writes a BOM
         except (OSError, UnicodeDecodeError) as exc:
             raise WorkflowFormatError(f"cannot read {path}: {exc}") from exc
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or an integer of thousands of digits
             raise WorkflowFormatError(f"{path} is not valid JSON: {exc}") from exc
         return from_object(obj, registry, warnings)
     except RecursionError:
@@ -329,9 +334,7 @@ def from_object(obj: Any, registry: Schemas | None = None,
     """Accept an API-format prompt (or a POST /prompt body), a document, or, with a
     ``registry``, ComfyUI's UI format; anything else is an error."""
     if is_document(obj):
-        if registry is not None:
-            _restore_raw(obj, registry)
-        return document_to_prompt(obj), obj
+        return _opened_document(obj, registry)
     from engine.comfy_workflow import is_ui_workflow
 
     if is_ui_workflow(obj):
@@ -377,6 +380,15 @@ def convert_ui(obj: Any, registry: Schemas | None,
     return result.document
 
 
+def _opened_document(document: dict[str, Any], registry: Schemas | None
+                     ) -> tuple[Prompt, dict[str, Any]]:
+    """A document read from a file: raw widget values filled in where the type is known
+    now (as :func:`from_object` does), then its prompt."""
+    if registry is not None:
+        _restore_raw(document, registry)
+    return document_to_prompt(document), document
+
+
 def _load_png(path: Path, registry: Schemas | None, warnings: list[str] | None
               ) -> tuple[Prompt, dict[str, Any] | None]:
     from PIL import Image
@@ -386,26 +398,27 @@ def _load_png(path: Path, registry: Schemas | None, warnings: list[str] | None
     try:
         with Image.open(path) as img:
             text = dict(getattr(img, "text", {}) or {})
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a text chunk past Pillow's limit
         raise WorkflowFormatError(f"cannot read PNG {path}: {exc}") from exc
     # ours beside ComfyUI's view of it (nodes.output_files.file_metadata), read first:
     # it alone is enough; older images kept ours under "workflow"
     try:
         own = json.loads(text["steerflow"]) if "steerflow" in text else None
-    except json.JSONDecodeError:
+    except ValueError:  # corrupt JSON, or an integer of thousands of digits
         own = None
     if is_document(own):
-        return document_to_prompt(own), own
+        return _opened_document(own, registry)
     if "prompt" not in text and "workflow" not in text:
-        raise WorkflowFormatError(f"{path} carries no embedded workflow (no 'prompt', "
-                                  "'workflow' or 'steerflow' chunk)")
+        what = ("its 'steerflow' chunk is not a workflow document" if "steerflow" in text
+                else "no 'prompt', 'workflow' or 'steerflow' chunk")
+        raise WorkflowFormatError(f"{path} carries no embedded workflow ({what})")
     try:
         prompt = json.loads(text["prompt"]) if "prompt" in text else None
         document = json.loads(text["workflow"]) if "workflow" in text else None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise WorkflowFormatError(f"{path} has a corrupt embedded workflow: {exc}") from exc
     if is_document(document):
-        return document_to_prompt(document), document
+        return _opened_document(document, registry)
     if is_ui_workflow(document):
         if prompt is None:  # ComfyUI's UI format alone: it is the whole workflow
             return from_object(document, registry, warnings)
