@@ -356,18 +356,22 @@ def test_component_saves_load_back(session, models):
             assert torch.equal(a, b)
 
 
+def _without(single: Path, prefix: str, out: Path) -> None:
+    """The single-file checkpoint ``single`` without its ``prefix`` weights, as ``out``."""
+    from safetensors import safe_open
+
+    with safe_open(str(single), "pt") as fh:
+        metadata = fh.metadata()
+    save_file({k: v for k, v in load_file(single).items() if not k.startswith(prefix)},
+              str(out), metadata=metadata)
+
+
 def test_a_checkpoint_without_a_vae_loads_its_model_and_clip(session, models,
                                                              tiny_model_paths):
     """As in ComfyUI, a checkpoint file without VAE weights still gives MODEL and CLIP;
     its VAE output fails where it is used, saying what to load instead."""
-    from safetensors import safe_open
-
-    single = tiny_model_paths["single_file"]
-    with safe_open(str(single), "pt") as fh:
-        metadata = fh.metadata()
-    state = {k: v for k, v in load_file(single).items()
-             if not k.startswith("first_stage_model.")}
-    save_file(state, str(models / "checkpoints" / "no-vae.safetensors"), metadata=metadata)
+    _without(tiny_model_paths["single_file"], "first_stage_model.",
+             models / "checkpoints" / "no-vae.safetensors")
     ref = run(session, txt2img(TINY))
     prompt = txt2img("no-vae.safetensors")
     prompt["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": "sd1-vae"}}
@@ -385,14 +389,8 @@ def test_a_checkpoint_without_a_text_encoder_loads_its_model_and_vae(session, mo
     """As in ComfyUI (CLIP None), a checkpoint file without text encoder weights still
     gives MODEL and VAE; its CLIP output passes through Load LoRA and CLIP Set Last Layer,
     and fails where a prompt is encoded with it, saying what to load instead."""
-    from safetensors import safe_open
-
-    single = tiny_model_paths["single_file"]
-    with safe_open(str(single), "pt") as fh:
-        metadata = fh.metadata()
-    state = {k: v for k, v in load_file(single).items()
-             if not k.startswith("cond_stage_model.")}
-    save_file(state, str(models / "checkpoints" / "no-clip.safetensors"), metadata=metadata)
+    _without(tiny_model_paths["single_file"], "cond_stage_model.",
+             models / "checkpoints" / "no-clip.safetensors")
     ref = run(session, txt2img(TINY))
     prompt = txt2img("no-clip.safetensors", clip=["clip", 0])
     prompt["clip"] = {"class_type": "CLIPLoader", "inputs": {

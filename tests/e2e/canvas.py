@@ -92,6 +92,16 @@ class Canvas:
     def connect(self, src: str, slot: int, dst: str, name: str) -> None:
         self.drag(self.out_handle(src, slot), self.in_handle(dst, name))
 
+    def int_shown(self, value: str, int_x: float = 60, show_x: float = 420,
+                  y: float = 60) -> tuple[str, str]:
+        """An Int node set to ``value`` linked into a Show Value node: their ids."""
+        num = self.add_node("Int", int_x, y)
+        show = self.add_node("Show Value", show_x, y)
+        self.connect(num, 0, show, "value")
+        self.set_value(num, "value", value)
+        expect(self.edges()).to_have_count(1)
+        return num, show
+
     def set_value(self, node_id: str, name: str, value: str) -> None:
         field = self.widget(node_id, name)
         field.fill(value)

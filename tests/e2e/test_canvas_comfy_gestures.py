@@ -54,11 +54,7 @@ def test_link_dragged_from_an_input_onto_a_node_takes_its_matching_output(page):
 
 def test_alt_drag_clones_the_node(page):
     c = Canvas(page)
-    num = c.add_node("Int", 40, 60)
-    show = c.add_node("Show Value", 460, 60)
-    c.connect(num, 0, show, "value")
-    c.set_value(num, "value", "7")
-    expect(c.edges()).to_have_count(1)
+    num, show = c.int_shown("7", int_x=40, show_x=460)
     before = c.settled_box(c.node(num))
     x, y = centre(c, c.node(num).locator(".sf-header"))
     page.keyboard.down("Alt")

@@ -303,8 +303,9 @@ def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
     assert comfy_server.wait_history(pid, 240)["status"]["status_str"] == "success"
 
 
-DROP_FILE_JS = """async ([text, name]) => {
-  const file = new File([text], name, {type: 'application/json'});
+DROP_FILE_JS = """async ([data, name, type, base64]) => {
+  const body = base64 ? Uint8Array.from(atob(data), (c) => c.charCodeAt(0)) : data;
+  const file = new File([body], name, {type: type || 'application/json'});
   const dt = new DataTransfer(); dt.items.add(file);
   const target = document.querySelector('#graph-canvas') || document.querySelector('canvas');
   const r = target.getBoundingClientRect();
@@ -314,6 +315,18 @@ DROP_FILE_JS = """async ([text, name]) => {
     target.dispatchEvent(new DragEvent(kind, opts));
   }
 }"""
+
+
+@contextlib.contextmanager
+def app_page(server: LiveServer, page_errors: list[str]) -> Iterator[Any]:
+    """ComfyUI's app open on ``server`` with its graph built; page errors go to
+    ``page_errors``."""
+    with chromium_page() as page:
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0", timeout=120_000)
+        page.wait_for_timeout(1500)
+        yield page
 
 
 def test_a_steerflow_document_dropped_on_comfyuis_app_loads_its_prompt(
@@ -325,11 +338,7 @@ def test_a_steerflow_document_dropped_on_comfyuis_app_loads_its_prompt(
     doc = json.loads((REPO / "workflows" / "img2img.json").read_text())
     wanted = {node["class_type"] for node in doc["prompt"].values()}
     page_errors: list[str] = []
-    with chromium_page() as page:
-        page.on("pageerror", lambda e: page_errors.append(str(e)))
-        page.goto(comfy_server.url + "/")
-        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0", timeout=120_000)
-        page.wait_for_timeout(1500)
+    with app_page(comfy_server, page_errors) as page:
         page.evaluate(DROP_FILE_JS, [json.dumps(doc), "img2img.json"])
         page.wait_for_function("""(wanted) => {
             const types = new Set(window.app.graph._nodes.map(n => n.type));
@@ -338,20 +347,6 @@ def test_a_steerflow_document_dropped_on_comfyuis_app_loads_its_prompt(
         types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
     assert sorted(types) == sorted(n["class_type"] for n in doc["prompt"].values())
     assert not page_errors, page_errors
-
-
-DROP_PNG_JS = """async ([b64, name]) => {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  const file = new File([bytes], name, {type: 'image/png'});
-  const dt = new DataTransfer(); dt.items.add(file);
-  const target = document.querySelector('#graph-canvas') || document.querySelector('canvas');
-  const r = target.getBoundingClientRect();
-  const opts = {bubbles: true, cancelable: true, dataTransfer: dt,
-                clientX: r.x + r.width / 2, clientY: r.y + r.height / 2};
-  for (const kind of ['dragenter', 'dragover', 'drop']) {
-    target.dispatchEvent(new DragEvent(kind, opts));
-  }
-}"""
 
 
 def test_a_png_made_from_our_canvas_opens_in_comfyuis_app(comfy_server: LiveServer) -> None:
@@ -371,12 +366,9 @@ def test_a_png_made_from_our_canvas_opens_in_comfyuis_app(comfy_server: LiveServ
     image = entry["outputs"]["9"]["images"][0]
     png = comfy_server.get_bytes(f"/view?filename={image['filename']}&type=output")
     page_errors: list[str] = []
-    with chromium_page() as page:
-        page.on("pageerror", lambda e: page_errors.append(str(e)))
-        page.goto(comfy_server.url + "/")
-        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0", timeout=120_000)
-        page.wait_for_timeout(1500)
-        page.evaluate(DROP_PNG_JS, [base64.b64encode(png).decode(), "from_canvas.png"])
+    with app_page(comfy_server, page_errors) as page:
+        page.evaluate(DROP_FILE_JS, [base64.b64encode(png).decode(), "from_canvas.png",
+                                     "image/png", True])
         page.wait_for_function("""() => window.app.graph._nodes.some(
             n => n.type === 'KSampler' && n.widgets_values?.[2] === 3)""", timeout=30_000)
         types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
