@@ -377,3 +377,28 @@ def test_a_png_made_from_our_canvas_opens_in_comfyuis_app(comfy_server: LiveServ
     sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")
     assert sampler["inputs"]["steps"] == 3 and sampler["inputs"]["seed"] == 42
     assert not page_errors, page_errors
+
+
+def test_a_prompt_queued_with_a_warning_shows_it(comfy_server: LiveServer) -> None:
+    """/prompt's reply says what it accepted with a warning (an unknown ``embedding:``,
+    dropped as ComfyUI does); ComfyUI's frontend does not show a reply's warnings, so our
+    extension toasts them, as it toasts a run's ``node_warning``."""
+    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
+    graph = classic_default_graph("steerflow-shapes")
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    nodes[5]["widgets_values"] = [64, 64, 1]
+    nodes[3]["widgets_values"][2] = 1  # one step
+    nodes[6]["widgets_values"] = ["a red circle, embedding:no_such_embedding"]
+    page_errors: list[str] = []
+    with app_page(comfy_server, page_errors) as page:
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", graph)
+        queued = page.evaluate("async () => await window.app.api.queuePrompt(0, "
+                               "await window.app.graphToPrompt())")
+        assert any("no_such_embedding" in w["message"] for w in queued["warnings"])
+        # a toast (the frontend's own component) naming the node and the warning
+        page.wait_for_function("""() => [...document.querySelectorAll('div')].some(e =>
+            e.children.length === 0 && e.offsetParent !== null
+            && e.textContent.includes('no_such_embedding'))""", timeout=10_000)
+        assert page.get_by_text("Warning from").count() >= 1
+    comfy_server.wait_history(queued["prompt_id"], timeout=120)
+    assert not page_errors, page_errors
