@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.comfy_workflow import (
-    _MAX_NESTING,
     CONTROL_MODES,
+    MAX_NESTING,
     NodeDef,
     Widget,
-    _control_mode,
-    _node_def,
-    _place,
-    _short,
+    cached_node_def,
+    control_mode,
+    layout_place,
+    short_json,
 )
 
 #: ComfyUI's primitive nodes by the widget type they feed (the first one the server has)
@@ -49,12 +49,12 @@ class LegacyPrimitive:
         values = values if isinstance(values, list) else []
         self.value = values[0] if values else None
         mode = values[1] if len(values) > 1 else None
-        self.mode = _control_mode(mode) if mode in CONTROL_MODES or isinstance(mode, bool) \
+        self.mode = control_mode(mode) if mode in CONTROL_MODES or isinstance(mode, bool) \
             else None
         # each target's widget, where its node's type is known
         self.widgets: dict[tuple[str, str], Widget | None] = {}
         for nid, name in targets:
-            nd = _node_def(prompt[nid]["class_type"], schemas, defs)
+            nd = cached_node_def(prompt[nid]["class_type"], schemas, defs)
             self.widgets[nid, name] = _widget_named(nd.widgets + nd.trailing, name) \
                 if nd else None
 
@@ -75,7 +75,7 @@ class LegacyPrimitive:
         if isinstance(title, str) and title not in ("", PRIMITIVE_TITLE, shown):
             entry["_meta"] = {"title": title}
         self.prompt[self.pid] = entry
-        place = _place(self.node, (entry.get("_meta") or {}).get("title"))
+        place = layout_place(self.node, (entry.get("_meta") or {}).get("title"))
         if kind in ("INT", "FLOAT"):  # as the canvas gives a primitive fed into a number
             place["control"] = {"value": self.mode or "fixed"}
         self.layout[self.pid] = {**place, **looks}
@@ -124,17 +124,18 @@ class LegacyPrimitive:
         if self.mode not in (None, "fixed") and kind is None:
             self.warnings.append(
                 f"node {self.pid} (Primitive) feeds inputs of different types (node {ids}): "
-                f"its value {_short(self.value)} was written into each, and its "
+                f"its value {short_json(self.value)} was written into each, and its "
                 f"'{self.mode}' does not carry over")
         elif self.mode not in (None, "fixed") and kind not in ("INT", "FLOAT"):
             self.warnings.append(
                 f"node {self.pid} (Primitive) changes its value after each run "
                 f"('{self.mode}'); Steerflow steps only numbers, so node {ids} keeps "
-                f"{_short(self.value)}")
+                f"{short_json(self.value)}")
         elif self.mode == "randomize" and len(self.targets) > 1:
             self.warnings.append(
-                f"node {self.pid} (Primitive): no primitive node here holds {_short(self.value)}, "
-                f"so it was written into node {ids}, each randomized on its own after a run "
+                f"node {self.pid} (Primitive): no primitive node here holds "
+                f"{short_json(self.value)}, so it was written into node {ids}, each "
+                "randomized on its own after a run "
                 "(in ComfyUI they share one value)")
 
 
@@ -143,7 +144,7 @@ def _widget_named(widgets: tuple[Widget, ...], name: str, depth: int = 0) -> Wid
     for widget in widgets:
         if widget.name == name:
             return widget
-        for brought in (widget.options or {}).values() if depth < _MAX_NESTING else ():
+        for brought in (widget.options or {}).values() if depth < MAX_NESTING else ():
             found = _widget_named(brought, name, depth + 1)
             if found is not None:
                 return found

@@ -7,7 +7,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from engine.comfy_workflow import NodeDef, _node_def, _short, widget_inputs
+from engine.comfy_workflow import NodeDef, cached_node_def, short_json, widget_inputs
 from engine.workflow import is_link
 
 #: what a node of a type this server lacks keeps in its layout entry, as the file had it
@@ -28,7 +28,7 @@ def raw_warning(ids: list[str], ui_nodes: Mapping[str, Mapping[str, Any]]) -> st
     if len(ids) == 1:
         n = ui_nodes[ids[0]]
         return (f"node {ids[0]} ({n['type']}): its settings are kept only as raw widget "
-                f"values ({_short(n.get('widgets_values'))}), in the layout, until that "
+                f"values ({short_json(n.get('widgets_values'))}), in the layout, until that "
                 "node type is installed")
     named = [f"{nid} ({ui_nodes[nid]['type']})" for nid in ids[:8]]
     more = f" and {len(ids) - 8} more" if len(ids) > 8 else ""
@@ -53,7 +53,7 @@ def restore_raw_widgets(document: dict[str, Any], schemas: Mapping[str, Mapping[
         if not (isinstance(place, dict) and any(k in place for k in RAW_KEYS)
                 and isinstance(entry, dict) and isinstance(entry.get("class_type"), str)):
             continue
-        nd = _node_def(entry["class_type"], schemas, defs)
+        nd = cached_node_def(entry["class_type"], schemas, defs)
         inputs = entry.setdefault("inputs", {})
         if nd is None or not isinstance(inputs, dict):
             continue  # not known yet, or a malformed node validation reports

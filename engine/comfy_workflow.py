@@ -68,7 +68,7 @@ WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO",
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # as engine.node.DYNAMIC_COMBO
 #: a schema's widgets the front end adds after its own: ``[[name, type], ...]`` (ours)
 TRAILING_KEY = "trailing_widgets"
-_MAX_NESTING = 8  # DynamicCombos inside options, followed this deep
+MAX_NESTING = 8  # DynamicCombos inside options, followed this deep
 #: types ComfyUI's front end draws as a seed widget (an INT and its control), whatever
 #: the input's name (ComfyUI_essentials' "INT:seed" inputs)
 SEED_WIDGET_TYPES = frozenset({"INT:seed", "INT:noise_seed"})
@@ -182,7 +182,7 @@ def _widgets(inputs: Mapping[str, Any], order: Mapping[str, Any], prefix: str = 
     widgets: list[Widget] = []
     for name, kind, options in schema_inputs(inputs, order):
         full = prefix + name
-        if kind == DYNAMIC_COMBO and depth < _MAX_NESTING:
+        if kind == DYNAMIC_COMBO and depth < MAX_NESTING:
             choices = options.get("options") if isinstance(options.get("options"),
                                                            list) else []
             widgets.append(Widget(full, "COMBO", False, {
@@ -214,7 +214,7 @@ def map_widget_values(values: Any, node: NodeDef) -> tuple[dict[str, Any], dict[
         controls = [w.name for w in widgets if w.control]
         mode = values.get("control_after_generate")
         return ({w.name: values[w.name] for w in widgets if w.name in values},
-                {controls[0]: _control_mode(mode)} if len(controls) == 1
+                {controls[0]: control_mode(mode)} if len(controls) == 1
                 and (mode in CONTROL_MODES or isinstance(mode, bool)) else {})
     if not isinstance(values, list):
         return {}, {}
@@ -295,12 +295,14 @@ def _by_position(values: list[Any], widgets: tuple[Widget, ...], every_control: 
         value = values[i]
         if every_control or value in CONTROL_MODES or (
                 isinstance(value, bool) and len(values) - i > len(queue)):
-            control[widget.name] = _control_mode(value)
+            control[widget.name] = control_mode(value)
             i += 1
     return out, control, seen + queue
 
 
-def _control_mode(value: Any) -> str:
+def control_mode(value: Any) -> str:
+    """A saved control_after_generate value (ComfyUI's strings, or old files' booleans)
+    as one of :data:`CONTROL_MODES`."""
     if isinstance(value, str) and value in CONTROL_MODES:
         return value
     return "randomize" if value is True else "fixed"  # old files: a "random seed" toggle
@@ -395,7 +397,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
             warnings.append(f"node {nid} is a group node ({kind}) whose definition the file "
                             "does not hold (extra.groupNodes); it was left out")
             continue
-        nd = _node_def(kind, schemas, defs)
+        nd = cached_node_def(kind, schemas, defs)
         inputs: dict[str, Any] = {}
         control: dict[str, str] = {}
         if nd is None:
@@ -411,7 +413,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
         if n.get("mode") in (2, 4) and not isinstance(n.get("mode"), bool):
             entry["mode"] = MUTED if n["mode"] == 2 else BYPASS
         prompt[nid] = entry
-        place = _place(n, title if "_meta" in entry else None)
+        place = layout_place(n, title if "_meta" in entry else None)
         if control:
             place["control"] = control
         if nd is None and keep_raw(n, place):
@@ -465,15 +467,18 @@ def widget_inputs(values: Any, named: Any, nd: NodeDef) -> tuple[dict[str, Any],
     return inputs, control
 
 
-def _node_def(kind: str, schemas: Mapping[str, Mapping[str, Any]],
-              defs: dict[str, NodeDef | None]) -> NodeDef | None:
+def cached_node_def(kind: str, schemas: Mapping[str, Mapping[str, Any]],
+                    defs: dict[str, NodeDef | None]) -> NodeDef | None:
+    """``kind``'s widgets from ``schemas``, made once per conversion (``defs``); None for
+    a type the schemas lack."""
     if kind not in defs:
         schema = schemas.get(kind)
         defs[kind] = node_def(schema) if isinstance(schema, Mapping) else None
     return defs[kind]
 
 
-def _place(n: Mapping[str, Any], title: str | None) -> dict[str, Any]:
+def layout_place(n: Mapping[str, Any], title: str | None) -> dict[str, Any]:
+    """A UI node's position, size and ``title`` as our layout entry."""
     place: dict[str, Any] = {"pos": vec2(n.get("pos")) or [0, 0]}
     size = vec2(n.get("size"))
     if size:
@@ -483,7 +488,8 @@ def _place(n: Mapping[str, Any], title: str | None) -> dict[str, Any]:
     return place
 
 
-def _short(value: Any, most: int = 80) -> str:
+def short_json(value: Any, most: int = 80) -> str:
+    """``value`` as JSON for a warning, cut at ``most`` characters."""
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= most else text[:most - 1] + "…"
 
