@@ -8,16 +8,19 @@ Checkpoint reads it back bit for bit; every LoRA or merge patch on the handles i
 applied to the saved weights. What is not a weight is not saved: techniques attached
 to the MODEL for sampling (SAG, FreeU, ...) and textual-inversion words on the CLIP
 (save those with Train Textual Inversion's embedding file) — the latter is refused.
+A CLIP or VAE that its checkpoint did not hold (Load Checkpoint's absent outputs) is left
+out of the file, as ComfyUI saves it; loading the file gives those outputs as absent again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 
 from engine import ExecutionContext, Input, NodeResult
 from engine.workflow import prompt_to_document
-from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
+from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae, is_absent
 from nodes.output_files import SavesNumberedFiles, api_prompt, save_numbered, split_prefix
 
 logger = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ class CheckpointSave(SavesNumberedFiles):
         if self.model.family not in ("sd1", "sd2") or self.clip.family not in ("sd1", "sd2"):
             raise ValueError(f"Save Checkpoint writes SD 1.x and 2.x checkpoints; this model "
                              f"is {self.model.family}: save it as a diffusers folder instead")
-        if base_tokenizer(self.clip.tokenizer)[1]:
+        if self.clip.tokenizer is not None and base_tokenizer(self.clip.tokenizer)[1]:
             raise ValueError("this CLIP knows words added by textual inversion, which a "
                              "checkpoint file cannot hold: save Load Checkpoint's CLIP and "
                              "keep the embedding file for the words")
@@ -61,11 +64,15 @@ class CheckpointSave(SavesNumberedFiles):
                            "sampling are not weights and are not saved")
         info = {"saved_by": "CheckpointSave",
                 "workflow": json.dumps(prompt_to_document(ctx.prompt))}
+        # A CLIP or VAE its checkpoint lacked is left out of the file, as ComfyUI does
+        text_encoder = None if is_absent(self.clip.text_encoder) else self.clip.text_encoder
+        vae = None if is_absent(self.vae.vae) else self.vae.vae
         with patched(self.model.unet, self.model.patches), \
-                patched(self.clip.text_encoder, self.clip.patches):
+                patched(text_encoder, self.clip.patches) if text_encoder is not None \
+                else nullcontext():
             tensors, metadata = checkpoint_file(
-                self.model.unet, self.vae.vae, self.clip.text_encoder,
-                self.model.scheduler_config, self.model.family, info)
+                self.model.unet, vae, text_encoder, self.model.scheduler_config,
+                self.model.family, info, latent_scale=self.model.latent_scale)
         metadata["prompt"] = json.dumps(api_prompt(ctx))
         folder, subfolder, stem = split_prefix(ctx.env, "output", self.filename_prefix,
                                                "checkpoints/Steerflow", prompt=ctx.prompt)

@@ -410,6 +410,39 @@ def test_a_checkpoint_without_a_text_encoder_loads_its_model_and_vae(session, mo
         assert result.run.error["exception_type"] != "TypeError"
 
 
+def test_save_checkpoint_leaves_out_the_parts_its_checkpoint_lacked(session, models,
+                                                                   tiny_model_paths):
+    """Save Checkpoint of a checkpoint without text encoder and VAE writes the file without
+    them, as ComfyUI does (before it failed at the absent CLIP); Load Checkpoint reads that
+    file back with both outputs absent, and with Load CLIP's and Load VAE's draws the same
+    image as the full model."""
+    _without(tiny_model_paths["single_file"], "cond_stage_model.",
+             models / "checkpoints" / "no-clip-1.safetensors")
+    _without(models / "checkpoints" / "no-clip-1.safetensors", "first_stage_model.",
+             models / "checkpoints" / "no-parts.safetensors")
+    save = {"ckpt": {"class_type": "CheckpointLoaderSimple",
+                     "inputs": {"ckpt_name": "no-parts.safetensors"}},
+            "save": {"class_type": "CheckpointSave", "inputs": {
+                "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
+                "filename_prefix": "checkpoints/resaved"}}}
+    (name,) = _save_and_move(session, models, save, "checkpoints", "checkpoints")
+    keys = load_file(models / "checkpoints" / name)
+    assert not any(k.startswith(("cond_stage_model.", "first_stage_model.")) for k in keys)
+
+    prompt = txt2img(name, clip=["clip", 0], vae=["vae", 0])
+    prompt["clip"] = {"class_type": "CLIPLoader", "inputs": {
+        "clip_name": "sd1-te", "type": "stable_diffusion", "device": "default"}}
+    prompt["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": "sd1-vae"}}
+    assert np.abs(run(session, prompt) - run(session, txt2img(TINY))).max() <= 1e-5
+    for node, part in (("pos", "text encoder"), ("dec", "VAE")):
+        broken = txt2img(name, clip=None if node == "pos" else ["clip", 0])
+        if node == "dec":
+            broken["clip"] = prompt["clip"]
+        result = session.run(broken)
+        assert not result.ok and result.run.error["node_id"] in (node, "neg")
+        assert f"holds no {part}" in result.run.error["exception_message"]
+
+
 def test_lora_passes_a_missing_clip_on():
     """Load LoRA on a checkpoint's absent CLIP patches nothing there (ComfyUI's None)."""
     from nodes.diffusion.handles import is_absent, missing_text_encoder

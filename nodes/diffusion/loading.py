@@ -407,8 +407,9 @@ class EmptyModels:
         self.configs = configs
         self._builders: dict[str, Callable[[], torch.nn.Module]] = {
             "unet": lambda: UNet2DConditionModel.from_config(configs["unet"]),
-            "vae": lambda: AutoencoderKL.from_config(configs["vae"]),
         }
+        if configs.get("vae"):  # null: a file saved without a VAE
+            self._builders["vae"] = lambda: AutoencoderKL.from_config(configs["vae"])
         if configs.get("text_encoder"):
             self._builders["text_encoder"] = lambda: CLIPTextModel(
                 CLIPTextConfig.from_dict(configs["text_encoder"]))
@@ -434,19 +435,24 @@ def _build_original(
         from nodes.diffusion.sdxl_loading import load_original_sdxl
 
         return load_original_sdxl(state_dict, configs, path=path, empties=empties)
-    unet_config, vae_config, text_config = configs["unet"], configs["vae"], configs["text_encoder"]
+    # vae / text_encoder null: a file saved without that part (Save Checkpoint of a CLIP
+    # or VAE its checkpoint lacked); the part is then absent, as for a file without its keys
+    unet_config, vae_config = configs["unet"], configs["vae"] or {}
+    text_config = configs["text_encoder"] or {}
     family = configs.get("family") or _family_from_configs(unet_config, text_config)
 
     unet = _load_strict("unet", empties.take("unet"),
                         convert_ldm_unet_checkpoint(state_dict, unet_config))
     vae = load_vae(state_dict, empties, vae_config, path)
-    text_encoder = _build_text_encoder(state_dict, empties.take("text_encoder"),
-                                       path.name if path is not None else "the checkpoint")
+    label = path.name if path is not None else "the checkpoint"
+    text_encoder = _build_text_encoder(state_dict, empties.take("text_encoder"), label) \
+        if text_config else _no_text_encoder(state_dict, label)
     tokenizer_dir = FAMILY_CONFIG_DIRS.get(family, FAMILY_CONFIG_DIRS["sd1"]) / "tokenizer"
     return LoadedCheckpoint(
         unet=unet,
         vae=vae,
-        missing_vae_scale=float(vae_config.get("scaling_factor", 0.18215)),
+        missing_vae_scale=float(vae_config.get("scaling_factor",
+                                               configs.get("latent_scale", 0.18215))),
         text_encoder=text_encoder,
         tokenizer=load_clip_tokenizer(tokenizer_dir),
         scheduler_config=sd_scheduler_config(configs["scheduler"]),
@@ -472,11 +478,19 @@ def load_vae(state_dict: StateDict, empties: EmptyModels, vae_config: Mapping[st
                         convert_ldm_vae_checkpoint(state_dict, vae_config))
 
 
+def _no_text_encoder(state_dict: StateDict, label: str) -> None:
+    """None for a file whose metadata says it holds no text encoder (its config null)."""
+    if any(k.startswith((_CLIP_PREFIX, _OPEN_CLIP_PREFIX)) for k in state_dict):
+        raise CheckpointKeyError(f"{label}: its {CONFIG_METADATA_KEY} metadata has no text "
+                                 "encoder config, but the file holds text encoder weights")
+    log.warning("%s holds no text encoder: load one with Load CLIP", label)
+
+
 def _build_text_encoder(state_dict: StateDict, model: CLIPTextModel,
                         label: str = "the checkpoint") -> CLIPTextModel | None:
     """The checkpoint's CLIP text encoder, or None for a file that holds none: as in
     ComfyUI its MODEL and VAE still load, and its CLIP output says what to do when used
-    (:class:`nodes.diffusion.handles.MissingTextEncoder`)."""
+    (:func:`nodes.diffusion.handles.missing_text_encoder`)."""
     if any(k.startswith(_CLIP_PREFIX) for k in state_dict):
         converted = convert_ldm_clip_checkpoint(state_dict)
     elif any(k.startswith(_OPEN_CLIP_PREFIX) for k in state_dict):

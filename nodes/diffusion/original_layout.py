@@ -267,7 +267,12 @@ def parse_config_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any] 
     if not isinstance(configs, dict):
         raise LayoutError(f"the {CONFIG_METADATA_KEY} metadata is not a JSON object")
     for name, config in configs.items():
-        if name not in ("family", "label") and config is not None \
+        if name == "latent_scale":  # a file saved without a VAE: its MODEL's scale
+            if isinstance(config, bool) or not isinstance(config, int | float) \
+                    or not 0 < config < 1e3:
+                raise LayoutError(f"{CONFIG_METADATA_KEY} metadata: latent_scale "
+                                  f"{config!r} is not a positive number")
+        elif name not in ("family", "label") and config is not None \
                 and not isinstance(config, dict):
             raise LayoutError(f"{CONFIG_METADATA_KEY} metadata: {name!r} is not an object")
     return configs

@@ -242,13 +242,17 @@ def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEnc
         return run.unet, run.text_encoder if train_text_encoder else None, losses
 
 
-def checkpoint_file(unet: Any, vae: Any, text_encoder: Any, scheduler_config: dict[str, Any],
-                    family: str, info: dict[str, Any]
+def checkpoint_file(unet: Any, vae: Any | None, text_encoder: Any | None,
+                    scheduler_config: dict[str, Any], family: str, info: dict[str, Any],
+                    *, latent_scale: float | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a single-file checkpoint in the original (LDM) layout, which
     Load Checkpoint reads: every component, the diffusers configs in
     ``steerflow.config`` (as ``save_original_checkpoint`` writes them) and ``steerflow.*``
-    entries from ``info`` (base model hash, steps, parameters)."""
+    entries from ``info`` (base model hash, steps, parameters). A ``vae`` or
+    ``text_encoder`` of None is left out (its config is null), as ComfyUI saves a
+    checkpoint whose CLIP or VAE input is empty; Load Checkpoint then gives that output
+    as absent (without a VAE, ``latent_scale`` keeps the MODEL's latent scaling factor)."""
     from nodes.diffusion.original_layout import (
         CONFIG_METADATA_KEY,
         _config_dict,
@@ -257,14 +261,20 @@ def checkpoint_file(unet: Any, vae: Any, text_encoder: Any, scheduler_config: di
         vae_to_original,
     )
 
-    unet_cfg, vae_cfg = _config_dict(unet), _config_dict(vae)
-    tensors = {**unet_to_original(unet.state_dict(), unet_cfg),
-               **vae_to_original(vae.state_dict(), vae_cfg),
-               **text_encoder_to_original(text_encoder.state_dict())}
+    unet_cfg = _config_dict(unet)
+    vae_cfg = _config_dict(vae) if vae is not None else None
+    tensors = dict(unet_to_original(unet.state_dict(), unet_cfg))
+    if vae is not None:
+        tensors.update(vae_to_original(vae.state_dict(), vae_cfg))
+    if text_encoder is not None:
+        tensors.update(text_encoder_to_original(text_encoder.state_dict()))
     scheduler = json.loads(json.dumps(dict(scheduler_config), default=list))
     scheduler.pop("_use_default_values", None)
     configs = {"family": family, "unet": unet_cfg, "vae": vae_cfg,
-               "text_encoder": _config_dict(text_encoder), "scheduler": scheduler}
+               "text_encoder": _config_dict(text_encoder) if text_encoder is not None
+               else None, "scheduler": scheduler}
+    if vae is None and latent_scale is not None:
+        configs["latent_scale"] = float(latent_scale)
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(configs, sort_keys=True)}
     metadata.update({f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
                      for k, v in info.items()})
