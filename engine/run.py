@@ -245,12 +245,15 @@ class _Run(ExpansionSteps):
                                            "timestamp": _now_ms()})
         # ``executed`` for each with a UI result, as ComfyUI sends it: a client that
         # shows results from ``executed`` must see a fully cached prompt's too.
+        # An output node of the prompt without one gets ``executed`` with a null output
+        # (ComfyUI sends that for each cached output node, so a client that waits for
+        # every output node's ``executed`` is not left waiting).
         for node_id in found:
             entry = self.cache.get(self.sigs[node_id])
-            if entry is not None and entry.ui:
-                display = self._display(node_id)
-                self.emit("executed", {"node": node_id, "display_node": display,
-                                       "output": entry.ui, "prompt_id": self.prompt_id})
+            ui = entry.ui if entry is not None else None
+            if ui or (node_id in self.vp.nodes and self.nodes[node_id].cls.OUTPUT_NODE):
+                self.emit("executed", {"node": node_id, "display_node": self._display(node_id),
+                                       "output": ui or None, "prompt_id": self.prompt_id})
 
     def _complete(self, node_id: str) -> None:
         """``node_id``'s outputs are in the cache: release what it read, wake its users."""

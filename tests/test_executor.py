@@ -292,6 +292,33 @@ def test_fully_cached_prompt_still_sends_executed_with_ui(ex):
                             "prompt_id": "p2"}
 
 
+def test_a_cached_output_node_without_ui_gets_executed_with_a_null_output(env):
+    """ComfyUI sends ``executed`` for every cached output node of the prompt, its output
+    null where it showed nothing, so a client waiting for each output node is answered;
+    a fresh run without UI sends none, as there."""
+    from engine import Input, Node
+
+    class Sink(Node):
+        TYPE = "TestSink"
+        OUTPUT_NODE = True
+        value: int = Input(type="INT", force_input=True)
+
+        def execute(self, ctx):
+            return ()
+
+    registry = tn.make_registry()
+    registry.register(Sink)
+    ex = Executor(registry, env)
+    prompt = {"1": {"class_type": "TestSource", "inputs": {"value": 4}},
+              "2": {"class_type": "TestSink", "inputs": {"value": ["1", 0]}}}
+    for run, expected in ((1, []), (2, [{"node": "2", "display_node": "2", "output": None,
+                                         "prompt_id": "p2"}])):
+        events = []
+        assert ex.run(prompt, prompt_id=f"p{run}",
+                      on_event=lambda e, d: events.append((e, d))).ok
+        assert [d for e, d in events if e == "executed"] == expected
+
+
 def test_a_twin_output_node_gets_executed_on_the_first_run_too(ex):
     """Two identical output nodes (a second preview on the same image): the second is a
     cache hit of the first in the same run, and gets its ``executed`` as ComfyUI sends it,
