@@ -134,6 +134,10 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
         err = exc.errors()[0]
         if err["type"] == "int_parsing_size":  # pydantic's words for a float beyond 64 bits
             return value, _value_issue(spec, value, "out_of_range", _INT64_MESSAGE, "int64")
+        if spec.type == "FLOAT" and not spec.allow_nonfinite and _nonfinite(value):
+            # "nan" fails a bound first (NaN <= max is false): say what is wrong with it
+            return value, _value_issue(spec, value, "invalid_value",
+                                       "must be a finite number", "finite_number")
         kind = "out_of_range" if err["type"] in _RANGE_ERRORS else "invalid_value"
         return value, _value_issue(spec, value, kind, err["msg"], err["type"])
     if spec.type == "INT":
@@ -174,6 +178,18 @@ def _also_accepted(spec: InputSpec, value: Any, env: Environment | None) -> bool
         return bool(spec.also_accept(value, env))
     except (OSError, ValueError):
         return False
+
+
+def _nonfinite(value: Any) -> bool:
+    """True for NaN or an infinity, as a number or as the text pydantic reads as one."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value))
+        except ValueError:
+            return False
+    return False
 
 
 def _lone_surrogate(text: str) -> int | None:

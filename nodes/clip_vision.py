@@ -108,7 +108,7 @@ class CLIPScore(Node):
     Wire ``clip_vision`` from Load CLIP Vision with a whole CLIP (it needs the text
     tower: on the default model use ``steerflow-shapes-clip.safetensors``), ``image``
     from VAE Decode or Load Image, and the prompt as ``text``; one line scores every
-    image, or give one line per image. Scores compare within one CLIP only. On the
+    image, or give one line per image (any other count is refused). Scores compare within one CLIP only. On the
     shapes CLIP (held-out images) "a <colour> <shape>" that is true scores 46.5 on
     average, with the wrong colour 25.7 and with the wrong shape 27.9, each lower on every
     image: it reads colour, shape, position and background. Cost:
@@ -148,7 +148,12 @@ class CLIPScore(Node):
         lines = _lines(self.text)
         if not lines:
             raise ValueError("CLIP Score: text is empty")
-        texts = [" ".join(lines)] if len(lines) != self.image.shape[0] else lines
+        count = self.image.shape[0]
+        if len(lines) not in (1, count):  # joining them scored a sentence nobody wrote
+            raise ValueError(f"CLIP Score: {len(lines)} lines of text for {count} image"
+                             f"{'s' if count != 1 else ''}: give one line to score every "
+                             "image against, or one line per image, in the batch's order")
+        texts = lines
         with torch.no_grad():
             scores = clip_score(self.clip_vision, self.image, texts, self.crop).tolist()
         summary = ", ".join(f"{s:.2f}" for s in scores)

@@ -256,6 +256,15 @@ def test_score_node_refuses_empty_text(session, clip_paths):
         session.validate(_encode_graph(FULL, text="  \n "))
 
 
+def test_score_node_takes_one_line_or_one_per_image(session, clip_paths):
+    """Two images: one line each scores each its own; three lines were joined into one
+    sentence nobody wrote, and are now refused saying how to give them."""
+    both = _run(session, _encode_graph(FULL, text="a red circle\na blue square"))["score"]
+    assert isinstance(both, float)
+    message = run_error(session, _encode_graph(FULL, text="a\nb\nc"))
+    assert "3 lines of text for 2 images" in message and "one line per image" in message
+
+
 def test_nodes_refuse_a_wrong_image_shape():
     from nodes.clip_vision import CLIPScore, CLIPVisionEncode
 

@@ -354,6 +354,15 @@ def test_float_inputs_must_be_finite(nreg, env, value):
     json.dumps(issue.to_dict(), allow_nan=False)  # the details are strict JSON too
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", math.nan, math.inf])
+def test_a_bounded_float_says_nan_is_not_finite_not_out_of_range(nreg, env, value):
+    """NaN fails a bound first (NaN <= max is false): the message must still say what is
+    wrong, not "should be less than or equal to 10"."""
+    issue = one("TestStepped", {"ratio": value}, nreg, env)
+    assert issue is not None and issue.kind == "invalid_value", issue
+    assert "finite number" in issue.message and "less than" not in issue.message
+
+
 def test_allow_nonfinite_admits_inf(nreg, env):
     assert one("TestStepped", {"loose": math.inf}, nreg, env) is None
 
