@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     import torch
 
 
+#: the smallest window (latent pixels) besides 0: SD's UNet downsamples a window 8x
+MIN_WINDOW = 8
+
+
 class MultiDiffusionPanorama(Node):
     """MultiDiffusion (Bar-Tal et al. 2023): images wider (or taller) than the model was
     trained for, without the seams of generating tiles one by one. Each step the latent is
@@ -58,7 +62,7 @@ class MultiDiffusionPanorama(Node):
     model: DiffusionModel = Input(type="MODEL")
     window_size: int = Input(0, min=0, max=1024,
                              description="Window side in latent pixels (0: the model's "
-                                         "native size)")
+                                         f"native size; else at least {MIN_WINDOW})")
     stride: int = Input(8, min=1, max=1024,
                         description="Step between windows in latent pixels (at most the "
                                     "window size)")
@@ -75,6 +79,11 @@ class MultiDiffusionPanorama(Node):
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
                         ) -> list[tuple[str | None, str]]:
         window, stride = inputs.get("window_size"), inputs.get("stride")
+        if isinstance(window, int) and 0 < window < MIN_WINDOW:
+            # a 1-pixel window ran ~1,000 UNet calls on 1x1 latents a step and drew nothing
+            return [("window_size", f"windows of {window} latent pixels are too small for "
+                                    f"a UNet to draw in: use 0 (the model's native size) "
+                                    f"or at least {MIN_WINDOW}")]
         if isinstance(window, int) and isinstance(stride, int) and 0 < window < stride:
             return [("stride", f"a stride of {stride} over windows of {window} leaves gaps "
                                "between them: use a stride at most the window size")]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-from engine import ExecutionContext, Input, Node, Output
+from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.conditioning import encode_text_pooled
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
 from nodes.diffusion.sega import SegaConcept, SemanticGuidance
@@ -68,6 +69,14 @@ class SEGAConcept(Node):
     previous: tuple[SegaConcept, ...] | None = Input(
         type="SEGA_CONCEPTS", optional=True,
         description="Concepts before this one (to replace a colour: add the new, remove the old)")
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        text = inputs.get("text")  # a linked text is checked when it arrives
+        if isinstance(text, str) and not text.strip():
+            return [("text", "a SEGA concept needs text: what to add or remove")]
+        return []
 
     def execute(self, ctx: ExecutionContext) -> tuple[tuple[SegaConcept, ...]]:
         if not self.text.strip():

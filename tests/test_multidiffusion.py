@@ -507,6 +507,8 @@ def issues(session, prompt):
 def test_validation_errors(session):
     prompt = panorama_prompt(window=8, stride=9)
     assert issues(session, prompt) == [("20", "stride")]
+    prompt = panorama_prompt(window=1, stride=1)  # ~1,000 UNet calls a step on 1x1 latents
+    assert issues(session, prompt) == [("20", "window_size")]
     prompt = panorama_prompt(view_batch=0)
     assert issues(session, prompt) == [("20", "view_batch_size")]
     prompt = panorama_prompt(weights="cosine")

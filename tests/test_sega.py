@@ -110,6 +110,15 @@ def test_sega_without_cfg_is_a_clear_error(session):
     assert "cfg" in result.run.error["exception_message"]
 
 
+def test_a_concept_without_text_is_refused_when_queued(session):
+    """Before, an empty concept passed validation, loaded the model and failed at run time."""
+    from engine.validation import PromptValidationError
+
+    prompt = sega_prompt([{**CONCEPTS[0], "text": "  \n"}])
+    with pytest.raises(PromptValidationError, match="SEGA concept needs text"):
+        session.validate(prompt)
+
+
 def test_example_workflow_runs(models_dir, tmp_path):
     from engine.session import Workflow
 
