@@ -105,11 +105,11 @@ class CLIPScore(Node):
     CLIP's joint space; FLOAT is the batch's mean, STRING (and the node's text) lists
     each image's score.
 
-    Wire ``clip_vision`` from Load CLIP Vision with a whole CLIP (it needs the text
-    tower: on the default model use ``steerflow-shapes-clip.safetensors``), ``image``
-    from VAE Decode or Load Image, and the prompt as ``text``; one line scores every
-    image, or give one line per image (any other count is refused). Scores compare within one CLIP only. On the
-    shapes CLIP (held-out images) "a <colour> <shape>" that is true scores 46.5 on
+    Wire ``clip_vision`` from Load CLIP Vision with a whole CLIP (it needs the text tower:
+    on the default model use ``steerflow-shapes-clip.safetensors``), ``image`` from VAE
+    Decode or Load Image, and the prompt as ``text``; one line scores every image, or give
+    one line per image (any other count is refused). Scores compare within one CLIP only. On
+    the shapes CLIP (held-out images) "a <colour> <shape>" that is true scores 46.5 on
     average, with the wrong colour 25.7 and with the wrong shape 27.9, each lower on every
     image: it reads colour, shape, position and background. Cost:
     one image-tower and one text-tower pass (~6 ms per 64x64 image on one CPU thread).

@@ -56,6 +56,14 @@ def test_a_fixed_primitive_keeps_the_seed_fixed():
     assert result.prompt["2"]["inputs"]["steps"] == 20  # the rest still by position
 
 
+def test_a_primitive_linked_to_nothing_is_left_out_with_a_warning():
+    wf = {"nodes": [primitive(1, [42, "fixed"], [1]), primitive(3, [], []), sampler(2, 1)],
+          "links": [[1, 1, 0, 2, 0, "INT"]]}
+    result = convert(wf)
+    assert "3" not in result.prompt and "1" in result.prompt
+    assert result.warnings == ["node 3 (Primitive) is linked to no widget, so it was left out"]
+
+
 def test_one_primitive_drives_both_samplers_together():
     wf = {"nodes": [primitive(1, [7, "randomize"], [1, 2]), sampler(2, 1),
                     sampler(3, 2, [99, "fixed", 30, 7, "euler", "normal", 1])],

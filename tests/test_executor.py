@@ -313,9 +313,9 @@ def test_a_cached_output_node_without_ui_gets_executed_with_a_null_output(env):
               "2": {"class_type": "TestSink", "inputs": {"value": ["1", 0]}}}
     for run, expected in ((1, []), (2, [{"node": "2", "display_node": "2", "output": None,
                                          "prompt_id": "p2"}])):
-        events = []
+        events: list = []
         assert ex.run(prompt, prompt_id=f"p{run}",
-                      on_event=lambda e, d: events.append((e, d))).ok
+                      on_event=lambda e, d, seen=events: seen.append((e, d))).ok
         assert [d for e, d in events if e == "executed"] == expected
 
 
