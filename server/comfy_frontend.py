@@ -47,6 +47,7 @@ from server.imaging import ImageTooLarge, image_error, load_image, open_image, r
 from server.info import _FOLDER_NAME, MODEL_SUFFIXES
 from server.routes import read_object
 from server.state import state
+from server.worker_output import add_sink, remove_sink
 from server.ws import Hub
 
 log = logging.getLogger(__name__)
@@ -325,8 +326,10 @@ class LogBuffer(logging.Handler):
 
     On the root logger from the server's start to its cleanup: what the server logs
     (warnings and errors, a failed prompt's error and traceback among them; with
-    ``--verbose`` also info). A worker's own output goes to the server's terminal, not
-    here. ``emit`` may run on any thread: the hub's posting is thread-safe.
+    ``--verbose`` also info), and what worker processes print (their log lines, a custom
+    node's ``print``, progress bars: :mod:`server.worker_output`), as ComfyUI's panel
+    shows its one process's output. ``emit`` and ``output`` may run on any thread: the
+    hub's posting is thread-safe.
     """
 
     def __init__(self, hub: Hub):
@@ -344,6 +347,13 @@ class LogBuffer(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self._add(entry)
+
+    def output(self, text: str) -> None:
+        """A worker's printed text, as it came (ComfyUI's entries are its writes too)."""
+        self._add({"t": datetime.now().isoformat(), "m": text})
+
+    def _add(self, entry: dict[str, str]) -> None:
         with self._guard:
             self.entries.append(entry)
             subscribers = list(self.subscribers)
@@ -368,9 +378,11 @@ def install_log_buffer(app: web.Application, hub: Hub) -> None:
 
     async def start(_app: web.Application) -> None:
         logging.getLogger().addHandler(buffer)
+        add_sink(buffer.output)
 
     async def stop(_app: web.Application) -> None:
         logging.getLogger().removeHandler(buffer)
+        remove_sink(buffer.output)
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)

@@ -61,6 +61,7 @@ from typing import Any
 
 from engine.paths import PathError
 from server.errors import dumps
+from server.worker_output import pump
 
 log = logging.getLogger(__name__)
 
@@ -383,12 +384,16 @@ class WorkerProcess(Channel):
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
             [*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
         try:
+            # its output goes through pipes: to this terminal and the Logs panel
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, "--fd", str(child.fileno())],
                 pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                start_new_session=False)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=False)
         finally:
             child.close()
+        label = f"worker-{self.proc.pid}"
+        pump(self.proc.stdout, "stdout", label)
+        pump(self.proc.stderr, "stderr", label)
         parent.setblocking(True)
         conn = Connection(os.dup(parent.fileno()))
         parent.close()

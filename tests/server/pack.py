@@ -81,12 +81,28 @@ class TestCrash(Node):
         return NodeResult()
 
 
+class TestPrint(Node):
+    """Prints its text to stdout and stderr, as a pack's debugging print does."""
+
+    TYPE = "TestPrint"
+    OUTPUT_NODE = True
+    text: str = Input("hello")
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        import sys
+
+        print(f"stdout: {self.text}", flush=True)
+        print(f"stderr: {self.text}", file=sys.stderr, flush=True)
+        return NodeResult()
+
+
 NODE_CLASSES = (*engine_nodes.TEST_NODES, TestImage, TestImageTensor, SaveImageWebsocket,
-                TestHog, TestCrash)
+                TestHog, TestCrash, TestPrint)
 
 
 def make_registry() -> NodeRegistry:
     registry = engine_nodes.make_registry()
-    for cls in (TestImage, TestImageTensor, SaveImageWebsocket, TestHog, TestCrash):
+    for cls in (TestImage, TestImageTensor, SaveImageWebsocket, TestHog, TestCrash,
+                TestPrint):
         registry.register(cls)
     return registry

@@ -44,6 +44,31 @@ def test_a_failed_prompt_is_in_the_server_log_with_its_traceback(http: Http) -> 
     assert "Traceback" in text or "execute" in text
 
 
+def test_what_a_node_prints_in_the_worker_is_in_the_logs_panel(http: Http,
+                                                               server: LiveServer) -> None:
+    """ComfyUI's Logs panel shows what a node prints (its one process's output); ours ran
+    in the worker, whose output reached only the server's terminal."""
+    from tests.server.helpers import wait_history
+
+    ws = server.connect_ws("printer")
+    try:
+        assert http.request("PATCH", "/internal/logs/subscribe",
+                            json={"clientId": "printer", "enabled": True}).status == 200
+        prompt = {"1": {"class_type": "TestPrint", "inputs": {"text": "héllo ✓ from a node"}}}
+        pid = http.post("/prompt", json={"prompt": prompt}).json()["prompt_id"]
+        assert wait_history(http, [pid])[pid]["status"]["status_str"] == "success"
+        deadline, seen = time.monotonic() + 10, ""
+        while not ("stdout: héllo ✓" in seen and "stderr: héllo ✓" in seen):
+            assert time.monotonic() < deadline, seen[-2000:]
+            msg = json.loads(ws.recv())
+            if msg["type"] == "logs":
+                seen += "".join(e["m"] for e in msg["data"]["entries"])
+    finally:
+        ws.close()
+    text = http.get("/internal/logs").json()
+    assert "stdout: héllo ✓ from a node" in text and "stderr: héllo ✓ from a node" in text
+
+
 def test_load_image_announces_comfyui_image_upload(make_server: Callable[..., LiveServer],
                                                    loop: Any) -> None:
     # ComfyUI's frontend adds "choose file to upload" and the preview only for
