@@ -352,6 +352,7 @@ def test_inputs_refused_before_running(session, overrides, expected):
 @pytest.mark.parametrize("overrides,expected", [
     ({"initializer_token": "ktn"}, "single token"),  # the script's default: 2 CLIP tokens
     ({"modifier_token": "circle", "captions": "a circle"}, "already has the token"),
+    ({"modifier_token": "(new1)", "captions": "a (new1)"}, "prompt syntax"),
     ({"captions": "one <new1>\ntwo <new1>"}, "2 captions for 3 images"),
     ({"resolution": 40}, "not a multiple of 16"),
 ])

@@ -526,6 +526,10 @@ def test_textual_inversion_inputs_refused_before_running(session, overrides, exp
     ({"initializer_token": "red circle"}, "single token"),
     ({"initializer_token": "zzqqxxk"}, "single token"),
     ({"placeholder_token": "circle", "captions": "a circle"}, "already has the token"),
+    # CLIP Text Encode reads brackets as weighting: the vectors would never be used
+    ({"placeholder_token": "(blob)", "captions": "a (blob)"}, "prompt syntax"),
+    ({"placeholder_token": "[blob]", "captions": "a [blob]"}, "prompt syntax"),
+    ({"placeholder_token": "embedding:blob", "captions": "a embedding:blob"}, "prompt syntax"),
 ])
 def test_textual_inversion_token_errors(session, overrides, expected):
     prompt = graph(ti_node(**overrides), text="a", clip_from=["train", 0])

@@ -38,6 +38,10 @@ def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:
     return [placeholder] + [f"{placeholder}_{i}" for i in range(1, num_vectors)]
 
 
+#: characters CLIP Text Encode reads as prompt weighting (nodes.diffusion.prompt_weighting)
+PROMPT_SYNTAX = "()[]\\"
+
+
 def token_problems(tokenizer: Any, placeholder: str, initializer: str, num_vectors: int
                    ) -> list[tuple[str, str]]:
     """``[(input, message)]`` for a placeholder the tokenizer knows or a bad initializer."""
@@ -45,6 +49,13 @@ def token_problems(tokenizer: Any, placeholder: str, initializer: str, num_vecto
     if not placeholder.strip() or placeholder != placeholder.strip() or " " in placeholder:
         problems.append(("placeholder_token", "the placeholder must be one word without spaces "
                          "(e.g. <sks>)"))
+    elif any(c in placeholder for c in PROMPT_SYNTAX) \
+            or placeholder.lower().startswith("embedding:"):
+        # CLIP Text Encode reads "(sks)" as "sks" weighted 1.1: the trained vectors would
+        # never be looked up, and the prompt would draw the base model's "sks"
+        problems.append(("placeholder_token", f"{placeholder!r} holds prompt syntax "
+                         "(brackets, a backslash or embedding:), which CLIP Text Encode reads "
+                         "as weighting: pick a word such as <sks>"))
     else:
         vocab = tokenizer.get_vocab()
         known = [t for t in placeholder_tokens(placeholder, num_vectors)
