@@ -110,6 +110,18 @@ def test_sega_without_cfg_is_a_clear_error(session):
     assert "cfg" in result.run.error["exception_message"]
 
 
+def test_a_concept_that_cools_down_before_anothers_warm_up_leaves_no_nan(session):
+    """One concept stops (cooldown 2) before the other starts (warm-up 4): in between the
+    warm concepts' weights sum to 0, which diffusers divides by (a NaN image)."""
+    concepts = [{**CONCEPTS[1], "warmup_steps": 0, "cooldown_steps": 2},
+                {**CONCEPTS[0], "warmup_steps": 4}]
+    image = run_graph(session, sega_prompt(concepts))
+    assert np.isfinite(image).all()
+    plain = sega_prompt(concepts)
+    plain["3"]["inputs"]["model"] = ["4", 0]
+    assert np.abs(image - run_graph(session, plain)).max() > 1e-3  # the second still acts
+
+
 def test_a_concept_without_text_is_refused_when_queued(session):
     """Before, an empty concept passed validation, loaded the model and failed at run time."""
     from engine.validation import PromptValidationError

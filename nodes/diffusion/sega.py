@@ -133,7 +133,10 @@ class SemanticGuidance(SamplerExtension):
             # Some concepts are past warm-up: they steer now, normalised among themselves.
             index = torch.tensor(warm, device=guidance.device)
             warm_weights = torch.index_select(weights, 0, index).clamp(min=0)
-            warm_weights = warm_weights / warm_weights.sum(dim=0)
+            # all of them cooled down already (weights 0): they add nothing. diffusers'
+            # pipeline divides 0 by 0 there and the whole image becomes NaN.
+            total = warm_weights.sum(dim=0)
+            warm_weights = warm_weights / torch.where(total > 0, total, torch.ones_like(total))
             guidance = guidance + torch.einsum(
                 "cb,cbijk->bijk", warm_weights, torch.index_select(edits, 0, index))
         weights = torch.nan_to_num(weights.clamp(min=0))
