@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
 from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent, Tensor, Vae
 from nodes.diffusion.inversion import LatentTrajectory
-
-log = logging.getLogger(__name__)
 
 ALIGNMENTS = ("diffusers", "noise_level")  # nodes.diffusion.diffedit.ALIGNMENTS (light copy)
 
@@ -101,7 +98,7 @@ class DiffEditMask(Node):
                      == mask.shape[0] else f"images {list(result.empty)} show no difference")
             message = (f"DiffEdit Mask: the mask is empty ({which}): nothing will be edited; "
                        "change the target prompt's words for the edit")
-            log.warning(message)
+            ctx.warn(message)  # a node_warning: the canvas and the CLI show it
             ui = {"text": [message]}
         return NodeResult((mask,), ui)
 

@@ -239,6 +239,8 @@ def test_identical_prompts_give_an_empty_mask_and_say_so(session):
     (text,) = next(data["output"]["text"] for event, data in result.events
                    if event == "executed" and data["node"] == "mask")
     assert "empty" in text and "identical" in text
+    assert any(event == "node_warning" and data["node"] == "mask" and "empty" in
+               data["message"] for event, data in result.events)
     assert torch.equal(out["ks"].samples, out["inv"].latents[0])  # the image, unchanged
 
 
