@@ -58,6 +58,10 @@ class Reply:
         return json.loads(self.body)
 
 
+#: seconds one request may take
+REQUEST_TIMEOUT = 180
+
+
 class Http:
     """A synchronous face on one aiohttp ClientSession."""
 
@@ -78,7 +82,9 @@ class Http:
             async with self.session.request(method, url, **kwargs) as resp:
                 return Reply(resp.status, resp.headers, await resp.read())
 
-        return self.loop.run(go())
+        # A first request may wait for a worker still starting: on a loaded CI machine
+        # that passed 60 s once (tests/server/test_blocked.py's POST /prompt)
+        return self.loop.run(go(), timeout=REQUEST_TIMEOUT)
 
     def get(self, path: str, **kwargs: Any) -> Reply:
         return self.request("GET", path, **kwargs)
