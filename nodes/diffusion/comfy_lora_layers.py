@@ -128,8 +128,10 @@ def create_layers(unet: Any, rank: int, dtype: torch.dtype, generator: torch.Gen
             # one scale for all layers (1 / rank): a layer's own scale goes into its up
             up = old.up.float().reshape(weight.shape[0], r, *ones) * (old.scale * rank)
         elif old is not None:
-            raise ValueError(f"existing_lora has a full weight difference for {name}: only "
-                             "its LoRA layers and norm/bias differences can be trained on")
+            kind = "a full weight difference" if type(old).__name__ == "DenseDelta" \
+                else f"a {type(old).__name__.removesuffix('Weight')} layer"
+            raise ValueError(f"existing_lora has {kind} for {name}: only its LoRA layers "
+                             "and norm/bias differences can be trained on")
         else:
             up = torch.empty(weight.shape[0], rank, dtype=torch.float32)
             torch.nn.init.kaiming_uniform_(up, a=math.sqrt(5), generator=generator)

@@ -22,7 +22,10 @@ Key layouts understood (``<m>`` is a module path in diffusers/transformers namin
   (``input_blocks_4_1_...``), which map through :func:`~nodes.diffusion.original_layout.
   unet_key_map`; diffusers' ``text_encoder_2.`` prefix is bigG;
 * ComfyUI's full-weight differences ``<m>.diff`` / ``<m>.diff_b`` (``ΔW`` and ``Δb``
-  themselves, e.g. Train Custom Diffusion's files), in any of the prefixings above.
+  themselves, e.g. Train Custom Diffusion's files), in any of the prefixings above;
+* LyCORIS: LoHa (``<m>.hada_w1_a`` ...), LoKr (``<m>.lokr_w1`` ...) and LoCon's Tucker
+  core (``<m>.lora_mid.weight``), in any of the prefixings above
+  (:mod:`nodes.diffusion.lycoris`).
 
 A leading ``text_model.`` (transformers < 5) is accepted for the text encoder.
 
@@ -42,7 +45,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -130,6 +133,8 @@ class _Layer:
     alpha: float | None = None
     diff: torch.Tensor | None = None  # a full ΔW (ComfyUI's ``.diff``)
     diff_b: torch.Tensor | None = None  # a bias Δb (``.diff_b``)
+    mid: torch.Tensor | None = None  # LoCon's Tucker core (``.lora_mid.weight``)
+    lycoris: dict[str, torch.Tensor] = field(default_factory=dict)  # LoHa / LoKr tensors
 
 
 _ROLES = (  # suffix pattern → role; the module path is what precedes it
@@ -141,6 +146,8 @@ _ROLES = (  # suffix pattern → role; the module path is what precedes it
     (re.compile(r"^(.+?)(?:\.lora|\.lora_linear_layer)\.up\.weight$"), "up"),
     (re.compile(r"^(.+)\.lora_down\.weight$"), "down"),
     (re.compile(r"^(.+)\.lora_up\.weight$"), "up"),
+    (re.compile(r"^(.+)\.lora_mid\.weight$"), "mid"),
+    (re.compile(r"^(.+)\.((?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2))$"), "lycoris"),
     (re.compile(r"^(.+)\.alpha$"), "alpha"),
     (re.compile(r"^(.+)\.diff$"), "diff"),
     (re.compile(r"^(.+)\.diff_b$"), "diff_b"),
@@ -165,7 +172,8 @@ def _split_component(key: str) -> tuple[str, str, bool]:
 
 
 _COMFY_KEY = re.compile(r"^diffusion_model\.(.+?)\.(lora_up\.weight|lora_down\.weight|alpha|"
-                        r"diff|diff_b|lora_mid\.weight)$")
+                        r"diff|diff_b|lora_mid\.weight|"
+                        r"(?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2))$")
 
 
 def kohya_keys(state: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +207,8 @@ def split_layers(state: StateDict) -> tuple[dict[str, dict[str, _Layer]], list[s
             layer = layers.setdefault(component, {}).setdefault(module, _Layer())
             if role == "alpha":
                 layer.alpha = float(tensor.float().item())
+            elif role == "lycoris":
+                layer.lycoris[m.group(2)] = tensor
             else:
                 setattr(layer, role, tensor)
             break
@@ -289,6 +299,7 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
     missing: list[str] = []
     incomplete: list[str] = []
     mismatched: list[str] = []
+    unfit: list[str] = []  # LyCORIS layers, each with its reason
     for key, layer in layers.items():
         shown = key.removeprefix("kohya:")
         if layer.diff is not None or layer.diff_b is not None:
@@ -298,11 +309,21 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
                     shown if problem == "missing" else f"{shown} ({problem})")
             if layer.down is None and layer.up is None:
                 continue
+        target = _resolve(key, modules, kohya)
+        weight = getattr(modules[target], "weight", None) if target is not None else None
+        if layer.lycoris or layer.mid is not None:  # LoHa, LoKr, LoCon with a Tucker core
+            if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
+                missing.append(shown)
+                continue
+            update = _fit_lycoris_layer(layer, weight)
+            if isinstance(update, str):
+                unfit.append(f"{shown} ({update})")
+            else:
+                fitted.append((f"{target}.weight", update))
+            continue
         if layer.down is None or layer.up is None:
             incomplete.append(shown)
             continue
-        target = _resolve(key, modules, kohya)
-        weight = getattr(modules[target], "weight", None) if target is not None else None
         if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
             missing.append(shown)
             continue
@@ -328,10 +349,24 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
     if incomplete:
         problems.append(f"{len(incomplete)} layers lack their down or up matrix "
                         f"(e.g. {', '.join(incomplete[:_SHOWN])})")
+    if unfit:
+        problems.append(f"{len(unfit)} of {total} LyCORIS layers do not fit "
+                        f"(e.g. {'; '.join(unfit[:_SHOWN])})")
     if problems:
         raise LoraMismatchError(f"LoRA {name!r} does not fit this {component}: "
                                 + "; ".join(problems) + " — is it made for another base model?")
     return tuple(fitted)
+
+
+def _fit_lycoris_layer(layer: _Layer, weight: torch.Tensor) -> Any:
+    """A LoHa / LoKr / LoCon-Tucker layer's update for ``weight``, or what misfits."""
+    from nodes.diffusion import lycoris
+
+    if layer.mid is not None:
+        if layer.down is None or layer.up is None:
+            return "LoCon layer without its down or up matrix"
+        return lycoris.fit_tucker_locon(layer.down, layer.mid, layer.up, layer.alpha, weight)
+    return lycoris.fit_lycoris(layer.lycoris, layer.alpha, weight)
 
 
 def _fit_diff(key: str, layer: _Layer, modules: dict[str, torch.nn.Module],
@@ -385,8 +420,8 @@ def lora_from_state(state: StateDict, metadata: dict[str, Any], name: str) -> Lo
     key a LoRA weight, every component one a Stable Diffusion model has."""
     layers, unknown = split_layers(kohya_keys(state))
     if unknown:
-        kinds = " (LoHa/LoKr/OFT/DoRA/Tucker layers are not supported)" if any(
-            re.search(r"hada_|lokr_|oft_|dora_scale|lora_mid|magnitude", k)
+        kinds = " (OFT, BOFT, GLoRA and DoRA layers are not supported)" if any(
+            re.search(r"oft_|dora_scale|magnitude|\.a1\.weight|\.b1\.weight", k)
             for k in unknown) else ""
         raise LoraMismatchError(f"{name}: {len(unknown)} of {len(state)} keys are not "
                                 f"LoRA weights{kinds} (e.g. {', '.join(unknown[:_SHOWN])})")
