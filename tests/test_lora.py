@@ -170,9 +170,8 @@ def run_image(session, prompt) -> np.ndarray:
     return CAPTURED.pop(prompt["10"]["inputs"]["key"]).cpu().numpy()
 
 
-def reference(tiny_model_paths, models_dir, adapters: list[tuple[str, float]]) -> np.ndarray:
-    """diffusers + PEFT, unfused: ``load_lora_weights`` then ``set_adapters``."""
-    pytest.importorskip("peft")
+def euler_pipeline(tiny_model_paths) -> diffusers.StableDiffusionPipeline:
+    """The tiny model's diffusers pipeline with the sampler ``lora_prompt`` uses."""
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
         tiny_model_paths["diffusers"], local_files_only=True, safety_checker=None,
         requires_safety_checker=False)
@@ -180,13 +179,25 @@ def reference(tiny_model_paths, models_dir, adapters: list[tuple[str, float]]) -
     class_name, extra = SAMPLERS["euler"]
     pipe.scheduler = getattr(diffusers, class_name).from_config(
         pipe.scheduler.config, **extra, **SCHEDULES["normal"])
+    return pipe
+
+
+def pipeline_image(pipe: diffusers.StableDiffusionPipeline) -> np.ndarray:
+    """``lora_prompt``'s image drawn by a diffusers pipeline."""
+    return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
+                guidance_scale=CFG, height=SIZE, width=SIZE, output_type="np",
+                generator=torch.Generator("cpu").manual_seed(SEED)).images
+
+
+def reference(tiny_model_paths, models_dir, adapters: list[tuple[str, float]]) -> np.ndarray:
+    """diffusers + PEFT, unfused: ``load_lora_weights`` then ``set_adapters``."""
+    pytest.importorskip("peft")
+    pipe = euler_pipeline(tiny_model_paths)
     for i, (name, _) in enumerate(adapters):
         pipe.load_lora_weights(models_dir / "loras", weight_name=name, adapter_name=f"l{i}")
     pipe.set_adapters([f"l{i}" for i in range(len(adapters))],
                       adapter_weights=[s for _, s in adapters])
-    return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
-                guidance_scale=CFG, height=SIZE, width=SIZE, output_type="np",
-                generator=torch.Generator("cpu").manual_seed(SEED)).images
+    return pipeline_image(pipe)
 
 
 def test_peft_lora_matches_diffusers(session, tiny_model_paths, models_dir):

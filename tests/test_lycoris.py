@@ -4,7 +4,6 @@ weight and image by image; LoCon's Tucker core against its three stacked convolu
 
 from __future__ import annotations
 
-import diffusers
 import numpy as np
 import pytest
 import torch
@@ -12,14 +11,10 @@ from safetensors.torch import save_file
 
 from nodes.diffusion.tiny import build_tiny_pipeline
 from tests.test_lora import (  # noqa: F401
-    CFG,
-    NEGATIVE,
-    PROMPT,
-    SEED,
-    SIZE,
-    STEPS,
+    euler_pipeline,
     lora_prompt,
     loras,
+    pipeline_image,
     run_image,
     session,
 )
@@ -93,23 +88,13 @@ def test_load_lora_draws_what_diffusers_draws_with_the_peft_adapter_merged(
         session, lycoris_files, tiny_model_paths, kind):  # noqa: F811
     ours = run_image(session, lora_prompt((f"{kind}.safetensors", 1.0, 1.0)))
     base = run_image(session, lora_prompt())
-    from nodes.diffusion.schedulers import SAMPLERS, SCHEDULES
-
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-        tiny_model_paths["diffusers"], local_files_only=True, safety_checker=None,
-        requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    class_name, extra = SAMPLERS["euler"]
-    pipe.scheduler = getattr(diffusers, class_name).from_config(
-        pipe.scheduler.config, **extra, **SCHEDULES["normal"])
     unet = peft_unet(kind)[0]
     for module in unet.modules():  # merged, as Load LoRA applies it (and ComfyUI)
         if hasattr(module, "get_delta_weight"):
             module.merge()
+    pipe = euler_pipeline(tiny_model_paths)
     pipe.unet = unet
-    ref = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
-               guidance_scale=CFG, height=SIZE, width=SIZE, output_type="np",
-               generator=torch.Generator("cpu").manual_seed(SEED)).images
+    ref = pipeline_image(pipe)
     assert np.isfinite(ours).all() and np.abs(ours - base).max() > 1e-2
     assert np.abs(ours - ref).max() <= 1e-4
 
