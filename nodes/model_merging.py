@@ -31,7 +31,7 @@ def merge_models(model1: DiffusionModel, model2: DiffusionModel, factors: Factor
     """model1 with model2's UNet merged in by ``factors``; model1's scheduler, extensions
     and earlier patches are kept (ComfyUI clones model1)."""
     patch = merge_patch(model1.unet, model2.unet, model2.patches, factors, label=label,
-                        what=f"model ({model1.family} and {model2.family})",
+                        what=f"models ({model1.family} and {model2.family})",
                         in_channels_may_differ=True)
     return model1 if patch is None else replace(model1, patches=(*model1.patches, patch))
 
@@ -50,7 +50,7 @@ def merge_clips(clip1: TextEncoder, clip2: TextEncoder, factors: Factors,
                                   f"({clip1.family} and {clip2.family}); merge CLIPs of the "
                                   "same base")
         patch = merge_patch(root1, root2, getattr(clip2, field), factors, label=label,
-                            what=f"CLIP {encoder}", skip=CLIP_SKIPPED)
+                            what=f"CLIP {encoder}s", skip=CLIP_SKIPPED)
         if patch is not None:
             out = replace(out, **{field: (*getattr(out, field), patch)})
     return out

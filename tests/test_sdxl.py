@@ -536,3 +536,29 @@ def test_sdxl_textual_inversion_file_matches_diffusers(session, sdxl_models):
     assert np.abs(ours - ref).max() <= 1e-4
     plain = graph_image(session, txt2img_prompt(BASE, "euler", "normal"))
     assert np.abs(ours - plain).max() > 1e-3  # the embedding acted
+
+
+def test_a_refiner_whose_pooled_width_is_not_its_context_width_takes_five_ids():
+    """A refiner-like UNet loaded alone (UNETLoader) reads as the base when bigG projects
+    to another width than it is wide; its prompt's pooled output then tells which."""
+    from diffusers import UNet2DConditionModel
+
+    from nodes.diffusion.component_loading import unet_family
+    from nodes.diffusion.handles import CondEntry, Conditioning, DiffusionModel
+    from nodes.diffusion.sdxl import added_conditioning
+    from nodes.diffusion.tiny_sdxl import REFINER_UNET_CONFIG, TIME_EMBED_DIM
+
+    pooled_width = 24  # bigG's projection; its hidden width (the context) is another
+    config = {**REFINER_UNET_CONFIG,
+              "projection_class_embeddings_input_dim": pooled_width + 5 * TIME_EMBED_DIM}
+    unet = UNet2DConditionModel(**config)
+    assert unet_family(unet.config) == "sdxl"  # what the config alone suggests
+    context = int(unet.config.cross_attention_dim)
+    entry = CondEntry(torch.zeros(1, 77, context), {
+        "pooled_output": torch.zeros(1, pooled_width), "aesthetic_score": 6.0,
+        "width": 64, "height": 64})
+    cond = Conditioning((entry,))
+    added = added_conditioning(DiffusionModel(unet, {}, "sdxl"), cond, cond, (8, 8),
+                               torch.device("cpu"), torch.float32, downscale=8)
+    assert added.rows[0].time_ids.shape[-1] == 5  # the refiner's ids, ascore last
+    assert float(added.rows[0].time_ids[0, -1]) == 6.0

@@ -131,12 +131,12 @@ def check_same_architecture(root1: torch.nn.Module, root2: torch.nn.Module, what
             problem = f"{name!r} is {list(shape)} in model1 but {list(other)} in model2"
         else:
             continue
-        raise ModelMergeError(f"cannot merge these {what}s: {problem} — they are different "
+        raise ModelMergeError(f"cannot merge these {what}: {problem} — they are different "
                               "architectures; merge models of the same base (e.g. two SD 1.5 "
                               "fine-tunes)")
     extra = next((n for n in shapes2 if n not in shapes1), None)
     if extra is not None:
-        raise ModelMergeError(f"cannot merge these {what}s: {extra!r} is in model2 but not in "
+        raise ModelMergeError(f"cannot merge these {what}: {extra!r} is in model2 but not in "
                               "model1 — they are different architectures; merge models of "
                               "the same base")
     return unmerged

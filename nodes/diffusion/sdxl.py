@@ -262,7 +262,7 @@ def added_conditioning(model: DiffusionModel, positive: Conditioning, negative: 
     if not uses_added_conditioning(unet):
         return None
     config = unet.config
-    refiner = model.family == "sdxl_refiner"
+    refiner = _reads_as_refiner(model.family == "sdxl_refiner", config, positive, negative)
     n_ids = 5 if refiner else 6
     pooled_dim = int(config.projection_class_embeddings_input_dim) - n_ids * int(
         config.addition_time_embed_dim)
@@ -279,6 +279,24 @@ def added_conditioning(model: DiffusionModel, positive: Conditioning, negative: 
                              device, dtype))
     by_role = {"cond": 0, "uncond": len(positive.entries)}
     return AddedConditioning(rows, by_role)
+
+
+def _reads_as_refiner(refiner: bool, config: Any, positive: Conditioning,
+                      negative: Conditioning) -> bool:
+    """Whether the UNet takes the refiner's 5 size ids (else the base's 6).
+
+    A UNet's config tells them apart only through its pooled width, read as bigG's
+    hidden width (so a UNet loaded alone whose bigG projects to another width than it is
+    wide reads as the other kind). Where the prompt's pooled output fits the other
+    reading exactly, and not the config's, that is the one meant."""
+    pooled = next((e.options.get("pooled_output") for cond in (positive, negative)
+                   for e in cond.entries if e.options.get("pooled_output") is not None), None)
+    if pooled is None:
+        return refiner
+    width, total = int(pooled.shape[-1]), int(config.projection_class_embeddings_input_dim)
+    step = int(config.addition_time_embed_dim)
+    read, other = (total - (5 if refiner else 6) * step, total - (6 if refiner else 5) * step)
+    return (not refiner) if width == other and width != read else refiner
 
 
 def _row(entry: CondEntry, negative: bool, refiner: bool, image_size: tuple[int, int],
