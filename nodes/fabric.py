@@ -21,8 +21,9 @@ class FABRICFeedback(Node):
 
     Wiring: model, clip (encodes the empty prompt) and vae from the checkpoint; ``liked``
     and ``disliked`` take IMAGE batches (Load Image joined by Batch Images, or a previous
-    round's VAE Decode, so a graph can feed its own outputs back in rounds); connect at
-    least one. Images of another size than the generation are resized to it. Chain the
+    round's VAE Decode, so a graph can feed its own outputs back in rounds). With neither
+    linked (the first round, before anything is liked) it samples as without FABRIC and
+    warns. Images of another size than the generation are resized to it. Chain the
     MODEL with SEGA, SAG, PAG, LoRA, a ControlNet or a mask as usual.
 
     Using it well: 2 to 4 liked images; the best feedback is the model's own outputs (a
@@ -46,6 +47,7 @@ class FABRICFeedback(Node):
 
     TYPE = "FABRICFeedback"
     DISPLAY_NAME = "FABRIC Feedback"
+    SEARCH_ALIASES = ("feedback", "liked images", "disliked images")
     CATEGORY = "model_patches/unet"
     OUTPUTS = (Output("MODEL"),)
 
@@ -92,10 +94,13 @@ class FABRICFeedback(Node):
         from nodes.conditioning import encode_text
         from nodes.diffusion.fabric import FABRIC
 
-        # links are not visible to validate_inputs: an unconnected pair is found here
+        # The first round has no feedback yet: it samples as without FABRIC (the paper's
+        # round 1), and says so, rather than failing before there is anything to like
         if self.liked is None and self.disliked is None:
-            raise ValueError("FABRIC has no feedback to steer with: connect liked images, "
-                             "disliked images or both")
+            ctx.warn("FABRIC has no feedback yet, so this round samples without it: link "
+                     "liked or disliked images (the Gallery's Like / Dislike fill a Load "
+                     "Image Batch) to steer the next")
+            return (self.model,)
         extension = FABRIC(
             self.vae, encode_text(self.clip, ""), self.liked, self.disliked,
             min_weight=self.min_weight, max_weight=self.max_weight, neg_scale=self.neg_scale,

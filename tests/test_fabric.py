@@ -404,9 +404,18 @@ def test_recorders_and_on_output_see_the_layers_own_tokens_only():
 
 # --- bad input ------------------------------------------------------------------------------
 
-def test_no_feedback_connected_is_a_clear_error(session):
-    message = run_error(session, fabric_prompt(fabric=dict(DEFAULTS)))
-    assert "connect liked images, disliked images or both" in message
+def test_the_first_round_without_feedback_samples_as_without_fabric_and_says_so(session):
+    """Nothing liked yet (FABRIC added before the first images exist): the round samples
+    as plain, with a warning saying how to steer the next; before, it failed."""
+    prompt = fabric_prompt(fabric=dict(DEFAULTS))
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    image = CAPTURED.pop(prompt["10"]["inputs"]["key"])
+    warnings = [d["message"] for e, d in result.events if e == "node_warning"]
+    assert any("no feedback yet" in w and "Like" in w for w in warnings)
+    plain = fabric_prompt()
+    assert session.run(plain).ok
+    assert torch.equal(image, CAPTURED.pop(plain["10"]["inputs"]["key"]))
 
 
 @pytest.mark.parametrize(("change", "field"), [
