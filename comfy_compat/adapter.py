@@ -182,15 +182,12 @@ class ComfyNode(NamedInputsNode):
             data["input"]["hidden"] = dict(cls.HIDDEN)
         data["output_is_list"] = list(cls.OUTPUT_IS_LIST)
         # ComfyUI's fields for the node's own kind: None for an output without a tooltip,
-        # the hidden inputs' order, whole-list inputs, search aliases
+        # the hidden inputs' order, whole-list inputs (search aliases: the base's schema)
         data["output_tooltips"] = [t or None for t in data["output_tooltips"]]
         if data["input"].get("hidden"):
             data["input_order"]["hidden"] = list(data["input"]["hidden"])
         if cls.INPUT_IS_LIST:
             data["is_input_list"] = True
-        aliases = getattr(cls.COMFY_CLASS, "SEARCH_ALIASES", None)
-        if isinstance(aliases, list | tuple) and aliases:
-            data["search_aliases"] = [str(a) for a in aliases]
         data["python_module"] = f"custom_nodes.{cls.PACK}"
         data["experimental"] = bool(getattr(cls.COMFY_CLASS, "EXPERIMENTAL", False))
         return data
@@ -410,6 +407,7 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
         "CATEGORY": getattr(comfy, "CATEGORY", None) or DEFAULT_CATEGORY,
         "OUTPUT_NODE": bool(getattr(comfy, "OUTPUT_NODE", False)),
         "DEPRECATED": bool(getattr(comfy, "DEPRECATED", False)),
+        "SEARCH_ALIASES": _aliases(getattr(comfy, "SEARCH_ALIASES", None)),
         "OUTPUTS": outputs,
         "COMFY_CLASS": comfy,
         "PACK": pack,
@@ -497,6 +495,13 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
         also_links=socket.partition(":")[0] if ":" in socket
         and socket.partition(":")[0] in _PRIMITIVES else None,
     )
+
+
+def _aliases(value: Any) -> tuple[str, ...]:
+    """A pack's ``SEARCH_ALIASES`` as words (anything else is left out)."""
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(str(a)[:100] for a in value[:50] if isinstance(a, str) and a.strip())
 
 
 def _passes_constants(socket: str) -> bool:

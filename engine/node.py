@@ -267,6 +267,9 @@ class Node(BaseModel):
     OUTPUT_NODE: ClassVar[bool] = False
     OUTPUTS: ClassVar[tuple[Output, ...]] = ()
     DEPRECATED: ClassVar[bool] = False
+    #: other words the node palette finds it by (ComfyUI's ``search_aliases``): the
+    #: technique's short name or its paper's words
+    SEARCH_ALIASES: ClassVar[tuple[str, ...]] = ()
     # True: every input arrives as a whole list, and the node runs once (else a node
     # fed lists runs once per element, see engine.lists).
     INPUT_IS_LIST: ClassVar[bool] = False
@@ -351,6 +354,8 @@ class Node(BaseModel):
                 section[spec.name] = _input_schema(spec, env)
         matched = [o.match for o in cls.OUTPUTS]
         extra: dict[str, Any] = {"output_matchtypes": matched} if any(matched) else {}
+        if cls.SEARCH_ALIASES:
+            extra["search_aliases"] = list(cls.SEARCH_ALIASES)
         return {
             "name": cls.TYPE,
             "display_name": cls.DISPLAY_NAME or cls.TYPE,

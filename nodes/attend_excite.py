@@ -36,6 +36,7 @@ class AttendAndExcite(Node):
 
     TYPE = "AttendAndExcite"
     DISPLAY_NAME = "Attend-and-Excite"
+    SEARCH_ALIASES = ("A&E", "attend and excite")
     CATEGORY = "conditioning/attend_excite"
     OUTPUTS = (Output("CONDITIONING"),)
 

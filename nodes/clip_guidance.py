@@ -51,6 +51,7 @@ class CLIPGuidance(Node):
 
     TYPE = "CLIPGuidance"
     DISPLAY_NAME = "CLIP Guidance"
+    SEARCH_ALIASES = ("CLIP guided", "clip guided diffusion")
     CATEGORY = "model_patches/unet"
     OUTPUTS = (Output("MODEL"),)
 

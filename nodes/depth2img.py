@@ -175,6 +175,7 @@ class Depth2ImageConditioning(Node):
 
     TYPE = "Depth2ImageConditioning"
     DISPLAY_NAME = "Depth2Image Conditioning"
+    SEARCH_ALIASES = ("depth2img", "depth to image")
     CATEGORY = "conditioning"
     OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"),
                Output("LATENT", "latent"))

@@ -38,6 +38,7 @@ class DiffEditMask(Node):
 
     TYPE = "DiffEditMask"
     DISPLAY_NAME = "DiffEdit Mask"
+    SEARCH_ALIASES = ("mask from prompts", "edit mask")
     CATEGORY = "latent/diffedit"
     OUTPUTS = (Output("MASK"),)
 

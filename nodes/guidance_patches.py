@@ -71,6 +71,7 @@ class NAGuidance(Node):
 
     TYPE = "NAGuidance"
     DISPLAY_NAME = "Normalized Attention Guidance"
+    SEARCH_ALIASES = ("NAG",)
     CATEGORY = "advanced/guidance"
     OUTPUTS = (Output("MODEL"),)
 

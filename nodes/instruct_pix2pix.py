@@ -44,6 +44,7 @@ class InstructPixToPixConditioning(Node):
 
     TYPE = "InstructPixToPixConditioning"
     DISPLAY_NAME = "InstructPixToPix Conditioning"
+    SEARCH_ALIASES = ("IP2P", "instruct pix2pix", "instruction edit")
     CATEGORY = "conditioning/instructpix2pix"
     OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"),
                Output("LATENT", "latent"))

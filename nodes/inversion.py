@@ -35,6 +35,7 @@ class DDIMInvert(Node):
 
     TYPE = "DDIMInvert"
     DISPLAY_NAME = "DDIM Inversion"
+    SEARCH_ALIASES = ("inversion", "DDIM inverse", "invert image")
     CATEGORY = "sampling/inversion"
     OUTPUTS = (Output("LATENT", "latent"), Output("LATENT_TRAJECTORY", "trajectory"))
 

@@ -128,6 +128,7 @@ class ApplyLEditsPP(Node):
 
     TYPE = "ApplyLEditsPP"
     DISPLAY_NAME = "Apply LEDITS++"
+    SEARCH_ALIASES = ("LEDITS", "ledits pp", "real image semantic edit")
     CATEGORY = "sampling/ledits_pp"
     OUTPUTS = (Output("MODEL"),)
 

@@ -48,6 +48,7 @@ class TIMEModelEdit(Node):
 
     TYPE = "TIMEModelEdit"
     DISPLAY_NAME = "Edit Model (TIME)"
+    SEARCH_ALIASES = ("TIME", "model editing", "text-to-image model editing")
     CATEGORY = "model_patches/unet"
     OUTPUTS = (Output("MODEL"),)
 

@@ -56,6 +56,7 @@ class MultiDiffusionPanorama(Node):
 
     TYPE = "MultiDiffusionPanorama"
     DISPLAY_NAME = "MultiDiffusion Panorama"
+    SEARCH_ALIASES = ("panorama", "tiled diffusion", "wide image")
     CATEGORY = "model_patches/unet"
     OUTPUTS = (Output("MODEL"),)
 

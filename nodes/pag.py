@@ -30,6 +30,7 @@ class PerturbedAttentionGuidance(Node):
 
     TYPE = "PerturbedAttentionGuidance"
     DISPLAY_NAME = "Perturbed-Attention Guidance"
+    SEARCH_ALIASES = ("PAG", "perturbed attention guidance")
     CATEGORY = "model_patches/unet"  # ComfyUI's category for its node of this name
     OUTPUTS = (Output("MODEL"),)
 

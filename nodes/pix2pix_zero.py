@@ -113,6 +113,7 @@ class Pix2PixZero(Node):
 
     TYPE = "Pix2PixZero"
     DISPLAY_NAME = "Pix2Pix-Zero"
+    SEARCH_ALIASES = ("pix2pix zero", "p2p zero")
     CATEGORY = "conditioning/pix2pix_zero"
     OUTPUTS = (Output("CONDITIONING"),)
 

@@ -30,6 +30,7 @@ class SelfAttentionGuidance(Node):
 
     TYPE = "SelfAttentionGuidance"
     DISPLAY_NAME = "Self-Attention Guidance"
+    SEARCH_ALIASES = ("SAG", "self attention guidance")
     CATEGORY = "model_patches/unet"
     OUTPUTS = (Output("MODEL"),)
 

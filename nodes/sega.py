@@ -41,6 +41,7 @@ class SEGAConcept(Node):
 
     TYPE = "SEGAConcept"
     DISPLAY_NAME = "SEGA Concept"
+    SEARCH_ALIASES = ("semantic guidance concept", "SEGA edit")
     CATEGORY = "conditioning/sega"
     OUTPUTS = (Output("SEGA_CONCEPTS", "concepts"),)
 
@@ -105,6 +106,7 @@ class ApplySEGA(Node):
 
     TYPE = "ApplySEGA"
     DISPLAY_NAME = "Apply SEGA"
+    SEARCH_ALIASES = ("semantic guidance", "semantic stable diffusion")
     # it patches the MODEL the sampler uses, like SAG/PAG/FABRIC; the concepts stay in
     # conditioning/sega
     CATEGORY = "model_patches/unet"

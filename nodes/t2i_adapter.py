@@ -34,6 +34,7 @@ class T2IAdapterApply(Node):
 
     TYPE = "T2IAdapterApply"
     DISPLAY_NAME = "Apply T2I-Adapter"
+    SEARCH_ALIASES = ("T2I", "t2i adapter")
     CATEGORY = "conditioning/controlnet"
     OUTPUTS = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
 

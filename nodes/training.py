@@ -514,6 +514,7 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
 
     TYPE = "TrainTextualInversion"
     DISPLAY_NAME = "Train Textual Inversion"
+    SEARCH_ALIASES = ("TI", "textual inversion", "embedding")
     CATEGORY = "training"
     OUTPUTS = (Output("CLIP"), Output("STRING", "embedding"))
 

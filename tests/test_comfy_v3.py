@@ -495,6 +495,10 @@ def test_object_info_details_as_comfyui(registry: NodeRegistry, tmp_path: Path):
     env = Environment.create(tmp_path, device="cpu")
     switch = registry.get("V3Switch").schema(env)
     assert switch["search_aliases"] == ["if", "choose"]
+    # ours too: the palette finds Self-Attention Guidance by "SAG"
+    from nodes.sag import SelfAttentionGuidance
+
+    assert "SAG" in SelfAttentionGuidance.schema(env)["search_aliases"]
     assert switch["output_tooltips"] == [None]
     # no description of its own: empty, not our base class's docstring
     assert registry.get("V3Solid").schema(env)["description"] == ""

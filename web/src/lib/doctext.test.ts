@@ -36,6 +36,7 @@ describe("docstrings as readable blocks", () => {
 
   it("summarises with the first paragraph", () => {
     expect(summary("Attach SEGA\nto a model.\n\nMore.")).toBe("Attach SEGA to a model.");
+    expect(summary("Excite the ``words`` of a **prompt**.\n\nMore.")).toBe("Excite the words of a prompt.");
     expect(parseDoc("")).toEqual([]);
   });
 });

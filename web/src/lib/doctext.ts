@@ -93,8 +93,9 @@ export function parseDoc(doc: string): Block[] {
   return blocks;
 }
 
-/** The first paragraph of a docstring, as one line (a summary for tooltips). */
+/** The first paragraph of a docstring, as one line of plain text (a summary for
+ * tooltips, which show no markup: ``code`` and **bold** lose their marks). */
 export function summary(doc: string): string {
   const first = doc.trim().split(/\n\s*\n/)[0] ?? "";
-  return first.replace(/\s+/g, " ").trim();
+  return parseInline(first.replace(/\s+/g, " ").trim()).map((s) => s.text).join("");
 }

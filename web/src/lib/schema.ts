@@ -47,6 +47,8 @@ export type RawNodeSchema = {
   category?: string;
   output_node?: boolean;
   deprecated?: boolean;
+  /** Other words the search finds the node by (ComfyUI's V3 schema). */
+  search_aliases?: unknown;
   input?: { required?: Record<string, RawInput>; optional?: Record<string, RawInput> };
   input_order?: { required?: string[]; optional?: string[] };
   output?: (string | unknown[])[];
@@ -105,6 +107,8 @@ export type NodeDef = {
   category: string;
   outputNode: boolean;
   deprecated: boolean;
+  /** Other words the palette finds it by ("SAG", "attend and excite"). */
+  searchAliases?: string[];
   inputs: InputDef[];
   outputs: OutputDef[];
 };
@@ -331,6 +335,9 @@ export function parseNodeSchema(type: string, raw: RawNodeSchema): NodeDef {
     category: raw.category ?? "misc",
     outputNode: !!raw.output_node,
     deprecated: !!raw.deprecated,
+    ...(Array.isArray(raw.search_aliases)
+      ? { searchAliases: raw.search_aliases.filter((a): a is string => typeof a === "string") }
+      : {}),
     inputs,
     outputs,
   };

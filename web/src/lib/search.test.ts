@@ -17,6 +17,18 @@ describe("palette search", () => {
     expect(names("no such node")).toEqual([]);
   });
 
+  it("finds a node by its search aliases, the technique's short name or its words", () => {
+    const more = new Map(defs);
+    more.set("SelfAttentionGuidance", parseNodeSchema("SelfAttentionGuidance", {
+      name: "SelfAttentionGuidance", display_name: "Self-Attention Guidance", category: "model_patches",
+      search_aliases: ["SAG", 3, "self attention guidance"], input: { required: {} }, output: ["MODEL"],
+    }));
+    expect(more.get("SelfAttentionGuidance")?.searchAliases).toEqual(["SAG", "self attention guidance"]);
+    expect(searchDefs(more, "sag").map((d) => d.type)[0]).toBe("SelfAttentionGuidance");
+    expect(searchDefs(more, "attention guidance self").map((d) => d.type)).toContain("SelfAttentionGuidance");
+    expect(searchDefs(more, "sag nothing").map((d) => d.type)).not.toContain("SelfAttentionGuidance");
+  });
+
   it("lists everything by category without a query, and honours a filter", () => {
     const all = searchDefs(defs, "");
     expect(all).toHaveLength(defs.size);

@@ -1,6 +1,6 @@
 /**
  * Palette search, as ComfyUI's: every word of the query must appear in the name, type id
- * or category; the better match comes first (the exact name, then a name starting with
+ * or category, or in one of the node's search aliases ("SAG", "attend and excite"); the better match comes first (the exact name, then a name starting with
  * the query, a word of the name starting with it, the name containing it), and among
  * equal matches the more used node — a small popularity prior, so dropping an IMAGE link
  * offers Save Image and Preview Image before Save Image (Websocket).
@@ -32,7 +32,9 @@ export function popularity(type: string): number {
 
 function matches(def: NodeDef, tokens: string[]): boolean {
   const hay = `${def.displayName} ${def.type} ${def.category}`.toLowerCase();
-  return tokens.every((t) => hay.includes(t));
+  // an alias matches as a whole ("attend and excite"), or its words do
+  const aliases = (def.searchAliases ?? []).map((a) => a.toLowerCase());
+  return tokens.every((t) => hay.includes(t)) || aliases.some((a) => tokens.every((t) => a.includes(t)));
 }
 
 function score(def: NodeDef, q: string): number {
@@ -40,12 +42,14 @@ function score(def: NodeDef, q: string): number {
   const type = def.type.toLowerCase();
   // "clip text encode" names CLIPTextEncode (shown as "Encode Prompt") exactly
   const joined = q.replace(/[\s_-]+/g, "");
-  if (name === q || type === q || type === joined) return 0;
+  const aliases = (def.searchAliases ?? []).map((a) => a.toLowerCase());
+  if (name === q || type === q || type === joined || aliases.includes(q)) return 0;
   // the name the user sees before the hidden type id: "latent" → Empty Latent Image (a word of
   // its name) ranks with Upscale Latent By, not after it for its id LatentUpscaleBy
   if (name.startsWith(q)) return 1;
   if (name.split(/[\s()_/-]+/).some((w) => w.startsWith(q))) return 2;
   if (type.startsWith(q) || type.startsWith(joined)) return 3;
+  if (aliases.some((a) => a.startsWith(q))) return 3;
   if (name.includes(q)) return 4;
   if (type.includes(q)) return 5;
   return 6;
