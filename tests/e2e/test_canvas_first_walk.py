@@ -440,3 +440,43 @@ def test_question_mark_lists_the_shortcuts(page):
     page.keyboard.type("?")
     expect(keys).to_have_count(0)
     assert box.input_value().endswith("?")
+
+
+def test_a_node_added_where_the_view_is_full_is_shown_whole(page):
+    """The techcanvas drill: a tall node (Load Image Batch) double-clicked in near the side
+    panel, in a view with no free spot its size, went outside the view, its title under
+    the toolbar or the panel; the view now moves to show it whole."""
+    c = Canvas(page)
+    c.open_file("full.json", small_txt2img())
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    page.evaluate("() => window.steerflow.fitView()")
+    page.wait_for_timeout(300)
+    pane = c.pane_box()
+    for corner in ("bottom-right", "top"):
+        x, y = _empty_point(page, corner)
+        new = c.add_node("Load Image Batch", x, y)
+        page.wait_for_timeout(400)  # the view's move takes 200 ms
+        box = c.settled_box(c.node(new))
+        assert (box["x"] >= pane["x"] and box["y"] >= pane["y"]
+                and box["x"] + box["width"] <= pane["x"] + pane["width"]
+                and box["y"] + box["height"] <= pane["y"] + pane["height"]), (
+            f"{box} is not in view {pane}")
+
+
+def _empty_point(page, corner: str) -> tuple[float, float]:
+    """A point of bare canvas (pane coordinates) near the pane's bottom-right corner or
+    its top edge: no node, minimap or zoom button under it."""
+    return tuple(page.evaluate("""corner => {
+        const pane = document.querySelector('.react-flow__pane').getBoundingClientRect();
+        const top = corner === 'top';
+        const xs = [], ys = [];
+        for (let d = 30; d < pane.width - 30; d += 15) {
+            xs.push(top ? pane.width / 2 + ((d / 15) % 2 ? d : -d) / 2 : pane.width - d);
+        }
+        for (let d = 30; d < pane.height - 30; d += 15) ys.push(top ? d : pane.height - d);
+        for (const y of ys) for (const x of xs) {
+            const el = document.elementFromPoint(pane.left + x, pane.top + y);
+            if (el && el.classList.contains('react-flow__pane')) return [x, y];
+        }
+        return null;
+    }""", corner))

@@ -12,7 +12,7 @@ import {
 import type { PaletteFilter } from "../canvas/Palette";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
 import { downstreamTypes, NOTE, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
-import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect } from "../lib/layout";
+import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect, revealShift } from "../lib/layout";
 import { ANY_TYPE, checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
 import type { NodeDef } from "../lib/schema";
 import { adoptWidget, PRIMITIVE_TYPES } from "../lib/primitive";
@@ -277,9 +277,12 @@ export function useLinking(g: GraphStore, notify: Notify) {
    * Top-left of a new node of `type` overlapping no node (lib/layout.ts's freeSpot): centred
    * on `at`, or (`corner`) with its top-left corner at `at`, or as near to that as is free.
    */
+  // a new node's size before it is measured: the CSS width, and the height its rows will have
+  const sizeOf = useCallback((type: string) => (
+    { width: NODE_WIDTH, height: estimateNodeHeight(defsRef.current.get(type)) }), [defsRef]);
+
   const freePosition = useCallback((type: string, at: { x: number; y: number }, view?: Rect, corner = false) => {
-    // its size before it is measured: the CSS width, and the height its rows will have
-    const size = { width: NODE_WIDTH, height: estimateNodeHeight(defsRef.current.get(type)) };
+    const size = sizeOf(type);
     const taken = [
       ...state.current.nodes.map((n) => ({
         x: n.position.x, y: n.position.y,
@@ -289,20 +292,39 @@ export function useLinking(g: GraphStore, notify: Notify) {
     ];
     const want = corner ? at : { x: at.x - size.width / 2, y: at.y - size.height / 2 };
     return freeSpot(taken, want, size, view);
-  }, [state, defsRef, overlayRects]);
+  }, [state, sizeOf, overlayRects]);
+
+  /** Move the view so a node just added at `pos` is seen whole (a full view put it outside). */
+  const reveal = useCallback((type: string, pos: { x: number; y: number }, view?: Rect) => {
+    if (!view) return;
+    const shift = revealShift({ ...pos, ...sizeOf(type) }, view);
+    if (!shift.x && !shift.y) return;
+    const vp = rf.getViewport();
+    void rf.setViewport({ x: vp.x - shift.x * vp.zoom, y: vp.y - shift.y * vp.zoom, zoom: vp.zoom },
+      { duration: 200 });
+  }, [rf, sizeOf]);
+
+  /** Add a node at `pos` (placed by freePosition in `view`) and show it. */
+  const addShown = useCallback((type: string, pos: { x: number; y: number }, view?: Rect): string => {
+    const id = addNode(type, pos);
+    reveal(type, pos, view);
+    return id;
+  }, [addNode, reveal]);
 
   /**
    * Add a node where the user pointed (a double-click, a dropped link, the canvas menu): its
    * top-left there, or moved to the nearest free space in view when it would cover a node.
    */
-  const addNodeAt = useCallback((type: string, pos: { x: number; y: number }): string =>
-    addNode(type, freePosition(type, pos, visibleRect(), true)), [addNode, freePosition, visibleRect]);
+  const addNodeAt = useCallback((type: string, pos: { x: number; y: number }): string => {
+    const view = visibleRect();
+    return addShown(type, freePosition(type, pos, view, true), view);
+  }, [addShown, freePosition, visibleRect]);
 
   const pick = useCallback((type: string) => {
     const p = palette;
     setPalette(null);
     if (!p) return;
-    const id = p.view ? addNode(type, freePosition(type, p.flow, p.view)) : addNodeAt(type, p.flow);
+    const id = p.view ? addShown(type, freePosition(type, p.flow, p.view), p.view) : addNodeAt(type, p.flow);
     const pending = p.pending;
     if (!pending) return;
     if (type === REROUTE) {
@@ -319,7 +341,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
       const slot = nodesProducingType(new Map([[type, def]]), pending.type)[0]?.slot;
       if (slot !== undefined) connect({ source: id, slot, target: pending.node, input: pending.input! });
     }
-  }, [palette, addNode, addNodeAt, connect, defsRef, freePosition]);
+  }, [palette, addShown, addNodeAt, connect, defsRef, freePosition]);
 
   /** Put a new reroute on a link (an edge of the canvas) at `pos`, in flow coordinates. */
   const insertReroute = useCallback((edgeId: string, pos: { x: number; y: number }) => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
-  boundsOf, dotGridCell, VIEW_MARGIN, estimateNodeHeight, FIT_MAX_ZOOM, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail,
+  boundsOf, dotGridCell, VIEW_MARGIN, estimateNodeHeight, FIT_MAX_ZOOM, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail, revealShift,
   MIN_DOT_CELL, overlaps, pasteOffset, READABLE_ZOOM,
 } from "./layout";
 import { parseNodeSchema } from "./schema";
@@ -90,6 +90,22 @@ describe("freeSpot", () => {
     const full = [{ x: -50, y: -50, width: 1300, height: 900 }];
     const spot = freeSpot(full, { x: 470, y: 340 }, size, view);
     expect(overlaps(new Map([["a", { ...spot, ...size }], ["b", full[0]]]))).toEqual([]);
+  });
+});
+
+describe("revealShift", () => {
+  const view = { x: 0, y: 0, width: 1200, height: 800 };
+  const m = VIEW_MARGIN;
+
+  it("moves the view only as far as a node placed outside it needs to be seen whole", () => {
+    expect(revealShift({ x: 100, y: 100, width: 260, height: 120 }, view)).toEqual({ x: 0, y: 0 });
+    // the drill: under the side panel on the right, under the toolbar at the top
+    expect(revealShift({ x: 1100, y: 100, width: 260, height: 120 }, view)).toEqual({ x: 160 + m, y: 0 });
+    expect(revealShift({ x: 100, y: -30, width: 260, height: 120 }, view)).toEqual({ x: 0, y: -30 - m });
+  });
+
+  it("shows the top-left of a node taller than the view", () => {
+    expect(revealShift({ x: 100, y: 50, width: 260, height: 2000 }, view)).toEqual({ x: 0, y: 50 - m });
   });
 });
 

@@ -213,6 +213,20 @@ export function freeSpot(taken: readonly Rect[], want: Point, size: { width: num
 }
 
 /**
+ * How far (flow units) the view must move so `box` lies inside it, VIEW_MARGIN from its
+ * edges ({0, 0}: it does already). A node placed outside a full view (freeSpot) is shown
+ * this way rather than left under the toolbar or the side panel; a box bigger than the view
+ * shows its top-left corner, where its title and first sockets are.
+ */
+export function revealShift(box: Rect, view: Rect, margin = VIEW_MARGIN): Point {
+  const axis = (start: number, length: number, from: number, span: number): number => {
+    if (start < from + margin || length > span - 2 * margin) return start - (from + margin);
+    return Math.max(0, start + length - (from + span - margin));
+  };
+  return { x: axis(box.x, box.width, view.x, view.width), y: axis(box.y, box.height, view.y, view.height) };
+}
+
+/**
  * Where pasted or cloned nodes go, as one block keeping their arrangement: the offset that
  * moves the block `clip` (their boxes, as copied) to the free spot nearest `want` (the
  * pointer, or beside the cloned node) for its top-left corner, keeping `freeSpot`'s gap from
