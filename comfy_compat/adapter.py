@@ -50,6 +50,7 @@ from comfy_compat.nodes_module import record_pack_class
 from comfy_compat.signatures import accepted, parameters
 from comfy_compat.ui_workflow import comfy_pnginfo
 from engine.context import linked_inputs, node_being_signed
+from engine.lists import NotReturned
 from engine.node import (
     ANY_TYPE,
     WIDGET_TYPES,
@@ -218,7 +219,10 @@ class ComfyNode(NamedInputsNode):
         result, ui, expand = _split(returned, self.TYPE, len(self.OUTPUTS), self.EXTRA_OUTPUTS)
         if expand is not None:
             return NodeResult(result, ui, expand)
-        return NodeResult(tuple(self._from_comfy(i, v) for i, v in enumerate(result)), ui)
+        # fewer values than declared run in ComfyUI (its outputs are what came back):
+        # only a node linked to a missing one fails (engine.lists.NotReturned)
+        missing = tuple(NotReturned(i, len(result)) for i in range(len(result), len(self.OUTPUTS)))
+        return NodeResult((*(self._from_comfy(i, v) for i, v in enumerate(result)), *missing), ui)
 
     def _instance(self, ctx: ExecutionContext) -> Any:
         """One instance per prompt node, kept across runs as ComfyUI does; a fresh
@@ -596,16 +600,20 @@ def _is_nan(value: Any) -> bool:
 def _split(returned: Any, type_id: str, expected: int, extra: bool = False
            ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
     """A call's ``(result, ui, expand)``: from a tuple, or ``{"ui": ..., "result": ...,
-    "expand": ...}``. ``extra`` (``EXTRA_OUTPUTS``): more values than declared are kept."""
+    "expand": ...}``. As in ComfyUI, values past the declared outputs are dropped (kept
+    with ``extra``, ``EXTRA_OUTPUTS``) and fewer are fine (see :meth:`_result`)."""
     ui = expand = None
     if isinstance(returned, dict):
         ui = returned.get("ui")
         expand = returned.get("expand")
         returned = returned.get("result", ())
+    if returned is not None and not isinstance(returned, tuple | list):
+        # a bare value (a string, a tensor) would be split into characters or images
+        raise TypeError(f"{type_id} returned a {type(returned).__name__}, not a tuple of "
+                        "its outputs: a node returns (value,) for one output")
     result = () if returned is None else tuple(returned)
-    if len(result) != expected and not (extra and len(result) > expected):
-        raise RuntimeError(f"{type_id} returned {len(result)} value(s) but RETURN_TYPES "
-                           f"declares {expected}")
+    if len(result) > expected and not extra:
+        result = result[:expected]  # ComfyUI keeps the declared outputs only
     if ui is not None and not isinstance(ui, dict):
         raise TypeError(f"{type_id} returned a 'ui' that is not a dict: {type(ui).__name__}")
     return result, ui, expand

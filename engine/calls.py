@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from engine.expansion import ExpansionError
 from engine.lists import (
     ExecutionBlocker,
+    NotReturned,
     ValueList,
     as_lists,
     blocker_in,
@@ -187,7 +188,7 @@ def _check_outputs(cls: type[Node], outputs: tuple[Any, ...]) -> None:
     for i, out in checked:
         value = outputs[i]
         kind = type(value)
-        if kind is ExecutionBlocker:
+        if kind is ExecutionBlocker or kind is NotReturned:
             continue
         if out.type == "INT":
             if kind is not int and (kind is bool or not isinstance(value, int)):

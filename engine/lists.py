@@ -25,6 +25,20 @@ class ValueList(list):  # type: ignore[type-arg]
     """An output slot holding a list in ComfyUI's sense: mapped over downstream."""
 
 
+class NotReturned:
+    """The value of a declared output that a ComfyUI pack's node did not return (its
+    FUNCTION gave fewer values than RETURN_TYPES): as in ComfyUI, the node succeeds and
+    only a node that uses that output fails, saying so."""
+
+    __slots__ = ("index", "returned")
+
+    def __init__(self, index: int, returned: int):
+        self.index, self.returned = index, returned
+
+    def __repr__(self) -> str:
+        return f"<output {self.index} not returned>"
+
+
 class ExecutionBlocker:
     """Return it as an output to stop every node that would consume it.
 

@@ -19,7 +19,14 @@ from engine.calls import (
 )
 from engine.context import ExecutionContext, Interrupted, InterruptFlag, signing_node
 from engine.expansion import DependencyCycleError, DynamicGraph
-from engine.lists import EXECUTION_BLOCKED, SPECIAL, as_lists, calls, merge_outputs
+from engine.lists import (
+    EXECUTION_BLOCKED,
+    SPECIAL,
+    NotReturned,
+    as_lists,
+    calls,
+    merge_outputs,
+)
 from engine.node import Node
 from engine.outputs import (
     RunResult,
@@ -359,6 +366,13 @@ class _Run(ExpansionSteps):
                 value = entry.outputs[idx]
             except IndexError:  # an EXTRA_OUTPUTS node returned fewer: None, as ComfyUI
                 value = None
+            if isinstance(value, NotReturned):
+                source = self.nodes[src].cls
+                raise ValueError(
+                    f"input '{name}' is linked to output {idx} of node {src} "
+                    f"({source.DISPLAY_NAME or source.TYPE}), which that node did not return: "
+                    f"it returned {value.returned} of the {len(source.OUTPUTS)} values it "
+                    "declares (a defect of its pack; link one of the outputs it returns)")
             if isinstance(value, SPECIAL):
                 special = True  # checked per element when mapped
             else:

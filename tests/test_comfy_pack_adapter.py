@@ -151,6 +151,26 @@ class TwoForOne:
         return (a, a)
 
 
+class OneForTwo:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"a": ("FLOAT", {"forceInput": True})}}
+    RETURN_TYPES = ("FLOAT", "STRING")
+    FUNCTION = "run"
+    def run(self, a):
+        return (a,)
+
+
+class BareValue:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"a": ("FLOAT", {"forceInput": True})}}
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "run"
+    def run(self, a):
+        return a
+
+
 class ShowText:
     """pysssss' Show Text: writes its text into the UI workflow's node."""
     @classmethod
@@ -250,8 +270,8 @@ class Seeded:
 
 
 NODE_CLASS_MAPPINGS = {n: globals()[n] for n in (
-    "Blank", "Number", "Show", "Switch", "Stack", "Average", "Puter", "TwoForOne", "ShowText",
-    "Words", "Count", "Inc", "Multi", "Seeded")}
+    "Blank", "Number", "Show", "Switch", "Stack", "Average", "Puter", "TwoForOne", "OneForTwo",
+    "BareValue", "ShowText", "Words", "Count", "Inc", "Multi", "Seeded")}
 '''
 
 
@@ -379,11 +399,27 @@ def test_ordinary_nodes_keep_a_fixed_output_count(session: Session):
     found = errors(session, {"1": n("Number", value=2.0), "2": n("TwoForOne", a=["1", 0]),
                              "3": n("Show", value=["2", 1])})
     assert [(k, nid) for k, nid, _ in found] == [("bad_link", "3")]
+    # a value past RETURN_TYPES is dropped, as ComfyUI does
     result = session.run({"1": n("Number", value=2.0), "2": n("TwoForOne", a=["1", 0]),
                           "3": n("Show", value=["2", 0])})
-    assert result.run.status == "error"
-    assert "returned 2 value(s) but RETURN_TYPES declares 1" in \
-        result.run.error["exception_message"]
+    assert shown(result, "3") == "2.0"
+
+
+def test_a_node_returning_fewer_values_than_declared_fails_only_where_one_is_used(
+        session: Session):
+    """Comfyroll's CR Text Concatenate declares 2 outputs and returns 1: ComfyUI runs it,
+    and so do we; only a link to the output it did not return fails, saying so."""
+    result = session.run({"1": n("Number", value=2.0), "2": n("OneForTwo", a=["1", 0]),
+                          "3": n("Show", value=["2", 0])})
+    assert shown(result, "3") == "2.0"
+    result = session.run({"1": n("Number", value=3.0), "2": n("OneForTwo", a=["1", 0]),
+                          "3": n("Show", value=["2", 1])})
+    assert result.run.status == "error" and result.run.error["node_id"] == "3"
+    message = result.run.error["exception_message"]
+    assert "output 1 of node 2" in message and "returned 1 of the 2 values" in message
+    result = session.run({"1": n("Number", value=3.0), "2": n("BareValue", a=["1", 0]),
+                          "3": n("Show", value=["2", 0])})
+    assert "returned a float, not a tuple" in result.run.error["exception_message"]
 
 
 # --- D4: ComfyUI's UI workflow in EXTRA_PNGINFO -----------------------------------------
