@@ -66,6 +66,10 @@ async def object_info_node(request: web.Request) -> web.Response:
     return json_response({type_id: comfy_schema(await _off_loop(cls.schema, st.env))})
 
 
+#: the most characters of one pack error system_stats gives (the log has the traceback)
+MAX_PACK_MESSAGE = 500
+
+
 async def system_stats(request: web.Request) -> web.Response:
     st = state(request)
     runtime = st.runtime
@@ -100,6 +104,12 @@ async def system_stats(request: web.Request) -> web.Response:
         # the ``prompt_id`` it runs, ``pid``, ``device``, ``models`` its cache holds
         # (``ckpt_name=…`` keys, what routing matches), ``runs`` and the last start ``error``.
         "workers": runtime.workers(),
+        # node packs that failed to load, or nodes of a pack that were skipped (whole
+        # False): the canvas says so on opening (ComfyUI leaves them to its terminal)
+        "packs": {"errors": [
+            {"pack": e.pack, "message": str(e.message)[:MAX_PACK_MESSAGE],
+             "whole": bool(getattr(e, "whole", True))}
+            for e in getattr(runtime.registry, "errors", None) or []]},
         "devices": [{
             "name": device, "type": device.split(":")[0],
             "index": int(device.split(":")[1]) if device.count(":") == 1

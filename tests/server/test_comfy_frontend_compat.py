@@ -26,6 +26,35 @@ def registry_with_load_image() -> NodeRegistry:
     return registry
 
 
+def registry_with_a_failed_pack() -> NodeRegistry:
+    from engine.registry import PackError
+
+    registry = make_registry()
+    registry.errors.append(PackError("custom_nodes/ComfyUI-Crystools",
+                                     "ModuleNotFoundError: No module named 'deepdiff'"))
+    registry.errors.append(PackError("custom_nodes/ComfyUI-KJNodes",
+                                     "node 'ImageSharpenKJ' skipped: TypeError", whole=False))
+    return registry
+
+
+def test_system_stats_names_the_packs_that_failed_to_load(make_server: Callable[..., LiveServer],
+                                                          loop: Any) -> None:
+    """Their nodes are missing from the palette: the canvas says so on opening (the
+    reason was only in the server's log)."""
+    server = make_server(
+        registry_factory="tests.server.test_comfy_frontend_compat:registry_with_a_failed_pack")
+    http = Http(server.url, loop)
+    try:
+        errors = http.get("/system_stats").json()["packs"]["errors"]
+    finally:
+        http.close()
+    assert errors == [
+        {"pack": "custom_nodes/ComfyUI-Crystools",
+         "message": "ModuleNotFoundError: No module named 'deepdiff'", "whole": True},
+        {"pack": "custom_nodes/ComfyUI-KJNodes",
+         "message": "node 'ImageSharpenKJ' skipped: TypeError", "whole": False}]
+
+
 def test_a_failed_prompt_is_in_the_server_log_with_its_traceback(http: Http) -> None:
     """The front end's error report and Logs panel show the server's log: a prompt that
     failed in the worker left nothing there (ComfyUI prints the exception)."""

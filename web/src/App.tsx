@@ -9,7 +9,7 @@ import {
 } from "@xyflow/react";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
-  convertWorkflow, deleteFromQueue, type ExampleRef, getHistory, getObjectInfo, getQueue, getWorkflow, interrupt, makeClientId,
+  convertWorkflow, deleteFromQueue, type ExampleRef, getHistory, getObjectInfo, getPackErrors, getQueue, getWorkflow, interrupt, makeClientId,
   Socket, uploadImage, viewUrl,
 } from "./api";
 import { EditorContext, type EditorApi } from "./canvas/context";
@@ -44,6 +44,7 @@ import { useSpacePan } from "./editor/useSpacePan";
 import { useAltDragClone } from "./editor/useAltDragClone";
 import { queuedPrompt } from "./lib/dynamicprompts";
 import { stringifyJsonExact } from "./lib/exactint";
+import { packErrorText } from "./lib/packerrors";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
 import { carriesWorkflow, imageUploadInput, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
 import { lowDetail } from "./lib/layout";
@@ -123,6 +124,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const rf = useReactFlow<SfFlowNode, SfEdge>();
   const store = useMemo(() => new RunStore(), []);
   const { toasts, notify, dismiss, clearToasts } = useToasts();
+  // packs that failed to load: their nodes are missing, and only the server's log said why
+  useEffect(() => {
+    getPackErrors().then((errors) => {
+      const text = packErrorText(errors);
+      if (text) notify(text, "warning");
+    }).catch(() => undefined);
+  }, [notify]);
   const g = useGraphStore(defs, store, (message) => notify(message, "error"));
   const { nodes, edges, defsRef, loadGraph, currentGraph, patchNode, holdHistory, settleNow } = g;
   const writeAutosaveRef = useRef(g.writeAutosave);

@@ -59,6 +59,16 @@ function postJson<T>(path: string, body: unknown): Promise<T> {
 
 export const getObjectInfo = () => request<ObjectInfo>("object_info", undefined, true);
 
+/** A node pack that failed to load, or (`whole` false) nodes of it that were skipped. */
+export type PackError = { pack: string; message: string; whole: boolean };
+
+/** The server's node-pack load errors (none from a server that does not report them). */
+export async function getPackErrors(): Promise<PackError[]> {
+  const stats = await request<{ packs?: { errors?: PackError[] } }>("system_stats");
+  const errors = stats.packs?.errors;
+  return Array.isArray(errors) ? errors.filter((e) => e && typeof e.pack === "string") : [];
+}
+
 /** A validation warning of a queued prompt: reported, and the prompt runs anyway. */
 export type PromptWarning = { kind: string; message: string; node_id?: string | null; input_name?: string | null };
 
