@@ -86,7 +86,6 @@ def plan_calls(node: ValidatedNode, kwargs: dict[str, Any], *, input_is_list: bo
     plan = [as_lists(kwargs)] if input_is_list else list(calls(kwargs))
     mapped = len(plan) > 1 or any(isinstance(v, ValueList) for v in kwargs.values())
     out: list[dict[str, Any] | None] = []
-    specs = node.cls.INPUT_SPECS
     for i, call in enumerate(plan):
         blocker = blocker_in(call)
         if blocker is not None:
@@ -96,7 +95,7 @@ def plan_calls(node: ValidatedNode, kwargs: dict[str, Any], *, input_is_list: bo
             continue
         if not input_is_list:
             for name in node.links:
-                spec = specs.get(name) or linked_spec(node.cls, name)
+                spec = linked_spec(node.cls, name, node.constants)
                 value = call[name]
                 if spec is not None and spec.is_widget and value is not None and name not in raw \
                         and not spec.accepts_as_is(value):

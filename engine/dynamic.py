@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 
 # An option's inputs: name -> (Python type, Input(...)), as for input_spec.
 OptionInputs = Mapping[str, tuple[Any, Any]]
-_COMPARED = ("type", "min", "max", "step", "choices", "force_input", "wide",
-             "allow_nonfinite", "multiline", "lazy", "raw_link", "match")
+# what options sharing an input must agree on (bounds, defaults and descriptions may
+# differ: each option's own are used where it is chosen, as in ComfyUI)
+_COMPARED = ("type", "choices", "force_input", "wide", "allow_nonfinite", "multiline",
+             "lazy", "raw_link", "match")
 
 
 def dynamic_combo(name: str, options: Mapping[str, OptionInputs], *,
@@ -48,7 +50,7 @@ def dynamic_combo(name: str, options: Mapping[str, OptionInputs], *,
     option brings, named ``"name.sub"``.
 
     An input two options share (ComfyUI's Resize Image/Mask has ``width`` in two) must
-    be declared alike (type, bounds, choices); its default and description may differ.
+    be declared alike (type, choices); its bounds, default and description may differ.
     """
     from engine.node import Input
 

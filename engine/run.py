@@ -376,7 +376,7 @@ class _Run(ExpansionSteps):
             if isinstance(value, SPECIAL):
                 special = True  # checked per element when mapped
             else:
-                spec = linked_spec(node.cls, name)
+                spec = linked_spec(node.cls, name, node.constants)
                 if spec is not None and spec.is_widget and not spec.accepts_as_is(value):
                     value, issue = check_constant(spec, value, self.ex.env)
                     if issue is not None:

@@ -46,7 +46,14 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from engine.dynamic import OutputType, OutputTypes, active_specs, has_dynamic, ignored_message
+from engine.dynamic import (
+    OutputType,
+    OutputTypes,
+    active_specs,
+    chosen_option,
+    has_dynamic,
+    ignored_message,
+)
 from engine.environment import Environment
 from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, WIDGET_TYPES, InputSpec, Node
 from engine.outputs import bounded_message
@@ -575,11 +582,21 @@ def _checks_inputs(cls: type[Node]) -> bool:
 _BASE_VALIDATE = Node.validate_inputs.__func__  # type: ignore[attr-defined]
 
 
-def linked_spec(cls: type[Node], name: str) -> InputSpec | None:
+def linked_spec(cls: type[Node], name: str, constants: Mapping[str, Any] | None = None
+                ) -> InputSpec | None:
     """The spec of ``cls``'s input ``name`` as linked: declared, or one the class takes
-    undeclared (:meth:`engine.node.Node.undeclared_input`); None if neither."""
+    undeclared (:meth:`engine.node.Node.undeclared_input`); None if neither. An input
+    of a DynamicCombo option is the chosen option's (by ``constants``, the node's
+    constant inputs): options may bound a shared input differently."""
     spec = cls.INPUT_SPECS.get(name)
-    return spec if spec is not None else cls.undeclared_input(name, True)
+    if spec is None:
+        return cls.undeclared_input(name, True)
+    if spec.parent is not None and constants is not None:
+        option = chosen_option(cls.INPUT_SPECS[spec.parent], constants.get(spec.parent))
+        for sub in option.inputs if option is not None else ():
+            if sub.name == name:
+                return sub
+    return spec
 
 
 def _check_link(name: str, spec: InputSpec, value: Any,

@@ -88,6 +88,35 @@ class Scale(io.ComfyNode):
         return io.NodeOutput(float(out), ui={"text": [f"{sorted(mode.items())}={out}"]})
 
 
+class Sharpen(io.ComfyNode):
+    """KJNodes' Image Sharpen: options bound the input they share differently."""
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="DynSharpen", is_output_node=True, inputs=[
+            io.DynamicCombo.Input("method", options=[
+                io.DynamicCombo.Option("rcas", [
+                    io.Float.Input("strength", default=0.8, min=0.0, max=1.0)]),
+                io.DynamicCombo.Option("usm", [
+                    io.Float.Input("strength", default=0.5, min=0.0, max=3.0),
+                    io.Float.Input("radius", default=1.0, min=0.5, max=5.0)]),
+            ])], outputs=[io.Float.Output()])
+
+    @classmethod
+    def execute(cls, method):
+        return io.NodeOutput(method["strength"], ui={"text": [repr(method["strength"])]})
+
+
+class Number(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="DynNumber", inputs=[io.Float.Input("value", max=100.0)],
+                         outputs=[io.Float.Output()])
+
+    @classmethod
+    def execute(cls, value):
+        return io.NodeOutput(value)
+
+
 class Nested(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -102,7 +131,8 @@ class Nested(io.ComfyNode):
 
 
 NODE_CLASS_MAPPINGS = {"DynSay": Say, "DynJoin": Join, "DynTotal": Total,
-                       "DynScale": Scale, "DynNested": Nested}
+                       "DynScale": Scale, "DynNested": Nested, "DynSharpen": Sharpen,
+                       "DynNumber": Number}
 '''
 
 
@@ -210,6 +240,22 @@ def test_dynamic_combo_checks_the_chosen_options_inputs(session: Session):
     assert any("mode.sign" in msg for _k, _node, msg in bad_sign)
     no_such = errors(session, {"s": n("DynScale", mode="divide")})
     assert any("multiply" in msg and "add" in msg for _k, _node, msg in no_such)
+
+
+def test_options_may_bound_a_shared_input_differently(session: Session):
+    """KJNodes' ImageSharpenKJ was skipped at load: each option's own bounds apply where
+    it is chosen, for a constant and for a linked value alike."""
+    result = session.run({"s": n("DynSharpen", method="usm", **{"method.strength": 2.5})})
+    assert shown(result, "s") == "2.5"
+    too_big = errors(session, {"s": n("DynSharpen", method="rcas",
+                                      **{"method.strength": 2.5})})
+    assert any("method.strength" in msg for _k, _node, msg in too_big)
+    linked = {"v": n("DynNumber", value=2.5),
+              "s": n("DynSharpen", method="usm", **{"method.strength": ["v", 0]})}
+    assert shown(session.run(linked), "s") == "2.5"
+    linked["s"]["inputs"]["method"] = "rcas"
+    result = session.run(linked)
+    assert result.run.status == "error" and "strength" in result.run.error["exception_message"]
 
 
 def test_a_slot_past_the_last_is_not_passed(session: Session):
