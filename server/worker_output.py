@@ -4,8 +4,8 @@ A worker's stdout and stderr are pipes that a thread each drains: every chunk go
 server's own stream unchanged (the terminal shows what it showed before, progress bars'
 carriage returns included) and, decoded, to each registered sink, such as the buffer
 behind ComfyUI's Logs panel (:class:`server.comfy_frontend.LogBuffer`), so a custom
-node's ``print`` shows there as in ComfyUI. A sink never slows the pipe down: it is
-called on the draining thread and its errors are dropped.
+node's ``print`` shows there as in ComfyUI. A sink runs on the draining thread, so it
+must be quick (the Logs buffer appends and posts); its errors are dropped.
 """
 
 from __future__ import annotations
