@@ -286,3 +286,18 @@ def test_example_workflow_runs(session, models_dir):
     result = session.run(prompt)
     assert result.ok, result.run.error
     assert result.image_paths
+
+
+def test_a_lora_with_nan_or_inf_values_is_refused_at_load(tmp_path):
+    """A NaN alpha (a damaged file, a diverged training) turned every image to NaN."""
+    from nodes.diffusion.lora import LoraMismatchError, load_lora
+
+    layers = random_lora(5)
+    save_kohya(tmp_path / "nan.safetensors", layers, alpha=float("nan"))
+    with pytest.raises(LoraMismatchError, match="hold NaN or infinite values"):
+        load_lora(tmp_path / "nan.safetensors")
+    down, up = layers["unet"]["down_blocks.0.attentions.0.proj_in"]
+    layers["unet"]["down_blocks.0.attentions.0.proj_in"] = (down, up * float("inf"))
+    save_peft(tmp_path / "inf.safetensors", layers)
+    with pytest.raises(LoraMismatchError, match=r"1 of \d+ tensors hold NaN"):
+        load_lora(tmp_path / "inf.safetensors")

@@ -418,6 +418,16 @@ def load_lora(path: Path, *, allow_pickle: bool = False) -> LoraFile:
 def lora_from_state(state: StateDict, metadata: dict[str, Any], name: str) -> LoraFile:
     """A LoRA state dict (any key layout we read) as a :class:`LoraFile`, checked: every
     key a LoRA weight, every component one a Stable Diffusion model has."""
+    import torch
+
+    # a damaged file (or a diverged training) would turn every image it touches to NaN
+    damaged = [k for k, v in state.items()
+               if isinstance(v, torch.Tensor) and v.is_floating_point()
+               and not bool(torch.isfinite(v).all())]
+    if damaged:
+        raise LoraMismatchError(f"{name}: {len(damaged)} of {len(state)} tensors hold NaN or "
+                                f"infinite values (e.g. {', '.join(damaged[:_SHOWN])}): the "
+                                "file is damaged, or its training diverged")
     layers, unknown = split_layers(kohya_keys(state))
     if unknown:
         kinds = " (OFT, BOFT, GLoRA and DoRA layers are not supported)" if any(
