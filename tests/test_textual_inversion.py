@@ -112,6 +112,19 @@ def test_wrong_width_is_a_clear_error(session):
     assert "expects 32" in result.run.error["exception_message"]
 
 
+def test_an_embedding_with_nan_values_is_a_clear_error(session, models_dir):
+    """It turned the whole prompt, and so the image, to NaN."""
+    bad = _vectors(5, 2)
+    bad[1, 3] = float("nan")
+    save_file({"emb_params": bad}, models_dir / "embeddings" / "broken.safetensors")
+    try:
+        result = session.run(encode_prompt("embedding:broken"))
+    finally:
+        (models_dir / "embeddings" / "broken.safetensors").unlink()
+    assert result.run.status == "error"
+    assert "holds NaN or infinite values" in result.run.error["exception_message"]
+
+
 def test_weighted_embedding_and_cached_encoder_untouched(session, models_dir):
     from nodes.diffusion.loading import load_components
 

@@ -139,7 +139,11 @@ def load_embedding(path: Path, *, allow_pickle: bool = False, dim: int | None = 
     if vectors.dim() != 2 or vectors.shape[0] == 0:
         raise ValueError(f"embedding {path.name} has shape {tuple(vectors.shape)}; "
                          "expected [vectors, dim]")
-    return vectors.detach().to(torch.float32)
+    vectors = vectors.detach().to(torch.float32)
+    if not bool(torch.isfinite(vectors).all()):  # it would turn the whole prompt to NaN
+        raise ValueError(f"embedding {path.name} holds NaN or infinite values: the file is "
+                         "damaged, or its training diverged")
+    return vectors
 
 
 def _vectors_of(data: Any, filename: str, dim: int | None = None) -> torch.Tensor:
