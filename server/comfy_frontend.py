@@ -61,6 +61,8 @@ MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "embeddings", "cli
                  "style_models", "gligen", "hypernetworks", "photomaker", "t2i_adapter")
 LOG_ENTRIES = 300  # as ComfyUI keeps
 LOG_SIZE = {"cols": 120, "rows": 30}  # the Logs panel's terminal width follows it
+#: the most clients subscribed to the log at once (each gets every line it is connected for)
+MAX_LOG_SUBSCRIBERS = 64
 MAX_METADATA_HEADER = 8 << 20  # a safetensors header bigger than this is not read
 TEMPLATES_PACKAGE = "comfyui_workflow_templates"
 
@@ -336,7 +338,9 @@ class LogBuffer(logging.Handler):
         super().__init__(logging.INFO)
         self.hub = hub
         self.entries: deque[dict[str, str]] = deque(maxlen=LOG_ENTRIES)
-        self.subscribers: set[str] = set()
+        # client ids, oldest first (a dict keeps the order): at most MAX_LOG_SUBSCRIBERS,
+        # and a line goes only to those connected, so made-up ids cost nothing per line
+        self.subscribers: dict[str, None] = {}
         self._guard = threading.Lock()
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
@@ -356,7 +360,7 @@ class LogBuffer(logging.Handler):
     def _add(self, entry: dict[str, str]) -> None:
         with self._guard:
             self.entries.append(entry)
-            subscribers = list(self.subscribers)
+            subscribers = [sid for sid in self.subscribers if sid in self.hub.clients]
         for sid in subscribers:
             self.hub.post_event(sid, "logs", {"entries": [entry], "size": LOG_SIZE})
 
@@ -366,7 +370,11 @@ class LogBuffer(logging.Handler):
 
     def subscribe(self, sid: str, enabled: bool) -> None:
         with self._guard:
-            (self.subscribers.add if enabled else self.subscribers.discard)(sid)
+            self.subscribers.pop(sid, None)
+            if enabled:
+                self.subscribers[sid] = None
+                while len(self.subscribers) > MAX_LOG_SUBSCRIBERS:  # the oldest goes
+                    del self.subscribers[next(iter(self.subscribers))]
 
 
 LOG_BUFFER: web.AppKey[LogBuffer] = web.AppKey("steerflow_log_buffer", LogBuffer)

@@ -66,6 +66,28 @@ async def object_info_node(request: web.Request) -> web.Response:
     return json_response({type_id: comfy_schema(await _off_loop(cls.schema, st.env))})
 
 
+#: options whose values system_stats never shows (a caller with the cookie session must
+#: not learn the raw token that the session keeps out of the browser)
+SECRET_OPTIONS = ("--token",)
+
+
+def _shown_argv(argv: list[str]) -> list[str]:
+    """The command line with the values of :data:`SECRET_OPTIONS` hidden."""
+    shown, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+        elif arg in SECRET_OPTIONS:
+            shown.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{o}=" for o in SECRET_OPTIONS)):
+            shown.append(arg.split("=", 1)[0] + "=***")
+        else:
+            shown.append(arg)
+    return shown
+
+
 #: the most characters of one pack error system_stats gives (the log has the traceback)
 MAX_PACK_MESSAGE = 500
 
@@ -90,7 +112,7 @@ async def system_stats(request: web.Request) -> web.Response:
             "required_frontend_version": _required("comfyui-frontend-package"),
             "installed_templates_version": _version("comfyui-workflow-templates"),
             "required_templates_version": _required("comfyui-workflow-templates"),
-            "argv": sys.argv,
+            "argv": _shown_argv(sys.argv),
             "ram_total": total,
             "ram_free": free,
             "nodes_loaded": runtime.registry is not None,

@@ -102,7 +102,11 @@ def _loopback_host(host: str, own_host: str) -> bool:
 
 @functools.lru_cache(maxsize=256)  # a handful of distinct Host headers in practice
 def _split_host(host: str) -> tuple[str | None, int | None]:
-    """``Host`` header → (lower-case name without brackets, port or None)."""
+    """``Host`` header → (lower-case name without brackets, port or None); (None, None)
+    for one that is no host (a Host holds no user, path, query or fragment: read as a
+    URL, "evil@127.0.0.1" or "127.0.0.1#.evil" would name the loopback host)."""
+    if any(c in host for c in "@/?#\\") or any(c.isspace() for c in host.strip()):
+        return None, None
     try:
         parts = urlsplit("//" + host.strip())
         return (parts.hostname or "").rstrip(".") or None, parts.port

@@ -406,7 +406,7 @@ class Hub:
             return
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: no traceback in the log
             return
         if isinstance(msg, dict) and msg.get("type") == "feature_flags" \
                 and isinstance(msg.get("data"), dict):

@@ -50,8 +50,9 @@ def test_cross_origin_websocket_refused(server: LiveServer):
 
 
 def test_dns_rebinding_host_refused(server: LiveServer, http: Http):
+    # a Host read as a URL names the loopback host through a user part or a fragment
     for host in (f"evil.example:{server.port}", "evil.example", f"127.0.0.1.evil:{server.port}",
-                 "[::2]:1"):
+                 "[::2]:1", "evil@127.0.0.1", "127.0.0.1#.evil", "127.0.0.1/x"):
         reply = http.get("/history", headers={"Host": host})
         assert reply.status == 403, host
         assert reply.json()["error"]["type"] == "forbidden_host"
@@ -116,3 +117,47 @@ def test_unexpected_errors_are_json_500_without_traceback(make_server, loop, cap
     assert http.request("DELETE", "/prompt").status == 405
     assert http.request("DELETE", "/prompt").json()["error"]["type"] == "method_not_allowed"
     http.close()
+
+
+def test_system_stats_hides_the_token_in_the_command_line():
+    """A script under the cookie session must not read the raw token the cookie hides."""
+    from server.info import _shown_argv
+
+    assert _shown_argv(["steerflow", "serve", "--token", "s3cret", "--port", "8188",
+                        "--token=other"]) == ["steerflow", "serve", "--token", "***",
+                                              "--port", "8188", "--token=***"]
+
+
+def test_deeply_nested_websocket_json_is_ignored_quietly(server: LiveServer, caplog):
+    ws = websocket.create_connection(server.ws_url + "?clientId=deep", timeout=5)
+    try:
+        ws.recv()  # status
+        with caplog.at_level("ERROR"):
+            ws.send("[" * 20000 + "]" * 20000)
+            ws.send(json.dumps({"type": "feature_flags", "data": {}}))
+            assert json.loads(ws.recv())["type"] == "feature_flags"  # still served
+        assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+    finally:
+        ws.close()
+
+
+def test_log_subscriptions_are_bounded_and_reach_connected_clients_only():
+    """200,000 made-up ids made every log line cost seconds."""
+    from server.comfy_frontend import MAX_LOG_SUBSCRIBERS, LogBuffer
+
+    class Hub:
+        clients = {"real": object()}
+        sent: list = []
+
+        def post_event(self, sid, type_, data):
+            self.sent.append(sid)
+
+    hub = Hub()
+    buffer = LogBuffer(hub)
+    buffer.subscribe("real", True)
+    for i in range(1000):
+        buffer.subscribe(f"fake{i}", True)
+    assert len(buffer.subscribers) == MAX_LOG_SUBSCRIBERS
+    buffer.subscribe("real", True)  # a re-subscribe makes it the newest
+    buffer.output("a line\n")
+    assert hub.sent == ["real"]
