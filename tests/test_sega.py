@@ -122,6 +122,23 @@ def test_a_concept_that_cools_down_before_anothers_warm_up_leaves_no_nan(session
     assert np.abs(image - run_graph(session, plain)).max() > 1e-3  # the second still acts
 
 
+def test_a_concept_that_never_steers_says_so(session):
+    """A warm-up as long as the run (or a cool-down before the warm-up) left the concept
+    doing nothing without a word."""
+    for change, why in (({"warmup_steps": STEPS}, "not shorter than the run's"),
+                        ({"warmup_steps": 3, "cooldown_steps": 2}, "not after its warm-up")):
+        prompt = sega_prompt([{**CONCEPTS[0], **change}])
+        result = session.run(prompt, keep_events=True)
+        assert result.ok, result.run.error
+        CAPTURED.pop(prompt["10"]["inputs"]["key"])
+        warnings = [d["message"] for e, d in result.events if e == "node_warning"]
+        assert any("never steers" in w and why in w for w in warnings), warnings
+    prompt = sega_prompt(CONCEPTS[:1])
+    result = session.run(prompt, keep_events=True)
+    CAPTURED.pop(prompt["10"]["inputs"]["key"], None)
+    assert not [d for e, d in result.events if e == "node_warning"]
+
+
 def test_a_concept_without_text_is_refused_when_queued(session):
     """Before, an empty concept passed validation, loaded the model and failed at run time."""
     from engine.validation import PromptValidationError

@@ -102,6 +102,16 @@ class SemanticGuidance(SamplerExtension):
         if not run.do_cfg:
             raise ValueError("SEGA needs classifier-free guidance: set cfg above 1")
         run.state[self] = _SegaState()
+        steps = len(run.timesteps)
+        for concept in self.concepts:  # settings that leave a concept doing nothing
+            end = min(steps, concept.cooldown_steps if concept.cooldown_steps is not None
+                      else steps)
+            if concept.warmup_steps >= end:
+                why = (f"its warm-up ({concept.warmup_steps} steps) is not shorter than the "
+                       f"run's {steps} steps" if end == steps else
+                       f"its cool-down step ({concept.cooldown_steps}) is not after its "
+                       f"warm-up ({concept.warmup_steps})")
+                run.warn(f"SEGA concept {concept.label[:60]!r} never steers: {why}")
 
     def extra_conditions(self, run: SamplingRun) -> Sequence[CondEntry]:
         return concept_conditions(self.concepts)
