@@ -79,7 +79,9 @@ class LocalHost:
     def start(self, slot: Slot, config: dict[str, Any]) -> Channel:
         if self.devices and not config.get("device"):
             config = {**config, "device": self.devices[slot.index % len(self.devices)]}
-        return WorkerProcess(config, module=self.module)
+        # the server imported the same pack files and logged their failures: the worker's
+        # output reaches the same log and Logs panel, so it does not repeat them
+        return WorkerProcess({**config, "pack_errors_logged": True}, module=self.module)
 
     def close(self) -> None:
         pass

@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -47,6 +48,21 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def _quiet_pack_errors(quiet: bool) -> Iterator[None]:
+    """Pack import failures unlogged here while ``quiet`` (a local worker: the server
+    logged the same files' failures, and this process's output joins its log); they
+    still go to the server in ``ready``'s ``pack_errors``."""
+    logger = logging.getLogger("engine.registry")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class Worker:
@@ -87,8 +103,9 @@ class Worker:
         cfg = self.config
         folders = Environment.create(cfg["base_dir"], models_dir=cfg.get("models_dir"),
                                      device="cpu")
-        registry = load_registry(cfg.get("registry_factory"), cfg.get("custom_nodes"),
-                                 env=folders)
+        with _quiet_pack_errors(bool(cfg.get("pack_errors_logged"))):
+            registry = load_registry(cfg.get("registry_factory"), cfg.get("custom_nodes"),
+                                     env=folders)
         registry.setup(folders)
         self.send({"op": "setup"})
         budgets = None

@@ -98,6 +98,44 @@ def test_what_a_node_prints_in_the_worker_is_in_the_logs_panel(http: Http,
     assert "stdout: héllo ✓ from a node" in text and "stderr: héllo ✓ from a node" in text
 
 
+BROKEN_PACKS = "STEERFLOW_TEST_BROKEN_PACKS"
+
+
+def registry_with_a_broken_pack_folder() -> NodeRegistry:
+    import os
+    from pathlib import Path
+
+    registry = make_registry()
+    registry.load_directory(Path(os.environ[BROKEN_PACKS]))
+    return registry
+
+
+def test_a_pack_that_fails_to_import_is_in_the_logs_panel_once(
+        make_server: Callable[..., LiveServer], loop: Any, monkeypatch: Any, tmp_path: Any
+) -> None:
+    """The server and its worker both import the packs; the worker's output now joins the
+    server's log, so the worker does not log the failure the server logged already."""
+    packs = tmp_path / "custom_nodes"
+    packs.mkdir()
+    (packs / "broken_pack.py").write_text("import a_module_nobody_installed_xyz\n")
+    monkeypatch.setenv(BROKEN_PACKS, str(packs))
+    server = make_server(registry_factory="tests.server.test_comfy_frontend_compat:"
+                                          "registry_with_a_broken_pack_folder")
+    http = Http(server.url, loop)
+    try:
+        pid = http.post("/prompt", json={"prompt": {
+            "1": {"class_type": "TestSource", "inputs": {"value": 1}},
+            "2": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}}}}).json()["prompt_id"]
+        from tests.server.helpers import wait_history
+
+        wait_history(http, [pid])  # the worker has loaded its packs
+        text = http.get("/internal/logs").json()
+    finally:
+        http.close()
+    assert text.count("a_module_nobody_installed_xyz'") >= 1
+    assert text.count("failed to load node pack") == 1, text[-3000:]
+
+
 def test_load_image_announces_comfyui_image_upload(make_server: Callable[..., LiveServer],
                                                    loop: Any) -> None:
     # ComfyUI's frontend adds "choose file to upload" and the preview only for
