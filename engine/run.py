@@ -23,6 +23,7 @@ from engine.lists import (
     EXECUTION_BLOCKED,
     SPECIAL,
     NotReturned,
+    ValueList,
     as_lists,
     calls,
     merge_outputs,
@@ -366,7 +367,11 @@ class _Run(ExpansionSteps):
                 value = entry.outputs[idx]
             except IndexError:  # an EXTRA_OUTPUTS node returned fewer: None, as ComfyUI
                 value = None
-            if isinstance(value, NotReturned):
+            missing = value if isinstance(value, NotReturned) else next(
+                (v for v in value if isinstance(v, NotReturned)), None) \
+                if isinstance(value, ValueList) else None
+            if missing is not None:  # also from a node that ran once per list item
+                value = missing
                 source = self.nodes[src].cls
                 raise ValueError(
                     f"input '{name}' is linked to output {idx} of node {src} "

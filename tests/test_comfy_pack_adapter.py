@@ -161,6 +161,17 @@ class OneForTwo:
         return (a,)
 
 
+class Listed:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+    RETURN_TYPES = ("FLOAT",)
+    OUTPUT_IS_LIST = (True,)
+    FUNCTION = "run"
+    def run(self):
+        return ([1.0, 2.0],)
+
+
 class BareValue:
     @classmethod
     def INPUT_TYPES(cls):
@@ -271,7 +282,7 @@ class Seeded:
 
 NODE_CLASS_MAPPINGS = {n: globals()[n] for n in (
     "Blank", "Number", "Show", "Switch", "Stack", "Average", "Puter", "TwoForOne", "OneForTwo",
-    "BareValue", "ShowText", "Words", "Count", "Inc", "Multi", "Seeded")}
+    "Listed", "BareValue", "ShowText", "Words", "Count", "Inc", "Multi", "Seeded")}
 '''
 
 
@@ -417,6 +428,11 @@ def test_a_node_returning_fewer_values_than_declared_fails_only_where_one_is_use
     assert result.run.status == "error" and result.run.error["node_id"] == "3"
     message = result.run.error["exception_message"]
     assert "output 1 of node 2" in message and "returned 1 of the 2 values" in message
+    # run once per list item: the missing output is a list of what was not returned
+    result = session.run({"1": n("Listed"), "2": n("OneForTwo", a=["1", 0]),
+                          "3": n("Show", value=["2", 1])})
+    assert result.run.status == "error" and result.run.error["node_id"] == "3"
+    assert "output 1 of node 2" in result.run.error["exception_message"]
     result = session.run({"1": n("Number", value=3.0), "2": n("BareValue", a=["1", 0]),
                           "3": n("Show", value=["2", 0])})
     assert "returned a float, not a tuple" in result.run.error["exception_message"]
