@@ -480,3 +480,30 @@ def _empty_point(page, corner: str) -> tuple[float, float]:
         }
         return null;
     }""", corner))
+
+
+def test_a_first_visit_names_the_node_packs_that_failed_to_load(browser_context,
+                                                               server: LiveServer):
+    """The warning came, then opening the default workflow cleared it with the warnings
+    about the previous graph: a first-time user never saw it (the sweep drill)."""
+    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+
+    stats = {"packs": {"errors": [{"pack": "custom_nodes/ComfyUI-Crystools", "whole": True,
+                                   "message": "ModuleNotFoundError: No module named 'x'"}]}}
+    page.route(re.compile(r".*/system_stats$"), lambda route: route.fulfill(json=stats))
+
+    def after_the_warning(route):  # the default workflow opens once the warning is up
+        import time
+
+        time.sleep(0.5)
+        route.continue_()
+
+    page.route(re.compile(r".*/workflows/.*\.json$"), after_the_warning)
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelectorAll('.react-flow__node').length > 0")
+    toasts = page.get_by_test_id("toast")
+    expect(toasts.filter(has_text="Opened")).to_have_count(1)  # the default workflow
+    warning = toasts.filter(has_text="ComfyUI-Crystools failed to load")
+    expect(warning).to_be_visible()
+    page.wait_for_timeout(500)
+    expect(warning).to_be_visible()  # still there once the workflow has opened

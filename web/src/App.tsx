@@ -128,7 +128,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   useEffect(() => {
     getPackErrors().then((errors) => {
       const text = packErrorText(errors);
-      if (text) notify(text, "warning");
+      if (text) notify(text, "warning", undefined, true); // about the server: opening a workflow keeps it
     }).catch(() => undefined);
   }, [notify]);
   const g = useGraphStore(defs, store, (message) => notify(message, "error"));

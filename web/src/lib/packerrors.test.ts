@@ -6,6 +6,11 @@ describe("packErrorText", () => {
     expect(packErrorText([])).toBeNull();
   });
 
+  it("keeps the reason after an exception's bare name", () => {
+    expect(packErrorText([{ pack: "p", message: "RuntimeError:\n\nneeds a GPU\nmore", whole: true }]))
+      .toBe("Node packs: p failed to load (RuntimeError: needs a GPU). The server's log has the details.");
+  });
+
   it("names the packs and the first line of why, a few at most", () => {
     const text = packErrorText([
       { pack: "/base/custom_nodes/ComfyUI-Crystools", message: "ModuleNotFoundError: No module named 'deepdiff'\nTraceback…", whole: true },

@@ -12,7 +12,10 @@ export function packErrorText(errors: readonly PackErrorInfo[]): string | null {
   if (!errors.length) return null;
   const name = (pack: string) => pack.split(/[\\/]/).filter(Boolean).pop() ?? pack;
   const parts = errors.slice(0, SHOWN).map((e) => {
-    const why = e.message.split("\n")[0].trim();
+    // the first line; after an exception's bare name, what follows it
+    const lines = e.message.split("\n").map((l) => l.trim()).filter(Boolean);
+    let why = lines[0] ?? "";
+    if (/^\w+(Error|Exception):?$/.test(why) && lines[1]) why = `${why.replace(/:$/, "")}: ${lines[1]}`;
     return e.whole ? `${name(e.pack)} failed to load (${why})` : `${name(e.pack)} loaded without some nodes (${why})`;
   });
   const more = errors.length > SHOWN ? `; ${errors.length - SHOWN} more` : "";
