@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
+from nodes.diffusion.train_textual_inversion import syntax_problem
 from nodes.training import (
     LossMaskInputs,
     PriorPreservationInputs,
@@ -113,6 +114,9 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         if isinstance(token, str) and token and (token != token.strip() or " " in token):
             problems.append(("modifier_token", "one word without spaces, e.g. <new1> (or "
                              "empty to train K/V only)"))
+        elif isinstance(token, str) and token and (problem := syntax_problem(token,
+                                                                            "modifier")):
+            problems.append(("modifier_token", problem))
         init = inputs.get("initializer_token")
         if isinstance(token, str) and token.strip() and isinstance(init, str) \
                 and not init.strip():

@@ -16,6 +16,7 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
 from nodes.diffusion.schedulers import SAMPLERS
 from nodes.diffusion.train_common import LR_SCHEDULERS
+from nodes.diffusion.train_textual_inversion import syntax_problem
 from nodes.limits import name_problem
 
 if TYPE_CHECKING:
@@ -544,6 +545,8 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
         token = inputs.get("placeholder_token")
         if isinstance(token, str) and (not token.strip() or any(c.isspace() for c in token)):
             problems.append(("placeholder_token", "one word without spaces, e.g. <sks>"))
+        elif isinstance(token, str) and (problem := syntax_problem(token)):
+            problems.append(("placeholder_token", problem))
         init = inputs.get("initializer_token")
         if isinstance(init, str) and not init.strip():
             problems.append(("initializer_token", "one vocabulary word, e.g. shape"))

@@ -343,6 +343,8 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(session, models_di
     ({"freeze_model": "everything"}, "freeze_model"),
     ({"prior_loss_weight": -1.0}, "prior_loss_weight"),
     ({"with_prior_preservation": True}, "class_prompt"),
+    ({"modifier_token": "(new1)", "captions": "a (new1)"}, "prompt syntax"),
+    ({"modifier_token": "{new1}", "captions": "a {new1}"}, "prompt syntax"),
 ])
 def test_inputs_refused_before_running(session, overrides, expected):
     prompt = graph(cd_node(**overrides), text="a", clip_from=["train", 1])
@@ -352,7 +354,6 @@ def test_inputs_refused_before_running(session, overrides, expected):
 @pytest.mark.parametrize("overrides,expected", [
     ({"initializer_token": "ktn"}, "single token"),  # the script's default: 2 CLIP tokens
     ({"modifier_token": "circle", "captions": "a circle"}, "already has the token"),
-    ({"modifier_token": "(new1)", "captions": "a (new1)"}, "prompt syntax"),
     ({"captions": "one <new1>\ntwo <new1>"}, "2 captions for 3 images"),
     ({"resolution": 40}, "not a multiple of 16"),
 ])

@@ -38,8 +38,20 @@ def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:
     return [placeholder] + [f"{placeholder}_{i}" for i in range(1, num_vectors)]
 
 
-#: characters CLIP Text Encode reads as prompt weighting (nodes.diffusion.prompt_weighting)
-PROMPT_SYNTAX = "()[]\\"
+#: what prompts rewrite before a token can be looked up: CLIP Text Encode's weighting
+#: (nodes.diffusion.prompt_weighting) and the front ends' dynamic prompts ({a|b}, comments)
+PROMPT_SYNTAX = ("(", ")", "[", "]", "\\", "{", "}", "|", "//", "/*")
+
+
+def syntax_problem(token: str, what: str = "placeholder") -> str | None:
+    """Why ``token`` would never reach the tokenizer as written, or None."""
+    if any(part in token for part in PROMPT_SYNTAX) or token.lower().startswith("embedding:"):
+        # "(sks)" is "sks" weighted 1.1, "{sks}" a dynamic prompt's choice: the trained
+        # vectors would never be looked up, and prompts would draw the base model's word
+        return (f"{token!r} holds prompt syntax (brackets, braces, '|', a backslash, a // or "
+                f"/* comment, or embedding:), which prompts rewrite before the {what} is "
+                "looked up: pick a word such as <sks>")
+    return None
 
 
 def token_problems(tokenizer: Any, placeholder: str, initializer: str, num_vectors: int
@@ -49,13 +61,8 @@ def token_problems(tokenizer: Any, placeholder: str, initializer: str, num_vecto
     if not placeholder.strip() or placeholder != placeholder.strip() or " " in placeholder:
         problems.append(("placeholder_token", "the placeholder must be one word without spaces "
                          "(e.g. <sks>)"))
-    elif any(c in placeholder for c in PROMPT_SYNTAX) \
-            or placeholder.lower().startswith("embedding:"):
-        # CLIP Text Encode reads "(sks)" as "sks" weighted 1.1: the trained vectors would
-        # never be looked up, and the prompt would draw the base model's "sks"
-        problems.append(("placeholder_token", f"{placeholder!r} holds prompt syntax "
-                         "(brackets, a backslash or embedding:), which CLIP Text Encode reads "
-                         "as weighting: pick a word such as <sks>"))
+    elif (problem := syntax_problem(placeholder)) is not None:
+        problems.append(("placeholder_token", problem))
     else:
         vocab = tokenizer.get_vocab()
         known = [t for t in placeholder_tokens(placeholder, num_vectors)
