@@ -93,6 +93,10 @@ class MultiDiffusionPanorama(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel]:
         from nodes.diffusion.multidiffusion import MultiDiffusionPanorama as Panorama
 
+        if 0 < self.window_size < MIN_WINDOW:  # a linked value (a constant is validated)
+            raise ValueError(f"windows of {self.window_size} latent pixels are too small for a "
+                             f"UNet to draw in: use 0 (the model's native size) or at least "
+                             f"{MIN_WINDOW}")
         native = int(getattr(self.model.unet.config, "sample_size", 0) or 0)
         window = self.window_size or native
         if self.stride > window:

@@ -509,6 +509,9 @@ def test_validation_errors(session):
     assert issues(session, prompt) == [("20", "stride")]
     prompt = panorama_prompt(window=1, stride=1)  # ~1,000 UNet calls a step on 1x1 latents
     assert issues(session, prompt) == [("20", "window_size")]
+    prompt["w"] = {"class_type": "PrimitiveInt", "inputs": {"value": 1}}
+    prompt["20"]["inputs"]["window_size"] = ["w", 0]  # linked: refused when it arrives
+    assert "too small for a UNet" in run_error(session, prompt)
     prompt = panorama_prompt(view_batch=0)
     assert issues(session, prompt) == [("20", "view_batch_size")]
     prompt = panorama_prompt(weights="cosine")
