@@ -436,8 +436,9 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
                    warnings).apply(looks(pid, ui_nodes[pid], dropped))
     idle = [nid for nid, n in ui_nodes.items() if n["type"] == PRIMITIVE and nid not in feeds]
     if idle:  # ComfyUI shows them with no widget; they hold no value to keep
-        warnings.append(f"node {', '.join(idle)} (Primitive) is linked to no widget, so it "
-                        "was left out")
+        warnings.append(f"node {idle[0]} (Primitive) is linked to no widget, so it was left "
+                        "out" if len(idle) == 1 else f"nodes {', '.join(idle)} (Primitives) "
+                        "are linked to no widget, so they were left out")
     for nid, name, rid in passes:
         value = prompt[nid]["inputs"].get(name)
         if value is None or is_link(value):  # not where a primitive's value was written
