@@ -384,16 +384,18 @@ class WorkerProcess(Channel):
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
             [*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
         try:
-            # its output goes through pipes: to this terminal and the Logs panel
+            # its output goes through pipes: to this terminal and the Logs panel. Its own
+            # process group: a kill takes the processes a node started along (they held
+            # its pipes, and ran on, after a hard stop); it ignores Ctrl+C's SIGINT anyway
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, "--fd", str(child.fileno())],
                 pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=False)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
         finally:
             child.close()
         label = f"worker-{self.proc.pid}"
-        pump(self.proc.stdout, "stdout", label)
-        pump(self.proc.stderr, "stderr", label)
+        pump(self.proc.stdout, "stdout", label, self.alive)
+        pump(self.proc.stderr, "stderr", label, self.alive)
         parent.setblocking(True)
         conn = Connection(os.dup(parent.fileno()))
         parent.close()
@@ -408,7 +410,9 @@ class WorkerProcess(Channel):
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL, then reap: used for hard interrupts and shutdown."""
+        """SIGKILL to the worker and what it started, then reap: used for hard interrupts
+        and shutdown."""
+        self._kill_group()
         if self.proc.poll() is None:
             with contextlib.suppress(OSError):
                 self.proc.kill()
@@ -419,12 +423,19 @@ class WorkerProcess(Channel):
         self.close()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to exit (closing its channel), then kill it if it lingers."""
+        """Ask the worker to exit (closing its channel), then kill it if it lingers; what
+        it left running goes too."""
         self.close()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        # the group is the worker's pid (process_group=0); it lives while any member does
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def exit_cause(self) -> str:
         """How the process ended, in words (waits briefly for it to be reaped)."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import select
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import IO
 
@@ -23,6 +25,8 @@ Sink = Callable[[str], None]
 _SINKS: list[Sink] = []
 _GUARD = threading.Lock()
 CHUNK = 65536
+POLL = 1.0  # seconds between checks that the worker still runs
+GRACE = 2.0  # seconds its pipe is still read once it has ended
 
 
 def add_sink(sink: Sink) -> None:
@@ -36,24 +40,39 @@ def remove_sink(sink: Sink) -> None:
         _SINKS.remove(sink)
 
 
-def pump(pipe: IO[bytes], stream_name: str, label: str) -> threading.Thread:
-    """Drain ``pipe`` (a worker's stdout or stderr) on a daemon thread until it closes."""
-    thread = threading.Thread(target=_drain, args=(pipe, stream_name),
+def pump(pipe: IO[bytes], stream_name: str, label: str,
+         alive: Callable[[], bool] = lambda: True) -> threading.Thread:
+    """Drain ``pipe`` (a worker's stdout or stderr) on a daemon thread until it closes, or
+    until ``alive`` (the worker) has been false for :data:`GRACE` seconds: a process the
+    worker started may hold the pipe open after the worker is gone."""
+    thread = threading.Thread(target=_drain, args=(pipe, stream_name, alive),
                               name=f"steerflow-{label}-{stream_name}", daemon=True)
     thread.start()
     return thread
 
 
-def _drain(pipe: IO[bytes], stream_name: str) -> None:
+def _drain(pipe: IO[bytes], stream_name: str, alive: Callable[[], bool]) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     fd = pipe.fileno()
+    dead_since: float | None = None
+    poller = select.poll()  # not select.select: a busy server's fds pass 1024
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     try:
-        while chunk := os.read(fd, CHUNK):
-            _write_through(stream_name, chunk)
-            text = decoder.decode(chunk)
-            if text:
-                _tell(text)
-    except OSError:
+        while True:
+            ready = poller.poll(POLL * 1000)
+            if ready:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    break
+                _write_through(stream_name, chunk)
+                text = decoder.decode(chunk)
+                if text:
+                    _tell(text)
+            if dead_since is None and not alive():
+                dead_since = time.monotonic()
+            if dead_since is not None and (not ready or time.monotonic() - dead_since > GRACE):
+                break
+    except (OSError, ValueError):
         pass
     finally:
         with contextlib.suppress(OSError):
