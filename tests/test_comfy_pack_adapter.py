@@ -141,22 +141,22 @@ class Puter:
         return tuple(a * (i + 1) for i in range(count))
 
 
-class TwoForOne:
+class FloatIn:
+    """One FLOAT socket; subclasses return more, fewer or no tuple of outputs."""
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"a": ("FLOAT", {"forceInput": True})}}
     RETURN_TYPES = ("FLOAT",)
     FUNCTION = "run"
+
+
+class TwoForOne(FloatIn):
     def run(self, a):
         return (a, a)
 
 
-class OneForTwo:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"a": ("FLOAT", {"forceInput": True})}}
+class OneForTwo(FloatIn):
     RETURN_TYPES = ("FLOAT", "STRING")
-    FUNCTION = "run"
     def run(self, a):
         return (a,)
 
@@ -172,12 +172,7 @@ class Listed:
         return ([1.0, 2.0],)
 
 
-class BareValue:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"a": ("FLOAT", {"forceInput": True})}}
-    RETURN_TYPES = ("FLOAT",)
-    FUNCTION = "run"
+class BareValue(FloatIn):
     def run(self, a):
         return a
 
