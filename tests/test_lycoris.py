@@ -143,3 +143,41 @@ def test_lycoris_layers_that_do_not_fit_are_a_clear_error(tmp_path, session):  #
     save_file({"lora_unet_x.oft_blocks": torch.zeros(2)}, str(tmp_path / "oft.safetensors"))
     with pytest.raises(LoraMismatchError, match="OFT, BOFT, GLoRA and DoRA"):
         load_lora(tmp_path / "oft.safetensors")
+
+
+def test_malformed_lycoris_files_are_clear_errors(tmp_path):
+    """The fuzz drill's cases: each was an IndexError, a RuntimeError, a layer dropped in
+    silence or an infinite weight found only at VAE Decode."""
+    from nodes.diffusion.lora import LoraMismatchError, load_lora, patched
+
+    unet = build_tiny_pipeline().unet
+    _, state = peft_unet("loha")
+    key = next(k for k in state if k.endswith("attn1.to_q.hada_w1_a"))
+    module = key.rpartition(".")[0]
+
+    def refused(name: str, tensors: dict, match: str, alpha: float = 8.0) -> None:
+        save_lycoris(tmp_path / name, tensors, alpha)
+        with pytest.raises(LoraMismatchError, match=match):
+            lora = load_lora(tmp_path / name)
+            with patched(unet, [lora.patch(unet, "unet", 1.0)]):
+                pass
+
+    refused("rank0.safetensors", {**state, key: state[key][:, :0]}, "tensors are empty")
+    conv = next(k for k in state if k.endswith("conv1.hada_t1"))
+    refused("one_core.safetensors", {k: v for k, v in state.items()
+                                     if k != conv.replace("_t1", "_t2")}, "one Tucker core")
+    _, lokr = peft_unet("lokr")
+    mixed = {**state, **{k: v for k, v in lokr.items() if k.startswith(module + ".")}}
+    refused("mixed.safetensors", mixed, r"two kinds on one module \(LoHa and LoKr\)")
+    refused("huge.safetensors", {k: v * 1e21 if k.startswith(module) else v
+                                 for k, v in state.items()}, "infinite or NaN")
+    save_lycoris(tmp_path / "alpha2.safetensors", state, 8.0)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "alpha2.safetensors"))
+    tensors["lora_unet_" + module.replace(".", "_") + ".alpha"] = torch.tensor([1.0, 2.0])
+    save_file(tensors, str(tmp_path / "alpha2.safetensors"))
+    with pytest.raises(LoraMismatchError, match="holds 2 values; an alpha is one number"):
+        load_lora(tmp_path / "alpha2.safetensors")
+    for name, param in unet.named_parameters():  # every refusal left the weights as they were
+        assert torch.isfinite(param).all(), name

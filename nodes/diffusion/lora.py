@@ -206,6 +206,9 @@ def split_layers(state: StateDict) -> tuple[dict[str, dict[str, _Layer]], list[s
                 module = "kohya:" + module
             layer = layers.setdefault(component, {}).setdefault(module, _Layer())
             if role == "alpha":
+                if tensor.numel() != 1:
+                    raise LoraMismatchError(f"{key} holds {tensor.numel()} values; an alpha "
+                                            "is one number")
                 layer.alpha = float(tensor.float().item())
             elif role == "lycoris":
                 layer.lycoris[m.group(2)] = tensor
@@ -307,8 +310,9 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
             if problem:
                 (missing if problem == "missing" else mismatched).append(
                     shown if problem == "missing" else f"{shown} ({problem})")
-            if layer.down is None and layer.up is None:
-                continue
+            if layer.down is None and layer.up is None and not layer.lycoris \
+                    and layer.mid is None:
+                continue  # a bias (.diff_b) may come with a LoRA or LyCORIS weight update
         target = _resolve(key, modules, kohya)
         weight = getattr(modules[target], "weight", None) if target is not None else None
         if layer.lycoris or layer.mid is not None:  # LoHa, LoKr, LoCon with a Tucker core
@@ -362,6 +366,13 @@ def _fit_lycoris_layer(layer: _Layer, weight: torch.Tensor) -> Any:
     """A LoHa / LoKr / LoCon-Tucker layer's update for ``weight``, or what misfits."""
     from nodes.diffusion import lycoris
 
+    kinds = [kind for kind, present in (
+        ("LoHa", any(k.startswith("hada_") for k in layer.lycoris)),
+        ("LoKr", any(k.startswith("lokr_") for k in layer.lycoris)),
+        ("LoRA", layer.mid is None and (layer.down is not None or layer.up is not None)),
+        ("LoCon (Tucker)", layer.mid is not None)) if present]
+    if len(kinds) > 1:  # one would be dropped: say so rather than apply half the file
+        return f"layers of two kinds on one module ({' and '.join(kinds)})"
     if layer.mid is not None:
         if layer.down is None or layer.up is None:
             return "LoCon layer without its down or up matrix"
@@ -428,7 +439,14 @@ def lora_from_state(state: StateDict, metadata: dict[str, Any], name: str) -> Lo
         raise LoraMismatchError(f"{name}: {len(damaged)} of {len(state)} tensors hold NaN or "
                                 f"infinite values (e.g. {', '.join(damaged[:_SHOWN])}): the "
                                 "file is damaged, or its training diverged")
-    layers, unknown = split_layers(kohya_keys(state))
+    empty = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.numel() == 0]
+    if empty:  # a rank of 0: no update, and no shape to check it by
+        raise LoraMismatchError(f"{name}: {len(empty)} tensors are empty (e.g. "
+                                f"{', '.join(empty[:_SHOWN])}): the file is damaged")
+    try:
+        layers, unknown = split_layers(kohya_keys(state))
+    except LoraMismatchError as exc:
+        raise LoraMismatchError(f"{name}: {exc}") from None
     if unknown:
         kinds = " (OFT, BOFT, GLoRA and DoRA layers are not supported)" if any(
             re.search(r"oft_|dora_scale|magnitude|\.a1\.weight|\.b1\.weight", k)
@@ -457,11 +475,13 @@ def patched(root: torch.nn.Module, patches: Iterable[LoraPatch]) -> Iterator[Non
     import torch
 
     deltas: dict[str, list[tuple[float, LoraWeight]]] = {}
+    owners: dict[str, list[str]] = {}  # the patches' names, for an error
     for patch in patches:
         if patch.strength == 0:
             continue
         for param_name, update in patch.weights:
             deltas.setdefault(param_name, []).append((patch.strength, update))
+            owners.setdefault(param_name, []).append(str(getattr(patch, "name", "")))
     if not deltas:
         yield
         return
@@ -475,7 +495,14 @@ def patched(root: torch.nn.Module, patches: Iterable[LoraPatch]) -> Iterator[Non
                 merged = param.detach().to(torch.float32)
                 for strength, update in updates:
                     merged = apply_update(merged, strength, update, param.shape)
-                param.copy_(merged.to(param.dtype))
+                merged = merged.to(param.dtype)
+                if not bool(torch.isfinite(merged).all()):  # finite factors, overflowing
+                    names = ", ".join(repr(n) for n in dict.fromkeys(owners[param_name]))
+                    raise LoraMismatchError(
+                        f"LoRA {names} makes {param_name} infinite or NaN (its values are too "
+                        f"large for {str(param.dtype).removeprefix('torch.')}): the file is "
+                        "damaged, or use a smaller strength")
+                param.copy_(merged)
         yield
     finally:
         with torch.no_grad():

@@ -144,6 +144,8 @@ def _fit_loha(t: dict[str, torch.Tensor], alpha: float | None, weight: torch.Ten
     missing = [k for k in LOHA_KEYS[:4] if k not in t]
     if missing:
         return f"LoHa layer without {', '.join(missing)}"
+    if ("hada_t1" in t) != ("hada_t2" in t):
+        return "LoHa layer with one Tucker core (hada_t1 and hada_t2 come together)"
     s1 = _factor_shape(t["hada_w1_a"], t["hada_w1_b"], t.get("hada_t1"))
     s2 = _factor_shape(t["hada_w2_a"], t["hada_w2_b"], t.get("hada_t2"))
     if s1 is None or s2 is None or math.prod(s1) != math.prod(s2) or s1[0] != s2[0]:
