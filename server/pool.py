@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 MAX_ASSIGNMENTS = 10000  # prompt -> worker, kept for /system_stats and the tests
 MAX_CLIENTS = 4096  # clients remembered for round-robin beyond those with prompts queued
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds, by failed starts in a row
+#: seconds a node that ignores the interrupt keeps its worker once the server is stopping
+SHUTDOWN_GRACE = 1.0
 # A start that fails while prompts wait is retried (the prompts wait for it) up to
 # START_TRIES times per slot, START_RETRY_BACKOFF seconds apart, before they are failed.
 START_TRIES = 3
@@ -141,7 +143,9 @@ class PoolRuntime(Runtime):
                 else "no prompts are queued")
         self._stopping = True
         self.queue.close()
-        self.interrupt()
+        # the server is going: a node that ignores the interrupt is not given the whole
+        # interrupt_grace (its prompt goes back in the queue either way)
+        self.interrupt(grace=min(SHUTDOWN_GRACE, self.config.interrupt_grace))
         if self._thread is not None:  # it winds the workers and the host down
             self._thread.join(self.config.interrupt_grace + 15.0)
         self._wind_down()  # in case it could not
@@ -162,17 +166,20 @@ class PoolRuntime(Runtime):
         if self.host is not None:
             self.host.close()
 
-    def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt the prompt ``prompt_id`` on the worker running it (None: all)."""
+    def interrupt(self, prompt_id: str | None = None, *, grace: float | None = None) -> bool:
+        """Interrupt the prompt ``prompt_id`` on the worker running it (None: all); its
+        worker is killed if it has not stopped ``grace`` seconds later (default:
+        ``interrupt_grace``; an earlier deadline stays)."""
         hits: list[tuple[Channel, str]] = []
+        deadline = time.monotonic() + (self.config.interrupt_grace if grace is None else grace)
         with self._pool:
             for slot in self.slots:
                 running = slot.running
                 if running is None or (prompt_id is not None
                                        and running.item.prompt_id != prompt_id):
                     continue
-                if running.hard_deadline is None:
-                    running.hard_deadline = time.monotonic() + self.config.interrupt_grace
+                if running.hard_deadline is None or running.hard_deadline > deadline:
+                    running.hard_deadline = deadline
                 if slot.worker is not None:
                     hits.append((slot.worker, running.item.prompt_id))
         for worker, pid in hits:

@@ -103,6 +103,36 @@ def test_graceful_stop_puts_the_running_prompt_back(make_server, tmp_path, loop,
 
 
 
+def test_stopping_does_not_wait_the_interrupt_grace_for_a_node_that_ignores_it(
+        make_server, tmp_path, loop):
+    """Ctrl-C with a node holding the GIL waited the whole interrupt_grace (plus a
+    second); the README promises about a second. The prompt still goes back."""
+    server = make_server(base_dir=tmp_path, interrupt_grace=30.0)
+    http = Http(server.url, loop)
+    pid = http.post("/prompt", json={"prompt": {"1": {"class_type": "TestHog", "inputs": {
+        "digits": 2_000_000}}}}).json()["prompt_id"]
+    deadline = time.monotonic() + 60
+    while not http.get("/queue").json()["queue_running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # the hog is inside its one long C call
+    http.close()
+    config = server.state.config
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < config.interrupt_grace / 2
+    again = InProcessServer(config)
+    try:
+        http = Http(again.live.url, loop)
+        queue = http.get("/queue").json()
+        assert [i[1] for i in queue["queue_running"] + queue["queue_pending"]] == [pid]
+        http.post("/queue", json={"clear": True})
+        http.post("/interrupt")
+        http.close()
+    finally:
+        again.stop()
+
+
 def test_second_server_on_the_same_data_folder_is_refused(make_server, tmp_path):
     make_server(base_dir=tmp_path)
     with pytest.raises(StorageError, match="in use by another Steerflow server"):
