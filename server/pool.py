@@ -504,6 +504,8 @@ class PoolRuntime(Runtime):
         with self._pool:
             worker, slot.worker, slot.models = slot.worker, None, set()
             slot.info = {**slot.info, "pid": None}
+            # no worker now: never "idle" without one (its thread starts the next)
+            slot.state = "down" if self._stopping else "starting"
         if worker is None:
             return
         worker.kill()
