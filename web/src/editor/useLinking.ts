@@ -273,14 +273,14 @@ export function useLinking(g: GraphStore, notify: Notify) {
     return out;
   }, [rf]);
 
-  /**
-   * Top-left of a new node of `type` overlapping no node (lib/layout.ts's freeSpot): centred
-   * on `at`, or (`corner`) with its top-left corner at `at`, or as near to that as is free.
-   */
   // a new node's size before it is measured: the CSS width, and the height its rows will have
   const sizeOf = useCallback((type: string) => (
     { width: NODE_WIDTH, height: estimateNodeHeight(defsRef.current.get(type)) }), [defsRef]);
 
+  /**
+   * Top-left of a new node of `type` overlapping no node (lib/layout.ts's freeSpot): centred
+   * on `at`, or (`corner`) with its top-left corner at `at`, or as near to that as is free.
+   */
   const freePosition = useCallback((type: string, at: { x: number; y: number }, view?: Rect, corner = false) => {
     const size = sizeOf(type);
     const taken = [
