@@ -37,14 +37,11 @@ from __future__ import annotations
 
 import difflib
 import gc
-import math
-import reprlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
-from pydantic import ValidationError
 
 from engine.dynamic import (
     OutputType,
@@ -55,43 +52,22 @@ from engine.dynamic import (
     ignored_message,
 )
 from engine.environment import Environment
-from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, WIDGET_TYPES, InputSpec, Node
+from engine.issues import (  # noqa: F401  (re-exported: the validation API's one import)
+    Issue,
+    PromptValidationError,
+    comfy_error_type,
+    describe_issues,
+    jsonable,
+    short_repr,
+    to_node_errors,
+)
+from engine.node import InputSpec, Node
 from engine.outputs import bounded_message
 from engine.registry import NodeRegistry
+from engine.value_checks import check_constant, value_issue
 from engine.workflow import NodeShape, is_link, resolve_modes, types_match
 
-_RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
-_INT64_MESSAGE = "must fit in a 64-bit signed integer (-2**63 to 2**63-1)"
 GC_PAUSE_NODES = 10_000  # prompts this big are validated with the cyclic GC paused
-
-
-@dataclass
-class Issue:
-    """One problem found in a prompt."""
-
-    kind: str
-    message: str
-    node_id: str | None = None
-    class_type: str | None = None
-    input_name: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    severity: str = "error"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class PromptValidationError(ValueError):
-    """The prompt has errors; ``issues`` lists every one. ``dependent_outputs(node_id)``
-    names the output nodes that need a node (ComfyUI's ``dependent_outputs``)."""
-
-    def __init__(self, issues: list[Issue],
-                 dependent_outputs: Callable[[str], list[str]] | None = None):
-        self.issues = issues
-        self.dependent_outputs = dependent_outputs or (lambda node_id: [])
-        errors = [i for i in issues if i.severity == "error"]
-        super().__init__(f"{len(errors)} validation error(s): " + "; ".join(
-            _describe(i) for i in errors[:5]))
 
 
 @dataclass
@@ -121,136 +97,6 @@ def node_shape(cls: type[Node]) -> NodeShape:
     inputs = [(s.name, s.type) for s in specs if not s.is_widget]
     inputs += [(s.name, s.type) for s in specs if s.is_widget]
     return NodeShape(tuple(inputs), tuple(o.type for o in cls.OUTPUTS))
-
-
-def check_constant(spec: InputSpec, value: Any, env: Environment | None
-                   ) -> tuple[Any, Issue | None]:
-    """Validate (and coerce) one constant; returns the value or an issue."""
-    if spec.type == ANY_TYPE or (spec.pass_constants and not spec.is_widget):
-        return value, None
-    # a forced socket of a widget type (forceInput, an Autogrow slot of numbers) takes a
-    # constant too, checked as the widget's: ComfyUI's validation ignores forceInput
-    takes_constant = spec.is_widget or (spec.force_input and spec.type in WIDGET_TYPES)
-    if not takes_constant or spec.adapter is None:
-        return value, Issue("expected_link",
-                            f"input '{spec.name}' must be linked to a {spec.type} output",
-                            input_name=spec.name, details={"expected_type": spec.type})
-    try:
-        coerced = spec.adapter.validate_python(value)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if err["type"] == "int_parsing_size":  # pydantic's words for a float beyond 64 bits
-            return value, _value_issue(spec, value, "out_of_range", _INT64_MESSAGE, "int64")
-        if spec.type == "FLOAT" and not spec.allow_nonfinite and _nonfinite(value):
-            # "nan" fails a bound first (NaN <= max is false): say what is wrong with it
-            return value, _value_issue(spec, value, "invalid_value",
-                                       "must be a finite number", "finite_number")
-        kind = "out_of_range" if err["type"] in _RANGE_ERRORS else "invalid_value"
-        return value, _value_issue(spec, value, kind, err["msg"], err["type"])
-    if spec.type == "INT":
-        issue = _int_issue(spec, value, coerced)
-        if issue is not None:
-            return value, issue
-    elif spec.type == "FLOAT" and not spec.allow_nonfinite and not math.isfinite(coerced):
-        return value, _value_issue(spec, value, "invalid_value",
-                                   "must be a finite number", "finite_number")
-    elif isinstance(coerced, str) and (bad := _lone_surrogate(coerced)) is not None:
-        # JSON's "\ud800" decodes to text no tokenizer or file name can take
-        return value, _value_issue(spec, value, "invalid_value",
-                                   f"holds a lone UTF-16 surrogate (U+{ord(coerced[bad]):04X} "
-                                   f"at character {bad}): not valid Unicode text",
-                                   "unicode_text")
-    looked_in: list[str] = []
-    choices = spec.resolve_choices(
-        _ListingRecorder(env, looked_in) if env is not None and callable(spec.choices) else env)
-    if choices is not None and coerced not in choices and not _also_accepted(spec, coerced, env):
-        shown = ", ".join(map(repr, choices[:10])) + (" ..." if len(choices) > 10 else "")
-        where = f" (looked in {' and '.join(looked_in)})" if looked_in else ""
-        details = {"received": _jsonable(value), "choices": choices[:100]}
-        if looked_in:
-            details["folders"] = looked_in
-        return value, Issue("not_in_choices",
-                            f"input '{spec.name}': {_short(coerced)} is not one of "
-                            f"[{shown}]{where}",
-                            input_name=spec.name, details=details)
-    return coerced, None
-
-
-def _also_accepted(spec: InputSpec, value: Any, env: Environment | None) -> bool:
-    """``spec.also_accept``, where a name the file system refuses (too long, too deep)
-    is simply not accepted."""
-    if spec.also_accept is None or env is None:
-        return False
-    try:
-        return bool(spec.also_accept(value, env))
-    except (OSError, ValueError):
-        return False
-
-
-def _nonfinite(value: Any) -> bool:
-    """True for NaN or an infinity, as a number or as the text pydantic reads as one."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, str):
-        try:
-            return not math.isfinite(float(value))
-        except ValueError:
-            return False
-    return False
-
-
-def _lone_surrogate(text: str) -> int | None:
-    """The index of the first lone surrogate in ``text``, or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return exc.start
-    return None
-
-
-class _ListingRecorder:
-    """The environment, noting which folders a choices function lists (e.g. a loader's
-    ``models/checkpoints/``) so that "not one of" can say where it looked."""
-
-    def __init__(self, env: Environment, looked_in: list[str]):
-        self._env, self._looked_in = env, looked_in
-
-    def list_files(self, role: str, subfolder: str = "", **kwargs: Any) -> list[str]:
-        folder = "/".join(p for p in (role, subfolder.strip("/")) if p) + "/"
-        if folder not in self._looked_in:
-            self._looked_in.append(folder)
-        return self._env.list_files(role, subfolder, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._env, name)
-
-
-def _int_issue(spec: InputSpec, value: Any, coerced: int) -> Issue | None:
-    """The limits pydantic does not know: 64-bit range and ``step``."""
-    # A declared bound wins (seeds declare max=2**64-1); an undeclared side is 64-bit.
-    if not spec.wide and ((spec.min is None and coerced < INT64_MIN)
-                          or (spec.max is None and coerced > INT64_MAX)):
-        return _value_issue(spec, value, "out_of_range", _INT64_MESSAGE, "int64")
-    step, base = spec.step, spec.min if spec.min is not None else 0
-    # Only a whole step on a whole base means anything for an integer (0.5 allows all).
-    if step is None or step <= 1 or not float(step).is_integer() \
-            or not float(base).is_integer():
-        return None
-    step, base = int(step), int(base)  # exact: floats lose precision beyond 2**53
-    off = (coerced - base) % step
-    if off == 0:
-        return None
-    grid = f"{base} + k*{step}" if base else f"a multiple of {step}"
-    return _value_issue(spec, value, "invalid_value", f"must be {grid} (nearest: "
-                        f"{coerced - off} or {coerced - off + step})", "step")
-
-
-def _value_issue(spec: InputSpec, value: Any, kind: str, message: str, reason: str) -> Issue:
-    details = {"received": _jsonable(value), "min": spec.min, "max": spec.max, "reason": reason}
-    if reason == "step":
-        details["step"] = spec.step
-    return Issue(kind, f"input '{spec.name}': {message} (got {_short(value)})",
-                 input_name=spec.name, details=details)
 
 
 def validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | None = None,
@@ -478,9 +324,9 @@ def _validate_node(node_id: str, cls: type[Node], inputs: dict[str, Any],
                 and not values_ok:
             # ComfyUI fails int(None)/float(None) (invalid_input_type): a null never
             # silently becomes the default; an optional input's null is "not given"
-            default = (f", or leave the input out for its default {_short(spec.default)}"
+            default = (f", or leave the input out for its default {short_repr(spec.default)}"
                        if spec.has_default else "")
-            issues.append(_value_issue(spec, None, "invalid_value", f"null is not a "
+            issues.append(value_issue(spec, None, "invalid_value", f"null is not a "
                                        f"{spec.type} value; give one{default}", "null"))
             continue
         if name not in inputs or inputs[name] is None:
@@ -649,17 +495,6 @@ def _reached(neighbours: Callable[[str], Iterable[str]], start: set[str]) -> set
     return seen
 
 
-def _describe(issue: Issue) -> str:
-    where = f"node {issue.node_id}" if issue.node_id else "prompt"
-    return f"[{issue.kind}] {where}: {issue.message}"
-
-
-_SHOWN_CHARS = 100  # of a received value in messages and details: prompts can be huge
-
-
-_REPR = reprlib.Repr()  # Python 3.11's takes no keyword arguments
-_REPR.maxstring = _REPR.maxother = _SHOWN_CHARS
-_REPR.maxlong = 40
 
 
 def _unknown_input_message(name: str, specs: Mapping[str, InputSpec],
@@ -678,39 +513,11 @@ def _unknown_input_message(name: str, specs: Mapping[str, InputSpec],
     if not close:
         return f"unknown input {name!r} ignored"
     spec = specs[close[0]]
-    default = ("its default " + _short(spec.default) if spec.default is not None
+    default = ("its default " + short_repr(spec.default) if spec.default is not None
                else "no value")
     return (f"unknown input {name!r} ignored; did you mean {close[0]!r}? It is missing, "
             f"so it takes {default}")
 
-
-def _short(value: Any) -> str:
-    """A bounded repr: a 20 MB string or a 10**400 int must not end up in every message."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
-        return f"<{value.bit_length()}-bit integer>"  # repr of >4300 digits even raises
-    try:
-        text = _REPR.repr(value)  # slices containers and strings before repr'ing them
-    except Exception:  # a nested huge int, or an object whose __repr__ fails
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 2 * _SHOWN_CHARS else text[:2 * _SHOWN_CHARS] + "..."
-
-
-def _jsonable(value: Any) -> Any:
-    """The received value for ``details``: strict-JSON-safe and bounded."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)  # "inf"/"nan" as text
-    if isinstance(value, int):
-        return value if INT64_MIN <= value <= 2**64 else _short(value)
-    if isinstance(value, str) and len(value) <= _SHOWN_CHARS:
-        return value
-    return _short(value)
-
-
-def describe_issues(issues: list[Issue]) -> str:
-    """Human-readable lines, one per issue."""
-    return "\n".join(_describe(i) for i in issues)
 
 
 def _dependents(graph: nx.DiGraph, outputs: list[str]) -> Callable[[str], list[str]]:
@@ -723,62 +530,6 @@ def _dependents(graph: nx.DiGraph, outputs: list[str]) -> Callable[[str], list[s
 
     return dependents
 
-
-def to_node_errors(issues: list[Issue],
-                   dependent_outputs: Callable[[str], list[str]] | None = None
-                   ) -> dict[str, Any]:
-    """ComfyUI's ``node_errors`` shape, keyed by node id; ``dependent_outputs`` (from the
-    :class:`PromptValidationError`) fills each entry's outputs that need the node."""
-    out: dict[str, Any] = {}
-    for issue in issues:
-        if issue.severity != "error" or issue.node_id is None:
-            continue
-        entry = out.get(issue.node_id)
-        if entry is None:
-            entry = out[issue.node_id] = {
-                "errors": [], "class_type": issue.class_type,
-                "dependent_outputs": (dependent_outputs(issue.node_id)
-                                      if dependent_outputs is not None else [])}
-        kind, message = comfy_error_type(issue)
-        extra = {"input_name": issue.input_name, "steerflow_kind": issue.kind, **issue.details}
-        if "received" in issue.details:
-            extra["received_value"] = issue.details["received"]
-        if issue.kind == "out_of_range":
-            extra["input_config"] = [None, {k: issue.details.get(k) for k in ("min", "max")}]
-        entry["errors"].append({
-            "type": kind,
-            "message": message,
-            "details": issue.message,
-            "extra_info": extra,
-        })
-    return out
-
-
-#: issue kind -> (ComfyUI's error type, its message), which ComfyUI's front end knows
-_COMFY_ERRORS = {
-    "missing_input": ("required_input_missing", "Required input is missing"),
-    "bad_link": ("bad_linked_input", "Bad linked input"),
-    "expected_link": ("bad_linked_input", "Bad linked input"),
-    "expected_constant": ("invalid_input_type", "Invalid input type"),
-    "type_mismatch": ("return_type_mismatch", "Return type mismatch between linked nodes"),
-    "invalid_value": ("invalid_input_type", "Failed to convert an input value"),
-    "not_in_choices": ("value_not_in_list", "Value not in list"),
-    "cycle": ("dependency_cycle", "Dependency cycle detected"),
-    "node_error": ("custom_validation_failed", "Custom validation failed for node"),
-    "unknown_input": ("invalid_input_type", "Invalid input type"),
-}
-
-
-def comfy_error_type(issue: Issue) -> tuple[str, str]:
-    """ComfyUI's ``(type, message)`` for a node error; Steerflow's own message is its
-    ``details`` and its kind ``extra_info.steerflow_kind``."""
-    if issue.kind == "out_of_range":
-        received, low = issue.details.get("received"), issue.details.get("min")
-        below = isinstance(received, int | float) and low is not None and received < low
-        return (("value_smaller_than_min", "Value smaller than min") if below
-                else ("value_bigger_than_max", "Value bigger than max"))
-    return _COMFY_ERRORS.get(issue.kind, ("custom_validation_failed",
-                                          "Custom validation failed for node"))
 
 
 #: how many nodes of a cycle its error names
