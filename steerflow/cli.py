@@ -173,6 +173,16 @@ def _set_up(session: Any) -> None:
         session.env.folder("models", create=True)  # a folder it cannot make: no notice
         print(f"installing the built-in models into {models}{made}", file=sys.stderr)
     session.executor.ensure_setup()
+    _print_skipped_nodes(session.registry)
+
+
+def _print_skipped_nodes(registry: Any) -> None:
+    """A ``warning:`` line for each pack node skipped while the rest of its pack loaded
+    (a clashing type id: the workflow would silently get the other node). A pack that
+    failed whole is already logged as an error when it is imported."""
+    for err in registry.errors:
+        if not err.whole:
+            print(f"warning: {err.describe()}", file=sys.stderr)
 
 
 def _session(args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -453,7 +463,9 @@ class _CtrlC:
         threading.Thread(target=self._interrupt, name="steerflow-ctrl-c", daemon=True).start()
 
     def _interrupt(self) -> None:
-        print(self.MESSAGE, file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(self.MESSAGE, file=sys.stderr)  # on its own line, not after a bar's
         # before the prompt has started (validation) there is nothing to interrupt yet
         while not self.executor.interrupt() and not self.done.wait(0.05):
             pass

@@ -95,6 +95,30 @@ def test_a_custom_nodes_path_that_is_no_folder_is_refused(tmp_path, capsys, no_s
     assert not (tmp_path / "models").exists()  # refused before anything was set up
 
 
+def test_validate_names_a_pack_node_skipped_for_a_taken_type_id(tmp_path, models_dir, capsys):
+    """A pack's KSampler clashes with the built-in one: the workflow would silently get the
+    built-in, so run and validate say so (as serve and nodes do), without -v."""
+    pack = tmp_path / "custom_nodes" / "dup_pack"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(
+        "class KSampler:\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {}}\n"
+        "    RETURN_TYPES = ()\n"
+        "    FUNCTION = 'run'\n"
+        "    CATEGORY = 'test'\n"
+        "    def run(self):\n"
+        "        return ()\n"
+        "NODE_CLASS_MAPPINGS = {'KSampler': KSampler}\n")
+    capsys.readouterr()
+    code = main(["validate", str(WORKFLOW), "--base-dir", str(tmp_path), "--models-dir",
+                 str(models_dir), "--device", "cpu", "--custom-nodes", str(pack.parent)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "warning: node pack" in err and "'KSampler' skipped" in err
+
+
 def test_the_registry_refuses_a_custom_nodes_path_that_is_no_folder(tmp_path):
     from engine.registry import NodeRegistry
 

@@ -80,10 +80,13 @@ _EXTRAS_PREFIX = "comfy_extras.nodes_"
 
 
 def missing_message(name: str) -> str:
-    return (f"ComfyUI module {name!r} is not available in Steerflow: it is part of "
-            "ComfyUI's internals (models, samplers, execution), which Steerflow does not "
-            f"provide. Custom node packs may use: {', '.join(PROVIDED)}; a pack that needs "
-            f"{name!r} runs only in ComfyUI itself.")
+    return (f"module {name!r} is not available in Steerflow: it is neither one of the "
+            "ComfyUI modules Steerflow provides nor one of ComfyUI's model internals it "
+            "stubs (it may be ComfyUI's executor, a module newer than Steerflow knows, or a "
+            f"misspelt name). Custom node packs may use: {', '.join(PROVIDED)}; ComfyUI's "
+            "model internals (comfy.sd, comfy.model_patcher, comfy.ldm.*, "
+            "comfy_extras.nodes_*, ...) import as placeholders that fail when used. A pack "
+            f"that needs {name!r} runs only in ComfyUI itself.")
 
 
 def is_stubbed(name: str) -> bool:
