@@ -22,6 +22,7 @@ from nodes.training import (
     _checkpoint,
     _claim,
     _name_problem,
+    _release,
     _sample,
     _save,
     check_training_inputs,
@@ -167,6 +168,7 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         label = f"{name}.safetensors" if name else f"trained-custom-diffusion-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, layers.patch(label)))
         if not name:
+            _release(checkpoint)
             return model, clip, "", ""
         info = training_info(self, captions, base_hash, settings.steps, losses,
                              method="custom_diffusion", modifier_token=spec.modifier_token,
@@ -180,6 +182,7 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
             # diffusers' learned_embeds layout: {token: [1, dim]}
             _save({spec.modifier_token: vector}, metadata, targets["embeddings"], checkpoint)
             embedding = name
+        _release(checkpoint)
         return model, clip, label, embedding
 
 

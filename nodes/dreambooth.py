@@ -20,6 +20,7 @@ from nodes.training import (
     _checkpoint,
     _claim,
     _name_problem,
+    _release,
     _sample,
     _save,
     _settings,
@@ -142,6 +143,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
                     unet, self.vae.vae, clip.text_encoder, self.model.scheduler_config,
                     self.model.family, info)
             _save(tensors, metadata, target, checkpoint)
+        _release(checkpoint)
         return model, clip, f"{name}.safetensors" if name else ""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
@@ -67,7 +69,7 @@ def _name_problem(raw: str, folder: str, env: Environment) -> str | None:
     except Exception as exc:  # PathError and the like: outside the folder
         return f"{name!r}: {exc}"
     if (path.exists() or path.is_symlink()) and _run_key_of(path) is None:
-        return _taken(folder, name)
+        return _taken(folder, name, path)
     return None
 
 
@@ -89,9 +91,10 @@ def _run_key_of(path: Path) -> str | None:
         return None
 
 
-def _taken(folder: str, name: str) -> str:
+def _taken(folder: str, name: str, path: Path | None = None) -> str:
+    what = "folder" if path is not None and path.is_dir() else "file"
     return (f"models/{folder}/{name}.safetensors already exists and was not trained from "
-            "these inputs: choose another save_name, or delete that file to replace it "
+            f"these inputs: choose another save_name, or delete that {what} to replace it "
             "(a training never writes over another file)")
 
 
@@ -105,7 +108,7 @@ def _claim(env: Environment, folder: str, name: str, checkpoint: Path) -> Path:
     name = save_name(name)
     path = _target(env, folder, name)
     if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
-        raise FileExistsError(_taken(folder, name))
+        raise FileExistsError(_taken(folder, name, path))
     _check_writable(path.parent, folder)
     return path
 
@@ -127,11 +130,52 @@ def _check_writable(where: Path, folder: str) -> None:
                       "trained") from None
 
 
+#: what a failed save says of the run: its final checkpoint stays (see :func:`_release`)
+_KEPT = ("the trained weights are kept: queue the prompt again to save them without "
+         "training again")
+
+
 def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path,
           checkpoint: Path) -> None:
+    """Write a trained file, unless another run wrote that name while this one trained
+    (two workers, one save_name): :func:`_claim` checked before training, this checks
+    again, under a lock every worker takes, right before the file goes in place."""
     from nodes.diffusion import train_common as tc
 
-    tc.save_atomic(tensors, {**metadata, RUN_KEY: checkpoint.stem}, path)
+    shown = f"models/{path.parent.name}/{path.name}"
+    with _save_lock(checkpoint.parent):
+        if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
+            raise FileExistsError(f"{shown} was written by something else while this run "
+                                  f"trained: {_KEPT} under another save_name")
+        try:
+            tc.save_atomic(tensors, {**metadata, RUN_KEY: checkpoint.stem}, path)
+        except OSError as exc:  # not the temporary file's name: the user's
+            raise OSError(f"{shown} could not be written ({exc.strerror or exc}): {_KEPT} "
+                          "once that is fixed") from None
+
+
+@contextmanager
+def _save_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process on this base folder (``fcntl``; none
+    where the platform has no ``flock``)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "save.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _release(checkpoint: Path) -> None:
+    """The run's outputs are saved (or it saves none): its final checkpoint can go. Until
+    then it stays, so a failed save loses no training."""
+    checkpoint.unlink(missing_ok=True)
 
 
 def _settings(node: Any) -> Any:
@@ -487,6 +531,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
                                  target_modules=list(spec.unet_targets))
             tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
             _save(tensors, metadata, target, checkpoint)
+        _release(checkpoint)
         return model, clip, label if name else ""
 
 
@@ -578,6 +623,7 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
                         for k, v in info.items()}
             # diffusers' learned_embeds layout: {placeholder: [vectors, dim]}
             _save({self.placeholder_token: vectors}, metadata, target, checkpoint)
+        _release(checkpoint)
         return clip, name
 
 

@@ -404,6 +404,66 @@ def test_a_training_never_writes_over_another_file(session, models_dir):
     assert foreign.is_file()
 
 
+def _train_steps(result) -> list[int]:
+    return [d["value"] for n, d in result.events if n == "progress" and d["node"] == "train"]
+
+
+def test_a_failed_save_keeps_the_training_and_the_rerun_only_saves(session, monkeypatch,
+                                                                    models_dir, tmp_path):
+    """The save failing after the last step (a full disk, a folder put at the path) lost
+    the whole run: its checkpoint was gone, the error named a temporary file."""
+    import nodes.diffusion.train_common as tc
+
+    real = tc.save_atomic
+
+    def full_disk(tensors, metadata, path):
+        raise OSError(28, "No space left on device", str(path.with_name(".x.123.tmp")))
+
+    prompt = graph(lora_node(save_name="kept/one", steps=3, seed=4), text="a red sks",
+                   clip_from=["train", 1], model_from=["train", 0])
+    monkeypatch.setattr(tc, "save_atomic", full_disk)
+    failed = session.run(prompt, keep_events=True)
+    message = failed.run.error["exception_message"]
+    assert "models/kept/one.safetensors could not be written (No space left on device)" \
+        in message and "queue the prompt again" in message and ".tmp" not in message
+    assert _train_steps(failed) == [1, 2, 3]
+    monkeypatch.setattr(tc, "save_atomic", real)
+    saved, result = run_latent(session, prompt, keep_events=True)
+    assert _train_steps(result) == []  # not trained again: saved from the kept state
+    path = session.env.folder("models") / "loras" / "kept" / "one.safetensors"
+    assert path.is_file()
+    assert not list((session.env.folder("temp") / "training").glob("lora-*.pt"))
+    assert torch.equal(saved, uninterrupted(session, models_dir, tmp_path, prompt))
+
+
+def test_a_file_written_at_the_name_while_training_is_not_replaced(session):
+    """Two workers training one save_name: both passed the check before training and the
+    one that finished last silently replaced the other's file."""
+    from safetensors.torch import save_file
+
+    path = session.env.folder("models") / "loras" / "race" / "one.safetensors"
+
+    def on_event(name, data):
+        if name == "progress" and data.get("node") == "train" and data["value"] == 2:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"w": torch.zeros(2)}, str(path))  # the other worker's file
+
+    prompt = graph(lora_node(save_name="race/one", steps=3, seed=6), text="a",
+                   clip_from=["train", 1], model_from=["train", 0])
+    result = session.run(prompt, on_event=on_event)
+    assert not result.ok
+    assert "race/one.safetensors was written by something else while this run trained" \
+        in result.run.error["exception_message"]
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(path))) == {"w"}  # the other file stays
+    renamed = graph(lora_node(save_name="race/two", steps=3, seed=6), text="a",
+                    clip_from=["train", 1], model_from=["train", 0])
+    _, again = run_latent(session, renamed, keep_events=True)
+    assert _train_steps(again) == []  # another name: saved without training again
+    assert (path.parent / "two.safetensors").is_file()
+
+
 def test_textual_inversion_then_use_in_one_run(session):
     prompt = graph(ti_node(save_name="tok"), text="a <tok> shape", clip_from=["train", 0])
     trained, result = run_latent(session, prompt, keep_events=True)

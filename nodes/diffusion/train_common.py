@@ -435,8 +435,9 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
 
     Interrupt is checked before every step and every step sends a progress event
     carrying its ``loss``. With ``checkpointing``, the state is saved every ``every``
-    steps and when interrupted, an interrupted run of the same inputs resumes where it
-    stopped (the same result as an uninterrupted run), and the file goes when done.
+    steps, when interrupted and when done; a run of the same inputs resumes where it
+    stopped (the same result as an uninterrupted run). The caller deletes the file once
+    it has saved the result.
     A non-finite loss stops with advice.
 
     With ``sample`` and ``sample_every`` > 0, ``sample(n)`` runs after step ``n`` when
@@ -468,8 +469,10 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
         if checkpointing and len(losses) > start:
             checkpointing.save(len(losses), losses, step_start)
         raise
-    if checkpointing:
-        checkpointing.path.unlink(missing_ok=True)
+    if checkpointing and len(losses) > start:
+        # the finished state, until the caller has saved what it trained (then it
+        # deletes the file): a save that fails is redone without training again
+        checkpointing.save(len(losses), losses)
     return losses
 
 
