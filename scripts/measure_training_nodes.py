@@ -230,21 +230,32 @@ def contact_sheet(pictures: list[Any], path: Path, cols: int = 10) -> None:
                                   Image.Resampling.NEAREST).save(path)
 
 
-def put_training_images(runner: Any, prior: int) -> str:
+def mirrored_caption(text: str) -> str:
+    """A caption for the left-right mirror of its image: "left" and "right" swapped."""
+    words = {"left": "right", "right": "left"}
+    return " ".join(words.get(w, w) for w in text.split(" "))
+
+
+def put_training_images(runner: Any, prior: int, mirror: bool = False) -> str:
     """Write the 8 hearts and ``prior`` images of the base model's training world
     (``training.new_shapes.training_files``) into the session's input/; their captions,
-    one a line, in TRAINING_NAMES' order."""
+    one a line, in TRAINING_NAMES' order. With ``mirror``, each image's left-right mirror
+    (its caption's sides swapped) follows them."""
     from training.new_shapes import training_files
 
     TRAINING_NAMES.clear()
     lines = []
-    for name, image, text in training_files(prior):
+    files = training_files(prior)
+    if mirror:
+        files += [("mirror_" + name, image[:, ::-1].copy(), mirrored_caption(text))
+                  for name, image, text in files]
+    for name, image, text in files:
         TRAINING_NAMES.append(runner.put_image(name, image))
         lines.append(text)
     return "\n".join(lines)
 
 
-def put_training_masks(runner: Any, prior: int, grow: int = 0) -> None:
+def put_training_masks(runner: Any, prior: int, grow: int = 0, mirror: bool = False) -> None:
     """Write the training images' shape masks into input/ (a masked loss's subjects),
     grown by ``grow`` pixels (so the loss also sees the ring of background that draws
     the silhouette)."""
@@ -260,8 +271,11 @@ def put_training_masks(runner: Any, prior: int, grow: int = 0) -> None:
                           for y in range(3) for x in range(3)], axis=0)
         return (out * 255).astype(np.uint8)
 
+    masks = training_masks(prior)
+    if mirror:
+        masks += [("mirror_" + name, m[:, ::-1].copy()) for name, m in masks]
     MASK_NAMES[:] = [runner.put_image(name, np.stack([grown(m)] * 3, -1))
-                     for name, m in training_masks(prior)]
+                     for name, m in masks]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -302,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="masked loss: the shapes' masks, this weight outside them")
     lora.add_argument("--mask-grow", type=int, default=0, metavar="PIXELS",
                       help="grow the masked loss's masks by this many pixels")
+    lora.add_argument("--mirror", action="store_true",
+                      help="also train on each image's left-right mirror (sides swapped in "
+                           "its caption): 16 hearts from the 8")
     lora.add_argument("--lora-seed", type=int, default=0,
                       help="the node's seed (init, noise, batches): for run-to-run spread")
     ti = parser.add_argument_group("Train Textual Inversion")
@@ -324,9 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="training-nodes-") as work:
         runner = GraphRunner(args.base_dir / "models", Path(work))
-        lora_captions = put_training_images(runner, args.prior)
+        lora_captions = put_training_images(runner, args.prior, args.mirror)
         if args.masked_loss is not None:
-            put_training_masks(runner, args.prior, args.mask_grow)
+            put_training_masks(runner, args.prior, args.mask_grow, args.mirror)
         ti_captions = "\n".join(lora_captions.replace(f" {WORD} ", f" {TI_TOKEN} ")
                                 .split("\n")[:len(TRAINING_LAYOUT)])
         print(f"new-shape prompts: world {args.world}, {args.prompts} x {args.seeds} seeds; "
