@@ -270,6 +270,11 @@ class Node(BaseModel):
     #: other words the node palette finds it by (ComfyUI's ``search_aliases``): the
     #: technique's short name or its paper's words
     SEARCH_ALIASES: ClassVar[tuple[str, ...]] = ()
+    #: the name ComfyUI shows this TYPE under, set by the pack (the built-in one sets it
+    #: from ``nodes/assets/comfy_display_names.json``): where it is not DISPLAY_NAME it is
+    #: a search alias too, so a ComfyUI user's "KSampler" finds "Sample". A subclass
+    #: with another TYPE does not inherit it.
+    COMFY_DISPLAY_NAME: ClassVar[str] = ""
     # True: every input arrives as a whole list, and the node runs once (else a node
     # fed lists runs once per element, see engine.lists).
     INPUT_IS_LIST: ClassVar[bool] = False
@@ -338,6 +343,20 @@ class Node(BaseModel):
 
     # --- schema ----------------------------------------------------------------
     @classmethod
+    def search_aliases(cls) -> list[str]:
+        """SEARCH_ALIASES, then COMFY_DISPLAY_NAME unless it is the name shown, the type
+        id or one of them (case aside)."""
+        names = list(dict.fromkeys(cls.SEARCH_ALIASES))
+        comfy = cls.COMFY_DISPLAY_NAME
+        owner = next(c for c in cls.__mro__ if "COMFY_DISPLAY_NAME" in vars(c))
+        if comfy and owner.TYPE == cls.TYPE:  # set for this TYPE, not a base class's
+            # the type id is searched anyway: an alias equal to it adds nothing
+            known = {n.casefold() for n in (cls.DISPLAY_NAME or cls.TYPE, cls.TYPE, *names)}
+            if comfy.casefold() not in known:
+                names.append(comfy)
+        return names
+
+    @classmethod
     def schema(cls, env: Environment | None = None) -> dict[str, Any]:
         """JSON schema of this node, a superset of ComfyUI's /object_info entry."""
         sections: dict[str, dict[str, Any]] = {"required": {}, "optional": {}}
@@ -354,8 +373,9 @@ class Node(BaseModel):
                 section[spec.name] = _input_schema(spec, env)
         matched = [o.match for o in cls.OUTPUTS]
         extra: dict[str, Any] = {"output_matchtypes": matched} if any(matched) else {}
-        if cls.SEARCH_ALIASES:
-            extra["search_aliases"] = list(cls.SEARCH_ALIASES)
+        aliases = cls.search_aliases()
+        if aliases:
+            extra["search_aliases"] = aliases
         return {
             "name": cls.TYPE,
             "display_name": cls.DISPLAY_NAME or cls.TYPE,

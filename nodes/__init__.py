@@ -25,6 +25,7 @@ from nodes import (
     clip_guidance,
     clip_vision,
     color_space,
+    comfy_display_names,
     comfy_training,
     component_save,
     conditioning,
@@ -183,6 +184,8 @@ NODE_CLASSES = (
     *speed_patches.NODE_CLASSES,
     *photomaker.NODE_CLASSES,
 )
+# ComfyUI's names of the nodes we show under ours: the palette finds them by both
+comfy_display_names.set_comfy_display_names(NODE_CLASSES)
 
 
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "controlnet", "embeddings", "depth",

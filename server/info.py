@@ -116,6 +116,9 @@ async def system_stats(request: web.Request) -> web.Response:
             "ram_total": total,
             "ram_free": free,
             "nodes_loaded": runtime.registry is not None,
+            # Steerflow's: --fair-queue, prompts of several clients run in turns (round
+            # robin over client_id), not in /queue's number order (ComfyUI's)
+            "fair_queue": bool(getattr(st.config, "fair_queue", False)),
             "worker": {"pid": runtime.worker_info.get("pid"), "starts": runtime.worker_starts,
                        "error": runtime.worker_error,
                        "cache_entries": runtime.worker_info.get("cache_entries"),

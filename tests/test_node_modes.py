@@ -69,7 +69,62 @@ def test_muted_nodes_are_left_out(ex):
     kinds = {(i.node_id, i.kind) for i in err.value.issues}
     assert ("4", "missing_input") in kinds and ("4", "node_mode") in kinds
     with pytest.raises(PromptValidationError, match="muted or bypassed"):
+        ex.validate({"1": {"class_type": "TestSource", "inputs": {}, "mode": "muted"}})
+    with pytest.raises(PromptValidationError, match="TestOut #1 is muted"):
         ex.validate({"1": {"class_type": "TestOut", "inputs": {"value": 1}, "mode": "muted"}})
+
+
+def no_output_issue(ex, prompt, **kwargs):
+    with pytest.raises(PromptValidationError) as err:
+        ex.validate(prompt, **kwargs)
+    [issue] = [i for i in err.value.issues if i.severity == "error"]
+    assert issue.kind == "no_output_node"
+    return issue
+
+
+def test_a_muted_output_node_is_named_with_what_to_do(ex):
+    """The canvas drill: Save Image muted (Ctrl+M) and queued got "the prompt has no
+    output node (e.g. Save Image)" while a Save Image sat on the canvas."""
+    prompt = chain(n4="muted")
+    prompt["4"]["_meta"] = {"title": "Save Image"}
+    issue = no_output_issue(ex, prompt)
+    assert issue.message == ("Save Image #4 is muted, so no output node is left to run: "
+                             "unmute it (Ctrl+M) or add an output node")
+    assert issue.node_id is None  # the prompt as a whole, as before
+    assert issue.details == {"inactive_outputs": [
+        {"node_id": "4", "class_type": "TestOut", "mode": "muted"}]}
+    # untitled: the node's display name; bypassed (ComfyUI's 4): its own fix
+    issue = no_output_issue(ex, chain(n4=4))
+    assert issue.message.startswith("TestOut #4 is bypassed, so no output node is left")
+    assert "turn its bypass off (Ctrl+B)" in issue.message
+
+
+def test_several_switched_off_output_nodes_are_named_together(ex):
+    prompt = chain(n4="muted")
+    for n in range(5, 9):
+        prompt[str(n)] = {"class_type": "TestOut", "inputs": {"value": ["1", 0]},
+                          "mode": "muted" if n < 8 else "bypass"}
+    issue = no_output_issue(ex, prompt)
+    assert issue.message.startswith("the output nodes TestOut #4, TestOut #5, TestOut #6 "
+                                    "and 2 more are muted or bypassed, so none is left")
+    assert [o["node_id"] for o in issue.details["inactive_outputs"]] == ["4", "5", "6", "7",
+                                                                          "8"]
+    prompt["8"]["mode"] = "muted"
+    assert "are muted, so none is left to run: unmute one (Ctrl+M)" in \
+        no_output_issue(ex, prompt).message
+
+
+def test_a_prompt_without_output_nodes_still_says_so(ex):
+    """Muted nodes that are no output nodes change nothing in the message."""
+    prompt = chain(n2="muted")
+    del prompt["4"]
+    assert no_output_issue(ex, prompt).message.startswith("the prompt has no output node")
+
+
+def test_a_requested_output_that_is_muted_says_so(ex):
+    issue = no_output_issue(ex, chain(n4="muted"), outputs=["4"])
+    assert issue.message == ("requested output node TestOut #4 is muted, so it does not "
+                             "run: unmute it (Ctrl+M)")
 
 
 def test_bad_mode_is_a_validation_error(ex):

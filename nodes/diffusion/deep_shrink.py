@@ -105,6 +105,7 @@ class DeepShrink(SamplerExtension):
     the step's noise level lies in ``[start_percent, end_percent]`` of the schedule."""
 
     priority = 950  # its unet_inputs runs after a ControlNet's has set the residuals
+    handles_large_latents = True
 
     def __init__(self, block_number: int, factor: float, start_percent: float,
                  end_percent: float, after_skip: bool = True,

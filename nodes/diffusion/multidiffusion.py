@@ -240,6 +240,7 @@ class MultiDiffusionPanorama(SamplerExtension):
     """Denoise windows of the latent each step and average them (MultiDiffusion)."""
 
     priority = 5  # wraps the step first; the wrapping order matters only among wrappers
+    handles_large_latents = True
 
     def __init__(self, window_size: int = 0, stride: int = DEFAULT_STRIDE,
                  circular_padding: bool = False, view_batch_size: int = 1,

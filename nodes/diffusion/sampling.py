@@ -452,6 +452,46 @@ def check_latent_size(unet: Any, size: tuple[int, int]) -> None:
             f"of at least {max(scales) + 1} pixels on one side)")
 
 
+#: how many times the model's native size a latent side may be before the sampler warns
+#: (2: a hires fix's second pass, which works)
+NATIVE_SIZE_FACTOR = 2
+
+
+def native_size_warning(model: DiffusionModel, latent: Latent, params: SamplingParams,
+                        extensions: list[SamplerExtension]) -> str | None:
+    """A warning when an empty latent is sampled from pure noise at far more than the size
+    the model was trained at (its UNet's ``sample_size``): the UNet draws a subject per
+    patch of about that size, so it repeats or breaks them (ComfyUI says nothing).
+
+    None where the model states no size, or something else sets the composition: an
+    image (img2img, inpainting, an image-conditioned UNet) or windows of the native size
+    (MultiDiffusion, Deep Shrink)."""
+    config = model.unet.config
+    native = getattr(config, "sample_size", None)
+    if isinstance(native, int) and native > 0:
+        native = (native, native)
+    if not (isinstance(native, tuple | list) and len(native) == 2
+            and all(isinstance(n, int) and n > 0 for n in native)):
+        return None
+    height, width = (int(s) for s in latent.samples.shape[-2:])
+    ratio = max(height / native[0], width / native[1])
+    if ratio <= NATIVE_SIZE_FACTOR:
+        return None
+    if (params.denoise < 1.0 or params.start_step > 0 or not params.add_noise
+            or latent.noise_mask is not None or latent.inpaint is not None
+            or getattr(config, "in_channels", None) != latent.samples.shape[1]):
+        return None
+    if any(ext.handles_large_latents for ext in extensions) or bool(latent.samples.any()):
+        return None
+    from nodes.latent import downscale_of
+
+    scale = downscale_of(latent, None, model.unet)
+    sides = "per side" if height / native[0] == width / native[1] else "on one side"
+    return (f"this model was trained at {native[1] * scale}x{native[0] * scale}; "
+            f"{width * scale}x{height * scale} is {round(ratio, 1):g}x that {sides}: expect "
+            "repeated, broken or missing subjects (Empty Latent Image's size sets it)")
+
+
 def guidance_embedding(cfg: float, dim: int, device: Any, dtype: Any) -> torch.Tensor:
     """``[1, dim]``: the guidance scale w = cfg − 1 as a guidance-distilled UNet takes it
     (LCM, Luo et al. 2023; diffusers' ``get_guidance_scale_embedding``): sinusoids of
@@ -534,6 +574,9 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     run.entries.update({"cond": positive.entries[0], "uncond": negative.entries[0]})
     run.warn = getattr(callback, "warn", None) or logger.warning
     exts = run.extensions
+    oversized = native_size_warning(model, latent, params, exts)
+    if oversized:  # once per run, before the first step
+        run.warn(oversized)
     batch = latents.shape[0]
     embeds = guidance_embeds(positive, negative, batch, do_cfg, device, dtype)
     extra_slices = run.extra_chunks
