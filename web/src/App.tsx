@@ -123,12 +123,12 @@ function downloadJson(name: string, obj: unknown): void {
 function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const rf = useReactFlow<SfFlowNode, SfEdge>();
   const store = useMemo(() => new RunStore(), []);
-  const { toasts, notify, dismiss, clearToasts } = useToasts();
+  const { toasts, notify, dismiss, clearToasts, retag } = useToasts();
   // packs that failed to load: their nodes are missing, and only the server's log said why
   useEffect(() => {
     getPackErrors().then((errors) => {
       const text = packErrorText(errors);
-      if (text) notify(text, "warning", undefined, true); // about the server: opening a workflow keeps it
+      if (text) notify(text, "warning", undefined, { keep: true }); // about the server: opening a workflow keeps it
     }).catch(() => undefined);
   }, [notify]);
   const g = useGraphStore(defs, store, (message) => notify(message, "error"));
@@ -173,7 +173,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   const linking = useLinking(g, notify);
   const edit = useEditCommands(g, notify, mouse);
-  const { queue, queueSelected: queueSelectedNow, busy, showNodes } = useQueue(g, store, socket, notify);
+  const { queue, queueSelected: queueSelectedNow, busy, showNodes } = useQueue(g, store, socket, notify, retag);
   const queueOptions = useQueueOptions();
   /**
    * A Queue pressed while a workflow is opening (its file fetched or converted by the
@@ -682,7 +682,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             message={`This removes all ${nodes.length} node${nodes.length === 1 ? "" : "s"} from the canvas (Undo brings them back).`}
             onConfirm={clearNow} onCancel={() => setConfirmClear(false)} />
         )}
-        <Toasts toasts={toasts} dismiss={dismiss} />
+        <Toasts toasts={toasts} dismiss={dismiss} aside={!!help || keysHelp} />
         <TooltipLayer />
       </div>
     </EditorContext.Provider>

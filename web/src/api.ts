@@ -62,6 +62,9 @@ export const getObjectInfo = () => request<ObjectInfo>("object_info", undefined,
 /** A node pack that failed to load, or (`whole` false) nodes of it that were skipped. */
 export type PackError = { pack: string; message: string; whole: boolean };
 
+/** The server's state and settings (ComfyUI's /system_stats; see lib/queueview.ts fairQueueOf). */
+export const getSystemStats = () => request<unknown>("system_stats");
+
 /** The server's node-pack load errors (none from a server that does not report them). */
 export async function getPackErrors(): Promise<PackError[]> {
   const stats = await request<{ packs?: { errors?: PackError[] } }>("system_stats");

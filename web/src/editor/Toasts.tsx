@@ -2,7 +2,8 @@
  * Short messages in the corner: info fades after 4 s, warnings and errors after 9 s. Every
  * toast has a × to dismiss it; opening another workflow clears the warnings and errors
  * about the previous one (`clearToasts`), not those about the server (`keep`), such as the
- * node packs that failed to load.
+ * node packs that failed to load. A toast with a `tag` (a rejected Queue's) replaces the
+ * one shown with that tag, and `retag` rewrites or removes it as what it says changes.
  */
 
 import { useCallback, useRef, useState } from "react";
@@ -10,30 +11,56 @@ import { useCallback, useRef, useState } from "react";
 export type ToastKind = "info" | "warning" | "error";
 /** A button on the toast (e.g. "Show" the nodes an error is about). */
 export type ToastAction = { label: string; run(): void };
-export type Toast = { id: number; kind: ToastKind; text: string; action?: ToastAction; keep?: boolean };
-export type Notify = (text: string, kind?: ToastKind, action?: ToastAction, keep?: boolean) => void;
+export type Toast = { id: number; kind: ToastKind; text: string; action?: ToastAction; keep?: boolean; tag?: string };
+/** `keep`: opening a workflow leaves it; `tag`: it replaces the toast shown with the same tag. */
+export type ToastOptions = { keep?: boolean; tag?: string };
+export type Notify = (text: string, kind?: ToastKind, action?: ToastAction, options?: ToastOptions) => void;
+
+/** At most this many toasts at once: the oldest goes first. */
+export const TOASTS_MAX = 5;
+
+/** The toasts with `toast` added last: it replaces the one of its tag, and the oldest go past TOASTS_MAX. */
+export function withToast(toasts: readonly Toast[], toast: Toast): Toast[] {
+  const others = toast.tag === undefined ? toasts : toasts.filter((t) => t.tag !== toast.tag);
+  return [...others.slice(-(TOASTS_MAX - 1)), toast];
+}
+
+/** The toast of `tag` saying `text` now, or gone (null); none is added when it is not shown (any more). */
+export function retagged(toasts: readonly Toast[], tag: string, text: string | null): readonly Toast[] {
+  const shown = toasts.find((t) => t.tag === tag);
+  if (!shown || shown.text === text) return toasts;
+  return text === null ? toasts.filter((t) => t !== shown) : toasts.map((t) => (t === shown ? { ...t, text } : t));
+}
 
 export function useToasts(): {
   toasts: Toast[]; notify: Notify; dismiss(id: number): void; clearToasts(kinds?: ToastKind[]): void;
+  retag(tag: string, text: string | null): void;
 } {
   const [toasts, setToasts] = useState<Toast[]>([]);
   const toastId = useRef(0);
   const dismiss = useCallback((id: number) => setToasts((t) => t.filter((x) => x.id !== id)), []);
-  const notify = useCallback((text: string, kind: ToastKind = "info", action?: ToastAction, keep = false) => {
+  const notify = useCallback<Notify>((text, kind = "info", action, { keep = false, tag } = {}) => {
     const id = ++toastId.current;
-    setToasts((t) => [...t.slice(-4), { id, kind, text, action, ...(keep ? { keep } : {}) }]);
+    setToasts((t) => withToast(t, { id, kind, text, action, ...(keep ? { keep } : {}), ...(tag ? { tag } : {}) }));
     setTimeout(() => dismiss(id), kind === "info" ? 4000 : 9000);
   }, [dismiss]);
   /** Drop the toasts of these kinds (default: warnings and errors), e.g. when another workflow opens. */
   const clearToasts = useCallback((kinds: ToastKind[] = ["warning", "error"]) => {
     setToasts((t) => t.filter((x) => x.keep || !kinds.includes(x.kind)));
   }, []);
-  return { toasts, notify, dismiss, clearToasts };
+  const retag = useCallback((tag: string, text: string | null) => {
+    setToasts((t) => {
+      const next = retagged(t, tag, text);
+      return next === t ? t : [...next];
+    });
+  }, []);
+  return { toasts, notify, dismiss, clearToasts, retag };
 }
 
-export function Toasts({ toasts, dismiss }: { toasts: Toast[]; dismiss?(id: number): void }) {
+/** `aside`: a help panel is open at the canvas's right, and the toasts keep out of its way. */
+export function Toasts({ toasts, dismiss, aside = false }: { toasts: Toast[]; dismiss?(id: number): void; aside?: boolean }) {
   return (
-    <div className="sf-toasts" aria-live="polite">
+    <div className={`sf-toasts${aside ? " sf-toasts-aside" : ""}`} aria-live="polite">
       {toasts.map((t) => (
         <div key={t.id} className={`sf-toast ${t.kind}`} data-testid="toast" role={t.kind === "error" ? "alert" : "status"}>
           <span className="sf-toast-text">{t.text}</span>

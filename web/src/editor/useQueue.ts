@@ -18,7 +18,11 @@ import { nodeTitle } from "../lib/schema";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
-export function useQueue(g: GraphStore, store: RunStore, socket: { current: Socket | null }, notify: Notify) {
+/** The tag of a rejected Queue's toast: the next rejection replaces it (editor/Toasts.tsx). */
+const REJECTION_TOAST = "rejection";
+
+export function useQueue(g: GraphStore, store: RunStore, socket: { current: Socket | null }, notify: Notify,
+  retag: (tag: string, text: string | null) => void) {
   const { state, defsRef, currentGraph, setNodes, openedCount, nodes } = g;
   const rf = useReactFlow();
   const [busy, setBusy] = useState(false);
@@ -134,16 +138,36 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       }
       const body = e instanceof ApiError ? (e.body as { node_errors?: NodeErrors }) : undefined;
       const nodeErrors = body?.node_errors ?? {};
-      const queued = numbers.length ? ` after ${numbers.length} queued` : "";
+      const head = `Prompt rejected${numbers.length ? ` after ${numbers.length} queued` : ""}`;
       // With errors on the nodes, the toast says how many inputs and where; each message is
-      // on its node's input (not repeated here). "Show" brings those nodes into view.
+      // on its node's input (not repeated here). As the user fixes them, the toast and the
+      // status bar count those still marked, and go when none is left. "Show" brings the
+      // nodes still marked into view.
       const summary = summariseRejection(nodeErrors, titleOf);
       if (summary) store.setValidationErrors(nodeErrors);
-      const msg = `Prompt rejected${queued}: ${summary ? summary.text : (e as Error).message}`;
-      store.setLastError(msg);
-      notify(msg, "error", summary ? { label: "Show", run: () => showNodes(summary.nodes) } : undefined);
+      store.setRejection((marked) => {
+        if (!summary) return `${head}: ${(e as Error).message}`;
+        const now = summariseRejection(marked, titleOf);
+        return now ? `${head}: ${now.text}` : null;
+      });
+      const text = store.getGlobal().rejection;
+      const show = () => showNodes(Object.keys(store.markedErrors()));
+      if (text) notify(text, "error", summary ? { label: "Show", run: show } : undefined, { tag: REJECTION_TOAST });
     }
   }, [currentGraph, notify, store, defsRef, socket, setNodes, titleOf, showNodes, carry, openedCount]);
+
+  // The rejection's toast says what the status bar says, and goes with it (once all is fixed).
+  // A listener, not useGlobalRun: the editor need not re-render on every progress message.
+  // Deferred: an input is fixed inside a setNodes updater, which React may run while rendering.
+  useEffect(() => {
+    let shown = store.getGlobal().rejection;
+    return store.subscribe(() => {
+      const now = store.getGlobal().rejection;
+      if (now === shown) return;
+      shown = now;
+      queueMicrotask(() => retag(REJECTION_TOAST, now));
+    });
+  }, [store, retag]);
 
   const queue = useCallback((targets?: string[], count = 1, front = false) =>
     (runner.current as SerialRunner).run(() => queueNow(targets, count, front)), [queueNow]);

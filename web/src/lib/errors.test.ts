@@ -1,14 +1,25 @@
 import { describe, expect, it } from "vitest";
-import { errorMessage, isNetworkError, joinErrorText, unreachableText } from "./errors";
+import { errorMessage, isNetworkError, joinErrorText, plainIssues, unreachableText } from "./errors";
 
 describe("error messages in one line", () => {
   it("does not repeat a message its details already say", () => {
     const message = "the prompt has no output node (e.g. Save Image), so nothing would run";
-    const details = `[no_output_node] prompt: ${message}`;
+    const details = `${message}, really`;
     expect(joinErrorText(message, details)).toBe(details);
     expect(joinErrorText(details, message)).toBe(details);
     expect(joinErrorText(message, message)).toBe(message);
     expect(joinErrorText(" same ", "same")).toBe("same");
+  });
+
+  it("shows validation issues in the user's words, without the server's codes", () => {
+    // the drill's muted Save Image: not "Prompt has no outputs: [no_output_node] prompt: …"
+    const said = "the prompt has no output node (e.g. Save Image), so nothing would run";
+    expect(joinErrorText("Prompt has no outputs", `[no_output_node] prompt: ${said}`)).toBe(said);
+    expect(plainIssues("[missing_input] node 1: required input 'images' (IMAGE) is missing\n"
+      + "[value_smaller_than_min] node 3: input 'steps': got -5\n... and 2 more error(s)"))
+      .toBe("node 1: required input 'images' (IMAGE) is missing; node 3: input 'steps': got -5; ... and 2 more error(s)");
+    expect(plainIssues("a plain [bracket] text")).toBeNull();
+    expect(joinErrorText("Cannot open", "[not a code] x")).toBe("Cannot open: [not a code] x");
   });
 
   it("joins a message and details that say different things", () => {
@@ -21,8 +32,8 @@ describe("error messages in one line", () => {
 
   it("reads the server's error bodies", () => {
     const message = "the prompt has no output node";
-    expect(errorMessage({ error: { type: "prompt_no_outputs", message, details: `[no_output_node] prompt: ${message}` } }))
-      .toBe(`[no_output_node] prompt: ${message}`);
+    expect(errorMessage({ error: { type: "prompt_no_outputs", message: "Prompt has no outputs",
+      details: `[no_output_node] prompt: ${message}` } })).toBe(message);
     expect(errorMessage({ error: "plain" })).toBe("plain");
     expect(errorMessage("text body")).toBe("text body");
     expect(errorMessage("")).toBeUndefined();

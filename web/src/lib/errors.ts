@@ -1,13 +1,32 @@
 /** What a failed request says to the user: the server's error body in one line, or "cannot reach the server". */
 
 /**
+ * A validation issue's line as the server writes it, "[kind] where: message" (where is
+ * "prompt" or "node 5"): the kind is the server's internal code, and "prompt" says nothing.
+ */
+const ISSUE_LINE = /^\[[\w.-]+\]\s+(?:prompt:\s*)?/;
+
+/**
+ * Details made of such lines, in the user's words: "node 5: got -1; the prompt has no
+ * output node…" without the codes; null when the details are not issue lines.
+ */
+export function plainIssues(details: string): string | null {
+  const lines = details.split("\n").map((l) => l.trim()).filter(Boolean);
+  if (!lines.length || !ISSUE_LINE.test(lines[0])) return null;
+  return lines.map((l) => l.replace(ISSUE_LINE, "")).join("; ");
+}
+
+/**
  * A server error's `message` and `details` in one line, without saying the same thing
- * twice: the details often repeat the message ("[no_output_node] prompt: the prompt has
- * no output node…"), and then the longer (more specific) one is shown alone.
+ * twice: the details often repeat the message, and then the longer (more specific) one is
+ * shown alone. Details that list validation issues are the specific words for ComfyUI's
+ * generic message ("Prompt has no outputs"), so they are shown alone, without their codes.
  */
 export function joinErrorText(message?: string, details?: string): string | undefined {
   const m = message?.trim() ?? "";
   const d = details?.trim() ?? "";
+  const issues = d ? plainIssues(d) : null;
+  if (issues) return issues;
   if (!m || !d) return m || d || undefined;
   if (d.includes(m)) return d;
   if (m.includes(d)) return m;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { QueueItem } from "../api";
-import { clientOf, othersRunning, othersRunningText, runnableCount } from "./queueview";
+import { clientOf, fairQueueOf, othersRunning, othersRunningText, runnableCount, turnsNote } from "./queueview";
 
 const item = (n: number, client?: unknown): QueueItem => ({
   number: n, promptId: `p${n}`, extra: client === undefined ? {} : { client_id: client },
@@ -35,5 +35,17 @@ describe("runnableCount", () => {
       "3": { class_type: "C", inputs: {}, mode: "bypass" }, "4": { class_type: "D", inputs: {} } };
     expect(runnableCount(prompt)).toBe(2);
     expect(runnableCount(undefined)).toBe(0);
+  });
+
+  it("says the numbers are not the run order only when the server takes clients in turns", () => {
+    const two = [item(1, "a"), item(2, "a"), item(3, "b")];
+    expect(turnsNote(false, two)).toBeNull(); // a default server runs them by number (ComfyUI's order)
+    expect(turnsNote(true, two)).toMatch(/in turns/);
+    expect(turnsNote(true, [item(1, "a"), item(2, "a")])).toBeNull();
+    expect(fairQueueOf({ system: { fair_queue: true } })).toBe(true);
+    expect(fairQueueOf({ system: { fair_queue: false } })).toBe(false);
+    expect(fairQueueOf({ system: { os: "posix" } })).toBe(false); // absent: number order
+    expect(fairQueueOf({ system: { fair_queue: "yes" } })).toBe(false);
+    expect(fairQueueOf(null)).toBe(false);
   });
 });

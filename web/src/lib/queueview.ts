@@ -29,3 +29,20 @@ export function runnableCount(prompt: unknown): number {
   return Object.values(prompt as Record<string, { mode?: unknown } | null>)
     .filter((n) => !(n && typeof n === "object" && (n.mode === "muted" || n.mode === "bypass"))).length;
 }
+
+/**
+ * Whether the server takes the waiting prompts in turns over their clients (`--fair-queue`),
+ * read from /system_stats (`system.fair_queue`). Absent (an older server, ComfyUI): prompts run in number order.
+ */
+export function fairQueueOf(stats: unknown): boolean {
+  return (stats as { system?: { fair_queue?: unknown } } | null)?.system?.fair_queue === true;
+}
+
+/**
+ * The Queue tab's note on the run order: only a server with fair queueing runs the prompts of
+ * several waiting clients out of number order; otherwise they run by number (ComfyUI's order).
+ */
+export function turnsNote(fair: boolean, pending: QueueItem[]): string | null {
+  if (!fair || new Set(pending.map(clientOf)).size < 2) return null;
+  return "Several clients are waiting: the server runs their prompts in turns, so the numbers are not the run order.";
+}

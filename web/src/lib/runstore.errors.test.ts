@@ -39,6 +39,46 @@ describe("RunStore: errors after the user fixes what they were about", () => {
     expect(store.getNode("3")).toBe(before);
   });
 
+  it("says the rejection again as its inputs are fixed, and drops it (and the status bar's error) when none is left", () => {
+    const store = new RunStore(() => undefined, () => undefined);
+    store.setValidationErrors(rejected);
+    const count = (marked: Record<string, { errors?: unknown[] }>) =>
+      Object.values(marked).reduce((n, e) => n + (e.errors?.length ?? 0), 0);
+    store.setRejection((marked) => (count(marked) ? `Prompt rejected: ${count(marked)} left` : null));
+    expect(store.getGlobal().rejection).toBe("Prompt rejected: 3 left");
+    expect(store.getGlobal().lastError).toBe("Prompt rejected: 3 left");
+    store.clearInputErrors("3", "seed");
+    expect(store.getGlobal().lastError).toBe("Prompt rejected: 2 left");
+    expect(Object.keys(store.markedErrors())).toEqual(["3", "9"]);
+    expect(store.markedErrors()["3"].errors?.[0].extra_info?.input_name).toBe("cfg");
+    store.clearInputErrors("3", "cfg");
+    store.clearInputErrors("9", "images");
+    expect(store.getGlobal().rejection).toBeNull();
+    expect(store.getGlobal().lastError).toBeNull();
+  });
+
+  it("leaves another error in the status bar, and forgets the rejection on the next Queue or run", () => {
+    const store = new RunStore(() => undefined, () => undefined);
+    store.setValidationErrors(rejected);
+    store.setRejection((marked) => (Object.keys(marked).length ? "rejected" : null));
+    store.setLastError("a run failed");
+    store.clearInputErrors("9", "images");
+    store.clearInputErrors("3", "seed");
+    store.clearInputErrors("3", "cfg");
+    expect(store.getGlobal().rejection).toBeNull();
+    expect(store.getGlobal().lastError).toBe("a run failed");
+    // a rejection with nothing marked (no output node) stays until the next Queue
+    store.setRejection(() => "Prompt rejected: no output node");
+    expect(store.getGlobal().lastError).toBe("Prompt rejected: no output node");
+    store.clearErrors();
+    expect(store.getGlobal().rejection).toBeNull();
+    expect(store.getGlobal().lastError).toBeNull();
+    store.setValidationErrors(rejected);
+    store.setRejection(() => "rejected");
+    store.reset();
+    expect(store.getGlobal().rejection).toBeNull();
+  });
+
   it("forgets the status bar's error when another graph is opened", () => {
     const store = new RunStore(() => undefined, () => undefined);
     store.setLastError("Prompt rejected: …");

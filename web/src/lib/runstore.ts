@@ -63,6 +63,12 @@ export type GlobalRun = {
   preview: string | null;
   gallery: GalleryItem[];
   lastError: string | null;
+  /**
+   * The last rejected Queue in one line while the issues it named are still marked on the
+   * nodes (the status bar and its toast follow it as they are fixed); null once none is left,
+   * the graph is queued again, or another graph is open.
+   */
+  rejection: string | null;
   /** The last `node_warning` of the running or last prompt (a run that went on anyway). */
   lastWarning: string | null;
   /** Bumped whenever the queue or history may have changed (panels refetch). */
@@ -131,7 +137,7 @@ export class RunStore {
   private nodes = new Map<string, NodeRun>();
   private global: GlobalRun = {
     connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
-    preview: null, gallery: [], lastError: null, lastWarning: null, queueVersion: 0,
+    preview: null, gallery: [], lastError: null, rejection: null, lastWarning: null, queueVersion: 0,
     startedAt: null, nodesDone: 0, joinedMidway: false, lostPrompt: null, ofGraph: true, progress: null,
   };
   /**
@@ -147,6 +153,8 @@ export class RunStore {
   private kept = new Set<string>();
   /** The status bar's error when it says the server could not be reached (setLastError's `offline`). */
   private offlineError: string | null = null;
+  /** Says the rejection again from the issues still marked (setRejection); null: nothing to say. */
+  private describeRejection: ((marked: NodeErrors) => string | null) | null = null;
 
   constructor(private schedule: Scheduler = defaultScheduler,
     revoke: (url: string) => void = (u) => URL.revokeObjectURL(u)) {
@@ -359,6 +367,7 @@ export class RunStore {
               sampleStep: run.sampleStep, preview: run.status === "executing" ? undefined : run.preview });
           }
         }
+        if (ofGraph) this.dropRejection();
         this.patchGlobal({
           running: true, promptId, executing: null, lastError: null,
           lastWarning: null, startedAt: Date.now(), nodesDone: 0, joinedMidway: false,
@@ -620,11 +629,51 @@ export class RunStore {
         changed = true;
       }
     }
-    if (this.global.lastError) {
+    if (this.global.lastError || this.global.rejection) {
       this.patchGlobal({ lastError: null });
+      this.dropRejection();
       changed = true;
     }
     if (changed) this.notify();
+  }
+
+  /** The issues still marked on the nodes, in the server's node_errors shape. */
+  markedErrors(): NodeErrors {
+    const out: NodeErrors = {};
+    for (const [id, run] of this.nodes) {
+      if (!run.errors?.length) continue;
+      out[id] = { errors: run.errors.map((e) => ({ type: e.kind, message: e.message, extra_info: { input_name: e.input ?? null } })) };
+    }
+    return out;
+  }
+
+  /**
+   * A Queue was rejected: `describe` says so in one line from the issues marked on the nodes,
+   * now (the status bar's error) and again each time the user fixes one of them. When it
+   * returns null (nothing left to fix), the rejection and the status bar's error go.
+   */
+  setRejection(describe: (marked: NodeErrors) => string | null): void {
+    this.describeRejection = describe;
+    this.offlineError = null;
+    const text = describe(this.markedErrors());
+    if (text === null) this.describeRejection = null;
+    this.patchGlobal({ rejection: text, lastError: text });
+    this.notify();
+  }
+
+  /** Say the rejection again after an issue was fixed; the status bar follows unless a run's error replaced it. */
+  private updateRejection(): void {
+    if (!this.describeRejection) return;
+    const before = this.global.rejection;
+    const text = this.describeRejection(this.markedErrors());
+    if (text === before) return;
+    if (text === null) this.describeRejection = null;
+    this.patchGlobal({ rejection: text, ...(this.global.lastError === before ? { lastError: text } : {}) });
+  }
+
+  private dropRejection(): void {
+    this.describeRejection = null;
+    if (this.global.rejection !== null) this.patchGlobal({ rejection: null });
   }
 
   /**
@@ -638,6 +687,7 @@ export class RunStore {
     const errors = run.errors.filter((e) => e.input !== input);
     const status = !errors.length && run.status === "error" ? undefined : run.status;
     this.nodes.set(node, { ...run, errors: errors.length ? errors : undefined, status });
+    this.updateRejection();
     this.notify();
   }
 
@@ -665,6 +715,7 @@ export class RunStore {
     if (this.global.promptId !== null && this.global.ofGraph) this.patchGlobal({ ofGraph: false });
     // the status bar's error and warning were about the graph that was replaced
     if (this.global.lastError || this.global.lastWarning) this.patchGlobal({ lastError: null, lastWarning: null });
+    this.dropRejection();
     this.notify();
   }
 

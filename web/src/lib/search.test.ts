@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { parseNodeSchema } from "./schema";
-import { searchDefs } from "./search";
+import { searchDefs, searchText } from "./search";
 import { nodesAcceptingType } from "./types";
 import { testDefs } from "./testdefs";
 
@@ -48,6 +48,32 @@ describe("palette search", () => {
     const found = searchDefs(more, "clip text encode").map((d) => d.type);
     expect(found[0]).toBe("CLIPTextEncode");
     expect(found).toContain("CLIPTextEncodeControlnet");
+  });
+
+  it("finds Encode Prompt by ComfyUI's display name, brackets and all, and ranks it first for its words", () => {
+    const more = new Map(defs);
+    const text = (type: string, name: string, category: string, aliases?: string[]) => more.set(type, parseNodeSchema(type, {
+      name: type, display_name: name, category, input: { required: {} }, output: ["CONDITIONING"],
+      ...(aliases ? { search_aliases: aliases } : {}),
+    }));
+    text("CLIPTextEncodeSDXLRefiner", "CLIP Text Encode (SDXL Refiner)", "advanced/conditioning");
+    text("CLIPTextEncodeSDXL", "CLIP Text Encode (SDXL)", "advanced/conditioning");
+    text("CLIPTextEncodeControlnet", "CLIP Text Encode (Controlnet)", "_for_testing/conditioning");
+    const first = (q: string) => searchDefs(more, q).map((d) => d.type)[0];
+    // the server's type id alone: the drill's "text encode" gave the SDXL encoders first
+    for (const q of ["CLIP Text Encode (Prompt)", "text encode", "clip text", "CLIP Text Encode"]) {
+      expect(first(q), q).toBe("CLIPTextEncode");
+    }
+    text("CLIPTextEncode", "Encode Prompt", "conditioning", ["CLIP Text Encode (Prompt)", "CLIP Text Encode"]);
+    expect(searchDefs(more, "CLIP Text Encode (Prompt)").map((d) => d.type)).toEqual(["CLIPTextEncode"]);
+    expect(searchDefs(more, "clip text encode, (prompt)").map((d) => d.type)).toEqual(["CLIPTextEncode"]);
+    for (const q of ["text encode", "clip text", "CLIP Text Encode"]) expect(first(q), q).toBe("CLIPTextEncode");
+    // the whole phrase in one name before its words found apart, however much that node is used
+    more.set("PromptEncodeLike", parseNodeSchema("PromptEncodeLike", {
+      name: "PromptEncodeLike", display_name: "Encode Text", category: "clip", input: { required: {} }, output: ["CONDITIONING"] }));
+    const words = searchDefs(more, "clip text").map((d) => d.type);
+    expect(words.indexOf("CLIPTextEncodeSDXL")).toBeLessThan(words.indexOf("PromptEncodeLike"));
+    expect(searchText(" CLIP  Text Encode (Prompt) [x], y ")).toBe("clip text encode prompt x y");
   });
 
   it("offers the common nodes first for a dropped IMAGE link, and among equal matches", () => {

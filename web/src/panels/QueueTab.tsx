@@ -5,8 +5,8 @@
  */
 
 import { useCallback, useEffect, useRef, useState } from "react";
-import { clearQueue, deleteFromQueue, getQueue, interrupt, type QueueItem } from "../api";
-import { clientOf, runnableCount } from "../lib/queueview";
+import { clearQueue, deleteFromQueue, getQueue, getSystemStats, interrupt, type QueueItem } from "../api";
+import { clientOf, fairQueueOf, runnableCount, turnsNote } from "../lib/queueview";
 import { useGlobalRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
@@ -76,6 +76,16 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
     }).catch(() => undefined);
   }, []);
   useEffect(refresh, [refresh, queueVersion, running]);
+  // whether the server runs waiting clients in turns (read again after a reconnect: a restart may change it)
+  const [fair, setFair] = useState(false);
+  useEffect(() => {
+    if (!connected) return;
+    let live = true;
+    getSystemStats().then((s) => live && setFair(fairQueueOf(s))).catch(() => undefined);
+    return () => {
+      live = false;
+    };
+  }, [connected]);
   // no clock while the server is unreachable: what runs is unknown, so nothing is counted
   const now = useNow(connected && queue.running.length + queue.pending.length > 0);
   const cancel = async (item: QueueItem, isRunning: boolean) => {
@@ -89,7 +99,7 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
   };
   const mine = clientId() ?? null;
   const othersOf = (item: QueueItem) => clientOf(item) !== mine;
-  const clients = new Set(queue.pending.map(clientOf));
+  const note = turnsNote(fair, queue.pending);
   const row = (item: QueueItem, isRunning: boolean) => (
     <li key={item.promptId} className={`sf-queue-item${isRunning && connected ? " running" : ""}`} data-prompt-id={item.promptId}>
       <span className="sf-queue-text">
@@ -129,11 +139,7 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
         </div>
       )}
       {queue.running.length === 0 && queue.pending.length === 0 && <div className="sf-muted">The queue is empty.</div>}
-      {clients.size > 1 && (
-        <div className="sf-muted" data-testid="queue-turns">
-          Several clients are waiting: the server runs their prompts in turns, so the numbers are not the run order.
-        </div>
-      )}
+      {note && <div className="sf-muted" data-testid="queue-turns">{note}</div>}
       <ul className="sf-list" aria-label="queue">
         {queue.running.map((i) => row(i, true))}
         {queue.pending.map((i) => row(i, false))}
