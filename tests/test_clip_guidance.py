@@ -11,6 +11,7 @@ the target, the gradient with respect to the latent and ε − √(1−ᾱ) g (�
 from __future__ import annotations
 
 import inspect
+import math
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -108,9 +109,9 @@ def session(models_dir, tmp_path_factory, clip_paths):
                    device="cpu", registry=registry)
 
 
-def graph(*, ckpt="steerflow-tiny", sampler="ddim", width=64, height=64, cfg=7.5, seed=3,
-          batch=1, guide=True, text=TARGET, image=False, clip_name=TINY_CLIP, vae=None,
-          **options) -> dict:
+def graph(*, ckpt="steerflow-tiny", sampler="ddim", schedule="normal", width=64, height=64,
+          cfg=7.5, seed=3, batch=1, guide=True, text=TARGET, image=False, clip_name=TINY_CLIP,
+          vae=None, **options) -> dict:
     """txt2img on the tiny model, optionally through CLIPGuidance."""
     prompt = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
@@ -134,7 +135,7 @@ def graph(*, ckpt="steerflow-tiny", sampler="ddim", width=64, height=64, cfg=7.5
         model = ["20", 0]
     prompt["3"] = {"class_type": "KSampler", "inputs": {
         "model": model, "seed": seed, "steps": STEPS, "cfg": cfg, "sampler_name": sampler,
-        "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+        "scheduler": schedule, "positive": ["6", 0], "negative": ["7", 0],
         "latent_image": ["5", 0]}}
     return prompt
 
@@ -245,6 +246,87 @@ def reference(pipe, clip, *, sampler="ddim", width=64, height=64, cfg=7.5, seed=
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
+def sigma_schedule(pipe, schedule: str) -> diffusers.EulerDiscreteScheduler:
+    """diffusers' Euler scheduler set to a schedule's σs and timesteps: its own Karras /
+    exponential / beta spacing, or the KL-optimal σs (evenly spaced in atan σ) written out."""
+    if schedule != "kl_optimal":
+        sched = diffusers.EulerDiscreteScheduler.from_config(
+            pipe.base_config, **{f"use_{schedule}_sigmas": True})
+        sched.set_timesteps(STEPS)
+        return sched
+    sched = diffusers.EulerDiscreteScheduler.from_config(pipe.base_config)
+    a = sched.alphas_cumprod.double()
+    levels = ((1 - a) / a).sqrt()
+    top, bottom = math.atan(levels.max()), math.atan(levels.min())
+    sched.set_timesteps(sigmas=[math.tan(top + (bottom - top) * i / (STEPS - 1))
+                                for i in range(STEPS)] + [0.0])
+    return sched
+
+
+def reference_sigma(pipe, clip, *, sampler, schedule, width=64, height=40, cfg=7.5, seed=3,
+                    scale=200.0) -> np.ndarray:
+    """The method's own k-diffusion-style loop for the samplers whose diffusers class cannot
+    run ``schedule``: x = x0 + σ·ε, the UNet sees x / √(σ²+1), CLIP guidance takes
+    x̂0 = x − σ·ε̃ and ε̃ − σ·g, then the sampler's step in σ written out."""
+    sched = sigma_schedule(pipe, schedule)
+    sigmas = [float(sigma) for sigma in sched.sigmas]
+    unet, vae, model = pipe.unet, pipe.vae, clip.model
+    with torch.no_grad():
+        pos, neg = pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE)
+        embeds = torch.cat([neg, pos])
+        tok = clip.tokenizer([TARGET], padding="max_length", max_length=77, return_tensors="pt")
+        target = model.get_text_features(input_ids=tok.input_ids,
+                                         attention_mask=tok.attention_mask)
+        target = getattr(target, "pooler_output", target)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    x = randn_tensor((1, 4, height // 8, width // 8), generator=generator)
+    x = x * sched.init_noise_sigma
+    previous = None  # (σ, x̂0) of the step before (DPM++ 2M)
+    for i, t in enumerate(sched.timesteps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        c_in = 1 / (sigma ** 2 + 1) ** 0.5
+        with torch.no_grad():
+            u, c = unet(torch.cat([x] * 2) * c_in, t, encoder_hidden_states=embeds).sample.chunk(2)
+            eps = u + cfg * (c - u)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            cond = unet(xg * c_in, t, encoder_hidden_states=pos).sample
+            x0 = xg - sigma * (eps + (cond - cond.detach()))
+            loss = reference_loss(model, vae, x0, target, scale, 0, i)
+            g = -torch.autograd.grad(loss, xg)[0]
+        eps = eps - sigma * g
+        denoised = x - sigma * eps
+        with torch.no_grad():
+            if sampler == "ddim":  # DDIM at η = 0: Euler in σ
+                x = x + (sigma_next - sigma) * eps
+            elif sampler == "euler_ancestral":
+                up = min(sigma_next, (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2)
+                                      / sigma ** 2) ** 0.5)
+                down = (sigma_next ** 2 - up ** 2) ** 0.5
+                x = x + (down - sigma) * eps
+                if up > 0:
+                    x = x + up * randn_tensor(x.shape, generator=generator)
+            elif sampler == "dpmpp_2m":
+                h = math.log(sigma / sigma_next) if sigma_next else math.inf
+                estimate = denoised
+                if previous is not None and sigma_next:
+                    r = math.log(previous[0] / sigma) / h
+                    estimate = (1 + 1 / (2 * r)) * denoised - previous[1] / (2 * r)
+                x = sigma_next / sigma * x - math.expm1(-h) * estimate
+                previous = (sigma, denoised)
+            elif sampler == "lcm":  # the consistency boundary condition, then fresh noise
+                ts = float(t) * 10.0
+                c_skip, c_out = 0.25 / (ts ** 2 + 0.25), ts / (ts ** 2 + 0.25) ** 0.5
+                x = c_out * denoised + c_skip * x * c_in
+                if sigma_next > 0:
+                    x = x + sigma_next * randn_tensor(x.shape, generator=generator)
+            else:
+                raise AssertionError(sampler)
+    with torch.no_grad():
+        image = vae.decode(x / vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
 # --- parity ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("ckpt", "sampler", "width", "height", "batch", "options"), [
@@ -280,6 +362,23 @@ def test_matches_independent_loop(session, pipe, clip, ckpt, sampler, width, hei
     assert np.abs(ours - plain).max() > 1e-3  # the guidance acts
 
 
+@pytest.mark.parametrize(("sampler", "schedule"), [
+    ("euler_ancestral", "karras"), ("ddim", "beta"), ("dpmpp_2m", "kl_optimal"),
+    ("lcm", "exponential"),
+])
+def test_sigma_space_twins_match_written_out_loop(session, pipe, clip, sampler, schedule):
+    """The pairs a σ-space twin runs (the sampler's diffusers class lacks the spacing) are
+    guided in σ space: equal to the k-diffusion form written out."""
+    ours = run_graph(session, graph(sampler=sampler, schedule=schedule, width=64, height=40))
+    ref = reference_sigma(pipe, clip, sampler=sampler, schedule=schedule)
+    diff = np.abs(ours - ref).max()
+    print(f"parity {sampler} + {schedule}: {diff:.2e}")
+    assert diff <= 1e-4
+    plain = run_graph(session, graph(sampler=sampler, schedule=schedule, width=64, height=40,
+                                     guide=False))
+    assert np.abs(ours - plain).max() > 1e-3
+
+
 def test_without_cfg_and_image_target(session, pipe, clip):
     """cfg 1 (the conditional prediction alone) and an image target (the image tower)."""
     ours = run_graph(session, graph(cfg=1.0, text="", image=True))
@@ -310,14 +409,14 @@ def parts(session):
     return [CAPTURED.pop(f"{key}{n}") for n in ("40", "60", "70", "50", "42")]
 
 
-def sample_with(model, parts, *extensions, cfg=7.5, sampler="ddim"):
+def sample_with(model, parts, *extensions, cfg=7.5, sampler="ddim", schedule="normal"):
     from nodes.diffusion.sampling import SamplingParams, sample
     from nodes.diffusion.schedulers import make_scheduler
 
     _, pos, neg, latent, _ = parts
     for ext in extensions:
         model = model.with_extension(ext)
-    scheduler = make_scheduler(sampler, "normal", model.scheduler_config)
+    scheduler = make_scheduler(sampler, schedule, model.scheduler_config)
     return sample(model, scheduler, pos, neg, latent,
                   SamplingParams(seed=3, steps=STEPS, cfg=cfg))
 
@@ -377,12 +476,18 @@ def test_window_outside_every_step_is_plain(parts, clip):
     assert torch.equal(plain, idle)
 
 
-@pytest.mark.parametrize("sampler", ["heun", "euler_ancestral", "dpmpp_sde", "uni_pc", "ddpm"])
-def test_every_sampler_runs_and_acts(parts, clip, sampler):
+@pytest.mark.parametrize(("sampler", "schedule"), [
+    ("heun", "normal"), ("euler_ancestral", "normal"), ("dpmpp_sde", "normal"),
+    ("uni_pc", "normal"), ("ddpm", "normal"),
+    # σ-space twins (the drill's refusals): each runs and is guided
+    ("dpmpp_2m_sde", "kl_optimal"), ("dpmpp_2m_sde_heun", "karras"), ("lcm", "beta"),
+    ("euler_ancestral", "linear_quadratic"), ("ddim", "kl_optimal"),
+])
+def test_every_sampler_runs_and_acts(parts, clip, sampler, schedule):
     model, *_, vae = parts
     guided = sample_with(model, parts, ClipGuidance(clip, vae, text_target(clip), 200.0),
-                         sampler=sampler)
-    plain = sample_with(model, parts, sampler=sampler)
+                         sampler=sampler, schedule=schedule)
+    plain = sample_with(model, parts, sampler=sampler, schedule=schedule)
     assert torch.isfinite(guided).all()
     assert (guided - plain).abs().max() > 1e-4
 
@@ -436,6 +541,25 @@ def test_unsupported_prediction_and_scheduler():
     edm = diffusers.EDMEulerScheduler()
     with pytest.raises(ValueError, match=r"EDMEulerScheduler.*euler.*ddim"):
         check_supported(edm)
+
+
+def test_every_discrete_sampler_and_schedule_is_supported(parts):
+    """Every pair KSampler builds for a discrete model passes (σ-space twins included, and
+    SamplerEulerAncestral's eta, which runs Euler ancestral's twin); a continuous-σ model
+    is refused by name, not by a scheduler class."""
+    from nodes.diffusion.continuous_samplers import continuous_class
+    from nodes.diffusion.schedulers import SCHEDULES, make_scheduler, unsupported_combination
+    from nodes.diffusion.sigma_samplers import EulerSampler, with_options
+
+    config = parts[0].scheduler_config
+    for sampler in SAMPLERS:
+        for schedule in SCHEDULES:
+            if unsupported_combination(sampler, schedule) is None:
+                check_supported(make_scheduler(sampler, schedule, config))
+    check_supported(with_options(make_scheduler("euler_ancestral", "normal", config),
+                                 "euler_ancestral", eta=0.5))
+    with pytest.raises(ValueError, match=r"continuous noise levels.*discrete model"):
+        check_supported(continuous_class(EulerSampler)())
 
 
 # --- with other techniques ------------------------------------------------------------------

@@ -352,11 +352,16 @@ def level_of(layer_name: str, levels: int) -> int | None:
 class LevelRecorder(AttentionRecorder):
     """The recorder of the cross-attention layers at one UNet level, whose maps are
     resized to ``size`` wherever a pass runs that level at another resolution (Deep
-    Shrink), so that the layers' maps can be averaged over one grid."""
+    Shrink), so that the layers' maps can be averaged over one grid.
+
+    It records only while ``recording`` (Attend-and-Excite's own whole-canvas pass): the
+    sampler's passes, and the passes of area / mask-bounds regions on a crop of the
+    latent, whose grid is not the canvas's, are none of its business."""
 
     level: int = 0
     levels: int = 1
     size: tuple[int, int] = (1, 1)
+    recording: bool = False
 
     def selects(self, layer: AttentionLayer) -> bool:
         return super().selects(layer) and level_of(layer.name, self.levels) == self.level
@@ -366,6 +371,8 @@ class LevelRecorder(AttentionRecorder):
 
         import torch.nn.functional as F
 
+        if not self.recording:
+            return probs
         h, w = self.size
         if call.query_tokens == h * w:
             return super().on_probs(call, probs)
@@ -412,7 +419,7 @@ class AttendAndExcite(SamplerExtension):
         self.text_tokens = None if text_tokens is None else tuple(text_tokens)
         if self.text_tokens is not None and not set(self.indices) <= set(self.text_tokens):
             raise ValueError("Attend-and-Excite: the excited tokens must be among text_tokens")
-        self.label = label
+        self.label = f"Attend-and-Excite ({label})" if label else "Attend-and-Excite"
 
     def setup(self, run: SamplingRun) -> None:
         import numpy as np
@@ -481,11 +488,15 @@ class AttendAndExcite(SamplerExtension):
         from nodes.diffusion.sampling import model_input_scale
 
         state.recorder.clear(run)
-        with run.attention.roles_for(["cond"]):
-            added = run.added_cond_kwargs(state.embeds, ["cond"])  # SDXL's pooled/sizes
-            run.model.unet(latent * model_input_scale(run.scheduler, t), t,
-                           encoder_hidden_states=state.embeds, return_dict=False,
-                           **({} if added is None else {"added_cond_kwargs": added}))
+        state.recorder.recording = True
+        try:
+            with run.attention.roles_for(["cond"]):
+                added = run.added_cond_kwargs(state.embeds, ["cond"])  # SDXL's pooled/sizes
+                run.model.unet(latent * model_input_scale(run.scheduler, t), t,
+                               encoder_hidden_states=state.embeds, return_dict=False,
+                               **({} if added is None else {"added_cond_kwargs": added}))
+        finally:
+            state.recorder.recording = False
         h, w = state.size
         maps = state.recorder.average(run, "cond")[0].reshape(h, w, -1)
         return attend_excite_loss(max_attention_per_index(maps, self.indices, self.text_tokens))

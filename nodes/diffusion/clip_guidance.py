@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nodes.diffusion.extensions import Predictions, SamplerExtension, Step, UNetCall
-from nodes.diffusion.schedulers import SAMPLERS
+from nodes.diffusion.schedulers import SAMPLERS, SIGMA_TWINS
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +47,12 @@ SUPPORTED_PREDICTIONS = ("epsilon", "v_prediction")
 #: the sampler names it works with: all of the sampler's, whose schedulers are either
 #: variance-preserving (``alphas_cumprod``) or σ-space (UNet input scaled by 1/√(σ²+1))
 SUPPORTED_SCHEDULERS = tuple(SAMPLERS)
+#: the scheduler classes behind them (diffusers' class names and ours): each sampler's
+#: own, and the σ-space twins that run its σ lists and the spacings its diffusers class
+#: lacks (euler_ancestral + karras, ddim + beta, dpmpp_2m + kl_optimal, ...), which are
+#: Euler's scheduler (x = x0 + σ·ε, UNet input x / √(σ²+1)) with another update rule
+SUPPORTED_CLASSES = frozenset({class_name for class_name, _ in SAMPLERS.values()}
+                              | set(SIGMA_TWINS.values()))
 
 
 def spherical_dist_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -225,14 +231,21 @@ class ClipGuidance(SamplerExtension):
 
 
 def check_supported(scheduler: Any) -> None:
-    """A ValueError naming what works, for a prediction type or scheduler whose x̂0 this
-    guidance cannot form."""
-    check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
-    supported = {class_name for class_name, _ in SAMPLERS.values()}
-    if type(scheduler).__name__ not in supported:
+    """A ValueError saying what to do, for a model or scheduler whose x̂0 this guidance
+    cannot form (every sampler and schedule of a discrete model can)."""
+    if hasattr(type(scheduler), "spec"):  # nodes.diffusion.continuous_samplers
+        # its x0 is c_skip·x + c_out·F with σ_data's preconditioning, not x − σ·ε
         raise ValueError(
-            f"CLIP guidance does not support the {type(scheduler).__name__} scheduler; "
-            f"use one of the samplers {', '.join(SUPPORTED_SCHEDULERS)}")
+            "CLIP guidance needs a discrete noise schedule (ᾱ per training timestep), and "
+            "this model samples continuous noise levels (Model Sampling Continuous EDM / V, "
+            "CosXL, Playground v2.5): use it with a discrete model")
+    check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
+    if type(scheduler).__name__ not in SUPPORTED_CLASSES:
+        raise ValueError(
+            f"CLIP guidance cannot run the {type(scheduler).__name__} scheduler (its x0 is "
+            f"not formed from a variance-preserving or σ-space latent): sample with one of "
+            f"KSampler's samplers (e.g. {', '.join(SUPPORTED_SCHEDULERS[:3])} or ddim), on "
+            f"any schedule")
 
 
 def check_prediction_type(prediction_type: str) -> None:
