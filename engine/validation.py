@@ -52,6 +52,7 @@ from engine.dynamic import (
     ignored_message,
 )
 from engine.environment import Environment
+from engine.inactive_outputs import inactive_details, inactive_outputs, inactive_outputs_message
 from engine.issues import (  # noqa: F401  (re-exported: the validation API's one import)
     Issue,
     PromptValidationError,
@@ -65,15 +66,7 @@ from engine.node import InputSpec, Node
 from engine.outputs import bounded_message
 from engine.registry import NodeRegistry
 from engine.value_checks import check_constant, value_issue
-from engine.workflow import (
-    BYPASS,
-    MUTED,
-    NodeShape,
-    is_link,
-    node_mode,
-    resolve_modes,
-    types_match,
-)
+from engine.workflow import NodeShape, is_link, resolve_modes, types_match
 
 GC_PAUSE_NODES = 10_000  # prompts this big are validated with the cyclic GC paused
 
@@ -157,11 +150,11 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
                       severity="error" if note.error else "warning")
         (issues if note.error else mode_warnings).append(issue)
     if not prompt:
-        off = _inactive_outputs(given, registry)
+        off = inactive_outputs(given, registry)
         raise PromptValidationError([*issues, Issue(
-            "no_output_node", _inactive_outputs_message(off) if off else
+            "no_output_node", inactive_outputs_message(off) if off else
             "every node is muted or bypassed, so nothing would run",
-            details=_inactive_details(off))])
+            details=inactive_details(off))])
     classes: dict[str, type[Node]] = {}
     raw_inputs: dict[str, dict[str, Any]] = {}
     for raw_id, node in prompt.items():
@@ -197,14 +190,14 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
 
     wanted = outputs if outputs is not None else [n for n, c in classes.items() if c.OUTPUT_NODE]
     missing_out = [n for n in wanted if n not in classes]
-    switched_off = {o.node_id: o for o in _inactive_outputs(given, registry)} \
+    switched_off = {o.node_id: o for o in inactive_outputs(given, registry)} \
         if missing_out and given is not prompt else {}
     for n in missing_out:
         if n in switched_off:
             o = switched_off[n]
             issues.append(Issue("no_output_node", f"requested output node {o.label} is "
                                 f"{o.state}, so it does not run: {o.fix}",
-                                node_id=n, details=_inactive_details([o])))
+                                node_id=n, details=inactive_details([o])))
             continue
         issues.append(Issue("no_output_node", f"requested output node {n!r} is not in the prompt",
                             node_id=n))
@@ -223,16 +216,16 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
             issues.extend(left_out)
             explained, left_out = True, []
     if not wanted and not explained:
-        off = _inactive_outputs(given, registry) if outputs is None and given is not prompt \
+        off = inactive_outputs(given, registry) if outputs is None and given is not prompt \
             else []
         if off:  # the canvas shows the node: say why it does not count
-            message = _inactive_outputs_message(off)
+            message = inactive_outputs_message(off)
         elif outputs is None or len(outputs):
             message = "the prompt has no output node (e.g. Save Image), so nothing would run"
         else:
             message = ("no output node was asked for (the list of outputs to run, "
                        "partial_execution_targets, is empty), so nothing would run")
-        issues.append(Issue("no_output_node", message, details=_inactive_details(off)))
+        issues.append(Issue("no_output_node", message, details=inactive_details(off)))
     needed = _ancestors_and_self(graph, wanted)
 
     nodes: dict[str, ValidatedNode] = {}
@@ -280,80 +273,6 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
     order = [n for n in nx.topological_sort(sub)]
     return ValidatedPrompt(nodes=nodes, order=order, outputs=wanted, warnings=warnings,
                            rejected=rejected)
-
-
-@dataclass(frozen=True)
-class _InactiveOutput:
-    """An output node that does not run because it is muted or bypassed."""
-
-    node_id: str
-    class_type: str
-    name: str
-    mode: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} #{self.node_id}"
-
-    @property
-    def state(self) -> str:
-        return "muted" if self.mode == MUTED else "bypassed"
-
-    @property
-    def fix(self) -> str:
-        return "unmute it (Ctrl+M)" if self.mode == MUTED else "turn its bypass off (Ctrl+B)"
-
-
-MAX_INACTIVE_NAMED = 3  # output nodes a message names; the details list them all
-
-
-def _inactive_outputs(prompt: Mapping[Any, Any], registry: NodeRegistry
-                      ) -> list[_InactiveOutput]:
-    """The output nodes of ``prompt`` (before modes are resolved) that are muted or
-    bypassed, by their title (else their display name)."""
-    found = []
-    for raw_id, node in prompt.items():
-        if not isinstance(node, dict) or node_mode(node) not in (MUTED, BYPASS):
-            continue
-        kind = node.get("class_type")
-        cls = registry.get(kind) if isinstance(kind, str) else None
-        if cls is None or not cls.OUTPUT_NODE:
-            continue
-        meta = node.get("_meta")
-        title = meta.get("title") if isinstance(meta, dict) else None
-        name = title if isinstance(title, str) and title.strip() else \
-            cls.DISPLAY_NAME or cls.TYPE
-        found.append(_InactiveOutput(str(raw_id), cls.TYPE, bounded_message(name, 80),
-                                     node_mode(node) or MUTED))
-    return found
-
-
-def _inactive_outputs_message(off: list[_InactiveOutput]) -> str:
-    """Why no output node is left, and what to do: the output nodes are switched off."""
-    if len(off) == 1:
-        return (f"{off[0].label} is {off[0].state}, so no output node is left to run: "
-                f"{off[0].fix} or add an output node")
-    labels = [o.label for o in off[:MAX_INACTIVE_NAMED]]
-    if len(off) > MAX_INACTIVE_NAMED:
-        labels.append(f"{len(off) - MAX_INACTIVE_NAMED} more")
-    named = f"{', '.join(labels[:-1])} and {labels[-1]}"
-    states = {o.mode for o in off}
-    if states == {MUTED}:
-        state, fix = "muted", "unmute one (Ctrl+M)"
-    elif states == {BYPASS}:
-        state, fix = "bypassed", "turn bypass off on one (Ctrl+B)"
-    else:
-        state, fix = "muted or bypassed", "turn one back on (Ctrl+M unmutes, Ctrl+B ends a bypass)"
-    return (f"the output nodes {named} are {state}, so none is left to run: {fix} or add "
-            "an output node")
-
-
-def _inactive_details(off: list[_InactiveOutput]) -> dict[str, Any]:
-    """The switched-off output nodes, for a client to point at them."""
-    if not off:
-        return {}
-    return {"inactive_outputs": [{"node_id": o.node_id, "class_type": o.class_type,
-                                  "mode": o.mode} for o in off]}
 
 
 #: errors of the prompt as a whole: no output runs past them, as in ComfyUI
