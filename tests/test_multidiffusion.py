@@ -4,6 +4,7 @@ by hand with a stub UNet; both combine with other techniques."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -241,6 +242,26 @@ def test_pointwise_denoiser_gives_the_plain_sampler(sampler, height, width, circ
     assert torch.allclose(windows, plain, atol=1e-5)
 
 
+@pytest.mark.parametrize(("height", "width", "circular", "view_batch", "batch", "weights"), [
+    (8, 22, False, 1, 1, "uniform"), (12, 18, True, 2, 2, "gaussian"),
+])
+def test_dpmpp_sde_windows_read_the_whole_latents_brownian_noise(height, width, circular,
+                                                                 view_batch, batch, weights):
+    """DPM++ SDE's Brownian-tree noise (a raw torchsde KeyError with windows before): each
+    window batch adds its crop of the whole latent's increment, so with a pointwise
+    denoiser the windows give the plain sampler exactly."""
+    model, pos, neg, latent = stub_parts(height, width, batch)
+
+    def run(m):
+        return sample(m, make_scheduler("dpmpp_sde", "karras", m.scheduler_config, seed=9),
+                      pos, neg, latent, SamplingParams(seed=9, steps=4, cfg=5.0))
+
+    plain = run(model)
+    windows = run(model.with_extension(MultiDiffusionPanorama(8, 4, circular, view_batch,
+                                                              weights)))
+    assert torch.allclose(windows, plain, atol=1e-5)
+
+
 class StubContext:
     extra: dict = {}
 
@@ -449,20 +470,27 @@ def adapter_name(models_dir) -> str:
     return TINY_ADAPTER_NAME
 
 
+def add_adapter(prompt: dict, adapter_name: str) -> dict:
+    """``prompt`` with the tiny T2I-Adapter (control_wide.png) on the KSampler's prompts."""
+    ks = prompt["3"]["inputs"]
+    prompt["ad"] = {"class_type": "ControlNetLoader",
+                    "inputs": {"control_net_name": adapter_name}}
+    prompt["img"] = {"class_type": "LoadImage", "inputs": {"image": "control_wide.png"}}
+    prompt["apply"] = {"class_type": "T2IAdapterApply", "inputs": {
+        "positive": ks["positive"], "negative": ks["negative"], "image": ["img", 0],
+        "adapter": ["ad", 0], "adapter_conditioning_scale": 1.0,
+        "adapter_conditioning_factor": 1.0}}
+    ks.update(positive=["apply", 0], negative=["apply", 1])
+    return prompt
+
+
 def test_panorama_with_an_adapter_and_sag_in_one_run(session, adapter_name):
     """A T2I-Adapter's features (at 1/1 and 1/2 of the latent) are cropped per window; SAG
     reads the windows' self-attention; each still acts."""
     def prompt(adapter: bool, sag: bool) -> dict:
         g = panorama_prompt()
         if adapter:
-            g["ad"] = {"class_type": "ControlNetLoader",
-                       "inputs": {"control_net_name": adapter_name}}
-            g["img"] = {"class_type": "LoadImage", "inputs": {"image": "control_wide.png"}}
-            g["apply"] = {"class_type": "T2IAdapterApply", "inputs": {
-                "positive": ["6", 0], "negative": ["7", 0], "image": ["img", 0],
-                "adapter": ["ad", 0], "adapter_conditioning_scale": 1.0,
-                "adapter_conditioning_factor": 1.0}}
-            g["3"]["inputs"].update(positive=["apply", 0], negative=["apply", 1])
+            add_adapter(g, adapter_name)
         if sag:
             g["sag"] = {"class_type": "SelfAttentionGuidance",
                         "inputs": {"model": ["20", 0], "scale": 0.75, "blur_sigma": 1.0}}
@@ -473,6 +501,89 @@ def test_panorama_with_an_adapter_and_sag_in_one_run(session, adapter_name):
     assert np.isfinite(both).all()
     assert np.abs(both - run_graph(session, prompt(False, True))).max() > 1e-3
     assert np.abs(both - run_graph(session, prompt(True, False))).max() > 1e-3
+
+
+SHRINK = {"block_number": 1, "downscale_factor": 2.0, "start_percent": 0.0,
+          "end_percent": 0.5, "downscale_after_skip": True, "downscale_method": "bicubic",
+          "upscale_method": "bicubic"}
+
+
+def with_shrink(prompt: dict) -> dict:
+    prompt["shrink"] = {"class_type": "PatchModelAddDownscale",
+                        "inputs": {"model": prompt["3"]["inputs"]["model"], **SHRINK}}
+    prompt["3"]["inputs"]["model"] = ["shrink", 0]
+    return prompt
+
+
+@pytest.mark.parametrize("control", ["adapter", "controlnet"])
+def test_deep_shrink_resizes_a_windows_control_residuals(session, adapter_name, control):
+    """T2I-Adapter / ControlNet + MultiDiffusion + Deep Shrink (the drill's shape mismatch):
+    inside the windows Deep Shrink resizes the window's residuals as on the whole latent
+    (one window over the whole latent gives the run without windows), and with several
+    windows the control still acts."""
+    def prompt(pano: bool = True, window: int = 0, with_control: bool = True) -> dict:
+        g = panorama_prompt(pano=pano, window=window,
+                            control=with_control and control == "controlnet")
+        if with_control and control == "adapter":
+            add_adapter(g, adapter_name)
+        return with_shrink(g)
+
+    whole = run_graph(session, prompt(window=20))  # 20x8 latent: one window
+    assert np.abs(whole - run_graph(session, prompt(pano=False))).max() < 1e-5
+    windows = run_graph(session, prompt())
+    assert np.isfinite(windows).all()
+    assert np.abs(windows - run_graph(session, prompt(with_control=False))).max() > 1e-3
+
+
+@pytest.mark.parametrize("regions", ["area", "mask bounds"])
+def test_regions_off_the_feature_grid_take_an_adapter(session, adapter_name, regions):
+    """An area / "mask bounds" region whose box is off the adapter's 1/2-size feature grid
+    (x, y = 1 latent pixel) runs with a T2I-Adapter (it was refused with a message about
+    windows the graph does not have), and the adapter acts; with Deep Shrink too."""
+    def prompt(adapter: bool = True, shrink: bool = False) -> dict:
+        g = panorama_prompt(width=64, pano=False)
+        g["a"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
+                                                             "clip": ["4", 1]}}
+        if regions == "area":
+            g["r"] = {"class_type": "ConditioningSetArea", "inputs": {
+                "conditioning": ["a", 0], "width": 40, "height": 24, "x": 8, "y": 8,
+                "strength": 1.0}}
+        else:
+            g["m0"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64,
+                                                             "height": 64}}
+            g["m1"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 40,
+                                                             "height": 24}}
+            g["m"] = {"class_type": "MaskComposite", "inputs": {
+                "destination": ["m0", 0], "source": ["m1", 0], "x": 8, "y": 8,
+                "operation": "add"}}
+            g["r"] = {"class_type": "ConditioningSetMask", "inputs": {
+                "conditioning": ["a", 0], "mask": ["m", 0], "strength": 1.0,
+                "set_cond_area": "mask bounds"}}
+        g["all"] = {"class_type": "ConditioningCombine", "inputs": {
+            "conditioning_1": ["6", 0], "conditioning_2": ["r", 0]}}
+        g["3"]["inputs"]["positive"] = ["all", 0]
+        if adapter:
+            add_adapter(g, adapter_name)
+        return with_shrink(g) if shrink else g
+
+    both = run_graph(session, prompt())
+    assert np.isfinite(both).all()
+    assert np.abs(both - run_graph(session, prompt(adapter=False))).max() > 1e-3
+    assert np.isfinite(run_graph(session, prompt(shrink=True))).all()
+
+
+def test_feature_maps_are_cropped_on_their_grid():
+    """A window or region on a 1/d-size feature map: exactly its pixels / d on the grid;
+    off it, the ⌈side/d⌉ cells nearest its centre, inside the map or wrapping around."""
+    from nodes.diffusion.multidiffusion import _crop_tensor, feature_view
+
+    assert feature_view((4, 12, 8, 16), 4, (16, 24)) == (1, 3, 2, 4)
+    assert feature_view((1, 4, 1, 6), 2, (8, 8)) == (0, 2, 0, 3)
+    assert feature_view((5, 8, 0, 8), 4, (8, 8)) == (1, 2, 0, 2)  # kept inside the map
+    assert feature_view((0, 8, 18, 26), 2, (8, 20)) == (0, 4, 9, 13)  # circular: wraps
+    features = torch.arange(5 * 5, dtype=torch.float32).reshape(1, 1, 5, 5)  # 9x9 at 1/2
+    crops = _crop_tensor(features, [(0, 4, 0, 4), (5, 9, 5, 9)], (9, 9))
+    assert torch.equal(crops, torch.cat([features[..., :2, :2], features[..., 3:5, 3:5]]))
 
 
 def test_panorama_keeps_a_noise_masks_region(session):
@@ -496,6 +607,17 @@ def test_panorama_keeps_a_noise_masks_region(session):
     kept = torch.from_numpy(mask[::8, ::8] < 128)  # 0 = keep the input (zeros) there
     assert kept.any() and (latents[..., kept] == 0).all()
     assert (latents[..., ~kept] != 0).any()
+
+
+def test_panorama_with_dpmpp_sde_on_the_tiny_model(session):
+    """The drill's graph (MultiDiffusion + dpmpp_sde) runs; one window over the whole
+    latent is the run without windows (the same Brownian noise)."""
+    windows = run_graph(session, panorama_prompt(sampler="dpmpp_sde"))
+    assert np.isfinite(windows).all()
+    whole = run_graph(session, panorama_prompt(sampler="dpmpp_sde", window=20))
+    assert np.abs(whole - run_graph(session, panorama_prompt(sampler="dpmpp_sde", pano=False))
+                  ).max() < 1e-5
+    assert np.abs(windows - whole).max() > 1e-3
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -585,6 +707,22 @@ def test_panorama_refuses_whole_latent_techniques():
     with pytest.raises(ValueError, match="WholeLatent"):
         sample(model, make_scheduler("ddim", "normal", model.scheduler_config), pos, neg,
                latent, SamplingParams(seed=0, steps=1, cfg=5.0))
+
+
+def test_refusals_name_techniques_as_the_user_knows_them():
+    """Attend-and-Excite was named by its word list, LEDITS++ by an internal class."""
+    from nodes.diffusion.attend_excite import AttendAndExcite
+    from nodes.diffusion.ledits_pp import LEditsPPGuidance
+
+    excite = AttendAndExcite(torch.zeros(1, 77, 32), [1], label="circle, square")
+    ledits = LEditsPPGuidance([SimpleNamespace()], SimpleNamespace())
+    assert AttendAndExcite(torch.zeros(1, 77, 32), [1]).label == "Attend-and-Excite"
+    model, pos, neg, latent = stub_parts()
+    for ext, name in ((excite, "Attend-and-Excite (circle, square)"), (ledits, "LEDITS++")):
+        refused = model.with_extension(MultiDiffusionPanorama()).with_extension(ext)
+        with pytest.raises(ValueError, match=rf"MultiDiffusion cannot run with {re.escape(name)}:"):
+            sample(refused, make_scheduler("ddim", "normal", model.scheduler_config), pos,
+                   neg, latent, SamplingParams(seed=0, steps=1, cfg=5.0))
 
 
 def test_inputs_are_bounded(session):

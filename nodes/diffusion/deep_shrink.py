@@ -17,7 +17,8 @@ How the UNet is changed, for one run only: forward hooks, removed in ``teardown`
 FreeU's). The hooks that resize on the way up act only where sizes differ, so they are
 idle in the steps outside the range. A ControlNet's residuals are made for the full-size
 skips: while shrinking they are added by the hooks instead, each resized to the skip it
-belongs to (ComfyUI drops the ones that no longer fit); a T2I-Adapter's likewise.
+belongs to (ComfyUI drops the ones that no longer fit); a T2I-Adapter's likewise. Inside
+MultiDiffusion's windows and area regions the same hooks resize the window's residuals.
 
 Every UNet pass decides from its own timestep whether it shrinks, so an extension's
 own pass (Attend-and-Excite's before the step, SAG's degraded one) runs as the step's
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nodes.diffusion.extensions import Denoise, SamplerExtension, Step, UNetCall
 from nodes.diffusion.freeu import remove_hooks
@@ -84,6 +85,10 @@ def _with_first(output: Any, value: torch.Tensor) -> Any:
 
 @dataclass
 class _State:
+    #: MultiDiffusion's windows and area regions see this one object, not a copy each:
+    #: the hooks hold it, so a window pass's residuals (set in ``unet_inputs``) must
+    #: reach them here
+    shared_by_windows: ClassVar[bool] = True
     handles: list[Any] = field(default_factory=list)
     active: bool = False
     #: a ControlNet's residuals taken from this pass's call, added by the hooks instead

@@ -304,6 +304,7 @@ class LEditsPPGuidance(SamplerExtension):
 
     priority = 200
     without_cfg = True
+    label = "LEDITS++"
 
     def __init__(self, concepts: Sequence[SegaConcept], inversion: LEditsInversion,
                  use_cross_attn_mask: bool = False, use_intersect_mask: bool = True,

@@ -3,7 +3,8 @@
 Each step every window (view) of the latent is denoised on its own — the UNet pass
 with every other extension's phases, guidance, then the scheduler step, each window
 batch with its own scheduler state (so multistep schedulers keep one history per
-window) — and the overlapping results are averaged per latent pixel (the paper's
+window; DPM++ SDE's Brownian noise is the whole latent's, cropped: :class:`CanvasNoise`)
+— and the overlapping results are averaged per latent pixel (the paper's
 equation 5). The math is diffusers' ``StableDiffusionPanoramaPipeline`` step for step
 (``get_views``, ``view_batch_size``, ``views_scheduler_status``, the count/value
 average, ``circular_padding``), so results match it. ``view_weights`` "gaussian" weighs
@@ -17,7 +18,8 @@ pipeline's indexing fails there).
 Other extensions act inside each window: while a window batch runs, the run's
 ``init_latents``, ``noise`` and per-run state are that window's (:func:`windows_of`):
 state tensors laid out on the canvas (a ControlNet's control image, an inpainting
-UNet's channels, a T2I-Adapter's features, region weights) are cropped to it, and
+UNet's channels, a T2I-Adapter's features on their own grid, region weights) are
+cropped to it (area regions reuse this for their crops), and
 each window batch keeps its own copy of mutable state (SEGA's momentum). Phases that
 run on the whole canvas (``pre_step``, ``post_step``: a noise mask's blend) see the
 whole canvas; state an extension first makes during the window passes goes back to the
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -128,27 +131,49 @@ def stack_crops(x: torch.Tensor, views: Sequence[View], scale: int = 1) -> torch
 
 
 def _crop_tensor(t: torch.Tensor, views: Sequence[View], size: tuple[int, int]) -> torch.Tensor:
-    """A ``[B, C, H·f, W·f]`` (or ``[B, C, H/d, W/d]``) tensor laid out on the canvas
-    ``size`` = (H, W): its windows stacked; any other tensor as it is."""
+    """A ``[B, C, H·f, W·f]`` tensor (or a UNet level's ``[B, C, ⌈H/d⌉, ⌈W/d⌉]``: a
+    T2I-Adapter's features) laid out on the canvas ``size`` = (H, W): its windows
+    stacked (see :func:`feature_view`); any other tensor as it is."""
     if t.dim() != 4:
         return t
     (height, width), (h, w) = size, tuple(t.shape[-2:])
     if h >= height and h % height == 0 and w % width == 0 and h // height == w // width:
         return stack_crops(t, views, h // height)
-    if (h < height and height % h == 0 and width % w == 0 and height // h == width // w
-            and height // h in (2, 4, 8)):
-        d = height // h
-        if any(v % d for view in views for v in view):
-            raise ValueError(f"a window does not fall on the 1/{d}-size grid of a feature map "
-                             f"(T2I-Adapter features?): use a window size and stride that are "
-                             f"multiples of {d}")
-        return stack_crops(t, [tuple(v // d for v in view) for view in views])  # type: ignore[misc]
+    for d in (2, 4, 8):
+        if h < height and (h, w) == (-(-height // d), -(-width // d)):
+            return stack_crops(t, [feature_view(view, d, size) for view in views])
     return t
+
+
+def feature_view(view: View, d: int, size: tuple[int, int]) -> View:
+    """``view`` on the 1/``d``-size level of the canvas ``size``: as many cells as a UNet
+    pass over the view makes there (``⌈side/d⌉``), the ones nearest the view's centre
+    (its pixels over ``d`` exactly when it falls on the grid; an area or window off the
+    grid is a fraction of a cell away), kept inside the map unless the view wraps around
+    the right edge (circular windows)."""
+    h0, h1, w0, w1 = view
+    rows, cols = -(-size[0] // d), -(-size[1] // d)
+    n_h, n_w = -(-(h1 - h0) // d), -(-(w1 - w0) // d)
+
+    def start(lo: int, hi: int, n: int) -> int:
+        return math.floor((lo + hi - n * d) / (2 * d) + 0.5)
+
+    top = min(max(start(h0, h1, n_h), 0), rows - n_h)
+    left = start(w0, w1, n_w)
+    if w1 <= size[1]:
+        left = min(max(left, 0), cols - n_w)
+    else:  # a circular window: it wraps on the feature map too
+        left %= cols
+    return (top, top + n_h, left, left + n_w)
 
 
 def _crop_value(value: Any, views: Sequence[View], size: tuple[int, int]) -> Any:
     """A copy of one extension's per-run state for windows: canvas tensors cropped,
-    containers and dataclasses copied (so the windows' changes stay theirs)."""
+    containers and dataclasses copied (so the windows' changes stay theirs). State with
+    a true ``shared_by_windows`` (what the extension's UNet hooks hold, e.g. Deep
+    Shrink's) is the same object in every window, as the hooks see only that one."""
+    if getattr(value, "shared_by_windows", False):
+        return value
     if isinstance(value, torch.Tensor):
         return _crop_tensor(value, views, size)
     if isinstance(value, list):
@@ -219,6 +244,51 @@ def windows_of(run: SamplingRun, views: Sequence[View], state: dict[Any, Any],
         run.state.update(saved[2])
 
 
+# --- the scheduler's state per window batch ------------------------------------------------
+
+#: scheduler attributes the window batches share instead of each keeping a copy
+SHARED_SCHEDULER_STATE = ("noise_sampler",)
+
+
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """A copy of the scheduler's state for one window batch (the pipeline's
+    ``views_scheduler_status``), less :data:`SHARED_SCHEDULER_STATE`."""
+    return copy.deepcopy({key: value for key, value in scheduler.__dict__.items()
+                          if key not in SHARED_SCHEDULER_STATE})
+
+
+class CanvasNoise:
+    """DPM++ SDE's Brownian-tree noise (diffusers' ``BrownianTreeNoiseSampler``) over the
+    whole latent, built as the scheduler's first step builds it: every window batch reads
+    its crop of the increment the whole-latent step would add, so overlapping windows
+    agree and one window over the whole latent is the plain run. (A copy per window
+    batch would give each its own path, and torchsde's interval cache does not survive
+    a deep copy: a later step fails with a raw KeyError.)"""
+
+    def __init__(self, scheduler: Any, latents: torch.Tensor):
+        from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+        sigmas = scheduler.sigmas
+        self.whole = scheduler.noise_sampler or BrownianTreeNoiseSampler(
+            latents, sigmas[sigmas > 0].min().item(), sigmas.max().item(),
+            scheduler.noise_sampler_seed)
+        self._last: tuple[tuple[float, float], torch.Tensor] | None = None
+
+    @staticmethod
+    def wanted(scheduler: Any) -> bool:
+        return hasattr(scheduler, "noise_sampler") and hasattr(scheduler, "noise_sampler_seed")
+
+    def __call__(self, sigma: Any, sigma_next: Any) -> torch.Tensor:
+        key = (float(sigma), float(sigma_next))
+        if self._last is None or self._last[0] != key:  # each window batch asks alike
+            self._last = key, self.whole(sigma, sigma_next)
+        return self._last[1]
+
+    def of(self, views: Sequence[View]) -> Any:
+        """The noise sampler the window batch ``views`` steps with."""
+        return lambda sigma, sigma_next: stack_crops(self(sigma, sigma_next), views)
+
+
 # --- the panorama extension ----------------------------------------------------------------
 
 
@@ -234,6 +304,8 @@ class _PanoramaState:
     count: torch.Tensor | None = None
     #: each window's weight ``[1, 1, h, w]`` (None: 1 everywhere, the pipeline's average)
     weight: torch.Tensor | None = None
+    #: DPM++ SDE's Brownian tree over the whole latent (None: another sampler)
+    noise: CanvasNoise | None = None
 
 
 class MultiDiffusionPanorama(SamplerExtension):
@@ -295,7 +367,9 @@ class MultiDiffusionPanorama(SamplerExtension):
                        latents: torch.Tensor) -> torch.Tensor:
         state: _PanoramaState = run.state[self]
         if not state.schedulers:  # the first step: after every setup and set_timesteps
-            state.schedulers = [copy.deepcopy(run.scheduler.__dict__) for _ in state.batches]
+            if CanvasNoise.wanted(run.scheduler):
+                state.noise = CanvasNoise(run.scheduler, latents)
+            state.schedulers = [scheduler_state(run.scheduler) for _ in state.batches]
             state.states = [windowed_state(run, views, exclude=(self,))
                             for views in state.batches]
             state.crops = [(stack_crops(run.init_latents, views), stack_crops(run.noise, views))
@@ -315,9 +389,11 @@ class MultiDiffusionPanorama(SamplerExtension):
         for j, views in enumerate(state.batches):
             # the window batch's own scheduler state (multistep history, step index)
             run.scheduler.__dict__.update(state.schedulers[j])
+            if state.noise is not None:
+                run.scheduler.noise_sampler = state.noise.of(views)
             with windows_of(run, views, state.states[j], state.crops[j]):
                 denoised = denoise(run, step, stack_crops(latents, views))
-            state.schedulers[j] = copy.deepcopy(run.scheduler.__dict__)
+            state.schedulers[j] = scheduler_state(run.scheduler)
             if prediction is None and step.prediction is not None:
                 prediction = latents.new_zeros((batch, step.prediction.shape[1],
                                                 *latents.shape[-2:]))
@@ -327,6 +403,8 @@ class MultiDiffusionPanorama(SamplerExtension):
                 paste_add(value, view, denoised[rows] * weight)
                 if prediction is not None and step.prediction is not None:
                     paste_add(prediction, view, step.prediction[rows] * weight)
+        if state.noise is not None:  # the whole latent's, for anything after the step
+            run.scheduler.noise_sampler = state.noise.whole
         # State an extension made during this step's window passes (e.g. what a post-step
         # phase reads back) goes to the whole canvas: window tensors averaged onto it.
         for key in [k for k in state.states[0]

@@ -166,6 +166,7 @@ class Pix2PixZero(SamplerExtension):
     """
 
     priority = 60  # latents first; before a ControlNet (100) reads the UNet input
+    label = "Pix2Pix-Zero"
 
     def __init__(self, source: torch.Tensor, edited: torch.Tensor,
                  cross_attention_guidance_amount: float = 0.1):
