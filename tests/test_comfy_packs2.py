@@ -152,7 +152,7 @@ def test_pack_routes_through_the_server_and_worker(make_server, loop):  # noqa: 
             time.sleep(0.05)
         started = time.monotonic()
         assert http.get("/route_pack/hello").status == 200
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 2.5  # not after the 3 s prompt
         assert http.get("/queue").json()["queue_running"]  # answered mid-prompt
         wait_history(http, [sleepy.json()["prompt_id"]])
         too_wide = http.post("/prompt", json={"prompt": {"1": {

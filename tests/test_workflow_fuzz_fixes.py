@@ -40,7 +40,7 @@ def test_the_comfy_view_is_bounded_and_skips_what_is_odd():
         "layout": {"nodes": {"1": {"pos": 5, "size": True}, "2": {"pos": "ab"}}}}
     started = time.monotonic()
     view = ui_view(doc, SCHEMAS)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 20  # bounded, not a walk over 3,000,000 slots
     by_type = {n["type"]: n for n in view["nodes"]}
     assert by_type["EmptyImage"]["pos"] == [0.0, 0.0] and by_type["EmptyImage"]["mode"] == 0
     assert by_type["SaveImage"]["pos"] == [0.0, 0.0]
