@@ -79,8 +79,15 @@ def jsonable(value: Any) -> Any:
 
 
 def describe_issues(issues: list[Issue]) -> str:
-    """Human-readable lines, one per issue."""
+    """Human-readable lines, one per issue, with its kind (the command line's)."""
     return "\n".join(describe_issue(i) for i in issues)
+
+
+def plain_issues(issues: list[Issue]) -> str:
+    """Lines for a person in an app: "node 3: message", or the message alone for the whole
+    prompt; the kinds stay machine-readable beside them (``extra_info.issues``)."""
+    return "\n".join(f"node {i.node_id}: {i.message}" if i.node_id else i.message
+                     for i in issues)
 
 
 def to_node_errors(issues: list[Issue],

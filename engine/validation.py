@@ -59,6 +59,7 @@ from engine.issues import (  # noqa: F401  (re-exported: the validation API's on
     comfy_error_type,
     describe_issues,
     jsonable,
+    plain_issues,
     short_repr,
     to_node_errors,
 )
@@ -197,7 +198,8 @@ def _validate_prompt(prompt: Any, registry: NodeRegistry, env: Environment | Non
             o = switched_off[n]
             issues.append(Issue("no_output_node", f"requested output node {o.label} is "
                                 f"{o.state}, so it does not run: {o.fix}",
-                                node_id=n, details=inactive_details([o])))
+                                node_id=n, class_type=o.class_type,
+                                details=inactive_details([o])))
             continue
         issues.append(Issue("no_output_node", f"requested output node {n!r} is not in the prompt",
                             node_id=n))

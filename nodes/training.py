@@ -12,7 +12,8 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
@@ -20,9 +21,6 @@ from nodes.diffusion.schedulers import SAMPLERS
 from nodes.diffusion.train_common import LR_SCHEDULERS
 from nodes.diffusion.train_textual_inversion import syntax_problem
 from nodes.limits import name_problem
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- /]*$")
 _SUFFIX = ".safetensors"
@@ -131,8 +129,7 @@ def _check_writable(where: Path, folder: str) -> None:
 
 
 #: what a failed save says of the run: its final checkpoint stays (see :func:`_release`)
-_KEPT = ("the trained weights are kept: queue the prompt again to save them without "
-         "training again")
+_KEPT = "the trained weights are kept, and saved without training again when you"
 
 
 def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path,
@@ -146,12 +143,23 @@ def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path,
     with _save_lock(checkpoint.parent):
         if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
             raise FileExistsError(f"{shown} was written by something else while this run "
-                                  f"trained: {_KEPT} under another save_name")
+                                  f"trained; {_KEPT} give another save_name and queue the "
+                                  "prompt again")
         try:
             tc.save_atomic(tensors, {**metadata, RUN_KEY: checkpoint.stem}, path)
         except OSError as exc:  # not the temporary file's name: the user's
-            raise OSError(f"{shown} could not be written ({exc.strerror or exc}): {_KEPT} "
-                          "once that is fixed") from None
+            raise OSError(f"{shown} could not be written ({_os_reason(exc, path)}); {_KEPT} "
+                          "have fixed that and queue the prompt again") from None
+
+
+def _os_reason(exc: OSError, path: Path) -> str:
+    """``exc``'s reason, naming the folder when the folder was the trouble (a file where
+    models/<folder> should be: "File exists" is not about the trained file)."""
+    reason = exc.strerror or str(exc)
+    culprit = Path(exc.filename) if isinstance(exc.filename, str) else None
+    if culprit is not None and culprit != path and path.is_relative_to(culprit):
+        reason += f": its folder {culprit.parent.name}/{culprit.name} cannot be made or used"
+    return reason
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.comfy_workflow import is_ui_workflow
-from engine.validation import Issue, PromptValidationError, describe_issues, to_node_errors
+from engine.validation import Issue, PromptValidationError, plain_issues, to_node_errors
 from engine.workflow import WorkflowFormatError, from_object, is_document
 from server.errors import ApiError, json_response
 from server.prompt_queue import DuplicatePromptId, QueueItem
@@ -239,14 +239,14 @@ def _validation_error(issues: list[Issue],
         error = ("invalid_prompt", f"Cannot execute because node {unknown[0].class_type} "
                  "does not exist.")
     elif not node_errors and any(i.kind == "no_output_node" for i in errors):
-        # ComfyUI's type and message; the details keep ours ("[no_output_node] ...")
+        # ComfyUI's type and message; the details say which nodes and what to do
         error = ("prompt_no_outputs", "Prompt has no outputs")
     elif node_errors:
         error = ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
     else:
         error = (errors[0].kind if errors else "invalid_prompt",
                  errors[0].message if errors else "the prompt is invalid")
-    details = describe_issues(shown)
+    details = plain_issues(shown)  # shown by ComfyUI's front end as they are
     extra: dict[str, Any] = {"issues": [i.to_dict() for i in shown + warnings],
                              "error_count": len(errors), "issue_count": len(issues)}
     if len(errors) > len(shown):

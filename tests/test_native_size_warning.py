@@ -48,13 +48,28 @@ def test_a_latent_far_above_the_native_size_warns_once(session):
     assert "64x320 is 5x that on one side" in warning["message"]
 
 
-@pytest.mark.parametrize("case", ["native", "twice", "img2img", "panorama"])
+def with_area(prompt: dict) -> dict:
+    """ComfyUI's area composition: a second prompt on a box of the wide canvas."""
+    prompt["side"] = {"class_type": "CLIPTextEncode",
+                      "inputs": {"clip": ["ckpt", 1], "text": "a blue square"}}
+    prompt["area"] = {"class_type": "ConditioningSetArea", "inputs": {
+        "conditioning": ["side", 0], "width": 64, "height": 64, "x": 128, "y": 0,
+        "strength": 1.0}}
+    prompt["both"] = {"class_type": "ConditioningCombine",
+                      "inputs": {"conditioning_1": ["pos", 0], "conditioning_2": ["area", 0]}}
+    prompt["ks"]["inputs"].update(positive=["both", 0], cfg=2.0)  # regions need CFG
+    return prompt
+
+
+@pytest.mark.parametrize("case", ["native", "twice", "img2img", "panorama", "area"])
 def test_no_warning_where_the_size_is_fine_or_set_otherwise(session, case):
     """Up to twice the native size (a hires fix's second pass), an img2img (the image
-    sets the composition) and MultiDiffusion (windows of the native size) draw well."""
+    sets the composition), MultiDiffusion (windows of the native size) and region prompts
+    (ComfyUI's area composition) draw well."""
     prompt = {"native": graph(64, 64), "twice": graph(128, 128),
               "img2img": graph(256, 256, denoise=0.5),
-              "panorama": graph(256, 64, panorama=True)}[case]
+              "panorama": graph(256, 64, panorama=True),
+              "area": with_area(graph(256, 64))}[case]
     assert warnings(session, prompt) == []
 
 
@@ -76,3 +91,15 @@ def test_a_model_that_states_no_size_is_not_judged():
     unet.config.sample_size = (8, 16)  # (height, width), as diffusers may give it
     assert "trained at 128x64; 512x512 is 8x that on one side" in native_size_warning(
         model, latent, SamplingParams(0, 1, 1.0), [])
+    # a control image sets the layout (ControlNet, T2I-Adapter, GLIGEN's boxes)
+    from nodes.diffusion.controlnet import ControlNetResiduals
+    from nodes.diffusion.gligen import GLIGENGrounding
+    from nodes.diffusion.t2i_adapter import T2IAdapterFeatures
+
+    for control in (ControlNetResiduals, T2IAdapterFeatures, GLIGENGrounding):
+        assert native_size_warning(model, latent, SamplingParams(0, 1, 1.0),
+                                   [control.__new__(control)]) is None
+    wider = Latent(torch.zeros(1, 4, 64, 131), downscale=8)  # 2.05x: not shown as "2x"
+    unet.config.sample_size = 64
+    assert "is 2.05x that on one side" in native_size_warning(
+        model, wider, SamplingParams(0, 1, 1.0), [])

@@ -426,6 +426,7 @@ def test_a_failed_save_keeps_the_training_and_the_rerun_only_saves(session, monk
     message = failed.run.error["exception_message"]
     assert "models/kept/one.safetensors could not be written (No space left on device)" \
         in message and "queue the prompt again" in message and ".tmp" not in message
+    assert "saved without training again" in message
     assert _train_steps(failed) == [1, 2, 3]
     monkeypatch.setattr(tc, "save_atomic", real)
     saved, result = run_latent(session, prompt, keep_events=True)
@@ -434,6 +435,22 @@ def test_a_failed_save_keeps_the_training_and_the_rerun_only_saves(session, monk
     assert path.is_file()
     assert not list((session.env.folder("temp") / "training").glob("lora-*.pt"))
     assert torch.equal(saved, uninterrupted(session, models_dir, tmp_path, prompt))
+
+
+def test_a_failed_save_names_the_folder_when_the_folder_is_the_trouble(tmp_path):
+    """A file where models/embeddings should be: "File exists" is about the folder, not
+    about the trained file (the message used to read as if that file existed)."""
+    import errno
+
+    from nodes.training import _os_reason
+
+    target = tmp_path / "models" / "embeddings" / "tok.safetensors"
+    folder_error = OSError(errno.EEXIST, "File exists", str(target.parent))
+    assert _os_reason(folder_error, target) == (
+        "File exists: its folder models/embeddings cannot be made or used")
+    file_error = OSError(errno.ENOSPC, "No space left on device",
+                         str(target.with_name(".tok.safetensors.1.tmp")))
+    assert _os_reason(file_error, target) == "No space left on device"
 
 
 def test_a_file_written_at_the_name_while_training_is_not_replaced(session):
@@ -452,8 +469,9 @@ def test_a_file_written_at_the_name_while_training_is_not_replaced(session):
                    clip_from=["train", 1], model_from=["train", 0])
     result = session.run(prompt, on_event=on_event)
     assert not result.ok
-    assert "race/one.safetensors was written by something else while this run trained" \
-        in result.run.error["exception_message"]
+    said = result.run.error["exception_message"]
+    assert "race/one.safetensors was written by something else while this run trained" in said
+    assert "give another save_name and queue the prompt again" in said
     from safetensors.torch import load_file
 
     assert set(load_file(str(path))) == {"w"}  # the other file stays

@@ -180,6 +180,8 @@ class ControlNetResiduals(SamplerExtension):
     union pipeline's multi-type call: one pass, the images' features fused).
     """
 
+    handles_large_latents = True  # the control image sets the layout
+
     def __init__(self, control_net: ControlNet, image: torch.Tensor | tuple[torch.Tensor, ...],
                  strength: float = 1.0, start: float = 0.0, end: float = 1.0,
                  guess_mode: bool = False):

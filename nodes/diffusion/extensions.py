@@ -153,7 +153,8 @@ class SamplerExtension:
     #: MultiDiffusion's windows would each take as their own
     canvas_masks: bool = False
     #: it makes a latent far above the model's native size work (windows of that size, a
-    #: hidden state shrunk to it), so the sampler does not warn of the size
+    #: hidden state shrunk to it) or sets its layout (a control image), so the sampler
+    #: does not warn of the size
     handles_large_latents: bool = False
     #: the technique as the user knows it, for messages (default: the class name)
     label: str = ""

@@ -344,6 +344,8 @@ class GLIGENGrounding(SamplerExtension):
     net's inputs for the whole batch, role by role.
     """
 
+    handles_large_latents = True  # its boxes set the layout
+
     def __init__(self, gligen: GLIGEN, boxes: Sequence[GroundingBox], beta: float = 1.0):
         if len(boxes) > MAX_OBJS:
             raise ValueError(f"GLIGEN takes at most {MAX_OBJS} boxes per conditioning "

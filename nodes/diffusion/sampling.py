@@ -458,14 +458,16 @@ NATIVE_SIZE_FACTOR = 2
 
 
 def native_size_warning(model: DiffusionModel, latent: Latent, params: SamplingParams,
-                        extensions: list[SamplerExtension]) -> str | None:
+                        extensions: list[SamplerExtension],
+                        positive: Conditioning | None = None) -> str | None:
     """A warning when an empty latent is sampled from pure noise at far more than the size
     the model was trained at (its UNet's ``sample_size``): the UNet draws a subject per
     patch of about that size, so it repeats or breaks them (ComfyUI says nothing).
 
     None where the model states no size, or something else sets the composition: an
-    image (img2img, inpainting, an image-conditioned UNet) or windows of the native size
-    (MultiDiffusion, Deep Shrink)."""
+    image (img2img, inpainting, an image-conditioned UNet), windows of the native size
+    (MultiDiffusion, Deep Shrink), a control image (ControlNet, T2I-Adapter, GLIGEN's
+    boxes) or region prompts (areas, masks: ComfyUI's area composition)."""
     config = model.unet.config
     native = getattr(config, "sample_size", None)
     if isinstance(native, int) and native > 0:
@@ -483,12 +485,15 @@ def native_size_warning(model: DiffusionModel, latent: Latent, params: SamplingP
         return None
     if any(ext.handles_large_latents for ext in extensions) or bool(latent.samples.any()):
         return None
+    if positive is not None and any("area" in e.options or e.options.get("mask") is not None
+                                    for e in positive.entries):
+        return None
     from nodes.latent import downscale_of
 
     scale = downscale_of(latent, None, model.unet)
     sides = "per side" if height / native[0] == width / native[1] else "on one side"
     return (f"this model was trained at {native[1] * scale}x{native[0] * scale}; "
-            f"{width * scale}x{height * scale} is {round(ratio, 1):g}x that {sides}: expect "
+            f"{width * scale}x{height * scale} is {round(ratio, 2):g}x that {sides}: expect "
             "repeated, broken or missing subjects (Empty Latent Image's size sets it)")
 
 
@@ -574,7 +579,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     run.entries.update({"cond": positive.entries[0], "uncond": negative.entries[0]})
     run.warn = getattr(callback, "warn", None) or logger.warning
     exts = run.extensions
-    oversized = native_size_warning(model, latent, params, exts)
+    oversized = native_size_warning(model, latent, params, exts, positive)
     if oversized:  # once per run, before the first step
         run.warn(oversized)
     batch = latents.shape[0]

@@ -161,6 +161,8 @@ class T2IAdapterFeatures(SamplerExtension):
     old Apply ControlNet) the unconditional half gets nothing.
     """
 
+    handles_large_latents = True  # the control image sets the layout
+
     def __init__(self, adapter: Adapter, image: torch.Tensor, scale: float = 1.0,
                  factor: float = 1.0, start: float = 0.0, end: float = 1.0):
         if not 0.0 <= start < end <= 1.0:

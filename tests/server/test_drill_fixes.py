@@ -312,7 +312,9 @@ def test_a_prompt_without_outputs_is_comfyuis_prompt_no_outputs(http: Http) -> N
     body = reply.json()
     assert body["error"]["type"] == "prompt_no_outputs"
     assert body["error"]["message"] == "Prompt has no outputs"
-    assert "no_output_node" in body["error"]["details"]  # our kind stays in the details
+    assert "no output node" in body["error"]["details"]
+    assert "[" not in body["error"]["details"]  # ComfyUI's front end shows it as it is
+    assert body["error"]["extra_info"]["issues"][0]["kind"] == "no_output_node"
     assert body["node_errors"] == {}
     missing = http.post("/prompt", json={"prompt": chain(),
                                          "partial_execution_targets": ["99"]}).json()

@@ -15,6 +15,8 @@ describe("error messages in one line", () => {
     // the drill's muted Save Image: not "Prompt has no outputs: [no_output_node] prompt: …"
     const said = "the prompt has no output node (e.g. Save Image), so nothing would run";
     expect(joinErrorText("Prompt has no outputs", `[no_output_node] prompt: ${said}`)).toBe(said);
+    // the server's details without codes (ComfyUI's front end shows them as they are)
+    expect(joinErrorText("Prompt has no outputs", `${said}\n`)).toBe(said);
     expect(plainIssues("[missing_input] node 1: required input 'images' (IMAGE) is missing\n"
       + "[value_smaller_than_min] node 3: input 'steps': got -5\n... and 2 more error(s)"))
       .toBe("node 1: required input 'images' (IMAGE) is missing; node 3: input 'steps': got -5; ... and 2 more error(s)");

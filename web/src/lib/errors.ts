@@ -6,6 +6,9 @@
  */
 const ISSUE_LINE = /^\[[\w.-]+\]\s+(?:prompt:\s*)?/;
 
+/** ComfyUI's generic rejection whose details (one issue a line) say the specific thing. */
+const GENERIC = new Set(["Prompt has no outputs"]);
+
 /**
  * Details made of such lines, in the user's words: "node 5: got -1; the prompt has no
  * output node…" without the codes; null when the details are not issue lines.
@@ -27,6 +30,7 @@ export function joinErrorText(message?: string, details?: string): string | unde
   const d = details?.trim() ?? "";
   const issues = d ? plainIssues(d) : null;
   if (issues) return issues;
+  if (d && GENERIC.has(m)) return d.split("\n").map((l) => l.trim()).filter(Boolean).join("; ");
   if (!m || !d) return m || d || undefined;
   if (d.includes(m)) return d;
   if (m.includes(d)) return m;
