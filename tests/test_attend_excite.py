@@ -21,6 +21,7 @@ from nodes.diffusion.attend_excite import (
     token_indices,
 )
 from tests.graph_nodes import CAPTURED, reference_pipeline
+from tests.region_graphs import with_region
 
 PROMPT = "a red circle at the top left and a blue square"
 WORDS = "circle, square"
@@ -212,43 +213,15 @@ def test_combines_with_sega_in_one_run(session):
     assert np.abs(both - run_graph(session, prompt(sega=False))).max() > 1e-3  # as test_sega
 
 
-def with_region(prompt: dict, regions: str) -> dict:
-    """``prompt`` whose positive also holds "a green star" on a 40x24 area at (8, 8):
-    Conditioning Set Area, or Conditioning Set Mask with set_cond_area "mask bounds" (both
-    predicted on a crop of the latent)."""
-    g = dict(prompt)
-    g["a"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a green star",
-                                                         "clip": ["4", 1]}}
-    if regions == "area":
-        g["r"] = {"class_type": "ConditioningSetArea", "inputs": {
-            "conditioning": ["a", 0], "width": 40, "height": 24, "x": 8, "y": 8,
-            "strength": 1.0}}
-    else:
-        g["m0"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64,
-                                                         "height": 64}}
-        g["m1"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 40,
-                                                         "height": 24}}
-        g["m"] = {"class_type": "MaskComposite", "inputs": {
-            "destination": ["m0", 0], "source": ["m1", 0], "x": 8, "y": 8,
-            "operation": "add"}}
-        g["r"] = {"class_type": "ConditioningSetMask", "inputs": {
-            "conditioning": ["a", 0], "mask": ["m", 0], "strength": 1.0,
-            "set_cond_area": "mask bounds"}}
-    g["all"] = {"class_type": "ConditioningCombine", "inputs": {
-        "conditioning_1": ["6", 0], "conditioning_2": ["r", 0]}}
-    g["3"] = {**g["3"], "inputs": {**g["3"]["inputs"], "positive": ["all", 0]}}
-    return g
-
-
 @pytest.mark.parametrize("regions", ["area", "mask bounds"])
 def test_combines_with_cropped_regions(session, regions):
     """A&E with an area / "mask bounds" region (a UNet pass on a crop of the latent, whose
     5x3 maps have no grid of A&E's): A&E takes its maps from its own whole-canvas pass and
     ignores the crops' (it raised "no grid known for the 15-token maps"); both act."""
-    both = run_graph(session, with_region(ae_prompt(), regions))
+    both = run_graph(session, with_region(ae_prompt(), regions, "a green star"))
     assert np.isfinite(both).all()
-    assert np.abs(both - run_graph(session, with_region(ae_prompt(excite=False), regions))
-                  ).max() > 0.1  # A&E acts
+    plain = run_graph(session, with_region(ae_prompt(excite=False), regions, "a green star"))
+    assert np.abs(both - plain).max() > 0.1  # A&E acts
     assert np.abs(both - run_graph(session, ae_prompt())).max() > 1e-3  # the region acts
 
 

@@ -27,6 +27,7 @@ from nodes.diffusion.sampling import SamplingParams, sample
 from nodes.diffusion.schedulers import SAMPLERS, make_scheduler
 from nodes.diffusion.tiny import SCHEDULER_CONFIG
 from tests.graph_nodes import CAPTURED, reference_pipeline, registry_with_capture
+from tests.region_graphs import with_region
 
 PROMPT = "a red circle"
 NEGATIVE = "blurry"
@@ -541,27 +542,7 @@ def test_regions_off_the_feature_grid_take_an_adapter(session, adapter_name, reg
     (x, y = 1 latent pixel) runs with a T2I-Adapter (it was refused with a message about
     windows the graph does not have), and the adapter acts; with Deep Shrink too."""
     def prompt(adapter: bool = True, shrink: bool = False) -> dict:
-        g = panorama_prompt(width=64, pano=False)
-        g["a"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
-                                                             "clip": ["4", 1]}}
-        if regions == "area":
-            g["r"] = {"class_type": "ConditioningSetArea", "inputs": {
-                "conditioning": ["a", 0], "width": 40, "height": 24, "x": 8, "y": 8,
-                "strength": 1.0}}
-        else:
-            g["m0"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64,
-                                                             "height": 64}}
-            g["m1"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 40,
-                                                             "height": 24}}
-            g["m"] = {"class_type": "MaskComposite", "inputs": {
-                "destination": ["m0", 0], "source": ["m1", 0], "x": 8, "y": 8,
-                "operation": "add"}}
-            g["r"] = {"class_type": "ConditioningSetMask", "inputs": {
-                "conditioning": ["a", 0], "mask": ["m", 0], "strength": 1.0,
-                "set_cond_area": "mask bounds"}}
-        g["all"] = {"class_type": "ConditioningCombine", "inputs": {
-            "conditioning_1": ["6", 0], "conditioning_2": ["r", 0]}}
-        g["3"]["inputs"]["positive"] = ["all", 0]
+        g = with_region(panorama_prompt(width=64, pano=False), regions, "a blue square")
         if adapter:
             add_adapter(g, adapter_name)
         return with_shrink(g) if shrink else g
