@@ -105,10 +105,15 @@ def _claim(env: Environment, folder: str, name: str, checkpoint: Path) -> Path:
         raise ValueError(f"save_name {problem}")
     name = save_name(name)
     path = _target(env, folder, name)
-    if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
+    if _written_by_another(path, checkpoint):
         raise FileExistsError(_taken(folder, name, path))
     _check_writable(path.parent, folder)
     return path
+
+
+def _written_by_another(path: Path, checkpoint: Path) -> bool:
+    """A file (or anything) at ``path`` that the run of ``checkpoint`` did not write."""
+    return (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem
 
 
 def _check_writable(where: Path, folder: str) -> None:
@@ -141,7 +146,7 @@ def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path,
 
     shown = f"models/{path.parent.name}/{path.name}"
     with _save_lock(checkpoint.parent):
-        if (path.exists() or path.is_symlink()) and _run_key_of(path) != checkpoint.stem:
+        if _written_by_another(path, checkpoint):
             raise FileExistsError(f"{shown} was written by something else while this run "
                                   f"trained; {_KEPT} give another save_name and queue the "
                                   "prompt again")
