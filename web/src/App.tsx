@@ -365,7 +365,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         // (only outputs of prompts that ran this graph: node ids start at 1 again after a Clear)
         const watch = watchInFlight(store, () => g.state.current.nodes.map((n) => ({ id: n.id, type: n.data.type })),
           undefined, undefined, () => graphPromptOf(currentGraph(), defsRef.current));
-        void watch.ready.then(() => restoreResults(store, graph.nodes, undefined, graphPromptOf(graph, defsRef.current)))
+        void watch.ready.then(() => restoreResults(store, graph.nodes, undefined, graphPromptOf(graph, defsRef.current),
+          socket.current?.clientId ?? makeClientId()))
           .catch(() => undefined);
         stopWatch.current = watch.stop;
       } catch {

@@ -94,6 +94,20 @@ describe("results of a run in flight when the page loaded (the tab that queued i
     expect(store.getNode("9").images).toBeUndefined();
   });
 
+  it("a reload puts back this tab's images in the gallery, never another client's", async () => {
+    const s = server();
+    const other = { ...entry("o1", 11, "someone_else.png"), extra: { client_id: "someone-else" } };
+    const mine = { ...entry("m1", 10, "mine.png"), extra: { client_id: "this-tab" } };
+    s.history = [other, mine];
+    const store = new RunStore((f) => f(), () => undefined);
+    await restoreResults(store, graph, s.api, undefined, "this-tab");
+    expect(store.getGlobal().gallery.map((g) => g.filename)).toEqual(["mine.png"]);
+
+    const fresh = new RunStore((f) => f(), () => undefined);
+    await restoreResults(fresh, graph, s.api); // no client id known: no gallery to put back
+    expect(fresh.getGlobal().gallery).toEqual([]);
+  });
+
   it("promptOfGraph: a prompt with a node of the graph's id and type", () => {
     expect(promptOfGraph(prompt, graph)).toBe(true);
     expect(promptOfGraph({ 9: { class_type: "PreviewImage" } }, graph)).toBe(false);

@@ -37,11 +37,14 @@ export function promptOfGraph(prompt: unknown, nodes: readonly NodeRef[]): boole
 /**
  * Put the newest outputs of the open graph back on its nodes. `graph`: its prompt, so that
  * only outputs of prompts that ran this graph are put back (lib/history.ts's outputsForGraph).
+ * The gallery gets back the images of the prompts this tab queued (`clientId`, kept across a
+ * reload), never another client's.
  */
 export async function restoreResults(store: RunStore, nodes: NodeRef[], api: Api = serverApi,
-  graph?: GraphPrompt): Promise<void> {
+  graph?: GraphPrompt, clientId?: string): Promise<void> {
   const entries = await api.getHistory(HISTORY_ITEMS); // newest first
-  store.restoreResults(outputsForGraph(entries, nodes, graph), galleryOf(entries));
+  const mine = clientId === undefined ? [] : entries.filter((e) => e.extra?.client_id === clientId);
+  store.restoreResults(outputsForGraph(entries, nodes, graph), galleryOf(mine));
 }
 
 /**
