@@ -24,7 +24,7 @@ def _save(ctx: ExecutionContext, images: Tensor, prefix: str, suffix: str,
           write: Any) -> NodeResult:
     from nodes.image import image_to_pil
 
-    frames = image_to_pil(images)
+    frames = image_to_pil(images, truncate=True)  # as ComfyUI writes its animations
     if not frames:
         raise ValueError("no images to save: the batch is empty")
     folder, subfolder, stem = split_prefix(ctx.env, "output", prefix, "Steerflow",

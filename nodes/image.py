@@ -126,13 +126,16 @@ def pil_to_image(img: Image.Image, upright: bool = False) -> tuple[torch.Tensor,
     return image, mask
 
 
-def image_to_pil(image: torch.Tensor) -> list[Image.Image]:
-    """IMAGE ``[B, H, W, C]`` → PIL images."""
+def image_to_pil(image: torch.Tensor, truncate: bool = False) -> list[Image.Image]:
+    """IMAGE ``[B, H, W, C]`` → PIL images, each level rounded (as diffusers' ``numpy_to_pil``)
+    or, with ``truncate``, cut down as ComfyUI's Save Image does (0.25 → 63, not 64), so that
+    saved files are the levels ComfyUI writes for the same tensor."""
     import numpy as np
     from PIL import Image
 
     check_image(image, "image")  # a 3-D tensor would save each row as an image
-    arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    levels = image.detach().float().cpu().clamp(0, 1).numpy() * 255.0
+    arr = (levels if truncate else levels.round()).astype(np.uint8)
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
 
 
@@ -240,7 +243,7 @@ def save_images(images: torch.Tensor, ctx: ExecutionContext, role: str, prefix: 
         info.add_text(str(key), json.dumps(value))
     number = next_number(folder, stem, ".png")
     results = []
-    for img in image_to_pil(images):
+    for img in image_to_pil(images, truncate=True):
         path, number = save_numbered(
             folder, stem, ".png",
             lambda tmp, img=img: img.save(tmp, format="PNG", pnginfo=info, compress_level=4),
@@ -334,7 +337,7 @@ class SaveImageWebsocket(Node):
         return secrets.token_hex(8)  # ComfyUI's IS_CHANGED returns time.time(): always run
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        for img in image_to_pil(self.images):
+        for img in image_to_pil(self.images, truncate=True):
             ctx.send_image(img)
         return NodeResult(())
 
