@@ -42,7 +42,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import Field, TypeAdapter
+from pydantic import BeforeValidator, Field, TypeAdapter
 
 from comfy_compat import runtime
 from comfy_compat.dynamic_inputs import dynamic_specs, entry_of, is_dynamic
@@ -81,6 +81,9 @@ class ComfyNode(NamedInputsNode):
     COMFY_CLASS: ClassVar[type] = object
     PACK: ClassVar[str] = ""
     HIDDEN: ClassVar[dict[str, str]] = {}
+    # "hidden" entries of no hidden kind (ComfyUI's TestForLoopOpen's initial_value0):
+    # inputs a prompt or an expansion may set, not shown as widgets (name: the entry)
+    HIDDEN_INPUTS: ClassVar[dict[str, Any]] = {}
     OUTPUT_IS_LIST: ClassVar[tuple[bool, ...]] = ()
     # ComfyUI does not check what a node returns (a numpy int for an INT is common)
     LAX_OUTPUTS: ClassVar[bool] = True
@@ -106,6 +109,11 @@ class ComfyNode(NamedInputsNode):
         if name.partition(".")[0] in cls.DYNAMIC_GROUPS:
             return None  # past an Autogrow's last slot, another option's input: ignored
         spec: InputSpec | None = None
+        if name in cls.HIDDEN_INPUTS:  # ComfyUI's get_input_info reads "hidden" too
+            spec = _input_spec(cls, name, cls.HIDDEN_INPUTS[name], False,
+                               name in cls.VALIDATED_BY_NODE)
+            cls._undeclared[key] = spec
+            return spec
         for _section, flexible in cls.FLEXIBLE:
             try:
                 entry = flexible[name]
@@ -124,9 +132,10 @@ class ComfyNode(NamedInputsNode):
         fn = getattr(cls.COMFY_CLASS, "IS_CHANGED", None)
         if fn is None:
             return None
-        kwargs = _present(inputs)
-        hidden: dict[str, Any] = {}
         signing = node_being_signed()
+        # as ComfyUI: a linked input (its value not known yet) is passed as None
+        kwargs = {**dict.fromkeys(cls._linked_names(inputs, signing)), **_present(inputs)}
+        hidden: dict[str, Any] = {}
         if signing is not None:  # ComfyUI gives IS_CHANGED the hidden inputs too
             node_id, prompt = signing
             hidden = {name: {"UNIQUE_ID": node_id, "PROMPT": prompt}.get(kind)
@@ -147,6 +156,19 @@ class ComfyNode(NamedInputsNode):
         if _is_nan(value):  # ComfyUI's idiom for "always run"
             return str(uuid.uuid4())
         return value
+
+    @classmethod
+    def _linked_names(cls, constants: dict[str, Any],
+                      signing: tuple[str, dict[str, Any]] | None) -> list[str]:
+        """The inputs of the node being signed that are links: as its prompt entry
+        says, else (a node an expansion added) the required ones without a constant."""
+        entry = signing[1].get(signing[0]) if signing is not None else None
+        inputs = entry.get("inputs") if isinstance(entry, dict) else None
+        if isinstance(inputs, dict):
+            return [name for name, value in inputs.items()
+                    if name not in constants and isinstance(value, list) and len(value) == 2]
+        return [name for name, spec in cls.INPUT_SPECS.items()
+                if spec.required and name not in constants]
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -206,12 +228,13 @@ class ComfyNode(NamedInputsNode):
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         import torch
 
-        from comfy_compat.shims.comfy_execution.graph_utils import GraphBuilder
-
+        GraphBuilder = _graph_builder()
         instance = self._instance(ctx)
         function = getattr(instance, self.COMFY_CLASS.FUNCTION)
-        GraphBuilder.set_default_prefix(None, 0, 0)  # allocated from ctx on first use
         with runtime.running(ctx), torch.no_grad():
+            # as ComfyUI before each call: this call's builders, rooted at this node
+            # (the root is allocated from ctx on first use)
+            GraphBuilder.set_default_prefix(None, 0, 0)
             returned = function(**self._kwargs(ctx))
         return self._result(returned)
 
@@ -299,11 +322,10 @@ class ComfyAsyncNode(ComfyNode):
     within its own task (a thread the pack starts sees none)."""
 
     async def execute(self, ctx: ExecutionContext) -> NodeResult:  # type: ignore[override]
-        from comfy_compat.shims.comfy_execution.graph_utils import GraphBuilder
-
+        GraphBuilder = _graph_builder()
         function = getattr(self._instance(ctx), self.COMFY_CLASS.FUNCTION)
-        GraphBuilder.set_default_prefix(None, 0, 0)
         with runtime.running_task(ctx):
+            GraphBuilder.set_default_prefix(None, 0, 0)  # in this task's context
             returned = await function(**self._kwargs(ctx))
         return self._result(returned)
 
@@ -390,9 +412,16 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
     outputs = tuple(Output(_output_type(t), names[i] if i < len(names) else None, is_list[i],
                            tooltips[i] if i < len(tooltips) else "")
                     for i, t in enumerate(return_types))
-    # V3 classes give ComfyUI's V1 view of hidden values: ("UNIQUE_ID",)
-    hidden = {str(k): str(v[0] if isinstance(v, list | tuple) and v else v)
-              for k, v in (raw.get("hidden") or {}).items()}
+    # V3 classes give ComfyUI's V1 view of hidden values: ("UNIQUE_ID",). An entry of
+    # another kind is no hidden value: ComfyUI passes it only when the prompt sets it.
+    hidden: dict[str, str] = {}
+    hidden_inputs: dict[str, Any] = {}
+    for key, entry in (raw.get("hidden") or {}).items():
+        kind = entry[0] if isinstance(entry, list | tuple) and entry else entry
+        if isinstance(kind, str) and kind in _HIDDEN:
+            hidden[str(key)] = str(kind)
+        else:
+            hidden_inputs[str(key)] = entry
     validate = getattr(comfy, "VALIDATE_INPUTS", None)
     by_node = frozenset()
     if validate is not None:
@@ -416,6 +445,7 @@ def adapt_class(type_id: str, comfy: type, *, pack: str = "",
         "COMFY_CLASS": comfy,
         "PACK": pack,
         "HIDDEN": hidden,
+        "HIDDEN_INPUTS": hidden_inputs,
         # ComfyUI keys these by node id too (its include_unique_id_in_input)
         "PER_NODE": "UNIQUE_ID" in hidden.values() or bool(getattr(comfy, "NOT_IDEMPOTENT",
                                                                     False)),
@@ -466,6 +496,8 @@ def _input_spec(cls: type[ComfyNode], name: str, entry: Any, required: bool,
     if isinstance(kind, list | tuple) or kind == "COMBO":
         socket, python = "COMBO", Any
         choices = _combo_choices(cls, name)
+    elif kind == "BOOLEAN":  # a number too, as ComfyUI's bool(value) (a loop's count)
+        socket, python = "BOOLEAN", Annotated[bool, BeforeValidator(_number_as_bool)]
     elif isinstance(kind, str):
         socket, python = str(kind), _PRIMITIVES.get(kind, Any)
     else:
@@ -571,6 +603,25 @@ def _combo_choices(cls: type[ComfyNode], name: str) -> Callable[[Environment], l
         return list(options.get("options") or [])
 
     return choices
+
+
+def _graph_builder() -> type:
+    """The GraphBuilder packs import (``comfy_execution.graph_utils``): one copy of the
+    module for the adapter and the packs, never a second under ``comfy_compat.shims``."""
+    from comfy_compat import shims
+
+    shims.install()
+    from comfy_execution.graph_utils import GraphBuilder
+
+    return GraphBuilder
+
+
+def _number_as_bool(value: Any) -> Any:
+    """A number's truth (ComfyUI converts a BOOLEAN with ``bool``); other values are
+    left to pydantic (text such as "false" means False, not ComfyUI's True)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return bool(value)
+    return value
 
 
 def _number(value: Any) -> float | None:

@@ -30,6 +30,11 @@ _fallback = False  # _default_env is the working-directory stand-in, not the run
 # An async node's context: per asyncio task, since several run at once on one loop.
 _task_context: contextvars.ContextVar[ExecutionContext | None] = contextvars.ContextVar(
     "steerflow_comfy_task_context", default=None)
+# GraphBuilder's default prefix: (owner, root, call index, graph index), owner the
+# (prompt id, node id) of the call that set it. Kept here, not in the shim module: a pack
+# imports ``comfy_execution.graph_utils``, a second copy of the module the adapter knows.
+graph_prefix: contextvars.ContextVar[tuple[tuple[str, str] | None, str | None, int, int]] = \
+    contextvars.ContextVar("steerflow_graph_builder_prefix", default=(None, None, 0, 0))
 
 
 def current_context() -> ExecutionContext | None:
@@ -61,6 +66,12 @@ def is_fallback_environment() -> bool:
     (at import time, before any run, schema or validation): its folders may not be
     the server's, so nothing should be created in them."""
     return current_context() is None and _env is None and _fallback
+
+
+def running_node() -> tuple[str, str] | None:
+    """The running node's (prompt id, node id), if a node is running."""
+    ctx = current_context()
+    return None if ctx is None else (ctx.prompt_id, ctx.node_id)
 
 
 def set_default_environment(env: Environment) -> None:

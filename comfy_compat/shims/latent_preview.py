@@ -40,7 +40,7 @@ def get_previewer(device: Any = None, latent_format: Any = None) -> LatentPrevie
 def prepare_callback(model: Any = None, steps: int = 0, x0_output_dict: dict[str, Any] | None
                      = None) -> Callable[[int, Any, Any, int], None]:
     """A sampling-step callback that advances the running node's progress bar."""
-    from comfy_compat.shims.comfy.utils import ProgressBar
+    from comfy.utils import ProgressBar  # the packs' copy (this module is one of the shims)
 
     bar = ProgressBar(steps)
 

@@ -9,7 +9,6 @@ loops); ``is_link`` and ``ExecutionBlocker`` are the engine's.
 
 from __future__ import annotations
 
-import contextvars
 from typing import Any
 
 from comfy_compat import runtime
@@ -28,9 +27,9 @@ def is_link(obj: Any) -> bool:
 class GraphBuilder:
     """Collects nodes for an expansion; ``finalize()`` gives the graph."""
 
-    # (root, call index, graph index); root None: allocate from the running node
-    _default_prefix: contextvars.ContextVar[tuple[str | None, int, int]] = \
-        contextvars.ContextVar("graph_builder_default_prefix", default=(None, 0, 0))
+    # shared by every copy of this module (runtime.graph_prefix); the adapter resets it
+    # at each call, and a prefix set during another node's call is never used
+    _default_prefix = runtime.graph_prefix
 
     def __init__(self, prefix: str | None = None):
         self.prefix = GraphBuilder.alloc_prefix() if prefix is None else prefix
@@ -40,12 +39,18 @@ class GraphBuilder:
     @classmethod
     def set_default_prefix(cls, prefix_root: str | None, call_index: int,
                            graph_index: int = 0) -> None:
-        cls._default_prefix.set((prefix_root, call_index, graph_index))
+        """The prefix the running call's builders take (root None: one the engine
+        allocates for the running node on first use)."""
+        cls._default_prefix.set((runtime.running_node(), prefix_root, call_index,
+                                 graph_index))
 
     @classmethod
     def alloc_prefix(cls, root: str | None = None, call_index: int | None = None,
                      graph_index: int | None = None) -> str:
-        default_root, default_call, default_graph = cls._default_prefix.get()
+        owner = runtime.running_node()
+        set_by, default_root, default_call, default_graph = cls._default_prefix.get()
+        if set_by != owner:  # another call's (another prompt's) state: start afresh
+            default_root, default_call, default_graph = None, 0, 0
         if default_root is None:
             ctx = runtime.current_context()
             default_root = ctx.new_node_id() if ctx is not None and ctx.run is not None \
@@ -53,7 +58,7 @@ class GraphBuilder:
         root = default_root if root is None else root
         call_index = default_call if call_index is None else call_index
         graph_index = default_graph if graph_index is None else graph_index
-        cls._default_prefix.set((default_root, default_call, default_graph + 1))
+        cls._default_prefix.set((owner, default_root, default_call, default_graph + 1))
         return f"{root}.{call_index}.{graph_index}."
 
     def node(self, class_type: str, id: str | None = None, **kwargs: Any) -> Node:

@@ -3,8 +3,8 @@
 ``io`` (types, ``ComfyNode``, ``Schema``, ``NodeOutput``), ``ui`` (previews and saved
 images), ``ComfyExtension`` (what a pack's ``comfy_entrypoint`` returns), ``IO`` / ``UI``
 (aliases) and ``Input`` / ``InputImpl`` / ``Types``, where the video classes are
-placeholders that refuse to be used, naming themselves. ``ComfyAPI`` (progress through
-the API object) is not provided.
+placeholders that refuse to be used, naming themselves. ``ComfyAPI`` / ``ComfyAPISync``:
+the API object (``api.execution.set_progress``), reporting as ``ProgressBar`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from comfy_compat.shims._missing import missing_attributes, missing_message
 
 from . import _io as io
 from . import _ui as ui
+from ._api import ComfyAPI, ComfyAPI_latest, ComfyAPISync
 
 IO = io
 UI = ui
@@ -76,6 +77,7 @@ class Types:
     VideoComponents = _placeholder("comfy_api.latest.Types.VideoComponents", _VIDEO)
 
 
-__all__ = ["IO", "UI", "ComfyExtension", "Input", "InputImpl", "Types", "io", "ui"]
+__all__ = ["IO", "UI", "ComfyAPI", "ComfyAPISync", "ComfyAPI_latest", "ComfyExtension", "Input",
+           "InputImpl", "Types", "io", "ui"]
 
 __getattr__ = missing_attributes("comfy_api.latest", "not part of Steerflow's V3 API")
