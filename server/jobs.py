@@ -4,12 +4,15 @@ and cancelling (``POST /jobs/{id}/cancel``, ``POST /jobs/cancel``).
 Newer ComfyUI frontends (1.3x and later) read their queue and history panels from
 it instead of ``/queue`` and ``/history``. A job is a prompt: ``pending`` or
 ``in_progress`` while queued, then ``completed``, ``failed`` or ``cancelled`` from
-its history entry. Newest first; times in milliseconds.
+its history entry. Times in milliseconds.
 
-As ComfyUI's ``get_all_jobs``: the status filter comes first, ``pagination.total``
-counts every job that matches it, and ``offset``/``limit`` page over those. The
-history's part of that is done in SQL on its ``status`` column
-(:meth:`server.storage.Storage.history_jobs`), so only the page's entries are read.
+As ComfyUI's ``get_all_jobs``: the ``status`` and ``workflow_id`` filters come first,
+then queue and history are sorted together (``sort_by`` ``created_at`` or
+``execution_duration``, ``sort_order`` ``desc`` or ``asc``; newest first by default),
+``pagination.total`` counts every job that matches and ``offset``/``limit`` page over
+them. The history's part of that is done in SQL on columns read off each entry when it
+is written (:meth:`server.storage.Storage.history_job_rows`), so only the page's entries
+are read.
 """
 
 from __future__ import annotations
@@ -23,11 +26,24 @@ from aiohttp import web
 from server.errors import ApiError, json_response
 from server.routes import _id_list, _valid_id, int_param, read_object
 from server.state import state
-from server.storage import END_EVENTS, HISTORY_STATUSES, Storage, history_status
+from server.storage import (
+    END_EVENTS,
+    HISTORY_STATUSES,
+    JOB_SORT_COLUMNS,
+    Storage,
+    entry_times,
+    history_status,
+    millis,
+    workflow_id,
+)
 
 STATUSES = ("pending", "in_progress", *HISTORY_STATUSES)
 MAX_LIMIT = 1000
 MAX_OFFSET = 999_999_999  # nine digits (_bounded); never clamped below the real count
+SORT_ORDERS = ("desc", "asc")
+# A queued job is newer than any history row with the same sort keys: the queue's rows
+# sort as if their history seq were past the last one.
+_QUEUED_SEQ = 1 << 63
 
 
 def _queued(item: list[Any], status: str) -> dict[str, Any]:
@@ -35,16 +51,7 @@ def _queued(item: list[Any], status: str) -> dict[str, Any]:
     extra = extra if isinstance(extra, dict) else {}
     return {"id": prompt_id, "status": status, "priority": number,
             "create_time": extra.get("create_time") or 0, "outputs_count": 0,
-            "previewable_outputs_count": 0, "workflow_id": _workflow_id(extra)}
-
-
-def _workflow_id(extra: dict[str, Any]) -> str | None:
-    # extra_data is the client's: entries stored before /prompt checked extra_pnginfo
-    # may hold any JSON there, and one such entry must not break the whole listing
-    pnginfo = extra.get("extra_pnginfo")
-    workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
-    value = workflow.get("id") if isinstance(workflow, dict) else None
-    return value if isinstance(value, str) else None
+            "previewable_outputs_count": 0, "workflow_id": workflow_id(extra)}
 
 
 def _job_error(data: dict[str, Any]) -> dict[str, Any]:
@@ -73,13 +80,10 @@ def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, An
     number, _pid, _prompt, extra, _outputs = (entry.get("prompt") or [0, "", {}, {}, []])[:5]
     extra = extra if isinstance(extra, dict) else {}
     status_info = entry.get("status") or {}
-    times: dict[str, int] = {}
+    times = entry_times(entry)  # as the history's sort columns read them
     status = history_status(entry)  # as stored in the history's status column
     error = None
     for event, data in status_info.get("messages") or []:
-        stamp = (data or {}).get("timestamp") if isinstance(data, dict) else None
-        if isinstance(stamp, int | float):
-            times[event] = int(stamp)
         if event == "execution_error" and isinstance(data, dict):
             error = _job_error(data)
     outputs = entry.get("outputs") or {}
@@ -95,7 +99,7 @@ def _finished(prompt_id: str, entry: dict[str, Any], full: bool) -> dict[str, An
         "outputs_count": sum(len(v) for out in outputs.values() if isinstance(out, dict)
                              for v in out.values() if isinstance(v, list)),
         "previewable_outputs_count": len(previews),
-        "execution_error": error, "workflow_id": _workflow_id(extra),
+        "execution_error": error, "workflow_id": workflow_id(extra),
     }
     if full:
         job["outputs"] = outputs
@@ -110,6 +114,22 @@ def _bounded(request: web.Request, name: str, default: int, top: int) -> int:
     return default if value is None else min(value, top)
 
 
+def _choice(request: web.Request, name: str, choices: tuple[str, ...] | list[str]) -> str:
+    """A query word among ``choices`` (any case, as ComfyUI's); absent: the first."""
+    value = request.query.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ApiError(400, "invalid_parameter", f"{name} must be one of "
+                       f"{', '.join(choices)} (got {value[:100]!r})")
+    return value
+
+
+def _sort_key(job: dict[str, Any], sort_by: str) -> tuple[int, int, int]:
+    """A queued job's place in /jobs' order, as :meth:`Storage.history_job_rows` sorts
+    the history's: the sort field (a queued job has run for 0 ms), then create_time."""
+    created = millis(job.get("create_time")) or 0
+    return (created if sort_by == "created_at" else 0), created, _QUEUED_SEQ
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     st = state(request)
     raw = request.query.get("status", "")  # none or empty: every status, as ComfyUI's
@@ -117,39 +137,67 @@ async def list_jobs(request: web.Request) -> web.Response:
     if unknown := [s for s in wanted if s not in STATUSES]:
         raise ApiError(400, "invalid_status", f"unknown job status {unknown[0]!r}; one of "
                        f"{', '.join(STATUSES)}")
+    sort_by = _choice(request, "sort_by", list(JOB_SORT_COLUMNS))
+    descending = _choice(request, "sort_order", SORT_ORDERS) == "desc"
+    workflow = request.query.get("workflow_id") or None  # empty: no filter, as ComfyUI's
     limit = _bounded(request, "limit", 200, MAX_LIMIT)
     offset = _bounded(request, "offset", 0, MAX_OFFSET)
-    # Filter, count, then page: the queue's jobs (in progress, then pending) come before
-    # the history's (newest first), as they always did.
     running, pending = st.queue.snapshot()
     queued = [_queued(i, "in_progress") for i in running] if "in_progress" in wanted else []
     if "pending" in wanted:
         queued += [_queued(i, "pending") for i in pending]
-    page = queued[offset:offset + limit]
-    history_total = 0
+    if workflow is not None:
+        queued = [job for job in queued if job["workflow_id"] == workflow]
+    # stable: equal keys keep the queue's order (running, then pending)
+    queued.sort(key=lambda job: _sort_key(job, sort_by), reverse=descending)
     finished = [s for s in HISTORY_STATUSES if s in wanted]
+    history_total, page = 0, []
     if finished:
-        history_total, jobs = await asyncio.get_running_loop().run_in_executor(
+        history_total, page = await asyncio.get_running_loop().run_in_executor(
             None, _history_page, st.storage,
             None if len(finished) == len(HISTORY_STATUSES) else finished,
-            limit - len(page), max(offset - len(queued), 0))
-        page += jobs
+            queued, sort_by, descending, workflow, limit, offset)
+    elif limit:
+        page = queued[offset:offset + limit]
     total = len(queued) + history_total
     return json_response({"jobs": page, "pagination": {
         "offset": offset, "limit": limit, "total": total,
         "has_more": offset + len(page) < total}})
 
 
-def _history_page(storage: Storage, statuses: list[str] | None, limit: int, offset: int
-                  ) -> tuple[int, list[dict[str, Any]]]:
-    """(matching history entries, the page's jobs): entries read one at a time, so a
-    page of big prompts never holds more than one of them as text."""
-    total, ids = storage.history_jobs(statuses, limit, offset)
+def _history_page(storage: Storage, statuses: list[str] | None, queued: list[dict[str, Any]],
+                  sort_by: str, descending: bool, workflow: str | None, limit: int,
+                  offset: int) -> tuple[int, list[dict[str, Any]]]:
+    """(matching history entries, the page of queue and history merged in order).
+
+    The page's history rows lie among the history's ``offset - len(queued)`` ..
+    ``offset + limit`` in its own order (each queued job ahead of a row moves it back by
+    one), so only those rows' keys are read, and only the page's entries as JSON, one
+    at a time: a page of big prompts never holds more than one of them as text.
+    """
+    start = max(offset - len(queued), 0)
+    total, rows = storage.history_job_rows(statuses, offset + limit - start, start,
+                                           sort_by=sort_by, descending=descending,
+                                           workflow=workflow)
+    merged: list[tuple[tuple[int, int, int], dict[str, Any] | str]] = [
+        (_sort_key(job, sort_by), job) for job in queued]
+    skipped = 0  # queued jobs ahead of the first row read, when rows were skipped
+    if start and rows:
+        head = rows[0][1:]
+        ahead = [(key > head) if descending else (key < head) for key, _ in merged]
+        skipped = sum(ahead)
+        merged = [item for item, before in zip(merged, ahead, strict=True) if not before]
+    elif start:  # every history row lies before the page, so do the queued jobs
+        return total, []
+    merged += [(row[1:], row[0]) for row in rows]
+    merged.sort(key=lambda item: item[0], reverse=descending)
+    first = offset - start - skipped  # where the page starts in ``merged``
     jobs = []
-    for prompt_id in ids:
-        text = storage.history_entry(prompt_id)
-        if text is not None:  # deleted meanwhile
-            jobs.append(_finished(prompt_id, json.loads(text), full=False))
+    for _key, item in merged[first:first + limit]:
+        if isinstance(item, dict):
+            jobs.append(item)
+        elif (text := storage.history_entry(item)) is not None:  # else deleted meanwhile
+            jobs.append(_finished(item, json.loads(text), full=False))
     return total, jobs
 
 

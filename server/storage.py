@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -57,6 +58,16 @@ END;
 # do not know it still write rows, with NULL, which the next start fills in), hence
 # added here and not in _SCHEMA, and no new SCHEMA_VERSION.
 _STATUS_INDEX = "CREATE INDEX IF NOT EXISTS history_status ON history(status, seq)"
+# The same for /jobs' sorting and workflow_id filter: create_time and execution duration
+# (ms, 0 where unknown, as ComfyUI's sort keys) and the workflow id, read off the entry.
+_JOB_COLUMNS = {"created": "INTEGER", "duration": "INTEGER", "workflow_id": "TEXT"}
+_JOB_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS history_created ON history(created, seq)",
+    "CREATE INDEX IF NOT EXISTS history_status_created ON history(status, created, seq)",
+)
+#: /jobs' sort_by values (ComfyUI's) → the history column each sorts on.
+JOB_SORT_COLUMNS = {"created_at": "created", "execution_duration": "duration"}
+_INT64 = (1 << 63) - 1
 HISTORY_STATUSES = ("completed", "failed", "cancelled")
 END_EVENTS = {"execution_success": "completed", "execution_error": "failed",
                "execution_interrupted": "cancelled"}
@@ -77,6 +88,59 @@ def history_status(entry: Any) -> str:
             if isinstance(event, str) and event in END_EVENTS:
                 status = END_EVENTS[event]
     return status
+
+
+def millis(value: Any) -> int | None:
+    """A finite JSON number as whole milliseconds within SQLite's integers, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        return None
+    return max(-_INT64, min(int(value), _INT64))
+
+
+def entry_times(entry: Any) -> dict[str, int]:
+    """Each event's timestamp (ms) among a history entry's status messages, the last of
+    each; never raises, whatever the entry holds."""
+    status_info = entry.get("status") if isinstance(entry, dict) else None
+    messages = status_info.get("messages") if isinstance(status_info, dict) else None
+    times: dict[str, int] = {}
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, list | tuple) and len(message) >= 2 \
+                and isinstance(message[0], str) and isinstance(message[1], dict):
+            stamp = millis(message[1].get("timestamp"))
+            if stamp is not None:
+                times[message[0]] = stamp
+    return times
+
+
+def entry_extra(entry: Any) -> dict[str, Any]:
+    """A history entry's ``extra_data`` (the prompt's 4th item), {} when it has none."""
+    prompt = entry.get("prompt") if isinstance(entry, dict) else None
+    extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
+    return extra if isinstance(extra, dict) else {}
+
+
+def workflow_id(extra: dict[str, Any]) -> str | None:
+    """The UI workflow's id in ``extra_data``, as ComfyUI's jobs report it."""
+    # extra_data is the client's: entries stored before /prompt checked extra_pnginfo
+    # may hold any JSON there, and one such entry must not break the whole listing
+    pnginfo = extra.get("extra_pnginfo")
+    workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+    value = workflow.get("id") if isinstance(workflow, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def job_keys(entry: Any) -> tuple[int, int, str | None]:
+    """(create_time, execution duration, workflow id) of a history entry: what /jobs sorts
+    and filters on. create_time falls back to the start, as the job shows it; either
+    time unknown is 0, as ComfyUI's sort keys."""
+    times = entry_times(entry)
+    extra = entry_extra(entry)
+    created = millis(extra.get("create_time")) or times.get("execution_start") or 0
+    start = times.get("execution_start")
+    end = next((times[e] for e in END_EVENTS if e in times), None)
+    duration = end - start if start and end else 0
+    return created, max(-_INT64, min(duration, _INT64)), workflow_id(extra)
 
 
 @dataclass
@@ -140,9 +204,11 @@ class Storage:
                                    f"(schema {version} > {SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(history)")}
-            if "status" not in columns:
-                self._db.execute("ALTER TABLE history ADD COLUMN status TEXT")
-            self._db.execute(_STATUS_INDEX)
+            for column, kind in {"status": "TEXT", **_JOB_COLUMNS}.items():
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE history ADD COLUMN {column} {kind}")
+            for index in (_STATUS_INDEX, *_JOB_INDEXES):
+                self._db.execute(index)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
@@ -301,8 +367,8 @@ class Storage:
         status = history_status(entry)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO history(prompt_id, number, entry, finished,"
-                             " status) VALUES (?,?,?,?,?)",
-                             (prompt_id, number, text, time.time(), status))
+                             " status, created, duration, workflow_id) VALUES (?,?,?,?,?,?,?,?)",
+                             (prompt_id, number, text, time.time(), status, *job_keys(entry)))
 
     def prune_history(self, keep: int) -> None:
         with self._lock:
@@ -336,8 +402,9 @@ class Storage:
         return rows[::-1] if newest else rows
 
     def fill_statuses(self) -> int:
-        """Set the job status of history rows that have none (written by a version before
-        the column, or by an older version since); returns the number of rows set.
+        """Set the job status and sort keys of history rows that have none (written by a
+        version before those columns, or by an older version since); returns the number
+        of rows set.
 
         One row at a time, so memory stays bounded whatever the entries hold; on a
         database error (a full disk) the rest waits for the next call.
@@ -349,7 +416,8 @@ class Storage:
             while True:
                 with self._lock:
                     seqs = [seq for (seq,) in self._db.execute(
-                        "SELECT seq FROM history WHERE status IS NULL LIMIT 500")]
+                        "SELECT seq FROM history WHERE status IS NULL OR created IS NULL"
+                        " OR duration IS NULL LIMIT 500")]
                 if not seqs:
                     break
                 with self._tx() as db:
@@ -362,8 +430,9 @@ class Storage:
                             entry = json.loads(row[0])
                         except (ValueError, RecursionError):
                             entry = None
-                        db.execute("UPDATE history SET status=? WHERE seq=?",
-                                   (history_status(entry), seq))
+                        db.execute("UPDATE history SET status=?, created=?, duration=?,"
+                                   " workflow_id=? WHERE seq=?",
+                                   (history_status(entry), *job_keys(entry), seq))
                         filled += 1
         except sqlite3.Error as exc:
             log.warning("cannot record the job status of older history entries yet (%s); "
@@ -377,25 +446,44 @@ class Storage:
     def history_jobs(self, statuses: Collection[str] | None, limit: int, offset: int
                      ) -> tuple[int, list[str]]:
         """(how many history entries have one of ``statuses``, the prompt ids of the
-        page ``offset``..``offset + limit`` among them, newest first).
+        page ``offset``..``offset + limit`` among them, newest first)."""
+        total, rows = self.history_job_rows(statuses, limit, offset)
+        return total, [row[0] for row in rows]
+
+    def history_job_rows(self, statuses: Collection[str] | None, limit: int, offset: int, *,
+                         sort_by: str = "created_at", descending: bool = True,
+                         workflow: str | None = None
+                         ) -> tuple[int, list[tuple[str, int, int, int]]]:
+        """(how many history entries have one of ``statuses`` and the ``workflow`` id,
+        (prompt_id, sort key, created, seq) of the page ``offset``..``offset + limit``
+        among them in /jobs' order: ``sort_by`` (:data:`JOB_SORT_COLUMNS`), then
+        create_time, then the order they finished in).
 
         ``statuses`` None: every entry. The filter, the count and the page are SQL on
         an index, so a big history costs neither memory nor a walk through its JSON.
         """
-        if statuses is not None and not self._statuses_filled:
+        if not self._statuses_filled:
             self.fill_statuses()
-        where, args = "", ()
+        column = JOB_SORT_COLUMNS[sort_by]  # a fixed name: never the client's text
+        direction = "DESC" if descending else "ASC"
+        order = ", ".join(f"{c} {direction}" for c in dict.fromkeys((column, "created", "seq")))
+        conditions, args = [], []
         if statuses is not None:
             wanted = sorted(set(statuses))
-            where = f"WHERE status IN ({','.join('?' * len(wanted))})"
-            args = tuple(wanted)
+            conditions.append(f"status IN ({','.join('?' * len(wanted))})")
+            args += wanted
+        if workflow is not None:
+            conditions.append("workflow_id = ?")
+            args.append(workflow)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         with self._lock:
             (total,) = self._db.execute(f"SELECT COUNT(*) FROM history {where}",
                                         args).fetchone()
-            ids = [pid for (pid,) in self._db.execute(
-                f"SELECT prompt_id FROM history {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                (*args, limit, offset))] if limit > 0 else []
-        return total, ids
+            rows = [(pid, key or 0, created or 0, seq) for pid, key, created, seq in
+                    self._db.execute(f"SELECT prompt_id, {column}, created, seq FROM history "
+                                     f"{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                                     (*args, limit, offset))] if limit > 0 else []
+        return total, rows
 
     def history_entry(self, prompt_id: str) -> str | None:
         with self._lock:

@@ -115,13 +115,20 @@ def test_jobs_pages_run_on_from_the_queue_into_the_history(server: LiveServer,
     pending = [http.post("/prompt", json={"prompt": chain(i)}).json()["prompt_id"]
                for i in range(3)]
     try:
+        # newest first, as ComfyUI's: the queue's jobs were created after the history's
+        # (pending ones posted within the same millisecond keep the queue's order)
         ids, totals = _all_pages(http, "status=in_progress,pending,failed", 2)
         assert totals == {4 + 22}  # running + 3 pending + the 22 failed (every 7th, not 0)
-        assert ids[:4] == [running, *pending] and len(set(ids)) == len(ids) == 26
+        assert set(ids[:3]) == set(pending) and ids[3] == running
+        assert len(set(ids)) == len(ids) == 26
         page = http.get("/jobs?status=pending,completed&limit=5&offset=1").json()
-        assert [j["id"] for j in page["jobs"]][:2] == pending[1:]
+        assert set(j["id"] for j in page["jobs"][:2]) < set(pending)
         assert page["jobs"][2]["id"] == "job-159"
         assert page["pagination"]["total"] == 3 + 137
+        # oldest first: the history, then the queue in its order
+        ids, totals = _all_pages(http, "status=in_progress,pending,failed&sort_order=asc", 3)
+        assert totals == {26} and ids[-4:] == [running, *pending]
+        assert ids[:2] == ["job-7", "job-14"]
     finally:
         http.post("/queue", json={"clear": True})
         http.post("/interrupt", json={"prompt_id": running})
@@ -147,8 +154,9 @@ def test_history_status_column_is_filled_for_an_older_database(tmp_path: Path) -
     db.close()
     storage = Storage(path)
     assert storage.history_jobs(["cancelled"], 10, 0) == (1, ["job-0"])
-    assert storage.history_jobs(["failed"], 10, 0) == (2, ["broken", "job-2"])
-    assert storage.history_jobs(None, 2, 1) == (5, ["job-3", "job-2"])
+    # newest first by create_time; "broken" has none: 0, the oldest
+    assert storage.history_jobs(["failed"], 10, 0) == (2, ["job-2", "broken"])
+    assert storage.history_jobs(None, 2, 1) == (5, ["job-2", "job-1"])
     assert storage.history_jobs(["completed"], 0, 0) == (2, [])
     storage.close()
     db = sqlite3.connect(path)  # an older version writes a row: no status
@@ -171,6 +179,87 @@ def test_history_status_column_is_filled_for_an_older_database(tmp_path: Path) -
 ])
 def test_history_status_never_raises(value: Any, expected: str) -> None:
     assert history_status(value) == expected
+
+
+# --- /jobs sort_by, sort_order and workflow_id, as ComfyUI's ---------------------------
+def timed_entry(pid: str, created: int, start: int | None, end: int | None,
+                workflow: str | None = None) -> dict[str, Any]:
+    """A completed history entry created at ``created`` that ran from ``start`` to ``end``."""
+    extra: dict[str, Any] = {"create_time": created}
+    if workflow is not None:
+        extra["extra_pnginfo"] = {"workflow": {"id": workflow}}
+    messages = [[e, {"timestamp": t}] for e, t in (("execution_start", start),
+                                                   ("execution_success", end)) if t]
+    return {"prompt": [0, pid, {}, extra, []], "outputs": {},
+            "status": {"status_str": "success", "completed": True, "messages": messages}}
+
+
+def test_jobs_sort_by_and_sort_order_as_comfyui(server: LiveServer, http: Http) -> None:
+    """ComfyUI's test_jobs_api_sorting: asc is oldest first; and execution_duration sorts
+    by end - start (0 when either is unknown); a bad value is a structured 400."""
+    # finished out of creation order, so the order cannot come from the history's rows
+    runs = {"a": (3000, 3100, 3400), "b": (1000, 1100, 1150), "c": (2000, None, None),
+            "d": (4000, 4000, 5000)}
+    for pid, (created, start, end) in runs.items():
+        server.state.storage.finish(pid, 0, timed_entry(pid, created, start, end))
+
+    def ids(query: str) -> list[str]:
+        reply = http.get(f"/api/jobs?{query}")
+        assert reply.status == 200, reply.body
+        return [j["id"] for j in reply.json()["jobs"]]
+
+    assert ids("") == ids("sort_order=desc") == ids("sort_by=created_at") == list("dacb")
+    assert ids("sort_order=asc") == list("bcad")
+    assert ids("sort_order=ASC&sort_by=Created_At") == list("bcad")  # any case, as ComfyUI's
+    assert ids("sort_by=execution_duration") == list("dabc")  # 1000, 300, 50, 0 ms
+    assert ids("sort_by=execution_duration&sort_order=asc") == list("cbad")
+    assert ids("sort_order=asc&limit=2&offset=1") == list("ca")
+    for query, name in (("sort_order=bogus", "sort_order"), ("sort_by=priority", "sort_by"),
+                        ("sort_by=execution_duration&sort_order=up", "sort_order")):
+        reply = http.get(f"/api/jobs?{query}")
+        assert reply.status == 400, query
+        error = reply.json()["error"]
+        assert error["type"] == "invalid_parameter" and name in error["message"]
+
+
+def test_jobs_workflow_id_filters_queue_and_history(server: LiveServer, http: Http) -> None:
+    for i, workflow in enumerate(["w1", "w2", "w1", None]):
+        server.state.storage.finish(f"h{i}", i, timed_entry(f"h{i}", 100 + i, None, None,
+                                                            workflow))
+    page = http.get("/api/jobs?workflow_id=w1").json()
+    assert [j["id"] for j in page["jobs"]] == ["h2", "h0"]
+    assert page["pagination"]["total"] == 2
+    assert http.get("/api/jobs?workflow_id=nope").json()["pagination"]["total"] == 0
+    assert http.get("/api/jobs?workflow_id=").json()["pagination"]["total"] == 4
+
+
+@pytest.mark.parametrize("sort_by", ["created_at", "execution_duration"])
+@pytest.mark.parametrize("descending", [True, False])
+def test_jobs_pages_merge_queue_and_history_in_order(tmp_path: Path, sort_by: str,
+                                                    descending: bool) -> None:
+    """Every page of queued jobs interleaved with the history (by create time and by
+    duration) is the slice of the whole list sorted as ComfyUI's get_all_jobs sorts."""
+    from server.jobs import _history_page, _queued
+
+    storage = Storage(tmp_path / "db.sqlite")
+    keys: dict[str, tuple[int, int]] = {}
+    for i in range(12):  # created 10, 20, ...; durations repeat, some unknown (0)
+        created, duration = 10 * (i + 1), (i * 7) % 5 * 100
+        storage.finish(f"h{i}", i, timed_entry(f"h{i}", created, 1, 1 + duration
+                                               if duration else None))
+        keys[f"h{i}"] = (created if sort_by == "created_at" else duration, created)
+    queued = []
+    for i, created in enumerate([35, 5, 200, 75]):  # between, before and after the history
+        queued.append(_queued([i, f"q{i}", {}, {"create_time": created}, []], "pending"))
+        keys[f"q{i}"] = (created if sort_by == "created_at" else 0, created)
+    expected = sorted(keys, key=keys.__getitem__, reverse=descending)
+    for limit in (1, 2, 3, 5, 16, 20):
+        for offset in range(0, 19):
+            total, page = _history_page(storage, None, queued, sort_by, descending, None,
+                                        limit, offset)
+            assert total == 12
+            assert [j["id"] for j in page] == expected[offset:offset + limit], (limit, offset)
+    storage.close()
 
 
 # --- D4: long non-ASCII upload names --------------------------------------------------
