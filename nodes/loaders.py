@@ -11,7 +11,13 @@ from typing import Any, ClassVar
 from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.controlnet import list_controlnets
 from nodes.diffusion.handles import DiffusionModel, Vae
-from nodes.models import CHECKPOINT_SUFFIXES, file_fingerprint, list_checkpoints, pickle_problem
+from nodes.models import (
+    CHECKPOINT_SUFFIXES,
+    file_fingerprint,
+    list_checkpoints,
+    path_fingerprint,
+    pickle_problem,
+)
 
 #: ComfyUI reads diffusion models from models/diffusion_models and, for older setups,
 #: models/unet; a name is looked up in that order.
@@ -91,7 +97,16 @@ class VAELoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return file_fingerprint(env, inputs.get("vae_name"), "models", "vae")
+        """The file's identity and that of a config beside it (editing only the config
+        loads the VAE again)."""
+        from nodes.diffusion.component_loading import vae_config_paths
+
+        weights = file_fingerprint(env, inputs.get("vae_name"), "models", "vae")
+        if weights is None:
+            return None
+        path = env.resolve("models", "vae", inputs["vae_name"])
+        beside = [path_fingerprint(c) for c in vae_config_paths(path) if c.is_file()]
+        return [weights, beside] if path.is_file() else weights
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment

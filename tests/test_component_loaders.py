@@ -489,3 +489,93 @@ def test_a_clip_with_fewer_than_77_positions_is_refused_at_load(session, models)
     _clip_with_positions(folder / "text_encoder", 64)
     message = run_error(session, txt2img("tiny-pos64"))
     assert "tiny-pos64" in message and "holds 64 token positions" in message
+
+
+# --- Load VAE: a diffusers-layout file whose config SD's cannot hold --------------------------
+def _odd_vae(folder: Path, name: str = "odd-vae.safetensors"):
+    """A tiny VAE whose group norm (8 groups over widths 8 and 16) SD's 32 groups cannot
+    hold, saved as one diffusers-layout file without metadata; and its config."""
+    from diffusers import AutoencoderKL
+
+    from nodes.diffusion.tiny import VAE_CONFIG
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**{**VAE_CONFIG, "block_out_channels": (8, 16),
+                           "down_block_types": ("DownEncoderBlock2D",) * 2,
+                           "up_block_types": ("UpDecoderBlock2D",) * 2,
+                           "norm_num_groups": 8, "scaling_factor": 0.39})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, folder / name)
+    return vae, dict(vae.config)
+
+
+def test_a_vae_file_whose_config_the_weights_cannot_tell_is_refused_clearly(tmp_path):
+    from nodes.diffusion.component_loading import load_vae
+
+    _odd_vae(tmp_path)
+    with pytest.raises(ValueError) as err:
+        load_vae(tmp_path / "odd-vae.safetensors")
+    message = str(err.value)
+    assert "odd-vae.safetensors" in message and "[8, 16]" in message
+    assert "diffusers folder" in message and "odd-vae.json" in message
+    assert "checkpoint" in message and "num_groups" not in message  # not torch's words
+
+
+@pytest.mark.parametrize("layout", ["stem.json", "diffusers folder"])
+def test_a_vae_file_with_its_config_json_beside_it_loads_with_that_config(tmp_path, layout):
+    """The config (group count, scaling factor) is taken from a config.json beside the
+    file, never guessed: ``<stem>.json``, or ``config.json`` in a diffusers VAE folder."""
+    import json
+
+    from nodes.diffusion.component_loading import load_vae
+
+    name = "odd-vae.safetensors" if layout == "stem.json" else \
+        "diffusion_pytorch_model.safetensors"
+    vae, config = _odd_vae(tmp_path, name)
+    sidecar = "odd-vae.json" if layout == "stem.json" else "config.json"
+    (tmp_path / sidecar).write_text(json.dumps(config))
+    loaded = load_vae(tmp_path / name)
+    assert loaded.config.norm_num_groups == 8 and loaded.config.scaling_factor == 0.39
+    sample = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        ours = loaded.decode(loaded.encode(sample).latent_dist.mean).sample
+        theirs = vae.decode(vae.encode(sample).latent_dist.mean).sample
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_a_wrong_config_beside_a_vae_file_is_refused_clearly(tmp_path):
+    import json
+
+    from nodes.diffusion.component_loading import load_vae
+
+    _odd_vae(tmp_path)
+    (tmp_path / "odd-vae.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(ValueError, match=r"odd-vae\.json .*not a diffusers AutoencoderKL"):
+        load_vae(tmp_path / "odd-vae.safetensors")
+    (tmp_path / "odd-vae.json").write_text(json.dumps(
+        {"_class_name": "AutoencoderKL", "block_out_channels": [8, 16],
+         "norm_num_groups": 32}))
+    with pytest.raises(ValueError, match="does not fit together"):
+        load_vae(tmp_path / "odd-vae.safetensors")
+    (tmp_path / "odd-vae.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable VAE config"):
+        load_vae(tmp_path / "odd-vae.safetensors")
+
+
+def test_a_config_beside_a_vae_file_joins_the_loaders_fingerprint(tmp_path):
+    """Editing only the config beside the file loads the VAE again (a new cache key)."""
+    import json
+
+    from engine import Environment
+    from nodes.loaders import VAELoader
+
+    env = Environment.create(tmp_path)
+    folder = env.folder("models", "vae", create=True)
+    _, config = _odd_vae(folder)
+    inputs = {"vae_name": "odd-vae.safetensors"}
+    bare = VAELoader.fingerprint(inputs, env)
+    (folder / "odd-vae.json").write_text(json.dumps(config))
+    with_config = VAELoader.fingerprint(inputs, env)
+    assert bare is not None and with_config != bare
+    (folder / "odd-vae.json").write_text(json.dumps({**config, "scaling_factor": 0.5}) + " ")
+    assert VAELoader.fingerprint(inputs, env) != with_config

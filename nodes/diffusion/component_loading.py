@@ -4,11 +4,13 @@ and a "diff" ControlNet (weights stored as the difference to the model it was tr
 The conversions are :mod:`nodes.diffusion.loading`'s: the same pickle policy, the same
 original-layout (CompVis/LDM) converters, the same strict key check. A file's config
 comes from Steerflow's ``steerflow.config`` metadata when present (a ``vae`` or ``unet``
-entry), else from the shipped SD configs with the sizes read off the weights.
+entry), else (a VAE) from a diffusers ``config.json`` beside it, else from the shipped SD
+configs with the sizes read off the weights.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,13 +78,51 @@ def load_vae(path: Path, *, allow_pickle: bool = False, device: torch.device | s
                                             use_safetensors=True if not allow_pickle else None)
     else:
         state_dict, metadata = read_checkpoint_file(path, allow_pickle=allow_pickle)
-        vae = vae_from_state_dict(state_dict, metadata, name=path.name)
+        vae = vae_from_state_dict(state_dict, metadata, name=path.name,
+                                  config=_vae_config_beside(path))
     return _finish(vae, device, dtype, budget)
 
 
+#: the largest config.json read beside a VAE file (diffusers' are about 1 KB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def vae_config_paths(path: Path) -> list[Path]:
+    """Where a diffusers config for the single VAE file ``path`` may sit, first first:
+    ``<file stem>.json``, or ``config.json`` beside a ``diffusion_pytorch_model.*``."""
+    candidates = [path.with_suffix(".json")]
+    if path.name.split(".")[0] == "diffusion_pytorch_model":
+        candidates.append(path.with_name("config.json"))
+    return candidates
+
+
+def _vae_config_beside(path: Path) -> dict[str, Any] | None:
+    """A diffusers VAE config saved beside a single file (:func:`vae_config_paths`)."""
+    found = next((c for c in vae_config_paths(path) if c.is_file()), None)
+    if found is None:
+        return None
+    try:
+        if found.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError("larger than a config")
+        config = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{found.name} (beside {path.name}) is not a readable VAE "
+                         f"config: {exc}") from None
+    if not isinstance(config, dict) or config.get("_class_name", "AutoencoderKL") \
+            != "AutoencoderKL" or not isinstance(config.get("block_out_channels"), list):
+        raise ValueError(f"{found.name} (beside {path.name}) is not a diffusers "
+                         "AutoencoderKL config.json (no _class_name AutoencoderKL and "
+                         "block_out_channels list); remove it or replace it with the VAE's "
+                         "own config.json")
+    return config
+
+
 def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | None = None,
-                        *, name: str = "file") -> AutoencoderKL:
-    """Build the VAE in ``state_dict`` (either layout; sizes from metadata or the weights)."""
+                        *, name: str = "file", config: dict[str, Any] | None = None
+                        ) -> AutoencoderKL:
+    """Build the VAE in ``state_dict`` (either layout). Its config: the file's metadata,
+    else ``config`` (a ``config.json`` found beside it), else SD's with the sizes read
+    off the weights, which fails clearly where SD's group norm cannot fit them."""
     original = _original_vae_prefix(state_dict)
     diffusers_layout = "encoder.down_blocks.0.resnets.0.conv1.weight" in state_dict
     if original is None and not diffusers_layout:
@@ -90,9 +130,12 @@ def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | Non
             f"{name} is not a whole VAE in a known layout: it lacks the first encoder block's "
             "weights (encoder.down.0.block.0.conv1.weight, or encoder.down_blocks.0.resnets."
             "0.conv1.weight in diffusers' layout)")
-    config = _metadata_config(metadata, "vae")
+    config = _metadata_config(metadata, "vae") or config
     if config is None:
         config = _vae_config_from_weights(state_dict, original)
+        _check_sd_group_norm(config, name)
+    else:
+        _check_group_norm(config, name)
     if original is not None:
         weights = convert_ldm_vae_checkpoint(state_dict, config)
     else:
@@ -102,6 +145,34 @@ def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | Non
         return _load_strict("vae", _empty(lambda: AutoencoderKL.from_config(config)), weights)
     except CheckpointKeyError as exc:
         raise ValueError(f"{name} does not look like a Stable Diffusion VAE: {exc}") from exc
+
+
+def _check_sd_group_norm(config: Mapping[str, Any], name: str) -> None:
+    """Refuse weights SD's VAE config cannot hold: their group norms' groups (and latent
+    scaling factor) are not stored in the weights, so guessing them would fail in torch,
+    or worse, run with the wrong ones."""
+    groups = int(config["norm_num_groups"])
+    widths = list(config["block_out_channels"])
+    if all(w % groups == 0 for w in widths):
+        return
+    stem = Path(name).name.split(".")[0]
+    raise ValueError(
+        f"cannot tell the config of the VAE {name} from its weights: its channel widths "
+        f"{widths} are not all multiples of SD's {groups} group-norm groups, so it is not "
+        "an SD VAE, and its group count and latent scaling factor are not in the file. "
+        "Put the VAE in models/vae as a diffusers folder (its config.json beside "
+        f"diffusion_pytorch_model.safetensors), or its config.json beside the file as "
+        f"{stem}.json, or use the VAE of the checkpoint it came with")
+
+
+def _check_group_norm(config: Mapping[str, Any], name: str) -> None:
+    groups = config.get("norm_num_groups", 32)
+    widths = config.get("block_out_channels")
+    if not isinstance(groups, int) or groups < 1 or not isinstance(widths, list | tuple) \
+            or not all(isinstance(w, int) and w > 0 and w % groups == 0 for w in widths):
+        raise ValueError(f"the config given for the VAE {name} does not fit together: "
+                         f"block_out_channels {widths!r} must be positive multiples of "
+                         f"norm_num_groups {groups!r}")
 
 
 def _original_vae_prefix(state_dict: Mapping[str, Any]) -> str | None:
