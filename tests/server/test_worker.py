@@ -84,7 +84,9 @@ def test_cooperative_interrupt_keeps_the_worker(server: LiveServer, http: Http):
                                         ("SIGKILL", "out of memory"),
                                         ("EXIT", "exited with code 3")])
 def test_a_prompt_that_crashes_its_worker_every_time_fails_with_the_cause(
-        server: LiveServer, http: Http, sig: str, cause: str):
+        server: LiveServer, http: Http, sig: str, cause: str, monkeypatch):
+    # two attempts (of the default three) show the re-queue: each is a worker start
+    monkeypatch.setattr(server.state.queue, "max_attempts", 2)
     ws = server.connect_ws("crash")
     pid = http.post("/prompt", json={"prompt": crash(sig), "client_id": "crash"}
                     ).json()["prompt_id"]
@@ -93,7 +95,7 @@ def test_a_prompt_that_crashes_its_worker_every_time_fails_with_the_cause(
     events, _ = recv_until(ws, pid, timeout=300)
     error = next(e for e in events if e["type"] == "execution_error")["data"]
     # Re-queued after each crash (the attempt counted), failed after max_attempts.
-    attempts = server.state.config.max_attempts
+    attempts = server.state.queue.max_attempts
     assert cause in error["exception_message"], error
     assert f"{attempts} time(s)" in error["exception_message"], error
     assert error["exception_type"] == "WorkerDied"
