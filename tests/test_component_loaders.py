@@ -579,3 +579,26 @@ def test_a_config_beside_a_vae_file_joins_the_loaders_fingerprint(tmp_path):
     assert bare is not None and with_config != bare
     (folder / "odd-vae.json").write_text(json.dumps({**config, "scaling_factor": 0.5}) + " ")
     assert VAELoader.fingerprint(inputs, env) != with_config
+
+
+def test_odd_sidecar_configs_are_refused_naming_the_vae(tmp_path):
+    """A config nested past JSON's depth, one with an unknown block type, or a scaling
+    factor that is not a positive number: the loader's own words, never a raw error."""
+    import json
+
+    from nodes.diffusion.component_loading import load_vae
+
+    _, config = _odd_vae(tmp_path, "tiny.fp16.safetensors")
+    with pytest.raises(ValueError, match=r"tiny\.fp16\.json"):  # the name the loader reads
+        load_vae(tmp_path / "tiny.fp16.safetensors")
+    sidecar = tmp_path / "tiny.fp16.json"
+    sidecar.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="not a readable VAE config"):
+        load_vae(tmp_path / "tiny.fp16.safetensors")
+    sidecar.write_text(json.dumps({**config, "down_block_types": ["NoSuchBlock2D"] * 2}))
+    with pytest.raises(ValueError, match=r"tiny\.fp16\.safetensors cannot build a VAE"):
+        load_vae(tmp_path / "tiny.fp16.safetensors")
+    for factor in (float("nan"), 0, "x"):
+        sidecar.write_text(json.dumps({**config, "scaling_factor": factor}))
+        with pytest.raises(ValueError, match="scaling_factor"):
+            load_vae(tmp_path / "tiny.fp16.safetensors")

@@ -11,6 +11,7 @@ configs with the sizes read off the weights.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,7 +106,7 @@ def _vae_config_beside(path: Path) -> dict[str, Any] | None:
         if found.stat().st_size > MAX_CONFIG_BYTES:
             raise ValueError("larger than a config")
         config = json.loads(found.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ValueError(f"{found.name} (beside {path.name}) is not a readable VAE "
                          f"config: {exc}") from None
     if not isinstance(config, dict) or config.get("_class_name", "AutoencoderKL") \
@@ -142,7 +143,12 @@ def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | Non
         weights = {k: v for k, v in state_dict.items()
                    if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
     try:
-        return _load_strict("vae", _empty(lambda: AutoencoderKL.from_config(config)), weights)
+        model = _empty(lambda: AutoencoderKL.from_config(config))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a config.json's own
+        raise ValueError(f"the config given for the VAE {name} cannot build a VAE: "
+                         f"{exc}") from None
+    try:
+        return _load_strict("vae", model, weights)
     except CheckpointKeyError as exc:
         raise ValueError(f"{name} does not look like a Stable Diffusion VAE: {exc}") from exc
 
@@ -155,17 +161,22 @@ def _check_sd_group_norm(config: Mapping[str, Any], name: str) -> None:
     widths = list(config["block_out_channels"])
     if all(w % groups == 0 for w in widths):
         return
-    stem = Path(name).name.split(".")[0]
+    sidecar = vae_config_paths(Path(name))[0].name
     raise ValueError(
         f"cannot tell the config of the VAE {name} from its weights: its channel widths "
         f"{widths} are not all multiples of SD's {groups} group-norm groups, so it is not "
         "an SD VAE, and its group count and latent scaling factor are not in the file. "
         "Put the VAE in models/vae as a diffusers folder (its config.json beside "
         f"diffusion_pytorch_model.safetensors), or its config.json beside the file as "
-        f"{stem}.json, or use the VAE of the checkpoint it came with")
+        f"{sidecar}, or use the VAE of the checkpoint it came with")
 
 
 def _check_group_norm(config: Mapping[str, Any], name: str) -> None:
+    factor = config.get("scaling_factor", 0.18215)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) \
+            or not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"the config given for the VAE {name} has scaling_factor "
+                         f"{factor!r}: it must be a positive number")
     groups = config.get("norm_num_groups", 32)
     widths = config.get("block_out_channels")
     if not isinstance(groups, int) or groups < 1 or not isinstance(widths, list | tuple) \
