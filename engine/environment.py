@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.paths import confined_path
 
@@ -75,7 +77,9 @@ class Environment:
     def list_files(self, role: str, subfolder: str = "", *, suffixes: tuple[str, ...] = (),
                    dirs_with: str | tuple[str, ...] | None = None,
                    dirs_only: bool = False) -> list[str]:
-        """Names (relative, '/'-separated) of files under a folder, sorted.
+        """Names (relative, '/'-separated) of the regular files under a folder, sorted
+        (as ComfyUI's ``os.path.isfile`` filter: a FIFO, socket or device is never offered,
+        as reading one can block for good).
 
         ``dirs_with`` also lists directories that contain that file name (or one of
         those names), which is how diffusers-format model folders (``model_index.json``)
@@ -124,9 +128,60 @@ class Environment:
                     kept.append(d)
             dirnames[:] = kept
             for name in () if dirs_only else filenames:
-                if (not suffixes or name.lower().endswith(suffixes)) and inside(here / name):
-                    names.append((here / name).relative_to(root).as_posix())
+                path = here / name
+                if (not suffixes or name.lower().endswith(suffixes)) and inside(path) \
+                        and path.is_file():
+                    names.append(path.relative_to(root).as_posix())
         return sorted(names)
+
+
+def _kind(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` is when it is a FIFO, socket or device (through a symlink), else None
+    (a regular file, a folder, or nothing there): opening one to read can wait for good."""
+    try:
+        kind = _kind(path.stat().st_mode)
+    except (OSError, ValueError):  # missing, a loop, a name the file system refuses
+        return None
+    return None if kind == "a folder" else kind
+
+
+def not_regular(label: str, kind: str) -> ValueError:
+    """The error for a user-named file (``label``, as the user named it) that is ``kind``."""
+    return ValueError(f"{label!r} is {kind}, not a regular file: put the file itself "
+                      "there, or choose another")
+
+
+def open_regular(path: Path, label: str) -> BinaryIO:
+    """``path`` opened to read in binary, refused (:func:`not_regular`) unless it is a
+    regular file. Opened without waiting, so a FIFO swapped in after validation never
+    blocks the run; the check is on the opened file, so no swap can slip past it."""
+    kind = special_file(path)
+    if kind is not None:  # a socket cannot even be opened: say what it is
+        raise not_regular(label, kind)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise not_regular(label, kind)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 _noted: set[str] = set()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
+from engine.environment import not_regular, open_regular, special_file
 from engine.paths import ANNOTATED_NAME, PathError, split_annotated
 from nodes.diffusion.handles import Tensor
 from nodes.image_decode import frames, rgba_levels
@@ -64,13 +65,33 @@ def resolve_image(env: Environment, name: str) -> Path:
 
 def annotated_image_exists(value: Any, env: Environment) -> bool:
     """LoadImage's ``also_accept``: an annotated name whose file exists in its folder (a
-    plain name must still be one of the input folder's files)."""
-    if not isinstance(value, str) or ANNOTATED_NAME.match(value) is None:
+    plain name must still be one of the input folder's files), or any name of a FIFO,
+    socket or device, which the node's ``validate_inputs`` then refuses saying what it
+    is (the file is in the folder, so "not one of" the list would puzzle)."""
+    if not isinstance(value, str):
         return False
     try:
-        return resolve_image(env, value).is_file()
+        path = resolve_image(env, value)
     except (PathError, KeyError):
         return False
+    if special_file(path) is not None:
+        return True
+    return ANNOTATED_NAME.match(value) is not None and path.is_file()
+
+
+def special_image_problem(locate: Any, inputs: dict[str, Any], env: Environment
+                          ) -> list[tuple[str | None, str]]:
+    """The validation issue of an ``image`` naming a FIFO, socket or device (a capture
+    tool's pipe, a sync tool's copy): refused before the run, never opened."""
+    name = inputs.get("image")
+    if not isinstance(name, str):
+        return []
+    try:
+        path = locate(env, name)[1]
+    except (PathError, KeyError, ValueError):
+        return []  # the choices check reports it
+    kind = special_file(path)
+    return [] if kind is None else [("image", str(not_regular(name, kind)))]
 
 
 def file_sha256(path: Path) -> str:
@@ -161,6 +182,11 @@ class LoadImage(Node):
         return split_annotated(name)[0], resolve_image(env, name)
 
     @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return special_image_problem(cls.locate, inputs, env)
+
+    @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
         try:
             path = cls.locate(env, inputs["image"])[1]
@@ -174,7 +200,7 @@ class LoadImage(Node):
 
         role, path = self.locate(ctx.env, self.image)
         try:
-            with Image.open(path) as img:
+            with open_regular(path, self.image) as fh, Image.open(fh) as img:
                 load_pillow(img)
                 if getattr(img, "n_frames", 1) > 1:
                     check_fits(img.width * img.height * 4 * FLOAT32 * img.n_frames,
@@ -194,13 +220,15 @@ class LoadImage(Node):
 
 def output_image_exists(value: Any, env: Environment) -> bool:
     """Load Image (from Outputs)'s ``also_accept``: a file of the output folder named
-    without the ``[output]`` annotation (or not listed)."""
+    without the ``[output]`` annotation (or not listed); a special file, as
+    :func:`annotated_image_exists`, to be refused by name."""
     if not isinstance(value, str):
         return False
     try:
-        return LoadImageOutput.locate(env, value)[1].is_file()
+        path = LoadImageOutput.locate(env, value)[1]
     except (PathError, KeyError):
         return False
+    return path.is_file() or special_file(path) is not None
 
 
 class LoadImageOutput(LoadImage):

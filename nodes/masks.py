@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine import Environment, ExecutionContext, Input, Node, Output
+from engine.environment import open_regular
 from nodes.diffusion.handles import Tensor
 from nodes.image import (
     LoadImage,
@@ -109,6 +110,11 @@ class LoadImageMask(Node):
     channel: str = Input("alpha", choices=CHANNELS)
 
     @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return LoadImage.validate_inputs(inputs, env)
+
+    @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
         return LoadImage.fingerprint(inputs, env)
 
@@ -118,7 +124,7 @@ class LoadImageMask(Node):
 
         role, path = LoadImage.locate(ctx.env, self.image)
         try:
-            with Image.open(path) as img:
+            with open_regular(path, self.image) as fh, Image.open(fh) as img:
                 load_pillow(img)  # a file cut short loads as in Load Image and ComfyUI
                 img = ImageOps.exif_transpose(img)
                 has_alpha = "A" in img.getbands() or "transparency" in img.info

@@ -11,6 +11,7 @@ import secrets
 import time
 import unicodedata
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine import Node
@@ -252,7 +253,9 @@ def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], 
             except FileExistsError:
                 number += 1
     finally:
-        tmp.unlink(missing_ok=True)
+        # a read-only folder refuses even to unlink nothing: the write's error is the one
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_temp_name(name: str) -> str:

@@ -393,6 +393,25 @@ def test_corrupt_safetensors_name_the_file(tiny_model_paths: dict[str, Path], tm
         load_components(broken)
 
 
+@pytest.mark.parametrize("component", ["vae", "unet", "text_encoder"])
+def test_a_truncated_component_of_a_folder_names_the_file(
+        tiny_model_paths: dict[str, Path], tmp_path: Path, component: str) -> None:
+    """diffusers said only "Unable to load weights from checkpoint file for '<path>'"
+    (transformers a bare SafetensorError): the folder gets the single file's message."""
+    import shutil
+
+    from nodes.diffusion.safetensors_io import WeightsFileError
+
+    folder = tmp_path / "checkpoints" / "cut"
+    shutil.copytree(tiny_model_paths["diffusers"], folder)
+    (weights,) = (folder / component).glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(WeightsFileError, match=rf"^cut: {component}/{weights.name} is not a "
+                       r"valid safetensors file \(.*\): it may be truncated \(an interrupted "
+                       r"download\) .*download or export it again$"):
+        load_components(folder)
+
+
 def test_ensure_default_model_builds_once(tmp_path: Path) -> None:
     folder = ensure_default_model(tmp_path)
     assert folder == tmp_path / "checkpoints" / "steerflow-tiny"

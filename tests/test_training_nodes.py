@@ -791,6 +791,90 @@ def test_a_checkpoint_that_cannot_be_written_never_fails_the_run(tmp_path, monke
     assert "checkpoint not saved at step 3" in caplog.text
 
 
+def test_a_read_only_checkpoint_folder_never_fails_the_run(tmp_path, monkeypatch, caplog):
+    """On a read-only temp/training/, the cleanup's unlink raised EROFS (even for a file
+    that is not there) out of save(): the first checkpoint aborted the training."""
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(args[-1]))
+
+    (tmp_path / "training").mkdir()
+    monkeypatch.setattr(torch, "save", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    saving = tc.Checkpointing(tmp_path / "training" / "lora-x.pt", lambda: {"a": 1},
+                              lambda saved: None)
+    assert saving.save(50, [0.5]) is False
+    assert ("checkpoint not saved at step 50 (temp/training/: Read-only file system); no "
+            "checkpoint of this run is kept: a rerun starts from step 0") in caplog.text
+
+
+@pytest.mark.parametrize("error", ["torch", "errno"])
+def test_a_checkpoint_lost_to_a_full_disk_says_so(tmp_path, monkeypatch, caplog, error):
+    """torch's writer reports ENOSPC as "enforce fail at inline_container.cc ... unexpected
+    pos": the log never said the disk was full."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"")
+        if error == "errno":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(3 << 20, 3 << 20, 0))
+    monkeypatch.setattr(torch, "save", full_disk)
+    saving = tc.Checkpointing(tmp_path / "training" / "lora-x.pt", lambda: {"a": 1},
+                              lambda saved: None)
+    assert saving.save(22, [0.5]) is False
+    assert ("checkpoint not saved at step 22 (no space left on temp/training/ (disk full)); "
+            "no checkpoint of this run is kept") in caplog.text
+    assert "enforce fail" not in caplog.text
+    assert list((tmp_path / "training").iterdir()) == []
+    # with room, a RuntimeError is not put down to the disk
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 40, 0, 1 << 40))
+    assert tc.save_failure(RuntimeError("boom\nmore"), tmp_path) == "RuntimeError: boom"
+
+
+@pytest.mark.parametrize("saved_before", [False, True])
+def test_a_stop_whose_checkpoint_is_lost_tells_the_user(tmp_path, monkeypatch, saved_before):
+    """Stop promises the state in temp/training/; when it cannot be written, whoever
+    stopped is told (a node_warning: the canvas toasts it, the CLI prints it)."""
+    from engine.context import ExecutionContext, Interrupted, InterruptFlag
+    from engine.environment import Environment
+
+    events: list[tuple[str, dict]] = []
+    ctx = ExecutionContext("p", "train", Environment.create(tmp_path, device="cpu"),
+                           lambda name, data: events.append((name, data)), InterruptFlag())
+    real_save = torch.save
+
+    def save(obj, path):
+        if obj["step"] != 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+        real_save(obj, path)
+
+    def step(i: int) -> float:
+        if i == 2:
+            ctx.interrupt_flag.set()
+        return 1.0
+
+    monkeypatch.setattr(torch, "save", save)
+    saving = tc.Checkpointing(tmp_path / "training" / "lora-x.pt", lambda: {"a": 1},
+                              lambda saved: None, every=2 if saved_before else 50)
+    with pytest.raises(Interrupted):
+        tc.run_steps(ctx, 10, step, saving)
+    (warning,) = [d["message"] for n, d in events if n == "node_warning"]
+    assert warning.startswith("Stop: the training state at step 3 could not be saved (")
+    if saved_before:
+        assert warning.endswith("a rerun resumes from step 2, the last one saved")
+        assert tc.Checkpointing(saving.path, dict, lambda saved: None).load()[0] == 2
+    else:
+        assert warning.endswith("no checkpoint of this run is kept: a rerun starts from step 0")
+        assert not saving.path.exists()
+
+
 def test_a_save_folder_that_cannot_be_written_is_refused_before_training(tmp_path,
                                                                          monkeypatch):
     """models/loras read-only or full: every step ran, then the save failed and the

@@ -112,7 +112,11 @@ def load_components(
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
-        loaded = _load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
+        try:
+            loaded = _load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
+        except Exception as exc:  # diffusers' "Unable to load weights", a SafetensorError...
+            damaged_component(path, exc)
+            raise
     else:
         # Cast while reading, tensor by tensor: no second copy of the weights at the peak.
         empties = None
@@ -602,6 +606,24 @@ def weights_variant(folder: Path) -> dict[str, str]:
     variants = sorted({n.removesuffix(".safetensors").rsplit(".", 1)[1].split("-")[0]
                        for n in names})
     return {"variant": "fp16" if "fp16" in variants else variants[0]}
+
+
+def damaged_component(path: Path, exc: BaseException) -> None:
+    """Raise the project's error for a truncated or corrupt ``*.safetensors`` file among
+    the diffusers folder ``path``'s components, when one is why loading it failed with
+    ``exc`` (diffusers says only "Unable to load weights from checkpoint file"); return
+    when every file is whole, so ``exc`` stands."""
+    from nodes.diffusion.safetensors_io import WeightsFileError, read_header
+
+    if isinstance(exc, WeightsFileError):
+        return
+    for file in sorted(path.glob("*/*.safetensors")):
+        try:
+            read_header(file)  # the library checks that the data covers every tensor
+        except OSError:
+            continue  # unreadable, not damaged: diffusers' own error says more
+        except (WeightsFileError, ValueError) as bad:
+            raise WeightsFileError(f"{path.name}: {bad}") from None
 
 
 def _check_folder_weights(folder: Path, *, allow_pickle: bool) -> None:

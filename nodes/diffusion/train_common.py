@@ -24,14 +24,16 @@ checkpointing is switched back off when it was off.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,10 @@ log = logging.getLogger(__name__)
 ADAM_BETAS = (0.9, 0.999)
 ADAM_WEIGHT_DECAY = 1e-2
 ADAM_EPSILON = 1e-8
+
+#: free bytes under which a failed checkpoint write is put down to a full disk: torch's
+#: writer reports ENOSPC as "enforce fail at inline_container.cc ... unexpected pos"
+FULL_BELOW = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -393,9 +399,16 @@ class Checkpointing:
     restore: Callable[[dict[str, Any]], None]
     every: int = 50
     rewind: Callable[[], dict[str, Any]] | None = None
+    #: the step of the checkpoint on disk, saved or resumed from (0: none)
+    saved_step: int = field(default=0, init=False)
+    #: why the last save failed, for the user ("" when it landed)
+    failure: str = field(default="", init=False)
 
     def save(self, step: int, losses: list[float],
-             step_start: dict[str, Any] | None = None) -> None:
+             step_start: dict[str, Any] | None = None) -> bool:
+        """Write the state at ``step``; False, logged, when it cannot be written: a
+        checkpoint is a convenience, so the run goes on (or stops as asked), and a later
+        one, or the last that landed, is what a rerun resumes from."""
         import torch
 
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -405,12 +418,20 @@ class Checkpointing:
                         "run": {**self.state(), **(step_start or {})}}, tmp)
             os.replace(tmp, self.path)
         except (OSError, RuntimeError) as exc:  # a full temp/: torch's writer raises either
-            # a checkpoint is a convenience: the run goes on (or stops as asked); a later
-            # one, or the last that landed, is what a rerun resumes from
-            tmp.unlink(missing_ok=True)
-            log.warning("training checkpoint not saved at step %d (%s: %s); a rerun resumes "
-                        "from the last one saved", step, type(exc).__name__,
-                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            self.failure = save_failure(exc, self.path.parent)  # before tmp frees its space
+            with suppress(OSError):  # a read-only folder refuses even to unlink nothing
+                tmp.unlink(missing_ok=True)
+            log.warning("training checkpoint not saved at step %d (%s); %s", step,
+                        self.failure, self.resume_note())
+            return False
+        self.saved_step, self.failure = step, ""
+        return True
+
+    def resume_note(self) -> str:
+        """Where a rerun of the same inputs starts, as things stand."""
+        if self.saved_step:
+            return f"a rerun resumes from step {self.saved_step}, the last one saved"
+        return "no checkpoint of this run is kept: a rerun starts from step 0"
 
     def load(self) -> tuple[int, list[float]]:
         """The step and losses to resume from (0 and [] without a checkpoint)."""
@@ -422,9 +443,30 @@ class Checkpointing:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
             self.restore(saved["run"])
         except Exception:  # unreadable or from another version: start afresh
-            self.path.unlink(missing_ok=True)
+            with suppress(OSError):  # a read-only temp/: afresh all the same
+                self.path.unlink(missing_ok=True)
             return 0, []
-        return int(saved["step"]), list(saved["losses"])
+        self.saved_step = int(saved["step"])
+        return self.saved_step, list(saved["losses"])
+
+
+def save_failure(exc: BaseException, folder: Path) -> str:
+    """Why a checkpoint could not be written to ``folder``, in the user's words: a full
+    disk named as such (torch's writer says only "unexpected pos"), else the error."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or (isinstance(exc, RuntimeError) and _nearly_full(folder)):
+        return "no space left on temp/training/ (disk full)"
+    if isinstance(exc, OSError) and exc.strerror:  # without the temp file's path
+        return f"temp/training/: {exc.strerror}"
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
 
 
 def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
@@ -466,8 +508,11 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
             if sample and sample_every > 0 and ((i + 1) % sample_every == 0 or i + 1 == steps):
                 sample(i + 1)
     except Interrupted:
-        if checkpointing and len(losses) > start:
-            checkpointing.save(len(losses), losses, step_start)
+        if checkpointing and len(losses) > start and \
+                not checkpointing.save(len(losses), losses, step_start):
+            # Stop promises a checkpoint: whoever stopped must hear it is not there
+            ctx.warn(f"Stop: the training state at step {len(losses)} could not be saved "
+                     f"({checkpointing.failure}); {checkpointing.resume_note()}")
         raise
     if checkpointing and len(losses) > start:
         # the finished state, until the caller has saved what it trained (then it
@@ -541,7 +586,8 @@ def save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
         give_plain_mode(tmp)  # safetensors' writer makes 0600 files
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # never masks the write's own error (EROFS on unlink)
+            tmp.unlink(missing_ok=True)
 
 
 def prediction_and_target(unet: Any, scheduler: Any, latents: torch.Tensor,
