@@ -83,6 +83,31 @@ def test_several_class_prompts_are_drawn_in_turn_and_captioned(tiny_model_paths)
     assert not torch.equal(images[4:], circles[:2])
 
 
+def test_class_images_that_cannot_be_cached_are_a_warning(tiny_model_paths, tmp_path,
+                                                          monkeypatch):
+    """The class-image cache is a convenience: a read-only or full temp/ warns, never
+    stops the training."""
+    import errno
+
+    import nodes.diffusion.train_common as train_common
+    from engine import Environment
+    from nodes.diffusion.prior_preservation import class_images
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(train_common, "save_atomic", refuse)
+    warned: list[str] = []
+    ctx = _Context()
+    ctx.env = Environment.create(tmp_path)  # type: ignore[attr-defined]
+    ctx.warn = warned.append  # type: ignore[attr-defined]
+    model, clip, vae = handles(tiny_model_paths["diffusers"])
+    prior = PriorPreservation("a shape", num_class_images=1, sampling_steps=1)
+    images = class_images(ctx, model, clip, vae, prior, 64, 3, "base")  # type: ignore[arg-type]
+    assert images.shape == (1, 64, 64, 3)
+    assert len(warned) == 1 and "Read-only file system" in warned[0]
+
+
 # --- parity with train_dreambooth.py --------------------------------------------------------
 
 @pytest.mark.parametrize("prior,train_te,checkpointing", [

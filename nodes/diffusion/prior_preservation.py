@@ -120,11 +120,11 @@ def class_images(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder
     earlier run drew them with the same model and options, else drawn and cached."""
     from safetensors.torch import load_file
 
-    from nodes.diffusion.train_common import save_atomic
+    from nodes.diffusion.train_common import save_atomic, save_failure
 
     key = class_images_key(prior, resolution, seed, base_hash,
                            (*model.patches, *clip.patches))
-    path: Path = ctx.env.folder("temp", create=True) / "training" / f"class-{key}.safetensors"
+    path: Path = ctx.env.folder("temp") / "training" / f"class-{key}.safetensors"
     images = None
     if path.is_file():
         try:
@@ -133,7 +133,11 @@ def class_images(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder
             path.unlink(missing_ok=True)
     if images is None or images.shape[0] != prior.num_class_images:
         images = generate_class_images(ctx, model, clip, vae, prior, resolution, seed)
-        save_atomic({"images": images}, {"class_prompt": prior.class_prompt}, path)
+        try:  # a cache: on a full or read-only disk the training goes on without it
+            save_atomic({"images": images}, {"class_prompt": prior.class_prompt}, path)
+        except (OSError, RuntimeError) as exc:
+            ctx.warn(f"the class images could not be cached ({save_failure(exc, path.parent)}): "
+                     "the next run draws them again")
     return images.float() / 255
 
 
