@@ -11,6 +11,22 @@ REPO = Path(__file__).resolve().parents[1]
 OBJECT_INFO = REPO / "web" / "src" / "lib" / "fixtures" / "object_info.json"
 
 
+def pack_registry(folder: Path, packs: dict[str, str], *modules: Any) -> Any:
+    """A NodeRegistry with ``modules`` (Steerflow node modules) and the custom node packs
+    ``packs`` (file name → source) written to ``folder`` and loaded through the adapter."""
+    from comfy_compat import ADAPTER
+    from engine import NodeRegistry
+
+    ADAPTER.prepare()
+    for name, source in packs.items():
+        (folder / name).write_text(source)
+    registry = NodeRegistry()
+    for module in modules:
+        registry.add_module(module)
+    registry.load_directory(folder)
+    return registry
+
+
 def object_info() -> dict[str, Any]:
     return json.loads(OBJECT_INFO.read_text())
 

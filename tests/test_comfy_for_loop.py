@@ -12,6 +12,7 @@ import pytest
 
 from engine.registry import NodeRegistry
 from engine.session import Session
+from tests.comfy_fixtures import pack_registry
 
 PACK = '''
 import torch
@@ -237,13 +238,8 @@ NODE_CLASS_MAPPINGS = {n: globals()[n] for n in (
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> NodeRegistry:
-    from comfy_compat import ADAPTER
-
-    ADAPTER.prepare()
-    folder = tmp_path_factory.mktemp("custom_nodes")
-    (folder / "for_loop_pack.py").write_text(PACK)
-    registry = NodeRegistry()
-    registry.load_directory(folder)
+    registry = pack_registry(tmp_path_factory.mktemp("custom_nodes"),
+                             {"for_loop_pack.py": PACK})
     assert not registry.errors, registry.errors
     return registry
 

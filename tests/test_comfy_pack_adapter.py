@@ -15,6 +15,7 @@ import pytest
 from engine.registry import NodeRegistry
 from engine.session import Session
 from engine.validation import PromptValidationError
+from tests.comfy_fixtures import pack_registry
 
 PACK = '''
 import json
@@ -285,15 +286,9 @@ NODE_CLASS_MAPPINGS = {n: globals()[n] for n in (
 def registry(tmp_path_factory: pytest.TempPathFactory) -> NodeRegistry:
     import nodes.image
     import nodes.latent
-    from comfy_compat import ADAPTER
 
-    ADAPTER.prepare()
-    folder = tmp_path_factory.mktemp("custom_nodes")
-    (folder / "adapter_test_pack.py").write_text(PACK)
-    registry = NodeRegistry()
-    registry.add_module(nodes.image)
-    registry.add_module(nodes.latent)
-    registry.load_directory(folder)
+    registry = pack_registry(tmp_path_factory.mktemp("custom_nodes"),
+                             {"adapter_test_pack.py": PACK}, nodes.image, nodes.latent)
     assert not registry.errors, registry.errors
     return registry
 

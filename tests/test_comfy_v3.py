@@ -14,6 +14,7 @@ import pytest
 
 from engine.registry import NodeRegistry
 from engine.session import Session
+from tests.comfy_fixtures import pack_registry
 from tests.test_comfy_pack_adapter import errors, n, shown
 
 V3_PACK = '''
@@ -361,18 +362,10 @@ def comfy_entrypoint():
 def registry(tmp_path_factory: pytest.TempPathFactory) -> NodeRegistry:
     import nodes.image
     import nodes.latent
-    from comfy_compat import ADAPTER
 
-    ADAPTER.prepare()
-    folder = tmp_path_factory.mktemp("custom_nodes")
-    (folder / "v3_pack.py").write_text(V3_PACK)
-    (folder / "v3_mixed.py").write_text(MIXED_PACK)
-    (folder / "v3_broken_entry.py").write_text(BROKEN_ENTRY)
-    registry = NodeRegistry()
-    registry.add_module(nodes.image)
-    registry.add_module(nodes.latent)
-    registry.load_directory(folder)
-    return registry
+    return pack_registry(tmp_path_factory.mktemp("custom_nodes"), {
+        "v3_pack.py": V3_PACK, "v3_mixed.py": MIXED_PACK,
+        "v3_broken_entry.py": BROKEN_ENTRY}, nodes.image, nodes.latent)
 
 
 @pytest.fixture

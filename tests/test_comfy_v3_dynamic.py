@@ -11,6 +11,7 @@ import pytest
 
 from engine.registry import NodeRegistry
 from engine.session import Session
+from tests.comfy_fixtures import pack_registry
 from tests.test_comfy_pack_adapter import errors, n, shown
 
 PACK = '''
@@ -138,14 +139,8 @@ NODE_CLASS_MAPPINGS = {"DynSay": Say, "DynJoin": Join, "DynTotal": Total,
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> NodeRegistry:
-    from comfy_compat import ADAPTER
-
-    ADAPTER.prepare()
-    folder = tmp_path_factory.mktemp("custom_nodes")
-    (folder / "v3_dynamic_pack.py").write_text(PACK)
-    registry = NodeRegistry()
-    registry.load_directory(folder)
-    return registry
+    return pack_registry(tmp_path_factory.mktemp("custom_nodes"),
+                         {"v3_dynamic_pack.py": PACK})
 
 
 @pytest.fixture

@@ -109,5 +109,13 @@ def sync_class(api: type[ComfyAPI_latest]) -> type:
         "__init__": __init__})
 
 
+def versioned(version: str, *, stable: bool) -> tuple[type[ComfyAPI_latest], type]:
+    """A versioned alias's ``ComfyAPI`` (ComfyUI's ``ComfyAPIAdapter_v0_0_2`` ...) and its
+    sync twin."""
+    adapter = type(f"ComfyAPIAdapter_v{version.replace('.', '_')}", (ComfyAPI_latest,),
+                   {"VERSION": version, "STABLE": stable})
+    return adapter, sync_class(adapter)
+
+
 ComfyAPI = ComfyAPI_latest
 ComfyAPISync = sync_class(ComfyAPI_latest)
