@@ -103,3 +103,28 @@ def test_ctrl_drag_draws_a_selection_box(page):
     expect(c.node(b)).to_have_class(SELECTED)
     expect(c.node(far)).not_to_have_class(SELECTED)
     assert len(c.node_ids()) == 3  # a selection, not a pan or a move
+
+
+def test_shift_drag_moves_an_outputs_links_to_another_output(page):
+    c = Canvas(page)
+    first = c.add_node("Int", 40, 60)
+    second = c.add_node("Int", 40, 300)
+    show_a = c.add_node("Show Value", 460, 40)
+    show_b = c.add_node("Show Value", 460, 300)
+    c.connect(first, 0, show_a, "value")
+    c.connect(first, 0, show_b, "value")
+    expect(c.edges()).to_have_count(2)
+    page.keyboard.down("Shift")
+    c.drag(c.out_handle(first, 0), c.out_handle(second, 0))
+    page.keyboard.up("Shift")
+    prompt = c.document()["prompt"]
+    assert prompt[show_a]["inputs"]["value"] == [second, 0]
+    assert prompt[show_b]["inputs"]["value"] == [second, 0]
+    expect(c.edges()).to_have_count(2)
+    # dropped on a node with no output of that type: refused, with the reason
+    ckpt = c.add_node("Load Checkpoint", 800, 300)
+    page.keyboard.down("Shift")
+    c.drag(c.out_handle(second, 0), c.node(ckpt).locator(".sf-header"))
+    page.keyboard.up("Shift")
+    expect(c.toasts().filter(has_text="Links not moved")).to_have_count(1)
+    assert c.document()["prompt"][show_a]["inputs"]["value"] == [second, 0]

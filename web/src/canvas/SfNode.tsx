@@ -14,7 +14,7 @@ import type { NodeIssue } from "../lib/runstore";
 import { type ControlMode, helpButtonLabel, type InputDef, visibleInputs } from "../lib/schema";
 import { typeColor } from "../lib/types";
 import { useEditor, useNodeRun } from "./context";
-import { inHandle, outHandle, slotOf, type SfNode as SfNodeType, type SfNodeData } from "./flow";
+import { inHandle, OUTPUT_HANDLE, outHandle, slotOf, type SfNode as SfNodeType, type SfNodeData } from "./flow";
 import { LossCurve } from "./LossCurve";
 import { Widget } from "./widgets";
 
@@ -113,7 +113,7 @@ function MissingSlots({ saved }: { saved?: NodeSlots }) {
           {slots.outputs.map((o, i) => (
             <div key={i} className="sf-output" data-output={i}>
               <span>{o.name}</span>
-              <Handle type="source" position={Position.Right} id={outHandle(i)} className="sf-handle"
+              <Handle type="source" position={Position.Right} id={outHandle(i)} className={OUTPUT_HANDLE}
                 style={{ background: colour(o.type), borderColor: colour(o.type) }} data-type={o.type} />
             </div>
           ))}
@@ -233,7 +233,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
                       type="source"
                       position={Position.Right}
                       id={outHandle(i)}
-                      className="sf-handle"
+                      className={OUTPUT_HANDLE}
                       style={{ background: typeColor(o.type), borderColor: typeColor(o.type) }}
                       data-type={o.type}
                     />

@@ -8,7 +8,7 @@ import { memo, useCallback } from "react";
 import { REROUTE_INPUT, rerouteType } from "../lib/reroute";
 import { typeColor } from "../lib/types";
 import { useEditor } from "./context";
-import { edgeToLink, inHandle, outHandle, type SfNode as SfNodeType, type SfNodeData } from "./flow";
+import { edgeToLink, inHandle, OUTPUT_HANDLE, outHandle, type SfNode as SfNodeType, type SfNodeData } from "./flow";
 import { SfNode } from "./SfNode";
 
 function RerouteImpl({ id, selected }: NodeProps<SfNodeType>) {
@@ -25,7 +25,7 @@ function RerouteImpl({ id, selected }: NodeProps<SfNodeType>) {
       style={{ borderColor: color }}>
       <Handle type="target" position={Position.Left} id={inHandle(REROUTE_INPUT)} className="sf-handle sf-reroute-handle"
         style={{ background: color, borderColor: color }} data-type={type} />
-      <Handle type="source" position={Position.Right} id={outHandle(0)} className="sf-handle sf-reroute-handle"
+      <Handle type="source" position={Position.Right} id={outHandle(0)} className={`${OUTPUT_HANDLE} sf-reroute-handle`}
         style={{ background: color, borderColor: color }} data-type={type} />
     </div>
   );

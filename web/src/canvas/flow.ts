@@ -29,6 +29,12 @@ export type SfNode = Node<SfNodeData, "sf" | "reroute" | "note">;
 export type SfEdge = Edge;
 
 export const outHandle = (slot: number) => `o${slot}`;
+/**
+ * An output dot's classes: `nokey` keeps React Flow's Shift selection box from taking a
+ * press on it, so Shift+drag from an output starts a link drag (ComfyUI's "move these
+ * links", useLinking's moveOutputLinks).
+ */
+export const OUTPUT_HANDLE = "sf-handle nokey";
 export const inHandle = (name: string) => `i:${name}`;
 export const slotOf = (handle: string | null | undefined) => (handle && handle.startsWith("o") ? Number(handle.slice(1)) : NaN);
 export const inputOf = (handle: string | null | undefined) => (handle && handle.startsWith("i:") ? handle.slice(2) : "");

@@ -13,7 +13,7 @@ import type { PaletteFilter } from "../canvas/Palette";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
 import { downstreamTypes, NOTE, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
 import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect, revealShift } from "../lib/layout";
-import { ANY_TYPE, checkConnection, type GraphView, nodesAcceptingType, nodesProducingType } from "../lib/types";
+import { ANY_TYPE, checkConnection, type GraphView, nodesAcceptingType, nodesProducingType, typesMatch } from "../lib/types";
 import type { NodeDef } from "../lib/schema";
 import { adoptWidget, PRIMITIVE_TYPES } from "../lib/primitive";
 import { dropInput, dropOutput } from "./linkDrop";
@@ -137,8 +137,37 @@ export function useLinking(g: GraphStore, notify: Notify) {
     if (slot !== undefined) connect({ source: nodeId, slot, target: from.nodeId, input });
   }, [state, graphView, defsRef, connect, setEdges]);
 
+  /**
+   * Shift-drag from an output onto another node's output (or its body: its first output of
+   * the same type) moves all of that output's links there, as in ComfyUI.
+   */
+  const moveOutputLinks = useCallback((source: string, slot: number, element: Element) => {
+    const nodeId = element.closest(".react-flow__node")?.getAttribute("data-id");
+    if (!nodeId || nodeId === source) return;
+    const view = graphView();
+    const defs = defsRef.current;
+    const type = outputType(view, defs, source, slot) ?? ANY_TYPE;
+    const handle = element.closest(".react-flow__handle.source")?.getAttribute("data-handleid");
+    const node = state.current.nodes.find((n) => n.id === nodeId);
+    const outputs = node?.data.type === REROUTE ? [{ type }] : defs.get(node?.data.type ?? "")?.outputs ?? [];
+    const to = handle ? slotOf(handle) : outputs.findIndex((o) => typesMatch(o.type, type) && typesMatch(type, o.type));
+    if (!(to >= 0)) {
+      notify(`Links not moved: ${view.nodeTitle?.(nodeId) ?? nodeId} has no ${type} output`, "error");
+      return;
+    }
+    const moving = state.current.edges.filter((e) => e.source === source && slotOf(e.sourceHandle) === slot);
+    if (!moving.length) notify("Shift-drag moves an output's links: this output has none", "info");
+    // each link replaces the input's old one, so nothing is left behind on the old output
+    for (const e of moving) connect({ source: nodeId, slot: to, target: e.target, input: inputOf(e.targetHandle) });
+  }, [graphView, defsRef, state, notify, connect]);
+
   const onConnectEnd = useCallback((event: MouseEvent | TouchEvent, cs: FinalConnectionState) => {
     if (cs.isValid || !cs.fromHandle || !cs.fromNode) return;
+    if (cs.fromHandle.type === "source" && cs.toHandle?.type !== "target" && !("changedTouches" in event) && event.shiftKey) {
+      const under = document.elementFromPoint(event.clientX, event.clientY);
+      if (under) moveOutputLinks(cs.fromHandle.nodeId, slotOf(cs.fromHandle.id), under);
+      return;
+    }
     const from = cs.fromHandle;
     const fromType = (cs.fromNode.data as SfNode["data"]).type;
     const fromDef = defsRef.current.get(fromType);
@@ -212,7 +241,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
       pending,
       filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types, last },
     });
-  }, [graphView, notify, rf, defsRef, state, connect, setEdges, dropOnNode]);
+  }, [graphView, notify, rf, defsRef, state, connect, setEdges, dropOnNode, moveOutputLinks]);
 
   // Dragging a link's end off an input moves it (dropped on another input) or detaches it
   // (dropped anywhere else), as in ComfyUI.
