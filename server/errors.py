@@ -167,10 +167,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("%s %s: the client disconnected before the request was read (%s)",
                  request.method, request.path, exc or type(exc).__name__)
         return ApiError(400, "client_disconnected", "the connection was lost").response()
-    except Exception:
+    except Exception as exc:
+        if (damaged := _damaged_database(request, exc)) is not None:
+            return damaged.response()
         log.exception("unhandled error in %s %s", request.method, request.path)
         return ApiError(500, "internal_error", "internal server error; see the server log"
                         ).response()
+
+
+def _damaged_database(request: web.Request, exc: Exception) -> ApiError | None:
+    """A damaged database file met by a request (a page start-up did not read) as a 503
+    that names the file and what to do, logged in one line; None for other errors."""
+    from server.state import STATE  # here: server.storage imports this module
+    from server.storage import damage_hint, is_damaged
+
+    st = request.app.get(STATE)
+    if st is None or not is_damaged(exc):
+        return None
+    path = st.storage.path
+    text = f"cannot read the database {path}: {exc}; {damage_hint(path, running=True)}"
+    log.error("%s %s: %s", request.method, request.path, text)
+    return ApiError(503, "database_damaged", text)
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -273,10 +273,15 @@ async def store_upload(form: UploadForm, name: str, data: bytes) -> web.Response
         if exc.errno == errno.ENAMETOOLONG:  # a file system with a shorter limit
             raise ApiError(400, "invalid_filename", "the file name is too long for the "
                            "file system; upload it under a shorter name") from None
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise ApiError(507 if full else 500, "write_failed",
-                       f"cannot store the upload: {exc.strerror or exc}") from None
+        raise _write_failed(exc, "cannot store the upload") from None
     return json_response({"name": name, "subfolder": form.subfolder, "type": form.role})
+
+
+def _write_failed(exc: OSError, what: str) -> ApiError:
+    """The server's own folder refused a write (a full disk: 507; read-only, forbidden,
+    an I/O error: 500): nothing the request can change."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return ApiError(507 if full else 500, "write_failed", f"{what}: {exc.strerror or exc}")
 
 
 async def upload_image(request: web.Request) -> web.Response:
@@ -336,8 +341,13 @@ def _upload_folder(root: Path, subfolder: str) -> Path:
     except PathError as exc:
         raise ApiError(403, "forbidden_path", str(exc)) from None
     except OSError as exc:
-        raise ApiError(400, "invalid_path", f"cannot create subfolder: {exc.strerror}") \
-            from None
+        # The request's fault only where its path meets a file (or a name the file
+        # system refuses); a full or read-only disk is the server's, as for the file.
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EINVAL):
+            raise ApiError(400, "invalid_path", f"cannot create subfolder: "
+                           f"{exc.strerror}") from None
+        log.warning("upload folder %s cannot be created: %s", root.joinpath(*parts), exc)
+        raise _write_failed(exc, "cannot create subfolder") from None
 
 
 def sanitize_filename(name: str) -> str:

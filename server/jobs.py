@@ -18,13 +18,12 @@ are read.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
 
 from server.errors import ApiError, json_response
-from server.routes import _id_list, _valid_id, int_param, read_object
+from server.routes import _id_list, _valid_id, int_param, read_object, stored
 from server.state import state
 from server.storage import (
     END_EVENTS,
@@ -196,8 +195,8 @@ def _history_page(storage: Storage, statuses: list[str] | None, queued: list[dic
     for _key, item in merged[first:first + limit]:
         if isinstance(item, dict):
             jobs.append(item)
-        elif (text := storage.history_entry(item)) is not None:  # else deleted meanwhile
-            jobs.append(_finished(item, json.loads(text), full=False))
+        elif (entry := storage.history_value(item)) is not None:  # else deleted meanwhile,
+            jobs.append(_finished(item, entry, full=False))  # or damaged (logged)
     return total, jobs
 
 
@@ -209,10 +208,11 @@ async def get_job(request: web.Request) -> web.Response:
         for item in items:
             if item[1] == job_id:
                 return json_response(_queued(item, status))
-    text = st.storage.history_entry(job_id)
-    if text is None:
+    entry = await asyncio.get_running_loop().run_in_executor(
+        None, st.storage.history_value, job_id)
+    if entry is None:  # unknown, or damaged (logged, and left out of the lists too)
         raise ApiError(404, "not_found", f"no job {job_id[:200]!r}")
-    return json_response(_finished(job_id, json.loads(text), full=True))
+    return json_response(_finished(job_id, entry, full=True))
 
 
 def _cancel(request: web.Request, job_id: str) -> str:
@@ -231,7 +231,9 @@ async def cancel_job(request: web.Request) -> web.Response:
     """``POST /jobs/{id}/cancel`` (the job queue panel's Cancel): 200 also when there
     is nothing to do (the job has finished, or is not known), as ComfyUI answers."""
     job_id = _valid_id(request.match_info["job_id"], "job_id")
-    return json_response({"job_id": job_id, "result": _cancel(request, job_id)})
+    with stored(request, "the job could not be cancelled"):
+        result = _cancel(request, job_id)
+    return json_response({"job_id": job_id, "result": result})
 
 
 async def cancel_jobs(request: web.Request) -> web.Response:
@@ -242,12 +244,14 @@ async def cancel_jobs(request: web.Request) -> web.Response:
     st = state(request)
     running, pending = st.queue.snapshot()
     queued = {item[1] for item in running + pending}
-    unknown = [i for i in ids if i not in queued and st.storage.history_entry(i) is None]
+    unknown = [i for i in ids if i not in queued and not st.storage.in_history(i)]
     if unknown:
         raise ApiError(404, "not_found", f"no job {unknown[0][:200]!r}"
                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                        extra_info={"unknown": unknown[:100]})
-    return json_response({"results": {i: _cancel(request, i) for i in ids}})
+    with stored(request, "the jobs could not be cancelled"):
+        results = {i: _cancel(request, i) for i in ids}
+    return json_response({"results": results})
 
 
 ROUTES: list[tuple[str, str, Any]] = [

@@ -97,6 +97,47 @@ RETRY_MESSAGE = "steerflow_retry"
 MAX_NOTES = 10000  # prompts remembered for their retry messages and unacknowledged runs
 
 
+class FailureEpisode:
+    """A failure that repeats for as long as its cause lasts (a full disk), logged without
+    flooding the log: the traceback once, then one line at most every ``every`` seconds,
+    and one line when it is over. Shared by the threads that meet it."""
+
+    def __init__(self, what: str, over: str, every: float = 60.0):
+        self.what = what  # "cannot ...", logged with "; retrying"
+        self.over = over  # what works again, logged when the episode ends
+        self.every = every
+        self._lock = threading.Lock()
+        self._since: float | None = None  # monotonic start of the episode under way
+        self._last = 0.0  # when it was last logged
+        self._tries = 0
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            first = self._since is None
+            if first:
+                self._since, self._tries = now, 0
+            self._tries += 1
+            due = first or now - self._last >= self.every
+            if due:
+                self._last = now
+            since = self._since
+        if first:
+            log.error("%s; retrying", self.what, exc_info=exc)
+        elif due:
+            log.error("%s for %.0f s now (%s: %s); retrying", self.what, now - since,
+                      type(exc).__name__, str(exc)[:200])
+
+    def recovered(self) -> None:
+        if self._since is None:  # the common case, without the lock
+            return
+        with self._lock:
+            since, tries, self._since = self._since, self._tries, None
+        if since is not None:
+            log.info("%s after %.0f s (%d failed tries)", self.over,
+                     time.monotonic() - since, tries)
+
+
 class PoolRuntime(Runtime):
     """The server's runtime: one thread per worker takes, runs and records the prompts
     routed to it; a supervising thread starts the host and winds it down."""
@@ -119,6 +160,8 @@ class PoolRuntime(Runtime):
         # how many times in a row its worker died before it acknowledged the prompt.
         self._retry_notes: OrderedDict[str, list[list[Any]]] = OrderedDict()
         self._unacked: OrderedDict[str, int] = OrderedDict()
+        self._take_failures = FailureEpisode("cannot take a prompt from the queue",
+                                             "prompts are taken from the queue again")
 
     @property
     def worker(self) -> Channel | None:
@@ -293,8 +336,8 @@ class PoolRuntime(Runtime):
             try:
                 item = self.queue.take_pick(lambda pending: self._pick_for(slot, pending),
                                             timeout=POLL)
-            except Exception:  # e.g. the disk is full: keep the prompt, retry later
-                log.exception("cannot take a prompt from the queue; retrying")
+            except Exception as exc:  # e.g. the disk is full: keep the prompt, retry later
+                self._take_failures.failed(exc)
                 with self._pool:
                     slot.job = slot.running = None
                 time.sleep(1.0)
@@ -304,6 +347,8 @@ class PoolRuntime(Runtime):
                     if slot.job is not None:  # taken, then the storage failed: not run
                         slot.job = slot.running = None
                 continue
+            # only a prompt taken ends it: another worker's empty wait says nothing
+            self._take_failures.recovered()
             try:
                 if self._stopping:
                     self.queue.requeue(item)

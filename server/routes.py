@@ -9,7 +9,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from engine.workflow import WorkflowFormatError, from_object, is_document
 from server.errors import ApiError, json_response
 from server.prompt_queue import DuplicatePromptId, QueueItem
 from server.state import state
-from server.storage import SENSITIVE_EXTRA_DATA_KEYS, StorageError
+from server.storage import SENSITIVE_EXTRA_DATA_KEYS, StorageError, damage_hint, is_damaged
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,24 @@ async def read_object(request: web.Request, *, required: bool = True,
     return body
 
 
+@contextmanager
+def stored(request: web.Request, what: str, type_: str = "queue_unavailable",
+           **fields: Any) -> Iterator[None]:
+    """A change of the queue or history that the database refuses (a full disk, a
+    locked, read-only or damaged file) as 503 ``type_``, with ``what`` and the reason:
+    the server is fine, the change can be made again once the cause is gone."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except Exception as exc:  # sqlite3 errors: disk full, database locked...
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if is_damaged(exc):
+            reason += f"; {damage_hint(state(request).storage.path, running=True)}"
+        log.warning("%s %s: %s: %s", request.method, request.path, what, reason)
+        raise ApiError(503, type_, f"{what}: {reason}", **fields) from None
+
+
 # --- /prompt ---------------------------------------------------------------------
 async def get_prompt(request: web.Request) -> web.Response:
     return json_response({"exec_info": {"queue_remaining": state(request).queue.remaining()}})
@@ -131,17 +150,15 @@ async def _post_prompt(request: web.Request) -> web.Response:
         raise ApiError(400, "duplicate_prompt_id", f"prompt {prompt_id!r} is already queued",
                        node_errors={})
     item = QueueItem(number, prompt_id, prompt, extra_data, list(vp.outputs))
-    try:
-        await st.queue.submit(item)
-    except DuplicatePromptId:
-        raise ApiError(400, "duplicate_prompt_id", f"prompt {prompt_id!r} is already queued",
-                       node_errors={}) from None
-    except (StorageError, OSError, RuntimeError) as exc:
-        raise ApiError(503, "queue_unavailable", f"the prompt could not be queued: {exc}",
-                       node_errors={}) from None
-    except Exception as exc:  # sqlite3 errors: disk full, database locked...
-        raise ApiError(503, "queue_unavailable", f"the prompt could not be stored: "
-                       f"{type(exc).__name__}: {str(exc)[:200]}", node_errors={}) from None
+    with stored(request, "the prompt could not be stored", node_errors={}):
+        try:
+            await st.queue.submit(item)
+        except DuplicatePromptId:
+            raise ApiError(400, "duplicate_prompt_id", f"prompt {prompt_id!r} is already "
+                           "queued", node_errors={}) from None
+        except (StorageError, OSError, RuntimeError) as exc:
+            raise ApiError(503, "queue_unavailable", f"the prompt could not be queued: {exc}",
+                           node_errors={}) from None
     reply: dict[str, Any] = {"prompt_id": prompt_id, "number": number, "node_errors": {}}
     if vp.rejected is not None:  # as ComfyUI: the valid outputs run, the others are named
         rejected = _validation_error(vp.rejected.issues, vp.rejected.dependent_outputs)
@@ -324,11 +341,13 @@ async def get_queue(request: web.Request) -> web.Response:
 async def post_queue(request: web.Request) -> web.Response:
     queue = state(request).queue
     body = await read_object(request)
+    ids = _id_list(body["delete"]) if "delete" in body else None
     deleted = 0
-    if body.get("clear"):
-        deleted += queue.clear()
-    if "delete" in body:
-        deleted += queue.delete(_id_list(body["delete"]))
+    with stored(request, "the queue could not be changed"):
+        if body.get("clear"):
+            deleted += queue.clear()
+        if ids is not None:
+            deleted += queue.delete(ids)
     return json_response({"deleted": deleted})
 
 
@@ -375,7 +394,10 @@ async def get_history(request: web.Request) -> web.Response:
     offset = int_param(request, "offset", minimum=-1)
     if max_items is None:
         max_items = DEFAULT_HISTORY_ITEMS
-    rows = state(request).storage.history(max_items, offset, max_bytes=MAX_HISTORY_BYTES)
+    # Off the event loop: an entry read for the first time since the start is checked
+    # (parsed once), and a damaged one left out (Storage.history).
+    rows = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+        state(request).storage.history, max_items, offset, max_bytes=MAX_HISTORY_BYTES))
     # Entries are stored as JSON text: splice them instead of decoding and re-encoding.
     body = "{" + ",".join(f"{json.dumps(pid)}:{entry}" for pid, entry in rows) + "}"
     return web.Response(text=body, content_type="application/json")
@@ -383,7 +405,8 @@ async def get_history(request: web.Request) -> web.Response:
 
 async def get_history_item(request: web.Request) -> web.Response:
     prompt_id = request.match_info["prompt_id"]
-    entry = state(request).storage.history_entry(prompt_id)
+    entry = await asyncio.get_running_loop().run_in_executor(
+        None, state(request).storage.history_entry, prompt_id)
     body = "{}" if entry is None else "{" + json.dumps(prompt_id) + ":" + entry + "}"
     return web.Response(text=body, content_type="application/json")
 
@@ -392,14 +415,11 @@ async def post_history(request: web.Request) -> web.Response:
     storage = state(request).storage
     body = await read_object(request)
     ids = _id_list(body["delete"]) if "delete" in body else None
-    try:
+    with stored(request, "the history could not be changed", "history_unavailable"):
         if body.get("clear"):
             storage.delete_history()
         if ids is not None:
             storage.delete_history(ids)
-    except Exception as exc:  # sqlite3 errors: disk full, database locked...
-        raise ApiError(503, "history_unavailable", "the history could not be changed: "
-                       f"{type(exc).__name__}: {str(exc)[:200]}") from None
     return json_response({})
 
 

@@ -449,13 +449,8 @@ class Runtime(abc.ABC):
         with self._history_lock:  # two threads would each drop the same excess
             try:
                 total, _ = storage.history_jobs(None, 0, 0)
-                while total > keep:
-                    oldest = [pid for pid, _ in storage.history(
-                        max_items=total - keep, offset=0, max_bytes=1)]  # one, not N big ones
-                    if not oldest:
-                        break
-                    storage.delete_history(oldest)
-                    total -= len(oldest)
+                if total > keep:
+                    storage.drop_oldest(total - keep)  # by row: no entry's text is read
             except Exception as exc:  # e.g. a full disk: the prompt has ended all the same
                 log.warning("cannot trim the history to %d entries: %s: %s", keep,
                             type(exc).__name__, exc)

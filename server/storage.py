@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -169,25 +170,69 @@ def is_damaged(exc: BaseException) -> bool:
         or "not a database" in text
 
 
+def damage_hint(path: Path, *, running: bool = False) -> str:
+    """What to do about a damaged database file (nothing is deleted or repaired in place);
+    ``running``: said to a running server's client, who must stop it first."""
+    return (f"the file is damaged: {'stop the server, then ' if running else ''}move it "
+            f"(and {path.name}-wal, {path.name}-shm if present) out of the folder to start "
+            "with an empty queue and history; nothing was deleted")
+
+
+def not_writable(path: Path) -> str | None:
+    """Why the database file, its -wal/-shm files or its folder cannot be written (a
+    read-only file system, or permissions), or None; sqlite says only "disk I/O error"
+    or "readonly database"."""
+    for item in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+                 path.parent):
+        try:
+            read_only = bool(os.statvfs(item).f_flag & os.ST_RDONLY)
+        except OSError:  # absent: sqlite creates it, if the folder lets it
+            continue
+        if read_only:
+            return (f"{item} is on a read-only file system: mount it read-write, or use "
+                    "another --base-dir")
+        if not os.access(item, os.W_OK):
+            return (f"{item} is not writable by this user: change its permissions or "
+                    "owner, or use another --base-dir")
+    return None
+
+
 def open_error(path: Path, exc: BaseException) -> StorageError:
-    """The one-line error for a database that start-up cannot read: names the file and,
-    for a damaged one, says what to do (nothing is deleted or repaired in place)."""
+    """The one-line error for a database that start-up cannot read: names the file and
+    says what to do about a damaged file, or a read-only or forbidden one."""
     text = f"cannot open the database {path}: {exc}"
     if is_damaged(exc):
-        text += (f"; the file is damaged: move it (and {path.name}-wal, {path.name}-shm "
-                 "if present) out of the folder to start with an empty queue and history; "
-                 "nothing was deleted")
+        text += f"; {damage_hint(path)}"
+    elif (reason := not_writable(path)) is not None:
+        text += f"; {reason}"
     return StorageError(text)
+
+
+def _history_text(raw: bytes) -> str:
+    """A stored history entry's text, if it is a strict JSON object (else ValueError):
+    /history splices it into its answer as it is."""
+    text = raw.decode()
+    if not isinstance(json.loads(text, parse_constant=_reject_constant), dict):
+        raise ValueError("not a JSON object")
+    return text
 
 
 class Storage:
     """Thread-safe access to the database (one connection, one lock)."""
 
     def __init__(self, path: Path, *, fsync: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data folder {path.parent}: "
+                               f"{exc.strerror or exc}") from None
         self.path = path
         self.fsync = fsync
         self._lock = threading.Lock()
+        # History rows (by seq) whose text is known to be a strict JSON object, so
+        # /history splices them unchecked: those this server wrote, and those read once.
+        self._sound: set[int] = set()
+        self._damaged: set[int] = set()  # rows found damaged, each logged once
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                        timeout=1)
@@ -218,7 +263,7 @@ class Storage:
         except sqlite3.Error as exc:
             raise open_error(path, exc) from exc
         self._statuses_filled = False
-        self.fill_statuses()
+        self.fill_statuses(at_start=True)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -286,12 +331,24 @@ class Storage:
             self.repair_nonfinite()
             self.scrub_credentials()
             with self._lock:
-                rows = self._db.execute("SELECT prompt_id, number, seq, body, state, "
-                                        "attempts FROM queue ORDER BY number, seq").fetchall()
+                rows = self._db.execute(
+                    "SELECT CAST(prompt_id AS BLOB), number, seq, CAST(body AS BLOB), state, "
+                    "attempts FROM queue ORDER BY number, seq").fetchall()
         except sqlite3.Error as exc:
             raise open_error(self.path, exc) from exc
-        return [StoredItem(pid, _num(number), seq, json.loads(body), state, attempts)
-                for pid, number, seq, body, state, attempts in rows]
+        items = []
+        for pid, number, seq, body, state, attempts in rows:
+            try:
+                prompt_id, value = pid.decode(), json.loads(body.decode())
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, RecursionError) as exc:  # a bit flip, a bad sector
+                # left in the file (nothing is deleted), out of the queue
+                log.error("queued prompt %s in %s is damaged (%s) and is not run",
+                          pid.decode(errors="replace"), self.path, exc)
+                continue
+            items.append(StoredItem(prompt_id, _num(number), seq, value, state, attempts))
+        return items
 
     def max_counters(self) -> tuple[int, int]:
         """(largest |number|, largest seq) in use, to continue numbering after a restart.
@@ -366,48 +423,100 @@ class Storage:
         text = dumps(entry)
         status = history_status(entry)
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO history(prompt_id, number, entry, finished,"
-                             " status, created, duration, workflow_id) VALUES (?,?,?,?,?,?,?,?)",
-                             (prompt_id, number, text, time.time(), status, *job_keys(entry)))
+            cur = self._db.execute(
+                "INSERT OR REPLACE INTO history(prompt_id, number, entry, finished, status,"
+                " created, duration, workflow_id) VALUES (?,?,?,?,?,?,?,?)",
+                (prompt_id, number, text, time.time(), status, *job_keys(entry)))
+            if cur.lastrowid is not None:
+                self._sound.add(cur.lastrowid)
+                self._damaged.discard(cur.lastrowid)
 
     def prune_history(self, keep: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM history WHERE seq <= (SELECT seq FROM history "
                              "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (keep,))
 
+    def drop_oldest(self, count: int) -> int:
+        """Delete the ``count`` oldest history entries (never read: a damaged one goes
+        too); returns how many were deleted."""
+        with self._tx() as db:
+            seqs = [seq for (seq,) in db.execute(
+                "SELECT seq FROM history ORDER BY seq LIMIT ?", (count,))]
+            db.executemany("DELETE FROM history WHERE seq=?", [(seq,) for seq in seqs])
+        self._sound.difference_update(seqs)  # bounded: the history's rows, not all written
+        self._damaged.difference_update(seqs)
+        return len(seqs)
+
     def history(self, max_items: int | None = None, offset: int | None = None, *,
                 max_bytes: int | None = None) -> list[tuple[str, str]]:
         """(prompt_id, entry JSON) oldest first; ComfyUI's paging (no offset: the newest).
 
         ``max_bytes``: stop adding entries once their text passes it (one is always
-        returned), so a few 20 MB prompts cannot make a gigabyte answer.
+        returned), so a few 20 MB prompts cannot make a gigabyte answer. A damaged
+        entry is left out (see :meth:`_checked`).
         """
         newest = max_items is not None and (offset is None or offset < 0)
+        # Bytes, decoded here: sqlite's own decoding fails the whole query on one bad row.
+        columns = "seq, CAST(prompt_id AS BLOB), CAST(entry AS BLOB)"
         with self._lock:
             if newest:
-                cursor = self._db.execute("SELECT prompt_id, entry FROM history "
+                cursor = self._db.execute(f"SELECT {columns} FROM history "
                                           "ORDER BY seq DESC LIMIT ?", (max_items,))
             else:
                 cursor = self._db.execute(
-                    "SELECT prompt_id, entry FROM history ORDER BY seq LIMIT ? OFFSET ?",
+                    f"SELECT {columns} FROM history ORDER BY seq LIMIT ? OFFSET ?",
                     (-1 if max_items is None else max_items, max(offset or 0, 0)))
-            rows: list[tuple[str, str]] = []
+            raw: list[tuple[int, bytes, bytes]] = []
             size = 0
             for row in cursor:  # row by row: the budget bounds memory too
-                text = row[1]
-                size += len(text) if text.isascii() else len(text.encode())
-                if rows and max_bytes is not None and size > max_bytes:
+                size += len(row[2])
+                if raw and max_bytes is not None and size > max_bytes:
                     break
-                rows.append(row)
-        return rows[::-1] if newest else rows
+                raw.append(row)
+        rows: list[tuple[str, str]] = []
+        for seq, prompt_id, entry in reversed(raw) if newest else raw:
+            text = self._checked(seq, prompt_id, entry)
+            if text is not None:
+                rows.append((prompt_id.decode(), text))
+        return rows
 
-    def fill_statuses(self) -> int:
+    def _checked(self, seq: int, prompt_id: bytes, entry: bytes) -> str | None:
+        """A history row's entry text, or None if the row is damaged (a bit flip, a bad
+        sector: not UTF-8, not a JSON object), logged once per row.
+
+        Each row is parsed once (those this server wrote not at all), then spliced as
+        text; one damaged row must not make the whole /history answer invalid JSON.
+        """
+        if seq in self._damaged:
+            return None
+        try:
+            prompt_id.decode()
+            if seq in self._sound:
+                return entry.decode()
+            text = _history_text(entry)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included
+            self._report_damaged(seq, prompt_id, exc)
+            return None
+        self._sound.add(seq)
+        return text
+
+    def _report_damaged(self, seq: int, prompt_id: bytes, exc: BaseException) -> None:
+        if seq in self._damaged:
+            return
+        self._damaged.add(seq)
+        name = prompt_id.decode(errors="replace")
+        log.warning("history entry %s (row %d) in %s is damaged (%s: %s); /history and /jobs "
+                    "leave it out. POST /history {\"delete\": [%s]} deletes it", json.dumps(name),
+                    seq, self.path, type(exc).__name__, str(exc)[:200], json.dumps(name))
+
+    def fill_statuses(self, *, at_start: bool = False) -> int:
         """Set the job status and sort keys of history rows that have none (written by a
         version before those columns, or by an older version since); returns the number
         of rows set.
 
         One row at a time, so memory stays bounded whatever the entries hold; on a
-        database error (a full disk) the rest waits for the next call.
+        database error (a full disk) the rest waits for the next call. A damaged file
+        found ``at_start`` raises :class:`StorageError`: the server is not going to run.
         """
         if self._statuses_filled:
             return 0
@@ -422,8 +531,8 @@ class Storage:
                     break
                 with self._tx() as db:
                     for seq in seqs:
-                        row = db.execute("SELECT entry FROM history WHERE seq=?",
-                                         (seq,)).fetchone()
+                        row = db.execute("SELECT CAST(entry AS BLOB) FROM history "
+                                         "WHERE seq=?", (seq,)).fetchone()
                         if row is None:
                             continue
                         try:
@@ -435,6 +544,8 @@ class Storage:
                                    (history_status(entry), *job_keys(entry), seq))
                         filled += 1
         except sqlite3.Error as exc:
+            if at_start and is_damaged(exc):
+                raise open_error(self.path, exc) from exc
             log.warning("cannot record the job status of older history entries yet (%s); "
                         "/jobs filtered by status may miss them until it can", exc)
             return filled
@@ -479,23 +590,54 @@ class Storage:
         with self._lock:
             (total,) = self._db.execute(f"SELECT COUNT(*) FROM history {where}",
                                         args).fetchone()
-            rows = [(pid, key or 0, created or 0, seq) for pid, key, created, seq in
-                    self._db.execute(f"SELECT prompt_id, {column}, created, seq FROM history "
-                                     f"{where} ORDER BY {order} LIMIT ? OFFSET ?",
-                                     (*args, limit, offset))] if limit > 0 else []
+            raw = self._db.execute(
+                f"SELECT CAST(prompt_id AS BLOB), {column}, created, seq FROM history "
+                f"{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                (*args, limit, offset)).fetchall() if limit > 0 else []
+        rows = []
+        for pid, key, created, seq in raw:
+            try:
+                rows.append((pid.decode(), key or 0, created or 0, seq))
+            except UnicodeDecodeError as exc:  # a damaged row: left out of the page
+                self._report_damaged(seq, pid, exc)
         return total, rows
 
     def history_entry(self, prompt_id: str) -> str | None:
+        """The entry's JSON text; None if there is none, or it is damaged (logged)."""
         with self._lock:
-            row = self._db.execute("SELECT entry FROM history WHERE prompt_id=?",
-                                   (prompt_id,)).fetchone()
-        return row[0] if row else None
+            row = self._db.execute("SELECT seq, CAST(entry AS BLOB) FROM history "
+                                   "WHERE prompt_id=?", (prompt_id,)).fetchone()
+        return self._checked(row[0], prompt_id.encode(), row[1]) if row else None
+
+    def in_history(self, prompt_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM history WHERE prompt_id=?",
+                                    (prompt_id,)).fetchone() is not None
+
+    def history_value(self, prompt_id: str) -> dict[str, Any] | None:
+        """The entry, decoded; None if there is none, or it is damaged (logged)."""
+        with self._lock:
+            row = self._db.execute("SELECT seq, CAST(entry AS BLOB) FROM history "
+                                   "WHERE prompt_id=?", (prompt_id,)).fetchone()
+        if row is None or row[0] in self._damaged:
+            return None
+        try:
+            value = json.loads(row[1].decode(), parse_constant=_reject_constant)
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, RecursionError) as exc:
+            self._report_damaged(row[0], prompt_id.encode(), exc)
+            return None
+        self._sound.add(row[0])
+        return value
 
     def delete_history(self, prompt_ids: list[str] | None = None) -> None:
         """Delete the given entries, or all of them."""
         with self._tx() as db:
             if prompt_ids is None:
                 db.execute("DELETE FROM history")
+                self._sound.clear()
+                self._damaged.clear()
             else:
                 db.executemany("DELETE FROM history WHERE prompt_id=?",
                                [(p,) for p in prompt_ids])
