@@ -13,6 +13,7 @@ import pytest
 from engine.registry import NodeRegistry
 from engine.session import Session
 from tests.comfy_fixtures import pack_registry
+from tests.test_comfy_pack_adapter import n
 
 PACK = '''
 import torch
@@ -247,10 +248,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> NodeRegistry:
 @pytest.fixture
 def session(registry: NodeRegistry, tmp_path: Path) -> Session:
     return Session(tmp_path, device="cpu", registry=registry)
-
-
-def n(kind: str, **inputs: Any) -> dict[str, Any]:
-    return {"class_type": kind, "inputs": inputs}
 
 
 def for_loop(remaining: int) -> dict[str, Any]:
