@@ -222,7 +222,11 @@ def test_webcam_capture_button_and_capture_on_queue(camera_page, server: LiveSer
 
     # capture_on_queue: Queue takes a new capture and sends it in the prompt (the value stays,
     # as in ComfyUI, so "queue on change" does not see a change)
-    node.get_by_label("capture_on_queue", exact=True).check()
+    toggle = node.get_by_label("capture_on_queue", exact=True)
+    toggle.click()  # (check() fails at once if a re-render of the node takes the click)
+    if not toggle.is_checked():
+        toggle.click()
+    expect(toggle).to_be_checked()
     camera_page.wait_for_timeout(20)  # a new millisecond name
     c.queue()
     sent = node.get_by_test_id("webcam-queued")
