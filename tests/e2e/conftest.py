@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,21 +35,60 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1600, "height": 1000}
 
 
+_playwright: Any = None
+_browsers: dict[tuple[str, ...], Any] = {}
+
+
+def shared_browser(args: tuple[str, ...] = tuple(CHROMIUM_ARGS)) -> Any:
+    """This test process's chromium (Debian's, never a downloaded one) launched with ``args``,
+    started once: each test takes a fresh context of it (its own storage, like a new profile),
+    which costs a fraction of a browser start. One Playwright serves the process (the sync
+    API allows no second one while it runs); it stops at the session's end."""
+    global _playwright
+    browser = _browsers.get(args)
+    if browser is not None and browser.is_connected():
+        return browser
+    if _playwright is None:
+        from playwright.sync_api import sync_playwright
+
+        _playwright = sync_playwright().start()
+    browser = _playwright.chromium.launch(
+        executable_path=chromium_path(), headless=True, args=list(args))
+    _browsers[args] = browser
+    return browser
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _playwright
+    if _playwright is not None:
+        for browser in _browsers.values():
+            with contextlib.suppress(Exception):
+                browser.close()
+        _browsers.clear()
+        with contextlib.suppress(Exception):
+            _playwright.stop()
+        _playwright = None
+
+
+@contextlib.contextmanager
+def fresh_context(args: tuple[str, ...] = tuple(CHROMIUM_ARGS), timeout_ms: int = 30_000,
+                  **options: Any) -> Iterator[Any]:
+    """A new browser context (no cookies, storage or cache of any test before) of the shared
+    chromium, closed afterwards."""
+    ctx = shared_browser(args).new_context(viewport=VIEWPORT, **options)
+    ctx.set_default_timeout(timeout_ms)
+    try:
+        yield ctx
+    finally:
+        with contextlib.suppress(Exception):
+            ctx.close()
+
+
 @contextlib.contextmanager
 def chromium_page(timeout_ms: int = 60_000) -> Iterator[Any]:
-    """A page of a fresh headless chromium (Debian's, never a downloaded one) with its own
-    profile, closed afterwards."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as profile:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-            viewport=VIEWPORT)
-        ctx.set_default_timeout(timeout_ms)
-        try:
-            yield ctx.pages[0] if ctx.pages else ctx.new_page()
-        finally:
-            ctx.close()
+    """A page of a fresh context of headless chromium, closed afterwards."""
+    with fresh_context(timeout_ms=timeout_ms) as ctx:
+        yield ctx.new_page()
 
 
 def chromium_path() -> str | None:
@@ -167,18 +205,9 @@ def server(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture
 def browser_context(chromium: str) -> Iterator[Any]:
-    """A fresh chromium profile (own user-data dir) per test."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as profile:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-            viewport=VIEWPORT, accept_downloads=True)
-        ctx.set_default_timeout(30_000)
-        try:
-            yield ctx
-        finally:
-            ctx.close()
+    """A fresh browser context (own storage, as a new profile) per test."""
+    with fresh_context(accept_downloads=True) as ctx:
+        yield ctx
 
 
 @pytest.fixture

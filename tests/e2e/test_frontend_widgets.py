@@ -6,7 +6,6 @@ is a message on the node)."""
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.canvas import Canvas
-from tests.e2e.conftest import CHROMIUM_ARGS, VIEWPORT, LiveServer
+from tests.e2e.conftest import CHROMIUM_ARGS, LiveServer, fresh_context
 
 IMAGE = "crop_e2e.png"
 IMAGE_SIZE = (64, 48)
@@ -182,22 +181,14 @@ def test_color_picker_and_a_refused_camera(page):
 @pytest.fixture
 def camera_page(chromium: str, server: LiveServer) -> Iterator[Any]:
     """A page of a chromium with a fake camera, allowed without asking."""
-    from playwright.sync_api import sync_playwright
-
-    args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sf-chromium-") as profile:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium, headless=True, args=args, viewport=VIEWPORT)
-        ctx.set_default_timeout(30_000)
-        page = ctx.pages[0] if ctx.pages else ctx.new_page()
+    args = (*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    with fresh_context(args) as ctx:
+        page = ctx.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            page.goto(server.url + "/")
-            page.wait_for_selector(".sf-dot.on")
-            yield page
-        finally:
-            ctx.close()
+        page.goto(server.url + "/")
+        page.wait_for_selector(".sf-dot.on")
+        yield page
         assert not errors, f"uncaught errors in the page: {errors}"
 
 
