@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from server.config import ServerConfig
-from tests.server.helpers import TEST_REGISTRY, Http, InProcessServer, LiveServer, Loop
+from tests.server.helpers import Http, InProcessServer, LiveServer, Loop, start_server, wait_quiet
 
 
 @pytest.fixture
@@ -26,12 +25,7 @@ def make_server(tmp_path_factory: pytest.TempPathFactory
 
     def make(setup_app: Any = None, **overrides: Any) -> LiveServer:
         base = overrides.pop("base_dir", None) or tmp_path_factory.mktemp("server")
-        overrides.setdefault("workflows_dir", base / "workflows")
-        overrides.setdefault("web_dir", base / "web-dist")
-        overrides.setdefault("registry_factory", TEST_REGISTRY)  # None: the real packs
-        config = ServerConfig(host="127.0.0.1", port=0, base_dir=base, device="cpu",
-                              **overrides)
-        srv = InProcessServer(config, setup_app)
+        srv = start_server(base, setup_app=setup_app, **overrides)
         started.append(srv)
         return srv.live
 
@@ -40,8 +34,22 @@ def make_server(tmp_path_factory: pytest.TempPathFactory
         srv.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for a module that sets ``SHARED_SERVER = True``: each start costs seconds."""
+    srv = start_server(tmp_path_factory.mktemp("shared"))
+    yield srv.live
+    srv.stop()
+
+
 @pytest.fixture
-def server(make_server: Callable[..., LiveServer]) -> LiveServer:
+def server(request: pytest.FixtureRequest, make_server: Callable[..., LiveServer]) -> LiveServer:
+    """A fresh server, or the module's shared one (``SHARED_SERVER``) once it is quiet;
+    a test that needs settings of its own calls ``make_server``."""
+    if getattr(request.module, "SHARED_SERVER", False):
+        live = request.getfixturevalue("shared_server")
+        wait_quiet(live)
+        return live
     return make_server()
 
 

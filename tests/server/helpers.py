@@ -247,3 +247,25 @@ def wait_history(http: Http, prompt_ids: list[str], timeout: float = 60) -> dict
         if all(p in history for p in prompt_ids) or time.monotonic() > deadline:
             return history
         time.sleep(0.1)
+
+
+def start_server(base: Path, setup_app: Callable[[web.Application], None] | None = None,
+                 **overrides: Any) -> InProcessServer:
+    """An in-process server on ``base`` with the test pack and ``ServerConfig`` overrides."""
+    overrides.setdefault("workflows_dir", base / "workflows")
+    overrides.setdefault("web_dir", base / "web-dist")
+    overrides.setdefault("registry_factory", TEST_REGISTRY)  # None: the real packs
+    config = ServerConfig(host="127.0.0.1", port=0, base_dir=base, device="cpu", **overrides)
+    return InProcessServer(config, setup_app)
+
+
+def wait_quiet(server: LiveServer, timeout: float = 60) -> None:
+    """Until nothing is queued or running and every worker is up and idle: a test on a
+    shared server starts as on a fresh one."""
+    deadline = time.monotonic() + timeout
+    runtime = server.state.runtime
+    while server.state.queue.remaining() or any(
+            w["state"] != "idle" for w in runtime.workers()):
+        assert time.monotonic() < deadline, (server.state.queue.snapshot(),
+                                             runtime.workers())
+        time.sleep(0.02)

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 
 import pytest
 from PIL import Image
 
 from engine.session import Workflow
 from server.client import cmd_submit
-from tests.server.helpers import REPO, Http, LiveServer, image, recv_until
+from tests.server.helpers import REPO, Http, LiveServer, image, recv_until, start_server, wait_quiet
+
+SHARED_SERVER = True  # one server for the module (conftest.py); make_server for a fresh one
+
+
+@pytest.fixture(scope="module")
+def shared_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    srv = start_server(tmp_path_factory.mktemp("private"), token="tok")
+    yield srv.live
+    srv.stop()
+
+
+@pytest.fixture
+def private(shared_private: LiveServer) -> LiveServer:
+    """One server with the token ``tok`` for the module's tests, once it is quiet."""
+    wait_quiet(shared_private)
+    return shared_private
 
 
 def submit_args(server: LiveServer, workflow, out, *sets: str, token=None):
@@ -18,8 +35,8 @@ def submit_args(server: LiveServer, workflow, out, *sets: str, token=None):
                               output_dir=str(out), token=token, no_progress=False)
 
 
-def test_submit_streams_and_downloads(make_server, tmp_path, capsys):
-    server = make_server(token="tok")
+def test_submit_streams_and_downloads(private: LiveServer, tmp_path, capsys):
+    server = private
     workflow = tmp_path / "wf.json"
     workflow.write_text(json.dumps(image(value=3)))
     out = tmp_path / "out"
@@ -62,6 +79,8 @@ def test_real_txt2img_prompt(make_server, models_dir, loop):
     http = Http(server.url, loop)
     ws = server.connect_ws("painter")
     wf = Workflow.load(REPO / "workflows" / "txt2img.json")
+    assert wf.prompt["3"]["inputs"]["steps"] == 20
+    wf.prompt["3"]["inputs"]["steps"] = 3  # still a sampling loop with progress; 20 took secs
     reply = http.post("/prompt", json={"prompt": wf.prompt, "client_id": "painter",
                                        "extra_data": {"extra_pnginfo": {
                                            "workflow": wf.to_document()}}}, timeout=None)
@@ -79,10 +98,10 @@ def test_real_txt2img_prompt(make_server, models_dir, loop):
     http.close()
 
 
-def test_submit_converts_comfyui_ui_format_with_the_servers_schemas(make_server, tmp_path,
-                                                                     capsys):
+def test_submit_converts_comfyui_ui_format_with_the_servers_schemas(private: LiveServer,
+                                                                     tmp_path, capsys):
     """A UI-format file (ComfyUI's Save) is converted with the server's /object_info."""
-    server = make_server(token="tok")
+    server = private
     workflow = tmp_path / "ui.json"
     workflow.write_text(json.dumps({
         "last_node_id": 1, "last_link_id": 0, "links": [], "version": 0.4,

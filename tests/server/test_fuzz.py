@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from tests.server.helpers import Http, chain, wait_history
 
+SHARED_SERVER = True  # one server for the module (conftest.py); make_server for a fresh one
+
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])

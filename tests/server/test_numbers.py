@@ -17,6 +17,8 @@ from server.errors import dumps
 from server.storage import Storage
 from tests.server.helpers import Http, LiveServer, Loop, chain, wait_history
 
+SHARED_SERVER = True  # one server for the module (conftest.py); make_server for a fresh one
+
 BIG_INT = "1" + "0" * 400  # F1: a JSON integer literal no float can hold
 
 
@@ -184,10 +186,9 @@ def test_f4_infinite_float_constants_are_refused(http: Http):
         assert strict(reply.body)["node_errors"]["1"]["errors"][0]["type"] == "invalid_input_type"
 
 
-def test_f4_stored_nan_and_infinity_are_repaired_at_start(make_server, loop):
-    server = make_server()
-    base = server.base_dir
-    server.stop()
+def test_f4_stored_nan_and_infinity_are_repaired_at_start(make_server, loop, tmp_path):
+    base = tmp_path
+    Storage(base / "data" / DB_NAME).close()  # the database a server made, no server run
     db = sqlite3.connect(base / "data" / DB_NAME)
     entry = ('{"prompt": [1, "old", {}, {}, []], "outputs": {"3": {"value": [NaN, Infinity, '
              '-Infinity, "NaN and Infinity in text stay"]}}, "status": {"status_str": '
@@ -293,6 +294,7 @@ def test_huge_prompt_string_history_is_not_inflated(http: Http):
 
 
 def test_history_is_paged_with_a_default_cap_and_a_byte_budget(http: Http, monkeypatch):
+    http.post("/history", json={"clear": True})  # the module's server: other tests' entries
     ids = [http.post("/prompt", json={"prompt": chain(i)}).json()["prompt_id"]
            for i in range(5)]
     assert list(wait_history(http, ids)) == ids

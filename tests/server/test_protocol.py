@@ -28,6 +28,8 @@ from tests.server.helpers import (
     wait_history,
 )
 
+SHARED_SERVER = True  # one server for the module (conftest.py); make_server for a fresh one
+
 
 def test_round_trip_prompt_events_history_view(server: LiveServer, http: Http):
     ws = server.connect_ws("client-a")
@@ -389,6 +391,7 @@ def test_interrupt_without_body_stops_the_running_prompt(server: LiveServer, htt
 
 
 def test_history_paging_and_deletion(http: Http):
+    http.post("/history", json={"clear": True})  # the module's server: other tests' entries
     ids = [http.post("/prompt", json={"prompt": chain(i)}).json()["prompt_id"]
            for i in range(5)]
     history = wait_history(http, ids)

@@ -68,7 +68,9 @@ def test_head_killed_on_ray_then_restarted_runs_everything_once(tmp_path):
         while sum(w["state"] == "idle" for w in _stats_workers(http)) < 2:
             assert time.monotonic() < deadline, _stats_workers(http)
             time.sleep(0.1)
-        ids = [http.post("/prompt", json={"prompt": slow(1500, value=i)}).json()["prompt_id"]
+        # 1.5 s each at least: two are still running when the head is killed just after
+        # both started, and the restarted head runs the four in a few seconds
+        ids = [http.post("/prompt", json={"prompt": slow(750, value=i)}).json()["prompt_id"]
                for i in range(4)]
         while len(http.get("/queue").json()["queue_running"]) < 2:
             assert time.monotonic() < deadline, "the pool never ran two prompts at once"
