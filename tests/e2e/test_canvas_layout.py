@@ -35,11 +35,20 @@ def _overlaps(rects: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+# A view no fit makes (the graph far off screen): the example's fit, which runs once
+# its nodes are measured, is seen as the view moving away from it.
+UNFITTED = {"x": 54321.5, "y": 54321.5, "zoom": 1}
+
+
 def _open_example(page, name: str, n_nodes: int) -> None:
+    page.evaluate("vp => window.steerflow.setViewport(vp)", UNFITTED)
+    page.wait_for_function("vp => window.steerflow.getViewport().x === vp.x", arg=UNFITTED)
     Canvas(page).open_example(name)
     page.wait_for_function("n => document.querySelectorAll('.react-flow__node').length === n",
                            arg=n_nodes)
-    page.wait_for_timeout(400)  # the fit runs once the nodes are measured
+    # the fit has run, and the frame after it is drawn
+    page.wait_for_function("vp => window.steerflow.getViewport().x !== vp.x", arg=UNFITTED)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
 @pytest.mark.slow

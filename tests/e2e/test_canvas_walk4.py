@@ -50,26 +50,43 @@ def _drawn(c: Canvas) -> dict[str, str]:
         .filter(n => n.dataset.status).map(n => [n.dataset.nodeId, n.dataset.status]))""")
 
 
+def _pending_prompt(page, server: LiveServer) -> str:
+    for _ in range(200):
+        pending = server.get("/queue")["queue_pending"]
+        if pending:
+            return pending[0][1]
+        page.wait_for_timeout(100)
+    raise AssertionError("the prompt was not queued")
+
+
 def test_a_prompt_is_drawn_on_its_graph_not_on_one_opened_while_it_runs(page, server: LiveServer):
     c = Canvas(page)
-    c.open_file("long.json", _with_text(small_txt2img(steps=400), "walk4: a red circle"))
+    # a run that lasts whatever this test needs (it is interrupted), and a short one queued
+    # from the same graph behind it, whose picture comes while the other graph is open
+    c.open_file("long.json", _with_text(small_txt2img(steps=5000), "walk4: a red circle"))
     expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
     c.queue()
     prompt_id = _running_prompt(page, server)
-    _sampler_runs(c, 60_000)
+    try:
+        _sampler_runs(c, 60_000)
+        c.set_value("3", "steps", "2")
+        c.queue()
+        short_id = _pending_prompt(page, server)
 
-    # another graph with the same node ids, opened while it runs: it never ran
-    c.open_file("other.json", _with_text(small_txt2img(steps=2), "walk4: a blue square"))
-    expect(c.widget("6", "text")).to_have_value("walk4: a blue square")
-    running = page.get_by_role("list", name="queue").locator(".sf-queue-item.running")
-    # the queue panel and the status bar still follow it, the nodes do not
-    expect(running.get_by_test_id("queue-progress")).to_contain_text(
-        re.compile(r"Sample #3 .*step \d+/400"))
-    expect(page.get_by_test_id("status")).to_contain_text(ANOTHER)
-    page.wait_for_timeout(800)
-    assert _drawn(c) == {}
-    expect(c.node("3").locator("img.sf-preview")).to_have_count(0)
-    entry = server.wait_history(prompt_id)
+        # another graph with the same node ids, opened while it runs: it never ran
+        c.open_file("other.json", _with_text(small_txt2img(steps=2), "walk4: a blue square"))
+        expect(c.widget("6", "text")).to_have_value("walk4: a blue square")
+        running = page.get_by_role("list", name="queue").locator(".sf-queue-item.running")
+        # the queue panel and the status bar still follow it, the nodes do not
+        expect(running.get_by_test_id("queue-progress")).to_contain_text(
+            re.compile(r"Sample #3 .*step \d+/5000"))
+        expect(page.get_by_test_id("status")).to_contain_text(ANOTHER)
+        page.wait_for_timeout(800)
+        assert _drawn(c) == {}
+        expect(c.node("3").locator("img.sf-preview")).to_have_count(0)
+    finally:
+        server.post("/interrupt", {"prompt_id": prompt_id})
+    entry = server.wait_history(short_id)
     made = entry["outputs"][SAVE]["images"][0]["filename"]
     # its picture goes to Last result and History, not onto this graph's Save Image
     made_src = re.compile(re.escape(made))

@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,21 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
         yield live
 
 
-def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: LiveServer) -> None:
+@dataclass
+class ComfyApp:
+    """ComfyUI's app as a first visit opened it: one page for this module's tests (its
+    start-up, seconds of JavaScript, is paid once)."""
+    page: Any
+    page_errors: list[str]
+    failed: list[str]  # requests to our server that failed, from the start on
+    views: list[str]  # images fetched from /api/view
+    first: list[dict[str, Any]]  # the graph the first visit opened
+    failed_at_start: list[str]
+    offered: Any  # localStorage's steerflow.defaultGraphOffered after the first visit
+
+
+@pytest.fixture(scope="module")
+def shared_app(comfy_server: LiveServer) -> Iterator[ComfyApp]:
     # A first visit opens the template browser over an empty graph (as on ComfyUI);
     # a returning user, whose settings say so, gets the default graph.
     comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
@@ -163,96 +178,116 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
         # first visit Steerflow's extension opens its txt2img example on the built-in model
         page.wait_for_function("""() => window.app.graph._nodes.some(
             n => n.type === 'CheckpointLoaderSimple')""", timeout=60_000)
-        page.wait_for_timeout(1000)  # start-up requests still in flight
+        page.wait_for_timeout(1500)  # start-up requests still in flight
         first = page.evaluate("""() => window.app.graph._nodes.map(n => ({type: n.type,
             widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
-        assert {n["type"] for n in first} == CLASSIC_GRAPH, first
-        assert next(n for n in first if n["type"] == "CheckpointLoaderSimple")[
-            "widgets"]["ckpt_name"] == "steerflow-shapes"
-        assert not failed, f"requests failed at start: {failed}"
-        # once per browser: a reload keeps what the user has (the app restores it)
-        assert page.evaluate("() => localStorage.getItem('steerflow.defaultGraphOffered')")
+        offered = page.evaluate("() => localStorage.getItem('steerflow.defaultGraphOffered')")
+        yield ComfyApp(page, page_errors, failed, views, first, list(failed), offered)
 
-        load_classic_graph(page)
-        nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
-            type: n.type,
-            widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value])),
-            options: Object.fromEntries((n.widgets || []).map(
-                w => [w.name, w.options?.values ?? null]))}))""")
-        assert {n["type"] for n in nodes} == CLASSIC_GRAPH
-        ckpts = comfy_server.get("/object_info/CheckpointLoaderSimple")[
-            "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-        loader = next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")
-        # the combo lists our models, from our /object_info
-        assert loader["widgets"]["ckpt_name"] == "steerflow-shapes" and \
-            loader["options"]["ckpt_name"] == ckpts and "steerflow-shapes" in ckpts
 
-        # every node of our /object_info is accepted and registered by the front end
-        # (a schema it rejects, say a private key or a V3 input it cannot parse, drops
-        # the node from its library without a word)
-        ours = set(comfy_server.get("/object_info"))
-        registered = set(page.evaluate(
-            "() => Object.keys(window.LiteGraph.registered_node_types)"))
-        assert ours <= registered, sorted(ours - registered)[:20]
-        # ... and each one can be created, its widgets built
-        broken = page.evaluate("""(types) => types.flatMap(t => {
-            try { return window.LiteGraph.createNode(t) ? [] : [t + ': null']; }
-            catch (e) { return [t + ': ' + e]; } })""", sorted(ours))
-        assert not broken, broken[:20]
-        # Load Image gets the upload button and preview (``image_upload``)
-        assert page.evaluate("""() => (window.LiteGraph.createNode('LoadImage').widgets
-            || []).some(w => w.name === 'upload')""")
-        # what the error dialog's report and the Logs panel read
-        assert isinstance(page.evaluate("() => window.app.api.getLogs()"), str)
-        page.evaluate("""() => { window.__seen = new Set();
-            for (const t of ['progress_state', 'b_preview_with_metadata'])
-                window.app.api.addEventListener(t, () => window.__seen.add(t)); }""")
+@pytest.fixture
+def app(shared_app: ComfyApp) -> tuple[Any, list[str]]:
+    """The shared app page with an empty graph, and the page errors of this test only."""
+    page, page_errors = shared_app.page, shared_app.page_errors
+    page_errors.clear()
+    page.evaluate("() => window.app.graph.clear()")
+    page.wait_for_function("() => window.app.graph._nodes.length === 0")
+    return page, page_errors
 
-        # the classic graph's 512x512 at 20 steps takes minutes on the 64x64 model: a user
-        # sets a smaller size in its widgets
-        page.evaluate("""() => {
-            for (const n of window.app.graph._nodes) for (const w of n.widgets || []) {
-                if (n.type === 'EmptyLatentImage' && ['width', 'height'].includes(w.name))
-                    w.value = 128;
-                if (n.type === 'KSampler' && w.name === 'steps') w.value = 8;
-            } }""")
-        started = time.monotonic()
-        page.get_by_test_id("queue-button").click()
-        page.wait_for_function("""() => {
-            const save = window.app.graph._nodes.find(n => n.type === 'SaveImage');
-            return save?.imgs?.length > 0 && save.imgs[0].complete
-                && save.imgs[0].naturalWidth > 0;
-        }""", timeout=300_000)
-        elapsed = time.monotonic() - started
-        size = page.evaluate("""() => {
-            const img = window.app.graph._nodes.find(n => n.type === 'SaveImage').imgs[0];
-            return [img.naturalWidth, img.naturalHeight];
-        }""")
-        print(f"default graph queued to image shown: {elapsed:.1f}s, image {size}")
-        # the size the graph asks for, though the built-in model's VAE is 4x and Empty
-        # Latent Image sized its latent for SD's 8x (the sampler refits an empty latent)
-        assert size == [128, 128], size
-        assert views, "the image was never fetched from /view"
-        # our run-time warnings reach its toasts, through Steerflow's own extension: an
-        # empty latent sized for an 8x VAE decoded as it is by the 4x one
-        client = page.evaluate("() => window.app.api.clientId")
-        comfy_server.post("/prompt", {"client_id": client, "prompt": {
-            "4": {"class_type": "CheckpointLoaderSimple",
-                  "inputs": {"ckpt_name": "steerflow-shapes"}},
-            "5": {"class_type": "EmptyLatentImage",
-                  "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}},
-            "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}})
-        toast = page.get_by_test_id("toast").filter(has_text="Warning from")
-        toast.first.wait_for(timeout=60_000)
-        assert "Empty Latent Image" in toast.first.inner_text()
-        # the running node outlined with its progress bar, and previews on it
-        seen = set(page.evaluate("() => [...window.__seen]"))
-        assert seen == {"progress_state", "b_preview_with_metadata"}, seen
-        assert not failed, f"requests failed: {failed}"
-        unexpected = [e for e in page_errors
-                      if not any(a in e for a in ALLOWED_PAGE_ERRORS)]
-        assert not unexpected, f"uncaught errors in the page: {unexpected}"
+
+def test_comfyui_frontend_builds_the_default_graph_and_queues(
+        comfy_server: LiveServer, shared_app: ComfyApp) -> None:
+    first, failed, page_errors = shared_app.first, shared_app.failed, shared_app.page_errors
+    assert {n["type"] for n in first} == CLASSIC_GRAPH, first
+    assert next(n for n in first if n["type"] == "CheckpointLoaderSimple")[
+        "widgets"]["ckpt_name"] == "steerflow-shapes"
+    assert not shared_app.failed_at_start, \
+        f"requests failed at start: {shared_app.failed_at_start}"
+    # once per browser: a reload keeps what the user has (the app restores it)
+    assert shared_app.offered
+
+    page = shared_app.page
+    load_classic_graph(page)
+    nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
+        type: n.type,
+        widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value])),
+        options: Object.fromEntries((n.widgets || []).map(
+            w => [w.name, w.options?.values ?? null]))}))""")
+    assert {n["type"] for n in nodes} == CLASSIC_GRAPH
+    ckpts = comfy_server.get("/object_info/CheckpointLoaderSimple")[
+        "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    loader = next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")
+    # the combo lists our models, from our /object_info
+    assert loader["widgets"]["ckpt_name"] == "steerflow-shapes" and \
+        loader["options"]["ckpt_name"] == ckpts and "steerflow-shapes" in ckpts
+
+    # every node of our /object_info is accepted and registered by the front end
+    # (a schema it rejects, say a private key or a V3 input it cannot parse, drops
+    # the node from its library without a word)
+    ours = set(comfy_server.get("/object_info"))
+    registered = set(page.evaluate(
+        "() => Object.keys(window.LiteGraph.registered_node_types)"))
+    assert ours <= registered, sorted(ours - registered)[:20]
+    # ... and each one can be created, its widgets built
+    broken = page.evaluate("""(types) => types.flatMap(t => {
+        try { return window.LiteGraph.createNode(t) ? [] : [t + ': null']; }
+        catch (e) { return [t + ': ' + e]; } })""", sorted(ours))
+    assert not broken, broken[:20]
+    # Load Image gets the upload button and preview (``image_upload``)
+    assert page.evaluate("""() => (window.LiteGraph.createNode('LoadImage').widgets
+        || []).some(w => w.name === 'upload')""")
+    # what the error dialog's report and the Logs panel read
+    assert isinstance(page.evaluate("() => window.app.api.getLogs()"), str)
+    page.evaluate("""() => { window.__seen = new Set();
+        for (const t of ['progress_state', 'b_preview_with_metadata'])
+            window.app.api.addEventListener(t, () => window.__seen.add(t)); }""")
+
+    # the classic graph's 512x512 at 20 steps takes minutes on the 64x64 model: a user
+    # sets a smaller size in its widgets
+    page.evaluate("""() => {
+        for (const n of window.app.graph._nodes) for (const w of n.widgets || []) {
+            if (n.type === 'EmptyLatentImage' && ['width', 'height'].includes(w.name))
+                w.value = 128;
+            if (n.type === 'KSampler' && w.name === 'steps') w.value = 8;
+        } }""")
+    started = time.monotonic()
+    shared_app.views.clear()  # those of this run
+    page.get_by_test_id("queue-button").click()
+    page.wait_for_function("""() => {
+        const save = window.app.graph._nodes.find(n => n.type === 'SaveImage');
+        return save?.imgs?.length > 0 && save.imgs[0].complete
+            && save.imgs[0].naturalWidth > 0;
+    }""", timeout=300_000)
+    elapsed = time.monotonic() - started
+    size = page.evaluate("""() => {
+        const img = window.app.graph._nodes.find(n => n.type === 'SaveImage').imgs[0];
+        return [img.naturalWidth, img.naturalHeight];
+    }""")
+    print(f"default graph queued to image shown: {elapsed:.1f}s, image {size}")
+    # the size the graph asks for, though the built-in model's VAE is 4x and Empty
+    # Latent Image sized its latent for SD's 8x (the sampler refits an empty latent)
+    assert size == [128, 128], size
+    assert shared_app.views, "the image was never fetched from /view"
+    # our run-time warnings reach its toasts, through Steerflow's own extension: an
+    # empty latent sized for an 8x VAE decoded as it is by the 4x one
+    client = page.evaluate("() => window.app.api.clientId")
+    comfy_server.post("/prompt", {"client_id": client, "prompt": {
+        "4": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": "steerflow-shapes"}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}})
+    toast = page.get_by_test_id("toast").filter(has_text="Warning from")
+    toast.first.wait_for(timeout=60_000)
+    assert "Empty Latent Image" in toast.first.inner_text()
+    # the running node outlined with its progress bar, and previews on it
+    seen = set(page.evaluate("() => [...window.__seen]"))
+    assert seen == {"progress_state", "b_preview_with_metadata"}, seen
+    assert not failed, f"requests failed: {failed}"
+    unexpected = [e for e in page_errors
+                  if not any(a in e for a in ALLOWED_PAGE_ERRORS)]
+    assert not unexpected, f"uncaught errors in the page: {unexpected}"
 
     history = comfy_server.get("/history")
     assert len(history) == 2  # the classic graph, then the warning's small one
@@ -265,36 +300,32 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(comfy_server: Live
 
 
 def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
-        comfy_server: LiveServer) -> None:
+        comfy_server: LiveServer, app: tuple[Any, list[str]]) -> None:
     """The real front end turns KSampler + VAE Decode of the classic default graph into a subgraph
     ("Convert to Subgraph"), then that and the two prompts into another (nested). At each
     stage its own ``graphToPrompt`` (what it queues) and our converter fed the workflow it
     saves give the same prompt, ids ``"<instance>:<inner>"`` included; the nested one
     runs."""
-    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
-    with chromium_page() as page:
-        page.goto(comfy_server.url + "/")
-        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
-                               timeout=120_000)
-        load_classic_graph(page)
-        stages = page.evaluate("""async () => {
-            const g = window.app.graph;
-            for (const n of g._nodes) {  // small and quick on this CPU
-                const w = Object.fromEntries((n.widgets || []).map(w => [w.name, w]));
-                if (n.type === 'EmptyLatentImage') { w.width.value = 64; w.height.value = 64; }
-                if (n.type === 'KSampler') { w.steps.value = 2; w.seed.value = 7; }
-            }
-            const stage = async (types) => {
-                const pick = g._nodes.filter(n => types.includes(n.type));
-                const { node } = g.convertToSubgraph(new Set(pick));
-                const queued = (await window.app.graphToPrompt()).output;
-                return { queued, workflow: g.serialize(), instance: String(node.id),
-                         type: node.type };
-            };
-            const one = await stage(['KSampler', 'VAEDecode']);
-            const two = await stage([one.type, 'CLIPTextEncode']);
-            return [one, two];
-        }""")
+    page, _ = app
+    load_classic_graph(page)
+    stages = page.evaluate("""async () => {
+        const g = window.app.graph;
+        for (const n of g._nodes) {  // small and quick on this CPU
+            const w = Object.fromEntries((n.widgets || []).map(w => [w.name, w]));
+            if (n.type === 'EmptyLatentImage') { w.width.value = 64; w.height.value = 64; }
+            if (n.type === 'KSampler') { w.steps.value = 2; w.seed.value = 7; }
+        }
+        const stage = async (types) => {
+            const pick = g._nodes.filter(n => types.includes(n.type));
+            const { node } = g.convertToSubgraph(new Set(pick));
+            const queued = (await window.app.graphToPrompt()).output;
+            return { queued, workflow: g.serialize(), instance: String(node.id),
+                     type: node.type };
+        };
+        const one = await stage(['KSampler', 'VAEDecode']);
+        const two = await stage([one.type, 'CLIPTextEncode']);
+        return [one, two];
+    }""")
     for depth, stage in enumerate(stages, 1):
         queued = {k: {"class_type": v["class_type"],
                       "inputs": {n: x for n, x in v["inputs"].items() if n != "upload"}}
@@ -325,46 +356,32 @@ DROP_FILE_JS = """async ([data, name, type, base64]) => {
 }"""
 
 
-@contextlib.contextmanager
-def app_page(server: LiveServer, page_errors: list[str]) -> Iterator[Any]:
-    """ComfyUI's app open on ``server`` with its graph built; page errors go to
-    ``page_errors``."""
-    with chromium_page() as page:
-        page.on("pageerror", lambda e: page_errors.append(str(e)))
-        page.goto(server.url + "/")
-        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0", timeout=120_000)
-        page.wait_for_timeout(1500)
-        yield page
-
-
 def test_a_steerflow_document_dropped_on_comfyuis_app_loads_its_prompt(
-        comfy_server: LiveServer) -> None:
+        app: tuple[Any, list[str]]) -> None:
     """Our workflow files (workflows/*.json) dropped on ComfyUI's app loaded nothing: the app
     aborted with "e is not iterable" and emptied the tab. Our extension hands it the
     document's prompt, as an API-format prompt."""
-    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
     doc = json.loads((REPO / "workflows" / "img2img.json").read_text())
     wanted = {node["class_type"] for node in doc["prompt"].values()}
-    page_errors: list[str] = []
-    with app_page(comfy_server, page_errors) as page:
-        page.evaluate(DROP_FILE_JS, [json.dumps(doc), "img2img.json"])
-        page.wait_for_function("""(wanted) => {
-            const types = new Set(window.app.graph._nodes.map(n => n.type));
-            return wanted.every(t => types.has(t));
-        }""", arg=sorted(wanted), timeout=30_000)
-        types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
+    page, page_errors = app
+    page.evaluate(DROP_FILE_JS, [json.dumps(doc), "img2img.json"])
+    page.wait_for_function("""(wanted) => {
+        const types = new Set(window.app.graph._nodes.map(n => n.type));
+        return wanted.every(t => types.has(t));
+    }""", arg=sorted(wanted), timeout=30_000)
+    types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
     assert sorted(types) == sorted(n["class_type"] for n in doc["prompt"].values())
     assert not page_errors, page_errors
 
 
-def test_a_png_made_from_our_canvas_opens_in_comfyuis_app(comfy_server: LiveServer) -> None:
+def test_a_png_made_from_our_canvas_opens_in_comfyuis_app(
+        comfy_server: LiveServer, app: tuple[Any, list[str]]) -> None:
     """A PNG queued from our canvas carried our document in its ``workflow`` chunk, which
     ComfyUI reads first as its UI format: dropping it aborted with "e is not iterable" and
     emptied the graph. The chunk is now ComfyUI's UI view of it (ours is in ``steerflow``):
     the app opens the same nodes with the widget values that ran."""
     import base64
 
-    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
     doc = json.loads((REPO / "workflows" / "txt2img.json").read_text())
     doc["prompt"]["3"]["inputs"]["steps"] = 3
     doc["prompt"]["9"]["inputs"]["filename_prefix"] = "from_canvas"
@@ -373,40 +390,39 @@ def test_a_png_made_from_our_canvas_opens_in_comfyuis_app(comfy_server: LiveServ
     entry = comfy_server.wait_history(reply["prompt_id"])
     image = entry["outputs"]["9"]["images"][0]
     png = comfy_server.get_bytes(f"/view?filename={image['filename']}&type=output")
-    page_errors: list[str] = []
-    with app_page(comfy_server, page_errors) as page:
-        page.evaluate(DROP_FILE_JS, [base64.b64encode(png).decode(), "from_canvas.png",
-                                     "image/png", True])
-        page.wait_for_function("""() => window.app.graph._nodes.some(
-            n => n.type === 'KSampler' && n.widgets_values?.[2] === 3)""", timeout=30_000)
-        types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
-        prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    page, page_errors = app
+    page.evaluate(DROP_FILE_JS, [base64.b64encode(png).decode(), "from_canvas.png",
+                                 "image/png", True])
+    page.wait_for_function("""() => window.app.graph._nodes.some(
+        n => n.type === 'KSampler' && n.widgets_values?.[2] === 3)""", timeout=30_000)
+    types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     assert sorted(types) == sorted(n["class_type"] for n in doc["prompt"].values())
     sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")
     assert sampler["inputs"]["steps"] == 3 and sampler["inputs"]["seed"] == 42
     assert not page_errors, page_errors
 
 
-def test_a_prompt_queued_with_a_warning_shows_it(comfy_server: LiveServer) -> None:
+def test_a_prompt_queued_with_a_warning_shows_it(
+        comfy_server: LiveServer, app: tuple[Any, list[str]]) -> None:
     """/prompt's reply says what it accepted with a warning (an unknown ``embedding:``,
     dropped as ComfyUI does); ComfyUI's frontend does not show a reply's warnings, so our
     extension toasts them, as it toasts a run's ``node_warning``."""
-    comfy_server.post("/api/settings", {"Comfy.TutorialCompleted": True})
     graph = classic_default_graph("steerflow-shapes")
     nodes = {n["id"]: n for n in graph["nodes"]}
     nodes[5]["widgets_values"] = [64, 64, 1]
     nodes[3]["widgets_values"][2] = 1  # one step
     nodes[6]["widgets_values"] = ["a red circle, embedding:no_such_embedding"]
-    page_errors: list[str] = []
-    with app_page(comfy_server, page_errors) as page:
-        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", graph)
-        queued = page.evaluate("async () => await window.app.api.queuePrompt(0, "
-                               "await window.app.graphToPrompt())")
-        assert any("no_such_embedding" in w["message"] for w in queued["warnings"])
-        # a toast (the frontend's own component) naming the node and the warning
-        page.wait_for_function("""() => [...document.querySelectorAll('div')].some(e =>
-            e.children.length === 0 && e.offsetParent !== null
-            && e.textContent.includes('no_such_embedding'))""", timeout=10_000)
-        assert page.get_by_text("Warning from").count() >= 1
+    page, page_errors = app
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", graph)
+    queued = page.evaluate("async () => await window.app.api.queuePrompt(0, "
+                           "await window.app.graphToPrompt())")
+    assert any("no_such_embedding" in w["message"] for w in queued["warnings"])
+    # a toast (the frontend's own component) naming the node and the warning
+    page.wait_for_function("""() => [...document.querySelectorAll('div')].some(e =>
+        e.children.length === 0 && e.offsetParent !== null
+        && e.textContent.includes('no_such_embedding'))""", timeout=10_000)
+    assert page.get_by_test_id("toast").filter(has_text="Warning from").filter(
+        has_text="no_such_embedding").count() >= 1
     comfy_server.wait_history(queued["prompt_id"], timeout=120)
     assert not page_errors, page_errors

@@ -25,7 +25,8 @@ from tests.e2e.test_comfy_frontend import comfy_frontend_server
 
 pytestmark = pytest.mark.slow
 
-SETTLE = "() => new Promise(r => requestAnimationFrame(() => setTimeout(r, 50)))"
+SETTLE_MS = 50
+SETTLE = f"() => new Promise(r => requestAnimationFrame(() => setTimeout(r, {SETTLE_MS})))"
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +78,15 @@ def test_autogrow_inputs_grow_in_comfyuis_frontend(comfy_server: LiveServer) -> 
         link(page, "blue", "batch", "images.image2")  # the last: one more
         assert [i[0] for i in inputs(page, "batch")] == [
             f"images.image{k}" for k in range(4)]
-        for k in range(3, 60):  # up to ComfyUI's (and our) maximum, 50
-            if k >= len(inputs(page, "batch")):
-                break
-            link(page, "blue", "batch", f"images.image{k}")
+        # up to ComfyUI's (and our) maximum, 50: each last slot linked (as ``link`` does, in
+        # one call) until no new one comes
+        page.evaluate("""async (settle) => { const n = window.__nodes;
+            for (let k = 3; k < 60 && k < n.batch.inputs.length; k++) {
+                const slot = n.batch.inputs.findIndex(i => i.name === 'images.image' + k);
+                if (slot < 0) throw new Error('no input images.image' + k);
+                n.blue.connect(0, n.batch, slot);
+                await new Promise(r => requestAnimationFrame(() => setTimeout(r, settle)));
+            } }""", SETTLE_MS)
         assert len(inputs(page, "batch")) == 50
 
         # Math Expression: named slots a..z, a and b at first, c once b is linked
