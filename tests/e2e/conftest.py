@@ -40,10 +40,10 @@ _browsers: dict[tuple[str, ...], Any] = {}
 
 
 def shared_browser(args: tuple[str, ...] = tuple(CHROMIUM_ARGS)) -> Any:
-    """This test process's chromium (Debian's, never a downloaded one) launched with ``args``,
+    """This module's chromium (Debian's, never a downloaded one) launched with ``args``,
     started once: each test takes a fresh context of it (its own storage, like a new profile),
-    which costs a fraction of a browser start. One Playwright serves the process (the sync
-    API allows no second one while it runs); it stops at the session's end."""
+    which costs a fraction of a browser start. One Playwright serves the module (the sync
+    API allows no second one while it runs)."""
     global _playwright
     browser = _browsers.get(args)
     if browser is not None and browser.is_connected():
@@ -58,13 +58,18 @@ def shared_browser(args: tuple[str, ...] = tuple(CHROMIUM_ARGS)) -> Any:
     return browser
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _stop_shared_browser() -> Iterator[None]:
+    """Playwright's sync API keeps an event loop running in this thread while it is started:
+    it is stopped after each module, so later (non-browser) tests in this process can run
+    their own loops (``asyncio.run``)."""
+    yield
     global _playwright
+    for browser in _browsers.values():
+        with contextlib.suppress(Exception):
+            browser.close()
+    _browsers.clear()
     if _playwright is not None:
-        for browser in _browsers.values():
-            with contextlib.suppress(Exception):
-                browser.close()
-        _browsers.clear()
         with contextlib.suppress(Exception):
             _playwright.stop()
         _playwright = None

@@ -25,13 +25,14 @@ def _with_text(doc: dict, text: str) -> dict:
     return doc
 
 
-def _running_prompt(page, server: LiveServer) -> str:
+def _first_in_queue(page, server: LiveServer, which: str = "queue_running") -> str:
+    """The id of the first prompt in ``which`` of /queue, once there is one."""
     for _ in range(200):
-        running = server.get("/queue")["queue_running"]
-        if running:
-            return running[0][1]
+        items = server.get("/queue")[which]
+        if items:
+            return items[0][1]
         page.wait_for_timeout(100)
-    raise AssertionError("the prompt did not start")
+    raise AssertionError(f"no prompt in {which}")
 
 
 def _sampler_runs(c: Canvas, timeout: float) -> None:
@@ -50,15 +51,6 @@ def _drawn(c: Canvas) -> dict[str, str]:
         .filter(n => n.dataset.status).map(n => [n.dataset.nodeId, n.dataset.status]))""")
 
 
-def _pending_prompt(page, server: LiveServer) -> str:
-    for _ in range(200):
-        pending = server.get("/queue")["queue_pending"]
-        if pending:
-            return pending[0][1]
-        page.wait_for_timeout(100)
-    raise AssertionError("the prompt was not queued")
-
-
 def test_a_prompt_is_drawn_on_its_graph_not_on_one_opened_while_it_runs(page, server: LiveServer):
     c = Canvas(page)
     # a run that lasts whatever this test needs (it is interrupted), and a short one queued
@@ -66,12 +58,12 @@ def test_a_prompt_is_drawn_on_its_graph_not_on_one_opened_while_it_runs(page, se
     c.open_file("long.json", _with_text(small_txt2img(steps=5000), "walk4: a red circle"))
     expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
     c.queue()
-    prompt_id = _running_prompt(page, server)
+    prompt_id = _first_in_queue(page, server)
     try:
         _sampler_runs(c, 60_000)
         c.set_value("3", "steps", "2")
         c.queue()
-        short_id = _pending_prompt(page, server)
+        short_id = _first_in_queue(page, server, "queue_pending")
 
         # another graph with the same node ids, opened while it runs: it never ran
         c.open_file("other.json", _with_text(small_txt2img(steps=2), "walk4: a blue square"))
@@ -108,7 +100,7 @@ def test_a_reloaded_tab_goes_on_drawing_its_graphs_running_prompt(page, server: 
     c.open_file("reload.json", doc)
     c.wait_saved(len(doc["prompt"]))
     c.queue()
-    prompt_id = _running_prompt(page, server)
+    prompt_id = _first_in_queue(page, server)
     _sampler_runs(c, 60_000)
     page.reload()
     page.wait_for_selector(".sf-dot.on")
