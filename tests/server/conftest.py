@@ -58,3 +58,12 @@ def http(server: LiveServer, loop: Loop) -> Iterator[Http]:
     client = Http(server.url, loop)
     yield client
     client.close()
+
+
+@pytest.fixture
+def quick_start_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker starts retried 50 ms apart: for tests that show the retries, not their pacing."""
+    import server.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "START_RETRY_BACKOFF",
+                        (0.05,) * len(pool_module.START_RETRY_BACKOFF))

@@ -529,11 +529,7 @@ def test_head_killed_mid_run_then_restarted_runs_everything_once(tmp_path, loop)
 
 
 def test_a_pool_whose_workers_cannot_start_fails_prompts_with_the_cause(make_server, loop,
-                                                                        monkeypatch):
-    import server.pool as pool_module
-
-    # the retries, not their pacing, are what this shows: 6 failed starts, not 4 s of waits
-    monkeypatch.setattr(pool_module, "START_RETRY_BACKOFF", (0.05, 0.05, 0.05))
+                                                                        quick_start_retries):
     server = make_server(workers=2, worker_module="tests.server.no_such_worker",
                          registry_factory=POOL_REGISTRY)
     http = Http(server.url, loop)

@@ -149,11 +149,7 @@ def test_a_worker_killed_mid_prompt_runs_it_again_on_a_new_worker(server: LiveSe
 
 
 def test_a_worker_that_cannot_start_fails_prompts_with_the_cause(make_server, loop,
-                                                                 monkeypatch):
-    import server.pool as pool_module
-
-    # the retries, not their pacing, are what this shows: 3 failed starts, not 2 s of waits
-    monkeypatch.setattr(pool_module, "START_RETRY_BACKOFF", (0.05, 0.05, 0.05))
+                                                                 quick_start_retries):
     server = make_server(worker_module="tests.server.no_such_worker")
     http = Http(server.url, loop)
     pid = http.post("/prompt", json={"prompt": chain()}).json()["prompt_id"]
