@@ -203,8 +203,10 @@ class PromptQueue:
                     continue
                 errors.append(None)
                 self._add(item)
+            # Under the lock: the status that counts these prompts is posted before a
+            # worker can take one and post its execution_start (ComfyUI's order).
+            self.on_change()
             self._cond.notify_all()  # the idle workers each decide if it is theirs
-        self.on_change()
         return errors
 
     def take_pick(self, pick: Callable[[Pending], QueueItem | None],

@@ -47,7 +47,6 @@ MAX_CLIENT_MESSAGE = 64 << 10  # client text messages longer than this are ignor
 JPEG_IMAGE = 1  # ComfyUI's image types in the frame's second uint32
 PNG_IMAGE = 2
 STATE_INTERVAL = 0.05  # least seconds between two state messages of a key (post_state)
-_STATUS = object()  # outbox marker: send the queue status to everyone, in order
 _TEXT, _BINARY = 0x1, 0x2
 
 
@@ -86,6 +85,15 @@ class _State:
         self.queued = False  # a marker for it is in the outbox
         self.sent_at = float("-inf")
         self.timer: asyncio.TimerHandle | None = None
+
+
+class _Status:
+    """An outbox status for everyone: the queue's length when it changed."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, remaining: int):
+        self.remaining = remaining
 
 
 class _StateMark:
@@ -177,7 +185,6 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._outbox: list[tuple[str | None, Any]] = []
-        self._status_pending = False
         self._status_defer = 0  # status_deferred blocks open
         self._status_due = False  # a change inside them, to broadcast when they end
         self._states: dict[str, _State] = {}
@@ -240,25 +247,21 @@ class Hub:
                 due = not self._status_defer and self._status_due
                 if due:
                     self._status_due = False
-                    self._status_pending = True
             if due:
-                # after what the block posted, even when an earlier status is still
-                # unsent (that one goes too; the end must not come before its status)
-                self._enqueue(None, _STATUS)
+                self._enqueue(None, _Status(self.queue_remaining()))
 
     def status_changed(self) -> None:
         """Broadcast ``status`` in order with the events around it, as ComfyUI does on
         every queue change (a prompt's comes as it is queued, before its
-        ``execution_start``); changes before it goes out share it (it reads the queue
-        when sent), as do status messages next to each other in one batch."""
+        ``execution_start``). The count is read now, not when sent: a client must not
+        see a prompt's end in the status that announces it. Status messages next to
+        each other in one batch go out as the last of them."""
+        remaining = self.queue_remaining()
         with self._lock:
             if self._status_defer:
                 self._status_due = True
                 return
-            if self._status_pending:
-                return
-            self._status_pending = True
-        self._enqueue(None, _STATUS)
+        self._enqueue(None, _Status(remaining))
 
     def _enqueue(self, sid: str | None, payload: Any) -> None:
         with self._lock:
@@ -274,10 +277,10 @@ class Hub:
             batch, self._outbox = self._outbox, []
         touched: dict[int, _Client] = {}
         for index, (sid, payload) in enumerate(batch):
-            if payload is _STATUS:
-                if index + 1 < len(batch) and batch[index + 1][1] is _STATUS:
-                    continue  # the next one says the same, read later
-                frame = encode_frame(self._take_status())
+            if isinstance(payload, _Status):
+                if index + 1 < len(batch) and isinstance(batch[index + 1][1], _Status):
+                    continue  # the next one is newer
+                frame = encode_frame(self.status_message(remaining=payload.remaining))
                 for each in self.clients.values():
                     each.queue(frame)
                     touched[id(each)] = each
@@ -356,15 +359,10 @@ class Hub:
         state.sent_at = float("-inf")
         self._flush_state(key, None)
 
-    def _take_status(self) -> str:
-        """The status message now; a change after this point broadcasts again."""
-        with self._lock:
-            self._status_pending = False
-        return self.status_message()
-
-    def status_message(self, sid: str | None = None) -> str:
-        data: dict[str, Any] = {"status": {"exec_info": {
-            "queue_remaining": self.queue_remaining()}}}
+    def status_message(self, sid: str | None = None, remaining: int | None = None) -> str:
+        if remaining is None:
+            remaining = self.queue_remaining()
+        data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": remaining}}}
         if sid is not None:
             data["sid"] = sid
         return message("status", data)

@@ -8,6 +8,7 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -120,8 +121,10 @@ def attached_loop(hub: Any) -> Iterator[asyncio.AbstractEventLoop]:
 
 def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
     """The first queue change goes out before the events posted after it (a coalescing
-    delay had put it after ``execution_start`` when the worker was idle); changes made
-    before it is sent share it, with the latest count."""
+    delay had put it after ``execution_start`` when the worker was idle); each status
+    carries the count when the queue changed, not when it is sent (read late, it had
+    said 0 before the ``execution_start`` of a prompt that ended meanwhile); statuses
+    next to each other in one batch go out as the latest."""
     from server.ws import Hub
 
     remaining = [1]
@@ -167,14 +170,40 @@ def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
         hub.status_changed()
         hub.post_event(None, "execution_start", {"prompt_id": "q"})
         loop.run_until_complete(asyncio.sleep(0))
-        hub.status_changed()  # unsent when the block ends
+        hub.status_changed()  # unsent when the block ends, and it says 2, not 0
         end_prompt()
         loop.run_until_complete(asyncio.sleep(0.01))
     assert [(m["type"], m["data"].get("status")) for m in client.messages()] == [
         ("status", {"exec_info": {"queue_remaining": 1}}),
         ("status", {"exec_info": {"queue_remaining": 2}}), ("execution_start", None),
-        ("status", {"exec_info": {"queue_remaining": 0}}), ("execution_success", None),
+        ("status", {"exec_info": {"queue_remaining": 2}}), ("execution_success", None),
         ("status", {"exec_info": {"queue_remaining": 0}}), ("executing", None)]
+
+
+def test_a_queued_prompts_status_is_posted_before_a_worker_can_take_it(tmp_path):
+    """The queue tells of a new prompt before a waiting worker can take it: otherwise
+    the worker's ``execution_start`` (and on a fast machine the prompt's whole run) could
+    be posted before the status that counts it, as CI saw."""
+    from server.prompt_queue import PromptQueue, QueueItem
+    from server.storage import Storage
+
+    seen: list[tuple[int, bool]] = []
+    taken = threading.Event()
+
+    def on_change() -> None:
+        if not seen:
+            time.sleep(0.1)  # time for a worker to take it, were it free to
+            seen.append((queue.remaining(), taken.is_set()))
+
+    queue = PromptQueue(Storage(tmp_path / "q.sqlite"), on_change=on_change)
+    worker = threading.Thread(
+        target=lambda: taken.set() if queue.take_pick(lambda p: p.head(),
+                                                      timeout=10) else None)
+    worker.start()
+    time.sleep(0.05)  # the worker waits on the queue
+    queue.put(QueueItem(1, "p1", {}, {}, [], seq=1))
+    worker.join(10)
+    assert taken.is_set() and seen == [(1, False)]
 
 
 def test_preview_frames_are_binary_jpeg(server: LiveServer, http: Http):
