@@ -220,7 +220,7 @@ def test_a_lost_server_is_shown_and_its_requeued_prompt_said_so(browser_context,
     page.goto(own_server.url + "/")
     page.wait_for_selector(".sf-dot.on")
     c = Canvas(page)
-    c.open_file("long.json", small_txt2img(steps=400))
+    c.open_file("long.json", small_txt2img(steps=5000))  # stopped before it ends
     expect(c.nodes()).to_have_count(7)
     c.queue()
     sample = c.node("3").locator(".sf-node")
