@@ -44,6 +44,8 @@ RECORDED = TERMINAL | {"execution_start", "execution_cached"}
 # and, as in ComfyUI, stays out of the history (engine.lists.EXECUTION_BLOCKED)
 BLOCKED = "ExecutionBlocked"
 PROGRESS_INTERVAL = 0.05  # least seconds between a prompt's progress_state messages
+MAX_WARNINGS = 20  # node warnings a history entry keeps (the first; the rest are counted)
+WARNING_CHARS = 2000
 POLL = 0.25  # seconds between checks for interrupt deadlines and shutdown
 
 
@@ -163,6 +165,23 @@ class Running:
         self.started: list[str] = []
         self.hard_deadline: float | None = None  # monotonic time of the hard interrupt
         self.progress = NodeProgress(item.prompt_id)
+        #: its nodes' ``node_warning`` messages, kept in its history entry
+        self.warnings: list[dict[str, Any]] = []
+        self.warnings_dropped = 0
+
+    def warn(self, data: dict[str, Any]) -> None:
+        if len(self.warnings) >= MAX_WARNINGS:
+            self.warnings_dropped += 1
+            return
+        node = data.get("node")
+        self.warnings.append({"node": None if node is None else str(node),
+                              "message": str(data.get("message", ""))[:WARNING_CHARS]})
+
+    def recorded_warnings(self) -> list[dict[str, Any]]:
+        if not self.warnings_dropped:
+            return self.warnings
+        return [*self.warnings, {"node": None, "message":
+                                 f"and {self.warnings_dropped} more warning(s), not kept"}]
 
 
 class Runtime(abc.ABC):
@@ -343,6 +362,8 @@ class Runtime(abc.ABC):
             return
         if name in RECORDED:
             messages.append([name, data])
+        elif name == "node_warning":
+            running.warn(data)
         if name == "executing":
             node = data.get("node")
             if node is not None:  # the last node that started: a crash is blamed on it
@@ -382,7 +403,7 @@ class Runtime(abc.ABC):
         # ComfyUI's order: execution_success, the queue's status, then executing None
         with self.hub.status_deferred():
             self.queue.finish(item, history_entry(item, outputs, status == "success",
-                                                  messages))
+                                                  messages, running.recorded_warnings()))
             self._clear_running()  # before the client hears of the end: /interrupt is False
             for name, text in held:
                 if name in TERMINAL:
@@ -405,7 +426,8 @@ class Runtime(abc.ABC):
                    "timestamp": _now_ms()}
         if note:
             payload["steerflow_note"] = note
-        self._end(item, messages, "execution_interrupted", payload)
+        self._end(item, messages, "execution_interrupted", payload,
+                  running.recorded_warnings())
 
     def _record_failure(self, item: QueueItem, text: str, exc_type: str, *,
                         node_errors: dict[str, Any] | None = None,
@@ -421,12 +443,12 @@ class Runtime(abc.ABC):
         self._end(item, [*(messages or [])], "execution_error", payload)
 
     def _end(self, item: QueueItem, messages: list[list[Any]], event: str,
-             payload: dict[str, Any]) -> None:
+             payload: dict[str, Any], warnings: list[dict[str, Any]] | None = None) -> None:
         """Record an unsuccessful end in the history, then tell the client, in that order."""
         messages.append([event, payload])
         with self.hub.status_deferred():  # ComfyUI's order, as in _finish
             try:
-                self.queue.finish(item, history_entry(item, {}, False, messages))
+                self.queue.finish(item, history_entry(item, {}, False, messages, warnings))
             except Exception:
                 log.error("cannot record the end of prompt %s:\n%s", item.prompt_id,
                           traceback.format_exc())
@@ -472,13 +494,20 @@ def _log_failure(prompt_id: str, messages: list[list[Any]]) -> None:
 
 
 def history_entry(item: QueueItem, outputs: dict[str, Any], ok: bool,
-                  messages: list[list[Any]]) -> dict[str, Any]:
-    """ComfyUI's history entry for one prompt."""
+                  messages: list[list[Any]],
+                  warnings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """ComfyUI's history entry for one prompt. Its nodes' warnings go in our own key,
+    ``status.steerflow_warnings`` (``[{"node", "message"}]``): ComfyUI's frontend
+    checks ``messages`` against the five execution events, and drops keys it does not
+    know, so a warning there would make it refuse the whole entry."""
+    status: dict[str, Any] = {"status_str": "success" if ok else "error", "completed": ok,
+                              "messages": messages}
+    if warnings:
+        status["steerflow_warnings"] = warnings
     return {
         "prompt": item.as_list(),
         "outputs": outputs,
-        "status": {"status_str": "success" if ok else "error", "completed": ok,
-                   "messages": messages},
+        "status": status,
         "meta": {nid: {"node_id": nid, "display_node": nid, "parent_node": None,
                        "real_node_id": nid} for nid in outputs},
     }

@@ -96,13 +96,30 @@ class TestPrint(Node):
         return NodeResult()
 
 
-NODE_CLASSES = (*engine_nodes.TEST_NODES, TestImage, TestImageTensor, SaveImageWebsocket,
-                TestHog, TestCrash, TestPrint)
+class TestWarn(Node):
+    """Sends ``times`` node warnings, then fails if ``fail``."""
+
+    TYPE = "TestWarn"
+    OUTPUT_NODE = True
+    text: str = Input("careful")
+    times: int = Input(1, min=0, max=50)
+    fail: bool = Input(False)
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        for i in range(self.times):
+            ctx.warn(f"{self.text} {i}")
+        if self.fail:
+            raise ValueError("failed after its warnings")
+        return NodeResult()
+
+
+PACK_NODES = (TestImage, TestImageTensor, SaveImageWebsocket, TestHog, TestCrash, TestPrint,
+              TestWarn)
+NODE_CLASSES = (*engine_nodes.TEST_NODES, *PACK_NODES)
 
 
 def make_registry() -> NodeRegistry:
     registry = engine_nodes.make_registry()
-    for cls in (TestImage, TestImageTensor, SaveImageWebsocket, TestHog, TestCrash,
-                TestPrint):
+    for cls in PACK_NODES:
         registry.register(cls)
     return registry

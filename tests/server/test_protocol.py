@@ -316,6 +316,32 @@ def test_private_server_sends_no_events_of_anonymous_prompts(make_server, loop):
     http.close()
 
 
+def test_node_warnings_are_kept_in_the_history_entry(http: Http):
+    """A warning (a training checkpoint that Stop could not save, say) outlives the live
+    message: the history entry keeps it, in our key, out of ComfyUI's ``messages``
+    (whose five event kinds ComfyUI's frontend checks), also when the prompt fails, and
+    a flood of them is capped."""
+    def run(**inputs: Any) -> dict[str, Any]:
+        pid = http.post("/prompt", json={"prompt": {"1": {
+            "class_type": "TestWarn", "inputs": {"text": "mind", **inputs}}}}
+                        ).json()["prompt_id"]
+        return wait_history(http, [pid])[pid]["status"]
+
+    ok = run(times=2)
+    assert ok["status_str"] == "success"
+    assert ok["steerflow_warnings"] == [{"node": "1", "message": "mind 0"},
+                                        {"node": "1", "message": "mind 1"}]
+    assert {m[0] for m in ok["messages"]} <= {"execution_start", "execution_cached",
+                                              "execution_success"}
+    failed = run(times=1, fail=True)
+    assert failed["status_str"] == "error"
+    assert failed["steerflow_warnings"] == [{"node": "1", "message": "mind 0"}]
+    flood = run(times=25)["steerflow_warnings"]
+    assert len(flood) == 21 and flood[19]["message"] == "mind 19"
+    assert flood[20] == {"node": None, "message": "and 5 more warning(s), not kept"}
+    assert "steerflow_warnings" not in run(times=0)
+
+
 def test_validation_failure_is_400_with_node_errors(http: Http):
     prompt = chain()
     prompt["1"]["inputs"]["value"] = 1000  # max is 100

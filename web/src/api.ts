@@ -11,6 +11,7 @@ import { partialFields } from "./lib/partial";
 import type { ApiPrompt, WorkflowDocument } from "./lib/graph";
 import type { ImageRef, NodeErrors, RunStore } from "./lib/runstore";
 import { parsePreviewFrame } from "./lib/runstore";
+import { type HistoryEntry, parseHistory } from "./lib/history";
 import type { ObjectInfo } from "./lib/schema";
 
 function base(): string {
@@ -126,36 +127,10 @@ export const deleteFromQueue = (ids: string[]) => postJson("queue", { delete: id
 export const clearQueue = () => postJson("queue", { clear: true });
 export const interrupt = (promptId?: string) => postJson("interrupt", promptId ? { prompt_id: promptId } : {});
 
-export type HistoryEntry = {
-  promptId: string;
-  number: number;
-  prompt?: unknown;
-  extra?: Record<string, unknown>;
-  outputs: Record<string, { images?: ImageRef[]; text?: unknown[] }>;
-  status: string;
-  messages: unknown[];
-};
+export type { HistoryEntry } from "./lib/history";
 
 export async function getHistory(maxItems = 30): Promise<HistoryEntry[]> {
-  const h = await request<Record<string, Record<string, unknown>>>(`history?max_items=${maxItems}`);
-  const out: HistoryEntry[] = [];
-  for (const [id, entry] of Object.entries(h ?? {})) {
-    const p = entry.prompt;
-    const arr = Array.isArray(p) ? p : [];
-    const status = (entry.status ?? {}) as { status_str?: string; completed?: boolean; messages?: unknown[] };
-    const events = (status.messages ?? []).map((m) => (Array.isArray(m) ? m[0] : undefined));
-    const interrupted = events.includes("execution_interrupted");
-    out.push({
-      promptId: id,
-      number: Number(arr[0] ?? 0),
-      prompt: arr[2],
-      extra: arr[3] as Record<string, unknown>,
-      outputs: (entry.outputs ?? {}) as HistoryEntry["outputs"],
-      status: interrupted ? "interrupted" : status.status_str ?? (status.completed ? "success" : "unknown"),
-      messages: status.messages ?? [],
-    });
-  }
-  return out.sort((a, b) => b.number - a.number);
+  return parseHistory(await request<Record<string, Record<string, unknown>>>(`history?max_items=${maxItems}`));
 }
 
 export const clearHistory = () => postJson("history", { clear: true });

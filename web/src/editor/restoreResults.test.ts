@@ -13,7 +13,7 @@ const graph = [{ id: "9", type: "SaveImage" }, { id: "3", type: "KSampler" }];
 const prompt = { 3: { class_type: "KSampler", inputs: {} }, 9: { class_type: "SaveImage", inputs: {} } };
 
 function entry(promptId: string, number: number, filename: string): HistoryEntry {
-  return { promptId, number, prompt, outputs: { 9: { images: [{ filename, type: "output" }] } }, status: "success", messages: [] };
+  return { promptId, number, prompt, outputs: { 9: { images: [{ filename, type: "output" }] } }, status: "success", messages: [], warnings: [] };
 }
 
 /** A fake server: a queue and a history the test changes. */

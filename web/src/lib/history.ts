@@ -146,3 +146,66 @@ export function outputsForGraph(entries: readonly HistoryLike[], nodes: readonly
   }
   return out.sort((a, b) => b.rank - a.rank).map(({ rank: _r, ...rest }) => rest);
 }
+
+export type HistoryEntry = {
+  promptId: string;
+  number: number;
+  prompt?: unknown;
+  extra?: Record<string, unknown>;
+  outputs: Record<string, HistoryOutput>;
+  status: string;
+  messages: unknown[];
+  /** Why it failed or was stopped, when the server said (the error, or the interrupt's note). */
+  reason?: string;
+  /** Its nodes' warnings ("node 3: …"), kept by the server in `status.steerflow_warnings`. */
+  warnings: string[];
+};
+
+/** The failure's message or the interrupt's note in a history entry's status messages. */
+function endReason(messages: unknown[]): string | undefined {
+  for (const m of [...messages].reverse()) {
+    if (!Array.isArray(m) || typeof m[1] !== "object" || m[1] === null) continue;
+    const d = m[1] as Record<string, unknown>;
+    if (m[0] === "execution_error" && d.exception_type !== "ExecutionBlocked") {
+      const where = d.node_id == null ? "" : `${String(d.node_type ?? "node")} #${String(d.node_id)}: `;
+      return `${where}${String(d.exception_message ?? "execution failed")}`;
+    }
+    if (m[0] === "execution_interrupted" && typeof d.steerflow_note === "string") return d.steerflow_note;
+  }
+  return undefined;
+}
+
+function warningsOf(status: { steerflow_warnings?: unknown }): string[] {
+  const list = Array.isArray(status.steerflow_warnings) ? status.steerflow_warnings : [];
+  return list.flatMap((w) => {
+    if (typeof w !== "object" || w === null) return [];
+    const { node, message } = w as { node?: unknown; message?: unknown };
+    return [`${node == null ? "" : `node ${String(node)}: `}${String(message ?? "")}`];
+  });
+}
+
+/** ComfyUI's /history body as entries, newest first. */
+export function parseHistory(h: Record<string, Record<string, unknown>> | null | undefined): HistoryEntry[] {
+  const out: HistoryEntry[] = [];
+  for (const [id, entry] of Object.entries(h ?? {})) {
+    if (typeof entry !== "object" || entry === null) continue;
+    const p = entry.prompt;
+    const arr = Array.isArray(p) ? p : [];
+    const status = (entry.status ?? {}) as { status_str?: string; completed?: boolean; messages?: unknown[]; steerflow_warnings?: unknown };
+    const messages = Array.isArray(status.messages) ? status.messages : [];
+    const events = messages.map((m) => (Array.isArray(m) ? m[0] : undefined));
+    const interrupted = events.includes("execution_interrupted");
+    out.push({
+      promptId: id,
+      number: Number(arr[0] ?? 0),
+      prompt: arr[2],
+      extra: arr[3] as Record<string, unknown>,
+      outputs: (entry.outputs ?? {}) as HistoryEntry["outputs"],
+      status: interrupted ? "interrupted" : status.status_str ?? (status.completed ? "success" : "unknown"),
+      messages,
+      reason: endReason(messages),
+      warnings: warningsOf(status),
+    });
+  }
+  return out.sort((a, b) => b.number - a.number);
+}

@@ -68,6 +68,12 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
         {" · "}<OutputSize images={images} text={texts} />
       </div>
       {excerpt && <div className="sf-history-prompt" title={excerpt}>“{excerpt}”</div>}
+      {(h.reason || h.warnings.length > 0) && (
+        <ul className="sf-history-notes" data-testid="history-notes">
+          {h.reason && <li className="sf-history-reason">{h.reason}</li>}
+          {h.warnings.map((w, i) => <li key={i} className="sf-history-warning">⚠ {w}</li>)}
+        </ul>
+      )}
       {images.length > 0 && (
         <div className="sf-thumbs">
           {images.slice(0, 8).map((img, i) => (
