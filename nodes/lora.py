@@ -40,6 +40,9 @@ class LoraLoader(_LoraFileNode):
     Chain several loaders to stack LoRAs. The weights are patched only while the
     sampler or the prompt encoder runs; the cached checkpoint is never changed.
     A LoRA must fit the model entirely (every layer found, every shape right).
+    LoRA, LoCon, LyCORIS (LoHa, LoKr) and DoRA files load; a DoRA at a strength other
+    than 1 follows diffusers (the magnitude rescales the weight with the LoRA at that
+    strength), which differs from ComfyUI's blend between the base and the full DoRA.
     """
 
     TYPE = "LoraLoader"

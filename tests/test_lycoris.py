@@ -141,7 +141,7 @@ def test_lycoris_layers_that_do_not_fit_are_a_clear_error(tmp_path, session):  #
     with pytest.raises(LoraMismatchError, match="LoHa layer without hada_w1_a"):
         load_lora(tmp_path / "half.safetensors").patch(unet, "unet", 1.0)
     save_file({"lora_unet_x.oft_blocks": torch.zeros(2)}, str(tmp_path / "oft.safetensors"))
-    with pytest.raises(LoraMismatchError, match="OFT, BOFT, GLoRA and DoRA"):
+    with pytest.raises(LoraMismatchError, match="OFT, BOFT and GLoRA"):
         load_lora(tmp_path / "oft.safetensors")
 
 

@@ -213,5 +213,9 @@ def _change_tensors(update: Any, part: str, module: torch.nn.Module
         return "lora", (update.down.to(weight.device, weight.dtype),
                         update.up.to(weight.device, weight.dtype), update.scale)
     shape = (module.bias if part == "bias" else weight).shape
+    if hasattr(update, "combine"):  # reads the weight (a DoRA): its change at strength 1
+        base = (module.bias if part == "bias" else weight).detach().float()
+        delta = (update.combine(base, 1.0) - base).to(weight.dtype)
+        return ("bias" if part == "bias" else "weight"), (delta,)
     delta = update.delta(shape, weight.device).to(weight.dtype)
     return ("bias" if part == "bias" else "weight"), (delta,)

@@ -25,7 +25,9 @@ Key layouts understood (``<m>`` is a module path in diffusers/transformers namin
   themselves, e.g. Train Custom Diffusion's files), in any of the prefixings above;
 * LyCORIS: LoHa (``<m>.hada_w1_a`` ...), LoKr (``<m>.lokr_w1`` ...) and LoCon's Tucker
   core (``<m>.lora_mid.weight``), in any of the prefixings above
-  (:mod:`nodes.diffusion.lycoris`).
+  (:mod:`nodes.diffusion.lycoris`);
+* DoRA: a LoRA layer with its magnitude, PEFT's ``<m>.lora_magnitude_vector`` or
+  kohya's ``<m>.dora_scale`` (:class:`DoraWeight`).
 
 A leading ``text_model.`` (transformers < 5) is accepted for the text encoder.
 
@@ -79,11 +81,48 @@ class LoraWeight:
 
     def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
         """``ΔW`` in float32, reshaped to the weight (1x1 or kxk convolutions alike)."""
+        return _low_rank(self.down, self.up, self.scale, shape, device)
+
+
+def _low_rank(down: torch.Tensor, up: torch.Tensor, scale: float, shape: torch.Size,
+              device: torch.device) -> torch.Tensor:
+    import torch
+
+    up = up.to(device=device, dtype=torch.float32).flatten(1)
+    down = down.to(device=device, dtype=torch.float32).flatten(1)
+    return (up @ down).reshape(shape) * scale
+
+
+@dataclass(frozen=True, eq=False)
+class DoraWeight:
+    """A DoRA layer (Liu et al. 2024, weight-decomposed LoRA): the LoRA update gives the
+    direction and ``magnitude`` the length of each output row (or, in kohya files made
+    with ``wd_on_out`` off, of each input column)::
+
+        W' = magnitude · (W + s·ΔW) / ‖W + s·ΔW‖
+
+    with ``s`` the strength and ``ΔW = scale · up @ down``, as PEFT computes it with
+    ``set_adapters`` weights (so diffusers' pipelines match). Strength 0 leaves ``W``
+    (the LoRA switched off); ComfyUI instead blends ``W + s·(W'₁ − W)``, which agrees at
+    strength 1 only. The norm reads the weight as earlier patches left it."""
+
+    down: torch.Tensor
+    up: torch.Tensor
+    scale: float
+    magnitude: torch.Tensor
+    per_output: bool = True
+
+    def combine(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
         import torch
 
-        up = self.up.to(device=device, dtype=torch.float32).flatten(1)
-        down = self.down.to(device=device, dtype=torch.float32).flatten(1)
-        return (up @ down).reshape(shape) * self.scale
+        m = self.magnitude.to(device=weight.device, dtype=torch.float32)
+        direction = weight + strength * _low_rank(self.down, self.up, self.scale, weight.shape,
+                                                  weight.device)
+        if self.per_output:
+            norm = direction.flatten(1).norm(dim=1)
+            return direction * (m.flatten() / norm).reshape(-1, *(1,) * (weight.dim() - 1))
+        norm = direction.norm(dim=0, keepdim=True)
+        return direction * (m.reshape(norm.shape) / norm)
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,6 +173,8 @@ class _Layer:
     diff: torch.Tensor | None = None  # a full ΔW (ComfyUI's ``.diff``)
     diff_b: torch.Tensor | None = None  # a bias Δb (``.diff_b``)
     mid: torch.Tensor | None = None  # LoCon's Tucker core (``.lora_mid.weight``)
+    magnitude: torch.Tensor | None = None  # DoRA's (``.lora_magnitude_vector``, ``.dora_scale``)
+    kohya_dora: bool = False  # the magnitude is kohya's ``dora_scale`` (its axis by its shape)
     lycoris: dict[str, torch.Tensor] = field(default_factory=dict)  # LoHa / LoKr tensors
 
 
@@ -147,6 +188,8 @@ _ROLES = (  # suffix pattern → role; the module path is what precedes it
     (re.compile(r"^(.+)\.lora_down\.weight$"), "down"),
     (re.compile(r"^(.+)\.lora_up\.weight$"), "up"),
     (re.compile(r"^(.+)\.lora_mid\.weight$"), "mid"),
+    (re.compile(r"^(.+)\.lora_magnitude_vector(?:\.weight)?$"), "magnitude"),
+    (re.compile(r"^(.+)\.dora_scale$"), "dora_scale"),
     (re.compile(r"^(.+)\.((?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2))$"), "lycoris"),
     (re.compile(r"^(.+)\.alpha$"), "alpha"),
     (re.compile(r"^(.+)\.diff$"), "diff"),
@@ -172,7 +215,7 @@ def _split_component(key: str) -> tuple[str, str, bool]:
 
 
 _COMFY_KEY = re.compile(r"^diffusion_model\.(.+?)\.(lora_up\.weight|lora_down\.weight|alpha|"
-                        r"diff|diff_b|lora_mid\.weight|"
+                        r"diff|diff_b|lora_mid\.weight|dora_scale|"
                         r"(?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2))$")
 
 
@@ -212,6 +255,8 @@ def split_layers(state: StateDict) -> tuple[dict[str, dict[str, _Layer]], list[s
                 layer.alpha = float(tensor.float().item())
             elif role == "lycoris":
                 layer.lycoris[m.group(2)] = tensor
+            elif role == "dora_scale":
+                layer.magnitude, layer.kohya_dora = tensor, True
             else:
                 setattr(layer, role, tensor)
             break
@@ -295,8 +340,6 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
     import torch
 
     meta = metadata or {}
-    if meta.get("use_dora"):
-        raise LoraMismatchError(f"LoRA {name!r} is a DoRA; DoRA is not supported")
     modules, kohya = _module_index(root)
     fitted: list[tuple[str, LoraWeight]] = []
     missing: list[str] = []
@@ -315,6 +358,9 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
                 continue  # a bias (.diff_b) may come with a LoRA or LyCORIS weight update
         target = _resolve(key, modules, kohya)
         weight = getattr(modules[target], "weight", None) if target is not None else None
+        if layer.magnitude is not None and (layer.lycoris or layer.mid is not None):
+            unfit.append(f"{shown} (a DoRA magnitude on a LyCORIS layer)")
+            continue
         if layer.lycoris or layer.mid is not None:  # LoHa, LoKr, LoCon with a Tucker core
             if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
                 missing.append(shown)
@@ -341,7 +387,18 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
             continue
         alpha = _alpha_for(target, layer, rank, meta)
         scale = alpha / math.sqrt(rank) if meta.get("use_rslora") else alpha / rank
-        fitted.append((f"{target}.weight", LoraWeight(down, up, scale)))
+        if layer.magnitude is None:
+            fitted.append((f"{target}.weight", LoraWeight(down, up, scale)))
+            continue
+        magnitude = layer.magnitude
+        # PEFT keeps a length per output row; kohya's dora_scale says its axis by its shape
+        # ([out, 1]: per row; [1, in]: per input column, made with wd_on_out off)
+        per_output = not layer.kohya_dora or magnitude.shape[0] == out_features
+        if magnitude.numel() != (out_features if per_output else in_numel):
+            mismatched.append(f"{shown} (DoRA magnitude {tuple(magnitude.shape)} vs weight "
+                              f"{tuple(weight.shape)})")
+            continue
+        fitted.append((f"{target}.weight", DoraWeight(down, up, scale, magnitude, per_output)))
     problems = []
     total = len(layers)
     if missing:
@@ -448,8 +505,8 @@ def lora_from_state(state: StateDict, metadata: dict[str, Any], name: str) -> Lo
     except LoraMismatchError as exc:
         raise LoraMismatchError(f"{name}: {exc}") from None
     if unknown:
-        kinds = " (OFT, BOFT, GLoRA and DoRA layers are not supported)" if any(
-            re.search(r"oft_|dora_scale|magnitude|\.a1\.weight|\.b1\.weight", k)
+        kinds = " (OFT, BOFT and GLoRA layers are not supported)" if any(
+            re.search(r"oft_|\.a1\.weight|\.b1\.weight", k)
             for k in unknown) else ""
         raise LoraMismatchError(f"{name}: {len(unknown)} of {len(state)} keys are not "
                                 f"LoRA weights{kinds} (e.g. {', '.join(unknown[:_SHOWN])})")

@@ -615,7 +615,7 @@ def patches_digest(patches: Iterable[Any]) -> str:
     for patch in patches:
         for name, update in patch.weights:
             digest.update(f"{name}:{patch.strength}:{getattr(update, 'scale', '')}".encode())
-            for attr in ("down", "up", "value"):
+            for attr in ("down", "up", "value", "magnitude"):
                 tensor = getattr(update, attr, None)
                 if tensor is not None:
                     digest.update(tensor.detach().to("cpu", torch.float32).contiguous()
