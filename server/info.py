@@ -130,8 +130,9 @@ async def system_stats(request: web.Request) -> web.Response:
         # (``ckpt_name=…`` keys, what routing matches), ``runs`` and the last start ``error``.
         "workers": runtime.workers(),
         # node packs that failed to load, or nodes of a pack that were skipped (whole
-        # False): the canvas says so on opening (ComfyUI leaves them to its terminal)
-        "packs": {"errors": [
+        # False): the canvas says so on opening (ComfyUI leaves them to its terminal);
+        # ``loaded`` false: the packs are still loading, so the list is not final yet
+        "packs": {"loaded": runtime.registry is not None, "errors": [
             {"pack": e.pack, "message": str(e.message)[:MAX_PACK_MESSAGE],
              "whole": bool(getattr(e, "whole", True))}
             for e in getattr(runtime.registry, "errors", None) or []]},
