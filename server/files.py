@@ -509,7 +509,11 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
         for entry in os.scandir(temp):
             path = Path(entry.path)
             if entry.name == RESUMABLE_DIR and not entry.is_symlink():
-                continue  # interrupted trainings resume from it (its stray temps went above)
+                # interrupted trainings resume from it (its stray temps went above); a
+                # checkpoint no run has touched for weeks is abandoned (a full UNet's
+                # DreamBooth state is gigabytes)
+                removed.extend(_remove_stale(path, time.time() - RESUMABLE_KEEP_SECONDS))
+                continue
             if not entry.is_symlink() and entry.is_dir():
                 if _is_old(path, cutoff) and _remove_tree(path):
                     removed.append(path)
@@ -572,6 +576,29 @@ def _writer_pid(match: re.Match[str]) -> int | None:
     """The pid in a :data:`_WRITE_TEMP` name (None: token-named)."""
     pid = match["pid"] or match["bare_pid"]
     return None if pid is None else int(pid)
+
+
+#: a training checkpoint untouched this long is deleted at start-up (its run was dropped)
+RESUMABLE_KEEP_SECONDS = 14 * 24 * 3600
+
+
+def _remove_stale(folder: Path, cutoff: float) -> list[Path]:
+    """The entries of ``folder`` last modified before ``cutoff``, removed (never followed)."""
+    gone: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return gone
+    for entry in entries:
+        path = Path(entry.path)
+        if not _is_old(path, cutoff):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if _remove_tree(path):
+                gone.append(path)
+        elif _remove(path):
+            gone.append(path)
+    return gone
 
 
 def _is_old(path: Path, cutoff: float) -> bool:

@@ -18,7 +18,7 @@ from PIL import Image
 from engine.environment import Environment
 from nodes.image import list_input_images
 from server import files
-from server.files import TEMP_PREFIX, remove_leftovers
+from server.files import RESUMABLE_KEEP_SECONDS, TEMP_PREFIX, remove_leftovers
 from tests.server.helpers import REPO, Http, LiveServer, SubprocessServer
 
 
@@ -323,6 +323,10 @@ def test_start_up_clean_up_keeps_the_checkpoints_trainings_resume_from(tmp_path:
     stray.write_bytes(b"half")
     (temp / "preview.png").write_bytes(b"x")
     (temp / "sub").mkdir()
+    abandoned = temp / "training" / "dreambooth-old.pt"  # no run touched it for weeks
+    abandoned.write_bytes(b"gigabytes")
+    weeks = time.time() - RESUMABLE_KEEP_SECONDS - 60
+    os.utime(abandoned, (weeks, weeks))
     removed = remove_leftovers(env)
     assert kept.is_file()
-    assert sorted(removed) == sorted([stray, temp / "preview.png", temp / "sub"])
+    assert sorted(removed) == sorted([stray, abandoned, temp / "preview.png", temp / "sub"])
