@@ -98,8 +98,9 @@ def _kohya_dora(path, weight: torch.Tensor, module: str, per_output: bool) -> tu
     down = torch.randn(2, *weight.shape[1:], generator=g) / weight[0].numel() ** 0.5
     ones = (1, 1) if weight.dim() == 4 else ()
     up = torch.randn(weight.shape[0], 2, *ones, generator=g)
+    # LyCORIS's shapes: [out, 1(, 1, 1)], or [1, in(, 1, 1)] with wd_on_out off
     shape = (weight.shape[0], *(1,) * (weight.dim() - 1)) if per_output \
-        else (1, *weight.shape[1:])
+        else (1, weight.shape[1], *(1,) * (weight.dim() - 2))
     scale = torch.rand(shape, generator=g) + 0.5
     save_file({f"lora_unet_{module.replace('.', '_')}.lora_down.weight": down,
                f"lora_unet_{module.replace('.', '_')}.lora_up.weight": up,
@@ -113,7 +114,8 @@ def _kohya_dora(path, weight: torch.Tensor, module: str, per_output: bool) -> tu
                                     "down_blocks.0.resnets.0.conv1"])
 def test_kohya_dora_scale_on_either_axis_is_the_papers_formula(tmp_path, module, per_output):
     """``W' = m · (W + s·ΔW) / ‖W + s·ΔW‖``, the norm per output row for ``[out, 1]``
-    scales and per input column for ``[1, in]`` ones (kohya's ``wd_on_out`` off)."""
+    scales and per input channel (over the outputs and the kernel) for ``[1, in]`` ones
+    (kohya's ``wd_on_out`` off)."""
     unet = build_tiny_pipeline().unet
     weight = dict(unet.named_parameters())[f"{module}.weight"]
     before = weight.detach().clone()
@@ -122,8 +124,9 @@ def test_kohya_dora_scale_on_either_axis_is_the_papers_formula(tmp_path, module,
     direction = before + 0.7 * 0.5 * (up.flatten(1) @ down.flatten(1)).reshape(before.shape)
     if per_output:
         norm = direction.flatten(1).norm(dim=1).reshape(scale.shape)
-    else:
-        norm = direction.norm(dim=0, keepdim=True)
+    else:  # written out: each input channel's slice W[:, i] as one vector
+        norm = torch.stack([direction[:, i].norm() for i in range(direction.shape[1])])
+        norm = norm.reshape(scale.shape)
     expected = scale * direction / norm
     with patched(unet, [patch]):
         assert torch.allclose(weight.detach(), expected, atol=1e-6, rtol=1e-5)

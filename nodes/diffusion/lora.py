@@ -97,7 +97,7 @@ def _low_rank(down: torch.Tensor, up: torch.Tensor, scale: float, shape: torch.S
 class DoraWeight:
     """A DoRA layer (Liu et al. 2024, weight-decomposed LoRA): the LoRA update gives the
     direction and ``magnitude`` the length of each output row (or, in kohya files made
-    with ``wd_on_out`` off, of each input column)::
+    with ``wd_on_out`` off, of each input channel's column, kernel included)::
 
         W' = magnitude · (W + s·ΔW) / ‖W + s·ΔW‖
 
@@ -121,8 +121,8 @@ class DoraWeight:
         if self.per_output:
             norm = direction.flatten(1).norm(dim=1)
             return direction * (m.flatten() / norm).reshape(-1, *(1,) * (weight.dim() - 1))
-        norm = direction.norm(dim=0, keepdim=True)
-        return direction * (m.reshape(norm.shape) / norm)
+        norm = direction.transpose(0, 1).flatten(1).norm(dim=1)  # per input channel
+        return direction * (m.flatten() / norm).reshape(1, -1, *(1,) * (weight.dim() - 2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -392,9 +392,9 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
             continue
         magnitude = layer.magnitude
         # PEFT keeps a length per output row; kohya's dora_scale says its axis by its shape
-        # ([out, 1]: per row; [1, in]: per input column, made with wd_on_out off)
+        # ([out, 1(, 1, 1)]: per row; [1, in(, 1, 1)]: per input channel, wd_on_out off)
         per_output = not layer.kohya_dora or magnitude.shape[0] == out_features
-        if magnitude.numel() != (out_features if per_output else in_numel):
+        if magnitude.numel() != (out_features if per_output else int(weight.shape[1])):
             mismatched.append(f"{shown} (DoRA magnitude {tuple(magnitude.shape)} vs weight "
                               f"{tuple(weight.shape)})")
             continue
