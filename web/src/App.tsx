@@ -270,7 +270,9 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       arrange: loaded.kind !== "document", firstView, name: name ? name.replace(/\.(json|png)$/i, "") : undefined,
     });
     const n = loaded.graph.nodes.length;
-    notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`);
+    // one at a time: opening several in a row must not stack them over the canvas
+    notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`,
+      "info", undefined, { tag: "opened" });
     for (const w of loaded.warnings.slice(0, 3)) notify(w, "warning");
     // model files the server lacks: marked on their widgets now, summed up here (not only when queued)
     const missing = missingModels(loaded.graph, defsRef.current);
