@@ -355,9 +355,17 @@ def sanitize_filename(name: str) -> str:
     characters (``<>:"|?*``) or leading dots, at most MAX_NAME_BYTES of UTF-8
     (:func:`fit_name`)."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _printable(name, _BAD_CHARS)
-    name = name.strip().lstrip(".").strip()
-    return fit_name(name) or "upload"
+    name = _printable(name, _BAD_CHARS).strip()
+    bare = name.lstrip(".").strip()
+    if bare != name and bare.lower() in _UPLOAD_SUFFIXES:
+        bare = f"upload.{bare}"  # ".png" was all extension: not a file named "png"
+    return fit_name(bare) or "upload"
+
+
+#: what a name that is only dots and one of these was: an extension without a name
+_UPLOAD_SUFFIXES = frozenset({"png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff",
+                              "avif", "heic", "json", "txt", "mp4", "webm", "mov", "wav",
+                              "mp3", "flac", "safetensors"})
 
 
 def _printable(text: str, also: set[str] | frozenset[str] = frozenset()) -> str:

@@ -274,6 +274,9 @@ def test_fit_name_cuts_bytes_at_a_character_boundary() -> None:
     assert len(fit_name("x" * 300 + "." + "y" * 40).encode()) == MAX_NAME_BYTES
     assert sanitize_filename("x" * 300 + ".png") == "x" * 251 + ".png"
     assert sanitize_filename("\x01\x02") == "upload"
+    # leading dots go (no hidden files); a name that was only an extension keeps it
+    assert [sanitize_filename(n) for n in ("..png", ".JPG", "...", "../.x.png", ".htaccess")
+            ] == ["upload.png", "upload.JPG", "upload", "x.png", "htaccess"]
 
 
 @pytest.mark.parametrize("name", ["漢" * 100 + ".png", "🙂" * 149 + ".png", "ж" * 200,
