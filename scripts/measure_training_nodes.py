@@ -32,6 +32,7 @@ shapes); ``--dump DIR`` writes its samples as a contact sheet (hits first).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="images per new-shape prompt")
     parser.add_argument("--plain", type=int, default=100, help="plain prompts (0: skip)")
     parser.add_argument("--sample-steps", type=int, default=25)
+    parser.add_argument("--cfgs", type=float, nargs="+", default=None,
+                        help="also score the new-shape prompts at these CFG scales (the "
+                        "trained result is reused)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prior", type=int, default=8,
                         help="also train on this many shapes-world images (prior preservation)")
@@ -365,6 +369,11 @@ def main(argv: list[str] | None = None) -> None:
             new, drawn = new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds,
                                           word, train,
                                           args.dump / f"{method}.png" if args.dump else None)
+            for scale in args.cfgs or []:
+                other, other_drawn = new_shape_scores(
+                    runner, dataclasses.replace(cfg, cfg=scale), args.world, args.prompts,
+                    args.seeds, word, train)
+                print(f"  cfg {scale}: new shape {fmt(other)} drawn {other_drawn}", flush=True)
             plain = plain_scores(runner, cfg, args.plain, train) if args.plain else {}
             drop = max((base_plain[k] - plain[k] for k in ("color", "shape", "position")
                         if k in plain), default=0.0)
