@@ -107,7 +107,7 @@ def create_app(config: ServerConfig, *,
     storage = Storage(config.data_dir / DB_NAME, fsync=config.fsync)
     hub = Hub(private=bool(config.token))
     queue = PromptQueue(storage, on_change=hub.status_changed, max_attempts=config.max_attempts)
-    hub.queue_remaining = queue.remaining
+    hub.queue_remaining, hub.queue_lock = queue.remaining, queue.lock
     hub.server_features = comfy_frontend.server_features(config.max_upload_bytes)
     runtime = make_runtime(config, queue, hub, env, registry_factory)
 

@@ -336,6 +336,11 @@ class PromptQueue:
                       "next start", ", ".join(unsaved))
 
     # --- views -----------------------------------------------------------------
+    @property
+    def lock(self) -> threading.Condition:
+        """The queue's lock (re-entrant): every change to it is made holding it."""
+        return self._cond
+
     def remaining(self) -> int:
         with self._cond:
             return len(self._pending) + len(self._active)

@@ -174,6 +174,10 @@ class Hub:
     def __init__(self, queue_remaining: Callable[[], int] = lambda: 0, *,
                  max_buffer: int = 16 << 20, private: bool = False):
         self.queue_remaining = queue_remaining
+        # Held while a status reads the count and takes its place in the outbox (the
+        # queue's own lock, which its changes hold): statuses go out in the order of the
+        # counts they carry, so the last one sent is the queue as it is.
+        self.queue_lock: Any = threading.RLock()
         self.max_buffer = max_buffer
         self.private = private
         self.clients: dict[str, _Client] = {}
@@ -248,7 +252,7 @@ class Hub:
                 if due:
                     self._status_due = False
             if due:
-                self._enqueue(None, _Status(self.queue_remaining()))
+                self._post_status()
 
     def status_changed(self) -> None:
         """Broadcast ``status`` in order with the events around it, as ComfyUI does on
@@ -256,12 +260,16 @@ class Hub:
         ``execution_start``). The count is read now, not when sent: a client must not
         see a prompt's end in the status that announces it. Status messages next to
         each other in one batch go out as the last of them."""
-        remaining = self.queue_remaining()
         with self._lock:
             if self._status_defer:
                 self._status_due = True
                 return
-        self._enqueue(None, _Status(remaining))
+        self._post_status()
+
+    def _post_status(self) -> None:
+        # lock order: the queue's, then the hub's (in _enqueue), as the queue's changes
+        with self.queue_lock:
+            self._enqueue(None, _Status(self.queue_remaining()))
 
     def _enqueue(self, sid: str | None, payload: Any) -> None:
         with self._lock:

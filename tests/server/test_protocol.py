@@ -180,6 +180,38 @@ def test_hub_sends_a_status_at_once_in_order_and_coalesces_a_burst():
         ("status", {"exec_info": {"queue_remaining": 0}}), ("executing", None)]
 
 
+def test_the_last_status_sent_is_the_queue_as_it_is():
+    """Two changes racing (a prompt's end in its runner's thread, a new prompt in the
+    request's): a status reads the count under the queue's lock, so one read before the
+    other change cannot be posted after it and leave clients a stale count."""
+    from server.ws import Hub
+
+    count = [0]
+    slow = threading.Event()
+
+    def remaining() -> int:
+        value = count[0]
+        if slow.is_set() and threading.current_thread().name == "ending":
+            time.sleep(0.2)  # read, then overtaken before it is posted (were it unlocked)
+        return value
+
+    hub = Hub(remaining)
+    client = Recorder()
+    hub.clients["c"] = client  # type: ignore[assignment]
+    slow.set()
+    with attached_loop(hub) as loop:
+        ending = threading.Thread(target=hub.status_changed, name="ending")
+        with hub.queue_lock:  # the new prompt's change and status, as _put_many makes them
+            ending.start()
+            time.sleep(0.05)
+            count[0] = 1
+            hub.status_changed()
+        ending.join(5)
+        loop.run_until_complete(asyncio.sleep(0.01))
+    counts = [m["data"]["status"]["exec_info"]["queue_remaining"] for m in client.messages()]
+    assert counts and counts[-1] == 1, counts
+
+
 def test_a_queued_prompts_status_is_posted_before_a_worker_can_take_it(tmp_path):
     """The queue tells of a new prompt before a waiting worker can take it: otherwise
     the worker's ``execution_start`` (and on a fast machine the prompt's whole run) could
