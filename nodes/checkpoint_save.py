@@ -46,9 +46,8 @@ class CheckpointSave(SavesNumberedFiles):
                                  description="May contain a subfolder: 'checkpoints/merge'")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        from safetensors.torch import save_file
-
         from nodes.diffusion.lora import patched
+        from nodes.diffusion.safetensors_io import save_file
         from nodes.diffusion.train_dreambooth import checkpoint_file
         from nodes.diffusion.train_textual_inversion import base_tokenizer
 

@@ -266,8 +266,7 @@ def save_lora_file(ctx: ExecutionContext, prefix: str, tensors: dict[str, Any],
                    metadata: dict[str, str], suffix: str = "") -> NodeResult:
     """Write ``tensors`` as a numbered .safetensors under models/loras (never over a file,
     atomically); the result names the file as Load LoRA lists it."""
-    from safetensors.torch import save_file
-
+    from nodes.diffusion.safetensors_io import save_file
     from nodes.output_files import save_numbered
 
     subfolder, stem = save_prefix_parts(prefix)

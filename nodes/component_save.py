@@ -59,10 +59,9 @@ class ModelSave(SavesNumberedFiles):
     filename_prefix: str = Input("diffusion_models/Steerflow")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        from safetensors.torch import save_file
-
         from nodes.diffusion.lora import patched
         from nodes.diffusion.original_layout import unet_to_original
+        from nodes.diffusion.safetensors_io import save_file
 
         unet = self.model.unet
         config = _config(unet)
@@ -92,9 +91,8 @@ class VAESave(SavesNumberedFiles):
     filename_prefix: str = Input("vae/Steerflow_vae")
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
-        from safetensors.torch import save_file
-
         from nodes.diffusion.original_layout import VAE_PREFIX, vae_to_original
+        from nodes.diffusion.safetensors_io import save_file
 
         vae = self.vae.vae
         config = _config(vae)

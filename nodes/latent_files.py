@@ -67,7 +67,8 @@ class SaveLatent(SavesNumberedFiles):
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         import torch
-        from safetensors.torch import save_file
+
+        from nodes.diffusion.safetensors_io import save_file
 
         samples = self.samples.samples
         if samples.dim() != 4 or 0 in samples.shape:

@@ -411,24 +411,30 @@ def _train_steps(result) -> list[int]:
 def test_a_failed_save_keeps_the_training_and_the_rerun_only_saves(session, monkeypatch,
                                                                     models_dir, tmp_path):
     """The save failing after the last step (a full disk, a folder put at the path) lost
-    the whole run: its checkpoint was gone, the error named a temporary file."""
-    import nodes.diffusion.train_common as tc
+    the whole run: its checkpoint was gone, the error named a temporary file. A full disk
+    is what safetensors' writer reports in its own exception type (the drill's raw
+    "Error while serializing: I/O error: ..." message)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
 
-    real = tc.save_atomic
+    real = safetensors.torch.save_file
 
-    def full_disk(tensors, metadata, path):
-        raise OSError(28, "No space left on device", str(path.with_name(".x.123.tmp")))
+    def full_disk(tensors, filename, metadata=None):
+        if "kept" not in str(filename):  # only the trained file's folder is full
+            return real(tensors, filename, metadata=metadata)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
 
     prompt = graph(lora_node(save_name="kept/one", steps=3, seed=4), text="a red sks",
                    clip_from=["train", 1], model_from=["train", 0])
-    monkeypatch.setattr(tc, "save_atomic", full_disk)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     failed = session.run(prompt, keep_events=True)
     message = failed.run.error["exception_message"]
     assert "models/kept/one.safetensors could not be written (No space left on device)" \
         in message and "queue the prompt again" in message and ".tmp" not in message
     assert "saved without training again" in message
     assert _train_steps(failed) == [1, 2, 3]
-    monkeypatch.setattr(tc, "save_atomic", real)
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
     saved, result = run_latent(session, prompt, keep_events=True)
     assert _train_steps(result) == []  # not trained again: saved from the kept state
     path = session.env.folder("models") / "loras" / "kept" / "one.safetensors"

@@ -201,7 +201,7 @@ def save_hypernetwork(path: Path, mlps: Mapping[int, tuple[Mapping[str, torch.Te
     """Write MLP pairs (``{dim: (state_dict_k, state_dict_v)}``) as the flattened
     ``.safetensors`` layout; ``options`` (activation_func, is_layer_norm, ...) go to the
     metadata."""
-    from safetensors.torch import save_file
+    from nodes.diffusion.safetensors_io import save_file
 
     tensors = {f"{dim}.{index}.{name}": tensor.detach().contiguous()
                for dim, pair in mlps.items() for index, weights in enumerate(pair)

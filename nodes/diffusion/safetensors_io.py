@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import struct
 import threading
 import warnings
@@ -201,3 +202,24 @@ def _header(path: Path) -> tuple[dict[str, dict[str, object]], int]:
         header = json.loads(fh.read(size))
     header.pop("__metadata__", None)
     return header, 8 + size
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: Path | str,
+              metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, whose I/O failures (a full disk) are raised as
+    :class:`OSError` with their errno, as any other write's: safetensors raises its own
+    ``SafetensorError`` ("I/O error: No space left on device (os error 28)"), which the
+    savers' ``except OSError`` would miss and the user would read raw."""
+    from safetensors.torch import save_file as write
+
+    try:
+        write(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc

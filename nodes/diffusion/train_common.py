@@ -576,7 +576,7 @@ def weights_hash(*modules: Any) -> str:
 
 def save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     """Write a safetensors file under a temporary name, then rename it into place."""
-    from safetensors.torch import save_file
+    from nodes.diffusion.safetensors_io import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
