@@ -343,13 +343,19 @@ class Node(BaseModel):
 
     # --- schema ----------------------------------------------------------------
     @classmethod
+    def comfy_display_name(cls) -> str | None:
+        """The name ComfyUI shows this node by, when it was set for this TYPE (not
+        inherited from a base class's)."""
+        owner = next(c for c in cls.__mro__ if "COMFY_DISPLAY_NAME" in vars(c))
+        return cls.COMFY_DISPLAY_NAME if owner.TYPE == cls.TYPE else None
+
+    @classmethod
     def search_aliases(cls) -> list[str]:
         """SEARCH_ALIASES, then COMFY_DISPLAY_NAME unless it is the name shown, the type
         id or one of them (case aside)."""
         names = list(dict.fromkeys(cls.SEARCH_ALIASES))
-        comfy = cls.COMFY_DISPLAY_NAME
-        owner = next(c for c in cls.__mro__ if "COMFY_DISPLAY_NAME" in vars(c))
-        if comfy and owner.TYPE == cls.TYPE:  # set for this TYPE, not a base class's
+        comfy = cls.comfy_display_name()
+        if comfy:
             # the type id is searched anyway: an alias equal to it adds nothing
             known = {n.casefold() for n in (cls.DISPLAY_NAME or cls.TYPE, cls.TYPE, *names)}
             if comfy.casefold() not in known:

@@ -45,14 +45,41 @@ def comfy_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _all_schemas(registry: Any, env: Any) -> str:
-    return dumps({k: comfy_schema(v) for k, v in registry.schema(env).items()})
+def comfy_named(schema: dict[str, Any], comfy_name: str | None) -> dict[str, Any]:
+    """For ComfyUI's own frontend (``--front-end comfyui``): the node under the name
+    ComfyUI shows it by ("KSampler", not our "Sample"), ours kept as a search alias
+    (in place)."""
+    ours = schema.get("display_name")
+    if not comfy_name or comfy_name == ours:
+        return schema
+    aliases = [a for a in schema.get("search_aliases") or [] if a != comfy_name]
+    schema["display_name"] = comfy_name
+    schema["search_aliases"] = [*aliases, ours] if isinstance(ours, str) else aliases
+    return schema
+
+
+def _schema_for(registry: Any, type_id: str, schema: dict[str, Any], comfy_names: bool
+                ) -> dict[str, Any]:
+    schema = comfy_schema(schema)
+    named = getattr(registry.get(type_id), "comfy_display_name", None)
+    if comfy_names and callable(named):
+        comfy_named(schema, named())
+    return schema
+
+
+def _all_schemas(registry: Any, env: Any, comfy_names: bool = False) -> str:
+    return dumps({k: _schema_for(registry, k, v, comfy_names)
+                  for k, v in registry.schema(env).items()})
+
+
+def _comfy_names(request: web.Request) -> bool:
+    return getattr(state(request).config, "front_end", "steerflow") == "comfyui"
 
 
 async def object_info(request: web.Request) -> web.Response:
     st = state(request)
     registry = await st.runtime.get_registry()
-    text = await _off_loop(_all_schemas, registry, st.env)
+    text = await _off_loop(_all_schemas, registry, st.env, _comfy_names(request))
     return web.Response(text=text, content_type="application/json")
 
 
@@ -63,7 +90,9 @@ async def object_info_node(request: web.Request) -> web.Response:
     cls = registry.get(type_id)
     if cls is None:  # as ComfyUI: an empty object, not an error
         return json_response({})
-    return json_response({type_id: comfy_schema(await _off_loop(cls.schema, st.env))})
+    schema = await _off_loop(cls.schema, st.env)
+    return json_response({type_id: _schema_for(registry, type_id, schema,
+                                               _comfy_names(request))})
 
 
 #: options whose values system_stats never shows (a caller with the cookie session must

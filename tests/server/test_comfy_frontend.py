@@ -223,6 +223,8 @@ def test_front_end_comfyui_serves_the_package(make_server: Callable[..., LiveSer
         reply = http.get("/assets/app.js")
         assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/javascript")
         assert http.get("/api/users").status == 200
+        info = http.get("/object_info").json()  # its node names: ComfyUI's where known
+        assert info and all(v["display_name"] for v in info.values())
     finally:
         http.close()
 
@@ -354,3 +356,24 @@ def test_the_mask_editors_views_are_what_load_image_reads(http: Http,
     alpha = http.get("/view", params={"filename": "pal.png", "type": "input", "channel": "a"})
     with Image.open(io.BytesIO(alpha.body)) as a:
         assert a.getpixel((1, 1)) == 0 and a.getpixel((5, 1)) == 255
+
+
+def test_comfyuis_frontend_shows_comfyuis_node_names() -> None:
+    """Under ``--front-end comfyui`` a ComfyUI user sees "KSampler" and "CLIP Text Encode
+    (Prompt)", not our "Sample" and "Encode Prompt" (which stay searchable); our canvas
+    keeps ours. A node without a ComfyUI name is left as it is."""
+    import nodes  # noqa: F401  (sets the ComfyUI names)
+    from nodes.conditioning import CLIPTextEncode
+    from nodes.sampling import KSampler
+    from server.info import comfy_named
+
+    for cls, comfy, ours in ((KSampler, "KSampler", "Sample"),
+                             (CLIPTextEncode, "CLIP Text Encode (Prompt)", "Encode Prompt")):
+        schema = cls.schema(None)
+        assert schema["display_name"] == ours
+        comfy_named(schema, cls.comfy_display_name())
+        assert schema["display_name"] == comfy
+        assert ours in schema["search_aliases"] and comfy not in schema["search_aliases"]
+    plain = {"display_name": "Mine", "search_aliases": ["x"]}
+    assert comfy_named(dict(plain), None) == plain
+    assert comfy_named(dict(plain), "Mine") == plain
