@@ -252,8 +252,12 @@ class LatentComposite(Node):
                              f"{dest.shape[0]}: use equal batches or a batch of 1")
         H, W = dest.shape[-2:]
         if x >= W or y >= H:
-            raise ValueError(f"x, y = {self.x}, {self.y} px lies outside samples_to "
-                             f"({W * factor}x{H * factor} px): nothing would be pasted")
+            # ComfyUI pastes nothing and goes on (a workflow made for a larger canvas
+            # still runs); said, not silent
+            if ctx is not None:
+                ctx.warn(f"Latent Composite: x, y = {self.x}, {self.y} px lies outside "
+                         f"samples_to ({W * factor}x{H * factor} px): nothing was pasted")
+            return (replace(self.samples_to, samples=dest.clone(), extension_results=()),)
         src = src[..., : H - y, : W - x].to(dest)
         h, w = src.shape[-2:]
         out = dest.clone()

@@ -458,6 +458,18 @@ def test_latent_composite_pastes_and_feathers_as_comfyui():
     assert torch.allclose(edge[0, :4], torch.tensor([1.0, 1.0, 1.0, 0.5]))
 
 
+def test_latent_composite_outside_the_destination_pastes_nothing_and_says_so():
+    """As ComfyUI: a paste past samples_to's edge (a workflow made for a larger canvas)
+    leaves it as it was, and the run goes on, with a node warning."""
+    warned: list[str] = []
+    ctx = type("Ctx", (), {"warn": lambda self, m: warned.append(m)})()
+    to = torch.randn(1, 4, 8, 8)
+    out = LatentComposite(samples_to=Latent(to), samples_from=Latent(torch.ones(1, 4, 4, 4)),
+                          x=656, y=32, feather=0).execute(ctx)[0].samples
+    assert torch.equal(out, to) and out is not to
+    assert len(warned) == 1 and "656, 32 px lies outside samples_to (64x64 px)" in warned[0]
+
+
 def test_empty_image_colour():
     out = EmptyImage(width=5, height=3, batch_size=2, color=0xFF8000).execute(None)[0]
     assert out.shape == (2, 3, 5, 3)
