@@ -628,15 +628,22 @@ class PoolRuntime(Runtime):
             return
         log.warning("%s while running prompt %s (attempt %d); it goes back in the queue",
                     cause, item.prompt_id, item.attempts)
-        notes = [m for m in messages if m[0] == RETRY_MESSAGE]
+        self._note_rerun(item, f"{cause} while running this prompt; it was run again",
+                         node, [m for m in messages if m[0] == RETRY_MESSAGE])
+        self._clear_running()
+        self.queue.requeue(item, refund=False)
+
+    def _note_rerun(self, item: QueueItem, message: str, node: str | None = None,
+                    earlier: list[list[Any]] | None = None) -> None:
+        """A ``steerflow_retry`` message for the prompt's history entry (ComfyUI's message
+        shape): it ran again, after which attempt, and why."""
+        notes = [*(earlier if earlier is not None else
+                   self._retry_notes.get(item.prompt_id, []))]
         notes.append([RETRY_MESSAGE, {
             "prompt_id": item.prompt_id, "timestamp": _now_ms(), "attempt": item.attempts,
             "max_attempts": self.queue.max_attempts, "node_id": node,
-            "node_type": _class_type(item, node),
-            "message": f"{cause} while running this prompt; it was run again"}])
+            "node_type": _class_type(item, node), "message": message}])
         self._remember(self._retry_notes, item.prompt_id, notes)
-        self._clear_running()
-        self.queue.requeue(item, refund=False)
 
     def _store_output(self, msg: Message) -> None:
         """A file a remote worker saved: written atomically into this head's output/

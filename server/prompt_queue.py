@@ -116,9 +116,11 @@ class PromptQueue:
         self._numbers = itertools.count(top_number + 1)
         self._seqs = itertools.count(top_seq + 1)
 
-    def recover(self) -> list[QueueItem]:
-        """Load the stored queue; returns the items that ran out of attempts (not queued)."""
+    def recover(self) -> tuple[list[QueueItem], list[QueueItem]]:
+        """Load the stored queue; returns the items that ran out of attempts (not queued)
+        and those that were running when the server stopped (queued to run again)."""
         failed: list[QueueItem] = []
+        rerun: list[QueueItem] = []
         with self._cond:
             for row in self.storage.load_queue():
                 body = row.body
@@ -130,8 +132,9 @@ class PromptQueue:
                     continue
                 if row.state == "running":
                     self.storage.mark_pending(row.prompt_id)
+                    rerun.append(item)
                 self._add(item)
-        return failed
+        return failed, rerun
 
     def next_number(self, front: bool = False) -> int:
         number = next(self._numbers)

@@ -235,6 +235,10 @@ class Runtime(abc.ABC):
         """The calling thread's prompt has ended: /interrupt no longer reaches it."""
 
     @abc.abstractmethod
+    def _note_rerun(self, item: QueueItem, message: str) -> None:
+        """Tell the prompt's history entry that it runs again, and why."""
+
+    @abc.abstractmethod
     def _replay(self, sid: str) -> list[str]:
         """Events that tell a client connecting anew where its running prompts are."""
 
@@ -245,10 +249,13 @@ class Runtime(abc.ABC):
         self._loop = loop
         self._registry_ready = asyncio.Event()
         self._setup_done = asyncio.Event()
-        failed = self.queue.recover()
+        failed, rerun = self.queue.recover()
         for item in failed:
             self._record_failure(item, f"the server stopped {item.attempts} time(s) while "
                                  "running this prompt; giving up on it", "ServerRestart")
+        for item in rerun:
+            self._note_rerun(item, "the server stopped while running this prompt; it was "
+                             "run again")
         if restored := self.queue.remaining():
             log.warning("restored %d prompt(s) to the queue from the last run (running ones "
                         "run again)%s", restored, f"; {len(failed)} that ran out of "

@@ -62,7 +62,12 @@ def test_interrupted_run_is_requeued_or_failed_after_max_attempts(make_server, t
     http = Http(server.url, loop)
     history = wait_history(http, ["crashed-once", "crashes-always", "pending"])
     assert history["crashed-once"]["status"]["status_str"] == "success"
+    # its entry says it ran again, and why (as after a worker's crash)
+    [retry] = [m for m in history["crashed-once"]["status"]["messages"]
+               if m[0] == "steerflow_retry"]
+    assert retry[1]["attempt"] == 1 and "the server stopped" in retry[1]["message"]
     assert history["pending"]["status"]["status_str"] == "success"
+    assert not [m for m in history["pending"]["status"]["messages"] if m[0] == "steerflow_retry"]
     failed = history["crashes-always"]["status"]
     assert failed["status_str"] == "error"
     assert failed["messages"][0][0] == "execution_error"

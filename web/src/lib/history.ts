@@ -184,6 +184,15 @@ function warningsOf(status: { steerflow_warnings?: unknown }): string[] {
   });
 }
 
+/** Why it ran again (a worker's crash, a server restart): the server's `steerflow_retry` messages. */
+function rerunsOf(messages: unknown[]): string[] {
+  return messages.flatMap((m) => {
+    if (!Array.isArray(m) || m[0] !== "steerflow_retry" || typeof m[1] !== "object" || m[1] === null) return [];
+    const message = (m[1] as { message?: unknown }).message;
+    return typeof message === "string" && message ? [`ran again: ${message}`] : [];
+  });
+}
+
 /** ComfyUI's /history body as entries, newest first. */
 export function parseHistory(h: Record<string, Record<string, unknown>> | null | undefined): HistoryEntry[] {
   const out: HistoryEntry[] = [];
@@ -204,7 +213,7 @@ export function parseHistory(h: Record<string, Record<string, unknown>> | null |
       status: interrupted ? "interrupted" : status.status_str ?? (status.completed ? "success" : "unknown"),
       messages,
       reason: endReason(messages),
-      warnings: warningsOf(status),
+      warnings: [...rerunsOf(messages), ...warningsOf(status)],
     });
   }
   return out.sort((a, b) => b.number - a.number);
