@@ -504,9 +504,9 @@ def history_entry(item: QueueItem, outputs: dict[str, Any], ok: bool,
                   messages: list[list[Any]],
                   warnings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """ComfyUI's history entry for one prompt. Its nodes' warnings go in our own key,
-    ``status.steerflow_warnings`` (``[{"node", "message"}]``): ComfyUI's frontend
-    checks ``messages`` against the five execution events, and drops keys it does not
-    know, so a warning there would make it refuse the whole entry."""
+    ``status.steerflow_warnings`` (``[{"node", "message"}]``), not in ``messages``:
+    ComfyUI's frontends before the jobs API checked ``messages`` against the five
+    execution events (its clients drop keys they do not know)."""
     status: dict[str, Any] = {"status_str": "success" if ok else "error", "completed": ok,
                               "messages": messages}
     if warnings:
