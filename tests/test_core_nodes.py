@@ -518,7 +518,11 @@ def test_results_past_the_bound_and_empty_results_fail_clearly(session):
     with_node(prompt, "c", "LatentComposite", samples_to=["lat", 0], samples_from=["lat", 0],
               x=512, y=0, feather=0)
     prompt["cap"]["inputs"]["value"] = ["c", 0]
-    assert "outside samples_to" in run_error(session, prompt)
+    # a paste past samples_to's edge runs, as in ComfyUI, and says it pasted nothing
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    warnings = [d["message"] for name, d in result.events if name == "node_warning"]
+    assert any("outside samples_to" in w and "nothing was pasted" in w for w in warnings)
 
 
 # --- VAELoader --------------------------------------------------------------------------------
