@@ -5,8 +5,10 @@ Delete removes a group selected by its title."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
+from collections.abc import Iterator
 
 from playwright.sync_api import expect
 
@@ -40,6 +42,22 @@ def _sampler_runs(c: Canvas, timeout: float) -> None:
                                                                 timeout=timeout)
 
 
+@contextlib.contextmanager
+def _long_run_with_a_short_one_behind(page, c: Canvas, server: LiveServer) -> Iterator[str]:
+    """Queue the open graph (a 5000-step run that lasts whatever the test needs), then, once
+    it samples, the same graph at 2 steps behind it; yields the short one's id and
+    interrupts the long one after the block."""
+    c.queue()
+    prompt_id = _first_in_queue(page, server)
+    try:
+        _sampler_runs(c, 60_000)
+        c.set_value("3", "steps", "2")
+        c.queue()
+        yield _first_in_queue(page, server, "queue_pending")
+    finally:
+        server.post("/interrupt", {"prompt_id": prompt_id})
+
+
 def _groups_saved(page, n: int) -> None:
     page.wait_for_function("""n => JSON.parse(localStorage.getItem('steerflow.autosave'))
         .layout.groups.length === n""", arg=n)
@@ -57,14 +75,7 @@ def test_a_prompt_is_drawn_on_its_graph_not_on_one_opened_while_it_runs(page, se
     # from the same graph behind it, whose picture comes while the other graph is open
     c.open_file("long.json", _with_text(small_txt2img(steps=5000), "walk4: a red circle"))
     expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
-    c.queue()
-    prompt_id = _first_in_queue(page, server)
-    try:
-        _sampler_runs(c, 60_000)
-        c.set_value("3", "steps", "2")
-        c.queue()
-        short_id = _first_in_queue(page, server, "queue_pending")
-
+    with _long_run_with_a_short_one_behind(page, c, server) as short_id:
         # another graph with the same node ids, opened while it runs: it never ran
         c.open_file("other.json", _with_text(small_txt2img(steps=2), "walk4: a blue square"))
         expect(c.widget("6", "text")).to_have_value("walk4: a blue square")
@@ -76,8 +87,6 @@ def test_a_prompt_is_drawn_on_its_graph_not_on_one_opened_while_it_runs(page, se
         page.wait_for_timeout(800)
         assert _drawn(c) == {}
         expect(c.node("3").locator("img.sf-preview")).to_have_count(0)
-    finally:
-        server.post("/interrupt", {"prompt_id": prompt_id})
     entry = server.wait_history(short_id)
     made = entry["outputs"][SAVE]["images"][0]["filename"]
     # its picture goes to Last result and History, not onto this graph's Save Image
@@ -101,20 +110,12 @@ def test_a_reloaded_tab_goes_on_drawing_its_graphs_running_prompt(page, server: 
     doc = _with_text(small_txt2img(steps=5000), "walk4: reload mid-run")
     c.open_file("reload.json", doc)
     c.wait_saved(len(doc["prompt"]))
-    c.queue()
-    prompt_id = _first_in_queue(page, server)
-    try:
-        _sampler_runs(c, 60_000)
-        c.set_value("3", "steps", "2")
-        c.queue()
-        short_id = _first_in_queue(page, server, "queue_pending")
+    with _long_run_with_a_short_one_behind(page, c, server) as short_id:
         page.reload()
         page.wait_for_selector(".sf-dot.on")
         # the same graph (this tab's): its running prompt is still drawn on it
         _sampler_runs(c, 30_000)
         expect(page.get_by_test_id("status")).not_to_contain_text(ANOTHER)
-    finally:
-        server.post("/interrupt", {"prompt_id": prompt_id})
     # and its queued prompt's result is put there
     made = server.wait_history(short_id)["outputs"][SAVE]["images"][0]["filename"]
     expect(c.node(SAVE).locator("img.sf-output-image")).to_have_attribute(
