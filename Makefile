@@ -46,7 +46,7 @@ run: venv web
 	$(BIN)/steerflow serve --host 127.0.0.1 --port $${PORT:-8188}
 
 # pytest-xdist: one worker per core (at most 4: each holds its own models), a test file
-# per worker so module fixtures are built once; the suite takes 23-25 min on 2 cores.
+# per worker so module fixtures are built once; the suite takes 15-25 min on 2 cores (machine load).
 test: venv web browser
 	$(BIN)/ruff check .
 	cd web && npm test --silent
