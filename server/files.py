@@ -514,19 +514,13 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
     if temp is not None and temp.is_symlink():
         log.warning("temp folder %s is a symlink; not emptying it", temp)
     elif temp is not None and temp.is_dir():
-        for entry in os.scandir(temp):
-            path = Path(entry.path)
-            if entry.name == RESUMABLE_DIR and not entry.is_symlink():
-                # interrupted trainings resume from it (its stray temps went above); a
-                # checkpoint no run has touched for weeks is abandoned (a full UNet's
-                # DreamBooth state is gigabytes)
-                removed.extend(_remove_stale(path, time.time() - RESUMABLE_KEEP_SECONDS))
-                continue
-            if not entry.is_symlink() and entry.is_dir():
-                if _is_old(path, cutoff) and _remove_tree(path):
-                    removed.append(path)
-            elif _is_old(path, cutoff) and _remove(path):
-                removed.append(path)
+        # everything but the checkpoints interrupted trainings resume from (their stray
+        # temps went above); of those, one no run has touched for weeks is abandoned (a
+        # full UNet's DreamBooth state is gigabytes)
+        removed.extend(_remove_stale(temp, cutoff, keep=RESUMABLE_DIR))
+        resumable = temp / RESUMABLE_DIR
+        if resumable.is_dir() and not resumable.is_symlink():
+            removed.extend(_remove_stale(resumable, time.time() - RESUMABLE_KEEP_SECONDS))
     if removed:
         log.info("removed %d leftover file(s) of interrupted uploads/runs", len(removed))
     return removed
@@ -590,8 +584,9 @@ def _writer_pid(match: re.Match[str]) -> int | None:
 RESUMABLE_KEEP_SECONDS = 14 * 24 * 3600
 
 
-def _remove_stale(folder: Path, cutoff: float) -> list[Path]:
-    """The entries of ``folder`` last modified before ``cutoff``, removed (never followed)."""
+def _remove_stale(folder: Path, cutoff: float, keep: str | None = None) -> list[Path]:
+    """The entries of ``folder`` last modified before ``cutoff``, removed (never followed),
+    but the folder named ``keep`` (a symlink of that name goes too)."""
     gone: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -599,6 +594,8 @@ def _remove_stale(folder: Path, cutoff: float) -> list[Path]:
         return gone
     for entry in entries:
         path = Path(entry.path)
+        if entry.name == keep and not entry.is_symlink():
+            continue
         if not _is_old(path, cutoff):
             continue
         if entry.is_dir(follow_symlinks=False):

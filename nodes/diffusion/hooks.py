@@ -212,10 +212,10 @@ def _change_tensors(update: Any, part: str, module: torch.nn.Module
             module, torch.nn.LayerNorm | torch.nn.GroupNorm):
         return "lora", (update.down.to(weight.device, weight.dtype),
                         update.up.to(weight.device, weight.dtype), update.scale)
-    shape = (module.bias if part == "bias" else weight).shape
+    target = module.bias if part == "bias" else weight
     if hasattr(update, "combine"):  # reads the weight (a DoRA): its change at strength 1
-        base = (module.bias if part == "bias" else weight).detach().float()
-        delta = (update.combine(base, 1.0) - base).to(weight.dtype)
-        return ("bias" if part == "bias" else "weight"), (delta,)
-    delta = update.delta(shape, weight.device).to(weight.dtype)
-    return ("bias" if part == "bias" else "weight"), (delta,)
+        base = target.detach().float()
+        delta = update.combine(base, 1.0) - base
+    else:
+        delta = update.delta(target.shape, weight.device)
+    return ("bias" if part == "bias" else "weight"), (delta.to(weight.dtype),)

@@ -12,10 +12,9 @@ what the scheduler classes accept (a test compares it with diffusers').
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -386,26 +385,16 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
     return _fresh(cls, {**config, **sampler_extra, **SCHEDULES[schedule]})
 
 
-_PROTOTYPES: OrderedDict[str, Any] = OrderedDict()
-_PROTOTYPES_LOCK = threading.Lock()
-_MAX_PROTOTYPES = 32
-
-
 def _fresh(cls: type, config: dict[str, Any]) -> Any:
     """``cls.from_config(config)``, as a copy of one built before with the same config:
     KDPM2's schedulers lay out a 1000-step schedule when built (~0.2 s each time)."""
     try:
-        key = f"{cls.__module__}.{cls.__qualname__}:" + json.dumps(config, sort_keys=True)
+        key = json.dumps(config, sort_keys=True)  # diffusers' configs are JSON
     except (TypeError, ValueError):  # a value JSON cannot say: build it afresh
         return cls.from_config(config)
-    with _PROTOTYPES_LOCK:
-        proto = _PROTOTYPES.get(key)
-        if proto is not None:
-            _PROTOTYPES.move_to_end(key)
-    if proto is None:
-        proto = cls.from_config(config)
-        with _PROTOTYPES_LOCK:
-            _PROTOTYPES[key] = proto
-            while len(_PROTOTYPES) > _MAX_PROTOTYPES:
-                _PROTOTYPES.popitem(last=False)
-    return copy.deepcopy(proto)
+    return copy.deepcopy(_prototype(cls, key))
+
+
+@functools.lru_cache(maxsize=32)
+def _prototype(cls: type, config_json: str) -> Any:
+    return cls.from_config(json.loads(config_json))
