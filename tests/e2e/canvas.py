@@ -50,6 +50,16 @@ class Canvas:
             """n => { const d = JSON.parse(localStorage.getItem('steerflow.autosave') || '{}');
                       return d.prompt && Object.keys(d.prompt).length === n; }""", arg=n_nodes)
 
+    def wait_saved_inputs(self, node_id: str, **values: Any) -> None:
+        """Wait until the autosave holds these input values on ``node_id`` (it is written 200 ms
+        after an edit settles, so a count of nodes alone can be met by the save before it)."""
+        self.page.wait_for_function(
+            """([id, want]) => {
+                      const d = JSON.parse(localStorage.getItem('steerflow.autosave') || '{}');
+                      const got = d.prompt?.[id]?.inputs ?? {};
+                      return Object.entries(want).every(([k, v]) => got[k] === v); }""",
+            arg=[node_id, values])
+
     def document(self) -> dict[str, Any]:
         return self.page.evaluate("() => window.steerflow.getDocument()")
 

@@ -389,7 +389,7 @@ def test_undo_takes_the_servers_message_with_the_bad_value_and_links_name_titles
         "Positive Prompt's CONDITIONING output")
 
     c.set_value("3", "steps", "0")
-    c.wait_saved(len(TXT2IMG["prompt"]))
+    c.wait_saved_inputs("3", steps=0)
     c.queue()
     steps = c.node("3").locator('.sf-input[data-input="steps"]')
     expect(steps).to_have_class(ISSUE)

@@ -99,7 +99,8 @@ def test_tab_closed_mid_run_reopened_shows_the_runs_image_when_it_ends(page, bro
 
     c.set_value("3", "steps", "400")  # a run of several seconds
     c.set_value("3", "seed", "4242")
-    c.wait_saved(len(doc["prompt"]))
+    # the new tab opens the autosaved graph: it must be this one, not the one before the edits
+    c.wait_saved_inputs("3", steps=400, seed=4242)
     c.queue()
     running = server.get("/queue")["queue_running"]
     for _ in range(100):

@@ -81,6 +81,19 @@ def test_each_tab_reloads_its_own_graph(page, server: LiveServer):
     page.wait_for_function(TEXT_IS, arg="TAB B: other work")
 
 
+def test_an_edit_made_just_before_a_reload_is_kept(page, server: LiveServer):
+    """The autosave is written 200 ms after an edit settles: a reload (or a closed tab) inside
+    that time wrote nothing, and the edit was lost. The tab writes it as the page goes."""
+    c = Canvas(page)
+    c.open_file("quick.json", _with_text(small_txt2img(), "quick edit"))
+    c.wait_saved(7)
+    page.wait_for_function(SAVED_HAS, arg="quick edit")
+    c.set_value("3", "seed", "987654")
+    page.reload()
+    page.wait_for_selector(".sf-dot.on")
+    expect(c.widget("3", "seed")).to_have_value("987654")
+
+
 def test_a_full_storage_is_told_and_the_tab_keeps_its_graph(page, server: LiveServer):
     c = Canvas(page)
     c.open_file("full.json", _with_text(small_txt2img(), "kept"))

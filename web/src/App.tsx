@@ -135,6 +135,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const { nodes, edges, defsRef, loadGraph, currentGraph, patchNode, holdHistory, settleNow } = g;
   const writeAutosaveRef = useRef(g.writeAutosave);
   writeAutosaveRef.current = g.writeAutosave;
+  const flushAutosaveRef = useRef(g.flushAutosave);
+  flushAutosaveRef.current = g.flushAutosave;
   const [lightbox, setLightbox] = useState<{ images: readonly ImageRef[]; index: number } | null>(null);
   const openImage = useCallback((img: ImageRef, set?: readonly ImageRef[]) => setLightbox(lightboxSet(img, set)), []);
   /** Clear's question, while asked. */
@@ -246,6 +248,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     // a training's loss curve so far stays with the tab across a reload (the server keeps no loss
     // history), and which prompts were its graph's (their run goes on being drawn on it)
     const keepCurves = () => {
+      flushAutosaveRef.current(); // an edit made just before the close or reload is kept
       try {
         sessionStorage.setItem(LOSS_CURVES_KEY, JSON.stringify(store.lossCurves()));
         sessionStorage.setItem(GRAPH_PROMPTS_KEY, JSON.stringify(store.graphPromptIds()));

@@ -385,6 +385,22 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     return () => clearTimeout(timer);
   }, [nodes, edges, groups, docName, writeAutosave]);
 
+  /**
+   * Write now an edit the debounce above has not saved yet (the tab is being closed or
+   * reloaded within its 200 ms): nothing when the autosave already holds the graph, so a
+   * tab closed untouched does not become the newest graph other tabs open.
+   */
+  const flushAutosave = useCallback(() => {
+    if (holdHistory.current || arranging.current) return;
+    const { nodes: ns, edges: es } = state.current;
+    const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
+    const key = undoKey(doc, docNameRef.current);
+    if (key === savedKey.current) return;
+    settleNow();
+    savedKey.current = key;
+    writeAutosave(doc, docNameRef.current);
+  }, [settleNow, writeAutosave]);
+
   /** Undo / redo: open the document `key` in place; `from` is the one shown until now. */
   const restoreKey = useCallback((key: string, from: string) => {
     const { doc, name } = readUndoKey(key);
@@ -450,6 +466,6 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, setDocName, groups, setGroups, holdHistory,
-    currentGraph, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
+    currentGraph, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }
