@@ -23,9 +23,10 @@ Key layouts understood (``<m>`` is a module path in diffusers/transformers namin
   unet_key_map`; diffusers' ``text_encoder_2.`` prefix is bigG;
 * ComfyUI's full-weight differences ``<m>.diff`` / ``<m>.diff_b`` (``ΔW`` and ``Δb``
   themselves, e.g. Train Custom Diffusion's files), in any of the prefixings above;
-* LyCORIS: LoHa (``<m>.hada_w1_a`` ...), LoKr (``<m>.lokr_w1`` ...) and LoCon's Tucker
-  core (``<m>.lora_mid.weight``), in any of the prefixings above
-  (:mod:`nodes.diffusion.lycoris`);
+* LyCORIS: LoHa (``<m>.hada_w1_a`` ...), LoKr (``<m>.lokr_w1`` ...), LoCon's Tucker
+  core (``<m>.lora_mid.weight``), OFT and BOFT (``<m>.oft_blocks``, ``.rescale``; kohya's
+  OFT files' ``oft_unet_`` prefix too) and GLoRA (``<m>.a1.weight`` ...), in any of the
+  prefixings above (:mod:`nodes.diffusion.lycoris`);
 * DoRA: a LoRA layer with its magnitude, PEFT's ``<m>.lora_magnitude_vector`` or
   kohya's ``<m>.dora_scale`` (:class:`DoraWeight`).
 
@@ -190,7 +191,8 @@ _ROLES = (  # suffix pattern → role; the module path is what precedes it
     (re.compile(r"^(.+)\.lora_mid\.weight$"), "mid"),
     (re.compile(r"^(.+)\.lora_magnitude_vector(?:\.weight)?$"), "magnitude"),
     (re.compile(r"^(.+)\.dora_scale$"), "dora_scale"),
-    (re.compile(r"^(.+)\.((?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2))$"), "lycoris"),
+    (re.compile(r"^(.+)\.((?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2)|oft_blocks|rescale|"
+                r"(?:a1|a2|b1|b2|bm)\.weight)$"), "lycoris"),
     (re.compile(r"^(.+)\.alpha$"), "alpha"),
     (re.compile(r"^(.+)\.diff$"), "diff"),
     (re.compile(r"^(.+)\.diff_b$"), "diff_b"),
@@ -200,7 +202,7 @@ _PROCESSOR_SLOT = re.compile(r"(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora$")
 _UNET_SLOTS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _TEXT_SLOTS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
-                   "lora_te2_": "text_encoder_2"}
+                   "lora_te2_": "text_encoder_2", "oft_unet_": "unet"}  # (kohya's OFT files)
 
 
 def _split_component(key: str) -> tuple[str, str, bool]:
@@ -216,7 +218,8 @@ def _split_component(key: str) -> tuple[str, str, bool]:
 
 _COMFY_KEY = re.compile(r"^diffusion_model\.(.+?)\.(lora_up\.weight|lora_down\.weight|alpha|"
                         r"diff|diff_b|lora_mid\.weight|dora_scale|"
-                        r"(?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2))$")
+                        r"(?:hada|lokr)_(?:w1_a|w1_b|w2_a|w2_b|w1|w2|t1|t2)|oft_blocks|rescale|"
+                        r"(?:a1|a2|b1|b2|bm)\.weight)$")
 
 
 def kohya_keys(state: dict[str, Any]) -> dict[str, Any]:
@@ -420,12 +423,11 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
 
 
 def _fit_lycoris_layer(layer: _Layer, weight: torch.Tensor) -> Any:
-    """A LoHa / LoKr / LoCon-Tucker layer's update for ``weight``, or what misfits."""
+    """A LoHa / LoKr / LoCon-Tucker / OFT / BOFT / GLoRA layer's update for ``weight``, or
+    what misfits."""
     from nodes.diffusion import lycoris
 
-    kinds = [kind for kind, present in (
-        ("LoHa", any(k.startswith("hada_") for k in layer.lycoris)),
-        ("LoKr", any(k.startswith("lokr_") for k in layer.lycoris)),
+    kinds = lycoris.kind_of(layer.lycoris) + [kind for kind, present in (
         ("LoRA", layer.mid is None and (layer.down is not None or layer.up is not None)),
         ("LoCon (Tucker)", layer.mid is not None)) if present]
     if len(kinds) > 1:  # one would be dropped: say so rather than apply half the file
@@ -505,11 +507,8 @@ def lora_from_state(state: StateDict, metadata: dict[str, Any], name: str) -> Lo
     except LoraMismatchError as exc:
         raise LoraMismatchError(f"{name}: {exc}") from None
     if unknown:
-        kinds = " (OFT, BOFT and GLoRA layers are not supported)" if any(
-            re.search(r"oft_|\.a1\.weight|\.b1\.weight", k)
-            for k in unknown) else ""
         raise LoraMismatchError(f"{name}: {len(unknown)} of {len(state)} keys are not "
-                                f"LoRA weights{kinds} (e.g. {', '.join(unknown[:_SHOWN])})")
+                                f"LoRA weights (e.g. {', '.join(unknown[:_SHOWN])})")
     other = sorted(set(layers) - set(COMPONENTS))
     if other:
         raise LoraMismatchError(f"{name} has layers for {', '.join(other)}, which a "

@@ -24,6 +24,7 @@ checkpointing is switched back off when it was off.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -607,17 +608,22 @@ def prediction_and_target(unet: Any, scheduler: Any, latents: torch.Tensor,
 
 
 def patches_digest(patches: Iterable[Any]) -> str:
-    """sha256 of model/CLIP patches whatever their updates (LoRA ``down``/``up``/``scale``
-    or dense ``value``: TIME, Custom Diffusion, ``.diff`` files)."""
+    """sha256 of model/CLIP patches whatever their updates: every tensor and number of an
+    update's fields (LoRA, DoRA, LyCORIS, OFT, GLoRA), and ``value``/``scale`` where
+    those are computed (TIME, Custom Diffusion, ``.diff`` files, model merges)."""
     import torch
 
     digest = hashlib.sha256()
     for patch in patches:
         for name, update in patch.weights:
-            digest.update(f"{name}:{patch.strength}:{getattr(update, 'scale', '')}".encode())
-            for attr in ("down", "up", "value", "magnitude"):
-                tensor = getattr(update, attr, None)
-                if tensor is not None:
-                    digest.update(tensor.detach().to("cpu", torch.float32).contiguous()
+            digest.update(f"{name}:{patch.strength}:{type(update).__name__}".encode())
+            fields = ([f.name for f in dataclasses.fields(update)]
+                      if dataclasses.is_dataclass(update) else [])
+            for attr in dict.fromkeys([*fields, "down", "up", "value", "magnitude", "scale"]):
+                part = getattr(update, attr, None)
+                if isinstance(part, torch.Tensor):
+                    digest.update(part.detach().to("cpu", torch.float32).contiguous()
                                   .numpy().tobytes())
+                elif part is None or isinstance(part, int | float | str | tuple):
+                    digest.update(f"{attr}={part!r};".encode())
     return digest.hexdigest()
