@@ -12,8 +12,9 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from engine import Environment, ExecutionContext, Input, Output
+from engine import Environment, ExecutionContext, Input, NodeResult, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
+from nodes.diffusion.train_preview import with_last_sample
 from nodes.diffusion.train_textual_inversion import syntax_problem
 from nodes.training import (
     LossMaskInputs,
@@ -133,7 +134,8 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         problems += cls.prior_problems(inputs, "modifier")
         return problems
 
-    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str, str]:
+    def execute(self, ctx: ExecutionContext
+                ) -> tuple[DiffusionModel, TextEncoder, str, str] | NodeResult:
         from nodes.diffusion import train_common as tc
         from nodes.diffusion import train_custom_diffusion as tcd
         from nodes.diffusion.prior_preservation import class_images
@@ -161,15 +163,15 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
         if prior is not None:
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
+        sample = _sample(ctx, self, captions)
         layers, clip, vector, losses = tcd.train_custom_diffusion(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
-            prior, class_pixels, checkpoint, sample=_sample(ctx, self, captions),
-            loss_mask=self.loss_mask_spec())
+            prior, class_pixels, checkpoint, sample=sample, loss_mask=self.loss_mask_spec())
         label = f"{name}.safetensors" if name else f"trained-custom-diffusion-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, layers.patch(label)))
         if not name:
             _release(checkpoint)
-            return model, clip, "", ""
+            return with_last_sample(ctx, sample, (model, clip, "", ""))
         info = training_info(self, captions, base_hash, settings.steps, losses,
                              method="custom_diffusion", modifier_token=spec.modifier_token,
                              initializer_token=spec.initializer_token,
@@ -183,7 +185,7 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
             _save({spec.modifier_token: vector}, metadata, targets["embeddings"], checkpoint)
             embedding = name
         _release(checkpoint)
-        return model, clip, label, embedding
+        return with_last_sample(ctx, sample, (model, clip, label, embedding))
 
 
 NODE_CLASSES = (TrainCustomDiffusion,)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from engine import Environment, ExecutionContext, Input, Output
+from engine import Environment, ExecutionContext, Input, NodeResult, Output
 from nodes.diffusion.handles import DiffusionModel, TextEncoder
+from nodes.diffusion.train_preview import with_last_sample
 from nodes.training import (
     LossMaskInputs,
     PriorPreservationInputs,
@@ -103,7 +104,8 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
         problems += cls.prior_problems(inputs, "rare word")
         return problems
 
-    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str]:
+    def execute(self, ctx: ExecutionContext
+                ) -> tuple[DiffusionModel, TextEncoder, str] | NodeResult:
         from nodes.diffusion import train_common as tc
         from nodes.diffusion import train_dreambooth as tdb
         from nodes.diffusion.lora import patched
@@ -128,10 +130,11 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
         if prior is not None:
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
+        sample = _sample(ctx, self, captions)
         unet, encoder, losses = tdb.train_dreambooth(
             ctx, self.model, self.clip, self.vae, self.images, captions, settings,
             self.train_text_encoder, prior, class_pixels, checkpoint,
-            sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
+            sample=sample, loss_mask=self.loss_mask_spec())
         model = replace(self.model, unet=unet, patches=())  # patches are merged in the copy
         clip = self.clip if encoder is None else replace(self.clip, text_encoder=encoder,
                                                          patches=())
@@ -144,7 +147,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
                     self.model.family, info)
             _save(tensors, metadata, target, checkpoint)
         _release(checkpoint)
-        return model, clip, f"{name}.safetensors" if name else ""
+        return with_last_sample(ctx, sample, (model, clip, f"{name}.safetensors" if name else ""))
 
 
 NODE_CLASSES = (TrainDreamBooth,)

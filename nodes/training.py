@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine import Environment, ExecutionContext, Input, Node, Output
+from engine import Environment, ExecutionContext, Input, Node, NodeResult, Output
 from nodes.diffusion.handles import DiffusionModel, Tensor, TextEncoder, Vae
 from nodes.diffusion.schedulers import SAMPLERS
 from nodes.diffusion.train_common import LR_SCHEDULERS
+from nodes.diffusion.train_preview import with_last_sample
 from nodes.diffusion.train_textual_inversion import syntax_problem
 from nodes.limits import name_problem
 
@@ -514,7 +515,8 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
                              "Image Batch's captions"))
         return problems
 
-    def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, str]:
+    def execute(self, ctx: ExecutionContext
+                ) -> tuple[DiffusionModel, TextEncoder, str] | NodeResult:
         from dataclasses import replace
 
         from nodes.diffusion import train_common as tc
@@ -531,9 +533,10 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         checkpoint = _checkpoint(ctx, "lora", self, captions, base_hash)
         if name := save_name(self.save_name):
             target = _claim(ctx.env, "loras", name, checkpoint)
+        sample = _sample(ctx, self, captions)
         unet_layers, text_layers, losses = tl.train_lora(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
-            checkpoint, sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
+            checkpoint, sample=sample, loss_mask=self.loss_mask_spec())
         label = f"{name}.safetensors" if name else f"trained-lora-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, unet_layers.patch(label)))
         clip = self.clip
@@ -545,7 +548,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
             tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
             _save(tensors, metadata, target, checkpoint)
         _release(checkpoint)
-        return model, clip, label if name else ""
+        return with_last_sample(ctx, sample, (model, clip, label if name else ""))
 
 
 class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
@@ -615,7 +618,7 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
                              f", e.g. 'a photo of {token}'"))
         return problems
 
-    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder, str]:
+    def execute(self, ctx: ExecutionContext) -> tuple[TextEncoder, str] | NodeResult:
         from nodes.diffusion import train_common as tc
         from nodes.diffusion.train_textual_inversion import train_textual_inversion
 
@@ -626,10 +629,11 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
         checkpoint = _checkpoint(ctx, "embedding", self, captions, base_hash)
         if name := save_name(self.save_name):
             target = _claim(ctx.env, "embeddings", name, checkpoint)
+        sample = _sample(ctx, self, captions)
         clip, vectors, losses = train_textual_inversion(
             ctx, self.model, self.clip, self.vae, self.images, captions,
             self.placeholder_token, self.initializer_token.strip(), self.num_vectors, settings,
-            checkpoint, sample=_sample(ctx, self, captions), loss_mask=self.loss_mask_spec())
+            checkpoint, sample=sample, loss_mask=self.loss_mask_spec())
         if name:
             info = training_info(self, captions, base_hash, settings.steps, losses)
             metadata = {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
@@ -637,7 +641,7 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
             # diffusers' learned_embeds layout: {placeholder: [vectors, dim]}
             _save({self.placeholder_token: vectors}, metadata, target, checkpoint)
         _release(checkpoint)
-        return clip, name
+        return with_last_sample(ctx, sample, (clip, name))
 
 
 NODE_CLASSES = (TrainLoRA, TrainTextualInversion)

@@ -202,10 +202,21 @@ def test_nodes_send_samples_while_a_client_watches(session, node):
     assert result.ok, result.run.error
     assert len(frames) == 2  # after steps 2 and 4
     assert all(Image.open(io.BytesIO(f)).size == (RES, RES) for f in frames)
-    # the result is cached as for any node: run again without a watcher, nothing trains
+    # the last sample is the node's UI image (in temp/, as Preview Image's): the history
+    # keeps it, and a reloaded canvas shows it on the node
+    (entry,) = result.run.outputs["train"]["images"]
+    assert entry["type"] == "temp"
+    kept = session.env.folder("temp") / entry["subfolder"] / entry["filename"]
+    with Image.open(kept) as saved, Image.open(io.BytesIO(frames[-1])) as last:
+        # (Save Image's levels truncate, as ComfyUI's; the preview's round)
+        diff = np.asarray(saved.convert("RGB"), int) - np.asarray(last.convert("RGB"), int)
+        assert np.abs(diff).max() <= 1
+    # the result is cached as for any node: run again without a watcher, nothing trains,
+    # and the node's UI image comes with it
     prompt["cap"]["inputs"]["key"] = uuid.uuid4().hex
     again = session.run(prompt)
     assert again.ok and "train" not in again.run.executed
+    assert again.run.outputs["train"] == result.run.outputs["train"]
 
 
 def test_sample_inputs_are_bounded(session):

@@ -27,13 +27,13 @@ KSampler's live-preview rule): nobody sees them otherwise, and each costs
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-    from engine import ExecutionContext
+    from engine import ExecutionContext, NodeResult
     from nodes.diffusion.handles import DiffusionModel, TextEncoder, Vae
 
 SAMPLE_STEPS = 12  # enough for a recognisable image on the default model, cheap
@@ -53,6 +53,8 @@ class TrainingSample:
     seed: int
     steps: int = SAMPLE_STEPS
     cfg: float = SAMPLE_CFG
+    #: the last image drawn (``[1, r, r, 3]``), which the node keeps as its UI image
+    drawn: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
 
     def callback(self, ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder,
                  vae: Vae) -> Callable[[int], None]:
@@ -67,8 +69,23 @@ class TrainingSample:
 
             image = draw_sample(ctx, plain_model, plain_clip, vae, self)
             ctx.send_image(image_to_pil(image)[0])
+            self.drawn[:] = [image]
 
         return draw
+
+
+def with_last_sample(ctx: ExecutionContext, sample: TrainingSample | None,
+                     outputs: tuple[Any, ...]) -> tuple[Any, ...] | NodeResult:
+    """The node's outputs, with the last sample drawn (if any) as its UI image: written to
+    temp/ like Preview Image's, so the history keeps it and a reloaded canvas (or
+    ComfyUI's) shows it on the node after the run."""
+    if sample is None or not sample.drawn:
+        return outputs
+    from engine import NodeResult
+    from nodes.image import save_images
+
+    return NodeResult(outputs, {"images": save_images(sample.drawn[0], ctx, "temp",
+                                                      "training_sample")})
 
 
 def training_sample(ctx: ExecutionContext, every: int, prompt: str, captions: list[str],

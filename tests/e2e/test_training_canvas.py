@@ -51,10 +51,15 @@ def test_training_shows_a_loss_curve_and_sample_images(page, server: LiveServer)
     expect(c.node(SAVE).locator("img.sf-output-image").first).to_be_visible(timeout=60_000)
     expect(node.locator(".sf-node")).to_have_attribute("data-status", "done")
 
-    # the last sample (after the last step) is shown and is a real image of the training size
-    sample = node.locator("img.sf-sample")
-    expect(sample).to_have_attribute("alt", f"sample at step {STEPS}")
-    page.wait_for_function(
-        "el => el.complete && el.naturalWidth > 0", arg=sample.element_handle())
-    assert sample.evaluate("el => [el.naturalWidth, el.naturalHeight]") == [32, 32]
+    # the last sample (after the last step) is the node's image once it is done: a real
+    # image of the training size, kept in the history, so a reload shows it again
+    for _ in range(2):
+        kept = node.locator("img.sf-output-image")
+        expect(kept).to_have_count(1)
+        expect(node.locator("img.sf-sample")).to_have_count(0)
+        page.wait_for_function(
+            "el => el.complete && el.naturalWidth > 0", arg=kept.element_handle())
+        assert kept.evaluate("el => [el.naturalWidth, el.naturalHeight]") == [32, 32]
+        page.reload()
+        page.wait_for_selector(".sf-dot.on")
 

@@ -278,7 +278,8 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
             <img className="sf-preview" alt={run.status === "executing" ? "live preview" : "last preview"} src={run.preview} />
           </div>
         )}
-        {run.sample && (
+        {/* a finished training's last sample comes back as its output image (kept in the history) */}
+        {run.sample && !(run.status !== "executing" && run.images?.length) && (
           <img
             className="sf-preview sf-sample"
             alt={run.sampleStep ? `sample at step ${run.sampleStep}` : "sample"}
