@@ -201,3 +201,40 @@ def test_ctrl_z_on_a_combo_undoes_the_graph_edit_not_a_field_typed_before(page, 
     page.keyboard.press("Control+y")
     page.wait_for_timeout(400)
     assert c.document()["prompt"]["2"]["inputs"]["b"] == 7
+
+
+def test_an_edit_that_grows_a_node_over_another_is_its_own_undo_step(page, server):
+    """A choice that brings its own inputs (Resize Image/Mask's resize_type) makes the node
+    taller and the node below it moves down: that move amends the edit's step, and the edit
+    must not be folded into the step before it (one Ctrl+Z took back the choice and the
+    value set before it)."""
+    doc = {"format": "steerflow.workflow", "version": 1, "extra": {}, "prompt": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64,
+                                                      "batch_size": 1, "color": 0}},
+        "3": {"class_type": "ResizeImageMaskNode", "inputs": {
+            "input": ["1", 0], "resize_type": "scale by multiplier",
+            "resize_type.multiplier": 1.0, "scale_method": "area"}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        "5": {"class_type": "PrimitiveInt", "inputs": {"value": 5}},
+    }, "layout": {"nodes": {"1": {"pos": [0, 0]}, "3": {"pos": [340, 0]},
+                            "4": {"pos": [340, 200]}, "5": {"pos": [700, 0]}}}}
+    c = Canvas(page)
+    c.open_file("grow_undo.json", doc)
+    expect(c.nodes()).to_have_count(4)
+    c.wait_saved(4, "grow_undo")
+    page.wait_for_timeout(400)  # the opening is its own undo step
+    c.set_value("5", "value", "9")
+    page.wait_for_timeout(400)  # so is the value
+    below = c.settled_box(c.node("4"))
+    c.widget("3", "resize_type").select_option("scale dimensions")  # + width, height, crop
+    expect(c.widget("3", "resize_type.crop")).to_have_count(1)
+    page.wait_for_function(
+        """y => { const r = document.querySelector('.react-flow__node[data-id="4"]')
+                  .getBoundingClientRect(); return r.y > y + 10; }""", arg=below["y"])
+    page.wait_for_timeout(400)
+    page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    page.keyboard.press("Control+z")
+    expect(c.widget("3", "resize_type")).to_have_value("scale by multiplier")
+    expect(c.widget("5", "value")).to_have_value("9")
+    page.keyboard.press("Control+z")
+    expect(c.widget("5", "value")).to_have_value("5")

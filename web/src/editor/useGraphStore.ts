@@ -135,8 +135,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
    * Record an edit the debounce below has not settled yet, so that an undo pressed right
    * after an edit (a Like in the gallery, a typed value) undoes that edit, not the one before.
    */
-  const settleNow = useCallback(() => {
-    const { nodes: ns, edges: es } = state.current;
+  const settleNow = useCallback((ns: SfNode[] = state.current.nodes) => {
+    const es = state.current.edges;
     const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
     const key = undoKey(doc, docNameRef.current);
     const h = history.current;
@@ -446,6 +446,9 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       // a node grew by itself (a preview appeared) and pushed others down: not an edit of
       // the user's, so the next history record amends the present step instead of adding one
       if (next !== applied && changes.every((c) => c.type === "dimensions" && !c.setAttributes)) {
+        // an edit made just before (not yet settled by the debounce) is its own step first:
+        // else the move's amend would fold it into the step before (one Ctrl+Z, two edits)
+        if (!holdHistory.current && !arranging.current) settleNow(ns);
         autoLayout.current = true;
       }
       // A resize (NodeResizer) sets the width and a minimum height: the node still grows with its content.
@@ -459,7 +462,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
         return { ...rest, width: Math.round(d.width), data: { ...n.data, size: [Math.round(d.width), Math.round(d.height)] } };
       });
     });
-  }, []);
+  }, [settleNow]);
   const onEdgesChange = useCallback((changes: EdgeChange<SfEdge>[]) => {
     setEdges((es) => applyEdgeChanges(changes, es));
   }, []);
