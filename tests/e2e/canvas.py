@@ -44,11 +44,17 @@ class Canvas:
     def node_ids(self) -> list[str]:
         return self.nodes().evaluate_all("els => els.map(e => e.dataset.id)")
 
-    def wait_saved(self, n_nodes: int) -> None:
-        """Wait until the autosave (written with each undo step) holds ``n_nodes`` nodes."""
+    def wait_saved(self, n_nodes: int, name: str | None = None) -> None:
+        """Wait until the autosave (written with each undo step) holds ``n_nodes`` nodes, and
+        is the document named ``name`` if given (as opened from ``name.json``: the autosave
+        of the graph before may have as many nodes, e.g. the default graph, whose save the
+        fixture's Clear may not have replaced yet)."""
         self.page.wait_for_function(
-            """n => { const d = JSON.parse(localStorage.getItem('steerflow.autosave') || '{}');
-                      return d.prompt && Object.keys(d.prompt).length === n; }""", arg=n_nodes)
+            """([n, name]) => {
+                      const d = JSON.parse(localStorage.getItem('steerflow.autosave') || '{}');
+                      return d.prompt && Object.keys(d.prompt).length === n
+                          && (name === null || d.extra?.name === name); }""",
+            arg=[n_nodes, name])
 
     def wait_saved_inputs(self, node_id: str, **values: Any) -> None:
         """Wait until the autosave holds these input values on ``node_id`` (it is written 200 ms
@@ -59,6 +65,16 @@ class Canvas:
                       const got = d.prompt?.[id]?.inputs ?? {};
                       return Object.entries(want).every(([k, v]) => got[k] === v); }""",
             arg=[node_id, values])
+
+    def wait_saved_control(self, node_id: str, **controls: str) -> None:
+        """Wait until the autosave holds these "control after generate" choices on
+        ``node_id`` (e.g. ``seed="fixed"``)."""
+        self.page.wait_for_function(
+            """([id, want]) => {
+                      const d = JSON.parse(localStorage.getItem('steerflow.autosave') || '{}');
+                      const got = d.layout?.nodes?.[id]?.control ?? {};
+                      return Object.entries(want).every(([k, v]) => got[k] === v); }""",
+            arg=[node_id, controls])
 
     def document(self) -> dict[str, Any]:
         return self.page.evaluate("() => window.steerflow.getDocument()")
@@ -119,6 +135,14 @@ class Canvas:
 
     def queue(self) -> None:
         self.page.keyboard.press("Control+Enter")
+
+    def queue_id(self) -> str:
+        """Queue (Ctrl+Enter) and return the id the server gave the prompt, from its answer to
+        the canvas's POST (/queue, read afterwards, may not show it: it may have ended)."""
+        with self.page.expect_response(lambda r: r.request.method == "POST"
+                                       and r.url.split("?")[0].endswith("/prompt")) as answer:
+            self.queue()
+        return answer.value.json()["prompt_id"]
 
     def clear(self) -> None:
         """The toolbar's Clear, confirmed in the question it asks when the graph has nodes."""

@@ -155,6 +155,31 @@ class LiveServer:
             time.sleep(0.3)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s")
 
+    def stop_all(self, timeout: float = 60) -> None:
+        """Empty the queue and interrupt what runs, then wait until nothing is queued or
+        running and each prompt that ran is in the history: the next test starts on an idle
+        server (an interrupt ends a run at its next step, and its history entry is written
+        after it leaves the queue: a test that reads the history or the queue would
+        otherwise see the previous test's prompt)."""
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        while True:
+            q = self.get("/queue")
+            running = [item[1] for item in q["queue_running"]]
+            seen.update(running)
+            if not running and not q["queue_pending"]:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the queue did not empty in {timeout}s: {q}")
+            if q["queue_pending"]:
+                self.post("/queue", {"clear": True})
+            for prompt_id in running:  # again each time: a pending one may have started
+                self.post("/interrupt", {"prompt_id": prompt_id})
+            time.sleep(0.2)
+        for prompt_id in seen:  # (a test may have deleted it: then it never comes)
+            with contextlib.suppress(TimeoutError):
+                self.wait_history(prompt_id, max(1.0, min(15.0, deadline - time.monotonic())))
+
     def log_tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -220,6 +245,7 @@ def page(browser_context: Any, server: LiveServer) -> Iterator[Any]:
     page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    server.stop_all()  # nothing of an earlier test runs on (its events, its history entry)
     page.goto(server.url + "/")
     page.wait_for_selector(".sf-toolbar")
     page.wait_for_selector(".sf-dot.on")  # websocket connected

@@ -303,8 +303,7 @@ def test_queue_panel_progress_preview_cancel_and_interrupt(page, server: LiveSer
         page.get_by_role("tab", name="History").click()
         expect(page.locator(".sf-history-item").first).to_contain_text("interrupted")
     finally:
-        server.post("/queue", {"clear": True})
-        server.post("/interrupt", {})
+        server.stop_all()
 
 
 def test_image_upload_widget(page, tmp_path):

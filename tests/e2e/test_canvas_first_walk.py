@@ -142,8 +142,7 @@ def test_clear_pending_empties_the_queue_and_export_api_downloads_the_prompt(
         queue.locator(".sf-queue-item").get_by_role("button", name="Interrupt").click()
         expect(queue.locator(".sf-queue-item")).to_have_count(0, timeout=60_000)
     finally:
-        server.post("/queue", {"clear": True})
-        server.post("/interrupt", {})
+        server.stop_all()
 
 
 def test_first_visit_at_1280x720_shows_the_whole_default_graph(browser_context, server):

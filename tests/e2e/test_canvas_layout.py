@@ -214,7 +214,7 @@ def test_a_node_that_grows_makes_room_below_it(page):
     for i, box in still.items():  # beside it (or grown with nothing below): not moved
         now = c.settled_box(c.node(i))
         assert (now["x"], now["y"]) == (box["x"], box["y"]), i
-    c.wait_saved(len(doc["prompt"]))
+    c.wait_saved(len(doc["prompt"]), "grow")
     page.wait_for_function("""() => JSON.parse(localStorage.getItem('steerflow.autosave'))
         .layout.nodes['8'].pos[1] > 420""")
 

@@ -24,11 +24,17 @@ def test_results_survive_reload_and_a_cached_requeue_shows_them(page, browser_co
     doc["prompt"]["3"]["inputs"]["seed"] = 777
     c.open_file("results.json", doc)
     c.node("3").get_by_label("seed control after generate").select_option("fixed")
-    c.queue()
+    prompt_id = c.queue_id()
     image = c.node(SAVE).locator("img.sf-output-image")
     expect(image).to_be_visible(timeout=180_000)
     first = image.get_attribute("src")
-    c.wait_saved(len(doc["prompt"]))
+    # the reload reads the results from the history: its entry is written after the image
+    # shows (a reload in between is another case: the run is then still in flight)
+    server.wait_history(prompt_id)
+    # the reload opens the autosave: the graph that ran ("fixed" kept its seed), not the one
+    # before the seed control was set (a fast run can end within the autosave's 200 ms)
+    c.wait_saved_control("3", seed="fixed")
+    c.wait_saved_inputs("3", seed=777)
 
     # reload: the graph comes back from the autosave and its image from the server's history
     page.reload()
@@ -87,7 +93,8 @@ def test_tab_closed_mid_run_reopened_shows_the_runs_image_when_it_ends(page, bro
     """A tab closed while its prompt runs, and a new tab opened meanwhile: the new tab (another
     client, so it gets no run events) shows no stale image at load (the older run was made
     with another seed and steps: restored results must come from what feeds the node now)
-    and picks up the run that was in flight when it ends, so Save Image shows its result."""
+    and picks up the run that was in flight when it ends, so Save Image shows its result.
+    (In flight: waiting behind another client's run, which the test ends when it has looked.)"""
     c = Canvas(page)
     doc = small_txt2img()
     doc["prompt"]["6"]["inputs"]["text"] = "closed tab e2e: a red circle"
@@ -97,33 +104,38 @@ def test_tab_closed_mid_run_reopened_shows_the_runs_image_when_it_ends(page, bro
     expect(c.node(SAVE).locator("img.sf-output-image")).to_be_visible(timeout=180_000)
     old = c.node(SAVE).locator("img.sf-output-image").get_attribute("src") or ""
 
-    c.set_value("3", "steps", "400")  # a run of several seconds
-    c.set_value("3", "seed", "4242")
-    # the new tab opens the autosaved graph: it must be this one, not the one before the edits
-    c.wait_saved_inputs("3", steps=400, seed=4242)
-    c.queue()
-    running = server.get("/queue")["queue_running"]
-    for _ in range(100):
-        if running:
-            break
-        page.wait_for_timeout(100)
-        running = server.get("/queue")["queue_running"]
-    assert running, "the long prompt did not start"
-    prompt_id = running[0][1]
+    # a prompt of another client in front: this tab's prompt is still in flight (waiting)
+    # when the tab is closed and the new one loads, however fast the machine (a long run of
+    # its own could end first), and it runs when the test says so
+    blocker = server.post("/prompt", {"prompt": small_txt2img(steps=5000)["prompt"],
+                                      "client_id": "closed-tab-blocker"})["prompt_id"]
+    try:
+        c.set_value("3", "steps", "3")
+        c.set_value("3", "seed", "4242")
+        # the new tab opens the autosaved graph: it must be this one, not the one before the
+        # edits
+        c.wait_saved_inputs("3", steps=3, seed=4242)
+        prompt_id = c.queue_id()
+        assert prompt_id in {i[1] for i in server.get("/queue")["queue_pending"]}
 
-    other = browser_context.new_page()
-    other.goto(server.url + "/")
-    other.wait_for_selector(".sf-dot.on")
-    page.close()
-    c2 = Canvas(other)
-    image = c2.node(SAVE).locator("img.sf-output-image")
-    expect(c2.node(SAVE)).to_be_visible()
-    # the older run's image is another seed's: never restored. (On a fast machine the long run
-    # may end while the tab loads; then the image shown is already the new run's.)
-    for _ in range(30):
-        shown = image.evaluate_all("els => els.map((e) => e.getAttribute('src'))")
-        assert old not in shown, "the older run's image was restored"
-        other.wait_for_timeout(100)
+        other = browser_context.new_page()
+        other.goto(server.url + "/")
+        other.wait_for_selector(".sf-dot.on")
+        page.close()
+        c2 = Canvas(other)
+        image = c2.node(SAVE).locator("img.sf-output-image")
+        expect(c2.node(SAVE)).to_be_visible()
+        expect(c2.widget("3", "seed")).to_have_value("4242")
+        # the older run's image is another seed's: never restored (the results at load are
+        # read meanwhile; the new run has not started)
+        for _ in range(30):
+            shown = image.evaluate_all("els => els.map((e) => e.getAttribute('src'))")
+            assert old not in shown, "the older run's image was restored"
+            other.wait_for_timeout(100)
+        assert prompt_id in {i[1] for i in server.get("/queue")["queue_pending"]}
+    finally:
+        server.post("/queue", {"delete": [blocker]})
+        server.post("/interrupt", {"prompt_id": blocker})
     entry = server.wait_history(prompt_id)
     new = entry["outputs"][SAVE]["images"][0]["filename"]
     assert new not in old

@@ -186,7 +186,7 @@ def test_a_window_resize_keeps_a_view_the_user_moved(page):
 
 def test_a_fitted_view_restored_after_a_reload_still_refits(page):
     c = _open_fitted(page)
-    c.wait_saved(len(TXT2IMG["prompt"]))
+    c.wait_saved(len(TXT2IMG["prompt"]), "refit")
     page.wait_for_function("() => localStorage.getItem('steerflow.autosave.fit') !== null")
     page.reload()
     page.wait_for_selector(".sf-dot.on")

@@ -45,7 +45,7 @@ def test_each_tab_reloads_its_own_graph(page, server: LiveServer):
     """Reloading tab A brought back tab B's graph: every tab wrote one autosave."""
     a = Canvas(page)
     a.open_file("tabA.json", _with_text(small_txt2img(), "TAB A: my work"))
-    a.wait_saved(7)
+    a.wait_saved(7, "tabA")
     page.wait_for_function(SAVED_HAS, arg="TAB A")
 
     tab_b = page.context.new_page()
@@ -86,7 +86,7 @@ def test_an_edit_made_just_before_a_reload_is_kept(page, server: LiveServer):
     that time wrote nothing, and the edit was lost. The tab writes it as the page goes."""
     c = Canvas(page)
     c.open_file("quick.json", _with_text(small_txt2img(), "quick edit"))
-    c.wait_saved(7)
+    c.wait_saved(7, "quick")
     page.wait_for_function(SAVED_HAS, arg="quick edit")
     c.set_value("3", "seed", "987654")
     page.reload()
@@ -97,14 +97,18 @@ def test_an_edit_made_just_before_a_reload_is_kept(page, server: LiveServer):
 def test_a_full_storage_is_told_and_the_tab_keeps_its_graph(page, server: LiveServer):
     c = Canvas(page)
     c.open_file("full.json", _with_text(small_txt2img(), "kept"))
-    c.wait_saved(7)
+    c.wait_saved(7, "full")
     # the browser's storage refuses every write from now on
-    page.evaluate("""() => { Storage.prototype.setItem = function () {
+    # (each refused write counted, so the test knows when the next edit's save was tried)
+    page.evaluate("""() => { window.__refused = 0; Storage.prototype.setItem = function () {
+        window.__refused++;
         const e = new Error('quota'); e.name = 'QuotaExceededError'; throw e; }; }""")
     c.set_value("6", "text", "edited while full")
     expect(c.toasts().filter(has_text="Autosave failed")).to_have_count(1)
+    refused = page.evaluate("() => window.__refused")
     c.set_value("6", "text", "edited again")
-    page.wait_for_timeout(600)
+    page.wait_for_function("n => window.__refused > n", arg=refused)
+    page.wait_for_timeout(300)  # a toast it would show comes with the refusal
     # told once, not per edit
     expect(c.toasts().filter(has_text="Autosave failed")).to_have_count(1)
 

@@ -27,16 +27,6 @@ def _with_text(doc: dict, text: str) -> dict:
     return doc
 
 
-def _first_in_queue(page, server: LiveServer, which: str = "queue_running") -> str:
-    """The id of the first prompt in ``which`` of /queue, once there is one."""
-    for _ in range(200):
-        items = server.get("/queue")[which]
-        if items:
-            return items[0][1]
-        page.wait_for_timeout(100)
-    raise AssertionError(f"no prompt in {which}")
-
-
 def _sampler_runs(c: Canvas, timeout: float) -> None:
     expect(c.node("3").locator(".sf-node")).to_have_attribute("data-status", "executing",
                                                                 timeout=timeout)
@@ -47,13 +37,14 @@ def _long_run_with_a_short_one_behind(page, c: Canvas, server: LiveServer) -> It
     """Queue the open graph (a 5000-step run that lasts whatever the test needs), then, once
     it samples, the same graph at 2 steps behind it; yields the short one's id and
     interrupts the long one after the block."""
-    c.queue()
-    prompt_id = _first_in_queue(page, server)
+    # the ids from the server's answers to the canvas (the first of /queue may be another's)
+    prompt_id = c.queue_id()
     try:
         _sampler_runs(c, 60_000)
         c.set_value("3", "steps", "2")
-        c.queue()
-        yield _first_in_queue(page, server, "queue_pending")
+        short_id = c.queue_id()
+        assert short_id in {i[1] for i in server.get("/queue")["queue_pending"]}
+        yield short_id
     finally:
         server.post("/interrupt", {"prompt_id": prompt_id})
 
@@ -99,7 +90,7 @@ def test_a_prompt_is_drawn_on_its_graph_not_on_one_opened_while_it_runs(page, se
     # this graph's own prompt is drawn on it
     c.queue()
     expect(c.node(SAVE).locator("img.sf-output-image")).to_be_visible(timeout=120_000)
-    assert _drawn(c).get(SAVE) == "done"
+    expect(c.node(SAVE).locator(".sf-node")).to_have_attribute("data-status", "done")
     expect(c.node(SAVE).locator("img.sf-output-image")).not_to_have_attribute("src", made_src)
 
 
@@ -109,7 +100,7 @@ def test_a_reloaded_tab_goes_on_drawing_its_graphs_running_prompt(page, server: 
     # from the same graph behind it, whose picture the reloaded tab must put on its graph
     doc = _with_text(small_txt2img(steps=5000), "walk4: reload mid-run")
     c.open_file("reload.json", doc)
-    c.wait_saved(len(doc["prompt"]))
+    c.wait_saved(len(doc["prompt"]), "reload")
     with _long_run_with_a_short_one_behind(page, c, server) as short_id:
         page.reload()
         page.wait_for_selector(".sf-dot.on")

@@ -49,7 +49,7 @@ def test_ctrl_z_in_a_text_box_undoes_the_typed_run(page):
     any text box (a value written back on every keystroke made it one character a press)."""
     c = Canvas(page)
     c.open_file("text.json", small_txt2img())
-    page.wait_for_timeout(1000)  # the opened graph is the history's base
+    c.wait_saved(7, "text")  # the opened graph is the history's base
     box = c.widget("7", "text")
     box.click()
     page.keyboard.type("blurry, noisy ugly")
@@ -60,9 +60,12 @@ def test_ctrl_z_in_a_text_box_undoes_the_typed_run(page):
     # the canvas's own undo (focus off the box) still reaches the box: box and graph agree
     page.keyboard.type("sharp")
     page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
-    page.wait_for_timeout(1000)  # the canvas's history settles edits for a moment
+    # the canvas's history settles edits for a moment: the step is made with the autosave
+    c.wait_saved_inputs("7", text="sharp")
     page.keyboard.press("Control+z")
-    page.wait_for_timeout(300)
+    expect(box).not_to_have_value("sharp")
+    page.wait_for_function("""() => window.steerflow.getDocument()
+        .prompt['7'].inputs.text !== 'sharp'""")
     assert box.input_value() == c.document()["prompt"]["7"]["inputs"]["text"] != "sharp"
 
 
@@ -76,7 +79,7 @@ def test_room_made_for_a_growing_node_is_no_undo_step(page):
     doc["layout"]["nodes"]["8"]["pos"] = [x, y + 120]  # under Save Image once it shows a result
     c.open_file("grow.json", doc)
     # the opened graph is an undo step as it opens (before any edit or run)
-    page.wait_for_timeout(1000)
+    c.wait_saved(7, "grow")
     before = c.document()["layout"]["nodes"]["8"]["pos"][1]
     c.queue()
     expect(c.node("9").locator("img").first).to_be_visible(timeout=120_000)
@@ -84,6 +87,9 @@ def test_room_made_for_a_growing_node_is_no_undo_step(page):
         .layout.nodes['8'].pos[1] > {before}""", timeout=10_000)
     page.wait_for_timeout(1000)
     moved = c.document()["layout"]["nodes"]["8"]["pos"][1]
+    # the move has settled into the history (the autosave is written with it)
+    page.wait_for_function("""y => JSON.parse(localStorage.getItem('steerflow.autosave'))
+        .layout.nodes['8'].pos[1] === y""", arg=moved, timeout=10_000)
     page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
     # opening the file is an undo step (made when it opened); the move amended it, so one
     # Ctrl+Z undoes the open (back to the cleared canvas), not the move alone ...

@@ -271,13 +271,13 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(
     # our run-time warnings reach its toasts, through Steerflow's own extension: an
     # empty latent sized for an 8x VAE decoded as it is by the 4x one
     client = page.evaluate("() => window.app.api.clientId")
-    comfy_server.post("/prompt", {"client_id": client, "prompt": {
+    warned = comfy_server.post("/prompt", {"client_id": client, "prompt": {
         "4": {"class_type": "CheckpointLoaderSimple",
               "inputs": {"ckpt_name": "steerflow-shapes"}},
         "5": {"class_type": "EmptyLatentImage",
               "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}})
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}})["prompt_id"]
     toast = page.get_by_test_id("toast").filter(has_text="Warning from")
     toast.first.wait_for(timeout=60_000)
     assert "Empty Latent Image" in toast.first.inner_text()
@@ -289,6 +289,8 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(
                   if not any(a in e for a in ALLOWED_PAGE_ERRORS)]
     assert not unexpected, f"uncaught errors in the page: {unexpected}"
 
+    # the warning comes while that prompt runs: its history entry is written after it ends
+    comfy_server.wait_history(warned)
     history = comfy_server.get("/history")
     assert len(history) == 2  # the classic graph, then the warning's small one
     entry = next(e for e in history.values() if "3" in e["prompt"][2])  # with its KSampler

@@ -93,7 +93,11 @@ def test_the_official_app_works_with_a_token_through_the_cookie(tmp_path) -> Non
                                        timeout=120_000)
             except Exception:
                 raise AssertionError(f"no graph; failed requests {failed}") from None
-            page.wait_for_timeout(1000)
+            # the websocket's first status frame (it may come after the graph is drawn)
+            deadline = time.monotonic() + 30
+            while not any('"status"' in f for f in frames) and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
+            page.wait_for_timeout(1000)  # start-up requests still in flight
             types = set(page.evaluate("() => window.app.graph._nodes.map(n => n.type)"))
             assert "KSampler" in types and "CLIPTextEncode" in types, types
             registered = page.evaluate("""() => ['CheckpointLoaderSimple', 'KSampler'].map(

@@ -62,14 +62,17 @@ def test_like_a_gallery_image_then_queue_again(page, server: LiveServer):
     expect(c.widget(DISLIKED, "images")).to_have_value(picked)
 
     # round 2 runs with the picked images
-    c.queue()
+    round2 = c.queue_id()
     expect(thumbs).to_have_count(4, timeout=180_000)
     history = page.get_by_role("tab", name="History")
     history.click()
-    expect(page.locator(".sf-history-item").first).to_contain_text("success", timeout=60_000)
+    # this run's entry (its images can show before its history entry is written: the newest
+    # entry, or the list's first, may still be round 1's then)
+    newest = server.wait_history(round2)
+    expect(page.locator(f'.sf-history-item[data-prompt-id="{round2}"]')).to_contain_text(
+        "success", timeout=60_000)
     prompt = c.document()["prompt"]
     assert prompt[FABRIC]["inputs"]["liked"] == [LIKED, 0]
-    (newest,) = [h for h in server.get("/history?max_items=1").values()]
     ran = newest["prompt"][2]
     assert ran[LIKED]["inputs"]["images"].splitlines()[-1] == f"fabric_gallery/{first} [output]"
     assert ran[DISLIKED]["inputs"]["images"].splitlines()[-1] == f"fabric_gallery/{second} [output]"

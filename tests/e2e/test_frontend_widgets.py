@@ -215,7 +215,9 @@ def test_webcam_capture_button_and_capture_on_queue(camera_page, server: LiveSer
     # as in ComfyUI, so "queue on change" does not see a change)
     toggle = node.get_by_label("capture_on_queue", exact=True)
     toggle.click()  # (check() fails at once if a re-render of the node takes the click)
-    if not toggle.is_checked():
+    try:  # (read at once, the box may not show the click yet: a second click undid it)
+        expect(toggle).to_be_checked(timeout=3_000)
+    except AssertionError:
         toggle.click()
     expect(toggle).to_be_checked()
     camera_page.wait_for_timeout(20)  # a new millisecond name
