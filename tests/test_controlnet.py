@@ -206,6 +206,42 @@ def test_strength_zero_is_plain_txt2img(session):
     assert np.array_equal(plain, zero)
 
 
+def _two_stages(prompt: dict, split: int, *, first: bool = True) -> dict:
+    """``prompt``'s KSampler as two KSamplerAdvanced windows of its schedule, split at step
+    ``split`` (ComfyUI's base / refiner pattern); ``first`` False keeps only the second."""
+    k = prompt.pop("sample")["inputs"]
+    common = {key: k[key] for key in ("model", "steps", "cfg", "sampler_name", "scheduler",
+                                      "positive", "negative")}
+    prompt["stage1"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        **common, "add_noise": "enable", "noise_seed": k["seed"], "latent_image": ["latent", 0],
+        "start_at_step": 0, "end_at_step": split, "return_with_leftover_noise": "enable"}}
+    prompt["sample"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        **common, "add_noise": "disable" if first else "enable", "noise_seed": k["seed"],
+        "latent_image": ["stage1" if first else "latent", 0], "start_at_step": split,
+        "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
+    if not first:
+        del prompt["stage1"]
+    return prompt
+
+
+def test_a_run_split_in_two_samplers_keeps_the_controlnets_window(session):
+    """start / end percent are fractions of the whole schedule, not of each sampler's
+    window: two KSamplerAdvanced halves draw the one KSampler's image (the ControlNet
+    stopped at half the steps acted again in the second half), and a second half alone
+    is past a ControlNet that ends at 40%."""
+    control = [{"net": NET, "image": "control_a.png", "end": 0.5}]
+    whole = graph_image(session, graph_prompt(control))
+    split = graph_image(session, _two_stages(graph_prompt(control), 3))
+    assert np.abs(split - whole).max() <= 1e-5
+    early = [{"net": NET, "image": "control_a.png", "end": 0.4}]
+    late = graph_image(session, _two_stages(graph_prompt(early), 3, first=False))
+    plain = graph_image(session, _two_stages(graph_prompt([]), 3, first=False))
+    assert np.array_equal(late, plain)
+    acting = [{"net": NET, "image": "control_a.png", "start": 0.5}]
+    assert np.abs(graph_image(session, _two_stages(graph_prompt(acting), 3, first=False))
+                  - plain).max() > 1e-2
+
+
 def test_comfyui_optional_vae_input_is_accepted_and_unused(session):
     """ComfyUI's Apply ControlNet has an optional VAE (its T2I-Adapter template links
     it): it validates without an unknown-input warning and changes nothing on SD 1.x."""

@@ -313,6 +313,26 @@ def test_feedback_of_another_size_is_resized(session, tiny_model_paths):
     assert np.abs(ours - ref).max() <= 1e-4
 
 
+def test_a_run_split_in_two_samplers_draws_the_one_run(session):
+    """KSamplerAdvanced 0-3 then 3-STEPS equal one KSampler: the feedback window is a
+    fraction of the whole schedule and the second half's feedback noise goes on from
+    where the first half's left off (it started again from the seed)."""
+    liked = put_images(session, "liked", 2, 64, 64, seed=1)
+    fabric = {**DEFAULTS, "feedback_start_ratio": 0.0, "feedback_end_ratio": 0.5}
+    whole = run_graph(session, fabric_prompt(liked=liked, fabric=fabric))
+    prompt = fabric_prompt(liked=liked, fabric=fabric)
+    k = prompt.pop("3")["inputs"]
+    common = {key: k[key] for key in ("model", "steps", "cfg", "sampler_name", "scheduler",
+                                      "positive", "negative")}
+    prompt["30"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        **common, "add_noise": "enable", "noise_seed": k["seed"], "latent_image": ["5", 0],
+        "start_at_step": 0, "end_at_step": 3, "return_with_leftover_noise": "enable"}}
+    prompt["3"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        **common, "add_noise": "disable", "noise_seed": k["seed"], "latent_image": ["30", 0],
+        "start_at_step": 3, "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
+    assert np.abs(run_graph(session, prompt) - whole).max() <= 1e-5
+
+
 def test_weights_zero_is_exactly_the_plain_model(session):
     liked = put_images(session, "liked", 1, 64, 64, seed=1)
     off = run_graph(session, fabric_prompt(liked=liked, fabric={

@@ -451,7 +451,7 @@ class AttendAndExcite(SamplerExtension):
                                  roles=("cond",), keep_grad=True, level=chain.index(size),
                                  levels=levels, size=size)
         # the pipeline's step size schedule, from the original repository
-        scale_range = np.linspace(1.0, 0.5, len(run.timesteps))
+        scale_range = np.linspace(1.0, 0.5, run.schedule_length)
         run.state[self] = _RunState(recorder, size, self.scale_factor * np.sqrt(scale_range),
                                     self.embeds.to(device=run.device, dtype=run.dtype))
 
@@ -461,7 +461,7 @@ class AttendAndExcite(SamplerExtension):
     def pre_step(self, run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
         import torch
 
-        i = step.index
+        i = run.schedule_index(step)
         threshold = self.thresholds.get(i)
         if i >= self.max_iter_to_alter and threshold is None:
             return latents  # the pipeline's pass here changes nothing

@@ -148,11 +148,13 @@ class ClipGuidance(SamplerExtension):
         self.crop = crop
         self.through_unet = bool(through_unet)
 
-    def guided(self, step: Step) -> bool:
-        """Steps 0, n, 2n, ... whose position index/total lies in [start, end)."""
-        if not self.scale or step.index % self.every_n_steps:
+    def guided(self, run: SamplingRun, step: Step) -> bool:
+        """Steps 0, n, 2n, ... of the schedule whose position index/total lies in
+        [start, end)."""
+        i = run.schedule_index(step)
+        if not self.scale or i % self.every_n_steps:
             return False
-        position = step.index / max(step.total, 1)
+        position = i / max(run.schedule_length, 1)
         return self.start_percent <= position < self.end_percent
 
     def setup(self, run: SamplingRun) -> None:
@@ -173,14 +175,14 @@ class ClipGuidance(SamplerExtension):
 
     def guidance(self, run: SamplingRun, step: Step, preds: Predictions,
                  guidance: torch.Tensor) -> torch.Tensor:
-        if not self.guided(step):
+        if not self.guided(run, step):
             return guidance
         import torch
 
         state: _State = run.state[self]
         prediction = (preds.uncond if run.do_cfg else preds.cond) + guidance
         alpha_prod_t = alpha_prod(run.scheduler, step.timestep).to(state.latents.device)
-        generator = torch.Generator("cpu").manual_seed(self.cutout_seed + step.index)
+        generator = torch.Generator("cpu").manual_seed(self.cutout_seed + run.schedule_index(step))
         unet = None
         if self.through_unet:
             def unet(x: torch.Tensor) -> torch.Tensor:

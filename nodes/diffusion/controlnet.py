@@ -217,13 +217,13 @@ class ControlNetResiduals(SamplerExtension):
                                         ).to(device=net.device, dtype=net.dtype)
                   for image in self.images]
         run.state[self] = _RunState(images[0],
-                                    controlnet_keep(len(run.timesteps), self.start, self.end),
+                                    controlnet_keep(run.schedule_length, self.start, self.end),
                                     attached_rows(run, self, self.guess_mode), self.guess_mode,
                                     images[1:])
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
         state: _RunState = run.state[self]
-        scale = self.strength * state.keep[step.index]
+        scale = self.strength * state.keep[run.schedule_index(step)]
         # The pipeline adds residuals x 0 here; adding nothing is the same. (Not so for a
         # union's multi-type call: the model scales the images, not its residuals.)
         if scale == 0.0 and not state.more_images:

@@ -211,25 +211,30 @@ class FABRIC(SamplerExtension):
                              f"latents, not the run's {(h, w)}: connect the model's own VAE")
         generator = torch.Generator("cpu").manual_seed(
             (run.params.seed + NOISE_SEED_OFFSET) % 2**63)
+        window = feedback_window(run.schedule_length, self.feedback_start_ratio,
+                                 self.feedback_end_ratio)
+        for j in range(run.schedule_before):
+            # a later window of a split run (KSamplerAdvanced, SplitSigmas): skip the noise
+            # the earlier steps drew, so the two samplers draw what the one run does
+            if self.weight_factor(j, window) > 0:
+                torch.randn(tuple(latents.shape), generator=generator)
         null = self.null_embeds.to(device=run.device, dtype=run.dtype)
         run.state[self] = _RunState(
             latents.to(device=run.device, dtype=run.dtype),
-            null.repeat(latents.shape[0], 1, 1), generator,
-            feedback_window(len(run.timesteps), self.feedback_start_ratio,
-                            self.feedback_end_ratio))
+            null.repeat(latents.shape[0], 1, 1), generator, window)
 
     def attention_hooks(self, run: SamplingRun) -> tuple[AttentionHook, ...]:
         # weights of 0 throughout: the layers keep their own processors (exactly no FABRIC)
         return (self._hook,) if self.max_weight > 0 else ()
 
-    def weight_factor(self, step: Step, window: tuple[int, int]) -> float:
+    def weight_factor(self, index: int, window: tuple[int, int]) -> float:
         start, end = window
-        return self.max_weight if start <= step.index <= end else self.min_weight
+        return self.max_weight if start <= index <= end else self.min_weight
 
     def pre_step(self, run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
         state: _RunState = run.state[self]
         state.kv.clear()
-        state.factor = self.weight_factor(step, state.window)
+        state.factor = self.weight_factor(run.schedule_index(step), state.window)
         if state.factor > 0:
             self.feedback_pass(run, step, state)
         return latents

@@ -375,7 +375,7 @@ class GLIGENGrounding(SamplerExtension):
         module_patches.attach(unet, fit(self.gligen, unet, run.model.family))
         scale = pixels_per_latent(unet, run.latent)
         h, w = (int(s) * scale for s in run.init_latents.shape[-2:])
-        run.state[self] = _RunState({id(e): e._table(w, h, len(run.timesteps), run)
+        run.state[self] = _RunState({id(e): e._table(w, h, run.schedule_length, run)
                                      for e in grounding})
 
     def _table(self, image_w: int, image_h: int, steps: int, run: SamplingRun) -> _Table:
@@ -428,7 +428,8 @@ class GLIGENGrounding(SamplerExtension):
             state.roles = self._roles(run)
         roles = run.attention.roles
         active = tuple(state.roles.get(r) if state.roles.get(r) is not None
-                       and step.index < state.tables[state.roles[r]].steps else None
+                       and run.schedule_index(step) < state.tables[state.roles[r]].steps
+                       else None
                        for r in roles)
         if all(a is None for a in active):
             return  # past scheduled sampling (or no grounded rows): the UNet skips its fusers

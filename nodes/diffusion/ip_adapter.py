@@ -341,7 +341,7 @@ class IPAdapter(SamplerExtension):
         with torch.no_grad():
             pos, neg = (project([e.to(run.device)])[0] for e in (self.positive, self.negative))
         # the steps it acts on, as a ControlNet's start / end percent (diffusers' rule)
-        keep = controlnet_keep(len(run.timesteps), self.start_percent, self.end_percent)
+        keep = controlnet_keep(run.schedule_length, self.start_percent, self.end_percent)
         # tokens [1, N, T, dim]: without masks all images' tokens are attended together
         masks = None if self.masks is None else fit_masks(self.masks, self.positive.shape[1],
                                                          run.init_latents.shape[-2:], run.warn)
@@ -356,7 +356,8 @@ class IPAdapter(SamplerExtension):
 
     def pre_step(self, run: SamplingRun, step: Step, latents: torch.Tensor) -> torch.Tensor:
         keep = run.state[self]["keep"]
-        run.state[self]["scale"] = self.weight * keep[min(step.index, len(keep) - 1)]
+        run.state[self]["scale"] = self.weight * keep[min(run.schedule_index(step),
+                                                          len(keep) - 1)]
         return latents
 
     def teardown(self, run: SamplingRun) -> None:

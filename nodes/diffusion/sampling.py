@@ -107,6 +107,19 @@ def _teardown(exts: list[SamplerExtension], run: SamplingRun) -> None:
         raise failure
 
 
+def schedule_window(scheduler: Any, params: SamplingParams, t_start: int) -> tuple[int, int]:
+    """The timesteps of the schedule before and after a run that starts at step ``t_start``
+    (``prepare_timesteps``' second result). ``denoise`` < 1 cuts the schedule first, as
+    diffusers' ``strength`` does (its img2img pipelines measure a ControlNet's window on
+    the steps left): only a window of what is left counts (KSamplerAdvanced, SplitSigmas)."""
+    order = int(getattr(scheduler, "order", 1))
+    cut = params.timesteps is None and not params.explicit_sigmas and params.denoise < 1.0
+    first = params.steps - min(int(params.steps * params.denoise), params.steps) if cut else 0
+    end = params.end_step
+    after = params.steps - end if end is not None and end < params.steps else 0
+    return max(t_start - first, 0) * order, max(after, 0) * order
+
+
 def prepare_timesteps(
     scheduler: Any, steps: int, denoise: float, device: torch.device,
     start_step: int = 0, end_step: int | None = None,
@@ -291,6 +304,22 @@ class SamplingRun:
     entries: dict[str, CondEntry] = field(default_factory=dict)
     #: tells the user something the run did on their behalf (a mask stretched, ...)
     warn: Callable[[str], None] = logger.warning
+    #: a window of a longer schedule (KSamplerAdvanced's start / end_at_step, SplitSigmas):
+    #: the schedule's timesteps before and after this run's (see :func:`schedule_window`)
+    schedule_before: int = 0
+    schedule_after: int = 0
+
+    @property
+    def schedule_length(self) -> int:
+        """The steps the techniques' windows are fractions of (a ControlNet's start / end
+        percent, SEGA's warm-up, FABRIC's feedback window, ...): the whole schedule this
+        run is a window of, so that two samplers splitting a run act as the one run does
+        (ComfyUI measures them on the whole schedule too)."""
+        return self.schedule_before + len(self.timesteps) + self.schedule_after
+
+    def schedule_index(self, step: Step) -> int:
+        """``step``'s index in that schedule."""
+        return self.schedule_before + step.index
 
     def added_cond_kwargs(self, embeds: torch.Tensor, roles: tuple[str, ...] | list[str]
                           ) -> dict[str, torch.Tensor] | None:
@@ -569,6 +598,7 @@ def sample(model: DiffusionModel, scheduler: Any, positive: Conditioning,
     run = SamplingRun(model, scheduler, params, generator, timesteps, init_latents, noise,
                       positive, negative, latent, do_cfg,
                       collect_extensions(model, positive, negative, latent))
+    run.schedule_before, run.schedule_after = schedule_window(scheduler, params, t_start)
     from nodes.latent import downscale_of
 
     run.added = added_conditioning(model, positive, negative, tuple(init_latents.shape[-2:]),

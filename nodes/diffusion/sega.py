@@ -102,7 +102,7 @@ class SemanticGuidance(SamplerExtension):
         if not run.do_cfg:
             raise ValueError("SEGA needs classifier-free guidance: set cfg above 1")
         run.state[self] = _SegaState()
-        steps = len(run.timesteps)
+        steps = run.schedule_length
         for concept in self.concepts:  # settings that leave a concept doing nothing
             end = min(steps, concept.cooldown_steps if concept.cooldown_steps is not None
                       else steps)
@@ -122,7 +122,7 @@ class SemanticGuidance(SamplerExtension):
 
         state: _SegaState = run.state[self]
         edit_preds = preds.of(self)
-        i = step.index
+        i = run.schedule_index(step)
         if state.momentum is None:
             state.momentum = torch.zeros_like(guidance)
         n = len(edit_preds)

@@ -202,12 +202,12 @@ class T2IAdapterFeatures(SamplerExtension):
         features = fitting_features(self.adapter, features, unet, h, w)
         features = [match_batch(f * self.scale, batch).to(run.device, run.dtype)
                     for f in features]
-        run.state[self] = _RunState(features, self.keep(len(run.timesteps)),
+        run.state[self] = _RunState(features, self.keep(run.schedule_length),
                                     attached_rows(run, self))
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
         state: _RunState = run.state[self]
-        if not state.keep[step.index]:
+        if not state.keep[run.schedule_index(step)]:
             return
         batch = run.init_latents.shape[0]
         total = call.sample.shape[0]
