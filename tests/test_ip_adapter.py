@@ -459,3 +459,50 @@ def test_a_mask_of_another_aspect_is_stretched_with_a_warning():
     other = fit_masks(torch.ones(1, 64, 64), 1, (6, 10), said.append)
     assert other.shape == (1, 48, 80)
     assert len(said) == 1 and "stretched" in said[0] and "64x64" in said[0]
+
+
+def _with_area_region(prompt: dict, mask_left: float | None, mask_right: float) -> dict:
+    """``prompt`` (128x64) plus a prompt for the left half (Conditioning Set Area: its own
+    cropped UNet pass), and an attn_mask of ``mask_left`` / ``mask_right`` on each half."""
+    prompt["area_text"] = {"class_type": "CLIPTextEncode",
+                           "inputs": {"text": "a blue square", "clip": ["ckpt", 1]}}
+    prompt["area"] = {"class_type": "ConditioningSetArea", "inputs": {
+        "conditioning": ["area_text", 0], "width": 64, "height": 64, "x": 0, "y": 0,
+        "strength": 1.0}}
+    prompt["both"] = {"class_type": "ConditioningCombine", "inputs": {
+        "conditioning_1": ["pos", 0], "conditioning_2": ["area", 0]}}
+    prompt["sample"]["inputs"]["positive"] = ["both", 0]
+    if mask_left is not None:
+        prompt["m_right"] = {"class_type": "SolidMask",
+                             "inputs": {"value": mask_right, "width": 128, "height": 64}}
+        prompt["m_left"] = {"class_type": "SolidMask",
+                            "inputs": {"value": mask_left, "width": 64, "height": 64}}
+        prompt["m"] = {"class_type": "MaskComposite", "inputs": {
+            "destination": ["m_right", 0], "source": ["m_left", 0], "x": 0, "y": 0,
+            "operation": "add" if mask_left else "multiply"}}
+        prompt["apply"]["inputs"]["attn_mask"] = ["m", 0]
+    return prompt
+
+
+def test_an_attn_mask_is_cut_to_each_region_crop(session, monkeypatch):
+    """A region prompt with its own area is predicted on a crop of the latent: the IP-Adapter's
+    mask is cut to that crop (it was squeezed into it, and an all-ones mask lost tokens to
+    diffusers' aspect guess at the crop's grids)."""
+    import nodes.diffusion.ip_adapter as ipa
+
+    ones = image_of(session, _with_area_region(graph(width=128, height=64), 1.0, 1.0))
+    unmasked = image_of(session, _with_area_region(graph(width=128, height=64), None, 1.0))
+    assert np.abs(ones - unmasked).max() <= 1e-6
+    seen: dict[tuple, float] = {}
+    original = ipa.mask_weights
+
+    def spy(mask, grid, tokens):
+        weights = original(mask, grid, tokens)
+        seen[grid, tokens] = float(weights.mean())
+        return weights
+
+    monkeypatch.setattr(ipa, "mask_weights", spy)
+    image_of(session, _with_area_region(graph(width=128, height=64, seed=5), 0.0, 1.0))
+    # the whole image's layers: half the tokens; the left crop's (8x8, 4x4, ...): none
+    assert seen[(8, 16), 128] == pytest.approx(0.5, abs=0.05)
+    assert seen[(8, 8), 64] == 0.0 and seen[(4, 4), 16] == 0.0

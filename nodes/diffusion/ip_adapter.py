@@ -236,6 +236,29 @@ def fit_masks(masks: torch.Tensor, images: int, latent_size: Sequence[int],
     return masks
 
 
+def canvas_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 1, 8H, 8W]``: the masks on the latent's pixel grid, which the region crops'
+    state cuts to each crop (:func:`nodes.diffusion.multidiffusion.windowed_state`)."""
+    import torch.nn.functional as F
+
+    height, width = 8 * size[0], 8 * size[1]
+    if tuple(masks.shape[-2:]) == (height, width):
+        return masks[:, None]
+    return F.interpolate(masks[:, None], size=(height, width), mode="bilinear",
+                         align_corners=False)
+
+
+def token_grid(tokens: int, latent: tuple[int, int]) -> tuple[int, int] | None:
+    """The (h, w) of a ``tokens``-token layer of a UNet pass over ``latent``: one of its
+    levels (halving, rounding up), or None."""
+    h, w = latent
+    for _ in range(6):
+        if h * w == tokens:
+            return h, w
+        h, w = -(-h // 2), -(-w // 2)
+    return None
+
+
 def mask_weights(mask: torch.Tensor, grid: tuple[int, int] | None, tokens: int
                  ) -> torch.Tensor:
     """``[1, tokens, 1]``: ``mask`` ``[H, W]`` at a layer's token grid, bicubic, as
@@ -277,11 +300,18 @@ class _ImageTokenAttention(AttentionHook):
         # with masks, each image's tokens are attended apart and kept inside its mask
         # (diffusers' ip_adapter_masks)
         fitted = state["fitted"]  # masks at each token grid, made once per run
+        grid = call.size
+        latent = tuple(call.run.init_latents.shape[-2:])
+        if latent != state["size"]:
+            # a region's crop (Conditioning Set Area, mask bounds): the masks cut to it (the
+            # crop's state holds them cropped), at the crop's own token grids
+            masks = state["canvas_masks"][:, 0]
+            grid = token_grid(call.query_tokens, latent)
         for i, mask in enumerate(masks):
             out = self._attend(call, state["tokens"], slice(i, i + 1))
-            key = (i, call.size, call.query_tokens)
+            key = (i, grid, call.query_tokens, latent)
             if key not in fitted:
-                fitted[key] = mask_weights(mask, call.size, call.query_tokens)
+                fitted[key] = mask_weights(mask, grid, call.query_tokens)
             attended = attended + scale * out * fitted[key].to(device=out.device,
                                                                dtype=out.dtype)
         return attended
@@ -346,8 +376,10 @@ class IPAdapter(SamplerExtension):
         masks = None if self.masks is None else fit_masks(self.masks, self.positive.shape[1],
                                                          run.init_latents.shape[-2:], run.warn)
         masks = None if masks is None else masks.to(run.device, torch.float32)
+        size = tuple(int(v) for v in run.init_latents.shape[-2:])
         run.state[self] = {"tokens": {"cond": pos, "uncond": neg}, "masks": masks, "fitted": {},
-                           "scale": 0.0, "keep": keep or [1.0]}
+                           "scale": 0.0, "keep": keep or [1.0], "size": size,
+                           "canvas_masks": None if masks is None else canvas_masks(masks, size)}
 
     def attention_hooks(self, run: SamplingRun) -> Sequence[AttentionHook]:
         # weight 0 or an empty window: the layers keep their own processors (no change
