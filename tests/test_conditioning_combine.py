@@ -82,3 +82,60 @@ def test_combine_nodes_in_a_graph(models_dir, tmp_path):
 
     # a second prompt at strength 0 contributes nothing: same as the first alone
     assert np.abs(run(["ab", 0]) - run(["a", 0])).max() < 1e-5
+
+
+def test_combined_and_region_prompts_run_at_cfg_1(models_dir, tmp_path):
+    """cfg 1 predicts the positive side only (ComfyUI skips the unconditional pass there):
+    combined prompts and region prompts are fused on it (they were refused)."""
+
+    session = Session(tmp_path, models_dir=models_dir, device="cpu",
+                      registry=registry_with_capture())
+
+    def graph(positive, extra=None):
+        prompt = {
+            "4": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "steerflow-tiny"}},
+            "a": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
+                                                             "clip": ["4", 1]}},
+            "b": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
+                                                             "clip": ["4", 1]}},
+            "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+            "3": {"class_type": "KSampler", "inputs": {
+                "model": ["4", 0], "seed": 1, "steps": 3, "cfg": 1.0, "sampler_name": "euler",
+                "scheduler": "normal", "positive": positive, "negative": ["n", 0],
+                "latent_image": ["5", 0]}},
+            "c": {"class_type": "TestCapture", "inputs": {"value": ["3", 0],
+                                                          "key": uuid.uuid4().hex}},
+        }
+        prompt.update(extra or {})
+        return prompt
+
+    def run(prompt):
+        result = session.run(prompt)
+        assert result.ok, result.run.error
+        return CAPTURED.pop(prompt["c"]["inputs"]["key"]).samples.numpy()
+
+    plain = run(graph(["a", 0]))
+    zero_b = {"bs": {"class_type": "ConditioningSetStrength",
+                     "inputs": {"conditioning": ["b", 0], "strength": 0.0}},
+              "ab": {"class_type": "ConditioningCombine",
+                     "inputs": {"conditioning_1": ["a", 0], "conditioning_2": ["bs", 0]}}}
+    assert np.abs(run(graph(["ab", 0], zero_b)) - plain).max() < 1e-5
+    both = {"ab": {"class_type": "ConditioningCombine",
+                   "inputs": {"conditioning_1": ["a", 0], "conditioning_2": ["b", 0]}}}
+    assert np.abs(run(graph(["ab", 0], both)) - plain).max() > 1e-3
+    # a region: the same prompt on an area as large as the image is the prompt itself
+    whole = {"r": {"class_type": "ConditioningSetArea", "inputs": {
+        "conditioning": ["a", 0], "width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}},
+        "ar": {"class_type": "ConditioningCombine",
+               "inputs": {"conditioning_1": ["a", 0], "conditioning_2": ["r", 0]}}}
+    assert np.abs(run(graph(["ar", 0], whole)) - plain).max() < 1e-5
+    box = {"r": {"class_type": "ConditioningSetArea", "inputs": {
+        "conditioning": ["b", 0], "width": 32, "height": 32, "x": 0, "y": 0, "strength": 1.0}},
+        "ar": {"class_type": "ConditioningCombine",
+               "inputs": {"conditioning_1": ["a", 0], "conditioning_2": ["r", 0]}}}
+    assert np.abs(run(graph(["ar", 0], box)) - plain).max() > 1e-3
+    # a region alone leaves pixels to no positive prompt: said, not drawn as zeros
+    result = session.run(graph(["r", 0], box))
+    assert not result.ok and "at cfg 1 only the positive side" in str(result.run.error)

@@ -302,6 +302,7 @@ class CombinedConditioning(SamplerExtension):
     """Fuse the predictions of every entry of the positive and negative conditioning."""
 
     priority = 10  # before guidance-changing extensions, which then see the fused ones
+    without_cfg = True  # cfg 1: the positive side's entries are fused alone
 
     def __init__(self, positive: Conditioning, negative: Conditioning):
         self.positive = positive.entries
@@ -310,11 +311,8 @@ class CombinedConditioning(SamplerExtension):
                            for k in REGION_KEYS)
 
     def setup(self, run: SamplingRun) -> None:
-        # Without CFG only the positive side is predicted: one plain entry (a timestep
-        # range on it is checked below) needs no fusion, anything else does.
-        if not run.do_cfg and (self.regions or len(self.positive) > 1):
-            raise ValueError("combined conditioning needs classifier-free guidance: "
-                             "set cfg above 1")
+        # Without CFG (cfg 1, as ComfyUI skips the unconditional pass there) only the
+        # positive side is predicted and fused; the negative entries are not used.
         self._check_spans(run)
         if not self.regions:
             return
@@ -325,9 +323,11 @@ class CombinedConditioning(SamplerExtension):
 
         factor = downscale_of(run.latent, None, run.model.unet)
         pos = [resolve_region(e, size, batch, native, run.warn, factor) for e in self.positive]
-        neg = [resolve_region(e, size, batch, native, run.warn, factor) for e in self.negative]
-        neg = with_twins(pos, neg)
-        pos = with_twins(neg, pos)
+        neg = [resolve_region(e, size, batch, native, run.warn, factor) for e in self.negative
+               ] if run.do_cfg else []
+        if run.do_cfg:
+            neg = with_twins(pos, neg)
+            pos = with_twins(neg, pos)
         # The main batch predicts the first entry of each side on the whole canvas; other
         # whole-canvas regions are extra batch entries, cropped ones get their own passes.
         extras: list[torch.Tensor] = []
@@ -344,9 +344,18 @@ class CombinedConditioning(SamplerExtension):
                 same = [j for j, r in enumerate(neg) if r.box == region.box]
                 pos[i] = replace(region, partner=same[0] if same else None)
         for regions in (pos, neg):
-            fill_defaults(regions)
+            if regions:
+                fill_defaults(regions)
         state = _RegionState(size, pos, neg, extras, extra_entries)
         state.covered_pos = sum(r.weight for r in pos) > 0  # type: ignore[operator]
+        if not run.do_cfg:
+            if not bool(state.covered_pos.all()):  # type: ignore[union-attr]
+                raise ValueError("some pixels are in no region of the positive conditioning, "
+                                 "and at cfg 1 only the positive side is predicted: add a "
+                                 "positive prompt without an area (or cover the whole image "
+                                 "with regions)")
+            run.state[self] = state
+            return
         state.covered_neg = sum(r.weight for r in neg) > 0  # type: ignore[operator]
         if not bool((state.covered_pos | state.covered_neg).all()):
             raise ValueError("some pixels are in no region of the positive nor of the "
@@ -374,22 +383,29 @@ class CombinedConditioning(SamplerExtension):
     def extra_conditions(self, run: SamplingRun) -> Sequence[torch.Tensor]:
         if self.regions:
             return run.state[self].extras
-        return [e.embeds for e in (*self.positive[1:], *self.negative[1:])]
+        return [e.embeds for e in self._extra_entries(run)]
 
     def extra_entries(self, run: SamplingRun) -> list[CondEntry | None]:
         """The entries :meth:`extra_conditions`' rows stand for."""
         if self.regions:
             return run.state[self].extra_entries
-        return [*self.positive[1:], *self.negative[1:]]
+        return list(self._extra_entries(run))
+
+    def _extra_entries(self, run: SamplingRun) -> tuple[CondEntry, ...]:
+        return (*self.positive[1:], *(self.negative[1:] if run.do_cfg else ()))
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:
         if self.regions and run.attention.roles == run.roles:  # the main pass only
             run.state[self].latents = call.latent_input[:run.init_latents.shape[0]]
 
     def predictions(self, run: SamplingRun, step: Step, preds: Predictions) -> None:
-        if not run.do_cfg:  # one positive entry, predicted as the step's own
-            return
         extra = preds.of(self)
+        if not run.do_cfg:  # the positive side only (its first entry is the step's own)
+            if not self.regions and len(self.positive) > 1:
+                preds.cond = weighted(run, step, [preds.cond, *extra], self.positive)
+            elif self.regions:
+                preds.cond = self._fused_positive(run, step, preds, extra)
+            return
         if not self.regions:
             n_pos = len(self.positive) - 1
             preds.cond = weighted(run, step, [preds.cond, *extra[:n_pos]], self.positive)
@@ -430,6 +446,22 @@ class CombinedConditioning(SamplerExtension):
         paired = paired / torch.where(w_pos > 0, w_pos, torch.ones_like(w_pos))
         preds.cond = torch.where(w_pos > 0, cond, negative)
         preds.uncond = torch.where(w_pos > 0, paired, negative)
+
+    def _fused_positive(self, run: SamplingRun, step: Step, preds: Predictions,
+                        extra: Sequence[torch.Tensor]) -> torch.Tensor:
+        """cfg 1: the positive regions' weighted mean (each on its crop or the canvas)."""
+        state: _RegionState = run.state[self]
+        crops = self._crop_predictions(run, step, state)
+        chunks = {"cond": preds.cond, **dict(enumerate(extra))}
+        total = torch.zeros_like(preds.cond)
+        weights = torch.zeros_like(preds.cond[:, :1])
+        for region in state.positive:
+            value = (chunks[region.source] if region.source is not None
+                     else crops[region.box, id(region.embeds)])
+            w = region.weight * active_at(run, step, region.span)
+            total = total + w * value
+            weights = weights + w
+        return total / torch.where(weights > 0, weights, torch.ones_like(weights))
 
     def _crop_predictions(self, run: SamplingRun, step: Step, state: _RegionState
                           ) -> dict[tuple[Box, int], torch.Tensor]:
