@@ -24,8 +24,22 @@ class Issue:
     details: dict[str, Any] = field(default_factory=dict)
     severity: str = "error"
 
+    def __post_init__(self) -> None:
+        # names and ids come from the prompt: a 20 MB input name was echoed whole (in the
+        # reply, twice, and in the log)
+        self.message = _bounded(self.message, 40 * _SHOWN_CHARS)
+        self.class_type = _bounded(self.class_type, 2 * _SHOWN_CHARS)
+        self.input_name = _bounded(self.input_name, 2 * _SHOWN_CHARS)
+        self.node_id = _bounded(self.node_id, 3 * _SHOWN_CHARS)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class PromptValidationError(ValueError):

@@ -542,10 +542,18 @@ def _unknown_input_message(name: str, specs: Mapping[str, InputSpec],
 
 
 def _dependents(graph: nx.DiGraph, outputs: list[str]) -> Callable[[str], list[str]]:
-    """``node_id`` → the output nodes among ``outputs`` that need it (itself included)."""
+    """``node_id`` → the output nodes among ``outputs`` that need it (itself included).
+    With few outputs, one walk back from each serves every node asked about (a walk per
+    bad node took a minute on a 250 000-node chain with 100 of them)."""
+    needs: dict[str, set[str]] = {}
+
     def dependents(node_id: str) -> list[str]:
         if node_id not in graph:
             return []
+        if len(outputs) <= 16:
+            if not needs:
+                needs.update({o: nx.ancestors(graph, o) | {o} for o in outputs if o in graph})
+            return [o for o in outputs if node_id in needs.get(o, ())]
         reached = nx.descendants(graph, node_id) | {node_id}
         return [o for o in outputs if o in reached]
 

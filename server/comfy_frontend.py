@@ -358,6 +358,10 @@ class LogBuffer(logging.Handler):
         self._add({"t": datetime.now().isoformat(), "m": text})
 
     def _add(self, entry: dict[str, str]) -> None:
+        if len(entry["m"]) > MAX_LOG_ENTRY_CHARS:  # 300 entries of 20 MB each were 6 GB
+            cut = len(entry["m"]) - MAX_LOG_ENTRY_CHARS
+            entry = {**entry, "m": f"{entry['m'][:MAX_LOG_ENTRY_CHARS]}... ({cut} characters "
+                                   "more, in the server log)\n"}
         with self._guard:
             self.entries.append(entry)
             subscribers = [sid for sid in self.subscribers if sid in self.hub.clients]
@@ -378,6 +382,7 @@ class LogBuffer(logging.Handler):
 
 
 LOG_BUFFER: web.AppKey[LogBuffer] = web.AppKey("steerflow_log_buffer", LogBuffer)
+MAX_LOG_ENTRY_CHARS = 64 * 1024  # a record's text kept for /internal/logs
 
 
 def install_log_buffer(app: web.Application, hub: Hub) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -170,6 +171,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         if (damaged := _damaged_database(request, exc)) is not None:
             return damaged.response()
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            # a file name past the file system's limit (255 bytes), wherever a route met it
+            return ApiError(400, "name_too_long", "a file or folder name in the request is "
+                            "longer than the file system allows (255 bytes)").response()
         log.exception("unhandled error in %s %s", request.method, request.path)
         return ApiError(500, "internal_error", "internal server error; see the server log"
                         ).response()

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.comfy_workflow import is_ui_workflow
+from engine.issues import short_repr
 from engine.validation import Issue, PromptValidationError, plain_issues, to_node_errors
 from engine.workflow import WorkflowFormatError, from_object, is_document
 from server.errors import ApiError, json_response
@@ -26,6 +27,7 @@ from server.storage import SENSITIVE_EXTRA_DATA_KEYS, StorageError, damage_hint,
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 200
+MAX_NODE_ID_CHARS = 256  # a node id of a prompt
 MAX_ID_LIST = 10_000  # ids per delete list (ComfyUI keeps 10000 history entries)
 MAX_NUMBER = 2**53  # |number| of a queued prompt
 MAX_REPORTED_ISSUES = 100  # validation errors detailed in a 400; the rest are counted
@@ -145,10 +147,15 @@ async def _post_prompt(request: web.Request) -> web.Response:
     if targets is not None:
         targets = _id_list(targets, "partial_execution_targets", node_errors={})
     validator = await st.runtime.get_validator()
-    vp = await _validate(validator, prompt, targets)
+    vp, rejected = await _validate(validator, prompt, targets)
     if prompt_id in st.queue:  # checked after the awaits, so no other request slips in
         raise ApiError(400, "duplicate_prompt_id", f"prompt {prompt_id!r} is already queued",
                        node_errors={})
+    if body.get("prompt_id") is not None and st.storage.in_history(prompt_id):
+        # its run would replace the entry, and the earlier run's outputs lose their record
+        raise ApiError(400, "duplicate_prompt_id", f"prompt {prompt_id!r} is already in the "
+                       "history: use a new prompt_id, or delete the entry first (POST "
+                       "/history {\"delete\": [id]})", node_errors={})
     item = QueueItem(number, prompt_id, prompt, extra_data, list(vp.outputs))
     with stored(request, "the prompt could not be stored", node_errors={}):
         try:
@@ -160,8 +167,7 @@ async def _post_prompt(request: web.Request) -> web.Response:
             raise ApiError(503, "queue_unavailable", f"the prompt could not be queued: {exc}",
                            node_errors={}) from None
     reply: dict[str, Any] = {"prompt_id": prompt_id, "number": number, "node_errors": {}}
-    if vp.rejected is not None:  # as ComfyUI: the valid outputs run, the others are named
-        rejected = _validation_error(vp.rejected.issues, vp.rejected.dependent_outputs)
+    if rejected is not None:  # as ComfyUI: the valid outputs run, the others are named
         log.warning("prompt %s: output(s) left out:\n%s", prompt_id,
                     rejected.body["error"]["details"])
         reply["node_errors"] = rejected.body["node_errors"]
@@ -187,7 +193,14 @@ def _api_prompt(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_prompt", "a workflow must be a JSON object",
                        node_errors={})
-    return {str(k): v for k, v in value.items()}
+    prompt = {str(k): v for k, v in value.items()}
+    for node_id in prompt:  # ids go into logs and every event: a newline forged log lines
+        if len(node_id) > MAX_NODE_ID_CHARS or not node_id.isprintable():
+            raise ApiError(400, "invalid_prompt", f"node id {short_repr(node_id)} is not a "
+                           f"node id: use up to {MAX_NODE_ID_CHARS} printable characters "
+                           "(ComfyUI's are numbers such as \"3\" or \"12:5\")",
+                           node_errors={})
+    return prompt
 
 
 def _extra_data(body: dict[str, Any]) -> dict[str, Any]:
@@ -216,18 +229,34 @@ def _extra_data(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _validate(validator: Any, prompt: dict[str, Any],
-                    targets: list[str] | None) -> Any:
-    try:
-        if len(prompt) <= INLINE_VALIDATION_NODES:
-            return validator.validate(prompt, targets, partial=True)
+                    targets: list[str] | None) -> tuple[Any, ApiError | None]:
+    """The validated prompt and the refusal of the outputs left out (partial execution);
+    raises the refusal of the whole prompt. A large prompt is validated off the event
+    loop, and its refusal is built there too: naming each bad node's dependent outputs
+    walks the graph (a 250 000-node chain's kept the server from answering for 50 s)."""
+    if len(prompt) <= INLINE_VALIDATION_NODES:
+        outcome = _validated(validator, prompt, targets)
+    else:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, functools.partial(validator.validate, prompt, targets, partial=True))
+        outcome = await loop.run_in_executor(
+            None, functools.partial(_validated, validator, prompt, targets))
+    if isinstance(outcome, ApiError):
+        raise outcome
+    return outcome
+
+
+def _validated(validator: Any, prompt: dict[str, Any], targets: list[str] | None
+               ) -> tuple[Any, ApiError | None] | ApiError:
+    try:
+        vp = validator.validate(prompt, targets, partial=True)
     except PromptValidationError as exc:
-        raise _validation_error(exc.issues, exc.dependent_outputs) from None
+        return _validation_error(exc.issues, exc.dependent_outputs)
     except RecursionError:
-        raise ApiError(400, "invalid_prompt", "the prompt is nested too deeply",
-                       node_errors={}) from None
+        return ApiError(400, "invalid_prompt", "the prompt is nested too deeply",
+                        node_errors={})
+    rejected = (None if vp.rejected is None else
+                _validation_error(vp.rejected.issues, vp.rejected.dependent_outputs))
+    return vp, rejected
 
 
 _PROMPT_WIDE_KINDS = frozenset({"unknown_node_type", "no_output_node", "missing_class_type"})

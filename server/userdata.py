@@ -168,8 +168,11 @@ def _update_settings(root: Path, change: dict[str, Any]) -> None:
         path = root / SETTINGS_FILE
         current = read_settings(root)
         if path.exists() and not current and path.stat().st_size > 2:
-            # Unreadable: keep it for the user rather than overwrite it.
-            path.replace(path.with_name(f"{SETTINGS_FILE}.unreadable-{int(time.time())}"))
+            # Unreadable (or not an object): keep it for the user rather than overwrite it.
+            kept = path.with_name(f"{SETTINGS_FILE}.unreadable-{int(time.time())}")
+            path.replace(kept)
+            log.warning("%s was no JSON object of settings: kept as %s, new settings "
+                        "started", path, kept.name)
         data = json.dumps({**current, **change}, indent=2, ensure_ascii=False).encode()
         old_size = path.stat().st_size if current else 0
         if len(data) > max(SETTINGS_FILE_LIMIT, old_size):  # shrinking one is still fine

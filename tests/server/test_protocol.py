@@ -645,6 +645,45 @@ def test_client_chosen_prompt_id_and_duplicates(server: LiveServer, http: Http):
     http.post("/interrupt")
     recv_until(ws, "mine-1")
     ws.close()
+    # ended, it is in the history: its id again would replace that entry (the earlier
+    # run's record lost in silence), so it is refused until the entry is deleted
+    wait_history(http, ["mine-1"])
+    reused = http.post("/prompt", json={"prompt": chain(), "prompt_id": "mine-1"})
+    assert reused.status == 400 and "already in the history" in reused.json()["error"]["message"]
+    assert "mine-1" in http.get("/history/mine-1").json()
+    http.post("/history", json={"delete": ["mine-1"]})
+    assert http.post("/prompt", json={"prompt": chain(), "prompt_id": "mine-1"}).status == 200
+    wait_history(http, ["mine-1"])
+
+
+@pytest.mark.parametrize("node_id", ["3\nERROR server.runtime: FORGED", "a\x00b", "9" * 300])
+def test_a_node_id_that_is_no_id_is_refused(http: Http, node_id: str):
+    """Node ids go into the log and every event: a newline forged a log line."""
+    prompt = chain()
+    prompt[node_id] = prompt.pop("3")
+    reply = http.post("/prompt", json={"prompt": prompt})
+    assert reply.status == 400
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_prompt" and "printable characters" in error["message"]
+    assert "\n" not in error["message"] and len(error["message"]) < 600
+
+
+def test_huge_names_in_a_prompt_are_not_echoed_whole(http: Http):
+    """An unknown input name, class_type or linked id of megabytes came back whole in the
+    reply (twice) and in the log."""
+    prompt = chain()
+    prompt["2"]["inputs"]["x" * 2_000_000] = 1
+    prompt["4"] = {"class_type": "y" * 2_000_000, "inputs": {}}
+    reply = http.post("/prompt", json={"prompt": prompt})
+    assert reply.status == 400 and len(reply.body) < 50_000
+
+
+@pytest.mark.parametrize("path", ["/extensions/steerflow/" + "a" * 300 + ".js",
+                                  "/templates/" + "b" * 300 + ".json",
+                                  "/view?filename=" + "c" * 300 + ".png"])
+def test_a_file_name_past_the_file_systems_limit_is_a_client_error(http: Http, path: str):
+    reply = http.get(path)
+    assert 400 <= reply.status < 500 and reply.json()["error"]["type"]
 
 
 def test_free_drops_the_workers_cache(server: LiveServer, http: Http):
