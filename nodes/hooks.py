@@ -134,7 +134,10 @@ class SetHookKeyframes(Node):
     hook_kf: Keyframes | None = Input(None, type="HOOK_KEYFRAMES", optional=True)
 
     def execute(self, ctx: ExecutionContext) -> tuple[HookGroup]:
-        if self.hook_kf is None:
+        if self.hook_kf is None or self.hooks is None:
+            if self.hooks is None:  # (Combine Hooks of nothing): no hook to schedule
+                ctx.warn("Set Hook Keyframes got no hooks (its Combine Hooks has no "
+                         "inputs): the keyframes schedule nothing")
             return (self.hooks,)
         return (self.hooks.with_keyframes(self.hook_kf),)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -76,12 +78,30 @@ class DDIMInvert(Node):
         regularizer = InversionRegularizer(
             self.lambda_auto_corr, self.lambda_kl, self.num_reg_steps,
             self.num_auto_corr_rolls, self.seed) if self.num_reg_steps else None
-        trajectory = ddim_invert(self.model, self.positive, self.negative, self.latent,
-                                 self.steps, self.cfg, self.denoise, callback=on_step,
-                                 regularizer=regularizer)
+        with patches_explained(self.model, "DDIM Inversion"):
+            trajectory = ddim_invert(self.model, self.positive, self.negative, self.latent,
+                                     self.steps, self.cfg, self.denoise, callback=on_step,
+                                     regularizer=regularizer)
         inverted = replace(self.latent, samples=trajectory.latents[-1], noise_mask=None,
                            extension_results=())
         return inverted, trajectory
+
+
+@contextmanager
+def patches_explained(model: DiffusionModel, node: str) -> Iterator[None]:
+    """An inversion replaces the sampler's scheduler with its own stepper: a model patch
+    that reads the sampler's schedule (SAG, CFGNorm, a ModelSampling override, ...) fails
+    inside it. That failure, said in words that name the patches, not as an attribute
+    error deep in the patch."""
+    try:
+        yield
+    except (AttributeError, TypeError) as exc:
+        patches = sorted({type(e).__name__ for e in model.extensions})
+        what = (", ".join(patches) if patches else "a model sampling change "
+                "(ModelSampling nodes)")
+        raise ValueError(f"{node} cannot run with {what} on its model ({exc}): these "
+                         "change the sampler, which the inversion replaces; invert with "
+                         "the model from before them and add them for the sampling") from exc
 
 
 class LatentFromTrajectory(Node):

@@ -9,6 +9,7 @@ from nodes.diffusion.handles import Conditioning, DiffusionModel, Latent, Tensor
 from nodes.diffusion.ledits_pp import SAMPLERS, LEditsInversion, twin_problem
 from nodes.diffusion.schedulers import SCHEDULES, unsupported_combination
 from nodes.diffusion.sega import SegaConcept
+from nodes.inversion import patches_explained
 
 if TYPE_CHECKING:
     import torch
@@ -89,10 +90,11 @@ class LEditsPPInvert(Node):
             ctx.progress(step, total)  # also honours an interrupt
 
         ctx.check_interrupt()
-        start, inversion = edit_friendly_invert(
-            self.model, self.negative, self.source_prompt, self.latent,
-            self.num_inversion_steps, self.skip, self.source_guidance_scale, self.seed,
-            self.sampler_name, self.scheduler, callback=on_step)
+        with patches_explained(self.model, "LEDITS++ Inversion"):
+            start, inversion = edit_friendly_invert(
+                self.model, self.negative, self.source_prompt, self.latent,
+                self.num_inversion_steps, self.skip, self.source_guidance_scale, self.seed,
+                self.sampler_name, self.scheduler, callback=on_step)
         latent = replace(self.latent, samples=start, noise_mask=None, extension_results=())
         guided = self.source_prompt is not None and self.source_guidance_scale > 1.0
         cfg = self.source_guidance_scale if guided else 1.0

@@ -423,3 +423,42 @@ def test_sag_pass_carries_the_guided_prompts_hooks(session):
     merged = base(model=("sag", 0), extra={**lora_model(), "sag": {**sag, "inputs": {
         **sag["inputs"], "model": ["lm", 0]}}})
     assert np.abs(run(session, hooked) - run(session, merged)).max() <= 1e-4
+
+
+def test_a_hook_with_a_weight_and_a_bias_change_on_one_layer(session, models_dir):
+    """A layer with two changes (``.diff`` and ``.diff_b``, as a LoRA saved from a model
+    difference holds for the time embedding) failed with a TypeError (the fuzz drill)."""
+    from nodes.diffusion.tiny import build_tiny_pipeline
+
+    g = torch.Generator().manual_seed(4)
+    layer = "time_embedding.linear_1"
+    weight = dict(build_tiny_pipeline().unet.named_parameters())[f"{layer}.weight"]
+    save_file({f"{layer}.diff": torch.randn(weight.shape, generator=g) * 0.05,
+               f"{layer}.diff_b": torch.randn(weight.shape[0], generator=g) * 0.05},
+              str(models_dir / "loras" / "hook_diff_b.safetensors"))
+    hook = {"hook": {"class_type": "CreateHookLora", "inputs": {
+        "lora_name": "hook_diff_b.safetensors", "strength_model": 1.0, "strength_clip": 1.0}}}
+    hooked = run(session, base(positive=("props", 0), negative=("props", 1),
+                               extra={**hook, **pair_props()}))
+    loaded = run(session, base(model=("lm", 0), extra={"lm": {
+        "class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["ck", 0], "lora_name": "hook_diff_b.safetensors",
+            "strength_model": 1.0}}}))
+    assert np.abs(hooked - loaded).max() <= 1e-4
+
+
+def test_keyframes_on_no_hooks_schedule_nothing_and_say_so(session):
+    """Combine Hooks with no input gives no hooks: Set Hook Keyframes on it failed with an
+    AttributeError (ComfyUI's too); it passes the nothing on, with a warning."""
+    extra = {"none": {"class_type": "CombineHooks2", "inputs": {}},
+             "kf": {"class_type": "CreateHookKeyframe", "inputs": {"strength_mult": 0.5,
+                                                                  "start_percent": 0.0}},
+             "sched": {"class_type": "SetHookKeyframes", "inputs": {"hooks": ["none", 0],
+                                                                   "hook_kf": ["kf", 0]}},
+             **pair_props(hooks=("sched", 0))}
+    prompt = base(positive=("props", 0), negative=("props", 1), extra=extra)
+    result = session.run(prompt, keep_events=True)
+    assert result.ok, result.run.error
+    CAPTURED.pop(prompt["cap"]["inputs"]["key"], None)
+    warnings = [d["message"] for n, d in result.events if n == "node_warning"]
+    assert any("schedule nothing" in w for w in warnings), warnings

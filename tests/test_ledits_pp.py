@@ -468,3 +468,30 @@ def test_example_workflow_runs(session):
     assert result.ok, result.run.error
     saved = [p for p in result.image_paths if p.parent.name == "output"]
     assert len(saved) == 1 and len(result.image_paths) == 2  # the edit and its mask
+
+
+@pytest.mark.parametrize(("patch", "node"), [
+    ({"class_type": "SelfAttentionGuidance", "inputs": {"scale": 0.5, "blur_sigma": 2.0}},
+     {"class_type": "LEditsPPInvert", "inputs": {"num_inversion_steps": 2}}),
+    ({"class_type": "SelfAttentionGuidance", "inputs": {"scale": 0.5, "blur_sigma": 2.0}},
+     {"class_type": "DDIMInvert", "inputs": {"steps": 2}}),
+])
+def test_an_inversion_after_a_sampler_patch_says_so(session, patch, node):
+    """An inversion steps with its own stepper: a patch that reads the sampler's schedule
+    failed inside it with an AttributeError (the fuzz drill); it is said in words."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "2": {**patch, "inputs": {**patch["inputs"], "model": ["1", 0]}},
+        "3": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+    }
+    inputs = {**node["inputs"], "model": ["2", 0], "latent": ["3", 0]}
+    if node["class_type"] == "LEditsPPInvert":
+        inputs["negative"] = ["4", 0]
+    else:
+        inputs.update(positive=["4", 0], negative=["4", 0])
+    prompt["5"] = {"class_type": node["class_type"], "inputs": inputs}
+    prompt["6"] = {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}}
+    message = run_error(session, prompt)
+    assert "Inversion cannot run with" in message and "on its model" in message

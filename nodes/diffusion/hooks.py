@@ -47,11 +47,11 @@ class HookBypass(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
-        rows, active = self.owner.row_strengths, self.owner.active
-        for ref, kind, tensors in self.changes:
+        strengths, active = self.owner.row_strengths, self.owner.active
+        for ref, kind, tensors in self.changes:  # (a layer may have two: weight and bias)
             if ref not in active:  # known on the host: no device sync per layer
                 continue
-            strength = rows[ref]
+            strength = strengths[ref]
             delta = self._delta(x, kind, tensors)
             rows = out.shape[0]
             if strength.numel() != rows and rows % strength.numel() == 0:

@@ -408,7 +408,9 @@ def fit_lora(root: torch.nn.Module, layers: dict[str, _Layer], *, name: str, com
         problems.append(f"{len(missing)} of {total} layers target no {component} module "
                         f"(e.g. {', '.join(missing[:_SHOWN])})")
     if mismatched:
-        problems.append(f"{len(mismatched)} of {total} layers have the wrong shape "
+        # (a layer's weight and bias differences, or its LoRA and .diff_b, count once)
+        wrong = len({entry.split(" (")[0] for entry in mismatched})
+        problems.append(f"{wrong} of {total} layers have the wrong shape "
                         f"(e.g. {'; '.join(mismatched[:_SHOWN])})")
     if incomplete:
         problems.append(f"{len(incomplete)} layers lack their down or up matrix "
