@@ -52,33 +52,40 @@ def test_combined_prediction_is_the_weighted_mean(parts):
     assert torch.allclose(ours, expected, atol=1e-5)
 
 
+def _graph(positive: list, *, cfg: float, sampler: str, extra: dict | None = None) -> dict:
+    """txt2img on the tiny model with prompts "a" (a red circle), "b" (a blue square), "n"
+    (empty) and ``extra`` nodes, ``positive`` into the sampler; "c" captures the latent."""
+    prompt = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "steerflow-tiny"}},
+        "a": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
+                                                         "clip": ["4", 1]}},
+        "b": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
+                                                         "clip": ["4", 1]}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": 1, "steps": 3, "cfg": cfg, "sampler_name": sampler,
+            "scheduler": "normal", "positive": positive, "negative": ["n", 0],
+            "latent_image": ["5", 0]}},
+        "c": {"class_type": "TestCapture", "inputs": {"value": ["3", 0],
+                                                      "key": uuid.uuid4().hex}},
+    }
+    prompt.update(extra or {})
+    return prompt
+
+
 def test_combine_nodes_in_a_graph(models_dir, tmp_path):
     session = Session(tmp_path, models_dir=models_dir, device="cpu",
                       registry=registry_with_capture())
 
     def run(positive):
-        key = uuid.uuid4().hex
-        prompt = {
-            "4": {"class_type": "CheckpointLoaderSimple",
-                  "inputs": {"ckpt_name": "steerflow-tiny"}},
-            "a": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
-                                                             "clip": ["4", 1]}},
-            "b": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
-                                                             "clip": ["4", 1]}},
+        prompt = _graph(positive, cfg=5.0, sampler="ddim", extra={
             "bs": {"class_type": "ConditioningSetStrength",
                    "inputs": {"conditioning": ["b", 0], "strength": 0.0}},
             "ab": {"class_type": "ConditioningCombine",
-                   "inputs": {"conditioning_1": ["a", 0], "conditioning_2": ["bs", 0]}},
-            "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
-            "3": {"class_type": "KSampler", "inputs": {
-                "model": ["4", 0], "seed": 1, "steps": 3, "cfg": 5.0, "sampler_name": "ddim",
-                "scheduler": "normal", "positive": positive, "negative": ["n", 0],
-                "latent_image": ["5", 0]}},
-            "c": {"class_type": "TestCapture", "inputs": {"value": ["3", 0], "key": key}},
-        }
+                   "inputs": {"conditioning_1": ["a", 0], "conditioning_2": ["bs", 0]}}})
         assert session.run(prompt).ok
-        return CAPTURED.pop(key).samples.numpy()
+        return CAPTURED.pop(prompt["c"]["inputs"]["key"]).samples.numpy()
 
     # a second prompt at strength 0 contributes nothing: same as the first alone
     assert np.abs(run(["ab", 0]) - run(["a", 0])).max() < 1e-5
@@ -92,24 +99,7 @@ def test_combined_and_region_prompts_run_at_cfg_1(models_dir, tmp_path):
                       registry=registry_with_capture())
 
     def graph(positive, extra=None):
-        prompt = {
-            "4": {"class_type": "CheckpointLoaderSimple",
-                  "inputs": {"ckpt_name": "steerflow-tiny"}},
-            "a": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle",
-                                                             "clip": ["4", 1]}},
-            "b": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square",
-                                                             "clip": ["4", 1]}},
-            "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
-            "3": {"class_type": "KSampler", "inputs": {
-                "model": ["4", 0], "seed": 1, "steps": 3, "cfg": 1.0, "sampler_name": "euler",
-                "scheduler": "normal", "positive": positive, "negative": ["n", 0],
-                "latent_image": ["5", 0]}},
-            "c": {"class_type": "TestCapture", "inputs": {"value": ["3", 0],
-                                                          "key": uuid.uuid4().hex}},
-        }
-        prompt.update(extra or {})
-        return prompt
+        return _graph(positive, cfg=1.0, sampler="euler", extra=extra)
 
     def run(prompt):
         result = session.run(prompt)
