@@ -8,6 +8,16 @@ from typing import Any
 
 from playwright.sync_api import Locator, Page, expect
 
+#: the ids of the nodes not wholly inside the canvas pane (under the side panel, past an edge)
+NOT_WHOLLY_IN_VIEW = """() => {
+    const p = document.querySelector('.react-flow').getBoundingClientRect();
+    return [...document.querySelectorAll('.react-flow__node')].filter(e => {
+        const r = e.getBoundingClientRect();
+        return r.left < p.left - 1 || r.top < p.top - 1 || r.right > p.right + 1
+            || r.bottom > p.bottom + 1;
+    }).map(e => e.dataset.id);
+}"""
+
 
 class Canvas:
     def __init__(self, page: Page):

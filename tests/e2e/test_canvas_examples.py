@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.e2e.canvas import Canvas
+from tests.e2e.canvas import NOT_WHOLLY_IN_VIEW, Canvas
 from tests.e2e.conftest import LiveServer
 
 
@@ -97,3 +97,15 @@ def test_load_checkpoint_shows_the_models_native_size_and_what_it_draws(page):
     # a model without a card shows none
     c.widget("4", "ckpt_name").select_option("steerflow-tiny")
     expect(c.node("4").get_by_test_id("model-card")).to_contain_text("random")
+
+
+def test_an_example_opens_whole_in_a_small_window(page):
+    """At 1280x800 every example but one opened at the readable zoom with its Save Image cut
+    off or hidden (the first-time walk): an example opens as the first visit's graph does,
+    wholly in view, zoomed out as far as that needs."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    c = Canvas(page)
+    for name in ("img2img.json", "sega.json", "combined.json"):
+        c.open_example(name)
+        expect(c.nodes().first).to_be_visible()
+        page.wait_for_function(f"() => ({NOT_WHOLLY_IN_VIEW})().length === 0", timeout=10_000)

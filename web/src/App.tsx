@@ -329,8 +329,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     return loadWorkflowBytes(file.name, bytes, defsRef.current, convertWorkflow);
   }, { name: file.name }), [openWith, defsRef]);
 
+  // an example is shown whole, as the first visit's graph (its Save Image was cut off at
+  // the readable zoom: at 1280x800 in all but one example, the first-time walk)
   const openExample = useCallback((ex: ExampleRef) => openWith(ex.name, async () =>
-    loadWorkflowObject(await getWorkflow(ex.name), defsRef.current, convertWorkflow), { name: ex.name }),
+    loadWorkflowObject(await getWorkflow(ex.name), defsRef.current, convertWorkflow),
+  { name: ex.name, firstView: true }),
   [openWith, defsRef]);
 
   const openImageWorkflow = useCallback(async (img: ImageRef) => {
