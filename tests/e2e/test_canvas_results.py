@@ -141,3 +141,24 @@ def test_tab_closed_mid_run_reopened_shows_the_runs_image_when_it_ends(page, bro
     assert new not in old
     expect(image).to_have_attribute("src", re.compile(re.escape(new)), timeout=30_000)
     other.close()
+
+
+@pytest.mark.slow
+def test_history_load_puts_the_entrys_images_on_the_graph_at_once(page, server: LiveServer):
+    """History's Load opened the workflow with Save Image empty; its image came only after
+    a reload (the first-time walk)."""
+    c = Canvas(page)
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "history load e2e: a green star"
+    c.open_file("histload.json", doc)
+    prompt_id = c.queue_id()
+    expect(c.node(SAVE).locator("img.sf-output-image")).to_be_visible(timeout=180_000)
+    entry = server.wait_history(prompt_id)
+    shown = entry["outputs"][SAVE]["images"][0]["filename"]
+    c.clear()
+    page.get_by_role("tab", name="History").click()
+    page.locator(f'.sf-history-item[data-prompt-id="{prompt_id}"]').get_by_role(
+        "button", name="Load").click()
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    expect(c.node(SAVE).locator("img.sf-output-image")).to_have_attribute(
+        "src", re.compile(re.escape(shown)))

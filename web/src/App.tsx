@@ -264,7 +264,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [store, notify]);
 
   // --- opening workflows -----------------------------------------------------------------
-  const applyLoaded = useCallback((loaded: Loaded, name?: string, firstView = false) => {
+  const applyLoaded = useCallback((loaded: Loaded, name?: string, firstView = false, restore = false) => {
     // the previous workflow's errors and warnings point at nodes that are gone
     clearToasts();
     stopWatch.current?.();
@@ -277,11 +277,15 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`,
       "info", undefined, { tag: "opened" });
     for (const w of loaded.warnings.slice(0, 3)) notify(w, "warning");
+    if (restore) { // the graph's own outputs back on its nodes, as a reload of it shows them
+      void restoreResults(store, loaded.graph.nodes, undefined, graphPromptOf(loaded.graph, defsRef.current),
+        socket.current?.clientId ?? makeClientId()).catch(() => undefined);
+    }
     // model files the server lacks: marked on their widgets now, summed up here (not only when queued)
     const missing = missingModels(loaded.graph, defsRef.current);
     const text = missingModelsText(missing, loaded.graph, defsRef.current);
     if (text) notify(text, "warning", { label: "Show", run: () => showNodes(missing.flatMap((m) => m.nodes.map((x) => x.id))) });
-  }, [loadGraph, notify, clearToasts, defsRef, showNodes]);
+  }, [loadGraph, notify, clearToasts, defsRef, showNodes, store]);
 
   /**
    * Open a workflow, atomically as the user sees it. `load` reads it, over the network for an
@@ -294,7 +298,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
    * open wins over one still loading. Resolves true once the graph is on the canvas.
    */
   const openWith = useCallback(async (label: string, load: () => Promise<Loaded>, opts: {
-    name?: string; failText?: string; firstView?: boolean; quiet?: boolean;
+    name?: string; failText?: string; firstView?: boolean; quiet?: boolean; restore?: boolean;
   } = {}): Promise<boolean> => {
     const seq = ++openSeq.current;
     openingRef.current = label;
@@ -303,7 +307,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     try {
       const loaded = await load();
       if (seq !== openSeq.current) return false; // a later open replaced this one
-      applyLoaded(loaded, opts.name, opts.firstView);
+      applyLoaded(loaded, opts.name, opts.firstView, opts.restore);
       ok = true;
       return true;
     } catch (e) {
@@ -323,6 +327,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   [openWith, defsRef]);
 
   const openAutosave = useCallback((doc: unknown, name: string) => void loadObject(doc, name), [loadObject]);
+
+  /** History's Load: the entry's workflow, its outputs back on its nodes at once (as a
+   * reload of that graph shows them; they came only after a reload). */
+  const loadFromHistory = useCallback((obj: unknown) => void openWith("workflow", () =>
+    loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name: "workflow", restore: true }),
+  [openWith, defsRef]);
 
   const loadFile = useCallback((file: File) => openWith(file.name, async () => {
     const bytes = new Uint8Array(await file.arrayBuffer());
@@ -669,7 +679,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               </div>
             )}
           </div>
-          <SidePanel store={store} onLoad={(obj) => void loadObject(obj, "workflow")} openImage={openImage} notify={notify}
+          <SidePanel store={store} onLoad={loadFromHistory} openImage={openImage} notify={notify}
             feedback={feedback} clientId={clientIdOf} openAutosave={openAutosave} toggleTab={panelToggle} />
         </div>
         <StatusBar store={store} clientId={clientIdOf} labelOf={(id) => {
