@@ -68,6 +68,28 @@ def test_sample_follows_the_step_progress_event(tmp_path):
     assert order == ["progress:1", "sample:1", "progress:2", "sample:2"]
 
 
+def test_a_resumed_runs_first_step_says_where_it_goes_on_from(tmp_path):
+    """The canvas marks a resume on the loss curve: a tab that did not see the stopped run
+    (a reopened example, another tab) learns it from the first step's ``resumed_from``."""
+
+    class Resumed:  # a checkpoint of 3 steps done
+        every, rewind = 1000, None
+
+        def load(self):
+            return 3, [1.0, 1.0, 1.0]
+
+        def save(self, step, losses, state=None):
+            return True
+
+    rec = Recorder(tmp_path)
+    assert tc.run_steps(rec.ctx, 5, lambda i: 0.5, Resumed()) == [1.0, 1.0, 1.0, 0.5, 0.5]
+    progress = [d for n, d in rec.events if n == "progress"]
+    assert [(d["value"], d.get("resumed_from")) for d in progress] == [(4, 3), (5, None)]
+    fresh = Recorder(tmp_path)
+    tc.run_steps(fresh.ctx, 2, lambda i: 0.5)
+    assert all("resumed_from" not in d for n, d in fresh.events if n == "progress")
+
+
 # --- drawn with the weights as they are, without changing training --------------------------
 
 def lora_run(tiny_model_paths, tmp_path, sample: TrainingSample | None):

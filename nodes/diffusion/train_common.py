@@ -503,7 +503,10 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
                                  "rate")
             losses.append(loss)
             step_start = None
-            ctx.progress(i + 1, steps, info={"loss": loss})
+            # a resumed run's first step says so: a canvas that did not see the earlier run
+            # (reopened, another tab) marks where the curve goes on from the checkpoint
+            info = {"loss": loss, **({"resumed_from": start} if i == start > 0 else {})}
+            ctx.progress(i + 1, steps, info=info)
             if checkpointing and (i + 1) % checkpointing.every == 0 and i + 1 < steps:
                 checkpointing.save(i + 1, losses)
             if sample and sample_every > 0 and ((i + 1) % sample_every == 0 or i + 1 == steps):

@@ -106,3 +106,17 @@ describe("RunStore.restoreResults newer (a prompt in flight at load finished)", 
     expect(store.getNode("9").images).toEqual([{ filename: "mine.png" }]);
   });
 });
+
+describe("RunStore and a training resumed from a checkpoint it never saw", () => {
+  it("marks the resume the server names (resumed_from) on the first step, and keeps the mark", () => {
+    const { store, flush } = makeStore();
+    store.enqueue({ type: "execution_start", data: { prompt_id: "train" } });
+    store.enqueue({ type: "executing", data: { node: "4", prompt_id: "train" } });
+    store.enqueue({ type: "progress", data: { node: "4", value: 61, max: 200, loss: 0.5, resumed_from: 60 } });
+    for (let s = 62; s <= 64; s++) store.enqueue(step("4", s));
+    flush();
+    const run = store.getNode("4");
+    expect(run.losses?.map((p) => p.step)).toEqual([61, 62, 63, 64]);
+    expect(run.resumedAt).toEqual([61]);
+  });
+});

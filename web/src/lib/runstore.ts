@@ -324,17 +324,20 @@ export class RunStore {
    * curve starts again. A resumed training goes on from its checkpoint's step, so its curve
    * continues; `resumedAt` marks the first step after the stop.
    */
-  private addLoss(id: string, step: number, loss: number): void {
+  private addLoss(id: string, step: number, loss: number, resumedFrom?: number): void {
     const run = this.nodes.get(id);
     let old = run?.losses ?? [];
     // a step not after the last one shown: the steps from it on are being done again
     // (from 1: a new training, so a new curve; later: a resume from an earlier checkpoint)
     if (old.length && step <= (old.at(-1) as LossPoint).step) old = old.filter((p) => p.step < step);
-    let resumedAt = old.length ? (run?.resumedAt ?? []).filter((r) => r < step && r > old[0].step) : [];
+    let resumedAt = old.length ? (run?.resumedAt ?? []).filter((r) => r < step && r >= old[0].step) : [];
     // the first step of another prompt on a kept curve: a resume, marked on the curve. Only when
     // both prompts are known: a page that does not know its running prompt (yet) marks nothing.
     const prompt = this.global.promptId ?? undefined;
     if (old.length && prompt !== undefined && run?.lossRun !== undefined && run.lossRun !== prompt) {
+      resumedAt = [...resumedAt, step];
+    } else if (resumedFrom !== undefined && resumedFrom > 0 && !resumedAt.includes(step)) {
+      // the server says this step goes on from a checkpoint this page never saw the run of
       resumedAt = [...resumedAt, step];
     }
     this.patchNode(id, { lossRun: prompt ?? (old.length ? run?.lossRun : undefined),
@@ -414,7 +417,9 @@ export class RunStore {
           if (!this.mine(this.promptOf(d))) break;
           this.patchNode(node, { progress: { value, max } });
           // training nodes: the step's loss (a JSON number; anything else is ignored)
-          if (typeof d.loss === "number" && Number.isFinite(d.loss)) this.addLoss(node, value, d.loss);
+          if (typeof d.loss === "number" && Number.isFinite(d.loss)) {
+            this.addLoss(node, value, d.loss, typeof d.resumed_from === "number" ? d.resumed_from : undefined);
+          }
         }
         break;
       }
