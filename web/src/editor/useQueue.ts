@@ -126,7 +126,9 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       // (a prompt put at the front gets a negative number: not worth showing)
       const range = numbers.length && !front ? (n === 1 ? ` #${numbers[0]}` : ` (#${numbers[0]}–#${numbers[numbers.length - 1]})`) : "";
       const where = front ? " at the front of the queue" : "";
-      notify(n === 1 ? `Queued prompt${range}${where}` : `Queued ${n} prompts${range}${where}`);
+      // one at a time: queueing several in a row must not stack them over the canvas
+      notify(n === 1 ? `Queued prompt${range}${where}` : `Queued ${n} prompts${range}${where}`,
+        "info", undefined, { tag: "queued" });
     } catch (e) {
       if (isNetworkError(e)) {
         // no answer at all (the server is down or restarting): not a rejection; the status

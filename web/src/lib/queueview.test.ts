@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { QueueItem } from "../api";
-import { clientOf, fairQueueOf, othersRunning, othersRunningText, runnableCount, turnsNote } from "./queueview";
+import { clientOf, fairQueueOf, othersRunning, othersRunningText, promptNumberText, runnableCount, turnsNote } from "./queueview";
 
 const item = (n: number, client?: unknown): QueueItem => ({
   number: n, promptId: `p${n}`, extra: client === undefined ? {} : { client_id: client },
@@ -47,5 +47,12 @@ describe("runnableCount", () => {
     expect(fairQueueOf({ system: { os: "posix" } })).toBe(false); // absent: number order
     expect(fairQueueOf({ system: { fair_queue: "yes" } })).toBe(false);
     expect(fairQueueOf(null)).toBe(false);
+  });
+});
+
+describe("promptNumberText", () => {
+  it("shows a prompt queued at the front as such, not as a negative number", () => {
+    expect(promptNumberText(12)).toBe("#12");
+    expect(promptNumberText(-25)).toBe("front");
   });
 });

@@ -46,3 +46,9 @@ export function turnsNote(fair: boolean, pending: QueueItem[]): string | null {
   if (!fair || new Set(pending.map(clientOf)).size < 2) return null;
   return "Several clients are waiting: the server runs their prompts in turns, so the numbers are not the run order.";
 }
+
+/** A prompt's number as the queue and history show it: ComfyUI numbers a prompt queued at
+ * the front (Ctrl+Shift+Enter) below every other, so negative ("#-25"): "front" instead. */
+export function promptNumberText(n: number): string {
+  return n < 0 ? "front" : `#${n}`;
+}

@@ -8,6 +8,7 @@ import { useCallback, useEffect, useState } from "react";
 import { clearHistory, deleteHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
 import { useGlobalRun } from "../canvas/context";
 import { formatDuration, promptExcerpt, timing } from "../lib/history";
+import { promptNumberText } from "../lib/queueview";
 import type { ImageRef, RunStore } from "../lib/runstore";
 import { tabSaves } from "../editor/useGraphStore";
 import { type FeedbackView, Thumb } from "./Thumb";
@@ -51,7 +52,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
   return (
     <li className={`sf-history-item sf-status-${h.status}`} data-prompt-id={h.promptId}>
       <div className="sf-history-head">
-        <span>#{h.number} {h.status}</span>
+        <span title={`number ${h.number}`}>{promptNumberText(h.number)} {h.status}</span>
         <span className="sf-history-actions">
           {images.length > 0 && (
             <button type="button" className="sf-small" onClick={() => openImage(images[0], images)} title="Show the image large">View</button>

@@ -6,7 +6,7 @@
 
 import { useCallback, useEffect, useRef, useState } from "react";
 import { clearQueue, deleteFromQueue, getQueue, getSystemStats, interrupt, type QueueItem } from "../api";
-import { clientOf, fairQueueOf, runnableCount, turnsNote } from "../lib/queueview";
+import { clientOf, fairQueueOf, promptNumberText, runnableCount, turnsNote } from "../lib/queueview";
 import { useGlobalRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
@@ -103,7 +103,7 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
   const row = (item: QueueItem, isRunning: boolean) => (
     <li key={item.promptId} className={`sf-queue-item${isRunning && connected ? " running" : ""}`} data-prompt-id={item.promptId}>
       <span className="sf-queue-text">
-        <span>#{item.number}</span>{" "}
+        <span title={`number ${item.number}`}>{promptNumberText(item.number)}</span>{" "}
         {othersOf(item) && <span className="sf-muted" data-testid="other-client">another client · </span>}
         {!connected
           ? <span className="sf-queue-progress" data-testid="queue-unknown">unknown: server unreachable</span>
