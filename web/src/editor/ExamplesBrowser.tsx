@@ -8,7 +8,7 @@
 
 import { useCallback, useEffect, useId, useMemo, useRef, useState } from "react";
 import { type ExampleInfo, type ExampleRef, listExamples } from "../api";
-import { matchesQuery } from "../lib/examples";
+import { byTitle, matchesQuery } from "../lib/examples";
 import type { Notify } from "./Toasts";
 import { useFocusTrap } from "./useFocusTrap";
 import { useReturnFocus } from "./useReturnFocus";
@@ -86,7 +86,7 @@ export function ExamplesBrowser({ onOpen, notify }: { onOpen(ex: ExampleRef): Pr
     return () => window.removeEventListener("keydown", onKey);
   }, [open]);
 
-  const shown = useMemo(() => (examples ?? []).filter((ex) => matchesQuery(ex, query)), [examples, query]);
+  const shown = useMemo(() => byTitle(examples ?? []).filter((ex) => matchesQuery(ex, query)), [examples, query]);
   const pick = async (ex: ExampleInfo) => {
     if (opening) return; // one at a time: the one loading is said in the header
     setOpening(ex.name);
@@ -108,7 +108,12 @@ export function ExamplesBrowser({ onOpen, notify }: { onOpen(ex: ExampleRef): Pr
               <input ref={search} type="search" aria-label="Search examples" placeholder="Search title or description"
                 value={query} onChange={(e) => setQuery(e.target.value)}
                 onKeyDown={(e) => {
-                  if (e.key === "Enter" && shown.length === 1) void pick(shown[0]);
+                  // Enter opens the first match; the arrow down goes into the cards
+                  if (e.key === "Enter" && shown.length) void pick(shown[0]);
+                  if (e.key === "ArrowDown" && shown.length) {
+                    e.preventDefault();
+                    box.current?.querySelector<HTMLButtonElement>(".sf-example-open")?.focus();
+                  }
                 }} />
               <span className="sf-muted" role="status" data-testid="examples-status">
                 {openingTitle ? `Opening ${openingTitle}…` : examples ? `${shown.length} of ${examples.length}` : "loading…"}

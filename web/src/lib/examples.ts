@@ -30,3 +30,9 @@ export function requiredModels(value: unknown): string[] {
     return list.filter((n) => n != null && n !== "").map((n) => `${folder}/${String(n)}`);
   });
 }
+
+/** The first example a newcomer wants (text to image) first, the others by title. */
+export function byTitle<T extends { name: string; title: string }>(examples: readonly T[]): T[] {
+  const first = (ex: T) => (ex.name === "txt2img.json" ? 0 : 1);
+  return [...examples].sort((a, b) => first(a) - first(b) || a.title.localeCompare(b.title));
+}
