@@ -365,3 +365,21 @@ def test_first_visit_opens_the_default_graph(browser_context, server):
     assert types == sorted(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode",
                             "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"])
     page.close()
+
+
+def test_an_image_without_a_workflow_dropped_on_the_canvas_gets_a_load_image(page):
+    """As in ComfyUI (and as a pasted image here): a picture with no workflow dropped on
+    empty canvas becomes a Load Image node holding it (it was only a toast)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 40, 40)).save(buf, "PNG")
+    c = Canvas(page)
+    expect(c.nodes()).to_have_count(0)
+    c.drop_file("plain_drop.png", buf.getvalue(), "image/png")
+    expect(c.nodes()).to_have_count(1)
+    (node,) = c.node_ids()
+    expect(c.node(node)).to_contain_text("Load Image")
+    expect(c.widget(node, "image")).to_have_value(re.compile(r"plain_drop.*\.png"))

@@ -433,17 +433,20 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
    * node is the one selected, when the image carries no workflow) is uploaded into it, as
    * its Upload button does; anything else is opened as a workflow.
    */
-  const dropFile = useCallback(async (file: File, onNodeId: string | null, pasted = false) => {
+  const dropFile = useCallback(async (file: File, onNodeId: string | null, pasted = false,
+    dropAt?: { x: number; y: number }) => {
     if (!isImageFile(file)) return loadFile(file);
     const refs = g.state.current.nodes.map((n) => ({ id: n.id, type: n.data.type, selected: n.selected }));
     let target = uploadTargetOf(refs.find((n) => n.id === onNodeId), defsRef.current);
     if (!target) {
       if (await carriesWorkflow(new Uint8Array(await file.arrayBuffer()))) return loadFile(file);
       target = selectedUploadTarget(refs, defsRef.current);
-      // a pasted image with no Load Image selected gets a new one at the pointer, as in ComfyUI
-      const loader = pasted && !target ? LOAD_IMAGE_TYPES.find((t) => imageUploadInput(defsRef.current.get(t))) : undefined;
+      // a pasted or dropped image with no Load Image selected gets a new one at the pointer
+      // (where it was dropped), as in ComfyUI
+      const loader = (pasted || dropAt) && !target
+        ? LOAD_IMAGE_TYPES.find((t) => imageUploadInput(defsRef.current.get(t))) : undefined;
       if (loader) {
-        const at = mouse.current ?? rf.screenToFlowPosition({ x: window.innerWidth / 2, y: window.innerHeight / 2 });
+        const at = dropAt ?? mouse.current ?? rf.screenToFlowPosition({ x: window.innerWidth / 2, y: window.innerHeight / 2 });
         target = { node: linking.addNodeAt(loader, at), input: imageUploadInput(defsRef.current.get(loader))! };
       }
       if (!target) {
@@ -598,7 +601,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               if (!f) return;
               e.preventDefault();
               const node = (e.target as Element).closest?.(".react-flow__node");
-              void dropFile(f, node?.getAttribute("data-id") ?? null);
+              void dropFile(f, node?.getAttribute("data-id") ?? null, false,
+                rf.screenToFlowPosition({ x: e.clientX, y: e.clientY }));
             }}
             onMouseMove={(e) => {
               pointer.current = { x: e.clientX, y: e.clientY };
