@@ -177,10 +177,8 @@ class AttentionStore:
 
     def learn_sizes(self, height: int, width: int, levels: int = 4) -> None:
         """Token counts → (h, w) at each UNet resolution (halving, rounding up)."""
-        h, w = height, width
-        for _ in range(levels + 1):
+        for h, w in level_sizes(height, width, levels):
             self.sizes.setdefault(h * w, (h, w))
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
 
     def depth(self, tokens: int) -> int | None:
         """The UNet resolution level of a ``tokens``-token layer (0: the latent's own),
@@ -189,6 +187,16 @@ class AttentionStore:
             if count == tokens:
                 return level
         return None
+
+
+def level_sizes(height: int, width: int, levels: int = 4) -> list[tuple[int, int]]:
+    """The (h, w) of a UNet pass's token grids over a ``height`` x ``width`` latent, from the
+    latent's own down ``levels`` halvings (rounding up)."""
+    sizes = [(height, width)]
+    for _ in range(levels):
+        h, w = sizes[-1]
+        sizes.append((math.ceil(h / 2), math.ceil(w / 2)))
+    return sizes
 
 
 class HookedAttnProcessor:

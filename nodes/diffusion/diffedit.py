@@ -174,11 +174,9 @@ def mask_to_image_size(mask: torch.Tensor, factor: int, height: int, width: int
 
 def window_start(params: SamplingParams) -> int:
     """The schedule step a sampling window begins at (as ``prepare_timesteps`` cuts it)."""
-    first = max(params.start_step, 0)
-    if params.denoise < 1.0:
-        first = max(params.steps - min(int(params.steps * params.denoise), params.steps),
-                    first)
-    return first
+    from nodes.diffusion.sampling import denoise_start
+
+    return max(params.start_step, 0, denoise_start(params.steps, params.denoise))
 
 
 class TrajectoryMaskBlend(NoiseMaskBlend):

@@ -249,14 +249,10 @@ def canvas_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def token_grid(tokens: int, latent: tuple[int, int]) -> tuple[int, int] | None:
-    """The (h, w) of a ``tokens``-token layer of a UNet pass over ``latent``: one of its
-    levels (halving, rounding up), or None."""
-    h, w = latent
-    for _ in range(6):
-        if h * w == tokens:
-            return h, w
-        h, w = -(-h // 2), -(-w // 2)
-    return None
+    """The (h, w) of a ``tokens``-token layer of a UNet pass over ``latent``, or None."""
+    from nodes.diffusion.attention import level_sizes
+
+    return next(((h, w) for h, w in level_sizes(*latent, levels=5) if h * w == tokens), None)
 
 
 def mask_weights(mask: torch.Tensor, grid: tuple[int, int] | None, tokens: int

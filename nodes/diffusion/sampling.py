@@ -107,14 +107,20 @@ def _teardown(exts: list[SamplerExtension], run: SamplingRun) -> None:
         raise failure
 
 
+def denoise_start(steps: int, denoise: float) -> int:
+    """The first step of a ``steps`` schedule that ``denoise`` < 1 keeps (diffusers'
+    ``strength``: the last ``int(steps · denoise)`` steps); 0 for a whole run."""
+    return steps - min(int(steps * denoise), steps) if denoise < 1.0 else 0
+
+
 def schedule_window(scheduler: Any, params: SamplingParams, t_start: int) -> tuple[int, int]:
     """The timesteps of the schedule before and after a run that starts at step ``t_start``
     (``prepare_timesteps``' second result). ``denoise`` < 1 cuts the schedule first, as
     diffusers' ``strength`` does (its img2img pipelines measure a ControlNet's window on
     the steps left): only a window of what is left counts (KSamplerAdvanced, SplitSigmas)."""
     order = int(getattr(scheduler, "order", 1))
-    cut = params.timesteps is None and not params.explicit_sigmas and params.denoise < 1.0
-    first = params.steps - min(int(params.steps * params.denoise), params.steps) if cut else 0
+    cut = params.timesteps is None and not params.explicit_sigmas
+    first = denoise_start(params.steps, params.denoise) if cut else 0
     end = params.end_step
     after = params.steps - end if end is not None and end < params.steps else 0
     return max(t_start - first, 0) * order, max(after, 0) * order
@@ -154,10 +160,7 @@ def prepare_timesteps(
             # run then ends one σ past the table (IndexError at the last step)
             scheduler.set_begin_index(0)
         return scheduler.timesteps, 0
-    t_start = max(start_step, 0)
-    if denoise < 1.0:
-        init_timestep = min(int(steps * denoise), steps)
-        t_start = max(steps - init_timestep, t_start)
+    t_start = max(start_step, denoise_start(steps, denoise))
     end = None if end_step is None else end_step * scheduler.order
     timesteps = scheduler.timesteps[t_start * scheduler.order : end]
     if hasattr(scheduler, "set_begin_index"):
