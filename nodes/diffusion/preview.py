@@ -1,12 +1,15 @@
 """Cheap live previews of latents during sampling (no VAE pass per step).
 
-A preview is a linear map from a latent's channels to RGB. One fixed map only fits
-the VAE it was fitted for (SD 1.x's community constants turn the 4× shapes VAE into
-coloured confetti), so each VAE gets its own: ``latent_rgb_map`` encodes a few
-synthetic colour images with the VAE once, fits ``[latent, 1] @ W ≈ rgb`` by least
-squares, and caches ``W`` for as long as the VAE lives. The sampler finds the VAE
-through ``link_vae`` (the checkpoint loader pairs each UNet with its VAE); with no
-VAE known it falls back to SD 1.x's constants (4 channels) or a normalised view.
+A preview is a map from a latent's channels to RGB. One fixed map only fits the VAE it
+was fitted for (SD 1.x's community constants turn the 4× shapes VAE into coloured
+confetti), so each VAE gets its own: ``latent_rgb_map`` encodes a few synthetic colour
+images with the VAE once, fits ``[latent, latent², 1] @ W ≈ rgb`` (the channels, their
+pairwise products and a bias) by least squares, and caches ``W`` for as long as the VAE
+lives. The products matter: a linear map drew the default model's slate and grey
+backgrounds lime and its beige pink (worst channel 41 of 255 off; 24 with them). The
+sampler finds the VAE through ``link_vae`` (the checkpoint loader pairs each UNet with
+its VAE); with no VAE known it falls back to SD 1.x's constants (4 channels) or a
+normalised view.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ _SD_LATENT_RGB = (
 )
 
 MAX_PREVIEW_SIZE = 512
-#: The fit's training images: FIT_IMAGES of FIT_SIZE² pixels, FIT_BLOCK-pixel colour blocks.
+#: The fit's training images: FIT_IMAGES of FIT_SIZE² pixels, FIT_BLOCK-pixel colour blocks,
+#: and FIT_SOLIDS solid colours (half of them muted, near grey: backgrounds).
 FIT_IMAGES = 24
+FIT_SOLIDS = 64
 FIT_SIZE = 64
 FIT_BLOCK = 16
 
@@ -68,11 +73,30 @@ def _fit_images(generator: torch.Generator) -> torch.Tensor:
     for i in range(k, min(k + 3, FIT_IMAGES)):  # one gradient per channel
         images[i] = 0.2
         images[i, i - k] = ramp[None, :]
-    return images
+    colours = torch.rand(FIT_SOLIDS, 3, generator=generator)
+    colours[FIT_SOLIDS // 2:] = 0.5 + (colours[FIT_SOLIDS // 2:] - 0.5) * 0.6
+    solid = colours[:, :, None, None].expand(-1, -1, FIT_SIZE, FIT_SIZE)
+    return torch.cat([images, solid])
+
+
+def _features(x: torch.Tensor) -> torch.Tensor:
+    """``[N, C]`` latents → ``[N, C + C(C+1)/2 + 1]``: the channels, their products, 1."""
+    import torch
+
+    c = x.shape[1]
+    upper = torch.triu_indices(c, c)
+    products = (x[:, :, None] * x[:, None, :])[:, upper[0], upper[1]]
+    return torch.cat([x, products, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+
+def feature_count(channels: int) -> int:
+    """The rows of a fitted map for ``channels``-channel latents."""
+    return channels + channels * (channels + 1) // 2 + 1
 
 
 def fit_latent_rgb(vae: Any) -> torch.Tensor:
-    """A ``[channels + 1, 3]`` map (last row: bias) from ``vae``'s scaled latents to RGB."""
+    """A ``[feature_count(channels), 3]`` map from ``vae``'s scaled latents' features
+    (:func:`_features`) to RGB."""
     import torch
     import torch.nn.functional as F
 
@@ -87,9 +111,8 @@ def fit_latent_rgb(vae: Any) -> torch.Tensor:
         latents = ((dist.mean.float().cpu() - shift) * scale)  # the sampler's latent space
     down = FIT_SIZE // latents.shape[-1]
     target = F.avg_pool2d(images, down)  # each latent pixel's colour
-    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    x = _features(latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])).double()
     y = target.permute(0, 2, 3, 1).reshape(-1, 3)
-    x = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
     # a little ridge keeps the map sane for a channel the images barely move
     ridge = 1e-4 * torch.eye(x.shape[1], dtype=torch.float64)
     w = torch.linalg.solve(x.T @ x + ridge, x.T @ y.double())
@@ -134,9 +157,9 @@ def latent_preview(latents: torch.Tensor, family: str = "sd1", unet: Any = None,
             w = latent_rgb_map(vae)
         except Exception:  # a preview must never fail the run
             w = None
-        if w is not None and w.shape[0] == x.shape[0] + 1:
-            rgb = torch.einsum("chw,cr->hwr", x, w[:-1]) + w[-1]
-            return _to_image(rgb)
+        if w is not None and w.shape[0] == feature_count(x.shape[0]):
+            flat = _features(x.permute(1, 2, 0).reshape(-1, x.shape[0]))
+            return _to_image((flat @ w).reshape(*x.shape[1:], 3))
     if x.shape[0] == len(_SD_LATENT_RGB):
         rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(_SD_LATENT_RGB))
         return _to_image((rgb + 1) / 2)
