@@ -383,3 +383,17 @@ def test_an_image_without_a_workflow_dropped_on_the_canvas_gets_a_load_image(pag
     (node,) = c.node_ids()
     expect(c.node(node)).to_contain_text("Load Image")
     expect(c.widget(node, "image")).to_have_value(re.compile(r"plain_drop.*\.png"))
+
+
+def test_the_node_search_has_no_sideways_scrollbar(page):
+    """Long node names made the Add node list scroll sideways (the first-time walk)."""
+    c = Canvas(page)
+    box = c.pane_box()
+    page.mouse.dblclick(box["x"] + 200, box["y"] + 200)
+    dialog = page.get_by_role("dialog", name="Add node")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("option").first).to_be_visible()
+    listbox = dialog.get_by_role("listbox")
+    assert listbox.evaluate("e => e.scrollWidth <= e.clientWidth"), listbox.evaluate(
+        "e => [e.scrollWidth, e.clientWidth]")
+    page.keyboard.press("Escape")
