@@ -506,3 +506,29 @@ def test_a_first_visit_names_the_node_packs_that_failed_to_load(browser_context,
     expect(warning).to_be_visible()
     page.wait_for_timeout(500)
     expect(warning).to_be_visible()  # still there once the workflow has opened
+
+
+def test_a_link_dropped_from_an_input_offers_its_sources_first(page):
+    """From a sampler's latent_image the list began with Sample itself (the most used node
+    making a LATENT); a ComfyUI user expects Empty Latent Image (the first-time walk)."""
+    c = Canvas(page)
+    c.open_file("from_input.json", small_txt2img())
+    expect(c.edges()).to_have_count(10)
+    x, y = _center(c.settled_box(c.in_handle("3", "latent_image")))
+    ex, ey = page.evaluate("""() => {
+        const r = document.querySelector('.react-flow__pane').getBoundingClientRect();
+        for (let y = r.top + 20; y < r.bottom - 20; y += 20)
+          for (let x = r.left + 20; x < r.right - 20; x += 20)
+            if (document.elementFromPoint(x, y)?.classList.contains('react-flow__pane'))
+              return [x, y];
+        return null; }""")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(ex, ey, steps=12)
+    page.mouse.up()
+    palette = page.get_by_role("dialog", name="Add node")
+    expect(palette).to_be_visible()
+    types = palette.get_by_role("option").evaluate_all("els => els.map(e => e.dataset.type)")
+    assert types[0] == "EmptyLatentImage", types[:6]
+    assert types.index("KSampler") > types.index("VAEEncode"), types[:10]
+    page.keyboard.press("Escape")

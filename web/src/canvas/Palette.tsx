@@ -14,10 +14,12 @@ import { type Point, pointerMoved } from "../lib/hover";
  * What a dropped link fits: node type → the input (or output) it would link to; `last`: the
  * types it fits only through a list of choices (lib/types.ts Compatible.choice), listed last.
  */
-export type PaletteFilter = { label: string; types: Map<string, string>; last?: Set<string> };
+export type PaletteFilter = { label: string; types: Map<string, string>; last?: Set<string>; first?: Set<string> };
 
 /** The heading over the nodes a dropped link fits only through a list of choices. */
 const CHOICE_GROUP = "Lists of choices (the text must be one of them)";
+/** For a link dropped from an input: the nodes that take that type too (a sampler), after the sources. */
+const TAKERS_GROUP = "Nodes that also take one";
 
 export function Palette({ defs, filter, onPick, onClose, at }: {
   defs: Defs;
@@ -35,7 +37,7 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
   const only = useMemo(() => (filter ? new Set(filter.types.keys()) : undefined), [filter]);
   // the registry's nodes and the canvas-only ones (reroute, note)
   const all = useMemo(() => new Map([...defs, ...VIRTUAL_DEFS.map((d) => [d.type, d] as const)]), [defs]);
-  const results = useMemo(() => searchDefs(all, query, only, filter?.last).slice(0, 300), [all, query, only, filter]);
+  const results = useMemo(() => searchDefs(all, query, only, filter?.last, filter?.first).slice(0, 300), [all, query, only, filter]);
 
   useEffect(() => inputRef.current?.focus(), []);
   useEffect(() => setActive(0), [query]);
@@ -87,6 +89,7 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
             // filtered to a dropped link, the most used nodes come first, under their own heading
             // and the nodes it fits only through a list of choices come last, under theirs
             const group = filter?.last?.has(d.type) ? CHOICE_GROUP
+              : filter?.first && !filter.first.has(d.type) ? TAKERS_GROUP
               : filter && popularity(d.type) > 0 ? "Most used" : d.category;
             const header = !query && group !== lastCategory ? group : null;
             lastCategory = group;

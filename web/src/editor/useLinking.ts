@@ -215,6 +215,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
     let pending: PendingLink;
     let types: Map<string, string>;
     let last: Set<string> | undefined;
+    let first: Set<string> | undefined;
     if (from.type === "source") {
       const slot = slotOf(from.id);
       const type = fromDef ? fromDef.outputs[slot]?.type ?? "*" : rerouteType(graphView(), defsRef.current, from.nodeId);
@@ -229,17 +230,21 @@ export function useLinking(g: GraphStore, notify: Notify) {
         ? fromDef.inputs.find((i) => i.name === input)?.type ?? "*"
         : downstreamTypes(graphView(), defsRef.current, from.nodeId)[0] ?? "*";
       pending = { node: from.nodeId, from: "target", input, type };
-      types = new Map(nodesProducingType(defsRef.current, type).map((c) => {
+      const producers = nodesProducingType(defsRef.current, type);
+      types = new Map(producers.map((c) => {
         const d = defsRef.current.get(c.type)!;
         return [c.type, d.outputs[c.slot!].name];
       }));
+      // sources first: what makes the type without taking it (Empty Latent Image, not Sample)
+      first = new Set(producers.filter((c) => !defsRef.current.get(c.type)!.inputs.some(
+        (i) => i.required && i.type === type)).map((c) => c.type));
       types.set(REROUTE, type);
     }
     setPalette({
       screen: { x: point.clientX, y: point.clientY },
       flow,
       pending,
-      filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types, last },
+      filter: { label: `${pending.from === "source" ? "an output" : "an input"} of type ${pending.type}`, types, last, first },
     });
   }, [graphView, notify, rf, defsRef, state, connect, setEdges, dropOnNode, moveOutputLinks]);
 

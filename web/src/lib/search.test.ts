@@ -17,6 +17,15 @@ describe("palette search", () => {
     expect(names("no such node")).toEqual([]);
   });
 
+  it("offers a dropped input's sources before the nodes that also take its type", () => {
+    const only = new Set(["KSampler", "EmptyLatentImage", "VAEEncode"]);
+    const sources = new Set(["EmptyLatentImage", "VAEEncode"]);
+    // (KSampler is the more used, and came first)
+    expect(searchDefs(defs, "", only).map((d) => d.type)[0]).toBe("KSampler");
+    expect(searchDefs(defs, "", only, undefined, sources).map((d) => d.type)).toEqual(
+      ["EmptyLatentImage", "VAEEncode", "KSampler"]);
+  });
+
   it("finds a node by its search aliases, the technique's short name or its words", () => {
     const more = new Map(defs);
     more.set("SelfAttentionGuidance", parseNodeSchema("SelfAttentionGuidance", {

@@ -78,12 +78,15 @@ function score(def: NodeDef, q: string): number {
  * (a dropped link fits them only as a poor match, e.g. a STRING into a list of choices)
  * come after all the others, however much they are used.
  */
-export function searchDefs(defs: Defs, query: string, only?: Set<string>, last?: Set<string>): NodeDef[] {
+export function searchDefs(defs: Defs, query: string, only?: Set<string>, last?: Set<string>,
+  first?: Set<string>): NodeDef[] {
   const q = searchText(query);
   const tokens = q.split(" ").filter(Boolean);
   const list = [...defs.values()].filter((d) => !d.deprecated && (!only || only.has(d.type)) && matches(d, tokens));
   const byUse = !!q || !!only;
-  const tier = (d: NodeDef) => (last?.has(d.type) ? 1 : 0);
+  // `first`: for a link dropped from an input, the nodes that make its type from other
+  // inputs (Empty Latent Image) before those that also take it (a sampler), as ComfyUI offers
+  const tier = (d: NodeDef) => (last?.has(d.type) ? 2 : first && !first.has(d.type) ? 1 : 0);
   // ComfyUI's test and internal nodes after the others a match ranks alike
   const testing = (d: NodeDef) => (d.category.startsWith("_") ? 1 : 0);
   return list.sort((a, b) =>
