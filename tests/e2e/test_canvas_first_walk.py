@@ -269,12 +269,8 @@ def test_add_node_from_the_toolbar_goes_to_free_space_in_view(page):
         assert not overlap, f"the new node {box} lies on node {other} {o}"
 
 
-def test_an_image_link_dropped_on_the_canvas_offers_the_common_nodes_first(page):
-    c = Canvas(page)
-    c.open_file("image.json", small_txt2img())
-    expect(c.edges()).to_have_count(10)
-    x, y = _center(c.settled_box(c.out_handle("8", 0)))  # VAE Decode's IMAGE
-    # a point of empty canvas (no node, minimap or control under it)
+def _drag_to_empty_canvas(page, x: float, y: float) -> None:
+    """Drag from (x, y) to a point of empty canvas (no node, minimap or control under it)."""
     ex, ey = page.evaluate("""() => {
         const r = document.querySelector('.react-flow__pane').getBoundingClientRect();
         for (let y = r.top + 20; y < r.bottom - 20; y += 20)
@@ -286,6 +282,14 @@ def test_an_image_link_dropped_on_the_canvas_offers_the_common_nodes_first(page)
     page.mouse.down()
     page.mouse.move(ex, ey, steps=12)
     page.mouse.up()
+
+
+def test_an_image_link_dropped_on_the_canvas_offers_the_common_nodes_first(page):
+    c = Canvas(page)
+    c.open_file("image.json", small_txt2img())
+    expect(c.edges()).to_have_count(10)
+    x, y = _center(c.settled_box(c.out_handle("8", 0)))  # VAE Decode's IMAGE
+    _drag_to_empty_canvas(page, x, y)
     palette = page.get_by_role("dialog", name="Add node")
     expect(palette).to_be_visible()
     types = palette.get_by_role("option").evaluate_all("els => els.map(e => e.dataset.type)")
@@ -515,17 +519,7 @@ def test_a_link_dropped_from_an_input_offers_its_sources_first(page):
     c.open_file("from_input.json", small_txt2img())
     expect(c.edges()).to_have_count(10)
     x, y = _center(c.settled_box(c.in_handle("3", "latent_image")))
-    ex, ey = page.evaluate("""() => {
-        const r = document.querySelector('.react-flow__pane').getBoundingClientRect();
-        for (let y = r.top + 20; y < r.bottom - 20; y += 20)
-          for (let x = r.left + 20; x < r.right - 20; x += 20)
-            if (document.elementFromPoint(x, y)?.classList.contains('react-flow__pane'))
-              return [x, y];
-        return null; }""")
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(ex, ey, steps=12)
-    page.mouse.up()
+    _drag_to_empty_canvas(page, x, y)
     palette = page.get_by_role("dialog", name="Add node")
     expect(palette).to_be_visible()
     types = palette.get_by_role("option").evaluate_all("els => els.map(e => e.dataset.type)")
