@@ -131,14 +131,19 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     return flowToGraph(nodes, edges, { groups: groupsRef.current, extra: meta.current.extra, viewport: rf.getViewport() });
   }, [rf]);
 
+  /** The document of `ns` (the current nodes by default) with the current links, and its undo key. */
+  const documentNow = useCallback((ns: SfNode[] = state.current.nodes) => {
+    const doc = graphToDocument(flowToGraph(ns, state.current.edges, { groups: groupsRef.current, extra: meta.current.extra }),
+      defsRef.current);
+    return { doc, key: undoKey(doc, docNameRef.current) };
+  }, []);
+
   /**
    * Record an edit the debounce below has not settled yet, so that an undo pressed right
    * after an edit (a Like in the gallery, a typed value) undoes that edit, not the one before.
    */
   const settleNow = useCallback((ns: SfNode[] = state.current.nodes) => {
-    const es = state.current.edges;
-    const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
-    const key = undoKey(doc, docNameRef.current);
+    const { key } = documentNow(ns);
     const h = history.current;
     if (h.present === null) {
       // the graph just opened and the debounce has not recorded it yet: it is the base
@@ -149,7 +154,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     const amend = autoLayout.current;
     autoLayout.current = false;
     recordStep(h, key, amend, UNDO_MAX);
-  }, []);
+  }, [documentNow]);
 
   /**
    * Make `key` (a graph just opened, cleared) history's present, as one undo step after the
@@ -392,14 +397,12 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
    */
   const flushAutosave = useCallback(() => {
     if (holdHistory.current || arranging.current) return;
-    const { nodes: ns, edges: es } = state.current;
-    const doc = graphToDocument(flowToGraph(ns, es, { groups: groupsRef.current, extra: meta.current.extra }), defsRef.current);
-    const key = undoKey(doc, docNameRef.current);
+    const { doc, key } = documentNow();
     if (key === savedKey.current) return;
     settleNow();
     savedKey.current = key;
     writeAutosave(doc, docNameRef.current);
-  }, [settleNow, writeAutosave]);
+  }, [documentNow, settleNow, writeAutosave]);
 
   /** Undo / redo: open the document `key` in place; `from` is the one shown until now. */
   const restoreKey = useCallback((key: string, from: string) => {
