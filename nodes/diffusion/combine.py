@@ -400,20 +400,19 @@ class CombinedConditioning(SamplerExtension):
 
     def predictions(self, run: SamplingRun, step: Step, preds: Predictions) -> None:
         extra = preds.of(self)
-        if not run.do_cfg:  # the positive side only (its first entry is the step's own)
-            if not self.regions and len(self.positive) > 1:
-                preds.cond = weighted(run, step, [preds.cond, *extra], self.positive)
-            elif self.regions:
-                preds.cond = self._fused_positive(run, step, preds, extra)
-            return
         if not self.regions:
+            if not run.do_cfg:  # the positive side only (its first entry is the step's own)
+                if len(self.positive) > 1:
+                    preds.cond = weighted(run, step, [preds.cond, *extra], self.positive)
+                return
             n_pos = len(self.positive) - 1
             preds.cond = weighted(run, step, [preds.cond, *extra[:n_pos]], self.positive)
             preds.uncond = weighted(run, step, [preds.uncond, *extra[n_pos:]], self.negative)
             return
         state: _RegionState = run.state[self]
         crops = self._crop_predictions(run, step, state)
-        chunks = {"cond": preds.cond, "uncond": preds.uncond, **dict(enumerate(extra))}
+        chunks = {"cond": preds.cond, **({"uncond": preds.uncond} if run.do_cfg else {}),
+                  **dict(enumerate(extra))}
 
         def value(region: Region) -> torch.Tensor:
             if region.source is not None:
@@ -433,6 +432,9 @@ class CombinedConditioning(SamplerExtension):
             return total / torch.where(weights > 0, weights, torch.ones_like(weights)), weights
 
         cond, w_pos = fuse(state.positive)
+        if not run.do_cfg:  # cfg 1: the positive regions' weighted mean alone
+            preds.cond = cond
+            return
         negative, w_neg = fuse(state.negative)
         negative = torch.where(w_neg > 0, negative, cond)  # no negative here: no guidance
         whole, w_whole = fuse([r for r in state.negative if r.box is None])
@@ -446,22 +448,6 @@ class CombinedConditioning(SamplerExtension):
         paired = paired / torch.where(w_pos > 0, w_pos, torch.ones_like(w_pos))
         preds.cond = torch.where(w_pos > 0, cond, negative)
         preds.uncond = torch.where(w_pos > 0, paired, negative)
-
-    def _fused_positive(self, run: SamplingRun, step: Step, preds: Predictions,
-                        extra: Sequence[torch.Tensor]) -> torch.Tensor:
-        """cfg 1: the positive regions' weighted mean (each on its crop or the canvas)."""
-        state: _RegionState = run.state[self]
-        crops = self._crop_predictions(run, step, state)
-        chunks = {"cond": preds.cond, **dict(enumerate(extra))}
-        total = torch.zeros_like(preds.cond)
-        weights = torch.zeros_like(preds.cond[:, :1])
-        for region in state.positive:
-            value = (chunks[region.source] if region.source is not None
-                     else crops[region.box, id(region.embeds)])
-            w = region.weight * active_at(run, step, region.span)
-            total = total + w * value
-            weights = weights + w
-        return total / torch.where(weights > 0, weights, torch.ones_like(weights))
 
     def _crop_predictions(self, run: SamplingRun, step: Step, state: _RegionState
                           ) -> dict[tuple[Box, int], torch.Tensor]:
