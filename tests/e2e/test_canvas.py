@@ -52,8 +52,9 @@ def test_build_txt2img_by_hand_and_run_it(page, server: LiveServer):
     expect(c.edges()).to_have_count(10)
 
     c.set_value(pos, "text", "a red circle on white")
-    c.set_value(latent, "width", "64")
-    c.set_value(latent, "height", "64")
+    # added after the checkpoint: at its native size (64x64), not ComfyUI's 512
+    expect(c.widget(latent, "width")).to_have_value("64")
+    expect(c.widget(latent, "height")).to_have_value("64")
     c.set_value(sampler, "steps", "3")
     c.set_value(sampler, "seed", "1234")
     c.node(sampler).get_by_label("seed control after generate").select_option("fixed")

@@ -36,6 +36,11 @@ const subscribe = (fn: () => void) => {
   return () => listeners.delete(fn);
 };
 
+/** The card of model `name` in `folder`, once the folder's cards have loaded (else undefined). */
+export function cardOf(folder: string, name: unknown): ModelCard | undefined {
+  return typeof name === "string" && name ? cards.get(folder)?.[name] : undefined;
+}
+
 export function ModelCardLine({ folder, name }: { folder: string; name: string }) {
   useSyncExternalStore(subscribe, () => version);
   useEffect(() => load(folder), [folder]);

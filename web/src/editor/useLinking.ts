@@ -9,7 +9,9 @@ import { useCallback, useRef, useState } from "react";
 import {
   edgeToLink, inHandle, inputOf, recolourReroutes, type SfEdge, type SfNode, slotOf, toFlowEdge, toFlowNode,
 } from "../canvas/flow";
+import { cardOf, MODEL_FOLDERS } from "../canvas/ModelCard";
 import type { PaletteFilter } from "../canvas/Palette";
+import { nativeSizeValues } from "../lib/examples";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
 import { downstreamTypes, NOTE, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
 import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect, revealShift } from "../lib/layout";
@@ -277,13 +279,22 @@ export function useLinking(g: GraphStore, notify: Notify) {
   /** Add a node of `type` at `pos` (flow coordinates), selected alone. */
   const addNode = useCallback((type: string, pos: { x: number; y: number }): string => {
     const id = nextNodeId(state.current.nodes.map((n) => n.id));
-    const node = toFlowNode(createNode(defsRef.current, type, id, [pos.x, pos.y]));
+    const made = createNode(defsRef.current, type, id, [pos.x, pos.y]);
+    const def = defsRef.current.get(type);
+    const picked = state.current.nodes.flatMap((n) => Object.entries(MODEL_FOLDERS)
+      .map(([input, folder]) => cardOf(folder, n.data.values?.[input])));
+    const fit = nativeSizeValues(def, picked);
+    if (fit && (made.values.width !== fit.width || made.values.height !== fit.height)) {
+      made.values = { ...made.values, ...fit };
+      notify(`${def?.displayName ?? type}: ${fit.width}×${fit.height}, the native size of the graph's model`, "info");
+    }
+    const node = toFlowNode(made);
     node.selected = true;
     const next = [...state.current.nodes.map((n) => (n.selected ? { ...n, selected: false } : n)), node];
     state.current = { ...state.current, nodes: next };
     setNodes(next);
     return id;
-  }, [state, defsRef, setNodes]);
+  }, [state, defsRef, setNodes, notify]);
 
   /** The visible part of the canvas, in flow coordinates. */
   const visibleRect = useCallback((): Rect | undefined => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { advanceControls, changeSignature, clampCount, countTextIssue, formatElapsed, parseCountText, QUEUE_COUNT_MAX } from "./batch";
-import { matchesQuery, nativeSizeText, requiredModels } from "./examples";
+import { matchesQuery, nativeSizeText, nativeSizeValues, requiredModels } from "./examples";
 import type { ApiPrompt, GraphNode } from "./graph";
 import { testDefs } from "./testdefs";
 
@@ -139,5 +139,19 @@ describe("helpers", () => {
     expect(nativeSizeText({ native_size: [64, 64] })).toBe("64×64");
     expect(nativeSizeText({})).toBeNull();
     expect(nativeSizeText(undefined)).toBeNull();
+  });
+
+  it("sizes a new latent at the native size the graph's models agree on", () => {
+    const shapes = { native_size: [64, 64] as [number, number] };
+    const latent = defs.get("EmptyLatentImage");
+    expect(nativeSizeValues(latent, [shapes, undefined])).toEqual({ width: 64, height: 64 });
+    expect(nativeSizeValues(latent, [{ native_size: [96, 32] }])).toEqual({ width: 96, height: 32 });
+    // two models of different sizes, no card, or a node that makes no latent: the defaults stay
+    expect(nativeSizeValues(latent, [shapes, { native_size: [128, 128] }])).toBeNull();
+    expect(nativeSizeValues(latent, [undefined, {}])).toBeNull();
+    expect(nativeSizeValues(defs.get("KSampler"), [shapes])).toBeNull();
+    expect(nativeSizeValues(defs.get("ImageScale"), [shapes])).toBeNull();
+    // a size past the widget's range is clamped to it
+    expect(nativeSizeValues(latent, [{ native_size: [4, 1e9] }])).toEqual({ width: 8, height: 16384 });
   });
 });

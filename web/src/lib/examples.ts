@@ -1,6 +1,7 @@
 /** Plain helpers for the examples browser and the model cards (no React, testable alone). */
 
 import type { ModelCard } from "../api";
+import { clampNumber, type NodeDef } from "./schema";
 
 /** Every word of the query is in the example's title, description or file name. */
 export function matchesQuery(ex: { name: string; title: string; description: string }, query: string): boolean {
@@ -15,6 +16,24 @@ export function nativeSizeText(card: ModelCard | undefined): string | null {
   const s = card?.native_size;
   if (!Array.isArray(s) || s.length !== 2 || !s.every((v) => typeof v === "number" && v > 0)) return null;
   return `${s[0]}×${s[1]}`;
+}
+
+/**
+ * A new node that makes a latent of a chosen size (width and height widgets, a LATENT
+ * output) at the native size of the model the graph picks, so a newcomer's first Empty
+ * Latent Image fits steerflow-shapes (64x64) instead of ComfyUI's 512. Only where every
+ * picked model with a card agrees on one size; else null (the defaults stay).
+ */
+export function nativeSizeValues(def: NodeDef | undefined, cards: readonly (ModelCard | undefined)[]
+): { width: number; height: number } | null {
+  if (!def?.outputs.some((o) => o.type === "LATENT")) return null;
+  const width = def.inputs.find((i) => i.name === "width" && i.widget && i.type === "INT");
+  const height = def.inputs.find((i) => i.name === "height" && i.widget && i.type === "INT");
+  if (!width || !height) return null;
+  const sizes = new Set(cards.map((c) => nativeSizeText(c)).filter((t): t is string => t !== null));
+  if (sizes.size !== 1) return null;
+  const [w, h] = cards.find((c) => nativeSizeText(c))!.native_size!;
+  return { width: clampNumber(width, w), height: clampNumber(height, h) };
 }
 
 /**
