@@ -238,3 +238,28 @@ def test_an_edit_that_grows_a_node_over_another_is_its_own_undo_step(page, serve
     expect(c.widget("5", "value")).to_have_value("9")
     page.keyboard.press("Control+z")
     expect(c.widget("5", "value")).to_have_value("5")
+
+
+def test_undo_and_redo_buttons_are_enabled_only_with_a_step_to_take(page, server):
+    """The first-time walk: after a reload Undo and Redo looked clickable and did nothing."""
+    c = Canvas(page)
+    c.open_file("undo_buttons.json", GRAPH)
+    expect(c.nodes()).to_have_count(3)
+    c.wait_saved(3, "undo_buttons")
+    page.reload()
+    expect(c.nodes()).to_have_count(3)
+    bar = page.locator(".sf-toolbar")
+    undo = bar.get_by_role("button", name="Undo", exact=True)
+    redo = bar.get_by_role("button", name="Redo", exact=True)
+    expect(undo).to_be_disabled()  # the restored graph is where the history starts
+    expect(redo).to_be_disabled()
+    c.set_value("2", "b", "7")
+    expect(undo).to_be_enabled()
+    expect(redo).to_be_disabled()
+    undo.click()
+    expect(c.widget("2", "b")).to_have_value("4")
+    expect(undo).to_be_disabled()
+    expect(redo).to_be_enabled()
+    redo.click()
+    expect(c.widget("2", "b")).to_have_value("7")
+    expect(redo).to_be_disabled()

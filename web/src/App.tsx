@@ -563,6 +563,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     addNode: unlessOpening(linking.openPaletteCentered),
     undo: unlessOpening(g.undo),
     redo: unlessOpening(g.redo),
+    canUndo: g.canUndo,
+    canRedo: g.canRedo,
     open: () => fileInput.current?.click(),
     save,
     exportApi,
@@ -570,7 +572,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     clear,
     refresh: refreshDefs,
     keys: () => setKeysHelp((open) => !open),
-  }), [queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, save, exportApi, openExample, clear,
+  }), [queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, g.canUndo, g.canRedo, save, exportApi, openExample, clear,
     refreshDefs]);
 
   return (

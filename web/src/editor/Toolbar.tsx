@@ -22,6 +22,9 @@ export type ToolbarActions = {
   addNode(): void;
   undo(): void;
   redo(): void;
+  /** Whether there is a step to undo / redo (the buttons are disabled without one). */
+  canUndo: boolean;
+  canRedo: boolean;
   open(): void;
   save(): void;
   exportApi(): void;
@@ -54,13 +57,13 @@ function QueueCount({ options }: { options: QueueOptions }) {
   );
 }
 
-type Action = { key: string; label: string; title: string; onClick(): void; rank: number };
+type Action = { key: string; label: string; title: string; onClick(): void; rank: number; disabled?: boolean };
 
 /** The buttons that may move into the More menu; lower ranks move first. */
 function collapsible(a: ToolbarActions): Record<string, Action> {
   const list: Action[] = [
-    { key: "undo", label: "Undo", title: "Undo (Ctrl+Z)", onClick: a.undo, rank: 5 },
-    { key: "redo", label: "Redo", title: "Redo (Ctrl+Shift+Z)", onClick: a.redo, rank: 4 },
+    { key: "undo", label: "Undo", title: "Undo (Ctrl+Z)", onClick: a.undo, rank: 5, disabled: !a.canUndo },
+    { key: "redo", label: "Redo", title: "Redo (Ctrl+Shift+Z)", onClick: a.redo, rank: 4, disabled: !a.canRedo },
     { key: "open", label: "Open", title: "Open a workflow or a PNG (Ctrl+O)", onClick: a.open, rank: 7 },
     { key: "save", label: "Save", title: "Save the workflow (Ctrl+S)", onClick: a.save, rank: 6 },
     {
@@ -190,7 +193,7 @@ function MoreMenu({ items }: { items: Action[] }) {
         <ul className="sf-menu-list sf-menu-end" role="menu" aria-label="More actions" ref={list}>
           {items.map((it) => (
             <li key={it.key} role="none">
-              <button type="button" role="menuitem" title={it.title} onClick={() => {
+              <button type="button" role="menuitem" title={it.title} disabled={it.disabled} onClick={() => {
                 setOpen(false);
                 it.onClick();
               }}>{it.label}</button>
@@ -212,7 +215,7 @@ export function Toolbar({ a, busy, docName, notify, options }: {
   const inRow = (key: string) => {
     const it = actions[key];
     return out.has(key) ? null : (
-      <button type="button" data-tb={key} onClick={it.onClick} title={it.title}>{it.label}</button>
+      <button type="button" data-tb={key} onClick={it.onClick} title={it.title} disabled={it.disabled}>{it.label}</button>
     );
   };
   const inMenu = Object.values(actions).filter((it) => out.has(it.key));

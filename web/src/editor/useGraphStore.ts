@@ -119,6 +119,13 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   const defsRef = useRef(defs);
   defsRef.current = defs;
   const history = useRef<UndoHistory>({ past: [], present: null, future: [] });
+  /** Whether the history has a step to undo / redo, for the toolbar's buttons (the history is a ref). */
+  const [undoable, setUndoable] = useState({ undo: false, redo: false });
+  const syncUndoable = useCallback(() => {
+    const undo = history.current.past.length > 0;
+    const redo = history.current.future.length > 0;
+    setUndoable((was) => (was.undo === undo && was.redo === redo ? was : { undo, redo }));
+  }, []);
   /** The pending change is the canvas's own room-making move (see onNodesChange). */
   const autoLayout = useRef(false);
   /** The undo key last written to the autosave (an opened graph is history's present before it is saved). */
@@ -154,7 +161,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     const amend = autoLayout.current;
     autoLayout.current = false;
     recordStep(h, key, amend, UNDO_MAX);
-  }, [documentNow]);
+    syncUndoable();
+  }, [documentNow, syncUndoable]);
 
   /**
    * Make `key` (a graph just opened, cleared) history's present, as one undo step after the
@@ -168,7 +176,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     if (history.current.present !== null) settleNow();
     autoLayout.current = false;
     recordStep(history.current, key, false, UNDO_MAX);
-  }, [settleNow]);
+    syncUndoable();
+  }, [settleNow, syncUndoable]);
 
   /** The last fit, redone when the canvas is resized while the view is still that fit (lib/viewfit.ts). */
   const fitTracker = useRef(new FitTracker<FitHow>()).current;
@@ -382,13 +391,14 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
         const amend = autoLayout.current;
         autoLayout.current = false;
         recordStep(h, key, amend, UNDO_MAX);
+        syncUndoable();
       }
       // an opened graph is history's present already (loadGraph): it is saved here
       savedKey.current = key;
       writeAutosave(doc);
     }, 200);
     return () => clearTimeout(timer);
-  }, [nodes, edges, groups, docName, writeAutosave]);
+  }, [nodes, edges, groups, docName, writeAutosave, syncUndoable]);
 
   /**
    * Write now an edit the debounce above has not saved yet (the tab is being closed or
@@ -422,7 +432,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     h.future.push(from);
     h.present = prev;
     restoreKey(prev, from);
-  }, [restoreKey, settleNow]);
+    syncUndoable();
+  }, [restoreKey, settleNow, syncUndoable]);
 
   const redo = useCallback(() => {
     settleNow();
@@ -433,7 +444,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     h.past.push(from);
     h.present = next;
     restoreKey(next, from);
-  }, [restoreKey, settleNow]);
+    syncUndoable();
+  }, [restoreKey, settleNow, syncUndoable]);
 
   /** Edit the groups (saved and undoable like any other edit). */
   const setGroups = useCallback((fn: (groups: GroupBox[]) => GroupBox[]) => setGroupsState(fn), []);
@@ -472,6 +484,6 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, setDocName, groups, setGroups, holdHistory,
-    currentGraph, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, patchNode, onNodesChange, onEdgesChange, settleNow,
+    currentGraph, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, canUndo: undoable.undo, canRedo: undoable.redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }
