@@ -21,6 +21,7 @@ import os
 import queue
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import traceback
@@ -48,6 +49,35 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+#: the write end of the group guard's pipe, open for this process's life (see below)
+_group_guard: int | None = None
+
+
+def _take_group_along() -> None:
+    """Have the processes a node started die with this worker, however it ends.
+
+    The server gives the worker a process group of its own and kills the group when it
+    stops the worker; but a kill -9 of the server SIGKILLs the worker (PR_SET_PDEATHSIG),
+    which no handler of ours sees, and a tool a node had started ran on. A sentinel in
+    the group waits on a pipe whose write end only this process holds; at its end of file
+    (the worker gone, by any death) it kills the group.
+    """
+    global _group_guard
+    if sys.platform != "linux" or _group_guard is not None or os.getpgrp() != os.getpid():
+        return  # not a group of its own (a Ray worker, run by hand): others share it
+    read, write = os.pipe()  # non-inheritable: a node's subprocesses never hold it
+    try:
+        subprocess.Popen(["/bin/sh", "-c", "read _; kill -9 0"], stdin=read,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        os.close(write)
+        log.warning("no guard for the processes nodes start: they may outlive a kill -9")
+        return
+    finally:
+        os.close(read)
+    _group_guard = write
 
 
 @contextlib.contextmanager
@@ -357,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent()
+    _take_group_along()
     # SIGINT goes to the whole process group on Ctrl+C; the server decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return serve_channel(Connection(args.fd))

@@ -113,8 +113,25 @@ class TestWarn(Node):
         return NodeResult()
 
 
+class TestSpawn(Node):
+    """Starts a long-lived helper process (as a node starting a tool would); its pid is
+    the node's UI output."""
+
+    TYPE = "TestSpawn"
+    OUTPUT_NODE = True
+    seconds: int = Input(300, min=1, max=3600)
+
+    def execute(self, ctx: ExecutionContext) -> NodeResult:
+        import subprocess
+        import sys
+
+        helper = subprocess.Popen([sys.executable, "-c",
+                                   f"import time; time.sleep({self.seconds})"])
+        return NodeResult((), {"pid": [helper.pid]})
+
+
 PACK_NODES = (TestImage, TestImageTensor, SaveImageWebsocket, TestHog, TestCrash, TestPrint,
-              TestWarn)
+              TestWarn, TestSpawn)
 NODE_CLASSES = (*engine_nodes.TEST_NODES, *PACK_NODES)
 
 

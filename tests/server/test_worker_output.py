@@ -46,3 +46,27 @@ def _running(pid: int) -> bool:
         return False
     except OSError:
         return os.path.exists(f"/proc/{pid}")
+
+
+def test_a_tool_a_node_started_dies_when_the_server_is_killed(tmp_path, loop):
+    """A kill -9 of the server SIGKILLs its worker, which cannot clean up: the helper a
+    node had started ran on (an older drill). The worker's group guard kills it."""
+    from tests.server.helpers import Http, SubprocessServer, wait_history
+
+    server = SubprocessServer(tmp_path)
+    try:
+        server.wait_ready()
+        http = Http(server.url, loop)
+        prompt = {"1": {"class_type": "TestSpawn", "inputs": {"seconds": 300}}}
+        prompt_id = http.post("/prompt", json={"prompt": prompt}).json()["prompt_id"]
+        entry = wait_history(http, [prompt_id])[prompt_id]
+        http.close()
+        (helper,) = entry["outputs"]["1"]["pid"]
+        assert _running(helper)
+        server.kill()
+        deadline = time.monotonic() + 10
+        while _running(helper):
+            assert time.monotonic() < deadline, "the helper outlived the server"
+            time.sleep(0.1)
+    finally:
+        server.stop()
