@@ -44,6 +44,26 @@ def test_bad_number_values_are_marked_not_changed(page):
     assert c.document()["prompt"]["3"]["inputs"]["steps"] == 3
 
 
+def test_a_float_shows_the_value_that_runs_and_a_click_in_and_out_keeps_it(page):
+    """The first-time walk: cfg 7.456789 showed "7.46" (and ran 7.456789), 100.004 showed
+    "100" next to "100.004 is above the maximum 100", and a learning rate of 5e-7 showed
+    "0"; a click in the field and out again then saved the rounded text."""
+    c = Canvas(page)
+    doc = small_txt2img()
+    doc["prompt"]["3"]["inputs"].update(cfg=7.456789, denoise=5e-7)
+    c.open_file("exact.json", doc)
+    cfg, denoise = c.widget("3", "cfg"), c.widget("3", "denoise")
+    expect(cfg).to_have_value("7.456789")
+    expect(denoise).to_have_value("5e-7")
+    for field in (cfg, denoise):
+        field.click()
+        page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    page.wait_for_timeout(400)
+    inputs = c.document()["prompt"]["3"]["inputs"]
+    assert (inputs["cfg"], inputs["denoise"]) == (7.456789, 5e-7)
+    expect(c.node("3").locator(".sf-widget-issue")).to_have_count(0)
+
+
 def test_ctrl_z_in_a_text_box_undoes_the_typed_run(page):
     """The browser's own undo in a prompt box takes back what was just typed at once, as in
     any text box (a value written back on every keystroke made it one character a press)."""

@@ -4,9 +4,9 @@ import { memo, type PointerEvent as ReactPointerEvent, useEffect, useRef, useSta
 import { viewUrl } from "../api";
 import { isAnnotated, parseAnnotated } from "../lib/feedback";
 import { checkCombo } from "../lib/missingmodels";
-import { CONTROL_MODES, type ControlMode, type InputDef } from "../lib/schema";
+import { CONTROL_MODES, type ControlMode } from "../lib/schema";
 import { toBigInt } from "../lib/exactint";
-import { DRAG_THRESHOLD_PX, dragValue, numberIssue, parseWidgetText, stepValue } from "../lib/widgetcheck";
+import { DRAG_THRESHOLD_PX, dragValue, numberIssue, numberText, parseWidgetText, stepValue } from "../lib/widgetcheck";
 import { openMaskEditor } from "../editor/MaskEditor";
 import { useEditor } from "./context";
 import { useFitText } from "./useFitText";
@@ -19,27 +19,19 @@ import type { WidgetProps } from "./widgets/types";
 import { WebcamWidget } from "./widgets/WebcamWidget";
 import "./widgets/widgets.css";
 
-function formatNumber(input: InputDef, v: unknown): string {
-  if (typeof v !== "number") return v == null ? "" : String(v); // an INT beyond 2^53 is its exact text
-  if (input.type === "INT") return String(v);
-  const step = input.options.step;
-  const decimals = typeof step === "number" && step > 0 && step < 1 ? Math.min(6, Math.ceil(-Math.log10(step))) : 2;
-  return String(Number(v.toFixed(Math.max(decimals, 2))));
-}
-
 /** A press on a number field not being edited: a horizontal drag changes the value, a click edits it. */
 type Drag = { pointer: number; x: number; start: number | string; moved: boolean };
 
 function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
   const { setValue, setControl, holdHistory } = useEditor();
-  const [text, setText] = useState(() => formatNumber(input, value));
+  const [text, setText] = useState(() => numberText(value));
   const focused = useRef(false);
   const drag = useRef<Drag | null>(null);
   const field = useRef<HTMLInputElement>(null);
   // a long value (a 64-bit seed) is drawn smaller to show whole; the node keeps its size
   const cut = useFitText(field, text);
   useEffect(() => {
-    if (!focused.current) setText(formatNumber(input, value));
+    if (!focused.current) setText(numberText(value));
   }, [value, input]);
   // What the user typed is what runs: a number as typed, anything else as its text (marked
   // here, refused by the server), never clamped or rounded behind their back.
@@ -133,7 +125,7 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
             focused.current = false;
             commit(e.target.value);
             const n = parseWidgetText(input, e.target.value);
-            if (n !== null) setText(formatNumber(input, n));
+            if (n !== null) setText(numberText(n));
           }}
           onKeyDown={(e) => {
             if (e.key === "Enter") (e.target as HTMLInputElement).blur();
@@ -141,7 +133,7 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
               e.preventDefault();
               const v = stepValue(input, value as number | string, e.key === "ArrowUp" ? 1 : -1);
               setValue(nodeId, input.name, v);
-              setText(formatNumber(input, v));
+              setText(numberText(v));
             }
           }}
         />

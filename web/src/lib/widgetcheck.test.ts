@@ -1,11 +1,22 @@
 import { describe, expect, it } from "vitest";
 import type { InputDef } from "./schema";
-import { dragValue, numberIssue, parseNumberText, parseWidgetText, stepValue } from "./widgetcheck";
+import { dragValue, numberIssue, numberText, parseNumberText, parseWidgetText, stepValue } from "./widgetcheck";
 
 const steps = { name: "steps", type: "INT", required: true, widget: true, options: { min: 1, max: 10000 } } as unknown as InputDef;
 const cfg = { name: "cfg", type: "FLOAT", required: true, widget: true, options: { min: 0, max: 100, step: 0.1 } } as unknown as InputDef;
 
 describe("number widgets", () => {
+  it("shows the value that runs, not a rounding of it", () => {
+    expect(numberText(5e-7)).toBe("5e-7");
+    expect(numberText(7.456789)).toBe("7.456789");
+    expect(numberText(100.004)).toBe("100.004");
+    expect(numberText(7.5)).toBe("7.5");
+    expect(numberText("18446744073709551615")).toBe("18446744073709551615");
+    expect(numberText(undefined)).toBe("");
+    // what it shows reads back as the same value (a click in and out changes nothing)
+    for (const v of [5e-7, 7.456789, 0.1 + 0.2, 1e21]) expect(parseNumberText(numberText(v))).toBe(v);
+  });
+
   it("parses only whole numbers of text", () => {
     expect(parseNumberText(" 7.5 ")).toBe(7.5);
     expect(parseNumberText("-5")).toBe(-5);

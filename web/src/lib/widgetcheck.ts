@@ -75,6 +75,15 @@ function stepOf(input: InputDef): number {
 }
 
 /** `value` moved by one step (arrow keys), kept inside the input's range. */
+/**
+ * A number widget's text: the value whole ("7.456789", "5e-7", an INT beyond 2^53 as its
+ * exact text). What the field shows is what runs: it showed a FLOAT to its step's decimals,
+ * so a learning rate of 5e-7 read "0", and a click in and out of the field set it to 0.
+ */
+export function numberText(v: unknown): string {
+  return v == null ? "" : String(v);
+}
+
 export function stepValue(input: InputDef, value: number | string, dir: 1 | -1): number | string {
   return moveValue(input, value, dir);
 }
