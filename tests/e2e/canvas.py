@@ -125,6 +125,19 @@ class Canvas:
         assert box is not None, "element has no box"
         return box
 
+    def overlapping(self, node_id: str) -> list[str]:
+        """The nodes whose boxes overlap node ``node_id``'s (once it has settled)."""
+        box = self.settled_box(self.node(node_id))
+        out = []
+        for other in self.node_ids():
+            o = self.node(other).bounding_box()
+            if other == node_id or o is None:
+                continue
+            if (box["x"] < o["x"] + o["width"] and o["x"] < box["x"] + box["width"]
+                    and box["y"] < o["y"] + o["height"] and o["y"] < box["y"] + box["height"]):
+                out.append(other)
+        return out
+
     def connect(self, src: str, slot: int, dst: str, name: str) -> None:
         self.drag(self.out_handle(src, slot), self.in_handle(dst, name))
 

@@ -357,19 +357,6 @@ def test_a_rejected_prompt_is_summarised_and_points_at_the_nodes(page):
     assert box["x"] + box["width"] <= pane["x"] + pane["width"]
 
 
-def _overlapping(c: Canvas, node_id: str) -> list[str]:
-    box = c.settled_box(c.node(node_id))
-    out = []
-    for other in c.node_ids():
-        o = c.node(other).bounding_box()
-        if other == node_id or o is None:
-            continue
-        if (box["x"] < o["x"] + o["width"] and o["x"] < box["x"] + box["width"]
-                and box["y"] < o["y"] + o["height"] and o["y"] < box["y"] + box["height"]):
-            out.append(other)
-    return out
-
-
 def test_a_node_added_by_double_click_next_to_a_node_does_not_cover_it(page):
     c = Canvas(page)
     c.open_file("place.json", small_txt2img())
@@ -379,7 +366,7 @@ def test_a_node_added_by_double_click_next_to_a_node_does_not_cover_it(page):
     # a double-click in the free strip just above the node: a tall node placed with its
     # top-left there would hide the prompt
     new = c.add_node("Upscale Image", top["x"] + 20 - pane["x"], top["y"] - 30 - pane["y"])
-    assert not _overlapping(c, new), f"the new node covers {_overlapping(c, new)}"
+    assert not c.overlapping(new), f"the new node covers {c.overlapping(new)}"
 
 
 def test_undo_takes_the_servers_message_with_the_bad_value_and_links_name_titles(page):

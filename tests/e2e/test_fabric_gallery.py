@@ -80,3 +80,15 @@ def test_like_a_gallery_image_then_queue_again(page, server: LiveServer):
     # history thumbnails carry the same state
     expect(page.locator(".sf-history-item .sf-thumb.sf-liked").first).to_be_visible()
 
+    # with its Disliked node deleted, a Dislike makes a new Load Image Batch beside FABRIC,
+    # in free space (the first-time walk: it covered the Liked node's lower half)
+    c.node(DISLIKED).locator(".sf-title").first.click()
+    page.keyboard.press("Delete")
+    expect(c.node(DISLIKED)).to_have_count(0)
+    page.get_by_role("tab", name="Gallery").click()
+    page.get_by_role("button", name=f"Dislike {second}", exact=True).click()
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    made = c.document()["prompt"][FABRIC]["inputs"]["disliked"][0]
+    expect(c.widget(made, "images")).to_have_value(f"fabric_gallery/{second} [output]")
+    assert not c.overlapping(made), f"the new node covers {c.overlapping(made)}"
+

@@ -207,7 +207,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }), [whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify]);
   const queueSelected = useCallback(() => whenOpened(() => void queueSelectedNow()), [whenOpened, queueSelectedNow]);
   useAutoQueue(g, store, queue, queueOptions.onChange);
-  const feedback = useFeedback(g, notify);
+  const feedback = useFeedback(g, notify, linking.freePosition);
   // a resized window refits a view the user has not moved since it was fitted
   useRefitOnResize(canvas, g.refit);
   // dragging in the minimap pans at its scale and keeps the graph in view

@@ -10,7 +10,10 @@ import type { FeedbackView } from "../panels/SidePanel";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
 
-export function useFeedback(g: GraphStore, notify: Notify): FeedbackView | null {
+/** Where a node of `type` wanted with its top-left at `at` goes so that it covers no node. */
+type Place = (type: string, at: { x: number; y: number }, view?: undefined, corner?: boolean) => { x: number; y: number };
+
+export function useFeedback(g: GraphStore, notify: Notify, place: Place): FeedbackView | null {
   const { nodes, edges, state, currentGraph, defsRef, setNodes, setEdges, settleNow } = g;
   // A key, so the side panel re-renders when the liked/disliked lists change, not on drags.
   const feedbackKey = useMemo(() => {
@@ -34,7 +37,11 @@ export function useFeedback(g: GraphStore, notify: Notify): FeedbackView | null 
     settleNow();
     const next = applyFeedbackOps(graph, edit.ops);
     const byId = new Map(next.nodes.map((n) => [n.id, n]));
-    const added = next.nodes.filter((n) => !state.current.nodes.some((m) => m.id === n.id));
+    // a new Load Image Batch goes beside the FABRIC node, moved off any node already there
+    const added = next.nodes.filter((n) => !state.current.nodes.some((m) => m.id === n.id)).map((n) => {
+      const at = place(n.type, { x: n.pos[0], y: n.pos[1] }, undefined, true);
+      return { ...n, pos: [at.x, at.y] as [number, number] };
+    });
     setNodes((ns) => [
       ...ns.map((n) => {
         const values = byId.get(n.id)?.values;
@@ -49,7 +56,7 @@ export function useFeedback(g: GraphStore, notify: Notify): FeedbackView | null 
         ...links.map((l) => toFlowEdge(l, defsRef.current, BATCH_TYPE)),
       ]);
     }
-  }, [currentGraph, notify, state, defsRef, setNodes, setEdges, settleNow]);
+  }, [currentGraph, notify, state, defsRef, setNodes, setEdges, settleNow, place]);
 
   return useMemo(() => {
     if (!feedbackKey) return null;

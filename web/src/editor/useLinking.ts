@@ -418,6 +418,6 @@ export function useLinking(g: GraphStore, notify: Notify) {
 
   return {
     palette, setPalette, isValidConnection, connect, onConnect, onConnectEnd, onReconnectStart, onReconnect,
-    onReconnectEnd, addNode, addNodeAt, pick, openPaletteCentered, insertReroute,
+    onReconnectEnd, addNode, addNodeAt, pick, openPaletteCentered, insertReroute, freePosition,
   };
 }
