@@ -263,3 +263,21 @@ def test_undo_and_redo_buttons_are_enabled_only_with_a_step_to_take(page, server
     redo.click()
     expect(c.widget("2", "b")).to_have_value("7")
     expect(redo).to_be_disabled()
+
+
+def test_a_run_that_fails_says_so_in_a_toast_that_shows_the_node(page, server):
+    """The first-time walk: a run-time error was only at the foot of its node (off screen)
+    and in the status bar, while a rejected prompt gets a toast with "Show"."""
+    graph = {**GRAPH, "2": {"class_type": "IntMath",
+                            "inputs": {"a": ["1", 0], "b": 0, "op": "floor_divide"}}}
+    c = Canvas(page)
+    c.open_file("fails.json", graph)
+    expect(c.nodes()).to_have_count(3)
+    page.evaluate("() => window.steerflow.setViewport({x: -5000, y: -5000, zoom: 1})")
+    c.queue()
+    toast = c.toasts().filter(has_text="Run failed")
+    expect(toast).to_contain_text("#2")
+    expect(toast).to_contain_text("floor_divide by zero")
+    toast.get_by_role("button", name="Show").click()
+    expect(c.node("2")).to_be_in_viewport()
+    expect(c.node("2")).to_have_class(SELECTED)

@@ -20,6 +20,7 @@ import type { GraphStore } from "./useGraphStore";
 
 /** The tag of a rejected Queue's toast: the next rejection replaces it (editor/Toasts.tsx). */
 const REJECTION_TOAST = "rejection";
+const FAILURE_TOAST = "failure";
 
 export function useQueue(g: GraphStore, store: RunStore, socket: { current: Socket | null }, notify: Notify,
   retag: (tag: string, text: string | null) => void) {
@@ -170,6 +171,21 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       queueMicrotask(() => retag(REJECTION_TOAST, now));
     });
   }, [store, retag]);
+
+  // A run of this graph that fails says so where the user looks (the node may be off screen,
+  // the status bar small), as a rejection does, with "Show" to bring its node into view.
+  useEffect(() => {
+    let seen = store.getGlobal().failure?.seq ?? 0;
+    return store.subscribe(() => {
+      const failure = store.getGlobal().failure;
+      if (!failure || failure.seq === seen) return;
+      seen = failure.seq;
+      const { node, message } = failure;
+      const short = message.length > 300 ? `${message.slice(0, 297)}...` : message;
+      queueMicrotask(() => notify(`Run failed${node ? ` at ${titleOf(node)} #${node}` : ""}: ${short}`, "error",
+        node ? { label: "Show", run: () => showNodes([node]) } : undefined, { tag: FAILURE_TOAST }));
+    });
+  }, [store, notify, titleOf, showNodes]);
 
   const queue = useCallback((targets?: string[], count = 1, front = false) =>
     (runner.current as SerialRunner).run(() => queueNow(targets, count, front)), [queueNow]);

@@ -64,6 +64,11 @@ export type GlobalRun = {
   gallery: GalleryItem[];
   lastError: string | null;
   /**
+   * The last run of the open graph that failed (a live `execution_error`): the node it failed
+   * at and the message; `seq` counts failures, so the same message twice is two failures.
+   */
+  failure: { node: string | null; message: string; seq: number } | null;
+  /**
    * The last rejected Queue in one line while the issues it named are still marked on the
    * nodes (the status bar and its toast follow it as they are fixed); null once none is left,
    * the graph is queued again, or another graph is open.
@@ -137,7 +142,7 @@ export class RunStore {
   private nodes = new Map<string, NodeRun>();
   private global: GlobalRun = {
     connected: false, running: false, promptId: null, executing: null, queueRemaining: 0,
-    preview: null, gallery: [], lastError: null, rejection: null, lastWarning: null, queueVersion: 0,
+    preview: null, gallery: [], lastError: null, failure: null, rejection: null, lastWarning: null, queueVersion: 0,
     startedAt: null, nodesDone: 0, joinedMidway: false, lostPrompt: null, ofGraph: true, progress: null,
   };
   /**
@@ -466,6 +471,7 @@ export class RunStore {
         if (node && draw) {
           this.patchNode(node, { status: "error", progress: undefined, errors: [{ message, kind: "execution_error", traceback }] });
         }
+        if (draw) this.patchGlobal({ failure: { node, message, seq: (this.global.failure?.seq ?? 0) + 1 } });
         this.patchGlobal({
           running: false, executing: null, progress: null,
           lastError: `${whose}${node ? `${String(d.node_type ?? "node")} #${node}: ${message}` : message}`,
