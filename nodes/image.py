@@ -35,8 +35,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 IMAGE_ROLES = ("input", "output", "temp")
 
 
+#: the mask editor's (ours and ComfyUI's) scratch folder under input/: each Save writes a
+#: file there, which would crowd every image list; the editor sets the node to its file by
+#: an annotated name, which is accepted without being listed (as in ComfyUI)
+SCRATCH_FOLDER = "clipspace/"
+
+
 def list_input_images(env: Environment) -> list[str]:
-    return env.list_files("input", suffixes=IMAGE_SUFFIXES)
+    return [name for name in env.list_files("input", suffixes=IMAGE_SUFFIXES)
+            if not name.startswith(SCRATCH_FOLDER)]
 
 
 def list_output_images(env: Environment) -> list[str]:
@@ -65,7 +72,8 @@ def resolve_image(env: Environment, name: str) -> Path:
 
 def annotated_image_exists(value: Any, env: Environment) -> bool:
     """LoadImage's ``also_accept``: an annotated name whose file exists in its folder (a
-    plain name must still be one of the input folder's files), or any name of a FIFO,
+    plain name must still be one of the input folder's files, or in its unlisted
+    ``clipspace/``), or any name of a FIFO,
     socket or device, which the node's ``validate_inputs`` then refuses saying what it
     is (the file is in the folder, so "not one of" the list would puzzle)."""
     if not isinstance(value, str):
@@ -76,7 +84,9 @@ def annotated_image_exists(value: Any, env: Environment) -> bool:
         return False
     if special_file(path) is not None:
         return True
-    return ANNOTATED_NAME.match(value) is not None and path.is_file()
+    named_so = ANNOTATED_NAME.match(value) is not None \
+        or value.replace("\\", "/").startswith(SCRATCH_FOLDER)
+    return named_so and path.is_file()
 
 
 def special_image_problem(locate: Any, inputs: dict[str, Any], env: Environment

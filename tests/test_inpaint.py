@@ -535,6 +535,18 @@ def test_load_image_mask_channels(session):
                         "inputs": {"value": ["1", 0], "key": "clip"}}}
     assert session.run(annotated).ok
     assert torch.equal(CAPTURED.pop("clip"), box)
+    # the editor's files are not offered in the image lists (each Save made one more entry
+    # there), and its plain name still loads (as an older ComfyUI front end sets it)
+    from nodes.image import list_input_images
+
+    assert "hole.png" in list_input_images(session.env)
+    assert not [n for n in list_input_images(session.env) if n.startswith("clipspace/")]
+    annotated["1"]["inputs"]["image"] = "clipspace/hole-mask.png"
+    assert session.run(annotated).ok
+    assert torch.equal(CAPTURED.pop("clip"), box)
+    annotated["1"]["inputs"]["image"] = "clipspace/none.png"
+    with pytest.raises(PromptValidationError, match="not one of"):
+        session.run(annotated)
 
 
 def test_load_image_alpha_mask_drives_inpainting(session, pipe4):
