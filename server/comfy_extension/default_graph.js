@@ -3,37 +3,59 @@
 // On a browser's first visit, when the graph the app opened is empty or holds node types
 // this server lacks, Steerflow's txt2img example on the built-in model replaces it, so
 // Queue works at once. Once per browser: a graph the user loads later is never replaced.
+//
+// The app awaits every extension's setup() before it opens its first graph (restored tabs,
+// the default graph or the template browser), so setup() must not wait for that graph: it
+// starts the offer and returns. The offer waits for the app's start-up to end (the app is
+// published as window.app after the setups, then opens its graph), then for the graph to
+// settle; a slow start (many node packs' extensions) only delays it. The browser is marked
+// as offered once the decision is carried out, so a page closed before that tries again.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const OFFERED = "steerflow.defaultGraphOffered";
 const EXAMPLE = "/workflows/txt2img.json";
-const WAIT_MS = 5000; // for the app's own first graph to be in place
+const START_MS = 120000; // at most this long for the app's start-up to end
+const SETTLE_MS = 3000; // an empty graph this long after start-up is the app's choice
 
-async function openedGraph() {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function settledGraph() {
   const started = Date.now();
-  while (Date.now() - started < WAIT_MS) {
-    if ((app.graph?._nodes?.length ?? 0) > 0) break;
-    await new Promise((resolve) => setTimeout(resolve, 100));
+  while (window.app !== app) {
+    if (Date.now() - started > START_MS) return null;
+    await sleep(100);
+  }
+  const ended = Date.now();
+  while (Date.now() - ended < SETTLE_MS) {
+    const nodes = app.graph?._nodes ?? [];
+    if (nodes.length > 0) {
+      await sleep(300); // the rest of the app's graph, which it adds in one go
+      return app.graph?._nodes ?? [];
+    }
+    await sleep(100);
   }
   return app.graph?._nodes ?? [];
 }
 
+async function offer() {
+  const nodes = await settledGraph();
+  if (nodes === null) return; // the app never finished starting: try on the next visit
+  const known = globalThis.LiteGraph?.registered_node_types ?? {};
+  if (nodes.length === 0 || !nodes.every((node) => node.type in known)) {
+    const response = await api.fetchApi(EXAMPLE);
+    if (!response.ok) return;
+    const doc = await response.json();
+    if (!doc?.prompt) return;
+    await app.loadApiJson(doc.prompt, "txt2img (Steerflow)");
+  }
+  localStorage.setItem(OFFERED, "1");
+}
+
 app.registerExtension({
   name: "steerflow.defaultGraph",
-  async setup() {
-    try {
-      if (localStorage.getItem(OFFERED)) return;
-      localStorage.setItem(OFFERED, "1");
-      const nodes = await openedGraph();
-      const known = globalThis.LiteGraph?.registered_node_types ?? {};
-      if (nodes.length > 0 && nodes.every((node) => node.type in known)) return;
-      const response = await api.fetchApi(EXAMPLE);
-      if (!response.ok) return;
-      const doc = await response.json();
-      if (doc?.prompt) await app.loadApiJson(doc.prompt, "txt2img (Steerflow)");
-    } catch (err) {
-      console.warn("[steerflow] default graph:", err);
-    }
+  setup() {
+    if (localStorage.getItem(OFFERED)) return;
+    offer().catch((err) => console.warn("[steerflow] default graph:", err));
   },
 });

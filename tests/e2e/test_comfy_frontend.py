@@ -84,8 +84,8 @@ def load_classic_graph(page: Any) -> None:
 
 
 @contextlib.contextmanager
-def comfy_frontend_server(base: Path, ready: str = "CheckpointLoaderSimple"
-                          ) -> Iterator[LiveServer]:
+def comfy_frontend_server(base: Path, ready: str = "CheckpointLoaderSimple",
+                          extra: tuple[str, ...] = ()) -> Iterator[LiveServer]:
     """Steerflow serving ComfyUI's front end from ``base``, once ``/object_info`` lists
     ``ready``; skips where chromium, Playwright or the front end package are missing."""
     if chromium_path() is None:
@@ -100,7 +100,7 @@ def comfy_frontend_server(base: Path, ready: str = "CheckpointLoaderSimple"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "steerflow.cli", "serve", "--front-end", "comfyui",
-             "--host", "127.0.0.1", "--port", str(port), "--base-dir", str(base)],
+             "--host", "127.0.0.1", "--port", str(port), "--base-dir", str(base), *extra],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     live = LiveServer(f"http://127.0.0.1:{port}", base, log)
     try:
