@@ -177,11 +177,27 @@ def test_kohya_oft_files_are_read_as_sd_scripts_merges_them(tmp_path):
     assert (ours - expected.reshape(weight.shape)).abs().max() <= 1e-6
 
 
-def test_the_bypass_loader_draws_an_oft_as_the_loader_does(session):
-    merged = run_image(session, lora_prompt(("lyco_oft.safetensors", 1.0, 1.0)))
-    prompt = lora_prompt(("lyco_oft.safetensors", 1.0, 1.0))
-    prompt["20"]["class_type"] = "LoraLoaderBypass"
-    assert np.abs(run_image(session, prompt) - merged).max() <= 1e-4
+@pytest.mark.parametrize("kind", sorted(ALGOS))
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_the_bypass_loader_and_a_hook_draw_an_oft_as_the_loader_does(session, kind, strength):
+    """Load LoRA (Bypass) and a hook LoRA give Load LoRA's image at any strength. A BOFT's
+    stages, each taken towards I by the strength, and an OFT's rescale make the change not
+    proportional to the strength: at 0.6 the change at 1 scaled by 0.6 was 18/255 off (the
+    fault drill); it is now computed at each row's strength."""
+    name = f"lyco_{kind}.safetensors"
+    merged = run_image(session, lora_prompt((name, strength, 1.0)))
+    bypass = lora_prompt((name, strength, 1.0))
+    bypass["20"]["class_type"] = "LoraLoaderBypass"
+    assert np.abs(run_image(session, bypass) - merged).max() <= 1e-4
+    hooked = lora_prompt((name, strength, 1.0), model_only=True)
+    hooked["20"] = {"class_type": "CreateHookLora", "inputs": {
+        "lora_name": name, "strength_model": strength, "strength_clip": 1.0}}
+    hooked["21"] = {"class_type": "PairConditioningSetProperties", "inputs": {
+        "positive_NEW": ["6", 0], "negative_NEW": ["7", 0], "strength": 1.0,
+        "set_cond_area": "default", "hooks": ["20", 0]}}
+    hooked["3"]["inputs"].update(model=["4", 0], positive=["21", 0], negative=["21", 1])
+    merged_model_only = run_image(session, lora_prompt((name, strength, 1.0), model_only=True))
+    assert np.abs(run_image(session, hooked) - merged_model_only).max() <= 1e-4
 
 
 @pytest.mark.parametrize(("edit", "message"), [

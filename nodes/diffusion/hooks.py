@@ -42,23 +42,41 @@ class HookBypass(torch.nn.Module):
         super().__init__()
         self.base = base
         self.owner = owner
-        #: (hook ref, kind, tensors): "lora" (down, up, scale), "weight" (ΔW), "bias" (Δb)
+        #: (hook ref, kind, tensors): "lora" (down, up, scale), "weight" (ΔW), "bias" (Δb),
+        #: or "combine" (part, update, the weight it reads): a change that is not
+        #: proportional to the strength (DoRA, BOFT, OFT with its rescale), computed at each
+        #: strength a row asks for
         self.changes: list[tuple[object, str, tuple[Any, ...]]] = []
+        self._at_strength: dict[tuple[int, float], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
-        strengths, active = self.owner.row_strengths, self.owner.active
-        for ref, kind, tensors in self.changes:  # (a layer may have two: weight and bias)
-            if ref not in active:  # known on the host: no device sync per layer
+        owner = self.owner
+        rows = out.shape[0]
+        for i, (ref, kind, tensors) in enumerate(self.changes):  # (weight and bias: two)
+            if ref not in owner.active:  # known on the host: no device sync per layer
                 continue
-            strength = strengths[ref]
-            delta = self._delta(x, kind, tensors)
-            rows = out.shape[0]
-            if strength.numel() != rows and rows % strength.numel() == 0:
-                # a layout hook (HyperTile, ToMe) stacked each image's tiles on the batch
-                strength = strength.repeat_interleave(rows // strength.numel())
-            out = out + delta * strength.view(-1, *([1] * (delta.dim() - 1))).to(delta.dtype)
+            if kind != "combine":
+                out = out + self._delta(x, kind, tensors) * _per_row(owner.row_strengths[ref],
+                                                                      rows, out)
+                continue
+            part = tensors[0]
+            for value, rows_at in owner.rows_at[ref].items():
+                delta = self._delta(x, part, (self._combined(i, tensors, value),))
+                out = out + delta * _per_row(rows_at, rows, out)
         return out
+
+    def _combined(self, index: int, tensors: tuple[Any, ...], strength: float) -> torch.Tensor:
+        """The ``index``-th change at ``strength``: ``combine(W, s) − W`` (a few strengths
+        a run: keyframes step through them; kept while the run lasts)."""
+        key = (index, strength)
+        if key not in self._at_strength:
+            if len(self._at_strength) >= 16:
+                self._at_strength.clear()
+            _, update, target = tensors
+            base = target.detach().float()
+            self._at_strength[key] = (update.combine(base, strength) - base).to(target.dtype)
+        return self._at_strength[key]
 
     def _delta(self, x: torch.Tensor, kind: str, tensors: tuple[Any, ...]) -> torch.Tensor:
         base = self.base
@@ -82,6 +100,14 @@ class HookBypass(torch.nn.Module):
             return F.layer_norm(x, base.normalized_shape, None, None, base.eps) * delta
         normed = F.group_norm(x, base.num_groups, None, None, base.eps)
         return normed * delta.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _per_row(weights: torch.Tensor, rows: int, out: torch.Tensor) -> torch.Tensor:
+    """Per-row ``weights`` shaped to broadcast over ``out``."""
+    if weights.numel() != rows and rows % weights.numel() == 0:
+        # a layout hook (HyperTile, ToMe) stacked each image's tiles on the batch
+        weights = weights.repeat_interleave(rows // weights.numel())
+    return weights.view(-1, *([1] * (out.dim() - 1))).to(out.dtype)
 
 
 BYPASSABLE = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
@@ -108,6 +134,8 @@ class HookedWeights(SamplerExtension):
         #: apply to every row of every pass (Load LoRA (Bypass)), not by conditioning
         self.every_row = every_row
         self.row_strengths: dict[object, torch.Tensor] = {}
+        #: per hook, each nonzero strength of the current pass and the rows at it (1 or 0)
+        self.rows_at: dict[object, dict[float, torch.Tensor]] = {}
         #: the hooks with a nonzero strength on some row of the current pass
         self.active: set[object] = set()
 
@@ -163,9 +191,13 @@ class HookedWeights(SamplerExtension):
         self.row_strengths = {
             ref: torch.tensor(values, device=device).repeat_interleave(per_role)
             for ref, values in strengths.items() if ref in self.active}
+        self.rows_at = {
+            ref: {v: torch.tensor([float(x == v) for x in values], device=device)
+                  .repeat_interleave(per_role) for v in dict.fromkeys(values) if v}
+            for ref, values in strengths.items() if ref in self.active}
 
     def teardown(self, run: SamplingRun) -> None:
-        self.row_strengths, self.active = {}, set()
+        self.row_strengths, self.rows_at, self.active = {}, {}, set()
         run.state.pop(self, None)
 
 
@@ -213,9 +245,7 @@ def _change_tensors(update: Any, part: str, module: torch.nn.Module
         return "lora", (update.down.to(weight.device, weight.dtype),
                         update.up.to(weight.device, weight.dtype), update.scale)
     target = module.bias if part == "bias" else weight
-    if hasattr(update, "combine"):  # reads the weight (a DoRA): its change at strength 1
-        base = target.detach().float()
-        delta = update.combine(base, 1.0) - base
-    else:
-        delta = update.delta(target.shape, weight.device)
-    return ("bias" if part == "bias" else "weight"), (delta.to(weight.dtype),)
+    kind = "bias" if part == "bias" else "weight"
+    if hasattr(update, "combine"):  # reads the weight: its change at each row's strength
+        return "combine", (kind, update, target)
+    return kind, (update.delta(target.shape, weight.device).to(weight.dtype),)
