@@ -180,7 +180,10 @@ class FeedbackProcessor:
 
 
 def _self_attention_names(unet) -> list[str]:
-    return [n for n in unet.attn_processors if n.endswith("attn1.processor")]
+    """Every transformer block's attn1 whose keys are the image (not an
+    ``only_cross_attention`` block's, which reads the text)."""
+    return [n for n in unet.attn_processors if n.endswith("attn1.processor")
+            and not unet.get_submodule(n.removesuffix(".processor")).is_cross_attention]
 
 
 def _block_weight(name: str, w0: float, w1: float, n_down: int) -> float:
@@ -388,6 +391,18 @@ def test_feedback_pass_runs_once_per_weighted_step(session, tiny_model_paths):
 
 
 # --- the attention store's additions --------------------------------------------------------
+
+def test_feedback_goes_to_self_attention_only():
+    """An ``only_cross_attention`` block's attn1 reads the text: FABRIC's feedback images
+    were appended to those keys too (the techniques drill's unseen config)."""
+    from nodes.diffusion.fabric import FABRIC, FeedbackAttention
+
+    hook = FeedbackAttention(FABRIC.__new__(FABRIC))
+    attn1 = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
+    assert hook.selects(AttentionLayer.parse(attn1))
+    assert not hook.selects(AttentionLayer.parse(attn1, text=True))
+    assert not hook.selects(AttentionLayer.parse(attn1.replace("attn1", "attn2")))
+
 
 def test_recorders_and_on_output_see_the_layers_own_tokens_only():
     """With key tokens appended by an on_kv hook, a recorder keeps the maps over the

@@ -100,12 +100,14 @@ class _RunState:
 @dataclass(eq=False)  # hashed by identity, like the extension that owns it
 class FeedbackAttention(AttentionHook):
     """Keeps the feedback pass's self-attention keys/values and appends them, weighted,
-    to the main pass's (every transformer block's ``attn1``)."""
+    to the main pass's (every transformer block's ``attn1`` whose keys are the image)."""
 
     owner: FABRIC
 
     def selects(self, layer: AttentionLayer) -> bool:
-        return (not layer.cross and ".transformer_blocks." in layer.name
+        # self-attention only: an ``only_cross_attention`` block's attn1 reads the text
+        # (the SD x4 upscaler's), and feedback images have no place among its keys
+        return (not layer.text and ".transformer_blocks." in layer.name
                 and layer.name.endswith("attn1.processor"))
 
     def on_kv(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
