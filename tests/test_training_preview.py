@@ -90,6 +90,33 @@ def test_a_resumed_runs_first_step_says_where_it_goes_on_from(tmp_path):
     assert all("resumed_from" not in d for n, d in fresh.events if n == "progress")
 
 
+def test_a_damaged_checkpoint_is_a_warning_and_a_fresh_start(tmp_path):
+    """The fault drill: a checkpoint cut in half was thrown away without a word and the
+    run started again at step 1 (no resumed_from, no warning)."""
+    state = {"w": torch.zeros(3)}
+    path = tmp_path / "run.pt"
+
+    def restore(saved):
+        state["w"] = saved["w"]
+
+    def checkpointing():
+        return tc.Checkpointing(path, lambda: {"w": state["w"].clone()}, restore, every=2)
+
+    first = Recorder(tmp_path)
+    with pytest.raises(Interrupted):
+        tc.run_steps(first.ctx, 6, lambda i: first.ctx.interrupt_flag.set() or 0.5
+                     if i == 3 else 0.5, checkpointing())
+    assert path.is_file()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    rec = Recorder(tmp_path)
+    assert tc.run_steps(rec.ctx, 3, lambda i: 0.5, checkpointing()) == [0.5] * 3
+    warnings = [d["message"] for n, d in rec.events if n == "node_warning"]
+    assert len(warnings) == 1 and "could not be read" in warnings[0], rec.events
+    assert "starts again from step 0" in warnings[0]
+    progress = [d for n, d in rec.events if n == "progress"]
+    assert progress[0]["value"] == 1 and "resumed_from" not in progress[0]
+
+
 # --- drawn with the weights as they are, without changing training --------------------------
 
 def lora_run(tiny_model_paths, tmp_path, sample: TrainingSample | None):

@@ -404,6 +404,8 @@ class Checkpointing:
     saved_step: int = field(default=0, init=False)
     #: why the last save failed, for the user ("" when it landed)
     failure: str = field(default="", init=False)
+    #: why a checkpoint on disk could not be resumed from ("" when none was refused)
+    unreadable: str = field(default="", init=False)
 
     def save(self, step: int, losses: list[float],
              step_start: dict[str, Any] | None = None) -> bool:
@@ -443,12 +445,17 @@ class Checkpointing:
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
             self.restore(saved["run"])
-        except Exception:  # unreadable or from another version: start afresh
-            with suppress(OSError):  # a read-only temp/: afresh all the same
-                self.path.unlink(missing_ok=True)
+            step, losses = int(saved["step"]), list(saved["losses"])
+        except Exception as exc:  # damaged or from another version: start afresh, saying so
+            self.unreadable = f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("training checkpoint %s not resumed (%s); starting from step 0",
+                        self.path, self.unreadable)
+            if not isinstance(exc, OSError):  # a read error may pass: keep the file then
+                with suppress(OSError):  # a read-only temp/: afresh all the same
+                    self.path.unlink(missing_ok=True)
             return 0, []
-        self.saved_step = int(saved["step"])
-        return self.saved_step, list(saved["losses"])
+        self.saved_step = step
+        return step, losses
 
 
 def save_failure(exc: BaseException, folder: Path) -> str:
@@ -491,6 +498,9 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
     from engine.context import Interrupted
 
     start, losses = checkpointing.load() if checkpointing else (0, [])
+    if unreadable := getattr(checkpointing, "unreadable", ""):
+        ctx.warn(f"the checkpoint of an earlier run of these inputs could not be read "
+                 f"({unreadable}): training starts again from step 0")
     rewind = checkpointing.rewind if checkpointing else None
     step_start: dict[str, Any] | None = None  # set while a step is under way
     try:
