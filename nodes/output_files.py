@@ -4,6 +4,7 @@ the prefix checked at validation, and a write that is atomic and never replaces 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -252,6 +253,14 @@ def save_numbered(folder: Path, stem: str, suffix: str, write: Callable[[Path], 
                 return path, number + 1
             except FileExistsError:
                 number += 1
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # the user's file and folder, not the temporary file's absolute path (or no name)
+        reason = ("no space left on the disk" if exc.errno == errno.ENOSPC
+                  else exc.strerror or str(exc))
+        raise OSError(f"{stem}_NNNNN_{suffix} could not be saved in {folder.name}/: "
+                      f"{reason}") from None
     finally:
         # a read-only folder refuses even to unlink nothing: the write's error is the one
         with suppress(OSError):

@@ -35,3 +35,24 @@ def test_saved_outputs_and_built_in_models_are_readable_by_others(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE
     ensure_default_model(tmp_path / "models")
     assert modes(tmp_path / "models") == {FILE_MODE}
+
+
+def test_a_full_disk_names_the_file_and_its_folder_not_the_temporary_file(tmp_path):
+    """The fault drill: Save Image on a full disk said only "[Errno 28] No space left on
+    device", Save LoRA the absolute path of a hidden temporary file."""
+    import errno
+
+    import pytest
+
+    folder = tmp_path / "cats"
+    folder.mkdir()
+
+    def full(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError) as caught:
+        save_numbered(folder, "cat", ".png", full)
+    message = str(caught.value)
+    assert message == "cat_NNNNN_.png could not be saved in cats/: no space left on the disk"
+    assert list(folder.iterdir()) == []  # nothing half-written is left
