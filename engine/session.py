@@ -65,7 +65,10 @@ class Workflow:
                         list(self.warnings))
 
     def set(self, target: str, value: Any, registry: NodeRegistry | None = None) -> Workflow:
-        """Set ``"NODE_ID.INPUT"`` (or ``"Title.INPUT"`` by node title) to a constant.
+        """Set ``"NODE_ID.INPUT"`` to a constant; the node may also be named by its title
+        (``"Title.INPUT"``) or, for a node without one, by the name a canvas shows it
+        under: its type, our display name or ComfyUI's (``"KSampler.steps"``,
+        ``"Sample.steps"``), when that names one node.
 
         An input name may hold dots (``"3.resize_type.width"``): the longest prefix that
         names a node is the node. With a ``registry``, an input the node type does not
@@ -74,12 +77,12 @@ class Workflow:
         node_ref, sep, input_name = target.rpartition(".")
         if not sep or not node_ref or not input_name:
             raise WorkflowInputError(f"expected NODE_ID.INPUT, got {target!r}")
-        while not self._names_node(node_ref) and "." in node_ref:
+        while not self._matches(node_ref, registry) and "." in node_ref:
             node_ref, _, head = node_ref.rpartition(".")
             input_name = f"{head}.{input_name}"
-        if not self._names_node(node_ref):
+        if not self._matches(node_ref, registry):
             node_ref, _, input_name = target.rpartition(".")  # the error names it as before
-        node_id = self._find_node(node_ref)
+        node_id = self._find_node(node_ref, registry)
         cls = registry.get(self.prompt[node_id].get("class_type", "")) if registry else None
         if cls is not None and input_name not in cls.INPUT_SPECS:
             raise WorkflowInputError(f"node {node_id} ({cls.TYPE}) has no input {input_name!r}; "
@@ -89,20 +92,34 @@ class Workflow:
             self.document["prompt"][node_id].setdefault("inputs", {})[input_name] = value
         return self
 
-    def _names_node(self, ref: str) -> bool:
-        return ref in self.prompt or any(
-            isinstance(node, dict) and (node.get("_meta") or {}).get("title") == ref
-            for node in self.prompt.values())
-
-    def _find_node(self, ref: str) -> str:
+    def _matches(self, ref: str, registry: NodeRegistry | None) -> list[str]:
+        """The ids of the nodes ``ref`` names: the node of that id; else those of that
+        title; else the untitled ones shown under that name (type or display name)."""
         if ref in self.prompt:
-            return ref
-        titled = [nid for nid, node in self.prompt.items()
-                  if isinstance(node, dict) and (node.get("_meta") or {}).get("title") == ref]
-        if len(titled) == 1:
-            return titled[0]
-        if len(titled) > 1:
-            raise WorkflowInputError(f"title {ref!r} names {len(titled)} nodes; use a node id")
+            return [ref]
+        nodes = [(nid, node) for nid, node in self.prompt.items() if isinstance(node, dict)]
+        titled = [nid for nid, node in nodes if (node.get("_meta") or {}).get("title") == ref]
+        if titled:
+            return titled
+
+        def shown_as(node: dict[str, Any]) -> set[str]:
+            kind = str(node.get("class_type", ""))
+            cls = registry.get(kind) if registry is not None else None
+            names = {kind}
+            if cls is not None:
+                names |= {cls.DISPLAY_NAME, cls.comfy_display_name() or ""}
+            return names
+
+        return [nid for nid, node in nodes
+                if not (node.get("_meta") or {}).get("title") and ref in shown_as(node)]
+
+    def _find_node(self, ref: str, registry: NodeRegistry | None = None) -> str:
+        found = self._matches(ref, registry)
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise WorkflowInputError(f"{ref!r} names {len(found)} nodes "
+                                     f"({', '.join(found[:10])}); use a node id")
         raise WorkflowInputError(f"no node {ref!r} in the workflow (ids: "
                                  f"{', '.join(list(self.prompt)[:20])})")
 

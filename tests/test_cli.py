@@ -122,6 +122,29 @@ def test_python_api_overrides_and_events(tmp_path, models_dir):
         wf.set("nope.seed", 1)
 
 
+def test_an_untitled_node_is_named_by_its_type_or_display_names(tmp_path, models_dir):
+    """The ComfyUI drill: ``--set KSampler.steps=4`` on ComfyUI's own default workflow (UI
+    format, no titles) said "no node 'KSampler'"; only node ids worked."""
+    session = Session(tmp_path, models_dir=models_dir, device="cpu")
+    prompt = {nid: {k: v for k, v in node.items() if k != "_meta"}
+              for nid, node in Workflow.load(WORKFLOW).prompt.items()}
+    wf = Workflow.from_object(prompt)
+    for ref in ("KSampler", "Sample"):  # the type (ComfyUI's name for it) and ours
+        wf.set(f"{ref}.steps", 4, session.registry)
+        assert wf.prompt["3"]["inputs"]["steps"] == 4
+        wf.prompt["3"]["inputs"]["steps"] = 2
+    wf.set("Load Checkpoint.ckpt_name", "steerflow-tiny", session.registry)
+    wf.set("EmptyLatentImage.width", 48, session.registry)
+    assert wf.prompt["5"]["inputs"]["width"] == 48
+    with pytest.raises(WorkflowInputError, match="names 2 nodes"):  # two prompts
+        wf.set("CLIPTextEncode.text", "x", session.registry)
+    wf.prompt["3"]["_meta"] = {"title": "Mine"}  # a title names it; its type no longer does
+    with pytest.raises(WorkflowInputError, match="no node 'KSampler'"):
+        wf.set("KSampler.steps", 4, session.registry)
+    wf.set("Mine.steps", 5, session.registry)
+    assert wf.prompt["3"]["inputs"]["steps"] == 5
+
+
 def test_custom_node_pack_folder(tmp_path, models_dir):
     packs = tmp_path / "custom_nodes"
     (packs / "greet").mkdir(parents=True)
