@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -145,7 +146,12 @@ async def _on_startup(app: web.Application) -> None:
     # Half-written uploads and user-data saves from a killed server, and last run's
     # temp/, go first.
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, files.remove_leftovers, st.env)
+    try:  # the previews the stored history shows stay (ComfyUI's history goes at a restart)
+        shown = await loop.run_in_executor(None, st.storage.temp_outputs)
+    except sqlite3.Error:
+        shown = frozenset()  # a damaged database: runtime.start below says so
+    await loop.run_in_executor(None, partial(files.remove_leftovers, st.env,
+                                             keep_temp=shown))
     await loop.run_in_executor(None, userdata.remove_leftovers, st.config.user_dir)
     st.hub.attach(loop)
     try:  # recovers the stored queue: the first read of most of the database

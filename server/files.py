@@ -489,14 +489,16 @@ def _stored_files(env: Environment) -> Iterator[tuple[str, Path]]:
                 yield role, Path(dirpath, fname)
 
 
-def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]:
+def remove_leftovers(env: Environment, *, older_than: float = 0.0,
+                     keep_temp: frozenset[str] = frozenset()) -> list[Path]:
     """Delete what interrupted uploads and runs left; returns the paths removed.
 
     Removes upload temp files (``.upload-*``) anywhere under the input, output
     and temp folders, the temp files of saves a killed worker left in output/ and
     models/ (:func:`_abandoned_write`: their writer's process is gone, or they are an
     hour old), and everything inside ``temp/`` (not the folder) but the checkpoints
-    interrupted trainings resume from (``temp/training``). Never
+    interrupted trainings resume from (``temp/training``) and the files of
+    ``keep_temp`` (paths relative to ``temp/``: the previews the history shows). Never
     follows a symlink: a linked entry is unlinked, its target untouched, and a
     ``temp/`` that is itself a symlink is not emptied. Entries modified less
     than ``older_than`` seconds ago are kept (an upload in progress elsewhere).
@@ -517,7 +519,7 @@ def remove_leftovers(env: Environment, *, older_than: float = 0.0) -> list[Path]
         # everything but the checkpoints interrupted trainings resume from (their stray
         # temps went above); of those, one no run has touched for weeks is abandoned (a
         # full UNet's DreamBooth state is gigabytes)
-        removed.extend(_remove_stale(temp, cutoff, keep=RESUMABLE_DIR))
+        removed.extend(_remove_stale(temp, cutoff, keep=RESUMABLE_DIR, keep_files=keep_temp))
         resumable = temp / RESUMABLE_DIR
         if resumable.is_dir() and not resumable.is_symlink():
             removed.extend(_remove_stale(resumable, time.time() - RESUMABLE_KEEP_SECONDS))
@@ -584,9 +586,12 @@ def _writer_pid(match: re.Match[str]) -> int | None:
 RESUMABLE_KEEP_SECONDS = 14 * 24 * 3600
 
 
-def _remove_stale(folder: Path, cutoff: float, keep: str | None = None) -> list[Path]:
+def _remove_stale(folder: Path, cutoff: float, keep: str | None = None,
+                  keep_files: frozenset[str] = frozenset()) -> list[Path]:
     """The entries of ``folder`` last modified before ``cutoff``, removed (never followed),
-    but the folder named ``keep`` (a symlink of that name goes too)."""
+    but the folder named ``keep`` (a symlink of that name goes too) and the regular files
+    of ``keep_files`` (paths relative to ``folder``; a folder holding some is emptied of
+    the rest)."""
     gone: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -595,6 +600,13 @@ def _remove_stale(folder: Path, cutoff: float, keep: str | None = None) -> list[
     for entry in entries:
         path = Path(entry.path)
         if entry.name == keep and not entry.is_symlink():
+            continue
+        if entry.name in keep_files and entry.is_file(follow_symlinks=False):
+            continue
+        inner = frozenset(k.partition("/")[2] for k in keep_files
+                          if k.startswith(entry.name + "/"))
+        if inner and entry.is_dir(follow_symlinks=False):
+            gone.extend(_remove_stale(path, cutoff, keep_files=inner))
             continue
         if not _is_old(path, cutoff):
             continue

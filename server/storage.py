@@ -602,6 +602,24 @@ class Storage:
                 self._report_damaged(seq, pid, exc)
         return total, rows
 
+    def temp_outputs(self) -> frozenset[str]:
+        """The files in temp/ the history's outputs name (``subfolder/filename``): its
+        previews, which a restart keeps so the history still shows them."""
+        keep: set[str] = set()
+        for _, text in self.history():
+            try:
+                outputs = json.loads(text).get("outputs")
+            except (ValueError, AttributeError):
+                continue
+            for node in outputs.values() if isinstance(outputs, dict) else ():
+                for items in node.values() if isinstance(node, dict) else ():
+                    for item in items if isinstance(items, list) else ():
+                        if isinstance(item, dict) and item.get("type") == "temp" \
+                                and isinstance(item.get("filename"), str):
+                            sub = str(item.get("subfolder") or "").strip("/")
+                            keep.add(f"{sub}/{item['filename']}" if sub else item["filename"])
+        return frozenset(keep)
+
     def history_entry(self, prompt_id: str) -> str | None:
         """The entry's JSON text; None if there is none, or it is damaged (logged)."""
         with self._lock:

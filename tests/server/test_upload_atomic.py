@@ -330,3 +330,27 @@ def test_start_up_clean_up_keeps_the_checkpoints_trainings_resume_from(tmp_path:
     removed = remove_leftovers(env)
     assert kept.is_file()
     assert sorted(removed) == sorted([stray, abandoned, temp / "preview.png", temp / "sub"])
+
+
+def test_start_up_keeps_the_previews_the_history_shows(tmp_path: Path):
+    """The ComfyUI drill: after a restart every Preview Image the history named was a 404
+    (start-up empties temp/; ComfyUI's history goes with it, ours stays)."""
+    from server.storage import Storage
+
+    env = Environment.create(tmp_path / "base", device="cpu")
+    temp = env.folder("temp", create=True)
+    storage = Storage(tmp_path / "db.sqlite")
+    image = {"filename": "preview_00001_.png", "subfolder": "", "type": "temp"}
+    nested = {"filename": "b.png", "subfolder": "run/x", "type": "temp"}
+    saved = {"filename": "keep_00001_.png", "subfolder": "", "type": "output"}
+    storage.finish("p1", 1, {"outputs": {"9": {"images": [image, saved]},
+                                         "10": {"images": [nested], "text": ["hi"]}},
+                             "status": {"status_str": "success"}})
+    storage.finish("p2", 2, {"outputs": "odd", "status": {}})  # a malformed entry is passed
+    assert storage.temp_outputs() == {"preview_00001_.png", "run/x/b.png"}
+    for name in ("preview_00001_.png", "other.png", "run/x/b.png", "run/x/c.png", "run/y.png"):
+        (temp / name).parent.mkdir(parents=True, exist_ok=True)
+        (temp / name).write_bytes(b"t")
+    remove_leftovers(env, keep_temp=storage.temp_outputs())
+    left = sorted(p.relative_to(temp).as_posix() for p in temp.rglob("*") if p.is_file())
+    assert left == ["preview_00001_.png", "run/x/b.png"]
