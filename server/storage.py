@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.db_file import FileGuard
 from server.errors import dumps
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,19 @@ def not_writable(path: Path) -> str | None:
     return None
 
 
+def connect(path: Path, fsync: bool) -> sqlite3.Connection:
+    """The server's connection to its database file, holding it for good."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1)
+    # Exclusive: one server per data folder (a second one would run the same queue
+    # twice), and no file-lock or shared-memory calls per transaction.
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    db.execute("BEGIN IMMEDIATE")  # takes the lock now, not at the first write
+    db.execute("COMMIT")
+    return db
+
+
 def open_error(path: Path, exc: BaseException) -> StorageError:
     """The one-line error for a database that start-up cannot read: names the file and
     says what to do about a damaged file, or a read-only or forbidden one."""
@@ -228,21 +241,14 @@ class Storage:
                                f"{exc.strerror or exc}") from None
         self.path = path
         self.fsync = fsync
-        self._lock = threading.Lock()
+        self._lock = FileGuard(self)  # every use of the connection checks the file is there
         # History rows (by seq) whose text is known to be a strict JSON object, so
         # /history splices them unchecked: those this server wrote, and those read once.
         self._sound: set[int] = set()
         self._damaged: set[int] = set()  # rows found damaged, each logged once
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=1)
-            # Exclusive: one server per data folder (a second one would run the same
-            # queue twice), and no file-lock or shared-memory calls per transaction.
-            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-            self._db.execute("BEGIN IMMEDIATE")  # takes the lock now, not at the first write
-            self._db.execute("COMMIT")
+            self._db = connect(path, fsync)
+            self._lock.opened()
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StorageError(f"{path} was written by a newer Steerflow "
