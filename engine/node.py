@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -385,7 +386,7 @@ class Node(BaseModel):
         return {
             "name": cls.TYPE,
             "display_name": cls.DISPLAY_NAME or cls.TYPE,
-            "description": inspect.getdoc(cls) or "",
+            "description": markdown_code(inspect.getdoc(cls) or ""),
             "category": cls.CATEGORY,
             "version": cls.VERSION,
             "output_node": cls.OUTPUT_NODE,
@@ -469,6 +470,17 @@ def _annotated(info: FieldInfo) -> Any:
     return Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
 
 
+#: reST's inline literal (``code``), as docstrings write it
+_REST_LITERAL = re.compile(r"``([^`\n]+?)``")
+
+
+def markdown_code(text: str) -> str:
+    """A docstring's ``code`` as Markdown's `code`: ComfyUI's front end shows the
+    description raw in tooltips and as Markdown in its node help (where double backticks
+    showed); our canvas reads either."""
+    return _REST_LITERAL.sub(r"`\1`", text)
+
+
 def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
     options: dict[str, Any] = {}
     if spec.default is not None:
@@ -482,7 +494,7 @@ def _input_schema(spec: InputSpec, env: Environment | None) -> list[Any]:
     if spec.dynamic_prompts:
         options["dynamicPrompts"] = True
     if spec.description:
-        options["tooltip"] = spec.description
+        options["tooltip"] = markdown_code(spec.description)
     if spec.control_after_generate:
         options["control_after_generate"] = True
     if spec.force_input:

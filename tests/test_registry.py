@@ -330,3 +330,22 @@ def test_processes_import_a_folder_one_at_a_time(tmp_path: Path):
     assert len(events) == 6
     for first, second in zip(events[::2], events[1::2], strict=True):  # never interleaved
         assert first[0] == "start" and second == ("end", first[1])
+
+
+def test_descriptions_and_tooltips_write_code_as_markdown(tmp_path: Path):
+    """ComfyUI's front end showed a docstring's ``denoise`` with its double backticks (the
+    ComfyUI drill): /object_info writes reST's inline literals as Markdown's."""
+    from engine import Environment, Input, Node, NodeResult
+
+    class Documented(Node):
+        """Weights like ``(word:1.3)``; `already` Markdown."""
+
+        TYPE = "Documented"
+        amount: float = Input(1.0, description="the ``denoise`` of the run")
+
+        def execute(self, ctx):
+            return NodeResult()
+
+    schema = Documented.schema(Environment.create(tmp_path, device="cpu"))
+    assert schema["description"] == "Weights like `(word:1.3)`; `already` Markdown."
+    assert schema["input"]["required"]["amount"][1]["tooltip"] == "the `denoise` of the run"
