@@ -200,3 +200,28 @@ def test_delete_with_a_nodes_menu_open_deletes_nothing(page):
     page.wait_for_timeout(1000)  # the canvas's history settles edits for a moment
     page.keyboard.press("Control+z")  # the keyboard is the canvas's again
     expect(c.nodes()).to_have_count(1)
+
+
+def test_the_editors_toolbar_is_one_line_at_desktop_widths(page, tmp_path):
+    """The first-time walk: at 1280 px the toolbar wrapped (Cancel and Save on a second row,
+    "Fit +" apart from "−" when the file name was longer)."""
+    from PIL import Image
+
+    path = tmp_path / "a_rather_long_file_name_for_the_mask_editor_title.png"
+    Image.new("RGB", (64, 64), (40, 90, 160)).save(path)
+    c = Canvas(page)
+    node = c.add_node("Load Image", 60, 60)
+    _upload(page, c, node, path)
+    c.node(node).get_by_role("button", name="Open in MaskEditor").click()
+    bar = page.get_by_role("toolbar", name="Mask tools")
+    for width in (1920, 1280, 1024):  # (below 1200 px it may wrap, every button in view)
+        page.set_viewport_size({"width": width, "height": 800})
+        page.wait_for_timeout(100)
+        boxes = bar.evaluate("b => [...b.children].map(e => e.getBoundingClientRect())"
+                             ".filter(r => r.height > 4).map(r => [r.top, r.bottom])")
+        # one line: no item starts below the bottom of another
+        assert width < 1200 or max(t for t, _ in boxes) < min(b for _, b in boxes), \
+            f"the toolbar wraps at {width} px: {boxes}"
+        save = bar.get_by_role("button", name="Save").bounding_box()
+        assert save is not None and save["x"] + save["width"] <= width
+    page.keyboard.press("Escape")
