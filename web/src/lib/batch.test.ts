@@ -151,6 +151,10 @@ describe("helpers", () => {
     expect(nativeSizeValues(latent, [undefined, {}])).toBeNull();
     expect(nativeSizeValues(defs.get("KSampler"), [shapes])).toBeNull();
     expect(nativeSizeValues(defs.get("ImageScale"), [shapes])).toBeNull();
+    // Upscale Latent's width and height are a target size: a latent in, not made
+    const upscale = { ...latent!, inputs: [{ ...latent!.inputs[0], name: "samples", type: "LATENT", widget: false },
+      ...latent!.inputs] };
+    expect(nativeSizeValues(upscale, [shapes])).toBeNull();
     // a size past the widget's range is clamped to it
     expect(nativeSizeValues(latent, [{ native_size: [4, 1e9] }])).toEqual({ width: 8, height: 16384 });
   });

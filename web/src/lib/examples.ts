@@ -20,13 +20,14 @@ export function nativeSizeText(card: ModelCard | undefined): string | null {
 
 /**
  * A new node that makes a latent of a chosen size (width and height widgets, a LATENT
- * output) at the native size of the model the graph picks, so a newcomer's first Empty
+ * output, no LATENT input) at the native size of the model the graph picks, so a newcomer's first Empty
  * Latent Image fits steerflow-shapes (64x64) instead of ComfyUI's 512. Only where every
  * picked model with a card agrees on one size; else null (the defaults stay).
  */
 export function nativeSizeValues(def: NodeDef | undefined, cards: readonly (ModelCard | undefined)[]
 ): { width: number; height: number } | null {
-  if (!def?.outputs.some((o) => o.type === "LATENT")) return null;
+  // it makes a latent, not resizes one (Upscale Latent's width and height are a target)
+  if (!def?.outputs.some((o) => o.type === "LATENT") || def.inputs.some((i) => i.type === "LATENT")) return null;
   const width = def.inputs.find((i) => i.name === "width" && i.widget && i.type === "INT");
   const height = def.inputs.find((i) => i.name === "height" && i.widget && i.type === "INT");
   if (!width || !height) return null;
