@@ -612,10 +612,13 @@ class Storage:
         """The files in temp/ the history's outputs name (``subfolder/filename``): its
         previews, which a restart keeps so the history still shows them."""
         keep: set[str] = set()
-        for _, text in self.history():
+        with self._lock:  # read as stored: the checks of history() come after the repairs
+            rows = [raw for (raw,) in self._db.execute(
+                "SELECT CAST(entry AS BLOB) FROM history")]
+        for raw in rows:
             try:
-                outputs = json.loads(text).get("outputs")
-            except (ValueError, AttributeError):
+                outputs = json.loads(raw.decode()).get("outputs")
+            except (ValueError, AttributeError, RecursionError):
                 continue
             for node in outputs.values() if isinstance(outputs, dict) else ():
                 for items in node.values() if isinstance(node, dict) else ():
