@@ -137,7 +137,7 @@ class VAEDecode(Node):
 
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         warn_assumed_downscale(ctx, self.samples, self.vae)
-        return (decode(self.vae, self.samples.samples),)
+        return (decode(self.vae.scaled_for(self.samples.scaling_factor), self.samples.samples),)
 
 
 class VAEEncode(Node):
@@ -184,7 +184,8 @@ class VAEDecodeTiled(Node):
         from nodes.diffusion.vae_codec import Tiling
 
         warn_assumed_downscale(ctx, self.samples, self.vae)
-        return (decode(self.vae, self.samples.samples, Tiling(self.tile_size, self.overlap)),)
+        return (decode(self.vae.scaled_for(self.samples.scaling_factor), self.samples.samples,
+                       Tiling(self.tile_size, self.overlap)),)
 
 
 class VAEEncodeTiled(Node):

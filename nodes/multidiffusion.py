@@ -130,7 +130,8 @@ class VAEDecodeCircular(Node):
     def execute(self, ctx: ExecutionContext) -> tuple[torch.Tensor]:
         from nodes.diffusion.multidiffusion import decode_circular
 
-        return (decode_circular(self.vae, self.samples.samples, self.padding),)
+        return (decode_circular(self.vae.scaled_for(self.samples.scaling_factor),
+                                self.samples.samples, self.padding),)
 
 
 NODE_CLASSES = (MultiDiffusionPanorama, VAEDecodeCircular)

@@ -44,6 +44,16 @@ def models(tiny_model_paths, tmp_path_factory) -> Path:
         shutil.copytree(folder / "vae", root / "vae" / f"{name}-vae")
     shutil.copytree(root / "checkpoints" / XL_REFINER / "unet",
                     root / "diffusion_models" / "refiner-unet")
+    # SDXL's VAE as sdxl_vae.safetensors ships: the original layout, no config, no metadata
+    from diffusers import AutoencoderKL
+
+    from nodes.diffusion.original_layout import vae_to_original
+
+    xl_vae = AutoencoderKL.from_pretrained(root / "checkpoints" / XL / "vae",
+                                           local_files_only=True)
+    save_file({k: v.contiguous() for k, v in
+               vae_to_original(xl_vae.state_dict(), dict(xl_vae.config)).items()},
+              root / "vae" / "xl-vae-bare.safetensors")
     xl = root / "checkpoints" / XL
     shutil.copytree(tiny / "text_encoder", encoders / "sd1-te")  # a diffusers folder
     shutil.copytree(xl / "text_encoder", encoders / "xl-clip-l")
@@ -138,6 +148,29 @@ def separate(prompt: dict, unet: str, vae: str, clip: dict) -> dict:
     for node in ("pos", "neg"):
         prompt[node]["inputs"]["clip"] = ["clip", 0]
     return prompt
+
+
+def test_a_bare_sdxl_vae_file_decodes_and_encodes_as_the_checkpoints_vae(session):
+    """The SDXL drill: a VAE file that states no scaling factor (sdxl_vae.safetensors) was
+    read with SD 1.x's 0.18215 instead of SDXL's 0.13025: 29/255 off in txt2img, 0.56 in
+    img2img. As in ComfyUI, the latents' or the model's scaling is used then."""
+    bare = {"class_type": "VAELoader", "inputs": {"vae_name": "xl-vae-bare.safetensors"}}
+    own = run(session, txt2img(XL, size=(72, 40)))
+    prompt = txt2img(XL, vae=["bare", 0], size=(72, 40))
+    prompt["bare"] = bare
+    assert np.abs(run(session, prompt) - own).max() <= 1e-4
+
+    def img2img(vae: list) -> dict:
+        p = txt2img(XL, vae=vae, size=(72, 40))
+        p["bare"] = bare
+        p["img"] = {"class_type": "EmptyImage", "inputs": {
+            "width": 72, "height": 40, "batch_size": 1, "color": 0x3366CC}}
+        p["enc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": vae}}
+        p["k"]["inputs"].update(latent_image=["enc", 0], denoise=0.4)
+        return p
+
+    assert np.abs(run(session, img2img(["bare", 0])) - run(session, img2img(["ckpt", 2]))
+                  ).max() <= 1e-4
 
 
 @pytest.mark.parametrize("name", ["sd1-te", "sd1-clip-l.safetensors",

@@ -160,6 +160,7 @@ class ClipGuidance(SamplerExtension):
     def setup(self, run: SamplingRun) -> None:
         if self.scale:
             check_supported(run.scheduler)
+        self.vae = self.vae.scaled_for(run.model.latent_scale)  # a bare VAE file's: the model's
         run.state[self] = _State()
 
     def unet_inputs(self, run: SamplingRun, step: Step, call: UNetCall) -> None:

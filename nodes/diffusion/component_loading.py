@@ -24,6 +24,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
 )
 
+from nodes.diffusion.handles import UNSTATED_SCALE
 from nodes.diffusion.loading import (
     CheckpointKeyError,
     _check_folder_weights,
@@ -132,7 +133,8 @@ def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | Non
             "weights (encoder.down.0.block.0.conv1.weight, or encoder.down_blocks.0.resnets."
             "0.conv1.weight in diffusers' layout)")
     config = _metadata_config(metadata, "vae") or config
-    if config is None:
+    unstated = config is None
+    if unstated:
         config = _vae_config_from_weights(state_dict, original)
         _check_sd_group_norm(config, name)
     else:
@@ -148,9 +150,12 @@ def vae_from_state_dict(state_dict: StateDict, metadata: Mapping[str, str] | Non
         raise ValueError(f"the config given for the VAE {name} cannot build a VAE: "
                          f"{exc}") from None
     try:
-        return _load_strict("vae", model, weights)
+        model = _load_strict("vae", model, weights)
     except CheckpointKeyError as exc:
         raise ValueError(f"{name} does not look like a Stable Diffusion VAE: {exc}") from exc
+    if unstated:  # SD's factor assumed: the latents' or the model's wins (handles.Vae)
+        setattr(model, UNSTATED_SCALE, True)
+    return model
 
 
 def _check_sd_group_norm(config: Mapping[str, Any], name: str) -> None:

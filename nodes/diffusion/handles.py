@@ -88,18 +88,41 @@ class TextEncoder:
         return encoder.device
 
 
+#: set on a VAE module whose file stated no latent scaling factor (a bare VAE file, such as
+#: sdxl_vae.safetensors: SD 1.x's factor was assumed, and SD 1.x and SDXL VAEs have the
+#: same layers): the latents' or the model's factor is the one then (as in ComfyUI, where
+#: the model owns the scaling)
+UNSTATED_SCALE = "steerflow_scale_unstated"
+
+
 @dataclass(frozen=True)
 class Vae:
     """VAE: the autoencoder between pixels and latents."""
 
     vae: Any
+    #: the scaling factor to use instead of the config's (see :meth:`scaled_for`)
+    scale: float | None = None
 
     def __post_init__(self) -> None:
         make_interruptible(self.vae)
 
     @property
     def scaling_factor(self) -> float:
+        if self.scale is not None:
+            return float(self.scale)
         return float(self.vae.config.scaling_factor)
+
+    @property
+    def scale_stated(self) -> bool:
+        """Whether the VAE's own files gave its latent scaling factor."""
+        return not getattr(self.vae, UNSTATED_SCALE, False)
+
+    def scaled_for(self, factor: float | None) -> Vae:
+        """This VAE at ``factor`` (the latents' or the model's) where its file stated none
+        (else, or without a factor, itself)."""
+        if self.scale_stated or not factor:
+            return self
+        return Vae(self.vae, float(factor))
 
     @property
     def downscale(self) -> int:
@@ -111,9 +134,9 @@ class Vae:
 
     def latent(self, samples: Tensor, **fields: Any) -> Latent:
         """``samples`` this VAE encoded (or sized for it): the LATENT knows its scaling
-        and its downscale."""
+        (or that it was assumed) and its downscale."""
         return Latent(samples, scaling_factor=self.scaling_factor, downscale=self.downscale,
-                      **fields)
+                      scale_assumed=not self.scale_stated and self.scale is None, **fields)
 
 
 class AbsentPartError(ValueError, AttributeError):
@@ -231,6 +254,9 @@ class Latent:
     batch_index: tuple[int, ...] | None = None
     scaling_factor: float | None = None
     downscale: int | None = None
+    #: ``scaling_factor`` was assumed (SD 1.x's, by a VAE whose file stated none): a
+    #: sampler rescales the samples to its model's
+    scale_assumed: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -248,7 +274,9 @@ class Latent:
         resized = tuple(samples.shape) != tuple(self.samples.shape)
         return replace(self, samples=samples,
                        extension_results=tuple((results or {}).items()),
-                       scaling_factor=self.scaling_factor or model.latent_scale,
+                       # an assumed scaling was the model's for the run (fit_empty_latent)
+                       scaling_factor=model.latent_scale if self.scale_assumed
+                       else self.scaling_factor or model.latent_scale, scale_assumed=False,
                        downscale=self.downscale or linked_downscale(model.unet),
                        # refitted to the model's VAE (see fit_empty_latent): no longer assumed
                        assumed_downscale=None if resized else self.assumed_downscale)

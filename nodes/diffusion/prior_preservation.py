@@ -107,7 +107,7 @@ def generate_class_images(ctx: ExecutionContext, model: DiffusionModel, clip: Te
                          latent, params,
                          callback=lambda *_: ctx.check_interrupt())  # Stop within a batch
         with torch.no_grad():
-            pixels = decode(vae, samples)
+            pixels = decode(vae.scaled_for(model.latent_scale), samples)
         images.append((pixels * 255).round().clamp(0, 255).to("cpu", torch.uint8))
         ctx.progress(b + 1, batches, info={"phase": "class_images"})
     return torch.cat(images)

@@ -545,13 +545,22 @@ def guidance_embedding(cfg: float, dim: int, device: Any, dtype: Any) -> torch.T
 
 
 def fit_empty_latent(model: DiffusionModel, latent: Latent) -> Latent:
-    """An Empty Latent Image made without its ``vae`` (sized for SD's 8x VAE, as in
-    every ComfyUI graph) remade for the VAE the model was loaded with, when that one
-    scales otherwise (the built-in model's is 4x): it holds only zeros, so nothing is
-    lost, and the picture comes out at the size the graph asked for. A latent something
-    was written into (a mask, an inpainting input, non-zero samples) is left as it is."""
+    """Latents fitted to ``model``: those a VAE without a stated scaling encoded,
+    rescaled to the model's; an Empty Latent Image made without its ``vae`` (sized for
+    SD's 8x VAE, as in every ComfyUI graph) remade for the VAE the model was loaded with,
+    when that one scales otherwise (the built-in model's is 4x): it holds only zeros, so
+    nothing is lost, and the picture comes out at the size the graph asked for. A latent
+    something was written into (a mask, an inpainting input, non-zero samples) is left
+    as it is."""
     from nodes.diffusion.preview import linked_vae
 
+    if latent.scale_assumed and latent.scaling_factor:
+        # encoded by a VAE whose file stated no scaling (SD 1.x's was assumed; an SDXL VAE
+        # file has the same layers): the model's scaling is the latents', as in ComfyUI
+        ratio = model.latent_scale / latent.scaling_factor
+        latent = replace(latent, samples=latent.samples * ratio if ratio != 1 else
+                         latent.samples, scaling_factor=model.latent_scale,
+                         scale_assumed=False)
     assumed = latent.assumed_downscale
     loaded = linked_vae(model.unet) if assumed else None
     if loaded is None or latent.noise_mask is not None or latent.inpaint is not None:

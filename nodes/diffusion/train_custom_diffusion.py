@@ -344,7 +344,7 @@ def custom_diffusion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae
         ids = tc.tokenize(trained_clip.tokenizer, rows_captions, encoder.device)
         context = None
         with torch.no_grad():
-            posterior = tc.encode_posterior(vae, pixels)
+            posterior = tc.encode_posterior(vae.scaled_for(model.latent_scale), pixels)
             if loss_mask is not None:
                 posterior = loss_mask.applied(posterior, images, settings.resolution)
             if table is None:  # nothing in the text encoder trains: encode once

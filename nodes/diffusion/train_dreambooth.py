@@ -175,7 +175,7 @@ def dreambooth_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
         ids = tc.tokenize(clip.tokenizer, rows_captions, encoder.device)
         context = None
         with torch.no_grad():
-            posterior = tc.encode_posterior(vae, pixels)
+            posterior = tc.encode_posterior(vae.scaled_for(model.latent_scale), pixels)
             if loss_mask is not None:
                 posterior = loss_mask.applied(posterior, images, settings.resolution)
             if not train_text_encoder:

@@ -227,7 +227,7 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
         stack.enter_context(tc.frozen(unet, encoder, vae.vae))
         stack.enter_context(patched(unet, model.patches))
         stack.enter_context(patched(encoder, clip.patches))
-        posterior = tc.encode_posterior(vae, pixels)
+        posterior = tc.encode_posterior(vae.scaled_for(model.latent_scale), pixels)
         if loss_mask is not None:
             posterior = loss_mask.applied(posterior, images, settings.resolution)
         names = target_names(unet, spec.unet_targets)

@@ -124,4 +124,4 @@ def draw_sample(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder,
         params = SamplingParams(seed=spec.seed, steps=spec.steps, cfg=spec.cfg)
         latents = sample(model, scheduler, positive, negative, latent, params,
                          callback=lambda _i, _n, _x: ctx.check_interrupt())
-        return decode(vae, latents)
+        return decode(vae.scaled_for(model.latent_scale), latents)

@@ -223,7 +223,7 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     tc.check_resolution(model.unet, vae, settings.resolution)
     pixels = tc.prepare_pixels(images, settings.resolution)
-    posterior = tc.encode_posterior(vae, pixels)
+    posterior = tc.encode_posterior(vae.scaled_for(model.latent_scale), pixels)
     if loss_mask is not None:
         posterior = loss_mask.applied(posterior, images, settings.resolution)
     encoder = trained.text_encoder
