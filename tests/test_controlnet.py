@@ -310,6 +310,18 @@ def test_controlnet_for_another_model_is_refused(session, models_dir):
         assert "48-wide text embeddings" in message
     finally:
         shutil.rmtree(folder)
+    # an SDXL ControlNet (its text width differs too) is named as one (the SDXL drill: the
+    # message guessed "an SD 1.x ControlNet on SD 2.x")
+    xl = diffusers.ControlNetModel.from_config({
+        **net.config, "cross_attention_dim": 48, "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 80})
+    xl_folder = models_dir / "controlnet" / "xl"
+    xl.save_pretrained(xl_folder)
+    try:
+        message = run_error(session, graph_prompt([{"net": "xl", "image": "control_a.png"}]))
+        assert "is an SDXL ControlNet; this model is not" in message
+    finally:
+        shutil.rmtree(xl_folder)
 
 
 def test_sd15_original_layout_file_gets_its_config_from_the_shapes():

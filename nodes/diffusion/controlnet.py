@@ -292,6 +292,11 @@ def _check_fits(control_net: ControlNet, run: SamplingRun) -> None:
     """Refuse a ControlNet made for another model with a message, not a shape error."""
     net, unet = control_net.model.config, run.model.unet.config
     name = control_net.name or "the ControlNet"
+    # the family first: SDXL's text width differs from SD's too, and would be named wrong
+    if (net.addition_embed_type == "text_time") != (unet.addition_embed_type == "text_time"):
+        kind = "an SDXL" if net.addition_embed_type == "text_time" else "an SD 1.x/2.x"
+        raise ValueError(f"{name} is {kind} ControlNet; this model is not: load the "
+                         "ControlNet made for this checkpoint's family")
     if net.cross_attention_dim != unet.cross_attention_dim:
         raise ValueError(
             f"{name} was made for a model with {net.cross_attention_dim}-wide text embeddings, "
@@ -301,10 +306,6 @@ def _check_fits(control_net: ControlNet, run: SamplingRun) -> None:
             or net.layers_per_block != unet.layers_per_block):
         raise ValueError(f"{name} does not match this model's UNet blocks "
                          f"({tuple(net.block_out_channels)} vs {tuple(unet.block_out_channels)})")
-    if (net.addition_embed_type == "text_time") != (unet.addition_embed_type == "text_time"):
-        kind = "an SDXL" if net.addition_embed_type == "text_time" else "an SD 1.x/2.x"
-        raise ValueError(f"{name} is {kind} ControlNet; this model is not: load the "
-                         "ControlNet made for this checkpoint's family")
     if net.in_channels != run.init_latents.shape[1]:
         raise ValueError(f"{name} expects {net.in_channels}-channel latents, "
                          f"got {run.init_latents.shape[1]}")
