@@ -12,7 +12,7 @@ import { arrangeOpened, makeRoomBelow } from "../lib/arrange";
 import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } from "../lib/graph";
 import { type GroupBox, parseGroups } from "../lib/groups";
 import {
-  boundsOf, estimateNodeHeight, FIT_MARGIN, FIT_MAX_ZOOM, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, OVERVIEW_ZOOM,
+  boundsOf, estimateNodeHeight, FIT_MARGIN, FIT_MAX_ZOOM, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, WHOLE_VIEW_ZOOM,
   type Rect, showsAll, showsAny, type Viewport,
 } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
@@ -280,13 +280,13 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
    * The first visit's default graph must show whole in its first view (a small window, a
    * 150% page zoom: the readable fit showed its top-left part, Save Image cut off by the side
    * panel, where the first run's image appears): when some node is out of view, React Flow's
-   * fit of all of it, below the readable zoom if need be (down to OVERVIEW_ZOOM).
+   * fit of all of it, below the readable zoom if need be (down to WHOLE_VIEW_ZOOM).
    */
   const fitWholeIfCut = useCallback(() => {
     const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
     const rects = rf.getNodes().map((n) => nodeRect(n, defsRef.current));
     if (!pane || !rects.length || showsAll(rf.getViewport(), rects, pane.width, pane.height)) return;
-    fitAll({ padding: FIT_MARGIN, minZoom: OVERVIEW_ZOOM, maxZoom: FIT_MAX_ZOOM });
+    fitAll({ padding: FIT_MARGIN, minZoom: WHOLE_VIEW_ZOOM, maxZoom: FIT_MAX_ZOOM });
   }, [rf, fitAll]);
 
   /**

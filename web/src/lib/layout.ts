@@ -26,6 +26,11 @@ export const FIT_MARGIN = 0.08;
 /** Graphs with more nodes than this may be fitted below READABLE_ZOOM, down to OVERVIEW_ZOOM. */
 export const LARGE_GRAPH = 40;
 export const OVERVIEW_ZOOM = 0.4;
+/**
+ * An example or the first visit's graph opens whole, so its Save Image is in view, down to
+ * this zoom (a small window: at 1024x768 most examples need less than OVERVIEW_ZOOM).
+ */
+export const WHOLE_VIEW_ZOOM = 0.2;
 /** Low detail (no widgets) needs both: this many nodes, and a zoom under LOD_ZOOM. */
 export const LOD_NODES = 120;
 export const LOD_ZOOM = 0.5;
