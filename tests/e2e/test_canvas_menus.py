@@ -139,3 +139,35 @@ def test_ctrl_shift_v_pastes_with_input_links(page):
     prompt = c.document()["prompt"]
     assert "a" not in prompt["4"]["inputs"] or prompt["4"]["inputs"]["a"] != ["1", 0]
     assert prompt["5"]["inputs"]["a"] == ["1", 0]
+
+
+def test_the_menus_work_from_the_keyboard(page):
+    """The second walk: a menu opened with Shift+F10 (or a right-click) kept the focus on
+    the page; arrows did nothing and Tab went to the nodes behind it."""
+    c = Canvas(page)
+    c.open_file("keys.json", INT_CHAIN)
+    expect(c.nodes()).to_have_count(3)
+    box = c.pane_box()
+    page.mouse.click(box["x"] + box["width"] - 30, box["y"] + 30, button="right")
+    menu = page.get_by_role("menu", name="pane menu")
+    expect(menu.get_by_role("menuitem", name="Add node")).to_be_focused()
+    page.keyboard.press("ArrowRight")  # its categories
+    categories = menu.get_by_role("menu", name="Add node")
+    expect(categories).to_be_visible()
+    assert categories.evaluate("m => m.contains(document.activeElement)")
+    page.keyboard.press("Escape")  # back to Add node, the menu still open
+    expect(categories).to_be_hidden()
+    expect(menu.get_by_role("menuitem", name="Add node")).to_be_focused()
+    page.keyboard.press("Tab")  # stays in the menu
+    assert menu.evaluate("m => m.contains(document.activeElement)")
+    page.keyboard.press("Escape")
+    expect(menu).to_be_hidden()
+    # a node's menu, opened from the keyboard on the focused node: End, Enter removes it
+    c.node("3").focus()
+    page.keyboard.press("Shift+F10")
+    node_menu = page.get_by_role("menu", name="node menu")
+    expect(node_menu).to_be_visible()
+    page.keyboard.press("End")
+    expect(node_menu.get_by_role("menuitem", name="Remove")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(c.nodes()).to_have_count(2)

@@ -7,7 +7,7 @@
  */
 
 import { useReactFlow } from "@xyflow/react";
-import { useEffect, useMemo, useState } from "react";
+import { type KeyboardEvent as ReactKeyboardEvent, useEffect, useMemo, useRef, useState } from "react";
 import { useEditor } from "../canvas/context";
 import { inHandle, inputOf, type SfEdge, type SfNode } from "../canvas/flow";
 import { NOTE, REROUTE } from "../lib/reroute";
@@ -17,6 +17,7 @@ import { GROUP_COLOR, groupAround, nodesInside } from "../lib/groups";
 import { groupSelection, nodeRects } from "./Groups";
 import { openMaskEditor } from "./MaskEditor";
 import type { useEditCommands } from "./useEditCommands";
+import { useReturnFocus } from "./useReturnFocus";
 import type { GraphStore } from "./useGraphStore";
 import type { useLinking } from "./useLinking";
 
@@ -50,35 +51,84 @@ export function categoryTree(defs: Defs): Map<string, { type: string; name: stri
   return new Map([...out.entries()].sort(([a], [b]) => a.localeCompare(b)));
 }
 
-function MenuList({ items, onClose, label }: { items: Item[]; onClose(): void; label: string }) {
+/** The menu's own items (not a submenu's), for the arrow keys. */
+function ownItems(list: HTMLElement): HTMLElement[] {
+  return [...list.children].filter((c): c is HTMLElement => c instanceof HTMLElement && c.role === "menuitem");
+}
+
+/**
+ * A menu of items, used with the mouse or the keyboard (WAI-ARIA's menu): it takes the focus
+ * on its first item when it opens (a right-click, Shift+F10, the ContextMenu key); ↑ ↓ Home
+ * End move, Enter or Space choose, → or Enter opens a submenu (← or Escape goes back), and
+ * Tab stays inside. `onBack`: the submenu's way back to the item that opened it.
+ */
+function MenuList({ items, onClose, label, onBack }: {
+  items: Item[]; onClose(): void; label: string; onBack?: () => void;
+}) {
   const [open, setOpen] = useState<number | null>(null);
+  const list = useRef<HTMLUListElement>(null);
+  const focusAt = (i: number) => {
+    const own = list.current ? ownItems(list.current) : [];
+    own[(i + own.length) % Math.max(own.length, 1)]?.focus();
+  };
+  useEffect(() => {
+    const own = list.current ? ownItems(list.current) : [];
+    (own.find((el) => el.getAttribute("aria-disabled") !== "true") ?? own[0])?.focus();
+  }, []);
+  const choose = (it: Item, i: number) => {
+    if (it.sub) {
+      setOpen(open === i ? null : i);
+      return;
+    }
+    if (it.disabled || !it.action) return;
+    it.action();
+    if (!it.keepOpen) onClose();
+  };
+  const onKeyDown = (e: ReactKeyboardEvent<HTMLUListElement>) => {
+    const own = list.current ? ownItems(list.current) : [];
+    const at = own.indexOf(document.activeElement as HTMLElement);
+    if (at < 0) return; // a submenu's key: it handles its own
+    const it = items[at];
+    const key = e.key === "Tab" ? (e.shiftKey ? "ArrowUp" : "ArrowDown") : e.key;
+    const moves: Record<string, number> = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: own.length - 1 };
+    if (key in moves) focusAt(moves[key]);
+    else if ((key === "Enter" || key === " " || key === "ArrowRight") && it) {
+      if (key === "ArrowRight" && !it.sub) return;
+      if (it.sub) setOpen(i => (i === at ? i : at));
+      else choose(it, at);
+    } else if ((key === "ArrowLeft" || key === "Escape") && onBack) onBack();
+    else return;
+    e.preventDefault();
+    e.stopPropagation(); // Escape in a submenu closes only it
+  };
   return (
-    <ul className="sf-ctx-list" role="menu" aria-label={label}>
+    <ul className="sf-ctx-list" role="menu" aria-label={label} ref={list} onKeyDown={onKeyDown}>
       {items.map((it, i) => (
         <li
           key={`${it.label}-${i}`}
           role="menuitem"
+          tabIndex={-1}
           aria-label={it.label}
           aria-haspopup={it.sub ? "menu" : undefined}
+          aria-expanded={it.sub ? open === i : undefined}
           aria-disabled={it.disabled || undefined}
           data-checked={it.checked === undefined ? undefined : String(it.checked)}
           className={`${it.sub ? "sf-ctx-sub" : ""}${it.disabled ? " sf-disabled" : ""}${open === i ? " open" : ""}`}
           onMouseEnter={() => setOpen(it.sub ? i : null)}
           onClick={(e) => {
             e.stopPropagation();
-            if (it.sub) {
-              setOpen(open === i ? null : i);
-              return;
-            }
-            if (it.disabled || !it.action) return;
-            it.action();
-            if (!it.keepOpen) onClose();
+            choose(it, i);
           }}
         >
           <span>{it.checked ? "✓ " : ""}{it.label}</span>
           {it.hint && <span className="sf-ctx-hint">{it.hint}</span>}
           {it.sub && <span className="sf-ctx-hint">▸</span>}
-          {it.sub && open === i && <MenuList items={it.sub} onClose={onClose} label={it.label} />}
+          {it.sub && open === i && (
+            <MenuList items={it.sub} onClose={onClose} label={it.label} onBack={() => {
+              setOpen(null);
+              focusAt(i);
+            }} />
+          )}
         </li>
       ))}
     </ul>
@@ -113,6 +163,7 @@ export function ContextMenu({ target, g, edit, linking, onClose }: {
   const [renaming, setRenaming] = useState(false);
   const defs = g.defsRef.current;
   const { showHelp, setValue } = useEditor();
+  useReturnFocus(true); // the node, link or canvas the menu was opened on has it back
 
   useEffect(() => {
     const close = (e: MouseEvent) => {
