@@ -199,9 +199,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def _json_body(request: web.Request, limit: int) -> Any:
     body = await read_body(request, limit)
     try:
-        return strict_loads(body)  # no NaN, no 1e999: the settings file stays JSON
+        value = strict_loads(body)  # no NaN, no 1e999: the settings file stays JSON
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    try:  # JSON's "\ud800" (a string cut inside an emoji) has no UTF-8 to store
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid_text", "the body holds a lone UTF-16 surrogate (half of "
+                       "a character, such as an emoji cut in two), which cannot be stored: "
+                       "send whole characters") from None
+    return value
 
 
 def _setting_id(request: web.Request) -> str:
@@ -447,13 +454,19 @@ def _move(root: Path, source: Path, dest: Path, overwrite: bool) -> None:
     _parent(root, dest)
     if dest.is_dir():
         raise ApiError(409, "is_a_folder", f"{dest.name!r} is a folder")
-    if overwrite:
-        os.replace(source, dest)
-    else:
-        with _lock:  # create-if-absent: a hard link fails on an existing name
-            if not _link_if_absent(source, dest):
-                raise _exists(dest.name)
-            source.unlink(missing_ok=True)  # gone already where links are unsupported
+    try:
+        if overwrite:
+            os.replace(source, dest)
+        else:
+            with _lock:  # create-if-absent: a hard link fails on an existing name
+                if not _link_if_absent(source, dest):
+                    raise _exists(dest.name)
+                source.unlink(missing_ok=True)  # gone already where links are unsupported
+    except FileNotFoundError:
+        if source.exists():
+            raise
+        # another move of the same file won the race since the check above
+        raise ApiError(404, "not_found", f"no user file {source.name!r}") from None
     _fsync_dir(dest.parent)
 
 

@@ -45,6 +45,9 @@ def test_settings_roundtrip(http: Http, server: LiveServer) -> None:
     (b'{"a": "' + b"x" * (3 << 20) + b'"}', 413, "too_large"),
     (b'{"T.big": 1e999}', 400, "invalid_json"),  # written as Infinity: not JSON
     (b'{"T.nan": NaN}', 400, "invalid_json"),
+    # a lone surrogate (a string cut inside an emoji): a 500 with a traceback (fuzz drill)
+    (b'{"A.b": "x\\udfff"}', 400, "invalid_text"),
+    (b'{"\\ud800": 1}', 400, "invalid_text"),
 ])
 def test_settings_bad_bodies(http: Http, server: LiveServer, body: bytes, status: int,
                              kind: str) -> None:
@@ -57,6 +60,8 @@ def test_one_setting_refuses_numbers_json_cannot_hold(http: Http, server: LiveSe
     for body in (b"NaN", b"1e999", b"-Infinity"):
         reply = http.post("/api/settings/T.x", data=body)
         assert reply.status == 400 and reply.json()["error"]["type"] == "invalid_json"
+    reply = http.post("/settings/Comfy.Foo", data=b'"\\ud800"')
+    assert reply.status == 400 and reply.json()["error"]["type"] == "invalid_text"
     assert not (user_dir(server) / "comfy.settings.json").exists()
 
 
@@ -244,3 +249,25 @@ def test_user_css_is_empty_until_written(http: Http) -> None:
     assert http.post("/api/userdata/user.css", data=b"body{color:red}").status == 200
     reply = http.get("/user.css")
     assert reply.body == b"body{color:red}" and reply.headers["Content-Disposition"] == "inline"
+
+
+def test_a_move_that_loses_a_race_is_a_404(tmp_path, monkeypatch) -> None:
+    """The fuzz drill: of ten concurrent moves of one file, some losers got a 500
+    "move_failed" (the source vanished between the check and the link)."""
+    from server import userdata
+    from server.errors import ApiError
+
+    root = tmp_path.resolve()
+    source = root / "a.json"
+    source.write_text("{}")
+
+    def another_move_won(src, dest):
+        (root / "won.json").write_text(src.read_text())
+        src.unlink()
+        raise FileNotFoundError(2, "No such file or directory", str(src))
+
+    monkeypatch.setattr(userdata, "_link_if_absent", another_move_won)
+    with pytest.raises(ApiError) as lost:
+        userdata._move(root, source, root / "b.json", overwrite=False)
+    assert lost.value.status == 404
+    assert sorted(p.name for p in root.iterdir()) == ["won.json"]
