@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cache import OutputCache, parse_budget
+from engine.comfy_primitives import PRIMITIVE_NODES, PRIMITIVE_TITLE
 from engine.environment import Environment
 from engine.executor import EventCallback, Executor, RunResult
 from engine.registry import NodeRegistry, default_registry
@@ -108,6 +109,8 @@ class Workflow:
             names = {kind}
             if cls is not None:
                 names |= {cls.DISPLAY_NAME, cls.comfy_display_name() or ""}
+            if kind in PRIMITIVE_TYPES:  # what a ComfyUI PrimitiveNode becomes
+                names |= {PRIMITIVE_TITLE, "PrimitiveNode"}
             return names
 
         return [nid for nid, node in nodes
@@ -127,6 +130,10 @@ class Workflow:
         if self.document is not None:
             return {**self.document, "prompt": self.prompt}
         return prompt_to_document(self.prompt)
+
+
+#: the node types a ComfyUI PrimitiveNode becomes (untitled, named as ComfyUI shows it)
+PRIMITIVE_TYPES = frozenset(t for types in PRIMITIVE_NODES.values() for t in types)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

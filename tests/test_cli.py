@@ -138,6 +138,11 @@ def test_an_untitled_node_is_named_by_its_type_or_display_names(tmp_path, models
     assert wf.prompt["5"]["inputs"]["width"] == 48
     with pytest.raises(WorkflowInputError, match="names 2 nodes"):  # two prompts
         wf.set("CLIPTextEncode.text", "x", session.registry)
+    wf.prompt["11"] = {"class_type": "PrimitiveInt", "inputs": {"value": 1}}
+    for ref in ("Primitive", "PrimitiveNode"):  # what ComfyUI shows and calls it
+        wf.set(f"{ref}.value", 5, session.registry)
+        assert wf.prompt["11"]["inputs"]["value"] == 5
+        wf.prompt["11"]["inputs"]["value"] = 1
     wf.prompt["3"]["_meta"] = {"title": "Mine"}  # a title names it; its type no longer does
     with pytest.raises(WorkflowInputError, match="no node 'KSampler'"):
         wf.set("KSampler.steps", 4, session.registry)
