@@ -132,7 +132,17 @@ class Environment:
                 if (not suffixes or name.lower().endswith(suffixes)) and inside(path) \
                         and path.is_file():
                     names.append(path.relative_to(root).as_posix())
-        return sorted(names)
+        # a name that is not UTF-8 (bytes Linux allows) cannot travel in JSON or a URL: a
+        # client could see it and never use it
+        return sorted(n for n in names if _utf8(n))
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogate escapes of undecodable bytes
+        return False
+    return True
 
 
 def _kind(mode: int) -> str | None:

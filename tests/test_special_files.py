@@ -141,3 +141,17 @@ def test_save_numbered_on_a_read_only_folder_raises_the_write_error_alone(tmp_pa
                        r"file system") as info:
         save_numbered(tmp_path, "x", ".png", write)
     assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+def test_a_name_that_is_not_utf8_is_not_offered(tmp_path: Path) -> None:
+    """The fuzz drill: ``img\\xff.png`` in input/ was listed as "img\\udcff.png", which no
+    request can name back (a 400 when picked, a 404 from /view)."""
+    env = Environment.create(tmp_path, device="cpu")
+    folder = env.folder("input", create=True)
+    Image.new("RGB", (8, 8)).save(folder / "ok.png")
+    try:
+        with open(os.path.join(os.fsencode(folder), b"img\xff.png"), "wb") as f:
+            f.write((folder / "ok.png").read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    assert env.list_files("input") == ["ok.png"]
