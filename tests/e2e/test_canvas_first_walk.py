@@ -513,3 +513,24 @@ def test_a_link_dropped_from_an_input_offers_its_sources_first(page):
     assert types[0] == "EmptyLatentImage", types[:6]
     assert types.index("KSampler") > types.index("VAEEncode"), types[:10]
     page.keyboard.press("Escape")
+
+
+def test_the_palette_keeps_tab_and_gives_the_focus_back(page):
+    """The second walk: Tab left the open palette for the page behind it, and after Escape
+    the focus was on the page body, not on Add node."""
+    c = Canvas(page)
+    c.open_file("palette.json", small_txt2img())
+    add = page.locator(".sf-toolbar").get_by_role("button", name="Add node", exact=True)
+    add.focus()
+    page.keyboard.press("Enter")
+    palette = page.get_by_role("dialog", name="Add node")
+    search = palette.get_by_role("combobox", name="Search nodes")
+    expect(search).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    active = search.get_attribute("aria-activedescendant")
+    assert active and palette.locator(f"#{active}").get_attribute("aria-selected") == "true"
+    page.keyboard.press("Tab")
+    assert palette.evaluate("p => p.contains(document.activeElement)")
+    page.keyboard.press("Escape")
+    expect(palette).to_be_hidden()
+    expect(add).to_be_focused()

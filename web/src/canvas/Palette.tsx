@@ -9,6 +9,8 @@ import type { Defs } from "../lib/schema";
 import { VIRTUAL_DEFS } from "../lib/reroute";
 import { popularity, searchDefs } from "../lib/search";
 import { type Point, pointerMoved } from "../lib/hover";
+import { useFocusTrap } from "../editor/useFocusTrap";
+import { useReturnFocus } from "../editor/useReturnFocus";
 
 /**
  * What a dropped link fits: node type → the input (or output) it would link to; `last`: the
@@ -32,6 +34,9 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
   const [active, setActive] = useState(0);
   const inputRef = useRef<HTMLInputElement>(null);
   const listRef = useRef<HTMLUListElement>(null);
+  const box = useRef<HTMLDivElement>(null);
+  useReturnFocus(true, box); // Escape or a pick gives the focus back to what opened it
+  useFocusTrap(box); // Tab stays in the palette while it is open
   /** Where the pointer was last seen over the list (first: where the palette opened, the pointer's place). */
   const pointer = useRef<Point | null>(at ?? null);
   const only = useMemo(() => (filter ? new Set(filter.types.keys()) : undefined), [filter]);
@@ -54,6 +59,7 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
   return (
     <div className="sf-palette-backdrop" onMouseDown={onClose}>
       <div
+        ref={box}
         className={`sf-palette${at ? " sf-palette-at" : ""}`}
         style={style}
         role="dialog"
@@ -65,6 +71,12 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
           className="sf-palette-search"
           placeholder={filter ? `Search nodes for ${filter.label}…` : "Search nodes by name or category…"}
           aria-label="Search nodes"
+          // a combobox: a screen reader reads the highlighted node as the arrows move
+          role="combobox"
+          aria-expanded={true}
+          aria-controls="sf-palette-list"
+          aria-autocomplete="list"
+          aria-activedescendant={results[active] ? `sf-palette-option-${active}` : undefined}
           value={query}
           onChange={(e) => setQuery(e.target.value)}
           onKeyDown={(e) => {
@@ -83,7 +95,7 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
           }}
         />
         {filter && <div className="sf-palette-filter">Nodes that fit {filter.label}</div>}
-        <ul ref={listRef} className="sf-palette-list" role="listbox">
+        <ul ref={listRef} id="sf-palette-list" className="sf-palette-list" role="listbox" aria-label="Nodes">
           {results.length === 0 && <li className="sf-palette-empty">No matching node</li>}
           {results.map((d, i) => {
             // filtered to a dropped link, the most used nodes come first, under their own heading
@@ -98,6 +110,7 @@ export function Palette({ defs, filter, onPick, onClose, at }: {
                 {header && <div className="sf-palette-category">{header}</div>}
                 <div
                   role="option"
+                  id={`sf-palette-option-${i}`}
                   aria-selected={i === active}
                   data-index={i}
                   data-type={d.type}

@@ -195,7 +195,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     const nodes = state.current.nodes.map((n) => ({ id: n.id, type: n.data.type, selected: n.selected }));
     const targets = selectedOutputs(nodes, defsRef.current);
     if (!targets.length) {
-      notify("Select one or more output nodes (e.g. Save Image) to run only them", "error");
+      notify("Select one or more output nodes (e.g. Save Image) to run only them", "error", undefined, { tag: "run-selected" });
       return;
     }
     await queue(targets);
