@@ -49,18 +49,22 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
   const texts = Object.values(h.outputs).reduce((a, o) => a + ((o as { text?: unknown[] }).text?.length ?? 0), 0);
   const { start, durationMs } = timing(h.messages);
   const excerpt = promptExcerpt(h.prompt);
+  // each entry's buttons are described by its number and status (a screen reader's list of
+  // "View, Load, Delete" said which entry they were for)
+  const head = `sf-history-${h.promptId.replace(/[^\w-]/g, "_")}`;
   return (
     <li className={`sf-history-item sf-status-${h.status}`} data-prompt-id={h.promptId}>
       <div className="sf-history-head">
-        <span title={`number ${h.number}`}>{promptNumberText(h.number)} {h.status}</span>
+        <span id={head} title={`number ${h.number}`}>{promptNumberText(h.number)} {h.status}</span>
         <span className="sf-history-actions">
           {images.length > 0 && (
-            <button type="button" className="sf-small" onClick={() => openImage(images[0], images)} title="Show the image large">View</button>
+            <button type="button" className="sf-small" onClick={() => openImage(images[0], images)} title="Show the image large"
+              aria-describedby={head}>View</button>
           )}
           <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra))}
-            title="Load its workflow onto the canvas">Load</button>
+            title="Load its workflow onto the canvas" aria-describedby={head}>Load</button>
           <button type="button" className="sf-small" onClick={() => onDelete(h.promptId)}
-            title="Delete this entry from the server's history (its images stay in output/)">Delete</button>
+            title="Delete this entry from the server's history (its images stay in output/)" aria-describedby={head}>Delete</button>
         </span>
       </div>
       <div className="sf-history-meta sf-muted">
