@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.paths import confined_path
+from engine.paths import confined_path, lone_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,7 @@ class Environment:
                     names.append(path.relative_to(root).as_posix())
         # a name that is not UTF-8 (bytes Linux allows) cannot travel in JSON or a URL: a
         # client could see it and never use it
-        return sorted(n for n in names if _utf8(n))
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # os.fsdecode's surrogate escapes of undecodable bytes
-        return False
-    return True
+        return sorted(n for n in names if lone_surrogate(n) is None)
 
 
 def _kind(mode: int) -> str | None:

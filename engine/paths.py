@@ -100,3 +100,13 @@ def writable_folder(folder: Path) -> None:
                       ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OSError(f"cannot write into the output folder {folder}")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in ``text`` (JSON's "\\ud800", or the escape
+    ``os.fsdecode`` gives a file name's bytes that are not UTF-8), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None

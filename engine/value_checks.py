@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from engine.environment import Environment
 from engine.issues import Issue, jsonable, short_repr
 from engine.node import ANY_TYPE, INT64_MAX, INT64_MIN, WIDGET_TYPES, InputSpec
+from engine.paths import lone_surrogate
 
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
 _INT64_MESSAGE = "must fit in a 64-bit signed integer (-2**63 to 2**63-1)"
@@ -47,7 +48,7 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
     elif spec.type == "FLOAT" and not spec.allow_nonfinite and not math.isfinite(coerced):
         return value, value_issue(spec, value, "invalid_value",
                                    "must be a finite number", "finite_number")
-    elif isinstance(coerced, str) and (bad := _lone_surrogate(coerced)) is not None:
+    elif isinstance(coerced, str) and (bad := lone_surrogate(coerced)) is not None:
         # JSON's "\ud800" decodes to text no tokenizer or file name can take
         return value, value_issue(spec, value, "invalid_value",
                                    f"holds a lone UTF-16 surrogate (U+{ord(coerced[bad]):04X} "
@@ -90,15 +91,6 @@ def _nonfinite(value: Any) -> bool:
         except ValueError:
             return False
     return False
-
-
-def _lone_surrogate(text: str) -> int | None:
-    """The index of the first lone surrogate in ``text``, or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return exc.start
-    return None
 
 
 class _ListingRecorder:

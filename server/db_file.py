@@ -99,4 +99,3 @@ class FileGuard:
             return
         log.error("the database %s was deleted while the server ran; it was written again "
                   "from the open connection, with everything it held", path)
-

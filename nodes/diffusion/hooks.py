@@ -134,8 +134,10 @@ class HookedWeights(SamplerExtension):
         #: apply to every row of every pass (Load LoRA (Bypass)), not by conditioning
         self.every_row = every_row
         self.row_strengths: dict[object, torch.Tensor] = {}
-        #: per hook, each nonzero strength of the current pass and the rows at it (1 or 0)
+        #: per hook, each nonzero strength of the current pass and the rows at it (1 or 0),
+        #: for the hooks in ``combining`` (whose changes are computed per strength)
         self.rows_at: dict[object, dict[float, torch.Tensor]] = {}
+        self.combining: set[object] = set()
         #: the hooks with a nonzero strength on some row of the current pass
         self.active: set[object] = set()
 
@@ -145,6 +147,7 @@ class HookedWeights(SamplerExtension):
         unet = run.model.unet
         modules = dict(unet.named_modules())
         wrappers: dict[str, HookBypass] = {}
+        self.combining = set()
         for hook in self.hooks:
             for param_name, change in _unet_changes(hook, unet):
                 path, _, part = param_name.rpartition(".")
@@ -154,7 +157,10 @@ class HookedWeights(SamplerExtension):
                                      f"{type(module).__name__} layer, which hooks cannot "
                                      "apply")
                 wrapper = wrappers.setdefault(path, HookBypass(module, self))
-                wrapper.changes.append((hook.ref, *_change_tensors(change, part, module)))
+                kind, tensors = _change_tensors(change, part, module)
+                wrapper.changes.append((hook.ref, kind, tensors))
+                if kind == "combine":
+                    self.combining.add(hook.ref)
         patches = []
         for path, wrapper in wrappers.items():
             parent, _, name = path.rpartition(".")
@@ -191,10 +197,10 @@ class HookedWeights(SamplerExtension):
         self.row_strengths = {
             ref: torch.tensor(values, device=device).repeat_interleave(per_role)
             for ref, values in strengths.items() if ref in self.active}
-        self.rows_at = {
+        self.rows_at = {  # only for the changes computed per strength (few hooks have one)
             ref: {v: torch.tensor([float(x == v) for x in values], device=device)
                   .repeat_interleave(per_role) for v in dict.fromkeys(values) if v}
-            for ref, values in strengths.items() if ref in self.active}
+            for ref, values in strengths.items() if ref in self.active & self.combining}
 
     def teardown(self, run: SamplingRun) -> None:
         self.row_strengths, self.rows_at, self.active = {}, {}, set()

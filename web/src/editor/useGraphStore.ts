@@ -126,6 +126,11 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     const redo = history.current.future.length > 0;
     setUndoable((was) => (was.undo === undo && was.redo === redo ? was : { undo, redo }));
   }, []);
+  /** Make `key` the history's present (lib/undo.ts's recordStep), the buttons following. */
+  const record = useCallback((key: string, amend: boolean) => {
+    recordStep(history.current, key, amend, UNDO_MAX);
+    syncUndoable();
+  }, [syncUndoable]);
   /** The pending change is the canvas's own room-making move (see onNodesChange). */
   const autoLayout = useRef(false);
   /** The undo key last written to the autosave (an opened graph is history's present before it is saved). */
@@ -160,9 +165,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     if (key === h.present) return;
     const amend = autoLayout.current;
     autoLayout.current = false;
-    recordStep(h, key, amend, UNDO_MAX);
-    syncUndoable();
-  }, [documentNow, syncUndoable]);
+    record(key, amend);
+  }, [documentNow, record]);
 
   /**
    * Make `key` (a graph just opened, cleared) history's present, as one undo step after the
@@ -175,9 +179,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     // (the first graph of the page, the restored or default one, is the base: no step back to an empty canvas)
     if (history.current.present !== null) settleNow();
     autoLayout.current = false;
-    recordStep(history.current, key, false, UNDO_MAX);
-    syncUndoable();
-  }, [settleNow, syncUndoable]);
+    record(key, false);
+  }, [settleNow, record]);
 
   /** The last fit, redone when the canvas is resized while the view is still that fit (lib/viewfit.ts). */
   const fitTracker = useRef(new FitTracker<FitHow>()).current;
@@ -390,15 +393,14 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       if (key !== h.present) {
         const amend = autoLayout.current;
         autoLayout.current = false;
-        recordStep(h, key, amend, UNDO_MAX);
-        syncUndoable();
+        record(key, amend);
       }
       // an opened graph is history's present already (loadGraph): it is saved here
       savedKey.current = key;
       writeAutosave(doc);
     }, 200);
     return () => clearTimeout(timer);
-  }, [nodes, edges, groups, docName, writeAutosave, syncUndoable]);
+  }, [nodes, edges, groups, docName, writeAutosave, record]);
 
   /**
    * Write now an edit the debounce above has not saved yet (the tab is being closed or
