@@ -47,7 +47,7 @@ import { stringifyJsonExact } from "./lib/exactint";
 import { packErrorText } from "./lib/packerrors";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
 import { carriesWorkflow, imageUploadInput, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
-import { lowDetail } from "./lib/layout";
+import { CANVAS_MAX_ZOOM, CANVAS_MIN_ZOOM, lowDetail } from "./lib/layout";
 import { missingModels, missingModelsText } from "./lib/missingmodels";
 import { graphPromptOf } from "./lib/history";
 import { lightboxSet } from "./lib/lightbox";
@@ -656,8 +656,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
               multiSelectionKeyCode={["Control", "Meta", "Shift"]}
               // Shift+drag or, as in ComfyUI, Ctrl+drag draws a selection box
               selectionKeyCode={SELECTION_KEYS}
-              minZoom={0.1}
-              maxZoom={4}
+              minZoom={CANVAS_MIN_ZOOM}
+              maxZoom={CANVAS_MAX_ZOOM}
               onlyRenderVisibleElements={culled}
               proOptions={{ hideAttribution: true }}
               defaultEdgeOptions={{ type: "default" }}

@@ -5,14 +5,16 @@
  * change into one undo step and one autosave.
  */
 
-import { type EdgeChange, type NodeChange, applyEdgeChanges, applyNodeChanges, useReactFlow } from "@xyflow/react";
+import {
+  type EdgeChange, type NodeChange, applyEdgeChanges, applyNodeChanges, getViewportForBounds, useReactFlow,
+} from "@xyflow/react";
 import { useCallback, useEffect, useRef, useState } from "react";
 import { flowToGraph, graphToFlow, type SfEdge, type SfNode } from "../canvas/flow";
 import { arrangeOpened, makeRoomBelow } from "../lib/arrange";
 import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } from "../lib/graph";
 import { type GroupBox, parseGroups } from "../lib/groups";
 import {
-  boundsOf, estimateNodeHeight, FIT_MARGIN, FIT_MAX_ZOOM, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, WHOLE_VIEW_ZOOM,
+  boundsOf, CANVAS_MAX_ZOOM, CANVAS_MIN_ZOOM, estimateNodeHeight, FIT_MARGIN, FIT_MAX_ZOOM, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, WHOLE_VIEW_ZOOM,
   type Rect, showsAll, showsAny, type Viewport,
 } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
@@ -201,10 +203,20 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   }, [rf, fitTracker]);
   const fit = useCallback(() => fitRects(), [fitRects]);
 
-  /** React Flow's fit of the whole graph (the fit button), remembered like `fit`. */
+  /**
+   * A fit of the whole graph (the fit button), remembered like `fit`. Computed here, at once:
+   * React Flow's `fitView` is queued until every node is measured, so with nodes out of view
+   * unrendered, or measured late, it landed later, over a view the user had moved since.
+   */
   const fitAll = useCallback((options: FitAllOptions = {}) => {
-    if (!rf.getNodes().length) return;
-    void rf.fitView(options).then(() => fitTracker.fitted(rf.getViewport(), options));
+    const ns = rf.getNodes().filter((n) => !n.hidden);
+    const pane = document.querySelector(".react-flow")?.getBoundingClientRect();
+    if (!ns.length || !pane) return;
+    const bounds = boundsOf(ns.map((n) => nodeRect(n, defsRef.current)));
+    const vp = getViewportForBounds(bounds, pane.width, pane.height, options.minZoom ?? CANVAS_MIN_ZOOM,
+      options.maxZoom ?? CANVAS_MAX_ZOOM, options.padding ?? 0.1);
+    fitTracker.fitted(vp, options);
+    void rf.setViewport(vp);
   }, [rf, fitTracker]);
 
   /** The canvas changed size: fit again if the view is still where the last fit left it. */

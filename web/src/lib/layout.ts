@@ -18,6 +18,9 @@ export const READABLE_ZOOM = 0.8;
  * at zoom 1 in the middle of a large window, its nodes at most this much larger.
  */
 export const FIT_MAX_ZOOM = 1.5;
+/** The canvas's zoom range (React Flow's minZoom / maxZoom). */
+export const CANVAS_MIN_ZOOM = 0.1;
+export const CANVAS_MAX_ZOOM = 4;
 /**
  * The margin a fit leaves around the graph, as a share of the pane (at least PADDING): the
  * graph clears the minimap and the zoom buttons in the corners (ComfyUI leaves 12.5%).
