@@ -58,3 +58,36 @@ def test_an_input_tooltip_appears_on_hover(page):
     expect(tip).to_contain_text("Edit guidance scale")
     page.mouse.move(5, 5)
     expect(tip).to_be_hidden()
+
+
+def test_nodes_are_named_by_their_titles_and_help_panels_take_the_focus(page):
+    """A screen reader names each node (React Flow's focusable group had no name) and reads a
+    help panel as it opens; closing it gives the focus back to what opened it."""
+    c = Canvas(page)
+    c.open_file("sega.json", SEGA)
+    expect(c.nodes()).to_have_count(2)
+    expect(page.get_by_role("group", name="SEGA Concept", exact=True)).to_have_count(1)
+    expect(page.get_by_role("group", name="Apply SEGA", exact=True)).to_have_count(1)
+    # the name follows a rename
+    c.node("1").locator(".sf-title").dblclick()
+    page.get_by_role("textbox", name="node title").fill("Make it blue")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("group", name="Make it blue", exact=True)).to_have_count(1)
+
+    opener = c.node("1").get_by_role("button", name="help")
+    opener.click()
+    help_panel = page.get_by_role("dialog", name="node help")
+    expect(help_panel).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(help_panel).to_be_hidden()
+    expect(opener).to_be_focused()
+
+    keys_button = page.get_by_role("button", name="keyboard shortcuts")
+    keys_button.click()
+    keys = page.get_by_role("dialog", name="keyboard shortcuts")
+    expect(keys).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(keys.get_by_role("button", name="close shortcuts")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(keys).to_be_hidden()
+    expect(keys_button).to_be_focused()

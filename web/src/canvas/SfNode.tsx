@@ -16,6 +16,7 @@ import { typeColor } from "../lib/types";
 import { useEditor, useNodeRun } from "./context";
 import { inHandle, OUTPUT_HANDLE, outHandle, slotOf, type SfNode as SfNodeType, type SfNodeData } from "./flow";
 import { LossCurve } from "./LossCurve";
+import { titleId, useNodeLabel } from "./nodeLabel";
 import { Widget } from "./widgets";
 
 /**
@@ -143,6 +144,7 @@ function Title({ id, title, fallback }: { id: string; title?: string; fallback: 
         className="nodrag sf-title-edit"
         autoFocus
         defaultValue={title ?? fallback}
+        id={titleId(id)}
         aria-label="node title"
         onBlur={(e) => {
           const v = e.target.value.trim();
@@ -157,7 +159,7 @@ function Title({ id, title, fallback }: { id: string; title?: string; fallback: 
     );
   }
   return (
-    <span className="sf-title" onDoubleClick={() => setEditing(true)} title="Double-click to rename">
+    <span className="sf-title" id={titleId(id)} onDoubleClick={() => setEditing(true)} title="Double-click to rename">
       {title ?? fallback}
     </span>
   );
@@ -166,6 +168,7 @@ function Title({ id, title, fallback }: { id: string; title?: string; fallback: 
 function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
   const { defs, store, openImage, showHelp } = useEditor();
   const run = useNodeRun(store, id);
+  const label = useNodeLabel(id);
   const connections = useNodeConnections({ handleType: "target" });
   const def = defs.get(data.type);
   const linked = useMemo(() => {
@@ -198,7 +201,7 @@ function SfNodeImpl({ id, data, selected }: NodeProps<SfNodeType>) {
   const noIssues: NodeIssue[] = [];
 
   return (
-    <div className={classes.join(" ")} data-node-id={id} data-node-type={data.type} data-status={run.status ?? ""}
+    <div ref={label} className={classes.join(" ")} data-node-id={id} data-node-type={data.type} data-status={run.status ?? ""}
       style={data.size && !data.collapsed ? { minHeight: data.size[1] } : undefined}>
       {!data.collapsed && (
         <NodeResizer isVisible={selected && !data.pinned} minWidth={200} minHeight={60}

@@ -9,6 +9,7 @@ import { REROUTE_INPUT, rerouteType } from "../lib/reroute";
 import { typeColor } from "../lib/types";
 import { useEditor } from "./context";
 import { edgeToLink, inHandle, OUTPUT_HANDLE, outHandle, type SfNode as SfNodeType, type SfNodeData } from "./flow";
+import { titleId, useNodeLabel } from "./nodeLabel";
 import { SfNode } from "./SfNode";
 
 function RerouteImpl({ id, selected }: NodeProps<SfNodeType>) {
@@ -19,10 +20,12 @@ function RerouteImpl({ id, selected }: NodeProps<SfNodeType>) {
     links: s.edges.map(edgeToLink),
   }, defs, id), [defs, id]));
   const color = typeColor(type);
+  const label = useNodeLabel(id);
   return (
-    <div className={`sf-reroute${selected ? " selected" : ""}`} data-node-id={id} data-node-type="Reroute"
+    <div ref={label} className={`sf-reroute${selected ? " selected" : ""}`} data-node-id={id} data-node-type="Reroute"
       data-type={type} data-tooltip={`Reroute: passes its link through (${type === "*" ? "not fed yet" : type})`}
       style={{ borderColor: color }}>
+      <span className="sf-sr-only" id={titleId(id)}>Reroute</span>
       <Handle type="target" position={Position.Left} id={inHandle(REROUTE_INPUT)} className="sf-handle sf-reroute-handle"
         style={{ background: color, borderColor: color }} data-type={type} />
       <Handle type="source" position={Position.Right} id={outHandle(0)} className={`${OUTPUT_HANDLE} sf-reroute-handle`}
@@ -33,13 +36,14 @@ function RerouteImpl({ id, selected }: NodeProps<SfNodeType>) {
 
 function NoteImpl({ id, data, selected }: NodeProps<SfNodeType>) {
   const { setValue } = useEditor();
+  const label = useNodeLabel(id);
   return (
-    <div className={`sf-note${selected ? " selected" : ""}`} data-node-id={id} data-node-type="Note"
+    <div ref={label} className={`sf-note${selected ? " selected" : ""}`} data-node-id={id} data-node-type="Note"
       style={data.size ? { minHeight: data.size[1] } : undefined}>
       <NodeResizer isVisible={selected && !data.pinned} minWidth={140} minHeight={60}
         lineClassName="sf-resize-line" handleClassName="sf-resize-handle" />
       <div className="sf-header sf-drag" style={data.color ? { background: data.color } : undefined}>
-        <span className="sf-title">{data.title ?? "Note"}</span>
+        <span className="sf-title" id={titleId(id)}>{data.title ?? "Note"}</span>
         <span className="sf-id">#{id}</span>
       </div>
       <textarea

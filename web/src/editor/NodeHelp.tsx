@@ -5,7 +5,7 @@
  * the node it was opened for while none (or several) is selected.
  */
 
-import type { ReactNode } from "react";
+import { type ReactNode, useEffect, useRef } from "react";
 import { type Block, parseDoc, type Span } from "../lib/doctext";
 import { formatBound } from "../lib/exactint";
 import { isVirtual, NOTE } from "../lib/reroute";
@@ -103,10 +103,13 @@ export function NodeHelp({ g, nodeId, onClose }: { g: GraphStore; nodeId: string
   const def = node ? g.defsRef.current.get(node.data.type) : undefined;
 
   useEscape(onClose);
-  useReturnFocus(true); // closed: the focus goes back to the node's help button
+  const box = useRef<HTMLElement>(null);
+  useReturnFocus(true, box);
+  // opened: the panel has the focus (read out; Tab goes on to its close button)
+  useEffect(() => box.current?.focus({ preventScroll: true }), []); // closed: the focus goes back to the node's help button
 
   return (
-    <aside className="sf-help nowheel" role="dialog" aria-label="node help" data-node-type={node?.data.type}>
+    <aside ref={box} tabIndex={-1} className="sf-help nowheel" role="dialog" aria-label="node help" data-node-type={node?.data.type}>
       <button type="button" className="sf-help-close" aria-label="close help" onClick={onClose}>×</button>
       {!node ? (
         <p className="sf-help-meta">Select a node to see its help.</p>

@@ -1,15 +1,19 @@
 /** The "?" dialog: every keyboard shortcut and mouse gesture of the canvas. */
 
+import { useEffect, useRef } from "react";
 import { useEscape } from "./useEscape";
 import { useReturnFocus } from "./useReturnFocus";
 import { SHORTCUTS } from "./useShortcuts";
 
 export function ShortcutsHelp({ onClose }: { onClose(): void }) {
   useEscape(onClose);
-  useReturnFocus(true); // closed: the focus goes back to what opened it (the toolbar's ? button)
+  const box = useRef<HTMLElement>(null);
+  useReturnFocus(true, box);
+  // opened: the panel has the focus (read out; Tab goes on to its close button)
+  useEffect(() => box.current?.focus({ preventScroll: true }), []); // closed: the focus goes back to what opened it (the toolbar's ? button)
 
   return (
-    <aside className="sf-help nowheel" role="dialog" aria-label="keyboard shortcuts">
+    <aside ref={box} tabIndex={-1} className="sf-help nowheel" role="dialog" aria-label="keyboard shortcuts">
       <button type="button" className="sf-help-close" aria-label="close shortcuts" onClick={onClose}>×</button>
       <h2>Keyboard and mouse</h2>
       <table className="sf-keys">
