@@ -91,3 +91,24 @@ def test_nodes_are_named_by_their_titles_and_help_panels_take_the_focus(page):
     page.keyboard.press("Escape")
     expect(keys).to_be_hidden()
     expect(keys_button).to_be_focused()
+
+
+def test_the_side_panel_tabs_are_one_tab_stop_moved_with_the_arrows(page):
+    """WAI-ARIA's tabs pattern: only the open tab is a Tab stop; the arrows (and Home, End)
+    open the others; each tab names the panel it controls."""
+    queue = page.get_by_role("tab", name="Queue")
+    history = page.get_by_role("tab", name="History")
+    gallery = page.get_by_role("tab", name="Gallery")
+    expect(queue).to_have_attribute("aria-selected", "true")
+    expect(queue).to_have_attribute("tabindex", "0")
+    expect(history).to_have_attribute("tabindex", "-1")
+    queue.focus()
+    page.keyboard.press("ArrowRight")
+    expect(history).to_be_focused()
+    expect(history).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_role("tabpanel", name="History")).to_be_visible()
+    page.keyboard.press("End")
+    expect(gallery).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    expect(queue).to_be_focused()
+    expect(page.get_by_role("tabpanel", name="Queue")).to_be_visible()

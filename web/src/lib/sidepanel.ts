@@ -10,3 +10,21 @@ export function afterToggle(collapsed: boolean, tab: SideTab, want: SideTab): { 
   if (collapsed) return { collapsed: false, tab: want };
   return tab === want ? { collapsed: true, tab } : { collapsed: false, tab: want };
 }
+
+/** The side panel's tabs, in their order. */
+export const TABS: readonly SideTab[] = ["queue", "history", "gallery"];
+
+/**
+ * The tab a key moves to in a tab list (WAI-ARIA's tabs pattern: ←/→ wrap around, Home and
+ * End go to the ends), or null for any other key.
+ */
+export function tabStep<T>(tabs: readonly T[], current: T, key: string): T | null {
+  const i = tabs.indexOf(current);
+  const n = tabs.length;
+  if (!n) return null;
+  if (key === "ArrowRight") return tabs[(i + 1) % n];
+  if (key === "ArrowLeft") return tabs[(i - 1 + n) % n];
+  if (key === "Home") return tabs[0];
+  if (key === "End") return tabs[n - 1];
+  return null;
+}

@@ -3,7 +3,7 @@
 import { memo, useEffect, useRef, useState } from "react";
 import { useGlobalRun } from "../canvas/context";
 import type { ImageRef, RunStore } from "../lib/runstore";
-import { afterToggle, type SideTab, type TabToggle } from "../lib/sidepanel";
+import { afterToggle, type SideTab, TABS, type TabToggle, tabStep } from "../lib/sidepanel";
 import { HistoryTab } from "./HistoryTab";
 import { QueueTab } from "./QueueTab";
 import { type FeedbackView, Thumb } from "./Thumb";
@@ -94,18 +94,28 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
       <button type="button" className="sf-side-toggle" onClick={toggle} aria-expanded={true}
         aria-label="Hide side panel" title="Hide the side panel: more room for the canvas">›</button>
       <LivePreview store={store} />
-      <div className="sf-tabs" role="tablist">
-        {(["queue", "history", "gallery"] as Tab[]).map((t) => (
-          <button key={t} type="button" role="tab" aria-selected={tab === t} className={tab === t ? "active" : ""}
+      <div className="sf-tabs" role="tablist" aria-label="side panel" onKeyDown={(e) => {
+        // the tabs pattern: one Tab stop, arrows (Home, End) move between the tabs and open them
+        const next = tabStep(TABS, tab, e.key);
+        if (!next) return;
+        e.preventDefault();
+        setTab(next);
+        e.currentTarget.querySelector<HTMLElement>(`#sf-tab-${next}`)?.focus();
+      }}>
+        {TABS.map((t) => (
+          <button key={t} id={`sf-tab-${t}`} type="button" role="tab" aria-selected={tab === t}
+            aria-controls={`sf-tabpanel-${t}`} tabIndex={tab === t ? 0 : -1} className={tab === t ? "active" : ""}
             onClick={() => setTab(t)}>
             {t[0].toUpperCase() + t.slice(1)}
           </button>
         ))}
       </div>
-      {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} openImage={openImage} clientId={clientId} />}
-      {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback}
-        openAutosave={openAutosave} />}
-      {tab === "gallery" && <GalleryTab store={store} openImage={openImage} feedback={feedback} />}
+      <div className="sf-tabpanel" role="tabpanel" id={`sf-tabpanel-${tab}`} aria-labelledby={`sf-tab-${tab}`}>
+        {tab === "queue" && <QueueTab store={store} onLoad={onLoad} notify={notify} openImage={openImage} clientId={clientId} />}
+        {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback}
+          openAutosave={openAutosave} />}
+        {tab === "gallery" && <GalleryTab store={store} openImage={openImage} feedback={feedback} />}
+      </div>
     </aside>
   );
 });
