@@ -155,10 +155,18 @@ def test_history_load_puts_the_entrys_images_on_the_graph_at_once(page, server: 
     expect(c.node(SAVE).locator("img.sf-output-image")).to_be_visible(timeout=180_000)
     entry = server.wait_history(prompt_id)
     shown = entry["outputs"][SAVE]["images"][0]["filename"]
-    c.clear()
+    other = small_txt2img()
+    other["prompt"]["6"]["inputs"]["text"] = "another graph, never run"
+    c.open_file("other.json", other)
+    expect(c.node(SAVE).locator("img.sf-output-image")).to_have_count(0)
     page.get_by_role("tab", name="History").click()
     page.locator(f'.sf-history-item[data-prompt-id="{prompt_id}"]').get_by_role(
         "button", name="Load").click()
     expect(c.nodes()).to_have_count(len(doc["prompt"]))
     expect(c.node(SAVE).locator("img.sf-output-image")).to_have_attribute(
         "src", re.compile(re.escape(shown)))
+    # undone, the Load takes its image with it: it is not the other graph's (the third walk)
+    c.node("6").locator(".sf-header").click()
+    page.keyboard.press("Control+z")
+    expect(c.node("6").locator("textarea")).to_have_value("another graph, never run")
+    expect(c.node(SAVE).locator("img.sf-output-image")).to_have_count(0)

@@ -133,6 +133,19 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     recordStep(history.current, key, amend, UNDO_MAX);
     syncUndoable();
   }, [syncUndoable]);
+  /**
+   * The steps that opened a whole graph (a file, an example, a history entry): an undo or
+   * redo across one leaves the run's results behind, as they belong to the other graph (a
+   * history entry's images stayed on the graph before it). Kept apart from the keys, which
+   * are compared to tell an edit.
+   */
+  const openedSteps = useRef(new Set<string>());
+  const markOpened = useCallback((key: string) => {
+    const h = history.current;
+    const kept = new Set([...h.past, ...h.future, h.present]);
+    for (const k of openedSteps.current) if (!kept.has(k)) openedSteps.current.delete(k);
+    openedSteps.current.add(key);
+  }, []);
   /** The pending change is the canvas's own room-making move (see onNodesChange). */
   const autoLayout = useRef(false);
   /** The undo key last written to the autosave (an opened graph is history's present before it is saved). */
@@ -182,7 +195,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     if (history.current.present !== null) settleNow();
     autoLayout.current = false;
     record(key, false);
-  }, [settleNow, record]);
+    markOpened(key);
+  }, [settleNow, record, markOpened]);
 
   /** The last fit, redone when the canvas is resized while the view is still that fit (lib/viewfit.ts). */
   const fitTracker = useRef(new FitTracker<FitHow>()).current;
@@ -275,6 +289,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
           });
           h.present = undoKey(graphToDocument(flowToGraph(moved, base.edges, { groups: placed.groups, extra: base.extra }),
             defsRef.current), base.name);
+          markOpened(h.present);
         }
       }
       // a new array even when nothing moved: the opened graph is recorded now (undo, autosave)
@@ -289,7 +304,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
         void rf.setViewport(saved);
       } else if (boxes.length) fitRects(boxes);
     });
-  }, [rf, fitRects, whenMeasured]);
+  }, [rf, fitRects, whenMeasured, markOpened]);
 
   /**
    * The first visit's default graph must show whole in its first view (a small window, a
@@ -429,9 +444,9 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   }, [documentNow, settleNow, writeAutosave]);
 
   /** Undo / redo: open the document `key` in place; `from` is the one shown until now. */
-  const restoreKey = useCallback((key: string, from: string) => {
+  const restoreKey = useCallback((key: string, from: string, acrossOpen: boolean) => {
     const { doc, name } = readUndoKey(key);
-    loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: false, record: false, name });
+    loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: acrossOpen, record: false, name });
     writeAutosave(doc as unknown as WorkflowDocument, name);
     // the last run's messages about the values and links this step put back go with them
     for (const [id, input] of changedInputs(readUndoKey(from).doc.prompt ?? {}, doc.prompt ?? {})) store.clearInputErrors(id, input);
@@ -445,7 +460,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     const from = h.present;
     h.future.push(from);
     h.present = prev;
-    restoreKey(prev, from);
+    restoreKey(prev, from, openedSteps.current.has(from));
     syncUndoable();
   }, [restoreKey, settleNow, syncUndoable]);
 
@@ -457,7 +472,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     const from = h.present;
     h.past.push(from);
     h.present = next;
-    restoreKey(next, from);
+    restoreKey(next, from, openedSteps.current.has(next));
     syncUndoable();
   }, [restoreKey, settleNow, syncUndoable]);
 
