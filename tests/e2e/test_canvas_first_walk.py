@@ -36,8 +36,17 @@ def test_phone_window_keeps_the_canvas_and_every_toolbar_button(page):
         box = button.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (
             f"{button.inner_text()!r} is off screen: {box}")
-    # the side panel (queue, history, gallery) is still there, under the canvas
+    # the side panel (queue, history, gallery) is still there, under the canvas, its hide
+    # button on screen
     expect(page.get_by_role("tab", name="Gallery")).to_be_in_viewport()
+    hide = page.get_by_role("button", name="Hide side panel").bounding_box()
+    assert hide is not None and hide["x"] >= 0, hide
+    # held sideways: the zoom buttons in a row, not a column down the short canvas
+    page.set_viewport_size({"width": 844, "height": 390})
+    zoom_in = page.locator(".react-flow__controls-zoomin").bounding_box()
+    zoom_out = page.locator(".react-flow__controls-zoomout").bounding_box()
+    assert zoom_in and zoom_out and abs(zoom_in["y"] - zoom_out["y"]) < 1, (zoom_in, zoom_out)
+    page.set_viewport_size({"width": 390, "height": 844})
     page.locator(".sf-toolbar").get_by_role("button", name="Examples", exact=True).click()
     expect(page.get_by_role("dialog", name="Examples")).to_be_visible()
 

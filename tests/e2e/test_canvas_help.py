@@ -112,3 +112,21 @@ def test_the_side_panel_tabs_are_one_tab_stop_moved_with_the_arrows(page):
     page.keyboard.press("ArrowRight")
     expect(queue).to_be_focused()
     expect(page.get_by_role("tabpanel", name="Queue")).to_be_visible()
+
+
+def test_a_toast_leaves_the_help_panel_readable_in_a_small_window(page):
+    """At 800x600 a toast lay over the help panel's text (the second walk)."""
+    c = Canvas(page)
+    c.open_file("sega.json", SEGA)
+    expect(c.nodes()).to_have_count(2)
+    page.set_viewport_size({"width": 800, "height": 600})
+    c.node("1").get_by_role("button", name="help").click()
+    help_panel = page.get_by_role("dialog", name="node help")
+    expect(help_panel).to_be_visible()
+    c.queue()  # no output node: refused
+    toast = page.locator(".sf-toast").first
+    expect(toast).to_be_visible()
+    a, b = help_panel.bounding_box(), toast.bounding_box()
+    assert a and b
+    assert (a["y"] + a["height"] <= b["y"] or b["x"] + b["width"] <= a["x"]
+            or a["x"] + a["width"] <= b["x"]), (a, b)

@@ -6,7 +6,7 @@
  * one shown with that tag, and `retag` rewrites or removes it as what it says changes.
  */
 
-import { useCallback, useRef, useState } from "react";
+import { useCallback, useLayoutEffect, useRef, useState } from "react";
 
 export type ToastKind = "info" | "warning" | "error";
 /** A button on the toast (e.g. "Show" the nodes an error is about). */
@@ -59,8 +59,27 @@ export function useToasts(): {
 
 /** `aside`: a help panel is open at the canvas's right, and the toasts keep out of its way. */
 export function Toasts({ toasts, dismiss, aside = false }: { toasts: Toast[]; dismiss?(id: number): void; aside?: boolean }) {
+  const box = useRef<HTMLDivElement>(null);
+  // the room the toasts take at the window's bottom (--sf-toast-room): a help panel in a small
+  // window, where no room is left beside it, ends above them (styles.css)
+  useLayoutEffect(() => {
+    const el = box.current;
+    const root = document.documentElement.style;
+    if (!el || !aside || !toasts.length) {
+      root.removeProperty("--sf-toast-room");
+      return;
+    }
+    const measure = () => root.setProperty("--sf-toast-room", `${Math.ceil(window.innerHeight - el.getBoundingClientRect().top)}px`);
+    measure();
+    const watch = new ResizeObserver(measure);
+    watch.observe(el);
+    return () => {
+      watch.disconnect();
+      root.removeProperty("--sf-toast-room");
+    };
+  }, [aside, toasts.length]);
   return (
-    <div className={`sf-toasts${aside ? " sf-toasts-aside" : ""}`} aria-live="polite">
+    <div ref={box} className={`sf-toasts${aside ? " sf-toasts-aside" : ""}`} aria-live="polite">
       {toasts.map((t) => (
         <div key={t.id} className={`sf-toast ${t.kind}`} data-testid="toast" role={t.kind === "error" ? "alert" : "status"}>
           <span className="sf-toast-text">{t.text}</span>
