@@ -42,6 +42,8 @@ class ClassInfo:
     input_is_list: bool
     output_is_list: tuple[bool, ...]
     any_list_out: bool
+    #: the string inputs (file names, prompts): a fingerprint reads their linked values too
+    text: frozenset[str] = frozenset()
 
 
 _INFO: dict[type, ClassInfo] = {}
@@ -57,7 +59,8 @@ def class_info(cls: type[Node]) -> ClassInfo:
             inspect.iscoroutinefunction(cls.execute),
             bool(getattr(cls, "INPUT_IS_LIST", False)),
             tuple(o.is_list for o in cls.OUTPUTS),
-            any(o.is_list for o in cls.OUTPUTS))
+            any(o.is_list for o in cls.OUTPUTS),
+            frozenset(s.name for s in specs if s.type in ("STRING", "COMBO")))
     return info
 
 
@@ -85,6 +88,13 @@ def plan_calls(node: ValidatedNode, kwargs: dict[str, Any], *, input_is_list: bo
     per element, as the executor checks a single value."""
     plan = [as_lists(kwargs)] if input_is_list else list(calls(kwargs))
     mapped = len(plan) > 1 or any(isinstance(v, ValueList) for v in kwargs.values())
+    if mapped and (advice := getattr(node.cls, "ONE_CALL_ONLY", "")):
+        # a node whose one call must see everything (a training run): N calls on N items
+        # would be N runs on one item each
+        lists = sorted(k for k, v in kwargs.items() if isinstance(v, ValueList))
+        raise ValueError(f"{node.cls.DISPLAY_NAME or node.cls.TYPE} is linked to a list "
+                         f"({', '.join(lists)}: {len(plan)} items) and would run once per "
+                         f"item; {advice}")
     out: list[dict[str, Any] | None] = []
     for i, call in enumerate(plan):
         blocker = blocker_in(call)

@@ -85,6 +85,8 @@ class _Run(ExpansionSteps):
         self.flag = flag if flag is not None else InterruptFlag()
         self.nodes: dict[str, ValidatedNode] = dict(vp.nodes)
         self.sigs: dict[str, str] = {}
+        #: nodes signed before a linked string input was known (``_fingerprint``)
+        self.provisional: set[str] = set()
         self.rank: dict[str, int] = {n: i for i, n in enumerate(vp.order)}
         self.result = RunResult(prompt_id, "success")
         self.state: dict[str, int] = {}
@@ -181,11 +183,13 @@ class _Run(ExpansionSteps):
     def _sign(self, node: ValidatedNode, ephemeral: bool = False) -> None:
         sigs = self.sigs
         upstream = [(name, sigs[src], idx) for name, (src, idx) in sorted(node.links.items())]
+        if any(src in self.provisional for src, _ in node.links.values()):
+            self.provisional.add(node.id)
         fingerprint = None
         if getattr(node.cls.fingerprint, "__func__", None) is not _NO_FINGERPRINT:  # most: none
             try:
                 with signing_node(node.id, self.prompt):
-                    fingerprint = node.cls.fingerprint(node.constants, self.ex.env)
+                    fingerprint = self._fingerprint(node)
             except Exception as exc:
                 raise _NodeFailure(node.id, exc) from exc
         if node.cls.PER_NODE:
@@ -193,6 +197,35 @@ class _Run(ExpansionSteps):
         constants = _hashable_constants(node.constants) if ephemeral else node.constants
         sigs[node.id] = signature(node.cls.TYPE, node.cls.VERSION, constants, fingerprint,
                                   upstream)
+
+    def _fingerprint(self, node: ValidatedNode) -> Any:
+        """The node's fingerprint, given its linked string inputs too (a file name or a
+        prompt from a primitive: the file must be checked as when it is typed in). A
+        source not in the cache yet leaves the node's signature provisional: it is signed
+        again, its inputs known, before it runs (``_resign``)."""
+        info = class_info(node.cls)
+        linked: dict[str, Any] = {}
+        for name, (src, idx) in node.links.items():
+            if name not in info.text:
+                continue
+            entry = self.cache.peek(self.sigs[src])
+            if entry is None or idx >= len(entry.outputs):
+                self.provisional.add(node.id)
+                return node.cls.fingerprint(node.constants, self.ex.env)
+            linked[name] = entry.outputs[idx]
+        inputs = {**node.constants, **linked}
+        lists = {k: v for k, v in linked.items() if isinstance(v, ValueList)}
+        if not lists or info.input_is_list:
+            return node.cls.fingerprint(inputs, self.ex.env)
+        # mapped over a list: one call per item, as the node runs (the last item repeats)
+        n = max(len(v) for v in lists.values())
+        items = [{k: v[min(i, len(v) - 1)] for k, v in lists.items() if v} for i in range(n)]
+        return [node.cls.fingerprint({**inputs, **item}, self.ex.env) for item in items]
+
+    def _resign(self, node_id: str) -> None:
+        """Sign a provisional node again, now that its sources have run (see ``_fingerprint``)."""
+        self.provisional.discard(node_id)  # (back in if a lazy source has not run yet)
+        self._sign(self.nodes[node_id], ephemeral=node_id not in self.vp.nodes)
 
     # --- scheduling ------------------------------------------------------------
     def _schedule(self, node_id: str) -> None:
@@ -294,6 +327,8 @@ class _Run(ExpansionSteps):
         if node_id in self.expansions:
             self._resolve_expansion(node_id)
             return
+        if node_id in self.provisional:
+            self._resign(node_id)
         sig = self.sigs[node_id]
         if sig in self.cache:  # a duplicate node earlier in this prompt made it
             for _ in self.dependents.get(node_id, ()):
