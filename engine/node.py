@@ -288,6 +288,9 @@ class Node(BaseModel):
     # same inputs are never merged into one run, and each is cached on its own
     # (ComfyUI packs whose nodes take their UNIQUE_ID, or are NOT_IDEMPOTENT).
     PER_NODE: ClassVar[bool] = False
+    # Non-empty: the node must see all of its inputs in one call (a training run), and
+    # linked to a list (which would run it once per item) it is refused with this advice.
+    ONE_CALL_ONLY: ClassVar[str] = ""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

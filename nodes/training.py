@@ -129,6 +129,12 @@ def _check_writable(where: Path, folder: str) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as exc:
+        culprit = Path(exc.filename) if isinstance(exc.filename, str) else None
+        if culprit is not None and culprit.is_file() and where.is_relative_to(culprit):
+            # save_name's folder part names a file ("x.safetensors/y"): not the folder's fault
+            raise ValueError(f"save_name puts the result in a folder {culprit.name}/, but "
+                             f"models/{folder} has a file of that name: choose another "
+                             "save_name; nothing was trained") from None
         raise OSError(f"models/{folder} cannot be written ({exc.strerror or exc}): free space "
                       "or fix its permissions, or leave save_name empty; nothing was "
                       "trained") from None
@@ -138,15 +144,16 @@ def _check_writable(where: Path, folder: str) -> None:
 _KEPT = "the trained weights are kept, and saved without training again when you"
 
 
-def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path,
-          checkpoint: Path) -> None:
+def _save(ctx: ExecutionContext, tensors: dict[str, Any], metadata: dict[str, str],
+          path: Path, checkpoint: Path) -> None:
     """Write a trained file, unless another run wrote that name while this one trained
     (two workers, one save_name): :func:`_claim` checked before training, this checks
-    again, under a lock every worker takes, right before the file goes in place."""
+    again, under a lock every worker takes, right before the file goes in place. A Stop
+    meanwhile waits for the file (``finishing``): a large one takes seconds to write."""
     from nodes.diffusion import train_common as tc
 
     shown = f"models/{path.parent.name}/{path.name}"
-    with _save_lock(checkpoint.parent):
+    with ctx.finishing(f"saving {shown}"), _save_lock(checkpoint.parent):
         if _written_by_another(path, checkpoint):
             raise FileExistsError(f"{shown} was written by something else while this run "
                                   f"trained; {_KEPT} give another save_name and queue the "
@@ -268,6 +275,7 @@ def training_captions(ctx: ExecutionContext, node: Node) -> list[str]:
     from nodes.diffusion.train_common import parse_captions
 
     captions = parse_captions(node.captions, int(node.images.shape[0]))  # type: ignore[attr-defined]
+    _warn_cut(ctx, getattr(getattr(node, "clip", None), "tokenizer", None), captions)
     empty = [i for i, caption in enumerate(captions) if not caption]
     if not empty:
         return captions
@@ -284,6 +292,22 @@ def training_captions(ctx: ExecutionContext, node: Node) -> list[str]:
                  f"({_some_images(ctx, empty)}; {why}), so those images teach no word: "
                  "add their .txt files or captions")
     return captions
+
+
+def _warn_cut(ctx: ExecutionContext, tokenizer: Any, captions: list[str]) -> None:
+    """Captions longer than the text encoder reads are cut (as the scripts tokenize): a
+    trigger word past the cut is never learned, so it is said."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer is None or not isinstance(limit, int) or limit > 100_000:
+        return
+    room = limit - 2  # the start and end tokens
+    cut = [i for i, c in enumerate(captions)
+           if c and len(tokenizer(c, add_special_tokens=False).input_ids) > room]
+    if cut:
+        shown = ", ".join(str(i + 1) for i in cut[:5]) + (" ..." if len(cut) > 5 else "")
+        ctx.warn(f"caption(s) {shown} are longer than the text encoder reads ({room} tokens): "
+                 "the words past that are cut, and a trigger word there is never learned; "
+                 "put it first or shorten the caption")
 
 
 def _some_images(ctx: ExecutionContext, positions: list[int], shown: int = 3) -> str:
@@ -328,6 +352,12 @@ def _check_images(images: Any) -> None:
 class TrainingNode(Node):
     """The inputs every training node takes (a base class, not a node): the model to train
     from, the captioned images, the optimisation, the file to save and the samples."""
+
+    # one run on every image: a list (Load Image-Text (from Folder)) would make one per image
+    ONE_CALL_ONLY = ("it trains on one batch of images: save the list with Save Image-Text "
+                     "(to Folder) and read that folder with Load Image Batch (one batch, its "
+                     "captions from the .txt files), or train from the lists with Make "
+                     "Training Dataset and Train LoRA (latents)")
 
     model: DiffusionModel = Input(type="MODEL")
     clip: TextEncoder = Input(type="CLIP")
@@ -546,7 +576,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
             info = training_info(self, captions, base_hash, settings.steps, losses,
                                  target_modules=list(spec.unet_targets))
             tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
-            _save(tensors, metadata, target, checkpoint)
+            _save(ctx, tensors, metadata, target, checkpoint)
         _release(checkpoint)
         return with_last_sample(ctx, sample, (model, clip, label if name else ""))
 
@@ -639,7 +669,7 @@ class TrainTextualInversion(LossMaskInputs, LrScheduleInputs, TrainingNode):
             metadata = {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
                         for k, v in info.items()}
             # diffusers' learned_embeds layout: {placeholder: [vectors, dim]}
-            _save({self.placeholder_token: vectors}, metadata, target, checkpoint)
+            _save(ctx, {self.placeholder_token: vectors}, metadata, target, checkpoint)
         _release(checkpoint)
         return with_last_sample(ctx, sample, (clip, name))
 

@@ -620,6 +620,53 @@ def test_textual_inversion_token_errors(session, overrides, expected):
     assert expected in run_error(session, prompt)
 
 
+def test_a_placeholder_cut_off_by_the_text_encoder_is_refused(session):
+    """A caption putting the placeholder past CLIP's 77 tokens trained nothing, silently
+    (the training drill: the vectors moved 7.7e-5, weight decay only)."""
+    long = "a " * 100 + "<blob> shape"
+    prompt = graph(ti_node(placeholder_token="<blob>", captions=f"<blob> shape\n{long}\n<blob>"),
+                   text="a", clip_from=["train", 0])
+    error = run_error(session, prompt)
+    assert "caption(s) [2] put the placeholder '<blob>' past the 75 tokens" in error
+
+
+def test_captions_longer_than_the_text_encoder_reads_are_a_warning():
+    from types import SimpleNamespace
+
+    from nodes.diffusion.tiny import build_tiny_pipeline
+    from nodes.training import training_captions
+
+    tokenizer = build_tiny_pipeline().tokenizer
+    warned: list[str] = []
+    ctx = SimpleNamespace(warn=warned.append)
+    node = SimpleNamespace(captions="a sks\n" + "a " * 80 + "sks", images=torch.zeros(2, 8, 8, 3),
+                           clip=SimpleNamespace(tokenizer=tokenizer))
+    training_captions(ctx, node)
+    assert len(warned) == 1 and "caption(s) 2 are longer than the text encoder reads" in warned[0]
+    node.captions = "a sks\nanother sks"
+    training_captions(ctx, node)
+    assert len(warned) == 1
+
+
+@pytest.mark.parametrize("make", [lambda: lora_node(), lambda: ti_node()])
+def test_a_training_node_linked_to_a_list_is_refused(session, make):
+    """An image list (Load Image-Text (from Folder)) linked straight in trained once per
+    image, silently (the training drill); it is refused with what to do instead."""
+    folder = session.env.folder("input", "listset", create=True)
+    for i in range(2):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("a <tok> shape")
+    train = make()
+    train["inputs"].update(images=["list", 0], captions=["list", 1])
+    prompt = graph(train, text="a", clip_from=["train", 0 if "placeholder_token" in
+                                               train["inputs"] else 1])
+    prompt["list"] = {"class_type": "LoadImageTextDataSetFromFolder",
+                      "inputs": {"folder": "listset"}}
+    error = run_error(session, prompt)
+    assert "is linked to a list (captions, images: 2 items) and would run once per item" in error
+    assert "Load Image Batch" in error
+
+
 def test_caption_count_must_match(session):
     prompt = graph(lora_node(captions="one\ntwo"), text="a", clip_from=["train", 1])
     assert "2 captions for 3 images" in run_error(session, prompt)
@@ -903,3 +950,8 @@ def test_a_save_folder_that_cannot_be_written_is_refused_before_training(tmp_pat
     monkeypatch.undo()
     assert _claim(env, "loras", "mine", tmp_path / "lora-abc.pt").name == "mine.safetensors"
     assert [p.name for p in (env.folder("models") / "loras").iterdir()] == []
+    # a save_name whose folder part is a file: that is what is said, not the folder's state
+    (env.folder("models") / "loras" / "old.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"in a folder old.safetensors/, but models/loras "
+                                         r"has a file of that name"):
+        _claim(env, "loras", "old.safetensors/new", tmp_path / "lora-abc.pt")

@@ -220,6 +220,13 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
     trained = extended_clip(clip, tokens, init_id)
     token_ids = trained.tokenizer.convert_tokens_to_ids(tokens)
     expanded = trained.tokenizer.expand(captions)  # <p> → <p> <p>_1 ..., as the script
+    ids = tc.tokenize(trained.tokenizer, expanded, "cpu")
+    cut = [i + 1 for i, row in enumerate(ids.tolist()) if not set(token_ids) <= set(row)]
+    if cut:  # truncated away: those captions would train nothing (and say nothing)
+        raise ValueError(f"caption(s) {cut[:5]} put the placeholder {placeholder!r} past the "
+                         f"{trained.tokenizer.model_max_length - 2} tokens the text encoder "
+                         "reads, where it is cut off: put it near the start, or shorten "
+                         "the caption")
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     tc.check_resolution(model.unet, vae, settings.resolution)
     pixels = tc.prepare_pixels(images, settings.resolution)
@@ -241,7 +248,7 @@ def inversion_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
         yield InversionTraining(
             model=model, clip=trained, token_ids=token_ids,
             posterior=posterior,
-            ids=tc.tokenize(trained.tokenizer, expanded, encoder.device),
+            ids=ids.to(encoder.device),
             scheduler=tc.noise_scheduler(model.scheduler_config),
             optimizer=optimizer, original=table.detach().clone(), generator=generator,
             lr_scheduler=tc.make_lr_scheduler(optimizer, settings))
