@@ -101,6 +101,10 @@ def linked_inputs() -> frozenset[str]:
     return _LINKED.get()
 
 
+#: the longest a node's ``finishing`` work holds off a kill after an interrupt (seconds)
+FINISHING_LIMIT = 600.0
+
+
 @dataclass
 class ExecutionContext:
     """Passed to ``Node.execute``: report progress, honour interrupts, read the run's data."""
@@ -157,6 +161,20 @@ class ExecutionContext:
         ``node_warning`` event: the CLI prints it, the canvas shows it)."""
         self.emit("node_warning", {"prompt_id": self.prompt_id, "node": self.node_id,
                                    "message": str(message)})
+
+    @contextmanager
+    def finishing(self, what: str, limit: float = FINISHING_LIMIT) -> Iterator[None]:
+        """Mark work a stop must wait for (writing the checkpoint a Stop promises): while
+        it lasts, a host that kills runs that do not stop soon after an interrupt waits,
+        up to ``limit`` seconds (a ``finishing`` event at its start and its end)."""
+        limit = max(0.0, min(float(limit), FINISHING_LIMIT))
+        self.emit("finishing", {"prompt_id": self.prompt_id, "node": self.node_id,
+                                "what": str(what), "active": True, "limit": limit})
+        try:
+            yield
+        finally:
+            self.emit("finishing", {"prompt_id": self.prompt_id, "node": self.node_id,
+                                    "what": str(what), "active": False, "limit": limit})
 
     def send_image(self, image: Any) -> None:
         """Send a full-size PIL image to the prompt's client as a PNG, on the preview path

@@ -178,11 +178,11 @@ class TrainCustomDiffusion(LossMaskInputs, PriorPreservationInputs, TrainingNode
                              **({"scaled_learning_rate": lr} if self.scale_lr else {}))
         metadata = {"format": "pt", **{f"steerflow.{k}": v if isinstance(v, str)
                                        else json.dumps(v) for k, v in info.items()}}
-        _save(layers.state_dict(), metadata, targets["loras"], checkpoint)
+        _save(ctx, layers.state_dict(), metadata, targets["loras"], checkpoint)
         embedding = ""
         if vector is not None:
             # diffusers' learned_embeds layout: {token: [1, dim]}
-            _save({spec.modifier_token: vector}, metadata, targets["embeddings"], checkpoint)
+            _save(ctx, {spec.modifier_token: vector}, metadata, targets["embeddings"], checkpoint)
             embedding = name
         _release(checkpoint)
         return with_last_sample(ctx, sample, (model, clip, label, embedding))

@@ -145,7 +145,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
                 tensors, metadata = tdb.checkpoint_file(
                     unet, self.vae.vae, clip.text_encoder, self.model.scheduler_config,
                     self.model.family, info)
-            _save(tensors, metadata, target, checkpoint)
+            _save(ctx, tensors, metadata, target, checkpoint)
         _release(checkpoint)
         return with_last_sample(ctx, sample, (model, clip, f"{name}.safetensors" if name else ""))
 

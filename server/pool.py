@@ -482,8 +482,8 @@ class PoolRuntime(Runtime):
                     self._worker_lost(item, exc.cause, messages, running.node)
                 return
             if msg is None:
-                if running.hard_deadline is not None and \
-                        time.monotonic() >= running.hard_deadline:
+                kill_at = running.kill_at()
+                if kill_at is not None and time.monotonic() >= kill_at:
                     log.warning("prompt %s did not stop within %.1f s of its interrupt; "
                                 "killing worker %s", item.prompt_id,
                                 self.config.interrupt_grace, slot.name)

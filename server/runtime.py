@@ -24,12 +24,14 @@ import abc
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from engine.context import FINISHING_LIMIT
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.prompt_queue import PromptQueue, QueueItem
@@ -164,10 +166,31 @@ class Running:
         self.node: str | None = None
         self.started: list[str] = []
         self.hard_deadline: float | None = None  # monotonic time of the hard interrupt
+        #: while a node does work a stop waits for (``finishing``): until when, at most
+        self.finishing_until: float | None = None
         self.progress = NodeProgress(item.prompt_id)
         #: its nodes' ``node_warning`` messages, kept in its history entry
         self.warnings: list[dict[str, Any]] = []
         self.warnings_dropped = 0
+
+    def kill_at(self) -> float | None:
+        """When the worker is killed for not stopping after an interrupt (None: never)."""
+        if self.hard_deadline is None:
+            return None
+        return max(self.hard_deadline, self.finishing_until or 0.0)
+
+    def finishing(self, data: dict[str, Any], grace: float) -> None:
+        """A node's ``finishing`` event: a kill waits for that work (bounded by its
+        limit); once it ends, a pending kill comes ``grace`` seconds later at the earliest."""
+        now = time.monotonic()
+        if data.get("active"):
+            limit = data.get("limit")
+            limit = float(limit) if isinstance(limit, int | float) and math.isfinite(limit) else 0.0
+            self.finishing_until = now + max(0.0, min(limit, FINISHING_LIMIT))
+            return
+        self.finishing_until = None
+        if self.hard_deadline is not None:
+            self.hard_deadline = max(self.hard_deadline, now + grace)
 
     def warn(self, data: dict[str, Any]) -> None:
         if len(self.warnings) >= MAX_WARNINGS:
@@ -342,9 +365,10 @@ class Runtime(abc.ABC):
 
     # --- one prompt's events and end (a worker's thread) ----------------------------
     def _wait_time(self, running: Running) -> float:
-        if running.hard_deadline is None:
+        kill_at = running.kill_at()
+        if kill_at is None:
             return POLL
-        return max(0.0, min(POLL, running.hard_deadline - time.monotonic()))
+        return max(0.0, min(POLL, kill_at - time.monotonic()))
 
     def _relay(self, running: Running, msg: Message, messages: list[list[Any]],
                held: list[tuple[str, str]]) -> None:
@@ -366,6 +390,9 @@ class Runtime(abc.ABC):
         sid = running.item.client_id
         if name == "execution_error" and data.get("exception_type") == BLOCKED:
             self.hub.post(sid, message(name, data))  # a blocked node, not the end: as it comes
+            return
+        if name == "finishing":  # for the kill's timing (see Running.finishing), not clients
+            running.finishing(data, self.config.interrupt_grace)
             return
         if name in RECORDED:
             messages.append([name, data])

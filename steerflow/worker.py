@@ -286,7 +286,9 @@ class Worker:
                     self._preview(data.get("image"), data.get("format"))
                 return
             pending.append([name, data])
-            if name == "progress" or (name == "executing" and data.get("node") is not None):
+            # "finishing": the pool must know at once that a stop waits for this work
+            if name in ("progress", "finishing") or (
+                    name == "executing" and data.get("node") is not None):
                 flush()
 
         executor = self.session.executor

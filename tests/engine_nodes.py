@@ -125,7 +125,33 @@ class Fingerprinted(Node):
         return (ctx.env.resolve("input", self.name).read_text(),)
 
 
-TEST_NODES = (Source, Add, Tensor, Sum, Out, Fail, Slow, Fingerprinted)
+class Finishing(Node):
+    """Like TestSlow; stopped, it writes ``output/<name>`` for ``seconds`` first, as work a
+    stop waits for (a training's checkpoint)."""
+
+    TYPE = "TestFinishing"
+    OUTPUT_NODE = True
+    name: str = Input("finished.txt")
+    seconds: float = Input(1.0, min=0.0, max=60.0)
+
+    def execute(self, ctx: ExecutionContext) -> tuple[()]:
+        import time
+
+        from engine.context import Interrupted
+
+        try:
+            for i in range(100_000):
+                time.sleep(0.005)
+                ctx.progress(i + 1, 100_000)
+        except Interrupted:
+            with ctx.finishing("writing the test's file"):
+                time.sleep(self.seconds)
+                (ctx.env.folder("output", create=True) / self.name).write_text("complete")
+            raise
+        return ()
+
+
+TEST_NODES = (Source, Add, Tensor, Sum, Out, Fail, Slow, Fingerprinted, Finishing)
 
 
 def make_registry() -> NodeRegistry:

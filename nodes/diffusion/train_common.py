@@ -477,6 +477,10 @@ def _nearly_full(folder: Path) -> bool:
         return False
 
 
+#: what a Stop waits for while a checkpoint is written (ExecutionContext.finishing)
+CHECKPOINT_WORK = "writing the training checkpoint"
+
+
 def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
               checkpointing: Checkpointing | None = None, *,
               sample: Callable[[int], None] | None = None, sample_every: int = 0
@@ -518,20 +522,25 @@ def run_steps(ctx: ExecutionContext, steps: int, step: Callable[[int], float],
             info = {"loss": loss, **({"resumed_from": start} if i == start > 0 else {})}
             ctx.progress(i + 1, steps, info=info)
             if checkpointing and (i + 1) % checkpointing.every == 0 and i + 1 < steps:
-                checkpointing.save(i + 1, losses)
+                with ctx.finishing(CHECKPOINT_WORK):
+                    checkpointing.save(i + 1, losses)
             if sample and sample_every > 0 and ((i + 1) % sample_every == 0 or i + 1 == steps):
                 sample(i + 1)
     except Interrupted:
-        if checkpointing and len(losses) > start and \
-                not checkpointing.save(len(losses), losses, step_start):
-            # Stop promises a checkpoint: whoever stopped must hear it is not there
-            ctx.warn(f"Stop: the training state at step {len(losses)} could not be saved "
-                     f"({checkpointing.failure}); {checkpointing.resume_note()}")
+        if checkpointing and len(losses) > start:
+            # a large model's state takes seconds to write: the Stop waits for it
+            with ctx.finishing(CHECKPOINT_WORK):
+                saved = checkpointing.save(len(losses), losses, step_start)
+            if not saved:
+                # Stop promises a checkpoint: whoever stopped must hear it is not there
+                ctx.warn(f"Stop: the training state at step {len(losses)} could not be saved "
+                         f"({checkpointing.failure}); {checkpointing.resume_note()}")
         raise
     if checkpointing and len(losses) > start:
         # the finished state, until the caller has saved what it trained (then it
         # deletes the file): a save that fails is redone without training again
-        checkpointing.save(len(losses), losses)
+        with ctx.finishing(CHECKPOINT_WORK):
+            checkpointing.save(len(losses), losses)
     return losses
 
 

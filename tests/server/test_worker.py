@@ -63,6 +63,28 @@ def test_gil_hog_does_not_stall_the_server_and_a_hard_interrupt_ends_it(
     ws.close()
 
 
+def test_a_stop_waits_for_work_a_node_must_finish(server: LiveServer, http: Http, monkeypatch):
+    """Stop during a large training checkpoint's write (seconds) killed the worker after
+    the interrupt grace, losing the checkpoint a Stop promises (the training drill): work
+    marked ``finishing`` is waited for, and the worker kept."""
+    monkeypatch.setattr(server.state.config, "interrupt_grace", 1.0)  # --interrupt-grace 1
+    ws = server.connect_ws("finishing")
+    node = {"class_type": "TestFinishing", "inputs": {"name": "finishing-test.txt", "seconds": 3.0}}
+    reply = http.post("/prompt", json={"prompt": {"1": node}, "client_id": "finishing"}).json()
+    pid = reply["prompt_id"]
+    wait_executing(ws, pid, "1")
+    worker_pid = server.state.runtime.worker_info["pid"]
+    assert http.post("/interrupt", json={"prompt_id": pid}).json() == {"interrupted": True}
+    events, _ = recv_until(ws, pid, timeout=30)
+    types = [e["type"] for e in events]
+    assert "execution_interrupted" in types and "finishing" not in types  # not for clients
+    entry = wait_history(http, [pid])[pid]
+    assert "steerflow_note" not in entry["status"]["messages"][-1][1]  # it stopped by itself
+    assert (server.base_dir / "output" / "finishing-test.txt").read_text() == "complete"
+    assert server.state.runtime.worker_info["pid"] == worker_pid
+    ws.close()
+
+
 def test_cooperative_interrupt_keeps_the_worker(server: LiveServer, http: Http):
     ws = server.connect_ws("coop")
     pid = http.post("/prompt", json={"prompt": {
