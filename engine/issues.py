@@ -124,7 +124,9 @@ def to_node_errors(issues: list[Issue],
         if "received" in issue.details:
             extra["received_value"] = issue.details["received"]
         if issue.kind == "out_of_range":
-            extra["input_config"] = [None, {k: issue.details.get(k) for k in ("min", "max")}]
+            # ComfyUI's: the input's type and its options (["INT", {"min": 1, ...}])
+            extra["input_config"] = [issue.details.get("input_type"),
+                                     {k: issue.details.get(k) for k in ("min", "max")}]
         entry["errors"].append({
             "type": kind,
             "message": message,

@@ -131,7 +131,8 @@ def _int_issue(spec: InputSpec, value: Any, coerced: int) -> Issue | None:
 
 
 def value_issue(spec: InputSpec, value: Any, kind: str, message: str, reason: str) -> Issue:
-    details = {"received": jsonable(value), "min": spec.min, "max": spec.max, "reason": reason}
+    details = {"received": jsonable(value), "min": spec.min, "max": spec.max, "reason": reason,
+               "input_type": spec.type}
     if reason == "step":
         details["step"] = spec.step
     return Issue(kind, f"input '{spec.name}': {message} (got {short_repr(value)})",

@@ -260,6 +260,7 @@ def test_node_errors_shape(reg, env):
     assert errors["1"]["class_type"] == "TestSource"
     assert errors["1"]["errors"][0]["type"] == "value_bigger_than_max"
     assert errors["1"]["errors"][0]["extra_info"]["input_config"][1]["max"] == 100
+    assert errors["1"]["errors"][0]["extra_info"]["input_config"][0] == "INT"  # as ComfyUI's
     assert errors["1"]["errors"][0]["extra_info"]["input_name"] == "value"
 
 

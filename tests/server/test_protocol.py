@@ -397,13 +397,18 @@ def test_validation_failure_is_400_with_node_errors(http: Http):
     assert errors["1"]["dependent_outputs"] == errors["2"]["dependent_outputs"] == ["3", "4"]
     for bad, kind in [({"nothing": 1}, "no_prompt"), ({"prompt": {}}, "invalid_prompt"),
                       ({"prompt": {"1": {"class_type": "Nope"}}}, "invalid_prompt"),
-                      ({"prompt": chain(), "prompt_id": 5}, "invalid_prompt_id"),
+                      ({"prompt": chain(), "prompt_id": True}, "invalid_prompt_id"),
+                      ({"prompt": chain(), "prompt_id": [5]}, "invalid_prompt_id"),
                       ({"prompt": chain(), "number": "x"}, "invalid_number")]:
         reply = http.post("/prompt", json=bad)
         assert reply.status == 400, bad
         assert reply.json()["error"]["type"] == kind, reply.json()
     # Nothing was queued by any of them.
     assert http.get("/prompt").json() == {"exec_info": {"queue_remaining": 0}}
+    # a number as the id is its text, as ComfyUI's str(prompt_id) (the engine drill)
+    reply = http.post("/prompt", json={"prompt": chain(), "prompt_id": 12345})
+    assert reply.status == 200 and reply.json()["prompt_id"] == "12345", reply.json()
+    assert "12345" in wait_history(http, ["12345"])
 
 
 def test_valid_outputs_run_when_others_fail_validation(http: Http):
