@@ -277,9 +277,10 @@ class ComfyNode(NamedInputsNode):
             if kind == "PROMPT":
                 value = ctx.prompt
             elif kind == "EXTRA_PNGINFO":
-                if "extra_pnginfo" not in ctx.extra:
-                    continue
-                value = comfy_pnginfo(ctx.extra["extra_pnginfo"], _schemas(ctx))
+                # None when the prompt carries none, as ComfyUI passes it ([None] to a
+                # node that takes its inputs as lists)
+                value = comfy_pnginfo(ctx.extra["extra_pnginfo"], _schemas(ctx)) \
+                    if "extra_pnginfo" in ctx.extra else None
             elif kind == "UNIQUE_ID":
                 value = ctx.node_id
             elif kind == "DYNPROMPT":

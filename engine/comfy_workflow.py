@@ -521,6 +521,10 @@ def _connect(nid: str, entry: dict[str, Any], ui_nodes: dict[str, dict[str, Any]
             warnings.append(f"node {nid}: input '{name}' names link {slot['link']}, which "
                             "the workflow does not have; dropped")
             continue
+        if link.origin not in ui_nodes:
+            warnings.append(f"node {nid}: input '{name}' is linked from node {link.origin}, "
+                            "which the workflow does not have; dropped")
+            continue
         near = reroutes.via(link)
         if near is not None:
             passes.append((nid, name, near))

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 BUILTIN_PACKS = ("nodes",)
 ENTRY_POINT_GROUP = "steerflow.nodes"
 CUSTOM_PACKAGE = "steerflow_custom_nodes"
+#: the script of a pack folder run before any pack imports (ComfyUI's convention)
+PRESTARTUP_SCRIPT = "prestartup_script.py"
 
 PACK_IMPORT_TIMEOUT: float | None = 30.0
 """Seconds one custom pack's import may take (None: no limit)."""
@@ -235,6 +237,7 @@ class NodeRegistry:
             self._load_folder(directory, timeout)
 
     def _load_folder(self, directory: Path, timeout: float | None) -> None:
+        self._run_prestartup_scripts(directory, timeout)
         for path in sorted(directory.iterdir()):
             if path.name.startswith((".", "_")):
                 continue
@@ -248,6 +251,23 @@ class NodeRegistry:
             _forget_modules(mod_name, set())  # a reload imports the pack's files anew
             self._load_guarded(str(path), mod_name,
                                lambda p=path, i=init, m=mod_name: _exec_file(p, i, m), timeout)
+
+    def _run_prestartup_scripts(self, directory: Path, timeout: float | None) -> None:
+        """Each pack folder's ``prestartup_script.py``, before any pack imports, as
+        ComfyUI runs them at its start (they set paths and variables the packs' imports
+        read). One that fails is recorded as its pack's error; the packs still load."""
+        for path in sorted(directory.iterdir()):
+            script = path / PRESTARTUP_SCRIPT
+            if path.name.startswith((".", "_")) or not path.is_dir() or not script.is_file():
+                continue
+            mod_name = f"{CUSTOM_PACKAGE}_prestartup.{path.stem}"
+            pack_adapters()  # folder_paths and the rest, as for an import
+            try:
+                _import_guarded(f"{path}/{PRESTARTUP_SCRIPT}", mod_name,
+                                lambda s=script, m=mod_name: _exec_file(s, s, m),
+                                PACK_IMPORT_TIMEOUT if timeout is None else timeout)
+            except _PackFailed as exc:
+                self.errors.append(PackError(f"{path}/{PRESTARTUP_SCRIPT}", str(exc)))
 
     def load_entry_points(self, *, timeout: float | None = None) -> None:
         """Load the packs installed under the ``steerflow.nodes`` entry-point group."""

@@ -20,8 +20,14 @@ _INT64_MESSAGE = "must fit in a 64-bit signed integer (-2**63 to 2**63-1)"
 def check_constant(spec: InputSpec, value: Any, env: Environment | None
                    ) -> tuple[Any, Issue | None]:
     """Validate (and coerce) one constant; returns the value or an issue."""
+    if isinstance(value, dict) and "__value__" in value:
+        # ComfyUI's front end wraps a widget's list value ({"__value__": [...]}), a bare
+        # list meaning a link; its server unwraps it
+        value = value["__value__"]
     if spec.type == ANY_TYPE or (spec.pass_constants and not spec.is_widget):
         return value, None
+    if spec.type == "STRING" and isinstance(value, int | float):
+        value = str(value)  # as ComfyUI's str(val): a number typed into a text widget
     # a forced socket of a widget type (forceInput, an Autogrow slot of numbers) takes a
     # constant too, checked as the widget's: ComfyUI's validation ignores forceInput
     takes_constant = spec.is_widget or (spec.force_input and spec.type in WIDGET_TYPES)

@@ -434,6 +434,9 @@ class _CtrlC:
     handler is restored on exit."""
 
     MESSAGE = "interrupting… (Ctrl-C again to quit at once)"
+    STUCK = ("the running node has not stopped: it may not check for interrupts, or be "
+             "finishing a checkpoint; Ctrl-C again quits at once")
+    HINT_AFTER = 3.0  # seconds: the server's default --interrupt-grace
 
     def __init__(self, executor: Any):
         self.executor = executor
@@ -469,6 +472,10 @@ class _CtrlC:
         # before the prompt has started (validation) there is nothing to interrupt yet
         while not self.executor.interrupt() and not self.done.wait(0.05):
             pass
+        # in this process a node that never checks for interrupts cannot be stopped (the
+        # server restarts its worker): say so, rather than seem to hang
+        if not self.done.wait(self.HINT_AFTER):
+            tqdm.write(self.STUCK, file=sys.stderr)
 
 
 class _Progress:

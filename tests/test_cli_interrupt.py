@@ -53,6 +53,19 @@ def test_first_ctrl_c_interrupts_the_prompt_second_quits(capsys):
     assert "interrupting… (Ctrl-C again to quit at once)" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="no signal.raise_signal")
+def test_a_node_that_does_not_stop_is_said_to_need_a_second_ctrl_c(capsys, monkeypatch):
+    """The packs drill: a custom node that never checks for interrupts ran on for 25 s
+    after the first Ctrl-C with nothing said (the server would restart its worker)."""
+    monkeypatch.setattr(_CtrlC, "HINT_AFTER", 0.2)
+    executor = FakeExecutor()
+    with _CtrlC(executor):
+        signal.raise_signal(signal.SIGINT)
+        assert executor.hit.wait(5)
+        time.sleep(1.0)  # the "node" does not stop
+    assert "has not stopped: it may not check for interrupts" in capsys.readouterr().err
+
+
 def test_outside_the_main_thread_nothing_is_installed():
     before = signal.getsignal(signal.SIGINT)
     seen: list[object] = []

@@ -161,6 +161,11 @@ def test_hidden_inputs(session: Session, pack: Any):
     assert session.run(prompt, extra={"extra_pnginfo": {"workflow": 1}}).ok
     assert pack.SEEN["2"] == {"prompt": prompt, "extra_pnginfo": {"workflow": 1},
                               "class_type": "ShowAny"}
+    # a prompt without one (POST /prompt with no extra_data) passes None, as ComfyUI does
+    # (the packs drill: it was left out)
+    prompt["1"]["inputs"]["value"] = 4  # (not the cached run)
+    assert session.executor.run(prompt).status == "success"
+    assert pack.SEEN["2"]["extra_pnginfo"] is None
 
 
 def test_lazy_and_raw_link_options_reach_the_schema(registry: NodeRegistry):

@@ -92,6 +92,40 @@ def test_a_comfy_pack_without_the_adapter_gets_a_clear_error(monkeypatch, tmp_pa
     assert "pip install -e ." in error.message
 
 
+def test_prestartup_scripts_run_before_any_pack_imports(tmp_path: Path, monkeypatch):
+    """ComfyUI runs each pack's prestartup_script.py at its start, before the imports (the
+    packs drill: they never ran; ComfyUI-Manager's and WAS's set things their imports use)."""
+    monkeypatch.delenv("SF_PRESTART_TEST", raising=False)
+    (tmp_path / "a_pack").mkdir()
+    (tmp_path / "a_pack" / "__init__.py").write_text(
+        "import os\n"
+        "class Seen:\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {}}\n"
+        "    RETURN_TYPES = ('STRING',)\n"
+        "    FUNCTION = 'run'\n"
+        "    def run(self):\n"
+        "        return (self.VALUE,)\n"
+        "    VALUE = os.environ.get('SF_PRESTART_TEST')\n"
+        "NODE_CLASS_MAPPINGS = {'PrestartSeen': Seen}\n")
+    # the later pack's script runs before the earlier pack imports
+    (tmp_path / "z_setup").mkdir()
+    (tmp_path / "z_setup" / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
+    (tmp_path / "z_setup" / "prestartup_script.py").write_text(
+        "import os, folder_paths\n"
+        "os.environ['SF_PRESTART_TEST'] = 'set by z_setup'\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
+    (tmp_path / "broken" / "prestartup_script.py").write_text("raise RuntimeError('nope')\n")
+    registry = NodeRegistry()
+    registry.load_directory(tmp_path)
+    assert registry.get("PrestartSeen").COMFY_CLASS.VALUE == "set by z_setup", registry.errors
+    [error] = registry.errors
+    assert error.pack.endswith("broken/prestartup_script.py") and "RuntimeError: nope" in \
+        error.message
+
+
 def test_server_name_serves_both_our_package_and_comfyui_prompt_server():
     import server
     from comfy_compat.prompt_server import BinaryEventTypes, PromptServer
@@ -439,6 +473,39 @@ def test_folder_paths_is_confined_to_the_environment(tmp_path: Path):
             other.folder("models") / "loras")
         assert folder_paths.get_filename_list("loras") == []
         assert folder_paths.get_filename_list("my_models") == ["m.pt"]
+
+
+def test_folder_paths_user_folders_and_helpers_packs_call(tmp_path: Path):
+    """Helpers packs call at their import (the packs drill: get_user_directory failed
+    IMGNR_Utils' import; WAS's prestartup script uses it), as ComfyUI defines them."""
+    import folder_paths
+
+    from comfy_compat import runtime
+    from engine.environment import Environment
+
+    env = Environment.create(tmp_path / "a", device="cpu")
+    (env.folder("input", create=True) / "set" / "sub").mkdir(parents=True)
+    (env.folder("input") / "set" / "a.png").touch()
+    with runtime.bound_environment(env):
+        user = tmp_path / "a" / "user"
+        assert folder_paths.get_user_directory() == folder_paths.user_directory == str(user)
+        assert user.is_dir()
+        assert folder_paths.get_system_user_directory() == str(user / "__system")
+        with pytest.raises(ValueError):
+            folder_paths.get_system_user_directory("../x")
+        assert folder_paths.get_public_user_directory("default") == str(user / "default")
+        assert folder_paths.get_public_user_directory("__system") is None
+        assert folder_paths.get_public_user_directory("../etc") is None
+        assert folder_paths.get_input_subfolders() == ["set", "set/sub"]
+        files, dirs = folder_paths.recursive_search(str(env.folder("input")))
+        assert files == ["set/a.png"] and str(env.folder("input") / "set") in dirs
+        assert folder_paths.cache_helper.get("k", 1) == 1
+        with folder_paths.cache_helper:
+            folder_paths.cache_helper.set("k", 2)
+            assert folder_paths.cache_helper.get("k") == 2
+        assert folder_paths.cache_helper.get("k") is None
+        with pytest.raises(AttributeError, match="not available in Steerflow"):
+            folder_paths.no_such_helper  # noqa: B018
 
 
 # --- the real server and worker ----------------------------------------------------

@@ -135,6 +135,18 @@ def test_reroute_chains_and_dangling_reroutes():
     assert "vae" not in convert(wf).prompt["8"]["inputs"]
 
 
+def test_a_link_from_a_node_the_file_lacks_is_dropped_with_a_warning():
+    """As a link id missing from the table is (the packs drill: only "required input
+    missing" was said, not why)."""
+    wf = comfy_default()
+    wf["links"] = [[ln[0], 77, *ln[2:]] if ln[3] == 8 and ln[4] == 1 else ln
+                   for ln in wf["links"]]
+    result = convert(wf)
+    assert "vae" not in result.prompt["8"]["inputs"]
+    assert any("node 8: input 'vae' is linked from node 77, which the workflow does not "
+               "have; dropped" in w for w in result.warnings), result.warnings
+
+
 def test_muted_and_bypassed_nodes_keep_their_mode():
     wf = comfy_default()
     node(wf, 7)["mode"] = 2

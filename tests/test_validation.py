@@ -125,7 +125,9 @@ def test_constant_where_link_required(reg, env):
 
 def test_values_wrong_type_range_choices_all_reported(reg, env):
     prompt = {
-        "1": {"class_type": "TestSource", "inputs": {"value": "abc", "label": 5, "mode": "c"}},
+        # (a number for text is its text, as ComfyUI's; a mapping is no text)
+        "1": {"class_type": "TestSource", "inputs": {"value": "abc", "label": {"x": 5},
+                                                     "mode": "c"}},
         "2": {"class_type": "TestSource", "inputs": {"value": 101}},
         "3": {"class_type": "TestSource", "inputs": {"value": -1}},
         "4": {"class_type": "TestOut", "inputs": {"value": ["1", 0]}},
@@ -556,3 +558,18 @@ def test_null_for_a_required_widget_is_refused_not_defaulted(reg, env, name):
               "2": {"class_type": "TestSum", "inputs": {"x": ["1", 0], "y": None}},
               "3": {"class_type": "TestOut", "inputs": {"value": ["2", 0]}}}
     assert "y" not in validate_prompt(prompt, reg, env).nodes["2"].links
+
+
+def test_comfyui_value_wrapper_and_numbers_for_text_are_taken_as_comfyui(reg, env):
+    """ComfyUI's front end sends a widget's list value as {"__value__": [...]} (a bare list
+    is a link), and its server takes a number for a text input as its text (the packs
+    drill: both were refused, so `--set 'Positive Prompt.text=42'` failed too)."""
+    from engine.value_checks import check_constant
+
+    name = reg.get("TestFile").INPUT_SPECS["name"]
+    assert check_constant(name, 2024, env) == ("2024", None)
+    assert check_constant(name, 1.5, env) == ("1.5", None)
+    assert check_constant(name, {"__value__": "a.txt"}, env) == ("a.txt", None)
+    prompt = {"2": {"class_type": "TestOut", "inputs": {"value": ["3", 0]}},
+              "3": {"class_type": "TestSource", "inputs": {"value": {"__value__": 7}}}}
+    assert validate_prompt(prompt, reg, env).nodes["3"].constants["value"] == 7

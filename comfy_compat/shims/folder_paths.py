@@ -18,6 +18,7 @@ from the current environment on access.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 import os
@@ -105,7 +106,107 @@ def __getattr__(name: str) -> Any:
         return str(env.folder("models").parent)
     if name in ("output_directory", "input_directory", "temp_directory"):
         return str(env.folder(name.partition("_")[0]))
-    raise AttributeError(f"module 'folder_paths' has no attribute {name!r}")
+    if name == "user_directory":
+        return str(_user_root())
+    from comfy_compat.shims._missing import missing_message
+
+    raise AttributeError(missing_message(f"folder_paths.{name}"))
+
+
+def _user_root() -> Path:
+    """ComfyUI's ``user/`` beside input/ (where the server keeps settings and workflows)."""
+    return runtime.current_environment().folder("input").parent / "user"
+
+
+def get_user_directory() -> str:
+    """``<base>/user``, created if missing (ComfyUI creates it at start; packs write there
+    at their import)."""
+    root = _user_root()
+    if not runtime.is_fallback_environment():
+        root.mkdir(parents=True, exist_ok=True)
+    return str(root)
+
+
+def _user_name_problem(name: Any) -> str | None:
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name \
+            or "\\" in name or "\0" in name:
+        return f"not a user name: {name!r}"
+    return None
+
+
+def get_system_user_directory(name: str = "system") -> str:
+    """A system user's folder ``user/__<name>`` (ComfyUI's, hidden from the web API)."""
+    if (problem := _user_name_problem(name)) is not None or name.startswith("__"):
+        raise ValueError(problem or f"a system user's name is given without '__': {name!r}")
+    return os.path.join(get_user_directory(), f"__{name}")
+
+
+def get_public_user_directory(user_id: str) -> str | None:
+    """A user's folder ``user/<user_id>``; None for a system user (``__``) or a bad name."""
+    if _user_name_problem(user_id) is not None or user_id.startswith("__"):
+        return None
+    return os.path.join(get_user_directory(), user_id)
+
+
+def get_input_subfolders() -> list[str]:
+    """Every folder under input/ (relative, '/'-separated, sorted), skipping dot-folders."""
+    base = Path(get_input_directory())
+    found: list[str] = []
+    for dirpath, dirnames, _ in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend((Path(dirpath) / d).relative_to(base).as_posix() for d in dirnames)
+    return sorted(found)
+
+
+def recursive_search(directory: str, excluded_dir_names: list[str] | None = None
+                     ) -> tuple[list[str], dict[str, float]]:
+    """ComfyUI's: the files under ``directory`` (relative paths) and each folder's
+    modification time (symlinked folders are not followed)."""
+    if not os.path.isdir(directory):
+        return [], {}
+    excluded = set(excluded_dir_names or ())
+    files: list[str] = []
+    dirs: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        dirs[directory] = os.path.getmtime(directory)
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+        dirnames[:] = [d for d in dirnames if d not in excluded]
+        files.extend(os.path.relpath(os.path.join(dirpath, f), directory) for f in filenames)
+        for d in dirnames:
+            path = os.path.join(dirpath, d)
+            with contextlib.suppress(OSError):
+                dirs[path] = os.path.getmtime(path)
+    return files, dirs
+
+
+class CacheHelper:
+    """ComfyUI's ``folder_paths.cache_helper``: a memo of file listings, kept only inside
+    ``with cache_helper:`` (outside it, ``get`` gives the default and ``set`` keeps nothing)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, Any] = {}
+        self.active = False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.cache.get(key, default) if self.active else default
+
+    def set(self, key: str, value: Any) -> None:
+        if self.active:
+            self.cache[key] = value
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def __enter__(self) -> CacheHelper:
+        self.active = True
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.active = False
+        self.clear()
+
+
+cache_helper = CacheHelper()
 
 
 def _role_folder(role: str) -> str:
