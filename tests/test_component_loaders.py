@@ -635,3 +635,26 @@ def test_odd_sidecar_configs_are_refused_naming_the_vae(tmp_path):
         sidecar.write_text(json.dumps({**config, "scaling_factor": factor}))
         with pytest.raises(ValueError, match="scaling_factor"):
             load_vae(tmp_path / "tiny.fp16.safetensors")
+
+
+def test_an_inpainting_input_from_a_bare_vae_is_rescaled_with_the_latents():
+    """InpaintModelConditioning with a VAE stating no scaling: its masked-image latents
+    (a 9-channel UNet's input) were left at the assumed 0.18215 while the latents were
+    rescaled to the model's."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nodes.diffusion.handles import InpaintCondition, Latent
+    from nodes.diffusion.sampling import fit_empty_latent
+
+    masked = torch.ones(1, 4, 5, 9)
+    latent = Latent(torch.ones(1, 4, 5, 9), scaling_factor=0.18215, downscale=8,
+                    scale_assumed=True, noise_mask=torch.ones(1, 1, 5, 9),
+                    inpaint=InpaintCondition(torch.ones(1, 1, 5, 9), masked))
+    model = SimpleNamespace(latent_scale=0.13025, unet=torch.nn.Linear(1, 1))
+    fitted = fit_empty_latent(model, latent)
+    ratio = 0.13025 / 0.18215
+    assert torch.allclose(fitted.samples, torch.full_like(masked, ratio))
+    assert torch.allclose(fitted.inpaint.masked_latents, torch.full_like(masked, ratio))
+    assert fitted.scaling_factor == 0.13025 and not fitted.scale_assumed

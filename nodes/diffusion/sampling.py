@@ -558,9 +558,12 @@ def fit_empty_latent(model: DiffusionModel, latent: Latent) -> Latent:
         # encoded by a VAE whose file stated no scaling (SD 1.x's was assumed; an SDXL VAE
         # file has the same layers): the model's scaling is the latents', as in ComfyUI
         ratio = model.latent_scale / latent.scaling_factor
+        inpaint = latent.inpaint
+        if inpaint is not None and ratio != 1:  # the same VAE encoded the masked image
+            inpaint = replace(inpaint, masked_latents=inpaint.masked_latents * ratio)
         latent = replace(latent, samples=latent.samples * ratio if ratio != 1 else
                          latent.samples, scaling_factor=model.latent_scale,
-                         scale_assumed=False)
+                         scale_assumed=False, inpaint=inpaint)
     assumed = latent.assumed_downscale
     loaded = linked_vae(model.unet) if assumed else None
     if loaded is None or latent.noise_mask is not None or latent.inpaint is not None:
