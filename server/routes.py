@@ -315,7 +315,8 @@ def _valid_id(value: Any, name: str, type_: str = "invalid_request", **fields: A
 def _prompt_id(value: Any) -> str:
     if value is None:
         return str(uuid.uuid4())
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**MAX_ID_LENGTH) \
+            or (isinstance(value, float) and math.isfinite(value)):
         value = str(value)  # ComfyUI takes str(prompt_id): a client's number is its text
     return _valid_id(value, "prompt_id", "invalid_prompt_id", node_errors={})
 

@@ -168,6 +168,7 @@ class Running:
         self.hard_deadline: float | None = None  # monotonic time of the hard interrupt
         #: while a node does work a stop waits for (``finishing``): until when, at most
         self.finishing_until: float | None = None
+        self.finishing_depth = 0
         self.progress = NodeProgress(item.prompt_id)
         #: its nodes' ``node_warning`` messages, kept in its history entry
         self.warnings: list[dict[str, Any]] = []
@@ -186,7 +187,12 @@ class Running:
         if data.get("active"):
             limit = data.get("limit")
             limit = float(limit) if isinstance(limit, int | float) and math.isfinite(limit) else 0.0
-            self.finishing_until = now + max(0.0, min(limit, FINISHING_LIMIT))
+            until = now + max(0.0, min(limit, FINISHING_LIMIT))
+            self.finishing_depth += 1  # (one inside another: the outer one still holds)
+            self.finishing_until = max(self.finishing_until or 0.0, until)
+            return
+        self.finishing_depth = max(0, self.finishing_depth - 1)
+        if self.finishing_depth:
             return
         self.finishing_until = None
         if self.hard_deadline is not None:

@@ -85,6 +85,26 @@ def test_a_stop_waits_for_work_a_node_must_finish(server: LiveServer, http: Http
     ws.close()
 
 
+def test_finishing_work_holds_off_the_kill_within_its_limit():
+    """The kill's time (Running.kill_at) with ``finishing`` events, nested ones too."""
+    from server.prompt_queue import QueueItem
+    from server.runtime import Running
+
+    running = Running(QueueItem(1, "p", {}, {}, []))
+    assert running.kill_at() is None
+    now = time.monotonic()
+    running.hard_deadline = now + 1
+    running.finishing({"active": True, "limit": 30}, grace=2)
+    running.finishing({"active": True, "limit": 5}, grace=2)  # inside the first
+    assert now + 29 < running.kill_at() <= time.monotonic() + 30
+    running.finishing({"active": False}, grace=2)
+    assert running.kill_at() > now + 29  # the outer one still holds
+    running.finishing({"active": False}, grace=2)
+    assert time.monotonic() + 1.5 < running.kill_at() <= time.monotonic() + 2  # grace after
+    running.finishing({"active": True, "limit": float("inf")}, grace=2)  # a bad limit: none
+    assert running.kill_at() <= time.monotonic() + 2
+
+
 def test_cooperative_interrupt_keeps_the_worker(server: LiveServer, http: Http):
     ws = server.connect_ws("coop")
     pid = http.post("/prompt", json={"prompt": {
