@@ -243,6 +243,19 @@ def test_sd21_layout_loads_with_shipped_configs() -> None:
     assert len(loaded.text_encoder.encoder.layers) == 23
     assert loaded.scheduler_config["prediction_type"] == "v_prediction"
     assert loaded.tokenizer.pad_token == "!"
+    # 2.0-base / 2.1-base have the same shapes: ComfyUI's reading of the weights tells the
+    # 512-px epsilon models apart (the files drill: they were sampled as v-prediction)
+    from nodes.diffusion.loading import _V_PROBE
+
+    state[_V_PROBE] = torch.full((320,), 0.01)
+    base = load_original_state_dict(state)
+    assert base.scheduler_config["prediction_type"] == "epsilon"
+    assert base.unet.config.sample_size == 64
+    state[_V_PROBE] = torch.randn(320, generator=torch.Generator().manual_seed(0)) * 0.2
+    assert load_original_state_dict(state).scheduler_config["prediction_type"] == "v_prediction"
+    from nodes.diffusion.loading import _predicts_v
+
+    assert not _predicts_v({})  # absent: epsilon, as ComfyUI reads it
 
 
 def _build_unet(cfg):

@@ -374,6 +374,13 @@ def load_original_state_dict(
             "(a file Steerflow saved); load other models from a diffusers folder") from exc
     if empties is None or empties.configs != configs:
         empties = EmptyModels(configs)
+    if detected and configs.get("family") == "sd2" and configs["unet"].get("in_channels") == 4 \
+            and configs.get("label") is None and not _predicts_v(state_dict):
+        # SD 2.0-base / 2.1-base (512 px, epsilon) and their fine-tunes have the 768-px
+        # v-prediction 2.1's shapes: the weights tell them apart (after the skeletons were
+        # built: only the schedule and the native size differ)
+        configs["scheduler"] = {**configs["scheduler"], "prediction_type": "epsilon"}
+        configs["unet"] = {**configs["unet"], "sample_size": 64}
     if not detected:
         try:
             return _build_original(state_dict, configs, path=path, empties=empties)
@@ -384,7 +391,7 @@ def load_original_state_dict(
                 f"{name}its {CONFIG_METADATA_KEY} metadata does not describe a model these "
                 f"weights fit ({type(exc).__name__}: {exc})") from exc
     try:
-        return _build_original(state_dict, configs, path=path, empties=empties)
+        loaded = _build_original(state_dict, configs, path=path, empties=empties)
     except CheckpointKeyError as exc:
         # Block sizes, depths and head counts cannot all be read back from tensor
         # shapes (diffusers' single-file loader assumes the published configs too), so
@@ -398,6 +405,26 @@ def load_original_state_dict(
             f"non-standard sizes from a diffusers folder or a file written with their "
             f"configs ({exc})"
         ) from exc
+    size = configs["unet"].get("sample_size")
+    if size is not None and loaded.unet.config.sample_size != size:  # a skeleton built before
+        loaded.unet.register_to_config(sample_size=size)
+    return loaded
+
+
+#: a bias whose spread tells SD 2.x's v-prediction models from its epsilon ones (ComfyUI's
+#: test: a standard deviation above 0.09 is v; the 512-px base models' are below)
+_V_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+
+
+def _predicts_v(state_dict: StateDict) -> bool:
+    """Whether an SD 2.x (4-channel) single file is a v-prediction model (2.0-v / 2.1);
+    epsilon (2.0-base / 2.1-base) when the probe is absent, as ComfyUI reads it."""
+    probe = state_dict.get(_V_PROBE)
+    if probe is None or probe.numel() < 2:
+        return False
+    if probe.is_meta:  # no values to read (a skeleton): the shipped 2.1 config stands
+        return True
+    return float(probe.detach().float().std(unbiased=False)) > 0.09
 
 
 class EmptyModels:
