@@ -281,3 +281,31 @@ def test_a_run_that_fails_says_so_in_a_toast_that_shows_the_node(page, server):
     toast.get_by_role("button", name="Show").click()
     expect(c.node("2")).to_be_in_viewport()
     expect(c.node("2")).to_have_class(SELECTED)
+
+
+def test_a_seed_typed_then_queued_from_the_field_shows_the_next_one(page, server):
+    """Type a seed, Ctrl+Enter without leaving the field: control after generate moved the
+    value, but the field kept showing the typed seed and, left, wrote it back (the veteran's
+    walk: 100, 101, then 100 again, a cached run)."""
+    from tests.e2e.test_canvas import small_txt2img
+
+    c = Canvas(page)
+    c.open_file("seed.json", small_txt2img())
+    page.get_by_label("seed control after generate").select_option("increment")
+    field = c.widget("3", "seed")
+    field.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("100")
+
+    def queued_seed() -> int:
+        with page.expect_request(lambda r: r.method == "POST"
+                                 and r.url.split("?")[0].endswith("/prompt")) as request:
+            c.queue()
+        return request.value.post_data_json["prompt"]["3"]["inputs"]["seed"]
+
+    assert queued_seed() == 100
+    expect(field).to_be_focused()
+    expect(field).to_have_value("101")  # what runs next, shown while it has the focus
+    field.blur()  # leaving it writes nothing back
+    expect(field).to_have_value("101")
+    assert queued_seed() == 101

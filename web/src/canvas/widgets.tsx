@@ -30,14 +30,20 @@ function NumberWidget({ nodeId, input, value, control }: WidgetProps) {
   const field = useRef<HTMLInputElement>(null);
   // a long value (a 64-bit seed) is drawn smaller to show whole; the node keeps its size
   const cut = useFitText(field, text);
+  // the value the field's text was last committed as: a change from elsewhere (control
+  // after generate, once a Ctrl+Enter queued the typed seed) shows even while it has the
+  // focus, so what it shows is what runs next, and leaving it does not write back the old
+  const committed = useRef(value);
   useEffect(() => {
-    if (!focused.current) setText(numberText(value));
+    if (!focused.current || value !== committed.current) setText(numberText(value));
+    committed.current = value;
   }, [value, input]);
   // What the user typed is what runs: a number as typed, anything else as its text (marked
   // here, refused by the server), never clamped or rounded behind their back.
   const commit = (s: string) => {
     const n = parseWidgetText(input, s);
     const v = n === null ? s : n;
+    committed.current = v;
     if (v !== value) setValue(nodeId, input.name, v);
   };
   const issue = numberIssue(input, value);
