@@ -34,7 +34,8 @@ class PrimitiveInt(Node):
     CATEGORY = "utils/primitive"
     OUTPUTS = (Output("INT"),)
 
-    value: int = Input(0, min=INT64_MIN, max=INT64_MAX)
+    # ComfyUI's Int has "control after generate" (its files save [value, "increment"])
+    value: int = Input(0, min=INT64_MIN, max=INT64_MAX, control_after_generate=True)
 
     def execute(self, ctx: ExecutionContext) -> tuple[int]:
         return (self.value,)

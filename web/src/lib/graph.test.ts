@@ -86,7 +86,8 @@ describe("document round trip", () => {
     };
     const { graph, warnings } = documentToGraph(doc, defs);
     expect(warnings).toEqual([]);
-    expect(graph.nodes[0]).toEqual({ id: "1", type: "PrimitiveInt", pos: [0, 0], values: { value: 3 }, title: "Three" });
+    expect(graph.nodes[0]).toEqual({ id: "1", type: "PrimitiveInt", pos: [0, 0], values: { value: 3 }, title: "Three",
+      control: { value: "fixed" } });
     expect(graph.links).toEqual([{ source: "1", slot: 0, target: "2", input: "value" }]);
   });
 
