@@ -228,3 +228,16 @@ def test_a_node_whose_id_is_prompt_is_not_taken_for_a_request_body():
     assert from_object({"prompt": node})[0] == {"prompt": node}
     body = {"prompt": {"1": node}, "client_id": "c"}
     assert from_object(body)[0] == {"1": node}
+
+
+def test_an_int_primitive_keeps_its_control_after_generate():
+    """ComfyUI's Int saves [value, "increment"] (the veteran's walk: the mode was dropped,
+    and batch count 2 queued 500 twice)."""
+    wf = comfy_default()
+    wf["nodes"].append({"id": 20, "type": "PrimitiveInt", "pos": [0, 0],
+                        "outputs": [{"name": "INT", "type": "INT", "links": []}],
+                        "widgets_values": [500, "increment"]})
+    result = convert(wf)
+    assert result.prompt["20"]["inputs"] == {"value": 500}
+    assert result.document["layout"]["nodes"]["20"]["control"] == {"value": "increment"}
+    assert not any("20" in w for w in result.warnings), result.warnings
