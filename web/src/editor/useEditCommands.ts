@@ -2,6 +2,7 @@
 
 import { useCallback, useRef } from "react";
 import { graphToFlow } from "../canvas/flow";
+import { pastedInputs } from "../lib/clipboard";
 import { type GraphLink, type GraphNode, type NodeMode, pasteNodes } from "../lib/graph";
 import { estimateNodeHeight, NODE_HEIGHT, NODE_WIDTH, pasteOffset } from "../lib/layout";
 import type { Notify } from "./Toasts";
@@ -33,7 +34,7 @@ export function toggledFlag<N extends FlagNode>(ns: N[], flag: NodeFlag, ids?: R
   });
 }
 
-type Clip = { nodes: GraphNode[]; links: GraphLink[]; inputs?: GraphLink[] };
+type Clip = { nodes: GraphNode[]; links: GraphLink[]; inputs?: GraphLink[]; sources?: Record<string, string> };
 
 export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current: { x: number; y: number } | null }) {
   const { state, currentGraph, defsRef, setNodes, setEdges } = g;
@@ -46,8 +47,10 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     return {
       nodes: graph.nodes.filter((n) => sel.has(n.id)),
       links: graph.links.filter((l) => sel.has(l.source) && sel.has(l.target)),
-      // links from outside into the copied nodes (Ctrl+Shift+V keeps them)
+      // links from outside into the copied nodes (Ctrl+Shift+V keeps them), and what
+      // their sources were (a paste into another graph finds other nodes under those ids)
       inputs: graph.links.filter((l) => !sel.has(l.source) && sel.has(l.target)),
+      sources: Object.fromEntries(graph.nodes.filter((n) => !sel.has(n.id)).map((n) => [n.id, n.type])),
     };
   }, [currentGraph, state]);
 
@@ -78,10 +81,12 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     const graph = currentGraph();
     const { graph: next, ids } = pasteNodes(graph, clip, offset);
     if (withInputs && clip.inputs?.length) {
-      const present = new Set(graph.nodes.map((n) => n.id));
       const idMap = new Map(clip.nodes.map((n, i) => [n.id, ids[i]]));
-      for (const l of clip.inputs) {
-        if (present.has(l.source) && idMap.has(l.target)) next.links.push({ ...l, target: idMap.get(l.target)! });
+      const { kept, dropped } = pastedInputs(next, clip.inputs, clip.sources, idMap, defsRef.current);
+      next.links.push(...kept);
+      if (dropped) {
+        notify(`${dropped} input link${dropped === 1 ? "" : "s"} not kept: ${dropped === 1 ? "its source is" : "their sources are"} ` +
+          "not in this graph, or would not fit", "info");
       }
     }
     const selected = new Set(ids);
@@ -91,7 +96,7 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     setNodes(flow.nodes.map((n) => (byId.has(n.id) ? { ...byId.get(n.id)!, selected: false } : { ...n, selected: selected.has(n.id) })));
     setEdges(flow.edges);
     return ids;
-  }, [currentGraph, defsRef, mouse, setEdges, setNodes, state]);
+  }, [currentGraph, defsRef, mouse, notify, setEdges, setNodes, state]);
 
   /** The nodes the Ctrl+C being handled copied: the `copy` event after it puts them on the system clipboard too. */
   const justCopied = useRef<Clip | null>(null);

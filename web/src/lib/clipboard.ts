@@ -5,8 +5,10 @@
  */
 
 import { parseJsonExact } from "./exactint";
-import { isDocument } from "./graph";
+import { type Graph, type GraphLink, isDocument } from "./graph";
 import { isComfyUiWorkflow, looksLikePrompt } from "./load";
+import type { Defs } from "./schema";
+import { checkConnection, type GraphView } from "./types";
 
 /** The key that marks nodes copied on the canvas, in the text a node copy puts on the clipboard. */
 export const CLIP_MARK = "steerflow.clipboard";
@@ -54,4 +56,32 @@ export function readPasted<F extends { type: string; name: string }>(files: read
   if (image) return { kind: "image", file: image };
   if (isWorkflowObject(obj)) return { kind: "workflow", workflow: obj };
   return { kind: "nodes" };
+}
+
+/**
+ * The links into pasted nodes that Ctrl+Shift+V keeps: from a node still in `graph` under
+ * its id, of the type it had when copied (`sources`: id → type; another graph reuses the
+ * ids for other nodes), and that the link rules accept (type, cycle). `idMap`: copied id →
+ * pasted id. Returns them (targets renamed) and how many were dropped.
+ */
+export function pastedInputs(graph: Graph, inputs: readonly GraphLink[], sources: Readonly<Record<string, string>> | undefined,
+  idMap: ReadonlyMap<string, string>, defs: Defs): { kept: GraphLink[]; dropped: number } {
+  const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
+  const links: GraphLink[] = [...graph.links];
+  const view: GraphView = { nodeType: (id) => types.get(id), links };
+  const kept: GraphLink[] = [];
+  let dropped = 0;
+  for (const l of inputs) {
+    const target = idMap.get(l.target);
+    if (target === undefined) continue;
+    const link = { ...l, target };
+    const sameSource = types.has(l.source) && (sources?.[l.source] ?? types.get(l.source)) === types.get(l.source);
+    if (!sameSource || !checkConnection(view, defs, link).ok) {
+      dropped += 1;
+      continue;
+    }
+    kept.push(link);
+    links.push(link);
+  }
+  return { kept, dropped };
 }
