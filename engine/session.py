@@ -107,14 +107,19 @@ class Workflow:
             kind = str(node.get("class_type", ""))
             cls = registry.get(kind) if registry is not None else None
             names = {kind}
-            if cls is not None:
-                names |= {cls.DISPLAY_NAME, cls.comfy_display_name() or ""}
+            if cls is not None:  # (submit's registry is the server's schemas: no comfy name)
+                comfy = getattr(cls, "comfy_display_name", None)
+                names |= {getattr(cls, "DISPLAY_NAME", "") or "",
+                          (comfy() if callable(comfy) else None) or ""}
             if kind in PRIMITIVE_TYPES:  # what a ComfyUI PrimitiveNode becomes
                 names |= {PRIMITIVE_TITLE, "PrimitiveNode"}
             return names
 
-        return [nid for nid, node in nodes
-                if not (node.get("_meta") or {}).get("title") and ref in shown_as(node)]
+        untitled = [nid for nid, node in nodes
+                    if not (node.get("_meta") or {}).get("title") and ref in shown_as(node)]
+        # else a titled node by its type (the examples title every node: `KSampler.steps`
+        # on txt2img.json, whose KSampler is "Sample")
+        return untitled or [nid for nid, node in nodes if ref in shown_as(node)]
 
     def _find_node(self, ref: str, registry: NodeRegistry | None = None) -> str:
         found = self._matches(ref, registry)

@@ -126,6 +126,10 @@ class _SchemaNode:
 
     TYPE: str
     INPUT_SPECS: dict[str, None]
+    DISPLAY_NAME: str = ""
+
+    def comfy_display_name(self) -> str | None:
+        return None
 
 
 class _SchemaInputs:
@@ -144,7 +148,8 @@ class _SchemaInputs:
         for widget in trailing if isinstance(trailing, list) else []:
             if isinstance(widget, list) and widget and isinstance(widget[0], str):
                 names[widget[0]] = None
-        return _SchemaNode(type_id, names)
+        shown = entry.get("display_name")
+        return _SchemaNode(type_id, names, shown if isinstance(shown, str) else "")
 
 
 def _input_names(inputs: Any, order: Any, prefix: str = "") -> Iterator[str]:

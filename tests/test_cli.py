@@ -143,11 +143,14 @@ def test_an_untitled_node_is_named_by_its_type_or_display_names(tmp_path, models
         wf.set(f"{ref}.value", 5, session.registry)
         assert wf.prompt["11"]["inputs"]["value"] == 5
         wf.prompt["11"]["inputs"]["value"] = 1
-    wf.prompt["3"]["_meta"] = {"title": "Mine"}  # a title names it; its type no longer does
-    with pytest.raises(WorkflowInputError, match="no node 'KSampler'"):
-        wf.set("KSampler.steps", 4, session.registry)
+    wf.prompt["3"]["_meta"] = {"title": "Mine"}  # a title names it; its type still does
     wf.set("Mine.steps", 5, session.registry)
     assert wf.prompt["3"]["inputs"]["steps"] == 5
+    wf.set("KSampler.steps", 6, session.registry)  # (the examples title every node)
+    assert wf.prompt["3"]["inputs"]["steps"] == 6
+    wf.prompt["12"] = {"class_type": "KSampler", "inputs": {}}  # an untitled one comes first
+    wf.set("KSampler.steps", 7, session.registry)
+    assert wf.prompt["12"]["inputs"]["steps"] == 7 and wf.prompt["3"]["inputs"]["steps"] == 6
 
 
 def test_custom_node_pack_folder(tmp_path, models_dir):

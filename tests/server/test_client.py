@@ -127,6 +127,11 @@ def test_submit_refuses_an_unknown_set_input_as_run_does(server: LiveServer, tmp
     assert err == ["error: node 1 (TestImage) has no input 'valuez'; it has: value, preview"]
     assert not out.exists()
     assert cmd_submit(submit_args(server, workflow, out, "1.value=5")) == 0  # known: runs
+    # by type, with the server's schemas as the registry (the docs drill: a traceback, as
+    # they have no display names of their own; and an unknown name is one line too)
+    assert cmd_submit(submit_args(server, workflow, out, "TestImage.value=6")) == 0
+    assert cmd_submit(submit_args(server, workflow, out, "Nothing.value=6")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no node 'Nothing'")
 
 
 def test_submit_prints_the_servers_warnings(server: LiveServer, tmp_path, capsys):
