@@ -149,6 +149,12 @@ def _check_custom_nodes(args: argparse.Namespace) -> str | None:
     """Why ``--custom-nodes`` names no folder (an error line), or None. A file is refused,
     not loaded as a pack: the option names a folder of packs, like ComfyUI's
     ``custom_nodes/``, where a single-file pack is one entry."""
+    # the folders made when missing: a file there is refused here, in one line (serve
+    # started, and its worker failed on "File exists" again and again)
+    for option in ("base_dir", "models_dir", "output_dir"):
+        value = getattr(args, option, None)
+        if value and Path(value).exists() and not Path(value).is_dir():
+            return f"--{option.replace('_', '-')} {value}: a file is there, not a folder"
     text = getattr(args, "custom_nodes", None)
     if not text:
         return None

@@ -95,6 +95,24 @@ def test_a_custom_nodes_path_that_is_no_folder_is_refused(tmp_path, capsys, no_s
     assert not (tmp_path / "models").exists()  # refused before anything was set up
 
 
+@pytest.mark.parametrize("command", ["run", "validate", "serve"])
+@pytest.mark.parametrize("option", ["--models-dir", "--output-dir", "--base-dir"])
+def test_a_folder_option_naming_a_file_is_refused_in_one_line(tmp_path, capsys, no_server,
+                                                               command, option):
+    """The docs drill: serve --models-dir <a file> started, and its worker restarted for
+    ever on "File exists"; run and validate said only that."""
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    base = [] if option == "--base-dir" else ["--base-dir", str(tmp_path / "base")]
+    workflow = [str(WORKFLOW)] if command in ("run", "validate") else []
+    if option == "--output-dir" and command != "run":
+        return  # only run takes it
+    capsys.readouterr()
+    code = main([command, *workflow, option, str(file), *base])
+    assert code == 2 and not no_server
+    assert one_error_line(capsys) == f"error: {option} {file}: a file is there, not a folder"
+
+
 def test_validate_names_a_pack_node_skipped_for_a_taken_type_id(tmp_path, models_dir, capsys):
     """A pack's KSampler clashes with the built-in one: the workflow would silently get the
     built-in, so run and validate say so (as serve and nodes do), without -v."""
