@@ -32,7 +32,8 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-dir", default=os.environ.get("STEERFLOW_HOME", "."),
-                        help="folder holding models/, input/, output/, temp/ (default: .)")
+                        help="folder holding models/, input/, output/, temp/ (default: "
+                             "$STEERFLOW_HOME, else .)")
     parser.add_argument("--models-dir", help="models folder (default: BASE/models)")
     parser.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
     parser.add_argument("--allow-pickle", action="store_true",

@@ -6,7 +6,7 @@ import react from "@vitejs/plugin-react";
 const target = process.env.STEERFLOW_URL ?? "http://127.0.0.1:8188";
 const api = [
   "/object_info", "/prompt", "/queue", "/history", "/interrupt", "/view",
-  "/upload", "/workflows", "/models", "/system_stats",
+  "/upload", "/workflows", "/workflow/convert", "/models", "/system_stats",
 ];
 
 export default defineConfig({
