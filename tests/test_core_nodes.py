@@ -576,6 +576,18 @@ def test_unet_loader_fp8_rounds_the_weights(session):
     assert np.isfinite(out).all() and np.abs(out - run(session, txt2img())).max() > 0
 
 
+def test_a_checkpoint_of_no_known_family_says_what_loads(session, models):
+    """The files drill: a .safetensors of unknown sizes got a bare "cannot tell the model
+    family" (read early, from its header), where a .ckpt got the whole advice."""
+    weird = {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+             torch.zeros(8, 333)}
+    save_file(weird, models / "checkpoints" / "weird.safetensors")
+    prompt = txt2img()
+    prompt["ckpt"]["inputs"]["ckpt_name"] = "weird.safetensors"
+    error = run_error(session, prompt)
+    assert "cannot tell the model family" in error and "single files load as SD 1.x" in error
+
+
 def test_unet_loader_errors(session):
     prompt = with_node(txt2img(model=["unet", 0]), "unet", "UNETLoader",
                        unet_name="tiny-no-config.safetensors", weight_dtype="default")

@@ -288,6 +288,19 @@ def test_example_workflow_runs(session, models_dir):
     assert result.image_paths
 
 
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2"])
+def test_a_float8_lora_loads_as_its_values(tmp_path, dtype):
+    """The files drill: an e4m3fn LoRA crashed Load LoRA with a traceback (torch has no
+    isfinite for it); its values are read as they are stored."""
+    from nodes.diffusion.lora import load_lora
+
+    layers = random_lora(5)
+    narrow = {c: {m: (d.to(getattr(torch, dtype)), u.to(getattr(torch, dtype)))
+                  for m, (d, u) in mods.items()} for c, mods in layers.items()}
+    save_kohya(tmp_path / "fp8.safetensors", narrow, alpha=4.0)
+    assert load_lora(tmp_path / "fp8.safetensors") is not None
+
+
 def test_a_lora_with_nan_or_inf_values_is_refused_at_load(tmp_path):
     """A NaN alpha (a damaged file, a diverged training) turned every image to NaN."""
     from nodes.diffusion.lora import LoraMismatchError, load_lora

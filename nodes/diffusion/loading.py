@@ -126,10 +126,10 @@ def load_components(
             from nodes.diffusion.safetensors_io import read_header
 
             shapes, header_metadata = read_header(path)
-            configs = original_configs(shapes, header_metadata)[0]
             try:
-                empties = EmptyModels(configs, prebuild=True)
-            except Exception:  # built again below, where the error is reported
+                empties = EmptyModels(original_configs(shapes, header_metadata)[0],
+                                      prebuild=True)
+            except Exception:  # built again below, where the error is reported in full
                 empties = None
             state_dict, metadata = prefetched.result()
         else:

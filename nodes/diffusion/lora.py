@@ -493,9 +493,10 @@ def lora_from_state(state: StateDict, metadata: dict[str, Any], name: str) -> Lo
     import torch
 
     # a damaged file (or a diverged training) would turn every image it touches to NaN
+    # (torch has no isfinite for float8_e4m3fn: a one-byte float is checked widened)
     damaged = [k for k, v in state.items()
                if isinstance(v, torch.Tensor) and v.is_floating_point()
-               and not bool(torch.isfinite(v).all())]
+               and not bool(torch.isfinite(v.float() if v.element_size() == 1 else v).all())]
     if damaged:
         raise LoraMismatchError(f"{name}: {len(damaged)} of {len(state)} tensors hold NaN or "
                                 f"infinite values (e.g. {', '.join(damaged[:_SHOWN])}): the "
