@@ -476,3 +476,17 @@ def test_node_schema_is_comfyuis():
         "canny/lineart/anime_lineart/mlsd", "normal", "segment", "tile", "repaint"]
     assert schema["output"] == ["CONTROL_NET"]
     assert schema["category"] == "conditioning/controlnet"
+
+
+def test_a_control_lora_file_is_named_as_such(tmp_path):
+    """The files drill: Stability's control-lora files ("lora_controlnet" key) were told
+    "cannot tell which model this ControlNet is for (cross-attention width none)"."""
+    from safetensors.torch import save_file
+
+    from nodes.diffusion.controlnet_loading import load_control_model
+
+    path = tmp_path / "control-lora-canny-rank128.safetensors"
+    save_file({"lora_controlnet": torch.zeros(1),
+               "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3)}, path)
+    with pytest.raises(ValueError, match="is a Control-LoRA .* which Steerflow does not load"):
+        load_control_model(path)

@@ -181,6 +181,11 @@ def _strip_prefix(state_dict: Mapping[str, Any]) -> list[str]:
 
 def _detect_family(state_dict: Mapping[str, torch.Tensor], name: str) -> str:
     """SD 1.x ControlNets cross-attend to 768-wide CLIP-L states, SD 2.x to 1024-wide."""
+    if "lora_controlnet" in state_dict:  # ComfyUI's ControlLora marker (Stability's files)
+        raise ValueError(
+            f"{name} is a Control-LoRA (Stability AI's control-lora files: low-rank changes to "
+            "the model's own weights), which Steerflow does not load; use a full ControlNet "
+            "or a T2I-Adapter for the same control")
     widths = {int(v.shape[-1]) for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")}
     if widths == {768}:
         return "sd1"
