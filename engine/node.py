@@ -355,13 +355,14 @@ class Node(BaseModel):
 
     @classmethod
     def search_aliases(cls) -> list[str]:
-        """SEARCH_ALIASES, then COMFY_DISPLAY_NAME unless it is the name shown, the type
-        id or one of them (case aside)."""
+        """SEARCH_ALIASES, then COMFY_DISPLAY_NAME unless it is the name shown or one of
+        them (case aside). Equal to the type id it is kept: the palette ranks a name ahead
+        of an id, and ComfyUI users type the name they know ("ksamp" found KSampler
+        (Advanced) by its name before KSampler by its id)."""
         names = list(dict.fromkeys(cls.SEARCH_ALIASES))
         comfy = cls.comfy_display_name()
         if comfy:
-            # the type id is searched anyway: an alias equal to it adds nothing
-            known = {n.casefold() for n in (cls.DISPLAY_NAME or cls.TYPE, cls.TYPE, *names)}
+            known = {n.casefold() for n in (cls.DISPLAY_NAME or cls.TYPE, *names)}
             if comfy.casefold() not in known:
                 names.append(comfy)
         return names

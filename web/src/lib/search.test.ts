@@ -85,6 +85,17 @@ describe("palette search", () => {
     expect(searchText(" CLIP  Text Encode (Prompt) [x], y ")).toBe("clip text encode prompt x y");
   });
 
+  it("finds KSampler first for the habitual \"ksamp\" (its ComfyUI name, an alias now)", () => {
+    const more = new Map(defs);
+    const sampler = (type: string, name: string, aliases: string[]) => more.set(type, parseNodeSchema(type, {
+      name: type, display_name: name, category: "sampling", search_aliases: aliases,
+      input: { required: {} }, output: ["LATENT"] }));
+    sampler("KSampler", "Sample", ["KSampler"]);
+    sampler("KSamplerAdvanced", "Sample (Advanced)", ["KSampler (Advanced)"]);
+    for (const q of ["ks", "ksa", "ksamp", "ksampler"]) expect(searchDefs(more, q)[0].type, q).toBe("KSampler");
+    expect(searchDefs(more, "ksampler adv")[0].type).toBe("KSamplerAdvanced");
+  });
+
   it("offers the common nodes first for a dropped IMAGE link, and among equal matches", () => {
     const more = new Map(defs);
     const image = (type: string, name: string, category: string) => more.set(type, parseNodeSchema(type, {
