@@ -293,6 +293,23 @@ def _drag_to_empty_canvas(page, x: float, y: float) -> None:
     page.mouse.up()
 
 
+def test_a_link_from_a_widget_dropped_on_the_canvas_offers_the_primitive_first(page):
+    """The veteran's walk: from seed, Get Image Size came first and Int 11th (Enter linked
+    an image-less Get Image Size into the seed); from the prompt, a folder loader."""
+    c = Canvas(page)
+    c.open_file("widgets.json", small_txt2img())
+    expect(c.edges()).to_have_count(10)
+    palette = page.get_by_role("dialog", name="Add node")
+    for node, name, primitive in (("3", "seed", "PrimitiveInt"), ("3", "cfg", "PrimitiveFloat")):
+        x, y = _center(c.settled_box(c.in_handle(node, name)))
+        _drag_to_empty_canvas(page, x, y)
+        expect(palette).to_be_visible()
+        types = palette.get_by_role("option").evaluate_all("els => els.map(e => e.dataset.type)")
+        assert types[0] == primitive, (name, types[:6])
+        page.keyboard.press("Escape")
+        expect(palette).to_be_hidden()
+
+
 def test_an_image_link_dropped_on_the_canvas_offers_the_common_nodes_first(page):
     c = Canvas(page)
     c.open_file("image.json", small_txt2img())

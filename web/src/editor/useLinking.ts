@@ -237,9 +237,15 @@ export function useLinking(g: GraphStore, notify: Notify) {
         const d = defsRef.current.get(c.type)!;
         return [c.type, d.outputs[c.slot!].name];
       }));
-      // sources first: what makes the type without taking it (Empty Latent Image, not Sample)
-      first = new Set(producers.filter((c) => !defsRef.current.get(c.type)!.inputs.some(
-        (i) => i.required && i.type === type)).map((c) => c.type));
+      const widget = !!fromDef?.inputs.find((i) => i.name === input)?.widget;
+      first = new Set(producers.filter((c) => {
+        const d = defsRef.current.get(c.type)!;
+        // from a widget (a seed, a cfg, a prompt), the primitive that holds such a value, as
+        // a ComfyUI user expects (Get Image Size came first); else the sources: what makes
+        // the type without taking it by a link (Empty Latent Image, not Sample)
+        return widget ? PRIMITIVE_TYPES.has(c.type)
+          : !d.inputs.some((i) => i.required && i.type === type && !i.widget);
+      }).map((c) => c.type));
       types.set(REROUTE, type);
     }
     setPalette({
