@@ -313,6 +313,10 @@ def test_comfyui_ui_and_api_files_naming_a_missing_checkpoint_are_marked_on_open
     expect(_row(c, "4", "ckpt_name").locator(".sf-issue")).to_contain_text(
         "'dreamshaper_8.safetensors'"
     )
+    # a model picked: the notice goes with the mark (the veteran's walk: it stayed)
+    c.widget("4", "ckpt_name").select_option("steerflow-shapes.safetensors")
+    expect(_row(c, "4", "ckpt_name").locator(".sf-issue")).to_have_count(0)
+    expect(c.toasts().filter(has_text="names is missing")).to_have_count(0, timeout=3_000)
 
 
 # --- 3. one message per bad number --------------------------------------------------------

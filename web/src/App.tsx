@@ -58,6 +58,8 @@ import { SidePanel } from "./panels/SidePanel";
 import type { TabToggle } from "./lib/sidepanel";
 
 const DEFAULT_WORKFLOW = "txt2img.json";
+/** The tag of the notice naming the models an opened workflow lacks (it follows the graph). */
+const MISSING_MODELS_TOAST = "missing-models";
 /** The node a pasted image goes into when no Load Image is selected (the first this server has). */
 const LOAD_IMAGE_TYPES = ["LoadImage"];
 /** This tab's training loss curves, kept in sessionStorage over a reload. */
@@ -284,8 +286,21 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     // model files the server lacks: marked on their widgets now, summed up here (not only when queued)
     const missing = missingModels(loaded.graph, defsRef.current);
     const text = missingModelsText(missing, loaded.graph, defsRef.current);
-    if (text) notify(text, "warning", { label: "Show", run: () => showNodes(missing.flatMap((m) => m.nodes.map((x) => x.id))) });
+    if (text) {
+      notify(text, "warning", { label: "Show", run: () => showNodes(missing.flatMap((m) => m.nodes.map((x) => x.id))) },
+        { tag: MISSING_MODELS_TOAST });
+      missingShown.current = true;
+    }
   }, [loadGraph, notify, clearToasts, defsRef, showNodes, store]);
+  // the notice follows the graph: a model picked (or a node removed) takes it down
+  const missingShown = useRef(false);
+  useEffect(() => {
+    if (!missingShown.current) return;
+    const graph = currentGraph();
+    const text = missingModelsText(missingModels(graph, defsRef.current), graph, defsRef.current);
+    retag(MISSING_MODELS_TOAST, text);
+    if (text === null) missingShown.current = false;
+  }, [nodes, currentGraph, defsRef, retag]);
 
   /**
    * Open a workflow, atomically as the user sees it. `load` reads it, over the network for an
