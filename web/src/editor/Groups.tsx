@@ -46,8 +46,10 @@ export function deleteRemovesGroup(key: string, target: EventTarget | null, dial
   return (key === "Delete" || key === "Backspace") && !isEditable(target) && !dialogOpen;
 }
 
-function GroupTitle({ group, onRename }: { group: GroupBox; onRename(title: string): void }) {
-  const [editing, setEditing] = useState(false);
+/** A group's title, or (`editing`: after a double-click anywhere on its bar, as in ComfyUI) its editor. */
+function GroupTitle({ group, editing, onRename, onDone }: {
+  group: GroupBox; editing: boolean; onRename(title: string): void; onDone(): void;
+}) {
   if (editing) {
     return (
       <input
@@ -57,16 +59,16 @@ function GroupTitle({ group, onRename }: { group: GroupBox; onRename(title: stri
         defaultValue={group.title}
         onBlur={(e) => {
           onRename(e.target.value.trim() || group.title);
-          setEditing(false);
+          onDone();
         }}
         onKeyDown={(e) => {
           if (e.key === "Enter") (e.target as HTMLInputElement).blur();
-          if (e.key === "Escape") setEditing(false);
+          if (e.key === "Escape") onDone();
         }}
       />
     );
   }
-  return <span onDoubleClick={() => setEditing(true)} title="Drag to move with its nodes; double-click to rename">{group.title}</span>;
+  return <span>{group.title}</span>;
 }
 
 export function GroupLayer({ g, onMenu }: { g: GraphStore; onMenu(index: number, x: number, y: number): void }) {
@@ -74,6 +76,7 @@ export function GroupLayer({ g, onMenu }: { g: GraphStore; onMenu(index: number,
   const { setGroups, setNodes, setEdges, holdHistory } = g;
   /** The group selected by a click on its title (its index), or null. */
   const [selected, setSelected] = useState<number | null>(null);
+  const [editing, setEditing] = useState<number | null>(null);
   const count = g.groups.length;
   // another group list (one removed or added, another graph opened): the index means another group
   useEffect(() => setSelected(null), [count]);
@@ -163,17 +166,21 @@ export function GroupLayer({ g, onMenu }: { g: GraphStore; onMenu(index: number,
               data-group-title={i}
               data-selected={selected === i || undefined}
               style={{ background: `${color}99`, fontSize: group.font_size ? Math.min(48, group.font_size) : undefined }}
+              title="Drag to move with its nodes; double-click to rename"
               onMouseDown={(e) => {
+                if (editing === i) return; // clicks inside the title's editor
                 if (e.button === 0 || e.button === 2) select(i, e);
                 startDrag(i, e, "move");
               }}
+              onDoubleClick={() => setEditing(i)}
               onContextMenu={(e) => {
                 e.preventDefault();
                 e.stopPropagation();
                 onMenu(i, e.clientX, e.clientY);
               }}
             >
-              <GroupTitle group={group} onRename={(title) => setGroups((gs) => gs.map((x, j) => (j === i ? { ...x, title } : x)))} />
+              <GroupTitle group={group} editing={editing === i} onDone={() => setEditing(null)}
+                onRename={(title) => setGroups((gs) => gs.map((x, j) => (j === i ? { ...x, title } : x)))} />
             </div>
             <div className="sf-group-resize nodrag nopan" title="Drag to resize the group" onMouseDown={(e) => startDrag(i, e, "resize")} />
           </div>
