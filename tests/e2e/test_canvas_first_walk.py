@@ -560,3 +560,26 @@ def test_the_palette_keeps_tab_and_gives_the_focus_back(page):
     page.keyboard.press("Escape")
     expect(palette).to_be_hidden()
     expect(add).to_be_focused()
+
+
+def test_a_double_click_on_a_widgets_dot_links_a_primitive_holding_its_value(page):
+    """As in ComfyUI (the veteran's walk: nothing happened)."""
+    c = Canvas(page)
+    c.open_file("dot.json", small_txt2img())
+    expect(c.edges()).to_have_count(10)
+    seed = c.document()["prompt"]["3"]["inputs"]["seed"]
+    before = set(c.node_ids())
+    x, y = _center(c.settled_box(c.in_handle("3", "seed")))
+    page.mouse.dblclick(x, y)
+    expect(c.nodes()).to_have_count(len(before) + 1)
+    expect(page.get_by_role("dialog", name="Add node")).to_be_hidden()
+    doc = c.document()
+    [new] = set(doc["prompt"]) - before
+    assert doc["prompt"][new]["class_type"] == "PrimitiveInt"
+    assert doc["prompt"][new]["inputs"]["value"] == seed  # the widget's value, now held there
+    assert doc["prompt"]["3"]["inputs"]["seed"] == [new, 0]
+    # a list of choices has none: said, nothing added
+    x, y = _center(c.settled_box(c.in_handle("3", "sampler_name")))
+    page.mouse.dblclick(x, y)
+    expect(c.toasts().filter(has_text="no primitive holds those")).to_be_visible()
+    expect(c.nodes()).to_have_count(len(before) + 1)

@@ -441,7 +441,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       holdHistory.current = on;
     },
     showHelp: setHelp,
-  }), [defs, store, patchNode, refreshDefs, holdHistory, settleNow, openImage]);
+    primitiveFor: (id, name) => void linking.primitiveFor(id, name),
+  }), [defs, store, patchNode, refreshDefs, holdHistory, settleNow, openImage, linking.primitiveFor]);
 
   /**
    * A dropped file: an image dropped onto a Load Image node (or onto empty canvas while that

@@ -50,6 +50,7 @@ function InputRow({ nodeId, input, value, values, linked, issues, control }: {
   nodeId: string; input: InputDef; value: unknown; values: Readonly<Record<string, unknown>>; linked: boolean;
   issues: NodeIssue[]; control?: ControlMode;
 }) {
+  const { primitiveFor } = useEditor();
   const color = typeColor(input.type);
   // one message per input (lib/inputissue.ts): a refused prompt's for it, else the widget's own
   const messages = inputMessages(input.widget && !linked ? widgetIssue(input, value) : null, issues);
@@ -67,6 +68,10 @@ function InputRow({ nodeId, input, value, values, linked, issues, control }: {
           className={`sf-handle${input.widget ? " sf-handle-widget" : ""}`}
           style={{ background: linked || !input.widget ? color : undefined, borderColor: color }}
           data-type={input.type}
+          onDoubleClick={input.widget && !linked ? (e) => {
+            e.stopPropagation(); // not the canvas's double-click (the node palette)
+            primitiveFor(nodeId, input.name);
+          } : undefined}
         />
       )}
       <div className="sf-input-label">

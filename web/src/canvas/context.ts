@@ -18,6 +18,8 @@ export type EditorApi = {
   holdHistory(on: boolean): void;
   /** Open the help panel on a node (editor/NodeHelp.tsx). */
   showHelp(nodeId: string): void;
+  /** A primitive linked into a widget input (a double-click on its dot, as in ComfyUI). */
+  primitiveFor(nodeId: string, input: string): void;
 };
 
 export const EditorContext = createContext<EditorApi | null>(null);

@@ -17,7 +17,7 @@ import { downstreamTypes, NOTE, outputType, REROUTE, REROUTE_INPUT, rerouteType,
 import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect, revealShift } from "../lib/layout";
 import { ANY_TYPE, checkConnection, type GraphView, nodesAcceptingType, nodesProducingType, typesMatch } from "../lib/types";
 import type { NodeDef } from "../lib/schema";
-import { adoptWidget, PRIMITIVE_TYPES } from "../lib/primitive";
+import { adoptWidget, PRIMITIVE_FOR, PRIMITIVE_TYPES } from "../lib/primitive";
 import { dropInput, dropOutput } from "./linkDrop";
 import type { Notify } from "./Toasts";
 import type { GraphStore } from "./useGraphStore";
@@ -394,6 +394,28 @@ export function useLinking(g: GraphStore, notify: Notify) {
     }
   }, [palette, addShown, addNodeAt, connect, defsRef, freePosition]);
 
+  /**
+   * A double-click on a widget input's dot, as in ComfyUI: a primitive holding the widget's
+   * value, placed to the node's left and linked into that input. False when the input has
+   * no primitive of its kind (a list of choices) or is linked already.
+   */
+  const primitiveFor = useCallback((nodeId: string, input: string): boolean => {
+    const node = state.current.nodes.find((n) => n.id === nodeId);
+    const spec = node && defsRef.current.get(node.data.type)?.inputs.find((i) => i.name === input);
+    if (!node || !spec?.widget || state.current.edges.some((e) => e.target === nodeId && e.targetHandle === `i:${input}`)) {
+      return false;
+    }
+    const type = PRIMITIVE_FOR[spec.type] ?? (spec.type === "STRING"
+      ? (spec.options.multiline ? "PrimitiveStringMultiline" : "PrimitiveString") : undefined);
+    if (!type || !defsRef.current.has(type)) {
+      notify(`${input} takes one of a list of choices: no primitive holds those`, "info");
+      return false;
+    }
+    const id = addNodeAt(type, { x: node.position.x - NODE_WIDTH - 60, y: node.position.y });
+    connect({ source: id, slot: 0, target: nodeId, input });
+    return true;
+  }, [state, defsRef, addNodeAt, connect, notify]);
+
   /** Put a new reroute on a link (an edge of the canvas) at `pos`, in flow coordinates. */
   const insertReroute = useCallback((edgeId: string, pos: { x: number; y: number }) => {
     const edge = state.current.edges.find((e) => e.id === edgeId);
@@ -424,6 +446,6 @@ export function useLinking(g: GraphStore, notify: Notify) {
 
   return {
     palette, setPalette, isValidConnection, connect, onConnect, onConnectEnd, onReconnectStart, onReconnect,
-    onReconnectEnd, addNode, addNodeAt, pick, openPaletteCentered, insertReroute, freePosition,
+    onReconnectEnd, addNode, addNodeAt, pick, openPaletteCentered, insertReroute, freePosition, primitiveFor,
   };
 }

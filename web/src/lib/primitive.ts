@@ -15,6 +15,11 @@ export const PRIMITIVE_TYPES: ReadonlySet<string> = new Set([
   "PrimitiveInt", "PrimitiveFloat", "PrimitiveString", "PrimitiveStringMultiline", "PrimitiveBoolean",
 ]);
 
+/** The primitive holding a widget's value, by its type (STRING: by its multiline option). */
+export const PRIMITIVE_FOR: Readonly<Record<string, string>> = {
+  INT: "PrimitiveInt", FLOAT: "PrimitiveFloat", BOOLEAN: "PrimitiveBoolean",
+};
+
 type NodeLike = { type: string; values: Record<string, unknown>; control?: Record<string, ControlMode> };
 
 /**
