@@ -154,3 +154,19 @@ def test_embedding_names_stay_in_the_embeddings_folder(session, models_dir):
     assert find_embedding(session.env, "styles/single") is not None
     [(severity, message)] = prompt_problems(session.env, "a embedding:../loras/not_an_embedding")
     assert severity == "warning" and "does not exist" in message
+
+
+def test_an_embedding_with_its_suffix_in_capitals_is_found(tmp_path):
+    """The files drill: "x.SafeTensors" was listed as x, and embedding:x said it does not
+    exist; a symlink out of the folder is still not taken."""
+    from engine import Environment
+    from nodes.diffusion.embeddings import find_embedding
+
+    env = Environment.create(tmp_path, device="cpu")
+    folder = env.folder("models", "embeddings", create=True)
+    save_file({"emb_params": torch.zeros(1, 8)}, folder / "Shiny.SafeTensors")
+    assert find_embedding(env, "Shiny") == folder / "Shiny.SafeTensors"
+    outside = tmp_path / "outside.safetensors"
+    save_file({"emb_params": torch.zeros(1, 8)}, outside)
+    (folder / "Escape.SAFETENSORS").symlink_to(outside)
+    assert find_embedding(env, "Escape") is None

@@ -72,6 +72,29 @@ def find_embedding(env: Environment, name: str) -> Path | None:
                 return None
             if path.is_file():
                 return path
+        if (found := _suffix_any_case(env, candidate)) is not None:
+            return found
+    return None
+
+
+def _suffix_any_case(env: Environment, name: str) -> Path | None:
+    """``name`` with a suffix in another case ("x.SafeTensors", which the list shows as x)."""
+    try:
+        parent = confined_path(env.folder("models", FOLDER), name).parent
+        entries = sorted(parent.iterdir()) if parent.is_dir() else []
+    except (KeyError, ValueError, OSError):
+        return None
+    stem = Path(name).name
+    for suffix in EMBEDDING_SUFFIXES:
+        for entry in entries:
+            if entry.stem == stem and entry.suffix.lower() == suffix:
+                try:  # the entry confined too (a symlink out of the folder is not taken)
+                    path = confined_path(env.folder("models", FOLDER),
+                                         str(Path(name).parent / entry.name))
+                except (KeyError, ValueError):
+                    continue
+                if path.is_file():
+                    return path
     return None
 
 
