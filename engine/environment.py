@@ -89,6 +89,10 @@ class Environment:
         try:
             root = self.folder(role, subfolder) if subfolder else self.folder(role)
         except (KeyError, ValueError):
+            if subfolder:  # e.g. models/vae a symlink to another disk: say why it is empty
+                first = self.folders.get(role, Path()) / subfolder.split("/")[0]
+                if first.is_symlink():
+                    _note_outside(first, self.folders[role])
             return []
         if not root.is_dir():
             return []

@@ -65,6 +65,24 @@ def test_lists_offer_a_linked_folder_inside_and_say_why_one_outside_is_not(tmp_p
     assert len(notes) == 2  # once per link, not per listing
 
 
+def test_a_model_folder_linked_out_says_why_it_lists_nothing(tmp_path, caplog):
+    """The files drill: models/vae a symlink to another disk listed nothing, and no log
+    said why (a file linked out does say so)."""
+    import logging
+
+    from engine import Environment
+
+    env = Environment.create(tmp_path / "base", device="cpu")
+    elsewhere = tmp_path / "disk" / "vae"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "v.safetensors").write_bytes(b"x")
+    env.folder("models", create=True)
+    (env.folder("models") / "vae").symlink_to(elsewhere, target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="engine.environment"):
+        assert env.list_files("models", "vae") == []
+    assert any("vae is a symlink out of" in r.getMessage() for r in caplog.records)
+
+
 def test_links_between_sibling_folders_end(tmp_path):
     """x/to_y -> y and y/to_x -> x: each walk stops when it comes back to a folder on its way."""
     from engine import Environment
