@@ -82,6 +82,20 @@ def save_kohya(path: Path, layers: Layers, alpha: float | None = None) -> None:
     save_file(state, path)
 
 
+def save_simpletuner_comfy(path: Path, layers: Layers, alpha: float) -> None:
+    """SimpleTuner's LyCORIS prefix on the UNet (kohya's underscores), ComfyUI's generic
+    ``text_encoders.clip_l.transformer.`` naming on the text encoder."""
+    state = {}
+    for component, modules in layers.items():
+        for module, (down, up) in modules.items():
+            key = ("lycoris_" + module.replace(".", "_") if component == "unet"
+                   else f"text_encoders.clip_l.transformer.{_file_name(component, module)}")
+            state[f"{key}.lora_down.weight"] = down.contiguous()
+            state[f"{key}.lora_up.weight"] = up.contiguous()
+            state[f"{key}.alpha"] = torch.tensor(alpha)
+    save_file(state, path)
+
+
 def save_old_diffusers(path: Path, layers: Layers) -> None:
     """diffusers < 0.24: attention-processor keys for attention, ``.lora.down`` elsewhere."""
     state = {}
@@ -109,6 +123,7 @@ def loras(models_dir: Path) -> Path:
     save_peft(folder / "a_peft.safetensors", a)
     save_kohya(folder / "a_kohya.safetensors", a, alpha=4.0)  # alpha == rank: scale 1
     save_old_diffusers(folder / "a_old.safetensors", a)
+    save_simpletuner_comfy(folder / "a_names.safetensors", a, alpha=4.0)
     save_kohya(folder / "b_kohya.safetensors", b, alpha=1.0)  # scale 1/2
     save_peft(folder / "b_peft_meta.safetensors", b, metadata={
         f"{c}.{k}": v for c in ("unet", "text_encoder")
@@ -223,7 +238,9 @@ def test_stacked_kohya_and_alpha_metadata_match_diffusers(session, tiny_model_pa
 
 def test_key_layouts_agree(session):
     peft = run_image(session, lora_prompt(("a_peft.safetensors", 1.0, 0.5)))
-    for name in ("a_kohya.safetensors", "a_old.safetensors"):
+    # (a_names: the files drill's SimpleTuner "lycoris_" and ComfyUI "text_encoders.clip_l."
+    # keys, refused as made "for another base model")
+    for name in ("a_kohya.safetensors", "a_old.safetensors", "a_names.safetensors"):
         assert np.array_equal(run_image(session, lora_prompt((name, 1.0, 0.5))), peft), name
 
 
@@ -314,3 +331,18 @@ def test_a_lora_with_nan_or_inf_values_is_refused_at_load(tmp_path):
     save_peft(tmp_path / "inf.safetensors", layers)
     with pytest.raises(LoraMismatchError, match=r"1 of \d+ tensors hold NaN"):
         load_lora(tmp_path / "inf.safetensors")
+
+
+def test_lycoris_norm_changes_read_as_diffs():
+    """LyCORIS's train_norm (``.w_norm`` / ``.b_norm``): the whole LoRA was refused ("6 of 30
+    keys are not LoRA weights", the files drill); ComfyUI applies them as diffs."""
+    from nodes.diffusion.lora import split_layers
+
+    key = "lora_unet_down_blocks_0_attentions_0_norm"
+    w, b = torch.randn(32), torch.randn(32)
+    norm, unknown = split_layers({f"{key}.w_norm": w, f"{key}.b_norm": b})
+    diff, _ = split_layers({f"{key}.diff": w, f"{key}.diff_b": b})
+    assert unknown == []
+    [(module, layer)] = norm["unet"].items()
+    assert torch.equal(layer.diff, diff["unet"][module].diff)
+    assert torch.equal(layer.diff_b, diff["unet"][module].diff_b)

@@ -196,13 +196,19 @@ _ROLES = (  # suffix pattern → role; the module path is what precedes it
     (re.compile(r"^(.+)\.alpha$"), "alpha"),
     (re.compile(r"^(.+)\.diff$"), "diff"),
     (re.compile(r"^(.+)\.diff_b$"), "diff_b"),
+    # LyCORIS's train_norm: a norm layer's weight and bias changes, as ComfyUI reads them
+    (re.compile(r"^(.+)\.w_norm$"), "diff"),
+    (re.compile(r"^(.+)\.b_norm$"), "diff_b"),
 )
 # Attention-processor LoRAs name q/k/v/out by their processor slot.
 _PROCESSOR_SLOT = re.compile(r"(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora$")
 _UNET_SLOTS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _TEXT_SLOTS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
-                   "lora_te2_": "text_encoder_2", "oft_unet_": "unet"}  # (kohya's OFT files)
+                   "lora_te2_": "text_encoder_2", "oft_unet_": "unet",  # (kohya's OFT files)
+                   "lycoris_": "unet"}  # (SimpleTuner's LyCORIS files)
+# ComfyUI's generic text-encoder naming: text_encoders.<clip_l|clip_g>.transformer.<module>
+_COMFY_TEXT = {"text_encoders.clip_l.": "text_encoder", "text_encoders.clip_g.": "text_encoder_2"}
 
 
 def _split_component(key: str) -> tuple[str, str, bool]:
@@ -210,6 +216,9 @@ def _split_component(key: str) -> tuple[str, str, bool]:
     for prefix, component in _KOHYA_PREFIXES.items():
         if key.startswith(prefix):
             return component, key[len(prefix):], True
+    for prefix, component in _COMFY_TEXT.items():
+        if key.startswith(prefix):
+            return component, key[len(prefix):].removeprefix("transformer."), False
     head, _, rest = key.partition(".")
     if head in ("unet", "text_encoder", "text_encoder_2", "transformer", "prior"):
         return head, rest, False
