@@ -80,32 +80,71 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
                 wanted.append((nid, name, inputs[name]))
         nodes[nid] = node
     links: list[list[Any]] = []
+
+    def connect(source: dict[str, Any], slot: int, target: dict[str, Any], index: int) -> None:
+        outputs = source["outputs"]
+        while len(outputs) <= slot:  # an output the schema does not list
+            outputs.append({"name": "*", "type": "*", "links": [], "slot_index": len(outputs)})
+        out = outputs[slot]
+        link_id = len(links) + 1
+        links.append([link_id, source["id"], slot, target["id"], index, out["type"]])
+        target["inputs"][index]["link"] = link_id
+        out["links"].append(link_id)
+
+    reroutes = _reroutes(layout, nodes, connect)
     for target, name, link in wanted:
-        source = nodes.get(str(link[0]))
+        via = (places.get(target) or {}).get("via")
+        source = reroutes.get(str(via.get(name))) if isinstance(via, dict) else None
+        slot = 0 if source is not None else link[1]
+        source = source or nodes.get(str(link[0]))
         if source is None:
             continue
         slots = nodes[target]["inputs"]
         slot_index = next(i for i, s in enumerate(slots) if s["name"] == name)
-        outputs = source["outputs"]
-        if not (isinstance(link[1], int) and 0 <= link[1] < MAX_SLOTS):
+        if not (isinstance(slot, int) and 0 <= slot < MAX_SLOTS):
             continue  # no node has such an output: left out of the view
-        while len(outputs) <= link[1]:  # an output the schema does not list
-            outputs.append({"name": "*", "type": "*", "links": [],
-                            "slot_index": len(outputs)})
-        out = outputs[link[1]]
-        link_id = len(links) + 1
-        links.append([link_id, source["id"], link[1], nodes[target]["id"], slot_index,
-                      out["type"]])
-        slots[slot_index]["link"] = link_id
-        out["links"].append(link_id)
-    numeric = [n["id"] for n in nodes.values() if isinstance(n["id"], int)]
+        connect(source, slot, nodes[target], slot_index)
+    numeric = [n["id"] for n in (*nodes.values(), *reroutes.values()) if isinstance(n["id"], int)]
     return {
         "last_node_id": max(numeric, default=0), "last_link_id": len(links),
-        "nodes": list(nodes.values()), "links": links,
+        "nodes": [*nodes.values(), *reroutes.values()], "links": links,
         "groups": list(layout.get("groups") or []) if isinstance(layout.get("groups"),
                                                                  list) else [],
         "config": {}, "extra": {}, "version": 0.4,
     }
+
+
+def _reroutes(layout: Mapping[str, Any], nodes: dict[str, dict[str, Any]],
+              connect: Any) -> dict[str, dict[str, Any]]:
+    """ComfyUI's Reroute nodes for the layout's reroutes (``{id: {pos, input}}``), each
+    linked from its source (a node or another reroute, chains in any order) and carrying
+    its type; the inputs they feed are linked from them (their ``via``)."""
+    entries = layout.get("reroutes") if isinstance(layout.get("reroutes"), dict) else {}
+    made: dict[str, dict[str, Any]] = {}
+    for rid, entry in entries.items():
+        if not isinstance(entry, dict) or str(rid) in nodes:
+            continue
+        made[str(rid)] = {
+            "id": _ui_id(str(rid)), "type": "Reroute", "pos": vec2(entry.get("pos")) or [0.0, 0.0],
+            "size": [75.0, 26.0], "flags": {}, "order": len(nodes) + len(made), "mode": 0,
+            "inputs": [{"name": "", "type": "*", "link": None}],
+            "outputs": [{"name": "", "type": "*", "links": [], "slot_index": 0}],
+            "properties": {"showOutputTypes": False}}
+    pending = {rid: entries[rid].get("input") for rid in made}
+    while pending:  # a reroute after its source, so its type is known when it is linked
+        ready = [rid for rid, src in pending.items()
+                 if not (is_link(src) and str(src[0]) in pending)]
+        if not ready:  # a loop of reroutes: left unlinked
+            break
+        for rid in ready:
+            src = pending.pop(rid)
+            source = (made.get(str(src[0])) or nodes.get(str(src[0]))) if is_link(src) else None
+            if source is None or not (isinstance(src[1], int) and 0 <= src[1] < MAX_SLOTS):
+                continue
+            connect(source, src[1], made[rid], 0)
+            kind = source["outputs"][src[1]]["type"]
+            made[rid]["outputs"][0]["type"] = kind
+    return made
 
 
 def _ui_id(node_id: str) -> int | str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.comfy_raw import restore_raw_widgets
 from engine.comfy_workflow import convert_ui_workflow
-from tests.comfy_fixtures import object_info
+from tests.comfy_fixtures import comfy_default, object_info
 
 SCHEMAS = object_info()
 SEED_MAX = 2**64 - 1
@@ -372,3 +372,28 @@ def test_the_ui_view_of_a_document_reads_back_with_its_looks_and_raw_values():
     assert back["1"]["color"] == document["layout"]["nodes"]["1"]["color"]
     assert back["1"]["collapsed"] is True and back["1"]["pinned"] is True
     assert back["5"]["widgets_values"] == ["4x-Ultra.pth", 2.5, "lanczos"]
+
+
+def test_the_ui_view_keeps_reroutes():
+    """The veteran's walk: a PNG's ComfyUI ``workflow`` chunk linked VAE Decode straight to
+    Save Image, losing the Reroute between them (our ``steerflow`` chunk kept it)."""
+    from engine.comfy_export import ui_view
+
+    wf = comfy_default()
+    result = convert(wf)
+    assert result.document["layout"].get("reroutes"), "the default graph has a Reroute"
+    view = ui_view(result.document, SCHEMAS)
+    reroutes = [n for n in view["nodes"] if n["type"] == "Reroute"]
+    assert len(reroutes) == len(result.document["layout"]["reroutes"])
+    # it reads back the same: the same prompt, the same reroutes and vias
+    back = convert(view)
+    assert back.prompt == result.prompt
+    assert back.document["layout"]["reroutes"] == result.document["layout"]["reroutes"]
+    vias = {n: p.get("via") for n, p in result.document["layout"]["nodes"].items() if p.get("via")}
+    assert {n: p.get("via") for n, p in back.document["layout"]["nodes"].items()
+            if p.get("via")} == vias
+    # every link is consistent on both ends
+    by_id = {n["id"]: n for n in view["nodes"]}
+    for link_id, a, a_slot, b, b_slot, _ in view["links"]:
+        assert link_id in by_id[a]["outputs"][a_slot]["links"]
+        assert by_id[b]["inputs"][b_slot]["link"] == link_id
