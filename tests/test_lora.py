@@ -346,3 +346,15 @@ def test_lycoris_norm_changes_read_as_diffs():
     [(module, layer)] = norm["unet"].items()
     assert torch.equal(layer.diff, diff["unet"][module].diff)
     assert torch.equal(layer.diff_b, diff["unet"][module].diff_b)
+
+
+def test_a_safetensors_file_under_a_pickles_name_is_read_as_safetensors(tmp_path):
+    """The files drill: a .pt that is a safetensors file (sites rename them) was said to
+    hold "Python objects besides tensors" under --allow-pickle."""
+    from nodes.diffusion.loading import torch_load_weights_only
+    from nodes.diffusion.lora import load_lora
+
+    layers = random_lora(6)
+    save_kohya(tmp_path / "renamed.pt", layers, alpha=4.0)
+    assert set(torch_load_weights_only(tmp_path / "renamed.pt"))
+    assert load_lora(tmp_path / "renamed.pt", allow_pickle=True) is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -230,7 +231,12 @@ def read_checkpoint_file(
 def torch_load_weights_only(path: Path) -> Any:
     """A pickle file's contents through ``torch.load(weights_only=True)`` (tensors, dicts,
     lists, numbers: no code runs); a clear ValueError when it holds other objects. Call
-    it only where the user opted in to pickles."""
+    it only where the user opted in to pickles. A safetensors file under a pickle's name
+    (sites rename them .pt or .ckpt) is read as the safetensors file it is."""
+    if _looks_like_safetensors(path):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -241,6 +247,20 @@ def torch_load_weights_only(path: Path) -> Any:
             f"{path.name} holds Python objects besides tensors{what} and cannot be loaded "
             "safely; convert it to .safetensors with a trusted tool"
         ) from None
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors header: its 8-byte length, within the file, then a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 2 <= length <= size - 8 and head[8:9] == b"{"
 
 
 def _torch_load_weights(path: Path) -> tuple[StateDict, dict[str, str]]:
