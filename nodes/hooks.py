@@ -16,7 +16,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from engine import Environment, ExecutionContext, Input, Node, Output
+from engine import ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import TextEncoder
 from nodes.diffusion.hook_groups import (
     INTERPOLATIONS,
@@ -28,7 +28,7 @@ from nodes.diffusion.hook_groups import (
     interpolated,
 )
 from nodes.lora import _LoraFileNode, _patch_clip, _read, list_loras
-from nodes.models import CheckpointLoaderSimple, list_checkpoints
+from nodes.models import CheckpointFileNode, list_checkpoints
 
 Keyframes = tuple[HookKeyframe, ...]
 Span = tuple[float, float]
@@ -82,7 +82,7 @@ class CreateHookLora(CreateHookLoraModelOnly):
     strength_clip: float = _strength()
 
 
-class CreateHookModelAsLoraModelOnly(Node):
+class CreateHookModelAsLoraModelOnly(CheckpointFileNode):
     """Another checkpoint of the same base model as a hook on the model: where attached,
     the weights move toward that checkpoint's by ``strength_model`` (1: its weights)."""
 
@@ -95,16 +95,6 @@ class CreateHookModelAsLoraModelOnly(Node):
                            description="A checkpoint of the same base model")
     strength_model: float = _strength()
     prev_hooks: HookGroup | None = Input(None, type="HOOKS", optional=True)
-
-    # read as Load Checkpoint reads it: replaced on disk, it is read again; a pickle is refused
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return CheckpointLoaderSimple.fingerprint(inputs, env)
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return CheckpointLoaderSimple.validate_inputs(inputs, env)
 
     def execute(self, ctx: ExecutionContext) -> tuple[HookGroup]:
         from nodes.models import load_checkpoint

@@ -107,7 +107,24 @@ def model_file(ctx: ExecutionContext, folder: str, name: str, what: str) -> Path
     return path
 
 
-class CheckpointLoaderSimple(Node):
+class CheckpointFileNode(Node):
+    """Base of the nodes that read a checkpoint of ``models/checkpoints`` named by
+    ``ckpt_name`` (not a node): its identity and the --dtype it loads at join the cache
+    signature, and a pickle is refused before running unless the user opted in."""
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
+        found = file_fingerprint(env, inputs.get("ckpt_name"), "models", "checkpoints")
+        # "default" follows --dtype, which is not an input: it joins the identity here.
+        return None if found is None else [found, env.options.get("dtype")]
+
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
+                        ) -> list[tuple[str | None, str]]:
+        return pickle_problem(inputs, env, "ckpt_name", "models", "checkpoints")
+
+
+class CheckpointLoaderSimple(CheckpointFileNode):
     """Load a Stable Diffusion checkpoint (diffusers folder or single .safetensors file):
     SD 1.x, SD 2.x, SDXL base or SDXL refiner, told apart by the weights."""
 
@@ -121,17 +138,6 @@ class CheckpointLoaderSimple(Node):
     weight_dtype: str = Input("default", choices=WEIGHT_DTYPE_CHOICES,
                               description="Precision of the weights; default: the --dtype "
                                           "option, else fp32. In fp16 the VAE stays fp32.")
-
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        found = file_fingerprint(env, inputs.get("ckpt_name"), "models", "checkpoints")
-        # "default" follows --dtype, which is not an input: it joins the identity here.
-        return None if found is None else [found, env.options.get("dtype")]
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return pickle_problem(inputs, env, "ckpt_name", "models", "checkpoints")
 
     def execute(self, ctx: ExecutionContext) -> tuple[DiffusionModel, TextEncoder, Vae]:
         path = ctx.env.resolve("models", "checkpoints", self.ckpt_name)

@@ -10,15 +10,14 @@ MODEL. The math is diffusers' ``StableUnCLIPImg2ImgPipeline`` (see
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from engine import Environment, ExecutionContext, Input, Node, Output
+from engine import ExecutionContext, Input, Node, Output
 from nodes.diffusion.clip_vision import ClipVision, ClipVisionOutput
 from nodes.diffusion.handles import Conditioning, DiffusionModel, TextEncoder, Vae
-from nodes.models import CheckpointLoaderSimple, list_checkpoints, pickle_problem
+from nodes.models import CheckpointFileNode, list_checkpoints
 
 
-class UnCLIPCheckpointLoader(Node):
+class UnCLIPCheckpointLoader(CheckpointFileNode):
     """Load an unCLIP checkpoint (e.g. SD 2.1 unCLIP) for image variations: MODEL, CLIP,
     VAE and its own CLIP_VISION image encoder.
 
@@ -39,14 +38,6 @@ class UnCLIPCheckpointLoader(Node):
                            description="A diffusers StableUnCLIPImg2ImgPipeline folder in "
                                        "models/checkpoints")
 
-    @classmethod
-    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> Any:
-        return CheckpointLoaderSimple.fingerprint(inputs, env)
-
-    @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any], env: Environment
-                        ) -> list[tuple[str | None, str]]:
-        return pickle_problem(inputs, env, "ckpt_name", "models", "checkpoints")
 
     def execute(self, ctx: ExecutionContext
                 ) -> tuple[DiffusionModel, TextEncoder, Vae, ClipVision]:

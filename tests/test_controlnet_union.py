@@ -488,5 +488,5 @@ def test_a_control_lora_file_is_named_as_such(tmp_path):
     path = tmp_path / "control-lora-canny-rank128.safetensors"
     save_file({"lora_controlnet": torch.zeros(1),
                "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3)}, path)
-    with pytest.raises(ValueError, match="is a Control-LoRA .* which Steerflow does not load"):
+    with pytest.raises(ValueError, match=r"is a Control-LoRA .* which Steerflow does not load"):
         load_control_model(path)
