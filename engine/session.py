@@ -107,10 +107,8 @@ class Workflow:
             kind = str(node.get("class_type", ""))
             cls = registry.get(kind) if registry is not None else None
             names = {kind}
-            if cls is not None:  # (submit's registry is the server's schemas: no comfy name)
-                comfy = getattr(cls, "comfy_display_name", None)
-                names |= {getattr(cls, "DISPLAY_NAME", "") or "",
-                          (comfy() if callable(comfy) else None) or ""}
+            if cls is not None:
+                names |= {cls.DISPLAY_NAME, cls.comfy_display_name() or ""}
             if kind in PRIMITIVE_TYPES:  # what a ComfyUI PrimitiveNode becomes
                 names |= {PRIMITIVE_TITLE, "PrimitiveNode"}
             return names

@@ -126,7 +126,7 @@ class _SchemaNode:
 
     TYPE: str
     INPUT_SPECS: dict[str, None]
-    DISPLAY_NAME: str = ""
+    DISPLAY_NAME: str = ""  # the server's display name (its type id is ComfyUI's name)
 
     def comfy_display_name(self) -> str | None:
         return None
