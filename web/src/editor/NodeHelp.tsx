@@ -5,13 +5,13 @@
  * the node it was opened for while none (or several) is selected.
  */
 
-import { type ReactNode, useEffect, useRef } from "react";
+import type { ReactNode } from "react";
 import { type Block, parseDoc, type Span } from "../lib/doctext";
 import { formatBound } from "../lib/exactint";
 import { isVirtual, NOTE } from "../lib/reroute";
 import type { InputDef, NodeDef } from "../lib/schema";
 import { useEscape } from "./useEscape";
-import { useReturnFocus } from "./useReturnFocus";
+import { usePanelFocus } from "./useReturnFocus";
 import type { GraphStore } from "./useGraphStore";
 
 function Spans({ spans }: { spans: Span[] }) {
@@ -103,10 +103,7 @@ export function NodeHelp({ g, nodeId, onClose }: { g: GraphStore; nodeId: string
   const def = node ? g.defsRef.current.get(node.data.type) : undefined;
 
   useEscape(onClose);
-  const box = useRef<HTMLElement>(null);
-  useReturnFocus(true, box);
-  // opened: the panel has the focus (read out; Tab goes on to its close button)
-  useEffect(() => box.current?.focus({ preventScroll: true }), []); // closed: the focus goes back to the node's help button
+  const box = usePanelFocus<HTMLElement>(); // closed: the focus goes back to the node's help button
 
   return (
     <aside ref={box} tabIndex={-1} className="sf-help nowheel" role="dialog" aria-label="node help" data-node-type={node?.data.type}>

@@ -1,16 +1,12 @@
 /** The "?" dialog: every keyboard shortcut and mouse gesture of the canvas. */
 
-import { useEffect, useRef } from "react";
 import { useEscape } from "./useEscape";
-import { useReturnFocus } from "./useReturnFocus";
+import { usePanelFocus } from "./useReturnFocus";
 import { SHORTCUTS } from "./useShortcuts";
 
 export function ShortcutsHelp({ onClose }: { onClose(): void }) {
   useEscape(onClose);
-  const box = useRef<HTMLElement>(null);
-  useReturnFocus(true, box);
-  // opened: the panel has the focus (read out; Tab goes on to its close button)
-  useEffect(() => box.current?.focus({ preventScroll: true }), []); // closed: the focus goes back to what opened it (the toolbar's ? button)
+  const box = usePanelFocus<HTMLElement>(); // closed: the focus goes back to the toolbar's ? button
 
   return (
     <aside ref={box} tabIndex={-1} className="sf-help nowheel" role="dialog" aria-label="keyboard shortcuts">

@@ -44,13 +44,15 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     const graph = currentGraph();
     const sel = ids ?? new Set(state.current.nodes.filter((n) => n.selected).map((n) => n.id));
     if (!sel.size) return null;
+    // links from outside into the copied nodes (Ctrl+Shift+V keeps them), and what their
+    // sources were (a paste into another graph finds other nodes under those ids)
+    const inputs = graph.links.filter((l) => !sel.has(l.source) && sel.has(l.target));
+    const types = new Map(graph.nodes.map((n) => [n.id, n.type]));
     return {
       nodes: graph.nodes.filter((n) => sel.has(n.id)),
       links: graph.links.filter((l) => sel.has(l.source) && sel.has(l.target)),
-      // links from outside into the copied nodes (Ctrl+Shift+V keeps them), and what
-      // their sources were (a paste into another graph finds other nodes under those ids)
-      inputs: graph.links.filter((l) => !sel.has(l.source) && sel.has(l.target)),
-      sources: Object.fromEntries(graph.nodes.filter((n) => !sel.has(n.id)).map((n) => [n.id, n.type])),
+      inputs,
+      sources: Object.fromEntries(inputs.map((l) => [l.source, types.get(l.source) ?? ""])),
     };
   }, [currentGraph, state]);
 

@@ -402,7 +402,7 @@ export function useLinking(g: GraphStore, notify: Notify) {
   const primitiveFor = useCallback((nodeId: string, input: string): boolean => {
     const node = state.current.nodes.find((n) => n.id === nodeId);
     const spec = node && defsRef.current.get(node.data.type)?.inputs.find((i) => i.name === input);
-    if (!node || !spec?.widget || state.current.edges.some((e) => e.target === nodeId && e.targetHandle === `i:${input}`)) {
+    if (!node || !spec?.widget || state.current.edges.some((e) => e.target === nodeId && e.targetHandle === inHandle(input))) {
       return false;
     }
     const type = PRIMITIVE_FOR[spec.type] ?? (spec.type === "STRING"

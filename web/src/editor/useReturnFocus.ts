@@ -1,6 +1,6 @@
 /** While `open`, remember what had the focus; when it closes (or unmounts), give the focus back (lib/focusreturn.ts). */
 
-import { type RefObject, useLayoutEffect } from "react";
+import { type RefObject, useEffect, useLayoutEffect, useRef } from "react";
 import { returnFocus } from "../lib/focusreturn";
 
 export function useReturnFocus(open: boolean, box?: RefObject<HTMLElement | null>): void {
@@ -15,4 +15,15 @@ export function useReturnFocus(open: boolean, box?: RefObject<HTMLElement | null
       queueMicrotask(() => returnFocus(opener, document, wasInside ? { contains: () => true } : null));
     };
   }, [open, box]);
+}
+
+/**
+ * A panel that takes the focus as it opens (a screen reader reads it; Tab goes on inside)
+ * and gives it back to what opened it as it closes: the ref for its element (tabIndex -1).
+ */
+export function usePanelFocus<T extends HTMLElement>(): RefObject<T | null> {
+  const box = useRef<T>(null);
+  useReturnFocus(true, box);
+  useEffect(() => box.current?.focus({ preventScroll: true }), []);
+  return box;
 }
