@@ -298,3 +298,64 @@ def test_minimap_drag_pans_proportionally_and_keeps_the_graph(page):
     expect(page.get_by_role("dialog", name="Add node")).to_have_count(0)
     expect(c.edges()).to_have_count(edges)
     assert _in_view(page) >= 1
+
+
+def test_a_new_node_keeps_clear_of_the_samplers_coming_preview(page):
+    """The toolbar's Add node looked for free space among the nodes as they were: a node put
+    under Sample was pushed down, out of view, by the first run's preview (a newcomer's walk)."""
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "room e2e: a red star"  # not cached by another test
+    c = Canvas(page)
+    c.open_file("room.json", doc)
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    sampler = c.settled_box(c.node("3"))
+    page.get_by_role("button", name="Add node").click()
+    dialog = page.get_by_role("dialog", name="Add node")
+    dialog.get_by_label("Search nodes").fill("Load LoRA")
+    page.keyboard.press("Enter")
+    expect(c.nodes()).to_have_count(len(doc["prompt"]) + 1)
+    (lora,) = set(c.node_ids()) - set(doc["prompt"])
+    placed = c.settled_box(c.node(lora))
+    # not in the square below Sample that its preview will take
+    assert not (placed["x"] < sampler["x"] + sampler["width"] and sampler["x"] < placed["x"] + placed["width"]
+                and placed["y"] < sampler["y"] + sampler["height"] + sampler["width"]
+                and sampler["y"] < placed["y"] + placed["height"]), (placed, sampler)
+    c.queue()
+    expect(c.node("3").locator("img.sf-preview")).to_be_visible(timeout=120_000)
+    expect(c.node("9").locator("img.sf-output-image")).to_be_visible(timeout=120_000)
+    assert c.settled_box(c.node("3"))["height"] > sampler["height"] + 100
+    assert c.settled_box(c.node(lora)) == placed
+    assert not _overlaps(page.evaluate(RECTS)), page.evaluate(RECTS)
+
+
+def test_undo_past_a_runs_room_making_keeps_the_room(page):
+    """Undo put back the layout from before Sample grew (the seed edit and the move it
+    caused are one step), so the node below was under Sample's preview: it is moved down again."""
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "undo room e2e: a green circle"  # not cached by another test
+    doc["layout"]["nodes"]["8"]["pos"] = [570, 420]  # VAE Decode, just under Sample (#3)
+    c = Canvas(page)
+    c.open_file("undo-room.json", doc)
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    seed = str(doc["prompt"]["3"]["inputs"]["seed"])
+    c.set_value("3", "seed", "4321")
+    c.wait_saved_inputs("3", seed=4321)
+    c.queue()
+    expect(c.node("3").locator("img.sf-preview")).to_be_visible(timeout=120_000)
+    page.wait_for_function(f"() => !({_OVERLAPPING})()")
+    page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    page.keyboard.press("Control+z")
+    expect(c.widget("3", "seed")).to_have_value(seed)
+    page.wait_for_function(f"() => !({_OVERLAPPING})()")
+    grown = c.settled_box(c.node("3"))
+    assert c.settled_box(c.node("8"))["y"] >= grown["y"] + grown["height"]
+    # and that is the restored step itself: Ctrl+Y comes back to the seed edit
+    page.keyboard.press("Control+y")
+    expect(c.widget("3", "seed")).to_have_value("4321")
+
+
+_OVERLAPPING = f"""() => {{
+    const r = ({RECTS})();
+    return r.some((a, i) => r.slice(i + 1).some(b => a.x + a.w - 1 > b.x && b.x + b.w - 1 > a.x
+        && a.y + a.h - 1 > b.y && b.y + b.h - 1 > a.y));
+}}"""

@@ -37,7 +37,7 @@ export function toggledFlag<N extends FlagNode>(ns: N[], flag: NodeFlag, ids?: R
 type Clip = { nodes: GraphNode[]; links: GraphLink[]; inputs?: GraphLink[]; sources?: Record<string, string> };
 
 export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current: { x: number; y: number } | null }) {
-  const { state, currentGraph, defsRef, setNodes, setEdges } = g;
+  const { state, currentGraph, defsRef, setNodes, setEdges, occupied } = g;
 
   /** The given nodes (default: the selection) and their links. */
   const clipOf = useCallback((ids?: Set<string>): Clip | null => {
@@ -78,7 +78,7 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
       };
       return { x: n.pos[0], y: n.pos[1], width: size.width, height: size.height };
     });
-    const d = pasteOffset(clipRects, state.current.nodes.map(rectOf), { x: to.x, y: to.y });
+    const d = pasteOffset(clipRects, state.current.nodes.map(occupied), { x: to.x, y: to.y });
     const offset: [number, number] = [d.x, d.y];
     const graph = currentGraph();
     const { graph: next, ids } = pasteNodes(graph, clip, offset);
@@ -98,7 +98,7 @@ export function useEditCommands(g: GraphStore, notify: Notify, mouse: { current:
     setNodes(flow.nodes.map((n) => (byId.has(n.id) ? { ...byId.get(n.id)!, selected: false } : { ...n, selected: selected.has(n.id) })));
     setEdges(flow.edges);
     return ids;
-  }, [currentGraph, defsRef, mouse, notify, setEdges, setNodes, state]);
+  }, [currentGraph, defsRef, mouse, notify, occupied, setEdges, setNodes, state]);
 
   /** The nodes the Ctrl+C being handled copied: the `copy` event after it puts them on the system clipboard too. */
   const justCopied = useRef<Clip | null>(null);

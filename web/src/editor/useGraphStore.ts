@@ -15,7 +15,7 @@ import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } f
 import { type GroupBox, parseGroups } from "../lib/groups";
 import {
   boundsOf, CANVAS_MAX_ZOOM, CANVAS_MIN_ZOOM, estimateNodeHeight, FIT_MARGIN, FIT_MAX_ZOOM, fitViewport, keepsReadableView, NODE_HEIGHT, NODE_WIDTH, WHOLE_VIEW_ZOOM,
-  type Rect, showsAll, showsAny, type Viewport,
+  type Rect, resultRoom, showsAll, showsAny, type Viewport,
 } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
@@ -146,6 +146,17 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     for (const k of openedSteps.current) if (!kept.has(k)) openedSteps.current.delete(k);
     openedSteps.current.add(key);
   }, []);
+  /**
+   * A node's box with the room its first run's preview or images will take (lib/layout.ts
+   * resultRoom): where a new or pasted node must not go.
+   */
+  const occupied = useCallback((n: SfNode): Rect => {
+    const r = nodeRect(n, defsRef.current);
+    const run = store.getNode(n.id);
+    const room = resultRoom(defsRef.current.get(n.data.type), r.width,
+      { preview: !!(run.preview || run.sample), images: !!run.images?.length });
+    return { ...r, height: r.height + room };
+  }, [store]);
   /** The pending change is the canvas's own room-making move (see onNodesChange). */
   const autoLayout = useRef(false);
   /** The undo key last written to the autosave (an opened graph is history's present before it is saved). */
@@ -443,14 +454,39 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     writeAutosave(doc, docNameRef.current);
   }, [documentNow, settleNow, writeAutosave]);
 
+  /**
+   * After an undo or redo that kept the run's results: a layout from before a node grew (its
+   * preview, images or text came later) would have it cover the nodes below it, so they move
+   * down as when it grew (`makeRoom`), amending the restored step rather than adding one.
+   */
+  const roomForResults = useCallback((seq: number) => {
+    whenMeasured(seq, () => {
+      const ns = rf.getNodes();
+      const grown = ns.filter((n) => {
+        const run = store.getNode(n.id);
+        return !!(run.preview || run.sample || run.images?.length || run.text?.length);
+      }).map((n) => n.id);
+      if (!grown.length) return;
+      const rects = new Map(ns.map((n) => [n.id, nodeRect(n, defsRef.current)]));
+      const moved = makeRoomBelow(rects, grown, new Set(ns.filter((n) => n.data.pinned).map((n) => n.id)));
+      if (!moved.size) return;
+      autoLayout.current = true;
+      setNodes((cur) => cur.map((n) => {
+        const p = moved.get(n.id);
+        return p ? { ...n, position: { x: Math.round(p.x), y: Math.round(p.y) } } : n;
+      }));
+    });
+  }, [rf, store, whenMeasured]);
+
   /** Undo / redo: open the document `key` in place; `from` is the one shown until now. */
   const restoreKey = useCallback((key: string, from: string, acrossOpen: boolean) => {
     const { doc, name } = readUndoKey(key);
     loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: acrossOpen, record: false, name });
+    if (!acrossOpen) roomForResults(opened.current);
     writeAutosave(doc as unknown as WorkflowDocument, name);
     // the last run's messages about the values and links this step put back go with them
     for (const [id, input] of changedInputs(readUndoKey(from).doc.prompt ?? {}, doc.prompt ?? {})) store.clearInputErrors(id, input);
-  }, [loadGraph, writeAutosave, store]);
+  }, [loadGraph, roomForResults, writeAutosave, store]);
 
   const undo = useCallback(() => {
     settleNow();
@@ -513,6 +549,6 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, setDocName, groups, setGroups, holdHistory,
-    currentGraph, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, canUndo: undoable.undo, canRedo: undoable.redo, patchNode, onNodesChange, onEdgesChange, settleNow,
+    currentGraph, occupied, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, canUndo: undoable.undo, canRedo: undoable.redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }

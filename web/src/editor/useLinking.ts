@@ -14,7 +14,7 @@ import type { PaletteFilter } from "../canvas/Palette";
 import { nativeSizeValues } from "../lib/examples";
 import { createNode, type GraphLink, nextNodeId } from "../lib/graph";
 import { downstreamTypes, NOTE, outputType, REROUTE, REROUTE_INPUT, rerouteType, splitLink } from "../lib/reroute";
-import { estimateNodeHeight, freeSpot, NODE_HEIGHT, NODE_WIDTH, type Rect, revealShift } from "../lib/layout";
+import { estimateNodeHeight, freeSpot, NODE_WIDTH, type Rect, revealShift } from "../lib/layout";
 import { ANY_TYPE, checkConnection, type GraphView, nodesAcceptingType, nodesProducingType, typesMatch } from "../lib/types";
 import type { NodeDef } from "../lib/schema";
 import { adoptWidget, PRIMITIVE_FOR, PRIMITIVE_TYPES } from "../lib/primitive";
@@ -39,7 +39,7 @@ export const linkOf = (c: Connection | Edge): GraphLink => ({
 
 export function useLinking(g: GraphStore, notify: Notify) {
   const rf = useReactFlow<SfNode, SfEdge>();
-  const { state, defsRef, setNodes, setEdges, store, patchNode } = g;
+  const { state, defsRef, setNodes, setEdges, store, patchNode, occupied } = g;
   const [palette, setPalette] = useState<PaletteState | null>(null);
 
   const graphView = useCallback((): GraphView => ({
@@ -335,15 +335,12 @@ export function useLinking(g: GraphStore, notify: Notify) {
   const freePosition = useCallback((type: string, at: { x: number; y: number }, view?: Rect, corner = false) => {
     const size = sizeOf(type);
     const taken = [
-      ...state.current.nodes.map((n) => ({
-        x: n.position.x, y: n.position.y,
-        width: n.measured?.width ?? n.width ?? NODE_WIDTH, height: n.measured?.height ?? n.height ?? NODE_HEIGHT,
-      })),
+      ...state.current.nodes.map(occupied), // clear of a sampler's coming preview too
       ...overlayRects(), // not under the minimap or the zoom buttons
     ];
     const want = corner ? at : { x: at.x - size.width / 2, y: at.y - size.height / 2 };
     return freeSpot(taken, want, size, view);
-  }, [state, sizeOf, overlayRects]);
+  }, [state, occupied, sizeOf, overlayRects]);
 
   /** Move the view so a node just added at `pos` is seen whole (a full view put it outside). */
   const reveal = useCallback((type: string, pos: { x: number; y: number }, view?: Rect) => {

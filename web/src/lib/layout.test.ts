@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   boundsOf, dotGridCell, VIEW_MARGIN, estimateNodeHeight, FIT_MAX_ZOOM, fitViewport, freeSpot, keepsReadableView, LOD_NODES, lowDetail, revealShift,
-  MIN_DOT_CELL, overlaps, pasteOffset, READABLE_ZOOM,
+  MIN_DOT_CELL, overlaps, pasteOffset, READABLE_ZOOM, resultRoom,
 } from "./layout";
 import { parseNodeSchema } from "./schema";
 import { testDefs } from "./testdefs";
@@ -183,5 +183,23 @@ describe("pasteOffset (pasted and cloned nodes)", () => {
         expect(m.x < t.x + t.width && t.x < m.x + m.width && m.y < t.y + t.height && t.y < m.y + m.height).toBe(false);
       }
     }
+  });
+});
+
+describe("resultRoom", () => {
+  const defs = testDefs();
+  const none = { preview: false, images: false };
+  it("keeps a square of the node's width for a sampler's coming preview, until it has one", () => {
+    expect(resultRoom(defs.get("KSampler"), 260, none)).toBe(250);
+    expect(resultRoom(defs.get("KSampler"), 260, { preview: true, images: false })).toBe(0);
+  });
+  it("keeps room for an output node's images, until it shows them", () => {
+    expect(resultRoom(defs.get("SaveImage"), 260, none)).toBe(250);
+    expect(resultRoom(defs.get("SaveImage"), 260, { preview: false, images: true })).toBe(0);
+  });
+  it("keeps none for nodes that do not grow when they run", () => {
+    expect(resultRoom(defs.get("VAEDecode"), 260, none)).toBe(0);
+    expect(resultRoom(defs.get("CheckpointLoaderSimple"), 260, none)).toBe(0);
+    expect(resultRoom(undefined, 260, none)).toBe(0);
   });
 });

@@ -85,6 +85,32 @@ export function estimateNodeHeight(def: NodeShape | undefined): number {
   return height;
 }
 
+/** What resultRoom needs of a node's definition (lib/schema.ts NodeDef). */
+export type ResultShape = {
+  outputNode: boolean;
+  inputs: readonly { widget: boolean; type: string }[];
+  outputs: readonly { type: string }[];
+};
+
+/** The CSS's side margins of a preview box or an image grid (8 px each), less its 6 px top margin. */
+const RESULT_INSET = 10;
+
+/**
+ * How much taller a node `width` wide grows when it runs, for what it does not show yet: a
+ * sampler's live preview (a square box of its width) and an output node's image (one 64 px
+ * model's image fills the width). Free space for a new node keeps clear of that room, else
+ * the first run's preview pushes the new node down, out of view (lib/arrange.ts).
+ */
+export function resultRoom(def: ResultShape | undefined, width: number,
+  shown: { preview: boolean; images: boolean }): number {
+  if (!def) return 0;
+  const takes = (type: string) => def.inputs.some((i) => !i.widget && i.type === type);
+  const sampler = takes("MODEL") && def.outputs.some((o) => o.type === "LATENT");
+  const showsImages = def.outputNode && takes("IMAGE");
+  if ((sampler && !shown.preview) || (showsImages && !shown.images)) return Math.max(0, width - RESULT_INSET);
+  return 0;
+}
+
 /** The rectangle around `rects` (empty: a zero rectangle at the origin). */
 export function boundsOf(rects: readonly Rect[]): Rect {
   if (!rects.length) return { x: 0, y: 0, width: 0, height: 0 };
