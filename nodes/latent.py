@@ -28,6 +28,12 @@ class EmptyLatentImage(Node):
     Stable Diffusion's (4 channels, 1/8 of the pixel size) are used, as in ComfyUI, and a
     sampler whose checkpoint's VAE scales otherwise remakes the empty latent for it (the
     image keeps the asked size).
+
+    Keep the size near the one the model was trained at (Load Checkpoint's card:
+    steerflow-shapes 64x64, SD 1.x 512, SDXL 1024). From pure noise a side well past it
+    repeats or breaks the subjects, and the sampler warns past 2x; the built-in 64-px model
+    already draws its shapes twice at 96 px. For a wider picture use MultiDiffusion
+    (the panorama example) or sample at the native size and upscale (a hires fix).
     """
 
     TYPE = "EmptyLatentImage"
