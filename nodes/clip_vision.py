@@ -11,7 +11,7 @@ from nodes.diffusion.handles import Tensor
 from nodes.models import file_fingerprint, pickle_problem
 
 FOLDER = "clip_vision"
-CLIP_VISION_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+CLIP_VISION_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 CROPS = ("center", "none")
 
 

@@ -14,7 +14,7 @@ from nodes.models import file_fingerprint, pickle_problem
 if TYPE_CHECKING:
     import torch
 
-CONTROLNET_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+CONTROLNET_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def list_controlnets(env: Environment) -> list[str]:

@@ -14,7 +14,7 @@ from nodes.models import file_fingerprint, pickle_problem
 if TYPE_CHECKING:
     import torch
 
-GLIGEN_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+GLIGEN_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def list_gligen(env: Environment) -> list[str]:

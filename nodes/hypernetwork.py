@@ -6,7 +6,7 @@ from engine import Environment, ExecutionContext, Input, Output
 from nodes.diffusion.handles import DiffusionModel
 from nodes.models import ModelFileNode
 
-HYPERNETWORK_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+HYPERNETWORK_SUFFIXES = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 
 
 def list_hypernetworks(env: Environment) -> list[str]:

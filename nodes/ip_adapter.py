@@ -12,7 +12,7 @@ from nodes.diffusion.handles import DiffusionModel, Tensor
 from nodes.models import file_fingerprint, pickle_problem
 
 FOLDER = "ipadapter"
-SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+SUFFIXES = (".safetensors", ".sft", ".bin", ".pth", ".pt")
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,7 +18,7 @@ from nodes.diffusion.handles import (
 )
 from nodes.diffusion.precision import WEIGHT_DTYPE_CHOICES
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 # Loading a pickle can run arbitrary code: the loaders refuse these files at validation
 # unless the user opted in (and again when reading, for callers that skip validation).
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

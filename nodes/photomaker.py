@@ -15,7 +15,7 @@ from nodes.diffusion.handles import Conditioning, Tensor, TextEncoder
 from nodes.models import ModelFileNode
 
 FOLDER = "photomaker"
-SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+SUFFIXES = (".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt")
 TRIGGER_WORD = "photomaker"  # nodes.diffusion.photomaker's (kept torch-free here)
 
 

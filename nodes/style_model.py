@@ -11,7 +11,7 @@ from engine import Environment, ExecutionContext, Input, Node, Output
 from nodes.diffusion.handles import Conditioning
 from nodes.models import path_fingerprint, pickle_problem
 
-STYLE_MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+STYLE_MODEL_SUFFIXES = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 FOLDER = "style_models"
 
 

@@ -12,7 +12,7 @@ from nodes.diffusion.handles import Tensor
 from nodes.models import ModelFileNode
 
 #: what spandrel reads (``.ckpt``/``.bin`` pickles too, like the checkpoint loader)
-UPSCALE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+UPSCALE_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 
 
 def list_upscale_models(env: Environment) -> list[str]:

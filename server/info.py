@@ -19,7 +19,7 @@ from engine.paths import PathError, confined_path
 from server.errors import ApiError, dumps, json_response
 from server.state import state
 
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")  # what the loaders read
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,100}")
 T = TypeVar("T")
 

@@ -358,3 +358,31 @@ def test_a_safetensors_file_under_a_pickles_name_is_read_as_safetensors(tmp_path
     save_kohya(tmp_path / "renamed.pt", layers, alpha=4.0)
     assert set(torch_load_weights_only(tmp_path / "renamed.pt"))
     assert load_lora(tmp_path / "renamed.pt", allow_pickle=True) is not None
+
+
+def test_sft_files_are_listed_and_read_as_safetensors(tmp_path):
+    """ComfyUI lists ``.sft`` (safetensors under a short suffix) in every model folder; the
+    server listed them, but no loader offered or read them."""
+    from engine.environment import Environment
+    from nodes.controlnet import CONTROLNET_SUFFIXES
+    from nodes.diffusion.embeddings import EMBEDDING_SUFFIXES
+    from nodes.diffusion.loading import read_checkpoint_file
+    from nodes.diffusion.lora import LORA_SUFFIXES, load_lora
+    from nodes.models import CHECKPOINT_SUFFIXES
+    from nodes.upscale_model import UPSCALE_SUFFIXES
+
+    for suffixes in (LORA_SUFFIXES, CHECKPOINT_SUFFIXES, EMBEDDING_SUFFIXES, CONTROLNET_SUFFIXES,
+                     UPSCALE_SUFFIXES):
+        assert ".sft" in suffixes
+    layers = random_lora(7)
+    (tmp_path / "models" / "loras").mkdir(parents=True)
+    save_kohya(tmp_path / "models" / "loras" / "a.sft", layers, alpha=4.0)
+    save_kohya(tmp_path / "models" / "loras" / "a.safetensors", layers, alpha=4.0)
+    env = Environment.create(tmp_path)
+    assert env.list_files("models", "loras", suffixes=LORA_SUFFIXES) == ["a.safetensors", "a.sft"]
+    sft = load_lora(tmp_path / "models" / "loras" / "a.sft")  # no pickle opt-in needed
+    plain = load_lora(tmp_path / "models" / "loras" / "a.safetensors")
+    assert sft.layers.keys() == plain.layers.keys() and sft.metadata == plain.metadata
+    folder = tmp_path / "models" / "loras"
+    tensors, _ = read_checkpoint_file(folder / "a.sft")
+    assert tensors.keys() == read_checkpoint_file(folder / "a.safetensors")[0].keys()

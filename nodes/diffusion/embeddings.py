@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+EMBEDDING_SUFFIXES = (".safetensors", ".sft", ".pt", ".bin")
 PICKLE_SUFFIXES = (".pt", ".bin")
 FOLDER = "embeddings"
 _TRAILING_PUNCTUATION = re.compile(r"[.:!?]+$")

@@ -48,7 +48,7 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
 FAMILY_CONFIG_DIRS = {"sd1": CONFIGS_DIR / "sd15", "sd2": CONFIGS_DIR / "sd21",
                       "sdxl": CONFIGS_DIR / "sdxl", "sdxl_refiner": CONFIGS_DIR / "sdxl_refiner"}
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".bin", ".pth"})
-SAFE_SUFFIXES = frozenset({".safetensors"})
+SAFE_SUFFIXES = frozenset({".safetensors", ".sft"})  # .sft: the same format (ComfyUI lists it)
 
 _CLIP_PREFIX = "cond_stage_model.transformer."
 _OPEN_CLIP_PREFIX = "cond_stage_model.model."

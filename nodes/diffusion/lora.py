@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import torch
 
-LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
+LORA_SUFFIXES = (".safetensors", ".sft", ".pt", ".ckpt", ".bin", ".pth")
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors metadata entry

@@ -143,7 +143,7 @@ def read_in_background(path: Path, *, dtype: DtypeSpec = None
     """Start :func:`read_safetensors` on a thread; None when ``path`` is no ``.safetensors``
     file. The reads and casts release the GIL, so they overlap the caller's imports."""
     path = Path(path)
-    if not path.is_file() or path.suffix.lower() != ".safetensors":
+    if not path.is_file() or path.suffix.lower() not in (".safetensors", ".sft"):
         return None
     future: Future[tuple[StateDict, dict[str, str]]] = Future()
 
