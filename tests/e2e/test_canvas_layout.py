@@ -317,9 +317,10 @@ def test_a_new_node_keeps_clear_of_the_samplers_coming_preview(page):
     (lora,) = set(c.node_ids()) - set(doc["prompt"])
     placed = c.settled_box(c.node(lora))
     # not in the square below Sample that its preview will take
-    assert not (placed["x"] < sampler["x"] + sampler["width"] and sampler["x"] < placed["x"] + placed["width"]
-                and placed["y"] < sampler["y"] + sampler["height"] + sampler["width"]
-                and sampler["y"] < placed["y"] + placed["height"]), (placed, sampler)
+    s, p = sampler, placed
+    assert not (p["x"] < s["x"] + s["width"] and s["x"] < p["x"] + p["width"]
+                and p["y"] < s["y"] + s["height"] + s["width"]
+                and s["y"] < p["y"] + p["height"]), (placed, sampler)
     c.queue()
     expect(c.node("3").locator("img.sf-preview")).to_be_visible(timeout=120_000)
     expect(c.node("9").locator("img.sf-output-image")).to_be_visible(timeout=120_000)
@@ -332,7 +333,7 @@ def test_undo_past_a_runs_room_making_keeps_the_room(page):
     """Undo put back the layout from before Sample grew (the seed edit and the move it
     caused are one step), so the node below was under Sample's preview: it is moved down again."""
     doc = small_txt2img()
-    doc["prompt"]["6"]["inputs"]["text"] = "undo room e2e: a green circle"  # not cached by another test
+    doc["prompt"]["6"]["inputs"]["text"] = "undo room e2e: a green circle"  # not cached before
     doc["layout"]["nodes"]["8"]["pos"] = [570, 420]  # VAE Decode, just under Sample (#3)
     c = Canvas(page)
     c.open_file("undo-room.json", doc)

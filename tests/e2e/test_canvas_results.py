@@ -62,6 +62,7 @@ def test_results_survive_reload_and_a_cached_requeue_shows_them(page, browser_co
 def test_history_entry_shows_time_duration_prompt_size_view_and_load(page, server: LiveServer):
     doc = small_txt2img()
     doc["prompt"]["6"]["inputs"]["text"] = "history e2e: a purple triangle"
+    doc["extra"] = {**doc.get("extra", {}), "name": "purple triangle"}  # as the canvas queues it
     res = server.post("/prompt", {"prompt": doc["prompt"], "client_id": "e2e",
                                   "extra_data": {"extra_pnginfo": {"workflow": doc}}})
     server.wait_history(res["prompt_id"])
@@ -80,6 +81,7 @@ def test_history_entry_shows_time_duration_prompt_size_view_and_load(page, serve
     c = Canvas(page)
     expect(c.nodes()).to_have_count(len(doc["prompt"]))
     expect(c.widget("6", "text")).to_have_value("history e2e: a purple triangle")
+    expect(page.locator(".sf-docname")).to_have_text("purple triangle")  # not "workflow"
     # one entry deleted, as ComfyUI's history list allows: gone here and on the server
     page.get_by_role("tab", name="History").click()
     item.get_by_role("button", name="Delete").click()
@@ -170,3 +172,22 @@ def test_history_load_puts_the_entrys_images_on_the_graph_at_once(page, server: 
     page.keyboard.press("Control+z")
     expect(c.node("6").locator("textarea")).to_have_value("another graph, never run")
     expect(c.node(SAVE).locator("img.sf-output-image")).to_have_count(0)
+
+
+def test_a_queued_workflow_carries_its_name_back_from_history(page, server: LiveServer):
+    """History's Load renamed the tab's workflow "workflow" (a newcomer's walk: Save then wrote
+    workflow.json): the canvas queues the document with its name, and Load opens it under it."""
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "named e2e: a cyan diamond"  # not cached by another test
+    c = Canvas(page)
+    c.open_file("my-diamonds.json", doc)
+    expect(page.locator(".sf-docname")).to_have_text("my-diamonds")
+    prompt_id = c.queue_id()
+    entry = server.wait_history(prompt_id)
+    assert entry["prompt"][3]["extra_pnginfo"]["workflow"]["extra"]["name"] == "my-diamonds"
+    c.clear()
+    page.get_by_role("tab", name="History").click()
+    item = page.locator(f'.sf-history-item[data-prompt-id="{prompt_id}"]')
+    item.get_by_role("button", name="Load").click()
+    expect(c.nodes()).to_have_count(len(doc["prompt"]))
+    expect(page.locator(".sf-docname")).to_have_text("my-diamonds")

@@ -345,8 +345,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   /** History's Load: the entry's workflow, its outputs back on its nodes at once (as a
    * reload of that graph shows them; they came only after a reload). */
-  const loadFromHistory = useCallback((obj: unknown) => void openWith("workflow", () =>
-    loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name: "workflow", restore: true }),
+  const loadFromHistory = useCallback((obj: unknown, name: string) => void openWith(name, () =>
+    loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name, restore: true }),
   [openWith, defsRef]);
 
   const loadFile = useCallback((file: File) => openWith(file.name, async () => {

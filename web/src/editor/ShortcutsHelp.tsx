@@ -16,7 +16,9 @@ export function ShortcutsHelp({ onClose }: { onClose(): void }) {
         <tbody>
           {SHORTCUTS.map(([keys, action]) => (
             <tr key={keys}>
-              <td><kbd>{keys}</kbd></td>
+              {/* one key per box, so that "A / B" can wrap between them: one long line made the
+                  key column take half the panel, the descriptions squeezed beside it */}
+              <td>{keys.split(" / ").map((k, i) => <span key={k}>{i > 0 && " / "}<kbd>{k}</kbd></span>)}</td>
               <td>{action}</td>
             </tr>
           ))}

@@ -103,6 +103,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   const [docName, setDocName] = useState("workflow");
   const docNameRef = useRef(docName);
   docNameRef.current = docName;
+  /** The document's name now (for callbacks that must not re-render when it changes). */
+  const docNameNow = useCallback(() => docNameRef.current, []);
   const meta = useRef<GraphMeta>({ extra: {} });
   const [groups, setGroupsState] = useState<GroupBox[]>([]);
   const groupsRef = useRef(groups);
@@ -548,7 +550,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   }, []);
 
   return {
-    nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, setDocName, groups, setGroups, holdHistory,
+    nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, docNameNow, setDocName, groups, setGroups, holdHistory,
     currentGraph, occupied, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, canUndo: undoable.undo, canRedo: undoable.redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }

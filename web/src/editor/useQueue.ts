@@ -24,7 +24,7 @@ const FAILURE_TOAST = "failure";
 
 export function useQueue(g: GraphStore, store: RunStore, socket: { current: Socket | null }, notify: Notify,
   retag: (tag: string, text: string | null) => void) {
-  const { state, defsRef, currentGraph, setNodes, openedCount, nodes } = g;
+  const { state, defsRef, currentGraph, setNodes, openedCount, nodes, docNameNow } = g;
   const rf = useReactFlow();
   const [busy, setBusy] = useState(false);
   // presses made while an earlier queue call posts wait for it, in order (lib/queuechain.ts)
@@ -98,7 +98,10 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
             ? { ...gn, values: { ...gn.values, image: captured.get(gn.id) } } : gn)) };
         }
         // each prompt picks its own {a|b} of the dynamic prompts; the saved workflow keeps the typed text
-        const { prompt, workflow } = queuedPrompt(graph, defsRef.current);
+        const queued = queuedPrompt(graph, defsRef.current);
+        const prompt = queued.prompt;
+        // its name goes with it: History's Load opens it under that name (it was "workflow")
+        const workflow = { ...queued.workflow, extra: { ...queued.workflow.extra, name: docNameNow() } };
         // the open graph's prompt (its run is drawn on these nodes, not on a graph opened later),
         // claimed before it is posted: it may start, and send its messages, before the answer
         const promptId = makePromptId();

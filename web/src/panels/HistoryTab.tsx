@@ -19,6 +19,13 @@ export function workflowOf(prompt: unknown, extra: Record<string, unknown> | und
   return info?.workflow ?? prompt;
 }
 
+/** The name the canvas queued a workflow under (its document's `extra.name`), else "workflow". */
+export function workflowName(extra: Record<string, unknown> | undefined): string {
+  const info = extra?.extra_pnginfo as { workflow?: { extra?: { name?: unknown } } } | undefined;
+  const name = info?.workflow?.extra?.name;
+  return typeof name === "string" && name.trim() ? name : "workflow";
+}
+
 function formatTime(ms: number): string {
   const d = new Date(ms);
   const today = new Date().toDateString() === d.toDateString();
@@ -42,7 +49,7 @@ function OutputSize({ images, text }: { images: ImageRef[]; text: number }) {
 }
 
 function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
-  h: HistoryEntry; onLoad(obj: unknown): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
+  h: HistoryEntry; onLoad(obj: unknown, name: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
   onDelete(promptId: string): void;
 }) {
   const images = Object.values(h.outputs).flatMap((o) => o.images ?? []);
@@ -61,7 +68,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
             <button type="button" className="sf-small" onClick={() => openImage(images[0], images)} title="Show the image large"
               aria-describedby={head}>View</button>
           )}
-          <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra))}
+          <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra), workflowName(h.extra))}
             title="Load its workflow onto the canvas" aria-describedby={head}>Load</button>
           <button type="button" className="sf-small" onClick={() => onDelete(h.promptId)}
             title="Delete this entry from the server's history (its images stay in output/)" aria-describedby={head}>Delete</button>
@@ -123,7 +130,7 @@ function OtherTabs({ open }: { open(doc: unknown, name: string): void }) {
 }
 
 export function HistoryTab({ store, onLoad, openImage, feedback, openAutosave }: {
-  store: RunStore; onLoad(obj: unknown): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
+  store: RunStore; onLoad(obj: unknown, name: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
   /** Open another tab's autosaved graph under its name. */
   openAutosave?(doc: unknown, name: string): void;
 }) {

@@ -11,7 +11,7 @@ import { useGlobalRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
 import type { ImageRef, RunStore } from "../lib/runstore";
-import { workflowOf } from "./HistoryTab";
+import { workflowName, workflowOf } from "./HistoryTab";
 import { LatestResult } from "./LatestResult";
 
 /** Re-render every `ms` while `on` (elapsed times tick). */
@@ -59,7 +59,7 @@ function RunningProgress({ store, item, now }: { store: RunStore; item: QueueIte
 }
 
 export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
-  store: RunStore; onLoad(obj: unknown): void; notify(msg: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void;
+  store: RunStore; onLoad(obj: unknown, name: string): void; notify(msg: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void;
   clientId(): string | undefined;
 }) {
   const { queueVersion, running, connected } = useGlobalRun(store);
@@ -114,7 +114,7 @@ export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
           : <span className="sf-queue-progress">pending · waiting {formatElapsed(now - (seen.current.get(item.promptId) ?? now))}</span>}
       </span>
       <span className="sf-queue-actions">
-        <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(item.prompt, item.extra))}>Load</button>
+        <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(item.prompt, item.extra), workflowName(item.extra))}>Load</button>
         <button type="button" className="sf-small" onClick={() => cancel(item, isRunning)}>
           {isRunning ? "Interrupt" : "Cancel"}
         </button>

@@ -27,7 +27,7 @@ function GalleryTab({ store, openImage, feedback }: { store: RunStore; openImage
   const { gallery } = useGlobalRun(store);
   return (
     <div className="sf-tab">
-      {gallery.length === 0 && <div className="sf-muted">Images made in this session appear here.</div>}
+      {gallery.length === 0 && <div className="sf-muted">Images this tab makes appear here. Earlier runs, and other tabs' and clients', are in History.</div>}
       <div className="sf-gallery" aria-label="gallery">
         {gallery.map((img) => <Thumb key={img.key} img={img} openImage={(im) => openImage(im, gallery)} feedback={feedback} />)}
       </div>
@@ -49,7 +49,7 @@ function LivePreview({ store }: { store: RunStore }) {
 export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId, openAutosave,
   toggleTab = null }: {
   store: RunStore;
-  onLoad(obj: unknown): void;
+  onLoad(obj: unknown, name: string): void;
   /** Open another tab's autosaved graph (the History tab lists them). */
   openAutosave?(doc: unknown, name: string): void;
   openImage(img: ImageRef, set?: readonly ImageRef[]): void;
