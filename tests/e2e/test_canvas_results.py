@@ -191,3 +191,27 @@ def test_a_queued_workflow_carries_its_name_back_from_history(page, server: Live
     item.get_by_role("button", name="Load").click()
     expect(c.nodes()).to_have_count(len(doc["prompt"]))
     expect(page.locator(".sf-docname")).to_have_text("my-diamonds")
+
+
+def test_history_load_shows_that_entrys_own_image(page, server: LiveServer):
+    """With the seed's control on increment, History → Load of an older entry put the newest
+    run's image (another seed) on Save Image beside the entry's own seed (a newcomer's walk)."""
+    entries = []
+    for seed in (11, 12):  # the older one first
+        doc = small_txt2img()
+        doc["prompt"]["6"]["inputs"]["text"] = "exact history e2e: a yellow cross"
+        doc["prompt"]["3"]["inputs"]["seed"] = seed
+        doc["layout"]["nodes"]["3"]["control"] = {"seed": "increment"}
+        res = server.post("/prompt", {"prompt": doc["prompt"], "client_id": "e2e",
+                                      "extra_data": {"extra_pnginfo": {"workflow": doc}}})
+        entries.append(server.wait_history(res["prompt_id"]))
+    older = entries[0]["outputs"]["9"]["images"][0]["filename"]
+    assert older != entries[1]["outputs"]["9"]["images"][0]["filename"]
+    page.get_by_role("tab", name="History").click()
+    first = entries[0]["prompt"][1]
+    page.locator(f'.sf-history-item[data-prompt-id="{first}"]').get_by_role(
+        "button", name="Load").click()
+    c = Canvas(page)
+    expect(c.widget("3", "seed")).to_have_value("11")
+    expect(c.node("9").locator("img.sf-output-image")).to_have_attribute(
+        "src", re.compile(re.escape(older)))

@@ -49,7 +49,7 @@ import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } f
 import { carriesWorkflow, imageUploadInput, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
 import { CANVAS_MAX_ZOOM, CANVAS_MIN_ZOOM, lowDetail } from "./lib/layout";
 import { missingModels, missingModelsText } from "./lib/missingmodels";
-import { graphPromptOf } from "./lib/history";
+import { graphPromptOf, type RanOutputs, ranOutputs } from "./lib/history";
 import { lightboxSet } from "./lib/lightbox";
 import { type Loaded, loadWorkflowBytes, loadWorkflowObject, loadWorkflowPng } from "./lib/load";
 import { type ImageRef, RunStore } from "./lib/runstore";
@@ -266,7 +266,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [store, notify]);
 
   // --- opening workflows -----------------------------------------------------------------
-  const applyLoaded = useCallback((loaded: Loaded, name?: string, firstView = false, restore = false) => {
+  const applyLoaded = useCallback((loaded: Loaded, name?: string, firstView = false,
+    restore: boolean | RanOutputs = false) => {
     // the previous workflow's errors and warnings point at nodes that are gone
     clearToasts();
     stopWatch.current?.();
@@ -279,7 +280,11 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     notify(`Opened ${name ?? "workflow"} (${n} node${n === 1 ? "" : "s"}${loaded.kind === "comfyui" ? ", from ComfyUI" : ""})`,
       "info", undefined, { tag: "opened" });
     for (const w of loaded.warnings.slice(0, 3)) notify(w, "warning");
-    if (restore) { // the graph's own outputs back on its nodes, as a reload of it shows them
+    if (typeof restore === "object") {
+      // a history entry's own outputs on its nodes (the newest run of the same graph, with
+      // another seed, showed its image beside this entry's seed)
+      store.restoreResults(ranOutputs(restore, loaded.graph.nodes), []);
+    } else if (restore) { // a queued prompt's graph: its newest outputs, as a reload of it shows them
       void restoreResults(store, loaded.graph.nodes, undefined, graphPromptOf(loaded.graph, defsRef.current),
         socket.current?.clientId ?? makeClientId()).catch(() => undefined);
     }
@@ -313,7 +318,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
    * open wins over one still loading. Resolves true once the graph is on the canvas.
    */
   const openWith = useCallback(async (label: string, load: () => Promise<Loaded>, opts: {
-    name?: string; failText?: string; firstView?: boolean; quiet?: boolean; restore?: boolean;
+    name?: string; failText?: string; firstView?: boolean; quiet?: boolean; restore?: boolean | RanOutputs;
   } = {}): Promise<boolean> => {
     const seq = ++openSeq.current;
     openingRef.current = label;
@@ -345,8 +350,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
 
   /** History's Load: the entry's workflow, its outputs back on its nodes at once (as a
    * reload of that graph shows them; they came only after a reload). */
-  const loadFromHistory = useCallback((obj: unknown, name: string) => void openWith(name, () =>
-    loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name, restore: true }),
+  const loadFromHistory = useCallback((obj: unknown, name: string, ran?: RanOutputs) => void openWith(name, () =>
+    loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name, restore: ran ?? true }),
   [openWith, defsRef]);
 
   const loadFile = useCallback((file: File) => openWith(file.name, async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDuration, outputsForGraph, promptExcerpt, timing, upstreamSignature } from "./history";
+import { formatDuration, outputsForGraph, promptExcerpt, ranOutputs, timing, upstreamSignature } from "./history";
 
 const entry = (promptId: string, prompt: Record<string, unknown>, outputs: Record<string, unknown>) =>
   ({ promptId, prompt, outputs, messages: [], status: "success" }) as Parameters<typeof outputsForGraph>[0][number];
@@ -77,5 +77,16 @@ describe("history", () => {
     expect(upstreamSignature(a, "9")).toBe(upstreamSignature(b, "9"));
     const cyc = { "1": { class_type: "A", inputs: { x: ["2", 0] } }, "2": { class_type: "A", inputs: { x: ["1", 0] } } };
     expect(upstreamSignature(cyc, "1")).toContain("?");
+  });
+});
+
+describe("ranOutputs", () => {
+  it("gives a finished prompt's outputs to the loaded nodes that are there, with images or text", () => {
+    const ran = { promptId: "p1", outputs: {
+      9: { images: [{ filename: "a.png", subfolder: "", type: "output" }] }, 12: { text: ["x"] }, 5: { images: [] }, 7: { images: [{ filename: "b.png", subfolder: "", type: "output" }] },
+    } };
+    expect(ranOutputs(ran, [{ id: "9" }, { id: "12" }, { id: "5" }])).toEqual([
+      { node: "9", output: ran.outputs[9], promptId: "p1" }, { node: "12", output: ran.outputs[12], promptId: "p1" },
+    ]);
   });
 });

@@ -10,6 +10,9 @@ import type { Defs } from "./schema";
 
 export type HistoryOutput = { images?: ImageRef[]; text?: unknown[] };
 
+/** A finished prompt's outputs by node id: History's Load puts them back on the loaded nodes. */
+export type RanOutputs = { promptId: string; outputs: Record<string, HistoryOutput> };
+
 /** What lib/history needs of an entry (api.ts's HistoryEntry has it). */
 export type HistoryLike = {
   promptId: string;
@@ -145,6 +148,15 @@ export function outputsForGraph(entries: readonly HistoryLike[], nodes: readonly
     if (rank >= 0) out.push({ node: id, output: entries[rank].outputs[id], promptId: entries[rank].promptId, rank });
   }
   return out.sort((a, b) => b.rank - a.rank).map(({ rank: _r, ...rest }) => rest);
+}
+
+/** A finished prompt's outputs (History's Load) for the nodes of its graph that are on the canvas. */
+export function ranOutputs(ran: RanOutputs, nodes: readonly { id: string }[]
+): { node: string; output: HistoryOutput; promptId: string }[] {
+  const here = new Set(nodes.map((n) => n.id));
+  return Object.entries(ran.outputs)
+    .filter(([node, o]) => here.has(node) && (o.images?.length || o.text?.length))
+    .map(([node, output]) => ({ node, output, promptId: ran.promptId }));
 }
 
 export type HistoryEntry = {

@@ -7,7 +7,7 @@
 import { useCallback, useEffect, useState } from "react";
 import { clearHistory, deleteHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
 import { useGlobalRun } from "../canvas/context";
-import { formatDuration, promptExcerpt, timing } from "../lib/history";
+import { formatDuration, promptExcerpt, type RanOutputs, timing } from "../lib/history";
 import { promptNumberText } from "../lib/queueview";
 import type { ImageRef, RunStore } from "../lib/runstore";
 import { tabSaves } from "../editor/useGraphStore";
@@ -49,7 +49,7 @@ function OutputSize({ images, text }: { images: ImageRef[]; text: number }) {
 }
 
 function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
-  h: HistoryEntry; onLoad(obj: unknown, name: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
+  h: HistoryEntry; onLoad(obj: unknown, name: string, ran?: RanOutputs): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
   onDelete(promptId: string): void;
 }) {
   const images = Object.values(h.outputs).flatMap((o) => o.images ?? []);
@@ -68,7 +68,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
             <button type="button" className="sf-small" onClick={() => openImage(images[0], images)} title="Show the image large"
               aria-describedby={head}>View</button>
           )}
-          <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra), workflowName(h.extra))}
+          <button type="button" className="sf-small" onClick={() => onLoad(workflowOf(h.prompt, h.extra), workflowName(h.extra), { promptId: h.promptId, outputs: h.outputs })}
             title="Load its workflow onto the canvas" aria-describedby={head}>Load</button>
           <button type="button" className="sf-small" onClick={() => onDelete(h.promptId)}
             title="Delete this entry from the server's history (its images stay in output/)" aria-describedby={head}>Delete</button>
@@ -130,7 +130,7 @@ function OtherTabs({ open }: { open(doc: unknown, name: string): void }) {
 }
 
 export function HistoryTab({ store, onLoad, openImage, feedback, openAutosave }: {
-  store: RunStore; onLoad(obj: unknown, name: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
+  store: RunStore; onLoad(obj: unknown, name: string, ran?: RanOutputs): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
   /** Open another tab's autosaved graph under its name. */
   openAutosave?(doc: unknown, name: string): void;
 }) {

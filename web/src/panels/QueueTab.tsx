@@ -10,6 +10,7 @@ import { clientOf, fairQueueOf, promptNumberText, runnableCount, turnsNote } fro
 import { useGlobalRun } from "../canvas/context";
 import { formatElapsed } from "../lib/batch";
 import type { ApiPrompt } from "../lib/graph";
+import type { RanOutputs } from "../lib/history";
 import type { ImageRef, RunStore } from "../lib/runstore";
 import { workflowName, workflowOf } from "./HistoryTab";
 import { LatestResult } from "./LatestResult";
@@ -59,7 +60,7 @@ function RunningProgress({ store, item, now }: { store: RunStore; item: QueueIte
 }
 
 export function QueueTab({ store, onLoad, notify, openImage, clientId }: {
-  store: RunStore; onLoad(obj: unknown, name: string): void; notify(msg: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void;
+  store: RunStore; onLoad(obj: unknown, name: string, ran?: RanOutputs): void; notify(msg: string): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void;
   clientId(): string | undefined;
 }) {
   const { queueVersion, running, connected } = useGlobalRun(store);

@@ -2,6 +2,7 @@
 
 import { memo, useEffect, useRef, useState } from "react";
 import { useGlobalRun } from "../canvas/context";
+import type { RanOutputs } from "../lib/history";
 import type { ImageRef, RunStore } from "../lib/runstore";
 import { afterToggle, type SideTab, TABS, type TabToggle, tabStep } from "../lib/sidepanel";
 import { HistoryTab } from "./HistoryTab";
@@ -49,7 +50,7 @@ function LivePreview({ store }: { store: RunStore }) {
 export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId, openAutosave,
   toggleTab = null }: {
   store: RunStore;
-  onLoad(obj: unknown, name: string): void;
+  onLoad(obj: unknown, name: string, ran?: RanOutputs): void;
   /** Open another tab's autosaved graph (the History tab lists them). */
   openAutosave?(doc: unknown, name: string): void;
   openImage(img: ImageRef, set?: readonly ImageRef[]): void;
