@@ -215,3 +215,24 @@ def test_history_load_shows_that_entrys_own_image(page, server: LiveServer):
     expect(c.widget("3", "seed")).to_have_value("11")
     expect(c.node("9").locator("img.sf-output-image")).to_have_attribute(
         "src", re.compile(re.escape(older)))
+
+
+def test_a_graph_opened_over_is_kept_across_a_reload(page):
+    """Opening another graph (an example, a file, a History entry) replaced an unsaved graph
+    for good once the page was reloaded (undo's history is the page's): it is kept in the
+    History tab's "replaced" list (a newcomer's walk)."""
+    c = Canvas(page)
+    c.open_file("unsaved.json", small_txt2img())
+    c.set_value("6", "text", "MY UNSAVED WORK")
+    c.wait_saved_inputs("6", text="MY UNSAVED WORK")
+    c.open_example("txt2img.json")
+    expect(c.widget("6", "text")).not_to_have_value("MY UNSAVED WORK")
+    page.reload()
+    page.wait_for_selector(".sf-dot.on")
+    page.get_by_role("tab", name="History").click()
+    kept = page.get_by_test_id("replaced-graphs")
+    kept.locator("summary").click()
+    row = kept.locator("li").filter(has_text="unsaved").first
+    row.get_by_role("button", name="Open").click()
+    expect(c.widget("6", "text")).to_have_value("MY UNSAVED WORK")
+    expect(page.locator(".sf-docname")).to_have_text("unsaved")

@@ -22,6 +22,7 @@ import type { Defs } from "../lib/schema";
 import { changedInputs, readUndoKey, recordStep, type UndoHistory, undoKey } from "../lib/undo";
 import { FitTracker, sameViewport } from "../lib/viewfit";
 import { TabAutosave } from "../lib/autosave";
+import { keepReplaced } from "../lib/replaced";
 
 export { LATEST_KEY as AUTOSAVE_KEY, LATEST_FIT_KEY as AUTOSAVE_FIT_KEY } from "../lib/autosave";
 const UNDO_MAX = 200;
@@ -366,6 +367,15 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null; arrange?: boolean; name?: string;
     record?: boolean; firstView?: boolean;
   } = {}) => {
+    if (opts.record !== false && state.current.nodes.length) {
+      // the graph shown until now stays at hand (History → Replaced graphs): undo brings
+      // it back only until a reload, and an unsaved graph was then lost for good
+      try {
+        keepReplaced(localStorage, JSON.stringify(graphToDocument(currentGraph(), defsRef.current)), docNameRef.current);
+      } catch {
+        // no storage: undo still has it
+      }
+    }
     const flow = graphToFlow(graph, defsRef.current);
     const seq = ++opened.current;
     arranging.current = !!opts.arrange && flow.nodes.length > 0;
@@ -402,7 +412,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       }
     }
     if (arranging.current) arrange(seq, opts.viewport !== false ? graph.viewport : undefined);
-  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView, recordOpened, fitWholeIfCut]);
+  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView, recordOpened, fitWholeIfCut, currentGraph]);
 
   const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {

@@ -11,6 +11,7 @@ import { formatDuration, promptExcerpt, type RanOutputs, timing } from "../lib/h
 import { promptNumberText } from "../lib/queueview";
 import type { ImageRef, RunStore } from "../lib/runstore";
 import { tabSaves } from "../editor/useGraphStore";
+import { GRAPHS_KEPT_EVENT, listReplaced } from "../lib/replaced";
 import { type FeedbackView, Thumb } from "./Thumb";
 
 /** The workflow a queued prompt carried (our document in extra_pnginfo), else its API prompt. */
@@ -104,16 +105,31 @@ const CLEAR_HISTORY_CONFIRM =
  * The graphs other tabs autosaved (lib/autosave.ts), newest first: a closed tab's graph is
  * kept (up to MAX_SLOTS tabs) and opens here, as an ordinary, undoable load.
  */
-function OtherTabs({ open }: { open(doc: unknown, name: string): void }) {
-  const [list, setList] = useState(() => tabSaves().others());
+const readOtherTabs = () => tabSaves().others();
+const readReplaced = () => listReplaced(localStorage);
+
+/** Graphs kept in this browser (`read` lists them, newest first), each opened by a click. */
+function SavedGraphs({ open, read, title, testId }: {
+  open(doc: unknown, name: string): void; read(): { t: number; name: string; doc: string }[]; title: string; testId: string;
+}) {
+  const [list, setList] = useState(read);
+  useEffect(() => { // a graph replaced while the tab shows, or kept by another tab
+    const again = () => setList(read());
+    window.addEventListener(GRAPHS_KEPT_EVENT, again);
+    window.addEventListener("storage", again);
+    return () => {
+      window.removeEventListener(GRAPHS_KEPT_EVENT, again);
+      window.removeEventListener("storage", again);
+    };
+  }, [read]);
   if (!list.length) return null;
   return (
-    <details className="sf-other-tabs" data-testid="other-tabs"
-      onToggle={(e) => (e.currentTarget as HTMLDetailsElement).open && setList(tabSaves().others())}>
-      <summary className="sf-muted">Other tabs' autosaved graphs ({list.length})</summary>
+    <details className="sf-other-tabs" data-testid={testId}
+      onToggle={(e) => (e.currentTarget as HTMLDetailsElement).open && setList(read())}>
+      <summary className="sf-muted">{title} ({list.length})</summary>
       <ul className="sf-list">
         {list.map((o) => (
-          <li key={o.id} className="sf-history-item sf-history-head">
+          <li key={`${o.t}:${o.name}`} className="sf-history-item sf-history-head">
             <span title={new Date(o.t).toLocaleString()}>{o.name || "workflow"} · {formatTime(o.t)}</span>
             <button type="button" className="sf-small" onClick={() => {
               try {
@@ -151,7 +167,10 @@ export function HistoryTab({ store, onLoad, openImage, feedback, openAutosave }:
             clearHistory().then(refresh, refresh);
           }}>Clear history…</button>
       </div>
-      {openAutosave && <OtherTabs open={openAutosave} />}
+      {openAutosave && <SavedGraphs open={openAutosave} read={readOtherTabs}
+        title="Other tabs' autosaved graphs" testId="other-tabs" />}
+      {openAutosave && <SavedGraphs open={openAutosave} read={readReplaced}
+        title="Graphs replaced here (opened over, or cleared)" testId="replaced-graphs" />}
       {items.length === 0 && <div className="sf-muted">Nothing has run yet.</div>}
       <ul className="sf-list" aria-label="history">
         {items.map((h) => (
