@@ -10,6 +10,12 @@
 // published as window.app after the setups, then opens its graph), then for the graph to
 // settle; a slow start (many node packs' extensions) only delays it. The browser is marked
 // as offered once the decision is carried out, so a page closed before that tries again.
+//
+// The example goes into the tab that holds the app's graph, not a tab of its own: the app's
+// loadApiJson(prompt, name) opens a new temporary workflow unless `name` is the active tab's
+// and that tab is temporary (an unsaved default graph): then it resets that tab's graph. So
+// the active tab's name is passed when it is temporary; a saved one keeps its graph and the
+// example opens beside it.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -47,7 +53,11 @@ async function offer() {
     if (!response.ok) return;
     const doc = await response.json();
     if (!doc?.prompt) return;
-    await app.loadApiJson(doc.prompt, "txt2img (Steerflow)");
+    const active = app.extensionManager?.workflow?.activeWorkflow;
+    const key = active?.isTemporary ? active.key : null; // "Unsaved Workflow.json"
+    const name = typeof key === "string" && key.endsWith(".json")
+      ? key.slice(0, -".json".length) : "txt2img (Steerflow)";
+    await app.loadApiJson(doc.prompt, name);
   }
   localStorage.setItem(OFFERED, "1");
 }

@@ -143,6 +143,8 @@ class ComfyApp:
     first: list[dict[str, Any]]  # the graph the first visit opened
     failed_at_start: list[str]
     offered: Any  # localStorage's steerflow.defaultGraphOffered after the first visit
+    tabs: list[str]  # the paths of the workflows open after the first visit
+    active_tab: Any  # the active one's path
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +184,12 @@ def shared_app(comfy_server: LiveServer) -> Iterator[ComfyApp]:
         first = page.evaluate("""() => window.app.graph._nodes.map(n => ({type: n.type,
             widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
         offered = page.evaluate("() => localStorage.getItem('steerflow.defaultGraphOffered')")
-        yield ComfyApp(page, page_errors, failed, views, first, list(failed), offered)
+        tabs = page.evaluate(
+            "() => window.app.extensionManager.workflow.openWorkflows.map(w => w.path)")
+        active_tab = page.evaluate(
+            "() => window.app.extensionManager.workflow.activeWorkflow?.path")
+        yield ComfyApp(page, page_errors, failed, views, first, list(failed), offered, tabs,
+                       active_tab)
 
 
 @pytest.fixture
@@ -205,6 +212,9 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(
         f"requests failed at start: {shared_app.failed_at_start}"
     # once per browser: a reload keeps what the user has (the app restores it)
     assert shared_app.offered
+    # the example replaced the app's default graph in its tab: no second tab is left
+    # holding the Z-Image graph, whose nodes Steerflow lacks
+    assert shared_app.tabs == [shared_app.active_tab], shared_app.tabs
 
     page = shared_app.page
     load_classic_graph(page)
