@@ -12,6 +12,8 @@ these routes answer what it calls at start and when used:
 * ``/workflow_templates`` (custom nodes' example workflows: none) and
   ``/templates/...`` — the template browser's files, from the
   ``comfyui-workflow-templates`` package when installed, else an empty index.
+* ``/docs/{node}/{locale}.md`` — the node Info tab's pages (and their pictures), from
+  the ``comfyui-embedded-docs`` package when installed, else 404.
 * ``/upload/mask`` — the mask editor's save: the uploaded mask's alpha becomes the
   alpha channel of the original image named by ``original_ref`` (Pillow only).
 * ``/internal/logs[/raw]`` and ``PATCH /internal/logs/subscribe`` — the server's recent
@@ -65,6 +67,9 @@ LOG_SIZE = {"cols": 120, "rows": 30}  # the Logs panel's terminal width follows 
 MAX_LOG_SUBSCRIBERS = 64
 MAX_METADATA_HEADER = 8 << 20  # a safetensors header bigger than this is not read
 TEMPLATES_PACKAGE = "comfyui_workflow_templates"
+EMBEDDED_DOCS_PACKAGE = "comfyui_embedded_docs"
+#: what the embedded docs hold beside the static types: the pages, and videos
+DOC_TYPES = {".md": "text/markdown; charset=utf-8", ".mp4": "video/mp4", ".webm": "video/webm"}
 
 
 def add_extension_source(app: web.Application, source: ExtensionSource) -> None:
@@ -245,6 +250,38 @@ async def templates_file(request: web.Request) -> web.StreamResponse:
     ctype = STATIC_TYPES.get(path.suffix.lower())
     if ctype is None or not path.is_file():
         raise ApiError(404, "not_found", f"no template file {tail!r}")
+    return web.FileResponse(path, headers={"Content-Type": ctype,
+                                           "X-Content-Type-Options": "nosniff"})
+
+
+# --- embedded node docs ------------------------------------------------------------
+def embedded_docs_dir() -> Path | None:
+    """The docs folder of the installed ``comfyui-embedded-docs``, if any."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(EMBEDDED_DOCS_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "docs"
+    return folder if folder.is_dir() else None
+
+
+async def docs_file(request: web.Request) -> web.StreamResponse:
+    """``/docs/{node}/{locale}.md`` and the pictures its pages show, from
+    ``comfyui-embedded-docs`` as ComfyUI serves them (its node Info tab)."""
+    from server.canvas import STATIC_TYPES
+
+    tail = request.match_info["tail"]
+    root = embedded_docs_dir()
+    if root is None:
+        raise ApiError(404, "not_found", "the comfyui-embedded-docs package is not installed")
+    try:
+        path = confined_path(root, tail)
+    except PathError:
+        raise ApiError(404, "not_found", f"no doc file {tail!r}") from None
+    ctype = DOC_TYPES.get(path.suffix.lower()) or STATIC_TYPES.get(path.suffix.lower())
+    if ctype is None or not path.is_file():
+        raise ApiError(404, "not_found", f"no doc file {tail!r}")
     return web.FileResponse(path, headers={"Content-Type": ctype,
                                            "X-Content-Type-Options": "nosniff"})
 
@@ -471,7 +508,8 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/internal/logs/raw", logs_raw),
     ("PATCH", "/internal/logs/subscribe", logs_subscribe),
 ]
-# The template browser fetches these beside the app, not under /api.
+# The template browser and the node Info tab fetch these beside the app, not under /api.
 STATIC_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/templates/{tail:.+}", templates_file),
+    ("GET", "/docs/{tail:.+}", docs_file),
 ]

@@ -72,6 +72,35 @@ def test_templates_from_the_package(http: Http, monkeypatch: pytest.MonkeyPatch,
     assert http.get("/templates/index_logo.json").json() == {"OpenAI": "logo/openai.png"}
 
 
+def test_embedded_docs_without_the_package(http: Http,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(comfy_frontend, "embedded_docs_dir", lambda: None)
+    reply = http.get("/docs/KSampler/en.md")
+    assert reply.status == 404 and reply.json()["error"]["type"] == "not_found"
+
+
+def test_embedded_docs_from_the_package(http: Http, monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    """The node Info tab's pages, as ComfyUI serves ``comfyui-embedded-docs``."""
+    root = tmp_path / "docs"
+    (root / "KSampler" / "asset").mkdir(parents=True)
+    (root / "KSampler" / "en.md").write_text("# KSampler\n![](asset/a.webp)\n")
+    (root / "KSampler" / "asset" / "a.webp").write_bytes(b"RIFF....WEBP")
+    (root / "KSampler" / "run.py").write_text("print()")
+    (tmp_path / "secret.md").write_text("secret")
+    (root / "Out").symlink_to(tmp_path)  # a link out of the package's folder
+    monkeypatch.setattr(comfy_frontend, "embedded_docs_dir", lambda: root)
+    reply = http.get("/docs/KSampler/en.md")
+    assert reply.status == 200 and reply.body == b"# KSampler\n![](asset/a.webp)\n"
+    assert reply.headers["Content-Type"].startswith("text/markdown")
+    reply = http.get("/docs/KSampler/asset/a.webp")
+    assert reply.status == 200 and reply.headers["Content-Type"] == "image/webp"
+    for bad in ("KSampler/fr.md", "Nope/en.md", "KSampler", "KSampler/run.py",
+                "..%2Fsecret.md", "Out/secret.md", "KSampler/..%2F..%2Fsecret.md"):
+        reply = http.get(f"/docs/{bad}", raw=True)
+        assert reply.status == 404 and reply.json()["error"]["type"] == "not_found", bad
+
+
 def test_experiment_models(http: Http, server: LiveServer) -> None:
     ckpts = server.base_dir / "models" / "checkpoints"
     (ckpts / "diffusers-model").mkdir(parents=True)
