@@ -224,3 +224,20 @@ def test_status_bar_shows_another_clients_run(page, server: LiveServer):
     server.wait_history(theirs["prompt_id"])
     expect(status).not_to_contain_text("another client", timeout=15_000)
     expect(status).to_contain_text("queue 0")
+
+
+def test_queue_three_times_with_every_seed_fixed_says_they_make_one_image(page, server: LiveServer):
+    """Queue ×4 on the txt2img example (its seed fixed) made four equal prompts, three of them
+    answered by the cache with the same image, and nothing said so (a newcomer's walk)."""
+    c = Canvas(page)
+    doc = small_txt2img(steps=2)
+    doc["prompt"]["6"]["inputs"]["text"] = "fixed batch e2e: a pink star"
+    c.open_file("fixed.json", doc)
+    expect(c.nodes()).to_have_count(len(TXT2IMG["prompt"]))
+    expect(c.node("3").get_by_label("seed control after generate")).to_have_value("fixed")
+    before = _history_ids(server)
+    page.get_by_label("queue count").fill("3")
+    page.get_by_role("button", name="Queue", exact=True).click()
+    expect(c.toasts().filter(has_text=re.compile(r"Queued 3 prompts.*all the same.*increment or randomize"))
+           ).to_have_count(1)
+    _wait_new_history(server, before, 3)

@@ -86,6 +86,8 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
     store.clearErrors();
     const n = clampCount(count);
     const numbers: number[] = [];
+    /** The prompts queued, as text: all the same (every seed fixed) means one image n times. */
+    const distinct = new Set<string>();
     try {
       // Webcam Capture nodes with capture_on_queue: a fresh capture goes into the prompts (as
       // ComfyUI's front end, not onto the canvas: "queue on change" would see a change and loop)
@@ -100,6 +102,7 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
         // each prompt picks its own {a|b} of the dynamic prompts; the saved workflow keeps the typed text
         const queued = queuedPrompt(graph, defsRef.current);
         const prompt = queued.prompt;
+        distinct.add(JSON.stringify(prompt, (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v)));
         // its name goes with it: History's Load opens it under that name (it was "workflow")
         const workflow = { ...queued.workflow, extra: { ...queued.workflow.extra, name: docNameNow() } };
         // the open graph's prompt (its run is drawn on these nodes, not on a graph opened later),
@@ -131,8 +134,15 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       const range = numbers.length && !front ? (n === 1 ? ` #${numbers[0]}` : ` (#${numbers[0]}–#${numbers[numbers.length - 1]})`) : "";
       const where = front ? " at the front of the queue" : "";
       // one at a time: queueing several in a row must not stack them over the canvas
-      notify(n === 1 ? `Queued prompt${range}${where}` : `Queued ${n} prompts${range}${where}`,
-        "info", undefined, { tag: "queued" });
+      if (n > 1 && distinct.size === 1 && numbers.length === n) {
+        // the cache then answers n − 1 of them at once with the same image (a newcomer's walk)
+        notify(`Queued ${n} prompts${range}${where}, all the same: every seed is fixed, so they make one image. `
+          + "For different images set a seed's control (beside it) to increment or randomize.", "warning",
+        undefined, { tag: "queued" });
+      } else {
+        notify(n === 1 ? `Queued prompt${range}${where}` : `Queued ${n} prompts${range}${where}`,
+          "info", undefined, { tag: "queued" });
+      }
     } catch (e) {
       if (isNetworkError(e)) {
         // no answer at all (the server is down or restarting): not a rejection; the status
