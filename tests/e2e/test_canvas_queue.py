@@ -238,6 +238,6 @@ def test_queue_three_times_with_every_seed_fixed_says_they_make_one_image(page, 
     before = _history_ids(server)
     page.get_by_label("queue count").fill("3")
     page.get_by_role("button", name="Queue", exact=True).click()
-    expect(c.toasts().filter(has_text=re.compile(r"Queued 3 prompts.*all the same.*increment or randomize"))
-           ).to_have_count(1)
+    same = re.compile(r"Queued 3 prompts.*all the same.*increment or randomize")
+    expect(c.toasts().filter(has_text=same)).to_have_count(1)
     _wait_new_history(server, before, 3)
