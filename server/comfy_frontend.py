@@ -8,6 +8,8 @@ these routes answer what it calls at start and when used:
   theirs through :func:`add_extension_source` (empty without any).
 * ``/i18n`` (no extra translations), ``/features`` (the server's feature flags).
 * ``/experiment/models[/{folder}]`` and ``/internal/folder_paths`` — the model folders;
+  ``/experiment/models/preview/{folder}/0/{name}`` — a model's picture (beside it or
+  in its safetensors metadata) as WebP;
   ``/internal/files/{input|output|temp}`` — a folder's files, newest first.
 * ``/workflow_templates`` (custom nodes' example workflows: none) and
   ``/templates/...`` — the template browser's files, from the
@@ -45,7 +47,15 @@ from aiohttp import web
 from engine.paths import PathError, confined_path
 from server.errors import ApiError, json_response, storage_error
 from server.files import _role, _with_suffix, read_upload, sanitize_filename, store_upload
-from server.imaging import ImageTooLarge, image_error, load_image, open_image, run_decode
+from server.imaging import (
+    ImageTooLarge,
+    NotAnImage,
+    image_error,
+    load_image,
+    open_image,
+    reencode,
+    run_decode,
+)
 from server.info import _FOLDER_NAME, MODEL_SUFFIXES
 from server.routes import read_object
 from server.state import state
@@ -156,6 +166,91 @@ async def experiment_models_folder(request: web.Request) -> web.Response:
         raise ApiError(404, "unknown_folder", f"no model folder {folder!r}")
     files = await asyncio.get_running_loop().run_in_executor(None, _model_files, env, folder)
     return json_response(files)
+
+
+#: the picture files beside a model that its library row shows, in the order they are tried
+PREVIEW_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".gif", ".bmp")
+
+
+def model_preview(folder: Path, filename: str) -> Path | bytes | None:
+    """The picture ComfyUI's model library shows for the model ``filename`` (its name
+    with any suffix: the app asks for ``name.webp``) in ``folder``, as ComfyUI's
+    model_manager finds it: ``name.png`` (``.webp``, ``.jpg``...) or
+    ``name.preview.png`` beside the model, else a cover image in ``name.safetensors``'s
+    metadata (``ssmd_cover_images``, or ``modelspec.thumbnail``'s data URI), read from
+    its header only. Every path is confined to ``folder`` after resolving links."""
+    stem = os.path.splitext(filename)[0]
+    if not stem:
+        return None
+    for base in (stem, stem + ".preview"):
+        for suffix in PREVIEW_SUFFIXES:
+            path = _confined_file(folder, base + suffix)
+            if path is not None:
+                return path
+    for suffix in (".safetensors", ".sft"):
+        weights = _confined_file(folder, stem + suffix)
+        meta = safetensors_metadata(weights) if weights is not None else None
+        if meta is not None:
+            return _cover_image(meta)
+    return None
+
+
+def _confined_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` when it is a file inside ``folder`` (links resolved)."""
+    try:
+        path = confined_path(folder, name)
+    except PathError:
+        return None
+    return path if path.is_file() else None
+
+
+def _cover_image(meta: dict[str, Any]) -> bytes | None:
+    """The first cover image a safetensors file's metadata carries, as bytes."""
+    import base64
+    import binascii
+
+    images: list[Any] = []
+    covers = meta.get("ssmd_cover_images")
+    if isinstance(covers, str):
+        try:
+            parsed = json.loads(covers)
+        except ValueError:
+            parsed = None
+        images += parsed if isinstance(parsed, list) else []
+    thumb = meta.get("modelspec.thumbnail")
+    if isinstance(thumb, str) and thumb.startswith("data:image/") and "," in thumb:
+        images.append(thumb.split(",", 1)[1])
+    for image in images:
+        if isinstance(image, str):
+            try:
+                return base64.b64decode(image, validate=True)
+            except (binascii.Error, ValueError):
+                continue
+    return None
+
+
+async def model_preview_image(request: web.Request) -> web.Response:
+    """``/experiment/models/preview/{folder}/{path_index}/{filename}``: the model
+    library row's picture (:func:`model_preview`) as WebP, as ComfyUI sends it; 404 when
+    the model has none (or it is no image)."""
+    env = state(request).env
+    folder = request.match_info["folder"]
+    filename = request.match_info["filename"]
+    if not _FOLDER_NAME.fullmatch(folder) or request.match_info["path_index"] != "0":
+        raise ApiError(404, "not_found", f"no model folder {folder[:100]!r} (one path, 0)")
+    root = env.folder("models", folder)
+    loop = asyncio.get_running_loop()
+    source = await loop.run_in_executor(None, model_preview, root, filename)
+    if source is None:
+        raise ApiError(404, "not_found", f"no preview for {filename[:200]!r} in {folder}")
+    try:
+        body, ctype = await run_decode([("preview", source)], reencode, source, "webp", 90,
+                                       None, True)
+    except NotAnImage as exc:
+        raise ApiError(404, "not_found", f"the preview of {filename[:200]!r} is not a "
+                       f"readable image: {exc}") from None
+    return web.Response(body=body, content_type=ctype,
+                        headers={"Cache-Control": "no-cache"})
 
 
 async def folder_paths(request: web.Request) -> web.Response:
@@ -498,6 +593,8 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/features", features),
     ("GET", "/experiment/models", experiment_models),
     ("GET", "/experiment/models/{folder}", experiment_models_folder),
+    ("GET", "/experiment/models/preview/{folder}/{path_index}/{filename:.+}",
+     model_preview_image),
     ("GET", "/internal/folder_paths", folder_paths),
     ("GET", "/internal/files/{directory_type}", internal_files),
     ("GET", "/workflow_templates", workflow_templates),

@@ -187,7 +187,7 @@ def check_image(data: bytes) -> str:
     return fmt
 
 
-def reencode(path: str, fmt: str, quality: int, channel: str | None,
+def reencode(path: ImageSource, fmt: str, quality: int, channel: str | None,
              preview: bool = False) -> tuple[bytes, str]:
     """Re-encode an image for /view (``preview=webp;90``, ``channel=rgb|a``); a
     ``preview`` is at most :data:`PREVIEW_SIDE` on a side. Run it with :func:`run_decode`."""

@@ -124,6 +124,70 @@ def test_experiment_models(http: Http, server: LiveServer) -> None:
         assert reply.status in (404,), bad
 
 
+def _picture(color: str, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _safetensors(meta: dict[str, str]) -> bytes:
+    header = json.dumps({"__metadata__": meta}).encode()
+    return len(header).to_bytes(8, "little") + header
+
+
+def _webp_color(body: bytes) -> tuple[int, ...]:
+    with Image.open(io.BytesIO(body)) as img:
+        assert img.format == "WEBP" and img.size == (8, 6)
+        return img.convert("RGB").getpixel((4, 3))
+
+
+def test_model_previews_as_comfyui_finds_them(http: Http, server: LiveServer,
+                                              tmp_path: Path) -> None:
+    """The model library asks ``/experiment/models/preview/{folder}/0/{name}.webp`` for
+    each row: a picture beside the model (``name.png``, ``name.preview.webp``...) or a
+    cover in its safetensors metadata, sent as WebP; none is a JSON 404."""
+    import base64
+
+    ckpts = server.base_dir / "models" / "checkpoints"
+    (ckpts / "sub").mkdir(parents=True)
+    (ckpts / "plain.safetensors").write_bytes(_safetensors({}))
+    (ckpts / "plain.png").write_bytes(_picture("red"))
+    (ckpts / "sub" / "nested.ckpt").write_bytes(b"x")
+    (ckpts / "sub" / "nested.preview.jpeg").write_bytes(_picture("blue", "JPEG"))
+    cover = base64.b64encode(_picture("lime")).decode()
+    (ckpts / "covered.safetensors").write_bytes(
+        _safetensors({"ssmd_cover_images": json.dumps([cover])}))
+    (ckpts / "thumb.safetensors").write_bytes(
+        _safetensors({"modelspec.thumbnail": "data:image/png;base64," + cover}))
+    (ckpts / "bare.safetensors").write_bytes(_safetensors({"title": "no picture"}))
+    (ckpts / "broken.safetensors").write_bytes(b"x")
+    (ckpts / "broken.png").write_bytes(b"not a picture")
+    (tmp_path / "outside.png").write_bytes(_picture("white"))
+    (ckpts / "linked.safetensors").write_bytes(b"x")
+    (ckpts / "linked.png").symlink_to(tmp_path / "outside.png")  # out of the folder
+    (server.base_dir / "models" / "secret.png").write_bytes(_picture("white"))
+    for prefix in ("", "/api"):
+        reply = http.get(prefix + "/experiment/models/preview/checkpoints/0/plain.webp")
+        assert reply.status == 200 and reply.headers["Content-Type"] == "image/webp"
+        assert _webp_color(reply.body)[0] > 200  # red
+    red = _webp_color(http.get("/experiment/models/preview/checkpoints/0/plain.safetensors")
+                      .body)
+    assert red[0] > 200 and red[2] < 60
+    blue = _webp_color(http.get("/experiment/models/preview/checkpoints/0/sub/nested.webp")
+                       .body)
+    assert blue[2] > 200 and blue[0] < 60
+    for name in ("covered.webp", "thumb.webp"):
+        reply = http.get(f"/experiment/models/preview/checkpoints/0/{name}")
+        assert reply.status == 200, name
+        assert _webp_color(reply.body)[1] > 200 and _webp_color(reply.body)[0] < 60
+    for path in ("checkpoints/0/bare.webp", "checkpoints/0/broken.webp",
+                 "checkpoints/0/missing.webp", "checkpoints/0/linked.webp",
+                 "checkpoints/0/..%2Fsecret.webp", "checkpoints/0/sub%2F..%2F..%2Fsecret.webp",
+                 "checkpoints/1/plain.webp", "loras/0/plain.webp", "..%2Fmodels/0/secret.webp"):
+        reply = http.get(f"/experiment/models/preview/{path}", raw=True)
+        assert reply.status == 404 and reply.json()["error"]["type"] == "not_found", path
+
+
 def test_extension_sources_hook(make_server: Callable[..., LiveServer], loop: object) -> None:
     def broken() -> list[str]:
         raise RuntimeError("a pack failed")
