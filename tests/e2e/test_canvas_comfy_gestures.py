@@ -30,9 +30,9 @@ def test_link_dropped_on_a_node_or_a_widget_links_by_type(page):
     # an INT dropped on the steps widget goes into steps (not into seed, the first INT)
     c.drag(c.out_handle(num, 0), c.widget(sampler, "steps"))
     expect(c.edges()).to_have_count(2)
-    # a VAE: nothing on the sampler takes it, so nothing happens
+    # a VAE: nothing on the sampler takes it, so no link, and the reason is said (as on a dot)
     c.drag(c.out_handle(ckpt, 2), c.node(sampler).locator(".sf-header"))
-    page.wait_for_timeout(300)
+    expect(c.toasts().filter(has_text="Link refused: Sample has no input that takes VAE")).to_have_count(1)
     expect(palette).to_have_count(0)
     expect(c.edges()).to_have_count(2)
     assert c.node_ids() == [ckpt, sampler, num]
@@ -50,6 +50,10 @@ def test_link_dragged_from_an_input_onto_a_node_takes_its_matching_output(page):
     expect(c.edges()).to_have_count(1)
     expect(page.get_by_role("dialog", name="Add node")).to_have_count(0)
     assert c.document()["prompt"][decode]["inputs"]["vae"] == [ckpt, 2]
+    # from an input onto a node with no output of its type: refused, with the reason
+    c.drag(c.in_handle(decode, "samples"), c.node(ckpt).locator(".sf-header"))
+    expect(c.toasts().filter(has_text="Load Checkpoint has no LATENT output")).to_have_count(1)
+    expect(c.edges()).to_have_count(1)
 
 
 def test_alt_drag_clones_the_node(page):

@@ -125,7 +125,11 @@ export function useLinking(g: GraphStore, notify: Notify) {
       const type = (held || !fromDef ? outputType(view, defs, source, slot) : fromDef.outputs[slot]?.type) ?? ANY_TYPE;
       const linked = new Set(state.current.edges.filter((e) => e.target === nodeId).map((e) => inputOf(e.targetHandle)));
       const input = isReroute ? REROUTE_INPUT : def ? dropInput(def, node.data.values, linked, type, row) : undefined;
-      if (input === undefined) return;
+      if (input === undefined) {
+        // as a drop on a dot that refuses the link says why (this one did nothing)
+        if (def) notify(`Link refused: ${view.nodeTitle?.(nodeId) ?? def.displayName} has no input that takes ${type}`, "error");
+        return;
+      }
       if (held && held.target === nodeId && inputOf(held.targetHandle) === input) return; // put back where it was
       if (connect({ source, slot, target: nodeId, input }) && held) setEdges((es) => es.filter((e) => e.id !== held.id));
       return;
@@ -137,7 +141,8 @@ export function useLinking(g: GraphStore, notify: Notify) {
       : downstreamTypes(view, defs, from.nodeId)[0] ?? ANY_TYPE;
     const slot = isReroute ? 0 : def ? dropOutput(def, type) : undefined;
     if (slot !== undefined) connect({ source: nodeId, slot, target: from.nodeId, input });
-  }, [state, graphView, defsRef, connect, setEdges]);
+    else if (def) notify(`Link refused: ${view.nodeTitle?.(nodeId) ?? def.displayName} has no ${type} output`, "error");
+  }, [state, graphView, defsRef, connect, setEdges, notify]);
 
   /**
    * Shift-drag from an output onto another node's output (or its body: its first output of
