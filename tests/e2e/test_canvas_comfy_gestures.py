@@ -32,7 +32,8 @@ def test_link_dropped_on_a_node_or_a_widget_links_by_type(page):
     expect(c.edges()).to_have_count(2)
     # a VAE: nothing on the sampler takes it, so no link, and the reason is said (as on a dot)
     c.drag(c.out_handle(ckpt, 2), c.node(sampler).locator(".sf-header"))
-    expect(c.toasts().filter(has_text="Link refused: Sample has no input that takes VAE")).to_have_count(1)
+    refused = "Link refused: Sample has no input that takes VAE"
+    expect(c.toasts().filter(has_text=refused)).to_have_count(1)
     expect(palette).to_have_count(0)
     expect(c.edges()).to_have_count(2)
     assert c.node_ids() == [ckpt, sampler, num]
