@@ -232,7 +232,12 @@ async def models_folder(request: web.Request) -> web.Response:
     # what it draws) for the built-in models; read from a JSON file, no weights opened.
     from nodes.diffusion.builtin_models import model_card  # light: json only
 
-    return json_response([{"name": n, "info": model_card(n)} for n in names])
+    # the model folders the loaders offer as one name (a ControlNet's diffusers folder, with
+    # its config.json) get their card too: the canvas looks it up by the name picked
+    folders = await _off_loop(lambda: env.list_files(
+        "models", folder, dirs_with="config.json", dirs_only=True))
+    listed = sorted(set(names) | set(folders))
+    return json_response([{"name": n, "info": model_card(n)} for n in listed])
 
 
 def _flag(request: web.Request, name: str) -> bool:

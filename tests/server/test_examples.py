@@ -77,3 +77,16 @@ def test_checkpoint_listing_carries_model_cards(server: LiveServer, http: Http):
         card = listed[name]
         assert card["native_size"] == [64, 64]
         assert "circle" in card["draws"] and "background" in card["draws"]
+
+
+def test_controlnet_folder_names_carry_their_model_cards(server: LiveServer, http: Http):
+    """Load ControlNet Model offers a diffusers folder by its name (steerflow-shapes-adapter,
+    its default): the card listing named only the files in it, so the canvas showed none."""
+    cn = server.base_dir / "models" / "controlnet"
+    (cn / "steerflow-shapes-adapter").mkdir(parents=True)
+    (cn / "steerflow-shapes-adapter" / "config.json").write_text("{}")
+    (cn / "steerflow-shapes-adapter" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    listed = {e["name"]: e["info"] for e in http.get("/models/controlnet?info=1").json()}
+    assert "T2I-Adapter" in listed["steerflow-shapes-adapter"]["draws"]
+    # ComfyUI's plain listing (files only) is unchanged
+    assert "steerflow-shapes-adapter" not in http.get("/models/controlnet").json()
