@@ -236,3 +236,19 @@ def test_a_graph_opened_over_is_kept_across_a_reload(page):
     row.get_by_role("button", name="Open").click()
     expect(c.widget("6", "text")).to_have_value("MY UNSAVED WORK")
     expect(page.locator(".sf-docname")).to_have_text("unsaved")
+
+
+def test_history_size_line_names_each_size_of_its_images(page, server: LiveServer):
+    """An edit then upscale run read "3 images · 64×64" though its result was 128×128: the size
+    line read the first image only (a newcomer's walk)."""
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "sizes e2e: a cyan triangle"
+    doc["prompt"]["10"] = {"class_type": "ImageScaleBy", "inputs": {
+        "image": ["8", 0], "upscale_method": "nearest-exact", "scale_by": 2.0}}
+    doc["prompt"]["11"] = {"class_type": "SaveImage",
+                           "inputs": {"images": ["10", 0], "filename_prefix": "sizes"}}
+    res = server.post("/prompt", {"prompt": doc["prompt"], "client_id": "e2e"})
+    server.wait_history(res["prompt_id"])
+    page.get_by_role("tab", name="History").click()
+    item = page.locator(f'.sf-history-item[data-prompt-id="{res["prompt_id"]}"]')
+    expect(item.get_by_test_id("output-size")).to_have_text("2 images · 64×64, 128×128")

@@ -4,7 +4,7 @@
  * large view of its images and "load its workflow".
  */
 
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useMemo, useState } from "react";
 import { clearHistory, deleteHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
 import { useGlobalRun } from "../canvas/context";
 import { formatDuration, promptExcerpt, type RanOutputs, timing } from "../lib/history";
@@ -33,17 +33,27 @@ function formatTime(ms: number): string {
   return today ? d.toLocaleTimeString() : d.toLocaleString();
 }
 
-/** "2 images · 512×512" once the first image has loaded (its natural size). */
+/** Sizes read for the size line (a batch of many shows the first few's). */
+const SIZES_READ = 8;
+
+/** "2 images · 512×512" (each size once, "64×64, 128×128") once the images have loaded. */
 function OutputSize({ images, text }: { images: ImageRef[]; text: number }) {
-  const [size, setSize] = useState<string | null>(null);
+  const [sizes, setSizes] = useState<string[]>([]);
   useEffect(() => {
-    if (!images.length) return;
-    const img = new Image();
-    img.onload = () => setSize(`${img.naturalWidth}×${img.naturalHeight}`);
-    img.src = viewUrl(images[0]);
+    let live = true;
+    const read = images.slice(0, SIZES_READ).map((ref) => new Promise<string | null>((done) => {
+      const img = new Image();
+      img.onload = () => done(`${img.naturalWidth}×${img.naturalHeight}`);
+      img.onerror = () => done(null);
+      img.src = viewUrl(ref);
+    }));
+    void Promise.all(read).then((got) => {
+      if (live) setSizes([...new Set(got.filter((s): s is string => s !== null))]);
+    });
+    return () => { live = false; };
   }, [images]);
   const parts: string[] = [];
-  if (images.length) parts.push(`${images.length} image${images.length === 1 ? "" : "s"}${size ? ` · ${size}` : ""}`);
+  if (images.length) parts.push(`${images.length} image${images.length === 1 ? "" : "s"}${sizes.length ? ` · ${sizes.join(", ")}` : ""}`);
   if (text) parts.push(`${text} text output${text === 1 ? "" : "s"}`);
   if (!parts.length) parts.push("no outputs");
   return <span className="sf-history-size" data-testid="output-size">{parts.join(" · ")}</span>;
@@ -53,7 +63,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
   h: HistoryEntry; onLoad(obj: unknown, name: string, ran?: RanOutputs): void; openImage(img: ImageRef, set?: readonly ImageRef[]): void; feedback: FeedbackView | null;
   onDelete(promptId: string): void;
 }) {
-  const images = Object.values(h.outputs).flatMap((o) => o.images ?? []);
+  const images = useMemo(() => Object.values(h.outputs).flatMap((o) => o.images ?? []), [h.outputs]);
   const texts = Object.values(h.outputs).reduce((a, o) => a + ((o as { text?: unknown[] }).text?.length ?? 0), 0);
   const { start, durationMs } = timing(h.messages);
   const excerpt = promptExcerpt(h.prompt);
