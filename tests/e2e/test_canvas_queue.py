@@ -241,3 +241,8 @@ def test_queue_three_times_with_every_seed_fixed_says_they_make_one_image(page, 
     same = re.compile(r"Queued 3 prompts.*all the same.*increment or randomize")
     expect(c.toasts().filter(has_text=same)).to_have_count(1)
     _wait_new_history(server, before, 3)
+
+
+def test_interrupt_with_nothing_running_says_so(page):
+    page.locator(".sf-toolbar").get_by_role("button", name="Interrupt").click()
+    expect(Canvas(page).toasts().filter(has_text="Nothing is running to interrupt")).to_have_count(1)

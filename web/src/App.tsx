@@ -532,6 +532,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     else run();
   }, [notify]);
 
+  /** Interrupt (the toolbar's, Ctrl+Alt+Enter): with nothing running it says so (it did nothing, silently). */
+  const interruptNow = useCallback(() => {
+    const run = store.getGlobal();
+    if (run.connected && !run.running && run.queueRemaining === 0) notify("Nothing is running to interrupt", "info");
+    void interrupt().catch(() => undefined);
+  }, [store, notify]);
+
   const shortcuts = useMemo(() => ({
     keys: () => setKeysHelp((open) => !open),
     queue: queueKey(queueN),
@@ -539,7 +546,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       if (queueOptions.countIssue) notify(`Not queued: ${queueOptions.countIssue}`, "error");
       else void queue(undefined, queueOptions.count, true);
     })),
-    interrupt: () => void interrupt().catch(() => undefined),
+    interrupt: interruptNow,
     save,
     open: () => fileInput.current?.click(),
     undo: g.undo,
@@ -560,7 +567,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       notify("Refreshing the node definitions…");
     },
     deleteLink: edit.removeLink,
-  }), [queueKey, queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs, pasteKey]);
+  }), [queueKey, queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs, pasteKey, interruptNow]);
   // a menu, the palette, a modal dialog or a workflow being opened has the keyboard: only the global keys
   useShortcuts(shortcuts, !!linking.palette || !!menu || !!opening || confirmClear || !!lightbox);
 
@@ -580,7 +587,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const toolbar = useMemo(() => ({
     queue: queueN,
     queueSelected,
-    interrupt: () => void interrupt().catch(() => undefined),
+    interrupt: interruptNow,
     addNode: unlessOpening(linking.openPaletteCentered),
     undo: unlessOpening(g.undo),
     redo: unlessOpening(g.redo),
@@ -593,7 +600,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     clear,
     refresh: refreshDefs,
     keys: () => setKeysHelp((open) => !open),
-  }), [queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, g.canUndo, g.canRedo, save, exportApi, openExample, clear,
+  }), [interruptNow, queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, g.canUndo, g.canRedo, save, exportApi, openExample, clear,
     refreshDefs]);
 
   return (

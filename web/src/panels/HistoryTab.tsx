@@ -139,7 +139,7 @@ function SavedGraphs({ open, read, title, testId }: {
       <summary className="sf-muted">{title} ({list.length})</summary>
       <ul className="sf-list">
         {list.map((o) => (
-          <li key={`${o.t}:${o.name}`} className="sf-history-item sf-history-head">
+          <li key={`${o.t}:${o.name}`} className="sf-saved-graph sf-history-head">
             <span title={new Date(o.t).toLocaleString()}>{o.name || "workflow"} · {formatTime(o.t)}</span>
             <button type="button" className="sf-small" onClick={() => {
               try {
