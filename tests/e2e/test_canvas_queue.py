@@ -245,4 +245,5 @@ def test_queue_three_times_with_every_seed_fixed_says_they_make_one_image(page, 
 
 def test_interrupt_with_nothing_running_says_so(page):
     page.locator(".sf-toolbar").get_by_role("button", name="Interrupt").click()
-    expect(Canvas(page).toasts().filter(has_text="Nothing is running to interrupt")).to_have_count(1)
+    said = Canvas(page).toasts().filter(has_text="Nothing is running to interrupt")
+    expect(said).to_have_count(1)
