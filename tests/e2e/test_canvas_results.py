@@ -252,3 +252,21 @@ def test_history_size_line_names_each_size_of_its_images(page, server: LiveServe
     page.get_by_role("tab", name="History").click()
     item = page.locator(f'.sf-history-item[data-prompt-id="{res["prompt_id"]}"]')
     expect(item.get_by_test_id("output-size")).to_have_text("2 images · 64×64, 128×128")
+
+
+def test_a_history_image_dragged_onto_load_image_becomes_its_input(page, server: LiveServer):
+    """A result could reach an edit graph only through the disk (View → download → upload):
+    dragging a History or Gallery thumbnail onto Load Image did nothing (a newcomer's walk).
+    Dropped there, it is uploaded into input/ and picked, as a file dropped from the desktop."""
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "drag e2e: a green square"
+    res = server.post("/prompt", {"prompt": doc["prompt"], "client_id": "e2e"})
+    entry = server.wait_history(res["prompt_id"])
+    made = entry["outputs"]["9"]["images"][0]["filename"]
+    c = Canvas(page)
+    loader = c.add_node("Load Image", 80, 80)
+    page.get_by_role("tab", name="History").click()
+    thumb = page.locator(f'.sf-history-item[data-prompt-id="{res["prompt_id"]}"] img').first
+    thumb.drag_to(c.node(loader).locator(".sf-header"))
+    expect(c.toasts().filter(has_text=f"Uploaded {made}")).to_have_count(1)
+    expect(c.widget(loader, "image")).to_have_value(re.compile(re.escape(made.removesuffix(".png"))))

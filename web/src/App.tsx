@@ -46,7 +46,7 @@ import { queuedPrompt } from "./lib/dynamicprompts";
 import { stringifyJsonExact } from "./lib/exactint";
 import { packErrorText } from "./lib/packerrors";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
-import { carriesWorkflow, imageUploadInput, isImageFile, selectedUploadTarget, uploadTargetOf } from "./lib/drop";
+import { carriesWorkflow, fileOfUrl, imageUploadInput, isImageFile, selectedUploadTarget, serverImageUrl, uploadTargetOf } from "./lib/drop";
 import { CANVAS_MAX_ZOOM, CANVAS_MIN_ZOOM, lowDetail } from "./lib/layout";
 import { missingModels, missingModelsText } from "./lib/missingmodels";
 import { graphPromptOf, type RanOutputs, ranOutputs } from "./lib/history";
@@ -624,15 +624,21 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             ref={canvas}
             className={`sf-canvas${lod ? " sf-lod" : ""}`}
             onDragOver={(e) => {
-              if (e.dataTransfer.types.includes("Files")) e.preventDefault();
+              if (e.dataTransfer.types.includes("Files") || e.dataTransfer.types.includes("text/uri-list")) e.preventDefault();
             }}
             onDrop={(e) => {
               const f = e.dataTransfer.files?.[0];
-              if (!f) return;
+              // an image of this server's dragged from the gallery, History or a node: as its file
+              const url = f ? null : serverImageUrl(e.dataTransfer.getData("text/uri-list"), window.location.href);
+              if (!f && !url) return;
               e.preventDefault();
-              const node = (e.target as Element).closest?.(".react-flow__node");
-              void dropFile(f, node?.getAttribute("data-id") ?? null, false,
-                rf.screenToFlowPosition({ x: e.clientX, y: e.clientY }));
+              const node = (e.target as Element).closest?.(".react-flow__node")?.getAttribute("data-id") ?? null;
+              const at = rf.screenToFlowPosition({ x: e.clientX, y: e.clientY });
+              if (f) void dropFile(f, node, false, at);
+              else if (url) {
+                void fileOfUrl(url).then((file) => dropFile(file, node, false, at),
+                  (err: Error) => notify(`Cannot use that image: ${err.message}`, "error"));
+              }
             }}
             onMouseMove={(e) => {
               pointer.current = { x: e.clientX, y: e.clientY };

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { carriesWorkflow, imageUploadInput, isImageFile, selectedUploadTarget, uploadTargetOf } from "./drop";
+import { carriesWorkflow, imageUploadInput, isImageFile, selectedUploadTarget, serverImageUrl, uploadTargetOf } from "./drop";
 import { insertChunks, pngChunks, textChunk } from "./png";
 import { testDefs } from "./testdefs";
 
@@ -64,5 +64,17 @@ describe("dropping an image on the canvas", () => {
     // two selected: ambiguous
     const two = nodes.map((n) => ({ ...n, selected: n.id !== "2" }));
     expect(selectedUploadTarget(two, defs)).toBeNull();
+  });
+});
+
+describe("serverImageUrl", () => {
+  const page = "http://127.0.0.1:8188/";
+  it("takes this server's /view images only", () => {
+    expect(serverImageUrl("http://127.0.0.1:8188/view?filename=a.png&type=output", page)?.searchParams.get("filename")).toBe("a.png");
+    expect(serverImageUrl("# comment\r\n/api/view?filename=b.png&subfolder=x", page)?.pathname).toBe("/api/view");
+    expect(serverImageUrl("https://example.com/view?filename=a.png", page)).toBeNull();
+    expect(serverImageUrl("http://127.0.0.1:8188/workflows/x.json", page)).toBeNull();
+    expect(serverImageUrl("http://127.0.0.1:8188/view?type=output", page)).toBeNull();
+    expect(serverImageUrl("", page)).toBeNull();
   });
 });

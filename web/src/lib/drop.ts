@@ -47,3 +47,31 @@ export function selectedUploadTarget(nodes: readonly (NodeRef & { selected?: boo
   const selected = nodes.filter((n) => n.selected);
   return selected.length === 1 ? uploadTargetOf(selected[0], defs) : null;
 }
+
+/**
+ * The URL of an image this server serves (`/view?filename=…`, as the gallery, History and the
+ * nodes show them) among a drop's `text/uri-list`, resolved against the page (`base`); null
+ * for anything else (another site's image is never fetched).
+ */
+export function serverImageUrl(uriList: string, base: string): URL | null {
+  const first = uriList.split(/\r?\n/).find((line) => line && !line.startsWith("#"));
+  if (!first) return null;
+  let url: URL;
+  try {
+    url = new URL(first.trim(), base);
+  } catch {
+    return null;
+  }
+  const page = new URL(base);
+  if (url.origin !== page.origin || !/\/view$/.test(url.pathname) || !url.searchParams.get("filename")) return null;
+  return url;
+}
+
+/** The image at `url` (serverImageUrl's) as a file named as on the server. */
+export async function fileOfUrl(url: URL): Promise<File> {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`the server answered ${res.status}`);
+  const blob = await res.blob();
+  const name = (url.searchParams.get("filename") ?? "image.png").split("/").pop() || "image.png";
+  return new File([blob], name, { type: blob.type || "image/png" });
+}
