@@ -73,6 +73,8 @@ def test_history_entry_shows_time_duration_prompt_size_view_and_load(page, serve
     expect(item.locator("time")).to_have_count(1)
     expect(item.get_by_test_id("duration")).to_contain_text(re.compile(r"\d+(\.\d)? (ms|s)"))
     expect(item.get_by_test_id("output-size")).to_contain_text("1 image · 64×64")
+    seed = doc["prompt"]["3"]["inputs"]["seed"]
+    expect(item.get_by_test_id("seeds")).to_have_text(f" · seed {seed}")
     item.get_by_role("button", name="View").click()
     dialog = page.get_by_role("dialog", name="image")
     expect(dialog.locator("img")).to_be_visible()

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDuration, outputsForGraph, promptExcerpt, ranOutputs, timing, upstreamSignature } from "./history";
+import { formatDuration, outputsForGraph, promptExcerpt, promptSeeds, ranOutputs, timing, upstreamSignature } from "./history";
 
 const entry = (promptId: string, prompt: Record<string, unknown>, outputs: Record<string, unknown>) =>
   ({ promptId, prompt, outputs, messages: [], status: "success" }) as Parameters<typeof outputsForGraph>[0][number];
@@ -88,5 +88,15 @@ describe("ranOutputs", () => {
     expect(ranOutputs(ran, [{ id: "9" }, { id: "12" }, { id: "5" }])).toEqual([
       { node: "9", output: ran.outputs[9], promptId: "p1" }, { node: "12", output: ran.outputs[12], promptId: "p1" },
     ]);
+  });
+});
+
+describe("promptSeeds", () => {
+  it("lists each seed once, in node order, from seed and noise_seed inputs", () => {
+    expect(promptSeeds({
+      12: { inputs: { noise_seed: "18446744073709551615" } }, 3: { inputs: { seed: 42, steps: 20 } },
+      5: { inputs: { seed: ["9", 0] } }, 7: { inputs: { seed: 42 } },
+    })).toEqual(["42", "18446744073709551615"]);
+    expect(promptSeeds(undefined)).toEqual([]);
   });
 });

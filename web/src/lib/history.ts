@@ -62,6 +62,21 @@ export function promptExcerpt(prompt: unknown, max = 80): string {
   return "";
 }
 
+/** The seeds a prompt ran with (its `seed` / `noise_seed` values, each once, in node order), to tell runs apart. */
+export function promptSeeds(prompt: unknown): string[] {
+  if (!prompt || typeof prompt !== "object") return [];
+  const seeds: string[] = [];
+  const nodes = Object.entries(prompt as Record<string, { inputs?: Record<string, unknown> }>)
+    .sort(([a], [b]) => Number(a) - Number(b) || a.localeCompare(b));
+  for (const [, node] of nodes) {
+    for (const [name, value] of Object.entries(node?.inputs ?? {})) {
+      if ((name === "seed" || name === "noise_seed") && (typeof value === "number" || typeof value === "string"
+        || typeof value === "bigint") && !seeds.includes(String(value))) seeds.push(String(value));
+    }
+  }
+  return seeds;
+}
+
 function classOf(prompt: unknown, node: string): string | undefined {
   const n = (prompt as Record<string, { class_type?: unknown }> | undefined)?.[node];
   return typeof n?.class_type === "string" ? n.class_type : undefined;

@@ -7,7 +7,7 @@
 import { useCallback, useEffect, useMemo, useState } from "react";
 import { clearHistory, deleteHistory, getHistory, type HistoryEntry, viewUrl } from "../api";
 import { useGlobalRun } from "../canvas/context";
-import { formatDuration, promptExcerpt, type RanOutputs, timing } from "../lib/history";
+import { formatDuration, promptExcerpt, promptSeeds, type RanOutputs, timing } from "../lib/history";
 import { promptNumberText } from "../lib/queueview";
 import type { ImageRef, RunStore } from "../lib/runstore";
 import { tabSaves } from "../editor/useGraphStore";
@@ -67,6 +67,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
   const texts = Object.values(h.outputs).reduce((a, o) => a + ((o as { text?: unknown[] }).text?.length ?? 0), 0);
   const { start, durationMs } = timing(h.messages);
   const excerpt = promptExcerpt(h.prompt);
+  const seeds = promptSeeds(h.prompt); // picking the best of a batch of seeds needs them
   // each entry's buttons are described by its number and status (a screen reader's list of
   // "View, Load, Delete" said which entry they were for)
   const head = `sf-history-${h.promptId.replace(/[^\w-]/g, "_")}`;
@@ -89,6 +90,7 @@ function HistoryItem({ h, onLoad, openImage, feedback, onDelete }: {
         {start !== undefined && <time dateTime={new Date(start).toISOString()}>{formatTime(start)}</time>}
         {durationMs !== undefined && <span data-testid="duration"> · {formatDuration(durationMs)}</span>}
         {" · "}<OutputSize images={images} text={texts} />
+        {seeds.length > 0 && <span data-testid="seeds"> · seed {seeds.slice(0, 3).join(", ")}{seeds.length > 3 ? "…" : ""}</span>}
       </div>
       {excerpt && <div className="sf-history-prompt" title={excerpt}>“{excerpt}”</div>}
       {(h.reason || h.warnings.length > 0) && (
