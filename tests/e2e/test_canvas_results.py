@@ -273,3 +273,23 @@ def test_a_history_image_dragged_onto_load_image_becomes_its_input(page, server:
     expect(c.toasts().filter(has_text=f"Uploaded {made}")).to_have_count(1)
     picked = re.compile(re.escape(made.removesuffix(".png")))
     expect(c.widget(loader, "image")).to_have_value(picked)
+
+
+def test_the_workflow_is_renamed_in_place_and_saved_under_that_name(page):
+    """No way to name a workflow: Save downloaded "<title>.json" with no say, silently."""
+    c = Canvas(page)
+    c.open_file("named.json", small_txt2img())
+    page.get_by_role("button", name="workflow name: named, rename").click()
+    field = page.get_by_label("workflow name")
+    field.fill("my hearts / v2")
+    field.press("Enter")
+    expect(page.locator(".sf-docname")).to_have_text("my hearts - v2")
+    with page.expect_download() as got:
+        page.locator(".sf-toolbar").get_by_role("button", name="Save", exact=True).click()
+    assert got.value.suggested_filename == "my hearts - v2.json"
+    expect(c.toasts().filter(has_text="Saved my hearts - v2.json")).to_have_count(1)
+    # Escape drops an edit
+    page.get_by_role("button", name="workflow name: my hearts - v2, rename").click()
+    page.get_by_label("workflow name").fill("nope")
+    page.get_by_label("workflow name").press("Escape")
+    expect(page.locator(".sf-docname")).to_have_text("my hearts - v2")

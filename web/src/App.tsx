@@ -496,8 +496,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   });
 
   const save = useCallback(() => {
-    downloadJson(g.docName || "workflow", graphToDocument(currentGraph(), defsRef.current));
-  }, [currentGraph, g.docName, defsRef]);
+    const name = g.docName || "workflow";
+    downloadJson(name, graphToDocument(currentGraph(), defsRef.current));
+    // the download itself may show nowhere (a browser set to save without asking)
+    notify(`Saved ${name}.json to your downloads (click the name at the top right to rename the workflow)`, "info",
+      undefined, { tag: "saved" });
+  }, [currentGraph, g.docName, defsRef, notify]);
 
   /**
    * ComfyUI's "Export (API)": the prompt alone, as Queue posts it (64-bit seeds exact; as in
@@ -587,6 +591,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const toolbar = useMemo(() => ({
     queue: queueN,
     queueSelected,
+    rename: g.setDocName,
     interrupt: interruptNow,
     addNode: unlessOpening(linking.openPaletteCentered),
     undo: unlessOpening(g.undo),
@@ -600,7 +605,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     clear,
     refresh: refreshDefs,
     keys: () => setKeysHelp((open) => !open),
-  }), [interruptNow, queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, g.canUndo, g.canRedo, save, exportApi, openExample, clear,
+  }), [interruptNow, g.setDocName, queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, g.canUndo, g.canRedo, save, exportApi, openExample, clear,
     refreshDefs]);
 
   return (

@@ -33,7 +33,42 @@ export type ToolbarActions = {
   clear(): void;
   refresh(): void;
   keys(): void;
+  /** Rename the open document (what Save names its file). */
+  rename(name: string): void;
 };
+
+/** The longest document name a rename takes (a file name, with its suffix, stays short). */
+const NAME_MAX = 120;
+
+/**
+ * The document's name, at the right of the toolbar: a click (or Enter on it) edits it in
+ * place; Enter or leaving the field keeps the edit, Escape drops it (a newcomer found no way
+ * to name a workflow: Save downloaded "txt2img.json" with no say in the name).
+ */
+function DocName({ name, rename, tb }: { name: string; rename(name: string): void; tb: string }) {
+  const [editing, setEditing] = useState(false);
+  const done = (el: HTMLInputElement, keep: boolean) => {
+    const next = el.value.trim().replace(/[\\/]+/g, "-").slice(0, NAME_MAX);
+    setEditing(false);
+    if (keep && next && next !== name) rename(next);
+  };
+  return (
+    <span className="sf-docname" data-tb={tb} title={`document name: ${name} (click to rename)`}>
+      {editing ? (
+        <input aria-label="workflow name" defaultValue={name} maxLength={NAME_MAX} autoFocus
+          onFocus={(e) => e.currentTarget.select()}
+          onBlur={(e) => done(e.currentTarget, true)}
+          onKeyDown={(e) => {
+            if (e.key === "Enter") done(e.currentTarget, true);
+            else if (e.key === "Escape") { e.stopPropagation(); done(e.currentTarget, false); }
+          }} />
+      ) : (
+        <button type="button" className="sf-docname-button" aria-label={`workflow name: ${name}, rename`}
+          onClick={() => setEditing(true)}><span>{name}</span></button>
+      )}
+    </span>
+  );
+}
 
 /**
  * The batch count. The field keeps what is typed: emptying it to type a new count does
@@ -247,7 +282,7 @@ export function Toolbar({ a, busy, docName, notify, options }: {
       <button type="button" onClick={a.keys} aria-label="keyboard shortcuts"
         title="Keyboard shortcuts and mouse gestures (?)">?</button>
       {inMenu.length > 0 && <MoreMenu items={inMenu} />}
-      <span className="sf-docname" data-tb={DOC} title={`document name: ${docName}`}><span>{docName}</span></span>
+      <DocName name={docName} rename={a.rename} tb={DOC} />
     </header>
   );
 }
