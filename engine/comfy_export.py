@@ -15,7 +15,7 @@ chunk, and what ComfyUI packs read as their ``EXTRA_PNGINFO`` workflow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.comfy_workflow import (
@@ -29,7 +29,16 @@ from engine.comfy_workflow import (
 from engine.workflow import is_link
 
 _MODES = {"muted": 2, "bypass": 4, 2: 2, 4: 4}
-_DEFAULT_SIZE = [320.0, 120.0]
+# What a node takes in ComfyUI's front end (litegraph's measures), for a node whose layout
+# has no size: the PNG of a CLI run or a plain API prompt (the front end grows a node that
+# is too small, so an estimate errs on the large side).
+TITLE_HEIGHT = 30.0  # drawn above the node's pos
+SLOT_HEIGHT = 20.0  # a row of input and output sockets
+WIDGET_HEIGHT = 24.0  # a widget's row with its margin
+TEXTBOX_HEIGHT = 130.0  # a multiline text widget (CLIP Text Encode's prompt)
+UPLOAD_HEIGHT = 240.0  # an upload input's button and the picture shown below (Load Image)
+#: the space left between columns and between the nodes of one column
+GAP_X, GAP_Y = 50.0, 30.0
 #: the most outputs a node of the view gets (a link to a higher slot is left out)
 MAX_SLOTS = 256
 
@@ -41,6 +50,7 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
     places = layout.get("nodes") if isinstance(layout.get("nodes"), dict) else {}
     nodes: dict[str, dict[str, Any]] = {}
     wanted: list[tuple[str, str, Any]] = []  # (target node, input name, link)
+    estimated = False  # a node's size was estimated: the layout knew none
     for order, (nid, entry) in enumerate(prompt.items()):
         if not isinstance(entry, dict) or not isinstance(entry.get("class_type"), str):
             continue
@@ -51,7 +61,7 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
         node: dict[str, Any] = {
             "id": _ui_id(nid), "type": kind,
             "pos": vec2(place.get("pos")) or [0.0, 0.0],
-            "size": vec2(place.get("size")) or list(_DEFAULT_SIZE),
+            "size": vec2(place.get("size")),
             "flags": {}, "order": order,
             "mode": _MODES.get(mode, 0) if isinstance(mode := entry.get("mode"), str | int)
             else 0,
@@ -78,6 +88,15 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
             node["inputs"].append(slot)
             if name in linked:
                 wanted.append((nid, name, inputs[name]))
+        if node["size"] is None:
+            textboxes = _textboxes(node_def(schema).widgets, {**_defaults(schema), **inputs}) \
+                if schema is not None else 0
+            shown = node_def(schema) if schema is not None else None
+            node["size"] = estimate_size(
+                node, textboxes, _uploads(schema),
+                widget_names=[w.name for w in shown.widgets] if shown else (),
+                display_name=shown.display_name if shown else "")
+            estimated = True
         nodes[nid] = node
     links: list[list[Any]] = []
 
@@ -92,6 +111,10 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
         out["links"].append(link_id)
 
     reroutes = _reroutes(layout, nodes, connect)
+    groups = [dict(g) for g in layout.get("groups") or [] if isinstance(g, dict)] \
+        if isinstance(layout.get("groups"), list) else []
+    if estimated:
+        spread(list(nodes.values()), [*reroutes.values(), *groups])
     for target, name, link in wanted:
         via = (places.get(target) or {}).get("via")
         source = reroutes.get(str(via.get(name))) if isinstance(via, dict) else None
@@ -108,10 +131,113 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
     return {
         "last_node_id": max(numeric, default=0), "last_link_id": len(links),
         "nodes": [*nodes.values(), *reroutes.values()], "links": links,
-        "groups": list(layout.get("groups") or []) if isinstance(layout.get("groups"),
-                                                                 list) else [],
+        "groups": groups,
         "config": {}, "extra": {}, "version": 0.4,
     }
+
+
+def estimate_size(node: Mapping[str, Any], textboxes: int = 0, uploads: int = 0, *,
+                  widget_names: Sequence[str] = (), display_name: str = "") -> list[float]:
+    """``[width, height]`` of a UI-format node in ComfyUI's front end, from its sockets,
+    widgets (``widgets_values``: a seed's control is a row of its own; ``textboxes`` of
+    them multiline; ``uploads`` of them with an upload button and the picture below it)
+    and title, as litegraph measures them: a row per socket pair, a widget's row below
+    them (KSampler: 315 x 262; Load Checkpoint: 315 x 98; Load Image: 315 x 314). The
+    width fits the title (``display_name`` where the node has none) and the longest
+    widget label (``widget_names``) with room for its value."""
+    sockets = [s for s in node.get("inputs") or () if not s.get("widget")]
+    outputs = list(node.get("outputs") or ())
+    values = node.get("widgets_values")
+    widgets = len(values) if isinstance(values, list) else 0
+    rows = max(len(sockets), len(outputs))
+    height = rows * SLOT_HEIGHT + (widgets - textboxes) * WIDGET_HEIGHT \
+        + textboxes * TEXTBOX_HEIGHT + uploads * UPLOAD_HEIGHT + (14.0 if widgets else 6.0)
+    title = str(node.get("title") or display_name or node.get("type") or "")
+    label = max((len(name) for name in widget_names), default=0)
+    inner = max((len(str(a.get("name") or "")) + len(str(b.get("name") or ""))
+                 for a, b in zip(sockets, outputs, strict=False)), default=0)
+    labels = max((len(str(x.get("name") or "")) for x in (*sockets, *outputs)), default=0)
+    width = max(400.0 if textboxes else 315.0 if widgets else 225.0,
+                8.0 * len(title) + 60.0, 7.0 * max(inner, labels) + 80.0,
+                8.0 * label + 200.0 if label else 0.0)
+    return [width, max(height, SLOT_HEIGHT + 6.0)]
+
+
+def spread(nodes: list[dict[str, Any]], others: list[dict[str, Any]]) -> None:
+    """Move ``nodes`` apart so that no two boxes (title bar included) overlap, keeping
+    the layout's columns (nodes at one x) in order and each column's nodes in order:
+    a column starts :data:`GAP_X` right of the widest node of the one before it, a node
+    :data:`GAP_Y` below the node above it. Of ``others``, a reroute (``pos``) moves with
+    the column it stands in; a group (``bounding``) with the column it starts in, grown
+    to hold the nodes that stood in it."""
+    groups = [g for g in others if _rect(g.get("bounding"))]
+    members = {id(g): [n for n in nodes if _inside(n["pos"], _rect(g.get("bounding")))]
+               for g in groups}
+    by_x: dict[float, list[dict[str, Any]]] = {}
+    for node in nodes:
+        by_x.setdefault(float(node["pos"][0]), []).append(node)
+    shifts: list[tuple[float, float]] = []  # (a column's x before, how far it moved)
+    shift, right = 0.0, None
+    for x in sorted(by_x):
+        column = sorted(by_x[x], key=lambda n: float(n["pos"][1]))
+        if right is not None:
+            shift = max(shift, right + GAP_X - x)
+        shifts.append((x, shift))
+        right = x + shift + max(float(n["size"][0]) for n in column)
+        down, bottom = 0.0, None
+        for node in column:
+            y = float(node["pos"][1])
+            if bottom is not None:
+                down = max(down, bottom + GAP_Y + TITLE_HEIGHT - y)
+            node["pos"] = [x + shift, y + down]
+            bottom = y + down + float(node["size"][1])
+
+    def moved(x: float) -> float:
+        before = [s for col, s in shifts if col <= x]
+        return before[-1] if before else 0.0
+
+    for other in others:
+        rect = _rect(other.get("bounding"))
+        if rect is not None:
+            x, y, w, h = rect
+            x0, y0, x1, y1 = x + moved(x), y, x + moved(x) + w, y + h
+            for node in members[id(other)]:  # room for its title bar and the group's
+                x0, y0 = min(x0, node["pos"][0] - 10), min(y0, node["pos"][1] - 80)
+                x1 = max(x1, node["pos"][0] + node["size"][0] + 10)
+                y1 = max(y1, node["pos"][1] + node["size"][1] + 10)
+            other["bounding"] = [x0, y0, x1 - x0, y1 - y0]
+        elif vec2(other.get("pos")) is not None:
+            x, y = vec2(other["pos"]) or [0.0, 0.0]
+            other["pos"] = [x + moved(x), y]
+
+
+def _rect(value: Any) -> tuple[float, float, float, float] | None:
+    if isinstance(value, list) and len(value) >= 4 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value[:4]):
+        return float(value[0]), float(value[1]), float(value[2]), float(value[3])
+    return None
+
+
+def _inside(pos: list[float], rect: tuple[float, float, float, float] | None) -> bool:
+    return rect is not None and rect[0] <= pos[0] <= rect[0] + rect[2] \
+        and rect[1] <= pos[1] <= rect[1] + rect[3]
+
+
+def _uploads(schema: Mapping[str, Any] | None) -> int:
+    """How many of a schema's inputs have an upload button (``upload``, or ComfyUI's
+    ``image_upload`` and the like), each with its picture below in ComfyUI's app."""
+    if schema is None:
+        return 0
+    return sum(1 for _, _, options in schema_inputs(schema.get("input"),
+                                                    schema.get("input_order"))
+               if options.get("upload") or any(k.endswith("_upload") and v
+                                                for k, v in options.items()))
+
+
+def _textboxes(widgets: tuple[Widget, ...], inputs: dict[str, Any]) -> int:
+    """How many of the drawn widgets (a DynamicCombo's chosen ones too) are text boxes."""
+    return sum(int(w.multiline) + _textboxes(w.following(inputs.get(w.name)), inputs)
+               for w in widgets)
 
 
 def _reroutes(layout: Mapping[str, Any], nodes: dict[str, dict[str, Any]],

@@ -445,7 +445,10 @@ def test_extra_pnginfo_is_comfyuis_ui_workflow(session: Session):
     nodes = {node["id"]: node for node in workflow["nodes"]}
     words = nodes[1]
     assert words["type"] == "Words" and words["title"] == "My words"
-    assert words["pos"] == [10, 20] and words["size"] == [300, 100] and words["mode"] == 0
+    assert words["size"] == [300, 100] and words["mode"] == 0
+    # its place, moved right of the Blank node laid out at the origin (which it covered:
+    # ComfyUI's front end would draw them on top of each other)
+    assert words["pos"][1] == 20 and words["pos"][0] >= nodes[4]["pos"][0] + nodes[4]["size"][0]
     # ComfyUI's widget order: text, seed + its control, mode, extra (image is a socket)
     assert words["widgets_values"] == ["hello", 7, "randomize", "b", 1.0]
     assert [s["name"] for s in words["inputs"]] == ["image"]
