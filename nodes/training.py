@@ -488,8 +488,18 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
     capacity that attention alone lacks. A ``loss_mask`` (1 on each image's subject)
     makes a small subject count as much as a large one and keeps a busy background out
     of the concept (``unmasked_weight`` 0.1 is a good start; on the default model it
-    lifted small new shapes from 45% to 57%). The same inputs are never trained twice (the
-    result is cached); progress events carry the loss (the canvas draws it as a live
+    lifted small new shapes from 45% to 57%). Pivotal tuning (``pivot_token``: the
+    caption's concept word; diffusers' advanced DreamBooth-LoRA script's
+    ``--train_text_encoder_ti``) trains that word's embedding with the LoRA, at its own
+    ``pivot_learning_rate`` (2e-2 on the default model): the word then means the concept
+    from the first layer on, and the LoRA need not re-route a random word. On the default
+    model it took a new shape from 68% to 83% (four training seeds) for about 15% more time
+    per step. A vocabulary word (sks) trains its own row; a new placeholder (<sks>) gets
+    ``pivot_vectors`` new ones from ``pivot_initializer``. The output CLIP carries it; with
+    ``save_name`` it is also written to models/embeddings/<save_name>.safetensors:
+    elsewhere, load the LoRA and write ``embedding:<save_name>`` where the word was. The
+    same inputs are never trained twice (the result is cached); progress events carry the
+    loss (the canvas draws it as a live
     curve on the node);
     Stop acts between steps. Cost: each step is a forward and backward UNet pass over
     the batch (the default model: a few hundred steps take a minute or two on a CPU).
@@ -528,6 +538,19 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
                                 description="Offset noise (e.g. 0.05-0.1); 0: off")
     save_name: str = Input("", description="Also write models/loras/<name>.safetensors "
                            "(empty: do not save)")
+    pivot_token: str = Input("", description="Pivotal tuning: also learn this word's "
+                             "embedding (a vocabulary word such as sks: its row; a new "
+                             "placeholder such as <sks>: new vectors); empty: off")
+    pivot_initializer: str = Input("", description="Pivotal tuning: the word whose "
+                                   "embedding the token starts from (empty: its own row, or "
+                                   "'shape' for a new placeholder)")
+    pivot_vectors: int = Input(1, min=1, max=16, description="Pivotal tuning: vectors of a "
+                               "new placeholder")
+    pivot_learning_rate: float = Input(5e-3, min=0.0, max=1.0, step=1e-5,
+                                       description="Pivotal tuning: the token's learning "
+                                       "rate (the LoRA's schedule)")
+    pivot_ti_steps: int = Input(0, min=0, max=100_000, description="Pivotal tuning: the "
+                                "first steps train the token alone")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -543,6 +566,18 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         if isinstance(captions, str) and not captions.strip():
             problems.append(("captions", "write a caption (one for all images) or link Load "
                              "Image Batch's captions"))
+        token = inputs.get("pivot_token")
+        if isinstance(token, str) and token.strip():
+            if any(c.isspace() for c in token.strip()):
+                problems.append(("pivot_token", "one word without spaces, e.g. sks or <sks>"))
+            elif problem := syntax_problem(token.strip()):
+                problems.append(("pivot_token", problem))
+            elif isinstance(captions, str) and captions.strip() and token.strip() not in captions:
+                problems.append(("captions", f"the captions must contain the pivot token "
+                                 f"{token.strip()!r} where the concept goes"))
+            if isinstance(name, str) and (problem := _name_problem(name, "embeddings", env)):
+                problems.append(("save_name", problem + " (the pivot token's embedding is "
+                                 "saved under the same name)"))
         return problems
 
     def execute(self, ctx: ExecutionContext
@@ -561,15 +596,19 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         settings = _settings(self)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "lora", self, captions, base_hash)
+        pivot = (tl.PivotSpec(self.pivot_token.strip(), self.pivot_initializer.strip(),
+                              self.pivot_vectors, self.pivot_learning_rate,
+                              self.pivot_ti_steps) if self.pivot_token.strip() else None)
         if name := save_name(self.save_name):
             target = _claim(ctx.env, "loras", name, checkpoint)
+            if pivot is not None:
+                token_target = _claim(ctx.env, "embeddings", name, checkpoint)
         sample = _sample(ctx, self, captions)
-        unet_layers, text_layers, losses = tl.train_lora(
+        unet_layers, text_layers, losses, clip = tl.train_lora(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
-            checkpoint, sample=sample, loss_mask=self.loss_mask_spec())
+            checkpoint, sample=sample, loss_mask=self.loss_mask_spec(), pivot=pivot)
         label = f"{name}.safetensors" if name else f"trained-lora-{ctx.node_id}"
         model = replace(self.model, patches=(*self.model.patches, unet_layers.patch(label)))
-        clip = self.clip
         if text_layers is not None:
             clip = replace(clip, patches=(*clip.patches, text_layers.patch(label)))
         if name:
@@ -577,6 +616,12 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
                                  target_modules=list(spec.unet_targets))
             tensors, metadata = tl.lora_file(unet_layers, text_layers, spec, info)
             _save(ctx, tensors, metadata, target, checkpoint)
+            if pivot is not None:
+                # the token's vectors as a textual-inversion file: outside this graph the
+                # LoRA is used with embedding:<name> where the token was written
+                _save(ctx, {pivot.token: tl.pivot_vectors(clip, pivot.token)},
+                      {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
+                       for k, v in info.items()}, token_target, checkpoint)
         _release(checkpoint)
         return with_last_sample(ctx, sample, (model, clip, label if name else ""))
 

@@ -97,6 +97,12 @@ def example_tiles(session: Session, paths: list[Path]) -> list[tuple[str, Image.
     return tiles
 
 
+def thumbnail_tiles(paths: list[Path]) -> list[tuple[str, Image.Image]]:
+    """The examples' tiles from their saved thumbnails (no run), as example_tiles gives them."""
+    return [(p.stem, _up(Image.open(ROOT / "workflows" / "thumbnails" / f"{p.stem}.png")
+                         .convert("RGB"))) for p in paths]
+
+
 def tiles_figure(tiles: list[tuple[str, Image.Image]], max_width: int = 1400) -> Image.Image:
     """Labelled tiles, their own aspect kept (panoramas are wide), in rows no wider than
     ``max_width``."""
@@ -150,7 +156,15 @@ def main() -> None:
             samples_figure(session).save(DOCS / "shapes_samples.png", optimize=True)
             names.append("shapes_samples.png")
         if args.examples:
-            example_tiles(session, _examples(args.examples.split(",")))
+            refreshed = _examples(args.examples.split(","))
+            example_tiles(session, refreshed)
+            # the README's figure of the refreshed examples' group, from every thumbnail
+            for training, figure in ((False, "workflow_examples.png"),
+                                     (True, "training_examples.png")):
+                group = _examples(training=training)
+                if any(p in group for p in refreshed):
+                    tiles_figure(thumbnail_tiles(group)).save(DOCS / figure, optimize=True)
+                    names.append(figure)
         elif args.only in (None, "workflows"):
             tiles_figure(example_tiles(session, _examples())).save(
                 DOCS / "workflow_examples.png", optimize=True)

@@ -75,7 +75,10 @@ def training_node(method: str, args: argparse.Namespace, captions: str) -> dict[
             "target_modules": args.target_modules, "lr_scheduler": args.lora_scheduler,
             "lr_warmup_steps": args.lora_warmup, "snr_gamma": args.snr_gamma,
             "noise_offset": args.noise_offset,
-            "unmasked_weight": 1.0 if args.masked_loss is None else args.masked_loss}}
+            "unmasked_weight": 1.0 if args.masked_loss is None else args.masked_loss,
+            **({"pivot_token": args.pivot_token, "pivot_initializer": args.pivot_init,
+                "pivot_vectors": args.pivot_vectors, "pivot_learning_rate": args.pivot_lr,
+                "pivot_ti_steps": args.pivot_ti_steps} if args.pivot_token else {})}}
     return {"class_type": "TrainTextualInversion", "inputs": {
         **common, "placeholder_token": TI_TOKEN, "initializer_token": args.initializer,
         "num_vectors": args.vectors, "learning_rate": args.ti_lr, "steps": args.ti_steps,
@@ -325,6 +328,17 @@ def main(argv: list[str] | None = None) -> None:
                            "its caption): 16 hearts from the 8")
     lora.add_argument("--lora-seed", type=int, default=0,
                       help="the node's seed (init, noise, batches): for run-to-run spread")
+    lora.add_argument("--pivot-token", default="",
+                      help="pivotal tuning: also learn this word's embedding (sks: its own "
+                      "row; a new placeholder such as <sks> replaces sks in the captions "
+                      "and prompts)")
+    lora.add_argument("--pivot-init", default="",
+                      help="pivotal tuning: the token's starting word (empty: sks's own "
+                      "row, or 'shape' for a new placeholder)")
+    lora.add_argument("--pivot-vectors", type=int, default=1)
+    lora.add_argument("--pivot-lr", type=float, default=5e-3)
+    lora.add_argument("--pivot-ti-steps", type=int, default=0,
+                      help="pivotal tuning: the first steps train the token alone")
     ti = parser.add_argument_group("Train Textual Inversion")
     ti.add_argument("--ti-steps", type=int, default=1500)
     ti.add_argument("--ti-lr", type=float, default=1e-2)
@@ -358,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
             new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds, WORD, None))
         print(f"base: plain {fmt(base_plain)}; 'sks' prompts {fmt(base_new)} {base_drawn}",
               flush=True)
+        lora_word = args.pivot_token or WORD
+        if lora_word != WORD:
+            lora_captions = "\n".join(f" {line} ".replace(f" {WORD} ", f" {lora_word} ")
+                                       .strip() for line in lora_captions.split("\n"))
         for method in args.methods:
             captions = lora_captions if method == "lora" else ti_captions
             train = training_node(method, args, captions)
@@ -365,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
             steps = len(timing.step_times)
             median = sorted(timing.step_times)[steps // 2] if steps else float("nan")
             start = time.time()
-            word = WORD if method == "lora" else TI_TOKEN
+            word = lora_word if method == "lora" else TI_TOKEN
             new, drawn = new_shape_scores(runner, cfg, args.world, args.prompts, args.seeds,
                                           word, train,
                                           args.dump / f"{method}.png" if args.dump else None)

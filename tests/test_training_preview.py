@@ -131,7 +131,7 @@ def lora_run(tiny_model_paths, tmp_path, sample: TrainingSample | None):
     spec = tl.LoraSpec(4, 4.0, text_targets=tl.TEXT_TARGETS)
     before = tc.weights_hash(model.unet, clip.text_encoder)
     rng = torch.get_rng_state()
-    unet_layers, text_layers, losses = tl.train_lora(
+    unet_layers, text_layers, losses, _clip = tl.train_lora(
         rec.ctx, model, clip, vae, images, ["a red sks", "a blue sks"], spec, settings,
         sample=sample)
     assert torch.equal(torch.get_rng_state(), rng)  # the global stream is left as found

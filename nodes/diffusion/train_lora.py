@@ -159,6 +159,61 @@ class LoraSpec:
     text_targets: tuple[str, ...] = ()  # empty: the text encoder is not trained
 
 
+@dataclass(frozen=True)
+class PivotSpec:
+    """Pivotal tuning: the concept word's embedding trained with the LoRA (diffusers'
+    advanced DreamBooth-LoRA script's ``--train_text_encoder_ti``). ``token`` is a word the
+    tokenizer has as one token (its row is trained, from ``initializer``'s when given) or a
+    new placeholder of ``num_vectors`` tokens (from ``initializer``, default "shape");
+    its rows have their own ``learning_rate`` (the LoRA's schedule); the first
+    ``ti_steps`` steps train the rows alone."""
+
+    token: str
+    initializer: str = ""
+    num_vectors: int = 1
+    learning_rate: float = 5e-3
+    ti_steps: int = 0
+
+
+@dataclass
+class TokenRows:
+    """The pivot's trainable embedding rows, apart from the table: AdamW on the whole
+    ``[vocab, dim]`` table (textual inversion's way, other rows restored after each step)
+    updates these rows the same, element by element, but costs a dense step over the
+    vocabulary; here a hook on the embedding swaps the rows in."""
+
+    table: torch.Tensor  # the copied table (its rows at ``ids`` hold the start values)
+    ids: list[int]
+    rows: torch.Tensor  # [len(ids), dim], trained
+
+    @classmethod
+    def create(cls, table: torch.Tensor, ids: list[int]) -> TokenRows:
+        return cls(table, ids, table.detach()[ids].clone().requires_grad_(True))
+
+    @contextmanager
+    def hooked(self, embedding: Any) -> Iterator[None]:
+        import torch
+
+        ids = torch.tensor(self.ids, device=self.table.device)
+
+        def hook(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            match = (args[0].unsqueeze(-1) == ids).to(output.dtype)  # [B, L, n]
+            return output + match @ (self.rows - self.table.detach()[ids]).to(output.dtype)
+
+        handle = embedding.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def write(self) -> None:
+        """Put the trained rows into the copied table (the handle the run returns)."""
+        import torch
+
+        with torch.no_grad():
+            self.table[self.ids] = self.rows.detach().to(self.table.dtype)
+
+
 @dataclass
 class LoraTraining:
     """Everything one training run holds; :meth:`step` is one optimiser step."""
@@ -176,11 +231,14 @@ class LoraTraining:
     settings: tc.TrainSettings
     lr_scheduler: Any = None
     context: torch.Tensor | None = None  # fixed caption encodings when the TE is not trained
+    pivot: PivotSpec | None = None
+    token_rows: TokenRows | None = None  # the pivot's trained rows
+    steps_done: int = 0
 
     def encode(self, index: torch.Tensor) -> torch.Tensor:
         import torch
 
-        if self.text_layers is None:
+        if self.text_layers is None and self.pivot is None:
             if self.context is None:
                 with torch.no_grad():
                     self.context = self.clip.text_encoder(self.ids)[0]
@@ -200,25 +258,40 @@ class LoraTraining:
         loss.backward()
         params = self.unet_layers.parameters() + (
             self.text_layers.parameters() if self.text_layers else [])
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        if self.pivot is not None and self.steps_done < self.pivot.ti_steps:
+            for p in params:  # the token's phase: AdamW skips a parameter without grad
+                p.grad = None
+        if self.token_rows is not None:
+            params = [*params, self.token_rows.rows]
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                       MAX_GRAD_NORM)
         self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.optimizer.zero_grad()
+        self.steps_done += 1
         return float(loss.detach())
 
 
 @contextmanager
 def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: torch.Tensor,
                   captions: list[str], spec: LoraSpec, settings: tc.TrainSettings,
-                  loss_mask: tc.LossMask | None = None) -> Iterator[LoraTraining]:
+                  loss_mask: tc.LossMask | None = None, pivot: PivotSpec | None = None
+                  ) -> Iterator[LoraTraining]:
     """Set up a run: frozen base weights (with the handles' own LoRA patches applied),
     LoRA hooks on, gradient checkpointing as asked; all undone on exit. ``loss_mask``
-    weights the loss per pixel (a masked loss)."""
+    weights the loss per pixel (a masked loss). With ``pivot``, the run's CLIP is a new
+    handle (textual inversion's copy of the table, and of the tokenizer for a new
+    placeholder) whose concept rows train with the LoRA."""
     import torch
 
     from nodes.diffusion.lora import patched
 
+    base_clip, token_ids = clip, []
+    if pivot is not None:
+        from nodes.diffusion.train_textual_inversion import token_clip
+
+        clip, token_ids = token_clip(clip, pivot.token, pivot.initializer, pivot.num_vectors)
     unet, encoder = model.unet, clip.text_encoder
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     tc.check_resolution(model.unet, vae, settings.resolution)
@@ -226,7 +299,7 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
     with ExitStack() as stack:
         stack.enter_context(tc.frozen(unet, encoder, vae.vae))
         stack.enter_context(patched(unet, model.patches))
-        stack.enter_context(patched(encoder, clip.patches))
+        stack.enter_context(patched(encoder, base_clip.patches))
         posterior = tc.encode_posterior(vae.scaled_for(model.latent_scale), pixels)
         if loss_mask is not None:
             posterior = loss_mask.applied(posterior, images, settings.resolution)
@@ -246,29 +319,45 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
         stack.enter_context(tc.unet_checkpointing(unet, settings.gradient_checkpointing))
         params = unet_layers.parameters() + (text_layers.parameters() if text_layers else [])
         optimizer = tc.make_optimizer(params, settings.learning_rate)
+        ids = tc.tokenize(clip.tokenizer, captions, encoder.device)
+        token_rows = None
+        if pivot is not None:
+            if not any(set(token_ids) <= set(row) for row in ids.tolist()):
+                raise ValueError(f"no caption holds {pivot.token!r} (within the tokens the "
+                                 "text encoder reads): write it where the concept goes")
+            embedding = encoder.get_input_embeddings()
+            token_rows = TokenRows.create(embedding.weight, token_ids)
+            stack.callback(token_rows.write)  # the returned handle gets the trained rows
+            stack.enter_context(token_rows.hooked(embedding))
+            optimizer.add_param_group({"params": [token_rows.rows],
+                                       "lr": pivot.learning_rate})
         yield LoraTraining(
-            model=model, clip=clip, spec=spec, posterior=posterior,
-            ids=tc.tokenize(clip.tokenizer, captions, encoder.device),
+            model=model, clip=clip, spec=spec, posterior=posterior, ids=ids,
             scheduler=tc.noise_scheduler(model.scheduler_config), unet_layers=unet_layers,
             text_layers=text_layers, optimizer=optimizer, generator=generator,
-            settings=settings, lr_scheduler=tc.make_lr_scheduler(optimizer, settings))
+            settings=settings, lr_scheduler=tc.make_lr_scheduler(optimizer, settings),
+            pivot=pivot, token_rows=token_rows)
 
 
 def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, vae: Vae,
                images: torch.Tensor, captions: list[str], spec: LoraSpec,
                settings: tc.TrainSettings, checkpoint: Path | None = None, *,
-               sample: TrainingSample | None = None, loss_mask: tc.LossMask | None = None
-               ) -> tuple[LoraLayers, LoraLayers | None, list[float]]:
+               sample: TrainingSample | None = None, loss_mask: tc.LossMask | None = None,
+               pivot: PivotSpec | None = None
+               ) -> tuple[LoraLayers, LoraLayers | None, list[float], TextEncoder]:
     """Train for ``settings.steps`` steps (resuming from ``checkpoint`` when an interrupted
     run left one); the trained layers and the loss per step. With ``sample``, an image is
-    drawn with the LoRA as it is every ``sample.every`` steps (``train_preview``)."""
+    drawn with the LoRA as it is every ``sample.every`` steps (``train_preview``). The
+    CLIP handle returned is the input one, or with ``pivot`` the one with the trained
+    concept rows."""
     import torch
 
     with lora_training(model, clip, vae, images, captions, spec, settings,
-                       loss_mask) as run:
+                       loss_mask, pivot) as run:
         order = tc.BatchOrder(images.shape[0], settings.batch_size, run.generator)
         params = run.unet_layers.parameters() + (
-            run.text_layers.parameters() if run.text_layers else [])
+            run.text_layers.parameters() if run.text_layers else []) + (
+            [run.token_rows.rows] if run.token_rows is not None else [])
 
         def state() -> dict[str, Any]:
             return {"params": [p.detach().clone() for p in params],
@@ -289,7 +378,14 @@ def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, 
                   if checkpoint else None)
         losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
                              (run.model, run.clip, vae))
-        return run.unet_layers, run.text_layers, losses
+        return run.unet_layers, run.text_layers, losses, run.clip
+
+
+def pivot_vectors(clip: TextEncoder, token: str) -> torch.Tensor:
+    """``[n, dim]``: the trained embedding of a pivot ``token`` in ``clip`` (the handle a
+    run returned; a new placeholder's own vectors, or a vocabulary word's row)."""
+    ids = clip.tokenizer(token, add_special_tokens=False)["input_ids"]
+    return clip.text_encoder.get_input_embeddings().weight.detach()[ids].clone().cpu()
 
 
 def lora_file(unet_layers: LoraLayers, text_layers: LoraLayers | None, spec: LoraSpec,

@@ -138,21 +138,81 @@ def extended_clip(clip: TextEncoder, tokens: list[str], init_id: int) -> TextEnc
     if inner.add_tokens(tokens) != len(tokens):
         raise ValueError(f"the tokenizer already has one of {tokens}: pick a new placeholder")
     tokenizer = ExpandingTokenizer(inner, {**expansions, tokens[0]: " ".join(tokens)})
+    weight = clip.text_encoder.get_input_embeddings().weight.detach()
+    rows = weight[init_id].unsqueeze(0).repeat(len(tokens), 1)
+    return _with_table(clip, tokenizer, torch.cat([weight, rows]))
+
+
+def retrained_clip(clip: TextEncoder, token_ids: list[int], init_id: int | None
+                   ) -> TextEncoder:
+    """A new CLIP handle with its own copy of the token-embedding table, to train rows
+    ``token_ids`` the tokenizer already has (set to ``init_id``'s row when given); the
+    tokenizer and every other weight are shared."""
+    weight = clip.text_encoder.get_input_embeddings().weight.detach().clone()
+    if init_id is not None:
+        weight[token_ids] = weight[init_id]
+    return _with_table(clip, clip.tokenizer, weight)
+
+
+def _with_table(clip: TextEncoder, tokenizer: Any, weight: torch.Tensor) -> TextEncoder:
+    """``clip`` with ``tokenizer`` and a text encoder whose token embedding is ``weight``
+    (a new table); every other parameter is shared with the base encoder."""
+    import torch
+
     base = clip.text_encoder
     old = base.get_input_embeddings()
     # deepcopy with every parameter but the token embedding pre-filled in the memo: the
     # copy shares them (no memory), and only the embedding table is new.
     memo = {id(p): p for p in base.parameters() if p is not old.weight}
     encoder = copy.deepcopy(base, memo)
-    weight = old.weight.detach()
-    rows = weight[init_id].unsqueeze(0).repeat(len(tokens), 1)
-    table = torch.nn.Embedding(len(tokenizer), weight.shape[1], device=weight.device,
+    table = torch.nn.Embedding(weight.shape[0], weight.shape[1], device=weight.device,
                                dtype=weight.dtype)
     with torch.no_grad():
-        table.weight.copy_(torch.cat([weight, rows]))
+        table.weight.copy_(weight)
     encoder.set_input_embeddings(table)
-    encoder.config.vocab_size = len(tokenizer)
+    encoder.config.vocab_size = weight.shape[0]
     return replace(clip, text_encoder=encoder, tokenizer=tokenizer)
+
+
+def restore_other_rows(table: torch.Tensor, original: torch.Tensor, token_ids: list[int]
+                       ) -> None:
+    """Put back every row of ``table`` but ``token_ids`` (the script's step: AdamW's weight
+    decay and momentum must not move the vocabulary's other words)."""
+    import torch
+
+    keep = torch.ones(original.shape[0], dtype=torch.bool)
+    keep[list(token_ids)] = False
+    with torch.no_grad():
+        table[keep] = original[keep]
+
+
+def token_clip(clip: TextEncoder, token: str, initializer: str, num_vectors: int
+               ) -> tuple[TextEncoder, list[int]]:
+    """The CLIP handle and row ids for training ``token``'s embedding (pivotal tuning: a
+    LoRA's concept word learned with it). A word the tokenizer reads as one token of its
+    vocabulary ("sks") trains that row in a copy of the table (set to ``initializer``'s row
+    when one is given, else kept); any other word is a new placeholder of
+    ``num_vectors`` tokens, as textual inversion adds them (:func:`extended_clip`)."""
+    inner, _ = base_tokenizer(clip.tokenizer)
+    own = inner.encode(token, add_special_tokens=False) if token.strip() else []
+    known = len(own) == 1 and inner.convert_ids_to_tokens(own)[0] in (token, token + "</w>")
+    if known and num_vectors == 1:
+        init_id = None
+        if initializer.strip():
+            ids = inner.encode(initializer, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"the initializer must be a single token; {initializer!r} "
+                                 f"is {len(ids)}")
+            init_id = ids[0]
+        trained = retrained_clip(clip, own, init_id)
+        return trained, own
+    problems = token_problems(clip.tokenizer, token, initializer or "shape", num_vectors)
+    if problems:
+        raise ValueError("; ".join(message for _, message in problems))
+    tokens = placeholder_tokens(token, num_vectors)
+    init_id = inner.encode(initializer or "shape", add_special_tokens=False)[0]
+    trained = extended_clip(clip, tokens, init_id)
+    return trained, trained.tokenizer.convert_tokens_to_ids(tokens)
 
 
 @dataclass
@@ -173,8 +233,6 @@ class InversionTraining:
     def step(self, index: torch.Tensor, noise: torch.Tensor | None = None,
              timesteps: torch.Tensor | None = None, latents: torch.Tensor | None = None
              ) -> float:
-        import torch
-
         context = self.clip.text_encoder(self.ids[index])[0]
         loss = tc.batch_loss(self.model.unet, self.scheduler, self.posterior, self.generator,
                              index, context, noise, timesteps, latents)
@@ -183,11 +241,8 @@ class InversionTraining:
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.optimizer.zero_grad()
-        keep = torch.ones(self.original.shape[0], dtype=torch.bool)
-        keep[min(self.token_ids):max(self.token_ids) + 1] = False
-        with torch.no_grad():
-            weight = self.clip.text_encoder.get_input_embeddings().weight
-            weight[keep] = self.original[keep]
+        restore_other_rows(self.clip.text_encoder.get_input_embeddings().weight,
+                           self.original, self.token_ids)
         return float(loss.detach())
 
     def vectors(self) -> torch.Tensor:
