@@ -86,8 +86,12 @@ function makeRoom(before: SfNode[], changes: NodeChange<SfNode>[], after: SfNode
   const rects = new Map(after.map((n) => [n.id, nodeRect(n, defs)]));
   const fixed = new Set(after.filter((n) => n.data.pinned || n.dragging).map((n) => n.id));
   const moved = makeRoomBelow(rects, grown, fixed);
-  if (!moved.size) return after;
-  return after.map((n) => {
+  return moved.size ? movedTo(after, moved) : after;
+}
+
+/** `nodes` with those in `moved` at their new top-left (whole pixels). */
+function movedTo(nodes: SfNode[], moved: ReadonlyMap<string, { x: number; y: number }>): SfNode[] {
+  return nodes.map((n) => {
     const p = moved.get(n.id);
     return p ? { ...n, position: { x: Math.round(p.x), y: Math.round(p.y) } } : n;
   });
@@ -483,10 +487,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       const moved = makeRoomBelow(rects, grown, new Set(ns.filter((n) => n.data.pinned).map((n) => n.id)));
       if (!moved.size) return;
       autoLayout.current = true;
-      setNodes((cur) => cur.map((n) => {
-        const p = moved.get(n.id);
-        return p ? { ...n, position: { x: Math.round(p.x), y: Math.round(p.y) } } : n;
-      }));
+      setNodes((cur) => movedTo(cur, moved));
     });
   }, [rf, store, whenMeasured]);
 
