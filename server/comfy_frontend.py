@@ -313,15 +313,20 @@ async def workflow_templates(request: web.Request) -> web.Response:
     return json_response({})
 
 
-def templates_dir() -> Path | None:
-    """The templates folder of the installed ``comfyui-workflow-templates``, if any."""
+def package_folder(package: str, folder: str) -> Path | None:
+    """``folder`` inside an installed Python package (a ComfyUI front-end extra), if any."""
     import importlib.util
 
-    spec = importlib.util.find_spec(TEMPLATES_PACKAGE)
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         return None
-    folder = Path(spec.origin).parent / "templates"
-    return folder if folder.is_dir() else None
+    path = Path(spec.origin).parent / folder
+    return path if path.is_dir() else None
+
+
+def templates_dir() -> Path | None:
+    """The templates folder of the installed ``comfyui-workflow-templates``, if any."""
+    return package_folder(TEMPLATES_PACKAGE, "templates")
 
 
 async def templates_file(request: web.Request) -> web.StreamResponse:
@@ -352,13 +357,7 @@ async def templates_file(request: web.Request) -> web.StreamResponse:
 # --- embedded node docs ------------------------------------------------------------
 def embedded_docs_dir() -> Path | None:
     """The docs folder of the installed ``comfyui-embedded-docs``, if any."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(EMBEDDED_DOCS_PACKAGE)
-    if spec is None or spec.origin is None:
-        return None
-    folder = Path(spec.origin).parent / "docs"
-    return folder if folder.is_dir() else None
+    return package_folder(EMBEDDED_DOCS_PACKAGE, "docs")
 
 
 async def docs_file(request: web.Request) -> web.StreamResponse:
