@@ -371,11 +371,19 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null; arrange?: boolean; name?: string;
     record?: boolean; firstView?: boolean;
   } = {}) => {
-    if (opts.record !== false && state.current.nodes.length) {
-      // the graph shown until now stays at hand (History → Replaced graphs): undo brings
+    const h = history.current;
+    // an opened graph nobody edited (an example visited) is at hand where it came from
+    const untouched = h.present !== null && openedSteps.current.has(h.present) && documentNow().key === h.present;
+    if (opts.record !== false && state.current.nodes.length && !untouched) {
+      // the graph shown until now stays at hand (History → Graphs replaced): undo brings
       // it back only until a reload, and an unsaved graph was then lost for good
       try {
-        keepReplaced(localStorage, JSON.stringify(graphToDocument(currentGraph(), defsRef.current)), docNameRef.current);
+        const kept = keepReplaced(localStorage, JSON.stringify(graphToDocument(currentGraph(), defsRef.current)),
+          docNameRef.current);
+        if (kept === "too-large" || kept === "no-room") {
+          failRef.current?.("The graph just replaced is too large to keep in the browser: Ctrl+Z brings it back "
+            + "until the page is reloaded (save it with Ctrl+S to keep it)");
+        }
       } catch {
         // no storage: undo still has it
       }
@@ -416,7 +424,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       }
     }
     if (arranging.current) arrange(seq, opts.viewport !== false ? graph.viewport : undefined);
-  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView, recordOpened, fitWholeIfCut, currentGraph]);
+  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView, recordOpened, fitWholeIfCut, currentGraph, documentNow]);
 
   const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {

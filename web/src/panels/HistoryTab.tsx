@@ -182,7 +182,7 @@ export function HistoryTab({ store, onLoad, openImage, feedback, openAutosave }:
       {openAutosave && <SavedGraphs open={openAutosave} read={readOtherTabs}
         title="Other tabs' autosaved graphs" testId="other-tabs" />}
       {openAutosave && <SavedGraphs open={openAutosave} read={readReplaced}
-        title="Graphs replaced here (opened over, or cleared)" testId="replaced-graphs" />}
+        title="Graphs replaced in this browser (opened over, or cleared)" testId="replaced-graphs" />}
       {items.length === 0 && <div className="sf-muted">Nothing has run yet.</div>}
       <ul className="sf-list" aria-label="history">
         {items.map((h) => (
