@@ -288,8 +288,30 @@ def test_the_workflow_is_renamed_in_place_and_saved_under_that_name(page):
         page.locator(".sf-toolbar").get_by_role("button", name="Save", exact=True).click()
     assert got.value.suggested_filename == "my hearts - v2.json"
     expect(c.toasts().filter(has_text="Saved my hearts - v2.json")).to_have_count(1)
-    # Escape drops an edit
+    # Ctrl+S in the field saves under the name typed there; a name no file can carry is made one
     page.get_by_role("button", name="workflow name: my hearts - v2, rename").click()
+    page.get_by_label("workflow name").fill('..a:b?')
+    with page.expect_download() as got:
+        page.get_by_label("workflow name").press("Control+s")
+    assert got.value.suggested_filename == "a-b-.json"
+    expect(page.locator(".sf-docname")).to_have_text("a-b-")
+    expect(c.toasts().filter(has_text="Saved a-b-.json")).to_have_count(1)
+    # Escape drops an edit
+    page.get_by_role("button", name="workflow name: a-b-, rename").click()
     page.get_by_label("workflow name").fill("nope")
     page.get_by_label("workflow name").press("Escape")
-    expect(page.locator(".sf-docname")).to_have_text("my hearts - v2")
+    expect(page.locator(".sf-docname")).to_have_text("a-b-")
+
+
+def test_history_shows_a_seed_beyond_2_53_exactly(page, server: LiveServer):
+    """A run with seed 9007199254740993 was listed as 9007199254740992 (parsed as a double)."""
+    doc = small_txt2img()
+    doc["prompt"]["6"]["inputs"]["text"] = "big seed e2e: a red star"
+    doc["prompt"]["3"]["inputs"]["seed"] = 9007199254740993
+    res = server.post("/prompt", {"prompt": doc["prompt"], "client_id": "e2e"})
+    server.wait_history(res["prompt_id"])
+    page.get_by_role("tab", name="History").click()
+    item = page.locator(f'.sf-history-item[data-prompt-id="{res["prompt_id"]}"]')
+    expect(item.get_by_test_id("seeds")).to_have_text(" · seed 9007199254740993")
+    item.get_by_role("button", name="Load").click()
+    expect(Canvas(page).widget("3", "seed")).to_have_value("9007199254740993")

@@ -34,13 +34,13 @@ export class ApiError extends Error {
   }
 }
 
-async function request<T>(path: string, init?: RequestInit, exact = false): Promise<T> {
+async function request<T>(path: string, init?: RequestInit, exact: boolean | "string" = false): Promise<T> {
   const res = await fetch(apiUrl(path), init);
   const text = await res.text();
   let body: unknown = text;
   try {
     // `exact`: integers beyond 2^53 (a seed's max 2^64-1) as bigints, not the nearest double
-    body = text ? (exact ? parseJsonExact(text) : JSON.parse(text)) : null;
+    body = text ? (exact ? parseJsonExact(text, exact === "string" ? "string" : "bigint") : JSON.parse(text)) : null;
   } catch {
     // not JSON: keep the text
   }
@@ -130,7 +130,9 @@ export const interrupt = (promptId?: string) => postJson("interrupt", promptId ?
 export type { HistoryEntry } from "./lib/history";
 
 export async function getHistory(maxItems = 30): Promise<HistoryEntry[]> {
-  return parseHistory(await request<Record<string, Record<string, unknown>>>(`history?max_items=${maxItems}`));
+  // a seed beyond 2^53 keeps its digits (as a loaded file's do: lib/load.ts), shown and loaded exact
+  return parseHistory(await request<Record<string, Record<string, unknown>>>(`history?max_items=${maxItems}`,
+    undefined, "string"));
 }
 
 export const clearHistory = () => postJson("history", { clear: true });
