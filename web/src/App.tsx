@@ -46,6 +46,7 @@ import { queuedPrompt } from "./lib/dynamicprompts";
 import { stringifyJsonExact } from "./lib/exactint";
 import { packErrorText } from "./lib/packerrors";
 import { documentToGraph, emptyGraph, graphToDocument, type WorkflowDocument } from "./lib/graph";
+import { fileSafeName } from "./lib/filename";
 import { carriesWorkflow, fileOfUrl, imageUploadInput, isImageFile, selectedUploadTarget, serverImageUrl, uploadTargetOf } from "./lib/drop";
 import { CANVAS_MAX_ZOOM, CANVAS_MIN_ZOOM, lowDetail } from "./lib/layout";
 import { missingModels, missingModelsText } from "./lib/missingmodels";
@@ -495,8 +496,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     openWorkflow: (workflow) => void loadObject(workflow, "pasted workflow"),
   });
 
-  const save = useCallback(() => {
-    const name = g.docName || "workflow";
+  const save = useCallback((as?: string) => {
+    const name = fileSafeName(as ?? g.docName) || "workflow"; // the file the browser saves, named as said
     downloadJson(name, graphToDocument(currentGraph(), defsRef.current));
     // the download itself may show nowhere (a browser set to save without asking)
     notify(`Saved ${name}.json to your downloads (click the name at the top right to rename the workflow)`, "info",

@@ -10,6 +10,7 @@
 import { type KeyboardEvent, useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
 import type { ExampleRef } from "../api";
 import { QUEUE_COUNT_MAX } from "../lib/batch";
+import { fileSafeName } from "../lib/filename";
 import { collapseToFit, type ToolbarItem } from "../lib/toolbarfit";
 import { ExamplesBrowser } from "./ExamplesBrowser";
 import type { Notify } from "./Toasts";
@@ -26,7 +27,8 @@ export type ToolbarActions = {
   canUndo: boolean;
   canRedo: boolean;
   open(): void;
-  save(): void;
+  /** Save the document (as `name`, a rename not rendered yet, when given). */
+  save(name?: string): void;
   exportApi(): void;
   /** Resolves once the example is open (true) or failed (false). */
   openExample(ex: ExampleRef): Promise<boolean>;
@@ -45,12 +47,19 @@ const NAME_MAX = 120;
  * place; Enter or leaving the field keeps the edit, Escape drops it (a newcomer found no way
  * to name a workflow: Save downloaded "txt2img.json" with no say in the name).
  */
-function DocName({ name, rename, tb }: { name: string; rename(name: string): void; tb: string }) {
+function DocName({ name, rename, save, tb }: {
+  name: string; rename(name: string): void; save(name?: string): void; tb: string;
+}) {
   const [editing, setEditing] = useState(false);
-  const done = (el: HTMLInputElement, keep: boolean) => {
-    const next = el.value.trim().replace(/[\\/]+/g, "-").slice(0, NAME_MAX);
+  /** Leave the field, keeping its name or not; the name in use afterwards. */
+  const done = (el: HTMLInputElement, keep: boolean): string => {
+    const next = fileSafeName(el.value).slice(0, NAME_MAX);
     setEditing(false);
-    if (keep && next && next !== name) rename(next);
+    if (keep && next && next !== name) {
+      rename(next);
+      return next;
+    }
+    return name;
   };
   return (
     <span className="sf-docname" data-tb={tb} title={`document name: ${name} (click to rename)`}>
@@ -61,6 +70,12 @@ function DocName({ name, rename, tb }: { name: string; rename(name: string): voi
           onKeyDown={(e) => {
             if (e.key === "Enter") done(e.currentTarget, true);
             else if (e.key === "Escape") { e.stopPropagation(); done(e.currentTarget, false); }
+            else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "s") {
+              // Ctrl+S in the field saves under the name typed (it saved under the old one)
+              e.preventDefault();
+              e.stopPropagation();
+              save(done(e.currentTarget, true));
+            }
           }} />
       ) : (
         <button type="button" className="sf-docname-button" aria-label={`workflow name: ${name}, rename`}
@@ -100,7 +115,7 @@ function collapsible(a: ToolbarActions): Record<string, Action> {
     { key: "undo", label: "Undo", title: "Undo (Ctrl+Z)", onClick: a.undo, rank: 5, disabled: !a.canUndo },
     { key: "redo", label: "Redo", title: "Redo (Ctrl+Shift+Z)", onClick: a.redo, rank: 4, disabled: !a.canRedo },
     { key: "open", label: "Open", title: "Open a workflow or a PNG (Ctrl+O)", onClick: a.open, rank: 7 },
-    { key: "save", label: "Save", title: "Save the workflow (Ctrl+S)", onClick: a.save, rank: 6 },
+    { key: "save", label: "Save", title: "Save the workflow (Ctrl+S)", onClick: () => a.save(), rank: 6 },
     {
       key: "export", label: "Export API", onClick: a.exportApi, rank: 2,
       title: "Download the prompt in API format (what Queue posts to /prompt), for scripts and steerflow run / submit",
@@ -282,7 +297,7 @@ export function Toolbar({ a, busy, docName, notify, options }: {
       <button type="button" onClick={a.keys} aria-label="keyboard shortcuts"
         title="Keyboard shortcuts and mouse gestures (?)">?</button>
       {inMenu.length > 0 && <MoreMenu items={inMenu} />}
-      <DocName name={docName} rename={a.rename} tb={DOC} />
+      <DocName name={docName} rename={a.rename} save={a.save} tb={DOC} />
     </header>
   );
 }

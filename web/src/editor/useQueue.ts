@@ -136,9 +136,10 @@ export function useQueue(g: GraphStore, store: RunStore, socket: { current: Sock
       // one at a time: queueing several in a row must not stack them over the canvas
       if (n > 1 && distinct.size === 1 && numbers.length === n) {
         // the cache then answers n − 1 of them at once with the same image (a newcomer's walk)
-        notify(`Queued ${n} prompts${range}${where}, all the same: every seed is fixed, so they make one image. `
-          + "For different images set a seed's control (beside it) to increment or randomize.", "warning",
-        undefined, { tag: "queued" });
+        const seeded = currentGraph().nodes.some((gn) => Object.keys(gn.control ?? {}).length > 0);
+        notify(`Queued ${n} prompts${range}${where}, all the same, so they make one result`
+          + (seeded ? ": every seed is fixed. For different images set a seed's control (beside it) to increment "
+            + "or randomize." : "."), "warning", undefined, { tag: "queued" });
       } else {
         notify(n === 1 ? `Queued prompt${range}${where}` : `Queued ${n} prompts${range}${where}`,
           "info", undefined, { tag: "queued" });
