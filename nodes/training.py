@@ -465,6 +465,11 @@ class PriorPreservationInputs(Node):
             cfg=self.class_cfg, sampler_name=self.class_sampler)
 
 
+#: what a pivot token's file adds to save_name (diffusers' advanced script's ``<name>_emb``):
+#: a textual inversion saved under the same name keeps its own file
+EMB_SUFFIX = "_emb"
+
+
 class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
     """Train a LoRA on a few captioned images and use it at once (diffusers'
     train_text_to_image_lora.py: MSE on the noise, or on v for v-prediction models,
@@ -496,8 +501,9 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
     model it took a new shape from 68% to 83% (four training seeds) for about 15% more time
     per step. A vocabulary word (sks) trains its own row; a new placeholder (<sks>) gets
     ``pivot_vectors`` new ones from ``pivot_initializer``. The output CLIP carries it; with
-    ``save_name`` it is also written to models/embeddings/<save_name>.safetensors:
-    elsewhere, load the LoRA and write ``embedding:<save_name>`` where the word was. The
+    ``save_name`` it is also written to models/embeddings/<save_name>_emb.safetensors (the
+    advanced script's name): elsewhere, load the LoRA and write ``embedding:<save_name>_emb``
+    where the word was. The
     same inputs are never trained twice (the result is cached); progress events carry the
     loss (the canvas draws it as a live
     curve on the node);
@@ -575,7 +581,8 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
             elif isinstance(captions, str) and captions.strip() and token.strip() not in captions:
                 problems.append(("captions", f"the captions must contain the pivot token "
                                  f"{token.strip()!r} where the concept goes"))
-            if isinstance(name, str) and (problem := _name_problem(name, "embeddings", env)):
+            if isinstance(name, str) and name.strip() and (
+                    problem := _name_problem(name.strip() + EMB_SUFFIX, "embeddings", env)):
                 problems.append(("save_name", problem + " (the pivot token's embedding is "
                                  "saved under the same name)"))
         return problems
@@ -602,7 +609,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         if name := save_name(self.save_name):
             target = _claim(ctx.env, "loras", name, checkpoint)
             if pivot is not None:
-                token_target = _claim(ctx.env, "embeddings", name, checkpoint)
+                token_target = _claim(ctx.env, "embeddings", name + EMB_SUFFIX, checkpoint)
         sample = _sample(ctx, self, captions)
         unet_layers, text_layers, losses, clip = tl.train_lora(
             ctx, self.model, self.clip, self.vae, self.images, captions, spec, settings,
@@ -618,7 +625,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
             _save(ctx, tensors, metadata, target, checkpoint)
             if pivot is not None:
                 # the token's vectors as a textual-inversion file: outside this graph the
-                # LoRA is used with embedding:<name> where the token was written
+                # LoRA is used with embedding:<name>_emb where the token was written
                 _save(ctx, {pivot.token: tl.pivot_vectors(clip, pivot.token)},
                       {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
                        for k, v in info.items()}, token_target, checkpoint)

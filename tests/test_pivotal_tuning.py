@@ -88,7 +88,7 @@ def test_train_lora_with_a_pivot_token_in_a_graph(session):
 
 def test_a_saved_pivot_token_is_an_embedding_that_gives_the_same_image(session):
     """save_name writes the LoRA and, beside it in models/embeddings, the token's trained
-    vectors: outside the graph, Load LoRA plus ``embedding:<name>`` where the token was
+    vectors: outside the graph, Load LoRA plus ``embedding:<name>_emb`` where the token was
     draws what the training graph's own CLIP draws."""
     name = f"pivot/{uuid.uuid4().hex[:8]}"
     prompt = graph(lora_node(captions="a red sks\na blue sks\na green sks", target="unet",
@@ -97,12 +97,12 @@ def test_a_saved_pivot_token_is_an_embedding_that_gives_the_same_image(session):
     in_graph, _ = run_latent(session, prompt)
     models = session.env.folder("models")
     lora = models / "loras" / f"{name}.safetensors"
-    embedding = models / "embeddings" / f"{name}.safetensors"
+    embedding = models / "embeddings" / f"{name}_emb.safetensors"
     assert lora.is_file() and embedding.is_file()
     from safetensors.torch import load_file
 
     assert load_file(embedding)["sks"].shape[0] == 1
-    elsewhere = graph(lora_node(), text=f"a red embedding:{name}", clip_from=["ckpt", 1],
+    elsewhere = graph(lora_node(), text=f"a red embedding:{name}_emb", clip_from=["ckpt", 1],
                       model_from=["lora", 0])
     del elsewhere["train"]
     elsewhere["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
