@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.paths import writable_folder
 from engine.validation import PromptValidationError, describe_issues
@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_interrupted() -> NoReturn:
+    """End an interrupted run now, with EXIT_FAILED: its checkpoint and outputs are on disk,
+    and the interpreter's teardown after a Ctrl-C mid-step could abort ("terminate called
+    without an active exception", SIGABRT) in a native thread the step left behind."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from steerflow import tune_process
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+        _exit_interrupted()
     except BrokenPipeError:
         if not _stdout_closed():
             raise
@@ -333,7 +343,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if run.status == "interrupted":
         print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+        _exit_interrupted()
     print(f"done: {len(run.executed)} node(s) executed, {len(run.cached)} cached")
     for path in result.image_paths:
         print(f"image: {path}")
