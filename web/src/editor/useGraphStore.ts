@@ -371,15 +371,15 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null; arrange?: boolean; name?: string;
     record?: boolean; firstView?: boolean;
   } = {}) => {
-    const h = history.current;
-    // an opened graph nobody edited (an example visited) is at hand where it came from
-    const untouched = h.present !== null && openedSteps.current.has(h.present) && documentNow().key === h.present;
-    if (opts.record !== false && state.current.nodes.length && !untouched) {
+    if (opts.record !== false && state.current.nodes.length) {
       // the graph shown until now stays at hand (History → Graphs replaced): undo brings
-      // it back only until a reload, and an unsaved graph was then lost for good
+      // it back only until a reload, and an unsaved graph was then lost for good; not an
+      // opened graph nobody edited (an example visited), which is where it came from
+      const h = history.current;
+      const now = documentNow();
+      const untouched = h.present !== null && openedSteps.current.has(h.present) && now.key === h.present;
       try {
-        const kept = keepReplaced(localStorage, JSON.stringify(graphToDocument(currentGraph(), defsRef.current)),
-          docNameRef.current);
+        const kept = untouched ? "known" : keepReplaced(localStorage, JSON.stringify(now.doc), docNameRef.current);
         if (kept === "too-large" || kept === "no-room") {
           failRef.current?.("The graph just replaced is too large to keep in the browser: Ctrl+Z brings it back "
             + "until the page is reloaded (save it with Ctrl+S to keep it)");
@@ -424,7 +424,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
       }
     }
     if (arranging.current) arrange(seq, opts.viewport !== false ? graph.viewport : undefined);
-  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView, recordOpened, fitWholeIfCut, currentGraph, documentNow]);
+  }, [rf, store, fit, fitTracker, arrange, whenMeasured, checkSavedView, recordOpened, fitWholeIfCut, documentNow]);
 
   const writeAutosave = useCallback((doc?: WorkflowDocument, name: string = docName) => {
     try {
