@@ -216,8 +216,9 @@ def slow(steps: int, value: int = 1) -> dict[str, Any]:
     }
 
 
-def image(value: int = 7, preview: bool = False) -> dict[str, Any]:
-    return {"1": {"class_type": "TestImage", "inputs": {"value": value, "preview": preview}}}
+def image(value: int = 7, preview: bool = False, hold: float = 0.0) -> dict[str, Any]:
+    return {"1": {"class_type": "TestImage",
+                  "inputs": {"value": value, "preview": preview, "hold": hold}}}
 
 
 def recv_until(ws: websocket.WebSocket, prompt_id: str, *, timeout: float = 20

@@ -24,11 +24,13 @@ class TestImage(Node):
     OUTPUT_NODE = True
     value: int = Input(0, min=0, max=255)
     preview: bool = Input(False)
+    hold: float = Input(0.0, min=0.0, max=10.0)  # seconds to stay running after the preview
 
     def execute(self, ctx: ExecutionContext) -> NodeResult:
         img = Image.new("RGB", (8, 8), (self.value, 0, 0))
         if self.preview:
             ctx.progress(1, 1, preview=img)
+        time.sleep(self.hold)
         folder = ctx.env.folder("output", create=True)
         name = f"test_{ctx.prompt_id}_{ctx.node_id}.png"
         img.save(folder / name)

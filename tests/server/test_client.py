@@ -124,7 +124,7 @@ def test_submit_refuses_an_unknown_set_input_as_run_does(server: LiveServer, tmp
     out = tmp_path / "out"
     assert cmd_submit(submit_args(server, workflow, out, "1.valuez=5")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: node 1 (TestImage) has no input 'valuez'; it has: value, preview"]
+    assert err == ["error: node 1 (TestImage) has no input 'valuez'; it has: value, preview, hold"]
     assert not out.exists()
     assert cmd_submit(submit_args(server, workflow, out, "1.value=5")) == 0  # known: runs
     # by type, with the server's schemas as the registry (the docs drill: a traceback, as

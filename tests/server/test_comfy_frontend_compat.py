@@ -225,7 +225,9 @@ def test_progress_state_and_previews_with_metadata(http: Http, server: LiveServe
     try:
         server_flags = _announce(ws, {"supports_preview_metadata": True})
         assert server_flags["supports_preview_metadata"] is True
-        pid = http.post("/prompt", json={"prompt": image(value=5, preview=True),
+        # the node stays running for many PROGRESS_INTERVALs: the coalesced state is
+        # built when sent, so a node that ends at once may be seen only finished
+        pid = http.post("/prompt", json={"prompt": image(value=5, preview=True, hold=1.0),
                                          "client_id": "modern"}).json()["prompt_id"]
         events, frames = recv_until(ws, pid)
     finally:
