@@ -26,6 +26,9 @@ from nodes.training import (
     _save,
     _settings,
     check_training_inputs,
+    pivot_input,
+    pivot_problems,
+    pivot_spec,
     save_name,
     training_captions,
     training_info,
@@ -68,6 +71,13 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
     The same inputs are never trained twice (cached); progress events carry the loss;
     Stop acts between steps and leaves a resumable state in temp/training (the whole
     model and optimiser: large for large models).
+
+    Pivotal tuning (``pivot_token``, as Train LoRA's): the caption's concept word trains
+    its embedding with the UNet, at ``pivot_learning_rate``, so the word itself comes to
+    mean the subject rather than the UNet re-routing a random word. A vocabulary word
+    (sks) trains its own row, which the output CLIP and a saved checkpoint keep (use the
+    word as it is afterwards); a new placeholder (<sks>, ``pivot_vectors`` rows) lives in
+    the output CLIP only, so it cannot be saved to a checkpoint.
     """
 
     TYPE = "TrainDreamBooth"
@@ -88,6 +98,11 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
                                      "(the script's --train_text_encoder)")
     save_name: str = Input("", description="Also write models/checkpoints/<name>"
                            ".safetensors (empty: do not save)")
+    pivot_token: str = pivot_input("token")
+    pivot_initializer: str = pivot_input("initializer")
+    pivot_vectors: int = pivot_input("vectors")
+    pivot_learning_rate: float = pivot_input("learning_rate")
+    pivot_ti_steps: int = pivot_input("ti_steps")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -102,6 +117,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
                              "images, e.g. 'a sks shape') or link Load Image Batch's "
                              "captions"))
         problems += cls.prior_problems(inputs, "rare word")
+        problems += pivot_problems(inputs)
         return problems
 
     def execute(self, ctx: ExecutionContext
@@ -110,7 +126,7 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
         from nodes.diffusion import train_dreambooth as tdb
         from nodes.diffusion.lora import patched
         from nodes.diffusion.prior_preservation import class_images
-        from nodes.diffusion.train_textual_inversion import base_tokenizer
+        from nodes.diffusion.train_textual_inversion import base_tokenizer, vocabulary_word
 
         check_training_inputs(self)
         captions = training_captions(ctx, self)
@@ -119,6 +135,13 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
             raise ValueError("this CLIP knows words added by textual inversion, which a "
                              "checkpoint file cannot hold: train from Load Checkpoint's CLIP "
                              "to save, or clear save_name")
+        pivot = pivot_spec(self)
+        if name and pivot is not None and not (
+                pivot.num_vectors == 1 and vocabulary_word(self.clip.tokenizer, pivot.token)):
+            raise ValueError(f"pivot_token {pivot.token!r} is a new word, which a checkpoint "
+                             "file cannot hold: use a word the tokenizer has (such as sks, "
+                             "one vector), whose trained row the checkpoint keeps, or clear "
+                             "save_name")
         settings = _settings(self)
         tdb.check_trainable(self.model, self.vae)
         tc.check_resolution(self.model.unet, self.vae, settings.resolution)
@@ -131,13 +154,11 @@ class TrainDreamBooth(LossMaskInputs, PriorPreservationInputs, TrainingNode):
             class_pixels = class_images(ctx, self.model, self.clip, self.vae, prior,
                                         settings.resolution, self.seed, base_hash)
         sample = _sample(ctx, self, captions)
-        unet, encoder, losses = tdb.train_dreambooth(
+        unet, clip, losses = tdb.train_dreambooth(
             ctx, self.model, self.clip, self.vae, self.images, captions, settings,
             self.train_text_encoder, prior, class_pixels, checkpoint,
-            sample=sample, loss_mask=self.loss_mask_spec())
+            sample=sample, loss_mask=self.loss_mask_spec(), pivot=pivot)
         model = replace(self.model, unet=unet, patches=())  # patches are merged in the copy
-        clip = self.clip if encoder is None else replace(self.clip, text_encoder=encoder,
-                                                         patches=())
         if name:
             info = training_info(self, captions, base_hash, settings.steps, losses)
             # a frozen text encoder is saved as the graph uses it: its patches merged

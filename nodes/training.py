@@ -469,6 +469,54 @@ class PriorPreservationInputs(Node):
 #: a textual inversion saved under the same name keeps its own file
 EMB_SUFFIX = "_emb"
 
+_PIVOT_INPUTS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "token": ("", {"description": "Pivotal tuning: also learn this word's embedding (a "
+                   "vocabulary word such as sks: its row; a new placeholder such as <sks>: "
+                   "new vectors); empty: off"}),
+    "initializer": ("", {"description": "Pivotal tuning: the word whose embedding the token "
+                         "starts from (empty: its own row, or 'shape' for a new "
+                         "placeholder)"}),
+    "vectors": (1, {"min": 1, "max": 16, "description": "Pivotal tuning: vectors of a new "
+                    "placeholder"}),
+    "learning_rate": (5e-3, {"min": 0.0, "max": 1.0, "step": 1e-5, "description": "Pivotal "
+                             "tuning: the token's learning rate (the run's schedule)"}),
+    "ti_steps": (0, {"min": 0, "max": 100_000, "description": "Pivotal tuning: the first "
+                     "steps train the token alone"}),
+}
+
+
+def pivot_input(key: str) -> Any:
+    """One of the pivotal-tuning inputs (``pivot_<key>``), the same on every training node
+    that offers it (declared in each, so each keeps its own input order)."""
+    default, options = _PIVOT_INPUTS[key]
+    return Input(default, **options)
+
+
+def pivot_problems(inputs: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """Validation of the pivot token against the captions."""
+    token, captions = inputs.get("pivot_token"), inputs.get("captions")
+    if not isinstance(token, str) or not token.strip():
+        return []
+    token = token.strip()
+    if any(c.isspace() for c in token):
+        return [("pivot_token", "one word without spaces, e.g. sks or <sks>")]
+    if problem := syntax_problem(token):
+        return [("pivot_token", problem)]
+    if isinstance(captions, str) and captions.strip() and token not in captions:
+        return [("captions", f"the captions must contain the pivot token {token!r} where "
+                 "the concept goes")]
+    return []
+
+
+def pivot_spec(node: Any) -> Any:
+    """The node's pivotal tuning, or None when ``pivot_token`` is empty."""
+    if not node.pivot_token.strip():
+        return None
+    from nodes.diffusion.pivotal_tuning import PivotSpec
+
+    return PivotSpec(node.pivot_token.strip(), node.pivot_initializer.strip(),
+                     node.pivot_vectors, node.pivot_learning_rate, node.pivot_ti_steps)
+
 
 class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
     """Train a LoRA on a few captioned images and use it at once (diffusers'
@@ -544,19 +592,11 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
                                 description="Offset noise (e.g. 0.05-0.1); 0: off")
     save_name: str = Input("", description="Also write models/loras/<name>.safetensors "
                            "(empty: do not save)")
-    pivot_token: str = Input("", description="Pivotal tuning: also learn this word's "
-                             "embedding (a vocabulary word such as sks: its row; a new "
-                             "placeholder such as <sks>: new vectors); empty: off")
-    pivot_initializer: str = Input("", description="Pivotal tuning: the word whose "
-                                   "embedding the token starts from (empty: its own row, or "
-                                   "'shape' for a new placeholder)")
-    pivot_vectors: int = Input(1, min=1, max=16, description="Pivotal tuning: vectors of a "
-                               "new placeholder")
-    pivot_learning_rate: float = Input(5e-3, min=0.0, max=1.0, step=1e-5,
-                                       description="Pivotal tuning: the token's learning "
-                                       "rate (the LoRA's schedule)")
-    pivot_ti_steps: int = Input(0, min=0, max=100_000, description="Pivotal tuning: the "
-                                "first steps train the token alone")
+    pivot_token: str = pivot_input("token")
+    pivot_initializer: str = pivot_input("initializer")
+    pivot_vectors: int = pivot_input("vectors")
+    pivot_learning_rate: float = pivot_input("learning_rate")
+    pivot_ti_steps: int = pivot_input("ti_steps")
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], env: Environment
@@ -572,25 +612,20 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         if isinstance(captions, str) and not captions.strip():
             problems.append(("captions", "write a caption (one for all images) or link Load "
                              "Image Batch's captions"))
+        problems += pivot_problems(inputs)
         token = inputs.get("pivot_token")
-        if isinstance(token, str) and token.strip():
-            if any(c.isspace() for c in token.strip()):
-                problems.append(("pivot_token", "one word without spaces, e.g. sks or <sks>"))
-            elif problem := syntax_problem(token.strip()):
-                problems.append(("pivot_token", problem))
-            elif isinstance(captions, str) and captions.strip() and token.strip() not in captions:
-                problems.append(("captions", f"the captions must contain the pivot token "
-                                 f"{token.strip()!r} where the concept goes"))
-            if isinstance(name, str) and name.strip() and (
+        if isinstance(token, str) and token.strip() and isinstance(name, str) \
+                and name.strip() and (
                     problem := _name_problem(name.strip() + EMB_SUFFIX, "embeddings", env)):
-                problems.append(("save_name", problem + " (the pivot token's embedding is "
-                                 "saved under the same name)"))
+            problems.append(("save_name", problem + " (the pivot token's embedding is "
+                             "saved under the same name)"))
         return problems
 
     def execute(self, ctx: ExecutionContext
                 ) -> tuple[DiffusionModel, TextEncoder, str] | NodeResult:
         from dataclasses import replace
 
+        from nodes.diffusion import pivotal_tuning as pt
         from nodes.diffusion import train_common as tc
         from nodes.diffusion import train_lora as tl
 
@@ -603,9 +638,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
         settings = _settings(self)
         base_hash = tc.weights_hash(self.model.unet, self.clip.text_encoder)
         checkpoint = _checkpoint(ctx, "lora", self, captions, base_hash)
-        pivot = (tl.PivotSpec(self.pivot_token.strip(), self.pivot_initializer.strip(),
-                              self.pivot_vectors, self.pivot_learning_rate,
-                              self.pivot_ti_steps) if self.pivot_token.strip() else None)
+        pivot = pivot_spec(self)
         if name := save_name(self.save_name):
             target = _claim(ctx.env, "loras", name, checkpoint)
             if pivot is not None:
@@ -626,7 +659,7 @@ class TrainLoRA(LossMaskInputs, LrScheduleInputs, TrainingNode):
             if pivot is not None:
                 # the token's vectors as a textual-inversion file: outside this graph the
                 # LoRA is used with embedding:<name>_emb where the token was written
-                _save(ctx, {pivot.token: tl.pivot_vectors(clip, pivot.token)},
+                _save(ctx, {pivot.token: pt.pivot_vectors(clip, pivot.token)},
                       {f"steerflow.{k}": v if isinstance(v, str) else json.dumps(v)
                        for k, v in info.items()}, token_target, checkpoint)
         _release(checkpoint)

@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--initializer", default="pll", help="Custom Diffusion's start row")
     parser.add_argument("--freeze-model", default="crossattn_kv",
                         choices=["crossattn_kv", "crossattn"])
+    parser.add_argument("--seed", type=int, default=0, help="the training seed")
+    parser.add_argument("--pivot-token", default="", help="DreamBooth's pivotal tuning")
+    parser.add_argument("--pivot-init", default="")
+    parser.add_argument("--pivot-vectors", type=int, default=1)
+    parser.add_argument("--pivot-lr", type=float, default=5e-3)
+    parser.add_argument("--pivot-ti-steps", type=int, default=0)
     args = parser.parse_args(argv)
 
     import torch
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         common = {
             "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2],
             "images": ["batch", 0], "captions": captions, "learning_rate": args.lr,
-            "steps": args.steps, "batch_size": args.batch, "seed": 0, "resolution": 64,
+            "steps": args.steps, "batch_size": args.batch, "seed": args.seed, "resolution": 64,
             "with_prior_preservation": bool(args.class_prompt),
             "class_prompt": args.class_prompt, "num_class_images": args.class_images,
             "prior_loss_weight": args.prior_weight, "class_steps": args.sample_steps,
@@ -114,7 +120,10 @@ def main(argv: list[str] | None = None) -> None:
             "unmasked_weight": 1.0 if args.masked_loss is None else args.masked_loss}
         if args.method == "dreambooth":
             train = {"class_type": "TrainDreamBooth", "inputs": {
-                **common, "train_text_encoder": args.train_text_encoder}}
+                **common, "train_text_encoder": args.train_text_encoder,
+                "pivot_token": args.pivot_token, "pivot_initializer": args.pivot_init,
+                "pivot_vectors": args.pivot_vectors, "pivot_learning_rate": args.pivot_lr,
+                "pivot_ti_steps": args.pivot_ti_steps}}
         else:
             word = args.modifier
             common["captions"] = captions.replace(f" {WORD} ", f" {word} ")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodes.diffusion import pivotal_tuning as pt
 from nodes.diffusion import train_common as tc
 from nodes.diffusion.prior_preservation import PriorPreservation, prior_loss
 
@@ -82,7 +83,7 @@ class DreamBoothTraining:
     """One run's state; :meth:`step` is one optimiser step."""
 
     unet: Any  # the trained copy
-    text_encoder: Any  # the trained copy, or the base encoder (frozen)
+    text_encoder: Any  # the trained copy, or the base (or pivot's) encoder, frozen
     train_text_encoder: bool
     posterior: tc.Posterior  # instance images, then class images
     ids: torch.Tensor  # caption token ids per row of the posterior
@@ -94,6 +95,10 @@ class DreamBoothTraining:
     optimizer: Any
     generator: torch.Generator
     context: torch.Tensor | None = None  # every row's encoding when the TE is frozen
+    clip: TextEncoder | None = None  # the handle the run encodes with (the pivot's, with one)
+    pivot: pt.PivotSpec | None = None
+    token_rows: pt.TokenRows | None = None  # the pivot's trained rows
+    steps_done: int = 0
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Posterior rows of dataset items ``index``: the instances, then their classes."""
@@ -126,10 +131,18 @@ class DreamBoothTraining:
         weights = None if self.posterior.weights is None else self.posterior.weights[rows]
         loss = prior_loss(pred, target, self.prior_loss_weight, weights)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
+        pt.hold_back(self.params, self.pivot, self.steps_done)
+        torch.nn.utils.clip_grad_norm_([p for p in self.trained if p.grad is not None],
+                                       MAX_GRAD_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad()
+        self.steps_done += 1
         return float(loss.detach())
+
+    @property
+    def trained(self) -> list[Any]:
+        """Every trained tensor: the copies' parameters, then the pivot's rows."""
+        return self.params + ([self.token_rows.rows] if self.token_rows is not None else [])
 
     @property
     def dataset_size(self) -> int:
@@ -144,11 +157,14 @@ def dreambooth_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
                         train_text_encoder: bool = False,
                         prior: PriorPreservation | None = None,
                         class_images: torch.Tensor | None = None,
-                        loss_mask: tc.LossMask | None = None
+                        loss_mask: tc.LossMask | None = None,
+                        pivot: pt.PivotSpec | None = None
                         ) -> Iterator[DreamBoothTraining]:
     """Set up a run on copies of the UNet (and text encoder); on exit the copies are in
     eval mode without gradients, ready to sample with. ``loss_mask`` weights the
-    instances' loss per pixel (a masked loss)."""
+    instances' loss per pixel (a masked loss). With ``pivot`` the caption's concept word
+    trains its embedding too (pivotal tuning), in :attr:`DreamBoothTraining.clip`'s
+    copied table."""
     import torch
 
     from nodes.diffusion.lora import patched
@@ -163,8 +179,11 @@ def dreambooth_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
         pixels = torch.cat([pixels, tc.prepare_pixels(class_images, settings.resolution)])
         rows_captions += prior.captions(int(class_images.shape[0]))
     generator = torch.Generator("cpu").manual_seed(settings.seed)
+    base_clip, token_ids = clip, []
+    if pivot is not None:
+        clip, token_ids = pt.pivot_clip(clip, pivot)
     unet = trainable_copy(model.unet, model.patches)
-    encoder = (trainable_copy(clip.text_encoder, clip.patches) if train_text_encoder
+    encoder = (trainable_copy(clip.text_encoder, base_clip.patches) if train_text_encoder
                else clip.text_encoder)
     trained = [unet, encoder] if train_text_encoder else [unet]
     with ExitStack() as stack:
@@ -178,23 +197,29 @@ def dreambooth_training(model: DiffusionModel, clip: TextEncoder, vae: Vae,
             posterior = tc.encode_posterior(vae.scaled_for(model.latent_scale), pixels)
             if loss_mask is not None:
                 posterior = loss_mask.applied(posterior, images, settings.resolution)
-            if not train_text_encoder:
-                with patched(encoder, clip.patches):
+            if not train_text_encoder and pivot is None:
+                with patched(encoder, base_clip.patches):
                     context = encoder(ids)[0].float()
+        if not train_text_encoder and pivot is not None:  # encoded each step, rows hooked
+            stack.enter_context(tc.frozen(encoder))
+            stack.enter_context(patched(encoder, base_clip.patches))
         for module in trained:
             module.train()  # the script's unet.train() (no dropout in SD's modules)
         stack.enter_context(tc.unet_checkpointing(unet, settings.gradient_checkpointing))
         stack.enter_context(_text_checkpointing(
             encoder, settings.gradient_checkpointing and train_text_encoder))
         params = [p for module in trained for p in module.parameters()]
+        optimizer = tc.make_optimizer(params, settings.learning_rate)
+        token_rows = (pt.attach(stack, encoder, ids[:int(images.shape[0])], token_ids, pivot,
+                                optimizer) if pivot is not None else None)
         yield DreamBoothTraining(
             unet=unet, text_encoder=encoder, train_text_encoder=train_text_encoder,
             posterior=posterior, ids=ids, n_instance=int(images.shape[0]),
             n_class=0 if class_images is None else int(class_images.shape[0]),
             prior_loss_weight=None if prior is None else prior.prior_loss_weight,
             scheduler=tc.noise_scheduler(model.scheduler_config), params=params,
-            optimizer=tc.make_optimizer(params, settings.learning_rate),
-            generator=generator, context=context)
+            optimizer=optimizer, generator=generator, context=context, pivot=pivot,
+            token_rows=token_rows, clip=clip)
 
 
 def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder,
@@ -203,25 +228,27 @@ def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEnc
                      prior: PriorPreservation | None = None,
                      class_images: torch.Tensor | None = None,
                      checkpoint: Path | None = None, sample: TrainingSample | None = None,
-                     loss_mask: tc.LossMask | None = None
-                     ) -> tuple[Any, Any | None, list[float]]:
+                     loss_mask: tc.LossMask | None = None, pivot: pt.PivotSpec | None = None
+                     ) -> tuple[Any, TextEncoder, list[float]]:
     """Train for ``settings.steps`` steps (resuming from ``checkpoint`` when an interrupted
-    run left one); the trained UNet, the trained text encoder (None when frozen) and the
-    loss per step."""
+    run left one); the trained UNet, the CLIP handle to use it with (the input one when
+    the text encoder is frozen and there is no ``pivot``; else over the trained encoder
+    or the pivot's table) and the loss per step."""
     import torch
 
     with dreambooth_training(model, clip, vae, images, captions, settings,
-                             train_text_encoder, prior, class_images, loss_mask) as run:
+                             train_text_encoder, prior, class_images, loss_mask,
+                             pivot) as run:
         order = tc.BatchOrder(run.dataset_size, settings.batch_size, run.generator)
 
         def state() -> dict[str, Any]:
-            return {"params": [p.detach() for p in run.params],
+            return {"params": [p.detach() for p in run.trained],
                     "optimizer": run.optimizer.state_dict(),
                     "generator": run.generator.get_state(), "pending": list(order.pending)}
 
         def restore(saved: dict[str, Any]) -> None:
             with torch.no_grad():
-                for p, value in zip(run.params, saved["params"], strict=True):
+                for p, value in zip(run.trained, saved["params"], strict=True):
                     p.copy_(value)
             run.optimizer.load_state_dict(saved["optimizer"])
             run.generator.set_state(saved["generator"])
@@ -231,15 +258,16 @@ def train_dreambooth(ctx: ExecutionContext, model: DiffusionModel, clip: TextEnc
         if checkpoint:
             # the state is the whole model plus AdamW's two moments: write it less often
             # for big models (and always when interrupted)
-            size = sum(p.numel() for p in run.params)
+            size = sum(p.numel() for p in run.trained)
             saving = tc.Checkpointing(checkpoint, state, restore, rewind=order.streams,
                                       every=50 if size < LARGE_MODEL else 500)
         # the trained copies as handles (the base's patches are merged in them)
-        trained = (replace(model, unet=run.unet, patches=()),
-                   replace(clip, text_encoder=run.text_encoder, patches=()), vae)
+        trained_clip = (replace(run.clip, text_encoder=run.text_encoder, patches=())
+                        if train_text_encoder else run.clip)
+        trained = (replace(model, unet=run.unet, patches=()), trained_clip, vae)
         losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
                              trained)
-        return run.unet, run.text_encoder if train_text_encoder else None, losses
+    return run.unet, trained_clip, losses
 
 
 def checkpoint_file(unet: Any, vae: Any | None, text_encoder: Any | None,

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodes.diffusion import pivotal_tuning as pt
 from nodes.diffusion import train_common as tc
+from nodes.diffusion.pivotal_tuning import PivotSpec, TokenRows
 
 if TYPE_CHECKING:
     import torch
@@ -159,61 +161,6 @@ class LoraSpec:
     text_targets: tuple[str, ...] = ()  # empty: the text encoder is not trained
 
 
-@dataclass(frozen=True)
-class PivotSpec:
-    """Pivotal tuning: the concept word's embedding trained with the LoRA (diffusers'
-    advanced DreamBooth-LoRA script's ``--train_text_encoder_ti``). ``token`` is a word the
-    tokenizer has as one token (its row is trained, from ``initializer``'s when given) or a
-    new placeholder of ``num_vectors`` tokens (from ``initializer``, default "shape");
-    its rows have their own ``learning_rate`` (the LoRA's schedule); the first
-    ``ti_steps`` steps train the rows alone."""
-
-    token: str
-    initializer: str = ""
-    num_vectors: int = 1
-    learning_rate: float = 5e-3
-    ti_steps: int = 0
-
-
-@dataclass
-class TokenRows:
-    """The pivot's trainable embedding rows, apart from the table: AdamW on the whole
-    ``[vocab, dim]`` table (textual inversion's way, other rows restored after each step)
-    updates these rows the same, element by element, but costs a dense step over the
-    vocabulary; here a hook on the embedding swaps the rows in."""
-
-    table: torch.Tensor  # the copied table (its rows at ``ids`` hold the start values)
-    ids: list[int]
-    rows: torch.Tensor  # [len(ids), dim], trained
-
-    @classmethod
-    def create(cls, table: torch.Tensor, ids: list[int]) -> TokenRows:
-        return cls(table, ids, table.detach()[ids].clone().requires_grad_(True))
-
-    @contextmanager
-    def hooked(self, embedding: Any) -> Iterator[None]:
-        import torch
-
-        ids = torch.tensor(self.ids, device=self.table.device)
-
-        def hook(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-            match = (args[0].unsqueeze(-1) == ids).to(output.dtype)  # [B, L, n]
-            return output + match @ (self.rows - self.table.detach()[ids]).to(output.dtype)
-
-        handle = embedding.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def write(self) -> None:
-        """Put the trained rows into the copied table (the handle the run returns)."""
-        import torch
-
-        with torch.no_grad():
-            self.table[self.ids] = self.rows.detach().to(self.table.dtype)
-
-
 @dataclass
 class LoraTraining:
     """Everything one training run holds; :meth:`step` is one optimiser step."""
@@ -258,9 +205,7 @@ class LoraTraining:
         loss.backward()
         params = self.unet_layers.parameters() + (
             self.text_layers.parameters() if self.text_layers else [])
-        if self.pivot is not None and self.steps_done < self.pivot.ti_steps:
-            for p in params:  # the token's phase: AdamW skips a parameter without grad
-                p.grad = None
+        pt.hold_back(params, self.pivot, self.steps_done)
         if self.token_rows is not None:
             params = [*params, self.token_rows.rows]
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
@@ -289,9 +234,7 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
 
     base_clip, token_ids = clip, []
     if pivot is not None:
-        from nodes.diffusion.train_textual_inversion import token_clip
-
-        clip, token_ids = token_clip(clip, pivot.token, pivot.initializer, pivot.num_vectors)
+        clip, token_ids = pt.pivot_clip(clip, pivot)
     unet, encoder = model.unet, clip.text_encoder
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     tc.check_resolution(model.unet, vae, settings.resolution)
@@ -320,17 +263,8 @@ def lora_training(model: DiffusionModel, clip: TextEncoder, vae: Vae, images: to
         params = unet_layers.parameters() + (text_layers.parameters() if text_layers else [])
         optimizer = tc.make_optimizer(params, settings.learning_rate)
         ids = tc.tokenize(clip.tokenizer, captions, encoder.device)
-        token_rows = None
-        if pivot is not None:
-            if not any(set(token_ids) <= set(row) for row in ids.tolist()):
-                raise ValueError(f"no caption holds {pivot.token!r} (within the tokens the "
-                                 "text encoder reads): write it where the concept goes")
-            embedding = encoder.get_input_embeddings()
-            token_rows = TokenRows.create(embedding.weight, token_ids)
-            stack.callback(token_rows.write)  # the returned handle gets the trained rows
-            stack.enter_context(token_rows.hooked(embedding))
-            optimizer.add_param_group({"params": [token_rows.rows],
-                                       "lr": pivot.learning_rate})
+        token_rows = (pt.attach(stack, encoder, ids, token_ids, pivot, optimizer)
+                      if pivot is not None else None)
         yield LoraTraining(
             model=model, clip=clip, spec=spec, posterior=posterior, ids=ids,
             scheduler=tc.noise_scheduler(model.scheduler_config), unet_layers=unet_layers,
@@ -379,13 +313,6 @@ def train_lora(ctx: ExecutionContext, model: DiffusionModel, clip: TextEncoder, 
         losses = tc.optimise(ctx, settings, lambda: run.step(order.next()), saving, sample,
                              (run.model, run.clip, vae))
         return run.unet_layers, run.text_layers, losses, run.clip
-
-
-def pivot_vectors(clip: TextEncoder, token: str) -> torch.Tensor:
-    """``[n, dim]``: the trained embedding of a pivot ``token`` in ``clip`` (the handle a
-    run returned; a new placeholder's own vectors, or a vocabulary word's row)."""
-    ids = clip.tokenizer(token, add_special_tokens=False)["input_ids"]
-    return clip.text_encoder.get_input_embeddings().weight.detach()[ids].clone().cpu()
 
 
 def lora_file(unet_layers: LoraLayers, text_layers: LoraLayers | None, spec: LoraSpec,

@@ -150,7 +150,7 @@ def retrained_clip(clip: TextEncoder, token_ids: list[int], init_id: int | None
     tokenizer and every other weight are shared."""
     weight = clip.text_encoder.get_input_embeddings().weight.detach().clone()
     if init_id is not None:
-        weight[token_ids] = weight[init_id]
+        weight[token_ids] = weight[init_id].clone()  # a view of the written table
     return _with_table(clip, clip.tokenizer, weight)
 
 
@@ -186,6 +186,14 @@ def restore_other_rows(table: torch.Tensor, original: torch.Tensor, token_ids: l
         table[keep] = original[keep]
 
 
+def vocabulary_word(tokenizer: Any, token: str) -> bool:
+    """Whether the tokenizer reads ``token`` as one token of its own vocabulary ("sks"):
+    pivotal tuning then trains that row rather than adding a placeholder."""
+    inner, _ = base_tokenizer(tokenizer)
+    own = inner.encode(token, add_special_tokens=False) if token.strip() else []
+    return len(own) == 1 and inner.convert_ids_to_tokens(own)[0] in (token, token + "</w>")
+
+
 def token_clip(clip: TextEncoder, token: str, initializer: str, num_vectors: int
                ) -> tuple[TextEncoder, list[int]]:
     """The CLIP handle and row ids for training ``token``'s embedding (pivotal tuning: a
@@ -195,8 +203,7 @@ def token_clip(clip: TextEncoder, token: str, initializer: str, num_vectors: int
     ``num_vectors`` tokens, as textual inversion adds them (:func:`extended_clip`)."""
     inner, _ = base_tokenizer(clip.tokenizer)
     own = inner.encode(token, add_special_tokens=False) if token.strip() else []
-    known = len(own) == 1 and inner.convert_ids_to_tokens(own)[0] in (token, token + "</w>")
-    if known and num_vectors == 1:
+    if vocabulary_word(clip.tokenizer, token) and num_vectors == 1:
         init_id = None
         if initializer.strip():
             ids = inner.encode(initializer, add_special_tokens=False)
