@@ -1,4 +1,5 @@
-"""``POST /workflow/convert``: any workflow we read, as our document.
+"""``POST /workflow/convert``: any workflow we read, as our document; and
+``POST /workflow/export``: any workflow we read, as ComfyUI's UI format.
 
 The canvas sends ComfyUI UI-format files (and the ``workflow`` chunk of PNGs)
 here rather than converting them itself, so one converter, driven by the
@@ -6,6 +7,11 @@ server's node schemas, serves the CLI, the Python API and the canvas.
 
 Body: the workflow itself, or ``{"workflow": <workflow>}``. Reply:
 ``{"document": {...}, "warnings": [str, ...], "source": "comfyui" | "api" | "document"}``.
+
+``/workflow/export`` answers ``{"workflow": <UI format>, "warnings": [...]}``: the view
+:func:`engine.comfy_export.ui_view` writes into PNGs, which ComfyUI's front end opens.
+The canvas saves its workflow library (``/userdata/workflows/...``) in that format, so
+ComfyUI's own workflow sidebar opens what the canvas saved.
 
 The work is sized by what the workflow unpacks to, not by its body: nested subgraphs
 multiply (a 7 KB file of subgraphs of 10 instances each, 5 deep, is 100,000 nodes).
@@ -126,4 +132,41 @@ class _UnpackedCount:
             else None
 
 
-ROUTES: list[tuple[str, str, Any]] = [("POST", "/workflow/convert", convert_workflow)]
+async def export_workflow(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    wrapped = isinstance(body, dict) and set(body) == {"workflow"} \
+        and not _is_node(body["workflow"])
+    obj = body["workflow"] if wrapped else body
+    size = unpacked_size(obj, MAX_CONVERT_NODES)
+    if size > MAX_CONVERT_NODES:
+        raise ApiError(413, "workflow_too_large", f"the workflow has more than "
+                       f"{MAX_CONVERT_NODES} nodes; split it into smaller workflows",
+                       extra_info={"limit_nodes": MAX_CONVERT_NODES})
+    registry = await state(request).runtime.get_registry()
+    warnings: list[str] = []
+    try:
+        if size <= INLINE_NODES:
+            text = _export(obj, registry, warnings)
+        else:
+            text = await asyncio.get_running_loop().run_in_executor(
+                None, _export, obj, registry, warnings)
+    except WorkflowFormatError as exc:
+        raise ApiError(400, "invalid_workflow", str(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "invalid_workflow", "the workflow is nested too deeply") from None
+    return web.Response(text=text, content_type="application/json")
+
+
+def _export(obj: Any, registry: Any, warnings: list[str]) -> str:
+    from engine.comfy_export import ui_view
+    from engine.comfy_workflow import RegistrySchemas
+
+    prompt, document = from_object(obj, registry, warnings)
+    if document is None:
+        document = prompt_to_document(prompt)
+    view = ui_view(document, RegistrySchemas(registry))
+    return dumps({"workflow": view, "warnings": warnings})
+
+
+ROUTES: list[tuple[str, str, Any]] = [("POST", "/workflow/convert", convert_workflow),
+                                      ("POST", "/workflow/export", export_workflow)]

@@ -111,3 +111,22 @@ def test_convert_odd_subgraph_definitions_and_nodes_named_like_wrappers(http: Ht
     assert http.post("/workflow/convert", json=body).json()["document"]["prompt"] == named
     assert http.post("/workflow/convert", json={"workflow": named}
                      ).json()["document"]["prompt"] == named
+
+
+def test_export_writes_comfyui_format_that_converts_back(server: LiveServer, http: Http):
+    """POST /workflow/export: our document as ComfyUI's UI format (what the canvas saves
+    into its workflow library, for ComfyUI's own sidebar to open); converted back it is
+    the same prompt."""
+    doc = http.post("/workflow/convert", json=UI).json()["document"]
+    doc["prompt"]["1"]["inputs"]["value"] = 2**64 - 1  # a seed-sized int stays exact
+    reply = http.post("/workflow/export", json={"workflow": doc})
+    assert reply.status == 200, reply.body
+    ui = reply.json()["workflow"]
+    assert isinstance(ui["nodes"], list) and isinstance(ui["links"], list)
+    assert "format" not in ui  # ComfyUI's shape, not our document's
+    assert {n["type"] for n in ui["nodes"]} >= {"TestSource", "TestAdd", "TestOut"}
+    back = http.post("/workflow/convert", json=ui).json()
+    assert back["source"] == "comfyui"
+    assert back["document"]["prompt"] == doc["prompt"]
+    bad = http.post("/workflow/export", json=[1, 2])
+    assert bad.status == 400 and "workflow" in bad.json()["error"]["message"]
