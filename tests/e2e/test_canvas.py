@@ -339,14 +339,16 @@ def test_image_upload_widget(page, tmp_path):
     expect(c.widget(node, "image")).to_have_value("upload-me.png")
 
 
-def test_save_downloads_the_document(page):
+def test_export_downloads_the_document(page):
+    """Export downloads the document (what Save did before Save went to the server's
+    workflow library, as ComfyUI's Save does: tests/e2e/test_canvas_library.py)."""
     c = Canvas(page)
     a = c.add_node("Int", 60, 60)
     show = c.add_node("Show Value", 420, 60)
     c.connect(a, 0, show, "value")
     c.set_value(a, "value", "7")
     with page.expect_download() as dl:
-        page.get_by_role("button", name="Save", exact=True).click()
+        page.get_by_role("button", name="Export", exact=True).click()
     saved = json.loads(Path(dl.value.path()).read_text())
     assert dl.value.suggested_filename == "workflow.json"
     assert saved["format"] == "steerflow.workflow" and saved["version"] == 1

@@ -107,8 +107,11 @@ def test_the_side_panel_tabs_are_one_tab_stop_moved_with_the_arrows(page):
     expect(history).to_be_focused()
     expect(history).to_have_attribute("aria-selected", "true")
     expect(page.get_by_role("tabpanel", name="History")).to_be_visible()
-    page.keyboard.press("End")
+    page.keyboard.press("End")  # the last tab is Workflows (the library) since it came
+    expect(page.get_by_role("tab", name="Workflows")).to_be_focused()
+    page.keyboard.press("ArrowLeft")
     expect(gallery).to_be_focused()
+    page.keyboard.press("End")
     page.keyboard.press("ArrowRight")
     expect(queue).to_be_focused()
     expect(page.get_by_role("tabpanel", name="Queue")).to_be_visible()

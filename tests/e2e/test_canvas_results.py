@@ -275,8 +275,10 @@ def test_a_history_image_dragged_onto_load_image_becomes_its_input(page, server:
     expect(c.widget(loader, "image")).to_have_value(picked)
 
 
-def test_the_workflow_is_renamed_in_place_and_saved_under_that_name(page):
-    """No way to name a workflow: Save downloaded "<title>.json" with no say, silently."""
+def test_the_workflow_is_renamed_in_place_and_saved_under_that_name(page, server: LiveServer):
+    """No way to name a workflow: Save downloaded "<title>.json" with no say, silently.
+    Save now keeps it in the server's workflow library under that name (as ComfyUI's Save
+    does; Export downloads it, under the same name)."""
     c = Canvas(page)
     c.open_file("named.json", small_txt2img())
     page.get_by_role("button", name="workflow name: named, rename").click()
@@ -284,18 +286,20 @@ def test_the_workflow_is_renamed_in_place_and_saved_under_that_name(page):
     field.fill("my hearts / v2")
     field.press("Enter")
     expect(page.locator(".sf-docname")).to_have_text("my hearts - v2")
+    page.locator(".sf-toolbar").get_by_role("button", name="Save", exact=True).click()
+    saved = c.toasts().filter(has_text="Saved my hearts - v2.json to the Workflows library")
+    expect(saved).to_have_count(1)
+    assert "nodes" in server.get("/userdata/workflows%2Fmy%20hearts%20-%20v2.json")
     with page.expect_download() as got:
-        page.locator(".sf-toolbar").get_by_role("button", name="Save", exact=True).click()
+        page.locator(".sf-toolbar").get_by_role("button", name="Export", exact=True).click()
     assert got.value.suggested_filename == "my hearts - v2.json"
-    expect(c.toasts().filter(has_text="Saved my hearts - v2.json")).to_have_count(1)
     # Ctrl+S in the field saves under the name typed there; a name no file can carry is made one
     page.get_by_role("button", name="workflow name: my hearts - v2, rename").click()
     page.get_by_label("workflow name").fill('..a:b?')
-    with page.expect_download() as got:
-        page.get_by_label("workflow name").press("Control+s")
-    assert got.value.suggested_filename == "a-b-.json"
+    page.get_by_label("workflow name").press("Control+s")
     expect(page.locator(".sf-docname")).to_have_text("a-b-")
     expect(c.toasts().filter(has_text="Saved a-b-.json")).to_have_count(1)
+    assert "nodes" in server.get("/userdata/workflows%2Fa-b-.json")
     # Escape drops an edit
     page.get_by_role("button", name="workflow name: a-b-, rename").click()
     page.get_by_label("workflow name").fill("nope")

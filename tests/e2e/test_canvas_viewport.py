@@ -17,7 +17,7 @@ CONTROLS = [
     ("button", "Queue"), ("spinbutton", "queue count"), ("checkbox", "queue on change"),
     ("button", "Run selected"), ("button", "Interrupt"), ("button", "Add node"),
     ("button", "Undo"), ("button", "Redo"), ("button", "Open"), ("button", "Save"),
-    ("button", "Export API"), ("button", "Examples"), ("button", "Clear"),
+    ("button", "Export"), ("button", "Export API"), ("button", "Examples"), ("button", "Clear"),
     ("button", "Refresh"), ("button", "keyboard shortcuts"),
 ]
 

@@ -10,7 +10,7 @@ import {
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
   convertWorkflow, deleteFromQueue, type ExampleRef, getHistory, getObjectInfo, getPackErrors, getQueue, getWorkflow, interrupt, makeClientId,
-  Socket, uploadImage, viewUrl,
+  readUserFile, Socket, uploadImage, viewUrl,
 } from "./api";
 import { EditorContext, type EditorApi } from "./canvas/context";
 import { DotGrid } from "./canvas/DotGrid";
@@ -42,6 +42,8 @@ import { useRefitOnResize } from "./editor/useRefitOnResize";
 import { blurFocusedField, isEditable, queueKeyBlocker, SELECTION_KEYS, useShortcuts } from "./editor/useShortcuts";
 import { useSpacePan } from "./editor/useSpacePan";
 import { useAltDragClone } from "./editor/useAltDragClone";
+import { failureOf, useLibrary } from "./editor/useLibrary";
+import { type LibraryEntry, openable, userPath } from "./lib/library";
 import { queuedPrompt } from "./lib/dynamicprompts";
 import { stringifyJsonExact } from "./lib/exactint";
 import { packErrorText } from "./lib/packerrors";
@@ -67,6 +69,8 @@ const LOAD_IMAGE_TYPES = ["LoadImage"];
 const LOSS_CURVES_KEY = "steerflow.lossCurves";
 /** The prompts queued from the tab's graph (RunStore.graphPromptIds), kept across a reload. */
 const GRAPH_PROMPTS_KEY = "steerflow.graphPrompts";
+/** The library file the tab's graph came from (Save saves over it unasked), kept across a reload. */
+const LIBRARY_PATH_KEY = "steerflow.libraryPath";
 
 /** What was kept under `key` before the reload (read once), or null. */
 function takeKept(key: string): unknown {
@@ -151,6 +155,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const [opening, setOpening] = useState<string | null>(null);
   const openingRef = useRef<string | null>(null);
   const openSeq = useRef(0);
+  /** The library file (under workflows/) the graph on the canvas came from or was saved as; any other opening clears it. */
+  const openedPath = useRef<string | null>(null);
   /** Queue presses made while a workflow opened, run once it is in; and whether the last opening succeeded. */
   const afterOpen = useRef<(() => void)[]>([]);
   const openOk = useRef(true);
@@ -255,6 +261,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       try {
         sessionStorage.setItem(LOSS_CURVES_KEY, JSON.stringify(store.lossCurves()));
         sessionStorage.setItem(GRAPH_PROMPTS_KEY, JSON.stringify(store.graphPromptIds()));
+        sessionStorage.setItem(LIBRARY_PATH_KEY, JSON.stringify(openedPath.current));
       } catch {
         // storage full or off: the curve starts again at the current step
       }
@@ -320,6 +327,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
    */
   const openWith = useCallback(async (label: string, load: () => Promise<Loaded>, opts: {
     name?: string; failText?: string; firstView?: boolean; quiet?: boolean; restore?: boolean | RanOutputs;
+    /** The library file opened (Save saves over it without asking). */
+    library?: string;
   } = {}): Promise<boolean> => {
     const seq = ++openSeq.current;
     openingRef.current = label;
@@ -329,6 +338,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       const loaded = await load();
       if (seq !== openSeq.current) return false; // a later open replaced this one
       applyLoaded(loaded, opts.name, opts.firstView, opts.restore);
+      openedPath.current = opts.library ?? null;
       ok = true;
       return true;
     } catch (e) {
@@ -398,6 +408,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         if (saved.from === "tab") {
           store.restoreLossCurves(takeKept(LOSS_CURVES_KEY));
           store.restoreGraphPrompts(takeKept(GRAPH_PROMPTS_KEY));
+          const path = takeKept(LIBRARY_PATH_KEY);
+          openedPath.current = typeof path === "string" ? path : null;
         }
         // the results shown before the reload, from the server's history; the graph's prompts
         // still queued or running (another tab's, e.g. one closed meanwhile) when they finish
@@ -496,13 +508,39 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     openWorkflow: (workflow) => void loadObject(workflow, "pasted workflow"),
   });
 
-  const save = useCallback((as?: string) => {
+  /**
+   * Export: the workflow as a file in the downloads (what Save did before the library), our
+   * document format, which Open (and ComfyUI's converter here) reads back.
+   */
+  const exportFile = useCallback((as?: string) => {
     const name = fileSafeName(as ?? g.docName) || "workflow"; // the file the browser saves, named as said
     downloadJson(name, graphToDocument(currentGraph(), defsRef.current));
     // the download itself may show nowhere (a browser set to save without asking)
-    notify(`Saved ${name}.json to your downloads (click the name at the top right to rename the workflow)`, "info",
+    notify(`Exported ${name}.json to your downloads (click the name at the top right to rename the workflow)`, "info",
       undefined, { tag: "saved" });
   }, [currentGraph, g.docName, defsRef, notify]);
+
+  // Save (Ctrl+S): into the workflow library on the server, as ComfyUI's Save does
+  const graphDocument = useCallback(() => graphToDocument(currentGraph(), defsRef.current), [currentGraph, defsRef]);
+  const library = useLibrary({ docName: g.docName, rename: g.setDocName, graphDocument, defsRef, notify, openedPath });
+  const save = useCallback((as?: string) => void library.save(as), [library]);
+  /** Open a workflow of the library (the Workflows tab), as a file or an example opens. */
+  const openLibrary = useCallback(async (entry: LibraryEntry) => {
+    const ok = await openWith(entry.name, async () => {
+      let file: unknown;
+      try {
+        file = await readUserFile(userPath(entry.path));
+      } catch (e) {
+        const f = failureOf(e);
+        if (f.status === 404) library.refresh();
+        throw new Error(f.status === 404 ? "it is no longer in the library (deleted or renamed elsewhere)"
+          : f.network ? `the server cannot be reached (${f.message})` : f.message ?? "the server refused it");
+      }
+      return loadWorkflowObject(openable(file).obj, defsRef.current, convertWorkflow);
+    }, { name: entry.name, library: entry.path, failText: `Cannot open ${entry.label} from the library` });
+    if (ok) library.refresh(); // marks it as the open one
+    return ok;
+  }, [openWith, defsRef, library]);
 
   /**
    * ComfyUI's "Export (API)": the prompt alone, as Queue posts it (64-bit seeds exact; as in
@@ -517,6 +555,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const clearNow = useCallback(() => {
     setConfirmClear(false);
     stopWatch.current?.();
+    openedPath.current = null;
     loadGraph(emptyGraph(), { name: "workflow" });
   }, [loadGraph]);
   /** Clear asks first when there is a graph to lose, as ComfyUI's Clear does by default. */
@@ -566,7 +605,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     pin: () => edit.toggleFlag("pinned"),
     fitView: () => g.fitAll(),
     zoom: (direction: 1 | -1) => void (direction > 0 ? rf.zoomIn({ duration: 120 }) : rf.zoomOut({ duration: 120 })),
-    panel: (tab: "queue" | "history") => setPanelToggle((t) => ({ tab, seq: (t?.seq ?? 0) + 1 })),
+    panel: (tab: "queue" | "history" | "workflows") => setPanelToggle((t) => ({ tab, seq: (t?.seq ?? 0) + 1 })),
     refresh: () => {
       refreshDefs();
       notify("Refreshing the node definitions…");
@@ -574,7 +613,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     deleteLink: edit.removeLink,
   }), [queueKey, queueN, whenOpened, queue, queueOptions.count, queueOptions.countIssue, notify, save, g, edit, rf, refreshDefs, pasteKey, interruptNow]);
   // a menu, the palette, a modal dialog or a workflow being opened has the keyboard: only the global keys
-  useShortcuts(shortcuts, !!linking.palette || !!menu || !!opening || confirmClear || !!lightbox);
+  useShortcuts(shortcuts, !!linking.palette || !!menu || !!opening || confirmClear || !!lightbox || !!library.question);
 
   // --- test and benchmark hooks ----------------------------------------------------------
   useEffect(() => {
@@ -601,12 +640,13 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     canRedo: g.canRedo,
     open: () => fileInput.current?.click(),
     save,
+    exportFile,
     exportApi,
     openExample,
     clear,
     refresh: refreshDefs,
     keys: () => setKeysHelp((open) => !open),
-  }), [interruptNow, g.setDocName, queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, g.canUndo, g.canRedo, save, exportApi, openExample, clear,
+  }), [interruptNow, g.setDocName, queueN, queueSelected, unlessOpening, linking.openPaletteCentered, g.undo, g.redo, g.canUndo, g.canRedo, save, exportFile, exportApi, openExample, clear,
     refreshDefs]);
 
   return (
@@ -726,7 +766,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
             )}
           </div>
           <SidePanel store={store} onLoad={loadFromHistory} openImage={openImage} notify={notify}
-            feedback={feedback} clientId={clientIdOf} openAutosave={openAutosave} toggleTab={panelToggle} />
+            feedback={feedback} clientId={clientIdOf} openAutosave={openAutosave} toggleTab={panelToggle}
+            library={library} openLibrary={openLibrary} />
         </div>
         <StatusBar store={store} clientId={clientIdOf} labelOf={(id) => {
           // the node as the canvas and the queue tab name it: "Sample #3"
@@ -746,6 +787,10 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
           <ConfirmDialog title="Clear the workflow?" confirm="Clear"
             message={`This removes all ${nodes.length} node${nodes.length === 1 ? "" : "s"} from the canvas (Undo brings them back).`}
             onConfirm={clearNow} onCancel={() => setConfirmClear(false)} />
+        )}
+        {library.question && (
+          <ConfirmDialog title={library.question.title} confirm={library.question.confirm} message={library.question.message}
+            onConfirm={() => library.answer(true)} onCancel={() => library.answer(false)} />
         )}
         <Toasts toasts={toasts} dismiss={dismiss} aside={!!help || keysHelp} />
         <TooltipLayer />

@@ -7,6 +7,7 @@
 import { errorMessage } from "./lib/errors";
 import { parseJsonExact, stringifyJsonExact } from "./lib/exactint";
 import { requiredModels } from "./lib/examples";
+import { LIBRARY_DIR, userdataSegment } from "./lib/library";
 import { partialFields } from "./lib/partial";
 import type { ApiPrompt, WorkflowDocument } from "./lib/graph";
 import type { ImageRef, NodeErrors, RunStore } from "./lib/runstore";
@@ -81,6 +82,33 @@ export type QueueResult = { prompt_id: string; number?: number; node_errors?: No
 /** ComfyUI's UI format (or any workflow the server reads) as our document, converted by the server. */
 export const convertWorkflow = (workflow: unknown) =>
   postJson<{ document: unknown; warnings: string[]; source: string }>("workflow/convert", { workflow });
+
+/** Any workflow the server reads as ComfyUI's UI format (`POST /workflow/export`): what the library saves. */
+export const exportComfyWorkflow = (workflow: unknown) =>
+  request<{ workflow: Record<string, unknown>; warnings: string[] }>("workflow/export", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: stringifyJsonExact({ workflow }),
+  }, "string");
+
+/** The workflow library's files, as ComfyUI's front end lists them. */
+export const listLibrary = () =>
+  request<unknown>(`userdata?dir=${LIBRARY_DIR}&recurse=true&split=false&full_info=true`);
+
+/** A user file's JSON (integers beyond 2^53 as their text, as the canvas keeps them). */
+export const readUserFile = (userFile: string) => request<unknown>(userdataSegment(userFile), undefined, "string");
+
+/** Write a user file; `overwrite` false: a 409 when it exists. */
+export const writeUserFile = (userFile: string, text: string, overwrite: boolean) =>
+  request<unknown>(`${userdataSegment(userFile)}?overwrite=${overwrite}&full_info=true`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: text,
+  });
+
+export const deleteUserFile = (userFile: string) =>
+  request<unknown>(userdataSegment(userFile), { method: "DELETE" });
+
+/** Rename a user file; never over an existing one (409). */
+export const moveUserFile = (userFile: string, dest: string) =>
+  request<unknown>(`${userdataSegment(userFile)}/move/${encodeURIComponent(dest)}?overwrite=false&full_info=true`,
+    { method: "POST" });
 
 /**
  * Queue a prompt; `targets` (output node ids) runs only those and what they need; `front`

@@ -27,8 +27,10 @@ export type ToolbarActions = {
   canUndo: boolean;
   canRedo: boolean;
   open(): void;
-  /** Save the document (as `name`, a rename not rendered yet, when given). */
+  /** Save the workflow into the server's library (as `name`, a rename not rendered yet, when given). */
   save(name?: string): void;
+  /** Download the workflow as a file (what Save did before the library). */
+  exportFile(): void;
   exportApi(): void;
   /** Resolves once the example is open (true) or failed (false). */
   openExample(ex: ExampleRef): Promise<boolean>;
@@ -115,7 +117,14 @@ function collapsible(a: ToolbarActions): Record<string, Action> {
     { key: "undo", label: "Undo", title: "Undo (Ctrl+Z)", onClick: a.undo, rank: 5, disabled: !a.canUndo },
     { key: "redo", label: "Redo", title: "Redo (Ctrl+Shift+Z)", onClick: a.redo, rank: 4, disabled: !a.canRedo },
     { key: "open", label: "Open", title: "Open a workflow or a PNG (Ctrl+O)", onClick: a.open, rank: 7 },
-    { key: "save", label: "Save", title: "Save the workflow (Ctrl+S)", onClick: () => a.save(), rank: 6 },
+    {
+      key: "save", label: "Save", onClick: () => a.save(), rank: 6,
+      title: "Save the workflow in the Workflows library on the server, under its name (Ctrl+S); ComfyUI's sidebar lists it too",
+    },
+    {
+      key: "exportFile", label: "Export", onClick: () => a.exportFile(), rank: 2.5,
+      title: "Download the workflow as a file (Open reads it back)",
+    },
     {
       key: "export", label: "Export API", onClick: a.exportApi, rank: 2,
       title: "Download the prompt in API format (what Queue posts to /prompt), for scripts and steerflow run / submit",
@@ -167,7 +176,9 @@ function useToolbarFit(ranks: Record<string, number>, docName: string) {
       if (key === MORE) {
         widths.current.set(MORE, outerWidth(child));
       } else if (key === DOC) {
-        const text = child.firstElementChild?.getBoundingClientRect().width ?? 0;
+        // the name's own width, not the room it has now (squeezed, it reserved only that)
+        const name = child.firstElementChild as HTMLElement | null;
+        const text = name ? Math.max(name.getBoundingClientRect().width, name.scrollWidth) : 0;
         items.push({ key: DOC, width: Math.min(Math.ceil(text), DOC_ROOM) });
       } else if (key) {
         widths.current.set(key, outerWidth(child));
@@ -290,6 +301,7 @@ export function Toolbar({ a, busy, docName, notify, options }: {
       <span className="sf-sep" />
       {inRow("open")}
       {inRow("save")}
+      {inRow("exportFile")}
       {inRow("export")}
       <ExamplesBrowser onOpen={a.openExample} notify={notify} />
       {inRow("clear")}

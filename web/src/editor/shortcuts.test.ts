@@ -45,6 +45,7 @@ describe("commandFor (ComfyUI's core keybindings)", () => {
     [".", "fitView"],
     ["q", "queuePanel"],
     ["h", "historyPanel"],
+    ["w", "workflowsPanel"],
     ["r", "refresh"],
     ["Shift+?", "keys"],
   ])("%s → %s", (combo, command) => {

@@ -24,6 +24,7 @@ export const SHORTCUTS: readonly (readonly [keys: string, action: string])[] = [
   ["Alt+= / Alt+-", "Zoom in / out"],
   ["Space+drag", "Pan the canvas (also over nodes)"],
   ["Q / H", "Show / hide the queue / history panel"],
+  ["W", "Show / hide the Workflows library (Ctrl+S saves into it)"],
   ["R", "Refresh the node definitions (new model files)"],
   ["Double-click the canvas", "Add a node (search by name)"],
   ["Drag a link onto empty canvas", "Add a node that takes it"],
@@ -43,7 +44,7 @@ export type Command =
   | "queue" | "queueFront" | "interrupt" | "save" | "open"
   | "keys" | "undo" | "redo" | "copy" | "paste" | "pasteWithInputs" | "selectAll" | "group"
   | "mute" | "bypass" | "collapse" | "pin" | "fitView" | "zoomIn" | "zoomOut"
-  | "queuePanel" | "historyPanel" | "refresh";
+  | "queuePanel" | "historyPanel" | "workflowsPanel" | "refresh";
 
 /** The parts of a KeyboardEvent the shortcuts read. */
 export type KeyInfo = Pick<KeyboardEvent, "key" | "code" | "ctrlKey" | "metaKey" | "shiftKey" | "altKey">;
@@ -98,6 +99,7 @@ export function commandFor(e: KeyInfo): Command | null {
     case "p": return "pin";
     case "q": return "queuePanel";
     case "h": return "historyPanel";
+    case "w": return "workflowsPanel";
     case "r": return "refresh";
     default: return null;
   }
@@ -128,7 +130,7 @@ export type ShortcutActions = {
   pin(): void;
   fitView(): void;
   zoom(direction: 1 | -1): void;
-  panel(tab: "queue" | "history"): void;
+  panel(tab: "queue" | "history" | "workflows"): void;
   refresh(): void;
   /** Remove the link (edge) with this id: Delete on a link that has the keyboard focus. */
   deleteLink(id: string): void;
@@ -158,6 +160,7 @@ function run(a: ShortcutActions, c: Command): void {
     case "zoomOut": return a.zoom(-1);
     case "queuePanel": return a.panel("queue");
     case "historyPanel": return a.panel("history");
+    case "workflowsPanel": return a.panel("workflows");
     case "refresh": return a.refresh();
   }
 }

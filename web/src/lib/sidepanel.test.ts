@@ -4,10 +4,11 @@ import { afterToggle, TABS, tabStep } from "./sidepanel";
 describe("tabStep", () => {
   it("moves with the arrows, wrapping around, and jumps with Home and End", () => {
     expect(tabStep(TABS, "queue", "ArrowRight")).toBe("history");
-    expect(tabStep(TABS, "gallery", "ArrowRight")).toBe("queue");
-    expect(tabStep(TABS, "queue", "ArrowLeft")).toBe("gallery");
+    expect(tabStep(TABS, "gallery", "ArrowRight")).toBe("workflows");
+    expect(tabStep(TABS, "workflows", "ArrowRight")).toBe("queue");
+    expect(tabStep(TABS, "queue", "ArrowLeft")).toBe("workflows");
     expect(tabStep(TABS, "history", "Home")).toBe("queue");
-    expect(tabStep(TABS, "history", "End")).toBe("gallery");
+    expect(tabStep(TABS, "history", "End")).toBe("workflows");
   });
   it("ignores other keys", () => {
     expect(tabStep(TABS, "queue", "Enter")).toBeNull();

@@ -1,18 +1,18 @@
 /** The side panel's tabs and the keys that toggle them (Q, H: ComfyUI's sidebar toggles). */
 
-export type SideTab = "queue" | "history" | "gallery";
+export type SideTab = "queue" | "history" | "gallery" | "workflows";
 
 /** A key's request: show `tab`, or hide the panel when it shows that tab already (a new `seq` each press). */
 export type TabToggle = { tab: SideTab; seq: number };
 
-/** The panel after a Q / H press: opened on `want`, or closed if it showed `want`. */
+/** The panel after a Q / H / W press: opened on `want`, or closed if it showed `want`. */
 export function afterToggle(collapsed: boolean, tab: SideTab, want: SideTab): { collapsed: boolean; tab: SideTab } {
   if (collapsed) return { collapsed: false, tab: want };
   return tab === want ? { collapsed: true, tab } : { collapsed: false, tab: want };
 }
 
 /** The side panel's tabs, in their order. */
-export const TABS: readonly SideTab[] = ["queue", "history", "gallery"];
+export const TABS: readonly SideTab[] = ["queue", "history", "gallery", "workflows"];
 
 /**
  * The tab a key moves to in a tab list (WAI-ARIA's tabs pattern: ←/→ wrap around, Home and

@@ -1,4 +1,4 @@
-/** Queue, history and gallery, plus the live latent preview of the running prompt. */
+/** Queue, history, gallery and the workflow library, plus the live latent preview of the running prompt. */
 
 import { memo, useEffect, useRef, useState } from "react";
 import { useGlobalRun } from "../canvas/context";
@@ -7,6 +7,9 @@ import type { ImageRef, RunStore } from "../lib/runstore";
 import { afterToggle, type SideTab, TABS, type TabToggle, tabStep } from "../lib/sidepanel";
 import { HistoryTab } from "./HistoryTab";
 import { QueueTab } from "./QueueTab";
+import { WorkflowsTab } from "./WorkflowsTab";
+import type { LibraryApi } from "../editor/useLibrary";
+import type { LibraryEntry } from "../lib/library";
 import { type FeedbackView, Thumb } from "./Thumb";
 
 export type { FeedbackView };
@@ -48,7 +51,7 @@ function LivePreview({ store }: { store: RunStore }) {
 }
 
 export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, notify, feedback = null, clientId, openAutosave,
-  toggleTab = null }: {
+  toggleTab = null, library, openLibrary }: {
   store: RunStore;
   onLoad(obj: unknown, name: string, ran?: RanOutputs): void;
   /** Open another tab's autosaved graph (the History tab lists them). */
@@ -59,8 +62,11 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
   feedback?: FeedbackView | null;
   /** This page's client id (its prompts are "yours" in the queue); stable across renders. */
   clientId(): string | undefined;
-  /** The latest Q / H press (a new `seq` each press). */
+  /** The latest Q / H / W press (a new `seq` each press). */
   toggleTab?: TabToggle | null;
+  /** The workflow library (the Workflows tab) and how to open one of its files. */
+  library?: LibraryApi;
+  openLibrary?(entry: LibraryEntry): Promise<boolean>;
 }) {
   const [tab, setTab] = useState<Tab>("queue");
   const [collapsed, setCollapsed] = useState(readCollapsed);
@@ -86,7 +92,7 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
     return (
       <aside className="sf-side sf-side-collapsed" data-testid="side-panel">
         <button type="button" className="sf-side-toggle" onClick={toggle} aria-expanded={false}
-          aria-label="Show side panel" title="Show the side panel (queue, history, gallery)">‹</button>
+          aria-label="Show side panel" title="Show the side panel (queue, history, gallery, workflows)">‹</button>
       </aside>
     );
   }
@@ -116,6 +122,9 @@ export const SidePanel = memo(function SidePanel({ store, onLoad, openImage, not
         {tab === "history" && <HistoryTab store={store} onLoad={onLoad} openImage={openImage} feedback={feedback}
           openAutosave={openAutosave} />}
         {tab === "gallery" && <GalleryTab store={store} openImage={openImage} feedback={feedback} />}
+        {tab === "workflows" && (library && openLibrary
+          ? <WorkflowsTab library={library} open={openLibrary} />
+          : <div className="sf-tab sf-muted">The workflow library is not available here.</div>)}
       </div>
     </aside>
   );

@@ -1,0 +1,203 @@
+"""The workflow library: Save (Ctrl+S) keeps the workflow on the server, under
+``workflows/`` of ComfyUI's per-user file API, and the Workflows tab opens, renames and
+deletes what is there, as ComfyUI's workflow sidebar does (a newcomer could only download
+a file and upload it again)."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+import urllib.request
+
+from playwright.sync_api import expect
+
+from tests.e2e.canvas import Canvas
+from tests.e2e.conftest import LiveServer
+from tests.e2e.test_canvas import small_txt2img
+
+LISTING = "/userdata?dir=workflows&recurse=true&split=false&full_info=true"  # ComfyUI's own
+
+
+def _file(name: str) -> str:
+    return "/userdata/" + urllib.parse.quote(f"workflows/{name}", safe="")
+
+
+def _put(server: LiveServer, name: str, body: object) -> None:
+    req = urllib.request.Request(server.url + _file(name), data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+
+
+def _rename_doc(page, old: str, new: str) -> None:
+    page.get_by_role("button", name=f"workflow name: {old}, rename").click()
+    page.get_by_label("workflow name").fill(new)
+    page.get_by_label("workflow name").press("Enter")
+    expect(page.locator(".sf-docname")).to_have_text(new)
+
+
+def _seed(page) -> object:
+    doc = page.evaluate("() => window.steerflow.getDocument()")
+    return doc["prompt"]["3"]["inputs"]["seed"]
+
+
+def test_save_change_open_rename_delete(page, server: LiveServer):
+    c = Canvas(page)
+    c.open_file("walk.json", small_txt2img())
+    expect(c.nodes()).to_have_count(7)
+    # 1. name the graph and save it (the toolbar's Save: into the library)
+    _rename_doc(page, "walk", "library walk")
+    c.set_value("3", "seed", "1234")
+    page.locator(".sf-toolbar").get_by_role("button", name="Save", exact=True).click()
+    saved_toast = c.toasts().filter(has_text="Saved library walk.json to the Workflows library")
+    expect(saved_toast).to_have_count(1)
+    saved = server.get(_file("library walk.json"))
+    assert isinstance(saved["nodes"], list) and "format" not in saved  # ComfyUI's UI format
+    # 2. change it
+    c.set_value("3", "seed", "99")
+    c.node("9").locator(".sf-header").click()
+    page.keyboard.press("Delete")
+    expect(c.nodes()).to_have_count(6)
+    # 3. open the saved one from the Workflows tab: the graph as saved, the changed one kept
+    page.get_by_role("tab", name="Workflows").click()
+    tab = page.get_by_role("tabpanel", name="Workflows")
+    item = tab.locator('.sf-library-item[data-path="library walk.json"]')
+    expect(item).to_be_visible()
+    item.get_by_role("button", name="Open library walk", exact=True).click()
+    expect(c.toasts().filter(has_text="Opened library walk (7 nodes)")).to_have_count(1)
+    expect(c.nodes()).to_have_count(7)
+    assert _seed(page) == 1234
+    expect(page.locator(".sf-docname")).to_have_text("library walk")
+    kept = page.evaluate("""() => Object.keys(localStorage)
+        .filter(k => k.startsWith('steerflow.replaced.'))
+        .map(k => JSON.parse(localStorage.getItem(k)))""")
+    assert any(k["name"] == "library walk" and '"seed":99' in k["doc"] for k in kept), kept
+    expect(item).to_have_class(re.compile(r"\bsf-current\b"))
+    # Ctrl+S saves over the workflow it was opened from without asking
+    c.set_value("3", "seed", "77")
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved library walk.json")).to_have_count(1)
+    expect(page.get_by_role("alertdialog")).to_have_count(0)
+    # a reload keeps which library file the tab's graph is (its next Save asks nothing either)
+    page.reload()
+    page.wait_for_function("() => window.steerflow?.ready")
+    expect(c.nodes()).to_have_count(7)
+    c.set_value("3", "seed", "78")
+    c.set_value("3", "seed", "77")
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved library walk.json")).to_have_count(1)
+    expect(page.get_by_role("alertdialog")).to_have_count(0)
+    page.get_by_role("tab", name="Workflows").click()
+    # 4. rename it: the open workflow follows its file
+    item.get_by_role("button", name="Rename library walk", exact=True).click()
+    field = tab.get_by_label("new name for library walk")
+    field.fill("bad/name")
+    field.press("Enter")
+    refused = c.toasts().filter(has_text="Not renamed: a workflow name cannot hold “/”")
+    expect(refused).to_have_count(1)
+    item.get_by_role("button", name="Rename library walk", exact=True).click()
+    tab.get_by_label("new name for library walk").fill("library walk 2")
+    tab.get_by_label("new name for library walk").press("Enter")
+    renamed = tab.locator('.sf-library-item[data-path="library walk 2.json"]')
+    expect(renamed).to_be_visible()
+    expect(item).to_have_count(0)
+    expect(page.locator(".sf-docname")).to_have_text("library walk 2")
+    kept_doc = server.get(_file("library walk 2.json"))["extra"]["steerflow"]["document"]
+    assert kept_doc["prompt"]["3"]["inputs"]["seed"] == 77
+    # 5. delete it, after a question; the graph on the canvas stays
+    renamed.get_by_role("button", name="Delete library walk 2", exact=True).click()
+    dialog = page.get_by_role("alertdialog", name="Delete library walk 2?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(renamed).to_be_visible()
+    renamed.get_by_role("button", name="Delete library walk 2", exact=True).click()
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    expect(renamed).to_have_count(0)
+    expect(c.nodes()).to_have_count(7)
+    paths = [e["path"] for e in server.get(LISTING)]
+    assert "library walk 2.json" not in paths and "library walk.json" not in paths
+
+
+def test_saving_over_another_workflow_asks_first(page, server: LiveServer):
+    _put(server, "taken.json", {"nodes": [], "links": [], "extra": {}, "version": 0.4})
+    c = Canvas(page)
+    c.open_file("mine.json", small_txt2img())
+    _rename_doc(page, "mine", "taken")
+    page.keyboard.press("Control+s")
+    dialog = page.get_by_role("alertdialog", name="Replace taken.json?")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Cancel").click()
+    assert server.get(_file("taken.json"))["nodes"] == []  # kept
+    page.keyboard.press("Control+s")
+    dialog.get_by_role("button", name="Replace", exact=True).click()
+    expect(c.toasts().filter(has_text="Saved taken.json")).to_have_count(1)
+    assert len(server.get(_file("taken.json"))["nodes"]) == 7
+
+
+def test_a_save_the_server_refuses_says_why_and_keeps_the_graph(page, server: LiveServer):
+    c = Canvas(page)
+    c.open_file("refused.json", small_txt2img())
+    page.route("**/userdata/**", lambda route: route.fulfill(
+        status=413, content_type="application/json",
+        body=json.dumps({"error": {"type": "too_large", "message": "the body exceeds 32 MiB"}})))
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text=(
+        "Cannot save refused.json to the library: the workflow is too large for the server: "
+        "the body exceeds 32 MiB. Your graph is still on the canvas"))).to_have_count(1)
+    page.unroute("**/userdata/**")
+    page.route("**/userdata/**", lambda route: route.abort())
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="the server cannot be reached")).to_have_count(1)
+    page.unroute("**/userdata/**")
+    expect(c.nodes()).to_have_count(7)
+
+
+def test_comfyuis_listing_reads_what_the_canvas_saved_and_its_files_open_here(
+        page, server: LiveServer):
+    """Saved from our canvas, listed the way ComfyUI's front end lists its workflow sidebar
+    (ComfyUI's UI format in the file); a UI-format file in a subfolder, as ComfyUI's Save
+    writes it, opens in our canvas from the Workflows tab."""
+    c = Canvas(page)
+    c.open_file("shared.json", small_txt2img())
+    _rename_doc(page, "shared", "shared with comfy")
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved shared with comfy.json")).to_have_count(1)
+    listed = {e["path"]: e for e in server.get(LISTING)}
+    entry = listed["shared with comfy.json"]
+    assert entry["size"] > 0 and entry["modified"] > 0
+    ui = server.get(_file("shared with comfy.json"))
+    assert ui["version"] == 0.4 and ui["links"] and ui["last_node_id"] == 9
+    assert {n["type"] for n in ui["nodes"]} >= {"KSampler", "CheckpointLoaderSimple", "SaveImage"}
+    # ComfyUI's reading of it is the graph saved (the server converts it as ComfyUI's files)
+    ours = page.evaluate("() => window.steerflow.getDocument()")["prompt"]
+    converted = server.post("/workflow/convert", ui)["document"]["prompt"]
+    assert {k: v["inputs"] for k, v in converted.items()} == {
+        k: v["inputs"] for k, v in ours.items()}
+    # a file ComfyUI's front end saved (no document of ours inside), in a subfolder
+    comfy = dict(ui)
+    comfy["extra"] = {"ds": {"scale": 1, "offset": [0, 0]}}
+    for node in comfy["nodes"]:
+        if node["type"] == "KSampler":
+            node["widgets_values"][0] = 4321
+    _put(server, "from comfy/edited.json", comfy)
+    page.get_by_role("tab", name="Workflows").click()
+    tab = page.get_by_role("tabpanel", name="Workflows")
+    tab.get_by_role("button", name="Refresh").click()
+    item = tab.locator('.sf-library-item[data-path="from comfy/edited.json"]')
+    expect(item).to_contain_text("from comfy/edited")
+    item.get_by_role("button", name="Open from comfy/edited", exact=True).click()
+    expect(c.toasts().filter(has_text="Opened edited (7 nodes, from ComfyUI)")).to_have_count(1)
+    assert _seed(page) == 4321
+    # a file the canvas saved and ComfyUI's front end then changed opens as changed
+    changed = json.loads(json.dumps(ui))
+    for node in changed["nodes"]:
+        if node["type"] == "KSampler":
+            node["widgets_values"][0] = 555
+    _put(server, "shared with comfy.json", changed)
+    page.get_by_role("tab", name="Workflows").click()
+    tab.get_by_role("button", name="Refresh").click()
+    tab.locator('.sf-library-item[data-path="shared with comfy.json"]').get_by_role(
+        "button", name="Open shared with comfy", exact=True).click()
+    opened = c.toasts().filter(has_text="Opened shared with comfy (7 nodes, from ComfyUI)")
+    expect(opened).to_have_count(1)
+    assert _seed(page) == 555
