@@ -274,6 +274,10 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   }, [store, notify]);
 
   // --- opening workflows -----------------------------------------------------------------
+  // Save (Ctrl+S): into the workflow library on the server, as ComfyUI's Save does
+  const graphDocument = useCallback(() => graphToDocument(currentGraph(), defsRef.current), [currentGraph, defsRef]);
+  const library = useLibrary({ docName: g.docName, rename: g.setDocName, graphDocument, defsRef, notify, openedPath });
+  const refreshLibrary = library.refresh; // stable
   const applyLoaded = useCallback((loaded: Loaded, name?: string, firstView = false,
     restore: boolean | RanOutputs = false) => {
     // the previous workflow's errors and warnings point at nodes that are gone
@@ -338,7 +342,10 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       const loaded = await load();
       if (seq !== openSeq.current) return false; // a later open replaced this one
       applyLoaded(loaded, opts.name, opts.firstView, opts.restore);
-      openedPath.current = opts.library ?? null;
+      if (openedPath.current !== (opts.library ?? null)) {
+        openedPath.current = opts.library ?? null;
+        refreshLibrary(); // the Workflows tab marks the open one
+      }
       ok = true;
       return true;
     } catch (e) {
@@ -351,7 +358,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         setOpening(null);
       }
     }
-  }, [applyLoaded, notify]);
+  }, [applyLoaded, notify, refreshLibrary]);
 
   const loadObject = useCallback((obj: unknown, name?: string) =>
     openWith(name ?? "workflow", () => loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name }),
@@ -520,9 +527,6 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       undefined, { tag: "saved" });
   }, [currentGraph, g.docName, defsRef, notify]);
 
-  // Save (Ctrl+S): into the workflow library on the server, as ComfyUI's Save does
-  const graphDocument = useCallback(() => graphToDocument(currentGraph(), defsRef.current), [currentGraph, defsRef]);
-  const library = useLibrary({ docName: g.docName, rename: g.setDocName, graphDocument, defsRef, notify, openedPath });
   const save = useCallback((as?: string) => void library.save(as), [library]);
   /** Open a workflow of the library (the Workflows tab), as a file or an example opens. */
   const openLibrary = useCallback(async (entry: LibraryEntry) => {
@@ -538,7 +542,6 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       }
       return loadWorkflowObject(openable(file).obj, defsRef.current, convertWorkflow);
     }, { name: entry.name, library: entry.path, failText: `Cannot open ${entry.label} from the library` });
-    if (ok) library.refresh(); // marks it as the open one
     return ok;
   }, [openWith, defsRef, library]);
 
@@ -555,9 +558,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const clearNow = useCallback(() => {
     setConfirmClear(false);
     stopWatch.current?.();
-    openedPath.current = null;
+    if (openedPath.current) {
+      openedPath.current = null;
+      refreshLibrary();
+    }
     loadGraph(emptyGraph(), { name: "workflow" });
-  }, [loadGraph]);
+  }, [loadGraph, refreshLibrary]);
   /** Clear asks first when there is a graph to lose, as ComfyUI's Clear does by default. */
   const clear = useCallback(() => {
     if (openingRef.current) return; // the graph being opened replaces this one anyway
