@@ -13,10 +13,11 @@ import torch
 
 from nodes.diffusion import train_common as tc
 from nodes.diffusion.pivotal_tuning import PivotSpec
-from nodes.diffusion.train_dreambooth import MAX_GRAD_NORM, dreambooth_training
-from nodes.diffusion.train_textual_inversion import restore_other_rows, retrained_clip
+from nodes.diffusion.train_dreambooth import dreambooth_training
+from nodes.diffusion.train_textual_inversion import retrained_clip
 from tests.graph_nodes import run_error
 from tests.test_dreambooth import RES, db_node, graph, handles, messages, run_latent, session
+from tests.test_pivotal_tuning import whole_table_step
 
 __all__ = ["session"]
 
@@ -77,19 +78,8 @@ def test_the_tokens_phase_steps_the_row_as_a_whole_table(tiny_model_paths):
     sks = clip.tokenizer.encode("sks", add_special_tokens=False)
     square = clip.tokenizer.encode("square", add_special_tokens=False)[0]
     ref = retrained_clip(clip, sks, square)
-    table = ref.text_encoder.get_input_embeddings().weight
-    original = table.detach().clone()
-    opt = tc.make_optimizer([table], 3e-2)
-    with tc.frozen(model.unet, ref.text_encoder, vae.vae), torch.enable_grad():
-        table.requires_grad_(True)
-        context = ref.text_encoder(tc.tokenize(ref.tokenizer, CAPTIONS, "cpu"))[0]
-        pred, target = tc.prediction_and_target(
-            model.unet, tc.noise_scheduler(model.scheduler_config), latents, noise,
-            timesteps, context)
-        torch.nn.functional.mse_loss(pred.float(), target.float()).backward()
-        torch.nn.utils.clip_grad_norm_([table], MAX_GRAD_NORM)
-        opt.step()
-        restore_other_rows(table, original, sks)
+    table, original = whole_table_step(model, ref, sks, CAPTIONS, 3e-2, latents, noise,
+                                       timesteps)
     assert torch.allclose(rows, table.detach()[sks], atol=1e-6)
     assert (rows - original[sks]).abs().max() > 1e-3  # it moved
     assert torch.equal(trained_clip.text_encoder.get_input_embeddings().weight[sks], rows)

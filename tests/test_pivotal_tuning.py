@@ -29,6 +29,25 @@ from tests.test_training_nodes import (
 __all__ = ["session"]
 
 
+def whole_table_step(model, ref, ids, captions, lr, latents, noise, timesteps):
+    """The reference: textual inversion's way, one AdamW step on ``ref``'s whole table on
+    the batch, every row but ``ids`` restored; the table after and before."""
+    table = ref.text_encoder.get_input_embeddings().weight
+    original = table.detach().clone()
+    opt = tc.make_optimizer([table], lr)
+    with tc.frozen(model.unet, ref.text_encoder), torch.enable_grad():
+        table.requires_grad_(True)
+        context = ref.text_encoder(tc.tokenize(ref.tokenizer, captions, "cpu"))[0]
+        pred, target = tc.prediction_and_target(
+            model.unet, tc.noise_scheduler(model.scheduler_config), latents, noise,
+            timesteps, context)
+        torch.nn.functional.mse_loss(pred.float(), target.float()).backward()
+        torch.nn.utils.clip_grad_norm_([table], tl.MAX_GRAD_NORM)
+        opt.step()
+        restore_other_rows(table, original, ids)
+    return table.detach(), original
+
+
 def test_pivot_rows_step_as_a_whole_table_does(tiny_model_paths):
     model, clip, vae, _ = handles(tiny_model_paths["diffusers"])
     images, latents, noise, timesteps = fixed_batch(vae)
@@ -50,21 +69,8 @@ def test_pivot_rows_step_as_a_whole_table_does(tiny_model_paths):
     init = clip.tokenizer.encode("square", add_special_tokens=False)[0]
     ref = extended_clip(clip, placeholder_tokens("<tok>", 2), init)
     ids = ref.tokenizer.convert_tokens_to_ids(placeholder_tokens("<tok>", 2))
-    table = ref.text_encoder.get_input_embeddings().weight
-    original = table.detach().clone()
-    opt = tc.make_optimizer([table], 3e-2)
-    with tc.frozen(model.unet, ref.text_encoder, vae.vae), torch.enable_grad():
-        table.requires_grad_(True)
-        posterior = tc.encode_posterior(vae.scaled_for(model.latent_scale),
-                                        tc.prepare_pixels(images, RES))
-        context = ref.text_encoder(tc.tokenize(ref.tokenizer, captions, "cpu"))[0]
-        loss = tc.batch_loss(model.unet, tc.noise_scheduler(model.scheduler_config),
-                             posterior, torch.Generator().manual_seed(0), torch.arange(2),
-                             context, noise, timesteps, latents)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([table], tl.MAX_GRAD_NORM)
-        opt.step()
-        restore_other_rows(table, original, ids)
+    table, original = whole_table_step(model, ref, ids, captions, 3e-2, latents, noise,
+                                       timesteps)
     assert torch.allclose(rows, table.detach()[ids], atol=1e-6)
     assert (rows - original[ids]).abs().max() > 1e-3  # it moved
     # the returned handle holds the trained rows; the base table is untouched
