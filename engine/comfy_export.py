@@ -71,7 +71,9 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
         }
         meta = entry.get("_meta") if isinstance(entry.get("_meta"), dict) else {}
         title = place.get("title") or meta.get("title")
-        if isinstance(title, str) and title:
+        # a title that is the type's display name is none: ComfyUI shows its own name then
+        if isinstance(title, str) and title and not (
+                schema is not None and title == node_def(schema).display_name):
             node["title"] = title
         control = place.get("control") if isinstance(place.get("control"), dict) else {}
         if schema is not None:
@@ -127,13 +129,56 @@ def ui_view(document: dict[str, Any], schemas: Mapping[str, Any]) -> dict[str, A
         if not (isinstance(slot, int) and 0 <= slot < MAX_SLOTS):
             continue  # no node has such an output: left out of the view
         connect(source, slot, nodes[target], slot_index)
-    numeric = [n["id"] for n in (*nodes.values(), *reroutes.values()) if isinstance(n["id"], int)]
+    notes = _notes(layout, {n["id"] for n in (*nodes.values(), *reroutes.values())})
+    numeric = [n["id"] for n in (*nodes.values(), *reroutes.values(), *notes)
+               if isinstance(n["id"], int)]
     return {
         "last_node_id": max(numeric, default=0), "last_link_id": len(links),
-        "nodes": [*nodes.values(), *reroutes.values()], "links": links,
+        "nodes": [*nodes.values(), *reroutes.values(), *notes], "links": links,
         "groups": groups,
-        "config": {}, "extra": {}, "version": 0.4,
+        "config": {}, "extra": _extra(layout), "version": 0.4,
     }
+
+
+def _notes(layout: Mapping[str, Any], taken: set[Any]) -> list[dict[str, Any]]:
+    """ComfyUI's Note (or MarkdownNote) nodes for the layout's notes: text, place, size,
+    title and colour, as :func:`engine.comfy_workflow._note` reads them back. A note keeps
+    its id unless a node has it."""
+    entries = layout.get("notes") if isinstance(layout.get("notes"), dict) else {}
+    out: list[dict[str, Any]] = []
+    used = set(taken)
+    for nid, entry in entries.items():
+        if not isinstance(entry, dict):
+            continue
+        ui_id = _ui_id(str(nid))
+        if ui_id in used:
+            ui_id = max([i for i in used if isinstance(i, int)], default=0) + 1
+        used.add(ui_id)
+        text = entry.get("text") if isinstance(entry.get("text"), str) else ""
+        note: dict[str, Any] = {
+            "id": ui_id, "type": "MarkdownNote" if entry.get("markdown") is True else "Note",
+            "pos": vec2(entry.get("pos")) or [0.0, 0.0],
+            "size": vec2(entry.get("size")) or [400.0, 200.0], "flags": {},
+            "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+            "widgets_values": [text],
+        }
+        if isinstance(entry.get("title"), str) and entry["title"]:
+            note["title"] = entry["title"]
+        _looks(note, entry)
+        out.append(note)
+    return out
+
+
+def _extra(layout: Mapping[str, Any]) -> dict[str, Any]:
+    """The view (``extra.ds``), the inverse of :func:`engine.comfy_workflow._viewport`."""
+    view = layout.get("viewport")
+    if not isinstance(view, dict):
+        return {}
+    x, y, zoom = view.get("x"), view.get("y"), view.get("zoom")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y, zoom)) \
+            or zoom <= 0:
+        return {}
+    return {"ds": {"offset": [x / zoom, y / zoom], "scale": zoom}}
 
 
 def estimate_size(node: Mapping[str, Any], textboxes: int = 0, uploads: int = 0, *,

@@ -58,6 +58,10 @@ if TYPE_CHECKING:
     from engine.registry import NodeRegistry
 
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+#: said when a file's subgraphs (or group nodes) are unpacked: a save from the canvas
+#: writes the nodes flat
+UNPACKED_SUBGRAPHS = ("its subgraphs were unpacked into their nodes: saved from here, the "
+                      "workflow stays unpacked (ComfyUI's own file keeps them)")
 REROUTE = "Reroute"
 PRIMITIVE = "PrimitiveNode"
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
@@ -369,6 +373,7 @@ def convert_ui_workflow(obj: Any, schemas: Mapping[str, Mapping[str, Any]]) -> C
         flat = flatten(obj, schemas)
         obj, overrides = flat.workflow, flat.overrides
         warnings.extend(flat.warnings)
+        warnings.append(UNPACKED_SUBGRAPHS)
     ui_nodes: dict[str, dict[str, Any]] = {}
     for n in obj["nodes"]:
         if (isinstance(n, dict) and isinstance(n.get("id"), int | str)
@@ -565,6 +570,8 @@ def _note(nid: str, n: dict[str, Any], seen: dict[str, Any], dropped: Dropped
     values = n.get("widgets_values")
     text = values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
     note: dict[str, Any] = {"pos": vec2(n.get("pos")) or [0, 0], "text": text}
+    if n.get("type") == "MarkdownNote":
+        note["markdown"] = True
     size = vec2(n.get("size"))
     if size:
         note["size"] = size

@@ -19,7 +19,8 @@ def test_notes_go_to_the_layout_not_the_prompt():
     assert notes == {
         "12": {"pos": [0, 0], "size": [200, 60], "text": "hello"},
         "13": {"pos": [10, 700], "size": [300, 90], "text": "# How to\nraise **cfg**",
-               "title": "Read me", "color": "#443322"},  # as the canvas's palette writes it
+               "title": "Read me", "color": "#443322",  # as the canvas's palette writes it
+               "markdown": True},
     }
     assert "12" not in result.prompt and "13" not in result.prompt
     assert "12" not in document_to_prompt(result.document)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from engine import comfy_subgraphs
-from engine.comfy_workflow import convert_ui_workflow
+from engine.comfy_workflow import UNPACKED_SUBGRAPHS, convert_ui_workflow
 from engine.registry import default_registry
 from tests.comfy_fixtures import comfy_default, node, object_info
 
@@ -101,7 +101,7 @@ def test_a_subgraph_runs_as_the_nodes_it_holds():
     flat = convert(comfy_default())
     wf = to_subgraph(comfy_default(), {3, 8}, 20, "a1b2")
     result = convert(wf)
-    assert result.warnings == []
+    assert result.warnings == [UNPACKED_SUBGRAPHS]
     # ids are the instance path and the inner id, as ComfyUI's API prompts have them
     assert result.prompt == renamed(flat.prompt, {"3": "20:3", "8": "20:8"})
     assert result.prompt["20:3"]["inputs"]["seed"] == ["11", 0]  # the PrimitiveNode outside
@@ -115,7 +115,7 @@ def test_nested_subgraphs_flatten_with_the_whole_path():
     inner = to_subgraph(comfy_default(), {3, 8}, 20, "sg-inner")
     outer = to_subgraph(inner, {20, 6, 7}, 21, "sg-outer", name="Prompt and sample")
     result = convert(outer)
-    assert result.warnings == []
+    assert result.warnings == [UNPACKED_SUBGRAPHS]
     flat = convert(comfy_default()).prompt
     assert result.prompt == renamed(flat, {"3": "21:20:3", "8": "21:20:8", "6": "21:6",
                                            "7": "21:7"})
@@ -223,7 +223,7 @@ def test_a_legacy_group_node():
                    [6, 7, 0, 30, 2, "CONDITIONING"], [7, 30, 0, 8, 0, "LATENT"],
                    *[ln for ln in wf["links"] if ln[0] in (3, 5, 9, 10, 11)]]
     result = convert(wf)
-    assert result.warnings == []
+    assert result.warnings == [UNPACKED_SUBGRAPHS]
     p = result.prompt
     assert p["30:0"]["inputs"] == {"width": 96, "height": 64, "batch_size": 2}
     assert p["30:1"]["inputs"] == {

@@ -397,3 +397,40 @@ def test_the_ui_view_keeps_reroutes():
     for link_id, a, a_slot, b, b_slot, _ in view["links"]:
         assert link_id in by_id[a]["outputs"][a_slot]["links"]
         assert by_id[b]["inputs"][b_slot]["link"] == link_id
+
+
+# --- saved back as ComfyUI's format (the canvas's workflow library) ----------------------
+
+def test_saved_back_a_comfyui_file_keeps_its_notes_view_and_names():
+    """A ComfyUI file opened here and saved back (engine.comfy_export) keeps its Note and
+    MarkdownNote, its view, and shows ComfyUI's own names: the canvas titles every node,
+    and a title that is the type's display name is written as none."""
+    from engine.comfy_export import ui_view
+
+    wf = comfy_default()
+    wf["nodes"].append({"id": 13, "type": "MarkdownNote", "pos": [900, 40], "size": [300, 120],
+                        "widgets_values": ["# heading"], "color": "#432", "bgcolor": "#653"})
+    wf["extra"] = {"ds": {"offset": [10, -20], "scale": 0.8}}
+    doc = convert(wf).document
+    notes = doc["layout"]["notes"]
+    assert notes["13"]["markdown"] is True and notes["13"]["text"] == "# heading"
+    for nid, place in doc["layout"]["nodes"].items():  # as the canvas saves them
+        place.setdefault("title", SCHEMAS[doc["prompt"][nid]["class_type"]]["display_name"])
+    view = ui_view(doc, SCHEMAS)
+    kinds = {n["id"]: n for n in view["nodes"]}
+    assert kinds[13]["type"] == "MarkdownNote" and kinds[13]["widgets_values"] == ["# heading"]
+    assert [n["type"] for n in view["nodes"]].count("Note") == 1
+    assert not [n for n in view["nodes"] if "title" in n and n["title"] == SCHEMAS.get(
+        n["type"], {}).get("display_name")]
+    assert view["extra"]["ds"]["scale"] == 0.8
+    assert [round(v, 6) for v in view["extra"]["ds"]["offset"]] == [10, -20]
+    again = convert(view).document
+    assert again["layout"]["notes"] == notes
+    assert again["layout"]["viewport"] == doc["layout"]["viewport"]
+
+
+def test_unpacked_subgraphs_are_said():
+    from tests.test_comfy_subgraphs import to_subgraph
+
+    result = convert(to_subgraph(comfy_default(), {3, 8}, 20, "a1b2"))
+    assert any("subgraphs were unpacked" in w for w in result.warnings)

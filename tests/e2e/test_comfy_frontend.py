@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from engine.comfy_workflow import UNPACKED_SUBGRAPHS
 from tests.e2e.conftest import REPO, LiveServer, _free_port, chromium_page, chromium_path
 
 pytestmark = pytest.mark.slow
@@ -345,7 +346,7 @@ def test_our_converter_unpacks_subgraphs_as_the_frontend_queues_them(
         inner = [k for k in queued if k.startswith(stage["instance"] + ":")]
         assert inner and all(k.count(":") <= depth for k in inner), queued
         reply = comfy_server.post("/workflow/convert", stage["workflow"])
-        assert reply["warnings"] == []
+        assert reply["warnings"] == [UNPACKED_SUBGRAPHS]
         ours = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
                 for k, v in reply["document"]["prompt"].items()}
         assert ours == queued, f"depth {depth}"

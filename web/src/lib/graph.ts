@@ -81,7 +81,8 @@ export type LayoutNode = {
 /** A reroute in the layout: where it is and what feeds it (a node's output or another reroute). */
 export type RerouteLayout = { pos: Vec2; input?: [string, number] };
 /** A note in the layout. */
-export type NoteLayout = { pos: Vec2; size?: Vec2; text: string; title?: string; color?: string };
+/** `markdown`: ComfyUI's MarkdownNote (kept so a ComfyUI file's note keeps its kind). */
+export type NoteLayout = { pos: Vec2; size?: Vec2; text: string; title?: string; color?: string; markdown?: boolean };
 
 export type WorkflowDocument = {
   format: typeof DOCUMENT_FORMAT;
@@ -331,6 +332,7 @@ export function graphToDocument(graph: Graph, defs: Defs): WorkflowDocument {
       if (n.size) note.size = round(n.size);
       if (n.title) note.title = n.title;
       if (n.color) note.color = n.color;
+      if (n.values.markdown === true) note.markdown = true;
       notes[n.id] = note;
       continue;
     }
@@ -400,6 +402,7 @@ function addCanvasOnly(graph: Graph, layout: Record<string, unknown>, warnings: 
     note.size = size ?? [...NOTE_SIZE];
     if (typeof raw.title === "string" && raw.title) note.title = raw.title;
     if (typeof raw.color === "string" && /^#[0-9a-fA-F]{3,8}$/.test(raw.color)) note.color = raw.color;
+    if (raw.markdown === true) note.values.markdown = true;
     graph.nodes.push(note);
   }
   const reroutes = isObject(layout.reroutes) ? layout.reroutes : {};

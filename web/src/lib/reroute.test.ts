@@ -125,6 +125,13 @@ describe("reroutes and notes in our document", () => {
     expect(graphToDocument(graph, defs)).toEqual(doc);
   });
 
+  it("keeps a MarkdownNote's kind (a ComfyUI file's note saved back stays markdown)", () => {
+    const doc = graphToDocument(chain(), defs);
+    doc.layout.notes!["12"].markdown = true;
+    const { graph } = documentToGraph(JSON.parse(JSON.stringify(doc)), defs);
+    expect(graphToDocument(graph, defs).layout.notes?.["12"].markdown).toBe(true);
+  });
+
   it("keeps the prompt's link when the document was edited past its reroute", () => {
     const doc = graphToDocument(chain(), defs);
     doc.prompt["2"].inputs.a = 7; // edited by hand: no longer linked
