@@ -80,8 +80,7 @@ export type LayoutNode = {
 
 /** A reroute in the layout: where it is and what feeds it (a node's output or another reroute). */
 export type RerouteLayout = { pos: Vec2; input?: [string, number] };
-/** A note in the layout. */
-/** `markdown`: ComfyUI's MarkdownNote (kept so a ComfyUI file's note keeps its kind). */
+/** A note in the layout (`markdown`: ComfyUI's MarkdownNote, so a ComfyUI file's note keeps its kind). */
 export type NoteLayout = { pos: Vec2; size?: Vec2; text: string; title?: string; color?: string; markdown?: boolean };
 
 export type WorkflowDocument = {
