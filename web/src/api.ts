@@ -35,12 +35,16 @@ export class ApiError extends Error {
   }
 }
 
-async function request<T>(path: string, init?: RequestInit, exact: boolean | "string" = false): Promise<T> {
+/**
+ * `exact`: integers beyond 2^53 (a seed's max 2^64-1) as bigints (`true`) or their text
+ * (`"string"`), not the nearest double; `"text"`: a successful reply's body as its text, unread.
+ */
+async function request<T>(path: string, init?: RequestInit, exact: boolean | "string" | "text" = false): Promise<T> {
   const res = await fetch(apiUrl(path), init);
   const text = await res.text();
+  if (res.ok && exact === "text") return text as T;
   let body: unknown = text;
   try {
-    // `exact`: integers beyond 2^53 (a seed's max 2^64-1) as bigints, not the nearest double
     body = text ? (exact ? parseJsonExact(text, exact === "string" ? "string" : "bigint") : JSON.parse(text)) : null;
   } catch {
     // not JSON: keep the text
@@ -93,8 +97,19 @@ export const exportComfyWorkflow = (workflow: unknown) =>
 export const listLibrary = () =>
   request<unknown>(`userdata?dir=${LIBRARY_DIR}&recurse=true&split=false&full_info=true`);
 
-/** A user file's JSON (integers beyond 2^53 as their text, as the canvas keeps them). */
-export const readUserFile = (userFile: string) => request<unknown>(userdataSegment(userFile), undefined, "string");
+/**
+ * A user file's JSON (integers beyond 2^53 as their text, as the canvas keeps them). A file
+ * that is not JSON is refused saying so ("not valid JSON: ..."): it was passed on as its text,
+ * which the loader then called "not a JSON object".
+ */
+export async function readUserFile(userFile: string): Promise<unknown> {
+  const text = await request<unknown>(userdataSegment(userFile), undefined, "text");
+  try {
+    return parseJsonExact(text as string, "string");
+  } catch (e) {
+    throw new Error(`not valid JSON: ${(e as Error).message}`);
+  }
+}
 
 /** Write a user file; `overwrite` false: a 409 when it exists. */
 export const writeUserFile = (userFile: string, text: string, overwrite: boolean) =>
@@ -105,9 +120,9 @@ export const writeUserFile = (userFile: string, text: string, overwrite: boolean
 export const deleteUserFile = (userFile: string) =>
   request<unknown>(userdataSegment(userFile), { method: "DELETE" });
 
-/** Rename a user file; never over an existing one (409). */
-export const moveUserFile = (userFile: string, dest: string) =>
-  request<unknown>(`${userdataSegment(userFile)}/move/${encodeURIComponent(dest)}?overwrite=false&full_info=true`,
+/** Rename a user file; over an existing one only when `overwrite` (else a 409). */
+export const moveUserFile = (userFile: string, dest: string, overwrite = false) =>
+  request<unknown>(`${userdataSegment(userFile)}/move/${encodeURIComponent(dest)}?overwrite=${overwrite}&full_info=true`,
     { method: "POST" });
 
 /**

@@ -22,6 +22,24 @@ describe("64-bit integers", () => {
     expect(parseJsonExact(`{"a": [1.5e300, -12, ${MAX64}]}`, "string")).toEqual({ a: [1.5e300, -12, MAX64] });
   });
 
+  it("reads a file with a string of megabytes (an embedded image) and the big integers around it", () => {
+    // the token regex overflowed the stack on an ~8 MB string: a valid workflow did not open
+    const long = "QUJD".repeat(3_000_000); // 12 MB of base64
+    const text = `{"seed": ${MAX64}, "image": "${long}", "esc": "a \\"${MAX64}\\" \\\\", "after": [${MAX64}, 12]}`;
+    const read = parseJsonExact(text, "string") as Record<string, unknown>;
+    expect(read.seed).toBe(MAX64);
+    expect((read.image as string).length).toBe(long.length);
+    expect(read.esc).toBe(`a "${MAX64}" \\`);
+    expect(read.after).toEqual([MAX64, 12]);
+    expect((parseJsonExact(`{"image": "${long}"}`) as { image: string }).image.length).toBe(long.length);
+  });
+
+  it("refuses what is not JSON as JSON.parse does (a SyntaxError), not as some other value", () => {
+    expect(() => parseJsonExact("this is not json")).toThrow(SyntaxError);
+    expect(() => parseJsonExact(`{"a": "unterminated ${MAX64}`)).toThrow(SyntaxError);
+    expect(() => parseJsonExact(`{"a": ${MAX64},}`)).toThrow(SyntaxError);
+  });
+
   it("keeps a big value as its exact text and checks it against the exact bounds", () => {
     expect(fromBigInt(BigInt(MAX64))).toBe(MAX64);
     expect(fromBigInt(5n)).toBe(5);

@@ -18,8 +18,8 @@ const INT_TEXT = /^[+-]?\d+$/;
 /** Marks an exact integer inside a JSON string while (de)serialising; NUL never appears in real names. */
 const MARK = "\u0000exactint:";
 const MARKED = /"\\u0000exactint:(-?\d+)"/g;
-/** A JSON string or number token: strings are skipped whole, so digits inside them are never touched. */
-const TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+/** An integer literal (no fraction, no exponent). */
+const INT_LITERAL = /^-?\d+$/;
 
 /** The exact integer `v` holds (a whole number, an integer's decimal text, a bigint), else null. */
 export function toBigInt(v: unknown): bigint | null {
@@ -66,18 +66,56 @@ export function formatBound(input: InputDef, which: "min" | "max"): string | nul
  * decimal text (`"string"`) instead of the nearest double.
  */
 export function parseJsonExact(text: string, as: "bigint" | "string" = "bigint"): unknown {
-  let found = false;
-  const marked = text.replace(TOKEN, (t) => {
-    if (t[0] === "\"" || t.length < 16 || /[.eE]/.test(t) || Number.isSafeInteger(Number(t))) return t;
-    found = true;
-    return `"\\u0000exactint:${t}"`;
-  });
-  if (!found) return JSON.parse(text);
+  const marked = markBigInts(text);
+  if (marked === null) return JSON.parse(text);
   return JSON.parse(marked, (_k, v: unknown) => {
     if (typeof v !== "string" || !v.startsWith(MARK)) return v;
     const digits = v.slice(MARK.length);
     return as === "bigint" ? BigInt(digits) : digits;
   });
+}
+
+const isNumberChar = (c: number) => (c >= 48 && c <= 57) || c === 45 || c === 43 || c === 46 || c === 69 || c === 101;
+
+/**
+ * `text` with each integer literal beyond 2^53 written as a marked string, or null when it
+ * has none. A plain scan, not a regular expression: strings are skipped whole (digits inside
+ * them are never touched) by indexOf, so a string of megabytes (an embedded image's base64)
+ * neither overflows the stack (a regex's `(?:[^"\\]|\\.)*` did, around 8 MB) nor is slow.
+ * Malformed JSON is left as it is, for JSON.parse to refuse.
+ */
+function markBigInts(text: string): string | null {
+  const n = text.length;
+  let parts: string[] | null = null;
+  let last = 0;
+  let i = 0;
+  while (i < n) {
+    const c = text.charCodeAt(i);
+    if (c === 34) { // a string: to its closing quote, one preceded by an even number of backslashes
+      let from = i + 1;
+      for (;;) {
+        const q = text.indexOf("\"", from);
+        if (q < 0) return null; // unterminated: JSON.parse refuses the text itself
+        let b = q - 1;
+        while (b >= from && text.charCodeAt(b) === 92) b--;
+        from = q + 1;
+        if ((q - 1 - b) % 2 === 0) break;
+      }
+      i = from;
+    } else if (c === 45 || (c >= 48 && c <= 57)) {
+      let j = i + 1;
+      while (j < n && isNumberChar(text.charCodeAt(j))) j++;
+      const t = text.slice(i, j);
+      if (t.length >= 16 && INT_LITERAL.test(t) && !Number.isSafeInteger(Number(t))) {
+        (parts ??= []).push(text.slice(last, i), `"\\u0000exactint:${t}"`);
+        last = j;
+      }
+      i = j;
+    } else i++;
+  }
+  if (!parts) return null;
+  parts.push(text.slice(last));
+  return parts.join("");
 }
 
 /** JSON.stringify that writes a bigint as its exact integer literal. */
