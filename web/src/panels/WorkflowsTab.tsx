@@ -8,7 +8,7 @@ import { useCallback, useEffect, useMemo, useState } from "react";
 import { listLibrary } from "../api";
 import { failureOf, type LibraryApi } from "../editor/useLibrary";
 import {
-  failureText, filterEntries, type LibraryEntry, type LibrarySort, parseListing, sortEntries, whenText,
+  checkName, failureText, filterEntries, type LibraryEntry, type LibrarySort, parseListing, sortEntries, whenText,
 } from "../lib/library";
 
 /** The chosen order, kept in localStorage. */
@@ -22,7 +22,10 @@ function readSort(): LibrarySort {
   }
 }
 
-function RenameField({ entry, onDone }: { entry: LibraryEntry; onDone(typed: string | null): void }) {
+/** Ctrl+S (Cmd+S): in the tab's fields it saves the workflow, as in every other text field (not the browser's Save page). */
+const isSaveKey = (e: React.KeyboardEvent) => (e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === "s";
+
+function RenameField({ entry, onDone }: { entry: LibraryEntry; onDone(typed: string | null, thenSave?: boolean): void }) {
   return (
     <input aria-label={`new name for ${entry.label}`} defaultValue={entry.name} autoFocus className="sf-library-rename"
       onFocus={(e) => e.currentTarget.select()}
@@ -31,6 +34,10 @@ function RenameField({ entry, onDone }: { entry: LibraryEntry; onDone(typed: str
         e.stopPropagation(); // the canvas's keys (Delete, Ctrl+Z...) stay out of the field
         if (e.key === "Enter") e.currentTarget.blur();
         else if (e.key === "Escape") onDone(null);
+        else if (isSaveKey(e)) {
+          e.preventDefault(); // the rename typed is made, then the workflow saved
+          onDone(e.currentTarget.value, true);
+        }
       }} />
   );
 }
@@ -75,7 +82,13 @@ export function WorkflowsTab({ library, open }: {
     <div className="sf-tab sf-library" aria-label="workflow library">
       <div className="sf-tab-actions sf-library-bar">
         <input type="search" placeholder="Filter" aria-label="filter workflows" value={filter}
-          onChange={(e) => setFilter(e.target.value)} onKeyDown={(e) => e.stopPropagation()} />
+          onChange={(e) => setFilter(e.target.value)} onKeyDown={(e) => {
+            e.stopPropagation(); // the canvas's keys stay out of the field
+            if (isSaveKey(e)) {
+              e.preventDefault();
+              void library.save();
+            }
+          }} />
         <select aria-label="sort workflows" value={sort} onChange={(e) => pickSort(e.target.value as LibrarySort)}>
           <option value="newest">Newest first</option>
           <option value="name">By name</option>
@@ -96,9 +109,14 @@ export function WorkflowsTab({ library, open }: {
           <li key={entry.path} className={`sf-saved-graph sf-library-item${entry.path === current ? " sf-current" : ""}`}
             data-path={entry.path}>
             {renaming === entry.path ? (
-              <RenameField entry={entry} onDone={(typed) => {
+              <RenameField entry={entry} onDone={(typed, thenSave) => {
                 setRenaming(null);
-                if (typed !== null && typed.trim() !== entry.name) void library.rename(entry, typed);
+                const renaming = typed !== null && typed.trim() !== entry.name;
+                const renamed = renaming ? library.rename(entry, typed) : Promise.resolve(false);
+                if (!thenSave) return;
+                // the graph renamed with its file is saved under its new name (this render's save knows the old one)
+                const name = typed !== null ? checkName(typed) : null;
+                void renamed.then((ok) => library.save(ok && entry.path === current && name && "name" in name ? name.name : undefined));
               }} />
             ) : (
               <button type="button" className="sf-library-name" title={`Open ${entry.path}`}
