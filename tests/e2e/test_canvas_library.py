@@ -201,3 +201,161 @@ def test_comfyuis_listing_reads_what_the_canvas_saved_and_its_files_open_here(
     opened = c.toasts().filter(has_text="Opened shared with comfy (7 nodes, from ComfyUI)")
     expect(opened).to_have_count(1)
     assert _seed(page) == 555
+
+
+def _saved_seed(server: LiveServer, name: str) -> object:
+    return server.get(_file(name))["extra"]["steerflow"]["document"]["prompt"]["3"]["inputs"]["seed"]
+
+
+def _paths(server: LiveServer) -> set[str]:
+    return {e["path"] for e in server.get(LISTING)}
+
+
+def test_a_workflow_in_a_folder_saves_in_place_and_a_new_name_renames_its_file(page, server: LiveServer):
+    """Ctrl+S on proj/sub.json wrote a new top-level sub.json (and offered to replace an
+    unrelated one there); a new name typed in the toolbar saved a copy and left the old file.
+    As in ComfyUI: Save writes the file the graph came from, a rename renames that file."""
+    c = Canvas(page)
+    c.open_file("sub.json", small_txt2img())
+    c.set_value("3", "seed", "9999")
+    page.keyboard.press("Control+s")  # a top-level sub.json, unrelated to proj/sub.json
+    expect(c.toasts().filter(has_text="Saved sub.json")).to_have_count(1)
+    ui = server.get(_file("sub.json"))
+    _put(server, "proj/sub.json", ui)
+    _put(server, "proj/taken.json", {"nodes": [], "links": [], "extra": {}, "version": 0.4})
+    page.get_by_role("tab", name="Workflows").click()
+    tab = page.get_by_role("tabpanel", name="Workflows")
+    tab.get_by_role("button", name="Refresh").click()
+    item = tab.locator('.sf-library-item[data-path="proj/sub.json"]')
+    item.get_by_role("button", name="Open proj/sub", exact=True).click()
+    expect(item).to_have_class(re.compile(r"\bsf-current\b"))
+    c.set_value("3", "seed", "4545")
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved proj/sub.json to the Workflows library")).to_have_count(1)
+    expect(page.get_by_role("alertdialog")).to_have_count(0)
+    assert _saved_seed(server, "proj/sub.json") == 4545
+    assert _saved_seed(server, "sub.json") == 9999  # the other sub.json untouched
+    # a new name (the toolbar's) renames the file, in its folder
+    _rename_doc(page, "sub", "sub2")
+    c.set_value("3", "seed", "46")
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved proj/sub2.json to the Workflows library (renamed from proj/sub.json")
+           ).to_have_count(1)
+    paths = _paths(server)
+    assert "proj/sub2.json" in paths and "proj/sub.json" not in paths and "sub2.json" not in paths, paths
+    assert _saved_seed(server, "proj/sub2.json") == 46
+    expect(tab.locator('.sf-library-item[data-path="proj/sub2.json"]')).to_have_class(re.compile(r"\bsf-current\b"))
+    # a name that is taken asks first; Cancel keeps both files as they are, Replace renames over it
+    _rename_doc(page, "sub2", "taken")
+    page.keyboard.press("Control+s")
+    dialog = page.get_by_role("alertdialog", name="Replace proj/taken.json?")
+    dialog.get_by_role("button", name="Cancel").click()
+    assert server.get(_file("proj/taken.json"))["nodes"] == []
+    assert "proj/sub2.json" in _paths(server)
+    page.keyboard.press("Control+s")
+    dialog.get_by_role("button", name="Replace", exact=True).click()
+    expect(c.toasts().filter(has_text="Saved proj/taken.json")).to_have_count(1)
+    paths = _paths(server)
+    assert "proj/sub2.json" not in paths and _saved_seed(server, "proj/taken.json") == 46, paths
+
+
+def test_undoing_an_open_brings_back_the_file_of_the_graph_before(page, server: LiveServer):
+    """After Ctrl+Z undid an Open, the tab still marked the opened file "open" and Save asked
+    to replace the file the graph had come from."""
+    c = Canvas(page)
+    c.open_file("alpha.json", small_txt2img())
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved alpha.json")).to_have_count(1)
+    _put(server, "beta.json", server.get(_file("alpha.json")))
+    page.get_by_role("tab", name="Workflows").click()
+    tab = page.get_by_role("tabpanel", name="Workflows")
+    tab.get_by_role("button", name="Refresh").click()
+    alpha = tab.locator('.sf-library-item[data-path="alpha.json"]')
+    beta = tab.locator('.sf-library-item[data-path="beta.json"]')
+    current = re.compile(r"\bsf-current\b")
+    expect(alpha).to_have_class(current)
+    c.set_value("3", "seed", "333")  # not saved
+    beta.get_by_role("button", name="Open beta", exact=True).click()
+    expect(beta).to_have_class(current)
+    page.locator(".react-flow__pane").click(position={"x": 5, "y": 5})
+    page.keyboard.press("Control+z")
+    expect(page.locator(".sf-docname")).to_have_text("alpha")
+    expect(alpha).to_have_class(current)
+    expect(beta).not_to_have_class(current)
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved alpha.json")).to_have_count(1)
+    expect(page.get_by_role("alertdialog")).to_have_count(0)
+    assert _saved_seed(server, "alpha.json") == 333
+    page.keyboard.press("Control+Shift+z")  # redo: beta again
+    expect(page.locator(".sf-docname")).to_have_text("beta")
+    expect(beta).to_have_class(current)
+    expect(alpha).not_to_have_class(current)
+
+
+SAVE_KEY = """(el) => el.dispatchEvent(new KeyboardEvent('keydown',
+    {key: 's', code: 'KeyS', ctrlKey: true, bubbles: true, cancelable: true}))"""
+
+
+def test_ctrl_s_in_the_tabs_fields_saves_the_workflow(page, server: LiveServer):
+    """Ctrl+S in the Filter or Rename field was neither handled nor prevented: the browser's
+    Save page dialog opened."""
+    c = Canvas(page)
+    c.open_file("keys.json", small_txt2img())
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved keys.json")).to_have_count(1)
+    page.get_by_role("tab", name="Workflows").click()
+    tab = page.get_by_role("tabpanel", name="Workflows")
+    field = tab.get_by_label("filter workflows")
+    field.fill("key")
+    c.set_value("3", "seed", "5150")
+    assert field.evaluate(SAVE_KEY) is False  # prevented
+    _wait_saved_seed(page, server, "keys.json", 5150)
+    # in the Rename field: the rename typed is made, then the workflow saved (under its new name)
+    c.set_value("3", "seed", "5151")
+    tab.locator('.sf-library-item[data-path="keys.json"]').get_by_role("button", name="Rename keys", exact=True).click()
+    rename = tab.get_by_label("new name for keys")
+    rename.fill("keys 2")
+    assert rename.evaluate(SAVE_KEY) is False
+    renamed = tab.locator('.sf-library-item[data-path="keys 2.json"]')
+    expect(renamed).to_have_class(re.compile(r"\bsf-current\b"))
+    expect(page.locator(".sf-docname")).to_have_text("keys 2")
+    _wait_saved_seed(page, server, "keys 2.json", 5151)
+    assert "keys.json" not in _paths(server)
+
+
+def _wait_saved_seed(page, server: LiveServer, name: str, seed: int) -> None:
+    for _ in range(50):
+        try:
+            if _saved_seed(server, name) == seed:
+                return
+        except Exception:  # noqa: BLE001 - not there yet
+            pass
+        page.wait_for_timeout(100)
+    assert _saved_seed(server, name) == seed
+
+
+def test_a_large_workflow_opens_and_a_file_that_is_not_json_says_so(page, server: LiveServer):
+    """A valid workflow with one ~9 MB string (embedded base64) said "a workflow must be a
+    JSON object" (the exact-integer parser's regex overflowed); a file that is not JSON said
+    the same."""
+    c = Canvas(page)
+    c.open_file("big.json", small_txt2img())
+    page.keyboard.press("Control+s")
+    expect(c.toasts().filter(has_text="Saved big.json")).to_have_count(1)
+    ui = server.get(_file("big.json"))
+    ui["extra"]["blob"] = "QUJD" * 2_300_000  # 9.2 MB
+    ui["extra"]["steerflow"]["document"]["prompt"]["3"]["inputs"]["seed"] = 18446744073709551615
+    _put(server, "big.json", ui)
+    req = urllib.request.Request(server.url + _file("notjson.json"), data=b"this is { not json",
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+    page.get_by_role("tab", name="Workflows").click()
+    tab = page.get_by_role("tabpanel", name="Workflows")
+    tab.get_by_role("button", name="Refresh").click()
+    tab.get_by_role("button", name="Open notjson", exact=True).click()
+    expect(c.toasts().filter(has_text="Cannot open notjson from the library: not valid JSON:")).to_have_count(1)
+    expect(c.toasts().filter(has_text="must be a JSON object")).to_have_count(0)
+    tab.get_by_role("button", name="Open big", exact=True).click()
+    expect(c.toasts().filter(has_text="Opened big (7 nodes")).to_have_count(1)
+    assert str(_seed(page)) == "18446744073709551615"  # exact

@@ -155,8 +155,6 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const [opening, setOpening] = useState<string | null>(null);
   const openingRef = useRef<string | null>(null);
   const openSeq = useRef(0);
-  /** The library file (under workflows/) the graph on the canvas came from or was saved as; any other opening clears it. */
-  const openedPath = useRef<string | null>(null);
   /** Queue presses made while a workflow opened, run once it is in; and whether the last opening succeeded. */
   const afterOpen = useRef<(() => void)[]>([]);
   const openOk = useRef(true);
@@ -261,7 +259,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
       try {
         sessionStorage.setItem(LOSS_CURVES_KEY, JSON.stringify(store.lossCurves()));
         sessionStorage.setItem(GRAPH_PROMPTS_KEY, JSON.stringify(store.graphPromptIds()));
-        sessionStorage.setItem(LIBRARY_PATH_KEY, JSON.stringify(openedPath.current));
+        sessionStorage.setItem(LIBRARY_PATH_KEY, JSON.stringify(g.library.current()));
       } catch {
         // storage full or off: the curve starts again at the current step
       }
@@ -276,16 +274,18 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   // --- opening workflows -----------------------------------------------------------------
   // Save (Ctrl+S): into the workflow library on the server, as ComfyUI's Save does
   const graphDocument = useCallback(() => graphToDocument(currentGraph(), defsRef.current), [currentGraph, defsRef]);
-  const library = useLibrary({ docName: g.docName, rename: g.setDocName, graphDocument, defsRef, notify, openedPath });
-  const refreshLibrary = library.refresh; // stable
+  const library = useLibrary({
+    docName: g.docName, rename: g.setDocName, graphDocument, defsRef, notify, file: g.library, shownFile: g.libraryFile,
+  });
   const applyLoaded = useCallback((loaded: Loaded, name?: string, firstView = false,
-    restore: boolean | RanOutputs = false) => {
+    restore: boolean | RanOutputs = false, libraryFile: string | null = null) => {
     // the previous workflow's errors and warnings point at nodes that are gone
     clearToasts();
     stopWatch.current?.();
     // a ComfyUI file's layout is for ComfyUI's node sizes, an API prompt's a grid: make room for ours
     loadGraph(loaded.graph, {
       arrange: loaded.kind !== "document", firstView, name: name ? name.replace(/\.(json|png)$/i, "") : undefined,
+      library: libraryFile, // (the Workflows tab's mark follows: another graph opened clears it)
     });
     const n = loaded.graph.nodes.length;
     // one at a time: opening several in a row must not stack them over the canvas
@@ -341,11 +341,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
     try {
       const loaded = await load();
       if (seq !== openSeq.current) return false; // a later open replaced this one
-      applyLoaded(loaded, opts.name, opts.firstView, opts.restore);
-      if (openedPath.current !== (opts.library ?? null)) {
-        openedPath.current = opts.library ?? null;
-        refreshLibrary(); // the Workflows tab marks the open one
-      }
+      applyLoaded(loaded, opts.name, opts.firstView, opts.restore, opts.library ?? null);
       ok = true;
       return true;
     } catch (e) {
@@ -358,7 +354,7 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         setOpening(null);
       }
     }
-  }, [applyLoaded, notify, refreshLibrary]);
+  }, [applyLoaded, notify]);
 
   const loadObject = useCallback((obj: unknown, name?: string) =>
     openWith(name ?? "workflow", () => loadWorkflowObject(obj, defsRef.current, convertWorkflow), { name }),
@@ -411,12 +407,12 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         delete graph.extra?.name;
         // a new tab's copy of another tab's graph is its own from now on (a reload keeps it)
         if (saved.from !== "tab") tabs.save(saved.doc, saved.fit, name ?? "");
-        loadGraph(graph, { fitted: asFit(saved.fit), name }); // a saved view that was a fit still refits on a resize
+        const path = saved.from === "tab" ? takeKept(LIBRARY_PATH_KEY) : null;
+        // a saved view that was a fit still refits on a resize
+        loadGraph(graph, { fitted: asFit(saved.fit), name, library: typeof path === "string" ? path : null });
         if (saved.from === "tab") {
           store.restoreLossCurves(takeKept(LOSS_CURVES_KEY));
           store.restoreGraphPrompts(takeKept(GRAPH_PROMPTS_KEY));
-          const path = takeKept(LIBRARY_PATH_KEY);
-          openedPath.current = typeof path === "string" ? path : null;
         }
         // the results shown before the reload, from the server's history; the graph's prompts
         // still queued or running (another tab's, e.g. one closed meanwhile) when they finish
@@ -558,12 +554,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
   const clearNow = useCallback(() => {
     setConfirmClear(false);
     stopWatch.current?.();
-    if (openedPath.current) {
-      openedPath.current = null;
-      refreshLibrary();
-    }
-    loadGraph(emptyGraph(), { name: "workflow" });
-  }, [loadGraph, refreshLibrary]);
+    loadGraph(emptyGraph(), { name: "workflow" }); // from no library file (Ctrl+Z brings the old one back)
+  }, [loadGraph]);
   /** Clear asks first when there is a graph to lose, as ComfyUI's Clear does by default. */
   const clear = useCallback(() => {
     if (openingRef.current) return; // the graph being opened replaces this one anyway

@@ -8,7 +8,7 @@
 import {
   type EdgeChange, type NodeChange, applyEdgeChanges, applyNodeChanges, getViewportForBounds, useReactFlow,
 } from "@xyflow/react";
-import { useCallback, useEffect, useRef, useState } from "react";
+import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { flowToGraph, graphToFlow, type SfEdge, type SfNode } from "../canvas/flow";
 import { arrangeOpened, makeRoomBelow } from "../lib/arrange";
 import { documentToGraph, type Graph, graphToDocument, type WorkflowDocument } from "../lib/graph";
@@ -19,7 +19,7 @@ import {
 } from "../lib/layout";
 import type { RunStore } from "../lib/runstore";
 import type { Defs } from "../lib/schema";
-import { changedInputs, readUndoKey, recordStep, type UndoHistory, undoKey } from "../lib/undo";
+import { changedInputs, readUndoKey, recordStep, segmentOf, StepFiles, type UndoHistory, undoKey } from "../lib/undo";
 import { FitTracker, sameViewport } from "../lib/viewfit";
 import { TabAutosave } from "../lib/autosave";
 import { keepReplaced } from "../lib/replaced";
@@ -135,11 +135,21 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     const redo = history.current.future.length > 0;
     setUndoable((was) => (was.undo === undo && was.redo === redo ? was : { undo, redo }));
   }, []);
+  /**
+   * The workflow-library file of the graph shown (Save writes over it without asking), kept
+   * per undo step (lib/undo.ts StepFiles): an undo across an Open brings the file back with
+   * the graph. `libraryFile` is it as state, for what shows it (the Workflows tab's mark).
+   */
+  const files = useRef(new StepFiles()).current;
+  const [libraryFile, setLibraryFile] = useState<string | null>(null);
+  const syncFile = useCallback(() => setLibraryFile(files.current), [files]);
   /** Make `key` the history's present (lib/undo.ts's recordStep), the buttons following. */
-  const record = useCallback((key: string, amend: boolean) => {
+  const record = useCallback((key: string, amend: boolean, path?: string | null) => {
     recordStep(history.current, key, amend, UNDO_MAX);
+    files.recorded(key, path);
+    files.prune(history.current);
     syncUndoable();
-  }, [syncUndoable]);
+  }, [syncUndoable, files]);
   /**
    * The steps that opened a whole graph (a file, an example, a history entry): an undo or
    * redo across one leaves the run's results behind, as they belong to the other graph (a
@@ -193,13 +203,14 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     if (h.present === null) {
       // the graph just opened and the debounce has not recorded it yet: it is the base
       h.present = key;
+      files.recorded(key);
       return;
     }
     if (key === h.present) return;
     const amend = autoLayout.current;
     autoLayout.current = false;
     record(key, amend);
-  }, [documentNow, record]);
+  }, [documentNow, record, files]);
 
   /**
    * Make `key` (a graph just opened, cleared) history's present, as one undo step after the
@@ -208,13 +219,14 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
    * and an edit made within its 200 ms replaced it: one Ctrl+Z then went back past the whole
    * opened workflow to the one before (the drill's lost dreambooth graph).
    */
-  const recordOpened = useCallback((key: string) => {
+  const recordOpened = useCallback((key: string, path: string | null) => {
     // (the first graph of the page, the restored or default one, is the base: no step back to an empty canvas)
-    if (history.current.present !== null) settleNow();
+    if (history.current.present !== null) settleNow(); // (an edit made just before: the old graph's file)
     autoLayout.current = false;
-    record(key, false);
+    record(key, false, path);
     markOpened(key);
-  }, [settleNow, record, markOpened]);
+    syncFile();
+  }, [settleNow, record, markOpened, syncFile]);
 
   /** The last fit, redone when the canvas is resized while the view is still that fit (lib/viewfit.ts). */
   const fitTracker = useRef(new FitTracker<FitHow>()).current;
@@ -307,6 +319,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
           });
           h.present = undoKey(graphToDocument(flowToGraph(moved, base.edges, { groups: placed.groups, extra: base.extra }),
             defsRef.current), base.name);
+          files.recorded(h.present);
           markOpened(h.present);
         }
       }
@@ -322,7 +335,7 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
         void rf.setViewport(saved);
       } else if (boxes.length) fitRects(boxes);
     });
-  }, [rf, fitRects, whenMeasured, markOpened]);
+  }, [rf, fitRects, whenMeasured, markOpened, files]);
 
   /**
    * The first visit's default graph must show whole in its first view (a small window, a
@@ -365,11 +378,12 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
    * readable (`arrange` above). `name`: the document's name from now on. `record: false`
    * (undo, redo) leaves the history as it is; otherwise the graph is an undo step of its
    * own at once (`recordOpened`). `firstView`: the first view of the first visit's default
-   * graph, which must show all of it (`fitWhole`).
+   * graph, which must show all of it (`fitWhole`). `library`: the workflow-library file it
+   * was opened from (none when left out; an undo or redo brings back its step's own).
    */
   const loadGraph = useCallback((graph: Graph, opts: {
     viewport?: boolean; resetRun?: boolean; fitted?: FitHow | null; arrange?: boolean; name?: string;
-    record?: boolean; firstView?: boolean;
+    record?: boolean; firstView?: boolean; library?: string | null;
   } = {}) => {
     if (opts.record !== false && state.current.nodes.length) {
       // the graph shown until now stays at hand (History → Graphs replaced): undo brings
@@ -395,7 +409,8 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     const extra = graph.extra ?? {};
     if (opts.record !== false) {
       const name = opts.name ?? docNameRef.current;
-      recordOpened(undoKey(graphToDocument(flowToGraph(flow.nodes, flow.edges, { groups, extra }), defsRef.current), name));
+      recordOpened(undoKey(graphToDocument(flowToGraph(flow.nodes, flow.edges, { groups, extra }), defsRef.current), name),
+        opts.library ?? null);
       if (arranging.current) loadedFlow.current = { seq, nodes: flow.nodes, edges: flow.edges, extra, name };
     }
     if (opts.name !== undefined) {
@@ -503,11 +518,12 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
   const restoreKey = useCallback((key: string, from: string, acrossOpen: boolean) => {
     const { doc, name } = readUndoKey(key);
     loadGraph(documentToGraph(doc, defsRef.current).graph, { viewport: false, resetRun: acrossOpen, record: false, name });
+    if (files.shown(key)) syncFile(); // the file the graph came from comes back with it
     if (!acrossOpen) roomForResults(opened.current);
     writeAutosave(doc as unknown as WorkflowDocument, name);
     // the last run's messages about the values and links this step put back go with them
     for (const [id, input] of changedInputs(readUndoKey(from).doc.prompt ?? {}, doc.prompt ?? {})) store.clearInputErrors(id, input);
-  }, [loadGraph, roomForResults, writeAutosave, store]);
+  }, [loadGraph, roomForResults, writeAutosave, store, files, syncFile]);
 
   const undo = useCallback(() => {
     settleNow();
@@ -532,6 +548,23 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     restoreKey(next, from, openedSteps.current.has(next));
     syncUndoable();
   }, [restoreKey, settleNow, syncUndoable]);
+
+  /**
+   * The library file of the graph shown: `set` it saved as `path` (the steps since it was
+   * opened too), `moved`: a file renamed (or deleted: null), every step of it following.
+   */
+  const library = useMemo(() => ({
+    current: () => files.current,
+    set(path: string | null) {
+      settleNow(); // an edit not yet recorded is a step of this file's
+      files.set(path, segmentOf(history.current, openedSteps.current));
+      syncFile();
+    },
+    moved(from: string, to: string | null) {
+      files.moved(from, to);
+      syncFile();
+    },
+  }), [files, settleNow, syncFile]);
 
   /** Edit the groups (saved and undoable like any other edit). */
   const setGroups = useCallback((fn: (groups: GroupBox[]) => GroupBox[]) => setGroupsState(fn), []);
@@ -570,6 +603,6 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, docNameNow, setDocName, groups, setGroups, holdHistory,
-    currentGraph, occupied, loadGraph, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, canUndo: undoable.undo, canRedo: undoable.redo, patchNode, onNodesChange, onEdgesChange, settleNow,
+    currentGraph, occupied, loadGraph, library, libraryFile, openedCount, fit, fitAll, refit, writeAutosave, flushAutosave, undo, redo, canUndo: undoable.undo, canRedo: undoable.redo, patchNode, onNodesChange, onEdgesChange, settleNow,
   };
 }

@@ -3,10 +3,12 @@
  * delete its workflows. The Workflows tab (panels/WorkflowsTab.tsx) lists it.
  *
  * Save writes `workflows/<name>.json` in ComfyUI's UI format (the server's
- * `/workflow/export`), with our document kept inside. It never overwrites another workflow
- * unasked: the file the canvas opened from the library (or saved last) is saved over at
- * once, any other name is written with `overwrite=false` and a 409 asks first. Nothing here
- * ever changes the graph on the canvas when it fails; every failure says why.
+ * `/workflow/export`), with our document kept inside. The graph's own file (opened from the
+ * library or saved last, in whatever folder) is saved over at once; a new name given to it
+ * renames that file first (in its folder), as ComfyUI renames a saved workflow. It never
+ * overwrites another workflow unasked: a new file is written with `overwrite=false`, a rename
+ * moved with it too, and a 409 asks first. Nothing here ever changes the graph on the canvas
+ * when it fails; every failure says why.
  */
 
 import { type MutableRefObject, useCallback, useMemo, useRef, useState } from "react";
@@ -18,7 +20,7 @@ import { exactPrompt, stringifyJsonExact } from "../lib/exactint";
 import { fileSafeName } from "../lib/filename";
 import type { WorkflowDocument } from "../lib/graph";
 import {
-  checkName, type Failure, failureText, type LibraryEntry, nameOfPath, siblingPath, userPath, withDocument,
+  checkName, type Failure, failureText, type LibraryEntry, nameOfPath, saveTarget, siblingPath, userPath, withDocument,
 } from "../lib/library";
 import type { Defs } from "../lib/schema";
 import type { Notify } from "./Toasts";
@@ -50,14 +52,25 @@ export function failureOf(e: unknown): Failure {
   return { message: e instanceof Error ? e.message : String(e) };
 }
 
-export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef, notify, openedPath }: {
+/** The library file of the graph on the canvas, kept by the editor per undo step (useGraphStore's `library`). */
+export type GraphFile = {
+  current(): string | null;
+  /** The graph was saved as `path`. */
+  set(path: string | null): void;
+  /** A file was renamed (or deleted: null). */
+  moved(from: string, to: string | null): void;
+};
+
+export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef, notify, file, shownFile }: {
   docName: string;
   rename(name: string): void;
   graphDocument(): WorkflowDocument;
   defsRef: MutableRefObject<Defs>;
   notify: Notify;
-  /** Shared with the editor: set when a workflow opens from the library, cleared when any other graph opens. */
-  openedPath: MutableRefObject<string | null>;
+  /** Set when a workflow opens from the library, cleared when any other graph opens, back with its graph on an undo. */
+  file: GraphFile;
+  /** `file.current()` as state: the Workflows tab's mark follows it. */
+  shownFile: string | null;
 }): LibraryApi {
   const [version, setVersion] = useState(0);
   const [question, setQuestion] = useState<LibraryQuestion | null>(null);
@@ -72,7 +85,8 @@ export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef,
     }
     if (saving.current) return; // one save at a time (a held Ctrl+S)
     saving.current = true;
-    const path = checked.file;
+    // the graph's own file, in its folder (proj/sub.json stays there); a new name renames it
+    const { path, renameFrom: from } = saveTarget(file.current(), checked.file);
     const what = `Cannot save ${path} to the library`;
     try {
       const doc = graphDocument();
@@ -85,38 +99,58 @@ export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef,
         notify(failureText(what, failureOf(e), true), "error");
         return;
       }
-      const done = () => {
-        openedPath.current = path;
-        if (checked.name !== docName) renameDoc(checked.name);
-        changed();
-        notify(`Saved ${path} to the Workflows library (Export downloads it as a file)`, "info", undefined, { tag: "saved" });
-      };
-      const write = async (overwrite: boolean): Promise<"ok" | "exists" | "failed"> => {
+      const write = async (overwrite: boolean, renamed = false): Promise<"ok" | "exists" | "failed"> => {
         try {
           await writeUserFile(userPath(path), text, overwrite);
-          done();
-          return "ok";
         } catch (e) {
           const f = failureOf(e);
           if (!overwrite && f.status === 409 && f.type === "file_exists") return "exists";
           notify(failureText(what, f, true), "error");
           return "failed";
         }
+        file.set(path);
+        if (checked.name !== docName) renameDoc(checked.name);
+        changed();
+        notify(`Saved ${path} to the Workflows library (${renamed ? `renamed from ${from}; ` : ""}`
+          + "Export downloads it as a file)", "info", undefined, { tag: "saved" });
+        return "ok";
       };
-      // the workflow opened from (or saved as) this very file is saved over; any other asks first
-      if (await write(openedPath.current === path) === "exists") {
-        setQuestion({
-          title: `Replace ${path}?`,
-          message: `A workflow named “${checked.name}” is already in the library. Replace it with the graph on the canvas? `
-            + "(Cancel keeps both: rename this workflow first, by its name at the top right.)",
-          confirm: "Replace",
-          run: () => void write(true),
-        });
-      }
+      const replace = (run: () => void) => setQuestion({
+        title: `Replace ${path}?`,
+        message: `A workflow named “${checked.name}” is already in the library. Replace it with the graph on the canvas? `
+          + (from ? `(${from} is renamed to it.) ` : "")
+          + "(Cancel keeps both: rename this workflow first, by its name at the top right.)",
+        confirm: "Replace",
+        run,
+      });
+      // a new name for the graph's file: the file is renamed (moved), then written
+      const move = async (overwrite: boolean): Promise<"ok" | "exists" | "gone" | "failed"> => {
+        try {
+          await moveUserFile(userPath(from!), userPath(path), overwrite);
+        } catch (e) {
+          const f = failureOf(e);
+          if (!overwrite && f.status === 409) return "exists";
+          if (f.status === 404) return "gone"; // deleted or renamed elsewhere: a new file
+          notify(failureText(`Cannot rename ${from} to ${path}`, f, true), "error");
+          return "failed";
+        }
+        file.moved(from!, path);
+        changed();
+        return "ok";
+      };
+      const moveAndWrite = async (overwrite: boolean) => {
+        const moved = await move(overwrite);
+        if (moved === "ok") await write(true, true);
+        else if (moved === "gone" && await write(overwrite) === "exists") replace(() => void write(true));
+        else if (moved === "exists") replace(() => void moveAndWrite(true));
+      };
+      if (from) await moveAndWrite(false);
+      // the graph's own file is saved over; any other asks first
+      else if (await write(file.current() === path) === "exists") replace(() => void write(true));
     } finally {
       saving.current = false;
     }
-  }, [docName, renameDoc, graphDocument, defsRef, notify, openedPath, changed]);
+  }, [docName, renameDoc, graphDocument, defsRef, notify, file, changed]);
 
   const rename = useCallback(async (entry: LibraryEntry, typed: string): Promise<boolean> => {
     const checked = checkName(typed);
@@ -136,14 +170,13 @@ export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef,
       if (f.status === 404) changed();
       return false;
     }
-    if (openedPath.current === entry.path) { // the graph on the canvas follows its file, as in ComfyUI
-      openedPath.current = dest;
-      renameDoc(nameOfPath(dest));
-    }
+    // the graph on the canvas follows its file, as in ComfyUI (and so do the undo steps of it)
+    if (file.current() === entry.path) renameDoc(nameOfPath(dest));
+    file.moved(entry.path, dest);
     changed();
     notify(`Renamed ${entry.label} to ${dest.replace(/\.json$/i, "")}`, "info", undefined, { tag: "library" });
     return true;
-  }, [notify, openedPath, renameDoc, changed]);
+  }, [notify, file, renameDoc, changed]);
 
   const remove = useCallback((entry: LibraryEntry) => {
     setQuestion({
@@ -152,7 +185,7 @@ export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef,
         + "front end too. The graph on the canvas stays as it is.",
       confirm: "Delete",
       run: () => void deleteUserFile(userPath(entry.path)).then(() => {
-        if (openedPath.current === entry.path) openedPath.current = null;
+        file.moved(entry.path, null);
         changed();
         notify(`Deleted ${entry.label} from the library`, "info", undefined, { tag: "library" });
       }, (e: unknown) => {
@@ -161,14 +194,15 @@ export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef,
         notify(failureText(`Cannot delete ${entry.label}`, f), "error");
       }),
     });
-  }, [notify, openedPath, changed]);
+  }, [notify, file, changed]);
 
   const answer = useCallback((yes: boolean) => {
     setQuestion(null);
     if (yes) question?.run();
   }, [question]);
 
-  const currentPath = useCallback(() => openedPath.current, [openedPath]);
+  // a new function when the file changes (an Open, an undo of one): the tab's mark follows
+  const currentPath = useCallback(() => file.current(), [file, shownFile]);
   return useMemo(() => ({ version, currentPath, save, rename, remove, question, answer, refresh: changed }),
     [version, currentPath, save, rename, remove, question, answer, changed]);
 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseJsonExact, stringifyJsonExact } from "./exactint";
 import {
-  checkName, EMBED_KEY, failureText, filterEntries, graphCheck, nameOfPath, openable, parseListing, siblingPath,
+  checkName, EMBED_KEY, failureText, filterEntries, graphCheck, nameOfPath, openable, parseListing, saveTarget, siblingPath,
   sortEntries, userdataSegment, userPath, whenText, withDocument,
 } from "./library";
 
@@ -115,5 +115,19 @@ describe("failure messages", () => {
     expect(whenText(now - 5 * 60_000, now)).toBe("5 min ago");
     expect(whenText(now - 3 * 3_600_000, now)).toBe("3 h ago");
     expect(whenText(Date.UTC(2025, 11, 24, 12), now)).toBe("2025-12-24");
+  });
+});
+
+describe("saveTarget", () => {
+  it("saves over the graph's own file in its folder, not a new top-level one", () => {
+    expect(saveTarget("proj/sub.json", "sub.json")).toEqual({ path: "proj/sub.json", renameFrom: null });
+    expect(saveTarget("a/b/c.json", "c.json")).toEqual({ path: "a/b/c.json", renameFrom: null });
+    expect(saveTarget("top.json", "top.json")).toEqual({ path: "top.json", renameFrom: null });
+  });
+
+  it("a new name renames the graph's file in its folder; a graph from no file is a new top-level file", () => {
+    expect(saveTarget("proj/sub.json", "other.json")).toEqual({ path: "proj/other.json", renameFrom: "proj/sub.json" });
+    expect(saveTarget("alpha.json", "beta.json")).toEqual({ path: "beta.json", renameFrom: "alpha.json" });
+    expect(saveTarget(null, "sub.json")).toEqual({ path: "sub.json", renameFrom: null });
   });
 });

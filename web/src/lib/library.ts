@@ -67,6 +67,19 @@ export function siblingPath(path: string, file: string): string {
   return slash < 0 ? file : `${path.slice(0, slash + 1)}${file}`;
 }
 
+/**
+ * Where Save writes the graph named `file` ("name.json"): over the graph's own library file
+ * `from` (opened from it or saved as it) when the name is that file's, in its folder
+ * ("proj/sub.json" stays there: Save wrote a new top-level "sub.json"); a new name renames
+ * that file in its folder (`renameFrom`), as ComfyUI renames a saved workflow; a graph from no
+ * library file is a new file at the top.
+ */
+export function saveTarget(from: string | null, file: string): { path: string; renameFrom: string | null } {
+  if (!from) return { path: file, renameFrom: null };
+  const path = siblingPath(from, file);
+  return { path, renameFrom: path === from ? null : from };
+}
+
 /** The name a file's workflow takes when opened: its file name without folder and `.json`. */
 export function nameOfPath(path: string): string {
   return path.slice(path.lastIndexOf("/") + 1).replace(/\.json$/i, "");

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { changedInputs, readUndoKey, recordStep, type UndoHistory, undoKey } from "./undo";
+import { changedInputs, readUndoKey, recordStep, segmentOf, StepFiles, type UndoHistory, undoKey } from "./undo";
 
 describe("changedInputs", () => {
   const before = {
@@ -63,5 +63,71 @@ describe("recordStep (the undo history)", () => {
     const h: UndoHistory = { past: [], present: "0", future: [] };
     for (let i = 1; i <= 5; i++) recordStep(h, String(i), false, 3);
     expect(h.past).toEqual(["2", "3", "4"]);
+  });
+});
+
+describe("StepFiles: the library file follows the graph through undo and redo", () => {
+  // open alpha (a0), edit (a1), open beta (b0): as the editor records them
+  const setup = () => {
+    const h: UndoHistory = { past: [], present: null, future: [] };
+    const files = new StepFiles();
+    const opened = new Set<string>();
+    const open = (key: string, path: string | null) => { recordStep(h, key); files.recorded(key, path); opened.add(key); };
+    const edit = (key: string) => { recordStep(h, key); files.recorded(key); };
+    const undo = () => { h.future.push(h.present!); h.present = h.past.pop()!; files.shown(h.present); };
+    const redo = () => { h.past.push(h.present!); h.present = h.future.pop()!; files.shown(h.present); };
+    return { h, files, opened, open, edit, undo, redo };
+  };
+
+  it("an undo of an Open brings back the file of the graph before; a redo the opened one", () => {
+    const t = setup();
+    t.open("a0", "alpha.json");
+    t.edit("a1");
+    t.open("b0", "proj/beta.json");
+    expect(t.files.current).toBe("proj/beta.json");
+    t.undo();
+    expect(t.h.present).toBe("a1");
+    expect(t.files.current).toBe("alpha.json"); // (it stayed on beta: Ctrl+S asked to replace alpha.json)
+    t.redo();
+    expect(t.files.current).toBe("proj/beta.json");
+    t.open("c0", null); // an example, a Clear: no file
+    t.undo();
+    expect(t.files.current).toBe("proj/beta.json");
+    t.redo();
+    expect(t.files.current).toBeNull();
+  });
+
+  it("a save names the file of every step of its graph, not of the graphs opened before or after", () => {
+    const t = setup();
+    t.open("a0", "alpha.json");
+    t.open("n0", null);
+    t.edit("n1");
+    t.edit("n2");
+    t.open("b0", "beta.json");
+    t.undo();
+    t.undo(); // n1: the unsaved graph
+    expect(segmentOf(t.h, t.opened)).toEqual(["n1", "n0", "n2"]);
+    t.files.set("new.json", segmentOf(t.h, t.opened));
+    t.undo();
+    expect(t.files.current).toBe("new.json"); // n0, saved with it
+    t.undo();
+    expect(t.files.current).toBe("alpha.json");
+    t.redo();
+    t.redo();
+    t.redo();
+    expect(t.files.current).toBe("new.json"); // n2
+    t.redo();
+    expect(t.files.current).toBe("beta.json");
+  });
+
+  it("a renamed or deleted file is renamed or gone in every step", () => {
+    const t = setup();
+    t.open("a0", "alpha.json");
+    t.open("b0", "beta.json");
+    t.files.moved("alpha.json", "proj/alpha2.json");
+    t.files.moved("beta.json", null);
+    expect(t.files.current).toBeNull();
+    t.undo();
+    expect(t.files.current).toBe("proj/alpha2.json");
   });
 });

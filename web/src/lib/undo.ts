@@ -54,3 +54,67 @@ export function recordStep(h: UndoHistory, key: string, amend = false, max = 200
   h.present = key;
   return true;
 }
+
+/**
+ * The steps shown with the same opened graph as the present one: back to the step that
+ * opened it (a file, an example, a Clear: one of `opened`), forward to the step before the
+ * next such one.
+ */
+export function segmentOf(h: UndoHistory, opened: ReadonlySet<string>): string[] {
+  if (h.present === null) return [];
+  const out = [h.present];
+  if (!opened.has(h.present)) {
+    for (let i = h.past.length - 1; i >= 0; i--) {
+      out.push(h.past[i]);
+      if (opened.has(h.past[i])) break;
+    }
+  }
+  for (let i = h.future.length - 1; i >= 0 && !opened.has(h.future[i]); i--) out.push(h.future[i]); // future: last is next
+  return out;
+}
+
+/**
+ * The workflow-library file (lib/library.ts) of each undo step: the file the graph came
+ * from or was saved as, which Save writes over without asking and the Workflows tab marks
+ * "open". It follows the graph: an undo across an Open brings back the file of the graph
+ * before (or none), a redo the opened one.
+ */
+export class StepFiles {
+  private of = new Map<string, string | null>();
+  /** The file of the graph shown now (null: none). */
+  current: string | null = null;
+
+  /** `key` became the present step, with the file `path` (an opened graph's), else the current one (an edit). */
+  recorded(key: string, path: string | null = this.current): void {
+    this.current = path;
+    this.of.set(key, path);
+  }
+
+  /** An undo or redo showed `key`: its file is the current one again. Whether the current one changed. */
+  shown(key: string): boolean {
+    if (!this.of.has(key)) return false;
+    const path = this.of.get(key) ?? null;
+    if (path === this.current) return false;
+    this.current = path;
+    return true;
+  }
+
+  /** The graph shown was saved as `path` (or its file deleted: null): so were the steps of its segment (`segmentOf`). */
+  set(path: string | null, segment: readonly string[]): void {
+    this.current = path;
+    for (const key of segment) this.of.set(key, path);
+  }
+
+  /** The file `from` was renamed to `to` (or deleted: null): every step of it follows. */
+  moved(from: string, to: string | null): void {
+    if (this.current === from) this.current = to;
+    for (const [key, path] of this.of) if (path === from) this.of.set(key, to);
+  }
+
+  /** Forget the steps no longer in the history. */
+  prune(h: UndoHistory): void {
+    if (this.of.size <= h.past.length + h.future.length + 8) return;
+    const kept = new Set([...h.past, ...h.future, h.present]);
+    for (const key of this.of.keys()) if (!kept.has(key)) this.of.delete(key);
+  }
+}
