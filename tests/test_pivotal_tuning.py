@@ -71,9 +71,14 @@ def test_pivot_rows_step_as_a_whole_table_does(tiny_model_paths):
     ids = ref.tokenizer.convert_tokens_to_ids(placeholder_tokens("<tok>", 2))
     table, original = whole_table_step(model, ref, ids, captions, 3e-2, latents, noise,
                                        timesteps)
+    assert_stepped_as(rows, table, original, ids, trained_clip, clip, base_table)
+
+
+def assert_stepped_as(rows, table, original, ids, trained_clip, clip, base_table) -> None:
+    """The pivot's ``rows`` are the reference ``table``'s rows ``ids`` and moved; the
+    returned handle holds them; the base table is untouched."""
     assert torch.allclose(rows, table.detach()[ids], atol=1e-6)
     assert (rows - original[ids]).abs().max() > 1e-3  # it moved
-    # the returned handle holds the trained rows; the base table is untouched
     assert torch.equal(trained_clip.text_encoder.get_input_embeddings().weight[ids], rows)
     assert torch.equal(clip.text_encoder.get_input_embeddings().weight, base_table)
 
