@@ -22,7 +22,8 @@ Past :data:`MAX_CONVERT_NODES` it is refused with a 413 before any unpacking, an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -42,11 +43,27 @@ MAX_CONVERT_NODES = 10_000
 
 
 async def convert_workflow(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    obj = _workflow(await read_json(request))
+    source = "comfyui" if is_ui_workflow(obj) else "document" if is_document(obj) else "api"
+    return await _reply(request, obj, partial(_convert, source=source))
+
+
+async def export_workflow(request: web.Request) -> web.Response:
+    return await _reply(request, _workflow(await read_json(request)), _export)
+
+
+def _workflow(body: Any) -> Any:
+    """The workflow a body holds: itself, or ``{"workflow": ...}``."""
     wrapped = isinstance(body, dict) and set(body) == {"workflow"} \
         and not _is_node(body["workflow"])  # else a one-node prompt, its node "workflow"
-    obj = body["workflow"] if wrapped else body
-    source = "comfyui" if is_ui_workflow(obj) else "document" if is_document(obj) else "api"
+    return body["workflow"] if wrapped else body
+
+
+async def _reply(request: web.Request, obj: Any,
+                 render: Callable[[Any, Any, list[str]], str]) -> web.Response:
+    """``render(obj, registry, warnings)``'s JSON text, sized first (413 past
+    :data:`MAX_CONVERT_NODES` once unpacked), off the event loop when big; a workflow we
+    cannot read is a 400."""
     size = unpacked_size(obj, MAX_CONVERT_NODES)
     if size > MAX_CONVERT_NODES:
         raise ApiError(413, "workflow_too_large", f"the workflow has more than "
@@ -57,10 +74,10 @@ async def convert_workflow(request: web.Request) -> web.Response:
     warnings: list[str] = []
     try:
         if size <= INLINE_NODES:
-            text = _convert(obj, registry, warnings, source)
+            text = render(obj, registry, warnings)
         else:
             text = await asyncio.get_running_loop().run_in_executor(
-                None, _convert, obj, registry, warnings, source)
+                None, render, obj, registry, warnings)
     except WorkflowFormatError as exc:
         raise ApiError(400, "invalid_workflow", str(exc)) from None
     except RecursionError:
@@ -68,7 +85,7 @@ async def convert_workflow(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="application/json")
 
 
-def _convert(obj: Any, registry: Any, warnings: list[str], source: str) -> str:
+def _convert(obj: Any, registry: Any, warnings: list[str], *, source: str) -> str:
     """The reply's JSON text (encoding a big document takes a while too)."""
     prompt, document = from_object(obj, registry, warnings)
     if document is None:
@@ -130,31 +147,6 @@ class _UnpackedCount:
         name = group_name(kind)
         return f"group:{name}" if name is not None and f"group:{name}" in self.definitions \
             else None
-
-
-async def export_workflow(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    wrapped = isinstance(body, dict) and set(body) == {"workflow"} \
-        and not _is_node(body["workflow"])
-    obj = body["workflow"] if wrapped else body
-    size = unpacked_size(obj, MAX_CONVERT_NODES)
-    if size > MAX_CONVERT_NODES:
-        raise ApiError(413, "workflow_too_large", f"the workflow has more than "
-                       f"{MAX_CONVERT_NODES} nodes; split it into smaller workflows",
-                       extra_info={"limit_nodes": MAX_CONVERT_NODES})
-    registry = await state(request).runtime.get_registry()
-    warnings: list[str] = []
-    try:
-        if size <= INLINE_NODES:
-            text = _export(obj, registry, warnings)
-        else:
-            text = await asyncio.get_running_loop().run_in_executor(
-                None, _export, obj, registry, warnings)
-    except WorkflowFormatError as exc:
-        raise ApiError(400, "invalid_workflow", str(exc)) from None
-    except RecursionError:
-        raise ApiError(400, "invalid_workflow", "the workflow is nested too deeply") from None
-    return web.Response(text=text, content_type="application/json")
 
 
 def _export(obj: Any, registry: Any, warnings: list[str]) -> str:
