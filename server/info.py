@@ -128,6 +128,9 @@ async def system_stats(request: web.Request) -> web.Response:
     total, free = _memory()
     vram_total = int(runtime.worker_info.get("vram_total") or 0)
     vram_free = int(runtime.worker_info.get("vram_free") or 0)
+    kind, _, number = device.partition(":")
+    if kind == "cpu":  # ComfyUI's: the CPU's "VRAM" is the RAM, so monitors' ratios hold
+        vram_total, vram_free = total, free
     return json_response({
         "system": {
             "os": os.name,
@@ -166,9 +169,9 @@ async def system_stats(request: web.Request) -> web.Response:
              "whole": bool(getattr(e, "whole", True))}
             for e in getattr(runtime.registry, "errors", None) or []]},
         "devices": [{
-            "name": device, "type": device.split(":")[0],
-            "index": int(device.split(":")[1]) if device.count(":") == 1
-            and device.split(":")[1].isdigit() else 0,
+            "name": device, "type": kind,
+            # torch.device's index: None where the device string names none (ComfyUI's)
+            "index": int(number) if number.isdigit() else None,
             "vram_total": vram_total, "vram_free": vram_free,
             "torch_vram_total": vram_total, "torch_vram_free": vram_free,
         }],

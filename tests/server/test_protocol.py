@@ -520,6 +520,10 @@ def test_info_routes_and_api_prefix(server: LiveServer, http: Http):
     assert nope.status == 200 and nope.json() == {}
     stats = http.get("/api/system_stats").json()
     assert stats["system"]["python_version"] and stats["devices"][0]["type"] == "cpu"
+    # on the CPU, ComfyUI reports the RAM as the device's memory and no index
+    cpu = stats["devices"][0]
+    assert cpu["index"] is None and cpu["vram_total"] == stats["system"]["ram_total"] > 0
+    assert 0 < cpu["vram_free"] <= cpu["vram_total"]
     (server.base_dir / "models" / "checkpoints").mkdir(parents=True)
     (server.base_dir / "models" / "checkpoints" / "a.safetensors").write_bytes(b"x")
     (server.base_dir / "models" / "embeddings").mkdir()
