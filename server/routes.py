@@ -375,13 +375,23 @@ async def post_queue(request: web.Request) -> web.Response:
     queue = state(request).queue
     body = await read_object(request)
     ids = _id_list(body["delete"]) if "delete" in body else None
+    clear = _flag(body, "clear")
     deleted = 0
     with stored(request, "the queue could not be changed"):
-        if body.get("clear"):
+        if clear:
             deleted += queue.clear()
         if ids is not None:
             deleted += queue.delete(ids)
     return json_response({"deleted": deleted})
+
+
+def _flag(body: dict[str, Any], key: str, error: str = "invalid_request") -> bool:
+    """A true/false field, absent meaning false. Strict where ComfyUI reads truthiness:
+    ``{"clear": "false"}`` must not wipe the whole history."""
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, error, f"'{key}' must be true or false, not {type(value).__name__}")
+    return value
 
 
 def _id_list(value: Any, name: str = "delete", **fields: Any) -> list[str]:
@@ -408,12 +418,7 @@ async def post_free(request: web.Request) -> web.Response:
     the allocators' free blocks; each worker does it between prompts (a running prompt
     keeps what it uses)."""
     body = await read_object(request, required=False)
-    flags = {}
-    for key in ("unload_models", "free_memory"):
-        value = body.get(key, False)
-        if not isinstance(value, bool):
-            raise ApiError(400, "invalid_free", f"'{key}' must be true or false")
-        flags[key] = value
+    flags = {key: _flag(body, key, "invalid_free") for key in ("unload_models", "free_memory")}
     if any(flags.values()):
         state(request).runtime.free(**flags)
     return web.Response(status=200)
@@ -448,8 +453,9 @@ async def post_history(request: web.Request) -> web.Response:
     storage = state(request).storage
     body = await read_object(request)
     ids = _id_list(body["delete"]) if "delete" in body else None
+    clear = _flag(body, "clear")
     with stored(request, "the history could not be changed", "history_unavailable"):
-        if body.get("clear"):
+        if clear:
             storage.delete_history()
         if ids is not None:
             storage.delete_history(ids)

@@ -494,6 +494,11 @@ def test_history_paging_and_deletion(http: Http):
     assert http.get("/history/unknown").json() == {}
     http.post("/history", json={"delete": [ids[0]]})
     assert ids[0] not in http.get("/history").json()
+    # a destructive flag is strictly boolean: "false" must not wipe the history
+    for route, value in [("/history", "false"), ("/history", 1), ("/queue", "no")]:
+        reply = http.post(route, json={"clear": value})
+        assert reply.status == 400 and "true or false" in reply.json()["error"]["message"]
+    assert list(http.get("/history").json()) == ids[1:]
     http.post("/history", json={"clear": True})
     assert http.get("/history").json() == {}
 
