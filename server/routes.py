@@ -186,9 +186,15 @@ def _api_prompt(value: Any) -> dict[str, Any]:
     Never unwrapped further, as :func:`engine.workflow.from_object` does with a whole
     request body: a body inside the body is refused, as ComfyUI refuses it.
     """
+    if is_ui_workflow(value):
+        raise ApiError(400, "invalid_prompt", "this is a UI-format workflow (nodes and "
+                       "links, as a canvas saves it): /prompt takes the API format. Export "
+                       "it with the canvas's \"Export API\" (ComfyUI's \"Export (API)\"), "
+                       "convert it with POST /workflow/convert, or run the file with "
+                       "`steerflow run`", node_errors={})
     try:
-        if is_document(value) or is_ui_workflow(value):
-            return from_object(value)[0]  # a UI workflow: refused with how to convert it
+        if is_document(value):
+            return from_object(value)[0]
     except WorkflowFormatError as exc:
         raise ApiError(400, "invalid_prompt", str(exc), node_errors={}) from None
     if not isinstance(value, dict):

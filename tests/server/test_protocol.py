@@ -503,6 +503,16 @@ def test_history_paging_and_deletion(http: Http):
     assert http.get("/history").json() == {}
 
 
+def test_a_ui_format_workflow_on_prompt_says_which_format_it_needs(http: Http):
+    ui = {"nodes": [{"id": 1, "type": "TestSource", "inputs": [], "outputs": [],
+                     "widgets_values": [1]}], "links": [], "version": 0.4}
+    reply = http.post("/prompt", json={"prompt": ui})
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["type"] == "invalid_prompt"
+    assert "UI-format" in error["message"] and "/workflow/convert" in error["message"]
+    assert "registry" not in error["message"]
+
+
 def test_failed_node_is_recorded_with_its_error(server: LiveServer, http: Http):
     ws = server.connect_ws("f")
     prompt = {"1": {"class_type": "TestSource", "inputs": {}},
