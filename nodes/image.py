@@ -116,6 +116,11 @@ def unreadable_image(label: str, exc: Exception) -> ValueError:
     """The error for a file Pillow cannot read, without Pillow's paths or object reprs."""
     if type(exc).__name__ == "UnidentifiedImageError":
         why = "its content is not an image format Pillow knows (PNG, JPEG, WebP, ...)"
+    elif type(exc).__name__ == "DecompressionBombError":
+        pixels = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+        why = (f"it has {int(pixels[1])} pixels, over the {int(pixels[2])} an image may have "
+               "(Pillow's guard against decompression bombs); scale it down first"
+               if pixels else "it has too many pixels; scale it down first")
     else:
         why = re.sub(r"\s*('/[^']*'|<[^>]* at 0x[0-9a-f]+>)", "", str(exc)).strip(" :") \
             or type(exc).__name__
@@ -220,7 +225,7 @@ class LoadImage(Node):
         except FileNotFoundError:
             raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
                                     ) from None
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:
             raise unreadable_image(self.image, exc) from None
         # an animated file: its frames (of the first one's size) as a batch, as ComfyUI
         image = torch.cat([i for i, _ in loaded]) if len(loaded) > 1 else loaded[0][0]

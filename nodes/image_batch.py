@@ -227,7 +227,7 @@ def _open(entry: BatchEntry) -> Image.Image:
         return Image.open(entry.path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{entry.label!r} no longer exists") from None
-    except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
+    except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
         raise unreadable_image(entry.label, exc) from None
 
 

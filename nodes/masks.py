@@ -132,7 +132,7 @@ class LoadImageMask(Node):
         except FileNotFoundError:
             raise FileNotFoundError(f"image {self.image!r} not found in the {role} folder"
                                     ) from None
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:
             raise unreadable_image(self.image, exc) from None
         mask = torch.from_numpy(arr[..., _BAND_INDEX[self.channel]].copy())[None]
         if self.channel == "alpha":

@@ -165,6 +165,13 @@ def test_unreadable_file_is_a_clear_error(session):
     prompt, _ = batch_prompt(images="broken.png")
     assert "'broken.png' is not a readable image" in run_error(session, prompt)
 
+    from tests.test_utility_nodes import _png_header
+
+    (session.env.folder("input") / "bomb.png").write_bytes(_png_header(20000, 20000))
+    prompt, _ = batch_prompt(images="bomb.png")
+    assert "'bomb.png' is not a readable image: it has 400000000 pixels" in run_error(
+        session, prompt)
+
 
 def test_bounds_on_count_and_pixels(session, monkeypatch):
     folder = session.env.folder("input") / "many"

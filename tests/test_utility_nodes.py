@@ -196,6 +196,31 @@ def test_load_image_output_refuses_broken_files(session):
         LoadImageOutput(image="broken.png [output]").execute(_Ctx(session))
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` and holds no pixels (a bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_a_clear_error_in_every_loader(session):
+    """Pillow's own DecompressionBombError ("could be decompression bomb DOS attack")
+    came out as the error's type: every loader says how many pixels, and what to do."""
+    from nodes.masks import LoadImageMask
+
+    (session.env.folder("input") / "bomb.png").write_bytes(_png_header(20000, 20000))
+    for node in (LoadImage(image="bomb.png"), LoadImageMask(image="bomb.png", channel="alpha")):
+        with pytest.raises(ValueError, match=r"'bomb.png' is not a readable image: it has "
+                                             r"400000000 pixels, over the \d+ .*scale it down"):
+            node.execute(_Ctx(session))
+
+
 # --- Preview Mask -----------------------------------------------------------------------------
 
 def test_mask_preview_schema_is_comfyuis():
