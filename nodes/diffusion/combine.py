@@ -109,6 +109,17 @@ def combined_extensions(positive: Conditioning, negative: Conditioning
     return []
 
 
+def fused_as_cond(run: SamplingRun, step: Step, owner: SamplerExtension,
+                  rows: Sequence[torch.Tensor], fallback: torch.Tensor) -> torch.Tensor:
+    """``owner``'s rows standing for the positive entries fused as the run's cond is
+    (:meth:`CombinedConditioning.fused_as_cond`; the strength-weighted mean without a
+    fusion)."""
+    fusion = next((e for e in run.extensions if isinstance(e, CombinedConditioning)), None)
+    if fusion is None:
+        return weighted(run, step, rows, run.positive.entries)
+    return fusion.fused_as_cond(run, step, owner, rows, fallback)
+
+
 # --- regions ---------------------------------------------------------------------------------
 
 
@@ -420,49 +431,105 @@ class CombinedConditioning(SamplerExtension):
             assert region.box is not None
             return crops[region.box, id(region.embeds)]
 
-        def weight(region: Region) -> torch.Tensor:
-            return region.weight * active_at(run, step, region.span)
-
-        def fuse(regions: Sequence[Region]) -> tuple[torch.Tensor, torch.Tensor]:
-            total = torch.zeros_like(preds.cond)
-            weights = torch.zeros_like(preds.cond[:, :1])
-            for region in regions:
-                total = total + weight(region) * value(region)
-                weights = weights + weight(region)
-            return total / torch.where(weights > 0, weights, torch.ones_like(weights)), weights
-
-        cond, w_pos = fuse(state.positive)
+        cond, w_pos = self._fuse(run, step, state.positive, value, preds.cond)
+        # Guidance built from whole-canvas rows (SEGA's concepts, SAG's degraded pass) is
+        # taken against each side on the whole canvas: against the crops' fusion it would
+        # add the difference between a crop's prediction and the canvas' to every step.
+        whole, w_whole = self._fuse(run, step, [r for r in state.positive if r.box is None],
+                                    value, preds.cond)
+        preds.canvas_cond = torch.where(w_whole > 0, whole, chunks["cond"])
         if not run.do_cfg:  # cfg 1: the positive regions' weighted mean alone
             preds.cond = cond
             return
-        negative, w_neg = fuse(state.negative)
+        negative, w_neg = self._fuse(run, step, state.negative, value, preds.cond)
         negative = torch.where(w_neg > 0, negative, cond)  # no negative here: no guidance
-        whole, w_whole = fuse([r for r in state.negative if r.box is None])
+        whole, w_whole = self._fuse(run, step, [r for r in state.negative if r.box is None],
+                                    value, preds.cond)
+        preds.canvas_uncond = torch.where(w_whole > 0, whole, chunks["uncond"])
         whole = torch.where(w_whole > 0, whole, negative)
         # Each positive region against its partner on the same crop, with its own weight:
         # the fused guidance is the weighted mean of the regions' own guidance terms.
         paired = torch.zeros_like(cond)
         for region in state.positive:
             partner = whole if region.partner is None else value(state.negative[region.partner])
-            paired = paired + weight(region) * partner
+            paired = paired + self._weight(run, step, region) * partner
         paired = paired / torch.where(w_pos > 0, w_pos, torch.ones_like(w_pos))
         preds.cond = torch.where(w_pos > 0, cond, negative)
         preds.uncond = torch.where(w_pos > 0, paired, negative)
 
+    def fused_as_cond(self, run: SamplingRun, step: Step, owner: SamplerExtension,
+                      rows: Sequence[torch.Tensor], fallback: torch.Tensor) -> torch.Tensor:
+        """``owner``'s rows that stand for the positive entries (``rows[i]`` for entry i,
+        predicted on the whole canvas, as PAG's perturbed copies), fused as the cond is:
+        each cropped region predicted again on its crop, in a pass whose rows carry
+        ``owner``'s batch roles so that its attention hooks act there too; ``fallback``
+        where no positive region weighs. Without regions: the strength-weighted mean."""
+        if not self.regions:
+            return weighted(run, step, rows, self.positive)
+        state: _RegionState = run.state[self]
+        roles = run.roles_of(owner)
+        index = {id(entry): i for i, entry in enumerate(self.positive)}
+
+        def row(region: Region) -> int:
+            return index.get(id(region.entry), 0)  # a twin carries a positive entry
+
+        crops: dict[int, torch.Tensor] = {}
+        boxes: dict[Box, list[Region]] = {}
+        for region in state.positive:
+            if region.box is not None:
+                boxes.setdefault(region.box, []).append(region)
+        for box, regions in boxes.items():
+            for group in _unique_rows(regions, row):
+                placed = self._crop_pass(run, step, state, box, group,
+                                         tuple(roles[row(r)] for r in group))
+                crops.update({id(r): p for r, p in zip(group, placed, strict=True)})
+        fused, weights = self._fuse(run, step, state.positive,
+                                    lambda r: crops[id(r)] if r.box is not None
+                                    else rows[row(r)], fallback)
+        return torch.where(weights > 0, fused, fallback)
+
+    def _weight(self, run: SamplingRun, step: Step, region: Region) -> torch.Tensor:
+        return region.weight * active_at(run, step, region.span)
+
+    def _fuse(self, run: SamplingRun, step: Step, regions: Sequence[Region],
+              value: Callable[[Region], torch.Tensor], like: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ wᵣ valueᵣ / Σ wᵣ per pixel, and Σ wᵣ (zeros shaped ``like`` for none)."""
+        total = torch.zeros_like(like)
+        weights = torch.zeros_like(like[:, :1])
+        for region in regions:
+            w = self._weight(run, step, region)
+            total = total + w * value(region)
+            weights = weights + w
+        return total / torch.where(weights > 0, weights, torch.ones_like(weights)), weights
+
     def _crop_predictions(self, run: SamplingRun, step: Step, state: _RegionState
                           ) -> dict[tuple[Box, int], torch.Tensor]:
         """Each cropped region's prediction, placed on the canvas (zeros elsewhere): one
-        UNet pass per box, its regions' rows as batch roles, other extensions seeing the
-        crop (a ControlNet's image cropped too)."""
-        from nodes.diffusion.multidiffusion import windowed_state, windows_of
-        from nodes.diffusion.prompt_weighting import match_token_lengths
-
+        UNet pass per box, its regions' rows as batch roles."""
         boxes: dict[Box, list[Region]] = {}
         for region in (*state.negative, *state.positive):
             if region.box is not None:
                 boxes.setdefault(region.box, []).append(region)
-        if not boxes:
-            return {}
+        out: dict[tuple[Box, int], torch.Tensor] = {}
+        for box, regions in boxes.items():
+            negatives = sum(1 for r in regions if any(r is n for n in state.negative))
+            roles = (("uncond", "cond") if len(regions) == 2 and negatives == 1
+                     else tuple(f"region:{k}" for k in range(len(regions))))
+            placed = self._crop_pass(run, step, state, box, regions, roles)
+            for region, rows in zip(regions, placed, strict=True):
+                out[box, id(region.embeds)] = rows
+        return out
+
+    def _crop_pass(self, run: SamplingRun, step: Step, state: _RegionState, box: Box,
+                   regions: Sequence[Region], roles: tuple[str, ...]
+                   ) -> list[torch.Tensor]:
+        """One UNet pass over ``box`` with a row per region (declared as ``roles``),
+        other extensions seeing the crop (a ControlNet's image cropped too); each
+        region's prediction placed on the canvas, zeros elsewhere."""
+        from nodes.diffusion.multidiffusion import windowed_state, windows_of
+        from nodes.diffusion.prompt_weighting import match_token_lengths
+
         if tuple(run.init_latents.shape[-2:]) != state.size:
             raise ValueError("area regions cannot run inside MultiDiffusion panorama windows: "
                              "use Conditioning Set Mask (set_cond_area default) regions there")
@@ -470,32 +537,41 @@ class CombinedConditioning(SamplerExtension):
         if latents is None:
             raise RuntimeError("the region crops saw no latent this step")
         batch = latents.shape[0]
-        out: dict[tuple[Box, int], torch.Tensor] = {}
-        for box, regions in boxes.items():
-            view = (box[0], box[1], box[2], box[3])
-            negatives = sum(1 for r in regions if any(r is n for n in state.negative))
-            roles = (("uncond", "cond") if len(regions) == 2 and negatives == 1
-                     else tuple(f"region:{k}" for k in range(len(regions))))
-            embeds = torch.cat([e.repeat(batch, 1, 1) for e in match_token_lengths(
-                [r.embeds.to(latents.device, latents.dtype) for r in regions])])
-            sample = latents[..., box[0]:box[1], box[2]:box[3]].repeat(len(regions), 1, 1, 1)
-            before = dict(run.entries)
-            run.entries.update({role: region.entry for role, region in zip(
-                roles, regions, strict=True) if region.entry is not None})
-            try:
-                with windows_of(run, [view], windowed_state(run, [view], exclude=(self,))):
-                    pred = run.extension_pass(self, step, sample, embeds, roles)
-            finally:
-                run.entries.clear()
-                run.entries.update(before)
-            for region, rows in zip(regions, pred.chunk(len(regions)), strict=True):
-                placed = torch.zeros_like(latents)
-                placed[..., box[0]:box[1], box[2]:box[3]] = rows
-                out[box, id(region.embeds)] = placed
+        view = (box[0], box[1], box[2], box[3])
+        embeds = torch.cat([e.repeat(batch, 1, 1) for e in match_token_lengths(
+            [r.embeds.to(latents.device, latents.dtype) for r in regions])])
+        sample = latents[..., box[0]:box[1], box[2]:box[3]].repeat(len(regions), 1, 1, 1)
+        before = dict(run.entries)
+        run.entries.update({role: region.entry for role, region in zip(
+            roles, regions, strict=True) if region.entry is not None})
+        try:
+            with windows_of(run, [view], windowed_state(run, [view], exclude=(self,))):
+                pred = run.extension_pass(self, step, sample, embeds, roles)
+        finally:
+            run.entries.clear()
+            run.entries.update(before)
+        out = []
+        for rows in pred.chunk(len(regions)):
+            placed = torch.zeros_like(latents)
+            placed[..., box[0]:box[1], box[2]:box[3]] = rows
+            out.append(placed)
         return out
 
     def teardown(self, run: SamplingRun) -> None:
         run.state.pop(self, None)
+
+
+def _unique_rows(regions: Sequence[Region], row: Callable[[Region], int]
+                 ) -> list[list[Region]]:
+    """``regions`` in groups whose rows differ (one pass may not carry a role twice)."""
+    groups: list[list[Region]] = []
+    for region in regions:
+        group = next((g for g in groups if all(row(r) != row(region) for r in g)), None)
+        if group is None:
+            groups.append([region])
+        else:
+            group.append(region)
+    return groups
 
 
 def weighted(run: SamplingRun, step: Step, preds: Sequence[torch.Tensor],

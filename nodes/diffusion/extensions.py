@@ -130,6 +130,21 @@ class Predictions:
     uncond: torch.Tensor
     cond: torch.Tensor
     extra: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    #: each side on the whole canvas where area regions fuse ``cond`` / ``uncond`` from
+    #: crops (None: they are that already); see :attr:`whole_uncond`
+    canvas_cond: torch.Tensor | None = None
+    canvas_uncond: torch.Tensor | None = None
+
+    @property
+    def whole_uncond(self) -> torch.Tensor:
+        """The unconditional prediction to set a whole-canvas row against (SEGA's
+        concepts, SAG's degraded pass): with area regions, not the crops' fusion."""
+        return self.uncond if self.canvas_uncond is None else self.canvas_uncond
+
+    @property
+    def whole_cond(self) -> torch.Tensor:
+        """:attr:`whole_uncond`'s conditional side."""
+        return self.cond if self.canvas_cond is None else self.canvas_cond
 
     def of(self, extension: SamplerExtension) -> tuple[torch.Tensor, ...]:
         """The predictions for the batch entries ``extension`` asked for."""

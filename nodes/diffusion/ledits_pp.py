@@ -379,7 +379,7 @@ class LEditsPPGuidance(SamplerExtension):
         for c, (concept, pred) in enumerate(zip(self.concepts, preds.of(self), strict=True)):
             if i < concept.warmup_steps or i >= stops_at(concept, i):
                 continue
-            edit = concept_guidance(concept, pred, preds.uncond)
+            edit = concept_guidance(concept, pred, preds.whole_uncond)
             # the mask this concept's guidance gets at this step (0/1, [B, 1, h, w])
             region = (torch.ones_like(edit[:, :1]) if state.user_mask is None
                       else state.user_mask.expand_as(edit[:, :1]))

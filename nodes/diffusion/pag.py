@@ -164,7 +164,8 @@ class PerturbedAttentionGuidance(SamplerExtension):
 
     def guidance(self, run: SamplingRun, step: Step, preds: Predictions,
                  guidance: torch.Tensor) -> torch.Tensor:
-        from nodes.diffusion.combine import weighted
+        from nodes.diffusion.combine import fused_as_cond
 
-        perturbed = weighted(run, step, preds.of(self), run.positive.entries)
+        # with area regions, cropped the way the cond is (each crop perturbed in its pass)
+        perturbed = fused_as_cond(run, step, self, preds.of(self), preds.cond)
         return guidance + self.scale_at(step.timestep) * (preds.cond - perturbed)

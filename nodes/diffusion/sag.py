@@ -96,7 +96,8 @@ class SelfAttentionGuidance(SamplerExtension):
             return guidance
         state: _SagState = run.state[self]
         role = "uncond" if run.do_cfg else "cond"
-        eps = preds.uncond if run.do_cfg else preds.cond
+        # the main pass's own row, as the degraded pass sees the whole canvas too
+        eps = preds.whole_uncond if run.do_cfg else preds.whole_cond
         maps = self.recorder.maps(run, role)
         if not maps:
             raise RuntimeError("SAG recorded no mid-block self-attention this step")

@@ -135,7 +135,7 @@ class SemanticGuidance(SamplerExtension):
             if i >= stops_at(concept, i):
                 continue  # this concept's guidance stays zero from its cooldown on
             weights[c, :] = concept.weight
-            edit = concept_guidance(concept, pred, preds.uncond)
+            edit = concept_guidance(concept, pred, preds.whole_uncond)
             # keep only the strongest (1 - threshold) fraction of each latent's entries
             edits[c] = torch.where(quantile_mask(edit.abs(), concept.threshold), edit,
                                    torch.zeros_like(edit))
