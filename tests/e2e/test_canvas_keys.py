@@ -203,6 +203,34 @@ def test_ctrl_z_on_a_combo_undoes_the_graph_edit_not_a_field_typed_before(page, 
     assert c.document()["prompt"]["2"]["inputs"]["b"] == 7
 
 
+def test_a_delete_right_after_an_edit_is_its_own_undo_step(page, server):
+    """The walk's drill: a value typed, then a node deleted within the 200 ms the edits
+    take to settle: one Ctrl+Z undid both (the node came back with the old value)."""
+    c = Canvas(page)
+    c.open_file("keys.json", GRAPH)
+    expect(c.nodes()).to_have_count(3)
+    page.wait_for_timeout(400)  # the opening is its own undo step
+    b = c.widget("2", "b")
+    b.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("7")
+    page.keyboard.press("Enter")
+    box = c.pane_box()
+    page.mouse.click(box["x"] + box["width"] - 30, box["y"] + 30)  # empty canvas
+    c.node("3").locator(".sf-header").click()
+    page.keyboard.press("Delete")  # no wait: the edit has not settled yet
+    expect(c.nodes()).to_have_count(2)
+    page.wait_for_timeout(400)
+    page.keyboard.press("Control+z")  # the deletion alone
+    expect(c.nodes()).to_have_count(3)
+    page.wait_for_timeout(400)
+    assert c.document()["prompt"]["2"]["inputs"]["b"] == 7
+    page.keyboard.press("Control+z")  # then the typed value
+    page.wait_for_timeout(400)
+    assert c.document()["prompt"]["2"]["inputs"]["b"] == 4
+    expect(c.nodes()).to_have_count(3)
+
+
 def test_an_edit_that_grows_a_node_over_another_is_its_own_undo_step(page, server):
     """A choice that brings its own inputs (Resize Image/Mask's resize_type) makes the node
     taller and the node below it moves down: that move amends the edit's step, and the edit

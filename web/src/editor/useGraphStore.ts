@@ -575,6 +575,9 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
 
   const onNodesChange = useCallback((changes: NodeChange<SfNode>[]) => {
     setNodes((ns) => {
+      // a deletion right after an edit the debounce has not settled (a value typed, then
+      // Delete within 200 ms) is a step of its own: one Ctrl+Z must not undo both
+      if (changes.some((c) => c.type === "remove") && !holdHistory.current && !arranging.current) settleNow(ns);
       const applied = applyNodeChanges(changes, ns);
       const next = makeRoom(ns, changes, applied, defsRef.current);
       // a node grew by itself (a preview appeared) and pushed others down: not an edit of
@@ -598,8 +601,10 @@ export function useGraphStore(defs: Defs, store: RunStore, onAutosaveFail?: (mes
     });
   }, [settleNow]);
   const onEdgesChange = useCallback((changes: EdgeChange<SfEdge>[]) => {
+    // a link deleted right after an unsettled edit: its own step, as a node's deletion
+    if (changes.some((c) => c.type === "remove") && !holdHistory.current && !arranging.current) settleNow();
     setEdges((es) => applyEdgeChanges(changes, es));
-  }, []);
+  }, [settleNow]);
 
   return {
     nodes, edges, setNodes, setEdges, state, meta, store, defsRef, docName, docNameNow, setDocName, groups, setGroups, holdHistory,
