@@ -17,7 +17,8 @@ import type { GraphStore } from "./useGraphStore";
 function Spans({ spans }: { spans: Span[] }) {
   return (
     <>
-      {spans.map((s, i) => (s.code ? <code key={i}>{s.text}</code> : s.strong ? <strong key={i}>{s.text}</strong> : s.text))}
+      {spans.map((s, i) => (s.code ? <code key={i}>{s.text}</code> : s.strong ? <strong key={i}>{s.text}</strong>
+        : s.em ? <em key={i}>{s.text}</em> : s.text))}
     </>
   );
 }

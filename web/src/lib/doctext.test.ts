@@ -25,6 +25,13 @@ describe("docstrings as readable blocks", () => {
     ]);
   });
 
+  it("marks *emphasis* around words only", () => {
+    expect(parseInline("give a new *shape* spatial capacity")).toEqual([
+      { text: "give a new " }, { text: "shape", em: true }, { text: " spatial capacity" },
+    ]);
+    expect(parseInline("2*8 pixels, a * b, x*")).toEqual([{ text: "2*8 pixels, a * b, x*" }]);
+  });
+
   it("keeps a literal block after '::' as it is", () => {
     const blocks = parseDoc("Example::\n\n    a = 1\n      b = 2\n\nDone.");
     expect(blocks).toEqual([

@@ -1,12 +1,12 @@
 /**
  * Node docstrings (the `description` of /object_info) as readable blocks: the
  * docstrings are hard-wrapped plain text with a little reST/Markdown (``code``,
- * `code`, **bold**, "- " lists, "::" literal blocks), so lines are re-joined into
+ * `code`, **bold**, *emphasis*, "- " lists, "::" literal blocks), so lines are re-joined into
  * paragraphs and list items. Plain data: the help panel renders it with React
  * elements, never as HTML.
  */
 
-export type Span = { text: string; code?: boolean; strong?: boolean };
+export type Span = { text: string; code?: boolean; strong?: boolean; em?: boolean };
 
 export type Block =
   | { kind: "p"; spans: Span[] }
@@ -15,15 +15,17 @@ export type Block =
   | { kind: "pre"; text: string };
 
 const BULLET = /^(?:[-*•]|\d+[.)])\s+/;
-const INLINE = /``([^`]+)``|`([^`]+)`|\*\*([^*]+)\*\*/g;
+// *emphasis* only around a word (never "2*8" or "a * b")
+const INLINE = /``([^`]+)``|`([^`]+)`|\*\*([^*]+)\*\*|(?<![\w*])\*(?![\s*])([^*\n]+?)(?<!\s)\*(?![\w*])/g;
 
-/** Inline markup of one paragraph: code and bold spans. */
+/** Inline markup of one paragraph: code, bold and emphasis spans. */
 export function parseInline(text: string): Span[] {
   const spans: Span[] = [];
   let last = 0;
   for (const m of text.matchAll(INLINE)) {
     if (m.index > last) spans.push({ text: text.slice(last, m.index) });
     if (m[3] !== undefined) spans.push({ text: m[3], strong: true });
+    else if (m[4] !== undefined) spans.push({ text: m[4], em: true });
     else spans.push({ text: m[1] ?? m[2], code: true });
     last = m.index + m[0].length;
   }
