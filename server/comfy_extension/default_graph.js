@@ -58,8 +58,23 @@ async function offer() {
     const name = typeof key === "string" && key.endsWith(".json")
       ? key.slice(0, -".json".length) : "txt2img (Steerflow)";
     await app.loadApiJson(doc.prompt, name);
+    await persisted();
   }
   localStorage.setItem(OFFERED, "1");
+}
+
+// loadApiJson resets the tab without the app saving its draft (it saves one on a
+// "graphChanged" event, debounced): a reload before any edit restored the app's own
+// graph, and the offer was over. So the change is announced, and the browser marked as
+// offered only once the draft had time to be written (a page closed sooner tries again).
+const PERSIST_MS = 1000; // the app's debounce is 512 ms
+
+async function persisted() {
+  const tracker = app.extensionManager?.workflow?.activeWorkflow?.changeTracker;
+  if (typeof tracker?.captureCanvasState === "function") tracker.captureCanvasState();
+  else if (typeof tracker?.checkState === "function") tracker.checkState();
+  api.dispatchCustomEvent("graphChanged", app.graph.serialize());
+  await sleep(PERSIST_MS);
 }
 
 app.registerExtension({

@@ -146,6 +146,7 @@ class ComfyApp:
     offered: Any  # localStorage's steerflow.defaultGraphOffered after the first visit
     tabs: list[str]  # the paths of the workflows open after the first visit
     active_tab: Any  # the active one's path
+    reloaded: list[str]  # the node types a reload right after the first visit shows
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +185,22 @@ def shared_app(comfy_server: LiveServer) -> Iterator[ComfyApp]:
         page.wait_for_timeout(1500)  # start-up requests still in flight
         first = page.evaluate("""() => window.app.graph._nodes.map(n => ({type: n.type,
             widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
+        page.wait_for_function(
+            "() => localStorage.getItem('steerflow.defaultGraphOffered')", timeout=30_000)
         offered = page.evaluate("() => localStorage.getItem('steerflow.defaultGraphOffered')")
         tabs = page.evaluate(
             "() => window.app.extensionManager.workflow.openWorkflows.map(w => w.path)")
         active_tab = page.evaluate(
             "() => window.app.extensionManager.workflow.activeWorkflow?.path")
+        # a reload before any edit restores the example, not the app's own graph (the
+        # app saves a tab's draft on a change; the example's load announced none)
+        page.reload()
+        page.wait_for_function("() => window.app?.graph?._nodes?.length > 0",
+                               timeout=120_000)
+        page.wait_for_timeout(1500)
+        reloaded = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
         yield ComfyApp(page, page_errors, failed, views, first, list(failed), offered, tabs,
-                       active_tab)
+                       active_tab, reloaded)
 
 
 @pytest.fixture
@@ -211,8 +221,10 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(
         "widgets"]["ckpt_name"] == "steerflow-shapes"
     assert not shared_app.failed_at_start, \
         f"requests failed at start: {shared_app.failed_at_start}"
-    # once per browser: a reload keeps what the user has (the app restores it)
+    # once per browser: a reload keeps what the user has (the app restores it), the
+    # example too when nothing was edited
     assert shared_app.offered
+    assert set(shared_app.reloaded) == CLASSIC_GRAPH, shared_app.reloaded
     # the example replaced the app's default graph in its tab: no second tab is left
     # holding the Z-Image graph, whose nodes Steerflow lacks
     assert shared_app.tabs == [shared_app.active_tab], shared_app.tabs
