@@ -20,10 +20,15 @@ SKIPPED_DIRS = {"__pycache__", "node_modules", ".git", "web", "js"}
 MAX_FILES = 20_000
 
 
+#: a data file (``.json``, ``.yaml``, ...) up to this size is hashed by its content: a
+#: pack that rewrites its settings file at each import, unchanged, changes nothing
+CONTENT_HASH_BYTES = 1 << 20
+
+
 def sources_fingerprint(directory: Path) -> str:
-    """A hash of the path, size and modification time of every source file of the packs
-    in ``directory`` (what the registry loads: packages and ``.py`` files not starting
-    with ``.`` or ``_``)."""
+    """A hash of every source file of the packs in ``directory`` (what the registry
+    loads: packages and ``.py`` files not starting with ``.`` or ``_``): code by path,
+    size and modification time, small data files by content."""
     digest = hashlib.sha256()
     seen = 0
     try:
@@ -46,8 +51,11 @@ def sources_fingerprint(directory: Path) -> str:
             seen += 1
             try:
                 stat = path.stat()
+                stamp = (hashlib.sha256(path.read_bytes()).hexdigest()
+                         if path.suffix != ".py" and stat.st_size <= CONTENT_HASH_BYTES
+                         else f"{stat.st_size}\0{stat.st_mtime_ns}")
             except OSError:
                 continue
-            digest.update(f"{path.relative_to(directory)}\0{stat.st_size}\0"
-                          f"{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            digest.update(f"{path.relative_to(directory)}\0{stamp}\n".encode(
+                "utf-8", "surrogateescape"))
     return digest.hexdigest()

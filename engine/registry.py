@@ -232,9 +232,11 @@ class NodeRegistry:
         from engine.pack_sources import sources_fingerprint
 
         with _folder_lock(directory):
-            # before the imports: an edit made while they run shows as a change later
-            self.sources = sources_fingerprint(directory)
             self._load_folder(directory, timeout)
+            # after the imports: a pack that writes its settings file on its first import
+            # (ComfyUI-Custom-Scripts' pysssss.json) made every worker's start look like
+            # an edit, and the server loaded every pack twice
+            self.sources = sources_fingerprint(directory)
 
     def _load_folder(self, directory: Path, timeout: float | None) -> None:
         self._run_prestartup_scripts(directory, timeout)

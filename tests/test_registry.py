@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import os
 import sys
 import threading
 import time
@@ -349,3 +350,28 @@ def test_descriptions_and_tooltips_write_code_as_markdown(tmp_path: Path):
     schema = Documented.schema(Environment.create(tmp_path, device="cpu"))
     assert schema["description"] == "Weights like `(word:1.3)`; `already` Markdown."
     assert schema["input"]["required"]["amount"][1]["tooltip"] == "the `denoise` of the run"
+
+
+def test_a_pack_writing_its_settings_at_import_is_no_edit(packs: Path):
+    """ComfyUI-Custom-Scripts writes pysssss.json on its first import: the fingerprint
+    taken before the imports differed from every worker's, so the server loaded every
+    pack twice and warned of an edit nobody made. Settings rewritten as they were (a new
+    mtime) change nothing either; an edit of the code does."""
+    from engine.pack_sources import sources_fingerprint
+
+    pack = packs / "writes_settings"
+    pack.mkdir()
+    (pack / "__init__.py").write_text(
+        "import pathlib\n"
+        "path = pathlib.Path(__file__).with_name('settings.json')\n"
+        "path.write_text('{\"theme\": \"dark\"}')\n"
+        "NODE_CLASSES = ()\n")
+    registry = NodeRegistry()
+    registry.load_directory(packs)
+    assert (pack / "settings.json").is_file()
+    assert registry.sources == sources_fingerprint(packs)  # what a worker's start finds
+    (pack / "settings.json").write_text('{"theme": "dark"}')
+    os.utime(pack / "settings.json", (1, 1))
+    assert registry.sources == sources_fingerprint(packs)
+    (pack / "__init__.py").write_text("NODE_CLASSES = ()\n")
+    assert registry.sources != sources_fingerprint(packs)
