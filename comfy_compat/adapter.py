@@ -661,7 +661,9 @@ def _split(returned: Any, type_id: str, expected: int, extra: bool = False
         returned = returned.get("result", ())
     if returned is not None and not isinstance(returned, tuple | list):
         # a bare value (a string, a tensor) would be split into characters or images
-        raise TypeError(f"{type_id} returned a {type(returned).__name__}, not a tuple of "
+        kind = type(returned).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise TypeError(f"{type_id} returned {article} {kind}, not a tuple of "
                         "its outputs: a node returns (value,) for one output")
     result = () if returned is None else tuple(returned)
     if len(result) > expected and not extra:

@@ -1,8 +1,8 @@
 /**
- * Short messages in the corner: info fades after 4 s, warnings and errors after 9 s. Every
- * toast has a × to dismiss it; opening another workflow clears the warnings and errors
- * about the previous one (`clearToasts`), not those about the server (`keep`), such as the
- * node packs that failed to load. A toast with a `tag` (a rejected Queue's) replaces the
+ * Short messages in the corner: info fades after 4 s, warnings and errors after 9 s, those
+ * about the server (`keep`: the node packs that failed to load) stay. Every toast has a ×
+ * to dismiss it; opening another workflow clears the warnings and errors about the
+ * previous one (`clearToasts`), not those about the server. A toast with a `tag` (a rejected Queue's) replaces the
  * one shown with that tag, and `retag` rewrites or removes it as what it says changes.
  */
 
@@ -42,7 +42,9 @@ export function useToasts(): {
   const notify = useCallback<Notify>((text, kind = "info", action, { keep = false, tag } = {}) => {
     const id = ++toastId.current;
     setToasts((t) => withToast(t, { id, kind, text, action, ...(keep ? { keep } : {}), ...(tag ? { tag } : {}) }));
-    setTimeout(() => dismiss(id), kind === "info" ? 4000 : 9000);
+    // about the server (failed node packs): stays until its × is pressed, as nothing else
+    // in the canvas says it
+    if (!keep) setTimeout(() => dismiss(id), kind === "info" ? 4000 : 9000);
   }, [dismiss]);
   /** Drop the toasts of these kinds (default: warnings and errors), e.g. when another workflow opens. */
   const clearToasts = useCallback((kinds: ToastKind[] = ["warning", "error"]) => {

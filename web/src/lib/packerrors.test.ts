@@ -18,7 +18,8 @@ describe("packErrorText", () => {
       { pack: "was-node-suite-comfyui", message: "No module named 'numba'", whole: true },
     ]);
     expect(text).toBe("Node packs: ComfyUI-Crystools failed to load (ModuleNotFoundError: No module named 'deepdiff'); "
-      + "ComfyUI-KJNodes loaded without some nodes (node 'ImageSharpenKJ' skipped: TypeError); 1 more. "
+      + "ComfyUI-KJNodes loaded without some nodes (node 'ImageSharpenKJ' skipped: TypeError); 1 more "
+      + "(was-node-suite-comfyui). "
       + "The server's log has the details.");
   });
 });

@@ -6,6 +6,8 @@
 export type PackErrorInfo = { pack: string; message: string; whole: boolean };
 
 const SHOWN = 2;
+/** The other packs named at most. */
+const NAMED = 8;
 
 /** The toast's text (null: nothing failed). The first line of each message only. */
 export function packErrorText(errors: readonly PackErrorInfo[]): string | null {
@@ -18,6 +20,9 @@ export function packErrorText(errors: readonly PackErrorInfo[]): string | null {
     if (/^\w+(Error|Exception):?$/.test(why) && lines[1]) why = `${why.replace(/:$/, "")}: ${lines[1]}`;
     return e.whole ? `${name(e.pack)} failed to load (${why})` : `${name(e.pack)} loaded without some nodes (${why})`;
   });
-  const more = errors.length > SHOWN ? `; ${errors.length - SHOWN} more` : "";
+  // the others by name: the toast is the only place in the canvas that lists them
+  const others = [...new Set(errors.slice(SHOWN).map((e) => name(e.pack)))];
+  const listed = others.slice(0, NAMED).join(", ") + (others.length > NAMED ? ", …" : "");
+  const more = errors.length > SHOWN ? `; ${errors.length - SHOWN} more (${listed})` : "";
   return `Node packs: ${parts.join("; ")}${more}. The server's log has the details.`;
 }
