@@ -524,6 +524,7 @@ def test_packs_through_the_server_and_worker(make_server, loop):  # noqa: F811
         assert info["python_module"] == "custom_nodes.io_pack"
         assert http.get("/extensions").json() == ["/extensions/io_pack/io_pack.js",
                                                   "/extensions/io_pack/widgets/extra.js",
+                                                  "/extensions/steerflow/about.js",
                                                   "/extensions/steerflow/default_graph.js",
                                                   "/extensions/steerflow/documents.js",
                                                   "/extensions/steerflow/warnings.js"]

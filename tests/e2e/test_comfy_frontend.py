@@ -259,6 +259,10 @@ def test_comfyui_frontend_builds_the_default_graph_and_queues(
     # Load Image gets the upload button and preview (``image_upload``)
     assert page.evaluate("""() => (window.LiteGraph.createNode('LoadImage').widgets
         || []).some(w => w.name === 'upload')""")
+    # the About panel names the server (the frontend's own badge says "ComfyUI <version>")
+    assert page.evaluate("""() => window.app.extensions.find(
+        e => e.name === 'steerflow.about')?.aboutPageBadges?.[0]?.label""").startswith(
+        "Steerflow ")
     # what the error dialog's report and the Logs panel read
     assert isinstance(page.evaluate("() => window.app.api.getLogs()"), str)
     page.evaluate("""() => { window.__seen = new Set();

@@ -21,8 +21,8 @@ def test_small_endpoints_answer_under_both_prefixes(http: Http, server: LiveServ
     (server.base_dir / "models" / "checkpoints").mkdir(parents=True)
     for prefix in ("", "/api"):
         assert http.get(prefix + "/extensions").json() == [
-            "/extensions/steerflow/default_graph.js", "/extensions/steerflow/documents.js",
-            "/extensions/steerflow/warnings.js"]
+            "/extensions/steerflow/about.js", "/extensions/steerflow/default_graph.js",
+            "/extensions/steerflow/documents.js", "/extensions/steerflow/warnings.js"]
         assert http.get(prefix + "/i18n").json() == {}
         features = http.get(prefix + "/features").json()
         assert features["supports_preview_metadata"] is True
@@ -201,7 +201,8 @@ def test_extension_sources_hook(make_server: Callable[..., LiveServer], loop: ob
     server = make_server(setup)
     http = Http(server.url, loop)  # type: ignore[arg-type]
     try:
-        assert http.get("/api/extensions").json() == ["/extensions/steerflow/default_graph.js",
+        assert http.get("/api/extensions").json() == ["/extensions/steerflow/about.js",
+                                                     "/extensions/steerflow/default_graph.js",
                                                      "/extensions/steerflow/documents.js",
                                                      "/extensions/steerflow/warnings.js",
                                                      "/extensions/pack/a.js",
