@@ -367,3 +367,29 @@ def test_a_large_workflow_opens_and_a_file_that_is_not_json_says_so(page, server
     tab.get_by_role("button", name="Open big", exact=True).click()
     expect(c.toasts().filter(has_text="Opened big (7 nodes")).to_have_count(1)
     assert str(_seed(page)) == "18446744073709551615"  # exact
+
+
+def test_the_first_save_of_a_graph_never_named_asks_its_name(page, server: LiveServer):
+    """The walk: a graph built from scratch was saved as workflow.json without a word (and
+    the next unnamed graph over it); ComfyUI asks "Save workflow as"."""
+    c = Canvas(page)
+    c.clear()
+    c.add_node("Int", 60, 60)
+    c.wait_saved(1)
+    page.keyboard.press("Control+s")
+    dialog = page.get_by_role("alertdialog", name="Save workflow as")
+    field = dialog.get_by_label("Workflow name")
+    expect(field).to_have_value("workflow")
+    page.keyboard.press("Escape")  # cancelled: nothing written
+    expect(dialog).to_have_count(0)
+    listing = server.get(LISTING)
+    assert not any(e["path"] == "workflow.json" for e in listing), listing
+    page.keyboard.press("Control+s")
+    field.fill("from scratch")
+    field.press("Enter")
+    expect(c.toasts().filter(has_text="Saved from scratch.json")).to_have_count(1)
+    expect(page.locator(".sf-docname")).to_have_text("from scratch")
+    assert server.get(_file("from scratch.json"))["nodes"]
+    page.keyboard.press("Control+s")  # its file now: saved over without a question
+    expect(c.toasts().filter(has_text="Saved from scratch.json")).to_have_count(1)
+    expect(dialog).to_have_count(0)

@@ -788,7 +788,8 @@ function Editor({ defs, refreshDefs }: { defs: Defs; refreshDefs(): void }) {
         )}
         {library.question && (
           <ConfirmDialog title={library.question.title} confirm={library.question.confirm} message={library.question.message}
-            onConfirm={() => library.answer(true)} onCancel={() => library.answer(false)} />
+            input={library.question.name === undefined ? undefined : { label: "Workflow name", initial: library.question.name }}
+            onConfirm={(name) => library.answer(true, name)} onCancel={() => library.answer(false)} />
         )}
         <Toasts toasts={toasts} dismiss={dismiss} aside={!!help || keysHelp} />
         <TooltipLayer />

@@ -25,8 +25,14 @@ import {
 import type { Defs } from "../lib/schema";
 import type { Notify } from "./Toasts";
 
-/** A question the library asks (replace an existing workflow, delete one), while asked. */
-export type LibraryQuestion = { title: string; message: string; confirm: string; run(): void };
+/**
+ * A question the library asks (replace an existing workflow, delete one, the name of one
+ * never named), while asked. `name`: it asks for a name, starting from this one.
+ */
+export type LibraryQuestion = { title: string; message: string; confirm: string; name?: string; run(name?: string): void };
+
+/** The name of a graph nobody named (a new or cleared canvas): its first Save asks for one. */
+export const UNNAMED = "workflow";
 
 export type LibraryApi = {
   /** Bumped after each change made here: the Workflows tab lists again. */
@@ -37,7 +43,7 @@ export type LibraryApi = {
   rename(entry: LibraryEntry, typed: string): Promise<boolean>;
   remove(entry: LibraryEntry): void;
   question: LibraryQuestion | null;
-  answer(yes: boolean): void;
+  answer(yes: boolean, name?: string): void;
   /** List the library again (a file found gone). */
   refresh(): void;
 };
@@ -78,6 +84,16 @@ export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef,
   const changed = useCallback(() => setVersion((v) => v + 1), []);
 
   const save = useCallback(async (as?: string) => {
+    if (as === undefined && file.current() === null && (docName || UNNAMED) === UNNAMED) {
+      // ComfyUI asks "Save workflow as" for a graph never saved: a silent workflow.json
+      // would end up holding every unnamed graph in turn
+      setQuestion({
+        title: "Save workflow as", confirm: "Save", name: UNNAMED,
+        message: "The name of the workflow in the library (Workflows tab; ComfyUI's workflows too):",
+        run: (name) => void save(name ?? UNNAMED),
+      });
+      return;
+    }
     const checked = checkName(fileSafeName(as ?? docName) || "workflow");
     if ("error" in checked) {
       notify(`Not saved: ${checked.error}`, "error");
@@ -196,9 +212,9 @@ export function useLibrary({ docName, rename: renameDoc, graphDocument, defsRef,
     });
   }, [notify, file, changed]);
 
-  const answer = useCallback((yes: boolean) => {
+  const answer = useCallback((yes: boolean, name?: string) => {
     setQuestion(null);
-    if (yes) question?.run();
+    if (yes) question?.run(name);
   }, [question]);
 
   // a new function when the file changes (an Open, an undo of one): the tab's mark follows
