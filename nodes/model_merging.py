@@ -26,12 +26,18 @@ Factors = Callable[[str], tuple[float, float]]  # parameter name -> (keep, add)
 CATEGORY = "advanced/model_merging"
 
 
+def _families(what: str, family1: str, family2: str) -> str:
+    """``models (sd1 and sdxl)``, or ``models (both sd1)``: "sd1 and sd1" read as a match."""
+    return (f"{what} (both {family1})" if family1 == family2
+            else f"{what} ({family1} and {family2})")
+
+
 def merge_models(model1: DiffusionModel, model2: DiffusionModel, factors: Factors,
                  label: str) -> DiffusionModel:
     """model1 with model2's UNet merged in by ``factors``; model1's scheduler, extensions
     and earlier patches are kept (ComfyUI clones model1)."""
     patch = merge_patch(model1.unet, model2.unet, model2.patches, factors, label=label,
-                        what=f"models ({model1.family} and {model2.family})",
+                        what=_families("models", model1.family, model2.family),
                         in_channels_may_differ=True)
     return model1 if patch is None else replace(model1, patches=(*model1.patches, patch))
 

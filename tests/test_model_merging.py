@@ -196,7 +196,7 @@ def test_different_architectures_name_the_first_key(pipes):
     odd = DiffusionModel(other, {})
     first = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
     with pytest.raises(ModelMergeError, match=re.escape(
-            f"cannot merge these models (sd1 and sd1): {first!r} is [32, 32] in model1 but "
+            f"cannot merge these models (both sd1): {first!r} is [32, 32] in model1 but "
             "[32, 48] in model2")):
         simple(model(a), odd, 0.5)
     fewer = UNet2DConditionModel(**{**UNET_CONFIG, "layers_per_block": 1})
