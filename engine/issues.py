@@ -57,7 +57,8 @@ class PromptValidationError(ValueError):
 
 def describe_issue(issue: Issue) -> str:
     where = f"node {issue.node_id}" if issue.node_id else "prompt"
-    return f"[{issue.kind}] {where}: {issue.message}"
+    hint = issue.details.get("hint") if isinstance(issue.details, dict) else None
+    return f"[{issue.kind}] {where}: {issue.message}" + (f"; {hint}" if hint else "")
 
 
 _SHOWN_CHARS = 100  # of a received value in messages and details: prompts can be huge

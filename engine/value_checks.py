@@ -69,6 +69,8 @@ def check_constant(spec: InputSpec, value: Any, env: Environment | None
         details = {"received": jsonable(value), "choices": choices[:100]}
         if looked_in:
             details["folders"] = looked_in
+            if env is not None:  # where, on this machine, the file would go (the CLI says so)
+                details["hint"] = f"to use it, put the file in {_absolute(env, looked_in[0])}"
         return value, Issue("not_in_choices",
                             f"input '{spec.name}': {short_repr(coerced)} is not one of "
                             f"[{shown}]{where}",
@@ -97,6 +99,15 @@ def _nonfinite(value: Any) -> bool:
         except ValueError:
             return False
     return False
+
+
+def _absolute(env: Environment, folder: str) -> str:
+    """``models/vae/`` as the folder it is here (``--models-dir`` and ``--base-dir`` applied)."""
+    role, _, sub = folder.strip("/").partition("/")
+    try:
+        return str(env.folder(role, *[p for p in sub.split("/") if p]))
+    except (KeyError, ValueError, OSError):
+        return folder
 
 
 class _ListingRecorder:

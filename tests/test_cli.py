@@ -71,6 +71,16 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, models_dir, capsys
     assert "Traceback" not in done.stderr
 
 
+def test_a_missing_model_says_where_on_this_machine_the_file_goes(tmp_path, models_dir, capsys):
+    """The wild-workflows drill: "is not one of [] (looked in models/vae/)" named a folder
+    relative to a base dir the user may not know."""
+    done = cli("validate", str(WORKFLOW), "--set", "4.ckpt_name=missing.safetensors",
+               home=tmp_path, models=models_dir, capsys=capsys)
+    assert done.returncode == 2
+    assert f"(looked in models/checkpoints/); to use it, put the file in " \
+           f"{models_dir / 'checkpoints'}" in done.stderr
+
+
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"nodes": [], "links": []}',
                                      '{"1":' + "[" * 5000 + "]" * 5000 + "}",
                                      "[" * 100_000 + "]" * 100_000])
