@@ -23,6 +23,9 @@ MAX_FILES = 20_000
 #: a data file (``.json``, ``.yaml``, ...) up to this size is hashed by its content: a
 #: pack that rewrites its settings file at each import, unchanged, changes nothing
 CONTENT_HASH_BYTES = 1 << 20
+#: at most this much data is read in all per fingerprint (every worker start takes one):
+#: past it, data files count by size and modification time as code does
+CONTENT_BUDGET_BYTES = 16 << 20
 
 
 def sources_fingerprint(directory: Path) -> str:
@@ -31,6 +34,7 @@ def sources_fingerprint(directory: Path) -> str:
     size and modification time, small data files by content."""
     digest = hashlib.sha256()
     seen = 0
+    budget = CONTENT_BUDGET_BYTES
     try:
         entries = sorted(directory.iterdir())
     except OSError:
@@ -51,9 +55,11 @@ def sources_fingerprint(directory: Path) -> str:
             seen += 1
             try:
                 stat = path.stat()
-                stamp = (hashlib.sha256(path.read_bytes()).hexdigest()
-                         if path.suffix != ".py" and stat.st_size <= CONTENT_HASH_BYTES
-                         else f"{stat.st_size}\0{stat.st_mtime_ns}")
+                if path.suffix != ".py" and stat.st_size <= min(CONTENT_HASH_BYTES, budget):
+                    budget -= stat.st_size
+                    stamp = hashlib.sha256(path.read_bytes()).hexdigest()
+                else:
+                    stamp = f"{stat.st_size}\0{stat.st_mtime_ns}"
             except OSError:
                 continue
             digest.update(f"{path.relative_to(directory)}\0{stamp}\n".encode(
